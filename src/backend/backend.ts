@@ -1,0 +1,111 @@
+/**
+ * The Backend interface: the ops the Mamba model is written against, once, for every backend.
+ *
+ * Tensors are opaque handles owned by a backend (host arrays on the CPU, GPU buffers on WebGPU); the model never
+ * sees their data except through `readF32` / `readI32`. All tensors are row-major. An op allocates its outputs;
+ * the caller frees what it no longer needs with `dispose` (a no-op for the CPU backend, a return to the buffer pool
+ * on WebGPU). Ops that take a `state` tensor read it as the history before the first position and overwrite it
+ * with the history after the last one, so that step mode (L = 1) and chunked prefill are the same op.
+ *
+ * Shapes: B batch, L sequence length, T = B·L rows, D hidden, E inner, N state, K conv kernel, V vocabulary rows.
+ */
+import type { HostTensor } from "../io/tensor.ts";
+
+export interface Tensor {
+  readonly shape: readonly number[];
+  readonly dtype: "f32" | "i32";
+}
+
+/**
+ * Columns [col0, col0 + width) of a tensor seen as a matrix [rows, cols] (cols = its last dimension). Lets an op
+ * read one part of a projection's output (x or z of in_proj, dt / B / C of x_proj) without a copy.
+ */
+export interface Cols {
+  tensor: Tensor;
+  col0: number;
+  width: number;
+}
+
+export type TensorOrCols = Tensor | Cols;
+
+export interface SeqShape {
+  batch: number;
+  seqLen: number;
+}
+
+export interface SelectiveScanArgs extends SeqShape {
+  u: Tensor; // [B, L, E] conv output (the scan's input x)
+  delta: TensorOrCols; // [B, L, E] dt_proj(dt) before the bias and softplus
+  deltaBias: Tensor; // [E] dt_proj.bias, added inside the softplus
+  A_log: Tensor; // [E, N]; A = -exp(A_log)
+  B: TensorOrCols; // [B, L, N]
+  C: TensorOrCols; // [B, L, N]
+  D: Tensor; // [E] skip connection
+  z: TensorOrCols | null; // [B, L, E] gate: y *= silu(z)
+  state: Tensor | null; // [B, E, N] SSM state, read then overwritten; null = zeros, not returned
+}
+
+/** What the sampler needs for one step of a batch; `uniforms` come from the caller's seeded generator. */
+export interface SampleRequest {
+  vocabSize: number; // ids >= vocabSize (padding rows of the head) are never drawn
+  temperature: number; // 0 = greedy
+  topK: number; // 0 = off
+  topP: number; // 1 = off
+  minP: number; // 0 = off
+  repetitionPenalty: number; // 1 = off
+  history: Int32Array[] | null; // per row, the ids seen so far (for the repetition penalty)
+  uniforms: Float32Array; // [B] in [0, 1), one draw per row
+}
+
+export interface Backend {
+  readonly name: "cpu" | "webgpu";
+
+  // ---- data movement ----
+  /** A parameter tensor. Half-precision data may stay half precision on the device. */
+  upload(t: HostTensor): Tensor;
+  fromF32(data: Float32Array, shape: readonly number[]): Tensor;
+  fromI32(data: Int32Array, shape: readonly number[]): Tensor;
+  zeros(shape: readonly number[]): Tensor;
+  readF32(t: Tensor): Promise<Float32Array>;
+  readI32(t: Tensor): Promise<Int32Array>;
+  dispose(...ts: (Tensor | null | undefined)[]): void;
+  /** Stacks tensors along their first dimension: [a, ...] + [b, ...] -> [a + b, ...]. */
+  concat0(ts: Tensor[]): Tensor;
+  /** Rows of a matrix view [rows, cols] of x: out[i] = x[rows[i]]. */
+  takeRows(x: Tensor, rows: readonly number[]): Tensor;
+  /** Overwrites dst with src (same shape). */
+  copyInto(dst: Tensor, src: Tensor): void;
+  /** Frees every resource; the backend is unusable afterwards. */
+  destroy(): Promise<void>;
+
+  // ---- model ops ----
+  /** table: [V, D], ids: i32 [T] -> [T, D] */
+  embedding(table: Tensor, ids: Tensor): Tensor;
+  /** Fused residual add + RMSNorm. x: [T, D]; residual: [T, D] or null; weight: [D].
+   *  residualOut = x + residual; out = residualOut / sqrt(mean(residualOut²) + eps) * weight. */
+  addRmsNorm(x: Tensor, residual: Tensor | null, weight: Tensor, eps: number): { out: Tensor; residual: Tensor };
+  /** x: [T, K] (or K columns of a wider matrix), w: [Nout, K] (PyTorch Linear layout), bias: [Nout] -> [T, Nout] */
+  matmul(x: TensorOrCols, w: Tensor, bias: Tensor | null): Tensor;
+  /** Causal depthwise conv1d (left padding from `state`, zeros when null) followed by SiLU.
+   *  x: [B, L, E] (or E columns), weight: [E, 1, K], bias: [E] or null, state: [B, K-1, E] -> [B, L, E] */
+  causalConv1dSilu(x: TensorOrCols, weight: Tensor, bias: Tensor | null, state: Tensor | null, shape: SeqShape): Tensor;
+  /** The fused selective scan: discretize, recur, y = C·h + D·u, gate with silu(z). -> y: [B, L, E] */
+  selectiveScan(args: SelectiveScanArgs): Tensor;
+  /** Draws the next id of each row. logits: [B, V] -> i32 [B] */
+  sample(logits: Tensor, req: SampleRequest): Tensor;
+}
+
+export function isCols(x: TensorOrCols): x is Cols {
+  return (x as Cols).tensor !== undefined;
+}
+
+/** A Cols view of a whole tensor. */
+export function asCols(x: TensorOrCols): Cols {
+  if (isCols(x)) return x;
+  const width = x.shape[x.shape.length - 1]!;
+  return { tensor: x, col0: 0, width };
+}
+
+export function cols(tensor: Tensor, col0: number, width: number): Cols {
+  return { tensor, col0, width };
+}

@@ -1,0 +1,93 @@
+/**
+ * Autoregressive generation over a batch of prompts. Each prompt is prefilled alone (its length is its own), the
+ * states are stacked into one batch, then all rows step together; a row that meets a stop token or its budget is
+ * done and its later draws are ignored. Each row draws from its own seeded generator, so greedy and sampled rows
+ * come out as they would alone.
+ */
+import type { Tensor } from "../backend/backend.ts";
+import { MambaCache } from "../model/cache.ts";
+import type { MambaLM } from "../model/mamba.ts";
+import type { ResolvedOptions } from "./options.ts";
+import { Rng } from "./rng.ts";
+
+export interface TokenEvent {
+  row: number;
+  id: number;
+}
+
+/** Prompt tokens per prefill chunk: bounds the memory of long prompts; the state carries across chunks. */
+export const PREFILL_CHUNK = 2048;
+
+/** Runs a prompt through the model and returns its cache and the logits of its last position ([1, V]). */
+export async function prefill(lm: MambaLM, prompt: Int32Array, chunk = PREFILL_CHUNK): Promise<{ cache: MambaCache; logits: Tensor }> {
+  const b = lm.backend;
+  const cache = MambaCache.zeros(b, lm.config, 1);
+  let last: Tensor | null = null;
+  for (let start = 0; start < prompt.length; start += chunk) {
+    const part = prompt.subarray(start, Math.min(prompt.length, start + chunk));
+    const ids = b.fromI32(part, [part.length]);
+    const h = lm.hidden(ids, { batch: 1, seqLen: part.length }, cache);
+    if (start + chunk >= prompt.length) last = b.takeRows(h, [part.length - 1]);
+    b.dispose(ids, h);
+  }
+  const logits = lm.logits(last!);
+  b.dispose(last);
+  return { cache, logits };
+}
+
+function throwIfAborted(signal: AbortSignal | null): void {
+  if (signal?.aborted) throw signal.reason ?? new DOMException("generation aborted", "AbortError");
+}
+
+/** Yields every new token of every row as it comes. Prompts must be validated and non-empty. */
+export async function* generateTokens(lm: MambaLM, prompts: Int32Array[], o: ResolvedOptions): AsyncGenerator<TokenEvent> {
+  const b = lm.backend;
+  const B = prompts.length;
+  if (o.maxNewTokens === 0) return;
+  throwIfAborted(o.signal);
+  const parts: { cache: MambaCache; logits: Tensor }[] = [];
+  try {
+    for (const p of prompts) {
+      parts.push(await prefill(lm, p));
+      throwIfAborted(o.signal);
+    }
+  } catch (err) {
+    for (const part of parts) { part.cache.dispose(); b.dispose(part.logits); }
+    throw err;
+  }
+  const cache = B === 1 ? parts[0]!.cache : MambaCache.concat(parts.map((p) => p.cache));
+  let logits = B === 1 ? parts[0]!.logits : b.concat0(parts.map((p) => p.logits));
+  if (B > 1) for (const part of parts) { part.cache.dispose(); b.dispose(part.logits); }
+
+  const rngs = prompts.map((_, r) => new Rng(o.seed, r));
+  const history = o.repetitionPenalty !== 1 ? prompts.map((p) => Array.from(p)) : null;
+  const done = new Array<boolean>(B).fill(false);
+  let remaining = B;
+  try {
+    for (let step = 0; step < o.maxNewTokens; step++) {
+      throwIfAborted(o.signal);
+      const uniforms = new Float32Array(B);
+      for (let r = 0; r < B; r++) uniforms[r] = rngs[r]!.next();
+      const ids = b.sample(logits, {
+        vocabSize: lm.config.vocabSize, temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP,
+        repetitionPenalty: o.repetitionPenalty, history: history?.map((h) => Int32Array.from(h)) ?? null, uniforms,
+      });
+      b.dispose(logits);
+      const host = await b.readI32(ids);
+      for (let r = 0; r < B; r++) {
+        if (done[r]) continue;
+        const id = host[r]!;
+        history?.[r]!.push(id);
+        yield { row: r, id };
+        if (o.stopTokens.has(id)) { done[r] = true; remaining--; }
+      }
+      if (remaining === 0 || step === o.maxNewTokens - 1) { b.dispose(ids); return; }
+      const h = lm.hidden(ids, { batch: B, seqLen: 1 }, cache);
+      b.dispose(ids);
+      logits = lm.logits(h);
+      b.dispose(h);
+    }
+  } finally {
+    cache.dispose();
+  }
+}

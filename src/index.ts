@@ -1,0 +1,49 @@
+/**
+ * mamba-ts: Mamba (Gu & Dao, "Linear-Time Sequence Modeling with Selective State Spaces") in TypeScript.
+ *
+ *   const model = await loadModel("state-spaces/mamba-130m-hf");        // a folder or a Hugging Face repo id
+ *   const tok = await loadTokenizer(model.info.folder);
+ *   const ids = await model.generate(tok.encode("Mamba is"), { maxNewTokens: 20 });
+ *   console.log(tok.decode(ids));
+ */
+import { type BackendName, createBackend } from "./backend/create.ts";
+import { loadCheckpoint } from "./io/checkpoint.ts";
+import { type ResolveOptions, resolveModelFolder } from "./io/hub.ts";
+import { MambaLM, uploadWeights } from "./model/mamba.ts";
+import { MambaModel } from "./model/model.ts";
+import { check } from "./errors.ts";
+
+export { MambaModel } from "./model/model.ts";
+export type { ForwardOptions, ForwardResult } from "./model/model.ts";
+export type { MambaConfig } from "./config.ts";
+export type { GenerateOptions } from "./generate/options.ts";
+export { loadTokenizer, TextStreamer } from "./tokenizer.ts";
+export type { Tokenizer } from "./tokenizer.ts";
+export { MambaError } from "./errors.ts";
+export type { Backend } from "./backend/backend.ts";
+export type { BackendName } from "./backend/create.ts";
+export type { DownloadProgress } from "./io/hub.ts";
+
+export interface LoadOptions {
+  /** "cpu", "webgpu", or "auto" (the default: WebGPU when an adapter exists, else the CPU) */
+  backend?: BackendName;
+  /** download progress, when the model comes from the hub */
+  onProgress?: ResolveOptions["onProgress"];
+  /** told which backend "auto" chose */
+  onNotice?: (message: string) => void;
+}
+
+/** Loads a model from a local folder or a Hugging Face repo id ("state-spaces/mamba-130m-hf"). */
+export async function loadModel(source: string, options: LoadOptions = {}): Promise<MambaModel> {
+  check(typeof source === "string" && source.length > 0, "loadModel: source must be a folder or a repo id");
+  const folder = await resolveModelFolder(source, options.onProgress ? { onProgress: options.onProgress } : {});
+  const ckpt = await loadCheckpoint(folder);
+  const backend = await createBackend(options.backend ?? "auto", options.onNotice);
+  try {
+    const lm = new MambaLM(ckpt.config, backend, uploadWeights(backend, ckpt.config, ckpt.tensors));
+    return new MambaModel(lm, { source, folder, dtype: ckpt.dtype });
+  } catch (err) {
+    await backend.destroy();
+    throw err;
+  }
+}
