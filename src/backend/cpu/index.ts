@@ -11,6 +11,8 @@ import { addRmsNormF32, embeddingF32 } from "./norm.ts";
 import { causalConv1dSiluF32 } from "./conv.ts";
 import { selectiveScanF32 } from "./scan.ts";
 import { sampleRow } from "../../generate/sampling.ts";
+import type { TrainingOps } from "../training.ts";
+import { cpuTrainingOps } from "./training.ts";
 
 const f32 = (shape: readonly number[]) => new CpuTensor(shape, "f32", new Float32Array(numel(shape)));
 
@@ -117,3 +119,7 @@ export class CpuBackend implements Backend {
     return new CpuTensor([rows], "i32", ids);
   }
 }
+
+// The training ops (backward ops, loss, optimizer) live in ./training.ts: CpuBackend is a TrainingBackend.
+export interface CpuBackend extends TrainingOps {}
+Object.assign(CpuBackend.prototype, cpuTrainingOps);
