@@ -1,0 +1,45 @@
+/**
+ * `mamba-ts info`: what a checkpoint holds, without building a model. Prints the normalized config (one
+ * `key: value` per line, names as in MambaConfig), the parameter count (the checkpoint's tensors; a tied
+ * embedding counts once), the storage dtype, the weight file format and the folder.
+ */
+import { existsSync } from "node:fs";
+import path from "node:path";
+import { Command } from "commander";
+import { loadCheckpoint } from "../../io/checkpoint.ts";
+import { numel } from "../../io/tensor.ts";
+import { modelOption, modelSource, resolveWithProgress } from "../common.ts";
+
+export function infoCommand(): Command {
+  return new Command("info")
+    .description("print a model's config, parameter count, storage dtype, format and folder")
+    .addOption(modelOption())
+    .action(async (opts: { model?: string }) => {
+      const folder = await resolveWithProgress(modelSource(opts.model));
+      const ckpt = await loadCheckpoint(folder);
+      const lines: string[] = [];
+      for (const [key, value] of Object.entries(ckpt.config)) lines.push(`${key}: ${String(value)}`);
+      // loadCheckpoint drops a tied lm_head, so each parameter is counted once
+      let params = 0;
+      for (const t of ckpt.tensors.values()) params += numel(t.shape);
+      lines.push(`parameters: ${params} (${humanCount(params)})`);
+      lines.push(`dtype: ${ckpt.dtype}`);
+      lines.push(`weights: ${weightFormat(folder)}`);
+      lines.push(`folder: ${path.resolve(folder)}`);
+      process.stdout.write(lines.join("\n") + "\n");
+    });
+}
+
+/** Which weight files were read, in loadCheckpoint's order of preference. */
+function weightFormat(folder: string): string {
+  if (existsSync(path.join(folder, "model.safetensors"))) return "safetensors (model.safetensors)";
+  if (existsSync(path.join(folder, "model.safetensors.index.json"))) return "sharded safetensors (model.safetensors.index.json)";
+  return "torch.save (pytorch_model.bin)";
+}
+
+function humanCount(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)}B`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)}M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)}K`;
+  return String(n);
+}

@@ -1,0 +1,11 @@
+/**
+ * The model a command uses when --model is not given: the one shipped inside the package, at
+ * `<package root>/models/default`. Commands check that the folder exists and otherwise ask for --model.
+ */
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export function defaultModelFolder(): string {
+  // this file is <package root>/src/cli/default-model.ts
+  return path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "models", "default");
+}
