@@ -86,7 +86,16 @@ function fromHf(c: Json, where: string): MambaConfig {
     throw new MambaError(`${where}: model_type '${String(c.model_type)}' is not supported (only 'mamba', i.e. Mamba-1)`);
   }
   const hiddenSize = int(c, "hidden_size", where);
-  const expand = int(c, "expand", where, 2);
+  // intermediate_size, when present, is E; `expand` only matters without it (and may be fractional, as in
+  // transformers: E = int(expand * hidden_size)). Checkpoints written by toHfConfig store expand = E / D.
+  let intermediate: number;
+  if (c.intermediate_size != null) intermediate = int(c, "intermediate_size", where);
+  else {
+    const expand = c.expand ?? 2;
+    check(typeof expand === "number" && Number.isFinite(expand) && Math.floor(expand * hiddenSize) > 0,
+      `${where}: 'expand' must be a positive number, got ${JSON.stringify(expand)}`);
+    intermediate = Math.floor(expand * hiddenSize);
+  }
   const vocabSize = int(c, "vocab_size", where);
   const eps = c.layer_norm_epsilon ?? 1e-5;
   check(typeof eps === "number", `${where}: 'layer_norm_epsilon' must be a number`);
@@ -95,7 +104,7 @@ function fromHf(c: Json, where: string): MambaConfig {
     vocabSize,
     paddedVocabSize: vocabSize,
     hiddenSize,
-    intermediateSize: int(c, "intermediate_size", where, expand * hiddenSize),
+    intermediateSize: intermediate,
     stateSize: int(c, "state_size", where, 16),
     numLayers: int(c, "num_hidden_layers", where),
     convKernel: int(c, "conv_kernel", where, 4),
