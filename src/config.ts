@@ -201,10 +201,12 @@ export function parameterShapes(cfg: MambaConfig): Map<string, number[]> {
     m.set(p + "mixer.conv1d.weight", [E, 1, K]);
     if (cfg.useConvBias) m.set(p + "mixer.conv1d.bias", [E]);
     if (cfg.mixer === "lti") {
-      // LTI ablation: delta, B, C are learned input-independent parameters
-      m.set(p + "mixer.dt_lti", [E]);
-      m.set(p + "mixer.B_lti", [E, N]);
-      m.set(p + "mixer.C_lti", [E, N]);
+      // LTI ablation: delta, B, C are learned input-independent parameters (B, C shared across channels as in
+      // S6); delta = softplus(dt_lti + dt_proj.bias)
+      m.set(p + "mixer.dt_lti", [E, 1]);
+      m.set(p + "mixer.dt_proj.bias", [E]);
+      m.set(p + "mixer.B_lti", [N, 1]);
+      m.set(p + "mixer.C_lti", [N, 1]);
     } else {
       m.set(p + "mixer.x_proj.weight", [R + 2 * N, E]);
       m.set(p + "mixer.dt_proj.weight", [E, R]);

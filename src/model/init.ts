@@ -4,7 +4,9 @@
  *    Linear biases zero; out_proj additionally scaled by 1/sqrt(n_layer) (rescale_prenorm_residual);
  *  - dt_proj.weight ~ U(-R^-0.5, R^-0.5); dt_proj.bias = inverse_softplus(dt), dt = exp(U(log 1e-3, log 1e-1))
  *    clamped to >= 1e-4;
- *  - A_log[e, n] = log(n + 1) (S4D-Real), D = 1, norm weights 1.
+ *  - A_log[e, n] = log(n + 1) (S4D-Real), D = 1, norm weights 1;
+ *  - the LTI mixer's constants: dt_lti = 0 (delta = softplus(dt_proj.bias) starts as above),
+ *    B_lti, C_lti ~ U(-1/sqrt(N), 1/sqrt(N)).
  * Seeded: the same seed gives the same parameters on every machine.
  */
 import { type MambaConfig, parameterShapes } from "../config.ts";
@@ -75,7 +77,9 @@ export function initParameters(config: MambaConfig, o: InitOptions = {}): Map<st
       data = new Float32Array(n).fill(1);
     } else if (leaf === "dt_proj.weight") {
       data = uniform(n, config.timeStepRank ** -0.5);
-    } else if (leaf === "dt_proj.bias" || leaf === "dt_lti") {
+    } else if (leaf === "dt_lti") {
+      data = new Float32Array(n); // LTI: delta = softplus(dt_lti + dt_proj.bias) starts at the dt_proj.bias draw
+    } else if (leaf === "dt_proj.bias") {
       data = new Float32Array(n);
       for (let i = 0; i < n; i++) {
         const dt = Math.max(dtFloor, Math.exp(rng.next() * (Math.log(dtMax) - Math.log(dtMin)) + Math.log(dtMin)));

@@ -5,8 +5,13 @@
  *   xz = in_proj(u); x = silu(conv1d(x)); dt|B|C = x_proj(x); delta = dt_proj(dt);
  *   y = selective_scan(x, delta + dt_bias, A, B, C, D) * silu(z); out = out_proj(y)
  * With a cache the same code is step mode (L = 1) or a prefill chunk that carries the state.
+ * The LTI mixer (config.mixer "lti", the paper's S4-like ablation) replaces x_proj/dt_proj by learned constants:
+ *   delta = ones[T,1] · dt_lti[E,1]ᵀ, B = ones · B_lti[N,1]ᵀ, C = ones · C_lti[N,1]ᵀ  (the same for every position)
+ * so that forward and backward reuse the same ops. B and C stay shared across channels as in S6: this is S6
+ * with the selection removed.
+ * Training passes a recorder that keeps the activations its backward needs (src/train/backprop.ts).
  */
-import type { Backend, SeqShape, Tensor } from "../backend/backend.ts";
+import type { Backend, SeqShape, Tensor, TensorOrCols } from "../backend/backend.ts";
 import { cols } from "../backend/backend.ts";
 import type { MambaConfig } from "../config.ts";
 import type { HostTensor } from "../io/tensor.ts";
@@ -17,8 +22,9 @@ export interface MixerWeights {
   inProjBias: Tensor | null; // [2E]
   conv: Tensor; // [E, 1, K]
   convBias: Tensor | null; // [E]
-  xProj: Tensor; // [R + 2N, E]
-  dtProj: Tensor; // [E, R]
+  xProj: Tensor | null; // [R + 2N, E] (s6)
+  dtProj: Tensor | null; // [E, R] (s6)
+  lti: { dt: Tensor; B: Tensor; C: Tensor } | null; // [E, 1], [N, 1], [N, 1] (lti)
   dtBias: Tensor; // [E]
   A_log: Tensor; // [E, N]
   D: Tensor; // [E]
@@ -43,6 +49,7 @@ export function uploadWeights(backend: Backend, config: MambaConfig, t: Map<stri
   const get = (name: string) => backend.upload(t.get(name)!);
   const opt = (name: string) => (t.has(name) ? get(name) : null);
   const layers: LayerWeights[] = [];
+  const lti = config.mixer === "lti";
   for (let i = 0; i < config.numLayers; i++) {
     const p = `backbone.layers.${i}.`;
     layers.push({
@@ -52,8 +59,9 @@ export function uploadWeights(backend: Backend, config: MambaConfig, t: Map<stri
         inProjBias: config.useBias ? get(p + "mixer.in_proj.bias") : null,
         conv: get(p + "mixer.conv1d.weight"),
         convBias: config.useConvBias ? get(p + "mixer.conv1d.bias") : null,
-        xProj: get(p + "mixer.x_proj.weight"),
-        dtProj: get(p + "mixer.dt_proj.weight"),
+        xProj: lti ? null : get(p + "mixer.x_proj.weight"),
+        dtProj: lti ? null : get(p + "mixer.dt_proj.weight"),
+        lti: lti ? { dt: get(p + "mixer.dt_lti"), B: get(p + "mixer.B_lti"), C: get(p + "mixer.C_lti") } : null,
         dtBias: get(p + "mixer.dt_proj.bias"),
         A_log: get(p + "mixer.A_log"),
         D: get(p + "mixer.D"),
@@ -71,6 +79,25 @@ export function uploadWeights(backend: Backend, config: MambaConfig, t: Map<stri
   };
 }
 
+/** What a training forward keeps of one mixer (T = B·L rows). */
+export interface MixerActivations {
+  u: Tensor; // [T, D] the normalized input
+  xz: Tensor; // [T, 2E] in_proj output
+  x: Tensor; // [T, E] after conv and SiLU
+  xdbl: Tensor | null; // [T, R + 2N] x_proj output (s6)
+  ones: Tensor | null; // [T, 1] (lti)
+  delta: Tensor; // [T, E] before bias and softplus
+  B: TensorOrCols; // [T, N]
+  C: TensorOrCols; // [T, N]
+  y: Tensor; // [T, E] gated scan output
+}
+
+/** What a training forward keeps of the whole LM: per layer the residual sum its norm read and that norm's output. */
+export interface LMActivations {
+  layers: { residual: Tensor; normed: Tensor; mixer: MixerActivations }[];
+  residualF: Tensor; // [T, D] the input of norm_f
+}
+
 export class MambaLM {
   constructor(
     readonly config: MambaConfig,
@@ -79,37 +106,57 @@ export class MambaLM {
   ) {}
 
   /** One mixer. u: [B·L, D] (normalized) -> [B·L, D]. With state tensors, they carry the sequence on. */
-  mixer(w: MixerWeights, u: Tensor, shape: SeqShape, convState: Tensor | null, ssmState: Tensor | null): Tensor {
+  mixer(
+    w: MixerWeights, u: Tensor, shape: SeqShape, convState: Tensor | null, ssmState: Tensor | null,
+    keep: ((a: MixerActivations) => void) | null = null,
+  ): Tensor {
     const b = this.backend;
     const { intermediateSize: E, stateSize: N, timeStepRank: R } = this.config;
+    const T = shape.batch * shape.seqLen;
     const xz = b.matmul(u, w.inProj, w.inProjBias); // [T, 2E]
     const x = b.causalConv1dSilu(cols(xz, 0, E), w.conv, w.convBias, convState, shape); // [T, E]
-    const xdbl = b.matmul(x, w.xProj, null); // [T, R + 2N]
-    const delta = b.matmul(cols(xdbl, 0, R), w.dtProj, null); // [T, E]
+    let xdbl: Tensor | null = null, ones: Tensor | null = null;
+    let delta: Tensor, Bm: TensorOrCols, Cm: TensorOrCols;
+    if (w.lti) {
+      ones = b.fromF32(new Float32Array(T).fill(1), [T, 1]);
+      delta = b.matmul(ones, w.lti.dt, null); // [T, E]
+      Bm = b.matmul(ones, w.lti.B, null); // [T, N]
+      Cm = b.matmul(ones, w.lti.C, null); // [T, N]
+    } else {
+      xdbl = b.matmul(x, w.xProj!, null); // [T, R + 2N]
+      delta = b.matmul(cols(xdbl, 0, R), w.dtProj!, null); // [T, E]
+      Bm = cols(xdbl, R, N);
+      Cm = cols(xdbl, R + N, N);
+    }
     const y = b.selectiveScan({
       ...shape, u: x, delta, deltaBias: w.dtBias, A_log: w.A_log,
-      B: cols(xdbl, R, N), C: cols(xdbl, R + N, N), D: w.D, z: cols(xz, E, E), state: ssmState,
+      B: Bm, C: Cm, D: w.D, z: cols(xz, E, E), state: ssmState,
     }); // [T, E]
     const out = b.matmul(y, w.outProj, w.outProjBias); // [T, D]
-    b.dispose(xz, x, xdbl, delta, y);
+    if (keep) keep({ u, xz, x, xdbl, ones, delta, B: Bm, C: Cm, y });
+    else b.dispose(xz, x, xdbl, ones, delta, y, ...(w.lti ? [Bm as Tensor, Cm as Tensor] : []));
     return out;
   }
 
   /** ids: i32 [B·L] -> hidden state after norm_f: [B·L, D]. A cache is read and advanced. */
-  hidden(ids: Tensor, shape: SeqShape, cache: MambaCache | null): Tensor {
+  hidden(ids: Tensor, shape: SeqShape, cache: MambaCache | null, keep: LMActivations | null = null): Tensor {
     const b = this.backend;
     let h = b.embedding(this.weights.embeddings, ids);
     let residual: Tensor | null = null;
     for (let i = 0; i < this.weights.layers.length; i++) {
       const layer = this.weights.layers[i]!;
       const n = b.addRmsNorm(h, residual, layer.norm, this.config.layerNormEpsilon);
-      b.dispose(h, residual);
+      b.dispose(h, keep ? null : residual);
       residual = n.residual;
-      h = this.mixer(layer.mixer, n.out, shape, cache?.conv[i] ?? null, cache?.ssm[i] ?? null);
-      b.dispose(n.out);
+      const record = keep ? (m: MixerActivations) => keep.layers.push({ residual: n.residual, normed: n.out, mixer: m }) : null;
+      h = this.mixer(layer.mixer, n.out, shape, cache?.conv[i] ?? null, cache?.ssm[i] ?? null, record);
+      if (!keep) b.dispose(n.out);
     }
     const f = b.addRmsNorm(h, residual, this.weights.normF, this.config.layerNormEpsilon);
-    b.dispose(h, residual, f.residual);
+    if (keep) {
+      keep.residualF = f.residual;
+      b.dispose(h);
+    } else b.dispose(h, residual, f.residual);
     return f.out;
   }
 

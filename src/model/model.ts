@@ -9,6 +9,8 @@ import { MambaError, check } from "../errors.ts";
 import { type GenerateOptions, resolveOptions } from "../generate/options.ts";
 import { generateTokens } from "../generate/generate.ts";
 import type { MambaLM } from "./mamba.ts";
+import { isTrainingBackend } from "../backend/training.ts";
+import { lossAndGrads } from "../train/backprop.ts";
 
 export interface ForwardOptions {
   /** also return the hidden state after the final norm */
@@ -88,6 +90,25 @@ export class MambaModel {
       if (options.hiddenStates) out.lastHiddenState = await b.readF32(hidden);
       b.dispose(idt, hidden, logits);
       return out;
+    });
+  }
+
+  /**
+   * Next-token cross-entropy on ids [batch, seqLen] (mean over positions 0..seqLen-2 of every row) and its gradient
+   * for every parameter, keyed by the checkpoint's tensor names (a tied head's share is in the embeddings').
+   * Needs a backend with training ops (the CPU backend has them).
+   */
+  lossAndGrads(ids: Int32Array, shape: { batch: number; seqLen: number }): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
+    return this.exclusive(async () => {
+      check(ids instanceof Int32Array, "lossAndGrads: ids must be an Int32Array");
+      check(shape && Number.isInteger(shape.batch) && shape.batch > 0 && Number.isInteger(shape.seqLen) && shape.seqLen > 1,
+        `lossAndGrads: batch must be a positive integer and seqLen an integer >= 2, got ${JSON.stringify(shape)}`);
+      check(ids.length === shape.batch * shape.seqLen,
+        `lossAndGrads: ids has ${ids.length} values but batch ${shape.batch} x seqLen ${shape.seqLen} = ${shape.batch * shape.seqLen}`);
+      this.checkIds(ids, "lossAndGrads");
+      const b = this.backend;
+      check(isTrainingBackend(b), `lossAndGrads: the ${b.name} backend has no training ops yet (use the cpu backend)`);
+      return lossAndGrads(this.lm, b, ids, shape);
     });
   }
 

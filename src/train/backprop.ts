@@ -1,0 +1,123 @@
+/**
+ * The model's backward pass, written once against TrainingBackend. The forward is the model's own
+ * (MambaLM.hidden with a recorder keeping each layer's activations); the backward walks the layers in reverse:
+ *
+ *   logits = f · headᵀ                      -> df, dHead (the embeddings' gradient when tied)
+ *   f = rmsnorm(res_L) · norm_f             -> dRes (= the gradient of the last mixer's output and of res_{L-1})
+ *   per layer i, from the last:
+ *     mixer backward with dOut = dRes       -> dn (gradient of the layer's normalized input), weight gradients
+ *     n = rmsnorm(res_i) · norm.weight      -> dRes += through the norm  (now the gradient of res_i)
+ *   res_0 = embeddings[ids]                 -> dEmbeddings scatter-add
+ *
+ * Mixer (T = B·L rows), in reverse of MambaLM.mixer:
+ *   out = out_proj(y)  -> dy;  y = scan(x, delta, B, C, z)  -> dx, ddelta, dB, dC, dz, dA_log, dD, ddt_bias
+ *   s6: delta = dt_proj(xdbl[:, :R]), B|C = xdbl[:, R:]  -> dxdbl;  xdbl = x_proj(x)  -> dx +=
+ *   lti: delta|B|C = ones · (dt_lti | B_lti | C_lti)ᵀ     -> their gradients (column sums)
+ *   x = silu(conv(xz[:, :E]))  -> dxz[:, :E];  xz = in_proj(u)  -> du
+ * Gradients are added into `grads` (zero it first), so micro-batches accumulate.
+ */
+import type { SeqShape, Tensor, TensorOrCols } from "../backend/backend.ts";
+import { cols } from "../backend/backend.ts";
+import type { TrainingBackend } from "../backend/training.ts";
+import type { LMActivations, LMWeights, MambaLM, MixerActivations, MixerWeights } from "../model/mamba.ts";
+import { namedTensors, zerosLike } from "./params.ts";
+
+export interface StepResult {
+  loss: Tensor; // [1] mean over the counted targets
+  correct: Tensor; // [1] counted targets predicted right (argmax)
+}
+
+/** Targets for next-token training: targets[b, t] = ids[b, t+1], -1 (not counted) at t = L-1. */
+export function shiftedTargets(ids: Int32Array, shape: SeqShape): Int32Array {
+  const { batch: B, seqLen: L } = shape;
+  const t = new Int32Array(B * L).fill(-1);
+  for (let b = 0; b < B; b++) for (let i = 0; i + 1 < L; i++) t[b * L + i] = ids[b * L + i + 1]!;
+  return t;
+}
+
+/**
+ * One forward + backward: loss = mean cross-entropy over the counted targets (i32 [B·L], -1 = not counted);
+ * grads += scale · ∂loss/∂params.
+ */
+export function forwardBackward(
+  lm: MambaLM, b: TrainingBackend, ids: Tensor, targets: Tensor, shape: SeqShape, grads: LMWeights, scale: number,
+): StepResult {
+  const { config, weights: w } = lm;
+  const eps = config.layerNormEpsilon;
+  const T = shape.batch * shape.seqLen;
+  const D = config.hiddenSize;
+  const keep: LMActivations = { layers: [], residualF: null as unknown as Tensor };
+  const f = lm.hidden(ids, shape, null, keep); // [T, D]
+  const logits = lm.logits(f); // [T, V]
+  const ce = b.crossEntropy(logits, targets, scale);
+  b.dispose(logits);
+
+  const df = b.zeros([T, D]);
+  b.matmulBackward(f, w.head, ce.dLogits, { dx: df, dw: grads.head, dBias: null });
+  b.dispose(ce.dLogits, f);
+  const dRes = b.zeros([T, D]);
+  b.addRmsNormBackward(keep.residualF, w.normF, eps, df, dRes, grads.normF);
+  b.dispose(df, keep.residualF);
+  for (let i = w.layers.length - 1; i >= 0; i--) {
+    const act = keep.layers[i]!;
+    const dn = mixerBackward(lm, b, w.layers[i]!.mixer, act.mixer, dRes, shape, grads.layers[i]!.mixer);
+    b.addRmsNormBackward(act.residual, w.layers[i]!.norm, eps, dn, dRes, grads.layers[i]!.norm);
+    b.dispose(dn, act.residual, act.normed);
+  }
+  b.embeddingBackward(ids, dRes, grads.embeddings);
+  b.dispose(dRes);
+  return { loss: ce.loss, correct: ce.correct };
+}
+
+/** dOut: [T, D] -> du: [T, D] (allocated); weight gradients added into g. Frees the layer's activations. */
+function mixerBackward(
+  lm: MambaLM, b: TrainingBackend, w: MixerWeights, a: MixerActivations, dOut: Tensor, shape: SeqShape, g: MixerWeights,
+): Tensor {
+  const { intermediateSize: E, stateSize: N, timeStepRank: R, hiddenSize: D } = lm.config;
+  const T = shape.batch * shape.seqLen;
+  const dy = b.zeros([T, E]);
+  b.matmulBackward(a.y, w.outProj, dOut, { dx: dy, dw: g.outProj, dBias: g.outProjBias });
+  const dxz = b.zeros([T, 2 * E]);
+  const dx = b.zeros([T, E]);
+  const ddelta = b.zeros([T, E]);
+  const dxdbl = a.xdbl ? b.zeros([T, R + 2 * N]) : null;
+  const dB: TensorOrCols = dxdbl ? cols(dxdbl, R, N) : b.zeros([T, N]);
+  const dC: TensorOrCols = dxdbl ? cols(dxdbl, R + N, N) : b.zeros([T, N]);
+  b.selectiveScanBackward({
+    ...shape, u: a.x, delta: a.delta, deltaBias: w.dtBias, A_log: w.A_log, B: a.B, C: a.C, D: w.D,
+    z: cols(a.xz, E, E), state: null,
+  }, dy, { du: dx, dDelta: ddelta, dDeltaBias: g.dtBias, dA_log: g.A_log, dB, dC, dD: g.D, dz: cols(dxz, E, E) });
+  if (dxdbl) {
+    b.matmulBackward(cols(a.xdbl!, 0, R), w.dtProj!, ddelta, { dx: cols(dxdbl, 0, R), dw: g.dtProj, dBias: null });
+    b.matmulBackward(a.x, w.xProj!, dxdbl, { dx, dw: g.xProj, dBias: null });
+  } else {
+    const ones = a.ones!;
+    b.matmulBackward(ones, w.lti!.dt, ddelta, { dx: null, dw: g.lti!.dt, dBias: null });
+    b.matmulBackward(ones, w.lti!.B, dB, { dx: null, dw: g.lti!.B, dBias: null });
+    b.matmulBackward(ones, w.lti!.C, dC, { dx: null, dw: g.lti!.C, dBias: null });
+    b.dispose(dB as Tensor, dC as Tensor, a.B as Tensor, a.C as Tensor, ones);
+  }
+  b.causalConv1dSiluBackward(cols(a.xz, 0, E), w.conv, w.convBias, dx, shape, { dx: cols(dxz, 0, E), dWeight: g.conv, dBias: g.convBias });
+  const du = b.zeros([T, D]);
+  b.matmulBackward(a.u, w.inProj, dxz, { dx: du, dw: g.inProj, dBias: g.inProjBias });
+  b.dispose(dy, dxz, dx, ddelta, dxdbl, a.xz, a.x, a.xdbl, a.delta, a.y);
+  return du;
+}
+
+/** The loss of next-token prediction on ids [B, L] and the gradient of every parameter, by checkpoint name. */
+export async function lossAndGrads(
+  lm: MambaLM, b: TrainingBackend, ids: Int32Array, shape: SeqShape,
+): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
+  const grads = zerosLike(b, lm.weights);
+  const idt = b.fromI32(ids, [ids.length]);
+  const tgt = b.fromI32(shiftedTargets(ids, shape), [ids.length]);
+  const r = forwardBackward(lm, b, idt, tgt, shape, grads, 1);
+  const loss = (await b.readF32(r.loss))[0]!;
+  const out = new Map<string, Float32Array>();
+  for (const [name, t] of namedTensors(lm.config, grads)) {
+    out.set(name, await b.readF32(t));
+    b.dispose(t);
+  }
+  b.dispose(idt, tgt, r.loss, r.correct);
+  return { loss, grads: out };
+}

@@ -1,0 +1,93 @@
+/**
+ * model.lossAndGrads against PyTorch (fixtures/hf-mamba/tiny/grads.safetensors: loss and the gradient of every
+ * parameter for next-token cross-entropy), and the model-level backward of both mixers against finite
+ * differences of model.forward on a tiny random config.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { loadModel, modelFromTensors, makeConfig } from "../../src/index.ts";
+import { fixture, expected, readSafetensorsAny } from "../helpers/fixtures.ts";
+import { TestRng, perturbedParameters } from "../helpers/random.ts";
+import { initParameters } from "../../src/model/init.ts";
+import { parameterShapes } from "../../src/config.ts";
+
+function relErr(got: Float32Array, want: Float32Array): number {
+  let d = 0, m = 0;
+  for (let i = 0; i < want.length; i++) { d = Math.max(d, Math.abs(got[i]! - want[i]!)); m = Math.max(m, Math.abs(want[i]!)); }
+  return d / m;
+}
+
+test("hf-mamba/tiny: loss and every gradient match PyTorch", async () => {
+  const folder = fixture("hf-mamba", "tiny");
+  const ids = (await expected(folder)).get("input_ids")!;
+  const want = await readSafetensorsAny(`${folder}/grads.safetensors`);
+  const model = await loadModel(folder, { backend: "cpu" });
+  const [batch, seqLen] = ids.shape as [number, number];
+  const { loss, grads } = await model.lossAndGrads(ids.i32, { batch, seqLen });
+  const wantLoss = want.get("loss")!.f32[0]!;
+  assert.ok(Math.abs(loss - wantLoss) <= 1e-5 * Math.abs(wantLoss), `loss ${loss} vs ${wantLoss}`);
+  const names = [...want.keys()].filter((k) => k !== "loss").sort();
+  assert.deepEqual([...grads.keys()].sort(), names, "gradient names");
+  for (const name of names) {
+    const e = relErr(grads.get(name)!, want.get(name)!.f32);
+    assert.ok(e < 2e-5, `${name}: max abs error / max abs value ${e.toExponential(2)}`);
+  }
+  await model.dispose();
+});
+
+test("lossAndGrads rejects bad input with MambaError", async () => {
+  const model = await loadModel(fixture("hf-mamba", "tiny"), { backend: "cpu" });
+  await assert.rejects(model.lossAndGrads(Int32Array.of(1, 2, 3), { batch: 1, seqLen: 2 }), /MambaError|ids has 3 values/);
+  await assert.rejects(model.lossAndGrads(Int32Array.of(1, 999), { batch: 1, seqLen: 2 }), /outside the vocabulary/);
+  await assert.rejects(model.lossAndGrads(Int32Array.of(1), { batch: 1, seqLen: 1 }), /seqLen/);
+  await model.dispose();
+});
+
+for (const mixer of ["s6", "lti"] as const) {
+  test(`${mixer}: model gradients against finite differences of forward (untied head, biases)`, async () => {
+    const cfg = makeConfig({ vocabSize: 7, hiddenSize: 6, numLayers: 2, stateSize: 3, intermediateSize: 8, timeStepRank: 2,
+      convKernel: 3, useBias: true, tieEmbeddings: false, mixer });
+    const params = mixer === "s6" ? perturbedParameters(cfg, 5) : initParameters(cfg, { seed: 5 });
+    if (mixer === "lti") {
+      const r = new TestRng(99);
+      for (const [name, t] of params) if (!name.endsWith("A_log")) (t.data as Float32Array).forEach((v, i, a) => { a[i] = v + 0.3 * r.normal(); });
+    }
+    const model = await modelFromTensors(cfg, params, { backend: "cpu" });
+    const shape = { batch: 2, seqLen: 5 };
+    const ids = new TestRng(3).ids(10, 7);
+    const { loss, grads } = await model.lossAndGrads(ids, shape);
+    assert.deepEqual([...grads.keys()].sort(), [...parameterShapes(cfg).keys()].sort());
+    // loss from forward, in float64 from the logits
+    const lossOf = async (m: typeof model) => {
+      const { logits } = await m.forward(ids, shape);
+      let s = 0, n = 0;
+      for (let b = 0; b < 2; b++) for (let t = 0; t < 4; t++) {
+        const o = (b * 5 + t) * 7;
+        const row = Array.from(logits.subarray(o, o + 7));
+        const mx = Math.max(...row);
+        s += Math.log(row.reduce((a, v) => a + Math.exp(v - mx), 0)) + mx - row[ids[b * 5 + t + 1]!]!;
+        n++;
+      }
+      return s / n;
+    };
+    assert.ok(Math.abs((await lossOf(model)) - loss) < 1e-5);
+    const r = new TestRng(17);
+    const h = 1e-2;
+    for (const [name, t] of params) {
+      // a few random elements of every tensor
+      const g = grads.get(name)!;
+      for (let k = 0; k < 3; k++) {
+        const i = Math.floor(r.next() * g.length);
+        const d = t.data as Float32Array;
+        const v = d[i]!;
+        d[i] = v + h;
+        const mp = await modelFromTensors(cfg, params, { backend: "cpu" });
+        d[i] = v - h;
+        const mm = await modelFromTensors(cfg, params, { backend: "cpu" });
+        d[i] = v;
+        const num = ((await lossOf(mp)) - (await lossOf(mm))) / (2 * h);
+        assert.ok(Math.abs(num - g[i]!) <= 2e-3 + 2e-2 * Math.abs(num), `${name}[${i}]: analytic ${g[i]} vs numerical ${num}`);
+      }
+    }
+  });
+}
