@@ -39,6 +39,14 @@ function throwIfAborted(signal: AbortSignal | null): void {
   if (signal?.aborted) throw signal.reason ?? new DOMException("generation aborted", "AbortError");
 }
 
+/**
+ * Lets timers and other events run (an AbortSignal.timeout, a SIGINT handler calling abort): a backend whose reads
+ * resolve at once (the CPU) would otherwise keep generation in the microtask queue until it ends.
+ */
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => (typeof setImmediate === "function" ? setImmediate(resolve) : setTimeout(resolve, 0)));
+}
+
 /** Yields every new token of every row as it comes. Prompts must be validated and non-empty. */
 export async function* generateTokens(lm: MambaLM, prompts: Int32Array[], o: ResolvedOptions): AsyncGenerator<TokenEvent> {
   const b = lm.backend;
@@ -65,6 +73,7 @@ export async function* generateTokens(lm: MambaLM, prompts: Int32Array[], o: Res
   let remaining = B;
   try {
     for (let step = 0; step < o.maxNewTokens; step++) {
+      if (o.signal) await nextTurn();
       throwIfAborted(o.signal);
       const uniforms = new Float32Array(B);
       for (let r = 0; r < B; r++) uniforms[r] = rngs[r]!.next();
