@@ -16,6 +16,7 @@ import { cols } from "../backend/backend.ts";
 import type { MambaConfig } from "../config.ts";
 import type { HostTensor } from "../io/tensor.ts";
 import type { MambaCache } from "./cache.ts";
+import type { MixerObserver } from "./observer.ts";
 
 export interface MixerWeights {
   inProj: Tensor; // [2E, D]
@@ -99,6 +100,9 @@ export interface LMActivations {
 }
 
 export class MambaLM {
+  /** Shown every mixer's Δ when set (src/model/observer.ts); null, the default, costs nothing. */
+  observer: MixerObserver | null = null;
+
   constructor(
     readonly config: MambaConfig,
     readonly backend: Backend,
@@ -128,6 +132,7 @@ export class MambaLM {
       Bm = cols(xdbl, R, N);
       Cm = cols(xdbl, R + N, N);
     }
+    if (this.observer) this.observer.onMixer(w, delta, shape);
     const y = b.selectiveScan({
       ...shape, u: x, delta, deltaBias: w.dtBias, A_log: w.A_log,
       B: Bm, C: Cm, D: w.D, z: cols(xz, E, E), state: ssmState,
