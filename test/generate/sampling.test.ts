@@ -215,7 +215,7 @@ class RefRng {
       z = mul(z ^ (z >> 13n), 0xc2b2ae35n);
       this.s.push(z ^ (z >> 16n));
     }
-    if (this.s.every((v) => v === 0n)) this.s[0] = 1n;
+    if (this.s.every((v): boolean => v === 0n)) this.s[0] = 1n;
   }
   nextU32(): number {
     const s = this.s;
