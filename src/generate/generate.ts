@@ -1,8 +1,9 @@
 /**
  * Autoregressive generation over a batch of prompts. Each prompt is prefilled alone (its length is its own), the
  * states are stacked into one batch, then all rows step together; a row that meets a stop token or its budget is
- * done and its later draws are ignored. Each row draws from its own seeded generator, so greedy and sampled rows
- * come out as they would alone.
+ * done and its later draws are ignored. Greedy rows come out exactly as they would alone. Sampled row r draws from
+ * stream r of the seed (so that a batch of one prompt repeated gives different samples), and what it draws never
+ * depends on the other rows.
  */
 import type { Tensor } from "../backend/backend.ts";
 import { MambaCache } from "../model/cache.ts";
