@@ -1,46 +1,14 @@
 /**
- * Tokenizers: a tokenizer.json (the Hugging Face format Mamba checkpoints ship, GPT-NeoX BPE for the released
- * models) run by @huggingface/tokenizers, and an incremental decoder for streaming text.
+ * Tokenizers (Node): loadTokenizer reads a folder's tokenizer.json. Building a tokenizer from parsed JSON and the
+ * streaming decoder live in ./tokenizer-core.ts (usable in browsers) and are re-exported here.
  */
 import { promises as fs } from "node:fs";
 import path from "node:path";
-import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { MambaError, check } from "./errors.ts";
+import { type Tokenizer, tokenizerFromJson } from "./tokenizer-core.ts";
 
-export interface Tokenizer {
-  encode(text: string): Int32Array;
-  /** special tokens (end of text, padding) are left out */
-  decode(ids: ArrayLike<number>): string;
-  readonly vocabSize: number;
-}
-
-class JsonTokenizer implements Tokenizer {
-  constructor(private readonly tok: HfTokenizer, readonly vocabSize: number) {}
-  encode(text: string): Int32Array {
-    check(typeof text === "string", "encode: text must be a string");
-    return Int32Array.from(this.tok.encode(text, { add_special_tokens: false }).ids);
-  }
-  decode(ids: ArrayLike<number>): string {
-    const list = Array.from(ids);
-    for (const id of list) check(Number.isInteger(id) && id >= 0 && id < this.vocabSize, `decode: token id ${id} is outside the vocabulary (${this.vocabSize})`);
-    if (list.length === 0) return "";
-    return this.tok.decode(list, { skip_special_tokens: true });
-  }
-}
-
-/** Builds a tokenizer from the parsed content of a tokenizer.json. */
-export function tokenizerFromJson(json: unknown, where = "tokenizer.json"): Tokenizer {
-  const j = json as { model?: { vocab?: Record<string, number> }; added_tokens?: { id: number }[] };
-  check(j && typeof j === "object" && j.model && typeof j.model === "object", `${where}: not a tokenizer.json (no 'model')`);
-  let size = 0;
-  for (const id of Object.values(j.model.vocab ?? {})) if (typeof id === "number" && id + 1 > size) size = id + 1;
-  for (const t of j.added_tokens ?? []) if (typeof t?.id === "number" && t.id + 1 > size) size = t.id + 1;
-  try {
-    return new JsonTokenizer(new HfTokenizer(j, {}), size);
-  } catch (err) {
-    throw new MambaError(`${where}: cannot build the tokenizer: ${(err as Error).message}`);
-  }
-}
+export { TextStreamer, tokenizerFromJson } from "./tokenizer-core.ts";
+export type { Tokenizer } from "./tokenizer-core.ts";
 
 /** A folder holding tokenizer.json, or the file itself. */
 export async function loadTokenizer(source: string): Promise<Tokenizer> {
@@ -60,32 +28,4 @@ export async function loadTokenizer(source: string): Promise<Tokenizer> {
     throw new MambaError(`${file} is not valid JSON`);
   }
   return tokenizerFromJson(json, file);
-}
-
-/**
- * Turns a stream of ids into text pieces, never emitting half a character: a byte-level BPE token may end in
- * the middle of a UTF-8 sequence, which decodes to U+FFFD until the next token completes it.
- */
-export class TextStreamer {
-  private ids: number[] = [];
-  private emitted = 0;
-  constructor(private readonly tokenizer: Tokenizer) {}
-
-  /** Adds one id; returns the text that is now complete (possibly ""). */
-  push(id: number): string {
-    this.ids.push(id);
-    const text = this.tokenizer.decode(this.ids);
-    if (text.endsWith("\uFFFD")) return "";
-    const piece = text.slice(this.emitted);
-    this.emitted = text.length;
-    return piece;
-  }
-
-  /** Whatever remains (a trailing incomplete character comes out as U+FFFD). */
-  flush(): string {
-    const text = this.tokenizer.decode(this.ids);
-    const piece = text.slice(this.emitted);
-    this.emitted = text.length;
-    return piece;
-  }
 }

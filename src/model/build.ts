@@ -1,0 +1,43 @@
+/**
+ * Building a MambaModel from parameters held on the host: checked against the config, uploaded to the chosen
+ * backend. Shared by the Node entry (../index.ts) and the browser entry (../browser.ts); no file system here.
+ */
+import { type BackendName, createBackend } from "../backend/create.ts";
+import type { MambaConfig } from "../config.ts";
+import { validateTensors } from "../io/model-files.ts";
+import type { HostTensor } from "../io/tensor.ts";
+import { initParameters, makeConfig } from "./init.ts";
+import { MambaLM, uploadWeights } from "./mamba.ts";
+import { MambaModel } from "./model.ts";
+
+export interface BuildOptions {
+  /** "cpu", "webgpu", or "auto" (the default: WebGPU when an adapter exists, else the CPU) */
+  backend?: BackendName;
+  /** told which backend "auto" chose */
+  onNotice?: (message: string) => void;
+}
+
+/** Builds a model on a backend from validated parameters (Hugging Face names). */
+export async function modelFromTensors(
+  config: MambaConfig, tensors: Map<string, HostTensor>, options: BuildOptions = {},
+  info: { source: string; folder: string; dtype: string } = { source: "memory", folder: "", dtype: "F32" },
+): Promise<MambaModel> {
+  validateTensors(tensors, config, info.source);
+  const backend = await createBackend(options.backend ?? "auto", options.onNotice);
+  try {
+    const lm = new MambaLM(config, backend, uploadWeights(backend, config, tensors));
+    return new MambaModel(lm, info);
+  } catch (err) {
+    await backend.destroy();
+    throw err;
+  }
+}
+
+export type ModelSizes = Partial<MambaConfig> & { vocabSize: number; hiddenSize: number; numLayers: number };
+
+/** A new model with fresh parameters, initialized as mamba_ssm does (seeded). */
+export async function createModel(config: ModelSizes, options: BuildOptions & { seed?: number } = {}): Promise<MambaModel> {
+  const cfg = makeConfig(config);
+  return modelFromTensors(cfg, initParameters(cfg, { seed: options.seed ?? 0 }), options,
+    { source: "createModel", folder: "", dtype: "F32" });
+}
