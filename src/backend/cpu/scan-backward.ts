@@ -34,7 +34,7 @@ export function selectiveScanBackwardF32(
   const EN = E * N;
   const A = new Float64Array(EN);
   for (let i = 0; i < EN; i++) A[i] = -Math.exp(s.A_log[i]!);
-  const hs = new Float64Array(L * EN); // h[t] of one row
+  const hs = new Float64Array((L + 1) * EN); // h[t] of one row at (t + 1)·EN; h[-1] = 0 at 0
   const as = new Float64Array(L * EN); // exp(delta[t]·A)
   const dts = new Float64Array(L * E); // delta[t] after softplus
   const ys = new Float64Array(L * E); // C·h + D·u before the gate
@@ -44,7 +44,10 @@ export function selectiveScanBackwardF32(
   const dBias = new Float64Array(E);
   const dBt = new Float64Array(N);
   const dCt = new Float64Array(N);
-  const { Bm, Cm, delta, z } = s;
+  const Bt = new Float64Array(N);
+  const Ct = new Float64Array(N);
+  const { Bm, Cm, delta, z, u: U, D: Dp, deltaBias } = s;
+  const { du: gU, dDelta, dz, dB, dC } = g;
   for (let b = 0; b < B; b++) {
     // ---- forward recompute ----
     for (let t = 0; t < L; t++) {
@@ -52,23 +55,24 @@ export function selectiveScanBackwardF32(
       const bo = row * Bm.ld + Bm.off;
       const co = row * Cm.ld + Cm.off;
       const dro = row * delta.ld + delta.off;
+      for (let n = 0; n < N; n++) { Bt[n] = Bm.data[bo + n]!; Ct[n] = Cm.data[co + n]!; }
       const ho = t * EN;
       for (let e = 0; e < E; e++) {
-        const u = s.u[row * E + e]!;
-        const dt = softplus(delta.data[dro + e]! + s.deltaBias[e]!);
+        const u = U[row * E + e]!;
+        const dt = softplus(delta.data[dro + e]! + deltaBias[e]!);
         dts[t * E + e] = dt;
         const du = dt * u;
         const he = e * N;
         let acc = 0;
         for (let n = 0; n < N; n++) {
+          const i = ho + he + n;
           const a = Math.exp(dt * A[he + n]!);
-          const prev = t > 0 ? hs[ho - EN + he + n]! : 0;
-          const hn = a * prev + du * Bm.data[bo + n]!;
-          as[ho + he + n] = a;
-          hs[ho + he + n] = hn;
-          acc += hn * Cm.data[co + n]!;
+          const hn = a * hs[i]! + du * Bt[n]!;
+          as[i] = a;
+          hs[i + EN] = hn;
+          acc += hn * Ct[n]!;
         }
-        ys[t * E + e] = acc + s.D[e]! * u;
+        ys[t * E + e] = acc + Dp[e]! * u;
       }
     }
     // ---- backward in time ----
@@ -78,53 +82,50 @@ export function selectiveScanBackwardF32(
       const bo = row * Bm.ld + Bm.off;
       const co = row * Cm.ld + Cm.off;
       const dro = row * delta.ld + delta.off;
+      for (let n = 0; n < N; n++) { Bt[n] = Bm.data[bo + n]!; Ct[n] = Cm.data[co + n]!; dBt[n] = 0; dCt[n] = 0; }
       const ho = t * EN;
-      dBt.fill(0);
-      dCt.fill(0);
       for (let e = 0; e < E; e++) {
         const gout = dy[row * E + e]!;
         let gy = gout;
         if (z) {
-          const zi = row * z.ld + z.off + e;
-          const zv = z.data[zi]!;
+          const zv = z.data[row * z.ld + z.off + e]!;
           const sig = 1 / (1 + Math.exp(-zv));
           gy = gout * zv * sig;
-          const gz = gout * ys[t * E + e]! * sig * (1 + zv * (1 - sig));
-          const di = row * g.dz!.ld + g.dz!.off + e;
-          g.dz!.data[di] = g.dz!.data[di]! + gz;
+          const di = row * dz!.ld + dz!.off + e;
+          dz!.data[di] = dz!.data[di]! + gout * ys[t * E + e]! * sig * (1 + zv * (1 - sig));
         }
-        const u = s.u[row * E + e]!;
+        const u = U[row * E + e]!;
         const dt = dts[t * E + e]!;
         dD[e] = dD[e]! + gy * u;
-        let gu = gy * s.D[e]!;
+        let gu = 0; // Σ_n dh · B (times delta below)
         let gdt = 0;
         const he = e * N;
         for (let n = 0; n < N; n++) {
           const i = ho + he + n;
-          const Bn = Bm.data[bo + n]!;
-          const ghn = dh[he + n]! + gy * Cm.data[co + n]!;
-          dCt[n] = dCt[n]! + gy * hs[i]!;
-          const prev = t > 0 ? hs[i - EN]! : 0;
+          const j = he + n;
+          const ghn = dh[j]! + gy * Ct[n]!;
+          dCt[n] = dCt[n]! + gy * hs[i + EN]!;
           const a = as[i]!;
-          const An = A[he + n]!;
-          gdt += ghn * (An * a * prev + Bn * u);
-          dA[he + n] = dA[he + n]! + ghn * dt * a * prev;
-          dBt[n] = dBt[n]! + ghn * dt * u;
-          gu += ghn * dt * Bn;
-          dh[he + n] = ghn * a;
+          const q = ghn * a * hs[i]!; // dh · a · h[t-1]
+          const gb = ghn * u;
+          gdt += A[j]! * q + Bt[n]! * gb;
+          dA[j] = dA[j]! + dt * q;
+          dBt[n] = dBt[n]! + dt * gb;
+          gu += ghn * Bt[n]!;
+          dh[j] = ghn * a;
         }
-        g.du[row * E + e] = g.du[row * E + e]! + gu;
-        const v = delta.data[dro + e]! + s.deltaBias[e]!;
+        gU[row * E + e] = gU[row * E + e]! + gy * Dp[e]! + dt * gu;
+        const v = delta.data[dro + e]! + deltaBias[e]!;
         const graw = v > 20 ? gdt : gdt / (1 + Math.exp(-v));
-        const di = row * g.dDelta.ld + g.dDelta.off + e;
-        g.dDelta.data[di] = g.dDelta.data[di]! + graw;
+        const di = row * dDelta.ld + dDelta.off + e;
+        dDelta.data[di] = dDelta.data[di]! + graw;
         dBias[e] = dBias[e]! + graw;
       }
-      const dbo = row * g.dB.ld + g.dB.off;
-      const dco = row * g.dC.ld + g.dC.off;
+      const dbo = row * dB.ld + dB.off;
+      const dco = row * dC.ld + dC.off;
       for (let n = 0; n < N; n++) {
-        g.dB.data[dbo + n] = g.dB.data[dbo + n]! + dBt[n]!;
-        g.dC.data[dco + n] = g.dC.data[dco + n]! + dCt[n]!;
+        dB.data[dbo + n] = dB.data[dbo + n]! + dBt[n]!;
+        dC.data[dco + n] = dC.data[dco + n]! + dCt[n]!;
       }
     }
   }

@@ -1,0 +1,244 @@
+/**
+ * `mamba-ts train`: trains a small Mamba on one of the paper's synthetic tasks (section 4.1) from a seeded
+ * initialization, with a progress bar (loss, accuracy, tokens/s) on stderr, crash-safe checkpoints in --out and
+ * DIR/metrics.json at the end (accuracy on freshly drawn held-out batches, over the scored positions only).
+ * `--resume` continues the run in --out from its latest checkpoint, exactly as if it had not stopped; the options
+ * that define the run come from the checkpoint (repeating them is allowed, changing them is an error).
+ * Ctrl-C stops after the current step and writes a checkpoint first (exit code 130).
+ */
+import { existsSync } from "node:fs";
+import path from "node:path";
+import cliProgress from "cli-progress";
+import { Command, InvalidArgumentError, Option } from "commander";
+import { createBackend } from "../../backend/create.ts";
+import { isTrainingBackend, type TrainingBackend } from "../../backend/training.ts";
+import { MambaError } from "../../errors.ts";
+import { writeFileAtomic } from "../../io/safetensors.ts";
+import type { MixerKind } from "../../config.ts";
+import { PRESET_NAMES, type PresetName, preset } from "../../train/presets.ts";
+import { TASK_NAMES, type TaskName } from "../../train/tasks/task.ts";
+import { Trainer, type TrainOptions } from "../../train/trainer.ts";
+import { UsageError, parseInteger, parseNumber } from "../common.ts";
+
+interface TrainCliOptions {
+  task?: TaskName;
+  mixer: MixerKind;
+  preset: PresetName;
+  backend: "cpu" | "webgpu";
+  out: string;
+  steps?: number;
+  seed: number;
+  seqLen?: number;
+  lr?: number;
+  batchSize?: number;
+  gradAccum?: number;
+  checkpointEvery?: number;
+  evalBatches?: number;
+  resume?: boolean;
+}
+
+export const EXIT_INTERRUPTED = 130;
+
+export function integerAtLeast(min: number): (text: string) => number {
+  return (text) => {
+    const v = parseInteger(text);
+    if (v < min) throw new InvalidArgumentError(`must be an integer >= ${min}.`);
+    return v;
+  };
+}
+
+function positiveNumber(text: string): number {
+  const v = parseNumber(text);
+  if (!(v > 0)) throw new InvalidArgumentError("must be a positive number.");
+  return v;
+}
+
+function seedParser(text: string): number {
+  const v = parseInteger(text);
+  if (v < 0 || v > 0xffffffff) throw new InvalidArgumentError("must be an integer in [0, 4294967295].");
+  return v;
+}
+
+export function trainCommand(): Command {
+  return new Command("train")
+    .description("train a small Mamba on a synthetic task of the paper (selective copying, induction heads)")
+    .addOption(new Option("--task <name>", "the synthetic task").choices(TASK_NAMES))
+    .addOption(new Option("--mixer <kind>", "s6 = selective (Mamba); lti = Δ, B, C input-independent (the paper's ablation)")
+      .choices(["s6", "lti"]).default("s6"))
+    .addOption(new Option("--preset <name>", "sizes and schedule: smoke (minutes on a CPU) or paper (the paper's settings)")
+      .choices(PRESET_NAMES).default("smoke"))
+    .addOption(new Option("--backend <name>", "compute backend").choices(["cpu", "webgpu"]).default("cpu"))
+    .addOption(new Option("--out <dir>", "run folder: checkpoints and metrics.json").makeOptionMandatory())
+    .addOption(new Option("--steps <n>", "optimizer steps (default: the preset's)").argParser(integerAtLeast(1)))
+    .addOption(new Option("--seed <n>", "seed of the initialization and the data").argParser(seedParser).default(0))
+    .addOption(new Option("--seq-len <n>", "training sequence length (default: the preset's)").argParser(integerAtLeast(2)))
+    .addOption(new Option("--lr <x>", "peak learning rate (default: the preset's)").argParser(positiveNumber))
+    .addOption(new Option("--batch-size <n>", "sequences per micro-batch (default: the preset's)").argParser(integerAtLeast(1)))
+    .addOption(new Option("--grad-accum <n>", "micro-batches per optimizer step (default: the preset's)").argParser(integerAtLeast(1)))
+    .addOption(new Option("--checkpoint-every <n>", "steps between checkpoints; 0 = only at the end (default: the preset's)")
+      .argParser(integerAtLeast(0)))
+    .addOption(new Option("--eval-batches <n>", "held-out batches for the final accuracy (default: the preset's)")
+      .argParser(integerAtLeast(1)))
+    .option("--resume", "continue the run in --out from its latest checkpoint")
+    .action(async (opts: TrainCliOptions, cmd: Command) => {
+      process.exitCode = await runTrain(opts, (k) => cmd.getOptionValueSource(k) === "cli");
+    });
+}
+
+/** The run's options from the preset and the command line's overrides. */
+function freshOptions(o: TrainCliOptions): TrainOptions {
+  if (!o.task) throw new UsageError(`--task is required (${TASK_NAMES.join(" or ")}), unless --resume continues a run`);
+  const t = preset(o.preset, o.task, o.mixer, o.seed);
+  if (o.steps !== undefined) {
+    t.steps = o.steps;
+    t.optim.warmupSteps = Math.min(t.optim.warmupSteps, Math.floor(o.steps / 10));
+  }
+  if (o.seqLen !== undefined) t.task.seqLen = o.seqLen;
+  if (o.lr !== undefined) t.optim.lr = o.lr;
+  if (o.batchSize !== undefined) t.batchSize = o.batchSize;
+  if (o.gradAccum !== undefined) t.accumulation = o.gradAccum;
+  if (o.checkpointEvery !== undefined) t.checkpointEvery = o.checkpointEvery;
+  if (o.evalBatches !== undefined) t.evalBatches = o.evalBatches;
+  return t;
+}
+
+/** On --resume: every run-defining option given on the command line must agree with the checkpoint's. */
+function checkResumeOptions(o: TrainCliOptions, given: (k: string) => boolean, run: TrainOptions, dir: string): void {
+  const pairs: [string, string, unknown, unknown][] = [
+    ["task", "--task", o.task, run.task.name],
+    ["mixer", "--mixer", o.mixer, run.model.mixer],
+    ["preset", "--preset", o.preset, run.preset],
+    ["steps", "--steps", o.steps, run.steps],
+    ["seed", "--seed", o.seed, run.seed],
+    ["seqLen", "--seq-len", o.seqLen, run.task.seqLen],
+    ["lr", "--lr", o.lr, run.optim.lr],
+    ["batchSize", "--batch-size", o.batchSize, run.batchSize],
+    ["gradAccum", "--grad-accum", o.gradAccum, run.accumulation],
+  ];
+  for (const [key, flag, mine, theirs] of pairs) {
+    if (given(key) && mine !== theirs) {
+      throw new UsageError(`--resume: the run in ${dir} was started with ${flag} ${String(theirs)}, not ${String(mine)}; ` +
+        `resume it with the same options (or leave them out)`);
+    }
+  }
+  if (o.checkpointEvery !== undefined) run.checkpointEvery = o.checkpointEvery;
+  if (o.evalBatches !== undefined) run.evalBatches = o.evalBatches;
+}
+
+async function trainingBackend(name: "cpu" | "webgpu"): Promise<TrainingBackend> {
+  const b = await createBackend(name);
+  if (!isTrainingBackend(b)) {
+    await b.destroy();
+    throw new MambaError(`the ${name} backend has no training ops yet (its backward kernels are not written); use --backend cpu`);
+  }
+  return b;
+}
+
+async function runTrain(o: TrainCliOptions, given: (k: string) => boolean): Promise<number> {
+  const dir = o.out;
+  if (dir.length === 0) throw new UsageError("--out is empty");
+  const hasRun = existsSync(path.join(dir, "latest"));
+  let options: TrainOptions | null = null;
+  if (o.resume) {
+    if (!hasRun) throw new UsageError(`--resume: no checkpoint in ${dir} (no 'latest' file)`);
+  } else {
+    if (hasRun) throw new UsageError(`${dir} already holds a training run; continue it with --resume, or choose another --out`);
+    options = freshOptions(o); // usage errors before any backend is made
+  }
+  const backend = await trainingBackend(o.backend);
+  try {
+    let trainer: Trainer;
+    if (options) trainer = Trainer.create(backend, options);
+    else {
+      trainer = await Trainer.resume(backend, dir);
+      checkResumeOptions(o, given, trainer.options, dir);
+    }
+    return await trainLoop(trainer, dir, o.backend);
+  } finally {
+    await backend.destroy();
+  }
+}
+
+async function trainLoop(trainer: Trainer, dir: string, backendName: string): Promise<number> {
+  const o = trainer.options;
+  let interrupted = false;
+  const onSigint = () => { interrupted = true; };
+  process.once("SIGINT", onSigint);
+  const tty = process.stderr.isTTY === true;
+  const bar = new cliProgress.SingleBar({
+    format: "train |{bar}| {value}/{total} steps | loss {loss} | acc {acc} | {tps} tok/s | ETA {eta_formatted}",
+    stream: process.stderr, hideCursor: true, etaBuffer: 50, fps: 5,
+  }, cliProgress.Presets.shades_classic);
+  const label = `${o.task.name} ${o.model.mixer} (${o.preset ?? "custom"}): ${o.steps} steps, L ${o.task.seqLen}, D ${o.model.hiddenSize}`;
+  process.stderr.write(`${trainer.step > 0 ? `resuming at step ${trainer.step}: ` : ""}${label}\n`);
+  const start = performance.now();
+  let tokens = 0;
+  let emaLoss = NaN, emaAcc = NaN;
+  const fmt = () => ({
+    loss: Number.isNaN(emaLoss) ? "-" : emaLoss.toFixed(3),
+    acc: Number.isNaN(emaAcc) ? "-" : emaAcc.toFixed(3),
+    tps: tokens > 0 ? Math.round(tokens / ((performance.now() - start) / 1000)).toString() : "-",
+  });
+  if (tty) bar.start(o.steps, trainer.step, fmt());
+  let lastSaved = trainer.step;
+  let clock = performance.now();
+  const tick = () => {
+    const now = performance.now();
+    trainer.elapsedSeconds += (now - clock) / 1000;
+    clock = now;
+  };
+  try {
+    while (!trainer.finished && !interrupted) {
+      const s = await trainer.trainStep();
+      tokens += s.tokens;
+      emaLoss = Number.isNaN(emaLoss) ? s.loss : 0.95 * emaLoss + 0.05 * s.loss;
+      emaAcc = Number.isNaN(emaAcc) ? s.accuracy : 0.95 * emaAcc + 0.05 * s.accuracy;
+      if (tty) bar.update(trainer.step, fmt());
+      if (o.checkpointEvery > 0 && trainer.step % o.checkpointEvery === 0 && !trainer.finished) {
+        tick();
+        await trainer.save(dir);
+        lastSaved = trainer.step;
+        if (!tty) {
+          const f = fmt();
+          process.stderr.write(`step ${trainer.step}/${o.steps} | loss ${f.loss} | acc ${f.acc} | ${f.tps} tok/s | checkpoint saved\n`);
+        }
+      }
+    }
+  } finally {
+    if (tty) bar.stop();
+    process.removeListener("SIGINT", onSigint);
+  }
+  tick();
+  if (trainer.step !== lastSaved || !existsSync(path.join(dir, "latest"))) await trainer.save(dir);
+  if (interrupted) {
+    process.stderr.write(`interrupted at step ${trainer.step}; checkpoint saved in ${dir}, continue with --resume\n`);
+    return EXIT_INTERRUPTED;
+  }
+  const evalStart = performance.now();
+  const ev = await trainer.evaluate();
+  const metrics = {
+    task: o.task.name,
+    mixer: o.model.mixer,
+    preset: o.preset ?? null,
+    backend: backendName,
+    steps: trainer.step,
+    seqLen: o.task.seqLen,
+    numTokens: o.task.numTokens,
+    vocabSize: o.task.vocabSize,
+    accuracy: ev.accuracy,
+    evalScoredPositions: ev.scored,
+    evalBatches: o.evalBatches,
+    evalBatchSize: o.batchSize,
+    evalSeconds: (performance.now() - evalStart) / 1000,
+    finalTrainLoss: trainer.lastStats?.loss ?? null,
+    finalTrainAccuracy: trainer.lastStats?.accuracy ?? null,
+    trainSeconds: trainer.elapsedSeconds,
+    tokensPerSecondThisProcess: tokens > 0 ? tokens / ((performance.now() - start) / 1000) : null,
+    model: { ...o.model, parameters: trainer.parameterCount },
+    seed: o.seed,
+  };
+  await writeFileAtomic(path.join(dir, "metrics.json"), JSON.stringify(metrics, null, 2) + "\n");
+  process.stdout.write(`${o.task.name} ${o.model.mixer}: accuracy ${ev.accuracy.toFixed(4)} on ${ev.scored} held-out scored positions ` +
+    `after ${trainer.step} steps (${trainer.elapsedSeconds.toFixed(1)} s of training); ${path.join(dir, "metrics.json")}\n`);
+  return 0;
+}

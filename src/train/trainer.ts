@@ -1,0 +1,272 @@
+/**
+ * Training a Mamba LM on a synthetic task: seeded init and data, micro-batch gradient accumulation, AdamW with
+ * clipping and a warmup + cosine schedule, crash-safe checkpoints, exact resume.
+ *
+ * Determinism: the parameters come from initParameters(seed); micro-batch k of step s is drawn from its own
+ * generator Rng(seed ^ DATA, s · accumulation + k), and held-out evaluation batches from Rng(seed ^ EVAL, i), so
+ * the data never depends on what ran before. With the optimizer moments, the parameters and the step restored
+ * bit for bit, a resumed run continues exactly as if it had not stopped (on the CPU, whose ops are
+ * deterministic).
+ */
+import { promises as fs } from "node:fs";
+import path from "node:path";
+import type { TrainingBackend } from "../backend/training.ts";
+import type { Tensor } from "../backend/backend.ts";
+import { type MambaConfig, type MixerKind, toHfConfig } from "../config.ts";
+import { MambaError, check } from "../errors.ts";
+import { Rng } from "../generate/rng.ts";
+import { loadCheckpoint } from "../io/checkpoint.ts";
+import { readSafetensors, serializeSafetensors } from "../io/safetensors.ts";
+import type { HostTensor } from "../io/tensor.ts";
+import { toFloat32 } from "../io/tensor.ts";
+import { initParameters, makeConfig } from "../model/init.ts";
+import { type LMWeights, MambaLM, uploadWeights } from "../model/mamba.ts";
+import { forwardBackward } from "./backprop.ts";
+import { latestCheckpoint, writeCheckpoint } from "./checkpoint.ts";
+import { AdamW, type OptimConfig, learningRate } from "./optim.ts";
+import { namedTensors, zerosLike } from "./params.ts";
+import { type Task, type TaskSpec, makeTask, scoreLogits } from "./tasks/task.ts";
+
+export interface ModelSpec {
+  hiddenSize: number; // D
+  numLayers: number;
+  stateSize: number; // N
+  expand: number; // E = expand · D
+  mixer: MixerKind;
+}
+
+export interface TrainOptions {
+  preset?: string; // the preset these options came from (informational)
+  task: TaskSpec;
+  model: ModelSpec;
+  steps: number; // optimizer steps in the whole run
+  batchSize: number; // sequences per micro-batch
+  accumulation: number; // micro-batches per optimizer step
+  optim: OptimConfig;
+  seed: number;
+  checkpointEvery: number; // steps between checkpoints (0: only the final one)
+  evalBatches: number; // held-out batches for the final accuracy
+}
+
+export interface StepStats {
+  step: number; // steps done after this one
+  loss: number; // mean over the step's micro-batches
+  accuracy: number; // on the step's scored positions
+  gradNorm: number;
+  lr: number;
+  tokens: number; // tokens processed by this step
+}
+
+/** trainer.json */
+interface TrainerState {
+  format: "mamba-ts-trainer";
+  version: 1;
+  step: number;
+  options: TrainOptions;
+  /** the data streams: micro-batch k of step s uses Rng(seed ^ dataSalt, s · accumulation + k) */
+  rng: { seed: number; dataSalt: number; evalSalt: number; nextStream: number };
+  schedule: { lr: number; warmupSteps: number; totalSteps: number; nextLr: number };
+  last: StepStats | null;
+  elapsedSeconds: number; // training time of all the processes that made this checkpoint
+}
+
+const DATA_SALT = 0x5eed0da7;
+const EVAL_SALT = 0x0e7a1ba7;
+
+export function modelConfig(o: TrainOptions): MambaConfig {
+  const m = o.model;
+  return makeConfig({
+    vocabSize: o.task.vocabSize, hiddenSize: m.hiddenSize, numLayers: m.numLayers, stateSize: m.stateSize,
+    intermediateSize: m.expand * m.hiddenSize, mixer: m.mixer,
+  });
+}
+
+export function checkOptions(o: TrainOptions): void {
+  const pos = (v: number, what: string) => check(Number.isInteger(v) && v > 0, `${what} must be a positive integer, got ${v}`);
+  pos(o.steps, "steps");
+  pos(o.batchSize, "batch size");
+  pos(o.accumulation, "gradient accumulation");
+  pos(o.model.hiddenSize, "hidden size");
+  pos(o.model.numLayers, "number of layers");
+  pos(o.model.stateSize, "state size");
+  pos(o.model.expand, "expand");
+  check(Number.isInteger(o.evalBatches) && o.evalBatches >= 0, `eval batches must be a non-negative integer, got ${o.evalBatches}`);
+  check(Number.isInteger(o.checkpointEvery) && o.checkpointEvery >= 0, `checkpoint interval must be a non-negative integer, got ${o.checkpointEvery}`);
+  check(Number.isInteger(o.seed) && o.seed >= 0 && o.seed <= 0xffffffff, `seed must be an integer in [0, 2^32), got ${o.seed}`);
+  check(o.optim.lr > 0 && Number.isFinite(o.optim.lr), `learning rate must be positive, got ${o.optim.lr}`);
+  check(o.optim.warmupSteps >= 0 && Number.isInteger(o.optim.warmupSteps), `warmup steps must be a non-negative integer`);
+  makeTask(o.task); // validates the task's sizes
+}
+
+export class Trainer {
+  readonly task: Task;
+  readonly params: Map<string, Tensor>;
+  private readonly grads: LMWeights;
+  private readonly gradMap: Map<string, Tensor>;
+  private last: StepStats | null = null;
+  /** training time so far, over resumes (the caller adds to it) */
+  elapsedSeconds = 0;
+
+  private constructor(
+    readonly backend: TrainingBackend,
+    readonly options: TrainOptions,
+    readonly lm: MambaLM,
+    readonly optimizer: AdamW,
+    public step: number,
+  ) {
+    this.task = makeTask(options.task);
+    this.params = namedTensors(lm.config, lm.weights);
+    this.grads = zerosLike(backend, lm.weights);
+    this.gradMap = namedTensors(lm.config, this.grads);
+  }
+
+  get config(): MambaConfig {
+    return this.lm.config;
+  }
+
+  /** A fresh run: parameters initialized from the seed. */
+  static create(backend: TrainingBackend, options: TrainOptions): Trainer {
+    checkOptions(options);
+    const cfg = modelConfig(options);
+    const lm = new MambaLM(cfg, backend, uploadWeights(backend, cfg, initParameters(cfg, { seed: options.seed })));
+    return new Trainer(backend, options, lm, new AdamW(backend, options.optim, namedTensors(cfg, lm.weights)), 0);
+  }
+
+  /** Continues the run whose latest checkpoint is in `dir`. */
+  static async resume(backend: TrainingBackend, dir: string): Promise<Trainer> {
+    const folder = await latestCheckpoint(dir);
+    if (!folder) throw new MambaError(`no checkpoint to resume from in ${dir} (no 'latest' file)`);
+    let state: TrainerState;
+    try {
+      state = JSON.parse(await fs.readFile(path.join(folder, "trainer.json"), "utf8")) as TrainerState;
+    } catch (err) {
+      throw new MambaError(`cannot read ${path.join(folder, "trainer.json")}: ${(err as Error).message}`);
+    }
+    check(state.format === "mamba-ts-trainer" && state.version === 1, `${folder}/trainer.json is not a mamba-ts trainer state`);
+    checkOptions(state.options);
+    const ckpt = await loadCheckpoint(folder);
+    const cfg = ckpt.config;
+    const lm = new MambaLM(cfg, backend, uploadWeights(backend, cfg, ckpt.tensors));
+    const opt = new AdamW(backend, state.options.optim, namedTensors(cfg, lm.weights));
+    const moments = await readSafetensors(path.join(folder, "optimizer.safetensors"));
+    for (const [name] of opt.params) {
+      for (const [key, dst] of [["m", opt.m], ["v", opt.v]] as const) {
+        const t = moments.get(`${key}.${name}`);
+        check(t, `${folder}/optimizer.safetensors: missing '${key}.${name}'`);
+        const target = dst.get(name)!;
+        const src = backend.fromF32(toFloat32(t), target.shape);
+        backend.copyInto(target, src);
+        backend.dispose(src);
+      }
+    }
+    const t = new Trainer(backend, state.options, lm, opt, state.step);
+    t.last = state.last;
+    t.elapsedSeconds = state.elapsedSeconds ?? 0;
+    return t;
+  }
+
+  private dataRng(index: number): Rng {
+    return new Rng((this.options.seed ^ DATA_SALT) >>> 0, index);
+  }
+
+  /** the statistics of the last step (restored on resume) */
+  get lastStats(): StepStats | null {
+    return this.last;
+  }
+
+  /** parameters, a tied head counted once */
+  get parameterCount(): number {
+    let n = 0;
+    for (const t of this.params.values()) n += t.shape.reduce((a, c) => a * c, 1);
+    return n;
+  }
+
+  get finished(): boolean {
+    return this.step >= this.options.steps;
+  }
+
+  /** One optimizer step over `accumulation` micro-batches. */
+  async trainStep(): Promise<StepStats> {
+    check(!this.finished, `the run is complete (${this.options.steps} steps)`);
+    const b = this.backend;
+    const o = this.options;
+    for (const g of new Set(this.gradMap.values())) b.zeroFill(g);
+    let loss = 0, correct = 0, scored = 0, tokens = 0;
+    for (let k = 0; k < o.accumulation; k++) {
+      const batch = this.task.batch(this.dataRng(this.step * o.accumulation + k), o.batchSize);
+      const ids = b.fromI32(batch.ids, [batch.ids.length]);
+      const tgt = b.fromI32(batch.targets, [batch.targets.length]);
+      const r = forwardBackward(this.lm, b, ids, tgt, batch.shape, this.grads, 1 / o.accumulation);
+      loss += (await b.readF32(r.loss))[0]! / o.accumulation;
+      correct += (await b.readF32(r.correct))[0]!;
+      for (const v of batch.targets) if (v >= 0) scored++;
+      tokens += batch.ids.length;
+      b.dispose(ids, tgt, r.loss, r.correct);
+    }
+    const lr = learningRate(o.optim, this.step + 1, o.steps);
+    const gradNorm = await this.optimizer.step(this.gradMap, this.step + 1, lr);
+    this.step++;
+    this.last = { step: this.step, loss, accuracy: scored > 0 ? correct / scored : 0, gradNorm, lr, tokens };
+    return this.last;
+  }
+
+  /** Accuracy on the scored positions of `batches` freshly drawn held-out batches (task spec may differ, e.g. L). */
+  async evaluate(batches = this.options.evalBatches, spec: TaskSpec = this.options.task, batchSize = this.options.batchSize): Promise<EvalResult> {
+    return evaluateAccuracy(this.lm, makeTask(spec), this.options.seed, batches, batchSize);
+  }
+
+  /** Host copies of the parameters, by checkpoint name. */
+  async parameters(): Promise<Map<string, HostTensor>> {
+    const out = new Map<string, HostTensor>();
+    for (const [name, t] of this.params) out.set(name, { dtype: "F32", shape: [...t.shape], data: await this.backend.readF32(t) });
+    return out;
+  }
+
+  /** Writes DIR/checkpoint-<step> and makes it the latest (see checkpoint.ts). */
+  async save(dir: string, keep = 1): Promise<string> {
+    const b = this.backend;
+    const o = this.options;
+    const moments = new Map<string, HostTensor>();
+    for (const [name, p] of this.params) {
+      moments.set(`m.${name}`, { dtype: "F32", shape: [...p.shape], data: await b.readF32(this.optimizer.m.get(name)!) });
+      moments.set(`v.${name}`, { dtype: "F32", shape: [...p.shape], data: await b.readF32(this.optimizer.v.get(name)!) });
+    }
+    const state: TrainerState = {
+      format: "mamba-ts-trainer", version: 1, step: this.step, options: o,
+      rng: { seed: o.seed, dataSalt: DATA_SALT, evalSalt: EVAL_SALT, nextStream: this.step * o.accumulation },
+      schedule: { lr: o.optim.lr, warmupSteps: o.optim.warmupSteps, totalSteps: o.steps, nextLr: learningRate(o.optim, this.step + 1, o.steps) },
+      last: this.last,
+      elapsedSeconds: this.elapsedSeconds,
+    };
+    const files = new Map<string, Uint8Array | string>([
+      ["config.json", JSON.stringify(toHfConfig(this.config), null, 2) + "\n"],
+      ["model.safetensors", serializeSafetensors(await this.parameters(), { format: "pt" })],
+      ["optimizer.safetensors", serializeSafetensors(moments)],
+      ["trainer.json", JSON.stringify(state, null, 2) + "\n"],
+    ]);
+    return writeCheckpoint(dir, this.step, files, keep);
+  }
+}
+
+export interface EvalResult {
+  accuracy: number; // correct / scored (0 when nothing is scored)
+  correct: number;
+  scored: number; // scored positions seen
+}
+
+/** Held-out accuracy of a model on a task: batch i comes from Rng(seed ^ EVAL_SALT, i). */
+export async function evaluateAccuracy(lm: MambaLM, task: Task, seed: number, batches: number, batchSize: number): Promise<EvalResult> {
+  const b = lm.backend;
+  let correct = 0, scored = 0;
+  for (let i = 0; i < batches; i++) {
+    const batch = task.batch(new Rng((seed ^ EVAL_SALT) >>> 0, i), batchSize);
+    const ids = b.fromI32(batch.ids, [batch.ids.length]);
+    const h = lm.hidden(ids, batch.shape, null);
+    const logits = lm.logits(h);
+    const s = scoreLogits(await b.readF32(logits), batch.targets, logits.shape[logits.shape.length - 1]!);
+    correct += s.correct;
+    scored += s.scored;
+    b.dispose(ids, h, logits);
+  }
+  return { accuracy: scored > 0 ? correct / scored : 0, correct, scored };
+}
