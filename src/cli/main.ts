@@ -10,11 +10,14 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { Command, CommanderError } from "commander";
 import { PACKAGE_ROOT, UsageError } from "./common.ts";
+import { demoCommand } from "./commands/demo.ts";
 import { generateCommand } from "./commands/generate.ts";
 import { infoCommand } from "./commands/info.ts";
+import { trainCommand } from "./commands/train.ts";
+import { evalCommand } from "./commands/eval.ts";
 
 /** The commands, in the order --help lists them. Each factory returns a fresh commander Command. */
-const COMMANDS: Array<() => Command> = [generateCommand, infoCommand];
+const COMMANDS: Array<() => Command> = [generateCommand, infoCommand, demoCommand, trainCommand, evalCommand];
 
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
