@@ -1,0 +1,90 @@
+/**
+ * `mamba-ts train` and `mamba-ts eval` as users run them (child processes), on runs of a few steps: metrics.json
+ * and the checkpoint folder, eval's accuracy against the library's evaluation of the same checkpoint, resume,
+ * and bad options (one `mamba-ts: error:` line, exit code 2).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { promises as fs } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { loadModel } from "../../src/index.ts";
+import { latestCheckpoint } from "../../src/train/checkpoint.ts";
+import { makeTask } from "../../src/train/tasks/task.ts";
+import { evaluateAccuracy } from "../../src/train/trainer.ts";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+const BIN = path.join(ROOT, "bin", "mamba-ts.js");
+
+function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "", stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+    child.on("error", reject);
+    child.on("exit", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+const SMALL = ["--seq-len", "12", "--batch-size", "2", "--eval-batches", "2", "--checkpoint-every", "2"];
+
+test("train writes checkpoints and metrics.json; eval reports the same accuracy as the library; resume is checked", async () => {
+  const dir = path.join(await fs.mkdtemp(path.join(os.tmpdir(), "mamba-ts-cli-train-")), "run");
+  const r = await cli(["train", "--task", "selective-copying", "--mixer", "lti", "--out", dir, "--steps", "3", "--seed", "5", ...SMALL]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^selective-copying lti: accuracy \d\.\d{4} on 16 held-out scored positions after 3 steps/);
+  const m = JSON.parse(await fs.readFile(path.join(dir, "metrics.json"), "utf8"));
+  assert.equal(m.task, "selective-copying");
+  assert.equal(m.mixer, "lti");
+  assert.equal(m.steps, 3);
+  assert.equal(m.seqLen, 12);
+  assert.ok(m.accuracy >= 0 && m.accuracy <= 1);
+  const folder = (await latestCheckpoint(dir))!;
+  assert.equal(path.basename(folder), "checkpoint-3");
+  const names = (await fs.readdir(folder)).sort();
+  assert.deepEqual(names, ["config.json", "model.safetensors", "optimizer.safetensors", "trainer.json"]);
+
+  // the library's evaluation of the checkpoint: the same held-out data (training seed), the same accuracy
+  const model = await loadModel(folder, { backend: "cpu" });
+  const lib = await evaluateAccuracy(model.lm, makeTask({ name: "selective-copying", seqLen: 12, numTokens: 4, vocabSize: 8 }), 5, 2, 2);
+  assert.equal(lib.accuracy, m.accuracy);
+  const e = await cli(["eval", "--task", "selective-copying", "--model", dir, "--batches", "2", "--batch-size", "2"]);
+  assert.equal(e.code, 0, e.stderr);
+  assert.match(e.stdout, new RegExp(`^accuracy: ${m.accuracy.toFixed(4)} \\(selective-copying, seq-len 12, 4 tokens, ${lib.correct}/16 `));
+  const longer = await cli(["eval", "--task", "selective-copying", "--model", folder, "--seq-len", "40", "--batches", "1", "--batch-size", "2"]);
+  assert.equal(longer.code, 0, longer.stderr);
+  const lib40 = await evaluateAccuracy(model.lm, makeTask({ name: "selective-copying", seqLen: 40, numTokens: 4, vocabSize: 8 }), 5, 1, 2);
+  assert.match(longer.stdout, new RegExp(`^accuracy: ${lib40.accuracy.toFixed(4)} \\(selective-copying, seq-len 40, `));
+  await model.dispose();
+
+  const again = await cli(["train", "--task", "selective-copying", "--out", dir]);
+  assert.equal(again.code, 2);
+  assert.match(again.stderr, /^mamba-ts: error: .* already holds a training run; continue it with --resume/m);
+  const conflict = await cli(["train", "--resume", "--out", dir, "--mixer", "s6"]);
+  assert.equal(conflict.code, 2);
+  assert.match(conflict.stderr, /^mamba-ts: error: --resume: the run in .* was started with --mixer lti, not s6/m);
+});
+
+test("train: bad options give one error line and exit code 2", async () => {
+  const cases: [string[], RegExp][] = [
+    [["train", "--task", "copying", "--out", "x"], /argument 'copying' is invalid/],
+    [["train", "--task", "induction-heads", "--out", "x", "--mixer", "s4"], /argument 's4' is invalid/],
+    [["train", "--task", "induction-heads", "--out", "x", "--steps", "-1"], /must be an integer >= 1/],
+    [["train", "--task", "induction-heads", "--out", "x", "--seed", "1.5"], /expected an integer/],
+    [["train", "--task", "induction-heads"], /required option '--out <dir>' not specified/],
+    [["train", "--out", path.join(os.tmpdir(), "mamba-ts-never")], /--task is required/],
+    [["train", "--resume", "--out", path.join(os.tmpdir(), "mamba-ts-never")], /--resume: no checkpoint/],
+    [["eval", "--task", "induction-heads"], /required option '-m, --model <dir>' not specified/],
+  ];
+  for (const [args, re] of cases) {
+    const r = await cli(args);
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    const lines = r.stderr.trim().split("\n");
+    assert.equal(lines.length, 1, r.stderr);
+    assert.match(lines[0]!, /^mamba-ts: error: /);
+    assert.match(lines[0]!, re);
+  }
+});
