@@ -8,10 +8,11 @@
  * window.mambaDemo.
  */
 import {
-  BYTE_EOS_ID, BYTE_VOCAB_SIZE, type BackendName, type MambaModel, SelectionRecorder, type SelectionTrace,
+  type BackendName, type MambaModel, SelectionRecorder, type SelectionTrace,
   TextStreamer, type Tokenizer, byteLevelTokenizerJson, createModel, filesFromPicked, loadModelFromFiles,
   tokenizerFromJson,
 } from "../src/browser.ts";
+import { FALLBACK_SEED, FALLBACK_SIZES } from "./fallback.ts";
 import { type HeatmapData, drawHeatmap, tokenLabel } from "./heatmap.ts";
 
 interface DemoInfo {
@@ -47,6 +48,8 @@ interface DemoState {
   newIds: number[];
   tokensPerSecond: number | null;
   traceTokens: number;
+  /** per layer, per token read: the share of the state kept (what the lower map shows) */
+  keep: number[][];
   error: string | null;
 }
 
@@ -66,7 +69,7 @@ const params = new URLSearchParams(location.search);
 const backendPref = (params.get("backend") ?? "auto") as BackendName;
 const demo: DemoState = {
   state: "loading", backend: null, model: null, fallback: false, promptIds: [], newIds: [],
-  tokensPerSecond: null, traceTokens: 0, error: null,
+  tokensPerSecond: null, traceTokens: 0, keep: [], error: null,
 };
 (globalThis as { mambaDemo?: DemoState }).mambaDemo = demo;
 
@@ -116,7 +119,9 @@ function showSession(s: Session): void {
 /** The backend in use, said plainly: which one, and why not WebGPU when it is the CPU. */
 function backendNote(model: MambaModel, notices: string[]): string {
   if (model.backend.name === "webgpu") return "running on the GPU through navigator.gpu";
-  const why = notices.map((n) => n.replace(/^backend: cpu\s*/, "").replace(/^\((.*)\)$/, "$1")).find((n) => n.length > 0);
+  const why = notices
+    .map((n) => n.replace(/^backend: cpu\s*/, "").replace(/^\((.*)\)$/, "$1").replace(/^(no WebGPU: )?(WebGPU: )?/, ""))
+    .find((n) => n.length > 0);
   if (backendPref === "cpu") return "the CPU was asked for (?backend=cpu)";
   return `WebGPU is not in use${why ? `: ${why}` : ""}; running on the CPU`;
 }
@@ -163,9 +168,7 @@ async function openPicked(files: FileList): Promise<void> {
 /** A small untrained model and the byte-level tokenizer: for when no model folder is installed. */
 async function openFallback(why: string): Promise<void> {
   await replaceSession(async (onNotice) => {
-    const model = await createModel(
-      { vocabSize: BYTE_VOCAB_SIZE, hiddenSize: 64, numLayers: 4, eosTokenId: BYTE_EOS_ID },
-      { seed: 0, backend: backendPref, onNotice });
+    const model = await createModel(FALLBACK_SIZES, { seed: FALLBACK_SEED, backend: backendPref, onNotice });
     return { model, tokenizer: tokenizerFromJson(byteLevelTokenizerJson()), name: "untrained 4-layer model (random weights)" };
   });
   demo.fallback = true;
@@ -233,6 +236,7 @@ async function generate(): Promise<void> {
     recorder?.detach();
   }
   demo.traceTokens = run.trace?.tokens ?? 0;
+  demo.keep = run.trace?.keep.map((k) => Array.from(k)) ?? [];
   renderText();
   renderMaps();
   setState("done");
