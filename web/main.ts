@@ -95,7 +95,8 @@ function notice(text: string | null, kind: "info" | "error" = "info"): void {
 function fail(err: unknown): void {
   const message = err instanceof Error ? err.message : String(err);
   demo.error = message;
-  notice(message, "error");
+  const onGpu = session?.model.backend.name === "webgpu" || backendPref === "webgpu";
+  notice(onGpu ? `${message} (add ?backend=cpu to the address to run on the CPU)` : message, "error");
   console.error(err);
   setState("error");
 }
