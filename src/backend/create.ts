@@ -11,7 +11,7 @@ export type BackendName = "cpu" | "webgpu" | "auto";
 export async function createBackend(name: BackendName = "auto", onNotice?: (msg: string) => void): Promise<Backend> {
   if (name === "cpu") return new CpuBackend();
   if (name === "webgpu" || name === "auto") {
-    let mod: { createWebGpuBackend?: () => Promise<Backend> } | null = null;
+    let mod: { createWebGpuBackend?: (o?: { allowFallbackAdapter?: boolean }) => Promise<Backend> } | null = null;
     try {
       mod = await import("./webgpu/index.ts");
     } catch {
@@ -24,7 +24,7 @@ export async function createBackend(name: BackendName = "auto", onNotice?: (msg:
     }
     if (name === "webgpu") return mod.createWebGpuBackend();
     try {
-      const b = await mod.createWebGpuBackend();
+      const b = await mod.createWebGpuBackend({ allowFallbackAdapter: false }); // software GPUs lose to the CPU backend
       onNotice?.("backend: webgpu");
       return b;
     } catch (err) {

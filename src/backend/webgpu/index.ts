@@ -1,7 +1,18 @@
-/** The WebGPU backend (not built yet). */
+/**
+ * The WebGPU backend: Mamba on the GPU from TypeScript, in browsers (navigator.gpu) and in Node (the `webgpu`
+ * package, loaded only there). Math in f32; f16 / bf16 weights stay packed on the GPU and are widened in kernels.
+ */
 import type { Backend } from "../backend.ts";
-import { MambaError } from "../../errors.ts";
+import { acquireDevice, type WebGpuOptions } from "./device.ts";
+import { Gpu } from "./gpu.ts";
+import { WebGpuBackend, type WebGpuTuning } from "./backend.ts";
 
-export async function createWebGpuBackend(): Promise<Backend> {
-  throw new MambaError("the WebGPU backend is not available in this build");
+export { WebGpuBackend } from "./backend.ts";
+export type { WebGpuOptions } from "./device.ts";
+export type { WebGpuTuning } from "./backend.ts";
+
+/** A WebGPU backend on the default adapter; throws a MambaError when there is none. */
+export async function createWebGpuBackend(options: WebGpuOptions & WebGpuTuning = {}): Promise<Backend> {
+  const { gpu, device, description } = await acquireDevice(options);
+  return new WebGpuBackend(new Gpu(device, description, gpu), options);
 }

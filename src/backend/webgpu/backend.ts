@@ -1,0 +1,352 @@
+/**
+ * The WebGPU backend: every op of the Backend interface as WGSL kernels (./kernels, one per file). Ops only
+ * append dispatches to one pending command encoder; work is submitted when the host needs data (a read) or every
+ * few hundred dispatches, so a decode step is one submit with no readback but the sampled ids.
+ * State tensors are rewritten by ops into a fresh buffer that then replaces the tensor's own, since a kernel
+ * cannot read history in one thread that another thread is already overwriting.
+ */
+import type { Backend, SampleRequest, SelectiveScanArgs, SeqShape, Tensor, TensorOrCols } from "../backend.ts";
+import { MambaError, check } from "../../errors.ts";
+import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
+import { type Buf, Gpu } from "./gpu.ts";
+import { GpuTensor, type Storage, type Window, gpuTensor, windowOf } from "./tensor.ts";
+import { TILE_LARGE, TILE_SMALL, matmulTiled } from "./kernels/matmul.ts";
+import { MATVEC_MAX_ROWS, matvec } from "./kernels/matvec.ts";
+import { addRmsNorm } from "./kernels/norm.ts";
+import { embedding } from "./kernels/embedding.ts";
+import { causalConv1dSilu } from "./kernels/conv.ts";
+import { packScanParams, scanGeometry, selectiveScan } from "./kernels/scan/index.ts";
+import { sample, sampleWords } from "./kernels/sample.ts";
+import { copyWindow, copyWords, fillWords } from "./kernels/copy.ts";
+import { widen } from "./kernels/widen.ts";
+import type { WeightStorage } from "./kernels/weights.ts";
+
+export interface WebGpuTuning {
+  /** channel-chunk threads the selective scan aims for when it splits a sequence (default 131072) */
+  scanThreads?: number;
+  /** dispatches after which pending work is submitted even without a read (default 512) */
+  flushEvery?: number;
+}
+
+export class WebGpuBackend implements Backend {
+  readonly name = "webgpu" as const;
+  private readonly scanThreads: number;
+  private readonly flushEvery: number;
+  private sinceFlush = 0;
+  /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
+  private scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
+
+  constructor(readonly gpu: Gpu, tuning: WebGpuTuning = {}) {
+    this.scanThreads = tuning.scanThreads ?? 131072;
+    this.flushEvery = tuning.flushEvery ?? 512;
+  }
+
+  /** The adapter this backend runs on, in words. */
+  get device(): string {
+    return this.gpu.description;
+  }
+
+  private t(x: Tensor, what: string): GpuTensor {
+    return gpuTensor(x, this, what);
+  }
+  private w(x: TensorOrCols, what: string): Window {
+    return windowOf(x, this, what);
+  }
+  private make(shape: readonly number[], dtype: "f32" | "i32", what = "a tensor"): GpuTensor {
+    return new GpuTensor([...shape], dtype, this.gpu.alloc(Math.max(4, numel(shape) * 4), what), dtype, this);
+  }
+  /** A float32 buffer of a tensor (half-precision parameters are widened once, on first use). */
+  private f32(t: GpuTensor): Buf {
+    if (t.storage === "f32" || t.storage === "i32") return t.buf;
+    if (!t.widened) {
+      const out = this.make(t.shape, "f32");
+      widen(this.gpu, t.buf, t.storage, t.numel, out.buf);
+      t.widened = out;
+    }
+    return t.widened.buf;
+  }
+  private weightStorage(t: GpuTensor): WeightStorage {
+    if (t.storage === "i32") throw new MambaError("an i32 tensor was passed where weights were expected");
+    return t.storage;
+  }
+  /** Submits pending work now and then, so the GPU starts while the host is still encoding long runs. */
+  private tick(): void {
+    if (++this.sinceFlush >= this.flushEvery) this.flushNow();
+  }
+  private flushNow(): void {
+    this.sinceFlush = 0;
+    this.gpu.flush();
+  }
+
+  // ---- data movement ----
+
+  upload(t: HostTensor): Tensor {
+    const n = numel(t.shape);
+    check(t.data.length === n, `upload: data has ${t.data.length} values, shape [${t.shape}] needs ${n}`);
+    if (t.dtype === "F32") {
+      return new GpuTensor([...t.shape], "f32", this.gpu.upload(t.data as Float32Array, "a parameter"), "f32", this);
+    }
+    // half precision stays packed: element i is half i & 1 of u32 word i >> 1 (little-endian, as the kernels read)
+    const storage: Storage = t.dtype === "F16" ? "f16" : "bf16";
+    return new GpuTensor([...t.shape], "f32", this.gpu.upload(t.data as Uint16Array, "a parameter"), storage, this);
+  }
+  fromF32(data: Float32Array, shape: readonly number[]): Tensor {
+    check(data.length === numel(shape), `data has ${data.length} values, shape [${shape}] needs ${numel(shape)}`);
+    return new GpuTensor([...shape], "f32", this.gpu.upload(data), "f32", this);
+  }
+  fromI32(data: Int32Array, shape: readonly number[]): Tensor {
+    check(data.length === numel(shape), `data has ${data.length} values, shape [${shape}] needs ${numel(shape)}`);
+    return new GpuTensor([...shape], "i32", this.gpu.upload(data), "i32", this);
+  }
+  zeros(shape: readonly number[]): Tensor {
+    const out = this.make(shape, "f32");
+    fillWords(this.gpu, out.buf, 0, numel(shape));
+    this.tick();
+    return out;
+  }
+  async readF32(x: Tensor): Promise<Float32Array> {
+    const t = this.t(x, "readF32");
+    check(t.dtype === "f32", "readF32: the tensor holds i32 values");
+    this.sinceFlush = 0;
+    if (t.storage === "f16" || t.storage === "bf16") {
+      const raw = await this.gpu.read(t.buf, t.numel * 2);
+      return toFloat32({ dtype: t.storage === "f16" ? "F16" : "BF16", shape: [...t.shape], data: new Uint16Array(raw) });
+    }
+    return new Float32Array(await this.gpu.read(t.buf, t.numel * 4));
+  }
+  async readI32(x: Tensor): Promise<Int32Array> {
+    const t = this.t(x, "readI32");
+    check(t.dtype === "i32", "readI32: the tensor holds f32 values");
+    this.sinceFlush = 0;
+    return new Int32Array(await this.gpu.read(t.buf, t.numel * 4));
+  }
+  dispose(...ts: (Tensor | null | undefined)[]): void {
+    for (const x of ts) {
+      if (!(x instanceof GpuTensor) || x.owner !== this || x.disposed) continue;
+      x.disposed = true;
+      this.gpu.release(x.buf);
+      if (x.widened) this.dispose(x.widened);
+      const pack = this.scanPacks.get(x);
+      if (pack) {
+        this.scanPacks.delete(x);
+        this.dispose(pack.packed);
+      }
+    }
+  }
+  concat0(ts: Tensor[]): Tensor {
+    check(ts.length > 0, "concat0: no tensors");
+    const parts = ts.map((x) => this.t(x, "concat0"));
+    const rest = parts[0]!.shape.slice(1);
+    for (const p of parts) {
+      check(p.shape.length === parts[0]!.shape.length && p.shape.slice(1).every((d, i) => d === rest[i]) && p.dtype === parts[0]!.dtype,
+        `concat0: shapes [${p.shape}] and [${parts[0]!.shape}] differ past the first dimension`);
+    }
+    const n = parts.reduce((a, p) => a + p.shape[0]!, 0);
+    const out = this.make([n, ...rest], parts[0]!.dtype);
+    let o = 0;
+    for (const p of parts) {
+      copyWords(this.gpu, this.f32(p), 0, out.buf, o, p.numel);
+      o += p.numel;
+    }
+    this.tick();
+    return out;
+  }
+  takeRows(x: Tensor, rows: readonly number[]): Tensor {
+    const t = this.t(x, "takeRows");
+    const w = t.cols;
+    const nRows = t.numel / w;
+    const out = this.make([rows.length, w], t.dtype);
+    const src = this.f32(t);
+    // runs of consecutive rows are one copy each
+    for (let i = 0; i < rows.length;) {
+      let j = i + 1;
+      while (j < rows.length && rows[j] === rows[j - 1]! + 1) j++;
+      const r = rows[i]!;
+      check(Number.isInteger(r) && r >= 0 && rows[j - 1]! < nRows, `takeRows: row ${rows[j - 1]} outside ${nRows} rows`);
+      copyWords(this.gpu, src, r * w, out.buf, i * w, (j - i) * w);
+      i = j;
+    }
+    this.tick();
+    return out;
+  }
+  copyInto(dst: Tensor, src: Tensor): void {
+    const d = this.t(dst, "copyInto");
+    const s = this.t(src, "copyInto");
+    check(d.numel === s.numel, `copyInto: shapes [${d.shape}] and [${s.shape}] differ`);
+    check(d.storage === "f32" || d.storage === "i32", "copyInto: cannot overwrite a half-precision parameter");
+    copyWords(this.gpu, this.f32(s), 0, d.buf, 0, d.numel);
+    d.version++;
+    this.tick();
+  }
+  async destroy(): Promise<void> {
+    await this.gpu.destroy();
+  }
+
+  /** Submits pending work and waits for the GPU to finish it. */
+  async sync(): Promise<void> {
+    this.sinceFlush = 0;
+    await this.gpu.sync();
+  }
+
+  // ---- model ops ----
+
+  embedding(table: Tensor, ids: Tensor): Tensor {
+    const tb = this.t(table, "embedding");
+    const id = this.t(ids, "embedding");
+    check(tb.shape.length === 2, `embedding: the table must be [V, D], got [${tb.shape}]`);
+    check(id.dtype === "i32", "embedding: ids must be i32");
+    const [V, D] = tb.shape as [number, number];
+    const out = this.make([id.numel, D], "f32", "the embeddings");
+    embedding(this.gpu, tb.buf, this.weightStorage(tb), V, D, id.buf, id.numel, out.buf);
+    this.tick();
+    return out;
+  }
+
+  addRmsNorm(x: Tensor, residual: Tensor | null, weight: Tensor, eps: number): { out: Tensor; residual: Tensor } {
+    const xt = this.t(x, "addRmsNorm");
+    const D = xt.cols;
+    const T = xt.numel / D;
+    const r = residual ? this.t(residual, "addRmsNorm") : null;
+    if (r) check(r.numel === xt.numel, `addRmsNorm: residual [${r.shape}] does not match x [${xt.shape}]`);
+    const wt = this.t(weight, "addRmsNorm");
+    check(wt.numel === D, `addRmsNorm: weight has ${wt.numel} values, rows have ${D}`);
+    const out = this.make(xt.shape, "f32");
+    const res = this.make(xt.shape, "f32");
+    addRmsNorm(this.gpu, xt.buf, r?.buf ?? null, this.f32(wt), eps, T, D, out.buf, res.buf);
+    this.tick();
+    return { out, residual: res };
+  }
+
+  matmul(x: TensorOrCols, w: Tensor, bias: Tensor | null): Tensor {
+    const xs = this.w(x, "matmul");
+    const wt = this.t(w, "matmul");
+    const N = wt.shape[0]!;
+    const K = xs.width;
+    check(wt.numel === N * K, `matmul: weight [${wt.shape}] does not take ${K} inputs`);
+    const bt = bias ? this.t(bias, "matmul") : null;
+    if (bt) check(bt.numel === N, `matmul: bias has ${bt.numel} values, the weight ${N} rows`);
+    const T = xs.rows;
+    const y = this.make([T, N], "f32", "a matmul output");
+    const args = {
+      x: this.f32(xs.t), ldx: xs.ld, offx: xs.off, rows: T, K,
+      w: wt.buf, ws: this.weightStorage(wt), N, bias: bt ? this.f32(bt) : null, y: y.buf,
+    };
+    if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(this.gpu, args);
+    else {
+      const largeTiles = Math.ceil(T / TILE_LARGE.BM) * Math.ceil(N / TILE_LARGE.BN);
+      matmulTiled(this.gpu, args, largeTiles >= 256 ? TILE_LARGE : TILE_SMALL);
+    }
+    this.tick();
+    return y;
+  }
+
+  causalConv1dSilu(x: TensorOrCols, weight: Tensor, bias: Tensor | null, state: Tensor | null, s: SeqShape): Tensor {
+    const xs = this.w(x, "causalConv1dSilu");
+    const wt = this.t(weight, "causalConv1dSilu");
+    const E = xs.width;
+    const K = wt.cols;
+    check(wt.numel === E * K, `causalConv1dSilu: weight [${wt.shape}] does not fit ${E} channels`);
+    check(xs.rows === s.batch * s.seqLen, `causalConv1dSilu: x has ${xs.rows} rows, batch ${s.batch} x seqLen ${s.seqLen} needs ${s.batch * s.seqLen}`);
+    const st = state ? this.t(state, "causalConv1dSilu") : null;
+    if (st) check(st.numel === s.batch * (K - 1) * E, `causalConv1dSilu: state [${st.shape}] is not [${s.batch}, ${K - 1}, ${E}]`);
+    const out = this.make([s.batch, s.seqLen, E], "f32");
+    const stateOut = st ? this.gpu.alloc(st.numel * 4) : null;
+    causalConv1dSilu(this.gpu, {
+      x: this.f32(xs.t), ldx: xs.ld, offx: xs.off, weight: this.f32(wt), bias: bias ? this.f32(this.t(bias, "causalConv1dSilu")) : null,
+      stateIn: st?.buf ?? null, stateOut, out: out.buf, B: s.batch, L: s.seqLen, E, K,
+    });
+    if (st) this.swap(st, stateOut!);
+    this.tick();
+    return out;
+  }
+
+  /** Gives a state tensor the buffer an op wrote its new value into. */
+  private swap(st: GpuTensor, next: Buf): void {
+    this.gpu.release(st.buf);
+    st.buf = next;
+    st.version++;
+  }
+
+  /** The packed [E, N + 2] constants of a scan (A · log2 e, dt bias, D), made once per layer. */
+  private scanPack(A: GpuTensor, bias: GpuTensor, D: GpuTensor, E: number, N: number): Buf {
+    check(bias.numel === E && D.numel === E, `selectiveScan: deltaBias and D need ${E} values, got ${bias.numel} and ${D.numel}`);
+    const versions = `${A.version},${bias.version},${D.version}`;
+    const hit = this.scanPacks.get(A);
+    if (hit && hit.bias === bias && hit.D === D && hit.versions === versions) return hit.packed.buf;
+    if (hit) this.dispose(hit.packed);
+    const packed = this.make([E, N + 2], "f32");
+    packScanParams(this.gpu, this.f32(A), this.f32(bias), this.f32(D), E, N, packed.buf);
+    this.scanPacks.set(A, { bias, D, versions, packed });
+    return packed.buf;
+  }
+
+  selectiveScan(a: SelectiveScanArgs): Tensor {
+    const A = this.t(a.A_log, "selectiveScan");
+    check(A.shape.length === 2, `selectiveScan: A_log must be [E, N], got [${A.shape}]`);
+    const [E, N] = A.shape as [number, number];
+    const B = a.batch, L = a.seqLen;
+    const u = this.t(a.u, "selectiveScan");
+    check(u.numel === B * L * E, `selectiveScan: u [${u.shape}] is not [${B}, ${L}, ${E}]`);
+    const win = (x: TensorOrCols, width: number, what: string) => {
+      const w = this.w(x, `selectiveScan (${what})`);
+      check(w.width === width && w.rows === B * L, `selectiveScan: ${what} is ${w.rows} x ${w.width}, expected ${B * L} x ${width}`);
+      return w;
+    };
+    const delta = win(a.delta, E, "delta");
+    const Bm = win(a.B, N, "B");
+    const Cm = win(a.C, N, "C");
+    const z = a.z ? win(a.z, E, "z") : null;
+    const st = a.state ? this.t(a.state, "selectiveScan") : null;
+    if (st) check(st.numel === B * E * N, `selectiveScan: state [${st.shape}] is not [${B}, ${E}, ${N}]`);
+    // B and C are read through one binding: the two windows of x_proj's output, or a copy of both side by side
+    let BC: Buf, ldBC: number, offB: number, offC: number, tmp: Buf | null = null;
+    if (Bm.t === Cm.t) {
+      [BC, ldBC, offB, offC] = [this.f32(Bm.t), Bm.ld, Bm.off, Cm.off];
+    } else {
+      tmp = this.gpu.alloc(B * L * 2 * N * 4);
+      copyWindow(this.gpu, this.f32(Bm.t), Bm.ld, Bm.off, tmp, 2 * N, 0, B * L, N);
+      copyWindow(this.gpu, this.f32(Cm.t), Cm.ld, Cm.off, tmp, 2 * N, N, B * L, N);
+      [BC, ldBC, offB, offC] = [tmp, 2 * N, 0, N];
+    }
+    const packed = this.scanPack(A, this.t(a.deltaBias, "selectiveScan"), this.t(a.D, "selectiveScan"), E, N);
+    const y = this.make([B, L, E], "f32", "the scan output");
+    const stateOut = st ? this.gpu.alloc(st.numel * 4) : null;
+    const g = scanGeometry(B, L, E, N, this.scanThreads);
+    selectiveScan(this.gpu, g, {
+      u: u.buf, delta: this.f32(delta.t), ldD: delta.ld, offD: delta.off, packed, BC, ldBC, offB, offC,
+      z: z ? this.f32(z.t) : null, ldZ: z?.ld ?? 0, offZ: z?.off ?? 0,
+    }, st?.buf ?? null, stateOut, y.buf);
+    if (tmp) this.gpu.release(tmp);
+    if (st) this.swap(st, stateOut!);
+    this.tick();
+    return y;
+  }
+
+  sample(logits: Tensor, req: SampleRequest): Tensor {
+    const lt = this.t(logits, "sample");
+    const ldV = lt.cols;
+    const rows = lt.numel / ldV;
+    check(req.vocabSize > 0 && req.vocabSize <= ldV, `sample: vocabSize ${req.vocabSize} outside the ${ldV} logits of a row`);
+    check(req.uniforms.length >= rows, `sample: ${req.uniforms.length} uniforms for ${rows} rows`);
+    const greedy = req.temperature === 0;
+    const penalize = req.repetitionPenalty !== 1 && req.history !== null;
+    const uniforms = greedy ? null : this.gpu.upload(req.uniforms.subarray(0, rows), "the sampling uniforms");
+    let history: { ids: Buf; offsets: Buf } | null = null;
+    if (penalize) {
+      const offsets = new Uint32Array(rows + 1);
+      for (let r = 0; r < rows; r++) offsets[r + 1] = offsets[r]! + (req.history![r]?.length ?? 0);
+      const ids = new Int32Array(Math.max(1, offsets[rows]!));
+      for (let r = 0; r < rows; r++) if (req.history![r]) ids.set(req.history![r]!, offsets[r]!);
+      history = { ids: this.gpu.upload(ids, "the sampling history"), offsets: this.gpu.upload(offsets, "the sampling history") };
+    }
+    const seen = penalize ? this.gpu.alloc(rows * sampleWords(req.vocabSize) * 4) : null;
+    const out = this.make([rows], "i32");
+    sample(this.gpu, {
+      logits: this.f32(lt), rows, ldV, V: req.vocabSize, temperature: req.temperature, topK: req.topK, topP: req.topP,
+      minP: req.minP, penalty: req.repetitionPenalty, uniforms: uniforms ?? this.gpu.dummy, history, seen, out: out.buf,
+    });
+    for (const b of [uniforms, seen, history?.ids, history?.offsets]) if (b) this.gpu.release(b);
+    this.tick();
+    return out;
+  }
+}

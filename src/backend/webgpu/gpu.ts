@@ -1,0 +1,348 @@
+/**
+ * The runtime under the WebGPU ops: a buffer pool, one pending command encoder that every op appends its
+ * dispatches to (one compute pass, submitted only when data must cross to the host or the queue), compiled
+ * pipelines cached by key, parameter blocks and bind groups cached by content, and readbacks.
+ *
+ * Ordering rules that keep this correct with a pool and a lazily submitted encoder:
+ *  - Dispatches in one encoder run in order, so a buffer freed by one op may be the output of the next.
+ *  - queue.writeBuffer runs before every command still waiting in the pending encoder. Uploads therefore go only
+ *    to buffers that no pending command touches ("clean" buffers: last used in an earlier submit).
+ *  - Parameter blocks are immutable (created mapped, filled once), so they need no ordering at all.
+ */
+import { MambaError } from "../../errors.ts";
+
+// WebGPU's usage and map-mode bits, spelled out so that no global (absent in Node) is needed
+export const Usage = { MAP_READ: 1, COPY_SRC: 4, COPY_DST: 8, UNIFORM: 64, STORAGE: 128, QUERY_RESOLVE: 512 } as const;
+const MAP_READ_MODE = 1;
+const STORAGE_USAGE = Usage.STORAGE | Usage.COPY_SRC | Usage.COPY_DST;
+
+/** A pooled storage buffer. `serial` is the submit it was last used in. */
+export class Buf {
+  constructor(
+    readonly gpu: GPUBuffer,
+    readonly size: number,
+    readonly id: number,
+    public serial: number,
+  ) {}
+}
+
+/** A compiled pipeline with an id for cache keys. */
+export interface Kernel {
+  pipeline: GPUComputePipeline;
+  id: number;
+  name: string;
+}
+
+/** Builds a kernel's uniform parameter block: u32, i32 and f32 fields, 4 bytes each, in WGSL struct order. */
+export class Params {
+  private words: number[] = [];
+  private f = new Float32Array(1);
+  private u = new Uint32Array(this.f.buffer);
+  u32(v: number): this {
+    this.words.push(v >>> 0);
+    return this;
+  }
+  f32(v: number): this {
+    this.f[0] = v;
+    this.words.push(this.u[0]!);
+    return this;
+  }
+  bool(v: boolean): this {
+    return this.u32(v ? 1 : 0);
+  }
+  get values(): readonly number[] {
+    return this.words;
+  }
+}
+
+/** A shape of workgroups for `count` groups along one axis, folded into y past the per-dimension limit. */
+export function grid(count: number, maxPerDim: number): [number, number] {
+  if (count <= maxPerDim) return [Math.max(1, count), 1];
+  const y = Math.ceil(count / maxPerDim);
+  return [Math.ceil(count / y), y];
+}
+
+const bucket = (bytes: number) => {
+  // sizes round up to 256 B below 64 KiB, then to a quarter octave: reuse without more than 25% waste
+  const b = Math.max(16, bytes);
+  if (b <= 65536) return Math.ceil(b / 256) * 256;
+  const step = 2 ** (Math.floor(Math.log2(b)) - 2);
+  return Math.ceil(b / step) * step;
+};
+
+export class Gpu {
+  readonly limits: GPUSupportedLimits;
+  readonly hasSubgroups: boolean;
+  readonly hasTimestamps: boolean;
+  /** Dispatches encoded so far (benchmarks read it to count dispatches per token). */
+  dispatches = 0;
+  /** Submits so far. */
+  submits = 0;
+  /** Bytes of storage buffers alive (in use or pooled) and the most ever alive. */
+  liveBytes = 0;
+  peakBytes = 0;
+
+  private encoder: GPUCommandEncoder | null = null;
+  private pass: GPUComputePassEncoder | null = null;
+  private serial = 1; // the submit the pending encoder will be
+  private nextId = 1;
+  private free = new Map<number, Buf[]>();
+  private freeBytes = 0;
+  private readonly maxFreeBytes: number;
+  private kernels = new Map<string, Kernel>();
+  private paramCache = new Map<string, GPUBuffer>();
+  private bindCache = new Map<string, GPUBindGroup>();
+  private staging: GPUBuffer[] = [];
+  private errors: string[] = [];
+  private lost: string | null = null;
+  private destroyed = false;
+  /** Stand-ins for absent optional bindings: one read-only, one writable (WebGPU forbids a buffer bound
+   *  writable twice, or writable and read-only, in one dispatch). */
+  readonly dummy: Buf;
+  readonly dummyOut: Buf;
+
+  constructor(readonly device: GPUDevice, readonly description: string, private readonly keepAlive: unknown) {
+    this.limits = device.limits;
+    this.hasSubgroups = device.features.has("subgroups");
+    this.hasTimestamps = device.features.has("timestamp-query");
+    this.maxFreeBytes = Math.max(256 * 2 ** 20, Math.min(4 * 2 ** 30, this.limits.maxBufferSize / 2));
+    device.lost.then((info) => {
+      if (!this.destroyed) this.lost = info.message || String(info.reason);
+    });
+    device.onuncapturederror = (ev: GPUUncapturedErrorEvent) => {
+      if (this.errors.length < 8) this.errors.push(ev.error.message);
+    };
+    this.dummy = this.alloc(16);
+    this.dummyOut = this.alloc(16);
+  }
+
+  /** Throws if the device was lost or an earlier command failed. */
+  check(): void {
+    if (this.destroyed) throw new MambaError("the WebGPU backend has been destroyed");
+    if (this.lost !== null) throw new MambaError(`the GPU device was lost: ${this.lost}`);
+    if (this.errors.length) {
+      const msg = this.errors.join("; ");
+      this.errors = [];
+      throw new MambaError(`WebGPU error: ${msg}`);
+    }
+  }
+
+  // ---- buffers ----
+
+  /** A storage buffer of at least `bytes` bytes from the pool (contents undefined). */
+  alloc(bytes: number, what = "a tensor"): Buf {
+    this.checkSize(bytes, what);
+    const size = bucket(bytes);
+    const list = this.free.get(size);
+    const hit = list?.pop();
+    if (hit) {
+      this.freeBytes -= size;
+      return hit;
+    }
+    return this.create(size);
+  }
+
+  /** A buffer that no pending command uses, so that queue.writeBuffer into it is ordered correctly. */
+  allocClean(bytes: number, what = "a tensor"): Buf {
+    this.checkSize(bytes, what);
+    const size = bucket(bytes);
+    const list = this.free.get(size);
+    if (list) {
+      for (let i = list.length - 1; i >= 0; i--) {
+        if (list[i]!.serial < this.serial || !this.encoder) {
+          const [b] = list.splice(i, 1);
+          this.freeBytes -= size;
+          return b!;
+        }
+      }
+    }
+    return this.create(size);
+  }
+
+  private checkSize(bytes: number, what: string): void {
+    this.check();
+    const max = Math.min(this.limits.maxStorageBufferBindingSize, this.limits.maxBufferSize);
+    if (bytes > max) {
+      throw new MambaError(`${what} needs ${fmtBytes(bytes)} but this GPU allows at most ${fmtBytes(max)} per buffer ` +
+        `(maxStorageBufferBindingSize ${this.limits.maxStorageBufferBindingSize}, maxBufferSize ${this.limits.maxBufferSize}); ` +
+        "use a smaller batch or chunk");
+    }
+  }
+
+  private create(size: number): Buf {
+    const gpu = this.device.createBuffer({ size, usage: STORAGE_USAGE });
+    this.liveBytes += size;
+    this.peakBytes = Math.max(this.peakBytes, this.liveBytes);
+    return new Buf(gpu, size, this.nextId++, 0);
+  }
+
+  release(b: Buf): void {
+    if (b === this.dummy || b === this.dummyOut || this.destroyed) return;
+    const list = this.free.get(b.size);
+    if (list) list.push(b);
+    else this.free.set(b.size, [b]);
+    this.freeBytes += b.size;
+  }
+
+  /** Frees pooled buffers beyond the pool's budget; only after a submit, so no pending command refers to them. */
+  private trim(): void {
+    if (this.freeBytes <= this.maxFreeBytes) return;
+    const sizes = [...this.free.keys()].sort((a, b) => b - a);
+    for (const s of sizes) {
+      const list = this.free.get(s)!;
+      while (list.length && this.freeBytes > this.maxFreeBytes / 2) {
+        list.pop()!.gpu.destroy();
+        this.freeBytes -= s;
+        this.liveBytes -= s;
+      }
+      if (!list.length) this.free.delete(s);
+    }
+  }
+
+  /** Writes host data into a fresh buffer. */
+  upload(data: ArrayBufferView, what = "a tensor"): Buf {
+    const bytes = data.byteLength;
+    const b = this.allocClean(Math.max(4, bytes), what);
+    const padded = bytes % 4 === 0 ? data : padTo4(data);
+    if (padded.byteLength > 0) this.device.queue.writeBuffer(b.gpu, 0, padded.buffer, padded.byteOffset, padded.byteLength);
+    return b;
+  }
+
+  // ---- kernels ----
+
+  kernel(key: string, code: () => string): Kernel {
+    let k = this.kernels.get(key);
+    if (!k) {
+      const module = this.device.createShaderModule({ code: code(), label: key });
+      const pipeline = this.device.createComputePipeline({ layout: "auto", compute: { module, entryPoint: "main" }, label: key });
+      k = { pipeline, id: this.kernels.size + 1, name: key };
+      this.kernels.set(key, k);
+    }
+    return k;
+  }
+
+  private paramBuffer(p: Params): { buf: GPUBuffer; key: string } {
+    const key = p.values.join(",");
+    let buf = this.paramCache.get(key);
+    if (!buf) {
+      const n = Math.max(4, Math.ceil(p.values.length / 4) * 4); // uniform blocks are 16-byte multiples
+      buf = this.device.createBuffer({ size: n * 4, usage: Usage.UNIFORM, mappedAtCreation: true });
+      new Uint32Array(buf.getMappedRange()).set(p.values);
+      buf.unmap();
+      if (this.paramCache.size > 4096) this.paramCache.clear(); // buffers stay valid for bind groups holding them
+      this.paramCache.set(key, buf);
+    }
+    return { buf, key };
+  }
+
+  private computePass(): GPUComputePassEncoder {
+    if (!this.pass) {
+      this.encoder ??= this.device.createCommandEncoder();
+      this.pass = this.encoder.beginComputePass();
+    }
+    return this.pass;
+  }
+
+  /** Appends one dispatch: storage buffers at bindings 0.., the parameter block after them. */
+  dispatch(k: Kernel, bufs: Buf[], p: Params, groups: readonly [number, number?, number?]): void {
+    this.check();
+    const { buf, key } = this.paramBuffer(p);
+    let bkey = `${k.id}|${key}`;
+    for (const b of bufs) bkey += `|${b.id}`;
+    let bg = this.bindCache.get(bkey);
+    if (!bg) {
+      const entries: GPUBindGroupEntry[] = bufs.map((b, i) => ({ binding: i, resource: { buffer: b.gpu } }));
+      entries.push({ binding: bufs.length, resource: { buffer: buf } });
+      bg = this.device.createBindGroup({ layout: k.pipeline.getBindGroupLayout(0), entries });
+      if (this.bindCache.size > 16384) this.bindCache.clear();
+      this.bindCache.set(bkey, bg);
+    }
+    for (const b of bufs) b.serial = this.serial;
+    const pass = this.computePass();
+    pass.setPipeline(k.pipeline);
+    pass.setBindGroup(0, bg);
+    pass.dispatchWorkgroups(groups[0], groups[1] ?? 1, groups[2] ?? 1);
+    this.dispatches++;
+  }
+
+  /** Submits everything encoded so far. */
+  flush(): void {
+    if (!this.encoder) return;
+    this.pass?.end();
+    this.pass = null;
+    this.device.queue.submit([this.encoder.finish()]);
+    this.encoder = null;
+    this.serial++;
+    this.submits++;
+    this.trim();
+  }
+
+  /** Copies `bytes` of a buffer to the host; submits the pending work. */
+  async read(b: Buf, bytes: number): Promise<ArrayBuffer> {
+    this.check();
+    const size = Math.ceil(Math.max(4, bytes) / 4) * 4;
+    const staging = this.takeStaging(size);
+    this.encoder ??= this.device.createCommandEncoder();
+    if (this.pass) {
+      this.pass.end();
+      this.pass = null;
+    }
+    this.encoder.copyBufferToBuffer(b.gpu, 0, staging, 0, size);
+    b.serial = this.serial;
+    this.flush();
+    try {
+      await staging.mapAsync(MAP_READ_MODE, 0, size);
+    } catch (err) {
+      staging.destroy();
+      this.check();
+      throw new MambaError(`WebGPU: reading a tensor back failed (${(err as Error).message})`);
+    }
+    const out = staging.getMappedRange(0, size).slice(0, bytes);
+    staging.unmap();
+    this.staging.push(staging);
+    this.check();
+    return out;
+  }
+
+  private takeStaging(size: number): GPUBuffer {
+    const i = this.staging.findIndex((s) => s.size >= size && s.size <= size * 4);
+    if (i >= 0) return this.staging.splice(i, 1)[0]!;
+    return this.device.createBuffer({ size: bucket(size), usage: Usage.MAP_READ | Usage.COPY_DST });
+  }
+
+  /** Resolves when the GPU has finished everything submitted (after submitting what is pending). */
+  async sync(): Promise<void> {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    this.check();
+  }
+
+  async destroy(): Promise<void> {
+    if (this.destroyed) return;
+    try {
+      this.flush();
+      if (this.lost === null) await this.device.queue.onSubmittedWorkDone();
+    } finally {
+      this.destroyed = true;
+      this.device.destroy();
+      this.free.clear();
+      this.kernels.clear();
+      this.paramCache.clear();
+      this.bindCache.clear();
+      this.staging = [];
+      void this.keepAlive;
+    }
+  }
+}
+
+function padTo4(data: ArrayBufferView): Uint8Array {
+  const out = new Uint8Array(Math.ceil(data.byteLength / 4) * 4);
+  out.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  return out;
+}
+
+export function fmtBytes(n: number): string {
+  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(2)} GiB`;
+  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`;
+  return `${n} B`;
+}

@@ -1,0 +1,158 @@
+/**
+ * Tiled matrix product y = x · wᵀ + bias (PyTorch Linear layout, both operands contiguous along K).
+ * x may be a column window of a wider matrix (row stride ldx, first column offx); w may be f32 or packed f16/bf16.
+ * A workgroup of 16 × 16 threads computes a BM × BN tile of y; each thread TM × TN outputs kept in registers,
+ * as 4-wide groups spread over the tile (rows (g·16 + ty)·4 + c) so that its reads of the shared tiles are vec4
+ * loads that the threads of a warp share or spread over banks. K advances BK at a time through workgroup memory,
+ * the next tile's global loads issued before the current tile's arithmetic.
+ */
+import type { Gpu, Kernel } from "../gpu.ts";
+import { Params } from "../gpu.ts";
+import type { Buf } from "../gpu.ts";
+import { type WeightStorage, weightBinding, weightReader } from "./weights.ts";
+
+export interface TileConfig {
+  BM: number; // rows of y per workgroup (16 · TM)
+  BN: number; // columns of y per workgroup (16 · TN)
+  TM: number; // rows per thread: 4 or 8
+  TN: number; // columns per thread: 4 or 8
+}
+
+export const TILE_LARGE: TileConfig = { BM: 128, BN: 128, TM: 8, TN: 8 };
+export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 4, TN: 4 };
+
+const wgsl = (c: TileConfig, ws: WeightStorage) => /* wgsl */ `
+// bindings: 0 x [rows, ldx] f32 | 1 w [N, K] | 2 bias [N] | 3 y [T, N] | 4 params
+const BM = ${c.BM}u;
+const BN = ${c.BN}u;
+const TM = ${c.TM}u;
+const TN = ${c.TN}u;
+const BK = 16u;
+const GM = TM / 4u;          // 4-row groups per thread
+const GN = TN / 4u;          // 4-column groups per thread
+const SA = BM / 4u + 1u;     // row stride of As in vec4 (+1 against bank conflicts on the transposed stores)
+const SB = BN / 4u + 1u;
+const LA = BM * BK / 256u;   // x values each thread stages per K tile
+const LB = BN * BK / 256u;   // w values each thread stages per K tile
+
+struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<${weightBinding(ws)}>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> p: P;
+
+var<workgroup> As: array<vec4<f32>, BK * SA>; // As[k][m]: the x tile, transposed
+var<workgroup> Bs: array<vec4<f32>, BK * SB>; // Bs[k][n]: the w tile, transposed
+
+${weightReader(ws)}
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+  let tx = lid.x;
+  let ty = lid.y;
+  let tid = ty * 16u + tx;
+  let row0 = wg.y * BM;
+  let col0 = wg.x * BN;
+  var acc: array<vec4<f32>, TM * GN>;
+  var ra: array<f32, LA>;
+  var rb: array<f32, LB>;
+  let tiles = (p.K + BK - 1u) / BK;
+
+  // stage tile 0 in registers: element e = tid + 256 j is (row e / BK, k e % BK); consecutive threads read
+  // consecutive k of one row
+  for (var j = 0u; j < LA; j++) {
+    let e = tid + 256u * j;
+    let r = row0 + e / BK;
+    let k = e % BK;
+    ra[j] = 0.0;
+    if (r < p.T && k < p.K) { ra[j] = x[r * p.ldx + p.offx + k]; }
+  }
+  for (var j = 0u; j < LB; j++) {
+    let e = tid + 256u * j;
+    let n = col0 + e / BK;
+    let k = e % BK;
+    rb[j] = 0.0;
+    if (n < p.N && k < p.K) { rb[j] = weight(n * p.K + k); }
+  }
+
+  for (var t = 0u; t < tiles; t++) {
+    for (var j = 0u; j < LA; j++) {
+      let e = tid + 256u * j;
+      let m = e / BK;
+      As[(e % BK) * SA + m / 4u][m % 4u] = ra[j];
+    }
+    for (var j = 0u; j < LB; j++) {
+      let e = tid + 256u * j;
+      let n = e / BK;
+      Bs[(e % BK) * SB + n / 4u][n % 4u] = rb[j];
+    }
+    workgroupBarrier();
+    if (t + 1u < tiles) {
+      let k0 = (t + 1u) * BK;
+      for (var j = 0u; j < LA; j++) {
+        let e = tid + 256u * j;
+        let r = row0 + e / BK;
+        let k = k0 + e % BK;
+        ra[j] = 0.0;
+        if (r < p.T && k < p.K) { ra[j] = x[r * p.ldx + p.offx + k]; }
+      }
+      for (var j = 0u; j < LB; j++) {
+        let e = tid + 256u * j;
+        let n = col0 + e / BK;
+        let k = k0 + e % BK;
+        rb[j] = 0.0;
+        if (n < p.N && k < p.K) { rb[j] = weight(n * p.K + k); }
+      }
+    }
+    for (var k = 0u; k < BK; k++) {
+      var a: array<vec4<f32>, GM>;
+      var b: array<vec4<f32>, GN>;
+      for (var g = 0u; g < GM; g++) { a[g] = As[k * SA + g * 16u + ty]; }
+      for (var h = 0u; h < GN; h++) { b[h] = Bs[k * SB + h * 16u + tx]; }
+      for (var g = 0u; g < GM; g++) {
+        for (var c = 0u; c < 4u; c++) {
+          let av = a[g][c];
+          for (var h = 0u; h < GN; h++) {
+            acc[(g * 4u + c) * GN + h] = fma(vec4<f32>(av), b[h], acc[(g * 4u + c) * GN + h]);
+          }
+        }
+      }
+    }
+    workgroupBarrier();
+  }
+
+  for (var g = 0u; g < GM; g++) {
+    for (var c = 0u; c < 4u; c++) {
+      let m = row0 + (g * 16u + ty) * 4u + c;
+      if (m >= p.T) { continue; }
+      for (var h = 0u; h < GN; h++) {
+        let n4 = col0 + (h * 16u + tx) * 4u;
+        let v = acc[(g * 4u + c) * GN + h];
+        for (var j = 0u; j < 4u; j++) {
+          let n = n4 + j;
+          if (n < p.N) {
+            var s = v[j];
+            if (p.hasBias != 0u) { s += bias[n]; }
+            y[m * p.N + n] = s;
+          }
+        }
+      }
+    }
+  }
+}
+`;
+
+export interface MatmulArgs {
+  x: Buf; ldx: number; offx: number; rows: number; K: number;
+  w: Buf; ws: WeightStorage; N: number;
+  bias: Buf | null;
+  y: Buf;
+}
+
+// x: [T, K] window, w: [N, K], bias: [N] -> y: [T, N]
+export function matmulTiled(gpu: Gpu, a: MatmulArgs, cfg: TileConfig): void {
+  const k: Kernel = gpu.kernel(`matmul_${cfg.BM}x${cfg.BN}_${a.ws}`, () => wgsl(cfg, a.ws));
+  const p = new Params().u32(a.rows).u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias);
+  gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y], p, [Math.ceil(a.N / cfg.BN), Math.ceil(a.rows / cfg.BM)]);
+}

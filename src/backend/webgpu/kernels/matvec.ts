@@ -1,0 +1,83 @@
+/**
+ * y = x · wᵀ + bias for a few rows of x (decode: one row per sequence of the batch). Reading w is the whole
+ * cost, so each group of 32 threads streams one row of w as 4-wide loads (vec4 of f32, or 2 u32 words of packed
+ * halves) and applies it to every row of x at once; the 32 partial sums are added in workgroup memory.
+ * Needs K % 4 == 0 (the tiled kernel takes the rest).
+ */
+import type { Buf, Gpu } from "../gpu.ts";
+import { Params, grid } from "../gpu.ts";
+import type { WeightStorage } from "./weights.ts";
+
+/** Rows of x this kernel takes at most. */
+export const MATVEC_MAX_ROWS = 8;
+
+const load4: Record<WeightStorage, { type: string; read: string }> = {
+  f32: { type: "vec4<f32>", read: "return w[i];" },
+  f16: { type: "vec2<u32>", read: "let v = w[i]; return vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));" },
+  bf16: {
+    type: "vec2<u32>",
+    read: "let v = w[i]; return bitcast<vec4<f32>>(vec4<u32>(v.x << 16u, v.x & 0xffff0000u, v.y << 16u, v.y & 0xffff0000u));",
+  },
+};
+
+const wgsl = (T: number, ws: WeightStorage) => /* wgsl */ `
+// bindings: 0 x [T, ldx] f32 | 1 w [N, K] as 4-element groups | 2 bias [N] | 3 y [T, N] | 4 params
+const T = ${T}u;     // rows of x
+const RPW = 8u;      // rows of w per workgroup: one per 32 threads
+
+struct P { K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, groupsX: u32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<${load4[ws].type}>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> p: P;
+
+var<workgroup> red: array<f32, 256u * T>;
+
+fn weight4(i: u32) -> vec4<f32> { ${load4[ws].read} }
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+  let lane = lid.x % 32u;
+  let n = (wg.y * p.groupsX + wg.x) * RPW + lid.x / 32u;
+  var s: array<f32, T>;
+  if (n < p.N) {
+    let K4 = p.K / 4u;
+    for (var k4 = lane; k4 < K4; k4 += 32u) {
+      let wv = weight4(n * K4 + k4);
+      for (var t = 0u; t < T; t++) {
+        let o = t * p.ldx + p.offx + k4 * 4u;
+        s[t] = fma(wv.x, x[o], fma(wv.y, x[o + 1u], fma(wv.z, x[o + 2u], fma(wv.w, x[o + 3u], s[t]))));
+      }
+    }
+  }
+  for (var t = 0u; t < T; t++) { red[t * 256u + lid.x] = s[t]; }
+  workgroupBarrier();
+  for (var st = 16u; st > 0u; st >>= 1u) {
+    if (lane < st) {
+      for (var t = 0u; t < T; t++) { red[t * 256u + lid.x] += red[t * 256u + lid.x + st]; }
+    }
+    workgroupBarrier();
+  }
+  if (lane == 0u && n < p.N) {
+    var b = 0.0;
+    if (p.hasBias != 0u) { b = bias[n]; }
+    for (var t = 0u; t < T; t++) { y[t * p.N + n] = red[t * 256u + lid.x] + b; }
+  }
+}
+`;
+
+export interface MatvecArgs {
+  x: Buf; ldx: number; offx: number; rows: number; K: number;
+  w: Buf; ws: WeightStorage; N: number;
+  bias: Buf | null;
+  y: Buf;
+}
+
+// x: [T <= 8, K] window, w: [N, K], bias: [N] -> y: [T, N]
+export function matvec(gpu: Gpu, a: MatvecArgs): void {
+  const k = gpu.kernel(`matvec_${a.rows}_${a.ws}`, () => wgsl(a.rows, a.ws));
+  const [gx, gy] = grid(Math.ceil(a.N / 8), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const p = new Params().u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias).u32(gx);
+  gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y], p, [gx, gy]);
+}

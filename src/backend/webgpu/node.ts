@@ -1,0 +1,34 @@
+/**
+ * The Node.js entry of the WebGPU backend: the `webgpu` npm package (Dawn) supplies the GPU object that browsers
+ * expose as `navigator.gpu`. Only this file imports it, so the rest of the backend runs unchanged in browsers.
+ */
+import { create } from "webgpu";
+
+let gpu: GPU | null = null;
+
+/** Dawn's GPU object, created once per process. Dawn crashes the process if this object is garbage-collected
+ *  while any adapter, device or buffer lives, so the module keeps it referenced for the process's lifetime. */
+export function nodeGpu(): GPU {
+  gpu ??= create([]);
+  return gpu;
+}
+
+/**
+ * Whether this machine may have a GPU, judged without asking Dawn: enumerating adapters on a machine with only a
+ * software Vulkan driver makes Dawn print warnings to stderr that nothing can silence, which a backend chosen
+ * automatically must not cost. On Linux a GPU shows as a DRM render node or NVIDIA's device files (WSL: /dev/dxg);
+ * elsewhere the answer is yes and Dawn decides.
+ */
+export function mayHaveGpu(): boolean {
+  if (process.platform !== "linux") return true;
+  // node:fs through getBuiltinModule: a static import would pull a Node module into browser bundles
+  const fs = (process as { getBuiltinModule?: (id: string) => unknown }).getBuiltinModule?.("node:fs") as
+    typeof import("node:fs") | undefined;
+  if (!fs) return true;
+  try {
+    if (fs.readdirSync("/dev/dri").some((f) => f.startsWith("renderD"))) return true;
+  } catch {
+    // no /dev/dri
+  }
+  return ["/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg"].some((f) => fs.existsSync(f));
+}

@@ -1,0 +1,134 @@
+/**
+ * The whole model on WebGPU: the PyTorch fixtures (every checkpoint format, f16 / bf16 weights kept packed on the
+ * GPU) within 1e-4; step mode and chunked prefill against the full forward; generation (greedy, sampled with
+ * penalties, batched prompts of different lengths) identical to the CPU backend's with the same seed.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import type { TestContext } from "node:test";
+import { loadModel, makeConfig, modelFromTensors, type MambaModel } from "../../src/index.ts";
+import { MambaCache } from "../../src/model/cache.ts";
+import { prefill } from "../../src/generate/generate.ts";
+import { assertClose, expected, fixture } from "../helpers/fixtures.ts";
+import { TestRng, perturbedParameters } from "../helpers/random.ts";
+import { unavailable } from "../helpers/backends.ts";
+
+let probe: Promise<string | null> | null = null;
+/** null when a WebGPU adapter exists, else the reason there is none. */
+function noGpu(): Promise<string | null> {
+  probe ??= (async () => {
+    try {
+      const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+      await (await createWebGpuBackend()).destroy();
+      return null;
+    } catch (err) {
+      return `no WebGPU adapter: ${(err as Error).message}`;
+    }
+  })();
+  return probe;
+}
+
+async function gpuTest(t: TestContext): Promise<boolean> {
+  const reason = await noGpu();
+  if (reason) unavailable(t, reason);
+  return reason === null;
+}
+
+for (const name of ["hf-mamba/tiny", "hf-mamba/tiny-f16", "hf-mamba/tiny-bf16-sharded", "mamba-ssm/tiny"]) {
+  test(`${name}: logits, hidden states and greedy output match PyTorch (webgpu)`, async (t) => {
+    if (!(await gpuTest(t))) return;
+    const folder = fixture(...name.split("/"));
+    const exp = await expected(folder);
+    const model = await loadModel(folder, { backend: "webgpu" });
+    try {
+      assert.equal(model.backend.name, "webgpu");
+      const ids = exp.get("input_ids")!;
+      const [batch, seqLen] = ids.shape as [number, number];
+      const out = await model.forward(ids.i32, { batch, seqLen }, { hiddenStates: true });
+      assertClose(out.logits, exp.get("logits")!.f32, 1e-4, "logits");
+      assertClose(out.lastHiddenState!, exp.get("last_hidden_state")!.f32, 1e-4, "last hidden state");
+      const prompt = exp.get("greedy_prompt")!.i32;
+      const want = exp.get("greedy_output")!.i32;
+      const got = await model.generate(prompt, { maxNewTokens: want.length - prompt.length, stopTokens: [] });
+      assert.deepEqual(Array.from(got), Array.from(want));
+    } finally {
+      await model.dispose();
+    }
+  });
+}
+
+// odd sizes everywhere, all biases, an untied padded head
+const cfg = makeConfig({
+  vocabSize: 45, paddedVocabSize: 48, hiddenSize: 20, intermediateSize: 38, stateSize: 5, timeStepRank: 3,
+  convKernel: 4, numLayers: 2, useBias: true, useConvBias: true, tieEmbeddings: false,
+});
+const params = perturbedParameters(cfg, 11);
+
+async function pair(): Promise<[MambaModel, MambaModel]> {
+  return [await modelFromTensors(cfg, params, { backend: "webgpu" }), await modelFromTensors(cfg, params, { backend: "cpu" })];
+}
+
+test("webgpu: prefill then one-token steps (batch 3) equal the full forward; chunked prefill equals one shot", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const [gpu, cpu] = await pair();
+  try {
+    const B = 3, L = 11, V = cfg.paddedVocabSize;
+    const ids = new TestRng(5).ids(B * L, cfg.vocabSize);
+    const full = (await cpu.forward(ids, { batch: B, seqLen: L })).logits;
+    assertClose((await gpu.forward(ids, { batch: B, seqLen: L })).logits, full, 1e-4, "forward");
+
+    const b = gpu.backend;
+    const cache = MambaCache.zeros(b, cfg, B);
+    const j = 4;
+    const head = new Int32Array(B * j);
+    for (let r = 0; r < B; r++) head.set(ids.subarray(r * L, r * L + j), r * j);
+    let t0 = b.fromI32(head, [head.length]);
+    let h = gpu.lm.hidden(t0, { batch: B, seqLen: j }, cache);
+    b.dispose(t0, h);
+    for (let pos = j; pos < L; pos++) {
+      const col = Int32Array.from({ length: B }, (_, r) => ids[r * L + pos]!);
+      t0 = b.fromI32(col, [B]);
+      h = gpu.lm.hidden(t0, { batch: B, seqLen: 1 }, cache);
+      const logits = await b.readF32(gpu.lm.logits(h));
+      for (let r = 0; r < B; r++) {
+        assertClose(logits.subarray(r * V, (r + 1) * V), full.subarray((r * L + pos) * V, (r * L + pos + 1) * V), 1e-4, `step pos ${pos} row ${r}`);
+      }
+      b.dispose(t0, h);
+    }
+    cache.dispose();
+
+    const prompt = ids.subarray(0, L);
+    const one = await prefill(gpu.lm, prompt, L);
+    const chunked = await prefill(gpu.lm, prompt, 3);
+    assertClose(await b.readF32(chunked.logits), await b.readF32(one.logits), 1e-4, "chunked prefill logits");
+    for (let i = 0; i < cfg.numLayers; i++) {
+      assertClose(await b.readF32(chunked.cache.ssm[i]!), await b.readF32(one.cache.ssm[i]!), 1e-4, `ssm state ${i}`);
+      assertClose(await b.readF32(chunked.cache.conv[i]!), await b.readF32(one.cache.conv[i]!), 1e-5, `conv state ${i}`);
+    }
+  } finally {
+    await gpu.dispose();
+    await cpu.dispose();
+  }
+});
+
+test("webgpu: generation (greedy and sampled with penalties, batched prompts) equals the CPU's", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const [gpu, cpu] = await pair();
+  try {
+    const rng = new TestRng(9);
+    const prompts = [rng.ids(5, cfg.vocabSize), rng.ids(1, cfg.vocabSize), rng.ids(8, cfg.vocabSize)];
+    for (const o of [
+      { maxNewTokens: 12, stopTokens: [] },
+      { maxNewTokens: 12, temperature: 0.8, topK: 10, topP: 0.9, seed: 3, stopTokens: [] },
+      { maxNewTokens: 12, temperature: 1.1, minP: 0.05, repetitionPenalty: 1.3, seed: 4, stopTokens: [] },
+      { maxNewTokens: 10, temperature: 1, seed: 5, stopTokens: [7, 8, 9, 10, 11] },
+    ]) {
+      const want = await cpu.generate(prompts, o);
+      const got = await gpu.generate(prompts, o);
+      assert.deepEqual(got.map((g) => Array.from(g)), want.map((w) => Array.from(w)), JSON.stringify(o));
+    }
+  } finally {
+    await gpu.dispose();
+    await cpu.dispose();
+  }
+});

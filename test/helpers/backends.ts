@@ -1,0 +1,51 @@
+/**
+ * The backends a parameterized test runs on: the CPU always, WebGPU when an adapter exists. A GPU test that
+ * cannot get an adapter is skipped with the reason, except under CI=true, where it fails: CI must have one
+ * (scripts/install-lavapipe.sh gives CPU-only machines a software Vulkan driver).
+ */
+import type { TestContext } from "node:test";
+import assert from "node:assert/strict";
+import type { Backend } from "../../src/backend/backend.ts";
+import { CpuBackend } from "../../src/backend/cpu/index.ts";
+
+export interface BackendCase {
+  name: "cpu" | "webgpu";
+  /** the backend, or null with the reason it is unavailable */
+  get(): Promise<Backend | null>;
+  reason: () => string;
+}
+
+let gpu: Promise<Backend | null> | null = null;
+let gpuReason = "";
+
+/** One WebGPU backend per test file (adapters are slow to create on software Vulkan). */
+export function webgpuBackend(): Promise<Backend | null> {
+  gpu ??= (async () => {
+    try {
+      const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+      return await createWebGpuBackend();
+    } catch (err) {
+      gpuReason = `no WebGPU adapter: ${(err as Error).message}`;
+      return null;
+    }
+  })();
+  return gpu;
+}
+
+export const backendCases: BackendCase[] = [
+  { name: "cpu", get: async () => new CpuBackend(), reason: () => "" },
+  { name: "webgpu", get: webgpuBackend, reason: () => gpuReason },
+];
+
+/** Skips the test with the reason, or fails it when CI=true. */
+export function unavailable(t: TestContext, reason: string): void {
+  if (process.env.CI === "true") assert.fail(`CI=true requires a WebGPU adapter: ${reason}`);
+  t.skip(reason);
+}
+
+/** Destroys the shared WebGPU backend (call from an `after` hook). */
+export async function releaseWebgpu(): Promise<void> {
+  const b = await gpu;
+  await b?.destroy();
+  gpu = null;
+}
