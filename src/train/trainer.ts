@@ -68,6 +68,16 @@ interface TrainerState {
   schedule: { lr: number; warmupSteps: number; totalSteps: number; nextLr: number };
   last: StepStats | null;
   elapsedSeconds: number; // training time of all the processes that made this checkpoint
+  history: HistoryRecord[]; // for the report (about 1000 records at most)
+}
+
+/** One logged step: its own loss, accuracy, learning rate and gradient norm. */
+export interface HistoryRecord {
+  step: number;
+  loss: number;
+  accuracy: number;
+  lr: number;
+  gradNorm: number;
 }
 
 const DATA_SALT = 0x5eed0da7;
@@ -106,6 +116,8 @@ export class Trainer {
   private last: StepStats | null = null;
   /** training time so far, over resumes (the caller adds to it) */
   elapsedSeconds = 0;
+  /** every historyEvery-th step (and the first), over resumes */
+  history: HistoryRecord[] = [];
 
   private constructor(
     readonly backend: TrainingBackend,
@@ -162,6 +174,7 @@ export class Trainer {
     const t = new Trainer(backend, state.options, lm, opt, state.step);
     t.last = state.last;
     t.elapsedSeconds = state.elapsedSeconds ?? 0;
+    t.history = state.history ?? [];
     return t;
   }
 
@@ -207,6 +220,10 @@ export class Trainer {
     const gradNorm = await this.optimizer.step(this.gradMap, this.step + 1, lr);
     this.step++;
     this.last = { step: this.step, loss, accuracy: scored > 0 ? correct / scored : 0, gradNorm, lr, tokens };
+    const every = Math.max(1, Math.ceil(o.steps / 1000));
+    if (this.step === 1 || this.step % every === 0 || this.finished) {
+      this.history.push({ step: this.step, loss, accuracy: this.last.accuracy, lr, gradNorm });
+    }
     return this.last;
   }
 
@@ -237,6 +254,7 @@ export class Trainer {
       schedule: { lr: o.optim.lr, warmupSteps: o.optim.warmupSteps, totalSteps: o.steps, nextLr: learningRate(o.optim, this.step + 1, o.steps) },
       last: this.last,
       elapsedSeconds: this.elapsedSeconds,
+      history: this.history,
     };
     const files = new Map<string, Uint8Array | string>([
       ["config.json", JSON.stringify(toHfConfig(this.config), null, 2) + "\n"],

@@ -1,6 +1,6 @@
 /**
- * `mamba-ts train` and `mamba-ts eval` as users run them (child processes), on runs of a few steps: metrics.json
- * and the checkpoint folder, eval's accuracy against the library's evaluation of the same checkpoint, resume,
+ * `mamba-ts train` and `mamba-ts eval` as users run them (child processes), on runs of a few steps: metrics.json,
+ * report.html and the checkpoint folder, eval's accuracy against the library's evaluation of the same checkpoint, resume,
  * and bad options (one `mamba-ts: error:` line, exit code 2).
  */
 import { test } from "node:test";
@@ -42,6 +42,9 @@ test("train writes checkpoints and metrics.json; eval reports the same accuracy 
   assert.equal(m.steps, 3);
   assert.equal(m.seqLen, 12);
   assert.ok(m.accuracy >= 0 && m.accuracy <= 1);
+  const page = await fs.readFile(path.join(dir, "report.html"), "utf8");
+  assert.match(page, /selective-copying, lti, 2 layers/);
+  assert.match(page, /heldout_accuracy/);
   const folder = (await latestCheckpoint(dir))!;
   assert.equal(path.basename(folder), "checkpoint-3");
   const names = (await fs.readdir(folder)).sort();
@@ -53,7 +56,7 @@ test("train writes checkpoints and metrics.json; eval reports the same accuracy 
   assert.equal(lib.accuracy, m.accuracy);
   const e = await cli(["eval", "--task", "selective-copying", "--model", dir, "--batches", "2", "--batch-size", "2"]);
   assert.equal(e.code, 0, e.stderr);
-  assert.match(e.stdout, new RegExp(`^accuracy: ${m.accuracy.toFixed(4)} \\(selective-copying, seq-len 12, 4 tokens, ${lib.correct}/16 `));
+  assert.match(e.stdout, new RegExp(`^accuracy: ${m.accuracy.toFixed(4)} \\(selective-copying, seq-len 12, num-tokens 4, ${lib.correct}/16 `));
   const longer = await cli(["eval", "--task", "selective-copying", "--model", folder, "--seq-len", "40", "--batches", "1", "--batch-size", "2"]);
   assert.equal(longer.code, 0, longer.stderr);
   const lib40 = await evaluateAccuracy(model.lm, makeTask({ name: "selective-copying", seqLen: 40, numTokens: 4, vocabSize: 8 }), 5, 1, 2);

@@ -64,7 +64,7 @@ async function runEval(o: EvalCliOptions): Promise<number> {
     const start = performance.now();
     const r = await evaluateAccuracy(model.lm, task, seed, o.batches, o.batchSize);
     const secs = (performance.now() - start) / 1000;
-    process.stdout.write(`accuracy: ${r.accuracy.toFixed(4)} (${o.task}, seq-len ${spec.seqLen}, ${spec.numTokens} tokens, ` +
+    process.stdout.write(`accuracy: ${r.accuracy.toFixed(4)} (${o.task}, seq-len ${spec.seqLen}, num-tokens ${spec.numTokens}, ` +
       `${r.correct}/${r.scored} scored positions, ${model.config.mixer}, ${secs.toFixed(1)} s)\n`);
     return 0;
   } finally {

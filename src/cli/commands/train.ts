@@ -18,6 +18,7 @@ import type { MixerKind } from "../../config.ts";
 import { PRESET_NAMES, type PresetName, preset } from "../../train/presets.ts";
 import { TASK_NAMES, type TaskName } from "../../train/tasks/task.ts";
 import { Trainer, type TrainOptions } from "../../train/trainer.ts";
+import { writeTrainingReport } from "../../train/report.ts";
 import { UsageError, parseInteger, parseNumber } from "../common.ts";
 
 interface TrainCliOptions {
@@ -197,6 +198,7 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
       if (o.checkpointEvery > 0 && trainer.step % o.checkpointEvery === 0 && !trainer.finished) {
         tick();
         await trainer.save(dir);
+        await report(trainer, dir, null);
         lastSaved = trainer.step;
         if (!tty) {
           const f = fmt();
@@ -238,7 +240,23 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
     seed: o.seed,
   };
   await writeFileAtomic(path.join(dir, "metrics.json"), JSON.stringify(metrics, null, 2) + "\n");
+  await report(trainer, dir, ev.accuracy);
   process.stdout.write(`${o.task.name} ${o.model.mixer}: accuracy ${ev.accuracy.toFixed(4)} on ${ev.scored} held-out scored positions ` +
     `after ${trainer.step} steps (${trainer.elapsedSeconds.toFixed(1)} s of training); ${path.join(dir, "metrics.json")}\n`);
   return 0;
+}
+
+/** DIR/report.html: the curves of the run so far (and the held-out accuracy at the end). */
+async function report(trainer: Trainer, dir: string, evalAccuracy: number | null): Promise<void> {
+  const o = trainer.options;
+  const records: { step: number; [k: string]: number }[] = trainer.history.map((r) => ({ ...r }));
+  if (evalAccuracy !== null) records.push({ step: trainer.step, heldout_accuracy: evalAccuracy });
+  await writeTrainingReport(dir, records, {
+    title: `${o.task.name}, ${o.model.mixer}, ${o.model.numLayers} layers, D ${o.model.hiddenSize}`,
+    details: {
+      preset: o.preset ?? "custom", seqLen: o.task.seqLen, numTokens: o.task.numTokens, vocabSize: o.task.vocabSize,
+      steps: `${trainer.step}/${o.steps}`, batch: `${o.batchSize} x ${o.accumulation}`, lr: o.optim.lr, seed: o.seed,
+      trainSeconds: Number(trainer.elapsedSeconds.toFixed(1)),
+    },
+  });
 }
