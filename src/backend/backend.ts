@@ -57,8 +57,30 @@ export interface SampleRequest {
   uniforms: Float32Array; // [B] in [0, 1), one draw per row
 }
 
+/** What a fused decode step reads of a model: the shape of MambaLM's config and weights (src/model/mamba.ts). */
+export interface StepModel {
+  config: {
+    numLayers: number; hiddenSize: number; intermediateSize: number; stateSize: number; timeStepRank: number;
+    convKernel: number; layerNormEpsilon: number; mixer: string;
+  };
+  weights: {
+    embeddings: Tensor; normF: Tensor; head: Tensor;
+    layers: {
+      norm: Tensor;
+      mixer: {
+        inProj: Tensor; inProjBias: Tensor | null; conv: Tensor; convBias: Tensor | null;
+        xProj: Tensor | null; dtProj: Tensor | null; dtBias: Tensor; A_log: Tensor; D: Tensor;
+        outProj: Tensor; outProjBias: Tensor | null;
+      };
+    }[];
+  };
+}
+
 export interface Backend {
   readonly name: "cpu" | "webgpu";
+  /** True when ops are queued for a device rather than run at once: a caller gains by encoding the next decode
+   *  step before it waits for this one's ids. */
+  readonly queued?: boolean;
 
   // ---- data movement ----
   /** A parameter tensor. Half-precision data may stay half precision on the device. */
@@ -93,6 +115,10 @@ export interface Backend {
   selectiveScan(args: SelectiveScanArgs): Tensor;
   /** Draws the next id of each row. logits: [B, V] -> i32 [B] */
   sample(logits: Tensor, req: SampleRequest): Tensor;
+  /** Optional fused decode: one token per row through the whole LM (embedding, every layer, norm_f, head) in a few
+   *  dispatches, advancing the state tensors (conv[i]: [B, K-1, E], ssm[i]: [B, E, N]) as step mode does. ids: i32
+   *  [B] -> logits [B, V]; null when this backend cannot fuse this model or batch (then run the ops one by one). */
+  decodeStep?(model: StepModel, ids: Tensor, conv: readonly Tensor[], ssm: readonly Tensor[]): Tensor | null;
 }
 
 export function isCols(x: TensorOrCols): x is Cols {

@@ -5,7 +5,7 @@
  * stream r of the seed (so that a batch of one prompt repeated gives different samples), and what it draws never
  * depends on the other rows.
  */
-import type { Tensor } from "../backend/backend.ts";
+import type { SampleRequest, Tensor } from "../backend/backend.ts";
 import { MambaCache } from "../model/cache.ts";
 import type { MambaLM } from "../model/mamba.ts";
 import type { ResolvedOptions } from "./options.ts";
@@ -72,18 +72,39 @@ export async function* generateTokens(lm: MambaLM, prompts: Int32Array[], o: Res
   const history = o.repetitionPenalty !== 1 ? prompts.map((p) => Array.from(p)) : null;
   const done = new Array<boolean>(B).fill(false);
   let remaining = B;
+  // the uniforms of step s are drawn when step s is sampled, in step order, pipelined or not
+  const request = (): SampleRequest => {
+    const uniforms = new Float32Array(B);
+    for (let r = 0; r < B; r++) uniforms[r] = rngs[r]!.next();
+    return {
+      vocabSize: lm.config.vocabSize, temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP,
+      repetitionPenalty: o.repetitionPenalty, history: history?.map((h) => Int32Array.from(h)) ?? null, uniforms,
+    };
+  };
+  /** Runs the step after `ids` and samples it; the read of its ids starts (and submits it) at once. */
+  const advance = (ids: Tensor) => {
+    const lg = stepLogits(lm, ids, B, cache);
+    const next = b.sample(lg, request());
+    b.dispose(lg);
+    return { ids: next, read: b.readI32(next) };
+  };
+  // A queued backend (a GPU) works on step s + 1 while the host waits for the ids of step s. The repetition
+  // penalty needs those ids before the next draw, so it runs one step at a time.
+  const pipelined = b.queued === true && history === null;
+  let cur: { ids: Tensor; read: Promise<Int32Array> } | null = null;
+  let next: { ids: Tensor; read: Promise<Int32Array> } | null = null;
   try {
     for (let step = 0; step < o.maxNewTokens; step++) {
       if (o.signal) await nextTurn();
       throwIfAborted(o.signal);
-      const uniforms = new Float32Array(B);
-      for (let r = 0; r < B; r++) uniforms[r] = rngs[r]!.next();
-      const ids = b.sample(logits, {
-        vocabSize: lm.config.vocabSize, temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP,
-        repetitionPenalty: o.repetitionPenalty, history: history?.map((h) => Int32Array.from(h)) ?? null, uniforms,
-      });
-      b.dispose(logits);
-      const host = await b.readI32(ids);
+      if (!cur) {
+        const ids = b.sample(logits, request());
+        b.dispose(logits);
+        cur = { ids, read: b.readI32(ids) };
+      }
+      const last = step === o.maxNewTokens - 1;
+      if (pipelined && !last) next = advance(cur.ids);
+      const host = await cur.read;
       for (let r = 0; r < B; r++) {
         if (done[r]) continue;
         const id = host[r]!;
@@ -91,13 +112,30 @@ export async function* generateTokens(lm: MambaLM, prompts: Int32Array[], o: Res
         yield { row: r, id };
         if (o.stopTokens.has(id)) { done[r] = true; remaining--; }
       }
-      if (remaining === 0 || step === o.maxNewTokens - 1) { b.dispose(ids); return; }
-      const h = lm.hidden(ids, { batch: B, seqLen: 1 }, cache);
-      b.dispose(ids);
-      logits = lm.logits(h);
-      b.dispose(h);
+      if (remaining === 0 || last) return;
+      next ??= advance(cur.ids);
+      b.dispose(cur.ids);
+      cur = next;
+      next = null;
     }
   } finally {
+    for (const pending of [cur, next]) {
+      if (!pending) continue;
+      pending.read.catch(() => {}); // a speculative step's ids are not wanted
+      b.dispose(pending.ids);
+    }
     cache.dispose();
   }
+}
+
+/** One decode step, ids [B] -> logits [B, V]: the backend's fused step when it has one and nothing observes the
+ *  mixers, else the model's ops one by one. */
+function stepLogits(lm: MambaLM, ids: Tensor, B: number, cache: MambaCache): Tensor {
+  const b = lm.backend;
+  const fused = b.decodeStep && !lm.observer ? b.decodeStep(lm, ids, cache.conv, cache.ssm) : null;
+  if (fused) return fused;
+  const h = lm.hidden(ids, { batch: B, seqLen: 1 }, cache);
+  const logits = lm.logits(h);
+  b.dispose(h);
+  return logits;
 }

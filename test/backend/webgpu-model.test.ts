@@ -11,6 +11,7 @@ import { MambaCache } from "../../src/model/cache.ts";
 import { prefill } from "../../src/generate/generate.ts";
 import { assertClose, expected, fixture } from "../helpers/fixtures.ts";
 import { TestRng, perturbedParameters } from "../helpers/random.ts";
+import { toBF16Bits, toF16Bits } from "../../src/io/tensor.ts";
 import { unavailable } from "../helpers/backends.ts";
 
 let probe: Promise<string | null> | null = null;
@@ -130,5 +131,49 @@ test("webgpu: generation (greedy and sampled with penalties, batched prompts) eq
   } finally {
     await gpu.dispose();
     await cpu.dispose();
+  }
+});
+
+test("webgpu: the fused decode step equals step mode on the CPU (logits and states), f32/f16/bf16, batch 1 and 3", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const configs = [
+    cfg,
+    makeConfig({ vocabSize: 37, hiddenSize: 12, intermediateSize: 22, stateSize: 3, timeStepRank: 2, convKernel: 2,
+      numLayers: 3, useBias: false, useConvBias: false, tieEmbeddings: true }),
+  ];
+  for (const [ci, c] of configs.entries()) {
+    for (const dtype of ["F32", "F16", "BF16"] as const) {
+      const base = perturbedParameters(c, 20 + ci);
+      const ps = new Map([...base].map(([k, v]) => [k, dtype === "F32" || v.shape.length < 2 ? v
+        : { dtype, shape: v.shape, data: (dtype === "F16" ? toF16Bits : toBF16Bits)(v.data as Float32Array) }]));
+      const gpu = await modelFromTensors(c, ps, { backend: "webgpu" });
+      const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
+      try {
+        for (const B of [1, 3]) {
+          const rng = new TestRng(100 + B);
+          const caches = [MambaCache.zeros(gpu.backend, c, B), MambaCache.zeros(cpu.backend, c, B)];
+          for (let step = 0; step < 4; step++) {
+            const ids = rng.ids(B, c.vocabSize);
+            const gb = gpu.backend;
+            const it = gb.fromI32(ids, [B]);
+            const fused = gb.decodeStep!(gpu.lm, it, caches[0]!.conv, caches[0]!.ssm);
+            assert.ok(fused, "the fused step takes this model");
+            const ct = cpu.backend.fromI32(ids, [B]);
+            const want = await cpu.backend.readF32(cpu.lm.logits(cpu.lm.hidden(ct, { batch: B, seqLen: 1 }, caches[1]!)));
+            const what = `config ${ci} ${dtype} B=${B} step ${step}`;
+            assertClose(await gb.readF32(fused), want, 1e-4, `${what} logits`);
+            for (let i = 0; i < c.numLayers; i++) {
+              assertClose(await gb.readF32(caches[0]!.ssm[i]!), await cpu.backend.readF32(caches[1]!.ssm[i]!), 1e-4, `${what} ssm ${i}`);
+              assertClose(await gb.readF32(caches[0]!.conv[i]!), await cpu.backend.readF32(caches[1]!.conv[i]!), 1e-5, `${what} conv ${i}`);
+            }
+            gb.dispose(it, fused);
+          }
+          caches.forEach((k) => k.dispose());
+        }
+      } finally {
+        await gpu.dispose();
+        await cpu.dispose();
+      }
+    }
   }
 });

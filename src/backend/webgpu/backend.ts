@@ -5,7 +5,7 @@
  * State tensors are rewritten by ops into a fresh buffer that then replaces the tensor's own, since a kernel
  * cannot read history in one thread that another thread is already overwriting.
  */
-import type { Backend, SampleRequest, SelectiveScanArgs, SeqShape, Tensor, TensorOrCols } from "../backend.ts";
+import type { Backend, SampleRequest, SelectiveScanArgs, SeqShape, StepModel, Tensor, TensorOrCols } from "../backend.ts";
 import { MambaError, check } from "../../errors.ts";
 import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
 import { type Buf, Gpu } from "./gpu.ts";
@@ -20,6 +20,17 @@ import { sample, sampleWords } from "./kernels/sample.ts";
 import { copyWindow, copyWords, fillWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
 import type { WeightStorage } from "./kernels/weights.ts";
+import { DECODE_MAX_B, DECODE_MAX_BD, decodeMixerIn } from "./kernels/decode/mixer-in.ts";
+import { DECODE_MAX_BJ, decodeMixerScan } from "./kernels/decode/mixer-scan.ts";
+
+type StepLayer = StepModel["weights"]["layers"][number];
+
+/** Where each constant sits in a layer's packed buffer (offsets in floats). */
+interface LayerPack {
+  buf: GpuTensor;
+  versions: string;
+  oNorm: number; oInBias: number; oConvW: number; oConvB: number; oPack: number;
+}
 
 export interface WebGpuTuning {
   /** channel-chunk threads the selective scan aims for when it splits a sequence (default 131072) */
@@ -30,11 +41,14 @@ export interface WebGpuTuning {
 
 export class WebGpuBackend implements Backend {
   readonly name = "webgpu" as const;
+  readonly queued = true;
   private readonly scanThreads: number;
   private readonly flushEvery: number;
   private sinceFlush = 0;
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
   private scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
+  /** The fused decode's packed constants of each layer, keyed by the layer's weights object. */
+  private layerPacks = new WeakMap<StepLayer, LayerPack>();
 
   constructor(readonly gpu: Gpu, tuning: WebGpuTuning = {}) {
     this.scanThreads = tuning.scanThreads ?? 131072;
@@ -348,5 +362,92 @@ export class WebGpuBackend implements Backend {
     for (const b of [uniforms, seen, history?.ids, history?.offsets]) if (b) this.gpu.release(b);
     this.tick();
     return out;
+  }
+
+  // ---- fused decode ----
+
+  /**
+   * One token per row through the whole LM in 3 dispatches a layer (kernels/decode): norm + in_proj + conv +
+   * partial x_proj; x_proj sum + dt_proj + scan step + gate; out_proj. Plus the embedding, the final norm, the head.
+   * Declines (null) what the kernels' workgroup memory does not hold, and the LTI mixer.
+   */
+  decodeStep(model: StepModel, ids: Tensor, conv: readonly Tensor[], ssm: readonly Tensor[]): Tensor | null {
+    const c = model.config;
+    const [D, E, N, R, K] = [c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank, c.convKernel];
+    const idt = this.t(ids, "decodeStep");
+    const B = idt.numel;
+    const J = R + 2 * N;
+    if (c.mixer !== "s6" || B > DECODE_MAX_B || B * D > DECODE_MAX_BD || B * J > DECODE_MAX_BJ || D % 4 !== 0) return null;
+    const w = model.weights;
+    const gpu = this.gpu;
+    let h = this.embedding(w.embeddings, ids) as GpuTensor; // [B, D]
+    const res = gpu.alloc(2 * B * D * 4);
+    const xz = gpu.alloc(B * 2 * E * 4);
+    const y = this.make([B, E], "f32");
+    let Q: Buf | null = null;
+    for (let i = 0; i < w.layers.length; i++) {
+      const layer = w.layers[i]!;
+      const m = layer.mixer;
+      const lp = this.layerPack(layer, D, E, N, K);
+      const wIn = this.t(m.inProj, "decodeStep"), wX = this.t(m.xProj!, "decodeStep"), wDt = this.t(m.dtProj!, "decodeStep");
+      const convState = this.t(conv[i]!, "decodeStep"), ssmState = this.t(ssm[i]!, "decodeStep");
+      check(convState.numel === B * (K - 1) * E && ssmState.numel === B * E * N, "decodeStep: the cache does not match the batch");
+      const groups = Math.ceil(E / 16); // mixer-in has at most this many workgroups (16 or more channels each)
+      Q ??= gpu.alloc(groups * B * J * 4);
+      const G = decodeMixerIn(gpu, {
+        B, D, E, K, J, eps: c.layerNormEpsilon, h: h.buf, res, hasRes: i > 0, par: i % 2,
+        lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
+        wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
+        convState: convState.buf, xz, Q,
+      });
+      this.dispose(h);
+      decodeMixerScan(gpu, {
+        B, E, N, R, J, G, Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
+        xz, ssm: ssmState.buf, y: y.buf,
+      });
+      convState.version++;
+      ssmState.version++;
+      h = this.matmul(y, m.outProj, m.outProjBias) as GpuTensor; // [B, D]
+      this.sinceFlush += 2;
+    }
+    // norm_f over h + the last residual (half numLayers % 2 of res), then the head
+    const normed = this.make([B, D], "f32");
+    const resOut = gpu.alloc(B * D * 4);
+    addRmsNorm(gpu, h.buf, res, this.f32(this.t(w.normF, "decodeStep")), c.layerNormEpsilon, B, D, normed.buf, resOut,
+      (w.layers.length % 2) * B * D);
+    const logits = this.matmul(normed, w.head, null);
+    this.dispose(h, normed, y);
+    for (const b of [res, xz, Q, resOut]) if (b) gpu.release(b);
+    this.tick();
+    return logits;
+  }
+
+  /** A layer's small constants in one f32 buffer: norm [D] | in_proj bias [2E] | conv [E, K] | conv bias [E] |
+   *  the scan's [E, N + 2] (A · log2 e, dt bias, D). Made once per layer; zeros stand for absent biases. */
+  private layerPack(layer: StepLayer, D: number, E: number, N: number, K: number): LayerPack {
+    const m = layer.mixer;
+    const parts = [layer.norm, m.inProjBias, m.conv, m.convBias, m.dtBias, m.A_log, m.D];
+    const versions = parts.map((p) => (p ? (p as GpuTensor).version : "-")).join(",");
+    const hit = this.layerPacks.get(layer);
+    if (hit && hit.versions === versions) return hit;
+    if (hit) this.dispose(hit.buf);
+    const oNorm = 0, oInBias = D, oConvW = D + 2 * E, oConvB = oConvW + E * K, oPack = oConvB + E;
+    const buf = this.make([oPack + E * (N + 2)], "f32");
+    const put = (t: Tensor | null, off: number, n: number) => {
+      if (t) {
+        const g = this.t(t, "decodeStep");
+        check(g.numel === n, `decodeStep: a layer constant has ${g.numel} values, expected ${n}`);
+        copyWords(this.gpu, this.f32(g), 0, buf.buf, off, n);
+      } else fillWords(this.gpu, buf.buf, off, n);
+    };
+    put(layer.norm, oNorm, D);
+    put(m.inProjBias, oInBias, 2 * E);
+    put(m.conv, oConvW, E * K);
+    put(m.convBias, oConvB, E);
+    const packed = this.scanPack(this.t(m.A_log, "decodeStep"), this.t(m.dtBias, "decodeStep"), this.t(m.D, "decodeStep"), E, N);
+    copyWords(this.gpu, packed, 0, buf.buf, oPack, E * (N + 2));
+    const pack = { buf, versions, oNorm, oInBias, oConvW, oConvB, oPack };
+    this.layerPacks.set(layer, pack);
+    return pack;
   }
 }

@@ -78,6 +78,8 @@ export class Gpu {
   dispatches = 0;
   /** Submits so far. */
   submits = 0;
+  /** Bind groups created so far (a decode step that reuses its buffers creates none). */
+  bindGroupsCreated = 0;
   /** Bytes of storage buffers alive (in use or pooled) and the most ever alive. */
   liveBytes = 0;
   peakBytes = 0;
@@ -254,6 +256,7 @@ export class Gpu {
       const entries: GPUBindGroupEntry[] = bufs.map((b, i) => ({ binding: i, resource: { buffer: b.gpu } }));
       entries.push({ binding: bufs.length, resource: { buffer: buf } });
       bg = this.device.createBindGroup({ layout: k.pipeline.getBindGroupLayout(0), entries });
+      this.bindGroupsCreated++;
       if (this.bindCache.size > 16384) this.bindCache.clear();
       this.bindCache.set(bkey, bg);
     }

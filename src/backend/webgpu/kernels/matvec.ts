@@ -6,19 +6,10 @@
  */
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params, grid } from "../gpu.ts";
-import type { WeightStorage } from "./weights.ts";
+import { type WeightStorage, weight4Binding, weight4Reader } from "./weights.ts";
 
 /** Rows of x this kernel takes at most. */
 export const MATVEC_MAX_ROWS = 8;
-
-const load4: Record<WeightStorage, { type: string; read: string }> = {
-  f32: { type: "vec4<f32>", read: "return w[i];" },
-  f16: { type: "vec2<u32>", read: "let v = w[i]; return vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));" },
-  bf16: {
-    type: "vec2<u32>",
-    read: "let v = w[i]; return bitcast<vec4<f32>>(vec4<u32>(v.x << 16u, v.x & 0xffff0000u, v.y << 16u, v.y & 0xffff0000u));",
-  },
-};
 
 const wgsl = (T: number, ws: WeightStorage) => /* wgsl */ `
 // bindings: 0 x [T, ldx] f32 | 1 w [N, K] as 4-element groups | 2 bias [N] | 3 y [T, N] | 4 params
@@ -27,14 +18,14 @@ const RPW = 8u;      // rows of w per workgroup: one per 32 threads
 
 struct P { K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, groupsX: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> w: array<${load4[ws].type}>;
+@group(0) @binding(1) var<storage, read> w: array<${weight4Binding(ws)}>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> p: P;
 
 var<workgroup> red: array<f32, 256u * T>;
 
-fn weight4(i: u32) -> vec4<f32> { ${load4[ws].read} }
+${weight4Reader(ws)}
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {

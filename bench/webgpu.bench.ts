@@ -1,0 +1,208 @@
+/**
+ * WebGPU backend speed against the official mamba_ssm CUDA figures (../shared/anchors/h100.json):
+ *  - the selective scan forward alone at the anchor shapes (GPU time per call from many calls between two waits
+ *    for the queue, after warm-up), with its achieved bandwidth over the minimum traffic 4·B·L·E + 2·B·L·N floats;
+ *  - decode: 130m batch 1 and 64, 130m with f16-stored weights, 1.4b batch 1 (prompt 128 + 256 new, greedy);
+ *    dispatches per decoded token;
+ *  - one LM forward of batch 8 × 2048 (logits included) on 130m and 1.4b;
+ *  - prefill tokens/s at 2^14, 2^17, 2^20 prompt tokens on 130m with the peak of GPU memory, then generation
+ *    after the 2^20-token prompt.
+ * Random weights from createModel (130m: D 768, 24 layers; 1.4b: D 2048, 48 layers; vocab 50280).
+ * BENCH_ONLY=scan,decode,forward,prefill picks sections; BENCH_MODELS=130m,1.4b picks models; BENCH_SMOKE=1
+ * shrinks every shape to check the bench itself on a slow adapter.
+ */
+import { createModel, modelFromTensors, type MambaModel } from "../src/index.ts";
+import { createWebGpuBackend, type WebGpuBackend } from "../src/backend/webgpu/index.ts";
+import { makeConfig, initParameters } from "../src/model/init.ts";
+import { prefill } from "../src/generate/generate.ts";
+import { toF16Bits, type HostTensor } from "../src/io/tensor.ts";
+import { cols } from "../src/backend/backend.ts";
+import { anchor } from "./anchors.ts";
+
+const only = new Set((process.env.BENCH_ONLY ?? "scan,decode,forward,prefill").split(","));
+const models = new Set((process.env.BENCH_MODELS ?? "130m,1.4b").split(","));
+const smoke = process.env.BENCH_SMOKE === "1";
+const SIZES = smoke ? {
+  "130m": { vocabSize: 1000, hiddenSize: 64, numLayers: 2 },
+  "1.4b": { vocabSize: 1000, hiddenSize: 128, numLayers: 2 },
+} : {
+  "130m": { vocabSize: 50280, hiddenSize: 768, numLayers: 24 },
+  "1.4b": { vocabSize: 50280, hiddenSize: 2048, numLayers: 48 },
+};
+const S = smoke ? { newTokens: 8, fwdB: 2, fwdL: 64, prefill: [1 << 8, 1 << 10, 1 << 12], head: 64, idMod: 1000 }
+  : { newTokens: 256, fwdB: 8, fwdL: 2048, prefill: [1 << 14, 1 << 17, 1 << 20], head: 4096, idMod: 50000 };
+type ModelName = "130m" | "1.4b";
+
+const ratio = (ours: number, official: number | null | undefined, higherIsBetter: boolean) =>
+  official ? `${(higherIsBetter ? ours / official : official / ours).toFixed(2)}x official` : "(no anchor)";
+const ms = (t: number) => `${t.toFixed(3)} ms`;
+
+/** A Float32Array of n values cycling through a seeded random block (fast for hundreds of millions). */
+function filled(n: number, lo: number, hi: number, seed: number): Float32Array {
+  const block = new Float32Array(Math.min(n, 1 << 20));
+  let s = seed >>> 0;
+  for (let i = 0; i < block.length; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    block[i] = lo + ((hi - lo) * s) / 4294967296;
+  }
+  const out = new Float32Array(n);
+  for (let o = 0; o < n; o += block.length) out.set(block.subarray(0, Math.min(block.length, n - o)), o);
+  return out;
+}
+
+function gpuOf(model: MambaModel): WebGpuBackend {
+  return model.backend as unknown as WebGpuBackend;
+}
+
+async function benchScan(b: WebGpuBackend): Promise<void> {
+  console.log("\n-- selective scan forward (fp32, delta_softplus, D and z, GPU time per call after warm-up) --");
+  for (const a of anchor.scans()) {
+    const { batch: B, dim: E, seqlen: L, dstate: N } = a;
+    const T = B * L;
+    const u = b.fromF32(filled(T * E, -1, 1, 1), [T, E]);
+    const delta = b.fromF32(filled(T * E, -7, -2, 2), [T, E]);
+    const z = b.fromF32(filled(T * E, -2, 2, 3), [T, E]);
+    const BC = b.fromF32(filled(T * 2 * N, -1, 1, 4), [T, 2 * N]);
+    const A_log = b.fromF32(new Float32Array(E * N).map((_, i) => Math.log((i % N) + 1)), [E, N]);
+    const D = b.fromF32(new Float32Array(E).fill(1), [E]);
+    const bias = b.fromF32(filled(E, -1, 1, 5), [E]);
+    const args = { batch: B, seqLen: L, u, delta, deltaBias: bias, A_log, B: cols(BC, 0, N), C: cols(BC, N, N), D, z, state: null };
+    for (let i = 0; i < 3; i++) b.dispose(b.selectiveScan(args));
+    await b.sync();
+    const reps = Math.max(10, Math.min(200, Math.round(2e8 / (T * E))));
+    const d0 = b.gpu.dispatches;
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) b.dispose(b.selectiveScan(args));
+    await b.sync();
+    const t = (performance.now() - t0) / reps;
+    const bytes = (4 * T * E + 2 * T * N) * 4;
+    console.log(`scan B${B} E${E} L${L} N${N}: ${ms(t)} (official ${ms(a.fwd_ms)}; ${ratio(t, a.fwd_ms, false)}); ` +
+      `${(bytes / (t / 1000) / 1e9).toFixed(0)} GB/s of minimum traffic; ${(b.gpu.dispatches - d0) / reps} dispatches`);
+    b.dispose(u, delta, z, BC, A_log, D, bias);
+  }
+}
+
+async function makeModel(name: ModelName, dtype: "F32" | "F16" = "F32"): Promise<MambaModel> {
+  const t0 = performance.now();
+  let model: MambaModel;
+  if (dtype === "F32") model = await createModel(SIZES[name], { backend: "webgpu", seed: 0 });
+  else {
+    const cfg = makeConfig(SIZES[name]);
+    const params = initParameters(cfg, { seed: 0 });
+    const half = new Map<string, HostTensor>();
+    for (const [k, v] of params) half.set(k, v.shape.length === 2 ? { dtype: "F16", shape: v.shape, data: toF16Bits(v.data as Float32Array) } : v);
+    model = await modelFromTensors(cfg, half, { backend: "webgpu" }, { source: "bench", folder: "", dtype: "F16" });
+  }
+  await gpuOf(model).sync();
+  console.log(`(${name} ${dtype} weights built and uploaded in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  return model;
+}
+
+async function benchDecode(model: MambaModel, name: ModelName, dtype: "float32" | "float16", batch: number, note = ""): Promise<void> {
+  const b = gpuOf(model);
+  const prompts = Array.from({ length: batch }, (_, r) => Int32Array.from({ length: 128 }, (_, i) => (i * 7919 + r * 104729) % S.idMod));
+  await model.generate(prompts.slice(0, Math.min(batch, 2)), { maxNewTokens: 4, stopTokens: [] }); // warm-up
+  const run = async (n: number) => {
+    await b.sync();
+    const d0 = b.gpu.dispatches;
+    const t0 = performance.now();
+    await model.generate(prompts, { maxNewTokens: n, stopTokens: [] });
+    return { t: (performance.now() - t0) / 1000, d: b.gpu.dispatches - d0 };
+  };
+  const first = await run(1); // prefill and the first token
+  const full = await run(S.newTokens);
+  const total = (batch * S.newTokens) / full.t;
+  const steady = (batch * (S.newTokens - 1)) / (full.t - first.t);
+  const official = anchor.decode(name, dtype, batch);
+  console.log(`decode ${name} ${note || dtype} batch ${batch} (prompt 128 + 256 new): ${total.toFixed(0)} tok/s ` +
+    `(official ${official ?? "n/a"} tok/s; ${ratio(total, official, true)}); decode steps alone ${steady.toFixed(0)} tok/s, ` +
+    `${((full.d - first.d) / (S.newTokens - 1)).toFixed(0)} dispatches per step`);
+}
+
+async function benchForward(model: MambaModel, name: ModelName): Promise<void> {
+  const b = gpuOf(model);
+  const B = S.fwdB, L = S.fwdL, T = B * L;
+  const ids = b.fromI32(Int32Array.from({ length: T }, (_, i) => (i * 7919) % S.idMod), [T]);
+  const head = S.head; // logits rows per head matmul: [4096, 50280] f32 is 824 MB, under the 2 GiB binding limit
+  const pass = () => {
+    const h = model.lm.hidden(ids, { batch: B, seqLen: L }, null);
+    for (let r = 0; r < T; r += head) {
+      const part = b.takeRows(h, Array.from({ length: head }, (_, i) => r + i));
+      b.dispose(part, model.lm.logits(part));
+    }
+    b.dispose(h);
+  };
+  pass();
+  await b.sync();
+  const reps = 3;
+  const t0 = performance.now();
+  for (let i = 0; i < reps; i++) pass();
+  await b.sync();
+  const t = (performance.now() - t0) / reps;
+  const official = anchor.forward(name, "float32");
+  console.log(`forward ${name} fp32 batch ${B} x ${L} (logits included): ${t.toFixed(1)} ms (official ${official ?? "n/a"} ms; ${ratio(t, official, false)})`);
+  b.dispose(ids);
+}
+
+async function benchPrefill(model: MambaModel): Promise<void> {
+  const b = gpuOf(model);
+  const rates: number[] = [];
+  for (const n of S.prefill) {
+    const prompt = Int32Array.from({ length: n }, (_, i) => (i * 7919) % S.idMod);
+    await b.sync();
+    b.gpu.peakBytes = b.gpu.liveBytes;
+    const t0 = performance.now();
+    const { cache, logits } = await prefill(model.lm, prompt);
+    await b.readF32(logits);
+    const t = (performance.now() - t0) / 1000;
+    cache.dispose();
+    b.dispose(logits);
+    rates.push(n / t);
+    console.log(`prefill 130m fp32, ${n} tokens (chunks of 2048, state carried): ${(n / t).toFixed(0)} tok/s, ${t.toFixed(2)} s; ` +
+      `peak GPU memory ${(b.gpu.peakBytes / 2 ** 30).toFixed(2)} GiB (weights and pool included)`);
+  }
+  console.log(`prefill linearity: the ${S.prefill[2]}-token rate is ${((rates[2]! / rates[1]!) * 100).toFixed(1)}% of the ${S.prefill[1]}-token rate`);
+  const prompt = Int32Array.from({ length: S.prefill[2]! }, (_, i) => (i * 7919) % S.idMod);
+  const t0 = performance.now();
+  const out = await model.generate(prompt, { maxNewTokens: 32, stopTokens: [] });
+  console.log(`generate after a ${prompt.length}-token prompt: ${out.length - prompt.length} new tokens in ${((performance.now() - t0) / 1000).toFixed(2)} s (prefill included)`);
+}
+
+export default async function run(): Promise<void> {
+  const probe = (await createWebGpuBackend()) as WebGpuBackend;
+  const g = probe.gpu;
+  console.log(`device: ${g.description}; WebGPU (Dawn, Node ${process.version}); subgroups ${g.hasSubgroups}, timestamp-query ${g.hasTimestamps}; ` +
+    `max storage binding ${(g.limits.maxStorageBufferBindingSize / 2 ** 30).toFixed(2)} GiB`);
+  if (only.has("scan")) await benchScan(probe);
+  await probe.destroy();
+
+  if (models.has("130m") && (only.has("decode") || only.has("forward") || only.has("prefill"))) {
+    const m = await makeModel("130m");
+    if (only.has("decode")) {
+      console.log("\n-- decode (greedy; tok/s = batch x 256 new tokens / wall time including the 128-token prefill) --");
+      await benchDecode(m, "130m", "float32", 1);
+      await benchDecode(m, "130m", "float32", 64);
+    }
+    if (only.has("forward")) {
+      console.log("\n-- forward --");
+      await benchForward(m, "130m");
+    }
+    if (only.has("prefill")) {
+      console.log("\n-- prefill of long prompts --");
+      await benchPrefill(m);
+    }
+    await m.dispose();
+    if (only.has("decode")) {
+      const h = await makeModel("130m", "F16");
+      await benchDecode(h, "130m", "float16", 1, "f16-stored weights, f32 math,");
+      await h.dispose();
+    }
+  }
+  if (models.has("1.4b") && (only.has("decode") || only.has("forward"))) {
+    const m = await makeModel("1.4b");
+    if (only.has("decode")) await benchDecode(m, "1.4b", "float32", 1);
+    if (only.has("forward")) await benchForward(m, "1.4b");
+    await m.dispose();
+  }
+}
+

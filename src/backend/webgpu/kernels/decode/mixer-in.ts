@@ -1,0 +1,169 @@
+/**
+ * Fused decode, kernel 1 of 3 per layer (one token per row, B rows): everything from the layer's input to its
+ * share of x_proj, in one dispatch. Each workgroup owns CH channels and, in order:
+ *  1. adds the residual and RMS-normalizes all B rows into workgroup memory (every workgroup does this: D values
+ *     a row are cheap to read, and it saves a dispatch); workgroup 0 writes the new residual;
+ *  2. computes its 2·CH rows of in_proj (x and z of each channel), TPR threads a row reading 4-wide;
+ *  3. applies the causal conv (state shifted in place: the thread of (b, e) alone reads and writes it) and SiLU,
+ *     writing x and z to xz [B, 2E];
+ *  4. writes its partial x_proj Q[g, b, j] = Σ_{e of this group} Wx[j, e] · x[b, e]; kernel 2 sums over groups.
+ * The residual lives in one [2, B, D] buffer: this layer reads half `par` and writes half 1 - par.
+ */
+import type { Buf, Gpu } from "../../gpu.ts";
+import { Params } from "../../gpu.ts";
+import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
+
+export const DECODE_MAX_B = 8;
+/** Rows × hidden size that fit the workgroup's copy of the normalized input. */
+export const DECODE_MAX_BD = 4096;
+
+const wgsl = (CH: number, wsIn: WeightStorage, wsX: WeightStorage) => /* wgsl */ `
+// bindings: 0 h [B, D] | 1 res [2, B, D] | 2 lp (layer constants) | 3 Win [2E, D] | 4 Wx [J, E]
+//           5 convState [B, K-1, E] in/out | 6 xz [B, 2E] out | 7 Q [groups, B, J] out | 8 params
+// grid: (ceil(E / CH))
+const WG = 256u;
+const MAXB = ${DECODE_MAX_B}u;
+const MAXU = ${DECODE_MAX_BD}u;
+const CH = ${CH}u;          // channels per workgroup
+const ROWS = 2u * CH;       // their in_proj rows: x then z
+const TPR = WG / ROWS;      // threads per in_proj row
+
+struct P {
+  B: u32, D: u32, E: u32, K: u32, J: u32, hasRes: u32, par: u32, eps: f32,
+  oNorm: u32, oInBias: u32, oConvW: u32, oConvB: u32,
+}
+@group(0) @binding(0) var<storage, read> h: array<f32>;
+@group(0) @binding(1) var<storage, read_write> res: array<f32>;
+@group(0) @binding(2) var<storage, read> lp: array<f32>;
+@group(0) @binding(3) var<storage, read> wIn: array<${weight4Binding(wsIn)}>;
+@group(0) @binding(4) var<storage, read> wX: array<${weightBinding(wsX)}>;
+@group(0) @binding(5) var<storage, read_write> convState: array<f32>;
+@group(0) @binding(6) var<storage, read_write> xz: array<f32>;
+@group(0) @binding(7) var<storage, read_write> Q: array<f32>;
+@group(0) @binding(8) var<uniform> p: P;
+
+var<workgroup> us: array<f32, MAXU>;          // normalized input rows [B, D]
+var<workgroup> red: array<f32, WG * MAXB>;    // partial sums
+var<workgroup> rowOut: array<f32, MAXB * ROWS>;
+var<workgroup> xcs: array<f32, MAXB * CH>;    // conv outputs of this group's channels
+
+${weight4Reader(wsIn, "win4", "wIn")}
+${weightReader(wsX, "wx", "wX")}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+  let t = lid.x;
+  let B = p.B;
+  let D = p.D;
+  let E = p.E;
+  let e0 = wg.x * CH;
+
+  // 1. residual add + RMSNorm of every row
+  for (var b = 0u; b < B; b++) {
+    var ss = 0.0;
+    for (var d = t; d < D; d += WG) {
+      var v = h[b * D + d];
+      if (p.hasRes != 0u) { v += res[p.par * B * D + b * D + d]; }
+      if (wg.x == 0u) { res[(1u - p.par) * B * D + b * D + d] = v; }
+      us[b * D + d] = v;
+      ss = fma(v, v, ss);
+    }
+    red[t] = ss;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+      if (t < s) { red[t] += red[t + s]; }
+      workgroupBarrier();
+    }
+    let inv = inverseSqrt(red[0] / f32(D) + p.eps);
+    workgroupBarrier(); // red[0] read by all before the next row reuses red
+    for (var d = t; d < D; d += WG) { us[b * D + d] *= inv * lp[p.oNorm + d]; }
+  }
+  workgroupBarrier();
+
+  // 2. in_proj rows x[e], z[e] of this group's channels
+  let row = t / TPR;
+  let q = t % TPR;
+  let c = row % CH;
+  let e = e0 + c;
+  let grow = select(e, E + e, row >= CH);
+  var acc: array<f32, MAXB>;
+  if (e < E) {
+    let D4 = D / 4u;
+    for (var k4 = q; k4 < D4; k4 += TPR) {
+      let wv = win4(grow * D4 + k4);
+      for (var b = 0u; b < B; b++) {
+        let o = b * D + 4u * k4;
+        acc[b] = fma(wv.x, us[o], fma(wv.y, us[o + 1u], fma(wv.z, us[o + 2u], fma(wv.w, us[o + 3u], acc[b]))));
+      }
+    }
+  }
+  for (var b = 0u; b < MAXB; b++) { red[t * MAXB + b] = acc[b]; }
+  workgroupBarrier();
+  if (q == 0u && e < E) {
+    for (var b = 0u; b < B; b++) {
+      var s = lp[p.oInBias + grow];
+      for (var j = 0u; j < TPR; j++) { s += red[(t + j) * MAXB + b]; }
+      rowOut[b * ROWS + row] = s;
+    }
+  }
+  workgroupBarrier();
+
+  // 3. causal conv over (state, x) and SiLU, one thread per (b, channel)
+  let H = p.K - 1u;
+  for (var i = t; i < B * CH; i += WG) {
+    let b = i / CH;
+    let cc = i % CH;
+    let ee = e0 + cc;
+    var xc = 0.0;
+    if (ee < E) {
+      let xv = rowOut[b * ROWS + cc];
+      var s = lp[p.oConvB + ee];
+      for (var j = 0u; j < H; j++) { s = fma(lp[p.oConvW + ee * p.K + j], convState[(b * H + j) * E + ee], s); }
+      s = fma(lp[p.oConvW + ee * p.K + H], xv, s);
+      for (var j = 0u; j + 1u < H; j++) { convState[(b * H + j) * E + ee] = convState[(b * H + j + 1u) * E + ee]; }
+      if (H > 0u) { convState[(b * H + H - 1u) * E + ee] = xv; }
+      xc = s / (1.0 + exp(-s));
+      xz[b * 2u * E + ee] = xc;
+      xz[b * 2u * E + E + ee] = rowOut[b * ROWS + CH + cc];
+    }
+    xcs[b * CH + cc] = xc;
+  }
+  workgroupBarrier();
+
+  // 4. this group's share of x_proj
+  for (var j = t; j < p.J; j += WG) {
+    var a: array<f32, MAXB>;
+    for (var cc = 0u; cc < CH; cc++) {
+      let ee = e0 + cc;
+      if (ee < E) {
+        let wv = wx(j * E + ee);
+        for (var b = 0u; b < B; b++) { a[b] = fma(wv, xcs[b * CH + cc], a[b]); }
+      }
+    }
+    for (var b = 0u; b < B; b++) { Q[(wg.x * B + b) * p.J + j] = a[b]; }
+  }
+}
+`;
+
+export interface MixerInArgs {
+  B: number; D: number; E: number; K: number; J: number; eps: number;
+  h: Buf; res: Buf; hasRes: boolean; par: number;
+  lp: Buf; oNorm: number; oInBias: number; oConvW: number; oConvB: number;
+  wIn: Buf; wsIn: WeightStorage; wX: Buf; wsX: WeightStorage;
+  convState: Buf; xz: Buf; Q: Buf;
+}
+
+/** Channels per workgroup: more groups read in_proj with more of the GPU; fewer leave kernel 2 fewer partials. */
+export function mixerInChannels(E: number): number {
+  return E <= 2048 ? 16 : 32;
+}
+
+export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
+  const CH = mixerInChannels(a.E);
+  const k = gpu.kernel(`decode_in_${CH}_${a.wsIn}_${a.wsX}`, () => wgsl(CH, a.wsIn, a.wsX));
+  const groups = Math.ceil(a.E / CH);
+  const p = new Params().u32(a.B).u32(a.D).u32(a.E).u32(a.K).u32(a.J).bool(a.hasRes).u32(a.par).f32(a.eps)
+    .u32(a.oNorm).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB);
+  gpu.dispatch(k, [a.h, a.res, a.lp, a.wIn, a.wX, a.convState, a.xz, a.Q], p, [groups]);
+  return groups;
+}
