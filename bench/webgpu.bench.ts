@@ -8,7 +8,7 @@
  *  - prefill tokens/s at 2^14, 2^17, 2^20 prompt tokens on 130m with the peak of GPU memory, then generation
  *    after the 2^20-token prompt.
  * Random weights from createModel (130m: D 768, 24 layers; 1.4b: D 2048, 48 layers; vocab 50280).
- * BENCH_ONLY=scan,decode,forward,prefill picks sections; BENCH_MODELS=130m,1.4b picks models; BENCH_SMOKE=1
+ * BENCH_ONLY=scan,decode,breakdown,forward,prefill picks sections; BENCH_MODELS=130m,1.4b picks models; BENCH_SMOKE=1
  * shrinks every shape to check the bench itself on a slow adapter.
  */
 import { createModel, modelFromTensors, type MambaModel } from "../src/index.ts";
@@ -19,7 +19,7 @@ import { toF16Bits, type HostTensor } from "../src/io/tensor.ts";
 import { cols } from "../src/backend/backend.ts";
 import { anchor } from "./anchors.ts";
 
-const only = new Set((process.env.BENCH_ONLY ?? "scan,decode,forward,prefill").split(","));
+const only = new Set((process.env.BENCH_ONLY ?? "scan,decode,breakdown,forward,prefill").split(","));
 const models = new Set((process.env.BENCH_MODELS ?? "130m,1.4b").split(","));
 const smoke = process.env.BENCH_SMOKE === "1";
 const SIZES = smoke ? {
@@ -144,6 +144,85 @@ async function benchForward(model: MambaModel, name: ModelName): Promise<void> {
   b.dispose(ids);
 }
 
+/** Where a decode step's time goes: GPU time of the fused step and of its parts, host encoding, readback. */
+async function benchBreakdown(model: MambaModel): Promise<void> {
+  const b = gpuOf(model);
+  const lm = model.lm;
+  const V = lm.config.vocabSize;
+  const greedy = (B: number) => ({ vocabSize: V, temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, history: null, uniforms: new Float32Array(B) });
+  const us = (t: number) => `${t.toFixed(1)} us`;
+  /** GPU time per call of f: many calls between two waits for the queue. */
+  const gpuTime = async (f: () => void, reps = 100) => {
+    f();
+    await b.sync();
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) f();
+    await b.sync();
+    return ((performance.now() - t0) * 1000) / reps;
+  };
+  /** Host time per call of f alone (the queue drained between calls). */
+  const hostTime = async (f: () => void, reps = 50) => {
+    let t = 0;
+    for (let i = 0; i < reps; i++) {
+      await b.sync();
+      const t0 = performance.now();
+      f();
+      t += performance.now() - t0;
+    }
+    return (t * 1000) / reps;
+  };
+  const { MambaCache } = await import("../src/model/cache.ts");
+  for (const B of [1, 64]) {
+    const cache = MambaCache.zeros(b, lm.config, B);
+    const ids = b.fromI32(new Int32Array(B).fill(7), [B]);
+    const fusedStep = (m: typeof lm | { config: typeof lm.config; weights: typeof lm.weights }) => () => {
+      const lg = b.decodeStep(m, ids, cache.conv, cache.ssm);
+      if (!lg) throw new Error("no fused step");
+      b.dispose(b.sample(lg, greedy(B)), lg);
+    };
+    const opsStep = () => {
+      const h = lm.hidden(ids, { batch: B, seqLen: 1 }, cache);
+      const lg = lm.logits(h);
+      b.dispose(h, b.sample(lg, greedy(B)), lg);
+    };
+    if (B === 1) {
+      const one = { config: { ...lm.config, numLayers: 1 }, weights: { ...lm.weights, layers: lm.weights.layers.slice(0, 1) } };
+      const full = await gpuTime(fusedStep(lm));
+      const single = await gpuTime(fusedStep(one));
+      const perLayer = (full - single) / (lm.config.numLayers - 1);
+      const d0 = b.gpu.dispatches;
+      fusedStep(lm)();
+      const dispatches = b.gpu.dispatches - d0;
+      console.log(`breakdown 130m batch 1, fused step: GPU ${us(full)} a step (${dispatches} dispatches); ${us(perLayer)} a layer ` +
+        `(3 dispatches), ${us(single - perLayer)} embedding + norm_f + head + sample; host encoding ${us(await hostTime(fusedStep(lm)))}`);
+      console.log(`breakdown 130m batch 1, op-by-op step: GPU ${us(await gpuTime(opsStep))}; host encoding ${us(await hostTime(opsStep))}`);
+      const { hiddenSize: D, intermediateSize: E } = lm.config;
+      const x = b.fromF32(new Float32Array(D).fill(0.01), [1, D]);
+      const y = b.fromF32(new Float32Array(E).fill(0.01), [1, E]);
+      console.log(`breakdown: head matvec [1, ${D}] x [${V}, ${D}]: ${us(await gpuTime(() => b.dispose(lm.logits(x))))}; ` +
+        `out_proj matvec [1, ${E}] x [${D}, ${E}]: ${us(await gpuTime(() => b.dispose(b.matmul(y, lm.weights.layers[0]!.mixer.outProj, null))))}`);
+      const lg = lm.logits(x);
+      b.dispose(y);
+      console.log(`breakdown: greedy sample of ${V} logits: ${us(await gpuTime(() => b.dispose(b.sample(lg, greedy(1)))))}; ` +
+        `an empty dispatch (fill of 1 word): ${us(await gpuTime(() => b.dispose(b.zeros([1]))))}`);
+      const one32 = b.fromI32(Int32Array.of(1), [1]);
+      let t = 0;
+      for (let i = 0; i < 50; i++) {
+        await b.sync();
+        const t0 = performance.now();
+        await b.readI32(one32);
+        t += performance.now() - t0;
+      }
+      console.log(`breakdown: readback of one id (submit, copy, map): ${us((t * 1000) / 50)}`);
+      b.dispose(x, lg, one32);
+    } else {
+      console.log(`breakdown 130m batch ${B}, op-by-op step: GPU ${us(await gpuTime(opsStep, 30))}; host encoding ${us(await hostTime(opsStep, 20))}`);
+    }
+    cache.dispose();
+    b.dispose(ids);
+  }
+}
+
 async function benchPrefill(model: MambaModel): Promise<void> {
   const b = gpuOf(model);
   const rates: number[] = [];
@@ -176,8 +255,12 @@ export default async function run(): Promise<void> {
   if (only.has("scan")) await benchScan(probe);
   await probe.destroy();
 
-  if (models.has("130m") && (only.has("decode") || only.has("forward") || only.has("prefill"))) {
+  if (models.has("130m") && (only.has("decode") || only.has("forward") || only.has("prefill") || only.has("breakdown"))) {
     const m = await makeModel("130m");
+    if (only.has("breakdown")) {
+      console.log("\n-- where a decode step's time goes --");
+      await benchBreakdown(m);
+    }
     if (only.has("decode")) {
       console.log("\n-- decode (greedy; tok/s = batch x 256 new tokens / wall time including the 128-token prefill) --");
       await benchDecode(m, "130m", "float32", 1);

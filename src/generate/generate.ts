@@ -1,6 +1,6 @@
 /**
- * Autoregressive generation over a batch of prompts. Each prompt is prefilled alone (its length is its own), the
- * states are stacked into one batch, then all rows step together; a row that meets a stop token or its budget is
+ * Autoregressive generation over a batch of prompts. Each prompt is prefilled alone (its length is its own), or
+ * with its neighbours of the same length as one batch (the same states, fewer passes); the states are stacked, then all rows step together; a row that meets a stop token or its budget is
  * done and its later draws are ignored. Greedy rows come out exactly as they would alone. Sampled row r draws from
  * stream r of the seed (so that a batch of one prompt repeated gives different samples), and what it draws never
  * depends on the other rows.
@@ -36,6 +36,31 @@ export async function prefill(lm: MambaLM, prompt: Int32Array, chunk = PREFILL_C
   return { cache, logits };
 }
 
+/**
+ * Prefill of prompts of one length as one batch: the same states and logits as prefilling each alone, with the
+ * batch's rows in one pass of up to 4 · chunk tokens. Returns the cache and each prompt's last logits ([B, V]).
+ */
+export async function prefillBatch(lm: MambaLM, prompts: Int32Array[], chunk = PREFILL_CHUNK): Promise<{ cache: MambaCache; logits: Tensor }> {
+  const b = lm.backend;
+  const B = prompts.length;
+  const L = prompts[0]!.length;
+  const cache = MambaCache.zeros(b, lm.config, B);
+  const step = Math.max(1, Math.min(chunk, Math.floor((4 * chunk) / B))); // positions per pass
+  let last: Tensor | null = null;
+  for (let start = 0; start < L; start += step) {
+    const len = Math.min(step, L - start);
+    const part = new Int32Array(B * len);
+    prompts.forEach((p, r) => part.set(p.subarray(start, start + len), r * len));
+    const ids = b.fromI32(part, [part.length]);
+    const h = lm.hidden(ids, { batch: B, seqLen: len }, cache);
+    if (start + step >= L) last = b.takeRows(h, prompts.map((_, r) => r * len + len - 1));
+    b.dispose(ids, h);
+  }
+  const logits = lm.logits(last!);
+  b.dispose(last);
+  return { cache, logits };
+}
+
 function throwIfAborted(signal: AbortSignal | null): void {
   if (signal?.aborted) throw signal.reason ?? new DOMException("generation aborted", "AbortError");
 }
@@ -56,17 +81,22 @@ export async function* generateTokens(lm: MambaLM, prompts: Int32Array[], o: Res
   throwIfAborted(o.signal);
   const parts: { cache: MambaCache; logits: Tensor }[] = [];
   try {
-    for (const p of prompts) {
-      parts.push(await prefill(lm, p));
+    // consecutive prompts of one length are prefilled together (rows stay in order)
+    for (let i = 0; i < B;) {
+      let j = i + 1;
+      while (j < B && prompts[j]!.length === prompts[i]!.length) j++;
+      parts.push(j - i === 1 ? await prefill(lm, prompts[i]!) : await prefillBatch(lm, prompts.slice(i, j)));
       throwIfAborted(o.signal);
+      i = j;
     }
   } catch (err) {
     for (const part of parts) { part.cache.dispose(); b.dispose(part.logits); }
     throw err;
   }
-  const cache = B === 1 ? parts[0]!.cache : MambaCache.concat(parts.map((p) => p.cache));
-  let logits = B === 1 ? parts[0]!.logits : b.concat0(parts.map((p) => p.logits));
-  if (B > 1) for (const part of parts) { part.cache.dispose(); b.dispose(part.logits); }
+  const one = parts.length === 1;
+  const cache = one ? parts[0]!.cache : MambaCache.concat(parts.map((p) => p.cache));
+  let logits = one ? parts[0]!.logits : b.concat0(parts.map((p) => p.logits));
+  if (!one) for (const part of parts) { part.cache.dispose(); b.dispose(part.logits); }
 
   const rngs = prompts.map((_, r) => new Rng(o.seed, r));
   const history = o.repetitionPenalty !== 1 ? prompts.map((p) => Array.from(p)) : null;

@@ -64,6 +64,7 @@ for (const c of backendCases) {
         { T: 5, K: 17, N: 33, ld: 17, off: 0, bias: true }, // K % 4 != 0: tiled even for few rows
         { T: 70, K: 36, N: 130, ld: 50, off: 13, bias: true },
         { T: 9, K: 1, N: 11, ld: 1, off: 0, bias: false }, // K = 1 (the LTI mixer's ones · dtᵀ)
+        { T: 20, K: 300, N: 50, ld: 310, off: 5, bias: true }, // one tile along a long K: split over workgroups
         { T: 260, K: 20, N: 16500, ld: 20, off: 0, bias: true }, // enough tiles for the 128 x 128 kernel
       ];
       let seed = 1;

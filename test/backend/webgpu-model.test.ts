@@ -128,6 +128,11 @@ test("webgpu: generation (greedy and sampled with penalties, batched prompts) eq
       const got = await gpu.generate(prompts, o);
       assert.deepEqual(got.map((g) => Array.from(g)), want.map((w) => Array.from(w)), JSON.stringify(o));
     }
+    // prompts of one length are prefilled as one batch: the same as each alone
+    const same = [rng.ids(6, cfg.vocabSize), rng.ids(6, cfg.vocabSize), rng.ids(6, cfg.vocabSize)];
+    const o = { maxNewTokens: 6, stopTokens: [] };
+    const alone = await Promise.all(same.map((p) => cpu.generate(p, o)));
+    assert.deepEqual((await gpu.generate(same, o)).map((g) => Array.from(g)), alone.map((w) => Array.from(w)), "equal-length prompts");
   } finally {
     await gpu.dispose();
     await cpu.dispose();

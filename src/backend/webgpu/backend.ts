@@ -10,7 +10,8 @@ import { MambaError, check } from "../../errors.ts";
 import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
 import { type Buf, Gpu } from "./gpu.ts";
 import { GpuTensor, type Storage, type Window, gpuTensor, windowOf } from "./tensor.ts";
-import { TILE_LARGE, TILE_SMALL, matmulTiled } from "./kernels/matmul.ts";
+import { TILE_LARGE, TILE_SMALL, kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
+import { matmulReduce } from "./kernels/matmul-reduce.ts";
 import { MATVEC_MAX_ROWS, matvec } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
 import { embedding } from "./kernels/embedding.ts";
@@ -20,7 +21,7 @@ import { sample, sampleWords } from "./kernels/sample.ts";
 import { copyWindow, copyWords, fillWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
 import type { WeightStorage } from "./kernels/weights.ts";
-import { DECODE_MAX_B, DECODE_MAX_BD, decodeMixerIn } from "./kernels/decode/mixer-in.ts";
+import { DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, decodeMixerIn } from "./kernels/decode/mixer-in.ts";
 import { DECODE_MAX_BJ, decodeMixerScan } from "./kernels/decode/mixer-scan.ts";
 
 type StepLayer = StepModel["weights"]["layers"][number];
@@ -248,7 +249,15 @@ export class WebGpuBackend implements Backend {
     if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(this.gpu, args);
     else {
       const largeTiles = Math.ceil(T / TILE_LARGE.BM) * Math.ceil(N / TILE_LARGE.BN);
-      matmulTiled(this.gpu, args, largeTiles >= 256 ? TILE_LARGE : TILE_SMALL);
+      const cfg = largeTiles >= 256 ? TILE_LARGE : TILE_SMALL;
+      const plan = splitPlan(K, kSplits(T, N, K, cfg));
+      if (plan.count === 1) matmulTiled(this.gpu, args, cfg);
+      else {
+        const part = this.gpu.alloc(plan.count * T * N * 4, "matmul partial products");
+        matmulTiled(this.gpu, { ...args, y: part }, cfg, plan);
+        matmulReduce(this.gpu, part, plan.count, args.bias, T, N, y.buf);
+        this.gpu.release(part);
+      }
     }
     this.tick();
     return y;
@@ -377,7 +386,7 @@ export class WebGpuBackend implements Backend {
     const idt = this.t(ids, "decodeStep");
     const B = idt.numel;
     const J = R + 2 * N;
-    if (c.mixer !== "s6" || B > DECODE_MAX_B || B * D > DECODE_MAX_BD || B * J > DECODE_MAX_BJ || D % 4 !== 0) return null;
+    if (c.mixer !== "s6" || B > DECODE_MAX_B || B * D > DECODE_MAX_BD || B * J > DECODE_MAX_BJ || D % 4 !== 0 || K > DECODE_MAX_K) return null;
     const w = model.weights;
     const gpu = this.gpu;
     let h = this.embedding(w.embeddings, ids) as GpuTensor; // [B, D]

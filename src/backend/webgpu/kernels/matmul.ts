@@ -5,6 +5,8 @@
  * as 4-wide groups spread over the tile (rows (g·16 + ty)·4 + c) so that its reads of the shared tiles are vec4
  * loads that the threads of a warp share or spread over banks. K advances BK at a time through workgroup memory,
  * the next tile's global loads issued before the current tile's arithmetic.
+ * When few tiles would leave most of the GPU idle along a long K (decode batches, x_proj and out_proj), K is split
+ * over workgroups (grid z) that write partial products, summed with the bias by ./matmul-reduce.ts.
  */
 import type { Gpu, Kernel } from "../gpu.ts";
 import { Params } from "../gpu.ts";
@@ -22,7 +24,8 @@ export const TILE_LARGE: TileConfig = { BM: 128, BN: 128, TM: 8, TN: 8 };
 export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 4, TN: 4 };
 
 const wgsl = (c: TileConfig, ws: WeightStorage) => /* wgsl */ `
-// bindings: 0 x [rows, ldx] f32 | 1 w [N, K] | 2 bias [N] | 3 y [T, N] | 4 params
+// bindings: 0 x [rows, ldx] f32 | 1 w [N, K] | 2 bias [N] | 3 y [splits, T, N] | 4 params
+// grid: (N / BN, T / BM, splits); split z covers K columns [z·kLen, (z + 1)·kLen)
 const BM = ${c.BM}u;
 const BN = ${c.BN}u;
 const TM = ${c.TM}u;
@@ -35,7 +38,7 @@ const SB = BN / 4u + 1u;
 const LA = BM * BK / 256u;   // x values each thread stages per K tile
 const LB = BN * BK / 256u;   // w values each thread stages per K tile
 
-struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32 }
+struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, kLen: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<${weightBinding(ws)}>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
@@ -54,26 +57,28 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let tid = ty * 16u + tx;
   let row0 = wg.y * BM;
   let col0 = wg.x * BN;
+  let kBegin = wg.z * p.kLen;
+  let kEnd = min(p.K, kBegin + p.kLen);
   var acc: array<vec4<f32>, TM * GN>;
   var ra: array<f32, LA>;
   var rb: array<f32, LB>;
-  let tiles = (p.K + BK - 1u) / BK;
+  let tiles = (kEnd - kBegin + BK - 1u) / BK;
 
   // stage tile 0 in registers: element e = tid + 256 j is (row e / BK, k e % BK); consecutive threads read
   // consecutive k of one row
   for (var j = 0u; j < LA; j++) {
     let e = tid + 256u * j;
     let r = row0 + e / BK;
-    let k = e % BK;
+    let k = kBegin + e % BK;
     ra[j] = 0.0;
-    if (r < p.T && k < p.K) { ra[j] = x[r * p.ldx + p.offx + k]; }
+    if (r < p.T && k < kEnd) { ra[j] = x[r * p.ldx + p.offx + k]; }
   }
   for (var j = 0u; j < LB; j++) {
     let e = tid + 256u * j;
     let n = col0 + e / BK;
-    let k = e % BK;
+    let k = kBegin + e % BK;
     rb[j] = 0.0;
-    if (n < p.N && k < p.K) { rb[j] = weight(n * p.K + k); }
+    if (n < p.N && k < kEnd) { rb[j] = weight(n * p.K + k); }
   }
 
   for (var t = 0u; t < tiles; t++) {
@@ -89,20 +94,20 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     }
     workgroupBarrier();
     if (t + 1u < tiles) {
-      let k0 = (t + 1u) * BK;
+      let k0 = kBegin + (t + 1u) * BK;
       for (var j = 0u; j < LA; j++) {
         let e = tid + 256u * j;
         let r = row0 + e / BK;
         let k = k0 + e % BK;
         ra[j] = 0.0;
-        if (r < p.T && k < p.K) { ra[j] = x[r * p.ldx + p.offx + k]; }
+        if (r < p.T && k < kEnd) { ra[j] = x[r * p.ldx + p.offx + k]; }
       }
       for (var j = 0u; j < LB; j++) {
         let e = tid + 256u * j;
         let n = col0 + e / BK;
         let k = k0 + e % BK;
         rb[j] = 0.0;
-        if (n < p.N && k < p.K) { rb[j] = weight(n * p.K + k); }
+        if (n < p.N && k < kEnd) { rb[j] = weight(n * p.K + k); }
       }
     }
     for (var k = 0u; k < BK; k++) {
@@ -122,6 +127,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     workgroupBarrier();
   }
 
+  let out0 = wg.z * p.T * p.N;
   for (var g = 0u; g < GM; g++) {
     for (var c = 0u; c < 4u; c++) {
       let m = row0 + (g * 16u + ty) * 4u + c;
@@ -134,7 +140,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
           if (n < p.N) {
             var s = v[j];
             if (p.hasBias != 0u) { s += bias[n]; }
-            y[m * p.N + n] = s;
+            y[out0 + m * p.N + n] = s;
           }
         }
       }
@@ -150,9 +156,23 @@ export interface MatmulArgs {
   y: Buf;
 }
 
-// x: [T, K] window, w: [N, K], bias: [N] -> y: [T, N]
-export function matmulTiled(gpu: Gpu, a: MatmulArgs, cfg: TileConfig): void {
+/** K splits that fill the GPU when the output has few tiles: at least 2 K tiles (32 columns) a split. */
+export function kSplits(T: number, N: number, K: number, cfg: TileConfig): number {
+  const tiles = Math.ceil(T / cfg.BM) * Math.ceil(N / cfg.BN);
+  const kTiles = Math.ceil(K / 16);
+  if (tiles >= 132 || kTiles < 4) return 1;
+  return Math.max(1, Math.min(Math.ceil(264 / tiles), Math.floor(kTiles / 2)));
+}
+
+/** How K is cut for about `splits` parts: kLen columns each (a multiple of the K tile), `count` parts. */
+export function splitPlan(K: number, splits: number): { kLen: number; count: number } {
+  const kLen = Math.ceil(Math.ceil(K / splits) / 16) * 16;
+  return { kLen, count: Math.ceil(K / kLen) };
+}
+
+// x: [T, K] window, w: [N, K], bias: [N] -> y: [T, N]; with splits > 1, y: [splits, T, N] partials without bias
+export function matmulTiled(gpu: Gpu, a: MatmulArgs, cfg: TileConfig, plan = { kLen: Math.max(16, a.K), count: 1 }): void {
   const k: Kernel = gpu.kernel(`matmul_${cfg.BM}x${cfg.BN}_${a.ws}`, () => wgsl(cfg, a.ws));
-  const p = new Params().u32(a.rows).u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias);
-  gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y], p, [Math.ceil(a.N / cfg.BN), Math.ceil(a.rows / cfg.BM)]);
+  const p = new Params().u32(a.rows).u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias && plan.count === 1).u32(plan.kLen);
+  gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y], p, [Math.ceil(a.N / cfg.BN), Math.ceil(a.rows / cfg.BM), plan.count]);
 }

@@ -15,6 +15,7 @@ const wgsl = (T: number, ws: WeightStorage) => /* wgsl */ `
 // bindings: 0 x [T, ldx] f32 | 1 w [N, K] as 4-element groups | 2 bias [N] | 3 y [T, N] | 4 params
 const T = ${T}u;     // rows of x
 const RPW = 8u;      // rows of w per workgroup: one per 32 threads
+const BATCH = 4u;
 
 struct P { K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, groupsX: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -34,11 +35,20 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   var s: array<f32, T>;
   if (n < p.N) {
     let K4 = p.K / 4u;
-    for (var k4 = lane; k4 < K4; k4 += 32u) {
-      let wv = weight4(n * K4 + k4);
-      for (var t = 0u; t < T; t++) {
-        let o = t * p.ldx + p.offx + k4 * 4u;
-        s[t] = fma(wv.x, x[o], fma(wv.y, x[o + 1u], fma(wv.z, x[o + 2u], fma(wv.w, x[o + 3u], s[t]))));
+    // BATCH loads issued together: a fixed trip count the compiler unrolls
+    for (var k0 = lane; k0 < K4; k0 += 32u * BATCH) {
+      var wv: array<vec4<f32>, BATCH>;
+      for (var k = 0u; k < BATCH; k++) {
+        if (k0 + 32u * k < K4) { wv[k] = weight4(n * K4 + k0 + 32u * k); }
+      }
+      for (var k = 0u; k < BATCH; k++) {
+        let k4 = k0 + 32u * k;
+        if (k4 < K4) {
+          for (var t = 0u; t < T; t++) {
+            let o = t * p.ldx + p.offx + k4 * 4u;
+            s[t] = fma(wv[k].x, x[o], fma(wv[k].y, x[o + 1u], fma(wv[k].z, x[o + 2u], fma(wv[k].w, x[o + 3u], s[t]))));
+          }
+        }
       }
     }
   }

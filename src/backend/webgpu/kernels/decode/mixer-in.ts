@@ -16,6 +16,8 @@ import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weigh
 export const DECODE_MAX_B = 8;
 /** Rows × hidden size that fit the workgroup's copy of the normalized input. */
 export const DECODE_MAX_BD = 4096;
+/** Conv kernel sizes the fused decode takes (the history is held in registers). */
+export const DECODE_MAX_K = 9;
 
 const wgsl = (CH: number, wsIn: WeightStorage, wsX: WeightStorage) => /* wgsl */ `
 // bindings: 0 h [B, D] | 1 res [2, B, D] | 2 lp (layer constants) | 3 Win [2E, D] | 4 Wx [J, E]
@@ -27,6 +29,8 @@ const MAXU = ${DECODE_MAX_BD}u;
 const CH = ${CH}u;          // channels per workgroup
 const ROWS = 2u * CH;       // their in_proj rows: x then z
 const TPR = WG / ROWS;      // threads per in_proj row
+const BATCH = 4u;           // loads issued together (a fixed trip count the compiler unrolls)
+const MAXK = 8u;            // conv kernel sizes up to this
 
 struct P {
   B: u32, D: u32, E: u32, K: u32, J: u32, hasRes: u32, par: u32, eps: f32,
@@ -61,12 +65,17 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   // 1. residual add + RMSNorm of every row
   for (var b = 0u; b < B; b++) {
     var ss = 0.0;
-    for (var d = t; d < D; d += WG) {
-      var v = h[b * D + d];
-      if (p.hasRes != 0u) { v += res[p.par * B * D + b * D + d]; }
-      if (wg.x == 0u) { res[(1u - p.par) * B * D + b * D + d] = v; }
-      us[b * D + d] = v;
-      ss = fma(v, v, ss);
+    for (var d0 = t; d0 < D; d0 += BATCH * WG) {
+      for (var k = 0u; k < BATCH; k++) {
+        let d = d0 + k * WG;
+        if (d < D) {
+          var v = h[b * D + d];
+          if (p.hasRes != 0u) { v += res[p.par * B * D + b * D + d]; }
+          if (wg.x == 0u) { res[(1u - p.par) * B * D + b * D + d] = v; }
+          us[b * D + d] = v;
+          ss = fma(v, v, ss);
+        }
+      }
     }
     red[t] = ss;
     workgroupBarrier();
@@ -89,11 +98,19 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   var acc: array<f32, MAXB>;
   if (e < E) {
     let D4 = D / 4u;
-    for (var k4 = q; k4 < D4; k4 += TPR) {
-      let wv = win4(grow * D4 + k4);
-      for (var b = 0u; b < B; b++) {
-        let o = b * D + 4u * k4;
-        acc[b] = fma(wv.x, us[o], fma(wv.y, us[o + 1u], fma(wv.z, us[o + 2u], fma(wv.w, us[o + 3u], acc[b]))));
+    for (var k0 = q; k0 < D4; k0 += BATCH * TPR) {
+      var wv: array<vec4<f32>, BATCH>;
+      for (var k = 0u; k < BATCH; k++) {
+        if (k0 + k * TPR < D4) { wv[k] = win4(grow * D4 + k0 + k * TPR); }
+      }
+      for (var k = 0u; k < BATCH; k++) {
+        let k4 = k0 + k * TPR;
+        if (k4 < D4) {
+          for (var b = 0u; b < B; b++) {
+            let o = b * D + 4u * k4;
+            acc[b] = fma(wv[k].x, us[o], fma(wv[k].y, us[o + 1u], fma(wv[k].z, us[o + 2u], fma(wv[k].w, us[o + 3u], acc[b]))));
+          }
+        }
       }
     }
   }
@@ -117,10 +134,15 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     var xc = 0.0;
     if (ee < E) {
       let xv = rowOut[b * ROWS + cc];
+      var hist: array<f32, MAXK>;
+      for (var j = 0u; j < MAXK; j++) { if (j < H) { hist[j] = convState[(b * H + j) * E + ee]; } }
       var s = lp[p.oConvB + ee];
-      for (var j = 0u; j < H; j++) { s = fma(lp[p.oConvW + ee * p.K + j], convState[(b * H + j) * E + ee], s); }
+      for (var j = 0u; j < MAXK; j++) { if (j < H) { s = fma(lp[p.oConvW + ee * p.K + j], hist[j], s); } }
       s = fma(lp[p.oConvW + ee * p.K + H], xv, s);
-      for (var j = 0u; j + 1u < H; j++) { convState[(b * H + j) * E + ee] = convState[(b * H + j + 1u) * E + ee]; }
+      // the history shifts by one: the oldest input leaves, x enters last
+      for (var j = 0u; j < MAXK; j++) {
+        if (j + 1u < H) { convState[(b * H + j) * E + ee] = hist[j + 1u]; }
+      }
       if (H > 0u) { convState[(b * H + H - 1u) * E + ee] = xv; }
       xc = s / (1.0 + exp(-s));
       xz[b * 2u * E + ee] = xc;

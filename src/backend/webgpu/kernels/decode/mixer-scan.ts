@@ -1,23 +1,33 @@
 /**
  * Fused decode, kernel 2 of 3 per layer: from kernel 1's partial x_proj to the gated scan output, one dispatch.
- * Every workgroup first sums the partials into dt | B | C of each row (workgroup memory); then one thread per
- * (row b, channel e) computes delta = softplus(dt_proj[e] · dt + bias), advances its N states in place
- * (h = exp(delta·A)·h + delta·u·B), and writes y = (C·h + D·u) · silu(z).
+ * A workgroup owns CH channels of all B rows. Decode kernels are short, so what costs is waiting on memory: every
+ * phase spreads its loads over all threads and issues them in fixed-size batches rather than one after another.
+ *  1. sum kernel 1's G partials into dt | B | C of each row (workgroup memory), S slices of threads per output;
+ *  2. dt_proj for the CH channels, 8 threads a channel over R, then softplus(· + bias);
+ *  3. one thread per (b, e): advance the N states in place (h = exp(delta·A)·h + delta·u·B) and write
+ *     y = (C·h + D·u) · silu(z).
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import { type WeightStorage, weightBinding, weightReader } from "../weights.ts";
+import { DECODE_MAX_B } from "./mixer-in.ts";
 
 /** B · (R + 2N) values of x_proj that fit workgroup memory. */
 export const DECODE_MAX_BJ = 2048;
+const CH = 32; // channels per workgroup
 
-const wgsl = (ws: WeightStorage) => /* wgsl */ `
-// bindings: 0 Q [groups, B, J] | 1 lp (layer constants) | 2 Wdt [E, R] | 3 xz [B, 2E] | 4 ssm [B, E, N] in/out
+const wgsl = (N: number, ws: WeightStorage) => /* wgsl */ `
+// bindings: 0 Q [G, B, J] | 1 lp (layer constants) | 2 Wdt [E, R] | 3 xz [B, 2E] | 4 ssm [B, E, N] in/out
 //           5 y [B, E] out | 6 params
-// grid: (ceil(E / floor(WG / B)))
+// grid: (ceil(E / CH))
 const WG = 256u;
+const CH = ${CH}u;
+const N = ${N}u;
+const MAXB = ${DECODE_MAX_B}u;
+const MAXBJ = ${DECODE_MAX_BJ}u;
+const BATCH = 8u; // loads issued together
 
-struct P { B: u32, E: u32, N: u32, R: u32, J: u32, G: u32, oPack: u32 }
+struct P { B: u32, E: u32, R: u32, J: u32, G: u32, oPack: u32 }
 @group(0) @binding(0) var<storage, read> Q: array<f32>;
 @group(0) @binding(1) var<storage, read> lp: array<f32>;
 @group(0) @binding(2) var<storage, read> wDt: array<${weightBinding(ws)}>;
@@ -26,7 +36,10 @@ struct P { B: u32, E: u32, N: u32, R: u32, J: u32, G: u32, oPack: u32 }
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 @group(0) @binding(6) var<uniform> p: P;
 
-var<workgroup> xd: array<f32, ${DECODE_MAX_BJ}u>; // x_proj output [B, J]: dt | B | C
+var<workgroup> part: array<f32, MAXBJ>;     // slices of the partial sums
+var<workgroup> xd: array<f32, MAXBJ>;       // x_proj output [B, J]: dt | B | C
+var<workgroup> red: array<f32, WG * MAXB>;  // dt_proj partial sums
+var<workgroup> dts: array<f32, MAXB * CH>;  // delta [B, CH]
 
 ${weightReader(ws, "wdt", "wDt")}
 
@@ -41,35 +54,80 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let t = lid.x;
   let B = p.B;
   let J = p.J;
-  for (var i = t; i < B * J; i += WG) {
+  let BJ = B * J;
+  let E = p.E;
+  let e0 = wg.x * CH;
+
+  // 1. x_proj = the sum of G partials; S slices of threads share an output, BATCH loads at a time
+  let S = max(1u, WG / BJ);
+  let slice = t % S;
+  for (var i = t / S; i < BJ; i += WG / S) {
     var s = 0.0;
-    for (var g = 0u; g < p.G; g++) { s += Q[g * B * J + i]; }
+    for (var g0 = slice; g0 < p.G; g0 += BATCH * S) {
+      for (var k = 0u; k < BATCH; k++) {
+        let g = g0 + k * S;
+        if (g < p.G) { s += Q[g * BJ + i]; }
+      }
+    }
+    part[slice * BJ + i] = s;
+  }
+  workgroupBarrier();
+  for (var i = t; i < BJ; i += WG) {
+    var s = 0.0;
+    for (var k = 0u; k < S; k++) { s += part[k * BJ + i]; }
     xd[i] = s;
   }
   workgroupBarrier();
 
-  let per = WG / B; // channels per workgroup
-  let b = t / per;
-  let e = wg.x * per + t % per;
-  if (b >= B || e >= p.E) { return; }
-  let E = p.E;
-  let N = p.N;
-  let pk = p.oPack + e * (N + 2u); // A·log2(e) [N], dt bias, D
-  var dt = lp[pk + N];
-  for (var r = 0u; r < p.R; r++) { dt = fma(wdt(e * p.R + r), xd[b * J + r], dt); }
-  dt = softplus(dt);
-  let uv = xz[b * 2u * E + e];
-  let zv = xz[b * 2u * E + E + e];
-  let du = dt * uv;
-  var acc = 0.0;
-  for (var n = 0u; n < N; n++) {
-    let si = (b * E + e) * N + n;
-    let hn = fma(exp2(dt * lp[pk + n]), ssm[si], du * xd[b * J + p.R + n]);
-    ssm[si] = hn;
-    acc = fma(hn, xd[b * J + p.R + N + n], acc);
+  // 2. dt_proj: 8 threads a channel, each over every 8th of its R weights
+  let c = t / 8u;
+  let rs = t % 8u;
+  let e = e0 + c;
+  var acc: array<f32, MAXB>;
+  if (e < E) {
+    for (var r0 = rs; r0 < p.R; r0 += 8u * BATCH) {
+      for (var k = 0u; k < BATCH; k++) {
+        let r = r0 + 8u * k;
+        if (r < p.R) {
+          let wv = wdt(e * p.R + r);
+          for (var b = 0u; b < B; b++) { acc[b] = fma(wv, xd[b * J + r], acc[b]); }
+        }
+      }
+    }
   }
-  let out = fma(lp[pk + N + 1u], uv, acc);
-  y[b * E + e] = out * zv / (1.0 + exp(-zv));
+  for (var b = 0u; b < MAXB; b++) { red[t * MAXB + b] = acc[b]; }
+  workgroupBarrier();
+  if (rs == 0u && e < E) {
+    for (var b = 0u; b < B; b++) {
+      var s = lp[p.oPack + e * (N + 2u) + N]; // dt bias
+      for (var k = 0u; k < 8u; k++) { s += red[(t + k) * MAXB + b]; }
+      dts[b * CH + c] = softplus(s);
+    }
+  }
+  workgroupBarrier();
+
+  // 3. one step of the recurrence per (b, channel), N states in registers
+  if (t >= B * CH) { return; }
+  let b = t / CH;
+  let cc = t % CH;
+  let ee = e0 + cc;
+  if (ee >= E) { return; }
+  let pk = p.oPack + ee * (N + 2u); // A·log2(e) [N], dt bias, D
+  let dt = dts[b * CH + cc];
+  let uv = xz[b * 2u * E + ee];
+  let zv = xz[b * 2u * E + E + ee];
+  let du = dt * uv;
+  let s0 = (b * E + ee) * N;
+  var hs: array<f32, N>;
+  for (var n = 0u; n < N; n++) { hs[n] = ssm[s0 + n]; }
+  var out = 0.0;
+  for (var n = 0u; n < N; n++) {
+    let hn = fma(exp2(dt * lp[pk + n]), hs[n], du * xd[b * J + p.R + n]);
+    ssm[s0 + n] = hn;
+    out = fma(hn, xd[b * J + p.R + N + n], out);
+  }
+  out = fma(lp[pk + N + 1u], uv, out);
+  y[b * E + ee] = out * zv / (1.0 + exp(-zv));
 }
 `;
 
@@ -79,8 +137,7 @@ export interface MixerScanArgs {
 }
 
 export function decodeMixerScan(gpu: Gpu, a: MixerScanArgs): void {
-  const k = gpu.kernel(`decode_scan_${a.wsDt}`, () => wgsl(a.wsDt));
-  const per = Math.floor(256 / a.B);
-  const p = new Params().u32(a.B).u32(a.E).u32(a.N).u32(a.R).u32(a.J).u32(a.G).u32(a.oPack);
-  gpu.dispatch(k, [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y], p, [Math.ceil(a.E / per)]);
+  const k = gpu.kernel(`decode_scan_${a.N}_${a.wsDt}`, () => wgsl(a.N, a.wsDt));
+  const p = new Params().u32(a.B).u32(a.E).u32(a.R).u32(a.J).u32(a.G).u32(a.oPack);
+  gpu.dispatch(k, [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y], p, [Math.ceil(a.E / CH)]);
 }

@@ -12,7 +12,7 @@ import { Params } from "../../gpu.ts";
 import { SCAN_WG, type ScanGeometry } from "./geometry.ts";
 import type { ScanInputs } from "./chunk.ts";
 
-const TS = 32; // time steps of B and C staged at once
+const TS = 16; // time steps staged at once (B, C, and each thread's delta, u, z)
 
 const wgsl = (N: number) => /* wgsl */ `
 // bindings: 0 u [B·L, E] | 1 delta [B·L, ldD] | 2 packed [E, N + 2] (A·log2e, dt bias, D) | 3 BC [B·L, ldBC]
@@ -41,6 +41,10 @@ struct P {
 
 var<workgroup> Bsh: array<f32, TS * N>;
 var<workgroup> Csh: array<f32, TS * N>;
+// this thread's delta, u and z for the block's steps (column lid.x): loaded all at once, ahead of the recurrence
+var<workgroup> dts: array<f32, TS * WG>;
+var<workgroup> uvs: array<f32, TS * WG>;
+var<workgroup> zvs: array<f32, TS * WG>;
 
 fn softplus(v: f32) -> f32 {
   let ev = exp(v);
@@ -77,12 +81,22 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       Bsh[i] = BC[row * p.ldBC + p.offB + i % N];
       Csh[i] = BC[row * p.ldBC + p.offC + i % N];
     }
+    if (live) {
+      // a fixed trip count, so the loads of all steps are issued together
+      for (var j = 0u; j < TS; j++) {
+        if (j < cnt) {
+          let row = b * p.L + ts + j;
+          dts[j * WG + lid.x] = softplus(delta[row * p.ldD + p.offD + e] + bias);
+          uvs[j * WG + lid.x] = u[row * p.E + e];
+          if (p.hasZ != 0u) { zvs[j * WG + lid.x] = z[row * p.ldZ + p.offZ + e]; }
+        }
+      }
+    }
     workgroupBarrier();
     if (live) {
       for (var j = 0u; j < cnt; j++) {
-        let row = b * p.L + ts + j;
-        let dt = softplus(delta[row * p.ldD + p.offD + e] + bias);
-        let uv = u[row * p.E + e];
+        let dt = dts[j * WG + lid.x];
+        let uv = uvs[j * WG + lid.x];
         let du = dt * uv;
         var acc = 0.0;
         for (var n = 0u; n < N; n++) {
@@ -91,10 +105,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
         }
         var out = fma(skip, uv, acc);
         if (p.hasZ != 0u) {
-          let zv = z[row * p.ldZ + p.offZ + e];
+          let zv = zvs[j * WG + lid.x];
           out *= zv / (1.0 + exp(-zv));
         }
-        y[row * p.E + e] = out;
+        y[(b * p.L + ts + j) * p.E + e] = out;
       }
     }
   }
