@@ -5,14 +5,16 @@
 import type { Backend } from "../backend.ts";
 import { acquireDevice, type WebGpuOptions } from "./device.ts";
 import { Gpu } from "./gpu.ts";
-import { WebGpuBackend, type WebGpuTuning } from "./backend.ts";
+import { WebGpuTrainingBackend, type WebGpuTrainingTuning } from "./training.ts";
 
 export { WebGpuBackend } from "./backend.ts";
+export { WebGpuTrainingBackend } from "./training.ts";
 export type { WebGpuOptions } from "./device.ts";
 export type { WebGpuTuning } from "./backend.ts";
+export type { WebGpuTrainingTuning } from "./training.ts";
 
-/** A WebGPU backend on the default adapter; throws a MambaError when there is none. */
-export async function createWebGpuBackend(options: WebGpuOptions & WebGpuTuning = {}): Promise<Backend> {
+/** A WebGPU backend on the default adapter, with the training ops; throws a MambaError when there is none. */
+export async function createWebGpuBackend(options: WebGpuOptions & WebGpuTrainingTuning = {}): Promise<Backend> {
   const { gpu, device, description } = await acquireDevice(options);
-  return new WebGpuBackend(new Gpu(device, description, gpu), options);
+  return new WebGpuTrainingBackend(new Gpu(device, description, gpu), options);
 }

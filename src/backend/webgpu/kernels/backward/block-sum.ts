@@ -1,0 +1,53 @@
+/**
+ * Block sums: out[outOff + g] = Σ f(x[xOff + i]) over block g of BLOCK consecutive values, f(x) = x or x².
+ * Each thread adds BLOCK / 256 values, then the workgroup adds its 256 sums as a tree: the same inputs always
+ * give the same bits. Applied again to its own output until one value is left, it is a whole-array sum.
+ */
+import type { Buf, Gpu } from "../../gpu.ts";
+import { Params, grid } from "../../gpu.ts";
+
+export const BLOCK = 4096;
+
+const wgsl = /* wgsl */ `
+// bindings: 0 x | 1 out | 2 params
+const BLOCK = ${BLOCK}u;
+struct P { n: u32, xOff: u32, outOff: u32, square: u32, groupsX: u32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<uniform> p: P;
+
+var<workgroup> red: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+  let g = wg.y * p.groupsX + wg.x;
+  let base = g * BLOCK;
+  if (base >= p.n) { return; } // uniform across the workgroup
+  var s = 0.0;
+  for (var j = 0u; j < BLOCK; j += 256u) {
+    let i = base + j + lid.x;
+    if (i < p.n) {
+      let v = x[p.xOff + i];
+      s += select(v, v * v, p.square != 0u);
+    }
+  }
+  red[lid.x] = s;
+  workgroupBarrier();
+  for (var k = 128u; k > 0u; k >>= 1u) {
+    if (lid.x < k) { red[lid.x] += red[lid.x + k]; }
+    workgroupBarrier();
+  }
+  if (lid.x == 0u) { out[p.outOff + g] = red[0]; }
+}
+`;
+
+/** How many block sums n values give. */
+export const blocks = (n: number) => Math.ceil(n / BLOCK);
+
+// x: n values from word xOff -> out: blocks(n) values from word outOff
+export function blockSum(gpu: Gpu, x: Buf, xOff: number, n: number, square: boolean, out: Buf, outOff: number): void {
+  if (n === 0) return;
+  const k = gpu.kernel("bwd_block_sum", () => wgsl);
+  const [gx, gy] = grid(blocks(n), gpu.limits.maxComputeWorkgroupsPerDimension);
+  gpu.dispatch(k, [x, out], new Params().u32(n).u32(xOff).u32(outOff).bool(square).u32(gx), [gx, gy]);
+}

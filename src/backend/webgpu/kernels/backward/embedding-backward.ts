@@ -1,0 +1,61 @@
+/**
+ * Backward of the embedding gather, a scatter-add dTable[ids[t]] += dOut[t], without float atomics: the host
+ * knows the ids before they are uploaded, so it lists the positions of every distinct id (a CSR: distinct ids,
+ * offsets, positions in increasing t). One thread per (distinct id, column) adds its id's rows in order and owns
+ * its output value: deterministic, and the work is T · D however the ids repeat.
+ */
+import type { Buf, Gpu } from "../../gpu.ts";
+import { Params, grid } from "../../gpu.ts";
+
+const wgsl = /* wgsl */ `
+// bindings: 0 csr (u32: rowIds [nU] | offsets [nU + 1] | positions [T]) | 1 dOut [T, D] | 2 dTable [V, D] in/out | 3 params
+struct P { nU: u32, D: u32, groupsX: u32 }
+@group(0) @binding(0) var<storage, read> csr: array<u32>;
+@group(0) @binding(1) var<storage, read> dOut: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dTable: array<f32>;
+@group(0) @binding(3) var<uniform> p: P;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.y * p.groupsX * 256u + gid.x;
+  if (i >= p.nU * p.D) { return; }
+  let u = i / p.D;
+  let d = i % p.D;
+  let start = csr[p.nU + u];
+  let end = csr[p.nU + u + 1u];
+  let posBase = 2u * p.nU + 1u;
+  var s = 0.0;
+  for (var j = start; j < end; j++) { s += dOut[csr[posBase + j] * p.D + d]; }
+  let o = csr[u] * p.D + d;
+  dTable[o] = dTable[o] + s;
+}
+`;
+
+/** The CSR of the positions of each distinct id: [ids (sorted) | offsets | positions], as u32. */
+export function positionsById(ids: Int32Array): { csr: Uint32Array; nU: number } {
+  const T = ids.length;
+  const order = Array.from({ length: T }, (_, t) => t).sort((a, b) => ids[a]! - ids[b]! || a - b);
+  const rowIds: number[] = [];
+  const offsets: number[] = [];
+  for (let j = 0; j < T; j++) {
+    if (j === 0 || ids[order[j]!] !== ids[order[j - 1]!]) {
+      rowIds.push(ids[order[j]!]!);
+      offsets.push(j);
+    }
+  }
+  offsets.push(T);
+  const nU = rowIds.length;
+  const csr = new Uint32Array(2 * nU + 1 + T);
+  csr.set(rowIds, 0);
+  csr.set(offsets, nU);
+  csr.set(order, 2 * nU + 1);
+  return { csr, nU };
+}
+
+// csr of T ids, dOut: [T, D] -> dTable [V, D] += at the listed rows
+export function embeddingBackward(gpu: Gpu, csr: Buf, nU: number, dOut: Buf, D: number, dTable: Buf): void {
+  if (nU * D === 0) return;
+  const k = gpu.kernel("bwd_embedding", () => wgsl);
+  const [gx, gy] = grid(Math.ceil((nU * D) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
+  gpu.dispatch(k, [csr, dOut, dTable], new Params().u32(nU).u32(D).u32(gx), [gx, gy]);
+}

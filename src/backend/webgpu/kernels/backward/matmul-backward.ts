@@ -1,0 +1,186 @@
+/**
+ * The two products of a Linear layer's backward as one tiled kernel, C (+)= A · B with C [M, N]:
+ *   dx += dy · w     A = dy [T, Nout] (contiguous along the reduction), B = w [Nout, Kin]
+ *   dw += dyᵀ · x    A = dyᵀ, read from dy [T, Nout] (contiguous along M), B = x [T, Kin]
+ * B is always contiguous along N; A is read as A(m, k) = a[m · lda + offa + k] ("k-major") or
+ * a[k · lda + offa + m] ("m-major"); both may be column windows, and so may C (dx into part of a wider gradient).
+ * The tiling is the forward matmul's (16 × 16 threads, BM × BN tile, TM × TN outputs per thread as 4-wide groups,
+ * BK = 16 through workgroup memory, next tile's loads issued before the current tile's arithmetic).
+ * A long reduction with few output tiles (dw: K = T) is split over grid z: each split writes its partial product
+ * to part[z, M, N] and reduce-groups.ts adds the splits in order (deterministic, no atomics); a single split adds
+ * straight into C.
+ */
+import type { Buf, Gpu } from "../../gpu.ts";
+import { Params } from "../../gpu.ts";
+
+export interface BwdTile {
+  BM: number; // rows of C per workgroup (16 · TM)
+  BN: number; // columns of C per workgroup (16 · TN)
+  TM: number; // 4 or 8
+  TN: number; // 4 or 8
+}
+
+export const BWD_TILE_LARGE: BwdTile = { BM: 128, BN: 128, TM: 8, TN: 8 };
+export const BWD_TILE_SMALL: BwdTile = { BM: 64, BN: 64, TM: 4, TN: 4 };
+
+const wgsl = (c: BwdTile, aKMajor: boolean) => /* wgsl */ `
+// bindings: 0 a | 1 b | 2 c (C window, or the split partials) in/out | 3 params
+// grid: (ceil(N / BN), ceil(M / BM), splits)
+const BM = ${c.BM}u;
+const BN = ${c.BN}u;
+const TM = ${c.TM}u;
+const TN = ${c.TN}u;
+const BK = 16u;
+const GM = TM / 4u;
+const GN = TN / 4u;
+const SA = BM / 4u + 1u;
+const SB = BN / 4u + 1u;
+const LA = BM * BK / 256u;
+const LB = BN * BK / 256u;
+
+struct P {
+  M: u32, N: u32, K: u32,
+  lda: u32, offa: u32, ldb: u32, offb: u32, ldc: u32, offc: u32,
+  kPer: u32,       // reduction length per split
+  zStride: u32,    // words between the partials of consecutive splits (0 with one split)
+  accumulate: u32, // 1: C += product; 0: C = product (split partials)
+}
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<uniform> p: P;
+
+var<workgroup> As: array<vec4<f32>, BK * SA>; // As[k][m]
+var<workgroup> Bs: array<vec4<f32>, BK * SB>; // Bs[k][n]
+
+// element e of a BM × BK tile of A as (m, k): consecutive threads walk the contiguous axis
+fn aCoord(e: u32) -> vec2<u32> {
+  ${aKMajor ? "return vec2<u32>(e / BK, e % BK);" : "return vec2<u32>(e % BM, e / BM);"}
+}
+fn loadA(m: u32, k: u32) -> f32 {
+  if (m >= p.M || k >= p.K) { return 0.0; }
+  ${aKMajor ? "return a[m * p.lda + p.offa + k];" : "return a[k * p.lda + p.offa + m];"}
+}
+fn loadB(k: u32, n: u32) -> f32 {
+  if (n >= p.N || k >= p.K) { return 0.0; }
+  return b[k * p.ldb + p.offb + n];
+}
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+  let tx = lid.x;
+  let ty = lid.y;
+  let tid = ty * 16u + tx;
+  let row0 = wg.y * BM;
+  let col0 = wg.x * BN;
+  let kBegin = wg.z * p.kPer;
+  let kEnd = min(p.K, kBegin + p.kPer);
+  var acc: array<vec4<f32>, TM * GN>;
+  var ra: array<f32, LA>;
+  var rb: array<f32, LB>;
+  let tiles = (kEnd - kBegin + BK - 1u) / BK;
+
+  for (var j = 0u; j < LA; j++) {
+    let mk = aCoord(tid + 256u * j);
+    ra[j] = select(0.0, loadA(row0 + mk.x, kBegin + mk.y), kBegin + mk.y < kEnd);
+  }
+  for (var j = 0u; j < LB; j++) {
+    let e = tid + 256u * j;
+    rb[j] = select(0.0, loadB(kBegin + e / BN, col0 + e % BN), kBegin + e / BN < kEnd);
+  }
+
+  for (var t = 0u; t < tiles; t++) {
+    for (var j = 0u; j < LA; j++) {
+      let mk = aCoord(tid + 256u * j);
+      As[mk.y * SA + mk.x / 4u][mk.x % 4u] = ra[j];
+    }
+    for (var j = 0u; j < LB; j++) {
+      let e = tid + 256u * j;
+      let n = e % BN;
+      Bs[(e / BN) * SB + n / 4u][n % 4u] = rb[j];
+    }
+    workgroupBarrier();
+    if (t + 1u < tiles) {
+      let k0 = kBegin + (t + 1u) * BK;
+      for (var j = 0u; j < LA; j++) {
+        let mk = aCoord(tid + 256u * j);
+        ra[j] = select(0.0, loadA(row0 + mk.x, k0 + mk.y), k0 + mk.y < kEnd);
+      }
+      for (var j = 0u; j < LB; j++) {
+        let e = tid + 256u * j;
+        rb[j] = select(0.0, loadB(k0 + e / BN, col0 + e % BN), k0 + e / BN < kEnd);
+      }
+    }
+    for (var k = 0u; k < BK; k++) {
+      var av: array<vec4<f32>, GM>;
+      var bv: array<vec4<f32>, GN>;
+      for (var g = 0u; g < GM; g++) { av[g] = As[k * SA + g * 16u + ty]; }
+      for (var h = 0u; h < GN; h++) { bv[h] = Bs[k * SB + h * 16u + tx]; }
+      for (var g = 0u; g < GM; g++) {
+        for (var q = 0u; q < 4u; q++) {
+          let s = av[g][q];
+          for (var h = 0u; h < GN; h++) {
+            acc[(g * 4u + q) * GN + h] = fma(vec4<f32>(s), bv[h], acc[(g * 4u + q) * GN + h]);
+          }
+        }
+      }
+    }
+    workgroupBarrier();
+  }
+
+  let zo = wg.z * p.zStride;
+  for (var g = 0u; g < GM; g++) {
+    for (var q = 0u; q < 4u; q++) {
+      let m = row0 + (g * 16u + ty) * 4u + q;
+      if (m >= p.M) { continue; }
+      for (var h = 0u; h < GN; h++) {
+        let n4 = col0 + (h * 16u + tx) * 4u;
+        let v = acc[(g * 4u + q) * GN + h];
+        for (var j = 0u; j < 4u; j++) {
+          let n = n4 + j;
+          if (n < p.N) {
+            let o = zo + m * p.ldc + p.offc + n;
+            if (p.accumulate != 0u) { c[o] = c[o] + v[j]; } else { c[o] = v[j]; }
+          }
+        }
+      }
+    }
+  }
+}
+`;
+
+/** One operand as the kernel reads it: buffer, row stride, first column. */
+export interface Operand { buf: Buf; ld: number; off: number }
+
+export interface BwdMatmulArgs {
+  M: number; N: number; K: number;
+  a: Operand; aKMajor: boolean;
+  b: Operand;
+  c: Operand; // C window, added into
+}
+
+/** How a product is split along its reduction: splits · kPer >= K, kPer a multiple of 16. */
+export function splitK(M: number, N: number, K: number, tile: BwdTile): { splits: number; kPer: number } {
+  const tiles = Math.ceil(M / tile.BM) * Math.ceil(N / tile.BN);
+  let splits = 1;
+  if (tiles < 256 && K >= 1024) splits = Math.min(Math.ceil(512 / tiles), Math.floor(K / 512), 64);
+  const kPer = Math.ceil(K / splits / 16) * 16;
+  return { splits: Math.ceil(K / kPer), kPer };
+}
+
+export function pickTile(M: number, N: number): BwdTile {
+  return Math.ceil(M / 128) * Math.ceil(N / 128) >= 128 ? BWD_TILE_LARGE : BWD_TILE_SMALL;
+}
+
+/**
+ * C += A · B. With split.splits > 1, `part` (splits · M · N floats) receives the partial products and the caller
+ * adds them into C (reduce-groups.ts); otherwise part is unused.
+ */
+export function matmulBackwardTiled(gpu: Gpu, m: BwdMatmulArgs, tile: BwdTile, split: { splits: number; kPer: number }, part: Buf | null): void {
+  const k = gpu.kernel(`bwd_matmul_${tile.BM}x${tile.BN}_${m.aKMajor ? "k" : "m"}`, () => wgsl(tile, m.aKMajor));
+  const direct = split.splits === 1;
+  const out = direct ? m.c : { buf: part!, ld: m.N, off: 0 };
+  const p = new Params().u32(m.M).u32(m.N).u32(m.K).u32(m.a.ld).u32(m.a.off).u32(m.b.ld).u32(m.b.off)
+    .u32(out.ld).u32(out.off).u32(split.kPer).u32(direct ? 0 : m.M * m.N).bool(direct);
+  gpu.dispatch(k, [m.a.buf, m.b.buf, out.buf], p, [Math.ceil(m.N / tile.BN), Math.ceil(m.M / tile.BM), split.splits]);
+}

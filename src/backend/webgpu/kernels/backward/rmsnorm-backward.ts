@@ -1,0 +1,54 @@
+/**
+ * Backward of the fused residual add + RMSNorm through the norm, one workgroup per row t (r = residualOut):
+ *   inv = 1 / sqrt(mean(r²) + eps),  n = r · inv,  m = mean(dOut · w · n)
+ *   dResidual[t] += inv · (dOut · w − n · m)
+ * and inv[t] is kept for the weight gradient Σ_t dOut · r · inv (colsum.ts, then reduce-groups.ts). The two
+ * row sums (of r² and of dOut · w · r) are one workgroup tree reduction.
+ */
+import type { Buf, Gpu } from "../../gpu.ts";
+import { Params, grid } from "../../gpu.ts";
+
+const wgsl = /* wgsl */ `
+// bindings: 0 r [T, D] | 1 weight [D] | 2 dOut [T, D] | 3 dResidual [T, D] in/out | 4 inv [T] out | 5 params
+struct P { T: u32, D: u32, eps: f32, groupsX: u32 }
+@group(0) @binding(0) var<storage, read> r: array<f32>;
+@group(0) @binding(1) var<storage, read> weight: array<f32>;
+@group(0) @binding(2) var<storage, read> dOut: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dRes: array<f32>;
+@group(0) @binding(4) var<storage, read_write> invOut: array<f32>;
+@group(0) @binding(5) var<uniform> p: P;
+
+var<workgroup> red: array<vec2<f32>, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+  let row = wg.y * p.groupsX + wg.x;
+  if (row >= p.T) { return; } // uniform across the workgroup
+  let o = row * p.D;
+  var acc = vec2<f32>(0.0);
+  for (var d = lid.x; d < p.D; d += 256u) {
+    let v = r[o + d];
+    acc += vec2<f32>(v * v, dOut[o + d] * weight[d] * v);
+  }
+  red[lid.x] = acc;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (lid.x < s) { red[lid.x] += red[lid.x + s]; }
+    workgroupBarrier();
+  }
+  let inv = inverseSqrt(red[0].x / f32(p.D) + p.eps);
+  let m = red[0].y * inv / f32(p.D); // mean(dOut · w · n)
+  for (var d = lid.x; d < p.D; d += 256u) {
+    let n = r[o + d] * inv;
+    dRes[o + d] += inv * (dOut[o + d] * weight[d] - n * m);
+  }
+  if (lid.x == 0u) { invOut[row] = inv; }
+}
+`;
+
+// r, dOut: [T, D], weight: [D] -> dResidual [T, D] +=, inv [T]
+export function rmsNormBackward(gpu: Gpu, r: Buf, weight: Buf, eps: number, dOut: Buf, T: number, D: number, dRes: Buf, inv: Buf): void {
+  const k = gpu.kernel("bwd_rmsnorm", () => wgsl);
+  const [gx, gy] = grid(T, gpu.limits.maxComputeWorkgroupsPerDimension);
+  gpu.dispatch(k, [r, weight, dOut, dRes, inv], new Params().u32(T).u32(D).f32(eps).u32(gx), [gx, gy]);
+}

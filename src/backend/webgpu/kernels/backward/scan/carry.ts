@@ -1,0 +1,90 @@
+/**
+ * Selective scan backward, phase 1 of 3 (only when the sequence is split into chunks): the gradient that each
+ * chunk c ≥ 1 sends to the state before it, from a zero gradient at its end. With G[t] = ∂loss/∂h[t],
+ *   G[t] = gy[t] · C[t] + a[t+1] · G[t+1],   a[t] = exp(delta[t] · A),   gy = dy · silu(z) (dy without a gate)
+ * the carry into chunk c − 1 is a[t0] · G[t0] = Y[c] + P[c] · X[c], where Y[c] is what this kernel computes (the
+ * chunk walked backwards from zero), P[c] = exp(A · Σ_chunk delta) and X[c] the carry into chunk c from the right.
+ * combine.ts then solves that recurrence over chunks. Needs no state h at all: only delta, C, z and dy.
+ * One thread per channel with its N carries in registers; C rows staged in workgroup memory.
+ */
+import type { Buf, Gpu } from "../../../gpu.ts";
+import { Params } from "../../../gpu.ts";
+import type { ScanBwdGeometry, ScanBwdInputs } from "./geometry.ts";
+
+const WG = 64; // channels per workgroup
+const TS = 32; // time steps of C staged at once
+
+const wgsl = (N: number) => /* wgsl */ `
+// bindings: 0 delta [B·L, ldD] | 1 BC [B·L, ldBC] | 2 z [B·L, ldZ] | 3 dy [B·L, E]
+//           4 SX (S | X | packed [E, N + 2]) in/out: writes Y[c] into X | 5 params
+// grid: (ceil(E / WG), nC - 1, B): chunk c = 1 + workgroup y
+const N = ${N}u;
+const WG = ${WG}u;
+const TS = ${TS}u;
+
+struct P { B: u32, L: u32, E: u32, nC: u32, chunkLen: u32, ldD: u32, offD: u32, ldBC: u32, offC: u32, ldZ: u32, offZ: u32, hasZ: u32, oX: u32, oP: u32 }
+@group(0) @binding(0) var<storage, read> delta: array<f32>;
+@group(0) @binding(1) var<storage, read> BC: array<f32>;
+@group(0) @binding(2) var<storage, read> z: array<f32>;
+@group(0) @binding(3) var<storage, read> dy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> SX: array<f32>;
+@group(0) @binding(5) var<uniform> p: P;
+
+var<workgroup> Csh: array<f32, TS * N>;
+
+fn softplus(v: f32) -> f32 {
+  let ev = exp(v);
+  return select(select(log(1.0 + ev), ev * (1.0 - 0.5 * ev), ev < 1e-4), v, v > 20.0);
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+  let e = wg.x * WG + lid.x;
+  let c = wg.y + 1u;
+  let b = wg.z;
+  let live = e < p.E;
+  let ec = min(e, p.E - 1u);
+  let t0 = c * p.chunkLen;
+  let t1 = min(t0 + p.chunkLen, p.L);
+  var A2: array<f32, N>;
+  for (var n = 0u; n < N; n++) { A2[n] = SX[p.oP + ec * (N + 2u) + n]; }
+  let bias = SX[p.oP + ec * (N + 2u) + N];
+  var carry: array<f32, N>;
+  var ts1 = t1;
+  loop {
+    if (ts1 <= t0) { break; }
+    let ts0 = select(t0, ts1 - TS, ts1 - t0 > TS);
+    let cnt = ts1 - ts0;
+    workgroupBarrier();
+    for (var i = lid.x; i < cnt * N; i += WG) {
+      Csh[i] = BC[(b * p.L + ts0 + i / N) * p.ldBC + p.offC + i % N];
+    }
+    workgroupBarrier();
+    for (var jj = cnt; jj > 0u; jj--) {
+      let j = jj - 1u;
+      let row = b * p.L + ts0 + j;
+      let dt = softplus(delta[row * p.ldD + p.offD + ec] + bias);
+      var g = dy[row * p.E + ec];
+      if (p.hasZ != 0u) {
+        let zv = z[row * p.ldZ + p.offZ + ec];
+        g *= zv / (1.0 + exp(-zv));
+      }
+      for (var n = 0u; n < N; n++) {
+        carry[n] = (carry[n] + g * Csh[j * N + n]) * exp2(dt * A2[n]);
+      }
+    }
+    ts1 = ts0;
+  }
+  if (live) {
+    let base = p.oX + (b * p.nC + c) * N * p.E + e;
+    for (var n = 0u; n < N; n++) { SX[base + n * p.E] = carry[n]; }
+  }
+}
+`;
+
+export function scanBwdCarry(gpu: Gpu, g: ScanBwdGeometry, a: ScanBwdInputs, dy: Buf, SX: Buf): void {
+  const k = gpu.kernel(`bwd_scan_carry_${g.N}`, () => wgsl(g.N));
+  const p = new Params().u32(g.B).u32(g.L).u32(g.E).u32(g.nC).u32(g.chunkLen).u32(a.ldD).u32(a.offD).u32(a.ldBC).u32(a.offC)
+    .u32(a.ldZ).u32(a.offZ).bool(!!a.z).u32(g.oX).u32(g.oP);
+  gpu.dispatch(k, [a.delta, a.BC, a.z ?? gpu.dummy, dy, SX], p, [Math.ceil(g.E / WG), g.nC - 1, g.B]);
+}
