@@ -1,0 +1,126 @@
+/**
+ * Training on WebGPU: model.lossAndGrads against PyTorch's gradients (fixtures/hf-mamba/tiny/grads.safetensors),
+ * both mixers with biases and an untied head against the CPU backend, and a few optimizer steps of a tiny run that
+ * track the CPU run's losses, gradient norms and weights. Runs when a WebGPU adapter exists (skipped otherwise,
+ * failed under CI=true).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import type { TestContext } from "node:test";
+import { loadModel, makeConfig, modelFromTensors } from "../../src/index.ts";
+import { CpuBackend } from "../../src/backend/cpu/index.ts";
+import type { TrainingBackend } from "../../src/backend/training.ts";
+import { Trainer } from "../../src/train/trainer.ts";
+import { expected, fixture, readSafetensorsAny } from "../helpers/fixtures.ts";
+import { TestRng, perturbedParameters } from "../helpers/random.ts";
+import { initParameters } from "../../src/model/init.ts";
+import { unavailable } from "../helpers/backends.ts";
+import { tinyOptions } from "./helpers/tiny-run.ts";
+
+let probe: Promise<string | null> | null = null;
+/** null when a WebGPU adapter exists, else the reason there is none. */
+function noGpu(): Promise<string | null> {
+  probe ??= (async () => {
+    try {
+      const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+      await (await createWebGpuBackend()).destroy();
+      return null;
+    } catch (err) {
+      return `no WebGPU adapter: ${(err as Error).message}`;
+    }
+  })();
+  return probe;
+}
+
+async function gpuTest(t: TestContext): Promise<boolean> {
+  const reason = await noGpu();
+  if (reason) unavailable(t, reason);
+  return reason === null;
+}
+
+/** max |got − want| / max |want| */
+function relErr(got: Float32Array, want: Float32Array): number {
+  assert.equal(got.length, want.length);
+  let d = 0, m = 0;
+  for (let i = 0; i < want.length; i++) {
+    const e = Math.abs(got[i]! - want[i]!);
+    d = Number.isNaN(e) ? Infinity : Math.max(d, e);
+    m = Math.max(m, Math.abs(want[i]!));
+  }
+  return d / m;
+}
+
+test("hf-mamba/tiny on webgpu: loss and every gradient match PyTorch", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const folder = fixture("hf-mamba", "tiny");
+  const ids = (await expected(folder)).get("input_ids")!;
+  const want = await readSafetensorsAny(`${folder}/grads.safetensors`);
+  const model = await loadModel(folder, { backend: "webgpu" });
+  try {
+    assert.equal(model.backend.name, "webgpu");
+    const [batch, seqLen] = ids.shape as [number, number];
+    const { loss, grads } = await model.lossAndGrads(ids.i32, { batch, seqLen });
+    const wantLoss = want.get("loss")!.f32[0]!;
+    assert.ok(Math.abs(loss - wantLoss) <= 1e-5 * Math.abs(wantLoss), `loss ${loss} vs ${wantLoss}`);
+    const names = [...want.keys()].filter((k) => k !== "loss").sort();
+    assert.deepEqual([...grads.keys()].sort(), names, "gradient names");
+    for (const name of names) {
+      const e = relErr(grads.get(name)!, want.get(name)!.f32);
+      assert.ok(e < 2e-5, `${name}: max abs error / max abs value ${e.toExponential(2)}`);
+    }
+  } finally {
+    await model.dispose();
+  }
+});
+
+for (const mixer of ["s6", "lti"] as const) {
+  test(`${mixer} on webgpu: lossAndGrads equals the cpu's (untied head, biases, batch 3, seqLen 37)`, async (t) => {
+    if (!(await gpuTest(t))) return;
+    const cfg = makeConfig({ vocabSize: 29, hiddenSize: 12, numLayers: 2, stateSize: 5, intermediateSize: 24, timeStepRank: 3,
+      convKernel: 4, useBias: true, tieEmbeddings: false, mixer });
+    const params = mixer === "s6" ? perturbedParameters(cfg, 5) : initParameters(cfg, { seed: 5 });
+    const shape = { batch: 3, seqLen: 37 };
+    const ids = new TestRng(3).ids(shape.batch * shape.seqLen, cfg.vocabSize);
+    const cpu = await modelFromTensors(cfg, params, { backend: "cpu" });
+    const gpu = await modelFromTensors(cfg, params, { backend: "webgpu" });
+    try {
+      const c = await cpu.lossAndGrads(ids, shape);
+      const g = await gpu.lossAndGrads(ids, shape);
+      assert.ok(Math.abs(c.loss - g.loss) <= 1e-5 * Math.abs(c.loss), `loss ${g.loss} vs ${c.loss}`);
+      assert.deepEqual([...g.grads.keys()].sort(), [...c.grads.keys()].sort());
+      for (const [name, want] of c.grads) {
+        const e = relErr(g.grads.get(name)!, want);
+        assert.ok(e < 5e-5, `${name}: relative error ${e.toExponential(2)}`);
+      }
+    } finally {
+      await cpu.dispose();
+      await gpu.dispose();
+    }
+  });
+}
+
+test("a tiny training run on webgpu tracks the cpu run (losses, gradient norms, weights)", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const gb = (await createWebGpuBackend()) as TrainingBackend;
+  try {
+    const o = tinyOptions({ steps: 12 });
+    const cpu = Trainer.create(new CpuBackend(), o);
+    const gpu = Trainer.create(gb, o);
+    for (let i = 0; i < o.steps; i++) {
+      const c = await cpu.trainStep(), g = await gpu.trainStep();
+      assert.ok(Math.abs(c.loss - g.loss) <= 1e-4 * Math.abs(c.loss), `step ${i + 1}: loss ${g.loss} vs ${c.loss}`);
+      assert.ok(Math.abs(c.gradNorm - g.gradNorm) <= 1e-3 * c.gradNorm, `step ${i + 1}: gradient norm ${g.gradNorm} vs ${c.gradNorm}`);
+      assert.equal(g.accuracy, c.accuracy, `step ${i + 1}: accuracy`);
+    }
+    const pc = await cpu.parameters(), pg = await gpu.parameters();
+    for (const [name, w] of pc) {
+      const e = relErr(pg.get(name)!.data as Float32Array, w.data as Float32Array);
+      assert.ok(e < 1e-3, `${name} after ${o.steps} steps: relative error ${e.toExponential(2)}`);
+    }
+    const ec = await cpu.evaluate(2), eg = await gpu.evaluate(2);
+    assert.equal(eg.accuracy, ec.accuracy, "held-out accuracy");
+  } finally {
+    await gb.destroy();
+  }
+});
