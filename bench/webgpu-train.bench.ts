@@ -1,0 +1,187 @@
+/**
+ * WebGPU training speed against the official mamba_ssm CUDA figures (../shared/anchors/h100.json):
+ *  - the selective scan forward + backward at the anchor shapes (fp32, delta_softplus with the dt bias, D and the
+ *    gate z; GPU time per forward + backward from many calls between two waits for the queue, after warm-up), with
+ *    the forward alone beside it and the dispatches per call;
+ *  - one training step of the 130m shape (D 768, 24 layers, vocab 50280, random weights) at batch 8 × 2048 tokens:
+ *    forward, loss, backward and AdamW, in tokens/s. The logits of 8 × 2048 tokens (3.3 GB) exceed the largest
+ *    buffer a WebGPU binding allows (2 GiB on the H100), so the step runs as micro-batches of whole sequences
+ *    whose logits fit, their gradients accumulated (the same update); the micro-batch is printed.
+ * BENCH_ONLY=scan,step picks sections. BENCH_SMOKE=1 shrinks every shape to check the bench on a slow adapter
+ * (lavapipe); BENCH_SCAN_SHAPES=BxExLxN,... and BENCH_STEP=D,layers,vocab,batch,seqLen[,micro] override the shapes.
+ */
+import { createModel } from "../src/index.ts";
+import { createWebGpuBackend, type WebGpuTrainingBackend } from "../src/backend/webgpu/index.ts";
+import { cols, type Tensor } from "../src/backend/backend.ts";
+import { MambaError } from "../src/errors.ts";
+import { forwardBackward, shiftedTargets } from "../src/train/backprop.ts";
+import { namedTensors, zerosLike } from "../src/train/params.ts";
+import { AdamW, DEFAULT_OPTIM } from "../src/train/optim.ts";
+import { fmtBytes } from "../src/backend/webgpu/gpu.ts";
+import { anchor } from "./anchors.ts";
+
+const only = new Set((process.env.BENCH_ONLY ?? "scan,step").split(","));
+const smoke = process.env.BENCH_SMOKE === "1";
+
+interface ScanShape { batch: number; dim: number; seqlen: number; dstate: number; fwd_ms: number | null; fwd_bwd_ms: number | null }
+
+function scanShapes(): ScanShape[] {
+  const env = process.env.BENCH_SCAN_SHAPES;
+  if (env) {
+    return env.split(",").map((s) => {
+      const [batch, dim, seqlen, dstate] = s.split("x").map(Number) as [number, number, number, number];
+      const a = anchor.scans().find((x) => x.batch === batch && x.dim === dim && x.seqlen === seqlen && x.dstate === dstate);
+      return { batch, dim, seqlen, dstate, fwd_ms: a?.fwd_ms ?? null, fwd_bwd_ms: a?.fwd_bwd_ms ?? null };
+    });
+  }
+  if (smoke) return [{ batch: 2, dim: 64, seqlen: 256, dstate: 16, fwd_ms: null, fwd_bwd_ms: null }];
+  return anchor.scans().map((a) => ({ ...a }));
+}
+
+const STEP = (() => {
+  const env = process.env.BENCH_STEP?.split(",").map(Number);
+  if (env) return { D: env[0]!, layers: env[1]!, vocab: env[2]!, batch: env[3]!, seqLen: env[4]!, micro: env[5] ?? 0 };
+  return smoke ? { D: 64, layers: 2, vocab: 1000, batch: 4, seqLen: 128, micro: 0 }
+    : { D: 768, layers: 24, vocab: 50280, batch: 8, seqLen: 2048, micro: 0 };
+})();
+
+const ms = (t: number) => `${t.toFixed(3)} ms`;
+const ratio = (ours: number, official: number | null) => (official ? `${(official / ours).toFixed(3)}x official speed` : "(no anchor)");
+
+/** A Float32Array of n values cycling through a seeded random block (fast for hundreds of millions). */
+function filled(n: number, lo: number, hi: number, seed: number): Float32Array {
+  const block = new Float32Array(Math.min(n, 1 << 20));
+  let s = seed >>> 0;
+  for (let i = 0; i < block.length; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    block[i] = lo + ((hi - lo) * s) / 4294967296;
+  }
+  const out = new Float32Array(n);
+  for (let o = 0; o < n; o += block.length) out.set(block.subarray(0, Math.min(block.length, n - o)), o);
+  return out;
+}
+
+async function benchScan(b: WebGpuTrainingBackend): Promise<void> {
+  console.log("\n-- selective scan forward + backward (fp32, delta_softplus + dt bias, D, gate z; GPU time per call after warm-up) --");
+  for (const a of scanShapes()) {
+    const { batch: B, dim: E, seqlen: L, dstate: N } = a;
+    const T = B * L;
+    const shape = `B${B} E${E} L${L} N${N}`;
+    const made: Tensor[] = [];
+    const up = (d: Float32Array, s: number[]) => { const t = b.fromF32(d, s); made.push(t); return t; };
+    try {
+      const u = up(filled(T * E, -1, 1, 1), [T, E]);
+      const delta = up(filled(T * E, -7, -2, 2), [T, E]);
+      const z = up(filled(T * E, -2, 2, 3), [T, E]);
+      const BC = up(filled(T * 2 * N, -1, 1, 4), [T, 2 * N]);
+      const A_log = up(new Float32Array(E * N).map((_, i) => Math.log((i % N) + 1)), [E, N]);
+      const D = up(new Float32Array(E).fill(1), [E]);
+      const bias = up(filled(E, -1, 1, 5), [E]);
+      const dy = up(filled(T * E, -1, 1, 6), [T, E]);
+      const args = { batch: B, seqLen: L, u, delta, deltaBias: bias, A_log, B: cols(BC, 0, N), C: cols(BC, N, N), D, z, state: null };
+      const zeros = (s: number[]) => { const t = b.zeros(s); made.push(t); return t; };
+      const dBC = zeros([T, 2 * N]);
+      const g = {
+        du: zeros([T, E]), dDelta: zeros([T, E]), dDeltaBias: zeros([E]), dA_log: zeros([E, N]), dB: cols(dBC, 0, N),
+        dC: cols(dBC, N, N), dD: zeros([E]), dz: zeros([T, E]),
+      };
+      const fwdBwd = () => {
+        b.dispose(b.selectiveScan(args)); // the training forward's scan, then its backward
+        b.selectiveScanBackward(args, dy, g);
+      };
+      const time = async (fn: () => void) => {
+        for (let i = 0; i < 2; i++) fn();
+        await b.sync();
+        const reps = Math.max(3, Math.min(100, Math.round((smoke ? 2e6 : 1e9) / (T * E))));
+        const d0 = b.gpu.dispatches;
+        const t0 = performance.now();
+        for (let i = 0; i < reps; i++) fn();
+        await b.sync();
+        return { t: (performance.now() - t0) / reps, d: (b.gpu.dispatches - d0) / reps };
+      };
+      const f = await time(() => b.dispose(b.selectiveScan(args)));
+      const fb = await time(fwdBwd);
+      console.log(`scan fwd+bwd ${shape} fp32: ${ms(fb.t)} (official ${a.fwd_bwd_ms !== null ? ms(a.fwd_bwd_ms) : "n/a"}; ` +
+        `${ratio(fb.t, a.fwd_bwd_ms)}); backward alone ~${ms(fb.t - f.t)}; forward ${ms(f.t)} (official ` +
+        `${a.fwd_ms !== null ? ms(a.fwd_ms) : "n/a"}); ${fb.d} dispatches per fwd+bwd`);
+    } catch (err) {
+      if (!(err instanceof MambaError)) throw err;
+      console.log(`scan fwd+bwd ${shape} fp32: does not fit this device (${err.message})`);
+    } finally {
+      b.dispose(...made);
+      await b.sync().catch(() => {});
+    }
+  }
+}
+
+async function benchStep(): Promise<void> {
+  const s = STEP;
+  const T1 = s.seqLen * s.vocab * 4; // logits bytes of one sequence
+  const model = await createModel({ vocabSize: s.vocab, hiddenSize: s.D, numLayers: s.layers }, { backend: "webgpu", seed: 0 });
+  const b = model.backend as unknown as WebGpuTrainingBackend;
+  const lm = model.lm;
+  const maxBinding = Math.min(b.gpu.limits.maxStorageBufferBindingSize, b.gpu.limits.maxBufferSize);
+  let micro = s.micro || s.batch;
+  while (micro > 1 && (micro * T1 > maxBinding || s.batch % micro !== 0)) micro--;
+  const k = s.batch / micro;
+  console.log(`\n-- training step, ${s.D === 768 && s.layers === 24 && s.vocab === 50280 ? "130m shape" : "custom shape"} ` +
+    `(D ${s.D}, ${s.layers} layers, vocab ${s.vocab}, fp32, AdamW), batch ${s.batch} x ${s.seqLen} tokens --`);
+  if (micro < s.batch) {
+    console.log(`(the logits of the whole batch, ${fmtBytes(s.batch * T1)}, exceed the ${fmtBytes(maxBinding)} one buffer may bind on this ` +
+      `device: the step runs as ${k} micro-batches of ${micro} x ${s.seqLen}, gradients accumulated)`);
+  }
+  const grads = zerosLike(b, lm.weights);
+  const gradMap = namedTensors(lm.config, grads);
+  const opt = new AdamW(b, { ...DEFAULT_OPTIM, warmupSteps: 0 }, namedTensors(lm.config, lm.weights));
+  const shape = { batch: micro, seqLen: s.seqLen };
+  const ids = Array.from({ length: k }, (_, m) =>
+    Int32Array.from({ length: micro * s.seqLen }, (_, i) => (i * 7919 + m * 104729) % s.vocab));
+  let step = 0;
+  const trainStep = async () => {
+    for (const g of new Set(gradMap.values())) b.zeroFill(g);
+    let loss = 0;
+    for (let m = 0; m < k; m++) {
+      const idt = b.fromI32(ids[m]!, [ids[m]!.length]);
+      const tgt = b.fromI32(shiftedTargets(ids[m]!, shape), [ids[m]!.length]);
+      const r = forwardBackward(lm, b, idt, tgt, shape, grads, 1 / k);
+      loss += (await b.readF32(r.loss))[0]! / k;
+      b.dispose(idt, tgt, r.loss, r.correct);
+    }
+    await opt.step(gradMap, ++step, 1e-4);
+    await b.sync();
+    return loss;
+  };
+  try {
+    const t0 = performance.now();
+    const first = await trainStep(); // warm-up: pipelines compile, buffers enter the pool
+    console.log(`(first step ${((performance.now() - t0) / 1000).toFixed(2)} s, loss ${first.toFixed(3)})`);
+    const steps = smoke ? 2 : 3;
+    const d0 = b.gpu.dispatches;
+    const t1 = performance.now();
+    let loss = 0;
+    for (let i = 0; i < steps; i++) loss = await trainStep();
+    const t = (performance.now() - t1) / 1000 / steps;
+    const tokens = s.batch * s.seqLen;
+    console.log(`train step batch ${s.batch} x ${s.seqLen}: ${(tokens / t).toFixed(0)} tok/s (${(t * 1000).toFixed(0)} ms a step, ` +
+      `loss ${loss.toFixed(3)}, ${((b.gpu.dispatches - d0) / steps).toFixed(0)} dispatches a step; GPU memory peak ` +
+      `${fmtBytes(b.gpu.peakBytes)}); no official training anchor (official forward alone B8 L2048: ${anchor.forward("130m", "float32") ?? "n/a"} ms)`);
+  } catch (err) {
+    if (!(err instanceof MambaError)) throw err;
+    console.log(`train step batch ${s.batch} x ${s.seqLen}: does not fit this device (${err.message})`);
+  } finally {
+    await model.dispose();
+  }
+}
+
+export default async function run(): Promise<void> {
+  if (only.has("scan")) {
+    const b = (await createWebGpuBackend()) as WebGpuTrainingBackend;
+    console.log(`device: ${b.device} (WebGPU)`);
+    try {
+      await benchScan(b);
+    } finally {
+      await b.destroy();
+    }
+  }
+  if (only.has("step")) await benchStep();
+}
