@@ -96,7 +96,7 @@ export class MambaModel {
   /**
    * Next-token cross-entropy on ids [batch, seqLen] (mean over positions 0..seqLen-2 of every row) and its gradient
    * for every parameter, keyed by the checkpoint's tensor names (a tied head's share is in the embeddings').
-   * Needs a backend with training ops (the CPU backend has them).
+   * Needs a backend with training ops (the CPU and WebGPU backends have them).
    */
   lossAndGrads(ids: Int32Array, shape: { batch: number; seqLen: number }): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
     return this.exclusive(async () => {
