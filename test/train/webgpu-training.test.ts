@@ -1,12 +1,16 @@
 /**
  * Training on WebGPU: model.lossAndGrads against PyTorch's gradients (fixtures/hf-mamba/tiny/grads.safetensors),
  * both mixers with biases and an untied head against the CPU backend, and a few optimizer steps of a tiny run that
- * track the CPU run's losses, gradient norms and weights. Runs when a WebGPU adapter exists (skipped otherwise,
+ * track the CPU run's losses, gradient norms and weights, and are deterministic (repeated and resumed runs give the
+ * same bits). Runs when a WebGPU adapter exists (skipped otherwise,
  * failed under CI=true).
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { TestContext } from "node:test";
+import { promises as fs } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { loadModel, makeConfig, modelFromTensors } from "../../src/index.ts";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
 import type { TrainingBackend } from "../../src/backend/training.ts";
@@ -122,5 +126,35 @@ test("a tiny training run on webgpu tracks the cpu run (losses, gradient norms, 
     assert.equal(eg.accuracy, ec.accuracy, "held-out accuracy");
   } finally {
     await gb.destroy();
+  }
+});
+
+test("webgpu training is deterministic: a run repeats bit for bit, and a resumed run ends with a straight run's bits", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const gb = (await createWebGpuBackend()) as TrainingBackend;
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), "mamba-ts-webgpu-resume-"));
+  try {
+    const o = tinyOptions({ steps: 4, checkpointEvery: 0 });
+    const straight = Trainer.create(gb, o), again = Trainer.create(gb, o), first = Trainer.create(gb, o);
+    const losses: number[][] = [[], []];
+    for (let i = 0; i < o.steps; i++) {
+      losses[0]!.push((await straight.trainStep()).loss);
+      losses[1]!.push((await again.trainStep()).loss);
+    }
+    assert.deepEqual(losses[1], losses[0]);
+    await first.trainStep();
+    await first.trainStep();
+    await first.save(dir);
+    const resumed = await Trainer.resume(gb, dir);
+    while (!resumed.finished) await resumed.trainStep();
+    const a = await straight.parameters(), b = await again.parameters(), r = await resumed.parameters();
+    for (const [name, w] of a) {
+      assert.deepEqual(b.get(name)!.data, w.data, `${name}: a repeated run differs`);
+      assert.deepEqual(r.get(name)!.data, w.data, `${name}: the resumed run differs`);
+    }
+  } finally {
+    await gb.destroy();
+    await fs.rm(dir, { recursive: true, force: true });
   }
 });
