@@ -205,6 +205,22 @@ async function benchBreakdown(model: MambaModel): Promise<void> {
       b.dispose(y);
       console.log(`breakdown: greedy sample of ${V} logits: ${us(await gpuTime(() => b.dispose(b.sample(lg, greedy(1)))))}; ` +
         `an empty dispatch (fill of 1 word): ${us(await gpuTime(() => b.dispose(b.zeros([1]))))}`);
+      // raw dispatch cost: 2000 one-word fills of one buffer (each depends on the last), host side vs waiting
+      const { fillWords } = await import("../src/backend/webgpu/kernels/copy.ts");
+      const buf = b.gpu.alloc(16);
+      fillWords(b.gpu, buf, 0, 1);
+      await b.sync();
+      const n = 2000;
+      const t0 = performance.now();
+      for (let i = 0; i < n; i++) fillWords(b.gpu, buf, 0, 1, i);
+      const tEnc = performance.now();
+      b.gpu.flush();
+      const tSub = performance.now();
+      await b.sync();
+      const tEnd = performance.now();
+      console.log(`breakdown: ${n} dependent one-word dispatches: encode ${us(((tEnc - t0) * 1000) / n)}, submit ${us(((tSub - tEnc) * 1000) / n)}, ` +
+        `then waiting ${us(((tEnd - tSub) * 1000) / n)} each`);
+      b.gpu.release(buf);
       const one32 = b.fromI32(Int32Array.of(1), [1]);
       let t = 0;
       for (let i = 0; i < 50; i++) {
@@ -250,6 +266,13 @@ async function benchPrefill(model: MambaModel): Promise<void> {
 export default async function run(): Promise<void> {
   const probe = (await createWebGpuBackend()) as WebGpuBackend;
   const g = probe.gpu;
+  // BENCH_SCAN_THREADS=a,b,...: the scan again with other chunkings (channel-chunk threads aimed for)
+  for (const n of (process.env.BENCH_SCAN_THREADS ?? "").split(",").filter(Boolean)) {
+    const other = (await createWebGpuBackend({ scanThreads: Number(n) })) as WebGpuBackend;
+    console.log(`(scan with scanThreads ${n})`);
+    await benchScan(other);
+    await other.destroy();
+  }
   console.log(`device: ${g.description}; WebGPU (Dawn, Node ${process.version}); subgroups ${g.hasSubgroups}, timestamp-query ${g.hasTimestamps}; ` +
     `max storage binding ${(g.limits.maxStorageBufferBindingSize / 2 ** 30).toFixed(2)} GiB`);
   if (only.has("scan")) await benchScan(probe);

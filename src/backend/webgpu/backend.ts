@@ -8,7 +8,7 @@
 import type { Backend, SampleRequest, SelectiveScanArgs, SeqShape, StepModel, Tensor, TensorOrCols } from "../backend.ts";
 import { MambaError, check } from "../../errors.ts";
 import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
-import { type Buf, Gpu } from "./gpu.ts";
+import { type Buf, Gpu, type Prepared } from "./gpu.ts";
 import { GpuTensor, type Storage, type Window, gpuTensor, windowOf } from "./tensor.ts";
 import { TILE_LARGE, TILE_SMALL, kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
 import { matmulReduce } from "./kernels/matmul-reduce.ts";
@@ -25,6 +25,15 @@ import { DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, decodeMixerIn } from "./kern
 import { DECODE_MAX_BJ, decodeMixerScan } from "./kernels/decode/mixer-scan.ts";
 
 type StepLayer = StepModel["weights"]["layers"][number];
+
+/** A recorded fused decode step (all layers and norm_f) over buffers kept for it, replayed while its key holds. */
+interface DecodePlan {
+  key: string;
+  h: Buf; // [B, D]: the embedding, then each layer's out_proj
+  normed: GpuTensor; // [B, D]: norm_f's output, the head's input (never disposed)
+  scratch: Buf[];
+  plan: Prepared[];
+}
 
 /** Where each constant sits in a layer's packed buffer (offsets in floats). */
 interface LayerPack {
@@ -50,6 +59,8 @@ export class WebGpuBackend implements Backend {
   private scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
   /** The fused decode's packed constants of each layer, keyed by the layer's weights object. */
   private layerPacks = new WeakMap<StepLayer, LayerPack>();
+  /** The fused decode's recorded step of each model. */
+  private decodePlans = new WeakMap<StepModel["weights"], DecodePlan>();
 
   constructor(readonly gpu: Gpu, tuning: WebGpuTuning = {}) {
     this.scanThreads = tuning.scanThreads ?? 131072;
@@ -389,46 +400,72 @@ export class WebGpuBackend implements Backend {
     if (c.mixer !== "s6" || B > DECODE_MAX_B || B * D > DECODE_MAX_BD || B * J > DECODE_MAX_BJ || D % 4 !== 0 || K > DECODE_MAX_K) return null;
     const w = model.weights;
     const gpu = this.gpu;
-    let h = this.embedding(w.embeddings, ids) as GpuTensor; // [B, D]
-    const res = gpu.alloc(2 * B * D * 4);
-    const xz = gpu.alloc(B * 2 * E * 4);
-    const y = this.make([B, E], "f32");
-    let Q: Buf | null = null;
-    for (let i = 0; i < w.layers.length; i++) {
-      const layer = w.layers[i]!;
-      const m = layer.mixer;
-      const lp = this.layerPack(layer, D, E, N, K);
-      const wIn = this.t(m.inProj, "decodeStep"), wX = this.t(m.xProj!, "decodeStep"), wDt = this.t(m.dtProj!, "decodeStep");
-      const convState = this.t(conv[i]!, "decodeStep"), ssmState = this.t(ssm[i]!, "decodeStep");
-      check(convState.numel === B * (K - 1) * E && ssmState.numel === B * E * N, "decodeStep: the cache does not match the batch");
-      const groups = Math.ceil(E / 16); // mixer-in has at most this many workgroups (16 or more channels each)
-      Q ??= gpu.alloc(groups * B * J * 4);
-      const G = decodeMixerIn(gpu, {
-        B, D, E, K, J, eps: c.layerNormEpsilon, h: h.buf, res, hasRes: i > 0, par: i % 2,
-        lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
-        wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
-        convState: convState.buf, xz, Q,
-      });
-      this.dispose(h);
-      decodeMixerScan(gpu, {
-        B, E, N, R, J, G, Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
-        xz, ssm: ssmState.buf, y: y.buf,
-      });
-      convState.version++;
-      ssmState.version++;
-      h = this.matmul(y, m.outProj, m.outProjBias) as GpuTensor; // [B, D]
-      this.sinceFlush += 2;
+    const packs = w.layers.map((layer) => this.layerPack(layer, D, E, N, K));
+    const states = w.layers.map((_, i) => {
+      const cs = this.t(conv[i]!, "decodeStep"), ss = this.t(ssm[i]!, "decodeStep");
+      check(cs.numel === B * (K - 1) * E && ss.numel === B * E * N, "decodeStep: the cache does not match the batch");
+      cs.version++;
+      ss.version++;
+      return [cs, ss] as const;
+    });
+    // the recorded step holds while the batch, the state buffers and the layer constants are the same
+    let key = `${B}`;
+    for (let i = 0; i < states.length; i++) key += `|${states[i]![0].buf.id},${states[i]![1].buf.id},${packs[i]!.buf.buf.id}`;
+    let plan = this.decodePlans.get(w);
+    if (plan?.key !== key) {
+      if (plan) for (const b of [plan.h, plan.normed.buf, ...plan.scratch]) gpu.release(b);
+      plan = this.recordDecode(model, B, key, packs, states);
+      this.decodePlans.set(w, plan);
     }
-    // norm_f over h + the last residual (half numLayers % 2 of res), then the head
-    const normed = this.make([B, D], "f32");
+    const tb = this.t(w.embeddings, "decodeStep");
+    embedding(gpu, tb.buf, this.weightStorage(tb), tb.shape[0]!, D, idt.buf, B, plan.h);
+    gpu.replay(plan.plan);
+    this.sinceFlush += plan.plan.length;
+    return this.matmul(plan.normed, w.head, null);
+  }
+
+  /** Encodes one fused step (the layers and norm_f) over buffers kept for it, recording its dispatches. */
+  private recordDecode(model: StepModel, B: number, key: string, packs: LayerPack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
+    const c = model.config;
+    const [D, E, N, R, K] = [c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank, c.convKernel];
+    const J = R + 2 * N;
+    const gpu = this.gpu;
+    const w = model.weights;
+    const h = gpu.alloc(B * D * 4);
+    const normed = new GpuTensor([B, D], "f32", gpu.alloc(B * D * 4), "f32", this);
+    const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other
+    const xz = gpu.alloc(B * 2 * E * 4);
+    const y = gpu.alloc(B * E * 4);
+    const Q = gpu.alloc(Math.ceil(E / 16) * B * J * 4); // mixer-in has at most this many workgroups
     const resOut = gpu.alloc(B * D * 4);
-    addRmsNorm(gpu, h.buf, res, this.f32(this.t(w.normF, "decodeStep")), c.layerNormEpsilon, B, D, normed.buf, resOut,
-      (w.layers.length % 2) * B * D);
-    const logits = this.matmul(normed, w.head, null);
-    this.dispose(h, normed, y);
-    for (const b of [res, xz, Q, resOut]) if (b) gpu.release(b);
-    this.tick();
-    return logits;
+    const plan = gpu.record(() => {
+      for (let i = 0; i < w.layers.length; i++) {
+        const m = w.layers[i]!.mixer;
+        const lp = packs[i]!;
+        const [convState, ssmState] = states[i]!;
+        const wIn = this.t(m.inProj, "decodeStep"), wX = this.t(m.xProj!, "decodeStep"), wDt = this.t(m.dtProj!, "decodeStep");
+        const G = decodeMixerIn(gpu, {
+          B, D, E, K, J, eps: c.layerNormEpsilon, h, res, hasRes: i > 0, par: i % 2,
+          lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
+          wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
+          convState: convState.buf, xz, Q,
+        });
+        decodeMixerScan(gpu, {
+          B, E, N, R, J, G, Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
+          xz, ssm: ssmState.buf, y,
+        });
+        // out_proj into h, which this layer's mixer-in has finished reading
+        const wo = this.t(m.outProj, "decodeStep");
+        const bias = m.outProjBias ? this.f32(this.t(m.outProjBias, "decodeStep")) : null;
+        const args = { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias, y: h };
+        if (E % 4 === 0) matvec(gpu, args);
+        else matmulTiled(gpu, args, TILE_SMALL);
+      }
+      // norm_f over h + the last residual (half numLayers % 2 of res)
+      addRmsNorm(gpu, h, res, this.f32(this.t(w.normF, "decodeStep")), c.layerNormEpsilon, B, D, normed.buf, resOut,
+        (w.layers.length % 2) * B * D);
+    });
+    return { key, h, normed, scratch: [res, xz, y, Q, resOut], plan };
   }
 
   /** A layer's small constants in one f32 buffer: norm [D] | in_proj bias [2E] | conv [E, K] | conv bias [E] |

@@ -33,6 +33,14 @@ export interface Kernel {
   name: string;
 }
 
+/** A dispatch with everything resolved (pipeline, bind group, workgroups), to be encoded again as it is. */
+export interface Prepared {
+  pipeline: GPUComputePipeline;
+  bindGroup: GPUBindGroup;
+  groups: readonly [number, number, number];
+  bufs: Buf[];
+}
+
 /** Builds a kernel's uniform parameter block: u32, i32 and f32 fields, 4 bytes each, in WGSL struct order. */
 export class Params {
   private words: number[] = [];
@@ -95,6 +103,7 @@ export class Gpu {
   private paramCache = new Map<string, GPUBuffer>();
   private bindCache = new Map<string, GPUBindGroup>();
   private staging: GPUBuffer[] = [];
+  private recording: Prepared[] | null = null;
   private errors: string[] = [];
   private lost: string | null = null;
   private destroyed = false;
@@ -260,12 +269,40 @@ export class Gpu {
       if (this.bindCache.size > 16384) this.bindCache.clear();
       this.bindCache.set(bkey, bg);
     }
+    if (this.recording) {
+      this.recording.push({ pipeline: k.pipeline, bindGroup: bg, groups: [groups[0], groups[1] ?? 1, groups[2] ?? 1], bufs });
+      return;
+    }
     for (const b of bufs) b.serial = this.serial;
     const pass = this.computePass();
     pass.setPipeline(k.pipeline);
     pass.setBindGroup(0, bg);
     pass.dispatchWorkgroups(groups[0], groups[1] ?? 1, groups[2] ?? 1);
     this.dispatches++;
+  }
+
+  /** Runs fn and returns the dispatches it would make, resolved, for replay(); nothing is encoded meanwhile. */
+  record(fn: () => void): Prepared[] {
+    this.recording = [];
+    try {
+      fn();
+      return this.recording;
+    } finally {
+      this.recording = null;
+    }
+  }
+
+  /** Encodes recorded dispatches again: a few calls each, no lookups (the buffers must be the recorded ones). */
+  replay(plan: readonly Prepared[]): void {
+    this.check();
+    const pass = this.computePass();
+    for (const d of plan) {
+      for (const b of d.bufs) b.serial = this.serial;
+      pass.setPipeline(d.pipeline);
+      pass.setBindGroup(0, d.bindGroup);
+      pass.dispatchWorkgroups(d.groups[0], d.groups[1], d.groups[2]);
+    }
+    this.dispatches += plan.length;
   }
 
   /** Submits everything encoded so far. */

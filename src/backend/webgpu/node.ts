@@ -6,10 +6,20 @@ import { create } from "webgpu";
 
 let gpu: GPU | null = null;
 
+/**
+ * Dawn toggles this backend runs with in Node, where it owns the process (browsers decide their own):
+ *  - disable_workgroup_init: Dawn zero-fills every workgroup's shared memory before a kernel starts; no kernel
+ *    here reads shared memory it has not written, and the fill cost about 20 us a layer in decode;
+ *  - disable_robustness: Dawn clamps every buffer index in shaders; every read here is bounds-checked already.
+ * MAMBA_TS_DAWN_TOGGLES replaces the list (comma-separated; empty for none).
+ */
+const DEFAULT_TOGGLES = "disable_workgroup_init,disable_robustness";
+
 /** Dawn's GPU object, created once per process. Dawn crashes the process if this object is garbage-collected
  *  while any adapter, device or buffer lives, so the module keeps it referenced for the process's lifetime. */
 export function nodeGpu(): GPU {
-  gpu ??= create([]);
+  const toggles = process.env.MAMBA_TS_DAWN_TOGGLES ?? DEFAULT_TOGGLES;
+  gpu ??= create(toggles ? [`enable-dawn-features=${toggles}`] : []);
   return gpu;
 }
 

@@ -21,7 +21,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let d = i % p.D;
   let id = u32(ids[t]);
   // ids are validated before they reach the GPU; an id past the table reads zeros rather than another row
-  out[i] = select(0.0, weight(id * p.D + d), id < p.V);
+  var v = 0.0;
+  if (id < p.V) { v = weight(id * p.D + d); }
+  out[i] = v;
 }
 `;
 

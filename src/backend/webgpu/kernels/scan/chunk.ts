@@ -10,7 +10,7 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import { SCAN_WG, type ScanGeometry } from "./geometry.ts";
 
-const TS = 16; // time steps staged at once (B, and each thread's delta and u)
+const TS = 32; // time steps of B staged in workgroup memory at once
 
 const wgsl = (N: number) => /* wgsl */ `
 // bindings: 0 u [B·L, E] | 1 delta [B·L, ldD] | 2 packed [E, N + 2] (A·log2e, dt bias, D) | 3 BC [B·L, ldBC]
@@ -19,6 +19,7 @@ const wgsl = (N: number) => /* wgsl */ `
 const N = ${N}u;
 const WG = ${SCAN_WG}u;
 const TS = ${TS}u;
+const SUB = 8u; // steps whose delta, u (, z) a thread loads together, into registers
 
 struct P { B: u32, L: u32, E: u32, nC: u32, chunkLen: u32, ldD: u32, offD: u32, ldBC: u32, offB: u32 }
 @group(0) @binding(0) var<storage, read> u: array<f32>;
@@ -30,9 +31,6 @@ struct P { B: u32, L: u32, E: u32, nC: u32, chunkLen: u32, ldD: u32, offD: u32, 
 @group(0) @binding(6) var<uniform> p: P;
 
 var<workgroup> Bsh: array<f32, TS * N>;
-// this thread's delta and u for the block's steps: loaded all at once, ahead of the recurrence
-var<workgroup> dts: array<f32, TS * WG>;
-var<workgroup> uvs: array<f32, TS * WG>;
 
 fn softplus(v: f32) -> f32 {
   let ev = exp(v);
@@ -62,22 +60,27 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     for (var i = lid.x; i < cnt * N; i += WG) {
       Bsh[i] = BC[(b * p.L + ts + i / N) * p.ldBC + p.offB + i % N];
     }
-    if (live) {
-      for (var j = 0u; j < TS; j++) {
-        if (j < cnt) {
-          let row = b * p.L + ts + j;
-          dts[j * WG + lid.x] = softplus(delta[row * p.ldD + p.offD + e] + bias);
-          uvs[j * WG + lid.x] = u[row * p.E + e];
-        }
-      }
-    }
     workgroupBarrier();
     if (live) {
-      for (var j = 0u; j < cnt; j++) {
-        let dt = dts[j * WG + lid.x];
-        let du = dt * uvs[j * WG + lid.x];
-        ds += dt;
-        for (var n = 0u; n < N; n++) { h[n] = fma(exp2(dt * A2[n]), h[n], du * Bsh[j * N + n]); }
+      for (var j0 = 0u; j0 < cnt; j0 += SUB) {
+        // SUB steps' loads issued together (a fixed trip count the compiler unrolls into registers)
+        var dts: array<f32, SUB>;
+        var uvs: array<f32, SUB>;
+        for (var k = 0u; k < SUB; k++) {
+          if (j0 + k < cnt) {
+            let row = b * p.L + ts + j0 + k;
+            dts[k] = delta[row * p.ldD + p.offD + e];
+            uvs[k] = u[row * p.E + e];
+          }
+        }
+        for (var k = 0u; k < SUB; k++) {
+          if (j0 + k < cnt) {
+            let dt = softplus(dts[k] + bias);
+            let du = dt * uvs[k];
+            ds += dt;
+            for (var n = 0u; n < N; n++) { h[n] = fma(exp2(dt * A2[n]), h[n], du * Bsh[(j0 + k) * N + n]); }
+          }
+        }
       }
     }
   }

@@ -12,7 +12,7 @@ import { Params } from "../../gpu.ts";
 import { SCAN_WG, type ScanGeometry } from "./geometry.ts";
 import type { ScanInputs } from "./chunk.ts";
 
-const TS = 16; // time steps staged at once (B, C, and each thread's delta, u, z)
+const TS = 32; // time steps of B and C staged in workgroup memory at once
 
 const wgsl = (N: number) => /* wgsl */ `
 // bindings: 0 u [B·L, E] | 1 delta [B·L, ldD] | 2 packed [E, N + 2] (A·log2e, dt bias, D) | 3 BC [B·L, ldBC]
@@ -21,6 +21,7 @@ const wgsl = (N: number) => /* wgsl */ `
 const N = ${N}u;
 const WG = ${SCAN_WG}u;
 const TS = ${TS}u;
+const SUB = 8u; // steps whose delta, u (, z) a thread loads together, into registers
 
 struct P {
   B: u32, L: u32, E: u32, nC: u32, chunkLen: u32,
@@ -41,10 +42,6 @@ struct P {
 
 var<workgroup> Bsh: array<f32, TS * N>;
 var<workgroup> Csh: array<f32, TS * N>;
-// this thread's delta, u and z for the block's steps (column lid.x): loaded all at once, ahead of the recurrence
-var<workgroup> dts: array<f32, TS * WG>;
-var<workgroup> uvs: array<f32, TS * WG>;
-var<workgroup> zvs: array<f32, TS * WG>;
 
 fn softplus(v: f32) -> f32 {
   let ev = exp(v);
@@ -81,34 +78,40 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       Bsh[i] = BC[row * p.ldBC + p.offB + i % N];
       Csh[i] = BC[row * p.ldBC + p.offC + i % N];
     }
-    if (live) {
-      // a fixed trip count, so the loads of all steps are issued together
-      for (var j = 0u; j < TS; j++) {
-        if (j < cnt) {
-          let row = b * p.L + ts + j;
-          dts[j * WG + lid.x] = softplus(delta[row * p.ldD + p.offD + e] + bias);
-          uvs[j * WG + lid.x] = u[row * p.E + e];
-          if (p.hasZ != 0u) { zvs[j * WG + lid.x] = z[row * p.ldZ + p.offZ + e]; }
-        }
-      }
-    }
     workgroupBarrier();
     if (live) {
-      for (var j = 0u; j < cnt; j++) {
-        let dt = dts[j * WG + lid.x];
-        let uv = uvs[j * WG + lid.x];
-        let du = dt * uv;
-        var acc = 0.0;
-        for (var n = 0u; n < N; n++) {
-          h[n] = fma(exp2(dt * A2[n]), h[n], du * Bsh[j * N + n]);
-          acc = fma(h[n], Csh[j * N + n], acc);
+      for (var j0 = 0u; j0 < cnt; j0 += SUB) {
+        // SUB steps' loads issued together (a fixed trip count the compiler unrolls into registers)
+        var dts: array<f32, SUB>;
+        var uvs: array<f32, SUB>;
+        var zvs: array<f32, SUB>;
+        for (var k = 0u; k < SUB; k++) {
+          if (j0 + k < cnt) {
+            let row = b * p.L + ts + j0 + k;
+            dts[k] = delta[row * p.ldD + p.offD + e];
+            uvs[k] = u[row * p.E + e];
+            if (p.hasZ != 0u) { zvs[k] = z[row * p.ldZ + p.offZ + e]; }
+          }
         }
-        var out = fma(skip, uv, acc);
-        if (p.hasZ != 0u) {
-          let zv = zvs[j * WG + lid.x];
-          out *= zv / (1.0 + exp(-zv));
+        for (var k = 0u; k < SUB; k++) {
+          if (j0 + k < cnt) {
+            let j = j0 + k;
+            let dt = softplus(dts[k] + bias);
+            let uv = uvs[k];
+            let du = dt * uv;
+            var acc = 0.0;
+            for (var n = 0u; n < N; n++) {
+              h[n] = fma(exp2(dt * A2[n]), h[n], du * Bsh[j * N + n]);
+              acc = fma(h[n], Csh[j * N + n], acc);
+            }
+            var out = fma(skip, uv, acc);
+            if (p.hasZ != 0u) {
+              let zv = zvs[k];
+              out *= zv / (1.0 + exp(-zv));
+            }
+            y[(b * p.L + ts + j) * p.E + e] = out;
+          }
         }
-        y[(b * p.L + ts + j) * p.E + e] = out;
       }
     }
   }
