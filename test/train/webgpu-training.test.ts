@@ -2,8 +2,7 @@
  * Training on WebGPU: model.lossAndGrads against PyTorch's gradients (fixtures/hf-mamba/tiny/grads.safetensors),
  * both mixers with biases and an untied head against the CPU backend, and a few optimizer steps of a tiny run that
  * track the CPU run's losses, gradient norms and weights, and are deterministic (repeated and resumed runs give the
- * same bits). Runs when a WebGPU adapter exists (skipped otherwise,
- * failed under CI=true).
+ * same bits). Runs when a WebGPU adapter exists (skipped otherwise, failed under CI=true).
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";

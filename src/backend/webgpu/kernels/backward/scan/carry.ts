@@ -5,14 +5,15 @@
  * the carry into chunk c − 1 is a[t0] · G[t0] = Y[c] + P[c] · X[c], where Y[c] is what this kernel computes (the
  * chunk walked backwards from zero), P[c] = exp(A · Σ_chunk delta) and X[c] the carry into chunk c from the right.
  * combine.ts then solves that recurrence over chunks. Needs no state h at all: only delta, C, z and dy.
- * One thread per channel with its N carries in registers; C rows staged in workgroup memory.
+ * One thread per channel with its N carries in registers; C rows staged in workgroup memory, each block's
+ * per-channel inputs loaded before its arithmetic.
  */
 import type { Buf, Gpu } from "../../../gpu.ts";
 import { Params } from "../../../gpu.ts";
 import type { ScanBwdGeometry, ScanBwdInputs } from "./geometry.ts";
 
 const WG = 64; // channels per workgroup
-const TS = 32; // time steps of C staged at once
+const TS = 16; // time steps of C staged, and of delta, dy, z loaded, at once
 
 const wgsl = (N: number) => /* wgsl */ `
 // bindings: 0 delta [B·L, ldD] | 1 BC [B·L, ldBC] | 2 z [B·L, ldZ] | 3 dy [B·L, E]
@@ -60,17 +61,25 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       Csh[i] = BC[(b * p.L + ts0 + i / N) * p.ldBC + p.offC + i % N];
     }
     workgroupBarrier();
+    // the block's delta, dy and z loaded first, then the dependent arithmetic
+    var dts: array<f32, TS>;
+    var gs: array<f32, TS>;
+    for (var j = 0u; j < TS; j++) {
+      if (j < cnt) {
+        let row = b * p.L + ts0 + j;
+        dts[j] = softplus(delta[row * p.ldD + p.offD + ec] + bias);
+        var g = dy[row * p.E + ec];
+        if (p.hasZ != 0u) {
+          let zv = z[row * p.ldZ + p.offZ + ec];
+          g *= zv / (1.0 + exp(-zv));
+        }
+        gs[j] = g;
+      }
+    }
     for (var jj = cnt; jj > 0u; jj--) {
       let j = jj - 1u;
-      let row = b * p.L + ts0 + j;
-      let dt = softplus(delta[row * p.ldD + p.offD + ec] + bias);
-      var g = dy[row * p.E + ec];
-      if (p.hasZ != 0u) {
-        let zv = z[row * p.ldZ + p.offZ + ec];
-        g *= zv / (1.0 + exp(-zv));
-      }
       for (var n = 0u; n < N; n++) {
-        carry[n] = (carry[n] + g * Csh[j * N + n]) * exp2(dt * A2[n]);
+        carry[n] = (carry[n] + gs[j] * Csh[j * N + n]) * exp2(dts[j] * A2[n]);
       }
     }
     ts1 = ts0;

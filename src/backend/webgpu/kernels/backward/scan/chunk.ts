@@ -78,42 +78,69 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   loop {
     if (s1 <= t0) { break; }
     let s0 = t0 + ((s1 - 1u - t0) / TS) * TS;
-    // forward from the chunk start to s1, keeping the states before the steps of [s0, s1)
+    let cnt = s1 - s0;
+    // forward from the chunk start to s1, keeping the states before the steps of [s0, s1); each block of TS
+    // steps loads its delta and u first, then runs the dependent arithmetic
     var h: array<f32, N>;
     let fromS = p.hasChunks != 0u && c > 0u;
     for (var n = 0u; n < N; n++) { h[n] = select(0.0, SX[p.oS + sBase + n * p.E], fromS); }
-    for (var t = t0; t < s1; t++) {
-      let row = b * p.L + t;
-      if (t >= s0) {
-        let hb = (t - s0) * N * WG + lane;
-        for (var n = 0u; n < N; n++) { hist[hb + n * WG] = h[n]; }
+    for (var tb = t0; tb < s1; tb += TS) {
+      let m = min(TS, s1 - tb);
+      var dts: array<f32, TS>;
+      var dus: array<f32, TS>;
+      for (var j = 0u; j < TS; j++) {
+        if (j < m) {
+          let row = b * p.L + tb + j;
+          let dt = softplus(delta[row * p.ldD + p.offD + ec] + bias);
+          dts[j] = dt;
+          dus[j] = dt * u[row * p.E + ec];
+        }
       }
-      let dt = softplus(delta[row * p.ldD + p.offD + ec] + bias);
-      let dtu = dt * u[row * p.E + ec];
-      let bo = row * p.ldBC + p.offB;
-      for (var n = 0u; n < N; n++) { h[n] = fma(exp2(dt * A2[n]), h[n], dtu * BC[bo + n]); }
+      for (var j = 0u; j < m; j++) {
+        let t = tb + j;
+        if (t >= s0) {
+          let hb = (t - s0) * N * WG + lane;
+          for (var n = 0u; n < N; n++) { hist[hb + n * WG] = h[n]; }
+        }
+        let bo = (b * p.L + t) * p.ldBC + p.offB;
+        for (var n = 0u; n < N; n++) { h[n] = fma(exp2(dts[j] * A2[n]), h[n], dus[j] * BC[bo + n]); }
+      }
     }
-    // back through [s0, s1); h holds the state after the step
-    for (var jj = s1 - s0; jj > 0u; jj--) {
+    // back through [s0, s1), h holding the state after the step: the sub-tile's inputs loaded first, its
+    // per-channel gradients added in one pass at the end
+    var vs: array<f32, TS>;
+    var us: array<f32, TS>;
+    var gouts: array<f32, TS>;
+    var zs: array<f32, TS>;
+    for (var j = 0u; j < TS; j++) {
+      if (j < cnt) {
+        let row = b * p.L + s0 + j;
+        vs[j] = delta[row * p.ldD + p.offD + ec] + bias;
+        us[j] = u[row * p.E + ec];
+        gouts[j] = dy[row * p.E + ec];
+        if (p.hasZ != 0u) { zs[j] = z[row * p.ldZ + p.offZ + ec]; }
+      }
+    }
+    var gDu: array<f32, TS>;
+    var gDd: array<f32, TS>;
+    var gDz: array<f32, TS>;
+    for (var jj = cnt; jj > 0u; jj--) {
       let j = jj - 1u;
       let row = b * p.L + s0 + j;
-      let v = delta[row * p.ldD + p.offD + ec] + bias;
+      let v = vs[j];
       let dt = softplus(v);
-      let uv = u[row * p.E + ec];
-      let gout = dy[row * p.E + ec];
+      let uv = us[j];
+      let gout = gouts[j];
       let bo = row * p.ldBC + p.offB;
       let co = row * p.ldBC + p.offC;
       var gy = gout;
       if (p.hasZ != 0u) {
         var y = skip * uv;
         for (var n = 0u; n < N; n++) { y = fma(h[n], BC[co + n], y); }
-        let zv = z[row * p.ldZ + p.offZ + ec];
+        let zv = zs[j];
         let sig = 1.0 / (1.0 + exp(-zv));
         gy = gout * zv * sig;
-        if (live) {
-          let o = row * p.ldDZ + p.offDZ + e;
-          dz[o] = dz[o] + gout * y * sig * (1.0 + zv * (1.0 - sig));
-        }
+        gDz[j] = gout * y * sig * (1.0 + zv * (1.0 - sig));
       }
       dDacc = fma(gy, uv, dDacc);
       var gu = 0.0;
@@ -136,17 +163,24 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
         h[n] = hp;
       }
       let graw = select(gdt / (1.0 + exp(-v)), gdt, v > 20.0);
-      if (live) {
-        du[row * p.E + e] = du[row * p.E + e] + gy * skip + dt * gu;
-        let o = row * p.ldDD + p.offDD + e;
-        dDelta[o] = dDelta[o] + graw;
-      }
+      gDu[j] = gy * skip + dt * gu;
+      gDd[j] = graw;
       dBiasAcc += graw;
       workgroupBarrier();
       for (var k = lane; k < 2u * N; k += WG) {
         var s = 0.0;
         for (var l = 0u; l < WG; l++) { s += red[k * RS + l]; }
         part[(row * p.G + wg.x) * 2u * N + k] = s;
+      }
+    }
+    if (live) {
+      for (var j = 0u; j < TS; j++) {
+        if (j < cnt) {
+          let row = b * p.L + s0 + j;
+          du[row * p.E + e] += gDu[j];
+          dDelta[row * p.ldDD + p.offDD + e] += gDd[j];
+          if (p.hasZ != 0u) { dz[row * p.ldDZ + p.offDZ + e] += gDz[j]; }
+        }
       }
     }
     s1 = s0;
