@@ -273,7 +273,8 @@ export default async function run(): Promise<void> {
     await benchScan(other);
     await other.destroy();
   }
-  console.log(`device: ${g.description}; WebGPU (Dawn, Node ${process.version}); subgroups ${g.hasSubgroups}, timestamp-query ${g.hasTimestamps}; ` +
+  const toggles = process.env.MAMBA_TS_DAWN_TOGGLES ?? "disable_workgroup_init,disable_robustness (default)";
+  console.log(`device: ${g.description}; WebGPU (Dawn, Node ${process.version}, toggles ${toggles || "none"}); subgroups ${g.hasSubgroups}, timestamp-query ${g.hasTimestamps}; ` +
     `max storage binding ${(g.limits.maxStorageBufferBindingSize / 2 ** 30).toFixed(2)} GiB`);
   if (only.has("scan")) await benchScan(probe);
   await probe.destroy();
