@@ -126,6 +126,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   }
   /** Σ of n values of src (from word off), squared or not, as a [1] tensor: block sums until one is left. */
   private total(src: Buf, off: number, n: number, square: boolean): GpuTensor {
+    if (n === 0) return this.zeros([1]) as GpuTensor;
     let cur = src, curOff = off, count = n, sq = square, owned = false;
     do {
       const next = this.gpu.alloc(Math.max(4, blocks(count) * 4), "a reduction");
