@@ -20,6 +20,7 @@ import { readSafetensors, serializeSafetensors } from "../io/safetensors.ts";
 import type { HostTensor } from "../io/tensor.ts";
 import { toFloat32 } from "../io/tensor.ts";
 import { initParameters, makeConfig } from "../model/init.ts";
+import { BYTE_EOS_ID, byteLevelTokenizerJson } from "../byte-tokenizer.ts";
 import { type LMWeights, MambaLM, uploadWeights } from "../model/mamba.ts";
 import { forwardBackward } from "./backprop.ts";
 import { latestCheckpoint, writeCheckpoint } from "./checkpoint.ts";
@@ -85,9 +86,12 @@ const EVAL_SALT = 0x0e7a1ba7;
 
 export function modelConfig(o: TrainOptions): MambaConfig {
   const m = o.model;
+  const text = o.task.name === "text";
   return makeConfig({
     vocabSize: o.task.vocabSize, hiddenSize: m.hiddenSize, numLayers: m.numLayers, stateSize: m.stateSize,
     intermediateSize: m.expand * m.hiddenSize, mixer: m.mixer,
+    // byte-level text: <|endoftext|> ends generation
+    ...(text ? { eosTokenId: BYTE_EOS_ID } : {}),
   });
 }
 
@@ -262,6 +266,8 @@ export class Trainer {
       ["optimizer.safetensors", serializeSafetensors(moments)],
       ["trainer.json", JSON.stringify(state, null, 2) + "\n"],
     ]);
+    // a text model's checkpoint is a complete model folder: `mamba-ts generate --model` reads it as is
+    if (o.task.name === "text") files.set("tokenizer.json", JSON.stringify(byteLevelTokenizerJson()) + "\n");
     return writeCheckpoint(dir, this.step, files, keep);
   }
 }
@@ -277,7 +283,8 @@ export async function evaluateAccuracy(lm: MambaLM, task: Task, seed: number, ba
   const b = lm.backend;
   let correct = 0, scored = 0;
   for (let i = 0; i < batches; i++) {
-    const batch = task.batch(new Rng((seed ^ EVAL_SALT) >>> 0, i), batchSize);
+    const rng = new Rng((seed ^ EVAL_SALT) >>> 0, i);
+    const batch = task.evalBatch ? task.evalBatch(rng, batchSize) : task.batch(rng, batchSize);
     const ids = b.fromI32(batch.ids, [batch.ids.length]);
     const h = lm.hidden(ids, batch.shape, null);
     const logits = lm.logits(h);

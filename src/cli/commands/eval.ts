@@ -11,12 +11,14 @@ import { loadModel } from "../../index.ts";
 import type { BackendName } from "../../backend/create.ts";
 import { latestCheckpoint } from "../../train/checkpoint.ts";
 import { preset } from "../../train/presets.ts";
+import { TextTask, bitsPerByte } from "../../train/tasks/text.ts";
 import { TASK_NAMES, type TaskName, type TaskSpec, makeTask } from "../../train/tasks/task.ts";
 import { type TrainOptions, evaluateAccuracy } from "../../train/trainer.ts";
 import { UsageError } from "../common.ts";
 import { integerAtLeast } from "./train.ts";
 
 interface EvalCliOptions {
+  data?: string;
   task: TaskName;
   model: string;
   seqLen?: number;
@@ -32,6 +34,7 @@ export function evalCommand(): Command {
     .description("accuracy of a trained model on a synthetic task (scored positions of held-out batches)")
     .addOption(new Option("--task <name>", "the synthetic task").choices(TASK_NAMES).makeOptionMandatory())
     .addOption(new Option("-m, --model <dir>", "a run folder of `mamba-ts train` or one checkpoint folder").makeOptionMandatory())
+    .addOption(new Option("--data <dir>", "text task: folder with heldout.txt (default: the one the model was trained on)"))
     .addOption(new Option("--seq-len <n>", "sequence length to test (default: the training length)").argParser(integerAtLeast(2)))
     .addOption(new Option("--num-tokens <n>", "tokens to copy / recall (default: as trained)").argParser(integerAtLeast(1)))
     .addOption(new Option("--batches <n>", "held-out batches").argParser(integerAtLeast(1)).default(16))
@@ -58,6 +61,7 @@ async function runEval(o: EvalCliOptions): Promise<number> {
       ? { ...trained.task }
       : { ...preset("smoke", o.task, model.config.mixer, 0).task, vocabSize: V };
     const spec: TaskSpec = { ...base, seqLen: o.seqLen ?? base.seqLen, numTokens: o.numTokens ?? base.numTokens };
+    if (o.data !== undefined) spec.data = path.resolve(o.data);
     if (spec.vocabSize > V) throw new UsageError(`the task needs ${spec.vocabSize} token ids, the model has ${V}`);
     const task = makeTask(spec);
     const seed = o.seed ?? trained?.seed ?? 0;
@@ -66,6 +70,12 @@ async function runEval(o: EvalCliOptions): Promise<number> {
     const secs = (performance.now() - start) / 1000;
     process.stdout.write(`accuracy: ${r.accuracy.toFixed(4)} (${o.task}, seq-len ${spec.seqLen}, num-tokens ${spec.numTokens}, ` +
       `${r.correct}/${r.scored} scored positions, ${model.config.mixer}, ${secs.toFixed(1)} s)\n`);
+    if (task instanceof TextTask) {
+      const t0 = performance.now();
+      const bpb = await bitsPerByte(model.lm, task.heldout);
+      process.stdout.write(`bits per byte: ${bpb.toFixed(4)} (all ${task.heldout.length} bytes of ${spec.data}/heldout.txt, ` +
+        `${((performance.now() - t0) / 1000).toFixed(1)} s)\n`);
+    }
     return 0;
   } finally {
     await model.dispose();

@@ -36,6 +36,7 @@ interface TrainCliOptions {
   checkpointEvery?: number;
   evalBatches?: number;
   resume?: boolean;
+  data?: string;
 }
 
 export const EXIT_INTERRUPTED = 130;
@@ -62,8 +63,9 @@ function seedParser(text: string): number {
 
 export function trainCommand(): Command {
   return new Command("train")
-    .description("train a small Mamba on a synthetic task of the paper (selective copying, induction heads)")
-    .addOption(new Option("--task <name>", "the synthetic task").choices(TASK_NAMES))
+    .description("train a small Mamba on a synthetic task of the paper (selective copying, induction heads) or on text")
+    .addOption(new Option("--task <name>", "the synthetic task, or text (byte-level language modeling of --data)").choices(TASK_NAMES))
+    .addOption(new Option("--data <dir>", "text task: a folder with train.txt and heldout.txt (scripts/fortunes-data.sh makes one)"))
     .addOption(new Option("--mixer <kind>", "s6 = selective (Mamba); lti = Δ, B, C input-independent (the paper's ablation)")
       .choices(["s6", "lti"]).default("s6"))
     .addOption(new Option("--preset <name>", "sizes and schedule: smoke (minutes on a CPU) or paper (the paper's settings)")
@@ -90,6 +92,12 @@ export function trainCommand(): Command {
 function freshOptions(o: TrainCliOptions): TrainOptions {
   if (!o.task) throw new UsageError(`--task is required (${TASK_NAMES.join(" or ")}), unless --resume continues a run`);
   const t = preset(o.preset, o.task, o.mixer, o.seed);
+  if (o.task === "text") {
+    if (!o.data) throw new UsageError("--task text needs --data <folder with train.txt and heldout.txt>");
+    t.task.data = path.resolve(o.data);
+  } else if (o.data !== undefined) {
+    throw new UsageError("--data is only for --task text");
+  }
   if (o.steps !== undefined) {
     t.steps = o.steps;
     t.optim.warmupSteps = Math.min(t.optim.warmupSteps, Math.floor(o.steps / 10));

@@ -7,6 +7,7 @@ import type { Rng } from "../../generate/rng.ts";
 import { MambaError } from "../../errors.ts";
 import { SelectiveCopying } from "./selective-copying.ts";
 import { InductionHeads } from "./induction-heads.ts";
+import { TextTask } from "./text.ts";
 
 export interface Batch {
   ids: Int32Array; // [batch, seqLen]
@@ -19,20 +20,24 @@ export interface TaskSpec {
   seqLen: number; // total input length L
   numTokens: number; // tokens to copy (selective copying) or to recall after the trigger (induction heads)
   vocabSize: number; // all ids, special ones included
+  data?: string; // the text task's data folder (train.txt, heldout.txt)
 }
 
 export interface Task {
   readonly spec: TaskSpec;
   /** A batch drawn from rng (the same rng state gives the same batch). */
   batch(rng: Rng, batchSize: number): Batch;
+  /** A held-out batch, when the task's held-out data differs from its training data (text). */
+  evalBatch?(rng: Rng, batchSize: number): Batch;
 }
 
-export const TASK_NAMES = ["selective-copying", "induction-heads"] as const;
+export const TASK_NAMES = ["selective-copying", "induction-heads", "text"] as const;
 export type TaskName = (typeof TASK_NAMES)[number];
 
 export function makeTask(spec: TaskSpec): Task {
   if (spec.name === "selective-copying") return new SelectiveCopying(spec);
   if (spec.name === "induction-heads") return new InductionHeads(spec);
+  if (spec.name === "text") return new TextTask(spec);
   throw new MambaError(`unknown task '${String(spec.name)}' (use ${TASK_NAMES.join(" or ")})`);
 }
 
