@@ -45,16 +45,17 @@ export const cpuTrainingOps: TrainingOps = {
     sameSize(param, m, "adamwStep");
     sameSize(param, v, "adamwStep");
     const p = cpu(param).f32, g = cpu(grad).f32, md = cpu(m).f32, vd = cpu(v).f32;
-    const bc1 = 1 - o.beta1 ** o.step;
-    const bc2 = 1 - o.beta2 ** o.step;
-    const decay = 1 - o.lr * o.weightDecay;
+    const { beta1: b1, beta2: b2, lr, eps, gradScale } = o;
+    const bc1 = 1 - b1 ** o.step;
+    const bc2 = 1 - b2 ** o.step;
+    const decay = 1 - lr * o.weightDecay;
     for (let i = 0; i < p.length; i++) {
-      const gi = g[i]! * o.gradScale;
-      const mi = o.beta1 * md[i]! + (1 - o.beta1) * gi;
-      const vi = o.beta2 * vd[i]! + (1 - o.beta2) * gi * gi;
+      const gi = g[i]! * gradScale;
+      const mi = b1 * md[i]! + (1 - b1) * gi;
+      const vi = b2 * vd[i]! + (1 - b2) * gi * gi;
       md[i] = mi;
       vd[i] = vi;
-      p[i] = p[i]! * decay - o.lr * (mi / bc1) / (Math.sqrt(vi / bc2) + o.eps);
+      p[i] = p[i]! * decay - lr * (mi / bc1) / (Math.sqrt(vi / bc2) + eps);
     }
   },
 
