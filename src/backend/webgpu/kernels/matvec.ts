@@ -15,7 +15,7 @@ const wgsl = (T: number, ws: WeightStorage) => /* wgsl */ `
 // bindings: 0 x [T, ldx] f32 | 1 w [N, K] as 4-element groups | 2 bias [N] | 3 y [T, N] | 4 params
 const T = ${T}u;     // rows of x
 const RPW = 8u;      // rows of w per workgroup: one per 32 threads
-const BATCH = 4u;
+const BATCH = ${ws === "f32" ? 4 : 8}u; // loads issued together: 64 bytes a lane (f32 vec4s or packed-half pairs)
 
 struct P { K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, groupsX: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;

@@ -29,7 +29,7 @@ const MAXU = ${DECODE_MAX_BD}u;
 const CH = ${CH}u;          // channels per workgroup
 const ROWS = 2u * CH;       // their in_proj rows: x then z
 const TPR = WG / ROWS;      // threads per in_proj row
-const BATCH = 4u;           // loads issued together (a fixed trip count the compiler unrolls)
+const BATCH = ${wsIn === "f32" ? 4 : 8}u; // in_proj loads issued together: 64 bytes a thread (f32 vec4s or packed-half pairs)
 const MAXK = 8u;            // conv kernel sizes up to this
 
 struct P {
