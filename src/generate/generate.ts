@@ -19,6 +19,10 @@ export interface TokenEvent {
 /** Prompt tokens per prefill chunk: bounds the memory of long prompts; the state carries across chunks. */
 export const PREFILL_CHUNK = 2048;
 
+/** Decode steps a queued backend may have in flight: enough to hide a readback behind the GPU's work, few enough
+ *  that a stop token wastes little. */
+export const PIPELINE_DEPTH = 3;
+
 /** Runs a prompt through the model and returns its cache and the logits of its last position ([1, V]). */
 export async function prefill(lm: MambaLM, prompt: Int32Array, chunk = PREFILL_CHUNK): Promise<{ cache: MambaCache; logits: Tensor }> {
   const b = lm.backend;
@@ -118,22 +122,27 @@ export async function* generateTokens(lm: MambaLM, prompts: Int32Array[], o: Res
     b.dispose(lg);
     return { ids: next, read: b.readI32(next) };
   };
-  // A queued backend (a GPU) works on step s + 1 while the host waits for the ids of step s. The repetition
-  // penalty needs those ids before the next draw, so it runs one step at a time.
-  const pipelined = b.queued === true && history === null;
-  let cur: { ids: Tensor; read: Promise<Int32Array> } | null = null;
-  let next: { ids: Tensor; read: Promise<Int32Array> } | null = null;
+  // A queued backend (a GPU) works on the next steps while the host waits for the ids of step s: up to
+  // PIPELINE_DEPTH steps are in flight. The repetition penalty needs each step's ids before the next draw, so it
+  // runs one step at a time.
+  const depth = b.queued === true && history === null ? PIPELINE_DEPTH : 1;
+  const queue: { ids: Tensor; read: Promise<Int32Array> }[] = [];
+  let sampled = 0; // steps sampled so far
   try {
     for (let step = 0; step < o.maxNewTokens; step++) {
       if (o.signal) await nextTurn();
       throwIfAborted(o.signal);
-      if (!cur) {
+      if (sampled === 0) {
         const ids = b.sample(logits, request());
         b.dispose(logits);
-        cur = { ids, read: b.readI32(ids) };
+        queue.push({ ids, read: b.readI32(ids) });
+        sampled = 1;
       }
-      const last = step === o.maxNewTokens - 1;
-      if (pipelined && !last) next = advance(cur.ids);
+      while (queue.length < depth && sampled < o.maxNewTokens) {
+        queue.push(advance(queue[queue.length - 1]!.ids));
+        sampled++;
+      }
+      const cur = queue[0]!;
       const host = await cur.read;
       for (let r = 0; r < B; r++) {
         if (done[r]) continue;
@@ -142,15 +151,16 @@ export async function* generateTokens(lm: MambaLM, prompts: Int32Array[], o: Res
         yield { row: r, id };
         if (o.stopTokens.has(id)) { done[r] = true; remaining--; }
       }
-      if (remaining === 0 || last) return;
-      next ??= advance(cur.ids);
+      if (remaining === 0 || step === o.maxNewTokens - 1) return;
+      if (queue.length === 1) {
+        queue.push(advance(cur.ids)); // one step at a time: the next draw needed this step's ids
+        sampled++;
+      }
+      queue.shift();
       b.dispose(cur.ids);
-      cur = next;
-      next = null;
     }
   } finally {
-    for (const pending of [cur, next]) {
-      if (!pending) continue;
+    for (const pending of queue) {
       pending.read.catch(() => {}); // a speculative step's ids are not wanted
       b.dispose(pending.ids);
     }
