@@ -90,8 +90,9 @@ export function modelConfig(o: TrainOptions): MambaConfig {
   return makeConfig({
     vocabSize: o.task.vocabSize, hiddenSize: m.hiddenSize, numLayers: m.numLayers, stateSize: m.stateSize,
     intermediateSize: m.expand * m.hiddenSize, mixer: m.mixer,
-    // byte-level text: <|endoftext|> ends generation
-    ...(text ? { eosTokenId: BYTE_EOS_ID } : {}),
+    // byte-level text: <|endoftext|> ends generation; an empty prompt starts on a fresh line ("\n"), as the
+    // training windows show every text after a newline
+    ...(text ? { eosTokenId: BYTE_EOS_ID, bosTokenId: 10, padTokenId: BYTE_EOS_ID } : {}),
   });
 }
 
