@@ -68,7 +68,7 @@ export function trainCommand(): Command {
     .addOption(new Option("--data <dir>", "text task: a folder with train.txt and heldout.txt (scripts/fortunes-data.sh makes one)"))
     .addOption(new Option("--mixer <kind>", "s6 = selective (Mamba); lti = Δ, B, C input-independent (the paper's ablation)")
       .choices(["s6", "lti"]).default("s6"))
-    .addOption(new Option("--preset <name>", "sizes and schedule: smoke (minutes on a CPU) or paper (the paper's settings)")
+    .addOption(new Option("--preset <name>", "sizes and schedule: smoke (minutes on a CPU), paper (the paper's settings), default-model (text: the embedded model's)")
       .choices(PRESET_NAMES).default("smoke"))
     .addOption(new Option("--backend <name>", "compute backend").choices(["cpu", "webgpu"]).default("cpu"))
     .addOption(new Option("--out <dir>", "run folder: checkpoints and metrics.json").makeOptionMandatory())
