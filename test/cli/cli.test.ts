@@ -295,10 +295,27 @@ describe("bad input: one line on stderr, exit 2 for usage errors, 1 for others, 
     assertOneLineError(await cli(["frobnicate"]), 2, /unknown command/);
   });
 
-  test("no --model and no default model installed: exit 2, asks for --model", async (t) => {
-    if (existsSync(defaultModelFolder())) return t.skip("a default model is installed");
-    assertOneLineError(await cli(["generate", "--prompt", "a"]), 2, /--model is required/);
-    assertOneLineError(await cli(["info"]), 2, /--model is required/);
+  test("no --model and no default model installed: exit 2, asks for --model", async () => {
+    const env = { MAMBA_TS_DEFAULT_MODEL: path.join(tmp, "no-default-model-here") };
+    assertOneLineError(await cli(["generate", "--prompt", "a"], { env }), 2, /--model is required/);
+    assertOneLineError(await cli(["info"], { env }), 2, /--model is required/);
+  });
+
+  test("no flags at all: generate runs the embedded default model, as the API does", async () => {
+    assert.ok(existsSync(defaultModelFolder()), `the embedded model is missing at ${defaultModelFolder()}`);
+    const r = await cli(["generate", "--temperature", "0", "--max-new-tokens", "24"]);
+    assert.equal(r.code, 0, r.stderr);
+    const model = await loadModel(defaultModelFolder(), { backend: "cpu" });
+    const tok = await loadTokenizer(defaultModelFolder());
+    try {
+      const ids = await model.generate(Int32Array.of(model.config.bosTokenId!), { maxNewTokens: 24 });
+      assert.equal(r.stdout, tok.decode(ids.subarray(1)) + "\n");
+      assert.ok(r.stdout.trim().length > 0);
+    } finally {
+      await model.dispose();
+    }
+    const plain = await cli(["generate", "--seed", "5", "--max-new-tokens", "8"]);
+    assert.equal(plain.code, 0, plain.stderr);
   });
 
   test("a missing model folder: exit 1", async () => {
