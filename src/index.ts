@@ -24,6 +24,8 @@ export type { GenerateOptions } from "./generate/options.ts";
 export { loadTokenizer, TextStreamer } from "./tokenizer.ts";
 export type { Tokenizer } from "./tokenizer.ts";
 export { MambaError } from "./errors.ts";
+/** The folder of the embedded default model (a byte-level Mamba shipped in the package). */
+export { defaultModelFolder } from "./cli/default-model.ts";
 export type { Backend } from "./backend/backend.ts";
 export type { BackendName } from "./backend/create.ts";
 export type { DownloadProgress } from "./io/hub.ts";
