@@ -46,25 +46,31 @@ export function tokenizerFromJson(json: unknown, where = "tokenizer.json"): Toke
  * the middle of a UTF-8 sequence, which decodes to U+FFFD until the next token completes it.
  */
 export class TextStreamer {
+  // ids[0 .. read) are already emitted; decoding starts at a window that begins one emitted token back, so that
+  // each push costs the length of the window, not of the whole text (a token's text can depend on its neighbour)
   private ids: number[] = [];
-  private emitted = 0;
+  private read = 0;
   constructor(private readonly tokenizer: Tokenizer) {}
 
   /** Adds one id; returns the text that is now complete (possibly ""). */
   push(id: number): string {
     this.ids.push(id);
+    const before = this.tokenizer.decode(this.ids.slice(0, this.read));
     const text = this.tokenizer.decode(this.ids);
-    if (text.endsWith("\uFFFD")) return "";
-    const piece = text.slice(this.emitted);
-    this.emitted = text.length;
+    if (text.endsWith("\uFFFD") || text.length <= before.length) return "";
+    const piece = text.slice(before.length);
+    // keep the last emitted id as context for the next window
+    this.ids = this.ids.slice(this.ids.length - 1);
+    this.read = 1;
     return piece;
   }
 
   /** Whatever remains (a trailing incomplete character comes out as U+FFFD). */
   flush(): string {
+    const before = this.tokenizer.decode(this.ids.slice(0, this.read));
     const text = this.tokenizer.decode(this.ids);
-    const piece = text.slice(this.emitted);
-    this.emitted = text.length;
-    return piece;
+    this.ids = [];
+    this.read = 0;
+    return text.slice(before.length);
   }
 }
