@@ -5,35 +5,14 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import type { TestContext } from "node:test";
 import { loadModel, makeConfig, modelFromTensors, type MambaModel } from "../../src/index.ts";
 import { MambaCache } from "../../src/model/cache.ts";
 import { prefill } from "../../src/generate/generate.ts";
 import { assertClose, expected, fixture } from "../helpers/fixtures.ts";
 import { TestRng, perturbedParameters } from "../helpers/random.ts";
 import { toBF16Bits, toF16Bits } from "../../src/io/tensor.ts";
-import { unavailable } from "../helpers/backends.ts";
+import { gpuTest } from "../helpers/backends.ts";
 
-let probe: Promise<string | null> | null = null;
-/** null when a WebGPU adapter exists, else the reason there is none. */
-function noGpu(): Promise<string | null> {
-  probe ??= (async () => {
-    try {
-      const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-      await (await createWebGpuBackend()).destroy();
-      return null;
-    } catch (err) {
-      return `no WebGPU adapter: ${(err as Error).message}`;
-    }
-  })();
-  return probe;
-}
-
-async function gpuTest(t: TestContext): Promise<boolean> {
-  const reason = await noGpu();
-  if (reason) unavailable(t, reason);
-  return reason === null;
-}
 
 for (const name of ["hf-mamba/tiny", "hf-mamba/tiny-f16", "hf-mamba/tiny-bf16-sharded", "mamba-ssm/tiny"]) {
   test(`${name}: logits, hidden states and greedy output match PyTorch (webgpu)`, async (t) => {

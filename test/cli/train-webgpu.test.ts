@@ -12,7 +12,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { latestCheckpoint } from "../../src/train/checkpoint.ts";
 import { readF32Tensors } from "../helpers/fixtures.ts";
-import { unavailable } from "../helpers/backends.ts";
+import { noWebgpu, unavailable } from "../helpers/backends.ts";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const BIN = path.join(ROOT, "bin", "mamba-ts.js");
@@ -28,18 +28,9 @@ function cli(args: string[]): Promise<{ code: number | null; stdout: string; std
   });
 }
 
-async function noGpu(): Promise<string | null> {
-  try {
-    const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-    await (await createWebGpuBackend()).destroy();
-    return null;
-  } catch (err) {
-    return `no WebGPU adapter: ${(err as Error).message}`;
-  }
-}
 
 test("train --backend webgpu follows the same run on the cpu", async (t) => {
-  const reason = await noGpu();
+  const reason = await noWebgpu();
   if (reason) return unavailable(t, reason);
   const base = await fs.mkdtemp(path.join(os.tmpdir(), "mamba-ts-cli-train-webgpu-"));
   const args = ["train", "--task", "induction-heads", "--steps", "4", "--seed", "3", "--seq-len", "16", "--batch-size", "4",

@@ -49,3 +49,26 @@ export async function releaseWebgpu(): Promise<void> {
   await b?.destroy();
   gpu = null;
 }
+
+let probe: Promise<string | null> | null = null;
+
+/** null when a WebGPU adapter exists, else the reason there is none (for tests that make their own backends). */
+export function noWebgpu(): Promise<string | null> {
+  probe ??= (async () => {
+    try {
+      const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+      await (await createWebGpuBackend()).destroy();
+      return null;
+    } catch (err) {
+      return `no WebGPU adapter: ${(err as Error).message}`;
+    }
+  })();
+  return probe;
+}
+
+/** true when a WebGPU adapter exists; otherwise skips the test with the reason (fails it under CI=true). */
+export async function gpuTest(t: TestContext): Promise<boolean> {
+  const reason = await noWebgpu();
+  if (reason) unavailable(t, reason);
+  return reason === null;
+}

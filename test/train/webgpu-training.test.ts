@@ -6,7 +6,6 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import type { TestContext } from "node:test";
 import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -17,29 +16,9 @@ import { Trainer } from "../../src/train/trainer.ts";
 import { expected, fixture, readSafetensorsAny } from "../helpers/fixtures.ts";
 import { TestRng, perturbedParameters } from "../helpers/random.ts";
 import { initParameters } from "../../src/model/init.ts";
-import { unavailable } from "../helpers/backends.ts";
+import { gpuTest } from "../helpers/backends.ts";
 import { tinyOptions } from "./helpers/tiny-run.ts";
 
-let probe: Promise<string | null> | null = null;
-/** null when a WebGPU adapter exists, else the reason there is none. */
-function noGpu(): Promise<string | null> {
-  probe ??= (async () => {
-    try {
-      const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-      await (await createWebGpuBackend()).destroy();
-      return null;
-    } catch (err) {
-      return `no WebGPU adapter: ${(err as Error).message}`;
-    }
-  })();
-  return probe;
-}
-
-async function gpuTest(t: TestContext): Promise<boolean> {
-  const reason = await noGpu();
-  if (reason) unavailable(t, reason);
-  return reason === null;
-}
 
 /** max |got − want| / max |want| */
 function relErr(got: Float32Array, want: Float32Array): number {
