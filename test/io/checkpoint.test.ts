@@ -13,7 +13,7 @@ import { MambaError, loadModel, makeConfig } from "../../src/index.ts";
 import { toHfConfig } from "../../src/config.ts";
 import { serializeSafetensors } from "../../src/io/safetensors.ts";
 import { type HostTensor, toBF16Bits, toF16Bits, toFloat32 } from "../../src/io/tensor.ts";
-import { assertClose } from "../helpers/fixtures.ts";
+import { assertClose, fixture } from "../helpers/fixtures.ts";
 import { naiveForward } from "../helpers/naive.ts";
 import { TestRng, perturbedParameters } from "../helpers/random.ts";
 
@@ -242,8 +242,8 @@ describe("broken folders", () => {
   });
 
   test("a damaged pytorch_model.bin", async () => {
-    const ssmConfig = JSON.parse(readFileSync("/work/shared/fixtures/mamba-ssm/tiny/config.json", "utf8")) as unknown;
-    const real = readFileSync("/work/shared/fixtures/mamba-ssm/tiny/pytorch_model.bin");
+    const ssmConfig = JSON.parse(readFileSync(fixture("mamba-ssm", "tiny", "config.json"), "utf8")) as unknown;
+    const real = readFileSync(fixture("mamba-ssm", "tiny", "pytorch_model.bin"));
     for (const bytes of [new Uint8Array(0), real.subarray(0, real.length >> 1), new TextEncoder().encode("PK not really")]) {
       const dir = folder({ "config.json": ssmConfig, "pytorch_model.bin": new Uint8Array(bytes) });
       await loadRejects(dir, esc(path.join(dir, "pytorch_model.bin")));

@@ -14,8 +14,9 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { MambaError } from "../../src/errors.ts";
 import { isRepoId, progressBarReporter, resolveModelFolder, type DownloadProgress } from "../../src/io/hub.ts";
+import { fixture } from "../helpers/fixtures.ts";
 
-const FIXTURES = "/work/shared/fixtures/hf-mamba";
+const FIXTURES = fixture("hf-mamba");
 
 /** How the fake hub serves a repo. */
 interface FakeRepo {

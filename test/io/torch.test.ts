@@ -9,9 +9,10 @@ import { readFileSync } from "node:fs";
 import { MambaError } from "../../src/errors.ts";
 import { readTorchStateDict } from "../../src/io/torch.ts";
 import type { HostTensor } from "../../src/io/tensor.ts";
+import { fixture } from "../helpers/fixtures.ts";
 
-const BIN = "/work/shared/fixtures/mamba-ssm/tiny/pytorch_model.bin";
-const SAFETENSORS = "/work/shared/fixtures/hf-mamba/tiny/model.safetensors";
+const BIN = fixture("mamba-ssm", "tiny", "pytorch_model.bin");
+const SAFETENSORS = fixture("hf-mamba", "tiny", "model.safetensors");
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers: a safetensors reader for the reference, a zip writer, and a pickle builder.
