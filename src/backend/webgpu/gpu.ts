@@ -88,6 +88,8 @@ export class Gpu {
   submits = 0;
   /** Bind groups created so far (a decode step that reuses its buffers creates none). */
   bindGroupsCreated = 0;
+  /** Uniform parameter blocks created so far (steady work creates none: per-step values belong in buffers). */
+  paramBlocksCreated = 0;
   /** Bytes of storage buffers alive (in use or pooled) and the most ever alive. */
   liveBytes = 0;
   peakBytes = 0;
@@ -238,6 +240,7 @@ export class Gpu {
     if (!buf) {
       const n = Math.max(4, Math.ceil(p.values.length / 4) * 4); // uniform blocks are 16-byte multiples
       buf = this.device.createBuffer({ size: n * 4, usage: Usage.UNIFORM, mappedAtCreation: true });
+      this.paramBlocksCreated++;
       new Uint32Array(buf.getMappedRange()).set(p.values);
       buf.unmap();
       if (this.paramCache.size > 4096) this.paramCache.clear(); // buffers stay valid for bind groups holding them

@@ -189,7 +189,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     const gb = this.f32buf(g);
     check(new Set([gb, p.buf, mt.buf, vt.buf]).size === 4, "adamwStep: param, grad, m and v must be four distinct tensors");
     adamw(this.gpu, gb, p.buf, mt.buf, vt.buf, p.numel, {
-      lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, decay: 1 - o.lr * o.weightDecay,
+      lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay,
       bc1: 1 - o.beta1 ** o.step, bc2: 1 - o.beta2 ** o.step, gradScale: o.gradScale,
     });
     this.done();

@@ -2,35 +2,41 @@
  * One AdamW update in place, one thread per parameter (PyTorch's AdamW, decoupled weight decay first):
  *   g = gradScale · grad;  m = β1 m + (1 − β1) g;  v = β2 v + (1 − β2) g²
  *   param = param · (1 − lr · wd) − lr · (m / bc1) / (sqrt(v / bc2) + eps),   bc = 1 − β^step
+ * The scalars that change every step (lr, bias corrections, the clipping scale) come in a small storage buffer
+ * written for the call, not in the uniform block: uniform blocks and bind groups are cached by content, so
+ * per-step values there would create new GPU objects on every step of a long run.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
 
 const wgsl = /* wgsl */ `
-// bindings: 0 grad [n] | 1 param [n] in/out | 2 m [n] in/out | 3 v [n] in/out | 4 params
-struct P { n: u32, groupsX: u32, lr: f32, beta1: f32, beta2: f32, eps: f32, decay: f32, bc1: f32, bc2: f32, gradScale: f32 }
+// bindings: 0 grad [n] | 1 param [n] in/out | 2 m [n] in/out | 3 v [n] in/out | 4 step [lr, bc1, bc2, gradScale]
+//           5 params
+struct P { n: u32, groupsX: u32, beta1: f32, beta2: f32, eps: f32, weightDecay: f32 }
 @group(0) @binding(0) var<storage, read> grad: array<f32>;
 @group(0) @binding(1) var<storage, read_write> param: array<f32>;
 @group(0) @binding(2) var<storage, read_write> m: array<f32>;
 @group(0) @binding(3) var<storage, read_write> v: array<f32>;
-@group(0) @binding(4) var<uniform> p: P;
+@group(0) @binding(4) var<storage, read> step: array<f32, 4>;
+@group(0) @binding(5) var<uniform> p: P;
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.y * p.groupsX * 256u + gid.x;
   if (i >= p.n) { return; }
-  let g = grad[i] * p.gradScale;
+  let lr = step[0];
+  let g = grad[i] * step[3];
   let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
   let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
   m[i] = mi;
   v[i] = vi;
-  param[i] = param[i] * p.decay - p.lr * (mi / p.bc1) / (sqrt(vi / p.bc2) + p.eps);
+  param[i] = param[i] * (1.0 - lr * p.weightDecay) - lr * (mi / step[1]) / (sqrt(vi / step[2]) + p.eps);
 }
 `;
 
 export interface AdamWScalars {
   lr: number; beta1: number; beta2: number; eps: number;
-  decay: number; // 1 − lr · weightDecay
+  weightDecay: number;
   bc1: number; bc2: number; // bias corrections 1 − β^step
   gradScale: number;
 }
@@ -40,6 +46,8 @@ export function adamw(gpu: Gpu, grad: Buf, param: Buf, m: Buf, v: Buf, n: number
   if (n === 0) return;
   const k = gpu.kernel("bwd_adamw", () => wgsl);
   const [gx, gy] = grid(Math.ceil(n / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
-  const p = new Params().u32(n).u32(gx).f32(s.lr).f32(s.beta1).f32(s.beta2).f32(s.eps).f32(s.decay).f32(s.bc1).f32(s.bc2).f32(s.gradScale);
-  gpu.dispatch(k, [grad, param, m, v], p, [gx, gy]);
+  const p = new Params().u32(n).u32(gx).f32(s.beta1).f32(s.beta2).f32(s.eps).f32(s.weightDecay);
+  const step = gpu.upload(new Float32Array([s.lr, s.bc1, s.bc2, s.gradScale]), "the optimizer's step scalars");
+  gpu.dispatch(k, [grad, param, m, v, step], p, [gx, gy]);
+  gpu.release(step); // dispatches run in order: reusing it later is safe
 }
