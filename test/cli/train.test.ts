@@ -19,7 +19,8 @@ const SMALL = ["--seq-len", "12", "--batch-size", "2", "--eval-batches", "2", "-
 
 test("train writes checkpoints and metrics.json; eval reports the same accuracy as the library; resume is checked", async () => {
   const dir = path.join(await fs.mkdtemp(path.join(os.tmpdir(), "mamba-ts-cli-train-")), "run");
-  const r = await cli(["train", "--task", "selective-copying", "--mixer", "lti", "--out", dir, "--steps", "3", "--seed", "5", ...SMALL]);
+  const r = await cli(["train", "--task", "selective-copying", "--mixer", "lti", "--out", dir, "--steps", "3", "--seed", "5",
+    "--weight-decay", "0.25", ...SMALL]);
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /^selective-copying lti: accuracy \d\.\d{4} on 16 held-out scored positions after 3 steps/);
   const m = JSON.parse(await fs.readFile(path.join(dir, "metrics.json"), "utf8"));
@@ -35,6 +36,8 @@ test("train writes checkpoints and metrics.json; eval reports the same accuracy 
   assert.equal(path.basename(folder), "checkpoint-3");
   const names = (await fs.readdir(folder)).sort();
   assert.deepEqual(names, ["config.json", "model.safetensors", "optimizer.safetensors", "trainer.json"]);
+  const state = JSON.parse(await fs.readFile(path.join(folder, "trainer.json"), "utf8"));
+  assert.equal(state.options.optim.weightDecay, 0.25, "--weight-decay reaches the optimizer");
 
   // the library's evaluation of the checkpoint: the same held-out data (training seed), the same accuracy
   const model = await loadModel(folder, { backend: "cpu" });
@@ -55,6 +58,9 @@ test("train writes checkpoints and metrics.json; eval reports the same accuracy 
   const conflict = await cli(["train", "--resume", "--out", dir, "--mixer", "s6"]);
   assert.equal(conflict.code, 2);
   assert.match(conflict.stderr, /^mamba-ts: error: --resume: the run in .* was started with --mixer lti, not s6/m);
+  const wd = await cli(["train", "--resume", "--out", dir, "--weight-decay", "0.1"]);
+  assert.equal(wd.code, 2);
+  assert.match(wd.stderr, /^mamba-ts: error: --resume: the run in .* was started with --weight-decay 0.25, not 0.1/m);
 });
 
 test("train: bad options give one error line and exit code 2", async () => {

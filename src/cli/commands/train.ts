@@ -31,6 +31,7 @@ interface TrainCliOptions {
   seed: number;
   seqLen?: number;
   lr?: number;
+  weightDecay?: number;
   batchSize?: number;
   gradAccum?: number;
   checkpointEvery?: number;
@@ -55,6 +56,12 @@ function positiveNumber(text: string): number {
   return v;
 }
 
+function nonNegativeNumber(text: string): number {
+  const v = parseNumber(text);
+  if (!(v >= 0)) throw new InvalidArgumentError("must be a number >= 0.");
+  return v;
+}
+
 function seedParser(text: string): number {
   const v = parseInteger(text);
   if (v < 0 || v > 0xffffffff) throw new InvalidArgumentError("must be an integer in [0, 4294967295].");
@@ -76,6 +83,7 @@ export function trainCommand(): Command {
     .addOption(new Option("--seed <n>", "seed of the initialization and the data").argParser(seedParser).default(0))
     .addOption(new Option("--seq-len <n>", "training sequence length (default: the preset's)").argParser(integerAtLeast(2)))
     .addOption(new Option("--lr <x>", "peak learning rate (default: the preset's)").argParser(positiveNumber))
+    .addOption(new Option("--weight-decay <x>", "AdamW weight decay of the matrices (default: the preset's)").argParser(nonNegativeNumber))
     .addOption(new Option("--batch-size <n>", "sequences per micro-batch (default: the preset's)").argParser(integerAtLeast(1)))
     .addOption(new Option("--grad-accum <n>", "micro-batches per optimizer step (default: the preset's)").argParser(integerAtLeast(1)))
     .addOption(new Option("--checkpoint-every <n>", "steps between checkpoints; 0 = only at the end (default: the preset's)")
@@ -104,6 +112,7 @@ function freshOptions(o: TrainCliOptions): TrainOptions {
   }
   if (o.seqLen !== undefined) t.task.seqLen = o.seqLen;
   if (o.lr !== undefined) t.optim.lr = o.lr;
+  if (o.weightDecay !== undefined) t.optim.weightDecay = o.weightDecay;
   if (o.batchSize !== undefined) t.batchSize = o.batchSize;
   if (o.gradAccum !== undefined) t.accumulation = o.gradAccum;
   if (o.checkpointEvery !== undefined) t.checkpointEvery = o.checkpointEvery;
@@ -121,6 +130,7 @@ function checkResumeOptions(o: TrainCliOptions, given: (k: string) => boolean, r
     ["seed", "--seed", o.seed, run.seed],
     ["seqLen", "--seq-len", o.seqLen, run.task.seqLen],
     ["lr", "--lr", o.lr, run.optim.lr],
+    ["weightDecay", "--weight-decay", o.weightDecay, run.optim.weightDecay],
     ["batchSize", "--batch-size", o.batchSize, run.batchSize],
     ["gradAccum", "--grad-accum", o.gradAccum, run.accumulation],
   ];
