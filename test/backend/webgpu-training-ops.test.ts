@@ -79,6 +79,9 @@ async function compare(c: TensorOrCols, g: TensorOrCols, gpu: Backend, tol: numb
 describe("training ops on webgpu against the cpu", () => {
   let gpu: TrainingBackend | null = null;
   let chunked: TrainingBackend | null = null; // tiny scan chunks and sub-tiles: many chunks on small shapes
+  // the scan backward's dB/dC sums in workgroup memory (the path without subgroups), and in subgroup blocks of 4
+  let wgMemory: TrainingBackend | null = null;
+  let narrow: TrainingBackend | null = null;
   let reason = "";
   before(async () => {
     const b = await webgpuBackend();
@@ -87,9 +90,13 @@ describe("training ops on webgpu against the cpu", () => {
     gpu = b;
     const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
     chunked = (await createWebGpuBackend({ scanBackwardChunk: 5, scanBackwardSubTile: 2 })) as TrainingBackend;
+    wgMemory = (await createWebGpuBackend({ scanBackwardChunk: 7, scanBackwardSubTile: 3, scanBackwardReduceWidth: 0 })) as TrainingBackend;
+    narrow = (await createWebGpuBackend({ scanBackwardReduceWidth: 4 })) as TrainingBackend;
   });
   after(async () => {
     await chunked?.destroy();
+    await wgMemory?.destroy();
+    await narrow?.destroy();
     await releaseWebgpu();
   });
   const it = (name: string, fn: (g: TrainingBackend, t: TestContext) => Promise<void>) =>
@@ -280,11 +287,18 @@ describe("training ops on webgpu against the cpu", () => {
     { B: 3, L: 40, E: 5, N: 3, gated: true, split: true },
     { B: 1, L: 70, E: 40, N: 16, gated: true, split: false },
     { B: 2, L: 17, E: 7, N: 5, gated: false, split: true },
+    { B: 2, L: 150, E: 70, N: 16, gated: true, split: false }, // many default chunks, E past two workgroups
   ];
-  for (const tiny of [false, true]) {
-    it(`selectiveScanBackward${tiny ? " in many chunks (chunk 5, sub-tile 2)" : ""}: windows, gates, L = 1, odd E and N, B and C apart`, async (g0) => {
-      const g = tiny ? chunked! : g0;
-      const p = new Pair(g, new TestRng(tiny ? 9 : 8));
+  const scanVariants = [
+    { name: "", get: (g: TrainingBackend) => g, seed: 8 },
+    { name: " in many chunks (chunk 5, sub-tile 2)", get: () => chunked!, seed: 9 },
+    { name: " with dB/dC summed in workgroup memory (chunk 7, sub-tile 3)", get: () => wgMemory!, seed: 10 },
+    { name: " with dB/dC summed in subgroup blocks of 4 lanes", get: () => narrow!, seed: 11 },
+  ];
+  for (const variant of scanVariants) {
+    it(`selectiveScanBackward${variant.name}: windows, gates, L = 1, odd E and N, B and C apart`, async (g0) => {
+      const g = variant.get(g0);
+      const p = new Pair(g, new TestRng(variant.seed));
       for (const [i, s] of scanCases.entries()) {
         const rows = s.B * s.L, R = 2, P = R + 2 * s.N, shape = { batch: s.B, seqLen: s.L };
         const [cu, gu] = p.both(p.f32(rows * s.E), [s.B, s.L, s.E]);

@@ -33,13 +33,16 @@ import { embeddingBackwardSerial } from "./kernels/backward/embedding-backward-s
 import { convPre } from "./kernels/backward/conv-pre.ts";
 import { convDx } from "./kernels/backward/conv-dx.ts";
 import { convChunks, convDw } from "./kernels/backward/conv-dw.ts";
-import { maxSubTile, scanBwdGeometry, selectiveScanBackward } from "./kernels/backward/scan/index.ts";
+import { maxSubTile, scanBwdGeometry, scanBwdReduceWidth, selectiveScanBackward } from "./kernels/backward/scan/index.ts";
 
 export interface WebGpuTrainingTuning extends WebGpuTuning {
-  /** time steps per saved state in the scan backward (default 4 sub-tiles) */
+  /** time steps per saved state in the scan backward (default 2 or 4 sub-tiles, by how many chunks fill the GPU) */
   scanBackwardChunk?: number;
   /** time steps whose states the scan backward keeps in workgroup memory at once (default: what fits, at most 8) */
   scanBackwardSubTile?: number;
+  /** lanes per subgroup sum of dB and dC in the scan backward (default: the device's smallest subgroup, at most
+   *  32); 0 sums in workgroup memory instead */
+  scanBackwardReduceWidth?: number;
 }
 
 /** Where an op writes a gradient window: the tensor itself, or a zeroed scratch added into it by finish(). */
@@ -58,12 +61,14 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   private readonly hostInts = new WeakMap<GpuTensor, { data: Int32Array; version: number }>();
   private readonly scanChunk: number;
   private readonly scanSubTile: number;
+  private readonly scanReduceWidth: number;
   private flushedAt = 0;
 
   constructor(gpu: Gpu, tuning: WebGpuTrainingTuning = {}) {
     super(gpu, tuning);
     this.scanChunk = tuning.scanBackwardChunk ?? 0;
     this.scanSubTile = tuning.scanBackwardSubTile ?? 0;
+    this.scanReduceWidth = scanBwdReduceWidth(gpu, tuning.scanBackwardReduceWidth);
   }
 
   override fromI32(data: Int32Array, shape: readonly number[]): Tensor {
@@ -408,10 +413,11 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     }
     const maxBufs = this.gpu.limits.maxStorageBuffersPerShaderStage;
     check(maxBufs >= SCAN_BWD_BUFFERS, `selectiveScanBackward: the scan backward binds ${SCAN_BWD_BUFFERS} storage buffers; this adapter allows ${maxBufs}`);
-    const fits = maxSubTile(N, this.gpu.limits.maxComputeWorkgroupStorageSize);
+    const W = this.scanReduceWidth;
+    const fits = maxSubTile(N, this.gpu.limits.maxComputeWorkgroupStorageSize, W);
     check(fits >= 1, `selectiveScanBackward: state size ${N} is too large for this adapter's workgroup memory`);
     const subTile = this.scanSubTile > 0 ? Math.min(this.scanSubTile, fits) : fits;
-    const geo = scanBwdGeometry(B, L, E, N, subTile, this.scanChunk);
+    const geo = scanBwdGeometry(B, L, E, N, subTile, this.scanChunk, W);
     check(geo.nC <= this.gpu.limits.maxComputeWorkgroupsPerDimension, `selectiveScanBackward: seqLen ${L} needs too many chunks`);
 
     // B and C through one binding: the two windows of x_proj's output, or a copy of both side by side

@@ -4,8 +4,12 @@
  * [N]; inside a chunk the backward walks sub-tiles of subTile steps from the end, recomputing each sub-tile's
  * states from the chunk's start and keeping them in workgroup memory (subTile · N · 32 floats), never in a
  * [B, L, E, N] buffer. Scratch: SX = [S | X | packed] with S, X: [B, nC, N, E], packed: [E, N + 2].
+ *
+ * dB and dC are summed over channels in groups of W lanes (reduce.ts): W = 32 is one partial per workgroup and
+ * row; a smaller subgroup (W < 32) leaves 32 / W partials per workgroup; W = 0 sums in workgroup memory (no
+ * subgroups). The partials [B·L, Gp, 2N] are added in order by reduce-groups.ts.
  */
-import type { Buf } from "../../../gpu.ts";
+import type { Buf, Gpu } from "../../../gpu.ts";
 
 export const SCAN_BWD_WG = 32; // channels per workgroup of the chunk kernel
 
@@ -17,13 +21,15 @@ export interface ScanBwdGeometry {
   nC: number;
   chunkLen: number;
   subTile: number;
-  G: number; // channel groups: ceil(E / SCAN_BWD_WG)
+  G: number; // channel groups (workgroups along E): ceil(E / SCAN_BWD_WG)
+  W: number; // lanes summed by one subgroup reduction (power of two ≤ 32), 0 = workgroup memory
+  Gp: number; // dB|dC partials per row: G · (32 / W), or G when W = 0
   // offsets in SX, in floats
   oS: number;
   oX: number;
   oP: number;
   sxFloats: number;
-  // offsets in the partial sums buffer, in floats: dB|dC [B·L, G, 2N], dA_log [B·nC, E, N], dD|dDeltaBias [B·nC, 2, E]
+  // offsets in the partial sums buffer, in floats: dB|dC [B·L, Gp, 2N], dA_log [B·nC, E, N], dD|dDeltaBias [B·nC, 2, E]
   oA: number;
   oDE: number;
   partFloats: number;
@@ -37,22 +43,49 @@ export interface ScanBwdInputs {
   z: Buf | null; ldZ: number; offZ: number;
 }
 
+/** The workgroup memory of the workgroup-memory reduction (W = 0), in bytes: [2N, 33] floats. */
+const redBytes = (N: number, W: number) => (W > 0 ? 0 : 2 * N * (SCAN_BWD_WG + 1) * 4);
+
 /** The largest sub-tile whose states fit in `wgBytes` of workgroup memory beside the reduction buffer. */
-export function maxSubTile(N: number, wgBytes: number): number {
-  const red = 2 * N * (SCAN_BWD_WG + 1) * 4;
-  return Math.min(8, Math.floor((wgBytes - red) / (N * SCAN_BWD_WG * 4)));
+export function maxSubTile(N: number, wgBytes: number, W = 0): number {
+  return Math.min(8, Math.floor((wgBytes - redBytes(N, W)) / (N * SCAN_BWD_WG * 4)));
 }
 
-/** chunkLen 0 = the default, 4 sub-tiles per chunk. */
-export function scanBwdGeometry(B: number, L: number, E: number, N: number, subTile: number, chunkLen = 0): ScanBwdGeometry {
-  const cl = Math.max(1, Math.min(L, chunkLen > 0 ? chunkLen : 4 * subTile));
-  const nC = Math.ceil(L / cl);
+/**
+ * The reduction width for this device: the smallest subgroup size it may run (so a W-lane block never spans
+ * two subgroups), at most 32; 0 (workgroup memory) without the subgroups feature or a known size.
+ * request: a width to force (0 = workgroup memory; a power of two ≤ the device's smallest subgroup), or
+ * undefined / negative for the default.
+ */
+export function scanBwdReduceWidth(gpu: Gpu, request?: number): number {
+  const info = (gpu.device as { adapterInfo?: { subgroupMinSize?: number } }).adapterInfo;
+  const min = gpu.hasSubgroups ? info?.subgroupMinSize ?? 0 : 0;
+  const most = min >= 2 && (min & (min - 1)) === 0 ? Math.min(SCAN_BWD_WG, min) : 0;
+  if (request === undefined || request < 0) return most;
+  if (request === 0 || most === 0) return 0;
+  let w = 1;
+  while (w * 2 <= Math.min(request, most)) w *= 2;
+  return w >= 2 ? w : 0;
+}
+
+/**
+ * chunkLen 0 = the default: 2 sub-tiles per chunk where 4 would leave fewer than ~4096 workgroups (small B · E:
+ * the chunks are the parallelism), else 4 (fewer chunk states to write, combine and read).
+ */
+export function scanBwdGeometry(
+  B: number, L: number, E: number, N: number, subTile: number, chunkLen = 0, W = 0,
+): ScanBwdGeometry {
   const G = Math.ceil(E / SCAN_BWD_WG);
+  const auto = B * G * Math.ceil(L / (4 * subTile)) < 4096 ? 2 * subTile : 4 * subTile;
+  const cl = Math.max(1, Math.min(L, chunkLen > 0 ? chunkLen : auto));
+  const nC = Math.ceil(L / cl);
+  const Gp = W > 0 ? G * (SCAN_BWD_WG / W) : G;
   const states = nC > 1 ? B * nC * N * E : 0;
   const oS = 0, oX = states, oP = 2 * states;
-  const oA = B * L * G * 2 * N;
+  const oA = B * L * Gp * 2 * N;
   const oDE = oA + B * nC * E * N;
   return {
-    B, L, E, N, nC, chunkLen: cl, subTile, G, oS, oX, oP, sxFloats: oP + E * (N + 2), oA, oDE, partFloats: oDE + B * nC * 2 * E,
+    B, L, E, N, nC, chunkLen: cl, subTile, G, W, Gp, oS, oX, oP, sxFloats: oP + E * (N + 2), oA, oDE,
+    partFloats: oDE + B * nC * 2 * E,
   };
 }

@@ -6,7 +6,7 @@
  *   3. chunk.ts recomputes each chunk's states from S and walks it backwards, writing du, ddelta, dz and partial
  *      sums of dB, dC, dA_log, dD and the dt bias;
  *   4. reduce-groups.ts adds the partials, in order, into the gradients.
- * Scratch: SX (2 · B · nC · N · E + E · (N + 2) floats), dsum (B · nC · E), the partials (B · L · G · 2N + ...).
+ * Scratch: SX (2 · B · nC · N · E + E · (N + 2) floats), dsum (B · nC · E), the partials (B · L · Gp · 2N + ...).
  */
 import type { Buf, Gpu } from "../../../gpu.ts";
 import { scanChunk } from "../../scan/chunk.ts";
@@ -19,7 +19,7 @@ import { scanBwdCombine } from "./combine.ts";
 import { scanBwdChunk, type ScanBwdOutputs } from "./chunk.ts";
 import type { ScanBwdGeometry, ScanBwdInputs } from "./geometry.ts";
 
-export { maxSubTile, scanBwdGeometry, type ScanBwdGeometry, type ScanBwdInputs } from "./geometry.ts";
+export { maxSubTile, scanBwdGeometry, scanBwdReduceWidth, type ScanBwdGeometry, type ScanBwdInputs } from "./geometry.ts";
 export type { ScanBwdOutputs } from "./chunk.ts";
 
 /** Where the reduced gradients go: dB, dC as windows (ld, off), the rest dense. */
@@ -58,7 +58,7 @@ export function selectiveScanBackward(
   gpu.release(SX);
   // 4. the partial sums, in order
   const rows = B * g.L;
-  const G = g.G;
+  const G = g.Gp;
   reduceGroups(gpu, part, { G, off: 0, sR: G * 2 * N, sG: 2 * N, cw: 1, sC1: 1, sC2: 0 }, red.dB, rows, N, red.ldB, red.offB);
   reduceGroups(gpu, part, { G, off: N, sR: G * 2 * N, sG: 2 * N, cw: 1, sC1: 1, sC2: 0 }, red.dC, rows, N, red.ldC, red.offC);
   reduceGroups(gpu, part, { G: B * nC, off: g.oA, sR: 0, sG: E * N, cw: 1, sC1: 1, sC2: 0 }, red.dA_log, 1, E * N, E * N, 0);
