@@ -5,8 +5,9 @@
  * the carry into chunk c − 1 is a[t0] · G[t0] = Y[c] + P[c] · X[c], where Y[c] is what this kernel computes (the
  * chunk walked backwards from zero), P[c] = exp(A · Σ_chunk delta) and X[c] the carry into chunk c from the right.
  * combine.ts then solves that recurrence over chunks. Needs no state h at all: only delta, C, z and dy.
- * One thread per channel with its N carries in registers; C rows staged in workgroup memory, each block's
- * per-channel inputs loaded before its arithmetic.
+ * One thread per channel with its N carries in registers (the per-state work generated unrolled over n, so no
+ * private array is indexed at run time); C rows staged in workgroup memory, each step's delta, dy and z loaded
+ * during the step after it (the walk goes backwards in time).
  */
 import type { Buf, Gpu } from "../../../gpu.ts";
 import { Params } from "../../../gpu.ts";
@@ -14,6 +15,9 @@ import type { ScanBwdGeometry, ScanBwdInputs } from "./geometry.ts";
 
 const WG = 64; // channels per workgroup
 const TS = 16; // time steps of C staged, and of delta, dy, z loaded, at once
+
+/** The N lines of `f(n)`, joined for a WGSL block. */
+const each = (N: number, f: (n: number) => string, sep = "\n      ") => Array.from({ length: N }, (_, n) => f(n)).join(sep);
 
 const wgsl = (N: number) => /* wgsl */ `
 // bindings: 0 delta [B·L, ldD] | 1 BC [B·L, ldBC] | 2 z [B·L, ldZ] | 3 dy [B·L, E]
@@ -47,10 +51,15 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let ec = min(e, p.E - 1u);
   let t0 = c * p.chunkLen;
   let t1 = min(t0 + p.chunkLen, p.L);
-  var A2: array<f32, N>;
-  for (var n = 0u; n < N; n++) { A2[n] = SX[p.oP + ec * (N + 2u) + n]; }
-  let bias = SX[p.oP + ec * (N + 2u) + N];
-  var carry: array<f32, N>;
+  let pb = p.oP + ec * (N + 2u);
+  ${each(N, (n) => `let A2_${n} = SX[pb + ${n}u];`, "\n  ")}
+  let bias = SX[pb + N];
+  ${each(N, (n) => `var x_${n} = 0.0;`, " ")}
+  // the last step's inputs; each step then loads the one before it
+  var pv = delta[(b * p.L + t1 - 1u) * p.ldD + p.offD + ec];
+  var pg = dy[(b * p.L + t1 - 1u) * p.E + ec];
+  var pz = 0.0;
+  if (p.hasZ != 0u) { pz = z[(b * p.L + t1 - 1u) * p.ldZ + p.offZ + ec]; }
   var ts1 = t1;
   loop {
     if (ts1 <= t0) { break; }
@@ -61,32 +70,25 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       Csh[i] = BC[(b * p.L + ts0 + i / N) * p.ldBC + p.offC + i % N];
     }
     workgroupBarrier();
-    // the block's delta, dy and z loaded first, then the dependent arithmetic
-    var dts: array<f32, TS>;
-    var gs: array<f32, TS>;
-    for (var j = 0u; j < TS; j++) {
-      if (j < cnt) {
-        let row = b * p.L + ts0 + j;
-        dts[j] = softplus(delta[row * p.ldD + p.offD + ec] + bias);
-        var g = dy[row * p.E + ec];
-        if (p.hasZ != 0u) {
-          let zv = z[row * p.ldZ + p.offZ + ec];
-          g *= zv / (1.0 + exp(-zv));
-        }
-        gs[j] = g;
+    for (var t = ts1; t > ts0; ) {
+      t--;
+      let dt = softplus(pv + bias);
+      var g = pg;
+      if (p.hasZ != 0u) { g *= pz / (1.0 + exp(-pz)); }
+      if (t > t0) {
+        let rn = b * p.L + t - 1u;
+        pv = delta[rn * p.ldD + p.offD + ec];
+        pg = dy[rn * p.E + ec];
+        if (p.hasZ != 0u) { pz = z[rn * p.ldZ + p.offZ + ec]; }
       }
-    }
-    for (var jj = cnt; jj > 0u; jj--) {
-      let j = jj - 1u;
-      for (var n = 0u; n < N; n++) {
-        carry[n] = (carry[n] + gs[j] * Csh[j * N + n]) * exp2(dts[j] * A2[n]);
-      }
+      let cb = (t - ts0) * N;
+      ${each(N, (n) => `x_${n} = (x_${n} + g * Csh[cb + ${n}u]) * exp2(dt * A2_${n});`)}
     }
     ts1 = ts0;
   }
   if (live) {
     let base = p.oX + (b * p.nC + c) * N * p.E + e;
-    for (var n = 0u; n < N; n++) { SX[base + n * p.E] = carry[n]; }
+    ${each(N, (n) => `SX[base + ${n}u * p.E] = x_${n};`, "\n    ")}
   }
 }
 `;
