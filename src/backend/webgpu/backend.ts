@@ -57,6 +57,9 @@ export interface WebGpuTuning {
   scanThreads?: number;
   /** dispatches after which pending work is submitted even without a read (default 512) */
   flushEvery?: number;
+  /** bytes of freed GPU buffers kept for reuse; beyond it the longest-unused are destroyed (default half the
+   *  largest buffer the device allows, between 256 MiB and 4 GiB) */
+  poolBytes?: number;
 }
 
 export class WebGpuBackend implements Backend {

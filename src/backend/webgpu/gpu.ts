@@ -16,8 +16,9 @@ export const Usage = { MAP_READ: 1, COPY_SRC: 4, COPY_DST: 8, UNIFORM: 64, STORA
 const MAP_READ_MODE = 1;
 const STORAGE_USAGE = Usage.STORAGE | Usage.COPY_SRC | Usage.COPY_DST;
 
-/** A pooled storage buffer. `serial` is the submit it was last used in. */
+/** A pooled storage buffer. `serial` is the submit it was last used in; `freed` orders releases to the pool. */
 export class Buf {
+  freed = 0;
   constructor(
     readonly gpu: GPUBuffer,
     readonly size: number,
@@ -100,6 +101,7 @@ export class Gpu {
   private nextId = 1;
   private free = new Map<number, Buf[]>();
   private freeBytes = 0;
+  private releases = 0;
   private readonly maxFreeBytes: number;
   private kernels = new Map<string, Kernel>();
   private paramCache = new Map<string, GPUBuffer>();
@@ -114,11 +116,12 @@ export class Gpu {
   readonly dummy: Buf;
   readonly dummyOut: Buf;
 
-  constructor(readonly device: GPUDevice, readonly description: string, private readonly keepAlive: unknown) {
+  /** `poolBytes`: bytes of freed buffers kept for reuse (default half the largest buffer, 256 MiB to 4 GiB). */
+  constructor(readonly device: GPUDevice, readonly description: string, private readonly keepAlive: unknown, poolBytes?: number) {
     this.limits = device.limits;
     this.hasSubgroups = device.features.has("subgroups");
     this.hasTimestamps = device.features.has("timestamp-query");
-    this.maxFreeBytes = Math.max(256 * 2 ** 20, Math.min(4 * 2 ** 30, this.limits.maxBufferSize / 2));
+    this.maxFreeBytes = poolBytes ?? Math.max(256 * 2 ** 20, Math.min(4 * 2 ** 30, this.limits.maxBufferSize / 2));
     device.lost.then((info) => {
       if (!this.destroyed) this.lost = info.message || String(info.reason);
     });
@@ -191,24 +194,34 @@ export class Gpu {
 
   release(b: Buf): void {
     if (b === this.dummy || b === this.dummyOut || this.destroyed) return;
+    b.freed = ++this.releases;
     const list = this.free.get(b.size);
     if (list) list.push(b);
     else this.free.set(b.size, [b]);
     this.freeBytes += b.size;
   }
 
-  /** Frees pooled buffers beyond the pool's budget; only after a submit, so no pending command refers to them. */
+  /**
+   * Frees pooled buffers beyond the pool's budget, those released longest ago first: a loop that frees and takes
+   * back the same large buffers keeps them, instead of recreating them each time (destroying the largest first
+   * did that whenever older, smaller buffers filled the budget). Only after a submit, so no pending command refers
+   * to what it destroys.
+   */
   private trim(): void {
     if (this.freeBytes <= this.maxFreeBytes) return;
-    const sizes = [...this.free.keys()].sort((a, b) => b - a);
-    for (const s of sizes) {
-      const list = this.free.get(s)!;
-      while (list.length && this.freeBytes > this.maxFreeBytes / 2) {
-        list.pop()!.gpu.destroy();
-        this.freeBytes -= s;
-        this.liveBytes -= s;
-      }
-      if (!list.length) this.free.delete(s);
+    const pooled = [...this.free.values()].flat().sort((a, b) => a.freed - b.freed);
+    const gone = new Set<Buf>();
+    for (const b of pooled) {
+      if (this.freeBytes <= this.maxFreeBytes / 2) break;
+      b.gpu.destroy();
+      gone.add(b);
+      this.freeBytes -= b.size;
+      this.liveBytes -= b.size;
+    }
+    for (const [size, list] of this.free) {
+      const kept = list.filter((b) => !gone.has(b));
+      if (kept.length) this.free.set(size, kept);
+      else this.free.delete(size);
     }
   }
 

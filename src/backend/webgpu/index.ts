@@ -16,5 +16,5 @@ export type { WebGpuTrainingTuning } from "./training.ts";
 /** A WebGPU backend on the default adapter, with the training ops; throws a MambaError when there is none. */
 export async function createWebGpuBackend(options: WebGpuOptions & WebGpuTrainingTuning = {}): Promise<Backend> {
   const { gpu, device, description } = await acquireDevice(options);
-  return new WebGpuTrainingBackend(new Gpu(device, description, gpu), options);
+  return new WebGpuTrainingBackend(new Gpu(device, description, gpu, options.poolBytes), options);
 }

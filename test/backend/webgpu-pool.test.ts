@@ -1,0 +1,43 @@
+/**
+ * The WebGPU buffer pool: freed buffers are reused by size, and when the pooled bytes exceed the budget the
+ * buffers released longest ago are destroyed first, so a loop that frees and takes back the same large buffer
+ * keeps it even while older buffers fill the pool. Runs when a WebGPU adapter exists (skipped otherwise, failed
+ * under CI=true).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import type { WebGpuBackend } from "../../src/backend/webgpu/index.ts";
+import { gpuTest } from "../helpers/backends.ts";
+
+const MiB = 2 ** 20;
+
+test("webgpu pool: over its budget it destroys the buffers released longest ago, not the hot one", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const backend = (await createWebGpuBackend({ poolBytes: 8 * MiB })) as WebGpuBackend;
+  const gpu = backend.gpu;
+  // the pool is trimmed when pending work is submitted
+  const submit = () => {
+    backend.dispose(backend.zeros([4]));
+    return backend.sync();
+  };
+  try {
+    // older, smaller buffers: 6 MiB pooled, under the budget
+    const old = Array.from({ length: 6 }, () => gpu.alloc(MiB));
+    old.forEach((b) => gpu.release(b));
+    await submit();
+    const live = gpu.liveBytes;
+    // a 3 MiB buffer freed and taken back again and again, a submit each time: 9 MiB pooled, over the budget
+    const hot = gpu.alloc(3 * MiB);
+    for (let i = 0; i < 4; i++) {
+      gpu.release(hot);
+      await submit();
+      assert.equal(gpu.alloc(3 * MiB), hot, `round ${i}: the freed 3 MiB buffer is taken back, not destroyed and made anew`);
+    }
+    // the older buffers went instead (down to half the budget): only the hot one is left of the two sizes
+    assert.equal(gpu.liveBytes, live - 6 * MiB + 3 * MiB, "bytes alive: the six 1 MiB buffers destroyed, the hot one kept");
+    gpu.release(hot);
+  } finally {
+    await backend.destroy();
+  }
+});
