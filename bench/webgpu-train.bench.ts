@@ -9,9 +9,11 @@
  *    whose logits fit, their gradients accumulated (the same update); the micro-batch is printed.
  * BENCH_ONLY=scan,step picks sections. BENCH_SMOKE=1 shrinks every shape to check the bench on a slow adapter
  * (lavapipe); BENCH_SCAN_SHAPES=BxExLxN,... and BENCH_STEP=D,layers,vocab,batch,seqLen[,micro] override the shapes.
+ * BENCH_SCAN_TUNINGS=name:value,...|... runs the scan section again with each set of WebGpuTrainingTuning values
+ * (e.g. scanBackwardChunk:128,scanBackwardSubTile:4|scanBackwardReduceWidth:0).
  */
 import { createModel } from "../src/index.ts";
-import { createWebGpuBackend, type WebGpuTrainingBackend } from "../src/backend/webgpu/index.ts";
+import { createWebGpuBackend, type WebGpuTrainingBackend, type WebGpuTrainingTuning } from "../src/backend/webgpu/index.ts";
 import { cols, type Tensor } from "../src/backend/backend.ts";
 import { MambaError } from "../src/errors.ts";
 import { forwardBackward, shiftedTargets } from "../src/train/backprop.ts";
@@ -175,12 +177,16 @@ async function benchStep(): Promise<void> {
 
 export default async function run(): Promise<void> {
   if (only.has("scan")) {
-    const b = (await createWebGpuBackend()) as WebGpuTrainingBackend;
-    console.log(`device: ${b.device} (WebGPU)`);
-    try {
-      await benchScan(b);
-    } finally {
-      await b.destroy();
+    const tunings = (process.env.BENCH_SCAN_TUNINGS ?? "").split("|").filter(Boolean)
+      .map((t) => Object.fromEntries(t.split(",").map((kv) => kv.split(":")).map(([k, v]) => [k, Number(v)])) as WebGpuTrainingTuning);
+    for (const tuning of [{}, ...tunings]) {
+      const b = (await createWebGpuBackend(tuning)) as WebGpuTrainingBackend;
+      console.log(`device: ${b.device} (WebGPU)${Object.keys(tuning).length ? `; tuning ${JSON.stringify(tuning)}` : ""}`);
+      try {
+        await benchScan(b);
+      } finally {
+        await b.destroy();
+      }
     }
   }
   if (only.has("step")) await benchStep();

@@ -8,18 +8,22 @@
  *  - prefill tokens/s at 2^14, 2^17, 2^20 prompt tokens on 130m with the peak of GPU memory, then generation
  *    after the 2^20-token prompt.
  * Random weights from createModel (130m: D 768, 24 layers; 1.4b: D 2048, 48 layers; vocab 50280).
- * BENCH_ONLY=scan,decode,breakdown,forward,prefill picks sections; BENCH_MODELS=130m,1.4b picks models; BENCH_SMOKE=1
+ *  - the tiled matmul alone at the forward's shapes (in_proj, out_proj, head of 130m; in_proj of 1.4b) in TFLOP/s,
+ *    again with each set of BENCH_MATMUL_TUNINGS=matmulTileK:32,matmulVec4:0|... (WebGpuTuning values).
+ * BENCH_ONLY=scan,matmul,decode,breakdown,forward,prefill picks sections; BENCH_MODELS=130m,1.4b picks models; BENCH_SMOKE=1
  * shrinks every shape to check the bench itself on a slow adapter.
  */
 import { createModel, modelFromTensors, type MambaModel } from "../src/index.ts";
 import { createWebGpuBackend, type WebGpuBackend } from "../src/backend/webgpu/index.ts";
+import type { Prepared } from "../src/backend/webgpu/gpu.ts";
+import type { DecodeTuning } from "../src/backend/webgpu/kernels/decode/geometry.ts";
 import { makeConfig, initParameters } from "../src/model/init.ts";
 import { prefill } from "../src/generate/generate.ts";
 import { toF16Bits, type HostTensor } from "../src/io/tensor.ts";
 import { cols } from "../src/backend/backend.ts";
 import { anchor } from "./anchors.ts";
 
-const only = new Set((process.env.BENCH_ONLY ?? "scan,decode,breakdown,forward,prefill").split(","));
+const only = new Set((process.env.BENCH_ONLY ?? "scan,matmul,decode,breakdown,forward,prefill").split(","));
 const models = new Set((process.env.BENCH_MODELS ?? "130m,1.4b").split(","));
 const smoke = process.env.BENCH_SMOKE === "1";
 const SIZES = smoke ? {
@@ -79,6 +83,78 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
     console.log(`scan B${B} E${E} L${L} N${N}: ${ms(t)} (official ${ms(a.fwd_ms)}; ${ratio(t, a.fwd_ms, false)}); ` +
       `${(bytes / (t / 1000) / 1e9).toFixed(0)} GB/s of minimum traffic; ${(b.gpu.dispatches - d0) / reps} dispatches`);
     b.dispose(u, delta, z, BC, A_log, D, bias);
+  }
+}
+
+async function benchMatmul(b: WebGpuBackend): Promise<void> {
+  const shapes = smoke ? [{ what: "small", T: 512, K: 64, N: 256 }] : [
+    { what: "130m in_proj", T: 16384, K: 768, N: 3072 },
+    { what: "130m out_proj", T: 16384, K: 1536, N: 768 },
+    { what: "130m head", T: 4096, K: 768, N: 50280 },
+    { what: "1.4b in_proj", T: 16384, K: 2048, N: 8192 },
+  ];
+  for (const { what, T, K, N } of shapes) {
+    const x = b.fromF32(filled(T * K, -1, 1, 1), [T, K]);
+    const w = b.fromF32(filled(N * K, -0.05, 0.05, 2), [N, K]);
+    const f = () => b.dispose(b.matmul(x, w, null));
+    f();
+    await b.sync();
+    const reps = Math.max(3, Math.min(200, Math.round((smoke ? 2e9 : 2e12) / (2 * T * K * N))));
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) f();
+    await b.sync();
+    const t = (performance.now() - t0) / reps;
+    console.log(`matmul ${what} [${T}, ${K}] x [${N}, ${K}]^T fp32: ${ms(t)}, ${((2 * T * K * N) / (t / 1000) / 1e12).toFixed(1)} TFLOP/s`);
+    b.dispose(x, w);
+  }
+}
+
+/** GPU time per call of f in microseconds: many calls between two waits for the queue. */
+async function gpuMicros(b: WebGpuBackend, f: () => void, reps = 100): Promise<number> {
+  f();
+  await b.sync();
+  const t0 = performance.now();
+  for (let i = 0; i < reps; i++) f();
+  await b.sync();
+  return ((performance.now() - t0) * 1000) / reps;
+}
+
+/** The last fused step's kernels alone: its recorded dispatches replayed by kind (results meaningless, time real). */
+async function printKernelTimes(b: WebGpuBackend, lm: MambaModel["lm"]): Promise<void> {
+  const plan = (b as unknown as { decodePlans: WeakMap<object, { plans: [Prepared[]] }> }).decodePlans.get(lm.weights)?.plans[0];
+  if (!plan) return;
+  const kinds = new Map<string, Prepared[]>();
+  for (const d of plan) {
+    const kind = (d.pipeline.label || "?").split("_").slice(0, 2).join("_");
+    kinds.set(kind, [...(kinds.get(kind) ?? []), d]);
+  }
+  for (const [kind, ds] of kinds) {
+    const t = (await gpuMicros(b, () => b.gpu.replay(ds), 50)) / ds.length;
+    console.log(`breakdown: fused step kernel ${kind}: ${t.toFixed(1)} us each (${ds.length} replayed a step)`);
+  }
+}
+
+/** Decode again with each set of BENCH_DECODE_TUNINGS=inChannels:8,scanGroups:256|headRows:16|... (DecodeTuning). */
+async function benchDecodeTunings(name: ModelName): Promise<void> {
+  const list = (process.env.BENCH_DECODE_TUNINGS ?? "").split("|").filter(Boolean);
+  if (!list.length) return;
+  const cfg = makeConfig(SIZES[name]);
+  const params = initParameters(cfg, { seed: 0 });
+  for (const t of list) {
+    const decode = Object.fromEntries(t.split(",").map((kv) => kv.split(":")).map(([k, v]) => [k, Number(v)])) as DecodeTuning;
+    const backend = await createWebGpuBackend({ decode });
+    const model = await modelFromTensors(cfg, params, { backend });
+    const b = gpuOf(model);
+    const { MambaCache } = await import("../src/model/cache.ts");
+    const cache = MambaCache.zeros(b, cfg, 1);
+    const ids = b.fromI32(Int32Array.of(7), [1]);
+    const step = () => b.dispose(b.decodeStep(model.lm, ids, cache.conv, cache.ssm)!);
+    console.log(`\n(decode ${name} with tuning ${JSON.stringify(decode)}: fused step without sampling, GPU ${(await gpuMicros(b, step)).toFixed(1)} us)`);
+    await printKernelTimes(b, model.lm);
+    cache.dispose();
+    b.dispose(ids);
+    await benchDecode(model, name, "float32", 1, `tuning ${JSON.stringify(decode)},`);
+    await model.dispose();
   }
 }
 
@@ -145,21 +221,13 @@ async function benchForward(model: MambaModel, name: ModelName): Promise<void> {
 }
 
 /** Where a decode step's time goes: GPU time of the fused step and of its parts, host encoding, readback. */
-async function benchBreakdown(model: MambaModel): Promise<void> {
+async function benchBreakdown(model: MambaModel, name: ModelName, batches: number[]): Promise<void> {
   const b = gpuOf(model);
   const lm = model.lm;
   const V = lm.config.vocabSize;
   const greedy = (B: number) => ({ vocabSize: V, temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, history: null, uniforms: new Float32Array(B) });
   const us = (t: number) => `${t.toFixed(1)} us`;
-  /** GPU time per call of f: many calls between two waits for the queue. */
-  const gpuTime = async (f: () => void, reps = 100) => {
-    f();
-    await b.sync();
-    const t0 = performance.now();
-    for (let i = 0; i < reps; i++) f();
-    await b.sync();
-    return ((performance.now() - t0) * 1000) / reps;
-  };
+  const gpuTime = (f: () => void, reps = 100) => gpuMicros(b, f, reps);
   /** Host time per call of f alone (the queue drained between calls). */
   const hostTime = async (f: () => void, reps = 50) => {
     let t = 0;
@@ -172,7 +240,7 @@ async function benchBreakdown(model: MambaModel): Promise<void> {
     return (t * 1000) / reps;
   };
   const { MambaCache } = await import("../src/model/cache.ts");
-  for (const B of [1, 64]) {
+  for (const B of batches) {
     const cache = MambaCache.zeros(b, lm.config, B);
     const ids = b.fromI32(new Int32Array(B).fill(7), [B]);
     const fusedStep = (m: typeof lm | { config: typeof lm.config; weights: typeof lm.weights }) => () => {
@@ -193,9 +261,9 @@ async function benchBreakdown(model: MambaModel): Promise<void> {
       const d0 = b.gpu.dispatches;
       fusedStep(lm)();
       const dispatches = b.gpu.dispatches - d0;
-      console.log(`breakdown 130m batch 1, fused step: GPU ${us(full)} a step (${dispatches} dispatches); ${us(perLayer)} a layer ` +
-        `(3 dispatches), ${us(single - perLayer)} embedding + norm_f + head + sample; host encoding ${us(await hostTime(fusedStep(lm)))}`);
-      console.log(`breakdown 130m batch 1, op-by-op step: GPU ${us(await gpuTime(opsStep))}; host encoding ${us(await hostTime(opsStep))}`);
+      console.log(`breakdown ${name} batch 1, fused step: GPU ${us(full)} a step (${dispatches} dispatches); ${us(perLayer)} a layer ` +
+        `(2 dispatches), ${us(single - perLayer)} norm_f + head + sample; host encoding ${us(await hostTime(fusedStep(lm)))}`);
+      console.log(`breakdown ${name} batch 1, op-by-op step: GPU ${us(await gpuTime(opsStep))}; host encoding ${us(await hostTime(opsStep))}`);
       const { hiddenSize: D, intermediateSize: E } = lm.config;
       const x = b.fromF32(new Float32Array(D).fill(0.01), [1, D]);
       const y = b.fromF32(new Float32Array(E).fill(0.01), [1, E]);
@@ -205,22 +273,16 @@ async function benchBreakdown(model: MambaModel): Promise<void> {
       b.dispose(y);
       console.log(`breakdown: greedy sample of ${V} logits: ${us(await gpuTime(() => b.dispose(b.sample(lg, greedy(1)))))}; ` +
         `an empty dispatch (fill of 1 word): ${us(await gpuTime(() => b.dispose(b.zeros([1]))))}`);
-      // raw dispatch cost: 2000 one-word fills of one buffer (each depends on the last), host side vs waiting
-      const { fillWords } = await import("../src/backend/webgpu/kernels/copy.ts");
-      const buf = b.gpu.alloc(16);
-      fillWords(b.gpu, buf, 0, 1);
-      await b.sync();
-      const n = 2000;
-      const t0 = performance.now();
-      for (let i = 0; i < n; i++) fillWords(b.gpu, buf, 0, 1, i);
-      const tEnc = performance.now();
-      b.gpu.flush();
-      const tSub = performance.now();
-      await b.sync();
-      const tEnd = performance.now();
-      console.log(`breakdown: ${n} dependent one-word dispatches: encode ${us(((tEnc - t0) * 1000) / n)}, submit ${us(((tSub - tEnc) * 1000) / n)}, ` +
-        `then waiting ${us(((tEnd - tSub) * 1000) / n)} each`);
-      b.gpu.release(buf);
+      // the floor of a dispatch: a recorded chain of one-workgroup copies, each reading what the last wrote
+      const { copyWords } = await import("../src/backend/webgpu/kernels/copy.ts");
+      const bufs = [b.gpu.alloc(1024), b.gpu.alloc(1024)] as const;
+      const chain = b.gpu.record(() => {
+        for (let i = 0; i < 200; i++) copyWords(b.gpu, bufs[i % 2]!, 0, bufs[(i + 1) % 2]!, 0, 256);
+      });
+      const perDispatch = (await gpuTime(() => b.gpu.replay(chain), 20)) / chain.length;
+      console.log(`breakdown: a dependent dispatch (one workgroup copying 1 KiB, recorded and replayed): ${us(perDispatch)} each`);
+      bufs.forEach((x) => b.gpu.release(x));
+      await printKernelTimes(b, lm);
       const one32 = b.fromI32(Int32Array.of(1), [1]);
       let t = 0;
       for (let i = 0; i < 50; i++) {
@@ -232,7 +294,7 @@ async function benchBreakdown(model: MambaModel): Promise<void> {
       console.log(`breakdown: readback of one id (submit, copy, map): ${us((t * 1000) / 50)}`);
       b.dispose(x, lg, one32);
     } else {
-      console.log(`breakdown 130m batch ${B}, op-by-op step: GPU ${us(await gpuTime(opsStep, 30))}; host encoding ${us(await hostTime(opsStep, 20))}`);
+      console.log(`breakdown ${name} batch ${B}, op-by-op step: GPU ${us(await gpuTime(opsStep, 30))}; host encoding ${us(await hostTime(opsStep, 20))}`);
     }
     cache.dispose();
     b.dispose(ids);
@@ -277,13 +339,24 @@ export default async function run(): Promise<void> {
   console.log(`device: ${g.description}; WebGPU (Dawn, Node ${process.version}, toggles ${toggles || "none"}); subgroups ${g.hasSubgroups}, timestamp-query ${g.hasTimestamps}; ` +
     `max storage binding ${(g.limits.maxStorageBufferBindingSize / 2 ** 30).toFixed(2)} GiB`);
   if (only.has("scan")) await benchScan(probe);
+  if (only.has("matmul")) {
+    console.log("\n-- tiled matmul (fp32, GPU time per call after warm-up) --");
+    await benchMatmul(probe);
+    for (const t of (process.env.BENCH_MATMUL_TUNINGS ?? "").split("|").filter(Boolean)) {
+      const tuning = Object.fromEntries(t.split(",").map((kv) => kv.split(":")).map(([k, v]) => [k, k === "matmulVec4" ? v !== "0" : Number(v)]));
+      const other = (await createWebGpuBackend(tuning)) as WebGpuBackend;
+      console.log(`(matmul with tuning ${JSON.stringify(tuning)})`);
+      await benchMatmul(other);
+      await other.destroy();
+    }
+  }
   await probe.destroy();
 
   if (models.has("130m") && (only.has("decode") || only.has("forward") || only.has("prefill") || only.has("breakdown"))) {
     const m = await makeModel("130m");
     if (only.has("breakdown")) {
       console.log("\n-- where a decode step's time goes --");
-      await benchBreakdown(m);
+      await benchBreakdown(m, "130m", [1, 64]);
     }
     if (only.has("decode")) {
       console.log("\n-- decode (greedy; tok/s = batch x 256 new tokens / wall time including the 128-token prefill) --");
@@ -299,17 +372,20 @@ export default async function run(): Promise<void> {
       await benchPrefill(m);
     }
     await m.dispose();
+    if (only.has("decode")) await benchDecodeTunings("130m");
     if (only.has("decode")) {
       const h = await makeModel("130m", "F16");
       await benchDecode(h, "130m", "float16", 1, "f16-stored weights, f32 math,");
       await h.dispose();
     }
   }
-  if (models.has("1.4b") && (only.has("decode") || only.has("forward"))) {
+  if (models.has("1.4b") && (only.has("decode") || only.has("forward") || only.has("breakdown"))) {
     const m = await makeModel("1.4b");
+    if (only.has("breakdown")) await benchBreakdown(m, "1.4b", [1]);
     if (only.has("decode")) await benchDecode(m, "1.4b", "float32", 1);
     if (only.has("forward")) await benchForward(m, "1.4b");
     await m.dispose();
+    if (only.has("decode")) await benchDecodeTunings("1.4b");
   }
 }
 

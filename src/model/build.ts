@@ -2,6 +2,7 @@
  * Building a MambaModel from parameters held on the host: checked against the config, uploaded to the chosen
  * backend. Shared by the Node entry (../index.ts) and the browser entry (../browser.ts); no file system here.
  */
+import type { Backend } from "../backend/backend.ts";
 import { type BackendName, createBackend } from "../backend/create.ts";
 import type { MambaConfig } from "../config.ts";
 import { validateTensors } from "../io/model-files.ts";
@@ -11,8 +12,9 @@ import { MambaLM, uploadWeights } from "./mamba.ts";
 import { MambaModel } from "./model.ts";
 
 export interface BuildOptions {
-  /** "cpu", "webgpu", or "auto" (the default: WebGPU when an adapter exists, else the CPU) */
-  backend?: BackendName;
+  /** "cpu", "webgpu", or "auto" (the default: WebGPU when an adapter exists, else the CPU); or a backend made
+   *  beforehand (e.g. `createWebGpuBackend({ ...tuning })`), which the model then owns and destroys with itself */
+  backend?: BackendName | Backend;
   /** told which backend "auto" chose */
   onNotice?: (message: string) => void;
 }
@@ -23,7 +25,7 @@ export async function modelFromTensors(
   info: { source: string; folder: string; dtype: string } = { source: "memory", folder: "", dtype: "F32" },
 ): Promise<MambaModel> {
   validateTensors(tensors, config, info.source);
-  const backend = await createBackend(options.backend ?? "auto", options.onNotice);
+  const backend = typeof options.backend === "object" ? options.backend : await createBackend(options.backend ?? "auto", options.onNotice);
   try {
     const lm = new MambaLM(config, backend, uploadWeights(backend, config, tensors));
     return new MambaModel(lm, info);

@@ -56,6 +56,16 @@ test("createModel builds initParameters' model; a fresh model agrees with the re
   await model.dispose();
 });
 
+test("a backend made beforehand can be given instead of a name; the model runs on it and owns it", async () => {
+  const { CpuBackend } = await import("../../src/backend/cpu/index.ts");
+  const backend = new CpuBackend();
+  const model = await createModel(sizes, { backend, seed: SEED });
+  assert.equal(model.backend, backend);
+  const init = initParameters(cfg, { seed: SEED });
+  assertClose((await model.forward(probeIds, { batch: 2, seqLen: 6 })).logits, naiveForward(cfg, init, probeIds, 2, 6).logits, 1e-4, "given backend");
+  await model.dispose();
+});
+
 describe("forward rejects bad requests, then still works", () => {
   const cases: [string, () => [unknown, unknown], RegExp[]][] = [
     ["too few ids", () => [probeIds.subarray(0, 11), { batch: 2, seqLen: 6 }], [/11 values/, /batch 2 x seqLen 6/]],

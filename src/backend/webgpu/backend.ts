@@ -10,7 +10,7 @@ import { MambaError, check } from "../../errors.ts";
 import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
 import { type Buf, Gpu, type Prepared } from "./gpu.ts";
 import { GpuTensor, type Storage, type Window, gpuTensor, windowOf } from "./tensor.ts";
-import { TILE_LARGE, TILE_SMALL, kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
+import { TILE_LARGE, TILE_SMALL, type TileConfig, kSplits, matmulTiled, splitPlan, tileBytes } from "./kernels/matmul.ts";
 import { matmulReduce } from "./kernels/matmul-reduce.ts";
 import { MATVEC_MAX_ROWS, matvec } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
@@ -21,8 +21,9 @@ import { sample, sampleWords } from "./kernels/sample.ts";
 import { copyWindow, copyWords, fillWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
 import type { WeightStorage } from "./kernels/weights.ts";
-import { DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, type MixerInArgs, decodeMixerIn, mixerInGroups } from "./kernels/decode/mixer-in.ts";
-import { DECODE_MAX_BJ, decodeMixerScan, mixerScanGeometry } from "./kernels/decode/mixer-scan.ts";
+import { DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, type MixerInArgs, decodeMixerIn } from "./kernels/decode/mixer-in.ts";
+import { DECODE_MAX_BJ, decodeMixerScan } from "./kernels/decode/mixer-scan.ts";
+import { type DecodeGeometry, type DecodeTuning, decodeGeometry } from "./kernels/decode/geometry.ts";
 import { decodeHead } from "./kernels/decode/head.ts";
 
 type StepLayer = StepModel["weights"]["layers"][number];
@@ -43,6 +44,7 @@ interface DecodePlan {
   mid: Buf; // xz [B, 2E] | partial x_proj [G1, B, J]
   parts: Buf; // [G, B, D]: a layer's out_proj as partial sums over its channel groups
   plans: [Prepared[], Prepared[]];
+  geo: DecodeGeometry;
 }
 
 /** Where each constant sits in a layer's packed buffer (offsets in floats). */
@@ -60,6 +62,12 @@ export interface WebGpuTuning {
   /** bytes of freed GPU buffers kept for reuse; beyond it the longest-unused are destroyed (default half the
    *  largest buffer the device allows, between 256 MiB and 4 GiB) */
   poolBytes?: number;
+  /** K per workgroup-memory tile of the large matmul tiles: 16 or 32 (default 16) */
+  matmulTileK?: 16 | 32;
+  /** vec4 global loads in the tiled matmul where the operands are 4-aligned (default true) */
+  matmulVec4?: boolean;
+  /** how the fused decode step spreads a layer over workgroups (kernels/decode/geometry.ts) */
+  decode?: DecodeTuning;
 }
 
 export class WebGpuBackend implements Backend {
@@ -67,6 +75,9 @@ export class WebGpuBackend implements Backend {
   readonly queued = true;
   private readonly scanThreads: number;
   private readonly flushEvery: number;
+  private readonly tileLarge: TileConfig;
+  private readonly matmulVec4: boolean;
+  private readonly decodeTuning: DecodeTuning;
   private sinceFlush = 0;
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
   private scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
@@ -78,6 +89,13 @@ export class WebGpuBackend implements Backend {
   constructor(readonly gpu: Gpu, tuning: WebGpuTuning = {}) {
     this.scanThreads = tuning.scanThreads ?? 131072;
     this.flushEvery = tuning.flushEvery ?? 512;
+    const BK = tuning.matmulTileK ?? TILE_LARGE.BK;
+    check(BK === 16 || BK === 32, `matmulTileK must be 16 or 32, got ${BK}`);
+    // a K tile of 32 where the device's workgroup memory holds it (unpadded: 32 KiB)
+    this.tileLarge = tileBytes({ ...TILE_LARGE, BK }, 0) <= gpu.limits.maxComputeWorkgroupStorageSize ? { ...TILE_LARGE, BK } : TILE_LARGE;
+    this.matmulVec4 = tuning.matmulVec4 ?? true;
+    this.decodeTuning = tuning.decode ?? {};
+    decodeGeometry(1, 4, this.decodeTuning); // rejects bad values now rather than at the first token
   }
 
   /** The adapter this backend runs on, in words. */
@@ -273,12 +291,12 @@ export class WebGpuBackend implements Backend {
     if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(this.gpu, args);
     else {
       const largeTiles = Math.ceil(T / TILE_LARGE.BM) * Math.ceil(N / TILE_LARGE.BN);
-      const cfg = largeTiles >= 256 ? TILE_LARGE : TILE_SMALL;
+      const cfg = largeTiles >= 256 ? this.tileLarge : TILE_SMALL;
       const plan = splitPlan(K, kSplits(T, N, K, cfg));
-      if (plan.count === 1) matmulTiled(this.gpu, args, cfg);
+      if (plan.count === 1) matmulTiled(this.gpu, args, cfg, undefined, this.matmulVec4);
       else {
         const part = this.gpu.alloc(plan.count * T * N * 4, "matmul partial products");
-        matmulTiled(this.gpu, { ...args, y: part }, cfg, plan);
+        matmulTiled(this.gpu, { ...args, y: part }, cfg, plan, this.matmulVec4);
         matmulReduce(this.gpu, part, plan.count, args.bias, T, N, y.buf);
         this.gpu.release(part);
       }
@@ -446,8 +464,8 @@ export class WebGpuBackend implements Backend {
     check(head.numel === V * D, `decodeStep: the head [${head.shape}] does not take ${D} inputs`);
     const logits = this.make([B, V], "f32", "the logits");
     decodeHead(gpu, {
-      B, D, V, eps: c.layerNormEpsilon, parts: p.parts, G: mixerScanGeometry(E, D).G, res: p.res, resOff: (w.layers.length % 2) * B * D,
-      normW: this.f32(this.t(w.normF, "decodeStep")), head: head.buf, ws: this.weightStorage(head), logits: logits.buf,
+      B, D, V, eps: c.layerNormEpsilon, parts: p.parts, G: p.geo.scan.G, res: p.res, resOff: (w.layers.length % 2) * B * D,
+      normW: this.f32(this.t(w.normF, "decodeStep")), head: head.buf, ws: this.weightStorage(head), logits: logits.buf, RPW: p.geo.headRows,
     });
     this.tick();
     return logits;
@@ -463,6 +481,7 @@ export class WebGpuBackend implements Backend {
       B, D, E, K, J: R + 2 * N, eps: c.layerNormEpsilon, input, res: p.res, par: i % 2,
       lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
       wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX), convState, mid: p.mid, oQ: B * 2 * E,
+      CH: p.geo.inCH,
     });
   }
 
@@ -473,8 +492,9 @@ export class WebGpuBackend implements Backend {
     const J = R + 2 * N;
     const gpu = this.gpu;
     const w = model.weights;
-    const G1 = mixerInGroups(E);
-    const { G } = mixerScanGeometry(E, D);
+    const geo = decodeGeometry(E, D, this.decodeTuning);
+    const { G1 } = geo;
+    const { G } = geo.scan;
     const p: DecodePlan = {
       B,
       conv: states.map(([cs]) => cs.buf),
@@ -485,6 +505,7 @@ export class WebGpuBackend implements Backend {
       mid: gpu.alloc((B * 2 * E + G1 * B * J) * 4),
       parts: gpu.alloc(G * B * D * 4),
       plans: [[], []],
+      geo,
     };
     for (const parity of [0, 1]) {
       p.plans[parity] = gpu.record(() => {
@@ -497,7 +518,7 @@ export class WebGpuBackend implements Backend {
           decodeMixerScan(gpu, {
             B, E, N, R, J, D, G1, mid: p.mid, oQ: B * 2 * E, lp: lp.buf.buf, oPack: lp.oPack, oOutBias: lp.oOutBias,
             wDt: wDt.buf, wsDt: this.weightStorage(wDt), wOut: wo.buf, wsOut: this.weightStorage(wo),
-            ssmIn: p.ssm[parity]![i]!, ssmOut: p.ssm[1 - parity]![i]!, parts: p.parts,
+            ssmIn: p.ssm[parity]![i]!, ssmOut: p.ssm[1 - parity]![i]!, parts: p.parts, g: geo.scan,
           });
         }
       });

@@ -12,10 +12,7 @@ import { type WeightStorage, weight4Binding, weight4Reader } from "../weights.ts
 import { DECODE_MAX_BD } from "./mixer-in.ts";
 import { normRowsWgsl, sumInputWgsl } from "./input.ts";
 
-const RPW = 8; // head rows per 32 threads
-const RPG = 8 * RPW; // head rows per workgroup
-
-const wgsl = (B: number, ws: WeightStorage) => /* wgsl */ `
+const wgsl = (B: number, ws: WeightStorage, RPW: number) => /* wgsl */ `
 // bindings: 0 parts [G, B, D] | 1 res [2, B, D] (the half from word resOff) | 2 norm_f weight [D] | 3 head [V, D]
 //           4 logits [B, V] out | 5 params
 // grid: ceil(V / RPG) workgroups, folded into y past the per-dimension limit
@@ -24,7 +21,7 @@ const B = ${B}u;
 const MAXB = B;
 const MAXU = ${DECODE_MAX_BD}u;
 const RPW = ${RPW}u;
-const RPG = ${RPG}u;
+const RPG = 8u * RPW;
 const BATCH = ${ws === "f32" ? 4 : 8}u; // loads issued together: 64 bytes a lane (f32 vec4s or packed-half pairs)
 
 struct P { D: u32, V: u32, G: u32, resOff: u32, eps: f32, groupsX: u32 }
@@ -101,12 +98,14 @@ export interface DecodeHeadArgs {
   parts: Buf; G: number; res: Buf; resOff: number;
   normW: Buf; head: Buf; ws: WeightStorage;
   logits: Buf;
+  /** head rows per 32 threads (./geometry.ts) */
+  RPW: number;
 }
 
 // -> logits [B, V] = rmsnorm(res + Σ parts) · headᵀ
 export function decodeHead(gpu: Gpu, a: DecodeHeadArgs): void {
-  const k = gpu.kernel(`decode_head_${a.B}_${a.ws}`, () => wgsl(a.B, a.ws));
-  const [gx, gy] = grid(Math.ceil(a.V / RPG), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const k = gpu.kernel(`decode_head_${a.B}_${a.ws}_${a.RPW}`, () => wgsl(a.B, a.ws, a.RPW));
+  const [gx, gy] = grid(Math.ceil(a.V / (8 * a.RPW)), gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = new Params().u32(a.D).u32(a.V).u32(a.G).u32(a.resOff).f32(a.eps).u32(gx);
   gpu.dispatch(k, [a.parts, a.res, a.normW, a.head, a.logits], p, [gx, gy]);
 }

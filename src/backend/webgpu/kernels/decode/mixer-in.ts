@@ -185,20 +185,12 @@ export interface MixerInArgs {
   lp: Buf; oNorm: number; oInBias: number; oConvW: number; oConvB: number;
   wIn: Buf; wsIn: WeightStorage; wX: Buf; wsX: WeightStorage;
   convState: Buf; mid: Buf; oQ: number;
-}
-
-/** Channels per workgroup: more groups read in_proj with more of the GPU; fewer leave kernel 2 fewer partials. */
-export function mixerInChannels(E: number): number {
-  return E <= 2048 ? 16 : 32;
-}
-
-/** Workgroups of kernel 1, each leaving one partial x_proj. */
-export function mixerInGroups(E: number): number {
-  return Math.ceil(E / mixerInChannels(E));
+  /** channels per workgroup (./geometry.ts) */
+  CH: number;
 }
 
 export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): void {
-  const CH = mixerInChannels(a.E);
+  const CH = a.CH;
   const inp = a.input;
   const first: Source = "table" in inp ? inp.ws : null;
   const k = gpu.kernel(`decode_in_${CH}_${a.wsIn}_${a.wsX}_${first ?? "parts"}`, () => wgsl(CH, a.wsIn, a.wsX, first));
@@ -206,5 +198,5 @@ export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): void {
   const p = new Params().u32(a.B).u32(a.D).u32(a.E).u32(a.K).u32(a.J).bool(hasRes).u32(a.par).f32(a.eps)
     .u32(a.oNorm).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB).u32("table" in inp ? inp.V : inp.G).u32(a.oQ);
   const src = "table" in inp ? [inp.table, inp.ids] : [inp.parts];
-  gpu.dispatch(k, [...src, a.res, a.lp, a.wIn, a.wX, a.convState, a.mid], p, [mixerInGroups(a.E)]);
+  gpu.dispatch(k, [...src, a.res, a.lp, a.wIn, a.wX, a.convState, a.mid], p, [Math.ceil(a.E / CH)]);
 }

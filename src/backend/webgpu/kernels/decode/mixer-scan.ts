@@ -18,28 +18,10 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
 import { DECODE_MAX_B } from "./mixer-in.ts";
+import { DECODE_WG as WG, type MixerScanGeometry } from "./geometry.ts";
 
 /** B · (R + 2N) values of x_proj that fit workgroup memory. */
 export const DECODE_MAX_BJ = 2048;
-const WG = 256;
-/** Workgroups the layout aims for (H100: 132 SMs; fewer, longer workgroups repeat phases 1-3 less). */
-const TARGET_GROUPS = 128;
-
-export interface MixerScanGeometry {
-  CH: number; // channels per workgroup (multiple of 16, at most WG)
-  G: number; // channel groups: out_proj's partial sums
-  DS: number; // out_proj rows per slice
-  S: number; // slices
-}
-
-export function mixerScanGeometry(E: number, D: number): MixerScanGeometry {
-  const CH = E <= 2048 ? 128 : 256;
-  const G = Math.ceil(E / CH);
-  const RP = WG / (CH / 16); // out_proj rows per pass
-  const DS = Math.max(RP, Math.ceil(Math.ceil((D * G) / TARGET_GROUPS) / RP) * RP);
-  return { CH, G, DS, S: Math.ceil(D / DS) };
-}
-
 const wgsl = (N: number, CH: number, wsDt: WeightStorage, vecR: boolean, wsOut: WeightStorage, vecE: boolean) => /* wgsl */ `
 // bindings: 0 mid: xz [B, 2E] from word 0, Q [G1, B, J] from word oQ | 1 lp (layer constants) | 2 Wdt [E, R]
 //           3 Wout [D, E] | 4 ssmIn [B, E, N] | 5 ssmOut [B, E, N] | 6 parts [G, B, D] out | 7 params
@@ -253,10 +235,12 @@ export interface MixerScanArgs {
   mid: Buf; oQ: number; lp: Buf; oPack: number; oOutBias: number;
   wDt: Buf; wsDt: WeightStorage; wOut: Buf; wsOut: WeightStorage;
   ssmIn: Buf; ssmOut: Buf; parts: Buf;
+  /** the workgroup layout (./geometry.ts) */
+  g: MixerScanGeometry;
 }
 
 export function decodeMixerScan(gpu: Gpu, a: MixerScanArgs): void {
-  const g = mixerScanGeometry(a.E, a.D);
+  const g = a.g;
   const vecR = a.R % 4 === 0, vecE = a.E % 4 === 0;
   const k = gpu.kernel(`decode_scan_${a.N}_${g.CH}_${a.wsDt}${vecR ? "v" : ""}_${a.wsOut}${vecE ? "v" : ""}`,
     () => wgsl(a.N, g.CH, a.wsDt, vecR, a.wsOut, vecE));
