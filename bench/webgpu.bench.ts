@@ -8,15 +8,13 @@
  *  - prefill tokens/s at 2^14, 2^17, 2^20 prompt tokens on 130m with the peak of GPU memory, then generation
  *    after the 2^20-token prompt.
  * Random weights from createModel (130m: D 768, 24 layers; 1.4b: D 2048, 48 layers; vocab 50280).
- *  - the tiled matmul alone at the forward's shapes (in_proj, out_proj, head of 130m; in_proj of 1.4b) in TFLOP/s,
- *    again with each set of BENCH_MATMUL_TUNINGS=matmulTileK:32,matmulVec4:0|... (WebGpuTuning values).
+ *  - the tiled matmul alone at the forward's shapes (in_proj, out_proj, head of 130m; in_proj of 1.4b) in TFLOP/s;
  * BENCH_ONLY=scan,matmul,decode,breakdown,forward,prefill picks sections; BENCH_MODELS=130m,1.4b picks models; BENCH_SMOKE=1
  * shrinks every shape to check the bench itself on a slow adapter.
  */
 import { createModel, modelFromTensors, type MambaModel } from "../src/index.ts";
 import { createWebGpuBackend, type WebGpuBackend } from "../src/backend/webgpu/index.ts";
 import type { Prepared } from "../src/backend/webgpu/gpu.ts";
-import type { DecodeTuning } from "../src/backend/webgpu/kernels/decode/geometry.ts";
 import { makeConfig, initParameters } from "../src/model/init.ts";
 import { prefill } from "../src/generate/generate.ts";
 import { toF16Bits, type HostTensor } from "../src/io/tensor.ts";
@@ -121,7 +119,7 @@ async function gpuMicros(b: WebGpuBackend, f: () => void, reps = 100): Promise<n
 
 /** The last fused step's kernels alone: its recorded dispatches replayed by kind (results meaningless, time real). */
 async function printKernelTimes(b: WebGpuBackend, lm: MambaModel["lm"]): Promise<void> {
-  const plan = (b as unknown as { decodePlans: WeakMap<object, { plans: [Prepared[]] }> }).decodePlans.get(lm.weights)?.plans[0];
+  const plan = (b as unknown as { decodePlans: WeakMap<object, { plan: Prepared[] }> }).decodePlans.get(lm.weights)?.plan;
   if (!plan) return;
   const kinds = new Map<string, Prepared[]>();
   for (const d of plan) {
@@ -131,30 +129,6 @@ async function printKernelTimes(b: WebGpuBackend, lm: MambaModel["lm"]): Promise
   for (const [kind, ds] of kinds) {
     const t = (await gpuMicros(b, () => b.gpu.replay(ds), 50)) / ds.length;
     console.log(`breakdown: fused step kernel ${kind}: ${t.toFixed(1)} us each (${ds.length} replayed a step)`);
-  }
-}
-
-/** Decode again with each set of BENCH_DECODE_TUNINGS=inChannels:8,scanGroups:256|headRows:16|... (DecodeTuning). */
-async function benchDecodeTunings(name: ModelName): Promise<void> {
-  const list = (process.env.BENCH_DECODE_TUNINGS ?? "").split("|").filter(Boolean);
-  if (!list.length) return;
-  const cfg = makeConfig(SIZES[name]);
-  const params = initParameters(cfg, { seed: 0 });
-  for (const t of list) {
-    const decode = Object.fromEntries(t.split(",").map((kv) => kv.split(":")).map(([k, v]) => [k, Number(v)])) as DecodeTuning;
-    const backend = await createWebGpuBackend({ decode });
-    const model = await modelFromTensors(cfg, params, { backend });
-    const b = gpuOf(model);
-    const { MambaCache } = await import("../src/model/cache.ts");
-    const cache = MambaCache.zeros(b, cfg, 1);
-    const ids = b.fromI32(Int32Array.of(7), [1]);
-    const step = () => b.dispose(b.decodeStep(model.lm, ids, cache.conv, cache.ssm)!);
-    console.log(`\n(decode ${name} with tuning ${JSON.stringify(decode)}: fused step without sampling, GPU ${(await gpuMicros(b, step)).toFixed(1)} us)`);
-    await printKernelTimes(b, model.lm);
-    cache.dispose();
-    b.dispose(ids);
-    await benchDecode(model, name, "float32", 1, `tuning ${JSON.stringify(decode)},`);
-    await model.dispose();
   }
 }
 
@@ -262,7 +236,7 @@ async function benchBreakdown(model: MambaModel, name: ModelName, batches: numbe
       fusedStep(lm)();
       const dispatches = b.gpu.dispatches - d0;
       console.log(`breakdown ${name} batch 1, fused step: GPU ${us(full)} a step (${dispatches} dispatches); ${us(perLayer)} a layer ` +
-        `(2 dispatches), ${us(single - perLayer)} norm_f + head + sample; host encoding ${us(await hostTime(fusedStep(lm)))}`);
+        `(3 dispatches), ${us(single - perLayer)} embedding + norm_f + head + sample; host encoding ${us(await hostTime(fusedStep(lm)))}`);
       console.log(`breakdown ${name} batch 1, op-by-op step: GPU ${us(await gpuTime(opsStep))}; host encoding ${us(await hostTime(opsStep))}`);
       const { hiddenSize: D, intermediateSize: E } = lm.config;
       const x = b.fromF32(new Float32Array(D).fill(0.01), [1, D]);
@@ -342,13 +316,6 @@ export default async function run(): Promise<void> {
   if (only.has("matmul")) {
     console.log("\n-- tiled matmul (fp32, GPU time per call after warm-up) --");
     await benchMatmul(probe);
-    for (const t of (process.env.BENCH_MATMUL_TUNINGS ?? "").split("|").filter(Boolean)) {
-      const tuning = Object.fromEntries(t.split(",").map((kv) => kv.split(":")).map(([k, v]) => [k, k === "matmulVec4" ? v !== "0" : Number(v)]));
-      const other = (await createWebGpuBackend(tuning)) as WebGpuBackend;
-      console.log(`(matmul with tuning ${JSON.stringify(tuning)})`);
-      await benchMatmul(other);
-      await other.destroy();
-    }
   }
   await probe.destroy();
 
@@ -372,7 +339,6 @@ export default async function run(): Promise<void> {
       await benchPrefill(m);
     }
     await m.dispose();
-    if (only.has("decode")) await benchDecodeTunings("130m");
     if (only.has("decode")) {
       const h = await makeModel("130m", "F16");
       await benchDecode(h, "130m", "float16", 1, "f16-stored weights, f32 math,");
@@ -385,7 +351,6 @@ export default async function run(): Promise<void> {
     if (only.has("decode")) await benchDecode(m, "1.4b", "float32", 1);
     if (only.has("forward")) await benchForward(m, "1.4b");
     await m.dispose();
-    if (only.has("decode")) await benchDecodeTunings("1.4b");
   }
 }
 

@@ -10,6 +10,9 @@ import { loadCheckpoint } from "./io/checkpoint.ts";
 import { type ResolveOptions, resolveModelFolder } from "./io/hub.ts";
 import { type BuildOptions, modelFromTensors } from "./model/build.ts";
 import type { MambaModel } from "./model/model.ts";
+import type { Backend } from "./backend/backend.ts";
+import type { WebGpuOptions } from "./backend/webgpu/device.ts";
+import type { WebGpuTrainingTuning } from "./backend/webgpu/training.ts";
 import { check } from "./errors.ts";
 
 export { MambaModel } from "./model/model.ts";
@@ -29,6 +32,17 @@ export { defaultModelFolder } from "./cli/default-model.ts";
 export type { Backend } from "./backend/backend.ts";
 export type { BackendName } from "./backend/create.ts";
 export type { DownloadProgress } from "./io/hub.ts";
+export type { WebGpuOptions } from "./backend/webgpu/device.ts";
+export type { WebGpuTrainingTuning as WebGpuTuning } from "./backend/webgpu/training.ts";
+
+/**
+ * A WebGPU backend with options (adapter choice, buffer pool size, scan chunking), to pass as `backend` to
+ * loadModel or createModel; the model then owns it. Rejects with a MambaError when there is no adapter.
+ */
+export async function createWebGpuBackend(options: WebGpuOptions & WebGpuTrainingTuning = {}): Promise<Backend> {
+  const webgpu = await import("./backend/webgpu/index.ts"); // loaded on demand: CPU-only use never touches a GPU library
+  return webgpu.createWebGpuBackend(options);
+}
 
 export interface LoadOptions extends BuildOptions {
   /** download progress, when the model comes from the hub */

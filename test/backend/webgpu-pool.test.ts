@@ -8,6 +8,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { WebGpuBackend } from "../../src/backend/webgpu/index.ts";
 import { gpuTest } from "../helpers/backends.ts";
+import { assertClose } from "../helpers/fixtures.ts";
 
 const MiB = 2 ** 20;
 
@@ -39,5 +40,22 @@ test("webgpu pool: over its budget it destroys the buffers released longest ago,
     gpu.release(hot);
   } finally {
     await backend.destroy();
+  }
+});
+
+test("webgpu: a backend made with options through the package API runs a model as the CPU does", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createModel, createWebGpuBackend } = await import("../../src/index.ts");
+  const sizes = { vocabSize: 40, hiddenSize: 16, numLayers: 2 };
+  const gpu = await createModel(sizes, { backend: await createWebGpuBackend({ poolBytes: 16 * MiB, scanThreads: 64 }), seed: 3 });
+  const cpu = await createModel(sizes, { backend: "cpu", seed: 3 });
+  try {
+    assert.equal(gpu.backend.name, "webgpu");
+    const ids = Int32Array.from({ length: 14 }, (_, i) => (i * 7) % 40);
+    const shape = { batch: 2, seqLen: 7 };
+    assertClose((await gpu.forward(ids, shape)).logits, (await cpu.forward(ids, shape)).logits, 1e-4, "logits");
+  } finally {
+    await gpu.dispose();
+    await cpu.dispose();
   }
 });

@@ -10,7 +10,7 @@ import { MambaError, check } from "../../errors.ts";
 import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
 import { type Buf, Gpu, type Prepared } from "./gpu.ts";
 import { GpuTensor, type Storage, type Window, gpuTensor, windowOf } from "./tensor.ts";
-import { TILE_LARGE, TILE_SMALL, type TileConfig, kSplits, matmulTiled, splitPlan, tileBytes } from "./kernels/matmul.ts";
+import { TILE_LARGE, TILE_SMALL, kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
 import { matmulReduce } from "./kernels/matmul-reduce.ts";
 import { MATVEC_MAX_ROWS, matvec } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
@@ -21,37 +21,25 @@ import { sample, sampleWords } from "./kernels/sample.ts";
 import { copyWindow, copyWords, fillWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
 import type { WeightStorage } from "./kernels/weights.ts";
-import { DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, type MixerInArgs, decodeMixerIn } from "./kernels/decode/mixer-in.ts";
+import { DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, decodeMixerIn } from "./kernels/decode/mixer-in.ts";
 import { DECODE_MAX_BJ, decodeMixerScan } from "./kernels/decode/mixer-scan.ts";
-import { type DecodeGeometry, type DecodeTuning, decodeGeometry } from "./kernels/decode/geometry.ts";
-import { decodeHead } from "./kernels/decode/head.ts";
 
 type StepLayer = StepModel["weights"]["layers"][number];
 
-/**
- * A recorded fused decode step (kernel 2 of layer 0 through kernel 2 of the last layer) over buffers kept for it,
- * replayed while the batch, the state buffers and the layer constants are the ones it was recorded with. Kernel 2
- * moves each layer's ssm state from one buffer to the other, so there are two recordings: parity p reads ssm[p][i]
- * and writes ssm[1 - p][i], and the state tensor then takes the written buffer; the plan owns the other one.
- */
+/** A recorded fused decode step (all layers and norm_f) over buffers kept for it, replayed while its key holds. */
 interface DecodePlan {
-  B: number;
-  conv: Buf[]; // each layer's conv state, updated in place
-  packs: Buf[]; // each layer's constants
-  ssm: [Buf[], Buf[]];
-  parity: number;
-  res: Buf; // [2, B, D]: layer i reads half i % 2, writes the other
-  mid: Buf; // xz [B, 2E] | partial x_proj [G1, B, J]
-  parts: Buf; // [G, B, D]: a layer's out_proj as partial sums over its channel groups
-  plans: [Prepared[], Prepared[]];
-  geo: DecodeGeometry;
+  key: string;
+  h: Buf; // [B, D]: the embedding, then each layer's out_proj
+  normed: GpuTensor; // [B, D]: norm_f's output, the head's input (never disposed)
+  scratch: Buf[];
+  plan: Prepared[];
 }
 
 /** Where each constant sits in a layer's packed buffer (offsets in floats). */
 interface LayerPack {
   buf: GpuTensor;
   versions: string;
-  oNorm: number; oInBias: number; oConvW: number; oConvB: number; oPack: number; oOutBias: number;
+  oNorm: number; oInBias: number; oConvW: number; oConvB: number; oPack: number;
 }
 
 export interface WebGpuTuning {
@@ -62,12 +50,6 @@ export interface WebGpuTuning {
   /** bytes of freed GPU buffers kept for reuse; beyond it the longest-unused are destroyed (default half the
    *  largest buffer the device allows, between 256 MiB and 4 GiB) */
   poolBytes?: number;
-  /** K per workgroup-memory tile of the large matmul tiles: 16 or 32 (default 16) */
-  matmulTileK?: 16 | 32;
-  /** vec4 global loads in the tiled matmul where the operands are 4-aligned (default true) */
-  matmulVec4?: boolean;
-  /** how the fused decode step spreads a layer over workgroups (kernels/decode/geometry.ts) */
-  decode?: DecodeTuning;
 }
 
 export class WebGpuBackend implements Backend {
@@ -75,9 +57,6 @@ export class WebGpuBackend implements Backend {
   readonly queued = true;
   private readonly scanThreads: number;
   private readonly flushEvery: number;
-  private readonly tileLarge: TileConfig;
-  private readonly matmulVec4: boolean;
-  private readonly decodeTuning: DecodeTuning;
   private sinceFlush = 0;
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
   private scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
@@ -89,13 +68,6 @@ export class WebGpuBackend implements Backend {
   constructor(readonly gpu: Gpu, tuning: WebGpuTuning = {}) {
     this.scanThreads = tuning.scanThreads ?? 131072;
     this.flushEvery = tuning.flushEvery ?? 512;
-    const BK = tuning.matmulTileK ?? TILE_LARGE.BK;
-    check(BK === 16 || BK === 32, `matmulTileK must be 16 or 32, got ${BK}`);
-    // a K tile of 32 where the device's workgroup memory holds it (unpadded: 32 KiB)
-    this.tileLarge = tileBytes({ ...TILE_LARGE, BK }, 0) <= gpu.limits.maxComputeWorkgroupStorageSize ? { ...TILE_LARGE, BK } : TILE_LARGE;
-    this.matmulVec4 = tuning.matmulVec4 ?? true;
-    this.decodeTuning = tuning.decode ?? {};
-    decodeGeometry(1, 4, this.decodeTuning); // rejects bad values now rather than at the first token
   }
 
   /** The adapter this backend runs on, in words. */
@@ -291,12 +263,12 @@ export class WebGpuBackend implements Backend {
     if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(this.gpu, args);
     else {
       const largeTiles = Math.ceil(T / TILE_LARGE.BM) * Math.ceil(N / TILE_LARGE.BN);
-      const cfg = largeTiles >= 256 ? this.tileLarge : TILE_SMALL;
+      const cfg = largeTiles >= 256 ? TILE_LARGE : TILE_SMALL;
       const plan = splitPlan(K, kSplits(T, N, K, cfg));
-      if (plan.count === 1) matmulTiled(this.gpu, args, cfg, undefined, this.matmulVec4);
+      if (plan.count === 1) matmulTiled(this.gpu, args, cfg);
       else {
         const part = this.gpu.alloc(plan.count * T * N * 4, "matmul partial products");
-        matmulTiled(this.gpu, { ...args, y: part }, cfg, plan, this.matmulVec4);
+        matmulTiled(this.gpu, { ...args, y: part }, cfg, plan);
         matmulReduce(this.gpu, part, plan.count, args.bias, T, N, y.buf);
         this.gpu.release(part);
       }
@@ -418,11 +390,9 @@ export class WebGpuBackend implements Backend {
   // ---- fused decode ----
 
   /**
-   * One token per row through the whole LM in 2 dispatches a layer (kernels/decode), plus the head and nothing
-   * else: kernel 1 rebuilds the layer's input (the embedding gather at the first layer; else the residual plus the
-   * previous out_proj's partial sums), norm + in_proj + conv + partial x_proj; kernel 2 sums x_proj, dt_proj, scan
-   * step, gate and its share of out_proj as partial sums; the head kernel adds the last partials, applies norm_f
-   * and the LM head. Declines (null) what the kernels' workgroup memory does not hold, and the LTI mixer.
+   * One token per row through the whole LM in 3 dispatches a layer (kernels/decode): norm + in_proj + conv +
+   * partial x_proj; x_proj sum + dt_proj + scan step + gate; out_proj. Plus the embedding, the final norm, the head.
+   * Declines (null) what the kernels' workgroup memory does not hold, and the LTI mixer.
    */
   decodeStep(model: StepModel, ids: Tensor, conv: readonly Tensor[], ssm: readonly Tensor[]): Tensor | null {
     const c = model.config;
@@ -430,9 +400,8 @@ export class WebGpuBackend implements Backend {
     const idt = this.t(ids, "decodeStep");
     const B = idt.numel;
     const J = R + 2 * N;
+    if (c.mixer !== "s6" || B > DECODE_MAX_B || B * D > DECODE_MAX_BD || B * J > DECODE_MAX_BJ || D % 4 !== 0 || K > DECODE_MAX_K) return null;
     const w = model.weights;
-    if (c.mixer !== "s6" || B > DECODE_MAX_B || B * D > DECODE_MAX_BD || B * J > DECODE_MAX_BJ || D % 4 !== 0 || K > DECODE_MAX_K ||
-      w.layers.length === 0) return null;
     const gpu = this.gpu;
     const packs = w.layers.map((layer) => this.layerPack(layer, D, E, N, K));
     const states = w.layers.map((_, i) => {
@@ -442,102 +411,77 @@ export class WebGpuBackend implements Backend {
       ss.version++;
       return [cs, ss] as const;
     });
+    // the recorded step holds while the batch, the state buffers and the layer constants are the same
+    let key = `${B}`;
+    for (let i = 0; i < states.length; i++) key += `|${states[i]![0].buf.id},${states[i]![1].buf.id},${packs[i]!.buf.buf.id}`;
     let plan = this.decodePlans.get(w);
-    const holds = plan && plan.B === B && plan.conv.length === states.length && states.every(([cs, ss], i) =>
-      cs.buf === plan!.conv[i] && ss.buf === plan!.ssm[plan!.parity][i] && packs[i]!.buf.buf === plan!.packs[i]);
-    if (!holds) {
-      if (plan) for (const b of [plan.res, plan.mid, plan.parts, ...plan.ssm[1 - plan.parity]!]) gpu.release(b);
-      plan = this.recordDecode(model, B, packs, states);
+    if (plan?.key !== key) {
+      if (plan) for (const b of [plan.h, plan.normed.buf, ...plan.scratch]) gpu.release(b);
+      plan = this.recordDecode(model, B, key, packs, states);
       this.decodePlans.set(w, plan);
     }
-    const p = plan!;
-    // layer 0's kernel 1 reads this step's ids, so it is encoded afresh; the rest is replayed
     const tb = this.t(w.embeddings, "decodeStep");
-    this.mixerIn(model, B, 0, packs[0]!, states[0]![0].buf, p, { table: tb.buf, ws: this.weightStorage(tb), V: tb.shape[0]!, ids: idt.buf });
-    gpu.replay(p.plans[p.parity]);
-    this.sinceFlush += p.plans[p.parity].length;
-    for (let i = 0; i < states.length; i++) states[i]![1].buf = p.ssm[1 - p.parity]![i]!;
-    p.parity = 1 - p.parity;
-    // norm_f and the head
-    const head = this.t(w.head, "decodeStep");
-    const V = head.shape[0]!;
-    check(head.numel === V * D, `decodeStep: the head [${head.shape}] does not take ${D} inputs`);
-    const logits = this.make([B, V], "f32", "the logits");
-    decodeHead(gpu, {
-      B, D, V, eps: c.layerNormEpsilon, parts: p.parts, G: p.geo.scan.G, res: p.res, resOff: (w.layers.length % 2) * B * D,
-      normW: this.f32(this.t(w.normF, "decodeStep")), head: head.buf, ws: this.weightStorage(head), logits: logits.buf, RPW: p.geo.headRows,
-    });
-    this.tick();
-    return logits;
+    embedding(gpu, tb.buf, this.weightStorage(tb), tb.shape[0]!, D, idt.buf, B, plan.h);
+    gpu.replay(plan.plan);
+    this.sinceFlush += plan.plan.length;
+    return this.matmul(plan.normed, w.head, null);
   }
 
-  /** Kernel 1 of layer i: its input is the embedding (layer 0) or the previous layer's partial sums over res. */
-  private mixerIn(model: StepModel, B: number, i: number, lp: LayerPack, convState: Buf, p: DecodePlan, input: MixerInArgs["input"]): void {
+  /** Encodes one fused step (the layers and norm_f) over buffers kept for it, recording its dispatches. */
+  private recordDecode(model: StepModel, B: number, key: string, packs: LayerPack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
     const c = model.config;
     const [D, E, N, R, K] = [c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank, c.convKernel];
-    const m = model.weights.layers[i]!.mixer;
-    const wIn = this.t(m.inProj, "decodeStep"), wX = this.t(m.xProj!, "decodeStep");
-    decodeMixerIn(this.gpu, {
-      B, D, E, K, J: R + 2 * N, eps: c.layerNormEpsilon, input, res: p.res, par: i % 2,
-      lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
-      wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX), convState, mid: p.mid, oQ: B * 2 * E,
-      CH: p.geo.inCH,
-    });
-  }
-
-  /** Records both parities of a fused step (all but layer 0's kernel 1) over buffers kept for it. */
-  private recordDecode(model: StepModel, B: number, packs: LayerPack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
-    const c = model.config;
-    const [D, E, N, R] = [c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank];
     const J = R + 2 * N;
     const gpu = this.gpu;
     const w = model.weights;
-    const geo = decodeGeometry(E, D, this.decodeTuning);
-    const { G1 } = geo;
-    const { G } = geo.scan;
-    const p: DecodePlan = {
-      B,
-      conv: states.map(([cs]) => cs.buf),
-      packs: packs.map((lp) => lp.buf.buf),
-      ssm: [states.map(([, ss]) => ss.buf), states.map(() => gpu.alloc(B * E * N * 4))],
-      parity: 0,
-      res: gpu.alloc(2 * B * D * 4),
-      mid: gpu.alloc((B * 2 * E + G1 * B * J) * 4),
-      parts: gpu.alloc(G * B * D * 4),
-      plans: [[], []],
-      geo,
-    };
-    for (const parity of [0, 1]) {
-      p.plans[parity] = gpu.record(() => {
-        for (let i = 0; i < w.layers.length; i++) {
-          const m = w.layers[i]!.mixer;
-          const lp = packs[i]!;
-          if (i > 0) this.mixerIn(model, B, i, lp, p.conv[i]!, p, { parts: p.parts, G, hasRes: true });
-          const wDt = this.t(m.dtProj!, "decodeStep"), wo = this.t(m.outProj, "decodeStep");
-          check(wo.numel === D * E, `decodeStep: out_proj [${wo.shape}] is not [${D}, ${E}]`);
-          decodeMixerScan(gpu, {
-            B, E, N, R, J, D, G1, mid: p.mid, oQ: B * 2 * E, lp: lp.buf.buf, oPack: lp.oPack, oOutBias: lp.oOutBias,
-            wDt: wDt.buf, wsDt: this.weightStorage(wDt), wOut: wo.buf, wsOut: this.weightStorage(wo),
-            ssmIn: p.ssm[parity]![i]!, ssmOut: p.ssm[1 - parity]![i]!, parts: p.parts, g: geo.scan,
-          });
-        }
-      });
-    }
-    return p;
+    const h = gpu.alloc(B * D * 4);
+    const normed = new GpuTensor([B, D], "f32", gpu.alloc(B * D * 4), "f32", this);
+    const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other
+    const xz = gpu.alloc(B * 2 * E * 4);
+    const y = gpu.alloc(B * E * 4);
+    const Q = gpu.alloc(Math.ceil(E / 16) * B * J * 4); // mixer-in has at most this many workgroups
+    const resOut = gpu.alloc(B * D * 4);
+    const plan = gpu.record(() => {
+      for (let i = 0; i < w.layers.length; i++) {
+        const m = w.layers[i]!.mixer;
+        const lp = packs[i]!;
+        const [convState, ssmState] = states[i]!;
+        const wIn = this.t(m.inProj, "decodeStep"), wX = this.t(m.xProj!, "decodeStep"), wDt = this.t(m.dtProj!, "decodeStep");
+        const G = decodeMixerIn(gpu, {
+          B, D, E, K, J, eps: c.layerNormEpsilon, h, res, hasRes: i > 0, par: i % 2,
+          lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
+          wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
+          convState: convState.buf, xz, Q,
+        });
+        decodeMixerScan(gpu, {
+          B, E, N, R, J, G, Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
+          xz, ssm: ssmState.buf, y,
+        });
+        // out_proj into h, which this layer's mixer-in has finished reading
+        const wo = this.t(m.outProj, "decodeStep");
+        const bias = m.outProjBias ? this.f32(this.t(m.outProjBias, "decodeStep")) : null;
+        const args = { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias, y: h };
+        if (E % 4 === 0) matvec(gpu, args);
+        else matmulTiled(gpu, args, TILE_SMALL);
+      }
+      // norm_f over h + the last residual (half numLayers % 2 of res)
+      addRmsNorm(gpu, h, res, this.f32(this.t(w.normF, "decodeStep")), c.layerNormEpsilon, B, D, normed.buf, resOut,
+        (w.layers.length % 2) * B * D);
+    });
+    return { key, h, normed, scratch: [res, xz, y, Q, resOut], plan };
   }
 
   /** A layer's small constants in one f32 buffer: norm [D] | in_proj bias [2E] | conv [E, K] | conv bias [E] |
-   *  the scan's [E, N + 2] (A · log2 e, dt bias, D) | out_proj bias [D]. Made once per layer; zeros stand for
-   *  absent biases. */
+   *  the scan's [E, N + 2] (A · log2 e, dt bias, D). Made once per layer; zeros stand for absent biases. */
   private layerPack(layer: StepLayer, D: number, E: number, N: number, K: number): LayerPack {
     const m = layer.mixer;
-    const parts = [layer.norm, m.inProjBias, m.conv, m.convBias, m.dtBias, m.A_log, m.D, m.outProjBias];
+    const parts = [layer.norm, m.inProjBias, m.conv, m.convBias, m.dtBias, m.A_log, m.D];
     const versions = parts.map((p) => (p ? (p as GpuTensor).version : "-")).join(",");
     const hit = this.layerPacks.get(layer);
     if (hit && hit.versions === versions) return hit;
     if (hit) this.dispose(hit.buf);
-    const oNorm = 0, oInBias = D, oConvW = D + 2 * E, oConvB = oConvW + E * K, oPack = oConvB + E, oOutBias = oPack + E * (N + 2);
-    const buf = this.make([oOutBias + D], "f32");
+    const oNorm = 0, oInBias = D, oConvW = D + 2 * E, oConvB = oConvW + E * K, oPack = oConvB + E;
+    const buf = this.make([oPack + E * (N + 2)], "f32");
     const put = (t: Tensor | null, off: number, n: number) => {
       if (t) {
         const g = this.t(t, "decodeStep");
@@ -551,8 +495,7 @@ export class WebGpuBackend implements Backend {
     put(m.convBias, oConvB, E);
     const packed = this.scanPack(this.t(m.A_log, "decodeStep"), this.t(m.dtBias, "decodeStep"), this.t(m.D, "decodeStep"), E, N);
     copyWords(this.gpu, packed, 0, buf.buf, oPack, E * (N + 2));
-    put(m.outProjBias, oOutBias, D);
-    const pack = { buf, versions, oNorm, oInBias, oConvW, oConvB, oPack, oOutBias };
+    const pack = { buf, versions, oNorm, oInBias, oConvW, oConvB, oPack };
     this.layerPacks.set(layer, pack);
     return pack;
   }

@@ -4,127 +4,43 @@
  * A workgroup of 16 × 16 threads computes a BM × BN tile of y; each thread TM × TN outputs kept in registers,
  * as 4-wide groups spread over the tile (rows (g·16 + ty)·4 + c) so that its reads of the shared tiles are vec4
  * loads that the threads of a warp share or spread over banks. K advances BK at a time through workgroup memory,
- * the next tile's global loads issued before the current tile's arithmetic. Where K, the row stride and the column
- * offset of x are multiples of 4, the tiles are loaded from global memory as vec4 (4 consecutive k of a row: a
- * quarter of the load instructions), else one value at a time.
+ * the next tile's global loads issued before the current tile's arithmetic.
  * When few tiles would leave most of the GPU idle along a long K (decode batches, x_proj and out_proj), K is split
  * over workgroups (grid z) that write partial products, summed with the bias by ./matmul-reduce.ts.
  */
 import type { Gpu, Kernel } from "../gpu.ts";
 import { Params } from "../gpu.ts";
 import type { Buf } from "../gpu.ts";
-import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "./weights.ts";
+import { type WeightStorage, weightBinding, weightReader } from "./weights.ts";
 
 export interface TileConfig {
   BM: number; // rows of y per workgroup (16 · TM)
   BN: number; // columns of y per workgroup (16 · TN)
   TM: number; // rows per thread: 4 or 8
   TN: number; // columns per thread: 4 or 8
-  BK?: number; // K per workgroup-memory tile: 16 (default) or 32
 }
 
-export const TILE_LARGE: TileConfig = { BM: 128, BN: 128, TM: 8, TN: 8, BK: 16 };
-export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 4, TN: 4, BK: 16 };
+export const TILE_LARGE: TileConfig = { BM: 128, BN: 128, TM: 8, TN: 8 };
+export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 4, TN: 4 };
 
-/** Global loads of a tile: one value at a time, or vec4 of 4 consecutive k (K, ldx and offx multiples of 4). */
-const stageWgsl = (vec: boolean) => vec ? /* wgsl */ `
-// stage tile k0 in registers: vec4 e = tid + 256 j is (row e / BK4, k 4 · (e % BK4)); BK4 threads read a row's tile
-fn stageA(tid: u32, row0: u32, k0: u32, kEnd: u32, ra: ptr<function, array<vec4<f32>, LA4>>) {
-  for (var j = 0u; j < LA4; j++) {
-    let e = tid + 256u * j;
-    let r = row0 + e / BK4;
-    let k = k0 + 4u * (e % BK4);
-    var v = vec4<f32>();
-    if (r < p.T && k < kEnd) { v = x4[(r * p.ldx + p.offx + k) / 4u]; }
-    (*ra)[j] = v;
-  }
-}
-fn stageB(tid: u32, col0: u32, k0: u32, kEnd: u32, rb: ptr<function, array<vec4<f32>, LB4>>) {
-  for (var j = 0u; j < LB4; j++) {
-    let e = tid + 256u * j;
-    let n = col0 + e / BK4;
-    let k = k0 + 4u * (e % BK4);
-    var v = vec4<f32>();
-    if (n < p.N && k < kEnd) { v = weight4((n * p.K + k) / 4u); }
-    (*rb)[j] = v;
-  }
-}
-fn storeA(tid: u32, ra: ptr<function, array<vec4<f32>, LA4>>) {
-  for (var j = 0u; j < LA4; j++) {
-    let e = tid + 256u * j;
-    let m = e / BK4;
-    let k = 4u * (e % BK4);
-    for (var c = 0u; c < 4u; c++) { As[(k + c) * SA + m / 4u][m % 4u] = (*ra)[j][c]; }
-  }
-}
-fn storeB(tid: u32, rb: ptr<function, array<vec4<f32>, LB4>>) {
-  for (var j = 0u; j < LB4; j++) {
-    let e = tid + 256u * j;
-    let n = e / BK4;
-    let k = 4u * (e % BK4);
-    for (var c = 0u; c < 4u; c++) { Bs[(k + c) * SB + n / 4u][n % 4u] = (*rb)[j][c]; }
-  }
-}
-` : /* wgsl */ `
-// stage tile k0 in registers: element e = tid + 256 j is (row e / BK, k e % BK); consecutive threads read
-// consecutive k of one row
-fn stageA(tid: u32, row0: u32, k0: u32, kEnd: u32, ra: ptr<function, array<f32, LA>>) {
-  for (var j = 0u; j < LA; j++) {
-    let e = tid + 256u * j;
-    let r = row0 + e / BK;
-    let k = k0 + e % BK;
-    var v = 0.0;
-    if (r < p.T && k < kEnd) { v = x[r * p.ldx + p.offx + k]; }
-    (*ra)[j] = v;
-  }
-}
-fn stageB(tid: u32, col0: u32, k0: u32, kEnd: u32, rb: ptr<function, array<f32, LB>>) {
-  for (var j = 0u; j < LB; j++) {
-    let e = tid + 256u * j;
-    let n = col0 + e / BK;
-    let k = k0 + e % BK;
-    var v = 0.0;
-    if (n < p.N && k < kEnd) { v = weight(n * p.K + k); }
-    (*rb)[j] = v;
-  }
-}
-fn storeA(tid: u32, ra: ptr<function, array<f32, LA>>) {
-  for (var j = 0u; j < LA; j++) {
-    let e = tid + 256u * j;
-    let m = e / BK;
-    As[(e % BK) * SA + m / 4u][m % 4u] = (*ra)[j];
-  }
-}
-fn storeB(tid: u32, rb: ptr<function, array<f32, LB>>) {
-  for (var j = 0u; j < LB; j++) {
-    let e = tid + 256u * j;
-    let n = e / BK;
-    Bs[(e % BK) * SB + n / 4u][n % 4u] = (*rb)[j];
-  }
-}
-`;
-
-const wgsl = (c: TileConfig, ws: WeightStorage, vec: boolean, pad: number) => /* wgsl */ `
+const wgsl = (c: TileConfig, ws: WeightStorage) => /* wgsl */ `
 // bindings: 0 x [rows, ldx] f32 | 1 w [N, K] | 2 bias [N] | 3 y [splits, T, N] | 4 params
 // grid: (N / BN, T / BM, splits); split z covers K columns [z·kLen, (z + 1)·kLen)
 const BM = ${c.BM}u;
 const BN = ${c.BN}u;
 const TM = ${c.TM}u;
 const TN = ${c.TN}u;
-const BK = ${c.BK ?? 16}u;
-const BK4 = BK / 4u;
+const BK = 16u;
 const GM = TM / 4u;          // 4-row groups per thread
 const GN = TN / 4u;          // 4-column groups per thread
-const SA = BM / 4u + ${pad}u;     // row stride of As in vec4 (+1 against bank conflicts on the transposed stores,
-const SB = BN / 4u + ${pad}u;     // where workgroup memory has room)
+const SA = BM / 4u + 1u;     // row stride of As in vec4 (+1 against bank conflicts on the transposed stores)
+const SB = BN / 4u + 1u;
 const LA = BM * BK / 256u;   // x values each thread stages per K tile
 const LB = BN * BK / 256u;   // w values each thread stages per K tile
-const LA4 = LA / 4u;         // the same in vec4
-const LB4 = LB / 4u;
 
 struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, kLen: u32 }
-@group(0) @binding(0) var<storage, read> ${vec ? "x4: array<vec4<f32>>" : "x: array<f32>"};
-@group(0) @binding(1) var<storage, read> w: array<${vec ? weight4Binding(ws) : weightBinding(ws)}>;
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<${weightBinding(ws)}>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> p: P;
@@ -132,8 +48,8 @@ struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, kLen: u32 
 var<workgroup> As: array<vec4<f32>, BK * SA>; // As[k][m]: the x tile, transposed
 var<workgroup> Bs: array<vec4<f32>, BK * SB>; // Bs[k][n]: the w tile, transposed
 
-${vec ? weight4Reader(ws) : weightReader(ws)}
-${stageWgsl(vec)}
+${weightReader(ws)}
+
 @compute @workgroup_size(16, 16)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
   let tx = lid.x;
@@ -144,20 +60,55 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let kBegin = wg.z * p.kLen;
   let kEnd = min(p.K, kBegin + p.kLen);
   var acc: array<vec4<f32>, TM * GN>;
-  var ra: array<${vec ? "vec4<f32>, LA4" : "f32, LA"}>;
-  var rb: array<${vec ? "vec4<f32>, LB4" : "f32, LB"}>;
+  var ra: array<f32, LA>;
+  var rb: array<f32, LB>;
   let tiles = (kEnd - kBegin + BK - 1u) / BK;
 
-  stageA(tid, row0, kBegin, kEnd, &ra);
-  stageB(tid, col0, kBegin, kEnd, &rb);
+  // stage tile 0 in registers: element e = tid + 256 j is (row e / BK, k e % BK); consecutive threads read
+  // consecutive k of one row
+  for (var j = 0u; j < LA; j++) {
+    let e = tid + 256u * j;
+    let r = row0 + e / BK;
+    let k = kBegin + e % BK;
+    ra[j] = 0.0;
+    if (r < p.T && k < kEnd) { ra[j] = x[r * p.ldx + p.offx + k]; }
+  }
+  for (var j = 0u; j < LB; j++) {
+    let e = tid + 256u * j;
+    let n = col0 + e / BK;
+    let k = kBegin + e % BK;
+    rb[j] = 0.0;
+    if (n < p.N && k < kEnd) { rb[j] = weight(n * p.K + k); }
+  }
+
   for (var t = 0u; t < tiles; t++) {
-    storeA(tid, &ra);
-    storeB(tid, &rb);
+    for (var j = 0u; j < LA; j++) {
+      let e = tid + 256u * j;
+      let m = e / BK;
+      As[(e % BK) * SA + m / 4u][m % 4u] = ra[j];
+    }
+    for (var j = 0u; j < LB; j++) {
+      let e = tid + 256u * j;
+      let n = e / BK;
+      Bs[(e % BK) * SB + n / 4u][n % 4u] = rb[j];
+    }
     workgroupBarrier();
     if (t + 1u < tiles) {
       let k0 = kBegin + (t + 1u) * BK;
-      stageA(tid, row0, k0, kEnd, &ra);
-      stageB(tid, col0, k0, kEnd, &rb);
+      for (var j = 0u; j < LA; j++) {
+        let e = tid + 256u * j;
+        let r = row0 + e / BK;
+        let k = k0 + e % BK;
+        ra[j] = 0.0;
+        if (r < p.T && k < kEnd) { ra[j] = x[r * p.ldx + p.offx + k]; }
+      }
+      for (var j = 0u; j < LB; j++) {
+        let e = tid + 256u * j;
+        let n = col0 + e / BK;
+        let k = k0 + e % BK;
+        rb[j] = 0.0;
+        if (n < p.N && k < kEnd) { rb[j] = weight(n * p.K + k); }
+      }
     }
     for (var k = 0u; k < BK; k++) {
       var a: array<vec4<f32>, GM>;
@@ -205,16 +156,6 @@ export interface MatmulArgs {
   y: Buf;
 }
 
-/** Workgroup memory of a tile config: the x and w tiles, rows padded by `pad` vec4. */
-export function tileBytes(c: TileConfig, pad: number): number {
-  return (c.BK ?? 16) * (c.BM / 4 + pad + c.BN / 4 + pad) * 16;
-}
-
-/** Whether the vec4 loads apply: K, the row stride and the first column of x multiples of 4. */
-export function vec4Loads(a: { K: number; ldx: number; offx: number }): boolean {
-  return a.K % 4 === 0 && a.ldx % 4 === 0 && a.offx % 4 === 0;
-}
-
 /** K splits that fill the GPU when the output has few tiles: at least 2 K tiles (32 columns) a split. */
 export function kSplits(T: number, N: number, K: number, cfg: TileConfig): number {
   const tiles = Math.ceil(T / cfg.BM) * Math.ceil(N / cfg.BN);
@@ -230,10 +171,8 @@ export function splitPlan(K: number, splits: number): { kLen: number; count: num
 }
 
 // x: [T, K] window, w: [N, K], bias: [N] -> y: [T, N]; with splits > 1, y: [splits, T, N] partials without bias
-export function matmulTiled(gpu: Gpu, a: MatmulArgs, cfg: TileConfig, plan = { kLen: Math.max(16, a.K), count: 1 }, allowVec4 = true): void {
-  const vec = allowVec4 && vec4Loads(a);
-  const pad = tileBytes(cfg, 1) <= gpu.limits.maxComputeWorkgroupStorageSize ? 1 : 0;
-  const k: Kernel = gpu.kernel(`matmul_${cfg.BM}x${cfg.BN}x${cfg.BK ?? 16}p${pad}_${a.ws}${vec ? "_v4" : ""}`, () => wgsl(cfg, a.ws, vec, pad));
+export function matmulTiled(gpu: Gpu, a: MatmulArgs, cfg: TileConfig, plan = { kLen: Math.max(16, a.K), count: 1 }): void {
+  const k: Kernel = gpu.kernel(`matmul_${cfg.BM}x${cfg.BN}_${a.ws}`, () => wgsl(cfg, a.ws));
   const p = new Params().u32(a.rows).u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias && plan.count === 1).u32(plan.kLen);
   gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y], p, [Math.ceil(a.N / cfg.BN), Math.ceil(a.rows / cfg.BM), plan.count]);
 }
