@@ -21,6 +21,7 @@ import { namedTensors, zerosLike } from "../src/train/params.ts";
 import { AdamW, DEFAULT_OPTIM } from "../src/train/optim.ts";
 import { fmtBytes } from "../src/backend/webgpu/gpu.ts";
 import { anchor } from "./anchors.ts";
+import { warmUpGpu } from "./warm-up.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,step").split(","));
 const smoke = process.env.BENCH_SMOKE === "1";
@@ -183,6 +184,7 @@ export default async function run(): Promise<void> {
       const b = (await createWebGpuBackend(tuning)) as WebGpuTrainingBackend;
       console.log(`device: ${b.device} (WebGPU)${Object.keys(tuning).length ? `; tuning ${JSON.stringify(tuning)}` : ""}`);
       try {
+        await warmUpGpu(b);
         await benchScan(b);
       } finally {
         await b.destroy();
