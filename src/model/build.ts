@@ -13,7 +13,8 @@ import { MambaModel } from "./model.ts";
 
 export interface BuildOptions {
   /** "cpu", "webgpu", or "auto" (the default: WebGPU when an adapter exists, else the CPU); or a backend made
-   *  beforehand (e.g. `createWebGpuBackend({ ...tuning })`), which the model then owns and destroys with itself */
+   *  beforehand (e.g. `createWebGpuBackend({ ...tuning })`), which the model then owns and destroys with itself
+   *  (if building fails, it stays the caller's) */
   backend?: BackendName | Backend;
   /** told which backend "auto" chose */
   onNotice?: (message: string) => void;
@@ -25,12 +26,13 @@ export async function modelFromTensors(
   info: { source: string; folder: string; dtype: string } = { source: "memory", folder: "", dtype: "F32" },
 ): Promise<MambaModel> {
   validateTensors(tensors, config, info.source);
-  const backend = typeof options.backend === "object" ? options.backend : await createBackend(options.backend ?? "auto", options.onNotice);
+  const given = typeof options.backend === "object";
+  const backend = given ? options.backend as Backend : await createBackend(options.backend as BackendName | undefined ?? "auto", options.onNotice);
   try {
     const lm = new MambaLM(config, backend, uploadWeights(backend, config, tensors));
     return new MambaModel(lm, info);
   } catch (err) {
-    await backend.destroy();
+    if (!given) await backend.destroy(); // a backend the caller made stays theirs when no model takes it
     throw err;
   }
 }

@@ -5,6 +5,7 @@
 import type { Backend } from "../backend.ts";
 import { acquireDevice, type WebGpuOptions } from "./device.ts";
 import { Gpu } from "./gpu.ts";
+import { MambaError } from "../../errors.ts";
 import { WebGpuTrainingBackend, type WebGpuTrainingTuning } from "./training.ts";
 
 export { WebGpuBackend } from "./backend.ts";
@@ -15,6 +16,10 @@ export type { WebGpuTrainingTuning } from "./training.ts";
 
 /** A WebGPU backend on the default adapter, with the training ops; throws a MambaError when there is none. */
 export async function createWebGpuBackend(options: WebGpuOptions & WebGpuTrainingTuning = {}): Promise<Backend> {
+  const pool = options.poolBytes;
+  if (pool !== undefined && !(typeof pool === "number" && Number.isFinite(pool) && pool >= 0)) {
+    throw new MambaError(`createWebGpuBackend: poolBytes must be a number of bytes >= 0, got ${String(pool)}`);
+  }
   const { gpu, device, description } = await acquireDevice(options);
   return new WebGpuTrainingBackend(new Gpu(device, description, gpu, options.poolBytes), options);
 }
