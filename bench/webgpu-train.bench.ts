@@ -21,7 +21,7 @@ import { namedTensors, zerosLike } from "../src/train/params.ts";
 import { AdamW, DEFAULT_OPTIM } from "../src/train/optim.ts";
 import { fmtBytes } from "../src/backend/webgpu/gpu.ts";
 import { anchor } from "./anchors.ts";
-import { warmUpGpu } from "./warm-up.ts";
+import { timeTrials, warmUpGpu } from "./timing.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,step").split(","));
 const smoke = process.env.BENCH_SMOKE === "1";
@@ -94,17 +94,14 @@ async function benchScan(b: WebGpuTrainingBackend): Promise<void> {
       };
       const time = async (fn: () => void) => {
         for (let i = 0; i < 2; i++) fn();
-        await b.sync();
         const reps = Math.max(3, Math.min(100, Math.round((smoke ? 2e6 : 1e9) / (T * E))));
         const d0 = b.gpu.dispatches;
-        const t0 = performance.now();
-        for (let i = 0; i < reps; i++) fn();
-        await b.sync();
-        return { t: (performance.now() - t0) / reps, d: (b.gpu.dispatches - d0) / reps };
+        const tt = await timeTrials(b, fn, reps);
+        return { t: tt.median, min: tt.min, max: tt.max, d: (b.gpu.dispatches - d0) / (5 * reps) };
       };
       const f = await time(() => b.dispose(b.selectiveScan(args)));
       const fb = await time(fwdBwd);
-      console.log(`scan fwd+bwd ${shape} fp32: ${ms(fb.t)} (official ${a.fwd_bwd_ms !== null ? ms(a.fwd_bwd_ms) : "n/a"}; ` +
+      console.log(`scan fwd+bwd ${shape} fp32: ${ms(fb.t)} (median of 5 loops, ${ms(fb.min)} – ${ms(fb.max)}; official ${a.fwd_bwd_ms !== null ? ms(a.fwd_bwd_ms) : "n/a"}; ` +
         `${ratio(fb.t, a.fwd_bwd_ms)}); backward alone ~${ms(fb.t - f.t)}; forward ${ms(f.t)} (official ` +
         `${a.fwd_ms !== null ? ms(a.fwd_ms) : "n/a"}); ${fb.d} dispatches per fwd+bwd`);
     } catch (err) {

@@ -20,7 +20,7 @@ import { prefill } from "../src/generate/generate.ts";
 import { toF16Bits, type HostTensor } from "../src/io/tensor.ts";
 import { cols } from "../src/backend/backend.ts";
 import { anchor } from "./anchors.ts";
-import { warmUpGpu } from "./warm-up.ts";
+import { timeTrials, warmUpGpu } from "./timing.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,matmul,decode,breakdown,forward,prefill").split(","));
 const models = new Set((process.env.BENCH_MODELS ?? "130m,1.4b").split(","));
@@ -76,13 +76,12 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
     await b.sync();
     const reps = Math.max(10, Math.min(200, Math.round(2e8 / (T * E))));
     const d0 = b.gpu.dispatches;
-    const t0 = performance.now();
-    for (let i = 0; i < reps; i++) b.dispose(b.selectiveScan(args));
-    await b.sync();
-    const t = (performance.now() - t0) / reps;
+    const tt = await timeTrials(b, () => b.dispose(b.selectiveScan(args)), reps);
+    const t = tt.median;
     const bytes = (4 * T * E + 2 * T * N) * 4;
-    console.log(`scan B${B} E${E} L${L} N${N}: ${ms(t)} (official ${a.fwd_ms ? ms(a.fwd_ms) : "n/a"}; ${ratio(t, a.fwd_ms, false)}); ` +
-      `${(bytes / (t / 1000) / 1e9).toFixed(0)} GB/s of minimum traffic; ${(b.gpu.dispatches - d0) / reps} dispatches`);
+    console.log(`scan B${B} E${E} L${L} N${N}: ${ms(t)} (median of 5 loops, ${ms(tt.min)} – ${ms(tt.max)}; official ` +
+      `${a.fwd_ms ? ms(a.fwd_ms) : "n/a"}; ${ratio(t, a.fwd_ms, false)}); ${(bytes / (t / 1000) / 1e9).toFixed(0)} GB/s of ` +
+      `minimum traffic; ${(b.gpu.dispatches - d0) / (5 * reps)} dispatches`);
     b.dispose(u, delta, z, BC, A_log, D, bias);
   }
 }
@@ -99,13 +98,9 @@ async function benchMatmul(b: WebGpuBackend): Promise<void> {
     const w = b.fromF32(filled(N * K, -0.05, 0.05, 2), [N, K]);
     const f = () => b.dispose(b.matmul(x, w, null));
     const reps = Math.max(3, Math.min(200, Math.round((smoke ? 2e9 : 2e12) / (2 * T * K * N))));
-    for (let i = 0; i < reps; i++) f(); // warm-up as long as the timing: an idle GPU starts at a low clock
-    await b.sync();
-    const t0 = performance.now();
-    for (let i = 0; i < reps; i++) f();
-    await b.sync();
-    const t = (performance.now() - t0) / reps;
-    console.log(`matmul ${what} [${T}, ${K}] x [${N}, ${K}]^T fp32: ${ms(t)}, ${((2 * T * K * N) / (t / 1000) / 1e12).toFixed(1)} TFLOP/s`);
+    const { median: t, min, max } = await timeTrials(b, f, reps);
+    console.log(`matmul ${what} [${T}, ${K}] x [${N}, ${K}]^T fp32: ${ms(t)} (median of 5 loops, ${ms(min)} – ${ms(max)}), ` +
+      `${((2 * T * K * N) / (t / 1000) / 1e12).toFixed(1)} TFLOP/s`);
     b.dispose(x, w);
   }
 }

@@ -1,0 +1,39 @@
+/**
+ * Timing GPU work in the benchmarks. Getting the GPU to its working clock first: at rest it idles at a fraction of
+ * it, and a short first measurement (the scan at B1 L2048 takes 10 ms in all) would otherwise run partly at the
+ * idle clock. Then several timed loops, of which the median is quoted.
+ */
+import type { Backend } from "../src/backend/backend.ts";
+
+/** Keeps the GPU busy with [2048, 2048] matmuls for `ms` milliseconds. */
+export async function warmUpGpu(b: Backend, ms = 1500): Promise<void> {
+  const n = 2048;
+  const x = b.fromF32(new Float32Array(n * n).fill(0.01), [n, n]);
+  const w = b.fromF32(new Float32Array(n * n).fill(0.01), [n, n]);
+  const t0 = performance.now();
+  while (performance.now() - t0 < ms) {
+    for (let i = 0; i < 20; i++) b.dispose(b.matmul(x, w, null));
+    const done = b.zeros([1]);
+    await b.readF32(done); // waits for the matmuls before it
+    b.dispose(done);
+  }
+  b.dispose(x, w);
+}
+
+export interface Trials { median: number; min: number; max: number }
+
+/** Median, least and most time per call (ms) over `trials` timed loops of `reps` calls, each loop between two
+ *  waits for the queue. One loop alone moved by several times between invocations on one machine; the median of
+ *  several is what the tables quote, with the spread beside it. */
+export async function timeTrials(b: { sync(): Promise<void> }, fn: () => void, reps: number, trials = 5): Promise<Trials> {
+  const times: number[] = [];
+  for (let k = 0; k < trials; k++) {
+    await b.sync();
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) fn();
+    await b.sync();
+    times.push((performance.now() - t0) / reps);
+  }
+  times.sort((x, y) => x - y);
+  return { median: times[Math.floor(trials / 2)]!, min: times[0]!, max: times[trials - 1]! };
+}
