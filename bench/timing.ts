@@ -20,7 +20,8 @@ export async function warmUpGpu(b: Backend, ms = 1500): Promise<void> {
   b.dispose(x, w);
 }
 
-export interface Trials { median: number; min: number; max: number }
+/** Per call, in ms; `calls` is how many were timed in all. */
+export interface Trials { median: number; min: number; max: number; calls: number }
 
 /** Median, least and most time per call (ms) over `trials` timed loops of `reps` calls, each loop between two
  *  waits for the queue. One loop alone moved by several times between invocations on one machine; the median of
@@ -35,5 +36,5 @@ export async function timeTrials(b: { sync(): Promise<void> }, fn: () => void, r
     times.push((performance.now() - t0) / reps);
   }
   times.sort((x, y) => x - y);
-  return { median: times[Math.floor(trials / 2)]!, min: times[0]!, max: times[trials - 1]! };
+  return { median: times[Math.floor(trials / 2)]!, min: times[0]!, max: times[trials - 1]!, calls: trials * reps };
 }

@@ -97,7 +97,7 @@ async function benchScan(b: WebGpuTrainingBackend): Promise<void> {
         const reps = Math.max(3, Math.min(100, Math.round((smoke ? 2e6 : 1e9) / (T * E))));
         const d0 = b.gpu.dispatches;
         const tt = await timeTrials(b, fn, reps);
-        return { t: tt.median, min: tt.min, max: tt.max, d: (b.gpu.dispatches - d0) / (5 * reps) };
+        return { t: tt.median, min: tt.min, max: tt.max, d: (b.gpu.dispatches - d0) / tt.calls };
       };
       const f = await time(() => b.dispose(b.selectiveScan(args)));
       const fb = await time(fwdBwd);

@@ -6,9 +6,9 @@
  *    dispatches per decoded token;
  *  - one LM forward of batch 8 × 2048 (logits included) on 130m and 1.4b;
  *  - prefill tokens/s at 2^14, 2^17, 2^20 prompt tokens on 130m with the peak of GPU memory, then generation
- *    after the 2^20-token prompt.
+ *    after the 2^20-token prompt;
+ *  - the tiled matmul alone at the forward's shapes (in_proj, out_proj, head of 130m; in_proj of 1.4b) in TFLOP/s.
  * Random weights from createModel (130m: D 768, 24 layers; 1.4b: D 2048, 48 layers; vocab 50280).
- *  - the tiled matmul alone at the forward's shapes (in_proj, out_proj, head of 130m; in_proj of 1.4b) in TFLOP/s;
  * BENCH_ONLY=scan,matmul,decode,breakdown,forward,prefill picks sections; BENCH_MODELS=130m,1.4b picks models; BENCH_SMOKE=1
  * shrinks every shape to check the bench itself on a slow adapter.
  */
@@ -81,7 +81,7 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
     const bytes = (4 * T * E + 2 * T * N) * 4;
     console.log(`scan B${B} E${E} L${L} N${N}: ${ms(t)} (median of 5 loops, ${ms(tt.min)} – ${ms(tt.max)}; official ` +
       `${a.fwd_ms ? ms(a.fwd_ms) : "n/a"}; ${ratio(t, a.fwd_ms, false)}); ${(bytes / (t / 1000) / 1e9).toFixed(0)} GB/s of ` +
-      `minimum traffic; ${(b.gpu.dispatches - d0) / (5 * reps)} dispatches`);
+      `minimum traffic; ${(b.gpu.dispatches - d0) / tt.calls} dispatches`);
     b.dispose(u, delta, z, BC, A_log, D, bias);
   }
 }
@@ -105,14 +105,10 @@ async function benchMatmul(b: WebGpuBackend): Promise<void> {
   }
 }
 
-/** GPU time per call of f in microseconds: many calls between two waits for the queue. */
+/** GPU time per call of f in microseconds: one call to warm up, then one timed loop of `reps` calls. */
 async function gpuMicros(b: WebGpuBackend, f: () => void, reps = 100): Promise<number> {
   f();
-  await b.sync();
-  const t0 = performance.now();
-  for (let i = 0; i < reps; i++) f();
-  await b.sync();
-  return ((performance.now() - t0) * 1000) / reps;
+  return (await timeTrials(b, f, reps, 1)).median * 1000;
 }
 
 /** The last fused step's kernels alone: its recorded dispatches replayed by kind (results meaningless, time real). */

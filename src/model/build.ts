@@ -26,8 +26,9 @@ export async function modelFromTensors(
   info: { source: string; folder: string; dtype: string } = { source: "memory", folder: "", dtype: "F32" },
 ): Promise<MambaModel> {
   validateTensors(tensors, config, info.source);
-  const given = typeof options.backend === "object";
-  const backend = given ? options.backend as Backend : await createBackend(options.backend as BackendName | undefined ?? "auto", options.onNotice);
+  const choice = options.backend;
+  const given = typeof choice === "object";
+  const backend = typeof choice === "object" ? choice : await createBackend(choice ?? "auto", options.onNotice);
   try {
     const lm = new MambaLM(config, backend, uploadWeights(backend, config, tensors));
     return new MambaModel(lm, info);

@@ -66,7 +66,7 @@ for (const c of backendCases) {
         { T: 9, K: 1, N: 11, ld: 1, off: 0, bias: false }, // K = 1 (the LTI mixer's ones · dtᵀ)
         { T: 20, K: 300, N: 50, ld: 310, off: 5, bias: true }, // one tile along a long K: split over workgroups
         { T: 260, K: 20, N: 16500, ld: 20, off: 0, bias: true }, // enough tiles for the 128 x 128 kernel
-        { T: 300, K: 68, N: 16400, ld: 72, off: 4, bias: true }, // 128 x 128 tiles, vec4 loads from a column window
+        { T: 300, K: 68, N: 16400, ld: 72, off: 4, bias: true }, // 128 x 128 tiles, a 4-aligned column window
         { T: 131, K: 52, N: 16390, ld: 57, off: 5, bias: false }, // 128 x 128 tiles, a window not 4-aligned
       ];
       let seed = 1;
