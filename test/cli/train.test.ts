@@ -20,7 +20,7 @@ const SMALL = ["--seq-len", "12", "--batch-size", "2", "--eval-batches", "2", "-
 test("train writes checkpoints and metrics.json; eval reports the same accuracy as the library; resume is checked", async () => {
   const dir = path.join(await fs.mkdtemp(path.join(os.tmpdir(), "mamba-ts-cli-train-")), "run");
   const r = await cli(["train", "--task", "selective-copying", "--mixer", "lti", "--out", dir, "--steps", "3", "--seed", "5",
-    "--weight-decay", "0.25", ...SMALL]);
+    "--weight-decay", "0.25", "--lr", "0.004", "--min-lr", "0.001", "--warmup-steps", "1", ...SMALL]);
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /^selective-copying lti: accuracy \d\.\d{4} on 16 held-out scored positions after 3 steps/);
   const m = JSON.parse(await fs.readFile(path.join(dir, "metrics.json"), "utf8"));
@@ -38,6 +38,9 @@ test("train writes checkpoints and metrics.json; eval reports the same accuracy 
   assert.deepEqual(names, ["config.json", "model.safetensors", "optimizer.safetensors", "trainer.json"]);
   const state = JSON.parse(await fs.readFile(path.join(folder, "trainer.json"), "utf8"));
   assert.equal(state.options.optim.weightDecay, 0.25, "--weight-decay reaches the optimizer");
+  assert.equal(state.options.optim.lr * state.options.optim.minLrRatio, 0.001, "--min-lr ends the cosine");
+  assert.equal(state.options.optim.warmupSteps, 1, "--warmup-steps reaches the schedule");
+  assert.equal(state.history[0].lr, 0.004, "warmup of one step: the first step runs at the peak");
 
   // the library's evaluation of the checkpoint: the same held-out data (training seed), the same accuracy
   const model = await loadModel(folder, { backend: "cpu" });
@@ -61,6 +64,9 @@ test("train writes checkpoints and metrics.json; eval reports the same accuracy 
   const wd = await cli(["train", "--resume", "--out", dir, "--weight-decay", "0.1"]);
   assert.equal(wd.code, 2);
   assert.match(wd.stderr, /^mamba-ts: error: --resume: the run in .* was started with --weight-decay 0.25, not 0.1/m);
+  const minLr = await cli(["train", "--resume", "--out", dir, "--min-lr", "0.002"]);
+  assert.equal(minLr.code, 2);
+  assert.match(minLr.stderr, /^mamba-ts: error: --resume: the run in .* was started with --min-lr 0.001, not 0.002/m);
 });
 
 test("train: bad options give one error line and exit code 2", async () => {
@@ -72,6 +78,8 @@ test("train: bad options give one error line and exit code 2", async () => {
     [["train", "--task", "induction-heads"], /required option '--out <dir>' not specified/],
     [["train", "--out", path.join(os.tmpdir(), "mamba-ts-never")], /--task is required/],
     [["train", "--resume", "--out", path.join(os.tmpdir(), "mamba-ts-never")], /--resume: no checkpoint/],
+    [["train", "--task", "induction-heads", "--out", "x", "--lr", "1e-3", "--min-lr", "2e-3"], /--min-lr 0.002 is above the peak learning rate 0.001/],
+    [["train", "--task", "induction-heads", "--out", "x", "--steps", "5", "--warmup-steps", "6"], /--warmup-steps 6 is more than the run's 5 steps/],
     [["eval", "--task", "induction-heads"], /required option '-m, --model <dir>' not specified/],
   ];
   for (const [args, re] of cases) {

@@ -31,6 +31,8 @@ interface TrainCliOptions {
   seed: number;
   seqLen?: number;
   lr?: number;
+  minLr?: number;
+  warmupSteps?: number;
   weightDecay?: number;
   batchSize?: number;
   gradAccum?: number;
@@ -83,6 +85,10 @@ export function trainCommand(): Command {
     .addOption(new Option("--seed <n>", "seed of the initialization and the data").argParser(seedParser).default(0))
     .addOption(new Option("--seq-len <n>", "training sequence length (default: the preset's)").argParser(integerAtLeast(2)))
     .addOption(new Option("--lr <x>", "peak learning rate (default: the preset's)").argParser(positiveNumber))
+    .addOption(new Option("--min-lr <x>", "learning rate at the end of the cosine decay; equal to --lr for a constant rate (default: the preset's ratio to the peak)")
+      .argParser(positiveNumber))
+    .addOption(new Option("--warmup-steps <n>", "steps of linear warmup to the peak rate (default: the preset's, at most a tenth of --steps)")
+      .argParser(integerAtLeast(0)))
     .addOption(new Option("--weight-decay <x>", "AdamW weight decay of the matrices (default: the preset's)").argParser(nonNegativeNumber))
     .addOption(new Option("--batch-size <n>", "sequences per micro-batch (default: the preset's)").argParser(integerAtLeast(1)))
     .addOption(new Option("--grad-accum <n>", "micro-batches per optimizer step (default: the preset's)").argParser(integerAtLeast(1)))
@@ -112,6 +118,14 @@ function freshOptions(o: TrainCliOptions): TrainOptions {
   }
   if (o.seqLen !== undefined) t.task.seqLen = o.seqLen;
   if (o.lr !== undefined) t.optim.lr = o.lr;
+  if (o.minLr !== undefined) {
+    if (o.minLr > t.optim.lr) throw new UsageError(`--min-lr ${o.minLr} is above the peak learning rate ${t.optim.lr}`);
+    t.optim.minLrRatio = o.minLr / t.optim.lr;
+  }
+  if (o.warmupSteps !== undefined) {
+    if (o.warmupSteps > t.steps) throw new UsageError(`--warmup-steps ${o.warmupSteps} is more than the run's ${t.steps} steps`);
+    t.optim.warmupSteps = o.warmupSteps;
+  }
   if (o.weightDecay !== undefined) t.optim.weightDecay = o.weightDecay;
   if (o.batchSize !== undefined) t.batchSize = o.batchSize;
   if (o.gradAccum !== undefined) t.accumulation = o.gradAccum;
@@ -130,12 +144,18 @@ function checkResumeOptions(o: TrainCliOptions, given: (k: string) => boolean, r
     ["seed", "--seed", o.seed, run.seed],
     ["seqLen", "--seq-len", o.seqLen, run.task.seqLen],
     ["lr", "--lr", o.lr, run.optim.lr],
+    ["minLr", "--min-lr", o.minLr, run.optim.lr * run.optim.minLrRatio],
+    ["warmupSteps", "--warmup-steps", o.warmupSteps, run.optim.warmupSteps],
     ["weightDecay", "--weight-decay", o.weightDecay, run.optim.weightDecay],
     ["batchSize", "--batch-size", o.batchSize, run.batchSize],
     ["gradAccum", "--grad-accum", o.gradAccum, run.accumulation],
   ];
   for (const [key, flag, mine, theirs] of pairs) {
-    if (given(key) && mine !== theirs) {
+    // --min-lr is stored as a ratio to the peak, so it comes back with rounding
+    const same = typeof mine === "number" && typeof theirs === "number"
+      ? Math.abs(mine - theirs) <= 1e-9 * Math.max(Math.abs(mine), Math.abs(theirs))
+      : mine === theirs;
+    if (given(key) && !same) {
       throw new UsageError(`--resume: the run in ${dir} was started with ${flag} ${String(theirs)}, not ${String(mine)}; ` +
         `resume it with the same options (or leave them out)`);
     }
