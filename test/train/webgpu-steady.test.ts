@@ -1,6 +1,8 @@
 /**
  * A long WebGPU training run must not create GPU objects on every step: after the first steps have filled the
- * caches (pipelines, parameter blocks, pooled buffers), further steps create no storage buffer and fewer uniform
+ * caches (pipelines, parameter blocks, pooled buffers), further steps create no storage buffer, no readback buffer
+ * (a step reads back its loss, accuracy and gradient norm: making a staging buffer for each read grew a list that
+ * every read searched, and each step slowed down as the run went on) and fewer uniform
  * parameter blocks than steps (the embedding backward's block holds the batch's count of distinct ids, which takes
  * a few values at most). Values that change every step (learning rate, bias corrections, clipping scale) therefore
  * must not go into the cached uniform blocks. Runs when a WebGPU adapter exists (skipped otherwise, failed under CI=true).
@@ -23,10 +25,12 @@ test("webgpu training: steps after warm-up create no buffers and not a parameter
     for (let i = 0; i < 4; i++) await trainer.trainStep();
     const blocks = gpu.paramBlocksCreated;
     const bytes = gpu.liveBytes;
+    const staging = gpu.stagingCreated;
     for (let i = 0; i < 12; i++) await trainer.trainStep();
     const created = gpu.paramBlocksCreated - blocks;
     assert.ok(created < 12, `${created} uniform blocks created by 12 steps after warm-up`);
     assert.equal(gpu.liveBytes, bytes, "GPU bytes alive after 12 more steps");
+    assert.equal(gpu.stagingCreated - staging, 0, "readback buffers created by 12 steps after warm-up");
   } finally {
     await backend.destroy();
   }

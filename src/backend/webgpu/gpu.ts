@@ -71,6 +71,9 @@ export function grid(count: number, maxPerDim: number): [number, number] {
   return [Math.ceil(count / y), y];
 }
 
+/** idle readback buffers kept for reuse, at most */
+const MAX_STAGING_BYTES = 256 * 2 ** 20;
+
 const bucket = (bytes: number) => {
   // sizes round up to 256 B below 64 KiB, then to a quarter octave: reuse without more than 25% waste
   const b = Math.max(16, bytes);
@@ -91,6 +94,8 @@ export class Gpu {
   bindGroupsCreated = 0;
   /** Uniform parameter blocks created so far (steady work creates none: per-step values belong in buffers). */
   paramBlocksCreated = 0;
+  /** readback buffers made so far (the rest were reused) */
+  stagingCreated = 0;
   /** Bytes of storage buffers alive (in use or pooled) and the most ever alive. */
   liveBytes = 0;
   peakBytes = 0;
@@ -106,7 +111,9 @@ export class Gpu {
   private kernels = new Map<string, Kernel>();
   private paramCache = new Map<string, GPUBuffer>();
   private bindCache = new Map<string, GPUBindGroup>();
-  private staging: GPUBuffer[] = [];
+  /** idle readback buffers by size (a bucket), reused by later reads of that bucket */
+  private staging = new Map<number, GPUBuffer[]>();
+  private stagingBytes = 0;
   private recording: Prepared[] | null = null;
   private errors: string[] = [];
   private lost: string | null = null;
@@ -355,15 +362,36 @@ export class Gpu {
     }
     const out = staging.getMappedRange(0, size).slice(0, bytes);
     staging.unmap();
-    this.staging.push(staging);
+    this.returnStaging(staging);
     this.check();
     return out;
   }
 
+  /**
+   * A readback buffer for `size` bytes: an idle one of the same bucket, else a new one. Readbacks of one size
+   * recur every step (a loss, a token id), so they must find their buffer again, not make one each time.
+   */
   private takeStaging(size: number): GPUBuffer {
-    const i = this.staging.findIndex((s) => s.size >= size && s.size <= size * 4);
-    if (i >= 0) return this.staging.splice(i, 1)[0]!;
-    return this.device.createBuffer({ size: bucket(size), usage: Usage.MAP_READ | Usage.COPY_DST });
+    const b = bucket(size);
+    const hit = this.staging.get(b)?.pop();
+    if (hit) {
+      this.stagingBytes -= b;
+      return hit;
+    }
+    this.stagingCreated++;
+    return this.device.createBuffer({ size: b, usage: Usage.MAP_READ | Usage.COPY_DST });
+  }
+
+  private returnStaging(buf: GPUBuffer): void {
+    const list = this.staging.get(buf.size) ?? [];
+    // a few idle buffers per size, within a budget; reads of sizes seen once are not kept
+    if (list.length >= 4 || this.stagingBytes + buf.size > MAX_STAGING_BYTES) {
+      buf.destroy();
+      return;
+    }
+    list.push(buf);
+    this.staging.set(buf.size, list);
+    this.stagingBytes += buf.size;
   }
 
   /** Resolves when the GPU has finished everything submitted (after submitting what is pending). */
@@ -385,7 +413,7 @@ export class Gpu {
       this.kernels.clear();
       this.paramCache.clear();
       this.bindCache.clear();
-      this.staging = [];
+      this.staging.clear();
       void this.keepAlive;
     }
   }
