@@ -10,8 +10,8 @@
  *  - gradients of a column window (`Cols`): an op writing dx for x = cols(xz, 0, E) adds into exactly those
  *    columns of the wider gradient tensor dxz and leaves the others alone.
  *
- * Training runs from a zero state: the backward ops do not take the step-mode `state` tensors
- * (`SelectiveScanArgs.state` and the conv state must be null).
+ * Training runs from a zero conv history. The scan may start from a given SSM state (`SelectiveScanArgs.state`,
+ * e.g. random states for length generalization); it is an input, so no gradient flows into it.
  *
  * Shapes: B batch, L sequence length, T = B·L rows, D hidden, E inner, N state, K conv kernel, V vocabulary rows.
  */
@@ -89,7 +89,9 @@ export interface TrainingOps {
   /** For y = silu(causal_conv1d(x) + bias) from zero history. dy: [B, L, E] */
   causalConv1dSiluBackward(x: TensorOrCols, weight: Tensor, bias: Tensor | null, dy: Tensor, shape: SeqShape, g: ConvGrads): void;
   /**
-   * For y = selectiveScan(args) with args.state null. dy: [B, L, E]. The CPU version recomputes the states of one
+   * For y = selectiveScan(args). dy: [B, L, E]. args.state is the state the forward started from ([B, E, N], read
+   * only; null = zeros): pass a copy, as the forward overwrote its own with the final state. No gradient reaches
+   * the initial state (it is an input, as in training from a given or random state). The CPU version recomputes the states of one
    * batch row at a time (L·E·N numbers) and walks time backwards. A GPU version must not materialize
    * [B, L, E, N]: it recomputes the states chunk by chunk from the chunk's starting state (saved per chunk by a
    * forward pass over the chunks), as the fused CUDA kernel does (docs/mamba.md, section 3.3 of the paper).

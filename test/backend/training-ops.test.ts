@@ -137,10 +137,11 @@ for (const [bname, make] of BACKENDS) {
     }, 14);
   });
 
-  for (const gated of [true, false]) {
-    test(`${bname}: selectiveScanBackward (${gated ? "gated" : "no gate"}), delta/B/C as column windows`, async () => {
+  for (const [gated, withState] of [[true, false], [false, false], [true, true]] as const) {
+    const what = `${gated ? "gated" : "no gate"}${withState ? ", from a given initial state" : ""}`;
+    test(`${bname}: selectiveScanBackward (${what}), delta/B/C as column windows`, async () => {
       const b = await make();
-      const r = new TestRng(gated ? 6 : 7);
+      const r = new TestRng(withState ? 16 : gated ? 6 : 7);
       const Bsz = 2, L = 5, E = 3, N = 4, R = 2, P = R + 2 * N;
       const shape = { batch: Bsz, seqLen: L };
       const inputs: Inputs = {
@@ -153,9 +154,11 @@ for (const [bname, make] of BACKENDS) {
         z: rnd(r, [Bsz, L, E]),
       };
       if (!gated) delete inputs.z;
+      // the forward overwrites its state with the final one: every call gets a fresh copy of the initial state
+      const h0 = r.f32(Bsz * E * N, 1);
       const args = (t: Record<string, Tensor>) => ({
         ...shape, u: t.u!, delta: t.delta!, deltaBias: t.dbias!, A_log: t.A_log!, B: cols(t.xdbl!, R, N),
-        C: cols(t.xdbl!, R + N, N), D: t.D!, z: gated ? t.z! : null, state: null,
+        C: cols(t.xdbl!, R + N, N), D: t.D!, z: gated ? t.z! : null, state: withState ? b.fromF32(h0, [Bsz, E, N]) : null,
       });
       await fdCheck(b, inputs, (t) => b.selectiveScan(args(t)), async (t, dy) => {
         const g = {

@@ -280,14 +280,17 @@ describe("training ops on webgpu against the cpu", () => {
     }
   });
 
+  // state: the forward started from a given initial state (one chunk and many)
   const scanCases = [
-    { B: 1, L: 1, E: 3, N: 4, gated: true, split: false },
-    { B: 2, L: 5, E: 3, N: 4, gated: false, split: false },
-    { B: 2, L: 13, E: 33, N: 16, gated: true, split: false },
-    { B: 3, L: 40, E: 5, N: 3, gated: true, split: true },
-    { B: 1, L: 70, E: 40, N: 16, gated: true, split: false },
-    { B: 2, L: 17, E: 7, N: 5, gated: false, split: true },
-    { B: 2, L: 150, E: 70, N: 16, gated: true, split: false }, // many default chunks, E past two workgroups
+    { B: 1, L: 1, E: 3, N: 4, gated: true, split: false, state: false },
+    { B: 1, L: 1, E: 3, N: 4, gated: true, split: false, state: true },
+    { B: 2, L: 5, E: 3, N: 4, gated: false, split: false, state: true },
+    { B: 2, L: 13, E: 33, N: 16, gated: true, split: false, state: false },
+    { B: 3, L: 40, E: 5, N: 3, gated: true, split: true, state: true },
+    { B: 1, L: 70, E: 40, N: 16, gated: true, split: false, state: false },
+    { B: 2, L: 17, E: 7, N: 5, gated: false, split: true, state: false },
+    { B: 2, L: 150, E: 70, N: 16, gated: true, split: false, state: false }, // many default chunks, E past two workgroups
+    { B: 2, L: 150, E: 70, N: 16, gated: true, split: false, state: true },
   ];
   const scanVariants = [
     { name: "", get: (g: TrainingBackend) => g, seed: 8 },
@@ -311,13 +314,14 @@ describe("training ops on webgpu against the cpu", () => {
         const [cBs, gBs] = p.both(xd.filter((_, j) => j % P >= R && j % P < R + s.N), [rows, s.N]); // B as its own tensor
         const [cD, gD] = p.both(p.f32(s.E), [s.E]);
         const [cz, gz] = s.gated ? p.window(p.f32(rows * s.E), rows, s.E, 2 * s.E, s.E) : [null, null];
+        const [ch0, gh0] = s.state ? p.both(p.f32(s.B * s.E * s.N), [s.B, s.E, s.N]) : [null, null];
         const args = (t: Record<string, TensorOrCols | null>) => ({
           ...shape, u: t.u as Tensor, delta: t.delta!, deltaBias: t.dbias as Tensor, A_log: t.A as Tensor,
           B: s.split ? t.Bs! : cols(t.xd as Tensor, R, s.N), C: cols(t.xd as Tensor, R + s.N, s.N), D: t.D as Tensor,
-          z: t.z ?? null, state: null,
+          z: t.z ?? null, state: (t.h0 as Tensor | null) ?? null,
         });
-        const ca_ = args({ u: cu, delta: cdl, dbias: cdb, A: ca, xd: cxd, Bs: cBs, D: cD, z: cz });
-        const ga_ = args({ u: gu, delta: gdl, dbias: gdb, A: ga, xd: gxd, Bs: gBs, D: gD, z: gz });
+        const ca_ = args({ u: cu, delta: cdl, dbias: cdb, A: ca, xd: cxd, Bs: cBs, D: cD, z: cz, h0: ch0 });
+        const ga_ = args({ u: gu, delta: gdl, dbias: gdb, A: ga, xd: gxd, Bs: gBs, D: gD, z: gz, h0: gh0 });
         const [cdy, gdy] = p.both(p.f32(rows * s.E), [s.B, s.L, s.E]);
         const grads = () => {
           const du = p.f32(rows * s.E), dd = p.f32(rows * s.E), dbias = p.f32(s.E), dA = p.f32(s.E * s.N), dx = p.f32(rows * P);
@@ -337,7 +341,8 @@ describe("training ops on webgpu against the cpu", () => {
           });
         run(ref, ca_, cdy, gr.c);
         run(g, ga_, gdy, gr.g);
-        const tag = `case ${i}`;
+        const tag = `case ${i}${s.state ? " (initial state)" : ""}`;
+        if (s.state) await compare(ch0 as Tensor, gh0 as Tensor, g, 0, `${tag}: the initial state is read only`);
         const tol = 1e-4;
         await compare(gr.c.du, gr.g.du, g, tol, `${tag} du`);
         await compare(gr.c.dDelta, gr.g.dDelta, g, tol, `${tag} dDelta`);
@@ -350,7 +355,7 @@ describe("training ops on webgpu against the cpu", () => {
     });
   }
 
-  it("selectiveScanBackward rejects a state and a missing dz", async (g) => {
+  it("selectiveScanBackward rejects an initial state of the wrong size and a missing dz", async (g) => {
     const E = 2, N = 3, shape = { batch: 1, seqLen: 2 };
     const t = (n: number[]) => g.zeros(n);
     const a = {
@@ -359,6 +364,6 @@ describe("training ops on webgpu against the cpu", () => {
     };
     const gr = { du: t([2, E]), dDelta: t([2, E]), dDeltaBias: t([E]), dA_log: t([E, N]), dB: t([2, N]), dC: t([2, N]), dD: t([E]), dz: null };
     assert.throws(() => g.selectiveScanBackward(a, t([2, E]), gr), MambaError);
-    assert.throws(() => g.selectiveScanBackward({ ...a, state: t([1, E, N]) }, t([2, E]), { ...gr, dz: t([2, E]) }), MambaError);
+    assert.throws(() => g.selectiveScanBackward({ ...a, state: t([1, E, N + 1]) }, t([2, E]), { ...gr, dz: t([2, E]) }), MambaError);
   });
 });

@@ -1,5 +1,6 @@
 /**
- * Backward of the selective scan (see scan.ts for the forward), from zero initial state.
+ * Backward of the selective scan (see scan.ts for the forward), from the initial state s.state (zeros when null;
+ * read only: the forward overwrote its own copy with the final state). No gradient flows into the initial state.
  *
  * Per batch row, the forward is recomputed first, keeping the states h[t] (L·E·N numbers), the decays
  * a[t] = exp(delta[t]·A) and the ungated outputs; then time runs backwards with dh, the gradient reaching h[t]:
@@ -27,14 +28,15 @@ export interface ScanGradData {
   dz: Strided | null; // [B, L, E]
 }
 
-// s: the forward's inputs (s.state must be null), dy: [B, L, E]; every gradient is added into.
+// s: the forward's inputs (s.state: the state the forward started from, or null), dy: [B, L, E]; every gradient is
+// added into.
 export function selectiveScanBackwardF32(
   s: ScanData, dy: Float32Array, g: ScanGradData, B: number, L: number, E: number, N: number,
 ): void {
   const EN = E * N;
   const A = new Float64Array(EN);
   for (let i = 0; i < EN; i++) A[i] = -Math.exp(s.A_log[i]!);
-  const hs = new Float64Array((L + 1) * EN); // h[t] of one row at (t + 1)·EN; h[-1] = 0 at 0
+  const hs = new Float64Array((L + 1) * EN); // h[t] of one row at (t + 1)·EN; h[-1] (the initial state) at 0
   const as = new Float64Array(L * EN); // exp(delta[t]·A)
   const dts = new Float64Array(L * E); // delta[t] after softplus
   const ys = new Float64Array(L * E); // C·h + D·u before the gate
@@ -50,6 +52,7 @@ export function selectiveScanBackwardF32(
   const { du: gU, dDelta, dz, dB, dC } = g;
   for (let b = 0; b < B; b++) {
     // ---- forward recompute ----
+    for (let i = 0; i < EN; i++) hs[i] = s.state ? s.state[b * EN + i]! : 0;
     for (let t = 0; t < L; t++) {
       const row = b * L + t;
       const bo = row * Bm.ld + Bm.off;

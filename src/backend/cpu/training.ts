@@ -126,12 +126,13 @@ export const cpuTrainingOps: TrainingOps = {
   },
 
   selectiveScanBackward(a: SelectiveScanArgs, dy: Tensor, g: ScanGrads): void {
-    check(a.state === null, "selectiveScanBackward: training runs from a zero state (state must be null)");
     check((a.z === null) === (g.dz === null), "selectiveScanBackward: dz must be given exactly when the forward had a gate z");
     const [E, N] = cpu(a.A_log).shape as [number, number];
+    const state = a.state ? cpu(a.state).f32 : null;
+    check(!state || state.length === a.batch * E * N, `selectiveScanBackward: the initial state needs [${a.batch}, ${E}, ${N}]`);
     selectiveScanBackwardF32({
       u: cpu(a.u).f32, delta: strided(a.delta), deltaBias: cpu(a.deltaBias).f32, A_log: cpu(a.A_log).f32,
-      Bm: strided(a.B), Cm: strided(a.C), D: cpu(a.D).f32, z: a.z ? strided(a.z) : null, state: null,
+      Bm: strided(a.B), Cm: strided(a.C), D: cpu(a.D).f32, z: a.z ? strided(a.z) : null, state,
     }, cpu(dy).f32, {
       du: cpu(g.du).f32, dDelta: strided(g.dDelta), dDeltaBias: cpu(g.dDeltaBias).f32, dA_log: cpu(g.dA_log).f32,
       dB: strided(g.dB), dC: strided(g.dC), dD: cpu(g.dD).f32, dz: g.dz ? strided(g.dz) : null,

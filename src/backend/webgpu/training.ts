@@ -381,7 +381,6 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   }
 
   selectiveScanBackward(a: SelectiveScanArgs, dy: Tensor, g: ScanGrads): void {
-    check(a.state === null, "selectiveScanBackward: training runs from a zero state (state must be null)");
     check((a.z === null) === (g.dz === null), "selectiveScanBackward: dz must be given exactly when the forward had a gate z");
     const A = this.gt(a.A_log, "selectiveScanBackward");
     check(A.shape.length === 2, `selectiveScanBackward: A_log must be [E, N], got [${A.shape}]`);
@@ -417,7 +416,9 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     const fits = maxSubTile(N, this.gpu.limits.maxComputeWorkgroupStorageSize, W);
     check(fits >= 1, `selectiveScanBackward: state size ${N} is too large for this adapter's workgroup memory`);
     const subTile = this.scanSubTile > 0 ? Math.min(this.scanSubTile, fits) : fits;
-    const geo = scanBwdGeometry(B, L, E, N, subTile, this.scanChunk, W);
+    const state = a.state ? this.gt(a.state, "selectiveScanBackward") : null;
+    check(!state || state.numel === B * E * N, `selectiveScanBackward: the initial state needs [${B}, ${E}, ${N}], got [${state?.shape}]`);
+    const geo = scanBwdGeometry(B, L, E, N, subTile, this.scanChunk, W, state !== null);
     check(geo.nC <= this.gpu.limits.maxComputeWorkgroupsPerDimension, `selectiveScanBackward: seqLen ${L} needs too many chunks`);
 
     // B and C through one binding: the two windows of x_proj's output, or a copy of both side by side
@@ -443,7 +444,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     }, {
       dB: dB.t.buf, ldB: dB.ld, offB: dB.off, dC: dC.t.buf, ldC: dC.ld, offC: dC.off,
       dA_log: dA.buf, dD: dD.buf, dDeltaBias: dBias.buf,
-    });
+    }, state ? this.f32buf(state) : null);
     cDu.finish();
     cDelta.finish();
     cDz?.finish();

@@ -1,7 +1,8 @@
 /**
  * Selective scan backward, phase 3 of 3 (the only phase when the sequence is one chunk): every gradient, one
  * thread per channel e of one chunk c of batch row b, 32 channels a workgroup. The thread starts from the chunk's
- * saved start state S[c] and the gradient X[c] arriving from the right, and walks the chunk's sub-tiles from the
+ * saved start state S[c] (for chunk 0 zeros, or the forward's initial state) and the gradient X[c] arriving from
+ * the right, and walks the chunk's sub-tiles from the
  * last: it recomputes the states from the chunk start (keeping the states before each step of the sub-tile in
  * workgroup memory), then steps back through the sub-tile (scan-backward.ts of the CPU backend, per step):
  *   y = C·h + D·u;  gy = dy · silu(z);  dz += dy · y · silu'(z)
@@ -48,6 +49,7 @@ struct P {
   B: u32, L: u32, E: u32, nC: u32, chunkLen: u32,
   ldD: u32, offD: u32, ldBC: u32, offB: u32, offC: u32, ldZ: u32, offZ: u32, hasZ: u32, hasChunks: u32,
   oS: u32, oX: u32, oP: u32, ldDD: u32, offDD: u32, ldDZ: u32, offDZ: u32, Gp: u32, oA: u32, oDE: u32,
+  hasState: u32, // S[b, 0] is the forward's initial state (else chunk 0 starts from zeros, not read)
 }
 @group(0) @binding(0) var<storage, read> u: array<f32>;
 @group(0) @binding(1) var<storage, read> delta: array<f32>;
@@ -85,7 +87,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let bias = SX[pb + N];
   let skip = SX[pb + N + 1u];
   let sBase = (b * p.nC + c) * N * p.E + ec;
-  let fromS = p.hasChunks != 0u && c > 0u;
+  let fromS = p.hasChunks != 0u && (c > 0u || p.hasState != 0u);
   ${each(N, (n) => `var x_${n} = 0.0; var dA_${n} = 0.0; var h_${n} = 0.0;`, "\n  ")}
   if (p.hasChunks != 0u && c + 1u < p.nC) {
     ${each(N, (n) => `x_${n} = SX[p.oX + sBase + ${n}u * p.E];`)}
@@ -216,8 +218,9 @@ export const scanBwdChunkWgsl = wgsl;
 export function scanBwdChunk(gpu: Gpu, g: ScanBwdGeometry, a: ScanBwdInputs, dy: Buf, SX: Buf, o: ScanBwdOutputs, part: Buf): void {
   const k = gpu.kernel(`bwd_scan_chunk_${g.N}_${g.subTile}_${g.W}`, () => wgsl(g.N, g.subTile, g.W));
   const p = new Params().u32(g.B).u32(g.L).u32(g.E).u32(g.nC).u32(g.chunkLen)
-    .u32(a.ldD).u32(a.offD).u32(a.ldBC).u32(a.offB).u32(a.offC).u32(a.ldZ).u32(a.offZ).bool(!!a.z).bool(g.nC > 1)
-    .u32(g.oS).u32(g.oX).u32(g.oP).u32(o.ldDD).u32(o.offDD).u32(o.ldDZ).u32(o.offDZ).u32(g.Gp).u32(g.oA).u32(g.oDE);
+    .u32(a.ldD).u32(a.offD).u32(a.ldBC).u32(a.offB).u32(a.offC).u32(a.ldZ).u32(a.offZ).bool(!!a.z).bool(g.nC > 1 || g.hasState)
+    .u32(g.oS).u32(g.oX).u32(g.oP).u32(o.ldDD).u32(o.offDD).u32(o.ldDZ).u32(o.offDZ).u32(g.Gp).u32(g.oA).u32(g.oDE)
+    .bool(g.hasState);
   gpu.dispatch(k, [a.u, a.delta, a.BC, a.z ?? gpu.dummy, dy, SX, o.du, o.dDelta, o.dz ?? gpu.dummyOut, part],
     p, [g.G, g.nC, g.B]);
 }

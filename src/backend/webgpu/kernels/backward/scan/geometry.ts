@@ -21,6 +21,7 @@ export interface ScanBwdGeometry {
   nC: number;
   chunkLen: number;
   subTile: number;
+  hasState: boolean; // the forward started from a given state: S[b, 0] holds it (S exists even for one chunk)
   G: number; // channel groups (workgroups along E): ceil(E / SCAN_BWD_WG)
   W: number; // lanes summed by one subgroup reduction (power of two ≤ 32), 0 = workgroup memory
   Gp: number; // dB|dC partials per row: G · (32 / W), or G when W = 0
@@ -73,19 +74,19 @@ export function scanBwdReduceWidth(gpu: Gpu, request?: number): number {
  * the chunks are the parallelism), else 4 (fewer chunk states to write, combine and read).
  */
 export function scanBwdGeometry(
-  B: number, L: number, E: number, N: number, subTile: number, chunkLen = 0, W = 0,
+  B: number, L: number, E: number, N: number, subTile: number, chunkLen = 0, W = 0, hasState = false,
 ): ScanBwdGeometry {
   const G = Math.ceil(E / SCAN_BWD_WG);
   const auto = B * G * Math.ceil(L / (4 * subTile)) < 4096 ? 2 * subTile : 4 * subTile;
   const cl = Math.max(1, Math.min(L, chunkLen > 0 ? chunkLen : auto));
   const nC = Math.ceil(L / cl);
   const Gp = W > 0 ? G * (SCAN_BWD_WG / W) : G;
-  const states = nC > 1 ? B * nC * N * E : 0;
+  const states = nC > 1 || hasState ? B * nC * N * E : 0;
   const oS = 0, oX = states, oP = 2 * states;
   const oA = B * L * Gp * 2 * N;
   const oDE = oA + B * nC * E * N;
   return {
-    B, L, E, N, nC, chunkLen: cl, subTile, G, W, Gp, oS, oX, oP, sxFloats: oP + E * (N + 2), oA, oDE,
+    B, L, E, N, nC, chunkLen: cl, subTile, hasState, G, W, Gp, oS, oX, oP, sxFloats: oP + E * (N + 2), oA, oDE,
     partFloats: oDE + B * nC * 2 * E,
   };
 }

@@ -1,7 +1,8 @@
 /**
  * The selective scan backward on the GPU, the paper's recomputation design (section 3.3): no state of the forward
  * is stored but one per chunk.
- *   1. the forward's own chunk pass and combine (kernels/scan) give every chunk's start state S [B, nC, N, E];
+ *   1. the forward's own chunk pass and combine (kernels/scan) give every chunk's start state S [B, nC, N, E]
+ *      (from the forward's initial state when it had one);
  *   2. carry.ts + combine.ts give the gradient X [B, nC, N, E] reaching each chunk from its right;
  *   3. chunk.ts recomputes each chunk's states from S and walks it backwards, writing du, ddelta, dz and partial
  *      sums of dB, dC, dA_log, dD and the dt bias;
@@ -32,8 +33,10 @@ export interface ScanBwdReduced {
 /** The per-channel parameters (A_log [E, N], dt bias [E], D [E]) as f32 buffers. */
 export interface ScanBwdParams { A_log: Buf; deltaBias: Buf; D: Buf }
 
+/** state: the forward's initial state [B, E, N] (g.hasState), or null for zeros. */
 export function selectiveScanBackward(
   gpu: Gpu, g: ScanBwdGeometry, a: ScanBwdInputs, prm: ScanBwdParams, dy: Buf, out: ScanBwdOutputs, red: ScanBwdReduced,
+  state: Buf | null = null,
 ): void {
   const { B, E, N, nC } = g;
   const packed = gpu.alloc(E * (N + 2) * 4, "the scan's packed parameters");
@@ -45,11 +48,14 @@ export function selectiveScanBackward(
     const dsum = gpu.alloc(B * nC * E * 4, "the scan's chunk sums");
     const fwd = { B, L: g.L, E, N, nC, chunkLen: g.chunkLen };
     scanChunk(gpu, fwd, { ...a, packed }, SX, dsum);
-    scanCombine(gpu, fwd, packed, dsum, null, SX);
+    scanCombine(gpu, fwd, packed, dsum, state, SX);
     // 2. the gradient carried into each chunk from its right
     scanBwdCarry(gpu, g, a, dy, SX);
     scanBwdCombine(gpu, g, dsum, SX);
     gpu.release(dsum);
+  } else if (state) {
+    // one chunk: the combine over a single chunk just writes S[b, 0] = the initial state, transposed to [N, E]
+    scanCombine(gpu, { B, L: g.L, E, N, nC: 1, chunkLen: g.chunkLen }, packed, gpu.dummy, state, SX);
   }
   gpu.release(packed);
   // 3. every gradient, chunk by chunk
