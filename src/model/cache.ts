@@ -6,6 +6,7 @@
  */
 import type { Backend, Tensor } from "../backend/backend.ts";
 import type { MambaConfig } from "../config.ts";
+import { MambaError } from "../errors.ts";
 
 export class MambaCache {
   private constructor(
@@ -23,6 +24,15 @@ export class MambaCache {
       conv.push(backend.zeros([batch, K - 1, E]));
       ssm.push(backend.zeros([batch, E, N]));
     }
+    return new MambaCache(backend, batch, conv, ssm);
+  }
+
+  /** Zero conv histories and the given SSM states ([batch, E, N] per layer, now owned by the cache). */
+  static withSsm(backend: Backend, config: MambaConfig, batch: number, ssm: Tensor[]): MambaCache {
+    const { numLayers, convKernel: K, intermediateSize: E } = config;
+    if (ssm.length !== numLayers) throw new MambaError(`${ssm.length} SSM states for a model of ${numLayers} layers`);
+    const conv: Tensor[] = [];
+    for (let i = 0; i < numLayers; i++) conv.push(backend.zeros([batch, K - 1, E]));
     return new MambaCache(backend, batch, conv, ssm);
   }
 

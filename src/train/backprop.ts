@@ -20,6 +20,7 @@ import type { SeqShape, Tensor, TensorOrCols } from "../backend/backend.ts";
 import { cols } from "../backend/backend.ts";
 import type { TrainingBackend } from "../backend/training.ts";
 import type { LMActivations, LMWeights, MambaLM, MixerActivations, MixerWeights } from "../model/mamba.ts";
+import { MambaCache } from "../model/cache.ts";
 import { namedTensors, zerosLike } from "./params.ts";
 
 export interface StepResult {
@@ -37,17 +38,26 @@ export function shiftedTargets(ids: Int32Array, shape: SeqShape): Int32Array {
 
 /**
  * One forward + backward: loss = mean cross-entropy over the counted targets (i32 [B·L], -1 = not counted);
- * grads += scale · ∂loss/∂params.
+ * grads += scale · ∂loss/∂params. initialSsm: per layer the SSM state [B, E, N] each row starts from (null =
+ * zeros; conv histories start at zero either way); an input, read only, with no gradient.
  */
 export function forwardBackward(
   lm: MambaLM, b: TrainingBackend, ids: Tensor, targets: Tensor, shape: SeqShape, grads: LMWeights, scale: number,
+  initialSsm: Tensor[] | null = null,
 ): StepResult {
   const { config, weights: w } = lm;
   const eps = config.layerNormEpsilon;
   const T = shape.batch * shape.seqLen;
   const D = config.hiddenSize;
   const keep: LMActivations = { layers: [], residualF: null as unknown as Tensor };
-  const f = lm.hidden(ids, shape, null, keep); // [T, D]
+  // the forward overwrites a cache's states with the final ones; the backward needs the initial ones
+  const cache = initialSsm ? MambaCache.withSsm(b, config, shape.batch, initialSsm.map((h) => {
+    const c = b.zeros(h.shape);
+    b.copyInto(c, h);
+    return c;
+  })) : null;
+  const f = lm.hidden(ids, shape, cache, keep); // [T, D]
+  cache?.dispose();
   const logits = lm.logits(f); // [T, V]
   const ce = b.crossEntropy(logits, targets, scale);
   b.dispose(logits);
@@ -60,7 +70,7 @@ export function forwardBackward(
   b.dispose(df, keep.residualF);
   for (let i = w.layers.length - 1; i >= 0; i--) {
     const act = keep.layers[i]!;
-    const dn = mixerBackward(lm, b, w.layers[i]!.mixer, act.mixer, dRes, shape, grads.layers[i]!.mixer);
+    const dn = mixerBackward(lm, b, w.layers[i]!.mixer, act.mixer, dRes, shape, grads.layers[i]!.mixer, initialSsm?.[i] ?? null);
     b.addRmsNormBackward(act.residual, w.layers[i]!.norm, eps, dn, dRes, grads.layers[i]!.norm);
     b.dispose(dn, act.residual, act.normed);
   }
@@ -69,9 +79,13 @@ export function forwardBackward(
   return { loss: ce.loss, correct: ce.correct };
 }
 
-/** dOut: [T, D] -> du: [T, D] (allocated); weight gradients added into g. Frees the layer's activations. */
+/**
+ * dOut: [T, D] -> du: [T, D] (allocated); weight gradients added into g. Frees the layer's activations.
+ * h0: the SSM state [B, E, N] the layer's forward started from (null = zeros).
+ */
 function mixerBackward(
   lm: MambaLM, b: TrainingBackend, w: MixerWeights, a: MixerActivations, dOut: Tensor, shape: SeqShape, g: MixerWeights,
+  h0: Tensor | null,
 ): Tensor {
   const { intermediateSize: E, stateSize: N, timeStepRank: R, hiddenSize: D } = lm.config;
   const T = shape.batch * shape.seqLen;
@@ -85,7 +99,7 @@ function mixerBackward(
   const dC: TensorOrCols = dxdbl ? cols(dxdbl, R + N, N) : b.zeros([T, N]);
   b.selectiveScanBackward({
     ...shape, u: a.x, delta: a.delta, deltaBias: w.dtBias, A_log: w.A_log, B: a.B, C: a.C, D: w.D,
-    z: cols(a.xz, E, E), state: null,
+    z: cols(a.xz, E, E), state: h0,
   }, dy, { du: dx, dDelta: ddelta, dDeltaBias: g.dtBias, dA_log: g.A_log, dB, dC, dD: g.D, dz: cols(dxz, E, E) });
   if (dxdbl) {
     b.matmulBackward(cols(a.xdbl!, 0, R), w.dtProj!, ddelta, { dx: cols(dxdbl, 0, R), dw: g.dtProj, dBias: null });

@@ -47,6 +47,13 @@ export interface TrainOptions {
   seed: number;
   checkpointEvery: number; // steps between checkpoints (0: only the final one)
   evalBatches: number; // held-out batches for the final accuracy
+  /**
+   * Standard deviation of a random Gaussian SSM state every training sequence starts from, per layer (0 or
+   * absent: zeros, the usual). Exposes the model during training to states it would otherwise meet only beyond
+   * the training length (Buitrago Ruiz & Gu 2025, "Understanding and Improving Length Generalization in Recurrent
+   * Models"); evaluation always starts from zeros.
+   */
+  stateNoise?: number;
 }
 
 export interface StepStats {
@@ -110,6 +117,8 @@ export function checkOptions(o: TrainOptions): void {
   check(Number.isInteger(o.seed) && o.seed >= 0 && o.seed <= 0xffffffff, `seed must be an integer in [0, 2^32), got ${o.seed}`);
   check(o.optim.lr > 0 && Number.isFinite(o.optim.lr), `learning rate must be positive, got ${o.optim.lr}`);
   check(o.optim.warmupSteps >= 0 && Number.isInteger(o.optim.warmupSteps), `warmup steps must be a non-negative integer`);
+  check(o.stateNoise === undefined || (Number.isFinite(o.stateNoise) && o.stateNoise >= 0),
+    `state noise must be a number >= 0, got ${o.stateNoise}`);
   makeTask(o.task); // validates the task's sizes
 }
 
@@ -211,10 +220,13 @@ export class Trainer {
     for (const g of new Set(this.gradMap.values())) b.zeroFill(g);
     let loss = 0, correct = 0, scored = 0, tokens = 0;
     for (let k = 0; k < o.accumulation; k++) {
-      const batch = this.task.batch(this.dataRng(this.step * o.accumulation + k), o.batchSize);
+      const rng = this.dataRng(this.step * o.accumulation + k);
+      const batch = this.task.batch(rng, o.batchSize);
       const ids = b.fromI32(batch.ids, [batch.ids.length]);
       const tgt = b.fromI32(batch.targets, [batch.targets.length]);
-      const r = forwardBackward(this.lm, b, ids, tgt, batch.shape, this.grads, 1 / o.accumulation);
+      const h0 = o.stateNoise ? this.noiseStates(rng, batch.shape.batch, o.stateNoise) : null;
+      const r = forwardBackward(this.lm, b, ids, tgt, batch.shape, this.grads, 1 / o.accumulation, h0);
+      if (h0) b.dispose(...h0);
       loss += (await b.readF32(r.loss))[0]! / o.accumulation;
       correct += (await b.readF32(r.correct))[0]!;
       for (const v of batch.targets) if (v >= 0) scored++;
@@ -230,6 +242,18 @@ export class Trainer {
       this.history.push({ step: this.step, loss, accuracy: this.last.accuracy, lr, gradNorm });
     }
     return this.last;
+  }
+
+  /** Per layer a random initial SSM state [B, E, N] with entries N(0, std²), drawn after the batch from its stream. */
+  private noiseStates(rng: Rng, batch: number, std: number): Tensor[] {
+    const { intermediateSize: E, stateSize: N, numLayers } = this.config;
+    const out: Tensor[] = [];
+    for (let i = 0; i < numLayers; i++) {
+      const data = new Float32Array(batch * E * N);
+      for (let j = 0; j < data.length; j++) data[j] = std * rng.normal();
+      out.push(this.backend.fromF32(data, [batch, E, N]));
+    }
+    return out;
   }
 
   /** Accuracy on the scored positions of `batches` freshly drawn held-out batches (task spec may differ, e.g. L). */

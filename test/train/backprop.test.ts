@@ -91,3 +91,61 @@ for (const mixer of ["s6", "lti"] as const) {
     }
   });
 }
+
+test("s6 from given initial SSM states: loss from a forward through a cache holding them, gradients against finite differences", async () => {
+  const { CpuBackend } = await import("../../src/backend/cpu/index.ts");
+  const { MambaLM, uploadWeights } = await import("../../src/model/mamba.ts");
+  const { MambaCache } = await import("../../src/model/cache.ts");
+  const { forwardBackward, shiftedTargets } = await import("../../src/train/backprop.ts");
+  const { namedTensors, zerosLike } = await import("../../src/train/params.ts");
+  const cfg = makeConfig({ vocabSize: 7, hiddenSize: 6, numLayers: 2, stateSize: 3, intermediateSize: 8, timeStepRank: 2,
+    convKernel: 3, useBias: true, tieEmbeddings: false, mixer: "s6" });
+  const params = perturbedParameters(cfg, 6);
+  const b = new CpuBackend();
+  const shape = { batch: 2, seqLen: 5 };
+  const ids = new TestRng(4).ids(10, 7);
+  const r = new TestRng(21);
+  const h0 = Array.from({ length: cfg.numLayers }, () => r.f32(2 * 8 * 3, 1));
+  const states = () => h0.map((d) => b.fromF32(d, [2, 8, 3]));
+  const lossOf = async (p: typeof params) => {
+    const lm = new MambaLM(cfg, b, uploadWeights(b, cfg, p));
+    const logits = await b.readF32(lm.logits(lm.hidden(b.fromI32(ids, [10]), shape, MambaCache.withSsm(b, cfg, 2, states()))));
+    let s = 0;
+    for (let bb = 0; bb < 2; bb++) for (let t = 0; t < 4; t++) {
+      const row = Array.from(logits.subarray((bb * 5 + t) * 7, (bb * 5 + t + 1) * 7));
+      const mx = Math.max(...row);
+      s += Math.log(row.reduce((a, v) => a + Math.exp(v - mx), 0)) + mx - row[ids[bb * 5 + t + 1]!]!;
+    }
+    return s / 8;
+  };
+  const lm = new MambaLM(cfg, b, uploadWeights(b, cfg, params));
+  const grads = zerosLike(b, lm.weights);
+  const init = states();
+  const res = forwardBackward(lm, b, b.fromI32(ids, [10]), b.fromI32(shiftedTargets(ids, shape), [10]), shape, grads, 1, init);
+  const loss = (await b.readF32(res.loss))[0]!;
+  for (let i = 0; i < init.length; i++) assert.deepEqual(await b.readF32(init[i]!), h0[i], "the initial states are read only");
+  assert.ok(Math.abs((await lossOf(params)) - loss) < 1e-5, "loss");
+  let zeroLoss: number;
+  {
+    const g0 = zerosLike(b, lm.weights);
+    zeroLoss = (await b.readF32(forwardBackward(lm, b, b.fromI32(ids, [10]), b.fromI32(shiftedTargets(ids, shape), [10]), shape, g0, 1).loss))[0]!;
+  }
+  assert.ok(Math.abs(zeroLoss - loss) > 1e-4, "the initial states change the loss");
+  const named = namedTensors(cfg, grads);
+  const h = 1e-2;
+  for (const [name, t] of params) {
+    const g = await b.readF32(named.get(name)!);
+    for (let k = 0; k < 3; k++) {
+      const i = Math.floor(r.next() * g.length);
+      const d = t.data as Float32Array;
+      const v = d[i]!;
+      d[i] = v + h;
+      const lp = await lossOf(params);
+      d[i] = v - h;
+      const lmn = await lossOf(params);
+      d[i] = v;
+      const num = (lp - lmn) / (2 * h);
+      assert.ok(Math.abs(num - g[i]!) <= 2e-3 + 2e-2 * Math.abs(num), `${name}[${i}]: analytic ${g[i]} vs numerical ${num}`);
+    }
+  }
+});

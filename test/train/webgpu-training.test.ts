@@ -81,31 +81,37 @@ for (const mixer of ["s6", "lti"] as const) {
   });
 }
 
-test("a tiny training run on webgpu tracks the cpu run (losses, gradient norms, weights)", async (t) => {
-  if (!(await gpuTest(t))) return;
-  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  const gb = (await createWebGpuBackend()) as TrainingBackend;
-  try {
-    const o = tinyOptions({ steps: 12 });
-    const cpu = Trainer.create(new CpuBackend(), o);
-    const gpu = Trainer.create(gb, o);
-    for (let i = 0; i < o.steps; i++) {
-      const c = await cpu.trainStep(), g = await gpu.trainStep();
-      assert.ok(Math.abs(c.loss - g.loss) <= 1e-4 * Math.abs(c.loss), `step ${i + 1}: loss ${g.loss} vs ${c.loss}`);
-      assert.ok(Math.abs(c.gradNorm - g.gradNorm) <= 1e-3 * c.gradNorm, `step ${i + 1}: gradient norm ${g.gradNorm} vs ${c.gradNorm}`);
-      assert.equal(g.accuracy, c.accuracy, `step ${i + 1}: accuracy`);
+for (const stateNoise of [0, 0.5]) {
+  test(`a tiny training run on webgpu tracks the cpu run (losses, gradient norms, weights)${stateNoise ? ", from random initial SSM states" : ""}`, async (t) => {
+    if (!(await gpuTest(t))) return;
+    const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+    const gb = (await createWebGpuBackend()) as TrainingBackend;
+    try {
+      const o = tinyOptions({ steps: 12, stateNoise });
+      const cpu = Trainer.create(new CpuBackend(), o);
+      const gpu = Trainer.create(gb, o);
+      for (let i = 0; i < o.steps; i++) {
+        const c = await cpu.trainStep(), g = await gpu.trainStep();
+        assert.ok(Math.abs(c.loss - g.loss) <= 1e-4 * Math.abs(c.loss), `step ${i + 1}: loss ${g.loss} vs ${c.loss}`);
+        assert.ok(Math.abs(c.gradNorm - g.gradNorm) <= 1e-3 * c.gradNorm, `step ${i + 1}: gradient norm ${g.gradNorm} vs ${c.gradNorm}`);
+        assert.equal(g.accuracy, c.accuracy, `step ${i + 1}: accuracy`);
+      }
+      const pc = await cpu.parameters(), pg = await gpu.parameters();
+      for (const [name, w] of pc) {
+        const e = relErr(pg.get(name)!.data as Float32Array, w.data as Float32Array);
+        assert.ok(e < 1e-3, `${name} after ${o.steps} steps: relative error ${e.toExponential(2)}`);
+      }
+      const ec = await cpu.evaluate(2), eg = await gpu.evaluate(2);
+      assert.equal(eg.accuracy, ec.accuracy, "held-out accuracy");
+      if (stateNoise) {
+        const plain = Trainer.create(new CpuBackend(), tinyOptions({ steps: 12 }));
+        assert.notEqual((await plain.trainStep()).loss, (await Trainer.create(new CpuBackend(), o).trainStep()).loss, "the noise changes the first step");
+      }
+    } finally {
+      await gb.destroy();
     }
-    const pc = await cpu.parameters(), pg = await gpu.parameters();
-    for (const [name, w] of pc) {
-      const e = relErr(pg.get(name)!.data as Float32Array, w.data as Float32Array);
-      assert.ok(e < 1e-3, `${name} after ${o.steps} steps: relative error ${e.toExponential(2)}`);
-    }
-    const ec = await cpu.evaluate(2), eg = await gpu.evaluate(2);
-    assert.equal(eg.accuracy, ec.accuracy, "held-out accuracy");
-  } finally {
-    await gb.destroy();
-  }
-});
+  });
+}
 
 test("webgpu training is deterministic: a run repeats bit for bit, and a resumed run ends with a straight run's bits", async (t) => {
   if (!(await gpuTest(t))) return;

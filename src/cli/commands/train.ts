@@ -34,6 +34,7 @@ interface TrainCliOptions {
   minLr?: number;
   warmupSteps?: number;
   weightDecay?: number;
+  stateNoise?: number;
   batchSize?: number;
   gradAccum?: number;
   checkpointEvery?: number;
@@ -90,6 +91,8 @@ export function trainCommand(): Command {
     .addOption(new Option("--warmup-steps <n>", "steps of linear warmup to the peak rate (default: the preset's, at most a tenth of --steps)")
       .argParser(integerAtLeast(0)))
     .addOption(new Option("--weight-decay <x>", "AdamW weight decay of the matrices (default: the preset's)").argParser(nonNegativeNumber))
+    .addOption(new Option("--state-noise <std>", "start every training sequence from a random Gaussian SSM state of this standard deviation, " +
+      "for length generalization (default 0: zeros; evaluation always starts from zeros)").argParser(nonNegativeNumber))
     .addOption(new Option("--batch-size <n>", "sequences per micro-batch (default: the preset's)").argParser(integerAtLeast(1)))
     .addOption(new Option("--grad-accum <n>", "micro-batches per optimizer step (default: the preset's)").argParser(integerAtLeast(1)))
     .addOption(new Option("--checkpoint-every <n>", "steps between checkpoints; 0 = only at the end (default: the preset's)")
@@ -127,6 +130,7 @@ function freshOptions(o: TrainCliOptions): TrainOptions {
     t.optim.warmupSteps = o.warmupSteps;
   }
   if (o.weightDecay !== undefined) t.optim.weightDecay = o.weightDecay;
+  if (o.stateNoise !== undefined) t.stateNoise = o.stateNoise;
   if (o.batchSize !== undefined) t.batchSize = o.batchSize;
   if (o.gradAccum !== undefined) t.accumulation = o.gradAccum;
   if (o.checkpointEvery !== undefined) t.checkpointEvery = o.checkpointEvery;
@@ -147,6 +151,7 @@ function checkResumeOptions(o: TrainCliOptions, given: (k: string) => boolean, r
     ["minLr", "--min-lr", o.minLr, run.optim.lr * run.optim.minLrRatio],
     ["warmupSteps", "--warmup-steps", o.warmupSteps, run.optim.warmupSteps],
     ["weightDecay", "--weight-decay", o.weightDecay, run.optim.weightDecay],
+    ["stateNoise", "--state-noise", o.stateNoise, run.stateNoise ?? 0],
     ["batchSize", "--batch-size", o.batchSize, run.batchSize],
     ["gradAccum", "--grad-accum", o.gradAccum, run.accumulation],
   ];
@@ -208,7 +213,8 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
     format: "train |{bar}| {value}/{total} steps | loss {loss} | acc {acc} | {tps} tok/s | ETA {eta_formatted}",
     stream: process.stderr, hideCursor: true, etaBuffer: 50, fps: 5,
   }, cliProgress.Presets.shades_classic);
-  const label = `${o.task.name} ${o.model.mixer} (${o.preset ?? "custom"}): ${o.steps} steps, L ${o.task.seqLen}, D ${o.model.hiddenSize}`;
+  const label = `${o.task.name} ${o.model.mixer} (${o.preset ?? "custom"}): ${o.steps} steps, L ${o.task.seqLen}, D ${o.model.hiddenSize}` +
+    (o.stateNoise ? `, initial SSM states N(0, ${o.stateNoise}²)` : "");
   process.stderr.write(`${trainer.step > 0 ? `resuming at step ${trainer.step}: ` : ""}${label}\n`);
   const start = performance.now();
   let tokens = 0;
@@ -263,6 +269,7 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
     backend: backendName,
     steps: trainer.step,
     seqLen: o.task.seqLen,
+    stateNoise: o.stateNoise ?? 0,
     numTokens: o.task.numTokens,
     vocabSize: o.task.vocabSize,
     accuracy: ev.accuracy,
