@@ -38,3 +38,24 @@ export async function timeTrials(b: { sync(): Promise<void> }, fn: () => void, r
   times.sort((x, y) => x - y);
   return { median: times[Math.floor(trials / 2)]!, min: times[0]!, max: times[trials - 1]!, calls: trials * reps };
 }
+
+/**
+ * Like timeTrials, on the GPU's own clock: each loop's `reps` calls are encoded into one compute pass with
+ * timestamp queries at its start and end, so host submits and waits are not counted. null when the device has
+ * no timestamp queries.
+ */
+export async function gpuTrials(
+  b: { sync(): Promise<void>; timeGpu(fn: () => void): Promise<number | null> }, fn: () => void, reps: number, trials = 5,
+): Promise<Trials | null> {
+  const times: number[] = [];
+  for (let k = 0; k < trials; k++) {
+    await b.sync();
+    const t = await b.timeGpu(() => {
+      for (let i = 0; i < reps; i++) fn();
+    });
+    if (t === null) return null;
+    times.push(t / reps);
+  }
+  times.sort((x, y) => x - y);
+  return { median: times[Math.floor(trials / 2)]!, min: times[0]!, max: times[trials - 1]!, calls: trials * reps };
+}

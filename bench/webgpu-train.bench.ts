@@ -21,7 +21,7 @@ import { namedTensors, zerosLike } from "../src/train/params.ts";
 import { AdamW, DEFAULT_OPTIM } from "../src/train/optim.ts";
 import { fmtBytes } from "../src/backend/webgpu/gpu.ts";
 import { anchor } from "./anchors.ts";
-import { timeTrials, warmUpGpu } from "./timing.ts";
+import { gpuTrials, timeTrials, warmUpGpu } from "./timing.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,step").split(","));
 const smoke = process.env.BENCH_SMOKE === "1";
@@ -97,13 +97,19 @@ async function benchScan(b: WebGpuTrainingBackend): Promise<void> {
         const reps = Math.max(3, Math.min(100, Math.round((smoke ? 2e6 : 1e9) / (T * E))));
         const d0 = b.gpu.dispatches;
         const tt = await timeTrials(b, fn, reps);
-        return { t: tt.median, min: tt.min, max: tt.max, d: (b.gpu.dispatches - d0) / tt.calls };
+        const d = (b.gpu.dispatches - d0) / tt.calls;
+        const gt = await gpuTrials(b, fn, reps);
+        return { t: tt.median, min: tt.min, max: tt.max, d, gpu: gt?.median ?? null, reps };
       };
       const f = await time(() => b.dispose(b.selectiveScan(args)));
       const fb = await time(fwdBwd);
       console.log(`scan fwd+bwd ${shape} fp32: ${ms(fb.t)} (median of 5 loops, ${ms(fb.min)} – ${ms(fb.max)}; official ${a.fwd_bwd_ms !== null ? ms(a.fwd_bwd_ms) : "n/a"}; ` +
         `${ratio(fb.t, a.fwd_bwd_ms)}); backward alone ~${ms(fb.t - f.t)}; forward ${ms(f.t)} (official ` +
         `${a.fwd_ms !== null ? ms(a.fwd_ms) : "n/a"}); ${fb.d} dispatches per fwd+bwd`);
+      if (fb.gpu !== null && f.gpu !== null) {
+        console.log(`  on the GPU clock (timestamp queries around ${fb.reps} calls in one pass, median of 5): fwd+bwd ` +
+          `${ms(fb.gpu)} (${ratio(fb.gpu, a.fwd_bwd_ms)}), forward ${ms(f.gpu)}`);
+      }
     } catch (err) {
       if (!(err instanceof MambaError)) throw err;
       console.log(`scan fwd+bwd ${shape} fp32: does not fit this device (${err.message})`);

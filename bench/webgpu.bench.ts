@@ -20,7 +20,7 @@ import { prefill } from "../src/generate/generate.ts";
 import { toF16Bits, type HostTensor } from "../src/io/tensor.ts";
 import { cols } from "../src/backend/backend.ts";
 import { anchor } from "./anchors.ts";
-import { timeTrials, warmUpGpu } from "./timing.ts";
+import { gpuTrials, timeTrials, warmUpGpu } from "./timing.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,matmul,decode,breakdown,forward,prefill").split(","));
 const models = new Set((process.env.BENCH_MODELS ?? "130m,1.4b").split(","));
@@ -82,6 +82,11 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
     console.log(`scan B${B} E${E} L${L} N${N}: ${ms(t)} (median of 5 loops, ${ms(tt.min)} – ${ms(tt.max)}; official ` +
       `${a.fwd_ms ? ms(a.fwd_ms) : "n/a"}; ${ratio(t, a.fwd_ms, false)}); ${(bytes / (t / 1000) / 1e9).toFixed(0)} GB/s of ` +
       `minimum traffic; ${(b.gpu.dispatches - d0) / tt.calls} dispatches`);
+    const gt = await gpuTrials(b, () => b.dispose(b.selectiveScan(args)), reps);
+    if (gt) {
+      console.log(`  on the GPU clock (timestamp queries around ${reps} calls in one pass): ${ms(gt.median)} (${ms(gt.min)} – ` +
+        `${ms(gt.max)}; ${ratio(gt.median, a.fwd_ms, false)}); ${(bytes / (gt.median / 1000) / 1e9).toFixed(0)} GB/s`);
+    }
     b.dispose(u, delta, z, BC, A_log, D, bias);
   }
 }
@@ -99,8 +104,10 @@ async function benchMatmul(b: WebGpuBackend): Promise<void> {
     const f = () => b.dispose(b.matmul(x, w, null));
     const reps = Math.max(3, Math.min(200, Math.round((smoke ? 2e9 : 2e12) / (2 * T * K * N))));
     const { median: t, min, max } = await timeTrials(b, f, reps);
+    const flops = (perCall: number) => `${((2 * T * K * N) / (perCall / 1000) / 1e12).toFixed(1)} TFLOP/s`;
+    const gt = await gpuTrials(b, f, reps);
     console.log(`matmul ${what} [${T}, ${K}] x [${N}, ${K}]^T fp32: ${ms(t)} (median of 5 loops, ${ms(min)} – ${ms(max)}), ` +
-      `${((2 * T * K * N) / (t / 1000) / 1e12).toFixed(1)} TFLOP/s`);
+      `${flops(t)}${gt ? `; GPU clock ${ms(gt.median)}, ${flops(gt.median)}` : ""}`);
     b.dispose(x, w);
   }
 }

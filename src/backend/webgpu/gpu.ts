@@ -113,6 +113,8 @@ export class Gpu {
   private bindCache = new Map<string, GPUBindGroup>();
   /** idle readback buffers by size (a bucket), reused by later reads of that bucket */
   private staging = new Map<number, GPUBuffer[]>();
+  /** timePass's query set and buffers, made on first use */
+  private timing: { set: GPUQuerySet; resolved: GPUBuffer; out: GPUBuffer } | null = null;
   private stagingBytes = 0;
   private recording: Prepared[] | null = null;
   private errors: string[] = [];
@@ -392,6 +394,44 @@ export class Gpu {
     list.push(buf);
     this.staging.set(buf.size, list);
     this.stagingBytes += buf.size;
+  }
+
+  /**
+   * GPU time in ms of the dispatches `fn` encodes, from timestamp queries written at the start and end of one
+   * compute pass that holds them alone: the GPU's own clock, without the host's submit and wait. null when the
+   * device lacks 'timestamp-query' (Dawn may round these timestamps; time many calls in one pass). Throws if fn
+   * submits or reads, which would end the pass early.
+   */
+  async timePass(fn: () => void): Promise<number | null> {
+    this.check();
+    if (!this.hasTimestamps) return null;
+    this.flush();
+    this.timing ??= {
+      set: this.device.createQuerySet({ type: "timestamp", count: 2 }),
+      resolved: this.device.createBuffer({ size: 16, usage: Usage.QUERY_RESOLVE | Usage.COPY_SRC }),
+      out: this.device.createBuffer({ size: 16, usage: Usage.MAP_READ | Usage.COPY_DST }),
+    };
+    const { set, resolved, out } = this.timing;
+    this.encoder = this.device.createCommandEncoder();
+    const pass = this.encoder.beginComputePass({ timestampWrites: { querySet: set, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } });
+    this.pass = pass;
+    try {
+      fn();
+    } catch (err) {
+      this.flush(); // what was encoded still runs, in order
+      throw err;
+    }
+    if (this.pass !== pass) throw new MambaError("timePass: the timed work submitted or read back, which ends the timed pass");
+    pass.end();
+    this.pass = null;
+    this.encoder.resolveQuerySet(set, 0, 2, resolved, 0);
+    this.encoder.copyBufferToBuffer(resolved, 0, out, 0, 16);
+    this.flush();
+    await out.mapAsync(MAP_READ_MODE, 0, 16);
+    const [t0, t1] = new BigUint64Array(out.getMappedRange(0, 16).slice(0));
+    out.unmap();
+    this.check();
+    return t1! > t0! ? Number(t1! - t0!) / 1e6 : 0;
   }
 
   /** Resolves when the GPU has finished everything submitted (after submitting what is pending). */

@@ -124,7 +124,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   }
   /** Submits pending work now and then, so the GPU starts while the host is still encoding. */
   private done(): void {
-    if (this.gpu.dispatches - this.flushedAt >= FLUSH_EVERY) {
+    if (this.gpu.dispatches - this.flushedAt >= FLUSH_EVERY && !this.timing) {
       this.flushedAt = this.gpu.dispatches;
       this.gpu.flush();
     }

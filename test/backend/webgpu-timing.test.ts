@@ -1,0 +1,40 @@
+/**
+ * Gpu.timePass, the benchmarks' GPU clock: the work timed inside it runs and gives the same results as untimed;
+ * the time is a finite number of ms (or null without 'timestamp-query'); timed work that reads back (which would
+ * end the timed pass) is a clear error, after which the backend still works. Durations are not asserted (speed
+ * belongs to benchmarks). Runs when a WebGPU adapter exists (skipped otherwise, failed under CI=true).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import type { WebGpuBackend } from "../../src/backend/webgpu/index.ts";
+import { MambaError } from "../../src/errors.ts";
+import { gpuTest } from "../helpers/backends.ts";
+import { TestRng } from "../helpers/random.ts";
+
+test("webgpu timePass: timed work runs and gives the untimed results; a readback inside is an error", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const b = (await createWebGpuBackend()) as WebGpuBackend;
+  try {
+    const r = new TestRng(3);
+    const x = b.fromF32(r.f32(64 * 48), [64, 48]);
+    const w = b.fromF32(r.f32(40 * 48), [40, 48]);
+    const want = await b.readF32(b.matmul(x, w, null));
+    let y: ReturnType<typeof b.matmul> | null = null;
+    const ms = await b.gpu.timePass(() => {
+      for (let i = 0; i < 3; i++) {
+        if (y) b.dispose(y);
+        y = b.matmul(x, w, null);
+      }
+    });
+    if (b.gpu.hasTimestamps) assert.ok(typeof ms === "number" && Number.isFinite(ms) && ms >= 0, `time ${ms}`);
+    else assert.equal(ms, null);
+    assert.deepEqual(await b.readF32(y!), want, "the timed matmul's result");
+    if (b.gpu.hasTimestamps) {
+      await assert.rejects(b.gpu.timePass(() => void b.readF32(x)), MambaError);
+      assert.deepEqual(await b.readF32(b.matmul(x, w, null)), want, "the backend works after the error");
+    }
+  } finally {
+    await b.destroy();
+  }
+});
