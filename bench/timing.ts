@@ -35,8 +35,13 @@ export async function timeTrials(b: { sync(): Promise<void> }, fn: () => void, r
     await b.sync();
     times.push((performance.now() - t0) / reps);
   }
-  times.sort((x, y) => x - y);
-  return { median: times[Math.floor(trials / 2)]!, min: times[0]!, max: times[trials - 1]!, calls: trials * reps };
+  return summarize(times, reps);
+}
+
+/** Median, least and most of per-call times, one per loop of `reps` calls. */
+function summarize(times: number[], reps: number): Trials {
+  const sorted = [...times].sort((x, y) => x - y);
+  return { median: sorted[Math.floor(sorted.length / 2)]!, min: sorted[0]!, max: sorted[sorted.length - 1]!, calls: sorted.length * reps };
 }
 
 /**
@@ -56,6 +61,5 @@ export async function gpuTrials(
     if (t === null) return null;
     times.push(t / reps);
   }
-  times.sort((x, y) => x - y);
-  return { median: times[Math.floor(trials / 2)]!, min: times[0]!, max: times[trials - 1]!, calls: trials * reps };
+  return summarize(times, reps);
 }

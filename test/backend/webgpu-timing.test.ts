@@ -38,3 +38,30 @@ test("webgpu timePass: timed work runs and gives the untimed results; a readback
     await b.destroy();
   }
 });
+
+test("webgpu timeGpu: the backend's early submits wait while a pass is timed", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const b = (await createWebGpuBackend({ flushEvery: 1 })) as WebGpuBackend; // would submit after every op
+  try {
+    const r = new TestRng(4);
+    const x = b.fromF32(r.f32(32 * 16), [32, 16]);
+    const w = b.fromF32(r.f32(8 * 16), [8, 16]);
+    const want = await b.readF32(b.matmul(x, w, null));
+    let y: ReturnType<typeof b.matmul> | null = null;
+    const submits = b.gpu.submits;
+    const ms = await b.timeGpu(() => {
+      for (let i = 0; i < 4; i++) {
+        if (y) b.dispose(y);
+        y = b.matmul(x, w, null);
+      }
+    });
+    if (b.gpu.hasTimestamps) {
+      assert.ok(typeof ms === "number" && ms >= 0, `time ${ms}`);
+      assert.equal(b.gpu.submits - submits, 1, "one submit: the timed pass, with the query resolve");
+    }
+    assert.deepEqual(await b.readF32(y!), want);
+  } finally {
+    await b.destroy();
+  }
+});

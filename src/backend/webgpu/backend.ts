@@ -100,28 +100,19 @@ export class WebGpuBackend implements Backend {
   }
   /** Submits pending work now and then, so the GPU starts while the host is still encoding long runs. */
   private tick(): void {
-    if (++this.sinceFlush >= this.flushEvery && !this.timing) this.flushNow();
+    if (++this.sinceFlush >= this.flushEvery) {
+      this.sinceFlush = 0;
+      this.gpu.submitEarly();
+    }
   }
-  /** set while timeGpu encodes: nothing may be submitted part way */
-  protected timing = false;
 
   /**
    * GPU time in ms of the work `fn` encodes, by timestamp queries around one compute pass (null when the device
    * has no 'timestamp-query'): the GPU's clock, without host submits and waits. Nothing is submitted part way
    * through, so keep fn's work to what one command buffer may reasonably hold. fn must not read back.
    */
-  async timeGpu(fn: () => void): Promise<number | null> {
-    this.sinceFlush = 0;
-    this.timing = true;
-    try {
-      return await this.gpu.timePass(fn);
-    } finally {
-      this.timing = false;
-    }
-  }
-  private flushNow(): void {
-    this.sinceFlush = 0;
-    this.gpu.flush();
+  timeGpu(fn: () => void): Promise<number | null> {
+    return this.gpu.timePass(fn);
   }
 
   // ---- data movement ----

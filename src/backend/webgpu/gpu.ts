@@ -113,9 +113,11 @@ export class Gpu {
   private bindCache = new Map<string, GPUBindGroup>();
   /** idle readback buffers by size (a bucket), reused by later reads of that bucket */
   private staging = new Map<number, GPUBuffer[]>();
-  /** timePass's query set and buffers, made on first use */
-  private timing: { set: GPUQuerySet; resolved: GPUBuffer; out: GPUBuffer } | null = null;
   private stagingBytes = 0;
+  /** timePass's query set and buffers, made on first use */
+  private timestamps: { set: GPUQuerySet; resolved: GPUBuffer; out: GPUBuffer } | null = null;
+  /** the pass timePass is timing, while it encodes */
+  private timedPass: GPUComputePassEncoder | null = null;
   private recording: Prepared[] | null = null;
   private errors: string[] = [];
   private lost: string | null = null;
@@ -330,6 +332,14 @@ export class Gpu {
     this.dispatches += plan.length;
   }
 
+  /**
+   * Submits what is encoded so far so that the GPU starts while the host encodes more (the backends call it every
+   * few hundred dispatches); not while timePass encodes, whose dispatches must all stay in its one pass.
+   */
+  submitEarly(): void {
+    if (!this.timedPass) this.flush();
+  }
+
   /** Submits everything encoded so far. */
   flush(): void {
     if (!this.encoder) return;
@@ -406,20 +416,23 @@ export class Gpu {
     this.check();
     if (!this.hasTimestamps) return null;
     this.flush();
-    this.timing ??= {
+    this.timestamps ??= {
       set: this.device.createQuerySet({ type: "timestamp", count: 2 }),
       resolved: this.device.createBuffer({ size: 16, usage: Usage.QUERY_RESOLVE | Usage.COPY_SRC }),
       out: this.device.createBuffer({ size: 16, usage: Usage.MAP_READ | Usage.COPY_DST }),
     };
-    const { set, resolved, out } = this.timing;
+    const { set, resolved, out } = this.timestamps;
     this.encoder = this.device.createCommandEncoder();
     const pass = this.encoder.beginComputePass({ timestampWrites: { querySet: set, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } });
     this.pass = pass;
+    this.timedPass = pass;
     try {
       fn();
     } catch (err) {
       this.flush(); // what was encoded still runs, in order
       throw err;
+    } finally {
+      this.timedPass = null;
     }
     if (this.pass !== pass) throw new MambaError("timePass: the timed work submitted or read back, which ends the timed pass");
     pass.end();

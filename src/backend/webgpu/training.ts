@@ -124,9 +124,9 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   }
   /** Submits pending work now and then, so the GPU starts while the host is still encoding. */
   private done(): void {
-    if (this.gpu.dispatches - this.flushedAt >= FLUSH_EVERY && !this.timing) {
+    if (this.gpu.dispatches - this.flushedAt >= FLUSH_EVERY) {
       this.flushedAt = this.gpu.dispatches;
-      this.gpu.flush();
+      this.gpu.submitEarly();
     }
   }
   /** Σ of n values of src (from word off), squared or not, as a [1] tensor: block sums until one is left. */

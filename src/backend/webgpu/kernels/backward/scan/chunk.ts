@@ -2,9 +2,9 @@
  * Selective scan backward, phase 3 of 3 (the only phase when the sequence is one chunk): every gradient, one
  * thread per channel e of one chunk c of batch row b, 32 channels a workgroup. The thread starts from the chunk's
  * saved start state S[c] (for chunk 0 zeros, or the forward's initial state) and the gradient X[c] arriving from
- * the right, and walks the chunk's sub-tiles from the
- * last: it recomputes the states from the chunk start (keeping the states before each step of the sub-tile in
- * workgroup memory), then steps back through the sub-tile (scan-backward.ts of the CPU backend, per step):
+ * the right, and walks the chunk's sub-tiles from the last: it recomputes the states from the chunk start
+ * (keeping the states before each step of the sub-tile in workgroup memory), then steps back through the sub-tile
+ * (scan-backward.ts of the CPU backend, per step):
  *   y = C·h + D·u;  gy = dy · silu(z);  dz += dy · y · silu'(z)
  *   G = X + gy · C;  dC += gy · h;  q = G · a · h[t-1];  dA += delta · q;  gu = Σ_n G · B
  *   ddelta += Σ_n A · q + u · gu;  dB += delta · u · G;  du += gy · D + delta · gu;  X = G · a
