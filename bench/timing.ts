@@ -63,3 +63,17 @@ export async function gpuTrials(
   }
   return summarize(times, reps);
 }
+
+/** Prints a per-kernel GPU profile (WebGpuBackend.profileKernels), largest share first. */
+export function printProfile(prof: Map<string, { ms: number; count: number }> | null, indent = "  "): void {
+  if (!prof) {
+    console.log(`${indent}(no per-kernel profile: this device has no timestamp queries)`);
+    return;
+  }
+  const total = [...prof.values()].reduce((s, v) => s + v.ms, 0);
+  const rows = [...prof].sort((a, b) => b[1].ms - a[1].ms);
+  console.log(`${indent}per kernel (each dispatch in a pass of its own, so the sum ${total.toFixed(3)} ms exceeds the work's time together):`);
+  for (const [name, v] of rows) {
+    console.log(`${indent}  ${name.padEnd(34)} ${v.ms.toFixed(3).padStart(9)} ms ${((100 * v.ms) / total).toFixed(1).padStart(5)}%  ${v.count} dispatches`);
+  }
+}

@@ -21,7 +21,7 @@ import { namedTensors, zerosLike } from "../src/train/params.ts";
 import { AdamW, DEFAULT_OPTIM } from "../src/train/optim.ts";
 import { fmtBytes } from "../src/backend/webgpu/gpu.ts";
 import { anchor } from "./anchors.ts";
-import { gpuTrials, timeTrials, warmUpGpu } from "./timing.ts";
+import { gpuTrials, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,step").split(","));
 const smoke = process.env.BENCH_SMOKE === "1";
@@ -110,6 +110,7 @@ async function benchScan(b: WebGpuTrainingBackend): Promise<void> {
         console.log(`  on the GPU clock (timestamp queries around ${fb.reps} calls in one pass, median of 5): fwd+bwd ` +
           `${ms(fb.gpu)} (${ratio(fb.gpu, a.fwd_bwd_ms)}), forward ${ms(f.gpu)}`);
       }
+      printProfile(await b.profileKernels(fwdBwd));
     } catch (err) {
       if (!(err instanceof MambaError)) throw err;
       console.log(`scan fwd+bwd ${shape} fp32: does not fit this device (${err.message})`);

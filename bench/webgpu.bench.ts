@@ -20,7 +20,7 @@ import { prefill } from "../src/generate/generate.ts";
 import { toF16Bits, type HostTensor } from "../src/io/tensor.ts";
 import { cols } from "../src/backend/backend.ts";
 import { anchor } from "./anchors.ts";
-import { gpuTrials, timeTrials, warmUpGpu } from "./timing.ts";
+import { gpuTrials, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,matmul,decode,breakdown,forward,prefill").split(","));
 const models = new Set((process.env.BENCH_MODELS ?? "130m,1.4b").split(","));
@@ -192,6 +192,9 @@ async function benchForward(model: MambaModel, name: ModelName): Promise<void> {
   const t = (performance.now() - t0) / reps;
   const official = anchor.forward(name, "float32");
   console.log(`forward ${name} fp32 batch ${B} x ${L} (logits included): ${t.toFixed(1)} ms (official ${official ?? "n/a"} ms; ${ratio(t, official, false)})`);
+  const g = await b.timeGpu(pass);
+  if (g !== null) console.log(`  on the GPU clock (one pass): ${g.toFixed(1)} ms (${ratio(g, official, false)})`);
+  printProfile(await b.profileKernels(pass));
   b.dispose(ids);
 }
 

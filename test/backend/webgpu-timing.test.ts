@@ -65,3 +65,43 @@ test("webgpu timeGpu: the backend's early submits wait while a pass is timed", a
     await b.destroy();
   }
 });
+
+test("webgpu profileKernels: every dispatch is counted under its kernel, results are unchanged, a readback is an error", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const b = (await createWebGpuBackend({ flushEvery: 1 })) as WebGpuBackend;
+  try {
+    const r = new TestRng(5);
+    const x = b.fromF32(r.f32(24 * 20), [24, 20]);
+    const w = b.fromF32(r.f32(12 * 20), [12, 20]);
+    const nw = b.fromF32(r.f32(12), [12]);
+    const norm = (m: ReturnType<typeof b.matmul>) => b.addRmsNorm(m, null, nw, 1e-5).out;
+    const want = await b.readF32(norm(b.matmul(x, w, null)));
+    let y: ReturnType<typeof b.matmul> | null = null;
+    const d0 = b.gpu.dispatches;
+    const prof = await b.profileKernels(() => {
+      for (let i = 0; i < 3; i++) {
+        if (y) b.dispose(y);
+        const m = b.matmul(x, w, null);
+        y = norm(m);
+        b.dispose(m);
+      }
+    });
+    const dispatched = b.gpu.dispatches - d0;
+    assert.deepEqual(await b.readF32(y!), want, "the profiled work's result");
+    if (!b.gpu.hasTimestamps) {
+      assert.equal(prof, null);
+      return;
+    }
+    assert.ok(prof);
+    const counts = [...prof.values()].map((v) => v.count);
+    assert.equal(counts.reduce((s, c) => s + c, 0), dispatched, "every dispatch is in the profile");
+    assert.ok(prof.size >= 2, `two kinds of kernel at least: ${[...prof.keys()]}`);
+    for (const [name, v] of prof) assert.ok(Number.isFinite(v.ms) && v.ms >= 0 && v.count % 3 === 0, `${name}: ${JSON.stringify(v)}`);
+    await assert.rejects(b.profileKernels(() => void b.readF32(x)), MambaError);
+    await assert.rejects(b.profileKernels(() => { for (let i = 0; i < 3; i++) b.dispose(b.matmul(x, w, null)); }, 2), /more than 2 dispatches/);
+    assert.deepEqual(await b.readF32(norm(b.matmul(x, w, null))), want, "the backend works after the errors");
+  } finally {
+    await b.destroy();
+  }
+});

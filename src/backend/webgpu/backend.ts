@@ -115,6 +115,14 @@ export class WebGpuBackend implements Backend {
     return this.gpu.timePass(fn);
   }
 
+  /**
+   * GPU time in ms per kernel of the work `fn` encodes, each dispatch timed in a pass of its own (null without
+   * 'timestamp-query'): where the time goes, not how long the work takes together. fn must not read back.
+   */
+  profileKernels(fn: () => void, maxDispatches?: number): Promise<Map<string, { ms: number; count: number }> | null> {
+    return this.gpu.profileKernels(fn, maxDispatches);
+  }
+
   // ---- data movement ----
 
   upload(t: HostTensor): Tensor {

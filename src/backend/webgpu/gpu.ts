@@ -118,6 +118,8 @@ export class Gpu {
   private timestamps: { set: GPUQuerySet; resolved: GPUBuffer; out: GPUBuffer } | null = null;
   /** the pass timePass is timing, while it encodes */
   private timedPass: GPUComputePassEncoder | null = null;
+  /** while profileKernels encodes: its query set and the kernel of each pass so far */
+  private profiling: { set: GPUQuerySet; names: string[] } | null = null;
   private recording: Prepared[] | null = null;
   private errors: string[] = [];
   private lost: string | null = null;
@@ -301,11 +303,83 @@ export class Gpu {
       return;
     }
     for (const b of bufs) b.serial = this.serial;
-    const pass = this.computePass();
+    const pass = this.profiling ? this.profiledPass(k.name) : this.computePass();
     pass.setPipeline(k.pipeline);
     pass.setBindGroup(0, bg);
     pass.dispatchWorkgroups(groups[0], groups[1] ?? 1, groups[2] ?? 1);
     this.dispatches++;
+  }
+
+  /** A pass of its own for one dispatch of `name`, with timestamps at its start and end (profileKernels). */
+  private profiledPass(name: string): GPUComputePassEncoder {
+    const prof = this.profiling!;
+    const i = prof.names.length;
+    if (2 * i + 2 > prof.set.count) {
+      throw new MambaError(`profileKernels: more than ${prof.set.count / 2} dispatches; profile less work at a time`);
+    }
+    prof.names.push(name);
+    this.pass?.end();
+    this.encoder ??= this.device.createCommandEncoder();
+    this.pass = this.encoder.beginComputePass({
+      timestampWrites: { querySet: prof.set, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
+    });
+    return this.pass;
+  }
+
+  /**
+   * GPU time per kernel of the dispatches `fn` encodes (at most `maxDispatches`): each runs in a compute pass of
+   * its own with timestamps at its start and end, and the times are summed by kernel name, in the order the
+   * kernels first ran. A pass per dispatch serializes them (no overlap of one's tail with the next's start), so
+   * the sum exceeds what the same work takes in one pass; the shares are what it is for. null without
+   * 'timestamp-query'. fn must not submit or read back.
+   */
+  async profileKernels(fn: () => void, maxDispatches = 2048): Promise<Map<string, { ms: number; count: number }> | null> {
+    this.check();
+    if (!this.hasTimestamps) return null;
+    if (this.recording || this.timedPass || this.profiling) throw new MambaError("profileKernels: already recording, timing or profiling");
+    this.flush();
+    const count = 2 * maxDispatches;
+    const set = this.device.createQuerySet({ type: "timestamp", count });
+    const resolved = this.device.createBuffer({ size: count * 8, usage: Usage.QUERY_RESOLVE | Usage.COPY_SRC });
+    const out = this.device.createBuffer({ size: count * 8, usage: Usage.MAP_READ | Usage.COPY_DST });
+    this.profiling = { set, names: [] };
+    const submits = this.submits;
+    let names: string[];
+    try {
+      fn();
+    } finally {
+      names = this.profiling.names;
+      this.profiling = null;
+    }
+    try {
+      if (this.submits !== submits) {
+        this.flush();
+        throw new MambaError("profileKernels: the profiled work submitted or read back");
+      }
+      const result = new Map<string, { ms: number; count: number }>();
+      if (names.length === 0) return result;
+      this.pass?.end();
+      this.pass = null;
+      this.encoder!.resolveQuerySet(set, 0, 2 * names.length, resolved, 0);
+      this.encoder!.copyBufferToBuffer(resolved, 0, out, 0, 2 * names.length * 8);
+      this.flush();
+      await out.mapAsync(MAP_READ_MODE, 0, 2 * names.length * 8);
+      const ts = new BigUint64Array(out.getMappedRange(0, 2 * names.length * 8).slice(0));
+      out.unmap();
+      this.check();
+      names.forEach((name, i) => {
+        const t0 = ts[2 * i]!, t1 = ts[2 * i + 1]!;
+        const r = result.get(name) ?? { ms: 0, count: 0 };
+        r.ms += t1 > t0 ? Number(t1 - t0) / 1e6 : 0;
+        r.count++;
+        result.set(name, r);
+      });
+      return result;
+    } finally {
+      set.destroy();
+      resolved.destroy();
+      out.destroy();
+    }
   }
 
   /** Runs fn and returns the dispatches it would make, resolved, for replay(); nothing is encoded meanwhile. */
@@ -337,7 +411,7 @@ export class Gpu {
    * few hundred dispatches); not while timePass encodes, whose dispatches must all stay in its one pass.
    */
   submitEarly(): void {
-    if (!this.timedPass) this.flush();
+    if (!this.timedPass && !this.profiling) this.flush();
   }
 
   /** Submits everything encoded so far. */
