@@ -26,6 +26,7 @@ import { namedTensors, zerosLike } from "./params.ts";
 export interface StepResult {
   loss: Tensor; // [1] mean over the counted targets
   correct: Tensor; // [1] counted targets predicted right (argmax)
+  finalSsm: Tensor[] | null; // per layer the SSM state [B, E, N] after the last position, when asked for (the caller owns it)
 }
 
 /** Targets for next-token training: targets[b, t] = ids[b, t+1], -1 (not counted) at t = L-1. */
@@ -39,11 +40,12 @@ export function shiftedTargets(ids: Int32Array, shape: SeqShape): Int32Array {
 /**
  * One forward + backward: loss = mean cross-entropy over the counted targets (i32 [B·L], -1 = not counted);
  * grads += scale · ∂loss/∂params. initialSsm: per layer the SSM state [B, E, N] each row starts from (null =
- * zeros; conv histories start at zero either way); an input, read only, with no gradient.
+ * zeros; conv histories start at zero either way); an input, read only, with no gradient. keepFinal: also return
+ * the states after the last position (no gradient flows through them).
  */
 export function forwardBackward(
   lm: MambaLM, b: TrainingBackend, ids: Tensor, targets: Tensor, shape: SeqShape, grads: LMWeights, scale: number,
-  initialSsm: Tensor[] | null = null,
+  initialSsm: Tensor[] | null = null, keepFinal = false,
 ): StepResult {
   const { config, weights: w } = lm;
   const eps = config.layerNormEpsilon;
@@ -55,9 +57,10 @@ export function forwardBackward(
     const c = b.zeros(h.shape);
     b.copyInto(c, h);
     return c;
-  })) : null;
+  })) : keepFinal ? MambaCache.zeros(b, config, shape.batch) : null;
   const f = lm.hidden(ids, shape, cache, keep); // [T, D]
-  cache?.dispose();
+  const finalSsm = keepFinal ? cache!.ssm : null;
+  if (cache) b.dispose(...cache.conv, ...(keepFinal ? [] : cache.ssm));
   const logits = lm.logits(f); // [T, V]
   const ce = b.crossEntropy(logits, targets, scale);
   b.dispose(logits);
@@ -76,7 +79,7 @@ export function forwardBackward(
   }
   b.embeddingBackward(ids, dRes, grads.embeddings);
   b.dispose(dRes);
-  return { loss: ce.loss, correct: ce.correct };
+  return { loss: ce.loss, correct: ce.correct, finalSsm };
 }
 
 /**

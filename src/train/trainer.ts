@@ -54,6 +54,12 @@ export interface TrainOptions {
    * Models"); evaluation always starts from zeros.
    */
   stateNoise?: number;
+  /**
+   * State passing (the same paper's other intervention): every training sequence starts from the final SSM
+   * states of the sequence in its row of the micro-batch before (no gradient through them), so training meets
+   * the states of ever longer histories. Exclusive with stateNoise; the carried states are saved in checkpoints.
+   */
+  statePassing?: boolean;
 }
 
 export interface StepStats {
@@ -119,6 +125,7 @@ export function checkOptions(o: TrainOptions): void {
   check(o.optim.warmupSteps >= 0 && Number.isInteger(o.optim.warmupSteps), `warmup steps must be a non-negative integer`);
   check(o.stateNoise === undefined || (Number.isFinite(o.stateNoise) && o.stateNoise >= 0),
     `state noise must be a number >= 0, got ${o.stateNoise}`);
+  check(!(o.statePassing && o.stateNoise), "state passing and state noise are exclusive: choose one way to start training sequences");
   makeTask(o.task); // validates the task's sizes
 }
 
@@ -132,6 +139,8 @@ export class Trainer {
   elapsedSeconds = 0;
   /** every historyEvery-th step (and the first), over resumes */
   history: HistoryRecord[] = [];
+  /** state passing: per layer the SSM states [batch, E, N] the next micro-batch starts from (null: zeros) */
+  private carry: Tensor[] | null = null;
 
   private constructor(
     readonly backend: TrainingBackend,
@@ -186,6 +195,13 @@ export class Trainer {
       }
     }
     const t = new Trainer(backend, state.options, lm, opt, state.step);
+    if (state.options.statePassing && moments.has("carry.0")) {
+      t.carry = Array.from({ length: cfg.numLayers }, (_, i) => {
+        const h = moments.get(`carry.${i}`);
+        check(h, `${folder}/optimizer.safetensors: missing 'carry.${i}' (the states state passing carries)`);
+        return backend.fromF32(toFloat32(h), h.shape);
+      });
+    }
     t.last = state.last;
     t.elapsedSeconds = state.elapsedSeconds ?? 0;
     t.history = state.history ?? [];
@@ -224,9 +240,10 @@ export class Trainer {
       const batch = this.task.batch(rng, o.batchSize);
       const ids = b.fromI32(batch.ids, [batch.ids.length]);
       const tgt = b.fromI32(batch.targets, [batch.targets.length]);
-      const h0 = o.stateNoise ? this.noiseStates(rng, batch.shape.batch, o.stateNoise) : null;
-      const r = forwardBackward(this.lm, b, ids, tgt, batch.shape, this.grads, 1 / o.accumulation, h0);
+      const h0 = o.stateNoise ? this.noiseStates(rng, batch.shape.batch, o.stateNoise) : o.statePassing ? this.carry : null;
+      const r = forwardBackward(this.lm, b, ids, tgt, batch.shape, this.grads, 1 / o.accumulation, h0, !!o.statePassing);
       if (h0) b.dispose(...h0);
+      this.carry = r.finalSsm;
       loss += (await b.readF32(r.loss))[0]! / o.accumulation;
       correct += (await b.readF32(r.correct))[0]!;
       for (const v of batch.targets) if (v >= 0) scored++;
@@ -276,6 +293,9 @@ export class Trainer {
     for (const [name, p] of this.params) {
       moments.set(`m.${name}`, { dtype: "F32", shape: [...p.shape], data: await b.readF32(this.optimizer.m.get(name)!) });
       moments.set(`v.${name}`, { dtype: "F32", shape: [...p.shape], data: await b.readF32(this.optimizer.v.get(name)!) });
+    }
+    for (const [i, h] of (this.carry ?? []).entries()) {
+      moments.set(`carry.${i}`, { dtype: "F32", shape: [...h.shape], data: await b.readF32(h) });
     }
     const state: TrainerState = {
       format: "mamba-ts-trainer", version: 1, step: this.step, options: o,

@@ -121,8 +121,15 @@ test("s6 from given initial SSM states: loss from a forward through a cache hold
   const lm = new MambaLM(cfg, b, uploadWeights(b, cfg, params));
   const grads = zerosLike(b, lm.weights);
   const init = states();
-  const res = forwardBackward(lm, b, b.fromI32(ids, [10]), b.fromI32(shiftedTargets(ids, shape), [10]), shape, grads, 1, init);
+  const res = forwardBackward(lm, b, b.fromI32(ids, [10]), b.fromI32(shiftedTargets(ids, shape), [10]), shape, grads, 1, init, true);
   const loss = (await b.readF32(res.loss))[0]!;
+  {
+    // keepFinal: the states after the last position, as a forward with a cache from the same states leaves them
+    const cache = MambaCache.withSsm(b, cfg, 2, states());
+    lm.hidden(b.fromI32(ids, [10]), shape, cache);
+    assert.equal(res.finalSsm?.length, cfg.numLayers);
+    for (let i = 0; i < cfg.numLayers; i++) assert.deepEqual(await b.readF32(res.finalSsm![i]!), await b.readF32(cache.ssm[i]!), `final state ${i}`);
+  }
   for (let i = 0; i < init.length; i++) assert.deepEqual(await b.readF32(init[i]!), h0[i], "the initial states are read only");
   assert.ok(Math.abs((await lossOf(params)) - loss) < 1e-5, "loss");
   let zeroLoss: number;

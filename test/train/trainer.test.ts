@@ -66,6 +66,25 @@ test("resume: N steps straight == N/2 steps, save, resume, N/2 more (weights and
   assert.deepEqual((await fs.readdir(d2)).sort(), ["checkpoint-8", "latest"], "older checkpoints are removed");
 });
 
+test("state passing: each batch starts from the last one's final states; resume continues it to the bit", async () => {
+  const o = tinyOptions({ steps: 6, accumulation: 1, checkpointEvery: 0, statePassing: true });
+  const plain = await run(6, tinyOptions({ steps: 6, accumulation: 1, checkpointEvery: 0 }));
+  const straight = await run(6, o);
+  assert.equal(straight.losses[0], plain.losses[0], "the first batch starts from zeros");
+  assert.notDeepEqual(straight.losses.slice(1), plain.losses.slice(1), "later batches start from carried states");
+  const d1 = await tmp(), d2 = await tmp();
+  const f1 = await straight.t.save(d1);
+  const half = await run(3, o);
+  await half.t.save(d2);
+  const resumed = await Trainer.resume(new CpuBackend(), d2);
+  const tail: number[] = [];
+  while (!resumed.finished) tail.push((await resumed.trainStep()).loss);
+  assert.deepEqual(tail, straight.losses.slice(3));
+  const f2 = await resumed.save(d2);
+  for (const f of ["model.safetensors", "optimizer.safetensors"]) assert.ok((await bytesOf(f1, f)).equals(await bytesOf(f2, f)), f);
+  assert.throws(() => Trainer.create(new CpuBackend(), { ...o, stateNoise: 1 }), /exclusive/);
+});
+
 test("a checkpoint is a model folder: loadModel gives the trainer's logits", async () => {
   const dir = await tmp();
   const { t } = await run(3, tinyOptions({ steps: 3 }));

@@ -35,6 +35,7 @@ interface TrainCliOptions {
   warmupSteps?: number;
   weightDecay?: number;
   stateNoise?: number;
+  statePassing?: boolean;
   batchSize?: number;
   gradAccum?: number;
   checkpointEvery?: number;
@@ -93,6 +94,8 @@ export function trainCommand(): Command {
     .addOption(new Option("--weight-decay <x>", "AdamW weight decay of the matrices (default: the preset's)").argParser(nonNegativeNumber))
     .addOption(new Option("--state-noise <std>", "start every training sequence from a random Gaussian SSM state of this standard deviation, " +
       "for length generalization (default 0: zeros; evaluation always starts from zeros)").argParser(nonNegativeNumber))
+    .addOption(new Option("--state-passing", "start every training sequence from the final SSM states of the one before it in its batch row, " +
+      "for length generalization (no gradient through them; evaluation always starts from zeros)"))
     .addOption(new Option("--batch-size <n>", "sequences per micro-batch (default: the preset's)").argParser(integerAtLeast(1)))
     .addOption(new Option("--grad-accum <n>", "micro-batches per optimizer step (default: the preset's)").argParser(integerAtLeast(1)))
     .addOption(new Option("--checkpoint-every <n>", "steps between checkpoints; 0 = only at the end (default: the preset's)")
@@ -131,6 +134,10 @@ function freshOptions(o: TrainCliOptions): TrainOptions {
   }
   if (o.weightDecay !== undefined) t.optim.weightDecay = o.weightDecay;
   if (o.stateNoise !== undefined) t.stateNoise = o.stateNoise;
+  if (o.statePassing) {
+    if (o.stateNoise) throw new UsageError("--state-passing and --state-noise are exclusive");
+    t.statePassing = true;
+  }
   if (o.batchSize !== undefined) t.batchSize = o.batchSize;
   if (o.gradAccum !== undefined) t.accumulation = o.gradAccum;
   if (o.checkpointEvery !== undefined) t.checkpointEvery = o.checkpointEvery;
@@ -152,6 +159,7 @@ function checkResumeOptions(o: TrainCliOptions, given: (k: string) => boolean, r
     ["warmupSteps", "--warmup-steps", o.warmupSteps, run.optim.warmupSteps],
     ["weightDecay", "--weight-decay", o.weightDecay, run.optim.weightDecay],
     ["stateNoise", "--state-noise", o.stateNoise, run.stateNoise ?? 0],
+    ["statePassing", "--state-passing", o.statePassing, run.statePassing ?? false],
     ["batchSize", "--batch-size", o.batchSize, run.batchSize],
     ["gradAccum", "--grad-accum", o.gradAccum, run.accumulation],
   ];
@@ -214,7 +222,7 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
     stream: process.stderr, hideCursor: true, etaBuffer: 50, fps: 5,
   }, cliProgress.Presets.shades_classic);
   const label = `${o.task.name} ${o.model.mixer} (${o.preset ?? "custom"}): ${o.steps} steps, L ${o.task.seqLen}, D ${o.model.hiddenSize}` +
-    (o.stateNoise ? `, initial SSM states N(0, ${o.stateNoise}²)` : "");
+    (o.stateNoise ? `, initial SSM states N(0, ${o.stateNoise}²)` : "") + (o.statePassing ? ", SSM states passed between batches" : "");
   process.stderr.write(`${trainer.step > 0 ? `resuming at step ${trainer.step}: ` : ""}${label}\n`);
   const start = performance.now();
   let tokens = 0;
@@ -270,6 +278,7 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
     steps: trainer.step,
     seqLen: o.task.seqLen,
     stateNoise: o.stateNoise ?? 0,
+    statePassing: o.statePassing ?? false,
     numTokens: o.task.numTokens,
     vocabSize: o.task.vocabSize,
     accuracy: ev.accuracy,
