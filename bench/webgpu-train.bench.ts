@@ -10,7 +10,7 @@
  * BENCH_ONLY=scan,step picks sections. BENCH_SMOKE=1 shrinks every shape to check the bench on a slow adapter
  * (lavapipe); BENCH_SCAN_SHAPES=BxExLxN,... and BENCH_STEP=D,layers,vocab,batch,seqLen[,micro] override the shapes.
  * BENCH_SCAN_TUNINGS=name:value,...|... runs the scan section again with each set of WebGpuTrainingTuning values
- * (e.g. scanBackwardChunk:128,scanBackwardSubTile:4|scanBackwardReduceWidth:0).
+ * (e.g. scanBackwardChunk:128,scanBackwardSubTile:4|scanBackwardKernel:channel).
  */
 import { createModel } from "../src/index.ts";
 import { createWebGpuBackend, type WebGpuTrainingBackend, type WebGpuTrainingTuning } from "../src/backend/webgpu/index.ts";
@@ -183,7 +183,8 @@ async function benchStep(): Promise<void> {
 export default async function run(): Promise<void> {
   if (only.has("scan")) {
     const tunings = (process.env.BENCH_SCAN_TUNINGS ?? "").split("|").filter(Boolean)
-      .map((t) => Object.fromEntries(t.split(",").map((kv) => kv.split(":")).map(([k, v]) => [k, Number(v)])) as WebGpuTrainingTuning);
+      .map((t) => Object.fromEntries(t.split(",").map((kv) => kv.split(":"))
+        .map(([k, v]) => [k, v !== undefined && v.trim() !== "" && Number.isFinite(Number(v)) ? Number(v) : v])) as WebGpuTrainingTuning);
     for (const tuning of [{}, ...tunings]) {
       const b = (await createWebGpuBackend(tuning)) as WebGpuTrainingBackend;
       console.log(`device: ${b.device} (WebGPU)${Object.keys(tuning).length ? `; tuning ${JSON.stringify(tuning)}` : ""}`);

@@ -79,6 +79,9 @@ async function compare(c: TensorOrCols, g: TensorOrCols, gpu: Backend, tol: numb
 describe("training ops on webgpu against the cpu", () => {
   let gpu: TrainingBackend | null = null;
   let chunked: TrainingBackend | null = null; // tiny scan chunks and sub-tiles: many chunks on small shapes
+  let channel: TrainingBackend | null = null; // the scan backward's one-lane-per-channel kernel (default without subgroups)
+  let channelChunked: TrainingBackend | null = null;
+  let longSegments: TrainingBackend | null = null; // the lanes kernel with 5 sub-tiles of 8 steps a segment
   // the scan backward's dB/dC sums in workgroup memory (the path without subgroups), and in subgroup blocks of 4
   let wgMemory: TrainingBackend | null = null;
   let narrow: TrainingBackend | null = null;
@@ -90,11 +93,17 @@ describe("training ops on webgpu against the cpu", () => {
     gpu = b;
     const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
     chunked = (await createWebGpuBackend({ scanBackwardChunk: 5, scanBackwardSubTile: 2 })) as TrainingBackend;
+    channel = (await createWebGpuBackend({ scanBackwardKernel: "channel" })) as TrainingBackend;
+    longSegments = (await createWebGpuBackend({ scanBackwardChunk: 40, scanBackwardSubTile: 8 })) as TrainingBackend;
+    channelChunked = (await createWebGpuBackend({ scanBackwardKernel: "channel", scanBackwardChunk: 5, scanBackwardSubTile: 2 })) as TrainingBackend;
     wgMemory = (await createWebGpuBackend({ scanBackwardChunk: 7, scanBackwardSubTile: 3, scanBackwardReduceWidth: 0 })) as TrainingBackend;
     narrow = (await createWebGpuBackend({ scanBackwardReduceWidth: 4 })) as TrainingBackend;
   });
   after(async () => {
     await chunked?.destroy();
+    await channel?.destroy();
+    await longSegments?.destroy();
+    await channelChunked?.destroy();
     await wgMemory?.destroy();
     await narrow?.destroy();
     await releaseWebgpu();
@@ -292,15 +301,22 @@ describe("training ops on webgpu against the cpu", () => {
     { B: 2, L: 150, E: 70, N: 16, gated: true, split: false, state: false }, // many default chunks, E past two workgroups
     { B: 2, L: 150, E: 70, N: 16, gated: true, split: false, state: true },
   ];
+  // kernel: the chunk kernel the variant must run ("lanes" needs subgroups of 4 lanes or more)
   const scanVariants = [
-    { name: "", get: (g: TrainingBackend) => g, seed: 8 },
-    { name: " in many chunks (chunk 5, sub-tile 2)", get: () => chunked!, seed: 9 },
-    { name: " with dB/dC summed in workgroup memory (chunk 7, sub-tile 3)", get: () => wgMemory!, seed: 10 },
-    { name: " with dB/dC summed in subgroup blocks of 4 lanes", get: () => narrow!, seed: 11 },
+    { name: "", get: (g: TrainingBackend) => g, seed: 8, kernel: "default" },
+    { name: " in many chunks (chunk 5, sub-tile 2)", get: () => chunked!, seed: 9, kernel: "default" },
+    { name: " in segments of 5 sub-tiles (chunk 40, sub-tile 8)", get: () => longSegments!, seed: 14, kernel: "default" },
+    { name: " with one lane a channel", get: () => channel!, seed: 12, kernel: "channel" },
+    { name: " with one lane a channel, in many chunks (chunk 5, sub-tile 2)", get: () => channelChunked!, seed: 13, kernel: "channel" },
+    { name: " with dB/dC summed in workgroup memory (chunk 7, sub-tile 3)", get: () => wgMemory!, seed: 10, kernel: "channel" },
+    { name: " with dB/dC summed in subgroup blocks of 4 lanes", get: () => narrow!, seed: 11, kernel: "default" },
   ];
   for (const variant of scanVariants) {
     it(`selectiveScanBackward${variant.name}: windows, gates, L = 1, odd E and N, B and C apart`, async (g0) => {
       const g = variant.get(g0);
+      const gpuOf = (k: TrainingBackend) => (k as unknown as { gpu: { hasSubgroups: boolean; kernelNames: string[] } }).gpu;
+      const want = variant.kernel === "default" ? (gpuOf(g).hasSubgroups ? "bwd_scan_lanes_" : "bwd_scan_chunk_") : "bwd_scan_chunk_";
+
       const p = new Pair(g, new TestRng(variant.seed));
       for (const [i, s] of scanCases.entries()) {
         const rows = s.B * s.L, R = 2, P = R + 2 * s.N, shape = { batch: s.B, seqLen: s.L };
@@ -352,6 +368,7 @@ describe("training ops on webgpu against the cpu", () => {
         await compare(cols(gr.c.dxd, R, 2 * s.N), cols(gr.g.dxd, R, 2 * s.N), g, tol, `${tag} dB, dC`, gr.dx);
         if (gr.c.dz) await compare(cols(gr.c.dz, 0, s.E), cols(gr.g.dz!, 0, s.E), g, tol, `${tag} dz`, gr.dz);
       }
+      assert.ok(gpuOf(g).kernelNames.some((k) => k.startsWith(want)), `ran ${want}: ${gpuOf(g).kernelNames}`);
     });
   }
 

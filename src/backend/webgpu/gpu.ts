@@ -249,6 +249,11 @@ export class Gpu {
 
   // ---- kernels ----
 
+  /** The keys of the kernels compiled so far (which variant of a kernel ran). */
+  get kernelNames(): string[] {
+    return [...this.kernels.keys()];
+  }
+
   kernel(key: string, code: () => string): Kernel {
     let k = this.kernels.get(key);
     if (!k) {

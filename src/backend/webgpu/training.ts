@@ -33,12 +33,19 @@ import { embeddingBackwardSerial } from "./kernels/backward/embedding-backward-s
 import { convPre } from "./kernels/backward/conv-pre.ts";
 import { convDx } from "./kernels/backward/conv-dx.ts";
 import { convChunks, convDw } from "./kernels/backward/conv-dw.ts";
-import { maxSubTile, scanBwdGeometry, scanBwdReduceWidth, selectiveScanBackward } from "./kernels/backward/scan/index.ts";
+import {
+  lanesMinBytes, lanesPossible, maxSubTile, scanBwdGeometry, scanBwdLanesGeometry, scanBwdReduceWidth, selectiveScanBackward,
+  type ScanBwdGeometry,
+} from "./kernels/backward/scan/index.ts";
 
 export interface WebGpuTrainingTuning extends WebGpuTuning {
-  /** time steps per saved state in the scan backward (default 2 or 4 sub-tiles, by how many chunks fill the GPU) */
+  /** the scan backward's chunk kernel: "lanes" (each channel's states over 4 subgroup lanes; the default where
+   *  subgroups of at least 4 lanes exist) or "channel" (one lane a channel; the default without) */
+  scanBackwardKernel?: "lanes" | "channel";
+  /** time steps per saved state in the scan backward (default: by how many chunks fill the GPU) */
   scanBackwardChunk?: number;
-  /** time steps whose states the scan backward keeps in workgroup memory at once (default: what fits, at most 8) */
+  /** time steps the scan backward recomputes at once: kept in workgroup memory by the channel kernel (default:
+   *  what fits, at most 8), in registers by the lanes kernel (default 8) */
   scanBackwardSubTile?: number;
   /** lanes per subgroup sum of dB and dC in the scan backward (default: the device's smallest subgroup, at most
    *  32); 0 sums in workgroup memory instead */
@@ -62,6 +69,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   private readonly scanChunk: number;
   private readonly scanSubTile: number;
   private readonly scanReduceWidth: number;
+  private readonly scanKernel: "lanes" | "channel";
   private flushedAt = 0;
 
   constructor(gpu: Gpu, tuning: WebGpuTrainingTuning = {}) {
@@ -69,6 +77,11 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     this.scanChunk = tuning.scanBackwardChunk ?? 0;
     this.scanSubTile = tuning.scanBackwardSubTile ?? 0;
     this.scanReduceWidth = scanBwdReduceWidth(gpu, tuning.scanBackwardReduceWidth);
+    const kernel = tuning.scanBackwardKernel;
+    check(kernel === undefined || kernel === "lanes" || kernel === "channel", `scanBackwardKernel must be "lanes" or "channel", got ${String(kernel)}`);
+    check(kernel !== "lanes" || lanesPossible(this.scanReduceWidth),
+      `scanBackwardKernel "lanes" needs subgroups of at least 4 lanes (this device's reduction width is ${this.scanReduceWidth})`);
+    this.scanKernel = kernel ?? (lanesPossible(this.scanReduceWidth) ? "lanes" : "channel");
   }
 
   override fromI32(data: Int32Array, shape: readonly number[]): Tensor {
@@ -413,12 +426,19 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     const maxBufs = this.gpu.limits.maxStorageBuffersPerShaderStage;
     check(maxBufs >= SCAN_BWD_BUFFERS, `selectiveScanBackward: the scan backward binds ${SCAN_BWD_BUFFERS} storage buffers; this adapter allows ${maxBufs}`);
     const W = this.scanReduceWidth;
-    const fits = maxSubTile(N, this.gpu.limits.maxComputeWorkgroupStorageSize, W);
-    check(fits >= 1, `selectiveScanBackward: state size ${N} is too large for this adapter's workgroup memory`);
-    const subTile = this.scanSubTile > 0 ? Math.min(this.scanSubTile, fits) : fits;
+    const wgBytes = this.gpu.limits.maxComputeWorkgroupStorageSize;
     const state = a.state ? this.gt(a.state, "selectiveScanBackward") : null;
     check(!state || state.numel === B * E * N, `selectiveScanBackward: the initial state needs [${B}, ${E}, ${N}], got [${state?.shape}]`);
-    const geo = scanBwdGeometry(B, L, E, N, subTile, this.scanChunk, W, state !== null);
+    let geo: ScanBwdGeometry;
+    const lanesTile = this.scanSubTile > 0 ? Math.min(this.scanSubTile, 32) : 8;
+    if (this.scanKernel === "lanes" && lanesMinBytes(N, W, lanesTile) <= wgBytes) {
+      geo = scanBwdLanesGeometry(B, L, E, N, lanesTile, wgBytes, this.scanChunk, W, state !== null);
+    } else {
+      const fits = maxSubTile(N, wgBytes, W);
+      check(fits >= 1, `selectiveScanBackward: state size ${N} is too large for this adapter's workgroup memory`);
+      const subTile = this.scanSubTile > 0 ? Math.min(this.scanSubTile, fits) : fits;
+      geo = scanBwdGeometry(B, L, E, N, subTile, this.scanChunk, W, state !== null);
+    }
     check(geo.nC <= this.gpu.limits.maxComputeWorkgroupsPerDimension, `selectiveScanBackward: seqLen ${L} needs too many chunks`);
 
     // B and C through one binding: the two windows of x_proj's output, or a copy of both side by side

@@ -10,10 +10,13 @@
  * subgroups). The partials [B·L, Gp, 2N] are added in order by reduce-groups.ts.
  */
 import type { Buf, Gpu } from "../../../gpu.ts";
+import { LANES_QT, lanesShape, lanesWorkgroupBytes } from "./chunk-lanes.ts";
 
 export const SCAN_BWD_WG = 32; // channels per workgroup of the chunk kernel
 
 export interface ScanBwdGeometry {
+  /** the chunk kernel: "lanes" (chunk-lanes.ts: a channel's states over 4 lanes) or "channel" (chunk.ts) */
+  kernel: "lanes" | "channel";
   B: number;
   L: number;
   E: number;
@@ -22,9 +25,9 @@ export interface ScanBwdGeometry {
   chunkLen: number;
   subTile: number;
   hasState: boolean; // the forward started from a given state: S[b, 0] holds it (S exists even for one chunk)
-  G: number; // channel groups (workgroups along E): ceil(E / SCAN_BWD_WG)
+  G: number; // channel groups (workgroups along E): ceil(E / channels per workgroup)
   W: number; // lanes summed by one subgroup reduction (power of two ≤ 32), 0 = workgroup memory
-  Gp: number; // dB|dC partials per row: G · (32 / W), or G when W = 0
+  Gp: number; // dB|dC partials per row: G · (32 / W), or G when W = 0 or for the lanes kernel
   // offsets in SX, in floats
   oS: number;
   oX: number;
@@ -79,14 +82,51 @@ export function scanBwdGeometry(
   const G = Math.ceil(E / SCAN_BWD_WG);
   const auto = B * G * Math.ceil(L / (4 * subTile)) < 4096 ? 2 * subTile : 4 * subTile;
   const cl = Math.max(1, Math.min(L, chunkLen > 0 ? chunkLen : auto));
+  return layout("channel", B, L, E, N, subTile, cl, W, hasState, G, W > 0 ? G * (SCAN_BWD_WG / W) : G);
+}
+
+/** Sub-tiles a segment of the lanes kernel may have (its saved states live in workgroup memory). */
+const LANES_MAX_SUBTILES = 16;
+
+/** The lanes kernel can run here: subgroup blocks of at least 4 lanes. */
+export const lanesPossible = (W: number) => W >= LANES_QT && W <= SCAN_BWD_WG;
+
+/**
+ * The geometry of the lanes kernel (chunk-lanes.ts): sub-tiles of `subTile` steps (unrolled), segments of
+ * `chunkLen` steps (rounded up to whole sub-tiles; 0 = the longest, up to 16 sub-tiles and what workgroup memory
+ * holds, that still leaves ~1024 workgroups to fill the GPU). Throws nothing: the caller checks lanesPossible.
+ */
+export function scanBwdLanesGeometry(
+  B: number, L: number, E: number, N: number, subTile: number, wgBytes: number, chunkLen = 0, W = 32, hasState = false,
+): ScanBwdGeometry {
+  const { CW } = lanesShape(N, W);
+  const G = Math.ceil(E / CW);
+  let most = 1;
+  while (most < LANES_MAX_SUBTILES && lanesWorkgroupBytes(N, W, subTile, most * 2) <= wgBytes) most *= 2;
+  let ks: number;
+  if (chunkLen > 0) ks = Math.min(most, Math.max(1, Math.ceil(chunkLen / subTile)));
+  else {
+    ks = 1;
+    while (ks < most && B * G * Math.ceil(L / (2 * ks * subTile)) >= 1024) ks *= 2;
+  }
+  const cl = Math.max(1, Math.min(L, ks * subTile));
+  return layout("lanes", B, L, E, N, subTile, cl, W, hasState, G, G);
+}
+
+/** The lanes kernel's workgroup memory with one sub-tile a segment: more than the device allows means it cannot run. */
+export const lanesMinBytes = (N: number, W: number, subTile: number) => lanesWorkgroupBytes(N, W, subTile, 1);
+
+function layout(
+  kernel: "lanes" | "channel", B: number, L: number, E: number, N: number, subTile: number, cl: number, W: number,
+  hasState: boolean, G: number, Gp: number,
+): ScanBwdGeometry {
   const nC = Math.ceil(L / cl);
-  const Gp = W > 0 ? G * (SCAN_BWD_WG / W) : G;
   const states = nC > 1 || hasState ? B * nC * N * E : 0;
   const oS = 0, oX = states, oP = 2 * states;
   const oA = B * L * Gp * 2 * N;
   const oDE = oA + B * nC * E * N;
   return {
-    B, L, E, N, nC, chunkLen: cl, subTile, hasState, G, W, Gp, oS, oX, oP, sxFloats: oP + E * (N + 2), oA, oDE,
+    kernel, B, L, E, N, nC, chunkLen: cl, subTile, hasState, G, W, Gp, oS, oX, oP, sxFloats: oP + E * (N + 2), oA, oDE,
     partFloats: oDE + B * nC * 2 * E,
   };
 }

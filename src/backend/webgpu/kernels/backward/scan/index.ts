@@ -4,8 +4,8 @@
  *   1. the forward's own chunk pass and combine (kernels/scan) give every chunk's start state S [B, nC, N, E]
  *      (from the forward's initial state when it had one);
  *   2. carry.ts + combine.ts give the gradient X [B, nC, N, E] reaching each chunk from its right;
- *   3. chunk.ts recomputes each chunk's states from S and walks it backwards, writing du, ddelta, dz and partial
- *      sums of dB, dC, dA_log, dD and the dt bias;
+ *   3. chunk-lanes.ts (or chunk.ts without subgroups) recomputes each chunk's states from S and walks it
+ *      backwards, writing du, ddelta, dz and partial sums of dB, dC, dA_log, dD and the dt bias;
  *   4. reduce-groups.ts adds the partials, in order, into the gradients.
  * Scratch: SX (2 · B · nC · N · E + E · (N + 2) floats), dsum (B · nC · E), the partials (B · L · Gp · 2N + ...).
  */
@@ -18,9 +18,13 @@ import { reduceGroups } from "../reduce-groups.ts";
 import { scanBwdCarry } from "./carry.ts";
 import { scanBwdCombine } from "./combine.ts";
 import { scanBwdChunk, type ScanBwdOutputs } from "./chunk.ts";
+import { scanBwdChunkLanes } from "./chunk-lanes.ts";
 import type { ScanBwdGeometry, ScanBwdInputs } from "./geometry.ts";
 
-export { maxSubTile, scanBwdGeometry, scanBwdReduceWidth, type ScanBwdGeometry, type ScanBwdInputs } from "./geometry.ts";
+export {
+  lanesMinBytes, lanesPossible, maxSubTile, scanBwdGeometry, scanBwdLanesGeometry, scanBwdReduceWidth, type ScanBwdGeometry,
+  type ScanBwdInputs,
+} from "./geometry.ts";
 export type { ScanBwdOutputs } from "./chunk.ts";
 
 /** Where the reduced gradients go: dB, dC as windows (ld, off), the rest dense. */
@@ -60,7 +64,8 @@ export function selectiveScanBackward(
   gpu.release(packed);
   // 3. every gradient, chunk by chunk
   const part = gpu.alloc(g.partFloats * 4, "the scan backward's partial sums");
-  scanBwdChunk(gpu, g, a, dy, SX, out, part);
+  if (g.kernel === "lanes") scanBwdChunkLanes(gpu, g, a, dy, SX, out, part);
+  else scanBwdChunk(gpu, g, a, dy, SX, out, part);
   gpu.release(SX);
   // 4. the partial sums, in order
   const rows = B * g.L;

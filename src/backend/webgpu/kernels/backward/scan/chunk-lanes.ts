@@ -1,0 +1,270 @@
+/**
+ * Selective scan backward, phase 3, with each channel's N states split over QT = 4 lanes (the default where the
+ * device has subgroups of at least 4 lanes; chunk.ts is the one-lane-per-channel kernel without them). The same
+ * per-step math as chunk.ts (and scan-backward.ts of the CPU backend); what differs is where the states live:
+ *   - lane (channel e, quarter q) owns states n = q·SP .. q·SP + SP − 1 (SP = ⌈N / 4⌉; states past N are
+ *     zeros with A = 0), so a thread carries SP states, not N, and 4 times as many threads share the work;
+ *   - the sums over a channel's states (C·h, Σ G·B, Σ A·q) are the lane's own SP terms plus two subgroup
+ *     shuffles;
+ *   - a workgroup walks one segment of chunkLen = KS · TS steps. A first pass runs the segment forward from its
+ *     saved start state S[c] and keeps the state at the start of each sub-tile of TS steps in workgroup memory;
+ *     then, sub-tile by sub-tile from the last, it recomputes the TS states into registers (the code is unrolled
+ *     over the sub-tile, so they are named values, not an indexed array) and steps back through them. Each
+ *     state is recomputed twice in all, never stored beyond a sub-tile;
+ *   - dB and dC (sums over channels): a reduce-scatter over the channel bits of each W-lane block of a subgroup
+ *     (as reduce.ts), the block sums of a sub-tile's steps staged in workgroup memory, then added over the
+ *     workgroup's NB blocks in order and written as one partial per (row, workgroup): part[B·L, Gp, 2N].
+ * dA_log, dD and the dt bias: one partial per (b, segment, e) as chunk.ts. No float atomics, deterministic.
+ */
+import type { Buf, Gpu } from "../../../gpu.ts";
+import { Params } from "../../../gpu.ts";
+import type { ScanBwdGeometry, ScanBwdInputs } from "./geometry.ts";
+import type { ScanBwdOutputs } from "./chunk.ts";
+
+/** Lanes per channel. */
+export const LANES_QT = 4;
+/** W-lane blocks per workgroup. */
+export const LANES_NB = 4;
+
+/** States per lane, and the reduce-scatter's padded term count per lane, for state size N and block width W. */
+export function lanesShape(N: number, W: number): { SP: number; Vp: number; WGT: number; CW: number } {
+  const SP = Math.ceil(N / LANES_QT);
+  const CB = W / LANES_QT; // channels per block
+  const Vp = Math.ceil((2 * SP) / CB) * CB;
+  const WGT = LANES_NB * W;
+  return { SP, Vp, WGT, CW: WGT / LANES_QT };
+}
+
+/** Workgroup memory of the kernel in bytes: the dB/dC block sums of a sub-tile and the KS saved sub-tile starts. */
+export function lanesWorkgroupBytes(N: number, W: number, TS: number, KS: number): number {
+  const { SP, Vp, WGT } = lanesShape(N, W);
+  return 4 * (TS * LANES_NB * LANES_QT * Vp + KS * SP * WGT);
+}
+
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+/** The lines of f(s) for every state s of a lane, joined. */
+const per = (SP: number, f: (s: number) => string, sep = "\n      ") => range(SP).map(f).join(sep);
+/** Σ_s f(s) as one WGSL expression. */
+const sumOf = (SP: number, f: (s: number) => string) => range(SP).map(f).join(" + ");
+
+function wgsl(N: number, W: number, TS: number, KS: number): string {
+  const { SP, Vp, WGT, CW } = lanesShape(N, W);
+  const QT = LANES_QT, NB = LANES_NB, V = 2 * SP, CB = W / QT;
+  // the reduce-scatter of [rB_0 .. rB_{SP-1}, rC_0 .. rC_{SP-1}] (zeros up to Vp) over the channel bits of the block
+  const scatter: string[] = [];
+  let cur = range(Vp).map((k) => (k < SP ? `rB_${k}` : k < V ? `rC_${k - SP}` : "0.0"));
+  let stage = 0;
+  for (let o = W / 2; o >= QT; o /= 2, stage++) {
+    const half = cur.length / 2;
+    scatter.push(`let up${stage} = (lane & ${o}u) != 0u;`);
+    const next: string[] = [];
+    for (let i = 0; i < half; i++) {
+      const lo = cur[i]!, hi = cur[i + half]!, name = `rs${stage}_${i}`;
+      scatter.push(`let ${name} = select(${lo}, ${hi}, up${stage}) + subgroupShuffleXor(select(${hi}, ${lo}, up${stage}), ${o}u);`);
+      next.push(name);
+    }
+    cur = next;
+  }
+  const K = cur.length; // = Vp / CB terms per lane after the scatter
+  const stageOut = cur.map((v, k) => `red[redBase + ${k}u] = ${v};`).join("\n        ");
+
+  const recompute = range(TS).map((i) => `
+      if (${i}u < cnt) {
+        let row = rowBase + ${i}u;
+        v_${i} = delta[row * p.ldD + p.offD + ec] + bias;
+        dt_${i} = softplus(v_${i});
+        u_${i} = u[row * p.E + ec];
+        let dtu = dt_${i} * u_${i};
+        let bo = row * p.ldBC + p.offB;
+        ${per(SP, (s) => `hb${i}_${s} = h_${s};`, "\n        ")}
+        ${per(SP, (s) => `h_${s} = fma(exp2(dt_${i} * A2_${s}), h_${s}, dtu * BC[bo + nc_${s}] * mk_${s});`, "\n        ")}
+      }`).join("");
+
+  const backward = range(TS).reverse().map((i) => `
+      if (${i}u < cnt) {
+        let row = rowBase + ${i}u;
+        let dt = dt_${i};
+        let uv = u_${i};
+        let gout = dy[row * p.E + ec];
+        let bo = row * p.ldBC + p.offB;
+        let co = row * p.ldBC + p.offC;
+        ${per(SP, (s) => `let B_${s} = BC[bo + nc_${s}] * mk_${s}; let C_${s} = BC[co + nc_${s}] * mk_${s};`, "\n        ")}
+        var gy = gout;
+        var gDz = 0.0;
+        if (p.hasZ != 0u) {
+          let zv = z[row * p.ldZ + p.offZ + ec];
+          let cy = quadSum(${sumOf(SP, (s) => `h_${s} * C_${s}`)});
+          let y = fma(skip, uv, cy);
+          let sig = 1.0 / (1.0 + exp(-zv));
+          gy = gout * zv * sig;
+          gDz = gout * y * sig * (1.0 + zv * (1.0 - sig));
+        }
+        dDacc = fma(gy, uv, dDacc);
+        let dtuL = dt * uv * lm;
+        let gyL = gy * lm;
+        ${per(SP, (s) => `let G_${s} = fma(gy, C_${s}, x_${s});
+        let a_${s} = exp2(dt * A2_${s});
+        let q_${s} = G_${s} * a_${s} * hb${i}_${s};
+        dA_${s} = fma(dt, q_${s}, dA_${s});
+        x_${s} = G_${s} * a_${s};
+        let rB_${s} = dtuL * G_${s};
+        let rC_${s} = gyL * h_${s};
+        h_${s} = hb${i}_${s};`, "\n        ")}
+        let gu = quadSum(${sumOf(SP, (s) => `G_${s} * B_${s}`)});
+        let gq = quadSum(${sumOf(SP, (s) => `A2_${s} * q_${s}`)});
+        let gdt = fma(gq, LN2, uv * gu);
+        let graw = select(gdt / (1.0 + exp(-v_${i})), gdt, v_${i} > 20.0);
+        dBiasAcc += graw;
+        ${scatter.join("\n        ")}
+        let redBase = (${i}u * NB + blk) * QT * VP + q * VP + cpos * ${K}u;
+        ${stageOut}
+        if (lead) {
+          du[row * p.E + e] += fma(gy, skip, dt * gu);
+          dDelta[row * p.ldDD + p.offDD + e] += graw;
+          if (p.hasZ != 0u) { dz[row * p.ldDZ + p.offDZ + e] += gDz; }
+        }
+      }`).join("");
+
+  return /* wgsl */ `
+enable subgroups;
+// bindings as chunk.ts: 0 u | 1 delta | 2 BC | 3 z | 4 dy | 5 SX (S | X | packed) | 6 du | 7 dDelta | 8 dz | 9 part
+//           10 params. grid: (ceil(E / CW), nC, B)
+const N = ${N}u;
+const QT = ${QT}u; // lanes per channel
+const SP = ${SP}u; // states per lane
+const CW = ${CW}u; // channels per workgroup
+const NB = ${NB}u; // blocks of ${W} lanes per workgroup (${CB} channels each)
+const VP = ${Vp}u; // dB|dC terms per lane, padded for the reduce-scatter
+const TS = ${TS}u; // steps per sub-tile (unrolled)
+const KS = ${KS}u; // sub-tiles per segment, at most
+const LN2 = 0.6931471805599453;
+
+struct P {
+  B: u32, L: u32, E: u32, nC: u32, chunkLen: u32,
+  ldD: u32, offD: u32, ldBC: u32, offB: u32, offC: u32, ldZ: u32, offZ: u32, hasZ: u32, hasChunks: u32,
+  oS: u32, oX: u32, oP: u32, ldDD: u32, offDD: u32, ldDZ: u32, offDZ: u32, Gp: u32, oA: u32, oDE: u32,
+  hasState: u32,
+}
+@group(0) @binding(0) var<storage, read> u: array<f32>;
+@group(0) @binding(1) var<storage, read> delta: array<f32>;
+@group(0) @binding(2) var<storage, read> BC: array<f32>;
+@group(0) @binding(3) var<storage, read> z: array<f32>;
+@group(0) @binding(4) var<storage, read> dy: array<f32>;
+@group(0) @binding(5) var<storage, read> SX: array<f32>;
+@group(0) @binding(6) var<storage, read_write> du: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dDelta: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dz: array<f32>;
+@group(0) @binding(9) var<storage, read_write> part: array<f32>;
+@group(0) @binding(10) var<uniform> p: P;
+
+var<workgroup> red: array<f32, TS * NB * QT * VP>; // a sub-tile's dB|dC block sums: [step, block, quarter, term]
+var<workgroup> saved: array<f32, KS * SP * ${WGT}u>; // the state at each sub-tile's start: [sub-tile, s, lane]
+
+fn softplus(v: f32) -> f32 {
+  let ev = exp(v);
+  return select(select(log(1.0 + ev), ev * (1.0 - 0.5 * ev), ev < 1e-4), v, v > 20.0);
+}
+
+/** The sum over a channel's QT lanes (uniform control flow only). */
+fn quadSum(v: f32) -> f32 {
+  let a = v + subgroupShuffleXor(v, 1u);
+  return a + subgroupShuffleXor(a, 2u);
+}
+
+@compute @workgroup_size(${WGT})
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+  let lane = lid.x;
+  let q = lane % QT;
+  let e = wg.x * CW + lane / QT;
+  let blk = lane / ${W}u;
+  let cpos = (lane % ${W}u) / QT; // the channel's place in its block
+  let c = wg.y;
+  let b = wg.z;
+  let live = e < p.E;
+  let lead = live && q == 0u; // the lane that writes the channel's du, ddelta, dz and sums
+  let ec = min(e, p.E - 1u); // lanes past E compute on a real channel and contribute nothing
+  let lm = select(0.0, 1.0, live);
+  let t0 = c * p.chunkLen;
+  let t1 = min(t0 + p.chunkLen, p.L);
+  let pb = p.oP + ec * (N + 2u);
+  ${per(SP, (s) => `let nv_${s} = q * SP + ${s}u < N; // a real state
+  let nc_${s} = min(q * SP + ${s}u, N - 1u);
+  let mk_${s} = select(0.0, 1.0, nv_${s});
+  let A2_${s} = SX[pb + nc_${s}] * mk_${s}; // A · log2(e); 0 for padding`, "\n  ")}
+  let bias = SX[pb + N];
+  let skip = SX[pb + N + 1u];
+  let sBase = (b * p.nC + c) * N * p.E + ec;
+  ${per(SP, (s) => `var x_${s} = 0.0; var h_${s} = 0.0; var dA_${s} = 0.0;`, "\n  ")}
+  if (p.hasChunks != 0u && c + 1u < p.nC) {
+    ${per(SP, (s) => `x_${s} = SX[p.oX + sBase + nc_${s} * p.E] * mk_${s};`, "\n    ")}
+  }
+  if (p.hasChunks != 0u && (c > 0u || p.hasState != 0u)) {
+    ${per(SP, (s) => `h_${s} = SX[p.oS + sBase + nc_${s} * p.E] * mk_${s};`, "\n    ")}
+  }
+  // pass 1: the segment forward, keeping each sub-tile's start state
+  let nSub = (t1 - t0 + TS - 1u) / TS;
+  for (var j = 0u; j < nSub; j++) {
+    ${per(SP, (s) => `saved[(j * SP + ${s}u) * ${WGT}u + lane] = h_${s};`, "\n    ")}
+    if (j + 1u < nSub) {
+      for (var t = t0 + j * TS; t < t0 + (j + 1u) * TS; t++) {
+        let row = b * p.L + t;
+        let dt = softplus(delta[row * p.ldD + p.offD + ec] + bias);
+        let dtu = dt * u[row * p.E + ec];
+        let bo = row * p.ldBC + p.offB;
+        ${per(SP, (s) => `h_${s} = fma(exp2(dt * A2_${s}), h_${s}, dtu * BC[bo + nc_${s}] * mk_${s});`, "\n        ")}
+      }
+    }
+  }
+  // pass 2: sub-tiles from the last; in each, the states recomputed into registers, then the steps backwards
+  var dDacc = 0.0;
+  var dBiasAcc = 0.0;
+  ${range(TS).map((i) => `var v_${i} = 0.0; var dt_${i} = 0.0; var u_${i} = 0.0; ${per(SP, (s) => `var hb${i}_${s} = 0.0;`, " ")}`).join("\n  ")}
+  for (var jj = nSub; jj > 0u; ) {
+    jj--;
+    let ts0 = t0 + jj * TS;
+    let cnt = min(TS, t1 - ts0);
+    let rowBase = b * p.L + ts0;
+    ${per(SP, (s) => `h_${s} = saved[(jj * SP + ${s}u) * ${WGT}u + lane];`, "\n    ")}
+    ${recompute}
+    ${backward}
+    workgroupBarrier();
+    // the block sums of the sub-tile's steps, added over the blocks in order: one partial per (row, workgroup)
+    for (var idx = lane; idx < cnt * QT * VP; idx += ${WGT}u) {
+      let i = idx / (QT * VP);
+      let r = idx % (QT * VP);
+      let k = r % VP;
+      let n = (r / VP) * SP + k % SP;
+      if (k < 2u * SP && n < N) {
+        var sum = 0.0;
+        for (var bl = 0u; bl < NB; bl++) { sum += red[(i * NB + bl) * QT * VP + r]; }
+        part[((rowBase + i) * p.Gp + wg.x) * 2u * N + (k / SP) * N + n] = sum;
+      }
+    }
+    workgroupBarrier();
+  }
+  if (live) {
+    let ao = p.oA + ((b * p.nC + c) * p.E + e) * N;
+    ${per(SP, (s) => `if (nv_${s}) { part[ao + q * SP + ${s}u] = dA_${s} * A2_${s} * LN2; } // dA_log = dA · A`, "\n    ")}
+  }
+  if (lead) {
+    let o = p.oDE + (b * p.nC + c) * 2u * p.E + e;
+    part[o] = dDacc;
+    part[o + p.E] = dBiasAcc;
+  }
+}
+`;
+}
+
+/** The kernel's WGSL (exported for inspection). */
+export const scanBwdLanesWgsl = wgsl;
+
+export function scanBwdChunkLanes(gpu: Gpu, g: ScanBwdGeometry, a: ScanBwdInputs, dy: Buf, SX: Buf, o: ScanBwdOutputs, part: Buf): void {
+  const KS = Math.ceil(g.chunkLen / g.subTile);
+  const k = gpu.kernel(`bwd_scan_lanes_${g.N}_${g.W}_${g.subTile}_${KS}`, () => wgsl(g.N, g.W, g.subTile, KS));
+  const p = new Params().u32(g.B).u32(g.L).u32(g.E).u32(g.nC).u32(g.chunkLen)
+    .u32(a.ldD).u32(a.offD).u32(a.ldBC).u32(a.offB).u32(a.offC).u32(a.ldZ).u32(a.offZ).bool(!!a.z).bool(g.nC > 1 || g.hasState)
+    .u32(g.oS).u32(g.oX).u32(g.oP).u32(o.ldDD).u32(o.offDD).u32(o.ldDZ).u32(o.offDZ).u32(g.Gp).u32(g.oA).u32(g.oDE)
+    .bool(g.hasState);
+  gpu.dispatch(k, [a.u, a.delta, a.BC, a.z ?? gpu.dummy, dy, SX, o.du, o.dDelta, o.dz ?? gpu.dummyOut, part],
+    p, [g.G, g.nC, g.B]);
+}
