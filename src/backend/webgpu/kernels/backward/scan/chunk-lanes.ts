@@ -68,62 +68,83 @@ function wgsl(N: number, W: number, TS: number, KS: number): string {
   const K = cur.length; // = Vp / CB terms per lane after the scatter
   const stageOut = cur.map((v, k) => `red[redBase + ${k}u] = ${v};`).join("\n        ");
 
+  // Steps past the sequence's end (the last sub-tile may be short) run as identities: their rows are clamped
+  // to the last real one (in-bounds loads), their dt and dy zeroed, their writes skipped. So the unrolled code
+  // has no branch around the arithmetic, and the compiler can issue every step's loads early.
+  const loads = range(TS).map((i) => `
+    let ok_${i} = ${i}u < cnt;
+    let row_${i} = rowBase + min(${i}u, cnt - 1u);`).join("");
   const recompute = range(TS).map((i) => `
-      if (${i}u < cnt) {
-        let row = rowBase + ${i}u;
-        v_${i} = delta[row * p.ldD + p.offD + ec] + bias;
-        dt_${i} = softplus(v_${i});
-        u_${i} = u[row * p.E + ec];
-        let dtu = dt_${i} * u_${i};
-        let bo = row * p.ldBC + p.offB;
-        ${per(SP, (s) => `hb${i}_${s} = h_${s};`, "\n        ")}
-        ${per(SP, (s) => `h_${s} = fma(exp2(dt_${i} * A2_${s}), h_${s}, dtu * BC[bo + nc_${s}] * mk_${s});`, "\n        ")}
-      }`).join("");
+    v_${i} = delta[row_${i} * p.ldD + p.offD + ec] + bias;
+    dt_${i} = select(0.0, softplus(v_${i}), ok_${i});
+    u_${i} = u[row_${i} * p.E + ec];
+    {
+      let dtu = dt_${i} * u_${i};
+      let bo = row_${i} * p.ldBC + p.offB;
+      ${per(SP, (s) => `hb${i}_${s} = h_${s};`, "\n      ")}
+      ${per(SP, (s) => `h_${s} = fma(exp2(dt_${i} * A2_${s}), h_${s}, dtu * BC[bo + nc_${s}] * mk_${s});`, "\n      ")}
+    }`).join("");
+  // the gradients each step adds to, loaded before the walk so that no step waits for its own read
+  const olds = range(TS).map((i) => `
+    let odu_${i} = du[row_${i} * p.E + ec];
+    let odd_${i} = dDelta[row_${i} * p.ldDD + p.offDD + ec];
+    var odz_${i} = 0.0;
+    if (p.hasZ != 0u) { odz_${i} = dz[row_${i} * p.ldDZ + p.offDZ + ec]; }`).join("");
 
   const backward = range(TS).reverse().map((i) => `
-      if (${i}u < cnt) {
-        let row = rowBase + ${i}u;
-        let dt = dt_${i};
-        let uv = u_${i};
-        let gout = dy[row * p.E + ec];
-        let bo = row * p.ldBC + p.offB;
-        let co = row * p.ldBC + p.offC;
-        ${per(SP, (s) => `let B_${s} = BC[bo + nc_${s}] * mk_${s}; let C_${s} = BC[co + nc_${s}] * mk_${s};`, "\n        ")}
-        var gy = gout;
-        var gDz = 0.0;
-        if (p.hasZ != 0u) {
-          let zv = z[row * p.ldZ + p.offZ + ec];
-          let cy = quadSum(${sumOf(SP, (s) => `h_${s} * C_${s}`)});
-          let y = fma(skip, uv, cy);
-          let sig = 1.0 / (1.0 + exp(-zv));
-          gy = gout * zv * sig;
-          gDz = gout * y * sig * (1.0 + zv * (1.0 - sig));
-        }
-        dDacc = fma(gy, uv, dDacc);
-        let dtuL = dt * uv * lm;
-        let gyL = gy * lm;
-        ${per(SP, (s) => `let G_${s} = fma(gy, C_${s}, x_${s});
-        let a_${s} = exp2(dt * A2_${s});
-        let q_${s} = G_${s} * a_${s} * hb${i}_${s};
-        dA_${s} = fma(dt, q_${s}, dA_${s});
-        x_${s} = G_${s} * a_${s};
-        let rB_${s} = dtuL * G_${s};
-        let rC_${s} = gyL * h_${s};
-        h_${s} = hb${i}_${s};`, "\n        ")}
-        let gu = quadSum(${sumOf(SP, (s) => `G_${s} * B_${s}`)});
-        let gq = quadSum(${sumOf(SP, (s) => `A2_${s} * q_${s}`)});
-        let gdt = fma(gq, LN2, uv * gu);
-        let graw = select(gdt / (1.0 + exp(-v_${i})), gdt, v_${i} > 20.0);
-        dBiasAcc += graw;
-        ${scatter.join("\n        ")}
-        let redBase = (${i}u * NB + blk) * QT * VP + q * VP + cpos * ${K}u;
-        ${stageOut}
-        if (lead) {
-          du[row * p.E + e] += fma(gy, skip, dt * gu);
-          dDelta[row * p.ldDD + p.offDD + e] += graw;
-          if (p.hasZ != 0u) { dz[row * p.ldDZ + p.offDZ + e] += gDz; }
-        }
-      }`).join("");
+    {
+      let row = row_${i};
+      let dt = dt_${i};
+      let uv = u_${i};
+      let gout = select(0.0, dy[row * p.E + ec], ok_${i});
+      let bo = row * p.ldBC + p.offB;
+      let co = row * p.ldBC + p.offC;
+      ${per(SP, (s) => `let B_${s} = BC[bo + nc_${s}] * mk_${s}; let C_${s} = BC[co + nc_${s}] * mk_${s};`, "\n      ")}
+      var gy = gout;
+      var gDz = 0.0;
+      if (p.hasZ != 0u) {
+        let zv = z[row * p.ldZ + p.offZ + ec];
+        let cy = quadSum(${sumOf(SP, (s) => `h_${s} * C_${s}`)});
+        let y = fma(skip, uv, cy);
+        let sig = 1.0 / (1.0 + exp(-zv));
+        gy = gout * zv * sig;
+        gDz = gout * y * sig * (1.0 + zv * (1.0 - sig));
+      }
+      dDacc = fma(gy, uv, dDacc);
+      let dtuL = dt * uv * lm;
+      let gyL = gy * lm;
+      ${per(SP, (s) => `let G_${s} = fma(gy, C_${s}, x_${s});
+      let a_${s} = exp2(dt * A2_${s});
+      let q_${s} = G_${s} * a_${s} * hb${i}_${s};
+      dA_${s} = fma(dt, q_${s}, dA_${s});
+      x_${s} = G_${s} * a_${s};
+      let rB_${s} = dtuL * G_${s};
+      let rC_${s} = gyL * h_${s};
+      h_${s} = hb${i}_${s};`, "\n      ")}
+      let gu = quadSum(${sumOf(SP, (s) => `G_${s} * B_${s}`)});
+      let gq = quadSum(${sumOf(SP, (s) => `A2_${s} * q_${s}`)});
+      let gdt = fma(gq, LN2, uv * gu);
+      let graw = select(0.0, select(gdt / (1.0 + exp(-v_${i})), gdt, v_${i} > 20.0), ok_${i});
+      dBiasAcc += graw;
+      ${scatter.join("\n      ")}
+      let redBase = (${i}u * NB + blk) * QT * VP + q * VP + cpos * ${K}u;
+      ${stageOut}
+      if (lead && ok_${i}) {
+        du[row * p.E + e] = odu_${i} + fma(gy, skip, dt * gu);
+        dDelta[row * p.ldDD + p.offDD + e] = odd_${i} + graw;
+        if (p.hasZ != 0u) { dz[row * p.ldDZ + p.offDZ + e] = odz_${i} + gDz; }
+      }
+    }`).join("");
+
+  // pass 1 over a whole sub-tile, unrolled (only sub-tiles before the segment's last, which are full)
+  const forwardTile = range(TS).map((i) => `
+        {
+          let row = rowBase + ${i}u;
+          let dt = softplus(delta[row * p.ldD + p.offD + ec] + bias);
+          let dtu = dt * u[row * p.E + ec];
+          let bo = row * p.ldBC + p.offB;
+          ${per(SP, (s) => `h_${s} = fma(exp2(dt * A2_${s}), h_${s}, dtu * BC[bo + nc_${s}] * mk_${s});`, "\n          ")}
+        }`).join("");
 
   return /* wgsl */ `
 enable subgroups;
@@ -206,13 +227,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   for (var j = 0u; j < nSub; j++) {
     ${per(SP, (s) => `saved[(j * SP + ${s}u) * ${WGT}u + lane] = h_${s};`, "\n    ")}
     if (j + 1u < nSub) {
-      for (var t = t0 + j * TS; t < t0 + (j + 1u) * TS; t++) {
-        let row = b * p.L + t;
-        let dt = softplus(delta[row * p.ldD + p.offD + ec] + bias);
-        let dtu = dt * u[row * p.E + ec];
-        let bo = row * p.ldBC + p.offB;
-        ${per(SP, (s) => `h_${s} = fma(exp2(dt * A2_${s}), h_${s}, dtu * BC[bo + nc_${s}] * mk_${s});`, "\n        ")}
-      }
+      let rowBase = b * p.L + t0 + j * TS;
+      ${forwardTile}
     }
   }
   // pass 2: sub-tiles from the last; in each, the states recomputed into registers, then the steps backwards
@@ -225,7 +241,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     let cnt = min(TS, t1 - ts0);
     let rowBase = b * p.L + ts0;
     ${per(SP, (s) => `h_${s} = saved[(jj * SP + ${s}u) * ${WGT}u + lane];`, "\n    ")}
+    ${loads}
     ${recompute}
+    ${olds}
     ${backward}
     workgroupBarrier();
     // the block sums of the sub-tile's steps, added over the blocks in order: one partial per (row, workgroup)

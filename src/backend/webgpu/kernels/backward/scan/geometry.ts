@@ -93,8 +93,10 @@ export const lanesPossible = (W: number) => W >= LANES_QT && W <= SCAN_BWD_WG;
 
 /**
  * The geometry of the lanes kernel (chunk-lanes.ts): sub-tiles of `subTile` steps (unrolled), segments of
- * `chunkLen` steps (rounded up to whole sub-tiles; 0 = the longest, up to 16 sub-tiles and what workgroup memory
- * holds, that still leaves ~1024 workgroups to fill the GPU). Throws nothing: the caller checks lanesPossible.
+ * `chunkLen` steps (rounded up to whole sub-tiles, at most 16 and what workgroup memory holds). 0 = about 32
+ * steps, shorter where that leaves fewer than ~1024 workgroups: on the H200 segments of 32 steps beat 64 and 128
+ * at every anchor shape (a segment's first pass is sequential, and its saved states take workgroup memory).
+ * Throws nothing: the caller checks lanesPossible.
  */
 export function scanBwdLanesGeometry(
   B: number, L: number, E: number, N: number, subTile: number, wgBytes: number, chunkLen = 0, W = 32, hasState = false,
@@ -106,8 +108,8 @@ export function scanBwdLanesGeometry(
   let ks: number;
   if (chunkLen > 0) ks = Math.min(most, Math.max(1, Math.ceil(chunkLen / subTile)));
   else {
-    ks = 1;
-    while (ks < most && B * G * Math.ceil(L / (2 * ks * subTile)) >= 1024) ks *= 2;
+    ks = Math.min(most, Math.max(1, Math.round(32 / subTile)));
+    while (ks > 1 && B * G * Math.ceil(L / (ks * subTile)) < 1024) ks = Math.ceil(ks / 2);
   }
   const cl = Math.max(1, Math.min(L, ks * subTile));
   return layout("lanes", B, L, E, N, subTile, cl, W, hasState, G, G);
