@@ -93,9 +93,9 @@ export const lanesPossible = (W: number) => W >= LANES_QT && W <= SCAN_BWD_WG;
 
 /**
  * The geometry of the lanes kernel (chunk-lanes.ts): sub-tiles of `subTile` steps (unrolled), segments of
- * `chunkLen` steps (rounded up to whole sub-tiles, at most 16 and what workgroup memory holds). 0 = about 32
- * steps, shorter where that leaves fewer than ~1024 workgroups: on the H200 segments of 32 steps beat 64 and 128
- * at every anchor shape (a segment's first pass is sequential, and its saved states take workgroup memory).
+ * `chunkLen` steps (rounded up to whole sub-tiles, at most 16 and what workgroup memory holds). 0 = about 64
+ * steps, shorter where that leaves fewer than ~1024 workgroups: on the H200 segments of 64 steps (8 sub-tiles of
+ * 8) were the fastest of 16, 32 and 64 at every anchor shape, sub-tiles of 8 faster than 4 and 16.
  * Throws nothing: the caller checks lanesPossible.
  */
 export function scanBwdLanesGeometry(
@@ -108,7 +108,7 @@ export function scanBwdLanesGeometry(
   let ks: number;
   if (chunkLen > 0) ks = Math.min(most, Math.max(1, Math.ceil(chunkLen / subTile)));
   else {
-    ks = Math.min(most, Math.max(1, Math.round(32 / subTile)));
+    ks = Math.min(most, Math.max(1, Math.round(64 / subTile)));
     while (ks > 1 && B * G * Math.ceil(L / (ks * subTile)) < 1024) ks = Math.ceil(ks / 2);
   }
   const cl = Math.max(1, Math.min(L, ks * subTile));
