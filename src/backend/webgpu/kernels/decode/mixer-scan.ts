@@ -11,6 +11,7 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import { type WeightStorage, weightBinding, weightReader } from "../weights.ts";
 import { DECODE_MAX_B } from "./mixer-in.ts";
+import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
 
 /** B · (R + 2N) values of x_proj that fit workgroup memory. */
 export const DECODE_MAX_BJ = 2048;
@@ -43,11 +44,7 @@ var<workgroup> dts: array<f32, MAXB * CH>;  // delta [B, CH]
 
 ${weightReader(ws, "wdt", "wDt")}
 
-fn softplus(v: f32) -> f32 {
-  let ev = exp(v);
-  // log(1 + e) loses e when e is tiny; its series keeps it (PyTorch passes v > 20 through)
-  return select(select(log(1.0 + ev), ev * (1.0 - 0.5 * ev), ev < 1e-4), v, v > 20.0);
-}
+${SOFTPLUS_WGSL}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {

@@ -9,6 +9,7 @@
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import { SCAN_WG, type ScanGeometry } from "./geometry.ts";
+import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
 
 const TS = 32; // time steps of B staged in workgroup memory at once
 
@@ -32,11 +33,7 @@ struct P { B: u32, L: u32, E: u32, nC: u32, chunkLen: u32, ldD: u32, offD: u32, 
 
 var<workgroup> Bsh: array<f32, TS * N>;
 
-fn softplus(v: f32) -> f32 {
-  let ev = exp(v);
-  // log(1 + e) loses e when e is tiny; its series keeps it (PyTorch passes v > 20 through)
-  return select(select(log(1.0 + ev), ev * (1.0 - 0.5 * ev), ev < 1e-4), v, v > 20.0);
-}
+${SOFTPLUS_WGSL}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {

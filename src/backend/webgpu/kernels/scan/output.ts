@@ -11,6 +11,7 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import { SCAN_WG, type ScanGeometry } from "./geometry.ts";
 import type { ScanInputs } from "./chunk.ts";
+import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
 
 const TS = 32; // time steps of B and C staged in workgroup memory at once
 
@@ -43,11 +44,7 @@ struct P {
 var<workgroup> Bsh: array<f32, TS * N>;
 var<workgroup> Csh: array<f32, TS * N>;
 
-fn softplus(v: f32) -> f32 {
-  let ev = exp(v);
-  // log(1 + e) loses e when e is tiny; its series keeps it (PyTorch passes v > 20 through)
-  return select(select(log(1.0 + ev), ev * (1.0 - 0.5 * ev), ev < 1e-4), v, v > 20.0);
-}
+${SOFTPLUS_WGSL}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {

@@ -17,9 +17,9 @@
  * dA_log, dD and the dt bias: one partial per (b, segment, e) as chunk.ts. No float atomics, deterministic.
  */
 import type { Buf, Gpu } from "../../../gpu.ts";
-import { Params } from "../../../gpu.ts";
 import type { ScanBwdGeometry, ScanBwdInputs } from "./geometry.ts";
-import type { ScanBwdOutputs } from "./chunk.ts";
+import { CHUNK_IO_WGSL, dispatchChunk, gateWgsl, stateStepWgsl, type ScanBwdOutputs } from "./chunk-io.ts";
+import { SOFTPLUS_WGSL } from "../../wgsl-common.ts";
 
 /** Lanes per channel. */
 export const LANES_QT = 4;
@@ -100,27 +100,9 @@ function wgsl(N: number, W: number, TS: number, KS: number): string {
       let bo = row * p.ldBC + p.offB;
       let co = row * p.ldBC + p.offC;
       ${per(SP, (s) => `let B_${s} = BC[bo + nc_${s}] * mk_${s}; let C_${s} = BC[co + nc_${s}] * mk_${s};`, "\n      ")}
-      var gy = gout;
-      var gDz = 0.0;
-      if (p.hasZ != 0u) {
-        let zv = z[row * p.ldZ + p.offZ + ec];
-        let cy = quadSum(${sumOf(SP, (s) => `h_${s} * C_${s}`)});
-        let y = fma(skip, uv, cy);
-        let sig = 1.0 / (1.0 + exp(-zv));
-        gy = gout * zv * sig;
-        gDz = gout * y * sig * (1.0 + zv * (1.0 - sig));
-      }
-      dDacc = fma(gy, uv, dDacc);
-      let dtuL = dt * uv * lm;
-      let gyL = gy * lm;
-      ${per(SP, (s) => `let G_${s} = fma(gy, C_${s}, x_${s});
-      let a_${s} = exp2(dt * A2_${s});
-      let q_${s} = G_${s} * a_${s} * hb${i}_${s};
-      dA_${s} = fma(dt, q_${s}, dA_${s});
-      x_${s} = G_${s} * a_${s};
-      let rB_${s} = dtuL * G_${s};
-      let rC_${s} = gyL * h_${s};
-      h_${s} = hb${i}_${s};`, "\n      ")}
+      ${gateWgsl(`let zv = z[row * p.ldZ + p.offZ + ec];
+        let cy = quadSum(${sumOf(SP, (s) => `h_${s} * C_${s}`)});`, "      ")}
+      ${per(SP, (s) => stateStepWgsl(s, `hb${i}_${s}`, "      "))}
       let gu = quadSum(${sumOf(SP, (s) => `G_${s} * B_${s}`)});
       let gq = quadSum(${sumOf(SP, (s) => `A2_${s} * q_${s}`)});
       let gdt = fma(gq, LN2, uv * gu);
@@ -148,8 +130,7 @@ function wgsl(N: number, W: number, TS: number, KS: number): string {
 
   return /* wgsl */ `
 enable subgroups;
-// bindings as chunk.ts: 0 u | 1 delta | 2 BC | 3 z | 4 dy | 5 SX (S | X | packed) | 6 du | 7 dDelta | 8 dz | 9 part
-//           10 params. grid: (ceil(E / CW), nC, B)
+${CHUNK_IO_WGSL}
 const N = ${N}u;
 const QT = ${QT}u; // lanes per channel
 const SP = ${SP}u; // states per lane
@@ -160,31 +141,11 @@ const TS = ${TS}u; // steps per sub-tile (unrolled)
 const KS = ${KS}u; // sub-tiles per segment, at most
 const LN2 = 0.6931471805599453;
 
-struct P {
-  B: u32, L: u32, E: u32, nC: u32, chunkLen: u32,
-  ldD: u32, offD: u32, ldBC: u32, offB: u32, offC: u32, ldZ: u32, offZ: u32, hasZ: u32, hasChunks: u32,
-  oS: u32, oX: u32, oP: u32, ldDD: u32, offDD: u32, ldDZ: u32, offDZ: u32, Gp: u32, oA: u32, oDE: u32,
-  hasState: u32,
-}
-@group(0) @binding(0) var<storage, read> u: array<f32>;
-@group(0) @binding(1) var<storage, read> delta: array<f32>;
-@group(0) @binding(2) var<storage, read> BC: array<f32>;
-@group(0) @binding(3) var<storage, read> z: array<f32>;
-@group(0) @binding(4) var<storage, read> dy: array<f32>;
-@group(0) @binding(5) var<storage, read> SX: array<f32>;
-@group(0) @binding(6) var<storage, read_write> du: array<f32>;
-@group(0) @binding(7) var<storage, read_write> dDelta: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dz: array<f32>;
-@group(0) @binding(9) var<storage, read_write> part: array<f32>;
-@group(0) @binding(10) var<uniform> p: P;
 
 var<workgroup> red: array<f32, TS * NB * QT * VP>; // a sub-tile's dB|dC block sums: [step, block, quarter, term]
 var<workgroup> saved: array<f32, KS * SP * ${WGT}u>; // the state at each sub-tile's start: [sub-tile, s, lane]
 
-fn softplus(v: f32) -> f32 {
-  let ev = exp(v);
-  return select(select(log(1.0 + ev), ev * (1.0 - 0.5 * ev), ev < 1e-4), v, v > 20.0);
-}
+${SOFTPLUS_WGSL}
 
 /** The sum over a channel's QT lanes (uniform control flow only). */
 fn quadSum(v: f32) -> f32 {
@@ -279,10 +240,5 @@ export const scanBwdLanesWgsl = wgsl;
 export function scanBwdChunkLanes(gpu: Gpu, g: ScanBwdGeometry, a: ScanBwdInputs, dy: Buf, SX: Buf, o: ScanBwdOutputs, part: Buf): void {
   const KS = Math.ceil(g.chunkLen / g.subTile);
   const k = gpu.kernel(`bwd_scan_lanes_${g.N}_${g.W}_${g.subTile}_${KS}`, () => wgsl(g.N, g.W, g.subTile, KS));
-  const p = new Params().u32(g.B).u32(g.L).u32(g.E).u32(g.nC).u32(g.chunkLen)
-    .u32(a.ldD).u32(a.offD).u32(a.ldBC).u32(a.offB).u32(a.offC).u32(a.ldZ).u32(a.offZ).bool(!!a.z).bool(g.nC > 1 || g.hasState)
-    .u32(g.oS).u32(g.oX).u32(g.oP).u32(o.ldDD).u32(o.offDD).u32(o.ldDZ).u32(o.offDZ).u32(g.Gp).u32(g.oA).u32(g.oDE)
-    .bool(g.hasState);
-  gpu.dispatch(k, [a.u, a.delta, a.BC, a.z ?? gpu.dummy, dy, SX, o.du, o.dDelta, o.dz ?? gpu.dummyOut, part],
-    p, [g.G, g.nC, g.B]);
+  dispatchChunk(gpu, k, g, a, dy, SX, o, part);
 }

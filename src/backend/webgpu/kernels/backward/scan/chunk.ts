@@ -18,9 +18,10 @@
  * the gradients it adds to) are loaded one step ahead, so their latency hides behind the step before.
  */
 import type { Buf, Gpu } from "../../../gpu.ts";
-import { Params } from "../../../gpu.ts";
+import { CHUNK_IO_WGSL, dispatchChunk, gateWgsl, stateStepWgsl, type ScanBwdOutputs } from "./chunk-io.ts";
 import { SCAN_BWD_WG, type ScanBwdGeometry, type ScanBwdInputs } from "./geometry.ts";
 import { reduceDecls, reduceStep } from "./reduce.ts";
+import { SOFTPLUS_WGSL } from "../../wgsl-common.ts";
 
 /** The N lines of `f(n)`, joined for a WGSL block. */
 const each = (N: number, f: (n: number) => string, sep = "\n    ") => Array.from({ length: N }, (_, n) => f(n)).join(sep);
@@ -35,41 +36,17 @@ function sum2(N: number, acc: string, f: (n: number) => string): string {
 
 const wgsl = (N: number, TS: number, W: number) => /* wgsl */ `
 ${W > 0 ? "enable subgroups;" : ""}
-// bindings: 0 u [B·L, E] | 1 delta [B·L, ldD] | 2 BC [B·L, ldBC] | 3 z [B·L, ldZ] | 4 dy [B·L, E]
-//           5 SX (S | X | packed [E, N + 2]) | 6 du [B·L, E] in/out | 7 dDelta [B·L, ldDD] in/out
-//           8 dz [B·L, ldDZ] in/out | 9 part (dB|dC [B·L, Gp, 2N], dA_log [B·nC, E, N], dD|dbias [B·nC, 2, E]) out
-//           10 params
-// grid: (G, nC, B)
+${CHUNK_IO_WGSL}
 const N = ${N}u;
 const WG = ${SCAN_BWD_WG}u;
 const TS = ${TS}u;
 const LN2 = 0.6931471805599453;
 
-struct P {
-  B: u32, L: u32, E: u32, nC: u32, chunkLen: u32,
-  ldD: u32, offD: u32, ldBC: u32, offB: u32, offC: u32, ldZ: u32, offZ: u32, hasZ: u32, hasChunks: u32,
-  oS: u32, oX: u32, oP: u32, ldDD: u32, offDD: u32, ldDZ: u32, offDZ: u32, Gp: u32, oA: u32, oDE: u32,
-  hasState: u32, // S[b, 0] is the forward's initial state (else chunk 0 starts from zeros, not read)
-}
-@group(0) @binding(0) var<storage, read> u: array<f32>;
-@group(0) @binding(1) var<storage, read> delta: array<f32>;
-@group(0) @binding(2) var<storage, read> BC: array<f32>;
-@group(0) @binding(3) var<storage, read> z: array<f32>;
-@group(0) @binding(4) var<storage, read> dy: array<f32>;
-@group(0) @binding(5) var<storage, read> SX: array<f32>;
-@group(0) @binding(6) var<storage, read_write> du: array<f32>;
-@group(0) @binding(7) var<storage, read_write> dDelta: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dz: array<f32>;
-@group(0) @binding(9) var<storage, read_write> part: array<f32>;
-@group(0) @binding(10) var<uniform> p: P;
 
 var<workgroup> hist: array<f32, TS * N * WG>; // hist[(j · N + n) · WG + lane]: h before step j of the sub-tile
 ${reduceDecls(N, W)}
 
-fn softplus(v: f32) -> f32 {
-  let ev = exp(v);
-  return select(select(log(1.0 + ev), ev * (1.0 - 0.5 * ev), ev < 1e-4), v, v > 20.0);
-}
+${SOFTPLUS_WGSL}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>${W > 0 ? ", @builtin(subgroup_invocation_id) sgl: u32" : ""}) {
@@ -161,27 +138,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       let bo = row * p.ldBC + p.offB;
       let co = row * p.ldBC + p.offC;
       ${each(N, (n) => `let B_${n} = BC[bo + ${n}u]; let C_${n} = BC[co + ${n}u];`, "\n      ")}
-      var gy = gout;
-      var gDz = 0.0;
-      if (p.hasZ != 0u) {
-        ${sum2(N, "cy", (n) => `h_${n} * C_${n}`)}
-        let y = fma(skip, uv, cy);
-        let sig = 1.0 / (1.0 + exp(-zv));
-        gy = gout * zv * sig;
-        gDz = gout * y * sig * (1.0 + zv * (1.0 - sig));
-      }
-      dDacc = fma(gy, uv, dDacc);
-      let dtuL = dt * uv * lm;
-      let gyL = gy * lm;
+      ${gateWgsl(sum2(N, "cy", (n) => `h_${n} * C_${n}`), "      ")}
       let hb = (t - s0) * N * WG + lane;
-      ${each(N, (n) => `let G_${n} = fma(gy, C_${n}, x_${n});
-      let a_${n} = exp2(dt * A2_${n});
-      let q_${n} = G_${n} * a_${n} * hist[hb + ${n * SCAN_BWD_WG}u];
-      dA_${n} = fma(dt, q_${n}, dA_${n});
-      x_${n} = G_${n} * a_${n};
-      let rB_${n} = dtuL * G_${n};
-      let rC_${n} = gyL * h_${n};
-      h_${n} = hist[hb + ${n * SCAN_BWD_WG}u];`, "\n      ")}
+      ${each(N, (n) => stateStepWgsl(n, `hist[hb + ${n * SCAN_BWD_WG}u]`, "      "), "\n      ")}
       ${sum2(N, "gu", (n) => `G_${n} * B_${n}`)}
       ${sum2(N, "gq", (n) => `A2_${n} * q_${n}`)}
       let gdt = fma(gq, LN2, uv * gu);
@@ -206,21 +165,11 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
 }
 `;
 
-export interface ScanBwdOutputs {
-  du: Buf;
-  dDelta: Buf; ldDD: number; offDD: number;
-  dz: Buf | null; ldDZ: number; offDZ: number;
-}
 
 /** The kernel's WGSL (exported for inspection). */
 export const scanBwdChunkWgsl = wgsl;
 
 export function scanBwdChunk(gpu: Gpu, g: ScanBwdGeometry, a: ScanBwdInputs, dy: Buf, SX: Buf, o: ScanBwdOutputs, part: Buf): void {
   const k = gpu.kernel(`bwd_scan_chunk_${g.N}_${g.subTile}_${g.W}`, () => wgsl(g.N, g.subTile, g.W));
-  const p = new Params().u32(g.B).u32(g.L).u32(g.E).u32(g.nC).u32(g.chunkLen)
-    .u32(a.ldD).u32(a.offD).u32(a.ldBC).u32(a.offB).u32(a.offC).u32(a.ldZ).u32(a.offZ).bool(!!a.z).bool(g.nC > 1 || g.hasState)
-    .u32(g.oS).u32(g.oX).u32(g.oP).u32(o.ldDD).u32(o.offDD).u32(o.ldDZ).u32(o.offDZ).u32(g.Gp).u32(g.oA).u32(g.oDE)
-    .bool(g.hasState);
-  gpu.dispatch(k, [a.u, a.delta, a.BC, a.z ?? gpu.dummy, dy, SX, o.du, o.dDelta, o.dz ?? gpu.dummyOut, part],
-    p, [g.G, g.nC, g.B]);
+  dispatchChunk(gpu, k, g, a, dy, SX, o, part);
 }

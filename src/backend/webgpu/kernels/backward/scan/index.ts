@@ -17,7 +17,8 @@ import { copyWords } from "../../copy.ts";
 import { reduceGroups } from "../reduce-groups.ts";
 import { scanBwdCarry } from "./carry.ts";
 import { scanBwdCombine } from "./combine.ts";
-import { scanBwdChunk, type ScanBwdOutputs } from "./chunk.ts";
+import { scanBwdChunk } from "./chunk.ts";
+import type { ScanBwdOutputs } from "./chunk-io.ts";
 import { scanBwdChunkLanes } from "./chunk-lanes.ts";
 import type { ScanBwdGeometry, ScanBwdInputs } from "./geometry.ts";
 
@@ -25,7 +26,7 @@ export {
   lanesMinBytes, lanesPossible, maxSubTile, scanBwdGeometry, scanBwdLanesGeometry, scanBwdReduceWidth, type ScanBwdGeometry,
   type ScanBwdInputs,
 } from "./geometry.ts";
-export type { ScanBwdOutputs } from "./chunk.ts";
+export type { ScanBwdOutputs } from "./chunk-io.ts";
 
 /** Where the reduced gradients go: dB, dC as windows (ld, off), the rest dense. */
 export interface ScanBwdReduced {
