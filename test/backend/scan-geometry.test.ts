@@ -43,6 +43,11 @@ test("lanes kernel: needs subgroup blocks of 4 to 32 lanes; odd state sizes pad 
   assert.equal(lanesPossible(2), false);
   for (const w of [4, 8, 16, 32]) assert.equal(lanesPossible(w), true);
   assert.equal(lanesPossible(64), false);
+  assert.equal(lanesPossible(4, 8), false, "8 lanes a channel need blocks of 8");
+  assert.equal(lanesPossible(8, 8), true);
+  assert.equal(lanesPossible(8, 3), false);
+  assert.deepEqual(lanesShape(16, 32, 8), { SP: 2, Vp: 4, WGT: 128, CW: 16 });
+  assert.equal(scanBwdLanesGeometry(1, 4096, 1536, 16, 8, KB32, 0, 32, false, 8).lanes, 8);
   assert.deepEqual(lanesShape(16, 32), { SP: 4, Vp: 8, WGT: 128, CW: 32 });
   assert.equal(lanesShape(5, 32).SP, 2); // 8 state slots for 5 states
   assert.equal(lanesShape(3, 8).Vp % (8 / 4), 0, "terms padded to a multiple of the channels a block holds");

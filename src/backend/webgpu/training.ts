@@ -39,9 +39,11 @@ import {
 } from "./kernels/backward/scan/index.ts";
 
 export interface WebGpuTrainingTuning extends WebGpuTuning {
-  /** the scan backward's chunk kernel: "lanes" (each channel's states over 4 subgroup lanes; the default where
-   *  subgroups of at least 4 lanes exist) or "channel" (one lane a channel; the default without) */
+  /** the scan backward's chunk kernel: "lanes" (each channel's states over several subgroup lanes; the default
+   *  where subgroups of at least that many lanes exist) or "channel" (one lane a channel; the default without) */
   scanBackwardKernel?: "lanes" | "channel";
+  /** lanes a channel of the "lanes" kernel: 2, 4 (default) or 8 */
+  scanBackwardLanes?: number;
   /** time steps per saved state in the scan backward (default: by how many chunks fill the GPU) */
   scanBackwardChunk?: number;
   /** time steps the scan backward recomputes at once: kept in workgroup memory by the channel kernel (default:
@@ -70,6 +72,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   private readonly scanSubTile: number;
   private readonly scanReduceWidth: number;
   private readonly scanKernel: "lanes" | "channel";
+  private readonly scanLanes: number;
   private flushedAt = 0;
 
   constructor(gpu: Gpu, tuning: WebGpuTrainingTuning = {}) {
@@ -79,9 +82,12 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     this.scanReduceWidth = scanBwdReduceWidth(gpu, tuning.scanBackwardReduceWidth);
     const kernel = tuning.scanBackwardKernel;
     check(kernel === undefined || kernel === "lanes" || kernel === "channel", `scanBackwardKernel must be "lanes" or "channel", got ${String(kernel)}`);
-    check(kernel !== "lanes" || lanesPossible(this.scanReduceWidth),
-      `scanBackwardKernel "lanes" needs subgroups of at least 4 lanes (this device's reduction width is ${this.scanReduceWidth})`);
-    this.scanKernel = kernel ?? (lanesPossible(this.scanReduceWidth) ? "lanes" : "channel");
+    this.scanLanes = tuning.scanBackwardLanes ?? 4;
+    check([2, 4, 8].includes(this.scanLanes), `scanBackwardLanes must be 2, 4 or 8, got ${String(tuning.scanBackwardLanes)}`);
+    check(kernel !== "lanes" || lanesPossible(this.scanReduceWidth, this.scanLanes),
+      `scanBackwardKernel "lanes" with ${this.scanLanes} lanes a channel needs subgroups of at least that many lanes ` +
+      `(this device's reduction width is ${this.scanReduceWidth})`);
+    this.scanKernel = kernel ?? (lanesPossible(this.scanReduceWidth, this.scanLanes) ? "lanes" : "channel");
   }
 
   override fromI32(data: Int32Array, shape: readonly number[]): Tensor {
@@ -431,8 +437,8 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     check(!state || state.numel === B * E * N, `selectiveScanBackward: the initial state needs [${B}, ${E}, ${N}], got [${state?.shape}]`);
     let geo: ScanBwdGeometry;
     const lanesTile = this.scanSubTile > 0 ? Math.min(this.scanSubTile, 32) : 8;
-    if (this.scanKernel === "lanes" && lanesMinBytes(N, W, lanesTile) <= wgBytes) {
-      geo = scanBwdLanesGeometry(B, L, E, N, lanesTile, wgBytes, this.scanChunk, W, state !== null);
+    if (this.scanKernel === "lanes" && lanesMinBytes(N, W, lanesTile, this.scanLanes) <= wgBytes) {
+      geo = scanBwdLanesGeometry(B, L, E, N, lanesTile, wgBytes, this.scanChunk, W, state !== null, this.scanLanes);
     } else {
       const fits = maxSubTile(N, wgBytes, W);
       check(fits >= 1, `selectiveScanBackward: state size ${N} is too large for this adapter's workgroup memory`);

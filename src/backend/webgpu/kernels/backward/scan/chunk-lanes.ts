@@ -1,10 +1,12 @@
 /**
- * Selective scan backward, phase 3, with each channel's N states split over QT = 4 lanes (the default where the
- * device has subgroups of at least 4 lanes; chunk.ts is the one-lane-per-channel kernel without them). The same
+ * Selective scan backward, phase 3, with each channel's N states split over QT lanes (4 by default, 2 or 8 by
+ * tuning; the default where the device has subgroups of at least QT lanes; chunk.ts is the one-lane-per-channel
+ * kernel without them). The same
  * per-step math as chunk.ts (and scan-backward.ts of the CPU backend); what differs is where the states live:
- *   - lane (channel e, quarter q) owns states n = q·SP .. q·SP + SP − 1 (SP = ⌈N / 4⌉; states past N are
- *     zeros with A = 0), so a thread carries SP states, not N, and 4 times as many threads share the work;
- *   - the sums over a channel's states (C·h, Σ G·B, Σ A·q) are the lane's own SP terms plus two subgroup
+ *   - lane (channel e, part q) owns states n = q·SP .. q·SP + SP − 1 (SP = ⌈N / QT⌉; states past N are
+ *     zeros with A = 0), so a thread carries SP states, not N, and QT times as many threads share the work
+ *     (fewer registers a lane, more per-channel work repeated on each of its lanes);
+ *   - the sums over a channel's states (C·h, Σ G·B, Σ A·q) are the lane's own SP terms plus log2(QT) subgroup
  *     shuffles;
  *   - a workgroup walks one segment of chunkLen = KS · TS steps. A first pass runs the segment forward from its
  *     saved start state S[c] and keeps the state at the start of each sub-tile of TS steps in workgroup memory;
@@ -21,24 +23,24 @@ import type { ScanBwdGeometry, ScanBwdInputs } from "./geometry.ts";
 import { CHUNK_IO_WGSL, dispatchChunk, gateWgsl, stateStepWgsl, type ScanBwdOutputs } from "./chunk-io.ts";
 import { SOFTPLUS_WGSL } from "../../wgsl-common.ts";
 
-/** Lanes per channel. */
+/** Lanes per channel, by default. */
 export const LANES_QT = 4;
 /** W-lane blocks per workgroup. */
 export const LANES_NB = 4;
 
 /** States per lane, and the reduce-scatter's padded term count per lane, for state size N and block width W. */
-export function lanesShape(N: number, W: number): { SP: number; Vp: number; WGT: number; CW: number } {
-  const SP = Math.ceil(N / LANES_QT);
-  const CB = W / LANES_QT; // channels per block
+export function lanesShape(N: number, W: number, QT = LANES_QT): { SP: number; Vp: number; WGT: number; CW: number } {
+  const SP = Math.ceil(N / QT);
+  const CB = W / QT; // channels per block
   const Vp = Math.ceil((2 * SP) / CB) * CB;
   const WGT = LANES_NB * W;
-  return { SP, Vp, WGT, CW: WGT / LANES_QT };
+  return { SP, Vp, WGT, CW: WGT / QT };
 }
 
 /** Workgroup memory of the kernel in bytes: the dB/dC block sums of a sub-tile and the KS saved sub-tile starts. */
-export function lanesWorkgroupBytes(N: number, W: number, TS: number, KS: number): number {
-  const { SP, Vp, WGT } = lanesShape(N, W);
-  return 4 * (TS * LANES_NB * LANES_QT * Vp + KS * SP * WGT);
+export function lanesWorkgroupBytes(N: number, W: number, TS: number, KS: number, QT = LANES_QT): number {
+  const { SP, Vp, WGT } = lanesShape(N, W, QT);
+  return 4 * (TS * LANES_NB * QT * Vp + KS * SP * WGT);
 }
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -47,9 +49,9 @@ const per = (SP: number, f: (s: number) => string, sep = "\n      ") => range(SP
 /** Σ_s f(s) as one WGSL expression. */
 const sumOf = (SP: number, f: (s: number) => string) => range(SP).map(f).join(" + ");
 
-function wgsl(N: number, W: number, TS: number, KS: number): string {
-  const { SP, Vp, WGT, CW } = lanesShape(N, W);
-  const QT = LANES_QT, NB = LANES_NB, V = 2 * SP, CB = W / QT;
+function wgsl(N: number, W: number, TS: number, KS: number, QT: number): string {
+  const { SP, Vp, WGT, CW } = lanesShape(N, W, QT);
+  const NB = LANES_NB, V = 2 * SP, CB = W / QT;
   // the reduce-scatter of [rB_0 .. rB_{SP-1}, rC_0 .. rC_{SP-1}] (zeros up to Vp) over the channel bits of the block
   const scatter: string[] = [];
   let cur = range(Vp).map((k) => (k < SP ? `rB_${k}` : k < V ? `rC_${k - SP}` : "0.0"));
@@ -142,15 +144,16 @@ const KS = ${KS}u; // sub-tiles per segment, at most
 const LN2 = 0.6931471805599453;
 
 
-var<workgroup> red: array<f32, TS * NB * QT * VP>; // a sub-tile's dB|dC block sums: [step, block, quarter, term]
+var<workgroup> red: array<f32, TS * NB * QT * VP>; // a sub-tile's dB|dC block sums: [step, block, part, term]
 var<workgroup> saved: array<f32, KS * SP * ${WGT}u>; // the state at each sub-tile's start: [sub-tile, s, lane]
 
 ${SOFTPLUS_WGSL}
 
 /** The sum over a channel's QT lanes (uniform control flow only). */
 fn quadSum(v: f32) -> f32 {
-  let a = v + subgroupShuffleXor(v, 1u);
-  return a + subgroupShuffleXor(a, 2u);
+  var a = v;
+  ${range(Math.log2(QT)).map((k) => `a += subgroupShuffleXor(a, ${1 << k}u);`).join("\n  ")}
+  return a;
 }
 
 @compute @workgroup_size(${WGT})
@@ -239,6 +242,6 @@ export const scanBwdLanesWgsl = wgsl;
 
 export function scanBwdChunkLanes(gpu: Gpu, g: ScanBwdGeometry, a: ScanBwdInputs, dy: Buf, SX: Buf, o: ScanBwdOutputs, part: Buf): void {
   const KS = Math.ceil(g.chunkLen / g.subTile);
-  const k = gpu.kernel(`bwd_scan_lanes_${g.N}_${g.W}_${g.subTile}_${KS}`, () => wgsl(g.N, g.W, g.subTile, KS));
+  const k = gpu.kernel(`bwd_scan_lanes_${g.N}_${g.W}_${g.subTile}_${KS}_${g.lanes}`, () => wgsl(g.N, g.W, g.subTile, KS, g.lanes));
   dispatchChunk(gpu, k, g, a, dy, SX, o, part);
 }

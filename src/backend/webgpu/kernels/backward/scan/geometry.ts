@@ -17,6 +17,7 @@ export const SCAN_BWD_WG = 32; // channels per workgroup of the chunk kernel
 export interface ScanBwdGeometry {
   /** the chunk kernel: "lanes" (chunk-lanes.ts: a channel's states over 4 lanes) or "channel" (chunk.ts) */
   kernel: "lanes" | "channel";
+  lanes: number; // lanes a channel: QT of the lanes kernel, 1 for the channel kernel
   B: number;
   L: number;
   E: number;
@@ -82,14 +83,14 @@ export function scanBwdGeometry(
   const G = Math.ceil(E / SCAN_BWD_WG);
   const auto = B * G * Math.ceil(L / (4 * subTile)) < 4096 ? 2 * subTile : 4 * subTile;
   const cl = Math.max(1, Math.min(L, chunkLen > 0 ? chunkLen : auto));
-  return layout("channel", B, L, E, N, subTile, cl, W, hasState, G, W > 0 ? G * (SCAN_BWD_WG / W) : G);
+  return layout("channel", 1, B, L, E, N, subTile, cl, W, hasState, G, W > 0 ? G * (SCAN_BWD_WG / W) : G);
 }
 
 /** Sub-tiles a segment of the lanes kernel may have (its saved states live in workgroup memory). */
 const LANES_MAX_SUBTILES = 16;
 
-/** The lanes kernel can run here: subgroup blocks of at least 4 lanes. */
-export const lanesPossible = (W: number) => W >= LANES_QT && W <= SCAN_BWD_WG;
+/** The lanes kernel with QT lanes a channel can run here: subgroup blocks of QT to 32 lanes; QT 2, 4 or 8. */
+export const lanesPossible = (W: number, QT = LANES_QT) => [2, 4, 8].includes(QT) && W >= QT && W <= SCAN_BWD_WG;
 
 /**
  * The geometry of the lanes kernel (chunk-lanes.ts): sub-tiles of `subTile` steps (unrolled), segments of
@@ -100,11 +101,12 @@ export const lanesPossible = (W: number) => W >= LANES_QT && W <= SCAN_BWD_WG;
  */
 export function scanBwdLanesGeometry(
   B: number, L: number, E: number, N: number, subTile: number, wgBytes: number, chunkLen = 0, W = 32, hasState = false,
+  QT = LANES_QT,
 ): ScanBwdGeometry {
-  const { CW } = lanesShape(N, W);
+  const { CW } = lanesShape(N, W, QT);
   const G = Math.ceil(E / CW);
   let most = 1;
-  while (most < LANES_MAX_SUBTILES && lanesWorkgroupBytes(N, W, subTile, most * 2) <= wgBytes) most *= 2;
+  while (most < LANES_MAX_SUBTILES && lanesWorkgroupBytes(N, W, subTile, most * 2, QT) <= wgBytes) most *= 2;
   let ks: number;
   if (chunkLen > 0) ks = Math.min(most, Math.max(1, Math.ceil(chunkLen / subTile)));
   else {
@@ -112,14 +114,14 @@ export function scanBwdLanesGeometry(
     while (ks > 1 && B * G * Math.ceil(L / (ks * subTile)) < 1024) ks = Math.ceil(ks / 2);
   }
   const cl = Math.max(1, Math.min(L, ks * subTile));
-  return layout("lanes", B, L, E, N, subTile, cl, W, hasState, G, G);
+  return layout("lanes", QT, B, L, E, N, subTile, cl, W, hasState, G, G);
 }
 
 /** The lanes kernel's workgroup memory with one sub-tile a segment: more than the device allows means it cannot run. */
-export const lanesMinBytes = (N: number, W: number, subTile: number) => lanesWorkgroupBytes(N, W, subTile, 1);
+export const lanesMinBytes = (N: number, W: number, subTile: number, QT = LANES_QT) => lanesWorkgroupBytes(N, W, subTile, 1, QT);
 
 function layout(
-  kernel: "lanes" | "channel", B: number, L: number, E: number, N: number, subTile: number, cl: number, W: number,
+  kernel: "lanes" | "channel", lanes: number, B: number, L: number, E: number, N: number, subTile: number, cl: number, W: number,
   hasState: boolean, G: number, Gp: number,
 ): ScanBwdGeometry {
   const nC = Math.ceil(L / cl);
@@ -128,7 +130,7 @@ function layout(
   const oA = B * L * Gp * 2 * N;
   const oDE = oA + B * nC * E * N;
   return {
-    kernel, B, L, E, N, nC, chunkLen: cl, subTile, hasState, G, W, Gp, oS, oX, oP, sxFloats: oP + E * (N + 2), oA, oDE,
+    kernel, lanes, B, L, E, N, nC, chunkLen: cl, subTile, hasState, G, W, Gp, oS, oX, oP, sxFloats: oP + E * (N + 2), oA, oDE,
     partFloats: oDE + B * nC * 2 * E,
   };
 }
