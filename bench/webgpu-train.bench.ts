@@ -10,7 +10,7 @@
  * BENCH_ONLY=scan,step picks sections. BENCH_SMOKE=1 shrinks every shape to check the bench on a slow adapter
  * (lavapipe); BENCH_SCAN_SHAPES=BxExLxN,... and BENCH_STEP=D,layers,vocab,batch,seqLen[,micro] override the shapes.
  * BENCH_SCAN_TUNINGS=name:value,...|... runs the scan section again with each set of WebGpuTrainingTuning values
- * (e.g. scanBackwardChunk:128,scanBackwardSubTile:4|scanBackwardKernel:channel).
+ * (e.g. scanBackwardChunk:128,scanBackwardSubTile:4|scanBackwardKernel:channel|scanBackwardLanes:8).
  */
 import { createModel } from "../src/index.ts";
 import { createWebGpuBackend, type WebGpuTrainingBackend, type WebGpuTrainingTuning } from "../src/backend/webgpu/index.ts";
