@@ -1,8 +1,8 @@
 /**
  * Selective scan backward, phase 3, with each channel's N states split over QT lanes (4 by default, 2 or 8 by
  * tuning; the default where the device has subgroups of at least QT lanes; chunk.ts is the one-lane-per-channel
- * kernel without them). The same
- * per-step math as chunk.ts (and scan-backward.ts of the CPU backend); what differs is where the states live:
+ * kernel without them). The same per-step math as chunk.ts (chunk-io.ts; scan-backward.ts of the CPU backend);
+ * what differs is where the states live:
  *   - lane (channel e, part q) owns states n = q·SP .. q·SP + SP − 1 (SP = ⌈N / QT⌉; states past N are
  *     zeros with A = 0), so a thread carries SP states, not N, and QT times as many threads share the work
  *     (fewer registers a lane, more per-channel work repeated on each of its lanes);
@@ -12,7 +12,9 @@
  *     saved start state S[c] and keeps the state at the start of each sub-tile of TS steps in workgroup memory;
  *     then, sub-tile by sub-tile from the last, it recomputes the TS states into registers (the code is unrolled
  *     over the sub-tile, so they are named values, not an indexed array) and steps back through them. Each
- *     state is recomputed twice in all, never stored beyond a sub-tile;
+ *     state is recomputed twice in all, never stored beyond a sub-tile. Nothing in the unrolled steps branches
+ *     (steps past the end of a short last sub-tile run as identities), and each step's inputs and the gradients
+ *     it adds to are loaded up front, so no step waits for its own reads;
  *   - dB and dC (sums over channels): a reduce-scatter over the channel bits of each W-lane block of a subgroup
  *     (as reduce.ts), the block sums of a sub-tile's steps staged in workgroup memory, then added over the
  *     workgroup's NB blocks in order and written as one partial per (row, workgroup): part[B·L, Gp, 2N].
