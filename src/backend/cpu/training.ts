@@ -6,7 +6,7 @@
  */
 import type { SelectiveScanArgs, SeqShape, Tensor, TensorOrCols } from "../backend.ts";
 import type { AdamWParams, ConvGrads, CrossEntropyResult, MatmulGrads, ScanGrads, TrainingOps } from "../training.ts";
-import { check } from "../../errors.ts";
+import { MambaError, check } from "../../errors.ts";
 import { numel } from "../../io/tensor.ts";
 import { CpuTensor, cpu, strided } from "./tensor.ts";
 import { matmulBackwardF32 } from "./matmul-backward.ts";
@@ -70,7 +70,7 @@ export const cpuTrainingOps: TrainingOps = {
     let count = 0;
     for (let r = 0; r < T; r++) {
       const y = tg[r]!;
-      check(y >= -1 && y < V, `crossEntropy: target ${y} at row ${r} is outside [0, ${V}) (or -1 to skip)`);
+      if (y < -1 || y >= V) throw new MambaError(`crossEntropy: target ${y} at row ${r} is outside [0, ${V}) (or -1 to skip)`);
       if (y >= 0) count++;
     }
     let loss = 0;

@@ -14,7 +14,7 @@
  */
 import type { SelectiveScanArgs, SeqShape, Tensor, TensorOrCols } from "../backend.ts";
 import type { AdamWParams, ConvGrads, CrossEntropyResult, MatmulGrads, ScanGrads, TrainingBackend } from "../training.ts";
-import { check } from "../../errors.ts";
+import { MambaError, check } from "../../errors.ts";
 import type { Buf, Gpu } from "./gpu.ts";
 import { WebGpuBackend, type WebGpuTuning } from "./backend.ts";
 import { GpuTensor, type Window, gpuTensor, windowOf } from "./tensor.ts";
@@ -232,7 +232,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     if (host && host.version === tg.version) {
       for (let r = 0; r < T; r++) {
         const y = host.data[r]!;
-        check(y >= -1 && y < V, `crossEntropy: target ${y} at row ${r} is outside [0, ${V}) (or -1 to skip)`);
+        if (y < -1 || y >= V) throw new MambaError(`crossEntropy: target ${y} at row ${r} is outside [0, ${V}) (or -1 to skip)`);
       }
     }
     const meta = this.gpu.alloc(4, "the loss's count");
@@ -343,7 +343,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     if (host && host.version === idt.version) {
       for (let t = 0; t < T; t++) {
         const id = host.data[t]!;
-        check(id >= 0 && id < V, `embeddingBackward: id ${id} at position ${t} is outside the ${V} rows of the table`);
+        if (id < 0 || id >= V) throw new MambaError(`embeddingBackward: id ${id} at position ${t} is outside the ${V} rows of the table`);
       }
       const { csr, nU } = positionsById(host.data);
       const cb = this.gpu.upload(csr, "the embedding's positions");

@@ -31,24 +31,38 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
-/** The CSR of the positions of each distinct id: [ids (sorted) | offsets | positions], as u32. */
+/**
+ * The CSR of the positions of each distinct id: [ids (sorted) | offsets | positions], as u32. A counting sort
+ * (ids are non-negative; the caller checks them against the table): O(T + largest id), positions of an id in
+ * increasing t. It runs on the host every training step, where a comparison sort of 16k positions took
+ * milliseconds.
+ */
 export function positionsById(ids: Int32Array): { csr: Uint32Array; nU: number } {
   const T = ids.length;
-  const order = Array.from({ length: T }, (_, t) => t).sort((a, b) => ids[a]! - ids[b]! || a - b);
-  const rowIds: number[] = [];
-  const offsets: number[] = [];
-  for (let j = 0; j < T; j++) {
-    if (j === 0 || ids[order[j]!] !== ids[order[j - 1]!]) {
-      rowIds.push(ids[order[j]!]!);
-      offsets.push(j);
-    }
+  let top = 0;
+  for (let t = 0; t < T; t++) {
+    const id = ids[t]!;
+    if (id < 0) throw new RangeError(`positionsById: negative id ${id} at position ${t}`);
+    if (id > top) top = id;
   }
-  offsets.push(T);
-  const nU = rowIds.length;
+  const next = new Uint32Array(top + 1); // counts, then each id's next free slot
+  for (let t = 0; t < T; t++) next[ids[t]!]!++;
+  let nU = 0;
+  for (let id = 0; id <= top; id++) if (next[id]! > 0) nU++;
   const csr = new Uint32Array(2 * nU + 1 + T);
-  csr.set(rowIds, 0);
-  csr.set(offsets, nU);
-  csr.set(order, 2 * nU + 1);
+  const posBase = 2 * nU + 1;
+  let u = 0, start = 0;
+  for (let id = 0; id <= top; id++) {
+    const n = next[id]!;
+    if (n === 0) continue;
+    csr[u] = id;
+    csr[nU + u] = start;
+    next[id] = start;
+    start += n;
+    u++;
+  }
+  csr[2 * nU] = T;
+  for (let t = 0; t < T; t++) csr[posBase + next[ids[t]!]!++] = t;
   return { csr, nU };
 }
 
