@@ -60,7 +60,23 @@ export interface TrainOptions {
    * the states of ever longer histories. Exclusive with stateNoise; the carried states are saved in checkpoints.
    */
   statePassing?: boolean;
+  /**
+   * Sequence lengths at which to measure held-out accuracy at every checkpoint and at the end (synthetic tasks),
+   * to follow length extrapolation during training: 16 sequences each (Trainer.evaluateLengths).
+   */
+  evalLengths?: number[];
 }
+
+/** Held-out accuracy at one length, at one step (Trainer.lengthHistory). */
+export interface LengthEvalRecord {
+  step: number;
+  seqLen: number;
+  accuracy: number;
+  scored: number;
+}
+
+/** Sequences each length of evalLengths is measured on. */
+export const LENGTH_EVAL_SEQUENCES = 16;
 
 export interface StepStats {
   step: number; // steps done after this one
@@ -83,6 +99,7 @@ interface TrainerState {
   last: StepStats | null;
   elapsedSeconds: number; // training time of all the processes that made this checkpoint
   history: HistoryRecord[]; // for the report (about 1000 records at most)
+  lengthHistory?: LengthEvalRecord[]; // evalLengths' results so far
 }
 
 /** One logged step: its own loss, accuracy, learning rate and gradient norm. */
@@ -126,6 +143,13 @@ export function checkOptions(o: TrainOptions): void {
   check(o.stateNoise === undefined || (Number.isFinite(o.stateNoise) && o.stateNoise >= 0),
     `state noise must be a number >= 0, got ${o.stateNoise}`);
   check(!(o.statePassing && o.stateNoise), "state passing and state noise are exclusive: choose one way to start training sequences");
+  if (o.evalLengths) {
+    check(o.task.name !== "text", "evaluation lengths are for the synthetic tasks, not text");
+    for (const L of o.evalLengths) {
+      check(Number.isInteger(L) && L >= 2, `evaluation lengths must be integers >= 2, got ${L}`);
+      makeTask({ ...o.task, seqLen: L }); // validates that the task fits this length
+    }
+  }
   makeTask(o.task); // validates the task's sizes
 }
 
@@ -139,6 +163,8 @@ export class Trainer {
   elapsedSeconds = 0;
   /** every historyEvery-th step (and the first), over resumes */
   history: HistoryRecord[] = [];
+  /** accuracy at options.evalLengths, each time evaluateLengths ran, over resumes */
+  lengthHistory: LengthEvalRecord[] = [];
   /** state passing: per layer the SSM states [batch, E, N] the next micro-batch starts from (null: zeros) */
   private carry: Tensor[] | null = null;
 
@@ -205,6 +231,7 @@ export class Trainer {
     t.last = state.last;
     t.elapsedSeconds = state.elapsedSeconds ?? 0;
     t.history = state.history ?? [];
+    t.lengthHistory = state.lengthHistory ?? [];
     return t;
   }
 
@@ -278,6 +305,24 @@ export class Trainer {
     return evaluateAccuracy(this.lm, makeTask(spec), this.options.seed, batches, batchSize);
   }
 
+  /**
+   * Held-out accuracy at each of options.evalLengths on LENGTH_EVAL_SEQUENCES fresh sequences (in batches of
+   * 16, 8, ... or 1 sequence: at most 2^20 tokens a batch), recorded in lengthHistory at this step. Evaluation
+   * uses its own random streams and leaves the training state alone.
+   */
+  async evaluateLengths(): Promise<LengthEvalRecord[]> {
+    const out: LengthEvalRecord[] = [];
+    for (const seqLen of this.options.evalLengths ?? []) {
+      let batchSize = LENGTH_EVAL_SEQUENCES;
+      while (batchSize > 1 && batchSize * seqLen > 2 ** 20) batchSize /= 2;
+      const batches = LENGTH_EVAL_SEQUENCES / batchSize;
+      const ev = await this.evaluate(batches, { ...this.options.task, seqLen }, batchSize);
+      out.push({ step: this.step, seqLen, accuracy: ev.accuracy, scored: ev.scored });
+    }
+    this.lengthHistory.push(...out);
+    return out;
+  }
+
   /** Host copies of the parameters, by checkpoint name. */
   async parameters(): Promise<Map<string, HostTensor>> {
     const out = new Map<string, HostTensor>();
@@ -304,6 +349,7 @@ export class Trainer {
       last: this.last,
       elapsedSeconds: this.elapsedSeconds,
       history: this.history,
+      lengthHistory: this.lengthHistory,
     };
     const files = new Map<string, Uint8Array | string>([
       ["config.json", JSON.stringify(toHfConfig(this.config), null, 2) + "\n"],

@@ -85,6 +85,33 @@ test("state passing: each batch starts from the last one's final states; resume 
   assert.throws(() => Trainer.create(new CpuBackend(), { ...o, stateNoise: 1 }), /exclusive/);
 });
 
+test("evaluateLengths: 16 sequences a length, recorded and checkpointed, without touching training", async () => {
+  const o = tinyOptions({ steps: 4, accumulation: 1, checkpointEvery: 0, evalLengths: [12, 40] });
+  const plain = await run(4, tinyOptions({ steps: 4, accumulation: 1, checkpointEvery: 0 }));
+  const t = Trainer.create(new CpuBackend(), o);
+  const losses: number[] = [];
+  for (let i = 0; i < 4; i++) {
+    losses.push((await t.trainStep()).loss);
+    if (i === 1) {
+      const rows = await t.evaluateLengths();
+      assert.deepEqual(rows.map((r) => [r.step, r.seqLen]), [[2, 12], [2, 40]]);
+      for (const r of rows) {
+        assert.equal(r.scored, 16 * o.task.numTokens, `${r.seqLen}: scored positions`);
+        assert.ok(r.accuracy >= 0 && r.accuracy <= 1);
+      }
+      const again = await t.evaluateLengths();
+      assert.deepEqual(again.map((r) => r.accuracy), rows.map((r) => r.accuracy), "the same held-out sequences");
+    }
+  }
+  assert.deepEqual(losses, plain.losses, "evaluating between steps changes nothing in training");
+  assert.equal(t.lengthHistory.length, 4);
+  const d = await tmp();
+  await t.save(d);
+  const back = await Trainer.resume(new CpuBackend(), d);
+  assert.deepEqual(back.lengthHistory, t.lengthHistory, "kept across a resume");
+  assert.throws(() => Trainer.create(new CpuBackend(), { ...o, evalLengths: [1] }), /evaluation lengths/);
+});
+
 test("a checkpoint is a model folder: loadModel gives the trainer's logits", async () => {
   const dir = await tmp();
   const { t } = await run(3, tinyOptions({ steps: 3 }));

@@ -36,6 +36,7 @@ interface TrainCliOptions {
   weightDecay?: number;
   stateNoise?: number;
   statePassing?: boolean;
+  evalLengths?: number[];
   batchSize?: number;
   gradAccum?: number;
   checkpointEvery?: number;
@@ -64,6 +65,14 @@ function nonNegativeNumber(text: string): number {
   const v = parseNumber(text);
   if (!(v >= 0)) throw new InvalidArgumentError("must be a number >= 0.");
   return v;
+}
+
+function lengthList(text: string): number[] {
+  const parts = text.split(",").map((s) => s.trim());
+  if (parts.length === 0 || parts.some((s) => !/^\d+$/.test(s) || Number(s) < 2 || !Number.isSafeInteger(Number(s)))) {
+    throw new InvalidArgumentError("must be comma-separated integers >= 2, e.g. 4096,65536.");
+  }
+  return parts.map(Number);
 }
 
 function seedParser(text: string): number {
@@ -96,6 +105,9 @@ export function trainCommand(): Command {
       "for length generalization (default 0: zeros; evaluation always starts from zeros)").argParser(nonNegativeNumber))
     .addOption(new Option("--state-passing", "start every training sequence from the final SSM states of the one before it in its batch row, " +
       "for length generalization (no gradient through them; evaluation always starts from zeros)"))
+    .addOption(new Option("--eval-lengths <list>", "comma-separated sequence lengths at which to measure held-out accuracy " +
+      "at every checkpoint and at the end (16 sequences each), to follow length extrapolation; e.g. 4096,65536,1048576")
+      .argParser(lengthList))
     .addOption(new Option("--batch-size <n>", "sequences per micro-batch (default: the preset's)").argParser(integerAtLeast(1)))
     .addOption(new Option("--grad-accum <n>", "micro-batches per optimizer step (default: the preset's)").argParser(integerAtLeast(1)))
     .addOption(new Option("--checkpoint-every <n>", "steps between checkpoints; 0 = only at the end (default: the preset's)")
@@ -138,6 +150,10 @@ function freshOptions(o: TrainCliOptions): TrainOptions {
     if (o.stateNoise) throw new UsageError("--state-passing and --state-noise are exclusive");
     t.statePassing = true;
   }
+  if (o.evalLengths !== undefined) {
+    if (o.task === "text") throw new UsageError("--eval-lengths is for the synthetic tasks, not --task text");
+    t.evalLengths = o.evalLengths;
+  }
   if (o.batchSize !== undefined) t.batchSize = o.batchSize;
   if (o.gradAccum !== undefined) t.accumulation = o.gradAccum;
   if (o.checkpointEvery !== undefined) t.checkpointEvery = o.checkpointEvery;
@@ -160,6 +176,7 @@ function checkResumeOptions(o: TrainCliOptions, given: (k: string) => boolean, r
     ["weightDecay", "--weight-decay", o.weightDecay, run.optim.weightDecay],
     ["stateNoise", "--state-noise", o.stateNoise, run.stateNoise ?? 0],
     ["statePassing", "--state-passing", o.statePassing, run.statePassing ?? false],
+    ["evalLengths", "--eval-lengths", o.evalLengths?.join(","), (run.evalLengths ?? []).join(",")],
     ["batchSize", "--batch-size", o.batchSize, run.batchSize],
     ["gradAccum", "--grad-accum", o.gradAccum, run.accumulation],
   ];
@@ -211,6 +228,14 @@ async function runTrain(o: TrainCliOptions, given: (k: string) => boolean): Prom
   }
 }
 
+/** Runs the run's length evaluations (if any) and prints them on one line. */
+async function evaluateLengths(trainer: Trainer, bar: cliProgress.SingleBar | null): Promise<void> {
+  if (!trainer.options.evalLengths?.length) return;
+  const rows = await trainer.evaluateLengths();
+  const text = rows.map((r) => `${r.seqLen}: ${r.accuracy.toFixed(4)}`).join(", ");
+  process.stderr.write(`${bar ? "\n" : ""}step ${trainer.step}: held-out accuracy at length ${text}\n`);
+}
+
 async function trainLoop(trainer: Trainer, dir: string, backendName: string): Promise<number> {
   const o = trainer.options;
   let interrupted = false;
@@ -249,6 +274,7 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
       if (tty) bar.update(trainer.step, fmt());
       if (o.checkpointEvery > 0 && trainer.step % o.checkpointEvery === 0 && !trainer.finished) {
         tick();
+        await evaluateLengths(trainer, tty ? bar : null);
         await trainer.save(dir);
         await report(trainer, dir, null);
         lastSaved = trainer.step;
@@ -270,6 +296,7 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
   }
   const evalStart = performance.now();
   const ev = await trainer.evaluate();
+  if (o.evalLengths && trainer.lengthHistory.at(-1)?.step !== trainer.step) await evaluateLengths(trainer, null);
   const metrics = {
     task: o.task.name,
     mixer: o.model.mixer,
@@ -286,6 +313,7 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
     evalBatches: o.evalBatches,
     evalBatchSize: o.batchSize,
     evalSeconds: (performance.now() - evalStart) / 1000,
+    lengthEvals: trainer.lengthHistory,
     finalTrainLoss: trainer.lastStats?.loss ?? null,
     finalTrainAccuracy: trainer.lastStats?.accuracy ?? null,
     trainSeconds: trainer.elapsedSeconds,
