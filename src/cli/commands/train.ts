@@ -333,6 +333,8 @@ async function report(trainer: Trainer, dir: string, evalAccuracy: number | null
   const o = trainer.options;
   const records: { step: number; [k: string]: number }[] = trainer.history.map((r) => ({ ...r }));
   if (evalAccuracy !== null) records.push({ step: trainer.step, heldout_accuracy: evalAccuracy });
+  // the accuracies at other lengths join the accuracy chart, one curve a length
+  for (const r of trainer.lengthHistory) records.push({ step: r.step, [`heldout_accuracy_L${r.seqLen}`]: r.accuracy });
   await writeTrainingReport(dir, records, {
     title: `${o.task.name}, ${o.model.mixer}, ${o.model.numLayers} layers, D ${o.model.hiddenSize}`,
     details: {
