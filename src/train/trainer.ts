@@ -369,8 +369,11 @@ export interface EvalResult {
   scored: number; // scored positions seen
 }
 
-/** Held-out accuracy of a model on a task: batch i comes from Rng(seed ^ EVAL_SALT, i). */
-export async function evaluateAccuracy(lm: MambaLM, task: Task, seed: number, batches: number, batchSize: number): Promise<EvalResult> {
+/** Held-out accuracy of a model on a task: batch i comes from Rng(seed ^ EVAL_SALT, i). onBatch: after each batch. */
+export async function evaluateAccuracy(
+  lm: MambaLM, task: Task, seed: number, batches: number, batchSize: number,
+  onBatch?: (done: number, total: number) => void,
+): Promise<EvalResult> {
   const b = lm.backend;
   let correct = 0, scored = 0;
   for (let i = 0; i < batches; i++) {
@@ -383,6 +386,7 @@ export async function evaluateAccuracy(lm: MambaLM, task: Task, seed: number, ba
     correct += s.correct;
     scored += s.scored;
     b.dispose(ids, h, logits);
+    onBatch?.(i + 1, batches);
   }
   return { accuracy: scored > 0 ? correct / scored : 0, correct, scored };
 }

@@ -4,6 +4,7 @@
  * (its latest checkpoint is used) or a checkpoint folder. The task's sizes default to those the model was trained
  * with (trainer.json); --seq-len tests another length (induction heads: the paper tests far beyond training's).
  */
+import cliProgress from "cli-progress";
 import { existsSync, promises as fs } from "node:fs";
 import path from "node:path";
 import { Command, Option } from "commander";
@@ -66,7 +67,18 @@ async function runEval(o: EvalCliOptions): Promise<number> {
     const task = makeTask(spec);
     const seed = o.seed ?? trained?.seed ?? 0;
     const start = performance.now();
-    const r = await evaluateAccuracy(model.lm, task, seed, o.batches, o.batchSize);
+    // a bar on a terminal: a batch of long sequences takes minutes on the CPU
+    const bar = process.stderr.isTTY && o.batches > 1
+      ? new cliProgress.SingleBar({ format: "eval |{bar}| {value}/{total} batches | ETA {eta_formatted}", stream: process.stderr, hideCursor: true },
+        cliProgress.Presets.shades_classic)
+      : null;
+    bar?.start(o.batches, 0);
+    let r: Awaited<ReturnType<typeof evaluateAccuracy>>;
+    try {
+      r = await evaluateAccuracy(model.lm, task, seed, o.batches, o.batchSize, (done) => bar?.update(done));
+    } finally {
+      bar?.stop();
+    }
     const secs = (performance.now() - start) / 1000;
     process.stdout.write(`accuracy: ${r.accuracy.toFixed(4)} (${o.task}, seq-len ${spec.seqLen}, num-tokens ${spec.numTokens}, ` +
       `${r.correct}/${r.scored} scored positions, ${model.config.mixer}, ${secs.toFixed(1)} s)\n`);
