@@ -69,6 +69,22 @@ test("train writes checkpoints and metrics.json; eval reports the same accuracy 
   assert.match(minLr.stderr, /^mamba-ts: error: --resume: the run in .* was started with --min-lr 0.001, not 0.002/m);
 });
 
+test("train --state-passing --eval-lengths: recorded in metrics.json and the report, checked on resume", async () => {
+  const dir = path.join(await fs.mkdtemp(path.join(os.tmpdir(), "mamba-ts-cli-train-")), "run");
+  const r = await cli(["train", "--task", "induction-heads", "--out", dir, "--steps", "4", "--state-passing",
+    "--eval-lengths", "24,64", ...SMALL]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /step 2: held-out accuracy at length 24: \d\.\d{4}, 64: \d\.\d{4}/);
+  const m = JSON.parse(await fs.readFile(path.join(dir, "metrics.json"), "utf8"));
+  assert.equal(m.statePassing, true);
+  assert.deepEqual(m.lengthEvals.map((e: { step: number; seqLen: number }) => [e.step, e.seqLen]), [[2, 24], [2, 64], [4, 24], [4, 64]]);
+  for (const e of m.lengthEvals) assert.equal(e.scored, 16);
+  assert.match(await fs.readFile(path.join(dir, "report.html"), "utf8"), /heldout_accuracy_L64/);
+  const conflict = await cli(["train", "--resume", "--out", dir, "--eval-lengths", "24"]);
+  assert.equal(conflict.code, 2);
+  assert.match(conflict.stderr, /was started with --eval-lengths 24,64, not 24/);
+});
+
 test("train: bad options give one error line and exit code 2", async () => {
   const cases: [string[], RegExp][] = [
     [["train", "--task", "copying", "--out", "x"], /argument 'copying' is invalid/],
@@ -81,6 +97,9 @@ test("train: bad options give one error line and exit code 2", async () => {
     [["train", "--task", "induction-heads", "--out", "x", "--lr", "1e-3", "--min-lr", "2e-3"], /--min-lr 0.002 is above the peak learning rate 0.001/],
     [["train", "--task", "induction-heads", "--out", "x", "--steps", "5", "--warmup-steps", "6"], /--warmup-steps 6 is more than the run's 5 steps/],
     [["eval", "--task", "induction-heads"], /required option '-m, --model <dir>' not specified/],
+    [["train", "--task", "induction-heads", "--out", "x", "--state-passing", "--state-noise", "1"], /--state-passing and --state-noise are exclusive/],
+    [["train", "--task", "induction-heads", "--out", "x", "--eval-lengths", "64,1"], /must be comma-separated integers >= 2/],
+    [["train", "--task", "text", "--data", "x", "--out", "x", "--eval-lengths", "64"], /--eval-lengths is for the synthetic tasks/],
   ];
   for (const [args, re] of cases) {
     const r = await cli(args);
