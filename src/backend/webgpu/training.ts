@@ -40,7 +40,9 @@ import {
 
 export interface WebGpuTrainingTuning extends WebGpuTuning {
   /** the scan backward's chunk kernel: "lanes" (each channel's states over several subgroup lanes; the default
-   *  where subgroups of at least that many lanes exist) or "channel" (one lane a channel; the default without) */
+   *  where subgroups of at least that many lanes exist) or "channel" (one lane a channel; the default without,
+   *  and what runs for a state size whose lanes-kernel tiles exceed the device's workgroup memory). Both compute
+   *  the same gradients. */
   scanBackwardKernel?: "lanes" | "channel";
   /** lanes a channel of the "lanes" kernel: 2, 4 (default) or 8 */
   scanBackwardLanes?: number;
