@@ -363,19 +363,10 @@ export class Gpu {
       }
       const result = new Map<string, { ms: number; count: number }>();
       if (names.length === 0) return result;
-      this.pass?.end();
-      this.pass = null;
-      this.encoder!.resolveQuerySet(set, 0, 2 * names.length, resolved, 0);
-      this.encoder!.copyBufferToBuffer(resolved, 0, out, 0, 2 * names.length * 8);
-      this.flush();
-      await out.mapAsync(MAP_READ_MODE, 0, 2 * names.length * 8);
-      const ts = new BigUint64Array(out.getMappedRange(0, 2 * names.length * 8).slice(0));
-      out.unmap();
-      this.check();
+      const ts = await this.readTimestamps(set, 2 * names.length, resolved, out);
       names.forEach((name, i) => {
-        const t0 = ts[2 * i]!, t1 = ts[2 * i + 1]!;
         const r = result.get(name) ?? { ms: 0, count: 0 };
-        r.ms += t1 > t0 ? Number(t1 - t0) / 1e6 : 0;
+        r.ms += elapsedMs(ts[2 * i]!, ts[2 * i + 1]!);
         r.count++;
         result.set(name, r);
       });
@@ -413,7 +404,8 @@ export class Gpu {
 
   /**
    * Submits what is encoded so far so that the GPU starts while the host encodes more (the backends call it every
-   * few hundred dispatches); not while timePass encodes, whose dispatches must all stay in its one pass.
+   * few hundred dispatches); not while timePass or profileKernels encodes, whose passes must all stay in one
+   * command buffer with their queries.
    */
   submitEarly(): void {
     if (!this.timedPass && !this.profiling) this.flush();
@@ -514,16 +506,25 @@ export class Gpu {
       this.timedPass = null;
     }
     if (this.pass !== pass) throw new MambaError("timePass: the timed work submitted or read back, which ends the timed pass");
-    pass.end();
+    const [t0, t1] = await this.readTimestamps(set, 2, resolved, out);
+    return elapsedMs(t0!, t1!);
+  }
+
+  /**
+   * Ends the open pass, resolves the first `count` queries of `set` and reads them back (ns), submitting what is
+   * pending: the last step of timePass and profileKernels.
+   */
+  private async readTimestamps(set: GPUQuerySet, count: number, resolved: GPUBuffer, out: GPUBuffer): Promise<BigUint64Array> {
+    this.pass?.end();
     this.pass = null;
-    this.encoder.resolveQuerySet(set, 0, 2, resolved, 0);
-    this.encoder.copyBufferToBuffer(resolved, 0, out, 0, 16);
+    this.encoder!.resolveQuerySet(set, 0, count, resolved, 0);
+    this.encoder!.copyBufferToBuffer(resolved, 0, out, 0, count * 8);
     this.flush();
-    await out.mapAsync(MAP_READ_MODE, 0, 16);
-    const [t0, t1] = new BigUint64Array(out.getMappedRange(0, 16).slice(0));
+    await out.mapAsync(MAP_READ_MODE, 0, count * 8);
+    const ts = new BigUint64Array(out.getMappedRange(0, count * 8).slice(0));
     out.unmap();
     this.check();
-    return t1! > t0! ? Number(t1! - t0!) / 1e6 : 0;
+    return ts;
   }
 
   /** Resolves when the GPU has finished everything submitted (after submitting what is pending). */
@@ -549,6 +550,11 @@ export class Gpu {
       void this.keepAlive;
     }
   }
+}
+
+/** ms between two GPU timestamps in ns (0 when the clock did not advance, or stepped back). */
+function elapsedMs(t0: bigint, t1: bigint): number {
+  return t1 > t0 ? Number(t1 - t0) / 1e6 : 0;
 }
 
 function padTo4(data: ArrayBufferView): Uint8Array {

@@ -34,7 +34,7 @@ import { convPre } from "./kernels/backward/conv-pre.ts";
 import { convDx } from "./kernels/backward/conv-dx.ts";
 import { convChunks, convDw } from "./kernels/backward/conv-dw.ts";
 import {
-  lanesMinBytes, lanesPossible, maxSubTile, scanBwdGeometry, scanBwdLanesGeometry, scanBwdReduceWidth, selectiveScanBackward,
+  LANES_CHOICES, lanesMinBytes, lanesPossible, maxSubTile, scanBwdGeometry, scanBwdLanesGeometry, scanBwdReduceWidth, selectiveScanBackward,
   type ScanBwdGeometry,
 } from "./kernels/backward/scan/index.ts";
 
@@ -85,7 +85,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     const kernel = tuning.scanBackwardKernel;
     check(kernel === undefined || kernel === "lanes" || kernel === "channel", `scanBackwardKernel must be "lanes" or "channel", got ${String(kernel)}`);
     this.scanLanes = tuning.scanBackwardLanes ?? 4;
-    check([2, 4, 8].includes(this.scanLanes), `scanBackwardLanes must be 2, 4 or 8, got ${String(tuning.scanBackwardLanes)}`);
+    check(LANES_CHOICES.includes(this.scanLanes), `scanBackwardLanes must be one of ${LANES_CHOICES.join(", ")}, got ${String(tuning.scanBackwardLanes)}`);
     check(kernel !== "lanes" || lanesPossible(this.scanReduceWidth, this.scanLanes),
       `scanBackwardKernel "lanes" with ${this.scanLanes} lanes a channel needs subgroups of at least that many lanes ` +
       `(this device's reduction width is ${this.scanReduceWidth})`);

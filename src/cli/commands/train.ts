@@ -69,7 +69,7 @@ function nonNegativeNumber(text: string): number {
 
 function lengthList(text: string): number[] {
   const parts = text.split(",").map((s) => s.trim());
-  if (parts.length === 0 || parts.some((s) => !/^\d+$/.test(s) || Number(s) < 2 || !Number.isSafeInteger(Number(s)))) {
+  if (parts.some((s) => !/^\d+$/.test(s) || Number(s) < 2 || !Number.isSafeInteger(Number(s)))) {
     throw new InvalidArgumentError("must be comma-separated integers >= 2, e.g. 4096,65536.");
   }
   return parts.map(Number);
@@ -296,7 +296,7 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
   }
   const evalStart = performance.now();
   const ev = await trainer.evaluate();
-  if (o.evalLengths && trainer.lengthHistory.at(-1)?.step !== trainer.step) await evaluateLengths(trainer, null);
+  if (trainer.lengthHistory.at(-1)?.step !== trainer.step) await evaluateLengths(trainer, null);
   const metrics = {
     task: o.task.name,
     mixer: o.model.mixer,

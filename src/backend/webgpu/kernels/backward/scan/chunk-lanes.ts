@@ -24,9 +24,11 @@ import type { Buf, Gpu } from "../../../gpu.ts";
 import type { ScanBwdGeometry, ScanBwdInputs } from "./geometry.ts";
 import { CHUNK_IO_WGSL, dispatchChunk, gateWgsl, stateStepWgsl, type ScanBwdOutputs } from "./chunk-io.ts";
 import { SOFTPLUS_WGSL } from "../../wgsl-common.ts";
+import { reduceScatter } from "./reduce.ts";
 
-/** Lanes per channel, by default. */
+/** Lanes per channel, by default, and the choices. */
 export const LANES_QT = 4;
+export const LANES_CHOICES: readonly number[] = [2, 4, 8];
 /** W-lane blocks per workgroup. */
 export const LANES_NB = 4;
 
@@ -55,20 +57,8 @@ function wgsl(N: number, W: number, TS: number, KS: number, QT: number): string 
   const { SP, Vp, WGT, CW } = lanesShape(N, W, QT);
   const NB = LANES_NB, V = 2 * SP, CB = W / QT;
   // the reduce-scatter of [rB_0 .. rB_{SP-1}, rC_0 .. rC_{SP-1}] (zeros up to Vp) over the channel bits of the block
-  const scatter: string[] = [];
-  let cur = range(Vp).map((k) => (k < SP ? `rB_${k}` : k < V ? `rC_${k - SP}` : "0.0"));
-  let stage = 0;
-  for (let o = W / 2; o >= QT; o /= 2, stage++) {
-    const half = cur.length / 2;
-    scatter.push(`let up${stage} = (lane & ${o}u) != 0u;`);
-    const next: string[] = [];
-    for (let i = 0; i < half; i++) {
-      const lo = cur[i]!, hi = cur[i + half]!, name = `rs${stage}_${i}`;
-      scatter.push(`let ${name} = select(${lo}, ${hi}, up${stage}) + subgroupShuffleXor(select(${hi}, ${lo}, up${stage}), ${o}u);`);
-      next.push(name);
-    }
-    cur = next;
-  }
+  const { lines: scatter, terms: cur } = reduceScatter(
+    range(Vp).map((k) => (k < SP ? `rB_${k}` : k < V ? `rC_${k - SP}` : "0.0")), W / 2, QT, "lane");
   const K = cur.length; // = Vp / CB terms per lane after the scatter
   const stageOut = cur.map((v, k) => `red[redBase + ${k}u] = ${v};`).join("\n        ");
 

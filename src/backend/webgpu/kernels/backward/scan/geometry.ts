@@ -10,7 +10,7 @@
  * subgroups). The partials [B·L, Gp, 2N] are added in order by reduce-groups.ts.
  */
 import type { Buf, Gpu } from "../../../gpu.ts";
-import { LANES_QT, lanesShape, lanesWorkgroupBytes } from "./chunk-lanes.ts";
+import { LANES_CHOICES, LANES_QT, lanesShape, lanesWorkgroupBytes } from "./chunk-lanes.ts";
 
 export const SCAN_BWD_WG = 32; // channels per workgroup of the chunk kernel
 
@@ -89,8 +89,8 @@ export function scanBwdGeometry(
 /** Sub-tiles a segment of the lanes kernel may have (its saved states live in workgroup memory). */
 const LANES_MAX_SUBTILES = 16;
 
-/** The lanes kernel with QT lanes a channel can run here: subgroup blocks of QT to 32 lanes; QT 2, 4 or 8. */
-export const lanesPossible = (W: number, QT = LANES_QT) => [2, 4, 8].includes(QT) && W >= QT && W <= SCAN_BWD_WG;
+/** The lanes kernel with QT lanes a channel can run here: subgroup blocks of QT to 32 lanes; QT one of LANES_CHOICES. */
+export const lanesPossible = (W: number, QT = LANES_QT) => LANES_CHOICES.includes(QT) && W >= QT && W <= SCAN_BWD_WG;
 
 /**
  * The geometry of the lanes kernel (chunk-lanes.ts): sub-tiles of `subTile` steps (unrolled), segments of

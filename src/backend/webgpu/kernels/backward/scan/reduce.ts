@@ -15,6 +15,31 @@
  */
 import { SCAN_BWD_WG } from "./geometry.ts";
 
+/**
+ * WGSL statements of a reduce-scatter over lane bits `hi`, hi/2, ..., `lo` (powers of two) with
+ * subgroupShuffleXor: at each bit a lane keeps one half of its terms (the upper when its bit in `laneVar` is set)
+ * and adds the partner's same half. `vals`: WGSL expressions, a multiple of 2·hi/lo of them (each stage halves
+ * them). Returns the statements and the names of the K terms left in each lane: the lane whose scattered bits
+ * read c (most significant first) holds the block sums of terms [c·K, (c+1)·K).
+ */
+export function reduceScatter(vals: readonly string[], hi: number, lo: number, laneVar: string): { lines: string[]; terms: string[] } {
+  const lines: string[] = [];
+  let cur = [...vals];
+  let stage = 0;
+  for (let o = hi; o >= lo; o /= 2, stage++) {
+    const half = cur.length / 2;
+    lines.push(`let up${stage} = (${laneVar} & ${o}u) != 0u;`);
+    const next: string[] = [];
+    for (let i = 0; i < half; i++) {
+      const a = cur[i]!, b = cur[i + half]!, name = `rs${stage}_${i}`;
+      lines.push(`let ${name} = select(${a}, ${b}, up${stage}) + subgroupShuffleXor(select(${b}, ${a}, up${stage}), ${o}u);`);
+      next.push(name);
+    }
+    cur = next;
+  }
+  return { lines, terms: cur };
+}
+
 /** Module-scope declarations the reduction needs. */
 export function reduceDecls(N: number, W: number): string {
   if (W > 0) return "";
@@ -42,22 +67,7 @@ export function reduceStep(N: number, W: number, vals: readonly string[]): strin
       }`;
   }
   const Vp = Math.ceil(V / W) * W;
-  let cur = Array.from({ length: Vp }, (_, k) => (k < V ? vals[k]! : "0.0"));
-  const lines: string[] = [];
-  let stage = 0;
-  for (let o = W / 2; o >= 1; o /= 2, stage++) {
-    const half = cur.length / 2;
-    lines.push(`let up${stage} = (sgl & ${o}u) != 0u;`);
-    const next: string[] = [];
-    for (let i = 0; i < half; i++) {
-      const lo = cur[i]!, hi = cur[i + half]!;
-      const name = `rs${stage}_${i}`;
-      // keep the half of this lane's side (upper when the bit is set), receive the partner's same half
-      lines.push(`let ${name} = select(${lo}, ${hi}, up${stage}) + subgroupShuffleXor(select(${hi}, ${lo}, up${stage}), ${o}u);`);
-      next.push(name);
-    }
-    cur = next;
-  }
+  const { lines, terms: cur } = reduceScatter(Array.from({ length: Vp }, (_, k) => (k < V ? vals[k]! : "0.0")), W / 2, 1, "sgl");
   const K = cur.length; // Vp / W sums per lane
   lines.push(`let slot = wg.x * ${SCAN_BWD_WG / W}u + lane / ${W}u;`);
   lines.push(`let k0 = (sgl % ${W}u) * ${K}u;`);
