@@ -77,3 +77,13 @@ export function printProfile(prof: Map<string, { ms: number; count: number }> | 
     console.log(`${indent}  ${name.padEnd(34)} ${v.ms.toFixed(3).padStart(9)} ms ${((100 * v.ms) / total).toFixed(1).padStart(5)}%  ${v.count} dispatches`);
   }
 }
+
+/**
+ * Tuning sets from an environment variable: `name:value,name:value|name:value` (sets separated by '|'); numbers
+ * become numbers, anything else stays a string (e.g. scanBackwardKernel:channel).
+ */
+export function parseTunings<T extends object>(text: string | undefined): T[] {
+  return (text ?? "").split("|").filter(Boolean)
+    .map((t) => Object.fromEntries(t.split(",").map((kv) => kv.split(":"))
+      .map(([k, v]) => [k, v !== undefined && v.trim() !== "" && Number.isFinite(Number(v)) ? Number(v) : v])) as T);
+}

@@ -21,7 +21,7 @@ import { namedTensors, zerosLike } from "../src/train/params.ts";
 import { AdamW, DEFAULT_OPTIM } from "../src/train/optim.ts";
 import { fmtBytes } from "../src/backend/webgpu/gpu.ts";
 import { anchor } from "./anchors.ts";
-import { gpuTrials, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
+import { gpuTrials, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,step").split(","));
 const smoke = process.env.BENCH_SMOKE === "1";
@@ -182,9 +182,7 @@ async function benchStep(): Promise<void> {
 
 export default async function run(): Promise<void> {
   if (only.has("scan")) {
-    const tunings = (process.env.BENCH_SCAN_TUNINGS ?? "").split("|").filter(Boolean)
-      .map((t) => Object.fromEntries(t.split(",").map((kv) => kv.split(":"))
-        .map(([k, v]) => [k, v !== undefined && v.trim() !== "" && Number.isFinite(Number(v)) ? Number(v) : v])) as WebGpuTrainingTuning);
+    const tunings = parseTunings<WebGpuTrainingTuning>(process.env.BENCH_SCAN_TUNINGS);
     for (const tuning of [{}, ...tunings]) {
       const b = (await createWebGpuBackend(tuning)) as WebGpuTrainingBackend;
       console.log(`device: ${b.device} (WebGPU)${Object.keys(tuning).length ? `; tuning ${JSON.stringify(tuning)}` : ""}`);

@@ -10,21 +10,27 @@
  *  - the tiled matmul alone at the forward's shapes (in_proj, out_proj, head of 130m; in_proj of 1.4b) in TFLOP/s.
  * Random weights from createModel (130m: D 768, 24 layers; 1.4b: D 2048, 48 layers; vocab 50280).
  * BENCH_ONLY=scan,matmul,decode,breakdown,forward,prefill picks sections; BENCH_MODELS=130m,1.4b picks models; BENCH_SMOKE=1
- * shrinks every shape to check the bench itself on a slow adapter.
+ * shrinks every shape to check the bench itself on a slow adapter. BENCH_TUNING=name:value,... sets WebGpuTuning
+ * values for every backend of the run (e.g. matmulBK:8,matmulBuffers:2); BENCH_MATMUL_TUNINGS=...|... runs the
+ * matmul section again with each set.
  */
 import { createModel, modelFromTensors, type MambaModel } from "../src/index.ts";
-import { createWebGpuBackend, type WebGpuBackend } from "../src/backend/webgpu/index.ts";
+import { createWebGpuBackend, type WebGpuBackend, type WebGpuTuning } from "../src/backend/webgpu/index.ts";
 import type { Prepared } from "../src/backend/webgpu/gpu.ts";
 import { makeConfig, initParameters } from "../src/model/init.ts";
 import { prefill } from "../src/generate/generate.ts";
 import { toF16Bits, type HostTensor } from "../src/io/tensor.ts";
 import { cols } from "../src/backend/backend.ts";
 import { anchor } from "./anchors.ts";
-import { gpuTrials, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
+import { gpuTrials, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,matmul,decode,breakdown,forward,prefill").split(","));
 const models = new Set((process.env.BENCH_MODELS ?? "130m,1.4b").split(","));
 const smoke = process.env.BENCH_SMOKE === "1";
+const tuning: WebGpuTuning = parseTunings<WebGpuTuning>(process.env.BENCH_TUNING)[0] ?? {};
+const tuningNote = Object.keys(tuning).length ? `; tuning ${JSON.stringify(tuning)}` : "";
+/** A backend with the run's tuning plus `extra`. */
+const backend = async (extra: WebGpuTuning = {}) => (await createWebGpuBackend({ ...tuning, ...extra })) as WebGpuBackend;
 const SIZES = smoke ? {
   "130m": { vocabSize: 1000, hiddenSize: 64, numLayers: 2 },
   "1.4b": { vocabSize: 1000, hiddenSize: 128, numLayers: 2 },
@@ -136,13 +142,13 @@ async function printKernelTimes(b: WebGpuBackend, lm: MambaModel["lm"]): Promise
 async function makeModel(name: ModelName, dtype: "F32" | "F16" = "F32"): Promise<MambaModel> {
   const t0 = performance.now();
   let model: MambaModel;
-  if (dtype === "F32") model = await createModel(SIZES[name], { backend: "webgpu", seed: 0 });
+  if (dtype === "F32") model = await createModel(SIZES[name], { backend: await backend(), seed: 0 });
   else {
     const cfg = makeConfig(SIZES[name]);
     const params = initParameters(cfg, { seed: 0 });
     const half = new Map<string, HostTensor>();
     for (const [k, v] of params) half.set(k, v.shape.length === 2 ? { dtype: "F16", shape: v.shape, data: toF16Bits(v.data as Float32Array) } : v);
-    model = await modelFromTensors(cfg, half, { backend: "webgpu" }, { source: "bench", folder: "", dtype: "F16" });
+    model = await modelFromTensors(cfg, half, { backend: await backend() }, { source: "bench", folder: "", dtype: "F16" });
   }
   await gpuOf(model).sync();
   console.log(`(${name} ${dtype} weights built and uploaded in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
@@ -304,11 +310,11 @@ async function benchPrefill(model: MambaModel): Promise<void> {
 }
 
 export default async function run(): Promise<void> {
-  const probe = (await createWebGpuBackend()) as WebGpuBackend;
+  const probe = await backend();
   const g = probe.gpu;
   // BENCH_SCAN_THREADS=a,b,...: the scan again with other chunkings (channel-chunk threads aimed for)
   for (const n of (process.env.BENCH_SCAN_THREADS ?? "").split(",").filter(Boolean)) {
-    const other = (await createWebGpuBackend({ scanThreads: Number(n) })) as WebGpuBackend;
+    const other = await backend({ scanThreads: Number(n) });
     console.log(`(scan with scanThreads ${n})`);
     await warmUpGpu(other);
     await benchScan(other);
@@ -316,7 +322,7 @@ export default async function run(): Promise<void> {
   }
   const toggles = process.env.MAMBA_TS_DAWN_TOGGLES ?? "disable_workgroup_init,disable_robustness (default)";
   console.log(`device: ${g.description}; WebGPU (Dawn, Node ${process.version}, toggles ${toggles || "none"}); subgroups ${g.hasSubgroups}, timestamp-query ${g.hasTimestamps}; ` +
-    `max storage binding ${(g.limits.maxStorageBufferBindingSize / 2 ** 30).toFixed(2)} GiB`);
+    `max storage binding ${(g.limits.maxStorageBufferBindingSize / 2 ** 30).toFixed(2)} GiB${tuningNote}`);
   await warmUpGpu(probe);
   if (only.has("scan")) await benchScan(probe);
   if (only.has("matmul")) {
@@ -324,6 +330,17 @@ export default async function run(): Promise<void> {
     await benchMatmul(probe);
   }
   await probe.destroy();
+  for (const extra of parseTunings<WebGpuTuning>(process.env.BENCH_MATMUL_TUNINGS)) {
+    console.log(`\n-- tiled matmul with tuning ${JSON.stringify({ ...tuning, ...extra })} --`);
+    const other = await backend(extra).catch((e: Error) => {
+      console.log(`not run: ${e.message}`);
+      return null;
+    });
+    if (!other) continue;
+    await warmUpGpu(other);
+    await benchMatmul(other);
+    await other.destroy();
+  }
 
   if (models.has("130m") && (only.has("decode") || only.has("forward") || only.has("prefill") || only.has("breakdown"))) {
     const m = await makeModel("130m");

@@ -10,7 +10,9 @@ import { MambaError, check } from "../../errors.ts";
 import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
 import { type Buf, Gpu, type Prepared } from "./gpu.ts";
 import { GpuTensor, type Storage, type Window, gpuTensor, windowOf } from "./tensor.ts";
-import { TILE_LARGE, TILE_SMALL, kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
+import {
+  MATMUL_BK_CHOICES, MATMUL_BUFFER_CHOICES, TILE_LARGE, TILE_SMALL, type TileConfig, kSplits, matmulTiled, splitPlan, tileBytes,
+} from "./kernels/matmul.ts";
 import { matmulReduce } from "./kernels/matmul-reduce.ts";
 import { MATVEC_MAX_ROWS, matvec } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
@@ -50,6 +52,10 @@ export interface WebGpuTuning {
   /** bytes of freed GPU buffers kept for reuse; beyond it the longest-unused are destroyed (default half the
    *  largest buffer the device allows, between 256 MiB and 4 GiB) */
   poolBytes?: number;
+  /** K columns per shared tile of the tiled matmul: 8, 16 (default) or 32 */
+  matmulBK?: number;
+  /** shared tile buffers of the tiled matmul: 1 (default; two barriers a K tile) or 2 (one barrier a K tile) */
+  matmulBuffers?: number;
 }
 
 export class WebGpuBackend implements Backend {
@@ -58,6 +64,9 @@ export class WebGpuBackend implements Backend {
   private readonly scanThreads: number;
   private readonly flushEvery: number;
   private sinceFlush = 0;
+  /** The tiled matmul's configurations for many and for few output tiles. */
+  private readonly tileLarge: TileConfig;
+  private readonly tileSmall: TileConfig;
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
   private scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
   /** The fused decode's packed constants of each layer, keyed by the layer's weights object. */
@@ -68,6 +77,13 @@ export class WebGpuBackend implements Backend {
   constructor(readonly gpu: Gpu, tuning: WebGpuTuning = {}) {
     this.scanThreads = tuning.scanThreads ?? 131072;
     this.flushEvery = tuning.flushEvery ?? 512;
+    const BK = tuning.matmulBK ?? TILE_LARGE.BK, buffers = tuning.matmulBuffers ?? TILE_LARGE.buffers;
+    check(MATMUL_BK_CHOICES.includes(BK), `matmulBK must be one of ${MATMUL_BK_CHOICES.join(", ")}, got ${String(tuning.matmulBK)}`);
+    check(MATMUL_BUFFER_CHOICES.includes(buffers), `matmulBuffers must be one of ${MATMUL_BUFFER_CHOICES.join(", ")}, got ${String(tuning.matmulBuffers)}`);
+    this.tileLarge = { ...TILE_LARGE, BK, buffers };
+    this.tileSmall = { ...TILE_SMALL, BK, buffers };
+    const bytes = tileBytes(this.tileLarge), most = gpu.limits.maxComputeWorkgroupStorageSize;
+    check(bytes <= most, `matmulBK ${BK} with ${buffers} buffers needs ${bytes} bytes of workgroup memory, this device allows ${most}`);
   }
 
   /** The adapter this backend runs on, in words. */
@@ -278,8 +294,8 @@ export class WebGpuBackend implements Backend {
     };
     if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(this.gpu, args);
     else {
-      const largeTiles = Math.ceil(T / TILE_LARGE.BM) * Math.ceil(N / TILE_LARGE.BN);
-      const cfg = largeTiles >= 256 ? TILE_LARGE : TILE_SMALL;
+      const largeTiles = Math.ceil(T / this.tileLarge.BM) * Math.ceil(N / this.tileLarge.BN);
+      const cfg = largeTiles >= 256 ? this.tileLarge : this.tileSmall;
       const plan = splitPlan(K, kSplits(T, N, K, cfg));
       if (plan.count === 1) matmulTiled(this.gpu, args, cfg);
       else {
@@ -478,7 +494,7 @@ export class WebGpuBackend implements Backend {
         const bias = m.outProjBias ? this.f32(this.t(m.outProjBias, "decodeStep")) : null;
         const args = { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias, y: h };
         if (E % 4 === 0) matvec(gpu, args);
-        else matmulTiled(gpu, args, TILE_SMALL);
+        else matmulTiled(gpu, args, this.tileSmall);
       }
       // norm_f over h + the last residual (half numLayers % 2 of res)
       addRmsNorm(gpu, h, res, this.f32(this.t(w.normF, "decodeStep")), c.layerNormEpsilon, B, D, normed.buf, resOut,

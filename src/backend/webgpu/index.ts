@@ -21,5 +21,11 @@ export async function createWebGpuBackend(options: WebGpuOptions & WebGpuTrainin
     throw new MambaError(`createWebGpuBackend: poolBytes must be a number of bytes >= 0, got ${String(pool)}`);
   }
   const { gpu, device, description } = await acquireDevice(options);
-  return new WebGpuTrainingBackend(new Gpu(device, description, gpu, options.poolBytes), options);
+  const g = new Gpu(device, description, gpu, options.poolBytes);
+  try {
+    return new WebGpuTrainingBackend(g, options);
+  } catch (err) {
+    await g.destroy(); // a refused tuning must not leave the device held
+    throw err;
+  }
 }

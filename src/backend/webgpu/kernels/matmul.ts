@@ -18,10 +18,44 @@ export interface TileConfig {
   BN: number; // columns of y per workgroup (16 · TN)
   TM: number; // rows per thread: 4 or 8
   TN: number; // columns per thread: 4 or 8
+  BK: number; // K columns per tile: 8, 16 or 32
+  buffers: number; // shared tile buffers: 1 (two barriers a K tile) or 2 (one)
 }
 
-export const TILE_LARGE: TileConfig = { BM: 128, BN: 128, TM: 8, TN: 8 };
-export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 4, TN: 4 };
+export const TILE_LARGE: TileConfig = { BM: 128, BN: 128, TM: 8, TN: 8, BK: 16, buffers: 1 };
+export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 4, TN: 4, BK: 16, buffers: 1 };
+/** K tile sizes and buffer counts a TileConfig may have. */
+export const MATMUL_BK_CHOICES = [8, 16, 32];
+export const MATMUL_BUFFER_CHOICES = [1, 2];
+
+/** Workgroup memory of a tile config in bytes. */
+export const tileBytes = (c: TileConfig) => 16 * c.buffers * c.BK * (c.BM / 4 + c.BN / 4 + (c.buffers === 1 ? 2 : 0));
+
+/** A tile config's kernel name, unique per generated WGSL. */
+export const tileName = (c: TileConfig) => `${c.BM}x${c.BN}${c.BK === 16 && c.buffers === 1 ? "" : `_k${c.BK}b${c.buffers}`}`;
+
+/** WGSL that stores the staged registers ra, rb into shared buffer `buf` (a u32 expression). */
+const stageWgsl = (buf: string) => /* wgsl */ `
+    for (var j = 0u; j < LA; j++) {
+      let e = tid + 256u * j;
+      let m = e / BK;
+      As[(${buf}) * BK * SA + (e % BK) * SA + swz(e % BK, m / 4u)][m % 4u] = ra[j];
+    }
+    for (var j = 0u; j < LB; j++) {
+      let e = tid + 256u * j;
+      let n = e / BK;
+      Bs[(${buf}) * BK * SB + (e % BK) * SB + swz(e % BK, n / 4u)][n % 4u] = rb[j];
+    }`;
+
+/**
+ * Where column group q of shared row k lives. One buffer: rows padded by one vec4 (the transposed stores of 16
+ * threads with 16 different k then spread over banks). Two buffers: no padding, so that 2 × 16 rows of 128 × 128
+ * tiles fit in 32 KiB; q is XORed with k instead, which spreads the stores alike and keeps a row's 16-aligned
+ * blocks of q (what a warp reads) whole.
+ */
+const swzWgsl = (c: TileConfig) => c.buffers === 1
+  ? "fn swz(k: u32, q: u32) -> u32 { return q; }"
+  : "fn swz(k: u32, q: u32) -> u32 { return q ^ (k & 15u); }";
 
 const wgsl = (c: TileConfig, ws: WeightStorage) => /* wgsl */ `
 // bindings: 0 x [rows, ldx] f32 | 1 w [N, K] | 2 bias [N] | 3 y [splits, T, N] | 4 params
@@ -30,11 +64,13 @@ const BM = ${c.BM}u;
 const BN = ${c.BN}u;
 const TM = ${c.TM}u;
 const TN = ${c.TN}u;
-const BK = 16u;
+const BK = ${c.BK}u;
+const NBUF = ${c.buffers}u;
 const GM = TM / 4u;          // 4-row groups per thread
 const GN = TN / 4u;          // 4-column groups per thread
-const SA = BM / 4u + 1u;     // row stride of As in vec4 (+1 against bank conflicts on the transposed stores)
-const SB = BN / 4u + 1u;
+const PAD = ${c.buffers === 1 ? 1 : 0}u;  // (see swz)
+const SA = BM / 4u + PAD;    // row stride of As in vec4
+const SB = BN / 4u + PAD;
 const LA = BM * BK / 256u;   // x values each thread stages per K tile
 const LB = BN * BK / 256u;   // w values each thread stages per K tile
 
@@ -45,10 +81,11 @@ struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, kLen: u32 
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> p: P;
 
-var<workgroup> As: array<vec4<f32>, BK * SA>; // As[k][m]: the x tile, transposed
-var<workgroup> Bs: array<vec4<f32>, BK * SB>; // Bs[k][n]: the w tile, transposed
+var<workgroup> As: array<vec4<f32>, NBUF * BK * SA>; // As[buffer][k][m]: the x tile, transposed
+var<workgroup> Bs: array<vec4<f32>, NBUF * BK * SB>; // Bs[buffer][k][n]: the w tile, transposed
 
 ${weightReader(ws)}
+${swzWgsl(c)}
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -81,19 +118,12 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     if (n < p.N && k < kEnd) { rb[j] = weight(n * p.K + k); }
   }
 
-  for (var t = 0u; t < tiles; t++) {
-    for (var j = 0u; j < LA; j++) {
-      let e = tid + 256u * j;
-      let m = e / BK;
-      As[(e % BK) * SA + m / 4u][m % 4u] = ra[j];
-    }
-    for (var j = 0u; j < LB; j++) {
-      let e = tid + 256u * j;
-      let n = e / BK;
-      Bs[(e % BK) * SB + n / 4u][n % 4u] = rb[j];
-    }
+${c.buffers === 1 ? "" : `${stageWgsl("0u")}
+  workgroupBarrier();
+`}  for (var t = 0u; t < tiles; t++) {
+${c.buffers === 1 ? `${stageWgsl("0u")}
     workgroupBarrier();
-    if (t + 1u < tiles) {
+` : ""}    if (t + 1u < tiles) {
       let k0 = kBegin + (t + 1u) * BK;
       for (var j = 0u; j < LA; j++) {
         let e = tid + 256u * j;
@@ -110,11 +140,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
         if (n < p.N && k < kEnd) { rb[j] = weight(n * p.K + k); }
       }
     }
+    let baseA = (t % NBUF) * BK * SA;
+    let baseB = (t % NBUF) * BK * SB;
     for (var k = 0u; k < BK; k++) {
       var a: array<vec4<f32>, GM>;
       var b: array<vec4<f32>, GN>;
-      for (var g = 0u; g < GM; g++) { a[g] = As[k * SA + g * 16u + ty]; }
-      for (var h = 0u; h < GN; h++) { b[h] = Bs[k * SB + h * 16u + tx]; }
+      for (var g = 0u; g < GM; g++) { a[g] = As[baseA + k * SA + swz(k, g * 16u + ty)]; }
+      for (var h = 0u; h < GN; h++) { b[h] = Bs[baseB + k * SB + swz(k, h * 16u + tx)]; }
       for (var g = 0u; g < GM; g++) {
         for (var c = 0u; c < 4u; c++) {
           let av = a[g][c];
@@ -124,7 +156,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
         }
       }
     }
-    workgroupBarrier();
+${c.buffers === 1 ? "" : `    if (t + 1u < tiles) {${stageWgsl("(t + 1u) % NBUF")}
+    }
+`}    workgroupBarrier();
   }
 
   let out0 = wg.z * p.T * p.N;
@@ -164,7 +198,7 @@ export function kSplits(T: number, N: number, K: number, cfg: TileConfig): numbe
   return Math.max(1, Math.min(Math.ceil(264 / tiles), Math.floor(kTiles / 2)));
 }
 
-/** How K is cut for about `splits` parts: kLen columns each (a multiple of the K tile), `count` parts. */
+/** How K is cut for about `splits` parts: kLen columns each (a multiple of 16; a K tile may straddle two parts, its loads are bounded), `count` parts. */
 export function splitPlan(K: number, splits: number): { kLen: number; count: number } {
   const kLen = Math.ceil(Math.ceil(K / splits) / 16) * 16;
   return { kLen, count: Math.ceil(K / kLen) };
@@ -172,7 +206,7 @@ export function splitPlan(K: number, splits: number): { kLen: number; count: num
 
 // x: [T, K] window, w: [N, K], bias: [N] -> y: [T, N]; with splits > 1, y: [splits, T, N] partials without bias
 export function matmulTiled(gpu: Gpu, a: MatmulArgs, cfg: TileConfig, plan = { kLen: Math.max(16, a.K), count: 1 }): void {
-  const k: Kernel = gpu.kernel(`matmul_${cfg.BM}x${cfg.BN}_${a.ws}`, () => wgsl(cfg, a.ws));
+  const k: Kernel = gpu.kernel(`matmul_${tileName(cfg)}_${a.ws}`, () => wgsl(cfg, a.ws));
   const p = new Params().u32(a.rows).u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias && plan.count === 1).u32(plan.kLen);
   gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y], p, [Math.ceil(a.N / cfg.BN), Math.ceil(a.rows / cfg.BM), plan.count]);
 }

@@ -1,0 +1,82 @@
+/**
+ * The tiled matmul's shared-tile variants (WebGpuTuning matmulBK, matmulBuffers) against the CPU: 128 × 128 and
+ * 64 × 64 tiles, split K, K not a multiple of the K tile, column windows, f16 weights; and the errors for
+ * variants that are not offered or do not fit this device's workgroup memory.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { cols, type Backend } from "../../src/backend/backend.ts";
+import { CpuBackend } from "../../src/backend/cpu/index.ts";
+import type { WebGpuBackend, WebGpuTuning } from "../../src/backend/webgpu/backend.ts";
+import { tileBytes, TILE_LARGE } from "../../src/backend/webgpu/kernels/matmul.ts";
+import { toF16Bits } from "../../src/io/tensor.ts";
+import { MambaError } from "../../src/errors.ts";
+import { assertClose } from "../helpers/fixtures.ts";
+import { gpuTest } from "../helpers/backends.ts";
+import { TestRng } from "../helpers/random.ts";
+
+const ref = new CpuBackend();
+const rand = (rng: TestRng, n: number) => Float32Array.from({ length: n }, () => 2 * rng.next() - 1);
+
+const cases = [
+  { T: 260, K: 44, N: 16500, off: 0, ld: 44 }, // 128 x 128 tiles, K of 2.75 tiles of 16
+  { T: 131, K: 52, N: 16390, off: 5, ld: 57 }, // 128 x 128 tiles, a window not 4-aligned
+  { T: 70, K: 300, N: 130, off: 3, ld: 310 }, // 64 x 64 tiles, split along K
+  { T: 33, K: 7, N: 65, off: 0, ld: 7 }, // K shorter than a tile
+];
+
+async function check(b: Backend, label: string): Promise<void> {
+  let seed = 11;
+  for (const s of cases) {
+    for (const f16 of [false, true]) {
+      const rng = new TestRng(seed++);
+      const wide = rand(rng, s.T * s.ld);
+      const w = rand(rng, s.N * s.K);
+      const bias = rand(rng, s.N);
+      const run = async (k: Backend) => {
+        const xw = k.fromF32(wide, [s.T, s.ld]);
+        const wt = k.upload(f16 ? { dtype: "F16", shape: [s.N, s.K], data: toF16Bits(w) } : { dtype: "F32", shape: [s.N, s.K], data: w });
+        const bt = k.fromF32(bias, [s.N]);
+        const y = k.matmul(s.ld === s.K ? xw : cols(xw, s.off, s.K), wt, bt);
+        const out = await k.readF32(y);
+        k.dispose(xw, wt, bt, y);
+        return out;
+      };
+      assertClose(await run(b), await run(ref), 1e-4, `${label} ${JSON.stringify(s)}${f16 ? " f16" : ""}`);
+    }
+  }
+}
+
+test("WebGPU matmul: every shared-tile variant that fits this device matches the CPU", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const probe = (await createWebGpuBackend()) as WebGpuBackend;
+  const most = probe.gpu.limits.maxComputeWorkgroupStorageSize;
+  await probe.destroy();
+  let ran = 0;
+  for (const BK of [8, 16, 32]) {
+    for (const buffers of [1, 2]) {
+      const tuning: WebGpuTuning = { matmulBK: BK, matmulBuffers: buffers };
+      if (tileBytes({ ...TILE_LARGE, BK, buffers }) > most) {
+        await assert.rejects(createWebGpuBackend(tuning), (e: Error) =>
+          e instanceof MambaError && /matmulBK \d+ with \d buffers needs \d+ bytes of workgroup memory, this device allows/.test(e.message));
+        continue;
+      }
+      const b = await createWebGpuBackend(tuning);
+      try {
+        await check(b, `BK ${BK}, ${buffers} buffers`);
+        ran++;
+      } finally {
+        await b.destroy();
+      }
+    }
+  }
+  assert.ok(ran >= 4, `only ${ran} variants fit ${most} bytes of workgroup memory`);
+});
+
+test("WebGPU matmul: variants that are not offered are refused by name", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  await assert.rejects(createWebGpuBackend({ matmulBK: 12 }), /matmulBK must be one of 8, 16, 32, got 12/);
+  await assert.rejects(createWebGpuBackend({ matmulBuffers: 3 }), /matmulBuffers must be one of 1, 2, got 3/);
+});
