@@ -52,9 +52,9 @@ export interface WebGpuTuning {
   /** bytes of freed GPU buffers kept for reuse; beyond it the longest-unused are destroyed (default half the
    *  largest buffer the device allows, between 256 MiB and 4 GiB) */
   poolBytes?: number;
-  /** K columns per shared tile of the tiled matmul: 8, 16 (default) or 32 */
+  /** K columns per shared tile of the tiled matmuls (forward and backward): 8 (default), 16 or 32 */
   matmulBK?: number;
-  /** shared tile buffers of the tiled matmul: 1 (default; two barriers a K tile) or 2 (one barrier a K tile) */
+  /** shared tile buffers of the forward tiled matmul: 1 (default; two barriers a K tile) or 2 (one barrier a K tile) */
   matmulBuffers?: number;
 }
 
@@ -65,8 +65,8 @@ export class WebGpuBackend implements Backend {
   private readonly flushEvery: number;
   private sinceFlush = 0;
   /** The tiled matmul's configurations for many and for few output tiles. */
-  private readonly tileLarge: TileConfig;
-  private readonly tileSmall: TileConfig;
+  protected readonly tileLarge: TileConfig;
+  protected readonly tileSmall: TileConfig;
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
   private scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
   /** The fused decode's packed constants of each layer, keyed by the layer's weights object. */

@@ -34,7 +34,7 @@ import { convPre } from "./kernels/backward/conv-pre.ts";
 import { convDx } from "./kernels/backward/conv-dx.ts";
 import { convChunks, convDw } from "./kernels/backward/conv-dw.ts";
 import {
-  LANES_CHOICES, lanesMinBytes, lanesPossible, maxSubTile, scanBwdGeometry, scanBwdLanesGeometry, scanBwdReduceWidth, selectiveScanBackward,
+  LANES_CHOICES, LANES_QT, lanesMinBytes, lanesPossible, maxSubTile, scanBwdGeometry, scanBwdLanesGeometry, scanBwdReduceWidth, selectiveScanBackward,
   type ScanBwdGeometry,
 } from "./kernels/backward/scan/index.ts";
 
@@ -44,7 +44,7 @@ export interface WebGpuTrainingTuning extends WebGpuTuning {
    *  and what runs for a state size whose lanes-kernel tiles exceed the device's workgroup memory). Both compute
    *  the same gradients. */
   scanBackwardKernel?: "lanes" | "channel";
-  /** lanes a channel of the "lanes" kernel: 2, 4 (default) or 8 */
+  /** lanes a channel of the "lanes" kernel: 2 (default), 4 or 8 */
   scanBackwardLanes?: number;
   /** time steps per saved state in the scan backward (default: by how many chunks fill the GPU) */
   scanBackwardChunk?: number;
@@ -84,7 +84,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     this.scanReduceWidth = scanBwdReduceWidth(gpu, tuning.scanBackwardReduceWidth);
     const kernel = tuning.scanBackwardKernel;
     check(kernel === undefined || kernel === "lanes" || kernel === "channel", `scanBackwardKernel must be "lanes" or "channel", got ${String(kernel)}`);
-    this.scanLanes = tuning.scanBackwardLanes ?? 4;
+    this.scanLanes = tuning.scanBackwardLanes ?? LANES_QT;
     check(LANES_CHOICES.includes(this.scanLanes), `scanBackwardLanes must be one of ${LANES_CHOICES.join(", ")}, got ${String(tuning.scanBackwardLanes)}`);
     check(kernel !== "lanes" || lanesPossible(this.scanReduceWidth, this.scanLanes),
       `scanBackwardKernel "lanes" with ${this.scanLanes} lanes a channel needs subgroups of at least that many lanes ` +
@@ -290,7 +290,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   /** C [M, N] window += A · B (A k-major [M, K] or m-major [K, M]; B [K, N]), split along K when that fills the GPU. */
   private product(M: number, N: number, K: number, a: Operand, aKMajor: boolean, b: Operand, c: Operand): void {
     const maxDim = this.gpu.limits.maxComputeWorkgroupsPerDimension;
-    const tile = pickTile(M, N);
+    const tile = pickTile(M, N, this.tileLarge.BK);
     check(Math.ceil(M / tile.BM) <= maxDim && Math.ceil(N / tile.BN) <= maxDim, `matmulBackward: a [${M}, ${N}] product is too large for one dispatch`);
     const split = splitK(M, N, K, tile);
     const part = split.splits > 1 ? this.gpu.alloc(split.splits * M * N * 4, "a matmul's split partials") : null;

@@ -22,8 +22,10 @@ export interface TileConfig {
   buffers: number; // shared tile buffers: 1 (two barriers a K tile) or 2 (one)
 }
 
-export const TILE_LARGE: TileConfig = { BM: 128, BN: 128, TM: 8, TN: 8, BK: 16, buffers: 1 };
-export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 4, TN: 4, BK: 16, buffers: 1 };
+// K tiles of 8 with one buffer: on the H200 35.6 – 37.6 TFLOP/s at the forward's shapes, against 30.0 – 31.6 with
+// K tiles of 16, 28.8 – 30.3 with 32, and 28.0 – 29.5 (16) or 33.0 – 33.6 (8) with two buffers (BENCHMARKS.md)
+export const TILE_LARGE: TileConfig = { BM: 128, BN: 128, TM: 8, TN: 8, BK: 8, buffers: 1 };
+export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 4, TN: 4, BK: 8, buffers: 1 };
 /** K tile sizes and buffer counts a TileConfig may have. */
 export const MATMUL_BK_CHOICES = [8, 16, 32];
 export const MATMUL_BUFFER_CHOICES = [1, 2];
@@ -32,7 +34,7 @@ export const MATMUL_BUFFER_CHOICES = [1, 2];
 export const tileBytes = (c: TileConfig) => 16 * c.buffers * c.BK * (c.BM / 4 + c.BN / 4 + (c.buffers === 1 ? 2 : 0));
 
 /** A tile config's kernel name, unique per generated WGSL. */
-export const tileName = (c: TileConfig) => `${c.BM}x${c.BN}${c.BK === 16 && c.buffers === 1 ? "" : `_k${c.BK}b${c.buffers}`}`;
+export const tileName = (c: TileConfig) => `${c.BM}x${c.BN}_k${c.BK}${c.buffers === 1 ? "" : `b${c.buffers}`}`;
 
 /** WGSL that stores the staged registers ra, rb into shared buffer `buf` (a u32 expression). */
 const stageWgsl = (buf: string) => /* wgsl */ `

@@ -5,7 +5,8 @@
  * B is always contiguous along N; A is read as A(m, k) = a[m · lda + offa + k] ("k-major") or
  * a[k · lda + offa + m] ("m-major"); both may be column windows, and so may C (dx into part of a wider gradient).
  * The tiling is the forward matmul's (16 × 16 threads, BM × BN tile, TM × TN outputs per thread as 4-wide groups,
- * BK = 16 through workgroup memory, next tile's loads issued before the current tile's arithmetic).
+ * K tiles of BK (8 by default, as the forward's) through workgroup memory, next tile's loads issued before the
+ * current tile's arithmetic).
  * A long reduction with few output tiles (dw: K = T) is split over grid z: each split writes its partial product
  * to part[z, M, N] and reduce-groups.ts adds the splits in order (deterministic, no atomics); a single split adds
  * straight into C.
@@ -18,10 +19,11 @@ export interface BwdTile {
   BN: number; // columns of C per workgroup (16 · TN)
   TM: number; // 4 or 8
   TN: number; // 4 or 8
+  BK: number; // reduction columns per shared tile: 8, 16 or 32
 }
 
-export const BWD_TILE_LARGE: BwdTile = { BM: 128, BN: 128, TM: 8, TN: 8 };
-export const BWD_TILE_SMALL: BwdTile = { BM: 64, BN: 64, TM: 4, TN: 4 };
+export const BWD_TILE_LARGE: BwdTile = { BM: 128, BN: 128, TM: 8, TN: 8, BK: 8 };
+export const BWD_TILE_SMALL: BwdTile = { BM: 64, BN: 64, TM: 4, TN: 4, BK: 8 };
 
 const wgsl = (c: BwdTile, aKMajor: boolean) => /* wgsl */ `
 // bindings: 0 a | 1 b | 2 c (C window, or the split partials) in/out | 3 params
@@ -30,7 +32,7 @@ const BM = ${c.BM}u;
 const BN = ${c.BN}u;
 const TM = ${c.TM}u;
 const TN = ${c.TN}u;
-const BK = 16u;
+const BK = ${c.BK}u;
 const GM = TM / 4u;
 const GN = TN / 4u;
 const SA = BM / 4u + 1u;
@@ -168,8 +170,9 @@ export function splitK(M: number, N: number, K: number, tile: BwdTile): { splits
   return { splits: Math.ceil(K / kPer), kPer };
 }
 
-export function pickTile(M: number, N: number): BwdTile {
-  return Math.ceil(M / 128) * Math.ceil(N / 128) >= 128 ? BWD_TILE_LARGE : BWD_TILE_SMALL;
+/** 128 × 128 tiles where they make at least 128 workgroups, else 64 × 64; K tiles of BK. */
+export function pickTile(M: number, N: number, BK = BWD_TILE_LARGE.BK): BwdTile {
+  return { ...(Math.ceil(M / 128) * Math.ceil(N / 128) >= 128 ? BWD_TILE_LARGE : BWD_TILE_SMALL), BK };
 }
 
 /**
@@ -177,7 +180,7 @@ export function pickTile(M: number, N: number): BwdTile {
  * adds them into C (reduce-groups.ts); otherwise part is unused.
  */
 export function matmulBackwardTiled(gpu: Gpu, m: BwdMatmulArgs, tile: BwdTile, split: { splits: number; kPer: number }, part: Buf | null): void {
-  const k = gpu.kernel(`bwd_matmul_${tile.BM}x${tile.BN}_${m.aKMajor ? "k" : "m"}`, () => wgsl(tile, m.aKMajor));
+  const k = gpu.kernel(`bwd_matmul_${tile.BM}x${tile.BN}_k${tile.BK}_${m.aKMajor ? "k" : "m"}`, () => wgsl(tile, m.aKMajor));
   const direct = split.splits === 1;
   const out = direct ? m.c : { buf: part!, ld: m.N, off: 0 };
   const p = new Params().u32(m.M).u32(m.N).u32(m.K).u32(m.a.ld).u32(m.a.off).u32(m.b.ld).u32(m.b.off)

@@ -1,5 +1,5 @@
 /**
- * Selective scan backward, phase 3, with each channel's N states split over QT lanes (4 by default, 2 or 8 by
+ * Selective scan backward, phase 3, with each channel's N states split over QT lanes (2 by default, 4 or 8 by
  * tuning; the default where the device has subgroups of at least QT lanes; chunk.ts is the one-lane-per-channel
  * kernel without them). The same per-step math as chunk.ts (chunk-io.ts; scan-backward.ts of the CPU backend);
  * what differs is where the states live:
@@ -26,8 +26,10 @@ import { CHUNK_IO_WGSL, dispatchChunk, gateWgsl, stateStepWgsl, type ScanBwdOutp
 import { SOFTPLUS_WGSL } from "../../wgsl-common.ts";
 import { reduceScatter } from "./reduce.ts";
 
-/** Lanes per channel, by default, and the choices. */
-export const LANES_QT = 4;
+/** Lanes per channel, by default, and the choices. On the H200 2 lanes with segments of 32 steps ran the four
+ *  anchor shapes 1.23 – 1.42x as fast as 4 lanes with 64 (BENCHMARKS.md): twice the states a lane gives each
+ *  lane more independent work a step and halves the shuffles of the per-channel sums. */
+export const LANES_QT = 2;
 export const LANES_CHOICES: readonly number[] = [2, 4, 8];
 /** W-lane blocks per workgroup. */
 export const LANES_NB = 4;

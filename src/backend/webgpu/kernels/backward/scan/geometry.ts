@@ -15,7 +15,7 @@ import { LANES_CHOICES, LANES_QT, lanesShape, lanesWorkgroupBytes } from "./chun
 export const SCAN_BWD_WG = 32; // channels per workgroup of the chunk kernel
 
 export interface ScanBwdGeometry {
-  /** the chunk kernel: "lanes" (chunk-lanes.ts: a channel's states over 4 lanes) or "channel" (chunk.ts) */
+  /** the chunk kernel: "lanes" (chunk-lanes.ts: a channel's states over 2 or more lanes) or "channel" (chunk.ts) */
   kernel: "lanes" | "channel";
   lanes: number; // lanes a channel: QT of the lanes kernel, 1 for the channel kernel
   B: number;
@@ -94,9 +94,10 @@ export const lanesPossible = (W: number, QT = LANES_QT) => LANES_CHOICES.include
 
 /**
  * The geometry of the lanes kernel (chunk-lanes.ts): sub-tiles of `subTile` steps (unrolled), segments of
- * `chunkLen` steps (rounded up to whole sub-tiles, at most 16 and what workgroup memory holds). 0 = about 64
- * steps, shorter where that leaves fewer than ~1024 workgroups: on the H200 segments of 64 steps (8 sub-tiles of
- * 8) were the fastest of 16, 32 and 64 at every anchor shape, sub-tiles of 8 faster than 4 and 16.
+ * `chunkLen` steps (rounded up to whole sub-tiles, at most 16 and what workgroup memory holds). 0 = about 32
+ * steps, shorter where that leaves fewer than ~1024 workgroups. On the H200 with 2 lanes a channel, segments of 32
+ * steps (4 sub-tiles of 8) were the fastest of 16, 24, 32, 48 and 64 at every anchor shape, sub-tiles of 8 faster
+ * than 4; with 4 lanes, 64 steps had been the fastest.
  * Throws nothing: the caller checks lanesPossible.
  */
 export function scanBwdLanesGeometry(
@@ -110,7 +111,7 @@ export function scanBwdLanesGeometry(
   let ks: number;
   if (chunkLen > 0) ks = Math.min(most, Math.max(1, Math.ceil(chunkLen / subTile)));
   else {
-    ks = Math.min(most, Math.max(1, Math.round(64 / subTile)));
+    ks = Math.min(most, Math.max(1, Math.round(32 / subTile)));
     while (ks > 1 && B * G * Math.ceil(L / (ks * subTile)) < 1024) ks = Math.ceil(ks / 2);
   }
   const cl = Math.max(1, Math.min(L, ks * subTile));
