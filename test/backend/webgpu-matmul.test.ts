@@ -1,13 +1,15 @@
 /**
- * The tiled matmul's shared-tile variants (WebGpuTuning matmulBK, matmulBuffers) against the CPU: 128 × 128 and
- * 64 × 64 tiles, split K, K not a multiple of the K tile, column windows, f16 weights; and the errors for
- * variants that are not offered or do not fit this device's workgroup memory.
+ * The tiled matmuls' shared-tile variants (WebGpuTuning matmulBK, matmulBuffers) against the CPU: the forward
+ * with 128 × 128 and 64 × 64 tiles, split K, K not a multiple of the K tile, column windows, f16 weights; the
+ * training backward (dx, dw, dBias, a split reduction) with each K tile; and the errors for variants that are not
+ * offered or do not fit this device's workgroup memory.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { cols, type Backend } from "../../src/backend/backend.ts";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
 import type { WebGpuBackend, WebGpuTuning } from "../../src/backend/webgpu/backend.ts";
+import type { TrainingBackend } from "../../src/backend/training.ts";
 import { tileBytes, TILE_LARGE } from "../../src/backend/webgpu/kernels/matmul.ts";
 import { toF16Bits } from "../../src/io/tensor.ts";
 import { MambaError } from "../../src/errors.ts";
@@ -24,6 +26,24 @@ const cases = [
   { T: 70, K: 300, N: 130, off: 3, ld: 310 }, // 64 x 64 tiles, split along K
   { T: 33, K: 7, N: 65, off: 0, ld: 7 }, // K shorter than a tile
 ];
+
+/** dx, dw and dBias of y = x · wᵀ + bias against the CPU; T = 1100 rows make the dw product split its reduction. */
+async function checkBackward(b: TrainingBackend, label: string): Promise<void> {
+  for (const s of [{ T: 1100, K: 40, N: 70 }, { T: 300, K: 260, N: 140 }]) {
+    const rng = new TestRng(s.T + s.K);
+    const x = rand(rng, s.T * s.K), w = rand(rng, s.N * s.K), dy = rand(rng, s.T * s.N);
+    const run = async (k: TrainingBackend) => {
+      const [xt, wt, dyt] = [k.fromF32(x, [s.T, s.K]), k.fromF32(w, [s.N, s.K]), k.fromF32(dy, [s.T, s.N])];
+      const g = { dx: k.zeros([s.T, s.K]), dw: k.zeros([s.N, s.K]), dBias: k.zeros([s.N]) };
+      k.matmulBackward(xt, wt, dyt, g);
+      const out = [await k.readF32(g.dx), await k.readF32(g.dw), await k.readF32(g.dBias)];
+      k.dispose(xt, wt, dyt, g.dx, g.dw, g.dBias);
+      return out;
+    };
+    const [got, want] = [await run(b), await run(ref as unknown as TrainingBackend)];
+    for (const [i, name] of ["dx", "dw", "dBias"].entries()) assertClose(got[i]!, want[i]!, 1e-4, `${label} backward ${name} ${JSON.stringify(s)}`);
+  }
+}
 
 async function check(b: Backend, label: string): Promise<void> {
   let seed = 11;
@@ -65,6 +85,7 @@ test("WebGPU matmul: every shared-tile variant that fits this device matches the
       const b = await createWebGpuBackend(tuning);
       try {
         await check(b, `BK ${BK}, ${buffers} buffers`);
+        if (buffers === 1) await checkBackward(b as unknown as TrainingBackend, `BK ${BK}`);
         ran++;
       } finally {
         await b.destroy();

@@ -52,7 +52,8 @@ export interface WebGpuTuning {
   /** bytes of freed GPU buffers kept for reuse; beyond it the longest-unused are destroyed (default half the
    *  largest buffer the device allows, between 256 MiB and 4 GiB) */
   poolBytes?: number;
-  /** K columns per shared tile of the tiled matmuls (forward and backward): 8 (default), 16 or 32 */
+  /** K columns per shared tile of the tiled matmuls: 8, 16 or 32 (default 8 for the forward's, 16 for the
+   *  training backward's; when set, both use it) */
   matmulBK?: number;
   /** shared tile buffers of the forward tiled matmul: 1 (default; two barriers a K tile) or 2 (one barrier a K tile) */
   matmulBuffers?: number;
@@ -65,8 +66,8 @@ export class WebGpuBackend implements Backend {
   private readonly flushEvery: number;
   private sinceFlush = 0;
   /** The tiled matmul's configurations for many and for few output tiles. */
-  protected readonly tileLarge: TileConfig;
-  protected readonly tileSmall: TileConfig;
+  private readonly tileLarge: TileConfig;
+  private readonly tileSmall: TileConfig;
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
   private scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
   /** The fused decode's packed constants of each layer, keyed by the layer's weights object. */

@@ -26,7 +26,7 @@ import { blockSum, blocks } from "./kernels/backward/block-sum.ts";
 import { reduceGroups, stacked } from "./kernels/backward/reduce-groups.ts";
 import { colsum, colsumChunks } from "./kernels/backward/colsum.ts";
 import { countTargets, crossEntropyRows } from "./kernels/backward/cross-entropy.ts";
-import { matmulBackwardTiled, pickTile, splitK, type Operand } from "./kernels/backward/matmul-backward.ts";
+import { BWD_TILE_LARGE, matmulBackwardTiled, pickTile, splitK, type Operand } from "./kernels/backward/matmul-backward.ts";
 import { rmsNormBackward } from "./kernels/backward/rmsnorm-backward.ts";
 import { embeddingBackward, positionsById } from "./kernels/backward/embedding-backward.ts";
 import { embeddingBackwardSerial } from "./kernels/backward/embedding-backward-serial.ts";
@@ -72,6 +72,8 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   private readonly hostInts = new WeakMap<GpuTensor, { data: Int32Array; version: number }>();
   private readonly scanChunk: number;
   private readonly scanSubTile: number;
+  /** K tile of the backward's tiled products (the forward's matmulBK when set) */
+  private readonly backwardBK: number;
   private readonly scanReduceWidth: number;
   private readonly scanKernel: "lanes" | "channel";
   private readonly scanLanes: number;
@@ -79,6 +81,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
 
   constructor(gpu: Gpu, tuning: WebGpuTrainingTuning = {}) {
     super(gpu, tuning);
+    this.backwardBK = tuning.matmulBK ?? BWD_TILE_LARGE.BK;
     this.scanChunk = tuning.scanBackwardChunk ?? 0;
     this.scanSubTile = tuning.scanBackwardSubTile ?? 0;
     this.scanReduceWidth = scanBwdReduceWidth(gpu, tuning.scanBackwardReduceWidth);
@@ -290,7 +293,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   /** C [M, N] window += A · B (A k-major [M, K] or m-major [K, M]; B [K, N]), split along K when that fills the GPU. */
   private product(M: number, N: number, K: number, a: Operand, aKMajor: boolean, b: Operand, c: Operand): void {
     const maxDim = this.gpu.limits.maxComputeWorkgroupsPerDimension;
-    const tile = pickTile(M, N, this.tileLarge.BK);
+    const tile = pickTile(M, N, this.backwardBK);
     check(Math.ceil(M / tile.BM) <= maxDim && Math.ceil(N / tile.BN) <= maxDim, `matmulBackward: a [${M}, ${N}] product is too large for one dispatch`);
     const split = splitK(M, N, K, tile);
     const part = split.splits > 1 ? this.gpu.alloc(split.splits * M * N * 4, "a matmul's split partials") : null;

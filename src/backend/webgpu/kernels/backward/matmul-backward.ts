@@ -5,8 +5,8 @@
  * B is always contiguous along N; A is read as A(m, k) = a[m · lda + offa + k] ("k-major") or
  * a[k · lda + offa + m] ("m-major"); both may be column windows, and so may C (dx into part of a wider gradient).
  * The tiling is the forward matmul's (16 × 16 threads, BM × BN tile, TM × TN outputs per thread as 4-wide groups,
- * K tiles of BK (8 by default, as the forward's) through workgroup memory, next tile's loads issued before the
- * current tile's arithmetic).
+ * K tiles of BK (16 by default) through workgroup memory, next tile's loads issued before the current tile's
+ * arithmetic).
  * A long reduction with few output tiles (dw: K = T) is split over grid z: each split writes its partial product
  * to part[z, M, N] and reduce-groups.ts adds the splits in order (deterministic, no atomics); a single split adds
  * straight into C.
@@ -22,8 +22,11 @@ export interface BwdTile {
   BK: number; // reduction columns per shared tile: 8, 16 or 32
 }
 
-export const BWD_TILE_LARGE: BwdTile = { BM: 128, BN: 128, TM: 8, TN: 8, BK: 8 };
-export const BWD_TILE_SMALL: BwdTile = { BM: 64, BN: 64, TM: 4, TN: 4, BK: 8 };
+// K tiles of 16: the forward's kernel measured 19% faster with 8 (matmul.ts), but a 130m training step with 8 here
+// ran 1532 ms against 1475 with 16 in an earlier session on another machine; until the two are compared on one
+// machine, 16 stays (WebGpuTuning.matmulBK sets both kernels)
+export const BWD_TILE_LARGE: BwdTile = { BM: 128, BN: 128, TM: 8, TN: 8, BK: 16 };
+export const BWD_TILE_SMALL: BwdTile = { BM: 64, BN: 64, TM: 4, TN: 4, BK: 16 };
 
 const wgsl = (c: BwdTile, aKMajor: boolean) => /* wgsl */ `
 // bindings: 0 a | 1 b | 2 c (C window, or the split partials) in/out | 3 params
