@@ -11,8 +11,10 @@
  * (lavapipe); BENCH_SCAN_SHAPES=BxExLxN,... and BENCH_STEP=D,layers,vocab,batch,seqLen[,micro] override the shapes.
  * BENCH_SCAN_TUNINGS=name:value,...|... runs the scan section again with each set of WebGpuTrainingTuning values
  * (e.g. scanBackwardChunk:128,scanBackwardSubTile:4|scanBackwardKernel:channel|scanBackwardLanes:8).
+ * BENCH_TUNING=name:value,... sets WebGpuTrainingTuning values for every backend of the run (e.g. matmulBK:8).
  */
-import { createModel } from "../src/index.ts";
+import { modelFromTensors } from "../src/index.ts";
+import { initParameters, makeConfig } from "../src/model/init.ts";
 import { createWebGpuBackend, type WebGpuTrainingBackend, type WebGpuTrainingTuning } from "../src/backend/webgpu/index.ts";
 import { cols, type Tensor } from "../src/backend/backend.ts";
 import { MambaError } from "../src/errors.ts";
@@ -25,6 +27,7 @@ import { gpuTrials, parseTunings, printProfile, timeTrials, warmUpGpu } from "./
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,step").split(","));
 const smoke = process.env.BENCH_SMOKE === "1";
+const baseTuning = parseTunings<WebGpuTrainingTuning>(process.env.BENCH_TUNING)[0] ?? {};
 
 interface ScanShape { batch: number; dim: number; seqlen: number; dstate: number; fwd_ms: number | null; fwd_bwd_ms: number | null }
 
@@ -124,14 +127,18 @@ async function benchScan(b: WebGpuTrainingBackend): Promise<void> {
 async function benchStep(): Promise<void> {
   const s = STEP;
   const T1 = s.seqLen * s.vocab * 4; // logits bytes of one sequence
-  const model = await createModel({ vocabSize: s.vocab, hiddenSize: s.D, numLayers: s.layers }, { backend: "webgpu", seed: 0 });
+  // parameters first, then the backend (see BENCHMARKS.md, decode: a device left waiting through seconds of host
+  // work after its creation ran decode slower)
+  const cfg = makeConfig({ vocabSize: s.vocab, hiddenSize: s.D, numLayers: s.layers });
+  const params = initParameters(cfg, { seed: 0 });
+  const model = await modelFromTensors(cfg, params, { backend: await createWebGpuBackend(baseTuning) });
   const b = model.backend as unknown as WebGpuTrainingBackend;
   const lm = model.lm;
   const maxBinding = Math.min(b.gpu.limits.maxStorageBufferBindingSize, b.gpu.limits.maxBufferSize);
   let micro = s.micro || s.batch;
   while (micro > 1 && (micro * T1 > maxBinding || s.batch % micro !== 0)) micro--;
   const k = s.batch / micro;
-  console.log(`\n-- training step, ${s.D === 768 && s.layers === 24 && s.vocab === 50280 ? "130m shape" : "custom shape"} ` +
+  console.log(`\n-- training step${Object.keys(baseTuning).length ? ` (tuning ${JSON.stringify(baseTuning)})` : ""}, ${s.D === 768 && s.layers === 24 && s.vocab === 50280 ? "130m shape" : "custom shape"} ` +
     `(D ${s.D}, ${s.layers} layers, vocab ${s.vocab}, fp32, AdamW), batch ${s.batch} x ${s.seqLen} tokens --`);
   if (micro < s.batch) {
     console.log(`(the logits of the whole batch, ${fmtBytes(s.batch * T1)}, exceed the ${fmtBytes(maxBinding)} one buffer may bind on this ` +
@@ -183,7 +190,8 @@ async function benchStep(): Promise<void> {
 export default async function run(): Promise<void> {
   if (only.has("scan")) {
     const tunings = parseTunings<WebGpuTrainingTuning>(process.env.BENCH_SCAN_TUNINGS);
-    for (const tuning of [{}, ...tunings]) {
+    for (const extra of [{}, ...tunings]) {
+      const tuning = { ...baseTuning, ...extra };
       const b = (await createWebGpuBackend(tuning)) as WebGpuTrainingBackend;
       console.log(`device: ${b.device} (WebGPU)${Object.keys(tuning).length ? `; tuning ${JSON.stringify(tuning)}` : ""}`);
       try {
