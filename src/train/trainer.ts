@@ -62,9 +62,18 @@ export interface TrainOptions {
   statePassing?: boolean;
   /**
    * Sequence lengths at which to measure held-out accuracy at every checkpoint and at the end (synthetic tasks),
-   * to follow length extrapolation during training: 16 sequences each (Trainer.evaluateLengths).
+   * to follow length extrapolation during training: lengthEvalSequences sequences each (Trainer.evaluateLengths),
+   * drawn from a validation stream apart from the final evaluation's (and `mamba-ts eval`'s).
    */
   evalLengths?: number[];
+  /** sequences each evalLengths measurement uses (default 16) */
+  lengthEvalSequences?: number;
+  /**
+   * One of evalLengths: the checkpoint with the best accuracy at that length so far (the later one on ties) is
+   * also kept as a model in DIR/best (Trainer.keepBest), so that training can be stopped late and the best
+   * extrapolating model still be had.
+   */
+  keepBest?: number;
 }
 
 /** Held-out accuracy at one length, at one step (Trainer.lengthHistory). */
@@ -75,7 +84,7 @@ export interface LengthEvalRecord {
   scored: number;
 }
 
-/** Sequences each length of evalLengths is measured on. */
+/** Sequences each length of evalLengths is measured on, by default. */
 export const LENGTH_EVAL_SEQUENCES = 16;
 
 export interface StepStats {
@@ -100,6 +109,7 @@ interface TrainerState {
   elapsedSeconds: number; // training time of all the processes that made this checkpoint
   history: HistoryRecord[]; // for the report (about 1000 records at most)
   lengthHistory?: LengthEvalRecord[]; // evalLengths' results so far
+  best?: LengthEvalRecord | null; // keepBest: the record of the model in DIR/best
 }
 
 /** One logged step: its own loss, accuracy, learning rate and gradient norm. */
@@ -113,6 +123,8 @@ export interface HistoryRecord {
 
 const DATA_SALT = 0x5eed0da7;
 const EVAL_SALT = 0x0e7a1ba7;
+/** the validation stream of evaluateLengths (and so of keepBest's choice), apart from the final evaluation's */
+const VALID_SALT = 0x7a11d8e5;
 
 export function modelConfig(o: TrainOptions): MambaConfig {
   const m = o.model;
@@ -150,6 +162,10 @@ export function checkOptions(o: TrainOptions): void {
       makeTask({ ...o.task, seqLen: L }); // validates that the task fits this length
     }
   }
+  const n = o.lengthEvalSequences;
+  check(n === undefined || (Number.isInteger(n) && n >= 1), `length evaluation sequences must be an integer >= 1, got ${n}`);
+  check(o.keepBest === undefined || (o.evalLengths ?? []).includes(o.keepBest),
+    `keeping the best model at length ${o.keepBest} needs that length among the evaluation lengths (${(o.evalLengths ?? []).join(", ") || "none"})`);
   makeTask(o.task); // validates the task's sizes
 }
 
@@ -165,6 +181,8 @@ export class Trainer {
   history: HistoryRecord[] = [];
   /** accuracy at options.evalLengths, each time evaluateLengths ran, over resumes */
   lengthHistory: LengthEvalRecord[] = [];
+  /** options.keepBest: the record of the model kept in DIR/best, over resumes */
+  best: LengthEvalRecord | null = null;
   /** state passing: per layer the SSM states [batch, E, N] the next micro-batch starts from (null: zeros) */
   private carry: Tensor[] | null = null;
 
@@ -232,6 +250,7 @@ export class Trainer {
     t.elapsedSeconds = state.elapsedSeconds ?? 0;
     t.history = state.history ?? [];
     t.lengthHistory = state.lengthHistory ?? [];
+    t.best = state.best ?? null;
     return t;
   }
 
@@ -306,21 +325,42 @@ export class Trainer {
   }
 
   /**
-   * Held-out accuracy at each of options.evalLengths on LENGTH_EVAL_SEQUENCES fresh sequences (in batches of
-   * 16, 8, ... or 1 sequence: at most 2^20 tokens a batch), recorded in lengthHistory at this step. Evaluation
-   * uses its own random streams and leaves the training state alone.
+   * Held-out accuracy at each of options.evalLengths on lengthEvalSequences fresh validation sequences (in
+   * batches of at most 2^20 tokens, so the count rounds up to whole batches), recorded in lengthHistory at this
+   * step. Evaluation uses its own random stream and leaves the training state alone.
    */
   async evaluateLengths(): Promise<LengthEvalRecord[]> {
     const out: LengthEvalRecord[] = [];
+    const n = this.options.lengthEvalSequences ?? LENGTH_EVAL_SEQUENCES;
     for (const seqLen of this.options.evalLengths ?? []) {
-      let batchSize = LENGTH_EVAL_SEQUENCES;
-      while (batchSize > 1 && batchSize * seqLen > 2 ** 20) batchSize /= 2;
-      const batches = LENGTH_EVAL_SEQUENCES / batchSize;
-      const ev = await this.evaluate(batches, { ...this.options.task, seqLen }, batchSize);
+      const batchSize = Math.max(1, Math.min(n, Math.floor(2 ** 20 / seqLen)));
+      const ev = await evaluateAccuracy(this.lm, makeTask({ ...this.options.task, seqLen }), this.options.seed,
+        Math.ceil(n / batchSize), batchSize, undefined, VALID_SALT);
       out.push({ step: this.step, seqLen, accuracy: ev.accuracy, scored: ev.scored });
     }
     this.lengthHistory.push(...out);
     return out;
+  }
+
+  /**
+   * options.keepBest: when this step's accuracy at that length (evaluateLengths must have run at this step) is
+   * at least the best so far, writes the model to DIR/best/checkpoint-<step> (config.json, model.safetensors,
+   * best.json; DIR/best/latest names it, as in a run folder) and returns its record; else null.
+   */
+  async keepBest(dir: string): Promise<LengthEvalRecord | null> {
+    const L = this.options.keepBest;
+    if (L === undefined) return null;
+    const rec = this.lengthHistory.filter((r) => r.step === this.step && r.seqLen === L).at(-1);
+    check(rec, `keepBest: no evaluation at length ${L} at step ${this.step}`);
+    if (this.best && rec.accuracy < this.best.accuracy) return null;
+    const files = new Map<string, Uint8Array | string>([
+      ["config.json", JSON.stringify(toHfConfig(this.config), null, 2) + "\n"],
+      ["model.safetensors", serializeSafetensors(await this.parameters(), { format: "pt" })],
+      ["best.json", JSON.stringify({ ...rec, task: this.options.task.name, seed: this.options.seed }, null, 2) + "\n"],
+    ]);
+    await writeCheckpoint(path.join(dir, "best"), this.step, files, 1);
+    this.best = rec;
+    return rec;
   }
 
   /** Host copies of the parameters, by checkpoint name. */
@@ -350,6 +390,7 @@ export class Trainer {
       elapsedSeconds: this.elapsedSeconds,
       history: this.history,
       lengthHistory: this.lengthHistory,
+      best: this.best,
     };
     const files = new Map<string, Uint8Array | string>([
       ["config.json", JSON.stringify(toHfConfig(this.config), null, 2) + "\n"],
@@ -369,15 +410,18 @@ export interface EvalResult {
   scored: number; // scored positions seen
 }
 
-/** Held-out accuracy of a model on a task: batch i comes from Rng(seed ^ EVAL_SALT, i). onBatch: after each batch. */
+/**
+ * Held-out accuracy of a model on a task: batch i comes from Rng(seed ^ salt, i), by default the final
+ * evaluation's stream (EVAL_SALT). onBatch: after each batch.
+ */
 export async function evaluateAccuracy(
   lm: MambaLM, task: Task, seed: number, batches: number, batchSize: number,
-  onBatch?: (done: number, total: number) => void,
+  onBatch?: (done: number, total: number) => void, salt = EVAL_SALT,
 ): Promise<EvalResult> {
   const b = lm.backend;
   let correct = 0, scored = 0;
   for (let i = 0; i < batches; i++) {
-    const rng = new Rng((seed ^ EVAL_SALT) >>> 0, i);
+    const rng = new Rng((seed ^ salt) >>> 0, i);
     const batch = task.evalBatch ? task.evalBatch(rng, batchSize) : task.batch(rng, batchSize);
     const ids = b.fromI32(batch.ids, [batch.ids.length]);
     const h = lm.hidden(ids, batch.shape, null);

@@ -85,6 +85,37 @@ test("train --state-passing --eval-lengths: recorded in metrics.json and the rep
   assert.match(conflict.stderr, /was started with --eval-lengths 24,64, not 24/);
 });
 
+test("train --keep-best: the best model at a length is kept in OUT/best, loadable by eval, checked on resume", async () => {
+  const dir = path.join(await fs.mkdtemp(path.join(os.tmpdir(), "mamba-ts-cli-train-")), "run");
+  const r = await cli(["train", "--task", "induction-heads", "--out", dir, "--steps", "6", "--eval-lengths", "24,64",
+    "--eval-sequences", "5", "--keep-best", "64", ...SMALL]);
+  assert.equal(r.code, 0, r.stderr);
+  const m = JSON.parse(await fs.readFile(path.join(dir, "metrics.json"), "utf8"));
+  assert.equal(m.lengthEvalSequences, 5);
+  for (const e of m.lengthEvals) assert.equal(e.scored, 5, "one scored position a sequence, 5 sequences");
+  // the best is the highest accuracy at 64, the later step on ties
+  const at64 = (m.lengthEvals as { step: number; seqLen: number; accuracy: number }[]).filter((e) => e.seqLen === 64);
+  const top = Math.max(...at64.map((e) => e.accuracy));
+  const want = at64.filter((e) => e.accuracy === top).at(-1)!;
+  assert.equal(m.best.step, want.step);
+  assert.equal(m.best.accuracy, want.accuracy);
+  const folder = (await fs.readFile(path.join(dir, "best", "latest"), "utf8")).trim();
+  assert.equal(folder, `checkpoint-${want.step}`);
+  const best = JSON.parse(await fs.readFile(path.join(dir, "best", folder, "best.json"), "utf8"));
+  assert.equal(best.step, want.step);
+  assert.equal(best.seqLen, 64);
+  const ev = await cli(["eval", "--task", "induction-heads", "--model", path.join(dir, "best"), "--seq-len", "64", "--batches", "1"]);
+  assert.equal(ev.code, 0, ev.stderr);
+  assert.match(ev.stdout, /^accuracy: \d\.\d{4} \(induction-heads, seq-len 64/);
+  if (want.step === 6) { // the final checkpoint is kept too: the same weights
+    assert.deepEqual(await fs.readFile(path.join(dir, "best", folder, "model.safetensors")),
+      await fs.readFile(path.join(dir, "checkpoint-6", "model.safetensors")));
+  }
+  const conflict = await cli(["train", "--resume", "--out", dir, "--keep-best", "24"]);
+  assert.equal(conflict.code, 2);
+  assert.match(conflict.stderr, /was started with --keep-best 64, not 24/);
+});
+
 test("train: bad options give one error line and exit code 2", async () => {
   const cases: [string[], RegExp][] = [
     [["train", "--task", "copying", "--out", "x"], /argument 'copying' is invalid/],
@@ -98,6 +129,10 @@ test("train: bad options give one error line and exit code 2", async () => {
     [["train", "--task", "induction-heads", "--out", "x", "--steps", "5", "--warmup-steps", "6"], /--warmup-steps 6 is more than the run's 5 steps/],
     [["eval", "--task", "induction-heads"], /required option '-m, --model <dir>' not specified/],
     [["train", "--task", "induction-heads", "--out", "x", "--state-passing", "--state-noise", "1"], /--state-passing and --state-noise are exclusive/],
+    [["train", "--task", "induction-heads", "--out", "x", "--eval-lengths", "64", "--keep-best", "32"], /--keep-best 32 must be one of --eval-lengths \(64\)/],
+    [["train", "--task", "induction-heads", "--out", "x", "--keep-best", "32"], /--keep-best 32 must be one of --eval-lengths \(not given\)/],
+    [["train", "--task", "induction-heads", "--out", "x", "--eval-sequences", "8"], /--eval-sequences sets the sequences of --eval-lengths/],
+    [["train", "--task", "induction-heads", "--out", "x", "--eval-lengths", "64", "--eval-sequences", "0"], /must be an integer >= 1/],
     [["train", "--task", "induction-heads", "--out", "x", "--eval-lengths", "64,1"], /must be comma-separated integers >= 2/],
     [["train", "--task", "text", "--data", "x", "--out", "x", "--eval-lengths", "64"], /--eval-lengths is for the synthetic tasks/],
   ];

@@ -37,6 +37,8 @@ interface TrainCliOptions {
   stateNoise?: number;
   statePassing?: boolean;
   evalLengths?: number[];
+  evalSequences?: number;
+  keepBest?: number;
   batchSize?: number;
   gradAccum?: number;
   checkpointEvery?: number;
@@ -108,6 +110,11 @@ export function trainCommand(): Command {
     .addOption(new Option("--eval-lengths <list>", "comma-separated sequence lengths at which to measure held-out accuracy " +
       "at every checkpoint and at the end (16 sequences each), to follow length extrapolation; e.g. 4096,65536,1048576")
       .argParser(lengthList))
+    .addOption(new Option("--eval-sequences <n>", "sequences for each of --eval-lengths (default 16; more for a steadier figure)")
+      .argParser(integerAtLeast(1)))
+    .addOption(new Option("--keep-best <length>", "one of --eval-lengths: also keep the model with the best accuracy at that length " +
+      "so far (the later one on ties) in OUT/best, e.g. to pick the best extrapolating checkpoint of a long run")
+      .argParser(integerAtLeast(2)))
     .addOption(new Option("--batch-size <n>", "sequences per micro-batch (default: the preset's)").argParser(integerAtLeast(1)))
     .addOption(new Option("--grad-accum <n>", "micro-batches per optimizer step (default: the preset's)").argParser(integerAtLeast(1)))
     .addOption(new Option("--checkpoint-every <n>", "steps between checkpoints; 0 = only at the end (default: the preset's)")
@@ -154,6 +161,16 @@ function freshOptions(o: TrainCliOptions): TrainOptions {
     if (o.task === "text") throw new UsageError("--eval-lengths is for the synthetic tasks, not --task text");
     t.evalLengths = o.evalLengths;
   }
+  if (o.evalSequences !== undefined) {
+    if (o.evalLengths === undefined) throw new UsageError("--eval-sequences sets the sequences of --eval-lengths; give --eval-lengths too");
+    t.lengthEvalSequences = o.evalSequences;
+  }
+  if (o.keepBest !== undefined) {
+    if (!o.evalLengths?.includes(o.keepBest)) {
+      throw new UsageError(`--keep-best ${o.keepBest} must be one of --eval-lengths (${o.evalLengths?.join(",") ?? "not given"})`);
+    }
+    t.keepBest = o.keepBest;
+  }
   if (o.batchSize !== undefined) t.batchSize = o.batchSize;
   if (o.gradAccum !== undefined) t.accumulation = o.gradAccum;
   if (o.checkpointEvery !== undefined) t.checkpointEvery = o.checkpointEvery;
@@ -177,6 +194,8 @@ function checkResumeOptions(o: TrainCliOptions, given: (k: string) => boolean, r
     ["stateNoise", "--state-noise", o.stateNoise, run.stateNoise ?? 0],
     ["statePassing", "--state-passing", o.statePassing, run.statePassing ?? false],
     ["evalLengths", "--eval-lengths", o.evalLengths?.join(","), (run.evalLengths ?? []).join(",")],
+    ["evalSequences", "--eval-sequences", o.evalSequences, run.lengthEvalSequences ?? 16],
+    ["keepBest", "--keep-best", o.keepBest, run.keepBest],
     ["batchSize", "--batch-size", o.batchSize, run.batchSize],
     ["gradAccum", "--grad-accum", o.gradAccum, run.accumulation],
   ];
@@ -228,12 +247,14 @@ async function runTrain(o: TrainCliOptions, given: (k: string) => boolean): Prom
   }
 }
 
-/** Runs the run's length evaluations (if any) and prints them on one line. */
-async function evaluateLengths(trainer: Trainer, bar: cliProgress.SingleBar | null): Promise<void> {
+/** Runs the run's length evaluations (if any) and prints them on one line; keeps the best model (--keep-best). */
+async function evaluateLengths(trainer: Trainer, bar: cliProgress.SingleBar | null, dir: string): Promise<void> {
   if (!trainer.options.evalLengths?.length) return;
   const rows = await trainer.evaluateLengths();
   const text = rows.map((r) => `${r.seqLen}: ${r.accuracy.toFixed(4)}`).join(", ");
-  process.stderr.write(`${bar ? "\n" : ""}step ${trainer.step}: held-out accuracy at length ${text}\n`);
+  const best = await trainer.keepBest(dir);
+  const kept = best ? `; the best so far at ${best.seqLen}, kept in ${path.join(dir, "best")}` : "";
+  process.stderr.write(`${bar ? "\n" : ""}step ${trainer.step}: held-out accuracy at length ${text}${kept}\n`);
 }
 
 async function trainLoop(trainer: Trainer, dir: string, backendName: string): Promise<number> {
@@ -274,7 +295,7 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
       if (tty) bar.update(trainer.step, fmt());
       if (o.checkpointEvery > 0 && trainer.step % o.checkpointEvery === 0 && !trainer.finished) {
         tick();
-        await evaluateLengths(trainer, tty ? bar : null);
+        await evaluateLengths(trainer, tty ? bar : null, dir);
         await trainer.save(dir);
         await report(trainer, dir, null);
         lastSaved = trainer.step;
@@ -289,6 +310,8 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
     process.removeListener("SIGINT", onSigint);
   }
   tick();
+  // the final length evaluation (and --keep-best's choice) before the final checkpoint, which records them
+  if (!interrupted && trainer.lengthHistory.at(-1)?.step !== trainer.step) await evaluateLengths(trainer, null, dir);
   if (trainer.step !== lastSaved || !existsSync(path.join(dir, "latest"))) await trainer.save(dir);
   if (interrupted) {
     process.stderr.write(`interrupted at step ${trainer.step}; checkpoint saved in ${dir}, continue with --resume\n`);
@@ -296,7 +319,6 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
   }
   const evalStart = performance.now();
   const ev = await trainer.evaluate();
-  if (trainer.lengthHistory.at(-1)?.step !== trainer.step) await evaluateLengths(trainer, null);
   const metrics = {
     task: o.task.name,
     mixer: o.model.mixer,
@@ -314,6 +336,8 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
     evalBatchSize: o.batchSize,
     evalSeconds: (performance.now() - evalStart) / 1000,
     lengthEvals: trainer.lengthHistory,
+    lengthEvalSequences: o.evalLengths ? o.lengthEvalSequences ?? 16 : null,
+    best: trainer.best ? { ...trainer.best, folder: path.join(dir, "best") } : null,
     finalTrainLoss: trainer.lastStats?.loss ?? null,
     finalTrainAccuracy: trainer.lastStats?.accuracy ?? null,
     trainSeconds: trainer.elapsedSeconds,
