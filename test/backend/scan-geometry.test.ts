@@ -55,6 +55,11 @@ test("lanes kernel: needs subgroup blocks of 2 (by default) to 32 lanes; odd sta
   assert.equal(scanBwdLanesGeometry(1, 4096, 1536, 16, 8, KB32, 0, 32, false, 8).lanes, 8);
   assert.deepEqual(lanesShape(16, 32, 4), { SP: 4, Vp: 8, WGT: 128, CW: 32 });
   assert.deepEqual(lanesShape(16, 32), { SP: 8, Vp: 16, WGT: 128, CW: 64 });
+  assert.deepEqual(lanesShape(16, 32, 2, 8), { SP: 8, Vp: 16, WGT: 256, CW: 128 }, "eight blocks: 256 lanes, 128 channels");
+  assert.equal(scanBwdLanesGeometry(1, 4096, 1536, 16, 8, KB32, 0, 32, false, 2, 8).G, 12);
+  assert.equal(scanBwdLanesGeometry(1, 4096, 1536, 16, 8, KB32, 0, 32, false, 2, 8).blocks, 8);
+  assert.equal(lanesPossible(32, 2, 3), false, "blocks a workgroup: 1, 2, 4 or 8");
+  assert.ok(lanesWorkgroupBytes(16, 32, 8, 4, 2, 8) > lanesWorkgroupBytes(16, 32, 8, 4, 2, 4));
   assert.equal(lanesShape(5, 32, 4).SP, 2); // 8 state slots for 5 states
   assert.equal(lanesShape(5, 32).SP, 3); // 6 state slots for 5 states
   assert.equal(lanesShape(3, 8, 4).Vp % (8 / 4), 0, "terms padded to a multiple of the channels a block holds");

@@ -95,9 +95,11 @@ test("WebGPU matmul: every shared-tile variant that fits this device matches the
   assert.ok(ran >= 4, `only ${ran} variants fit ${most} bytes of workgroup memory`);
 });
 
-test("WebGPU matmul: variants that are not offered are refused by name", async (t) => {
+test("WebGPU tunings: matmul and scan backward variants that are not offered are refused by name", async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
   await assert.rejects(createWebGpuBackend({ matmulBK: 12 }), /matmulBK must be one of 8, 16, 32, got 12/);
   await assert.rejects(createWebGpuBackend({ matmulBuffers: 3 }), /matmulBuffers must be one of 1, 2, got 3/);
+  await assert.rejects(createWebGpuBackend({ scanBackwardBlocks: 3 }), /scanBackwardBlocks must be one of 1, 2, 4, 8, got 3/);
+  await assert.rejects(createWebGpuBackend({ scanBackwardLanes: 3 }), /scanBackwardLanes must be one of 2, 4, 8, got 3/);
 });

@@ -83,6 +83,8 @@ describe("training ops on webgpu against the cpu", () => {
   let channelChunked: TrainingBackend | null = null;
   let longSegments: TrainingBackend | null = null; // the lanes kernel with 5 sub-tiles of 8 steps a segment
   let lanes8: TrainingBackend | null = null; // 8 lanes a channel (2 states a lane)
+  let blocks1: TrainingBackend | null = null; // one subgroup-wide block a workgroup of the lanes kernel
+  let blocks8: TrainingBackend | null = null; // eight, with segments of 16 steps
   let lanes4: TrainingBackend | null = null; // 4 lanes a channel, segments of 64 steps (the default until 2 lanes measured faster)
   // the scan backward's dB/dC sums in workgroup memory (the path without subgroups), and in subgroup blocks of 4
   let wgMemory: TrainingBackend | null = null;
@@ -99,6 +101,8 @@ describe("training ops on webgpu against the cpu", () => {
     longSegments = (await createWebGpuBackend({ scanBackwardChunk: 40, scanBackwardSubTile: 8 })) as TrainingBackend;
     lanes8 = (await createWebGpuBackend({ scanBackwardLanes: 8 })) as TrainingBackend;
     lanes4 = (await createWebGpuBackend({ scanBackwardLanes: 4, scanBackwardChunk: 64 })) as TrainingBackend;
+    blocks1 = (await createWebGpuBackend({ scanBackwardBlocks: 1 })) as TrainingBackend;
+    blocks8 = (await createWebGpuBackend({ scanBackwardBlocks: 8, scanBackwardChunk: 16 })) as TrainingBackend;
     channelChunked = (await createWebGpuBackend({ scanBackwardKernel: "channel", scanBackwardChunk: 5, scanBackwardSubTile: 2 })) as TrainingBackend;
     wgMemory = (await createWebGpuBackend({ scanBackwardChunk: 7, scanBackwardSubTile: 3, scanBackwardReduceWidth: 0 })) as TrainingBackend;
     narrow = (await createWebGpuBackend({ scanBackwardReduceWidth: 4 })) as TrainingBackend;
@@ -109,6 +113,8 @@ describe("training ops on webgpu against the cpu", () => {
     await longSegments?.destroy();
     await lanes8?.destroy();
     await lanes4?.destroy();
+    await blocks1?.destroy();
+    await blocks8?.destroy();
     await channelChunked?.destroy();
     await wgMemory?.destroy();
     await narrow?.destroy();
@@ -314,6 +320,8 @@ describe("training ops on webgpu against the cpu", () => {
     { name: " in segments of 5 sub-tiles (chunk 40, sub-tile 8)", get: () => longSegments!, seed: 14, kernel: "default" },
     { name: " with 8 lanes a channel", get: () => lanes8!, seed: 15, kernel: "default" },
     { name: " with 4 lanes a channel (chunk 64)", get: () => lanes4!, seed: 16, kernel: "default" },
+    { name: " with one block a workgroup", get: () => blocks1!, seed: 17, kernel: "default" },
+    { name: " with eight blocks a workgroup (chunk 16)", get: () => blocks8!, seed: 18, kernel: "default" },
     { name: " with one lane a channel", get: () => channel!, seed: 12, kernel: "channel" },
     { name: " with one lane a channel, in many chunks (chunk 5, sub-tile 2)", get: () => channelChunked!, seed: 13, kernel: "channel" },
     { name: " with dB/dC summed in workgroup memory (chunk 7, sub-tile 3)", get: () => wgMemory!, seed: 10, kernel: "channel" },

@@ -34,7 +34,7 @@ import { convPre } from "./kernels/backward/conv-pre.ts";
 import { convDx } from "./kernels/backward/conv-dx.ts";
 import { convChunks, convDw } from "./kernels/backward/conv-dw.ts";
 import {
-  LANES_CHOICES, LANES_QT, lanesMinBytes, lanesPossible, maxSubTile, scanBwdGeometry, scanBwdLanesGeometry, scanBwdReduceWidth, selectiveScanBackward,
+  BLOCKS_CHOICES, LANES_CHOICES, LANES_NB, LANES_QT, lanesMinBytes, lanesPossible, maxSubTile, scanBwdGeometry, scanBwdLanesGeometry, scanBwdReduceWidth, selectiveScanBackward,
   type ScanBwdGeometry,
 } from "./kernels/backward/scan/index.ts";
 
@@ -46,6 +46,9 @@ export interface WebGpuTrainingTuning extends WebGpuTuning {
   scanBackwardKernel?: "lanes" | "channel";
   /** lanes a channel of the "lanes" kernel: 2 (default), 4 or 8 */
   scanBackwardLanes?: number;
+  /** subgroup-wide blocks a workgroup of the "lanes" kernel: 1, 2, 4 (default) or 8 (more channels a workgroup,
+   *  so fewer dB|dC partials to sum, against fewer workgroups and more workgroup memory each) */
+  scanBackwardBlocks?: number;
   /** time steps per saved state in the scan backward (default: by how many chunks fill the GPU) */
   scanBackwardChunk?: number;
   /** time steps the scan backward recomputes at once: kept in workgroup memory by the channel kernel (default:
@@ -77,6 +80,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   private readonly scanReduceWidth: number;
   private readonly scanKernel: "lanes" | "channel";
   private readonly scanLanes: number;
+  private readonly scanBlocks: number;
   private flushedAt = 0;
 
   constructor(gpu: Gpu, tuning: WebGpuTrainingTuning = {}) {
@@ -88,6 +92,9 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     const kernel = tuning.scanBackwardKernel;
     check(kernel === undefined || kernel === "lanes" || kernel === "channel", `scanBackwardKernel must be "lanes" or "channel", got ${String(kernel)}`);
     this.scanLanes = tuning.scanBackwardLanes ?? LANES_QT;
+    this.scanBlocks = tuning.scanBackwardBlocks ?? LANES_NB;
+    check(BLOCKS_CHOICES.includes(this.scanBlocks),
+      `scanBackwardBlocks must be one of ${BLOCKS_CHOICES.join(", ")}, got ${String(tuning.scanBackwardBlocks)}`);
     check(LANES_CHOICES.includes(this.scanLanes), `scanBackwardLanes must be one of ${LANES_CHOICES.join(", ")}, got ${String(tuning.scanBackwardLanes)}`);
     check(kernel !== "lanes" || lanesPossible(this.scanReduceWidth, this.scanLanes),
       `scanBackwardKernel "lanes" with ${this.scanLanes} lanes a channel needs subgroups of at least that many lanes ` +
@@ -442,8 +449,8 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     check(!state || state.numel === B * E * N, `selectiveScanBackward: the initial state needs [${B}, ${E}, ${N}], got [${state?.shape}]`);
     let geo: ScanBwdGeometry;
     const lanesTile = this.scanSubTile > 0 ? Math.min(this.scanSubTile, 32) : 8;
-    if (this.scanKernel === "lanes" && lanesMinBytes(N, W, lanesTile, this.scanLanes) <= wgBytes) {
-      geo = scanBwdLanesGeometry(B, L, E, N, lanesTile, wgBytes, this.scanChunk, W, state !== null, this.scanLanes);
+    if (this.scanKernel === "lanes" && lanesMinBytes(N, W, lanesTile, this.scanLanes, this.scanBlocks) <= wgBytes) {
+      geo = scanBwdLanesGeometry(B, L, E, N, lanesTile, wgBytes, this.scanChunk, W, state !== null, this.scanLanes, this.scanBlocks);
     } else {
       const fits = maxSubTile(N, wgBytes, W);
       check(fits >= 1, `selectiveScanBackward: state size ${N} is too large for this adapter's workgroup memory`);

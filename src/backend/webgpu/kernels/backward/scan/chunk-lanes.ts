@@ -31,22 +31,23 @@ import { reduceScatter } from "./reduce.ts";
  *  lane more independent work a step and halves the shuffles of the per-channel sums. */
 export const LANES_QT = 2;
 export const LANES_CHOICES: readonly number[] = [2, 4, 8];
-/** W-lane blocks per workgroup. */
+/** W-lane blocks per workgroup, by default, and the choices (a workgroup of NB · W ≤ 256 lanes). */
 export const LANES_NB = 4;
+export const BLOCKS_CHOICES: readonly number[] = [1, 2, 4, 8];
 
 /** States per lane, and the reduce-scatter's padded term count per lane, for state size N and block width W. */
-export function lanesShape(N: number, W: number, QT = LANES_QT): { SP: number; Vp: number; WGT: number; CW: number } {
+export function lanesShape(N: number, W: number, QT = LANES_QT, NB = LANES_NB): { SP: number; Vp: number; WGT: number; CW: number } {
   const SP = Math.ceil(N / QT);
   const CB = W / QT; // channels per block
   const Vp = Math.ceil((2 * SP) / CB) * CB;
-  const WGT = LANES_NB * W;
+  const WGT = NB * W;
   return { SP, Vp, WGT, CW: WGT / QT };
 }
 
 /** Workgroup memory of the kernel in bytes: the dB/dC block sums of a sub-tile and the KS saved sub-tile starts. */
-export function lanesWorkgroupBytes(N: number, W: number, TS: number, KS: number, QT = LANES_QT): number {
-  const { SP, Vp, WGT } = lanesShape(N, W, QT);
-  return 4 * (TS * LANES_NB * QT * Vp + KS * SP * WGT);
+export function lanesWorkgroupBytes(N: number, W: number, TS: number, KS: number, QT = LANES_QT, NB = LANES_NB): number {
+  const { SP, Vp, WGT } = lanesShape(N, W, QT, NB);
+  return 4 * (TS * NB * QT * Vp + KS * SP * WGT);
 }
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -55,9 +56,9 @@ const per = (SP: number, f: (s: number) => string, sep = "\n      ") => range(SP
 /** Σ_s f(s) as one WGSL expression. */
 const sumOf = (SP: number, f: (s: number) => string) => range(SP).map(f).join(" + ");
 
-function wgsl(N: number, W: number, TS: number, KS: number, QT: number): string {
-  const { SP, Vp, WGT, CW } = lanesShape(N, W, QT);
-  const NB = LANES_NB, V = 2 * SP, CB = W / QT;
+function wgsl(N: number, W: number, TS: number, KS: number, QT: number, NB: number): string {
+  const { SP, Vp, WGT, CW } = lanesShape(N, W, QT, NB);
+  const V = 2 * SP, CB = W / QT;
   // the reduce-scatter of [rB_0 .. rB_{SP-1}, rC_0 .. rC_{SP-1}] (zeros up to Vp) over the channel bits of the block
   const { lines: scatter, terms: cur } = reduceScatter(
     range(Vp).map((k) => (k < SP ? `rB_${k}` : k < V ? `rC_${k - SP}` : "0.0")), W / 2, QT, "lane");
@@ -236,6 +237,7 @@ export const scanBwdLanesWgsl = wgsl;
 
 export function scanBwdChunkLanes(gpu: Gpu, g: ScanBwdGeometry, a: ScanBwdInputs, dy: Buf, SX: Buf, o: ScanBwdOutputs, part: Buf): void {
   const KS = Math.ceil(g.chunkLen / g.subTile);
-  const k = gpu.kernel(`bwd_scan_lanes_${g.N}_${g.W}_${g.subTile}_${KS}_${g.lanes}`, () => wgsl(g.N, g.W, g.subTile, KS, g.lanes));
+  const k = gpu.kernel(`bwd_scan_lanes_${g.N}_${g.W}_${g.subTile}_${KS}_${g.lanes}_${g.blocks}`,
+    () => wgsl(g.N, g.W, g.subTile, KS, g.lanes, g.blocks));
   dispatchChunk(gpu, k, g, a, dy, SX, o, part);
 }

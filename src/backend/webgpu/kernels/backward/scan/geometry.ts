@@ -10,7 +10,7 @@
  * subgroups). The partials [B·L, Gp, 2N] are added in order by reduce-groups.ts.
  */
 import type { Buf, Gpu } from "../../../gpu.ts";
-import { LANES_CHOICES, LANES_QT, lanesShape, lanesWorkgroupBytes } from "./chunk-lanes.ts";
+import { BLOCKS_CHOICES, LANES_CHOICES, LANES_NB, LANES_QT, lanesShape, lanesWorkgroupBytes } from "./chunk-lanes.ts";
 
 export const SCAN_BWD_WG = 32; // channels per workgroup of the chunk kernel
 
@@ -18,6 +18,7 @@ export interface ScanBwdGeometry {
   /** the chunk kernel: "lanes" (chunk-lanes.ts: a channel's states over 2 or more lanes) or "channel" (chunk.ts) */
   kernel: "lanes" | "channel";
   lanes: number; // lanes a channel: QT of the lanes kernel, 1 for the channel kernel
+  blocks: number; // W-lane blocks a workgroup of the lanes kernel (NB), 1 for the channel kernel
   B: number;
   L: number;
   E: number;
@@ -83,14 +84,15 @@ export function scanBwdGeometry(
   const G = Math.ceil(E / SCAN_BWD_WG);
   const auto = B * G * Math.ceil(L / (4 * subTile)) < 4096 ? 2 * subTile : 4 * subTile;
   const cl = Math.max(1, Math.min(L, chunkLen > 0 ? chunkLen : auto));
-  return layout("channel", 1, B, L, E, N, subTile, cl, W, hasState, G, W > 0 ? G * (SCAN_BWD_WG / W) : G);
+  return layout("channel", 1, 1, B, L, E, N, subTile, cl, W, hasState, G, W > 0 ? G * (SCAN_BWD_WG / W) : G);
 }
 
 /** Sub-tiles a segment of the lanes kernel may have (its saved states live in workgroup memory). */
 const LANES_MAX_SUBTILES = 16;
 
 /** The lanes kernel with QT lanes a channel can run here: subgroup blocks of QT to 32 lanes; QT one of LANES_CHOICES. */
-export const lanesPossible = (W: number, QT = LANES_QT) => LANES_CHOICES.includes(QT) && W >= QT && W <= SCAN_BWD_WG;
+export const lanesPossible = (W: number, QT = LANES_QT, NB = LANES_NB) =>
+  LANES_CHOICES.includes(QT) && BLOCKS_CHOICES.includes(NB) && W >= QT && W <= SCAN_BWD_WG;
 
 /**
  * The geometry of the lanes kernel (chunk-lanes.ts): sub-tiles of `subTile` steps (unrolled), segments of
@@ -102,12 +104,12 @@ export const lanesPossible = (W: number, QT = LANES_QT) => LANES_CHOICES.include
  */
 export function scanBwdLanesGeometry(
   B: number, L: number, E: number, N: number, subTile: number, wgBytes: number, chunkLen = 0, W = 32, hasState = false,
-  QT = LANES_QT,
+  QT = LANES_QT, NB = LANES_NB,
 ): ScanBwdGeometry {
-  const { CW } = lanesShape(N, W, QT);
+  const { CW } = lanesShape(N, W, QT, NB);
   const G = Math.ceil(E / CW);
   let most = 1;
-  while (most < LANES_MAX_SUBTILES && lanesWorkgroupBytes(N, W, subTile, most * 2, QT) <= wgBytes) most *= 2;
+  while (most < LANES_MAX_SUBTILES && lanesWorkgroupBytes(N, W, subTile, most * 2, QT, NB) <= wgBytes) most *= 2;
   let ks: number;
   if (chunkLen > 0) ks = Math.min(most, Math.max(1, Math.ceil(chunkLen / subTile)));
   else {
@@ -115,14 +117,15 @@ export function scanBwdLanesGeometry(
     while (ks > 1 && B * G * Math.ceil(L / (ks * subTile)) < 1024) ks = Math.ceil(ks / 2);
   }
   const cl = Math.max(1, Math.min(L, ks * subTile));
-  return layout("lanes", QT, B, L, E, N, subTile, cl, W, hasState, G, G);
+  return layout("lanes", QT, NB, B, L, E, N, subTile, cl, W, hasState, G, G);
 }
 
 /** The lanes kernel's workgroup memory with one sub-tile a segment: more than the device allows means it cannot run. */
-export const lanesMinBytes = (N: number, W: number, subTile: number, QT = LANES_QT) => lanesWorkgroupBytes(N, W, subTile, 1, QT);
+export const lanesMinBytes = (N: number, W: number, subTile: number, QT = LANES_QT, NB = LANES_NB) =>
+  lanesWorkgroupBytes(N, W, subTile, 1, QT, NB);
 
 function layout(
-  kernel: "lanes" | "channel", lanes: number, B: number, L: number, E: number, N: number, subTile: number, cl: number, W: number,
+  kernel: "lanes" | "channel", lanes: number, blocks: number, B: number, L: number, E: number, N: number, subTile: number, cl: number, W: number,
   hasState: boolean, G: number, Gp: number,
 ): ScanBwdGeometry {
   const nC = Math.ceil(L / cl);
@@ -131,7 +134,7 @@ function layout(
   const oA = B * L * Gp * 2 * N;
   const oDE = oA + B * nC * E * N;
   return {
-    kernel, lanes, B, L, E, N, nC, chunkLen: cl, subTile, hasState, G, W, Gp, oS, oX, oP, sxFloats: oP + E * (N + 2), oA, oDE,
+    kernel, lanes, blocks, B, L, E, N, nC, chunkLen: cl, subTile, hasState, G, W, Gp, oS, oX, oP, sxFloats: oP + E * (N + 2), oA, oDE,
     partFloats: oDE + B * nC * 2 * E,
   };
 }

@@ -22,7 +22,7 @@ import type { ScanBwdOutputs } from "./chunk-io.ts";
 import { scanBwdChunkLanes } from "./chunk-lanes.ts";
 import type { ScanBwdGeometry, ScanBwdInputs } from "./geometry.ts";
 
-export { LANES_CHOICES, LANES_QT } from "./chunk-lanes.ts";
+export { BLOCKS_CHOICES, LANES_CHOICES, LANES_NB, LANES_QT } from "./chunk-lanes.ts";
 export {
   lanesMinBytes, lanesPossible, maxSubTile, scanBwdGeometry, scanBwdLanesGeometry, scanBwdReduceWidth, type ScanBwdGeometry,
   type ScanBwdInputs,
