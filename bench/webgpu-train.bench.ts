@@ -179,6 +179,25 @@ async function benchStep(): Promise<void> {
     console.log(`train step batch ${s.batch} x ${s.seqLen}: ${(tokens / t).toFixed(0)} tok/s (${(t * 1000).toFixed(0)} ms a step, ` +
       `loss ${loss.toFixed(3)}, ${((b.gpu.dispatches - d0) / steps).toFixed(0)} dispatches a step; GPU memory peak ` +
       `${fmtBytes(b.gpu.peakBytes)}); no official training anchor (official forward alone B8 L2048: ${anchor.forward("130m", "float32") ?? "n/a"} ms)`);
+    // where a step's time goes: one micro-batch's forward and backward on the GPU clock (no readback inside),
+    // against the step's wall time per micro-batch, and per kernel
+    const microBatch = () => {
+      const idt = b.fromI32(ids[0]!, [ids[0]!.length]);
+      const tgt = b.fromI32(shiftedTargets(ids[0]!, shape), [ids[0]!.length]);
+      const r = forwardBackward(lm, b, idt, tgt, shape, grads, 1 / k);
+      b.dispose(idt, tgt, r.loss, r.correct);
+    };
+    const gpuMs = await b.timeGpu(microBatch);
+    if (gpuMs !== null) {
+      console.log(`  one micro-batch's forward + backward on the GPU clock: ${gpuMs.toFixed(1)} ms (the step: ${(t * 1000 / k).toFixed(1)} ms ` +
+        `a micro-batch, optimizer and host included)`);
+      try {
+        printProfile(await b.profileKernels(microBatch));
+      } catch (err) {
+        if (!(err instanceof MambaError)) throw err;
+        console.log(`  (no per-kernel profile: ${err.message})`);
+      }
+    }
   } catch (err) {
     if (!(err instanceof MambaError)) throw err;
     console.log(`train step batch ${s.batch} x ${s.seqLen}: does not fit this device (${err.message})`);

@@ -82,6 +82,9 @@ const bucket = (bytes: number) => {
   return Math.ceil(b / step) * step;
 };
 
+/** Timestamps a WebGPU query set may hold: profileKernels times at most half as many dispatches. */
+const MAX_QUERIES = 4096;
+
 export class Gpu {
   readonly limits: GPUSupportedLimits;
   readonly hasSubgroups: boolean;
@@ -338,12 +341,12 @@ export class Gpu {
    * the sum exceeds what the same work takes in one pass; the shares are what it is for. null without
    * 'timestamp-query'. fn must not submit or read back.
    */
-  async profileKernels(fn: () => void, maxDispatches = 2048): Promise<Map<string, { ms: number; count: number }> | null> {
+  async profileKernels(fn: () => void, maxDispatches = MAX_QUERIES / 2): Promise<Map<string, { ms: number; count: number }> | null> {
     this.check();
     if (!this.hasTimestamps) return null;
     if (this.recording || this.timedPass || this.profiling) throw new MambaError("profileKernels: already recording, timing or profiling");
     this.flush();
-    const count = 2 * maxDispatches;
+    const count = 2 * Math.min(maxDispatches, MAX_QUERIES / 2);
     const set = this.device.createQuerySet({ type: "timestamp", count });
     const resolved = this.device.createBuffer({ size: count * 8, usage: Usage.QUERY_RESOLVE | Usage.COPY_SRC });
     const out = this.device.createBuffer({ size: count * 8, usage: Usage.MAP_READ | Usage.COPY_DST });
