@@ -161,3 +161,39 @@ test("webgpu: the fused decode step equals step mode on the CPU (logits and stat
     }
   }
 });
+
+test("webgpu: the fused decode step with 4 and 64 channels a workgroup (decodeChannels) equals step mode on the CPU", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const c = makeConfig({ vocabSize: 41, hiddenSize: 16, intermediateSize: 70, stateSize: 4, timeStepRank: 2, numLayers: 2 });
+  const ps = perturbedParameters(c, 31);
+  const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
+  try {
+    for (const channels of [4, 64]) {
+      const gpu = await modelFromTensors(c, ps, { backend: await createWebGpuBackend({ decodeChannels: channels }) });
+      try {
+        const B = 3, rng = new TestRng(200 + channels);
+        const caches = [MambaCache.zeros(gpu.backend, c, B), MambaCache.zeros(cpu.backend, c, B)];
+        for (let step = 0; step < 3; step++) {
+          const ids = rng.ids(B, c.vocabSize);
+          const it = gpu.backend.fromI32(ids, [B]);
+          const fused = gpu.backend.decodeStep!(gpu.lm, it, caches[0]!.conv, caches[0]!.ssm);
+          assert.ok(fused, "the fused step takes this model");
+          const ct = cpu.backend.fromI32(ids, [B]);
+          const want = await cpu.backend.readF32(cpu.lm.logits(cpu.lm.hidden(ct, { batch: B, seqLen: 1 }, caches[1]!)));
+          assertClose(await gpu.backend.readF32(fused), want, 1e-4, `${channels} channels step ${step} logits`);
+          for (let i = 0; i < c.numLayers; i++) {
+            assertClose(await gpu.backend.readF32(caches[0]!.ssm[i]!), await cpu.backend.readF32(caches[1]!.ssm[i]!), 1e-4, `${channels} channels ssm ${i}`);
+          }
+          gpu.backend.dispose(it, fused);
+        }
+        caches.forEach((k) => k.dispose());
+      } finally {
+        await gpu.dispose();
+      }
+    }
+    await assert.rejects(createWebGpuBackend({ decodeChannels: 12 }), /decodeChannels must be one of 4, 8, 16, 32, 64, got 12/);
+  } finally {
+    await cpu.dispose();
+  }
+});

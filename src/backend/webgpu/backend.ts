@@ -23,7 +23,9 @@ import { sample, sampleWords } from "./kernels/sample.ts";
 import { copyWindow, copyWords, fillWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
 import type { WeightStorage } from "./kernels/weights.ts";
-import { DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, decodeMixerIn } from "./kernels/decode/mixer-in.ts";
+import {
+  DECODE_CHANNEL_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, decodeMixerIn, mixerInChannels,
+} from "./kernels/decode/mixer-in.ts";
 import { DECODE_MAX_BJ, decodeMixerScan } from "./kernels/decode/mixer-scan.ts";
 
 type StepLayer = StepModel["weights"]["layers"][number];
@@ -57,6 +59,9 @@ export interface WebGpuTuning {
   matmulBK?: number;
   /** shared tile buffers of the forward tiled matmul: 1 (default; two barriers a K tile) or 2 (one barrier a K tile) */
   matmulBuffers?: number;
+  /** channels per workgroup of the fused decode's first kernel (in_proj, conv, partial x_proj): 4, 8, 16, 32 or 64
+   *  (default 16 up to 2048 channels, else 32); fewer put more of in_proj's loads in flight at once */
+  decodeChannels?: number;
 }
 
 export class WebGpuBackend implements Backend {
@@ -68,6 +73,8 @@ export class WebGpuBackend implements Backend {
   /** The tiled matmul's configurations for many and for few output tiles. */
   private readonly tileLarge: TileConfig;
   private readonly tileSmall: TileConfig;
+  /** WebGpuTuning.decodeChannels, 0 for the default */
+  private readonly decodeChannels: number;
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
   private scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
   /** The fused decode's packed constants of each layer, keyed by the layer's weights object. */
@@ -83,6 +90,9 @@ export class WebGpuBackend implements Backend {
     check(MATMUL_BUFFER_CHOICES.includes(buffers), `matmulBuffers must be one of ${MATMUL_BUFFER_CHOICES.join(", ")}, got ${String(tuning.matmulBuffers)}`);
     this.tileLarge = { ...TILE_LARGE, BK, buffers };
     this.tileSmall = { ...TILE_SMALL, BK, buffers };
+    this.decodeChannels = tuning.decodeChannels ?? 0;
+    check(this.decodeChannels === 0 || DECODE_CHANNEL_CHOICES.includes(this.decodeChannels),
+      `decodeChannels must be one of ${DECODE_CHANNEL_CHOICES.join(", ")}, got ${String(tuning.decodeChannels)}`);
     const bytes = tileBytes(this.tileLarge), most = gpu.limits.maxComputeWorkgroupStorageSize;
     check(bytes <= most, `matmulBK ${BK} with ${buffers} buffers needs ${bytes} bytes of workgroup memory, this device allows ${most}`);
   }
@@ -472,7 +482,7 @@ export class WebGpuBackend implements Backend {
     const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other
     const xz = gpu.alloc(B * 2 * E * 4);
     const y = gpu.alloc(B * E * 4);
-    const Q = gpu.alloc(Math.ceil(E / 16) * B * J * 4); // mixer-in has at most this many workgroups
+    const Q = gpu.alloc(Math.ceil(E / mixerInChannels(E, this.decodeChannels)) * B * J * 4); // a partial per mixer-in workgroup
     const resOut = gpu.alloc(B * D * 4);
     const plan = gpu.record(() => {
       for (let i = 0; i < w.layers.length; i++) {
@@ -484,7 +494,7 @@ export class WebGpuBackend implements Backend {
           B, D, E, K, J, eps: c.layerNormEpsilon, h, res, hasRes: i > 0, par: i % 2,
           lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
           wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
-          convState: convState.buf, xz, Q,
+          convState: convState.buf, xz, Q, channels: this.decodeChannels,
         });
         decodeMixerScan(gpu, {
           B, E, N, R, J, G, Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),

@@ -173,15 +173,23 @@ export interface MixerInArgs {
   lp: Buf; oNorm: number; oInBias: number; oConvW: number; oConvB: number;
   wIn: Buf; wsIn: WeightStorage; wX: Buf; wsX: WeightStorage;
   convState: Buf; xz: Buf; Q: Buf;
+  channels?: number; // channels per workgroup (0 or absent: the default)
 }
 
-/** Channels per workgroup: more groups read in_proj with more of the GPU; fewer leave kernel 2 fewer partials. */
-export function mixerInChannels(E: number): number {
-  return E <= 2048 ? 16 : 32;
+/** Channels per workgroup the kernel may take (WebGpuTuning.decodeChannels). */
+export const DECODE_CHANNEL_CHOICES: readonly number[] = [4, 8, 16, 32, 64];
+
+/**
+ * Channels per workgroup: more groups read in_proj with more of the GPU; fewer leave kernel 2 fewer partials.
+ * `chosen` (one of DECODE_CHANNEL_CHOICES) overrides the default.
+ */
+export function mixerInChannels(E: number, chosen = 0): number {
+  return chosen > 0 ? chosen : E <= 2048 ? 16 : 32;
 }
 
+/** Runs kernel 1 with CH = mixerInChannels(E, a.channels); returns its workgroups (the partials of x_proj). */
 export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
-  const CH = mixerInChannels(a.E);
+  const CH = mixerInChannels(a.E, a.channels);
   const k = gpu.kernel(`decode_in_${CH}_${a.wsIn}_${a.wsX}`, () => wgsl(CH, a.wsIn, a.wsX));
   const groups = Math.ceil(a.E / CH);
   const p = new Params().u32(a.B).u32(a.D).u32(a.E).u32(a.K).u32(a.J).bool(a.hasRes).u32(a.par).f32(a.eps)
