@@ -183,6 +183,8 @@ export class Trainer {
   lengthHistory: LengthEvalRecord[] = [];
   /** options.keepBest: the record of the model kept in DIR/best, over resumes */
   best: LengthEvalRecord | null = null;
+  /** modelFiles' result for one step (kept from keepBest to the save of the same checkpoint) */
+  private modelFilesOf: { step: number; files: [string, Uint8Array | string][] } | null = null;
   /** state passing: per layer the SSM states [batch, E, N] the next micro-batch starts from (null: zeros) */
   private carry: Tensor[] | null = null;
 
@@ -354,13 +356,29 @@ export class Trainer {
     check(rec, `keepBest: no evaluation at length ${L} at step ${this.step}`);
     if (this.best && rec.accuracy < this.best.accuracy) return null;
     const files = new Map<string, Uint8Array | string>([
-      ["config.json", JSON.stringify(toHfConfig(this.config), null, 2) + "\n"],
-      ["model.safetensors", serializeSafetensors(await this.parameters(), { format: "pt" })],
+      ...await this.modelFiles(),
       ["best.json", JSON.stringify({ ...rec, task: this.options.task.name, seed: this.options.seed }, null, 2) + "\n"],
     ]);
     await writeCheckpoint(path.join(dir, "best"), this.step, files, 1);
     this.best = rec;
     return rec;
+  }
+
+  /**
+   * config.json and model.safetensors of the model as it is at this step: read back and serialized once a step,
+   * for keepBest and save at the same checkpoint.
+   */
+  private async modelFiles(): Promise<[string, Uint8Array | string][]> {
+    if (this.modelFilesOf?.step !== this.step) {
+      this.modelFilesOf = {
+        step: this.step,
+        files: [
+          ["config.json", JSON.stringify(toHfConfig(this.config), null, 2) + "\n"],
+          ["model.safetensors", serializeSafetensors(await this.parameters(), { format: "pt" })],
+        ],
+      };
+    }
+    return this.modelFilesOf.files;
   }
 
   /** Host copies of the parameters, by checkpoint name. */
@@ -393,13 +411,13 @@ export class Trainer {
       best: this.best,
     };
     const files = new Map<string, Uint8Array | string>([
-      ["config.json", JSON.stringify(toHfConfig(this.config), null, 2) + "\n"],
-      ["model.safetensors", serializeSafetensors(await this.parameters(), { format: "pt" })],
+      ...await this.modelFiles(),
       ["optimizer.safetensors", serializeSafetensors(moments)],
       ["trainer.json", JSON.stringify(state, null, 2) + "\n"],
     ]);
     // a text model's checkpoint is a complete model folder: `mamba-ts generate --model` reads it as is
     if (o.task.name === "text") files.set("tokenizer.json", JSON.stringify(byteLevelTokenizerJson()) + "\n");
+    this.modelFilesOf = null; // saved: the next change of the parameters comes with the next step
     return writeCheckpoint(dir, this.step, files, keep);
   }
 }

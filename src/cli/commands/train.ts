@@ -17,7 +17,7 @@ import { writeFileAtomic } from "../../io/safetensors.ts";
 import type { MixerKind } from "../../config.ts";
 import { PRESET_NAMES, type PresetName, preset } from "../../train/presets.ts";
 import { TASK_NAMES, type TaskName } from "../../train/tasks/task.ts";
-import { Trainer, type TrainOptions } from "../../train/trainer.ts";
+import { LENGTH_EVAL_SEQUENCES, Trainer, type TrainOptions } from "../../train/trainer.ts";
 import { writeTrainingReport } from "../../train/report.ts";
 import { UsageError, parseInteger, parseNumber } from "../common.ts";
 
@@ -108,9 +108,9 @@ export function trainCommand(): Command {
     .addOption(new Option("--state-passing", "start every training sequence from the final SSM states of the one before it in its batch row, " +
       "for length generalization (no gradient through them; evaluation always starts from zeros)"))
     .addOption(new Option("--eval-lengths <list>", "comma-separated sequence lengths at which to measure held-out accuracy " +
-      "at every checkpoint and at the end (16 sequences each), to follow length extrapolation; e.g. 4096,65536,1048576")
+      `at every checkpoint and at the end (${LENGTH_EVAL_SEQUENCES} sequences each, or --eval-sequences), to follow length extrapolation; e.g. 4096,65536,1048576`)
       .argParser(lengthList))
-    .addOption(new Option("--eval-sequences <n>", "sequences for each of --eval-lengths (default 16; more for a steadier figure)")
+    .addOption(new Option("--eval-sequences <n>", `sequences for each of --eval-lengths (default ${LENGTH_EVAL_SEQUENCES}; more for a steadier figure)`)
       .argParser(integerAtLeast(1)))
     .addOption(new Option("--keep-best <length>", "one of --eval-lengths: also keep the model with the best accuracy at that length " +
       "so far (the later one on ties) in OUT/best, e.g. to pick the best extrapolating checkpoint of a long run")
@@ -194,7 +194,7 @@ function checkResumeOptions(o: TrainCliOptions, given: (k: string) => boolean, r
     ["stateNoise", "--state-noise", o.stateNoise, run.stateNoise ?? 0],
     ["statePassing", "--state-passing", o.statePassing, run.statePassing ?? false],
     ["evalLengths", "--eval-lengths", o.evalLengths?.join(","), (run.evalLengths ?? []).join(",")],
-    ["evalSequences", "--eval-sequences", o.evalSequences, run.lengthEvalSequences ?? 16],
+    ["evalSequences", "--eval-sequences", o.evalSequences, run.lengthEvalSequences ?? LENGTH_EVAL_SEQUENCES],
     ["keepBest", "--keep-best", o.keepBest, run.keepBest],
     ["batchSize", "--batch-size", o.batchSize, run.batchSize],
     ["gradAccum", "--grad-accum", o.gradAccum, run.accumulation],
@@ -336,7 +336,7 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
     evalBatchSize: o.batchSize,
     evalSeconds: (performance.now() - evalStart) / 1000,
     lengthEvals: trainer.lengthHistory,
-    lengthEvalSequences: o.evalLengths ? o.lengthEvalSequences ?? 16 : null,
+    lengthEvalSequences: o.evalLengths ? o.lengthEvalSequences ?? LENGTH_EVAL_SEQUENCES : null,
     best: trainer.best ? { ...trainer.best, folder: path.join(dir, "best") } : null,
     finalTrainLoss: trainer.lastStats?.loss ?? null,
     finalTrainAccuracy: trainer.lastStats?.accuracy ?? null,
