@@ -27,7 +27,7 @@ import { SOFTPLUS_WGSL } from "../../wgsl-common.ts";
 import { reduceScatter } from "./reduce.ts";
 
 /** Lanes per channel, by default, and the choices. On the H200 2 lanes with segments of 32 steps ran the four
- *  anchor shapes 1.23 – 1.42x as fast as 4 lanes with 64 (BENCHMARKS.md): twice the states a lane gives each
+ *  anchor shapes 1.38 – 1.45x as fast as 4 lanes with 64 (BENCHMARKS.md, runs 12 and 15): twice the states a lane gives each
  *  lane more independent work a step and halves the shuffles of the per-channel sums. */
 export const LANES_QT = 2;
 export const LANES_CHOICES: readonly number[] = [2, 4, 8];
