@@ -151,18 +151,26 @@ async function benchStep(): Promise<void> {
   const ids = Array.from({ length: k }, (_, m) =>
     Int32Array.from({ length: micro * s.seqLen }, (_, i) => (i * 7919 + m * 104729) % s.vocab));
   let step = 0;
+  // host-side split of a step: encoding forward + backward, waiting for each loss, the optimizer with its sync
+  const split = { encode: 0, wait: 0, optim: 0 };
   const trainStep = async () => {
     for (const g of new Set(gradMap.values())) b.zeroFill(g);
     let loss = 0;
     for (let m = 0; m < k; m++) {
+      const t0 = performance.now();
       const idt = b.fromI32(ids[m]!, [ids[m]!.length]);
       const tgt = b.fromI32(shiftedTargets(ids[m]!, shape), [ids[m]!.length]);
       const r = forwardBackward(lm, b, idt, tgt, shape, grads, 1 / k);
+      const t1 = performance.now();
       loss += (await b.readF32(r.loss))[0]! / k;
       b.dispose(idt, tgt, r.loss, r.correct);
+      split.encode += t1 - t0;
+      split.wait += performance.now() - t1;
     }
+    const t2 = performance.now();
     await opt.step(gradMap, ++step, 1e-4);
     await b.sync();
+    split.optim += performance.now() - t2;
     return loss;
   };
   try {
@@ -171,6 +179,8 @@ async function benchStep(): Promise<void> {
     console.log(`(first step ${((performance.now() - t0) / 1000).toFixed(2)} s, loss ${first.toFixed(3)})`);
     const steps = smoke ? 2 : 3;
     const d0 = b.gpu.dispatches;
+    const created0 = { buffers: b.gpu.buffersCreated, bindGroups: b.gpu.bindGroupsCreated };
+    Object.assign(split, { encode: 0, wait: 0, optim: 0 });
     const t1 = performance.now();
     let loss = 0;
     for (let i = 0; i < steps; i++) loss = await trainStep();
@@ -179,6 +189,10 @@ async function benchStep(): Promise<void> {
     console.log(`train step batch ${s.batch} x ${s.seqLen}: ${(tokens / t).toFixed(0)} tok/s (${(t * 1000).toFixed(0)} ms a step, ` +
       `loss ${loss.toFixed(3)}, ${((b.gpu.dispatches - d0) / steps).toFixed(0)} dispatches a step; GPU memory peak ` +
       `${fmtBytes(b.gpu.peakBytes)}); no official training anchor (official forward alone B8 L2048: ${anchor.forward("130m", "float32") ?? "n/a"} ms)`);
+    console.log(`  a step on the host: encoding forward + backward ${(split.encode / steps).toFixed(1)} ms, waiting for the losses ` +
+      `${(split.wait / steps).toFixed(1)} ms, optimizer and sync ${(split.optim / steps).toFixed(1)} ms; ` +
+      `${((b.gpu.buffersCreated - created0.buffers) / steps).toFixed(0)} buffers and ` +
+      `${((b.gpu.bindGroupsCreated - created0.bindGroups) / steps).toFixed(0)} bind groups created a step`);
     // where a step's time goes: one micro-batch's forward and backward on the GPU clock (no readback inside),
     // against the step's wall time per micro-batch, and per kernel
     const microBatch = () => {

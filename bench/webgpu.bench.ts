@@ -283,6 +283,7 @@ async function benchBreakdown(model: MambaModel, name: ModelName, batches: numbe
       b.dispose(x, lg, one32);
     } else {
       console.log(`breakdown ${name} batch ${B}, op-by-op step: GPU ${us(await gpuTime(opsStep, 30))}; host encoding ${us(await hostTime(opsStep, 20))}`);
+      printProfile(await b.profileKernels(opsStep));
     }
     cache.dispose();
     b.dispose(ids);

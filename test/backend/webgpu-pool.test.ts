@@ -1,6 +1,6 @@
 /**
- * The WebGPU buffer pool: freed buffers are reused by size, and when the pooled bytes exceed the budget the
- * buffers released longest ago are destroyed first, so a loop that frees and takes back the same large buffer
+ * The WebGPU buffer pool: freed buffers are reused by size; by default it keeps as much as the largest working set
+ * so far; when the pooled bytes exceed the budget the buffers released longest ago are destroyed first, so a loop that frees and takes back the same large buffer
  * keeps it even while older buffers fill the pool. Runs when a WebGPU adapter exists (skipped otherwise, failed
  * under CI=true).
  */
@@ -38,6 +38,31 @@ test("webgpu pool: over its budget it destroys the buffers released longest ago,
     // the older buffers went instead (down to half the budget): only the hot one is left of the two sizes
     assert.equal(gpu.liveBytes, live - 6 * MiB + 3 * MiB, "bytes alive: the six 1 MiB buffers destroyed, the hot one kept");
     gpu.release(hot);
+  } finally {
+    await backend.destroy();
+  }
+});
+
+test("webgpu pool: by default it keeps a working set larger than its floor, so the next round creates nothing", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const backend = (await createWebGpuBackend()) as WebGpuBackend;
+  const gpu = backend.gpu;
+  try {
+    // a training step's shape of use: 320 MiB (over the 256 MiB floor) taken, all freed, a submit, taken again
+    const round = async () => {
+      const bufs = Array.from({ length: 10 }, () => gpu.alloc(32 * MiB));
+      bufs.forEach((b) => gpu.release(b));
+      backend.dispose(backend.zeros([4]));
+      await backend.sync();
+    };
+    await round();
+    const created = gpu.buffersCreated;
+    const live = gpu.liveBytes;
+    assert.ok(gpu.peakInUseBytes >= 320 * MiB, `working set recorded: ${gpu.peakInUseBytes}`);
+    for (let i = 0; i < 3; i++) await round();
+    assert.equal(gpu.buffersCreated - created, 0, "buffers created by three more rounds");
+    assert.equal(gpu.liveBytes, live, "bytes alive after three more rounds");
   } finally {
     await backend.destroy();
   }

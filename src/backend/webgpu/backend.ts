@@ -51,8 +51,8 @@ export interface WebGpuTuning {
   scanThreads?: number;
   /** dispatches after which pending work is submitted even without a read (default 512) */
   flushEvery?: number;
-  /** bytes of freed GPU buffers kept for reuse; beyond it the longest-unused are destroyed (default half the
-   *  largest buffer the device allows, between 256 MiB and 4 GiB) */
+  /** bytes of freed GPU buffers kept for reuse; beyond it the longest-unused are destroyed (default: the largest
+   *  working set so far, at least 256 MiB, so a loop that frees and retakes its buffers never recreates them) */
   poolBytes?: number;
   /** K columns per shared tile of the tiled matmuls: 8, 16 or 32 (default 8 for the forward's, 16 for the
    *  training backward's; when set, both use it) */

@@ -73,6 +73,8 @@ export function grid(count: number, maxPerDim: number): [number, number] {
 
 /** idle readback buffers kept for reuse, at most */
 const MAX_STAGING_BYTES = 256 * 2 ** 20;
+/** the least the buffer pool keeps by default, whatever the working set so far */
+const MIN_POOL_BYTES = 256 * 2 ** 20;
 
 const bucket = (bytes: number) => {
   // sizes round up to 256 B below 64 KiB, then to a quarter octave: reuse without more than 25% waste
@@ -99,9 +101,13 @@ export class Gpu {
   paramBlocksCreated = 0;
   /** readback buffers made so far (the rest were reused) */
   stagingCreated = 0;
+  /** storage buffers created (the pool had none of the size free) */
+  buffersCreated = 0;
   /** Bytes of storage buffers alive (in use or pooled) and the most ever alive. */
   liveBytes = 0;
   peakBytes = 0;
+  /** The most bytes ever held by tensors at once (alive and not in the pool): the working set. */
+  peakInUseBytes = 0;
 
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
@@ -110,7 +116,8 @@ export class Gpu {
   private free = new Map<number, Buf[]>();
   private freeBytes = 0;
   private releases = 0;
-  private readonly maxFreeBytes: number;
+  /** a fixed pool budget (createWebGpuBackend's poolBytes), or null to follow the working set */
+  private readonly poolBytes: number | null;
   private kernels = new Map<string, Kernel>();
   private paramCache = new Map<string, GPUBuffer>();
   private bindCache = new Map<string, GPUBindGroup>();
@@ -132,12 +139,18 @@ export class Gpu {
   readonly dummy: Buf;
   readonly dummyOut: Buf;
 
-  /** `poolBytes`: bytes of freed buffers kept for reuse (default half the largest buffer, 256 MiB to 4 GiB). */
+  /**
+   * `poolBytes`: bytes of freed buffers kept for reuse. By default the pool keeps as much as the largest working
+   * set so far (at least 256 MiB): a training step that frees gigabytes of activations after its backward takes
+   * the same buffers back in the next step, and destroying them made the next step create them again (517
+   * buffers a step of the 130m shape; its host time doubled the step). Memory held stays under twice the peak
+   * the program needed at once.
+   */
   constructor(readonly device: GPUDevice, readonly description: string, private readonly keepAlive: unknown, poolBytes?: number) {
     this.limits = device.limits;
     this.hasSubgroups = device.features.has("subgroups");
     this.hasTimestamps = device.features.has("timestamp-query");
-    this.maxFreeBytes = poolBytes ?? Math.max(256 * 2 ** 20, Math.min(4 * 2 ** 30, this.limits.maxBufferSize / 2));
+    this.poolBytes = poolBytes ?? null;
     device.lost.then((info) => {
       if (!this.destroyed) this.lost = info.message || String(info.reason);
     });
@@ -169,9 +182,19 @@ export class Gpu {
     const hit = list?.pop();
     if (hit) {
       this.freeBytes -= size;
+      this.noteInUse();
       return hit;
     }
     return this.create(size);
+  }
+
+  /** Bytes of freed buffers the pool may keep now. */
+  get poolBudget(): number {
+    return this.poolBytes ?? Math.max(MIN_POOL_BYTES, this.peakInUseBytes);
+  }
+
+  private noteInUse(): void {
+    this.peakInUseBytes = Math.max(this.peakInUseBytes, this.liveBytes - this.freeBytes);
   }
 
   /** A buffer that no pending command uses, so that queue.writeBuffer into it is ordered correctly. */
@@ -184,6 +207,7 @@ export class Gpu {
         if (list[i]!.serial < this.serial || !this.encoder) {
           const [b] = list.splice(i, 1);
           this.freeBytes -= size;
+          this.noteInUse();
           return b!;
         }
       }
@@ -203,8 +227,10 @@ export class Gpu {
 
   private create(size: number): Buf {
     const gpu = this.device.createBuffer({ size, usage: STORAGE_USAGE });
+    this.buffersCreated++;
     this.liveBytes += size;
     this.peakBytes = Math.max(this.peakBytes, this.liveBytes);
+    this.noteInUse();
     return new Buf(gpu, size, this.nextId++, 0);
   }
 
@@ -224,11 +250,12 @@ export class Gpu {
    * to what it destroys.
    */
   private trim(): void {
-    if (this.freeBytes <= this.maxFreeBytes) return;
+    const budget = this.poolBudget;
+    if (this.freeBytes <= budget) return;
     const pooled = [...this.free.values()].flat().sort((a, b) => a.freed - b.freed);
     const gone = new Set<Buf>();
     for (const b of pooled) {
-      if (this.freeBytes <= this.maxFreeBytes / 2) break;
+      if (this.freeBytes <= budget / 2) break;
       b.gpu.destroy();
       gone.add(b);
       this.freeBytes -= b.size;
