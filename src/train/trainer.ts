@@ -22,6 +22,7 @@ import { toFloat32 } from "../io/tensor.ts";
 import { initParameters, makeConfig } from "../model/init.ts";
 import { BYTE_EOS_ID, byteLevelTokenizerJson } from "../byte-tokenizer.ts";
 import { type LMWeights, MambaLM, uploadWeights } from "../model/mamba.ts";
+import { MambaCache } from "../model/cache.ts";
 import { forwardBackward } from "./backprop.ts";
 import { latestCheckpoint, writeCheckpoint } from "./checkpoint.ts";
 import { AdamW, type OptimConfig, learningRate } from "./optim.ts";
@@ -122,7 +123,7 @@ export interface HistoryRecord {
 }
 
 const DATA_SALT = 0x5eed0da7;
-const EVAL_SALT = 0x0e7a1ba7;
+export const EVAL_SALT = 0x0e7a1ba7;
 /** the validation stream of evaluateLengths (and so of keepBest's choice), apart from the final evaluation's */
 const VALID_SALT = 0x7a11d8e5;
 
@@ -337,7 +338,7 @@ export class Trainer {
     for (const seqLen of this.options.evalLengths ?? []) {
       const batchSize = Math.max(1, Math.min(n, Math.floor(2 ** 20 / seqLen)));
       const ev = await evaluateAccuracy(this.lm, makeTask({ ...this.options.task, seqLen }), this.options.seed,
-        Math.ceil(n / batchSize), batchSize, undefined, VALID_SALT);
+        Math.ceil(n / batchSize), batchSize, undefined, { salt: VALID_SALT });
       out.push({ step: this.step, seqLen, accuracy: ev.accuracy, scored: ev.scored });
     }
     this.lengthHistory.push(...out);
@@ -428,26 +429,73 @@ export interface EvalResult {
   scored: number; // scored positions seen
 }
 
+/** Bytes of the widest activation of one evaluation pass: a batch's positions run in passes of at most this. */
+const EVAL_PASS_BYTES = 256 * 2 ** 20;
+
+export interface EvalOptions {
+  /** the held-out stream: EVAL_SALT (the final evaluation's, the default) or VALID_SALT (length evaluations) */
+  salt?: number;
+  /** bytes of the widest activation a pass may make (default 256 MiB) */
+  passBytes?: number;
+}
+
 /**
  * Held-out accuracy of a model on a task: batch i comes from Rng(seed ^ salt, i), by default the final
- * evaluation's stream (EVAL_SALT). onBatch: after each batch.
+ * evaluation's stream (EVAL_SALT). onBatch: after each batch. Long batches run in passes over their positions
+ * that carry the recurrent state (the same results as one pass), so that no activation nears a device's buffer
+ * limit whatever the batch size and length; only the scored positions' logits are computed and read.
  */
 export async function evaluateAccuracy(
   lm: MambaLM, task: Task, seed: number, batches: number, batchSize: number,
-  onBatch?: (done: number, total: number) => void, salt = EVAL_SALT,
+  onBatch?: (done: number, total: number) => void, options: EvalOptions = {},
 ): Promise<EvalResult> {
+  const { salt = EVAL_SALT, passBytes = EVAL_PASS_BYTES } = options;
   const b = lm.backend;
+  const c = lm.config;
+  // in_proj's output (2E a token) is the widest activation, or the logits of a position
+  const widest = 4 * Math.max(2 * c.intermediateSize, c.paddedVocabSize, c.hiddenSize);
   let correct = 0, scored = 0;
   for (let i = 0; i < batches; i++) {
     const rng = new Rng((seed ^ salt) >>> 0, i);
     const batch = task.evalBatch ? task.evalBatch(rng, batchSize) : task.batch(rng, batchSize);
-    const ids = b.fromI32(batch.ids, [batch.ids.length]);
-    const h = lm.hidden(ids, batch.shape, null);
-    const logits = lm.logits(h);
-    const s = scoreLogits(await b.readF32(logits), batch.targets, logits.shape[logits.shape.length - 1]!);
-    correct += s.correct;
-    scored += s.scored;
-    b.dispose(ids, h, logits);
+    const { batch: B, seqLen: L } = batch.shape;
+    const len = Math.max(1, Math.min(L, Math.floor(passBytes / (widest * B)))); // positions a pass
+    const cache = len < L ? MambaCache.zeros(b, c, B) : null;
+    try {
+      for (let start = 0; start < L; start += len) {
+        const n = Math.min(len, L - start);
+        const ids = new Int32Array(B * n);
+        const rows: number[] = [];
+        const targets: number[] = [];
+        for (let r = 0; r < B; r++) {
+          ids.set(batch.ids.subarray(r * L + start, r * L + start + n), r * n);
+          for (let t = 0; t < n; t++) {
+            const y = batch.targets[r * L + start + t]!;
+            if (y >= 0) {
+              rows.push(r * n + t);
+              targets.push(y);
+            }
+          }
+        }
+        const idsT = b.fromI32(ids, [ids.length]);
+        const h = lm.hidden(idsT, { batch: B, seqLen: n }, cache);
+        b.dispose(idsT);
+        if (!rows.length) {
+          b.dispose(h);
+          continue;
+        }
+        const picked = rows.length === B * n ? h : b.takeRows(h, rows);
+        const logits = lm.logits(picked);
+        const s = scoreLogits(await b.readF32(logits), Int32Array.from(targets), logits.shape[logits.shape.length - 1]!);
+        correct += s.correct;
+        scored += s.scored;
+        b.dispose(logits);
+        if (picked !== h) b.dispose(picked);
+        b.dispose(h);
+      }
+    } finally {
+      cache?.dispose();
+    }
     onBatch?.(i + 1, batches);
   }
   return { accuracy: scored > 0 ? correct / scored : 0, correct, scored };

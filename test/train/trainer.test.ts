@@ -11,12 +11,12 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
-import { Trainer } from "../../src/train/trainer.ts";
+import { EVAL_SALT, Trainer, evaluateAccuracy } from "../../src/train/trainer.ts";
 import { latestCheckpoint } from "../../src/train/checkpoint.ts";
 import { loadModel } from "../../src/index.ts";
 import { forwardBackward } from "../../src/train/backprop.ts";
 import { namedTensors, zerosLike } from "../../src/train/params.ts";
-import { makeTask } from "../../src/train/tasks/task.ts";
+import { makeTask, scoreLogits } from "../../src/train/tasks/task.ts";
 import { Rng } from "../../src/generate/rng.ts";
 import { tinyOptions } from "./helpers/tiny-run.ts";
 
@@ -110,6 +110,27 @@ test("evaluateLengths: 16 sequences a length, recorded and checkpointed, without
   const back = await Trainer.resume(new CpuBackend(), d);
   assert.deepEqual(back.lengthHistory, t.lengthHistory, "kept across a resume");
   assert.throws(() => Trainer.create(new CpuBackend(), { ...o, evalLengths: [1] }), /evaluation lengths/);
+});
+
+test("evaluateAccuracy: passes over the positions that carry the state score as one pass of the whole batch", async () => {
+  const { t } = await run(3, tinyOptions({ steps: 3 }));
+  const task = makeTask({ ...t.options.task, seqLen: 40, numTokens: 4 });
+  const b = t.backend;
+  // the reference: one pass over each whole batch, every position's logits, argmax at the scored ones
+  let correct = 0, scored = 0;
+  for (let i = 0; i < 3; i++) {
+    const batch = task.batch(new Rng((5 ^ EVAL_SALT) >>> 0, i), 4);
+    const h = t.lm.hidden(b.fromI32(batch.ids, [batch.ids.length]), batch.shape, null);
+    const s = scoreLogits(await b.readF32(t.lm.logits(h)), batch.targets, t.lm.config.paddedVocabSize);
+    correct += s.correct;
+    scored += s.scored;
+  }
+  assert.equal(scored, 3 * 4 * 4);
+  // 1 byte: one position a pass; 3000 bytes: a few; the default: the whole batch in one pass
+  for (const passBytes of [1, 3000, undefined]) {
+    const r = await evaluateAccuracy(t.lm, task, 5, 3, 4, undefined, { passBytes });
+    assert.deepEqual([r.correct, r.scored], [correct, scored], `passBytes ${passBytes}`);
+  }
 });
 
 test("a checkpoint is a model folder: loadModel gives the trainer's logits", async () => {
