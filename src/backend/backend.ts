@@ -119,6 +119,20 @@ export interface Backend {
    *  dispatches, advancing the state tensors (conv[i]: [B, K-1, E], ssm[i]: [B, E, N]) as step mode does. ids: i32
    *  [B] -> logits [B, V]; null when this backend cannot fuse this model or batch (then run the ops one by one). */
   decodeStep?(model: StepModel, ids: Tensor, conv: readonly Tensor[], ssm: readonly Tensor[]): Tensor | null;
+  /** Optional: records the ops `fn` runs so that `run()` repeats them without the host encoding them again (as
+   *  CUDA graphs replay mamba_ssm's decode step). Every run uses the same buffers: fn's inputs must be tensors
+   *  whose contents the caller changes between runs (copyInto), and fn must not read back. The returned tensor is
+   *  fn's result, rewritten by each run and owned by the capture until dispose(). */
+  capture?(fn: () => Tensor): Captured;
+}
+
+/** Ops recorded once and run again (Backend.capture). */
+export interface Captured {
+  /** fn's result: each run() writes it again */
+  readonly output: Tensor;
+  run(): void;
+  /** Frees what the recording holds, output included. */
+  dispose(): void;
 }
 
 export function isCols(x: TensorOrCols): x is Cols {

@@ -118,6 +118,41 @@ test("webgpu: generation (greedy and sampled with penalties, batched prompts) eq
   }
 });
 
+test("webgpu: a batch too large for the fused step decodes through a recorded step, as the CPU does", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const [gpu, cpu] = await pair();
+  try {
+    const b = gpu.backend;
+    const capture = b.capture!.bind(b);
+    let captures = 0;
+    b.capture = (fn) => {
+      captures++;
+      return capture(fn);
+    };
+    const rng = new TestRng(21);
+    // 11 rows (the fused step takes 8 at most), prompts of three lengths
+    const prompts = Array.from({ length: 11 }, (_, i) => rng.ids(1 + (i % 3) * 3, cfg.vocabSize));
+    for (const o of [
+      { maxNewTokens: 9, stopTokens: [] },
+      { maxNewTokens: 9, temperature: 0.9, topK: 12, seed: 6, stopTokens: [3, 4] },
+    ]) {
+      const want = await cpu.generate(prompts, o);
+      const got = await gpu.generate(prompts, o);
+      assert.deepEqual(got.map((g) => Array.from(g)), want.map((w) => Array.from(w)), JSON.stringify(o));
+    }
+    assert.equal(captures, 4, "two recordings a generation");
+    // the recording's buffers went back to the pool: a third generation leaves as many bytes alive
+    const gb = (b as unknown as { gpu: { liveBytes: number } }).gpu;
+    await gpu.generate(prompts, { maxNewTokens: 4, stopTokens: [] });
+    const live = gb.liveBytes;
+    await gpu.generate(prompts, { maxNewTokens: 4, stopTokens: [] });
+    assert.equal(gb.liveBytes, live, "bytes alive after another generation");
+  } finally {
+    await gpu.dispose();
+    await cpu.dispose();
+  }
+});
+
 test("webgpu: the fused decode step equals step mode on the CPU (logits and states), f32/f16/bf16, batch 1 and 3", async (t) => {
   if (!(await gpuTest(t))) return;
   const configs = [

@@ -5,7 +5,7 @@
  * State tensors are rewritten by ops into a fresh buffer that then replaces the tensor's own, since a kernel
  * cannot read history in one thread that another thread is already overwriting.
  */
-import type { Backend, SampleRequest, SelectiveScanArgs, SeqShape, StepModel, Tensor, TensorOrCols } from "../backend.ts";
+import type { Backend, Captured, SampleRequest, SelectiveScanArgs, SeqShape, StepModel, Tensor, TensorOrCols } from "../backend.ts";
 import { MambaError, check } from "../../errors.ts";
 import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
 import { type Buf, Gpu, type Prepared } from "./gpu.ts";
@@ -70,6 +70,8 @@ export class WebGpuBackend implements Backend {
   private readonly scanThreads: number;
   private readonly flushEvery: number;
   private sinceFlush = 0;
+  /** while capture() records */
+  private capturing = false;
   /** The tiled matmul's configurations for many and for few output tiles. */
   private readonly tileLarge: TileConfig;
   private readonly tileSmall: TileConfig;
@@ -197,6 +199,7 @@ export class WebGpuBackend implements Backend {
       if (!(x instanceof GpuTensor) || x.owner !== this || x.disposed) continue;
       x.disposed = true;
       this.gpu.release(x.buf);
+      if (x.partner) this.gpu.release(x.partner);
       if (x.widened) this.dispose(x.widened);
       const pack = this.scanPacks.get(x);
       if (pack) {
@@ -330,7 +333,7 @@ export class WebGpuBackend implements Backend {
     const st = state ? this.t(state, "causalConv1dSilu") : null;
     if (st) check(st.numel === s.batch * (K - 1) * E, `causalConv1dSilu: state [${st.shape}] is not [${s.batch}, ${K - 1}, ${E}]`);
     const out = this.make([s.batch, s.seqLen, E], "f32");
-    const stateOut = st ? this.gpu.alloc(st.numel * 4) : null;
+    const stateOut = st ? this.stateTarget(st) : null;
     causalConv1dSilu(this.gpu, {
       x: this.f32(xs.t), ldx: xs.ld, offx: xs.off, weight: this.f32(wt), bias: bias ? this.f32(this.t(bias, "causalConv1dSilu")) : null,
       stateIn: st?.buf ?? null, stateOut, out: out.buf, B: s.batch, L: s.seqLen, E, K,
@@ -340,9 +343,18 @@ export class WebGpuBackend implements Backend {
     return out;
   }
 
-  /** Gives a state tensor the buffer an op wrote its new value into. */
+  /** Where an op writes a state tensor's new value: a buffer apart from the one it reads (the kernels read the old
+   *  history while others write), the tensor's partner when it has one. */
+  private stateTarget(st: GpuTensor): Buf {
+    return st.partner ?? this.gpu.alloc(st.numel * 4);
+  }
+
+  /** Gives a state tensor the buffer an op wrote its new value into. The old one is freed, or, while a step is
+   *  being recorded (and ever after for that tensor), kept as its partner: a recording reads and writes fixed
+   *  buffers, so a recorded step must find the state where the last one left it (capture's note). */
   private swap(st: GpuTensor, next: Buf): void {
-    this.gpu.release(st.buf);
+    if (this.capturing || st.partner) st.partner = st.buf;
+    else this.gpu.release(st.buf);
     st.buf = next;
     st.version++;
   }
@@ -390,7 +402,7 @@ export class WebGpuBackend implements Backend {
     }
     const packed = this.scanPack(A, this.t(a.deltaBias, "selectiveScan"), this.t(a.D, "selectiveScan"), E, N);
     const y = this.make([B, L, E], "f32", "the scan output");
-    const stateOut = st ? this.gpu.alloc(st.numel * 4) : null;
+    const stateOut = st ? this.stateTarget(st) : null;
     const g = scanGeometry(B, L, E, N, this.scanThreads);
     selectiveScan(this.gpu, g, {
       u: u.buf, delta: this.f32(delta.t), ldD: delta.ld, offD: delta.off, packed, BC, ldBC, offB, offC,
@@ -468,6 +480,47 @@ export class WebGpuBackend implements Backend {
     gpu.replay(plan.plan);
     this.sinceFlush += plan.plan.length;
     return this.matmul(plan.normed, w.head, null);
+  }
+
+  /**
+   * Records fn's dispatches once (Backend.capture). State tensors that ops rewrite into a new buffer (the conv and
+   * SSM states of step mode) keep the buffer they left as a partner: a recording reads the state from buffer S0 and
+   * writes it to S1, and a second recording of the same step then reads S1 and writes S0. So a caller that
+   * replays a step records it twice and alternates the two, as generate's Stepper does.
+   */
+  capture(fn: () => Tensor): Captured {
+    const gpu = this.gpu;
+    let out: Tensor | null = null;
+    this.capturing = true;
+    let recorded: { plan: Prepared[]; held: Buf[] };
+    try {
+      recorded = gpu.capture(() => {
+        out = fn();
+      });
+    } finally {
+      this.capturing = false;
+    }
+    const { plan, held } = recorded;
+    const output = this.t(out!, "capture");
+    let live = true;
+    return {
+      output,
+      run: () => {
+        check(live, "this captured step was disposed");
+        gpu.replay(plan);
+        this.sinceFlush += plan.length;
+        if (this.sinceFlush >= this.flushEvery) {
+          this.sinceFlush = 0;
+          gpu.submitEarly();
+        }
+      },
+      dispose: () => {
+        if (!live) return;
+        live = false;
+        this.dispose(output);
+        gpu.releaseHeld(held);
+      },
+    };
   }
 
   /** Encodes one fused step (the layers and norm_f) over buffers kept for it, recording its dispatches. */

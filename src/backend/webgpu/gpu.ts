@@ -131,6 +131,8 @@ export class Gpu {
   /** while profileKernels encodes: its query set and the kernel of each pass so far */
   private profiling: { set: GPUQuerySet; names: string[] } | null = null;
   private recording: Prepared[] | null = null;
+  /** while capture() records: the buffers released meanwhile (the recording refers to them) */
+  private captured: Set<Buf> | null = null;
   private errors: string[] = [];
   private lost: string | null = null;
   private destroyed = false;
@@ -236,6 +238,7 @@ export class Gpu {
 
   release(b: Buf): void {
     if (b === this.dummy || b === this.dummyOut || this.destroyed) return;
+    this.captured?.add(b);
     b.freed = ++this.releases;
     const list = this.free.get(b.size);
     if (list) list.push(b);
@@ -250,6 +253,7 @@ export class Gpu {
    * to what it destroys.
    */
   private trim(): void {
+    if (this.recording) return; // a recording may refer to pooled buffers until capture() takes them out
     const budget = this.poolBudget;
     if (this.freeBytes <= budget) return;
     const pooled = [...this.free.values()].flat().sort((a, b) => a.freed - b.freed);
@@ -419,6 +423,38 @@ export class Gpu {
     }
   }
 
+  /**
+   * Records the dispatches `fn` encodes (as record does) and takes the buffers released meanwhile out of the pool:
+   * the recording refers to them, so nothing else may get them until `releaseHeld(held)`. Buffers still alive
+   * after fn stay with whoever holds them. Throws if fn reads back (a recording cannot wait for the GPU).
+   */
+  capture(fn: () => void): { plan: Prepared[]; held: Buf[] } {
+    if (this.recording || this.captured) throw new MambaError("capture: already recording");
+    this.captured = new Set();
+    try {
+      const plan = this.record(fn);
+      const held: Buf[] = [];
+      for (const b of this.captured) {
+        const list = this.free.get(b.size);
+        const i = list ? list.indexOf(b) : -1;
+        if (i < 0) continue; // taken again inside fn, and alive
+        list!.splice(i, 1);
+        if (!list!.length) this.free.delete(b.size);
+        this.freeBytes -= b.size;
+        held.push(b);
+      }
+      this.noteInUse();
+      return { plan, held };
+    } finally {
+      this.captured = null;
+    }
+  }
+
+  /** Gives the buffers a capture held back to the pool (its recording must not be replayed afterwards). */
+  releaseHeld(held: readonly Buf[]): void {
+    for (const b of held) this.release(b);
+  }
+
   /** Encodes recorded dispatches again: a few calls each, no lookups (the buffers must be the recorded ones). */
   replay(plan: readonly Prepared[]): void {
     this.check();
@@ -456,6 +492,7 @@ export class Gpu {
   /** Copies `bytes` of a buffer to the host; submits the pending work. */
   async read(b: Buf, bytes: number): Promise<ArrayBuffer> {
     this.check();
+    if (this.recording) throw new MambaError("a recorded step cannot read back from the GPU");
     const size = Math.ceil(Math.max(4, bytes) / 4) * 4;
     const staging = this.takeStaging(size);
     this.encoder ??= this.device.createCommandEncoder();

@@ -12,14 +12,23 @@ let gpu: GPU | null = null;
  *    here reads shared memory it has not written, and the fill cost about 20 us a layer in decode;
  *  - disable_robustness: Dawn clamps every buffer index in shaders; every read here is bounds-checked already.
  * MAMBA_TS_DAWN_TOGGLES replaces the list (comma-separated; empty for none).
+ * And one it runs without:
+ *  - timestamp_quantization: Dawn rounds GPU timestamps (to 65.5 us on the H200), a browser's guard against
+ *    timing attacks; it made per-kernel profiles count a 10 us kernel as 0 or 65 us.
+ * MAMBA_TS_DAWN_DISABLED_TOGGLES replaces that list.
  */
 const DEFAULT_TOGGLES = "disable_workgroup_init,disable_robustness";
+const DEFAULT_DISABLED_TOGGLES = "timestamp_quantization";
 
 /** Dawn's GPU object, created once per process. Dawn crashes the process if this object is garbage-collected
  *  while any adapter, device or buffer lives, so the module keeps it referenced for the process's lifetime. */
 export function nodeGpu(): GPU {
   const toggles = process.env.MAMBA_TS_DAWN_TOGGLES ?? DEFAULT_TOGGLES;
-  gpu ??= create(toggles ? [`enable-dawn-features=${toggles}`] : []);
+  const disabled = process.env.MAMBA_TS_DAWN_DISABLED_TOGGLES ?? DEFAULT_DISABLED_TOGGLES;
+  gpu ??= create([
+    ...(toggles ? [`enable-dawn-features=${toggles}`] : []),
+    ...(disabled ? [`disable-dawn-features=${disabled}`] : []),
+  ]);
   return gpu;
 }
 

@@ -17,6 +17,9 @@ export class GpuTensor implements Tensor {
   disposed = false;
   /** Bumped whenever an op overwrites the tensor's values, so that caches derived from it can tell. */
   version = 0;
+  /** A state tensor's previous buffer, kept once it took part in a recorded step: the op after writes into it, so
+   *  two recordings of the step alternate between two fixed buffers (WebGpuBackend.capture). */
+  partner: Buf | null = null;
   constructor(
     readonly shape: readonly number[],
     readonly dtype: "f32" | "i32",
