@@ -183,6 +183,7 @@ for (const c of backendCases) {
         { B: 1, L: 200, E: 7, N: 5, z: true, chunks: [200] }, // long enough to be split into chunks
         { B: 2, L: 300, E: 3, N: 16, z: true, chunks: [1, 170, 129] },
         { B: 2, L: 1, E: 257, N: 16, z: true, chunks: [1] },
+        { B: 70, L: 1, E: 9, N: 33, z: false, chunks: [1] }, // step mode: lanes of a channel past N, many rows
       ];
       for (const s of cases) {
         const { B, L, E, N } = s;
@@ -237,16 +238,17 @@ for (const c of backendCases) {
     });
 
     it("selectiveScan without a state: zeros before the first position, nothing returned", async (bk) => {
-      const [B, L, E, N] = [2, 70, 9, 4];
-      const rng = new Rng(99);
-      const data = [rand(rng, B * L * E), rand(rng, B * L * E, -3, 1), rand(rng, E), rand(rng, E * N, 0, 1),
-        rand(rng, B * L * N), rand(rng, B * L * N), rand(rng, E)];
-      const run = async (k: Backend) => {
-        const [u, d, bias, A, Bm, Cm, D] = data.map((x, i) => k.fromF32(x, i === 3 ? [E, N] : i === 2 || i === 6 ? [E] : [B * L, x.length / (B * L)]));
-        const y = k.selectiveScan({ batch: B, seqLen: L, u: u!, delta: d!, deltaBias: bias!, A_log: A!, B: Bm!, C: Cm!, D: D!, z: null, state: null });
-        return k.readF32(y);
+      for (const [B, L, E, N] of [[2, 70, 9, 4], [3, 1, 9, 4]] as const) {
+        const rng = new Rng(99 + L);
+        const data = [rand(rng, B * L * E), rand(rng, B * L * E, -3, 1), rand(rng, E), rand(rng, E * N, 0, 1),
+          rand(rng, B * L * N), rand(rng, B * L * N), rand(rng, E)];
+        const run = async (k: Backend) => {
+          const [u, d, bias, A, Bm, Cm, D] = data.map((x, i) => k.fromF32(x, i === 3 ? [E, N] : i === 2 || i === 6 ? [E] : [B * L, x.length / (B * L)]));
+          const y = k.selectiveScan({ batch: B, seqLen: L, u: u!, delta: d!, deltaBias: bias!, A_log: A!, B: Bm!, C: Cm!, D: D!, z: null, state: null });
+          return k.readF32(y);
       };
-      assertClose(await run(bk), await run(ref), 1e-4, "scan without state");
+      assertClose(await run(bk), await run(ref), 1e-4, `scan without state, L = ${L}`);
+      }
     });
 
     it("sample: greedy, temperature, top-k, top-p, min-p, repetition penalty, padded rows", async (bk) => {
