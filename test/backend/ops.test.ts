@@ -246,8 +246,8 @@ for (const c of backendCases) {
           const [u, d, bias, A, Bm, Cm, D] = data.map((x, i) => k.fromF32(x, i === 3 ? [E, N] : i === 2 || i === 6 ? [E] : [B * L, x.length / (B * L)]));
           const y = k.selectiveScan({ batch: B, seqLen: L, u: u!, delta: d!, deltaBias: bias!, A_log: A!, B: Bm!, C: Cm!, D: D!, z: null, state: null });
           return k.readF32(y);
-      };
-      assertClose(await run(bk), await run(ref), 1e-4, `scan without state, L = ${L}`);
+        };
+        assertClose(await run(bk), await run(ref), 1e-4, `scan without state, L = ${L}`);
       }
     });
 
