@@ -54,8 +54,8 @@ export interface WebGpuTuning {
   /** bytes of freed GPU buffers kept for reuse; beyond it the longest-unused are destroyed (default: the largest
    *  working set so far, at least 256 MiB, so a loop that frees and retakes its buffers never recreates them) */
   poolBytes?: number;
-  /** K columns per shared tile of the tiled matmuls: 8, 16 or 32 (default 8 for the forward's, 16 for the
-   *  training backward's; when set, both use it) */
+  /** K columns per shared tile of the tiled matmuls: 8, 16 or 32 (default 8 for the forward's; the training
+   *  backward's 8 for its 128 × 128 tiles, 16 for its 64 × 64; when set, all use it) */
   matmulBK?: number;
   /** shared tile buffers of the forward tiled matmul: 1 (default; two barriers a K tile) or 2 (one barrier a K tile) */
   matmulBuffers?: number;

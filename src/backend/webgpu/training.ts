@@ -26,7 +26,7 @@ import { blockSum, blocks } from "./kernels/backward/block-sum.ts";
 import { reduceGroups, stacked } from "./kernels/backward/reduce-groups.ts";
 import { colsum, colsumChunks } from "./kernels/backward/colsum.ts";
 import { countTargets, crossEntropyRows } from "./kernels/backward/cross-entropy.ts";
-import { BWD_TILE_LARGE, matmulBackwardTiled, pickTile, splitK, type Operand } from "./kernels/backward/matmul-backward.ts";
+import { matmulBackwardTiled, pickTile, splitK, type Operand } from "./kernels/backward/matmul-backward.ts";
 import { rmsNormBackward } from "./kernels/backward/rmsnorm-backward.ts";
 import { embeddingBackward, positionsById } from "./kernels/backward/embedding-backward.ts";
 import { embeddingBackwardSerial } from "./kernels/backward/embedding-backward-serial.ts";
@@ -75,8 +75,8 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   private readonly hostInts = new WeakMap<GpuTensor, { data: Int32Array; version: number }>();
   private readonly scanChunk: number;
   private readonly scanSubTile: number;
-  /** K tile of the backward's tiled products (the forward's matmulBK when set) */
-  private readonly backwardBK: number;
+  /** K tile of the backward's tiled products (the forward's matmulBK when set; else each tile size's own) */
+  private readonly backwardBK: number | undefined;
   private readonly scanReduceWidth: number;
   private readonly scanKernel: "lanes" | "channel";
   private readonly scanLanes: number;
@@ -85,7 +85,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
 
   constructor(gpu: Gpu, tuning: WebGpuTrainingTuning = {}) {
     super(gpu, tuning);
-    this.backwardBK = tuning.matmulBK ?? BWD_TILE_LARGE.BK;
+    this.backwardBK = tuning.matmulBK;
     this.scanChunk = tuning.scanBackwardChunk ?? 0;
     this.scanSubTile = tuning.scanBackwardSubTile ?? 0;
     this.scanReduceWidth = scanBwdReduceWidth(gpu, tuning.scanBackwardReduceWidth);

@@ -22,10 +22,10 @@ export interface BwdTile {
   BK: number; // reduction columns per shared tile: 8, 16 or 32
 }
 
-// K tiles of 16: the forward's kernel measured 19% faster with 8 (matmul.ts), but a 130m training step with 8 here
-// ran 1532 ms against 1475 with 16 in an earlier session on another machine; until the two are compared on one
-// machine, 16 stays (WebGpuTuning.matmulBK sets both kernels)
-export const BWD_TILE_LARGE: BwdTile = { BM: 128, BN: 128, TM: 8, TN: 8, BK: 16 };
+// K tiles by tile size, from one micro-batch of a 130m training step (4 x 2048) on one H200, per-kernel GPU time:
+// the 128 x 128 products took 141.9 ms with K tiles of 8 against 151.7 with 16; the 64 x 64 ones 33.6 ms with 8
+// against 28.8 with 16 (BENCHMARKS.md, training). WebGpuTuning.matmulBK sets both.
+export const BWD_TILE_LARGE: BwdTile = { BM: 128, BN: 128, TM: 8, TN: 8, BK: 8 };
 export const BWD_TILE_SMALL: BwdTile = { BM: 64, BN: 64, TM: 4, TN: 4, BK: 16 };
 
 const wgsl = (c: BwdTile, aKMajor: boolean) => /* wgsl */ `
@@ -173,9 +173,10 @@ export function splitK(M: number, N: number, K: number, tile: BwdTile): { splits
   return { splits: Math.ceil(K / kPer), kPer };
 }
 
-/** 128 × 128 tiles where they make at least 128 workgroups, else 64 × 64; K tiles of BK. */
-export function pickTile(M: number, N: number, BK = BWD_TILE_LARGE.BK): BwdTile {
-  return { ...(Math.ceil(M / 128) * Math.ceil(N / 128) >= 128 ? BWD_TILE_LARGE : BWD_TILE_SMALL), BK };
+/** 128 × 128 tiles where they make at least 128 workgroups, else 64 × 64; K tiles of BK (default: the tile's). */
+export function pickTile(M: number, N: number, BK?: number): BwdTile {
+  const tile = Math.ceil(M / 128) * Math.ceil(N / 128) >= 128 ? BWD_TILE_LARGE : BWD_TILE_SMALL;
+  return { ...tile, BK: BK ?? tile.BK };
 }
 
 /**
