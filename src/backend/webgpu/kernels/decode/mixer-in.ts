@@ -155,6 +155,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   // 4. this group's share of x_proj
   for (var j = t; j < p.J; j += WG) {
     var a: array<f32, MAXB>;
+    for (var b = 0u; b < MAXB; b++) { a[b] = 0.0; } // zeroed each pass: a declaration in a loop is not, on Dawn
     for (var cc = 0u; cc < CH; cc++) {
       let ee = e0 + cc;
       if (ee < E) {
