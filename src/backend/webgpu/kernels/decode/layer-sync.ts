@@ -54,6 +54,7 @@ const TPC = WG / CH;         // threads per channel in dt_proj
 const N = ${N}u;
 const MAXK = ${DECODE_MAX_K - 1}u;
 const BATCH = 4u;
+const LB = 8u;               // exchange words a thread loads before it looks at them
 const EMPTY = ${SYNC_EMPTY}u;
 
 struct P {
@@ -229,10 +230,34 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   }
   workgroupBarrier();
 
-  // 2a. x_proj = the sum of the G partials, in group order (dt | B | C, into us: the normalized input is used up)
-  for (var i = t; i < B * J; i += WG) {
+  // 2a. x_proj = the sum of the G partials (dt | B | C, into us: the normalized input is used up). SL slices of
+  // threads share an output, each loading LB partials at a time before looking at any (a wait per load would
+  // expose an L2 round trip per partial), then the slices' sums are added in order
+  let BJ = B * J;
+  let SL = max(1u, WG / BJ);
+  let slice = t % SL;
+  for (var i = t / SL; i < BJ; i += WG / SL) {
     var s = 0.0;
-    for (var g = 0u; g < p.G; g++) { s += waitFor(oQ + g * B * J + i); }
+    for (var g0 = slice; g0 < p.G; g0 += LB * SL) {
+      var v: array<u32, LB>;
+      for (var k = 0u; k < LB; k++) {
+        v[k] = 0u;
+        let g = g0 + k * SL;
+        if (g < p.G) { v[k] = atomicLoad(&S[oQ + g * BJ + i]); }
+      }
+      for (var k = 0u; k < LB; k++) {
+        let g = g0 + k * SL;
+        if (g < p.G) {
+          if (v[k] == EMPTY) { s += waitFor(oQ + g * BJ + i); } else { s += bitcast<f32>(v[k]); }
+        }
+      }
+    }
+    red[slice * BJ + i] = s;
+  }
+  workgroupBarrier();
+  for (var i = t; i < BJ; i += WG) {
+    var s = 0.0;
+    for (var k = 0u; k < SL; k++) { s += red[k * BJ + i]; }
     us[i] = s;
   }
   workgroupBarrier();
@@ -290,8 +315,21 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   }
   workgroupBarrier();
 
-  // 3. out_proj: y staged in workgroup memory, then 32 threads a row of W_out, rows g·8 + 8·G·k
-  for (var i = t; i < B * E; i += WG) { us[i] = waitFor(oY + i); }
+  // 3. out_proj: y staged in workgroup memory (LB loads at a time, as in 2a), then 32 threads a row of W_out,
+  // rows g·8 + 8·G·k
+  for (var i0 = t; i0 < B * E; i0 += LB * WG) {
+    var v: array<u32, LB>;
+    for (var k = 0u; k < LB; k++) {
+      v[k] = 0u;
+      if (i0 + k * WG < B * E) { v[k] = atomicLoad(&S[oY + i0 + k * WG]); }
+    }
+    for (var k = 0u; k < LB; k++) {
+      let i = i0 + k * WG;
+      if (i < B * E) {
+        if (v[k] == EMPTY) { us[i] = waitFor(oY + i); } else { us[i] = bitcast<f32>(v[k]); }
+      }
+    }
+  }
   workgroupBarrier();
   let lane = t % 32u;
   let E4 = E / 4u;
