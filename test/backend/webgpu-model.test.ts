@@ -197,6 +197,30 @@ test("webgpu: the fused decode step equals step mode on the CPU (logits and stat
   }
 });
 
+test("webgpu: the fused decode step with x_proj wider than a workgroup (332 outputs) equals step mode on the CPU", async (t) => {
+  if (!(await gpuTest(t))) return;
+  // a thread of the first kernel then makes two of x_proj's partial sums, each from zero
+  const c = makeConfig({ vocabSize: 50, hiddenSize: 64, intermediateSize: 40, stateSize: 16, timeStepRank: 300, numLayers: 2 });
+  const ps = perturbedParameters(c, 33);
+  const gpu = await modelFromTensors(c, ps, { backend: "webgpu" });
+  const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
+  try {
+    const caches = [MambaCache.zeros(gpu.backend, c, 1), MambaCache.zeros(cpu.backend, c, 1)];
+    const rng = new TestRng(77);
+    for (let step = 0; step < 3; step++) {
+      const ids = rng.ids(1, c.vocabSize);
+      const fused = gpu.backend.decodeStep!(gpu.lm, gpu.backend.fromI32(ids, [1]), caches[0]!.conv, caches[0]!.ssm);
+      assert.ok(fused, "the fused step takes this model");
+      const ct = cpu.backend.fromI32(ids, [1]);
+      const want = await cpu.backend.readF32(cpu.lm.logits(cpu.lm.hidden(ct, { batch: 1, seqLen: 1 }, caches[1]!)));
+      assertClose(await gpu.backend.readF32(fused), want, 1e-4, `step ${step} logits`);
+    }
+  } finally {
+    await gpu.dispose();
+    await cpu.dispose();
+  }
+});
+
 test("webgpu: the fused decode step with 4 and 64 channels a workgroup (decodeChannels) equals step mode on the CPU", async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");

@@ -27,14 +27,8 @@ import {
   DECODE_CHANNEL_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, decodeMixerIn, mixerInChannels,
 } from "./kernels/decode/mixer-in.ts";
 import { DECODE_MAX_BJ, decodeMixerScan } from "./kernels/decode/mixer-scan.ts";
-import { SYNC_EMPTY, SYNC_MAX_BE, decodeLayerSync, syncLayout } from "./kernels/decode/layer-sync.ts";
 
 type StepLayer = StepModel["weights"]["layers"][number];
-
-/** Polls of one wait in a grid-synced decode layer before it gives up: seconds of polling, which only a GPU that
- *  does not run all of a dispatch's workgroups at once reaches. A software adapter (lavapipe) polls about a hundred
- *  times as fast, and its threads may be slow to start; it gets 64 times as many. */
-const syncSpinLimit = (description: string) => (/llvmpipe|lavapipe|swiftshader/i.test(description) ? 1 << 28 : 1 << 22);
 
 /** A recorded fused decode step (all layers and norm_f) over buffers kept for it, replayed while its key holds. */
 interface DecodePlan {
@@ -43,16 +37,13 @@ interface DecodePlan {
   normed: GpuTensor; // [B, D]: norm_f's output, the head's input (never disposed)
   scratch: Buf[];
   plan: Prepared[];
-  /** decodeGridSync: where the timeout flag is (bytes into h), steps so far, a read of the flag in flight,
-   *  and whether one found it raised */
-  sync: { flagByte: number; steps: number; pending: boolean; failed: boolean } | null;
 }
 
 /** Where each constant sits in a layer's packed buffer (offsets in floats). */
 interface LayerPack {
   buf: GpuTensor;
   versions: string;
-  oNorm: number; oInBias: number; oConvW: number; oConvB: number; oPack: number; oOutBias: number;
+  oNorm: number; oInBias: number; oConvW: number; oConvB: number; oPack: number;
 }
 
 export interface WebGpuTuning {
@@ -71,11 +62,6 @@ export interface WebGpuTuning {
   /** channels per workgroup of the fused decode's first kernel (in_proj, conv, partial x_proj): 4, 8, 16, 32 or 64
    *  (default 16 up to 2048 channels, else 32); fewer put more of in_proj's loads in flight at once */
   decodeChannels?: number;
-  /** runs each layer of the fused decode (batch 1 – 8) as one dispatch whose workgroups wait for each other
-   *  through atomics, instead of three dispatches (kernels/decode/layer-sync.ts). Needs every workgroup of a layer
-   *  (ceil(E / channels): 96 for 130m, 128 for 1.4b) on the GPU at once, which WebGPU does not promise: off by
-   *  default; where they are not, decoding fails with an error after a few seconds instead of hanging */
-  decodeGridSync?: boolean;
 }
 
 export class WebGpuBackend implements Backend {
@@ -84,7 +70,6 @@ export class WebGpuBackend implements Backend {
   private readonly scanThreads: number;
   private readonly flushEvery: number;
   private sinceFlush = 0;
-  private readonly decodeGridSync: boolean;
   /** while capture() records */
   private capturing = false;
   /** The tiled matmul's configurations for many and for few output tiles. */
@@ -108,9 +93,6 @@ export class WebGpuBackend implements Backend {
     this.tileLarge = { ...TILE_LARGE, BK, buffers };
     this.tileSmall = { ...TILE_SMALL, BK, buffers };
     this.decodeChannels = tuning.decodeChannels ?? 0;
-    const sync = tuning.decodeGridSync ?? false;
-    check(typeof sync === "boolean" || sync === 0 || sync === 1, `decodeGridSync must be true or false, got ${String(sync)}`);
-    this.decodeGridSync = Boolean(sync);
     check(this.decodeChannels === 0 || DECODE_CHANNEL_CHOICES.includes(this.decodeChannels),
       `decodeChannels must be one of ${DECODE_CHANNEL_CHOICES.join(", ")}, got ${String(tuning.decodeChannels)}`);
     const bytes = tileBytes(this.tileLarge), most = gpu.limits.maxComputeWorkgroupStorageSize;
@@ -490,27 +472,13 @@ export class WebGpuBackend implements Backend {
     let plan = this.decodePlans.get(w);
     if (plan?.key !== key) {
       if (plan) for (const b of [plan.h, plan.normed.buf, ...plan.scratch]) gpu.release(b);
-      const sync = this.decodeGridSync && B * E <= SYNC_MAX_BE && E % 4 === 0;
-      plan = sync ? this.recordDecodeSync(model, B, key, packs, states) : this.recordDecode(model, B, key, packs, states);
+      plan = this.recordDecode(model, B, key, packs, states);
       this.decodePlans.set(w, plan);
-    }
-    const s = plan.sync;
-    if (s?.failed) {
-      throw new MambaError("decode: the workgroups of a fused layer did not all run at once on this GPU, which " +
-        "decodeGridSync needs; create the backend without it");
     }
     const tb = this.t(w.embeddings, "decodeStep");
     embedding(gpu, tb.buf, this.weightStorage(tb), tb.shape[0]!, D, idt.buf, B, plan.h);
     gpu.replay(plan.plan);
     this.sinceFlush += plan.plan.length;
-    if (s && !s.pending && s.steps++ % 16 === 0) {
-      // the flag a timed-out wait raises, read now and then without waiting for it
-      s.pending = true;
-      const h = plan.h;
-      void gpu.read(h, 4, s.flagByte).then((b) => {
-        if (new Uint32Array(b)[0] !== 0) s.failed = true;
-      }, () => {}).finally(() => { s.pending = false; });
-    }
     return this.matmul(plan.normed, w.head, null);
   }
 
@@ -596,71 +564,20 @@ export class WebGpuBackend implements Backend {
       addRmsNorm(gpu, h, res, this.f32(this.t(w.normF, "decodeStep")), c.layerNormEpsilon, B, D, normed.buf, resOut,
         (w.layers.length % 2) * B * D);
     });
-    return { key, h, normed, scratch: [res, xz, y, Q, resOut], plan, sync: null };
-  }
-
-  /** The fused step with each layer one dispatch (decodeGridSync; kernels/decode/layer-sync.ts). */
-  private recordDecodeSync(model: StepModel, B: number, key: string, packs: LayerPack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
-    const c = model.config;
-    const [D, E, N, R, K] = [c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank, c.convKernel];
-    const J = R + 2 * N;
-    const gpu = this.gpu;
-    const w = model.weights;
-    const Lyr = w.layers.length;
-    const CH = mixerInChannels(E, this.decodeChannels);
-    const G = Math.ceil(E / CH);
-    const layout = syncLayout(B, D, E, J, G);
-    const S = gpu.alloc(layout.words * 4, "the fused decode's exchange memory");
-    const clearSet = (set: number) => {
-      const o = layout.sets + set * layout.setWords;
-      fillWords(gpu, S, o, layout.setWords, SYNC_EMPTY);
-      fillWords(gpu, S, o, 2, 0);
-    };
-    // both exchange sets cleared and the flag down, once (each layer then clears the set the next one uses)
-    clearSet(0);
-    clearSet(1);
-    fillWords(gpu, S, layout.flag, 1, 0);
-    const normed = new GpuTensor([B, D], "f32", gpu.alloc(B * D * 4), "f32", this);
-    const resOut = gpu.alloc(B * D * 4);
-    const plan = gpu.record(() => {
-      for (let i = 0; i < Lyr; i++) {
-        const m = w.layers[i]!.mixer;
-        const lp = packs[i]!;
-        const [convState, ssmState] = states[i]!;
-        const wIn = this.t(m.inProj, "decodeStep"), wX = this.t(m.xProj!, "decodeStep"), wDt = this.t(m.dtProj!, "decodeStep");
-        const wOut = this.t(m.outProj, "decodeStep");
-        decodeLayerSync(gpu, {
-          B, D, E, K, J, R, N, eps: c.layerNormEpsilon, CH, G, hasRes: i > 0, par: i % 2,
-          scratch: S, layout, set: i % 2, spinLimit: syncSpinLimit(gpu.description),
-          lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB, oPack: lp.oPack,
-          oOutBias: lp.oOutBias, hasOutBias: !!m.outProjBias,
-          wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
-          wDt: wDt.buf, wsDt: this.weightStorage(wDt), wOut: wOut.buf, wsOut: this.weightStorage(wOut),
-          convState: convState.buf, ssm: ssmState.buf,
-        });
-      }
-      // the last layer used set (numLayers - 1) % 2; with an odd count that is set 0, which the next step's first
-      // layer reads
-      if (Lyr % 2 === 1) clearSet(0);
-      // norm_f over the last output and residual (halves numLayers % 2)
-      addRmsNorm(gpu, S, S, this.f32(this.t(w.normF, "decodeStep")), c.layerNormEpsilon, B, D, normed.buf, resOut,
-        layout.res + (Lyr % 2) * B * D, layout.h + (Lyr % 2) * B * D);
-    });
-    return { key, h: S, normed, scratch: [resOut], plan, sync: { flagByte: layout.flag * 4, steps: 0, pending: false, failed: false } };
+    return { key, h, normed, scratch: [res, xz, y, Q, resOut], plan };
   }
 
   /** A layer's small constants in one f32 buffer: norm [D] | in_proj bias [2E] | conv [E, K] | conv bias [E] |
    *  the scan's [E, N + 2] (A · log2 e, dt bias, D). Made once per layer; zeros stand for absent biases. */
   private layerPack(layer: StepLayer, D: number, E: number, N: number, K: number): LayerPack {
     const m = layer.mixer;
-    const parts = [layer.norm, m.inProjBias, m.conv, m.convBias, m.dtBias, m.A_log, m.D, m.outProjBias];
+    const parts = [layer.norm, m.inProjBias, m.conv, m.convBias, m.dtBias, m.A_log, m.D];
     const versions = parts.map((p) => (p ? (p as GpuTensor).version : "-")).join(",");
     const hit = this.layerPacks.get(layer);
     if (hit && hit.versions === versions) return hit;
     if (hit) this.dispose(hit.buf);
     const oNorm = 0, oInBias = D, oConvW = D + 2 * E, oConvB = oConvW + E * K, oPack = oConvB + E;
-    const oOutBias = oPack + E * (N + 2);
-    const buf = this.make([oOutBias + D], "f32");
+    const buf = this.make([oPack + E * (N + 2)], "f32");
     const put = (t: Tensor | null, off: number, n: number) => {
       if (t) {
         const g = this.t(t, "decodeStep");
@@ -674,8 +591,7 @@ export class WebGpuBackend implements Backend {
     put(m.convBias, oConvB, E);
     const packed = this.scanPack(this.t(m.A_log, "decodeStep"), this.t(m.dtBias, "decodeStep"), this.t(m.D, "decodeStep"), E, N);
     copyWords(this.gpu, packed, 0, buf.buf, oPack, E * (N + 2));
-    put(m.outProjBias, oOutBias, D);
-    const pack = { buf, versions, oNorm, oInBias, oConvW, oConvB, oPack, oOutBias };
+    const pack = { buf, versions, oNorm, oInBias, oConvW, oConvB, oPack };
     this.layerPacks.set(layer, pack);
     return pack;
   }

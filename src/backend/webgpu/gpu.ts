@@ -489,8 +489,8 @@ export class Gpu {
     this.trim();
   }
 
-  /** Copies `bytes` of a buffer (from byte `offset`, a multiple of 4) to the host; submits the pending work. */
-  async read(b: Buf, bytes: number, offset = 0): Promise<ArrayBuffer> {
+  /** Copies `bytes` of a buffer to the host; submits the pending work. */
+  async read(b: Buf, bytes: number): Promise<ArrayBuffer> {
     this.check();
     if (this.recording) throw new MambaError("a recorded step cannot read back from the GPU");
     const size = Math.ceil(Math.max(4, bytes) / 4) * 4;
@@ -500,7 +500,7 @@ export class Gpu {
       this.pass.end();
       this.pass = null;
     }
-    this.encoder.copyBufferToBuffer(b.gpu, offset, staging, 0, size);
+    this.encoder.copyBufferToBuffer(b.gpu, 0, staging, 0, size);
     b.serial = this.serial;
     this.flush();
     try {

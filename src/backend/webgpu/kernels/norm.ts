@@ -7,7 +7,7 @@ import { Params, grid } from "../gpu.ts";
 
 const wgsl = /* wgsl */ `
 // bindings: 0 x [T, D] | 1 residual [T, D] | 2 weight [D] | 3 out [T, D] | 4 residualOut [T, D] | 5 params
-struct P { T: u32, D: u32, eps: f32, hasResidual: u32, groupsX: u32, resOff: u32, xOff: u32 }
+struct P { T: u32, D: u32, eps: f32, hasResidual: u32, groupsX: u32, resOff: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> residual: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
@@ -24,7 +24,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let o = row * p.D;
   var ss = 0.0;
   for (var d = lid.x; d < p.D; d += 256u) {
-    var v = x[p.xOff + o + d];
+    var v = x[o + d];
     if (p.hasResidual != 0u) { v += residual[p.resOff + o + d]; }
     resOut[o + d] = v;
     ss = fma(v, v, ss);
@@ -42,10 +42,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
 }
 `;
 
-// x, residual: [T, D] (from words xOff and resOff of their buffers), weight: [D] -> out, residualOut: [T, D]
-export function addRmsNorm(gpu: Gpu, x: Buf, residual: Buf | null, weight: Buf, eps: number, T: number, D: number, out: Buf, resOut: Buf, resOff = 0, xOff = 0): void {
+// x, residual: [T, D] (the residual from word resOff of its buffer), weight: [D] -> out, residualOut: [T, D]
+export function addRmsNorm(gpu: Gpu, x: Buf, residual: Buf | null, weight: Buf, eps: number, T: number, D: number, out: Buf, resOut: Buf, resOff = 0): void {
   const k = gpu.kernel("add_rmsnorm", () => wgsl);
   const [gx, gy] = grid(T, gpu.limits.maxComputeWorkgroupsPerDimension);
-  const p = new Params().u32(T).u32(D).f32(eps).bool(!!residual).u32(gx).u32(resOff).u32(xOff);
+  const p = new Params().u32(T).u32(D).f32(eps).bool(!!residual).u32(gx).u32(resOff);
   gpu.dispatch(k, [x, residual ?? gpu.dummy, weight, out, resOut], p, [gx, gy]);
 }
