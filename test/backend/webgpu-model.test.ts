@@ -153,6 +153,46 @@ test("webgpu: a batch too large for the fused step decodes through a recorded st
   }
 });
 
+test("webgpu: the LTI mixer (no fused step) decodes through a recorded step that uploads constants, as the CPU does", async (t) => {
+  if (!(await gpuTest(t))) return;
+  // its mixer uploads a column of ones each step: a recording must keep that buffer for itself
+  const c = makeConfig({ vocabSize: 30, hiddenSize: 16, numLayers: 2, mixer: "lti" });
+  const ps = perturbedParameters(c, 12);
+  const gpu = await modelFromTensors(c, ps, { backend: "webgpu" });
+  const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
+  try {
+    const rng = new TestRng(13);
+    const prompts = [rng.ids(3, c.vocabSize), rng.ids(3, c.vocabSize)];
+    const o = { maxNewTokens: 12, stopTokens: [] };
+    assert.deepEqual((await gpu.generate(prompts, o)).map((g) => Array.from(g)), (await cpu.generate(prompts, o)).map((g) => Array.from(g)));
+    // the recorded step's logits, step by step, against the ops run one by one on a second cache
+    const b = gpu.backend, lm = gpu.lm, B = 2;
+    const recorded = MambaCache.zeros(b, c, B), direct = MambaCache.zeros(b, c, B);
+    const fixed = b.fromI32(new Int32Array(B), [B]);
+    const steps = [0, 1].map(() => b.capture!(() => {
+      const h = lm.hidden(fixed, { batch: B, seqLen: 1 }, recorded);
+      const lg = lm.logits(h);
+      b.dispose(h);
+      return lg;
+    }));
+    for (let s = 0; s < 4; s++) {
+      const ids = b.fromI32(rng.ids(B, c.vocabSize), [B]);
+      b.copyInto(fixed, ids);
+      steps[s % 2]!.run();
+      const h = lm.hidden(ids, { batch: B, seqLen: 1 }, direct);
+      assertClose(await b.readF32(steps[s % 2]!.output), await b.readF32(lm.logits(h)), 1e-6, `recorded step ${s}`);
+      b.dispose(ids, h);
+    }
+    steps.forEach((x) => x.dispose());
+    recorded.dispose();
+    direct.dispose();
+    b.dispose(fixed);
+  } finally {
+    await gpu.dispose();
+    await cpu.dispose();
+  }
+});
+
 test("webgpu: the fused decode step equals step mode on the CPU (logits and states), f32/f16/bf16, batch 1 and 3", async (t) => {
   if (!(await gpuTest(t))) return;
   const configs = [

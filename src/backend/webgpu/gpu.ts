@@ -131,8 +131,11 @@ export class Gpu {
   /** while profileKernels encodes: its query set and the kernel of each pass so far */
   private profiling: { set: GPUQuerySet; names: string[] } | null = null;
   private recording: Prepared[] | null = null;
-  /** while capture() records: the buffers released meanwhile (the recording refers to them) */
+  /** while capture() records: the buffers released meanwhile (the recording refers to them), and those host data
+   *  was uploaded into (written once, now: no other tensor of the recording may have them) */
   private captured: Set<Buf> | null = null;
+  private capturedUploads: Set<Buf> | null = null;
+  private pinned: Buf[] = [];
   private errors: string[] = [];
   private lost: string | null = null;
   private destroyed = false;
@@ -238,6 +241,10 @@ export class Gpu {
 
   release(b: Buf): void {
     if (b === this.dummy || b === this.dummyOut || this.destroyed) return;
+    if (this.capturedUploads?.has(b)) {
+      this.pinned.push(b); // held by the capture, outside the pool (capture())
+      return;
+    }
     this.captured?.add(b);
     b.freed = ++this.releases;
     const list = this.free.get(b.size);
@@ -275,7 +282,9 @@ export class Gpu {
   /** Writes host data into a fresh buffer. */
   upload(data: ArrayBufferView, what = "a tensor"): Buf {
     const bytes = data.byteLength;
-    const b = this.allocClean(Math.max(4, bytes), what);
+    // while capturing, a buffer of its own: a pooled one may be an intermediate that the replays rewrite
+    const b = this.capturedUploads ? this.create(bucket(Math.max(4, bytes))) : this.allocClean(Math.max(4, bytes), what);
+    this.capturedUploads?.add(b);
     const padded = bytes % 4 === 0 ? data : padTo4(data);
     if (padded.byteLength > 0) this.device.queue.writeBuffer(b.gpu, 0, padded.buffer, padded.byteOffset, padded.byteLength);
     return b;
@@ -431,9 +440,13 @@ export class Gpu {
   capture(fn: () => void): { plan: Prepared[]; held: Buf[] } {
     if (this.recording || this.captured) throw new MambaError("capture: already recording");
     this.captured = new Set();
+    this.capturedUploads = new Set();
+    this.pinned = [];
     try {
       const plan = this.record(fn);
-      const held: Buf[] = [];
+      // uploads made during fn hold constants its replays read (an LTI mixer's column of ones): the recording keeps
+      // them whether or not fn freed them; the tensors still alive keep theirs
+      const held: Buf[] = this.pinned;
       for (const b of this.captured) {
         const list = this.free.get(b.size);
         const i = list ? list.indexOf(b) : -1;
@@ -447,6 +460,8 @@ export class Gpu {
       return { plan, held };
     } finally {
       this.captured = null;
+      this.capturedUploads = null;
+      this.pinned = [];
     }
   }
 
