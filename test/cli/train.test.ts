@@ -26,6 +26,7 @@ test("train writes checkpoints and metrics.json; eval reports the same accuracy 
   const m = JSON.parse(await fs.readFile(path.join(dir, "metrics.json"), "utf8"));
   assert.equal(m.task, "selective-copying");
   assert.equal(m.mixer, "lti");
+  assert.equal(m.complete, true);
   assert.equal(m.steps, 3);
   assert.equal(m.seqLen, 12);
   assert.ok(m.accuracy >= 0 && m.accuracy <= 1);
@@ -144,4 +145,37 @@ test("train: bad options give one error line and exit code 2", async () => {
     assert.match(lines[0]!, /^mamba-ts: error: /);
     assert.match(lines[0]!, re);
   }
+});
+
+test("train stopped by Ctrl-C: a checkpoint, exit 130, and metrics.json with the run so far (no final accuracy)", async () => {
+  const { spawn } = await import("node:child_process");
+  const { BIN } = await import("../helpers/cli.ts");
+  const dir = path.join(await fs.mkdtemp(path.join(os.tmpdir(), "mamba-ts-cli-")), "run");
+  const args = ["train", "--task", "induction-heads", "--steps", "100000", ...SMALL, "--eval-lengths", "24", "--out", dir];
+  const r = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    let stderr = "";
+    let sent = false;
+    child.stderr.setEncoding("utf8").on("data", (d: string) => {
+      stderr += d;
+      // after the second checkpoint (non-TTY progress lines), stop it
+      if (!sent && (stderr.match(/checkpoint saved/g) ?? []).length >= 2) {
+        sent = true;
+        child.kill("SIGINT");
+      }
+    });
+    child.stdout.resume();
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code, stderr }));
+  });
+  assert.equal(r.code, 130, r.stderr);
+  assert.match(r.stderr, /^interrupted at step \d+; checkpoint saved in .*, continue with --resume$/m);
+  assert.doesNotMatch(r.stderr, /^\s+at /m);
+  const m = JSON.parse(await fs.readFile(path.join(dir, "metrics.json"), "utf8"));
+  const state = JSON.parse(await fs.readFile(path.join((await latestCheckpoint(dir))!, "trainer.json"), "utf8"));
+  assert.equal(m.complete, false);
+  assert.equal(m.accuracy, null);
+  assert.equal(m.steps, state.step, "the steps of the last checkpoint");
+  assert.ok(m.steps >= 4 && m.steps < 100000);
+  assert.deepEqual(m.lengthEvals, state.lengthHistory, "the length evaluations so far");
 });

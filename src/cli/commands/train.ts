@@ -1,7 +1,8 @@
 /**
  * `mamba-ts train`: trains a small Mamba on one of the paper's synthetic tasks (section 4.1) from a seeded
  * initialization, with a progress bar (loss, accuracy, tokens/s) on stderr, crash-safe checkpoints in --out and
- * DIR/metrics.json at the end (accuracy on freshly drawn held-out batches, over the scored positions only).
+ * DIR/metrics.json at the end (accuracy on freshly drawn held-out batches, over the scored positions only; when
+ * stopped early, the run so far with `complete: false` and no accuracy).
  * `--resume` continues the run in --out from its latest checkpoint, exactly as if it had not stopped; the options
  * that define the run come from the checkpoint (repeating them is allowed, changing them is an error).
  * Ctrl-C stops after the current step and writes a checkpoint first (exit code 130).
@@ -313,13 +314,31 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
   // the final length evaluation (and --keep-best's choice) before the final checkpoint, which records them
   if (!interrupted && trainer.lengthHistory.at(-1)?.step !== trainer.step) await evaluateLengths(trainer, null, dir);
   if (trainer.step !== lastSaved || !existsSync(path.join(dir, "latest"))) await trainer.save(dir);
+  const tokensPerSecond = tokens > 0 ? tokens / ((performance.now() - start) / 1000) : null;
   if (interrupted) {
+    // what the run has so far (its length evaluations, the best model kept), without the final evaluation
+    await writeFileAtomic(path.join(dir, "metrics.json"), JSON.stringify(runMetrics(trainer, dir, backendName, null, tokensPerSecond), null, 2) + "\n");
     process.stderr.write(`interrupted at step ${trainer.step}; checkpoint saved in ${dir}, continue with --resume\n`);
     return EXIT_INTERRUPTED;
   }
   const evalStart = performance.now();
   const ev = await trainer.evaluate();
-  const metrics = {
+  const metrics = runMetrics(trainer, dir, backendName, { ...ev, seconds: (performance.now() - evalStart) / 1000 }, tokensPerSecond);
+  await writeFileAtomic(path.join(dir, "metrics.json"), JSON.stringify(metrics, null, 2) + "\n");
+  await report(trainer, dir, ev.accuracy);
+  process.stdout.write(`${o.task.name} ${o.model.mixer}: accuracy ${ev.accuracy.toFixed(4)} on ${ev.scored} held-out scored positions ` +
+    `after ${trainer.step} steps (${trainer.elapsedSeconds.toFixed(1)} s of training); ${path.join(dir, "metrics.json")}\n`);
+  return 0;
+}
+
+/** DIR/metrics.json's record of a run: `complete` with the final held-out evaluation, or as far as it got when
+ *  interrupted (accuracy null). */
+function runMetrics(
+  trainer: Trainer, dir: string, backendName: string, ev: { accuracy: number; scored: number; seconds: number } | null,
+  tokensPerSecond: number | null,
+): Record<string, unknown> {
+  const o = trainer.options;
+  return {
     task: o.task.name,
     mixer: o.model.mixer,
     preset: o.preset ?? null,
@@ -330,26 +349,22 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
     statePassing: o.statePassing ?? false,
     numTokens: o.task.numTokens,
     vocabSize: o.task.vocabSize,
-    accuracy: ev.accuracy,
-    evalScoredPositions: ev.scored,
+    complete: ev !== null,
+    accuracy: ev?.accuracy ?? null,
+    evalScoredPositions: ev?.scored ?? null,
     evalBatches: o.evalBatches,
     evalBatchSize: o.batchSize,
-    evalSeconds: (performance.now() - evalStart) / 1000,
+    evalSeconds: ev?.seconds ?? null,
     lengthEvals: trainer.lengthHistory,
     lengthEvalSequences: o.evalLengths ? o.lengthEvalSequences ?? LENGTH_EVAL_SEQUENCES : null,
     best: trainer.best ? { ...trainer.best, folder: path.join(dir, "best") } : null,
     finalTrainLoss: trainer.lastStats?.loss ?? null,
     finalTrainAccuracy: trainer.lastStats?.accuracy ?? null,
     trainSeconds: trainer.elapsedSeconds,
-    tokensPerSecondThisProcess: tokens > 0 ? tokens / ((performance.now() - start) / 1000) : null,
+    tokensPerSecondThisProcess: tokensPerSecond,
     model: { ...o.model, parameters: trainer.parameterCount },
     seed: o.seed,
   };
-  await writeFileAtomic(path.join(dir, "metrics.json"), JSON.stringify(metrics, null, 2) + "\n");
-  await report(trainer, dir, ev.accuracy);
-  process.stdout.write(`${o.task.name} ${o.model.mixer}: accuracy ${ev.accuracy.toFixed(4)} on ${ev.scored} held-out scored positions ` +
-    `after ${trainer.step} steps (${trainer.elapsedSeconds.toFixed(1)} s of training); ${path.join(dir, "metrics.json")}\n`);
-  return 0;
 }
 
 /** DIR/report.html: the curves of the run so far (and the held-out accuracy at the end). */
