@@ -261,17 +261,18 @@ test("webgpu: the fused decode step with x_proj wider than a workgroup (332 outp
   }
 });
 
-test("webgpu: the fused decode step with 4 and 64 channels a workgroup (decodeChannels) equals step mode on the CPU", async (t) => {
+test("webgpu: the fused decode step with 4 and 64 channels a workgroup (decodeChannels), 128 and 256 bytes of loads (decodeLoadBytes) equals step mode on the CPU", async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
   const c = makeConfig({ vocabSize: 41, hiddenSize: 16, intermediateSize: 70, stateSize: 4, timeStepRank: 2, numLayers: 2 });
   const ps = perturbedParameters(c, 31);
   const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
   try {
-    for (const channels of [4, 64]) {
-      const gpu = await modelFromTensors(c, ps, { backend: await createWebGpuBackend({ decodeChannels: channels }) });
+    for (const tuning of [{ decodeChannels: 4 }, { decodeChannels: 64 }, { decodeLoadBytes: 128 }, { decodeLoadBytes: 256 }]) {
+      const gpu = await modelFromTensors(c, ps, { backend: await createWebGpuBackend(tuning) });
+      const what = JSON.stringify(tuning);
       try {
-        const B = 3, rng = new TestRng(200 + channels);
+        const B = 3, rng = new TestRng(200 + (tuning.decodeChannels ?? tuning.decodeLoadBytes ?? 0));
         const caches = [MambaCache.zeros(gpu.backend, c, B), MambaCache.zeros(cpu.backend, c, B)];
         for (let step = 0; step < 3; step++) {
           const ids = rng.ids(B, c.vocabSize);
@@ -280,9 +281,9 @@ test("webgpu: the fused decode step with 4 and 64 channels a workgroup (decodeCh
           assert.ok(fused, "the fused step takes this model");
           const ct = cpu.backend.fromI32(ids, [B]);
           const want = await cpu.backend.readF32(cpu.lm.logits(cpu.lm.hidden(ct, { batch: B, seqLen: 1 }, caches[1]!)));
-          assertClose(await gpu.backend.readF32(fused), want, 1e-4, `${channels} channels step ${step} logits`);
+          assertClose(await gpu.backend.readF32(fused), want, 1e-4, `${what} step ${step} logits`);
           for (let i = 0; i < c.numLayers; i++) {
-            assertClose(await gpu.backend.readF32(caches[0]!.ssm[i]!), await cpu.backend.readF32(caches[1]!.ssm[i]!), 1e-4, `${channels} channels ssm ${i}`);
+            assertClose(await gpu.backend.readF32(caches[0]!.ssm[i]!), await cpu.backend.readF32(caches[1]!.ssm[i]!), 1e-4, `${what} ssm ${i}`);
           }
           gpu.backend.dispose(it, fused);
         }
@@ -292,6 +293,7 @@ test("webgpu: the fused decode step with 4 and 64 channels a workgroup (decodeCh
       }
     }
     await assert.rejects(createWebGpuBackend({ decodeChannels: 12 }), /decodeChannels must be one of 4, 8, 16, 32, 64, got 12/);
+    await assert.rejects(createWebGpuBackend({ decodeLoadBytes: 100 }), /decodeLoadBytes must be one of 64, 128, 256, got 100/);
   } finally {
     await cpu.dispose();
   }

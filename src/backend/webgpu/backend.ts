@@ -24,7 +24,7 @@ import { copyWindow, copyWords, fillWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
 import type { WeightStorage } from "./kernels/weights.ts";
 import {
-  DECODE_CHANNEL_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, decodeMixerIn, mixerInChannels,
+  DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, decodeMixerIn, mixerInChannels,
 } from "./kernels/decode/mixer-in.ts";
 import { DECODE_MAX_BJ, decodeMixerScan } from "./kernels/decode/mixer-scan.ts";
 
@@ -62,6 +62,10 @@ export interface WebGpuTuning {
   /** channels per workgroup of the fused decode's first kernel (in_proj, conv, partial x_proj): 4, 8, 16, 32 or 64
    *  (default 16 up to 2048 channels, else 32); fewer put more of in_proj's loads in flight at once */
   decodeChannels?: number;
+  /** bytes of weights a thread of the decode kernels (the fused step's in_proj, the matrix-vector products of up to
+   *  8 rows) loads before it uses any: 64 (default), 128 or 256; more keeps more loads in flight, with more
+   *  registers */
+  decodeLoadBytes?: number;
 }
 
 export class WebGpuBackend implements Backend {
@@ -77,6 +81,8 @@ export class WebGpuBackend implements Backend {
   private readonly tileSmall: TileConfig;
   /** WebGpuTuning.decodeChannels, 0 for the default */
   private readonly decodeChannels: number;
+  /** WebGpuTuning.decodeLoadBytes */
+  private readonly decodeLoadBytes: number;
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
   private scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
   /** The fused decode's packed constants of each layer, keyed by the layer's weights object. */
@@ -93,6 +99,9 @@ export class WebGpuBackend implements Backend {
     this.tileLarge = { ...TILE_LARGE, BK, buffers };
     this.tileSmall = { ...TILE_SMALL, BK, buffers };
     this.decodeChannels = tuning.decodeChannels ?? 0;
+    this.decodeLoadBytes = tuning.decodeLoadBytes ?? 64;
+    check(DECODE_LOAD_BYTES_CHOICES.includes(this.decodeLoadBytes),
+      `decodeLoadBytes must be one of ${DECODE_LOAD_BYTES_CHOICES.join(", ")}, got ${String(tuning.decodeLoadBytes)}`);
     check(this.decodeChannels === 0 || DECODE_CHANNEL_CHOICES.includes(this.decodeChannels),
       `decodeChannels must be one of ${DECODE_CHANNEL_CHOICES.join(", ")}, got ${String(tuning.decodeChannels)}`);
     const bytes = tileBytes(this.tileLarge), most = gpu.limits.maxComputeWorkgroupStorageSize;
@@ -306,7 +315,7 @@ export class WebGpuBackend implements Backend {
       x: this.f32(xs.t), ldx: xs.ld, offx: xs.off, rows: T, K,
       w: wt.buf, ws: this.weightStorage(wt), N, bias: bt ? this.f32(bt) : null, y: y.buf,
     };
-    if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(this.gpu, args);
+    if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(this.gpu, { ...args, loadBytes: this.decodeLoadBytes });
     else {
       const largeTiles = Math.ceil(T / this.tileLarge.BM) * Math.ceil(N / this.tileLarge.BN);
       const cfg = largeTiles >= 256 ? this.tileLarge : this.tileSmall;
@@ -547,7 +556,7 @@ export class WebGpuBackend implements Backend {
           B, D, E, K, J, eps: c.layerNormEpsilon, h, res, hasRes: i > 0, par: i % 2,
           lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
           wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
-          convState: convState.buf, xz, Q, channels: this.decodeChannels,
+          convState: convState.buf, xz, Q, channels: this.decodeChannels, loadBytes: this.decodeLoadBytes,
         });
         decodeMixerScan(gpu, {
           B, E, N, R, J, G, Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
@@ -557,7 +566,7 @@ export class WebGpuBackend implements Backend {
         const wo = this.t(m.outProj, "decodeStep");
         const bias = m.outProjBias ? this.f32(this.t(m.outProjBias, "decodeStep")) : null;
         const args = { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias, y: h };
-        if (E % 4 === 0) matvec(gpu, args);
+        if (E % 4 === 0) matvec(gpu, { ...args, loadBytes: this.decodeLoadBytes });
         else matmulTiled(gpu, args, this.tileSmall);
       }
       // norm_f over h + the last residual (half numLayers % 2 of res)

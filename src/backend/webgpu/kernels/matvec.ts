@@ -11,11 +11,11 @@ import { type WeightStorage, weight4Binding, weight4Reader } from "./weights.ts"
 /** Rows of x this kernel takes at most. */
 export const MATVEC_MAX_ROWS = 8;
 
-const wgsl = (T: number, ws: WeightStorage) => /* wgsl */ `
+const wgsl = (T: number, ws: WeightStorage, loadBytes: number) => /* wgsl */ `
 // bindings: 0 x [T, ldx] f32 | 1 w [N, K] as 4-element groups | 2 bias [N] | 3 y [T, N] | 4 params
 const T = ${T}u;     // rows of x
 const RPW = 8u;      // rows of w per workgroup: one per 32 threads
-const BATCH = ${ws === "f32" ? 4 : 8}u; // loads issued together: 64 bytes a lane (f32 vec4s or packed-half pairs)
+const BATCH = ${loadBytes / (ws === "f32" ? 16 : 8)}u; // loads issued together: ${loadBytes} bytes a lane (f32 vec4s or packed-half pairs)
 
 struct P { K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, groupsX: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -73,11 +73,13 @@ export interface MatvecArgs {
   w: Buf; ws: WeightStorage; N: number;
   bias: Buf | null;
   y: Buf;
+  loadBytes?: number; // bytes of w a lane loads at once: 64 (default), 128 or 256
 }
 
 // x: [T <= 8, K] window, w: [N, K], bias: [N] -> y: [T, N]
 export function matvec(gpu: Gpu, a: MatvecArgs): void {
-  const k = gpu.kernel(`matvec_${a.rows}_${a.ws}`, () => wgsl(a.rows, a.ws));
+  const loadBytes = a.loadBytes ?? 64;
+  const k = gpu.kernel(`matvec_${a.rows}_${a.ws}${loadBytes === 64 ? "" : `_${loadBytes}`}`, () => wgsl(a.rows, a.ws, loadBytes));
   const [gx, gy] = grid(Math.ceil(a.N / 8), gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = new Params().u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias).u32(gx);
   gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y], p, [gx, gy]);

@@ -19,7 +19,7 @@ export const DECODE_MAX_BD = 4096;
 /** Conv kernel sizes the fused decode takes (the history is held in registers). */
 export const DECODE_MAX_K = 9;
 
-const wgsl = (CH: number, wsIn: WeightStorage, wsX: WeightStorage) => /* wgsl */ `
+const wgsl = (CH: number, wsIn: WeightStorage, wsX: WeightStorage, loadBytes: number) => /* wgsl */ `
 // bindings: 0 h [B, D] | 1 res [2, B, D] | 2 lp (layer constants) | 3 Win [2E, D] | 4 Wx [J, E]
 //           5 convState [B, K-1, E] in/out | 6 xz [B, 2E] out | 7 Q [groups, B, J] out | 8 params
 // grid: (ceil(E / CH))
@@ -29,7 +29,7 @@ const MAXU = ${DECODE_MAX_BD}u;
 const CH = ${CH}u;          // channels per workgroup
 const ROWS = 2u * CH;       // their in_proj rows: x then z
 const TPR = WG / ROWS;      // threads per in_proj row
-const BATCH = ${wsIn === "f32" ? 4 : 8}u; // in_proj loads issued together: 64 bytes a thread (f32 vec4s or packed-half pairs)
+const BATCH = ${loadBytes / (wsIn === "f32" ? 16 : 8)}u; // in_proj loads issued together: ${loadBytes} bytes a thread (f32 vec4s or packed-half pairs)
 const MAXK = 8u;            // conv kernel sizes up to this
 
 struct P {
@@ -175,7 +175,12 @@ export interface MixerInArgs {
   wIn: Buf; wsIn: WeightStorage; wX: Buf; wsX: WeightStorage;
   convState: Buf; xz: Buf; Q: Buf;
   channels?: number; // channels per workgroup (0 or absent: the default)
+  loadBytes?: number; // bytes of in_proj a thread loads at once (DECODE_LOAD_BYTES_CHOICES; default 64)
 }
+
+/** Bytes of weights a thread of the decode kernels (mixer-in's in_proj, matvec) loads before using any
+ *  (WebGpuTuning.decodeLoadBytes): more keeps more of the memory system busy, at the cost of registers. */
+export const DECODE_LOAD_BYTES_CHOICES: readonly number[] = [64, 128, 256];
 
 /** Channels per workgroup the kernel may take (WebGpuTuning.decodeChannels). */
 export const DECODE_CHANNEL_CHOICES: readonly number[] = [4, 8, 16, 32, 64];
@@ -191,7 +196,8 @@ export function mixerInChannels(E: number, chosen = 0): number {
 /** Runs kernel 1 with CH = mixerInChannels(E, a.channels); returns its workgroups (the partials of x_proj). */
 export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
   const CH = mixerInChannels(a.E, a.channels);
-  const k = gpu.kernel(`decode_in_${CH}_${a.wsIn}_${a.wsX}`, () => wgsl(CH, a.wsIn, a.wsX));
+  const loadBytes = a.loadBytes ?? 64;
+  const k = gpu.kernel(`decode_in_${CH}_${a.wsIn}_${a.wsX}${loadBytes === 64 ? "" : `_${loadBytes}`}`, () => wgsl(CH, a.wsIn, a.wsX, loadBytes));
   const groups = Math.ceil(a.E / CH);
   const p = new Params().u32(a.B).u32(a.D).u32(a.E).u32(a.K).u32(a.J).bool(a.hasRes).u32(a.par).f32(a.eps)
     .u32(a.oNorm).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB);
