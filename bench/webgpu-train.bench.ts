@@ -150,6 +150,14 @@ async function benchStep(): Promise<void> {
   const shape = { batch: micro, seqLen: s.seqLen };
   const ids = Array.from({ length: k }, (_, m) =>
     Int32Array.from({ length: micro * s.seqLen }, (_, i) => (i * 7919 + m * 104729) % s.vocab));
+  /** Encodes forward + backward of micro-batch m (gradients added at scale 1/k); returns its loss tensor. */
+  const encodeMicro = (m: number) => {
+    const idt = b.fromI32(ids[m]!, [ids[m]!.length]);
+    const tgt = b.fromI32(shiftedTargets(ids[m]!, shape), [ids[m]!.length]);
+    const r = forwardBackward(lm, b, idt, tgt, shape, grads, 1 / k);
+    b.dispose(idt, tgt, r.correct);
+    return r.loss;
+  };
   let step = 0;
   // host-side split of a step: encoding forward + backward, waiting for each loss, the optimizer with its sync
   const split = { encode: 0, wait: 0, optim: 0 };
@@ -158,12 +166,10 @@ async function benchStep(): Promise<void> {
     let loss = 0;
     for (let m = 0; m < k; m++) {
       const t0 = performance.now();
-      const idt = b.fromI32(ids[m]!, [ids[m]!.length]);
-      const tgt = b.fromI32(shiftedTargets(ids[m]!, shape), [ids[m]!.length]);
-      const r = forwardBackward(lm, b, idt, tgt, shape, grads, 1 / k);
+      const lossT = encodeMicro(m);
       const t1 = performance.now();
-      loss += (await b.readF32(r.loss))[0]! / k;
-      b.dispose(idt, tgt, r.loss, r.correct);
+      loss += (await b.readF32(lossT))[0]! / k;
+      b.dispose(lossT);
       split.encode += t1 - t0;
       split.wait += performance.now() - t1;
     }
@@ -195,12 +201,7 @@ async function benchStep(): Promise<void> {
       `${((b.gpu.bindGroupsCreated - created0.bindGroups) / steps).toFixed(0)} bind groups created a step`);
     // where a step's time goes: one micro-batch's forward and backward on the GPU clock (no readback inside),
     // against the step's wall time per micro-batch, and per kernel
-    const microBatch = () => {
-      const idt = b.fromI32(ids[0]!, [ids[0]!.length]);
-      const tgt = b.fromI32(shiftedTargets(ids[0]!, shape), [ids[0]!.length]);
-      const r = forwardBackward(lm, b, idt, tgt, shape, grads, 1 / k);
-      b.dispose(idt, tgt, r.loss, r.correct);
-    };
+    const microBatch = () => b.dispose(encodeMicro(0));
     const gpuMs = await b.timeGpu(microBatch);
     if (gpuMs !== null) {
       console.log(`  one micro-batch's forward + backward on the GPU clock: ${gpuMs.toFixed(1)} ms (the step: ${(t * 1000 / k).toFixed(1)} ms ` +

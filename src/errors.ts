@@ -10,3 +10,8 @@ export class MambaError extends Error {
 export function check(cond: unknown, message: string | (() => string)): asserts cond {
   if (!cond) throw new MambaError(typeof message === "string" ? message : message());
 }
+
+/** Throws unless an option that was given is one of its choices (absent: the caller's default applies). */
+export function checkChoice(name: string, given: unknown, choices: readonly unknown[]): void {
+  check(given === undefined || choices.includes(given), () => `${name} must be one of ${choices.join(", ")}, got ${String(given)}`);
+}

@@ -6,7 +6,7 @@
  * cannot read history in one thread that another thread is already overwriting.
  */
 import type { Backend, Captured, SampleRequest, SelectiveScanArgs, SeqShape, StepModel, Tensor, TensorOrCols } from "../backend.ts";
-import { MambaError, check } from "../../errors.ts";
+import { MambaError, check, checkChoice } from "../../errors.ts";
 import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
 import { type Buf, Gpu, type Prepared } from "./gpu.ts";
 import { GpuTensor, type Storage, type Window, gpuTensor, windowOf } from "./tensor.ts";
@@ -93,17 +93,15 @@ export class WebGpuBackend implements Backend {
   constructor(readonly gpu: Gpu, tuning: WebGpuTuning = {}) {
     this.scanThreads = tuning.scanThreads ?? 131072;
     this.flushEvery = tuning.flushEvery ?? 512;
+    checkChoice("matmulBK", tuning.matmulBK, MATMUL_BK_CHOICES);
+    checkChoice("matmulBuffers", tuning.matmulBuffers, MATMUL_BUFFER_CHOICES);
+    checkChoice("decodeChannels", tuning.decodeChannels === 0 ? undefined : tuning.decodeChannels, DECODE_CHANNEL_CHOICES); // 0: the default
+    checkChoice("decodeLoadBytes", tuning.decodeLoadBytes, DECODE_LOAD_BYTES_CHOICES);
     const BK = tuning.matmulBK ?? TILE_LARGE.BK, buffers = tuning.matmulBuffers ?? TILE_LARGE.buffers;
-    check(MATMUL_BK_CHOICES.includes(BK), `matmulBK must be one of ${MATMUL_BK_CHOICES.join(", ")}, got ${String(tuning.matmulBK)}`);
-    check(MATMUL_BUFFER_CHOICES.includes(buffers), `matmulBuffers must be one of ${MATMUL_BUFFER_CHOICES.join(", ")}, got ${String(tuning.matmulBuffers)}`);
     this.tileLarge = { ...TILE_LARGE, BK, buffers };
     this.tileSmall = { ...TILE_SMALL, BK, buffers };
     this.decodeChannels = tuning.decodeChannels ?? 0;
     this.decodeLoadBytes = tuning.decodeLoadBytes ?? 64;
-    check(DECODE_LOAD_BYTES_CHOICES.includes(this.decodeLoadBytes),
-      `decodeLoadBytes must be one of ${DECODE_LOAD_BYTES_CHOICES.join(", ")}, got ${String(tuning.decodeLoadBytes)}`);
-    check(this.decodeChannels === 0 || DECODE_CHANNEL_CHOICES.includes(this.decodeChannels),
-      `decodeChannels must be one of ${DECODE_CHANNEL_CHOICES.join(", ")}, got ${String(tuning.decodeChannels)}`);
     const bytes = tileBytes(this.tileLarge), most = gpu.limits.maxComputeWorkgroupStorageSize;
     check(bytes <= most, `matmulBK ${BK} with ${buffers} buffers needs ${bytes} bytes of workgroup memory, this device allows ${most}`);
   }

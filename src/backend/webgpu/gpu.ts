@@ -283,6 +283,7 @@ export class Gpu {
   upload(data: ArrayBufferView, what = "a tensor"): Buf {
     const bytes = data.byteLength;
     // while capturing, a buffer of its own: a pooled one may be an intermediate that the replays rewrite
+    this.checkSize(Math.max(4, bytes), what);
     const b = this.capturedUploads ? this.create(bucket(Math.max(4, bytes))) : this.allocClean(Math.max(4, bytes), what);
     this.capturedUploads?.add(b);
     const padded = bytes % 4 === 0 ? data : padTo4(data);

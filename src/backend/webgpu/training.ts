@@ -14,7 +14,7 @@
  */
 import type { SelectiveScanArgs, SeqShape, Tensor, TensorOrCols } from "../backend.ts";
 import type { AdamWParams, ConvGrads, CrossEntropyResult, MatmulGrads, ScanGrads, TrainingBackend } from "../training.ts";
-import { MambaError, check } from "../../errors.ts";
+import { MambaError, check, checkChoice } from "../../errors.ts";
 import type { Buf, Gpu } from "./gpu.ts";
 import { WebGpuBackend, type WebGpuTuning } from "./backend.ts";
 import { GpuTensor, type Window, gpuTensor, windowOf } from "./tensor.ts";
@@ -93,9 +93,8 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     check(kernel === undefined || kernel === "lanes" || kernel === "channel", `scanBackwardKernel must be "lanes" or "channel", got ${String(kernel)}`);
     this.scanLanes = tuning.scanBackwardLanes ?? LANES_QT;
     this.scanBlocks = tuning.scanBackwardBlocks ?? LANES_NB;
-    check(BLOCKS_CHOICES.includes(this.scanBlocks),
-      `scanBackwardBlocks must be one of ${BLOCKS_CHOICES.join(", ")}, got ${String(tuning.scanBackwardBlocks)}`);
-    check(LANES_CHOICES.includes(this.scanLanes), `scanBackwardLanes must be one of ${LANES_CHOICES.join(", ")}, got ${String(tuning.scanBackwardLanes)}`);
+    checkChoice("scanBackwardBlocks", tuning.scanBackwardBlocks, BLOCKS_CHOICES);
+    checkChoice("scanBackwardLanes", tuning.scanBackwardLanes, LANES_CHOICES);
     check(kernel !== "lanes" || lanesPossible(this.scanReduceWidth, this.scanLanes),
       `scanBackwardKernel "lanes" with ${this.scanLanes} lanes a channel needs subgroups of at least that many lanes ` +
       `(this device's reduction width is ${this.scanReduceWidth})`);

@@ -315,16 +315,17 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
   if (!interrupted && trainer.lengthHistory.at(-1)?.step !== trainer.step) await evaluateLengths(trainer, null, dir);
   if (trainer.step !== lastSaved || !existsSync(path.join(dir, "latest"))) await trainer.save(dir);
   const tokensPerSecond = tokens > 0 ? tokens / ((performance.now() - start) / 1000) : null;
+  const writeMetrics = (ev: Parameters<typeof runMetrics>[3]) =>
+    writeFileAtomic(path.join(dir, "metrics.json"), JSON.stringify(runMetrics(trainer, dir, backendName, ev, tokensPerSecond), null, 2) + "\n");
   if (interrupted) {
     // what the run has so far (its length evaluations, the best model kept), without the final evaluation
-    await writeFileAtomic(path.join(dir, "metrics.json"), JSON.stringify(runMetrics(trainer, dir, backendName, null, tokensPerSecond), null, 2) + "\n");
+    await writeMetrics(null);
     process.stderr.write(`interrupted at step ${trainer.step}; checkpoint saved in ${dir}, continue with --resume\n`);
     return EXIT_INTERRUPTED;
   }
   const evalStart = performance.now();
   const ev = await trainer.evaluate();
-  const metrics = runMetrics(trainer, dir, backendName, { ...ev, seconds: (performance.now() - evalStart) / 1000 }, tokensPerSecond);
-  await writeFileAtomic(path.join(dir, "metrics.json"), JSON.stringify(metrics, null, 2) + "\n");
+  await writeMetrics({ ...ev, seconds: (performance.now() - evalStart) / 1000 });
   await report(trainer, dir, ev.accuracy);
   process.stdout.write(`${o.task.name} ${o.model.mixer}: accuracy ${ev.accuracy.toFixed(4)} on ${ev.scored} held-out scored positions ` +
     `after ${trainer.step} steps (${trainer.elapsedSeconds.toFixed(1)} s of training); ${path.join(dir, "metrics.json")}\n`);
