@@ -282,6 +282,12 @@ async function benchBreakdown(model: MambaModel, name: ModelName, batches: numbe
       console.log(`breakdown: readback of one id (submit, copy, map): ${us((t * 1000) / 50)}`);
       b.dispose(x, lg, one32);
     } else {
+      const d0 = b.gpu.dispatches;
+      fusedStep(lm)();
+      const dispatches = b.gpu.dispatches - d0;
+      console.log(`breakdown ${name} batch ${B}, batch step: GPU ${us(await gpuTime(fusedStep(lm), 30))} a step (${dispatches} dispatches); ` +
+        `host encoding ${us(await hostTime(fusedStep(lm), 20))}`);
+      await printKernelTimes(b, lm);
       console.log(`breakdown ${name} batch ${B}, op-by-op step: GPU ${us(await gpuTime(opsStep, 30))}; host encoding ${us(await hostTime(opsStep, 20))}`);
       printProfile(await b.profileKernels(opsStep));
     }

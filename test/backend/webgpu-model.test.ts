@@ -193,7 +193,7 @@ test("webgpu: the LTI mixer (no fused step) decodes through a recorded step that
   }
 });
 
-test("webgpu: the fused decode step equals step mode on the CPU (logits and states), f32/f16/bf16, batch 1 and 3", async (t) => {
+test("webgpu: the fused decode step equals step mode on the CPU (logits and states), f32/f16/bf16, batch 1 and 3 (fused kernels), 9 and 20 (batch kernels)", async (t) => {
   if (!(await gpuTest(t))) return;
   const configs = [
     cfg,
@@ -208,7 +208,7 @@ test("webgpu: the fused decode step equals step mode on the CPU (logits and stat
       const gpu = await modelFromTensors(c, ps, { backend: "webgpu" });
       const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
       try {
-        for (const B of [1, 3]) {
+        for (const B of [1, 3, 9, 20]) {
           const rng = new TestRng(100 + B);
           const caches = [MambaCache.zeros(gpu.backend, c, B), MambaCache.zeros(cpu.backend, c, B)];
           for (let step = 0; step < 4; step++) {
@@ -234,6 +234,40 @@ test("webgpu: the fused decode step equals step mode on the CPU (logits and stat
         await cpu.dispose();
       }
     }
+  }
+});
+
+test("webgpu: the batch decode step with K-split in_proj and out_proj (partials summed by the next kernel) equals step mode on the CPU", async (t) => {
+  if (!(await gpuTest(t))) return;
+  // D 64 and E 160 give in_proj 2 and out_proj 5 K-parts at these batches; biases on, so each part's sum adds one
+  const c = makeConfig({ vocabSize: 30, hiddenSize: 64, intermediateSize: 160, stateSize: 8, timeStepRank: 5, numLayers: 3,
+    useBias: true, useConvBias: true });
+  const ps = perturbedParameters(c, 41);
+  const gpu = await modelFromTensors(c, ps, { backend: "webgpu" });
+  const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
+  try {
+    for (const B of [12, 64]) {
+      const rng = new TestRng(300 + B);
+      const caches = [MambaCache.zeros(gpu.backend, c, B), MambaCache.zeros(cpu.backend, c, B)];
+      for (let step = 0; step < 3; step++) {
+        const ids = rng.ids(B, c.vocabSize);
+        const it = gpu.backend.fromI32(ids, [B]);
+        const fused = gpu.backend.decodeStep!(gpu.lm, it, caches[0]!.conv, caches[0]!.ssm);
+        assert.ok(fused, "the batch step takes this model");
+        const ct = cpu.backend.fromI32(ids, [B]);
+        const want = await cpu.backend.readF32(cpu.lm.logits(cpu.lm.hidden(ct, { batch: B, seqLen: 1 }, caches[1]!)));
+        assertClose(await gpu.backend.readF32(fused), want, 1e-4, `B=${B} step ${step} logits`);
+        for (let i = 0; i < c.numLayers; i++) {
+          assertClose(await gpu.backend.readF32(caches[0]!.ssm[i]!), await cpu.backend.readF32(caches[1]!.ssm[i]!), 1e-4, `B=${B} step ${step} ssm ${i}`);
+          assertClose(await gpu.backend.readF32(caches[0]!.conv[i]!), await cpu.backend.readF32(caches[1]!.conv[i]!), 1e-5, `B=${B} step ${step} conv ${i}`);
+        }
+        gpu.backend.dispose(it, fused);
+      }
+      caches.forEach((k) => k.dispose());
+    }
+  } finally {
+    await gpu.dispose();
+    await cpu.dispose();
   }
 });
 

@@ -27,6 +27,8 @@ import {
   DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, decodeMixerIn, mixerInChannels,
 } from "./kernels/decode/mixer-in.ts";
 import { DECODE_MAX_BJ, decodeMixerScan } from "./kernels/decode/mixer-scan.ts";
+import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
+import { BATCH_MIXER_MAX_K, batchMixerBytes, decodeBatchMixer } from "./kernels/decode/batch-mixer.ts";
 
 type StepLayer = StepModel["weights"]["layers"][number];
 
@@ -462,7 +464,12 @@ export class WebGpuBackend implements Backend {
     const idt = this.t(ids, "decodeStep");
     const B = idt.numel;
     const J = R + 2 * N;
-    if (c.mixer !== "s6" || B > DECODE_MAX_B || B * D > DECODE_MAX_BD || B * J > DECODE_MAX_BJ || D % 4 !== 0 || K > DECODE_MAX_K) return null;
+    // up to 8 rows: three kernels a layer that each hold the whole batch (kernels/decode/mixer-*.ts); past that, or
+    // where those do not fit, four a layer whose matmuls have rows enough to fill the GPU (kernels/decode/batch-*.ts)
+    const fused = B <= DECODE_MAX_B && B * D <= DECODE_MAX_BD && B * J <= DECODE_MAX_BJ && D % 4 === 0 && K <= DECODE_MAX_K;
+    const batched = K <= BATCH_MIXER_MAX_K && B <= this.gpu.limits.maxComputeWorkgroupsPerDimension &&
+      batchMixerBytes(E, J) <= this.gpu.limits.maxComputeWorkgroupStorageSize;
+    if (c.mixer !== "s6" || !(fused || batched)) return null;
     const w = model.weights;
     const gpu = this.gpu;
     const packs = w.layers.map((layer) => this.layerPack(layer, D, E, N, K));
@@ -479,7 +486,7 @@ export class WebGpuBackend implements Backend {
     let plan = this.decodePlans.get(w);
     if (plan?.key !== key) {
       if (plan) for (const b of [plan.h, plan.normed.buf, ...plan.scratch]) gpu.release(b);
-      plan = this.recordDecode(model, B, key, packs, states);
+      plan = fused ? this.recordDecode(model, B, key, packs, states) : this.recordBatchDecode(model, B, key, packs, states);
       this.decodePlans.set(w, plan);
     }
     const tb = this.t(w.embeddings, "decodeStep");
@@ -572,6 +579,61 @@ export class WebGpuBackend implements Backend {
         (w.layers.length % 2) * B * D);
     });
     return { key, h, normed, scratch: [res, xz, y, Q, resOut], plan };
+  }
+
+  /**
+   * Encodes one batch decode step (the layers and norm_f) over buffers kept for it, recording its dispatches: a
+   * layer is the norm (summing the last out_proj's K-split partials with its bias and the residual), in_proj, the
+   * mixer kernel (conv, x_proj, dt_proj, scan step, gate) and out_proj. The matmuls split K where their tiles
+   * would leave the GPU idle, and leave the partial products for the next kernel to sum.
+   */
+  private recordBatchDecode(model: StepModel, B: number, key: string, packs: LayerPack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
+    const c = model.config;
+    const [D, E, N, R, K] = [c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank, c.convKernel];
+    const J = R + 2 * N;
+    const gpu = this.gpu;
+    const w = model.weights;
+    const tile = this.tileSmall;
+    const inSplit = splitPlan(D, kSplits(B, 2 * E, D, tile));
+    const outSplit = splitPlan(E, kSplits(B, D, E, tile));
+    const hp = gpu.alloc(outSplit.count * B * D * 4); // [S, B, D]: the embedding (one part), then out_proj's partials
+    const normed = new GpuTensor([B, D], "f32", gpu.alloc(B * D * 4), "f32", this);
+    const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other
+    const u = gpu.alloc(B * D * 4); // [B, D]: a layer's normalized input
+    const xzp = gpu.alloc(inSplit.count * B * 2 * E * 4); // [S, B, 2E]: in_proj's partials
+    const y = gpu.alloc(B * E * 4);
+    let parts = 1; // of hp: the embedding is one
+    let bias: Buf | null = null; // the last out_proj's, added by the next norm
+    const plan = gpu.record(() => {
+      for (let i = 0; i < w.layers.length; i++) {
+        const m = w.layers[i]!.mixer;
+        const lp = packs[i]!;
+        const [convState, ssmState] = states[i]!;
+        decodeBatchNorm(gpu, {
+          B, D, eps: c.layerNormEpsilon, part: hp, S: parts, bias, res, hasRes: i > 0, par: i % 2, g: lp.buf.buf, oG: lp.oNorm, out: u,
+        });
+        const wIn = this.t(m.inProj, "decodeStep");
+        matmulTiled(gpu, { x: u, ldx: D, offx: 0, rows: B, K: D, w: wIn.buf, ws: this.weightStorage(wIn), N: 2 * E, bias: null, y: xzp },
+          tile, inSplit);
+        const wX = this.t(m.xProj!, "decodeStep"), wDt = this.t(m.dtProj!, "decodeStep");
+        decodeBatchMixer(gpu, {
+          B, E, N, R, J, K, xzp, S: inSplit.count, lp: lp.buf.buf, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
+          oPack: lp.oPack, wX: wX.buf, wsX: this.weightStorage(wX), wDt: wDt.buf, wsDt: this.weightStorage(wDt),
+          convState: convState.buf, ssm: ssmState.buf, y,
+        });
+        const wo = this.t(m.outProj, "decodeStep");
+        matmulTiled(gpu, { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias: null, y: hp },
+          tile, outSplit);
+        parts = outSplit.count;
+        bias = m.outProjBias ? this.f32(this.t(m.outProjBias, "decodeStep")) : null;
+      }
+      const nl = w.layers.length;
+      decodeBatchNorm(gpu, {
+        B, D, eps: c.layerNormEpsilon, part: hp, S: parts, bias, res, hasRes: nl > 0, par: nl % 2,
+        g: this.f32(this.t(w.normF, "decodeStep")), oG: 0, out: normed.buf,
+      });
+    });
+    return { key, h: hp, normed, scratch: [res, u, xzp, y], plan };
   }
 
   /** A layer's small constants in one f32 buffer: norm [D] | in_proj bias [2E] | conv [E, K] | conv bias [E] |

@@ -1,0 +1,64 @@
+/**
+ * Batch decode, the norm before each layer's in_proj (and norm_f after the last layer), one workgroup per row:
+ * v = Σ_s part[s] (+ bias) (+ the residual), written as the new residual; out = v / sqrt(mean(v²) + eps) · g.
+ * part holds the previous out_proj's K-split partial products (or the embedding, one part), so their sum, the
+ * bias and the residual add cost no dispatch of their own. The residual lives in one [2, B, D] buffer: read from
+ * half `par`, written to half 1 - par.
+ */
+import type { Buf, Gpu } from "../../gpu.ts";
+import { Params } from "../../gpu.ts";
+
+const wgsl = /* wgsl */ `
+// bindings: 0 part [S, B, D] | 1 bias [D] | 2 res [2, B, D] | 3 g (gain from word oG) | 4 out [B, D] | 5 params
+// grid: (B)
+struct P { B: u32, D: u32, S: u32, hasBias: u32, hasRes: u32, par: u32, oG: u32, eps: f32 }
+@group(0) @binding(0) var<storage, read> part: array<f32>;
+@group(0) @binding(1) var<storage, read> bias: array<f32>;
+@group(0) @binding(2) var<storage, read_write> res: array<f32>;
+@group(0) @binding(3) var<storage, read> g: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<uniform> p: P;
+
+var<workgroup> red: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+  let t = lid.x;
+  let BD = p.B * p.D;
+  let o = wg.x * p.D;
+  let dst = (1u - p.par) * BD + o;
+  var ss = 0.0;
+  for (var d = t; d < p.D; d += 256u) {
+    var v = 0.0;
+    for (var s = 0u; s < p.S; s++) { v += part[s * BD + o + d]; }
+    if (p.hasBias != 0u) { v += bias[d]; }
+    if (p.hasRes != 0u) { v += res[p.par * BD + o + d]; }
+    res[dst + d] = v;
+    ss = fma(v, v, ss);
+  }
+  red[t] = ss;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (t < s) { red[t] += red[t + s]; }
+    workgroupBarrier();
+  }
+  let inv = inverseSqrt(red[0] / f32(p.D) + p.eps);
+  // each thread reads back only the residual values it wrote
+  for (var d = t; d < p.D; d += 256u) { out[o + d] = res[dst + d] * inv * g[p.oG + d]; }
+}
+`;
+
+export interface BatchNormArgs {
+  B: number; D: number; eps: number;
+  part: Buf; S: number; bias: Buf | null;
+  res: Buf; hasRes: boolean; par: number;
+  g: Buf; oG: number;
+  out: Buf;
+}
+
+// part: [S, B, D], bias: [D], res: [2, B, D] (half par in, half 1 - par out), g: [D] from word oG -> out: [B, D]
+export function decodeBatchNorm(gpu: Gpu, a: BatchNormArgs): void {
+  const k = gpu.kernel("decode_batchnorm", () => wgsl);
+  const p = new Params().u32(a.B).u32(a.D).u32(a.S).bool(!!a.bias).bool(a.hasRes).u32(a.par).u32(a.oG).f32(a.eps);
+  gpu.dispatch(k, [a.part, a.bias ?? gpu.dummy, a.res, a.g, a.out], p, [a.B]);
+}
