@@ -118,7 +118,7 @@ test("webgpu: generation (greedy and sampled with penalties, batched prompts) eq
   }
 });
 
-test("webgpu: a batch too large for the fused step decodes through a recorded step, as the CPU does", async (t) => {
+test("webgpu: a batch of 11 decodes through the batch step, and where no fused step takes it through a recorded step, as the CPU does", async (t) => {
   if (!(await gpuTest(t))) return;
   const [gpu, cpu] = await pair();
   try {
@@ -130,15 +130,24 @@ test("webgpu: a batch too large for the fused step decodes through a recorded st
       return capture(fn);
     };
     const rng = new TestRng(21);
-    // 11 rows (the fused step takes 8 at most), prompts of three lengths
+    // 11 rows (past the 8 of the fused kernels), prompts of three lengths
     const prompts = Array.from({ length: 11 }, (_, i) => rng.ids(1 + (i % 3) * 3, cfg.vocabSize));
-    for (const o of [
+    const options = [
       { maxNewTokens: 9, stopTokens: [] },
       { maxNewTokens: 9, temperature: 0.9, topK: 12, seed: 6, stopTokens: [3, 4] },
-    ]) {
-      const want = await cpu.generate(prompts, o);
+    ];
+    const want = await Promise.all(options.map((o) => cpu.generate(prompts, o)));
+    for (const [i, o] of options.entries()) {
       const got = await gpu.generate(prompts, o);
-      assert.deepEqual(got.map((g) => Array.from(g)), want.map((w) => Array.from(w)), JSON.stringify(o));
+      assert.deepEqual(got.map((g) => Array.from(g)), want[i]!.map((w) => Array.from(w)), `batch step ${JSON.stringify(o)}`);
+    }
+    assert.equal(captures, 0, "the batch step needs no recording of the model's ops");
+    // without a fused step (as for a mixer it does not take), generate records the model's ops and replays them
+    const decodeStep = b.decodeStep;
+    b.decodeStep = () => null;
+    for (const [i, o] of options.entries()) {
+      const got = await gpu.generate(prompts, o);
+      assert.deepEqual(got.map((g) => Array.from(g)), want[i]!.map((w) => Array.from(w)), `recorded step ${JSON.stringify(o)}`);
     }
     assert.equal(captures, 4, "two recordings a generation");
     // the recording's buffers went back to the pool: a third generation leaves as many bytes alive
@@ -147,6 +156,7 @@ test("webgpu: a batch too large for the fused step decodes through a recorded st
     const live = gb.liveBytes;
     await gpu.generate(prompts, { maxNewTokens: 4, stopTokens: [] });
     assert.equal(gb.liveBytes, live, "bytes alive after another generation");
+    b.decodeStep = decodeStep;
   } finally {
     await gpu.dispose();
     await cpu.dispose();

@@ -28,7 +28,7 @@ import {
 } from "./kernels/decode/mixer-in.ts";
 import { DECODE_MAX_BJ, decodeMixerScan } from "./kernels/decode/mixer-scan.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
-import { BATCH_MIXER_MAX_K, batchMixerBytes, decodeBatchMixer } from "./kernels/decode/batch-mixer.ts";
+import { BATCH_CONV_CHANNELS, BATCH_CONV_MAX_K, decodeBatchConv } from "./kernels/decode/batch-conv.ts";
 
 type StepLayer = StepModel["weights"]["layers"][number];
 
@@ -465,10 +465,9 @@ export class WebGpuBackend implements Backend {
     const B = idt.numel;
     const J = R + 2 * N;
     // up to 8 rows: three kernels a layer that each hold the whole batch (kernels/decode/mixer-*.ts); past that, or
-    // where those do not fit, four a layer whose matmuls have rows enough to fill the GPU (kernels/decode/batch-*.ts)
+    // where those do not fit, five a layer whose matmuls have rows enough to fill the GPU (kernels/decode/batch-*.ts)
     const fused = B <= DECODE_MAX_B && B * D <= DECODE_MAX_BD && B * J <= DECODE_MAX_BJ && D % 4 === 0 && K <= DECODE_MAX_K;
-    const batched = K <= BATCH_MIXER_MAX_K && B <= this.gpu.limits.maxComputeWorkgroupsPerDimension &&
-      batchMixerBytes(E, J) <= this.gpu.limits.maxComputeWorkgroupStorageSize;
+    const batched = K <= BATCH_CONV_MAX_K && DECODE_MAX_B * J <= DECODE_MAX_BJ;
     if (c.mixer !== "s6" || !(fused || batched)) return null;
     const w = model.weights;
     const gpu = this.gpu;
@@ -584,8 +583,9 @@ export class WebGpuBackend implements Backend {
   /**
    * Encodes one batch decode step (the layers and norm_f) over buffers kept for it, recording its dispatches: a
    * layer is the norm (summing the last out_proj's K-split partials with its bias and the residual), in_proj, the
-   * mixer kernel (conv, x_proj, dt_proj, scan step, gate) and out_proj. The matmuls split K where their tiles
-   * would leave the GPU idle, and leave the partial products for the next kernel to sum.
+   * conv with x_proj's partial sums over channel groups, the fused step's scan kernel (x_proj's sum, dt_proj, scan
+   * step, gate) by blocks of 8 rows, and out_proj. The matmuls split K where their tiles would leave the GPU idle,
+   * and leave the partial products for the next kernel to sum.
    */
   private recordBatchDecode(model: StepModel, B: number, key: string, packs: LayerPack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
     const c = model.config;
@@ -601,6 +601,8 @@ export class WebGpuBackend implements Backend {
     const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other
     const u = gpu.alloc(B * D * 4); // [B, D]: a layer's normalized input
     const xzp = gpu.alloc(inSplit.count * B * 2 * E * 4); // [S, B, 2E]: in_proj's partials
+    const xz = gpu.alloc(B * 2 * E * 4);
+    const Q = gpu.alloc(Math.ceil(E / BATCH_CONV_CHANNELS) * B * J * 4); // [G, B, J]: x_proj's partials
     const y = gpu.alloc(B * E * 4);
     let parts = 1; // of hp: the embedding is one
     let bias: Buf | null = null; // the last out_proj's, added by the next norm
@@ -616,10 +618,12 @@ export class WebGpuBackend implements Backend {
         matmulTiled(gpu, { x: u, ldx: D, offx: 0, rows: B, K: D, w: wIn.buf, ws: this.weightStorage(wIn), N: 2 * E, bias: null, y: xzp },
           tile, inSplit);
         const wX = this.t(m.xProj!, "decodeStep"), wDt = this.t(m.dtProj!, "decodeStep");
-        decodeBatchMixer(gpu, {
-          B, E, N, R, J, K, xzp, S: inSplit.count, lp: lp.buf.buf, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
-          oPack: lp.oPack, wX: wX.buf, wsX: this.weightStorage(wX), wDt: wDt.buf, wsDt: this.weightStorage(wDt),
-          convState: convState.buf, ssm: ssmState.buf, y,
+        const G = decodeBatchConv(gpu, {
+          B, E, K, J, xzp, S: inSplit.count, lp: lp.buf.buf, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
+          wX: wX.buf, wsX: this.weightStorage(wX), convState: convState.buf, xz, Q,
+        });
+        decodeMixerScan(gpu, {
+          B, E, N, R, J, G, Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt), xz, ssm: ssmState.buf, y,
         });
         const wo = this.t(m.outProj, "decodeStep");
         matmulTiled(gpu, { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias: null, y: hp },
@@ -633,7 +637,7 @@ export class WebGpuBackend implements Backend {
         g: this.f32(this.t(w.normF, "decodeStep")), oG: 0, out: normed.buf,
       });
     });
-    return { key, h: hp, normed, scratch: [res, u, xzp, y], plan };
+    return { key, h: hp, normed, scratch: [res, u, xzp, xz, Q, y], plan };
   }
 
   /** A layer's small constants in one f32 buffer: norm [D] | in_proj bias [2E] | conv [E, K] | conv bias [E] |

@@ -1,6 +1,7 @@
 /**
  * Fused decode, kernel 2 of 3 per layer: from kernel 1's partial x_proj to the gated scan output, one dispatch.
- * A workgroup owns CH channels of all B rows. Decode kernels are short, so what costs is waiting on memory: every
+ * A workgroup owns CH channels of up to 8 rows (all B rows of the fused step; a block of rows of the batch step,
+ * whose x_proj partials come from ./batch-conv.ts). Decode kernels are short, so what costs is waiting on memory: every
  * phase spreads its loads over all threads and issues them in fixed-size batches rather than one after another.
  *  1. sum kernel 1's G partials into dt | B | C of each row (workgroup memory), S slices of threads per output;
  *  2. dt_proj for the CH channels, 8 threads a channel over R, then softplus(· + bias);
@@ -20,7 +21,7 @@ const CH = 32; // channels per workgroup
 const wgsl = (N: number, ws: WeightStorage) => /* wgsl */ `
 // bindings: 0 Q [G, B, J] | 1 lp (layer constants) | 2 Wdt [E, R] | 3 xz [B, 2E] | 4 ssm [B, E, N] in/out
 //           5 y [B, E] out | 6 params
-// grid: (ceil(E / CH))
+// grid: (ceil(E / CH), ceil(B / MAXB)): workgroup (x, y) owns channels x·CH .. and rows y·MAXB ..
 const WG = 256u;
 const CH = ${CH}u;
 const N = ${N}u;
@@ -49,9 +50,11 @@ ${SOFTPLUS_WGSL}
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
   let t = lid.x;
-  let B = p.B;
+  let b0 = wg.y * MAXB;
+  let B = min(MAXB, p.B - b0); // this group's rows
   let J = p.J;
   let BJ = B * J;
+  let q0 = b0 * J;             // its rows' first x_proj value in a partial [B, J]
   let E = p.E;
   let e0 = wg.x * CH;
 
@@ -63,7 +66,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     for (var g0 = slice; g0 < p.G; g0 += BATCH * S) {
       for (var k = 0u; k < BATCH; k++) {
         let g = g0 + k * S;
-        if (g < p.G) { s += Q[g * BJ + i]; }
+        if (g < p.G) { s += Q[g * p.B * J + q0 + i]; }
       }
     }
     part[slice * BJ + i] = s;
@@ -111,10 +114,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   if (ee >= E) { return; }
   let pk = p.oPack + ee * (N + 2u); // A·log2(e) [N], dt bias, D
   let dt = dts[b * CH + cc];
-  let uv = xz[b * 2u * E + ee];
-  let zv = xz[b * 2u * E + E + ee];
+  let uv = xz[(b0 + b) * 2u * E + ee];
+  let zv = xz[(b0 + b) * 2u * E + E + ee];
   let du = dt * uv;
-  let s0 = (b * E + ee) * N;
+  let s0 = ((b0 + b) * E + ee) * N;
   var hs: array<f32, N>;
   for (var n = 0u; n < N; n++) { hs[n] = ssm[s0 + n]; }
   var out = 0.0;
@@ -124,7 +127,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     out = fma(hn, xd[b * J + p.R + N + n], out);
   }
   out = fma(lp[pk + N + 1u], uv, out);
-  y[b * E + ee] = out * zv / (1.0 + exp(-zv));
+  y[(b0 + b) * E + ee] = out * zv / (1.0 + exp(-zv));
 }
 `;
 
@@ -136,5 +139,5 @@ export interface MixerScanArgs {
 export function decodeMixerScan(gpu: Gpu, a: MixerScanArgs): void {
   const k = gpu.kernel(`decode_scan_${a.N}_${a.wsDt}`, () => wgsl(a.N, a.wsDt));
   const p = new Params().u32(a.B).u32(a.E).u32(a.R).u32(a.J).u32(a.G).u32(a.oPack);
-  gpu.dispatch(k, [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y], p, [Math.ceil(a.E / CH)]);
+  gpu.dispatch(k, [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y], p, [Math.ceil(a.E / CH), Math.ceil(a.B / DECODE_MAX_B)]);
 }

@@ -1,0 +1,122 @@
+/**
+ * Batch decode, from in_proj to x_proj's partial sums (for batches past the fused kernels' 8 rows, whose matmuls
+ * have rows enough to fill the GPU on their own). A workgroup owns CH channels of RB rows:
+ *  1. x and z = Σ_s in_proj's K-split partials + bias; the causal conv over x's history (shifted in place: the
+ *     thread of (b, e) alone reads and writes it) and SiLU; x and z written to xz [B, 2E];
+ *  2. its partial x_proj Q[g, b, j] = Σ_{e of group g} Wx[j, e] · x[b, e], which ./mixer-scan.ts sums over groups.
+ * The same work as the fused first kernel's steps 3 and 4 (./mixer-in.ts), with in_proj done by a matmul before.
+ */
+import type { Buf, Gpu } from "../../gpu.ts";
+import { Params } from "../../gpu.ts";
+import { type WeightStorage, weightBinding, weightReader } from "../weights.ts";
+
+/** Channels a workgroup: fewer leave ./mixer-scan.ts more partial sums to add. */
+export const BATCH_CONV_CHANNELS = 64;
+/** Rows a workgroup: ./mixer-scan.ts takes as many. */
+export const BATCH_CONV_ROWS = 8;
+/** Conv kernel sizes the kernel takes (the history, K - 1 values, is held in registers). */
+export const BATCH_CONV_MAX_K = 9;
+
+const wgsl = (ws: WeightStorage) => /* wgsl */ `
+// bindings: 0 xzp [S, B, 2E] in_proj partials | 1 lp (layer constants) | 2 Wx [J, E] | 3 convState [B, K-1, E] in/out
+//           4 xz [B, 2E] out | 5 Q [G, B, J] out | 6 params
+// grid: (G = ceil(E / CH), ceil(B / RB))
+const WG = 256u;
+const CH = ${BATCH_CONV_CHANNELS}u;
+const RB = ${BATCH_CONV_ROWS}u;
+const MAXK = ${BATCH_CONV_MAX_K - 1}u; // history length
+
+struct P { B: u32, E: u32, K: u32, J: u32, S: u32, oInBias: u32, oConvW: u32, oConvB: u32 }
+@group(0) @binding(0) var<storage, read> xzp: array<f32>;
+@group(0) @binding(1) var<storage, read> lp: array<f32>;
+@group(0) @binding(2) var<storage, read> wX: array<${weightBinding(ws)}>;
+@group(0) @binding(3) var<storage, read_write> convState: array<f32>;
+@group(0) @binding(4) var<storage, read_write> xz: array<f32>;
+@group(0) @binding(5) var<storage, read_write> Q: array<f32>;
+@group(0) @binding(6) var<uniform> p: P;
+
+var<workgroup> xs: array<f32, RB * CH>; // conv outputs of this group's rows and channels
+
+${weightReader(ws, "wx", "wX")}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+  let t = lid.x;
+  let B = p.B;
+  let E = p.E;
+  let K = p.K;
+  let H = K - 1u;
+  let e0 = wg.x * CH;
+  let b0 = wg.y * RB;
+  let split = B * 2u * E; // words of one K-part of in_proj
+
+  // 1. in_proj's x and z, the causal conv and SiLU, one thread per (b, channel)
+  for (var i = t; i < RB * CH; i += WG) {
+    let r = i / CH;
+    let c = i % CH;
+    let b = b0 + r;
+    let e = e0 + c;
+    var xc = 0.0;
+    if (b < B && e < E) {
+      let o = b * 2u * E + e;
+      var xv = lp[p.oInBias + e];
+      var zv = lp[p.oInBias + E + e];
+      for (var s = 0u; s < p.S; s++) {
+        xv += xzp[s * split + o];
+        zv += xzp[s * split + o + E];
+      }
+      var hist: array<f32, MAXK>;
+      for (var j = 0u; j < MAXK; j++) { if (j < H) { hist[j] = convState[(b * H + j) * E + e]; } }
+      var acc = lp[p.oConvB + e];
+      for (var j = 0u; j < MAXK; j++) { if (j < H) { acc = fma(lp[p.oConvW + e * K + j], hist[j], acc); } }
+      acc = fma(lp[p.oConvW + e * K + H], xv, acc);
+      // the history shifts by one: the oldest input leaves, x enters last
+      for (var j = 0u; j < MAXK; j++) { if (j + 1u < H) { convState[(b * H + j) * E + e] = hist[j + 1u]; } }
+      if (H > 0u) { convState[(b * H + H - 1u) * E + e] = xv; }
+      xc = acc / (1.0 + exp(-acc));
+      xz[o] = xc;
+      xz[o + E] = zv;
+    }
+    xs[i] = xc;
+  }
+  workgroupBarrier();
+
+  // 2. this group's share of x_proj, one thread per (row, output)
+  let n = min(CH, E - e0);
+  for (var i = t; i < RB * p.J; i += WG) {
+    let r = i / p.J;
+    let j = i % p.J;
+    let b = b0 + r;
+    if (b < B) {
+      let row = j * E + e0;
+      var a0 = 0.0;
+      var a1 = 0.0;
+      var c = 0u;
+      while (c + 1u < n) {
+        a0 = fma(wx(row + c), xs[r * CH + c], a0);
+        a1 = fma(wx(row + c + 1u), xs[r * CH + c + 1u], a1);
+        c += 2u;
+      }
+      if (c < n) { a0 = fma(wx(row + c), xs[r * CH + c], a0); }
+      Q[(wg.x * B + b) * p.J + j] = a0 + a1;
+    }
+  }
+}
+`;
+
+export interface BatchConvArgs {
+  B: number; E: number; K: number; J: number;
+  xzp: Buf; S: number; // in_proj's partial products [S, B, 2E], without bias
+  lp: Buf; oInBias: number; oConvW: number; oConvB: number;
+  wX: Buf; wsX: WeightStorage;
+  convState: Buf; xz: Buf; Q: Buf;
+}
+
+// xzp: [S, B, 2E], convState: [B, K-1, E] updated in place -> xz: [B, 2E], Q: [G, B, J]; returns G
+export function decodeBatchConv(gpu: Gpu, a: BatchConvArgs): number {
+  const k = gpu.kernel(`decode_batchconv_${a.wsX}`, () => wgsl(a.wsX));
+  const groups = Math.ceil(a.E / BATCH_CONV_CHANNELS);
+  const p = new Params().u32(a.B).u32(a.E).u32(a.K).u32(a.J).u32(a.S).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB);
+  gpu.dispatch(k, [a.xzp, a.lp, a.wX, a.convState, a.xz, a.Q], p, [groups, Math.ceil(a.B / BATCH_CONV_ROWS)]);
+  return groups;
+}
