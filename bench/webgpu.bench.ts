@@ -12,7 +12,8 @@
  * BENCH_ONLY=scan,matmul,decode,breakdown,forward,prefill picks sections; BENCH_MODELS=130m,1.4b picks models; BENCH_SMOKE=1
  * shrinks every shape to check the bench itself on a slow adapter. BENCH_TUNING=name:value,... sets WebGpuTuning
  * values for every backend of the run (e.g. matmulBK:8,matmulBuffers:2); BENCH_MATMUL_TUNINGS=...|... runs the
- * matmul section again with each set.
+ * matmul section again with each set; BENCH_DECODE_TUNINGS=...|... compares the decode step's GPU time with each set
+ * in one process (BENCH_DECODE_BATCHES=1,64).
  */
 import { modelFromTensors, type MambaModel } from "../src/index.ts";
 import { createWebGpuBackend, type WebGpuBackend, type WebGpuTuning } from "../src/backend/webgpu/index.ts";
@@ -386,5 +387,52 @@ export default async function run(): Promise<void> {
     if (only.has("forward")) await benchForward(m, "1.4b");
     await m.dispose();
   }
+  if (process.env.BENCH_DECODE_TUNINGS) {
+    for (const name of ["130m", "1.4b"] as const) if (models.has(name)) await benchDecodeTunings(name);
+  }
+}
+
+/**
+ * BENCH_DECODE_TUNINGS=a|b: the fused decode step's GPU time with the run's tuning and with each set, one backend
+ * each in this one process, measured in alternating rounds (separate processes on one machine moved every kernel,
+ * the tuned and the untouched alike, by up to 50%). Batches from BENCH_DECODE_BATCHES (default 1,64).
+ */
+async function benchDecodeTunings(name: ModelName): Promise<void> {
+  const sets: WebGpuTuning[] = [{}, ...parseTunings<WebGpuTuning>(process.env.BENCH_DECODE_TUNINGS)];
+  const batches = (process.env.BENCH_DECODE_BATCHES ?? "1,64").split(",").map(Number);
+  const cfg = makeConfig(SIZES[name]);
+  const params = initParameters(cfg, { seed: 0 });
+  const models: MambaModel[] = [];
+  for (const extra of sets) {
+    models.push(await modelFromTensors(cfg, params, { backend: await backend(extra) }, { source: "createModel", folder: "", dtype: "F32" }));
+  }
+  const { MambaCache } = await import("../src/model/cache.ts");
+  console.log(`\n-- decode step by tuning, ${name} (GPU time a step, median of 5 alternating rounds of 50 steps) --`);
+  for (const B of batches) {
+    const steps = models.map((m) => {
+      const b = gpuOf(m);
+      const cache = MambaCache.zeros(b, m.lm.config, B);
+      const ids = b.fromI32(new Int32Array(B).fill(7), [B]);
+      const greedy = { vocabSize: cfg.vocabSize, temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, history: null, uniforms: new Float32Array(B) };
+      return () => {
+        const lg = b.decodeStep(m.lm, ids, cache.conv, cache.ssm);
+        if (!lg) throw new Error("no fused step");
+        b.dispose(b.sample(lg, greedy), lg);
+      };
+    });
+    const times: number[][] = sets.map(() => []);
+    for (let round = 0; round < 5; round++) {
+      for (const [i, m] of models.entries()) {
+        if (!smoke) await warmUpGpu(gpuOf(m), 300);
+        times[i]!.push(await gpuMicros(gpuOf(m), steps[i]!, 50));
+      }
+    }
+    for (const [i, extra] of sets.entries()) {
+      const t = [...times[i]!].sort((x, y) => x - y);
+      console.log(`decode step ${name} batch ${B} ${JSON.stringify({ ...tuning, ...extra })}: ${t[2]!.toFixed(1)} us ` +
+        `(${t[0]!.toFixed(1)} – ${t[4]!.toFixed(1)}), ${((B * 1e6) / t[2]!).toFixed(0)} tok/s of GPU time`);
+    }
+  }
+  for (const m of models) await m.dispose();
 }
 
