@@ -17,7 +17,7 @@ export const BATCH_CONV_ROWS = 8;
 /** Conv kernel sizes the kernel takes (the history, K - 1 values, is held in registers). */
 export const BATCH_CONV_MAX_K = 9;
 
-const wgsl = (ws: WeightStorage) => /* wgsl */ `
+const wgsl = (S: number, ws: WeightStorage) => /* wgsl */ `
 // bindings: 0 xzp [S, B, 2E] in_proj partials | 1 lp (layer constants) | 2 Wx [J, E] | 3 convState [B, K-1, E] in/out
 //           4 xz [B, 2E] out | 5 Q [G, B, J] out | 6 params
 // grid: (G = ceil(E / CH), ceil(B / RB))
@@ -25,8 +25,10 @@ const WG = 256u;
 const CH = ${BATCH_CONV_CHANNELS}u;
 const RB = ${BATCH_CONV_ROWS}u;
 const MAXK = ${BATCH_CONV_MAX_K - 1}u; // history length
+const S = ${S}u;  // in_proj's K-parts: a constant, so that a thread's loads of all parts are in flight at once
+const LB = 16u;   // x_proj weights a thread loads before using any
 
-struct P { B: u32, E: u32, K: u32, J: u32, S: u32, oInBias: u32, oConvW: u32, oConvB: u32 }
+struct P { B: u32, E: u32, K: u32, J: u32, oInBias: u32, oConvW: u32, oConvB: u32 }
 @group(0) @binding(0) var<storage, read> xzp: array<f32>;
 @group(0) @binding(1) var<storage, read> lp: array<f32>;
 @group(0) @binding(2) var<storage, read> wX: array<${weightBinding(ws)}>;
@@ -61,7 +63,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       let o = b * 2u * E + e;
       var xv = lp[p.oInBias + e];
       var zv = lp[p.oInBias + E + e];
-      for (var s = 0u; s < p.S; s++) {
+      for (var s = 0u; s < S; s++) {
         xv += xzp[s * split + o];
         zv += xzp[s * split + o + E];
       }
@@ -81,8 +83,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   }
   workgroupBarrier();
 
-  // 2. this group's share of x_proj, one thread per (row, output)
-  let n = min(CH, E - e0);
+  // 2. this group's share of x_proj, one thread per (row, output), LB weights loaded at a time
   for (var i = t; i < RB * p.J; i += WG) {
     let r = i / p.J;
     let j = i % p.J;
@@ -91,13 +92,17 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       let row = j * E + e0;
       var a0 = 0.0;
       var a1 = 0.0;
-      var c = 0u;
-      while (c + 1u < n) {
-        a0 = fma(wx(row + c), xs[r * CH + c], a0);
-        a1 = fma(wx(row + c + 1u), xs[r * CH + c + 1u], a1);
-        c += 2u;
+      for (var c0 = 0u; c0 < CH; c0 += LB) {
+        var wv: array<f32, LB>;
+        for (var c = 0u; c < LB; c++) {
+          wv[c] = 0.0;
+          if (e0 + c0 + c < E) { wv[c] = wx(row + c0 + c); }
+        }
+        for (var c = 0u; c < LB; c += 2u) {
+          a0 = fma(wv[c], xs[r * CH + c0 + c], a0);
+          a1 = fma(wv[c + 1u], xs[r * CH + c0 + c + 1u], a1);
+        }
       }
-      if (c < n) { a0 = fma(wx(row + c), xs[r * CH + c], a0); }
       Q[(wg.x * B + b) * p.J + j] = a0 + a1;
     }
   }
@@ -114,9 +119,9 @@ export interface BatchConvArgs {
 
 // xzp: [S, B, 2E], convState: [B, K-1, E] updated in place -> xz: [B, 2E], Q: [G, B, J]; returns G
 export function decodeBatchConv(gpu: Gpu, a: BatchConvArgs): number {
-  const k = gpu.kernel(`decode_batchconv_${a.wsX}`, () => wgsl(a.wsX));
+  const k = gpu.kernel(`decode_batchconv_${a.S}_${a.wsX}`, () => wgsl(a.S, a.wsX));
   const groups = Math.ceil(a.E / BATCH_CONV_CHANNELS);
-  const p = new Params().u32(a.B).u32(a.E).u32(a.K).u32(a.J).u32(a.S).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB);
+  const p = new Params().u32(a.B).u32(a.E).u32(a.K).u32(a.J).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB);
   gpu.dispatch(k, [a.xzp, a.lp, a.wX, a.convState, a.xz, a.Q], p, [groups, Math.ceil(a.B / BATCH_CONV_ROWS)]);
   return groups;
 }

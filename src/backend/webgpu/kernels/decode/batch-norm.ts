@@ -8,10 +8,11 @@
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 
-const wgsl = /* wgsl */ `
+const wgsl = (S: number) => /* wgsl */ `
 // bindings: 0 part [S, B, D] | 1 bias [D] | 2 res [2, B, D] | 3 g (gain from word oG) | 4 out [B, D] | 5 params
 // grid: (B)
-struct P { B: u32, D: u32, S: u32, hasBias: u32, hasRes: u32, par: u32, oG: u32, eps: f32 }
+const S = ${S}u; // parts: a constant, so that the loop unrolls and a thread's loads of all parts are in flight at once
+struct P { B: u32, D: u32, hasBias: u32, hasRes: u32, par: u32, oG: u32, eps: f32 }
 @group(0) @binding(0) var<storage, read> part: array<f32>;
 @group(0) @binding(1) var<storage, read> bias: array<f32>;
 @group(0) @binding(2) var<storage, read_write> res: array<f32>;
@@ -30,7 +31,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   var ss = 0.0;
   for (var d = t; d < p.D; d += 256u) {
     var v = 0.0;
-    for (var s = 0u; s < p.S; s++) { v += part[s * BD + o + d]; }
+    for (var s = 0u; s < S; s++) { v += part[s * BD + o + d]; }
     if (p.hasBias != 0u) { v += bias[d]; }
     if (p.hasRes != 0u) { v += res[p.par * BD + o + d]; }
     res[dst + d] = v;
@@ -58,7 +59,7 @@ export interface BatchNormArgs {
 
 // part: [S, B, D], bias: [D], res: [2, B, D] (half par in, half 1 - par out), g: [D] from word oG -> out: [B, D]
 export function decodeBatchNorm(gpu: Gpu, a: BatchNormArgs): void {
-  const k = gpu.kernel("decode_batchnorm", () => wgsl);
-  const p = new Params().u32(a.B).u32(a.D).u32(a.S).bool(!!a.bias).bool(a.hasRes).u32(a.par).u32(a.oG).f32(a.eps);
+  const k = gpu.kernel(`decode_batchnorm_${a.S}`, () => wgsl(a.S));
+  const p = new Params().u32(a.B).u32(a.D).bool(!!a.bias).bool(a.hasRes).u32(a.par).u32(a.oG).f32(a.eps);
   gpu.dispatch(k, [a.part, a.bias ?? gpu.dummy, a.res, a.g, a.out], p, [a.B]);
 }

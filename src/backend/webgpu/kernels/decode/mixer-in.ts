@@ -106,9 +106,12 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       for (var k = 0u; k < BATCH; k++) {
         let k4 = k0 + k * TPR;
         if (k4 < D4) {
-          for (var b = 0u; b < B; b++) {
-            let o = b * D + 4u * k4;
-            acc[b] = fma(wv[k].x, us[o], fma(wv[k].y, us[o + 1u], fma(wv[k].z, us[o + 2u], fma(wv[k].w, us[o + 3u], acc[b]))));
+          // bounded by the constant MAXB, so that acc stays in registers (a loop to B indexes it at run time)
+          for (var b = 0u; b < MAXB; b++) {
+            if (b < B) {
+              let o = b * D + 4u * k4;
+              acc[b] = fma(wv[k].x, us[o], fma(wv[k].y, us[o + 1u], fma(wv[k].z, us[o + 2u], fma(wv[k].w, us[o + 3u], acc[b]))));
+            }
           }
         }
       }
@@ -160,10 +163,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       let ee = e0 + cc;
       if (ee < E) {
         let wv = wx(j * E + ee);
-        for (var b = 0u; b < B; b++) { a[b] = fma(wv, xcs[b * CH + cc], a[b]); }
+        for (var b = 0u; b < MAXB; b++) { if (b < B) { a[b] = fma(wv, xcs[b * CH + cc], a[b]); } }
       }
     }
-    for (var b = 0u; b < B; b++) { Q[(wg.x * B + b) * p.J + j] = a[b]; }
+    for (var b = 0u; b < MAXB; b++) { if (b < B) { Q[(wg.x * B + b) * p.J + j] = a[b]; } }
   }
 }
 `;

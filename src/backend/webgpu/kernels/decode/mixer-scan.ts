@@ -90,7 +90,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
         let r = r0 + 8u * k;
         if (r < p.R) {
           let wv = wdt(e * p.R + r);
-          for (var b = 0u; b < B; b++) { acc[b] = fma(wv, xd[b * J + r], acc[b]); }
+          // bounded by the constant MAXB, so that acc stays in registers (a loop to B indexes it at run time)
+          for (var b = 0u; b < MAXB; b++) { if (b < B) { acc[b] = fma(wv, xd[b * J + r], acc[b]); } }
         }
       }
     }
