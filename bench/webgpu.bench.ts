@@ -289,6 +289,7 @@ async function benchBreakdown(model: MambaModel, name: ModelName, batches: numbe
       console.log(`breakdown ${name} batch ${B}, batch step: GPU ${us(await gpuTime(fusedStep(lm), 30))} a step (${dispatches} dispatches); ` +
         `host encoding ${us(await hostTime(fusedStep(lm), 20))}`);
       await printKernelTimes(b, lm);
+      printProfile(await b.profileKernels(fusedStep(lm)));
       console.log(`breakdown ${name} batch ${B}, op-by-op step: GPU ${us(await gpuTime(opsStep, 30))}; host encoding ${us(await hostTime(opsStep, 20))}`);
       printProfile(await b.profileKernels(opsStep));
     }
