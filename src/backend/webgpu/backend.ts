@@ -26,9 +26,9 @@ import type { WeightStorage } from "./kernels/weights.ts";
 import {
   DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, decodeMixerIn, mixerInChannels,
 } from "./kernels/decode/mixer-in.ts";
-import { DECODE_MAX_BJ, decodeMixerScan } from "./kernels/decode/mixer-scan.ts";
+import { DECODE_MAX_BJ, decodeMixerScan, mixerScanBytes } from "./kernels/decode/mixer-scan.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
-import { BATCH_CONV_CHANNELS, BATCH_CONV_MAX_K, decodeBatchConv } from "./kernels/decode/batch-conv.ts";
+import { BATCH_CONV_CHANNELS, BATCH_CONV_MAX_K, batchConvBytes, decodeBatchConv } from "./kernels/decode/batch-conv.ts";
 
 type StepLayer = StepModel["weights"]["layers"][number];
 
@@ -466,8 +466,10 @@ export class WebGpuBackend implements Backend {
     const J = R + 2 * N;
     // up to 8 rows: three kernels a layer that each hold the whole batch (kernels/decode/mixer-*.ts); past that, or
     // where those do not fit, five a layer whose matmuls have rows enough to fill the GPU (kernels/decode/batch-*.ts)
-    const fused = B <= DECODE_MAX_B && B * D <= DECODE_MAX_BD && B * J <= DECODE_MAX_BJ && D % 4 === 0 && K <= DECODE_MAX_K;
-    const batched = K <= BATCH_CONV_MAX_K && DECODE_MAX_B * J <= DECODE_MAX_BJ;
+    const scanFits = mixerScanBytes(N) <= this.gpu.limits.maxComputeWorkgroupStorageSize;
+    const fused = scanFits && B <= DECODE_MAX_B && B * D <= DECODE_MAX_BD && B * J <= DECODE_MAX_BJ && D % 4 === 0 && K <= DECODE_MAX_K;
+    const batched = scanFits && K <= BATCH_CONV_MAX_K && DECODE_MAX_B * J <= DECODE_MAX_BJ &&
+      batchConvBytes(J) <= this.gpu.limits.maxComputeWorkgroupStorageSize;
     if (c.mixer !== "s6" || !(fused || batched)) return null;
     const w = model.weights;
     const gpu = this.gpu;

@@ -17,7 +17,17 @@ export const BATCH_CONV_ROWS = 8;
 /** Conv kernel sizes the kernel takes (the history, K - 1 values, is held in registers). */
 export const BATCH_CONV_MAX_K = 9;
 
-const wgsl = (S: number, ws: WeightStorage) => /* wgsl */ `
+/** Channels of Wx staged at a time (a padded row of WC + 1 per output). */
+const WC = 16;
+/** Outputs (row, j) a thread accumulates at most: RB · J ≤ 8 · WG. */
+const MAXO = 8;
+
+/** Bytes of workgroup memory the kernel needs for x_proj width J. */
+export function batchConvBytes(J: number): number {
+  return 4 * (J * (WC + 1) + BATCH_CONV_ROWS * BATCH_CONV_CHANNELS);
+}
+
+const wgsl = (S: number, J: number, ws: WeightStorage) => /* wgsl */ `
 // bindings: 0 xzp [S, B, 2E] in_proj partials | 1 lp (layer constants) | 2 Wx [J, E] | 3 convState [B, K-1, E] in/out
 //           4 xz [B, 2E] out | 5 Q [G, B, J] out | 6 params
 // grid: (G = ceil(E / CH), ceil(B / RB))
@@ -26,9 +36,11 @@ const CH = ${BATCH_CONV_CHANNELS}u;
 const RB = ${BATCH_CONV_ROWS}u;
 const MAXK = ${BATCH_CONV_MAX_K - 1}u; // history length
 const S = ${S}u;  // in_proj's K-parts: a constant, so that a thread's loads of all parts are in flight at once
-const LB = 16u;   // x_proj weights a thread loads before using any
+const J = ${J}u;  // x_proj outputs
+const WC = ${WC}u; // channels of Wx staged at a time
+const MAXO = ${MAXO}u; // outputs a thread accumulates (RB · J ≤ MAXO · WG)
 
-struct P { B: u32, E: u32, K: u32, J: u32, oInBias: u32, oConvW: u32, oConvB: u32 }
+struct P { B: u32, E: u32, K: u32, oInBias: u32, oConvW: u32, oConvB: u32 }
 @group(0) @binding(0) var<storage, read> xzp: array<f32>;
 @group(0) @binding(1) var<storage, read> lp: array<f32>;
 @group(0) @binding(2) var<storage, read> wX: array<${weightBinding(ws)}>;
@@ -38,6 +50,7 @@ struct P { B: u32, E: u32, K: u32, J: u32, oInBias: u32, oConvW: u32, oConvB: u3
 @group(0) @binding(6) var<uniform> p: P;
 
 var<workgroup> xs: array<f32, RB * CH>; // conv outputs of this group's rows and channels
+var<workgroup> wxs: array<f32, J * (WC + 1u)>; // WC channels of Wx [J, WC], rows padded by one
 
 ${weightReader(ws, "wx", "wX")}
 
@@ -83,28 +96,36 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   }
   workgroupBarrier();
 
-  // 2. this group's share of x_proj, one thread per (row, output), LB weights loaded at a time
-  for (var i = t; i < RB * p.J; i += WG) {
-    let r = i / p.J;
-    let j = i % p.J;
-    let b = b0 + r;
-    if (b < B) {
-      let row = j * E + e0;
-      var a0 = 0.0;
-      var a1 = 0.0;
-      for (var c0 = 0u; c0 < CH; c0 += LB) {
-        var wv: array<f32, LB>;
-        for (var c = 0u; c < LB; c++) {
-          wv[c] = 0.0;
-          if (e0 + c0 + c < E) { wv[c] = wx(row + c0 + c); }
-        }
-        for (var c = 0u; c < LB; c += 2u) {
-          a0 = fma(wv[c], xs[r * CH + c0 + c], a0);
-          a1 = fma(wv[c + 1u], xs[r * CH + c0 + c + 1u], a1);
-        }
-      }
-      Q[(wg.x * B + b) * p.J + j] = a0 + a1;
+  // 2. this group's share of x_proj, one thread per (row, output). Wx is staged WC channels at a time, 16 threads
+  //    side by side on a row of it: a thread walking its own row would touch a cache line per thread per load.
+  var acc: array<f32, MAXO>;
+  for (var k = 0u; k < MAXO; k++) { acc[k] = 0.0; }
+  for (var c0 = 0u; c0 < CH; c0 += WC) {
+    for (var i = t; i < J * WC; i += WG) {
+      let j = i / WC;
+      let c = i % WC;
+      var v = 0.0;
+      if (e0 + c0 + c < E) { v = wx(j * E + e0 + c0 + c); }
+      wxs[j * (WC + 1u) + c] = v;
     }
+    workgroupBarrier();
+    for (var k = 0u; k < MAXO; k++) {
+      let i = t + k * WG;
+      if (i < RB * J) {
+        let r = i / J;
+        let w0 = (i % J) * (WC + 1u);
+        let x0 = r * CH + c0;
+        var a = acc[k];
+        for (var c = 0u; c < WC; c++) { a = fma(wxs[w0 + c], xs[x0 + c], a); }
+        acc[k] = a;
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var k = 0u; k < MAXO; k++) {
+    let i = t + k * WG;
+    let b = b0 + i / J;
+    if (i < RB * J && b < B) { Q[(wg.x * B + b) * J + i % J] = acc[k]; }
   }
 }
 `;
@@ -119,9 +140,9 @@ export interface BatchConvArgs {
 
 // xzp: [S, B, 2E], convState: [B, K-1, E] updated in place -> xz: [B, 2E], Q: [G, B, J]; returns G
 export function decodeBatchConv(gpu: Gpu, a: BatchConvArgs): number {
-  const k = gpu.kernel(`decode_batchconv_${a.S}_${a.wsX}`, () => wgsl(a.S, a.wsX));
+  const k = gpu.kernel(`decode_batchconv_${a.S}_${a.J}_${a.wsX}`, () => wgsl(a.S, a.J, a.wsX));
   const groups = Math.ceil(a.E / BATCH_CONV_CHANNELS);
-  const p = new Params().u32(a.B).u32(a.E).u32(a.K).u32(a.J).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB);
+  const p = new Params().u32(a.B).u32(a.E).u32(a.K).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB);
   gpu.dispatch(k, [a.xzp, a.lp, a.wX, a.convState, a.xz, a.Q], p, [groups, Math.ceil(a.B / BATCH_CONV_ROWS)]);
   return groups;
 }

@@ -18,6 +18,11 @@ import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
 export const DECODE_MAX_BJ = 2048;
 const CH = 32; // channels per workgroup
 
+/** Bytes of workgroup memory the kernel needs for state size N (the decode steps check it against the device). */
+export function mixerScanBytes(N: number): number {
+  return 4 * (Math.max(DECODE_MAX_BJ + 256 * DECODE_MAX_B, DECODE_MAX_B * CH * (N + 1)) + DECODE_MAX_BJ + DECODE_MAX_B * CH + CH * (N + 2));
+}
+
 const wgsl = (N: number, ws: WeightStorage) => /* wgsl */ `
 // bindings: 0 Q [G, B, J] | 1 lp (layer constants) | 2 Wdt [E, R] | 3 xz [B, 2E] | 4 ssm [B, E, N] in/out
 //           5 y [B, E] out | 6 params
@@ -38,10 +43,14 @@ struct P { B: u32, E: u32, R: u32, J: u32, G: u32, oPack: u32 }
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 @group(0) @binding(6) var<uniform> p: P;
 
-var<workgroup> part: array<f32, MAXBJ>;     // slices of the partial sums
+// one scratch array for what each phase alone uses: step 1's slices of the partial sums [MAXBJ], step 2's
+// dt_proj partial sums [WG · MAXB] from RED0, step 3's states [MAXB, CH, N + 1] (a padded row per channel)
+const RED0 = MAXBJ;
+const NP = N + 1u;
+var<workgroup> scr: array<f32, ${Math.max(DECODE_MAX_BJ + 256 * DECODE_MAX_B, DECODE_MAX_B * CH * (N + 1))}>;
 var<workgroup> xd: array<f32, MAXBJ>;       // x_proj output [B, J]: dt | B | C
-var<workgroup> red: array<f32, WG * MAXB>;  // dt_proj partial sums
 var<workgroup> dts: array<f32, MAXB * CH>;  // delta [B, CH]
+var<workgroup> pks: array<f32, CH * (N + 2u)>; // the channels' A·log2(e) [N], dt bias, D
 
 ${weightReader(ws, "wdt", "wDt")}
 
@@ -69,12 +78,12 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
         if (g < p.G) { s += Q[g * p.B * J + q0 + i]; }
       }
     }
-    part[slice * BJ + i] = s;
+    scr[slice * BJ + i] = s;
   }
   workgroupBarrier();
   for (var i = t; i < BJ; i += WG) {
     var s = 0.0;
-    for (var k = 0u; k < S; k++) { s += part[k * BJ + i]; }
+    for (var k = 0u; k < S; k++) { s += scr[k * BJ + i]; }
     xd[i] = s;
   }
   workgroupBarrier();
@@ -96,39 +105,55 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       }
     }
   }
-  for (var b = 0u; b < MAXB; b++) { red[t * MAXB + b] = acc[b]; }
+  for (var b = 0u; b < MAXB; b++) { scr[RED0 + t * MAXB + b] = acc[b]; }
   workgroupBarrier();
   if (rs == 0u && e < E) {
     for (var b = 0u; b < B; b++) {
       var s = lp[p.oPack + e * (N + 2u) + N]; // dt bias
-      for (var k = 0u; k < 8u; k++) { s += red[(t + k) * MAXB + b]; }
+      for (var k = 0u; k < 8u; k++) { s += scr[RED0 + (t + k) * MAXB + b]; }
       dts[b * CH + c] = softplus(s);
     }
   }
   workgroupBarrier();
 
-  // 3. one step of the recurrence per (b, channel), N states in registers
-  if (t >= B * CH) { return; }
+  // 3. one step of the recurrence per (b, channel), N states in registers. The states of this group's rows and
+  //    channels (N·CH contiguous values a row) and the channels' constants pass through workgroup memory, so that
+  //    global loads and stores are side by side: a thread per channel reading its own N states directly would
+  //    touch a cache line per thread per load.
+  let nc = min(CH, E - e0); // this group's channels
+  let rowLen = nc * N;
+  for (var i = t; i < B * rowLen; i += WG) {
+    let b = i / rowLen;
+    let k = i % rowLen;
+    scr[(b * CH + k / N) * NP + k % N] = ssm[((b0 + b) * E + e0) * N + k];
+  }
+  for (var i = t; i < nc * (N + 2u); i += WG) { pks[i] = lp[p.oPack + e0 * (N + 2u) + i]; }
+  workgroupBarrier();
   let b = t / CH;
   let cc = t % CH;
   let ee = e0 + cc;
-  if (ee >= E) { return; }
-  let pk = p.oPack + ee * (N + 2u); // A·log2(e) [N], dt bias, D
-  let dt = dts[b * CH + cc];
-  let uv = xz[(b0 + b) * 2u * E + ee];
-  let zv = xz[(b0 + b) * 2u * E + E + ee];
-  let du = dt * uv;
-  let s0 = ((b0 + b) * E + ee) * N;
-  var hs: array<f32, N>;
-  for (var n = 0u; n < N; n++) { hs[n] = ssm[s0 + n]; }
-  var out = 0.0;
-  for (var n = 0u; n < N; n++) {
-    let hn = fma(exp2(dt * lp[pk + n]), hs[n], du * xd[b * J + p.R + n]);
-    ssm[s0 + n] = hn;
-    out = fma(hn, xd[b * J + p.R + N + n], out);
+  if (b < B && cc < nc) {
+    let pk = cc * (N + 2u);
+    let dt = dts[b * CH + cc];
+    let uv = xz[(b0 + b) * 2u * E + ee];
+    let zv = xz[(b0 + b) * 2u * E + E + ee];
+    let du = dt * uv;
+    let s0 = (b * CH + cc) * NP;
+    var out = 0.0;
+    for (var n = 0u; n < N; n++) {
+      let hn = fma(exp2(dt * pks[pk + n]), scr[s0 + n], du * xd[b * J + p.R + n]);
+      scr[s0 + n] = hn;
+      out = fma(hn, xd[b * J + p.R + N + n], out);
+    }
+    out = fma(pks[pk + N + 1u], uv, out);
+    y[(b0 + b) * E + ee] = out * zv / (1.0 + exp(-zv));
   }
-  out = fma(lp[pk + N + 1u], uv, out);
-  y[(b0 + b) * E + ee] = out * zv / (1.0 + exp(-zv));
+  workgroupBarrier();
+  for (var i = t; i < B * rowLen; i += WG) {
+    let b = i / rowLen;
+    let k = i % rowLen;
+    ssm[((b0 + b) * E + e0) * N + k] = scr[(b * CH + k / N) * NP + k % N];
+  }
 }
 `;
 
