@@ -19,7 +19,65 @@ export const DECODE_MAX_BD = 4096;
 /** Conv kernel sizes the fused decode takes (the history is held in registers). */
 export const DECODE_MAX_K = 9;
 
-const wgsl = (CH: number, wsIn: WeightStorage, wsX: WeightStorage, loadBytes: number) => /* wgsl */ `
+/** Channels of Wx staged at a time for x_proj of width J (a padded row of WC + 1 per output in \`red\`, free after
+ *  step 2), or 0 where J is too wide to stage and each thread reads its row of Wx directly. */
+function stagedChannels(CH: number, J: number): number {
+  for (let wc = Math.min(CH, 16); wc >= 1; wc /= 2) if (J * (wc + 1) <= 256 * DECODE_MAX_B) return wc;
+  return 0;
+}
+
+/** Step 4: this group's share of x_proj. Staged, 16 threads read a row of Wx side by side; a thread walking its
+ *  own row touches a cache line per thread per load. */
+function xprojWgsl(CH: number, J: number): string {
+  const WC = stagedChannels(CH, J);
+  if (WC === 0) return /* wgsl */ `
+  // 4. this group's share of x_proj (too wide to stage: a thread per output reads its row of Wx)
+  for (var j = t; j < p.J; j += WG) {
+    var a: array<f32, MAXB>;
+    for (var b = 0u; b < MAXB; b++) { a[b] = 0.0; } // zeroed each pass: a declaration in a loop is not, on Dawn
+    for (var cc = 0u; cc < CH; cc++) {
+      let ee = e0 + cc;
+      if (ee < E) {
+        let wv = wx(j * E + ee);
+        for (var b = 0u; b < MAXB; b++) { if (b < B) { a[b] = fma(wv, xcs[b * CH + cc], a[b]); } }
+      }
+    }
+    for (var b = 0u; b < MAXB; b++) { if (b < B) { Q[(wg.x * B + b) * p.J + j] = a[b]; } }
+  }`;
+  const KO = Math.ceil(J / 256);
+  return /* wgsl */ `
+  // 4. this group's share of x_proj: Wx staged ${WC} channels at a time into red, a thread per output
+  const J = ${J}u;
+  const WC = ${WC}u;
+  const KO = ${KO}u; // outputs a thread
+  var a: array<array<f32, MAXB>, KO>;
+  for (var k = 0u; k < KO; k++) { for (var b = 0u; b < MAXB; b++) { a[k][b] = 0.0; } }
+  for (var c0 = 0u; c0 < CH; c0 += WC) {
+    for (var i = t; i < J * WC; i += WG) {
+      let c = i % WC;
+      var v = 0.0;
+      if (e0 + c0 + c < E) { v = wx((i / WC) * E + e0 + c0 + c); }
+      red[(i / WC) * (WC + 1u) + c] = v;
+    }
+    workgroupBarrier();
+    for (var k = 0u; k < KO; k++) {
+      let j = t + k * WG;
+      if (j < J) {
+        for (var c = 0u; c < WC; c++) {
+          let wv = red[j * (WC + 1u) + c];
+          for (var b = 0u; b < MAXB; b++) { if (b < B) { a[k][b] = fma(wv, xcs[b * CH + c0 + c], a[k][b]); } }
+        }
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var k = 0u; k < KO; k++) {
+    let j = t + k * WG;
+    if (j < J) { for (var b = 0u; b < MAXB; b++) { if (b < B) { Q[(wg.x * B + b) * J + j] = a[k][b]; } } }
+  }`;
+}
+
+const wgsl = (CH: number, J: number, wsIn: WeightStorage, wsX: WeightStorage, loadBytes: number) => /* wgsl */ `
 // bindings: 0 h [B, D] | 1 res [2, B, D] | 2 lp (layer constants) | 3 Win [2E, D] | 4 Wx [J, E]
 //           5 convState [B, K-1, E] in/out | 6 xz [B, 2E] out | 7 Q [groups, B, J] out | 8 params
 // grid: (ceil(E / CH))
@@ -155,19 +213,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   }
   workgroupBarrier();
 
-  // 4. this group's share of x_proj
-  for (var j = t; j < p.J; j += WG) {
-    var a: array<f32, MAXB>;
-    for (var b = 0u; b < MAXB; b++) { a[b] = 0.0; } // zeroed each pass: a declaration in a loop is not, on Dawn
-    for (var cc = 0u; cc < CH; cc++) {
-      let ee = e0 + cc;
-      if (ee < E) {
-        let wv = wx(j * E + ee);
-        for (var b = 0u; b < MAXB; b++) { if (b < B) { a[b] = fma(wv, xcs[b * CH + cc], a[b]); } }
-      }
-    }
-    for (var b = 0u; b < MAXB; b++) { if (b < B) { Q[(wg.x * B + b) * p.J + j] = a[b]; } }
-  }
+${xprojWgsl(CH, J)}
 }
 `;
 
@@ -200,7 +246,8 @@ export function mixerInChannels(E: number, chosen = 0): number {
 export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
   const CH = mixerInChannels(a.E, a.channels);
   const loadBytes = a.loadBytes ?? 64;
-  const k = gpu.kernel(`decode_in_${CH}_${a.wsIn}_${a.wsX}${loadBytes === 64 ? "" : `_${loadBytes}`}`, () => wgsl(CH, a.wsIn, a.wsX, loadBytes));
+  const k = gpu.kernel(`decode_in_${CH}_${a.J}_${a.wsIn}_${a.wsX}${loadBytes === 64 ? "" : `_${loadBytes}`}`,
+    () => wgsl(CH, a.J, a.wsIn, a.wsX, loadBytes));
   const groups = Math.ceil(a.E / CH);
   const p = new Params().u32(a.B).u32(a.D).u32(a.E).u32(a.K).u32(a.J).bool(a.hasRes).u32(a.par).f32(a.eps)
     .u32(a.oNorm).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB);
