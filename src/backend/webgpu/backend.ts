@@ -318,7 +318,8 @@ export class WebGpuBackend implements Backend {
     if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(this.gpu, { ...args, loadBytes: this.decodeLoadBytes });
     else {
       const largeTiles = Math.ceil(T / this.tileLarge.BM) * Math.ceil(N / this.tileLarge.BN);
-      const cfg = largeTiles >= 256 ? this.tileLarge : this.tileSmall;
+      // at most 64 rows (a decode batch's head) fill half of a large tile: the small ones do no padded work
+      const cfg = largeTiles >= 256 && T > this.tileSmall.BM ? this.tileLarge : this.tileSmall;
       const plan = splitPlan(K, kSplits(T, N, K, cfg));
       if (plan.count === 1) matmulTiled(this.gpu, args, cfg);
       else {
