@@ -38,9 +38,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     // BATCH loads issued together: a fixed trip count the compiler unrolls
     for (var k0 = lane; k0 < K4; k0 += 32u * BATCH) {
       var wv: array<vec4<f32>, BATCH>;
-      for (var k = 0u; k < BATCH; k++) {
-        if (k0 + 32u * k < K4) { wv[k] = weight4(n * K4 + k0 + 32u * k); }
-      }
+      // unconditional loads (the index clamped to the row, the excess unused) so that all BATCH are in flight
+      // together: behind a bounds check each waits for the one before
+      for (var k = 0u; k < BATCH; k++) { wv[k] = weight4(n * K4 + min(k0 + 32u * k, K4 - 1u)); }
       for (var k = 0u; k < BATCH; k++) {
         let k4 = k0 + 32u * k;
         if (k4 < K4) {

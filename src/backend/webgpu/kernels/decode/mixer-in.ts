@@ -158,9 +158,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     let D4 = D / 4u;
     for (var k0 = q; k0 < D4; k0 += BATCH * TPR) {
       var wv: array<vec4<f32>, BATCH>;
-      for (var k = 0u; k < BATCH; k++) {
-        if (k0 + k * TPR < D4) { wv[k] = win4(grow * D4 + k0 + k * TPR); }
-      }
+      // unconditional loads (the index clamped to the row, the excess unused) so that all BATCH are in flight
+      // together: behind a bounds check each waits for the one before
+      for (var k = 0u; k < BATCH; k++) { wv[k] = win4(grow * D4 + min(k0 + k * TPR, D4 - 1u)); }
       for (var k = 0u; k < BATCH; k++) {
         let k4 = k0 + k * TPR;
         if (k4 < D4) {
