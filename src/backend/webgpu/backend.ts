@@ -28,7 +28,7 @@ import {
 } from "./kernels/decode/mixer-in.ts";
 import { DECODE_MAX_BJ, decodeMixerScan, mixerScanBytes } from "./kernels/decode/mixer-scan.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
-import { BATCH_CONV_CHANNELS, BATCH_CONV_MAX_K, batchConvBytes, decodeBatchConv } from "./kernels/decode/batch-conv.ts";
+import { BATCH_CONV_CHANNELS, batchConvBytes, decodeBatchConv } from "./kernels/decode/batch-conv.ts";
 
 type StepLayer = StepModel["weights"]["layers"][number];
 
@@ -469,7 +469,7 @@ export class WebGpuBackend implements Backend {
     // where those do not fit, five a layer whose matmuls have rows enough to fill the GPU (kernels/decode/batch-*.ts)
     const scanFits = mixerScanBytes(N) <= this.gpu.limits.maxComputeWorkgroupStorageSize;
     const fused = scanFits && B <= DECODE_MAX_B && B * D <= DECODE_MAX_BD && B * J <= DECODE_MAX_BJ && D % 4 === 0 && K <= DECODE_MAX_K;
-    const batched = scanFits && K <= BATCH_CONV_MAX_K && DECODE_MAX_B * J <= DECODE_MAX_BJ &&
+    const batched = scanFits && K <= DECODE_MAX_K && DECODE_MAX_B * J <= DECODE_MAX_BJ &&
       batchConvBytes(J) <= this.gpu.limits.maxComputeWorkgroupStorageSize;
     if (c.mixer !== "s6" || !(fused || batched)) return null;
     const w = model.weights;

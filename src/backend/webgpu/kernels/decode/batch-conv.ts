@@ -8,14 +8,13 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
+import { CONV_STEP_WGSL } from "./conv-step.ts";
 import { type WeightStorage, weightBinding, weightReader } from "../weights.ts";
 
 /** Channels a workgroup: fewer leave ./mixer-scan.ts more partial sums to add. */
 export const BATCH_CONV_CHANNELS = 64;
 /** Rows a workgroup: ./mixer-scan.ts takes as many. */
 export const BATCH_CONV_ROWS = 8;
-/** Conv kernel sizes the kernel takes (the history, K - 1 values, is held in registers). */
-export const BATCH_CONV_MAX_K = 9;
 
 /** Channels of Wx staged at a time (a padded row of WC + 1 per output). */
 const WC = 16;
@@ -34,7 +33,6 @@ const wgsl = (S: number, J: number, ws: WeightStorage) => /* wgsl */ `
 const WG = 256u;
 const CH = ${BATCH_CONV_CHANNELS}u;
 const RB = ${BATCH_CONV_ROWS}u;
-const MAXK = ${BATCH_CONV_MAX_K - 1}u; // history length
 const S = ${S}u;  // in_proj's K-parts: a constant, so that a thread's loads of all parts are in flight at once
 const J = ${J}u;  // x_proj outputs
 const WC = ${WC}u; // channels of Wx staged at a time
@@ -53,14 +51,13 @@ var<workgroup> xs: array<f32, RB * CH>; // conv outputs of this group's rows and
 var<workgroup> wxs: array<f32, J * (WC + 1u)>; // WC channels of Wx [J, WC], rows padded by one
 
 ${weightReader(ws, "wx", "wX")}
+${CONV_STEP_WGSL}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
   let t = lid.x;
   let B = p.B;
   let E = p.E;
-  let K = p.K;
-  let H = K - 1u;
   let e0 = wg.x * CH;
   let b0 = wg.y * RB;
   let split = B * 2u * E; // words of one K-part of in_proj
@@ -80,15 +77,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
         xv += xzp[s * split + o];
         zv += xzp[s * split + o + E];
       }
-      var hist: array<f32, MAXK>;
-      for (var j = 0u; j < MAXK; j++) { if (j < H) { hist[j] = convState[(b * H + j) * E + e]; } }
-      var acc = lp[p.oConvB + e];
-      for (var j = 0u; j < MAXK; j++) { if (j < H) { acc = fma(lp[p.oConvW + e * K + j], hist[j], acc); } }
-      acc = fma(lp[p.oConvW + e * K + H], xv, acc);
-      // the history shifts by one: the oldest input leaves, x enters last
-      for (var j = 0u; j < MAXK; j++) { if (j + 1u < H) { convState[(b * H + j) * E + e] = hist[j + 1u]; } }
-      if (H > 0u) { convState[(b * H + H - 1u) * E + e] = xv; }
-      xc = acc / (1.0 + exp(-acc));
+      xc = convStep(b, e, xv);
       xz[o] = xc;
       xz[o + E] = zv;
     }

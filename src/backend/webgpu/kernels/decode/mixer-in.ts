@@ -11,13 +11,14 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
+import { CONV_STEP_WGSL, DECODE_CONV_MAX_K } from "./conv-step.ts";
 import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
 
 export const DECODE_MAX_B = 8;
 /** Rows × hidden size that fit the workgroup's copy of the normalized input. */
 export const DECODE_MAX_BD = 4096;
 /** Conv kernel sizes the fused decode takes (the history is held in registers). */
-export const DECODE_MAX_K = 9;
+export const DECODE_MAX_K = DECODE_CONV_MAX_K;
 
 /** Channels of Wx staged at a time for x_proj of width J (a padded row of WC + 1 per output in \`red\`, free after
  *  step 2), or 0 where J is too wide to stage and each thread reads its row of Wx directly. */
@@ -88,7 +89,6 @@ const CH = ${CH}u;          // channels per workgroup
 const ROWS = 2u * CH;       // their in_proj rows: x then z
 const TPR = WG / ROWS;      // threads per in_proj row
 const BATCH = ${loadBytes / (wsIn === "f32" ? 16 : 8)}u; // in_proj loads issued together: ${loadBytes} bytes a thread (f32 vec4s or packed-half pairs)
-const MAXK = 8u;            // conv kernel sizes up to this
 
 struct P {
   B: u32, D: u32, E: u32, K: u32, J: u32, hasRes: u32, par: u32, eps: f32,
@@ -110,6 +110,7 @@ var<workgroup> rowOut: array<f32, MAXB * ROWS>;
 var<workgroup> xcs: array<f32, MAXB * CH>;    // conv outputs of this group's channels
 
 ${weight4Reader(wsIn, "win4", "wIn")}
+${CONV_STEP_WGSL}
 ${weightReader(wsX, "wx", "wX")}
 
 @compute @workgroup_size(WG)
@@ -187,7 +188,6 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   workgroupBarrier();
 
   // 3. causal conv over (state, x) and SiLU, one thread per (b, channel)
-  let H = p.K - 1u;
   for (var i = t; i < B * CH; i += WG) {
     let b = i / CH;
     let cc = i % CH;
@@ -195,17 +195,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     var xc = 0.0;
     if (ee < E) {
       let xv = rowOut[b * ROWS + cc];
-      var hist: array<f32, MAXK>;
-      for (var j = 0u; j < MAXK; j++) { if (j < H) { hist[j] = convState[(b * H + j) * E + ee]; } }
-      var s = lp[p.oConvB + ee];
-      for (var j = 0u; j < MAXK; j++) { if (j < H) { s = fma(lp[p.oConvW + ee * p.K + j], hist[j], s); } }
-      s = fma(lp[p.oConvW + ee * p.K + H], xv, s);
-      // the history shifts by one: the oldest input leaves, x enters last
-      for (var j = 0u; j < MAXK; j++) {
-        if (j + 1u < H) { convState[(b * H + j) * E + ee] = hist[j + 1u]; }
-      }
-      if (H > 0u) { convState[(b * H + H - 1u) * E + ee] = xv; }
-      xc = s / (1.0 + exp(-s));
+      xc = convStep(b, ee, xv);
       xz[b * 2u * E + ee] = xc;
       xz[b * 2u * E + E + ee] = rowOut[b * ROWS + CH + cc];
     }
