@@ -85,5 +85,6 @@ export function printProfile(prof: Map<string, { ms: number; count: number }> | 
 export function parseTunings<T extends object>(text: string | undefined): T[] {
   return (text ?? "").split("|").filter(Boolean)
     .map((t) => Object.fromEntries(t.split(",").map((kv) => kv.split(":"))
-      .map(([k, v]) => [k, v !== undefined && v.trim() !== "" && Number.isFinite(Number(v)) ? Number(v) : v])) as T);
+      .map(([k, v]) => [k, v === "true" || v === "false" ? v === "true"
+        : v !== undefined && v.trim() !== "" && Number.isFinite(Number(v)) ? Number(v) : v])) as T);
 }

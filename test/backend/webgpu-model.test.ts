@@ -347,6 +347,20 @@ test("webgpu: the fused decode step with 4 and 64 channels a workgroup (decodeCh
     }
     await assert.rejects(createWebGpuBackend({ decodeChannels: 12 }), /decodeChannels must be one of 4, 8, 16, 32, 64, got 12/);
     await assert.rejects(createWebGpuBackend({ decodeLoadBytes: 100 }), /decodeLoadBytes must be one of 64, 128, 256, got 100/);
+    await assert.rejects(createWebGpuBackend({ decodeBatch: "no" as unknown as boolean }), /decodeBatch must be true or false, got no/);
+    // decodeBatch false: a batch past the fused kernels gets no fused step (generate then records the model's ops)
+    const off = await modelFromTensors(c, ps, { backend: await createWebGpuBackend({ decodeBatch: false }) });
+    try {
+      const B = 9, cache = MambaCache.zeros(off.backend, c, B);
+      assert.equal(off.backend.decodeStep!(off.lm, off.backend.fromI32(new Int32Array(B), [B]), cache.conv, cache.ssm), null);
+      const prompts = [Int32Array.of(1, 2), Int32Array.of(3)];
+      const o = { maxNewTokens: 3, stopTokens: [] };
+      const batch = Array.from({ length: B }, (_, i) => prompts[i % 2]!);
+      assert.deepEqual((await off.generate(batch, o)).map((g) => Array.from(g)), (await cpu.generate(batch, o)).map((g) => Array.from(g)));
+      cache.dispose();
+    } finally {
+      await off.dispose();
+    }
   } finally {
     await cpu.dispose();
   }

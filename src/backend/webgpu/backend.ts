@@ -68,6 +68,9 @@ export interface WebGpuTuning {
    *  8 rows) loads before it uses any: 64 (default), 128 or 256; more keeps more loads in flight, with more
    *  registers */
   decodeLoadBytes?: number;
+  /** batches the fused kernels do not take (past 8 rows, or too wide for them) decode with the batch step's kernels
+   *  (default true); false leaves them to a recording of the model's ops, as for mixers no fused step takes */
+  decodeBatch?: boolean;
 }
 
 export class WebGpuBackend implements Backend {
@@ -85,6 +88,8 @@ export class WebGpuBackend implements Backend {
   private readonly decodeChannels: number;
   /** WebGpuTuning.decodeLoadBytes */
   private readonly decodeLoadBytes: number;
+  /** WebGpuTuning.decodeBatch */
+  private readonly decodeBatch: boolean;
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
   private scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
   /** The fused decode's packed constants of each layer, keyed by the layer's weights object. */
@@ -104,6 +109,8 @@ export class WebGpuBackend implements Backend {
     this.tileSmall = { ...TILE_SMALL, BK, buffers };
     this.decodeChannels = tuning.decodeChannels ?? 0;
     this.decodeLoadBytes = tuning.decodeLoadBytes ?? 64;
+    check(tuning.decodeBatch === undefined || typeof tuning.decodeBatch === "boolean", `decodeBatch must be true or false, got ${String(tuning.decodeBatch)}`);
+    this.decodeBatch = tuning.decodeBatch ?? true;
     const bytes = tileBytes(this.tileLarge), most = gpu.limits.maxComputeWorkgroupStorageSize;
     check(bytes <= most, `matmulBK ${BK} with ${buffers} buffers needs ${bytes} bytes of workgroup memory, this device allows ${most}`);
   }
@@ -469,7 +476,7 @@ export class WebGpuBackend implements Backend {
     // where those do not fit, five a layer whose matmuls have rows enough to fill the GPU (kernels/decode/batch-*.ts)
     const scanFits = mixerScanBytes(N) <= this.gpu.limits.maxComputeWorkgroupStorageSize;
     const fused = scanFits && B <= DECODE_MAX_B && B * D <= DECODE_MAX_BD && B * J <= DECODE_MAX_BJ && D % 4 === 0 && K <= DECODE_MAX_K;
-    const batched = scanFits && K <= DECODE_MAX_K && DECODE_MAX_B * J <= DECODE_MAX_BJ &&
+    const batched = this.decodeBatch && scanFits && K <= DECODE_MAX_K && DECODE_MAX_B * J <= DECODE_MAX_BJ &&
       batchConvBytes(J) <= this.gpu.limits.maxComputeWorkgroupStorageSize;
     if (c.mixer !== "s6" || !(fused || batched)) return null;
     const w = model.weights;
