@@ -65,8 +65,8 @@ export interface WebGpuTuning {
    *  (default 16 up to 2048 channels, else 32); fewer put more of in_proj's loads in flight at once */
   decodeChannels?: number;
   /** bytes of weights a thread of the decode kernels (the fused step's in_proj, the matrix-vector products of up to
-   *  8 rows) loads before it uses any: 64 (default), 128 or 256; more keeps more loads in flight, with more
-   *  registers */
+   *  8 rows) loads before it uses any: 64, 128 or 256 (default 128 for rows of 2048 weights or more, else 64); more
+   *  keeps more loads in flight, with more registers */
   decodeLoadBytes?: number;
   /** batches the fused kernels do not take (past 8 rows, or too wide for them) decode with the batch step's kernels
    *  (default true); false leaves them to a recording of the model's ops, as for mixers no fused step takes */
@@ -108,7 +108,7 @@ export class WebGpuBackend implements Backend {
     this.tileLarge = { ...TILE_LARGE, BK, buffers };
     this.tileSmall = { ...TILE_SMALL, BK, buffers };
     this.decodeChannels = tuning.decodeChannels ?? 0;
-    this.decodeLoadBytes = tuning.decodeLoadBytes ?? 64;
+    this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by model (decodeLoadBytesFor)
     check(tuning.decodeBatch === undefined || typeof tuning.decodeBatch === "boolean", `decodeBatch must be true or false, got ${String(tuning.decodeBatch)}`);
     this.decodeBatch = tuning.decodeBatch ?? true;
     const bytes = tileBytes(this.tileLarge), most = gpu.limits.maxComputeWorkgroupStorageSize;
@@ -322,7 +322,7 @@ export class WebGpuBackend implements Backend {
       x: this.f32(xs.t), ldx: xs.ld, offx: xs.off, rows: T, K,
       w: wt.buf, ws: this.weightStorage(wt), N, bias: bt ? this.f32(bt) : null, y: y.buf,
     };
-    if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(this.gpu, { ...args, loadBytes: this.decodeLoadBytes });
+    if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(this.gpu, { ...args, loadBytes: this.loadBytes(K) });
     else {
       const largeTiles = Math.ceil(T / this.tileLarge.BM) * Math.ceil(N / this.tileLarge.BN);
       // at most 64 rows (a decode batch's head) fill half of a large tile: the small ones do no padded work
@@ -546,6 +546,12 @@ export class WebGpuBackend implements Backend {
     };
   }
 
+  /** Bytes of weights a decode thread loads at once for rows of `width` weights (WebGpuTuning.decodeLoadBytes):
+   *  128 from 2048 a row (1.4b's decode step took 4089 against 4430 us with 64), else 64. */
+  private loadBytes(width: number): number {
+    return this.decodeLoadBytes || (width >= 2048 ? 128 : 64);
+  }
+
   /** Encodes one fused step (the layers and norm_f) over buffers kept for it, recording its dispatches. */
   private recordDecode(model: StepModel, B: number, key: string, packs: LayerPack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
     const c = model.config;
@@ -570,7 +576,7 @@ export class WebGpuBackend implements Backend {
           B, D, E, K, J, eps: c.layerNormEpsilon, h, res, hasRes: i > 0, par: i % 2,
           lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
           wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
-          convState: convState.buf, xz, Q, channels: this.decodeChannels, loadBytes: this.decodeLoadBytes,
+          convState: convState.buf, xz, Q, channels: this.decodeChannels, loadBytes: this.loadBytes(D),
         });
         decodeMixerScan(gpu, {
           B, E, N, R, J, G, Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
@@ -580,7 +586,7 @@ export class WebGpuBackend implements Backend {
         const wo = this.t(m.outProj, "decodeStep");
         const bias = m.outProjBias ? this.f32(this.t(m.outProjBias, "decodeStep")) : null;
         const args = { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias, y: h };
-        if (E % 4 === 0) matvec(gpu, { ...args, loadBytes: this.decodeLoadBytes });
+        if (E % 4 === 0) matvec(gpu, { ...args, loadBytes: this.loadBytes(E) });
         else matmulTiled(gpu, args, this.tileSmall);
       }
       // norm_f over h + the last residual (half numLayers % 2 of res)

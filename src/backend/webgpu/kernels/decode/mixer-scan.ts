@@ -73,10 +73,11 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   for (var i = t / S; i < BJ; i += WG / S) {
     var s = 0.0;
     for (var g0 = slice; g0 < p.G; g0 += BATCH * S) {
-      for (var k = 0u; k < BATCH; k++) {
-        let g = g0 + k * S;
-        if (g < p.G) { s += Q[g * p.B * J + q0 + i]; }
-      }
+      // unconditional loads (the group clamped, the excess unused) so that all BATCH are in flight together:
+      // behind a bounds check each waits for the one before
+      var v: array<f32, BATCH>;
+      for (var k = 0u; k < BATCH; k++) { v[k] = Q[min(g0 + k * S, p.G - 1u) * p.B * J + q0 + i]; }
+      for (var k = 0u; k < BATCH; k++) { if (g0 + k * S < p.G) { s += v[k]; } }
     }
     scr[slice * BJ + i] = s;
   }
@@ -95,12 +96,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   var acc: array<f32, MAXB>;
   if (e < E) {
     for (var r0 = rs; r0 < p.R; r0 += 8u * BATCH) {
+      var wv: array<f32, BATCH>; // loaded unconditionally (clamped), all in flight together, as in step 1
+      for (var k = 0u; k < BATCH; k++) { wv[k] = wdt(e * p.R + min(r0 + 8u * k, p.R - 1u)); }
       for (var k = 0u; k < BATCH; k++) {
         let r = r0 + 8u * k;
         if (r < p.R) {
-          let wv = wdt(e * p.R + r);
           // bounded by the constant MAXB, so that acc stays in registers (a loop to B indexes it at run time)
-          for (var b = 0u; b < MAXB; b++) { if (b < B) { acc[b] = fma(wv, xd[b * J + r], acc[b]); } }
+          for (var b = 0u; b < MAXB; b++) { if (b < B) { acc[b] = fma(wv[k], xd[b * J + r], acc[b]); } }
         }
       }
     }
