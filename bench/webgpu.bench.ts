@@ -282,6 +282,10 @@ async function benchBreakdown(model: MambaModel, name: ModelName, batches: numbe
       }
       console.log(`breakdown: readback of one id (submit, copy, map): ${us((t * 1000) / 50)}`);
       b.dispose(x, lg, one32);
+    } else if (!b.decodeStep(lm, ids, cache.conv, cache.ssm)) {
+      console.log(`breakdown ${name} batch ${B}: no batch step (decodeBatch is off; BENCH_TUNING=decodeBatch:true measures it)`);
+      console.log(`breakdown ${name} batch ${B}, op-by-op step: GPU ${us(await gpuTime(opsStep, 30))}; host encoding ${us(await hostTime(opsStep, 20))}`);
+      printProfile(await b.profileKernels(opsStep));
     } else {
       const d0 = b.gpu.dispatches;
       fusedStep(lm)();
@@ -417,7 +421,7 @@ async function benchDecodeTunings(name: ModelName): Promise<void> {
       const greedy = { vocabSize: cfg.vocabSize, temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, history: null, uniforms: new Float32Array(B) };
       return () => {
         const lg = b.decodeStep(m.lm, ids, cache.conv, cache.ssm);
-        if (!lg) throw new Error("no fused step");
+        if (!lg) throw new Error(`no fused step for batch ${B} (past 8 rows it needs decodeBatch:true)`);
         b.dispose(b.sample(lg, greedy), lg);
       };
     });

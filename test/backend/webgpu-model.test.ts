@@ -44,6 +44,12 @@ const cfg = makeConfig({
 });
 const params = perturbedParameters(cfg, 11);
 
+/** A WebGPU backend whose decodeStep also takes batches past the fused kernels (WebGpuTuning.decodeBatch). */
+async function batchBackend() {
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  return createWebGpuBackend({ decodeBatch: true });
+}
+
 async function pair(): Promise<[MambaModel, MambaModel]> {
   return [await modelFromTensors(cfg, params, { backend: "webgpu" }), await modelFromTensors(cfg, params, { backend: "cpu" })];
 }
@@ -118,9 +124,10 @@ test("webgpu: generation (greedy and sampled with penalties, batched prompts) eq
   }
 });
 
-test("webgpu: a batch of 11 decodes through the batch step, and where no fused step takes it through a recorded step, as the CPU does", async (t) => {
+test("webgpu: a batch of 11 decodes through a recorded step, and with decodeBatch through the batch step, as the CPU does", async (t) => {
   if (!(await gpuTest(t))) return;
   const [gpu, cpu] = await pair();
+  const batched = await modelFromTensors(cfg, params, { backend: await batchBackend() });
   try {
     const b = gpu.backend;
     const capture = b.capture!.bind(b);
@@ -136,28 +143,23 @@ test("webgpu: a batch of 11 decodes through the batch step, and where no fused s
       { maxNewTokens: 9, stopTokens: [] },
       { maxNewTokens: 9, temperature: 0.9, topK: 12, seed: 6, stopTokens: [3, 4] },
     ];
-    const want = await Promise.all(options.map((o) => cpu.generate(prompts, o)));
-    for (const [i, o] of options.entries()) {
-      const got = await gpu.generate(prompts, o);
-      assert.deepEqual(got.map((g) => Array.from(g)), want[i]!.map((w) => Array.from(w)), `batch step ${JSON.stringify(o)}`);
-    }
-    assert.equal(captures, 0, "the batch step needs no recording of the model's ops");
-    // without a fused step (as for a mixer it does not take), generate records the model's ops and replays them
-    const decodeStep = b.decodeStep;
-    b.decodeStep = () => null;
-    for (const [i, o] of options.entries()) {
-      const got = await gpu.generate(prompts, o);
-      assert.deepEqual(got.map((g) => Array.from(g)), want[i]!.map((w) => Array.from(w)), `recorded step ${JSON.stringify(o)}`);
+    for (const o of options) {
+      const want = (await cpu.generate(prompts, o)).map((w) => Array.from(w));
+      assert.deepEqual((await gpu.generate(prompts, o)).map((g) => Array.from(g)), want, `recorded step ${JSON.stringify(o)}`);
+      assert.deepEqual((await batched.generate(prompts, o)).map((g) => Array.from(g)), want, `batch step ${JSON.stringify(o)}`);
     }
     assert.equal(captures, 4, "two recordings a generation");
+    const bb = batched.backend, cache = MambaCache.zeros(bb, cfg, 11);
+    assert.ok(bb.decodeStep!(batched.lm, bb.fromI32(new Int32Array(11), [11]), cache.conv, cache.ssm), "the batch step takes 11 rows");
+    cache.dispose();
     // the recording's buffers went back to the pool: a third generation leaves as many bytes alive
     const gb = (b as unknown as { gpu: { liveBytes: number } }).gpu;
     await gpu.generate(prompts, { maxNewTokens: 4, stopTokens: [] });
     const live = gb.liveBytes;
     await gpu.generate(prompts, { maxNewTokens: 4, stopTokens: [] });
     assert.equal(gb.liveBytes, live, "bytes alive after another generation");
-    b.decodeStep = decodeStep;
   } finally {
+    await batched.dispose();
     await gpu.dispose();
     await cpu.dispose();
   }
@@ -203,7 +205,7 @@ test("webgpu: the LTI mixer (no fused step) decodes through a recorded step that
   }
 });
 
-test("webgpu: the fused decode step equals step mode on the CPU (logits and states), f32/f16/bf16, batch 1 and 3 (fused kernels), 9 and 20 (batch kernels)", async (t) => {
+test("webgpu: the fused decode step equals step mode on the CPU (logits and states), f32/f16/bf16, batch 1 and 3 (fused kernels), 9 and 20 (batch kernels, decodeBatch)", async (t) => {
   if (!(await gpuTest(t))) return;
   const configs = [
     cfg,
@@ -215,7 +217,7 @@ test("webgpu: the fused decode step equals step mode on the CPU (logits and stat
       const base = perturbedParameters(c, 20 + ci);
       const ps = new Map([...base].map(([k, v]) => [k, dtype === "F32" || v.shape.length < 2 ? v
         : { dtype, shape: v.shape, data: (dtype === "F16" ? toF16Bits : toBF16Bits)(v.data as Float32Array) }]));
-      const gpu = await modelFromTensors(c, ps, { backend: "webgpu" });
+      const gpu = await modelFromTensors(c, ps, { backend: await batchBackend() });
       const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
       try {
         for (const B of [1, 3, 9, 20]) {
@@ -262,7 +264,7 @@ test("webgpu: the batch decode step with K-split in_proj and out_proj (partials 
 
 async function batchStepMatchesCpu(c: ReturnType<typeof makeConfig>, batches: number[], tol: number): Promise<void> {
   const ps = perturbedParameters(c, 41);
-  const gpu = await modelFromTensors(c, ps, { backend: "webgpu" });
+  const gpu = await modelFromTensors(c, ps, { backend: await batchBackend() });
   const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
   try {
     for (const B of batches) {
@@ -348,8 +350,8 @@ test("webgpu: the fused decode step with 4 and 64 channels a workgroup (decodeCh
     await assert.rejects(createWebGpuBackend({ decodeChannels: 12 }), /decodeChannels must be one of 4, 8, 16, 32, 64, got 12/);
     await assert.rejects(createWebGpuBackend({ decodeLoadBytes: 100 }), /decodeLoadBytes must be one of 64, 128, 256, got 100/);
     await assert.rejects(createWebGpuBackend({ decodeBatch: "no" as unknown as boolean }), /decodeBatch must be true or false, got no/);
-    // decodeBatch false: a batch past the fused kernels gets no fused step (generate then records the model's ops)
-    const off = await modelFromTensors(c, ps, { backend: await createWebGpuBackend({ decodeBatch: false }) });
+    // by default (decodeBatch false) a batch past the fused kernels gets no fused step: generate records the ops
+    const off = await modelFromTensors(c, ps, { backend: await createWebGpuBackend() });
     try {
       const B = 9, cache = MambaCache.zeros(off.backend, c, B);
       assert.equal(off.backend.decodeStep!(off.lm, off.backend.fromI32(new Int32Array(B), [B]), cache.conv, cache.ssm), null);

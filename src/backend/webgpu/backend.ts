@@ -69,7 +69,8 @@ export interface WebGpuTuning {
    *  keeps more loads in flight, with more registers */
   decodeLoadBytes?: number;
   /** batches the fused kernels do not take (past 8 rows, or too wide for them) decode with the batch step's kernels
-   *  (default true); false leaves them to a recording of the model's ops, as for mixers no fused step takes */
+   *  (kernels/decode/batch-*.ts, five dispatches a layer) when true; by default (false) through a recording of the
+   *  model's ops, which replays faster at batch 64 of 130m on the H200 (BENCHMARKS.md) */
   decodeBatch?: boolean;
 }
 
@@ -110,7 +111,7 @@ export class WebGpuBackend implements Backend {
     this.decodeChannels = tuning.decodeChannels ?? 0;
     this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by model (decodeLoadBytesFor)
     check(tuning.decodeBatch === undefined || typeof tuning.decodeBatch === "boolean", `decodeBatch must be true or false, got ${String(tuning.decodeBatch)}`);
-    this.decodeBatch = tuning.decodeBatch ?? true;
+    this.decodeBatch = tuning.decodeBatch ?? false;
     const bytes = tileBytes(this.tileLarge), most = gpu.limits.maxComputeWorkgroupStorageSize;
     check(bytes <= most, `matmulBK ${BK} with ${buffers} buffers needs ${bytes} bytes of workgroup memory, this device allows ${most}`);
   }
@@ -473,7 +474,8 @@ export class WebGpuBackend implements Backend {
     const B = idt.numel;
     const J = R + 2 * N;
     // up to 8 rows: three kernels a layer that each hold the whole batch (kernels/decode/mixer-*.ts); past that, or
-    // where those do not fit, five a layer whose matmuls have rows enough to fill the GPU (kernels/decode/batch-*.ts)
+    // where those do not fit, with decodeBatch, five a layer whose matmuls have rows enough to fill the GPU
+    // (kernels/decode/batch-*.ts); else null, and generate records the model's ops
     const scanFits = mixerScanBytes(N) <= this.gpu.limits.maxComputeWorkgroupStorageSize;
     const fused = scanFits && B <= DECODE_MAX_B && B * D <= DECODE_MAX_BD && B * J <= DECODE_MAX_BJ && D % 4 === 0 && K <= DECODE_MAX_K;
     const batched = this.decodeBatch && scanFits && K <= DECODE_MAX_K && DECODE_MAX_B * J <= DECODE_MAX_BJ &&
