@@ -47,6 +47,7 @@ struct P { B: u32, E: u32, R: u32, J: u32, G: u32, oPack: u32 }
 // dt_proj partial sums [WG · MAXB] from RED0, step 3's states [MAXB, CH, N + 1] (a padded row per channel)
 const RED0 = MAXBJ;
 const NP = N + 1u;
+const SL = 8u; // states a thread loads at once in step 3
 var<workgroup> scr: array<f32, ${Math.max(DECODE_MAX_BJ + 256 * DECODE_MAX_B, DECODE_MAX_B * CH * (N + 1))}>;
 var<workgroup> xd: array<f32, MAXBJ>;       // x_proj output [B, J]: dt | B | C
 var<workgroup> dts: array<f32, MAXB * CH>;  // delta [B, CH]
@@ -124,10 +125,19 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   //    touch a cache line per thread per load.
   let nc = min(CH, E - e0); // this group's channels
   let rowLen = nc * N;
-  for (var i = t; i < B * rowLen; i += WG) {
-    let b = i / rowLen;
-    let k = i % rowLen;
-    scr[(b * CH + k / N) * NP + k % N] = ssm[((b0 + b) * E + e0) * N + k];
+  let n3 = B * rowLen;
+  // SL loads a thread at a time, unconditional (clamped to the last state, the excess unused) so that they are in
+  // flight together: a loop of one guarded load each waits for the one before (8 rows: 16 in a row)
+  for (var i0 = t; i0 < n3; i0 += SL * WG) {
+    var v: array<f32, SL>;
+    for (var k = 0u; k < SL; k++) {
+      let i = min(i0 + k * WG, n3 - 1u);
+      v[k] = ssm[((b0 + i / rowLen) * E + e0) * N + i % rowLen];
+    }
+    for (var k = 0u; k < SL; k++) {
+      let i = i0 + k * WG;
+      if (i < n3) { scr[((i / rowLen) * CH + (i % rowLen) / N) * NP + i % N] = v[k]; }
+    }
   }
   for (var i = t; i < nc * (N + 2u); i += WG) { pks[i] = lp[p.oPack + e0 * (N + 2u) + i]; }
   workgroupBarrier();
@@ -151,10 +161,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     y[(b0 + b) * E + ee] = out * zv / (1.0 + exp(-zv));
   }
   workgroupBarrier();
-  for (var i = t; i < B * rowLen; i += WG) {
-    let b = i / rowLen;
-    let k = i % rowLen;
-    ssm[((b0 + b) * E + e0) * N + k] = scr[(b * CH + k / N) * NP + k % N];
+  for (var i = t; i < n3; i += WG) {
+    ssm[((b0 + i / rowLen) * E + e0) * N + i % rowLen] = scr[((i / rowLen) * CH + (i % rowLen) / N) * NP + i % N];
   }
 }
 `;
