@@ -35,7 +35,7 @@ type StepLayer = StepModel["weights"]["layers"][number];
 /** A recorded fused decode step (all layers and norm_f) over buffers kept for it, replayed while its key holds. */
 interface DecodePlan {
   key: string;
-  h: Buf; // [B, D]: the embedding, then each layer's out_proj
+  h: Buf; // [B, D]: the embedding, then each layer's out_proj (the batch step: [S, B, D], out_proj's K-split parts)
   normed: GpuTensor; // [B, D]: norm_f's output, the head's input (never disposed)
   scratch: Buf[];
   plan: Prepared[];
@@ -109,7 +109,7 @@ export class WebGpuBackend implements Backend {
     this.tileLarge = { ...TILE_LARGE, BK, buffers };
     this.tileSmall = { ...TILE_SMALL, BK, buffers };
     this.decodeChannels = tuning.decodeChannels ?? 0;
-    this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by model (decodeLoadBytesFor)
+    this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by row width (loadBytes)
     check(tuning.decodeBatch === undefined || typeof tuning.decodeBatch === "boolean", `decodeBatch must be true or false, got ${String(tuning.decodeBatch)}`);
     this.decodeBatch = tuning.decodeBatch ?? false;
     const bytes = tileBytes(this.tileLarge), most = gpu.limits.maxComputeWorkgroupStorageSize;
