@@ -205,6 +205,35 @@ test("webgpu: the LTI mixer (no fused step) decodes through a recorded step that
   }
 });
 
+/**
+ * `steps` decode steps of batch B from zero caches: the GPU model's decodeStep (which must take them) against the
+ * CPU's step mode, logits within `tol`, each layer's SSM state within `ssmTol` and conv state within `convTol`
+ * where given.
+ */
+async function decodeStepsMatchCpu(gpu: MambaModel, cpu: MambaModel, B: number,
+  o: { steps: number; rng: TestRng; tol: number; ssmTol?: number; convTol?: number; what: string }): Promise<void> {
+  const c = gpu.lm.config, gb = gpu.backend, cb = cpu.backend;
+  const caches = [MambaCache.zeros(gb, c, B), MambaCache.zeros(cb, c, B)];
+  try {
+    for (let step = 0; step < o.steps; step++) {
+      const ids = o.rng.ids(B, c.vocabSize);
+      const it = gb.fromI32(ids, [B]);
+      const fused = gb.decodeStep!(gpu.lm, it, caches[0]!.conv, caches[0]!.ssm);
+      assert.ok(fused, `${o.what}: the fused step takes this model`);
+      const want = await cb.readF32(cpu.lm.logits(cpu.lm.hidden(cb.fromI32(ids, [B]), { batch: B, seqLen: 1 }, caches[1]!)));
+      const what = `${o.what} B=${B} step ${step}`;
+      assertClose(await gb.readF32(fused), want, o.tol, `${what} logits`);
+      for (let i = 0; i < c.numLayers; i++) {
+        if (o.ssmTol !== undefined) assertClose(await gb.readF32(caches[0]!.ssm[i]!), await cb.readF32(caches[1]!.ssm[i]!), o.ssmTol, `${what} ssm ${i}`);
+        if (o.convTol !== undefined) assertClose(await gb.readF32(caches[0]!.conv[i]!), await cb.readF32(caches[1]!.conv[i]!), o.convTol, `${what} conv ${i}`);
+      }
+      gb.dispose(it, fused);
+    }
+  } finally {
+    caches.forEach((k) => k.dispose());
+  }
+}
+
 test("webgpu: the fused decode step equals step mode on the CPU (logits and states), f32/f16/bf16, batch 1 and 3 (fused kernels), 9 and 20 (batch kernels, decodeBatch)", async (t) => {
   if (!(await gpuTest(t))) return;
   const configs = [
@@ -221,25 +250,8 @@ test("webgpu: the fused decode step equals step mode on the CPU (logits and stat
       const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
       try {
         for (const B of [1, 3, 9, 20]) {
-          const rng = new TestRng(100 + B);
-          const caches = [MambaCache.zeros(gpu.backend, c, B), MambaCache.zeros(cpu.backend, c, B)];
-          for (let step = 0; step < 4; step++) {
-            const ids = rng.ids(B, c.vocabSize);
-            const gb = gpu.backend;
-            const it = gb.fromI32(ids, [B]);
-            const fused = gb.decodeStep!(gpu.lm, it, caches[0]!.conv, caches[0]!.ssm);
-            assert.ok(fused, "the fused step takes this model");
-            const ct = cpu.backend.fromI32(ids, [B]);
-            const want = await cpu.backend.readF32(cpu.lm.logits(cpu.lm.hidden(ct, { batch: B, seqLen: 1 }, caches[1]!)));
-            const what = `config ${ci} ${dtype} B=${B} step ${step}`;
-            assertClose(await gb.readF32(fused), want, 1e-4, `${what} logits`);
-            for (let i = 0; i < c.numLayers; i++) {
-              assertClose(await gb.readF32(caches[0]!.ssm[i]!), await cpu.backend.readF32(caches[1]!.ssm[i]!), 1e-4, `${what} ssm ${i}`);
-              assertClose(await gb.readF32(caches[0]!.conv[i]!), await cpu.backend.readF32(caches[1]!.conv[i]!), 1e-5, `${what} conv ${i}`);
-            }
-            gb.dispose(it, fused);
-          }
-          caches.forEach((k) => k.dispose());
+          await decodeStepsMatchCpu(gpu, cpu, B,
+            { steps: 4, rng: new TestRng(100 + B), tol: 1e-4, ssmTol: 1e-4, convTol: 1e-5, what: `config ${ci} ${dtype}` });
         }
       } finally {
         await gpu.dispose();
@@ -268,23 +280,7 @@ async function batchStepMatchesCpu(c: ReturnType<typeof makeConfig>, batches: nu
   const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
   try {
     for (const B of batches) {
-      const rng = new TestRng(300 + B);
-      const caches = [MambaCache.zeros(gpu.backend, c, B), MambaCache.zeros(cpu.backend, c, B)];
-      for (let step = 0; step < 3; step++) {
-        const ids = rng.ids(B, c.vocabSize);
-        const it = gpu.backend.fromI32(ids, [B]);
-        const fused = gpu.backend.decodeStep!(gpu.lm, it, caches[0]!.conv, caches[0]!.ssm);
-        assert.ok(fused, "the batch step takes this model");
-        const ct = cpu.backend.fromI32(ids, [B]);
-        const want = await cpu.backend.readF32(cpu.lm.logits(cpu.lm.hidden(ct, { batch: B, seqLen: 1 }, caches[1]!)));
-        assertClose(await gpu.backend.readF32(fused), want, tol, `B=${B} step ${step} logits`);
-        for (let i = 0; i < c.numLayers; i++) {
-          assertClose(await gpu.backend.readF32(caches[0]!.ssm[i]!), await cpu.backend.readF32(caches[1]!.ssm[i]!), tol, `B=${B} step ${step} ssm ${i}`);
-          assertClose(await gpu.backend.readF32(caches[0]!.conv[i]!), await cpu.backend.readF32(caches[1]!.conv[i]!), 1e-5, `B=${B} step ${step} conv ${i}`);
-        }
-        gpu.backend.dispose(it, fused);
-      }
-      caches.forEach((k) => k.dispose());
+      await decodeStepsMatchCpu(gpu, cpu, B, { steps: 3, rng: new TestRng(300 + B), tol, ssmTol: tol, convTol: 1e-5, what: "batch step" });
     }
   } finally {
     await gpu.dispose();
@@ -292,27 +288,21 @@ async function batchStepMatchesCpu(c: ReturnType<typeof makeConfig>, batches: nu
   }
 }
 
-test("webgpu: the fused decode step with x_proj wider than a workgroup (332 outputs) equals step mode on the CPU", async (t) => {
+test("webgpu: the fused decode step with x_proj wider than a workgroup (332 outputs) and too wide to stage (1062) equals step mode on the CPU", async (t) => {
   if (!(await gpuTest(t))) return;
-  // a thread of the first kernel then makes two of x_proj's partial sums, each from zero
-  const c = makeConfig({ vocabSize: 50, hiddenSize: 64, intermediateSize: 40, stateSize: 16, timeStepRank: 300, numLayers: 2 });
-  const ps = perturbedParameters(c, 33);
-  const gpu = await modelFromTensors(c, ps, { backend: "webgpu" });
-  const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
-  try {
-    const caches = [MambaCache.zeros(gpu.backend, c, 1), MambaCache.zeros(cpu.backend, c, 1)];
-    const rng = new TestRng(77);
-    for (let step = 0; step < 3; step++) {
-      const ids = rng.ids(1, c.vocabSize);
-      const fused = gpu.backend.decodeStep!(gpu.lm, gpu.backend.fromI32(ids, [1]), caches[0]!.conv, caches[0]!.ssm);
-      assert.ok(fused, "the fused step takes this model");
-      const ct = cpu.backend.fromI32(ids, [1]);
-      const want = await cpu.backend.readF32(cpu.lm.logits(cpu.lm.hidden(ct, { batch: 1, seqLen: 1 }, caches[1]!)));
-      assertClose(await gpu.backend.readF32(fused), want, 1e-4, `step ${step} logits`);
+  // 332: a thread of the first kernel makes two of x_proj's partial sums, each from zero; 1062: its rows of Wx do
+  // not fit the workgroup's staging memory, and each thread reads its own
+  for (const R of [300, 1030]) {
+    const c = makeConfig({ vocabSize: 50, hiddenSize: 64, intermediateSize: 40, stateSize: 16, timeStepRank: R, numLayers: 2 });
+    const ps = perturbedParameters(c, 33);
+    const gpu = await modelFromTensors(c, ps, { backend: "webgpu" });
+    const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
+    try {
+      await decodeStepsMatchCpu(gpu, cpu, 1, { steps: 3, rng: new TestRng(77), tol: 1e-4, what: `x_proj ${R + 32} wide` });
+    } finally {
+      await gpu.dispose();
+      await cpu.dispose();
     }
-  } finally {
-    await gpu.dispose();
-    await cpu.dispose();
   }
 });
 
@@ -327,22 +317,8 @@ test("webgpu: the fused decode step with 4 and 64 channels a workgroup (decodeCh
       const gpu = await modelFromTensors(c, ps, { backend: await createWebGpuBackend(tuning) });
       const what = JSON.stringify(tuning);
       try {
-        const B = 3, rng = new TestRng(200 + (tuning.decodeChannels ?? tuning.decodeLoadBytes ?? 0));
-        const caches = [MambaCache.zeros(gpu.backend, c, B), MambaCache.zeros(cpu.backend, c, B)];
-        for (let step = 0; step < 3; step++) {
-          const ids = rng.ids(B, c.vocabSize);
-          const it = gpu.backend.fromI32(ids, [B]);
-          const fused = gpu.backend.decodeStep!(gpu.lm, it, caches[0]!.conv, caches[0]!.ssm);
-          assert.ok(fused, "the fused step takes this model");
-          const ct = cpu.backend.fromI32(ids, [B]);
-          const want = await cpu.backend.readF32(cpu.lm.logits(cpu.lm.hidden(ct, { batch: B, seqLen: 1 }, caches[1]!)));
-          assertClose(await gpu.backend.readF32(fused), want, 1e-4, `${what} step ${step} logits`);
-          for (let i = 0; i < c.numLayers; i++) {
-            assertClose(await gpu.backend.readF32(caches[0]!.ssm[i]!), await cpu.backend.readF32(caches[1]!.ssm[i]!), 1e-4, `${what} ssm ${i}`);
-          }
-          gpu.backend.dispose(it, fused);
-        }
-        caches.forEach((k) => k.dispose());
+        const rng = new TestRng(200 + (tuning.decodeChannels ?? tuning.decodeLoadBytes ?? 0));
+        await decodeStepsMatchCpu(gpu, cpu, 3, { steps: 3, rng, tol: 1e-4, ssmTol: 1e-4, what });
       } finally {
         await gpu.dispose();
       }
