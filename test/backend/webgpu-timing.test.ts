@@ -98,6 +98,11 @@ test("webgpu profileKernels: every dispatch is counted under its kernel, results
     assert.equal(counts.reduce((s, c) => s + c, 0), dispatched, "every dispatch is in the profile");
     assert.ok(prof.size >= 2, `two kinds of kernel at least: ${[...prof.keys()]}`);
     for (const [name, v] of prof) assert.ok(Number.isFinite(v.ms) && v.ms >= 0 && v.count % 3 === 0, `${name}: ${JSON.stringify(v)}`);
+    // a recorded plan replayed while profiling: each of its dispatches is timed under its kernel too
+    const plan = b.gpu.record(() => b.dispose(norm(b.matmul(x, w, null))));
+    const replayed = await b.profileKernels(() => b.gpu.replay(plan));
+    assert.ok(replayed);
+    assert.equal([...replayed.values()].reduce((s, v) => s + v.count, 0), plan.length, "every replayed dispatch is in the profile");
     await assert.rejects(b.profileKernels(() => void b.readF32(x)), MambaError);
     await assert.rejects(b.profileKernels(() => { for (let i = 0; i < 3; i++) b.dispose(b.matmul(x, w, null)); }, 2), /more than 2 dispatches/);
     assert.deepEqual(await b.readF32(norm(b.matmul(x, w, null))), want, "the backend works after the errors");

@@ -474,10 +474,11 @@ export class Gpu {
   /** Encodes recorded dispatches again: a few calls each, no lookups (the buffers must be the recorded ones). */
   replay(plan: readonly Prepared[]): void {
     this.check();
+    const shared = this.profiling ? null : this.computePass();
     for (const d of plan) {
       for (const b of d.bufs) b.serial = this.serial;
       // while profileKernels encodes, each dispatch in a timed pass of its own, as dispatch() does
-      const pass = this.profiling ? this.profiledPass(d.pipeline.label || "?") : this.computePass();
+      const pass = shared ?? this.profiledPass(d.pipeline.label || "?");
       pass.setPipeline(d.pipeline);
       pass.setBindGroup(0, d.bindGroup);
       pass.dispatchWorkgroups(d.groups[0], d.groups[1], d.groups[2]);

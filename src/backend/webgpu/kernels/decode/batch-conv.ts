@@ -8,13 +8,14 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
-import { CONV_STEP_WGSL } from "./conv-step.ts";
+import { CONV_STEP_WGSL, stageWxWgsl } from "./conv-step.ts";
+import { DECODE_MAX_B } from "./mixer-in.ts";
 import { type WeightStorage, weightBinding, weightReader } from "../weights.ts";
 
 /** Channels a workgroup: fewer leave ./mixer-scan.ts more partial sums to add. */
 export const BATCH_CONV_CHANNELS = 64;
-/** Rows a workgroup: ./mixer-scan.ts takes as many. */
-export const BATCH_CONV_ROWS = 8;
+/** Rows a workgroup: as many as ./mixer-scan.ts takes. */
+export const BATCH_CONV_ROWS = DECODE_MAX_B;
 
 /** Channels of Wx staged at a time (a padded row of WC + 1 per output). */
 const WC = 16;
@@ -90,13 +91,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   var acc: array<f32, MAXO>;
   for (var k = 0u; k < MAXO; k++) { acc[k] = 0.0; }
   for (var c0 = 0u; c0 < CH; c0 += WC) {
-    for (var i = t; i < J * WC; i += WG) {
-      let j = i / WC;
-      let c = i % WC;
-      var v = 0.0;
-      if (e0 + c0 + c < E) { v = wx(j * E + e0 + c0 + c); }
-      wxs[j * (WC + 1u) + c] = v;
-    }
+${stageWxWgsl("wxs")}
     workgroupBarrier();
     for (var k = 0u; k < MAXO; k++) {
       let i = t + k * WG;

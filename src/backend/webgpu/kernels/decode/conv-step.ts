@@ -1,4 +1,5 @@
-/** WGSL the decode kernels share: one step of the causal conv of a channel over its history in the cache. */
+/** WGSL the decode kernels share: one step of the causal conv of a channel over its history in the cache, and
+ *  the staging of Wx for their partial x_proj sums. */
 
 /** Conv kernel sizes the decode kernels take (the history, K - 1 values, is held in registers). */
 export const DECODE_CONV_MAX_K = 9;
@@ -24,3 +25,17 @@ fn convStep(b: u32, e: u32, xv: f32) -> f32 {
   if (H > 0u) { convState[(b * H + H - 1u) * E + e] = xv; }
   return s / (1.0 + exp(-s));
 }`;
+
+/**
+ * WGSL statements that stage WC channels of Wx from channel e0 + c0 into the workgroup array `dst` as [J, WC + 1]
+ * (rows padded by one, so threads reading a column hit different banks), WC threads side by side on a row: a
+ * thread walking its own row of Wx touches a cache line per thread per load. Channels past E stage as zeros.
+ * Reads the kernel's J, WC, WG, E, e0, c0, t and its Wx reader `wx`.
+ */
+export const stageWxWgsl = (dst: string) => /* wgsl */ `
+    for (var i = t; i < J * WC; i += WG) {
+      let c = i % WC;
+      var v = 0.0;
+      if (e0 + c0 + c < E) { v = wx((i / WC) * E + e0 + c0 + c); }
+      ${dst}[(i / WC) * (WC + 1u) + c] = v;
+    }`;

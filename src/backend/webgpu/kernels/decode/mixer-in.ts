@@ -11,7 +11,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
-import { CONV_STEP_WGSL, DECODE_CONV_MAX_K } from "./conv-step.ts";
+import { CONV_STEP_WGSL, DECODE_CONV_MAX_K, stageWxWgsl } from "./conv-step.ts";
 import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
 
 export const DECODE_MAX_B = 8;
@@ -54,12 +54,7 @@ function xprojWgsl(CH: number, J: number): string {
   var a: array<array<f32, MAXB>, KO>;
   for (var k = 0u; k < KO; k++) { for (var b = 0u; b < MAXB; b++) { a[k][b] = 0.0; } }
   for (var c0 = 0u; c0 < CH; c0 += WC) {
-    for (var i = t; i < J * WC; i += WG) {
-      let c = i % WC;
-      var v = 0.0;
-      if (e0 + c0 + c < E) { v = wx((i / WC) * E + e0 + c0 + c); }
-      red[(i / WC) * (WC + 1u) + c] = v;
-    }
+${stageWxWgsl("red")}
     workgroupBarrier();
     for (var k = 0u; k < KO; k++) {
       let j = t + k * WG;
