@@ -402,7 +402,8 @@ export default async function run(): Promise<void> {
 }
 
 /**
- * BENCH_DECODE_TUNINGS=a|b: the fused decode step's GPU time with the run's tuning and with each set, one backend
+ * BENCH_DECODE_TUNINGS=a|b: the decode step's GPU time (fused, or the recorded ops where a set has no fused step)
+ * with the run's tuning and with each set, one backend
  * each in this one process, measured in alternating rounds (separate processes on one machine moved every kernel,
  * the tuned and the untouched alike, by up to 50%). Batches from BENCH_DECODE_BATCHES (default 1,64).
  */
@@ -418,7 +419,9 @@ async function benchDecodeTunings(name: ModelName): Promise<void> {
   const { MambaCache } = await import("../src/model/cache.ts");
   console.log(`\n-- decode step by tuning, ${name} (GPU time a step, median of 5 alternating rounds of 50 steps) --`);
   for (const B of batches) {
-    // a set whose backend has no fused step for this batch (past 8 rows without decodeBatch) is reported, not timed
+    // a set whose backend has no fused step for this batch (past 8 rows without decodeBatch) is timed as generate
+    // runs it then: the model's ops recorded once and replayed
+    const recorded: boolean[] = [];
     const steps = models.map((m) => {
       const b = gpuOf(m);
       const cache = MambaCache.zeros(b, m.lm.config, B);
@@ -429,24 +432,32 @@ async function benchDecodeTunings(name: ModelName): Promise<void> {
         if (lg) b.dispose(b.sample(lg, greedy), lg);
         return !!lg;
       };
-      return step() ? step : null;
+      recorded.push(!step());
+      if (!recorded.at(-1)) return step;
+      const cap = b.capture(() => {
+        const h = m.lm.hidden(ids, { batch: B, seqLen: 1 }, cache);
+        const lg = m.lm.logits(h);
+        b.dispose(h);
+        return lg;
+      });
+      return () => {
+        cap.run();
+        b.dispose(b.sample(cap.output, greedy));
+        return true;
+      };
     });
     const times: number[][] = sets.map(() => []);
     for (let round = 0; round < 5; round++) {
       for (const [i, m] of models.entries()) {
-        const step = steps[i];
-        if (!step) continue;
+        const step = steps[i]!;
         if (!smoke) await warmUpGpu(gpuOf(m), 300);
         times[i]!.push(await gpuMicros(gpuOf(m), step, 50));
       }
     }
     for (const [i, extra] of sets.entries()) {
-      if (!steps[i]) {
-        console.log(`decode step ${name} batch ${B} ${JSON.stringify({ ...tuning, ...extra })}: no fused step (past 8 rows it needs decodeBatch:true)`);
-        continue;
-      }
       const t = [...times[i]!].sort((x, y) => x - y);
-      console.log(`decode step ${name} batch ${B} ${JSON.stringify({ ...tuning, ...extra })}: ${t[2]!.toFixed(1)} us ` +
+      const how = recorded[i] ? "recorded ops" : "fused step";
+      console.log(`decode step ${name} batch ${B} ${JSON.stringify({ ...tuning, ...extra })} (${how}): ${t[2]!.toFixed(1)} us ` +
         `(${t[0]!.toFixed(1)} – ${t[4]!.toFixed(1)}), ${((B * 1e6) / t[2]!).toFixed(0)} tok/s of GPU time`);
     }
   }

@@ -85,6 +85,8 @@ export class WebGpuBackend implements Backend {
   /** The tiled matmul's configurations for many and for few output tiles. */
   private readonly tileLarge: TileConfig;
   private readonly tileSmall: TileConfig;
+  /** The batch decode step's (WebGpuTuning.decodeBatch). */
+  private readonly tileBatch: TileConfig;
   /** WebGpuTuning.decodeChannels, 0 for the default */
   private readonly decodeChannels: number;
   /** WebGpuTuning.decodeLoadBytes */
@@ -108,6 +110,9 @@ export class WebGpuBackend implements Backend {
     const BK = tuning.matmulBK ?? TILE_LARGE.BK, buffers = tuning.matmulBuffers ?? TILE_LARGE.buffers;
     this.tileLarge = { ...TILE_LARGE, BK, buffers };
     this.tileSmall = { ...TILE_SMALL, BK, buffers };
+    // the batch step's matmuls have few rows and short K splits: K tiles of 16 ran its step at 64 rows of 130m in
+    // 2118 against 2222 us with 8, in one process (BENCHMARKS.md)
+    this.tileBatch = { ...TILE_SMALL, BK: tuning.matmulBK ?? 16, buffers };
     this.decodeChannels = tuning.decodeChannels ?? 0;
     this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by row width (loadBytes)
     check(tuning.decodeBatch === undefined || typeof tuning.decodeBatch === "boolean", `decodeBatch must be true or false, got ${String(tuning.decodeBatch)}`);
@@ -611,7 +616,7 @@ export class WebGpuBackend implements Backend {
     const J = R + 2 * N;
     const gpu = this.gpu;
     const w = model.weights;
-    const tile = this.tileSmall;
+    const tile = this.tileBatch;
     const inSplit = splitPlan(D, kSplits(B, 2 * E, D, tile));
     const outSplit = splitPlan(E, kSplits(B, D, E, tile));
     const hp = gpu.alloc(outSplit.count * B * D * 4); // [S, B, D]: the embedding (one part), then out_proj's partials

@@ -3,7 +3,9 @@
  * A workgroup owns CH channels of up to 8 rows (all B rows of the fused step; a block of rows of the batch step,
  * whose x_proj partials come from ./batch-conv.ts). Decode kernels are short, so what costs is waiting on memory: every
  * phase spreads its loads over all threads and issues them in fixed-size batches rather than one after another.
- *  1. sum kernel 1's G partials into dt | B | C of each row (workgroup memory), S slices of threads per output;
+ *  0. issue every load that needs nothing from another phase (the states, the channels' constants, the first
+ *     dt_proj weights, u and z), so that they are in flight while steps 1 and 2 wait on theirs;
+ *  1. sum kernel 1's G partials into dt | B | C of each row (workgroup memory);
  *  2. dt_proj for the CH channels, 8 threads a channel over R, then softplus(· + bias);
  *  3. one thread per (b, e): advance the N states in place (h = exp(delta·A)·h + delta·u·B) and write
  *     y = (C·h + D·u) · silu(z).
@@ -23,7 +25,8 @@ export function mixerScanBytes(N: number): number {
   return 4 * (Math.max(DECODE_MAX_BJ + 256 * DECODE_MAX_B, DECODE_MAX_B * CH * (N + 1)) + DECODE_MAX_BJ + DECODE_MAX_B * CH + CH * (N + 2));
 }
 
-const wgsl = (N: number, ws: WeightStorage) => /* wgsl */ `
+/** The kernel's WGSL (exported for inspection). */
+export const mixerScanWgsl = (N: number, J: number, ws: WeightStorage) => /* wgsl */ `
 // bindings: 0 Q [G, B, J] | 1 lp (layer constants) | 2 Wdt [E, R] | 3 xz [B, 2E] | 4 ssm [B, E, N] in/out
 //           5 y [B, E] out | 6 params
 // grid: (ceil(E / CH), ceil(B / MAXB)): workgroup (x, y) owns channels x·CH .. and rows y·MAXB ..
@@ -33,6 +36,8 @@ const N = ${N}u;
 const MAXB = ${DECODE_MAX_B}u;
 const MAXBJ = ${DECODE_MAX_BJ}u;
 const BATCH = 8u; // loads issued together
+const J = ${J}u; // x_proj outputs a row: dt | B | C
+const KO = ${Math.ceil(DECODE_MAX_B * J / 256)}u; // outputs a thread sums in step 1 when they are many
 
 struct P { B: u32, E: u32, R: u32, J: u32, G: u32, oPack: u32 }
 @group(0) @binding(0) var<storage, read> Q: array<f32>;
@@ -47,7 +52,7 @@ struct P { B: u32, E: u32, R: u32, J: u32, G: u32, oPack: u32 }
 // dt_proj partial sums [WG · MAXB] from RED0, step 3's states [MAXB, CH, N + 1] (a padded row per channel)
 const RED0 = MAXBJ;
 const NP = N + 1u;
-const SL = 8u; // states a thread loads at once in step 3
+const PKT = ${Math.ceil(CH * (N + 2) / 256)}u; // the channels' constants a thread loads
 var<workgroup> scr: array<f32, ${Math.max(DECODE_MAX_BJ + 256 * DECODE_MAX_B, DECODE_MAX_B * CH * (N + 1))}>;
 var<workgroup> xd: array<f32, MAXBJ>;       // x_proj output [B, J]: dt | B | C
 var<workgroup> dts: array<f32, MAXB * CH>;  // delta [B, CH]
@@ -62,26 +67,75 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let t = lid.x;
   let b0 = wg.y * MAXB;
   let B = min(MAXB, p.B - b0); // this group's rows
-  let J = p.J;
   let BJ = B * J;
   let q0 = b0 * J;             // its rows' first x_proj value in a partial [B, J]
   let E = p.E;
   let e0 = wg.x * CH;
 
-  // 1. x_proj = the sum of G partials; S slices of threads share an output, BATCH loads at a time
-  let S = max(1u, WG / BJ);
-  let slice = t % S;
-  for (var i = t / S; i < BJ; i += WG / S) {
-    var s = 0.0;
-    for (var g0 = slice; g0 < p.G; g0 += BATCH * S) {
-      // unconditional loads (the group clamped, the excess unused) so that all BATCH are in flight together:
-      // behind a bounds check each waits for the one before
-      var v: array<f32, BATCH>;
-      for (var k = 0u; k < BATCH; k++) { v[k] = Q[min(g0 + k * S, p.G - 1u) * p.B * J + q0 + i]; }
-      for (var k = 0u; k < BATCH; k++) { if (g0 + k * S < p.G) { s += v[k]; } }
-    }
-    scr[slice * BJ + i] = s;
+  let nc = min(CH, E - e0); // this group's channels
+  let rowLen = nc * N;       // states of a row of this group
+  let n3 = B * rowLen;
+  let npk = nc * (N + 2u);   // the channels' constants
+
+  // 0. Loads that need nothing from another phase go out first, all at once, so that they are in flight while
+  //    steps 1 and 2 wait on their own (each phase behind a barrier would otherwise add a round trip to memory):
+  //    this thread's share of the states (i = t + k·WG; MAXB·CH = WG, so at most N each), of the channels'
+  //    constants, step 2's first weights, and the u and z of its (row, channel) in step 3. All unconditional, at
+  //    clamped indices, the excess unused.
+  var st: array<f32, N>;
+  for (var k = 0u; k < N; k++) {
+    let i = t + k * WG;
+    // guarded, unlike the loads below: one row needs 2 of the N, and no load here waits on another (none is used)
+    if (i < n3) { st[k] = ssm[((b0 + i / rowLen) * E + e0) * N + i % rowLen]; }
   }
+  var pv: array<f32, PKT>;
+  for (var k = 0u; k < PKT; k++) { pv[k] = lp[p.oPack + e0 * (N + 2u) + min(t + k * WG, npk - 1u)]; }
+  let c = t / 8u; // step 2: 8 threads a channel, each over every 8th of its R weights
+  let rs = t % 8u;
+  let e = e0 + c;
+  var wv: array<f32, BATCH>;
+  for (var k = 0u; k < BATCH; k++) { wv[k] = wdt(min(e, E - 1u) * p.R + min(rs + 8u * k, p.R - 1u)); }
+  let b3 = t / CH; // step 3: a thread per (row, channel)
+  let c3 = t % CH;
+  let xo = (b0 + min(b3, B - 1u)) * 2u * E + e0 + min(c3, nc - 1u);
+  let uv = xz[xo];
+  let zv = xz[xo + E];
+
+  // 1. x_proj = the sum of G partials. Few outputs (BJ ≤ WG / 2: one row): S slices of threads share an output,
+  //    BATCH loads at a time. More: a thread sums KO outputs, KO · BATCH loads in flight at once, so that a block of
+  //    8 rows takes ceil(G / BATCH) round trips to memory rather than KO times as many.
+  let S = max(1u, WG / BJ);
+  if (S >= 2u) {
+    let slice = t % S;
+    for (var i = t / S; i < BJ; i += WG / S) {
+      var s = 0.0;
+      for (var g0 = slice; g0 < p.G; g0 += BATCH * S) {
+        // unconditional loads (the group clamped, the excess unused) so that all BATCH are in flight together:
+        // behind a bounds check each waits for the one before
+        var v: array<f32, BATCH>;
+        for (var k = 0u; k < BATCH; k++) { v[k] = Q[min(g0 + k * S, p.G - 1u) * p.B * J + q0 + i]; }
+        for (var k = 0u; k < BATCH; k++) { if (g0 + k * S < p.G) { s += v[k]; } }
+      }
+      scr[slice * BJ + i] = s;
+    }
+  } else {
+    var acc1: array<f32, KO>;
+    let kn = (BJ + WG - 1u) / WG; // outputs this thread's block needs (KO is for 8 rows)
+    for (var g0 = 0u; g0 < p.G; g0 += BATCH) {
+      var v: array<f32, KO * BATCH>; // groups clamped (the excess unused); the branch on k is uniform
+      for (var k = 0u; k < KO; k++) {
+        if (k < kn) {
+          let i = min(t + k * WG, BJ - 1u);
+          for (var g = 0u; g < BATCH; g++) { v[k * BATCH + g] = Q[min(g0 + g, p.G - 1u) * p.B * J + q0 + i]; }
+        }
+      }
+      for (var k = 0u; k < KO; k++) {
+        for (var g = 0u; g < BATCH; g++) { if (g0 + g < p.G) { acc1[k] += v[k * BATCH + g]; } }
+      }
+    }
+    for (var k = 0u; k < KO; k++) { if (t + k * WG < BJ) { scr[t + k * WG] = acc1[k]; } }
+  }
+  for (var k = 0u; k < PKT; k++) { if (t + k * WG < npk) { pks[t + k * WG] = pv[k]; } }
   workgroupBarrier();
   for (var i = t; i < BJ; i += WG) {
     var s = 0.0;
@@ -90,15 +144,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   }
   workgroupBarrier();
 
-  // 2. dt_proj: 8 threads a channel, each over every 8th of its R weights
-  let c = t / 8u;
-  let rs = t % 8u;
-  let e = e0 + c;
+  // 2. dt_proj, the first BATCH weights of each thread loaded in step 0
   var acc: array<f32, MAXB>;
   if (e < E) {
     for (var r0 = rs; r0 < p.R; r0 += 8u * BATCH) {
-      var wv: array<f32, BATCH>; // loaded unconditionally (clamped), all in flight together, as in step 1
-      for (var k = 0u; k < BATCH; k++) { wv[k] = wdt(e * p.R + min(r0 + 8u * k, p.R - 1u)); }
+      if (r0 != rs) { // loaded unconditionally (clamped), all in flight together, as in step 1
+        for (var k = 0u; k < BATCH; k++) { wv[k] = wdt(e * p.R + min(r0 + 8u * k, p.R - 1u)); }
+      }
       for (var k = 0u; k < BATCH; k++) {
         let r = r0 + 8u * k;
         if (r < p.R) {
@@ -112,7 +164,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   workgroupBarrier();
   if (rs == 0u && e < E) {
     for (var b = 0u; b < B; b++) {
-      var s = lp[p.oPack + e * (N + 2u) + N]; // dt bias
+      var s = pks[c * (N + 2u) + N]; // dt bias
       for (var k = 0u; k < 8u; k++) { s += scr[RED0 + (t + k) * MAXB + b]; }
       dts[b * CH + c] = softplus(s);
     }
@@ -120,45 +172,27 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   workgroupBarrier();
 
   // 3. one step of the recurrence per (b, channel), N states in registers. The states of this group's rows and
-  //    channels (N·CH contiguous values a row) and the channels' constants pass through workgroup memory, so that
-  //    global loads and stores are side by side: a thread per channel reading its own N states directly would
-  //    touch a cache line per thread per load.
-  let nc = min(CH, E - e0); // this group's channels
-  let rowLen = nc * N;
-  let n3 = B * rowLen;
-  // SL loads a thread at a time, unconditional (clamped to the last state, the excess unused) so that they are in
-  // flight together: a loop of one guarded load each waits for the one before (8 rows: 16 in a row)
-  for (var i0 = t; i0 < n3; i0 += SL * WG) {
-    var v: array<f32, SL>;
-    for (var k = 0u; k < SL; k++) {
-      let i = min(i0 + k * WG, n3 - 1u);
-      v[k] = ssm[((b0 + i / rowLen) * E + e0) * N + i % rowLen];
-    }
-    for (var k = 0u; k < SL; k++) {
-      let i = i0 + k * WG;
-      if (i < n3) { scr[((i / rowLen) * CH + (i % rowLen) / N) * NP + i % N] = v[k]; }
-    }
+  //    channels (N·CH contiguous values a row) pass through workgroup memory, so that global loads and stores are
+  //    side by side: a thread per channel reading its own N states directly would touch a cache line per thread
+  //    per load. Step 0 loaded them; scr is free now.
+  for (var k = 0u; k < N; k++) {
+    let i = t + k * WG;
+    if (i < n3) { scr[((i / rowLen) * CH + (i % rowLen) / N) * NP + i % N] = st[k]; }
   }
-  for (var i = t; i < nc * (N + 2u); i += WG) { pks[i] = lp[p.oPack + e0 * (N + 2u) + i]; }
   workgroupBarrier();
-  let b = t / CH;
-  let cc = t % CH;
-  let ee = e0 + cc;
-  if (b < B && cc < nc) {
-    let pk = cc * (N + 2u);
-    let dt = dts[b * CH + cc];
-    let uv = xz[(b0 + b) * 2u * E + ee];
-    let zv = xz[(b0 + b) * 2u * E + E + ee];
+  if (b3 < B && c3 < nc) {
+    let pk = c3 * (N + 2u);
+    let dt = dts[b3 * CH + c3];
     let du = dt * uv;
-    let s0 = (b * CH + cc) * NP;
+    let s0 = (b3 * CH + c3) * NP;
     var out = 0.0;
     for (var n = 0u; n < N; n++) {
-      let hn = fma(exp2(dt * pks[pk + n]), scr[s0 + n], du * xd[b * J + p.R + n]);
+      let hn = fma(exp2(dt * pks[pk + n]), scr[s0 + n], du * xd[b3 * J + p.R + n]);
       scr[s0 + n] = hn;
-      out = fma(hn, xd[b * J + p.R + N + n], out);
+      out = fma(hn, xd[b3 * J + p.R + N + n], out);
     }
     out = fma(pks[pk + N + 1u], uv, out);
-    y[(b0 + b) * E + ee] = out * zv / (1.0 + exp(-zv));
+    y[(b0 + b3) * E + e0 + c3] = out * zv / (1.0 + exp(-zv));
   }
   workgroupBarrier();
   for (var i = t; i < n3; i += WG) {
@@ -173,7 +207,7 @@ export interface MixerScanArgs {
 }
 
 export function decodeMixerScan(gpu: Gpu, a: MixerScanArgs): void {
-  const k = gpu.kernel(`decode_scan_${a.N}_${a.wsDt}`, () => wgsl(a.N, a.wsDt));
+  const k = gpu.kernel(`decode_scan_${a.N}_${a.J}_${a.wsDt}`, () => mixerScanWgsl(a.N, a.J, a.wsDt));
   const p = new Params().u32(a.B).u32(a.E).u32(a.R).u32(a.J).u32(a.G).u32(a.oPack);
   gpu.dispatch(k, [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y], p, [Math.ceil(a.E / CH), Math.ceil(a.B / DECODE_MAX_B)]);
 }
