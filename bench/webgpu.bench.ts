@@ -287,7 +287,7 @@ async function benchBreakdown(model: MambaModel, name: ModelName, batches: numbe
       console.log(`breakdown: readback of one id (submit, copy, map): ${us((t * 1000) / 50)}`);
       b.dispose(x, lg, one32);
     } else if (!b.decodeStep(lm, ids, cache.conv, cache.ssm)) {
-      console.log(`breakdown ${name} batch ${B}: no batch step (decodeBatch is off; BENCH_TUNING=decodeBatch:true measures it)`);
+      console.log(`breakdown ${name} batch ${B}: no batch step (decodeBatch:false, or a model the batch kernels do not take)`);
       console.log(`breakdown ${name} batch ${B}, op-by-op step: GPU ${us(await gpuTime(opsStep, 30))}; host encoding ${us(await hostTime(opsStep, 20))}`);
       printProfile(await b.profileKernels(opsStep));
     } else {

@@ -44,10 +44,10 @@ const cfg = makeConfig({
 });
 const params = perturbedParameters(cfg, 11);
 
-/** A WebGPU backend whose decodeStep also takes batches past the fused kernels (WebGpuTuning.decodeBatch). */
-async function batchBackend() {
+/** A WebGPU backend whose decodeStep takes batches past the fused kernels or not (WebGpuTuning.decodeBatch). */
+async function batchBackend(decodeBatch = true) {
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  return createWebGpuBackend({ decodeBatch: true });
+  return createWebGpuBackend({ decodeBatch });
 }
 
 async function pair(): Promise<[MambaModel, MambaModel]> {
@@ -124,10 +124,11 @@ test("webgpu: generation (greedy and sampled with penalties, batched prompts) eq
   }
 });
 
-test("webgpu: a batch of 11 decodes through a recorded step, and with decodeBatch through the batch step, as the CPU does", async (t) => {
+test("webgpu: a batch of 11 decodes through the batch step (default), and with decodeBatch:false through a recorded step, as the CPU does", async (t) => {
   if (!(await gpuTest(t))) return;
-  const [gpu, cpu] = await pair();
-  const batched = await modelFromTensors(cfg, params, { backend: await batchBackend() });
+  const cpu = await modelFromTensors(cfg, params, { backend: "cpu" });
+  const gpu = await modelFromTensors(cfg, params, { backend: await batchBackend(false) });
+  const batched = await modelFromTensors(cfg, params, { backend: "webgpu" });
   try {
     const b = gpu.backend;
     const capture = b.capture!.bind(b);
@@ -326,8 +327,8 @@ test("webgpu: the fused decode step with 4 and 64 channels a workgroup (decodeCh
     await assert.rejects(createWebGpuBackend({ decodeChannels: 12 }), /decodeChannels must be one of 4, 8, 16, 32, 64, got 12/);
     await assert.rejects(createWebGpuBackend({ decodeLoadBytes: 100 }), /decodeLoadBytes must be one of 64, 128, 256, got 100/);
     await assert.rejects(createWebGpuBackend({ decodeBatch: "no" as unknown as boolean }), /decodeBatch must be true or false, got no/);
-    // by default (decodeBatch false) a batch past the fused kernels gets no fused step: generate records the ops
-    const off = await modelFromTensors(c, ps, { backend: await createWebGpuBackend() });
+    // with decodeBatch:false a batch past the fused kernels gets no fused step: generate records the ops
+    const off = await modelFromTensors(c, ps, { backend: await createWebGpuBackend({ decodeBatch: false }) });
     try {
       const B = 9, cache = MambaCache.zeros(off.backend, c, B);
       assert.equal(off.backend.decodeStep!(off.lm, off.backend.fromI32(new Int32Array(B), [B]), cache.conv, cache.ssm), null);

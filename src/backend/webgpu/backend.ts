@@ -69,8 +69,9 @@ export interface WebGpuTuning {
    *  keeps more loads in flight, with more registers */
   decodeLoadBytes?: number;
   /** batches the fused kernels do not take (past 8 rows, or too wide for them) decode with the batch step's kernels
-   *  (kernels/decode/batch-*.ts, five dispatches a layer) when true; by default (false) through a recording of the
-   *  model's ops, which replays faster at batch 64 of 130m on the H200 (BENCHMARKS.md) */
+   *  (kernels/decode/batch-*.ts, five dispatches a layer) when true (default); when false through a recording of
+   *  the model's ops (ten a layer). At batch 64 of 130m on the H200 a batch step took 2188 us of GPU time, the
+   *  recorded ops 2326, in one process (BENCHMARKS.md) */
   decodeBatch?: boolean;
 }
 
@@ -116,7 +117,7 @@ export class WebGpuBackend implements Backend {
     this.decodeChannels = tuning.decodeChannels ?? 0;
     this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by row width (loadBytes)
     check(tuning.decodeBatch === undefined || typeof tuning.decodeBatch === "boolean", `decodeBatch must be true or false, got ${String(tuning.decodeBatch)}`);
-    this.decodeBatch = tuning.decodeBatch ?? false;
+    this.decodeBatch = tuning.decodeBatch ?? true;
     const bytes = tileBytes(this.tileLarge), most = gpu.limits.maxComputeWorkgroupStorageSize;
     check(bytes <= most, `matmulBK ${BK} with ${buffers} buffers needs ${bytes} bytes of workgroup memory, this device allows ${most}`);
   }
