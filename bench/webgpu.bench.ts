@@ -7,9 +7,10 @@
  *  - one LM forward of batch 8 × 2048 (logits included) on 130m and 1.4b;
  *  - prefill tokens/s at 2^14, 2^17, 2^20 prompt tokens on 130m with the peak of GPU memory, then generation
  *    after the 2^20-token prompt;
- *  - the tiled matmul alone at the forward's shapes (in_proj, out_proj, head of 130m; in_proj of 1.4b) in TFLOP/s.
+ *  - the tiled matmul alone at the forward's shapes (in_proj, out_proj, head of 130m; in_proj of 1.4b) in TFLOP/s;
+ *  - (section `kernels`, not run by default) decode kernels alone: ./decode-kernels.ts.
  * Random weights from createModel (130m: D 768, 24 layers; 1.4b: D 2048, 48 layers; vocab 50280).
- * BENCH_ONLY=scan,matmul,decode,breakdown,forward,prefill picks sections; BENCH_MODELS=130m,1.4b picks models; BENCH_SMOKE=1
+ * BENCH_ONLY=scan,matmul,decode,breakdown,forward,prefill[,kernels] picks sections; BENCH_MODELS=130m,1.4b picks models; BENCH_SMOKE=1
  * shrinks every shape to check the bench itself on a slow adapter. BENCH_TUNING=name:value,... sets WebGpuTuning
  * values for every backend of the run (e.g. matmulBK:8,matmulBuffers:2); BENCH_MATMUL_TUNINGS=...|... runs the
  * matmul section again with each set; BENCH_DECODE_TUNINGS=...|... compares the decode step's GPU time with each set
@@ -23,6 +24,7 @@ import { prefill } from "../src/generate/generate.ts";
 import { toF16Bits, type HostTensor } from "../src/io/tensor.ts";
 import { cols } from "../src/backend/backend.ts";
 import { anchor } from "./anchors.ts";
+import { benchDecodeKernels } from "./decode-kernels.ts";
 import { gpuTrials, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,matmul,decode,breakdown,forward,prefill").split(","));
@@ -349,6 +351,10 @@ export default async function run(): Promise<void> {
   if (only.has("matmul")) {
     console.log("\n-- tiled matmul (fp32, GPU time per call after warm-up) --");
     await benchMatmul(probe);
+  }
+  if (only.has("kernels")) {
+    console.log("\n-- decode kernels alone (GPU clock, dependent dispatches in one pass) --");
+    await benchDecodeKernels(probe, smoke);
   }
   await probe.destroy();
   for (const extra of parseTunings<WebGpuTuning>(process.env.BENCH_MATMUL_TUNINGS)) {

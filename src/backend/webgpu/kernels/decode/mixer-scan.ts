@@ -37,7 +37,7 @@ const MAXB = ${DECODE_MAX_B}u;
 const MAXBJ = ${DECODE_MAX_BJ}u;
 const BATCH = 8u; // loads issued together
 const J = ${J}u; // x_proj outputs a row: dt | B | C
-const KO = ${Math.ceil(DECODE_MAX_B * J / 256)}u; // outputs a thread sums in step 1 when they are many
+const KO = ${Math.ceil(Math.min(DECODE_MAX_B * J, DECODE_MAX_BJ) / 256)}u; // outputs a thread sums in step 1 when they are many
 
 struct P { B: u32, E: u32, R: u32, J: u32, G: u32, oPack: u32 }
 @group(0) @binding(0) var<storage, read> Q: array<f32>;

@@ -1,0 +1,75 @@
+/**
+ * The webgpu bench's `kernels` section: decode kernels alone, on the GPU clock (many dispatches of one kernel in one
+ * timed pass, each depending on the one before as in a step, so each includes a dependent dispatch's fixed cost):
+ *  - the scan kernel of the fused and batch steps (decode/mixer-scan.ts) at the shapes of 130m and 1.4b, with one
+ *    row, one block of 8 rows and 64 rows (8 blocks), its x_proj partials as many as the step makes;
+ *  - the batch step's 64-row matmuls (in_proj and out_proj of 130m) with each K split and K tile tried.
+ */
+import type { WebGpuBackend } from "../src/backend/webgpu/index.ts";
+import { decodeMixerScan } from "../src/backend/webgpu/kernels/decode/mixer-scan.ts";
+import { matmulTiled, splitPlan, TILE_SMALL, type TileConfig } from "../src/backend/webgpu/kernels/matmul.ts";
+
+/** Microseconds of GPU time per call of f: the median of 5 timed passes of `reps` calls. */
+async function passMicros(b: WebGpuBackend, f: () => void, reps: number): Promise<string> {
+  f();
+  await b.gpu.sync();
+  const ts: number[] = [];
+  for (let k = 0; k < 5; k++) {
+    const ms = await b.gpu.timePass(() => { for (let i = 0; i < reps; i++) f(); });
+    if (ms === null) return "n/a (no timestamp queries)";
+    ts.push((ms / reps) * 1000);
+  }
+  ts.sort((x, y) => x - y);
+  return `${ts[2]!.toFixed(2)} us (${ts[0]!.toFixed(2)} – ${ts[4]!.toFixed(2)})`;
+}
+
+function random(n: number, seed: number): Float32Array {
+  const a = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    a[i] = (s / 2 ** 32 - 0.5) * 0.1;
+  }
+  return a;
+}
+
+export async function benchDecodeKernels(b: WebGpuBackend, smoke: boolean): Promise<void> {
+  const gpu = b.gpu;
+  const reps = smoke ? 3 : 200;
+  // [model, E, N, R, x_proj partials G, rows]: G is E / 16 (130m) or E / 32 (1.4b) channels per fused first
+  // kernel at one row, E / 64 channels per batch conv workgroup past 8 rows
+  const scans = smoke ? [["small", 64, 16, 4, 4, 1], ["small", 64, 16, 4, 1, 9]] as const : [
+    ["130m", 1536, 16, 48, 96, 1], ["130m", 1536, 16, 48, 24, 8], ["130m", 1536, 16, 48, 24, 64],
+    ["1.4b", 4096, 16, 128, 128, 1], ["1.4b", 4096, 16, 128, 64, 64],
+  ] as const;
+  for (const [name, E, N, R, G, B] of scans) {
+    const J = R + 2 * N;
+    const bufs = {
+      Q: gpu.upload(random(G * B * J, 1)), lp: gpu.upload(random(E * (N + 2), 2)), wDt: gpu.upload(random(E * R, 3)),
+      xz: gpu.upload(random(B * 2 * E, 4)), ssm: gpu.upload(random(B * E * N, 5)), y: gpu.alloc(B * E * 4),
+    };
+    const t = await passMicros(b, () => decodeMixerScan(gpu, { B, E, N, R, J, G, oPack: 0, wsDt: "f32", ...bufs }), reps);
+    console.log(`decode scan kernel ${name} (E ${E}, N ${N}, R ${R}), ${B} row${B > 1 ? "s" : ""}, ${G} partials: ${t}`);
+    for (const buf of Object.values(bufs)) gpu.release(buf);
+  }
+  const M = smoke ? 9 : 64;
+  const shapes = smoke ? [["small in_proj", 64, 256, [1, 2]]] as const : [
+    ["130m in_proj", 768, 3072, [2, 4, 6, 8, 12]], ["130m out_proj", 1536, 768, [8, 12, 16, 20, 24]],
+  ] as const;
+  for (const [name, K, N, splits] of shapes) {
+    const x = gpu.upload(random(M * K, 6)), w = gpu.upload(random(N * K, 7));
+    const y = gpu.alloc(Math.max(...splits) * M * N * 4);
+    for (const BK of [8, 16, 32]) {
+      const cfg: TileConfig = { ...TILE_SMALL, BK };
+      for (const s of splits) {
+        const plan = splitPlan(K, s);
+        const t = await passMicros(b, () =>
+          matmulTiled(gpu, { x, ldx: K, offx: 0, rows: M, K, w, ws: "f32", N, bias: null, y }, cfg, plan), smoke ? 3 : 100);
+        console.log(`batch matmul ${name} [${M}, ${K}] x [${N}, ${K}]^T, 64 x 64 tiles, K tiles of ${BK}, ${plan.count} K parts: ${t}`);
+      }
+    }
+    gpu.release(x);
+    gpu.release(w);
+    gpu.release(y);
+  }
+}
