@@ -73,7 +73,8 @@ ${stageWxWgsl("red")}
   }`;
 }
 
-const wgsl = (CH: number, J: number, wsIn: WeightStorage, wsX: WeightStorage, loadBytes: number) => /* wgsl */ `
+/** The kernel's WGSL (exported for inspection). */
+export const mixerInWgsl = (CH: number, J: number, wsIn: WeightStorage, wsX: WeightStorage, loadBytes: number) => /* wgsl */ `
 // bindings: 0 h [B, D] | 1 res [2, B, D] | 2 lp (layer constants) | 3 Win [2E, D] | 4 Wx [J, E]
 //           5 convState [B, K-1, E] in/out | 6 xz [B, 2E] out | 7 Q [groups, B, J] out | 8 params
 // grid: (ceil(E / CH))
@@ -232,7 +233,7 @@ export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
   const CH = mixerInChannels(a.E, a.channels);
   const loadBytes = a.loadBytes ?? 64;
   const k = gpu.kernel(`decode_in_${CH}_${a.J}_${a.wsIn}_${a.wsX}${loadBytes === 64 ? "" : `_${loadBytes}`}`,
-    () => wgsl(CH, a.J, a.wsIn, a.wsX, loadBytes));
+    () => mixerInWgsl(CH, a.J, a.wsIn, a.wsX, loadBytes));
   const groups = Math.ceil(a.E / CH);
   const p = new Params().u32(a.B).u32(a.D).u32(a.E).u32(a.K).u32(a.J).bool(a.hasRes).u32(a.par).f32(a.eps)
     .u32(a.oNorm).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB);
