@@ -34,16 +34,16 @@ function xprojWgsl(CH: number, J: number): string {
   if (WC === 0) return /* wgsl */ `
   // 4. this group's share of x_proj (too wide to stage: a thread per output reads its row of Wx)
   for (var j = t; j < p.J; j += WG) {
-    var a: array<f32, MAXB>;
-    for (var b = 0u; b < MAXB; b++) { a[b] = 0.0; } // zeroed each pass: a declaration in a loop is not, on Dawn
+    var a: array<f32, RB>;
+    for (var b = 0u; b < RB; b++) { a[b] = 0.0; } // zeroed each pass: a declaration in a loop is not, on Dawn
     for (var cc = 0u; cc < CH; cc++) {
       let ee = e0 + cc;
       if (ee < E) {
         let wv = wx(j * E + ee);
-        for (var b = 0u; b < MAXB; b++) { if (b < B) { a[b] = fma(wv, xcs[b * CH + cc], a[b]); } }
+        for (var b = 0u; b < RB; b++) { a[b] = fma(wv, xcs[b * CH + cc], a[b]); }
       }
     }
-    for (var b = 0u; b < MAXB; b++) { if (b < B) { Q[(wg.x * B + b) * p.J + j] = a[b]; } }
+    for (var b = 0u; b < RB; b++) { Q[(wg.x * B + b) * p.J + j] = a[b]; }
   }`;
   const KO = Math.ceil(J / 256);
   return /* wgsl */ `
@@ -51,8 +51,8 @@ function xprojWgsl(CH: number, J: number): string {
   const J = ${J}u;
   const WC = ${WC}u;
   const KO = ${KO}u; // outputs a thread
-  var a: array<array<f32, MAXB>, KO>;
-  for (var k = 0u; k < KO; k++) { for (var b = 0u; b < MAXB; b++) { a[k][b] = 0.0; } }
+  var a: array<array<f32, RB>, KO>;
+  for (var k = 0u; k < KO; k++) { for (var b = 0u; b < RB; b++) { a[k][b] = 0.0; } }
   for (var c0 = 0u; c0 < CH; c0 += WC) {
 ${stageWxWgsl("red")}
     workgroupBarrier();
@@ -61,7 +61,7 @@ ${stageWxWgsl("red")}
       if (j < J) {
         for (var c = 0u; c < WC; c++) {
           let wv = red[j * (WC + 1u) + c];
-          for (var b = 0u; b < MAXB; b++) { if (b < B) { a[k][b] = fma(wv, xcs[b * CH + c0 + c], a[k][b]); } }
+          for (var b = 0u; b < RB; b++) { a[k][b] = fma(wv, xcs[b * CH + c0 + c], a[k][b]); }
         }
       }
     }
@@ -69,17 +69,18 @@ ${stageWxWgsl("red")}
   }
   for (var k = 0u; k < KO; k++) {
     let j = t + k * WG;
-    if (j < J) { for (var b = 0u; b < MAXB; b++) { if (b < B) { Q[(wg.x * B + b) * J + j] = a[k][b]; } } }
+    if (j < J) { for (var b = 0u; b < RB; b++) { Q[(wg.x * B + b) * J + j] = a[k][b]; } }
   }`;
 }
 
 /** The kernel's WGSL (exported for inspection). */
-export const mixerInWgsl = (CH: number, J: number, wsIn: WeightStorage, wsX: WeightStorage, loadBytes: number) => /* wgsl */ `
+export const mixerInWgsl = (CH: number, J: number, wsIn: WeightStorage, wsX: WeightStorage, loadBytes: number, RB: number) => /* wgsl */ `
 // bindings: 0 h [B, D] | 1 res [2, B, D] | 2 lp (layer constants) | 3 Win [2E, D] | 4 Wx [J, E]
 //           5 convState [B, K-1, E] in/out | 6 xz [B, 2E] out | 7 Q [groups, B, J] out | 8 params
 // grid: (ceil(E / CH))
 const WG = 256u;
 const MAXB = ${DECODE_MAX_B}u;
+const RB = ${RB}u;          // the dispatch's rows (B = RB): register loops run to it
 const MAXU = ${DECODE_MAX_BD}u;
 const CH = ${CH}u;          // channels per workgroup
 const ROWS = 2u * CH;       // their in_proj rows: x then z
@@ -150,7 +151,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let c = row % CH;
   let e = e0 + c;
   let grow = select(e, E + e, row >= CH);
-  var acc: array<f32, MAXB>;
+  var acc: array<f32, RB>;
   if (e < E) {
     let D4 = D / 4u;
     for (var k0 = q; k0 < D4; k0 += BATCH * TPR) {
@@ -161,18 +162,17 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       for (var k = 0u; k < BATCH; k++) {
         let k4 = k0 + k * TPR;
         if (k4 < D4) {
-          // bounded by the constant MAXB, so that acc stays in registers (a loop to B indexes it at run time)
-          for (var b = 0u; b < MAXB; b++) {
-            if (b < B) {
-              let o = b * D + 4u * k4;
-              acc[b] = fma(wv[k].x, us[o], fma(wv[k].y, us[o + 1u], fma(wv[k].z, us[o + 2u], fma(wv[k].w, us[o + 3u], acc[b]))));
-            }
+          // bounded by the constant RB, so that acc stays in registers (a loop to B indexes it at run time), and
+          // RB the dispatch's rows: bounded by 8 with a guard, one row's step did 8 rows' predicated loads and FMAs
+          for (var b = 0u; b < RB; b++) {
+            let o = b * D + 4u * k4;
+            acc[b] = fma(wv[k].x, us[o], fma(wv[k].y, us[o + 1u], fma(wv[k].z, us[o + 2u], fma(wv[k].w, us[o + 3u], acc[b]))));
           }
         }
       }
     }
   }
-  for (var b = 0u; b < MAXB; b++) { red[t * MAXB + b] = acc[b]; }
+  for (var b = 0u; b < RB; b++) { red[t * MAXB + b] = acc[b]; }
   workgroupBarrier();
   if (q == 0u && e < E) {
     for (var b = 0u; b < B; b++) {
@@ -232,8 +232,9 @@ export function mixerInChannels(E: number, chosen = 0): number {
 export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
   const CH = mixerInChannels(a.E, a.channels);
   const loadBytes = a.loadBytes ?? 64;
-  const k = gpu.kernel(`decode_in_${CH}_${a.J}_${a.wsIn}_${a.wsX}${loadBytes === 64 ? "" : `_${loadBytes}`}`,
-    () => mixerInWgsl(CH, a.J, a.wsIn, a.wsX, loadBytes));
+  if (!Number.isInteger(a.B) || a.B < 1 || a.B > DECODE_MAX_B) throw new Error(`decodeMixerIn: ${a.B} rows, expected 1 to ${DECODE_MAX_B}`);
+  const k = gpu.kernel(`decode_in_${CH}_${a.J}_${a.wsIn}_${a.wsX}${loadBytes === 64 ? "" : `_${loadBytes}`}_r${a.B}`,
+    () => mixerInWgsl(CH, a.J, a.wsIn, a.wsX, loadBytes, a.B));
   const groups = Math.ceil(a.E / CH);
   const p = new Params().u32(a.B).u32(a.D).u32(a.E).u32(a.K).u32(a.J).bool(a.hasRes).u32(a.par).f32(a.eps)
     .u32(a.oNorm).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB);
