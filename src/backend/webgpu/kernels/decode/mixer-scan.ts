@@ -84,11 +84,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
 
   // 0. Loads that need nothing from another phase go out first, all at once, so that they are in flight while
   //    steps 1 and 2 wait on their own (each phase behind a barrier would otherwise add a round trip to memory):
-  //    this thread's share of the states (i = t + k·WG; MAXB·CH = WG, so at most N each), of the channels'
+  //    this thread's share of the states (i = t + k·WG for k < SL: MAXB·CH = WG, so SL ≤ N), of the channels'
   //    constants, step 2's first weights, and the u and z of its (row, channel) in step 3. All unconditional, at
-  //    clamped indices, the excess unused.
-  // SL of them, a constant for the dispatch's rows (a guard on each load measured slower on the H200, 39.5 against
-  // 25.0 us at 64 rows of 130m, and so did one branch between 2 and N loads, 27.8)
+  //    clamped indices, the excess unused; SL is a constant for the dispatch's rows (a guard on each load measured
+  //    slower on the H200, 39.5 against 25.0 us at 64 rows of 130m, and so did one branch between 2 and N loads, 27.8).
   var st: array<f32, SL>;
   for (var k = 0u; k < SL; k++) { st[k] = ssm[stateAt(min(t + k * WG, n3 - 1u), b0, e0, rowLen)]; }
   var pv: array<f32, PKT>;
