@@ -8,30 +8,19 @@
 import type { WebGpuBackend } from "../src/backend/webgpu/index.ts";
 import { decodeMixerScan } from "../src/backend/webgpu/kernels/decode/mixer-scan.ts";
 import { matmulTiled, splitPlan, TILE_SMALL, type TileConfig } from "../src/backend/webgpu/kernels/matmul.ts";
+import { filled } from "./data.ts";
+import { gpuTrials } from "./timing.ts";
 
-/** Microseconds of GPU time per call of f: the median of 5 timed passes of `reps` calls. */
+/** GPU time per call of f after one warm-up call: the median and spread of 5 timed passes of `reps` calls. */
 async function passMicros(b: WebGpuBackend, f: () => void, reps: number): Promise<string> {
   f();
-  await b.gpu.sync();
-  const ts: number[] = [];
-  for (let k = 0; k < 5; k++) {
-    const ms = await b.gpu.timePass(() => { for (let i = 0; i < reps; i++) f(); });
-    if (ms === null) return "n/a (no timestamp queries)";
-    ts.push((ms / reps) * 1000);
-  }
-  ts.sort((x, y) => x - y);
-  return `${ts[2]!.toFixed(2)} us (${ts[0]!.toFixed(2)} – ${ts[4]!.toFixed(2)})`;
+  const t = await gpuTrials(b, f, reps);
+  if (!t) return "n/a (no timestamp queries)";
+  return `${(t.median * 1000).toFixed(2)} us (${(t.min * 1000).toFixed(2)} – ${(t.max * 1000).toFixed(2)})`;
 }
 
-function random(n: number, seed: number): Float32Array {
-  const a = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    a[i] = (s / 2 ** 32 - 0.5) * 0.1;
-  }
-  return a;
-}
+/** Values in ±0.05. */
+const random = (n: number, seed: number) => filled(n, -0.05, 0.05, seed);
 
 export async function benchDecodeKernels(b: WebGpuBackend, smoke: boolean): Promise<void> {
   const gpu = b.gpu;

@@ -23,6 +23,7 @@ import { namedTensors, zerosLike } from "../src/train/params.ts";
 import { AdamW, DEFAULT_OPTIM } from "../src/train/optim.ts";
 import { fmtBytes } from "../src/backend/webgpu/gpu.ts";
 import { anchor } from "./anchors.ts";
+import { filled } from "./data.ts";
 import { gpuTrials, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,step").split(","));
@@ -53,19 +54,6 @@ const STEP = (() => {
 
 const ms = (t: number) => `${t.toFixed(3)} ms`;
 const ratio = (ours: number, official: number | null) => (official ? `${(official / ours).toFixed(3)}x official speed` : "(no anchor)");
-
-/** A Float32Array of n values cycling through a seeded random block (fast for hundreds of millions). */
-function filled(n: number, lo: number, hi: number, seed: number): Float32Array {
-  const block = new Float32Array(Math.min(n, 1 << 20));
-  let s = seed >>> 0;
-  for (let i = 0; i < block.length; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    block[i] = lo + ((hi - lo) * s) / 4294967296;
-  }
-  const out = new Float32Array(n);
-  for (let o = 0; o < n; o += block.length) out.set(block.subarray(0, Math.min(block.length, n - o)), o);
-  return out;
-}
 
 async function benchScan(b: WebGpuTrainingBackend): Promise<void> {
   console.log("\n-- selective scan forward + backward (fp32, delta_softplus + dt bias, D, gate z; GPU time per call after warm-up) --");

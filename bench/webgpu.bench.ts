@@ -24,6 +24,7 @@ import { prefill } from "../src/generate/generate.ts";
 import { toF16Bits, type HostTensor } from "../src/io/tensor.ts";
 import { cols } from "../src/backend/backend.ts";
 import { anchor } from "./anchors.ts";
+import { filled } from "./data.ts";
 import { benchDecodeKernels } from "./decode-kernels.ts";
 import { gpuTrials, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
 
@@ -48,19 +49,6 @@ type ModelName = "130m" | "1.4b";
 const ratio = (ours: number, official: number | null | undefined, higherIsBetter: boolean) =>
   official ? `${(higherIsBetter ? ours / official : official / ours).toFixed(2)}x official` : "(no anchor)";
 const ms = (t: number) => `${t.toFixed(3)} ms`;
-
-/** A Float32Array of n values cycling through a seeded random block (fast for hundreds of millions). */
-function filled(n: number, lo: number, hi: number, seed: number): Float32Array {
-  const block = new Float32Array(Math.min(n, 1 << 20));
-  let s = seed >>> 0;
-  for (let i = 0; i < block.length; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    block[i] = lo + ((hi - lo) * s) / 4294967296;
-  }
-  const out = new Float32Array(n);
-  for (let o = 0; o < n; o += block.length) out.set(block.subarray(0, Math.min(block.length, n - o)), o);
-  return out;
-}
 
 /** A greedy sampling request for B rows of V logits. */
 const greedyRequest = (V: number, B: number) =>
