@@ -39,7 +39,7 @@ const BATCH = 8u; // loads issued together
 const J = ${J}u; // x_proj outputs a row: dt | B | C
 const KO = ${Math.ceil(Math.min(DECODE_MAX_B * J, DECODE_MAX_BJ) / 256)}u; // outputs a thread sums in step 1 when they are many
 
-struct P { B: u32, E: u32, R: u32, J: u32, G: u32, oPack: u32 }
+struct P { B: u32, E: u32, R: u32, G: u32, oPack: u32 }
 @group(0) @binding(0) var<storage, read> Q: array<f32>;
 @group(0) @binding(1) var<storage, read> lp: array<f32>;
 @group(0) @binding(2) var<storage, read> wDt: array<${weightBinding(ws)}>;
@@ -209,6 +209,6 @@ export interface MixerScanArgs {
 export function decodeMixerScan(gpu: Gpu, a: MixerScanArgs): void {
   const SL = Math.ceil((Math.min(a.B, DECODE_MAX_B) * CH * a.N) / 256);
   const k = gpu.kernel(`decode_scan_${a.N}_${a.J}_${SL}_${a.wsDt}`, () => mixerScanWgsl(a.N, a.J, SL, a.wsDt));
-  const p = new Params().u32(a.B).u32(a.E).u32(a.R).u32(a.J).u32(a.G).u32(a.oPack);
+  const p = new Params().u32(a.B).u32(a.E).u32(a.R).u32(a.G).u32(a.oPack);
   gpu.dispatch(k, [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y], p, [Math.ceil(a.E / CH), Math.ceil(a.B / DECODE_MAX_B)]);
 }
