@@ -1,9 +1,12 @@
 /**
  * Fused decode, kernel 1 of 3 per layer (one token per row, B rows): everything from the layer's input to its
  * share of x_proj, in one dispatch. Each workgroup owns CH channels and, in order:
- *  1. adds the residual and RMS-normalizes all B rows into workgroup memory (every workgroup does this: D values
+ *  0. issues every load that needs nothing computed here: the first in_proj weights, the layer input, the conv's
+ *     history and weights, its chunks of Wx (so that their latencies overlap instead of adding up);
+ *  1. adds the residual and takes each row's sum of squares for the RMS norm (every workgroup does this: D values
  *     a row are cheap to read, and it saves a dispatch); workgroup 0 writes the new residual;
- *  2. computes its 2·CH rows of in_proj (x and z of each channel), TPR threads a row reading 4-wide;
+ *  2. computes its 2·CH rows of in_proj (x and z of each channel), TPR threads a row reading 4-wide, over the
+ *     input times the norm weight; the norm's scale 1/rms is a factor of each row's sum, applied at the end;
  *  3. applies the causal conv (state shifted in place: the thread of (b, e) alone reads and writes it) and SiLU,
  *     writing x and z to xz [B, 2E];
  *  4. writes its partial x_proj Q[g, b, j] = Σ_{e of this group} Wx[j, e] · x[b, e]; kernel 2 sums over groups.
@@ -11,7 +14,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
-import { CONV_STEP_WGSL, DECODE_CONV_MAX_K, stageWxWgsl } from "./conv-step.ts";
+import { DECODE_CONV_MAX_K } from "./conv-step.ts";
 import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
 
 export const DECODE_MAX_B = 8;
@@ -20,61 +23,19 @@ export const DECODE_MAX_BD = 4096;
 /** Conv kernel sizes the fused decode takes (the history is held in registers). */
 export const DECODE_MAX_K = DECODE_CONV_MAX_K;
 
-/** Channels of Wx staged at a time for x_proj of width J (a padded row of WC + 1 per output in \`red\`, free after
- *  step 2), or 0 where J is too wide to stage and each thread reads its row of Wx directly. */
-function stagedChannels(CH: number, J: number): number {
-  for (let wc = Math.min(CH, 16); wc >= 1; wc /= 2) if (J * (wc + 1) <= 256 * DECODE_MAX_B) return wc;
-  return 0;
+/** Channels of a chunk of Wx a thread of step 4 holds in registers (a row's CC weights side by side). */
+function xprojChunk(CH: number): number {
+  return Math.min(CH, 8);
 }
 
-/** Step 4: this group's share of x_proj. Staged, 16 threads read a row of Wx side by side; a thread walking its
- *  own row touches a cache line per thread per load. */
-function xprojWgsl(CH: number, J: number): string {
-  const WC = stagedChannels(CH, J);
-  if (WC === 0) return /* wgsl */ `
-  // 4. this group's share of x_proj (too wide to stage: a thread per output reads its row of Wx)
-  for (var j = t; j < p.J; j += WG) {
-    var a: array<f32, RB>;
-    for (var b = 0u; b < RB; b++) { a[b] = 0.0; } // zeroed each pass: a declaration in a loop is not, on Dawn
-    for (var cc = 0u; cc < CH; cc++) {
-      let ee = e0 + cc;
-      if (ee < E) {
-        let wv = wx(j * E + ee);
-        for (var b = 0u; b < RB; b++) { a[b] = fma(wv, xcs[b * CH + cc], a[b]); }
-      }
-    }
-    for (var b = 0u; b < RB; b++) { Q[(wg.x * B + b) * p.J + j] = a[b]; }
-  }`;
-  const KO = Math.ceil(J / 256);
+/** The kernel's WGSL (exported for inspection). D, E, K, J and RB (the dispatch's rows) are constants of it, so
+ *  that every loop over rows, weights and taps has a constant bound and its loads can be issued together. */
+export const mixerInWgsl = (CH: number, D: number, E: number, K: number, J: number, wsIn: WeightStorage, wsX: WeightStorage,
+  loadBytes: number, RB: number) => {
+  const BATCH = loadBytes / (wsIn === "f32" ? 16 : 8);
+  const TPR = 256 / (2 * CH);
+  const CC = xprojChunk(CH);
   return /* wgsl */ `
-  // 4. this group's share of x_proj: Wx staged ${WC} channels at a time into red, a thread per output
-  const J = ${J}u;
-  const WC = ${WC}u;
-  const KO = ${KO}u; // outputs a thread
-  var a: array<array<f32, RB>, KO>;
-  for (var k = 0u; k < KO; k++) { for (var b = 0u; b < RB; b++) { a[k][b] = 0.0; } }
-  for (var c0 = 0u; c0 < CH; c0 += WC) {
-${stageWxWgsl("red")}
-    workgroupBarrier();
-    for (var k = 0u; k < KO; k++) {
-      let j = t + k * WG;
-      if (j < J) {
-        for (var c = 0u; c < WC; c++) {
-          let wv = red[j * (WC + 1u) + c];
-          for (var b = 0u; b < RB; b++) { a[k][b] = fma(wv, xcs[b * CH + c0 + c], a[k][b]); }
-        }
-      }
-    }
-    workgroupBarrier();
-  }
-  for (var k = 0u; k < KO; k++) {
-    let j = t + k * WG;
-    if (j < J) { for (var b = 0u; b < RB; b++) { Q[(wg.x * B + b) * J + j] = a[k][b]; } }
-  }`;
-}
-
-/** The kernel's WGSL (exported for inspection). */
-export const mixerInWgsl = (CH: number, J: number, wsIn: WeightStorage, wsX: WeightStorage, loadBytes: number, RB: number) => /* wgsl */ `
 // bindings: 0 h [B, D] | 1 res [2, B, D] | 2 lp (layer constants) | 3 Win [2E, D] | 4 Wx [J, E]
 //           5 convState [B, K-1, E] in/out | 6 xz [B, 2E] out | 7 Q [groups, B, J] out | 8 params
 // grid: (ceil(E / CH))
@@ -82,15 +43,23 @@ const WG = 256u;
 const MAXB = ${DECODE_MAX_B}u;
 const RB = ${RB}u;          // the dispatch's rows (B = RB): register loops run to it
 const MAXU = ${DECODE_MAX_BD}u;
+const D = ${D}u;
+const E = ${E}u;
+const CK = ${K}u;           // conv taps
 const CH = ${CH}u;          // channels per workgroup
+const J = ${J}u;            // x_proj outputs
 const ROWS = 2u * CH;       // their in_proj rows: x then z
-const TPR = WG / ROWS;      // threads per in_proj row
-const BATCH = ${loadBytes / (wsIn === "f32" ? 16 : 8)}u; // in_proj loads issued together: ${loadBytes} bytes a thread (f32 vec4s or packed-half pairs)
+const TPR = ${TPR}u;        // threads per in_proj row
+const D4 = D / 4u;
+const BATCH = ${BATCH}u;    // in_proj loads issued together: ${loadBytes} bytes a thread (f32 vec4s or packed-half pairs)
+const NIT = ${Math.ceil(D / 4 / (BATCH * TPR))}u;  // batches of in_proj loads a thread
+const KD = ${Math.ceil(D / 256)}u;  // input values a thread a row
+const KC = ${Math.ceil((RB * CH) / 256)}u; // (row, channel) pairs of the conv a thread
+const CC = ${CC}u;          // channels of a Wx chunk
+const NCC = ${CH / CC}u;    // chunks of a Wx row in this group
+const KI = ${Math.ceil((J * (CH / CC)) / 256)}u; // Wx chunks a thread
 
-struct P {
-  B: u32, D: u32, E: u32, K: u32, J: u32, hasRes: u32, par: u32, eps: f32,
-  oNorm: u32, oInBias: u32, oConvW: u32, oConvB: u32,
-}
+struct P { hasRes: u32, par: u32, eps: f32, oNorm: u32, oInBias: u32, oConvW: u32, oConvB: u32 }
 @group(0) @binding(0) var<storage, read> h: array<f32>;
 @group(0) @binding(1) var<storage, read_write> res: array<f32>;
 @group(0) @binding(2) var<storage, read> lp: array<f32>;
@@ -101,73 +70,97 @@ struct P {
 @group(0) @binding(7) var<storage, read_write> Q: array<f32>;
 @group(0) @binding(8) var<uniform> p: P;
 
-var<workgroup> us: array<f32, MAXU>;          // normalized input rows [B, D]
+var<workgroup> us: array<f32, MAXU>;          // input rows [B, D] times the norm weight (the norm's scale comes later)
 var<workgroup> red: array<f32, WG * MAXB>;    // partial sums
 var<workgroup> rowOut: array<f32, MAXB * ROWS>;
 var<workgroup> xcs: array<f32, MAXB * CH>;    // conv outputs of this group's channels
 
 ${weight4Reader(wsIn, "win4", "wIn")}
-${CONV_STEP_WGSL}
 ${weightReader(wsX, "wx", "wX")}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
   let t = lid.x;
-  let B = p.B;
-  let D = p.D;
-  let E = p.E;
   let e0 = wg.x * CH;
 
-  // 1. residual add + RMSNorm of every row
-  for (var b = 0u; b < B; b++) {
-    var ss = 0.0;
-    for (var d0 = t; d0 < D; d0 += BATCH * WG) {
-      for (var k = 0u; k < BATCH; k++) {
-        let d = d0 + k * WG;
-        if (d < D) {
-          var v = h[b * D + d];
-          if (p.hasRes != 0u) { v += res[p.par * B * D + b * D + d]; }
-          if (wg.x == 0u) { res[(1u - p.par) * B * D + b * D + d] = v; }
-          us[b * D + d] = v;
-          ss = fma(v, v, ss);
-        }
-      }
-    }
-    red[t] = ss;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-      if (t < s) { red[t] += red[t + s]; }
-      workgroupBarrier();
-    }
-    let inv = inverseSqrt(red[0] / f32(D) + p.eps);
-    workgroupBarrier(); // red[0] read by all before the next row reuses red
-    for (var d = t; d < D; d += WG) { us[b * D + d] *= inv * lp[p.oNorm + d]; }
-  }
-  workgroupBarrier();
-
-  // 2. in_proj rows x[e], z[e] of this group's channels
-  let row = t / TPR;
+  // 0. every load that needs nothing computed here goes out first, so that all are in flight together (indices
+  //    are clamped rather than guarded: behind a bounds check each load waits for the one before); the excess
+  //    values are never used
+  let row = t / TPR;          // in_proj: this thread's row and its share of it
   let q = t % TPR;
   let c = row % CH;
   let e = e0 + c;
-  let grow = select(e, E + e, row >= CH);
+  let ec = min(e, E - 1u);
+  let grow = select(ec, E + ec, row >= CH);
+  var wv: array<vec4<f32>, BATCH>;
+  for (var k = 0u; k < BATCH; k++) { wv[k] = win4(grow * D4 + min(q + k * TPR, D4 - 1u)); }
+  let inBias = lp[p.oInBias + grow];
+  var hv: array<array<f32, KD>, RB>; // the layer input (h + residual), KD values a row
+  var gv: array<f32, KD>;            // and the norm weights at them
+  for (var k = 0u; k < KD; k++) {
+    let d = min(t + k * WG, D - 1u);
+    gv[k] = lp[p.oNorm + d];
+    for (var b = 0u; b < RB; b++) {
+      let r = res[p.par * RB * D + b * D + d];
+      hv[b][k] = h[b * D + d] + select(0.0, r, p.hasRes != 0u);
+    }
+  }
+  var hist: array<array<f32, CK>, KC>; // conv: the history of each (row, channel) pair, and its weights and bias
+  var cw: array<array<f32, CK>, KC>;
+  var cb: array<f32, KC>;
+  for (var k = 0u; k < KC; k++) {
+    let i = t + k * WG;
+    let b = min(i / CH, RB - 1u);
+    let ee = min(e0 + i % CH, E - 1u);
+    for (var j = 0u; j + 1u < CK; j++) { hist[k][j] = convState[(b * (CK - 1u) + j) * E + ee]; }
+    for (var j = 0u; j < CK; j++) { cw[k][j] = lp[p.oConvW + ee * CK + j]; }
+    cb[k] = lp[p.oConvB + ee];
+  }
+  var wxv: array<array<f32, CC>, KI>; // x_proj: chunks of CC channels of rows of Wx
+  for (var k = 0u; k < KI; k++) {
+    let i = t + k * WG;
+    let j = min(i / NCC, J - 1u);
+    for (var cc = 0u; cc < CC; cc++) { wxv[k][cc] = wx(j * E + min(e0 + (i % NCC) * CC + cc, E - 1u)); }
+  }
+
+  // 1. residual add (workgroup 0 writes the new residual) and the norm's sum of squares of every row; the rows are
+  //    kept times the norm weight, unscaled: in_proj's sums take the scale at the end
+  var ss: array<f32, RB>;
+  for (var b = 0u; b < RB; b++) { ss[b] = 0.0; }
+  for (var k = 0u; k < KD; k++) {
+    let d = t + k * WG;
+    if (d < D) {
+      for (var b = 0u; b < RB; b++) {
+        let v = hv[b][k];
+        if (wg.x == 0u) { res[(1u - p.par) * RB * D + b * D + d] = v; }
+        us[b * D + d] = v * gv[k];
+        ss[b] = fma(v, v, ss[b]);
+      }
+    }
+  }
+  for (var b = 0u; b < RB; b++) { red[b * WG + t] = ss[b]; }
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (t < s) { for (var b = 0u; b < RB; b++) { red[b * WG + t] += red[b * WG + t + s]; } }
+    workgroupBarrier();
+  }
+  var inv: array<f32, RB>;
+  for (var b = 0u; b < RB; b++) { inv[b] = inverseSqrt(red[b * WG] / f32(D) + p.eps); }
+  workgroupBarrier(); // red is read by all before step 2 reuses it
+
+  // 2. in_proj rows x[e], z[e] of this group's channels, the first batch of weights loaded in step 0
   var acc: array<f32, RB>;
-  if (e < E) {
-    let D4 = D / 4u;
-    for (var k0 = q; k0 < D4; k0 += BATCH * TPR) {
-      var wv: array<vec4<f32>, BATCH>;
-      // unconditional loads (the index clamped to the row, the excess unused) so that all BATCH are in flight
-      // together: behind a bounds check each waits for the one before
-      for (var k = 0u; k < BATCH; k++) { wv[k] = win4(grow * D4 + min(k0 + k * TPR, D4 - 1u)); }
-      for (var k = 0u; k < BATCH; k++) {
-        let k4 = k0 + k * TPR;
-        if (k4 < D4) {
-          // bounded by the constant RB, so that acc stays in registers (a loop to B indexes it at run time), and
-          // RB the dispatch's rows: bounded by 8 with a guard, one row's step did 8 rows' predicated loads and FMAs
-          for (var b = 0u; b < RB; b++) {
-            let o = b * D + 4u * k4;
-            acc[b] = fma(wv[k].x, us[o], fma(wv[k].y, us[o + 1u], fma(wv[k].z, us[o + 2u], fma(wv[k].w, us[o + 3u], acc[b]))));
-          }
+  for (var b = 0u; b < RB; b++) { acc[b] = 0.0; }
+  for (var it = 0u; it < NIT; it++) {
+    if (it > 0u) {
+      for (var k = 0u; k < BATCH; k++) { wv[k] = win4(grow * D4 + min(q + (it * BATCH + k) * TPR, D4 - 1u)); }
+    }
+    for (var k = 0u; k < BATCH; k++) {
+      let k4 = q + (it * BATCH + k) * TPR;
+      if (k4 < D4) {
+        for (var b = 0u; b < RB; b++) {
+          let o = b * D + 4u * k4;
+          acc[b] = fma(wv[k].x, us[o], fma(wv[k].y, us[o + 1u], fma(wv[k].z, us[o + 2u], fma(wv[k].w, us[o + 3u], acc[b]))));
         }
       }
     }
@@ -175,33 +168,68 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   for (var b = 0u; b < RB; b++) { red[t * MAXB + b] = acc[b]; }
   workgroupBarrier();
   if (q == 0u && e < E) {
-    for (var b = 0u; b < B; b++) {
-      var s = lp[p.oInBias + grow];
+    for (var b = 0u; b < RB; b++) {
+      var s = 0.0;
       for (var j = 0u; j < TPR; j++) { s += red[(t + j) * MAXB + b]; }
-      rowOut[b * ROWS + row] = s;
+      rowOut[b * ROWS + row] = fma(inv[b], s, inBias);
     }
   }
   workgroupBarrier();
 
-  // 3. causal conv over (state, x) and SiLU, one thread per (b, channel)
-  for (var i = t; i < B * CH; i += WG) {
-    let b = i / CH;
-    let cc = i % CH;
-    let ee = e0 + cc;
-    var xc = 0.0;
-    if (ee < E) {
-      let xv = rowOut[b * ROWS + cc];
-      xc = convStep(b, ee, xv);
-      xz[b * 2u * E + ee] = xc;
-      xz[b * 2u * E + E + ee] = rowOut[b * ROWS + CH + cc];
+  // 3. causal conv over (history, x) and SiLU, a thread per (row, channel); the history shifts by one in place
+  //    (the thread of (b, e) alone reads and writes it)
+  for (var k = 0u; k < KC; k++) {
+    let i = t + k * WG;
+    if (i < RB * CH) {
+      let b = i / CH;
+      let cc = i % CH;
+      let ee = e0 + cc;
+      var xc = 0.0;
+      if (ee < E) {
+        let xv = rowOut[b * ROWS + cc];
+        var s = cb[k];
+        for (var j = 0u; j + 1u < CK; j++) { s = fma(cw[k][j], hist[k][j], s); }
+        s = fma(cw[k][CK - 1u], xv, s);
+        for (var j = 0u; j + 2u < CK; j++) { convState[(b * (CK - 1u) + j) * E + ee] = hist[k][j + 1u]; }
+        if (CK > 1u) { convState[(b * (CK - 1u) + CK - 2u) * E + ee] = xv; }
+        xc = s / (1.0 + exp(-s));
+        xz[b * 2u * E + ee] = xc;
+        xz[b * 2u * E + E + ee] = rowOut[b * ROWS + CH + cc];
+      }
+      xcs[b * CH + cc] = xc; // zero past E, so the clamped weights there add nothing
     }
-    xcs[b * CH + cc] = xc;
   }
   workgroupBarrier();
 
-${xprojWgsl(CH, J)}
+  // 4. this group's share of x_proj, Q[g, b, j] = Σ_{e of this group} Wx[j, e] · x[b, e]: a thread per chunk of CC
+  //    channels of a row of Wx (the weights loaded in step 0), the NCC chunks of a row added in workgroup memory
+  var part: array<array<f32, RB>, KI>;
+  for (var k = 0u; k < KI; k++) {
+    let c0 = ((t + k * WG) % NCC) * CC;
+    for (var b = 0u; b < RB; b++) {
+      var s = 0.0;
+      for (var cc = 0u; cc < CC; cc++) { s = fma(wxv[k][cc], xcs[b * CH + c0 + cc], s); }
+      part[k][b] = s;
+    }
+  }
+  for (var n = 0u; n < NCC; n++) {
+    for (var k = 0u; k < KI; k++) {
+      let i = t + k * WG;
+      if (i < J * NCC && i % NCC == n) {
+        let j = i / NCC;
+        for (var b = 0u; b < RB; b++) {
+          red[j * RB + b] = select(red[j * RB + b] + part[k][b], part[k][b], n == 0u);
+        }
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var j = t; j < J; j += WG) {
+    for (var b = 0u; b < RB; b++) { Q[(wg.x * RB + b) * J + j] = red[j * RB + b]; }
+  }
 }
 `;
+};
 
 export interface MixerInArgs {
   B: number; D: number; E: number; K: number; J: number; eps: number;
@@ -233,11 +261,12 @@ export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
   const CH = mixerInChannels(a.E, a.channels);
   const loadBytes = a.loadBytes ?? 64;
   if (!Number.isInteger(a.B) || a.B < 1 || a.B > DECODE_MAX_B) throw new Error(`decodeMixerIn: ${a.B} rows, expected 1 to ${DECODE_MAX_B}`);
-  const k = gpu.kernel(`decode_in_${CH}_${a.J}_${a.wsIn}_${a.wsX}${loadBytes === 64 ? "" : `_${loadBytes}`}_r${a.B}`,
-    () => mixerInWgsl(CH, a.J, a.wsIn, a.wsX, loadBytes, a.B));
+  if (a.B * a.J > 256 * DECODE_MAX_B) throw new Error(`decodeMixerIn: ${a.B} rows of ${a.J} x_proj outputs, expected at most ${256 * DECODE_MAX_B}`);
+  if (a.D % 4 !== 0) throw new Error(`decodeMixerIn: hidden size ${a.D} is not a multiple of 4`);
+  const k = gpu.kernel(`decode_in_${CH}_${a.D}_${a.E}_${a.K}_${a.J}_${a.wsIn}_${a.wsX}_${loadBytes}_r${a.B}`,
+    () => mixerInWgsl(CH, a.D, a.E, a.K, a.J, a.wsIn, a.wsX, loadBytes, a.B));
   const groups = Math.ceil(a.E / CH);
-  const p = new Params().u32(a.B).u32(a.D).u32(a.E).u32(a.K).u32(a.J).bool(a.hasRes).u32(a.par).f32(a.eps)
-    .u32(a.oNorm).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB);
+  const p = new Params().bool(a.hasRes).u32(a.par).f32(a.eps).u32(a.oNorm).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB);
   gpu.dispatch(k, [a.h, a.res, a.lp, a.wIn, a.wX, a.convState, a.xz, a.Q], p, [groups]);
   return groups;
 }
