@@ -61,6 +61,8 @@ for (const c of backendCases) {
         { T: 1, K: 8, N: 5, ld: 8, off: 0, bias: true },
         { T: 3, K: 12, N: 7, ld: 20, off: 4, bias: false },
         { T: 8, K: 36, N: 301, ld: 40, off: 4, bias: true },
+        { T: 2, K: 1000, N: 37, ld: 1000, off: 0, bias: true }, // matrix-vector: 8 vec4s a lane, loaded at once
+        { T: 1, K: 4100, N: 19, ld: 4104, off: 4, bias: false }, // matrix-vector: 33 vec4s a lane, in batches, the last partial
         { T: 5, K: 17, N: 33, ld: 17, off: 0, bias: true }, // K % 4 != 0: tiled even for few rows
         { T: 70, K: 36, N: 130, ld: 50, off: 13, bias: true },
         { T: 9, K: 1, N: 11, ld: 1, off: 0, bias: false }, // K = 1 (the LTI mixer's ones · dtᵀ)

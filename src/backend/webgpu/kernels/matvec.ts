@@ -1,8 +1,10 @@
 /**
  * y = x · wᵀ + bias for a few rows of x (decode: one row per sequence of the batch). Reading w is the whole
  * cost, so each group of 32 threads streams one row of w as 4-wide loads (vec4 of f32, or 2 u32 words of packed
- * halves) and applies it to every row of x at once; the 32 partial sums are added in workgroup memory.
- * Needs K % 4 == 0 (the tiled kernel takes the rest).
+ * halves) and applies it to every row of x at once; the 32 partial sums are added in workgroup memory. A lane
+ * loads its whole share of the row at once where it is at most 16 vec4s (K ≤ 2048), else in batches, the next in
+ * flight while one is used. K is a constant of the kernel (a pipeline per K). Needs K % 4 == 0 (the tiled kernel
+ * takes the rest).
  */
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params, grid } from "../gpu.ts";
@@ -11,13 +13,23 @@ import { type WeightStorage, weight4Binding, weight4Reader } from "./weights.ts"
 /** Rows of x this kernel takes at most. */
 export const MATVEC_MAX_ROWS = 8;
 
-const wgsl = (T: number, ws: WeightStorage, loadBytes: number) => /* wgsl */ `
+/** vec4s of a row of w a lane loads at most before using any: a whole row where it fits in this many (no loop
+ *  over batches, every load in flight at once), else batches of `loadBytes`, the next in flight while one is used. */
+const WHOLE_ROW_VEC4S = 16;
+
+const wgsl = (T: number, K: number, ws: WeightStorage, loadBytes: number) => {
+  const K4 = K / 4;
+  const perLane = Math.ceil(K4 / 32);
+  const BATCH = perLane <= WHOLE_ROW_VEC4S ? perLane : loadBytes / (ws === "f32" ? 16 : 8);
+  return /* wgsl */ `
 // bindings: 0 x [T, ldx] f32 | 1 w [N, K] as 4-element groups | 2 bias [N] | 3 y [T, N] | 4 params
 const T = ${T}u;     // rows of x
+const K4 = ${K4}u;   // 4-element groups of a row of w: a constant, so that the loops below have constant bounds
 const RPW = 8u;      // rows of w per workgroup: one per 32 threads
-const BATCH = ${loadBytes / (ws === "f32" ? 16 : 8)}u; // loads issued together: ${loadBytes} bytes a lane (f32 vec4s or packed-half pairs)
+const BATCH = ${BATCH}u; // vec4s (or packed-half pairs) a lane loads together
+const NIT = ${Math.ceil(perLane / BATCH)}u; // batches a lane
 
-struct P { K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, groupsX: u32 }
+struct P { N: u32, ldx: u32, offx: u32, hasBias: u32, groupsX: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<${weight4Binding(ws)}>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
@@ -28,29 +40,35 @@ var<workgroup> red: array<f32, 256u * T>;
 
 ${weight4Reader(ws)}
 
+// batch i of this lane's share of row n: unconditional loads (the index clamped to the row, the excess unused) so
+// that all are in flight together; behind a bounds check each would wait for the one before
+fn load(n: u32, lane: u32, i: u32) -> array<vec4<f32>, BATCH> {
+  var wv: array<vec4<f32>, BATCH>;
+  for (var k = 0u; k < BATCH; k++) { wv[k] = weight4(n * K4 + min(lane + 32u * (i * BATCH + k), K4 - 1u)); }
+  return wv;
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
   let lane = lid.x % 32u;
   let n = (wg.y * p.groupsX + wg.x) * RPW + lid.x / 32u;
+  let nc = min(n, p.N - 1u); // rows past N load row N - 1 and store nothing
   var s: array<f32, T>;
-  if (n < p.N) {
-    let K4 = p.K / 4u;
-    // BATCH loads issued together: a fixed trip count the compiler unrolls
-    for (var k0 = lane; k0 < K4; k0 += 32u * BATCH) {
-      var wv: array<vec4<f32>, BATCH>;
-      // unconditional loads (the index clamped to the row, the excess unused) so that all BATCH are in flight
-      // together: behind a bounds check each waits for the one before
-      for (var k = 0u; k < BATCH; k++) { wv[k] = weight4(n * K4 + min(k0 + 32u * k, K4 - 1u)); }
-      for (var k = 0u; k < BATCH; k++) {
-        let k4 = k0 + 32u * k;
-        if (k4 < K4) {
-          for (var t = 0u; t < T; t++) {
-            let o = t * p.ldx + p.offx + k4 * 4u;
-            s[t] = fma(wv[k].x, x[o], fma(wv[k].y, x[o + 1u], fma(wv[k].z, x[o + 2u], fma(wv[k].w, x[o + 3u], s[t]))));
-          }
+  for (var t = 0u; t < T; t++) { s[t] = 0.0; }
+  var wv = load(nc, lane, 0u);
+  for (var i = 0u; i < NIT; i++) {
+    var next: array<vec4<f32>, BATCH>;
+    if (i + 1u < NIT) { next = load(nc, lane, i + 1u); } // in flight while this batch is used
+    for (var k = 0u; k < BATCH; k++) {
+      let k4 = lane + 32u * (i * BATCH + k);
+      if (k4 < K4) {
+        for (var t = 0u; t < T; t++) {
+          let o = t * p.ldx + p.offx + k4 * 4u;
+          s[t] = fma(wv[k].x, x[o], fma(wv[k].y, x[o + 1u], fma(wv[k].z, x[o + 2u], fma(wv[k].w, x[o + 3u], s[t]))));
         }
       }
     }
+    wv = next;
   }
   for (var t = 0u; t < T; t++) { red[t * 256u + lid.x] = s[t]; }
   workgroupBarrier();
@@ -67,6 +85,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   }
 }
 `;
+};
 
 export interface MatvecArgs {
   x: Buf; ldx: number; offx: number; rows: number; K: number;
@@ -79,8 +98,9 @@ export interface MatvecArgs {
 // x: [T <= 8, K] window, w: [N, K], bias: [N] -> y: [T, N]
 export function matvec(gpu: Gpu, a: MatvecArgs): void {
   const loadBytes = a.loadBytes ?? 64;
-  const k = gpu.kernel(`matvec_${a.rows}_${a.ws}${loadBytes === 64 ? "" : `_${loadBytes}`}`, () => wgsl(a.rows, a.ws, loadBytes));
+  if (a.K % 4 !== 0) throw new Error(`matvec: K ${a.K} is not a multiple of 4`);
+  const k = gpu.kernel(`matvec_${a.rows}_${a.K}_${a.ws}_${loadBytes}`, () => wgsl(a.rows, a.K, a.ws, loadBytes));
   const [gx, gy] = grid(Math.ceil(a.N / 8), gpu.limits.maxComputeWorkgroupsPerDimension);
-  const p = new Params().u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias).u32(gx);
+  const p = new Params().u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias).u32(gx);
   gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y], p, [gx, gy]);
 }
