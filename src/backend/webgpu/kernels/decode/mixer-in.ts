@@ -14,7 +14,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
-import { DECODE_CONV_MAX_K } from "./conv-step.ts";
+import { DECODE_CONV_MAX_K, convTapWgsl, wxChunkSumWgsl, wxChunkWgsl } from "./conv-step.ts";
 import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
 
 export const DECODE_MAX_B = 8;
@@ -23,18 +23,12 @@ export const DECODE_MAX_BD = 4096;
 /** Conv kernel sizes the fused decode takes (the history is held in registers). */
 export const DECODE_MAX_K = DECODE_CONV_MAX_K;
 
-/** Channels of a chunk of Wx a thread of step 4 holds in registers (a row's CC weights side by side). */
-function xprojChunk(CH: number): number {
-  return Math.min(CH, 8);
-}
-
 /** The kernel's WGSL (exported for inspection). D, E, K, J and RB (the dispatch's rows) are constants of it, so
  *  that every loop over rows, weights and taps has a constant bound and its loads can be issued together. */
 export const mixerInWgsl = (CH: number, D: number, E: number, K: number, J: number, wsIn: WeightStorage, wsX: WeightStorage,
   loadBytes: number, RB: number) => {
   const BATCH = loadBytes / (wsIn === "f32" ? 16 : 8);
   const TPR = 256 / (2 * CH);
-  const CC = xprojChunk(CH);
   return /* wgsl */ `
 // bindings: 0 h [B, D] | 1 res [2, B, D] | 2 lp (layer constants) | 3 Win [2E, D] | 4 Wx [J, E]
 //           5 convState [B, K-1, E] in/out | 6 xz [B, 2E] out | 7 Q [groups, B, J] out | 8 params
@@ -45,7 +39,6 @@ const RB = ${RB}u;          // the dispatch's rows (B = RB): register loops run 
 const MAXU = ${DECODE_MAX_BD}u;
 const D = ${D}u;
 const E = ${E}u;
-const CK = ${K}u;           // conv taps
 const CH = ${CH}u;          // channels per workgroup
 const J = ${J}u;            // x_proj outputs
 const ROWS = 2u * CH;       // their in_proj rows: x then z
@@ -55,9 +48,6 @@ const BATCH = ${BATCH}u;    // in_proj loads issued together: ${loadBytes} bytes
 const NIT = ${Math.ceil(D / 4 / (BATCH * TPR))}u;  // batches of in_proj loads a thread
 const KD = ${Math.ceil(D / 256)}u;  // input values a thread a row
 const KC = ${Math.ceil((RB * CH) / 256)}u; // (row, channel) pairs of the conv a thread
-const CC = ${CC}u;          // channels of a Wx chunk
-const NCC = ${CH / CC}u;    // chunks of a Wx row in this group
-const KI = ${Math.ceil((J * (CH / CC)) / 256)}u; // Wx chunks a thread
 
 struct P { hasRes: u32, par: u32, eps: f32, oNorm: u32, oInBias: u32, oConvW: u32, oConvB: u32 }
 @group(0) @binding(0) var<storage, read> h: array<f32>;
@@ -77,6 +67,8 @@ var<workgroup> xcs: array<f32, MAXB * CH>;    // conv outputs of this group's ch
 
 ${weight4Reader(wsIn, "win4", "wIn")}
 ${weightReader(wsX, "wx", "wX")}
+${convTapWgsl(K)}
+${wxChunkWgsl(CH, J, "xcs")}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -105,23 +97,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       hv[b][k] = h[b * D + d] + select(0.0, r, p.hasRes != 0u);
     }
   }
-  var hist: array<array<f32, CK>, KC>; // conv: the history of each (row, channel) pair, and its weights and bias
-  var cw: array<array<f32, CK>, KC>;
-  var cb: array<f32, KC>;
+  var taps: array<ConvTap, KC>; // the conv's history, weights and bias of each (row, channel) pair
   for (var k = 0u; k < KC; k++) {
     let i = t + k * WG;
-    let b = min(i / CH, RB - 1u);
-    let ee = min(e0 + i % CH, E - 1u);
-    for (var j = 0u; j + 1u < CK; j++) { hist[k][j] = convState[(b * (CK - 1u) + j) * E + ee]; }
-    for (var j = 0u; j < CK; j++) { cw[k][j] = lp[p.oConvW + ee * CK + j]; }
-    cb[k] = lp[p.oConvB + ee];
+    taps[k] = loadConvTap(min(i / CH, RB - 1u), min(e0 + i % CH, E - 1u));
   }
   var wxv: array<array<f32, CC>, KI>; // x_proj: chunks of CC channels of rows of Wx
-  for (var k = 0u; k < KI; k++) {
-    let i = t + k * WG;
-    let j = min(i / NCC, J - 1u);
-    for (var cc = 0u; cc < CC; cc++) { wxv[k][cc] = wx(j * E + min(e0 + (i % NCC) * CC + cc, E - 1u)); }
-  }
+  for (var k = 0u; k < KI; k++) { wxv[k] = loadWxChunk(e0, t + k * WG); }
 
   // 1. residual add (workgroup 0 writes the new residual) and the norm's sum of squares of every row; the rows are
   //    kept times the norm weight, unscaled: in_proj's sums take the scale at the end
@@ -176,8 +158,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   }
   workgroupBarrier();
 
-  // 3. causal conv over (history, x) and SiLU, a thread per (row, channel); the history shifts by one in place
-  //    (the thread of (b, e) alone reads and writes it)
+  // 3. causal conv over (history, x) and SiLU, a thread per (row, channel)
   for (var k = 0u; k < KC; k++) {
     let i = t + k * WG;
     if (i < RB * CH) {
@@ -186,13 +167,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       let ee = e0 + cc;
       var xc = 0.0;
       if (ee < E) {
-        let xv = rowOut[b * ROWS + cc];
-        var s = cb[k];
-        for (var j = 0u; j + 1u < CK; j++) { s = fma(cw[k][j], hist[k][j], s); }
-        s = fma(cw[k][CK - 1u], xv, s);
-        for (var j = 0u; j + 2u < CK; j++) { convState[(b * (CK - 1u) + j) * E + ee] = hist[k][j + 1u]; }
-        if (CK > 1u) { convState[(b * (CK - 1u) + CK - 2u) * E + ee] = xv; }
-        xc = s / (1.0 + exp(-s));
+        xc = convApply(taps[k], b, ee, rowOut[b * ROWS + cc]);
         xz[b * 2u * E + ee] = xc;
         xz[b * 2u * E + E + ee] = rowOut[b * ROWS + CH + cc];
       }
@@ -203,27 +178,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
 
   // 4. this group's share of x_proj, Q[g, b, j] = Σ_{e of this group} Wx[j, e] · x[b, e]: a thread per chunk of CC
   //    channels of a row of Wx (the weights loaded in step 0), the NCC chunks of a row added in workgroup memory
-  var part: array<array<f32, RB>, KI>;
-  for (var k = 0u; k < KI; k++) {
-    let c0 = ((t + k * WG) % NCC) * CC;
-    for (var b = 0u; b < RB; b++) {
-      var s = 0.0;
-      for (var cc = 0u; cc < CC; cc++) { s = fma(wxv[k][cc], xcs[b * CH + c0 + cc], s); }
-      part[k][b] = s;
-    }
-  }
-  for (var n = 0u; n < NCC; n++) {
-    for (var k = 0u; k < KI; k++) {
-      let i = t + k * WG;
-      if (i < J * NCC && i % NCC == n) {
-        let j = i / NCC;
-        for (var b = 0u; b < RB; b++) {
-          red[j * RB + b] = select(red[j * RB + b] + part[k][b], part[k][b], n == 0u);
-        }
-      }
-    }
-    workgroupBarrier();
-  }
+${wxChunkSumWgsl("red")}
   for (var j = t; j < J; j += WG) {
     for (var b = 0u; b < RB; b++) { Q[(wg.x * RB + b) * J + j] = red[j * RB + b]; }
   }
