@@ -23,17 +23,17 @@ export function batchConvBytes(J: number): number {
   return 4 * (J * BATCH_CONV_ROWS + BATCH_CONV_ROWS * BATCH_CONV_CHANNELS);
 }
 
-const wgsl = (S: number, E: number, K: number, J: number, ws: WeightStorage) => /* wgsl */ `
+const wgsl = (CH: number, S: number, E: number, K: number, J: number, ws: WeightStorage) => /* wgsl */ `
 // bindings: 0 xzp [S, B, 2E] in_proj partials | 1 lp (layer constants) | 2 Wx [J, E] | 3 convState [B, K-1, E] in/out
 //           4 xz [B, 2E] out | 5 Q [G, B, J] out | 6 params
 // grid: (G = ceil(E / CH), ceil(B / RB))
 const WG = 256u;
-const CH = ${BATCH_CONV_CHANNELS}u;
+const CH = ${CH}u;
 const RB = ${BATCH_CONV_ROWS}u;
 const S = ${S}u;  // in_proj's K-parts
 const E = ${E}u;
 const J = ${J}u;  // x_proj outputs
-const KC = ${Math.ceil((BATCH_CONV_ROWS * BATCH_CONV_CHANNELS) / 256)}u; // (row, channel) pairs a thread
+const KC = ${Math.ceil((BATCH_CONV_ROWS * CH) / 256)}u; // (row, channel) pairs a thread
 
 struct P { B: u32, oInBias: u32, oConvW: u32, oConvB: u32 }
 @group(0) @binding(0) var<storage, read> xzp: array<f32>;
@@ -49,7 +49,7 @@ var<workgroup> qs: array<f32, J * RB>;  // x_proj's sums [J, RB]
 
 ${weightReader(ws, "wx", "wX")}
 ${convTapWgsl(K)}
-${wxChunkWgsl(BATCH_CONV_CHANNELS, J, "xs")}
+${wxChunkWgsl(CH, J, "xs")}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -117,12 +117,14 @@ export interface BatchConvArgs {
   lp: Buf; oInBias: number; oConvW: number; oConvB: number;
   wX: Buf; wsX: WeightStorage;
   convState: Buf; xz: Buf; Q: Buf;
+  channels?: number; // channels a workgroup (default BATCH_CONV_CHANNELS)
 }
 
 // xzp: [S, B, 2E], convState: [B, K-1, E] updated in place -> xz: [B, 2E], Q: [G, B, J]; returns G
 export function decodeBatchConv(gpu: Gpu, a: BatchConvArgs): number {
-  const k = gpu.kernel(`decode_batchconv_${a.S}_${a.E}_${a.K}_${a.J}_${a.wsX}`, () => wgsl(a.S, a.E, a.K, a.J, a.wsX));
-  const groups = Math.ceil(a.E / BATCH_CONV_CHANNELS);
+  const CH = a.channels ?? BATCH_CONV_CHANNELS;
+  const k = gpu.kernel(`decode_batchconv_${CH}_${a.S}_${a.E}_${a.K}_${a.J}_${a.wsX}`, () => wgsl(CH, a.S, a.E, a.K, a.J, a.wsX));
+  const groups = Math.ceil(a.E / CH);
   const p = new Params().u32(a.B).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB);
   gpu.dispatch(k, [a.xzp, a.lp, a.wX, a.convState, a.xz, a.Q], p, [groups, Math.ceil(a.B / BATCH_CONV_ROWS)]);
   return groups;
