@@ -254,7 +254,12 @@ for (const c of backendCases) {
     });
 
     it("sample: greedy, temperature, top-k, top-p, min-p, repetition penalty, padded rows", async (bk) => {
-      const rows = 4, V = 50, width = 53;
+      await sampleMatches(bk, 4, 50, 53, 4);
+      // a vocabulary of many logits a thread (5001 over 128 threads: 40 each, the last partly past the row)
+      await sampleMatches(bk, 2, 5001, 5004, 1);
+    });
+
+    async function sampleMatches(bk: Backend, rows: number, V: number, width: number, reps: number): Promise<void> {
       const settings = [
         { temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1 },
         { temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1.5 },
@@ -265,9 +270,9 @@ for (const c of backendCases) {
         { temperature: 0.9, topK: 20, topP: 0.9, minP: 0.05, repetitionPenalty: 1.2 },
         { temperature: 50, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1 }, // nearly flat: every token a candidate
       ];
-      let seed = 1;
+      let seed = V;
       for (const st of settings) {
-        for (let rep = 0; rep < 4; rep++) {
+        for (let rep = 0; rep < reps; rep++) {
           const rng = new Rng(seed++);
           const logits = rand(rng, rows * width, -6, 6);
           const uniforms = rand(rng, rows, 0, 1);
@@ -281,11 +286,11 @@ for (const c of backendCases) {
             return Array.from(out);
           };
           const got = await run(bk);
-          assert.deepEqual(got, await run(ref), `sample ${JSON.stringify(st)} rep ${rep}`);
+          assert.deepEqual(got, await run(ref), `sample V ${V} ${JSON.stringify(st)} rep ${rep}`);
           assert.ok(got.every((id) => id >= 0 && id < V), "ids stay below vocabSize");
         }
       }
-    });
+    }
 
     it("concat0, takeRows, copyInto, zeros and round trips", async (bk) => {
       const rng = new Rng(5);
