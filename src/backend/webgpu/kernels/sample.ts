@@ -13,12 +13,11 @@
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params } from "../gpu.ts";
 
-const wgsl = (WG: number, PT: number) => /* wgsl */ `
+const wgsl = (WG: number) => /* wgsl */ `
 // bindings: 0 logits [B, ldV] | 1 uniforms [B] | 2 history ids (i32) | 3 history offsets [B + 1] | 4 seen bits [B, words]
 //           5 out ids [B] (i32) | 6 params
 // grid: (B)
 const WG = ${WG}u;
-const PT = ${PT}u; // logits a thread holds: ceil(V / WG)
 const NEG_INF = -3.4028234663852886e38;
 
 struct P { V: u32, ldV: u32, temperature: f32, topK: u32, topP: f32, minP: f32, penalty: f32, hasPenalty: u32, words: u32 }
@@ -37,9 +36,6 @@ var<workgroup> wsU: f32;
 
 // the row and the rules in force, the same in every thread
 var<private> row: u32;
-// this thread's logits i = lid + k·WG after the penalty and the temperature, loaded once (all in flight together)
-// and read by the argmax and by every probe of the searches from registers
-var<private> xs: array<f32, PT>;
 var<private> top: f32;     // the best tempered logit
 var<private> bestLo: u32;  // the best token's key (its hi part is orderable(top))
 var<private> lbHi: u32;    // kept tokens have keys >= (lbHi, lbLo)
@@ -73,10 +69,8 @@ fn probe(qHi: u32, qLo: u32, lid: u32) -> vec2<f32> {
   var cnt = 0.0;
   var mass = 0.0;
   let topHi = orderable(top);
-  for (var k = 0u; k < PT; k++) {
-    let i = lid + k * WG;
-    if (i >= p.V) { break; }
-    let x = xs[k];
+  for (var i = lid; i < p.V; i += WG) {
+    let x = val(i);
     if (x < top - 40.0) { continue; } // more than 40 nats down: outside the candidates, as on the CPU
     let hi = orderable(x);
     let lo = p.V - 1u - i;
@@ -129,14 +123,12 @@ fn main(@builtin(local_invocation_id) lidv: vec3<u32>, @builtin(workgroup_id) wg
     workgroupBarrier();
   }
 
-  // the row's logits into registers (indices clamped, not guarded, so that the loads go out together; the excess
-  // is never read), then the argmax, the first index among equals
-  for (var k = 0u; k < PT; k++) { xs[k] = val(min(lid + k * WG, p.V - 1u)); }
+  // argmax, the first index among equals
   var bv = NEG_INF;
   var bi = 0xffffffffu;
-  for (var k = 0u; k < PT; k++) {
-    let i = lid + k * WG;
-    if (i < p.V && (xs[k] > bv || bi == 0xffffffffu)) { bv = xs[k]; bi = i; }
+  for (var i = lid; i < p.V; i += WG) {
+    let v = val(i);
+    if (v > bv || bi == 0xffffffffu) { bv = v; bi = i; }
   }
   redF[lid] = bv;
   redU[lid] = bi;
@@ -234,8 +226,7 @@ export function sample(gpu: Gpu, a: SampleArgs): void {
   // workgroups, small ones pay for no idle threads at every barrier
   const most = Math.min(1024, gpu.limits.maxComputeInvocationsPerWorkgroup, gpu.limits.maxComputeWorkgroupSizeX);
   const WG = Math.max(32, Math.min(most, 2 ** Math.ceil(Math.log2(Math.max(1, a.V / 64)))));
-  const PT = Math.ceil(a.V / WG);
-  const k = gpu.kernel(`sample_${WG}_${PT}`, () => wgsl(WG, PT));
+  const k = gpu.kernel(`sample_${WG}`, () => wgsl(WG));
   const p = new Params().u32(a.V).u32(a.ldV).f32(a.temperature).u32(a.topK).f32(a.topP).f32(a.minP).f32(a.penalty)
     .bool(!!a.history).u32(sampleWords(a.V));
   const h = a.history ?? { ids: gpu.dummy, offsets: gpu.dummy };

@@ -1,8 +1,10 @@
 /**
  * WGSL the decode kernels that end in x_proj's partial sums share (./mixer-in.ts for the fused step, ./batch-conv.ts
- * for the batch step): one step of the causal conv of a channel over its history in the cache, and x_proj's share
- * of a group of channels from chunks of Wx held in registers. Both split into a load, issued before anything else
- * in the kernel so that every latency overlaps, and a use.
+ * for the batch step): one step of the causal conv of a channel over its history in the cache, split into a load
+ * and a use so that a kernel can issue the load before anything else; x_proj's share of a group of channels from
+ * chunks of Wx held in registers (the fused step), or staged through workgroup memory (the batch step, whose
+ * workgroups have 8 rows: held in registers, its chunks and their products per row measured slower on the H200,
+ * 8.8 against 8.1 us at 64 rows of 130m).
  */
 
 /** Conv kernel sizes the decode kernels take (the history, K - 1 values, is held in registers). */
@@ -10,7 +12,7 @@ export const DECODE_CONV_MAX_K = 9;
 
 /** Channels of a chunk of Wx a thread holds (a row's CC weights side by side) for a group of CH channels. */
 export function wxChunk(CH: number): number {
-  return CH >= 128 ? 16 : Math.min(CH, 8);
+  return Math.min(CH, 8);
 }
 
 /**
@@ -61,6 +63,20 @@ fn wxChunkDot(w: array<f32, CC>, x0: u32) -> f32 {
   for (var c = 0u; c < CC; c++) { s = fma(w[c], ${xs}[x0 + c], s); }
   return s;
 }`;
+
+/**
+ * WGSL statements that stage WC channels of Wx from channel e0 + c0 into the workgroup array \`dst\` as [J, WC + 1]
+ * (rows padded by one, so threads reading a column hit different banks), WC threads side by side on a row: a
+ * thread walking its own row of Wx touches a cache line per thread per load. Channels past E stage as zeros.
+ * Reads the kernel's J, WC, WG, E, e0, c0, t and its Wx reader \`wx\`.
+ */
+export const stageWxWgsl = (dst: string) => /* wgsl */ `
+    for (var i = t; i < J * WC; i += WG) {
+      let c = i % WC;
+      var v = 0.0;
+      if (e0 + c0 + c < E) { v = wx((i / WC) * E + e0 + c0 + c); }
+      ${dst}[(i / WC) * (WC + 1u) + c] = v;
+    }`;
 
 /**
  * WGSL statements: the products of the thread's chunks wxv[k] (item t + k·WG) with rows 0 .. RB of `xs` ([RB, CH]),

@@ -36,7 +36,6 @@ const N = ${N}u;
 const MAXB = ${DECODE_MAX_B}u;
 const MAXBJ = ${DECODE_MAX_BJ}u;
 const BATCH = 8u; // loads issued together
-const BATCH1 = 32u; // loads of partial sums a thread issues together in step 1 when the outputs are few
 const J = ${J}u; // x_proj outputs a row: dt | B | C
 const KO = ${Math.ceil(Math.min(DECODE_MAX_B * J, DECODE_MAX_BJ) / 256)}u; // outputs a thread sums in step 1 when they are many
 
@@ -105,8 +104,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let zv = xz[xo + E];
 
   // 1. x_proj = the sum of G partials. Up to WG outputs (a row or a few): S slices of threads share an output,
-  //    BATCH1 loads at a time (each batch is a round trip to memory: 1.4b's 128 partials of a row took 16 with 8).
-  //    More: a thread sums KO outputs, KO · BATCH loads in flight at once, so that a block of
+  //    BATCH loads at a time. More: a thread sums KO outputs, KO · BATCH loads in flight at once, so that a block of
   //    8 rows takes ceil(G / BATCH) round trips to memory rather than KO times as many (scan at 64 rows of 130m:
   //    32.9 → 25.0 us a dispatch on the H200, with step 0).
   let S = max(1u, WG / BJ);
@@ -114,12 +112,12 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     let slice = t % S;
     for (var i = t / S; i < BJ; i += WG / S) {
       var s = 0.0;
-      for (var g0 = slice; g0 < p.G; g0 += BATCH1 * S) {
-        // unconditional loads (the group clamped, the excess unused) so that all BATCH1 are in flight together:
+      for (var g0 = slice; g0 < p.G; g0 += BATCH * S) {
+        // unconditional loads (the group clamped, the excess unused) so that all BATCH are in flight together:
         // behind a bounds check each waits for the one before
-        var v: array<f32, BATCH1>;
-        for (var k = 0u; k < BATCH1; k++) { v[k] = Q[min(g0 + k * S, p.G - 1u) * p.B * J + q0 + i]; }
-        for (var k = 0u; k < BATCH1; k++) { if (g0 + k * S < p.G) { s += v[k]; } }
+        var v: array<f32, BATCH>;
+        for (var k = 0u; k < BATCH; k++) { v[k] = Q[min(g0 + k * S, p.G - 1u) * p.B * J + q0 + i]; }
+        for (var k = 0u; k < BATCH; k++) { if (g0 + k * S < p.G) { s += v[k]; } }
       }
       scr[slice * BJ + i] = s;
     }
