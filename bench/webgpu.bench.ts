@@ -158,6 +158,8 @@ async function benchDecode(model: MambaModel, name: ModelName, dtype: "float32" 
   const b = gpuOf(model);
   const prompts = Array.from({ length: batch }, (_, r) => Int32Array.from({ length: 128 }, (_, i) => (i * 7919 + r * 104729) % S.idMod));
   await model.generate(prompts.slice(0, Math.min(batch, 2)), { maxNewTokens: 4, stopTokens: [] }); // warm-up
+  // the GPU to its working clock: it idles at a fraction of it, and building a model leaves it idle for seconds
+  if (!smoke) await warmUpGpu(b, 1000);
   const run = async (n: number) => {
     await b.sync();
     const d0 = b.gpu.dispatches;
