@@ -52,10 +52,6 @@ fn keyGE(hi: u32, lo: u32, qHi: u32, qLo: u32) -> bool {
   return hi > qHi || (hi == qHi && lo >= qLo);
 }
 
-// logits a thread loads together in a pass over the row (clamped indices, the excess unused: behind a bounds check
-// each load would wait for the one before)
-const PASS = 4u;
-
 // logit i after the repetition penalty and the temperature (1 for greedy)
 fn val(i: u32) -> f32 {
   var v = logits[row * p.ldV + i];
@@ -73,23 +69,17 @@ fn probe(qHi: u32, qLo: u32, lid: u32) -> vec2<f32> {
   var cnt = 0.0;
   var mass = 0.0;
   let topHi = orderable(top);
-  for (var i0 = lid; i0 < p.V; i0 += PASS * WG) {
-    var xs: array<f32, PASS>;
-    for (var k = 0u; k < PASS; k++) { xs[k] = val(min(i0 + k * WG, p.V - 1u)); }
-    for (var k = 0u; k < PASS; k++) {
-      let i = i0 + k * WG;
-      if (i >= p.V) { break; }
-      let x = xs[k];
-      if (x < top - 40.0) { continue; } // more than 40 nats down: outside the candidates, as on the CPU
-      let hi = orderable(x);
-      let lo = p.V - 1u - i;
-      if (!keyGE(hi, lo, lbHi, lbLo)) { continue; }
-      let pr = exp(x - top);
-      if (useMinP && pr < p.minP && !(hi == topHi && lo == bestLo)) { continue; }
-      if (keyGE(hi, lo, qHi, qLo)) {
-        cnt += 1.0;
-        mass += pr;
-      }
+  for (var i = lid; i < p.V; i += WG) {
+    let x = val(i);
+    if (x < top - 40.0) { continue; } // more than 40 nats down: outside the candidates, as on the CPU
+    let hi = orderable(x);
+    let lo = p.V - 1u - i;
+    if (!keyGE(hi, lo, lbHi, lbLo)) { continue; }
+    let pr = exp(x - top);
+    if (useMinP && pr < p.minP && !(hi == topHi && lo == bestLo)) { continue; }
+    if (keyGE(hi, lo, qHi, qLo)) {
+      cnt += 1.0;
+      mass += pr;
     }
   }
   workgroupBarrier(); // the previous reduction's result has been read by every thread
@@ -136,13 +126,9 @@ fn main(@builtin(local_invocation_id) lidv: vec3<u32>, @builtin(workgroup_id) wg
   // argmax, the first index among equals
   var bv = NEG_INF;
   var bi = 0xffffffffu;
-  for (var i0 = lid; i0 < p.V; i0 += PASS * WG) {
-    var vs: array<f32, PASS>;
-    for (var k = 0u; k < PASS; k++) { vs[k] = val(min(i0 + k * WG, p.V - 1u)); }
-    for (var k = 0u; k < PASS; k++) {
-      let i = i0 + k * WG;
-      if (i < p.V && (vs[k] > bv || bi == 0xffffffffu)) { bv = vs[k]; bi = i; }
-    }
+  for (var i = lid; i < p.V; i += WG) {
+    let v = val(i);
+    if (v > bv || bi == 0xffffffffu) { bv = v; bi = i; }
   }
   redF[lid] = bv;
   redU[lid] = bi;
