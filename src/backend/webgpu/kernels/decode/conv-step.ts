@@ -11,7 +11,7 @@
 export const DECODE_CONV_MAX_K = 9;
 
 /** Channels of a chunk of Wx a thread holds (a row's CC weights side by side) for a group of CH channels. */
-export function wxChunk(CH: number): number {
+function wxChunk(CH: number): number {
   return Math.min(CH, 8);
 }
 
