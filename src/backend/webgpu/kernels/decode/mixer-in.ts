@@ -14,7 +14,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
-import { DECODE_CONV_MAX_K, convTapWgsl, wxChunkSumWgsl, wxChunkWgsl } from "./conv-step.ts";
+import { DECODE_CONV_MAX_K, convTapWgsl } from "./conv-step.ts";
 import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
 
 export const DECODE_MAX_B = 8;
@@ -29,6 +29,7 @@ export const mixerInWgsl = (CH: number, D: number, E: number, K: number, J: numb
   loadBytes: number, RB: number) => {
   const BATCH = loadBytes / (wsIn === "f32" ? 16 : 8);
   const TPR = 256 / (2 * CH);
+  const CC = Math.min(CH, 8); // channels of a chunk of Wx a thread holds (a row's CC weights side by side)
   return /* wgsl */ `
 // bindings: 0 h [B, D] | 1 res [2, B, D] | 2 lp (layer constants) | 3 Win [2E, D] | 4 Wx [J, E]
 //           5 convState [B, K-1, E] in/out | 6 xz [B, 2E] out | 7 Q [groups, B, J] out | 8 params
@@ -48,6 +49,9 @@ const BATCH = ${BATCH}u;    // in_proj loads issued together: ${loadBytes} bytes
 const NIT = ${Math.ceil(D / 4 / (BATCH * TPR))}u;  // batches of in_proj loads a thread
 const KD = ${Math.ceil(D / 256)}u;  // input values a thread a row
 const KC = ${Math.ceil((RB * CH) / 256)}u; // (row, channel) pairs of the conv a thread
+const CC = ${CC}u;          // channels of a chunk of Wx
+const NCC = ${CH / CC}u;    // chunks of a row of Wx in this group
+const KI = ${Math.ceil((J * (CH / CC)) / 256)}u; // chunks a thread holds: item i is output i / NCC, chunk i % NCC
 
 struct P { hasRes: u32, par: u32, eps: f32, oNorm: u32, oInBias: u32, oConvW: u32, oConvB: u32 }
 @group(0) @binding(0) var<storage, read> h: array<f32>;
@@ -68,7 +72,15 @@ var<workgroup> xcs: array<f32, MAXB * CH>;    // conv outputs of this group's ch
 ${weight4Reader(wsIn, "win4", "wIn")}
 ${weightReader(wsX, "wx", "wX")}
 ${convTapWgsl(K)}
-${wxChunkWgsl(CH, J, "xcs")}
+
+// chunk i of Wx (clamped: items past J · NCC and channels past E load valid weights, whose products are dropped
+// or meet zeros in xcs)
+fn loadWxChunk(e0: u32, i: u32) -> array<f32, CC> {
+  var w: array<f32, CC>;
+  let j = min(i / NCC, J - 1u);
+  for (var c = 0u; c < CC; c++) { w[c] = wx(j * E + min(e0 + (i % NCC) * CC + c, E - 1u)); }
+  return w;
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -178,7 +190,27 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
 
   // 4. this group's share of x_proj, Q[g, b, j] = Σ_{e of this group} Wx[j, e] · x[b, e]: a thread per chunk of CC
   //    channels of a row of Wx (the weights loaded in step 0), the NCC chunks of a row added in workgroup memory
-${wxChunkSumWgsl("red")}
+  var part: array<array<f32, RB>, KI>;
+  for (var k = 0u; k < KI; k++) {
+    let c0 = ((t + k * WG) % NCC) * CC;
+    for (var b = 0u; b < RB; b++) {
+      var s = 0.0;
+      for (var cc = 0u; cc < CC; cc++) { s = fma(wxv[k][cc], xcs[b * CH + c0 + cc], s); }
+      part[k][b] = s;
+    }
+  }
+  // NCC passes, a barrier each: a pass adds one chunk of every output into red [J, RB], so no two threads write
+  // one place
+  for (var n = 0u; n < NCC; n++) {
+    for (var k = 0u; k < KI; k++) {
+      let i = t + k * WG;
+      if (i < J * NCC && i % NCC == n) {
+        let j = i / NCC;
+        for (var b = 0u; b < RB; b++) { red[j * RB + b] = select(red[j * RB + b] + part[k][b], part[k][b], n == 0u); }
+      }
+    }
+    workgroupBarrier();
+  }
   for (var j = t; j < J; j += WG) {
     for (var b = 0u; b < RB; b++) { Q[(wg.x * RB + b) * J + j] = red[j * RB + b]; }
   }
