@@ -7,25 +7,23 @@
  *   node --import tsx bench/ab-decode.ts /tmp/old/src
  *
  * AB_MODELS=130m,1.4b picks models, AB_BATCHES=1,64 batches, AB_ROUNDS (7) and AB_STEPS (50) the rounds; AB_SMOKE=1
- * shrinks the models to check the script on a slow adapter.
+ * shrinks the models and skips the warm-up, to check the script on a slow adapter.
  */
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { makeConfig, initParameters } from "../src/model/init.ts";
-import { timeTrials, warmUpGpu } from "./timing.ts";
+import { benchSizes, greedyRequest } from "./data.ts";
+import { alternatingRounds } from "./timing.ts";
 
 const other = process.argv[2];
 if (!other) {
   console.error("usage: node --import tsx bench/ab-decode.ts <other checkout's src folder>");
   process.exit(2);
 }
-const SIZES = process.env.AB_SMOKE === "1"
-  ? { "130m": { vocabSize: 1000, hiddenSize: 64, numLayers: 2 }, "1.4b": { vocabSize: 1000, hiddenSize: 128, numLayers: 2 } }
-  : { "130m": { vocabSize: 50280, hiddenSize: 768, numLayers: 24 }, "1.4b": { vocabSize: 50280, hiddenSize: 2048, numLayers: 48 } };
+const smoke = process.env.AB_SMOKE === "1";
+const SIZES = benchSizes(smoke);
 const rounds = Number(process.env.AB_ROUNDS ?? 7), steps = Number(process.env.AB_STEPS ?? 50);
 const roots = [["this tree", new URL("../src/", import.meta.url).href], [other, pathToFileURL(resolve(other) + "/").href]] as const;
-const greedy = (V: number, B: number) =>
-  ({ vocabSize: V, temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, history: null, uniforms: new Float32Array(B) });
 
 for (const name of (process.env.AB_MODELS ?? "130m,1.4b").split(",") as (keyof typeof SIZES)[]) {
   const cfg = makeConfig(SIZES[name]);
@@ -46,21 +44,14 @@ for (const name of (process.env.AB_MODELS ?? "130m,1.4b").split(",") as (keyof t
       return () => {
         const lg = b.decodeStep(m.lm, ids, cache.conv, cache.ssm);
         if (!lg) throw new Error(`${name} batch ${B}: no fused decode step`);
-        b.dispose(b.sample(lg, greedy(cfg.vocabSize, B)), lg);
+        b.dispose(b.sample(lg, greedyRequest(cfg.vocabSize, B)), lg);
       };
     });
-    const times: number[][] = trees.map(() => []);
-    for (let r = 0; r < rounds; r++) {
-      for (const [i, { m }] of trees.entries()) {
-        await warmUpGpu(m.backend, 300);
-        step[i]!();
-        times[i]!.push((await timeTrials(m.backend, step[i]!, steps, 1)).median * 1000);
-      }
-    }
+    const times = await alternatingRounds(trees.map(({ m }, i) => ({ b: m.backend, step: step[i]! })), rounds, steps, smoke ? 0 : 300);
     for (const [i, { tag }] of trees.entries()) {
-      const t = [...times[i]!].sort((x, y) => x - y);
-      console.log(`decode step ${name} batch ${B}, ${tag}: ${t[rounds >> 1]!.toFixed(1)} us (${t[0]!.toFixed(1)} – ${t[rounds - 1]!.toFixed(1)}), ` +
-        `${((B * 1e6) / t[rounds >> 1]!).toFixed(0)} tok/s of GPU time`);
+      const [t, lo, hi] = [times[i]!.median * 1000, times[i]!.min * 1000, times[i]!.max * 1000];
+      console.log(`decode step ${name} batch ${B}, ${tag}: ${t.toFixed(1)} us (${lo.toFixed(1)} – ${hi.toFixed(1)}), ` +
+        `${((B * 1e6) / t).toFixed(0)} tok/s of GPU time`);
     }
   }
   for (const { m } of trees) await m.dispose();

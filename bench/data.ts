@@ -12,3 +12,18 @@ export function filled(n: number, lo: number, hi: number, seed: number): Float32
   for (let o = 0; o < n; o += block.length) out.set(block.subarray(0, Math.min(block.length, n - o)), o);
   return out;
 }
+
+/** The model shapes the benchmarks build with random weights (smoke: tiny ones, to check a bench on a slow adapter). */
+export function benchSizes(smoke: boolean) {
+  return smoke ? {
+    "130m": { vocabSize: 1000, hiddenSize: 64, numLayers: 2 },
+    "1.4b": { vocabSize: 1000, hiddenSize: 128, numLayers: 2 },
+  } : {
+    "130m": { vocabSize: 50280, hiddenSize: 768, numLayers: 24 },
+    "1.4b": { vocabSize: 50280, hiddenSize: 2048, numLayers: 48 },
+  };
+}
+
+/** A greedy sampling request for B rows of V logits. */
+export const greedyRequest = (V: number, B: number) =>
+  ({ vocabSize: V, temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, history: null, uniforms: new Float32Array(B) });

@@ -38,6 +38,26 @@ export async function timeTrials(b: { sync(): Promise<void> }, fn: () => void, r
   return summarize(times, reps);
 }
 
+/**
+ * Per-call times (ms) of several steps measured in `rounds` alternating rounds, so that what drifts over a run (the
+ * GPU's clock, the host) falls on all alike: separate processes on one machine moved the same decode step by up to
+ * 50%. In each round each step gets `warmMs` of GPU warm-up (none at 0), one untimed call, then a timed loop of
+ * `reps` calls. The median, least and most round of each step.
+ */
+export async function alternatingRounds(
+  items: readonly { b: Backend & { sync(): Promise<void> }; step: () => unknown }[], rounds: number, reps: number, warmMs: number,
+): Promise<Trials[]> {
+  const times: number[][] = items.map(() => []);
+  for (let r = 0; r < rounds; r++) {
+    for (const [i, { b, step }] of items.entries()) {
+      if (warmMs > 0) await warmUpGpu(b, warmMs);
+      step();
+      times[i]!.push((await timeTrials(b, step, reps, 1)).median);
+    }
+  }
+  return times.map((t) => summarize(t, reps));
+}
+
 /** Median, least and most of per-call times, one per loop of `reps` calls. */
 function summarize(times: number[], reps: number): Trials {
   const sorted = [...times].sort((x, y) => x - y);

@@ -24,9 +24,9 @@ import { prefill } from "../src/generate/generate.ts";
 import { toF16Bits, type HostTensor } from "../src/io/tensor.ts";
 import { cols } from "../src/backend/backend.ts";
 import { anchor } from "./anchors.ts";
-import { filled } from "./data.ts";
+import { benchSizes, filled, greedyRequest } from "./data.ts";
 import { benchDecodeKernels } from "./decode-kernels.ts";
-import { gpuTrials, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
+import { alternatingRounds, gpuTrials, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,matmul,decode,breakdown,forward,prefill").split(","));
 const models = new Set((process.env.BENCH_MODELS ?? "130m,1.4b").split(","));
@@ -35,13 +35,7 @@ const tuning: WebGpuTuning = parseTunings<WebGpuTuning>(process.env.BENCH_TUNING
 const tuningNote = Object.keys(tuning).length ? `; tuning ${JSON.stringify(tuning)}` : "";
 /** A backend with the run's tuning plus `extra`. */
 const backend = async (extra: WebGpuTuning = {}) => (await createWebGpuBackend({ ...tuning, ...extra })) as WebGpuBackend;
-const SIZES = smoke ? {
-  "130m": { vocabSize: 1000, hiddenSize: 64, numLayers: 2 },
-  "1.4b": { vocabSize: 1000, hiddenSize: 128, numLayers: 2 },
-} : {
-  "130m": { vocabSize: 50280, hiddenSize: 768, numLayers: 24 },
-  "1.4b": { vocabSize: 50280, hiddenSize: 2048, numLayers: 48 },
-};
+const SIZES = benchSizes(smoke);
 const S = smoke ? { newTokens: 8, fwdB: 2, fwdL: 64, prefill: [1 << 8, 1 << 10, 1 << 12], head: 64, idMod: 1000 }
   : { newTokens: 256, fwdB: 8, fwdL: 2048, prefill: [1 << 14, 1 << 17, 1 << 20], head: 4096, idMod: 50000 };
 type ModelName = "130m" | "1.4b";
@@ -50,9 +44,6 @@ const ratio = (ours: number, official: number | null | undefined, higherIsBetter
   official ? `${(higherIsBetter ? ours / official : official / ours).toFixed(2)}x official` : "(no anchor)";
 const ms = (t: number) => `${t.toFixed(3)} ms`;
 
-/** A greedy sampling request for B rows of V logits. */
-const greedyRequest = (V: number, B: number) =>
-  ({ vocabSize: V, temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, history: null, uniforms: new Float32Array(B) });
 
 function gpuOf(model: MambaModel): WebGpuBackend {
   return model.backend as unknown as WebGpuBackend;
@@ -442,19 +433,12 @@ async function benchDecodeTunings(name: ModelName): Promise<void> {
         return true;
       };
     });
-    const times: number[][] = sets.map(() => []);
-    for (let round = 0; round < 5; round++) {
-      for (const [i, m] of models.entries()) {
-        const step = steps[i]!;
-        if (!smoke) await warmUpGpu(gpuOf(m), 300);
-        times[i]!.push(await gpuMicros(gpuOf(m), step, 50));
-      }
-    }
+    const times = await alternatingRounds(models.map((m, i) => ({ b: gpuOf(m), step: steps[i]! })), 5, 50, smoke ? 0 : 300);
     for (const [i, extra] of sets.entries()) {
-      const t = [...times[i]!].sort((x, y) => x - y);
+      const [t, lo, hi] = [times[i]!.median * 1000, times[i]!.min * 1000, times[i]!.max * 1000];
       const how = recorded[i] ? "recorded ops" : "fused step";
-      console.log(`decode step ${name} batch ${B} ${JSON.stringify({ ...tuning, ...extra })} (${how}): ${t[2]!.toFixed(1)} us ` +
-        `(${t[0]!.toFixed(1)} – ${t[4]!.toFixed(1)}), ${((B * 1e6) / t[2]!).toFixed(0)} tok/s of GPU time`);
+      console.log(`decode step ${name} batch ${B} ${JSON.stringify({ ...tuning, ...extra })} (${how}): ${t.toFixed(1)} us ` +
+        `(${lo.toFixed(1)} – ${hi.toFixed(1)}), ${((B * 1e6) / t).toFixed(0)} tok/s of GPU time`);
     }
   }
   for (const m of models) await m.dispose();
