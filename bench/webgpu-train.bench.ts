@@ -77,7 +77,7 @@ async function benchScan(b: WebGpuTrainingBackend): Promise<void> {
       const dBC = zeros([T, 2 * N]);
       const g = {
         du: zeros([T, E]), dDelta: zeros([T, E]), dDeltaBias: zeros([E]), dA_log: zeros([E, N]), dB: cols(dBC, 0, N),
-        dC: cols(dBC, N, N), dD: zeros([E]), dz: zeros([T, E]),
+        dC: cols(dBC, N, N), dD: zeros([E]), dz: zeros([T, E]), zeroed: true, // as the model's backward passes them
       };
       const fwdBwd = () => {
         b.dispose(b.selectiveScan(args)); // the training forward's scan, then its backward

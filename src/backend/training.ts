@@ -38,6 +38,11 @@ export interface ScanGrads {
   dC: TensorOrCols; // [B, L, N]
   dD: Tensor; // [E]
   dz: TensorOrCols | null; // [B, L, E] the gate (null when the forward had no gate)
+  /**
+   * The caller promises that du, dDelta and dz hold zeros (it just made them), so a backend may write these three
+   * rather than add into them, and skip reading them. The other gradients are added into as always.
+   */
+  zeroed?: boolean;
 }
 
 export interface CrossEntropyResult {

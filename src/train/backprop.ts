@@ -103,7 +103,7 @@ function mixerBackward(
   b.selectiveScanBackward({
     ...shape, u: a.x, delta: a.delta, deltaBias: w.dtBias, A_log: w.A_log, B: a.B, C: a.C, D: w.D,
     z: cols(a.xz, E, E), state: h0,
-  }, dy, { du: dx, dDelta: ddelta, dDeltaBias: g.dtBias, dA_log: g.A_log, dB, dC, dD: g.D, dz: cols(dxz, E, E) });
+  }, dy, { du: dx, dDelta: ddelta, dDeltaBias: g.dtBias, dA_log: g.A_log, dB, dC, dD: g.D, dz: cols(dxz, E, E), zeroed: true });
   if (dxdbl) {
     b.matmulBackward(cols(a.xdbl!, 0, R), w.dtProj!, ddelta, { dx: cols(dxdbl, 0, R), dw: g.dtProj, dBias: null });
     b.matmulBackward(a.x, w.xProj!, dxdbl, { dx, dw: g.xProj, dBias: null });

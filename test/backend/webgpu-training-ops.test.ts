@@ -312,6 +312,13 @@ describe("training ops on webgpu against the cpu", () => {
     { B: 2, L: 17, E: 7, N: 5, gated: false, split: true, state: false },
     { B: 2, L: 150, E: 70, N: 16, gated: true, split: false, state: false }, // many default chunks, E past two workgroups
     { B: 2, L: 150, E: 70, N: 16, gated: true, split: false, state: true },
+    // R = 4: B and C start on multiples of 4 floats (the lanes kernel reads them as vec4s where a lane's states
+    // allow); zeroed: du, ddelta and dz start as zeros and the backward is told so (it may write, not add).
+    // Each is another build of the chunk kernel (tens of seconds on lavapipe), so only the default variant runs them.
+    { B: 2, L: 150, E: 70, N: 16, gated: true, split: false, state: false, R: 4, zeroed: true, defaultOnly: true },
+    { B: 1, L: 70, E: 40, N: 16, gated: false, split: false, state: true, R: 4, defaultOnly: true },
+    { B: 2, L: 13, E: 33, N: 16, gated: true, split: false, state: false, zeroed: true, defaultOnly: true },
+    { B: 2, L: 40, E: 9, N: 8, gated: true, split: true, state: false, R: 4, zeroed: true, defaultOnly: true },
   ];
   // kernel: the chunk kernel the variant must run ("lanes" needs subgroups of 2 lanes or more)
   const scanVariants = [
@@ -335,7 +342,8 @@ describe("training ops on webgpu against the cpu", () => {
 
       const p = new Pair(g, new TestRng(variant.seed));
       for (const [i, s] of scanCases.entries()) {
-        const rows = s.B * s.L, R = 2, P = R + 2 * s.N, shape = { batch: s.B, seqLen: s.L };
+        if (s.defaultOnly && variant.name !== "") continue;
+        const rows = s.B * s.L, R = s.R ?? 2, P = R + 2 * s.N, shape = { batch: s.B, seqLen: s.L };
         const [cu, gu] = p.both(p.f32(rows * s.E), [s.B, s.L, s.E]);
         const [cdl, gdl] = p.window(p.f32(rows * s.E, 0.5), rows, s.E, s.E + 3, 1);
         const [cdb, gdb] = p.both(p.f32(s.E, 0.3), [s.E]);
@@ -356,8 +364,9 @@ describe("training ops on webgpu against the cpu", () => {
         const ga_ = args({ u: gu, delta: gdl, dbias: gdb, A: ga, xd: gxd, Bs: gBs, D: gD, z: gz, h0: gh0 });
         const [cdy, gdy] = p.both(p.f32(rows * s.E), [s.B, s.L, s.E]);
         const grads = () => {
-          const du = p.f32(rows * s.E), dd = p.f32(rows * s.E), dbias = p.f32(s.E), dA = p.f32(s.E * s.N), dx = p.f32(rows * P);
-          const dD = p.f32(s.E), dz = p.f32(rows * 2 * s.E);
+          const fresh = (n: number) => (s.zeroed ? new Float32Array(n) : p.f32(n));
+          const du = fresh(rows * s.E), dd = fresh(rows * s.E), dbias = p.f32(s.E), dA = p.f32(s.E * s.N), dx = p.f32(rows * P);
+          const dD = p.f32(s.E), dz = fresh(rows * 2 * s.E);
           const mk = (k: Backend) => ({
             du: k.fromF32(du, [s.B, s.L, s.E]), dDelta: k.fromF32(dd, [rows, s.E]), dDeltaBias: k.fromF32(dbias, [s.E]),
             dA_log: k.fromF32(dA, [s.E, s.N]), dxd: k.fromF32(dx, [rows, P]), dD: k.fromF32(dD, [s.E]),
@@ -369,7 +378,7 @@ describe("training ops on webgpu against the cpu", () => {
         const run = (k: TrainingBackend, a: ReturnType<typeof args>, dy: Tensor, t: typeof gr.c) =>
           k.selectiveScanBackward(a, dy, {
             du: t.du, dDelta: t.dDelta, dDeltaBias: t.dDeltaBias, dA_log: t.dA_log, dB: cols(t.dxd, R, s.N),
-            dC: cols(t.dxd, R + s.N, s.N), dD: t.dD, dz: t.dz ? cols(t.dz, 0, s.E) : null,
+            dC: cols(t.dxd, R + s.N, s.N), dD: t.dD, dz: t.dz ? cols(t.dz, 0, s.E) : null, zeroed: s.zeroed === true,
           });
         run(ref, ca_, cdy, gr.c);
         run(g, ga_, gdy, gr.g);

@@ -477,7 +477,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
       u: ub, delta: deltaB, ldD: delta.ld, offD: delta.off, BC, ldBC, offB, offC, z: zb, ldZ: z?.ld ?? 0, offZ: z?.off ?? 0,
     }, { A_log: this.f32buf(A), deltaBias: this.f32buf(bias), D: this.f32buf(Dp) }, dyb, {
       du: cDu.buf, dDelta: cDelta.buf, ldDD: cDelta.ld, offDD: cDelta.off,
-      dz: cDz?.buf ?? null, ldDZ: cDz?.ld ?? 0, offDZ: cDz?.off ?? 0,
+      dz: cDz?.buf ?? null, ldDZ: cDz?.ld ?? 0, offDZ: cDz?.off ?? 0, overwrite: g.zeroed === true,
     }, {
       dB: dB.t.buf, ldB: dB.ld, offB: dB.off, dC: dC.t.buf, ldC: dC.ld, offC: dC.off,
       dA_log: dA.buf, dD: dD.buf, dDeltaBias: dBias.buf,

@@ -11,10 +11,15 @@ export interface ScanBwdOutputs {
   du: Buf;
   dDelta: Buf; ldDD: number; offDD: number;
   dz: Buf | null; ldDZ: number; offDZ: number;
+  /** du, dDelta and dz hold zeros: a kernel may write them instead of adding into them (the lanes kernel does) */
+  overwrite: boolean;
 }
 
-/** The parameter block and bindings, as WGSL. */
-export const CHUNK_IO_WGSL = /* wgsl */ `
+/**
+ * The parameter block and bindings, as WGSL. vecBC: B and C bound as vec4s (the lanes kernel, where every row of
+ * BC and both windows start on a multiple of 4 floats), so a lane reads 4 states' values in one load.
+ */
+export const chunkIoWgsl = (vecBC = false) => /* wgsl */ `
 // bindings: 0 u [B·L, E] | 1 delta [B·L, ldD] | 2 BC [B·L, ldBC] | 3 z [B·L, ldZ] | 4 dy [B·L, E]
 //           5 SX (S | X | packed [E, N + 2]) | 6 du [B·L, E] in/out | 7 dDelta [B·L, ldDD] in/out
 //           8 dz [B·L, ldDZ] in/out | 9 part (dB|dC [B·L, Gp, 2N], dA_log [B·nC, E, N], dD|dbias [B·nC, 2, E]) out
@@ -28,7 +33,7 @@ struct P {
 }
 @group(0) @binding(0) var<storage, read> u: array<f32>;
 @group(0) @binding(1) var<storage, read> delta: array<f32>;
-@group(0) @binding(2) var<storage, read> BC: array<f32>;
+@group(0) @binding(2) var<storage, read> BC: array<${vecBC ? "vec4<f32>" : "f32"}>;
 @group(0) @binding(3) var<storage, read> z: array<f32>;
 @group(0) @binding(4) var<storage, read> dy: array<f32>;
 @group(0) @binding(5) var<storage, read> SX: array<f32>;
@@ -55,18 +60,21 @@ export function dispatchChunk(
  * One backward step's gate, as WGSL statements (the same math in both kernels; scan-backward.ts of the CPU
  * backend): with gout (dy), zv (z), uv (u), skip (D) and the statements `cyLines` that define cy = C·h in
  * scope, sets gy = dy · silu(z) and gDz = dz, then the step's dD term and the masked factors of dB and dC.
+ * hasZ: whether the forward had a gate, when the kernel is generated for one case (no branch), or undefined to
+ * test p.hasZ at run time.
  */
-export function gateWgsl(cyLines: string, indent: string): string {
+export function gateWgsl(cyLines: string, indent: string, hasZ?: boolean): string {
+  const gate = [
+    `${cyLines}`,
+    "let y = fma(skip, uv, cy);",
+    "let sig = 1.0 / (1.0 + exp(-zv));",
+    "gy = gout * zv * sig;",
+    "gDz = gout * y * sig * (1.0 + zv * (1.0 - sig));",
+  ];
   return [
     "var gy = gout;",
     "var gDz = 0.0;",
-    "if (p.hasZ != 0u) {",
-    `  ${cyLines}`,
-    "  let y = fma(skip, uv, cy);",
-    "  let sig = 1.0 / (1.0 + exp(-zv));",
-    "  gy = gout * zv * sig;",
-    "  gDz = gout * y * sig * (1.0 + zv * (1.0 - sig));",
-    "}",
+    ...(hasZ === undefined ? ["if (p.hasZ != 0u) {", ...gate.map((l) => `  ${l}`), "}"] : hasZ ? gate : []),
     "dDacc = fma(gy, uv, dDacc);",
     "let dtuL = dt * uv * lm;",
     "let gyL = gy * lm;",

@@ -22,7 +22,7 @@
  */
 import type { Buf, Gpu } from "../../../gpu.ts";
 import type { ScanBwdGeometry, ScanBwdInputs } from "./geometry.ts";
-import { CHUNK_IO_WGSL, dispatchChunk, gateWgsl, stateStepWgsl, type ScanBwdOutputs } from "./chunk-io.ts";
+import { chunkIoWgsl, dispatchChunk, gateWgsl, stateStepWgsl, type ScanBwdOutputs } from "./chunk-io.ts";
 import { SOFTPLUS_WGSL } from "../../wgsl-common.ts";
 import { reduceScatter } from "./reduce.ts";
 
@@ -56,14 +56,38 @@ const per = (SP: number, f: (s: number) => string, sep = "\n      ") => range(SP
 /** Σ_s f(s) as one WGSL expression. */
 const sumOf = (SP: number, f: (s: number) => string) => range(SP).map(f).join(" + ");
 
-function wgsl(N: number, W: number, TS: number, KS: number, QT: number, NB: number): string {
+/** How one build of the kernel is specialized (each a separate pipeline). */
+export interface LanesVariant {
+  hasZ: boolean; // the forward had a gate z
+  overwrite: boolean; // du, ddelta and dz start as zeros: written, not read and added into
+  vecBC: boolean; // B and C read as vec4s (see lanesVecBC): 4 states a load, and no padding states
+}
+
+/**
+ * Whether B and C can be read as vec4s: each lane's SP states are whole vec4s (SP a multiple of 4, no padding
+ * state: N a multiple of QT) and every row of BC and both windows start on a multiple of 4 floats.
+ */
+export function lanesVecBC(N: number, QT: number, ldBC: number, offB: number, offC: number): boolean {
+  return N % QT === 0 && (N / QT) % 4 === 0 && ldBC % 4 === 0 && offB % 4 === 0 && offC % 4 === 0;
+}
+
+function wgsl(N: number, W: number, TS: number, KS: number, QT: number, NB: number, v: LanesVariant): string {
   const { SP, Vp, WGT, CW } = lanesShape(N, W, QT, NB);
   const V = 2 * SP, CB = W / QT;
+  // every lane's states are real ones (no padding past N): no masks
+  const exact = N % QT === 0;
+  const mk = (s: number) => (exact ? "" : ` * mk_${s}`);
+  // the value of B (off "p.offB") or C ("p.offC") for state s of the lane at row `row`: with vecBC, from SP / 4
+  // vec4 loads named <name>_<j> made by bcLoads
+  const bcLoads = (name: string, row: string, off: string) =>
+    v.vecBC ? range(SP / 4).map((j) => `let ${name}_${j} = BC[(${row} * p.ldBC + ${off}) / 4u + q * ${SP / 4}u + ${j}u];`).join(" ") : "";
+  const bcAt = (name: string, row: string, off: string, s: number) =>
+    v.vecBC ? `${name}_${s >> 2}.${"xyzw"[s & 3]}` : `BC[${row} * p.ldBC + ${off} + nc_${s}]${mk(s)}`;
   // the reduce-scatter of [rB_0 .. rB_{SP-1}, rC_0 .. rC_{SP-1}] (zeros up to Vp) over the channel bits of the block
   const { lines: scatter, terms: cur } = reduceScatter(
     range(Vp).map((k) => (k < SP ? `rB_${k}` : k < V ? `rC_${k - SP}` : "0.0")), W / 2, QT, "lane");
   const K = cur.length; // = Vp / CB terms per lane after the scatter
-  const stageOut = cur.map((v, k) => `red[redBase + ${k}u] = ${v};`).join("\n        ");
+  const stageOut = cur.map((x, k) => `red[redBase + ${k}u] = ${x};`).join("\n        ");
 
   // Steps past the sequence's end (the last sub-tile may be short) run as identities: their rows are clamped
   // to the last real one (in-bounds loads), their dt and dy zeroed, their writes skipped. So the unrolled code
@@ -77,16 +101,17 @@ function wgsl(N: number, W: number, TS: number, KS: number, QT: number, NB: numb
     u_${i} = u[row_${i} * p.E + ec];
     {
       let dtu = dt_${i} * u_${i};
-      let bo = row_${i} * p.ldBC + p.offB;
+      ${bcLoads("rb", `row_${i}`, "p.offB")}
       ${per(SP, (s) => `hb${i}_${s} = h_${s};`, "\n      ")}
-      ${per(SP, (s) => `h_${s} = fma(exp2(dt_${i} * A2_${s}), h_${s}, dtu * BC[bo + nc_${s}] * mk_${s});`, "\n      ")}
+      ${per(SP, (s) => `h_${s} = fma(exp2(dt_${i} * A2_${s}), h_${s}, dtu * ${bcAt("rb", `row_${i}`, "p.offB", s)});`, "\n      ")}
     }`).join("");
-  // the gradients each step adds to, loaded before the walk so that no step waits for its own read
-  const olds = range(TS).map((i) => `
+  // the gradients each step adds to, loaded before the walk so that no step waits for its own read (none when
+  // they start as zeros)
+  const olds = v.overwrite ? "" : range(TS).map((i) => `
     let odu_${i} = du[row_${i} * p.E + ec];
     let odd_${i} = dDelta[row_${i} * p.ldDD + p.offDD + ec];
-    var odz_${i} = 0.0;
-    if (p.hasZ != 0u) { odz_${i} = dz[row_${i} * p.ldDZ + p.offDZ + ec]; }`).join("");
+    ${v.hasZ ? `let odz_${i} = dz[row_${i} * p.ldDZ + p.offDZ + ec];` : ""}`).join("");
+  const plus = (old: string) => (v.overwrite ? "" : `${old} + `);
 
   const backward = range(TS).reverse().map((i) => `
     {
@@ -94,11 +119,10 @@ function wgsl(N: number, W: number, TS: number, KS: number, QT: number, NB: numb
       let dt = dt_${i};
       let uv = u_${i};
       let gout = select(0.0, dy[row * p.E + ec], ok_${i});
-      let bo = row * p.ldBC + p.offB;
-      let co = row * p.ldBC + p.offC;
-      ${per(SP, (s) => `let B_${s} = BC[bo + nc_${s}] * mk_${s}; let C_${s} = BC[co + nc_${s}] * mk_${s};`, "\n      ")}
+      ${bcLoads("bb", "row", "p.offB")} ${bcLoads("cc", "row", "p.offC")}
+      ${per(SP, (s) => `let B_${s} = ${bcAt("bb", "row", "p.offB", s)}; let C_${s} = ${bcAt("cc", "row", "p.offC", s)};`, "\n      ")}
       ${gateWgsl(`let zv = z[row * p.ldZ + p.offZ + ec];
-        let cy = quadSum(${sumOf(SP, (s) => `h_${s} * C_${s}`)});`, "      ")}
+        let cy = quadSum(${sumOf(SP, (s) => `h_${s} * C_${s}`)});`, "      ", v.hasZ)}
       ${per(SP, (s) => stateStepWgsl(s, `hb${i}_${s}`, "      "))}
       let gu = quadSum(${sumOf(SP, (s) => `G_${s} * B_${s}`)});
       let gq = quadSum(${sumOf(SP, (s) => `A2_${s} * q_${s}`)});
@@ -109,9 +133,9 @@ function wgsl(N: number, W: number, TS: number, KS: number, QT: number, NB: numb
       let redBase = (${i}u * NB + blk) * QT * VP + q * VP + cpos * ${K}u;
       ${stageOut}
       if (lead && ok_${i}) {
-        du[row * p.E + e] = odu_${i} + fma(gy, skip, dt * gu);
-        dDelta[row * p.ldDD + p.offDD + e] = odd_${i} + graw;
-        if (p.hasZ != 0u) { dz[row * p.ldDZ + p.offDZ + e] = odz_${i} + gDz; }
+        du[row * p.E + e] = ${plus(`odu_${i}`)}fma(gy, skip, dt * gu);
+        dDelta[row * p.ldDD + p.offDD + e] = ${plus(`odd_${i}`)}graw;
+        ${v.hasZ ? `dz[row * p.ldDZ + p.offDZ + e] = ${plus(`odz_${i}`)}gDz;` : ""}
       }
     }`).join("");
 
@@ -121,13 +145,13 @@ function wgsl(N: number, W: number, TS: number, KS: number, QT: number, NB: numb
           let row = rowBase + ${i}u;
           let dt = softplus(delta[row * p.ldD + p.offD + ec] + bias);
           let dtu = dt * u[row * p.E + ec];
-          let bo = row * p.ldBC + p.offB;
-          ${per(SP, (s) => `h_${s} = fma(exp2(dt * A2_${s}), h_${s}, dtu * BC[bo + nc_${s}] * mk_${s});`, "\n          ")}
+          ${bcLoads("fb", "row", "p.offB")}
+          ${per(SP, (s) => `h_${s} = fma(exp2(dt * A2_${s}), h_${s}, dtu * ${bcAt("fb", "row", "p.offB", s)});`, "\n          ")}
         }`).join("");
 
   return /* wgsl */ `
 enable subgroups;
-${CHUNK_IO_WGSL}
+${chunkIoWgsl(v.vecBC)}
 const N = ${N}u;
 const QT = ${QT}u; // lanes per channel
 const SP = ${SP}u; // states per lane
@@ -153,6 +177,7 @@ fn quadSum(v: f32) -> f32 {
 
 @compute @workgroup_size(${WGT})
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+  ${v.hasZ ? "" : "_ = &z; _ = &dz; // bound (the layout is shared), unused without a gate"}
   let lane = lid.x;
   let q = lane % QT;
   let e = wg.x * CW + lane / QT;
@@ -167,7 +192,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let t0 = c * p.chunkLen;
   let t1 = min(t0 + p.chunkLen, p.L);
   let pb = p.oP + ec * (N + 2u);
-  ${per(SP, (s) => `let nv_${s} = q * SP + ${s}u < N; // a real state
+  ${per(SP, (s) => exact ? `let nc_${s} = q * SP + ${s}u;
+  let A2_${s} = SX[pb + nc_${s}]; // A · log2(e)` : `let nv_${s} = q * SP + ${s}u < N; // a real state
   let nc_${s} = min(q * SP + ${s}u, N - 1u);
   let mk_${s} = select(0.0, 1.0, nv_${s});
   let A2_${s} = SX[pb + nc_${s}] * mk_${s}; // A · log2(e); 0 for padding`, "\n  ")}
@@ -176,10 +202,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let sBase = (b * p.nC + c) * N * p.E + ec;
   ${per(SP, (s) => `var x_${s} = 0.0; var h_${s} = 0.0; var dA_${s} = 0.0;`, "\n  ")}
   if (p.hasChunks != 0u && c + 1u < p.nC) {
-    ${per(SP, (s) => `x_${s} = SX[p.oX + sBase + nc_${s} * p.E] * mk_${s};`, "\n    ")}
+    ${per(SP, (s) => `x_${s} = SX[p.oX + sBase + nc_${s} * p.E]${mk(s)};`, "\n    ")}
   }
   if (p.hasChunks != 0u && (c > 0u || p.hasState != 0u)) {
-    ${per(SP, (s) => `h_${s} = SX[p.oS + sBase + nc_${s} * p.E] * mk_${s};`, "\n    ")}
+    ${per(SP, (s) => `h_${s} = SX[p.oS + sBase + nc_${s} * p.E]${mk(s)};`, "\n    ")}
   }
   // pass 1: the segment forward, keeping each sub-tile's start state
   let nSub = (t1 - t0 + TS - 1u) / TS;
@@ -221,7 +247,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   }
   if (live) {
     let ao = p.oA + ((b * p.nC + c) * p.E + e) * N;
-    ${per(SP, (s) => `if (nv_${s}) { part[ao + q * SP + ${s}u] = dA_${s} * A2_${s} * LN2; } // dA_log = dA · A`, "\n    ")}
+    ${per(SP, (s) => `${exact ? "" : `if (nv_${s}) `}{ part[ao + q * SP + ${s}u] = dA_${s} * A2_${s} * LN2; } // dA_log = dA · A`, "\n    ")}
   }
   if (lead) {
     let o = p.oDE + (b * p.nC + c) * 2u * p.E + e;
@@ -237,7 +263,8 @@ export const scanBwdLanesWgsl = wgsl;
 
 export function scanBwdChunkLanes(gpu: Gpu, g: ScanBwdGeometry, a: ScanBwdInputs, dy: Buf, SX: Buf, o: ScanBwdOutputs, part: Buf): void {
   const KS = Math.ceil(g.chunkLen / g.subTile);
-  const k = gpu.kernel(`bwd_scan_lanes_${g.N}_${g.W}_${g.subTile}_${KS}_${g.lanes}_${g.blocks}`,
-    () => wgsl(g.N, g.W, g.subTile, KS, g.lanes, g.blocks));
+  const v: LanesVariant = { hasZ: a.z !== null, overwrite: o.overwrite, vecBC: lanesVecBC(g.N, g.lanes, a.ldBC, a.offB, a.offC) };
+  const k = gpu.kernel(`bwd_scan_lanes_${g.N}_${g.W}_${g.subTile}_${KS}_${g.lanes}_${g.blocks}_${+v.hasZ}${+v.overwrite}${+v.vecBC}`,
+    () => wgsl(g.N, g.W, g.subTile, KS, g.lanes, g.blocks, v));
   dispatchChunk(gpu, k, g, a, dy, SX, o, part);
 }

@@ -18,7 +18,7 @@
  * the gradients it adds to) are loaded one step ahead, so their latency hides behind the step before.
  */
 import type { Buf, Gpu } from "../../../gpu.ts";
-import { CHUNK_IO_WGSL, dispatchChunk, gateWgsl, stateStepWgsl, type ScanBwdOutputs } from "./chunk-io.ts";
+import { chunkIoWgsl, dispatchChunk, gateWgsl, stateStepWgsl, type ScanBwdOutputs } from "./chunk-io.ts";
 import { SCAN_BWD_WG, type ScanBwdGeometry, type ScanBwdInputs } from "./geometry.ts";
 import { reduceDecls, reduceStep } from "./reduce.ts";
 import { SOFTPLUS_WGSL } from "../../wgsl-common.ts";
@@ -36,7 +36,7 @@ function sum2(N: number, acc: string, f: (n: number) => string): string {
 
 const wgsl = (N: number, TS: number, W: number) => /* wgsl */ `
 ${W > 0 ? "enable subgroups;" : ""}
-${CHUNK_IO_WGSL}
+${chunkIoWgsl()}
 const N = ${N}u;
 const WG = ${SCAN_BWD_WG}u;
 const TS = ${TS}u;

@@ -72,8 +72,13 @@ export function selectiveScanBackward(
   // 4. the partial sums, in order
   const rows = B * g.L;
   const G = g.Gp;
-  reduceGroups(gpu, part, { G, off: 0, sR: G * 2 * N, sG: 2 * N, cw: 1, sC1: 1, sC2: 0 }, red.dB, rows, N, red.ldB, red.offB);
-  reduceGroups(gpu, part, { G, off: N, sR: G * 2 * N, sG: 2 * N, cw: 1, sC1: 1, sC2: 0 }, red.dC, rows, N, red.ldC, red.offC);
+  if (red.dB === red.dC && red.ldB === red.ldC && red.offC === red.offB + N) {
+    // dB and dC side by side (x_proj's output): one pass over rows of 2N, each group's row read whole
+    reduceGroups(gpu, part, { G, off: 0, sR: G * 2 * N, sG: 2 * N, cw: 1, sC1: 1, sC2: 0 }, red.dB, rows, 2 * N, red.ldB, red.offB);
+  } else {
+    reduceGroups(gpu, part, { G, off: 0, sR: G * 2 * N, sG: 2 * N, cw: 1, sC1: 1, sC2: 0 }, red.dB, rows, N, red.ldB, red.offB);
+    reduceGroups(gpu, part, { G, off: N, sR: G * 2 * N, sG: 2 * N, cw: 1, sC1: 1, sC2: 0 }, red.dC, rows, N, red.ldC, red.offC);
+  }
   reduceGroups(gpu, part, { G: B * nC, off: g.oA, sR: 0, sG: E * N, cw: 1, sC1: 1, sC2: 0 }, red.dA_log, 1, E * N, E * N, 0);
   reduceGroups(gpu, part, { G: B * nC, off: g.oDE, sR: 0, sG: 2 * E, cw: 1, sC1: 1, sC2: 0 }, red.dD, 1, E, E, 0);
   reduceGroups(gpu, part, { G: B * nC, off: g.oDE + E, sR: 0, sG: 2 * E, cw: 1, sC1: 1, sC2: 0 }, red.dDeltaBias, 1, E, E, 0);
