@@ -5,7 +5,7 @@
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import type { Backend, Tensor, TensorOrCols } from "../../src/backend/backend.ts";
+import type { Backend, SampleRequest, Tensor, TensorOrCols } from "../../src/backend/backend.ts";
 import { cols } from "../../src/backend/backend.ts";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
 import { Rng } from "../../src/generate/rng.ts";
@@ -259,8 +259,24 @@ for (const c of backendCases) {
       await sampleMatches(bk, 2, 5001, 5004, 1, 5001);
     });
 
-    async function sampleMatches(bk: Backend, rows: number, V: number, width: number, reps: number, seed0: number): Promise<void> {
-      const settings = [
+    it("sample: the GPU's short list of the best tokens and its full search agree where the list runs out", async (bk) => {
+      // 20,000 logits over 30 nats: about 1700 within 2.5 nats of the best, 3300 within 5. The GPU collects the first
+      // ones into a sorted list; top-k past it, top-p and min-p cuts past it, and draws past it need the search.
+      await sampleMatches(bk, 1, 20000, 20000, 4, 20001, [
+        { temperature: 1, topK: 3000, topP: 1, minP: 0, repetitionPenalty: 1 },
+        { temperature: 1, topK: 100, topP: 1, minP: 0, repetitionPenalty: 1 },
+        { temperature: 1, topK: 0, topP: 0.95, minP: 0, repetitionPenalty: 1 },
+        { temperature: 1, topK: 0, topP: 0.5, minP: 0, repetitionPenalty: 1 },
+        { temperature: 1, topK: 0, topP: 1, minP: 0.05, repetitionPenalty: 1 },
+        { temperature: 1, topK: 0, topP: 1, minP: 0.2, repetitionPenalty: 1 },
+        { temperature: 1, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1 },
+      ], 15);
+    });
+
+    async function sampleMatches(
+      bk: Backend, rows: number, V: number, width: number, reps: number, seed0: number, only?: Omit<SampleRequest, "vocabSize" | "history" | "uniforms">[], spread = 6,
+    ): Promise<void> {
+      const settings = only ?? [
         { temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1 },
         { temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1.5 },
         { temperature: 1, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1 },
@@ -274,7 +290,7 @@ for (const c of backendCases) {
       for (const st of settings) {
         for (let rep = 0; rep < reps; rep++) {
           const rng = new Rng(seed++);
-          const logits = rand(rng, rows * width, -6, 6);
+          const logits = rand(rng, rows * width, -spread, spread);
           const uniforms = rand(rng, rows, 0, 1);
           const history = Array.from({ length: rows }, () => Int32Array.from({ length: 12 }, () => rng.int(V)));
           const req = { vocabSize: V, ...st, history, uniforms };
