@@ -3,11 +3,14 @@
  * timed pass, each depending on the one before as in a step, so each includes a dependent dispatch's fixed cost):
  *  - the scan kernel of the fused and batch steps (decode/mixer-scan.ts) at the shapes of 130m and 1.4b, with one
  *    row, one block of 8 rows and 64 rows (8 blocks), its x_proj partials as many as the step makes;
- *  - the batch step's 64-row matmuls (in_proj and out_proj of 130m) with each K split and K tile tried.
+ *  - the batch step's 64-row matmuls (in_proj and out_proj of 130m) with each K split and K tile tried;
+ *  - the sampler on rows of 50,280 logits, with and without its short list of the best tokens.
  */
 import type { WebGpuBackend } from "../src/backend/webgpu/index.ts";
 import { decodeMixerScan } from "../src/backend/webgpu/kernels/decode/mixer-scan.ts";
 import { matmulTiled, splitPlan, TILE_SMALL, type TileConfig } from "../src/backend/webgpu/kernels/matmul.ts";
+import { sample } from "../src/backend/webgpu/kernels/sample.ts";
+import { Rng } from "../src/generate/rng.ts";
 import { filled } from "./data.ts";
 import { gpuTrials } from "./timing.ts";
 
@@ -48,17 +51,72 @@ export async function benchDecodeKernels(b: WebGpuBackend, smoke: boolean): Prom
   for (const [name, K, N, splits] of shapes) {
     const x = gpu.upload(random(M * K, 6)), w = gpu.upload(random(N * K, 7));
     const y = gpu.alloc(Math.max(...splits) * M * N * 4);
-    for (const BK of [8, 16, 32]) {
-      const cfg: TileConfig = { ...TILE_SMALL, BK };
-      for (const s of splits) {
-        const plan = splitPlan(K, s);
-        const t = await passMicros(b, () =>
-          matmulTiled(gpu, { x, ldx: K, offx: 0, rows: M, K, w, ws: "f32", N, bias: null, y }, cfg, plan), smoke ? 3 : 100);
-        console.log(`batch matmul ${name} [${M}, ${K}] x [${N}, ${K}]^T, 64 x 64 tiles, K tiles of ${BK}, ${plan.count} K parts: ${t}`);
+    // the batch step's 64 x 64 tiles (4 x 4 a thread), and 64 x 128 (4 x 8 a thread: twice the work a shared load)
+    for (const [BN, TN] of [[64, 4], [128, 8]] as const) {
+      for (const BK of [8, 16, 32]) {
+        const cfg: TileConfig = { ...TILE_SMALL, BN, TN, BK };
+        for (const s of splits) {
+          const plan = splitPlan(K, s);
+          const t = await passMicros(b, () =>
+            matmulTiled(gpu, { x, ldx: K, offx: 0, rows: M, K, w, ws: "f32", N, bias: null, y }, cfg, plan), smoke ? 3 : 100);
+          console.log(`batch matmul ${name} [${M}, ${K}] x [${N}, ${K}]^T, 64 x ${BN} tiles, K tiles of ${BK}, ${plan.count} K parts: ${t}`);
+        }
       }
     }
     gpu.release(x);
     gpu.release(w);
     gpu.release(y);
   }
+  await benchSampler(b, smoke);
+}
+
+/**
+ * Zipf-like logits: the token of rank r (ranks shuffled over the ids) gets -s ln r, so p(r) is proportional to
+ * r^-s. s = 1.5 keeps 97% of the mass within 10 nats of the best (a confident step of a language model), s = 1 about
+ * half of it within 5 nats over a long tail (an uncertain one).
+ */
+function zipfLogits(V: number, s: number, seed: number): Float32Array {
+  const ranks = Array.from({ length: V }, (_, i) => i + 1), rng = new Rng(seed);
+  for (let i = V - 1; i > 0; i--) {
+    const j = rng.int(i + 1);
+    [ranks[i], ranks[j]] = [ranks[j]!, ranks[i]!];
+  }
+  return Float32Array.from(ranks, (r) => -s * Math.log(r));
+}
+
+/** The sampler alone on one row (and 64 rows) of 50,280 logits: each setting with and without the short list. */
+async function benchSampler(b: WebGpuBackend, smoke: boolean): Promise<void> {
+  const gpu = b.gpu, V = smoke ? 5000 : 50280, reps = smoke ? 2 : 50;
+  const rows = [
+    ["zipf 1.5", zipfLogits(V, 1.5, 11)], ["zipf 1.0", zipfLogits(V, 1, 12)],
+    ["flat (±0.05, a random-weight model's)", random(V, 13)],
+  ] as const;
+  const settings = [
+    ["greedy", { temperature: 0, topK: 0, topP: 1, minP: 0 }],
+    ["temperature 1", { temperature: 1, topK: 0, topP: 1, minP: 0 }],
+    ["temperature 1, top-k 50, top-p 0.9", { temperature: 1, topK: 50, topP: 0.9, minP: 0 }],
+    ["temperature 0.7, top-p 0.9", { temperature: 0.7, topK: 0, topP: 0.9, minP: 0 }],
+    ["temperature 1, min-p 0.05", { temperature: 1, topK: 0, topP: 1, minP: 0.05 }],
+  ] as const;
+  const B = 64, out = gpu.alloc(B * 4);
+  for (const [what, row] of rows) {
+    const wide = new Float32Array(B * V);
+    for (let r = 0; r < B; r++) wide.set(row, r * V);
+    const logits = gpu.upload(wide);
+    for (const [name, st] of settings) {
+      for (const u of st.temperature === 0 ? [0.5] : [0.3, 0.9]) {
+        const uniforms = gpu.upload(new Float32Array(B).fill(u));
+        const run = (list: boolean, n: number) => () => sample(gpu, {
+          logits, rows: n, ldV: V, V, ...st, penalty: 1, uniforms, history: null, seen: null, out, list,
+        });
+        const withList = await passMicros(b, run(true, 1), reps), searchOnly = await passMicros(b, run(false, 1), reps);
+        const rows64 = await passMicros(b, run(true, B), reps);
+        const draw = st.temperature === 0 ? "" : `, draw ${u}`;
+        console.log(`sample ${V} logits, ${what}, ${name}${draw}: ${withList} with the list, ${searchOnly} by search alone; 64 rows ${rows64}`);
+        gpu.release(uniforms);
+      }
+    }
+    gpu.release(logits);
+  }
+  gpu.release(out);
 }

@@ -73,6 +73,9 @@ export interface WebGpuTuning {
    *  the model's ops (ten a layer). At batch 64 of 130m on the H200 a batch step took 2188 us of GPU time, the
    *  recorded ops 2326, in one process (BENCHMARKS.md) */
   decodeBatch?: boolean;
+  /** the sampler's short sorted list of the best tokens, which decides most draws in two passes over the row
+   *  (default true); false sends every draw through the bit-by-bit search of the whole row (for comparison) */
+  sampleList?: boolean;
 }
 
 export class WebGpuBackend implements Backend {
@@ -94,6 +97,8 @@ export class WebGpuBackend implements Backend {
   private readonly decodeLoadBytes: number;
   /** WebGpuTuning.decodeBatch */
   private readonly decodeBatch: boolean;
+  /** WebGpuTuning.sampleList */
+  private readonly sampleList: boolean;
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
   private scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
   /** The fused decode's packed constants of each layer, keyed by the layer's weights object. */
@@ -118,6 +123,8 @@ export class WebGpuBackend implements Backend {
     this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by row width (loadBytes)
     check(tuning.decodeBatch === undefined || typeof tuning.decodeBatch === "boolean", `decodeBatch must be true or false, got ${String(tuning.decodeBatch)}`);
     this.decodeBatch = tuning.decodeBatch ?? true;
+    check(tuning.sampleList === undefined || typeof tuning.sampleList === "boolean", `sampleList must be true or false, got ${String(tuning.sampleList)}`);
+    this.sampleList = tuning.sampleList ?? true;
     const bytes = tileBytes(this.tileLarge), most = gpu.limits.maxComputeWorkgroupStorageSize;
     check(bytes <= most, `matmulBK ${BK} with ${buffers} buffers needs ${bytes} bytes of workgroup memory, this device allows ${most}`);
   }
@@ -459,7 +466,7 @@ export class WebGpuBackend implements Backend {
     const out = this.make([rows], "i32");
     sample(this.gpu, {
       logits: this.f32(lt), rows, ldV, V: req.vocabSize, temperature: req.temperature, topK: req.topK, topP: req.topP,
-      minP: req.minP, penalty: req.repetitionPenalty, uniforms: uniforms ?? this.gpu.dummy, history, seen, out: out.buf,
+      minP: req.minP, penalty: req.repetitionPenalty, uniforms: uniforms ?? this.gpu.dummy, history, seen, out: out.buf, list: this.sampleList,
     });
     for (const b of [uniforms, seen, history?.ids, history?.offsets]) if (b) this.gpu.release(b);
     this.tick();
