@@ -8,6 +8,7 @@
  */
 import type { WebGpuBackend } from "../src/backend/webgpu/index.ts";
 import { decodeMixerScan } from "../src/backend/webgpu/kernels/decode/mixer-scan.ts";
+import { matmulReduce } from "../src/backend/webgpu/kernels/matmul-reduce.ts";
 import { matmulTiled, splitPlan, TILE_SMALL, type TileConfig } from "../src/backend/webgpu/kernels/matmul.ts";
 import { sample } from "../src/backend/webgpu/kernels/sample.ts";
 import { Rng } from "../src/generate/rng.ts";
@@ -33,6 +34,8 @@ export async function benchDecodeKernels(b: WebGpuBackend, smoke: boolean): Prom
   const scans = smoke ? [["small", 64, 16, 4, 4, 1], ["small", 64, 16, 4, 1, 9]] as const : [
     ["130m", 1536, 16, 48, 96, 1], ["130m", 1536, 16, 48, 24, 8], ["130m", 1536, 16, 48, 24, 64],
     ["1.4b", 4096, 16, 128, 128, 1], ["1.4b", 4096, 16, 128, 64, 64],
+    // the batch step's partials summed first (below, matmul_reduce), so that each workgroup reads one
+    ["130m", 1536, 16, 48, 1, 64], ["1.4b", 4096, 16, 128, 1, 64],
   ] as const;
   for (const [name, E, N, R, G, B] of scans) {
     const J = R + 2 * N;
@@ -43,6 +46,13 @@ export async function benchDecodeKernels(b: WebGpuBackend, smoke: boolean): Prom
     const t = await passMicros(b, () => decodeMixerScan(gpu, { B, E, N, R, J, G, oPack: 0, wsDt: "f32", ...bufs }), reps);
     console.log(`decode scan kernel ${name} (E ${E}, N ${N}, R ${R}), ${B} row${B > 1 ? "s" : ""}, ${G} partials: ${t}`);
     for (const buf of Object.values(bufs)) gpu.release(buf);
+  }
+  for (const [name, G, B, J] of smoke ? [["small", 1, 9, 36]] as const : [["130m", 24, 64, 80], ["1.4b", 64, 64, 160]] as const) {
+    const Q = gpu.upload(random(G * B * J, 8)), out = gpu.alloc(B * J * 4);
+    const t = await passMicros(b, () => matmulReduce(gpu, Q, G, null, B, J, out), reps);
+    console.log(`x_proj's ${G} partials of ${B} rows of ${name} summed (matmul_reduce): ${t}`);
+    gpu.release(Q);
+    gpu.release(out);
   }
   const M = smoke ? 9 : 64;
   const shapes = smoke ? [["small in_proj", 64, 256, [1, 2]]] as const : [

@@ -12,6 +12,7 @@ import { assertClose, expected, fixture } from "../helpers/fixtures.ts";
 import { TestRng, perturbedParameters } from "../helpers/random.ts";
 import { toBF16Bits, toF16Bits } from "../../src/io/tensor.ts";
 import { gpuTest } from "../helpers/backends.ts";
+import type { WebGpuTuning } from "../../src/backend/webgpu/index.ts";
 
 
 for (const name of ["hf-mamba/tiny", "hf-mamba/tiny-f16", "hf-mamba/tiny-bf16-sharded", "mamba-ssm/tiny"]) {
@@ -276,13 +277,28 @@ test("webgpu: the batch decode step with K-split in_proj and out_proj (partials 
   for (const { c, batches, tol } of cases) await batchStepMatchesCpu(c, batches, tol);
 });
 
-async function batchStepMatchesCpu(c: ReturnType<typeof makeConfig>, batches: number[], tol: number): Promise<void> {
+test("webgpu: the batch decode step with x_proj's partials summed in a dispatch of their own (decodeBatchReduce) and 64 x 128 matmul tiles (decodeBatchTileN) equals step mode on the CPU", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const c = makeConfig({ vocabSize: 30, hiddenSize: 64, intermediateSize: 160, stateSize: 8, timeStepRank: 20, numLayers: 3,
+    useBias: true, useConvBias: true });
+  for (const tuning of [{ decodeBatchReduce: true }, { decodeBatchReduce: false }, { decodeBatchTileN: 128 }, { decodeBatchTileN: 64 }]) {
+    await batchStepMatchesCpu(c, [12, 64], 1e-4, tuning);
+  }
+  await assert.rejects(createWebGpuBackend({ decodeBatchTileN: 96 }), /decodeBatchTileN must be one of 64, 128, got 96/);
+  await assert.rejects(createWebGpuBackend({ decodeBatchReduce: 1 as unknown as boolean }), /decodeBatchReduce must be true or false, got 1/);
+});
+
+async function batchStepMatchesCpu(
+  c: ReturnType<typeof makeConfig>, batches: number[], tol: number, tuning: WebGpuTuning = {},
+): Promise<void> {
   const ps = perturbedParameters(c, 41);
-  const gpu = await modelFromTensors(c, ps, { backend: await batchBackend() });
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const gpu = await modelFromTensors(c, ps, { backend: await createWebGpuBackend({ decodeBatch: true, ...tuning }) });
   const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
   try {
     for (const B of batches) {
-      await decodeStepsMatchCpu(gpu, cpu, B, { steps: 3, rng: new TestRng(300 + B), tol, ssmTol: tol, convTol: 1e-5, what: "batch step" });
+      await decodeStepsMatchCpu(gpu, cpu, B, { steps: 3, rng: new TestRng(300 + B), tol, ssmTol: tol, convTol: 1e-5, what: `batch step ${JSON.stringify(tuning)}` });
     }
   } finally {
     await gpu.dispose();

@@ -73,6 +73,11 @@ export interface WebGpuTuning {
    *  the model's ops (ten a layer). At batch 64 of 130m on the H200 a batch step took 2188 us of GPU time, the
    *  recorded ops 2326, in one process (BENCHMARKS.md) */
   decodeBatch?: boolean;
+  /** the batch step sums x_proj's partial sums (one per 64 channels) in a dispatch of their own, so that each of
+   *  its scan kernel's workgroups reads one instead of adding them all again (default false) */
+  decodeBatchReduce?: boolean;
+  /** columns of y per workgroup of the batch step's matmuls: 64 (default; 4 × 4 outputs a thread) or 128 (4 × 8) */
+  decodeBatchTileN?: number;
   /** the sampler's short sorted list of the best tokens, which decides most draws in two passes over the row
    *  (default true); false sends every draw through the bit-by-bit search of the whole row (for comparison) */
   sampleList?: boolean;
@@ -97,6 +102,8 @@ export class WebGpuBackend implements Backend {
   private readonly decodeLoadBytes: number;
   /** WebGpuTuning.decodeBatch */
   private readonly decodeBatch: boolean;
+  /** WebGpuTuning.decodeBatchReduce */
+  private readonly decodeBatchReduce: boolean;
   /** WebGpuTuning.sampleList */
   private readonly sampleList: boolean;
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
@@ -118,7 +125,12 @@ export class WebGpuBackend implements Backend {
     this.tileSmall = { ...TILE_SMALL, BK, buffers };
     // the batch step's matmuls have few rows and short K splits: K tiles of 16 ran its step at 64 rows of 130m in
     // 2118 against 2222 us with 8, in one process (BENCHMARKS.md)
-    this.tileBatch = { ...TILE_SMALL, BK: tuning.matmulBK ?? 16, buffers };
+    checkChoice("decodeBatchTileN", tuning.decodeBatchTileN, [64, 128]);
+    const BN = tuning.decodeBatchTileN ?? 64;
+    this.tileBatch = { ...TILE_SMALL, BN, TN: BN / 16, BK: tuning.matmulBK ?? 16, buffers };
+    check(tuning.decodeBatchReduce === undefined || typeof tuning.decodeBatchReduce === "boolean",
+      `decodeBatchReduce must be true or false, got ${String(tuning.decodeBatchReduce)}`);
+    this.decodeBatchReduce = tuning.decodeBatchReduce ?? false;
     this.decodeChannels = tuning.decodeChannels ?? 0;
     this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by row width (loadBytes)
     check(tuning.decodeBatch === undefined || typeof tuning.decodeBatch === "boolean", `decodeBatch must be true or false, got ${String(tuning.decodeBatch)}`);
@@ -634,6 +646,7 @@ export class WebGpuBackend implements Backend {
     const xzp = gpu.alloc(inSplit.count * B * 2 * E * 4); // [S, B, 2E]: in_proj's partials
     const xz = gpu.alloc(B * 2 * E * 4);
     const Q = gpu.alloc(Math.ceil(E / BATCH_CONV_CHANNELS) * B * J * 4); // [G, B, J]: x_proj's partials
+    const xdbl = this.decodeBatchReduce ? gpu.alloc(B * J * 4) : null; // [B, J]: their sum (decodeBatchReduce)
     const y = gpu.alloc(B * E * 4);
     let parts = 1; // of hp: the embedding is one
     let bias: Buf | null = null; // the last out_proj's, added by the next norm
@@ -653,8 +666,10 @@ export class WebGpuBackend implements Backend {
           B, E, K, J, xzp, S: inSplit.count, lp: lp.buf.buf, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
           wX: wX.buf, wsX: this.weightStorage(wX), convState: convState.buf, xz, Q,
         });
+        if (xdbl) matmulReduce(gpu, Q, G, null, B, J, xdbl);
         decodeMixerScan(gpu, {
-          B, E, N, R, J, G, Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt), xz, ssm: ssmState.buf, y,
+          B, E, N, R, J, G: xdbl ? 1 : G, Q: xdbl ?? Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
+          xz, ssm: ssmState.buf, y,
         });
         const wo = this.t(m.outProj, "decodeStep");
         matmulTiled(gpu, { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias: null, y: hp },
@@ -668,7 +683,7 @@ export class WebGpuBackend implements Backend {
         g: this.f32(this.t(w.normF, "decodeStep")), oG: 0, out: normed.buf,
       });
     });
-    return { key, h: hp, normed, scratch: [res, u, xzp, xz, Q, y], plan };
+    return { key, h: hp, normed, scratch: [res, u, xzp, xz, Q, ...(xdbl ? [xdbl] : []), y], plan };
   }
 
   /** A layer's small constants in one f32 buffer: norm [D] | in_proj bias [2E] | conv [E, K] | conv bias [E] |

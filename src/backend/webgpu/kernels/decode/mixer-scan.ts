@@ -121,6 +121,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       }
       scr[slice * BJ + i] = s;
     }
+  } else if (p.G == 1u) { // summed already (the batch step's partials, by matmul_reduce)
+    for (var i = t; i < BJ; i += WG) { scr[i] = Q[q0 + i]; }
   } else {
     var acc1: array<f32, KO>;
     for (var g0 = 0u; g0 < p.G; g0 += BATCH) {
