@@ -15,3 +15,8 @@ export function check(cond: unknown, message: string | (() => string)): asserts 
 export function checkChoice(name: string, given: unknown, choices: readonly unknown[]): void {
   check(given === undefined || choices.includes(given), () => `${name} must be one of ${choices.join(", ")}, got ${String(given)}`);
 }
+
+/** Throws unless an option that was given is true or false (absent: the caller's default applies). */
+export function checkFlag(name: string, given: unknown): void {
+  check(given === undefined || typeof given === "boolean", () => `${name} must be true or false, got ${String(given)}`);
+}

@@ -6,7 +6,7 @@
  * cannot read history in one thread that another thread is already overwriting.
  */
 import type { Backend, Captured, SampleRequest, SelectiveScanArgs, SeqShape, StepModel, Tensor, TensorOrCols } from "../backend.ts";
-import { MambaError, check, checkChoice } from "../../errors.ts";
+import { MambaError, check, checkChoice, checkFlag } from "../../errors.ts";
 import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
 import { type Buf, Gpu, type Prepared } from "./gpu.ts";
 import { GpuTensor, type Storage, type Window, gpuTensor, windowOf } from "./tensor.ts";
@@ -128,14 +128,13 @@ export class WebGpuBackend implements Backend {
     checkChoice("decodeBatchTileN", tuning.decodeBatchTileN, [64, 128]);
     const BN = tuning.decodeBatchTileN ?? 64;
     this.tileBatch = { ...TILE_SMALL, BN, TN: BN / 16, BK: tuning.matmulBK ?? 16, buffers };
-    check(tuning.decodeBatchReduce === undefined || typeof tuning.decodeBatchReduce === "boolean",
-      `decodeBatchReduce must be true or false, got ${String(tuning.decodeBatchReduce)}`);
+    checkFlag("decodeBatchReduce", tuning.decodeBatchReduce);
     this.decodeBatchReduce = tuning.decodeBatchReduce ?? false;
     this.decodeChannels = tuning.decodeChannels ?? 0;
     this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by row width (loadBytes)
-    check(tuning.decodeBatch === undefined || typeof tuning.decodeBatch === "boolean", `decodeBatch must be true or false, got ${String(tuning.decodeBatch)}`);
+    checkFlag("decodeBatch", tuning.decodeBatch);
     this.decodeBatch = tuning.decodeBatch ?? true;
-    check(tuning.sampleList === undefined || typeof tuning.sampleList === "boolean", `sampleList must be true or false, got ${String(tuning.sampleList)}`);
+    checkFlag("sampleList", tuning.sampleList);
     this.sampleList = tuning.sampleList ?? true;
     const bytes = tileBytes(this.tileLarge), most = gpu.limits.maxComputeWorkgroupStorageSize;
     check(bytes <= most, `matmulBK ${BK} with ${buffers} buffers needs ${bytes} bytes of workgroup memory, this device allows ${most}`);
