@@ -103,9 +103,14 @@ fn probe(qHi: u32, qLo: u32, lid: u32) -> vec2<f32> {
       mass += pr;
     }
   }
+  return reduce2(cnt, mass, lid);
+}
+
+// (a, b) summed over the workgroup (uniform control flow only)
+fn reduce2(a: f32, b: f32, lid: u32) -> vec2<f32> {
   workgroupBarrier(); // the previous reduction's result has been read by every thread
-  redF[lid] = cnt;
-  redG[lid] = mass;
+  redF[lid] = a;
+  redG[lid] = b;
   workgroupBarrier();
   for (var s = WG / 2u; s > 0u; s >>= 1u) {
     if (lid < s) {
@@ -115,24 +120,6 @@ fn probe(qHi: u32, qLo: u32, lid: u32) -> vec2<f32> {
     workgroupBarrier();
   }
   return vec2<f32>(workgroupUniformLoad(&redF[0]), workgroupUniformLoad(&redG[0]));
-}
-
-// (a, b, c) summed over the workgroup (uniform control flow only)
-fn reduce3(a: f32, b: f32, c: f32, lid: u32) -> vec3<f32> {
-  workgroupBarrier(); // the previous reduction's result has been read by every thread
-  redF[lid] = a;
-  redG[lid] = b;
-  redU[lid] = bitcast<u32>(c);
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (lid < s) {
-      redF[lid] += redF[lid + s];
-      redG[lid] += redG[lid + s];
-      redU[lid] = bitcast<u32>(bitcast<f32>(redU[lid]) + bitcast<f32>(redU[lid + s]));
-    }
-    workgroupBarrier();
-  }
-  return vec3<f32>(workgroupUniformLoad(&redF[0]), workgroupUniformLoad(&redG[0]), bitcast<f32>(workgroupUniformLoad(&redU[0])));
 }
 
 // The fast path's list: every candidate within tStar nats of the best, sorted by key (best first), lPr the
@@ -151,17 +138,18 @@ fn buildList(lid: u32) -> vec4<f32> {
     if (x >= top - 5.0) { c5 += 1.0; }
     if (x >= top - 2.5) { c2 += 1.0; }
   }
-  let r1 = reduce3(mass, c40, c20, lid);
-  let r2 = reduce3(c10, c5, c2, lid);
+  let r40 = reduce2(c40, mass, lid); // (candidates, their mass)
+  let r20 = reduce2(c20, c10, lid);
+  let r5 = reduce2(c5, c2, lid);
   let cap = f32(CAP);
   var t = 0.0;
   var n = 0.0;
-  if (r2.z <= cap) { t = 2.5; n = r2.z; }
-  if (r2.y <= cap) { t = 5.0; n = r2.y; }
-  if (r2.x <= cap) { t = 10.0; n = r2.x; }
-  if (r1.z <= cap) { t = 20.0; n = r1.z; }
-  if (r1.y <= cap) { t = 40.0; n = r1.y; }
-  if (n == 0.0) { return vec4<f32>(0.0, 0.0, r1.y, r1.x); }
+  if (r5.y <= cap) { t = 2.5; n = r5.y; }
+  if (r5.x <= cap) { t = 5.0; n = r5.x; }
+  if (r20.y <= cap) { t = 10.0; n = r20.y; }
+  if (r20.x <= cap) { t = 20.0; n = r20.x; }
+  if (r40.x <= cap) { t = 40.0; n = r40.x; }
+  if (n == 0.0) { return vec4<f32>(0.0, 0.0, r40.x, r40.y); }
   // collect (the same test as the count, so exactly n of them), padded to a power of two with the lowest key
   let nu = u32(n);
   var nP = 2u;
@@ -171,7 +159,7 @@ fn buildList(lid: u32) -> vec4<f32> {
   workgroupBarrier();
   for (var i = lid; i < p.V; i += WG) {
     let x = val(i);
-    if (x < top - 40.0 || x < top - t) { continue; }
+    if (x < top - t) { continue; } // t <= 40: the same tokens as the count's
     let slot = atomicAdd(&lN, 1u);
     if (slot < nP) {
       lHi[slot] = orderable(x);
@@ -219,7 +207,7 @@ fn buildList(lid: u32) -> vec4<f32> {
   let before = select(0.0, select(redG[prev], redF[prev], inF), lid > 0u); // the runs before this one
   for (var i = b0; i < b1; i++) { lPr[i] += before; }
   workgroupBarrier();
-  return vec4<f32>(n, t, r1.y, r1.x);
+  return vec4<f32>(n, t, r40.x, r40.y);
 }
 
 // the first j in [lo, hi) with lPr[j] >= v (strict: > v), or hi; lPr is non-decreasing
