@@ -289,6 +289,7 @@ test("webgpu: the batch decode step with x_proj's partials summed in a dispatch 
   }
   await assert.rejects(createWebGpuBackend({ decodeBatchTileN: 96 }), /decodeBatchTileN must be one of 64, 128, got 96/);
   await assert.rejects(createWebGpuBackend({ decodeBatchReduce: 1 as unknown as boolean }), /decodeBatchReduce must be true or false, got 1/);
+  await assert.rejects(createWebGpuBackend({ decodeBatchGroups: 100 }), /decodeBatchGroups must be one of 132, 264, 528, got 100/);
 });
 
 async function batchStepMatchesCpu(

@@ -78,6 +78,9 @@ export interface WebGpuTuning {
   decodeBatchReduce?: boolean;
   /** columns of y per workgroup of the batch step's matmuls: 64 (default; 4 × 4 outputs a thread) or 128 (4 × 8) */
   decodeBatchTileN?: number;
+  /** workgroups the batch step's matmuls aim at when they split K: 132, 264 (default) or 528; fewer splits leave
+   *  the next kernel fewer partial products to add, more keep more of the GPU busy */
+  decodeBatchGroups?: number;
   /** the sampler's short sorted list of the best tokens, which decides most draws in two passes over the row
    *  (default true); false sends every draw through the bit-by-bit search of the whole row (for comparison) */
   sampleList?: boolean;
@@ -104,6 +107,8 @@ export class WebGpuBackend implements Backend {
   private readonly decodeBatch: boolean;
   /** WebGpuTuning.decodeBatchReduce */
   private readonly decodeBatchReduce: boolean;
+  /** WebGpuTuning.decodeBatchGroups */
+  private readonly decodeBatchGroups: number;
   /** WebGpuTuning.sampleList */
   private readonly sampleList: boolean;
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
@@ -130,6 +135,8 @@ export class WebGpuBackend implements Backend {
     this.tileBatch = { ...TILE_SMALL, BN, TN: BN / 16, BK: tuning.matmulBK ?? 16, buffers };
     checkFlag("decodeBatchReduce", tuning.decodeBatchReduce);
     this.decodeBatchReduce = tuning.decodeBatchReduce ?? false;
+    checkChoice("decodeBatchGroups", tuning.decodeBatchGroups, [132, 264, 528]);
+    this.decodeBatchGroups = tuning.decodeBatchGroups ?? 264;
     this.decodeChannels = tuning.decodeChannels ?? 0;
     this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by row width (loadBytes)
     checkFlag("decodeBatch", tuning.decodeBatch);
@@ -636,8 +643,8 @@ export class WebGpuBackend implements Backend {
     const gpu = this.gpu;
     const w = model.weights;
     const tile = this.tileBatch;
-    const inSplit = splitPlan(D, kSplits(B, 2 * E, D, tile));
-    const outSplit = splitPlan(E, kSplits(B, D, E, tile));
+    const inSplit = splitPlan(D, kSplits(B, 2 * E, D, tile, this.decodeBatchGroups));
+    const outSplit = splitPlan(E, kSplits(B, D, E, tile, this.decodeBatchGroups));
     const hp = gpu.alloc(outSplit.count * B * D * 4); // [S, B, D]: the embedding (one part), then out_proj's partials
     const normed = new GpuTensor([B, D], "f32", gpu.alloc(B * D * 4), "f32", this);
     const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other

@@ -192,12 +192,13 @@ export interface MatmulArgs {
   y: Buf;
 }
 
-/** K splits that fill the GPU when the output has few tiles: at least 2 K tiles (32 columns) a split. */
-export function kSplits(T: number, N: number, K: number, cfg: TileConfig): number {
+/** K splits that fill the GPU when the output has few tiles: about `target` workgroups in all (two an SM of an
+ *  H100 or H200 by default), at least 2 K tiles (32 columns) a split. */
+export function kSplits(T: number, N: number, K: number, cfg: TileConfig, target = 264): number {
   const tiles = Math.ceil(T / cfg.BM) * Math.ceil(N / cfg.BN);
   const kTiles = Math.ceil(K / 16);
   if (tiles >= 132 || kTiles < 4) return 1;
-  return Math.max(1, Math.min(Math.ceil(264 / tiles), Math.floor(kTiles / 2)));
+  return Math.max(1, Math.min(Math.ceil(target / tiles), Math.floor(kTiles / 2)));
 }
 
 /** How K is cut for about `splits` parts: kLen columns each (a multiple of 16; a K tile may straddle two parts, its loads are bounded), `count` parts. */

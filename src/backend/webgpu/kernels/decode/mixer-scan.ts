@@ -26,7 +26,7 @@ export function mixerScanBytes(N: number): number {
 }
 
 /** The kernel's WGSL (exported for inspection). */
-export const mixerScanWgsl = (N: number, J: number, SL: number, ws: WeightStorage) => /* wgsl */ `
+export const mixerScanWgsl = (N: number, J: number, SL: number, ws: WeightStorage, summed: boolean) => /* wgsl */ `
 // bindings: 0 Q [G, B, J] | 1 lp (layer constants) | 2 Wdt [E, R] | 3 xz [B, 2E] | 4 ssm [B, E, N] in/out
 //           5 y [B, E] out | 6 params
 // grid: (ceil(E / CH), ceil(B / MAXB)): workgroup (x, y) owns channels x·CH .. and rows y·MAXB ..
@@ -107,7 +107,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   //    BATCH loads at a time. More: a thread sums KO outputs, KO · BATCH loads in flight at once, so that a block of
   //    8 rows takes ceil(G / BATCH) round trips to memory rather than KO times as many (scan at 64 rows of 130m:
   //    32.9 → 25.0 us a dispatch on the H200, with step 0).
-  let S = max(1u, WG / BJ);
+${summed ? `  let S = 1u; // one partial: the batch step's x_proj, summed already by matmul_reduce
+  for (var i = t; i < BJ; i += WG) { scr[i] = Q[q0 + i]; }
+` : `  let S = max(1u, WG / BJ);
   if (BJ <= WG) {
     let slice = t % S;
     for (var i = t / S; i < BJ; i += WG / S) {
@@ -121,8 +123,6 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       }
       scr[slice * BJ + i] = s;
     }
-  } else if (p.G == 1u) { // summed already (the batch step's partials, by matmul_reduce)
-    for (var i = t; i < BJ; i += WG) { scr[i] = Q[q0 + i]; }
   } else {
     var acc1: array<f32, KO>;
     for (var g0 = 0u; g0 < p.G; g0 += BATCH) {
@@ -137,7 +137,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     }
     for (var k = 0u; k < KO; k++) { if (t + k * WG < BJ) { scr[t + k * WG] = acc1[k]; } }
   }
-  for (var k = 0u; k < PKT; k++) { if (t + k * WG < npk) { pks[t + k * WG] = pv[k]; } }
+`}  for (var k = 0u; k < PKT; k++) { if (t + k * WG < npk) { pks[t + k * WG] = pv[k]; } }
   workgroupBarrier();
   for (var i = t; i < BJ; i += WG) {
     var s = 0.0;
@@ -210,7 +210,10 @@ export interface MixerScanArgs {
 
 export function decodeMixerScan(gpu: Gpu, a: MixerScanArgs): void {
   const SL = Math.ceil((Math.min(a.B, DECODE_MAX_B) * CH * a.N) / 256);
-  const k = gpu.kernel(`decode_scan_${a.N}_${a.J}_${SL}_${a.wsDt}`, () => mixerScanWgsl(a.N, a.J, SL, a.wsDt));
+  // one partial (the batch step's x_proj summed by matmul_reduce): a pipeline without step 1's sums, whose
+  // registers would otherwise be held for the branch not taken
+  const summed = a.G === 1;
+  const k = gpu.kernel(`decode_scan_${a.N}_${a.J}_${SL}_${a.wsDt}${summed ? "_summed" : ""}`, () => mixerScanWgsl(a.N, a.J, SL, a.wsDt, summed));
   const p = new Params().u32(a.B).u32(a.E).u32(a.R).u32(a.G).u32(a.oPack);
   gpu.dispatch(k, [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y], p, [Math.ceil(a.E / CH), Math.ceil(a.B / DECODE_MAX_B)]);
 }
