@@ -2,12 +2,14 @@
  * The webgpu bench's `kernels` section: decode kernels alone, on the GPU clock (many dispatches of one kernel in one
  * timed pass, each depending on the one before as in a step, so each includes a dependent dispatch's fixed cost):
  *  - the scan kernel of the fused and batch steps (decode/mixer-scan.ts) at the shapes of 130m and 1.4b, with one
- *    row, one block of 8 rows and 64 rows (8 blocks), its x_proj partials as many as the step makes;
+ *    row, one block of 8 rows and 64 rows (8 blocks), its x_proj partials as many as the step makes; and the
+ *    batch step's kernel of a thread per row and channel (decode/batch-scan.ts) at 64 rows, by rows a workgroup;
  *  - the batch step's 64-row matmuls (in_proj and out_proj of 130m) with each K split and K tile tried;
  *  - the sampler on rows of 50,280 logits, with and without its short list of the best tokens.
  */
 import type { WebGpuBackend } from "../src/backend/webgpu/index.ts";
 import { decodeMixerScan } from "../src/backend/webgpu/kernels/decode/mixer-scan.ts";
+import { BATCH_SCAN_ROW_CHOICES, batchScanBytes, decodeBatchScan } from "../src/backend/webgpu/kernels/decode/batch-scan.ts";
 import { matmulReduce } from "../src/backend/webgpu/kernels/matmul-reduce.ts";
 import { matmulTiled, splitPlan, TILE_SMALL, type TileConfig } from "../src/backend/webgpu/kernels/matmul.ts";
 import { sample } from "../src/backend/webgpu/kernels/sample.ts";
@@ -45,6 +47,23 @@ export async function benchDecodeKernels(b: WebGpuBackend, smoke: boolean): Prom
     };
     const t = await passMicros(b, () => decodeMixerScan(gpu, { B, E, N, R, J, G, oPack: 0, wsDt: "f32", ...bufs }), reps);
     console.log(`decode scan kernel ${name} (E ${E}, N ${N}, R ${R}), ${B} row${B > 1 ? "s" : ""}, ${G} partials: ${t}`);
+    for (const buf of Object.values(bufs)) gpu.release(buf);
+  }
+  // the batch step's scan kernel of a thread per (row, channel) (decodeBatchScanRows), by rows a workgroup
+  const threadScans = smoke ? [["small", 64, 16, 4, 1, 9]] as const : [
+    ["130m", 1536, 16, 48, 24, 64], ["130m", 1536, 16, 48, 1, 64], ["1.4b", 4096, 16, 128, 64, 64], ["1.4b", 4096, 16, 128, 1, 64],
+  ] as const;
+  for (const [name, E, N, R, G, B] of threadScans) {
+    const J = R + 2 * N;
+    const bufs = {
+      Q: gpu.upload(random(G * B * J, 1)), lp: gpu.upload(random(E * (N + 2), 2)), wDt: gpu.upload(random(E * R, 3)),
+      xz: gpu.upload(random(B * 2 * E, 4)), ssm: gpu.upload(random(B * E * N, 5)), y: gpu.alloc(B * E * 4),
+    };
+    for (const RW of BATCH_SCAN_ROW_CHOICES) {
+      if (batchScanBytes(RW, N, R, J) > gpu.limits.maxComputeWorkgroupStorageSize) continue;
+      const t = await passMicros(b, () => decodeBatchScan(gpu, { RW, B, E, N, R, J, G, oPack: 0, wsDt: "f32", ...bufs }), reps);
+      console.log(`decode batch scan kernel (a thread per row and channel, ${RW} rows a workgroup) ${name}, ${B} rows, ${G} partials: ${t}`);
+    }
     for (const buf of Object.values(bufs)) gpu.release(buf);
   }
   for (const [name, G, B, J] of smoke ? [["small", 1, 9, 36]] as const : [["130m", 24, 64, 80], ["1.4b", 64, 64, 160]] as const) {

@@ -280,16 +280,18 @@ test("webgpu: the batch decode step with K-split in_proj and out_proj (partials 
   for (const { c, batches, tol } of cases) await batchStepMatchesCpu(c, batches, tol);
 });
 
-test("webgpu: the batch decode step with x_proj's partials summed in a dispatch of their own (decodeBatchReduce) and 64 x 128 matmul tiles (decodeBatchTileN) equals step mode on the CPU", async (t) => {
+test("webgpu: the batch decode step with x_proj's partials summed in a dispatch of their own (decodeBatchReduce), 64 x 128 matmul tiles (decodeBatchTileN) and the scan kernel of a thread per row and channel (decodeBatchScanRows) equals step mode on the CPU", async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  // the defaults (false, 64) run in the test above, on this config and these batches
-  for (const tuning of [{ decodeBatchReduce: true }, { decodeBatchTileN: 128 }]) {
+  // the defaults (false, 64, 0) run in the test above, on this config and these batches; with 2 rows a workgroup
+  // the scan kernel's second group has 32 of its 128 channels, with 8 the second block of batch 12 has 4 rows
+  for (const tuning of [{ decodeBatchReduce: true }, { decodeBatchTileN: 128 }, { decodeBatchScanRows: 2 }, { decodeBatchScanRows: 8, decodeBatchReduce: true }]) {
     await batchStepMatchesCpu(kSplitConfig, [12, 64], 1e-4, tuning);
   }
   await assert.rejects(createWebGpuBackend({ decodeBatchTileN: 96 }), /decodeBatchTileN must be one of 64, 128, got 96/);
   await assert.rejects(createWebGpuBackend({ decodeBatchReduce: 1 as unknown as boolean }), /decodeBatchReduce must be true or false, got 1/);
   await assert.rejects(createWebGpuBackend({ decodeBatchGroups: 100 }), /decodeBatchGroups must be one of 132, 264, 528, got 100/);
+  await assert.rejects(createWebGpuBackend({ decodeBatchScanRows: 3 }), /decodeBatchScanRows must be one of 2, 4, 8, got 3/);
 });
 
 async function batchStepMatchesCpu(

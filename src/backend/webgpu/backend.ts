@@ -29,6 +29,7 @@ import {
 import { DECODE_MAX_BJ, decodeMixerScan, mixerScanBytes } from "./kernels/decode/mixer-scan.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
 import { BATCH_CONV_CHANNELS, batchConvBytes, decodeBatchConv } from "./kernels/decode/batch-conv.ts";
+import { BATCH_SCAN_ROW_CHOICES, batchScanBytes, decodeBatchScan } from "./kernels/decode/batch-scan.ts";
 
 type StepLayer = StepModel["weights"]["layers"][number];
 
@@ -81,6 +82,10 @@ export interface WebGpuTuning {
   /** workgroups the batch step's matmuls aim at when they split K: 132, 264 (default) or 528; fewer splits leave
    *  the next kernel fewer partial products to add, more keep more of the GPU busy */
   decodeBatchGroups?: number;
+  /** rows a workgroup of the batch step's scan kernel with a thread per row and channel (kernels/decode/batch-scan.ts):
+   *  2, 4 or 8; 0 (default) keeps the fused step's kernel, 8 rows of 32 channels a workgroup. The thread kernel
+   *  needs a state size that is a multiple of 4 */
+  decodeBatchScanRows?: number;
   /** the sampler's short sorted list of the best tokens, which decides most draws in two passes over the row
    *  (default true); false sends every draw through the bit-by-bit search of the whole row (for comparison) */
   sampleList?: boolean;
@@ -109,6 +114,8 @@ export class WebGpuBackend implements Backend {
   private readonly decodeBatchReduce: boolean;
   /** WebGpuTuning.decodeBatchGroups */
   private readonly decodeBatchGroups: number;
+  /** WebGpuTuning.decodeBatchScanRows */
+  private readonly decodeBatchScanRows: number;
   /** WebGpuTuning.sampleList */
   private readonly sampleList: boolean;
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
@@ -137,6 +144,8 @@ export class WebGpuBackend implements Backend {
     this.decodeBatchReduce = tuning.decodeBatchReduce ?? false;
     checkChoice("decodeBatchGroups", tuning.decodeBatchGroups, [132, 264, 528]);
     this.decodeBatchGroups = tuning.decodeBatchGroups ?? 264;
+    checkChoice("decodeBatchScanRows", tuning.decodeBatchScanRows === 0 ? undefined : tuning.decodeBatchScanRows, BATCH_SCAN_ROW_CHOICES); // 0: the default
+    this.decodeBatchScanRows = tuning.decodeBatchScanRows ?? 0;
     this.decodeChannels = tuning.decodeChannels ?? 0;
     this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by row width (loadBytes)
     checkFlag("decodeBatch", tuning.decodeBatch);
@@ -654,6 +663,9 @@ export class WebGpuBackend implements Backend {
     const Q = gpu.alloc(Math.ceil(E / BATCH_CONV_CHANNELS) * B * J * 4); // [G, B, J]: x_proj's partials
     const xdbl = this.decodeBatchReduce ? gpu.alloc(B * J * 4) : null; // [B, J]: their sum (decodeBatchReduce)
     const y = gpu.alloc(B * E * 4);
+    // the scan kernel with a thread per (row, channel) where chosen and it can: vec4 states, its tiles in workgroup memory
+    const threadScan = this.decodeBatchScanRows > 0 && N % 4 === 0 &&
+      batchScanBytes(this.decodeBatchScanRows, N, R, J) <= gpu.limits.maxComputeWorkgroupStorageSize;
     let parts = 1; // of hp: the embedding is one
     let bias: Buf | null = null; // the last out_proj's, added by the next norm
     const plan = gpu.record(() => {
@@ -673,10 +685,12 @@ export class WebGpuBackend implements Backend {
           wX: wX.buf, wsX: this.weightStorage(wX), convState: convState.buf, xz, Q,
         });
         if (xdbl) matmulReduce(gpu, Q, G, null, B, J, xdbl);
-        decodeMixerScan(gpu, {
+        const scanArgs = {
           B, E, N, R, J, G: xdbl ? 1 : G, Q: xdbl ?? Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
           xz, ssm: ssmState.buf, y,
-        });
+        };
+        if (threadScan) decodeBatchScan(gpu, { ...scanArgs, RW: this.decodeBatchScanRows });
+        else decodeMixerScan(gpu, scanArgs);
         const wo = this.t(m.outProj, "decodeStep");
         matmulTiled(gpu, { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias: null, y: hp },
           tile, outSplit);
