@@ -20,3 +20,9 @@ export function checkChoice(name: string, given: unknown, choices: readonly unkn
 export function checkFlag(name: string, given: unknown): void {
   check(given === undefined || typeof given === "boolean", () => `${name} must be true or false, got ${String(given)}`);
 }
+
+/** Throws unless an option that was given is a whole number of at least `least` (absent: the caller's default applies). */
+export function checkCount(name: string, given: unknown, least: number): void {
+  check(given === undefined || (Number.isInteger(given) && (given as number) >= least),
+    () => `${name} must be a whole number >= ${least}, got ${String(given)}`);
+}

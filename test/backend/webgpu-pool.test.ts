@@ -77,6 +77,8 @@ test("webgpu: a backend made with options through the package API runs a model a
   try {
     assert.equal(gpu.backend.name, "webgpu");
     await assert.rejects(createWebGpuBackend({ poolBytes: -1 }), /poolBytes must be a number of bytes >= 0, got -1/);
+    await assert.rejects(createWebGpuBackend({ flushEvery: 0 }), /flushEvery must be a whole number >= 1, got 0/);
+    await assert.rejects(createWebGpuBackend({ scanThreads: 2.5 }), /scanThreads must be a whole number >= 1, got 2.5/);
     const ids = Int32Array.from({ length: 14 }, (_, i) => (i * 7) % 40);
     const shape = { batch: 2, seqLen: 7 };
     assertClose((await gpu.forward(ids, shape)).logits, (await cpu.forward(ids, shape)).logits, 1e-4, "logits");

@@ -6,7 +6,7 @@
  * cannot read history in one thread that another thread is already overwriting.
  */
 import type { Backend, Captured, SampleRequest, SelectiveScanArgs, SeqShape, StepModel, Tensor, TensorOrCols } from "../backend.ts";
-import { MambaError, check, checkChoice, checkFlag } from "../../errors.ts";
+import { MambaError, check, checkChoice, checkCount, checkFlag } from "../../errors.ts";
 import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
 import { type Buf, Gpu, type Prepared } from "./gpu.ts";
 import { GpuTensor, type Storage, type Window, gpuTensor, windowOf } from "./tensor.ts";
@@ -126,7 +126,9 @@ export class WebGpuBackend implements Backend {
   private decodePlans = new WeakMap<StepModel["weights"], DecodePlan>();
 
   constructor(readonly gpu: Gpu, tuning: WebGpuTuning = {}) {
+    checkCount("scanThreads", tuning.scanThreads, 1);
     this.scanThreads = tuning.scanThreads ?? 131072;
+    checkCount("flushEvery", tuning.flushEvery, 1);
     this.flushEvery = tuning.flushEvery ?? 512;
     checkChoice("matmulBK", tuning.matmulBK, MATMUL_BK_CHOICES);
     checkChoice("matmulBuffers", tuning.matmulBuffers, MATMUL_BUFFER_CHOICES);
