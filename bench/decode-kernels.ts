@@ -30,6 +30,11 @@ const random = (n: number, seed: number) => filled(n, -0.05, 0.05, seed);
 
 export async function benchDecodeKernels(b: WebGpuBackend, smoke: boolean): Promise<void> {
   const gpu = b.gpu;
+  // a scan kernel's inputs and outputs: G partials of x_proj [G, B, J], the layer constants, dt_proj, xz, states, y
+  const scanBuffers = (E: number, N: number, R: number, G: number, B: number) => ({
+    Q: gpu.upload(random(G * B * (R + 2 * N), 1)), lp: gpu.upload(random(E * (N + 2), 2)), wDt: gpu.upload(random(E * R, 3)),
+    xz: gpu.upload(random(B * 2 * E, 4)), ssm: gpu.upload(random(B * E * N, 5)), y: gpu.alloc(B * E * 4),
+  });
   const reps = smoke ? 3 : 200;
   // [model, E, N, R, x_proj partials G, rows]: G is E / 16 (130m) or E / 32 (1.4b) channels per fused first
   // kernel at one row, E / 64 channels per batch conv workgroup past 8 rows
@@ -41,10 +46,7 @@ export async function benchDecodeKernels(b: WebGpuBackend, smoke: boolean): Prom
   ] as const;
   for (const [name, E, N, R, G, B] of scans) {
     const J = R + 2 * N;
-    const bufs = {
-      Q: gpu.upload(random(G * B * J, 1)), lp: gpu.upload(random(E * (N + 2), 2)), wDt: gpu.upload(random(E * R, 3)),
-      xz: gpu.upload(random(B * 2 * E, 4)), ssm: gpu.upload(random(B * E * N, 5)), y: gpu.alloc(B * E * 4),
-    };
+    const bufs = scanBuffers(E, N, R, G, B);
     const t = await passMicros(b, () => decodeMixerScan(gpu, { B, E, N, R, J, G, oPack: 0, wsDt: "f32", ...bufs }), reps);
     console.log(`decode scan kernel ${name} (E ${E}, N ${N}, R ${R}), ${B} row${B > 1 ? "s" : ""}, ${G} partials: ${t}`);
     for (const buf of Object.values(bufs)) gpu.release(buf);
@@ -55,10 +57,7 @@ export async function benchDecodeKernels(b: WebGpuBackend, smoke: boolean): Prom
   ] as const;
   for (const [name, E, N, R, G, B] of threadScans) {
     const J = R + 2 * N;
-    const bufs = {
-      Q: gpu.upload(random(G * B * J, 1)), lp: gpu.upload(random(E * (N + 2), 2)), wDt: gpu.upload(random(E * R, 3)),
-      xz: gpu.upload(random(B * 2 * E, 4)), ssm: gpu.upload(random(B * E * N, 5)), y: gpu.alloc(B * E * 4),
-    };
+    const bufs = scanBuffers(E, N, R, G, B);
     for (const RW of BATCH_SCAN_ROW_CHOICES) {
       if (batchScanBytes(RW, N, R, J) > gpu.limits.maxComputeWorkgroupStorageSize) continue;
       const t = await passMicros(b, () => decodeBatchScan(gpu, { RW, B, E, N, R, J, G, oPack: 0, wsDt: "f32", ...bufs }), reps);
