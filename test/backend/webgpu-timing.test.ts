@@ -1,8 +1,9 @@
 /**
  * Gpu.timePass, the benchmarks' GPU clock: the work timed inside it runs and gives the same results as untimed;
  * the time is a finite number of ms (or null without 'timestamp-query'); timed work that reads back (which would
- * end the timed pass) is a clear error, after which the backend still works. Durations are not asserted (speed
- * belongs to benchmarks). Runs when a WebGPU adapter exists (skipped otherwise, failed under CI=true).
+ * end the timed pass) is a clear error, after which the backend still works; and when the backend submits on its
+ * own (flushEvery). Durations are not asserted (speed belongs to benchmarks). Runs when a WebGPU adapter exists
+ * (skipped otherwise, failed under CI=true).
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -108,5 +109,36 @@ test("webgpu profileKernels: every dispatch is counted under its kernel, results
     assert.deepEqual(await b.readF32(norm(b.matmul(x, w, null))), want, "the backend works after the errors");
   } finally {
     await b.destroy();
+  }
+});
+
+test("webgpu flushEvery: encoded ops submit every flushEvery; a decode step's replay does not count, so a step is one submit", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const { createModel } = await import("../../src/index.ts");
+  const b = (await createWebGpuBackend({ flushEvery: 10 })) as WebGpuBackend;
+  const model = await createModel({ vocabSize: 30, hiddenSize: 16, numLayers: 3 }, { backend: b, seed: 2 });
+  try {
+    await b.sync();
+    let submits = b.gpu.submits;
+    const zs = Array.from({ length: 25 }, () => b.zeros([4]));
+    assert.equal(b.gpu.submits - submits, 2, "25 ops encoded: submits after the 10th and the 20th");
+    b.dispose(...zs);
+    // greedy steps of one row: the fused step (3 layers x 3 dispatches, replayed) and the head, the sampler and the
+    // read; the prefill of 12 tokens encodes well over 10 ops, so it submits early at least once
+    await b.sync();
+    submits = b.gpu.submits;
+    const d0 = b.gpu.dispatches;
+    const prompt = Int32Array.from({ length: 12 }, (_, i) => (i * 7) % 30);
+    await model.generate(prompt, { maxNewTokens: 1, stopTokens: [] });
+    const prefillSubmits = b.gpu.submits - submits;
+    assert.ok(prefillSubmits >= 2, `the prefill (${b.gpu.dispatches - d0} dispatches) submitted early: ${prefillSubmits} submits`);
+    await b.sync();
+    const before = b.gpu.submits;
+    await model.generate(prompt, { maxNewTokens: 9, stopTokens: [] });
+    const steps = 8; // after the first token
+    assert.equal(b.gpu.submits - before - prefillSubmits, steps, "one submit a decode step (its read)");
+  } finally {
+    await model.dispose();
   }
 });

@@ -52,7 +52,9 @@ interface LayerPack {
 export interface WebGpuTuning {
   /** channel-chunk threads the selective scan aims for when it splits a sequence (default 131072) */
   scanThreads?: number;
-  /** dispatches after which pending work is submitted even without a read (default 512) */
+  /** ops encoded after which pending work is submitted even without a read (default 48): the GPU starts on a
+   *  prefill's first ops while the host encodes the rest. On the H100 the first token of a 128-token prompt took
+   *  4.8 against 6.9 ms with 512 at batch 1, 54.5 against 57.0 ms at batch 64 (BENCHMARKS.md) */
   flushEvery?: number;
   /** bytes of freed GPU buffers kept for reuse; beyond it the longest-unused are destroyed (default: the largest
    *  working set so far, at least 256 MiB, so a loop that frees and retakes its buffers never recreates them) */
@@ -129,7 +131,7 @@ export class WebGpuBackend implements Backend {
     checkCount("scanThreads", tuning.scanThreads, 1);
     this.scanThreads = tuning.scanThreads ?? 131072;
     checkCount("flushEvery", tuning.flushEvery, 1);
-    this.flushEvery = tuning.flushEvery ?? 512;
+    this.flushEvery = tuning.flushEvery ?? 48;
     checkChoice("matmulBK", tuning.matmulBK, MATMUL_BK_CHOICES);
     checkChoice("matmulBuffers", tuning.matmulBuffers, MATMUL_BUFFER_CHOICES);
     checkChoice("decodeChannels", tuning.decodeChannels === 0 ? undefined : tuning.decodeChannels, DECODE_CHANNEL_CHOICES); // 0: the default
@@ -186,7 +188,12 @@ export class WebGpuBackend implements Backend {
     if (t.storage === "i32") throw new MambaError("an i32 tensor was passed where weights were expected");
     return t.storage;
   }
-  /** Submits pending work now and then, so the GPU starts while the host is still encoding long runs. */
+  /**
+   * Submits pending work every flushEvery ops encoded since the last submit, so that the GPU starts on a long run
+   * (a prefill: some 340 dispatches for 130m) while the host is still encoding the rest. Replays of recorded steps
+   * do not count: they cost the host microseconds, and a decode step's read submits it anyway, so counting them
+   * would only split each step into two submits.
+   */
   private tick(): void {
     if (++this.sinceFlush >= this.flushEvery) {
       this.sinceFlush = 0;
@@ -544,8 +551,7 @@ export class WebGpuBackend implements Backend {
     }
     const tb = this.t(w.embeddings, "decodeStep");
     embedding(gpu, tb.buf, this.weightStorage(tb), tb.shape[0]!, D, idt.buf, B, plan.h);
-    gpu.replay(plan.plan);
-    this.sinceFlush += plan.plan.length;
+    gpu.replay(plan.plan); // not counted towards flushEvery: a replay costs the host next to nothing (see tick)
     return this.matmul(plan.normed, w.head, null);
   }
 
@@ -574,12 +580,7 @@ export class WebGpuBackend implements Backend {
       output,
       run: () => {
         check(live, "this captured step was disposed");
-        gpu.replay(plan);
-        this.sinceFlush += plan.length;
-        if (this.sinceFlush >= this.flushEvery) {
-          this.sinceFlush = 0;
-          gpu.submitEarly();
-        }
+        gpu.replay(plan); // not counted towards flushEvery (see tick)
       },
       dispose: () => {
         if (!live) return;
