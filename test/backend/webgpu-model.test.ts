@@ -280,18 +280,23 @@ test("webgpu: the batch decode step with K-split in_proj and out_proj (partials 
   for (const { c, batches, tol } of cases) await batchStepMatchesCpu(c, batches, tol);
 });
 
-test("webgpu: the batch decode step with x_proj's partials summed in a dispatch of their own (decodeBatchReduce), 64 x 128 matmul tiles (decodeBatchTileN) and the scan kernel of a thread per row and channel (decodeBatchScanRows) equals step mode on the CPU", async (t) => {
+test("webgpu: the batch decode step with x_proj's partials summed in a dispatch of their own (decodeBatchReduce), 64 x 128 matmul tiles (decodeBatchTileN) the scan kernel by rows a workgroup (decodeBatchScanRows) and K parts of fixed width (decodeBatchSplitCols) equals step mode on the CPU", async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  // the defaults (false, 64, 0) run in the test above, on this config and these batches; with 2 rows a workgroup
-  // the scan kernel's second group has 32 of its 128 channels, with 8 the second block of batch 12 has 4 rows
-  for (const tuning of [{ decodeBatchReduce: true }, { decodeBatchTileN: 128 }, { decodeBatchScanRows: 2 }, { decodeBatchScanRows: 8, decodeBatchReduce: true }]) {
+  // the defaults (no reduce, 64-wide tiles, the thread scan kernel with 8 rows a workgroup, whose second block of
+  // batch 12 has 4 rows) run in the test above, on this config and these batches; with 2 rows a workgroup the scan
+  // kernel's second group has 32 of its 128 channels; 0 rows is the fused step's scan kernel; parts of 64 columns
+  // split out_proj's K of 160 into 64 + 64 + 32 and leave in_proj's 64 whole
+  const tunings: WebGpuTuning[] = [{ decodeBatchReduce: true }, { decodeBatchTileN: 128 }, { decodeBatchScanRows: 2 },
+    { decodeBatchScanRows: 4, decodeBatchReduce: true }, { decodeBatchScanRows: 0 }, { decodeBatchSplitCols: 64 }];
+  for (const tuning of tunings) {
     await batchStepMatchesCpu(kSplitConfig, [12, 64], 1e-4, tuning);
   }
   await assert.rejects(createWebGpuBackend({ decodeBatchTileN: 96 }), /decodeBatchTileN must be one of 64, 128, got 96/);
   await assert.rejects(createWebGpuBackend({ decodeBatchReduce: 1 as unknown as boolean }), /decodeBatchReduce must be true or false, got 1/);
   await assert.rejects(createWebGpuBackend({ decodeBatchGroups: 100 }), /decodeBatchGroups must be one of 132, 264, 528, got 100/);
   await assert.rejects(createWebGpuBackend({ decodeBatchScanRows: 3 }), /decodeBatchScanRows must be one of 2, 4, 8, got 3/);
+  await assert.rejects(createWebGpuBackend({ decodeBatchSplitCols: 80 }), /decodeBatchSplitCols must be one of 64, 96, 128, got 80/);
 });
 
 async function batchStepMatchesCpu(

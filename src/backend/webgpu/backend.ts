@@ -84,9 +84,14 @@ export interface WebGpuTuning {
   /** workgroups the batch step's matmuls aim at when they split K: 132, 264 (default) or 528; fewer splits leave
    *  the next kernel fewer partial products to add, more keep more of the GPU busy */
   decodeBatchGroups?: number;
-  /** rows a workgroup of the batch step's scan kernel with a thread per row and channel (kernels/decode/batch-scan.ts):
-   *  2, 4 or 8; 0 (default) keeps the fused step's kernel, 8 rows of 32 channels a workgroup. The thread kernel
-   *  needs a state size that is a multiple of 4 */
+  /** K columns a part of the batch step's K-split matmuls: 64, 96 or 128 (their count then follows from K); 0
+   *  (default) splits by decodeBatchGroups */
+  decodeBatchSplitCols?: number;
+  /** rows a workgroup of the batch step's scan kernel, a thread per row and channel (kernels/decode/batch-scan.ts):
+   *  2, 4 or 8 (default 8 up to 2048 channels, else 4; where the state size is not a multiple of 4, the fused
+   *  step's kernel); 0 takes the fused step's kernel, 8 rows of 32 channels a workgroup. On the H200 at 64 rows:
+   *  130m 9.1 us with 8 rows against 25.0 with the fused step's kernel, 1.4b 47.8 with 4 against 98.4; 130m decoded
+   *  at batch 64 at 33,969 against 27,218 tok/s (BENCHMARKS.md) */
   decodeBatchScanRows?: number;
   /** the sampler's short sorted list of the best tokens, which decides most draws in two passes over the row
    *  (default true); false sends every draw through the bit-by-bit search of the whole row (for comparison) */
@@ -116,7 +121,9 @@ export class WebGpuBackend implements Backend {
   private readonly decodeBatchReduce: boolean;
   /** WebGpuTuning.decodeBatchGroups */
   private readonly decodeBatchGroups: number;
-  /** WebGpuTuning.decodeBatchScanRows */
+  /** WebGpuTuning.decodeBatchSplitCols */
+  private readonly decodeBatchSplitCols: number;
+  /** WebGpuTuning.decodeBatchScanRows; -1 when not given (chosen by the model's width) */
   private readonly decodeBatchScanRows: number;
   /** WebGpuTuning.sampleList */
   private readonly sampleList: boolean;
@@ -148,8 +155,10 @@ export class WebGpuBackend implements Backend {
     this.decodeBatchReduce = tuning.decodeBatchReduce ?? false;
     checkChoice("decodeBatchGroups", tuning.decodeBatchGroups, [132, 264, 528]);
     this.decodeBatchGroups = tuning.decodeBatchGroups ?? 264;
+    checkChoice("decodeBatchSplitCols", tuning.decodeBatchSplitCols === 0 ? undefined : tuning.decodeBatchSplitCols, [64, 96, 128]); // 0: the default
+    this.decodeBatchSplitCols = tuning.decodeBatchSplitCols ?? 0;
     checkChoice("decodeBatchScanRows", tuning.decodeBatchScanRows === 0 ? undefined : tuning.decodeBatchScanRows, BATCH_SCAN_ROW_CHOICES); // 0: the default
-    this.decodeBatchScanRows = tuning.decodeBatchScanRows ?? 0;
+    this.decodeBatchScanRows = tuning.decodeBatchScanRows ?? -1; // -1: by the model's width
     this.decodeChannels = tuning.decodeChannels ?? 0;
     this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by row width (loadBytes)
     checkFlag("decodeBatch", tuning.decodeBatch);
@@ -655,8 +664,14 @@ export class WebGpuBackend implements Backend {
     const gpu = this.gpu;
     const w = model.weights;
     const tile = this.tileBatch;
-    const inSplit = splitPlan(D, kSplits(B, 2 * E, D, tile, this.decodeBatchGroups));
-    const outSplit = splitPlan(E, kSplits(B, D, E, tile, this.decodeBatchGroups));
+    // K parts of decodeBatchSplitCols columns where chosen and K is split at all, else by the workgroups' target
+    const split = (N: number, K: number) => {
+      const parts = kSplits(B, N, K, tile, this.decodeBatchGroups);
+      const cols = this.decodeBatchSplitCols;
+      return parts > 1 && cols > 0 ? { kLen: cols, count: Math.ceil(K / cols) } : splitPlan(K, parts);
+    };
+    const inSplit = split(2 * E, D);
+    const outSplit = split(D, E);
     const hp = gpu.alloc(outSplit.count * B * D * 4); // [S, B, D]: the embedding (one part), then out_proj's partials
     const normed = new GpuTensor([B, D], "f32", gpu.alloc(B * D * 4), "f32", this);
     const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other
@@ -667,8 +682,8 @@ export class WebGpuBackend implements Backend {
     const xdbl = this.decodeBatchReduce ? gpu.alloc(B * J * 4) : null; // [B, J]: their sum (decodeBatchReduce)
     const y = gpu.alloc(B * E * 4);
     // the scan kernel with a thread per (row, channel) where chosen and it can: vec4 states, its tiles in workgroup memory
-    const threadScan = this.decodeBatchScanRows > 0 && N % 4 === 0 &&
-      batchScanBytes(this.decodeBatchScanRows, N, R, J) <= gpu.limits.maxComputeWorkgroupStorageSize;
+    const scanRows = this.decodeBatchScanRows < 0 ? (E <= 2048 ? 8 : 4) : this.decodeBatchScanRows;
+    const threadScan = scanRows > 0 && N % 4 === 0 && batchScanBytes(scanRows, N, R, J) <= gpu.limits.maxComputeWorkgroupStorageSize;
     let parts = 1; // of hp: the embedding is one
     let bias: Buf | null = null; // the last out_proj's, added by the next norm
     const plan = gpu.record(() => {
@@ -692,7 +707,7 @@ export class WebGpuBackend implements Backend {
           B, E, N, R, J, G: xdbl ? 1 : G, Q: xdbl ?? Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
           xz, ssm: ssmState.buf, y,
         };
-        if (threadScan) decodeBatchScan(gpu, { ...scanArgs, RW: this.decodeBatchScanRows });
+        if (threadScan) decodeBatchScan(gpu, { ...scanArgs, RW: scanRows });
         else decodeMixerScan(gpu, scanArgs);
         const wo = this.t(m.outProj, "decodeStep");
         matmulTiled(gpu, { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias: null, y: hp },
