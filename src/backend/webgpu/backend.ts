@@ -653,8 +653,8 @@ export class WebGpuBackend implements Backend {
   /**
    * Encodes one batch decode step (the layers and norm_f) over buffers kept for it, recording its dispatches: a
    * layer is the norm (summing the last out_proj's K-split partials with its bias and the residual), in_proj, the
-   * conv with x_proj's partial sums over channel groups, the fused step's scan kernel (x_proj's sum, dt_proj, scan
-   * step, gate) by blocks of 8 rows, and out_proj. The matmuls split K where their tiles would leave the GPU idle,
+   * conv with x_proj's partial sums over channel groups, the scan kernel (x_proj's sum, dt_proj, scan step, gate; a
+   * thread per row and channel, kernels/decode/batch-scan.ts), and out_proj. The matmuls split K where their tiles would leave the GPU idle,
    * and leave the partial products for the next kernel to sum.
    */
   private recordBatchDecode(model: StepModel, B: number, key: string, packs: LayerPack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {

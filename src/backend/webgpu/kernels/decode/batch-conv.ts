@@ -3,7 +3,8 @@
  * have rows enough to fill the GPU on their own). A workgroup owns CH channels of RB rows:
  *  1. x and z = Σ_s in_proj's K-split partials + bias; the causal conv over x's history (shifted in place: the
  *     thread of (b, e) alone reads and writes it) and SiLU; x and z written to xz [B, 2E];
- *  2. its partial x_proj Q[g, b, j] = Σ_{e of group g} Wx[j, e] · x[b, e], which ./mixer-scan.ts sums over groups.
+ *  2. its partial x_proj Q[g, b, j] = Σ_{e of group g} Wx[j, e] · x[b, e], which the scan kernel (./batch-scan.ts,
+ *     or ./mixer-scan.ts) sums over groups.
  * The same work as the fused first kernel's steps 3 and 4 (./mixer-in.ts), with in_proj done by a matmul before.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
@@ -12,9 +13,9 @@ import { convTapWgsl } from "./conv-step.ts";
 import { DECODE_MAX_B } from "./mixer-in.ts";
 import { type WeightStorage, weightBinding, weightReader } from "../weights.ts";
 
-/** Channels a workgroup: fewer leave ./mixer-scan.ts more partial sums to add. */
+/** Channels a workgroup: fewer leave the scan kernel more partial sums to add. */
 export const BATCH_CONV_CHANNELS = 64;
-/** Rows a workgroup: as many as ./mixer-scan.ts takes. */
+/** Rows a workgroup: as many as ./mixer-scan.ts takes (a block of its rows). */
 export const BATCH_CONV_ROWS = DECODE_MAX_B;
 
 /** Channels of Wx staged at a time (a padded row of WC + 1 per output). */
