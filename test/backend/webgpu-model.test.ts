@@ -242,6 +242,9 @@ test("webgpu: the fused decode step equals step mode on the CPU (logits and stat
     cfg,
     makeConfig({ vocabSize: 37, hiddenSize: 12, intermediateSize: 22, stateSize: 3, timeStepRank: 2, convKernel: 2,
       numLayers: 3, useBias: false, useConvBias: false, tieEmbeddings: true }),
+    // a state size that is a multiple of 4: the batch step's thread scan kernel (the two above take the block
+    // kernel), its 36 channels in workgroups of 32 + 4, batch 20 in blocks of 8 + 8 + 4 rows
+    makeConfig({ vocabSize: 33, hiddenSize: 16, intermediateSize: 36, stateSize: 4, timeStepRank: 5, numLayers: 2 }),
   ];
   for (const [ci, c] of configs.entries()) {
     for (const dtype of ["F32", "F16", "BF16"] as const) {
