@@ -5,21 +5,23 @@
  * in one process; medians.
  *
  *   node --import tsx bench/ab-flush.ts        # FLUSH=512,64,32,16 the values, ROUNDS (5); SMOKE=1 tiny shapes
- */import { modelFromTensors, type MambaModel } from "../src/index.ts";
+ */
+import type { MambaModel } from "../src/index.ts";
 import { createWebGpuBackend, type WebGpuBackend } from "../src/backend/webgpu/index.ts";
 import { makeConfig, initParameters } from "../src/model/init.ts";
+import { benchPrompts, benchSizes, randomModel } from "./data.ts";
 import { warmUpGpu } from "./timing.ts";
 const smoke = process.env.SMOKE === "1";
-const cfg = makeConfig(smoke ? { vocabSize: 1000, hiddenSize: 64, numLayers: 2 } : { vocabSize: 50280, hiddenSize: 768, numLayers: 24 });
+const cfg = makeConfig(benchSizes(smoke)["130m"]);
 const params = initParameters(cfg, { seed: 0 });
 const flushes = (process.env.FLUSH ?? "512,64,32,16").split(",").map(Number);
 const models: [number, MambaModel, WebGpuBackend][] = [];
 for (const f of flushes) {
   const b = (await createWebGpuBackend({ flushEvery: f })) as WebGpuBackend;
-  models.push([f, await modelFromTensors(cfg, params, { backend: b }, { source: "createModel", folder: "", dtype: "F32" }), b]);
+  models.push([f, await randomModel(cfg, params, b), b]);
 }
 const NEW = smoke ? 8 : 256;
-const prompts = (B: number) => Array.from({ length: B }, (_, r) => Int32Array.from({ length: 128 }, (_, i) => (i * 7919 + r * 104729) % 1000));
+const prompts = (B: number) => benchPrompts(B, 128, 1000);
 const res = new Map<string, number[]>();
 const add = (k: string, v: number) => { res.set(k, [...(res.get(k) ?? []), v]); };
 for (const [, m] of models) { await m.generate(prompts(2), { maxNewTokens: 4, stopTokens: [] }); await m.generate(prompts(64), { maxNewTokens: 2, stopTokens: [] }); }

@@ -1,4 +1,8 @@
 /** Inputs for the benchmarks. */
+import { modelFromTensors, type MambaModel } from "../src/index.ts";
+import type { Backend } from "../src/backend/backend.ts";
+import type { MambaConfig } from "../src/config.ts";
+import type { HostTensor } from "../src/io/tensor.ts";
 
 /** A Float32Array of n values cycling through a seeded random block (fast for hundreds of millions). */
 export function filled(n: number, lo: number, hi: number, seed: number): Float32Array {
@@ -27,3 +31,12 @@ export function benchSizes(smoke: boolean) {
 /** A greedy sampling request for B rows of V logits. */
 export const greedyRequest = (V: number, B: number) =>
   ({ vocabSize: V, temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, history: null, uniforms: new Float32Array(B) });
+
+/** Decode prompts: B rows of L token ids below `mod`, no two rows alike. */
+export const benchPrompts = (B: number, L: number, mod: number): Int32Array[] =>
+  Array.from({ length: B }, (_, r) => Int32Array.from({ length: L }, (_, i) => (i * 7919 + r * 104729) % mod));
+
+/** A model of f32 parameters (initParameters' random ones) on `backend`. */
+export function randomModel(cfg: MambaConfig, params: Map<string, HostTensor>, backend: Backend): Promise<MambaModel> {
+  return modelFromTensors(cfg, params, { backend }, { source: "createModel", folder: "", dtype: "F32" });
+}

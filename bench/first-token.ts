@@ -5,19 +5,19 @@
  *
  *   node --import tsx bench/first-token.ts       # V=<vocabulary> (50280) shrinks the head, e.g. for lavapipe
  */
-import { modelFromTensors } from "../src/index.ts";
 import { createWebGpuBackend, type WebGpuBackend } from "../src/backend/webgpu/index.ts";
 import { makeConfig, initParameters } from "../src/model/init.ts";
 import { MambaCache } from "../src/model/cache.ts";
+import { benchPrompts, benchSizes, randomModel } from "./data.ts";
 import { warmUpGpu, printProfile } from "./timing.ts";
-const V = Number(process.env.V ?? 50280);
-const cfg = makeConfig({ vocabSize: V, hiddenSize: 768, numLayers: 24 });
+const sizes = benchSizes(false)["130m"];
+const cfg = makeConfig({ ...sizes, vocabSize: Number(process.env.V ?? sizes.vocabSize) });
 const params = initParameters(cfg, { seed: 0 });
 const b = (await createWebGpuBackend({ flushEvery: 100000 })) as WebGpuBackend;
-const m = await modelFromTensors(cfg, params, { backend: b }, { source: "createModel", folder: "", dtype: "F32" });
+const m = await randomModel(cfg, params, b);
 const L = 128;
 for (const B of [1, 64]) {
-  const prompts = Array.from({ length: B }, (_, r) => Int32Array.from({ length: L }, (_, i) => (i * 7919 + r * 104729) % 1000));
+  const prompts = benchPrompts(B, L, 1000);
   await m.generate(prompts, { maxNewTokens: 2, stopTokens: [] });
   const pass = () => {
     const cache = MambaCache.zeros(b, cfg, B);

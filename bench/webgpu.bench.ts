@@ -24,7 +24,7 @@ import { prefill } from "../src/generate/generate.ts";
 import { toF16Bits, type HostTensor } from "../src/io/tensor.ts";
 import { cols } from "../src/backend/backend.ts";
 import { anchor } from "./anchors.ts";
-import { benchSizes, filled, greedyRequest } from "./data.ts";
+import { benchPrompts, benchSizes, filled, greedyRequest, randomModel } from "./data.ts";
 import { benchDecodeKernels } from "./decode-kernels.ts";
 import { alternatingRounds, gpuTrials, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
 
@@ -134,7 +134,7 @@ async function makeModel(name: ModelName, dtype: "F32" | "F16" = "F32"): Promise
   const cfg = makeConfig(SIZES[name]);
   const params = initParameters(cfg, { seed: 0 });
   if (dtype === "F32") {
-    model = await modelFromTensors(cfg, params, { backend: await backend() }, { source: "createModel", folder: "", dtype: "F32" });
+    model = await randomModel(cfg, params, await backend());
   } else {
     const half = new Map<string, HostTensor>();
     for (const [k, v] of params) half.set(k, v.shape.length === 2 ? { dtype: "F16", shape: v.shape, data: toF16Bits(v.data as Float32Array) } : v);
@@ -147,7 +147,7 @@ async function makeModel(name: ModelName, dtype: "F32" | "F16" = "F32"): Promise
 
 async function benchDecode(model: MambaModel, name: ModelName, dtype: "float32" | "float16", batch: number, note = ""): Promise<void> {
   const b = gpuOf(model);
-  const prompts = Array.from({ length: batch }, (_, r) => Int32Array.from({ length: 128 }, (_, i) => (i * 7919 + r * 104729) % S.idMod));
+  const prompts = benchPrompts(batch, 128, S.idMod);
   // warm-up at the timed batch, so that its kernels (the batch step's, the prefill's tiles for its rows) are
   // compiled before the first timed run, whose time the steps-alone figure subtracts
   await model.generate(prompts, { maxNewTokens: 4, stopTokens: [] });
@@ -403,7 +403,7 @@ async function benchDecodeTunings(name: ModelName): Promise<void> {
   const params = initParameters(cfg, { seed: 0 });
   const models: MambaModel[] = [];
   for (const extra of sets) {
-    models.push(await modelFromTensors(cfg, params, { backend: await backend(extra) }, { source: "createModel", folder: "", dtype: "F32" }));
+    models.push(await randomModel(cfg, params, await backend(extra)));
   }
   const { MambaCache } = await import("../src/model/cache.ts");
   console.log(`\n-- decode step by tuning, ${name} (GPU time a step, median of 5 alternating rounds of 50 steps) --`);
