@@ -253,6 +253,9 @@ for (const c of backendCases) {
       }
     });
 
+    // temperature 1 and no cut or penalty; the settings below change one or two of these
+    const plainSampling = { temperature: 1, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1 };
+
     it("sample: greedy, temperature, top-k, top-p, min-p, repetition penalty, padded rows", async (bk) => {
       await sampleMatches(bk, 4, 50, 53, 4, 1);
       // a vocabulary of many logits a thread (5001 over 128 threads: 40 each, the last partly past the row)
@@ -263,13 +266,10 @@ for (const c of backendCases) {
       // 20,000 logits over 30 nats: about 1700 within 2.5 nats of the best, 3300 within 5. The GPU collects the first
       // ones into a sorted list; top-k past it, top-p and min-p cuts past it, and draws past it need the search.
       await sampleMatches(bk, 1, 20000, 20000, 4, 20001, [
-        { temperature: 1, topK: 3000, topP: 1, minP: 0, repetitionPenalty: 1 },
-        { temperature: 1, topK: 100, topP: 1, minP: 0, repetitionPenalty: 1 },
-        { temperature: 1, topK: 0, topP: 0.95, minP: 0, repetitionPenalty: 1 },
-        { temperature: 1, topK: 0, topP: 0.5, minP: 0, repetitionPenalty: 1 },
-        { temperature: 1, topK: 0, topP: 1, minP: 0.05, repetitionPenalty: 1 },
-        { temperature: 1, topK: 0, topP: 1, minP: 0.2, repetitionPenalty: 1 },
-        { temperature: 1, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1 },
+        { ...plainSampling, topK: 3000 }, { ...plainSampling, topK: 100 },
+        { ...plainSampling, topP: 0.95 }, { ...plainSampling, topP: 0.5 },
+        { ...plainSampling, minP: 0.05 }, { ...plainSampling, minP: 0.2 },
+        plainSampling,
       ], 15);
     });
 
@@ -291,14 +291,14 @@ for (const c of backendCases) {
       bk: Backend, rows: number, V: number, width: number, reps: number, seed0: number, only?: Omit<SampleRequest, "vocabSize" | "history" | "uniforms">[], spread = 6,
     ): Promise<void> {
       const settings = only ?? [
-        { temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1 },
-        { temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1.5 },
-        { temperature: 1, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1 },
-        { temperature: 0.7, topK: 5, topP: 1, minP: 0, repetitionPenalty: 1 },
-        { temperature: 1.3, topK: 0, topP: 0.8, minP: 0, repetitionPenalty: 1 },
-        { temperature: 1, topK: 0, topP: 1, minP: 0.1, repetitionPenalty: 1 },
+        { ...plainSampling, temperature: 0 },
+        { ...plainSampling, temperature: 0, repetitionPenalty: 1.5 },
+        plainSampling,
+        { ...plainSampling, temperature: 0.7, topK: 5 },
+        { ...plainSampling, temperature: 1.3, topP: 0.8 },
+        { ...plainSampling, minP: 0.1 },
         { temperature: 0.9, topK: 20, topP: 0.9, minP: 0.05, repetitionPenalty: 1.2 },
-        { temperature: 50, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1 }, // nearly flat: every token a candidate
+        { ...plainSampling, temperature: 50 }, // nearly flat: every token a candidate
       ];
       let seed = seed0;
       for (const st of settings) {
