@@ -157,7 +157,8 @@ export class WebGpuBackend implements Backend {
     this.decodeBatchGroups = tuning.decodeBatchGroups ?? 264;
     checkChoice("decodeBatchSplitCols", tuning.decodeBatchSplitCols === 0 ? undefined : tuning.decodeBatchSplitCols, [64, 96, 128]); // 0: the default
     this.decodeBatchSplitCols = tuning.decodeBatchSplitCols ?? 0;
-    checkChoice("decodeBatchScanRows", tuning.decodeBatchScanRows === 0 ? undefined : tuning.decodeBatchScanRows, BATCH_SCAN_ROW_CHOICES); // 0: the default
+    // 0 is also allowed: the fused step's block kernel
+    checkChoice("decodeBatchScanRows", tuning.decodeBatchScanRows === 0 ? undefined : tuning.decodeBatchScanRows, BATCH_SCAN_ROW_CHOICES);
     this.decodeBatchScanRows = tuning.decodeBatchScanRows ?? -1; // -1: by the model's width
     this.decodeChannels = tuning.decodeChannels ?? 0;
     this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by row width (loadBytes)
@@ -654,8 +655,8 @@ export class WebGpuBackend implements Backend {
    * Encodes one batch decode step (the layers and norm_f) over buffers kept for it, recording its dispatches: a
    * layer is the norm (summing the last out_proj's K-split partials with its bias and the residual), in_proj, the
    * conv with x_proj's partial sums over channel groups, the scan kernel (x_proj's sum, dt_proj, scan step, gate; a
-   * thread per row and channel, kernels/decode/batch-scan.ts), and out_proj. The matmuls split K where their tiles would leave the GPU idle,
-   * and leave the partial products for the next kernel to sum.
+   * thread per row and channel, kernels/decode/batch-scan.ts), and out_proj. The matmuls split K where their tiles
+   * would leave the GPU idle, and leave the partial products for the next kernel to sum.
    */
   private recordBatchDecode(model: StepModel, B: number, key: string, packs: LayerPack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
     const c = model.config;

@@ -1,8 +1,9 @@
 /**
  * Fused decode, kernel 2 of 3 per layer: from kernel 1's partial x_proj to the gated scan output, one dispatch.
  * A workgroup owns CH channels of up to 8 rows (all B rows of the fused step; a block of rows of the batch step
- * where decodeBatchScanRows is 0 or the state size is not a multiple of 4, else ./batch-scan.ts runs there). Decode kernels are short, so what costs is waiting on memory: every
- * phase spreads its loads over all threads and issues them in fixed-size batches rather than one after another.
+ * where decodeBatchScanRows is 0 or the state size is not a multiple of 4, else ./batch-scan.ts runs there).
+ * Decode kernels are short, so what costs is waiting on memory: every phase spreads its loads over all threads and
+ * issues them in fixed-size batches rather than one after another.
  *  0. issue every load that needs nothing from another phase (the states, the channels' constants, the first
  *     dt_proj weights, u and z), so that they are in flight while steps 1 and 2 wait on theirs;
  *  1. sum kernel 1's G partials into dt | B | C of each row (workgroup memory);
