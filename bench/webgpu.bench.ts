@@ -14,7 +14,7 @@
  * shrinks every shape to check the bench itself on a slow adapter. BENCH_TUNING=name:value,... sets WebGpuTuning
  * values for every backend of the run (e.g. matmulBK:8,matmulBuffers:2); BENCH_MATMUL_TUNINGS=...|... runs the
  * matmul section again with each set; BENCH_DECODE_TUNINGS=...|... compares the decode step's GPU time with each set
- * in one process (BENCH_DECODE_BATCHES=1,64).
+ * in one process. BENCH_DECODE_BATCHES=1,64 picks the batches of 130m's fp32 decode and of that comparison.
  */
 import { modelFromTensors, type MambaModel } from "../src/index.ts";
 import { createWebGpuBackend, type WebGpuBackend, type WebGpuTuning } from "../src/backend/webgpu/index.ts";
@@ -32,6 +32,7 @@ const only = new Set((process.env.BENCH_ONLY ?? "scan,matmul,decode,breakdown,fo
 const models = new Set((process.env.BENCH_MODELS ?? "130m,1.4b").split(","));
 const smoke = process.env.BENCH_SMOKE === "1";
 const tuning: WebGpuTuning = parseTunings<WebGpuTuning>(process.env.BENCH_TUNING)[0] ?? {};
+const decodeBatches = (process.env.BENCH_DECODE_BATCHES ?? "1,64").split(",").map(Number);
 const tuningNote = Object.keys(tuning).length ? `; tuning ${JSON.stringify(tuning)}` : "";
 /** A backend with the run's tuning plus `extra`. */
 const backend = async (extra: WebGpuTuning = {}) => (await createWebGpuBackend({ ...tuning, ...extra })) as WebGpuBackend;
@@ -360,8 +361,7 @@ export default async function run(): Promise<void> {
     }
     if (only.has("decode")) {
       console.log("\n-- decode (greedy; tok/s = batch x 256 new tokens / wall time including the 128-token prefill) --");
-      await benchDecode(m, "130m", "float32", 1);
-      await benchDecode(m, "130m", "float32", 64);
+      for (const B of decodeBatches) await benchDecode(m, "130m", "float32", B);
     }
     if (only.has("forward")) {
       console.log("\n-- forward --");
@@ -372,7 +372,7 @@ export default async function run(): Promise<void> {
       await benchPrefill(m);
     }
     await m.dispose();
-    if (only.has("decode")) {
+    if (only.has("decode") && decodeBatches.includes(1)) {
       const h = await makeModel("130m", "F16");
       await benchDecode(h, "130m", "float16", 1, "f16-stored weights, f32 math,");
       await h.dispose();
@@ -394,11 +394,10 @@ export default async function run(): Promise<void> {
  * BENCH_DECODE_TUNINGS=a|b: the decode step's GPU time (fused, or the recorded ops where a set has no fused step)
  * with the run's tuning and with each set, one backend
  * each in this one process, measured in alternating rounds (separate processes on one machine moved every kernel,
- * the tuned and the untouched alike, by up to 50%). Batches from BENCH_DECODE_BATCHES (default 1,64).
+ * the tuned and the untouched alike, by up to 50%). Batches from BENCH_DECODE_BATCHES.
  */
 async function benchDecodeTunings(name: ModelName): Promise<void> {
   const sets: WebGpuTuning[] = [{}, ...parseTunings<WebGpuTuning>(process.env.BENCH_DECODE_TUNINGS)];
-  const batches = (process.env.BENCH_DECODE_BATCHES ?? "1,64").split(",").map(Number);
   const cfg = makeConfig(SIZES[name]);
   const params = initParameters(cfg, { seed: 0 });
   const models: MambaModel[] = [];
@@ -407,7 +406,7 @@ async function benchDecodeTunings(name: ModelName): Promise<void> {
   }
   const { MambaCache } = await import("../src/model/cache.ts");
   console.log(`\n-- decode step by tuning, ${name} (GPU time a step, median of 5 alternating rounds of 50 steps) --`);
-  for (const B of batches) {
+  for (const B of decodeBatches) {
     // a set whose backend has no fused step for this batch (past 8 rows without decodeBatch) is timed as generate
     // runs it then: the model's ops recorded once and replayed
     const recorded: boolean[] = [];

@@ -272,15 +272,18 @@ const kSplitConfig = makeConfig({ vocabSize: 30, hiddenSize: 64, intermediateSiz
 
 test("webgpu: the batch decode step with K-split in_proj and out_proj (partials summed by the next kernel) equals step mode on the CPU", async (t) => {
   if (!(await gpuTest(t))) return;
-  // D 64 and E 160 give in_proj 2 and out_proj 5 K-parts at batches 12 and 64, biases on, so each part's sum adds
-  // one; x_proj's 36 outputs make 288 for a block of 8 rows, more than the scan kernel's 256 threads (each sums
-  // several); D 2080 is too wide for the fused kernels' copy of the input at batch 2, which the batch step then takes
+  // D 64 and E 160 give in_proj 2 and out_proj 5 K-parts at batches 12 and 64 when split by the workgroups' target
+  // alone (decodeBatchSplitCols 0), and by default, where such short parts become 96 columns, in_proj one part and
+  // out_proj 96 + 64; biases on, so each part's sum adds one; x_proj's 36 outputs make 288 for a block of 8 rows, more
+  // than the scan kernel's 256 threads (each sums several); D 2080 is too wide for the fused kernels' copy of the
+  // input at batch 2, which the batch step then takes
   const cases = [
     { c: kSplitConfig, batches: [12, 64], tol: 1e-4 },
+    { c: kSplitConfig, batches: [12, 64], tol: 1e-4, tuning: { decodeBatchSplitCols: 0 } },
     // logits are sums of 2080 products here, their f32 rounding (in another order than the CPU's) about 1e-4
     { c: makeConfig({ vocabSize: 20, hiddenSize: 2080, intermediateSize: 24, stateSize: 4, timeStepRank: 3, numLayers: 2 }), batches: [2], tol: 5e-4 },
   ];
-  for (const { c, batches, tol } of cases) await batchStepMatchesCpu(c, batches, tol);
+  for (const { c, batches, tol, tuning } of cases) await batchStepMatchesCpu(c, batches, tol, tuning);
 });
 
 test("webgpu: the batch decode step with x_proj's partials summed in a dispatch of their own (decodeBatchReduce), 64 x 128 matmul tiles (decodeBatchTileN) the scan kernel by rows a workgroup (decodeBatchScanRows) and K parts of fixed width (decodeBatchSplitCols) equals step mode on the CPU", async (t) => {

@@ -84,8 +84,11 @@ export interface WebGpuTuning {
   /** workgroups the batch step's matmuls aim at when they split K: 132, 264 (default) or 528; fewer splits leave
    *  the next kernel fewer partial products to add, more keep more of the GPU busy */
   decodeBatchGroups?: number;
-  /** K columns a part of the batch step's K-split matmuls: 64, 96 or 128 (their count then follows from K); 0
-   *  (default) splits by decodeBatchGroups */
+  /** K columns a part of the batch step's K-split matmuls: 64, 96 or 128 (their count then follows from K); 0 splits
+   *  by decodeBatchGroups alone. By default, a matmul that decodeBatchGroups would cut into parts of 128 columns or
+   *  fewer gets parts of 96, and one with longer parts keeps them. On the H200 at batch 64 a step of 130m (in_proj
+   *  and out_proj then 8 and 16 parts of 96, against 6 of 128 and 20 of 80) took 2015 us of GPU time against 2090;
+   *  1.4b's parts (3 of 688, 9 of 464) stay, as parts of 96 took 12455 us there against 11083 (BENCHMARKS.md) */
   decodeBatchSplitCols?: number;
   /** rows a workgroup of the batch step's scan kernel, a thread per row and channel (kernels/decode/batch-scan.ts):
    *  2, 4 or 8 (default 8 up to 2048 channels, else 4; where the state size is not a multiple of 4, the fused
@@ -121,7 +124,7 @@ export class WebGpuBackend implements Backend {
   private readonly decodeBatchReduce: boolean;
   /** WebGpuTuning.decodeBatchGroups */
   private readonly decodeBatchGroups: number;
-  /** WebGpuTuning.decodeBatchSplitCols */
+  /** WebGpuTuning.decodeBatchSplitCols; -1 when not given (96 where the parts by decodeBatchGroups are short) */
   private readonly decodeBatchSplitCols: number;
   /** WebGpuTuning.decodeBatchScanRows; -1 when not given (chosen by the model's width) */
   private readonly decodeBatchScanRows: number;
@@ -156,7 +159,7 @@ export class WebGpuBackend implements Backend {
     checkChoice("decodeBatchGroups", tuning.decodeBatchGroups, [132, 264, 528]);
     this.decodeBatchGroups = tuning.decodeBatchGroups ?? 264;
     checkChoice("decodeBatchSplitCols", tuning.decodeBatchSplitCols === 0 ? undefined : tuning.decodeBatchSplitCols, [64, 96, 128]); // 0: the default
-    this.decodeBatchSplitCols = tuning.decodeBatchSplitCols ?? 0;
+    this.decodeBatchSplitCols = tuning.decodeBatchSplitCols ?? -1; // -1: by the parts' length
     // 0 is also allowed: the fused step's block kernel
     checkChoice("decodeBatchScanRows", tuning.decodeBatchScanRows === 0 ? undefined : tuning.decodeBatchScanRows, BATCH_SCAN_ROW_CHOICES);
     this.decodeBatchScanRows = tuning.decodeBatchScanRows ?? -1; // -1: by the model's width
@@ -665,11 +668,13 @@ export class WebGpuBackend implements Backend {
     const gpu = this.gpu;
     const w = model.weights;
     const tile = this.tileBatch;
-    // K parts of decodeBatchSplitCols columns where chosen and K is split at all, else by the workgroups' target
+    // K parts of decodeBatchSplitCols columns where chosen and K is split at all, else by the workgroups' target;
+    // by default short parts (<= 128 columns) become 96 columns, which measured faster at 130m's widths
     const split = (N: number, K: number) => {
       const parts = kSplits(B, N, K, tile, this.decodeBatchGroups);
-      const cols = this.decodeBatchSplitCols;
-      return parts > 1 && cols > 0 ? { kLen: cols, count: Math.ceil(K / cols) } : splitPlan(K, parts);
+      const byGroups = splitPlan(K, parts);
+      const cols = this.decodeBatchSplitCols < 0 ? (byGroups.kLen <= 128 ? 96 : 0) : this.decodeBatchSplitCols;
+      return parts > 1 && cols > 0 ? { kLen: cols, count: Math.ceil(K / cols) } : byGroups;
     };
     const inSplit = split(2 * E, D);
     const outSplit = split(D, E);
