@@ -357,7 +357,7 @@ export default async function run(): Promise<void> {
     const m = await makeModel("130m");
     if (only.has("breakdown")) {
       console.log("\n-- where a decode step's time goes --");
-      await benchBreakdown(m, "130m", [1, 64]);
+      await benchBreakdown(m, "130m", decodeBatches);
     }
     if (only.has("decode")) {
       console.log("\n-- decode (greedy; tok/s = batch x 256 new tokens / wall time including the 128-token prefill) --");

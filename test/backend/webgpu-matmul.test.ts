@@ -1,5 +1,5 @@
 /**
- * The tiled matmuls' shared-tile variants (WebGpuTuning matmulBK, matmulBuffers) against the CPU: the forward
+ * The tiled matmuls' shared-tile variants (WebGpuTuning matmulBK, matmulBuffers, matmulSmallTM/TN) against the CPU: the forward
  * with 128 × 128 and 64 × 64 tiles, split K, K not a multiple of the K tile, column windows, f16 weights; the
  * training backward (dx, dw, dBias, a split reduction) with each K tile; and the errors for variants that are not
  * offered or do not fit this device's workgroup memory.
@@ -79,7 +79,7 @@ test("WebGPU matmul: every shared-tile variant that fits this device matches the
       const tuning: WebGpuTuning = { matmulBK: BK, matmulBuffers: buffers };
       if (tileBytes({ ...TILE_LARGE, BK, buffers }) > most) {
         await assert.rejects(createWebGpuBackend(tuning), (e: Error) =>
-          e instanceof MambaError && /matmulBK \d+ with \d buffers needs \d+ bytes of workgroup memory, this device allows/.test(e.message));
+          e instanceof MambaError && /matmul tiles of 128 x 128 with K tiles of \d+ and \d buffers need \d+ bytes of workgroup memory, this device allows/.test(e.message));
         continue;
       }
       const b = await createWebGpuBackend(tuning);
@@ -93,6 +93,23 @@ test("WebGPU matmul: every shared-tile variant that fits this device matches the
     }
   }
   assert.ok(ran >= 4, `only ${ran} variants fit ${most} bytes of workgroup memory`);
+});
+
+test("WebGPU matmul: the 64-row tiles with 8 rows a thread (workgroups of 128 threads) or 128 columns match the CPU", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  // the third case (70 rows, split along K) and the fourth (K shorter than a tile) take these tiles
+  const tunings: WebGpuTuning[] = [{ matmulSmallTM: 8 }, { matmulSmallTN: 8 }, { matmulSmallTM: 8, matmulSmallTN: 8, matmulBK: 16, matmulBuffers: 2 }];
+  for (const tuning of tunings) {
+    const b = await createWebGpuBackend(tuning);
+    try {
+      await check(b, JSON.stringify(tuning));
+    } finally {
+      await b.destroy();
+    }
+  }
+  await assert.rejects(createWebGpuBackend({ matmulSmallTM: 16 }), /matmulSmallTM must be one of 4, 8, got 16/);
+  await assert.rejects(createWebGpuBackend({ matmulSmallTN: 2 }), /matmulSmallTN must be one of 4, 8, got 2/);
 });
 
 test("WebGPU tunings: matmul and scan backward variants that are not offered are refused by name", async (t) => {

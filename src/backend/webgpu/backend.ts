@@ -64,6 +64,13 @@ export interface WebGpuTuning {
   matmulBK?: number;
   /** shared tile buffers of the forward tiled matmul: 1 (default; two barriers a K tile) or 2 (one barrier a K tile) */
   matmulBuffers?: number;
+  /** rows of y a thread of the 64-row matmul tiles (matmuls of at most 64 rows or few tiles, a decode batch's head,
+   *  the batch step's): 4 (default; workgroups of 16 × 16 threads) or 8 (16 × 8 threads, each with 8 × TN outputs,
+   *  which load fewer shared values per multiply-add) */
+  matmulSmallTM?: number;
+  /** columns of y a thread of the 64-row matmul tiles outside the batch step (decodeBatchTileN sets its): 4 (default;
+   *  64-column tiles) or 8 (128-column tiles) */
+  matmulSmallTN?: number;
   /** channels per workgroup of the fused decode's first kernel (in_proj, conv, partial x_proj): 4, 8, 16, 32 or 64
    *  (default 16 up to 2048 channels, else 32); fewer put more of in_proj's loads in flight at once */
   decodeChannels?: number;
@@ -148,12 +155,15 @@ export class WebGpuBackend implements Backend {
     checkChoice("decodeLoadBytes", tuning.decodeLoadBytes, DECODE_LOAD_BYTES_CHOICES);
     const BK = tuning.matmulBK ?? TILE_LARGE.BK, buffers = tuning.matmulBuffers ?? TILE_LARGE.buffers;
     this.tileLarge = { ...TILE_LARGE, BK, buffers };
-    this.tileSmall = { ...TILE_SMALL, BK, buffers };
+    checkChoice("matmulSmallTM", tuning.matmulSmallTM, [4, 8]);
+    checkChoice("matmulSmallTN", tuning.matmulSmallTN, [4, 8]);
+    const TM = tuning.matmulSmallTM ?? TILE_SMALL.TM, TN = tuning.matmulSmallTN ?? TILE_SMALL.TN;
+    this.tileSmall = { ...TILE_SMALL, TM, TN, BN: 16 * TN, BK, buffers };
     // the batch step's matmuls have few rows and short K splits: K tiles of 16 ran its step at 64 rows of 130m in
     // 2118 against 2222 us with 8, in one process (BENCHMARKS.md)
     checkChoice("decodeBatchTileN", tuning.decodeBatchTileN, [64, 128]);
     const BN = tuning.decodeBatchTileN ?? 64;
-    this.tileBatch = { ...TILE_SMALL, BN, TN: BN / 16, BK: tuning.matmulBK ?? 16, buffers };
+    this.tileBatch = { ...TILE_SMALL, TM, BN, TN: BN / 16, BK: tuning.matmulBK ?? 16, buffers };
     checkFlag("decodeBatchReduce", tuning.decodeBatchReduce);
     this.decodeBatchReduce = tuning.decodeBatchReduce ?? false;
     checkChoice("decodeBatchGroups", tuning.decodeBatchGroups, [132, 264, 528]);
@@ -169,8 +179,12 @@ export class WebGpuBackend implements Backend {
     this.decodeBatch = tuning.decodeBatch ?? true;
     checkFlag("sampleList", tuning.sampleList);
     this.sampleList = tuning.sampleList ?? true;
-    const bytes = tileBytes(this.tileLarge), most = gpu.limits.maxComputeWorkgroupStorageSize;
-    check(bytes <= most, `matmulBK ${BK} with ${buffers} buffers needs ${bytes} bytes of workgroup memory, this device allows ${most}`);
+    const most = gpu.limits.maxComputeWorkgroupStorageSize;
+    for (const tile of [this.tileLarge, this.tileSmall, this.tileBatch]) {
+      const bytes = tileBytes(tile);
+      check(bytes <= most, `matmul tiles of ${tile.BM} x ${tile.BN} with K tiles of ${tile.BK} and ${tile.buffers} buffers ` +
+        `need ${bytes} bytes of workgroup memory, this device allows ${most} (matmulBK, matmulBuffers, matmulSmallTN, decodeBatchTileN)`);
+    }
   }
 
   /** The adapter this backend runs on, in words. */

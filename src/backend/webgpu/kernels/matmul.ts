@@ -14,7 +14,7 @@ import type { Buf } from "../gpu.ts";
 import { type WeightStorage, weightBinding, weightReader } from "./weights.ts";
 
 export interface TileConfig {
-  BM: number; // rows of y per workgroup (16 · TM)
+  BM: number; // rows of y per workgroup (16 · TM, or 8 · TM: a workgroup of 8 × 16 threads instead of 16 × 16)
   BN: number; // columns of y per workgroup (16 · TN)
   TM: number; // rows per thread: 4 or 8
   TN: number; // columns per thread: 4 or 8
@@ -30,21 +30,25 @@ export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 4, TN: 4, BK: 8, buf
 export const MATMUL_BK_CHOICES = [8, 16, 32];
 export const MATMUL_BUFFER_CHOICES = [1, 2];
 
+/** Threads of a tile config's workgroup: 16 columns by BM / TM rows. */
+export const tileThreads = (c: TileConfig) => 16 * (c.BM / c.TM);
+
 /** Workgroup memory of a tile config in bytes. */
 export const tileBytes = (c: TileConfig) => 16 * c.buffers * c.BK * (c.BM / 4 + c.BN / 4 + (c.buffers === 1 ? 2 : 0));
 
 /** A tile config's kernel name, unique per generated WGSL. */
-export const tileName = (c: TileConfig) => `${c.BM}x${c.BN}_k${c.BK}${c.buffers === 1 ? "" : `b${c.buffers}`}`;
+export const tileName = (c: TileConfig) =>
+  `${c.BM}x${c.BN}${c.BM === 16 * c.TM ? "" : `t${c.TM}`}_k${c.BK}${c.buffers === 1 ? "" : `b${c.buffers}`}`;
 
 /** WGSL that stores the staged registers ra, rb into shared buffer `buf` (a u32 expression). */
 const stageWgsl = (buf: string) => /* wgsl */ `
     for (var j = 0u; j < LA; j++) {
-      let e = tid + 256u * j;
+      let e = tid + NT * j;
       let m = e / BK;
       As[(${buf}) * BK * SA + (e % BK) * SA + swz(e % BK, m / 4u)][m % 4u] = ra[j];
     }
     for (var j = 0u; j < LB; j++) {
-      let e = tid + 256u * j;
+      let e = tid + NT * j;
       let n = e / BK;
       Bs[(${buf}) * BK * SB + (e % BK) * SB + swz(e % BK, n / 4u)][n % 4u] = rb[j];
     }`;
@@ -68,13 +72,15 @@ const TM = ${c.TM}u;
 const TN = ${c.TN}u;
 const BK = ${c.BK}u;
 const NBUF = ${c.buffers}u;
+const RT = BM / TM;          // rows of threads (16, or 8 for a half-height workgroup)
+const NT = 16u * RT;         // threads
 const GM = TM / 4u;          // 4-row groups per thread
 const GN = TN / 4u;          // 4-column groups per thread
 const PAD = ${c.buffers === 1 ? 1 : 0}u;  // (see swz)
 const SA = BM / 4u + PAD;    // row stride of As in vec4
 const SB = BN / 4u + PAD;
-const LA = BM * BK / 256u;   // x values each thread stages per K tile
-const LB = BN * BK / 256u;   // w values each thread stages per K tile
+const LA = BM * BK / NT;     // x values each thread stages per K tile
+const LB = BN * BK / NT;     // w values each thread stages per K tile
 
 struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, kLen: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -89,7 +95,7 @@ var<workgroup> Bs: array<vec4<f32>, NBUF * BK * SB>; // Bs[buffer][k][n]: the w 
 ${weightReader(ws)}
 ${swzWgsl(c)}
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(16, ${c.BM / c.TM})
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
   let tx = lid.x;
   let ty = lid.y;
@@ -103,17 +109,17 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   var rb: array<f32, LB>;
   let tiles = (kEnd - kBegin + BK - 1u) / BK;
 
-  // stage tile 0 in registers: element e = tid + 256 j is (row e / BK, k e % BK); consecutive threads read
+  // stage tile 0 in registers: element e = tid + NT j is (row e / BK, k e % BK); consecutive threads read
   // consecutive k of one row
   for (var j = 0u; j < LA; j++) {
-    let e = tid + 256u * j;
+    let e = tid + NT * j;
     let r = row0 + e / BK;
     let k = kBegin + e % BK;
     ra[j] = 0.0;
     if (r < p.T && k < kEnd) { ra[j] = x[r * p.ldx + p.offx + k]; }
   }
   for (var j = 0u; j < LB; j++) {
-    let e = tid + 256u * j;
+    let e = tid + NT * j;
     let n = col0 + e / BK;
     let k = kBegin + e % BK;
     rb[j] = 0.0;
@@ -128,14 +134,14 @@ ${c.buffers === 1 ? `${stageWgsl("0u")}
 ` : ""}    if (t + 1u < tiles) {
       let k0 = kBegin + (t + 1u) * BK;
       for (var j = 0u; j < LA; j++) {
-        let e = tid + 256u * j;
+        let e = tid + NT * j;
         let r = row0 + e / BK;
         let k = k0 + e % BK;
         ra[j] = 0.0;
         if (r < p.T && k < kEnd) { ra[j] = x[r * p.ldx + p.offx + k]; }
       }
       for (var j = 0u; j < LB; j++) {
-        let e = tid + 256u * j;
+        let e = tid + NT * j;
         let n = col0 + e / BK;
         let k = k0 + e % BK;
         rb[j] = 0.0;
@@ -147,7 +153,7 @@ ${c.buffers === 1 ? `${stageWgsl("0u")}
     for (var k = 0u; k < BK; k++) {
       var a: array<vec4<f32>, GM>;
       var b: array<vec4<f32>, GN>;
-      for (var g = 0u; g < GM; g++) { a[g] = As[baseA + k * SA + swz(k, g * 16u + ty)]; }
+      for (var g = 0u; g < GM; g++) { a[g] = As[baseA + k * SA + swz(k, g * RT + ty)]; }
       for (var h = 0u; h < GN; h++) { b[h] = Bs[baseB + k * SB + swz(k, h * 16u + tx)]; }
       for (var g = 0u; g < GM; g++) {
         for (var c = 0u; c < 4u; c++) {
@@ -166,7 +172,7 @@ ${c.buffers === 1 ? "" : `    if (t + 1u < tiles) {${stageWgsl("(t + 1u) % NBUF"
   let out0 = wg.z * p.T * p.N;
   for (var g = 0u; g < GM; g++) {
     for (var c = 0u; c < 4u; c++) {
-      let m = row0 + (g * 16u + ty) * 4u + c;
+      let m = row0 + (g * RT + ty) * 4u + c;
       if (m >= p.T) { continue; }
       for (var h = 0u; h < GN; h++) {
         let n4 = col0 + (h * 16u + tx) * 4u;
