@@ -95,11 +95,11 @@ test("WebGPU matmul: every shared-tile variant that fits this device matches the
   assert.ok(ran >= 4, `only ${ran} variants fit ${most} bytes of workgroup memory`);
 });
 
-test("WebGPU matmul: the 64-row tiles with 8 rows a thread (workgroups of 128 threads) or 128 columns match the CPU", async (t) => {
+test("WebGPU matmul: the 64-row tiles with 4 rows a thread (workgroups of 256 threads, against 128 by default) or 128 columns match the CPU", async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
   // the third case (70 rows, split along K) and the fourth (K shorter than a tile) take these tiles
-  const tunings: WebGpuTuning[] = [{ matmulSmallTM: 8 }, { matmulSmallTN: 8 }, { matmulSmallTM: 8, matmulSmallTN: 8, matmulBK: 16, matmulBuffers: 2 }];
+  const tunings: WebGpuTuning[] = [{ matmulSmallTM: 4 }, { matmulSmallTN: 8 }, { matmulSmallTM: 4, matmulSmallTN: 8, matmulBK: 16, matmulBuffers: 2 }];
   for (const tuning of tunings) {
     const b = await createWebGpuBackend(tuning);
     try {

@@ -65,8 +65,9 @@ export interface WebGpuTuning {
   /** shared tile buffers of the forward tiled matmul: 1 (default; two barriers a K tile) or 2 (one barrier a K tile) */
   matmulBuffers?: number;
   /** rows of y a thread of the 64-row matmul tiles (matmuls of at most 64 rows or few tiles, a decode batch's head,
-   *  the batch step's): 4 (default; workgroups of 16 × 16 threads) or 8 (16 × 8 threads, each with 8 × TN outputs,
-   *  which load fewer shared values per multiply-add) */
+   *  the batch step's): 8 (default; workgroups of 16 × 8 threads, each with 8 × TN outputs, which load fewer shared
+   *  values per multiply-add) or 4 (16 × 16 threads). On the H100, 8 against 4: the head of a batch of 64 on 130m
+   *  164 – 167 against 216 – 219 us, the batch step 2040 against 2125 us of GPU time in one process (BENCHMARKS.md) */
   matmulSmallTM?: number;
   /** columns of y a thread of the 64-row matmul tiles outside the batch step (decodeBatchTileN sets its): 4 (default;
    *  64-column tiles) or 8 (128-column tiles) */

@@ -25,7 +25,9 @@ export interface TileConfig {
 // K tiles of 8 with one buffer: on the H200 35.6 – 37.6 TFLOP/s at the forward's shapes, against 30.0 – 31.6 with
 // K tiles of 16, 28.8 – 30.3 with 32, and 28.0 – 29.5 (16) or 33.0 – 33.6 (8) with two buffers (BENCHMARKS.md)
 export const TILE_LARGE: TileConfig = { BM: 128, BN: 128, TM: 8, TN: 8, BK: 8, buffers: 1 };
-export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 4, TN: 4, BK: 8, buffers: 1 };
+// 64-row tiles of 16 × 8 threads, 8 × 4 outputs each: on the H100 a decode batch's head (64 × 768 by 50280) took 164 –
+// 167 us against 216 – 219 with 16 × 16 threads of 4 × 4, the batch step's in_proj (8 K parts) 28 – 29 against 31 – 34
+export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 8, TN: 4, BK: 8, buffers: 1 };
 /** K tile sizes and buffer counts a TileConfig may have. */
 export const MATMUL_BK_CHOICES = [8, 16, 32];
 export const MATMUL_BUFFER_CHOICES = [1, 2];
