@@ -4,14 +4,15 @@
  *  - the scan kernel of the fused and batch steps (decode/mixer-scan.ts) at the shapes of 130m and 1.4b, with one
  *    row, one block of 8 rows and 64 rows (8 blocks), its x_proj partials as many as the step makes; and the
  *    batch step's kernel of a thread per row and channel (decode/batch-scan.ts) at 64 rows, by rows a workgroup;
- *  - the batch step's 64-row matmuls (in_proj and out_proj of 130m) with each K split and K tile tried;
+ *  - the batch step's 64-row matmuls (in_proj and out_proj of 130m, and the head of a decode batch) with each tile,
+ *    rows a thread, K tile and K split tried;
  *  - the sampler on rows of 50,280 logits, with and without its short list of the best tokens.
  */
 import type { WebGpuBackend } from "../src/backend/webgpu/index.ts";
 import { decodeMixerScan } from "../src/backend/webgpu/kernels/decode/mixer-scan.ts";
 import { BATCH_SCAN_ROW_CHOICES, batchScanBytes, decodeBatchScan } from "../src/backend/webgpu/kernels/decode/batch-scan.ts";
 import { matmulReduce } from "../src/backend/webgpu/kernels/matmul-reduce.ts";
-import { matmulTiled, splitPlan, TILE_SMALL, type TileConfig } from "../src/backend/webgpu/kernels/matmul.ts";
+import { matmulTiled, splitPlan, TILE_SMALL, tileBytes, type TileConfig } from "../src/backend/webgpu/kernels/matmul.ts";
 import { sample } from "../src/backend/webgpu/kernels/sample.ts";
 import { Rng } from "../src/generate/rng.ts";
 import { filled } from "./data.ts";
@@ -73,21 +74,27 @@ export async function benchDecodeKernels(b: WebGpuBackend, smoke: boolean): Prom
     gpu.release(out);
   }
   const M = smoke ? 9 : 64;
+  // the head of a decode batch: one part, 64 rows by the vocabulary
   const shapes = smoke ? [["small in_proj", 64, 256, [1, 2]]] as const : [
-    ["130m in_proj", 768, 3072, [2, 4, 6, 8, 12]], ["130m out_proj", 1536, 768, [8, 12, 16, 20, 24]],
+    ["130m in_proj", 768, 3072, [2, 4, 6, 8, 12]], ["130m out_proj", 1536, 768, [8, 12, 16, 20, 24]], ["head", 768, 50280, [1]],
   ] as const;
   for (const [name, K, N, splits] of shapes) {
     const x = gpu.upload(random(M * K, 6)), w = gpu.upload(random(N * K, 7));
     const y = gpu.alloc(Math.max(...splits) * M * N * 4);
-    // the batch step's 64 x 64 tiles (4 x 4 a thread), and 64 x 128 (4 x 8 a thread: twice the work a shared load)
-    for (const [BN, TN] of [[64, 4], [128, 8]] as const) {
-      for (const BK of [8, 16, 32]) {
-        const cfg: TileConfig = { ...TILE_SMALL, BN, TN, BK };
-        for (const s of splits) {
-          const plan = splitPlan(K, s);
-          const t = await passMicros(b, () =>
-            matmulTiled(gpu, { x, ldx: K, offx: 0, rows: M, K, w, ws: "f32", N, bias: null, y }, cfg, plan), smoke ? 3 : 100);
-          console.log(`batch matmul ${name} [${M}, ${K}] x [${N}, ${K}]^T, 64 x ${BN} tiles, K tiles of ${BK}, ${plan.count} K parts: ${t}`);
+    // 64 x 64 tiles and 64 x 128 (twice the work a shared load), with 4 or 8 rows a thread (workgroups of 256 or 128
+    // threads; the batch step's default is 64 x 64 with 8, K tiles of 16)
+    for (const TM of [4, 8]) {
+      for (const [BN, TN] of [[64, 4], [128, 8]] as const) {
+        for (const BK of [8, 16, 32]) {
+          const cfg: TileConfig = { ...TILE_SMALL, TM, BN, TN, BK };
+          if (tileBytes(cfg) > gpu.limits.maxComputeWorkgroupStorageSize) continue;
+          for (const s of splits) {
+            const plan = splitPlan(K, s);
+            const t = await passMicros(b, () =>
+              matmulTiled(gpu, { x, ldx: K, offx: 0, rows: M, K, w, ws: "f32", N, bias: null, y }, cfg, plan), smoke ? 3 : name === "head" ? 20 : 100);
+            console.log(`batch matmul ${name} [${M}, ${K}] x [${N}, ${K}]^T, 64 x ${BN} tiles of ${TM} x ${TN} a thread, ` +
+              `K tiles of ${BK}, ${plan.count} K parts: ${t}`);
+          }
         }
       }
     }

@@ -10,7 +10,7 @@ import { cols, type Backend } from "../../src/backend/backend.ts";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
 import type { WebGpuBackend, WebGpuTuning } from "../../src/backend/webgpu/backend.ts";
 import type { TrainingBackend } from "../../src/backend/training.ts";
-import { tileBytes, TILE_LARGE } from "../../src/backend/webgpu/kernels/matmul.ts";
+import { tileBytes, tileProblem, TILE_LARGE, TILE_SMALL } from "../../src/backend/webgpu/kernels/matmul.ts";
 import { toF16Bits } from "../../src/io/tensor.ts";
 import { MambaError } from "../../src/errors.ts";
 import { assertClose } from "../helpers/fixtures.ts";
@@ -110,6 +110,20 @@ test("WebGPU matmul: the 64-row tiles with 4 rows a thread (workgroups of 256 th
   }
   await assert.rejects(createWebGpuBackend({ matmulSmallTM: 16 }), /matmulSmallTM must be one of 4, 8, got 16/);
   await assert.rejects(createWebGpuBackend({ matmulSmallTN: 2 }), /matmulSmallTN must be one of 4, 8, got 2/);
+});
+
+test("matmul tile configs: every offered one can run, and one the kernel cannot is named with the reason", () => {
+  for (const TM of [4, 8]) {
+    for (const TN of [4, 8]) {
+      for (const BK of [8, 16, 32]) {
+        for (const buffers of [1, 2]) assert.equal(tileProblem({ ...TILE_SMALL, TM, TN, BN: 16 * TN, BK, buffers }), null);
+      }
+    }
+  }
+  assert.equal(tileProblem(TILE_LARGE), null);
+  assert.match(tileProblem({ ...TILE_SMALL, BM: 32, TM: 4, buffers: 2 }) ?? "", /two buffers need tiles of at least 64 x 64, got 32 x 64/);
+  assert.match(tileProblem({ ...TILE_SMALL, BM: 128, TM: 4 }) ?? "", /BM must be 8 or 16 times TM, got 128 with TM 4/);
+  assert.match(tileProblem({ ...TILE_SMALL, BN: 96 }) ?? "", /BN must be 16 times TN, got 96 with TN 4/);
 });
 
 test("WebGPU tunings: matmul and scan backward variants that are not offered are refused by name", async (t) => {

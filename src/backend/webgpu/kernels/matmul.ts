@@ -1,8 +1,9 @@
 /**
  * Tiled matrix product y = x · wᵀ + bias (PyTorch Linear layout, both operands contiguous along K).
  * x may be a column window of a wider matrix (row stride ldx, first column offx); w may be f32 or packed f16/bf16.
- * A workgroup of 16 × 16 threads computes a BM × BN tile of y; each thread TM × TN outputs kept in registers,
- * as 4-wide groups spread over the tile (rows (g·16 + ty)·4 + c) so that its reads of the shared tiles are vec4
+ * A workgroup of 16 × RT threads (RT = BM / TM: 16, or 8 for the 64-row tiles of 8 rows a thread) computes a BM × BN
+ * tile of y; each thread TM × TN outputs kept in registers,
+ * as 4-wide groups spread over the tile (rows (g·RT + ty)·4 + c) so that its reads of the shared tiles are vec4
  * loads that the threads of a warp share or spread over banks. K advances BK at a time through workgroup memory,
  * the next tile's global loads issued before the current tile's arithmetic.
  * When few tiles would leave most of the GPU idle along a long K (decode batches, x_proj and out_proj), K is split
@@ -12,6 +13,7 @@ import type { Gpu, Kernel } from "../gpu.ts";
 import { Params } from "../gpu.ts";
 import type { Buf } from "../gpu.ts";
 import { type WeightStorage, weightBinding, weightReader } from "./weights.ts";
+import { MambaError } from "../../../errors.ts";
 
 export interface TileConfig {
   BM: number; // rows of y per workgroup (16 · TM, or 8 · TM: a workgroup of 8 × 16 threads instead of 16 × 16)
@@ -32,8 +34,19 @@ export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 8, TN: 4, BK: 8, buf
 export const MATMUL_BK_CHOICES = [8, 16, 32];
 export const MATMUL_BUFFER_CHOICES = [1, 2];
 
-/** Threads of a tile config's workgroup: 16 columns by BM / TM rows. */
-export const tileThreads = (c: TileConfig) => 16 * (c.BM / c.TM);
+/** What makes a tile config one the kernel cannot run, or null: 16 columns of threads by BM / TM rows (8 or 16), 4 or
+ *  8 outputs a thread each way, the staged tiles a whole number of loads a thread, and with two buffers at least 16
+ *  vec4 a tile row (the swizzle XORs K's low 4 bits into the column). */
+export function tileProblem(c: TileConfig): string | null {
+  const rows = c.BM / c.TM, threads = 16 * rows;
+  if (![4, 8].includes(c.TM) || ![4, 8].includes(c.TN)) return `TM and TN must be 4 or 8, got ${c.TM} and ${c.TN}`;
+  if (![8, 16].includes(rows)) return `BM must be 8 or 16 times TM, got ${c.BM} with TM ${c.TM}`;
+  if (c.BN !== 16 * c.TN) return `BN must be 16 times TN, got ${c.BN} with TN ${c.TN}`;
+  if (!MATMUL_BK_CHOICES.includes(c.BK) || !MATMUL_BUFFER_CHOICES.includes(c.buffers)) return `BK must be 8, 16 or 32 and buffers 1 or 2`;
+  if ((c.BM * c.BK) % threads || (c.BN * c.BK) % threads) return `a ${c.BM} x ${c.BN} tile with K tiles of ${c.BK} is not a whole number of loads for ${threads} threads`;
+  if (c.buffers === 2 && (c.BM < 64 || c.BN < 64)) return `two buffers need tiles of at least 64 x 64, got ${c.BM} x ${c.BN}`;
+  return null;
+}
 
 /** Workgroup memory of a tile config in bytes. */
 export const tileBytes = (c: TileConfig) => 16 * c.buffers * c.BK * (c.BM / 4 + c.BN / 4 + (c.buffers === 1 ? 2 : 0));
@@ -217,7 +230,11 @@ export function splitPlan(K: number, splits: number): { kLen: number; count: num
 
 // x: [T, K] window, w: [N, K], bias: [N] -> y: [T, N]; with splits > 1, y: [splits, T, N] partials without bias
 export function matmulTiled(gpu: Gpu, a: MatmulArgs, cfg: TileConfig, plan = { kLen: Math.max(16, a.K), count: 1 }): void {
-  const k: Kernel = gpu.kernel(`matmul_${tileName(cfg)}_${a.ws}`, () => wgsl(cfg, a.ws));
+  const k: Kernel = gpu.kernel(`matmul_${tileName(cfg)}_${a.ws}`, () => {
+    const why = tileProblem(cfg);
+    if (why) throw new MambaError(`matmul: tile ${tileName(cfg)} cannot run: ${why}`);
+    return wgsl(cfg, a.ws);
+  });
   const p = new Params().u32(a.rows).u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias && plan.count === 1).u32(plan.kLen);
   gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y], p, [Math.ceil(a.N / cfg.BN), Math.ceil(a.rows / cfg.BM), plan.count]);
 }
