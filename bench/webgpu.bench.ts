@@ -14,7 +14,8 @@
  * shrinks every shape to check the bench itself on a slow adapter. BENCH_TUNING=name:value,... sets WebGpuTuning
  * values for every backend of the run (e.g. matmulBK:8,matmulBuffers:2); BENCH_MATMUL_TUNINGS=...|... runs the
  * matmul section again with each set; BENCH_DECODE_TUNINGS=...|... compares the decode step's GPU time with each set
- * in one process. BENCH_DECODE_BATCHES=1,64 picks the batches of 130m's fp32 decode and of that comparison.
+ * in one process. BENCH_DECODE_BATCHES=1,64 picks the batches of 130m's fp32 decode and of that comparison;
+ * BENCH_DECODE_ROUNDS=5 the generations each decode figure is the median of.
  */
 import { modelFromTensors, type MambaModel } from "../src/index.ts";
 import { createWebGpuBackend, type WebGpuBackend, type WebGpuTuning } from "../src/backend/webgpu/index.ts";
@@ -33,6 +34,8 @@ const models = new Set((process.env.BENCH_MODELS ?? "130m,1.4b").split(","));
 const smoke = process.env.BENCH_SMOKE === "1";
 const tuning: WebGpuTuning = parseTunings<WebGpuTuning>(process.env.BENCH_TUNING)[0] ?? {};
 const decodeBatches = (process.env.BENCH_DECODE_BATCHES ?? "1,64").split(",").map(Number);
+const decodeRounds = Number(process.env.BENCH_DECODE_ROUNDS ?? (smoke ? 1 : 5));
+if (!Number.isInteger(decodeRounds) || decodeRounds < 1) throw new Error(`BENCH_DECODE_ROUNDS must be a whole number >= 1, got ${process.env.BENCH_DECODE_ROUNDS}`);
 const tuningNote = Object.keys(tuning).length ? `; tuning ${JSON.stringify(tuning)}` : "";
 /** A backend with the run's tuning plus `extra`. */
 const backend = async (extra: WebGpuTuning = {}) => (await createWebGpuBackend({ ...tuning, ...extra })) as WebGpuBackend;
@@ -161,14 +164,23 @@ async function benchDecode(model: MambaModel, name: ModelName, dtype: "float32" 
     await model.generate(prompts, { maxNewTokens: n, stopTokens: [] });
     return { t: (performance.now() - t0) / 1000, d: b.gpu.dispatches - d0 };
   };
-  const first = await run(1); // prefill and the first token
-  const full = await run(S.newTokens);
-  const total = (batch * S.newTokens) / full.t;
-  const steady = (batch * (S.newTokens - 1)) / (full.t - first.t);
+  // rounds of (the first token alone, the whole generation): one generation's figure moved by up to 15% between
+  // processes, so each process reports the median round and the spread
+  const rounds: { total: number; steady: number; d: number }[] = [];
+  for (let i = 0; i < decodeRounds; i++) {
+    const first = await run(1); // prefill and the first token
+    const full = await run(S.newTokens);
+    rounds.push({
+      total: (batch * S.newTokens) / full.t, steady: (batch * (S.newTokens - 1)) / (full.t - first.t), d: (full.d - first.d) / (S.newTokens - 1),
+    });
+  }
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+  const totals = rounds.map((r) => r.total), total = median(totals);
   const official = anchor.decode(name, dtype, batch);
-  console.log(`decode ${name} ${note || dtype} batch ${batch} (prompt 128 + 256 new): ${total.toFixed(0)} tok/s ` +
-    `(official ${official ?? "n/a"} tok/s; ${ratio(total, official, true)}); decode steps alone ${steady.toFixed(0)} tok/s, ` +
-    `${((full.d - first.d) / (S.newTokens - 1)).toFixed(0)} dispatches per step`);
+  const spread = rounds.length > 1 ? ` (median of ${rounds.length} rounds, ${Math.min(...totals).toFixed(0)} – ${Math.max(...totals).toFixed(0)})` : "";
+  console.log(`decode ${name} ${note || dtype} batch ${batch} (prompt 128 + 256 new): ${total.toFixed(0)} tok/s${spread} ` +
+    `(official ${official ?? "n/a"} tok/s; ${ratio(total, official, true)}); decode steps alone ${median(rounds.map((r) => r.steady)).toFixed(0)} tok/s, ` +
+    `${rounds[0]!.d.toFixed(0)} dispatches per step`);
 }
 
 async function benchForward(model: MambaModel, name: ModelName): Promise<void> {
