@@ -10,7 +10,7 @@ import type { MambaModel } from "../src/index.ts";
 import { createWebGpuBackend, type WebGpuBackend } from "../src/backend/webgpu/index.ts";
 import { makeConfig, initParameters } from "../src/model/init.ts";
 import { benchPrompts, benchSizes, randomModel } from "./data.ts";
-import { warmUpGpu } from "./timing.ts";
+import { median, warmUpGpu } from "./timing.ts";
 const smoke = process.env.SMOKE === "1";
 const cfg = makeConfig(benchSizes(smoke)["130m"]);
 const params = initParameters(cfg, { seed: 0 });
@@ -32,16 +32,14 @@ for (let round = 0; round < (smoke ? 1 : Number(process.env.ROUNDS ?? 5)); round
       const time = async (n: number) => { await b.sync(); const t0 = performance.now(); await m.generate(prompts(B), { maxNewTokens: n, stopTokens: [] }); return performance.now() - t0; };
       const firsts: number[] = [];
       for (let i = 0; i < 5; i++) firsts.push(await time(1));
-      firsts.sort((x, y) => x - y);
-      add(`${f} b${B} first`, firsts[2]!);
+      add(`${f} b${B} first`, median(firsts));
       add(`${f} b${B} full`, await time(NEW));
     }
   }
 }
-const med = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
 for (const [k, v] of res) {
   const B = Number(/b(\d+)/.exec(k)![1]);
-  const extra = k.endsWith("full") ? ` = ${((B * NEW) / (med(v) / 1000)).toFixed(0)} tok/s` : "";
-  console.log(`flushEvery ${k}: median ${med(v).toFixed(2)} ms (${v.map((x) => x.toFixed(1)).join(", ")})${extra}`);
+  const extra = k.endsWith("full") ? ` = ${((B * NEW) / (median(v) / 1000)).toFixed(0)} tok/s` : "";
+  console.log(`flushEvery ${k}: median ${median(v).toFixed(2)} ms (${v.map((x) => x.toFixed(1)).join(", ")})${extra}`);
 }
 for (const [, , b] of models) await b.destroy();

@@ -59,9 +59,13 @@ export async function alternatingRounds(
 }
 
 /** Median, least and most of per-call times, one per loop of `reps` calls. */
+/** The middle value (the upper one of an even count). */
+export function median(xs: number[]): number {
+  return [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+}
+
 function summarize(times: number[], reps: number): Trials {
-  const sorted = [...times].sort((x, y) => x - y);
-  return { median: sorted[Math.floor(sorted.length / 2)]!, min: sorted[0]!, max: sorted[sorted.length - 1]!, calls: sorted.length * reps };
+  return { median: median(times), min: Math.min(...times), max: Math.max(...times), calls: times.length * reps };
 }
 
 /**

@@ -27,7 +27,8 @@ import { cols } from "../src/backend/backend.ts";
 import { anchor } from "./anchors.ts";
 import { benchPrompts, benchSizes, filled, greedyRequest, randomModel } from "./data.ts";
 import { benchDecodeKernels } from "./decode-kernels.ts";
-import { alternatingRounds, gpuTrials, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
+import { alternatingRounds, gpuTrials, median, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
+import { checkCount } from "../src/errors.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,matmul,decode,breakdown,forward,prefill").split(","));
 const models = new Set((process.env.BENCH_MODELS ?? "130m,1.4b").split(","));
@@ -35,7 +36,7 @@ const smoke = process.env.BENCH_SMOKE === "1";
 const tuning: WebGpuTuning = parseTunings<WebGpuTuning>(process.env.BENCH_TUNING)[0] ?? {};
 const decodeBatches = (process.env.BENCH_DECODE_BATCHES ?? "1,64").split(",").map(Number);
 const decodeRounds = Number(process.env.BENCH_DECODE_ROUNDS ?? (smoke ? 1 : 5));
-if (!Number.isInteger(decodeRounds) || decodeRounds < 1) throw new Error(`BENCH_DECODE_ROUNDS must be a whole number >= 1, got ${process.env.BENCH_DECODE_ROUNDS}`);
+checkCount("BENCH_DECODE_ROUNDS", decodeRounds, 1);
 const tuningNote = Object.keys(tuning).length ? `; tuning ${JSON.stringify(tuning)}` : "";
 /** A backend with the run's tuning plus `extra`. */
 const backend = async (extra: WebGpuTuning = {}) => (await createWebGpuBackend({ ...tuning, ...extra })) as WebGpuBackend;
@@ -174,7 +175,6 @@ async function benchDecode(model: MambaModel, name: ModelName, dtype: "float32" 
       total: (batch * S.newTokens) / full.t, steady: (batch * (S.newTokens - 1)) / (full.t - first.t), d: (full.d - first.d) / (S.newTokens - 1),
     });
   }
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
   const totals = rounds.map((r) => r.total), total = median(totals);
   const official = anchor.decode(name, dtype, batch);
   const spread = rounds.length > 1 ? ` (median of ${rounds.length} rounds, ${Math.min(...totals).toFixed(0)} – ${Math.max(...totals).toFixed(0)})` : "";

@@ -10,7 +10,9 @@ import { cols, type Backend } from "../../src/backend/backend.ts";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
 import type { WebGpuBackend, WebGpuTuning } from "../../src/backend/webgpu/backend.ts";
 import type { TrainingBackend } from "../../src/backend/training.ts";
-import { tileBytes, tileProblem, TILE_LARGE, TILE_SMALL } from "../../src/backend/webgpu/kernels/matmul.ts";
+import {
+  MATMUL_BK_CHOICES, MATMUL_BUFFER_CHOICES, tileBytes, tileProblem, TILE_LARGE, TILE_SMALL, TILE_THREAD_OUTPUT_CHOICES,
+} from "../../src/backend/webgpu/kernels/matmul.ts";
 import { toF16Bits } from "../../src/io/tensor.ts";
 import { MambaError } from "../../src/errors.ts";
 import { assertClose } from "../helpers/fixtures.ts";
@@ -113,10 +115,10 @@ test("WebGPU matmul: the 64-row tiles with 4 rows a thread (workgroups of 256 th
 });
 
 test("matmul tile configs: every offered one can run, and one the kernel cannot is named with the reason", () => {
-  for (const TM of [4, 8]) {
-    for (const TN of [4, 8]) {
-      for (const BK of [8, 16, 32]) {
-        for (const buffers of [1, 2]) assert.equal(tileProblem({ ...TILE_SMALL, TM, TN, BN: 16 * TN, BK, buffers }), null);
+  for (const TM of TILE_THREAD_OUTPUT_CHOICES) {
+    for (const TN of TILE_THREAD_OUTPUT_CHOICES) {
+      for (const BK of MATMUL_BK_CHOICES) {
+        for (const buffers of MATMUL_BUFFER_CHOICES) assert.equal(tileProblem({ ...TILE_SMALL, TM, TN, BN: 16 * TN, BK, buffers }), null);
       }
     }
   }

@@ -11,7 +11,8 @@ import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
 import { type Buf, Gpu, type Prepared } from "./gpu.ts";
 import { GpuTensor, type Storage, type Window, gpuTensor, windowOf } from "./tensor.ts";
 import {
-  MATMUL_BK_CHOICES, MATMUL_BUFFER_CHOICES, TILE_LARGE, TILE_SMALL, type TileConfig, kSplits, matmulTiled, splitPlan, tileBytes,
+  MATMUL_BK_CHOICES, MATMUL_BUFFER_CHOICES, TILE_LARGE, TILE_SMALL, TILE_THREAD_OUTPUT_CHOICES, type TileConfig, kSplits, matmulTiled,
+  splitPlan, tileBytes,
 } from "./kernels/matmul.ts";
 import { matmulReduce } from "./kernels/matmul-reduce.ts";
 import { MATVEC_MAX_ROWS, matvec } from "./kernels/matvec.ts";
@@ -156,8 +157,8 @@ export class WebGpuBackend implements Backend {
     checkChoice("decodeLoadBytes", tuning.decodeLoadBytes, DECODE_LOAD_BYTES_CHOICES);
     const BK = tuning.matmulBK ?? TILE_LARGE.BK, buffers = tuning.matmulBuffers ?? TILE_LARGE.buffers;
     this.tileLarge = { ...TILE_LARGE, BK, buffers };
-    checkChoice("matmulSmallTM", tuning.matmulSmallTM, [4, 8]);
-    checkChoice("matmulSmallTN", tuning.matmulSmallTN, [4, 8]);
+    checkChoice("matmulSmallTM", tuning.matmulSmallTM, TILE_THREAD_OUTPUT_CHOICES);
+    checkChoice("matmulSmallTN", tuning.matmulSmallTN, TILE_THREAD_OUTPUT_CHOICES);
     const TM = tuning.matmulSmallTM ?? TILE_SMALL.TM, TN = tuning.matmulSmallTN ?? TILE_SMALL.TN;
     this.tileSmall = { ...TILE_SMALL, TM, TN, BN: 16 * TN, BK, buffers };
     // the batch step's matmuls have few rows and short K splits: K tiles of 16 ran its step at 64 rows of 130m in

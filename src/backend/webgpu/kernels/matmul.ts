@@ -33,16 +33,21 @@ export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 8, TN: 4, BK: 8, buf
 /** K tile sizes and buffer counts a TileConfig may have. */
 export const MATMUL_BK_CHOICES = [8, 16, 32];
 export const MATMUL_BUFFER_CHOICES = [1, 2];
+/** Outputs a thread may hold each way (TM, TN): 4-wide groups, one or two. */
+export const TILE_THREAD_OUTPUT_CHOICES = [4, 8];
 
 /** What makes a tile config one the kernel cannot run, or null: 16 columns of threads by BM / TM rows (8 or 16), 4 or
  *  8 outputs a thread each way, the staged tiles a whole number of loads a thread, and with two buffers at least 16
  *  vec4 a tile row (the swizzle XORs K's low 4 bits into the column). */
 export function tileProblem(c: TileConfig): string | null {
   const rows = c.BM / c.TM, threads = 16 * rows;
-  if (![4, 8].includes(c.TM) || ![4, 8].includes(c.TN)) return `TM and TN must be 4 or 8, got ${c.TM} and ${c.TN}`;
+  const outputs = TILE_THREAD_OUTPUT_CHOICES;
+  if (!outputs.includes(c.TM) || !outputs.includes(c.TN)) return `TM and TN must be one of ${outputs.join(", ")}, got ${c.TM} and ${c.TN}`;
   if (![8, 16].includes(rows)) return `BM must be 8 or 16 times TM, got ${c.BM} with TM ${c.TM}`;
   if (c.BN !== 16 * c.TN) return `BN must be 16 times TN, got ${c.BN} with TN ${c.TN}`;
-  if (!MATMUL_BK_CHOICES.includes(c.BK) || !MATMUL_BUFFER_CHOICES.includes(c.buffers)) return `BK must be 8, 16 or 32 and buffers 1 or 2`;
+  if (!MATMUL_BK_CHOICES.includes(c.BK) || !MATMUL_BUFFER_CHOICES.includes(c.buffers)) {
+    return `BK must be one of ${MATMUL_BK_CHOICES.join(", ")} and buffers one of ${MATMUL_BUFFER_CHOICES.join(", ")}, got ${c.BK} and ${c.buffers}`;
+  }
   if ((c.BM * c.BK) % threads || (c.BN * c.BK) % threads) return `a ${c.BM} x ${c.BN} tile with K tiles of ${c.BK} is not a whole number of loads for ${threads} threads`;
   if (c.buffers === 2 && (c.BM < 64 || c.BN < 64)) return `two buffers need tiles of at least 64 x 64, got ${c.BM} x ${c.BN}`;
   return null;
