@@ -12,7 +12,7 @@ import type { WebGpuBackend } from "../src/backend/webgpu/index.ts";
 import { decodeMixerScan } from "../src/backend/webgpu/kernels/decode/mixer-scan.ts";
 import { BATCH_SCAN_ROW_CHOICES, batchScanBytes, decodeBatchScan } from "../src/backend/webgpu/kernels/decode/batch-scan.ts";
 import { matmulReduce } from "../src/backend/webgpu/kernels/matmul-reduce.ts";
-import { matmulTiled, splitPlan, TILE_SMALL, tileBytes, type TileConfig } from "../src/backend/webgpu/kernels/matmul.ts";
+import { matmulTiled, splitPlan, TILE_SMALL, tileBytes, type TileConfig, vec4Fits } from "../src/backend/webgpu/kernels/matmul.ts";
 import { sample } from "../src/backend/webgpu/kernels/sample.ts";
 import { Rng } from "../src/generate/rng.ts";
 import { filled } from "./data.ts";
@@ -82,18 +82,20 @@ export async function benchDecodeKernels(b: WebGpuBackend, smoke: boolean): Prom
     const x = gpu.upload(random(M * K, 6)), w = gpu.upload(random(N * K, 7));
     const y = gpu.alloc(Math.max(...splits) * M * N * 4);
     // 64 x 64 tiles and 64 x 128 (twice the work a shared load), with 4 or 8 rows a thread (workgroups of 256 or 128
-    // threads; the batch step's default is 64 x 64 with 8, K tiles of 16)
-    for (const TM of [4, 8]) {
-      for (const [BN, TN] of [[64, 4], [128, 8]] as const) {
-        for (const BK of [8, 16, 32]) {
-          const cfg: TileConfig = { ...TILE_SMALL, TM, BN, TN, BK };
-          if (tileBytes(cfg) > gpu.limits.maxComputeWorkgroupStorageSize) continue;
-          for (const s of splits) {
-            const plan = splitPlan(K, s);
-            const t = await passMicros(b, () =>
-              matmulTiled(gpu, { x, ldx: K, offx: 0, rows: M, K, w, ws: "f32", N, bias: null, y }, cfg, plan), smoke ? 3 : name === "head" ? 20 : 100);
-            console.log(`batch matmul ${name} [${M}, ${K}] x [${N}, ${K}]^T, 64 x ${BN} tiles of ${TM} x ${TN} a thread, ` +
-              `K tiles of ${BK}, ${plan.count} K parts: ${t}`);
+    // threads; the batch step's default is 64 x 64 with 8, K tiles of 16), loading one value or 4 K columns at once
+    for (const vec4 of [false, true]) {
+      for (const TM of [4, 8]) {
+        for (const [BN, TN] of [[64, 4], [128, 8]] as const) {
+          for (const BK of [8, 16, 32]) {
+            const cfg: TileConfig = { ...TILE_SMALL, TM, BN, TN, BK, vec4 };
+            const args = { x, ldx: K, offx: 0, rows: M, K, w, ws: "f32" as const, N, bias: null, y };
+            if (tileBytes(cfg) > gpu.limits.maxComputeWorkgroupStorageSize || (vec4 && !vec4Fits(cfg, args))) continue;
+            for (const s of splits) {
+              const plan = splitPlan(K, s);
+              const t = await passMicros(b, () => matmulTiled(gpu, args, cfg, plan), smoke ? 3 : name === "head" ? 20 : 100);
+              console.log(`batch matmul ${name} [${M}, ${K}] x [${N}, ${K}]^T, 64 x ${BN} tiles of ${TM} x ${TN} a thread, ` +
+                `K tiles of ${BK}, ${plan.count} K parts, ${vec4 ? "vec4" : "scalar"} loads: ${t}`);
+            }
           }
         }
       }

@@ -11,7 +11,7 @@ import { CpuBackend } from "../../src/backend/cpu/index.ts";
 import type { WebGpuBackend, WebGpuTuning } from "../../src/backend/webgpu/backend.ts";
 import type { TrainingBackend } from "../../src/backend/training.ts";
 import {
-  MATMUL_BK_CHOICES, MATMUL_BUFFER_CHOICES, tileBytes, tileProblem, TILE_LARGE, TILE_SMALL, TILE_THREAD_OUTPUT_CHOICES,
+  MATMUL_BK_CHOICES, MATMUL_BUFFER_CHOICES, tileBytes, tileProblem, TILE_LARGE, TILE_SMALL, TILE_THREAD_OUTPUT_CHOICES, vec4Fits,
 } from "../../src/backend/webgpu/kernels/matmul.ts";
 import { toF16Bits } from "../../src/io/tensor.ts";
 import { MambaError } from "../../src/errors.ts";
@@ -27,6 +27,9 @@ const cases = [
   { T: 131, K: 52, N: 16390, off: 5, ld: 57 }, // 128 x 128 tiles, a window not 4-aligned
   { T: 70, K: 300, N: 130, off: 3, ld: 310 }, // 64 x 64 tiles, split along K
   { T: 33, K: 7, N: 65, off: 0, ld: 7 }, // K shorter than a tile
+  // K, N and the window multiples of 4: loads of 4 K columns (vec4Fits), where the cases above load one
+  { T: 70, K: 296, N: 132, off: 4, ld: 304 }, // 64 x 64 tiles, split along K
+  { T: 33, K: 12, N: 68, off: 0, ld: 12 }, // K shorter than a tile
 ];
 
 /** dx, dw and dBias of y = x · wᵀ + bias against the CPU; T = 1100 rows make the dw product split its reduction. */
@@ -97,11 +100,13 @@ test("WebGPU matmul: every shared-tile variant that fits this device matches the
   assert.ok(ran >= 4, `only ${ran} variants fit ${most} bytes of workgroup memory`);
 });
 
-test("WebGPU matmul: the 64-row tiles with 4 rows a thread (workgroups of 256 threads, against 128 by default) or 128 columns match the CPU", async (t) => {
+test("WebGPU matmul: the 64-row tiles with 4 rows a thread (workgroups of 256 threads, against 128 by default) or 128 columns, and one value a load, match the CPU", async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
   // the third case (70 rows, split along K) and the fourth (K shorter than a tile) take these tiles
-  const tunings: WebGpuTuning[] = [{ matmulSmallTM: 4 }, { matmulSmallTN: 8 }, { matmulSmallTM: 4, matmulSmallTN: 8, matmulBK: 16, matmulBuffers: 2 }];
+  const tunings: WebGpuTuning[] = [
+    { matmulSmallTM: 4 }, { matmulSmallTN: 8 }, { matmulSmallTM: 4, matmulSmallTN: 8, matmulBK: 16, matmulBuffers: 2 }, { matmulVec4: false },
+  ];
   for (const tuning of tunings) {
     const b = await createWebGpuBackend(tuning);
     try {
@@ -114,7 +119,7 @@ test("WebGPU matmul: the 64-row tiles with 4 rows a thread (workgroups of 256 th
   await assert.rejects(createWebGpuBackend({ matmulSmallTN: 2 }), /matmulSmallTN must be one of 4, 8, got 2/);
 });
 
-test("matmul tile configs: every offered one can run, and one the kernel cannot is named with the reason", () => {
+test("matmul tile configs: every offered one can run, one the kernel cannot is named with the reason, and the vec4 path is taken where shapes allow", () => {
   for (const TM of TILE_THREAD_OUTPUT_CHOICES) {
     for (const TN of TILE_THREAD_OUTPUT_CHOICES) {
       for (const BK of MATMUL_BK_CHOICES) {
@@ -123,6 +128,11 @@ test("matmul tile configs: every offered one can run, and one the kernel cannot 
     }
   }
   assert.equal(tileProblem(TILE_LARGE), null);
+  // the cases above: the first and the last two take the vec4 path with the default tiles, the others cannot
+  const fits = cases.map((c) => vec4Fits(c.T > 64 && c.N > 1000 ? TILE_LARGE : TILE_SMALL, { K: c.K, N: c.N, ldx: c.ld, offx: c.off }));
+  assert.deepEqual(fits, [true, false, false, false, true, true]);
+  assert.equal(vec4Fits({ ...TILE_SMALL, vec4: false }, { K: 12, N: 68, ldx: 12, offx: 0 }), false);
+  assert.equal(vec4Fits({ ...TILE_SMALL, TM: 4 }, { K: 12, N: 68, ldx: 12, offx: 0 }), false); // 256 threads, 128 vec4s a tile
   assert.match(tileProblem({ ...TILE_SMALL, BM: 32, TM: 4, buffers: 2 }) ?? "", /two buffers need tiles of at least 64 x 64, got 32 x 64/);
   assert.match(tileProblem({ ...TILE_SMALL, BM: 128, TM: 4 }) ?? "", /BM must be 8 or 16 times TM, got 128 with TM 4/);
   assert.match(tileProblem({ ...TILE_SMALL, BN: 96 }) ?? "", /BN must be 16 times TN, got 96 with TN 4/);

@@ -73,6 +73,9 @@ export interface WebGpuTuning {
   /** columns of y a thread of the 64-row matmul tiles outside the batch step (decodeBatchTileN sets its): 4 (default;
    *  64-column tiles) or 8 (128-column tiles) */
   matmulSmallTN?: number;
+  /** the forward tiled matmuls load 4 K columns at once and store 4 output columns at once where K, N and the input
+   *  window are multiples of 4 (default true); false keeps one value a load everywhere */
+  matmulVec4?: boolean;
   /** channels per workgroup of the fused decode's first kernel (in_proj, conv, partial x_proj): 4, 8, 16, 32 or 64
    *  (default 16 up to 2048 channels, else 32); fewer put more of in_proj's loads in flight at once */
   decodeChannels?: number;
@@ -156,16 +159,18 @@ export class WebGpuBackend implements Backend {
     checkChoice("decodeChannels", tuning.decodeChannels === 0 ? undefined : tuning.decodeChannels, DECODE_CHANNEL_CHOICES); // 0: the default
     checkChoice("decodeLoadBytes", tuning.decodeLoadBytes, DECODE_LOAD_BYTES_CHOICES);
     const BK = tuning.matmulBK ?? TILE_LARGE.BK, buffers = tuning.matmulBuffers ?? TILE_LARGE.buffers;
-    this.tileLarge = { ...TILE_LARGE, BK, buffers };
+    checkFlag("matmulVec4", tuning.matmulVec4);
+    const vec4 = tuning.matmulVec4 ?? true;
+    this.tileLarge = { ...TILE_LARGE, BK, buffers, vec4 };
     checkChoice("matmulSmallTM", tuning.matmulSmallTM, TILE_THREAD_OUTPUT_CHOICES);
     checkChoice("matmulSmallTN", tuning.matmulSmallTN, TILE_THREAD_OUTPUT_CHOICES);
     const TM = tuning.matmulSmallTM ?? TILE_SMALL.TM, TN = tuning.matmulSmallTN ?? TILE_SMALL.TN;
-    this.tileSmall = { ...TILE_SMALL, TM, TN, BN: 16 * TN, BK, buffers };
+    this.tileSmall = { ...TILE_SMALL, TM, TN, BN: 16 * TN, BK, buffers, vec4 };
     // the batch step's matmuls have few rows and short K splits: K tiles of 16 ran its step at 64 rows of 130m in
     // 2118 against 2222 us with 8, in one process (BENCHMARKS.md)
     checkChoice("decodeBatchTileN", tuning.decodeBatchTileN, [64, 128]);
     const BN = tuning.decodeBatchTileN ?? 64;
-    this.tileBatch = { ...TILE_SMALL, TM, BN, TN: BN / 16, BK: tuning.matmulBK ?? 16, buffers };
+    this.tileBatch = { ...TILE_SMALL, TM, BN, TN: BN / 16, BK: tuning.matmulBK ?? 16, buffers, vec4 };
     checkFlag("decodeBatchReduce", tuning.decodeBatchReduce);
     this.decodeBatchReduce = tuning.decodeBatchReduce ?? false;
     checkChoice("decodeBatchGroups", tuning.decodeBatchGroups, [132, 264, 528]);

@@ -5,14 +5,16 @@
  * tile of y; each thread TM × TN outputs kept in registers,
  * as 4-wide groups spread over the tile (rows (g·RT + ty)·4 + c) so that its reads of the shared tiles are vec4
  * loads that the threads of a warp share or spread over banks. K advances BK at a time through workgroup memory,
- * the next tile's global loads issued before the current tile's arithmetic.
+ * the next tile's global loads issued before the current tile's arithmetic. Where the shapes allow (vec4Fits) those
+ * loads take 4 K columns at once and the outputs are stored 4 columns at once: a quarter of the load instructions
+ * and of their bounds checks.
  * When few tiles would leave most of the GPU idle along a long K (decode batches, x_proj and out_proj), K is split
  * over workgroups (grid z) that write partial products, summed with the bias by ./matmul-reduce.ts.
  */
 import type { Gpu, Kernel } from "../gpu.ts";
 import { Params } from "../gpu.ts";
 import type { Buf } from "../gpu.ts";
-import { type WeightStorage, weightBinding, weightReader } from "./weights.ts";
+import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "./weights.ts";
 import { MambaError } from "../../../errors.ts";
 
 export interface TileConfig {
@@ -22,14 +24,15 @@ export interface TileConfig {
   TN: number; // columns per thread: 4 or 8
   BK: number; // K columns per tile: 8, 16 or 32
   buffers: number; // shared tile buffers: 1 (two barriers a K tile) or 2 (one)
+  vec4: boolean; // global loads of 4 K columns at once (and 4-column stores) where the call's shapes allow (vec4Fits)
 }
 
 // K tiles of 8 with one buffer: on the H200 35.6 – 37.6 TFLOP/s at the forward's shapes, against 30.0 – 31.6 with
 // K tiles of 16, 28.8 – 30.3 with 32, and 28.0 – 29.5 (16) or 33.0 – 33.6 (8) with two buffers (BENCHMARKS.md)
-export const TILE_LARGE: TileConfig = { BM: 128, BN: 128, TM: 8, TN: 8, BK: 8, buffers: 1 };
+export const TILE_LARGE: TileConfig = { BM: 128, BN: 128, TM: 8, TN: 8, BK: 8, buffers: 1, vec4: true };
 // 64-row tiles of 16 × 8 threads, 8 × 4 outputs each: on the H100 a decode batch's head (64 × 768 by 50280) took 164 –
 // 167 us against 216 – 219 with 16 × 16 threads of 4 × 4, the batch step's in_proj (8 K parts) 28 – 29 against 31 – 34
-export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 8, TN: 4, BK: 8, buffers: 1 };
+export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 8, TN: 4, BK: 8, buffers: 1, vec4: true };
 /** K tile sizes and buffer counts a TileConfig may have. */
 export const MATMUL_BK_CHOICES = [8, 16, 32];
 export const MATMUL_BUFFER_CHOICES = [1, 2];
@@ -60,8 +63,30 @@ export const tileBytes = (c: TileConfig) => 16 * c.buffers * c.BK * (c.BM / 4 + 
 export const tileName = (c: TileConfig) =>
   `${c.BM}x${c.BN}${c.BM === 16 * c.TM ? "" : `t${c.TM}`}_k${c.BK}${c.buffers === 1 ? "" : `b${c.buffers}`}`;
 
-/** WGSL that stores the staged registers ra, rb into shared buffer `buf` (a u32 expression). */
-const stageWgsl = (buf: string) => /* wgsl */ `
+/** Whether a call may take the kernel's vec4 path: K, N, the window's stride and offset multiples of 4 (so a 4-column
+ *  group never straddles a row or a part's end: parts are multiples of 16), and each tile a whole number of vec4
+ *  loads a thread. */
+export function vec4Fits(c: TileConfig, a: { K: number; N: number; ldx: number; offx: number }): boolean {
+  const threads = 16 * (c.BM / c.TM);
+  return c.vec4 && a.K % 4 === 0 && a.N % 4 === 0 && a.ldx % 4 === 0 && a.offx % 4 === 0 &&
+    (c.BM * c.BK / 4) % threads === 0 && (c.BN * c.BK / 4) % threads === 0;
+}
+
+/** WGSL that stores the staged registers ra, rb into shared buffer `buf` (a u32 expression): scalars, or with v4
+ *  groups of 4 K columns of one row (or column of w), each written as 4 scalars of the transposed tile. */
+const stageWgsl = (buf: string, v4: boolean) => v4 ? /* wgsl */ `
+    for (var j = 0u; j < LA; j++) {
+      let e = tid + NT * j;
+      let m = e / BK4;
+      let k = (e % BK4) * 4u;
+      for (var c = 0u; c < 4u; c++) { As[(${buf}) * BK * SA + (k + c) * SA + swz(k + c, m / 4u)][m % 4u] = ra[j][c]; }
+    }
+    for (var j = 0u; j < LB; j++) {
+      let e = tid + NT * j;
+      let n = e / BK4;
+      let k = (e % BK4) * 4u;
+      for (var c = 0u; c < 4u; c++) { Bs[(${buf}) * BK * SB + (k + c) * SB + swz(k + c, n / 4u)][n % 4u] = rb[j][c]; }
+    }` : /* wgsl */ `
     for (var j = 0u; j < LA; j++) {
       let e = tid + NT * j;
       let m = e / BK;
@@ -73,17 +98,67 @@ const stageWgsl = (buf: string) => /* wgsl */ `
       Bs[(${buf}) * BK * SB + (e % BK) * SB + swz(e % BK, n / 4u)][n % 4u] = rb[j];
     }`;
 
-/**
- * Where column group q of shared row k lives. One buffer: rows padded by one vec4 (the transposed stores of 16
- * threads with 16 different k then spread over banks). Two buffers: no padding, so that 2 × 16 rows of 128 × 128
- * tiles fit in 32 KiB; q is XORed with k instead, which spreads the stores alike and keeps a row's 16-aligned
- * blocks of q (what a warp reads) whole.
- */
+/** WGSL that loads the K tile starting at column `k0` (a u32 expression) into the registers ra, rb: consecutive
+ *  threads read consecutive K columns of one row (with v4, 4 columns each), zeros past the rows, N and the part. */
+const loadWgsl = (k0: string, v4: boolean) => v4 ? /* wgsl */ `
+      for (var j = 0u; j < LA; j++) {
+        let e = tid + NT * j;
+        let r = row0 + e / BK4;
+        let k = ${k0} + (e % BK4) * 4u;
+        ra[j] = vec4<f32>(0.0);
+        if (r < p.T && k < kEnd) { ra[j] = x[(r * p.ldx + p.offx + k) / 4u]; }
+      }
+      for (var j = 0u; j < LB; j++) {
+        let e = tid + NT * j;
+        let n = col0 + e / BK4;
+        let k = ${k0} + (e % BK4) * 4u;
+        rb[j] = vec4<f32>(0.0);
+        if (n < p.N && k < kEnd) { rb[j] = weight4((n * p.K + k) / 4u); }
+      }` : /* wgsl */ `
+      for (var j = 0u; j < LA; j++) {
+        let e = tid + NT * j;
+        let r = row0 + e / BK;
+        let k = ${k0} + e % BK;
+        ra[j] = 0.0;
+        if (r < p.T && k < kEnd) { ra[j] = x[r * p.ldx + p.offx + k]; }
+      }
+      for (var j = 0u; j < LB; j++) {
+        let e = tid + NT * j;
+        let n = col0 + e / BK;
+        let k = ${k0} + e % BK;
+        rb[j] = 0.0;
+        if (n < p.N && k < kEnd) { rb[j] = weight(n * p.K + k); }
+      }`;
+
+/** WGSL that writes the thread's outputs: with v4 a 4-column group at once (N a multiple of 4). */
+const storeWgsl = (v4: boolean) => v4 ? /* wgsl */ `
+      for (var h = 0u; h < GN; h++) {
+        let n4 = col0 + (h * 16u + tx) * 4u;
+        if (n4 < p.N) {
+          var s = acc[(g * 4u + c) * GN + h];
+          if (p.hasBias != 0u) { s += vec4<f32>(bias[n4], bias[n4 + 1u], bias[n4 + 2u], bias[n4 + 3u]); }
+          y[(out0 + m * p.N + n4) / 4u] = s;
+        }
+      }` : /* wgsl */ `
+      for (var h = 0u; h < GN; h++) {
+        let n4 = col0 + (h * 16u + tx) * 4u;
+        let v = acc[(g * 4u + c) * GN + h];
+        for (var j = 0u; j < 4u; j++) {
+          let n = n4 + j;
+          if (n < p.N) {
+            var s = v[j];
+            if (p.hasBias != 0u) { s += bias[n]; }
+            y[out0 + m * p.N + n] = s;
+          }
+        }
+      }`;
+
 const swzWgsl = (c: TileConfig) => c.buffers === 1
   ? "fn swz(k: u32, q: u32) -> u32 { return q; }"
   : "fn swz(k: u32, q: u32) -> u32 { return q ^ (k & 15u); }";
 
-const wgsl = (c: TileConfig, ws: WeightStorage) => /* wgsl */ `
+
+const wgsl = (c: TileConfig, ws: WeightStorage, v4: boolean) => /* wgsl */ `
 // bindings: 0 x [rows, ldx] f32 | 1 w [N, K] | 2 bias [N] | 3 y [splits, T, N] | 4 params
 // grid: (N / BN, T / BM, splits); split z covers K columns [z·kLen, (z + 1)·kLen)
 const BM = ${c.BM}u;
@@ -91,6 +166,7 @@ const BN = ${c.BN}u;
 const TM = ${c.TM}u;
 const TN = ${c.TN}u;
 const BK = ${c.BK}u;
+const BK4 = BK / 4u;         // 4-column groups of a K tile
 const NBUF = ${c.buffers}u;
 const RT = BM / TM;          // rows of threads (16, or 8 for a half-height workgroup)
 const NT = 16u * RT;         // threads
@@ -99,20 +175,20 @@ const GN = TN / 4u;          // 4-column groups per thread
 const PAD = ${c.buffers === 1 ? 1 : 0}u;  // (see swz)
 const SA = BM / 4u + PAD;    // row stride of As in vec4
 const SB = BN / 4u + PAD;
-const LA = BM * BK / NT;     // x values each thread stages per K tile
-const LB = BN * BK / NT;     // w values each thread stages per K tile
+const LA = BM * BK / NT${v4 ? " / 4u" : ""};  // x ${v4 ? "vec4s" : "values"} each thread stages per K tile
+const LB = BN * BK / NT${v4 ? " / 4u" : ""};  // w ${v4 ? "vec4s" : "values"} each thread stages per K tile
 
 struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, kLen: u32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> w: array<${weightBinding(ws)}>;
+@group(0) @binding(0) var<storage, read> x: array<${v4 ? "vec4<f32>" : "f32"}>;
+@group(0) @binding(1) var<storage, read> w: array<${v4 ? weight4Binding(ws) : weightBinding(ws)}>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<${v4 ? "vec4<f32>" : "f32"}>;
 @group(0) @binding(4) var<uniform> p: P;
 
 var<workgroup> As: array<vec4<f32>, NBUF * BK * SA>; // As[buffer][k][m]: the x tile, transposed
 var<workgroup> Bs: array<vec4<f32>, NBUF * BK * SB>; // Bs[buffer][k][n]: the w tile, transposed
 
-${weightReader(ws)}
+${v4 ? weight4Reader(ws) : weightReader(ws)}
 ${swzWgsl(c)}
 
 @compute @workgroup_size(16, ${c.BM / c.TM})
@@ -125,48 +201,20 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let kBegin = wg.z * p.kLen;
   let kEnd = min(p.K, kBegin + p.kLen);
   var acc: array<vec4<f32>, TM * GN>;
-  var ra: array<f32, LA>;
-  var rb: array<f32, LB>;
+  var ra: array<${v4 ? "vec4<f32>" : "f32"}, LA>;
+  var rb: array<${v4 ? "vec4<f32>" : "f32"}, LB>;
   let tiles = (kEnd - kBegin + BK - 1u) / BK;
 
-  // stage tile 0 in registers: element e = tid + NT j is (row e / BK, k e % BK); consecutive threads read
-  // consecutive k of one row
-  for (var j = 0u; j < LA; j++) {
-    let e = tid + NT * j;
-    let r = row0 + e / BK;
-    let k = kBegin + e % BK;
-    ra[j] = 0.0;
-    if (r < p.T && k < kEnd) { ra[j] = x[r * p.ldx + p.offx + k]; }
-  }
-  for (var j = 0u; j < LB; j++) {
-    let e = tid + NT * j;
-    let n = col0 + e / BK;
-    let k = kBegin + e % BK;
-    rb[j] = 0.0;
-    if (n < p.N && k < kEnd) { rb[j] = weight(n * p.K + k); }
+  // stage tile 0 in registers
+  {${loadWgsl("kBegin", v4)}
   }
 
-${c.buffers === 1 ? "" : `${stageWgsl("0u")}
+${c.buffers === 1 ? "" : `${stageWgsl("0u", v4)}
   workgroupBarrier();
 `}  for (var t = 0u; t < tiles; t++) {
-${c.buffers === 1 ? `${stageWgsl("0u")}
+${c.buffers === 1 ? `${stageWgsl("0u", v4)}
     workgroupBarrier();
-` : ""}    if (t + 1u < tiles) {
-      let k0 = kBegin + (t + 1u) * BK;
-      for (var j = 0u; j < LA; j++) {
-        let e = tid + NT * j;
-        let r = row0 + e / BK;
-        let k = k0 + e % BK;
-        ra[j] = 0.0;
-        if (r < p.T && k < kEnd) { ra[j] = x[r * p.ldx + p.offx + k]; }
-      }
-      for (var j = 0u; j < LB; j++) {
-        let e = tid + NT * j;
-        let n = col0 + e / BK;
-        let k = k0 + e % BK;
-        rb[j] = 0.0;
-        if (n < p.N && k < kEnd) { rb[j] = weight(n * p.K + k); }
-      }
+` : ""}    if (t + 1u < tiles) {${loadWgsl("kBegin + (t + 1u) * BK", v4)}
     }
     let baseA = (t % NBUF) * BK * SA;
     let baseB = (t % NBUF) * BK * SB;
@@ -184,7 +232,7 @@ ${c.buffers === 1 ? `${stageWgsl("0u")}
         }
       }
     }
-${c.buffers === 1 ? "" : `    if (t + 1u < tiles) {${stageWgsl("(t + 1u) % NBUF")}
+${c.buffers === 1 ? "" : `    if (t + 1u < tiles) {${stageWgsl("(t + 1u) % NBUF", v4)}
     }
 `}    workgroupBarrier();
   }
@@ -193,19 +241,7 @@ ${c.buffers === 1 ? "" : `    if (t + 1u < tiles) {${stageWgsl("(t + 1u) % NBUF"
   for (var g = 0u; g < GM; g++) {
     for (var c = 0u; c < 4u; c++) {
       let m = row0 + (g * RT + ty) * 4u + c;
-      if (m >= p.T) { continue; }
-      for (var h = 0u; h < GN; h++) {
-        let n4 = col0 + (h * 16u + tx) * 4u;
-        let v = acc[(g * 4u + c) * GN + h];
-        for (var j = 0u; j < 4u; j++) {
-          let n = n4 + j;
-          if (n < p.N) {
-            var s = v[j];
-            if (p.hasBias != 0u) { s += bias[n]; }
-            y[out0 + m * p.N + n] = s;
-          }
-        }
-      }
+      if (m >= p.T) { continue; }${storeWgsl(v4)}
     }
   }
 }
@@ -235,10 +271,11 @@ export function splitPlan(K: number, splits: number): { kLen: number; count: num
 
 // x: [T, K] window, w: [N, K], bias: [N] -> y: [T, N]; with splits > 1, y: [splits, T, N] partials without bias
 export function matmulTiled(gpu: Gpu, a: MatmulArgs, cfg: TileConfig, plan = { kLen: Math.max(16, a.K), count: 1 }): void {
-  const k: Kernel = gpu.kernel(`matmul_${tileName(cfg)}_${a.ws}`, () => {
+  const v4 = vec4Fits(cfg, a);
+  const k: Kernel = gpu.kernel(`matmul_${tileName(cfg)}${v4 ? "_v4" : ""}_${a.ws}`, () => {
     const why = tileProblem(cfg);
     if (why) throw new MambaError(`matmul: tile ${tileName(cfg)} cannot run: ${why}`);
-    return wgsl(cfg, a.ws);
+    return wgsl(cfg, a.ws, v4);
   });
   const p = new Params().u32(a.rows).u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias && plan.count === 1).u32(plan.kLen);
   gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y], p, [Math.ceil(a.N / cfg.BN), Math.ceil(a.rows / cfg.BM), plan.count]);
