@@ -30,6 +30,7 @@ const cases = [
   // K, N and the window multiples of 4: loads of 4 K columns (vec4Fits), where the cases above load one
   { T: 70, K: 296, N: 132, off: 4, ld: 304 }, // 64 x 64 tiles, split along K
   { T: 33, K: 12, N: 68, off: 0, ld: 12 }, // K shorter than a tile
+  { T: 10, K: 20, N: 33800, off: 0, ld: 20 }, // few rows, wide enough for 64 x 128 tiles (matmulWideTN)
 ];
 
 /** dx, dw and dBias of y = x · wᵀ + bias against the CPU; T = 1100 rows make the dw product split its reduction. */
@@ -100,12 +101,13 @@ test("WebGPU matmul: every shared-tile variant that fits this device matches the
   assert.ok(ran >= 4, `only ${ran} variants fit ${most} bytes of workgroup memory`);
 });
 
-test("WebGPU matmul: the 64-row tiles with 4 rows a thread (workgroups of 256 threads, against 128 by default) or 128 columns, and one value a load, match the CPU", async (t) => {
+test("WebGPU matmul: the 64-row tiles with 4 rows a thread (workgroups of 256 threads, against 128 by default) or 128 columns, the wide tiles with 64 columns, and one value a load, match the CPU", async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  // the third case (70 rows, split along K) and the fourth (K shorter than a tile) take these tiles
+  // the cases of at most 70 rows take these tiles (the last the wide ones of matmulWideTN)
   const tunings: WebGpuTuning[] = [
     { matmulSmallTM: 4 }, { matmulSmallTN: 8 }, { matmulSmallTM: 4, matmulSmallTN: 8, matmulBK: 16, matmulBuffers: 2 }, { matmulVec4: false },
+    { matmulWideTN: 4 },
   ];
   for (const tuning of tunings) {
     const b = await createWebGpuBackend(tuning);
@@ -117,6 +119,7 @@ test("WebGPU matmul: the 64-row tiles with 4 rows a thread (workgroups of 256 th
   }
   await assert.rejects(createWebGpuBackend({ matmulSmallTM: 16 }), /matmulSmallTM must be one of 4, 8, got 16/);
   await assert.rejects(createWebGpuBackend({ matmulSmallTN: 2 }), /matmulSmallTN must be one of 4, 8, got 2/);
+  await assert.rejects(createWebGpuBackend({ matmulWideTN: 16 }), /matmulWideTN must be one of 4, 8, got 16/);
 });
 
 test("matmul tile configs: every offered one can run, one the kernel cannot is named with the reason, and the vec4 path is taken where shapes allow", () => {
@@ -130,7 +133,7 @@ test("matmul tile configs: every offered one can run, one the kernel cannot is n
   assert.equal(tileProblem(TILE_LARGE), null);
   // the cases above: the first and the last two take the vec4 path with the default tiles, the others cannot
   const fits = cases.map((c) => vec4Fits(c.T > 64 && c.N > 1000 ? TILE_LARGE : TILE_SMALL, { K: c.K, N: c.N, ldx: c.ld, offx: c.off }));
-  assert.deepEqual(fits, [true, false, false, false, true, true]);
+  assert.deepEqual(fits, [true, false, false, false, true, true, true]);
   assert.equal(vec4Fits({ ...TILE_SMALL, vec4: false }, { K: 12, N: 68, ldx: 12, offx: 0 }), false);
   assert.equal(vec4Fits({ ...TILE_SMALL, TM: 4 }, { K: 12, N: 68, ldx: 12, offx: 0 }), false); // 256 threads, 128 vec4s a tile
   assert.match(tileProblem({ ...TILE_SMALL, BM: 32, TM: 4, buffers: 2 }) ?? "", /two buffers need tiles of at least 64 x 64, got 32 x 64/);

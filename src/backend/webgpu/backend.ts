@@ -73,6 +73,10 @@ export interface WebGpuTuning {
   /** columns of y a thread of the 64-row matmul tiles outside the batch step (decodeBatchTileN sets its): 4 (default;
    *  64-column tiles) or 8 (128-column tiles) */
   matmulSmallTN?: number;
+  /** columns of y a thread of the 64-row tiles of a matmul of at most 64 rows whose output is wide enough for 264
+   *  tiles of 128 columns (the head of a decode batch): 8 (default; 64 × 128 tiles) or 4 (64 × 64). On the H100 a
+   *  batch of 64's head on 130m took 128 against 147 us (BENCHMARKS.md) */
+  matmulWideTN?: number;
   /** the forward tiled matmuls load 4 K columns at once and store 4 output columns at once where K, N and the input
    *  window are multiples of 4 (default true); false keeps one value a load everywhere */
   matmulVec4?: boolean;
@@ -124,6 +128,8 @@ export class WebGpuBackend implements Backend {
   /** The tiled matmul's configurations for many and for few output tiles. */
   private readonly tileLarge: TileConfig;
   private readonly tileSmall: TileConfig;
+  /** For few rows and a wide output: the head of a decode batch (WebGpuTuning.matmulWideTN). */
+  private readonly tileWide: TileConfig;
   /** The batch decode step's (WebGpuTuning.decodeBatch). */
   private readonly tileBatch: TileConfig;
   /** WebGpuTuning.decodeChannels, 0 for the default */
@@ -166,6 +172,9 @@ export class WebGpuBackend implements Backend {
     checkChoice("matmulSmallTN", tuning.matmulSmallTN, TILE_THREAD_OUTPUT_CHOICES);
     const TM = tuning.matmulSmallTM ?? TILE_SMALL.TM, TN = tuning.matmulSmallTN ?? TILE_SMALL.TN;
     this.tileSmall = { ...TILE_SMALL, TM, TN, BN: 16 * TN, BK, buffers, vec4 };
+    checkChoice("matmulWideTN", tuning.matmulWideTN, TILE_THREAD_OUTPUT_CHOICES);
+    const wideTN = tuning.matmulWideTN ?? 8;
+    this.tileWide = { ...this.tileSmall, TN: wideTN, BN: 16 * wideTN };
     // the batch step's matmuls have few rows and short K splits: K tiles of 16 ran its step at 64 rows of 130m in
     // 2118 against 2222 us with 8, in one process (BENCHMARKS.md)
     checkChoice("decodeBatchTileN", tuning.decodeBatchTileN, [64, 128]);
@@ -187,10 +196,10 @@ export class WebGpuBackend implements Backend {
     checkFlag("sampleList", tuning.sampleList);
     this.sampleList = tuning.sampleList ?? true;
     const most = gpu.limits.maxComputeWorkgroupStorageSize;
-    for (const tile of [this.tileLarge, this.tileSmall, this.tileBatch]) {
+    for (const tile of [this.tileLarge, this.tileSmall, this.tileWide, this.tileBatch]) {
       const bytes = tileBytes(tile);
       check(bytes <= most, `matmul tiles of ${tile.BM} x ${tile.BN} with K tiles of ${tile.BK} and ${tile.buffers} buffers ` +
-        `need ${bytes} bytes of workgroup memory, this device allows ${most} (matmulBK, matmulBuffers, matmulSmallTN, decodeBatchTileN)`);
+        `need ${bytes} bytes of workgroup memory, this device allows ${most} (matmulBK, matmulBuffers, matmulSmallTN, matmulWideTN, decodeBatchTileN)`);
     }
   }
 
@@ -409,8 +418,11 @@ export class WebGpuBackend implements Backend {
     if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(this.gpu, { ...args, loadBytes: this.loadBytes(K) });
     else {
       const largeTiles = Math.ceil(T / this.tileLarge.BM) * Math.ceil(N / this.tileLarge.BN);
-      // at most 64 rows (a decode batch's head) fill half of a large tile: the small ones do no padded work
-      const cfg = largeTiles >= 256 && T > this.tileSmall.BM ? this.tileLarge : this.tileSmall;
+      // at most 64 rows (a decode batch's head) fill half of a large tile: the small ones do no padded work, and
+      // where their output is wide, 128 columns a tile share each loaded value of x over twice the columns
+      const few = T <= this.tileSmall.BM;
+      const cfg = !few && largeTiles >= 256 ? this.tileLarge
+        : few && Math.ceil(N / 128) >= 264 ? this.tileWide : this.tileSmall;
       const plan = splitPlan(K, kSplits(T, N, K, cfg));
       if (plan.count === 1) matmulTiled(this.gpu, args, cfg);
       else {
