@@ -62,7 +62,9 @@ for (const c of backendCases) {
         { T: 3, K: 12, N: 7, ld: 20, off: 4, bias: false },
         { T: 8, K: 36, N: 301, ld: 40, off: 4, bias: true },
         { T: 2, K: 1000, N: 37, ld: 1000, off: 0, bias: true }, // matrix-vector: 8 vec4s a lane, loaded at once
-        { T: 1, K: 4100, N: 19, ld: 4104, off: 4, bias: false }, // matrix-vector: 33 vec4s a lane, in batches, the last partial
+        { T: 1, K: 4100, N: 19, ld: 4104, off: 4, bias: false }, // matrix-vector: 128 lanes a row, 9 vec4s a lane, the last partial
+        { T: 2, K: 4096, N: 9, ld: 4096, off: 0, bias: true }, // matrix-vector: 64 lanes a row, 16 vec4s a lane (1.4b's out_proj)
+        { T: 1, K: 16400, N: 3, ld: 16400, off: 0, bias: false }, // matrix-vector: 256 lanes a row, 17 vec4s a lane, in batches
         { T: 5, K: 17, N: 33, ld: 17, off: 0, bias: true }, // K % 4 != 0: tiled even for few rows
         { T: 70, K: 36, N: 130, ld: 50, off: 13, bias: true },
         { T: 9, K: 1, N: 11, ld: 1, off: 0, bias: false }, // K = 1 (the LTI mixer's ones · dtᵀ)

@@ -13,6 +13,7 @@ import type { TrainingBackend } from "../../src/backend/training.ts";
 import {
   MATMUL_BK_CHOICES, MATMUL_BUFFER_CHOICES, tileBytes, tileProblem, TILE_LARGE, TILE_SMALL, TILE_THREAD_OUTPUT_CHOICES, vec4Fits,
 } from "../../src/backend/webgpu/kernels/matmul.ts";
+import { matvecRowLanes } from "../../src/backend/webgpu/kernels/matvec.ts";
 import { toF16Bits } from "../../src/io/tensor.ts";
 import { MambaError } from "../../src/errors.ts";
 import { assertClose } from "../helpers/fixtures.ts";
@@ -148,4 +149,32 @@ test("WebGPU tunings: matmul and scan backward variants that are not offered are
   await assert.rejects(createWebGpuBackend({ matmulBuffers: 3 }), /matmulBuffers must be one of 1, 2, got 3/);
   await assert.rejects(createWebGpuBackend({ scanBackwardBlocks: 3 }), /scanBackwardBlocks must be one of 1, 2, 4, 8, got 3/);
   await assert.rejects(createWebGpuBackend({ scanBackwardLanes: 3 }), /scanBackwardLanes must be one of 2, 4, 8, got 3/);
+});
+
+test("matrix-vector lanes a row: 32 up to 2048 weights, then as many (up to 256) as keep a lane's share whole; 32 without wholeRow", () => {
+  assert.deepEqual([768, 2048, 2052, 4096, 4100, 8192, 16384, 16400].map((K) => matvecRowLanes(K, true)), [32, 32, 64, 64, 128, 128, 256, 256]);
+  assert.equal(matvecRowLanes(4096, false), 32);
+});
+
+test("WebGPU matmul: matrix-vector rows past 2048 weights with 32 lanes a row (matvecWholeRow: false) match the CPU", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const b = await createWebGpuBackend({ matvecWholeRow: false });
+  try {
+    const rng = new TestRng(5);
+    for (const s of [{ T: 1, K: 4100, N: 19 }, { T: 3, K: 4096, N: 9 }]) {
+      const x = rand(rng, s.T * s.K), w = rand(rng, s.N * s.K);
+      const run = async (k: Backend) => {
+        const [xt, wt] = [k.fromF32(x, [s.T, s.K]), k.fromF32(w, [s.N, s.K])];
+        const y = k.matmul(xt, wt, null);
+        const out = await k.readF32(y);
+        k.dispose(xt, wt, y);
+        return out;
+      };
+      assertClose(await run(b), await run(ref), 1e-4, `matvec ${JSON.stringify(s)}`);
+    }
+  } finally {
+    await b.destroy();
+  }
+  await assert.rejects(createWebGpuBackend({ matvecWholeRow: 1 as unknown as boolean }), /matvecWholeRow must be true or false, got 1/);
 });

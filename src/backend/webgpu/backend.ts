@@ -83,6 +83,10 @@ export interface WebGpuTuning {
   /** channels per workgroup of the fused decode's first kernel (in_proj, conv, partial x_proj): 4, 8, 16, 32 or 64
    *  (default 16 up to 2048 channels, else 32); fewer put more of in_proj's loads in flight at once */
   decodeChannels?: number;
+  /** the matrix-vector products of up to 8 rows (decode's out_proj, a small batch's head) read rows longer than 2048
+   *  weights with 64 – 256 threads a row, each loading its whole share at once (default true); false: 32 threads a
+   *  row, loading decodeLoadBytes at a time */
+  matvecWholeRow?: boolean;
   /** bytes of weights a thread of the decode kernels (the fused step's in_proj, the matrix-vector products of up to
    *  8 rows) loads before it uses any: 64, 128 or 256 (default 128 for rows of 2048 weights or more, else 64); more
    *  keeps more loads in flight, with more registers */
@@ -134,6 +138,8 @@ export class WebGpuBackend implements Backend {
   private readonly tileBatch: TileConfig;
   /** WebGpuTuning.decodeChannels, 0 for the default */
   private readonly decodeChannels: number;
+  /** WebGpuTuning.matvecWholeRow */
+  private readonly matvecWholeRow: boolean;
   /** WebGpuTuning.decodeLoadBytes */
   private readonly decodeLoadBytes: number;
   /** WebGpuTuning.decodeBatch */
@@ -191,6 +197,8 @@ export class WebGpuBackend implements Backend {
     this.decodeBatchScanRows = tuning.decodeBatchScanRows ?? -1; // -1: by the model's width
     this.decodeChannels = tuning.decodeChannels ?? 0;
     this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by row width (loadBytes)
+    checkFlag("matvecWholeRow", tuning.matvecWholeRow);
+    this.matvecWholeRow = tuning.matvecWholeRow ?? true;
     checkFlag("decodeBatch", tuning.decodeBatch);
     this.decodeBatch = tuning.decodeBatch ?? true;
     checkFlag("sampleList", tuning.sampleList);
@@ -415,7 +423,7 @@ export class WebGpuBackend implements Backend {
       x: this.f32(xs.t), ldx: xs.ld, offx: xs.off, rows: T, K,
       w: wt.buf, ws: this.weightStorage(wt), N, bias: bt ? this.f32(bt) : null, y: y.buf,
     };
-    if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(this.gpu, { ...args, loadBytes: this.loadBytes(K) });
+    if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(this.gpu, { ...args, loadBytes: this.loadBytes(K), wholeRow: this.matvecWholeRow });
     else {
       const largeTiles = Math.ceil(T / this.tileLarge.BM) * Math.ceil(N / this.tileLarge.BN);
       // at most 64 rows (a decode batch's head) fill half of a large tile: the small ones do no padded work, and
@@ -677,7 +685,7 @@ export class WebGpuBackend implements Backend {
         const wo = this.t(m.outProj, "decodeStep");
         const bias = m.outProjBias ? this.f32(this.t(m.outProjBias, "decodeStep")) : null;
         const args = { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias, y: h };
-        if (E % 4 === 0) matvec(gpu, { ...args, loadBytes: this.loadBytes(E) });
+        if (E % 4 === 0) matvec(gpu, { ...args, loadBytes: this.loadBytes(E), wholeRow: this.matvecWholeRow });
         else matmulTiled(gpu, args, this.tileSmall);
       }
       // norm_f over h + the last residual (half numLayers % 2 of res)

@@ -1,9 +1,10 @@
 /**
  * y = x · wᵀ + bias for a few rows of x (decode: one row per sequence of the batch). Reading w is the whole
- * cost, so each group of 32 threads streams one row of w as 4-wide loads (vec4 of f32, or 2 u32 words of packed
- * halves) and applies it to every row of x at once; the 32 partial sums are added in workgroup memory. A lane
- * loads its whole share of the row at once where it is at most 16 vec4s (K ≤ 2048), else in batches. K is a
- * constant of the kernel (a pipeline per K). Needs K % 4 == 0 (the tiled kernel takes the rest).
+ * cost, so each group of LPR threads (32, more for long rows) streams one row of w as 4-wide loads (vec4 of f32,
+ * or 2 u32 words of packed halves) and applies it to every row of x at once; the LPR partial sums are added in
+ * workgroup memory. A lane loads its whole share of the row at once where it is at most 16 vec4s: rows past 2048
+ * take 64 – 256 lanes so that it stays so (wholeRow), or else 32 lanes load in batches. K is a constant of the
+ * kernel (a pipeline per K). Needs K % 4 == 0 (the tiled kernel takes the rest).
  */
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params, grid } from "../gpu.ts";
@@ -18,15 +19,22 @@ export const MATVEC_MAX_ROWS = 8;
  *  393 to 95 us, 130m's out_proj from 5.1 to 3.8.) */
 const WHOLE_ROW_VEC4S = 16;
 
-const wgsl = (T: number, K: number, ws: WeightStorage, loadBytes: number) => {
+/** Lanes a row of w: 32, or with wholeRow as many (up to 256) as keep a lane's share within WHOLE_ROW_VEC4S. */
+export function matvecRowLanes(K: number, wholeRow: boolean): number {
+  const split = Math.ceil(Math.ceil(K / 4 / 32) / WHOLE_ROW_VEC4S);
+  return wholeRow ? 32 * Math.min(8, 2 ** Math.ceil(Math.log2(split))) : 32;
+}
+
+const wgsl = (T: number, K: number, ws: WeightStorage, loadBytes: number, LPR: number) => {
   const K4 = K / 4;
-  const perLane = Math.ceil(K4 / 32);
+  const perLane = Math.ceil(K4 / LPR);
   const BATCH = perLane <= WHOLE_ROW_VEC4S ? perLane : loadBytes / (ws === "f32" ? 16 : 8);
   return /* wgsl */ `
 // bindings: 0 x [T, ldx] f32 | 1 w [N, K] as 4-element groups | 2 bias [N] | 3 y [T, N] | 4 params
 const T = ${T}u;     // rows of x
 const K4 = ${K4}u;   // 4-element groups of a row of w: a constant, so that the loops below have constant bounds
-const RPW = 8u;      // rows of w per workgroup: one per 32 threads
+const LPR = ${LPR}u; // lanes a row of w
+const RPW = ${256 / LPR}u; // rows of w per workgroup
 const BATCH = ${BATCH}u; // vec4s (or packed-half pairs) a lane loads together
 const NIT = ${Math.ceil(perLane / BATCH)}u; // batches a lane
 
@@ -45,21 +53,21 @@ ${weight4Reader(ws)}
 // that all are in flight together; behind a bounds check each would wait for the one before
 fn load(n: u32, lane: u32, i: u32) -> array<vec4<f32>, BATCH> {
   var wv: array<vec4<f32>, BATCH>;
-  for (var k = 0u; k < BATCH; k++) { wv[k] = weight4(n * K4 + min(lane + 32u * (i * BATCH + k), K4 - 1u)); }
+  for (var k = 0u; k < BATCH; k++) { wv[k] = weight4(n * K4 + min(lane + LPR * (i * BATCH + k), K4 - 1u)); }
   return wv;
 }
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
-  let lane = lid.x % 32u;
-  let n = (wg.y * p.groupsX + wg.x) * RPW + lid.x / 32u;
+  let lane = lid.x % LPR;
+  let n = (wg.y * p.groupsX + wg.x) * RPW + lid.x / LPR;
   let nc = min(n, p.N - 1u); // rows past N load row N - 1 and store nothing
   var s: array<f32, T>;
   for (var t = 0u; t < T; t++) { s[t] = 0.0; }
   for (var i = 0u; i < NIT; i++) {
     let wv = load(nc, lane, i);
     for (var k = 0u; k < BATCH; k++) {
-      let k4 = lane + 32u * (i * BATCH + k);
+      let k4 = lane + LPR * (i * BATCH + k);
       if (k4 < K4) {
         for (var t = 0u; t < T; t++) {
           let o = t * p.ldx + p.offx + k4 * 4u;
@@ -70,7 +78,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   }
   for (var t = 0u; t < T; t++) { red[t * 256u + lid.x] = s[t]; }
   workgroupBarrier();
-  for (var st = 16u; st > 0u; st >>= 1u) {
+  for (var st = LPR / 2u; st > 0u; st >>= 1u) {
     if (lane < st) {
       for (var t = 0u; t < T; t++) { red[t * 256u + lid.x] += red[t * 256u + lid.x + st]; }
     }
@@ -91,14 +99,16 @@ export interface MatvecArgs {
   bias: Buf | null;
   y: Buf;
   loadBytes?: number; // bytes of w a lane loads at once: 64 (default), 128 or 256
+  wholeRow?: boolean; // more lanes a row where a lane's share would pass WHOLE_ROW_VEC4S (default true)
 }
 
 // x: [T <= 8, K] window, w: [N, K], bias: [N] -> y: [T, N]
 export function matvec(gpu: Gpu, a: MatvecArgs): void {
   const loadBytes = a.loadBytes ?? 64;
   if (a.K % 4 !== 0) throw new Error(`matvec: K ${a.K} is not a multiple of 4`);
-  const k = gpu.kernel(`matvec_${a.rows}_${a.K}_${a.ws}_${loadBytes}`, () => wgsl(a.rows, a.K, a.ws, loadBytes));
-  const [gx, gy] = grid(Math.ceil(a.N / 8), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const LPR = matvecRowLanes(a.K, a.wholeRow ?? true);
+  const k = gpu.kernel(`matvec_${a.rows}_${a.K}_${a.ws}_${loadBytes}_${LPR}`, () => wgsl(a.rows, a.K, a.ws, loadBytes, LPR));
+  const [gx, gy] = grid(Math.ceil(a.N / (256 / LPR)), gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = new Params().u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias).u32(gx);
   gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y], p, [gx, gy]);
 }
