@@ -14,6 +14,7 @@ import {
   MATMUL_BK_CHOICES, MATMUL_BUFFER_CHOICES, tileBytes, tileProblem, TILE_LARGE, TILE_SMALL, TILE_THREAD_OUTPUT_CHOICES, vec4Fits,
 } from "../../src/backend/webgpu/kernels/matmul.ts";
 import { matvecRowLanes } from "../../src/backend/webgpu/kernels/matvec.ts";
+import { bwdVec4Fits, pickTile } from "../../src/backend/webgpu/kernels/backward/matmul-backward.ts";
 import { toF16Bits } from "../../src/io/tensor.ts";
 import { MambaError } from "../../src/errors.ts";
 import { assertClose } from "../helpers/fixtures.ts";
@@ -177,4 +178,25 @@ test("WebGPU matmul: matrix-vector rows past 2048 weights with 32 lanes a row (m
     await b.destroy();
   }
   await assert.rejects(createWebGpuBackend({ matvecWholeRow: 1 as unknown as boolean }), /matvecWholeRow must be true or false, got 1/);
+});
+
+test("training backward products: the vec4 path where every stride, offset and extent is a multiple of 4", () => {
+  const buf = {} as never;
+  // dx = dy · w and dw = dyᵀ · x of a Linear layer, as the training backend builds them (T rows, K inputs, N outputs)
+  const products = (s: { T: number; K: number; N: number; ldx: number; offx: number; ldy: number; offy: number; lddx: number; offdx: number }) => [
+    { M: s.T, N: s.K, K: s.N, a: { buf, ld: s.ldy, off: s.offy }, aKMajor: true, b: { buf, ld: s.K, off: 0 }, c: { buf, ld: s.lddx, off: s.offdx } },
+    { M: s.N, N: s.K, K: s.T, a: { buf, ld: s.ldy, off: s.offy }, aKMajor: false, b: { buf, ld: s.ldx, off: s.offx }, c: { buf, ld: s.K, off: 0 } },
+  ];
+  const fits = (s: Parameters<typeof products>[0]) => products(s).map((m) => bwdVec4Fits(pickTile(m.M, m.N), m));
+  // the aligned cases of the WebGPU training-ops test
+  assert.deepEqual(fits({ T: 300, K: 260, N: 272, ldx: 260, offx: 0, ldy: 272, offy: 0, lddx: 264, offdx: 4 }), [true, true]);
+  assert.deepEqual(fits({ T: 1100, K: 20, N: 36, ldx: 24, offx: 4, ldy: 40, offy: 4, lddx: 20, offdx: 0 }), [true, true]);
+  assert.deepEqual(fits({ T: 1024, K: 2048, N: 8, ldx: 2048, offx: 0, ldy: 8, offy: 0, lddx: 2048, offdx: 0 }), [true, true]);
+  assert.equal(pickTile(1024, 2048).BM, 128);
+  // an odd output count, a window offset by 2: one value a load
+  assert.deepEqual(fits({ T: 300, K: 260, N: 270, ldx: 260, offx: 0, ldy: 270, offy: 0, lddx: 260, offdx: 0 }), [false, false]);
+  assert.deepEqual(fits({ T: 300, K: 260, N: 272, ldx: 262, offx: 2, ldy: 272, offy: 0, lddx: 260, offdx: 0 }), [true, false]);
+  // K tiles of 8 on 64 x 64 tiles are 128 vec4s, not a whole number a thread
+  const m = products({ T: 300, K: 260, N: 272, ldx: 260, offx: 0, ldy: 272, offy: 0, lddx: 264, offdx: 4 })[0]!;
+  assert.equal(bwdVec4Fits(pickTile(m.M, m.N, 8), m), false);
 });

@@ -203,6 +203,10 @@ describe("training ops on webgpu against the cpu", () => {
       { T: 1100, K: 17, N: 33, ldx: 17, offx: 0, ldy: 40, offy: 5, lddx: 17, offdx: 0 }, // dw split along T
       { T: 9, K: 1, N: 11, ldx: 1, offx: 0, ldy: 11, offy: 0, lddx: 1, offdx: 0 },
       { T: 300, K: 260, N: 270, ldx: 260, offx: 0, ldy: 270, offy: 0, lddx: 260, offdx: 0 }, // 128 x 128 tiles
+      // every stride, offset and extent a multiple of 4: the products load 4 values at once (bwdVec4Fits)
+      { T: 300, K: 260, N: 272, ldx: 260, offx: 0, ldy: 272, offy: 0, lddx: 264, offdx: 4 },
+      { T: 1100, K: 20, N: 36, ldx: 24, offx: 4, ldy: 40, offy: 4, lddx: 20, offdx: 0 }, // dw split along T
+      { T: 1024, K: 2048, N: 8, ldx: 2048, offx: 0, ldy: 8, offy: 0, lddx: 2048, offdx: 0 }, // dx on 128 x 128 tiles
     ];
     for (const [i, s] of cases.entries()) {
       for (const half of [false, true]) {

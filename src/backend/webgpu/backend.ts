@@ -77,8 +77,10 @@ export interface WebGpuTuning {
    *  tiles of 128 columns (the head of a decode batch): 8 (default; 64 × 128 tiles) or 4 (64 × 64). On the H100 a
    *  batch of 64's head on 130m took 128 against 147 us (BENCHMARKS.md) */
   matmulWideTN?: number;
-  /** the forward tiled matmuls load 4 K columns at once and store 4 output columns at once where K, N and the input
-   *  window are multiples of 4 (default true); false keeps one value a load everywhere */
+  /** the tiled matmuls load 4 contiguous values at once and store 4 output columns at once where the shapes, strides
+   *  and offsets are multiples of 4 (default true): the forward's (K, N and the input window), and the training
+   *  backward's products; false keeps one value a load everywhere. On the H100 the forward's shapes ran at 43 – 46
+   *  against 36 – 37 TFLOP/s, the batch-64 decode step 1687 against 1890 us (BENCHMARKS.md) */
   matmulVec4?: boolean;
   /** channels per workgroup of the fused decode's first kernel (in_proj, conv, partial x_proj): 4, 8, 16, 32 or 64
    *  (default 16 up to 2048 channels, else 32); fewer put more of in_proj's loads in flight at once */
