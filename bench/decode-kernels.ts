@@ -5,7 +5,7 @@
  *    row, one block of 8 rows and 64 rows (8 blocks), its x_proj partials as many as the step makes; and the
  *    batch step's kernel of a thread per row and channel (decode/batch-scan.ts) at 64 rows, by rows a workgroup;
  *  - the batch step's 64-row matmuls (in_proj and out_proj of 130m, and the head of a decode batch) with each tile,
- *    rows a thread, K tile and K split tried;
+ *    rows a thread, K tile and K split tried, loading one value or 4 at a time (vec4);
  *  - the sampler on rows of 50,280 logits, with and without its short list of the best tokens.
  */
 import type { WebGpuBackend } from "../src/backend/webgpu/index.ts";
