@@ -11,7 +11,7 @@ import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
 import { type Buf, Gpu, type Prepared } from "./gpu.ts";
 import { GpuTensor, type Storage, type Window, gpuTensor, windowOf } from "./tensor.ts";
 import {
-  MATMUL_BK_CHOICES, MATMUL_BUFFER_CHOICES, TILE_LARGE, TILE_SMALL, TILE_THREAD_OUTPUT_CHOICES, type TileConfig, kSplits, matmulTiled,
+  GROUP_TARGET, MATMUL_BK_CHOICES, MATMUL_BUFFER_CHOICES, TILE_LARGE, TILE_SMALL, TILE_THREAD_OUTPUT_CHOICES, type TileConfig, kSplits, matmulTiled,
   splitPlan, tileBytes,
 } from "./kernels/matmul.ts";
 import { matmulReduce } from "./kernels/matmul-reduce.ts";
@@ -191,7 +191,7 @@ export class WebGpuBackend implements Backend {
     checkFlag("decodeBatchReduce", tuning.decodeBatchReduce);
     this.decodeBatchReduce = tuning.decodeBatchReduce ?? false;
     checkChoice("decodeBatchGroups", tuning.decodeBatchGroups, [132, 264, 528]);
-    this.decodeBatchGroups = tuning.decodeBatchGroups ?? 264;
+    this.decodeBatchGroups = tuning.decodeBatchGroups ?? GROUP_TARGET;
     checkChoice("decodeBatchSplitCols", tuning.decodeBatchSplitCols === 0 ? undefined : tuning.decodeBatchSplitCols, [64, 96, 128]); // 0: the default
     this.decodeBatchSplitCols = tuning.decodeBatchSplitCols ?? -1; // -1: by the parts' length
     // 0 is also allowed: the fused step's block kernel
@@ -432,7 +432,7 @@ export class WebGpuBackend implements Backend {
       // where their output is wide, 128 columns a tile share each loaded value of x over twice the columns
       const few = T <= this.tileSmall.BM;
       const cfg = !few && largeTiles >= 256 ? this.tileLarge
-        : few && Math.ceil(N / 128) >= 264 ? this.tileWide : this.tileSmall;
+        : few && Math.ceil(N / 128) >= GROUP_TARGET ? this.tileWide : this.tileSmall;
       const plan = splitPlan(K, kSplits(T, N, K, cfg));
       if (plan.count === 1) matmulTiled(this.gpu, args, cfg);
       else {

@@ -254,9 +254,12 @@ export interface MatmulArgs {
   y: Buf;
 }
 
-/** K splits that fill the GPU when the output has few tiles: about `target` workgroups in all (two an SM of an
- *  H100 or H200 by default), at least 2 K tiles (32 columns) a split. */
-export function kSplits(T: number, N: number, K: number, cfg: TileConfig, target = 264): number {
+/** Workgroups that fill the GPU: two an SM of an H100 or H200. */
+export const GROUP_TARGET = 264;
+
+/** K splits that fill the GPU when the output has few tiles: about `target` workgroups in all, at least 2 K tiles
+ *  (32 columns) a split. */
+export function kSplits(T: number, N: number, K: number, cfg: TileConfig, target = GROUP_TARGET): number {
   const tiles = Math.ceil(T / cfg.BM) * Math.ceil(N / cfg.BN);
   const kTiles = Math.ceil(K / 16);
   if (tiles >= 132 || kTiles < 4) return 1;
