@@ -131,6 +131,8 @@ export class WebGpuBackend implements Backend {
   private sinceFlush = 0;
   /** while capture() records */
   private capturing = false;
+  /** WebGpuTuning.matmulVec4: the forward's tiles carry it, the training backward's products read it */
+  protected readonly matmulVec4: boolean;
   /** The tiled matmul's configurations for many and for few output tiles. */
   private readonly tileLarge: TileConfig;
   private readonly tileSmall: TileConfig;
@@ -174,7 +176,8 @@ export class WebGpuBackend implements Backend {
     checkChoice("decodeLoadBytes", tuning.decodeLoadBytes, DECODE_LOAD_BYTES_CHOICES);
     const BK = tuning.matmulBK ?? TILE_LARGE.BK, buffers = tuning.matmulBuffers ?? TILE_LARGE.buffers;
     checkFlag("matmulVec4", tuning.matmulVec4);
-    const vec4 = tuning.matmulVec4 ?? true;
+    this.matmulVec4 = tuning.matmulVec4 ?? true;
+    const vec4 = this.matmulVec4;
     this.tileLarge = { ...TILE_LARGE, BK, buffers, vec4 };
     checkChoice("matmulSmallTM", tuning.matmulSmallTM, TILE_THREAD_OUTPUT_CHOICES);
     checkChoice("matmulSmallTN", tuning.matmulSmallTN, TILE_THREAD_OUTPUT_CHOICES);

@@ -77,8 +77,6 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   private readonly scanSubTile: number;
   /** K tile of the backward's tiled products (the forward's matmulBK when set; else each tile size's own) */
   private readonly backwardBK: number | undefined;
-  /** WebGpuTuning.matmulVec4, for the backward's products too */
-  private readonly backwardVec4: boolean;
   private readonly scanReduceWidth: number;
   private readonly scanKernel: "lanes" | "channel";
   private readonly scanLanes: number;
@@ -88,7 +86,6 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   constructor(gpu: Gpu, tuning: WebGpuTrainingTuning = {}) {
     super(gpu, tuning);
     this.backwardBK = tuning.matmulBK;
-    this.backwardVec4 = tuning.matmulVec4 ?? true;
     this.scanChunk = tuning.scanBackwardChunk ?? 0;
     this.scanSubTile = tuning.scanBackwardSubTile ?? 0;
     this.scanReduceWidth = scanBwdReduceWidth(gpu, tuning.scanBackwardReduceWidth);
@@ -306,7 +303,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     check(Math.ceil(M / tile.BM) <= maxDim && Math.ceil(N / tile.BN) <= maxDim, `matmulBackward: a [${M}, ${N}] product is too large for one dispatch`);
     const split = splitK(M, N, K, tile);
     const part = split.splits > 1 ? this.gpu.alloc(split.splits * M * N * 4, "a matmul's split partials") : null;
-    matmulBackwardTiled(this.gpu, { M, N, K, a, aKMajor, b, c }, tile, split, part, this.backwardVec4);
+    matmulBackwardTiled(this.gpu, { M, N, K, a, aKMajor, b, c }, tile, split, part, this.matmulVec4);
     if (part) {
       reduceGroups(this.gpu, part, { G: split.splits, off: 0, sR: N, sG: M * N, cw: 1, sC1: 1, sC2: 0 }, c.buf, M, N, c.ld, c.off);
       this.gpu.release(part);

@@ -51,9 +51,14 @@ export function tileProblem(c: TileConfig): string | null {
   if (!MATMUL_BK_CHOICES.includes(c.BK) || !MATMUL_BUFFER_CHOICES.includes(c.buffers)) {
     return `BK must be one of ${MATMUL_BK_CHOICES.join(", ")} and buffers one of ${MATMUL_BUFFER_CHOICES.join(", ")}, got ${c.BK} and ${c.buffers}`;
   }
-  if ((c.BM * c.BK) % threads || (c.BN * c.BK) % threads) return `a ${c.BM} x ${c.BN} tile with K tiles of ${c.BK} is not a whole number of loads for ${threads} threads`;
+  if (!wholeLoads(c, threads, 1)) return `a ${c.BM} x ${c.BN} tile with K tiles of ${c.BK} is not a whole number of loads for ${threads} threads`;
   if (c.buffers === 2 && (c.BM < 64 || c.BN < 64)) return `two buffers need tiles of at least 64 x 64, got ${c.BM} x ${c.BN}`;
   return null;
+}
+
+/** Whether `threads` stage a BM × BK and a BN × BK tile in a whole number of loads each, `width` values a load. */
+export function wholeLoads(c: { BM: number; BN: number; BK: number }, threads: number, width: number): boolean {
+  return (c.BM * c.BK / width) % threads === 0 && (c.BN * c.BK / width) % threads === 0;
 }
 
 /** Workgroup memory of a tile config in bytes. */
@@ -67,9 +72,7 @@ export const tileName = (c: TileConfig) =>
  *  group never straddles a row or a part's end: parts are multiples of 16), and each tile a whole number of vec4
  *  loads a thread. */
 export function vec4Fits(c: TileConfig, a: { K: number; N: number; ldx: number; offx: number }): boolean {
-  const threads = 16 * (c.BM / c.TM);
-  return c.vec4 && a.K % 4 === 0 && a.N % 4 === 0 && a.ldx % 4 === 0 && a.offx % 4 === 0 &&
-    (c.BM * c.BK / 4) % threads === 0 && (c.BN * c.BK / 4) % threads === 0;
+  return c.vec4 && a.K % 4 === 0 && a.N % 4 === 0 && a.ldx % 4 === 0 && a.offx % 4 === 0 && wholeLoads(c, 16 * (c.BM / c.TM), 4);
 }
 
 /** WGSL that stores the staged registers ra, rb into shared buffer `buf` (a u32 expression): scalars, or with v4
@@ -153,6 +156,12 @@ const storeWgsl = (v4: boolean) => v4 ? /* wgsl */ `
         }
       }`;
 
+/**
+ * Where column group q of shared row k lives. One buffer: rows padded by one vec4 (the transposed stores of 16
+ * threads with 16 different k then spread over banks). Two buffers: no padding, so that 2 × 16 rows of 128 × 128
+ * tiles fit in 32 KiB; q is XORed with k instead, which spreads the stores alike and keeps a row's 16-aligned
+ * blocks of q (what a warp reads) whole.
+ */
 const swzWgsl = (c: TileConfig) => c.buffers === 1
   ? "fn swz(k: u32, q: u32) -> u32 { return q; }"
   : "fn swz(k: u32, q: u32) -> u32 { return q ^ (k & 15u); }";

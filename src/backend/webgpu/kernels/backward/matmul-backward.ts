@@ -15,6 +15,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
+import { wholeLoads } from "../matmul.ts";
 
 export interface BwdTile {
   BM: number; // rows of C per workgroup (16 · TM)
@@ -191,8 +192,7 @@ fn stageB(e: u32, v: vec4<f32>) {
  *  whole number of vec4 loads for the 256 threads. */
 export function bwdVec4Fits(c: BwdTile, m: BwdMatmulArgs): boolean {
   const four = (...v: number[]) => v.every((x) => x % 4 === 0);
-  return four(m.a.ld, m.a.off, m.b.ld, m.b.off, m.c.ld, m.c.off, m.N, m.aKMajor ? m.K : m.M) &&
-    (c.BM * c.BK / 4) % 256 === 0 && (c.BN * c.BK / 4) % 256 === 0;
+  return four(m.a.ld, m.a.off, m.b.ld, m.b.off, m.c.ld, m.c.off, m.N, m.aKMajor ? m.K : m.M) && wholeLoads(c, 256, 4);
 }
 
 /** One operand as the kernel reads it: buffer, row stride, first column. */
