@@ -27,7 +27,9 @@ import type { WeightStorage } from "./kernels/weights.ts";
 import {
   DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, decodeMixerIn, mixerInChannels,
 } from "./kernels/decode/mixer-in.ts";
-import { DECODE_MAX_BJ, decodeMixerScan, mixerScanBytes } from "./kernels/decode/mixer-scan.ts";
+import { DECODE_MAX_BJ, decodeMixerScan, mixerScanBytes, mixerScanGroups } from "./kernels/decode/mixer-scan.ts";
+import { fixedLimit, fixedRegionWords } from "./kernels/decode/fixed.ts";
+import { decodeFinalNorm } from "./kernels/decode/final-norm.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
 import { BATCH_CONV_CHANNELS, batchConvBytes, decodeBatchConv } from "./kernels/decode/batch-conv.ts";
 import { BATCH_SCAN_ROW_CHOICES, batchScanBytes, decodeBatchScan } from "./kernels/decode/batch-scan.ts";
@@ -47,7 +49,7 @@ interface DecodePlan {
 interface LayerPack {
   buf: GpuTensor;
   versions: string;
-  oNorm: number; oInBias: number; oConvW: number; oConvB: number; oPack: number;
+  oNorm: number; oInBias: number; oConvW: number; oConvB: number; oPack: number; oOutBias: number;
 }
 
 export interface WebGpuTuning {
@@ -93,6 +95,11 @@ export interface WebGpuTuning {
    *  8 rows) loads before it uses any: 64, 128 or 256 (default 128 for rows of 2048 weights or more, else 64); more
    *  keeps more loads in flight, with more registers */
   decodeLoadBytes?: number;
+  /** the fused decode (up to 8 rows) runs 2 dispatches a layer instead of 3 (default true where the channels come
+   *  in fours): each scan workgroup adds its share of out_proj, and each first kernel its share of x_proj, into
+   *  exact 64-bit fixed-point totals with 32-bit atomics (kernels/decode/fixed.ts), which the next kernel reads;
+   *  false: the partials of x_proj one per workgroup, out_proj a dispatch of its own */
+  decodeAccumulate?: boolean;
   /** batches the fused kernels do not take (past 8 rows, or too wide for them) decode with the batch step's kernels
    *  (kernels/decode/batch-*.ts, five dispatches a layer) when true (default); when false through a recording of
    *  the model's ops (ten a layer). At batch 64 of 130m on the H200 a batch step took 2188 us of GPU time, the
@@ -146,6 +153,8 @@ export class WebGpuBackend implements Backend {
   private readonly matvecWholeRow: boolean;
   /** WebGpuTuning.decodeLoadBytes */
   private readonly decodeLoadBytes: number;
+  /** WebGpuTuning.decodeAccumulate */
+  private readonly decodeAccumulate: boolean;
   /** WebGpuTuning.decodeBatch */
   private readonly decodeBatch: boolean;
   /** WebGpuTuning.decodeBatchReduce */
@@ -204,6 +213,8 @@ export class WebGpuBackend implements Backend {
     this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by row width (loadBytes)
     checkFlag("matvecWholeRow", tuning.matvecWholeRow);
     this.matvecWholeRow = tuning.matvecWholeRow ?? true;
+    checkFlag("decodeAccumulate", tuning.decodeAccumulate);
+    this.decodeAccumulate = tuning.decodeAccumulate ?? true;
     checkFlag("decodeBatch", tuning.decodeBatch);
     this.decodeBatch = tuning.decodeBatch ?? true;
     checkFlag("sampleList", tuning.sampleList);
@@ -656,48 +667,80 @@ export class WebGpuBackend implements Backend {
     return this.decodeLoadBytes || (width >= 2048 ? 128 : 64);
   }
 
-  /** Encodes one fused step (the layers and norm_f) over buffers kept for it, recording its dispatches. */
+  /**
+   * Encodes one fused step (the layers and norm_f) over buffers kept for it, recording its dispatches. With
+   * decodeAccumulate (and channels in fours) a layer is 2 dispatches: the sums over channel groups of x_proj and
+   * out_proj go into fixed-point totals (kernels/decode/fixed.ts), a region of each per layer, which the next kernel
+   * reads; each region is cleared by a kernel after its reader and before the next step's writer (x_proj's by the
+   * next layer's first kernel, out_proj's by the next layer's scan kernel, the last layer's by the final norm).
+   */
   private recordDecode(model: StepModel, B: number, key: string, packs: LayerPack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
     const c = model.config;
     const [D, E, N, R, K] = [c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank, c.convKernel];
     const J = R + 2 * N;
     const gpu = this.gpu;
     const w = model.weights;
+    const L = w.layers.length;
     const h = gpu.alloc(B * D * 4);
     const normed = new GpuTensor([B, D], "f32", gpu.alloc(B * D * 4), "f32", this);
     const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other
     const xz = gpu.alloc(B * 2 * E * 4);
-    const y = gpu.alloc(B * E * 4);
-    const Q = gpu.alloc(Math.ceil(E / mixerInChannels(E, this.decodeChannels)) * B * J * 4); // a partial per mixer-in workgroup
-    const resOut = gpu.alloc(B * D * 4);
+    const acc = this.decodeAccumulate && E % 4 === 0;
+    const inGroups = Math.ceil(E / mixerInChannels(E, this.decodeChannels));
+    // the totals: a region of x_proj's and of out_proj's per layer (zeroed here; the step leaves them zero)
+    const xWords = fixedRegionWords(B * J), hWords = fixedRegionWords(B * D);
+    const xacc = acc ? gpu.alloc(L * xWords * 4) : null;
+    const hacc = acc ? gpu.alloc(L * hWords * 4) : null;
+    if (xacc && hacc) {
+      fillWords(gpu, xacc, 0, L * xWords);
+      fillWords(gpu, hacc, 0, L * hWords);
+    }
+    const y = acc ? null : gpu.alloc(B * E * 4);
+    const Q = acc ? null : gpu.alloc(inGroups * B * J * 4); // a partial per mixer-in workgroup
+    const resOut = acc ? null : gpu.alloc(B * D * 4);
+    const normF = this.f32(this.t(w.normF, "decodeStep"));
     const plan = gpu.record(() => {
-      for (let i = 0; i < w.layers.length; i++) {
+      for (let i = 0; i < L; i++) {
         const m = w.layers[i]!.mixer;
         const lp = packs[i]!;
         const [convState, ssmState] = states[i]!;
         const wIn = this.t(m.inProj, "decodeStep"), wX = this.t(m.xProj!, "decodeStep"), wDt = this.t(m.dtProj!, "decodeStep");
+        const wo = this.t(m.outProj, "decodeStep");
         const G = decodeMixerIn(gpu, {
-          B, D, E, K, J, eps: c.layerNormEpsilon, h, res, hasRes: i > 0, par: i % 2,
+          B, D, E, K, J, eps: c.layerNormEpsilon, h: acc && i > 0 ? hacc! : h, res, hasRes: i > 0, par: i % 2,
           lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
           wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
-          convState: convState.buf, xz, Q, channels: this.decodeChannels, loadBytes: this.loadBytes(D),
+          convState: convState.buf, xz, Q: acc ? xacc! : Q!, channels: this.decodeChannels, loadBytes: this.loadBytes(D),
+          acc: acc ? {
+            hFixed: i > 0, oH: (i - 1) * hWords, oX: i * xWords, oZero: (i - 1) * xWords, nZero: i > 0 ? xWords : 0,
+            limit: fixedLimit(inGroups),
+          } : undefined,
         });
         decodeMixerScan(gpu, {
-          B, E, N, R, J, G, Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
-          xz, ssm: ssmState.buf, y,
+          B, E, N, R, J, G, Q: acc ? xacc! : Q!, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
+          xz, ssm: ssmState.buf, y: acc ? hacc! : y!,
+          acc: acc ? {
+            D, wOut: wo.buf, wsOut: this.weightStorage(wo), oX: i * xWords, oH: i * hWords, oZero: (i - 1) * hWords,
+            nZero: i > 0 ? hWords : 0, oOutBias: lp.oOutBias, hasOutBias: !!m.outProjBias, limit: fixedLimit(mixerScanGroups(E)),
+          } : undefined,
         });
+        if (acc) continue;
         // out_proj into h, which this layer's mixer-in has finished reading
-        const wo = this.t(m.outProj, "decodeStep");
         const bias = m.outProjBias ? this.f32(this.t(m.outProjBias, "decodeStep")) : null;
-        const args = { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias, y: h };
+        const args = { x: y!, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias, y: h };
         if (E % 4 === 0) matvec(gpu, { ...args, loadBytes: this.loadBytes(E), wholeRow: this.matvecWholeRow });
         else matmulTiled(gpu, args, this.tileSmall);
       }
-      // norm_f over h + the last residual (half numLayers % 2 of res)
-      addRmsNorm(gpu, h, res, this.f32(this.t(w.normF, "decodeStep")), c.layerNormEpsilon, B, D, normed.buf, resOut,
-        (w.layers.length % 2) * B * D);
+      // norm_f over the last out_proj + the last residual (half L % 2 of res)
+      if (acc) {
+        decodeFinalNorm(gpu, {
+          B, D, eps: c.layerNormEpsilon, hacc: hacc!, oH: (L - 1) * hWords, res, oRes: (L % 2) * B * D, g: normF,
+          out: normed.buf, xacc: xacc!, oZero: (L - 1) * xWords, nZero: xWords,
+        });
+      } else addRmsNorm(gpu, h, res, normF, c.layerNormEpsilon, B, D, normed.buf, resOut!, (L % 2) * B * D);
     });
-    return { key, h, normed, scratch: [res, xz, y, Q, resOut], plan };
+    const scratch = [res, xz, ...[y, Q, resOut, xacc, hacc].filter((b): b is Buf => b !== null)];
+    return { key, h, normed, scratch, plan };
   }
 
   /**
@@ -777,16 +820,17 @@ export class WebGpuBackend implements Backend {
   }
 
   /** A layer's small constants in one f32 buffer: norm [D] | in_proj bias [2E] | conv [E, K] | conv bias [E] |
-   *  the scan's [E, N + 2] (A · log2 e, dt bias, D). Made once per layer; zeros stand for absent biases. */
+   *  the scan's [E, N + 2] (A · log2 e, dt bias, D) | out_proj bias [D]. Made once per layer; zeros stand for absent
+   *  biases. */
   private layerPack(layer: StepLayer, D: number, E: number, N: number, K: number): LayerPack {
     const m = layer.mixer;
-    const parts = [layer.norm, m.inProjBias, m.conv, m.convBias, m.dtBias, m.A_log, m.D];
+    const parts = [layer.norm, m.inProjBias, m.conv, m.convBias, m.dtBias, m.A_log, m.D, m.outProjBias];
     const versions = parts.map((p) => (p ? (p as GpuTensor).version : "-")).join(",");
     const hit = this.layerPacks.get(layer);
     if (hit && hit.versions === versions) return hit;
     if (hit) this.dispose(hit.buf);
-    const oNorm = 0, oInBias = D, oConvW = D + 2 * E, oConvB = oConvW + E * K, oPack = oConvB + E;
-    const buf = this.make([oPack + E * (N + 2)], "f32");
+    const oNorm = 0, oInBias = D, oConvW = D + 2 * E, oConvB = oConvW + E * K, oPack = oConvB + E, oOutBias = oPack + E * (N + 2);
+    const buf = this.make([oOutBias + D], "f32");
     const put = (t: Tensor | null, off: number, n: number) => {
       if (t) {
         const g = this.t(t, "decodeStep");
@@ -800,7 +844,8 @@ export class WebGpuBackend implements Backend {
     put(m.convBias, oConvB, E);
     const packed = this.scanPack(this.t(m.A_log, "decodeStep"), this.t(m.dtBias, "decodeStep"), this.t(m.D, "decodeStep"), E, N);
     copyWords(this.gpu, packed, 0, buf.buf, oPack, E * (N + 2));
-    const pack = { buf, versions, oNorm, oInBias, oConvW, oConvB, oPack };
+    put(m.outProjBias, oOutBias, D);
+    const pack = { buf, versions, oNorm, oInBias, oConvW, oConvB, oPack, oOutBias };
     this.layerPacks.set(layer, pack);
     return pack;
   }

@@ -11,11 +11,17 @@
  *     writing x and z to xz [B, 2E];
  *  4. writes its partial x_proj Q[g, b, j] = Σ_{e of this group} Wx[j, e] · x[b, e]; kernel 2 sums over groups.
  * The residual lives in one [2, B, D] buffer: this layer reads half `par` and writes half 1 - par.
+ *
+ * With `acc` (the two-kernel layer, ./fixed.ts) the partials of step 4 are added into a fixed-point region of
+ * totals instead of a slot per workgroup, so kernel 2 reads J values a row rather than G; and the layer input
+ * after the first layer is the previous scan kernel's fixed-point totals of out_proj. The kernel also clears the
+ * region the previous layer's kernel 2 read (the next step's kernel 1 of that layer adds into it).
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import { DECODE_CONV_MAX_K, convTapWgsl } from "./conv-step.ts";
 import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
+import { fixedAddWgsl } from "./fixed.ts";
 
 export const DECODE_MAX_B = 8;
 /** Rows × hidden size that fit the workgroup's copy of the normalized input. */
@@ -23,16 +29,22 @@ export const DECODE_MAX_BD = 4096;
 /** Conv kernel sizes the fused decode takes (the history is held in registers). */
 export const DECODE_MAX_K = DECODE_CONV_MAX_K;
 
+/** The fixed-point variant of the kernel (./fixed.ts): whether the layer input is fixed-point totals (every layer
+ *  but the first), and the magnitude below which a partial of x_proj may be added. */
+export interface MixerInAcc { hFixed: boolean; limit: number }
+
 /** The kernel's WGSL (exported for inspection). D, E, K, J and RB (the dispatch's rows) are constants of it, so
  *  that every loop over rows, weights and taps has a constant bound and its loads can be issued together. */
 export const mixerInWgsl = (CH: number, D: number, E: number, K: number, J: number, wsIn: WeightStorage, wsX: WeightStorage,
-  loadBytes: number, RB: number) => {
+  loadBytes: number, RB: number, acc: MixerInAcc | null = null) => {
+  const hFixed = acc?.hFixed ?? false;
   const BATCH = loadBytes / (wsIn === "f32" ? 16 : 8);
   const TPR = 256 / (2 * CH);
   const CC = Math.min(CH, 8); // channels of a chunk of Wx a thread holds (a row's CC weights side by side)
   return /* wgsl */ `
-// bindings: 0 h [B, D] | 1 res [2, B, D] | 2 lp (layer constants) | 3 Win [2E, D] | 4 Wx [J, E]
-//           5 convState [B, K-1, E] in/out | 6 xz [B, 2E] out | 7 Q [groups, B, J] out | 8 params
+// bindings: 0 h [B, D] (${hFixed ? "fixed-point totals, from word 2·oH" : "f32"}) | 1 res [2, B, D] | 2 lp (layer constants)
+//           3 Win [2E, D] | 4 Wx [J, E] | 5 convState [B, K-1, E] in/out | 6 xz [B, 2E] out
+//           7 ${acc ? "xacc: fixed-point totals of x_proj (region from word oX) and the region to clear" : "Q [groups, B, J] out"} | 8 params
 // grid: (ceil(E / CH))
 const WG = 256u;
 const MAXB = ${DECODE_MAX_B}u;
@@ -53,15 +65,16 @@ const CC = ${CC}u;          // channels of a chunk of Wx
 const NCC = ${CH / CC}u;    // chunks of a row of Wx in this group
 const KI = ${Math.ceil((J * (CH / CC)) / 256)}u; // chunks a thread holds: item i is output i / NCC, chunk i % NCC
 
-struct P { hasRes: u32, par: u32, eps: f32, oNorm: u32, oInBias: u32, oConvW: u32, oConvB: u32 }
-@group(0) @binding(0) var<storage, read> h: array<f32>;
+struct P { hasRes: u32, par: u32, eps: f32, oNorm: u32, oInBias: u32, oConvW: u32, oConvB: u32,
+  oH: u32, oX: u32, oZero: u32, nZero: u32 }
+@group(0) @binding(0) var<storage, read> h: array<${hFixed ? "vec2<u32>" : "f32"}>;
 @group(0) @binding(1) var<storage, read_write> res: array<f32>;
 @group(0) @binding(2) var<storage, read> lp: array<f32>;
 @group(0) @binding(3) var<storage, read> wIn: array<${weight4Binding(wsIn)}>;
 @group(0) @binding(4) var<storage, read> wX: array<${weightBinding(wsX)}>;
 @group(0) @binding(5) var<storage, read_write> convState: array<f32>;
 @group(0) @binding(6) var<storage, read_write> xz: array<f32>;
-@group(0) @binding(7) var<storage, read_write> Q: array<f32>;
+@group(0) @binding(7) var<storage, read_write> ${acc ? "xacc: array<atomic<u32>>" : "Q: array<f32>"};
 @group(0) @binding(8) var<uniform> p: P;
 
 var<workgroup> us: array<f32, MAXU>;          // input rows [B, D] times the norm weight (the norm's scale comes later)
@@ -72,6 +85,7 @@ var<workgroup> xcs: array<f32, MAXB * CH>;    // conv outputs of this group's ch
 ${weight4Reader(wsIn, "win4", "wIn")}
 ${weightReader(wsX, "wx", "wX")}
 ${convTapWgsl(K)}
+${acc ? fixedAddWgsl("xacc", acc.limit) : ""}
 
 // chunk i of Wx (clamped: items past J · NCC and channels past E load valid weights, whose products are dropped
 // or meet zeros in xcs)
@@ -83,7 +97,8 @@ fn loadWxChunk(e0: u32, i: u32) -> array<f32, CC> {
 }
 
 @compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>) {
   let t = lid.x;
   let e0 = wg.x * CH;
 
@@ -101,14 +116,18 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let inBias = lp[p.oInBias + grow];
   var hv: array<array<f32, KD>, RB>; // the layer input (h + residual), KD values a row
   var gv: array<f32, KD>;            // and the norm weights at them
-  for (var k = 0u; k < KD; k++) {
+${hFixed ? "  let poisoned = h[p.oH + RB * D].x != 0u; // a partial of out_proj was not finite (./fixed.ts)\n" : ""}  for (var k = 0u; k < KD; k++) {
     let d = min(t + k * WG, D - 1u);
     gv[k] = lp[p.oNorm + d];
     for (var b = 0u; b < RB; b++) {
       let r = res[p.par * RB * D + b * D + d];
-      hv[b][k] = h[b * D + d] + select(0.0, r, p.hasRes != 0u);
+      hv[b][k] = ${hFixed ? "fromFixed(h[p.oH + b * D + d])" : "h[b * D + d]"} + select(0.0, r, p.hasRes != 0u);
     }
   }
+${hFixed ? `  if (poisoned) {
+    for (var k = 0u; k < KD; k++) { for (var b = 0u; b < RB; b++) { hv[b][k] = fixedNan(); } }
+  }
+` : ""}
   var taps: array<ConvTap, KC>; // the conv's history, weights and bias of each (row, channel) pair
   for (var k = 0u; k < KC; k++) {
     let i = t + k * WG;
@@ -211,9 +230,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     }
     workgroupBarrier();
   }
-  for (var j = t; j < J; j += WG) {
-    for (var b = 0u; b < RB; b++) { Q[(wg.x * RB + b) * J + j] = red[j * RB + b]; }
+${acc ? `  for (var j = t; j < J; j += WG) {
+    for (var b = 0u; b < RB; b++) { fixedAdd(p.oX + 2u * (b * J + j), p.oX + 2u * RB * J, red[j * RB + b]); }
   }
+  // the region the previous layer's kernel 2 read, cleared for the next step
+  for (var i = wg.x * WG + t; i < p.nZero; i += WG * nwg.x) { atomicStore(&xacc[p.oZero + i], 0u); }` : `  for (var j = t; j < J; j += WG) {
+    for (var b = 0u; b < RB; b++) { Q[(wg.x * RB + b) * J + j] = red[j * RB + b]; }
+  }`}
 }
 `;
 };
@@ -225,6 +248,9 @@ export interface MixerInArgs {
   wIn: Buf; wsIn: WeightStorage; wX: Buf; wsX: WeightStorage;
   convState: Buf; xz: Buf; Q: Buf;
   channels?: number; // channels per workgroup (0 or absent: the default)
+  // the fixed-point variant: Q is then the x_proj totals' buffer, x_proj's region from word oX; h the previous
+  // layer's out_proj totals (region from word oH, even) where hFixed; words oZero .. oZero + nZero of Q cleared
+  acc?: { hFixed: boolean; oH: number; oX: number; oZero: number; nZero: number; limit: number };
   loadBytes?: number; // bytes of in_proj a thread loads at once (DECODE_LOAD_BYTES_CHOICES; default 64)
 }
 
@@ -250,10 +276,13 @@ export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
   if (!Number.isInteger(a.B) || a.B < 1 || a.B > DECODE_MAX_B) throw new Error(`decodeMixerIn: ${a.B} rows, expected 1 to ${DECODE_MAX_B}`);
   if (a.B * a.J > 256 * DECODE_MAX_B) throw new Error(`decodeMixerIn: ${a.B} rows of ${a.J} x_proj outputs, expected at most ${256 * DECODE_MAX_B}`);
   if (a.D % 4 !== 0) throw new Error(`decodeMixerIn: hidden size ${a.D} is not a multiple of 4`);
-  const k = gpu.kernel(`decode_in_${CH}_${a.D}_${a.E}_${a.K}_${a.J}_${a.wsIn}_${a.wsX}_${loadBytes}_r${a.B}`,
-    () => mixerInWgsl(CH, a.D, a.E, a.K, a.J, a.wsIn, a.wsX, loadBytes, a.B));
+  const acc = a.acc ?? null;
+  const accKey = acc ? `_acc${acc.hFixed ? "h" : ""}${acc.limit}` : "";
+  const k = gpu.kernel(`decode_in_${CH}_${a.D}_${a.E}_${a.K}_${a.J}_${a.wsIn}_${a.wsX}_${loadBytes}_r${a.B}${accKey}`,
+    () => mixerInWgsl(CH, a.D, a.E, a.K, a.J, a.wsIn, a.wsX, loadBytes, a.B, acc && { hFixed: acc.hFixed, limit: acc.limit }));
   const groups = Math.ceil(a.E / CH);
-  const p = new Params().bool(a.hasRes).u32(a.par).f32(a.eps).u32(a.oNorm).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB);
+  const p = new Params().bool(a.hasRes).u32(a.par).f32(a.eps).u32(a.oNorm).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB)
+    .u32(acc ? acc.oH / 2 : 0).u32(acc?.oX ?? 0).u32(acc?.oZero ?? 0).u32(acc?.nZero ?? 0);
   gpu.dispatch(k, [a.h, a.res, a.lp, a.wIn, a.wX, a.convState, a.xz, a.Q], p, [groups]);
   return groups;
 }

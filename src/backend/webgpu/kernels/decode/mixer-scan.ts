@@ -10,10 +10,17 @@
  *  2. dt_proj for the CH channels, 8 threads a channel over R, then softplus(· + bias);
  *  3. one thread per (b, e): advance the N states in place (h = exp(delta·A)·h + delta·u·B) and write
  *     y = (C·h + D·u) · silu(z).
+ *
+ * With `acc` (the two-kernel layer, ./fixed.ts) step 1 reads kernel 1's fixed-point totals of x_proj, and y stays
+ * in workgroup memory for a step 4: this group's share of out_proj, Σ_{e of this group} Wout[d, e] · y[b, e] for
+ * every d, added into fixed-point totals that the next layer's kernel 1 (or the final norm) reads as its input.
+ * That is the dispatch out_proj had of its own. The kernel also clears the totals the previous layer's out_proj
+ * left, which that layer's kernel 1 has read.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
-import { type WeightStorage, weightBinding, weightReader } from "../weights.ts";
+import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
+import { fixedAddWgsl } from "./fixed.ts";
 import { DECODE_MAX_B } from "./mixer-in.ts";
 import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
 
@@ -26,10 +33,18 @@ export function mixerScanBytes(N: number): number {
   return 4 * (Math.max(DECODE_MAX_BJ + 256 * DECODE_MAX_B, DECODE_MAX_B * CH * (N + 1)) + DECODE_MAX_BJ + DECODE_MAX_B * CH + CH * (N + 2));
 }
 
+/** The fixed-point variant (./fixed.ts): out_proj's shape and storage, its rows a thread, and the magnitude below
+ *  which a partial of out_proj may be added. */
+export interface MixerScanAcc { D: number; E: number; wsOut: WeightStorage; limit: number }
+
+/** Rows of out_proj a thread loads at once in the fixed-point variant's step 4 (CH / 4 vec4 loads each). */
+const OUT_ROW_BATCH = 3;
+
 /** The kernel's WGSL (exported for inspection). */
-export const mixerScanWgsl = (N: number, J: number, SL: number, ws: WeightStorage, summed: boolean) => /* wgsl */ `
-// bindings: 0 Q [G, B, J] | 1 lp (layer constants) | 2 Wdt [E, R] | 3 xz [B, 2E] | 4 ssm [B, E, N] in/out
-//           5 y [B, E] out | 6 params
+export const mixerScanWgsl = (N: number, J: number, SL: number, ws: WeightStorage, summed: boolean, acc: MixerScanAcc | null = null) => /* wgsl */ `
+// bindings: 0 ${acc ? "xq: kernel 1's fixed-point totals of x_proj, from vec2 oX" : "Q [G, B, J]"} | 1 lp (layer constants) | 2 Wdt [E, R]
+//           3 xz [B, 2E] | 4 ssm [B, E, N] in/out | 5 ${acc ? "hacc: fixed-point totals of out_proj, from word oH; the region to clear" : "y [B, E] out"}
+//           ${acc ? "6 Wout [D, E] | 7" : "6"} params
 // grid: (ceil(E / CH), ceil(B / MAXB)): workgroup (x, y) owns channels x·CH .. and rows y·MAXB ..
 const WG = 256u;
 const CH = ${CH}u;
@@ -40,14 +55,16 @@ const BATCH = 8u; // loads issued together
 const J = ${J}u; // x_proj outputs a row: dt | B | C
 const KO = ${Math.ceil(Math.min(DECODE_MAX_B * J, DECODE_MAX_BJ) / 256)}u; // outputs a thread sums in step 1 when they are many
 
-struct P { B: u32, E: u32, R: u32, G: u32, oPack: u32 }
-@group(0) @binding(0) var<storage, read> Q: array<f32>;
+struct P { B: u32, E: u32, R: u32, G: u32, oPack: u32, oX: u32, oH: u32, oZero: u32, nZero: u32, oOutBias: u32, hasOutBias: u32 }
+@group(0) @binding(0) var<storage, read> ${acc ? "xq: array<vec2<u32>>" : "Q: array<f32>"};
 @group(0) @binding(1) var<storage, read> lp: array<f32>;
 @group(0) @binding(2) var<storage, read> wDt: array<${weightBinding(ws)}>;
 @group(0) @binding(3) var<storage, read> xz: array<f32>;
 @group(0) @binding(4) var<storage, read_write> ssm: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
-@group(0) @binding(6) var<uniform> p: P;
+${acc ? `@group(0) @binding(5) var<storage, read_write> hacc: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read> wOut: array<${weight4Binding(acc.wsOut)}>;
+@group(0) @binding(7) var<uniform> p: P;` : `@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<uniform> p: P;`}
 
 // one scratch array for what each phase alone uses: step 1's slices of the partial sums [MAXBJ], step 2's
 // dt_proj partial sums [WG · MAXB] from RED0, step 3's states [MAXB, CH, N + 1] (a padded row per channel)
@@ -61,7 +78,15 @@ var<workgroup> dts: array<f32, MAXB * CH>;  // delta [B, CH]
 var<workgroup> pks: array<f32, CH * (N + 2u)>; // the channels' A·log2(e) [N], dt bias, D
 
 ${weightReader(ws, "wdt", "wDt")}
-
+${acc ? `${weight4Reader(acc.wsOut, "wout4", "wOut")}
+${fixedAddWgsl("hacc", acc.limit)}
+const D = ${acc.D}u;
+const E4 = ${acc.E / 4}u;     // vec4s of a row of Wout
+const CH4 = CH / 4u;
+const OR = ${Math.ceil(acc.D / 256)}u;  // rows of Wout a thread
+const ORB = ${Math.min(OUT_ROW_BATCH, Math.ceil(acc.D / 256))}u; // of them loaded at once
+var<workgroup> ys: array<vec4<f32>, MAXB * CH / 4u>; // y [B, CH] of this group, zero past its channels
+` : ""}
 ${SOFTPLUS_WGSL}
 
 // state i of a group's [rows, its channels · N] in ssm [B, E, N], and in step 3's scr [MAXB, CH, N + 1]
@@ -69,7 +94,8 @@ fn stateAt(i: u32, b0: u32, e0: u32, rowLen: u32) -> u32 { return ((b0 + i / row
 fn stagedAt(i: u32, rowLen: u32) -> u32 { return ((i / rowLen) * CH + (i % rowLen) / N) * NP + i % N; }
 
 @compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>) {
   let t = lid.x;
   let b0 = wg.y * MAXB;
   let B = min(MAXB, p.B - b0); // this group's rows
@@ -108,7 +134,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   //    BATCH loads at a time. More: a thread sums KO outputs, KO · BATCH loads in flight at once, so that a block of
   //    8 rows takes ceil(G / BATCH) round trips to memory rather than KO times as many (scan at 64 rows of 130m:
   //    32.9 → 25.0 us a dispatch on the H200, with step 0).
-${summed ? `  let S = 1u; // one partial: the batch step's x_proj, summed already by matmul_reduce
+${acc ? `  let S = 1u; // kernel 1's totals (a non-finite partial poisoned them: NaN, as a float sum would be)
+  let poisoned = xq[p.oX + p.B * J].x != 0u;
+  for (var i = t; i < BJ; i += WG) { scr[i] = select(fromFixed(xq[p.oX + q0 + i]), fixedNan(), poisoned); }
+` : summed ? `  let S = 1u; // one partial: the batch step's x_proj, summed already by matmul_reduce
   for (var i = t; i < BJ; i += WG) { scr[i] = Q[q0 + i]; }
 ` : `  let S = max(1u, WG / BJ);
   if (BJ <= WG) {
@@ -183,7 +212,7 @@ ${summed ? `  let S = 1u; // one partial: the batch step's x_proj, summed alread
     if (i < n3) { scr[stagedAt(i, rowLen)] = st[k]; }
   }
   workgroupBarrier();
-  if (b3 < B && c3 < nc) {
+${acc ? "  var yv = 0.0;\n" : ""}  if (b3 < B && c3 < nc) {
     let pk = c3 * (N + 2u);
     let dt = dts[b3 * CH + c3];
     let du = dt * uv;
@@ -195,18 +224,52 @@ ${summed ? `  let S = 1u; // one partial: the batch step's x_proj, summed alread
       out = fma(hn, xd[b3 * J + p.R + N + n], out);
     }
     out = fma(pks[pk + N + 1u], uv, out);
-    y[(b0 + b3) * E + e0 + c3] = out * zv / (1.0 + exp(-zv));
+    ${acc ? "yv = out * zv / (1.0 + exp(-zv));" : "y[(b0 + b3) * E + e0 + c3] = out * zv / (1.0 + exp(-zv));"}
   }
-  workgroupBarrier();
+${acc ? `  ys[(b3 * CH + c3) / 4u][c3 % 4u] = yv; // zero past the rows and channels: their weights add nothing
+` : ""}  workgroupBarrier();
   for (var i = t; i < n3; i += WG) {
     ssm[stateAt(i, b0, e0, rowLen)] = scr[stagedAt(i, rowLen)];
   }
-}
+${acc ? `
+  // 4. this group's share of out_proj for every output d (a thread per row of Wout, its CH weights of this group
+  //    read 4 at a time, ORB rows' loads in flight together; channels past E clamped, meeting zeros in ys), added
+  //    into the totals; workgroup 0 adds the bias
+  for (var r0 = 0u; r0 < OR; r0 += ORB) {
+    var wv: array<vec4<f32>, ORB * CH4>;
+    for (var r = 0u; r < ORB; r++) {
+      let d = min(t + (r0 + r) * WG, D - 1u);
+      for (var k = 0u; k < CH4; k++) { wv[r * CH4 + k] = wout4(d * E4 + min(e0 / 4u + k, E4 - 1u)); }
+    }
+    for (var r = 0u; r < ORB; r++) {
+      let d = t + (r0 + r) * WG;
+      if (r0 + r < OR && d < D) {
+        let bias = select(0.0, lp[p.oOutBias + d], p.hasOutBias != 0u && wg.x == 0u);
+        for (var b = 0u; b < B; b++) {
+          var s = 0.0;
+          for (var k = 0u; k < CH4; k++) { s += dot(wv[r * CH4 + k], ys[b * CH4 + k]); }
+          fixedAdd(p.oH + 2u * ((b0 + b) * D + d), p.oH + 2u * p.B * D, s + bias);
+        }
+      }
+    }
+  }
+  // the totals the previous layer's out_proj left (its kernel 1 has read them), cleared for the next step
+  for (var i = wg.x * WG + t; i < p.nZero; i += WG * nwg.x) { atomicStore(&hacc[p.oZero + i], 0u); }
+` : ""}}
 `;
 
 export interface MixerScanArgs {
   B: number; E: number; N: number; R: number; J: number; G: number;
   Q: Buf; lp: Buf; oPack: number; wDt: Buf; wsDt: WeightStorage; xz: Buf; ssm: Buf; y: Buf;
+  // the fixed-point variant: Q is then kernel 1's totals of x_proj (region from word oX, even), y the buffer of
+  // out_proj's totals (region from word oH), words oZero .. oZero + nZero of it cleared; the bias at oOutBias of lp
+  acc?: { D: number; wOut: Buf; wsOut: WeightStorage; oX: number; oH: number; oZero: number; nZero: number;
+    oOutBias: number; hasOutBias: boolean; limit: number };
+}
+
+/** Workgroups of the kernel along the channels (in the fixed-point variant, the partials each total adds). */
+export function mixerScanGroups(E: number): number {
+  return Math.ceil(E / CH);
 }
 
 export function decodeMixerScan(gpu: Gpu, a: MixerScanArgs): void {
@@ -214,7 +277,13 @@ export function decodeMixerScan(gpu: Gpu, a: MixerScanArgs): void {
   // one partial (the batch step's x_proj summed by matmul_reduce): a pipeline without step 1's sums, whose
   // registers would otherwise be held for the branch not taken
   const summed = a.G === 1;
-  const k = gpu.kernel(`decode_scan_${a.N}_${a.J}_${SL}_${a.wsDt}${summed ? "_summed" : ""}`, () => mixerScanWgsl(a.N, a.J, SL, a.wsDt, summed));
-  const p = new Params().u32(a.B).u32(a.E).u32(a.R).u32(a.G).u32(a.oPack);
-  gpu.dispatch(k, [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y], p, [Math.ceil(a.E / CH), Math.ceil(a.B / DECODE_MAX_B)]);
+  const acc = a.acc;
+  if (acc && a.E % 4 !== 0) throw new Error(`decodeMixerScan: out_proj in the kernel needs channels in fours, got ${a.E}`);
+  const key = acc ? `_acc${acc.D}_${acc.wsOut}_${acc.limit}` : summed ? "_summed" : "";
+  const k = gpu.kernel(`decode_scan_${a.N}_${a.J}_${SL}_${a.wsDt}${key}`,
+    () => mixerScanWgsl(a.N, a.J, SL, a.wsDt, summed, acc ? { D: acc.D, E: a.E, wsOut: acc.wsOut, limit: acc.limit } : null));
+  const p = new Params().u32(a.B).u32(a.E).u32(a.R).u32(a.G).u32(a.oPack).u32(acc ? acc.oX / 2 : 0).u32(acc?.oH ?? 0)
+    .u32(acc?.oZero ?? 0).u32(acc?.nZero ?? 0).u32(acc?.oOutBias ?? 0).bool(acc?.hasOutBias ?? false);
+  const bufs = acc ? [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y, acc.wOut] : [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y];
+  gpu.dispatch(k, bufs, p, [Math.ceil(a.E / CH), Math.ceil(a.B / DECODE_MAX_B)]);
 }
