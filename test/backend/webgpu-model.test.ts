@@ -340,6 +340,49 @@ test("webgpu: the fused decode step with x_proj wider than a workgroup (332 outp
   }
 });
 
+test("webgpu: the fused decode step in two dispatches a layer (decodeAccumulate: fixed-point totals of x_proj and out_proj) and in three equals step mode on the CPU, with an out_proj bias, f32 and bf16", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  // 100 channels: scan workgroups of 32, 32, 32 and 4, a hidden size short of one pass of out_proj's 32 rows; biases
+  // on every projection; 3 layers, so that the regions' clearing alternates unevenly
+  const c = makeConfig({ vocabSize: 45, hiddenSize: 20, intermediateSize: 100, stateSize: 8, timeStepRank: 5, numLayers: 3,
+    useBias: true, useConvBias: true });
+  for (const dtype of ["F32", "BF16"] as const) {
+    const base = perturbedParameters(c, 61);
+    const ps = new Map([...base].map(([k, v]) => [k, dtype === "F32" || v.shape.length < 2 ? v
+      : { dtype, shape: v.shape, data: toBF16Bits(v.data as Float32Array) }]));
+    const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
+    const dispatches: number[] = [];
+    try {
+      for (const decodeAccumulate of [true, false]) {
+        const gpu = await modelFromTensors(c, ps, { backend: await createWebGpuBackend({ decodeAccumulate }) });
+        try {
+          for (const B of [1, 3, 8]) {
+            await decodeStepsMatchCpu(gpu, cpu, B, { steps: 4, rng: new TestRng(400 + B), tol: 1e-4, ssmTol: 1e-4, convTol: 1e-5,
+              what: `${dtype} decodeAccumulate:${decodeAccumulate}` });
+          }
+          // the dispatches of a step (embedding, the layers, the final norm; the head's matvec)
+          const gb = gpu.backend as unknown as { gpu: { dispatches: number } };
+          const cache = MambaCache.zeros(gpu.backend, c, 1);
+          const ids = gpu.backend.fromI32(Int32Array.of(3), [1]);
+          gpu.backend.dispose(gpu.backend.decodeStep!(gpu.lm, ids, cache.conv, cache.ssm)!);
+          const d0 = gb.gpu.dispatches;
+          gpu.backend.dispose(gpu.backend.decodeStep!(gpu.lm, ids, cache.conv, cache.ssm)!);
+          dispatches.push(gb.gpu.dispatches - d0);
+          gpu.backend.dispose(ids);
+          cache.dispose();
+        } finally {
+          await gpu.dispose();
+        }
+      }
+    } finally {
+      await cpu.dispose();
+    }
+    assert.deepEqual(dispatches, [2 * c.numLayers + 3, 3 * c.numLayers + 3], `${dtype}: dispatches a step with and without decodeAccumulate`);
+  }
+  await assert.rejects(createWebGpuBackend({ decodeAccumulate: 1 as unknown as boolean }), /decodeAccumulate must be true or false, got 1/);
+});
+
 test("webgpu: the fused decode step with 4 and 64 channels a workgroup (decodeChannels), 128 and 256 bytes of loads (decodeLoadBytes) equals step mode on the CPU", async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");

@@ -28,7 +28,7 @@ import {
   DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, decodeMixerIn, mixerInChannels,
 } from "./kernels/decode/mixer-in.ts";
 import { DECODE_MAX_BJ, decodeMixerScan, mixerScanBytes, mixerScanGroups } from "./kernels/decode/mixer-scan.ts";
-import { fixedLimit, fixedRegionWords } from "./kernels/decode/fixed.ts";
+import { FIXED_MAX_TERMS, fixedLimit, fixedRegionWords } from "./kernels/decode/fixed.ts";
 import { decodeFinalNorm } from "./kernels/decode/final-norm.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
 import { BATCH_CONV_CHANNELS, batchConvBytes, decodeBatchConv } from "./kernels/decode/batch-conv.ts";
@@ -95,10 +95,11 @@ export interface WebGpuTuning {
    *  8 rows) loads before it uses any: 64, 128 or 256 (default 128 for rows of 2048 weights or more, else 64); more
    *  keeps more loads in flight, with more registers */
   decodeLoadBytes?: number;
-  /** the fused decode (up to 8 rows) runs 2 dispatches a layer instead of 3 (default true where the channels come
-   *  in fours): each scan workgroup adds its share of out_proj, and each first kernel its share of x_proj, into
-   *  exact 64-bit fixed-point totals with 32-bit atomics (kernels/decode/fixed.ts), which the next kernel reads;
-   *  false: the partials of x_proj one per workgroup, out_proj a dispatch of its own */
+  /** the fused decode (up to 8 rows) runs 2 dispatches a layer instead of 3: each scan workgroup adds its share of
+   *  out_proj, and each first kernel its share of x_proj, into exact fixed-point totals with 32-bit atomic adds
+   *  (kernels/decode/fixed.ts), which the next kernel reads. Default: up to 2048 channels; it needs channels in
+   *  fours and subgroups of at least 8 invocations, and is not taken without them. false: x_proj's partials one
+   *  per workgroup, out_proj a dispatch of its own */
   decodeAccumulate?: boolean;
   /** batches the fused kernels do not take (past 8 rows, or too wide for them) decode with the batch step's kernels
    *  (kernels/decode/batch-*.ts, five dispatches a layer) when true (default); when false through a recording of
@@ -153,8 +154,8 @@ export class WebGpuBackend implements Backend {
   private readonly matvecWholeRow: boolean;
   /** WebGpuTuning.decodeLoadBytes */
   private readonly decodeLoadBytes: number;
-  /** WebGpuTuning.decodeAccumulate */
-  private readonly decodeAccumulate: boolean;
+  /** WebGpuTuning.decodeAccumulate; undefined when not given (by the model's width) */
+  private readonly decodeAccumulate: boolean | undefined;
   /** WebGpuTuning.decodeBatch */
   private readonly decodeBatch: boolean;
   /** WebGpuTuning.decodeBatchReduce */
@@ -214,7 +215,7 @@ export class WebGpuBackend implements Backend {
     checkFlag("matvecWholeRow", tuning.matvecWholeRow);
     this.matvecWholeRow = tuning.matvecWholeRow ?? true;
     checkFlag("decodeAccumulate", tuning.decodeAccumulate);
-    this.decodeAccumulate = tuning.decodeAccumulate ?? true;
+    this.decodeAccumulate = tuning.decodeAccumulate;
     checkFlag("decodeBatch", tuning.decodeBatch);
     this.decodeBatch = tuning.decodeBatch ?? true;
     checkFlag("sampleList", tuning.sampleList);
@@ -685,8 +686,9 @@ export class WebGpuBackend implements Backend {
     const normed = new GpuTensor([B, D], "f32", gpu.alloc(B * D * 4), "f32", this);
     const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other
     const xz = gpu.alloc(B * 2 * E * 4);
-    const acc = this.decodeAccumulate && E % 4 === 0;
     const inGroups = Math.ceil(E / mixerInChannels(E, this.decodeChannels));
+    const acc = (this.decodeAccumulate ?? E <= 2048) && E % 4 === 0 && gpu.subgroupMinSize >= 8 &&
+      Math.max(inGroups, mixerScanGroups(E)) <= FIXED_MAX_TERMS;
     // the totals: a region of x_proj's and of out_proj's per layer (zeroed here; the step leaves them zero)
     const xWords = fixedRegionWords(B * J), hWords = fixedRegionWords(B * D);
     const xacc = acc ? gpu.alloc(L * xWords * 4) : null;

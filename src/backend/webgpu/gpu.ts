@@ -90,6 +90,8 @@ const MAX_QUERIES = 4096;
 export class Gpu {
   readonly limits: GPUSupportedLimits;
   readonly hasSubgroups: boolean;
+  /** The smallest subgroup size the device may run; 0 without the subgroups feature or a known size. */
+  readonly subgroupMinSize: number;
   readonly hasTimestamps: boolean;
   /** Dispatches encoded so far (benchmarks read it to count dispatches per token). */
   dispatches = 0;
@@ -154,6 +156,8 @@ export class Gpu {
   constructor(readonly device: GPUDevice, readonly description: string, private readonly keepAlive: unknown, poolBytes?: number) {
     this.limits = device.limits;
     this.hasSubgroups = device.features.has("subgroups");
+    const info = (device as { adapterInfo?: { subgroupMinSize?: number } }).adapterInfo;
+    this.subgroupMinSize = this.hasSubgroups ? info?.subgroupMinSize ?? 0 : 0;
     this.hasTimestamps = device.features.has("timestamp-query");
     this.poolBytes = poolBytes ?? null;
     device.lost.then((info) => {

@@ -6,7 +6,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
-import { FIXED_CONVERT_WGSL } from "./fixed.ts";
+import { FIXED_READ_WGSL } from "./fixed.ts";
 import { DECODE_MAX_BD } from "./mixer-in.ts";
 
 const wgsl = /* wgsl */ `
@@ -20,7 +20,7 @@ struct P { B: u32, D: u32, eps: f32, oH: u32, oRes: u32, oZero: u32, nZero: u32 
 @group(0) @binding(4) var<storage, read_write> xacc: array<u32>;
 @group(0) @binding(5) var<uniform> p: P;
 
-${FIXED_CONVERT_WGSL}
+${FIXED_READ_WGSL}
 
 var<workgroup> red: array<f32, 256>;
 var<workgroup> hs: array<f32, ${DECODE_MAX_BD}>;
@@ -28,13 +28,14 @@ var<workgroup> hs: array<f32, ${DECODE_MAX_BD}>;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
   let t = lid.x;
-  let poison = p.oH + 2u * p.B * p.D;
+  let poison = p.oH + 4u * p.B * p.D;
   let poisoned = hacc[poison] != 0u;
   for (var i = t; i < p.B * p.D; i += 256u) {
-    let w = p.oH + 2u * i;
-    let v = select(fromFixed(vec2<u32>(hacc[w], hacc[w + 1u])), fixedNan(), poisoned);
+    let w = p.oH + 4u * i;
+    let v = select(fromFixed(vec4<u32>(hacc[w], hacc[w + 1u], hacc[w + 2u], 0u)), fixedNan(), poisoned);
     hacc[w] = 0u;
     hacc[w + 1u] = 0u;
+    hacc[w + 2u] = 0u;
     hs[i] = v + res[p.oRes + i];
   }
   for (var i = t; i < p.nZero; i += 256u) { xacc[p.oZero + i] = 0u; }

@@ -1,71 +1,76 @@
 /**
- * Sums over workgroups without a dispatch of their own: each workgroup adds its partial sums into a buffer of 64-bit
- * fixed-point numbers with 32-bit atomics, and the next kernel reads the totals. WGSL has no float atomics; integer
- * addition is exact and order-free, so the totals do not depend on which workgroup came first (a float
- * compare-and-swap loop would be neither).
+ * Sums over workgroups without a dispatch of their own: each workgroup adds its partial sums into a buffer of
+ * fixed-point totals with 32-bit atomic adds, and the next kernel reads the totals. WGSL has no float atomics;
+ * integer addition is exact and order-free, so the totals do not depend on which workgroup came first (a float
+ * compare-and-swap loop would be neither, and would wait on each exchange).
  *
- * A value v is stored as round-toward-zero(v · 2^32), a two's complement integer in two words: lo, then hi. A
- * workgroup adds lo with atomicAdd, sees from the old value whether it carried, and adds hi + carry to the high
- * word. The integer sum is exact; reading it back rounds once, to f32.
+ * A contribution x is v = round-toward-zero(x · 2^32), a 64-bit two's complement integer, split into three limbs
+ * v = l2 · 2^44 + l1 · 2^22 + l0 with l0, l1 in [0, 2^22) and l2 signed. Each limb is added into a word of its own
+ * with an atomic add whose result is not used, so no thread waits for it (a carry from one word into the next would
+ * need the old value back: a round trip to memory under contention, measured several microseconds a kernel). Up to
+ * 1024 contributions keep every limb's sum within its word (FIXED_MAX_TERMS); the reader puts the three sums
+ * together into the exact 64-bit total and rounds that once to f32.
  *
- * A region of `count` values is 2 · count words of numbers, then a poison word: a contribution that is not finite
- * or not below `limit` in magnitude sets it instead of adding (the totals could wrap), and a reader then gives NaN
- * for the region, as the float sums would have. `limit` is chosen so that `terms` contributions cannot wrap the
- * high word (fixedLimit). Regions start at an even word (vec2 reads), so a region takes fixedRegionWords words.
+ * A value is 4 words (l0, l1, l2, unused: one vec4 read). A region of `count` values is 4 · count words, then a
+ * poison word and 3 unused: a contribution that is not finite or not below `limit` in magnitude sets it instead of
+ * adding (the total could overflow), and a reader then gives NaN for the region, as the float sums would have.
  */
 
-/** Words of a region of `count` fixed-point values: lo and hi of each, the poison word, a pad to an even size. */
+/** Contributions a total may take: every limb sum stays below 2^32. */
+export const FIXED_MAX_TERMS = 1024;
+
+/** Words of a region of `count` fixed-point values (4 a value, then the poison word and 3 unused). */
 export function fixedRegionWords(count: number): number {
-  return 2 * count + 2;
+  return 4 * count + 4;
 }
 
-/** The magnitude below which `terms` contributions sum without wrapping the signed high word: 2^31 / terms,
- *  rounded down to a power of two (2^30 for 2 terms, 2^24 for 128). */
+/** The magnitude below which `terms` contributions sum within the 64-bit total (|total| < 2^31, as x · 2^32):
+ *  2^31 / terms rounded down to a power of two (2^30 for 2 terms, 2^24 for 128). */
 export function fixedLimit(terms: number): number {
-  return 2 ** Math.floor(Math.log2(2 ** 31 / Math.max(1, terms)));
+  if (!(terms >= 1 && terms <= FIXED_MAX_TERMS)) throw new Error(`fixed-point totals take 1 to ${FIXED_MAX_TERMS} contributions, got ${terms}`);
+  return 2 ** Math.floor(Math.log2(2 ** 31 / terms));
 }
 
-/** WGSL: `toFixed`, `fromFixed` and, over the atomic array `arr`, `fixedAdd(word, poisonWord, x)`. */
+/** WGSL: `fixedAdd(word, poisonWord, x)` over the atomic array `arr`, adding x into the value at word `word`. */
 export function fixedAddWgsl(arr: string, limit: number): string {
   return /* wgsl */ `
-${FIXED_CONVERT_WGSL}
-// adds x to the fixed-point number at words i (lo) and i + 1 (hi) of ${arr}; poisons the region where x is not
+// adds x into the fixed-point value at words i .. i + 2 of ${arr} (./fixed.ts); poisons the region where x is not
 // finite or too large to add safely
 fn fixedAdd(i: u32, poison: u32, x: f32) {
   if (!(abs(x) < ${limit}.0)) { atomicOr(&${arr}[poison], 1u); return; }
-  let v = toFixed(x);
-  var carry = 0u;
-  if (v.x != 0u) {
-    let old = atomicAdd(&${arr}[i], v.x);
-    carry = select(0u, 1u, old + v.x < old);
+  let a = abs(x);
+  let ip = floor(a);
+  var hi = u32(ip);
+  var lo = u32((a - ip) * 4294967296.0); // exact: a - ip has at most 24 bits, all below 2^0
+  if (x < 0.0) { // the two's complement of (hi, lo)
+    hi = ~hi + select(0u, 1u, lo == 0u);
+    lo = ~lo + 1u;
   }
-  let up = v.y + carry;
-  if (up != 0u) { atomicAdd(&${arr}[i + 1u], up); }
+  let l0 = lo & 0x3fffffu;
+  let l1 = (lo >> 22u) | ((hi & 0xfffu) << 10u);
+  let l2 = bitcast<u32>(bitcast<i32>(hi) >> 12u);
+  if (l0 != 0u) { atomicAdd(&${arr}[i], l0); }
+  if (l1 != 0u) { atomicAdd(&${arr}[i + 1u], l1); }
+  if (l2 != 0u) { atomicAdd(&${arr}[i + 2u], l2); }
 }
 `;
 }
 
-/** WGSL: `toFixed(x) -> vec2<u32>` (lo, hi of x · 2^32 rounded toward zero; |x| < 2^31) and
- *  `fromFixed(v) -> f32`, both through the magnitude so that small values keep their 24 bits. */
-export const FIXED_CONVERT_WGSL = /* wgsl */ `
-fn toFixed(x: f32) -> vec2<u32> {
-  let a = abs(x);
-  let ip = floor(a);
-  let hi = u32(ip);
-  let lo = u32((a - ip) * 4294967296.0); // exact: a - ip has at most 24 bits, all below 2^0
-  if (x >= 0.0) { return vec2<u32>(lo, hi); }
-  return vec2<u32>(~lo + 1u, ~hi + select(0u, 1u, lo == 0u));
-}
-fn fromFixed(v: vec2<u32>) -> f32 {
-  let neg = (v.y & 0x80000000u) != 0u;
-  var lo = v.x;
-  var hi = v.y;
+/** WGSL: `fromFixed(v) -> f32`, the total of a value's limb sums v = (Σl0, Σl1, Σl2, -), rounded once. */
+export const FIXED_READ_WGSL = /* wgsl */ `
+fn fromFixed(v: vec4<u32>) -> f32 {
+  // the 64-bit total (hi, lo) = Σl2 · 2^44 + Σl1 · 2^22 + Σl0, exactly
+  let lo = v.x + (v.y << 22u);
+  var hi = (v.y >> 10u) + (v.z << 12u) + select(0u, 1u, lo < v.x);
+  // through the magnitude, so that a small negative total keeps its 24 bits
+  let neg = (hi & 0x80000000u) != 0u;
+  var mlo = lo;
   if (neg) {
-    lo = ~v.x + 1u;
-    hi = ~v.y + select(0u, 1u, v.x == 0u);
+    mlo = ~lo + 1u;
+    hi = ~hi + select(0u, 1u, lo == 0u);
   }
-  let m = f32(hi) + f32(lo) * 2.3283064365386963e-10;
-  return select(m, -m, neg);
+  let m = f32(hi) * 4294967296.0 + f32(mlo);
+  return select(m, -m, neg) * 2.3283064365386963e-10;
 }
 // a quiet NaN (a constant's bitcast to NaN is rejected at compile time, so it goes through a variable)
 fn fixedNan() -> f32 {

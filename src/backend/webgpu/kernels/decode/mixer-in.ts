@@ -21,7 +21,7 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import { DECODE_CONV_MAX_K, convTapWgsl } from "./conv-step.ts";
 import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
-import { fixedAddWgsl } from "./fixed.ts";
+import { FIXED_READ_WGSL, fixedAddWgsl } from "./fixed.ts";
 
 export const DECODE_MAX_B = 8;
 /** Rows × hidden size that fit the workgroup's copy of the normalized input. */
@@ -42,7 +42,7 @@ export const mixerInWgsl = (CH: number, D: number, E: number, K: number, J: numb
   const TPR = 256 / (2 * CH);
   const CC = Math.min(CH, 8); // channels of a chunk of Wx a thread holds (a row's CC weights side by side)
   return /* wgsl */ `
-// bindings: 0 h [B, D] (${hFixed ? "fixed-point totals, from word 2·oH" : "f32"}) | 1 res [2, B, D] | 2 lp (layer constants)
+// bindings: 0 h [B, D] (${hFixed ? "fixed-point totals, from word 4·oH" : "f32"}) | 1 res [2, B, D] | 2 lp (layer constants)
 //           3 Win [2E, D] | 4 Wx [J, E] | 5 convState [B, K-1, E] in/out | 6 xz [B, 2E] out
 //           7 ${acc ? "xacc: fixed-point totals of x_proj (region from word oX) and the region to clear" : "Q [groups, B, J] out"} | 8 params
 // grid: (ceil(E / CH))
@@ -67,7 +67,7 @@ const KI = ${Math.ceil((J * (CH / CC)) / 256)}u; // chunks a thread holds: item 
 
 struct P { hasRes: u32, par: u32, eps: f32, oNorm: u32, oInBias: u32, oConvW: u32, oConvB: u32,
   oH: u32, oX: u32, oZero: u32, nZero: u32 }
-@group(0) @binding(0) var<storage, read> h: array<${hFixed ? "vec2<u32>" : "f32"}>;
+@group(0) @binding(0) var<storage, read> h: array<${hFixed ? "vec4<u32>" : "f32"}>;
 @group(0) @binding(1) var<storage, read_write> res: array<f32>;
 @group(0) @binding(2) var<storage, read> lp: array<f32>;
 @group(0) @binding(3) var<storage, read> wIn: array<${weight4Binding(wsIn)}>;
@@ -86,6 +86,7 @@ ${weight4Reader(wsIn, "win4", "wIn")}
 ${weightReader(wsX, "wx", "wX")}
 ${convTapWgsl(K)}
 ${acc ? fixedAddWgsl("xacc", acc.limit) : ""}
+${hFixed ? FIXED_READ_WGSL : ""}
 
 // chunk i of Wx (clamped: items past J · NCC and channels past E load valid weights, whose products are dropped
 // or meet zeros in xcs)
@@ -231,7 +232,7 @@ ${hFixed ? `  if (poisoned) {
     workgroupBarrier();
   }
 ${acc ? `  for (var j = t; j < J; j += WG) {
-    for (var b = 0u; b < RB; b++) { fixedAdd(p.oX + 2u * (b * J + j), p.oX + 2u * RB * J, red[j * RB + b]); }
+    for (var b = 0u; b < RB; b++) { fixedAdd(p.oX + 4u * (b * J + j), p.oX + 4u * RB * J, red[j * RB + b]); }
   }
   // the region the previous layer's kernel 2 read, cleared for the next step
   for (var i = wg.x * WG + t; i < p.nZero; i += WG * nwg.x) { atomicStore(&xacc[p.oZero + i], 0u); }` : `  for (var j = t; j < J; j += WG) {
@@ -249,7 +250,7 @@ export interface MixerInArgs {
   convState: Buf; xz: Buf; Q: Buf;
   channels?: number; // channels per workgroup (0 or absent: the default)
   // the fixed-point variant: Q is then the x_proj totals' buffer, x_proj's region from word oX; h the previous
-  // layer's out_proj totals (region from word oH, even) where hFixed; words oZero .. oZero + nZero of Q cleared
+  // layer's out_proj totals (region from word oH, a multiple of 4) where hFixed; words oZero .. oZero + nZero of Q cleared
   acc?: { hFixed: boolean; oH: number; oX: number; oZero: number; nZero: number; limit: number };
   loadBytes?: number; // bytes of in_proj a thread loads at once (DECODE_LOAD_BYTES_CHOICES; default 64)
 }
@@ -282,7 +283,7 @@ export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
     () => mixerInWgsl(CH, a.D, a.E, a.K, a.J, a.wsIn, a.wsX, loadBytes, a.B, acc && { hFixed: acc.hFixed, limit: acc.limit }));
   const groups = Math.ceil(a.E / CH);
   const p = new Params().bool(a.hasRes).u32(a.par).f32(a.eps).u32(a.oNorm).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB)
-    .u32(acc ? acc.oH / 2 : 0).u32(acc?.oX ?? 0).u32(acc?.oZero ?? 0).u32(acc?.nZero ?? 0);
+    .u32(acc ? acc.oH / 4 : 0).u32(acc?.oX ?? 0).u32(acc?.oZero ?? 0).u32(acc?.nZero ?? 0);
   gpu.dispatch(k, [a.h, a.res, a.lp, a.wIn, a.wX, a.convState, a.xz, a.Q], p, [groups]);
   return groups;
 }

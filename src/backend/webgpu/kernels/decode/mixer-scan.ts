@@ -20,7 +20,7 @@
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
-import { fixedAddWgsl } from "./fixed.ts";
+import { FIXED_READ_WGSL, fixedAddWgsl } from "./fixed.ts";
 import { DECODE_MAX_B } from "./mixer-in.ts";
 import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
 
@@ -33,16 +33,17 @@ export function mixerScanBytes(N: number): number {
   return 4 * (Math.max(DECODE_MAX_BJ + 256 * DECODE_MAX_B, DECODE_MAX_B * CH * (N + 1)) + DECODE_MAX_BJ + DECODE_MAX_B * CH + CH * (N + 2));
 }
 
-/** The fixed-point variant (./fixed.ts): out_proj's shape and storage, its rows a thread, and the magnitude below
- *  which a partial of out_proj may be added. */
+/** The fixed-point variant (./fixed.ts; it needs subgroups of at least 8 invocations): out_proj's shape and
+ *  storage, and the magnitude below which a partial of out_proj may be added. */
 export interface MixerScanAcc { D: number; E: number; wsOut: WeightStorage; limit: number }
 
-/** Rows of out_proj a thread loads at once in the fixed-point variant's step 4 (CH / 4 vec4 loads each). */
-const OUT_ROW_BATCH = 3;
+/** Passes of 32 rows of out_proj whose loads a thread issues together in the fixed-point variant's step 4 (a vec4
+ *  each): all of 130m's 24. */
+const OUT_PASS_BATCH = 24;
 
 /** The kernel's WGSL (exported for inspection). */
-export const mixerScanWgsl = (N: number, J: number, SL: number, ws: WeightStorage, summed: boolean, acc: MixerScanAcc | null = null) => /* wgsl */ `
-// bindings: 0 ${acc ? "xq: kernel 1's fixed-point totals of x_proj, from vec2 oX" : "Q [G, B, J]"} | 1 lp (layer constants) | 2 Wdt [E, R]
+export const mixerScanWgsl = (N: number, J: number, SL: number, ws: WeightStorage, summed: boolean, acc: MixerScanAcc | null = null) => /* wgsl */ `${acc ? "enable subgroups;\n" : ""}
+// bindings: 0 ${acc ? "xq: kernel 1's fixed-point totals of x_proj, from vec4 oX" : "Q [G, B, J]"} | 1 lp (layer constants) | 2 Wdt [E, R]
 //           3 xz [B, 2E] | 4 ssm [B, E, N] in/out | 5 ${acc ? "hacc: fixed-point totals of out_proj, from word oH; the region to clear" : "y [B, E] out"}
 //           ${acc ? "6 Wout [D, E] | 7" : "6"} params
 // grid: (ceil(E / CH), ceil(B / MAXB)): workgroup (x, y) owns channels x·CH .. and rows y·MAXB ..
@@ -56,7 +57,7 @@ const J = ${J}u; // x_proj outputs a row: dt | B | C
 const KO = ${Math.ceil(Math.min(DECODE_MAX_B * J, DECODE_MAX_BJ) / 256)}u; // outputs a thread sums in step 1 when they are many
 
 struct P { B: u32, E: u32, R: u32, G: u32, oPack: u32, oX: u32, oH: u32, oZero: u32, nZero: u32, oOutBias: u32, hasOutBias: u32 }
-@group(0) @binding(0) var<storage, read> ${acc ? "xq: array<vec2<u32>>" : "Q: array<f32>"};
+@group(0) @binding(0) var<storage, read> ${acc ? "xq: array<vec4<u32>>" : "Q: array<f32>"};
 @group(0) @binding(1) var<storage, read> lp: array<f32>;
 @group(0) @binding(2) var<storage, read> wDt: array<${weightBinding(ws)}>;
 @group(0) @binding(3) var<storage, read> xz: array<f32>;
@@ -80,11 +81,13 @@ var<workgroup> pks: array<f32, CH * (N + 2u)>; // the channels' A·log2(e) [N], 
 ${weightReader(ws, "wdt", "wDt")}
 ${acc ? `${weight4Reader(acc.wsOut, "wout4", "wOut")}
 ${fixedAddWgsl("hacc", acc.limit)}
+${FIXED_READ_WGSL}
 const D = ${acc.D}u;
 const E4 = ${acc.E / 4}u;     // vec4s of a row of Wout
-const CH4 = CH / 4u;
-const OR = ${Math.ceil(acc.D / 256)}u;  // rows of Wout a thread
-const ORB = ${Math.min(OUT_ROW_BATCH, Math.ceil(acc.D / 256))}u; // of them loaded at once
+const CH4 = CH / 4u;          // lanes a row of Wout in step 4
+const ROWS_PASS = WG / CH4;   // rows of Wout a pass of step 4
+const PASSES = ${Math.ceil(acc.D / 32)}u;
+const PB = ${Math.min(OUT_PASS_BATCH, Math.ceil(acc.D / 32))}u; // passes whose loads are in flight together
 var<workgroup> ys: array<vec4<f32>, MAXB * CH / 4u>; // y [B, CH] of this group, zero past its channels
 ` : ""}
 ${SOFTPLUS_WGSL}
@@ -232,23 +235,30 @@ ${acc ? `  ys[(b3 * CH + c3) / 4u][c3 % 4u] = yv; // zero past the rows and chan
     ssm[stateAt(i, b0, e0, rowLen)] = scr[stagedAt(i, rowLen)];
   }
 ${acc ? `
-  // 4. this group's share of out_proj for every output d (a thread per row of Wout, its CH weights of this group
-  //    read 4 at a time, ORB rows' loads in flight together; channels past E clamped, meeting zeros in ys), added
-  //    into the totals; workgroup 0 adds the bias
-  for (var r0 = 0u; r0 < OR; r0 += ORB) {
-    var wv: array<vec4<f32>, ORB * CH4>;
-    for (var r = 0u; r < ORB; r++) {
-      let d = min(t + (r0 + r) * WG, D - 1u);
-      for (var k = 0u; k < CH4; k++) { wv[r * CH4 + k] = wout4(d * E4 + min(e0 / 4u + k, E4 - 1u)); }
+  // 4. this group's share of out_proj for every output d, added into the totals (workgroup 0 adds the bias).
+  //    8 lanes a row of Wout, each a vec4 of this group's CH = 32 weights, so that a subgroup's loads are whole
+  //    rows (a thread per row measured slower: each load touched a cache line per lane); 32 rows a pass, PB passes'
+  //    loads in flight together; the 8 products summed by 3 subgroup shuffles (lanes of a row are 8 consecutive
+  //    invocations of one subgroup: the kernel runs where subgroups have at least 8). Channels past E are clamped
+  //    and meet zeros in ys.
+  let q4 = t % CH4;
+  let r4 = t / CH4;
+  for (var p0 = 0u; p0 < PASSES; p0 += PB) {
+    var wv: array<vec4<f32>, PB>;
+    for (var k = 0u; k < PB; k++) {
+      wv[k] = wout4(min((p0 + k) * ROWS_PASS + r4, D - 1u) * E4 + min(e0 / 4u + q4, E4 - 1u));
     }
-    for (var r = 0u; r < ORB; r++) {
-      let d = t + (r0 + r) * WG;
-      if (r0 + r < OR && d < D) {
-        let bias = select(0.0, lp[p.oOutBias + d], p.hasOutBias != 0u && wg.x == 0u);
-        for (var b = 0u; b < B; b++) {
-          var s = 0.0;
-          for (var k = 0u; k < CH4; k++) { s += dot(wv[r * CH4 + k], ys[b * CH4 + k]); }
-          fixedAdd(p.oH + 2u * ((b0 + b) * D + d), p.oH + 2u * p.B * D, s + bias);
+    for (var k = 0u; k < PB; k++) {
+      let d = (p0 + k) * ROWS_PASS + r4;
+      let live = p0 + k < PASSES && d < D;
+      let bias = select(0.0, lp[p.oOutBias + min(d, D - 1u)], p.hasOutBias != 0u && wg.x == 0u);
+      for (var b = 0u; b < MAXB; b++) {
+        if (b < B) {
+          var s = dot(wv[k], ys[b * CH4 + q4]);
+          s += subgroupShuffleXor(s, 4u);
+          s += subgroupShuffleXor(s, 2u);
+          s += subgroupShuffleXor(s, 1u);
+          if (q4 == 0u && live) { fixedAdd(p.oH + 4u * ((b0 + b) * D + d), p.oH + 4u * p.B * D, s + bias); }
         }
       }
     }
@@ -261,7 +271,7 @@ ${acc ? `
 export interface MixerScanArgs {
   B: number; E: number; N: number; R: number; J: number; G: number;
   Q: Buf; lp: Buf; oPack: number; wDt: Buf; wsDt: WeightStorage; xz: Buf; ssm: Buf; y: Buf;
-  // the fixed-point variant: Q is then kernel 1's totals of x_proj (region from word oX, even), y the buffer of
+  // the fixed-point variant: Q is then kernel 1's totals of x_proj (region from word oX, a multiple of 4), y the buffer of
   // out_proj's totals (region from word oH), words oZero .. oZero + nZero of it cleared; the bias at oOutBias of lp
   acc?: { D: number; wOut: Buf; wsOut: WeightStorage; oX: number; oH: number; oZero: number; nZero: number;
     oOutBias: number; hasOutBias: boolean; limit: number };
@@ -279,10 +289,11 @@ export function decodeMixerScan(gpu: Gpu, a: MixerScanArgs): void {
   const summed = a.G === 1;
   const acc = a.acc;
   if (acc && a.E % 4 !== 0) throw new Error(`decodeMixerScan: out_proj in the kernel needs channels in fours, got ${a.E}`);
+  if (acc && gpu.subgroupMinSize < 8) throw new Error("decodeMixerScan: out_proj in the kernel needs subgroups of at least 8 invocations");
   const key = acc ? `_acc${acc.D}_${acc.wsOut}_${acc.limit}` : summed ? "_summed" : "";
   const k = gpu.kernel(`decode_scan_${a.N}_${a.J}_${SL}_${a.wsDt}${key}`,
     () => mixerScanWgsl(a.N, a.J, SL, a.wsDt, summed, acc ? { D: acc.D, E: a.E, wsOut: acc.wsOut, limit: acc.limit } : null));
-  const p = new Params().u32(a.B).u32(a.E).u32(a.R).u32(a.G).u32(a.oPack).u32(acc ? acc.oX / 2 : 0).u32(acc?.oH ?? 0)
+  const p = new Params().u32(a.B).u32(a.E).u32(a.R).u32(a.G).u32(a.oPack).u32(acc ? acc.oX / 4 : 0).u32(acc?.oH ?? 0)
     .u32(acc?.oZero ?? 0).u32(acc?.nZero ?? 0).u32(acc?.oOutBias ?? 0).bool(acc?.hasOutBias ?? false);
   const bufs = acc ? [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y, acc.wOut] : [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y];
   gpu.dispatch(k, bufs, p, [Math.ceil(a.E / CH), Math.ceil(a.B / DECODE_MAX_B)]);

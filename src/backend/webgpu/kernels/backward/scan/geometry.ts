@@ -64,8 +64,7 @@ export function maxSubTile(N: number, wgBytes: number, W = 0): number {
  * undefined / negative for the default.
  */
 export function scanBwdReduceWidth(gpu: Gpu, request?: number): number {
-  const info = (gpu.device as { adapterInfo?: { subgroupMinSize?: number } }).adapterInfo;
-  const min = gpu.hasSubgroups ? info?.subgroupMinSize ?? 0 : 0;
+  const min = gpu.subgroupMinSize;
   const most = min >= 2 && (min & (min - 1)) === 0 ? Math.min(SCAN_BWD_WG, min) : 0;
   if (request === undefined || request < 0) return most;
   if (request === 0 || most === 0) return 0;
