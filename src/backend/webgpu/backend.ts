@@ -101,6 +101,8 @@ export interface WebGpuTuning {
    *  fours and subgroups of at least 8 invocations, and is not taken without them. false: x_proj's partials one
    *  per workgroup, out_proj a dispatch of its own */
   decodeAccumulate?: boolean;
+  /** words between two fixed-point totals of decodeAccumulate (default 4) */
+  decodeAccStride?: number;
   /** batches the fused kernels do not take (past 8 rows, or too wide for them) decode with the batch step's kernels
    *  (kernels/decode/batch-*.ts, five dispatches a layer) when true (default); when false through a recording of
    *  the model's ops (ten a layer). At batch 64 of 130m on the H200 a batch step took 2188 us of GPU time, the
@@ -156,6 +158,7 @@ export class WebGpuBackend implements Backend {
   private readonly decodeLoadBytes: number;
   /** WebGpuTuning.decodeAccumulate; undefined when not given (by the model's width) */
   private readonly decodeAccumulate: boolean | undefined;
+  private readonly decodeAccStride: number;
   /** WebGpuTuning.decodeBatch */
   private readonly decodeBatch: boolean;
   /** WebGpuTuning.decodeBatchReduce */
@@ -216,6 +219,8 @@ export class WebGpuBackend implements Backend {
     this.matvecWholeRow = tuning.matvecWholeRow ?? true;
     checkFlag("decodeAccumulate", tuning.decodeAccumulate);
     this.decodeAccumulate = tuning.decodeAccumulate;
+    checkChoice("decodeAccStride", tuning.decodeAccStride, [4, 8, 16, 32, 64, 256, 1024]);
+    this.decodeAccStride = tuning.decodeAccStride ?? 4;
     checkFlag("decodeBatch", tuning.decodeBatch);
     this.decodeBatch = tuning.decodeBatch ?? true;
     checkFlag("sampleList", tuning.sampleList);
@@ -690,7 +695,8 @@ export class WebGpuBackend implements Backend {
     const acc = (this.decodeAccumulate ?? E <= 2048) && E % 4 === 0 && gpu.subgroupMinSize >= 8 &&
       Math.max(inGroups, mixerScanGroups(E)) <= FIXED_MAX_TERMS;
     // the totals: a region of x_proj's and of out_proj's per layer (zeroed here; the step leaves them zero)
-    const xWords = fixedRegionWords(B * J), hWords = fixedRegionWords(B * D);
+    const S = this.decodeAccStride;
+    const xWords = fixedRegionWords(B * J, S), hWords = fixedRegionWords(B * D, S);
     const xacc = acc ? gpu.alloc(L * xWords * 4) : null;
     const hacc = acc ? gpu.alloc(L * hWords * 4) : null;
     if (xacc && hacc) {
@@ -714,8 +720,8 @@ export class WebGpuBackend implements Backend {
           wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
           convState: convState.buf, xz, Q: acc ? xacc! : Q!, channels: this.decodeChannels, loadBytes: this.loadBytes(D),
           acc: acc ? {
-            hFixed: i > 0, oH: (i - 1) * hWords, oX: i * xWords, oZero: (i - 1) * xWords, nZero: i > 0 ? xWords : 0,
-            limit: fixedLimit(inGroups),
+            hFixed: i > 0, oH: (i - 1) * hWords, oX: i * xWords, oZero: (i - 1) * xWords, nZero: i > 0 ? B * J + 1 : 0,
+            limit: fixedLimit(inGroups), stride: S,
           } : undefined,
         });
         decodeMixerScan(gpu, {
@@ -723,7 +729,7 @@ export class WebGpuBackend implements Backend {
           xz, ssm: ssmState.buf, y: acc ? hacc! : y!,
           acc: acc ? {
             D, wOut: wo.buf, wsOut: this.weightStorage(wo), oX: i * xWords, oH: i * hWords, oZero: (i - 1) * hWords,
-            nZero: i > 0 ? hWords : 0, oOutBias: lp.oOutBias, hasOutBias: !!m.outProjBias, limit: fixedLimit(mixerScanGroups(E)),
+            nZero: i > 0 ? B * D + 1 : 0, oOutBias: lp.oOutBias, hasOutBias: !!m.outProjBias, limit: fixedLimit(mixerScanGroups(E)), stride: S,
           } : undefined,
         });
         if (acc) continue;
@@ -737,7 +743,7 @@ export class WebGpuBackend implements Backend {
       if (acc) {
         decodeFinalNorm(gpu, {
           B, D, eps: c.layerNormEpsilon, hacc: hacc!, oH: (L - 1) * hWords, res, oRes: (L % 2) * B * D, g: normF,
-          out: normed.buf, xacc: xacc!, oZero: (L - 1) * xWords, nZero: xWords,
+          out: normed.buf, xacc: xacc!, oZero: (L - 1) * xWords, nZero: B * J + 1, stride: S,
         });
       } else addRmsNorm(gpu, h, res, normF, c.layerNormEpsilon, B, D, normed.buf, resOut!, (L % 2) * B * D);
     });

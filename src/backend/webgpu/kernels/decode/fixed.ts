@@ -19,9 +19,9 @@
 /** Contributions a total may take: every limb sum stays below 2^32. */
 export const FIXED_MAX_TERMS = 1024;
 
-/** Words of a region of `count` fixed-point values (4 a value, then the poison word and 3 unused). */
-export function fixedRegionWords(count: number): number {
-  return 4 * count + 4;
+/** Words of a region of `count` fixed-point values `stride` words apart (a multiple of 4), then the poison word. */
+export function fixedRegionWords(count: number, stride = 4): number {
+  return stride * (count + 1);
 }
 
 /** The magnitude below which `terms` contributions sum within the 64-bit total (|total| < 2^31, as x · 2^32):

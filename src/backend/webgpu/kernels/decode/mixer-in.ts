@@ -31,13 +31,14 @@ export const DECODE_MAX_K = DECODE_CONV_MAX_K;
 
 /** The fixed-point variant of the kernel (./fixed.ts): whether the layer input is fixed-point totals (every layer
  *  but the first), and the magnitude below which a partial of x_proj may be added. */
-export interface MixerInAcc { hFixed: boolean; limit: number }
+export interface MixerInAcc { hFixed: boolean; limit: number; stride: number }
 
 /** The kernel's WGSL (exported for inspection). D, E, K, J and RB (the dispatch's rows) are constants of it, so
  *  that every loop over rows, weights and taps has a constant bound and its loads can be issued together. */
 export const mixerInWgsl = (CH: number, D: number, E: number, K: number, J: number, wsIn: WeightStorage, wsX: WeightStorage,
   loadBytes: number, RB: number, acc: MixerInAcc | null = null) => {
   const hFixed = acc?.hFixed ?? false;
+  const S = acc?.stride ?? 4; // words from one fixed-point value to the next
   const BATCH = loadBytes / (wsIn === "f32" ? 16 : 8);
   const TPR = 256 / (2 * CH);
   const CC = Math.min(CH, 8); // channels of a chunk of Wx a thread holds (a row's CC weights side by side)
@@ -117,12 +118,12 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let inBias = lp[p.oInBias + grow];
   var hv: array<array<f32, KD>, RB>; // the layer input (h + residual), KD values a row
   var gv: array<f32, KD>;            // and the norm weights at them
-${hFixed ? "  let poisoned = h[p.oH + RB * D].x != 0u; // a partial of out_proj was not finite (./fixed.ts)\n" : ""}  for (var k = 0u; k < KD; k++) {
+${hFixed ? `  let poisoned = h[p.oH + RB * D * ${S / 4}u].x != 0u; // a partial of out_proj was not finite (./fixed.ts)\n` : ""}  for (var k = 0u; k < KD; k++) {
     let d = min(t + k * WG, D - 1u);
     gv[k] = lp[p.oNorm + d];
     for (var b = 0u; b < RB; b++) {
       let r = res[p.par * RB * D + b * D + d];
-      hv[b][k] = ${hFixed ? "fromFixed(h[p.oH + b * D + d])" : "h[b * D + d]"} + select(0.0, r, p.hasRes != 0u);
+      hv[b][k] = ${hFixed ? `fromFixed(h[p.oH + (b * D + d) * ${S / 4}u])` : "h[b * D + d]"} + select(0.0, r, p.hasRes != 0u);
     }
   }
 ${hFixed ? `  if (poisoned) {
@@ -232,10 +233,12 @@ ${hFixed ? `  if (poisoned) {
     workgroupBarrier();
   }
 ${acc ? `  for (var j = t; j < J; j += WG) {
-    for (var b = 0u; b < RB; b++) { fixedAdd(p.oX + 4u * (b * J + j), p.oX + 4u * RB * J, red[j * RB + b]); }
+    for (var b = 0u; b < RB; b++) { fixedAdd(p.oX + ${S}u * (b * J + j), p.oX + ${S}u * RB * J, red[j * RB + b]); }
   }
   // the region the previous layer's kernel 2 read, cleared for the next step
-  for (var i = wg.x * WG + t; i < p.nZero; i += WG * nwg.x) { atomicStore(&xacc[p.oZero + i], 0u); }` : `  for (var j = t; j < J; j += WG) {
+  for (var i = wg.x * WG + t; i < p.nZero; i += WG * nwg.x) {
+    for (var k = 0u; k < 3u; k++) { atomicStore(&xacc[p.oZero + i * ${S}u + k], 0u); }
+  }` : `  for (var j = t; j < J; j += WG) {
     for (var b = 0u; b < RB; b++) { Q[(wg.x * RB + b) * J + j] = red[j * RB + b]; }
   }`}
 }
@@ -250,8 +253,8 @@ export interface MixerInArgs {
   convState: Buf; xz: Buf; Q: Buf;
   channels?: number; // channels per workgroup (0 or absent: the default)
   // the fixed-point variant: Q is then the x_proj totals' buffer, x_proj's region from word oX; h the previous
-  // layer's out_proj totals (region from word oH, a multiple of 4) where hFixed; words oZero .. oZero + nZero of Q cleared
-  acc?: { hFixed: boolean; oH: number; oX: number; oZero: number; nZero: number; limit: number };
+  // layer's out_proj totals (region from word oH, a multiple of 4) where hFixed; nZero values of Q from word oZero cleared (the poison word counts as one)
+  acc?: { hFixed: boolean; oH: number; oX: number; oZero: number; nZero: number; limit: number; stride: number };
   loadBytes?: number; // bytes of in_proj a thread loads at once (DECODE_LOAD_BYTES_CHOICES; default 64)
 }
 
@@ -278,9 +281,9 @@ export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
   if (a.B * a.J > 256 * DECODE_MAX_B) throw new Error(`decodeMixerIn: ${a.B} rows of ${a.J} x_proj outputs, expected at most ${256 * DECODE_MAX_B}`);
   if (a.D % 4 !== 0) throw new Error(`decodeMixerIn: hidden size ${a.D} is not a multiple of 4`);
   const acc = a.acc ?? null;
-  const accKey = acc ? `_acc${acc.hFixed ? "h" : ""}${acc.limit}` : "";
+  const accKey = acc ? `_acc${acc.hFixed ? "h" : ""}${acc.limit}_${acc.stride}` : "";
   const k = gpu.kernel(`decode_in_${CH}_${a.D}_${a.E}_${a.K}_${a.J}_${a.wsIn}_${a.wsX}_${loadBytes}_r${a.B}${accKey}`,
-    () => mixerInWgsl(CH, a.D, a.E, a.K, a.J, a.wsIn, a.wsX, loadBytes, a.B, acc && { hFixed: acc.hFixed, limit: acc.limit }));
+    () => mixerInWgsl(CH, a.D, a.E, a.K, a.J, a.wsIn, a.wsX, loadBytes, a.B, acc && { hFixed: acc.hFixed, limit: acc.limit, stride: acc.stride }));
   const groups = Math.ceil(a.E / CH);
   const p = new Params().bool(a.hasRes).u32(a.par).f32(a.eps).u32(a.oNorm).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB)
     .u32(acc ? acc.oH / 4 : 0).u32(acc?.oX ?? 0).u32(acc?.oZero ?? 0).u32(acc?.nZero ?? 0);

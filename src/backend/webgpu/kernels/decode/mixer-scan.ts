@@ -35,7 +35,7 @@ export function mixerScanBytes(N: number): number {
 
 /** The fixed-point variant (./fixed.ts; it needs subgroups of at least 8 invocations): out_proj's shape and
  *  storage, and the magnitude below which a partial of out_proj may be added. */
-export interface MixerScanAcc { D: number; E: number; wsOut: WeightStorage; limit: number }
+export interface MixerScanAcc { D: number; E: number; wsOut: WeightStorage; limit: number; stride: number }
 
 /** Passes of 32 rows of out_proj whose loads a thread issues together in the fixed-point variant's step 4 (a vec4
  *  each): all of 130m's 24. */
@@ -138,8 +138,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   //    8 rows takes ceil(G / BATCH) round trips to memory rather than KO times as many (scan at 64 rows of 130m:
   //    32.9 → 25.0 us a dispatch on the H200, with step 0).
 ${acc ? `  let S = 1u; // kernel 1's totals (a non-finite partial poisoned them: NaN, as a float sum would be)
-  let poisoned = xq[p.oX + p.B * J].x != 0u;
-  for (var i = t; i < BJ; i += WG) { scr[i] = select(fromFixed(xq[p.oX + q0 + i]), fixedNan(), poisoned); }
+  let poisoned = xq[p.oX + p.B * J * ${acc.stride / 4}u].x != 0u;
+  for (var i = t; i < BJ; i += WG) { scr[i] = select(fromFixed(xq[p.oX + (q0 + i) * ${acc.stride / 4}u]), fixedNan(), poisoned); }
 ` : summed ? `  let S = 1u; // one partial: the batch step's x_proj, summed already by matmul_reduce
   for (var i = t; i < BJ; i += WG) { scr[i] = Q[q0 + i]; }
 ` : `  let S = max(1u, WG / BJ);
@@ -258,13 +258,15 @@ ${acc ? `
           s += subgroupShuffleXor(s, 4u);
           s += subgroupShuffleXor(s, 2u);
           s += subgroupShuffleXor(s, 1u);
-          if (q4 == 0u && live) { fixedAdd(p.oH + 4u * ((b0 + b) * D + d), p.oH + 4u * p.B * D, s + bias); }
+          if (q4 == 0u && live) { fixedAdd(p.oH + ${acc.stride}u * ((b0 + b) * D + d), p.oH + ${acc.stride}u * p.B * D, s + bias); }
         }
       }
     }
   }
   // the totals the previous layer's out_proj left (its kernel 1 has read them), cleared for the next step
-  for (var i = wg.x * WG + t; i < p.nZero; i += WG * nwg.x) { atomicStore(&hacc[p.oZero + i], 0u); }
+  for (var i = wg.x * WG + t; i < p.nZero; i += WG * nwg.x) {
+    for (var k = 0u; k < 3u; k++) { atomicStore(&hacc[p.oZero + i * ${acc.stride}u + k], 0u); }
+  }
 ` : ""}}
 `;
 
@@ -272,9 +274,9 @@ export interface MixerScanArgs {
   B: number; E: number; N: number; R: number; J: number; G: number;
   Q: Buf; lp: Buf; oPack: number; wDt: Buf; wsDt: WeightStorage; xz: Buf; ssm: Buf; y: Buf;
   // the fixed-point variant: Q is then kernel 1's totals of x_proj (region from word oX, a multiple of 4), y the buffer of
-  // out_proj's totals (region from word oH), words oZero .. oZero + nZero of it cleared; the bias at oOutBias of lp
+  // out_proj's totals (region from word oH), nZero values of it from word oZero cleared (the poison word counts as one); the bias at oOutBias of lp
   acc?: { D: number; wOut: Buf; wsOut: WeightStorage; oX: number; oH: number; oZero: number; nZero: number;
-    oOutBias: number; hasOutBias: boolean; limit: number };
+    oOutBias: number; hasOutBias: boolean; limit: number; stride: number };
 }
 
 /** Workgroups of the kernel along the channels (in the fixed-point variant, the partials each total adds). */
@@ -290,9 +292,9 @@ export function decodeMixerScan(gpu: Gpu, a: MixerScanArgs): void {
   const acc = a.acc;
   if (acc && a.E % 4 !== 0) throw new Error(`decodeMixerScan: out_proj in the kernel needs channels in fours, got ${a.E}`);
   if (acc && gpu.subgroupMinSize < 8) throw new Error("decodeMixerScan: out_proj in the kernel needs subgroups of at least 8 invocations");
-  const key = acc ? `_acc${acc.D}_${acc.wsOut}_${acc.limit}` : summed ? "_summed" : "";
+  const key = acc ? `_acc${acc.D}_${acc.wsOut}_${acc.limit}_${acc.stride}` : summed ? "_summed" : "";
   const k = gpu.kernel(`decode_scan_${a.N}_${a.J}_${SL}_${a.wsDt}${key}`,
-    () => mixerScanWgsl(a.N, a.J, SL, a.wsDt, summed, acc ? { D: acc.D, E: a.E, wsOut: acc.wsOut, limit: acc.limit } : null));
+    () => mixerScanWgsl(a.N, a.J, SL, a.wsDt, summed, acc ? { D: acc.D, E: a.E, wsOut: acc.wsOut, limit: acc.limit, stride: acc.stride } : null));
   const p = new Params().u32(a.B).u32(a.E).u32(a.R).u32(a.G).u32(a.oPack).u32(acc ? acc.oX / 4 : 0).u32(acc?.oH ?? 0)
     .u32(acc?.oZero ?? 0).u32(acc?.nZero ?? 0).u32(acc?.oOutBias ?? 0).bool(acc?.hasOutBias ?? false);
   const bufs = acc ? [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y, acc.wOut] : [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y];
