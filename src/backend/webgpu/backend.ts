@@ -675,10 +675,10 @@ export class WebGpuBackend implements Backend {
 
   /**
    * Encodes one fused step (the layers and norm_f) over buffers kept for it, recording its dispatches. With
-   * decodeAccumulate (and channels in fours) a layer is 2 dispatches: the sums over channel groups of x_proj and
-   * out_proj go into fixed-point totals (kernels/decode/fixed.ts), a region of each per layer, which the next kernel
-   * reads; each region is cleared by a kernel after its reader and before the next step's writer (x_proj's by the
-   * next layer's first kernel, out_proj's by the next layer's scan kernel, the last layer's by the final norm).
+   * decodeAccumulate (and channels in fours) a layer is 2 dispatches: the first kernel's partials of x_proj go into
+   * fixed-point totals (kernels/decode/fixed.ts), a region per layer, cleared after its reader and before the next
+   * step's writer (by the next layer's first kernel, the last by the final norm); the scan kernel also does out_proj,
+   * one partial per workgroup, which the next layer's first kernel (or the final norm) adds up as its input.
    */
   private recordDecode(model: StepModel, B: number, key: string, packs: LayerPack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
     const c = model.config;
@@ -692,17 +692,14 @@ export class WebGpuBackend implements Backend {
     const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other
     const xz = gpu.alloc(B * 2 * E * 4);
     const inGroups = Math.ceil(E / mixerInChannels(E, this.decodeChannels));
-    const acc = (this.decodeAccumulate ?? E <= 2048) && E % 4 === 0 && gpu.subgroupMinSize >= 8 &&
-      Math.max(inGroups, mixerScanGroups(E)) <= FIXED_MAX_TERMS;
-    // the totals: a region of x_proj's and of out_proj's per layer (zeroed here; the step leaves them zero)
+    const scanGroups = mixerScanGroups(E);
+    const acc = (this.decodeAccumulate ?? E <= 2048) && E % 4 === 0 && gpu.subgroupMinSize >= 8 && inGroups <= FIXED_MAX_TERMS;
+    // x_proj's totals, a region per layer (zeroed here; the step leaves them zero); out_proj's partials
     const S = this.decodeAccStride;
-    const xWords = fixedRegionWords(B * J, S), hWords = fixedRegionWords(B * D, S);
+    const xWords = fixedRegionWords(B * J, S);
     const xacc = acc ? gpu.alloc(L * xWords * 4) : null;
-    const hacc = acc ? gpu.alloc(L * hWords * 4) : null;
-    if (xacc && hacc) {
-      fillWords(gpu, xacc, 0, L * xWords);
-      fillWords(gpu, hacc, 0, L * hWords);
-    }
+    if (xacc) fillWords(gpu, xacc, 0, L * xWords);
+    const hp = acc ? gpu.alloc(scanGroups * B * D * 4) : null;
     const y = acc ? null : gpu.alloc(B * E * 4);
     const Q = acc ? null : gpu.alloc(inGroups * B * J * 4); // a partial per mixer-in workgroup
     const resOut = acc ? null : gpu.alloc(B * D * 4);
@@ -715,21 +712,20 @@ export class WebGpuBackend implements Backend {
         const wIn = this.t(m.inProj, "decodeStep"), wX = this.t(m.xProj!, "decodeStep"), wDt = this.t(m.dtProj!, "decodeStep");
         const wo = this.t(m.outProj, "decodeStep");
         const G = decodeMixerIn(gpu, {
-          B, D, E, K, J, eps: c.layerNormEpsilon, h: acc && i > 0 ? hacc! : h, res, hasRes: i > 0, par: i % 2,
+          B, D, E, K, J, eps: c.layerNormEpsilon, h: acc && i > 0 ? hp! : h, res, hasRes: i > 0, par: i % 2,
           lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
           wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
           convState: convState.buf, xz, Q: acc ? xacc! : Q!, channels: this.decodeChannels, loadBytes: this.loadBytes(D),
           acc: acc ? {
-            hFixed: i > 0, oH: (i - 1) * hWords, oX: i * xWords, oZero: (i - 1) * xWords, nZero: i > 0 ? B * J + 1 : 0,
+            hParts: i > 0 ? scanGroups : 0, oX: i * xWords, oZero: (i - 1) * xWords, nZero: i > 0 ? B * J + 1 : 0,
             limit: fixedLimit(inGroups), stride: S,
           } : undefined,
         });
         decodeMixerScan(gpu, {
           B, E, N, R, J, G, Q: acc ? xacc! : Q!, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
-          xz, ssm: ssmState.buf, y: acc ? hacc! : y!,
+          xz, ssm: ssmState.buf, y: acc ? hp! : y!,
           acc: acc ? {
-            D, wOut: wo.buf, wsOut: this.weightStorage(wo), oX: i * xWords, oH: i * hWords, oZero: (i - 1) * hWords,
-            nZero: i > 0 ? B * D + 1 : 0, oOutBias: lp.oOutBias, hasOutBias: !!m.outProjBias, limit: fixedLimit(mixerScanGroups(E)), stride: S,
+            D, wOut: wo.buf, wsOut: this.weightStorage(wo), oX: i * xWords, oOutBias: lp.oOutBias, hasOutBias: !!m.outProjBias, stride: S,
           } : undefined,
         });
         if (acc) continue;
@@ -742,12 +738,12 @@ export class WebGpuBackend implements Backend {
       // norm_f over the last out_proj + the last residual (half L % 2 of res)
       if (acc) {
         decodeFinalNorm(gpu, {
-          B, D, eps: c.layerNormEpsilon, hacc: hacc!, oH: (L - 1) * hWords, res, oRes: (L % 2) * B * D, g: normF,
+          B, D, eps: c.layerNormEpsilon, hp: hp!, G: scanGroups, res, oRes: (L % 2) * B * D, g: normF,
           out: normed.buf, xacc: xacc!, oZero: (L - 1) * xWords, nZero: B * J + 1, stride: S,
         });
       } else addRmsNorm(gpu, h, res, normF, c.layerNormEpsilon, B, D, normed.buf, resOut!, (L % 2) * B * D);
     });
-    const scratch = [res, xz, ...[y, Q, resOut, xacc, hacc].filter((b): b is Buf => b !== null)];
+    const scratch = [res, xz, ...[y, Q, resOut, xacc, hp].filter((b): b is Buf => b !== null)];
     return { key, h, normed, scratch, plan };
   }
 

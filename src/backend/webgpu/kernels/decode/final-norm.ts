@@ -1,26 +1,23 @@
 /**
- * The fused decode's final norm where the layers run two kernels each (./fixed.ts): norm_f over the last layer's
- * fixed-point totals of out_proj plus the residual, one workgroup for all B rows (at most DECODE_MAX_BD values).
- * It is the only reader of those totals, so it clears them as it reads them, and it clears the last layer's
- * x_proj totals, which that layer's kernel 2 has read: the next step finds every region zero.
+ * The fused decode's final norm where the layers run two kernels each: norm_f over the sum of the last scan
+ * kernel's partials of out_proj plus the residual, one workgroup for all B rows (at most DECODE_MAX_BD values).
+ * It also clears the last layer's fixed-point totals of x_proj (./fixed.ts), which that layer's scan kernel has
+ * read: the next step finds every region zero.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
-import { FIXED_READ_WGSL } from "./fixed.ts";
 import { DECODE_MAX_BD } from "./mixer-in.ts";
 
 const wgsl = /* wgsl */ `
-// bindings: 0 hacc (out_proj totals [B, D], from word oH) | 1 res [2, B, D] | 2 g [D] | 3 out [B, D]
+// bindings: 0 hp (out_proj's partials [G, B, D]) | 1 res [2, B, D] | 2 g [D] | 3 out [B, D]
 //           4 xacc (the region to clear) | 5 params
-struct P { B: u32, D: u32, eps: f32, oH: u32, oRes: u32, oZero: u32, nZero: u32, S: u32 }
-@group(0) @binding(0) var<storage, read_write> hacc: array<u32>;
+struct P { B: u32, D: u32, eps: f32, G: u32, oRes: u32, oZero: u32, nZero: u32, S: u32 }
+@group(0) @binding(0) var<storage, read> hp: array<f32>;
 @group(0) @binding(1) var<storage, read> res: array<f32>;
 @group(0) @binding(2) var<storage, read> g: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> xacc: array<u32>;
 @group(0) @binding(5) var<uniform> p: P;
-
-${FIXED_READ_WGSL}
 
 var<workgroup> red: array<f32, 256>;
 var<workgroup> hs: array<f32, ${DECODE_MAX_BD}>;
@@ -28,15 +25,11 @@ var<workgroup> hs: array<f32, ${DECODE_MAX_BD}>;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
   let t = lid.x;
-  let poison = p.oH + p.S * p.B * p.D;
-  let poisoned = hacc[poison] != 0u;
-  for (var i = t; i < p.B * p.D; i += 256u) {
-    let w = p.oH + p.S * i;
-    let v = select(fromFixed(vec4<u32>(hacc[w], hacc[w + 1u], hacc[w + 2u], 0u)), fixedNan(), poisoned);
-    hacc[w] = 0u;
-    hacc[w + 1u] = 0u;
-    hacc[w + 2u] = 0u;
-    hs[i] = v + res[p.oRes + i];
+  let n = p.B * p.D;
+  for (var i = t; i < n; i += 256u) {
+    var v = res[p.oRes + i];
+    for (var g = 0u; g < p.G; g++) { v += hp[g * n + i]; }
+    hs[i] = v;
   }
   for (var i = t; i < p.nZero; i += 256u) { // the values and the poison word of the x_proj region
     let w = p.oZero + i * p.S;
@@ -44,8 +37,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
     xacc[w + 1u] = 0u;
     xacc[w + 2u] = 0u;
   }
-  workgroupBarrier(); // every thread has read the poison word
-  if (t == 0u) { hacc[poison] = 0u; }
+  workgroupBarrier();
   for (var b = 0u; b < p.B; b++) {
     var ss = 0.0;
     for (var d = t; d < p.D; d += 256u) { ss = fma(hs[b * p.D + d], hs[b * p.D + d], ss); }
@@ -64,15 +56,15 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
 
 export interface FinalNormArgs {
   B: number; D: number; eps: number;
-  hacc: Buf; oH: number; res: Buf; oRes: number; g: Buf; out: Buf;
+  hp: Buf; G: number; res: Buf; oRes: number; g: Buf; out: Buf;
   xacc: Buf; oZero: number; nZero: number; // values of xacc to clear (stride apart; the poison word counts as one)
-  stride: number; // words from one value of hacc to the next
+  stride: number; // words from one value of xacc to the next
 }
 
-// hacc: fixed-point [B, D] from word oH, res: [B, D] from word oRes, g: [D] -> out: [B, D]
+// hp: [G, B, D], res: [B, D] from word oRes, g: [D] -> out: [B, D]
 export function decodeFinalNorm(gpu: Gpu, a: FinalNormArgs): void {
   if (a.B * a.D > DECODE_MAX_BD) throw new Error(`decodeFinalNorm: ${a.B} rows of ${a.D}, expected at most ${DECODE_MAX_BD} values`);
   const k = gpu.kernel("decode_final_norm", () => wgsl);
-  const p = new Params().u32(a.B).u32(a.D).f32(a.eps).u32(a.oH).u32(a.oRes).u32(a.oZero).u32(a.nZero).u32(a.stride);
-  gpu.dispatch(k, [a.hacc, a.res, a.g, a.out, a.xacc], p, [1]);
+  const p = new Params().u32(a.B).u32(a.D).f32(a.eps).u32(a.G).u32(a.oRes).u32(a.oZero).u32(a.nZero).u32(a.stride);
+  gpu.dispatch(k, [a.hp, a.res, a.g, a.out, a.xacc], p, [1]);
 }

@@ -12,16 +12,16 @@
  *  4. writes its partial x_proj Q[g, b, j] = Σ_{e of this group} Wx[j, e] · x[b, e]; kernel 2 sums over groups.
  * The residual lives in one [2, B, D] buffer: this layer reads half `par` and writes half 1 - par.
  *
- * With `acc` (the two-kernel layer, ./fixed.ts) the partials of step 4 are added into a fixed-point region of
- * totals instead of a slot per workgroup, so kernel 2 reads J values a row rather than G; and the layer input
- * after the first layer is the previous scan kernel's fixed-point totals of out_proj. The kernel also clears the
- * region the previous layer's kernel 2 read (the next step's kernel 1 of that layer adds into it).
+ * With `acc` (the two-kernel layer) the partials of step 4 are added into fixed-point totals (./fixed.ts) instead
+ * of a slot per workgroup, so kernel 2 reads J values a row rather than G; and the layer input after the first
+ * layer is the sum of the previous scan kernel's partials of out_proj, one per scan workgroup. The kernel also
+ * clears the totals the previous layer's kernel 2 read (the next step's kernel 1 of that layer adds into them).
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import { DECODE_CONV_MAX_K, convTapWgsl } from "./conv-step.ts";
 import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
-import { FIXED_READ_WGSL, fixedAddWgsl } from "./fixed.ts";
+import { fixedAddWgsl } from "./fixed.ts";
 
 export const DECODE_MAX_B = 8;
 /** Rows × hidden size that fit the workgroup's copy of the normalized input. */
@@ -31,19 +31,19 @@ export const DECODE_MAX_K = DECODE_CONV_MAX_K;
 
 /** The fixed-point variant of the kernel (./fixed.ts): whether the layer input is fixed-point totals (every layer
  *  but the first), and the magnitude below which a partial of x_proj may be added. */
-export interface MixerInAcc { hFixed: boolean; limit: number; stride: number }
+export interface MixerInAcc { hParts: number; limit: number; stride: number }
 
 /** The kernel's WGSL (exported for inspection). D, E, K, J and RB (the dispatch's rows) are constants of it, so
  *  that every loop over rows, weights and taps has a constant bound and its loads can be issued together. */
 export const mixerInWgsl = (CH: number, D: number, E: number, K: number, J: number, wsIn: WeightStorage, wsX: WeightStorage,
   loadBytes: number, RB: number, acc: MixerInAcc | null = null) => {
-  const hFixed = acc?.hFixed ?? false;
+  const HP = acc?.hParts ?? 0; // partials of the layer input to add (0: the input itself)
   const S = acc?.stride ?? 4; // words from one fixed-point value to the next
   const BATCH = loadBytes / (wsIn === "f32" ? 16 : 8);
   const TPR = 256 / (2 * CH);
   const CC = Math.min(CH, 8); // channels of a chunk of Wx a thread holds (a row's CC weights side by side)
   return /* wgsl */ `
-// bindings: 0 h [B, D] (${hFixed ? "fixed-point totals, from word 4·oH" : "f32"}) | 1 res [2, B, D] | 2 lp (layer constants)
+// bindings: 0 h ${HP ? `[${HP}, B, D]: the previous scan kernels' partials of out_proj` : "[B, D]"} | 1 res [2, B, D] | 2 lp (layer constants)
 //           3 Win [2E, D] | 4 Wx [J, E] | 5 convState [B, K-1, E] in/out | 6 xz [B, 2E] out
 //           7 ${acc ? "xacc: fixed-point totals of x_proj (region from word oX) and the region to clear" : "Q [groups, B, J] out"} | 8 params
 // grid: (ceil(E / CH))
@@ -67,8 +67,8 @@ const NCC = ${CH / CC}u;    // chunks of a row of Wx in this group
 const KI = ${Math.ceil((J * (CH / CC)) / 256)}u; // chunks a thread holds: item i is output i / NCC, chunk i % NCC
 
 struct P { hasRes: u32, par: u32, eps: f32, oNorm: u32, oInBias: u32, oConvW: u32, oConvB: u32,
-  oH: u32, oX: u32, oZero: u32, nZero: u32 }
-@group(0) @binding(0) var<storage, read> h: array<${hFixed ? "vec4<u32>" : "f32"}>;
+  oX: u32, oZero: u32, nZero: u32 }
+@group(0) @binding(0) var<storage, read> h: array<f32>;
 @group(0) @binding(1) var<storage, read_write> res: array<f32>;
 @group(0) @binding(2) var<storage, read> lp: array<f32>;
 @group(0) @binding(3) var<storage, read> wIn: array<${weight4Binding(wsIn)}>;
@@ -87,7 +87,6 @@ ${weight4Reader(wsIn, "win4", "wIn")}
 ${weightReader(wsX, "wx", "wX")}
 ${convTapWgsl(K)}
 ${acc ? fixedAddWgsl("xacc", acc.limit) : ""}
-${hFixed ? FIXED_READ_WGSL : ""}
 
 // chunk i of Wx (clamped: items past J · NCC and channels past E load valid weights, whose products are dropped
 // or meet zeros in xcs)
@@ -118,18 +117,17 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let inBias = lp[p.oInBias + grow];
   var hv: array<array<f32, KD>, RB>; // the layer input (h + residual), KD values a row
   var gv: array<f32, KD>;            // and the norm weights at them
-${hFixed ? `  let poisoned = h[p.oH + RB * D * ${S / 4}u].x != 0u; // a partial of out_proj was not finite (./fixed.ts)\n` : ""}  for (var k = 0u; k < KD; k++) {
+  for (var k = 0u; k < KD; k++) {
     let d = min(t + k * WG, D - 1u);
     gv[k] = lp[p.oNorm + d];
     for (var b = 0u; b < RB; b++) {
       let r = res[p.par * RB * D + b * D + d];
-      hv[b][k] = ${hFixed ? `fromFixed(h[p.oH + (b * D + d) * ${S / 4}u])` : "h[b * D + d]"} + select(0.0, r, p.hasRes != 0u);
+${HP ? `      var hs = 0.0;
+      for (var g = 0u; g < ${HP}u; g++) { hs += h[(g * RB + b) * D + d]; }
+      hv[b][k] = hs + r;` : `      hv[b][k] = h[b * D + d] + select(0.0, r, p.hasRes != 0u);`}
     }
   }
-${hFixed ? `  if (poisoned) {
-    for (var k = 0u; k < KD; k++) { for (var b = 0u; b < RB; b++) { hv[b][k] = fixedNan(); } }
-  }
-` : ""}
+
   var taps: array<ConvTap, KC>; // the conv's history, weights and bias of each (row, channel) pair
   for (var k = 0u; k < KC; k++) {
     let i = t + k * WG;
@@ -253,8 +251,9 @@ export interface MixerInArgs {
   convState: Buf; xz: Buf; Q: Buf;
   channels?: number; // channels per workgroup (0 or absent: the default)
   // the fixed-point variant: Q is then the x_proj totals' buffer, x_proj's region from word oX; h the previous
-  // layer's out_proj totals (region from word oH, a multiple of 4) where hFixed; nZero values of Q from word oZero cleared (the poison word counts as one)
-  acc?: { hFixed: boolean; oH: number; oX: number; oZero: number; nZero: number; limit: number; stride: number };
+  // layer's hParts partials of out_proj [hParts, B, D] where hParts > 0; nZero values of Q from word oZero cleared
+  // (the poison word counts as one)
+  acc?: { hParts: number; oX: number; oZero: number; nZero: number; limit: number; stride: number };
   loadBytes?: number; // bytes of in_proj a thread loads at once (DECODE_LOAD_BYTES_CHOICES; default 64)
 }
 
@@ -281,12 +280,12 @@ export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
   if (a.B * a.J > 256 * DECODE_MAX_B) throw new Error(`decodeMixerIn: ${a.B} rows of ${a.J} x_proj outputs, expected at most ${256 * DECODE_MAX_B}`);
   if (a.D % 4 !== 0) throw new Error(`decodeMixerIn: hidden size ${a.D} is not a multiple of 4`);
   const acc = a.acc ?? null;
-  const accKey = acc ? `_acc${acc.hFixed ? "h" : ""}${acc.limit}_${acc.stride}` : "";
+  const accKey = acc ? `_acc${acc.hParts}_${acc.limit}_${acc.stride}` : "";
   const k = gpu.kernel(`decode_in_${CH}_${a.D}_${a.E}_${a.K}_${a.J}_${a.wsIn}_${a.wsX}_${loadBytes}_r${a.B}${accKey}`,
-    () => mixerInWgsl(CH, a.D, a.E, a.K, a.J, a.wsIn, a.wsX, loadBytes, a.B, acc && { hFixed: acc.hFixed, limit: acc.limit, stride: acc.stride }));
+    () => mixerInWgsl(CH, a.D, a.E, a.K, a.J, a.wsIn, a.wsX, loadBytes, a.B, acc && { hParts: acc.hParts, limit: acc.limit, stride: acc.stride }));
   const groups = Math.ceil(a.E / CH);
   const p = new Params().bool(a.hasRes).u32(a.par).f32(a.eps).u32(a.oNorm).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB)
-    .u32(acc ? acc.oH / 4 : 0).u32(acc?.oX ?? 0).u32(acc?.oZero ?? 0).u32(acc?.nZero ?? 0);
+    .u32(acc?.oX ?? 0).u32(acc?.oZero ?? 0).u32(acc?.nZero ?? 0);
   gpu.dispatch(k, [a.h, a.res, a.lp, a.wIn, a.wX, a.convState, a.xz, a.Q], p, [groups]);
   return groups;
 }

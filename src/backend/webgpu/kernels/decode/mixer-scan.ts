@@ -11,16 +11,17 @@
  *  3. one thread per (b, e): advance the N states in place (h = exp(delta·A)·h + delta·u·B) and write
  *     y = (C·h + D·u) · silu(z).
  *
- * With `acc` (the two-kernel layer, ./fixed.ts) step 1 reads kernel 1's fixed-point totals of x_proj, and y stays
- * in workgroup memory for a step 4: this group's share of out_proj, Σ_{e of this group} Wout[d, e] · y[b, e] for
- * every d, added into fixed-point totals that the next layer's kernel 1 (or the final norm) reads as its input.
- * That is the dispatch out_proj had of its own. The kernel also clears the totals the previous layer's out_proj
- * left, which that layer's kernel 1 has read.
+ * With `acc` (the two-kernel layer) step 1 reads kernel 1's fixed-point totals of x_proj (./fixed.ts), and y
+ * stays in workgroup memory for a step 4: this group's share of out_proj, Σ_{e of this group} Wout[d, e] · y[b, e]
+ * for every d, written as one partial per workgroup that the next layer's kernel 1 (or the final norm) adds up as
+ * its input. That is the dispatch out_proj had of its own. (Fixed-point atomic totals for out_proj as well
+ * measured far slower on the H100: 768 values a workgroup, 48 workgroups, took the kernel from 13.6 to 31 –
+ * 35 us, however far apart the totals lay in memory.)
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
-import { FIXED_READ_WGSL, fixedAddWgsl } from "./fixed.ts";
+import { FIXED_READ_WGSL } from "./fixed.ts";
 import { DECODE_MAX_B } from "./mixer-in.ts";
 import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
 
@@ -33,9 +34,9 @@ export function mixerScanBytes(N: number): number {
   return 4 * (Math.max(DECODE_MAX_BJ + 256 * DECODE_MAX_B, DECODE_MAX_B * CH * (N + 1)) + DECODE_MAX_BJ + DECODE_MAX_B * CH + CH * (N + 2));
 }
 
-/** The fixed-point variant (./fixed.ts; it needs subgroups of at least 8 invocations): out_proj's shape and
- *  storage, and the magnitude below which a partial of out_proj may be added. */
-export interface MixerScanAcc { D: number; E: number; wsOut: WeightStorage; limit: number; stride: number }
+/** The two-kernel layer's variant (it needs subgroups of at least 8 invocations): out_proj's shape and storage,
+ *  and the words between two fixed-point totals of x_proj (./fixed.ts). */
+export interface MixerScanAcc { D: number; E: number; wsOut: WeightStorage; stride: number }
 
 /** Passes of 32 rows of out_proj whose loads a thread issues together in the fixed-point variant's step 4 (a vec4
  *  each): all of 130m's 24. */
@@ -44,7 +45,7 @@ const OUT_PASS_BATCH = 24;
 /** The kernel's WGSL (exported for inspection). */
 export const mixerScanWgsl = (N: number, J: number, SL: number, ws: WeightStorage, summed: boolean, acc: MixerScanAcc | null = null) => /* wgsl */ `${acc ? "enable subgroups;\n" : ""}
 // bindings: 0 ${acc ? "xq: kernel 1's fixed-point totals of x_proj, from vec4 oX" : "Q [G, B, J]"} | 1 lp (layer constants) | 2 Wdt [E, R]
-//           3 xz [B, 2E] | 4 ssm [B, E, N] in/out | 5 ${acc ? "hacc: fixed-point totals of out_proj, from word oH; the region to clear" : "y [B, E] out"}
+//           3 xz [B, 2E] | 4 ssm [B, E, N] in/out | 5 ${acc ? "hp [groups, B, D]: this group's partial of out_proj out" : "y [B, E] out"}
 //           ${acc ? "6 Wout [D, E] | 7" : "6"} params
 // grid: (ceil(E / CH), ceil(B / MAXB)): workgroup (x, y) owns channels x·CH .. and rows y·MAXB ..
 const WG = 256u;
@@ -56,13 +57,13 @@ const BATCH = 8u; // loads issued together
 const J = ${J}u; // x_proj outputs a row: dt | B | C
 const KO = ${Math.ceil(Math.min(DECODE_MAX_B * J, DECODE_MAX_BJ) / 256)}u; // outputs a thread sums in step 1 when they are many
 
-struct P { B: u32, E: u32, R: u32, G: u32, oPack: u32, oX: u32, oH: u32, oZero: u32, nZero: u32, oOutBias: u32, hasOutBias: u32 }
+struct P { B: u32, E: u32, R: u32, G: u32, oPack: u32, oX: u32, oOutBias: u32, hasOutBias: u32 }
 @group(0) @binding(0) var<storage, read> ${acc ? "xq: array<vec4<u32>>" : "Q: array<f32>"};
 @group(0) @binding(1) var<storage, read> lp: array<f32>;
 @group(0) @binding(2) var<storage, read> wDt: array<${weightBinding(ws)}>;
 @group(0) @binding(3) var<storage, read> xz: array<f32>;
 @group(0) @binding(4) var<storage, read_write> ssm: array<f32>;
-${acc ? `@group(0) @binding(5) var<storage, read_write> hacc: array<atomic<u32>>;
+${acc ? `@group(0) @binding(5) var<storage, read_write> hp: array<f32>;
 @group(0) @binding(6) var<storage, read> wOut: array<${weight4Binding(acc.wsOut)}>;
 @group(0) @binding(7) var<uniform> p: P;` : `@group(0) @binding(5) var<storage, read_write> y: array<f32>;
 @group(0) @binding(6) var<uniform> p: P;`}
@@ -80,7 +81,6 @@ var<workgroup> pks: array<f32, CH * (N + 2u)>; // the channels' A·log2(e) [N], 
 
 ${weightReader(ws, "wdt", "wDt")}
 ${acc ? `${weight4Reader(acc.wsOut, "wout4", "wOut")}
-${fixedAddWgsl("hacc", acc.limit)}
 ${FIXED_READ_WGSL}
 const D = ${acc.D}u;
 const E4 = ${acc.E / 4}u;     // vec4s of a row of Wout
@@ -97,8 +97,7 @@ fn stateAt(i: u32, b0: u32, e0: u32, rowLen: u32) -> u32 { return ((b0 + i / row
 fn stagedAt(i: u32, rowLen: u32) -> u32 { return ((i / rowLen) * CH + (i % rowLen) / N) * NP + i % N; }
 
 @compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>) {
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
   let t = lid.x;
   let b0 = wg.y * MAXB;
   let B = min(MAXB, p.B - b0); // this group's rows
@@ -235,7 +234,7 @@ ${acc ? `  ys[(b3 * CH + c3) / 4u][c3 % 4u] = yv; // zero past the rows and chan
     ssm[stateAt(i, b0, e0, rowLen)] = scr[stagedAt(i, rowLen)];
   }
 ${acc ? `
-  // 4. this group's share of out_proj for every output d, added into the totals (workgroup 0 adds the bias).
+  // 4. this group's share of out_proj for every output d, a partial of its own (workgroup 0 adds the bias).
   //    8 lanes a row of Wout, each a vec4 of this group's CH = 32 weights, so that a subgroup's loads are whole
   //    rows (a thread per row measured slower: each load touched a cache line per lane); 32 rows a pass, PB passes'
   //    loads in flight together; the 8 products summed by 3 subgroup shuffles (lanes of a row are 8 consecutive
@@ -258,14 +257,10 @@ ${acc ? `
           s += subgroupShuffleXor(s, 4u);
           s += subgroupShuffleXor(s, 2u);
           s += subgroupShuffleXor(s, 1u);
-          if (q4 == 0u && live) { fixedAdd(p.oH + ${acc.stride}u * ((b0 + b) * D + d), p.oH + ${acc.stride}u * p.B * D, s + bias); }
+          if (q4 == 0u && live) { hp[(wg.x * p.B + b0 + b) * D + d] = s + bias; }
         }
       }
     }
-  }
-  // the totals the previous layer's out_proj left (its kernel 1 has read them), cleared for the next step
-  for (var i = wg.x * WG + t; i < p.nZero; i += WG * nwg.x) {
-    for (var k = 0u; k < 3u; k++) { atomicStore(&hacc[p.oZero + i * ${acc.stride}u + k], 0u); }
   }
 ` : ""}}
 `;
@@ -273,10 +268,9 @@ ${acc ? `
 export interface MixerScanArgs {
   B: number; E: number; N: number; R: number; J: number; G: number;
   Q: Buf; lp: Buf; oPack: number; wDt: Buf; wsDt: WeightStorage; xz: Buf; ssm: Buf; y: Buf;
-  // the fixed-point variant: Q is then kernel 1's totals of x_proj (region from word oX, a multiple of 4), y the buffer of
-  // out_proj's totals (region from word oH), nZero values of it from word oZero cleared (the poison word counts as one); the bias at oOutBias of lp
-  acc?: { D: number; wOut: Buf; wsOut: WeightStorage; oX: number; oH: number; oZero: number; nZero: number;
-    oOutBias: number; hasOutBias: boolean; limit: number; stride: number };
+  // the two-kernel layer: Q is then kernel 1's fixed-point totals of x_proj (region from word oX, a multiple of 4),
+  // y the partials of out_proj [groups, B, D] (mixerScanGroups); the bias at oOutBias of lp
+  acc?: { D: number; wOut: Buf; wsOut: WeightStorage; oX: number; oOutBias: number; hasOutBias: boolean; stride: number };
 }
 
 /** Workgroups of the kernel along the channels (in the fixed-point variant, the partials each total adds). */
@@ -292,11 +286,11 @@ export function decodeMixerScan(gpu: Gpu, a: MixerScanArgs): void {
   const acc = a.acc;
   if (acc && a.E % 4 !== 0) throw new Error(`decodeMixerScan: out_proj in the kernel needs channels in fours, got ${a.E}`);
   if (acc && gpu.subgroupMinSize < 8) throw new Error("decodeMixerScan: out_proj in the kernel needs subgroups of at least 8 invocations");
-  const key = acc ? `_acc${acc.D}_${acc.wsOut}_${acc.limit}_${acc.stride}` : summed ? "_summed" : "";
+  const key = acc ? `_acc${acc.D}_${acc.wsOut}_${acc.stride}` : summed ? "_summed" : "";
   const k = gpu.kernel(`decode_scan_${a.N}_${a.J}_${SL}_${a.wsDt}${key}`,
-    () => mixerScanWgsl(a.N, a.J, SL, a.wsDt, summed, acc ? { D: acc.D, E: a.E, wsOut: acc.wsOut, limit: acc.limit, stride: acc.stride } : null));
-  const p = new Params().u32(a.B).u32(a.E).u32(a.R).u32(a.G).u32(a.oPack).u32(acc ? acc.oX / 4 : 0).u32(acc?.oH ?? 0)
-    .u32(acc?.oZero ?? 0).u32(acc?.nZero ?? 0).u32(acc?.oOutBias ?? 0).bool(acc?.hasOutBias ?? false);
+    () => mixerScanWgsl(a.N, a.J, SL, a.wsDt, summed, acc ? { D: acc.D, E: a.E, wsOut: acc.wsOut, stride: acc.stride } : null));
+  const p = new Params().u32(a.B).u32(a.E).u32(a.R).u32(a.G).u32(a.oPack).u32(acc ? acc.oX / 4 : 0)
+    .u32(acc?.oOutBias ?? 0).bool(acc?.hasOutBias ?? false);
   const bufs = acc ? [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y, acc.wOut] : [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y];
   gpu.dispatch(k, bufs, p, [Math.ceil(a.E / CH), Math.ceil(a.B / DECODE_MAX_B)]);
 }
