@@ -8,10 +8,10 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import { DECODE_MAX_BD } from "./mixer-in.ts";
 
-const wgsl = /* wgsl */ `
+const wgsl = (G: number) => /* wgsl */ `
 // bindings: 0 hp (out_proj's partials [G, B, D]) | 1 res [2, B, D] | 2 g [D] | 3 out [B, D]
 //           4 xacc (the region to clear) | 5 params
-struct P { B: u32, D: u32, eps: f32, G: u32, oRes: u32, oZero: u32, nZero: u32, S: u32 }
+struct P { B: u32, D: u32, eps: f32, oRes: u32, oZero: u32, nZero: u32, S: u32 }
 @group(0) @binding(0) var<storage, read> hp: array<f32>;
 @group(0) @binding(1) var<storage, read> res: array<f32>;
 @group(0) @binding(2) var<storage, read> g: array<f32>;
@@ -27,9 +27,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
   let t = lid.x;
   let n = p.B * p.D;
   for (var i = t; i < n; i += 256u) {
-    var v = res[p.oRes + i];
-    for (var g = 0u; g < p.G; g++) { v += hp[g * n + i]; }
-    hs[i] = v;
+    // the G partials' loads written out, so that all are in flight at once
+${Array.from({ length: G }, (_, g) => `    let v${g} = hp[${g}u * n + i];`).join("\n")}
+    hs[i] = res[p.oRes + i] + ${Array.from({ length: G }, (_, g) => `v${g}`).join(" + ")};
   }
   for (var i = t; i < p.nZero; i += 256u) { // the values and the poison word of the x_proj region
     let w = p.oZero + i * p.S;
@@ -64,7 +64,7 @@ export interface FinalNormArgs {
 // hp: [G, B, D], res: [B, D] from word oRes, g: [D] -> out: [B, D]
 export function decodeFinalNorm(gpu: Gpu, a: FinalNormArgs): void {
   if (a.B * a.D > DECODE_MAX_BD) throw new Error(`decodeFinalNorm: ${a.B} rows of ${a.D}, expected at most ${DECODE_MAX_BD} values`);
-  const k = gpu.kernel("decode_final_norm", () => wgsl);
-  const p = new Params().u32(a.B).u32(a.D).f32(a.eps).u32(a.G).u32(a.oRes).u32(a.oZero).u32(a.nZero).u32(a.stride);
+  const k = gpu.kernel(`decode_final_norm_${a.G}`, () => wgsl(a.G));
+  const p = new Params().u32(a.B).u32(a.D).f32(a.eps).u32(a.oRes).u32(a.oZero).u32(a.nZero).u32(a.stride);
   gpu.dispatch(k, [a.hp, a.res, a.g, a.out, a.xacc], p, [1]);
 }

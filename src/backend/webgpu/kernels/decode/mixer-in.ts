@@ -33,6 +33,14 @@ export const DECODE_MAX_K = DECODE_CONV_MAX_K;
  *  but the first), and the magnitude below which a partial of x_proj may be added. */
 export interface MixerInAcc { hParts: number; limit: number; stride: number }
 
+/** WGSL of `sumParts(i)`: the sum of the HP partials [HP, RB, D] of value i, their loads written out as named
+ *  values so that all are in flight at once (a loop over an array measured a load at a time). */
+function sumPartsWgsl(HP: number, RB: number, D: number): string {
+  const loads = Array.from({ length: HP }, (_, g) => `  let v${g} = h[${g * RB * D}u + i];`).join("\n");
+  const sum = Array.from({ length: HP }, (_, g) => `v${g}`).join(" + ");
+  return `fn sumParts(i: u32) -> f32 {\n${loads}\n  return ${sum};\n}`;
+}
+
 /** The kernel's WGSL (exported for inspection). D, E, K, J and RB (the dispatch's rows) are constants of it, so
  *  that every loop over rows, weights and taps has a constant bound and its loads can be issued together. */
 export const mixerInWgsl = (CH: number, D: number, E: number, K: number, J: number, wsIn: WeightStorage, wsX: WeightStorage,
@@ -87,6 +95,7 @@ ${weight4Reader(wsIn, "win4", "wIn")}
 ${weightReader(wsX, "wx", "wX")}
 ${convTapWgsl(K)}
 ${acc ? fixedAddWgsl("xacc", acc.limit) : ""}
+${HP ? sumPartsWgsl(HP, RB, D) : ""}
 
 // chunk i of Wx (clamped: items past J · NCC and channels past E load valid weights, whose products are dropped
 // or meet zeros in xcs)
@@ -122,9 +131,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     gv[k] = lp[p.oNorm + d];
     for (var b = 0u; b < RB; b++) {
       let r = res[p.par * RB * D + b * D + d];
-${HP ? `      var hs = 0.0;
-      for (var g = 0u; g < ${HP}u; g++) { hs += h[(g * RB + b) * D + d]; }
-      hv[b][k] = hs + r;` : `      hv[b][k] = h[b * D + d] + select(0.0, r, p.hasRes != 0u);`}
+${HP ? `      hv[b][k] = r + sumParts(b * D + d);` : `      hv[b][k] = h[b * D + d] + select(0.0, r, p.hasRes != 0u);`}
     }
   }
 

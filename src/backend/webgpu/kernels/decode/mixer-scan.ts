@@ -42,6 +42,36 @@ export interface MixerScanAcc { D: number; E: number; wsOut: WeightStorage; stri
  *  each): all of 130m's 24. */
 const OUT_PASS_BATCH = 24;
 
+/** Step 4 of the two-kernel variant, written out pass by pass: each batch's loads are named values issued before
+ *  any is used (an array indexed in loops measured no faster than a load at a time: the compiler kept it in
+ *  memory), then each pass's 8-lane sums. */
+function outProjPasses(D: number): string {
+  const passes = Math.ceil(D / 32);
+  const out: string[] = [];
+  for (let p0 = 0; p0 < passes; p0 += OUT_PASS_BATCH) {
+    const n = Math.min(OUT_PASS_BATCH, passes - p0);
+    out.push("  {");
+    for (let k = 0; k < n; k++) out.push(`    let w${k} = wout4(min(${p0 + k}u * ROWS_PASS + r4, D - 1u) * E4 + wc);`);
+    for (let k = 0; k < n; k++) {
+      out.push(`    {
+      let d = ${p0 + k}u * ROWS_PASS + r4;
+      let bias = select(0.0, lp[p.oOutBias + min(d, D - 1u)], biasOn);
+      for (var b = 0u; b < MAXB; b++) {
+        if (b < B) {
+          var s = dot(w${k}, ys[b * CH4 + q4]);
+          s += subgroupShuffleXor(s, 4u);
+          s += subgroupShuffleXor(s, 2u);
+          s += subgroupShuffleXor(s, 1u);
+          if (q4 == 0u && d < D) { hp[(wg.x * p.B + b0 + b) * D + d] = s + bias; }
+        }
+      }
+    }`);
+    }
+    out.push("  }");
+  }
+  return out.join("\n");
+}
+
 /** The kernel's WGSL (exported for inspection). */
 export const mixerScanWgsl = (N: number, J: number, SL: number, ws: WeightStorage, summed: boolean, acc: MixerScanAcc | null = null) => /* wgsl */ `${acc ? "enable subgroups;\n" : ""}
 // bindings: 0 ${acc ? "xq: kernel 1's fixed-point totals of x_proj, from vec4 oX" : "Q [G, B, J]"} | 1 lp (layer constants) | 2 Wdt [E, R]
@@ -86,8 +116,6 @@ const D = ${acc.D}u;
 const E4 = ${acc.E / 4}u;     // vec4s of a row of Wout
 const CH4 = CH / 4u;          // lanes a row of Wout in step 4
 const ROWS_PASS = WG / CH4;   // rows of Wout a pass of step 4
-const PASSES = ${Math.ceil(acc.D / 32)}u;
-const PB = ${Math.min(OUT_PASS_BATCH, Math.ceil(acc.D / 32))}u; // passes whose loads are in flight together
 var<workgroup> ys: array<vec4<f32>, MAXB * CH / 4u>; // y [B, CH] of this group, zero past its channels
 ` : ""}
 ${SOFTPLUS_WGSL}
@@ -242,26 +270,9 @@ ${acc ? `
   //    and meet zeros in ys.
   let q4 = t % CH4;
   let r4 = t / CH4;
-  for (var p0 = 0u; p0 < PASSES; p0 += PB) {
-    var wv: array<vec4<f32>, PB>;
-    for (var k = 0u; k < PB; k++) {
-      wv[k] = wout4(min((p0 + k) * ROWS_PASS + r4, D - 1u) * E4 + min(e0 / 4u + q4, E4 - 1u));
-    }
-    for (var k = 0u; k < PB; k++) {
-      let d = (p0 + k) * ROWS_PASS + r4;
-      let live = p0 + k < PASSES && d < D;
-      let bias = select(0.0, lp[p.oOutBias + min(d, D - 1u)], p.hasOutBias != 0u && wg.x == 0u);
-      for (var b = 0u; b < MAXB; b++) {
-        if (b < B) {
-          var s = dot(wv[k], ys[b * CH4 + q4]);
-          s += subgroupShuffleXor(s, 4u);
-          s += subgroupShuffleXor(s, 2u);
-          s += subgroupShuffleXor(s, 1u);
-          if (q4 == 0u && live) { hp[(wg.x * p.B + b0 + b) * D + d] = s + bias; }
-        }
-      }
-    }
-  }
+  let wc = min(e0 / 4u + q4, E4 - 1u);
+  let biasOn = p.hasOutBias != 0u && wg.x == 0u;
+${outProjPasses(acc.D)}
 ` : ""}}
 `;
 
