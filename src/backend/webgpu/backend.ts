@@ -27,9 +27,8 @@ import type { WeightStorage } from "./kernels/weights.ts";
 import {
   DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, decodeMixerIn, mixerInChannels,
 } from "./kernels/decode/mixer-in.ts";
-import { DECODE_MAX_BJ, decodeMixerScan, mixerScanBytes, mixerScanGroups } from "./kernels/decode/mixer-scan.ts";
+import { DECODE_MAX_BJ, decodeMixerScan, mixerScanBytes } from "./kernels/decode/mixer-scan.ts";
 import { FIXED_MAX_TERMS, fixedLimit, fixedRegionWords } from "./kernels/decode/fixed.ts";
-import { decodeFinalNorm } from "./kernels/decode/final-norm.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
 import { BATCH_CONV_CHANNELS, batchConvBytes, decodeBatchConv } from "./kernels/decode/batch-conv.ts";
 import { BATCH_SCAN_ROW_CHOICES, batchScanBytes, decodeBatchScan } from "./kernels/decode/batch-scan.ts";
@@ -49,7 +48,7 @@ interface DecodePlan {
 interface LayerPack {
   buf: GpuTensor;
   versions: string;
-  oNorm: number; oInBias: number; oConvW: number; oConvB: number; oPack: number; oOutBias: number;
+  oNorm: number; oInBias: number; oConvW: number; oConvB: number; oPack: number;
 }
 
 export interface WebGpuTuning {
@@ -95,11 +94,9 @@ export interface WebGpuTuning {
    *  8 rows) loads before it uses any: 64, 128 or 256 (default 128 for rows of 2048 weights or more, else 64); more
    *  keeps more loads in flight, with more registers */
   decodeLoadBytes?: number;
-  /** the fused decode (up to 8 rows) runs 2 dispatches a layer instead of 3: each scan workgroup adds its share of
-   *  out_proj, and each first kernel its share of x_proj, into exact fixed-point totals with 32-bit atomic adds
-   *  (kernels/decode/fixed.ts), which the next kernel reads. Default: up to 2048 channels; it needs channels in
-   *  fours and subgroups of at least 8 invocations, and is not taken without them. false: x_proj's partials one
-   *  per workgroup, out_proj a dispatch of its own */
+  /** the fused decode's first kernel adds its share of x_proj into exact fixed-point totals with 32-bit atomic
+   *  adds (kernels/decode/fixed.ts), which the scan kernel reads, instead of writing one partial per workgroup
+   *  that the scan kernel sums (default true; models of one layer always take the partials) */
   decodeAccumulate?: boolean;
   /** words between two fixed-point totals of decodeAccumulate (default 4) */
   decodeAccStride?: number;
@@ -156,8 +153,8 @@ export class WebGpuBackend implements Backend {
   private readonly matvecWholeRow: boolean;
   /** WebGpuTuning.decodeLoadBytes */
   private readonly decodeLoadBytes: number;
-  /** WebGpuTuning.decodeAccumulate; undefined when not given (by the model's width) */
-  private readonly decodeAccumulate: boolean | undefined;
+  /** WebGpuTuning.decodeAccumulate */
+  private readonly decodeAccumulate: boolean;
   private readonly decodeAccStride: number;
   /** WebGpuTuning.decodeBatch */
   private readonly decodeBatch: boolean;
@@ -218,7 +215,7 @@ export class WebGpuBackend implements Backend {
     checkFlag("matvecWholeRow", tuning.matvecWholeRow);
     this.matvecWholeRow = tuning.matvecWholeRow ?? true;
     checkFlag("decodeAccumulate", tuning.decodeAccumulate);
-    this.decodeAccumulate = tuning.decodeAccumulate;
+    this.decodeAccumulate = tuning.decodeAccumulate ?? true;
     checkChoice("decodeAccStride", tuning.decodeAccStride, [4, 8, 16, 32, 64, 256, 1024]);
     this.decodeAccStride = tuning.decodeAccStride ?? 4;
     checkFlag("decodeBatch", tuning.decodeBatch);
@@ -675,10 +672,9 @@ export class WebGpuBackend implements Backend {
 
   /**
    * Encodes one fused step (the layers and norm_f) over buffers kept for it, recording its dispatches. With
-   * decodeAccumulate (and channels in fours) a layer is 2 dispatches: the first kernel's partials of x_proj go into
-   * fixed-point totals (kernels/decode/fixed.ts), a region per layer, cleared after its reader and before the next
-   * step's writer (by the next layer's first kernel, the last by the final norm); the scan kernel also does out_proj,
-   * one partial per workgroup, which the next layer's first kernel (or the final norm) adds up as its input.
+   * decodeAccumulate the first kernel's partials of x_proj go into fixed-point totals (kernels/decode/fixed.ts), a
+   * region per layer, each cleared after its reader and before the next step's writer: by the next layer's first
+   * kernel, the last layer's by the first layer's (so it needs two layers or more).
    */
   private recordDecode(model: StepModel, B: number, key: string, packs: LayerPack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
     const c = model.config;
@@ -691,60 +687,44 @@ export class WebGpuBackend implements Backend {
     const normed = new GpuTensor([B, D], "f32", gpu.alloc(B * D * 4), "f32", this);
     const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other
     const xz = gpu.alloc(B * 2 * E * 4);
+    const y = gpu.alloc(B * E * 4);
     const inGroups = Math.ceil(E / mixerInChannels(E, this.decodeChannels));
-    const scanGroups = mixerScanGroups(E);
-    const acc = (this.decodeAccumulate ?? E <= 2048) && E % 4 === 0 && gpu.subgroupMinSize >= 8 && inGroups <= FIXED_MAX_TERMS;
-    // x_proj's totals, a region per layer (zeroed here; the step leaves them zero); out_proj's partials
+    const acc = this.decodeAccumulate && L >= 2 && inGroups <= FIXED_MAX_TERMS;
     const S = this.decodeAccStride;
     const xWords = fixedRegionWords(B * J, S);
-    const xacc = acc ? gpu.alloc(L * xWords * 4) : null;
-    if (xacc) fillWords(gpu, xacc, 0, L * xWords);
-    const hp = acc ? gpu.alloc(scanGroups * B * D * 4) : null;
-    const y = acc ? null : gpu.alloc(B * E * 4);
-    const Q = acc ? null : gpu.alloc(inGroups * B * J * 4); // a partial per mixer-in workgroup
-    const resOut = acc ? null : gpu.alloc(B * D * 4);
-    const normF = this.f32(this.t(w.normF, "decodeStep"));
+    // x_proj's totals, a region per layer, zeroed here (a step leaves them zero); else a partial per workgroup
+    const Q = acc ? gpu.alloc(L * xWords * 4) : gpu.alloc(inGroups * B * J * 4);
+    if (acc) fillWords(gpu, Q, 0, L * xWords);
+    const resOut = gpu.alloc(B * D * 4);
     const plan = gpu.record(() => {
       for (let i = 0; i < L; i++) {
         const m = w.layers[i]!.mixer;
         const lp = packs[i]!;
         const [convState, ssmState] = states[i]!;
         const wIn = this.t(m.inProj, "decodeStep"), wX = this.t(m.xProj!, "decodeStep"), wDt = this.t(m.dtProj!, "decodeStep");
-        const wo = this.t(m.outProj, "decodeStep");
         const G = decodeMixerIn(gpu, {
-          B, D, E, K, J, eps: c.layerNormEpsilon, h: acc && i > 0 ? hp! : h, res, hasRes: i > 0, par: i % 2,
+          B, D, E, K, J, eps: c.layerNormEpsilon, h, res, hasRes: i > 0, par: i % 2,
           lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
           wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
-          convState: convState.buf, xz, Q: acc ? xacc! : Q!, channels: this.decodeChannels, loadBytes: this.loadBytes(D),
-          acc: acc ? {
-            hParts: i > 0 ? scanGroups : 0, oX: i * xWords, oZero: (i - 1) * xWords, nZero: i > 0 ? B * J + 1 : 0,
-            limit: fixedLimit(inGroups), stride: S,
-          } : undefined,
+          convState: convState.buf, xz, Q, channels: this.decodeChannels, loadBytes: this.loadBytes(D),
+          acc: acc ? { oX: i * xWords, oZero: ((i + L - 1) % L) * xWords, nZero: B * J + 1, limit: fixedLimit(inGroups), stride: S } : undefined,
         });
         decodeMixerScan(gpu, {
-          B, E, N, R, J, G, Q: acc ? xacc! : Q!, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
-          xz, ssm: ssmState.buf, y: acc ? hp! : y!,
-          acc: acc ? {
-            D, wOut: wo.buf, wsOut: this.weightStorage(wo), oX: i * xWords, oOutBias: lp.oOutBias, hasOutBias: !!m.outProjBias, stride: S,
-          } : undefined,
+          B, E, N, R, J, G, Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
+          xz, ssm: ssmState.buf, y, acc: acc ? { oX: i * xWords, stride: S } : undefined,
         });
-        if (acc) continue;
         // out_proj into h, which this layer's mixer-in has finished reading
+        const wo = this.t(m.outProj, "decodeStep");
         const bias = m.outProjBias ? this.f32(this.t(m.outProjBias, "decodeStep")) : null;
-        const args = { x: y!, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias, y: h };
+        const args = { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias, y: h };
         if (E % 4 === 0) matvec(gpu, { ...args, loadBytes: this.loadBytes(E), wholeRow: this.matvecWholeRow });
         else matmulTiled(gpu, args, this.tileSmall);
       }
-      // norm_f over the last out_proj + the last residual (half L % 2 of res)
-      if (acc) {
-        decodeFinalNorm(gpu, {
-          B, D, eps: c.layerNormEpsilon, hp: hp!, G: scanGroups, res, oRes: (L % 2) * B * D, g: normF,
-          out: normed.buf, xacc: xacc!, oZero: (L - 1) * xWords, nZero: B * J + 1, stride: S,
-        });
-      } else addRmsNorm(gpu, h, res, normF, c.layerNormEpsilon, B, D, normed.buf, resOut!, (L % 2) * B * D);
+      // norm_f over h + the last residual (half numLayers % 2 of res)
+      addRmsNorm(gpu, h, res, this.f32(this.t(w.normF, "decodeStep")), c.layerNormEpsilon, B, D, normed.buf, resOut,
+        (L % 2) * B * D);
     });
-    const scratch = [res, xz, ...[y, Q, resOut, xacc, hp].filter((b): b is Buf => b !== null)];
-    return { key, h, normed, scratch, plan };
+    return { key, h, normed, scratch: [res, xz, y, Q, resOut], plan };
   }
 
   /**
@@ -824,17 +804,16 @@ export class WebGpuBackend implements Backend {
   }
 
   /** A layer's small constants in one f32 buffer: norm [D] | in_proj bias [2E] | conv [E, K] | conv bias [E] |
-   *  the scan's [E, N + 2] (A · log2 e, dt bias, D) | out_proj bias [D]. Made once per layer; zeros stand for absent
-   *  biases. */
+   *  the scan's [E, N + 2] (A · log2 e, dt bias, D). Made once per layer; zeros stand for absent biases. */
   private layerPack(layer: StepLayer, D: number, E: number, N: number, K: number): LayerPack {
     const m = layer.mixer;
-    const parts = [layer.norm, m.inProjBias, m.conv, m.convBias, m.dtBias, m.A_log, m.D, m.outProjBias];
+    const parts = [layer.norm, m.inProjBias, m.conv, m.convBias, m.dtBias, m.A_log, m.D];
     const versions = parts.map((p) => (p ? (p as GpuTensor).version : "-")).join(",");
     const hit = this.layerPacks.get(layer);
     if (hit && hit.versions === versions) return hit;
     if (hit) this.dispose(hit.buf);
-    const oNorm = 0, oInBias = D, oConvW = D + 2 * E, oConvB = oConvW + E * K, oPack = oConvB + E, oOutBias = oPack + E * (N + 2);
-    const buf = this.make([oOutBias + D], "f32");
+    const oNorm = 0, oInBias = D, oConvW = D + 2 * E, oConvB = oConvW + E * K, oPack = oConvB + E;
+    const buf = this.make([oPack + E * (N + 2)], "f32");
     const put = (t: Tensor | null, off: number, n: number) => {
       if (t) {
         const g = this.t(t, "decodeStep");
@@ -848,8 +827,7 @@ export class WebGpuBackend implements Backend {
     put(m.convBias, oConvB, E);
     const packed = this.scanPack(this.t(m.A_log, "decodeStep"), this.t(m.dtBias, "decodeStep"), this.t(m.D, "decodeStep"), E, N);
     copyWords(this.gpu, packed, 0, buf.buf, oPack, E * (N + 2));
-    put(m.outProjBias, oOutBias, D);
-    const pack = { buf, versions, oNorm, oInBias, oConvW, oConvB, oPack, oOutBias };
+    const pack = { buf, versions, oNorm, oInBias, oConvW, oConvB, oPack };
     this.layerPacks.set(layer, pack);
     return pack;
   }

@@ -12,10 +12,9 @@
  *  4. writes its partial x_proj Q[g, b, j] = Σ_{e of this group} Wx[j, e] · x[b, e]; kernel 2 sums over groups.
  * The residual lives in one [2, B, D] buffer: this layer reads half `par` and writes half 1 - par.
  *
- * With `acc` (the two-kernel layer) the partials of step 4 are added into fixed-point totals (./fixed.ts) instead
- * of a slot per workgroup, so kernel 2 reads J values a row rather than G; and the layer input after the first
- * layer is the sum of the previous scan kernel's partials of out_proj, one per scan workgroup. The kernel also
- * clears the totals the previous layer's kernel 2 read (the next step's kernel 1 of that layer adds into them).
+ * With `acc` the partials of step 4 are added into fixed-point totals (./fixed.ts) instead of a slot per
+ * workgroup, so that kernel 2 reads J values a row rather than G. The kernel also clears the totals the previous
+ * layer's kernel 2 read (the first layer: the last layer's), which the next step's kernel 1 of that layer adds into.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
@@ -29,31 +28,22 @@ export const DECODE_MAX_BD = 4096;
 /** Conv kernel sizes the fused decode takes (the history is held in registers). */
 export const DECODE_MAX_K = DECODE_CONV_MAX_K;
 
-/** The fixed-point variant of the kernel (./fixed.ts): whether the layer input is fixed-point totals (every layer
- *  but the first), and the magnitude below which a partial of x_proj may be added. */
-export interface MixerInAcc { hParts: number; limit: number; stride: number }
-
-/** WGSL of `sumParts(i)`: the sum of the HP partials [HP, RB, D] of value i, their loads written out as named
- *  values so that all are in flight at once (a loop over an array measured a load at a time). */
-function sumPartsWgsl(HP: number, RB: number, D: number): string {
-  const loads = Array.from({ length: HP }, (_, g) => `  let v${g} = h[${g * RB * D}u + i];`).join("\n");
-  const sum = Array.from({ length: HP }, (_, g) => `v${g}`).join(" + ");
-  return `fn sumParts(i: u32) -> f32 {\n${loads}\n  return ${sum};\n}`;
-}
+/** The fixed-point variant (./fixed.ts): the magnitude below which a partial of x_proj may be added, and the words
+ *  from one total to the next. */
+export interface MixerInAcc { limit: number; stride: number }
 
 /** The kernel's WGSL (exported for inspection). D, E, K, J and RB (the dispatch's rows) are constants of it, so
  *  that every loop over rows, weights and taps has a constant bound and its loads can be issued together. */
 export const mixerInWgsl = (CH: number, D: number, E: number, K: number, J: number, wsIn: WeightStorage, wsX: WeightStorage,
   loadBytes: number, RB: number, acc: MixerInAcc | null = null) => {
-  const HP = acc?.hParts ?? 0; // partials of the layer input to add (0: the input itself)
-  const S = acc?.stride ?? 4; // words from one fixed-point value to the next
   const BATCH = loadBytes / (wsIn === "f32" ? 16 : 8);
   const TPR = 256 / (2 * CH);
   const CC = Math.min(CH, 8); // channels of a chunk of Wx a thread holds (a row's CC weights side by side)
   return /* wgsl */ `
-// bindings: 0 h ${HP ? `[${HP}, B, D]: the previous scan kernels' partials of out_proj` : "[B, D]"} | 1 res [2, B, D] | 2 lp (layer constants)
-//           3 Win [2E, D] | 4 Wx [J, E] | 5 convState [B, K-1, E] in/out | 6 xz [B, 2E] out
-//           7 ${acc ? "xacc: fixed-point totals of x_proj (region from word oX) and the region to clear" : "Q [groups, B, J] out"} | 8 params
+// bindings: 0 h [B, D] | 1 res [2, B, D] | 2 lp (layer constants) | 3 Win [2E, D] | 4 Wx [J, E]
+//           5 convState [B, K-1, E] in/out | 6 xz [B, 2E] out
+//           7 ${acc ? "xacc: fixed-point totals of x_proj (this layer's region from word oX) and the region to clear" : "Q [groups, B, J] out"}
+//           8 params
 // grid: (ceil(E / CH))
 const WG = 256u;
 const MAXB = ${DECODE_MAX_B}u;
@@ -74,8 +64,7 @@ const CC = ${CC}u;          // channels of a chunk of Wx
 const NCC = ${CH / CC}u;    // chunks of a row of Wx in this group
 const KI = ${Math.ceil((J * (CH / CC)) / 256)}u; // chunks a thread holds: item i is output i / NCC, chunk i % NCC
 
-struct P { hasRes: u32, par: u32, eps: f32, oNorm: u32, oInBias: u32, oConvW: u32, oConvB: u32,
-  oX: u32, oZero: u32, nZero: u32 }
+struct P { hasRes: u32, par: u32, eps: f32, oNorm: u32, oInBias: u32, oConvW: u32, oConvB: u32, oX: u32, oZero: u32, nZero: u32 }
 @group(0) @binding(0) var<storage, read> h: array<f32>;
 @group(0) @binding(1) var<storage, read_write> res: array<f32>;
 @group(0) @binding(2) var<storage, read> lp: array<f32>;
@@ -95,7 +84,6 @@ ${weight4Reader(wsIn, "win4", "wIn")}
 ${weightReader(wsX, "wx", "wX")}
 ${convTapWgsl(K)}
 ${acc ? fixedAddWgsl("xacc", acc.limit) : ""}
-${HP ? sumPartsWgsl(HP, RB, D) : ""}
 
 // chunk i of Wx (clamped: items past J · NCC and channels past E load valid weights, whose products are dropped
 // or meet zeros in xcs)
@@ -131,10 +119,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     gv[k] = lp[p.oNorm + d];
     for (var b = 0u; b < RB; b++) {
       let r = res[p.par * RB * D + b * D + d];
-${HP ? `      hv[b][k] = r + sumParts(b * D + d);` : `      hv[b][k] = h[b * D + d] + select(0.0, r, p.hasRes != 0u);`}
+      hv[b][k] = h[b * D + d] + select(0.0, r, p.hasRes != 0u);
     }
   }
-
   var taps: array<ConvTap, KC>; // the conv's history, weights and bias of each (row, channel) pair
   for (var k = 0u; k < KC; k++) {
     let i = t + k * WG;
@@ -238,11 +225,11 @@ ${HP ? `      hv[b][k] = r + sumParts(b * D + d);` : `      hv[b][k] = h[b * D +
     workgroupBarrier();
   }
 ${acc ? `  for (var j = t; j < J; j += WG) {
-    for (var b = 0u; b < RB; b++) { fixedAdd(p.oX + ${S}u * (b * J + j), p.oX + ${S}u * RB * J, red[j * RB + b]); }
+    for (var b = 0u; b < RB; b++) { fixedAdd(p.oX + ${acc.stride}u * (b * J + j), p.oX + ${acc.stride}u * RB * J, red[j * RB + b]); }
   }
-  // the region the previous layer's kernel 2 read, cleared for the next step
+  // the totals the previous layer's kernel 2 read, cleared for the next step (the values and the poison word)
   for (var i = wg.x * WG + t; i < p.nZero; i += WG * nwg.x) {
-    for (var k = 0u; k < 3u; k++) { atomicStore(&xacc[p.oZero + i * ${S}u + k], 0u); }
+    for (var k = 0u; k < 3u; k++) { atomicStore(&xacc[p.oZero + i * ${acc.stride}u + k], 0u); }
   }` : `  for (var j = t; j < J; j += WG) {
     for (var b = 0u; b < RB; b++) { Q[(wg.x * RB + b) * J + j] = red[j * RB + b]; }
   }`}
@@ -257,11 +244,10 @@ export interface MixerInArgs {
   wIn: Buf; wsIn: WeightStorage; wX: Buf; wsX: WeightStorage;
   convState: Buf; xz: Buf; Q: Buf;
   channels?: number; // channels per workgroup (0 or absent: the default)
-  // the fixed-point variant: Q is then the x_proj totals' buffer, x_proj's region from word oX; h the previous
-  // layer's hParts partials of out_proj [hParts, B, D] where hParts > 0; nZero values of Q from word oZero cleared
-  // (the poison word counts as one)
-  acc?: { hParts: number; oX: number; oZero: number; nZero: number; limit: number; stride: number };
   loadBytes?: number; // bytes of in_proj a thread loads at once (DECODE_LOAD_BYTES_CHOICES; default 64)
+  // the fixed-point variant: Q is then the buffer of x_proj's totals, this layer's region from word oX; nZero
+  // values from word oZero are cleared (the poison word counts as one)
+  acc?: { oX: number; oZero: number; nZero: number; limit: number; stride: number };
 }
 
 /** Bytes of weights a thread of the decode kernels (mixer-in's in_proj, matvec) loads before using any
@@ -287,9 +273,9 @@ export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
   if (a.B * a.J > 256 * DECODE_MAX_B) throw new Error(`decodeMixerIn: ${a.B} rows of ${a.J} x_proj outputs, expected at most ${256 * DECODE_MAX_B}`);
   if (a.D % 4 !== 0) throw new Error(`decodeMixerIn: hidden size ${a.D} is not a multiple of 4`);
   const acc = a.acc ?? null;
-  const accKey = acc ? `_acc${acc.hParts}_${acc.limit}_${acc.stride}` : "";
+  const accKey = acc ? `_acc${acc.limit}_${acc.stride}` : "";
   const k = gpu.kernel(`decode_in_${CH}_${a.D}_${a.E}_${a.K}_${a.J}_${a.wsIn}_${a.wsX}_${loadBytes}_r${a.B}${accKey}`,
-    () => mixerInWgsl(CH, a.D, a.E, a.K, a.J, a.wsIn, a.wsX, loadBytes, a.B, acc && { hParts: acc.hParts, limit: acc.limit, stride: acc.stride }));
+    () => mixerInWgsl(CH, a.D, a.E, a.K, a.J, a.wsIn, a.wsX, loadBytes, a.B, acc && { limit: acc.limit, stride: acc.stride }));
   const groups = Math.ceil(a.E / CH);
   const p = new Params().bool(a.hasRes).u32(a.par).f32(a.eps).u32(a.oNorm).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB)
     .u32(acc?.oX ?? 0).u32(acc?.oZero ?? 0).u32(acc?.nZero ?? 0);

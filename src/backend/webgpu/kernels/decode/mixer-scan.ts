@@ -10,20 +10,15 @@
  *  2. dt_proj for the CH channels, 8 threads a channel over R, then softplus(· + bias);
  *  3. one thread per (b, e): advance the N states in place (h = exp(delta·A)·h + delta·u·B) and write
  *     y = (C·h + D·u) · silu(z).
- *
- * With `acc` (the two-kernel layer) step 1 reads kernel 1's fixed-point totals of x_proj (./fixed.ts), and y
- * stays in workgroup memory for a step 4: this group's share of out_proj, Σ_{e of this group} Wout[d, e] · y[b, e]
- * for every d, written as one partial per workgroup that the next layer's kernel 1 (or the final norm) adds up as
- * its input. That is the dispatch out_proj had of its own. (Fixed-point atomic totals for out_proj as well
- * measured far slower on the H100: 768 values a workgroup, 48 workgroups, took the kernel from 13.6 to 31 –
- * 35 us, however far apart the totals lay in memory.)
+ * With `stride` (kernel 1's fixed-point variant) step 1 reads kernel 1's totals of x_proj (./fixed.ts) instead of
+ * summing its G partials.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
-import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
-import { FIXED_READ_WGSL } from "./fixed.ts";
+import { type WeightStorage, weightBinding, weightReader } from "../weights.ts";
 import { DECODE_MAX_B } from "./mixer-in.ts";
 import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
+import { FIXED_READ_WGSL } from "./fixed.ts";
 
 /** B · (R + 2N) values of x_proj that fit workgroup memory. */
 export const DECODE_MAX_BJ = 2048;
@@ -34,49 +29,10 @@ export function mixerScanBytes(N: number): number {
   return 4 * (Math.max(DECODE_MAX_BJ + 256 * DECODE_MAX_B, DECODE_MAX_B * CH * (N + 1)) + DECODE_MAX_BJ + DECODE_MAX_B * CH + CH * (N + 2));
 }
 
-/** The two-kernel layer's variant (it needs subgroups of at least 8 invocations): out_proj's shape and storage,
- *  and the words between two fixed-point totals of x_proj (./fixed.ts). */
-export interface MixerScanAcc { D: number; E: number; wsOut: WeightStorage; stride: number }
-
-/** Passes of 32 rows of out_proj whose loads a thread issues together in the fixed-point variant's step 4 (a vec4
- *  each): all of 130m's 24. */
-const OUT_PASS_BATCH = 24;
-
-/** Step 4 of the two-kernel variant, written out pass by pass: each batch's loads are named values issued before
- *  any is used (an array indexed in loops measured no faster than a load at a time: the compiler kept it in
- *  memory), then each pass's 8-lane sums. */
-function outProjPasses(D: number): string {
-  const passes = Math.ceil(D / 32);
-  const out: string[] = [];
-  for (let p0 = 0; p0 < passes; p0 += OUT_PASS_BATCH) {
-    const n = Math.min(OUT_PASS_BATCH, passes - p0);
-    out.push("  {");
-    for (let k = 0; k < n; k++) out.push(`    let w${k} = wout4(min(${p0 + k}u * ROWS_PASS + r4, D - 1u) * E4 + wc);`);
-    for (let k = 0; k < n; k++) {
-      out.push(`    {
-      let d = ${p0 + k}u * ROWS_PASS + r4;
-      let bias = select(0.0, lp[p.oOutBias + min(d, D - 1u)], biasOn);
-      for (var b = 0u; b < MAXB; b++) {
-        if (b < B) {
-          var s = dot(w${k}, ys[b * CH4 + q4]);
-          s += subgroupShuffleXor(s, 4u);
-          s += subgroupShuffleXor(s, 2u);
-          s += subgroupShuffleXor(s, 1u);
-          if (q4 == 0u && d < D) { hp[(wg.x * p.B + b0 + b) * D + d] = s + bias; }
-        }
-      }
-    }`);
-    }
-    out.push("  }");
-  }
-  return out.join("\n");
-}
-
 /** The kernel's WGSL (exported for inspection). */
-export const mixerScanWgsl = (N: number, J: number, SL: number, ws: WeightStorage, summed: boolean, acc: MixerScanAcc | null = null) => /* wgsl */ `${acc ? "enable subgroups;\n" : ""}
-// bindings: 0 ${acc ? "xq: kernel 1's fixed-point totals of x_proj, from vec4 oX" : "Q [G, B, J]"} | 1 lp (layer constants) | 2 Wdt [E, R]
-//           3 xz [B, 2E] | 4 ssm [B, E, N] in/out | 5 ${acc ? "hp [groups, B, D]: this group's partial of out_proj out" : "y [B, E] out"}
-//           ${acc ? "6 Wout [D, E] | 7" : "6"} params
+export const mixerScanWgsl = (N: number, J: number, SL: number, ws: WeightStorage, summed: boolean, stride = 0) => /* wgsl */ `
+// bindings: 0 ${stride ? "xq: kernel 1's fixed-point totals of x_proj, from vec4 oX" : "Q [G, B, J]"} | 1 lp (layer constants) | 2 Wdt [E, R] | 3 xz [B, 2E] | 4 ssm [B, E, N] in/out
+//           5 y [B, E] out | 6 params
 // grid: (ceil(E / CH), ceil(B / MAXB)): workgroup (x, y) owns channels x·CH .. and rows y·MAXB ..
 const WG = 256u;
 const CH = ${CH}u;
@@ -87,16 +43,14 @@ const BATCH = 8u; // loads issued together
 const J = ${J}u; // x_proj outputs a row: dt | B | C
 const KO = ${Math.ceil(Math.min(DECODE_MAX_B * J, DECODE_MAX_BJ) / 256)}u; // outputs a thread sums in step 1 when they are many
 
-struct P { B: u32, E: u32, R: u32, G: u32, oPack: u32, oX: u32, oOutBias: u32, hasOutBias: u32 }
-@group(0) @binding(0) var<storage, read> ${acc ? "xq: array<vec4<u32>>" : "Q: array<f32>"};
+struct P { B: u32, E: u32, R: u32, G: u32, oPack: u32, oX: u32 }
+@group(0) @binding(0) var<storage, read> ${stride ? "xq: array<vec4<u32>>" : "Q: array<f32>"};
 @group(0) @binding(1) var<storage, read> lp: array<f32>;
 @group(0) @binding(2) var<storage, read> wDt: array<${weightBinding(ws)}>;
 @group(0) @binding(3) var<storage, read> xz: array<f32>;
 @group(0) @binding(4) var<storage, read_write> ssm: array<f32>;
-${acc ? `@group(0) @binding(5) var<storage, read_write> hp: array<f32>;
-@group(0) @binding(6) var<storage, read> wOut: array<${weight4Binding(acc.wsOut)}>;
-@group(0) @binding(7) var<uniform> p: P;` : `@group(0) @binding(5) var<storage, read_write> y: array<f32>;
-@group(0) @binding(6) var<uniform> p: P;`}
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<uniform> p: P;
 
 // one scratch array for what each phase alone uses: step 1's slices of the partial sums [MAXBJ], step 2's
 // dt_proj partial sums [WG · MAXB] from RED0, step 3's states [MAXB, CH, N + 1] (a padded row per channel)
@@ -110,14 +64,8 @@ var<workgroup> dts: array<f32, MAXB * CH>;  // delta [B, CH]
 var<workgroup> pks: array<f32, CH * (N + 2u)>; // the channels' A·log2(e) [N], dt bias, D
 
 ${weightReader(ws, "wdt", "wDt")}
-${acc ? `${weight4Reader(acc.wsOut, "wout4", "wOut")}
-${FIXED_READ_WGSL}
-const D = ${acc.D}u;
-const E4 = ${acc.E / 4}u;     // vec4s of a row of Wout
-const CH4 = CH / 4u;          // lanes a row of Wout in step 4
-const ROWS_PASS = WG / CH4;   // rows of Wout a pass of step 4
-var<workgroup> ys: array<vec4<f32>, MAXB * CH / 4u>; // y [B, CH] of this group, zero past its channels
-` : ""}
+${stride ? FIXED_READ_WGSL : ""}
+
 ${SOFTPLUS_WGSL}
 
 // state i of a group's [rows, its channels · N] in ssm [B, E, N], and in step 3's scr [MAXB, CH, N + 1]
@@ -164,9 +112,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   //    BATCH loads at a time. More: a thread sums KO outputs, KO · BATCH loads in flight at once, so that a block of
   //    8 rows takes ceil(G / BATCH) round trips to memory rather than KO times as many (scan at 64 rows of 130m:
   //    32.9 → 25.0 us a dispatch on the H200, with step 0).
-${acc ? `  let S = 1u; // kernel 1's totals (a non-finite partial poisoned them: NaN, as a float sum would be)
-  let poisoned = xq[p.oX + p.B * J * ${acc.stride / 4}u].x != 0u;
-  for (var i = t; i < BJ; i += WG) { scr[i] = select(fromFixed(xq[p.oX + (q0 + i) * ${acc.stride / 4}u]), fixedNan(), poisoned); }
+${stride ? `  let S = 1u; // kernel 1's totals (a non-finite partial poisoned them: NaN, as a float sum would be)
+  let poisoned = xq[p.oX + p.B * J * ${stride / 4}u].x != 0u;
+  for (var i = t; i < BJ; i += WG) { scr[i] = select(fromFixed(xq[p.oX + (q0 + i) * ${stride / 4}u]), fixedNan(), poisoned); }
 ` : summed ? `  let S = 1u; // one partial: the batch step's x_proj, summed already by matmul_reduce
   for (var i = t; i < BJ; i += WG) { scr[i] = Q[q0 + i]; }
 ` : `  let S = max(1u, WG / BJ);
@@ -242,7 +190,7 @@ ${acc ? `  let S = 1u; // kernel 1's totals (a non-finite partial poisoned them:
     if (i < n3) { scr[stagedAt(i, rowLen)] = st[k]; }
   }
   workgroupBarrier();
-${acc ? "  var yv = 0.0;\n" : ""}  if (b3 < B && c3 < nc) {
+  if (b3 < B && c3 < nc) {
     let pk = c3 * (N + 2u);
     let dt = dts[b3 * CH + c3];
     let du = dt * uv;
@@ -254,39 +202,21 @@ ${acc ? "  var yv = 0.0;\n" : ""}  if (b3 < B && c3 < nc) {
       out = fma(hn, xd[b3 * J + p.R + N + n], out);
     }
     out = fma(pks[pk + N + 1u], uv, out);
-    ${acc ? "yv = out * zv / (1.0 + exp(-zv));" : "y[(b0 + b3) * E + e0 + c3] = out * zv / (1.0 + exp(-zv));"}
+    y[(b0 + b3) * E + e0 + c3] = out * zv / (1.0 + exp(-zv));
   }
-${acc ? `  ys[(b3 * CH + c3) / 4u][c3 % 4u] = yv; // zero past the rows and channels: their weights add nothing
-` : ""}  workgroupBarrier();
+  workgroupBarrier();
   for (var i = t; i < n3; i += WG) {
     ssm[stateAt(i, b0, e0, rowLen)] = scr[stagedAt(i, rowLen)];
   }
-${acc ? `
-  // 4. this group's share of out_proj for every output d, a partial of its own (workgroup 0 adds the bias).
-  //    8 lanes a row of Wout, each a vec4 of this group's CH = 32 weights, so that a subgroup's loads are whole
-  //    rows (a thread per row measured slower: each load touched a cache line per lane); 32 rows a pass, PB passes'
-  //    loads in flight together; the 8 products summed by 3 subgroup shuffles (lanes of a row are 8 consecutive
-  //    invocations of one subgroup: the kernel runs where subgroups have at least 8). Channels past E are clamped
-  //    and meet zeros in ys.
-  let q4 = t % CH4;
-  let r4 = t / CH4;
-  let wc = min(e0 / 4u + q4, E4 - 1u);
-  let biasOn = p.hasOutBias != 0u && wg.x == 0u;
-${outProjPasses(acc.D)}
-` : ""}}
+}
 `;
 
 export interface MixerScanArgs {
   B: number; E: number; N: number; R: number; J: number; G: number;
   Q: Buf; lp: Buf; oPack: number; wDt: Buf; wsDt: WeightStorage; xz: Buf; ssm: Buf; y: Buf;
-  // the two-kernel layer: Q is then kernel 1's fixed-point totals of x_proj (region from word oX, a multiple of 4),
-  // y the partials of out_proj [groups, B, D] (mixerScanGroups); the bias at oOutBias of lp
-  acc?: { D: number; wOut: Buf; wsOut: WeightStorage; oX: number; oOutBias: number; hasOutBias: boolean; stride: number };
-}
-
-/** Workgroups of the kernel along the channels (in the fixed-point variant, the partials each total adds). */
-export function mixerScanGroups(E: number): number {
-  return Math.ceil(E / CH);
+  // kernel 1's fixed-point variant: Q is then its totals of x_proj, this layer's region from word oX (a multiple of
+  // 4), totals `stride` words apart
+  acc?: { oX: number; stride: number };
 }
 
 export function decodeMixerScan(gpu: Gpu, a: MixerScanArgs): void {
@@ -294,14 +224,9 @@ export function decodeMixerScan(gpu: Gpu, a: MixerScanArgs): void {
   // one partial (the batch step's x_proj summed by matmul_reduce): a pipeline without step 1's sums, whose
   // registers would otherwise be held for the branch not taken
   const summed = a.G === 1;
-  const acc = a.acc;
-  if (acc && a.E % 4 !== 0) throw new Error(`decodeMixerScan: out_proj in the kernel needs channels in fours, got ${a.E}`);
-  if (acc && gpu.subgroupMinSize < 8) throw new Error("decodeMixerScan: out_proj in the kernel needs subgroups of at least 8 invocations");
-  const key = acc ? `_acc${acc.D}_${acc.wsOut}_${acc.stride}` : summed ? "_summed" : "";
-  const k = gpu.kernel(`decode_scan_${a.N}_${a.J}_${SL}_${a.wsDt}${key}`,
-    () => mixerScanWgsl(a.N, a.J, SL, a.wsDt, summed, acc ? { D: acc.D, E: a.E, wsOut: acc.wsOut, stride: acc.stride } : null));
-  const p = new Params().u32(a.B).u32(a.E).u32(a.R).u32(a.G).u32(a.oPack).u32(acc ? acc.oX / 4 : 0)
-    .u32(acc?.oOutBias ?? 0).bool(acc?.hasOutBias ?? false);
-  const bufs = acc ? [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y, acc.wOut] : [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y];
-  gpu.dispatch(k, bufs, p, [Math.ceil(a.E / CH), Math.ceil(a.B / DECODE_MAX_B)]);
+  const stride = a.acc?.stride ?? 0;
+  const key = stride ? `_acc${stride}` : summed ? "_summed" : "";
+  const k = gpu.kernel(`decode_scan_${a.N}_${a.J}_${SL}_${a.wsDt}${key}`, () => mixerScanWgsl(a.N, a.J, SL, a.wsDt, summed, stride));
+  const p = new Params().u32(a.B).u32(a.E).u32(a.R).u32(a.G).u32(a.oPack).u32((a.acc?.oX ?? 0) / 4);
+  gpu.dispatch(k, [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y], p, [Math.ceil(a.E / CH), Math.ceil(a.B / DECODE_MAX_B)]);
 }
