@@ -28,7 +28,7 @@ import {
   DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, decodeMixerIn, mixerInChannels,
 } from "./kernels/decode/mixer-in.ts";
 import { DECODE_MAX_BJ, decodeMixerScan, mixerScanBytes } from "./kernels/decode/mixer-scan.ts";
-import { FIXED_MAX_TERMS, fixedLimit, fixedRegionWords } from "./kernels/decode/fixed.ts";
+import { FIXED_MAX_TERMS, FIXED_SPREAD, fixedLimit, fixedRegionWords } from "./kernels/decode/fixed.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
 import { BATCH_CONV_CHANNELS, batchConvBytes, decodeBatchConv } from "./kernels/decode/batch-conv.ts";
 import { BATCH_SCAN_ROW_CHOICES, batchScanBytes, decodeBatchScan } from "./kernels/decode/batch-scan.ts";
@@ -96,10 +96,10 @@ export interface WebGpuTuning {
   decodeLoadBytes?: number;
   /** the fused decode's first kernel adds its share of x_proj into exact fixed-point totals with 32-bit atomic
    *  adds (kernels/decode/fixed.ts), which the scan kernel reads, instead of writing one partial per workgroup
-   *  that the scan kernel sums (default true; models of one layer always take the partials) */
+   *  that the scan kernel sums (default true; models of one layer always take the partials). On the H100 a step
+   *  of 1.4b took 3074 against 3524 us at batch 1, of 130m 973 against 1028 at batch 4 and 727 against 735 at
+   *  batch 1 (BENCHMARKS.md) */
   decodeAccumulate?: boolean;
-  /** words between two fixed-point totals of decodeAccumulate (default 4) */
-  decodeAccStride?: number;
   /** batches the fused kernels do not take (past 8 rows, or too wide for them) decode with the batch step's kernels
    *  (kernels/decode/batch-*.ts, five dispatches a layer) when true (default); when false through a recording of
    *  the model's ops (ten a layer). At batch 64 of 130m on the H200 a batch step took 2188 us of GPU time, the
@@ -155,7 +155,6 @@ export class WebGpuBackend implements Backend {
   private readonly decodeLoadBytes: number;
   /** WebGpuTuning.decodeAccumulate */
   private readonly decodeAccumulate: boolean;
-  private readonly decodeAccStride: number;
   /** WebGpuTuning.decodeBatch */
   private readonly decodeBatch: boolean;
   /** WebGpuTuning.decodeBatchReduce */
@@ -216,8 +215,6 @@ export class WebGpuBackend implements Backend {
     this.matvecWholeRow = tuning.matvecWholeRow ?? true;
     checkFlag("decodeAccumulate", tuning.decodeAccumulate);
     this.decodeAccumulate = tuning.decodeAccumulate ?? true;
-    checkChoice("decodeAccStride", tuning.decodeAccStride, [4, 8, 16, 32, 64, 256, 1024]);
-    this.decodeAccStride = tuning.decodeAccStride ?? 4;
     checkFlag("decodeBatch", tuning.decodeBatch);
     this.decodeBatch = tuning.decodeBatch ?? true;
     checkFlag("sampleList", tuning.sampleList);
@@ -690,7 +687,7 @@ export class WebGpuBackend implements Backend {
     const y = gpu.alloc(B * E * 4);
     const inGroups = Math.ceil(E / mixerInChannels(E, this.decodeChannels));
     const acc = this.decodeAccumulate && L >= 2 && inGroups <= FIXED_MAX_TERMS;
-    const S = this.decodeAccStride;
+    const S = FIXED_SPREAD;
     const xWords = fixedRegionWords(B * J, S);
     // x_proj's totals, a region per layer, zeroed here (a step leaves them zero); else a partial per workgroup
     const Q = acc ? gpu.alloc(L * xWords * 4) : gpu.alloc(inGroups * B * J * 4);

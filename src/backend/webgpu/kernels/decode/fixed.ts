@@ -7,14 +7,21 @@
  * A contribution x is v = round-toward-zero(x · 2^32), a 64-bit two's complement integer, split into three limbs
  * v = l2 · 2^44 + l1 · 2^22 + l0 with l0, l1 in [0, 2^22) and l2 signed. Each limb is added into a word of its own
  * with an atomic add whose result is not used, so no thread waits for it (a carry from one word into the next would
- * need the old value back: a round trip to memory under contention, measured several microseconds a kernel). Up to
+ * need the old value back, and each thread would wait a round trip to memory for it). Up to
  * 1024 contributions keep every limb's sum within its word (FIXED_MAX_TERMS); the reader puts the three sums
  * together into the exact 64-bit total and rounds that once to f32.
  *
- * A value is 4 words (l0, l1, l2, unused: one vec4 read). A region of `count` values is 4 · count words, then a
- * poison word and 3 unused: a contribution that is not finite or not below `limit` in magnitude sets it instead of
- * adding (the total could overflow), and a reader then gives NaN for the region, as the float sums would have.
+ * A value takes words l0, l1, l2 (and one unused: a vec4 read) of its `stride` words (4, or more to spread the
+ * totals out: FIXED_SPREAD). A region of `count` values is `count` strides, then one more holding the poison word:
+ * a contribution that is not finite or not below `limit` in magnitude sets it instead of adding (the total could
+ * overflow), and a reader then gives NaN for the region, as the float sums would have.
  */
+
+/** Words from one total to the next where many workgroups add into few totals: 1 KiB apart, so that their atomics
+ *  spread over the cache rather than queue at a few of its slices. On the H100, x_proj's totals of the fused
+ *  decode (128 workgroups adding into each of 160 a row) took a step of 1.4b 3355 us at batch 1 with the totals
+ *  4 words apart, 3074 us with 256 (BENCHMARKS.md). */
+export const FIXED_SPREAD = 256;
 
 /** Contributions a total may take: every limb sum stays below 2^32. */
 export const FIXED_MAX_TERMS = 1024;
