@@ -128,9 +128,6 @@ async function printKernelTimes(b: WebGpuBackend, lm: MambaModel["lm"]): Promise
     const t = (await gpuMicros(b, () => b.gpu.replay(ds), 50)) / ds.length;
     console.log(`breakdown: fused step kernel ${kind}: ${t.toFixed(1)} us each (${ds.length} replayed a step)`);
   }
-  // one kind replayed alone leaves the fixed-point totals of the two-kernel layer uncleared (decodeAccumulate):
-  // drop the plan, so that the next step records a fresh one
-  (b as unknown as { decodePlans: WeakMap<object, unknown> }).decodePlans.delete(lm.weights);
 }
 
 async function makeModel(name: ModelName, dtype: "F32" | "F16" = "F32"): Promise<MambaModel> {

@@ -97,8 +97,8 @@ export interface WebGpuTuning {
   /** the fused decode's first kernel adds its share of x_proj into exact fixed-point totals with 32-bit atomic
    *  adds (kernels/decode/fixed.ts), which the scan kernel reads, instead of writing one partial per workgroup
    *  that the scan kernel sums (default true; models of one layer always take the partials). On the H100 a step
-   *  of 1.4b took 3074 against 3524 us at batch 1, of 130m 973 against 1028 at batch 4 and 727 against 735 at
-   *  batch 1 (BENCHMARKS.md) */
+   *  took 3222 against 3383 us (1.4b, batch 1), 1026 against 1045 (130m, batch 4) and 845 against 865 (130m,
+   *  batch 1) in one process (BENCHMARKS.md, run 67) */
   decodeAccumulate?: boolean;
   /** batches the fused kernels do not take (past 8 rows, or too wide for them) decode with the batch step's kernels
    *  (kernels/decode/batch-*.ts, five dispatches a layer) when true (default); when false through a recording of

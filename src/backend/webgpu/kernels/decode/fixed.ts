@@ -20,7 +20,8 @@
 /** Words from one total to the next where many workgroups add into few totals: 1 KiB apart, so that their atomics
  *  spread over the cache rather than queue at a few of its slices. On the H100, x_proj's totals of the fused
  *  decode (128 workgroups adding into each of 160 a row) took a step of 1.4b 3355 us at batch 1 with the totals
- *  4 words apart, 3074 us with 256 (BENCHMARKS.md). */
+ *  4 words apart, 3074 us with 256 (BENCHMARKS.md). The fused decode's totals then take (B · J + 1) KiB a layer:
+ *  81 KiB for 130m at batch 1, 1.25 MiB for 1.4b at batch 8. */
 export const FIXED_SPREAD = 256;
 
 /** Contributions a total may take: every limb sum stays below 2^32. */
