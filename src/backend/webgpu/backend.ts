@@ -96,9 +96,9 @@ export interface WebGpuTuning {
   decodeLoadBytes?: number;
   /** the fused decode's first kernel adds its share of x_proj into exact fixed-point totals with 32-bit atomic
    *  adds (kernels/decode/fixed.ts), which the scan kernel reads, instead of writing one partial per workgroup
-   *  that the scan kernel sums (default true; models of one layer always take the partials). On the H100 a step
-   *  took 3222 against 3383 us (1.4b, batch 1), 1026 against 1045 (130m, batch 4) and 845 against 865 (130m,
-   *  batch 1) in one process (BENCHMARKS.md, run 67) */
+   *  that the scan kernel sums (default true). Models of one layer, and first kernels of more than 1024 workgroups
+   *  (decodeChannels), always take the partials. On the H100 a step took 3222 against 3383 us (1.4b, batch 1),
+   *  1026 against 1045 (130m, batch 4) and 845 against 865 (130m, batch 1) in one process (BENCHMARKS.md, run 67) */
   decodeAccumulate?: boolean;
   /** batches the fused kernels do not take (past 8 rows, or too wide for them) decode with the batch step's kernels
    *  (kernels/decode/batch-*.ts, five dispatches a layer) when true (default); when false through a recording of
