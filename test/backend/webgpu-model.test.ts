@@ -382,7 +382,7 @@ test("webgpu: the fused decode step with 4 and 64 channels a workgroup (decodeCh
   const ps = perturbedParameters(c, 31);
   const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
   try {
-    for (const tuning of [{ decodeChannels: 4 }, { decodeChannels: 64 }, { decodeLoadBytes: 128 }, { decodeLoadBytes: 256 }]) {
+    for (const tuning of [{ decodeChannels: 4 }, { decodeChannels: 64 }, { decodeLoadBytes: 128 }, { decodeLoadBytes: 256 }, { decodeLoadBytes: 384 }]) {
       const gpu = await modelFromTensors(c, ps, { backend: await createWebGpuBackend(tuning) });
       const what = JSON.stringify(tuning);
       try {
@@ -393,7 +393,7 @@ test("webgpu: the fused decode step with 4 and 64 channels a workgroup (decodeCh
       }
     }
     await assert.rejects(createWebGpuBackend({ decodeChannels: 12 }), /decodeChannels must be one of 4, 8, 16, 32, 64, got 12/);
-    await assert.rejects(createWebGpuBackend({ decodeLoadBytes: 100 }), /decodeLoadBytes must be one of 64, 128, 256, got 100/);
+    await assert.rejects(createWebGpuBackend({ decodeLoadBytes: 100 }), /decodeLoadBytes must be one of 64, 128, 256, 384, got 100/);
     await assert.rejects(createWebGpuBackend({ decodeBatch: "no" as unknown as boolean }), /decodeBatch must be true or false, got no/);
     // with decodeBatch:false a batch past the fused kernels gets no fused step: generate records the ops
     const off = await modelFromTensors(c, ps, { backend: await createWebGpuBackend({ decodeBatch: false }) });

@@ -91,8 +91,10 @@ export interface WebGpuTuning {
    *  row, loading decodeLoadBytes at a time */
   matvecWholeRow?: boolean;
   /** bytes of weights a thread of the decode kernels (the fused step's in_proj, the matrix-vector products of up to
-   *  8 rows) loads before it uses any: 64, 128 or 256 (default 128 for rows of 2048 weights or more, else 64); more
-   *  keeps more loads in flight, with more registers */
+   *  8 rows) loads before it uses any: 64, 128, 256 or 384 (default 128 for rows of 2048 weights or more, else 64);
+   *  more keeps more loads in flight, with more registers. 384 puts all of a 130m in_proj row's share in flight at
+   *  once: its batch-1 step took 718.8 against 748.7 us in one run on the H100 (BENCHMARKS.md, run 68), where an
+   *  earlier run had the default fastest */
   decodeLoadBytes?: number;
   /** the fused decode's first kernel adds its share of x_proj into exact fixed-point totals with 32-bit atomic
    *  adds (kernels/decode/fixed.ts), which the scan kernel reads, instead of writing one partial per workgroup

@@ -98,7 +98,7 @@ export interface MatvecArgs {
   w: Buf; ws: WeightStorage; N: number;
   bias: Buf | null;
   y: Buf;
-  loadBytes?: number; // bytes of w a lane loads at once: 64 (default), 128 or 256
+  loadBytes?: number; // bytes of w a lane loads at once: 64 (default), 128, 256 or 384
   wholeRow?: boolean; // more lanes a row where a lane's share would pass WHOLE_ROW_VEC4S (default true)
 }
 
