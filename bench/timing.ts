@@ -58,12 +58,12 @@ export async function alternatingRounds(
   return times.map((t) => summarize(t, reps));
 }
 
-/** Median, least and most of per-call times, one per loop of `reps` calls. */
 /** The middle value (the upper one of an even count). */
 export function median(xs: number[]): number {
   return [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
 }
 
+/** Median, least and most of per-call times, one per loop of `reps` calls. */
 function summarize(times: number[], reps: number): Trials {
   return { median: median(times), min: Math.min(...times), max: Math.max(...times), calls: times.length * reps };
 }

@@ -166,7 +166,6 @@ const swzWgsl = (c: TileConfig) => c.buffers === 1
   ? "fn swz(k: u32, q: u32) -> u32 { return q; }"
   : "fn swz(k: u32, q: u32) -> u32 { return q ^ (k & 15u); }";
 
-
 const wgsl = (c: TileConfig, ws: WeightStorage, v4: boolean) => /* wgsl */ `
 // bindings: 0 x [rows, ldx] f32 | 1 w [N, K] | 2 bias [N] | 3 y [splits, T, N] | 4 params
 // grid: (N / BN, T / BM, splits); split z covers K columns [z·kLen, (z + 1)·kLen)

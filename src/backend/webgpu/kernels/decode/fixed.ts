@@ -39,7 +39,8 @@ export function fixedLimit(terms: number): number {
   return 2 ** Math.floor(Math.log2(2 ** 31 / terms));
 }
 
-/** WGSL: `fixedAdd(word, poisonWord, x)` over the atomic array `arr`, adding x into the value at word `word`. */
+/** WGSL over the atomic array `arr`: `fixedAdd(word, poisonWord, x)`, adding x into the value at word `word`, and
+ *  `fixedClear(word)`, setting that value (or the poison word there) back to zero. */
 export function fixedAddWgsl(arr: string, limit: number): string {
   return /* wgsl */ `
 // adds x into the fixed-point value at words i .. i + 2 of ${arr} (./fixed.ts); poisons the region where x is not
@@ -60,6 +61,9 @@ fn fixedAdd(i: u32, poison: u32, x: f32) {
   if (l0 != 0u) { atomicAdd(&${arr}[i], l0); }
   if (l1 != 0u) { atomicAdd(&${arr}[i + 1u], l1); }
   if (l2 != 0u) { atomicAdd(&${arr}[i + 2u], l2); }
+}
+fn fixedClear(i: u32) {
+  for (var k = 0u; k < 3u; k++) { atomicStore(&${arr}[i + k], 0u); }
 }
 `;
 }

@@ -229,7 +229,7 @@ ${acc ? `  for (var j = t; j < J; j += WG) {
   }
   // the totals the previous layer's kernel 2 read, cleared for the next step (the values and the poison word)
   for (var i = wg.x * WG + t; i < p.nZero; i += WG * nwg.x) {
-    for (var k = 0u; k < 3u; k++) { atomicStore(&xacc[p.oZero + i * ${acc.stride}u + k], 0u); }
+    fixedClear(p.oZero + i * ${acc.stride}u);
   }` : `  for (var j = t; j < J; j += WG) {
     for (var b = 0u; b < RB; b++) { Q[(wg.x * RB + b) * J + j] = red[j * RB + b]; }
   }`}
