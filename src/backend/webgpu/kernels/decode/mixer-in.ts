@@ -17,13 +17,13 @@
  * layer's kernel 2 read (the first layer: the last layer's), which the next step's kernel 1 of that layer adds into.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
-import { Params } from "../../gpu.ts";
+import { type ParamType, type WgslParts, paramBlock, standaloneWgsl } from "./compose.ts";
 import { DECODE_CONV_MAX_K, convTapWgsl } from "./conv-step.ts";
 import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
 import { fixedAddWgsl } from "./fixed.ts";
 
 export const DECODE_MAX_B = 8;
-/** Rows × hidden size that fit the workgroup's copy of the normalized input. */
+/** Rows × hidden size that fit the workgroup's copy of the normalized input (kept at 16 KiB of workgroup memory). */
 export const DECODE_MAX_BD = 4096;
 /** Conv kernel sizes the fused decode takes (the history is held in registers). */
 export const DECODE_MAX_K = DECODE_CONV_MAX_K;
@@ -32,53 +32,64 @@ export const DECODE_MAX_K = DECODE_CONV_MAX_K;
  *  from one total to the next. */
 export interface MixerInAcc { limit: number; stride: number }
 
-/** The kernel's WGSL (exported for inspection). D, E, K, J and RB (the dispatch's rows) are constants of it, so
- *  that every loop over rows, weights and taps has a constant bound and its loads can be issued together. */
-export const mixerInWgsl = (CH: number, D: number, E: number, K: number, J: number, wsIn: WeightStorage, wsX: WeightStorage,
-  loadBytes: number, RB: number, acc: MixerInAcc | null = null) => {
+const MIXER_IN_PARAMS: [string, ParamType][] = [["hasRes", "u32"], ["par", "u32"], ["eps", "f32"], ["oNorm", "u32"],
+  ["oInBias", "u32"], ["oConvW", "u32"], ["oConvB", "u32"], ["oX", "u32"], ["oZero", "u32"], ["nZero", "u32"]];
+
+/** The shape of one compiled kernel 1: D, E, K, J and RB (the dispatch's rows) are constants of it, so that every
+ *  loop over rows, weights and taps has a constant bound and its loads can be issued together. */
+export interface MixerInShape {
+  CH: number; D: number; E: number; K: number; J: number; wsIn: WeightStorage; wsX: WeightStorage;
+  loadBytes: number; RB: number; acc: MixerInAcc | null;
+}
+
+/**
+ * Kernel 1 as parts (./compose.ts): the phase function `mixerIn(t, g, ng)` does the work of group g of ng.
+ * `shared` (the one-dispatch layer, ./layer.ts): xz is written with atomic stores, so that other workgroups of the
+ * same dispatch read it from the device's cache rather than a stale copy in their own.
+ */
+export function mixerInParts(s: MixerInShape, shared = false): WgslParts {
+  const { CH, D, E, K, J, wsIn, wsX, loadBytes, RB, acc } = s;
+  if (shared && !acc) throw new Error("mixerInParts: the shared variant adds x_proj into fixed-point totals");
   const BATCH = loadBytes / (wsIn === "f32" ? 16 : 8);
   const TPR = 256 / (2 * CH);
   const CC = Math.min(CH, 8); // channels of a chunk of Wx a thread holds (a row's CC weights side by side)
-  return /* wgsl */ `
-// bindings: 0 h [B, D] | 1 res [2, B, D] | 2 lp (layer constants) | 3 Win [2E, D] | 4 Wx [J, E]
-//           5 convState [B, K-1, E] in/out | 6 xz [B, 2E] out
-//           7 ${acc ? "xacc: fixed-point totals of x_proj (this layer's region from word oX) and the region to clear" : "Q [groups, B, J] out"}
-//           8 params
-// grid: (ceil(E / CH))
-const WG = 256u;
-const MAXB = ${DECODE_MAX_B}u;
-const RB = ${RB}u;          // the dispatch's rows (B = RB): register loops run to it
-const MAXU = ${DECODE_MAX_BD}u;
-const D = ${D}u;
-const E = ${E}u;
-const CH = ${CH}u;          // channels per workgroup
-const J = ${J}u;            // x_proj outputs
-const ROWS = 2u * CH;       // their in_proj rows: x then z
-const TPR = ${TPR}u;        // threads per in_proj row
-const D4 = D / 4u;
-const BATCH = ${BATCH}u;    // in_proj loads issued together: ${loadBytes} bytes a thread (f32 vec4s or packed-half pairs)
-const NIT = ${Math.ceil(D / 4 / (BATCH * TPR))}u;  // batches of in_proj loads a thread
-const KD = ${Math.ceil(D / 256)}u;  // input values a thread a row
-const KC = ${Math.ceil((RB * CH) / 256)}u; // (row, channel) pairs of the conv a thread
-const CC = ${CC}u;          // channels of a chunk of Wx
-const NCC = ${CH / CC}u;    // chunks of a row of Wx in this group
-const KI = ${Math.ceil((J * (CH / CC)) / 256)}u; // chunks a thread holds: item i is output i / NCC, chunk i % NCC
-
-struct P { hasRes: u32, par: u32, eps: f32, oNorm: u32, oInBias: u32, oConvW: u32, oConvB: u32, oX: u32, oZero: u32, nZero: u32 }
-@group(0) @binding(0) var<storage, read> h: array<f32>;
-@group(0) @binding(1) var<storage, read_write> res: array<f32>;
-@group(0) @binding(2) var<storage, read> lp: array<f32>;
-@group(0) @binding(3) var<storage, read> wIn: array<${weight4Binding(wsIn)}>;
-@group(0) @binding(4) var<storage, read> wX: array<${weightBinding(wsX)}>;
-@group(0) @binding(5) var<storage, read_write> convState: array<f32>;
-@group(0) @binding(6) var<storage, read_write> xz: array<f32>;
-@group(0) @binding(7) var<storage, read_write> ${acc ? "xacc: array<atomic<u32>>" : "Q: array<f32>"};
-@group(0) @binding(8) var<uniform> p: P;
-
-var<workgroup> us: array<f32, MAXU>;          // input rows [B, D] times the norm weight (the norm's scale comes later)
-var<workgroup> red: array<f32, WG * MAXB>;    // partial sums
-var<workgroup> rowOut: array<f32, MAXB * ROWS>;
-var<workgroup> xcs: array<f32, MAXB * CH>;    // conv outputs of this group's channels
+  const consts: [string, string][] = [
+    ["WG", "256u"],
+    ["MAXB", `${DECODE_MAX_B}u`],
+    ["RB", `${RB}u`], // the dispatch's rows (B = RB): register loops run to it
+    ["D", `${D}u`],
+    ["E", `${E}u`],
+    ["CH", `${CH}u`], // channels per workgroup
+    ["J", `${J}u`], // x_proj outputs
+    ["ROWS", `${2 * CH}u`], // their in_proj rows: x then z
+    ["TPR", `${TPR}u`], // threads per in_proj row
+    ["D4", `${D / 4}u`],
+    ["BATCH", `${BATCH}u`], // in_proj loads issued together: loadBytes a thread (f32 vec4s or packed-half pairs)
+    ["NIT", `${Math.ceil(D / 4 / (BATCH * TPR))}u`], // batches of in_proj loads a thread
+    ["KD", `${Math.ceil(D / 256)}u`], // input values a thread a row
+    ["KC", `${Math.ceil((RB * CH) / 256)}u`], // (row, channel) pairs of the conv a thread
+    ["CC", `${CC}u`], // channels of a chunk of Wx
+    ["NCC", `${CH / CC}u`], // chunks of a row of Wx in this group
+    ["KI", `${Math.ceil((J * (CH / CC)) / 256)}u`], // chunks a thread holds: item i is output i / NCC, chunk i % NCC
+  ];
+  const params = MIXER_IN_PARAMS;
+  const bindings: [string, string][] = [
+    ["h", "var<storage, read> h: array<f32>"], // [B, D]
+    ["res", "var<storage, read_write> res: array<f32>"], // [2, B, D]
+    ["lp", "var<storage, read> lp: array<f32>"], // the layer's constants
+    ["wIn", `var<storage, read> wIn: array<${weight4Binding(wsIn)}>`], // [2E, D]
+    ["wX", `var<storage, read> wX: array<${weightBinding(wsX)}>`], // [J, E]
+    ["convState", "var<storage, read_write> convState: array<f32>"], // [B, K-1, E] in/out
+    ["xz", `var<storage, read_write> xz: array<${shared ? "atomic<u32>" : "f32"}>`], // [B, 2E] out
+    // x_proj: fixed-point totals (this layer's region from word oX, and the region to clear), or a partial a group
+    acc ? ["xacc", "var<storage, read_write> xacc: array<atomic<u32>>"] : ["Q", "var<storage, read_write> Q: array<f32>"],
+  ];
+  const decls = /* wgsl */ `
+var<workgroup> us: array<f32, ${RB * D}>;  // input rows [B, D] times the norm weight (the norm's scale comes later)
+var<workgroup> red: array<f32, ${RB * Math.max(256, J)}>; // partial sums
+var<workgroup> rowOut: array<f32, ${RB * 2 * CH}>;
+var<workgroup> xcs: array<f32, ${RB * CH}>;    // conv outputs of this group's channels
+fn xzStore(i: u32, v: f32) { ${shared ? "atomicStore(&xz[i], bitcast<u32>(v));" : "xz[i] = v;"} }
 
 ${weight4Reader(wsIn, "win4", "wIn")}
 ${weightReader(wsX, "wx", "wX")}
@@ -94,11 +105,11 @@ fn loadWxChunk(e0: u32, i: u32) -> array<f32, CC> {
   return w;
 }
 
-@compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>) {
-  let t = lid.x;
-  let e0 = wg.x * CH;
+`;
+  const fn = /* wgsl */ `
+// group g of ng: channels g·CH ..
+fn mixerIn(t: u32, g: u32, ng: u32) {
+  let e0 = g * CH;
 
   // 0. every load that needs nothing computed here goes out first, so that all are in flight together (indices
   //    are clamped rather than guarded: behind a bounds check each load waits for the one before); the excess
@@ -139,7 +150,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     if (d < D) {
       for (var b = 0u; b < RB; b++) {
         let v = hv[b][k];
-        if (wg.x == 0u) { res[(1u - p.par) * RB * D + b * D + d] = v; }
+        if (g == 0u) { res[(1u - p.par) * RB * D + b * D + d] = v; }
         us[b * D + d] = v * gv[k];
         ss[b] = fma(v, v, ss[b]);
       }
@@ -172,12 +183,12 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       }
     }
   }
-  for (var b = 0u; b < RB; b++) { red[t * MAXB + b] = acc[b]; }
+  for (var b = 0u; b < RB; b++) { red[t * RB + b] = acc[b]; }
   workgroupBarrier();
   if (q == 0u && e < E) {
     for (var b = 0u; b < RB; b++) {
       var s = 0.0;
-      for (var j = 0u; j < TPR; j++) { s += red[(t + j) * MAXB + b]; }
+      for (var j = 0u; j < TPR; j++) { s += red[(t + j) * RB + b]; }
       rowOut[b * ROWS + row] = fma(inv[b], s, inBias);
     }
   }
@@ -193,8 +204,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
       var xc = 0.0;
       if (ee < E) {
         xc = convApply(taps[k], b, ee, rowOut[b * ROWS + cc]);
-        xz[b * 2u * E + ee] = xc;
-        xz[b * 2u * E + E + ee] = rowOut[b * ROWS + CH + cc];
+        xzStore(b * 2u * E + ee, xc);
+        xzStore(b * 2u * E + E + ee, rowOut[b * ROWS + CH + cc]);
       }
       xcs[b * CH + cc] = xc; // zero past E, so the clamped weights there add nothing
     }
@@ -228,14 +239,18 @@ ${acc ? `  for (var j = t; j < J; j += WG) {
     for (var b = 0u; b < RB; b++) { fixedAdd(p.oX + ${acc.stride}u * (b * J + j), p.oX + ${acc.stride}u * RB * J, red[j * RB + b]); }
   }
   // the totals the previous layer's kernel 2 read, cleared for the next step (the values and the poison word)
-  for (var i = wg.x * WG + t; i < p.nZero; i += WG * nwg.x) {
+  for (var i = g * WG + t; i < p.nZero; i += WG * ng) {
     fixedClear(p.oZero + i * ${acc.stride}u);
   }` : `  for (var j = t; j < J; j += WG) {
-    for (var b = 0u; b < RB; b++) { Q[(wg.x * RB + b) * J + j] = red[j * RB + b]; }
+    for (var b = 0u; b < RB; b++) { Q[(g * RB + b) * J + j] = red[j * RB + b]; }
   }`}
 }
 `;
-};
+  return { consts, params, bindings, decls, fn };
+}
+
+/** The standalone kernel's WGSL (exported for inspection). */
+export const mixerInWgsl = (s: MixerInShape) => standaloneWgsl(mixerInParts(s), "256", "mixerIn(lid.x, wg.x, nwg.x)");
 
 export interface MixerInArgs {
   B: number; D: number; E: number; K: number; J: number; eps: number;
@@ -265,6 +280,20 @@ export function mixerInChannels(E: number, chosen = 0): number {
   return chosen > 0 ? chosen : E <= 2048 ? 16 : 32;
 }
 
+/** The compiled shape of kernel 1 for these arguments. */
+export function mixerInShape(a: MixerInArgs): MixerInShape {
+  const acc = a.acc ? { limit: a.acc.limit, stride: a.acc.stride } : null;
+  return { CH: mixerInChannels(a.E, a.channels), D: a.D, E: a.E, K: a.K, J: a.J, wsIn: a.wsIn, wsX: a.wsX, loadBytes: a.loadBytes ?? 64, RB: a.B, acc };
+}
+
+/** Kernel 1's parameter values, by name. */
+export function mixerInParams(a: MixerInArgs): Record<string, number | boolean> {
+  return {
+    hasRes: a.hasRes, par: a.par, eps: a.eps, oNorm: a.oNorm, oInBias: a.oInBias, oConvW: a.oConvW, oConvB: a.oConvB,
+    oX: a.acc?.oX ?? 0, oZero: a.acc?.oZero ?? 0, nZero: a.acc?.nZero ?? 0,
+  };
+}
+
 /** Runs kernel 1 with CH = mixerInChannels(E, a.channels); returns its workgroups (the partials of x_proj). */
 export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
   const CH = mixerInChannels(a.E, a.channels);
@@ -275,10 +304,8 @@ export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
   const acc = a.acc ?? null;
   const accKey = acc ? `_acc${acc.limit}_${acc.stride}` : "";
   const k = gpu.kernel(`decode_in_${CH}_${a.D}_${a.E}_${a.K}_${a.J}_${a.wsIn}_${a.wsX}_${loadBytes}_r${a.B}${accKey}`,
-    () => mixerInWgsl(CH, a.D, a.E, a.K, a.J, a.wsIn, a.wsX, loadBytes, a.B, acc && { limit: acc.limit, stride: acc.stride }));
+    () => mixerInWgsl(mixerInShape(a)));
   const groups = Math.ceil(a.E / CH);
-  const p = new Params().bool(a.hasRes).u32(a.par).f32(a.eps).u32(a.oNorm).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB)
-    .u32(acc?.oX ?? 0).u32(acc?.oZero ?? 0).u32(acc?.nZero ?? 0);
-  gpu.dispatch(k, [a.h, a.res, a.lp, a.wIn, a.wX, a.convState, a.xz, a.Q], p, [groups]);
+  gpu.dispatch(k, [a.h, a.res, a.lp, a.wIn, a.wX, a.convState, a.xz, a.Q], paramBlock(MIXER_IN_PARAMS, mixerInParams(a)), [groups]);
   return groups;
 }
