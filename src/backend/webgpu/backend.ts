@@ -25,9 +25,10 @@ import { copyWindow, copyWords, fillWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
 import type { WeightStorage } from "./kernels/weights.ts";
 import {
-  DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, decodeMixerIn, mixerInChannels,
+  DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, type MixerInArgs, decodeMixerIn, mixerInChannels,
 } from "./kernels/decode/mixer-in.ts";
-import { DECODE_MAX_BJ, decodeMixerScan, mixerScanBytes } from "./kernels/decode/mixer-scan.ts";
+import { DECODE_MAX_BJ, type MixerScanArgs, decodeMixerScan, mixerScanBytes } from "./kernels/decode/mixer-scan.ts";
+import { LAYER_CTL_WORDS, type LayerArgs, decodeLayer, layerStorageBuffers, layerWorkgroupBytes } from "./kernels/decode/layer.ts";
 import { FIXED_MAX_TERMS, FIXED_SPREAD, fixedLimit, fixedRegionWords } from "./kernels/decode/fixed.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
 import { BATCH_CONV_CHANNELS, batchConvBytes, decodeBatchConv } from "./kernels/decode/batch-conv.ts";
@@ -102,6 +103,16 @@ export interface WebGpuTuning {
    *  (decodeChannels), always take the partials. On the H100 a step took 3222 against 3383 us (1.4b, batch 1),
    *  1026 against 1045 (130m, batch 4) and 845 against 865 (130m, batch 1) in one process (BENCHMARKS.md, run 67) */
   decodeAccumulate?: boolean;
+  /** the fused decode runs each layer in one dispatch (kernels/decode/layer.ts): its three kernels become phases of
+   *  one, with grid-wide barriers between them (about 1 us each on the H100, against 2 – 10 us a dependent dispatch).
+   *  A grid-wide barrier needs all of the dispatch's workgroups on the GPU at once, which WebGPU does not promise:
+   *  where they are not, a barrier gives up after a bounded wait and the step's ids come back with an error
+   *  naming this option, not with wrong tokens. Taken where decodeAccumulate is, the device binds 14 storage buffers
+   *  a kernel, and the kernel's workgroup memory fits (default false) */
+  decodePersistent?: boolean;
+  /** workgroups of decodePersistent's dispatch: 1 or more (default: one per group of the first kernel's channels,
+   *  96 for 130m, 128 for 1.4b); fewer loop over the groups */
+  decodePersistentGroups?: number;
   /** batches the fused kernels do not take (past 8 rows, or too wide for them) decode with the batch step's kernels
    *  (kernels/decode/batch-*.ts, five dispatches a layer) when true (default); when false through a recording of
    *  the model's ops (ten a layer). At batch 64 of 130m on the H200 a batch step took 2188 us of GPU time, the
@@ -157,6 +168,11 @@ export class WebGpuBackend implements Backend {
   private readonly decodeLoadBytes: number;
   /** WebGpuTuning.decodeAccumulate */
   private readonly decodeAccumulate: boolean;
+  /** WebGpuTuning.decodePersistent, decodePersistentGroups (0: the default) */
+  private readonly decodePersistent: boolean;
+  private readonly decodePersistentGroups: number;
+  /** The barrier words of the latest one-dispatch-a-layer step: their flag is read with every step's ids. */
+  private barrierWatch: Buf | null = null;
   /** WebGpuTuning.decodeBatch */
   private readonly decodeBatch: boolean;
   /** WebGpuTuning.decodeBatchReduce */
@@ -217,6 +233,12 @@ export class WebGpuBackend implements Backend {
     this.matvecWholeRow = tuning.matvecWholeRow ?? true;
     checkFlag("decodeAccumulate", tuning.decodeAccumulate);
     this.decodeAccumulate = tuning.decodeAccumulate ?? true;
+    checkFlag("decodePersistent", tuning.decodePersistent);
+    this.decodePersistent = tuning.decodePersistent ?? false;
+    checkCount("decodePersistentGroups", tuning.decodePersistentGroups, 1);
+    check(tuning.decodePersistentGroups === undefined || tuning.decodePersistentGroups <= 65535,
+      () => `decodePersistentGroups must be at most 65535, got ${tuning.decodePersistentGroups}`);
+    this.decodePersistentGroups = tuning.decodePersistentGroups ?? 0;
     checkFlag("decodeBatch", tuning.decodeBatch);
     this.decodeBatch = tuning.decodeBatch ?? true;
     checkFlag("sampleList", tuning.sampleList);
@@ -327,7 +349,17 @@ export class WebGpuBackend implements Backend {
     const t = this.t(x, "readI32");
     check(t.dtype === "i32", "readI32: the tensor holds f32 values");
     this.sinceFlush = 0;
-    return new Int32Array(await this.gpu.read(t.buf, t.numel * 4));
+    const watch = this.barrierWatch;
+    if (!watch) return new Int32Array(await this.gpu.read(t.buf, t.numel * 4));
+    // the one-dispatch layers' barrier flag comes back with the ids (one read): a barrier that gave up means the
+    // GPU did not run all of a dispatch's workgroups at once, and the step's results are wrong
+    const { data, word } = await this.gpu.readWith(t.buf, t.numel * 4, watch, 4);
+    if (word !== 0) {
+      throw new MambaError("WebGPU decode: a grid-wide barrier of decodePersistent timed out: this GPU did not run all of " +
+        "a layer's workgroups at once, so the step's results are wrong; create the backend with decodePersistent: false " +
+        "or fewer decodePersistentGroups");
+    }
+    return new Int32Array(data);
   }
   dispose(...ts: (Tensor | null | undefined)[]): void {
     for (const x of ts) {
@@ -617,7 +649,10 @@ export class WebGpuBackend implements Backend {
     for (let i = 0; i < states.length; i++) key += `|${states[i]![0].buf.id},${states[i]![1].buf.id},${packs[i]!.buf.buf.id}`;
     let plan = this.decodePlans.get(w);
     if (plan?.key !== key) {
-      if (plan) for (const b of [plan.h, plan.normed.buf, ...plan.scratch]) gpu.release(b);
+      if (plan) {
+        if (this.barrierWatch && plan.scratch.includes(this.barrierWatch)) this.barrierWatch = null;
+        for (const b of [plan.h, plan.normed.buf, ...plan.scratch]) gpu.release(b);
+      }
       plan = fused ? this.recordDecode(model, B, key, packs, states) : this.recordBatchDecode(model, B, key, packs, states);
       this.decodePlans.set(w, plan);
     }
@@ -695,26 +730,52 @@ export class WebGpuBackend implements Backend {
     const Q = acc ? gpu.alloc(L * xWords * 4) : gpu.alloc(inGroups * B * J * 4);
     if (acc) fillWords(gpu, Q, 0, L * xWords);
     const resOut = gpu.alloc(B * D * 4);
+    // a layer's arguments for kernels 1 and 2, and out_proj's
+    const layerArgs = (i: number) => {
+      const m = w.layers[i]!.mixer;
+      const lp = packs[i]!;
+      const [convState, ssmState] = states[i]!;
+      const wIn = this.t(m.inProj, "decodeStep"), wX = this.t(m.xProj!, "decodeStep"), wDt = this.t(m.dtProj!, "decodeStep");
+      const inArgs: MixerInArgs = {
+        B, D, E, K, J, eps: c.layerNormEpsilon, h, res, hasRes: i > 0, par: i % 2,
+        lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
+        wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
+        convState: convState.buf, xz, Q, channels: this.decodeChannels, loadBytes: this.loadBytes(D),
+        acc: acc ? { oX: i * xWords, oZero: ((i + L - 1) % L) * xWords, nZero: B * J + 1, limit: fixedLimit(inGroups), stride: S } : undefined,
+      };
+      const scanArgs: MixerScanArgs = {
+        B, E, N, R, J, G: inGroups, Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
+        xz, ssm: ssmState.buf, y, acc: acc ? { oX: i * xWords, stride: S } : undefined,
+      };
+      const wo = this.t(m.outProj, "decodeStep");
+      const bias = m.outProjBias ? this.f32(this.t(m.outProjBias, "decodeStep")) : null;
+      return { inArgs, scanArgs, wo, bias };
+    };
+    // one dispatch a layer where asked for and it fits (kernels/decode/layer.ts), with its barrier words
+    let ctl: Buf | null = null;
+    const one = (i: number): LayerArgs => {
+      const a = layerArgs(i);
+      return { inArgs: a.inArgs, scanArgs: a.scanArgs, wOut: a.wo.buf, wsOut: this.weightStorage(a.wo), bias: a.bias,
+        ctl: ctl ?? gpu.dummy, groups: this.decodePersistentGroups || undefined };
+    };
+    const persistent = this.decodePersistent && acc && E % 4 === 0 &&
+      layerStorageBuffers(one(0)) <= gpu.limits.maxStorageBuffersPerShaderStage &&
+      layerWorkgroupBytes(one(0)) <= gpu.limits.maxComputeWorkgroupStorageSize;
+    if (persistent) {
+      ctl = gpu.alloc(LAYER_CTL_WORDS * 4, "the decode's barrier words");
+      fillWords(gpu, ctl, 0, LAYER_CTL_WORDS); // the counter at a multiple of 2^16, the flag clear
+      this.barrierWatch = ctl;
+    }
     const plan = gpu.record(() => {
       for (let i = 0; i < L; i++) {
-        const m = w.layers[i]!.mixer;
-        const lp = packs[i]!;
-        const [convState, ssmState] = states[i]!;
-        const wIn = this.t(m.inProj, "decodeStep"), wX = this.t(m.xProj!, "decodeStep"), wDt = this.t(m.dtProj!, "decodeStep");
-        const G = decodeMixerIn(gpu, {
-          B, D, E, K, J, eps: c.layerNormEpsilon, h, res, hasRes: i > 0, par: i % 2,
-          lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
-          wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
-          convState: convState.buf, xz, Q, channels: this.decodeChannels, loadBytes: this.loadBytes(D),
-          acc: acc ? { oX: i * xWords, oZero: ((i + L - 1) % L) * xWords, nZero: B * J + 1, limit: fixedLimit(inGroups), stride: S } : undefined,
-        });
-        decodeMixerScan(gpu, {
-          B, E, N, R, J, G, Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
-          xz, ssm: ssmState.buf, y, acc: acc ? { oX: i * xWords, stride: S } : undefined,
-        });
+        if (persistent) {
+          decodeLayer(gpu, one(i));
+          continue;
+        }
+        const { inArgs, scanArgs, wo, bias } = layerArgs(i);
+        const G = decodeMixerIn(gpu, inArgs);
+        decodeMixerScan(gpu, { ...scanArgs, G });
         // out_proj into h, which this layer's mixer-in has finished reading
-        const wo = this.t(m.outProj, "decodeStep");
-        const bias = m.outProjBias ? this.f32(this.t(m.outProjBias, "decodeStep")) : null;
         const args = { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias, y: h };
         if (E % 4 === 0) matvec(gpu, { ...args, loadBytes: this.loadBytes(E), wholeRow: this.matvecWholeRow });
         else matmulTiled(gpu, args, this.tileSmall);
@@ -723,7 +784,7 @@ export class WebGpuBackend implements Backend {
       addRmsNorm(gpu, h, res, this.f32(this.t(w.normF, "decodeStep")), c.layerNormEpsilon, B, D, normed.buf, resOut,
         (L % 2) * B * D);
     });
-    return { key, h, normed, scratch: [res, xz, y, Q, resOut], plan };
+    return { key, h, normed, scratch: [res, xz, y, Q, resOut, ...(ctl ? [ctl] : [])], plan };
   }
 
   /**

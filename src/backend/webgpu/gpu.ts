@@ -92,6 +92,9 @@ export class Gpu {
   readonly hasSubgroups: boolean;
   /** The smallest subgroup size the device may run; 0 without the subgroups feature or a known size. */
   readonly subgroupMinSize: number;
+  /** The adapter runs on the CPU (Mesa lavapipe, SwiftShader): a memory access takes nanoseconds, not a GPU's
+   *  round trip, which bounded waits count in polls must allow for. */
+  readonly softwareDriver: boolean;
   readonly hasTimestamps: boolean;
   /** Dispatches encoded so far (benchmarks read it to count dispatches per token). */
   dispatches = 0;
@@ -156,8 +159,9 @@ export class Gpu {
   constructor(readonly device: GPUDevice, readonly description: string, private readonly keepAlive: unknown, poolBytes?: number) {
     this.limits = device.limits;
     this.hasSubgroups = device.features.has("subgroups");
-    const info = (device as { adapterInfo?: { subgroupMinSize?: number } }).adapterInfo;
+    const info = (device as { adapterInfo?: { subgroupMinSize?: number; isFallbackAdapter?: boolean } }).adapterInfo;
     this.subgroupMinSize = this.hasSubgroups ? info?.subgroupMinSize ?? 0 : 0;
+    this.softwareDriver = info?.isFallbackAdapter === true || /llvmpipe|lavapipe|swiftshader/i.test(description);
     this.hasTimestamps = device.features.has("timestamp-query");
     this.poolBytes = poolBytes ?? null;
     device.lost.then((info) => {
@@ -513,10 +517,16 @@ export class Gpu {
 
   /** Copies `bytes` of a buffer to the host; submits the pending work. */
   async read(b: Buf, bytes: number): Promise<ArrayBuffer> {
+    return (await this.readWith(b, bytes, null, 0)).data;
+  }
+
+  /** As read, and in the same copy the u32 at byte `offset` of `watch` (0 without one). */
+  async readWith(b: Buf, bytes: number, watch: Buf | null, offset: number): Promise<{ data: ArrayBuffer; word: number }> {
     this.check();
     if (this.recording) throw new MambaError("a recorded step cannot read back from the GPU");
     const size = Math.ceil(Math.max(4, bytes) / 4) * 4;
-    const staging = this.takeStaging(size);
+    const total = watch ? size + 4 : size;
+    const staging = this.takeStaging(total);
     this.encoder ??= this.device.createCommandEncoder();
     if (this.pass) {
       this.pass.end();
@@ -524,19 +534,25 @@ export class Gpu {
     }
     this.encoder.copyBufferToBuffer(b.gpu, 0, staging, 0, size);
     b.serial = this.serial;
+    if (watch) {
+      this.encoder.copyBufferToBuffer(watch.gpu, offset, staging, size, 4);
+      watch.serial = this.serial;
+    }
     this.flush();
     try {
-      await staging.mapAsync(MAP_READ_MODE, 0, size);
+      await staging.mapAsync(MAP_READ_MODE, 0, total);
     } catch (err) {
       staging.destroy();
       this.check();
       throw new MambaError(`WebGPU: reading a tensor back failed (${(err as Error).message})`);
     }
-    const out = staging.getMappedRange(0, size).slice(0, bytes);
+    const mapped = staging.getMappedRange(0, total);
+    const data = mapped.slice(0, bytes);
+    const word = watch ? new Uint32Array(mapped, size, 1)[0]! : 0;
     staging.unmap();
     this.returnStaging(staging);
     this.check();
-    return out;
+    return { data, word };
   }
 
   /**

@@ -74,7 +74,7 @@ export function mixerInParts(s: MixerInShape, shared = false): WgslParts {
   ];
   const params = MIXER_IN_PARAMS;
   const bindings: [string, string][] = [
-    ["h", "var<storage, read> h: array<f32>"], // [B, D]
+    ["h", `var<storage, ${shared ? "read_write" : "read"}> h: array<f32>`], // [B, D] (the one-dispatch layer writes it last)
     ["res", "var<storage, read_write> res: array<f32>"], // [2, B, D]
     ["lp", "var<storage, read> lp: array<f32>"], // the layer's constants
     ["wIn", `var<storage, read> wIn: array<${weight4Binding(wsIn)}>`], // [2E, D]

@@ -1,0 +1,204 @@
+/**
+ * Fused decode, a whole layer in one dispatch (WebGpuTuning.decodePersistent): kernel 1 (./mixer-in.ts), kernel 2
+ * (./mixer-scan.ts) and out_proj run as three phases of one kernel, with grid-wide barriers between them instead
+ * of the ends of dispatches. On the H100 a dependent dispatch costs 2 – 10 us before any work; a barrier here
+ * about 1 us (one atomic add and a few polls of the device's cache). The out_proj weights of a workgroup's first
+ * rows are loaded before the second barrier, so that their latency overlaps the wait.
+ *
+ * A grid-wide barrier needs every workgroup of the dispatch to be running at once: WebGPU does not promise that
+ * (a workgroup may wait for another's SM), so the barrier polls a bounded number of times (`spin`) and then sets
+ * a flag and goes on. The backend reads the flag with each step's ids and fails the generation with a clear
+ * error when it is set; the results of that step are wrong. With G workgroups, one per group of kernel 1 by
+ * default, this holds where G workgroups of this kernel fit the GPU at once (an H100 has 132 SMs; G is 96 for
+ * 130m, 128 for 1.4b).
+ *
+ * Values pass between workgroups through atomics (xz, x_proj's fixed-point totals, y): WGSL's plain loads may be
+ * served from a workgroup's own cache, which another workgroup's stores in the same dispatch do not update (a
+ * probe on the H100 read stale values through plain loads, none through atomics). h, written in the last phase, is
+ * read by the next dispatch only.
+ */
+import type { Buf, Gpu } from "../../gpu.ts";
+import { type ParamType, type WgslParts, composedBindings, composedParams, composedWgsl, paramBlock } from "./compose.ts";
+import { type MixerInArgs, mixerInChannels, mixerInParams, mixerInParts, mixerInShape } from "./mixer-in.ts";
+import { type MixerScanArgs, mixerScanGroups, mixerScanParams, mixerScanParts, mixerScanShape } from "./mixer-scan.ts";
+import { type WeightStorage, weight4Binding, weight4Reader } from "../weights.ts";
+
+/** Polls of a grid barrier before it gives up and flags the dispatch: seconds on a GPU, where a phase takes
+ *  microseconds; on a CPU's software driver a poll takes nanoseconds and a phase milliseconds (more so where its
+ *  threads outnumber the cores, and the waiting ones spin), so it polls longer there. */
+export const layerSpin = (gpu: Gpu) => (gpu.softwareDriver ? 2 ** 28 : 2 ** 22);
+
+/** Words of the barrier buffer: the arrival counter, then the flag a barrier that gave up sets. */
+export const LAYER_CTL_WORDS = 2;
+
+/**
+ * out_proj as a phase: an item is ORW rows of W [D, E] (ORW · RB ≤ 8), every thread a slice of the columns of all
+ * of them (so y is loaded once a workgroup), the 256 partial sums of each (row, batch row) added in workgroup
+ * memory. `outLoad(t, item)` issues the weights (they need nothing computed); `outApply(t, item, w)` reads y and
+ * writes h [B, D] (+ bias).
+ */
+function outProjParts(D: number, E: number, RB: number, ws: WeightStorage): WgslParts {
+  const ORW = Math.max(1, Math.floor(8 / RB));
+  const E4 = E / 4;
+  const OV = Math.ceil(E4 / 256);
+  const consts: [string, string][] = [
+    ["WG", "256u"],
+    ["D", `${D}u`],
+    ["E", `${E}u`],
+    ["ORB", `${RB}u`], // batch rows
+    ["ORW", `${ORW}u`], // rows of W an item
+    ["OE4", `${E4}u`],
+    ["OV", `${OV}u`], // vec4s of a row a thread
+    ["OUT_ITEMS", `${Math.ceil(D / ORW)}u`],
+  ];
+  const params: [string, ParamType][] = [["hasOutBias", "u32"], ["spin", "u32"]];
+  const bindings: [string, string][] = [
+    ["y", "var<storage, read_write> y: array<atomic<u32>>"], // [B, E]
+    ["wOut", `var<storage, read> wOut: array<${weight4Binding(ws)}>`], // [D, E]
+    ["bOut", "var<storage, read> bOut: array<f32>"], // [D] (unread without hasOutBias)
+    ["h", "var<storage, read_write> h: array<f32>"], // [B, D] out
+    ["ctl", "var<storage, read_write> ctl: array<atomic<u32>>"], // the barrier's counter and flag
+  ];
+  const decls = /* wgsl */ `
+var<workgroup> ored: array<f32, ${256 * 8}>; // [ORW · ORB sums, WG]
+struct OutW { w: array<array<vec4<f32>, OV>, ORW> }
+${weight4Reader(ws, "wo4", "wOut")}
+fn yLoad4(i: u32) -> vec4<f32> {
+  return bitcast<vec4<f32>>(vec4<u32>(atomicLoad(&y[4u * i]), atomicLoad(&y[4u * i + 1u]), atomicLoad(&y[4u * i + 2u]),
+    atomicLoad(&y[4u * i + 3u])));
+}
+
+// every workgroup at this point before any goes on; phases' stores before it are seen by loads after it (through
+// atomics). Arrivals add up to 2^16 a barrier (workgroup 0 adds 2^16 - (G - 1)), so the counter is never reset:
+// a barrier's goal is the next multiple of 2^16 after the value an arrival found, compared in wrapping arithmetic.
+fn gridSync(t: u32, g: u32, G: u32) {
+  storageBarrier();
+  if (t == 0u) {
+    let old = atomicAdd(&ctl[0], select(1u, 65537u - G, g == 0u));
+    let goal = ((old >> 16u) + 1u) << 16u;
+    var n = 0u;
+    loop {
+      if (bitcast<i32>(atomicLoad(&ctl[0]) - goal) >= 0) { break; }
+      n++;
+      if (n >= p.spin) { atomicOr(&ctl[1], 1u); break; }
+    }
+  }
+  storageBarrier();
+}
+`;
+  const fn = /* wgsl */ `
+fn outLoad(t: u32, item: u32) -> OutW {
+  var w: OutW;
+  for (var r = 0u; r < ORW; r++) {
+    let row = min(item * ORW + r, D - 1u);
+    for (var k = 0u; k < OV; k++) { w.w[r][k] = wo4(row * OE4 + min(t + k * WG, OE4 - 1u)); }
+  }
+  return w;
+}
+
+fn outApply(t: u32, item: u32, w: OutW) {
+  var yv: array<array<vec4<f32>, OV>, ORB>;
+  for (var k = 0u; k < OV; k++) {
+    let c = t + k * WG;
+    for (var b = 0u; b < ORB; b++) { yv[b][k] = select(vec4<f32>(0.0), yLoad4(b * OE4 + min(c, OE4 - 1u)), c < OE4); }
+  }
+  for (var r = 0u; r < ORW; r++) {
+    for (var b = 0u; b < ORB; b++) {
+      var s = 0.0;
+      for (var k = 0u; k < OV; k++) { s += dot(w.w[r][k], yv[b][k]); }
+      ored[(r * ORB + b) * WG + t] = s;
+    }
+  }
+  workgroupBarrier();
+  // ORW · ORB sums of WG values: 32 threads a sum add 8 each, then one of them the 32
+  let si = t / 32u;
+  let l = t % 32u;
+  var s = 0.0;
+  if (si < ORW * ORB) { for (var j = 0u; j < 8u; j++) { s += ored[si * WG + l * 8u + j]; } }
+  workgroupBarrier();
+  if (si < ORW * ORB) { ored[si * WG + l] = s; }
+  workgroupBarrier();
+  if (l == 0u && si < ORW * ORB) {
+    let row = item * ORW + si / ORB;
+    var total = 0.0;
+    for (var j = 0u; j < 32u; j++) { total += ored[si * WG + j]; }
+    if (row < D) { h[(si % ORB) * D + row] = total + select(0.0, bOut[min(row, arrayLength(&bOut) - 1u)], p.hasOutBias != 0u); }
+  }
+  workgroupBarrier(); // ored is free for the next item
+}
+`;
+  return { consts, params, bindings, decls, fn };
+}
+
+export interface LayerArgs {
+  inArgs: MixerInArgs; // with acc (fixed-point totals of x_proj)
+  scanArgs: MixerScanArgs;
+  wOut: Buf; wsOut: WeightStorage; bias: Buf | null; // out_proj [D, E], its bias [D]
+  ctl: Buf; // LAYER_CTL_WORDS words, zero at first
+  groups?: number; // workgroups of the dispatch (default: kernel 1's groups)
+  spin?: number;
+}
+
+/** The WGSL of one layer's kernel (exported for inspection). */
+export function layerWgsl(a: LayerArgs): string {
+  return composedWgsl(layerParts(a), layerMain(a));
+}
+
+function layerParts(a: LayerArgs): WgslParts[] {
+  const ins = mixerInShape(a.inArgs);
+  const scan = mixerScanShape(a.scanArgs);
+  return [mixerInParts(ins, true), mixerScanParts(scan, true), outProjParts(a.inArgs.D, a.inArgs.E, a.inArgs.B, a.wsOut)];
+}
+
+function layerMain(a: LayerArgs): string {
+  const inGroups = Math.ceil(a.inArgs.E / mixerInChannels(a.inArgs.E, a.inArgs.channels));
+  return /* wgsl */ `
+const IN_GROUPS = ${inGroups}u;
+const SCAN_GROUPS = ${mixerScanGroups(a.inArgs.E)}u;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>) {
+  let t = lid.x;
+  let G = nwg.x;
+  for (var g = wg.x; g < IN_GROUPS; g += G) { mixerIn(t, g, IN_GROUPS); }
+  gridSync(t, wg.x, G);
+  for (var g = wg.x; g < SCAN_GROUPS; g += G) { mixerScan(t, g, 0u); }
+  var w = outLoad(t, wg.x); // in flight during the barrier
+  gridSync(t, wg.x, G);
+  for (var g = wg.x; g < OUT_ITEMS; g += G) {
+    if (g != wg.x) { w = outLoad(t, g); }
+    outApply(t, g, w);
+  }
+}`;
+}
+
+/** Bytes of workgroup memory the layer's kernel declares. */
+export function layerWorkgroupBytes(a: LayerArgs): number {
+  let n = 0;
+  for (const m of layerWgsl(a).matchAll(/var<workgroup>\s+\w+\s*:\s*array<f32,\s*(\d+)>/g)) n += 4 * Number(m[1]);
+  return n;
+}
+
+/** Storage buffers the layer's kernel binds. */
+export const layerStorageBuffers = (a: LayerArgs) => composedBindings(layerParts(a)).length;
+
+/** Kernel 1's groups: the default workgroups of the layer's dispatch. */
+export const layerGroups = (a: LayerArgs) => a.groups ?? Math.ceil(a.inArgs.E / mixerInChannels(a.inArgs.E, a.inArgs.channels));
+
+/** One layer of the fused step in one dispatch. */
+export function decodeLayer(gpu: Gpu, a: LayerArgs): void {
+  const i = a.inArgs, s = a.scanArgs;
+  if (!i.acc) throw new Error("decodeLayer: kernel 1's x_proj must go into fixed-point totals (acc)");
+  if (i.D % 4 !== 0 || i.E % 4 !== 0) throw new Error(`decodeLayer: hidden size ${i.D} and inner size ${i.E} must be multiples of 4`);
+  const ins = mixerInShape(i), scan = mixerScanShape(s);
+  const key = `decode_layer_${ins.CH}_${i.D}_${i.E}_${i.K}_${i.J}_${i.wsIn}_${i.wsX}_${ins.loadBytes}_r${i.B}_acc${i.acc.limit}_${i.acc.stride}` +
+    `_${scan.N}_${scan.ws}_${a.wsOut}`;
+  const k = gpu.kernel(key, () => layerWgsl(a));
+  const parts = layerParts(a);
+  const bufs: Record<string, Buf> = {
+    h: i.h, res: i.res, lp: i.lp, wIn: i.wIn, wX: i.wX, convState: i.convState, xz: i.xz, xacc: i.Q,
+    wDt: s.wDt, ssm: s.ssm, y: s.y, wOut: a.wOut, bOut: a.bias ?? gpu.dummy, ctl: a.ctl,
+  };
+  const values = { ...mixerInParams(i), ...mixerScanParams(s), hasOutBias: a.bias !== null, spin: a.spin ?? layerSpin(gpu) };
+  gpu.dispatch(k, composedBindings(parts).map((n) => bufs[n]!), paramBlock(composedParams(parts), values), [layerGroups(a)]);
+}
