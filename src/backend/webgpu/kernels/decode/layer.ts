@@ -160,9 +160,17 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     @builtin(num_workgroups) nwg: vec3<u32>) {
   let t = lid.x;
   let G = nwg.x;
-  for (var g = wg.x; g < IN_GROUPS; g += G) { mixerIn(t, g, IN_GROUPS); }
+  // a workgroup of fewer than a phase's groups does several; between them, a barrier lets the last one's reads
+  // of workgroup memory finish before the next one's writes
+  for (var g = wg.x; g < IN_GROUPS; g += G) {
+    mixerIn(t, g, IN_GROUPS);
+    workgroupBarrier();
+  }
   gridSync(t, wg.x, G);
-  for (var g = wg.x; g < SCAN_GROUPS; g += G) { mixerScan(t, g, 0u); }
+  for (var g = wg.x; g < SCAN_GROUPS; g += G) {
+    mixerScan(t, g, 0u);
+    workgroupBarrier();
+  }
   var w = outLoad(t, wg.x); // in flight during the barrier
   gridSync(t, wg.x, G);
   for (var g = wg.x; g < OUT_ITEMS; g += G) {
