@@ -28,7 +28,7 @@ import {
   DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, type MixerInArgs, decodeMixerIn, mixerInChannels,
 } from "./kernels/decode/mixer-in.ts";
 import { DECODE_MAX_BJ, type MixerScanArgs, decodeMixerScan, mixerScanBytes } from "./kernels/decode/mixer-scan.ts";
-import { LAYER_CTL_WORDS, type LayerArgs, decodeLayer, layerStorageBuffers, layerWorkgroupBytes } from "./kernels/decode/layer.ts";
+import { LAYER_CTL_WORDS, LAYER_FLAG_BYTE, type LayerArgs, decodeLayer, layerStorageBuffers, layerWorkgroupBytes } from "./kernels/decode/layer.ts";
 import { FIXED_MAX_TERMS, FIXED_SPREAD, fixedLimit, fixedRegionWords } from "./kernels/decode/fixed.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
 import { BATCH_CONV_CHANNELS, batchConvBytes, decodeBatchConv } from "./kernels/decode/batch-conv.ts";
@@ -104,15 +104,15 @@ export interface WebGpuTuning {
    *  1026 against 1045 (130m, batch 4) and 845 against 865 (130m, batch 1) in one process (BENCHMARKS.md, run 67) */
   decodeAccumulate?: boolean;
   /** the fused decode runs each layer in one dispatch (kernels/decode/layer.ts): its three kernels become phases of
-   *  one, with grid-wide barriers between them (about 1 us each on the H100, against 2 – 10 us a dependent dispatch).
-   *  A grid-wide barrier needs all of the dispatch's workgroups on the GPU at once, which WebGPU does not promise:
-   *  where they are not, a barrier gives up after a bounded wait and the step's ids come back with an error
-   *  naming this option, not with wrong tokens. Taken where decodeAccumulate is, the device binds 14 storage buffers
-   *  a kernel, and the kernel's workgroup memory fits (default false) */
+   *  one, whose workgroups take their items in order from a counter and wait for the phase before through counters
+   *  in memory (about 1 us on the H100, against 2 – 10 us a dependent dispatch). A workgroup only waits for items
+   *  that running workgroups have taken, so it needs no number of them to run at once, but it needs one that has
+   *  started to keep running while others wait, which WebGPU does not promise. Where that fails, a wait gives up
+   *  after a bounded time and the step's ids come back with an error naming this option, not with wrong tokens.
+   *  Taken where decodeAccumulate is and the device binds 14 storage buffers a kernel. Default true on GPUs of
+   *  NVIDIA, AMD and Intel, where workgroups are known to keep running; false elsewhere. On the H100 a 130m step at
+   *  batch 1 took 657 against 1001 us in one process, and 130m decoded at 1876 tok/s (BENCHMARKS.md) */
   decodePersistent?: boolean;
-  /** workgroups of decodePersistent's dispatch: 1 or more (default: one per group of the first kernel's channels,
-   *  96 for 130m, 128 for 1.4b); fewer loop over the groups */
-  decodePersistentGroups?: number;
   /** batches the fused kernels do not take (past 8 rows, or too wide for them) decode with the batch step's kernels
    *  (kernels/decode/batch-*.ts, five dispatches a layer) when true (default); when false through a recording of
    *  the model's ops (ten a layer). At batch 64 of 130m on the H200 a batch step took 2188 us of GPU time, the
@@ -168,10 +168,9 @@ export class WebGpuBackend implements Backend {
   private readonly decodeLoadBytes: number;
   /** WebGpuTuning.decodeAccumulate */
   private readonly decodeAccumulate: boolean;
-  /** WebGpuTuning.decodePersistent, decodePersistentGroups (0: the default) */
+  /** WebGpuTuning.decodePersistent */
   private readonly decodePersistent: boolean;
-  private readonly decodePersistentGroups: number;
-  /** The barrier words of the latest one-dispatch-a-layer step: their flag is read with every step's ids. */
+  /** The counters of the latest one-dispatch-a-layer step: their flag is read with every step's ids. */
   private barrierWatch: Buf | null = null;
   /** WebGpuTuning.decodeBatch */
   private readonly decodeBatch: boolean;
@@ -234,11 +233,7 @@ export class WebGpuBackend implements Backend {
     checkFlag("decodeAccumulate", tuning.decodeAccumulate);
     this.decodeAccumulate = tuning.decodeAccumulate ?? true;
     checkFlag("decodePersistent", tuning.decodePersistent);
-    this.decodePersistent = tuning.decodePersistent ?? false;
-    checkCount("decodePersistentGroups", tuning.decodePersistentGroups, 1);
-    check(tuning.decodePersistentGroups === undefined || tuning.decodePersistentGroups <= 65535,
-      () => `decodePersistentGroups must be at most 65535, got ${tuning.decodePersistentGroups}`);
-    this.decodePersistentGroups = tuning.decodePersistentGroups ?? 0;
+    this.decodePersistent = tuning.decodePersistent ?? (!gpu.softwareDriver && /nvidia|amd|intel/i.test(gpu.vendor));
     checkFlag("decodeBatch", tuning.decodeBatch);
     this.decodeBatch = tuning.decodeBatch ?? true;
     checkFlag("sampleList", tuning.sampleList);
@@ -351,13 +346,13 @@ export class WebGpuBackend implements Backend {
     this.sinceFlush = 0;
     const watch = this.barrierWatch;
     if (!watch) return new Int32Array(await this.gpu.read(t.buf, t.numel * 4));
-    // the one-dispatch layers' barrier flag comes back with the ids (one read): a barrier that gave up means the
-    // GPU did not run all of a dispatch's workgroups at once, and the step's results are wrong
-    const { data, word } = await this.gpu.readWith(t.buf, t.numel * 4, watch, 4);
+    // the one-dispatch layers' flag comes back with the ids (one read): a wait that gave up means that the GPU
+    // stopped running a workgroup that others waited for, and the step's results are wrong
+    const { data, word } = await this.gpu.readWith(t.buf, t.numel * 4, watch, LAYER_FLAG_BYTE);
     if (word !== 0) {
-      throw new MambaError("WebGPU decode: a grid-wide barrier of decodePersistent timed out: this GPU did not run all of " +
-        "a layer's workgroups at once, so the step's results are wrong; create the backend with decodePersistent: false " +
-        "or fewer decodePersistentGroups");
+      throw new MambaError("WebGPU decode: a workgroup of decodePersistent's one-dispatch layer waited in vain for " +
+        "another (this GPU does not keep started workgroups running), so the step's results are wrong; create the " +
+        "backend with decodePersistent: false");
     }
     return new Int32Array(data);
   }
@@ -756,14 +751,14 @@ export class WebGpuBackend implements Backend {
     const one = (i: number): LayerArgs => {
       const a = layerArgs(i);
       return { inArgs: a.inArgs, scanArgs: a.scanArgs, wOut: a.wo.buf, wsOut: this.weightStorage(a.wo), bias: a.bias,
-        ctl: ctl ?? gpu.dummy, groups: this.decodePersistentGroups || undefined };
+        ctl: ctl ?? gpu.dummy };
     };
     const persistent = this.decodePersistent && acc && E % 4 === 0 &&
       layerStorageBuffers(one(0)) <= gpu.limits.maxStorageBuffersPerShaderStage &&
       layerWorkgroupBytes(one(0)) <= gpu.limits.maxComputeWorkgroupStorageSize;
     if (persistent) {
-      ctl = gpu.alloc(LAYER_CTL_WORDS * 4, "the decode's barrier words");
-      fillWords(gpu, ctl, 0, LAYER_CTL_WORDS); // the counter at a multiple of 2^16, the flag clear
+      ctl = gpu.alloc(LAYER_CTL_WORDS * 4, "the decode's counters");
+      fillWords(gpu, ctl, 0, LAYER_CTL_WORDS); // a dispatch leaves them zero, and the flag clear
       this.barrierWatch = ctl;
     }
     const plan = gpu.record(() => {

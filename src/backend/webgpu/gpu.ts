@@ -95,6 +95,8 @@ export class Gpu {
   /** The adapter runs on the CPU (Mesa lavapipe, SwiftShader): a memory access takes nanoseconds, not a GPU's
    *  round trip, which bounded waits count in polls must allow for. */
   readonly softwareDriver: boolean;
+  /** The adapter's vendor as WebGPU names it ("nvidia", "amd", "intel", "apple", ...; "" when not told). */
+  readonly vendor: string;
   readonly hasTimestamps: boolean;
   /** Dispatches encoded so far (benchmarks read it to count dispatches per token). */
   dispatches = 0;
@@ -159,7 +161,8 @@ export class Gpu {
   constructor(readonly device: GPUDevice, readonly description: string, private readonly keepAlive: unknown, poolBytes?: number) {
     this.limits = device.limits;
     this.hasSubgroups = device.features.has("subgroups");
-    const info = (device as { adapterInfo?: { subgroupMinSize?: number; isFallbackAdapter?: boolean } }).adapterInfo;
+    const info = (device as { adapterInfo?: { subgroupMinSize?: number; isFallbackAdapter?: boolean; vendor?: string } }).adapterInfo;
+    this.vendor = info?.vendor ?? "";
     this.subgroupMinSize = this.hasSubgroups ? info?.subgroupMinSize ?? 0 : 0;
     this.softwareDriver = info?.isFallbackAdapter === true || /llvmpipe|lavapipe|swiftshader/i.test(description);
     this.hasTimestamps = device.features.has("timestamp-query");

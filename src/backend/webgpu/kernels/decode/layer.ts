@@ -1,16 +1,22 @@
 /**
  * Fused decode, a whole layer in one dispatch (WebGpuTuning.decodePersistent): kernel 1 (./mixer-in.ts), kernel 2
- * (./mixer-scan.ts) and out_proj run as three phases of one kernel, with grid-wide barriers between them instead
- * of the ends of dispatches. On the H100 a dependent dispatch costs 2 – 10 us before any work; a barrier here
- * about 1 us (one atomic add and a few polls of the device's cache). The out_proj weights of a workgroup's first
- * rows are loaded before the second barrier, so that their latency overlaps the wait.
+ * (./mixer-scan.ts) and out_proj run as three phases of one kernel, whose workgroups wait for the phase before
+ * theirs through counters in memory instead of at the end of a dispatch. On the H100 a dependent dispatch costs
+ * 2 – 10 us before any work; a wait here about 1 us (an atomic add and a few polls of the device's cache).
  *
- * A grid-wide barrier needs every workgroup of the dispatch to be running at once: WebGPU does not promise that
- * (a workgroup may wait for another's SM), so the barrier polls a bounded number of times (`spin`) and then sets
- * a flag and goes on. The backend reads the flag with each step's ids and fails the generation with a clear
- * error when it is set; the results of that step are wrong. With G workgroups, one per group of kernel 1 by
- * default, this holds where G workgroups of this kernel fit the GPU at once (an H100 has 132 SMs; G is 96 for
- * 130m, 128 for 1.4b).
+ * The dispatch has a workgroup per item of every phase: kernel 1's channel groups, then the scan's, then
+ * out_proj's row blocks. A workgroup takes a ticket (an atomic counter) when it starts, and the ticket, not its
+ * workgroup id, says which item it does; items of a later phase wait until the earlier phase's count of finished
+ * items is complete. So a workgroup only ever waits for items that workgroups already running have taken, and
+ * the dispatch finishes however many of its workgroups the GPU runs at once, in whatever order it starts them
+ * (the tickets hand out the items in order). Meanwhile the waiting workgroups have issued their weights' loads
+ * (out_proj's rows; the scan's states and dt_proj rows), so that those overlap the phase before. The last
+ * workgroup to finish sets the counters back to zero for the next dispatch.
+ *
+ * This needs a workgroup that has started to keep running while others spin, which GPUs from NVIDIA, AMD and
+ * Intel do and WebGPU does not promise. So a wait polls a bounded number of times and then sets a flag and goes on;
+ * the backend reads the flag with each step's ids and fails the generation with a clear error when it is set (the
+ * step's results are then wrong).
  *
  * Values pass between workgroups through atomics (xz, x_proj's fixed-point totals, y): WGSL's plain loads may be
  * served from a workgroup's own cache, which another workgroup's stores in the same dispatch do not update (a
@@ -23,13 +29,18 @@ import { type MixerInArgs, mixerInChannels, mixerInParams, mixerInParts, mixerIn
 import { type MixerScanArgs, mixerScanGroups, mixerScanParams, mixerScanParts, mixerScanShape } from "./mixer-scan.ts";
 import { type WeightStorage, weight4Binding, weight4Reader } from "../weights.ts";
 
-/** Polls of a grid barrier before it gives up and flags the dispatch: seconds on a GPU, where a phase takes
+/** Polls of a wait before it gives up and flags the dispatch: seconds on a GPU, where a phase takes
  *  microseconds; on a CPU's software driver a poll takes nanoseconds and a phase milliseconds (more so where its
  *  threads outnumber the cores, and the waiting ones spin), so it polls longer there. */
 export const layerSpin = (gpu: Gpu) => (gpu.softwareDriver ? 2 ** 28 : 2 ** 22);
 
-/** Words of the barrier buffer: the arrival counter, then the flag a barrier that gave up sets. */
-export const LAYER_CTL_WORDS = 2;
+/** Words of the counters' buffer: tickets, kernel 1's finished items, the scan's, all finished; then the flag a
+ *  wait that gave up sets (at LAYER_FLAG_BYTE). */
+export const LAYER_CTL_WORDS = 5;
+export const LAYER_FLAG_BYTE = 16;
+
+/** out_proj's rows an item at batch RB. */
+const outRows = (RB: number) => Math.max(1, Math.floor(8 / RB));
 
 /**
  * out_proj as a phase: an item is ORW rows of W [D, E] (ORW · RB ≤ 8), every thread a slice of the columns of all
@@ -38,7 +49,7 @@ export const LAYER_CTL_WORDS = 2;
  * writes h [B, D] (+ bias).
  */
 function outProjParts(D: number, E: number, RB: number, ws: WeightStorage): WgslParts {
-  const ORW = Math.max(1, Math.floor(8 / RB));
+  const ORW = outRows(RB);
   const E4 = E / 4;
   const OV = Math.ceil(E4 / 256);
   const consts: [string, string][] = [
@@ -57,7 +68,7 @@ function outProjParts(D: number, E: number, RB: number, ws: WeightStorage): Wgsl
     ["wOut", `var<storage, read> wOut: array<${weight4Binding(ws)}>`], // [D, E]
     ["bOut", "var<storage, read> bOut: array<f32>"], // [D] (unread without hasOutBias)
     ["h", "var<storage, read_write> h: array<f32>"], // [B, D] out
-    ["ctl", "var<storage, read_write> ctl: array<atomic<u32>>"], // the barrier's counter and flag
+    ["ctl", "var<storage, read_write> ctl: array<atomic<u32>>"], // the phases' counters and the flag
   ];
   const decls = /* wgsl */ `
 var<workgroup> ored: array<f32, ${256 * 8}>; // [ORW · ORB sums, WG]
@@ -68,22 +79,23 @@ fn yLoad4(i: u32) -> vec4<f32> {
     atomicLoad(&y[4u * i + 3u])));
 }
 
-// every workgroup at this point before any goes on; phases' stores before it are seen by loads after it (through
-// atomics). Arrivals add up to 2^16 a barrier (workgroup 0 adds 2^16 - (G - 1)), so the counter is never reset:
-// a barrier's goal is the next multiple of 2^16 after the value an arrival found, compared in wrapping arithmetic.
-fn gridSync(t: u32, g: u32, G: u32) {
-  storageBarrier();
+// waits until counter word reaches goal (the phase before is finished), then its stores are seen by loads
+// through atomics
+fn waitFor(t: u32, word: u32, goal: u32) {
   if (t == 0u) {
-    let old = atomicAdd(&ctl[0], select(1u, 65537u - G, g == 0u));
-    let goal = ((old >> 16u) + 1u) << 16u;
     var n = 0u;
     loop {
-      if (bitcast<i32>(atomicLoad(&ctl[0]) - goal) >= 0) { break; }
+      if (atomicLoad(&ctl[word]) >= goal) { break; }
       n++;
-      if (n >= p.spin) { atomicOr(&ctl[1], 1u); break; }
+      if (n >= p.spin) { atomicOr(&ctl[4], 1u); break; }
     }
   }
   storageBarrier();
+}
+// counts this workgroup's item of a phase finished, after all its threads' stores
+fn finished(t: u32, word: u32) {
+  storageBarrier();
+  if (t == 0u) { atomicAdd(&ctl[word], 1u); }
 }
 `;
   const fn = /* wgsl */ `
@@ -135,8 +147,7 @@ export interface LayerArgs {
   scanArgs: MixerScanArgs;
   wOut: Buf; wsOut: WeightStorage; bias: Buf | null; // out_proj [D, E], its bias [D]
   ctl: Buf; // LAYER_CTL_WORDS words, zero at first
-  groups?: number; // workgroups of the dispatch (default: kernel 1's groups)
-  spin?: number;
+  spin?: number; // polls of a wait before it gives up (default layerSpin)
 }
 
 /** The WGSL of one layer's kernel (exported for inspection). */
@@ -147,37 +158,47 @@ export function layerWgsl(a: LayerArgs): string {
 function layerParts(a: LayerArgs): WgslParts[] {
   const ins = mixerInShape(a.inArgs);
   const scan = mixerScanShape(a.scanArgs);
-  return [mixerInParts(ins, true), mixerScanParts(scan, true), outProjParts(a.inArgs.D, a.inArgs.E, a.inArgs.B, a.wsOut)];
+  // the scan's items wait for kernel 1's once their own loads are out
+  return [mixerInParts(ins, true), mixerScanParts(scan, true, "  waitFor(t, 1u, IN_GROUPS);\n"), outProjParts(a.inArgs.D, a.inArgs.E, a.inArgs.B, a.wsOut)];
 }
 
 function layerMain(a: LayerArgs): string {
-  const inGroups = Math.ceil(a.inArgs.E / mixerInChannels(a.inArgs.E, a.inArgs.channels));
   return /* wgsl */ `
-const IN_GROUPS = ${inGroups}u;
+const IN_GROUPS = ${layerInGroups(a)}u;
 const SCAN_GROUPS = ${mixerScanGroups(a.inArgs.E)}u;
+const ITEMS = IN_GROUPS + SCAN_GROUPS + OUT_ITEMS;
+var<workgroup> ticket: u32;
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>) {
+fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
   let t = lid.x;
-  let G = nwg.x;
-  // a workgroup of fewer than a phase's groups does several; between them, a barrier lets the last one's reads
-  // of workgroup memory finish before the next one's writes
-  for (var g = wg.x; g < IN_GROUPS; g += G) {
-    mixerIn(t, g, IN_GROUPS);
-    workgroupBarrier();
+  if (t == 0u) { ticket = atomicAdd(&ctl[0], 1u); }
+  let k = workgroupUniformLoad(&ticket);
+  if (k < IN_GROUPS) {
+    mixerIn(t, k, IN_GROUPS);
+    finished(t, 1u);
+  } else if (k < IN_GROUPS + SCAN_GROUPS) {
+    mixerScan(t, k - IN_GROUPS, 0u); // waits for kernel 1's items inside, after its first loads
+
+    finished(t, 2u);
+  } else {
+    let item = k - IN_GROUPS - SCAN_GROUPS;
+    let w = outLoad(t, item); // in flight while the scan finishes
+    waitFor(t, 2u, SCAN_GROUPS);
+    outApply(t, item, w);
   }
-  gridSync(t, wg.x, G);
-  for (var g = wg.x; g < SCAN_GROUPS; g += G) {
-    mixerScan(t, g, 0u);
-    workgroupBarrier();
-  }
-  var w = outLoad(t, wg.x); // in flight during the barrier
-  gridSync(t, wg.x, G);
-  for (var g = wg.x; g < OUT_ITEMS; g += G) {
-    if (g != wg.x) { w = outLoad(t, g); }
-    outApply(t, g, w);
+  // the last workgroup to finish sets the counters back for the next dispatch (which starts after this one ends)
+  storageBarrier();
+  if (t == 0u && atomicAdd(&ctl[3], 1u) == ITEMS - 1u) {
+    for (var i = 0u; i < 4u; i++) { atomicStore(&ctl[i], 0u); }
   }
 }`;
+}
+
+const layerInGroups = (a: LayerArgs) => Math.ceil(a.inArgs.E / mixerInChannels(a.inArgs.E, a.inArgs.channels));
+
+/** Workgroups of the layer's dispatch: an item of each phase. */
+export function layerGroups(a: LayerArgs): number {
+  return layerInGroups(a) + mixerScanGroups(a.inArgs.E) + Math.ceil(a.inArgs.D / outRows(a.inArgs.B));
 }
 
 /** Bytes of workgroup memory the layer's kernel declares. */
@@ -189,9 +210,6 @@ export function layerWorkgroupBytes(a: LayerArgs): number {
 
 /** Storage buffers the layer's kernel binds. */
 export const layerStorageBuffers = (a: LayerArgs) => composedBindings(layerParts(a)).length;
-
-/** Kernel 1's groups: the default workgroups of the layer's dispatch. */
-export const layerGroups = (a: LayerArgs) => a.groups ?? Math.ceil(a.inArgs.E / mixerInChannels(a.inArgs.E, a.inArgs.channels));
 
 /** One layer of the fused step in one dispatch. */
 export function decodeLayer(gpu: Gpu, a: LayerArgs): void {

@@ -43,9 +43,11 @@ const MIXER_SCAN_PARAMS: [string, ParamType][] = [["B", "u32"], ["E", "u32"], ["
 /**
  * Kernel 2 as parts (./compose.ts): the phase function `mixerScan(t, gx, gy)` does the work of group (gx, gy).
  * `shared` (the one-dispatch layer, ./layer.ts): x_proj's totals and xz are read, y written, with atomics, so that
- * they pass between workgroups of one dispatch through the device's cache.
+ * they pass between workgroups of one dispatch through the device's cache. `afterLoads` is WGSL run after the
+ * loads that need nothing computed (the states, the channels' constants, the first dt_proj weights) and before
+ * the first that needs kernel 1's results (there the one-dispatch layer waits for kernel 1's items).
  */
-export function mixerScanParts(s: MixerScanShape, shared = false): WgslParts {
+export function mixerScanParts(s: MixerScanShape, shared = false, afterLoads = ""): WgslParts {
   const { N, J, RB, SL, ws, summed, stride } = s;
   if (shared && !stride) throw new Error("mixerScanParts: the shared variant reads fixed-point totals");
   const RED0 = Math.max(256, RB * J);
@@ -127,7 +129,7 @@ fn mixerScan(t: u32, gx: u32, gy: u32) {
   let e = e0 + c;
   var wv: array<f32, SBATCH>;
   for (var k = 0u; k < SBATCH; k++) { wv[k] = wdt(min(e, E - 1u) * p.R + min(rs + 8u * k, p.R - 1u)); }
-  let b3 = t / SCH; // step 3: a thread per (row, channel)
+${afterLoads}  let b3 = t / SCH; // step 3: a thread per (row, channel)
   let c3 = t % SCH;
   let xo = (b0 + min(b3, B - 1u)) * 2u * E + e0 + min(c3, nc - 1u);
   let uv = xzLoad(xo);
