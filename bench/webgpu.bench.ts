@@ -245,19 +245,20 @@ async function benchBreakdown(model: MambaModel, name: ModelName, batches: numbe
       b.dispose(h, b.sample(lg, greedy(B)), lg);
     };
     if (B === 1) {
-      const one = { config: { ...lm.config, numLayers: 1 }, weights: { ...lm.weights, layers: lm.weights.layers.slice(0, 1) } };
+      // against the same model cut to two layers (one layer takes other kernels: decodeAccumulate needs two)
+      const two = { config: { ...lm.config, numLayers: 2 }, weights: { ...lm.weights, layers: lm.weights.layers.slice(0, 2) } };
       const full = await gpuTime(fusedStep(lm));
-      const single = await gpuTime(fusedStep(one));
-      const perLayer = (full - single) / (lm.config.numLayers - 1);
+      const short = await gpuTime(fusedStep(two));
+      const perLayer = (full - short) / (lm.config.numLayers - 2);
       const count = (f: () => void) => {
         const d0 = b.gpu.dispatches;
         f();
         return b.gpu.dispatches - d0;
       };
       const dispatches = count(fusedStep(lm));
-      const layerDispatches = (dispatches - count(fusedStep(one))) / (lm.config.numLayers - 1);
+      const layerDispatches = (dispatches - count(fusedStep(two))) / (lm.config.numLayers - 2);
       console.log(`breakdown ${name} batch 1, fused step: GPU ${us(full)} a step (${dispatches} dispatches); ${us(perLayer)} a layer ` +
-        `(${layerDispatches} dispatches), ${us(single - perLayer)} embedding + norm_f + head + sample; host encoding ${us(await hostTime(fusedStep(lm)))}`);
+        `(${layerDispatches} dispatches), ${us(short - 2 * perLayer)} embedding + norm_f + head + sample; host encoding ${us(await hostTime(fusedStep(lm)))}`);
       console.log(`breakdown ${name} batch 1, op-by-op step: GPU ${us(await gpuTime(opsStep))}; host encoding ${us(await hostTime(opsStep))}`);
       const { hiddenSize: D, intermediateSize: E } = lm.config;
       const x = b.fromF32(new Float32Array(D).fill(0.01), [1, D]);
