@@ -355,7 +355,8 @@ test("webgpu: the fused decode step with x_proj's fixed-point totals (decodeAccu
     const cpu = await modelFromTensors(c, ps, { backend: "cpu" });
     try {
       for (const decodeAccumulate of [true, false]) {
-        const backend = (await createWebGpuBackend({ decodeAccumulate })) as WebGpuBackend;
+        // three dispatches a layer, whose first kernel's name says which variant ran
+        const backend = (await createWebGpuBackend({ decodeAccumulate, decodePersistent: false })) as WebGpuBackend;
         const gpu = await modelFromTensors(c, ps, { backend });
         try {
           for (const B of [1, 3, 8]) {

@@ -15,7 +15,7 @@ import {
   splitPlan, tileBytes,
 } from "./kernels/matmul.ts";
 import { matmulReduce } from "./kernels/matmul-reduce.ts";
-import { MATVEC_MAX_ROWS, matvec } from "./kernels/matvec.ts";
+import { MATVEC_MAX_ROWS, MATVEC_NORM_MAX, matvec } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
 import { embedding } from "./kernels/embedding.ts";
 import { causalConv1dSilu } from "./kernels/conv.ts";
@@ -43,6 +43,8 @@ interface DecodePlan {
   normed: GpuTensor; // [B, D]: norm_f's output, the head's input (never disposed)
   scratch: Buf[];
   plan: Prepared[];
+  // the fused step's head applies norm_f itself (matvec's norm) where it takes the batch: over h and this residual
+  headNorm?: { res: Buf; offRes: number; g: Buf; eps: number };
 }
 
 /** Where each constant sits in a layer's packed buffer (offsets in floats). */
@@ -92,10 +94,10 @@ export interface WebGpuTuning {
    *  row, loading decodeLoadBytes at a time */
   matvecWholeRow?: boolean;
   /** bytes of weights a thread of the decode kernels (the fused step's in_proj, the matrix-vector products of up to
-   *  8 rows) loads before it uses any: 64, 128, 256 or 384 (default 128 for rows of 2048 weights or more, else 64);
-   *  more keeps more loads in flight, with more registers. 384 puts all of a 130m in_proj row's share in flight at
-   *  once: its batch-1 step took 718.8 against 748.7 us in one run on the H100 (BENCHMARKS.md, run 68), where an
-   *  earlier run had the default fastest */
+   *  8 rows) loads before it uses any: 64, 128, 256 or 384 (default 256 for the fused step's in_proj; for the
+   *  products 128 for rows of 2048 weights or more, else 64); more keeps more loads in flight, with more registers.
+   *  On the H100 at batch 1 in one process, 256 against the old default for in_proj: 130m's step 671 against 688 us,
+   *  1.4b's 2799 against 3199 (BENCHMARKS.md, run 72) */
   decodeLoadBytes?: number;
   /** the fused decode's first kernel adds its share of x_proj into exact fixed-point totals with 32-bit atomic
    *  adds (kernels/decode/fixed.ts), which the scan kernel reads, instead of writing one partial per workgroup
@@ -142,6 +144,11 @@ export interface WebGpuTuning {
    *  (default true); false sends every draw through the bit-by-bit search of the whole row (for comparison) */
   sampleList?: boolean;
 }
+
+/** Bytes of in_proj a thread of the fused step's first kernel loads at once by default (decodeLoadBytes): on the
+ *  H100 at batch 1, 130m's one-dispatch step took 671 against 688 us with 64, 1.4b's 2799 against 3199 with 128;
+ *  at batch 4 both within 2% (BENCHMARKS.md, run 72). */
+const FUSED_IN_LOAD_BYTES = 256;
 
 export class WebGpuBackend implements Backend {
   readonly name = "webgpu" as const;
@@ -654,7 +661,15 @@ export class WebGpuBackend implements Backend {
     const tb = this.t(w.embeddings, "decodeStep");
     embedding(gpu, tb.buf, this.weightStorage(tb), tb.shape[0]!, D, idt.buf, B, plan.h);
     gpu.replay(plan.plan); // not counted towards flushEvery: a replay costs the host next to nothing (see tick)
-    return this.matmul(plan.normed, w.head, null);
+    if (!plan.headNorm) return this.matmul(plan.normed, w.head, null);
+    // the head with norm_f in its kernel
+    const head = this.t(w.head, "decodeStep");
+    const V = head.shape[0]!;
+    check(head.numel === V * D, `decodeStep: the head [${head.shape}] does not take ${D} inputs`);
+    const logits = this.make([B, V], "f32", "the logits");
+    matvec(gpu, { x: plan.h, ldx: D, offx: 0, rows: B, K: D, w: head.buf, ws: this.weightStorage(head), N: V, bias: null,
+      y: logits.buf, loadBytes: this.loadBytes(D), wholeRow: this.matvecWholeRow, norm: plan.headNorm });
+    return logits;
   }
 
   /**
@@ -735,7 +750,7 @@ export class WebGpuBackend implements Backend {
         B, D, E, K, J, eps: c.layerNormEpsilon, h, res, hasRes: i > 0, par: i % 2,
         lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
         wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
-        convState: convState.buf, xz, Q, channels: this.decodeChannels, loadBytes: this.loadBytes(D),
+        convState: convState.buf, xz, Q, channels: this.decodeChannels, loadBytes: this.decodeLoadBytes || FUSED_IN_LOAD_BYTES,
         acc: acc ? { oX: i * xWords, oZero: ((i + L - 1) % L) * xWords, nZero: B * J + 1, limit: fixedLimit(inGroups), stride: S } : undefined,
       };
       const scanArgs: MixerScanArgs = {
@@ -761,6 +776,9 @@ export class WebGpuBackend implements Backend {
       fillWords(gpu, ctl, 0, LAYER_CTL_WORDS); // a dispatch leaves them zero, and the flag clear
       this.barrierWatch = ctl;
     }
+    const normF = this.f32(this.t(w.normF, "decodeStep"));
+    const headNorm = B <= MATVEC_MAX_ROWS && B * D <= MATVEC_NORM_MAX && D % 4 === 0
+      ? { res, offRes: (L % 2) * B * D, g: normF, eps: c.layerNormEpsilon } : undefined;
     const plan = gpu.record(() => {
       for (let i = 0; i < L; i++) {
         if (persistent) {
@@ -775,11 +793,10 @@ export class WebGpuBackend implements Backend {
         if (E % 4 === 0) matvec(gpu, { ...args, loadBytes: this.loadBytes(E), wholeRow: this.matvecWholeRow });
         else matmulTiled(gpu, args, this.tileSmall);
       }
-      // norm_f over h + the last residual (half numLayers % 2 of res)
-      addRmsNorm(gpu, h, res, this.f32(this.t(w.normF, "decodeStep")), c.layerNormEpsilon, B, D, normed.buf, resOut,
-        (L % 2) * B * D);
+      // norm_f over h + the last residual (half numLayers % 2 of res): in the head's kernel where it takes it
+      if (!headNorm) addRmsNorm(gpu, h, res, normF, c.layerNormEpsilon, B, D, normed.buf, resOut, (L % 2) * B * D);
     });
-    return { key, h, normed, scratch: [res, xz, y, Q, resOut, ...(ctl ? [ctl] : [])], plan };
+    return { key, h, normed, scratch: [res, xz, y, Q, resOut, ...(ctl ? [ctl] : [])], plan, headNorm };
   }
 
   /**

@@ -4,7 +4,9 @@
  * or 2 u32 words of packed halves) and applies it to every row of x at once; the LPR partial sums are added in
  * workgroup memory. A lane loads its whole share of the row at once where it is at most 16 vec4s: rows past 2048
  * take 64 – 256 lanes so that it stays so (wholeRow), or else 32 lanes load in batches. K is a constant of the
- * kernel (a pipeline per K). Needs K % 4 == 0 (the tiled kernel takes the rest).
+ * kernel (a pipeline per K). Needs K % 4 == 0 (the tiled kernel takes the rest). With `norm` the input is first
+ * RMSNorm(x + res) · g, which every workgroup computes for itself: the decode's head takes norm_f so, without a
+ * dispatch of its own.
  */
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params, grid } from "../gpu.ts";
@@ -25,12 +27,13 @@ export function matvecRowLanes(K: number, wholeRow: boolean): number {
   return wholeRow ? 32 * Math.min(8, 2 ** Math.ceil(Math.log2(split))) : 32;
 }
 
-const wgsl = (T: number, K: number, ws: WeightStorage, loadBytes: number, LPR: number) => {
+const wgsl = (T: number, K: number, ws: WeightStorage, loadBytes: number, LPR: number, norm: boolean) => {
   const K4 = K / 4;
   const perLane = Math.ceil(K4 / LPR);
   const BATCH = perLane <= WHOLE_ROW_VEC4S ? perLane : loadBytes / (ws === "f32" ? 16 : 8);
   return /* wgsl */ `
-// bindings: 0 x [T, ldx] f32 | 1 w [N, K] as 4-element groups | 2 bias [N] | 3 y [T, N] | 4 params
+// bindings: 0 x [T, ldx] f32 | 1 w [N, K] as 4-element groups | 2 bias [N] | 3 y [T, N]
+//           ${norm ? "4 res [.., T, K] (from offRes) | 5 g [K] (the norm's weight) | 6 params" : "4 params"}
 const T = ${T}u;     // rows of x
 const K4 = ${K4}u;   // 4-element groups of a row of w: a constant, so that the loops below have constant bounds
 const LPR = ${LPR}u; // lanes a row of w
@@ -38,12 +41,19 @@ const RPW = ${256 / LPR}u; // rows of w per workgroup
 const BATCH = ${BATCH}u; // vec4s (or packed-half pairs) a lane loads together
 const NIT = ${Math.ceil(perLane / BATCH)}u; // batches a lane
 
-struct P { N: u32, ldx: u32, offx: u32, hasBias: u32, groupsX: u32 }
+struct P { N: u32, ldx: u32, offx: u32, hasBias: u32, groupsX: u32, eps: f32, offRes: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<${weight4Binding(ws)}>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<uniform> p: P;
+${norm ? `@group(0) @binding(4) var<storage, read> res: array<f32>;
+@group(0) @binding(5) var<storage, read> g: array<f32>;
+@group(0) @binding(6) var<uniform> p: P;
+
+var<workgroup> us: array<f32, T * K4 * 4u>; // (x + res) · g [T, K]; the norm's scale is applied to the sums
+// the input at (row t, column k)
+fn xAt(t: u32, k: u32) -> f32 { return us[t * K4 * 4u + k]; }` : `@group(0) @binding(4) var<uniform> p: P;
+fn xAt(t: u32, k: u32) -> f32 { return x[t * p.ldx + p.offx + k]; }`}
 
 var<workgroup> red: array<f32, 256u * T>;
 
@@ -64,19 +74,40 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let nc = min(n, p.N - 1u); // rows past N load row N - 1 and store nothing
   var s: array<f32, T>;
   for (var t = 0u; t < T; t++) { s[t] = 0.0; }
-  for (var i = 0u; i < NIT; i++) {
+${norm ? `  // RMSNorm of x + res, each workgroup for itself (K values a row: cheaper than a dispatch): the rows times g
+  // into workgroup memory, each row's 1 / rms from a tree of sums of squares
+  var inv: array<f32, T>;
+  for (var t = 0u; t < T; t++) {
+    var ss = 0.0;
+    for (var k = lid.x; k < K4 * 4u; k += 256u) {
+      let v = x[t * p.ldx + p.offx + k] + res[p.offRes + t * K4 * 4u + k];
+      us[t * K4 * 4u + k] = v * g[k];
+      ss = fma(v, v, ss);
+    }
+    red[t * 256u + lid.x] = ss;
+  }
+  workgroupBarrier();
+  for (var st = 128u; st > 0u; st >>= 1u) {
+    if (lid.x < st) {
+      for (var t = 0u; t < T; t++) { red[t * 256u + lid.x] += red[t * 256u + lid.x + st]; }
+    }
+    workgroupBarrier();
+  }
+  for (var t = 0u; t < T; t++) { inv[t] = inverseSqrt(red[t * 256u] / f32(K4 * 4u) + p.eps); }
+  workgroupBarrier(); // red is reused below
+` : ""}  for (var i = 0u; i < NIT; i++) {
     let wv = load(nc, lane, i);
     for (var k = 0u; k < BATCH; k++) {
       let k4 = lane + LPR * (i * BATCH + k);
       if (k4 < K4) {
         for (var t = 0u; t < T; t++) {
-          let o = t * p.ldx + p.offx + k4 * 4u;
-          s[t] = fma(wv[k].x, x[o], fma(wv[k].y, x[o + 1u], fma(wv[k].z, x[o + 2u], fma(wv[k].w, x[o + 3u], s[t]))));
+          let o = k4 * 4u;
+          s[t] = fma(wv[k].x, xAt(t, o), fma(wv[k].y, xAt(t, o + 1u), fma(wv[k].z, xAt(t, o + 2u), fma(wv[k].w, xAt(t, o + 3u), s[t]))));
         }
       }
     }
   }
-  for (var t = 0u; t < T; t++) { red[t * 256u + lid.x] = s[t]; }
+  for (var t = 0u; t < T; t++) { red[t * 256u + lid.x] = s[t]${norm ? " * inv[t]" : ""}; }
   workgroupBarrier();
   for (var st = LPR / 2u; st > 0u; st >>= 1u) {
     if (lane < st) {
@@ -100,15 +131,22 @@ export interface MatvecArgs {
   y: Buf;
   loadBytes?: number; // bytes of w a lane loads at once: 64 (default), 128, 256 or 384
   wholeRow?: boolean; // more lanes a row where a lane's share would pass WHOLE_ROW_VEC4S (default true)
+  // x is RMSNorm(x + res) · g first (res [T, K] from word offRes of its buffer); rows · K at most MATVEC_NORM_MAX
+  norm?: { res: Buf; offRes: number; g: Buf; eps: number };
 }
+
+/** Rows × K a matvec with the norm (MatvecArgs.norm) takes: its normalized input is held in workgroup memory. */
+export const MATVEC_NORM_MAX = 4096;
 
 // x: [T <= 8, K] window, w: [N, K], bias: [N] -> y: [T, N]
 export function matvec(gpu: Gpu, a: MatvecArgs): void {
   const loadBytes = a.loadBytes ?? 64;
   if (a.K % 4 !== 0) throw new Error(`matvec: K ${a.K} is not a multiple of 4`);
   const LPR = matvecRowLanes(a.K, a.wholeRow ?? true);
-  const k = gpu.kernel(`matvec_${a.rows}_${a.K}_${a.ws}_${loadBytes}_${LPR}`, () => wgsl(a.rows, a.K, a.ws, loadBytes, LPR));
+  const norm = a.norm ?? null;
+  if (norm && a.rows * a.K > MATVEC_NORM_MAX) throw new Error(`matvec: ${a.rows} rows of ${a.K} to normalize, expected at most ${MATVEC_NORM_MAX} values`);
+  const k = gpu.kernel(`matvec_${a.rows}_${a.K}_${a.ws}_${loadBytes}_${LPR}${norm ? "_norm" : ""}`, () => wgsl(a.rows, a.K, a.ws, loadBytes, LPR, !!norm));
   const [gx, gy] = grid(Math.ceil(a.N / (256 / LPR)), gpu.limits.maxComputeWorkgroupsPerDimension);
-  const p = new Params().u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias).u32(gx);
-  gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y], p, [gx, gy]);
+  const p = new Params().u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias).u32(gx).f32(norm?.eps ?? 0).u32(norm?.offRes ?? 0);
+  gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y, ...(norm ? [norm.res, norm.g] : [])], p, [gx, gy]);
 }
