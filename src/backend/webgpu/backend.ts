@@ -45,6 +45,7 @@ interface DecodePlan {
   plan: Prepared[];
   // the fused step's head applies norm_f itself (matvec's norm) where it takes the batch: over h and this residual
   headNorm?: { res: Buf; offRes: number; g: Buf; eps: number };
+  ctl?: Buf; // decodePersistent's counters
 }
 
 /** Where each constant sits in a layer's packed buffer (offsets in floats). */
@@ -177,7 +178,7 @@ export class WebGpuBackend implements Backend {
   private readonly decodeAccumulate: boolean;
   /** WebGpuTuning.decodePersistent */
   private readonly decodePersistent: boolean;
-  /** The counters of the latest one-dispatch-a-layer step: their flag is read with every step's ids. */
+  /** The counters of the latest fused step, where it ran a layer in one dispatch: their flag is read with the ids. */
   private barrierWatch: Buf | null = null;
   /** WebGpuTuning.decodeBatch */
   private readonly decodeBatch: boolean;
@@ -661,6 +662,7 @@ export class WebGpuBackend implements Backend {
     const tb = this.t(w.embeddings, "decodeStep");
     embedding(gpu, tb.buf, this.weightStorage(tb), tb.shape[0]!, D, idt.buf, B, plan.h);
     gpu.replay(plan.plan); // not counted towards flushEvery: a replay costs the host next to nothing (see tick)
+    this.barrierWatch = plan.ctl ?? null; // the reads that follow check this step's counters
     if (!plan.headNorm) return this.matmul(plan.normed, w.head, null);
     // the head with norm_f in its kernel
     const head = this.t(w.head, "decodeStep");
@@ -774,7 +776,6 @@ export class WebGpuBackend implements Backend {
     if (persistent) {
       ctl = gpu.alloc(LAYER_CTL_WORDS * 4, "the decode's counters");
       fillWords(gpu, ctl, 0, LAYER_CTL_WORDS); // a dispatch leaves them zero, and the flag clear
-      this.barrierWatch = ctl;
     }
     const normF = this.f32(this.t(w.normF, "decodeStep"));
     const headNorm = B <= MATVEC_MAX_ROWS && B * D <= MATVEC_NORM_MAX && D % 4 === 0
@@ -796,7 +797,7 @@ export class WebGpuBackend implements Backend {
       // norm_f over h + the last residual (half numLayers % 2 of res): in the head's kernel where it takes it
       if (!headNorm) addRmsNorm(gpu, h, res, normF, c.layerNormEpsilon, B, D, normed.buf, resOut, (L % 2) * B * D);
     });
-    return { key, h, normed, scratch: [res, xz, y, Q, resOut, ...(ctl ? [ctl] : [])], plan, headNorm };
+    return { key, h, normed, scratch: [res, xz, y, Q, resOut, ...(ctl ? [ctl] : [])], plan, headNorm, ctl: ctl ?? undefined };
   }
 
   /**
