@@ -1,9 +1,17 @@
-// probe: grid-wide barriers inside one dispatch vs dependent dispatches
+/**
+ * Meeting inside one dispatch against dependent dispatches, on the WebGPU adapter at hand (BENCHMARKS.md, runs
+ * 69 – 73): the time of an empty dependent dispatch, and of G workgroups meeting at a counter in memory (an atomic
+ * add, then polls), over 200 meetings in one dispatch. Each round every workgroup writes values and, after the
+ * meeting, checks another's: with plain loads and stores (atomicData=false) and through atomics. A count of errors
+ * above 0 means that plain loads saw stale values; "timeout" that the workgroups did not all run at once.
+ *
+ *   GS=1,32,96,132,264 node --import tsx bench/grid-sync-probe.ts
+ */
 import { createWebGpuBackend } from "../src/backend/webgpu/index.ts";
-import { Params } from "../src/backend/webgpu/gpu.ts";
-const be = (await createWebGpuBackend({})) as any;
+import { type Gpu, Params } from "../src/backend/webgpu/gpu.ts";
+const be = (await createWebGpuBackend({})) as unknown as { gpu: Gpu };
 const gpu = be.gpu;
-console.log(be.device ?? gpu.description, "maxSB/stage", gpu.limits.maxStorageBuffersPerShaderStage, "wgmem", gpu.limits.maxComputeWorkgroupStorageSize);
+console.log(gpu.description, "maxSB/stage", gpu.limits.maxStorageBuffersPerShaderStage, "wgmem", gpu.limits.maxComputeWorkgroupStorageSize);
 const WG = 256;
 const code = (atomicData: boolean) => `
 const WG = 256u;
@@ -39,21 +47,27 @@ const empty = `
 @group(0) @binding(0) var<storage, read_write> a: array<u32>;
 @group(0) @binding(1) var<uniform> p: vec4<u32>;
 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) { if (g.x == 0u) { a[p.x] = a[p.x] + 1u; } }`;
+const Gs = (process.env.GS ?? "1,8,32,64,96,132,264").split(",").map(Number);
 const ctl = gpu.allocClean(16);
-const data = gpu.allocClean(2 * 1024 * WG * 4);
+const data = gpu.allocClean(2 * Math.max(...Gs) * WG * 4);
 const M = 200;
+/** GPU ms of what fn encodes (the adapter must have timestamp queries) */
+async function timed(fn: () => void): Promise<number> {
+  const ms = await gpu.timePass(fn);
+  if (ms === null) throw new Error("this adapter has no timestamp queries");
+  return ms;
+}
 const kEmpty = gpu.kernel("probe_empty", () => empty);
 for (let rep = 0; rep < 3; rep++) {
-  const tE = await gpu.timePass(() => { for (let i = 0; i < M; i++) gpu.dispatch(kEmpty, [ctl], new Params().u32(3), [1]); });
+  const tE = await timed(() => { for (let i = 0; i < M; i++) gpu.dispatch(kEmpty, [ctl], new Params().u32(3), [1]); });
   console.log(`empty dispatches: ${(tE * 1000 / M).toFixed(2)} us each`);
 }
-const Gs = (process.env.GS ?? "1,8,32,64,96,132,264").split(",").map(Number);
 for (const atomicData of [false, true]) {
   const k = gpu.kernel(`probe_bar_${atomicData}`, () => code(atomicData));
   for (const G of Gs) {
     for (let rep = 0; rep < 2; rep++) {
       gpu.device.queue.writeBuffer(ctl.gpu, 0, new Uint32Array(4));
-      const t = await gpu.timePass(() => gpu.dispatch(k, [ctl, data], new Params().u32(M).u32(1 << 22), [G]));
+      const t = await timed(() => gpu.dispatch(k, [ctl, data], new Params().u32(M).u32(1 << 22), [G]));
       const c = new Uint32Array(await gpu.read(ctl, 16));
       console.log(`atomicData=${atomicData} G=${G}: ${(t * 1000 / M).toFixed(2)} us a barrier; count ${c[0]} (want ${G * M}) errors ${c[1]} timeout ${c[2]}`);
     }
