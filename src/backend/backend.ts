@@ -61,7 +61,7 @@ export interface SampleRequest {
 export interface StepModel {
   config: {
     numLayers: number; hiddenSize: number; intermediateSize: number; stateSize: number; timeStepRank: number;
-    convKernel: number; layerNormEpsilon: number; mixer: string;
+    convKernel: number; layerNormEpsilon: number; mixer: string; vocabSize: number;
   };
   weights: {
     embeddings: Tensor; normF: Tensor; head: Tensor;

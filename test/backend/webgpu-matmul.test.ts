@@ -200,3 +200,66 @@ test("training backward products: the vec4 path where every stride, offset and e
   const m = products({ T: 300, K: 260, N: 272, ldx: 260, offx: 0, ldy: 272, offy: 0, lddx: 264, offdx: 4 })[0]!;
   assert.equal(bwdVec4Fits(pickTile(m.M, m.N, 8), m), false);
 });
+
+test("WebGPU matvec with norm and argmax (the fused step's head): RMSNorm(x + res) · g times w, and each row's greedy id over the first V columns, ties to the smaller id, as on the CPU", async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const { matvec, matvecArgmaxWords } = await import("../../src/backend/webgpu/kernels/matvec.ts");
+  const b = (await createWebGpuBackend()) as WebGpuBackend;
+  const gpu = b.gpu;
+  try {
+    const rng = new TestRng(91);
+    // 2100 rows of w: 263 workgroups of 8 rows, the last one short; V stops short of N (a padded vocabulary)
+    for (const [T, K, N, V] of [[1, 768, 2100, 2090], [3, 20, 2100, 2100], [5, 64, 37, 30]] as const) {
+      const x = rng.f32(T * K), res = rng.f32(2 * T * K), g = rng.f32(K), w = rng.f32(N * K);
+      const eps = 1e-5;
+      // row 3 of w along the first normalized input (its best by far), repeated at rows N - 5 and V - 1: equal
+      // logits, of which the smaller id must win
+      const v0 = Array.from({ length: K }, (_, k) => x[k]! + res[T * K + k]!);
+      const inv0 = 1 / Math.sqrt(v0.reduce((s, a) => s + a * a, 0) / K + eps);
+      for (let k = 0; k < K; k++) w[3 * K + k] = (8 / Math.sqrt(K)) * v0[k]! * inv0 * g[k]!;
+      for (let k = 0; k < K; k++) { w[(N - 5) * K + k] = w[3 * K + k]!; w[(V - 1) * K + k] = w[3 * K + k]!; }
+      const want = new Float32Array(T * N);
+      const wantIds: number[] = [];
+      for (let r = 0; r < T; r++) {
+        const v = Array.from({ length: K }, (_, k) => x[r * K + k]! + res[T * K + r * K + k]!);
+        const inv = 1 / Math.sqrt(v.reduce((s, a) => s + a * a, 0) / K + eps);
+        let best = 0;
+        for (let n = 0; n < N; n++) {
+          let s = 0;
+          for (let k = 0; k < K; k++) s += v[k]! * inv * g[k]! * w[n * K + k]!;
+          want[r * N + n] = s;
+          if (n < V && s > want[r * N + best]!) best = n;
+        }
+        wantIds.push(best);
+      }
+      const up = (a: Float32Array) => gpu.upload(a, "a test input");
+      const bufs = { x: up(x), res: up(res), g: up(g), w: up(w), y: gpu.alloc(T * N * 4), ids: gpu.alloc(T * 4) };
+      const words = matvecArgmaxWords(T, N, K);
+      const part = gpu.upload(new Uint32Array(words), "a test input");
+      for (let round = 0; round < 2; round++) { // the second reuses part, which the first must leave zeroed
+        matvec(gpu, { x: bufs.x, ldx: K, offx: 0, rows: T, K, w: bufs.w, ws: "f32", N, bias: null, y: bufs.y,
+          norm: { res: bufs.res, offRes: T * K, g: bufs.g, eps }, argmax: { V, part, ids: bufs.ids } });
+        const what = `T ${T} K ${K} N ${N} V ${V} round ${round}`;
+        const y = new Float32Array(await gpu.read(bufs.y, T * N * 4));
+        // relative to the logit's size: row 3's are in the hundreds
+        const worst = y.reduce((m, v, i) => Math.max(m, Math.abs(v - want[i]!) / (1 + Math.abs(want[i]!))), 0);
+        assert.ok(worst < 1e-5, `${what} y: relative difference ${worst}`);
+        const got = Array.from(new Int32Array(await gpu.read(bufs.ids, T * 4)));
+        // the GPU's own logits decide near-ties that f32 rounding may order differently from the reference
+        const fromY = Array.from({ length: T }, (_, r) => {
+          let best = 0;
+          for (let n = 0; n < V; n++) if (y[r * N + n]! > y[r * N + best]!) best = n;
+          return best;
+        });
+        assert.deepEqual(got, fromY, `${what} ids (from its logits)`);
+        assert.ok(got.every((id, r) => Math.abs(want[r * N + id]! - want[r * N + wantIds[r]!]!) < 1e-3), `${what} ids (the reference's best)`);
+        assert.equal(got[0], 3, `${what}: of equal best logits, the smallest id`);
+        assert.equal(new Uint32Array(await gpu.read(part, words * 4))[words - 1], 0, `${what}: the count is back at zero`);
+      }
+      for (const buf of [...Object.values(bufs), part]) gpu.release(buf);
+    }
+  } finally {
+    await b.destroy();
+  }
+});

@@ -15,7 +15,7 @@ import {
   splitPlan, tileBytes,
 } from "./kernels/matmul.ts";
 import { matmulReduce } from "./kernels/matmul-reduce.ts";
-import { MATVEC_MAX_ROWS, MATVEC_NORM_MAX, matvec } from "./kernels/matvec.ts";
+import { MATVEC_MAX_ROWS, MATVEC_NORM_MAX, matvec, matvecArgmaxWords } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
 import { embedding } from "./kernels/embedding.ts";
 import { causalConv1dSilu } from "./kernels/conv.ts";
@@ -46,6 +46,7 @@ interface DecodePlan {
   // the fused step's head applies norm_f itself (matvec's norm) where it takes the batch: over h and this residual
   headNorm?: { res: Buf; offRes: number; g: Buf; eps: number };
   ctl?: Buf; // decodePersistent's counters
+  argmaxPart?: Buf; // the head's partial greedy choices (matvec's argmax)
 }
 
 /** Where each constant sits in a layer's packed buffer (offsets in floats). */
@@ -178,6 +179,8 @@ export class WebGpuBackend implements Backend {
   private readonly decodeAccumulate: boolean;
   /** WebGpuTuning.decodePersistent */
   private readonly decodePersistent: boolean;
+  /** The greedy choices the fused step's head made beside its logits (by logits tensor), until sampled or freed. */
+  private greedyIds = new WeakMap<GpuTensor, { ids: GpuTensor; V: number }>();
   /** The counters of the latest fused step, where it ran a layer in one dispatch: their flag is read with the ids. */
   private barrierWatch: Buf | null = null;
   /** WebGpuTuning.decodeBatch */
@@ -375,6 +378,11 @@ export class WebGpuBackend implements Backend {
       if (pack) {
         this.scanPacks.delete(x);
         this.dispose(pack.packed);
+      }
+      const made = this.greedyIds.get(x); // logits whose greedy choices no one took
+      if (made) {
+        this.greedyIds.delete(x);
+        this.dispose(made.ids);
       }
     }
   }
@@ -596,6 +604,11 @@ export class WebGpuBackend implements Backend {
     check(req.uniforms.length >= rows, `sample: ${req.uniforms.length} uniforms for ${rows} rows`);
     const greedy = req.temperature === 0;
     const penalize = req.repetitionPenalty !== 1 && req.history !== null;
+    const made = this.greedyIds.get(lt);
+    if (made && greedy && !penalize && made.V === req.vocabSize && !made.ids.disposed) {
+      this.greedyIds.delete(lt); // the head chose them already (decodeStep); the caller owns them now
+      return made.ids;
+    }
     const uniforms = greedy ? null : this.gpu.upload(req.uniforms.subarray(0, rows), "the sampling uniforms");
     let history: { ids: Buf; offsets: Buf } | null = null;
     if (penalize) {
@@ -619,9 +632,10 @@ export class WebGpuBackend implements Backend {
   // ---- fused decode ----
 
   /**
-   * One token per row through the whole LM in 3 dispatches a layer (kernels/decode): norm + in_proj + conv +
-   * partial x_proj; x_proj sum + dt_proj + scan step + gate; out_proj. Plus the embedding, the final norm, the head.
-   * Declines (null) what the kernels' workgroup memory does not hold, and the LTI mixer.
+   * One token per row through the whole LM (kernels/decode): a layer is norm + in_proj + conv + x_proj; x_proj's
+   * totals + dt_proj + scan step + gate; out_proj, in one dispatch (decodePersistent) or three. Plus the embedding,
+   * and the head with norm_f, which also makes each row's greedy choice for sample() to take. Declines (null) what
+   * the kernels' workgroup memory does not hold, and the LTI mixer.
    */
   decodeStep(model: StepModel, ids: Tensor, conv: readonly Tensor[], ssm: readonly Tensor[]): Tensor | null {
     const c = model.config;
@@ -654,7 +668,7 @@ export class WebGpuBackend implements Backend {
     if (plan?.key !== key) {
       if (plan) {
         if (this.barrierWatch && plan.scratch.includes(this.barrierWatch)) this.barrierWatch = null;
-        for (const b of [plan.h, plan.normed.buf, ...plan.scratch]) gpu.release(b);
+        for (const b of [plan.h, plan.normed.buf, ...plan.scratch, ...(plan.argmaxPart ? [plan.argmaxPart] : [])]) gpu.release(b);
       }
       plan = fused ? this.recordDecode(model, B, key, packs, states) : this.recordBatchDecode(model, B, key, packs, states);
       this.decodePlans.set(w, plan);
@@ -669,8 +683,18 @@ export class WebGpuBackend implements Backend {
     const V = head.shape[0]!;
     check(head.numel === V * D, `decodeStep: the head [${head.shape}] does not take ${D} inputs`);
     const logits = this.make([B, V], "f32", "the logits");
+    // and each row's greedy choice, which sample() takes for a greedy draw instead of a dispatch of its own
+    const chosen = this.make([B], "i32", "the greedy ids");
+    const words = matvecArgmaxWords(B, V, D, this.matvecWholeRow);
+    if (plan.argmaxPart?.size !== words * 4) {
+      if (plan.argmaxPart) gpu.release(plan.argmaxPart);
+      plan.argmaxPart = gpu.alloc(words * 4, "the head's partial greedy choices");
+      fillWords(gpu, plan.argmaxPart, 0, words);
+    }
     matvec(gpu, { x: plan.h, ldx: D, offx: 0, rows: B, K: D, w: head.buf, ws: this.weightStorage(head), N: V, bias: null,
-      y: logits.buf, loadBytes: this.loadBytes(D), wholeRow: this.matvecWholeRow, norm: plan.headNorm });
+      y: logits.buf, loadBytes: this.loadBytes(D), wholeRow: this.matvecWholeRow, norm: plan.headNorm,
+      argmax: { V: c.vocabSize, part: plan.argmaxPart, ids: chosen.buf } });
+    this.greedyIds.set(logits, { ids: chosen, V: c.vocabSize });
     return logits;
   }
 

@@ -27,13 +27,13 @@ export function matvecRowLanes(K: number, wholeRow: boolean): number {
   return wholeRow ? 32 * Math.min(8, 2 ** Math.ceil(Math.log2(split))) : 32;
 }
 
-const wgsl = (T: number, K: number, ws: WeightStorage, loadBytes: number, LPR: number, norm: boolean) => {
+const wgsl = (T: number, K: number, ws: WeightStorage, loadBytes: number, LPR: number, norm: boolean, argmax: boolean) => {
   const K4 = K / 4;
   const perLane = Math.ceil(K4 / LPR);
   const BATCH = perLane <= WHOLE_ROW_VEC4S ? perLane : loadBytes / (ws === "f32" ? 16 : 8);
   return /* wgsl */ `
 // bindings: 0 x [T, ldx] f32 | 1 w [N, K] as 4-element groups | 2 bias [N] | 3 y [T, N]
-//           ${norm ? "4 res [.., T, K] (from offRes) | 5 g [K] (the norm's weight) | 6 params" : "4 params"}
+//           ${norm ? "4 res [.., T, K] (from offRes) | 5 g [K] (the norm's weight) | " : ""}${argmax ? `${norm ? 6 : 4} part (atomic) | ${norm ? 7 : 5} ids [T] (i32) | ` : ""}params
 const T = ${T}u;     // rows of x
 const K4 = ${K4}u;   // 4-element groups of a row of w: a constant, so that the loops below have constant bounds
 const LPR = ${LPR}u; // lanes a row of w
@@ -41,22 +41,22 @@ const RPW = ${256 / LPR}u; // rows of w per workgroup
 const BATCH = ${BATCH}u; // vec4s (or packed-half pairs) a lane loads together
 const NIT = ${Math.ceil(perLane / BATCH)}u; // batches a lane
 
-struct P { N: u32, ldx: u32, offx: u32, hasBias: u32, groupsX: u32, eps: f32, offRes: u32 }
+struct P { N: u32, ldx: u32, offx: u32, hasBias: u32, groupsX: u32, eps: f32, offRes: u32, V: u32, groups: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<${weight4Binding(ws)}>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 ${norm ? `@group(0) @binding(4) var<storage, read> res: array<f32>;
 @group(0) @binding(5) var<storage, read> g: array<f32>;
-@group(0) @binding(6) var<uniform> p: P;
+${argmax ? ARGMAX_BINDINGS(6) : ""}@group(0) @binding(${argmax ? 8 : 6}) var<uniform> p: P;
 
 var<workgroup> us: array<f32, T * K4 * 4u>; // (x + res) · g [T, K]; the norm's scale is applied to the sums
 // the input at (row t, column k)
-fn xAt(t: u32, k: u32) -> f32 { return us[t * K4 * 4u + k]; }` : `@group(0) @binding(4) var<uniform> p: P;
+fn xAt(t: u32, k: u32) -> f32 { return us[t * K4 * 4u + k]; }` : `${argmax ? ARGMAX_BINDINGS(4) : ""}@group(0) @binding(${argmax ? 6 : 4}) var<uniform> p: P;
 fn xAt(t: u32, k: u32) -> f32 { return x[t * p.ldx + p.offx + k]; }`}
 
 var<workgroup> red: array<f32, 256u * T>;
-
+${argmax ? ARGMAX_DECLS : ""}
 ${weight4Reader(ws)}
 
 // batch i of this lane's share of row n: unconditional loads (the index clamped to the row, the excess unused) so
@@ -120,9 +120,82 @@ ${norm ? `  // RMSNorm of x + res, each workgroup for itself (K values a row: ch
     if (p.hasBias != 0u) { b = bias[n]; }
     for (var t = 0u; t < T; t++) { y[t * p.N + n] = red[t * 256u + lid.x] + b; }
   }
+${argmax ? `  // the best of this workgroup's rows below V for each row of x, then the best of all workgroups' (greedy)
+  let gi = wg.y * p.groupsX + wg.x;
+  if (gi >= p.groups) { return; } // the grid's padding past the last group
+  if (lane == 0u) {
+    for (var t = 0u; t < T; t++) {
+      var hi = 0u; // below every real key: rows past V take no part
+      if (n < p.V) { hi = orderable(red[t * 256u + lid.x] + select(0.0, bias[min(n, p.N - 1u)], p.hasBias != 0u)); }
+      kHi[t * RPW + lid.x / LPR] = hi;
+    }
+  }
+  workgroupBarrier();
+  if (lid.x < T) {
+    var bh = 0u;
+    var bl = 0u;
+    for (var r = 0u; r < RPW; r++) {
+      let h = kHi[lid.x * RPW + r];
+      let l = p.V - 1u - min(gi * RPW + r, p.V - 1u);
+      if (h > bh || (h == bh && l > bl)) { bh = h; bl = l; }
+    }
+    atomicStore(&part[2u * (gi * T + lid.x)], bh);
+    atomicStore(&part[2u * (gi * T + lid.x) + 1u], bl);
+  }
+  argmaxFinish(lid.x);` : ""}
 }
 `;
 };
+
+/** WGSL of the argmax option's bindings from binding \`at\`: the partial bests of every workgroup (a key each: two
+ *  words) and their count after them, and the ids out. */
+const ARGMAX_BINDINGS = (at: number) => `@group(0) @binding(${at}) var<storage, read_write> part: array<atomic<u32>>;
+@group(0) @binding(${at + 1}) var<storage, read_write> ids: array<i32>;
+`;
+
+/** The argmax option's declarations: the keys of a workgroup's rows, and the last workgroup's reduction over all
+ *  partial bests. Keys as the sampler's (kernels/sample.ts): (orderable(logit), V - 1 - id), larger is better, so
+ *  ties go to the smaller id. */
+const ARGMAX_DECLS = /* wgsl */ `
+var<workgroup> kHi: array<u32, RPW * T>;
+var<workgroup> rHi: array<u32, 256>;
+var<workgroup> rLo: array<u32, 256>;
+var<workgroup> last: u32;
+fn orderable(f: f32) -> u32 {
+  let b = bitcast<u32>(f);
+  return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+// after this workgroup's partial bests: counts it finished; the last one to finish reduces every partial best to
+// the ids (reading them through atomics, which other workgroups' stores in this dispatch reach) and sets the count
+// back to zero for the next dispatch
+fn argmaxFinish(t: u32) {
+  storageBarrier();
+  if (t == 0u) { last = u32(atomicAdd(&part[2u * p.groups * T], 1u) == p.groups - 1u); }
+  if (workgroupUniformLoad(&last) == 0u) { return; }
+  for (var row = 0u; row < T; row++) {
+    var bh = 0u;
+    var bl = 0u;
+    for (var gi = t; gi < p.groups; gi += 256u) {
+      let h = atomicLoad(&part[2u * (gi * T + row)]);
+      let l = atomicLoad(&part[2u * (gi * T + row) + 1u]);
+      if (h > bh || (h == bh && l > bl)) { bh = h; bl = l; }
+    }
+    rHi[t] = bh;
+    rLo[t] = bl;
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+      if (t < st && (rHi[t + st] > rHi[t] || (rHi[t + st] == rHi[t] && rLo[t + st] > rLo[t]))) {
+        rHi[t] = rHi[t + st];
+        rLo[t] = rLo[t + st];
+      }
+      workgroupBarrier();
+    }
+    if (t == 0u) { ids[row] = i32(p.V - 1u - rLo[0]); }
+    workgroupBarrier();
+  }
+  if (t == 0u) { atomicStore(&part[2u * p.groups * T], 0u); }
+}
+`;
 
 export interface MatvecArgs {
   x: Buf; ldx: number; offx: number; rows: number; K: number;
@@ -133,6 +206,19 @@ export interface MatvecArgs {
   wholeRow?: boolean; // more lanes a row where a lane's share would pass WHOLE_ROW_VEC4S (default true)
   // x is RMSNorm(x + res) · g first (res [T, K] from word offRes of its buffer); rows · K at most MATVEC_NORM_MAX
   norm?: { res: Buf; offRes: number; g: Buf; eps: number };
+  // also the greedy choice of each row of y, over its first V columns, into ids (i32 [T]), in the same dispatch:
+  // part holds matvecArgmaxWords(...) words, zero at first (a dispatch leaves them so)
+  argmax?: { V: number; part: Buf; ids: Buf };
+}
+
+/** Words of the argmax option's buffer for rows × N outputs: two a workgroup and row, and the count. */
+export function matvecArgmaxWords(rows: number, N: number, K: number, wholeRow = true): number {
+  return 2 * matvecGroups(N, K, wholeRow) * rows + 1;
+}
+
+/** Workgroups of a matvec over N rows of w of K weights. */
+function matvecGroups(N: number, K: number, wholeRow: boolean): number {
+  return Math.ceil(N / (256 / matvecRowLanes(K, wholeRow)));
 }
 
 /** Rows × K a matvec with the norm (MatvecArgs.norm) takes: its normalized input is held in workgroup memory. */
@@ -143,10 +229,14 @@ export function matvec(gpu: Gpu, a: MatvecArgs): void {
   const loadBytes = a.loadBytes ?? 64;
   if (a.K % 4 !== 0) throw new Error(`matvec: K ${a.K} is not a multiple of 4`);
   const LPR = matvecRowLanes(a.K, a.wholeRow ?? true);
-  const norm = a.norm ?? null;
+  const norm = a.norm ?? null, am = a.argmax ?? null;
   if (norm && a.rows * a.K > MATVEC_NORM_MAX) throw new Error(`matvec: ${a.rows} rows of ${a.K} to normalize, expected at most ${MATVEC_NORM_MAX} values`);
-  const k = gpu.kernel(`matvec_${a.rows}_${a.K}_${a.ws}_${loadBytes}_${LPR}${norm ? "_norm" : ""}`, () => wgsl(a.rows, a.K, a.ws, loadBytes, LPR, !!norm));
-  const [gx, gy] = grid(Math.ceil(a.N / (256 / LPR)), gpu.limits.maxComputeWorkgroupsPerDimension);
-  const p = new Params().u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias).u32(gx).f32(norm?.eps ?? 0).u32(norm?.offRes ?? 0);
-  gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y, ...(norm ? [norm.res, norm.g] : [])], p, [gx, gy]);
+  if (am && !(am.V >= 1 && am.V <= a.N)) throw new Error(`matvec: argmax over ${am.V} of ${a.N} columns`);
+  const k = gpu.kernel(`matvec_${a.rows}_${a.K}_${a.ws}_${loadBytes}_${LPR}${norm ? "_norm" : ""}${am ? "_argmax" : ""}`,
+    () => wgsl(a.rows, a.K, a.ws, loadBytes, LPR, !!norm, !!am));
+  const groups = matvecGroups(a.N, a.K, a.wholeRow ?? true);
+  const [gx, gy] = grid(groups, gpu.limits.maxComputeWorkgroupsPerDimension);
+  const p = new Params().u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias).u32(gx).f32(norm?.eps ?? 0).u32(norm?.offRes ?? 0)
+    .u32(am?.V ?? 0).u32(groups);
+  gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y, ...(norm ? [norm.res, norm.g] : []), ...(am ? [am.part, am.ids] : [])], p, [gx, gy]);
 }
