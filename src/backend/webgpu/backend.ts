@@ -46,7 +46,7 @@ interface DecodePlan {
   // the fused step's head applies norm_f itself (matvec's norm) where it takes the batch: over h and this residual
   headNorm?: { res: Buf; offRes: number; g: Buf; eps: number };
   ctl?: Buf; // decodePersistent's counters
-  argmaxPart?: Buf; // the head's partial greedy choices (matvec's argmax)
+  argmaxPart?: { buf: Buf; words: number }; // the head's partial greedy choices (matvec's argmax)
 }
 
 /** Where each constant sits in a layer's packed buffer (offsets in floats). */
@@ -668,7 +668,7 @@ export class WebGpuBackend implements Backend {
     if (plan?.key !== key) {
       if (plan) {
         if (this.barrierWatch && plan.scratch.includes(this.barrierWatch)) this.barrierWatch = null;
-        for (const b of [plan.h, plan.normed.buf, ...plan.scratch, ...(plan.argmaxPart ? [plan.argmaxPart] : [])]) gpu.release(b);
+        for (const b of [plan.h, plan.normed.buf, ...plan.scratch, ...(plan.argmaxPart ? [plan.argmaxPart.buf] : [])]) gpu.release(b);
       }
       plan = fused ? this.recordDecode(model, B, key, packs, states) : this.recordBatchDecode(model, B, key, packs, states);
       this.decodePlans.set(w, plan);
@@ -686,14 +686,14 @@ export class WebGpuBackend implements Backend {
     // and each row's greedy choice, which sample() takes for a greedy draw instead of a dispatch of its own
     const chosen = this.make([B], "i32", "the greedy ids");
     const words = matvecArgmaxWords(B, V, D, this.matvecWholeRow);
-    if (plan.argmaxPart?.size !== words * 4) {
-      if (plan.argmaxPart) gpu.release(plan.argmaxPart);
-      plan.argmaxPart = gpu.alloc(words * 4, "the head's partial greedy choices");
-      fillWords(gpu, plan.argmaxPart, 0, words);
+    if (plan.argmaxPart?.words !== words) { // once a recording (the count is left zero by every dispatch)
+      if (plan.argmaxPart) gpu.release(plan.argmaxPart.buf);
+      plan.argmaxPart = { buf: gpu.alloc(words * 4, "the head's partial greedy choices"), words };
+      fillWords(gpu, plan.argmaxPart.buf, 0, words);
     }
     matvec(gpu, { x: plan.h, ldx: D, offx: 0, rows: B, K: D, w: head.buf, ws: this.weightStorage(head), N: V, bias: null,
       y: logits.buf, loadBytes: this.loadBytes(D), wholeRow: this.matvecWholeRow, norm: plan.headNorm,
-      argmax: { V: c.vocabSize, part: plan.argmaxPart, ids: chosen.buf } });
+      argmax: { V: c.vocabSize, part: plan.argmaxPart.buf, ids: chosen.buf } });
     this.greedyIds.set(logits, { ids: chosen, V: c.vocabSize });
     return logits;
   }
