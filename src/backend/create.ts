@@ -8,7 +8,8 @@ import { MambaError } from "../errors.ts";
 
 export type BackendName = "cpu" | "webgpu" | "auto";
 
-export async function createBackend(name: BackendName = "auto", onNotice?: (msg: string) => void): Promise<Backend> {
+/** `webgpu`: options and tunings for a WebGPU backend, where one is made (createWebGpuBackend's). */
+export async function createBackend(name: BackendName = "auto", onNotice?: (msg: string) => void, webgpu: object = {}): Promise<Backend> {
   if (name === "cpu") return new CpuBackend();
   if (name === "webgpu" || name === "auto") {
     let mod: { createWebGpuBackend?: (o?: { allowFallbackAdapter?: boolean }) => Promise<Backend> } | null = null;
@@ -22,9 +23,9 @@ export async function createBackend(name: BackendName = "auto", onNotice?: (msg:
       onNotice?.("backend: cpu (WebGPU is not available in this build)");
       return new CpuBackend();
     }
-    if (name === "webgpu") return mod.createWebGpuBackend();
+    if (name === "webgpu") return mod.createWebGpuBackend(webgpu);
     try {
-      const b = await mod.createWebGpuBackend({ allowFallbackAdapter: false }); // software GPUs lose to the CPU backend
+      const b = await mod.createWebGpuBackend({ ...webgpu, allowFallbackAdapter: false }); // software GPUs lose to the CPU backend
       onNotice?.("backend: webgpu");
       return b;
     } catch (err) {

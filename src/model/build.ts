@@ -2,6 +2,8 @@
  * Building a MambaModel from parameters held on the host: checked against the config, uploaded to the chosen
  * backend. Shared by the Node entry (../index.ts) and the browser entry (../browser.ts); no file system here.
  */
+import type { WebGpuOptions } from "../backend/webgpu/device.ts";
+import type { WebGpuTrainingTuning } from "../backend/webgpu/training.ts";
 import type { Backend } from "../backend/backend.ts";
 import { type BackendName, createBackend } from "../backend/create.ts";
 import type { MambaConfig } from "../config.ts";
@@ -18,6 +20,9 @@ export interface BuildOptions {
   backend?: BackendName | Backend;
   /** told which backend "auto" chose */
   onNotice?: (message: string) => void;
+  /** options and tunings of the WebGPU backend that "webgpu" or "auto" makes (createWebGpuBackend's), e.g.
+   *  `{ decodePersistent: false }` */
+  webgpu?: WebGpuOptions & WebGpuTrainingTuning;
 }
 
 /** Builds a model on a backend from validated parameters (Hugging Face names). */
@@ -28,7 +33,7 @@ export async function modelFromTensors(
   validateTensors(tensors, config, info.source);
   const choice = options.backend;
   const given = typeof choice === "object";
-  const backend = typeof choice === "object" ? choice : await createBackend(choice ?? "auto", options.onNotice);
+  const backend = typeof choice === "object" ? choice : await createBackend(choice ?? "auto", options.onNotice, options.webgpu);
   try {
     const lm = new MambaLM(config, backend, uploadWeights(backend, config, tensors));
     return new MambaModel(lm, info);

@@ -113,4 +113,15 @@ test("webgpu: decodePersistent: a wait that gives up fails the step's read with 
     await gpu.dispose();
   }
   await assert.rejects(backend({ decodePersistent: "yes" as unknown as boolean }), /decodePersistent must be true or false, got yes/);
+  // a backend made by name takes the model's webgpu options (the CLI's --no-persistent-decode passes them so)
+  const named = await modelFromTensors(three, ps, { backend: "webgpu", webgpu: { decodePersistent: false, allowFallbackAdapter: true } });
+  try {
+    await named.generate(Int32Array.from([1]), { maxNewTokens: 2, stopTokens: [] });
+    const names = (named.backend as WebGpuBackend).gpu.kernelNames;
+    assert.ok(names.some((n) => n.startsWith("decode_in_")) && !names.some((n) => n.startsWith("decode_layer_")), "three dispatches a layer");
+  } finally {
+    await named.dispose();
+  }
+  await assert.rejects(modelFromTensors(three, ps, { backend: "webgpu", webgpu: { decodePersistent: 2 as unknown as boolean } }),
+    /decodePersistent must be true or false, got 2/);
 });

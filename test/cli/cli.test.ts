@@ -104,7 +104,7 @@ describe("help and version", () => {
     const r = await cli(["generate", "--help"]);
     assert.equal(r.code, 0, r.stderr);
     for (const o of ["--model", "--prompt", "--prompt-ids", "--max-new-tokens", "--temperature", "--top-k", "--top-p",
-      "--min-p", "--repetition-penalty", "--seed", "--backend", "--no-prompt-echo", "--help"]) {
+      "--min-p", "--repetition-penalty", "--seed", "--backend", "--no-prompt-echo", "--no-persistent-decode", "--help"]) {
       assert.ok(r.stdout.includes(o), `generate --help mentions ${o}`);
     }
   });

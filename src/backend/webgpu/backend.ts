@@ -113,9 +113,10 @@ export interface WebGpuTuning {
    *  that running workgroups have taken, so it needs no number of them to run at once, but it needs one that has
    *  started to keep running while others wait, which WebGPU does not promise. Where that fails, a wait gives up
    *  after a bounded time and the step's ids come back with an error naming this option, not with wrong tokens.
-   *  Taken where decodeAccumulate is and the device binds 14 storage buffers a kernel. Default true on GPUs of
-   *  NVIDIA, AMD and Intel, where workgroups are known to keep running; false elsewhere. On the H100 a 130m step at
-   *  batch 1 took 657 against 1001 us in one process, and 130m decoded at 1876 tok/s (BENCHMARKS.md) */
+   *  Taken where decodeAccumulate is, the device binds 14 storage buffers a kernel and the kernel's workgroup
+   *  memory fits. Default true on GPUs of NVIDIA, AMD and Intel, where workgroups are known to keep running; false
+   *  elsewhere. On the H100 a 130m step at batch 1 took 688 against 1062 us in one process, and 130m decoded at
+   *  1879 – 1887 tok/s against 1540 – 1565 before (BENCHMARKS.md, runs 69 – 75) */
   decodePersistent?: boolean;
   /** batches the fused kernels do not take (past 8 rows, or too wide for them) decode with the batch step's kernels
    *  (kernels/decode/batch-*.ts, five dispatches a layer) when true (default); when false through a recording of
@@ -363,7 +364,7 @@ export class WebGpuBackend implements Backend {
     if (word !== 0) {
       throw new MambaError("WebGPU decode: a workgroup of decodePersistent's one-dispatch layer waited in vain for " +
         "another (this GPU does not keep started workgroups running), so the step's results are wrong; create the " +
-        "backend with decodePersistent: false");
+        "backend with decodePersistent: false (the CLI: --no-persistent-decode)");
     }
     return new Int32Array(data);
   }

@@ -28,6 +28,7 @@ interface GenerateCliOptions {
   seed?: number;
   backend: BackendName;
   promptEcho: boolean;
+  persistentDecode: boolean;
 }
 
 export const EXIT_INTERRUPTED = 130;
@@ -56,6 +57,8 @@ export function generateCommand(): Command {
     .addOption(new Option("--backend <name>", "compute backend; auto = WebGPU when available, else CPU")
       .choices(["cpu", "webgpu", "auto"]).default("auto"))
     .option("--no-prompt-echo", "print only the continuation, not the prompt before it")
+    .option("--no-persistent-decode", "on WebGPU, decode each layer in three dispatches instead of one (for a GPU that " +
+      "fails the one-dispatch layer; the WebGpuTuning decodePersistent)")
     .action(async (opts: GenerateCliOptions) => {
       process.exitCode = await runGenerate(opts);
     });
@@ -70,7 +73,9 @@ async function runGenerate(opts: GenerateCliOptions): Promise<number> {
   const tokenizer = await loadTokenizer(folder);
 
   const notices: string[] = [];
-  const model = await loadModel(folder, { backend: opts.backend, onNotice: (m) => notices.push(m) });
+  const model = await loadModel(folder, {
+    backend: opts.backend, onNotice: (m) => notices.push(m), webgpu: opts.persistentDecode ? {} : { decodePersistent: false },
+  });
   try {
     const prompt = opts.promptIds !== undefined ? Int32Array.from(opts.promptIds) : tokenizer.encode(opts.prompt);
     checkPrompt(prompt, model);
