@@ -788,7 +788,7 @@ export class WebGpuBackend implements Backend {
       const bias = m.outProjBias ? this.f32(this.t(m.outProjBias, "decodeStep")) : null;
       return { inArgs, scanArgs, wo, bias };
     };
-    // one dispatch a layer where asked for and it fits (kernels/decode/layer.ts), with its barrier words
+    // one dispatch a layer where asked for and it fits (kernels/decode/layer.ts), with its counters
     let ctl: Buf | null = null;
     const one = (i: number): LayerArgs => {
       const a = layerArgs(i);
