@@ -3,7 +3,8 @@
  * module-scope declarations (workgroup memory, helper functions) and one phase function. `standaloneWgsl` makes a
  * kernel of one phase (a dispatch of its own); `composedWgsl` puts several phases in one kernel, where a name
  * two phases share (a constant, a binding) must mean the same thing in both. So the fused decode's kernels run
- * one by one (a dispatch each) or together in one dispatch whose workgroups wait for each other through counters (./layer.ts).
+ * one by one (a dispatch each) or together in one dispatch whose workgroups wait for each other through counters
+ * (./layer.ts).
  */
 import { Params } from "../../gpu.ts";
 
