@@ -11,6 +11,7 @@
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params, grid } from "../gpu.ts";
 import { type WeightStorage, weight4Binding, weight4Reader } from "./weights.ts";
+import { ORDERABLE_WGSL } from "./wgsl-common.ts";
 
 /** Rows of x this kernel takes at most. */
 export const MATVEC_MAX_ROWS = 8;
@@ -115,21 +116,18 @@ ${norm ? `  // RMSNorm of x + res, each workgroup for itself (K values a row: ch
     }
     workgroupBarrier();
   }
-  if (lane == 0u && n < p.N) {
+  if (lane == 0u) {
     var b = 0.0;
-    if (p.hasBias != 0u) { b = bias[n]; }
-    for (var t = 0u; t < T; t++) { y[t * p.N + n] = red[t * 256u + lid.x] + b; }
+    if (p.hasBias != 0u && n < p.N) { b = bias[n]; }
+    for (var t = 0u; t < T; t++) {
+      let v = red[t * 256u + lid.x] + b;
+      if (n < p.N) { y[t * p.N + n] = v; }
+${argmax ? `      kHi[t * RPW + lid.x / LPR] = select(0u, orderable(v), n < p.V); // 0: below every real key, rows past V take no part
+` : ""}    }
   }
 ${argmax ? `  // the best of this workgroup's rows below V for each row of x, then the best of all workgroups' (greedy)
   let gi = wg.y * p.groupsX + wg.x;
   if (gi >= p.groups) { return; } // the grid's padding past the last group
-  if (lane == 0u) {
-    for (var t = 0u; t < T; t++) {
-      var hi = 0u; // below every real key: rows past V take no part
-      if (n < p.V) { hi = orderable(red[t * 256u + lid.x] + select(0.0, bias[min(n, p.N - 1u)], p.hasBias != 0u)); }
-      kHi[t * RPW + lid.x / LPR] = hi;
-    }
-  }
   workgroupBarrier();
   if (lid.x < T) {
     var bh = 0u;
@@ -137,7 +135,7 @@ ${argmax ? `  // the best of this workgroup's rows below V for each row of x, th
     for (var r = 0u; r < RPW; r++) {
       let h = kHi[lid.x * RPW + r];
       let l = p.V - 1u - min(gi * RPW + r, p.V - 1u);
-      if (h > bh || (h == bh && l > bl)) { bh = h; bl = l; }
+      if (keyGT(h, l, bh, bl)) { bh = h; bl = l; }
     }
     atomicStore(&part[2u * (gi * T + lid.x)], bh);
     atomicStore(&part[2u * (gi * T + lid.x) + 1u], bl);
@@ -161,10 +159,8 @@ var<workgroup> kHi: array<u32, RPW * T>;
 var<workgroup> rHi: array<u32, 256>;
 var<workgroup> rLo: array<u32, 256>;
 var<workgroup> last: u32;
-fn orderable(f: f32) -> u32 {
-  let b = bitcast<u32>(f);
-  return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
-}
+${ORDERABLE_WGSL}
+fn keyGT(h: u32, l: u32, qh: u32, ql: u32) -> bool { return h > qh || (h == qh && l > ql); }
 // after this workgroup's partial bests: counts it finished; the last one to finish reduces every partial best to
 // the ids (reading them through atomics, which other workgroups' stores in this dispatch reach) and sets the count
 // back to zero for the next dispatch
@@ -178,13 +174,13 @@ fn argmaxFinish(t: u32) {
     for (var gi = t; gi < p.groups; gi += 256u) {
       let h = atomicLoad(&part[2u * (gi * T + row)]);
       let l = atomicLoad(&part[2u * (gi * T + row) + 1u]);
-      if (h > bh || (h == bh && l > bl)) { bh = h; bl = l; }
+      if (keyGT(h, l, bh, bl)) { bh = h; bl = l; }
     }
     rHi[t] = bh;
     rLo[t] = bl;
     workgroupBarrier();
     for (var st = 128u; st > 0u; st >>= 1u) {
-      if (t < st && (rHi[t + st] > rHi[t] || (rHi[t + st] == rHi[t] && rLo[t + st] > rLo[t]))) {
+      if (t < st && keyGT(rHi[t + st], rLo[t + st], rHi[t], rLo[t])) {
         rHi[t] = rHi[t + st];
         rLo[t] = rLo[t + st];
       }

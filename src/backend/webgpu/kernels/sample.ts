@@ -21,6 +21,7 @@
  */
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params } from "../gpu.ts";
+import { ORDERABLE_WGSL } from "./wgsl-common.ts";
 
 const wgsl = (WG: number, CAP: number) => /* wgsl */ `
 // bindings: 0 logits [B, ldV] | 1 uniforms [B] | 2 history ids (i32) | 3 history offsets [B + 1] | 4 seen bits [B, words]
@@ -58,11 +59,7 @@ var<private> lbHi: u32;    // kept tokens have keys >= (lbHi, lbLo)
 var<private> lbLo: u32;
 var<private> useMinP: bool;
 
-// a monotone map of f32 onto u32: a < b as floats iff orderable(a) < orderable(b)
-fn orderable(f: f32) -> u32 {
-  let b = bitcast<u32>(f);
-  return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
-}
+${ORDERABLE_WGSL}
 
 // the float whose orderable() is k
 fn fromOrderable(k: u32) -> f32 {
