@@ -25,10 +25,10 @@ import { copyWindow, copyWords, fillWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
 import type { WeightStorage } from "./kernels/weights.ts";
 import {
-  DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, type MixerInArgs, decodeMixerIn, mixerInChannels,
+  DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, type MixerInArgs, decodeMixerIn, mixerInGroups,
 } from "./kernels/decode/mixer-in.ts";
 import { DECODE_MAX_BJ, type MixerScanArgs, decodeMixerScan, mixerScanBytes } from "./kernels/decode/mixer-scan.ts";
-import { LAYER_CTL_WORDS, LAYER_FLAG_BYTE, type LayerArgs, decodeLayer, layerStorageBuffers, layerWorkgroupBytes } from "./kernels/decode/layer.ts";
+import { LAYER_CTL_WORDS, LAYER_FLAG_BYTE, type LayerArgs, decodeLayer, layerNeeds } from "./kernels/decode/layer.ts";
 import { FIXED_MAX_TERMS, FIXED_SPREAD, fixedLimit, fixedRegionWords } from "./kernels/decode/fixed.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
 import { BATCH_CONV_CHANNELS, batchConvBytes, decodeBatchConv } from "./kernels/decode/batch-conv.ts";
@@ -759,7 +759,7 @@ export class WebGpuBackend implements Backend {
     const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other
     const xz = gpu.alloc(B * 2 * E * 4);
     const y = gpu.alloc(B * E * 4);
-    const inGroups = Math.ceil(E / mixerInChannels(E, this.decodeChannels));
+    const inGroups = mixerInGroups(E, this.decodeChannels);
     const acc = this.decodeAccumulate && L >= 2 && inGroups <= FIXED_MAX_TERMS;
     const S = FIXED_SPREAD;
     const xWords = fixedRegionWords(B * J, S);
@@ -795,9 +795,9 @@ export class WebGpuBackend implements Backend {
       return { inArgs: a.inArgs, scanArgs: a.scanArgs, wOut: a.wo.buf, wsOut: this.weightStorage(a.wo), bias: a.bias,
         ctl: ctl ?? gpu.dummy };
     };
-    const persistent = this.decodePersistent && acc && E % 4 === 0 &&
-      layerStorageBuffers(one(0)) <= gpu.limits.maxStorageBuffersPerShaderStage &&
-      layerWorkgroupBytes(one(0)) <= gpu.limits.maxComputeWorkgroupStorageSize;
+    const needs = this.decodePersistent && acc && E % 4 === 0 ? layerNeeds(one(0)) : null;
+    const persistent = needs !== null && needs.storageBuffers <= gpu.limits.maxStorageBuffersPerShaderStage &&
+      needs.workgroupBytes <= gpu.limits.maxComputeWorkgroupStorageSize;
     if (persistent) {
       ctl = gpu.alloc(LAYER_CTL_WORDS * 4, "the decode's counters");
       fillWords(gpu, ctl, 0, LAYER_CTL_WORDS); // a dispatch leaves them zero, and the flag clear

@@ -25,7 +25,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { type ParamType, type WgslParts, composedBindings, composedParams, composedWgsl, paramBlock } from "./compose.ts";
-import { type MixerInArgs, mixerInChannels, mixerInParams, mixerInParts, mixerInShape } from "./mixer-in.ts";
+import { type MixerInArgs, mixerInGroups, mixerInParams, mixerInParts, mixerInShape } from "./mixer-in.ts";
 import { type MixerScanArgs, mixerScanGroups, mixerScanParams, mixerScanParts, mixerScanShape } from "./mixer-scan.ts";
 import { type WeightStorage, weight4Binding, weight4Reader } from "../weights.ts";
 
@@ -151,8 +151,8 @@ export interface LayerArgs {
 }
 
 /** The WGSL of one layer's kernel (exported for inspection). */
-export function layerWgsl(a: LayerArgs): string {
-  return composedWgsl(layerParts(a), layerMain(a));
+export function layerWgsl(a: LayerArgs, parts = layerParts(a)): string {
+  return composedWgsl(parts, layerMain(a));
 }
 
 function layerParts(a: LayerArgs): WgslParts[] {
@@ -164,7 +164,7 @@ function layerParts(a: LayerArgs): WgslParts[] {
 
 function layerMain(a: LayerArgs): string {
   return /* wgsl */ `
-const IN_GROUPS = ${layerInGroups(a)}u;
+const IN_GROUPS = ${mixerInGroups(a.inArgs.E, a.inArgs.channels)}u;
 const SCAN_GROUPS = ${mixerScanGroups(a.inArgs.E)}u;
 const ITEMS = IN_GROUPS + SCAN_GROUPS + OUT_ITEMS;
 var<workgroup> ticket: u32;
@@ -178,7 +178,6 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
     finished(t, 1u);
   } else if (k < IN_GROUPS + SCAN_GROUPS) {
     mixerScan(t, k - IN_GROUPS, 0u); // waits for kernel 1's items inside, after its first loads
-
     finished(t, 2u);
   } else {
     let item = k - IN_GROUPS - SCAN_GROUPS;
@@ -194,22 +193,19 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
 }`;
 }
 
-const layerInGroups = (a: LayerArgs) => Math.ceil(a.inArgs.E / mixerInChannels(a.inArgs.E, a.inArgs.channels));
-
 /** Workgroups of the layer's dispatch: an item of each phase. */
 export function layerGroups(a: LayerArgs): number {
-  return layerInGroups(a) + mixerScanGroups(a.inArgs.E) + Math.ceil(a.inArgs.D / outRows(a.inArgs.B));
+  return mixerInGroups(a.inArgs.E, a.inArgs.channels) + mixerScanGroups(a.inArgs.E) + Math.ceil(a.inArgs.D / outRows(a.inArgs.B));
 }
 
-/** Bytes of workgroup memory the layer's kernel declares. */
-export function layerWorkgroupBytes(a: LayerArgs): number {
-  let n = 0;
-  for (const m of layerWgsl(a).matchAll(/var<workgroup>\s+\w+\s*:\s*array<f32,\s*(\d+)>/g)) n += 4 * Number(m[1]);
-  return n;
+/** What a device must allow for the layer's kernel: bytes of workgroup memory it declares (every declaration is
+ *  4-byte scalars or arrays of them), and the storage buffers it binds. */
+export function layerNeeds(a: LayerArgs): { workgroupBytes: number; storageBuffers: number } {
+  const parts = layerParts(a);
+  let words = 0;
+  for (const m of layerWgsl(a, parts).matchAll(/var<workgroup>\s+\w+\s*:\s*(?:array<\w+,\s*(\d+)>|\w+)\s*;/g)) words += Number(m[1] ?? 1);
+  return { workgroupBytes: 4 * words, storageBuffers: composedBindings(parts).length };
 }
-
-/** Storage buffers the layer's kernel binds. */
-export const layerStorageBuffers = (a: LayerArgs) => composedBindings(layerParts(a)).length;
 
 /** One layer of the fused step in one dispatch. */
 export function decodeLayer(gpu: Gpu, a: LayerArgs): void {
@@ -219,8 +215,8 @@ export function decodeLayer(gpu: Gpu, a: LayerArgs): void {
   const ins = mixerInShape(i), scan = mixerScanShape(s);
   const key = `decode_layer_${ins.CH}_${i.D}_${i.E}_${i.K}_${i.J}_${i.wsIn}_${i.wsX}_${ins.loadBytes}_r${i.B}_acc${i.acc.limit}_${i.acc.stride}` +
     `_${scan.N}_${scan.ws}_${a.wsOut}`;
-  const k = gpu.kernel(key, () => layerWgsl(a));
   const parts = layerParts(a);
+  const k = gpu.kernel(key, () => layerWgsl(a, parts));
   const bufs: Record<string, Buf> = {
     h: i.h, res: i.res, lp: i.lp, wIn: i.wIn, wX: i.wX, convState: i.convState, xz: i.xz, xacc: i.Q,
     wDt: s.wDt, ssm: s.ssm, y: s.y, wOut: a.wOut, bOut: a.bias ?? gpu.dummy, ctl: a.ctl,

@@ -280,6 +280,9 @@ export function mixerInChannels(E: number, chosen = 0): number {
   return chosen > 0 ? chosen : E <= 2048 ? 16 : 32;
 }
 
+/** Kernel 1's groups (workgroups of its own dispatch): one per mixerInChannels(E, chosen) channels. */
+export const mixerInGroups = (E: number, chosen = 0) => Math.ceil(E / mixerInChannels(E, chosen));
+
 /** The compiled shape of kernel 1 for these arguments. */
 export function mixerInShape(a: MixerInArgs): MixerInShape {
   const acc = a.acc ? { limit: a.acc.limit, stride: a.acc.stride } : null;
@@ -305,7 +308,7 @@ export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
   const accKey = acc ? `_acc${acc.limit}_${acc.stride}` : "";
   const k = gpu.kernel(`decode_in_${CH}_${a.D}_${a.E}_${a.K}_${a.J}_${a.wsIn}_${a.wsX}_${loadBytes}_r${a.B}${accKey}`,
     () => mixerInWgsl(mixerInShape(a)));
-  const groups = Math.ceil(a.E / CH);
+  const groups = mixerInGroups(a.E, a.channels);
   gpu.dispatch(k, [a.h, a.res, a.lp, a.wIn, a.wX, a.convState, a.xz, a.Q], paramBlock(MIXER_IN_PARAMS, mixerInParams(a)), [groups]);
   return groups;
 }
