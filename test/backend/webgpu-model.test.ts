@@ -12,6 +12,7 @@ import { assertClose, expected, fixture } from "../helpers/fixtures.ts";
 import { TestRng, perturbedParameters } from "../helpers/random.ts";
 import { toBF16Bits, toF16Bits } from "../../src/io/tensor.ts";
 import { gpuTest } from "../helpers/backends.ts";
+import { decodeStepsMatchCpu } from "../helpers/decode.ts";
 import type { WebGpuBackend, WebGpuTuning } from "../../src/backend/webgpu/index.ts";
 
 
@@ -206,35 +207,6 @@ test("webgpu: the LTI mixer (no fused step) decodes through a recorded step that
     await cpu.dispose();
   }
 });
-
-/**
- * `steps` decode steps of batch B from zero caches: the GPU model's decodeStep (which must take them) against the
- * CPU's step mode, logits within `tol`, each layer's SSM state within `ssmTol` and conv state within `convTol`
- * where given.
- */
-async function decodeStepsMatchCpu(gpu: MambaModel, cpu: MambaModel, B: number,
-  o: { steps: number; rng: TestRng; tol: number; ssmTol?: number; convTol?: number; what: string }): Promise<void> {
-  const c = gpu.lm.config, gb = gpu.backend, cb = cpu.backend;
-  const caches = [MambaCache.zeros(gb, c, B), MambaCache.zeros(cb, c, B)];
-  try {
-    for (let step = 0; step < o.steps; step++) {
-      const ids = o.rng.ids(B, c.vocabSize);
-      const it = gb.fromI32(ids, [B]);
-      const fused = gb.decodeStep!(gpu.lm, it, caches[0]!.conv, caches[0]!.ssm);
-      assert.ok(fused, `${o.what}: the fused step takes this model`);
-      const want = await cb.readF32(cpu.lm.logits(cpu.lm.hidden(cb.fromI32(ids, [B]), { batch: B, seqLen: 1 }, caches[1]!)));
-      const what = `${o.what} B=${B} step ${step}`;
-      assertClose(await gb.readF32(fused), want, o.tol, `${what} logits`);
-      for (let i = 0; i < c.numLayers; i++) {
-        if (o.ssmTol !== undefined) assertClose(await gb.readF32(caches[0]!.ssm[i]!), await cb.readF32(caches[1]!.ssm[i]!), o.ssmTol, `${what} ssm ${i}`);
-        if (o.convTol !== undefined) assertClose(await gb.readF32(caches[0]!.conv[i]!), await cb.readF32(caches[1]!.conv[i]!), o.convTol, `${what} conv ${i}`);
-      }
-      gb.dispose(it, fused);
-    }
-  } finally {
-    caches.forEach((k) => k.dispose());
-  }
-}
 
 test("webgpu: the fused decode step equals step mode on the CPU (logits and states), f32/f16/bf16, batch 1 and 3 (fused kernels), 9 and 20 (batch kernels, decodeBatch)", async (t) => {
   if (!(await gpuTest(t))) return;

@@ -9,42 +9,18 @@ process.env.LP_NUM_THREADS ??= "8";
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { makeConfig, modelFromTensors, type MambaModel } from "../../src/index.ts";
+import { makeConfig, modelFromTensors } from "../../src/index.ts";
 import { MambaCache } from "../../src/model/cache.ts";
-import { assertClose } from "../helpers/fixtures.ts";
 import { TestRng, perturbedParameters } from "../helpers/random.ts";
 import { toBF16Bits } from "../../src/io/tensor.ts";
 import { gpuTest } from "../helpers/backends.ts";
+import { decodeStepsMatchCpu } from "../helpers/decode.ts";
 import type { WebGpuBackend, WebGpuTuning } from "../../src/backend/webgpu/index.ts";
 import { LAYER_FLAG_BYTE } from "../../src/backend/webgpu/kernels/decode/layer.ts";
 
 async function backend(tuning: WebGpuTuning): Promise<WebGpuBackend> {
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
   return (await createWebGpuBackend(tuning)) as WebGpuBackend;
-}
-
-/** `steps` steps of batch B from zero caches: the GPU's decodeStep against the CPU's step mode (logits, states). */
-async function stepsMatch(gpu: MambaModel, cpu: MambaModel, B: number, steps: number, rng: TestRng, what: string): Promise<void> {
-  const c = gpu.lm.config, gb = gpu.backend, cb = cpu.backend;
-  const caches = [MambaCache.zeros(gb, c, B), MambaCache.zeros(cb, c, B)];
-  try {
-    for (let step = 0; step < steps; step++) {
-      const ids = rng.ids(B, c.vocabSize);
-      const it = gb.fromI32(ids, [B]);
-      const fused = gb.decodeStep!(gpu.lm, it, caches[0]!.conv, caches[0]!.ssm);
-      assert.ok(fused, `${what}: the fused step takes this model`);
-      const want = await cb.readF32(cpu.lm.logits(cpu.lm.hidden(cb.fromI32(ids, [B]), { batch: B, seqLen: 1 }, caches[1]!)));
-      const at = `${what} B=${B} step ${step}`;
-      assertClose(await gb.readF32(fused), want, 1e-4, `${at} logits`);
-      for (let i = 0; i < c.numLayers; i++) {
-        assertClose(await gb.readF32(caches[0]!.ssm[i]!), await cb.readF32(caches[1]!.ssm[i]!), 1e-4, `${at} ssm ${i}`);
-        assertClose(await gb.readF32(caches[0]!.conv[i]!), await cb.readF32(caches[1]!.conv[i]!), 1e-5, `${at} conv ${i}`);
-      }
-      gb.dispose(it, fused);
-    }
-  } finally {
-    caches.forEach((k) => k.dispose());
-  }
 }
 
 // 100 channels: 7 items of kernel 1 (16 channels), 4 of the scan (32), out_proj's 20 rows in items of 8 (batch 1),
@@ -62,7 +38,9 @@ test("webgpu: the fused decode step with a layer in one dispatch (decodePersiste
     const b = await backend({ decodePersistent: true });
     const gpu = await modelFromTensors(three, ps, { backend: b });
     try {
-      for (const B of [1, 3, 5]) await stepsMatch(gpu, cpu, B, 3, new TestRng(500 + B), dtype);
+      for (const B of [1, 3, 5]) {
+        await decodeStepsMatchCpu(gpu, cpu, B, { steps: 3, rng: new TestRng(500 + B), tol: 1e-4, ssmTol: 1e-4, convTol: 1e-5, what: dtype });
+      }
       assert.ok(b.gpu.kernelNames.some((n) => n.startsWith("decode_layer_")), `${dtype}: the one-dispatch layer ran`);
       assert.ok(!b.gpu.kernelNames.some((n) => n.startsWith("decode_in_")), `${dtype}: no kernel 1 of its own`);
       // a whole generation: the ids come back with the waits' flag, which is clear
