@@ -6,12 +6,11 @@
  * their last workgroup.
  */
 import { test } from "node:test";
-import type { WebGpuBackend } from "../../src/backend/webgpu/backend.ts";
 import { BATCH_SCAN_ROW_CHOICES, decodeBatchScan } from "../../src/backend/webgpu/kernels/decode/batch-scan.ts";
 import { decodeMixerScan } from "../../src/backend/webgpu/kernels/decode/mixer-scan.ts";
 import { toF16Bits, toFloat32 } from "../../src/io/tensor.ts";
 import { assertClose } from "../helpers/fixtures.ts";
-import { gpuTest } from "../helpers/backends.ts";
+import { withOwnWebgpu } from "../helpers/backends.ts";
 import { TestRng } from "../helpers/random.ts";
 
 interface ScanCase { B: number; E: number; N: number; R: number; G: number }
@@ -73,11 +72,8 @@ const cases: ScanCase[] = [
 ];
 
 test("webgpu: the decode scan kernels (the batch step's thread kernel by rows a workgroup, f32 and f16 dt_proj; the fused step's block kernel) equal a plain step", async (t) => {
-  if (!(await gpuTest(t))) return;
-  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  const b = (await createWebGpuBackend()) as WebGpuBackend;
-  const gpu = b.gpu;
-  try {
+  await withOwnWebgpu(t, async (b) => {
+    const gpu = b.gpu;
     for (const [ci, c] of cases.entries()) {
       const x = inputs(c, 50 + ci);
       const J = c.R + 2 * c.N;
@@ -105,7 +101,5 @@ test("webgpu: the decode scan kernels (the batch step's thread kernel by rows a 
         }
       }
     }
-  } finally {
-    await b.destroy();
-  }
+  });
 });

@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import type { WebGpuBackend } from "../../src/backend/webgpu/backend.ts";
 import { Params } from "../../src/backend/webgpu/gpu.ts";
 import { FIXED_MAX_TERMS, FIXED_READ_WGSL, fixedAddWgsl, fixedLimit, fixedRegionWords } from "../../src/backend/webgpu/kernels/decode/fixed.ts";
-import { gpuTest } from "../helpers/backends.ts";
+import { withOwnWebgpu } from "../helpers/backends.ts";
 import { TestRng } from "../helpers/random.ts";
 
 const addWgsl = (limit: number) => /* wgsl */ `
@@ -63,10 +63,7 @@ function exactTotals(vals: Float32Array, totals: number): number[] {
 }
 
 test("webgpu: fixed-point totals of many workgroups' atomic adds equal the exact sums (signs, magnitudes, cancellation)", async (t) => {
-  if (!(await gpuTest(t))) return;
-  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  const b = (await createWebGpuBackend()) as WebGpuBackend;
-  try {
+  await withOwnWebgpu(t, async (b) => {
     const rng = new TestRng(5);
     const totals = 7, n = totals * 140; // 140 contributions a total
     const sign = () => (rng.next() < 0.5 ? -1 : 1);
@@ -98,7 +95,5 @@ test("webgpu: fixed-point totals of many workgroups' atomic adds equal the exact
     assert.deepEqual(Array.from(await gpuTotals(b, Float32Array.from([0.5, 0.25, limit / 2, 1]), 2, limit)), [0.5 + limit / 2, 1.25]);
     assert.throws(() => fixedLimit(FIXED_MAX_TERMS + 1), /take 1 to 1024 contributions, got 1025/);
     assert.equal(fixedLimit(128), 2 ** 24);
-  } finally {
-    await b.destroy();
-  }
+  });
 });

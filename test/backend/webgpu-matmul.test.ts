@@ -18,7 +18,7 @@ import { bwdVec4Fits, pickTile } from "../../src/backend/webgpu/kernels/backward
 import { toF16Bits } from "../../src/io/tensor.ts";
 import { MambaError } from "../../src/errors.ts";
 import { assertClose } from "../helpers/fixtures.ts";
-import { gpuTest } from "../helpers/backends.ts";
+import { gpuTest, withOwnWebgpu } from "../helpers/backends.ts";
 import { TestRng } from "../helpers/random.ts";
 
 const ref = new CpuBackend();
@@ -202,12 +202,9 @@ test("training backward products: the vec4 path where every stride, offset and e
 });
 
 test("WebGPU matvec with norm and argmax (the fused step's head): RMSNorm(x + res) · g times w, and each row's greedy id over the first V columns, ties to the smaller id, as on the CPU", async (t) => {
-  if (!(await gpuTest(t))) return;
-  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
   const { matvec, matvecArgmaxWords } = await import("../../src/backend/webgpu/kernels/matvec.ts");
-  const b = (await createWebGpuBackend()) as WebGpuBackend;
-  const gpu = b.gpu;
-  try {
+  await withOwnWebgpu(t, async (b) => {
+    const gpu = b.gpu;
     const rng = new TestRng(91);
     // 2100 rows of w: 263 workgroups of 8 rows, the last one short; V stops short of N (a padded vocabulary)
     for (const [T, K, N, V] of [[1, 768, 2100, 2090], [3, 20, 2100, 2100], [5, 64, 37, 30]] as const) {
@@ -259,7 +256,5 @@ test("WebGPU matvec with norm and argmax (the fused step's head): RMSNorm(x + re
       }
       for (const buf of [...Object.values(bufs), part]) gpu.release(buf);
     }
-  } finally {
-    await b.destroy();
-  }
+  });
 });

@@ -7,7 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { WebGpuBackend } from "../../src/backend/webgpu/index.ts";
-import { gpuTest } from "../helpers/backends.ts";
+import { gpuTest, withOwnWebgpu } from "../helpers/backends.ts";
 import { assertClose } from "../helpers/fixtures.ts";
 
 const MiB = 2 ** 20;
@@ -44,11 +44,8 @@ test("webgpu pool: over its budget it destroys the buffers released longest ago,
 });
 
 test("webgpu pool: by default it keeps a working set larger than its floor, so the next round creates nothing", async (t) => {
-  if (!(await gpuTest(t))) return;
-  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  const backend = (await createWebGpuBackend()) as WebGpuBackend;
-  const gpu = backend.gpu;
-  try {
+  await withOwnWebgpu(t, async (backend) => {
+    const gpu = backend.gpu;
     // a training step's shape of use: 320 MiB (over the 256 MiB floor) taken, all freed, a submit, taken again
     const round = async () => {
       const bufs = Array.from({ length: 10 }, () => gpu.alloc(32 * MiB));
@@ -63,9 +60,7 @@ test("webgpu pool: by default it keeps a working set larger than its floor, so t
     for (let i = 0; i < 3; i++) await round();
     assert.equal(gpu.buffersCreated - created, 0, "buffers created by three more rounds");
     assert.equal(gpu.liveBytes, live, "bytes alive after three more rounds");
-  } finally {
-    await backend.destroy();
-  }
+  });
 });
 
 test("webgpu: a backend made with options through the package API runs a model as the CPU does", async (t) => {

@@ -9,14 +9,11 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { WebGpuBackend } from "../../src/backend/webgpu/index.ts";
 import { MambaError } from "../../src/errors.ts";
-import { gpuTest } from "../helpers/backends.ts";
+import { gpuTest, withOwnWebgpu } from "../helpers/backends.ts";
 import { TestRng } from "../helpers/random.ts";
 
 test("webgpu timePass: timed work runs and gives the untimed results; a readback inside is an error", async (t) => {
-  if (!(await gpuTest(t))) return;
-  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  const b = (await createWebGpuBackend()) as WebGpuBackend;
-  try {
+  await withOwnWebgpu(t, async (b) => {
     const r = new TestRng(3);
     const x = b.fromF32(r.f32(64 * 48), [64, 48]);
     const w = b.fromF32(r.f32(40 * 48), [40, 48]);
@@ -35,9 +32,7 @@ test("webgpu timePass: timed work runs and gives the untimed results; a readback
       await assert.rejects(b.gpu.timePass(() => void b.readF32(x)), MambaError);
       assert.deepEqual(await b.readF32(b.matmul(x, w, null)), want, "the backend works after the error");
     }
-  } finally {
-    await b.destroy();
-  }
+  });
 });
 
 test("webgpu timeGpu: the backend's early submits wait while a pass is timed", async (t) => {

@@ -6,6 +6,7 @@
 import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import type { Backend } from "../../src/backend/backend.ts";
+import type { WebGpuBackend } from "../../src/backend/webgpu/index.ts";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
 
 export interface BackendCase {
@@ -64,6 +65,21 @@ export function noWebgpu(): Promise<string | null> {
     }
   })();
   return probe;
+}
+
+/**
+ * Runs fn with a WebGPU backend of its own (not the file's shared one), destroyed afterwards; without an adapter the
+ * test is skipped as gpuTest does (failed under CI=true).
+ */
+export async function withOwnWebgpu(t: TestContext, fn: (b: WebGpuBackend) => Promise<void>): Promise<void> {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const b = (await createWebGpuBackend()) as WebGpuBackend;
+  try {
+    await fn(b);
+  } finally {
+    await b.destroy();
+  }
 }
 
 /** true when a WebGPU adapter exists; otherwise skips the test with the reason (fails it under CI=true). */
