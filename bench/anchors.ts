@@ -1,10 +1,10 @@
-/** The measured speeds of the official mamba_ssm CUDA kernels on an H100 (../shared/anchors/h100.json). */
+/** The measured speeds of the official mamba_ssm CUDA kernels on an H100 (bench/anchors/h100.json). */
 import { readFileSync, existsSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const file = process.env.MAMBA_TS_ANCHORS ?? path.resolve(here, "../../shared/anchors/h100.json");
+const file = process.env.MAMBA_TS_ANCHORS ?? path.resolve(here, "anchors/h100.json");
 
 interface Anchors {
   selective_scan: { batch: number; dim: number; seqlen: number; dstate: number; dtype: string; fwd_ms: number; fwd_bwd_ms: number }[];

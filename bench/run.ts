@@ -1,7 +1,7 @@
 /**
  * Benchmark runner: `npm run bench` runs every bench/<name>.bench.ts; `npm run bench -- cpu` runs one.
  * Each module default-exports `async function (): Promise<void>` that prints its own table: our figure, the
- * anchor's (../shared/anchors/h100.json) where one exists, their ratio, shapes, dtype and device.
+ * anchor's (bench/anchors/h100.json) where one exists, their ratio, shapes, dtype and device.
  */
 import { readdirSync } from "node:fs";
 import path from "node:path";

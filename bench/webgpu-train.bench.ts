@@ -1,5 +1,5 @@
 /**
- * WebGPU training speed against the official mamba_ssm CUDA figures (../shared/anchors/h100.json):
+ * WebGPU training speed against the official mamba_ssm CUDA figures (bench/anchors/h100.json):
  *  - the selective scan forward + backward at the anchor shapes (fp32, delta_softplus with the dt bias, D and the
  *    gate z; GPU time per forward + backward from many calls between two waits for the queue, after warm-up), with
  *    the forward alone beside it and the dispatches per call;

@@ -1,5 +1,5 @@
 /**
- * WebGPU backend speed against the official mamba_ssm CUDA figures (../shared/anchors/h100.json):
+ * WebGPU backend speed against the official mamba_ssm CUDA figures (bench/anchors/h100.json):
  *  - the selective scan forward alone at the anchor shapes (GPU time per call from many calls between two waits
  *    for the queue, after warm-up), with its achieved bandwidth over the minimum traffic 4·B·L·E + 2·B·L·N floats;
  *  - decode: 130m batch 1 and 64, 130m with f16-stored weights, 1.4b batch 1 (prompt 128 + 256 new, greedy);

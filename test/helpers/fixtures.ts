@@ -1,4 +1,4 @@
-/** Paths of the shared PyTorch reference fixtures and small comparison helpers for tests. */
+/** Paths of the PyTorch reference fixtures (test/fixtures, see its README) and small comparison helpers for tests. */
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
@@ -6,8 +6,8 @@ import { readSafetensors } from "../../src/io/safetensors.ts";
 import { toFloat32 } from "../../src/io/tensor.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-/** The shared fixtures: MAMBA_TS_FIXTURES overrides the default ../shared/fixtures beside the checkout. */
-export const FIXTURES = process.env.MAMBA_TS_FIXTURES ?? path.resolve(here, "../../../shared/fixtures");
+/** The reference fixtures kept in the repository (test/fixtures); MAMBA_TS_FIXTURES points the tests at another copy. */
+export const FIXTURES = process.env.MAMBA_TS_FIXTURES ?? path.resolve(here, "../fixtures");
 export const fixture = (...p: string[]) => path.join(FIXTURES, ...p);
 
 export async function expected(folder: string): Promise<Map<string, { shape: number[]; f32: Float32Array; i32: Int32Array }>> {
