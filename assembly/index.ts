@@ -1,0 +1,2 @@
+// The WebAssembly module's entry: every kernel file's exports. Built by scripts/build-wasm.mjs.
+export * from "./matmul";
