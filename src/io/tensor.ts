@@ -1,14 +1,25 @@
 /**
  * Host-side tensors as checkpoints store them. F32 data is a Float32Array; F16 and BF16 keep their raw 16-bit
  * patterns in a Uint16Array so that a backend can keep half-precision weights at their size (the WebGPU backend
- * widens them inside its kernels); `toFloat32` widens on the host.
+ * widens them inside its kernels); `toFloat32` widens on the host. Q8_0 and Q4_0 (GGUF files) keep their raw
+ * blocks in a Uint8Array (layouts in ./quant.ts); `toFloat32` dequantizes them exactly.
  */
+import { check } from "../errors.ts";
+import { type QuantType, dequantize } from "./quant.ts";
+
+/** the element types of safetensors and PyTorch files */
 export type StorageDType = "F32" | "F16" | "BF16";
+export type HostDType = StorageDType | QuantType;
 
 export interface HostTensor {
-  dtype: StorageDType;
+  dtype: HostDType;
   shape: number[];
-  data: Float32Array | Uint16Array;
+  /** Float32Array for F32, Uint16Array for F16 / BF16, Uint8Array (whole blocks) for Q8_0 / Q4_0 */
+  data: Float32Array | Uint16Array | Uint8Array;
+}
+
+export function isQuantized(dtype: HostDType): dtype is QuantType {
+  return dtype === "Q8_0" || dtype === "Q4_0";
 }
 
 export function numel(shape: readonly number[]): number {
@@ -17,7 +28,9 @@ export function numel(shape: readonly number[]): number {
   return n;
 }
 
-export function bytesPerElement(dtype: StorageDType): number {
+/** Bytes per element of an element type (quantized blocks have none: see quantBytes in ./quant.ts). */
+export function bytesPerElement(dtype: HostDType): number {
+  check(!isQuantized(dtype), `${dtype} weights are stored in blocks, not elements; dequantize them first`);
   return dtype === "F32" ? 4 : 2;
 }
 
@@ -35,9 +48,15 @@ const f16Table = (() => {
   return t;
 })();
 
-/** Widens any host tensor's data to float32 (F32 is returned as is, not copied). */
+/** One half-precision bit pattern as a number. */
+export function f16ToF32(h: number): number {
+  return f16Table[h & 0xffff]!;
+}
+
+/** Widens (or dequantizes) any host tensor's data to float32 (F32 is returned as is, not copied). */
 export function toFloat32(t: HostTensor): Float32Array {
   if (t.dtype === "F32") return t.data as Float32Array;
+  if (isQuantized(t.dtype)) return dequantize(t.dtype, t.data as Uint8Array, numel(t.shape));
   const src = t.data as Uint16Array;
   const out = new Float32Array(src.length);
   if (t.dtype === "F16") {

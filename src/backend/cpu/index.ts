@@ -20,6 +20,8 @@ export class CpuBackend implements Backend {
   readonly name = "cpu" as const;
 
   upload(t: HostTensor): Tensor {
+    // every stored type is widened to f32 here; quantized blocks (Q8_0, Q4_0) are dequantized exactly, so each
+    // op on them is "dequantize, then the f32 op"
     const data = toFloat32(t);
     return new CpuTensor([...t.shape], "f32", t.dtype === "F32" ? data.slice() : data);
   }

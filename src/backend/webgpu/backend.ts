@@ -7,7 +7,7 @@
  */
 import type { Backend, Captured, SampleRequest, SelectiveScanArgs, SeqShape, StepModel, Tensor, TensorOrCols } from "../backend.ts";
 import { MambaError, check, checkChoice, checkCount, checkFlag } from "../../errors.ts";
-import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
+import { type HostTensor, isQuantized, numel, toFloat32 } from "../../io/tensor.ts";
 import { type Buf, Gpu, type Prepared } from "./gpu.ts";
 import { GpuTensor, type Storage, type Window, gpuTensor, windowOf } from "./tensor.ts";
 import {
@@ -319,6 +319,8 @@ export class WebGpuBackend implements Backend {
   // ---- data movement ----
 
   upload(t: HostTensor): Tensor {
+    // quantized blocks (Q8_0, Q4_0) are dequantized here to f32, exactly; the kernels read f32 or packed halves
+    if (isQuantized(t.dtype)) t = { dtype: "F32", shape: t.shape, data: toFloat32(t) };
     const n = numel(t.shape);
     check(t.data.length === n, `upload: data has ${t.data.length} values, shape [${t.shape}] needs ${n}`);
     if (t.dtype === "F32") {
