@@ -12,7 +12,7 @@ import { type BuildOptions, modelFromTensors } from "./model/build.ts";
 import type { MambaModel } from "./model/model.ts";
 import type { Backend } from "./backend/backend.ts";
 import type { WebGpuOptions } from "./backend/webgpu/device.ts";
-import type { WebGpuTrainingTuning } from "./backend/webgpu/training.ts";
+import type { WebGpuTuning } from "./backend/webgpu/tuning.ts";
 import { check } from "./errors.ts";
 
 export { MambaModel } from "./model/model.ts";
@@ -33,13 +33,13 @@ export type { Backend } from "./backend/backend.ts";
 export type { BackendName } from "./backend/create.ts";
 export type { DownloadProgress } from "./io/hub.ts";
 export type { WebGpuOptions } from "./backend/webgpu/device.ts";
-export type { WebGpuTrainingTuning as WebGpuTuning } from "./backend/webgpu/training.ts";
+export type { WebGpuTuning } from "./backend/webgpu/tuning.ts";
 
 /**
- * A WebGPU backend with options (adapter choice, buffer pool size, scan chunking), to pass as `backend` to
+ * A WebGPU backend with options (adapter choice, buffer pool size, decodePersistent), to pass as `backend` to
  * loadModel or createModel; the model then owns it. Rejects with a MambaError when there is no adapter.
  */
-export async function createWebGpuBackend(options: WebGpuOptions & WebGpuTrainingTuning = {}): Promise<Backend> {
+export async function createWebGpuBackend(options: WebGpuOptions & WebGpuTuning = {}): Promise<Backend> {
   const webgpu = await import("./backend/webgpu/index.ts"); // loaded on demand: CPU-only use never touches a GPU library
   return webgpu.createWebGpuBackend(options);
 }

@@ -3,7 +3,7 @@
  * backend. Shared by the Node entry (../index.ts) and the browser entry (../browser.ts); no file system here.
  */
 import type { WebGpuOptions } from "../backend/webgpu/device.ts";
-import type { WebGpuTrainingTuning } from "../backend/webgpu/training.ts";
+import type { WebGpuTuning } from "../backend/webgpu/tuning.ts";
 import type { Backend } from "../backend/backend.ts";
 import { type BackendName, createBackend } from "../backend/create.ts";
 import type { MambaConfig } from "../config.ts";
@@ -22,7 +22,7 @@ export interface BuildOptions {
   onNotice?: (message: string) => void;
   /** options and tunings of the WebGPU backend that "webgpu" or "auto" makes (createWebGpuBackend's), e.g.
    *  `{ decodePersistent: false }` */
-  webgpu?: WebGpuOptions & WebGpuTrainingTuning;
+  webgpu?: WebGpuOptions & WebGpuTuning;
 }
 
 /** Builds a model on a backend from validated parameters (Hugging Face names). */
