@@ -1,5 +1,5 @@
 /**
- * generate()'s wall time by WebGpuTuning.flushEvery (ops encoded before pending work is submitted), 130m with
+ * generate()'s wall time by WebGpuInternalTuning.flushEvery (ops encoded before pending work is submitted), 130m with
  * random weights, batch 1 and 64, prompt 128: the first token alone (mostly the prefill, whose few hundred
  * dispatches the GPU waits for until they are all encoded and submitted) and 256 new tokens, in alternating rounds
  * in one process; medians.

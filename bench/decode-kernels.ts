@@ -4,15 +4,16 @@
  *  - the scan kernel of the fused and batch steps (decode/mixer-scan.ts) at the shapes of 130m and 1.4b, with one
  *    row, one block of 8 rows and 64 rows (8 blocks), its x_proj partials as many as the step makes; and the
  *    batch step's kernel of a thread per row and channel (decode/batch-scan.ts) at 64 rows, by rows a workgroup;
- *  - the batch step's 64-row matmuls (in_proj and out_proj of 130m, and the head of a decode batch) with each tile,
- *    rows a thread, K tile and K split tried, loading one value or 4 at a time (vec4);
- *  - the sampler on rows of 50,280 logits, with and without its short list of the best tokens.
+ *  - the batch step's 64-row matmuls (in_proj and out_proj of 130m, and the head of a decode batch) with the 64-row
+ *    tiles the backend has (64 × 64 with K tiles of 8 or 16, 64 × 128), each K split tried, loading one value or 4
+ *    at a time (vec4);
+ *  - the sampler on rows of 50,280 logits.
  */
 import type { WebGpuBackend } from "../src/backend/webgpu/index.ts";
 import { decodeMixerScan } from "../src/backend/webgpu/kernels/decode/mixer-scan.ts";
 import { BATCH_SCAN_ROW_CHOICES, batchScanBytes, decodeBatchScan } from "../src/backend/webgpu/kernels/decode/batch-scan.ts";
 import { matmulReduce } from "../src/backend/webgpu/kernels/matmul-reduce.ts";
-import { matmulTiled, splitPlan, TILE_SMALL, tileBytes, type TileConfig, vec4Fits } from "../src/backend/webgpu/kernels/matmul.ts";
+import { matmulTiled, splitPlan, TILE_BATCH, TILE_SMALL, TILE_WIDE, type TileConfig, vec4Fits } from "../src/backend/webgpu/kernels/matmul.ts";
 import { sample } from "../src/backend/webgpu/kernels/sample.ts";
 import { Rng } from "../src/generate/rng.ts";
 import { filled } from "./data.ts";
@@ -81,22 +82,17 @@ export async function benchDecodeKernels(b: WebGpuBackend, smoke: boolean): Prom
   for (const [name, K, N, splits] of shapes) {
     const x = gpu.upload(random(M * K, 6)), w = gpu.upload(random(N * K, 7));
     const y = gpu.alloc(Math.max(...splits) * M * N * 4);
-    // 64 x 64 tiles and 64 x 128 (twice the work a shared load), with 4 or 8 rows a thread (workgroups of 256 or 128
-    // threads; the batch step's default is 64 x 64 with 8, K tiles of 16), loading one value or 4 K columns at once
+    // the 64-row tiles (the batch step's: 64 x 64 with K tiles of 16), loading one value or 4 K columns at once
     for (const vec4 of [false, true]) {
-      for (const TM of [4, 8]) {
-        for (const [BN, TN] of [[64, 4], [128, 8]] as const) {
-          for (const BK of [8, 16, 32]) {
-            const cfg: TileConfig = { ...TILE_SMALL, TM, BN, TN, BK, vec4 };
-            const args = { x, ldx: K, offx: 0, rows: M, K, w, ws: "f32" as const, N, bias: null, y };
-            if (tileBytes(cfg) > gpu.limits.maxComputeWorkgroupStorageSize || (vec4 && !vec4Fits(cfg, args))) continue;
-            for (const s of splits) {
-              const plan = splitPlan(K, s);
-              const t = await passMicros(b, () => matmulTiled(gpu, args, cfg, plan), smoke ? 3 : name === "head" ? 20 : 100);
-              console.log(`batch matmul ${name} [${M}, ${K}] x [${N}, ${K}]^T, 64 x ${BN} tiles of ${TM} x ${TN} a thread, ` +
-                `K tiles of ${BK}, ${plan.count} K parts, ${vec4 ? "vec4" : "scalar"} loads: ${t}`);
-            }
-          }
+      for (const tile of [TILE_SMALL, TILE_BATCH, TILE_WIDE]) {
+        const cfg: TileConfig = { ...tile, vec4 };
+        const args = { x, ldx: K, offx: 0, rows: M, K, w, ws: "f32" as const, N, bias: null, y };
+        if (vec4 && !vec4Fits(cfg, args)) continue;
+        for (const s of splits) {
+          const plan = splitPlan(K, s);
+          const t = await passMicros(b, () => matmulTiled(gpu, args, cfg, plan), smoke ? 3 : name === "head" ? 20 : 100);
+          console.log(`batch matmul ${name} [${M}, ${K}] x [${N}, ${K}]^T, 64 x ${cfg.BN} tiles of ${cfg.TM} x ${cfg.TN} a thread, ` +
+            `K tiles of ${cfg.BK}, ${plan.count} K parts, ${vec4 ? "vec4" : "scalar"} loads: ${t}`);
         }
       }
     }
@@ -121,7 +117,7 @@ function zipfLogits(V: number, s: number, seed: number): Float32Array {
   return Float32Array.from(ranks, (r) => -s * Math.log(r));
 }
 
-/** The sampler alone on one row (and 64 rows) of 50,280 logits: each setting with and without the short list. */
+/** The sampler alone on one row (and 64 rows) of 50,280 logits, each setting. */
 async function benchSampler(b: WebGpuBackend, smoke: boolean): Promise<void> {
   const gpu = b.gpu, V = smoke ? 5000 : 50280, reps = smoke ? 2 : 50;
   const rows = [
@@ -143,13 +139,13 @@ async function benchSampler(b: WebGpuBackend, smoke: boolean): Promise<void> {
     for (const [name, st] of settings) {
       for (const u of st.temperature === 0 ? [0.5] : [0.3, 0.9]) {
         const uniforms = gpu.upload(new Float32Array(B).fill(u));
-        const run = (list: boolean, n: number) => () => sample(gpu, {
-          logits, rows: n, ldV: V, V, ...st, penalty: 1, uniforms, history: null, seen: null, out, list,
+        const run = (n: number) => () => sample(gpu, {
+          logits, rows: n, ldV: V, V, ...st, penalty: 1, uniforms, history: null, seen: null, out,
         });
-        const withList = await passMicros(b, run(true, 1), reps), searchOnly = await passMicros(b, run(false, 1), reps);
-        const rows64 = await passMicros(b, run(true, B), reps);
+        const one = await passMicros(b, run(1), reps);
+        const rows64 = await passMicros(b, run(B), reps);
         const draw = st.temperature === 0 ? "" : `, draw ${u}`;
-        console.log(`sample ${V} logits, ${what}, ${name}${draw}: ${withList} with the list, ${searchOnly} by search alone; 64 rows ${rows64}`);
+        console.log(`sample ${V} logits, ${what}, ${name}${draw}: ${one}; 64 rows ${rows64}`);
         gpu.release(uniforms);
       }
     }

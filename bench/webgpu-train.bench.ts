@@ -9,13 +9,13 @@
  *    whose logits fit, their gradients accumulated (the same update); the micro-batch is printed.
  * BENCH_ONLY=scan,step picks sections. BENCH_SMOKE=1 shrinks every shape to check the bench on a slow adapter
  * (lavapipe); BENCH_SCAN_SHAPES=BxExLxN,... and BENCH_STEP=D,layers,vocab,batch,seqLen[,micro] override the shapes.
- * BENCH_SCAN_TUNINGS=name:value,...|... runs the scan section again with each set of WebGpuTrainingTuning values
+ * BENCH_SCAN_TUNINGS=name:value,...|... runs the scan section again with each set of WebGpuInternalTuning values
  * (e.g. scanBackwardChunk:128,scanBackwardSubTile:4|scanBackwardKernel:channel|scanBackwardLanes:8).
- * BENCH_TUNING=name:value,... sets WebGpuTrainingTuning values for every backend of the run (e.g. matmulBK:8).
+ * BENCH_TUNING=name:value,... sets WebGpuInternalTuning values for every backend of the run (e.g. matmulVec4:false).
  */
 import { modelFromTensors } from "../src/index.ts";
 import { initParameters, makeConfig } from "../src/model/init.ts";
-import { createWebGpuBackend, type WebGpuTrainingBackend, type WebGpuTrainingTuning } from "../src/backend/webgpu/index.ts";
+import { createWebGpuBackend, type WebGpuTrainingBackend, type WebGpuInternalTuning } from "../src/backend/webgpu/index.ts";
 import { cols, type Tensor } from "../src/backend/backend.ts";
 import { MambaError } from "../src/errors.ts";
 import { forwardBackward, shiftedTargets } from "../src/train/backprop.ts";
@@ -28,7 +28,7 @@ import { gpuTrials, parseTunings, printProfile, timeTrials, warmUpGpu } from "./
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,step").split(","));
 const smoke = process.env.BENCH_SMOKE === "1";
-const baseTuning = parseTunings<WebGpuTrainingTuning>(process.env.BENCH_TUNING)[0] ?? {};
+const baseTuning = parseTunings<WebGpuInternalTuning>(process.env.BENCH_TUNING)[0] ?? {};
 
 interface ScanShape { batch: number; dim: number; seqlen: number; dstate: number; fwd_ms: number | null; fwd_bwd_ms: number | null }
 
@@ -211,7 +211,7 @@ async function benchStep(): Promise<void> {
 
 export default async function run(): Promise<void> {
   if (only.has("scan")) {
-    const tunings = parseTunings<WebGpuTrainingTuning>(process.env.BENCH_SCAN_TUNINGS);
+    const tunings = parseTunings<WebGpuInternalTuning>(process.env.BENCH_SCAN_TUNINGS);
     for (const extra of [{}, ...tunings]) {
       const tuning = { ...baseTuning, ...extra };
       const b = (await createWebGpuBackend(tuning)) as WebGpuTrainingBackend;

@@ -11,14 +11,14 @@
  *  - (section `kernels`, not run by default) decode kernels alone: ./decode-kernels.ts.
  * Random weights from createModel (130m: D 768, 24 layers; 1.4b: D 2048, 48 layers; vocab 50280).
  * BENCH_ONLY=scan,matmul,decode,breakdown,forward,prefill[,kernels] picks sections; BENCH_MODELS=130m,1.4b picks models; BENCH_SMOKE=1
- * shrinks every shape to check the bench itself on a slow adapter. BENCH_TUNING=name:value,... sets WebGpuTuning
- * values for every backend of the run (e.g. matmulBK:8,matmulBuffers:2); BENCH_MATMUL_TUNINGS=...|... runs the
+ * shrinks every shape to check the bench itself on a slow adapter. BENCH_TUNING=name:value,... sets WebGpuInternalTuning
+ * values for every backend of the run (e.g. matmulVec4:false); BENCH_MATMUL_TUNINGS=...|... runs the
  * matmul section again with each set; BENCH_DECODE_TUNINGS=...|... compares the decode step's GPU time with each set
  * in one process. BENCH_DECODE_BATCHES=1,64 picks the batches of 130m's fp32 decode and of that comparison;
  * BENCH_DECODE_ROUNDS=5 the generations each decode figure is the median of.
  */
 import { modelFromTensors, type MambaModel } from "../src/index.ts";
-import { createWebGpuBackend, type WebGpuBackend, type WebGpuTuning } from "../src/backend/webgpu/index.ts";
+import { createWebGpuBackend, type WebGpuBackend, type WebGpuInternalTuning } from "../src/backend/webgpu/index.ts";
 import type { Prepared } from "../src/backend/webgpu/gpu.ts";
 import { makeConfig, initParameters } from "../src/model/init.ts";
 import { prefill } from "../src/generate/generate.ts";
@@ -33,13 +33,13 @@ import { checkCount } from "../src/errors.ts";
 const only = new Set((process.env.BENCH_ONLY ?? "scan,matmul,decode,breakdown,forward,prefill").split(","));
 const models = new Set((process.env.BENCH_MODELS ?? "130m,1.4b").split(","));
 const smoke = process.env.BENCH_SMOKE === "1";
-const tuning: WebGpuTuning = parseTunings<WebGpuTuning>(process.env.BENCH_TUNING)[0] ?? {};
+const tuning: WebGpuInternalTuning = parseTunings<WebGpuInternalTuning>(process.env.BENCH_TUNING)[0] ?? {};
 const decodeBatches = (process.env.BENCH_DECODE_BATCHES ?? "1,64").split(",").map(Number);
 const decodeRounds = Number(process.env.BENCH_DECODE_ROUNDS ?? (smoke ? 1 : 5));
 checkCount("BENCH_DECODE_ROUNDS", decodeRounds, 1);
 const tuningNote = Object.keys(tuning).length ? `; tuning ${JSON.stringify(tuning)}` : "";
 /** A backend with the run's tuning plus `extra`. */
-const backend = async (extra: WebGpuTuning = {}) => (await createWebGpuBackend({ ...tuning, ...extra })) as WebGpuBackend;
+const backend = async (extra: WebGpuInternalTuning = {}) => (await createWebGpuBackend({ ...tuning, ...extra })) as WebGpuBackend;
 const SIZES = benchSizes(smoke);
 const S = smoke ? { newTokens: 8, fwdB: 2, fwdL: 64, prefill: [1 << 8, 1 << 10, 1 << 12], head: 64, idMod: 1000 }
   : { newTokens: 256, fwdB: 8, fwdL: 2048, prefill: [1 << 14, 1 << 17, 1 << 20], head: 4096, idMod: 50000 };
@@ -358,7 +358,7 @@ export default async function run(): Promise<void> {
     await benchDecodeKernels(probe, smoke);
   }
   await probe.destroy();
-  for (const extra of parseTunings<WebGpuTuning>(process.env.BENCH_MATMUL_TUNINGS)) {
+  for (const extra of parseTunings<WebGpuInternalTuning>(process.env.BENCH_MATMUL_TUNINGS)) {
     console.log(`\n-- tiled matmul with tuning ${JSON.stringify({ ...tuning, ...extra })} --`);
     const other = await backend(extra).catch((e: Error) => {
       console.log(`not run: ${e.message}`);
@@ -414,7 +414,7 @@ export default async function run(): Promise<void> {
  * the tuned and the untouched alike, by up to 50%). Batches from BENCH_DECODE_BATCHES.
  */
 async function benchDecodeTunings(name: ModelName): Promise<void> {
-  const sets: WebGpuTuning[] = [{}, ...parseTunings<WebGpuTuning>(process.env.BENCH_DECODE_TUNINGS)];
+  const sets: WebGpuInternalTuning[] = [{}, ...parseTunings<WebGpuInternalTuning>(process.env.BENCH_DECODE_TUNINGS)];
   const cfg = makeConfig(SIZES[name]);
   const params = initParameters(cfg, { seed: 0 });
   const models: MambaModel[] = [];

@@ -275,20 +275,6 @@ for (const c of backendCases) {
       ], 15);
     });
 
-    if (c.name === "webgpu") {
-      it("sample: the bit-by-bit search alone (tuning sampleList false) agrees too", async () => {
-        const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-        const searchOnly = await createWebGpuBackend({ sampleList: false });
-        try {
-          await sampleMatches(searchOnly, 4, 50, 53, 2, 301);
-          await sampleMatches(searchOnly, 2, 5001, 5004, 1, 6001);
-        } finally {
-          await searchOnly.destroy();
-        }
-        await assert.rejects(createWebGpuBackend({ sampleList: 1 as unknown as boolean }), /sampleList must be true or false, got 1/);
-      });
-    }
-
     async function sampleMatches(
       bk: Backend, rows: number, V: number, width: number, reps: number, seed0: number, only?: Omit<SampleRequest, "vocabSize" | "history" | "uniforms">[], spread = 6,
     ): Promise<void> {

@@ -1,22 +1,20 @@
 /**
- * The tiled matmuls' shared-tile variants (WebGpuTuning matmulBK, matmulBuffers, matmulSmallTM/TN) against the CPU: the forward
- * with 128 × 128 and 64 × 64 tiles, split K, K not a multiple of the K tile, column windows, f16 weights; the
- * training backward (dx, dw, dBias, a split reduction) with each K tile; and the errors for variants that are not
- * offered or do not fit this device's workgroup memory.
+ * The tiled matmuls against the CPU: the backend's tiles (128 × 128, 64 × 64, 64 × 128 for few rows and a wide
+ * output, the batch step's 64 × 64 with K tiles of 16), each loading 4 values at once or one, through the backend
+ * (128 × 128 and 64 × 64 tiles, split K, K not a multiple of the K tile, column windows, f16 weights) and each tile
+ * alone; the training backward (dx, dw, dBias, a split reduction); and the tile configs the kernel refuses.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { cols, type Backend } from "../../src/backend/backend.ts";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
-import type { WebGpuBackend, WebGpuTuning } from "../../src/backend/webgpu/backend.ts";
 import type { TrainingBackend } from "../../src/backend/training.ts";
 import {
-  MATMUL_BK_CHOICES, MATMUL_BUFFER_CHOICES, tileBytes, tileProblem, TILE_LARGE, TILE_SMALL, TILE_THREAD_OUTPUT_CHOICES, vec4Fits,
+  matmulTiled, splitPlan, tileBytes, tileProblem, TILE_BATCH, TILE_LARGE, TILE_SMALL, TILE_WIDE, vec4Fits,
 } from "../../src/backend/webgpu/kernels/matmul.ts";
 import { matvecRowLanes } from "../../src/backend/webgpu/kernels/matvec.ts";
 import { bwdVec4Fits, pickTile } from "../../src/backend/webgpu/kernels/backward/matmul-backward.ts";
 import { toF16Bits } from "../../src/io/tensor.ts";
-import { MambaError } from "../../src/errors.ts";
 import { assertClose } from "../helpers/fixtures.ts";
 import { gpuTest, withOwnWebgpu } from "../helpers/backends.ts";
 import { TestRng } from "../helpers/random.ts";
@@ -32,7 +30,7 @@ const cases = [
   // K, N and the window multiples of 4: loads of 4 K columns (vec4Fits), where the cases above load one
   { T: 70, K: 296, N: 132, off: 4, ld: 304 }, // 64 x 64 tiles, split along K
   { T: 33, K: 12, N: 68, off: 0, ld: 12 }, // K shorter than a tile
-  { T: 10, K: 20, N: 33800, off: 0, ld: 20 }, // few rows, wide enough for 64 x 128 tiles (matmulWideTN)
+  { T: 10, K: 20, N: 33800, off: 0, ld: 20 }, // few rows, wide enough for 64 x 128 tiles (TILE_WIDE)
 ];
 
 /** dx, dw and dBias of y = x · wᵀ + bias against the CPU; T = 1100 rows make the dw product split its reduction. */
@@ -75,95 +73,85 @@ async function check(b: Backend, label: string): Promise<void> {
   }
 }
 
-test("WebGPU matmul: every shared-tile variant that fits this device matches the CPU", async (t) => {
+test("WebGPU matmul: the backend's tiles, with 4 values a load where shapes allow and with one (matmulVec4 false), match the CPU; so does the training backward", async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  const probe = (await createWebGpuBackend()) as WebGpuBackend;
-  const most = probe.gpu.limits.maxComputeWorkgroupStorageSize;
-  await probe.destroy();
-  let ran = 0;
-  for (const BK of [8, 16, 32]) {
-    for (const buffers of [1, 2]) {
-      const tuning: WebGpuTuning = { matmulBK: BK, matmulBuffers: buffers };
-      if (tileBytes({ ...TILE_LARGE, BK, buffers }) > most) {
-        await assert.rejects(createWebGpuBackend(tuning), (e: Error) =>
-          e instanceof MambaError && /matmul tiles of 128 x 128 with K tiles of \d+ and \d buffers need \d+ bytes of workgroup memory, this device allows/.test(e.message));
-        continue;
-      }
-      const b = await createWebGpuBackend(tuning);
-      try {
-        await check(b, `BK ${BK}, ${buffers} buffers`);
-        if (buffers === 1) await checkBackward(b as unknown as TrainingBackend, `BK ${BK}`);
-        ran++;
-      } finally {
-        await b.destroy();
-      }
-    }
-  }
-  assert.ok(ran >= 4, `only ${ran} variants fit ${most} bytes of workgroup memory`);
-});
-
-test("WebGPU matmul: the 64-row tiles with 4 rows a thread (workgroups of 256 threads, against 128 by default) or 128 columns, the wide tiles with 64 columns, and one value a load, match the CPU", async (t) => {
-  if (!(await gpuTest(t))) return;
-  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  // the cases of at most 70 rows take these tiles (the last the wide ones of matmulWideTN)
-  const tunings: WebGpuTuning[] = [
-    { matmulSmallTM: 4 }, { matmulSmallTN: 8 }, { matmulSmallTM: 4, matmulSmallTN: 8, matmulBK: 16, matmulBuffers: 2 }, { matmulVec4: false },
-    { matmulWideTN: 4 },
-  ];
-  for (const tuning of tunings) {
-    const b = await createWebGpuBackend(tuning);
+  for (const matmulVec4 of [true, false]) {
+    const b = await createWebGpuBackend({ matmulVec4 });
     try {
-      await check(b, JSON.stringify(tuning));
+      await check(b, `matmulVec4 ${matmulVec4}`);
+      await checkBackward(b as unknown as TrainingBackend, `matmulVec4 ${matmulVec4}`);
     } finally {
       await b.destroy();
     }
   }
-  await assert.rejects(createWebGpuBackend({ matmulSmallTM: 16 }), /matmulSmallTM must be one of 4, 8, got 16/);
-  await assert.rejects(createWebGpuBackend({ matmulSmallTN: 2 }), /matmulSmallTN must be one of 4, 8, got 2/);
-  await assert.rejects(createWebGpuBackend({ matmulWideTN: 16 }), /matmulWideTN must be one of 4, 8, got 16/);
 });
 
-test("matmul tile configs: every offered one can run, one the kernel cannot is named with the reason, and the vec4 path is taken where shapes allow", () => {
-  for (const TM of TILE_THREAD_OUTPUT_CHOICES) {
-    for (const TN of TILE_THREAD_OUTPUT_CHOICES) {
-      for (const BK of MATMUL_BK_CHOICES) {
-        for (const buffers of MATMUL_BUFFER_CHOICES) assert.equal(tileProblem({ ...TILE_SMALL, TM, TN, BN: 16 * TN, BK, buffers }), null);
+test("WebGPU matmul: each tile config alone (the batch step's too), scalar and vec4, whole and split along K, matches the CPU", async (t) => {
+  await withOwnWebgpu(t, async (b) => {
+    const gpu = b.gpu;
+    let seed = 40;
+    for (const s of cases) {
+      const rng = new TestRng(seed++);
+      const wide = rand(rng, s.T * s.ld), w = rand(rng, s.N * s.K), bias = rand(rng, s.N);
+      const xw = ref.fromF32(wide, [s.T, s.ld]), wt = ref.fromF32(w, [s.N, s.K]), bt = ref.fromF32(bias, [s.N]);
+      const want = await ref.readF32(ref.matmul(s.ld === s.K ? xw : cols(xw, s.off, s.K), wt, bt));
+      const x = gpu.upload(wide), wb = gpu.upload(w), bb = gpu.upload(bias);
+      const y = gpu.alloc(3 * s.T * s.N * 4), out = gpu.alloc(s.T * s.N * 4);
+      for (const tile of [TILE_LARGE, TILE_SMALL, TILE_WIDE, TILE_BATCH]) {
+        for (const vec4 of [true, false]) {
+          const cfg = { ...tile, vec4 };
+          const args = { x, ldx: s.ld, offx: s.off, rows: s.T, K: s.K, w: wb, ws: "f32" as const, N: s.N, bias: bb, y };
+          const what = `${JSON.stringify(s)} tile ${tile.BM} x ${tile.BN}, K tiles of ${tile.BK}${vec4Fits(cfg, args) ? ", vec4" : ""}`;
+          matmulTiled(gpu, args, cfg);
+          assertClose(new Float32Array(await gpu.read(y, s.T * s.N * 4)), want, 1e-4, what);
+          if (s.K >= 64) { // three K parts, summed with the bias by matmul-reduce
+            const { matmulReduce } = await import("../../src/backend/webgpu/kernels/matmul-reduce.ts");
+            const plan = splitPlan(s.K, 3);
+            matmulTiled(gpu, args, cfg, plan);
+            matmulReduce(gpu, y, plan.count, bb, s.T, s.N, out);
+            assertClose(new Float32Array(await gpu.read(out, s.T * s.N * 4)), want, 1e-4, `${what}, ${plan.count} K parts`);
+          }
+        }
       }
+      for (const buf of [x, wb, bb, y, out]) gpu.release(buf);
     }
+  });
+});
+
+test("matmul tile configs: the backend's can run and fit WebGPU's least workgroup memory, one the kernel cannot is named with the reason, and the vec4 path is taken where shapes allow", () => {
+  for (const tile of [TILE_LARGE, TILE_SMALL, TILE_WIDE, TILE_BATCH]) {
+    assert.equal(tileProblem(tile), null);
+    assert.ok(tileBytes(tile) <= 16384, `${tile.BM} x ${tile.BN} tiles with K tiles of ${tile.BK}: ${tileBytes(tile)} bytes`);
   }
-  assert.equal(tileProblem(TILE_LARGE), null);
   // the cases above: the first and the last two take the vec4 path with the default tiles, the others cannot
   const fits = cases.map((c) => vec4Fits(c.T > 64 && c.N > 1000 ? TILE_LARGE : TILE_SMALL, { K: c.K, N: c.N, ldx: c.ld, offx: c.off }));
   assert.deepEqual(fits, [true, false, false, false, true, true, true]);
   assert.equal(vec4Fits({ ...TILE_SMALL, vec4: false }, { K: 12, N: 68, ldx: 12, offx: 0 }), false);
-  assert.equal(vec4Fits({ ...TILE_SMALL, TM: 4 }, { K: 12, N: 68, ldx: 12, offx: 0 }), false); // 256 threads, 128 vec4s a tile
-  assert.match(tileProblem({ ...TILE_SMALL, BM: 32, TM: 4, buffers: 2 }) ?? "", /two buffers need tiles of at least 64 x 64, got 32 x 64/);
-  assert.match(tileProblem({ ...TILE_SMALL, BM: 128, TM: 4 }) ?? "", /BM must be 8 or 16 times TM, got 128 with TM 4/);
+  assert.match(tileProblem({ ...TILE_SMALL, TM: 4 }) ?? "", /TM must be 8 and TN 4 or 8, got 4 and 4/);
+  assert.match(tileProblem({ ...TILE_SMALL, BM: 256 }) ?? "", /BM must be 8 or 16 times TM, got 256 with TM 8/);
   assert.match(tileProblem({ ...TILE_SMALL, BN: 96 }) ?? "", /BN must be 16 times TN, got 96 with TN 4/);
+  assert.match(tileProblem({ ...TILE_SMALL, BK: 32 }) ?? "", /BK must be 8 or 16, got 32/);
 });
 
-test("WebGPU tunings: matmul and scan backward variants that are not offered are refused by name", async (t) => {
+test("WebGPU tunings: scan backward variants that are not offered are refused by name", async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  await assert.rejects(createWebGpuBackend({ matmulBK: 12 }), /matmulBK must be one of 8, 16, 32, got 12/);
-  await assert.rejects(createWebGpuBackend({ matmulBuffers: 3 }), /matmulBuffers must be one of 1, 2, got 3/);
   await assert.rejects(createWebGpuBackend({ scanBackwardBlocks: 3 }), /scanBackwardBlocks must be one of 1, 2, 4, 8, got 3/);
   await assert.rejects(createWebGpuBackend({ scanBackwardLanes: 3 }), /scanBackwardLanes must be one of 2, 4, 8, got 3/);
 });
 
-test("matrix-vector lanes a row: 32 up to 2048 weights, then as many (up to 256) as keep a lane's share whole; 32 without wholeRow", () => {
-  assert.deepEqual([768, 2048, 2052, 4096, 4100, 8192, 16384, 16400].map((K) => matvecRowLanes(K, true)), [32, 32, 64, 64, 128, 128, 256, 256]);
-  assert.equal(matvecRowLanes(4096, false), 32);
+test("matrix-vector lanes a row: 32 up to 2048 weights, then as many (up to 256) as keep a lane's share whole", () => {
+  assert.deepEqual([768, 2048, 2052, 4096, 4100, 8192, 16384, 16400].map((K) => matvecRowLanes(K)), [32, 32, 64, 64, 128, 128, 256, 256]);
 });
 
-test("WebGPU matmul: matrix-vector rows past 2048 weights with 32 lanes a row (matvecWholeRow: false) match the CPU", async (t) => {
+test("WebGPU matmul: matrix-vector rows past 2048 and past 16384 weights (whose lanes load in batches) match the CPU", async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  const b = await createWebGpuBackend({ matvecWholeRow: false });
+  const b = await createWebGpuBackend({});
   try {
     const rng = new TestRng(5);
-    for (const s of [{ T: 1, K: 4100, N: 19 }, { T: 3, K: 4096, N: 9 }]) {
+    for (const s of [{ T: 1, K: 4100, N: 19 }, { T: 3, K: 4096, N: 9 }, { T: 2, K: 16400, N: 5 }]) {
       const x = rand(rng, s.T * s.K), w = rand(rng, s.N * s.K);
       const run = async (k: Backend) => {
         const [xt, wt] = [k.fromF32(x, [s.T, s.K]), k.fromF32(w, [s.N, s.K])];
@@ -177,7 +165,6 @@ test("WebGPU matmul: matrix-vector rows past 2048 weights with 32 lanes a row (m
   } finally {
     await b.destroy();
   }
-  await assert.rejects(createWebGpuBackend({ matvecWholeRow: 1 as unknown as boolean }), /matvecWholeRow must be true or false, got 1/);
 });
 
 test("training backward products: the vec4 path where every stride, offset and extent is a multiple of 4", () => {
@@ -198,7 +185,7 @@ test("training backward products: the vec4 path where every stride, offset and e
   assert.deepEqual(fits({ T: 300, K: 260, N: 272, ldx: 262, offx: 2, ldy: 272, offy: 0, lddx: 260, offdx: 0 }), [true, false]);
   // K tiles of 8 on 64 x 64 tiles are 128 vec4s, not a whole number a thread
   const m = products({ T: 300, K: 260, N: 272, ldx: 260, offx: 0, ldy: 272, offy: 0, lddx: 264, offdx: 4 })[0]!;
-  assert.equal(bwdVec4Fits(pickTile(m.M, m.N, 8), m), false);
+  assert.equal(bwdVec4Fits({ ...pickTile(m.M, m.N), BK: 8 }, m), false);
 });
 
 test("WebGPU matvec with norm and argmax (the fused step's head): RMSNorm(x + res) · g times w, and each row's greedy id over the first V columns, ties to the smaller id, as on the CPU", async (t) => {

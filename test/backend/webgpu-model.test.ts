@@ -13,7 +13,7 @@ import { TestRng, perturbedParameters } from "../helpers/random.ts";
 import { toBF16Bits, toF16Bits } from "../../src/io/tensor.ts";
 import { gpuTest } from "../helpers/backends.ts";
 import { decodeStepsMatchCpu } from "../helpers/decode.ts";
-import type { WebGpuBackend, WebGpuTuning } from "../../src/backend/webgpu/index.ts";
+import type { WebGpuBackend, WebGpuInternalTuning } from "../../src/backend/webgpu/index.ts";
 
 
 for (const name of ["hf-mamba/tiny", "hf-mamba/tiny-f16", "hf-mamba/tiny-bf16-sharded", "mamba-ssm/tiny"]) {
@@ -46,8 +46,8 @@ const cfg = makeConfig({
 });
 const params = perturbedParameters(cfg, 11);
 
-/** A WebGPU backend whose decodeStep takes batches past the fused kernels or not (WebGpuTuning.decodeBatch). */
-async function batchBackend(decodeBatch = true, tuning: WebGpuTuning = {}) {
+/** A WebGPU backend whose decodeStep takes batches past the fused kernels or not (WebGpuInternalTuning.decodeBatch). */
+async function batchBackend(decodeBatch = true, tuning: WebGpuInternalTuning = {}) {
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
   return createWebGpuBackend({ decodeBatch, ...tuning });
 }
@@ -258,29 +258,24 @@ test("webgpu: the batch decode step with K-split in_proj and out_proj (partials 
   for (const { c, batches, tol, tuning } of cases) await batchStepMatchesCpu(c, batches, tol, tuning);
 });
 
-test("webgpu: the batch decode step with x_proj's partials summed in a dispatch of their own (decodeBatchReduce), 64 x 128 matmul tiles (decodeBatchTileN) the scan kernel by rows a workgroup (decodeBatchScanRows) and K parts of fixed width (decodeBatchSplitCols) equals step mode on the CPU", async (t) => {
+test("webgpu: the batch decode step's scan kernel by rows a workgroup (decodeBatchScanRows) and K parts of fixed width (decodeBatchSplitCols) equals step mode on the CPU", async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  // the defaults (no reduce, 64-wide tiles, the thread scan kernel with 8 rows a workgroup, whose second block of
-  // batch 12 has 4 rows) run in the test above, on this config and these batches; with 2 rows a workgroup the scan
-  // kernel's second group has 32 of its 128 channels; 0 rows is the fused step's scan kernel; parts of 64 columns
-  // split out_proj's K of 160 into 64 + 64 + 32 and leave in_proj's 64 whole; matmulSmallTM 4 gives the matmuls
-  // (and the head) workgroups of 16 x 16 threads with 4 rows each instead of 16 x 8 with 8
-  const tunings: WebGpuTuning[] = [{ decodeBatchReduce: true }, { decodeBatchTileN: 128 }, { decodeBatchScanRows: 2 },
-    { decodeBatchScanRows: 4, decodeBatchReduce: true }, { decodeBatchScanRows: 0 }, { decodeBatchSplitCols: 64 },
-    { matmulSmallTM: 4 }];
+  // the defaults (the thread scan kernel with 8 rows a workgroup, whose second block of batch 12 has 4 rows) run in
+  // the test above, on this config and these batches; with 2 rows a workgroup the scan kernel's second group has 32
+  // of its 128 channels; 0 rows is the fused step's scan kernel; parts of 64 columns split out_proj's K of 160 into
+  // 64 + 64 + 32 and leave in_proj's 64 whole
+  const tunings: WebGpuInternalTuning[] = [{ decodeBatchScanRows: 2 }, { decodeBatchScanRows: 4 }, { decodeBatchScanRows: 0 },
+    { decodeBatchSplitCols: 64 }];
   for (const tuning of tunings) {
     await batchStepMatchesCpu(kSplitConfig, [12, 64], 1e-4, tuning);
   }
-  await assert.rejects(createWebGpuBackend({ decodeBatchTileN: 96 }), /decodeBatchTileN must be one of 64, 128, got 96/);
-  await assert.rejects(createWebGpuBackend({ decodeBatchReduce: 1 as unknown as boolean }), /decodeBatchReduce must be true or false, got 1/);
-  await assert.rejects(createWebGpuBackend({ decodeBatchGroups: 100 }), /decodeBatchGroups must be one of 132, 264, 528, got 100/);
   await assert.rejects(createWebGpuBackend({ decodeBatchScanRows: 3 }), /decodeBatchScanRows must be one of 2, 4, 8, got 3/);
   await assert.rejects(createWebGpuBackend({ decodeBatchSplitCols: 80 }), /decodeBatchSplitCols must be one of 64, 96, 128, got 80/);
 });
 
 async function batchStepMatchesCpu(
-  c: ReturnType<typeof makeConfig>, batches: number[], tol: number, tuning: WebGpuTuning = {},
+  c: ReturnType<typeof makeConfig>, batches: number[], tol: number, tuning: WebGpuInternalTuning = {},
 ): Promise<void> {
   const ps = perturbedParameters(c, 41);
   const gpu = await modelFromTensors(c, ps, { backend: await batchBackend(true, tuning) });

@@ -6,14 +6,11 @@
  * cannot read history in one thread that another thread is already overwriting.
  */
 import type { Backend, Captured, SampleRequest, SelectiveScanArgs, SeqShape, StepModel, Tensor, TensorOrCols } from "../backend.ts";
-import { MambaError, check, checkChoice, checkCount, checkFlag } from "../../errors.ts";
+import { MambaError, check } from "../../errors.ts";
 import { type HostTensor, isQuantized, numel, toFloat32 } from "../../io/tensor.ts";
 import { type Buf, Gpu, type Prepared } from "./gpu.ts";
 import { GpuTensor, type Storage, type Window, gpuTensor, windowOf } from "./tensor.ts";
-import {
-  GROUP_TARGET, MATMUL_BK_CHOICES, MATMUL_BUFFER_CHOICES, TILE_LARGE, TILE_SMALL, TILE_THREAD_OUTPUT_CHOICES, type TileConfig, kSplits, matmulTiled,
-  splitPlan, tileBytes,
-} from "./kernels/matmul.ts";
+import { GROUP_TARGET, kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
 import { matmulReduce } from "./kernels/matmul-reduce.ts";
 import { MATVEC_MAX_ROWS, MATVEC_NORM_MAX, matvec, matvecArgmaxWords } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
@@ -24,15 +21,14 @@ import { sample, sampleWords } from "./kernels/sample.ts";
 import { copyWindow, copyWords, fillWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
 import type { WeightStorage } from "./kernels/weights.ts";
-import {
-  DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES, DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, type MixerInArgs, decodeMixerIn, mixerInGroups,
-} from "./kernels/decode/mixer-in.ts";
+import { DECODE_MAX_B, DECODE_MAX_BD, DECODE_MAX_K, type MixerInArgs, decodeMixerIn, mixerInGroups } from "./kernels/decode/mixer-in.ts";
 import { DECODE_MAX_BJ, type MixerScanArgs, decodeMixerScan, mixerScanBytes } from "./kernels/decode/mixer-scan.ts";
 import { LAYER_CTL_WORDS, LAYER_FLAG_BYTE, type LayerArgs, decodeLayer, layerNeeds } from "./kernels/decode/layer.ts";
 import { FIXED_MAX_TERMS, FIXED_SPREAD, fixedLimit, fixedRegionWords } from "./kernels/decode/fixed.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
 import { BATCH_CONV_CHANNELS, batchConvBytes, decodeBatchConv } from "./kernels/decode/batch-conv.ts";
-import { BATCH_SCAN_ROW_CHOICES, batchScanBytes, decodeBatchScan } from "./kernels/decode/batch-scan.ts";
+import { batchScanBytes, decodeBatchScan } from "./kernels/decode/batch-scan.ts";
+import { type ForwardSettings, type WebGpuInternalTuning, forwardSettings } from "./tuning.ts";
 
 type StepLayer = StepModel["weights"]["layers"][number];
 
@@ -56,98 +52,6 @@ interface LayerPack {
   oNorm: number; oInBias: number; oConvW: number; oConvB: number; oPack: number;
 }
 
-export interface WebGpuTuning {
-  /** channel-chunk threads the selective scan aims for when it splits a sequence (default 131072) */
-  scanThreads?: number;
-  /** ops encoded after which pending work is submitted even without a read (default 48): the GPU starts on a
-   *  prefill's first ops while the host encodes the rest. On the H100 the first token of a 128-token prompt took
-   *  4.8 against 6.9 ms with 512 at batch 1, 54.5 against 57.0 ms at batch 64 (BENCHMARKS.md) */
-  flushEvery?: number;
-  /** bytes of freed GPU buffers kept for reuse; beyond it the longest-unused are destroyed (default: the largest
-   *  working set so far, at least 256 MiB, so a loop that frees and retakes its buffers never recreates them) */
-  poolBytes?: number;
-  /** K columns per shared tile of the tiled matmuls: 8, 16 or 32 (default 8 for the forward's; the training
-   *  backward's 8 for its 128 × 128 tiles, 16 for its 64 × 64; when set, all use it) */
-  matmulBK?: number;
-  /** shared tile buffers of the forward tiled matmul: 1 (default; two barriers a K tile) or 2 (one barrier a K tile) */
-  matmulBuffers?: number;
-  /** rows of y a thread of the 64-row matmul tiles (matmuls of at most 64 rows or few tiles, a decode batch's head,
-   *  the batch step's): 8 (default; workgroups of 16 × 8 threads, each with 8 × TN outputs, which load fewer shared
-   *  values per multiply-add) or 4 (16 × 16 threads). On the H100, 8 against 4: the head of a batch of 64 on 130m
-   *  164 – 167 against 216 – 219 us, the batch step 2040 against 2125 us of GPU time in one process (BENCHMARKS.md) */
-  matmulSmallTM?: number;
-  /** columns of y a thread of the 64-row matmul tiles outside the batch step (decodeBatchTileN sets its): 4 (default;
-   *  64-column tiles) or 8 (128-column tiles) */
-  matmulSmallTN?: number;
-  /** columns of y a thread of the 64-row tiles of a matmul of at most 64 rows whose output is wide enough for 264
-   *  tiles of 128 columns (the head of a decode batch): 8 (default; 64 × 128 tiles) or 4 (64 × 64). On the H100 a
-   *  batch of 64's head on 130m took 128 against 147 us (BENCHMARKS.md) */
-  matmulWideTN?: number;
-  /** the tiled matmuls load 4 contiguous values at once and store 4 output columns at once where the shapes, strides
-   *  and offsets are multiples of 4 (default true): the forward's (K, N and the input window), and the training
-   *  backward's products; false keeps one value a load everywhere. On the H100 the forward's shapes ran at 43 – 46
-   *  against 36 – 37 TFLOP/s, the batch-64 decode step 1687 against 1890 us (BENCHMARKS.md) */
-  matmulVec4?: boolean;
-  /** channels per workgroup of the fused decode's first kernel (in_proj, conv, partial x_proj): 4, 8, 16, 32 or 64
-   *  (default 16 up to 2048 channels, else 32); fewer put more of in_proj's loads in flight at once */
-  decodeChannels?: number;
-  /** the matrix-vector products of up to 8 rows (decode's out_proj, a small batch's head) read rows longer than 2048
-   *  weights with 64 – 256 threads a row, each loading its whole share at once (default true); false: 32 threads a
-   *  row, loading decodeLoadBytes at a time */
-  matvecWholeRow?: boolean;
-  /** bytes of weights a thread of the decode kernels (the fused step's in_proj, the matrix-vector products of up to
-   *  8 rows) loads before it uses any: 64, 128, 256 or 384 (default 256 for the fused step's in_proj; for the
-   *  products 128 for rows of 2048 weights or more, else 64); more keeps more loads in flight, with more registers.
-   *  On the H100 at batch 1 in one process, 256 against the old default for in_proj: 130m's step 671 against 688 us,
-   *  1.4b's 2799 against 3199 (BENCHMARKS.md, run 72) */
-  decodeLoadBytes?: number;
-  /** the fused decode's first kernel adds its share of x_proj into exact fixed-point totals with 32-bit atomic
-   *  adds (kernels/decode/fixed.ts), which the scan kernel reads, instead of writing one partial per workgroup
-   *  that the scan kernel sums (default true). Models of one layer, and first kernels of more than 1024 workgroups
-   *  (decodeChannels), always take the partials. On the H100 a step took 3222 against 3383 us (1.4b, batch 1),
-   *  1026 against 1045 (130m, batch 4) and 845 against 865 (130m, batch 1) in one process (BENCHMARKS.md, run 67) */
-  decodeAccumulate?: boolean;
-  /** the fused decode runs each layer in one dispatch (kernels/decode/layer.ts): its three kernels become phases of
-   *  one, whose workgroups take their items in order from a counter and wait for the phase before through counters
-   *  in memory (about 1 us on the H100, against 2 – 10 us a dependent dispatch). A workgroup only waits for items
-   *  that running workgroups have taken, so it needs no number of them to run at once, but it needs one that has
-   *  started to keep running while others wait, which WebGPU does not promise. Where that fails, a wait gives up
-   *  after a bounded time and the step's ids come back with an error naming this option, not with wrong tokens.
-   *  Taken where decodeAccumulate is, the device binds 14 storage buffers a kernel and the kernel's workgroup
-   *  memory fits. Default true on GPUs of NVIDIA, AMD and Intel, where workgroups are known to keep running; false
-   *  elsewhere. On the H100 a 130m step at batch 1 took 688 against 1062 us in one process, and 130m decoded at
-   *  1879 – 1887 tok/s against 1540 – 1565 before (BENCHMARKS.md, runs 69 – 75) */
-  decodePersistent?: boolean;
-  /** batches the fused kernels do not take (past 8 rows, or too wide for them) decode with the batch step's kernels
-   *  (kernels/decode/batch-*.ts, five dispatches a layer) when true (default); when false through a recording of
-   *  the model's ops (ten a layer). At batch 64 of 130m on the H200 a batch step took 2188 us of GPU time, the
-   *  recorded ops 2326, in one process (BENCHMARKS.md) */
-  decodeBatch?: boolean;
-  /** the batch step sums x_proj's partial sums (one per 64 channels) in a dispatch of their own, so that each of
-   *  its scan kernel's workgroups reads one instead of adding them all again (default false) */
-  decodeBatchReduce?: boolean;
-  /** columns of y per workgroup of the batch step's matmuls: 64 (default; 4 × 4 outputs a thread) or 128 (4 × 8) */
-  decodeBatchTileN?: number;
-  /** workgroups the batch step's matmuls aim at when they split K: 132, 264 (default) or 528; fewer splits leave
-   *  the next kernel fewer partial products to add, more keep more of the GPU busy */
-  decodeBatchGroups?: number;
-  /** K columns a part of the batch step's K-split matmuls: 64, 96 or 128 (their count then follows from K); 0 splits
-   *  by decodeBatchGroups alone. By default, a matmul that decodeBatchGroups would cut into parts of 128 columns or
-   *  fewer gets parts of 96, and one with longer parts keeps them. On the H200 at batch 64 a step of 130m (in_proj
-   *  and out_proj then 8 and 16 parts of 96, against 6 of 128 and 20 of 80) took 2015 us of GPU time against 2090;
-   *  1.4b's parts (3 of 688, 9 of 464) stay, as parts of 96 took 12455 us there against 11083 (BENCHMARKS.md) */
-  decodeBatchSplitCols?: number;
-  /** rows a workgroup of the batch step's scan kernel, a thread per row and channel (kernels/decode/batch-scan.ts):
-   *  2, 4 or 8 (default 8 up to 2048 channels, else 4; where the state size is not a multiple of 4, the fused
-   *  step's kernel); 0 takes the fused step's kernel, 8 rows of 32 channels a workgroup. On the H200 at 64 rows:
-   *  130m 9.1 us with 8 rows against 25.0 with the fused step's kernel, 1.4b 47.8 with 4 against 98.4; 130m decoded
-   *  at batch 64 at 33,969 against 27,218 tok/s (BENCHMARKS.md) */
-  decodeBatchScanRows?: number;
-  /** the sampler's short sorted list of the best tokens, which decides most draws in two passes over the row
-   *  (default true); false sends every draw through the bit-by-bit search of the whole row (for comparison) */
-  sampleList?: boolean;
-}
-
 /** Bytes of in_proj a thread of the fused step's first kernel loads at once by default (decodeLoadBytes): on the
  *  H100 at batch 1, 130m's one-dispatch step took 671 against 688 us with 64, 1.4b's 2799 against 3199 with 128;
  *  at batch 4 both within 2% (BENCHMARKS.md, run 72). */
@@ -156,46 +60,15 @@ const FUSED_IN_LOAD_BYTES = 256;
 export class WebGpuBackend implements Backend {
   readonly name = "webgpu" as const;
   readonly queued = true;
-  private readonly scanThreads: number;
-  private readonly flushEvery: number;
   private sinceFlush = 0;
   /** while capture() records */
   private capturing = false;
-  /** WebGpuTuning.matmulVec4: the forward's tiles carry it, the training backward's products read it */
-  protected readonly matmulVec4: boolean;
-  /** The tiled matmul's configurations for many and for few output tiles. */
-  private readonly tileLarge: TileConfig;
-  private readonly tileSmall: TileConfig;
-  /** For few rows and a wide output: the head of a decode batch (WebGpuTuning.matmulWideTN). */
-  private readonly tileWide: TileConfig;
-  /** The batch decode step's (WebGpuTuning.decodeBatch). */
-  private readonly tileBatch: TileConfig;
-  /** WebGpuTuning.decodeChannels, 0 for the default */
-  private readonly decodeChannels: number;
-  /** WebGpuTuning.matvecWholeRow */
-  private readonly matvecWholeRow: boolean;
-  /** WebGpuTuning.decodeLoadBytes */
-  private readonly decodeLoadBytes: number;
-  /** WebGpuTuning.decodeAccumulate */
-  private readonly decodeAccumulate: boolean;
-  /** WebGpuTuning.decodePersistent */
-  private readonly decodePersistent: boolean;
+  /** The tuning's values, every default filled in (./tuning.ts). */
+  protected readonly settings: ForwardSettings;
   /** The greedy choices the fused step's head made beside its logits (by logits tensor), until sampled or freed. */
   private greedyIds = new WeakMap<GpuTensor, { ids: GpuTensor; V: number }>();
   /** The counters of the latest fused step, where it ran a layer in one dispatch: their flag is read with the ids. */
   private barrierWatch: Buf | null = null;
-  /** WebGpuTuning.decodeBatch */
-  private readonly decodeBatch: boolean;
-  /** WebGpuTuning.decodeBatchReduce */
-  private readonly decodeBatchReduce: boolean;
-  /** WebGpuTuning.decodeBatchGroups */
-  private readonly decodeBatchGroups: number;
-  /** WebGpuTuning.decodeBatchSplitCols; -1 when not given (96 where the parts by decodeBatchGroups are short) */
-  private readonly decodeBatchSplitCols: number;
-  /** WebGpuTuning.decodeBatchScanRows; -1 when not given (chosen by the model's width) */
-  private readonly decodeBatchScanRows: number;
-  /** WebGpuTuning.sampleList */
-  private readonly sampleList: boolean;
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
   private scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
   /** The fused decode's packed constants of each layer, keyed by the layer's weights object. */
@@ -203,59 +76,8 @@ export class WebGpuBackend implements Backend {
   /** The fused decode's recorded step of each model. */
   private decodePlans = new WeakMap<StepModel["weights"], DecodePlan>();
 
-  constructor(readonly gpu: Gpu, tuning: WebGpuTuning = {}) {
-    checkCount("scanThreads", tuning.scanThreads, 1);
-    this.scanThreads = tuning.scanThreads ?? 131072;
-    checkCount("flushEvery", tuning.flushEvery, 1);
-    this.flushEvery = tuning.flushEvery ?? 48;
-    checkChoice("matmulBK", tuning.matmulBK, MATMUL_BK_CHOICES);
-    checkChoice("matmulBuffers", tuning.matmulBuffers, MATMUL_BUFFER_CHOICES);
-    checkChoice("decodeChannels", tuning.decodeChannels === 0 ? undefined : tuning.decodeChannels, DECODE_CHANNEL_CHOICES); // 0: the default
-    checkChoice("decodeLoadBytes", tuning.decodeLoadBytes, DECODE_LOAD_BYTES_CHOICES);
-    const BK = tuning.matmulBK ?? TILE_LARGE.BK, buffers = tuning.matmulBuffers ?? TILE_LARGE.buffers;
-    checkFlag("matmulVec4", tuning.matmulVec4);
-    this.matmulVec4 = tuning.matmulVec4 ?? true;
-    const vec4 = this.matmulVec4;
-    this.tileLarge = { ...TILE_LARGE, BK, buffers, vec4 };
-    checkChoice("matmulSmallTM", tuning.matmulSmallTM, TILE_THREAD_OUTPUT_CHOICES);
-    checkChoice("matmulSmallTN", tuning.matmulSmallTN, TILE_THREAD_OUTPUT_CHOICES);
-    const TM = tuning.matmulSmallTM ?? TILE_SMALL.TM, TN = tuning.matmulSmallTN ?? TILE_SMALL.TN;
-    this.tileSmall = { ...TILE_SMALL, TM, TN, BN: 16 * TN, BK, buffers, vec4 };
-    checkChoice("matmulWideTN", tuning.matmulWideTN, TILE_THREAD_OUTPUT_CHOICES);
-    const wideTN = tuning.matmulWideTN ?? 8;
-    this.tileWide = { ...this.tileSmall, TN: wideTN, BN: 16 * wideTN };
-    // the batch step's matmuls have few rows and short K splits: K tiles of 16 ran its step at 64 rows of 130m in
-    // 2118 against 2222 us with 8, in one process (BENCHMARKS.md)
-    checkChoice("decodeBatchTileN", tuning.decodeBatchTileN, [64, 128]);
-    const BN = tuning.decodeBatchTileN ?? 64;
-    this.tileBatch = { ...TILE_SMALL, TM, BN, TN: BN / 16, BK: tuning.matmulBK ?? 16, buffers, vec4 };
-    checkFlag("decodeBatchReduce", tuning.decodeBatchReduce);
-    this.decodeBatchReduce = tuning.decodeBatchReduce ?? false;
-    checkChoice("decodeBatchGroups", tuning.decodeBatchGroups, [132, 264, 528]);
-    this.decodeBatchGroups = tuning.decodeBatchGroups ?? GROUP_TARGET;
-    checkChoice("decodeBatchSplitCols", tuning.decodeBatchSplitCols === 0 ? undefined : tuning.decodeBatchSplitCols, [64, 96, 128]); // 0: the default
-    this.decodeBatchSplitCols = tuning.decodeBatchSplitCols ?? -1; // -1: by the parts' length
-    // 0 is also allowed: the fused step's block kernel
-    checkChoice("decodeBatchScanRows", tuning.decodeBatchScanRows === 0 ? undefined : tuning.decodeBatchScanRows, BATCH_SCAN_ROW_CHOICES);
-    this.decodeBatchScanRows = tuning.decodeBatchScanRows ?? -1; // -1: by the model's width
-    this.decodeChannels = tuning.decodeChannels ?? 0;
-    this.decodeLoadBytes = tuning.decodeLoadBytes ?? 0; // 0: by row width (loadBytes)
-    checkFlag("matvecWholeRow", tuning.matvecWholeRow);
-    this.matvecWholeRow = tuning.matvecWholeRow ?? true;
-    checkFlag("decodeAccumulate", tuning.decodeAccumulate);
-    this.decodeAccumulate = tuning.decodeAccumulate ?? true;
-    checkFlag("decodePersistent", tuning.decodePersistent);
-    this.decodePersistent = tuning.decodePersistent ?? (!gpu.softwareDriver && /nvidia|amd|intel/i.test(gpu.vendor));
-    checkFlag("decodeBatch", tuning.decodeBatch);
-    this.decodeBatch = tuning.decodeBatch ?? true;
-    checkFlag("sampleList", tuning.sampleList);
-    this.sampleList = tuning.sampleList ?? true;
-    const most = gpu.limits.maxComputeWorkgroupStorageSize;
-    for (const tile of [this.tileLarge, this.tileSmall, this.tileWide, this.tileBatch]) {
-      const bytes = tileBytes(tile);
-      check(bytes <= most, `matmul tiles of ${tile.BM} x ${tile.BN} with K tiles of ${tile.BK} and ${tile.buffers} buffers ` +
-        `need ${bytes} bytes of workgroup memory, this device allows ${most} (matmulBK, matmulBuffers, matmulSmallTN, matmulWideTN, decodeBatchTileN)`);
-    }
+  constructor(readonly gpu: Gpu, tuning: WebGpuInternalTuning = {}) {
+    this.settings = forwardSettings(gpu, tuning);
   }
 
   /** The adapter this backend runs on, in words. */
@@ -293,7 +115,7 @@ export class WebGpuBackend implements Backend {
    * would only split each step into two submits.
    */
   private tick(): void {
-    if (++this.sinceFlush >= this.flushEvery) {
+    if (++this.sinceFlush >= this.settings.flushEvery) {
       this.sinceFlush = 0;
       this.gpu.submitEarly();
     }
@@ -487,14 +309,14 @@ export class WebGpuBackend implements Backend {
       x: this.f32(xs.t), ldx: xs.ld, offx: xs.off, rows: T, K,
       w: wt.buf, ws: this.weightStorage(wt), N, bias: bt ? this.f32(bt) : null, y: y.buf,
     };
-    if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(this.gpu, { ...args, loadBytes: this.loadBytes(K), wholeRow: this.matvecWholeRow });
+    if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(this.gpu, { ...args, loadBytes: this.loadBytes(K) });
     else {
-      const largeTiles = Math.ceil(T / this.tileLarge.BM) * Math.ceil(N / this.tileLarge.BN);
+      const largeTiles = Math.ceil(T / this.settings.tileLarge.BM) * Math.ceil(N / this.settings.tileLarge.BN);
       // at most 64 rows (a decode batch's head) fill half of a large tile: the small ones do no padded work, and
       // where their output is wide, 128 columns a tile share each loaded value of x over twice the columns
-      const few = T <= this.tileSmall.BM;
-      const cfg = !few && largeTiles >= 256 ? this.tileLarge
-        : few && Math.ceil(N / 128) >= GROUP_TARGET ? this.tileWide : this.tileSmall;
+      const few = T <= this.settings.tileSmall.BM;
+      const cfg = !few && largeTiles >= 256 ? this.settings.tileLarge
+        : few && Math.ceil(N / 128) >= GROUP_TARGET ? this.settings.tileWide : this.settings.tileSmall;
       const plan = splitPlan(K, kSplits(T, N, K, cfg));
       if (plan.count === 1) matmulTiled(this.gpu, args, cfg);
       else {
@@ -588,7 +410,7 @@ export class WebGpuBackend implements Backend {
     const packed = this.scanPack(A, this.t(a.deltaBias, "selectiveScan"), this.t(a.D, "selectiveScan"), E, N);
     const y = this.make([B, L, E], "f32", "the scan output");
     const stateOut = st ? this.stateTarget(st) : null;
-    const g = scanGeometry(B, L, E, N, this.scanThreads);
+    const g = scanGeometry(B, L, E, N, this.settings.scanThreads);
     selectiveScan(this.gpu, g, {
       u: u.buf, delta: this.f32(delta.t), ldD: delta.ld, offD: delta.off, packed, BC, ldBC, offB, offC,
       z: z ? this.f32(z.t) : null, ldZ: z?.ld ?? 0, offZ: z?.off ?? 0,
@@ -625,7 +447,7 @@ export class WebGpuBackend implements Backend {
     const out = this.make([rows], "i32");
     sample(this.gpu, {
       logits: this.f32(lt), rows, ldV, V: req.vocabSize, temperature: req.temperature, topK: req.topK, topP: req.topP,
-      minP: req.minP, penalty: req.repetitionPenalty, uniforms: uniforms ?? this.gpu.dummy, history, seen, out: out.buf, list: this.sampleList,
+      minP: req.minP, penalty: req.repetitionPenalty, uniforms: uniforms ?? this.gpu.dummy, history, seen, out: out.buf,
     });
     for (const b of [uniforms, seen, history?.ids, history?.offsets]) if (b) this.gpu.release(b);
     this.tick();
@@ -651,7 +473,7 @@ export class WebGpuBackend implements Backend {
     // (kernels/decode/batch-*.ts); else null, and generate records the model's ops
     const scanFits = mixerScanBytes(N) <= this.gpu.limits.maxComputeWorkgroupStorageSize;
     const fused = scanFits && B <= DECODE_MAX_B && B * D <= DECODE_MAX_BD && B * J <= DECODE_MAX_BJ && D % 4 === 0 && K <= DECODE_MAX_K;
-    const batched = this.decodeBatch && scanFits && K <= DECODE_MAX_K && DECODE_MAX_B * J <= DECODE_MAX_BJ &&
+    const batched = this.settings.decodeBatch && scanFits && K <= DECODE_MAX_K && DECODE_MAX_B * J <= DECODE_MAX_BJ &&
       batchConvBytes(J) <= this.gpu.limits.maxComputeWorkgroupStorageSize;
     if (c.mixer !== "s6" || !(fused || batched)) return null;
     const w = model.weights;
@@ -688,14 +510,14 @@ export class WebGpuBackend implements Backend {
     const logits = this.make([B, V], "f32", "the logits");
     // and each row's greedy choice, which sample() takes for a greedy draw instead of a dispatch of its own
     const chosen = this.make([B], "i32", "the greedy ids");
-    const words = matvecArgmaxWords(B, V, D, this.matvecWholeRow);
+    const words = matvecArgmaxWords(B, V, D);
     if (plan.argmaxPart?.words !== words) { // once a recording (the count is left zero by every dispatch)
       if (plan.argmaxPart) gpu.release(plan.argmaxPart.buf);
       plan.argmaxPart = { buf: gpu.alloc(words * 4, "the head's partial greedy choices"), words };
       fillWords(gpu, plan.argmaxPart.buf, 0, words);
     }
     matvec(gpu, { x: plan.h, ldx: D, offx: 0, rows: B, K: D, w: head.buf, ws: this.weightStorage(head), N: V, bias: null,
-      y: logits.buf, loadBytes: this.loadBytes(D), wholeRow: this.matvecWholeRow, norm: plan.headNorm,
+      y: logits.buf, loadBytes: this.loadBytes(D), norm: plan.headNorm,
       argmax: { V: c.vocabSize, part: plan.argmaxPart.buf, ids: chosen.buf } });
     this.greedyIds.set(logits, { ids: chosen, V: c.vocabSize });
     return logits;
@@ -737,10 +559,10 @@ export class WebGpuBackend implements Backend {
     };
   }
 
-  /** Bytes of weights a decode thread loads at once for rows of `width` weights (WebGpuTuning.decodeLoadBytes):
+  /** Bytes of weights a decode thread loads at once for rows of `width` weights (WebGpuInternalTuning.decodeLoadBytes):
    *  128 from 2048 a row (1.4b's decode step took 4089 against 4430 us with 64), else 64. */
   private loadBytes(width: number): number {
-    return this.decodeLoadBytes || (width >= 2048 ? 128 : 64);
+    return this.settings.decodeLoadBytes || (width >= 2048 ? 128 : 64);
   }
 
   /**
@@ -761,8 +583,8 @@ export class WebGpuBackend implements Backend {
     const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other
     const xz = gpu.alloc(B * 2 * E * 4);
     const y = gpu.alloc(B * E * 4);
-    const inGroups = mixerInGroups(E, this.decodeChannels);
-    const acc = this.decodeAccumulate && L >= 2 && inGroups <= FIXED_MAX_TERMS;
+    const inGroups = mixerInGroups(E, this.settings.decodeChannels);
+    const acc = this.settings.decodeAccumulate && L >= 2 && inGroups <= FIXED_MAX_TERMS;
     const S = FIXED_SPREAD;
     const xWords = fixedRegionWords(B * J, S);
     // x_proj's totals, a region per layer, zeroed here (a step leaves them zero); else a partial per workgroup
@@ -779,7 +601,7 @@ export class WebGpuBackend implements Backend {
         B, D, E, K, J, eps: c.layerNormEpsilon, h, res, hasRes: i > 0, par: i % 2,
         lp: lp.buf.buf, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
         wIn: wIn.buf, wsIn: this.weightStorage(wIn), wX: wX.buf, wsX: this.weightStorage(wX),
-        convState: convState.buf, xz, Q, channels: this.decodeChannels, loadBytes: this.decodeLoadBytes || FUSED_IN_LOAD_BYTES,
+        convState: convState.buf, xz, Q, channels: this.settings.decodeChannels, loadBytes: this.settings.decodeLoadBytes || FUSED_IN_LOAD_BYTES,
         acc: acc ? { oX: i * xWords, oZero: ((i + L - 1) % L) * xWords, nZero: B * J + 1, limit: fixedLimit(inGroups), stride: S } : undefined,
       };
       const scanArgs: MixerScanArgs = {
@@ -797,7 +619,7 @@ export class WebGpuBackend implements Backend {
       return { inArgs: a.inArgs, scanArgs: a.scanArgs, wOut: a.wo.buf, wsOut: this.weightStorage(a.wo), bias: a.bias,
         ctl: ctl ?? gpu.dummy };
     };
-    const needs = this.decodePersistent && acc && E % 4 === 0 ? layerNeeds(one(0)) : null;
+    const needs = this.settings.decodePersistent && acc && E % 4 === 0 ? layerNeeds(one(0)) : null;
     const persistent = needs !== null && needs.storageBuffers <= gpu.limits.maxStorageBuffersPerShaderStage &&
       needs.workgroupBytes <= gpu.limits.maxComputeWorkgroupStorageSize;
     if (persistent) {
@@ -818,8 +640,8 @@ export class WebGpuBackend implements Backend {
         decodeMixerScan(gpu, { ...scanArgs, G });
         // out_proj into h, which this layer's mixer-in has finished reading
         const args = { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.weightStorage(wo), N: D, bias, y: h };
-        if (E % 4 === 0) matvec(gpu, { ...args, loadBytes: this.loadBytes(E), wholeRow: this.matvecWholeRow });
-        else matmulTiled(gpu, args, this.tileSmall);
+        if (E % 4 === 0) matvec(gpu, { ...args, loadBytes: this.loadBytes(E) });
+        else matmulTiled(gpu, args, this.settings.tileSmall);
       }
       // norm_f over h + the last residual (half numLayers % 2 of res): in the head's kernel where it takes it
       if (!headNorm) addRmsNorm(gpu, h, res, normF, c.layerNormEpsilon, B, D, normed.buf, resOut, (L % 2) * B * D);
@@ -840,13 +662,13 @@ export class WebGpuBackend implements Backend {
     const J = R + 2 * N;
     const gpu = this.gpu;
     const w = model.weights;
-    const tile = this.tileBatch;
+    const tile = this.settings.tileBatch;
     // K parts of decodeBatchSplitCols columns where chosen and K is split at all, else by the workgroups' target;
     // by default short parts (<= 128 columns) become 96 columns, which measured faster at 130m's widths
     const split = (N: number, K: number) => {
-      const parts = kSplits(B, N, K, tile, this.decodeBatchGroups);
+      const parts = kSplits(B, N, K, tile);
       const byGroups = splitPlan(K, parts);
-      const cols = this.decodeBatchSplitCols < 0 ? (byGroups.kLen <= 128 ? 96 : 0) : this.decodeBatchSplitCols;
+      const cols = this.settings.decodeBatchSplitCols < 0 ? (byGroups.kLen <= 128 ? 96 : 0) : this.settings.decodeBatchSplitCols;
       return parts > 1 && cols > 0 ? { kLen: cols, count: Math.ceil(K / cols) } : byGroups;
     };
     const inSplit = split(2 * E, D);
@@ -858,10 +680,9 @@ export class WebGpuBackend implements Backend {
     const xzp = gpu.alloc(inSplit.count * B * 2 * E * 4); // [S, B, 2E]: in_proj's partials
     const xz = gpu.alloc(B * 2 * E * 4);
     const Q = gpu.alloc(Math.ceil(E / BATCH_CONV_CHANNELS) * B * J * 4); // [G, B, J]: x_proj's partials
-    const xdbl = this.decodeBatchReduce ? gpu.alloc(B * J * 4) : null; // [B, J]: their sum (decodeBatchReduce)
     const y = gpu.alloc(B * E * 4);
     // the scan kernel with a thread per (row, channel) where chosen and it can: vec4 states, its tiles in workgroup memory
-    const scanRows = this.decodeBatchScanRows < 0 ? (E <= 2048 ? 8 : 4) : this.decodeBatchScanRows;
+    const scanRows = this.settings.decodeBatchScanRows < 0 ? (E <= 2048 ? 8 : 4) : this.settings.decodeBatchScanRows;
     const threadScan = scanRows > 0 && N % 4 === 0 && batchScanBytes(scanRows, N, R, J) <= gpu.limits.maxComputeWorkgroupStorageSize;
     let parts = 1; // of hp: the embedding is one
     let bias: Buf | null = null; // the last out_proj's, added by the next norm
@@ -881,9 +702,8 @@ export class WebGpuBackend implements Backend {
           B, E, K, J, xzp, S: inSplit.count, lp: lp.buf.buf, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
           wX: wX.buf, wsX: this.weightStorage(wX), convState: convState.buf, xz, Q,
         });
-        if (xdbl) matmulReduce(gpu, Q, G, null, B, J, xdbl);
         const scanArgs = {
-          B, E, N, R, J, G: xdbl ? 1 : G, Q: xdbl ?? Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
+          B, E, N, R, J, G, Q, lp: lp.buf.buf, oPack: lp.oPack, wDt: wDt.buf, wsDt: this.weightStorage(wDt),
           xz, ssm: ssmState.buf, y,
         };
         if (threadScan) decodeBatchScan(gpu, { ...scanArgs, RW: scanRows });
@@ -900,7 +720,7 @@ export class WebGpuBackend implements Backend {
         g: this.f32(this.t(w.normF, "decodeStep")), oG: 0, out: normed.buf,
       });
     });
-    return { key, h: hp, normed, scratch: [res, u, xzp, xz, Q, ...(xdbl ? [xdbl] : []), y], plan };
+    return { key, h: hp, normed, scratch: [res, u, xzp, xz, Q, y], plan };
   }
 
   /** A layer's small constants in one f32 buffer: norm [D] | in_proj bias [2E] | conv [E, K] | conv bias [E] |

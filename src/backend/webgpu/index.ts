@@ -6,16 +6,17 @@ import type { Backend } from "../backend.ts";
 import { acquireDevice, type WebGpuOptions } from "./device.ts";
 import { Gpu } from "./gpu.ts";
 import { MambaError } from "../../errors.ts";
-import { WebGpuTrainingBackend, type WebGpuTrainingTuning } from "./training.ts";
+import { WebGpuTrainingBackend } from "./training.ts";
+import type { WebGpuInternalTuning } from "./tuning.ts";
 
 export { WebGpuBackend } from "./backend.ts";
 export { WebGpuTrainingBackend } from "./training.ts";
 export type { WebGpuOptions } from "./device.ts";
-export type { WebGpuTuning } from "./backend.ts";
-export type { WebGpuTrainingTuning } from "./training.ts";
+export type { WebGpuInternalTuning, WebGpuTuning } from "./tuning.ts";
 
-/** A WebGPU backend on the default adapter, with the training ops; throws a MambaError when there is none. */
-export async function createWebGpuBackend(options: WebGpuOptions & WebGpuTrainingTuning = {}): Promise<Backend> {
+/** A WebGPU backend on the default adapter, with the training ops; throws a MambaError when there is none. Takes
+ *  the internal knobs too (tests, benchmarks); the package's API offers WebGpuOptions & WebGpuTuning. */
+export async function createWebGpuBackend(options: WebGpuOptions & WebGpuInternalTuning = {}): Promise<Backend> {
   const pool = options.poolBytes;
   if (pool !== undefined && !(typeof pool === "number" && Number.isFinite(pool) && pool >= 0)) {
     throw new MambaError(`createWebGpuBackend: poolBytes must be a number of bytes >= 0, got ${String(pool)}`);

@@ -16,7 +16,8 @@ import type { SelectiveScanArgs, SeqShape, Tensor, TensorOrCols } from "../backe
 import type { AdamWParams, ConvGrads, CrossEntropyResult, MatmulGrads, ScanGrads, TrainingBackend } from "../training.ts";
 import { MambaError, check, checkChoice } from "../../errors.ts";
 import type { Buf, Gpu } from "./gpu.ts";
-import { WebGpuBackend, type WebGpuTuning } from "./backend.ts";
+import { WebGpuBackend } from "./backend.ts";
+import type { WebGpuInternalTuning } from "./tuning.ts";
 import { GpuTensor, type Window, gpuTensor, windowOf } from "./tensor.ts";
 import { copyWindow, copyWords, fillWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
@@ -38,27 +39,6 @@ import {
   type ScanBwdGeometry,
 } from "./kernels/backward/scan/index.ts";
 
-export interface WebGpuTrainingTuning extends WebGpuTuning {
-  /** the scan backward's chunk kernel: "lanes" (each channel's states over several subgroup lanes; the default
-   *  where subgroups of at least that many lanes exist) or "channel" (one lane a channel; the default without,
-   *  and what runs for a state size whose lanes-kernel tiles exceed the device's workgroup memory). Both compute
-   *  the same gradients. */
-  scanBackwardKernel?: "lanes" | "channel";
-  /** lanes a channel of the "lanes" kernel: 2 (default), 4 or 8 */
-  scanBackwardLanes?: number;
-  /** subgroup-wide blocks a workgroup of the "lanes" kernel: 1, 2, 4 (default) or 8 (more channels a workgroup,
-   *  so fewer dB|dC partials to sum, against fewer workgroups and more workgroup memory each) */
-  scanBackwardBlocks?: number;
-  /** time steps per saved state in the scan backward (default: by how many chunks fill the GPU) */
-  scanBackwardChunk?: number;
-  /** time steps the scan backward recomputes at once: kept in workgroup memory by the channel kernel (default:
-   *  what fits, at most 8), in registers by the lanes kernel (default 8) */
-  scanBackwardSubTile?: number;
-  /** lanes per subgroup sum of dB and dC in the scan backward (default: the device's smallest subgroup, at most
-   *  32); 0 sums in workgroup memory instead */
-  scanBackwardReduceWidth?: number;
-}
-
 /** Where an op writes a gradient window: the tensor itself, or a zeroed scratch added into it by finish(). */
 interface Target extends Operand {
   finish(): void;
@@ -75,17 +55,14 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   private readonly hostInts = new WeakMap<GpuTensor, { data: Int32Array; version: number }>();
   private readonly scanChunk: number;
   private readonly scanSubTile: number;
-  /** K tile of the backward's tiled products (the forward's matmulBK when set; else each tile size's own) */
-  private readonly backwardBK: number | undefined;
   private readonly scanReduceWidth: number;
   private readonly scanKernel: "lanes" | "channel";
   private readonly scanLanes: number;
   private readonly scanBlocks: number;
   private flushedAt = 0;
 
-  constructor(gpu: Gpu, tuning: WebGpuTrainingTuning = {}) {
+  constructor(gpu: Gpu, tuning: WebGpuInternalTuning = {}) {
     super(gpu, tuning);
-    this.backwardBK = tuning.matmulBK;
     this.scanChunk = tuning.scanBackwardChunk ?? 0;
     this.scanSubTile = tuning.scanBackwardSubTile ?? 0;
     this.scanReduceWidth = scanBwdReduceWidth(gpu, tuning.scanBackwardReduceWidth);
@@ -299,11 +276,11 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   /** C [M, N] window += A · B (A k-major [M, K] or m-major [K, M]; B [K, N]), split along K when that fills the GPU. */
   private product(M: number, N: number, K: number, a: Operand, aKMajor: boolean, b: Operand, c: Operand): void {
     const maxDim = this.gpu.limits.maxComputeWorkgroupsPerDimension;
-    const tile = pickTile(M, N, this.backwardBK);
+    const tile = pickTile(M, N);
     check(Math.ceil(M / tile.BM) <= maxDim && Math.ceil(N / tile.BN) <= maxDim, `matmulBackward: a [${M}, ${N}] product is too large for one dispatch`);
     const split = splitK(M, N, K, tile);
     const part = split.splits > 1 ? this.gpu.alloc(split.splits * M * N * 4, "a matmul's split partials") : null;
-    matmulBackwardTiled(this.gpu, { M, N, K, a, aKMajor, b, c }, tile, split, part, this.matmulVec4);
+    matmulBackwardTiled(this.gpu, { M, N, K, a, aKMajor, b, c }, tile, split, part, this.settings.matmulVec4);
     if (part) {
       reduceGroups(this.gpu, part, { G: split.splits, off: 0, sR: N, sG: M * N, cw: 1, sC1: 1, sC2: 0 }, c.buf, M, N, c.ld, c.off);
       this.gpu.release(part);

@@ -20,39 +20,36 @@ import { MambaError } from "../../../errors.ts";
 export interface TileConfig {
   BM: number; // rows of y per workgroup (16 · TM, or 8 · TM: a workgroup of 8 × 16 threads instead of 16 × 16)
   BN: number; // columns of y per workgroup (16 · TN)
-  TM: number; // rows per thread: 4 or 8
+  TM: number; // rows per thread: 8
   TN: number; // columns per thread: 4 or 8
-  BK: number; // K columns per tile: 8, 16 or 32
-  buffers: number; // shared tile buffers: 1 (two barriers a K tile) or 2 (one)
+  BK: number; // K columns per tile: 8 or 16
   vec4: boolean; // global loads of 4 K columns at once (and 4-column stores) where the call's shapes allow (vec4Fits)
 }
 
 // K tiles of 8 with one buffer: on the H200 35.6 – 37.6 TFLOP/s at the forward's shapes, against 30.0 – 31.6 with
 // K tiles of 16, 28.8 – 30.3 with 32, and 28.0 – 29.5 (16) or 33.0 – 33.6 (8) with two buffers (BENCHMARKS.md)
-export const TILE_LARGE: TileConfig = { BM: 128, BN: 128, TM: 8, TN: 8, BK: 8, buffers: 1, vec4: true };
+export const TILE_LARGE: TileConfig = { BM: 128, BN: 128, TM: 8, TN: 8, BK: 8, vec4: true };
 // 64-row tiles of 16 × 8 threads, 8 × 4 outputs each: on the H100 a decode batch's head (64 × 768 by 50280) took 164 –
 // 167 us against 216 – 219 with 16 × 16 threads of 4 × 4, the batch step's in_proj (8 K parts) 28 – 29 against 31 – 34
-export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 8, TN: 4, BK: 8, buffers: 1, vec4: true };
-/** K tile sizes and buffer counts a TileConfig may have. */
-export const MATMUL_BK_CHOICES = [8, 16, 32];
-export const MATMUL_BUFFER_CHOICES = [1, 2];
-/** Outputs a thread may hold each way (TM, TN): 4-wide groups, one or two. */
-export const TILE_THREAD_OUTPUT_CHOICES = [4, 8];
+export const TILE_SMALL: TileConfig = { BM: 64, BN: 64, TM: 8, TN: 4, BK: 8, vec4: true };
+// at most 64 rows with an output wide enough for GROUP_TARGET tiles of 128 columns (the head of a decode batch):
+// 128 columns a tile share each loaded value of x over twice the columns; on the H100 a batch of 64's head on 130m
+// took 128 against 147 us with 64 × 64 tiles (BENCHMARKS.md)
+export const TILE_WIDE: TileConfig = { ...TILE_SMALL, TN: 8, BN: 128 };
+// the batch decode step's matmuls have few rows and short K splits: K tiles of 16 ran its step at 64 rows of 130m in
+// 2118 against 2222 us with 8, in one process; 64 × 128 tiles were no faster (BENCHMARKS.md)
+export const TILE_BATCH: TileConfig = { ...TILE_SMALL, BK: 16 };
 
-/** What makes a tile config one the kernel cannot run, or null: 16 columns of threads by BM / TM rows (8 or 16), 4 or
- *  8 outputs a thread each way, the staged tiles a whole number of loads a thread, and with two buffers at least 16
- *  vec4 a tile row (the swizzle XORs K's low 4 bits into the column). */
+/** What makes a tile config one the kernel cannot run, or null: 16 columns of threads by BM / TM rows (8 or 16), 8
+ *  rows and 4 or 8 columns of outputs a thread, K tiles of 8 or 16, and the staged tiles a whole number of loads a
+ *  thread. */
 export function tileProblem(c: TileConfig): string | null {
   const rows = c.BM / c.TM, threads = 16 * rows;
-  const outputs = TILE_THREAD_OUTPUT_CHOICES;
-  if (!outputs.includes(c.TM) || !outputs.includes(c.TN)) return `TM and TN must be one of ${outputs.join(", ")}, got ${c.TM} and ${c.TN}`;
+  if (c.TM !== 8 || ![4, 8].includes(c.TN)) return `TM must be 8 and TN 4 or 8, got ${c.TM} and ${c.TN}`;
   if (![8, 16].includes(rows)) return `BM must be 8 or 16 times TM, got ${c.BM} with TM ${c.TM}`;
   if (c.BN !== 16 * c.TN) return `BN must be 16 times TN, got ${c.BN} with TN ${c.TN}`;
-  if (!MATMUL_BK_CHOICES.includes(c.BK) || !MATMUL_BUFFER_CHOICES.includes(c.buffers)) {
-    return `BK must be one of ${MATMUL_BK_CHOICES.join(", ")} and buffers one of ${MATMUL_BUFFER_CHOICES.join(", ")}, got ${c.BK} and ${c.buffers}`;
-  }
+  if (![8, 16].includes(c.BK)) return `BK must be 8 or 16, got ${c.BK}`;
   if (!wholeLoads(c, threads, 1)) return `a ${c.BM} x ${c.BN} tile with K tiles of ${c.BK} is not a whole number of loads for ${threads} threads`;
-  if (c.buffers === 2 && (c.BM < 64 || c.BN < 64)) return `two buffers need tiles of at least 64 x 64, got ${c.BM} x ${c.BN}`;
   return null;
 }
 
@@ -61,12 +58,11 @@ export function wholeLoads(c: { BM: number; BN: number; BK: number }, threads: n
   return (c.BM * c.BK / width) % threads === 0 && (c.BN * c.BK / width) % threads === 0;
 }
 
-/** Workgroup memory of a tile config in bytes. */
-export const tileBytes = (c: TileConfig) => 16 * c.buffers * c.BK * (c.BM / 4 + c.BN / 4 + (c.buffers === 1 ? 2 : 0));
+/** Workgroup memory of a tile config in bytes: two tiles of BK rows of vec4s, each row padded by one (see the WGSL). */
+export const tileBytes = (c: TileConfig) => 16 * c.BK * (c.BM / 4 + c.BN / 4 + 2);
 
-/** A tile config's kernel name, unique per generated WGSL. */
-export const tileName = (c: TileConfig) =>
-  `${c.BM}x${c.BN}${c.BM === 16 * c.TM ? "" : `t${c.TM}`}_k${c.BK}${c.buffers === 1 ? "" : `b${c.buffers}`}`;
+/** A tile config's kernel name. */
+export const tileName = (c: TileConfig) => `${c.BM}x${c.BN}${c.BM === 16 * c.TM ? "" : `t${c.TM}`}_k${c.BK}`;
 
 /** Whether a call may take the kernel's vec4 path: K, N, the window's stride and offset multiples of 4 (so a 4-column
  *  group never straddles a row or a part's end: parts are multiples of 16), and each tile a whole number of vec4
@@ -75,30 +71,30 @@ export function vec4Fits(c: TileConfig, a: { K: number; N: number; ldx: number; 
   return c.vec4 && a.K % 4 === 0 && a.N % 4 === 0 && a.ldx % 4 === 0 && a.offx % 4 === 0 && wholeLoads(c, 16 * (c.BM / c.TM), 4);
 }
 
-/** WGSL that stores the staged registers ra, rb into shared buffer `buf` (a u32 expression): scalars, or with v4
- *  groups of 4 K columns of one row (or column of w), each written as 4 scalars of the transposed tile. */
-const stageWgsl = (buf: string, v4: boolean) => v4 ? /* wgsl */ `
+/** WGSL that stores the staged registers ra, rb into the shared tiles: scalars, or with v4 groups of 4 K columns
+ *  of one row (or column of w), each written as 4 scalars of the transposed tile. */
+const stageWgsl = (v4: boolean) => v4 ? /* wgsl */ `
     for (var j = 0u; j < LA; j++) {
       let e = tid + NT * j;
       let m = e / BK4;
       let k = (e % BK4) * 4u;
-      for (var c = 0u; c < 4u; c++) { As[(${buf}) * BK * SA + (k + c) * SA + swz(k + c, m / 4u)][m % 4u] = ra[j][c]; }
+      for (var c = 0u; c < 4u; c++) { As[(k + c) * SA + m / 4u][m % 4u] = ra[j][c]; }
     }
     for (var j = 0u; j < LB; j++) {
       let e = tid + NT * j;
       let n = e / BK4;
       let k = (e % BK4) * 4u;
-      for (var c = 0u; c < 4u; c++) { Bs[(${buf}) * BK * SB + (k + c) * SB + swz(k + c, n / 4u)][n % 4u] = rb[j][c]; }
+      for (var c = 0u; c < 4u; c++) { Bs[(k + c) * SB + n / 4u][n % 4u] = rb[j][c]; }
     }` : /* wgsl */ `
     for (var j = 0u; j < LA; j++) {
       let e = tid + NT * j;
       let m = e / BK;
-      As[(${buf}) * BK * SA + (e % BK) * SA + swz(e % BK, m / 4u)][m % 4u] = ra[j];
+      As[(e % BK) * SA + m / 4u][m % 4u] = ra[j];
     }
     for (var j = 0u; j < LB; j++) {
       let e = tid + NT * j;
       let n = e / BK;
-      Bs[(${buf}) * BK * SB + (e % BK) * SB + swz(e % BK, n / 4u)][n % 4u] = rb[j];
+      Bs[(e % BK) * SB + n / 4u][n % 4u] = rb[j];
     }`;
 
 /** WGSL that loads the K tile starting at column `k0` (a u32 expression) into the registers ra, rb: consecutive
@@ -156,16 +152,6 @@ const storeWgsl = (v4: boolean) => v4 ? /* wgsl */ `
         }
       }`;
 
-/**
- * Where column group q of shared row k lives. One buffer: rows padded by one vec4 (the transposed stores of 16
- * threads with 16 different k then spread over banks). Two buffers: no padding, so that 2 × 16 rows of 128 × 128
- * tiles fit in 32 KiB; q is XORed with k instead, which spreads the stores alike and keeps a row's 16-aligned
- * blocks of q (what a warp reads) whole.
- */
-const swzWgsl = (c: TileConfig) => c.buffers === 1
-  ? "fn swz(k: u32, q: u32) -> u32 { return q; }"
-  : "fn swz(k: u32, q: u32) -> u32 { return q ^ (k & 15u); }";
-
 const wgsl = (c: TileConfig, ws: WeightStorage, v4: boolean) => /* wgsl */ `
 // bindings: 0 x [rows, ldx] f32 | 1 w [N, K] | 2 bias [N] | 3 y [splits, T, N] | 4 params
 // grid: (N / BN, T / BM, splits); split z covers K columns [z·kLen, (z + 1)·kLen)
@@ -175,14 +161,13 @@ const TM = ${c.TM}u;
 const TN = ${c.TN}u;
 const BK = ${c.BK}u;
 const BK4 = BK / 4u;         // 4-column groups of a K tile
-const NBUF = ${c.buffers}u;
 const RT = BM / TM;          // rows of threads (16, or 8 for a half-height workgroup)
 const NT = 16u * RT;         // threads
 const GM = TM / 4u;          // 4-row groups per thread
 const GN = TN / 4u;          // 4-column groups per thread
-const PAD = ${c.buffers === 1 ? 1 : 0}u;  // (see swz)
-const SA = BM / 4u + PAD;    // row stride of As in vec4
-const SB = BN / 4u + PAD;
+// rows padded by one vec4: the transposed stores of 16 threads with 16 different k then spread over banks
+const SA = BM / 4u + 1u;     // row stride of As in vec4
+const SB = BN / 4u + 1u;
 const LA = BM * BK / NT${v4 ? " / 4u" : ""};  // x ${v4 ? "vec4s" : "values"} each thread stages per K tile
 const LB = BN * BK / NT${v4 ? " / 4u" : ""};  // w ${v4 ? "vec4s" : "values"} each thread stages per K tile
 
@@ -193,11 +178,10 @@ struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, kLen: u32 
 @group(0) @binding(3) var<storage, read_write> y: array<${v4 ? "vec4<f32>" : "f32"}>;
 @group(0) @binding(4) var<uniform> p: P;
 
-var<workgroup> As: array<vec4<f32>, NBUF * BK * SA>; // As[buffer][k][m]: the x tile, transposed
-var<workgroup> Bs: array<vec4<f32>, NBUF * BK * SB>; // Bs[buffer][k][n]: the w tile, transposed
+var<workgroup> As: array<vec4<f32>, BK * SA>; // As[k][m]: the x tile, transposed
+var<workgroup> Bs: array<vec4<f32>, BK * SB>; // Bs[k][n]: the w tile, transposed
 
 ${v4 ? weight4Reader(ws) : weightReader(ws)}
-${swzWgsl(c)}
 
 @compute @workgroup_size(16, ${c.BM / c.TM})
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -217,20 +201,16 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   {${loadWgsl("kBegin", v4)}
   }
 
-${c.buffers === 1 ? "" : `${stageWgsl("0u", v4)}
-  workgroupBarrier();
-`}  for (var t = 0u; t < tiles; t++) {
-${c.buffers === 1 ? `${stageWgsl("0u", v4)}
+  for (var t = 0u; t < tiles; t++) {
+${stageWgsl(v4)}
     workgroupBarrier();
-` : ""}    if (t + 1u < tiles) {${loadWgsl("kBegin + (t + 1u) * BK", v4)}
+    if (t + 1u < tiles) {${loadWgsl("kBegin + (t + 1u) * BK", v4)}
     }
-    let baseA = (t % NBUF) * BK * SA;
-    let baseB = (t % NBUF) * BK * SB;
     for (var k = 0u; k < BK; k++) {
       var a: array<vec4<f32>, GM>;
       var b: array<vec4<f32>, GN>;
-      for (var g = 0u; g < GM; g++) { a[g] = As[baseA + k * SA + swz(k, g * RT + ty)]; }
-      for (var h = 0u; h < GN; h++) { b[h] = Bs[baseB + k * SB + swz(k, h * 16u + tx)]; }
+      for (var g = 0u; g < GM; g++) { a[g] = As[k * SA + g * RT + ty]; }
+      for (var h = 0u; h < GN; h++) { b[h] = Bs[k * SB + h * 16u + tx]; }
       for (var g = 0u; g < GM; g++) {
         for (var c = 0u; c < 4u; c++) {
           let av = a[g][c];
@@ -240,9 +220,7 @@ ${c.buffers === 1 ? `${stageWgsl("0u", v4)}
         }
       }
     }
-${c.buffers === 1 ? "" : `    if (t + 1u < tiles) {${stageWgsl("(t + 1u) % NBUF", v4)}
-    }
-`}    workgroupBarrier();
+    workgroupBarrier();
   }
 
   let out0 = wg.z * p.T * p.N;

@@ -3,7 +3,7 @@
  * cost, so each group of LPR threads (32, more for long rows) streams one row of w as 4-wide loads (vec4 of f32,
  * or 2 u32 words of packed halves) and applies it to every row of x at once; the LPR partial sums are added in
  * workgroup memory. A lane loads its whole share of the row at once where it is at most 16 vec4s: rows past 2048
- * take 64 – 256 lanes so that it stays so (wholeRow), or else 32 lanes load in batches. K is a constant of the
+ * take 64 – 256 lanes so that it stays so (past 16384, 256 lanes load in batches). K is a constant of the
  * kernel (a pipeline per K). Needs K % 4 == 0 (the tiled kernel takes the rest). With `norm` the input is first
  * RMSNorm(x + res) · g, which every workgroup computes for itself: the decode's head takes norm_f so, without a
  * dispatch of its own.
@@ -22,10 +22,11 @@ export const MATVEC_MAX_ROWS = 8;
  *  393 to 95 us, 130m's out_proj from 5.1 to 3.8.) */
 const WHOLE_ROW_VEC4S = 16;
 
-/** Lanes a row of w: 32, or with wholeRow as many (up to 256) as keep a lane's share within WHOLE_ROW_VEC4S. */
-export function matvecRowLanes(K: number, wholeRow: boolean): number {
+/** Lanes a row of w: as many (32 – 256) as keep a lane's share within WHOLE_ROW_VEC4S. (32 lanes loading rows
+ *  past 2048 in batches of loadBytes were slower: BENCHMARKS.md.) */
+export function matvecRowLanes(K: number): number {
   const split = Math.ceil(Math.ceil(K / 4 / 32) / WHOLE_ROW_VEC4S);
-  return wholeRow ? 32 * Math.min(8, 2 ** Math.ceil(Math.log2(split))) : 32;
+  return 32 * Math.min(8, 2 ** Math.ceil(Math.log2(split)));
 }
 
 const wgsl = (T: number, K: number, ws: WeightStorage, loadBytes: number, LPR: number, norm: boolean, argmax: boolean) => {
@@ -199,7 +200,6 @@ export interface MatvecArgs {
   bias: Buf | null;
   y: Buf;
   loadBytes?: number; // bytes of w a lane loads at once: 64 (default), 128, 256 or 384
-  wholeRow?: boolean; // more lanes a row where a lane's share would pass WHOLE_ROW_VEC4S (default true)
   // x is RMSNorm(x + res) · g first (res [T, K] from word offRes of its buffer); rows · K at most MATVEC_NORM_MAX
   norm?: { res: Buf; offRes: number; g: Buf; eps: number };
   // also the greedy choice of each row of y, over its first V columns, into ids (i32 [T]), in the same dispatch:
@@ -208,13 +208,13 @@ export interface MatvecArgs {
 }
 
 /** Words of the argmax option's buffer for rows × N outputs: two a workgroup and row, and the count. */
-export function matvecArgmaxWords(rows: number, N: number, K: number, wholeRow = true): number {
-  return 2 * matvecGroups(N, K, wholeRow) * rows + 1;
+export function matvecArgmaxWords(rows: number, N: number, K: number): number {
+  return 2 * matvecGroups(N, K) * rows + 1;
 }
 
 /** Workgroups of a matvec over N rows of w of K weights. */
-function matvecGroups(N: number, K: number, wholeRow: boolean): number {
-  return Math.ceil(N / (256 / matvecRowLanes(K, wholeRow)));
+function matvecGroups(N: number, K: number): number {
+  return Math.ceil(N / (256 / matvecRowLanes(K)));
 }
 
 /** Rows × K a matvec with the norm (MatvecArgs.norm) takes: its normalized input is held in workgroup memory. */
@@ -224,13 +224,13 @@ export const MATVEC_NORM_MAX = 4096;
 export function matvec(gpu: Gpu, a: MatvecArgs): void {
   const loadBytes = a.loadBytes ?? 64;
   if (a.K % 4 !== 0) throw new Error(`matvec: K ${a.K} is not a multiple of 4`);
-  const LPR = matvecRowLanes(a.K, a.wholeRow ?? true);
+  const LPR = matvecRowLanes(a.K);
   const norm = a.norm ?? null, am = a.argmax ?? null;
   if (norm && a.rows * a.K > MATVEC_NORM_MAX) throw new Error(`matvec: ${a.rows} rows of ${a.K} to normalize, expected at most ${MATVEC_NORM_MAX} values`);
   if (am && !(am.V >= 1 && am.V <= a.N)) throw new Error(`matvec: argmax over ${am.V} of ${a.N} columns`);
   const k = gpu.kernel(`matvec_${a.rows}_${a.K}_${a.ws}_${loadBytes}_${LPR}${norm ? "_norm" : ""}${am ? "_argmax" : ""}`,
     () => wgsl(a.rows, a.K, a.ws, loadBytes, LPR, !!norm, !!am));
-  const groups = matvecGroups(a.N, a.K, a.wholeRow ?? true);
+  const groups = matvecGroups(a.N, a.K);
   const [gx, gy] = grid(groups, gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = new Params().u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias).u32(gx).f32(norm?.eps ?? 0).u32(norm?.offRes ?? 0)
     .u32(am?.V ?? 0).u32(groups);

@@ -401,7 +401,6 @@ export interface SampleArgs {
   temperature: number; topK: number; topP: number; minP: number; penalty: number;
   uniforms: Buf; history: { ids: Buf; offsets: Buf } | null; seen: Buf | null;
   out: Buf;
-  list: boolean; // the fast path's short list (false: the bit-by-bit search for every draw)
 }
 
 export function sampleWords(V: number): number {
@@ -418,7 +417,7 @@ export function sample(gpu: Gpu, a: SampleArgs): void {
   const free = gpu.limits.maxComputeWorkgroupStorageSize - 3 * 4 * WG - 64;
   let CAP = 2048;
   while (CAP >= 64 && 12 * CAP > free) CAP /= 2;
-  if (CAP < 64 || !a.list) CAP = 0;
+  if (CAP < 64) CAP = 0; // (every WebGPU device has room for 256)
   const k = gpu.kernel(`sample_${WG}_${CAP}`, () => wgsl(WG, CAP));
   const p = new Params().u32(a.V).u32(a.ldV).f32(a.temperature).u32(a.topK).f32(a.topP).f32(a.minP).f32(a.penalty)
     .bool(!!a.history).u32(sampleWords(a.V));

@@ -5,7 +5,7 @@
  * B is always contiguous along N; A is read as A(m, k) = a[m · lda + offa + k] ("k-major") or
  * a[k · lda + offa + m] ("m-major"); both may be column windows, and so may C (dx into part of a wider gradient).
  * The tiling is the forward matmul's (16 × 16 threads, BM × BN tile, TM × TN outputs per thread as 4-wide groups,
- * K tiles of BK (16 by default) through workgroup memory, next tile's loads issued before the current tile's
+ * K tiles of BK (8 or 16, by tile size) through workgroup memory, next tile's loads issued before the current tile's
  * arithmetic).
  * Where the strides, offsets and extents allow (bwdVec4Fits), every load takes 4 contiguous values at once (A along
  * its contiguous axis, B along N) and C is updated 4 columns at once: on the forward's kernel this was worth a fifth.
@@ -22,12 +22,12 @@ export interface BwdTile {
   BN: number; // columns of C per workgroup (16 · TN)
   TM: number; // 4 or 8
   TN: number; // 4 or 8
-  BK: number; // reduction columns per shared tile: 8, 16 or 32
+  BK: number; // reduction columns per shared tile: 8 or 16
 }
 
 // K tiles by tile size, from one micro-batch of a 130m training step (4 x 2048) on one H200, per-kernel GPU time:
 // the 128 x 128 products took 141.9 ms with K tiles of 8 against 151.7 with 16; the 64 x 64 ones 33.6 ms with 8
-// against 28.8 with 16 (BENCHMARKS.md, training). WebGpuTuning.matmulBK sets both.
+// against 28.8 with 16 (BENCHMARKS.md, training).
 export const BWD_TILE_LARGE: BwdTile = { BM: 128, BN: 128, TM: 8, TN: 8, BK: 8 };
 export const BWD_TILE_SMALL: BwdTile = { BM: 64, BN: 64, TM: 4, TN: 4, BK: 16 };
 
@@ -214,10 +214,9 @@ export function splitK(M: number, N: number, K: number, tile: BwdTile): { splits
   return { splits: Math.ceil(K / kPer), kPer };
 }
 
-/** 128 × 128 tiles where they make at least 128 workgroups, else 64 × 64; K tiles of BK (default: the tile's). */
-export function pickTile(M: number, N: number, BK?: number): BwdTile {
-  const tile = Math.ceil(M / 128) * Math.ceil(N / 128) >= 128 ? BWD_TILE_LARGE : BWD_TILE_SMALL;
-  return { ...tile, BK: BK ?? tile.BK };
+/** 128 × 128 tiles where they make at least 128 workgroups, else 64 × 64. */
+export function pickTile(M: number, N: number): BwdTile {
+  return Math.ceil(M / 128) * Math.ceil(N / 128) >= 128 ? BWD_TILE_LARGE : BWD_TILE_SMALL;
 }
 
 /**
