@@ -2,6 +2,9 @@
  * The demo's web server (Node): serves the bundled page (index.html, style.css, main.js), demo.json (which model
  * the page should load, or why there is none) and the files of one model folder under /model/. Loopback only,
  * GET and HEAD only; model files are served by plain names from the folder itself, never from a subfolder.
+ *
+ * Every response carries the cross-origin isolation headers (COOP same-origin, COEP require-corp, CORP
+ * same-origin): an isolated page gets SharedArrayBuffer, which a CPU engine with worker threads needs.
  */
 import { createReadStream, promises as fs } from "node:fs";
 import http from "node:http";
@@ -36,12 +39,19 @@ const TYPES: Record<string, string> = {
   ".map": "application/json; charset=utf-8",
   ".json": "application/json; charset=utf-8",
 };
+/** sent with every response: they make the page cross-origin isolated (crossOriginIsolated, SharedArrayBuffer) */
+export const ISOLATION_HEADERS: Readonly<Record<string, string>> = {
+  "cross-origin-opener-policy": "same-origin",
+  "cross-origin-embedder-policy": "require-corp",
+  "cross-origin-resource-policy": "same-origin",
+};
+
 /** the files a model folder may hold that the page may ask for */
 const MODEL_FILE = /^[A-Za-z0-9_][A-Za-z0-9_.-]*\.(json|safetensors|bin)$/;
 
 function send(res: http.ServerResponse, status: number, body: string | Uint8Array, type = "text/plain; charset=utf-8", head = false): void {
   const bytes = typeof body === "string" ? Buffer.from(body) : body;
-  res.writeHead(status, { "content-type": type, "content-length": bytes.length, "cache-control": "no-store" });
+  res.writeHead(status, { ...ISOLATION_HEADERS, "content-type": type, "content-length": bytes.length, "cache-control": "no-store" });
   res.end(head ? undefined : bytes);
 }
 
@@ -98,6 +108,7 @@ async function serveFile(res: http.ServerResponse, file: string, head: boolean):
   const stat = await fs.stat(file).catch(() => null);
   if (!stat?.isFile()) return send(res, 404, "not found\n");
   res.writeHead(200, {
+    ...ISOLATION_HEADERS,
     "content-type": TYPES[path.extname(file)] ?? "application/octet-stream",
     "content-length": stat.size,
     "cache-control": "no-store",

@@ -5,11 +5,15 @@
  * the WebGPU backend reaches (`webgpu`, Dawn for Node, imported lazily by src/backend/webgpu/node.ts and only
  * where navigator.gpu is absent) is replaced by a stub that throws.
  *
- * `mamba-ts demo` bundles in memory at start; `npm run build:web` writes web/dist/ for any static server.
+ * The page is shipped prebuilt: `npm run build` writes it to dist/web/, and `mamba-ts demo` run from the compiled
+ * package serves those files, so an installed package needs neither esbuild nor web/. Run from the sources (through
+ * tsx, as the tests do) it bundles in memory at start, so the page matches the sources. `npm run build:web` writes
+ * web/dist/ for any static server.
  */
 import { promises as fs } from "node:fs";
 import { builtinModules } from "node:module";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import type { Plugin } from "esbuild";
 import { MambaError } from "../errors.ts";
 import { PACKAGE_ROOT } from "./common.ts";
@@ -40,14 +44,14 @@ export function browserOnlyPlugin(): Plugin {
 }
 
 export interface WebBundle {
-  /** file name -> contents: index.html, style.css, main.js, main.js.map */
+  /** file name -> contents: index.html, style.css, main.js, main.js.map (unless sourcemap: false) */
   files: Map<string, Uint8Array>;
   /** the source files that went into main.js, relative to the package root */
   inputs: string[];
 }
 
 /** Builds the page in memory. */
-export async function bundleWeb(options: { minify?: boolean; entry?: string } = {}): Promise<WebBundle> {
+export async function bundleWeb(options: { minify?: boolean; entry?: string; sourcemap?: boolean } = {}): Promise<WebBundle> {
   const esbuild = await import("esbuild");
   let result;
   try {
@@ -58,7 +62,7 @@ export async function bundleWeb(options: { minify?: boolean; entry?: string } = 
       platform: "browser",
       target: "es2022",
       minify: options.minify ?? false,
-      sourcemap: "linked",
+      sourcemap: options.sourcemap === false ? false : "linked",
       outfile: path.join(WEB_DIR, "dist", "main.js"),
       write: false,
       metafile: true,
@@ -78,11 +82,37 @@ export async function bundleWeb(options: { minify?: boolean; entry?: string } = 
   return { files, inputs: Object.keys(result.metafile.inputs) };
 }
 
-/** Writes the built page to a folder (web/dist by default), replacing what was there. */
-export async function writeWebDist(outDir = path.join(WEB_DIR, "dist")): Promise<string[]> {
-  const { files } = await bundleWeb({ minify: true });
+/**
+ * Writes the built page, minified, to a folder (web/dist by default), replacing what was there; `sourcemap: false`
+ * leaves out main.js.map (the package's prebuilt page does: the map holds every source, three times main.js's size).
+ */
+export async function writeWebDist(outDir = path.join(WEB_DIR, "dist"), options: { sourcemap?: boolean } = {}): Promise<string[]> {
+  const { files } = await bundleWeb({ minify: true, ...options });
   await fs.rm(outDir, { recursive: true, force: true });
   await fs.mkdir(outDir, { recursive: true });
   for (const [name, data] of files) await fs.writeFile(path.join(outDir, name), data);
   return [...files.keys()].map((n) => path.join(outDir, n));
+}
+
+/** Where the compiled package keeps the prebuilt page: dist/web/, beside this module's folder (dist/cli/). */
+export const PREBUILT_WEB_DIR = fileURLToPath(new URL("../web/", import.meta.url));
+
+/**
+ * The page `mamba-ts demo` serves: bundled now when this module runs from the sources (src/cli/web-bundle.ts),
+ * else the prebuilt files of dist/web/.
+ */
+export async function demoPage(): Promise<Map<string, Uint8Array>> {
+  if (import.meta.url.endsWith(".ts")) return (await bundleWeb()).files;
+  let names: string[];
+  try {
+    names = await fs.readdir(PREBUILT_WEB_DIR);
+  } catch {
+    throw new MambaError(`the demo page is not built (${PREBUILT_WEB_DIR} is missing): run \`npm run build\` in the package folder`);
+  }
+  const files = new Map<string, Uint8Array>();
+  for (const name of names) files.set(name, await fs.readFile(path.join(PREBUILT_WEB_DIR, name)));
+  if (!files.has("index.html") || !files.has("main.js")) {
+    throw new MambaError(`the demo page in ${PREBUILT_WEB_DIR} is incomplete: run \`npm run build\` in the package folder`);
+  }
+  return files;
 }

@@ -1,48 +1,21 @@
 /**
- * The `mamba-ts` command line, run as users run it: `node bin/mamba-ts.js ...` in a child process, against the
- * tiny fixture model. Generated text is compared with what the library API produces for the same options and
- * seed; info's parameter count with a count taken from the safetensors header here; bad input must give exactly
- * one `mamba-ts: error:` line on stderr, the right exit code and no stack trace.
+ * The `mamba-ts` command line, run as users run it but from the sources (test/helpers/mamba-ts.ts through tsx, a
+ * child process each), against the tiny fixture model. Generated text is compared with what the library API produces
+ * for the same options and seed; info's parameter count with a count taken from the safetensors header here; bad
+ * input must give exactly one `mamba-ts: error:` line on stderr, the right exit code and no stack trace. The compiled
+ * bin/mamba-ts.js is run from an installed package by test/package/install.test.ts.
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { existsSync, promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { loadModel, loadTokenizer, type GenerateOptions, type Tokenizer } from "../../src/index.ts";
 import { defaultModelFolder } from "../../src/cli/default-model.ts";
+import { CLI_ENTRY, type CliRun as Run, ROOT, cli } from "../helpers/cli.ts";
 import { fixture } from "../helpers/fixtures.ts";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-const BIN = path.join(ROOT, "bin", "mamba-ts.js");
 const TINY = fixture("hf-mamba", "tiny");
-
-interface Run {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the CLI; `onStdout` may act on the child (send it a signal) when output comes. */
-function cli(args: string[], opts: { env?: NodeJS.ProcessEnv; bin?: string; onStdout?: (child: ReturnType<typeof spawn>, text: string) => void } = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const env = { ...process.env, ...opts.env };
-    if (!opts.env?.MAMBA_TS_DEBUG) delete env.MAMBA_TS_DEBUG;
-    const child = spawn(process.execPath, [opts.bin ?? BIN, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => {
-      stdout += d;
-      opts.onStdout?.(child, stdout);
-    });
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    child.on("error", reject);
-    child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }));
-  });
-}
 
 /** Exactly one line on stderr, in the CLI's error format, with no stack trace, and the given exit code. */
 function assertOneLineError(r: Run, code: number, mentions?: RegExp): void {
@@ -86,7 +59,7 @@ after(async () => {
   await fs.rm(tmp, { recursive: true, force: true });
 });
 
-describe("help and version", () => {
+describe("help and version", { timeout: 600_000 }, () => {
   test("--version prints package.json's version", async () => {
     const pkg = JSON.parse(await fs.readFile(path.join(ROOT, "package.json"), "utf8")) as { version: string };
     const r = await cli(["--version"]);
@@ -119,8 +92,8 @@ describe("help and version", () => {
     const binDir = path.join(tmp, "node_modules", ".bin");
     await fs.mkdir(binDir, { recursive: true });
     const link = path.join(binDir, "mamba-ts");
-    await fs.symlink(BIN, link);
-    const r = await cli(["info", "--model", TINY], { bin: link });
+    await fs.symlink(CLI_ENTRY, link);
+    const r = await cli(["info", "--model", TINY], { entry: link });
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^parameters: \d+/m);
   });
@@ -147,7 +120,7 @@ function parseInfo(stdout: string): Map<string, string> {
   }));
 }
 
-describe("info", () => {
+describe("info", { timeout: 600_000 }, () => {
   test("prints the config, the parameter count from the checkpoint, dtype, format and folder", async () => {
     const config = JSON.parse(await fs.readFile(path.join(TINY, "config.json"), "utf8")) as Record<string, number | boolean>;
     const want = await safetensorsParameterCount(path.join(TINY, "model.safetensors"), config.tie_word_embeddings === true);
@@ -187,7 +160,7 @@ describe("info", () => {
   });
 });
 
-describe("generate", () => {
+describe("generate", { timeout: 600_000 }, () => {
   test("greedy (--temperature 0) prints the API's greedy continuation, prompt echoed, then a newline", async () => {
     const prompt = [5, 6, 7];
     const r = await cli(["generate", "-m", modelDir, "--prompt-ids", prompt.join(","), "--temperature", "0", "--max-new-tokens", "20", "--backend", "cpu"]);
@@ -267,7 +240,7 @@ describe("generate", () => {
   });
 });
 
-describe("bad input: one line on stderr, exit 2 for usage errors, 1 for others, no stack trace", () => {
+describe("bad input: one line on stderr, exit 2 for usage errors, 1 for others, no stack trace", { timeout: 600_000 }, () => {
   const usage: Array<[string, string[], RegExp]> = [
     ["--top-p 2", ["--top-p", "2"], /top-p.*\(0, 1\]/],
     ["--max-new-tokens -1", ["--max-new-tokens", "-1"], /max-new-tokens.*>= 0/],

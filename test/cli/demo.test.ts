@@ -1,7 +1,8 @@
 /**
- * `mamba-ts demo`, run as users run it (`node bin/mamba-ts.js demo ...` in a child process): it prints the address,
- * serves the bundled page, demo.json and the model folder's files (and nothing outside it), stops on Ctrl-C with
- * exit code 0, refuses a busy --port, falls back from a busy default port, and checks the model folder first.
+ * `mamba-ts demo`, run as users run it but from the sources (a child process; the page is bundled at start): it
+ * prints the address, serves the bundled page, demo.json and the model folder's files (and nothing outside it), with
+ * the cross-origin isolation headers on every response, stops on Ctrl-C with exit code 0, refuses a busy --port,
+ * falls back from a busy default port, and checks the model folder first. Every child is killed after 120 s at most.
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -11,13 +12,14 @@ import { copyFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { defaultModelFolder } from "../../src/cli/default-model.ts";
+import { ISOLATION_HEADERS } from "../../src/cli/demo-server.ts";
 import { asciiTokenizerJson } from "../helpers/ascii-tokenizer.ts";
+import { cliArgs, killAfter } from "../helpers/cli.ts";
 import { fixture } from "../helpers/fixtures.ts";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-const BIN = path.join(ROOT, "bin", "mamba-ts.js");
+/** the longest a demo child may live */
+const CHILD_MS = 120_000;
 
 interface Demo {
   child: ChildProcess;
@@ -29,9 +31,10 @@ interface Demo {
 /** Starts the demo and waits for its address, or for it to exit. */
 function startDemo(args: string[]): Promise<Demo | { code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, "demo", ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, cliArgs(["demo", ...args]), { stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "", stderr = "";
     let started = false;
+    killAfter(child, CHILD_MS, () => { if (!started) reject(new Error(`the demo did not start or exit within ${CHILD_MS / 1000} s: ${stderr}`)); });
     const exit = new Promise<{ code: number | null; stdout: string; stderr: string }>((res) =>
       child.on("close", (code) => res({ code, stdout, stderr })));
     child.stdout!.setEncoding("utf8").on("data", (d: string) => {
@@ -86,6 +89,9 @@ describe("mamba-ts demo", { timeout: 120_000 }, () => {
       const index = await fetch(demo.url);
       assert.equal(index.status, 200);
       assert.match(index.headers.get("content-type")!, /text\/html/);
+      assert.equal(index.headers.get("cross-origin-opener-policy"), "same-origin");
+      assert.equal(index.headers.get("cross-origin-embedder-policy"), "require-corp");
+      assert.equal(index.headers.get("cross-origin-resource-policy"), "same-origin");
       assert.match(await index.text(), /<script type="module" src="main\.js">/);
       const js = await fetch(new URL("main.js", demo.url));
       assert.equal(js.status, 200);
@@ -101,7 +107,12 @@ describe("mamba-ts demo", { timeout: 120_000 }, () => {
       for (const bad of ["model/missing.json", "model/..%2Fetc%2Fpasswd", "model/%2E%2E/x.json", "package.json", "model/"]) {
         assert.equal((await fetch(new URL(bad, demo.url))).status, 404, bad);
       }
-      assert.equal((await fetch(demo.url, { method: "POST" })).status, 405);
+      const post = await fetch(demo.url, { method: "POST" });
+      assert.equal(post.status, 405);
+      // every response is cross-origin isolated: page files, demo.json, model files, errors
+      for (const res of [js, weights, post, await fetch(new URL("demo.json", demo.url)), await fetch(new URL("nope", demo.url))]) {
+        for (const [name, value] of Object.entries(ISOLATION_HEADERS)) assert.equal(res.headers.get(name), value, `${res.url} ${name}`);
+      }
       assert.match(demo.stderr(), new RegExp(`model: ${folder.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`));
     } finally {
       const r = await stop(demo);

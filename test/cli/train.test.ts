@@ -17,7 +17,7 @@ import { cli } from "../helpers/cli.ts";
 
 const SMALL = ["--seq-len", "12", "--batch-size", "2", "--eval-batches", "2", "--checkpoint-every", "2"];
 
-test("train writes checkpoints and metrics.json; eval reports the same accuracy as the library; resume is checked", async () => {
+test("train writes checkpoints and metrics.json; eval reports the same accuracy as the library; resume is checked", { timeout: 600_000 }, async () => {
   const dir = path.join(await fs.mkdtemp(path.join(os.tmpdir(), "mamba-ts-cli-train-")), "run");
   const r = await cli(["train", "--task", "selective-copying", "--mixer", "lti", "--out", dir, "--steps", "3", "--seed", "5",
     "--weight-decay", "0.25", "--lr", "0.004", "--min-lr", "0.001", "--warmup-steps", "1", ...SMALL]);
@@ -70,7 +70,7 @@ test("train writes checkpoints and metrics.json; eval reports the same accuracy 
   assert.match(minLr.stderr, /^mamba-ts: error: --resume: the run in .* was started with --min-lr 0.001, not 0.002/m);
 });
 
-test("train --state-passing --eval-lengths: recorded in metrics.json and the report, checked on resume", async () => {
+test("train --state-passing --eval-lengths: recorded in metrics.json and the report, checked on resume", { timeout: 600_000 }, async () => {
   const dir = path.join(await fs.mkdtemp(path.join(os.tmpdir(), "mamba-ts-cli-train-")), "run");
   const r = await cli(["train", "--task", "induction-heads", "--out", dir, "--steps", "4", "--state-passing",
     "--eval-lengths", "24,64", ...SMALL]);
@@ -86,7 +86,7 @@ test("train --state-passing --eval-lengths: recorded in metrics.json and the rep
   assert.match(conflict.stderr, /was started with --eval-lengths 24,64, not 24/);
 });
 
-test("train --keep-best: the best model at a length is kept in OUT/best, loadable by eval, checked on resume", async () => {
+test("train --keep-best: the best model at a length is kept in OUT/best, loadable by eval, checked on resume", { timeout: 600_000 }, async () => {
   const dir = path.join(await fs.mkdtemp(path.join(os.tmpdir(), "mamba-ts-cli-train-")), "run");
   const r = await cli(["train", "--task", "induction-heads", "--out", dir, "--steps", "6", "--eval-lengths", "24,64",
     "--eval-sequences", "5", "--keep-best", "64", ...SMALL]);
@@ -117,7 +117,7 @@ test("train --keep-best: the best model at a length is kept in OUT/best, loadabl
   assert.match(conflict.stderr, /was started with --keep-best 64, not 24/);
 });
 
-test("train: bad options give one error line and exit code 2", async () => {
+test("train: bad options give one error line and exit code 2", { timeout: 600_000 }, async () => {
   const cases: [string[], RegExp][] = [
     [["train", "--task", "copying", "--out", "x"], /argument 'copying' is invalid/],
     [["train", "--task", "induction-heads", "--out", "x", "--mixer", "s4"], /argument 's4' is invalid/],
@@ -147,13 +147,14 @@ test("train: bad options give one error line and exit code 2", async () => {
   }
 });
 
-test("train stopped by Ctrl-C: a checkpoint, exit 130, and metrics.json with the run so far (no final accuracy)", async () => {
+test("train stopped by Ctrl-C: a checkpoint, exit 130, and metrics.json with the run so far (no final accuracy)", { timeout: 600_000 }, async () => {
   const { spawn } = await import("node:child_process");
-  const { BIN } = await import("../helpers/cli.ts");
+  const { cliArgs, killAfter } = await import("../helpers/cli.ts");
   const dir = path.join(await fs.mkdtemp(path.join(os.tmpdir(), "mamba-ts-cli-")), "run");
   const args = ["train", "--task", "induction-heads", "--steps", "100000", ...SMALL, "--eval-lengths", "24", "--out", dir];
   const r = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, cliArgs(args), { stdio: ["ignore", "pipe", "pipe"] });
+    killAfter(child, 300_000, () => reject(new Error(`train did not stop within 300 s of starting; stderr:\n${stderr}`)));
     let stderr = "";
     let sent = false;
     child.stderr.setEncoding("utf8").on("data", (d: string) => {

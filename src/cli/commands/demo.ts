@@ -3,7 +3,8 @@
  * shipped with the package, or --model), generates on WebGPU or the CPU in the browser, and draws per token and
  * layer the Δ of the selective scan and how much of the state each token keeps.
  *
- * The page is bundled from web/ with esbuild when the command starts, so it always matches the sources. Without
+ * The page comes prebuilt with the compiled package (dist/web/); run from the sources, it is bundled from web/ with
+ * esbuild when the command starts, so it matches them (web-bundle.ts's demoPage). Without
  * --model and with no model installed in the package, the page runs a small untrained model and says so.
  * Port 8080 by default; when that one is busy the server takes any free port and says so (a port given with
  * --port must be free). Ctrl-C stops the server.
@@ -15,7 +16,7 @@ import { MambaError } from "../../errors.ts";
 import { UsageError, parseInteger, resolveWithProgress } from "../common.ts";
 import { defaultModelFolder } from "../default-model.ts";
 import { type DemoServer, startDemoServer } from "../demo-server.ts";
-import { bundleWeb } from "../web-bundle.ts";
+import { demoPage } from "../web-bundle.ts";
 
 export const DEFAULT_PORT = 8080;
 
@@ -72,7 +73,7 @@ async function runDemo(opts: DemoCliOptions): Promise<number> {
     }
   }
 
-  const { files: page } = await bundleWeb();
+  const page = await demoPage();
   const serve = (port: number) => startDemoServer({ port, page, modelFolder, ...(noModelMessage ? { noModelMessage } : {}) });
   let server: DemoServer;
   if (opts.port !== undefined) {
