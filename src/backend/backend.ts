@@ -7,7 +7,11 @@
  * on WebGPU). Ops that take a `state` tensor read it as the history before the first position and overwrite it
  * with the history after the last one, so that step mode (L = 1) and chunked prefill are the same op.
  *
- * Shapes: B batch, L sequence length, T = B·L rows, D hidden, E inner, N state, K conv kernel, V vocabulary rows.
+ * Shapes: B batch, L sequence length, T = B·L rows, D hidden, E inner, N state, K conv kernel, V vocabulary rows;
+ * Mamba-2: H heads of size P (E = H·P), G groups of B and C (H / G heads a group).
+ *
+ * The ops of Mamba-2 and Falcon-Mamba (ssdScan, gatedRmsNorm, segmentRmsNorm) are optional: a backend without
+ * them runs Mamba-1 only, and building another family on it is a MambaError.
  */
 import type { HostTensor } from "../io/tensor.ts";
 
@@ -43,6 +47,30 @@ export interface SelectiveScanArgs extends SeqShape {
   D: Tensor; // [E] skip connection
   z: TensorOrCols | null; // [B, L, E] gate: y *= silu(z)
   state: Tensor | null; // [B, E, N] SSM state, read then overwritten; null = zeros, not returned
+}
+
+/**
+ * Mamba-2's SSM (state space duality, SSD), per head h with the B and C of its group g = floor(h / (H / G)):
+ *   dt = clamp(softplus(dt_raw + dtBias[h]), dtLimit);  A = -exp(A_log[h])  (one scalar per head)
+ *   state_t = exp(dt·A)·state_{t-1} + dt · x_t ⊗ B_t[g]      state: [P, N]
+ *   y_t = state_t · C_t[g] + D[h] · x_t;  y *= silu(z) when z is given
+ */
+export interface SsdScanArgs extends SeqShape {
+  x: TensorOrCols; // [B, L, H·P] (conv output)
+  dt: TensorOrCols; // [B, L, H] before the bias and softplus
+  dtBias: Tensor; // [H]
+  A_log: Tensor; // [H]
+  B: TensorOrCols; // [B, L, G·N]
+  C: TensorOrCols; // [B, L, G·N]
+  D: Tensor; // [H]
+  z: TensorOrCols | null; // [B, L, H·P] gate (only when the model has no gated norm after the scan)
+  headDim: number; // P
+  nGroups: number; // G
+  /** dt after softplus is clamped to [lo, hi] ((0, Infinity): no clamp) */
+  dtLimit: readonly [number, number];
+  /** the chunk length of a chunked algorithm (results must not depend on it beyond rounding) */
+  chunkSize: number;
+  state: Tensor | null; // [B, H, P, N] read then overwritten; null = zeros, not returned
 }
 
 /** What the sampler needs for one step of a batch; `uniforms` come from the caller's seeded generator. */
@@ -113,6 +141,20 @@ export interface Backend {
   causalConv1dSilu(x: TensorOrCols, weight: Tensor, bias: Tensor | null, state: Tensor | null, shape: SeqShape): Tensor;
   /** The fused selective scan: discretize, recur, y = C·h + D·u, gate with silu(z). -> y: [B, L, E] */
   selectiveScan(args: SelectiveScanArgs): Tensor;
+  /** Mamba-2's scan (SsdScanArgs). -> y: [B, L, H·P] */
+  ssdScan?(args: SsdScanArgs): Tensor;
+  /**
+   * Mamba-2's gated RMSNorm (mamba_ssm's RMSNormGated), per row and per group of `groupSize` channels:
+   *   normBeforeGate false: v = y · silu(z); out = v / sqrt(mean_group(v²) + eps) · weight
+   *   normBeforeGate true:  out = y / sqrt(mean_group(y²) + eps) · weight · silu(z)
+   * y: [T, E], z: [T, E] (or E columns), weight: [E] -> [T, E]
+   */
+  gatedRmsNorm?(y: Tensor, z: TensorOrCols, weight: Tensor, eps: number, groupSize: number, normBeforeGate: boolean): Tensor;
+  /**
+   * RMS normalization without weights over consecutive column windows (Falcon-Mamba's dt | B | C):
+   * x: [T, Σ widths] -> out: same shape, each window divided by sqrt(mean(window²) + eps) on its own.
+   */
+  segmentRmsNorm?(x: Tensor, widths: readonly number[], eps: number): Tensor;
   /** Draws the next id of each row. logits: [B, V] -> i32 [B] */
   sample(logits: Tensor, req: SampleRequest): Tensor;
   /** Optional fused decode: one token per row through the whole LM (embedding, every layer, norm_f, head) in a few

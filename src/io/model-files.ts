@@ -8,7 +8,7 @@
  * tensor the config needs is checked for presence and shape before anything is built from it.
  */
 import { MambaError, check } from "../errors.ts";
-import { type MambaConfig, normalizeConfig, parameterShapes } from "../config.ts";
+import { type MambaConfig, normalizeConfig, parameterShapes, parseConfigJson } from "../config.ts";
 import type { HostTensor } from "./tensor.ts";
 import { parseSafetensors } from "./safetensors-format.ts";
 import { readTorchStateDict } from "./torch.ts";
@@ -37,7 +37,7 @@ async function readJson(files: ModelFiles, name: string): Promise<unknown> {
   const bytes = await files.read(name);
   if (bytes === null) return undefined;
   try {
-    return JSON.parse(new TextDecoder().decode(bytes));
+    return parseConfigJson(new TextDecoder().decode(bytes)); // JSON, or Python's json with Infinity / NaN
   } catch {
     throw new MambaError(`${files.path(name)} is not valid JSON`);
   }

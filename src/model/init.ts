@@ -9,7 +9,7 @@
  *    B_lti, C_lti ~ U(-1/sqrt(N), 1/sqrt(N)).
  * Seeded: the same seed gives the same parameters on every machine.
  */
-import { type MambaConfig, parameterShapes } from "../config.ts";
+import { type Mamba2Fields, type MambaConfig, checkFamily, parameterShapes } from "../config.ts";
 import { check } from "../errors.ts";
 import { Rng } from "../generate/rng.ts";
 import { type HostTensor, numel } from "../io/tensor.ts";
@@ -23,11 +23,27 @@ export interface InitOptions {
   rescaleOutProj?: boolean;
 }
 
-/** A complete config from a few sizes; everything else takes the mamba_ssm defaults. */
-export function makeConfig(c: Partial<MambaConfig> & { vocabSize: number; hiddenSize: number; numLayers: number }): MambaConfig {
+/**
+ * A complete config from a few sizes; everything else takes the mamba_ssm defaults. For family "mamba2", the
+ * Mamba-2 fields not given default to: head size 64 (E / 8 when E < 512, so that small models have 8 heads),
+ * one group, chunks of 256, no dt clamp, the gated norm after the gate.
+ */
+export function makeConfig(c: Partial<Omit<MambaConfig, "mamba2">> & { vocabSize: number; hiddenSize: number; numLayers: number;
+  mamba2?: Partial<Mamba2Fields> | null }): MambaConfig {
   const D = c.hiddenSize;
+  const family = c.family ?? "mamba";
+  const E = c.intermediateSize ?? 2 * D;
+  let mamba2: Mamba2Fields | null = null;
+  if (family === "mamba2") {
+    const headDim = c.mamba2?.headDim ?? (E >= 512 || E % 8 !== 0 ? 64 : E / 8);
+    mamba2 = {
+      numHeads: Math.floor(E / headDim), headDim, nGroups: 1, chunkSize: 256, timeStepLimit: [0, Infinity],
+      gatedNorm: true, normBeforeGate: false, ...c.mamba2,
+    };
+  }
   const cfg: MambaConfig = {
     format: "hf",
+    family,
     paddedVocabSize: c.vocabSize,
     intermediateSize: 2 * D,
     stateSize: 16,
@@ -42,12 +58,15 @@ export function makeConfig(c: Partial<MambaConfig> & { vocabSize: number; hidden
     eosTokenId: null,
     bosTokenId: null,
     padTokenId: null,
+    mixerRmsEps: family === "falcon-mamba" ? 1e-6 : null,
     ...c,
+    mamba2,
   };
   for (const k of ["vocabSize", "paddedVocabSize", "hiddenSize", "intermediateSize", "stateSize", "numLayers", "convKernel", "timeStepRank"] as const) {
     check(Number.isInteger(cfg[k]) && cfg[k] > 0, `config: ${k} must be a positive integer, got ${JSON.stringify(cfg[k])}`);
   }
   check(cfg.paddedVocabSize >= cfg.vocabSize, "config: paddedVocabSize must be >= vocabSize");
+  checkFamily(cfg, "config");
   return cfg;
 }
 

@@ -9,6 +9,9 @@
  *   delta = ones[T,1] · dt_lti[E,1]ᵀ, B = ones · B_lti[N,1]ᵀ, C = ones · C_lti[N,1]ᵀ  (the same for every position)
  * so that forward and backward reuse the same ops. B and C stay shared across channels as in S6: this is S6
  * with the selection removed.
+ * The family (config.family) picks the mixer; the LM around it is the same:
+ *  - Falcon-Mamba is the S6 mixer with dt | B | C = rmsnorm(x_proj(x)) per part, without weights (mixerRmsEps);
+ *  - Mamba-2 has its own mixer (./mamba2.ts).
  * Training passes a recorder that keeps the activations its backward needs (src/train/backprop.ts).
  */
 import type { Backend, SeqShape, Tensor, TensorOrCols } from "../backend/backend.ts";
@@ -17,20 +20,24 @@ import type { MambaConfig } from "../config.ts";
 import type { HostTensor } from "../io/tensor.ts";
 import type { MambaCache } from "./cache.ts";
 import type { MixerObserver } from "./observer.ts";
+import { type Mamba2Activations, checkFamilyOps, mamba2Mixer } from "./mamba2.ts";
 
+/** One mixer's weights; Mamba-2's shapes in the second column (its mixer has no x_proj, dt_proj or LTI constants). */
 export interface MixerWeights {
-  inProj: Tensor; // [2E, D]
-  inProjBias: Tensor | null; // [2E]
-  conv: Tensor; // [E, 1, K]
-  convBias: Tensor | null; // [E]
+  inProj: Tensor; // [2E, D]                   Mamba-2: [2E + 2GN + H, D]
+  inProjBias: Tensor | null; // [2E]           Mamba-2: [2E + 2GN + H]
+  conv: Tensor; // [E, 1, K]                   Mamba-2: [E + 2GN, 1, K]
+  convBias: Tensor | null; // [E]              Mamba-2: [E + 2GN]
   xProj: Tensor | null; // [R + 2N, E] (s6)
   dtProj: Tensor | null; // [E, R] (s6)
   lti: { dt: Tensor; B: Tensor; C: Tensor } | null; // [E, 1], [N, 1], [N, 1] (lti)
-  dtBias: Tensor; // [E]
-  A_log: Tensor; // [E, N]
-  D: Tensor; // [E]
+  dtBias: Tensor; // [E] dt_proj.bias          Mamba-2: [H] dt_bias
+  A_log: Tensor; // [E, N]                     Mamba-2: [H]
+  D: Tensor; // [E]                            Mamba-2: [H]
   outProj: Tensor; // [D, E]
   outProjBias: Tensor | null; // [D]
+  /** Mamba-2's gated norm weight [E] (norm.weight); absent or null otherwise */
+  gateNorm?: Tensor | null;
 }
 
 export interface LayerWeights {
@@ -53,6 +60,25 @@ export function uploadWeights(backend: Backend, config: MambaConfig, t: Map<stri
   const lti = config.mixer === "lti";
   for (let i = 0; i < config.numLayers; i++) {
     const p = `backbone.layers.${i}.`;
+    if (config.mamba2) {
+      layers.push({
+        norm: get(p + "norm.weight"),
+        mixer: {
+          inProj: get(p + "mixer.in_proj.weight"),
+          inProjBias: config.useBias ? get(p + "mixer.in_proj.bias") : null,
+          conv: get(p + "mixer.conv1d.weight"),
+          convBias: config.useConvBias ? get(p + "mixer.conv1d.bias") : null,
+          xProj: null, dtProj: null, lti: null,
+          dtBias: get(p + "mixer.dt_bias"),
+          A_log: get(p + "mixer.A_log"),
+          D: get(p + "mixer.D"),
+          outProj: get(p + "mixer.out_proj.weight"),
+          outProjBias: config.useBias ? opt(p + "mixer.out_proj.bias") : null,
+          gateNorm: config.mamba2.gatedNorm ? get(p + "mixer.norm.weight") : null,
+        },
+      });
+      continue;
+    }
     layers.push({
       norm: get(p + "norm.weight"),
       mixer: {
@@ -86,6 +112,8 @@ export interface MixerActivations {
   xz: Tensor; // [T, 2E] in_proj output
   x: Tensor; // [T, E] after conv and SiLU
   xdbl: Tensor | null; // [T, R + 2N] x_proj output (s6)
+  /** Falcon-Mamba: [T, R + 2N] dt | B | C after their weightless RMS norms (what dt_proj and the scan read) */
+  xdblNormed?: Tensor | null;
   ones: Tensor | null; // [T, 1] (lti)
   delta: Tensor; // [T, E] before bias and softplus
   B: TensorOrCols; // [T, N]
@@ -95,7 +123,7 @@ export interface MixerActivations {
 
 /** What a training forward keeps of the whole LM: per layer the residual sum its norm read and that norm's output. */
 export interface LMActivations {
-  layers: { residual: Tensor; normed: Tensor; mixer: MixerActivations }[];
+  layers: { residual: Tensor; normed: Tensor; mixer: MixerActivations | Mamba2Activations }[];
   residualF: Tensor; // [T, D] the input of norm_f
 }
 
@@ -107,19 +135,22 @@ export class MambaLM {
     readonly config: MambaConfig,
     readonly backend: Backend,
     readonly weights: LMWeights,
-  ) {}
+  ) {
+    checkFamilyOps(backend, config);
+  }
 
   /** One mixer. u: [B·L, D] (normalized) -> [B·L, D]. With state tensors, they carry the sequence on. */
   mixer(
     w: MixerWeights, u: Tensor, shape: SeqShape, convState: Tensor | null, ssmState: Tensor | null,
-    keep: ((a: MixerActivations) => void) | null = null,
+    keep: ((a: MixerActivations | Mamba2Activations) => void) | null = null,
   ): Tensor {
     const b = this.backend;
+    if (this.config.mamba2) return mamba2Mixer(b, this.config, w, u, shape, convState, ssmState, keep);
     const { intermediateSize: E, stateSize: N, timeStepRank: R } = this.config;
     const T = shape.batch * shape.seqLen;
     const xz = b.matmul(u, w.inProj, w.inProjBias); // [T, 2E]
     const x = b.causalConv1dSilu(cols(xz, 0, E), w.conv, w.convBias, convState, shape); // [T, E]
-    let xdbl: Tensor | null = null, ones: Tensor | null = null;
+    let xdbl: Tensor | null = null, ones: Tensor | null = null, xdblNormed: Tensor | null = null;
     let delta: Tensor, Bm: TensorOrCols, Cm: TensorOrCols;
     if (w.lti) {
       ones = b.fromF32(new Float32Array(T).fill(1), [T, 1]);
@@ -128,9 +159,12 @@ export class MambaLM {
       Cm = b.matmul(ones, w.lti.C, null); // [T, N]
     } else {
       xdbl = b.matmul(x, w.xProj!, null); // [T, R + 2N]
-      delta = b.matmul(cols(xdbl, 0, R), w.dtProj!, null); // [T, E]
-      Bm = cols(xdbl, R, N);
-      Cm = cols(xdbl, R + N, N);
+      // Falcon-Mamba: dt, B and C each RMS-normalized without weights before use
+      const dbc = this.config.mixerRmsEps !== null ? b.segmentRmsNorm!(xdbl, [R, N, N], this.config.mixerRmsEps) : xdbl; // [T, R + 2N]
+      if (dbc !== xdbl) xdblNormed = dbc;
+      delta = b.matmul(cols(dbc, 0, R), w.dtProj!, null); // [T, E]
+      Bm = cols(dbc, R, N);
+      Cm = cols(dbc, R + N, N);
     }
     if (this.observer) this.observer.onMixer(w, delta, shape);
     const y = b.selectiveScan({
@@ -138,8 +172,8 @@ export class MambaLM {
       B: Bm, C: Cm, D: w.D, z: cols(xz, E, E), state: ssmState,
     }); // [T, E]
     const out = b.matmul(y, w.outProj, w.outProjBias); // [T, D]
-    if (keep) keep({ u, xz, x, xdbl, ones, delta, B: Bm, C: Cm, y });
-    else b.dispose(xz, x, xdbl, ones, delta, y, ...(w.lti ? [Bm as Tensor, Cm as Tensor] : []));
+    if (keep) keep({ u, xz, x, xdbl, xdblNormed, ones, delta, B: Bm, C: Cm, y });
+    else b.dispose(xz, x, xdbl, xdblNormed, ones, delta, y, ...(w.lti ? [Bm as Tensor, Cm as Tensor] : []));
     return out;
   }
 
@@ -153,7 +187,7 @@ export class MambaLM {
       const n = b.addRmsNorm(h, residual, layer.norm, this.config.layerNormEpsilon);
       b.dispose(h, keep ? null : residual);
       residual = n.residual;
-      const record = keep ? (m: MixerActivations) => keep.layers.push({ residual: n.residual, normed: n.out, mixer: m }) : null;
+      const record = keep ? (m: MixerActivations | Mamba2Activations) => keep.layers.push({ residual: n.residual, normed: n.out, mixer: m }) : null;
       h = this.mixer(layer.mixer, n.out, shape, cache?.conv[i] ?? null, cache?.ssm[i] ?? null, record);
       if (!keep) b.dispose(n.out);
     }

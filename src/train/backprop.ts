@@ -20,8 +20,10 @@ import type { SeqShape, Tensor, TensorOrCols } from "../backend/backend.ts";
 import { cols } from "../backend/backend.ts";
 import type { TrainingBackend } from "../backend/training.ts";
 import type { LMActivations, LMWeights, MambaLM, MixerActivations, MixerWeights } from "../model/mamba.ts";
+import type { Mamba2Activations } from "../model/mamba2.ts";
 import { MambaCache } from "../model/cache.ts";
 import { namedTensors, zerosLike } from "./params.ts";
+import { MambaError } from "../errors.ts";
 
 export interface StepResult {
   loss: Tensor; // [1] mean over the counted targets
@@ -73,7 +75,7 @@ export function forwardBackward(
   b.dispose(df, keep.residualF);
   for (let i = w.layers.length - 1; i >= 0; i--) {
     const act = keep.layers[i]!;
-    const dn = mixerBackward(lm, b, w.layers[i]!.mixer, act.mixer, dRes, shape, grads.layers[i]!.mixer, initialSsm?.[i] ?? null);
+    const dn = "kind" in act.mixer ? mamba2MixerBackward(lm, b, w.layers[i]!.mixer, act.mixer, dRes, shape, grads.layers[i]!.mixer, initialSsm?.[i] ?? null) : mixerBackward(lm, b, w.layers[i]!.mixer, act.mixer, dRes, shape, grads.layers[i]!.mixer, initialSsm?.[i] ?? null);
     b.addRmsNormBackward(act.residual, w.layers[i]!.norm, eps, dn, dRes, grads.layers[i]!.norm);
     b.dispose(dn, act.residual, act.normed);
   }
@@ -137,4 +139,11 @@ export async function lossAndGrads(
   }
   b.dispose(idt, tgt, r.loss, r.correct);
   return { loss, grads: out };
+}
+
+function mamba2MixerBackward(
+  lm: MambaLM, b: TrainingBackend, w: MixerWeights, a: Mamba2Activations, dOut: Tensor, shape: SeqShape, g: MixerWeights,
+  h0: Tensor | null,
+): Tensor {
+  throw new MambaError("training Mamba-2 models is not supported yet");
 }

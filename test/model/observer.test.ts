@@ -7,7 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { loadModel } from "../../src/index.ts";
-import type { LMActivations } from "../../src/model/mamba.ts";
+import type { LMActivations, MixerActivations } from "../../src/model/mamba.ts";
 import { SelectionRecorder } from "../../src/model/observer.ts";
 import { readF32Tensors, assertClose, expected, fixture } from "../helpers/fixtures.ts";
 
@@ -43,7 +43,7 @@ test("observer: logits unchanged, Δ and keep equal an independent float64 compu
   b.dispose(lm.hidden(idt, { batch, seqLen }, null, keep));
   const w = await readF32Tensors(`${folder}/model.safetensors`);
   for (let l = 0; l < numLayers; l++) {
-    const x = await b.readF32(keep.layers[l]!.mixer.x); // [T, E]
+    const x = await b.readF32((keep.layers[l]!.mixer as MixerActivations).x); // [T, E] (a Mamba-1 model)
     const p = `backbone.layers.${l}.mixer.`;
     const xW = w.get(p + "x_proj.weight")!; // [R + 2N, E]
     const dtW = w.get(p + "dt_proj.weight")!; // [E, R]

@@ -2,7 +2,7 @@
  * The CPU reference backend: plain TypeScript over Float32Array, one file per op family. Every other backend is
  * tested against it.
  */
-import type { Backend, SampleRequest, SelectiveScanArgs, SeqShape, Tensor, TensorOrCols } from "../backend.ts";
+import type { Backend, SampleRequest, SelectiveScanArgs, SeqShape, SsdScanArgs, Tensor, TensorOrCols } from "../backend.ts";
 import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
 import { check } from "../../errors.ts";
 import { CpuTensor, cpu, strided } from "./tensor.ts";
@@ -10,6 +10,8 @@ import { matmulF32 } from "./matmul.ts";
 import { addRmsNormF32, embeddingF32 } from "./norm.ts";
 import { causalConv1dSiluF32 } from "./conv.ts";
 import { selectiveScanF32 } from "./scan.ts";
+import { ssdChunkedF32, ssdData } from "./ssd.ts";
+import { gatedRmsNormF32, segmentRmsNormF32 } from "./gated-norm.ts";
 import { sampleRow } from "../../generate/sampling.ts";
 import type { TrainingOps } from "../training.ts";
 import { cpuTrainingOps } from "./training.ts";
@@ -109,6 +111,27 @@ export class CpuBackend implements Backend {
       state: a.state ? cpu(a.state).f32 : null,
     }, a.batch, a.seqLen, E, N, y.f32);
     return y;
+  }
+  ssdScan(a: SsdScanArgs): Tensor {
+    const { data, dims } = ssdData(a);
+    const y = f32([a.batch, a.seqLen, dims.H * dims.P]);
+    ssdChunkedF32(data, dims, a.chunkSize, y.f32);
+    return y;
+  }
+  gatedRmsNorm(y: Tensor, z: TensorOrCols, weight: Tensor, eps: number, groupSize: number, normBeforeGate: boolean): Tensor {
+    const yt = cpu(y), zs = strided(z);
+    check(zs.width === yt.shape[yt.shape.length - 1] && zs.rows * zs.width === yt.data.length && zs.width % groupSize === 0,
+      `gatedRmsNorm: y [${yt.shape}], gate of width ${zs.width} and groups of ${groupSize} do not fit`);
+    const out = f32(yt.shape);
+    gatedRmsNormF32(yt.f32, zs, cpu(weight).f32, eps, groupSize, normBeforeGate, out.f32);
+    return out;
+  }
+  segmentRmsNorm(x: Tensor, widths: readonly number[], eps: number): Tensor {
+    const xt = cpu(x);
+    check(widths.reduce((a, b) => a + b, 0) === xt.shape[xt.shape.length - 1], `segmentRmsNorm: windows ${widths} do not cover [${xt.shape}]`);
+    const out = f32(xt.shape);
+    segmentRmsNormF32(xt.f32, widths, eps, out.f32);
+    return out;
   }
   sample(logits: Tensor, req: SampleRequest): Tensor {
     const lt = cpu(logits);
