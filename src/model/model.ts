@@ -107,7 +107,7 @@ export class MambaModel {
         `lossAndGrads: ids has ${ids.length} values but batch ${shape.batch} x seqLen ${shape.seqLen} = ${shape.batch * shape.seqLen}`);
       this.checkIds(ids, "lossAndGrads");
       const b = this.backend;
-      check(isTrainingBackend(b), `lossAndGrads: the ${b.name} backend has no training ops yet (use the cpu backend)`);
+      check(isTrainingBackend(b), `lossAndGrads: the ${b.name} backend has no training ops (TrainingBackend); the cpu and webgpu backends have them`);
       return lossAndGrads(this.lm, b, ids, shape);
     });
   }

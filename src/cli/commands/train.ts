@@ -218,7 +218,7 @@ async function trainingBackend(name: "cpu" | "webgpu"): Promise<TrainingBackend>
   const b = await createBackend(name);
   if (!isTrainingBackend(b)) {
     await b.destroy();
-    throw new MambaError(`the ${name} backend has no training ops yet (its backward kernels are not written); use --backend cpu`);
+    throw new MambaError(`the ${name} backend has no training ops; use --backend cpu`);
   }
   return b;
 }
