@@ -22,6 +22,8 @@ export { makeConfig } from "./model/init.ts";
 export { SelectionRecorder } from "./model/observer.ts";
 export type { MixerObserver, SelectionTrace } from "./model/observer.ts";
 export type { ForwardOptions, ForwardResult } from "./model/model.ts";
+export type { PrefillOptions } from "./model/model.ts";
+export type { MambaState, SamplerPosition } from "./model/state.ts";
 export type { MambaConfig } from "./config.ts";
 export type { GenerateOptions } from "./generate/options.ts";
 export { loadTokenizer, TextStreamer } from "./tokenizer.ts";

@@ -8,6 +8,7 @@
 import type { Captured, SampleRequest, Tensor } from "../backend/backend.ts";
 import { MambaCache } from "../model/cache.ts";
 import type { MambaLM } from "../model/mamba.ts";
+import { takeBatchRow } from "../model/state.ts";
 import type { ResolvedOptions } from "./options.ts";
 import { Rng } from "./rng.ts";
 
@@ -23,10 +24,15 @@ export const PREFILL_CHUNK = 2048;
  *  that a stop token wastes little. */
 export const PIPELINE_DEPTH = 3;
 
-/** Runs a prompt through the model and returns its cache and the logits of its last position ([1, V]). */
-export async function prefill(lm: MambaLM, prompt: Int32Array, chunk = PREFILL_CHUNK): Promise<{ cache: MambaCache; logits: Tensor }> {
+/**
+ * Runs a prompt through the model and returns its cache and the logits of its last position ([1, V]). From a
+ * given batch-1 cache (advanced in place and returned), else from zeros.
+ */
+export async function prefill(
+  lm: MambaLM, prompt: Int32Array, chunk = PREFILL_CHUNK, from: MambaCache | null = null,
+): Promise<{ cache: MambaCache; logits: Tensor }> {
   const b = lm.backend;
-  const cache = MambaCache.zeros(b, lm.config, 1);
+  const cache = from ?? MambaCache.zeros(b, lm.config, 1);
   let last: Tensor | null = null;
   for (let start = 0; start < prompt.length; start += chunk) {
     const part = prompt.subarray(start, Math.min(prompt.length, start + chunk));
@@ -77,33 +83,104 @@ function nextTurn(): Promise<void> {
   return new Promise((resolve) => (typeof setImmediate === "function" ? setImmediate(resolve) : setTimeout(resolve, 0)));
 }
 
-/** Yields every new token of every row as it comes. Prompts must be validated and non-empty. */
-export async function* generateTokens(lm: MambaLM, prompts: Int32Array[], o: ResolvedOptions): AsyncGenerator<TokenEvent> {
+/** A row's state to continue from: a batch-1 cache and the logits of its last position ([1, V]). */
+export interface RowStart {
+  cache: MambaCache;
+  logits: Tensor;
+}
+
+/** A row's state once it is done: the tensors of its cache row (per layer conv, ssm) and its next logits [1, V]. */
+export interface RowEnd {
+  conv: Tensor[];
+  ssm: Tensor[];
+  logits: Tensor;
+}
+
+/** What generation from states adds to the plain options (MambaModel.generate with `state`). */
+export interface RowsFromStates {
+  /** per row: the state its prompt follows (owned by generateTokens from then on), or null (zeros) */
+  starts: (RowStart | null)[];
+  /** per row: its random stream (default: stream r of the seed) */
+  rngs: Rng[];
+  /** per row: the ids the repetition penalty has seen before the prompt */
+  seen: Int32Array[];
+  /** when set, called once for each row when it is done with its state after its last new id (the callee owns
+   *  the tensors): the ops run one step at a time and unrecorded, so that the cache names the states */
+  onRowEnd: ((row: number, end: RowEnd) => void) | null;
+}
+
+/** Copies of row r of a batch's cache: tensors held as matrices [rows, last dimension]. */
+function cacheRow(b: MambaLM["backend"], cache: MambaCache, B: number, r: number): { conv: Tensor[]; ssm: Tensor[] } {
+  return { conv: cache.conv.map((t) => takeBatchRow(b, t, B, r)), ssm: cache.ssm.map((t) => takeBatchRow(b, t, B, r)) };
+}
+
+/** The same data as a matrix [rows, last dimension], the form states of one row take (a copy when it is not). */
+function asMatrix(b: MambaLM["backend"], t: Tensor): Tensor {
+  if (t.shape.length === 2) return t;
+  const w = t.shape[t.shape.length - 1]!;
+  const rows = t.shape.reduce((a, d) => a * d, 1) / w;
+  const out = b.takeRows(t, Array.from({ length: rows }, (_, i) => i));
+  b.dispose(t);
+  return out;
+}
+
+/**
+ * Yields every new token of every row as it comes. Prompts must be validated, and non-empty unless their row
+ * starts from a state.
+ */
+export async function* generateTokens(
+  lm: MambaLM, prompts: Int32Array[], o: ResolvedOptions, from: RowsFromStates | null = null,
+): AsyncGenerator<TokenEvent> {
   const b = lm.backend;
   const B = prompts.length;
-  if (o.maxNewTokens === 0) return;
-  throwIfAborted(o.signal);
+  const starts = from?.starts ?? null;
+  const disposeStarts = () => { for (const s of starts ?? []) if (s) { s.cache.dispose(); b.dispose(s.logits); } };
+  if (o.maxNewTokens === 0) { disposeStarts(); return; }
+  try {
+    throwIfAborted(o.signal);
+  } catch (err) {
+    disposeStarts();
+    throw err;
+  }
   const parts: { cache: MambaCache; logits: Tensor }[] = [];
   try {
-    // consecutive prompts of one length are prefilled together (rows stay in order)
     for (let i = 0; i < B;) {
-      let j = i + 1;
-      while (j < B && prompts[j]!.length === prompts[i]!.length) j++;
-      parts.push(j - i === 1 ? await prefill(lm, prompts[i]!) : await prefillBatch(lm, prompts.slice(i, j)));
+      const start = starts?.[i] ?? null;
+      if (start) {
+        // a row that continues a state reads its prompt from there (or nothing more)
+        starts![i] = null; // ours now: freed with the parts
+        parts.push(prompts[i]!.length === 0 ? start : await prefill(lm, prompts[i]!, PREFILL_CHUNK, start.cache));
+        if (start.logits !== parts[parts.length - 1]!.logits) b.dispose(start.logits);
+        i++;
+      } else {
+        // consecutive prompts of one length are prefilled together (rows stay in order)
+        let j = i + 1;
+        while (j < B && !starts?.[j] && prompts[j]!.length === prompts[i]!.length) j++;
+        parts.push(j - i === 1 ? await prefill(lm, prompts[i]!) : await prefillBatch(lm, prompts.slice(i, j)));
+        i = j;
+      }
       throwIfAborted(o.signal);
-      i = j;
     }
   } catch (err) {
     for (const part of parts) { part.cache.dispose(); b.dispose(part.logits); }
+    disposeStarts();
     throw err;
   }
   const one = parts.length === 1;
+  if (!one && starts) {
+    // rows of states are held as matrices: the batch is stacked in that one form
+    for (const part of parts) {
+      part.cache = MambaCache.of(b, part.cache.batch, part.cache.conv.map((t) => asMatrix(b, t)), part.cache.ssm.map((t) => asMatrix(b, t)));
+    }
+  }
   const cache = one ? parts[0]!.cache : MambaCache.concat(parts.map((p) => p.cache));
   let logits = one ? parts[0]!.logits : b.concat0(parts.map((p) => p.logits));
   if (!one) for (const part of parts) { part.cache.dispose(); b.dispose(part.logits); }
 
-  const rngs = prompts.map((_, r) => new Rng(o.seed, r));
-  const history = o.repetitionPenalty !== 1 ? prompts.map((p) => Array.from(p)) : null;
+  const rngs = from?.rngs ?? prompts.map((_, r) => new Rng(o.seed, r));
+  const history = o.repetitionPenalty !== 1 ? prompts.map((p, r) => [...(from?.seen[r] ?? []), ...p]) : null;
+  const onRowEnd = from?.onRowEnd ?? null;
+  const emitted = new Array<number>(B).fill(0);
   const done = new Array<boolean>(B).fill(false);
   let remaining = B;
   // the uniforms of step s are drawn when step s is sampled, in step order, pipelined or not
@@ -115,18 +192,20 @@ export async function* generateTokens(lm: MambaLM, prompts: Int32Array[], o: Res
       repetitionPenalty: o.repetitionPenalty, history: history?.map((h) => Int32Array.from(h)) ?? null, uniforms,
     };
   };
-  const stepper = new Stepper(lm, B, cache);
-  /** Runs the step after `ids` and samples it; the read of its ids starts (and submits it) at once. */
-  const advance = (ids: Tensor) => {
+  const stepper = new Stepper(lm, B, cache, onRowEnd === null);
+  /** Runs the step after `ids` and samples it; the read of its ids starts (and submits it) at once. Rows that
+   *  end with `ids` hand over their states first. */
+  const advance = (ids: Tensor, ending: number[] = []) => {
     const lg = stepper.logits(ids);
+    for (const r of ending) onRowEnd!(r, { ...cacheRow(b, cache, B, r), logits: b.takeRows(lg, [r]) });
     const next = b.sample(lg, request());
     stepper.done(lg);
     return { ids: next, read: b.readI32(next) };
   };
   // A queued backend (a GPU) works on the next steps while the host waits for the ids of step s: up to
   // PIPELINE_DEPTH steps are in flight. The repetition penalty needs each step's ids before the next draw, so it
-  // runs one step at a time.
-  const depth = b.queued === true && history === null ? PIPELINE_DEPTH : 1;
+  // runs one step at a time, as does a generation that hands over its rows' states.
+  const depth = b.queued === true && history === null && onRowEnd === null ? PIPELINE_DEPTH : 1;
   const queue: { ids: Tensor; read: Promise<Int32Array> }[] = [];
   let sampled = 0; // steps sampled so far
   try {
@@ -145,14 +224,25 @@ export async function* generateTokens(lm: MambaLM, prompts: Int32Array[], o: Res
       }
       const cur = queue[0]!;
       const host = await cur.read;
+      const ending: number[] = [];
       for (let r = 0; r < B; r++) {
         if (done[r]) continue;
         const id = host[r]!;
         history?.[r]!.push(id);
+        emitted[r]!++;
         yield { row: r, id };
-        if (o.stopTokens.has(id)) { done[r] = true; remaining--; }
+        if (o.stopTokens.has(id)) { done[r] = true; remaining--; ending.push(r); }
       }
-      if (remaining === 0 || step === o.maxNewTokens - 1) return;
+      const last = remaining === 0 || step === o.maxNewTokens - 1;
+      if (onRowEnd) {
+        if (last) for (let r = 0; r < B; r++) if (!done[r]) ending.push(r);
+        // the states after a row's last id: one more step reads those ids
+        if (ending.length > 0) {
+          queue.push(advance(cur.ids, ending));
+          sampled++;
+        }
+      }
+      if (last) return;
       if (queue.length === 1) {
         queue.push(advance(cur.ids)); // one step at a time: the next draw needed this step's ids
         sampled++;
@@ -185,14 +275,15 @@ export async function* generateTokens(lm: MambaLM, prompts: Int32Array[], o: Res
 class Stepper {
   private captured: { ids: Tensor; steps: [Captured, Captured]; runs: number } | null = null;
 
-  constructor(private readonly lm: MambaLM, private readonly B: number, private readonly cache: MambaCache) {}
+  /** record: may record the step (the cache's tensors then stop naming the states, see above) */
+  constructor(private readonly lm: MambaLM, private readonly B: number, private readonly cache: MambaCache, private readonly record = true) {}
 
   logits(ids: Tensor): Tensor {
     const { lm, B, cache } = this;
     const b = lm.backend;
     const fused = b.decodeStep && !lm.observer ? b.decodeStep(lm, ids, cache.conv, cache.ssm) : null;
     if (fused) return fused;
-    if (b.capture && !lm.observer) {
+    if (b.capture && !lm.observer && this.record) {
       if (!this.captured) {
         const fixed = b.fromI32(new Int32Array(B), [B]);
         const record = () => b.capture!(() => {

@@ -1,5 +1,6 @@
 /** Generation options: their defaults and their validation (one clear error per bad option). */
 import { check } from "../errors.ts";
+import type { MambaState } from "../model/state.ts";
 
 export interface GenerateOptions {
   /** new tokens to generate at most (default 64) */
@@ -20,6 +21,13 @@ export interface GenerateOptions {
   stopTokens?: number[];
   /** aborts generation; the promise rejects (or the stream throws) with the signal's reason */
   signal?: AbortSignal;
+  /**
+   * Continue from a state (MambaModel.prefill, loadState), or one state per prompt of a list: the prompt is read
+   * after the state. Generation works on a copy unless advanceState is set.
+   */
+  state?: MambaState | MambaState[];
+  /** advance the given state(s) past the prompt and the new ids (default false: the states are left as they were) */
+  advanceState?: boolean;
 }
 
 export interface ResolvedOptions {
@@ -32,9 +40,10 @@ export interface ResolvedOptions {
   seed: number;
   stopTokens: Set<number>;
   signal: AbortSignal | null;
+  advanceState: boolean;
 }
 
-const KNOWN = new Set(["maxNewTokens", "temperature", "topK", "topP", "minP", "repetitionPenalty", "seed", "stopTokens", "signal"]);
+const KNOWN = new Set(["maxNewTokens", "temperature", "topK", "topP", "minP", "repetitionPenalty", "seed", "stopTokens", "signal", "state", "advanceState"]);
 
 export function resolveOptions(o: GenerateOptions | undefined, defaultStop: number | null, vocabSize: number): ResolvedOptions {
   const opts = o ?? {};
@@ -49,6 +58,7 @@ export function resolveOptions(o: GenerateOptions | undefined, defaultStop: numb
   check(Array.isArray(stop) && stop.every((t) => Number.isInteger(t) && t >= 0 && t < vocabSize),
     `stopTokens must be a list of token ids below ${vocabSize}`);
   if (opts.signal !== undefined) check(opts.signal instanceof AbortSignal, "signal must be an AbortSignal");
+  check(opts.advanceState === undefined || typeof opts.advanceState === "boolean", "advanceState must be true or false");
   return {
     maxNewTokens: num(opts.maxNewTokens, "maxNewTokens", 64, (x) => Number.isInteger(x) && x >= 0, "an integer >= 0"),
     temperature: num(opts.temperature, "temperature", 0, (x) => x >= 0, "a number >= 0"),
@@ -59,5 +69,6 @@ export function resolveOptions(o: GenerateOptions | undefined, defaultStop: numb
     seed: num(opts.seed, "seed", 0, (x) => Number.isInteger(x), "an integer"),
     stopTokens: new Set(stop),
     signal: opts.signal ?? null,
+    advanceState: opts.advanceState ?? false,
   };
 }
