@@ -1,11 +1,213 @@
+// Products with a weight matrix, the embedding gather, the greedy choice and a memory-bandwidth probe.
+//
+// ABI (every kernel): byte offsets into the shared memory, sizes in elements, and a work range [r0, r1) last, which
+// the thread pool splits between threads. Each output is computed by exactly one thread, by the same sequence of
+// operations whatever the range it falls in, so results do not depend on the number of threads.
+//
+// Weights W are f32, f16 or bf16 (the checkpoint's storage, kept at its size) and widened in registers. The type
+// parameter W says which: f32, F16 (= u16) or BF16 (= i16).
+//   f16 -> f32: the 15 magnitude bits shifted into an f32's exponent/mantissa place, times 2^112, rebias the exponent
+//   (normal and subnormal halves alike); then the sign bit. Half infinities and NaNs read as large finite values
+//   (65536 and above): checkpoints do not hold them.
+//   bf16 -> f32: the 16 bits are the f32's upper half.
 import { madd, hsum } from "./simd";
 
-/** Sum of k f32 values at byte offset src (a probe that the module builds and runs). */
-export function sumF32(src: usize, k: i32): f32 {
-  let acc = f32x4.splat(0);
-  let i = 0;
-  for (; i + 4 <= k; i += 4) acc = madd(v128.load(src + (<usize>i << 2)), f32x4.splat(1), acc);
+type F16 = u16;
+type BF16 = i16;
+
+const TWO_POW_112: f32 = 5.192296858534828e33;
+
+/** Four consecutive weights from byte offset p, as f32 lanes. */
+// @ts-ignore: decorator
+@inline function load4<W>(p: usize): v128 {
+  if (isFloat<W>()) {
+    return v128.load(p);
+  } else if (isSigned<W>()) {
+    return i32x4.shl(v128.load16x4_u(p), 16);
+  } else {
+    const h = v128.load16x4_s(p); // sign-extended: bit 31 is the half's sign
+    const magnitude = i32x4.shr_u(i32x4.shl(h, 17), 4);
+    const value = f32x4.mul(magnitude, f32x4.splat(TWO_POW_112));
+    return v128.or(value, v128.and(h, i32x4.splat(0x80000000)));
+  }
+}
+
+/** One weight at byte offset p, as f32 (the same arithmetic as load4). */
+// @ts-ignore: decorator
+@inline function load1<W>(p: usize): f32 {
+  if (isFloat<W>()) {
+    return load<f32>(p);
+  } else if (isSigned<W>()) {
+    return reinterpret<f32>(<u32>load<u16>(p) << 16);
+  } else {
+    const h = <u32>load<u16>(p);
+    const value = reinterpret<f32>((h & 0x7fff) << 13) * TWO_POW_112;
+    return reinterpret<f32>(reinterpret<u32>(value) | ((h & 0x8000) << 16));
+  }
+}
+
+/** The output of one (row, weight row) pair: the vector sum, then the K % 4 tail in order, then the bias. */
+// @ts-ignore: decorator
+@inline function finish<W>(acc: v128, xRow: usize, wRow: usize, k4: i32, K: i32, bias: usize, n: i32): f32 {
   let s = hsum(acc);
-  for (; i < k; i++) s += load<f32>(src + (<usize>i << 2));
+  for (let k = k4; k < K; k++) s += load<f32>(xRow + (<usize>k << 2)) * load1<W>(wRow + <usize>k * sizeof<W>());
+  if (bias != 0) s += load<f32>(bias + (<usize>n << 2));
   return s;
+}
+
+// y[t, n] = sum_k x[t, k] * w[n, k] + bias[n] for t in [0, T), n in [n0, n1).
+// x: f32 rows of ldx elements (K used); w: [N, K] of W; bias: f32 [N] or 0; y: f32 rows of ldy elements.
+// Blocks of 2 rows x 4 weight rows keep 8 vector sums in registers (each loaded vector is used twice or four
+// times); the rows go by chunks of at most 256 KB of x, so that a chunk stays in L2 while every weight block
+// of the range passes over it, and a 4-row weight block stays in L1 across the chunk's rows.
+function matmulT<W>(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, n0: i32, n1: i32): void {
+  const ws = <usize>sizeof<W>();
+  const k4 = K & ~3;
+  const xStride = <usize>ldx << 2;
+  const yStride = <usize>ldy << 2;
+  const wStride = <usize>K * ws;
+  const chunk = max(2, (65536 / max(K, 1)) & ~1);
+  for (let t0 = 0; t0 < T; t0 += chunk) {
+    const t1 = min(T, t0 + chunk);
+    let n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      const w0 = w + <usize>n * wStride, w1 = w0 + wStride, w2 = w1 + wStride, w3 = w2 + wStride;
+      let t = t0;
+      for (; t + 2 <= t1; t += 2) {
+        const xa = x + <usize>t * xStride, xb = xa + xStride;
+        let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (let k = 0; k < k4; k += 4) {
+          const va = v128.load(xa + (<usize>k << 2)), vb = v128.load(xb + (<usize>k << 2));
+          const o = <usize>k * ws;
+          const q0 = load4<W>(w0 + o);
+          a0 = madd(va, q0, a0); b0 = madd(vb, q0, b0);
+          const q1 = load4<W>(w1 + o);
+          a1 = madd(va, q1, a1); b1 = madd(vb, q1, b1);
+          const q2 = load4<W>(w2 + o);
+          a2 = madd(va, q2, a2); b2 = madd(vb, q2, b2);
+          const q3 = load4<W>(w3 + o);
+          a3 = madd(va, q3, a3); b3 = madd(vb, q3, b3);
+        }
+        const ya = y + <usize>t * yStride + (<usize>n << 2), yb = ya + yStride;
+        store<f32>(ya, finish<W>(a0, xa, w0, k4, K, bias, n));
+        store<f32>(ya, finish<W>(a1, xa, w1, k4, K, bias, n + 1), 4);
+        store<f32>(ya, finish<W>(a2, xa, w2, k4, K, bias, n + 2), 8);
+        store<f32>(ya, finish<W>(a3, xa, w3, k4, K, bias, n + 3), 12);
+        store<f32>(yb, finish<W>(b0, xb, w0, k4, K, bias, n));
+        store<f32>(yb, finish<W>(b1, xb, w1, k4, K, bias, n + 1), 4);
+        store<f32>(yb, finish<W>(b2, xb, w2, k4, K, bias, n + 2), 8);
+        store<f32>(yb, finish<W>(b3, xb, w3, k4, K, bias, n + 3), 12);
+      }
+      if (t < t1) {
+        // one row left (all of decode, where T is the batch): a matrix-vector product, 4 weight rows at a time
+        const xa = x + <usize>t * xStride;
+        let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0;
+        for (let k = 0; k < k4; k += 4) {
+          const va = v128.load(xa + (<usize>k << 2));
+          const o = <usize>k * ws;
+          a0 = madd(va, load4<W>(w0 + o), a0);
+          a1 = madd(va, load4<W>(w1 + o), a1);
+          a2 = madd(va, load4<W>(w2 + o), a2);
+          a3 = madd(va, load4<W>(w3 + o), a3);
+        }
+        const ya = y + <usize>t * yStride + (<usize>n << 2);
+        store<f32>(ya, finish<W>(a0, xa, w0, k4, K, bias, n));
+        store<f32>(ya, finish<W>(a1, xa, w1, k4, K, bias, n + 1), 4);
+        store<f32>(ya, finish<W>(a2, xa, w2, k4, K, bias, n + 2), 8);
+        store<f32>(ya, finish<W>(a3, xa, w3, k4, K, bias, n + 3), 12);
+      }
+    }
+    for (; n < n1; n++) {
+      const w0 = w + <usize>n * wStride;
+      for (let t = t0; t < t1; t++) {
+        const xa = x + <usize>t * xStride;
+        let a0 = f32x4.splat(0);
+        for (let k = 0; k < k4; k += 4) a0 = madd(v128.load(xa + (<usize>k << 2)), load4<W>(w0 + <usize>k * ws), a0);
+        store<f32>(y + <usize>t * yStride + (<usize>n << 2), finish<W>(a0, xa, w0, k4, K, bias, n));
+      }
+    }
+  }
+}
+
+/** y = x · wᵀ + bias over f32 weights, for weight rows (outputs) [n0, n1). */
+export function matmulF32(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, n0: i32, n1: i32): void {
+  matmulT<f32>(x, ldx, T, K, w, bias, y, ldy, n0, n1);
+}
+/** y = x · wᵀ + bias over f16 weights, for weight rows (outputs) [n0, n1). */
+export function matmulF16(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, n0: i32, n1: i32): void {
+  matmulT<F16>(x, ldx, T, K, w, bias, y, ldy, n0, n1);
+}
+/** y = x · wᵀ + bias over bf16 weights, for weight rows (outputs) [n0, n1). */
+export function matmulBF16(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, n0: i32, n1: i32): void {
+  matmulT<BF16>(x, ldx, T, K, w, bias, y, ldy, n0, n1);
+}
+
+// out[t] = table[ids[t]] widened to f32, for t in [t0, t1). table: [V, D] of W; ids: i32 [T]; out: f32 [T, D].
+function embeddingT<W>(table: usize, D: i32, ids: usize, out: usize, t0: i32, t1: i32): void {
+  const ws = <usize>sizeof<W>();
+  const d4 = D & ~3;
+  for (let t = t0; t < t1; t++) {
+    const src = table + <usize>load<i32>(ids + (<usize>t << 2)) * <usize>D * ws;
+    const dst = out + <usize>t * <usize>D * 4;
+    let d = 0;
+    for (; d < d4; d += 4) v128.store(dst + (<usize>d << 2), load4<W>(src + <usize>d * ws));
+    for (; d < D; d++) store<f32>(dst + (<usize>d << 2), load1<W>(src + <usize>d * ws));
+  }
+}
+export function embeddingF32(table: usize, D: i32, ids: usize, out: usize, t0: i32, t1: i32): void {
+  embeddingT<f32>(table, D, ids, out, t0, t1);
+}
+export function embeddingF16(table: usize, D: i32, ids: usize, out: usize, t0: i32, t1: i32): void {
+  embeddingT<F16>(table, D, ids, out, t0, t1);
+}
+export function embeddingBF16(table: usize, D: i32, ids: usize, out: usize, t0: i32, t1: i32): void {
+  embeddingT<BF16>(table, D, ids, out, t0, t1);
+}
+
+// Widens n values of W at src to f32 at dst (a half-precision tensor that a reference op reads as f32).
+export function widenF16(src: usize, dst: usize, r0: i32, r1: i32): void {
+  embeddingLike<F16>(src, dst, r0, r1);
+}
+export function widenBF16(src: usize, dst: usize, r0: i32, r1: i32): void {
+  embeddingLike<BF16>(src, dst, r0, r1);
+}
+// @ts-ignore: decorator
+@inline function embeddingLike<W>(src: usize, dst: usize, r0: i32, r1: i32): void {
+  let i = r0;
+  for (; i + 4 <= r1; i += 4) v128.store(dst + (<usize>i << 2), load4<W>(src + <usize>i * sizeof<W>()));
+  for (; i < r1; i++) store<f32>(dst + (<usize>i << 2), load1<W>(src + <usize>i * sizeof<W>()));
+}
+
+// ids[r] = the first index of the largest value of logits row r (its first V values), for rows [r0, r1).
+// logits: f32 rows of ld elements. NaN never wins (as the reference's strict comparison).
+export function argmaxRows(logits: usize, ld: i32, V: i32, ids: usize, r0: i32, r1: i32): void {
+  for (let r = r0; r < r1; r++) {
+    const row = logits + <usize>r * (<usize>ld << 2);
+    let best = 0;
+    let bestValue = load<f32>(row);
+    for (let i = 1; i < V; i++) {
+      const v = load<f32>(row + (<usize>i << 2));
+      if (v > bestValue) { bestValue = v; best = i; }
+    }
+    store<i32>(ids + (<usize>r << 2), best);
+  }
+}
+
+// Reads 64-byte blocks [b0, b1) from src (4 independent sums) and writes their sum to out: a probe of the memory
+// bandwidth that the products can reach.
+export function streamRead(src: usize, out: usize, b0: i32, b1: i32): void {
+  let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0;
+  for (let b = b0; b < b1; b++) {
+    const p = src + (<usize>b << 6);
+    a0 = f32x4.add(a0, v128.load(p));
+    a1 = f32x4.add(a1, v128.load(p, 16));
+    a2 = f32x4.add(a2, v128.load(p, 32));
+    a3 = f32x4.add(a3, v128.load(p, 48));
+  }
+  store<f32>(out, hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3))));
+}
+
+/** Where the module's static data ends: the host allocates above it. */
+export function heapBase(): usize {
+  return __heap_base;
 }

@@ -1,0 +1,254 @@
+/**
+ * The CPU engine built for speed: WebAssembly SIMD kernels over one shared memory, run by a pool of threads
+ * (./runtime.ts). It is the reference CPU backend (../cpu) with its hot ops replaced: the products (prefill's
+ * matrix x matrix, decode's matrix x vector, f32 or half-precision weights), the embedding gather, the fused
+ * residual + RMSNorm, the causal conv, the selective scan and the greedy choice.
+ *
+ * Its tensors are CPU tensors whose arrays are views of the wasm memory (WasmTensor), so every op it does not
+ * replace (training, sampling with a temperature, small ops) runs the reference code unchanged on the same data.
+ * Half-precision weights stay half precision in the memory; a reference op that reads one as f32 gets a widened
+ * copy. dispose() returns a tensor's block to the allocator.
+ */
+import type { SampleRequest, SelectiveScanArgs, SeqShape, Tensor, TensorOrCols } from "../backend.ts";
+import { asCols } from "../backend.ts";
+import { CpuBackend } from "../cpu/index.ts";
+import { CpuTensor, cpu, strided } from "../cpu/tensor.ts";
+import { addRmsNormF32 } from "../cpu/norm.ts";
+import { causalConv1dSiluF32 } from "../cpu/conv.ts";
+import { selectiveScanF32 } from "../cpu/scan.ts";
+import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
+import { MambaError, check } from "../../errors.ts";
+import { type SimdPath, WasmRuntime } from "./runtime.ts";
+
+type Storage = "F32" | "F16" | "BF16" | "I32";
+
+/** A CPU tensor held in the wasm memory at byte offset `ptr`. Half-precision ones (`storage` F16/BF16) read as a
+ *  widened f32 copy through `data`. */
+export class WasmTensor extends CpuTensor {
+  freed = false;
+  constructor(
+    shape: readonly number[],
+    dtype: "f32" | "i32",
+    data: Float32Array | Int32Array,
+    readonly ptr: number,
+    readonly bytes: number,
+    readonly storage: Storage,
+    readonly half: Uint16Array | null,
+  ) {
+    super(shape, dtype, data);
+    if (half) {
+      const widen = (): Float32Array => toFloat32({ dtype: storage as "F16" | "BF16", shape: [...shape], data: half });
+      Object.defineProperty(this, "data", { get: widen, configurable: true, enumerable: true });
+    }
+  }
+}
+
+export interface CpuEngineOptions {
+  /** worker threads, the calling one included (default: the available cores) */
+  threads?: number;
+  /** "plain" forces the plain SIMD build (default: relaxed SIMD where the runtime has it) */
+  simd?: SimdPath | "auto";
+}
+
+/** Products smaller than this (multiply-adds) run on the calling thread alone: a job's hand-off costs more. */
+const PARALLEL_MIN_WORK = 1 << 16;
+
+export class WasmCpuBackend extends CpuBackend {
+  /** What runs, for messages: "cpu (wasm simd relaxed, 2 threads)". */
+  readonly engine: string;
+  /** Ops that run the reference code on this engine's tensors because their kernel is missing from the build. */
+  readonly referenceOps: string[];
+
+  constructor(readonly rt: WasmRuntime) {
+    super();
+    this.engine = `cpu (wasm simd ${rt.path}, ${rt.threads} thread${rt.threads === 1 ? "" : "s"})`;
+    const ops: [string, string][] = [["addRmsNorm", "addRmsNorm"], ["causalConv1dSilu", "causalConv1dSilu"], ["selectiveScan", "selectiveScan"]];
+    this.referenceOps = ops.filter(([, k]) => !rt.has(k)).map(([op]) => op);
+  }
+
+  // ---- memory ----
+
+  private allocF32(shape: readonly number[]): WasmTensor {
+    const n = numel(shape);
+    const ptr = this.rt.alloc(n * 4);
+    return new WasmTensor([...shape], "f32", new Float32Array(this.rt.memory.buffer, ptr, n), ptr, n * 4, "F32", null);
+  }
+  private allocI32(shape: readonly number[]): WasmTensor {
+    const n = numel(shape);
+    const ptr = this.rt.alloc(n * 4);
+    return new WasmTensor([...shape], "i32", new Int32Array(this.rt.memory.buffer, ptr, n), ptr, n * 4, "I32", null);
+  }
+
+  /** A tensor in the wasm memory: t itself, or a copy made for one op (pushed on `temps`, freed after it). */
+  private inWasm(t: Tensor, temps: WasmTensor[]): WasmTensor {
+    if (t instanceof WasmTensor) {
+      if (t.freed) throw new MambaError("a disposed tensor was passed to the cpu backend");
+      return t;
+    }
+    const c = cpu(t);
+    const w = c.dtype === "i32" ? this.allocI32(c.shape) : this.allocF32(c.shape);
+    (w.data as Float32Array | Int32Array).set(c.data as never);
+    temps.push(w);
+    return w;
+  }
+  private freeTemps(temps: WasmTensor[]): void {
+    for (const t of temps) this.dispose(t);
+  }
+
+  override upload(t: HostTensor): Tensor {
+    const n = numel(t.shape);
+    // matrices that only the products and the gather read stay half precision; vectors are widened
+    if ((t.dtype === "F16" || t.dtype === "BF16") && t.shape.length === 2 && t.shape[1]! >= 64) {
+      const ptr = this.rt.alloc(n * 2);
+      const half = new Uint16Array(this.rt.memory.buffer, ptr, n);
+      half.set(t.data as Uint16Array);
+      return new WasmTensor([...t.shape], "f32", new Float32Array(0), ptr, n * 2, t.dtype, half);
+    }
+    const out = this.allocF32(t.shape);
+    out.f32.set(toFloat32(t as Parameters<typeof toFloat32>[0]));
+    return out;
+  }
+  override fromF32(data: Float32Array, shape: readonly number[]): Tensor {
+    check(data.length === numel(shape), `data has ${data.length} values, shape [${shape}] needs ${numel(shape)}`);
+    const t = this.allocF32(shape);
+    t.f32.set(data);
+    return t;
+  }
+  override fromI32(data: Int32Array, shape: readonly number[]): Tensor {
+    check(data.length === numel(shape), `data has ${data.length} values, shape [${shape}] needs ${numel(shape)}`);
+    const t = this.allocI32(shape);
+    t.i32.set(data);
+    return t;
+  }
+  override zeros(shape: readonly number[]): Tensor {
+    const t = this.allocF32(shape);
+    t.f32.fill(0);
+    return t;
+  }
+  override dispose(...ts: (Tensor | null | undefined)[]): void {
+    for (const t of ts) {
+      if (t instanceof WasmTensor && !t.freed) {
+        t.freed = true;
+        this.rt.release(t.ptr, t.bytes);
+      }
+    }
+  }
+  override concat0(ts: Tensor[]): Tensor {
+    const parts = ts.map(cpu);
+    const rest = parts[0]!.shape.slice(1);
+    const n = parts.reduce((a, p) => a + p.shape[0]!, 0);
+    const out = parts[0]!.dtype === "f32" ? this.allocF32([n, ...rest]) : this.allocI32([n, ...rest]);
+    let o = 0;
+    for (const p of parts) { (out.data as Float32Array).set(p.data as Float32Array, o); o += p.data.length; }
+    return out;
+  }
+  override takeRows(x: Tensor, rows: readonly number[]): Tensor {
+    const t = cpu(x);
+    const w = t.shape[t.shape.length - 1]!;
+    const out = this.allocF32([rows.length, w]);
+    const src = t.f32;
+    rows.forEach((r, i) => out.f32.set(src.subarray(r * w, (r + 1) * w), i * w));
+    return out;
+  }
+  override async destroy(): Promise<void> {
+    this.rt.destroy();
+  }
+
+  // ---- model ops ----
+
+  override embedding(table: Tensor, ids: Tensor): Tensor {
+    const temps: WasmTensor[] = [];
+    const tb = this.inWasm(table, temps);
+    const idt = this.inWasm(ids, temps);
+    const [V, D] = tb.shape as [number, number];
+    const idv = idt.i32;
+    for (let i = 0; i < idv.length; i++) {
+      if (!(idv[i]! >= 0 && idv[i]! < V)) throw new MambaError(`embedding: id ${idv[i]} outside the table's ${V} rows`);
+    }
+    const out = this.allocF32([idv.length, D]);
+    const kernel = tb.storage === "F16" ? "embeddingF16" : tb.storage === "BF16" ? "embeddingBF16" : "embeddingF32";
+    this.rt.run(kernel, [tb.ptr, D, idt.ptr, out.ptr], idv.length, 1, idv.length * D >= PARALLEL_MIN_WORK);
+    this.freeTemps(temps);
+    return out;
+  }
+
+  override matmul(x: TensorOrCols, w: Tensor, bias: Tensor | null): Tensor {
+    const c = asCols(x);
+    const temps: WasmTensor[] = [];
+    const xt = this.inWasm(c.tensor, temps);
+    const wt = this.inWasm(w, temps);
+    const ld = xt.shape[xt.shape.length - 1]!;
+    if (c.col0 < 0 || c.col0 + c.width > ld) throw new MambaError(`column window [${c.col0}, ${c.col0 + c.width}) outside ${ld} columns`);
+    const K = c.width;
+    const T = numel(xt.shape) / ld;
+    const nOut = wt.shape[0]!;
+    check(numel(wt.shape) === nOut * K, `matmul: weight [${wt.shape}] does not take ${K} inputs`);
+    const bt = bias ? this.inWasm(bias, temps) : null;
+    const y = this.allocF32([T, nOut]);
+    const kernel = wt.storage === "F16" ? "matmulF16" : wt.storage === "BF16" ? "matmulBF16" : "matmulF32";
+    this.rt.run(kernel, [xt.ptr + 4 * c.col0, ld, T, K, wt.ptr, bt ? bt.ptr : 0, y.ptr, nOut], nOut, 4, T * nOut * K >= PARALLEL_MIN_WORK);
+    this.freeTemps(temps);
+    return y;
+  }
+
+  override addRmsNorm(x: Tensor, residual: Tensor | null, weight: Tensor, eps: number): { out: Tensor; residual: Tensor } {
+    const xt = cpu(x);
+    const D = xt.shape[xt.shape.length - 1]!;
+    const res = this.allocF32(xt.shape);
+    const out = this.allocF32(xt.shape);
+    addRmsNormF32(xt.f32, residual ? cpu(residual).f32 : null, cpu(weight).f32, eps, D, res.f32, out.f32);
+    return { out, residual: res };
+  }
+
+  override causalConv1dSilu(x: TensorOrCols, weight: Tensor, bias: Tensor | null, state: Tensor | null, s: SeqShape): Tensor {
+    const xs = strided(x);
+    const wt = cpu(weight);
+    const K = wt.shape[wt.shape.length - 1]!;
+    const y = this.allocF32([s.batch, s.seqLen, xs.width]);
+    causalConv1dSiluF32(xs, wt.f32, bias ? cpu(bias).f32 : null, state ? cpu(state).f32 : null, s.batch, s.seqLen, K, y.f32);
+    return y;
+  }
+
+  override selectiveScan(a: SelectiveScanArgs): Tensor {
+    const [E, N] = cpu(a.A_log).shape as [number, number];
+    const y = this.allocF32([a.batch, a.seqLen, E]);
+    selectiveScanF32({
+      u: cpu(a.u).f32, delta: strided(a.delta), deltaBias: cpu(a.deltaBias).f32, A_log: cpu(a.A_log).f32,
+      Bm: strided(a.B), Cm: strided(a.C), D: cpu(a.D).f32, z: a.z ? strided(a.z) : null,
+      state: a.state ? cpu(a.state).f32 : null,
+    }, a.batch, a.seqLen, E, N, y.f32);
+    return y;
+  }
+
+  override sample(logits: Tensor, req: SampleRequest): Tensor {
+    const penalized = req.history !== null && req.repetitionPenalty !== 1;
+    if (req.temperature !== 0 || penalized) return super.sample(logits, req);
+    // greedy: each row's argmax in the kernel, rows split between threads
+    const temps: WasmTensor[] = [];
+    const lt = this.inWasm(logits, temps);
+    const V = lt.shape[lt.shape.length - 1]!;
+    const rows = numel(lt.shape) / V;
+    const ids = this.allocI32([rows]);
+    this.rt.run("argmaxRows", [lt.ptr, V, Math.min(req.vocabSize, V), ids.ptr], rows, 1, rows > 1);
+    this.freeTemps(temps);
+    return ids;
+  }
+}
+
+/** The fast CPU engine, or null with the reason where this runtime cannot run it (no shared memory). */
+export async function createWasmCpuBackend(options: CpuEngineOptions = {}): Promise<WasmCpuBackend> {
+  const threads = options.threads ?? defaultThreads();
+  check(Number.isInteger(threads) && threads >= 1 && threads <= 256, `threads must be an integer in [1, 256], got ${threads}`);
+  const rt = await WasmRuntime.create(threads, options.simd ?? "auto");
+  return new WasmCpuBackend(rt);
+}
+
+/** The available cores: os.availableParallelism in Node, navigator.hardwareConcurrency in browsers. */
+export function defaultThreads(): number {
+  const proc = (globalThis as { process?: { getBuiltinModule?: (id: string) => unknown } }).process;
+  const os = proc?.getBuiltinModule?.("node:os") as { availableParallelism?: () => number; cpus?: () => unknown[] } | undefined;
+  if (os?.availableParallelism) return Math.max(1, os.availableParallelism());
+  if (os?.cpus) return Math.max(1, os.cpus().length);
+  const nav = (globalThis as { navigator?: { hardwareConcurrency?: number } }).navigator;
+  return Math.max(1, nav?.hardwareConcurrency ?? 1);
+}
