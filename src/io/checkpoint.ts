@@ -1,6 +1,7 @@
 /**
  * Reading a model folder on disk (Node): config.json (either format), weights (model.safetensors, sharded
- * safetensors with model.safetensors.index.json, or mamba_ssm's pytorch_model.bin) and generation_config.json.
+ * safetensors with model.safetensors.index.json, or mamba_ssm's pytorch_model.bin) and generation_config.json;
+ * or a GGUF file (./gguf.ts), given itself or as the one .gguf of a folder without config.json.
  * The reading itself, over any source of files, is ./model-files.ts (usable in browsers); this module gives it a
  * folder's files.
  */
@@ -10,6 +11,7 @@ import { MambaError, check } from "../errors.ts";
 import type { MambaConfig } from "../config.ts";
 import type { HostTensor } from "./tensor.ts";
 import { type ModelFiles, readCheckpointFrom, readConfigFrom, readWeightsFrom } from "./model-files.ts";
+import { ggufInFolder, isGgufPath, readGgufFile } from "./gguf.ts";
 
 export { normalizeNames, validateTensors } from "./model-files.ts";
 
@@ -52,9 +54,19 @@ export function readWeights(folder: string): Promise<Map<string, HostTensor>> {
   return readWeightsFrom(folderFiles(folder));
 }
 
+/**
+ * Loads a model folder, a GGUF file, or a folder holding one GGUF file and no config.json (a GGUF's weights may
+ * be quantized: Q8_0 and Q4_0 tensors stay in their blocks until a backend uploads them).
+ */
 export async function loadCheckpoint(folder: string): Promise<Checkpoint> {
   const stat = await fs.stat(folder).catch(() => null);
   check(stat, `model folder not found: ${folder}`);
+  const gguf = stat.isFile() && isGgufPath(folder) ? folder
+    : stat.isDirectory() && !(await fs.stat(path.join(folder, "config.json")).catch(() => null)) ? await ggufInFolder(folder) : null;
+  if (gguf !== null) {
+    const { config, tensors, dtype } = await readGgufFile(gguf);
+    return { folder, config, tensors, dtype };
+  }
   check(stat.isDirectory(), `not a folder: ${folder}`);
   return { folder, ...(await readCheckpointFrom(folderFiles(folder))) };
 }

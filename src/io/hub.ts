@@ -63,9 +63,13 @@ export function isRepoId(source: string): boolean {
   return !existsSync(source);
 }
 
-/** A local folder path (returned as is after checking it exists and is a directory), or a repo id "org/name". */
+/**
+ * A local folder path or .gguf file (returned as is after checking it exists), or a repo id "org/name".
+ */
 export async function resolveModelFolder(source: string, options: ResolveOptions = {}): Promise<string> {
   if (existsSync(source)) {
+    // a GGUF file is a whole model in one file (./gguf.ts)
+    if (source.toLowerCase().endsWith(".gguf") && statSync(source).isFile()) return source;
     check(statSync(source).isDirectory(), `model folder not found: ${source} (it is a file, not a folder)`);
     return source;
   }

@@ -12,6 +12,7 @@ import { Command, Option } from "commander";
 import { type MambaModel, type Tokenizer, loadModel } from "../../index.ts";
 import { MambaError } from "../../errors.ts";
 import { TextStreamer, loadTokenizer } from "../../tokenizer.ts";
+import { ggufInFolder, isGgufPath } from "../../io/gguf.ts";
 import type { BackendName } from "../../backend/create.ts";
 import { generateOptionParser, modelOption, modelSource, parseIntegerList, resolveWithProgress } from "../common.ts";
 
@@ -67,7 +68,8 @@ export function generateCommand(): Command {
 async function runGenerate(opts: GenerateCliOptions): Promise<number> {
   const folder = await resolveWithProgress(modelSource(opts.model));
   // the tokenizer first: it is small, and without it there is no point reading the weights
-  if (!existsSync(path.join(folder, "tokenizer.json"))) {
+  // (a GGUF file, or a folder holding one, carries its tokenizer in its metadata)
+  if (!existsSync(path.join(folder, "tokenizer.json")) && !isGgufPath(folder) && (await ggufInFolder(folder)) === null) {
     throw new MambaError(`no tokenizer.json in ${folder}: generate needs the model's tokenizer to read the prompt and write the text`);
   }
   const tokenizer = await loadTokenizer(folder);
