@@ -34,11 +34,6 @@ export class MambaCache {
     return new MambaCache(backend, batch, conv, ssm);
   }
 
-  /** A cache over given state tensors (any shapes of the right sizes; now owned by the cache). */
-  static of(backend: Backend, batch: number, conv: Tensor[], ssm: Tensor[]): MambaCache {
-    return new MambaCache(backend, batch, conv, ssm);
-  }
-
   /** Zero conv histories and the given SSM states (per layer of ssmStateShape, now owned by the cache). */
   static withSsm(backend: Backend, config: MambaConfig, batch: number, ssm: Tensor[]): MambaCache {
     const { numLayers, convKernel: K } = config;
