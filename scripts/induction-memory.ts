@@ -7,8 +7,8 @@
  * does), runs the model with a SelectionRecorder attached, and prints the prediction, then per layer the five
  * channels that keep most of their state over the gap between the recalled token and the end: Δ at the token
  * written, ΣΔ over the gap (and after 1024, 4096, ... tokens of it) and log(retention) = −min|A| · ΣΔ, the
- * share of the written value the slowest of the channel's states still holds. EXPERIMENTS.md shows what it
- * found.
+ * share of the written value the slowest of the channel's states still holds. docs/experiments-archive.md shows
+ * what it found.
  */
 import { loadModel, SelectionRecorder } from "../src/index.ts";
 
