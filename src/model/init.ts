@@ -6,7 +6,10 @@
  *    clamped to >= 1e-4;
  *  - A_log[e, n] = log(n + 1) (S4D-Real), D = 1, norm weights 1;
  *  - the LTI mixer's constants: dt_lti = 0 (delta = softplus(dt_proj.bias) starts as above),
- *    B_lti, C_lti ~ U(-1/sqrt(N), 1/sqrt(N)).
+ *    B_lti, C_lti ~ U(-1/sqrt(N), 1/sqrt(N));
+ *  - Mamba-2 (mamba_ssm's Mamba2): dt_bias = inverse_softplus(dt) with dt drawn as dt_proj.bias's above,
+ *    A_log[h] = log(U(1, 16)), D = 1, the gated norm's weight 1; the conv over x | B | C and the projections as
+ *    above (Falcon-Mamba initializes as Mamba-1).
  * Seeded: the same seed gives the same parameters on every machine.
  */
 import { type Mamba2Fields, type MambaConfig, checkFamily, parameterShapes } from "../config.ts";
@@ -88,6 +91,9 @@ export function initParameters(config: MambaConfig, o: InitOptions = {}): Map<st
       for (let i = 0; i < n; i++) data[i] = 0.02 * rng.normal();
     } else if (name.endsWith("norm.weight") || name.endsWith("norm_f.weight")) {
       data = new Float32Array(n).fill(1);
+    } else if (leaf === "A_log" && config.mamba2) {
+      data = new Float32Array(n);
+      for (let i = 0; i < n; i++) data[i] = Math.log(1 + 15 * rng.next()); // A_init_range (1, 16)
     } else if (leaf === "A_log") {
       const N = shape[1]!;
       data = new Float32Array(n);
@@ -98,7 +104,7 @@ export function initParameters(config: MambaConfig, o: InitOptions = {}): Map<st
       data = uniform(n, config.timeStepRank ** -0.5);
     } else if (leaf === "dt_lti") {
       data = new Float32Array(n); // LTI: delta = softplus(dt_lti + dt_proj.bias) starts at the dt_proj.bias draw
-    } else if (leaf === "dt_proj.bias") {
+    } else if (leaf === "dt_proj.bias" || leaf === "dt_bias") {
       data = new Float32Array(n);
       for (let i = 0; i < n; i++) {
         const dt = Math.max(dtFloor, Math.exp(rng.next() * (Math.log(dtMax) - Math.log(dtMin)) + Math.log(dtMin)));

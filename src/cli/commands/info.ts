@@ -7,6 +7,7 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import { Command } from "commander";
 import { loadCheckpoint } from "../../io/checkpoint.ts";
+import { FAMILY_NAMES } from "../../config.ts";
 import { numel } from "../../io/tensor.ts";
 import { modelOption, modelSource, resolveWithProgress } from "../common.ts";
 
@@ -18,7 +19,13 @@ export function infoCommand(): Command {
       const folder = await resolveWithProgress(modelSource(opts.model));
       const ckpt = await loadCheckpoint(folder);
       const lines: string[] = [];
-      for (const [key, value] of Object.entries(ckpt.config)) lines.push(`${key}: ${String(value)}`);
+      lines.push(`model: ${FAMILY_NAMES[ckpt.config.family]}`);
+      for (const [key, value] of Object.entries(ckpt.config)) {
+        // the family's own fields (Mamba-2's heads, groups, ...) one per line, as mamba2.numHeads: 24
+        if (value !== null && typeof value === "object" && !Array.isArray(value)) {
+          for (const [k, v] of Object.entries(value)) lines.push(`${key}.${k}: ${String(v)}`);
+        } else if (value !== null || (key !== "mamba2" && key !== "mixerRmsEps")) lines.push(`${key}: ${String(value)}`);
+      }
       // loadCheckpoint drops a tied lm_head, so each parameter is counted once
       let params = 0;
       for (const t of ckpt.tensors.values()) params += numel(t.shape);
