@@ -245,8 +245,10 @@ function fromHf(c: Json, where: string): MambaConfig {
   if (family === "mamba2") {
     // transformers' Mamba2 always has the gated norm; norm_before_gate is read where a config carries it
     const headDim = int(c, "head_dim", where, 64);
+    check(c.num_heads != null || intermediate % headDim === 0,
+      `${where}: a mamba2 config without num_heads needs head_dim (${headDim}) to divide the inner size ${intermediate}`);
     mamba2 = {
-      numHeads: int(c, "num_heads", where, Math.floor(intermediate / headDim)),
+      numHeads: int(c, "num_heads", where, intermediate / headDim),
       headDim,
       nGroups: int(c, "n_groups", where, 1),
       chunkSize: int(c, "chunk_size", where, 256),
@@ -309,7 +311,7 @@ function fromMambaSsm(c: Json, where: string): MambaConfig {
     }
     if (ssm.D_has_hdim === true) throw new MambaError(`${where}: ssm_cfg.D_has_hdim (D per channel) is not supported`);
     const headDim = int(ssm, "headdim", sw, 64);
-    check(E % headDim === 0, `${sw}: d_inner ${E} is not a multiple of headdim ${headDim}`);
+    check(E % headDim === 0, `${sw}: a Mamba2 layer's d_inner ${E} is not a multiple of headdim ${headDim}`);
     mamba2 = {
       numHeads: E / headDim,
       headDim,

@@ -157,12 +157,13 @@ describe("broken folders", () => {
     await loadRejects(dir3, /not valid JSON/, esc(path.join(dir3, "generation_config.json")));
   });
 
-  test("architectures we do not run: Mamba2, attention layers, MLP blocks, LayerNorm", async () => {
+  test("architectures we do not run (attention layers, MLP blocks, LayerNorm) and Mamba-2 configs that do not fit", async () => {
     const hf2 = folder({ "config.json": { ...hfConfig, model_type: "mamba2" }, "model.safetensors": weights() });
-    await loadRejects(hf2, /mamba2/, /not supported/, esc(path.join(hf2, "config.json")));
+    await loadRejects(hf2, /mamba2/, /head_dim/, esc(path.join(hf2, "config.json")));
     const ssm = { d_model: 6, n_layer: 2, vocab_size: 24, ssm_cfg: { d_state: 3, d_conv: 3, expand: 2 }, pad_vocab_size_multiple: 8, tie_embeddings: true };
     const cases: [Record<string, unknown>, RegExp][] = [
-      [{ ...ssm, ssm_cfg: { ...ssm.ssm_cfg, layer: "Mamba2" } }, /Mamba2/],
+      [{ ...ssm, ssm_cfg: { ...ssm.ssm_cfg, layer: "Mamba2" } }, /Mamba2.*headdim/],
+      [{ ...ssm, ssm_cfg: { ...ssm.ssm_cfg, layer: "Mamba3" } }, /Mamba3.*not supported/],
       [{ ...ssm, attn_layer_idx: [1], attn_cfg: { num_heads: 2 } }, /attention/],
       [{ ...ssm, d_intermediate: 24 }, /MLP/],
       [{ ...ssm, rms_norm: false }, /LayerNorm/],
