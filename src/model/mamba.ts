@@ -1,5 +1,5 @@
 /**
- * The Mamba language model, written once against the Backend interface (docs: ../../docs of the shared notes):
+ * The Mamba language model, written once against the Backend interface (docs/mamba.md: the math, names and formats):
  *   h = embeddings[ids]; for each layer: h = h + mixer(rmsnorm(h) * norm.weight); logits = head(rmsnorm(h) * norm_f)
  * The residual add and the next norm are one fused op. The mixer:
  *   xz = in_proj(u); x = silu(conv1d(x)); dt|B|C = x_proj(x); delta = dt_proj(dt);
