@@ -126,7 +126,7 @@ class Cursor {
   /** a u64 count that must be a safe integer of at most `limit` */
   count(what: string, limit: number): number {
     const v = this.u64(what);
-    check(typeof v === "number" && v <= limit, () => `${this.where}: ${what} is ${v}, more than the file can hold; the file is damaged`);
+    check(typeof v === "number" && v <= limit, () => `${this.where}: ${what} is ${v}, more than the rest of the file (${this.left} bytes) can hold; the file is truncated or damaged`);
     return v;
   }
   str(what: string): string {

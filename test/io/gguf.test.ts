@@ -1,0 +1,255 @@
+/**
+ * GGUF files (llama.cpp's format): the fixtures made by llama.cpp's converter from hf-mamba/tiny (f32, f16, q8_0,
+ * q4_0) load through loadModel (a file, a folder holding one) and give the logits an independent reference computed
+ * from their dequantized weights, on the CPU and on WebGPU; the weights equal hf-mamba/tiny's, rounded to the
+ * file's types; each kind of damage is one MambaError that names it.
+ */
+import { after, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { MambaError, loadModel } from "../../src/index.ts";
+import { loadCheckpoint } from "../../src/io/checkpoint.ts";
+import { readSafetensors } from "../../src/io/safetensors.ts";
+import { type HostTensor, toF16Bits, toFloat32 } from "../../src/io/tensor.ts";
+import { GgufType, ggufHeader, parseGgufHeader } from "../../src/io/gguf-format.ts";
+import { readGgufModel } from "../../src/io/gguf-model.ts";
+import { readGgufFile } from "../../src/io/gguf.ts";
+import { assertClose, fixture, maxAbsDiff, readSafetensorsAny } from "../helpers/fixtures.ts";
+import { gpuTest } from "../helpers/backends.ts";
+
+const root = mkdtempSync(path.join(os.tmpdir(), "mamba-ts-gguf-"));
+after(() => rmSync(root, { recursive: true, force: true }));
+
+const TYPES = ["f32", "f16", "q8_0", "q4_0"] as const;
+const ggufPath = (type: string) => fixture("gguf", `tiny-${type}.gguf`);
+const bytesOf = (type: string) => new Uint8Array(readFileSync(ggufPath(type)));
+
+async function logitsMatch(type: string, backend: "cpu" | "webgpu"): Promise<void> {
+  const exp = await readSafetensorsAny(fixture("gguf", `tiny-${type}.expected.safetensors`));
+  const model = await loadModel(ggufPath(type), { backend });
+  try {
+    const ids = exp.get("input_ids")!;
+    const [batch, seqLen] = ids.shape as [number, number];
+    const out = await model.forward(ids.i32, { batch, seqLen });
+    assert.deepEqual(exp.get("logits")!.shape, [batch, seqLen, model.config.paddedVocabSize]);
+    assertClose(out.logits, exp.get("logits")!.f32, 1e-4, `${type} logits on ${backend}`);
+  } finally {
+    await model.dispose();
+  }
+}
+
+describe("GGUF fixtures", { timeout: 600_000 }, () => {
+  for (const type of TYPES) {
+    test(`tiny-${type}.gguf: logits equal the reference from its dequantized weights (cpu)`, () => logitsMatch(type, "cpu"));
+  }
+  test("the same on WebGPU", async (t) => {
+    if (!(await gpuTest(t))) return;
+    for (const type of TYPES) await logitsMatch(type, "webgpu");
+  });
+
+  test("config and weights: those of hf-mamba/tiny, in the file's types (A_log back from A, conv [E, 1, K])", async () => {
+    const hf = await readSafetensors(fixture("hf-mamba", "tiny", "model.safetensors"));
+    const f32 = await readGgufFile(ggufPath("f32"));
+    const ref = (await loadCheckpoint(fixture("hf-mamba", "tiny"))).config;
+    for (const k of ["vocabSize", "hiddenSize", "intermediateSize", "stateSize", "numLayers", "convKernel", "timeStepRank",
+      "useBias", "useConvBias", "tieEmbeddings", "residualInFp32", "eosTokenId", "bosTokenId"] as const) {
+      assert.equal(f32.config[k], ref[k], k);
+    }
+    assert.ok(Math.abs(f32.config.layerNormEpsilon - 1e-5) < 1e-12);
+    assert.equal(f32.tensors.size, hf.size);
+    for (const [name, want] of hf) {
+      const got = f32.tensors.get(name);
+      assert.ok(got, `missing ${name}`);
+      assert.deepEqual(got.shape, want.shape, name);
+      // A_log went through A = -exp(A_log) in float32 and back: equal to within float rounding
+      const tol = name.endsWith("A_log") ? 1e-6 : 0;
+      assert.ok(maxAbsDiff(toFloat32(got), toFloat32(want)) <= tol, name);
+    }
+    const f16 = await readGgufFile(ggufPath("f16"));
+    for (const [name, t] of f16.tensors) {
+      if (t.dtype !== "F16") continue;
+      assert.deepEqual(t.data, toF16Bits(toFloat32(hf.get(name)!)), `${name} is the f16 rounding of the checkpoint's`);
+    }
+    // quantized files: the projections and embedding quantized, dt_proj (rows of 2) in F16, the rest F32
+    const q8 = await readGgufFile(ggufPath("q8_0"));
+    assert.equal(q8.dtype, "Q8_0");
+    assert.equal(q8.tensors.get("backbone.layers.0.mixer.in_proj.weight")!.dtype, "Q8_0");
+    assert.equal(q8.tensors.get("backbone.layers.0.mixer.dt_proj.weight")!.dtype, "F16");
+    assert.equal(q8.tensors.get("backbone.layers.0.mixer.D")!.dtype, "F32");
+    for (const [name, t] of q8.tensors) {
+      // each weight within half a quantization step of the original (|w| <= 127 d per block)
+      const got = toFloat32(t);
+      const want = toFloat32(hf.get(name)!);
+      let amax = 0;
+      for (const v of want) amax = Math.max(amax, Math.abs(v));
+      assert.ok(maxAbsDiff(got, want) <= (t.dtype === "Q8_0" ? amax / 127 : amax * 1e-3), name);
+    }
+  });
+
+  test("a folder holding one GGUF file loads, as does the file; two GGUF files are ambiguous", async () => {
+    const dir = path.join(root, "one");
+    mkdirSync(dir);
+    copyFileSync(ggufPath("q4_0"), path.join(dir, "model-q4_0.gguf"));
+    const a = await loadModel(dir, { backend: "cpu" });
+    const b = await loadModel(ggufPath("q4_0"), { backend: "cpu" });
+    const ids = new Int32Array([5, 9, 2, 40]);
+    assert.deepEqual((await a.forward(ids, { batch: 1, seqLen: 4 })).logits, (await b.forward(ids, { batch: 1, seqLen: 4 })).logits);
+    await a.dispose();
+    await b.dispose();
+    copyFileSync(ggufPath("q8_0"), path.join(dir, "model-q8_0.gguf"));
+    await rejects(loadModel(dir, { backend: "cpu" }), /several GGUF files.*model-q4_0\.gguf, model-q8_0\.gguf/);
+  });
+});
+
+// ---- damaged files -----------------------------------------------------------------------------------------------
+
+async function rejects(p: Promise<unknown>, ...patterns: RegExp[]): Promise<void> {
+  await assert.rejects(p, (err: unknown) => {
+    assert.ok(err instanceof MambaError, `expected a MambaError, got ${String(err)}`);
+    for (const re of patterns) assert.match(err.message, re);
+    return true;
+  });
+}
+
+let n = 0;
+/** Writes bytes to a fresh .gguf file and expects loadModel to reject it with a MambaError matching the patterns
+ * (and the in-memory reader too). */
+async function damaged(bytes: Uint8Array, ...patterns: RegExp[]): Promise<void> {
+  const file = path.join(root, `d${n++}.gguf`);
+  writeFileSync(file, bytes);
+  await rejects(loadModel(file, { backend: "cpu" }), ...patterns);
+  assert.throws(() => readGgufModel(bytes, "mem"), (err: unknown) => err instanceof MambaError);
+}
+
+/** Where a tensor's entry in the tensor table starts, just after its name. */
+function tensorEntry(bytes: Uint8Array, name: string): number {
+  const enc = new TextEncoder().encode(name);
+  const header = parseGgufHeader(bytes, "fixture");
+  // tensor names appear only in the tensor table; take the last occurrence before the data section
+  let at = -1;
+  for (let i = 0; i + enc.length <= header.dataOffset; i++) {
+    if (enc.every((b, j) => bytes[i + j] === b) && new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(i - 8, true) === BigInt(enc.length)) at = i;
+  }
+  assert.ok(at > 0, `no entry for ${name}`);
+  return at + enc.length;
+}
+
+function patched(type: string, fn: (view: DataView, bytes: Uint8Array) => void): Uint8Array {
+  const bytes = bytesOf(type);
+  fn(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), bytes);
+  return bytes;
+}
+
+/** The offset of a metadata key's value (after its u32 type). */
+function metaValueAt(bytes: Uint8Array, key: string): number {
+  const enc = new TextEncoder().encode(key);
+  for (let i = 0; i < bytes.length; i++) {
+    if (enc.every((b, j) => bytes[i + j] === b)) return i + enc.length + 4;
+  }
+  throw new Error(`no key ${key}`);
+}
+
+describe("damaged GGUF files: one MambaError each", { timeout: 120_000 }, () => {
+  test("wrong magic, unsupported versions", async () => {
+    await damaged(patched("f32", (_, b) => b.set(new TextEncoder().encode("GGML"), 0)), /not a GGUF file.*"GGML"/);
+    for (const v of [1, 4, 0xffffffff]) {
+      await damaged(patched("f32", (d) => d.setUint32(4, v, true)), new RegExp(`GGUF version ${v} is not supported`));
+    }
+    await damaged(new Uint8Array([0x47, 0x47]), /not a GGUF file/);
+  });
+
+  test("truncated header, metadata past the end", async () => {
+    const whole = bytesOf("f32");
+    const header = parseGgufHeader(whole, "f");
+    for (const cut of [6, 20, 30, 1000, 400_000, header.dataOffset - 40]) {
+      await damaged(whole.slice(0, cut), /truncated/);
+    }
+    // a string whose length runs past the end, an array that claims more items than the file holds
+    await damaged(patched("f32", (d, b) => d.setBigUint64(metaValueAt(b, "general.name"), 1n << 40n, true)), /general\.name/, /more than the rest of the file|past the end/);
+    await damaged(patched("f32", (d, b) => d.setBigUint64(metaValueAt(b, "tokenizer.ggml.tokens") + 4, 1n << 33n, true)),
+      /tokenizer\.ggml\.tokens/, /more than the rest of the file/);
+    // counts beyond anything the file could hold
+    await damaged(patched("f32", (d) => d.setBigUint64(8, 1n << 50n, true)), /tensor count .* more than the rest of the file/);
+    await damaged(patched("f32", (d) => d.setBigUint64(16, 1n << 50n, true)), /metadata count .* more than the rest of the file/);
+    // an unknown value type
+    await damaged(patched("f32", (d, b) => d.setUint32(metaValueAt(b, "general.name") - 4, 13, true)), /general\.name.*unknown value type 13/);
+  });
+
+  test("a tensor past the end, misaligned, or overlapping another", async () => {
+    const whole = bytesOf("q8_0");
+    await damaged(whole.slice(0, whole.length - 100), /tensor 'output_norm\.weight' .*runs past the end of the file/);
+    await damaged(patched("q8_0", (d, b) => d.setBigUint64(tensorEntry(b, "blk.0.ssm_d") + 4 + 8 + 4, 1n << 30n, true)),
+      /tensor 'blk\.0\.ssm_d' .*runs past the end/);
+    await damaged(patched("q8_0", (d, b) => {
+      const at = tensorEntry(b, "blk.0.ssm_d") + 4 + 8 + 4;
+      d.setBigUint64(at, d.getBigUint64(at, true) + 16n, true);
+    }), /tensor 'blk\.0\.ssm_d' starts at offset \d+, not a multiple of the alignment 32/);
+    await damaged(patched("q8_0", (d, b) => d.setBigUint64(tensorEntry(b, "blk.0.ssm_d") + 4 + 8 + 4, 0n, true)), /overlap/);
+  });
+
+  test("an unknown or unsupported tensor type is named", async () => {
+    // type 12 is Q4_K; 99 is no type at all
+    await damaged(patched("q8_0", (d, b) => d.setUint32(tensorEntry(b, "blk.0.ssm_in.weight") + 4 + 16, 12, true)),
+      /tensor 'blk\.0\.ssm_in\.weight' has type Q4_K, which mamba-ts does not read/);
+    await damaged(patched("q8_0", (d, b) => d.setUint32(tensorEntry(b, "blk.0.ssm_in.weight") + 4 + 16, 99, true)),
+      /tensor 'blk\.0\.ssm_in\.weight' has type unknown type 99/);
+  });
+
+  test("a shape that does not match the config", async () => {
+    // the config's hidden size from the metadata, against the embedding's
+    await damaged(patched("f32", (d, b) => d.setUint32(metaValueAt(b, "mamba.embedding_length"), 48, true)),
+      /tensor 'token_embd\.weight' has shape \[96,32\], the config needs \[96,48\]/);
+    // a tensor's own dims: ssm_d [64] claimed as [32] (still inside the file)
+    await damaged(patched("f32", (d, b) => d.setBigUint64(tensorEntry(b, "blk.1.ssm_d") + 4, 32n, true)),
+      /tensor 'blk\.1\.ssm_d' has shape \[32\], the config needs \[64\]/);
+    // a missing metadata key
+    await damaged(patched("f32", (_, b) => b.set(new TextEncoder().encode("mamba.ssm.state_sizX"), metaValueAt(b, "mamba.ssm.state_size") - 4 - 20)),
+      /missing metadata 'mamba\.ssm\.state_size'/);
+  });
+
+  test("other architectures and Falcon-Mamba get a clear error", async () => {
+    const arch = (name: string) => rebuilt((m) => m.set("general.architecture", { type: GgufType.STRING, value: name }));
+    await damaged(arch("llama"), /architecture 'llama' is not supported/);
+    await damaged(arch("mamba2"), /architecture 'mamba2' \(Mamba-2\) GGUF files are not read yet/);
+    // Falcon-Mamba: either loaded (when the config supports the family) or refused with a message that says so
+    const falcon = rebuilt((m) => m.set("mamba.ssm.dt_b_c_rms", { type: GgufType.BOOL, value: true }));
+    const file = path.join(root, "falcon.gguf");
+    writeFileSync(file, falcon);
+    try {
+      const model = await loadModel(file, { backend: "cpu" });
+      assert.equal((model.config as { family?: string }).family, "falcon-mamba");
+      await model.dispose();
+    } catch (err) {
+      assert.ok(err instanceof MambaError, String(err));
+      assert.match(err.message, /Falcon-Mamba/);
+    }
+  });
+
+  test("the process survives: a damaged file does not stop a good one from loading after it", async () => {
+    await damaged(bytesOf("f16").slice(0, 100), /truncated/);
+    const model = await loadModel(ggufPath("f16"), { backend: "cpu" });
+    await model.dispose();
+  });
+});
+
+/** The f32 fixture rewritten with its metadata changed (tensor data as is). */
+function rebuilt(edit: (m: Map<string, import("../../src/io/gguf-format.ts").GgufValue>) => void): Uint8Array {
+  const bytes = bytesOf("f32");
+  const file = parseGgufHeader(bytes, "f32");
+  const meta = new Map(file.metadata);
+  edit(meta);
+  const tensors = file.tensors.map((t) => ({ name: t.name, shape: [...t.dims].reverse(), dtype: "F32" as const }));
+  const { header, offsets, dataSize } = ggufHeader(meta, tensors);
+  const out = new Uint8Array(header.length + dataSize);
+  out.set(header);
+  file.tensors.forEach((t, i) => {
+    const size = t.dims.reduce((a, b) => a * b, 1) * 4;
+    const begin = file.dataOffset + t.offset;
+    out.set(bytes.subarray(begin, begin + size), header.length + offsets[i]!);
+  });
+  return out;
+}
+
+export type { HostTensor };
