@@ -17,7 +17,8 @@ const npm = process.platform === "win32" ? "npm.cmd" : "npm";
 
 function run(label, command, args) {
   const t0 = Date.now();
-  const r = spawnSync(command, args, { cwd: root, stdio: "inherit", shell: process.platform === "win32" });
+  // the steps' stdout goes to stderr: stdout is left to whoever runs the build (`npm pack --json` reports there)
+  const r = spawnSync(command, args, { cwd: root, stdio: ["inherit", 2, "inherit"], shell: process.platform === "win32" });
   if (r.error) {
     console.error(`build: ${label}: ${r.error.message}`);
     process.exit(1);

@@ -1,6 +1,8 @@
 /**
  * Choosing a backend by name. "auto" takes WebGPU when an adapter exists, else the CPU, and says which through
- * `onNotice`. The WebGPU backend is loaded lazily, so CPU-only use never touches a GPU library.
+ * `onNotice` ("backend: webgpu", or "backend: cpu (no WebGPU: <why>)"). The WebGPU backend is loaded lazily, so
+ * CPU-only use never touches a GPU library; in Node, that library (the `webgpu` package) is an optional dependency,
+ * and asking for "webgpu" without it is an error that says how to install it.
  */
 import type { Backend } from "./backend.ts";
 import { CpuBackend } from "./cpu/index.ts";
@@ -13,14 +15,16 @@ export async function createBackend(name: BackendName = "auto", onNotice?: (msg:
   if (name === "cpu") return new CpuBackend();
   if (name === "webgpu" || name === "auto") {
     let mod: { createWebGpuBackend?: (o?: { allowFallbackAdapter?: boolean }) => Promise<Backend> } | null = null;
+    let loadError = "";
     try {
       mod = await import("./webgpu/index.ts");
-    } catch {
+    } catch (err) {
       mod = null;
+      loadError = `: ${String((err as Error)?.message ?? err).split("\n")[0]}`;
     }
     if (!mod?.createWebGpuBackend) {
-      if (name === "webgpu") throw new MambaError("the WebGPU backend is not available in this build");
-      onNotice?.("backend: cpu (WebGPU is not available in this build)");
+      if (name === "webgpu") throw new MambaError(`the WebGPU backend did not load${loadError}`);
+      onNotice?.(`backend: cpu (no WebGPU: the WebGPU backend did not load${loadError})`);
       return new CpuBackend();
     }
     if (name === "webgpu") return mod.createWebGpuBackend(webgpu);
@@ -29,7 +33,8 @@ export async function createBackend(name: BackendName = "auto", onNotice?: (msg:
       onNotice?.("backend: webgpu");
       return b;
     } catch (err) {
-      onNotice?.(`backend: cpu (no WebGPU: ${(err as Error).message})`);
+      // "WebGPU: no GPU adapter found" reads as "no WebGPU: no GPU adapter found"
+      onNotice?.(`backend: cpu (no WebGPU: ${String((err as Error)?.message ?? err).replace(/^WebGPU( in Node)?: /, "")})`);
       return new CpuBackend();
     }
   }

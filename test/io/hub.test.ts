@@ -66,6 +66,13 @@ const REPOS: Record<string, FakeRepo> = {
     lfs: [],
     cut: "model.safetensors",
   },
+  // the API lists files that the server then does not have
+  "test-org/missing-files": {
+    sha: sha1("missing-files"),
+    dir: `${FIXTURES}/no-such-folder`,
+    siblings: TINY_FILES,
+    lfs: ["model.safetensors"],
+  },
   "test-org/no-etag": {
     sha: sha1("no-etag"),
     dir: `${FIXTURES}/tiny`,
@@ -80,10 +87,28 @@ interface Logged {
   authorization: string | undefined;
 }
 
-/** The fake hub; `requests` logs every request so tests can count network access. */
+/** the longest the fake hub takes over one response before it gives up on it */
+const RESPONSE_MS = 10_000;
+
+/**
+ * The fake hub; `requests` logs every request so tests can count network access. Every request gets an answer
+ * within RESPONSE_MS: a file missing from the fixtures is a 404, anything unknown is a 404, a handler that throws is
+ * a 500, and a response still open after RESPONSE_MS is a 504 (or, once its headers are out, a cut connection).
+ */
 class FakeHub {
   requests: Logged[] = [];
-  private server = http.createServer((req, res) => void this.handle(req, res));
+  private server = http.createServer((req, res) => {
+    const timer = setTimeout(() => {
+      if (res.headersSent) res.destroy();
+      else this.fail(res, 504, `the fake hub did not answer ${req.url} within ${RESPONSE_MS / 1000} s`);
+    }, RESPONSE_MS);
+    res.on("close", () => clearTimeout(timer));
+    this.handle(req, res).catch((err: NodeJS.ErrnoException) => {
+      if (res.headersSent) return void res.destroy();
+      if (err.code === "ENOENT") return this.notFound(res);
+      this.fail(res, 500, `the fake hub failed on ${req.url}: ${err.message}`);
+    });
+  });
 
   async start(): Promise<string> {
     await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
@@ -96,7 +121,12 @@ class FakeHub {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const url = decodeURIComponent(req.url ?? "");
+    let url: string;
+    try {
+      url = decodeURIComponent(req.url ?? "");
+    } catch {
+      return this.fail(res, 400, `bad path ${req.url}`);
+    }
     this.requests.push({ url, authorization: req.headers.authorization });
     let m: RegExpExecArray | null;
     if ((m = /^\/api\/models\/([^/]+\/[^/]+)\/revision\/([^/]+)$/.exec(url))) return this.api(res, m[1], m[2]);
@@ -150,6 +180,12 @@ class FakeHub {
     res.writeHead(404, { "content-type": "application/json" });
     res.end(JSON.stringify({ error: "Repository not found" }));
   }
+
+  private fail(res: http.ServerResponse, status: number, message: string): void {
+    const body = JSON.stringify({ error: message });
+    res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
+    res.end(body);
+  }
 }
 
 /** Several writes with pauses, so that the client sees several chunks (and several progress calls). */
@@ -182,7 +218,7 @@ async function assertFilesMatch(folder: string, fixtureDir: string, files: strin
   }
 }
 
-describe("hub", () => {
+describe("hub", { timeout: 120_000 }, () => {
   const hub = new FakeHub();
   const savedEnv: Record<string, string | undefined> = {};
   let endpoint: string;
@@ -264,6 +300,14 @@ describe("hub", () => {
     hub.requests = [];
     assert.equal(await resolveModelFolder("test-org/tiny-sharded"), folder);
     assert.equal(hub.requests.length, 0);
+  });
+
+  test("a file the API lists but the server does not have: a MambaError naming it, not a wait", async () => {
+    await assert.rejects(resolveModelFolder("test-org/missing-files"), (e: unknown) => {
+      assert.ok(e instanceof MambaError, String(e));
+      assert.match(e.message, /404|not found/i);
+      return true;
+    });
   });
 
   test("names blobs by sha256 when the server sends no etag", async () => {

@@ -1,10 +1,28 @@
 /**
  * The Node.js entry of the WebGPU backend: the `webgpu` npm package (Dawn) supplies the GPU object that browsers
- * expose as `navigator.gpu`. Only this file imports it, so the rest of the backend runs unchanged in browsers.
+ * expose as `navigator.gpu`. Only this file imports it, so the rest of the backend runs unchanged in browsers. The
+ * package is an optional dependency (about 130 MB of Dawn builds): it is imported only when a GPU object is first
+ * asked for, and its absence is a MambaError that says how to install it.
  */
-import { create } from "webgpu";
+import { MambaError } from "../../errors.ts";
 
 let gpu: GPU | null = null;
+
+/** The `webgpu` package, imported on first use; a MambaError when it is not installed or does not load here. */
+async function importDawn(): Promise<typeof import("webgpu")> {
+  try {
+    return await import("webgpu");
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const message = String(e?.message ?? err).split("\n")[0];
+    if (e?.code === "ERR_MODULE_NOT_FOUND" && /['"]webgpu['"]/.test(message)) {
+      throw new MambaError("WebGPU in Node needs the optional package 'webgpu' (Dawn), which is not installed: " +
+        "run `npm install webgpu`, or use the CPU backend");
+    }
+    throw new MambaError(`WebGPU in Node: the 'webgpu' package (Dawn) did not load on ${process.platform}-${process.arch} ` +
+      `(${message}); reinstall it with \`npm install webgpu\`, or use the CPU backend`);
+  }
+}
 
 /**
  * Dawn toggles this backend runs with in Node, where it owns the process (browsers decide their own):
@@ -22,7 +40,9 @@ const DEFAULT_DISABLED_TOGGLES = "timestamp_quantization";
 
 /** Dawn's GPU object, created once per process. Dawn crashes the process if this object is garbage-collected
  *  while any adapter, device or buffer lives, so the module keeps it referenced for the process's lifetime. */
-export function nodeGpu(): GPU {
+export async function nodeGpu(): Promise<GPU> {
+  if (gpu) return gpu;
+  const { create } = await importDawn();
   const toggles = process.env.MAMBA_TS_DAWN_TOGGLES ?? DEFAULT_TOGGLES;
   const disabled = process.env.MAMBA_TS_DAWN_DISABLED_TOGGLES ?? DEFAULT_DISABLED_TOGGLES;
   gpu ??= create([
