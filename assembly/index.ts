@@ -1,2 +1,6 @@
 // The WebAssembly module's entry: every kernel file's exports. Built by scripts/build-wasm.mjs.
 export * from "./matmul";
+export * from "./scan";
+export * from "./conv";
+export * from "./norm";
+export * from "./math";

@@ -12,10 +12,7 @@
 import type { SampleRequest, SelectiveScanArgs, SeqShape, Tensor, TensorOrCols } from "../backend.ts";
 import { asCols } from "../backend.ts";
 import { CpuBackend } from "../cpu/index.ts";
-import { CpuTensor, cpu, strided } from "../cpu/tensor.ts";
-import { addRmsNormF32 } from "../cpu/norm.ts";
-import { causalConv1dSiluF32 } from "../cpu/conv.ts";
-import { selectiveScanF32 } from "../cpu/scan.ts";
+import { CpuTensor, cpu } from "../cpu/tensor.ts";
 import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
 import { MambaError, check } from "../../errors.ts";
 import { type SimdPath, WasmRuntime } from "./runtime.ts";
@@ -191,32 +188,89 @@ export class WasmCpuBackend extends CpuBackend {
     return y;
   }
 
+  /** A column window of a tensor in the wasm memory: byte offset of its first element, row stride, width, rows. */
+  private window(x: TensorOrCols, temps: WasmTensor[]): { ptr: number; ld: number; width: number; rows: number } {
+    const c = asCols(x);
+    const t = this.inWasm(c.tensor, temps);
+    const ld = t.shape[t.shape.length - 1]!;
+    if (c.col0 < 0 || c.col0 + c.width > ld) throw new MambaError(`column window [${c.col0}, ${c.col0 + c.width}) outside ${ld} columns`);
+    return { ptr: t.ptr + 4 * c.col0, ld, width: c.width, rows: numel(t.shape) / ld };
+  }
+
+  /** A tensor an op reads and overwrites (a state): t itself, or a copy whose result `writeBack` copies back. */
+  private inOut(t: Tensor, temps: WasmTensor[], writeBack: (() => void)[]): WasmTensor {
+    const w = this.inWasm(t, temps);
+    if (w !== t) writeBack.push(() => cpu(t).f32.set(w.f32));
+    return w;
+  }
+
   override addRmsNorm(x: Tensor, residual: Tensor | null, weight: Tensor, eps: number): { out: Tensor; residual: Tensor } {
-    const xt = cpu(x);
+    if (!this.rt.has("addRmsNorm")) return super.addRmsNorm(x, residual, weight, eps);
+    const temps: WasmTensor[] = [];
+    const xt = this.inWasm(x, temps);
+    const rt = residual ? this.inWasm(residual, temps) : null;
+    const wt = this.inWasm(weight, temps);
     const D = xt.shape[xt.shape.length - 1]!;
+    const rows = numel(xt.shape) / D;
+    if (rt) check(numel(rt.shape) === rows * D, `addRmsNorm: residual [${rt.shape}] does not match x [${xt.shape}]`);
+    check(numel(wt.shape) === D, `addRmsNorm: weight [${wt.shape}] does not match ${D} columns`);
     const res = this.allocF32(xt.shape);
     const out = this.allocF32(xt.shape);
-    addRmsNormF32(xt.f32, residual ? cpu(residual).f32 : null, cpu(weight).f32, eps, D, res.f32, out.f32);
+    this.rt.run("addRmsNorm", [xt.ptr, rt ? rt.ptr : 0, wt.ptr, eps, D, res.ptr, out.ptr], rows, 1, rows * D >= PARALLEL_MIN_WORK / 4);
+    this.freeTemps(temps);
     return { out, residual: res };
   }
 
   override causalConv1dSilu(x: TensorOrCols, weight: Tensor, bias: Tensor | null, state: Tensor | null, s: SeqShape): Tensor {
-    const xs = strided(x);
-    const wt = cpu(weight);
+    if (!this.rt.has("causalConv1dSilu")) return super.causalConv1dSilu(x, weight, bias, state, s);
+    const temps: WasmTensor[] = [];
+    const writeBack: (() => void)[] = [];
+    const xw = this.window(x, temps);
+    const wt = this.inWasm(weight, temps);
+    const E = xw.width;
     const K = wt.shape[wt.shape.length - 1]!;
-    const y = this.allocF32([s.batch, s.seqLen, xs.width]);
-    causalConv1dSiluF32(xs, wt.f32, bias ? cpu(bias).f32 : null, state ? cpu(state).f32 : null, s.batch, s.seqLen, K, y.f32);
+    check(numel(wt.shape) === E * K, `causalConv1dSilu: weight [${wt.shape}] does not match ${E} channels`);
+    check(xw.rows === s.batch * s.seqLen, `causalConv1dSilu: x has ${xw.rows} rows, batch ${s.batch} x seqLen ${s.seqLen} needs ${s.batch * s.seqLen}`);
+    const bt = bias ? this.inWasm(bias, temps) : null;
+    const st = state ? this.inOut(state, temps, writeBack) : null;
+    if (st) check(numel(st.shape) === s.batch * (K - 1) * E, `causalConv1dSilu: state [${st.shape}] does not match [${s.batch}, ${K - 1}, ${E}]`);
+    const y = this.allocF32([s.batch, s.seqLen, E]);
+    this.rt.run("causalConv1dSilu", [xw.ptr, xw.ld, wt.ptr, bt ? bt.ptr : 0, st ? st.ptr : 0, y.ptr, s.batch, s.seqLen, E, K],
+      E, 4, s.batch * s.seqLen * E * K >= PARALLEL_MIN_WORK);
+    for (const f of writeBack) f();
+    this.freeTemps(temps);
     return y;
   }
 
   override selectiveScan(a: SelectiveScanArgs): Tensor {
-    const [E, N] = cpu(a.A_log).shape as [number, number];
+    if (!this.rt.has("selectiveScan")) return super.selectiveScan(a);
+    const temps: WasmTensor[] = [];
+    const writeBack: (() => void)[] = [];
+    const At = this.inWasm(a.A_log, temps);
+    const [E, N] = At.shape as [number, number];
+    const T = a.batch * a.seqLen;
+    const u = this.inWasm(a.u, temps);
+    check(numel(u.shape) === T * E, `selectiveScan: u [${u.shape}] does not match [${T}, ${E}]`);
+    const delta = this.window(a.delta, temps);
+    const Bm = this.window(a.B, temps);
+    const Cm = this.window(a.C, temps);
+    const z = a.z ? this.window(a.z, temps) : null;
+    check(delta.width === E && delta.rows === T && Bm.width === N && Bm.rows === T && Cm.width === N && Cm.rows === T &&
+      (!z || (z.width === E && z.rows === T)), "selectiveScan: delta, B, C or z does not match the scan's shape");
+    const deltaBias = this.inWasm(a.deltaBias, temps);
+    const D = this.inWasm(a.D, temps);
+    const st = a.state ? this.inOut(a.state, temps, writeBack) : null;
+    if (st) check(numel(st.shape) === a.batch * E * N, `selectiveScan: state [${st.shape}] does not match [${a.batch}, ${E}, ${N}]`);
     const y = this.allocF32([a.batch, a.seqLen, E]);
-    selectiveScanF32({
-      u: cpu(a.u).f32, delta: strided(a.delta), deltaBias: cpu(a.deltaBias).f32, A_log: cpu(a.A_log).f32,
-      Bm: strided(a.B), Cm: strided(a.C), D: cpu(a.D).f32, z: a.z ? strided(a.z) : null,
-      state: a.state ? cpu(a.state).f32 : null,
-    }, a.batch, a.seqLen, E, N, y.f32);
+    const stride = 32 * N;
+    const work = this.rt.alloc(stride * this.rt.threads);
+    this.rt.run("selectiveScan", [
+      u.ptr, delta.ptr, delta.ld, deltaBias.ptr, At.ptr, 1, Bm.ptr, Bm.ld, Cm.ptr, Cm.ld, D.ptr, z ? z.ptr : 0, z ? z.ld : 0,
+      st ? st.ptr : 0, y.ptr, work, a.batch, a.seqLen, E, N,
+    ], E, 4, T * E * N >= PARALLEL_MIN_WORK / 8, { arg: 15, stride });
+    this.rt.release(work, stride * this.rt.threads);
+    for (const f of writeBack) f();
+    this.freeTemps(temps);
     return y;
   }
 

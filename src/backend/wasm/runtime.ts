@@ -19,11 +19,18 @@ export type SimdPath = "relaxed" | "plain";
 
 type KernelFn = (...args: number[]) => number | void;
 
+/** An argument that differs by thread: thread i (the caller is 0) gets args[arg] + i * stride (its scratch). */
+export interface PerThreadArg {
+  arg: number;
+  stride: number;
+}
+
 const PAGE = 65536;
 const MAX_PAGES = 65536; // 4 GiB: wasm32's limit
-/** Control block: generation, workers still running, function, argument count, total, grain, stop, error. */
+/** Control block: generation, workers still running, function, argument count, total, grain, stop, error,
+ *  per-thread argument index and stride. */
 const CTRL_INTS = 16;
-const MAX_ARGS = 16;
+const MAX_ARGS = 32;
 /** Atomics.load polls a thread makes before it sleeps (a few hundred microseconds). */
 const SPIN = 200_000;
 
@@ -132,6 +139,7 @@ onFirst((init) => {
       if (r0 < r1) {
         const list = new Array(nargs + 2);
         for (let i = 0; i < nargs; i++) list[i] = a[i];
+        if (c[8] >= 0) list[c[8]] += index * c[9];
         list[nargs] = r0; list[nargs + 1] = r1;
         fns[c[2]].apply(null, list);
       }
@@ -230,6 +238,13 @@ export class WasmRuntime {
     return rt;
   }
 
+  /** Calls kernel `name` once on this thread (kernels with no work range). */
+  call(name: string, args: readonly number[]): number | void {
+    const id = this.fnIndex.get(name);
+    if (id === undefined) throw new MambaError(`wasm kernel '${name}' is missing from the build`);
+    return this.fns[id]!(...args);
+  }
+
   has(name: string): boolean {
     return this.fnIndex.has(name);
   }
@@ -238,7 +253,7 @@ export class WasmRuntime {
    * Runs kernel `name`(...args, r0, r1) over [0, total): on this thread alone when `parallel` is false, else split in
    * whole grains between every thread, this one taking the first share.
    */
-  run(name: string, args: readonly number[], total: number, grain = 1, parallel = true): void {
+  run(name: string, args: readonly number[], total: number, grain = 1, parallel = true, perThread: PerThreadArg | null = null): void {
     const id = this.fnIndex.get(name);
     if (id === undefined) throw new MambaError(`wasm kernel '${name}' is missing from the build`);
     const fn = this.fns[id]!;
@@ -249,8 +264,10 @@ export class WasmRuntime {
       return;
     }
     const c = this.ctrl;
+    if (args.length > MAX_ARGS) throw new MambaError(`wasm kernel '${name}': ${args.length} arguments, the pool passes ${MAX_ARGS}`);
     for (let i = 0; i < args.length; i++) this.args[i] = args[i]!;
     c[2] = id; c[3] = args.length; c[4] = total; c[5] = grain; c[7] = 0;
+    c[8] = perThread ? perThread.arg : -1; c[9] = perThread ? perThread.stride : 0;
     Atomics.store(c, 1, P - 1);
     Atomics.add(c, 0, 1);
     Atomics.notify(c, 0);
