@@ -5,14 +5,16 @@
  * and asking for "webgpu" without it is an error that says how to install it.
  */
 import type { Backend } from "./backend.ts";
-import { CpuBackend } from "./cpu/index.ts";
+import { createCpuBackend } from "./wasm/create.ts";
 import { MambaError } from "../errors.ts";
 
 export type BackendName = "cpu" | "webgpu" | "auto";
 
-/** `webgpu`: options and tunings for a WebGPU backend, where one is made (createWebGpuBackend's). */
+/** `webgpu`: options and tunings for a WebGPU backend, where one is made (createWebGpuBackend's). The CPU backend is
+ *  the wasm engine (createCpuBackend) with the available cores. */
 export async function createBackend(name: BackendName = "auto", onNotice?: (msg: string) => void, webgpu: object = {}): Promise<Backend> {
-  if (name === "cpu") return new CpuBackend();
+  const cpuBackend = () => createCpuBackend(onNotice ? { onNotice } : {});
+  if (name === "cpu") return cpuBackend();
   if (name === "webgpu" || name === "auto") {
     let mod: { createWebGpuBackend?: (o?: { allowFallbackAdapter?: boolean }) => Promise<Backend> } | null = null;
     let loadError = "";
@@ -25,7 +27,7 @@ export async function createBackend(name: BackendName = "auto", onNotice?: (msg:
     if (!mod?.createWebGpuBackend) {
       if (name === "webgpu") throw new MambaError(`the WebGPU backend did not load${loadError}`);
       onNotice?.(`backend: cpu (no WebGPU: the WebGPU backend did not load${loadError})`);
-      return new CpuBackend();
+      return cpuBackend();
     }
     if (name === "webgpu") return mod.createWebGpuBackend(webgpu);
     try {
@@ -35,7 +37,7 @@ export async function createBackend(name: BackendName = "auto", onNotice?: (msg:
     } catch (err) {
       // "WebGPU: no GPU adapter found" reads as "no WebGPU: no GPU adapter found"
       onNotice?.(`backend: cpu (no WebGPU: ${String((err as Error)?.message ?? err).replace(/^WebGPU( in Node)?: /, "")})`);
-      return new CpuBackend();
+      return cpuBackend();
     }
   }
   throw new MambaError(`unknown backend '${String(name)}' (use cpu, webgpu or auto)`);
