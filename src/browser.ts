@@ -29,6 +29,9 @@ export { MambaError } from "./errors.ts";
 export type { MambaConfig } from "./config.ts";
 export type { GenerateOptions } from "./generate/options.ts";
 export type { BackendName } from "./backend/create.ts";
+/** The CPU engines: the WebAssembly SIMD engine with threads, or `{ reference: true }` the plain TypeScript one. */
+export { createCpuBackend, describeBackend } from "./backend/wasm/create.ts";
+export type { CpuBackendOptions } from "./backend/wasm/create.ts";
 export type { ModelFiles } from "./io/model-files.ts";
 
 /** A model folder: its base URL on a server, or its files by name (bytes, or Blobs read when needed). */

@@ -33,6 +33,9 @@ export { MambaError } from "./errors.ts";
 export { defaultModelFolder } from "./cli/default-model.ts";
 export type { Backend } from "./backend/backend.ts";
 export type { BackendName } from "./backend/create.ts";
+/** The CPU engines: the WebAssembly SIMD engine with threads, or `{ reference: true }` the plain TypeScript one. */
+export { createCpuBackend, describeBackend } from "./backend/wasm/create.ts";
+export type { CpuBackendOptions } from "./backend/wasm/create.ts";
 export type { DownloadProgress } from "./io/hub.ts";
 export type { WebGpuOptions } from "./backend/webgpu/device.ts";
 export type { WebGpuTuning } from "./backend/webgpu/tuning.ts";
