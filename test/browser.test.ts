@@ -107,7 +107,7 @@ describe("loadModelFromFiles (in Node, CPU backend)", () => {
     await assert.rejects(loadModelFromFiles(badTok, { backend: "cpu" }), /tokenizer\.json is not valid JSON/);
   });
 
-  describe("from a web server", () => {
+  describe("from a web server", { timeout: 120_000 }, () => {
     let server: http.Server;
     let base: string;
     const requests: string[] = [];
@@ -116,7 +116,12 @@ describe("loadModelFromFiles (in Node, CPU backend)", () => {
     before(async () => {
       server = http.createServer(async (req, res) => {
         requests.push(req.url!);
-        const name = decodeURIComponent(req.url!.replace(/^\/m\//, ""));
+        let name: string;
+        try {
+          name = decodeURIComponent(req.url!.replace(/^\/m\//, ""));
+        } catch {
+          res.writeHead(400); res.end(); return;
+        }
         if (req.url === "/broken/config.json") { res.writeHead(500, "Internal Server Error"); res.end(); return; }
         const bytes = await readFile(path.join(folder, path.basename(name))).catch(() => null);
         if (!req.url!.startsWith("/m/") || !bytes) { res.writeHead(404); res.end(); return; }
@@ -126,7 +131,10 @@ describe("loadModelFromFiles (in Node, CPU backend)", () => {
       await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
       base = `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
     });
-    after(() => new Promise<void>((r) => server.close(() => r())));
+    after(() => new Promise<void>((r) => {
+      server.close(() => r());
+      server.closeAllConnections();
+    }));
 
     test("a base URL (with or without the final slash), each file fetched once, progress reported", async () => {
       await assertFixtureLogits(`${base}m`, folder);

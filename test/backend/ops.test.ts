@@ -45,7 +45,7 @@ function weightTensor(data: Float32Array, shape: number[], dtype: "F32" | "F16" 
 const tensorOf = (x: TensorOrCols): Tensor => ((x as { tensor?: Tensor }).tensor ?? (x as Tensor));
 
 for (const c of backendCases) {
-  describe(`ops on ${c.name}`, () => {
+  describe(`ops on ${c.name}`, { timeout: 900_000 }, () => {
     let b: Backend | null = null;
     before(async () => {
       b = await c.get();

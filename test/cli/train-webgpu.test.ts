@@ -15,7 +15,7 @@ import { cli } from "../helpers/cli.ts";
 
 
 
-test("train --backend webgpu follows the same run on the cpu", async (t) => {
+test("train --backend webgpu follows the same run on the cpu", { timeout: 900_000 }, async (t) => {
   const reason = await noWebgpu();
   if (reason) return unavailable(t, reason);
   const base = await fs.mkdtemp(path.join(os.tmpdir(), "mamba-ts-cli-train-webgpu-"));

@@ -76,7 +76,7 @@ function columns(ids: Int32Array, B: number, L: number, from: number, to: number
 }
 
 for (const c of cases) {
-  describe(c.name, () => {
+  describe(c.name, { timeout: 600_000 }, () => {
     const { cfg, batch: B } = c;
     const V = cfg.paddedVocabSize;
     const L = 9;

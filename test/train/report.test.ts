@@ -78,7 +78,7 @@ test("bad histories are MambaErrors", async () => {
   }
 });
 
-test("the report's charts render in Chromium", { skip: chromiumSkip() }, async () => {
+test("the report's charts render in Chromium", { skip: chromiumSkip(), timeout: 180_000 }, async () => {
   const dir = await mkdtemp(path.join(os.tmpdir(), "mamba-ts-report-"));
   const browser = await launchChromium();
   try {

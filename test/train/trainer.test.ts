@@ -177,12 +177,18 @@ test("gradient accumulation: two micro-batches at scale 1/2 give the mean of the
   }
 });
 
-test("SIGKILL of a training process at any moment leaves the last checkpoint intact; resuming ends on the same bytes", async () => {
+test("SIGKILL of a training process at any moment leaves the last checkpoint intact; resuming ends on the same bytes", { timeout: 600_000 }, async () => {
   const child = path.join(here, "helpers", "tiny-run.ts");
   const straightDir = await tmp();
   const killedDir = await tmp();
   const runChild = (dir: string, args: string[], killAfter: number | null) => new Promise<number | null>((resolve, reject) => {
     const p = spawn(process.execPath, ["--import", "tsx", child, dir, ...args], { stdio: ["ignore", "pipe", "inherit"] });
+    // a bound on each run: a child still running after 120 s is killed and the test fails, saying so
+    const bound = setTimeout(() => {
+      p.kill("SIGKILL");
+      reject(new Error(`the training child (${args.join(" ") || "fresh run"}) ran past 120 s`));
+    }, 120_000);
+    p.on("exit", () => clearTimeout(bound));
     let saved = 0;
     p.stdout.on("data", (d: Buffer) => {
       saved += (d.toString().match(/step \d+/g) ?? []).length;
