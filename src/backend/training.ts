@@ -15,7 +15,7 @@
  *
  * Shapes: B batch, L sequence length, T = B·L rows, D hidden, E inner, N state, K conv kernel, V vocabulary rows.
  */
-import type { Backend, SelectiveScanArgs, SeqShape, Tensor, TensorOrCols } from "./backend.ts";
+import type { Backend, SelectiveScanArgs, SeqShape, SsdScanArgs, Tensor, TensorOrCols } from "./backend.ts";
 
 export interface MatmulGrads {
   dx: TensorOrCols | null; // [T, K]      += dy · w
@@ -43,6 +43,18 @@ export interface ScanGrads {
    * rather than add into them, and skip reading them. The other gradients are added into as always.
    */
   zeroed?: boolean;
+}
+
+/** Gradients of Mamba-2's scan (SsdScanArgs); every one is added into. */
+export interface SsdGrads {
+  dx: TensorOrCols; // [B, L, H·P]
+  dDt: TensorOrCols; // [B, L, H] dt before the bias and softplus
+  dDtBias: Tensor; // [H]
+  dA_log: Tensor; // [H]
+  dB: TensorOrCols; // [B, L, G·N]
+  dC: TensorOrCols; // [B, L, G·N]
+  dD: Tensor; // [H]
+  dz: TensorOrCols | null; // [B, L, H·P] (null when the forward had no gate)
 }
 
 export interface CrossEntropyResult {
@@ -102,6 +114,17 @@ export interface TrainingOps {
    * forward pass over the chunks), as the fused CUDA kernel does (docs/mamba.md, section 3.3 of the paper).
    */
   selectiveScanBackward(args: SelectiveScanArgs, dy: Tensor, g: ScanGrads): void;
+
+  // ---- backward ops of Mamba-2 and Falcon-Mamba (optional: a backend without them trains Mamba-1 only) ----
+  /** For y = ssdScan(args). dy: [B, L, H·P]. args.state as for selectiveScanBackward (a copy of the initial state). */
+  ssdScanBackward?(args: SsdScanArgs, dy: Tensor, g: SsdGrads): void;
+  /** For out = gatedRmsNorm(y, z, weight, eps, groupSize, normBeforeGate). dOut: [T, E]; dy, dz, dWeight added into. */
+  gatedRmsNormBackward?(
+    y: Tensor, z: TensorOrCols, weight: Tensor, eps: number, groupSize: number, normBeforeGate: boolean, dOut: Tensor,
+    g: { dy: Tensor; dz: TensorOrCols; dWeight: Tensor },
+  ): void;
+  /** For out = segmentRmsNorm(x, widths, eps). dOut: [T, W]; dx: [T, W] added into. */
+  segmentRmsNormBackward?(x: Tensor, widths: readonly number[], eps: number, dOut: Tensor, dx: Tensor): void;
 }
 
 export interface TrainingBackend extends Backend, TrainingOps {}

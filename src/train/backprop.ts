@@ -13,17 +13,19 @@
  *   out = out_proj(y)  -> dy;  y = scan(x, delta, B, C, z)  -> dx, ddelta, dB, dC, dz, dA_log, dD, ddt_bias
  *   s6: delta = dt_proj(xdbl[:, :R]), B|C = xdbl[:, R:]  -> dxdbl;  xdbl = x_proj(x)  -> dx +=
  *   lti: delta|B|C = ones · (dt_lti | B_lti | C_lti)ᵀ     -> their gradients (column sums)
+ *   Falcon-Mamba: dt | B | C = rmsnorm per part of x_proj(x) (no weights) -> through the norms before x_proj's
  *   x = silu(conv(xz[:, :E]))  -> dxz[:, :E];  xz = in_proj(u)  -> du
+ * Mamba-2's mixer has its own backward (mamba2MixerBackward).
  * Gradients are added into `grads` (zero it first), so micro-batches accumulate.
  */
 import type { SeqShape, Tensor, TensorOrCols } from "../backend/backend.ts";
 import { cols } from "../backend/backend.ts";
 import type { TrainingBackend } from "../backend/training.ts";
 import type { LMActivations, LMWeights, MambaLM, MixerActivations, MixerWeights } from "../model/mamba.ts";
-import type { Mamba2Activations } from "../model/mamba2.ts";
+import { type Mamba2Activations, mamba2Columns } from "../model/mamba2.ts";
 import { MambaCache } from "../model/cache.ts";
 import { namedTensors, zerosLike } from "./params.ts";
-import { MambaError } from "../errors.ts";
+import { check } from "../errors.ts";
 
 export interface StepResult {
   loss: Tensor; // [1] mean over the counted targets
@@ -107,8 +109,18 @@ function mixerBackward(
     z: cols(a.xz, E, E), state: h0,
   }, dy, { du: dx, dDelta: ddelta, dDeltaBias: g.dtBias, dA_log: g.A_log, dB, dC, dD: g.D, dz: cols(dxz, E, E), zeroed: true });
   if (dxdbl) {
-    b.matmulBackward(cols(a.xdbl!, 0, R), w.dtProj!, ddelta, { dx: cols(dxdbl, 0, R), dw: g.dtProj, dBias: null });
-    b.matmulBackward(a.x, w.xProj!, dxdbl, { dx, dw: g.xProj, dBias: null });
+    // Falcon-Mamba: dt_proj and the scan read dt | B | C after their norms; dxdbl is their gradient until undone
+    const dbc = a.xdblNormed ?? a.xdbl!;
+    b.matmulBackward(cols(dbc, 0, R), w.dtProj!, ddelta, { dx: cols(dxdbl, 0, R), dw: g.dtProj, dBias: null });
+    let dRaw = dxdbl;
+    if (a.xdblNormed) {
+      check(b.segmentRmsNormBackward, `the ${b.name} backend cannot train Falcon-Mamba models yet (no segmentRmsNormBackward)`);
+      dRaw = b.zeros([T, R + 2 * N]);
+      b.segmentRmsNormBackward(a.xdbl!, [R, N, N], lm.config.mixerRmsEps!, dxdbl, dRaw);
+      b.dispose(a.xdblNormed);
+    }
+    b.matmulBackward(a.x, w.xProj!, dRaw, { dx, dw: g.xProj, dBias: null });
+    if (dRaw !== dxdbl) b.dispose(dRaw);
   } else {
     const ones = a.ones!;
     b.matmulBackward(ones, w.lti!.dt, ddelta, { dx: null, dw: g.lti!.dt, dBias: null });
@@ -141,9 +153,44 @@ export async function lossAndGrads(
   return { loss, grads: out };
 }
 
+/**
+ * The Mamba-2 mixer's backward, in reverse of mamba2Mixer (src/model/mamba2.ts):
+ *   out = out_proj(n) -> dn;  n = gatedRmsNorm(y, z) -> dy, dz, dnorm.weight  (no norm: y is gated in the scan)
+ *   y = ssd(x, dt, B, C[, z]) -> dx, dB, dC (columns of dxBC), ddt, dz (columns of dzxbcdt), dA_log, dD, ddt_bias
+ *   xBC = silu(conv(zxbcdt[:, E : 2E + 2GN])) -> those columns of dzxbcdt;  zxbcdt = in_proj(u) -> du
+ * dOut: [T, D] -> du: [T, D] (allocated); weight gradients added into g. Frees the layer's activations.
+ * h0: the SSM state [B, H, P, N] the layer's forward started from (null = zeros).
+ */
 function mamba2MixerBackward(
   lm: MambaLM, b: TrainingBackend, w: MixerWeights, a: Mamba2Activations, dOut: Tensor, shape: SeqShape, g: MixerWeights,
   h0: Tensor | null,
 ): Tensor {
-  throw new MambaError("training Mamba-2 models is not supported yet");
+  const cfg = lm.config, m = cfg.mamba2!, k = mamba2Columns(cfg);
+  const T = shape.batch * shape.seqLen;
+  check(b.ssdScanBackward && (!m.gatedNorm || b.gatedRmsNormBackward),
+    `the ${b.name} backend cannot train Mamba-2 models yet (no ssdScanBackward / gatedRmsNormBackward)`);
+  const dzxbcdt = b.zeros([T, k.dt + k.H]);
+  const dn = b.zeros([T, k.E]);
+  b.matmulBackward(a.normed ?? a.y, w.outProj, dOut, { dx: dn, dw: g.outProj, dBias: g.outProjBias });
+  let dy = dn;
+  if (m.gatedNorm) {
+    dy = b.zeros([T, k.E]);
+    b.gatedRmsNormBackward!(a.y, cols(a.zxbcdt, k.z, k.E), w.gateNorm!, cfg.layerNormEpsilon, k.E / m.nGroups, m.normBeforeGate, dn,
+      { dy, dz: cols(dzxbcdt, k.z, k.E), dWeight: g.gateNorm! });
+  }
+  const dxBC = b.zeros([T, k.convWidth]);
+  b.ssdScanBackward({
+    ...shape, x: cols(a.xBC, k.x, k.E), dt: cols(a.zxbcdt, k.dt, k.H), dtBias: w.dtBias, A_log: w.A_log,
+    B: cols(a.xBC, k.B, k.GN), C: cols(a.xBC, k.C, k.GN), D: w.D, z: m.gatedNorm ? null : cols(a.zxbcdt, k.z, k.E),
+    headDim: m.headDim, nGroups: m.nGroups, dtLimit: m.timeStepLimit, chunkSize: m.chunkSize, state: h0,
+  }, dy, {
+    dx: cols(dxBC, k.x, k.E), dDt: cols(dzxbcdt, k.dt, k.H), dDtBias: g.dtBias, dA_log: g.A_log,
+    dB: cols(dxBC, k.B, k.GN), dC: cols(dxBC, k.C, k.GN), dD: g.D, dz: m.gatedNorm ? null : cols(dzxbcdt, k.z, k.E),
+  });
+  b.causalConv1dSiluBackward(cols(a.zxbcdt, k.xBC, k.convWidth), w.conv, w.convBias, dxBC, shape,
+    { dx: cols(dzxbcdt, k.xBC, k.convWidth), dWeight: g.conv, dBias: g.convBias });
+  const du = b.zeros([T, cfg.hiddenSize]);
+  b.matmulBackward(a.u, w.inProj, dzxbcdt, { dx: du, dw: g.inProj, dBias: g.inProjBias });
+  b.dispose(dzxbcdt, dn, dy === dn ? null : dy, dxBC, a.zxbcdt, a.xBC, a.y, a.normed);
+  return du;
 }

@@ -20,6 +20,15 @@ export function namedTensors(config: MambaConfig, w: LMWeights): Map<string, Ten
     put(p + "mixer.in_proj.bias", x.inProjBias);
     put(p + "mixer.conv1d.weight", x.conv);
     put(p + "mixer.conv1d.bias", x.convBias);
+    if (config.mamba2) {
+      put(p + "mixer.dt_bias", x.dtBias);
+      put(p + "mixer.A_log", x.A_log);
+      put(p + "mixer.D", x.D);
+      put(p + "mixer.norm.weight", x.gateNorm ?? null);
+      put(p + "mixer.out_proj.weight", x.outProj);
+      put(p + "mixer.out_proj.bias", x.outProjBias);
+      return;
+    }
     if (x.lti) {
       put(p + "mixer.dt_lti", x.lti.dt);
       put(p + "mixer.dt_proj.bias", x.dtBias);
@@ -56,7 +65,7 @@ export function zerosLike(b: Backend, w: LMWeights): LMWeights {
         xProj: zn(l.mixer.xProj), dtProj: zn(l.mixer.dtProj),
         lti: l.mixer.lti ? { dt: z(l.mixer.lti.dt), B: z(l.mixer.lti.B), C: z(l.mixer.lti.C) } : null,
         dtBias: z(l.mixer.dtBias), A_log: z(l.mixer.A_log), D: z(l.mixer.D),
-        outProj: z(l.mixer.outProj), outProjBias: zn(l.mixer.outProjBias),
+        outProj: z(l.mixer.outProj), outProjBias: zn(l.mixer.outProjBias), gateNorm: zn(l.mixer.gateNorm ?? null),
       },
     })),
   };

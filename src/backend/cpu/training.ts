@@ -4,8 +4,8 @@
  * Sums run in float64; results are stored in float32. Everything is deterministic: the same inputs give the
  * same bits.
  */
-import type { SelectiveScanArgs, SeqShape, Tensor, TensorOrCols } from "../backend.ts";
-import type { AdamWParams, ConvGrads, CrossEntropyResult, MatmulGrads, ScanGrads, TrainingOps } from "../training.ts";
+import type { SelectiveScanArgs, SeqShape, SsdScanArgs, Tensor, TensorOrCols } from "../backend.ts";
+import type { AdamWParams, ConvGrads, CrossEntropyResult, MatmulGrads, ScanGrads, SsdGrads, TrainingOps } from "../training.ts";
 import { MambaError, check } from "../../errors.ts";
 import { numel } from "../../io/tensor.ts";
 import { CpuTensor, cpu, strided } from "./tensor.ts";
@@ -13,6 +13,9 @@ import { matmulBackwardF32 } from "./matmul-backward.ts";
 import { addRmsNormBackwardF32, embeddingBackwardF32 } from "./norm-backward.ts";
 import { causalConv1dSiluBackwardF32 } from "./conv-backward.ts";
 import { selectiveScanBackwardF32 } from "./scan-backward.ts";
+import { ssdData } from "./ssd.ts";
+import { ssdBackwardF32 } from "./ssd-backward.ts";
+import { gatedRmsNormBackwardF32, segmentRmsNormBackwardF32 } from "./gated-norm.ts";
 
 const scalar = (v: number) => new CpuTensor([1], "f32", Float32Array.of(v));
 
@@ -137,5 +140,31 @@ export const cpuTrainingOps: TrainingOps = {
       du: cpu(g.du).f32, dDelta: strided(g.dDelta), dDeltaBias: cpu(g.dDeltaBias).f32, dA_log: cpu(g.dA_log).f32,
       dB: strided(g.dB), dC: strided(g.dC), dD: cpu(g.dD).f32, dz: g.dz ? strided(g.dz) : null,
     }, a.batch, a.seqLen, E, N);
+  },
+
+  ssdScanBackward(a: SsdScanArgs, dy: Tensor, g: SsdGrads): void {
+    check((a.z === null) === (g.dz === null), "ssdScanBackward: dz must be given exactly when the forward had a gate z");
+    const { data, dims } = ssdData(a);
+    check(numel(dy.shape) === dims.B * dims.L * dims.H * dims.P, `ssdScanBackward: dy [${dy.shape}] does not match the scan`);
+    ssdBackwardF32(data, cpu(dy).f32, {
+      dx: strided(g.dx), dDt: strided(g.dDt), dDtBias: cpu(g.dDtBias).f32, dA_log: cpu(g.dA_log).f32,
+      dB: strided(g.dB), dC: strided(g.dC), dD: cpu(g.dD).f32, dz: g.dz ? strided(g.dz) : null,
+    }, dims);
+  },
+
+  gatedRmsNormBackward(
+    y: Tensor, z: TensorOrCols, weight: Tensor, eps: number, groupSize: number, normBeforeGate: boolean, dOut: Tensor,
+    g: { dy: Tensor; dz: TensorOrCols; dWeight: Tensor },
+  ): void {
+    sameSize(y, dOut, "gatedRmsNormBackward");
+    sameSize(y, g.dy, "gatedRmsNormBackward");
+    gatedRmsNormBackwardF32(cpu(y).f32, strided(z), cpu(weight).f32, eps, groupSize, normBeforeGate, cpu(dOut).f32,
+      cpu(g.dy).f32, strided(g.dz), cpu(g.dWeight).f32);
+  },
+
+  segmentRmsNormBackward(x: Tensor, widths: readonly number[], eps: number, dOut: Tensor, dx: Tensor): void {
+    sameSize(x, dOut, "segmentRmsNormBackward");
+    sameSize(x, dx, "segmentRmsNormBackward");
+    segmentRmsNormBackwardF32(cpu(x).f32, widths, eps, cpu(dOut).f32, cpu(dx).f32);
   },
 };
