@@ -364,11 +364,12 @@ export function tokenizerMetadata(json: unknown, config: MambaConfig, where: str
 
 /**
  * The metadata and tensors of a GGUF file for a Mamba-1 model, as llama.cpp's converter lays them out: keys in its
- * order, tensors in the checkpoint's name order, A stored as -exp(A_log), conv weights 2-D. `tokenizer` is the
- * parsed tokenizer.json, or null to write none.
+ * order, tensors in the checkpoint's name order (layers in order), A stored as -exp(A_log), conv weights 2-D.
+ * `tokenizer` is the tokenizer's metadata (tokenizerMetadata of a tokenizer.json, or a GGUF file's own
+ * `tokenizer.*` keys), or null to write none.
  */
 export function ggufModelContent(config: MambaConfig, tensors: Map<string, HostTensor>, type: GgufFileType,
-  options: { name: string; tokenizer: unknown | null; where: string }):
+  options: { name: string; tokenizer: Map<string, GgufValue> | null; where: string }):
   { metadata: Map<string, GgufValue>; tensors: GgufTensorOut[] } {
   const family = (config as { family?: string }).family ?? "mamba";
   check(family === "mamba" && config.mixer === "s6",
@@ -394,11 +395,16 @@ export function ggufModelContent(config: MambaConfig, tensors: Map<string, HostT
     ["mamba.ssm.dt_b_c_rms", { type: GgufType.BOOL, value: false }],
     ["general.file_type", u32(FILE_TYPE[type])],
   ]);
-  if (options.tokenizer !== null) for (const [k, v] of tokenizerMetadata(options.tokenizer, config, options.where)) m.set(k, v);
+  if (options.tokenizer !== null) for (const [k, v] of options.tokenizer) m.set(k, v);
   m.set("general.quantization_version", u32(2));
 
   const out: GgufTensorOut[] = [];
-  const names = [...parameterShapes(config).keys()].sort();
+  const layerOf = (name: string) => Number(/^backbone\.layers\.(\d+)\./.exec(name)?.[1] ?? -1);
+  const names = [...parameterShapes(config).keys()].sort((a, b) => {
+    const [la, lb] = [layerOf(a), layerOf(b)];
+    if (la >= 0 && lb >= 0 && la !== lb) return la - lb;
+    return a < b ? -1 : a > b ? 1 : 0;
+  });
   for (const hf of names) {
     const t = tensors.get(hf);
     check(t, `${options.where}: missing tensor '${hf}'`);
