@@ -1,6 +1,6 @@
 /**
- * The host-side index of the WebGPU embedding backward: for every distinct id (ascending), where it occurs, in
- * increasing position. Checked against a plain reference built with a Map, on random and edge inputs.
+ * The host-side index of the WebGPU embedding backward: the count of distinct ids, then for every distinct id
+ * (ascending), where it occurs, in increasing position. Checked against a plain reference built with a Map, on random and edge inputs.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -18,7 +18,7 @@ function reference(ids: Int32Array): { csr: number[]; nU: number } {
     positions.push(...byId.get(id)!);
   }
   offsets.push(ids.length);
-  return { csr: [...sorted, ...offsets, ...positions], nU: sorted.length };
+  return { csr: [sorted.length, ...sorted, ...offsets, ...positions], nU: sorted.length };
 }
 
 test("positionsById lists each distinct id's positions in order, as the reference does", () => {

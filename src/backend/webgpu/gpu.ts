@@ -102,6 +102,8 @@ export class Gpu {
   dispatches = 0;
   /** Submits so far. */
   submits = 0;
+  /** `dispatches` at the last submit. */
+  private submittedAt = 0;
   /** Bind groups created so far (a decode step that reuses its buffers creates none). */
   bindGroupsCreated = 0;
   /** Uniform parameter blocks created so far (steady work creates none: per-step values belong in buffers). */
@@ -190,7 +192,14 @@ export class Gpu {
 
   // ---- buffers ----
 
-  /** A storage buffer of at least `bytes` bytes from the pool (contents undefined). */
+  /**
+   * A storage buffer of at least `bytes` bytes from the pool (contents undefined): of the free buffers of its size,
+   * the one made first. So which buffer an op gets depends only on which are free, not on the order they were
+   * freed in: a loop whose iterations take and free the same sizes in the same order (a training step) gets the
+   * same buffers every iteration, and its dispatches find their bind groups in the cache. (Taking the buffer freed
+   * last, the buffers went round in cycles as long as a step's frees reordered them, and a training step created
+   * 50 – 150 bind groups, every step.)
+   */
   alloc(bytes: number, what = "a tensor"): Buf {
     this.checkSize(bytes, what);
     const size = bucket(bytes);
@@ -259,7 +268,7 @@ export class Gpu {
     this.captured?.add(b);
     b.freed = ++this.releases;
     const list = this.free.get(b.size);
-    if (list) list.push(b);
+    if (list) insertById(list, b);
     else this.free.set(b.size, [b]);
     this.freeBytes += b.size;
   }
@@ -303,6 +312,14 @@ export class Gpu {
   }
 
   // ---- kernels ----
+
+  /** How many entries each of the runtime's caches and pools holds: steady work must not grow any of them. */
+  get bookkeeping(): { kernels: number; paramBlocks: number; bindGroups: number; pooledBuffers: number; staging: number } {
+    let pooled = 0, staging = 0;
+    for (const list of this.free.values()) pooled += list.length;
+    for (const list of this.staging.values()) staging += list.length;
+    return { kernels: this.kernels.size, paramBlocks: this.paramCache.size, bindGroups: this.bindCache.size, pooledBuffers: pooled, staging };
+  }
 
   /** The keys of the kernels compiled so far (which variant of a kernel ran). */
   get kernelNames(): string[] {
@@ -506,9 +523,15 @@ export class Gpu {
     if (!this.timedPass && !this.profiling) this.flush();
   }
 
+  /** Dispatches encoded since the last submit. */
+  get pendingDispatches(): number {
+    return this.dispatches - this.submittedAt;
+  }
+
   /** Submits everything encoded so far. */
   flush(): void {
     if (!this.encoder) return;
+    this.submittedAt = this.dispatches;
     this.pass?.end();
     this.pass = null;
     this.device.queue.submit([this.encoder.finish()]);
@@ -663,6 +686,17 @@ export class Gpu {
 /** ms between two GPU timestamps in ns (0 when the clock did not advance, or stepped back). */
 function elapsedMs(t0: bigint, t1: bigint): number {
   return t1 > t0 ? Number(t1 - t0) / 1e6 : 0;
+}
+
+/** Puts b into a free list kept in descending id order (pop() takes the lowest). */
+function insertById(list: Buf[], b: Buf): void {
+  let lo = 0, hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (list[mid]!.id > b.id) lo = mid + 1;
+    else hi = mid;
+  }
+  list.splice(lo, 0, b);
 }
 
 function padTo4(data: ArrayBufferView): Uint8Array {

@@ -59,7 +59,6 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   private readonly scanKernel: "lanes" | "channel";
   private readonly scanLanes: number;
   private readonly scanBlocks: number;
-  private flushedAt = 0;
 
   constructor(gpu: Gpu, tuning: WebGpuInternalTuning = {}) {
     super(gpu, tuning);
@@ -129,12 +128,11 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
     const ld = t.cols;
     return { t, ld, off: 0, width: ld, rows: t.numel / ld };
   }
-  /** Submits pending work now and then, so the GPU starts while the host is still encoding. */
+  /** Submits pending work now and then, so the GPU starts while the host is still encoding. Counted from the last
+   *  submit of any kind (a step's reads submit too), so that every training step submits at the same ops: which
+   *  pooled buffers are clean for an upload then repeats from step to step, and so do the bind groups. */
   private done(): void {
-    if (this.gpu.dispatches - this.flushedAt >= FLUSH_EVERY) {
-      this.flushedAt = this.gpu.dispatches;
-      this.gpu.submitEarly();
-    }
+    if (this.gpu.pendingDispatches >= FLUSH_EVERY) this.gpu.submitEarly();
   }
   /** Σ of n values of src (from word off), squared or not, as a [1] tensor: block sums until one is left. */
   private total(src: Buf, off: number, n: number, square: boolean): GpuTensor {
