@@ -15,10 +15,11 @@ import { generateCommand } from "./commands/generate.ts";
 import { infoCommand } from "./commands/info.ts";
 import { trainCommand } from "./commands/train.ts";
 import { evalCommand } from "./commands/eval.ts";
+import { serveCommand } from "./commands/serve.ts";
 import { quantizeCommand } from "./commands/quantize.ts";
 
 /** The commands, in the order --help lists them. Each factory returns a fresh commander Command. */
-const COMMANDS: Array<() => Command> = [generateCommand, infoCommand, demoCommand, trainCommand, evalCommand, quantizeCommand];
+const COMMANDS: Array<() => Command> = [generateCommand, infoCommand, demoCommand, trainCommand, evalCommand, quantizeCommand, serveCommand];
 
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;

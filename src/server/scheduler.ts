@@ -1,0 +1,388 @@
+/**
+ * Continuous batching: the scheduler owns the model and runs one loop of iterations. Each iteration
+ *   1. lets go of rows whose requests ended or were cancelled (a client that went away frees its row here);
+ *   2. admits waiting requests, first come first served, while the batch has fewer than maxBatch rows;
+ *   3. reads prompts of admitted requests, a chunk at a time (chunks end at multiples of the prefix cache's
+ *      interval; states are cached along the way and at the end), starting from the longest cached prefix; a
+ *      request whose prompt is read draws its first token and joins the decode batch;
+ *   4. runs one decode step of the whole batch (each row its own recurrent state, its own sampler).
+ * A row's state depends only on its own tokens and the ops are row-wise, so a request's tokens are the same
+ * whatever else runs beside it; and a prompt is read in the same chunks whatever the cache holds. Sampled rows
+ * draw from their own seeded stream (stream 0 of their seed, as model.generate of one prompt does).
+ *
+ * The batch's states are held as one tensor per layer and kind, [rows of every request, last dimension]; a row
+ * that joins is stacked on (concat0) and rows that leave are dropped (takeRows), at step boundaries only.
+ */
+import type { Tensor } from "../backend/backend.ts";
+import { MambaError } from "../errors.ts";
+import { type MambaLM } from "../model/mamba.ts";
+import type { MambaModel } from "../model/model.ts";
+import { MambaCache } from "../model/cache.ts";
+import { MambaState, type StateLayout, mergeSeen, takeBatchRow } from "../model/state.ts";
+import { prefill } from "../generate/generate.ts";
+import { Rng } from "../generate/rng.ts";
+import { PrefixCache } from "./prefix-cache.ts";
+
+export interface JobSpec {
+  /** the prompt's ids (non-empty, validated) */
+  prompt: Int32Array;
+  maxTokens: number;
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+  repetitionPenalty: number;
+  seed: number;
+  /** ids that end the request (kept in the output) */
+  stopIds: Set<number>;
+}
+
+export type EndReason = "length" | "stop";
+
+/** Where a request's tokens go; called from inside the scheduler's iteration. */
+export interface JobSink {
+  token(id: number): void;
+  /** the request ended on its own (budget or stop id), or failed */
+  end(reason: EndReason | "error", error?: Error): void;
+}
+
+export interface SchedulerOptions {
+  maxBatch: number;
+  /** bytes of states the prefix cache may hold (0: no cache) */
+  prefixCacheBytes: number;
+  /** prompt tokens per chunk, and the spacing of cached states along a prompt */
+  chunk?: number;
+}
+
+/** A request in the scheduler, from the queue to its end. */
+export class Job {
+  cancelled = false;
+  finished = false;
+  /** tokens generated so far */
+  generated = 0;
+  /** where its prompt stands while it is read */
+  pos = 0;
+  cache: MambaCache | null = null;
+  logits: Tensor | null = null;
+  rng: Rng;
+  history: number[] | null;
+  seen: Int32Array = new Int32Array(0);
+  /** the id the next decode step reads */
+  last = -1;
+  /** prompt tokens that came from the prefix cache */
+  reused = 0;
+
+  constructor(readonly spec: JobSpec, readonly sink: JobSink, private readonly scheduler: Scheduler) {
+    this.rng = new Rng(spec.seed, 0);
+    this.history = spec.repetitionPenalty !== 1 ? Array.from(spec.prompt) : null;
+  }
+
+  /** Ends the request now: no more tokens; its row is freed at the next step boundary. */
+  cancel(): void {
+    if (this.cancelled || this.finished) return;
+    this.cancelled = true;
+    this.scheduler.wake();
+  }
+}
+
+export interface SchedulerStats {
+  queued: number;
+  prefilling: number;
+  rows: number;
+  maxBatch: number;
+  steps: number;
+  rowSteps: number;
+  promptTokens: number;
+  generatedTokens: number;
+  prefix: { hits: number; misses: number; bytes: number; entries: number; tokensReused: number };
+}
+
+export class Scheduler {
+  private readonly queue: Job[] = [];
+  private readonly prefilling: Job[] = [];
+  /** rows of the decode batch, in the order of the batch's tensors */
+  private active: Job[] = [];
+  private conv: Tensor[] = [];
+  private ssm: Tensor[] = [];
+  private readonly layout: StateLayout;
+  private readonly lm: MambaLM;
+  readonly prefix: PrefixCache;
+  private readonly chunk: number;
+  private readonly stateBytes: number;
+  private wakeUp: (() => void) | null = null;
+  private running: Promise<void> | null = null;
+  private stopped = false;
+  private idleWaiters: (() => void)[] = [];
+  private counters = { steps: 0, rowSteps: 0, promptTokens: 0, generatedTokens: 0 };
+
+  constructor(private readonly model: MambaModel, private readonly options: SchedulerOptions) {
+    this.lm = model.lm;
+    this.layout = model.stateLayout();
+    this.chunk = options.chunk ?? 256;
+    this.prefix = new PrefixCache(options.prefixCacheBytes, this.chunk);
+    const values = this.layout.layers.flat().reduce((a, s) => a + s.shape.reduce((x, d) => x * d, 1), 0) + this.layout.logitsWidth;
+    this.stateBytes = values * 4;
+  }
+
+  /** Queues a request; its tokens go to the sink as they come. */
+  submit(spec: JobSpec, sink: JobSink): Job {
+    if (this.stopped) throw new MambaError("the server is shutting down");
+    if (spec.prompt.length === 0) throw new MambaError("empty prompt");
+    const job = new Job(spec, sink, this);
+    this.queue.push(job);
+    this.counters.promptTokens += spec.prompt.length;
+    this.wake();
+    this.running ??= this.loop();
+    return job;
+  }
+
+  stats(): SchedulerStats {
+    return {
+      queued: this.queue.filter((j) => !j.cancelled).length, prefilling: this.prefilling.length, rows: this.active.length,
+      maxBatch: this.options.maxBatch, ...this.counters,
+      prefix: { hits: this.prefix.hits, misses: this.prefix.misses, bytes: this.prefix.bytes, entries: this.prefix.size, tokensReused: this.prefix.tokensReused },
+    };
+  }
+
+  /** Resolves when no request is queued or running. */
+  idle(): Promise<void> {
+    if (this.busy() === false) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  wake(): void {
+    const w = this.wakeUp;
+    this.wakeUp = null;
+    w?.();
+  }
+
+  /** Cancels every request (their sinks hear "error") and stops the loop; the prefix cache is emptied. */
+  async close(): Promise<void> {
+    this.stopped = true;
+    const err = new MambaError("the server is shutting down");
+    for (const job of [...this.queue, ...this.prefilling, ...this.active]) {
+      if (!job.cancelled && !job.finished) { job.finished = true; job.sink.end("error", err); }
+      job.cancelled = true;
+    }
+    this.wake();
+    await this.running;
+    this.prefix.clear();
+  }
+
+  private busy(): boolean {
+    return this.queue.length + this.prefilling.length + this.active.length > 0;
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      while (true) {
+        if (!this.busy()) {
+          for (const w of this.idleWaiters.splice(0)) w();
+          if (this.stopped) break;
+          await new Promise<void>((resolve) => { this.wakeUp = resolve; });
+          continue;
+        }
+        try {
+          await this.model.runExclusive(() => this.iteration());
+        } catch (err) {
+          this.failAll(err as Error);
+        }
+        // let the sockets breathe: new requests, disconnects, writes
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    } finally {
+      this.running = null;
+    }
+  }
+
+  /** An error in the model's ops ends every running request with it; the server goes on. */
+  private failAll(err: Error): void {
+    for (const job of [...this.prefilling, ...this.active]) {
+      if (!job.finished && !job.cancelled) { job.finished = true; job.sink.end("error", err); }
+      job.cancelled = true;
+    }
+    this.release();
+  }
+
+  private finish(job: Job, reason: EndReason): void {
+    job.finished = true;
+    job.sink.end(reason);
+  }
+
+  private async iteration(): Promise<void> {
+    this.release();
+    // admit, first come first served
+    while (this.queue.length > 0 && this.prefilling.length + this.active.length < this.options.maxBatch) {
+      const job = this.queue.shift()!;
+      if (job.cancelled) continue;
+      const hit = this.prefix.lookup(job.spec.prompt);
+      if (hit) {
+        const parts = hit.state.parts();
+        job.cache = this.layout.cacheOf(parts.tensors);
+        job.logits = this.lm.backend.concat0([parts.logits]);
+        job.seen = parts.seen.slice();
+        job.pos = hit.length;
+        job.reused = hit.length;
+        hit.state.dispose();
+      }
+      this.prefilling.push(job);
+    }
+    await this.readPrompts();
+    if (this.active.length > 0) await this.step();
+    this.release();
+  }
+
+  /** Reads admitted prompts, a chunk at a time, up to one chunk's worth of tokens per iteration (at least one chunk). */
+  private async readPrompts(): Promise<void> {
+    const b = this.lm.backend;
+    let budget = this.chunk;
+    while (this.prefilling.length > 0 && budget > 0) {
+      const job = this.prefilling[0]!;
+      if (job.cancelled) { this.prefilling.shift(); this.drop(job); continue; }
+      const prompt = job.spec.prompt;
+      while (job.pos < prompt.length && budget > 0) {
+        const end = Math.min(prompt.length, (Math.floor(job.pos / this.chunk) + 1) * this.chunk);
+        const part = prompt.subarray(job.pos, end);
+        const r = await prefill(this.lm, part, this.chunk, job.cache);
+        job.cache = r.cache;
+        b.dispose(job.logits);
+        job.logits = r.logits;
+        job.seen = mergeSeen(job.seen, part);
+        job.pos = end;
+        budget -= part.length;
+        if (end % this.chunk === 0 || end === prompt.length) this.keep(job, end);
+      }
+      if (job.pos < prompt.length) break;
+      this.prefilling.shift();
+      // the prompt is read: its first token, then the batch
+      const [id] = await this.sample([job], job.logits!);
+      b.dispose(job.logits);
+      job.logits = null;
+      if (this.emit(job, id!)) {
+        this.drop(job);
+        continue;
+      }
+      const conv = job.cache!.conv.map((t) => takeBatchRow(b, t, 1, 0));
+      const ssm = job.cache!.ssm.map((t) => takeBatchRow(b, t, 1, 0));
+      job.cache!.dispose();
+      job.cache = null;
+      if (this.active.length === 0) {
+        this.conv = conv;
+        this.ssm = ssm;
+      } else {
+        this.conv = this.conv.map((t, i) => { const out = b.concat0([t, conv[i]!]); b.dispose(t, conv[i]); return out; });
+        this.ssm = this.ssm.map((t, i) => { const out = b.concat0([t, ssm[i]!]); b.dispose(t, ssm[i]); return out; });
+      }
+      this.active.push(job);
+    }
+  }
+
+  /** Puts a copy of a job's state after prompt[0, length) in the prefix cache. */
+  private keep(job: Job, length: number): void {
+    if (this.prefix.capacity === 0 || length <= job.reused) return;
+    const b = this.lm.backend;
+    const state = new MambaState(this.layout, {
+      tensors: this.layout.fromCache(job.cache!), logits: b.concat0([job.logits!]), length, seen: job.seen.slice(), sampler: null,
+    });
+    this.prefix.store(job.spec.prompt, length, state, this.stateBytes);
+  }
+
+  /** One decode step of every row. */
+  private async step(): Promise<void> {
+    const b = this.lm.backend;
+    const B = this.active.length;
+    const ids = b.fromI32(Int32Array.from(this.active, (j) => j.last), [B]);
+    const cache = MambaCache.of(b, B, this.conv, this.ssm); // a view: the batch's tensors stay ours
+    let logits: Tensor | null = b.decodeStep && !this.lm.observer ? b.decodeStep(this.lm, ids, cache.conv, cache.ssm) : null;
+    if (!logits) {
+      const h = this.lm.hidden(ids, { batch: B, seqLen: 1 }, cache);
+      logits = this.lm.logits(h);
+      b.dispose(h);
+    }
+    b.dispose(ids);
+    const next = await this.sample(this.active, logits);
+    b.dispose(logits);
+    this.counters.steps++;
+    this.counters.rowSteps += B;
+    this.active.forEach((job, r) => { if (!job.cancelled && !job.finished) this.emit(job, next[r]!); });
+  }
+
+  /** Gives a job its next id; true when that ended it. */
+  private emit(job: Job, id: number): boolean {
+    if (job.cancelled || job.finished) return true;
+    job.generated++;
+    this.counters.generatedTokens++;
+    job.history?.push(id);
+    job.last = id;
+    job.sink.token(id);
+    if (job.cancelled) return true; // the sink may cancel (a stop string)
+    if (job.spec.stopIds.has(id)) { this.finish(job, "stop"); return true; }
+    if (job.generated >= job.spec.maxTokens) { this.finish(job, "length"); return true; }
+    return false;
+  }
+
+  /** Each job's next id from its row of logits [jobs, V], rows of one sampling setting drawn together. */
+  private async sample(jobs: Job[], logits: Tensor): Promise<number[]> {
+    const b = this.lm.backend;
+    const out = new Array<number>(jobs.length).fill(0);
+    const groups = new Map<string, number[]>();
+    jobs.forEach((j, r) => {
+      const s = j.spec;
+      const key = `${s.temperature}|${s.topK}|${s.topP}|${s.minP}|${s.repetitionPenalty}`;
+      const g = groups.get(key);
+      if (g) g.push(r); else groups.set(key, [r]);
+    });
+    for (const rows of groups.values()) {
+      const s = jobs[rows[0]!]!.spec;
+      const all = rows.length === jobs.length;
+      const lg = all ? logits : b.takeRows(logits, rows);
+      const ids = b.sample(lg, {
+        vocabSize: this.lm.config.vocabSize, temperature: s.temperature, topK: s.topK, topP: s.topP, minP: s.minP,
+        repetitionPenalty: s.repetitionPenalty,
+        history: s.repetitionPenalty !== 1 ? rows.map((r) => Int32Array.from(jobs[r]!.history!)) : null,
+        uniforms: Float32Array.from(rows, (r) => jobs[r]!.rng.next()),
+      });
+      if (!all) b.dispose(lg);
+      const host = await b.readI32(ids);
+      b.dispose(ids);
+      rows.forEach((r, i) => { out[r] = host[i]!; });
+    }
+    return out;
+  }
+
+  /** Drops the batch rows of ended or cancelled requests (their states go with them). */
+  private release(): void {
+    const b = this.lm.backend;
+    const keep = this.active.map((j, r) => (j.cancelled || j.finished ? -1 : r)).filter((r) => r >= 0);
+    if (keep.length < this.active.length) {
+      const B = this.active.length;
+      const take = (t: Tensor) => {
+        if (keep.length === 0) { b.dispose(t); return t; }
+        const w = t.shape[t.shape.length - 1]!;
+        const per = t.shape.reduce((a, d) => a * d, 1) / B / w;
+        const rows: number[] = [];
+        for (const r of keep) for (let i = 0; i < per; i++) rows.push(r * per + i);
+        const out = b.takeRows(t, rows);
+        b.dispose(t);
+        return out;
+      };
+      this.conv = this.conv.map(take);
+      this.ssm = this.ssm.map(take);
+      this.active = keep.map((r) => this.active[r]!);
+      if (this.active.length === 0) { this.conv = []; this.ssm = []; }
+    }
+    for (let i = this.prefilling.length - 1; i >= 0; i--) {
+      const job = this.prefilling[i]!;
+      if (job.cancelled || job.finished) { this.prefilling.splice(i, 1); this.drop(job); }
+    }
+    for (let i = this.queue.length - 1; i >= 0; i--) if (this.queue[i]!.cancelled) this.queue.splice(i, 1);
+  }
+
+  /** Frees what a job holds outside the batch. */
+  private drop(job: Job): void {
+    job.cache?.dispose();
+    job.cache = null;
+    this.lm.backend.dispose(job.logits);
+    job.logits = null;
+  }
+}
