@@ -3,13 +3,14 @@
  * worker threads that run each kernel call on their shares of its work range.
  *
  * Kernels (assembly/, built by scripts/build-wasm.mjs) take byte offsets into the memory, sizes, and a work range
- * [r0, r1) last. `run(name, args, total, grain)` splits [0, total) in chunks of whole grains between the calling
- * thread (the first share) and the workers (the others), and returns when every share is done. Each output belongs
- * to one share and is computed the same way whatever the split, so results do not depend on the thread count.
+ * [r0, r1) last. `run(name, args, total, grain)` cuts [0, total) in chunks of whole grains that the calling thread
+ * and the workers claim one at a time, and returns when every chunk is done. Each output belongs to one chunk and
+ * is computed the same way whatever the chunk or the thread, so results do not depend on the thread count.
  *
  * Threads: workers get the compiled module and the memory once, then wait for jobs on a control block in the shared
  * memory (Atomics): they spin a short while after each job, since the next one usually follows within
- * microseconds, then sleep in Atomics.wait. Where shared memory is missing (a page without cross-origin isolation)
+ * microseconds, then sleep in Atomics.wait. The caller claims chunks too, so on a machine busy with other work a
+ * job never waits for a worker that is not scheduled to start. Where shared memory is missing (a page without cross-origin isolation)
  * the engine is not made: the caller falls back to the reference backend and says so.
  */
 import { MambaError } from "../../errors.ts";
@@ -27,12 +28,52 @@ export interface PerThreadArg {
 
 const PAGE = 65536;
 const MAX_PAGES = 65536; // 4 GiB: wasm32's limit
-/** Control block: generation, workers still running, function, argument count, total, grain, stop, error,
- *  per-thread argument index and stride. */
+/** The control block's words (Int32 indices). A job is cut in chunks that threads claim through `ticket`: the job's
+ *  tag (its generation's low bits) and the next chunk. A thread that claims runs the chunk and counts it in `done`;
+ *  the caller claims too, so a job finishes even when the workers are not scheduled (a busy machine), and which
+ *  thread runs a chunk changes nothing in its results. */
+const C = {
+  gen: 0, ticket: 1, fn: 2, nargs: 3, total: 4, chunkSize: 5, stop: 6, error: 7, perThreadArg: 8, perThreadStride: 9,
+  chunks: 10, done: 11,
+} as const;
 const CTRL_INTS = 16;
+const TAG_BITS = 12;
+const TAG_MASK = (1 << TAG_BITS) - 1;
+const CHUNK_BITS = 31 - TAG_BITS;
+/** A ticket no tag matches: between jobs. */
+const CLOSED = -1;
+/** Chunks a job is cut into, per thread: a few, so that a thread that starts late still gets a share. */
+const CHUNKS_PER_THREAD = 4;
+
+/** The next chunk of the job tagged `tag`, or -1 when its chunks are all claimed or another job is on. */
+function claim(c: Int32Array, tag: number, chunks: number): number {
+  for (;;) {
+    const v = Atomics.load(c, C.ticket);
+    if (v >>> CHUNK_BITS !== tag) return -1;
+    const k = v & ((1 << CHUNK_BITS) - 1);
+    if (k >= chunks) return -1;
+    if (Atomics.compareExchange(c, C.ticket, v, v + 1) === v) return k;
+  }
+}
+
+/** claim() as source for the workers. */
+function claimSource(): string {
+  return `function claim(c, tag, chunks) {
+    for (;;) {
+      const v = Atomics.load(c, ${C.ticket});
+      if ((v >>> ${CHUNK_BITS}) !== tag) return -1;
+      const k = v & ${(1 << CHUNK_BITS) - 1};
+      if (k >= chunks) return -1;
+      if (Atomics.compareExchange(c, ${C.ticket}, v, v + 1) === v) return k;
+    }
+  }`;
+}
+
 const MAX_ARGS = 32;
-/** Atomics.load polls a thread makes before it sleeps (a few hundred microseconds). */
-const SPIN = 200_000;
+/** Atomics.load polls a worker makes before it sleeps (some tens of microseconds: decode's jobs follow each other
+ *  closer than a wake-up takes), and that the caller makes before it sleeps until the last chunk is done. */
+const SPIN = 20_000;
+const CALLER_SPIN = 2_000;
 
 function decodeBase64(text: string): Uint8Array {
   if (typeof atob === "function") {
@@ -111,42 +152,46 @@ const onFirst = (fn) => {
   else self.onmessage = (e) => { self.onmessage = null; fn(e.data); };
 };
 onFirst((init) => {
-  const { module, memory, ctrl, args, index, threads, names, spin } = init;
+  const { module, memory, ctrl, args, index, spin } = init;
   let fns;
   try {
     const inst = new WebAssembly.Instance(module, { env: { memory, abort() { throw new Error("abort"); } } });
-    fns = names.map((n) => inst.exports[n]);
+    fns = init.names.map((n) => inst.exports[n]);
   } catch (err) {
     post({ error: String(err && err.message || err) });
     return;
   }
   const c = new Int32Array(memory.buffer, ctrl, ${CTRL_INTS});
   const a = new Float64Array(memory.buffer, args, ${MAX_ARGS});
-  let gen = Atomics.load(c, 0);
+  ${claimSource()}
+  let gen = Atomics.load(c, ${C.gen});
   post({ ready: true });
   for (;;) {
     let polls = 0;
-    while (Atomics.load(c, 0) === gen) {
-      if (++polls > spin) { Atomics.wait(c, 0, gen); polls = 0; }
+    while (Atomics.load(c, ${C.gen}) === gen) {
+      if (++polls > spin) { Atomics.wait(c, ${C.gen}, gen); polls = 0; }
     }
-    gen = Atomics.load(c, 0);
-    if (Atomics.load(c, 6) !== 0) break;
-    try {
-      const nargs = c[3], total = c[4], grain = c[5];
-      const units = Math.ceil(total / grain);
-      const r0 = Math.min(total, Math.floor(units * index / threads) * grain);
-      const r1 = index === threads - 1 ? total : Math.min(total, Math.floor(units * (index + 1) / threads) * grain);
-      if (r0 < r1) {
+    gen = Atomics.load(c, ${C.gen});
+    if (Atomics.load(c, ${C.stop}) !== 0) break;
+    const tag = gen & ${TAG_MASK};
+    const chunks = c[${C.chunks}];
+    for (;;) {
+      const k = claim(c, tag, chunks);
+      if (k < 0) break;
+      // the claimed chunk holds the job open: its fields stay until the chunk is counted done
+      try {
+        const nargs = c[${C.nargs}], total = c[${C.total}], size = c[${C.chunkSize}];
         const list = new Array(nargs + 2);
         for (let i = 0; i < nargs; i++) list[i] = a[i];
-        if (c[8] >= 0) list[c[8]] += index * c[9];
-        list[nargs] = r0; list[nargs + 1] = r1;
-        fns[c[2]].apply(null, list);
+        if (c[${C.perThreadArg}] >= 0) list[c[${C.perThreadArg}]] += index * c[${C.perThreadStride}];
+        list[nargs] = k * size;
+        list[nargs + 1] = Math.min(total, (k + 1) * size);
+        fns[c[${C.fn}]].apply(null, list);
+      } catch (err) {
+        Atomics.store(c, ${C.error}, 1);
       }
-    } catch (err) {
-      Atomics.store(c, 7, 1);
+      if (Atomics.add(c, ${C.done}, 1) + 1 === chunks) Atomics.notify(c, ${C.done});
     }
-    if (Atomics.sub(c, 1, 1) === 1) Atomics.notify(c, 1);
   }
 });
 `;
@@ -228,7 +273,7 @@ export class WasmRuntime {
     try {
       const names = [...rt.fnIndex.keys()];
       const init = (index: number) => ({
-        module, memory, ctrl: rt.ctrl.byteOffset, args: rt.args.byteOffset, index, threads: rt.threads, names, spin: SPIN,
+        module, memory, ctrl: rt.ctrl.byteOffset, args: rt.args.byteOffset, index, names, spin: SPIN,
       });
       rt.workers = await Promise.all(Array.from({ length: rt.threads - 1 }, (_, i) => startWorker(init(i + 1))));
     } catch (err) {
@@ -263,32 +308,42 @@ export class WasmRuntime {
       fn(...args, 0, total);
       return;
     }
-    const c = this.ctrl;
     if (args.length > MAX_ARGS) throw new MambaError(`wasm kernel '${name}': ${args.length} arguments, the pool passes ${MAX_ARGS}`);
-    for (let i = 0; i < args.length; i++) this.args[i] = args[i]!;
-    c[2] = id; c[3] = args.length; c[4] = total; c[5] = grain; c[7] = 0;
-    c[8] = perThread ? perThread.arg : -1; c[9] = perThread ? perThread.stride : 0;
-    Atomics.store(c, 1, P - 1);
-    Atomics.add(c, 0, 1);
-    Atomics.notify(c, 0);
+    const c = this.ctrl;
     const units = Math.ceil(total / grain);
-    const r1 = Math.min(total, Math.floor(units / P) * grain);
+    const chunkSize = Math.ceil(units / (P * CHUNKS_PER_THREAD)) * grain;
+    const chunks = Math.ceil(total / chunkSize);
+    Atomics.store(c, C.ticket, CLOSED);
+    for (let i = 0; i < args.length; i++) this.args[i] = args[i]!;
+    c[C.fn] = id; c[C.nargs] = args.length; c[C.total] = total; c[C.chunkSize] = chunkSize; c[C.error] = 0;
+    c[C.perThreadArg] = perThread ? perThread.arg : -1; c[C.perThreadStride] = perThread ? perThread.stride : 0;
+    c[C.chunks] = chunks; c[C.done] = 0;
+    const tag = (c[C.gen]! + 1) & TAG_MASK;
+    Atomics.store(c, C.ticket, tag << CHUNK_BITS);
+    Atomics.add(c, C.gen, 1);
+    Atomics.notify(c, C.gen);
     let failure: unknown = null;
-    try {
-      if (r1 > 0) fn(...args, 0, r1);
-    } catch (err) {
-      failure = err;
+    for (;;) {
+      const k = claim(c, tag, chunks);
+      if (k < 0) break;
+      try {
+        fn(...args, k * chunkSize, Math.min(total, (k + 1) * chunkSize));
+      } catch (err) {
+        failure = err;
+      }
+      Atomics.add(c, C.done, 1);
     }
-    // wait for the workers' shares: poll, then sleep where this thread may
+    // wait for the chunks that workers claimed: poll, then sleep where this thread may
     const block = canBlock();
     let polls = 0;
     for (;;) {
-      const left = Atomics.load(c, 1);
-      if (left === 0) break;
-      if (++polls > SPIN && block) { Atomics.wait(c, 1, left, 100); polls = 0; }
+      const done = Atomics.load(c, C.done);
+      if (done >= chunks) break;
+      if (++polls > CALLER_SPIN && block) { Atomics.wait(c, C.done, done, 5); polls = 0; }
     }
+    Atomics.store(c, C.ticket, CLOSED);
     if (failure) throw failure;
-    if (Atomics.load(c, 7) !== 0) throw new MambaError(`wasm kernel '${name}' failed in a worker thread`);
+    if (Atomics.load(c, C.error) !== 0) throw new MambaError(`wasm kernel '${name}' failed in a worker thread`);
   }
 
   /** A block of at least `bytes` bytes, 64-byte aligned; the memory grows when needed. */
@@ -342,9 +397,9 @@ export class WasmRuntime {
   destroy(): void {
     if (this.destroyed) return;
     this.destroyed = true;
-    Atomics.store(this.ctrl, 6, 1);
-    Atomics.add(this.ctrl, 0, 1);
-    Atomics.notify(this.ctrl, 0);
+    Atomics.store(this.ctrl, C.stop, 1);
+    Atomics.add(this.ctrl, C.gen, 1);
+    Atomics.notify(this.ctrl, C.gen);
     for (const w of this.workers) w.terminate();
     this.workers = [];
   }
