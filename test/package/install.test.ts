@@ -9,8 +9,8 @@
  *  - asking for WebGPU without the `webgpu` package is one MambaError that says how to install it, and "auto"
  *    falls back to the CPU and says why;
  *  - a TypeScript project type-checks against the package's declarations;
- *  - `npx mamba-ts generate` prints what the sources' CLI prints, and `npx mamba-ts demo` serves the page with the
- *    cross-origin isolation headers.
+ *  - `npx mamba-ts generate` prints what the sources' CLI prints, and `npx mamba-ts demo` serves the prebuilt page
+ *    with the cross-origin isolation headers; in Chromium the page is isolated and generates what the sources do.
  * Every child process is bounded and killed with its process group when it runs too long; the folder is removed.
  */
 import { after, before, describe, test } from "node:test";
@@ -22,6 +22,7 @@ import path from "node:path";
 import * as srcBrowser from "../../src/browser.ts";
 import * as srcIndex from "../../src/index.ts";
 import { ISOLATION_HEADERS } from "../../src/cli/demo-server.ts";
+import { chromiumSkip, launchChromium } from "../helpers/chromium.ts";
 import { ROOT, cli } from "../helpers/cli.ts";
 
 const NPM = process.platform === "win32" ? "npm.cmd" : "npm";
@@ -223,23 +224,41 @@ describe("the packed package, installed with --omit=optional into an empty proje
     assert.equal(r.stdout, want.stdout);
   });
 
-  test("npx mamba-ts demo serves the prebuilt page, cross-origin isolated", async () => {
-    const child = spawn(NPX, ["--no-install", "mamba-ts", "demo", "--port", "0"],
-      { cwd: project, env: CHILD_ENV, stdio: ["ignore", "pipe", "pipe"], detached: true });
-    const kill = setTimeout(() => killGroup(child, "SIGKILL"), 120_000);
-    let stdout = "", stderr = "";
-    const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
-    try {
-      const url = await new Promise<string>((resolve, reject) => {
-        child.stdout!.setEncoding("utf8").on("data", (d: string) => {
+  describe("npx mamba-ts demo", () => {
+    let child: ChildProcess | null = null;
+    let url = "";
+    let stderr = "";
+    let exited: Promise<number | null> = Promise.resolve(null);
+    let bound: NodeJS.Timeout | undefined;
+
+    before(async () => {
+      const demo = spawn(NPX, ["--no-install", "mamba-ts", "demo", "--port", "0"],
+        { cwd: project, env: CHILD_ENV, stdio: ["ignore", "pipe", "pipe"], detached: true });
+      child = demo;
+      bound = setTimeout(() => killGroup(demo, "SIGKILL"), 240_000);
+      exited = new Promise((resolve) => demo.on("close", (code) => resolve(code)));
+      let stdout = "";
+      url = await new Promise<string>((resolve, reject) => {
+        demo.stdout!.setEncoding("utf8").on("data", (d: string) => {
           stdout += d;
           const m = /serving (http:\/\/127\.0\.0\.1:\d+\/)/.exec(stdout);
           if (m) resolve(m[1]!);
         });
-        child.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-        child.on("error", reject);
+        demo.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+        demo.on("error", reject);
         void exited.then((code) => reject(new Error(`the demo exited (${code}) before serving:\n${stderr}`)));
       });
+    });
+
+    after(async () => {
+      if (!child) return;
+      killGroup(child, "SIGINT");
+      const code = await exited;
+      clearTimeout(bound);
+      assert.ok(code === 0 || code === 130 || code === null, `exit code ${code} after Ctrl-C:\n${stderr}`);
+    });
+
+    test("serves the prebuilt page and the package's model, cross-origin isolated", async () => {
       const page = await fetch(url, { signal: AbortSignal.timeout(30_000) });
       assert.equal(page.status, 200);
       assert.match(page.headers.get("content-type")!, /text\/html/);
@@ -250,11 +269,43 @@ describe("the packed package, installed with --omit=optional into an empty proje
       assert.ok((await js.arrayBuffer()).byteLength > 1000, "main.js has the bundle");
       const info = await (await fetch(new URL("demo.json", url), { signal: AbortSignal.timeout(30_000) })).json() as { model: unknown };
       assert.deepEqual(info.model, { url: "model/", name: "default" });
-    } finally {
-      killGroup(child, "SIGINT");
-      const code = await exited;
-      clearTimeout(kill);
-      assert.ok(code === 0 || code === 130 || code === null, `exit code ${code} after Ctrl-C:\n${stderr}`);
-    }
+    });
+
+    test("the prebuilt page, in Chromium, is cross-origin isolated and generates what the sources generate", { skip: chromiumSkip() }, async () => {
+      const browser = await launchChromium();
+      try {
+        const page = await browser.newPage();
+        const errors: string[] = [];
+        page.on("pageerror", (e) => errors.push(e.message));
+        await page.goto(`${url}?backend=cpu`, { timeout: 60_000 });
+        const state = () => page.evaluate(() => (globalThis as unknown as { mambaDemo: { error: string | null; promptIds: number[]; newIds: number[] } }).mambaDemo);
+        const waitFor = (states: string[]) => page.waitForFunction((s) => s.includes(document.body.dataset.state ?? ""), states, { timeout: 90_000 });
+        await waitFor(["ready", "error"]);
+        assert.equal((await state()).error, null);
+        assert.equal(await page.evaluate(() => globalThis.crossOriginIsolated), true, "crossOriginIsolated");
+        const prompt = "Mamba is";
+        await page.fill("#prompt", prompt);
+        await page.fill("#max-new", "8");
+        await page.fill("#temperature", "0");
+        await page.fill("#seed", "0");
+        await page.click("#generate");
+        await waitFor(["done", "error"]);
+        const demo = await state();
+        assert.equal(demo.error, null);
+        const tokenizer = await srcIndex.loadTokenizer(srcIndex.defaultModelFolder());
+        const model = await srcIndex.loadModel(srcIndex.defaultModelFolder(), { backend: "cpu" });
+        try {
+          const ids = tokenizer.encode(prompt);
+          const want = await model.generate(ids, { maxNewTokens: 8, temperature: 0, seed: 0 });
+          assert.deepEqual(demo.promptIds, Array.from(ids));
+          assert.deepEqual(demo.newIds, Array.from(want.subarray(ids.length)));
+        } finally {
+          await model.dispose();
+        }
+        assert.deepEqual(errors, []);
+      } finally {
+        await browser.close();
+      }
+    });
   });
 });
