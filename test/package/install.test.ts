@@ -70,10 +70,14 @@ function run(command: string, args: string[], o: { cwd: string; timeoutMs: numbe
   });
 }
 
-/** Runs an ES module script with plain node in the project and parses the JSON it prints last. */
+let scripts = 0;
+
+/** Runs an ES module script (a .mjs file in the project, as a user's would be) with plain node; parses the JSON it prints last. */
 async function nodeScript<T>(cwd: string, script: string): Promise<T> {
-  const r = await run(process.execPath, ["--input-type=module", "-e", script], { cwd, timeoutMs: 120_000 });
-  assert.equal(r.code, 0, `node -e failed:\n${r.stderr}`);
+  const file = path.join(cwd, `script-${++scripts}.mjs`);
+  await fs.writeFile(file, script);
+  const r = await run(process.execPath, [file], { cwd, timeoutMs: 120_000 });
+  assert.equal(r.code, 0, `node ${path.basename(file)} failed:\n${r.stderr}`);
   const lines = r.stdout.trim().split("\n");
   return JSON.parse(lines[lines.length - 1]!) as T;
 }
