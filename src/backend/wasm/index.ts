@@ -15,26 +15,27 @@ import { CpuBackend } from "../cpu/index.ts";
 import { CpuTensor, cpu } from "../cpu/tensor.ts";
 import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
 import { MambaError, check } from "../../errors.ts";
+import type { AdamWParams } from "../training.ts";
 import { type SimdPath, WasmRuntime } from "./runtime.ts";
 
 type Storage = "F32" | "F16" | "BF16" | "I32";
 
 /** A CPU tensor held in the wasm memory at byte offset `ptr`. Half-precision ones (`storage` F16/BF16) read as a
- *  widened f32 copy through `data`. */
+ *  widened f32 copy through `data`, until an op writes into one: it is then widened in place for good (promote). */
 export class WasmTensor extends CpuTensor {
   freed = false;
   constructor(
     shape: readonly number[],
     dtype: "f32" | "i32",
     data: Float32Array | Int32Array,
-    readonly ptr: number,
-    readonly bytes: number,
-    readonly storage: Storage,
-    readonly half: Uint16Array | null,
+    public ptr: number,
+    public bytes: number,
+    public storage: Storage,
+    public half: Uint16Array | null,
   ) {
     super(shape, dtype, data);
     if (half) {
-      const widen = (): Float32Array => toFloat32({ dtype: storage as "F16" | "BF16", shape: [...shape], data: half });
+      const widen = (): Float32Array => toFloat32({ dtype: this.storage as "F16" | "BF16", shape: [...this.shape], data: this.half! });
       Object.defineProperty(this, "data", { get: widen, configurable: true, enumerable: true });
     }
   }
@@ -55,6 +56,9 @@ export class WasmCpuBackend extends CpuBackend {
   readonly engine: string;
   /** Ops that run the reference code on this engine's tensors because their kernel is missing from the build. */
   readonly referenceOps: string[];
+  /** A = -exp(A_log) per A_log tensor, made once (the scan then skips N exps a channel per call); dropped when an op
+   *  writes into A_log. */
+  private readonly negExpA = new WeakMap<Tensor, WasmTensor>();
 
   constructor(readonly rt: WasmRuntime) {
     super();
@@ -127,6 +131,8 @@ export class WasmCpuBackend extends CpuBackend {
       if (t instanceof WasmTensor && !t.freed) {
         t.freed = true;
         this.rt.release(t.ptr, t.bytes);
+        const a = this.negExpA.get(t);
+        if (a) { this.negExpA.delete(t); this.dispose(a); }
       }
     }
   }
@@ -147,6 +153,42 @@ export class WasmCpuBackend extends CpuBackend {
     rows.forEach((r, i) => out.f32.set(src.subarray(r * w, (r + 1) * w), i * w));
     return out;
   }
+  /** A half-precision tensor becomes f32 in a block of its own (an op is about to write into it). */
+  private promote(t: Tensor): void {
+    if (!(t instanceof WasmTensor) || t.half === null) return;
+    const wide = t.data as Float32Array;
+    const n = wide.length;
+    const ptr = this.rt.alloc(n * 4);
+    const view = new Float32Array(this.rt.memory.buffer, ptr, n);
+    view.set(wide);
+    this.rt.release(t.ptr, t.bytes);
+    Object.defineProperty(t, "data", { value: view, writable: false, configurable: true, enumerable: true });
+    t.ptr = ptr; t.bytes = n * 4; t.storage = "F32"; t.half = null;
+  }
+
+  /** Ops that write into an existing tensor (the optimizer's, a state's copy): a half-precision target is widened
+   *  first, and a cached -exp(A_log) of it is dropped. */
+  private written(t: Tensor): void {
+    this.promote(t);
+    this.negExpA.delete(t);
+  }
+  override copyInto(dst: Tensor, src: Tensor): void {
+    this.written(dst);
+    super.copyInto(dst, src);
+  }
+  override zeroFill(t: Tensor): void {
+    this.written(t);
+    super.zeroFill(t);
+  }
+  override addScaled(dst: Tensor, src: Tensor, alpha: number): void {
+    this.written(dst);
+    super.addScaled(dst, src, alpha);
+  }
+  override adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, o: AdamWParams): void {
+    this.written(param);
+    super.adamwStep(param, grad, m, v, o);
+  }
+
   override async destroy(): Promise<void> {
     this.rt.destroy();
   }
@@ -242,11 +284,23 @@ export class WasmCpuBackend extends CpuBackend {
     return y;
   }
 
+  /** -exp(A_log): cached for a tensor of this engine, made for this call (in temps) for another. */
+  private negExp(aLog: Tensor, temps: WasmTensor[]): WasmTensor {
+    const cached = this.negExpA.get(aLog);
+    if (cached) return cached;
+    const src = this.inWasm(aLog, temps);
+    const out = this.allocF32(src.shape);
+    this.rt.call("negExpF32", [src.ptr, out.ptr, numel(src.shape)]);
+    if (src === aLog) this.negExpA.set(aLog, out);
+    else temps.push(out);
+    return out;
+  }
+
   override selectiveScan(a: SelectiveScanArgs): Tensor {
     if (!this.rt.has("selectiveScan")) return super.selectiveScan(a);
     const temps: WasmTensor[] = [];
     const writeBack: (() => void)[] = [];
-    const At = this.inWasm(a.A_log, temps);
+    const At = this.negExp(a.A_log, temps);
     const [E, N] = At.shape as [number, number];
     const T = a.batch * a.seqLen;
     const u = this.inWasm(a.u, temps);
@@ -265,7 +319,7 @@ export class WasmCpuBackend extends CpuBackend {
     const stride = 32 * N;
     const work = this.rt.alloc(stride * this.rt.threads);
     this.rt.run("selectiveScan", [
-      u.ptr, delta.ptr, delta.ld, deltaBias.ptr, At.ptr, 1, Bm.ptr, Bm.ld, Cm.ptr, Cm.ld, D.ptr, z ? z.ptr : 0, z ? z.ld : 0,
+      u.ptr, delta.ptr, delta.ld, deltaBias.ptr, At.ptr, 0, Bm.ptr, Bm.ld, Cm.ptr, Cm.ld, D.ptr, z ? z.ptr : 0, z ? z.ld : 0,
       st ? st.ptr : 0, y.ptr, work, a.batch, a.seqLen, E, N,
     ], E, 4, T * E * N >= PARALLEL_MIN_WORK / 8, { arg: 15, stride });
     this.rt.release(work, stride * this.rt.threads);
