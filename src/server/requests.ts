@@ -29,7 +29,8 @@ export interface Limits {
   maxTokensCap: number;
 }
 
-/** What the sampler takes from a request, with OpenAI's defaults (temperature 1, top_p 1). */
+/** What the sampler takes from a request, with OpenAI's defaults (temperature 1, top_p 1), and mamba-ts's own
+ *  fields: top_k, min_p, repetition_penalty, ignore_eos. */
 export interface SamplingFields {
   maxTokens: number;
   temperature: number;
@@ -41,6 +42,8 @@ export interface SamplingFields {
   stop: string[];
   stream: boolean;
   includeUsage: boolean;
+  /** generate past the eos token (vLLM's ignore_eos; for benchmarks) */
+  ignoreEos: boolean;
 }
 
 type Body = Record<string, unknown>;
@@ -125,6 +128,7 @@ export function parseSampling(body: Body, limits: Limits, maxTokensKey: "max_tok
     stop,
     stream: bool(body, "stream", false),
     includeUsage,
+    ignoreEos: bool(body, "ignore_eos", false),
   };
 }
 

@@ -149,7 +149,7 @@ export async function startServer(o: ServerOptions): Promise<MambaServer> {
     const job = scheduler.submit({
       prompt, maxTokens: f.maxTokens, temperature: f.temperature, topK: f.topK, topP: f.topP, minP: f.minP,
       repetitionPenalty: f.repetitionPenalty, seed: f.seed ?? randomInt(0, 2 ** 31),
-      stopIds: new Set(config.eosTokenId === null ? [] : [config.eosTokenId]),
+      stopIds: new Set(config.eosTokenId === null || f.ignoreEos ? [] : [config.eosTokenId]),
     }, {
       token: (tok) => {
         completionTokens++;
