@@ -8,6 +8,6 @@ import { fileURLToPath } from "node:url";
 /** The embedded model's folder; MAMBA_TS_DEFAULT_MODEL points commands at another one. */
 export function defaultModelFolder(): string {
   if (process.env.MAMBA_TS_DEFAULT_MODEL) return path.resolve(process.env.MAMBA_TS_DEFAULT_MODEL);
-  // this file is <package root>/src/cli/default-model.ts
+  // this file is <package root>/src/cli/default-model.ts, or <package root>/dist/cli/default-model.js once built
   return path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "models", "default");
 }
