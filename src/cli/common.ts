@@ -17,7 +17,7 @@ export class UsageError extends MambaError {
   override name = "UsageError";
 }
 
-/** The folder holding package.json, src/ and dist/: this module is src/cli/common.ts, or dist/cli/common.js once built. */
+/** The folder holding package.json, src/ and dist/ (this module is src/cli/common.ts, or dist/cli/common.js built). */
 export const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 
 const NUMBER = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
