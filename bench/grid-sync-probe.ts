@@ -9,6 +9,7 @@
  */
 import { createWebGpuBackend } from "../src/backend/webgpu/index.ts";
 import { type Gpu, Params } from "../src/backend/webgpu/gpu.ts";
+import { defineKernel } from "../src/backend/webgpu/kernel-def.ts";
 const be = (await createWebGpuBackend({})) as unknown as { gpu: Gpu };
 const gpu = be.gpu;
 console.log(gpu.description, "maxSB/stage", gpu.limits.maxStorageBuffersPerShaderStage, "wgmem", gpu.limits.maxComputeWorkgroupStorageSize);
@@ -57,13 +58,14 @@ async function timed(fn: () => void): Promise<number> {
   if (ms === null) throw new Error("this adapter has no timestamp queries");
   return ms;
 }
-const kEmpty = gpu.kernel("probe_empty", () => empty);
+const kEmpty = gpu.kernel(defineKernel({ name: "probe_empty", wgsl: () => empty, example: null }), null);
+const barKernel = defineKernel({ name: "probe_bar", wgsl: code, label: (atomicData) => `probe_bar_${atomicData}`, example: false });
 for (let rep = 0; rep < 3; rep++) {
   const tE = await timed(() => { for (let i = 0; i < M; i++) gpu.dispatch(kEmpty, [ctl], new Params().u32(3), [1]); });
   console.log(`empty dispatches: ${(tE * 1000 / M).toFixed(2)} us each`);
 }
 for (const atomicData of [false, true]) {
-  const k = gpu.kernel(`probe_bar_${atomicData}`, () => code(atomicData));
+  const k = gpu.kernel(barKernel, atomicData);
   for (const G of Gs) {
     for (let rep = 0; rep < 2; rep++) {
       gpu.device.queue.writeBuffer(ctl.gpu, 0, new Uint32Array(4));

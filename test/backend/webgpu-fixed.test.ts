@@ -9,6 +9,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { WebGpuBackend } from "../../src/backend/webgpu/backend.ts";
 import { Params } from "../../src/backend/webgpu/gpu.ts";
+import { defineKernel } from "../../src/backend/webgpu/kernel-def.ts";
 import { FIXED_MAX_TERMS, FIXED_READ_WGSL, fixedAddWgsl, fixedLimit, fixedRegionWords } from "../../src/backend/webgpu/kernels/decode/fixed.ts";
 import { withOwnWebgpu } from "../helpers/backends.ts";
 import { TestRng } from "../helpers/random.ts";
@@ -39,11 +40,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
+const addKernel = defineKernel({ name: "test_fixed_add", wgsl: addWgsl, label: (limit) => `test_fixed_add_${limit}`, example: fixedLimit(8) });
+const readKernel = defineKernel({ name: "test_fixed_read", wgsl: () => readWgsl, example: null });
+
 /** Adds vals[i] into total i % totals on the GPU (workgroups of 64 in any order) and reads the totals back. */
 async function gpuTotals(b: WebGpuBackend, vals: Float32Array, totals: number, limit: number): Promise<Float32Array> {
   const gpu = b.gpu;
-  const add = gpu.kernel(`test_fixed_add_${limit}`, () => addWgsl(limit));
-  const read = gpu.kernel("test_fixed_read", () => readWgsl);
+  const add = gpu.kernel(addKernel, limit);
+  const read = gpu.kernel(readKernel, null);
   const v = gpu.upload(vals);
   const acc = gpu.upload(new Uint32Array(fixedRegionWords(totals)));
   const out = gpu.alloc(totals * 4);

@@ -1,7 +1,8 @@
 /**
  * The runtime under the WebGPU ops: a buffer pool, one pending command encoder that every op appends its
  * dispatches to (one compute pass, submitted only when data must cross to the host or the queue), compiled
- * pipelines cached by key, parameter blocks and bind groups cached by content, and readbacks.
+ * pipelines cached by their WGSL text (./kernel-def.ts), parameter blocks and bind groups cached by content, and
+ * readbacks.
  *
  * Ordering rules that keep this correct with a pool and a lazily submitted encoder:
  *  - Dispatches in one encoder run in order, so a buffer freed by one op may be the output of the next.
@@ -10,6 +11,7 @@
  *  - Parameter blocks are immutable (created mapped, filled once), so they need no ordering at all.
  */
 import { MambaError } from "../../errors.ts";
+import { type KernelDef, shapeKey } from "./kernel-def.ts";
 
 // WebGPU's usage and map-mode bits, spelled out so that no global (absent in Node) is needed
 export const Usage = { MAP_READ: 1, COPY_SRC: 4, COPY_DST: 8, UNIFORM: 64, STORAGE: 128, QUERY_RESOLVE: 512 } as const;
@@ -27,7 +29,7 @@ export class Buf {
   ) {}
 }
 
-/** A compiled pipeline with an id for cache keys. */
+/** A compiled pipeline with an id for cache keys, and its label (the first definition's that compiled it). */
 export interface Kernel {
   pipeline: GPUComputePipeline;
   id: number;
@@ -127,7 +129,10 @@ export class Gpu {
   private releases = 0;
   /** a fixed pool budget (createWebGpuBackend's poolBytes), or null to follow the working set */
   private readonly poolBytes: number | null;
+  /** compiled pipelines by their WGSL text */
   private kernels = new Map<string, Kernel>();
+  /** each definition's pipelines by shape (shapeKey): the text is generated once a shape */
+  private kernelsByShape = new Map<KernelDef<never>, Map<string, Kernel>>();
   private paramCache = new Map<string, GPUBuffer>();
   private bindCache = new Map<string, GPUBindGroup>();
   /** idle readback buffers by size (a bucket), reused by later reads of that bucket */
@@ -321,18 +326,28 @@ export class Gpu {
     return { kernels: this.kernels.size, paramBlocks: this.paramCache.size, bindGroups: this.bindCache.size, pooledBuffers: pooled, staging };
   }
 
-  /** The keys of the kernels compiled so far (which variant of a kernel ran). */
+  /** The labels of the kernels compiled so far (which variant of a kernel ran). */
   get kernelNames(): string[] {
-    return [...this.kernels.keys()];
+    return [...this.kernels.values()].map((k) => k.name);
   }
 
-  kernel(key: string, code: () => string): Kernel {
-    let k = this.kernels.get(key);
+  /** The pipeline of kernel `def` for `shape`: compiled once for each distinct WGSL text. */
+  kernel<S>(def: KernelDef<S>, shape: S): Kernel {
+    let byShape = this.kernelsByShape.get(def as unknown as KernelDef<never>);
+    if (!byShape) this.kernelsByShape.set(def as unknown as KernelDef<never>, byShape = new Map());
+    const key = shapeKey(shape);
+    let k = byShape.get(key);
     if (!k) {
-      const module = this.device.createShaderModule({ code: code(), label: key });
-      const pipeline = this.device.createComputePipeline({ layout: "auto", compute: { module, entryPoint: "main" }, label: key });
-      k = { pipeline, id: this.kernels.size + 1, name: key };
-      this.kernels.set(key, k);
+      const code = def.wgsl(shape);
+      k = this.kernels.get(code);
+      if (!k) {
+        const label = def.label?.(shape) ?? def.name;
+        const module = this.device.createShaderModule({ code, label });
+        const pipeline = this.device.createComputePipeline({ layout: "auto", compute: { module, entryPoint: "main" }, label });
+        k = { pipeline, id: this.kernels.size + 1, name: label };
+        this.kernels.set(code, k);
+      }
+      byShape.set(key, k);
     }
     return k;
   }
@@ -675,6 +690,7 @@ export class Gpu {
       this.device.destroy();
       this.free.clear();
       this.kernels.clear();
+      this.kernelsByShape.clear();
       this.paramCache.clear();
       this.bindCache.clear();
       this.staging.clear();

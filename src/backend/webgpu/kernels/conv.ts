@@ -7,6 +7,7 @@
  */
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params, grid } from "../gpu.ts";
+import { defineKernel } from "../kernel-def.ts";
 
 const wgsl = /* wgsl */ `
 // bindings: 0 x [B·L, ldx] | 1 weight [E, K] | 2 bias [E] | 3 stateIn [B, K-1, E] | 4 out [B·L, E]
@@ -56,9 +57,11 @@ export interface ConvArgs {
   B: number; L: number; E: number; K: number;
 }
 
+const conv1dSiluKernel = defineKernel({ name: "conv1d_silu", wgsl: () => wgsl, example: null });
+
 // x: [B, L, E] window, weight: [E, K], state: [B, K-1, E] -> out: [B, L, E]
 export function causalConv1dSilu(gpu: Gpu, a: ConvArgs): void {
-  const k = gpu.kernel("conv1d_silu", () => wgsl);
+  const k = gpu.kernel(conv1dSiluKernel, null);
   const [gx, gy] = grid(Math.ceil((a.B * a.L * a.E) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = new Params().u32(a.B).u32(a.L).u32(a.E).u32(a.K).u32(a.ldx).u32(a.offx)
     .bool(!!a.bias).bool(!!a.stateIn).u32(gx);

@@ -4,6 +4,7 @@
  */
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params, grid } from "../gpu.ts";
+import { defineKernel } from "../kernel-def.ts";
 
 const copyWgsl = /* wgsl */ `
 // bindings: 0 src | 1 dst | 2 params
@@ -32,16 +33,20 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
+const copyWordsKernel = defineKernel({ name: "copy_words", wgsl: () => copyWgsl, example: null });
+
 export function copyWords(gpu: Gpu, src: Buf, srcOff: number, dst: Buf, dstOff: number, n: number): void {
   if (n === 0) return;
-  const k = gpu.kernel("copy_words", () => copyWgsl);
+  const k = gpu.kernel(copyWordsKernel, null);
   const [gx, gy] = grid(Math.ceil(n / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(k, [src, dst], new Params().u32(n).u32(srcOff).u32(dstOff).u32(gx), [gx, gy]);
 }
 
+const fillWordsKernel = defineKernel({ name: "fill_words", wgsl: () => fillWgsl, example: null });
+
 export function fillWords(gpu: Gpu, dst: Buf, dstOff: number, n: number, value = 0): void {
   if (n === 0) return;
-  const k = gpu.kernel("fill_words", () => fillWgsl);
+  const k = gpu.kernel(fillWordsKernel, null);
   const [gx, gy] = grid(Math.ceil(n / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(k, [dst], new Params().u32(n).u32(dstOff).u32(value).u32(gx), [gx, gy]);
 }
@@ -63,10 +68,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
+const copyWindowKernel = defineKernel({ name: "copy_window", wgsl: () => windowWgsl, example: null });
+
 /** Copies a column window of a matrix into a column window of another (both as 32-bit words). */
 export function copyWindow(gpu: Gpu, src: Buf, ldSrc: number, offSrc: number, dst: Buf, ldDst: number, offDst: number, rows: number, width: number): void {
   if (rows * width === 0) return;
-  const k = gpu.kernel("copy_window", () => windowWgsl);
+  const k = gpu.kernel(copyWindowKernel, null);
   const [gx, gy] = grid(Math.ceil((rows * width) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(k, [src, dst], new Params().u32(rows).u32(width).u32(ldSrc).u32(offSrc).u32(ldDst).u32(offDst).u32(gx), [gx, gy]);
 }

@@ -2,6 +2,7 @@
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params, grid } from "../gpu.ts";
 import { type WeightStorage, weightBinding, weightReader } from "./weights.ts";
+import { defineKernel } from "../kernel-def.ts";
 
 const wgsl = (ws: WeightStorage) => /* wgsl */ `
 // bindings: 0 table [V, D] | 1 ids [T] i32 | 2 out [T, D] | 3 params
@@ -27,9 +28,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
+const embeddingKernel = defineKernel({ name: "embedding", wgsl, label: (ws) => `embedding_${ws}`, example: "f32" as WeightStorage });
+
 // table: [V, D], ids: [T] -> out: [T, D]
 export function embedding(gpu: Gpu, table: Buf, ws: WeightStorage, V: number, D: number, ids: Buf, T: number, out: Buf): void {
-  const k = gpu.kernel(`embedding_${ws}`, () => wgsl(ws));
+  const k = gpu.kernel(embeddingKernel, ws);
   const [gx, gy] = grid(Math.ceil((T * D) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(k, [table, ids, out], new Params().u32(T).u32(D).u32(V).u32(gx), [gx, gy]);
 }

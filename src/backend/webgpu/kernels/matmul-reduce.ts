@@ -1,6 +1,7 @@
 /** Sums the K-split partial products of the tiled matmul and adds the bias: y[t, n] = Σ_z part[z, t, n] + bias[n]. */
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params, grid } from "../gpu.ts";
+import { defineKernel } from "../kernel-def.ts";
 
 const wgsl = /* wgsl */ `
 // bindings: 0 part [splits, T, N] | 1 bias [N] | 2 y [T, N] | 3 params
@@ -21,9 +22,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
+const matmulReduceKernel = defineKernel({ name: "matmul_reduce", wgsl: () => wgsl, example: null });
+
 // part: [splits, T, N], bias: [N] -> y: [T, N]
 export function matmulReduce(gpu: Gpu, part: Buf, splits: number, bias: Buf | null, T: number, N: number, y: Buf): void {
-  const k = gpu.kernel("matmul_reduce", () => wgsl);
+  const k = gpu.kernel(matmulReduceKernel, null);
   const [gx, gy] = grid(Math.ceil((T * N) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(k, [part, bias ?? gpu.dummy, y], new Params().u32(T * N).u32(N).u32(splits).bool(!!bias).u32(gx), [gx, gy]);
 }

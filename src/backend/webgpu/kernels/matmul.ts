@@ -16,6 +16,7 @@ import { Params } from "../gpu.ts";
 import type { Buf } from "../gpu.ts";
 import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "./weights.ts";
 import { MambaError } from "../../../errors.ts";
+import { defineKernel } from "../kernel-def.ts";
 
 export interface TileConfig {
   BM: number; // rows of y per workgroup (16 · TM, or 8 · TM: a workgroup of 8 × 16 threads instead of 16 × 16)
@@ -258,14 +259,21 @@ export function splitPlan(K: number, splits: number): { kLen: number; count: num
   return { kLen, count: Math.ceil(K / kLen) };
 }
 
+const matmulKernel = defineKernel({
+  name: "matmul",
+  wgsl: (s: { cfg: TileConfig; ws: WeightStorage; v4: boolean }) => {
+    const why = tileProblem(s.cfg);
+    if (why) throw new MambaError(`matmul: tile ${tileName(s.cfg)} cannot run: ${why}`);
+    return wgsl(s.cfg, s.ws, s.v4);
+  },
+  label: (s) => `matmul_${tileName(s.cfg)}${s.v4 ? "_v4" : ""}_${s.ws}`,
+  example: { cfg: TILE_LARGE, ws: "f32", v4: true },
+});
+
 // x: [T, K] window, w: [N, K], bias: [N] -> y: [T, N]; with splits > 1, y: [splits, T, N] partials without bias
 export function matmulTiled(gpu: Gpu, a: MatmulArgs, cfg: TileConfig, plan = { kLen: Math.max(16, a.K), count: 1 }): void {
   const v4 = vec4Fits(cfg, a);
-  const k: Kernel = gpu.kernel(`matmul_${tileName(cfg)}${v4 ? "_v4" : ""}_${a.ws}`, () => {
-    const why = tileProblem(cfg);
-    if (why) throw new MambaError(`matmul: tile ${tileName(cfg)} cannot run: ${why}`);
-    return wgsl(cfg, a.ws, v4);
-  });
+  const k: Kernel = gpu.kernel(matmulKernel, { cfg, ws: a.ws, v4 });
   const p = new Params().u32(a.rows).u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias && plan.count === 1).u32(plan.kLen);
   gpu.dispatch(k, [a.x, a.w, a.bias ?? gpu.dummy, a.y], p, [Math.ceil(a.N / cfg.BN), Math.ceil(a.rows / cfg.BM), plan.count]);
 }

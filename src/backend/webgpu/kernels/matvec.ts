@@ -12,6 +12,7 @@ import type { Buf, Gpu } from "../gpu.ts";
 import { Params, grid } from "../gpu.ts";
 import { type WeightStorage, weight4Binding, weight4Reader } from "./weights.ts";
 import { ORDERABLE_WGSL } from "./wgsl-common.ts";
+import { defineKernel } from "../kernel-def.ts";
 
 /** Rows of x this kernel takes at most. */
 export const MATVEC_MAX_ROWS = 8;
@@ -220,6 +221,15 @@ function matvecGroups(N: number, K: number): number {
 /** Rows × K a matvec with the norm (MatvecArgs.norm) takes: its normalized input is held in workgroup memory. */
 export const MATVEC_NORM_MAX = 4096;
 
+/** T rows of x, K weights a row of w (a multiple of 4), LPR lanes a row (matvecRowLanes); with the norm, the argmax. */
+const matvecKernel = defineKernel({
+  name: "matvec",
+  wgsl: (s: { T: number; K: number; ws: WeightStorage; loadBytes: number; LPR: number; norm: boolean; argmax: boolean }) =>
+    wgsl(s.T, s.K, s.ws, s.loadBytes, s.LPR, s.norm, s.argmax),
+  label: (s) => `matvec_${s.T}_${s.K}_${s.ws}_${s.loadBytes}_${s.LPR}${s.norm ? "_norm" : ""}${s.argmax ? "_argmax" : ""}`,
+  example: { T: 1, K: 768, ws: "f32", loadBytes: 64, LPR: 32, norm: false, argmax: false },
+});
+
 // x: [T <= 8, K] window, w: [N, K], bias: [N] -> y: [T, N]
 export function matvec(gpu: Gpu, a: MatvecArgs): void {
   const loadBytes = a.loadBytes ?? 64;
@@ -228,8 +238,7 @@ export function matvec(gpu: Gpu, a: MatvecArgs): void {
   const norm = a.norm ?? null, am = a.argmax ?? null;
   if (norm && a.rows * a.K > MATVEC_NORM_MAX) throw new Error(`matvec: ${a.rows} rows of ${a.K} to normalize, expected at most ${MATVEC_NORM_MAX} values`);
   if (am && !(am.V >= 1 && am.V <= a.N)) throw new Error(`matvec: argmax over ${am.V} of ${a.N} columns`);
-  const k = gpu.kernel(`matvec_${a.rows}_${a.K}_${a.ws}_${loadBytes}_${LPR}${norm ? "_norm" : ""}${am ? "_argmax" : ""}`,
-    () => wgsl(a.rows, a.K, a.ws, loadBytes, LPR, !!norm, !!am));
+  const k = gpu.kernel(matvecKernel, { T: a.rows, K: a.K, ws: a.ws, loadBytes, LPR, norm: !!norm, argmax: !!am });
   const groups = matvecGroups(a.N, a.K);
   const [gx, gy] = grid(groups, gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = new Params().u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias).u32(gx).f32(norm?.eps ?? 0).u32(norm?.offRes ?? 0)

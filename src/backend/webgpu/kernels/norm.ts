@@ -4,6 +4,7 @@
  */
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params, grid } from "../gpu.ts";
+import { defineKernel } from "../kernel-def.ts";
 
 const wgsl = /* wgsl */ `
 // bindings: 0 x [T, D] | 1 residual [T, D] | 2 weight [D] | 3 out [T, D] | 4 residualOut [T, D] | 5 params
@@ -42,9 +43,11 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
 }
 `;
 
+const addRmsnormKernel = defineKernel({ name: "add_rmsnorm", wgsl: () => wgsl, example: null });
+
 // x, residual: [T, D] (the residual from word resOff of its buffer), weight: [D] -> out, residualOut: [T, D]
 export function addRmsNorm(gpu: Gpu, x: Buf, residual: Buf | null, weight: Buf, eps: number, T: number, D: number, out: Buf, resOut: Buf, resOff = 0): void {
-  const k = gpu.kernel("add_rmsnorm", () => wgsl);
+  const k = gpu.kernel(addRmsnormKernel, null);
   const [gx, gy] = grid(T, gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = new Params().u32(T).u32(D).f32(eps).bool(!!residual).u32(gx).u32(resOff);
   gpu.dispatch(k, [x, residual ?? gpu.dummy, weight, out, resOut], p, [gx, gy]);

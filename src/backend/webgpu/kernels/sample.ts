@@ -22,6 +22,7 @@
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params } from "../gpu.ts";
 import { ORDERABLE_WGSL } from "./wgsl-common.ts";
+import { defineKernel } from "../kernel-def.ts";
 
 const wgsl = (WG: number, CAP: number) => /* wgsl */ `
 // bindings: 0 logits [B, ldV] | 1 uniforms [B] | 2 history ids (i32) | 3 history offsets [B + 1] | 4 seen bits [B, words]
@@ -407,6 +408,11 @@ export function sampleWords(V: number): number {
   return Math.ceil(V / 32);
 }
 
+/** WG threads a row, a list of CAP of its best tokens (0: none). */
+const sampleKernel = defineKernel({
+  name: "sample", wgsl: (s: { WG: number; CAP: number }) => wgsl(s.WG, s.CAP), label: (s) => `sample_${s.WG}_${s.CAP}`, example: { WG: 1024, CAP: 256 },
+});
+
 // logits: [B, ldV] (the first V columns count) -> out: i32 [B]
 export function sample(gpu: Gpu, a: SampleArgs): void {
   // one thread per ~64 tokens of the row, within the device's workgroup limit: big vocabularies get wide
@@ -418,7 +424,7 @@ export function sample(gpu: Gpu, a: SampleArgs): void {
   let CAP = 2048;
   while (CAP >= 64 && 12 * CAP > free) CAP /= 2;
   if (CAP < 64) CAP = 0; // (every WebGPU device has room for 256)
-  const k = gpu.kernel(`sample_${WG}_${CAP}`, () => wgsl(WG, CAP));
+  const k = gpu.kernel(sampleKernel, { WG, CAP });
   const p = new Params().u32(a.V).u32(a.ldV).f32(a.temperature).u32(a.topK).f32(a.topP).f32(a.minP).f32(a.penalty)
     .bool(!!a.history).u32(sampleWords(a.V));
   const h = a.history ?? { ids: gpu.dummy, offsets: gpu.dummy };

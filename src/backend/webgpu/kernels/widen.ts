@@ -2,6 +2,7 @@
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params, grid } from "../gpu.ts";
 import { type WeightStorage, weightReader } from "./weights.ts";
+import { defineKernel } from "../kernel-def.ts";
 
 const wgsl = (ws: WeightStorage) => /* wgsl */ `
 // bindings: 0 w packed | 1 out f32 | 2 params
@@ -19,8 +20,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
+const widenKernel = defineKernel({ name: "widen", wgsl, label: (ws) => `widen_${ws}`, example: "f16" as WeightStorage });
+
 export function widen(gpu: Gpu, src: Buf, ws: "f16" | "bf16", n: number, out: Buf): void {
-  const k = gpu.kernel(`widen_${ws}`, () => wgsl(ws));
+  const k = gpu.kernel(widenKernel, ws);
   const [gx, gy] = grid(Math.ceil(n / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(k, [src, out], new Params().u32(n).u32(gx), [gx, gy]);
 }

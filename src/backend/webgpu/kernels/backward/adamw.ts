@@ -8,6 +8,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const wgsl = /* wgsl */ `
 // bindings: 0 grad [n] | 1 param [n] in/out | 2 m [n] in/out | 3 v [n] in/out | 4 step [lr, bc1, bc2, gradScale]
@@ -41,10 +42,12 @@ export interface AdamWScalars {
   gradScale: number;
 }
 
+const bwdAdamwKernel = defineKernel({ name: "bwd_adamw", wgsl: () => wgsl, example: null });
+
 // grad, param, m, v: [n]; param, m, v updated in place
 export function adamw(gpu: Gpu, grad: Buf, param: Buf, m: Buf, v: Buf, n: number, s: AdamWScalars): void {
   if (n === 0) return;
-  const k = gpu.kernel("bwd_adamw", () => wgsl);
+  const k = gpu.kernel(bwdAdamwKernel, null);
   const [gx, gy] = grid(Math.ceil(n / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = new Params().u32(n).u32(gx).f32(s.beta1).f32(s.beta2).f32(s.eps).f32(s.weightDecay);
   const step = gpu.upload(new Float32Array([s.lr, s.bc1, s.bc2, s.gradScale]), "the optimizer's step scalars");

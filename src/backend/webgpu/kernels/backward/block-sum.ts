@@ -5,6 +5,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 export const BLOCK = 4096;
 
@@ -44,10 +45,12 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
 /** How many block sums n values give. */
 export const blocks = (n: number) => Math.ceil(n / BLOCK);
 
+const bwdBlockSumKernel = defineKernel({ name: "bwd_block_sum", wgsl: () => wgsl, example: null });
+
 // x: n values from word xOff -> out: blocks(n) values from word outOff
 export function blockSum(gpu: Gpu, x: Buf, xOff: number, n: number, square: boolean, out: Buf, outOff: number): void {
   if (n === 0) return;
-  const k = gpu.kernel("bwd_block_sum", () => wgsl);
+  const k = gpu.kernel(bwdBlockSumKernel, null);
   const [gx, gy] = grid(blocks(n), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(k, [x, out], new Params().u32(n).u32(xOff).u32(outOff).bool(square).u32(gx), [gx, gy]);
 }

@@ -6,6 +6,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const wgsl = /* wgsl */ `
 // bindings: 0 a [rows, lda] | 1 b [rows, W] | 2 s [rows] | 3 part [nChunks, W] out | 4 params
@@ -47,12 +48,14 @@ export function colsumChunks(rows: number): { chunkRows: number; nChunks: number
   return { chunkRows, nChunks: Math.max(1, Math.ceil(rows / chunkRows)) };
 }
 
+const bwdColsumKernel = defineKernel({ name: "bwd_colsum", wgsl: () => wgsl, example: null });
+
 // a: [rows, W] window; b: [rows, W] and s: [rows] or null -> part: [nChunks, W]
 export function colsum(
   gpu: Gpu, a: Buf, lda: number, offa: number, rows: number, W: number, bs: { b: Buf; s: Buf } | null,
   part: Buf, chunkRows: number, nChunks: number,
 ): void {
-  const k = gpu.kernel("bwd_colsum", () => wgsl);
+  const k = gpu.kernel(bwdColsumKernel, null);
   const p = new Params().u32(rows).u32(W).u32(lda).u32(offa).bool(!!bs).u32(chunkRows);
   gpu.dispatch(k, [a, bs?.b ?? gpu.dummy, bs?.s ?? gpu.dummy, part], p, [Math.ceil(W / 64), nChunks]);
 }

@@ -7,6 +7,7 @@
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import type { ConvBwdShape } from "./conv-pre.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const wgsl = (K: number) => /* wgsl */ `
 // bindings: 0 x [B·L, ldx] | 1 dpre [B·L, E] | 2 part [B·nT, E, K + 1] out | 3 params
@@ -56,9 +57,11 @@ export function convChunks(B: number, L: number, E: number): { chunkLen: number;
   return { chunkLen, nT: Math.ceil(L / chunkLen) };
 }
 
+const convDwKernel = defineKernel({ name: "bwd_conv_dw", wgsl, label: (K) => `bwd_conv_dw_${K}`, example: 4 });
+
 // x: [B, L, E] window, dpre: [B, L, E] -> part: [B·nT, E, K + 1]
 export function convDw(gpu: Gpu, s: ConvBwdShape, x: Buf, ldx: number, offx: number, dpre: Buf, chunkLen: number, nT: number, part: Buf): void {
-  const k = gpu.kernel(`bwd_conv_dw_${s.K}`, () => wgsl(s.K));
+  const k = gpu.kernel(convDwKernel, s.K);
   const p = new Params().u32(s.B).u32(s.L).u32(s.E).u32(ldx).u32(offx).u32(chunkLen).u32(nT);
   gpu.dispatch(k, [x, dpre, part], p, [Math.ceil(s.E / 64), nT, s.B]);
 }

@@ -6,6 +6,7 @@
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
 import type { ConvBwdShape } from "./conv-pre.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const wgsl = /* wgsl */ `
 // bindings: 0 dpre [B·L, E] | 1 weight [E, K] | 2 dx [B·L, lddx] in/out | 3 params
@@ -33,9 +34,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
+const bwdConvDxKernel = defineKernel({ name: "bwd_conv_dx", wgsl: () => wgsl, example: null });
+
 // dpre: [B, L, E], weight: [E, K] -> dx [B, L, E] window +=
 export function convDx(gpu: Gpu, s: ConvBwdShape, dpre: Buf, weight: Buf, dx: Buf, lddx: number, offdx: number): void {
-  const k = gpu.kernel("bwd_conv_dx", () => wgsl);
+  const k = gpu.kernel(bwdConvDxKernel, null);
   const [gx, gy] = grid(Math.ceil((s.B * s.L * s.E) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(k, [dpre, weight, dx], new Params().u32(s.B).u32(s.L).u32(s.E).u32(s.K).u32(lddx).u32(offdx).u32(gx), [gx, gy]);
 }

@@ -6,6 +6,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const wgsl = /* wgsl */ `
 // bindings: 0 x [B·L, ldx] | 1 weight [E, K] | 2 bias [E] | 3 dy [B·L, E] | 4 dpre [B·L, E] out | 5 params
@@ -37,9 +38,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 export interface ConvBwdShape { B: number; L: number; E: number; K: number }
 
+const bwdConvPreKernel = defineKernel({ name: "bwd_conv_pre", wgsl: () => wgsl, example: null });
+
 // x: [B, L, E] window, weight: [E, K], bias: [E], dy: [B, L, E] -> dpre: [B, L, E]
 export function convPre(gpu: Gpu, s: ConvBwdShape, x: Buf, ldx: number, offx: number, weight: Buf, bias: Buf | null, dy: Buf, dpre: Buf): void {
-  const k = gpu.kernel("bwd_conv_pre", () => wgsl);
+  const k = gpu.kernel(bwdConvPreKernel, null);
   const [gx, gy] = grid(Math.ceil((s.B * s.L * s.E) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = new Params().u32(s.B).u32(s.L).u32(s.E).u32(s.K).u32(ldx).u32(offx).bool(!!bias).u32(gx);
   gpu.dispatch(k, [x, weight, bias ?? gpu.dummy, dy, dpre], p, [gx, gy]);

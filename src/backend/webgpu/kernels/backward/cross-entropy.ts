@@ -9,6 +9,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const rowsWgsl = /* wgsl */ `
 // bindings: 0 logits [T, V] | 1 targets [T] i32 | 2 info [1] (count) | 3 dLogits [T, V] out | 4 rowOut [2, T] out | 5 params
@@ -104,15 +105,19 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
 }
 `;
 
+const bwdCeCountKernel = defineKernel({ name: "bwd_ce_count", wgsl: () => countWgsl, example: null });
+
 // targets: i32 [T] -> info[0] = the number of targets >= 0
 export function countTargets(gpu: Gpu, targets: Buf, T: number, meta: Buf): void {
-  const k = gpu.kernel("bwd_ce_count", () => countWgsl);
+  const k = gpu.kernel(bwdCeCountKernel, null);
   gpu.dispatch(k, [targets, meta], new Params().u32(T), [1]);
 }
 
+const bwdCeRowsKernel = defineKernel({ name: "bwd_ce_rows", wgsl: () => rowsWgsl, example: null });
+
 // logits: [T, V], targets: i32 [T], info[0] = count -> dLogits [T, V], rowOut [2, T]
 export function crossEntropyRows(gpu: Gpu, logits: Buf, targets: Buf, meta: Buf, T: number, V: number, scale: number, dLogits: Buf, rowOut: Buf): void {
-  const k = gpu.kernel("bwd_ce_rows", () => rowsWgsl);
+  const k = gpu.kernel(bwdCeRowsKernel, null);
   const [gx, gy] = grid(T, gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(k, [logits, targets, meta, dLogits, rowOut], new Params().u32(T).u32(V).f32(scale).u32(gx), [gx, gy]);
 }

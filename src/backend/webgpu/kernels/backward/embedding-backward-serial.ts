@@ -5,6 +5,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const wgsl = /* wgsl */ `
 // bindings: 0 ids [T] i32 | 1 dOut [T, D] | 2 dTable [V, D] in/out | 3 params
@@ -25,9 +26,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
+const bwdEmbeddingSerialKernel = defineKernel({ name: "bwd_embedding_serial", wgsl: () => wgsl, example: null });
+
 // ids: i32 [T], dOut: [T, D] -> dTable [V, D] +=
 export function embeddingBackwardSerial(gpu: Gpu, ids: Buf, T: number, dOut: Buf, V: number, D: number, dTable: Buf): void {
   if (T * D === 0) return;
-  const k = gpu.kernel("bwd_embedding_serial", () => wgsl);
+  const k = gpu.kernel(bwdEmbeddingSerialKernel, null);
   gpu.dispatch(k, [ids, dOut, dTable], new Params().u32(T).u32(D).u32(V), [Math.ceil(D / 64)]);
 }

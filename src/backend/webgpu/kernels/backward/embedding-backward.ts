@@ -8,6 +8,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const wgsl = /* wgsl */ `
 // bindings: 0 csr (u32: nU | rowIds [nU] | offsets [nU + 1] | positions [T]) | 1 dOut [T, D] | 2 dTable [V, D] in/out
@@ -71,10 +72,12 @@ export function positionsById(ids: Int32Array): { csr: Uint32Array; nU: number }
   return { csr, nU };
 }
 
+const bwdEmbeddingKernel = defineKernel({ name: "bwd_embedding", wgsl: () => wgsl, example: null });
+
 // csr of T ids (nU of them distinct, as csr[0] says), dOut: [T, D] -> dTable [V, D] += at the listed rows
 export function embeddingBackward(gpu: Gpu, csr: Buf, nU: number, dOut: Buf, D: number, dTable: Buf): void {
   if (nU * D === 0) return;
-  const k = gpu.kernel("bwd_embedding", () => wgsl);
+  const k = gpu.kernel(bwdEmbeddingKernel, null);
   const [gx, gy] = grid(Math.ceil((nU * D) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(k, [csr, dOut, dTable], new Params().u32(D), [gx, gy]);
 }

@@ -16,6 +16,7 @@
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import { wholeLoads } from "../matmul.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 export interface BwdTile {
   BM: number; // rows of C per workgroup (16 · TM)
@@ -219,6 +220,12 @@ export function pickTile(M: number, N: number): BwdTile {
   return Math.ceil(M / 128) * Math.ceil(N / 128) >= 128 ? BWD_TILE_LARGE : BWD_TILE_SMALL;
 }
 
+const bwdMatmulKernel = defineKernel({
+  name: "bwd_matmul", wgsl: (s: { tile: BwdTile; aKMajor: boolean; v4: boolean }) => wgsl(s.tile, s.aKMajor, s.v4),
+  label: (s) => `bwd_matmul_${s.tile.BM}x${s.tile.BN}_k${s.tile.BK}_${s.aKMajor ? "k" : "m"}${s.v4 ? "_v4" : ""}`,
+  example: { tile: BWD_TILE_LARGE, aKMajor: true, v4: true },
+});
+
 /**
  * C += A · B. With split.splits > 1, `part` (splits · M · N floats) receives the partial products and the caller
  * adds them into C (reduce-groups.ts); otherwise part is unused.
@@ -226,7 +233,7 @@ export function pickTile(M: number, N: number): BwdTile {
 export function matmulBackwardTiled(gpu: Gpu, m: BwdMatmulArgs, tile: BwdTile, split: { splits: number; kPer: number }, part: Buf | null,
   vec4 = true): void {
   const v4 = vec4 && bwdVec4Fits(tile, m);
-  const k = gpu.kernel(`bwd_matmul_${tile.BM}x${tile.BN}_k${tile.BK}_${m.aKMajor ? "k" : "m"}${v4 ? "_v4" : ""}`, () => wgsl(tile, m.aKMajor, v4));
+  const k = gpu.kernel(bwdMatmulKernel, { tile, aKMajor: m.aKMajor, v4 });
   const direct = split.splits === 1;
   const out = direct ? m.c : { buf: part!, ld: m.N, off: 0 };
   const p = new Params().u32(m.M).u32(m.N).u32(m.K).u32(m.a.ld).u32(m.a.off).u32(m.b.ld).u32(m.b.off)

@@ -6,6 +6,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const wgsl = /* wgsl */ `
 // bindings: 0 part | 1 out in/out | 2 params
@@ -45,10 +46,12 @@ export interface PartLayout {
 /** The common layout part[off + g · width + c] (one row): G partial copies of a [width] gradient. */
 export const stacked = (G: number, width: number, off = 0): PartLayout => ({ G, off, sR: 0, sG: width, cw: 1, sC1: 1, sC2: 0 });
 
+const bwdReduceGroupsKernel = defineKernel({ name: "bwd_reduce_groups", wgsl: () => wgsl, example: null });
+
 // part -> out [rows, width] window (row stride ldo, first column offo) += Σ_g part
 export function reduceGroups(gpu: Gpu, part: Buf, l: PartLayout, out: Buf, rows: number, width: number, ldo: number, offo: number): void {
   if (rows * width === 0) return;
-  const k = gpu.kernel("bwd_reduce_groups", () => wgsl);
+  const k = gpu.kernel(bwdReduceGroupsKernel, null);
   const [gx, gy] = grid(Math.ceil((rows * width) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = new Params().u32(rows).u32(width).u32(l.G).u32(ldo).u32(offo).u32(l.off).u32(l.sR).u32(l.sG)
     .u32(l.cw).u32(l.sC1).u32(l.sC2).u32(gx);

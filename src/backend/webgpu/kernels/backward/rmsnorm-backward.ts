@@ -7,6 +7,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const wgsl = /* wgsl */ `
 // bindings: 0 r [T, D] | 1 weight [D] | 2 dOut [T, D] | 3 dResidual [T, D] in/out | 4 inv [T] out | 5 params
@@ -46,9 +47,11 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
 }
 `;
 
+const bwdRmsnormKernel = defineKernel({ name: "bwd_rmsnorm", wgsl: () => wgsl, example: null });
+
 // r, dOut: [T, D], weight: [D] -> dResidual [T, D] +=, inv [T]
 export function rmsNormBackward(gpu: Gpu, r: Buf, weight: Buf, eps: number, dOut: Buf, T: number, D: number, dRes: Buf, inv: Buf): void {
-  const k = gpu.kernel("bwd_rmsnorm", () => wgsl);
+  const k = gpu.kernel(bwdRmsnormKernel, null);
   const [gx, gy] = grid(T, gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(k, [r, weight, dOut, dRes, inv], new Params().u32(T).u32(D).f32(eps).u32(gx), [gx, gy]);
 }

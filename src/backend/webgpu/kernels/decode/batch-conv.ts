@@ -12,6 +12,7 @@ import { Params } from "../../gpu.ts";
 import { convTapWgsl } from "./conv-step.ts";
 import { DECODE_MAX_B } from "./mixer-in.ts";
 import { type WeightStorage, weightBinding, weightReader } from "../weights.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 /** Channels a workgroup: fewer leave the scan kernel more partial sums to add. */
 export const BATCH_CONV_CHANNELS = 64;
@@ -139,9 +140,15 @@ export interface BatchConvArgs {
   convState: Buf; xz: Buf; Q: Buf;
 }
 
+/** S parts of in_proj, E channels, conv kernel K, J outputs of x_proj (weights ws). */
+const batchConvKernel = defineKernel({
+  name: "decode_batchconv", wgsl: (s: { S: number; E: number; K: number; J: number; ws: WeightStorage }) => wgsl(s.S, s.E, s.K, s.J, s.ws),
+  label: (s) => `decode_batchconv_${s.S}_${s.E}_${s.K}_${s.J}_${s.ws}`, example: { S: 8, E: 1536, K: 4, J: 80, ws: "f32" },
+});
+
 // xzp: [S, B, 2E], convState: [B, K-1, E] updated in place -> xz: [B, 2E], Q: [G, B, J]; returns G
 export function decodeBatchConv(gpu: Gpu, a: BatchConvArgs): number {
-  const k = gpu.kernel(`decode_batchconv_${a.S}_${a.E}_${a.K}_${a.J}_${a.wsX}`, () => wgsl(a.S, a.E, a.K, a.J, a.wsX));
+  const k = gpu.kernel(batchConvKernel, { S: a.S, E: a.E, K: a.K, J: a.J, ws: a.wsX });
   const groups = Math.ceil(a.E / BATCH_CONV_CHANNELS);
   const p = new Params().u32(a.B).u32(a.oInBias).u32(a.oConvW).u32(a.oConvB);
   gpu.dispatch(k, [a.xzp, a.lp, a.wX, a.convState, a.xz, a.Q], p, [groups, Math.ceil(a.B / BATCH_CONV_ROWS)]);

@@ -7,6 +7,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const wgsl = (S: number, D: number) => /* wgsl */ `
 // bindings: 0 part [S, B, D] | 1 bias [D] | 2 res [2, B, D] | 3 g (gain from word oG) | 4 out [B, D] | 5 params
@@ -77,9 +78,14 @@ export interface BatchNormArgs {
   out: Buf;
 }
 
+/** S parts of the last out_proj, D columns. */
+const batchNormKernel = defineKernel({
+  name: "decode_batchnorm", wgsl: (s: { S: number; D: number }) => wgsl(s.S, s.D), label: (s) => `decode_batchnorm_${s.S}_${s.D}`, example: { S: 16, D: 768 },
+});
+
 // part: [S, B, D], bias: [D], res: [2, B, D] (half par in, half 1 - par out), g: [D] from word oG -> out: [B, D]
 export function decodeBatchNorm(gpu: Gpu, a: BatchNormArgs): void {
-  const k = gpu.kernel(`decode_batchnorm_${a.S}_${a.D}`, () => wgsl(a.S, a.D));
+  const k = gpu.kernel(batchNormKernel, { S: a.S, D: a.D });
   const p = new Params().u32(a.B).bool(!!a.bias).bool(a.hasRes).u32(a.par).u32(a.oG).f32(a.eps);
   gpu.dispatch(k, [a.part, a.bias ?? gpu.dummy, a.res, a.g, a.out], p, [a.B]);
 }

@@ -15,6 +15,7 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import { type WeightStorage, weightBinding, weightReader } from "../weights.ts";
 import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 /** Rows a workgroup may take (WebGpuTuning.decodeBatchScanRows); channels are 256 / rows. */
 export const BATCH_SCAN_ROW_CHOICES: readonly number[] = [2, 4, 8];
@@ -139,11 +140,17 @@ export interface BatchScanArgs {
   Q: Buf; lp: Buf; oPack: number; wDt: Buf; wsDt: WeightStorage; xz: Buf; ssm: Buf; y: Buf;
 }
 
+/** RW rows a workgroup, N states, dt rank R, J outputs of x_proj in G partials (dt_proj's weights ws). */
+const batchScanKernel = defineKernel({
+  name: "decode_batchscan",
+  wgsl: (s: { RW: number; N: number; R: number; J: number; G: number; ws: WeightStorage }) => batchScanWgsl(s.RW, s.N, s.R, s.J, s.G, s.ws),
+  label: (s) => `decode_batchscan_${s.RW}_${s.N}_${s.R}_${s.J}_${s.G}_${s.ws}`, example: { RW: 8, N: 16, R: 48, J: 80, G: 24, ws: "f32" },
+});
+
 // Q: [G, B, J], xz: [B, 2E], ssm: [B, E, N] updated in place -> y: [B, E]
 export function decodeBatchScan(gpu: Gpu, a: BatchScanArgs): void {
   if (a.N % 4 !== 0) throw new Error(`decodeBatchScan: N ${a.N} is not a multiple of 4`);
-  const k = gpu.kernel(`decode_batchscan_${a.RW}_${a.N}_${a.R}_${a.J}_${a.G}_${a.wsDt}`,
-    () => batchScanWgsl(a.RW, a.N, a.R, a.J, a.G, a.wsDt));
+  const k = gpu.kernel(batchScanKernel, { RW: a.RW, N: a.N, R: a.R, J: a.J, G: a.G, ws: a.wsDt });
   const p = new Params().u32(a.B).u32(a.E).u32(a.oPack);
   gpu.dispatch(k, [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y], p, [Math.ceil(a.E / (256 / a.RW)), Math.ceil(a.B / a.RW)]);
 }

@@ -25,8 +25,9 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { type ParamType, type WgslParts, composedBindings, composedParams, composedWgsl, paramBlock } from "./compose.ts";
-import { type MixerInArgs, mixerInGroups, mixerInParams, mixerInParts, mixerInShape } from "./mixer-in.ts";
-import { type MixerScanArgs, mixerScanGroups, mixerScanParams, mixerScanParts, mixerScanShape } from "./mixer-scan.ts";
+import { type MixerInArgs, type MixerInShape, mixerInGroups, mixerInParams, mixerInParts, mixerInShape } from "./mixer-in.ts";
+import { type MixerScanArgs, type MixerScanShape, mixerScanGroups, mixerScanParams, mixerScanParts, mixerScanShape } from "./mixer-scan.ts";
+import { defineKernel } from "../../kernel-def.ts";
 import { type WeightStorage, weight4Binding, weight4Reader } from "../weights.ts";
 
 /** Polls of a wait before it gives up and flags the dispatch: seconds on a GPU, where a phase takes
@@ -150,22 +151,28 @@ export interface LayerArgs {
   spin?: number; // polls of a wait before it gives up (default layerSpin)
 }
 
+/** The compiled shape of a layer's kernel: its kernel 1's and kernel 2's, and out_proj's weight storage. */
+export interface LayerShape { ins: MixerInShape; scan: MixerScanShape; wsOut: WeightStorage }
+
+/** The compiled shape of the layer's kernel for these arguments. */
+export function layerShape(a: LayerArgs): LayerShape {
+  return { ins: mixerInShape(a.inArgs), scan: mixerScanShape(a.scanArgs), wsOut: a.wsOut };
+}
+
 /** The WGSL of one layer's kernel (exported for inspection). */
-export function layerWgsl(a: LayerArgs, parts = layerParts(a)): string {
-  return composedWgsl(parts, layerMain(a));
+export function layerWgsl(s: LayerShape, parts = layerParts(s)): string {
+  return composedWgsl(parts, layerMain(s));
 }
 
-function layerParts(a: LayerArgs): WgslParts[] {
-  const ins = mixerInShape(a.inArgs);
-  const scan = mixerScanShape(a.scanArgs);
+function layerParts(s: LayerShape): WgslParts[] {
   // the scan's items wait for kernel 1's once their own loads are out
-  return [mixerInParts(ins, true), mixerScanParts(scan, true, "  waitFor(t, 1u, IN_GROUPS);\n"), outProjParts(a.inArgs.D, a.inArgs.E, a.inArgs.B, a.wsOut)];
+  return [mixerInParts(s.ins, true), mixerScanParts(s.scan, true, "  waitFor(t, 1u, IN_GROUPS);\n"), outProjParts(s.ins.D, s.ins.E, s.ins.RB, s.wsOut)];
 }
 
-function layerMain(a: LayerArgs): string {
+function layerMain(s: LayerShape): string {
   return /* wgsl */ `
-const IN_GROUPS = ${mixerInGroups(a.inArgs.E, a.inArgs.channels)}u;
-const SCAN_GROUPS = ${mixerScanGroups(a.inArgs.E)}u;
+const IN_GROUPS = ${Math.ceil(s.ins.E / s.ins.CH)}u;
+const SCAN_GROUPS = ${mixerScanGroups(s.ins.E)}u;
 const ITEMS = IN_GROUPS + SCAN_GROUPS + OUT_ITEMS;
 var<workgroup> ticket: u32;
 @compute @workgroup_size(256)
@@ -201,22 +208,33 @@ export function layerGroups(a: LayerArgs): number {
 /** What a device must allow for the layer's kernel: bytes of workgroup memory it declares (every declaration is
  *  4-byte scalars or arrays of them), and the storage buffers it binds. */
 export function layerNeeds(a: LayerArgs): { workgroupBytes: number; storageBuffers: number } {
-  const parts = layerParts(a);
+  const shape = layerShape(a);
+  const parts = layerParts(shape);
   let words = 0;
-  for (const m of layerWgsl(a, parts).matchAll(/var<workgroup>\s+\w+\s*:\s*(?:array<\w+,\s*(\d+)>|\w+)\s*;/g)) words += Number(m[1] ?? 1);
+  for (const m of layerWgsl(shape, parts).matchAll(/var<workgroup>\s+\w+\s*:\s*(?:array<\w+,\s*(\d+)>|\w+)\s*;/g)) words += Number(m[1] ?? 1);
   return { workgroupBytes: 4 * words, storageBuffers: composedBindings(parts).length };
 }
+
+const layerKernel = defineKernel({
+  name: "decode_layer",
+  wgsl: (s: LayerShape) => layerWgsl(s),
+  label: ({ ins, scan, wsOut }) => `decode_layer_${ins.CH}_${ins.D}_${ins.E}_${ins.K}_${ins.J}_${ins.wsIn}_${ins.wsX}_${ins.loadBytes}_r${ins.RB}` +
+    `${ins.acc ? `_acc${ins.acc.limit}_${ins.acc.stride}` : ""}_${scan.N}_${scan.ws}_${wsOut}`,
+  example: {
+    ins: { CH: 16, D: 768, E: 1536, K: 4, J: 80, wsIn: "f32", wsX: "f32", loadBytes: 256, RB: 1, acc: { limit: 16777216, stride: 256 } },
+    scan: { N: 16, J: 80, RB: 1, SL: 2, ws: "f32", summed: false, stride: 256 },
+    wsOut: "f32",
+  },
+});
 
 /** One layer of the fused step in one dispatch. */
 export function decodeLayer(gpu: Gpu, a: LayerArgs): void {
   const i = a.inArgs, s = a.scanArgs;
   if (!i.acc) throw new Error("decodeLayer: kernel 1's x_proj must go into fixed-point totals (acc)");
   if (i.D % 4 !== 0 || i.E % 4 !== 0) throw new Error(`decodeLayer: hidden size ${i.D} and inner size ${i.E} must be multiples of 4`);
-  const ins = mixerInShape(i), scan = mixerScanShape(s);
-  const key = `decode_layer_${ins.CH}_${i.D}_${i.E}_${i.K}_${i.J}_${i.wsIn}_${i.wsX}_${ins.loadBytes}_r${i.B}_acc${i.acc.limit}_${i.acc.stride}` +
-    `_${scan.N}_${scan.ws}_${a.wsOut}`;
-  const parts = layerParts(a);
-  const k = gpu.kernel(key, () => layerWgsl(a, parts));
+  const shape = layerShape(a);
+  const k = gpu.kernel(layerKernel, shape);
+  const parts = layerParts(shape);
   const bufs: Record<string, Buf> = {
     h: i.h, res: i.res, lp: i.lp, wIn: i.wIn, wX: i.wX, convState: i.convState, xz: i.xz, xacc: i.Q,
     wDt: s.wDt, ssm: s.ssm, y: s.y, wOut: a.wOut, bOut: a.bias ?? gpu.dummy, ctl: a.ctl,

@@ -21,6 +21,7 @@ import { type ParamType, type WgslParts, paramBlock, standaloneWgsl } from "./co
 import { DECODE_CONV_MAX_K, convTapWgsl } from "./conv-step.ts";
 import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
 import { fixedAddWgsl } from "./fixed.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 export const DECODE_MAX_B = 8;
 /** Rows × hidden size that fit the workgroup's copy of the normalized input (kept at 16 KiB of workgroup memory). */
@@ -297,17 +298,19 @@ export function mixerInParams(a: MixerInArgs): Record<string, number | boolean> 
   };
 }
 
+const mixerInKernel = defineKernel({
+  name: "decode_in",
+  wgsl: mixerInWgsl,
+  label: (s) => `decode_in_${s.CH}_${s.D}_${s.E}_${s.K}_${s.J}_${s.wsIn}_${s.wsX}_${s.loadBytes}_r${s.RB}${s.acc ? `_acc${s.acc.limit}_${s.acc.stride}` : ""}`,
+  example: { CH: 16, D: 768, E: 1536, K: 4, J: 80, wsIn: "f32", wsX: "f32", loadBytes: 256, RB: 1, acc: null },
+});
+
 /** Runs kernel 1 with CH = mixerInChannels(E, a.channels); returns its workgroups (the partials of x_proj). */
 export function decodeMixerIn(gpu: Gpu, a: MixerInArgs): number {
-  const CH = mixerInChannels(a.E, a.channels);
-  const loadBytes = a.loadBytes ?? 64;
   if (!Number.isInteger(a.B) || a.B < 1 || a.B > DECODE_MAX_B) throw new Error(`decodeMixerIn: ${a.B} rows, expected 1 to ${DECODE_MAX_B}`);
   if (a.B * a.J > 256 * DECODE_MAX_B) throw new Error(`decodeMixerIn: ${a.B} rows of ${a.J} x_proj outputs, expected at most ${256 * DECODE_MAX_B}`);
   if (a.D % 4 !== 0) throw new Error(`decodeMixerIn: hidden size ${a.D} is not a multiple of 4`);
-  const acc = a.acc ?? null;
-  const accKey = acc ? `_acc${acc.limit}_${acc.stride}` : "";
-  const k = gpu.kernel(`decode_in_${CH}_${a.D}_${a.E}_${a.K}_${a.J}_${a.wsIn}_${a.wsX}_${loadBytes}_r${a.B}${accKey}`,
-    () => mixerInWgsl(mixerInShape(a)));
+  const k = gpu.kernel(mixerInKernel, mixerInShape(a));
   const groups = mixerInGroups(a.E, a.channels);
   gpu.dispatch(k, [a.h, a.res, a.lp, a.wIn, a.wX, a.convState, a.xz, a.Q], paramBlock(MIXER_IN_PARAMS, mixerInParams(a)), [groups]);
   return groups;

@@ -19,6 +19,7 @@ import { type WeightStorage, weightBinding, weightReader } from "../weights.ts";
 import { DECODE_MAX_B } from "./mixer-in.ts";
 import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
 import { FIXED_READ_WGSL } from "./fixed.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 /** B · (R + 2N) values of x_proj that fit workgroup memory. */
 export const DECODE_MAX_BJ = 2048;
@@ -267,10 +268,16 @@ export function mixerScanParams(a: MixerScanArgs): Record<string, number> {
 /** Kernel 2's workgroups along x (channel groups). */
 export const mixerScanGroups = (E: number) => Math.ceil(E / CH);
 
+const mixerScanKernel = defineKernel({
+  name: "decode_scan",
+  wgsl: mixerScanWgsl,
+  label: (s) => `decode_scan_${s.N}_${s.J}_r${s.RB}_${s.ws}${s.stride ? `_acc${s.stride}` : s.summed ? "_summed" : ""}`,
+  example: { N: 16, J: 80, RB: 1, SL: 2, ws: "f32", summed: false, stride: 0 },
+});
+
 export function decodeMixerScan(gpu: Gpu, a: MixerScanArgs): void {
   const s = mixerScanShape(a);
-  const key = s.stride ? `_acc${s.stride}` : s.summed ? "_summed" : "";
-  const k = gpu.kernel(`decode_scan_${s.N}_${s.J}_r${s.RB}_${s.ws}${key}`, () => mixerScanWgsl(s));
+  const k = gpu.kernel(mixerScanKernel, s);
   gpu.dispatch(k, [a.Q, a.lp, a.wDt, a.xz, a.ssm, a.y], paramBlock(MIXER_SCAN_PARAMS, mixerScanParams(a)),
     [mixerScanGroups(a.E), Math.ceil(a.B / DECODE_MAX_B)]);
 }

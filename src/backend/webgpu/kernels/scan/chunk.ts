@@ -10,6 +10,7 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { Params } from "../../gpu.ts";
 import { SCAN_WG, type ScanGeometry } from "./geometry.ts";
 import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const TS = 32; // time steps of B staged in workgroup memory at once
 
@@ -98,8 +99,10 @@ export interface ScanInputs {
   z: Buf | null; ldZ: number; offZ: number;
 }
 
+const scanChunkKernel = defineKernel({ name: "scan_chunk", wgsl, label: (N) => `scan_chunk_${N}`, example: 16 });
+
 export function scanChunk(gpu: Gpu, g: ScanGeometry, a: ScanInputs, S: Buf, dsum: Buf): void {
-  const k = gpu.kernel(`scan_chunk_${g.N}`, () => wgsl(g.N));
+  const k = gpu.kernel(scanChunkKernel, g.N);
   const p = new Params().u32(g.B).u32(g.L).u32(g.E).u32(g.nC).u32(g.chunkLen).u32(a.ldD).u32(a.offD).u32(a.ldBC).u32(a.offB);
   gpu.dispatch(k, [a.u, a.delta, a.packed, a.BC, S, dsum], p, [Math.ceil(g.E / SCAN_WG), g.nC - 1, g.B]);
 }

@@ -8,6 +8,7 @@
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
 import type { ScanGeometry } from "./geometry.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const wgsl = /* wgsl */ `
 // bindings: 0 packed [E, N + 2] (A·log2e, ...) | 1 dsum [B, nC, E] | 2 stateIn [B, E, N] | 3 S [B, nC, N, E] in/out | 4 params
@@ -54,8 +55,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
+const scanCombineKernel = defineKernel({ name: "scan_combine", wgsl: () => wgsl, example: null });
+
 export function scanCombine(gpu: Gpu, g: ScanGeometry, packed: Buf, dsum: Buf, stateIn: Buf | null, S: Buf): void {
-  const k = gpu.kernel("scan_combine", () => wgsl);
+  const k = gpu.kernel(scanCombineKernel, null);
   const [gx, gy] = grid(Math.ceil((g.B * g.N * g.E) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = new Params().u32(g.B).u32(g.E).u32(g.N).u32(g.nC).bool(!!stateIn).u32(gx);
   gpu.dispatch(k, [packed, dsum, stateIn ?? gpu.dummy, S], p, [gx, gy]);

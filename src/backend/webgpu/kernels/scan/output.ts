@@ -12,6 +12,7 @@ import { Params } from "../../gpu.ts";
 import { SCAN_WG, type ScanGeometry } from "./geometry.ts";
 import type { ScanInputs } from "./chunk.ts";
 import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const TS = 32; // time steps of B and C staged in workgroup memory at once
 
@@ -126,8 +127,10 @@ export interface ScanStart {
   sN: number;
 }
 
+const scanOutputKernel = defineKernel({ name: "scan_output", wgsl, label: (N) => `scan_output_${N}`, example: 16 });
+
 export function scanOutput(gpu: Gpu, g: ScanGeometry, a: ScanInputs, start: ScanStart | null, y: Buf, stateOut: Buf | null): void {
-  const k = gpu.kernel(`scan_output_${g.N}`, () => wgsl(g.N));
+  const k = gpu.kernel(scanOutputKernel, g.N);
   const s = start ?? { buf: gpu.dummy, sB: 0, sC: 0, sE: 0, sN: 0 };
   const p = new Params().u32(g.B).u32(g.L).u32(g.E).u32(g.nC).u32(g.chunkLen)
     .u32(a.ldD).u32(a.offD).u32(a.ldBC).u32(a.offB).u32(a.offC).u32(a.ldZ).u32(a.offZ)

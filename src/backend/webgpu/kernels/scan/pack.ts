@@ -6,6 +6,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const wgsl = /* wgsl */ `
 // bindings: 0 A_log [E, N] | 1 deltaBias [E] | 2 D [E] | 3 packed [E, N + 2] out | 4 params
@@ -30,8 +31,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
+const scanPackKernel = defineKernel({ name: "scan_pack", wgsl: () => wgsl, example: null });
+
 export function packScanParams(gpu: Gpu, A_log: Buf, deltaBias: Buf, D: Buf, E: number, N: number, out: Buf): void {
-  const k = gpu.kernel("scan_pack", () => wgsl);
+  const k = gpu.kernel(scanPackKernel, null);
   const [gx, gy] = grid(Math.ceil((E * (N + 2)) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(k, [A_log, deltaBias, D, out], new Params().u32(E).u32(N).u32(gx), [gx, gy]);
 }

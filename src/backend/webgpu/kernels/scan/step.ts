@@ -10,6 +10,7 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
 import type { ScanInputs } from "./chunk.ts";
 import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 const WG = 256;
 /** The largest state size the step kernel takes (a channel's lanes fit one workgroup); selectiveScan runs larger
@@ -87,10 +88,15 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
 }
 `;
 
+/** N states, NP lanes a channel (stepLanes). */
+const scanStepKernel = defineKernel({
+  name: "scan_step", wgsl: (s: { N: number; NP: number }) => wgsl(s.N, s.NP), label: (s) => `scan_step_${s.N}`, example: { N: 16, NP: 4 },
+});
+
 // one position of B sequences: u, delta, BC, z rows [B, ...] -> y [B, E]; stateIn / stateOut [B, E, N] or null
 export function scanStep(gpu: Gpu, B: number, E: number, N: number, a: ScanInputs, stateIn: Buf | null, stateOut: Buf | null, y: Buf): void {
   const NP = stepLanes(N); // <= WG: callers check N <= STEP_MAX_N
-  const k = gpu.kernel(`scan_step_${N}`, () => wgsl(N, NP));
+  const k = gpu.kernel(scanStepKernel, { N, NP });
   const [gx, gy] = grid(Math.ceil((B * E * NP) / WG), gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = new Params().u32(B).u32(E).u32(a.ldD).u32(a.offD).u32(a.ldBC).u32(a.offB).u32(a.offC).u32(a.ldZ).u32(a.offZ)
     .bool(!!a.z).bool(!!stateIn).bool(!!stateOut).u32(gx);

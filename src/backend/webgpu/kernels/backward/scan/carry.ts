@@ -13,6 +13,7 @@ import type { Buf, Gpu } from "../../../gpu.ts";
 import { Params } from "../../../gpu.ts";
 import type { ScanBwdGeometry, ScanBwdInputs } from "./geometry.ts";
 import { SOFTPLUS_WGSL } from "../../wgsl-common.ts";
+import { defineKernel } from "../../../kernel-def.ts";
 
 const WG = 64; // channels per workgroup
 const TS = 16; // time steps of C staged, and of delta, dy, z loaded, at once
@@ -91,8 +92,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
 }
 `;
 
+const carryKernel = defineKernel({ name: "bwd_scan_carry", wgsl, label: (N) => `bwd_scan_carry_${N}`, example: 16 });
+
 export function scanBwdCarry(gpu: Gpu, g: ScanBwdGeometry, a: ScanBwdInputs, dy: Buf, SX: Buf): void {
-  const k = gpu.kernel(`bwd_scan_carry_${g.N}`, () => wgsl(g.N));
+  const k = gpu.kernel(carryKernel, g.N);
   const p = new Params().u32(g.B).u32(g.L).u32(g.E).u32(g.nC).u32(g.chunkLen).u32(a.ldD).u32(a.offD).u32(a.ldBC).u32(a.offC)
     .u32(a.ldZ).u32(a.offZ).bool(!!a.z).u32(g.oX).u32(g.oP);
   gpu.dispatch(k, [a.delta, a.BC, a.z ?? gpu.dummy, dy, SX], p, [Math.ceil(g.E / WG), g.nC - 1, g.B]);

@@ -31,6 +31,7 @@ import type { ScanBwdGeometry, ScanBwdInputs } from "./geometry.ts";
 import { chunkIoWgsl, dispatchChunk, gateWgsl, stateStepWgsl, type ScanBwdOutputs } from "./chunk-io.ts";
 import { SOFTPLUS_WGSL } from "../../wgsl-common.ts";
 import { reduceScatter } from "./reduce.ts";
+import { defineKernel } from "../../../kernel-def.ts";
 
 /** Lanes per channel, by default, and the choices. On the H200 2 lanes with segments of 32 steps ran the four
  *  anchor shapes 1.38 – 1.45x as fast as 4 lanes with 64 (BENCHMARKS.md, runs 12 and 15): twice the states a lane gives each
@@ -276,10 +277,17 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
 /** The kernel's WGSL (exported for inspection). */
 export const scanBwdLanesWgsl = wgsl;
 
+/** N states, W lanes a subgroup sum, TS time steps in registers, KS sub-tiles a chunk, QT lanes a channel, NB blocks. */
+const lanesKernel = defineKernel({
+  name: "bwd_scan_lanes",
+  wgsl: (s: { N: number; W: number; TS: number; KS: number; QT: number; NB: number; v: LanesVariant }) => wgsl(s.N, s.W, s.TS, s.KS, s.QT, s.NB, s.v),
+  label: (s) => `bwd_scan_lanes_${s.N}_${s.W}_${s.TS}_${s.KS}_${s.QT}_${s.NB}_${+s.v.hasZ}${+s.v.overwrite}${+s.v.vecBC}`,
+  example: { N: 16, W: 32, TS: 8, KS: 4, QT: 2, NB: 4, v: { hasZ: true, overwrite: false, vecBC: true } },
+});
+
 export function scanBwdChunkLanes(gpu: Gpu, g: ScanBwdGeometry, a: ScanBwdInputs, dy: Buf, SX: Buf, o: ScanBwdOutputs, part: Buf): void {
   const KS = Math.ceil(g.chunkLen / g.subTile);
   const v: LanesVariant = { hasZ: a.z !== null, overwrite: o.overwrite, vecBC: lanesVecBC(g.N, g.lanes, a.ldBC, a.offB, a.offC) };
-  const k = gpu.kernel(`bwd_scan_lanes_${g.N}_${g.W}_${g.subTile}_${KS}_${g.lanes}_${g.blocks}_${+v.hasZ}${+v.overwrite}${+v.vecBC}`,
-    () => wgsl(g.N, g.W, g.subTile, KS, g.lanes, g.blocks, v));
+  const k = gpu.kernel(lanesKernel, { N: g.N, W: g.W, TS: g.subTile, KS, QT: g.lanes, NB: g.blocks, v });
   dispatchChunk(gpu, k, g, a, dy, SX, o, part);
 }

@@ -22,6 +22,7 @@ import { chunkIoWgsl, dispatchChunk, gateWgsl, stateStepWgsl, type ScanBwdOutput
 import { SCAN_BWD_WG, type ScanBwdGeometry, type ScanBwdInputs } from "./geometry.ts";
 import { reduceDecls, reduceStep } from "./reduce.ts";
 import { SOFTPLUS_WGSL } from "../../wgsl-common.ts";
+import { defineKernel } from "../../../kernel-def.ts";
 
 /** The N lines of `f(n)`, joined for a WGSL block. */
 const each = (N: number, f: (n: number) => string, sep = "\n    ") => Array.from({ length: N }, (_, n) => f(n)).join(sep);
@@ -169,7 +170,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
 /** The kernel's WGSL (exported for inspection). */
 export const scanBwdChunkWgsl = wgsl;
 
+/** N states, TS time steps recomputed at once, W lanes a subgroup sum (0: workgroup memory). */
+const chunkKernel = defineKernel({
+  name: "bwd_scan_chunk", wgsl: (s: { N: number; TS: number; W: number }) => wgsl(s.N, s.TS, s.W),
+  label: (s) => `bwd_scan_chunk_${s.N}_${s.TS}_${s.W}`, example: { N: 16, TS: 8, W: 0 },
+});
+
 export function scanBwdChunk(gpu: Gpu, g: ScanBwdGeometry, a: ScanBwdInputs, dy: Buf, SX: Buf, o: ScanBwdOutputs, part: Buf): void {
-  const k = gpu.kernel(`bwd_scan_chunk_${g.N}_${g.subTile}_${g.W}`, () => wgsl(g.N, g.subTile, g.W));
+  const k = gpu.kernel(chunkKernel, { N: g.N, TS: g.subTile, W: g.W });
   dispatchChunk(gpu, k, g, a, dy, SX, o, part);
 }

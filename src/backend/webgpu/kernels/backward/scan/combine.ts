@@ -8,6 +8,7 @@
 import type { Buf, Gpu } from "../../../gpu.ts";
 import { Params, grid } from "../../../gpu.ts";
 import type { ScanBwdGeometry } from "./geometry.ts";
+import { defineKernel } from "../../../kernel-def.ts";
 
 const wgsl = /* wgsl */ `
 // bindings: 0 dsum [B, nC, E] (chunks 0 .. nC-2) | 1 SX (S | X | packed [E, N + 2]) in/out | 2 params
@@ -55,8 +56,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
+const bwdScanCombineKernel = defineKernel({ name: "bwd_scan_combine", wgsl: () => wgsl, example: null });
+
 export function scanBwdCombine(gpu: Gpu, g: ScanBwdGeometry, dsum: Buf, SX: Buf): void {
-  const k = gpu.kernel("bwd_scan_combine", () => wgsl);
+  const k = gpu.kernel(bwdScanCombineKernel, null);
   const [gx, gy] = grid(Math.ceil((g.B * g.N * g.E) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(k, [dsum, SX], new Params().u32(g.B).u32(g.E).u32(g.N).u32(g.nC).u32(g.oX).u32(g.oP).u32(gx), [gx, gy]);
 }
