@@ -10,6 +10,7 @@ import path from "node:path";
 import { MambaError, check } from "../errors.ts";
 import type { MambaConfig } from "../config.ts";
 import type { HostTensor } from "./tensor.ts";
+import { readSafetensorsLazy } from "./safetensors.ts";
 import { type ModelFiles, readCheckpointFrom, readConfigFrom, readWeightsFrom } from "./model-files.ts";
 import { ggufInFolder, isGgufPath, readGgufFile } from "./gguf.ts";
 
@@ -37,6 +38,11 @@ export function folderFiles(folder: string): ModelFiles {
       } catch (err) {
         throw new MambaError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
       }
+    },
+    safetensors: async (name) => {
+      const file = path.join(folder, name);
+      if (!(await fs.stat(file).then((st) => st.isFile(), () => false))) return null;
+      return readSafetensorsLazy(file);
     },
   };
 }

@@ -21,6 +21,9 @@ export interface ModelFiles {
   path(name: string): string;
   /** a file's bytes, or null when the folder has no such file; read errors are MambaErrors */
   read(name: string): Promise<Uint8Array | null>;
+  /** Optional: a safetensors file's tensors, read lazily (their bytes stay in the file until used), or null when
+   *  the folder has no such file. Loading then never holds a whole file beside the weights. */
+  safetensors?(name: string): Promise<Map<string, HostTensor> | null>;
 }
 
 /** A ModelFiles over a name -> bytes map (names relative to the folder). */
@@ -78,6 +81,8 @@ function tokenId(v: unknown, config: MambaConfig, where: string, key: string): n
 
 /** Loads every weight file into one name -> tensor map (names as stored). */
 export async function readWeightsFrom(files: ModelFiles): Promise<Map<string, HostTensor>> {
+  const lazy = files.safetensors ? await files.safetensors("model.safetensors") : null;
+  if (lazy !== null) return lazy;
   const single = await files.read("model.safetensors");
   if (single !== null) return parseSafetensors(single, files.path("model.safetensors"));
   const index = await readJson(files, "model.safetensors.index.json");
@@ -100,9 +105,13 @@ async function readShards(files: ModelFiles, idx: unknown): Promise<Map<string, 
   }
   const out = new Map<string, HostTensor>();
   for (const file of shards) {
-    const bytes = await files.read(file);
-    check(bytes !== null, `${index} names ${file}, which is missing from ${files.where}`);
-    for (const [name, t] of parseSafetensors(bytes, files.path(file))) {
+    let tensors = files.safetensors ? await files.safetensors(file) : null;
+    if (tensors === null) {
+      const bytes = await files.read(file);
+      check(bytes !== null, `${index} names ${file}, which is missing from ${files.where}`);
+      tensors = parseSafetensors(bytes, files.path(file));
+    }
+    for (const [name, t] of tensors) {
       check(!out.has(name), `tensor '${name}' appears in more than one shard of ${files.where}`);
       out.set(name, t);
     }

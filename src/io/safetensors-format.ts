@@ -11,24 +11,42 @@ import { type HostTensor, type StorageDType, bytesPerElement, numel } from "./te
 const DTYPES: Record<string, StorageDType> = { F32: "F32", F16: "F16", BF16: "BF16" };
 const MAX_HEADER = 100_000_000; // the reference implementation's own limit
 
-/** Parses a whole safetensors file held in memory. `where` names the file in error messages. */
-export function parseSafetensors(bytes: Uint8Array, where: string): Map<string, HostTensor> {
-  check(bytes.length >= 8, `${where}: not a safetensors file (${bytes.length} bytes, too short for a header)`);
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+/** One tensor of a safetensors file: where its bytes lie in the file, [start, end). */
+export interface SafetensorsEntry {
+  name: string;
+  dtype: StorageDType;
+  shape: number[];
+  start: number;
+  end: number;
+}
+
+/**
+ * Reads and checks a safetensors header. `head` holds the file's first bytes: at least 8, and 8 + the header length
+ * for the entries (safetensorsHeaderLength says how many); `fileLength` is the whole file's.
+ */
+export function safetensorsHeaderLength(head: Uint8Array, fileLength: number, where: string): number {
+  check(head.length >= 8 && fileLength >= 8, `${where}: not a safetensors file (${fileLength} bytes, too short for a header)`);
+  const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
   const headerLen = Number(view.getBigUint64(0, true));
-  check(headerLen <= MAX_HEADER && 8 + headerLen <= bytes.length,
-    `${where}: header length ${headerLen} does not fit in the file (${bytes.length} bytes); the file is truncated or not safetensors`);
+  check(headerLen <= MAX_HEADER && 8 + headerLen <= fileLength,
+    `${where}: header length ${headerLen} does not fit in the file (${fileLength} bytes); the file is truncated or not safetensors`);
+  return headerLen;
+}
+
+/** The tensors a safetensors header lists, checked against the file's length (see safetensorsHeaderLength). */
+export function safetensorsEntries(head: Uint8Array, fileLength: number, where: string): SafetensorsEntry[] {
+  const headerLen = safetensorsHeaderLength(head, fileLength, where);
   let header: unknown;
   try {
-    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + headerLen)));
+    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(head.subarray(8, 8 + headerLen)));
   } catch {
     throw new MambaError(`${where}: the safetensors header is not valid JSON`);
   }
   check(header !== null && typeof header === "object" && !Array.isArray(header),
     `${where}: the safetensors header is not a JSON object`);
   const dataStart = 8 + headerLen;
-  const dataLen = bytes.length - dataStart;
-  const out = new Map<string, HostTensor>();
+  const dataLen = fileLength - dataStart;
+  const out: SafetensorsEntry[] = [];
   const spans: [number, number, string][] = [];
   for (const [name, info] of Object.entries(header as Record<string, unknown>)) {
     if (name === "__metadata__") continue;
@@ -49,20 +67,29 @@ export function parseSafetensors(bytes: Uint8Array, where: string): Map<string, 
     check(end - begin === expected,
       `${where}: tensor '${name}' has ${end - begin} bytes but ${dtype} ${JSON.stringify(shape)} needs ${expected}`);
     spans.push([begin, end, name]);
-    const n = numel(shape);
-    const start = dataStart + begin;
-    // a fresh copy: aligned for typed-array views, and independent of the file's buffer (a Node Buffer's
-    // slice() would share it)
-    const raw = new Uint8Array(expected);
-    raw.set(bytes.subarray(start, start + expected));
-    const data = dtype === "F32" ? new Float32Array(raw.buffer, 0, n) : new Uint16Array(raw.buffer, 0, n);
-    out.set(name, { dtype, shape: [...shape], data });
+    out.push({ name, dtype, shape: [...shape], start: dataStart + begin, end: dataStart + end });
   }
   spans.sort((a, b) => a[0] - b[0]);
   for (let i = 1; i < spans.length; i++) {
     const [b, , name] = spans[i]!;
     const [, prevEnd, prevName] = spans[i - 1]!;
     check(b >= prevEnd, `${where}: tensors '${prevName}' and '${name}' overlap in the data section`);
+  }
+  return out;
+}
+
+/** Parses a whole safetensors file held in memory. `where` names the file in error messages. */
+export function parseSafetensors(bytes: Uint8Array, where: string): Map<string, HostTensor> {
+  const out = new Map<string, HostTensor>();
+  for (const e of safetensorsEntries(bytes, bytes.length, where)) {
+    const n = numel(e.shape);
+    const size = e.end - e.start;
+    // a fresh copy: aligned for typed-array views, and independent of the file's buffer (a Node Buffer's
+    // slice() would share it)
+    const raw = new Uint8Array(size);
+    raw.set(bytes.subarray(e.start, e.end));
+    const data = e.dtype === "F32" ? new Float32Array(raw.buffer, 0, n) : new Uint16Array(raw.buffer, 0, n);
+    out.set(e.name, { dtype: e.dtype, shape: e.shape, data });
   }
   return out;
 }

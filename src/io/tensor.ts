@@ -16,6 +16,9 @@ export interface HostTensor {
   shape: number[];
   /** Float32Array for F32, Uint16Array for F16 / BF16, Uint8Array (whole blocks) for Q8_0 / Q4_0 */
   data: Float32Array | Uint16Array | Uint8Array;
+  /** Present on tensors read lazily from a file (readSafetensorsLazy): copies the stored bytes (data's bytes) into
+   *  dst, so that a backend fills its own memory without a host copy. `data` then reads the file when asked. */
+  readInto?(dst: Uint8Array): void;
 }
 
 export function isQuantized(dtype: HostDType): dtype is QuantType {

@@ -102,11 +102,13 @@ export class WasmCpuBackend extends CpuBackend {
     if ((t.dtype === "F16" || t.dtype === "BF16") && t.shape.length === 2 && t.shape[1]! >= 64) {
       const ptr = this.rt.alloc(n * 2);
       const half = new Uint16Array(this.rt.memory.buffer, ptr, n);
-      half.set(t.data as Uint16Array);
+      if (t.readInto) t.readInto(new Uint8Array(this.rt.memory.buffer, ptr, n * 2)); // straight from the file
+      else half.set(t.data as Uint16Array);
       return new WasmTensor([...t.shape], "f32", new Float32Array(0), ptr, n * 2, t.dtype, half);
     }
     const out = this.allocF32(t.shape);
-    out.f32.set(toFloat32(t as Parameters<typeof toFloat32>[0]));
+    if (t.dtype === "F32" && t.readInto) t.readInto(new Uint8Array(this.rt.memory.buffer, out.ptr, n * 4));
+    else out.f32.set(toFloat32(t as Parameters<typeof toFloat32>[0]));
     return out;
   }
   override fromF32(data: Float32Array, shape: readonly number[]): Tensor {
