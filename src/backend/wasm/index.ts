@@ -92,14 +92,25 @@ export class WasmCpuBackend extends CpuBackend {
     temps.push(w);
     return w;
   }
+  /** inWasm for ops that read f32: a half-precision tensor is widened into a temporary copy. */
+  private inWasmF32(t: Tensor, temps: WasmTensor[]): WasmTensor {
+    const w = this.inWasm(t, temps);
+    if (w.half === null) return w;
+    const n = numel(w.shape);
+    const wide = this.allocF32(w.shape);
+    this.rt.run(w.storage === "F16" ? "widenF16" : "widenBF16", [w.ptr, wide.ptr], n, 4, n >= PARALLEL_MIN_WORK);
+    temps.push(wide);
+    return wide;
+  }
   private freeTemps(temps: WasmTensor[]): void {
     for (const t of temps) this.dispose(t);
   }
 
   override upload(t: HostTensor): Tensor {
     const n = numel(t.shape);
-    // matrices that only the products and the gather read stay half precision; vectors are widened
-    if ((t.dtype === "F16" || t.dtype === "BF16") && t.shape.length === 2 && t.shape[1]! >= 64) {
+    // matrices stay half precision (the products and the gather widen them in registers, other ops read a widened
+    // copy); vectors and small matrices are widened once here
+    if ((t.dtype === "F16" || t.dtype === "BF16") && t.shape.length === 2 && n >= 1024) {
       const ptr = this.rt.alloc(n * 2);
       const half = new Uint16Array(this.rt.memory.buffer, ptr, n);
       if (t.readInto) t.readInto(new Uint8Array(this.rt.memory.buffer, ptr, n * 2)); // straight from the file
@@ -216,7 +227,7 @@ export class WasmCpuBackend extends CpuBackend {
   override matmul(x: TensorOrCols, w: Tensor, bias: Tensor | null): Tensor {
     const c = asCols(x);
     const temps: WasmTensor[] = [];
-    const xt = this.inWasm(c.tensor, temps);
+    const xt = this.inWasmF32(c.tensor, temps);
     const wt = this.inWasm(w, temps);
     const ld = xt.shape[xt.shape.length - 1]!;
     if (c.col0 < 0 || c.col0 + c.width > ld) throw new MambaError(`column window [${c.col0}, ${c.col0 + c.width}) outside ${ld} columns`);
@@ -224,7 +235,7 @@ export class WasmCpuBackend extends CpuBackend {
     const T = numel(xt.shape) / ld;
     const nOut = wt.shape[0]!;
     check(numel(wt.shape) === nOut * K, `matmul: weight [${wt.shape}] does not take ${K} inputs`);
-    const bt = bias ? this.inWasm(bias, temps) : null;
+    const bt = bias ? this.inWasmF32(bias, temps) : null;
     const y = this.allocF32([T, nOut]);
     const kernel = wt.storage === "F16" ? "matmulF16" : wt.storage === "BF16" ? "matmulBF16" : "matmulF32";
     this.rt.run(kernel, [xt.ptr + 4 * c.col0, ld, T, K, wt.ptr, bt ? bt.ptr : 0, y.ptr, nOut], nOut, 4, T * nOut * K >= PARALLEL_MIN_WORK);
@@ -235,7 +246,7 @@ export class WasmCpuBackend extends CpuBackend {
   /** A column window of a tensor in the wasm memory: byte offset of its first element, row stride, width, rows. */
   private window(x: TensorOrCols, temps: WasmTensor[]): { ptr: number; ld: number; width: number; rows: number } {
     const c = asCols(x);
-    const t = this.inWasm(c.tensor, temps);
+    const t = this.inWasmF32(c.tensor, temps);
     const ld = t.shape[t.shape.length - 1]!;
     if (c.col0 < 0 || c.col0 + c.width > ld) throw new MambaError(`column window [${c.col0}, ${c.col0 + c.width}) outside ${ld} columns`);
     return { ptr: t.ptr + 4 * c.col0, ld, width: c.width, rows: numel(t.shape) / ld };
@@ -243,7 +254,7 @@ export class WasmCpuBackend extends CpuBackend {
 
   /** A tensor an op reads and overwrites (a state): t itself, or a copy whose result `writeBack` copies back. */
   private inOut(t: Tensor, temps: WasmTensor[], writeBack: (() => void)[]): WasmTensor {
-    const w = this.inWasm(t, temps);
+    const w = this.inWasmF32(t, temps);
     if (w !== t) writeBack.push(() => cpu(t).f32.set(w.f32));
     return w;
   }
@@ -251,9 +262,9 @@ export class WasmCpuBackend extends CpuBackend {
   override addRmsNorm(x: Tensor, residual: Tensor | null, weight: Tensor, eps: number): { out: Tensor; residual: Tensor } {
     if (!this.rt.has("addRmsNorm")) return super.addRmsNorm(x, residual, weight, eps);
     const temps: WasmTensor[] = [];
-    const xt = this.inWasm(x, temps);
-    const rt = residual ? this.inWasm(residual, temps) : null;
-    const wt = this.inWasm(weight, temps);
+    const xt = this.inWasmF32(x, temps);
+    const rt = residual ? this.inWasmF32(residual, temps) : null;
+    const wt = this.inWasmF32(weight, temps);
     const D = xt.shape[xt.shape.length - 1]!;
     const rows = numel(xt.shape) / D;
     if (rt) check(numel(rt.shape) === rows * D, `addRmsNorm: residual [${rt.shape}] does not match x [${xt.shape}]`);
@@ -270,12 +281,12 @@ export class WasmCpuBackend extends CpuBackend {
     const temps: WasmTensor[] = [];
     const writeBack: (() => void)[] = [];
     const xw = this.window(x, temps);
-    const wt = this.inWasm(weight, temps);
+    const wt = this.inWasmF32(weight, temps);
     const E = xw.width;
     const K = wt.shape[wt.shape.length - 1]!;
     check(numel(wt.shape) === E * K, `causalConv1dSilu: weight [${wt.shape}] does not match ${E} channels`);
     check(xw.rows === s.batch * s.seqLen, `causalConv1dSilu: x has ${xw.rows} rows, batch ${s.batch} x seqLen ${s.seqLen} needs ${s.batch * s.seqLen}`);
-    const bt = bias ? this.inWasm(bias, temps) : null;
+    const bt = bias ? this.inWasmF32(bias, temps) : null;
     const st = state ? this.inOut(state, temps, writeBack) : null;
     if (st) check(numel(st.shape) === s.batch * (K - 1) * E, `causalConv1dSilu: state [${st.shape}] does not match [${s.batch}, ${K - 1}, ${E}]`);
     const y = this.allocF32([s.batch, s.seqLen, E]);
@@ -290,10 +301,10 @@ export class WasmCpuBackend extends CpuBackend {
   private negExp(aLog: Tensor, temps: WasmTensor[]): WasmTensor {
     const cached = this.negExpA.get(aLog);
     if (cached) return cached;
-    const src = this.inWasm(aLog, temps);
+    const src = this.inWasmF32(aLog, temps);
     const out = this.allocF32(src.shape);
     this.rt.call("negExpF32", [src.ptr, out.ptr, numel(src.shape)]);
-    if (src === aLog) this.negExpA.set(aLog, out);
+    if (aLog instanceof WasmTensor) this.negExpA.set(aLog, out);
     else temps.push(out);
     return out;
   }
@@ -305,7 +316,7 @@ export class WasmCpuBackend extends CpuBackend {
     const At = this.negExp(a.A_log, temps);
     const [E, N] = At.shape as [number, number];
     const T = a.batch * a.seqLen;
-    const u = this.inWasm(a.u, temps);
+    const u = this.inWasmF32(a.u, temps);
     check(numel(u.shape) === T * E, `selectiveScan: u [${u.shape}] does not match [${T}, ${E}]`);
     const delta = this.window(a.delta, temps);
     const Bm = this.window(a.B, temps);
@@ -313,8 +324,8 @@ export class WasmCpuBackend extends CpuBackend {
     const z = a.z ? this.window(a.z, temps) : null;
     check(delta.width === E && delta.rows === T && Bm.width === N && Bm.rows === T && Cm.width === N && Cm.rows === T &&
       (!z || (z.width === E && z.rows === T)), "selectiveScan: delta, B, C or z does not match the scan's shape");
-    const deltaBias = this.inWasm(a.deltaBias, temps);
-    const D = this.inWasm(a.D, temps);
+    const deltaBias = this.inWasmF32(a.deltaBias, temps);
+    const D = this.inWasmF32(a.D, temps);
     const st = a.state ? this.inOut(a.state, temps, writeBack) : null;
     if (st) check(numel(st.shape) === a.batch * E * N, `selectiveScan: state [${st.shape}] does not match [${a.batch}, ${E}, ${N}]`);
     const y = this.allocF32([a.batch, a.seqLen, E]);
@@ -335,7 +346,7 @@ export class WasmCpuBackend extends CpuBackend {
     if (req.temperature !== 0 || penalized) return super.sample(logits, req);
     // greedy: each row's argmax in the kernel, rows split between threads
     const temps: WasmTensor[] = [];
-    const lt = this.inWasm(logits, temps);
+    const lt = this.inWasmF32(logits, temps);
     const V = lt.shape[lt.shape.length - 1]!;
     const rows = numel(lt.shape) / V;
     const ids = this.allocI32([rows]);
