@@ -49,6 +49,8 @@ const LAYER_NAMES: Array<[gguf: string, hf: string]> = [
   ["ssm_x.weight", "mixer.x_proj.weight"],
   ["ssm_dt.weight", "mixer.dt_proj.weight"],
   ["ssm_dt.bias", "mixer.dt_proj.bias"],
+  ["ssm_dt.bias", "mixer.dt_bias"], // Mamba-2's (no dt_proj there)
+  ["ssm_norm.weight", "mixer.norm.weight"], // Mamba-2's gated norm
   ["ssm_a", "mixer.A_log"],
   ["ssm_d", "mixer.D"],
   ["ssm_out.weight", "mixer.out_proj.weight"],
@@ -63,11 +65,12 @@ const TO_HF = new Map(GLOBAL_NAMES);
 const TO_GGUF = new Map(GLOBAL_NAMES.map(([g, h]) => [h, g]));
 
 /** The Hugging Face name of a GGUF tensor name (null for a name that is not part of a Mamba model). */
-export function hfName(ggufName: string): string | null {
+export function hfName(ggufName: string, mamba2 = false): string | null {
   const global = TO_HF.get(ggufName);
   if (global) return global;
   const m = /^blk\.(\d+)\.(.+)$/.exec(ggufName);
   if (!m) return null;
+  if (m[2] === "ssm_dt.bias") return `backbone.layers.${m[1]}.mixer.${mamba2 ? "dt_bias" : "dt_proj.bias"}`;
   const hit = LAYER_NAMES.find(([g]) => g === m[2]);
   return hit ? `backbone.layers.${m[1]}.${hit[1]}` : null;
 }
@@ -116,40 +119,46 @@ function metaArray(file: GgufFile, key: string, where: string, itemTypes: readon
   return v.value as unknown[];
 }
 
-/** The model config from a GGUF file's metadata and tensor table (the vocabulary size is the embedding's rows). */
+/** The architectures read, with the model family each is. */
+const ARCHS: Record<string, "mamba" | "mamba2"> = { mamba: "mamba", mamba2: "mamba2" };
+
+/**
+ * The model config from a GGUF file's metadata (`<arch>.*` keys) and tensor table: the vocabulary size is the
+ * embedding's rows, biases and the untied head are there when their tensors are.
+ */
 export function ggufConfig(file: GgufFile, where: string): MambaConfig {
   const arch = metaString(file, "general.architecture", where);
   check(arch !== null, `${where}: missing metadata 'general.architecture'`);
-  if (arch !== "mamba") {
-    throw new MambaError(arch === "mamba2"
-      ? `${where}: architecture 'mamba2' (Mamba-2) GGUF files are not read yet; only 'mamba' (Mamba-1) is`
-      : `${where}: architecture '${arch}' is not supported (mamba-ts reads Mamba models: 'mamba')`);
+  const family = ARCHS[arch];
+  if (family === undefined) {
+    throw new MambaError(`${where}: architecture '${arch}' is not supported (mamba-ts reads Mamba models: ${Object.keys(ARCHS).join(", ")})`);
   }
   const embd = file.tensors.find((t) => t.name === "token_embd.weight");
   check(embd, `${where}: missing tensor 'token_embd.weight'`);
   check(embd.dims.length === 2, `${where}: tensor 'token_embd.weight' has ${embd.dims.length} dimensions, 2 expected`);
-  const hidden = metaInt(file, "mamba.embedding_length", where, true);
+  const key = (k: string) => `${arch}.${k}`;
+  const hidden = metaInt(file, key("embedding_length"), where, true);
+  const inner = metaInt(file, key("ssm.inner_size"), where, true);
   const has = (name: string) => file.tensors.some((t) => t.name === name);
-  const eps = meta(file, "mamba.attention.layer_norm_rms_epsilon");
+  const eps = meta(file, key("attention.layer_norm_rms_epsilon"));
   check(eps === undefined || ((eps.type === GgufType.FLOAT32 || eps.type === GgufType.FLOAT64) && typeof eps.value === "number"),
-    `${where}: metadata 'mamba.attention.layer_norm_rms_epsilon' must be a float`);
+    `${where}: metadata '${key("attention.layer_norm_rms_epsilon")}' must be a float`);
   const epsilon = eps === undefined ? 1e-5 : (eps.value as number);
-  const dtBcRms = meta(file, "mamba.ssm.dt_b_c_rms");
-  check(dtBcRms === undefined || dtBcRms.type === GgufType.BOOL, `${where}: metadata 'mamba.ssm.dt_b_c_rms' must be a bool`);
-  const falcon = dtBcRms?.value === true;
-  const tokenId = (key: string) => {
-    const v = metaInt(file, key, where, false);
+  const dtBcRms = meta(file, key("ssm.dt_b_c_rms"));
+  check(dtBcRms === undefined || dtBcRms.type === GgufType.BOOL, `${where}: metadata '${key("ssm.dt_b_c_rms")}' must be a bool`);
+  const falcon = family === "mamba" && dtBcRms?.value === true;
+  const tokenId = (k: string) => {
+    const v = metaInt(file, k, where, false);
     return v !== null && v < embd.dims[1]! ? v : null;
   };
   const raw: Record<string, unknown> = {
-    model_type: falcon ? "falcon_mamba" : "mamba",
+    model_type: falcon ? "falcon_mamba" : family,
     vocab_size: embd.dims[1],
     hidden_size: hidden,
-    intermediate_size: metaInt(file, "mamba.ssm.inner_size", where, true),
-    state_size: metaInt(file, "mamba.ssm.state_size", where, true),
-    num_hidden_layers: metaInt(file, "mamba.block_count", where, true),
-    conv_kernel: metaInt(file, "mamba.ssm.conv_kernel", where, true),
-    time_step_rank: metaInt(file, "mamba.ssm.time_step_rank", where, true),
+    intermediate_size: inner,
+    state_size: metaInt(file, key("ssm.state_size"), where, true),
+    num_hidden_layers: metaInt(file, key("block_count"), where, true),
+    conv_kernel: metaInt(file, key("ssm.conv_kernel"), where, true),
     use_bias: has("blk.0.ssm_in.bias"),
     use_conv_bias: has("blk.0.ssm_conv1d.bias"),
     tie_word_embeddings: !has("output.weight"),
@@ -159,16 +168,41 @@ export function ggufConfig(file: GgufFile, where: string): MambaConfig {
     eos_token_id: tokenId("tokenizer.ggml.eos_token_id"),
     pad_token_id: tokenId("tokenizer.ggml.padding_token_id"),
   };
-  // llama.cpp normalizes dt, B and C with the layers' epsilon: a GGUF file has no other
+  if (family === "mamba2") {
+    // time_step_rank is the head count; llama.cpp's Mamba-2 has the gated norm after the gate and no dt clamp
+    const heads = metaInt(file, key("ssm.time_step_rank"), where, true);
+    check(heads > 0 && inner % heads === 0, `${where}: ${key("ssm.time_step_rank")} (${heads} heads) must divide ${key("ssm.inner_size")} (${inner})`);
+    Object.assign(raw, { num_heads: heads, head_dim: inner / heads, n_groups: metaInt(file, key("ssm.group_count"), where, true),
+      expand: inner / hidden, norm_before_gate: false });
+  } else {
+    raw.time_step_rank = metaInt(file, key("ssm.time_step_rank"), where, true);
+  }
+  // llama.cpp normalizes Falcon-Mamba's dt, B and C with the layers' epsilon: a GGUF file has no other
   if (falcon) raw.mixer_rms_eps = epsilon;
   try {
-    return normalizeConfig(raw, `${where} (metadata)`);
+    const config = normalizeConfig(raw, `${where} (metadata)`);
+    check(config.intermediateSize === inner, `${where}: ${key("ssm.inner_size")} ${inner} is not a whole multiple of the embedding length`);
+    return config;
   } catch (err) {
     if (falcon && err instanceof MambaError) {
       throw new MambaError(`${where}: a Falcon-Mamba model (mamba.ssm.dt_b_c_rms = true), which mamba-ts cannot load here: ${err.message}`);
     }
     throw err;
   }
+}
+
+/**
+ * The shapes a tensor may be stored in, for the shape the config needs: llama.cpp stores conv weights 2-D
+ * ([C, K] for [C, 1, K]), and Mamba-2's A and D as [H, 1], its norm weight as [G, E / G].
+ */
+function storedShapes(hf: string, shape: number[], config: MambaConfig): number[][] {
+  if (hf.endsWith("conv1d.weight")) return [[shape[0]!, shape[2]!], shape];
+  if (config.mamba2 && (hf.endsWith(".A_log") || hf.endsWith(".D"))) return [[shape[0]!, 1], shape];
+  if (config.mamba2 && hf.endsWith("mixer.norm.weight")) {
+    const G = config.mamba2.nGroups;
+    return [[G, shape[0]! / G], shape];
+  }
+  return [shape];
 }
 
 /**
@@ -186,16 +220,16 @@ export function ggufModelFrom(file: GgufFile, where: string, read: (t: GgufFile[
   const shapes = parameterShapes(config);
   const tensors = new Map<string, HostTensor>();
   for (const info of file.tensors) {
-    const hf = hfName(info.name);
+    const hf = hfName(info.name, config.mamba2 !== null);
     if (hf === null) throw new MambaError(`${where}: tensor '${info.name}' is not part of a Mamba model`);
     const shape = shapes.get(hf);
     check(shape, `${where}: tensor '${info.name}' (${hf}) is not used by this model's config`);
-    let stored = [...info.dims].reverse();
-    if (hf.endsWith("conv1d.weight") && stored.length === 2) stored = [stored[0]!, 1, stored[1]!];
-    check(stored.length === shape.length && stored.every((d, i) => d === shape[i]),
-      `${where}: tensor '${info.name}' has shape [${[...info.dims].reverse()}], the config needs [${hf.endsWith("conv1d.weight") ? [shape[0], shape[2]] : shape}]`);
+    const stored = [...info.dims].reverse();
+    const allowed = storedShapes(hf, shape, config);
+    check(allowed.some((a) => a.length === stored.length && a.every((d, i) => d === stored[i])),
+      `${where}: tensor '${info.name}' has shape [${stored}], the config needs [${allowed[0]}]`);
     const t = read(info);
-    t.shape = stored;
+    t.shape = [...shape];
     tensors.set(hf, hf.endsWith(".A_log") ? aLogFromA(t, `${where}: tensor '${info.name}'`) : t);
   }
   for (const [name] of shapes) {
@@ -302,7 +336,7 @@ export function sizeLabel(params: number): string {
  * biases in F32 (as llama.cpp's converter keeps them).
  */
 export function ggufTensorType(hf: string, shape: readonly number[], type: GgufFileType): HostDType {
-  const matrix = shape.length === 2 && !hf.endsWith(".A_log") && !hf.endsWith("conv1d.weight");
+  const matrix = shape.length === 2 && /(embeddings|lm_head|in_proj|x_proj|dt_proj|out_proj)\.weight$/.test(hf);
   if (!matrix || type === "f32") return "F32";
   if (type === "f16") return "F16";
   if (shape[1]! % QK !== 0) return "F16";
@@ -371,30 +405,34 @@ export function tokenizerMetadata(json: unknown, config: MambaConfig, where: str
 export function ggufModelContent(config: MambaConfig, tensors: Map<string, HostTensor>, type: GgufFileType,
   options: { name: string; tokenizer: Map<string, GgufValue> | null; where: string }):
   { metadata: Map<string, GgufValue>; tensors: GgufTensorOut[] } {
-  const family = (config as { family?: string }).family ?? "mamba";
-  check(family === "mamba" && config.mixer === "s6",
-    `${options.where}: only Mamba-1 models with the selective (S6) mixer can be written to GGUF (this one is ${family}${config.mixer !== "s6" ? `, mixer ${config.mixer}` : ""})`);
+  check(config.mixer === "s6", `${options.where}: the LTI mixer has no GGUF form (llama.cpp has none)`);
+  check(config.family !== "mamba2" || (config.mamba2!.gatedNorm && !config.mamba2!.normBeforeGate),
+    `${options.where}: llama.cpp's Mamba-2 has the gated norm after the gate; this model's norm differs`);
+  const arch = config.family === "mamba2" ? "mamba2" : "mamba";
   const u32 = (value: number): GgufValue => ({ type: GgufType.UINT32, value });
   let params = 0;
   for (const [name, t] of tensors) if (!(config.tieEmbeddings && name === "lm_head.weight")) params += numel(t.shape);
   const m = new Map<string, GgufValue>([
-    ["general.architecture", { type: GgufType.STRING, value: "mamba" }],
+    ["general.architecture", { type: GgufType.STRING, value: arch }],
     ["general.type", { type: GgufType.STRING, value: "model" }],
     ["general.name", { type: GgufType.STRING, value: options.name }],
     ["general.size_label", { type: GgufType.STRING, value: sizeLabel(params) }],
-    ["mamba.context_length", u32(2 ** 20)], // no limit of its own: llama.cpp's converter writes 2^20
-    ["mamba.embedding_length", u32(config.hiddenSize)],
-    ["mamba.feed_forward_length", u32(0)],
-    ["mamba.attention.head_count", u32(0)],
-    ["mamba.block_count", u32(config.numLayers)],
-    ["mamba.ssm.conv_kernel", u32(config.convKernel)],
-    ["mamba.ssm.inner_size", u32(config.intermediateSize)],
-    ["mamba.ssm.state_size", u32(config.stateSize)],
-    ["mamba.ssm.time_step_rank", u32(config.timeStepRank)],
-    ["mamba.attention.layer_norm_rms_epsilon", { type: GgufType.FLOAT32, value: config.layerNormEpsilon }],
-    ["mamba.ssm.dt_b_c_rms", { type: GgufType.BOOL, value: false }],
-    ["general.file_type", u32(FILE_TYPE[type])],
+    [`${arch}.context_length`, u32(2 ** 20)], // no limit of its own: llama.cpp's converter writes 2^20
+    [`${arch}.embedding_length`, u32(config.hiddenSize)],
+    [`${arch}.feed_forward_length`, u32(0)],
+    [`${arch}.attention.head_count`, u32(0)],
+    [`${arch}.block_count`, u32(config.numLayers)],
+    [`${arch}.ssm.conv_kernel`, u32(config.convKernel)],
+    [`${arch}.ssm.inner_size`, u32(config.intermediateSize)],
+    [`${arch}.ssm.state_size`, u32(config.stateSize)],
+    // Mamba-2's "time step rank" is its head count
+    [`${arch}.ssm.time_step_rank`, u32(config.mamba2 ? config.mamba2.numHeads : config.timeStepRank)],
   ]);
+  if (config.mamba2) m.set(`${arch}.ssm.group_count`, u32(config.mamba2.nGroups));
+  // Falcon-Mamba's own epsilon for dt, B and C has no key: llama.cpp uses the layers' for both
+  m.set(`${arch}.attention.layer_norm_rms_epsilon`, { type: GgufType.FLOAT32, value: config.layerNormEpsilon });
+  if (!config.mamba2) m.set(`${arch}.ssm.dt_b_c_rms`, { type: GgufType.BOOL, value: config.family === "falcon-mamba" });
+  m.set("general.file_type", u32(FILE_TYPE[type]));
   if (options.tokenizer !== null) for (const [k, v] of options.tokenizer) m.set(k, v);
   m.set("general.quantization_version", u32(2));
 
@@ -409,8 +447,7 @@ export function ggufModelContent(config: MambaConfig, tensors: Map<string, HostT
     const t = tensors.get(hf);
     check(t, `${options.where}: missing tensor '${hf}'`);
     const name = ggufName(hf)!;
-    let shape = [...t.shape];
-    if (hf.endsWith("conv1d.weight")) shape = [shape[0]!, shape[shape.length - 1]!];
+    const shape = storedShapes(hf, t.shape, config)[0]!;
     const dtype = ggufTensorType(hf, shape, type);
     const src = hf.endsWith(".A_log") ? aFromALog(t) : t;
     out.push({ name, shape, dtype, data: () => encodeTensor(src, dtype) });
