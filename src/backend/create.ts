@@ -5,15 +5,17 @@
  * and asking for "webgpu" without it is an error that says how to install it.
  */
 import type { Backend } from "./backend.ts";
-import { createCpuBackend } from "./wasm/create.ts";
+import { type CpuBackendOptions, createCpuBackend } from "./wasm/create.ts";
 import { MambaError } from "../errors.ts";
 
 export type BackendName = "cpu" | "webgpu" | "auto";
 
-/** `webgpu`: options and tunings for a WebGPU backend, where one is made (createWebGpuBackend's). The CPU backend is
- *  the wasm engine (createCpuBackend) with the available cores. */
-export async function createBackend(name: BackendName = "auto", onNotice?: (msg: string) => void, webgpu: object = {}): Promise<Backend> {
-  const cpuBackend = () => createCpuBackend(onNotice ? { onNotice } : {});
+/** `webgpu`: options and tunings for a WebGPU backend, where one is made (createWebGpuBackend's). `cpu`: options of
+ *  the CPU engine, where one is made (createCpuBackend's: the wasm engine, with the available cores by default). */
+export async function createBackend(
+  name: BackendName = "auto", onNotice?: (msg: string) => void, webgpu: object = {}, cpu: CpuBackendOptions = {},
+): Promise<Backend> {
+  const cpuBackend = () => createCpuBackend({ ...cpu, ...(onNotice ? { onNotice } : {}) });
   if (name === "cpu") return cpuBackend();
   if (name === "webgpu" || name === "auto") {
     let mod: { createWebGpuBackend?: (o?: { allowFallbackAdapter?: boolean }) => Promise<Backend> } | null = null;

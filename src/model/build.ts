@@ -6,6 +6,7 @@ import type { WebGpuOptions } from "../backend/webgpu/device.ts";
 import type { WebGpuTuning } from "../backend/webgpu/tuning.ts";
 import type { Backend } from "../backend/backend.ts";
 import { type BackendName, createBackend } from "../backend/create.ts";
+import type { CpuBackendOptions } from "../backend/wasm/create.ts";
 import type { MambaConfig } from "../config.ts";
 import { validateTensors } from "../io/model-files.ts";
 import type { HostTensor } from "../io/tensor.ts";
@@ -23,6 +24,8 @@ export interface BuildOptions {
   /** options and tunings of the WebGPU backend that "webgpu" or "auto" makes (createWebGpuBackend's), e.g.
    *  `{ decodePersistent: false }` */
   webgpu?: WebGpuOptions & WebGpuTuning;
+  /** options of the CPU engine that "cpu" or "auto" makes (createCpuBackend's), e.g. `{ threads: 2 }` */
+  cpu?: CpuBackendOptions;
 }
 
 /** Builds a model on a backend from validated parameters (Hugging Face names). */
@@ -33,7 +36,7 @@ export async function modelFromTensors(
   validateTensors(tensors, config, info.source);
   const choice = options.backend;
   const given = typeof choice === "object";
-  const backend = typeof choice === "object" ? choice : await createBackend(choice ?? "auto", options.onNotice, options.webgpu);
+  const backend = typeof choice === "object" ? choice : await createBackend(choice ?? "auto", options.onNotice, options.webgpu, options.cpu);
   try {
     const lm = new MambaLM(config, backend, uploadWeights(backend, config, tensors));
     return new MambaModel(lm, info);
