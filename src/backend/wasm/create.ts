@@ -50,3 +50,4 @@ export function describeBackend(b: Backend): string {
   if (b.name === "cpu") return "cpu (reference)";
   return b.name;
 }
+

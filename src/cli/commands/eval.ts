@@ -17,6 +17,7 @@ import { TASK_NAMES, type TaskName, type TaskSpec, makeTask } from "../../train/
 import { type TrainOptions, evaluateAccuracy } from "../../train/trainer.ts";
 import { UsageError } from "../common.ts";
 import { integerAtLeast } from "./train.ts";
+import { threadsOption } from "./generate.ts";
 
 interface EvalCliOptions {
   data?: string;
@@ -28,6 +29,7 @@ interface EvalCliOptions {
   batchSize: number;
   seed?: number;
   backend: BackendName;
+  threads?: number;
 }
 
 export function evalCommand(): Command {
@@ -43,6 +45,7 @@ export function evalCommand(): Command {
     .addOption(new Option("--seed <n>", "seed of the held-out data (default: the training seed)").argParser(integerAtLeast(0)))
     .addOption(new Option("--backend <name>", "compute backend; auto = WebGPU when available, else CPU")
       .choices(["cpu", "webgpu", "auto"]).default("cpu"))
+    .addOption(threadsOption())
     .action(async (opts: EvalCliOptions) => {
       process.exitCode = await runEval(opts);
     });
@@ -55,7 +58,7 @@ async function runEval(o: EvalCliOptions): Promise<number> {
   let trained: TrainOptions | null = null;
   const stateFile = path.join(folder, "trainer.json");
   if (existsSync(stateFile)) trained = (JSON.parse(await fs.readFile(stateFile, "utf8")) as { options: TrainOptions }).options;
-  const model = await loadModel(folder, { backend: o.backend });
+  const model = await loadModel(folder, { backend: o.backend, ...(o.threads !== undefined ? { cpu: { threads: o.threads } } : {}) });
   try {
     const V = model.config.vocabSize;
     const base: TaskSpec = trained && trained.task.name === o.task

@@ -8,13 +8,14 @@ import { randomInt } from "node:crypto";
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { setImmediate as nextTurn } from "node:timers/promises";
-import { Command, Option } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import { type MambaModel, type Tokenizer, loadModel } from "../../index.ts";
 import { MambaError } from "../../errors.ts";
 import { TextStreamer, loadTokenizer } from "../../tokenizer.ts";
 import { ggufInFolder, isGgufPath } from "../../io/gguf.ts";
 import type { BackendName } from "../../backend/create.ts";
-import { generateOptionParser, modelOption, modelSource, parseIntegerList, resolveWithProgress } from "../common.ts";
+import { describeBackend } from "../../backend/wasm/create.ts";
+import { generateOptionParser, modelOption, modelSource, parseInteger, parseIntegerList, resolveWithProgress } from "../common.ts";
 
 interface GenerateCliOptions {
   model?: string;
@@ -28,11 +29,21 @@ interface GenerateCliOptions {
   repetitionPenalty: number;
   seed?: number;
   backend: BackendName;
+  threads?: number;
   promptEcho: boolean;
   persistentDecode: boolean;
 }
 
 export const EXIT_INTERRUPTED = 130;
+
+/** --threads: the CPU engine's threads (generate, eval, info). */
+export function threadsOption(): Option {
+  return new Option("--threads <n>", "threads of the CPU engine (default: the available cores)").argParser((text: string) => {
+    const v = parseInteger(text);
+    if (v < 1 || v > 256) throw new InvalidArgumentError("expected a thread count from 1 to 256.");
+    return v;
+  });
+}
 
 export function generateCommand(): Command {
   return new Command("generate")
@@ -57,6 +68,7 @@ export function generateCommand(): Command {
       .argParser(generateOptionParser("seed", true)))
     .addOption(new Option("--backend <name>", "compute backend; auto = WebGPU when available, else CPU")
       .choices(["cpu", "webgpu", "auto"]).default("auto"))
+    .addOption(threadsOption())
     .option("--no-prompt-echo", "print only the continuation, not the prompt before it")
     .option("--no-persistent-decode", "on WebGPU, decode each layer in three dispatches instead of one (for a GPU that " +
       "fails the one-dispatch layer; the WebGpuTuning decodePersistent)")
@@ -77,12 +89,14 @@ async function runGenerate(opts: GenerateCliOptions): Promise<number> {
   const notices: string[] = [];
   const model = await loadModel(folder, {
     backend: opts.backend, onNotice: (m) => notices.push(m), webgpu: opts.persistentDecode ? {} : { decodePersistent: false },
+    ...(opts.threads !== undefined ? { cpu: { threads: opts.threads } } : {}),
   });
   try {
     const prompt = opts.promptIds !== undefined ? Int32Array.from(opts.promptIds) : tokenizer.encode(opts.prompt);
     checkPrompt(prompt, model);
     // notes only once nothing in the request can fail before generation starts: bad input gives one error line
     process.stderr.write(`${notices.length > 0 ? notices.join("\n") : `backend: ${model.backend.name}`}\n`);
+    process.stderr.write(`engine: ${describeBackend(model.backend)}\n`);
     let seed = opts.seed;
     if (seed === undefined) {
       seed = randomInt(0, 2 ** 31);

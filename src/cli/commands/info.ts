@@ -1,7 +1,8 @@
 /**
  * `mamba-ts info`: what a checkpoint holds, without building a model. Prints the normalized config (one
  * `key: value` per line, names as in MambaConfig), the parameter count (the checkpoint's tensors; a tied
- * embedding counts once), the storage dtype, the weight file format and the folder.
+ * embedding counts once), the storage dtype, the weight file format, the folder, and the CPU engine that
+ * `--backend cpu` runs here (with --threads N, with N threads).
  */
 import { existsSync } from "node:fs";
 import path from "node:path";
@@ -10,12 +11,15 @@ import { loadCheckpoint } from "../../io/checkpoint.ts";
 import { FAMILY_NAMES } from "../../config.ts";
 import { numel } from "../../io/tensor.ts";
 import { modelOption, modelSource, resolveWithProgress } from "../common.ts";
+import { createCpuBackend, describeBackend } from "../../backend/wasm/create.ts";
+import { threadsOption } from "./generate.ts";
 
 export function infoCommand(): Command {
   return new Command("info")
     .description("print a model's config, parameter count, storage dtype, format and folder")
     .addOption(modelOption())
-    .action(async (opts: { model?: string }) => {
+    .addOption(threadsOption())
+    .action(async (opts: { model?: string; threads?: number }) => {
       const folder = await resolveWithProgress(modelSource(opts.model));
       const ckpt = await loadCheckpoint(folder);
       const lines: string[] = [];
@@ -33,6 +37,10 @@ export function infoCommand(): Command {
       lines.push(`dtype: ${ckpt.dtype}`);
       lines.push(`weights: ${weightFormat(folder)}`);
       lines.push(`folder: ${path.resolve(folder)}`);
+      // the engine that `--backend cpu` runs here
+      const cpu = await createCpuBackend(opts.threads !== undefined ? { threads: opts.threads } : {});
+      lines.push(`cpu engine: ${describeBackend(cpu)}`);
+      await cpu.destroy();
       process.stdout.write(lines.join("\n") + "\n");
     });
 }
