@@ -5,11 +5,14 @@
  */
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { loadModel } from "../../src/index.ts";
 import { loadCheckpoint } from "../../src/io/checkpoint.ts";
+import { toHfConfig } from "../../src/config.ts";
+import { initParameters, makeConfig } from "../../src/model/init.ts";
+import { serializeSafetensors } from "../../src/io/safetensors.ts";
 import { loadTokenizer } from "../../src/tokenizer.ts";
 import { toFloat32 } from "../../src/io/tensor.ts";
 import { dequantize, quantizeQ4_0, quantizeQ8_0 } from "../../src/io/quant.ts";
@@ -160,8 +163,15 @@ describe("writing GGUF", { timeout: 300_000 }, () => {
     const noDir = await cli(["quantize", "--model", fixture("hf-mamba", "tiny"), "--type", "q8_0", "--out", path.join(root, "nope", "x.gguf")]);
     assert.equal(noDir.code, 2);
     assert.match(noDir.stderr, /mamba-ts: error: --out: the folder .* does not exist/);
-    const mamba2 = await cli(["quantize", "--model", fixture("hf-mamba2", "tiny"), "--type", "q8_0", "--out", path.join(root, "m2.gguf")]);
-    assert.equal(mamba2.code, 1);
-    assert.match(mamba2.stderr, /mamba-ts: error: .*only Mamba-1 models/);
+    // the LTI ablation has no GGUF form
+    const lti = path.join(root, "lti");
+    mkdirSync(lti);
+    const cfg = makeConfig({ vocabSize: 16, hiddenSize: 8, numLayers: 1, mixer: "lti" });
+    writeFileSync(path.join(lti, "config.json"), JSON.stringify(toHfConfig(cfg)));
+    writeFileSync(path.join(lti, "model.safetensors"), serializeSafetensors(initParameters(cfg, { seed: 1 })));
+    const ltiRun = await cli(["quantize", "--model", lti, "--type", "q8_0", "--out", path.join(root, "lti.gguf")]);
+    assert.equal(ltiRun.code, 1);
+    assert.match(ltiRun.stderr, /mamba-ts: error: .*the LTI mixer has no GGUF form/);
+    assert.ok(!existsSync(path.join(root, "lti.gguf")));
   });
 });
