@@ -90,6 +90,8 @@ export interface StepModel {
   config: {
     numLayers: number; hiddenSize: number; intermediateSize: number; stateSize: number; timeStepRank: number;
     convKernel: number; layerNormEpsilon: number; mixer: string; vocabSize: number;
+    /** the model family (config.ts ModelFamily): a fused step of Mamba-1's layer must refuse the others */
+    family?: string;
   };
   weights: {
     embeddings: Tensor; normF: Tensor; head: Tensor;
@@ -159,7 +161,8 @@ export interface Backend {
   sample(logits: Tensor, req: SampleRequest): Tensor;
   /** Optional fused decode: one token per row through the whole LM (embedding, every layer, norm_f, head) in a few
    *  dispatches, advancing the state tensors (conv[i]: [B, K-1, E], ssm[i]: [B, E, N]) as step mode does. ids: i32
-   *  [B] -> logits [B, V]; null when this backend cannot fuse this model or batch (then run the ops one by one). */
+   *  [B] -> logits [B, V]; null when this backend cannot fuse this model or batch (then run the ops one by one),
+   *  e.g. a family (config.family other than "mamba") whose layer it does not know. */
   decodeStep?(model: StepModel, ids: Tensor, conv: readonly Tensor[], ssm: readonly Tensor[]): Tensor | null;
   /** Optional: records the ops `fn` runs so that `run()` repeats them without the host encoding them again (as
    *  CUDA graphs replay mamba_ssm's decode step). Every run uses the same buffers: fn's inputs must be tensors

@@ -12,7 +12,7 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import type { TrainingBackend } from "../backend/training.ts";
 import type { Tensor } from "../backend/backend.ts";
-import { type MambaConfig, type MixerKind, toHfConfig } from "../config.ts";
+import { type MambaConfig, type MixerKind, type ModelFamily, ssmStateShape, toHfConfig } from "../config.ts";
 import { MambaError, check } from "../errors.ts";
 import { Rng } from "../generate/rng.ts";
 import { loadCheckpoint } from "../io/checkpoint.ts";
@@ -35,6 +35,8 @@ export interface ModelSpec {
   stateSize: number; // N
   expand: number; // E = expand · D
   mixer: MixerKind;
+  /** the model family (config.ts ModelFamily); absent = "mamba" (Mamba-1) */
+  arch?: ModelFamily;
 }
 
 export interface TrainOptions {
@@ -132,7 +134,7 @@ export function modelConfig(o: TrainOptions): MambaConfig {
   const text = o.task.name === "text";
   return makeConfig({
     vocabSize: o.task.vocabSize, hiddenSize: m.hiddenSize, numLayers: m.numLayers, stateSize: m.stateSize,
-    intermediateSize: m.expand * m.hiddenSize, mixer: m.mixer,
+    intermediateSize: m.expand * m.hiddenSize, mixer: m.mixer, family: m.arch ?? "mamba",
     // byte-level text: <|endoftext|> ends generation; an empty prompt starts on a fresh line ("\n"), as the
     // training windows show every text after a newline
     ...(text ? { eosTokenId: BYTE_EOS_ID, bosTokenId: 10, padTokenId: BYTE_EOS_ID } : {}),
@@ -310,14 +312,14 @@ export class Trainer {
     return this.last;
   }
 
-  /** Per layer a random initial SSM state [B, E, N] with entries N(0, std²), drawn after the batch from its stream. */
+  /** Per layer a random initial SSM state ([B, E, N]; Mamba-2: [B, H, P, N]) with entries N(0, std²), drawn after the batch from its stream. */
   private noiseStates(rng: Rng, batch: number, std: number): Tensor[] {
-    const { intermediateSize: E, stateSize: N, numLayers } = this.config;
+    const shape = ssmStateShape(this.config, batch);
     const out: Tensor[] = [];
-    for (let i = 0; i < numLayers; i++) {
-      const data = new Float32Array(batch * E * N);
+    for (let i = 0; i < this.config.numLayers; i++) {
+      const data = new Float32Array(shape.reduce((a, v) => a * v, 1));
       for (let j = 0; j < data.length; j++) data[j] = std * rng.normal();
-      out.push(this.backend.fromF32(data, [batch, E, N]));
+      out.push(this.backend.fromF32(data, shape));
     }
     return out;
   }

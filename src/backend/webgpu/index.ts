@@ -8,6 +8,7 @@ import { Gpu } from "./gpu.ts";
 import { MambaError } from "../../errors.ts";
 import { WebGpuTrainingBackend } from "./training.ts";
 import type { WebGpuInternalTuning } from "./tuning.ts";
+import "./ops-mamba2.ts"; // Mamba-2's and Falcon-Mamba's ops, assigned onto WebGpuBackend
 
 export { WebGpuBackend } from "./backend.ts";
 export { WebGpuTrainingBackend } from "./training.ts";

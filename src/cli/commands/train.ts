@@ -15,7 +15,7 @@ import { createBackend } from "../../backend/create.ts";
 import { isTrainingBackend, type TrainingBackend } from "../../backend/training.ts";
 import { MambaError } from "../../errors.ts";
 import { writeFileAtomic } from "../../io/safetensors.ts";
-import type { MixerKind } from "../../config.ts";
+import type { MixerKind, ModelFamily } from "../../config.ts";
 import { PRESET_NAMES, type PresetName, preset } from "../../train/presets.ts";
 import { TASK_NAMES, type TaskName } from "../../train/tasks/task.ts";
 import { LENGTH_EVAL_SEQUENCES, Trainer, type TrainOptions } from "../../train/trainer.ts";
@@ -25,6 +25,7 @@ import { UsageError, parseInteger, parseNumber } from "../common.ts";
 interface TrainCliOptions {
   task?: TaskName;
   mixer: MixerKind;
+  arch: ModelFamily;
   preset: PresetName;
   backend: "cpu" | "webgpu";
   out: string;
@@ -91,6 +92,8 @@ export function trainCommand(): Command {
     .addOption(new Option("--data <dir>", "text task: a folder with train.txt and heldout.txt (scripts/fortunes-data.sh makes one)"))
     .addOption(new Option("--mixer <kind>", "s6 = selective (Mamba); lti = Δ, B, C input-independent (the paper's ablation)")
       .choices(["s6", "lti"]).default("s6"))
+    .addOption(new Option("--arch <family>", "model family: mamba (Mamba-1), mamba2 (Mamba-2, SSD) or falcon-mamba")
+      .choices(["mamba", "mamba2", "falcon-mamba"]).default("mamba"))
     .addOption(new Option("--preset <name>", "sizes and schedule: smoke (minutes on a CPU), paper (the paper's settings), default-model (text: the embedded model's)")
       .choices(PRESET_NAMES).default("smoke"))
     .addOption(new Option("--backend <name>", "compute backend").choices(["cpu", "webgpu"]).default("cpu"))
@@ -132,6 +135,7 @@ export function trainCommand(): Command {
 function freshOptions(o: TrainCliOptions): TrainOptions {
   if (!o.task) throw new UsageError(`--task is required (${TASK_NAMES.join(" or ")}), unless --resume continues a run`);
   const t = preset(o.preset, o.task, o.mixer, o.seed);
+  if (o.arch !== "mamba") t.model.arch = o.arch;
   if (o.task === "text") {
     if (!o.data) throw new UsageError("--task text needs --data <folder with train.txt and heldout.txt>");
     t.task.data = path.resolve(o.data);
@@ -184,6 +188,7 @@ function checkResumeOptions(o: TrainCliOptions, given: (k: string) => boolean, r
   const pairs: [string, string, unknown, unknown][] = [
     ["task", "--task", o.task, run.task.name],
     ["mixer", "--mixer", o.mixer, run.model.mixer],
+    ["arch", "--arch", o.arch, run.model.arch ?? "mamba"],
     ["preset", "--preset", o.preset, run.preset],
     ["steps", "--steps", o.steps, run.steps],
     ["seed", "--seed", o.seed, run.seed],
@@ -268,7 +273,7 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
     format: "train |{bar}| {value}/{total} steps | loss {loss} | acc {acc} | {tps} tok/s | ETA {eta_formatted}",
     stream: process.stderr, hideCursor: true, etaBuffer: 50, fps: 5,
   }, cliProgress.Presets.shades_classic);
-  const label = `${o.task.name} ${o.model.mixer} (${o.preset ?? "custom"}): ${o.steps} steps, L ${o.task.seqLen}, D ${o.model.hiddenSize}` +
+  const label = `${o.task.name} ${o.model.arch ? `${o.model.arch} ` : ""}${o.model.mixer} (${o.preset ?? "custom"}): ${o.steps} steps, L ${o.task.seqLen}, D ${o.model.hiddenSize}` +
     (o.stateNoise ? `, initial SSM states N(0, ${o.stateNoise}²)` : "") + (o.statePassing ? ", SSM states passed between batches" : "");
   process.stderr.write(`${trainer.step > 0 ? `resuming at step ${trainer.step}: ` : ""}${label}\n`);
   const start = performance.now();
@@ -327,7 +332,7 @@ async function trainLoop(trainer: Trainer, dir: string, backendName: string): Pr
   const ev = await trainer.evaluate();
   await writeMetrics({ ...ev, seconds: (performance.now() - evalStart) / 1000 });
   await report(trainer, dir, ev.accuracy);
-  process.stdout.write(`${o.task.name} ${o.model.mixer}: accuracy ${ev.accuracy.toFixed(4)} on ${ev.scored} held-out scored positions ` +
+  process.stdout.write(`${o.task.name} ${o.model.arch ? `${o.model.arch} ` : ""}${o.model.mixer}: accuracy ${ev.accuracy.toFixed(4)} on ${ev.scored} held-out scored positions ` +
     `after ${trainer.step} steps (${trainer.elapsedSeconds.toFixed(1)} s of training); ${path.join(dir, "metrics.json")}\n`);
   return 0;
 }

@@ -1,0 +1,103 @@
+/**
+ * The norms of Mamba-2 and Falcon-Mamba, one thread per (row, group) reading its group twice (sum of squares,
+ * then the scaled values):
+ *  - gated RMSNorm (mamba_ssm's RMSNormGated), groups of gs channels:
+ *      gate after:  v = y · silu(z); out = v / sqrt(mean(v²) + eps) · w
+ *      gate before: out = y / sqrt(mean(y²) + eps) · w · silu(z)
+ *  - Falcon-Mamba's RMS norm without weights over up to four column windows of each row.
+ */
+import type { Buf, Gpu } from "../../gpu.ts";
+import { Params, grid } from "../../gpu.ts";
+import { defineKernel } from "../../kernel-def.ts";
+
+const gatedWgsl = /* wgsl */ `
+// bindings: 0 y [T, E] | 1 z window | 2 weight [E] | 3 out [T, E] | 4 params
+struct P { T: u32, E: u32, gs: u32, ldz: u32, offz: u32, before: u32, eps: f32, groupsX: u32 }
+@group(0) @binding(0) var<storage, read> y: array<f32>;
+@group(0) @binding(1) var<storage, read> z: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<uniform> p: P;
+
+fn silu(v: f32) -> f32 { return v / (1.0 + exp(-v)); }
+
+// the value normalized: y gated (gate after the norm: y itself)
+fn val(t: u32, c: u32) -> f32 {
+  let yv = y[t * p.E + c];
+  if (p.before != 0u) { return yv; }
+  return yv * silu(z[t * p.ldz + p.offz + c]);
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let G = p.E / p.gs;
+  let i = gid.y * p.groupsX * 64u + gid.x;
+  if (i >= p.T * G) { return; }
+  let t = i / G;
+  let c0 = (i % G) * p.gs;
+  var ss = 0.0;
+  for (var k = 0u; k < p.gs; k++) { let v = val(t, c0 + k); ss = fma(v, v, ss); }
+  let r = inverseSqrt(ss / f32(p.gs) + p.eps);
+  for (var k = 0u; k < p.gs; k++) {
+    let c = c0 + k;
+    var o = val(t, c) * r * weight[c];
+    if (p.before != 0u) { o = o * silu(z[t * p.ldz + p.offz + c]); }
+    out[t * p.E + c] = o;
+  }
+}
+`;
+
+const segmentWgsl = /* wgsl */ `
+// bindings: 0 x [T, W] | 1 out [T, W] | 2 params; windows [s_k, s_{k+1}) for k < count
+struct P { T: u32, W: u32, count: u32, s0: u32, s1: u32, s2: u32, s3: u32, s4: u32, eps: f32, groupsX: u32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<uniform> p: P;
+
+fn start(k: u32) -> u32 {
+  switch (k) { case 0u: { return p.s0; } case 1u: { return p.s1; } case 2u: { return p.s2; } case 3u: { return p.s3; } default: { return p.s4; } }
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.y * p.groupsX * 64u + gid.x;
+  if (i >= p.T * p.count) { return; }
+  let t = i / p.count;
+  let k = i % p.count;
+  let a = t * p.W + start(k);
+  let m = start(k + 1u) - start(k);
+  var ss = 0.0;
+  for (var j = 0u; j < m; j++) { let v = x[a + j]; ss = fma(v, v, ss); }
+  let r = inverseSqrt(ss / f32(m) + p.eps);
+  for (var j = 0u; j < m; j++) { out[a + j] = x[a + j] * r; }
+}
+`;
+
+const gatedKernel = defineKernel({ name: "gated_rmsnorm", wgsl: () => gatedWgsl, example: null });
+const segmentKernel = defineKernel({ name: "segment_rmsnorm", wgsl: () => segmentWgsl, example: null });
+
+// y: [T, E], z: [T, E] window, weight: [E] -> out: [T, E]
+export function gatedRmsNorm(
+  gpu: Gpu, a: { y: Buf; z: Buf; ldz: number; offz: number; weight: Buf; out: Buf; T: number; E: number; gs: number; before: boolean; eps: number },
+): void {
+  const k = gpu.kernel(gatedKernel, null);
+  const [gx, gy] = grid(Math.ceil((a.T * (a.E / a.gs)) / 64), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const p = new Params().u32(a.T).u32(a.E).u32(a.gs).u32(a.ldz).u32(a.offz).bool(a.before).f32(a.eps).u32(gx);
+  gpu.dispatch(k, [a.y, a.z, a.weight, a.out], p, [gx, gy]);
+}
+
+/** The most windows segmentRmsNorm takes. */
+export const MAX_SEGMENTS = 4;
+
+// x: [T, W], widths (at most MAX_SEGMENTS, Σ = W) -> out: [T, W]
+export function segmentRmsNorm(gpu: Gpu, x: Buf, out: Buf, T: number, widths: readonly number[], eps: number): void {
+  const W = widths.reduce((s, v) => s + v, 0);
+  const starts = [0];
+  for (const w of widths) starts.push(starts[starts.length - 1]! + w);
+  while (starts.length < MAX_SEGMENTS + 1) starts.push(W);
+  const k = gpu.kernel(segmentKernel, null);
+  const [gx, gy] = grid(Math.ceil((T * widths.length) / 64), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const p = new Params().u32(T).u32(W).u32(widths.length);
+  for (const s of starts) p.u32(s);
+  gpu.dispatch(k, [x, out], p.f32(eps).u32(gx), [gx, gy]);
+}

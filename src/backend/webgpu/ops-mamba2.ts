@@ -1,0 +1,88 @@
+/**
+ * The WebGPU backend's ops of Mamba-2 and Falcon-Mamba (the optional Backend ops ssdScan, gatedRmsNorm and
+ * segmentRmsNorm), assigned onto WebGpuBackend's prototype, as the CPU backend's training ops are. Kernels in
+ * ./kernels/ssd. The scan here is the straightforward one (a thread per (b, h, p), sequential over L, the state
+ * row in registers), tested against the CPU's chunked SSD.
+ */
+import type { SsdScanArgs, Tensor, TensorOrCols } from "../backend.ts";
+import { check } from "../../errors.ts";
+import { numel } from "../../io/tensor.ts";
+import type { Buf } from "./gpu.ts";
+import { WebGpuBackend } from "./backend.ts";
+import { GpuTensor, gpuTensor, windowOf } from "./tensor.ts";
+import { copyWords } from "./kernels/copy.ts";
+import { widen } from "./kernels/widen.ts";
+import { ssdScanSequential } from "./kernels/ssd/scan.ts";
+import { MAX_SEGMENTS, gatedRmsNorm, segmentRmsNorm } from "./kernels/ssd/norms.ts";
+
+function make(b: WebGpuBackend, shape: readonly number[], what: string): GpuTensor {
+  return new GpuTensor([...shape], "f32", b.gpu.alloc(Math.max(4, numel(shape) * 4), what), "f32", b);
+}
+
+/** A float32 buffer of a tensor (half-precision parameters are widened once, on first use, as the backend does). */
+function f32(b: WebGpuBackend, t: GpuTensor): Buf {
+  if (t.storage === "f32" || t.storage === "i32") return t.buf;
+  if (!t.widened) {
+    const out = make(b, t.shape, "a widened parameter");
+    widen(b.gpu, t.buf, t.storage, t.numel, out.buf);
+    t.widened = out;
+  }
+  return t.widened.buf;
+}
+
+export const webgpuMamba2Ops = {
+  ssdScan(this: WebGpuBackend, a: SsdScanArgs): Tensor {
+    const what = "ssdScan";
+    const win = (x: TensorOrCols) => {
+      const w = windowOf(x, this, what);
+      return { buf: f32(this, w.t), ld: w.ld, off: w.off, width: w.width, rows: w.rows };
+    };
+    const x = win(a.x), dt = win(a.dt), Bm = win(a.B), Cm = win(a.C), z = a.z ? win(a.z) : null;
+    const H = dt.width, P = a.headDim, G = a.nGroups, T = a.batch * a.seqLen, N = Bm.width / G;
+    check(x.width === H * P && Number.isInteger(N) && N > 0 && Cm.width === Bm.width && H % G === 0 && x.rows === T
+      && dt.rows === T && Bm.rows === T && Cm.rows === T && (!z || (z.width === H * P && z.rows === T)),
+      `${what}: x [${x.rows}, ${x.width}], dt [${dt.rows}, ${dt.width}], B/C [${Bm.rows}, ${Bm.width}] do not fit ` +
+      `${a.batch}×${a.seqLen} rows of ${H} heads × ${P} in ${G} groups`);
+    const st = a.state ? gpuTensor(a.state, this, what) : null;
+    check(!st || st.numel === a.batch * H * P * N, `${what}: the state needs [${a.batch}, ${H}, ${P}, ${N}]`);
+    const consts = this.gpu.alloc(3 * H * 4, "the scan's constants");
+    for (const [i, t] of [a.dtBias, a.A_log, a.D].entries()) {
+      const g = gpuTensor(t, this, what);
+      check(g.numel === H, `${what}: dtBias, A_log and D need ${H} values, got [${g.shape}]`);
+      copyWords(this.gpu, f32(this, g), 0, consts, i * H, H);
+    }
+    const y = make(this, [a.batch, a.seqLen, H * P], "the scan output");
+    ssdScanSequential(this.gpu, {
+      x: x.buf, ldx: x.ld, offx: x.off, dt: dt.buf, lddt: dt.ld, offdt: dt.off, Bm: Bm.buf, ldb: Bm.ld, offb: Bm.off,
+      Cm: Cm.buf, ldc: Cm.ld, offc: Cm.off, z: z?.buf ?? null, ldz: z?.ld ?? 0, offz: z?.off ?? 0, consts,
+      state: st?.buf ?? null, y: y.buf, B: a.batch, L: a.seqLen, H, P, G, N, lo: a.dtLimit[0], hi: a.dtLimit[1],
+    });
+    this.gpu.release(consts);
+    if (st) st.version++;
+    return y;
+  },
+
+  gatedRmsNorm(this: WebGpuBackend, y: Tensor, z: TensorOrCols, weight: Tensor, eps: number, groupSize: number, normBeforeGate: boolean): Tensor {
+    const yt = gpuTensor(y, this, "gatedRmsNorm"), zw = windowOf(z, this, "gatedRmsNorm"), wt = gpuTensor(weight, this, "gatedRmsNorm");
+    const E = zw.width;
+    check(yt.cols === E && yt.numel === zw.rows * E && wt.numel === E && E % groupSize === 0,
+      `gatedRmsNorm: y [${yt.shape}], gate of width ${E}, weight [${wt.shape}] and groups of ${groupSize} do not fit`);
+    const out = make(this, yt.shape, "the gated norm's output");
+    gatedRmsNorm(this.gpu, {
+      y: f32(this, yt), z: f32(this, zw.t), ldz: zw.ld, offz: zw.off, weight: f32(this, wt), out: out.buf,
+      T: zw.rows, E, gs: groupSize, before: normBeforeGate, eps,
+    });
+    return out;
+  },
+
+  segmentRmsNorm(this: WebGpuBackend, x: Tensor, widths: readonly number[], eps: number): Tensor {
+    const xt = gpuTensor(x, this, "segmentRmsNorm");
+    check(widths.length >= 1 && widths.length <= MAX_SEGMENTS && widths.every((w) => Number.isInteger(w) && w > 0)
+      && widths.reduce((s, v) => s + v, 0) === xt.cols, `segmentRmsNorm: windows ${widths} do not cover [${xt.shape}] (at most ${MAX_SEGMENTS})`);
+    const out = make(this, xt.shape, "the windowed norm's output");
+    segmentRmsNorm(this.gpu, f32(this, xt), out.buf, xt.numel / xt.cols, widths, eps);
+    return out;
+  },
+};
+
+Object.assign(WebGpuBackend.prototype, webgpuMamba2Ops);
