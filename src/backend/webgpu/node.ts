@@ -8,10 +8,17 @@ import { MambaError } from "../../errors.ts";
 
 let gpu: GPU | null = null;
 
+/**
+ * The package's name, in a variable: a bundler building a page from the browser entry (which reaches this file
+ * behind a check for Node) then neither looks for the package nor tries to pack Dawn's Node-only modules (with
+ * `import("webgpu")` written out, esbuild fails on them whenever `webgpu` is installed).
+ */
+const DAWN_PACKAGE = "webgpu";
+
 /** The `webgpu` package, imported on first use; a MambaError when it is not installed or does not load here. */
 async function importDawn(): Promise<typeof import("webgpu")> {
   try {
-    return await import("webgpu");
+    return await import(DAWN_PACKAGE) as typeof import("webgpu");
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     const message = String(e?.message ?? err).split("\n")[0];
