@@ -46,7 +46,8 @@ export async function modelFromTensors(
   }
 }
 
-export type ModelSizes = Partial<MambaConfig> & { vocabSize: number; hiddenSize: number; numLayers: number };
+/** Sizes of a new model: makeConfig's argument (Mamba-2's fields may be given in part). */
+export type ModelSizes = Parameters<typeof makeConfig>[0];
 
 /** A new model with fresh parameters, initialized as mamba_ssm does (seeded). */
 export async function createModel(config: ModelSizes, options: BuildOptions & { seed?: number } = {}): Promise<MambaModel> {
