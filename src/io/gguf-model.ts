@@ -23,7 +23,7 @@
  */
 import { MambaError, check } from "../errors.ts";
 import { type MambaConfig, normalizeConfig, parameterShapes } from "../config.ts";
-import { type HostDType, type HostTensor, isQuantized, numel, toF16Bits, toFloat32 } from "./tensor.ts";
+import { type HostDType, type HostTensor, isQuantized, numel, toBF16Bits, toF16Bits, toFloat32 } from "./tensor.ts";
 import { type GgufFile, type GgufTensorOut, type GgufValue, GgufType, ggufTensor, parseGgufHeader } from "./gguf-format.ts";
 import { QK, quantizeQ4_0, quantizeQ8_0 } from "./quant.ts";
 
@@ -317,10 +317,10 @@ export function ggufTokenizerJson(file: GgufFile, where: string): Record<string,
 // Writing (the tensors and metadata llama.cpp's converter writes for Mamba)
 // ---------------------------------------------------------------------------------------------------------------
 
-export type GgufFileType = "f32" | "f16" | "q8_0" | "q4_0";
+export type GgufFileType = "f32" | "f16" | "bf16" | "q8_0" | "q4_0";
 
 /** general.file_type values (llama.cpp's LLAMA_FTYPE_*) */
-const FILE_TYPE: Record<GgufFileType, number> = { f32: 0, f16: 1, q4_0: 2, q8_0: 7 };
+const FILE_TYPE: Record<GgufFileType, number> = { f32: 0, f16: 1, q4_0: 2, q8_0: 7, bf16: 32 };
 
 /** llama.cpp's size label: 2 significant digits at least ("23K", "130M", "1.4B"). */
 export function sizeLabel(params: number): string {
@@ -339,6 +339,7 @@ export function ggufTensorType(hf: string, shape: readonly number[], type: GgufF
   const matrix = shape.length === 2 && /(embeddings|lm_head|in_proj|x_proj|dt_proj|out_proj)\.weight$/.test(hf);
   if (!matrix || type === "f32") return "F32";
   if (type === "f16") return "F16";
+  if (type === "bf16") return "BF16";
   if (shape[1]! % QK !== 0) return "F16";
   return type === "q8_0" ? "Q8_0" : "Q4_0";
 }
@@ -352,6 +353,7 @@ export function encodeTensor(t: HostTensor, dtype: HostDType): Uint8Array {
   let out: Float32Array | Uint16Array | Uint8Array;
   if (dtype === "F32") out = f;
   else if (dtype === "F16") out = toF16Bits(f);
+  else if (dtype === "BF16") out = toBF16Bits(f);
   else if (dtype === "Q8_0") out = quantizeQ8_0(f);
   else if (dtype === "Q4_0") out = quantizeQ4_0(f);
   else throw new MambaError(`cannot write ${dtype} tensors to GGUF`);

@@ -154,6 +154,19 @@ describe("writing GGUF", { timeout: 300_000 }, () => {
     const ids = await model.generate(fileTok.encode("The "), { maxNewTokens: 4, temperature: 0 });
     assert.equal(ids.length, 8);
     await model.dispose();
+    // the embedded model is stored in bf16: --type bf16 keeps its matrices' bits
+    const bf16 = path.join(root, "default-bf16.gguf");
+    assert.equal((await cli(["quantize", "--type", "bf16", "--out", bf16])).code, 0);
+    const src = await loadCheckpoint(path.resolve("models/default"));
+    const back = await readGgufFile(bf16);
+    let matrices = 0;
+    for (const [name, t] of src.tensors) {
+      const got = back.tensors.get(name)!;
+      if (got.dtype !== "BF16") continue;
+      matrices++;
+      assert.deepEqual(got.data, t.data, name);
+    }
+    assert.ok(matrices >= 13);
   });
 
   test("bad requests are one error line", async () => {

@@ -1,7 +1,7 @@
 /**
  * `mamba-ts quantize`: writes a model as a GGUF file, llama.cpp's format, with the metadata keys and tensor names
  * llama.cpp's converter writes for Mamba. The projections, the embedding and an untied head take the chosen type
- * (f32, f16, q8_0 or q4_0; a matrix whose rows are not a whole number of 32-value blocks falls back to f16, as in
+ * (f32, f16, bf16, q8_0 or q4_0; a matrix whose rows are not a whole number of 32-value blocks falls back to f16, as in
  * llama.cpp); norms, the conv, A, D and biases stay f32. The tokenizer goes into the metadata. The file is written
  * atomically (a temporary file renamed when complete).
  */
@@ -16,7 +16,7 @@ import { type GgufFileType, ggufModelContent, tokenizerMetadata } from "../../io
 import { ggufInFolder, isGgufPath, readGgufHeader, writeGgufFile } from "../../io/gguf.ts";
 import { modelOption, modelSource, resolveWithProgress, UsageError } from "../common.ts";
 
-const TYPES: GgufFileType[] = ["q8_0", "q4_0", "f16", "f32"];
+const TYPES: GgufFileType[] = ["q8_0", "q4_0", "f16", "bf16", "f32"];
 /** below this many bytes of tensors no progress bar is drawn */
 const BAR_FROM_BYTES = 64 << 20;
 
@@ -28,7 +28,7 @@ interface QuantizeCliOptions {
 
 export function quantizeCommand(): Command {
   return new Command("quantize")
-    .description("write a model as a GGUF file (llama.cpp's format) with f32, f16, q8_0 or q4_0 weights")
+    .description("write a model as a GGUF file (llama.cpp's format) with f32, f16, bf16, q8_0 or q4_0 weights")
     .addOption(modelOption())
     .addOption(new Option("--type <type>", "the weights' type: q8_0 and q4_0 are llama.cpp's 8- and 4-bit blocks")
       .choices(TYPES).makeOptionMandatory())
