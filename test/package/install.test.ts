@@ -8,7 +8,8 @@
  *  - the installed API generates, greedily on the embedded model, what the sources generate in this process;
  *  - asking for WebGPU without the `webgpu` package is one MambaError that says how to install it, and "auto"
  *    falls back to the CPU and says why;
- *  - a TypeScript project type-checks against the package's declarations;
+ *  - a TypeScript project type-checks against the package's declarations, and esbuild bundles a page from the
+ *    browser entry without reaching for the `webgpu` package;
  *  - `npx mamba-ts generate` prints what the sources' CLI prints, and `npx mamba-ts demo` serves the prebuilt page
  *    with the cross-origin isolation headers; in Chromium the page is isolated and generates what the sources do.
  * Every child process is bounded and killed with its process group when it runs too long; the folder is removed.
@@ -216,6 +217,35 @@ describe("the packed package, installed with --omit=optional into an empty proje
     const tsc = path.join(ROOT, "node_modules", "typescript", "bin", "tsc");
     const r = await run(process.execPath, [tsc, "-p", "tsconfig.json"], { cwd: project, timeoutMs: 120_000 });
     assert.equal(r.code, 0, `tsc:\n${r.stdout}${r.stderr}`);
+  });
+
+  test("a bundler builds a browser page from \"mamba-ts/browser\", never reaching for Dawn", async () => {
+    const esbuild = await import("esbuild");
+    await fs.writeFile(path.join(project, "page.js"),
+      `import { loadModelFromFiles } from "mamba-ts/browser";\nglobalThis.loadModelFromFiles = loadModelFromFiles;\n`);
+    const asked: string[] = [];
+    const result = await esbuild.build({
+      entryPoints: [path.join(project, "page.js")], bundle: true, format: "esm", platform: "browser", write: false,
+      logLevel: "silent", absWorkingDir: project,
+      plugins: [{
+        name: "dawn-stand-in",
+        setup(build) {
+          // where `webgpu` is installed (the default), a bundler that followed the import would reach Node modules
+          build.onResolve({ filter: /^webgpu$/ }, () => {
+            asked.push("webgpu");
+            return { path: "webgpu", namespace: "dawn-stand-in" };
+          });
+          build.onLoad({ filter: /.*/, namespace: "dawn-stand-in" }, () => ({
+            contents: `import { createRequire } from "node:module";\nexport const create = createRequire;\n`, loader: "js",
+          }));
+        },
+      }],
+    });
+    assert.deepEqual(result.errors, []);
+    assert.deepEqual(asked, [], "the bundler was sent to the webgpu package");
+    const js = result.outputFiles[0]!.text;
+    assert.match(js, /loadModelFromFiles/);
+    assert.doesNotMatch(js, /from\s*["']node:/, "no static import of a Node module");
   });
 
   test("npx mamba-ts generate prints what the sources' CLI prints", async () => {
