@@ -384,7 +384,15 @@ function writeValue(s: ByteSink, type: GgufType, v: unknown, key: string): void 
     case GgufType.FLOAT64: s.f64(v as number); return;
     case GgufType.BOOL: s.u8(v ? 1 : 0); return;
     case GgufType.STRING: s.str(v as string); return;
-    default: throw new MambaError(`metadata '${key}': cannot write a nested value of type ${describeType(type)}`);
+    case GgufType.ARRAY: {
+      // a nested array, as the reader gives it
+      const a = v as { itemType: GgufType; items: unknown[] };
+      s.u32(a.itemType);
+      s.u64(a.items.length);
+      for (const item of a.items) writeValue(s, a.itemType, item, key);
+      return;
+    }
+    default: throw new MambaError(`metadata '${key}': cannot write a value of type ${describeType(type)}`);
   }
 }
 

@@ -14,7 +14,7 @@ import { MambaError, loadModel } from "../../src/index.ts";
 import { loadCheckpoint } from "../../src/io/checkpoint.ts";
 import { readSafetensors } from "../../src/io/safetensors.ts";
 import { type HostTensor, toF16Bits, toFloat32 } from "../../src/io/tensor.ts";
-import { GgufType, ggufHeader, parseGgufHeader, serializeGguf } from "../../src/io/gguf-format.ts";
+import { GgufType, type GgufValue, ggufHeader, parseGgufHeader, serializeGguf } from "../../src/io/gguf-format.ts";
 import { ggufModelContent, readGgufModel } from "../../src/io/gguf-model.ts";
 import { modelFromTensors } from "../../src/model/build.ts";
 import { readGgufFile } from "../../src/io/gguf.ts";
@@ -130,6 +130,54 @@ describe("GGUF fixtures", { timeout: 600_000 }, () => {
     await b.dispose();
     copyFileSync(ggufPath("q8_0"), path.join(dir, "model-q8_0.gguf"));
     await rejects(loadModel(dir, { backend: "cpu" }), /several GGUF files.*model-q4_0\.gguf, model-q8_0\.gguf/);
+  });
+});
+
+describe("the GGUF container", () => {
+  test("every metadata value type, arrays (nested too) and 64-bit integers round trip", () => {
+    const T = GgufType;
+    const values: Array<[string, GgufValue]> = [
+      ["u8", { type: T.UINT8, value: 250 }], ["i8", { type: T.INT8, value: -120 }],
+      ["u16", { type: T.UINT16, value: 65000 }], ["i16", { type: T.INT16, value: -32000 }],
+      ["u32", { type: T.UINT32, value: 4_000_000_000 }], ["i32", { type: T.INT32, value: -2_000_000_000 }],
+      ["f32", { type: T.FLOAT32, value: Math.fround(0.1) }], ["f64", { type: T.FLOAT64, value: 0.1 }],
+      ["bool", { type: T.BOOL, value: true }], ["str", { type: T.STRING, value: "naïve 日本 🐍" }],
+      ["u64", { type: T.UINT64, value: 2 ** 40 }], ["u64 big", { type: T.UINT64, value: 2n ** 63n + 5n }],
+      ["i64", { type: T.INT64, value: -(2 ** 50) }], ["i64 big", { type: T.INT64, value: -(2n ** 62n) }],
+      ["ints", { type: T.ARRAY, itemType: T.INT32, value: [1, -2, 3] }],
+      ["strs", { type: T.ARRAY, itemType: T.STRING, value: ["a", "", "c d"] }],
+      ["bools", { type: T.ARRAY, itemType: T.BOOL, value: [true, false] }],
+      ["empty", { type: T.ARRAY, itemType: T.FLOAT32, value: [] }],
+      ["nested", { type: T.ARRAY, itemType: T.ARRAY, value: [{ itemType: T.UINT8, items: [1, 2] }, { itemType: T.STRING, items: ["x"] }] }],
+    ];
+    const bytes = serializeGguf(new Map(values), []);
+    const back = parseGgufHeader(bytes, "all types");
+    assert.equal(back.version, 3);
+    assert.deepEqual([...back.metadata], values);
+  });
+
+  test("version 2 files are read; general.alignment is honoured, and must be a power of two", async () => {
+    const v2 = patched("q4_0", (d) => d.setUint32(4, 2, true));
+    const file = path.join(root, "v2.gguf");
+    writeFileSync(file, v2);
+    const model = await loadModel(file, { backend: "cpu" });
+    await model.dispose();
+    for (const alignment of [64, 256]) {
+      const bytes = rebuilt((m) => m.set("general.alignment", { type: GgufType.UINT32, value: alignment }));
+      const header = parseGgufHeader(bytes, "aligned");
+      assert.equal(header.alignment, alignment);
+      assert.equal(header.dataOffset % alignment, 0);
+      assert.ok(header.tensors.every((t) => t.offset % alignment === 0));
+      const got = readGgufModel(bytes, "aligned").tensors.get("backbone.layers.1.mixer.D")!;
+      assert.deepEqual(got.data, (await readGgufFile(ggufPath("f32"))).tensors.get("backbone.layers.1.mixer.D")!.data);
+    }
+    const bad = patched("f32", (d, b) => {
+      // the fixture has no general.alignment: repurpose general.file_type's key (same length: 17 bytes)
+      const at = metaValueAt(b, "general.file_type") - 4 - 17;
+      b.set(new TextEncoder().encode("general.alignment"), at);
+      d.setUint32(at + 17 + 4, 48, true);
+    });
+    await damaged(bad, /general\.alignment must be a power of two/);
   });
 });
 
@@ -254,7 +302,7 @@ describe("damaged GGUF files: one MambaError each", { timeout: 120_000 }, () => 
 });
 
 /** The f32 fixture rewritten with its metadata changed (tensor data as is). */
-function rebuilt(edit: (m: Map<string, import("../../src/io/gguf-format.ts").GgufValue>) => void): Uint8Array {
+function rebuilt(edit: (m: Map<string, GgufValue>) => void): Uint8Array {
   const bytes = bytesOf("f32");
   const file = parseGgufHeader(bytes, "f32");
   const meta = new Map(file.metadata);
