@@ -1,0 +1,48 @@
+/**
+ * The server on the WebGPU backend (the embedded model; lavapipe in CI): concurrent greedy requests, which share
+ * decode steps and whose rows join and leave the batch's GPU tensors, answer what each answers alone, and what
+ * model.generate answers on the same backend; a cached prefix gives the same answer as a cold start.
+ */
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { loadModel, loadTokenizer } from "../../src/index.ts";
+import { defaultModelFolder } from "../../src/cli/default-model.ts";
+import { startServer } from "../../src/server/server.ts";
+import { gpuTest } from "../helpers/backends.ts";
+import { raw } from "./helpers.ts";
+
+describe("the server on WebGPU", { timeout: 300_000 }, () => {
+  test("concurrent greedy requests == each alone == model.generate on the GPU", async (t) => {
+    if (!(await gpuTest(t))) return;
+    const folder = defaultModelFolder();
+    // three dispatches a layer: the one-dispatch layer's workgroups wait for each other, which a software
+    // rasterizer (lavapipe) runs one at a time, taking seconds a step past batch 1
+    const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+    const model = await loadModel(folder, { backend: await createWebGpuBackend({ decodePersistent: false }) });
+    const tokenizer = await loadTokenizer(folder);
+    const server = await startServer({ model, tokenizer, modelName: "m", chat: null, port: 0, prefixInterval: 16 });
+    try {
+      const prompts = ["The cat", "Once upon a time there", "A", "In the beginning was the word, and"];
+      const n = [6, 4, 8, 5];
+      const ask = async (p: string, k: number) => {
+        const r = await raw(server.url, "POST", "/v1/completions", JSON.stringify({ model: "m", prompt: p, max_tokens: k, temperature: 0 }), {}, 120_000);
+        assert.equal(r.status, 200, r.text);
+        return r.json().choices[0].text as string;
+      };
+      const single: string[] = [];
+      for (const [i, p] of prompts.entries()) single.push(await ask(p, n[i]!));
+      const together = await Promise.all(prompts.map((p, i) => ask(p, n[i]!)));
+      assert.deepEqual(together, single);
+      for (const [i, p] of prompts.entries()) {
+        const ids = tokenizer.encode(p);
+        const out = await model.generate(ids, { maxNewTokens: n[i]! });
+        assert.equal(single[i], tokenizer.decode(out.subarray(ids.length)), `prompt ${i}`);
+      }
+      const health = (await raw(server.url, "GET", "/health")).json();
+      assert.equal(health.rows, 0);
+    } finally {
+      await server.close(2000);
+      await model.dispose(); // and its backend
+    }
+  });
+});
