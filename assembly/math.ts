@@ -1,76 +1,133 @@
-// Vector math on four f32 lanes for the kernels: exp, log of [1, 2], log1p of (0, 1], softplus and SiLU.
+// Vector math on four f32 lanes for the kernels: exp, log1p of [0, 1], softplus and SiLU; and loads and stores of
+// partial vectors.
 //
 // Every function works lane by lane with the same instructions, so a value's result never depends on its lane or
 // on the other lanes: kernels that pad a partial vector stay bitwise identical however their work is split.
 //
-// expV accuracy (test/backend/wasm-kernels.test.ts measures it against Math.exp on a dense grid):
-//   x in [-87.33, 88.37]: relative error below 1e-7 (measured 8.5e-8: Cody-Waite range reduction, then the
-//     degree-7 polynomial of Cephes' expf);
-//   x in (88.37, 88.72]: the polynomial runs a little past its interval, relative error below 5e-7;
-//   x > 88.72: +inf; x < -87.33: 0 (results that would be subnormal are flushed to zero); NaN stays NaN.
-// The scan calls it on dt·A <= 0, softplus on -|v| and SiLU on -z. softplusV's relative error is below 5e-7 down to
-// v = -87.3 (below that e^v is flushed to zero, and so is the result: an absolute error under 1.2e-38).
+// expV accuracy (test/backend/wasm-kernels.test.ts measures it against Math.exp):
+//   x in [-87.33, 88.37]: relative error below 1.5e-7 (measured 1.13e-7 with the plain build, 9e-8 with fused
+//     multiply-add): Cody-Waite range reduction to |r| <= ln2/2, then a degree-6 minimax polynomial (Horner);
+//   x < -87.33: the result is subnormal or 0 (from -87.65 down, and for -inf): absolute error below 1.2e-38;
+//   NaN stays NaN. Its domain ends at 88.37 (+inf up to 89.07, garbage above): the kernels call it on dt·A
+//   and -|v| (<= 0) and on A_log (a few units).
+// softplusV and siluV: relative error below 5e-7 (softplus down to v = -87, where e^v itself flushes to 0).
+//
+// The constants live in a table in memory, not in the code: V8 rebuilds a v128.const at each use inside a loop
+// (a 64-bit move, a move to the vector register and a shuffle, where the table costs one load), which made the
+// scan half again as slow.
 import { madd } from "./simd";
 
+// The table: each constant splatted to 16 bytes, at the byte offsets below.
 // @ts-ignore: decorator
-@inline const LOG2E: f32 = 1.44269504088896341;
-// ln 2 = LN2_HI + LN2_LO; LN2_HI has few significant bits, so k·LN2_HI is exact for the |k| <= 128 used here.
+@inline const EXP_MIN = 0; // inputs are clamped here: k = -127 then makes 2^k = 0
 // @ts-ignore: decorator
-@inline const LN2_HI: f32 = 0.693359375;
+@inline const LOG2E = 16;
 // @ts-ignore: decorator
-@inline const LN2_LO: f32 = -2.12194440e-4;
-// Below this exp(x) is subnormal (2^-126 = exp(-87.3365)); above the upper one it overflows (ln(FLT_MAX)).
+@inline const ROUNDER = 32; // 1.5·2^23: adding it rounds to an integer, which its low mantissa bits then hold
 // @ts-ignore: decorator
-@inline const EXP_LO: f32 = -87.33654;
+@inline const NEG_LN2_HI = 48; // ln 2 = LN2_HI + LN2_LO; k·LN2_HI is exact for |k| <= 128
 // @ts-ignore: decorator
-@inline const EXP_HI: f32 = 88.72283;
+@inline const NEG_LN2_LO = 64;
+// @ts-ignore: decorator
+@inline const P6 = 80; // e^r ≈ P0 + r·(P1 + r·(P2 + ...)), minimax on [-ln2/2, ln2/2]
+// @ts-ignore: decorator
+@inline const P5 = 96;
+// @ts-ignore: decorator
+@inline const P4 = 112;
+// @ts-ignore: decorator
+@inline const P3 = 128;
+// @ts-ignore: decorator
+@inline const P2 = 144;
+// @ts-ignore: decorator
+@inline const P1 = 160;
+// @ts-ignore: decorator
+@inline const ONE = 176; // also P0
+// @ts-ignore: decorator
+@inline const SQRT2 = 192;
+// @ts-ignore: decorator
+@inline const HALF = 208;
+// @ts-ignore: decorator
+@inline const ATANH9 = 224; // atanh(s)/s = 1 + s²/3 + s⁴/5 + s⁶/7 + s⁸/9
+// @ts-ignore: decorator
+@inline const ATANH7 = 240;
+// @ts-ignore: decorator
+@inline const ATANH5 = 256;
+// @ts-ignore: decorator
+@inline const ATANH3 = 272;
+// @ts-ignore: decorator
+@inline const LN2 = 288;
+// @ts-ignore: decorator
+@inline const SOFTPLUS_THRESHOLD = 304; // 20, PyTorch's
 
-/** e^x on four lanes (see the accuracy notes above). */
+const TABLE = memory.data<f32>([
+  -88.0, -88.0, -88.0, -88.0,
+  1.44269504088896341, 1.44269504088896341, 1.44269504088896341, 1.44269504088896341,
+  12582912.0, 12582912.0, 12582912.0, 12582912.0,
+  -0.693359375, -0.693359375, -0.693359375, -0.693359375,
+  2.12194440e-4, 2.12194440e-4, 2.12194440e-4, 2.12194440e-4,
+  0.0013941108433972674, 0.0013941108433972674, 0.0013941108433972674, 0.0013941108433972674,
+  0.008375126398153335, 0.008375126398153335, 0.008375126398153335, 0.008375126398153335,
+  0.04166635289677516, 0.04166635289677516, 0.04166635289677516, 0.04166635289677516,
+  0.16666415514653277, 0.16666415514653277, 0.16666415514653277, 0.16666415514653277,
+  0.5000000047117757, 0.5000000047117757, 0.5000000047117757, 0.5000000047117757,
+  1.000000037716214, 1.000000037716214, 1.000000037716214, 1.000000037716214,
+  1.0, 1.0, 1.0, 1.0,
+  1.41421356, 1.41421356, 1.41421356, 1.41421356,
+  0.5, 0.5, 0.5, 0.5,
+  1.0 / 9.0, 1.0 / 9.0, 1.0 / 9.0, 1.0 / 9.0,
+  1.0 / 7.0, 1.0 / 7.0, 1.0 / 7.0, 1.0 / 7.0,
+  1.0 / 5.0, 1.0 / 5.0, 1.0 / 5.0, 1.0 / 5.0,
+  1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0,
+  0.693147181, 0.693147181, 0.693147181, 0.693147181,
+  20.0, 20.0, 20.0, 20.0,
+], 16);
+
+/** 127 - bits(ROUNDER) on four i32 lanes: added to ROUNDER + k, gives the exponent field of 2^k. */
+const EXP_BIAS = memory.data<i32>([127 - 0x4b400000, 127 - 0x4b400000, 127 - 0x4b400000, 127 - 0x4b400000], 16);
+
 // @ts-ignore: decorator
-@inline export function expV(x: v128): v128 {
-  const xc = f32x4.pmin(f32x4.pmax(x, f32x4.splat(EXP_LO)), f32x4.splat(EXP_HI));
-  // x = k·ln2 + r with k an integer and |r| <= ln2 / 2; 2^k is put straight into the exponent bits
-  const k = f32x4.pmin(f32x4.nearest(f32x4.mul(xc, f32x4.splat(LOG2E))), f32x4.splat(127));
-  let r = madd(k, f32x4.splat(-LN2_HI), xc);
-  r = madd(k, f32x4.splat(-LN2_LO), r);
-  let p = f32x4.splat(1.9875691500e-4);
-  p = madd(p, r, f32x4.splat(1.3981999507e-3));
-  p = madd(p, r, f32x4.splat(8.3334519073e-3));
-  p = madd(p, r, f32x4.splat(4.1665795894e-2));
-  p = madd(p, r, f32x4.splat(1.6666665459e-1));
-  p = madd(p, r, f32x4.splat(5.0000001201e-1));
-  const r2 = f32x4.mul(r, r);
-  const er = f32x4.add(madd(p, r2, r), f32x4.splat(1));
-  const scale = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(k), i32x4.splat(127)), 23);
-  const y = f32x4.mul(er, scale);
-  // below EXP_LO: 0; above EXP_HI: +inf
-  const under = f32x4.lt(x, f32x4.splat(EXP_LO));
-  const over = f32x4.gt(x, f32x4.splat(EXP_HI));
-  return v128.bitselect(f32x4.splat(Infinity), v128.andnot(y, under), over);
+@inline function c(offset: usize): v128 {
+  return v128.load(TABLE + offset);
 }
 
-/** ln(w) for w in [1, 2] (w = 1 + t of log1pV): halves w above sqrt(2), then 2·atanh(s), s = (w - 1) / (w + 1). */
+/** e^x on four lanes, for x <= 88.37 (see the accuracy notes above). */
+// @ts-ignore: decorator
+@inline export function expV(x: v128): v128 {
+  const xc = f32x4.pmax(x, c(EXP_MIN));
+  // x = k·ln2 + r, |r| <= ln2/2; j = ROUNDER + k holds k in its low bits
+  const j = madd(xc, c(LOG2E), c(ROUNDER));
+  const k = f32x4.sub(j, c(ROUNDER));
+  let r = madd(k, c(NEG_LN2_HI), xc);
+  r = madd(k, c(NEG_LN2_LO), r);
+  let p = madd(c(P6), r, c(P5));
+  p = madd(p, r, c(P4));
+  p = madd(p, r, c(P3));
+  p = madd(p, r, c(P2));
+  p = madd(p, r, c(P1));
+  p = madd(p, r, c(ONE));
+  const scale = i32x4.shl(i32x4.add(j, v128.load(EXP_BIAS)), 23); // the bits of 2^k (0 for k = -127)
+  return f32x4.mul(p, scale);
+}
+
+/** ln(w) for w in [1, 2]: halves w above sqrt(2), then 2·atanh(s) with s = (w - 1) / (w + 1), |s| <= 0.1716. */
 // @ts-ignore: decorator
 @inline function logOneToTwoV(w: v128): v128 {
-  const big = f32x4.gt(w, f32x4.splat(1.41421356));
-  const m = v128.bitselect(f32x4.mul(w, f32x4.splat(0.5)), w, big); // in [0.707, 1.415]
-  const s = f32x4.div(f32x4.sub(m, f32x4.splat(1)), f32x4.add(m, f32x4.splat(1))); // |s| <= 0.1716
+  const big = f32x4.gt(w, c(SQRT2));
+  const m = v128.bitselect(f32x4.mul(w, c(HALF)), w, big);
+  const s = f32x4.div(f32x4.sub(m, c(ONE)), f32x4.add(m, c(ONE)));
   const s2 = f32x4.mul(s, s);
-  // atanh(s)/s = 1 + s²/3 + s⁴/5 + s⁶/7 + s⁸/9 (the next term is below 1e-9 here)
-  let p = f32x4.splat(1.0 / 9.0);
-  p = madd(p, s2, f32x4.splat(1.0 / 7.0));
-  p = madd(p, s2, f32x4.splat(1.0 / 5.0));
-  p = madd(p, s2, f32x4.splat(1.0 / 3.0));
-  p = madd(p, s2, f32x4.splat(1));
-  const lnm = f32x4.mul(f32x4.add(s, s), p);
-  return f32x4.add(lnm, v128.and(big, f32x4.splat(0.693147181)));
+  let p = madd(c(ATANH9), s2, c(ATANH7));
+  p = madd(p, s2, c(ATANH5));
+  p = madd(p, s2, c(ATANH3));
+  p = madd(p, s2, c(ONE));
+  return f32x4.add(f32x4.mul(f32x4.add(s, s), p), v128.and(big, c(LN2)));
 }
 
 /** ln(1 + t) for t in [0, 1], accurate for tiny t too: log(w)·t/(w - 1) with w = 1 + t rounded corrects w's rounding. */
 // @ts-ignore: decorator
 @inline export function log1pUnitV(t: v128): v128 {
-  const w = f32x4.add(t, f32x4.splat(1));
-  const wm1 = f32x4.sub(w, f32x4.splat(1));
+  const w = f32x4.add(t, c(ONE));
+  const wm1 = f32x4.sub(w, c(ONE));
   const corrected = f32x4.div(f32x4.mul(logOneToTwoV(w), t), wm1);
   return v128.bitselect(t, corrected, f32x4.eq(wm1, f32x4.splat(0)));
 }
@@ -81,30 +138,40 @@ import { madd } from "./simd";
   // ln(1 + e^v) = max(v, 0) + ln(1 + e^-|v|): e^-|v| is in (0, 1], so nothing overflows
   const e = expV(f32x4.neg(f32x4.abs(v)));
   const sp = f32x4.add(f32x4.pmax(v, f32x4.splat(0)), log1pUnitV(e));
-  return v128.bitselect(v, sp, f32x4.gt(v, f32x4.splat(20)));
+  return v128.bitselect(v, sp, f32x4.gt(v, c(SOFTPLUS_THRESHOLD)));
 }
 
-/** silu(v) = v / (1 + e^-v). */
+/** silu(v) = v / (1 + e^-v), as v / (1 + e) for v >= 0 and v·e / (1 + e) below, with e = e^-|v| (no overflow). */
 // @ts-ignore: decorator
 @inline export function siluV(v: v128): v128 {
-  return f32x4.div(v, f32x4.add(f32x4.splat(1), expV(f32x4.neg(v))));
+  const e = expV(f32x4.neg(f32x4.abs(v)));
+  const num = v128.bitselect(v, f32x4.mul(v, e), f32x4.ge(v, f32x4.splat(0)));
+  return f32x4.div(num, f32x4.add(c(ONE), e));
 }
 
-/** expV over count f32 at src into dst (byte offsets; dst may be src): for tests of the approximation. */
+// ---- functions of one f32 array, for tests of the approximations (byte offsets; dst may be src) ----
+
+/** expV over count f32 at src into dst. */
 export function expF32(src: usize, dst: usize, count: i32): void {
-  let i = 0;
-  for (; i + 4 <= count; i += 4) v128.store(dst + (<usize>i << 2), expV(v128.load(src + (<usize>i << 2))));
-  for (; i < count; i++) {
-    const p = <usize>i << 2;
-    f32.store(dst + p, f32x4.extract_lane(expV(f32x4.splat(f32.load(src + p))), 0));
+  for (let i = 0; i < count; i += 4) {
+    const n = min(4, count - i), p = <usize>i << 2;
+    storeLanes(dst + p, expV(loadLanes(src + p, n)), n);
   }
 }
 
-/** softplusV over count f32 at src into dst (byte offsets; dst may be src): for tests. */
+/** softplusV over count f32 at src into dst. */
 export function softplusF32(src: usize, dst: usize, count: i32): void {
-  for (let i = 0; i < count; i++) {
-    const p = <usize>i << 2;
-    f32.store(dst + p, f32x4.extract_lane(softplusV(f32x4.splat(f32.load(src + p))), 0));
+  for (let i = 0; i < count; i += 4) {
+    const n = min(4, count - i), p = <usize>i << 2;
+    storeLanes(dst + p, softplusV(loadLanes(src + p, n)), n);
+  }
+}
+
+/** siluV over count f32 at src into dst. */
+export function siluF32(src: usize, dst: usize, count: i32): void {
+  for (let i = 0; i < count; i += 4) {
+    const n = min(4, count - i), p = <usize>i << 2;
+    storeLanes(dst + p, siluV(loadLanes(src + p, n)), n);
   }
 }
 
