@@ -69,6 +69,8 @@ export class SelectionRecorder implements MixerObserver {
   /** Reads every layer's dt_proj.bias and A_log once and sets the recorder as lm.observer. */
   static async attach(lm: MambaLM): Promise<SelectionRecorder> {
     check(lm.observer === null, "a model observer is already attached; detach it first");
+    // Mamba-2's mixer has a Δ per head, not per channel, and does not show it to observers (yet)
+    check(lm.config.family !== "mamba2", "the selection recorder follows Mamba-1's and Falcon-Mamba's Δ; Mamba-2 models are not supported yet");
     const b = lm.backend;
     const info = new Map<MixerWeights, LayerInfo>();
     for (const [index, layer] of lm.weights.layers.entries()) {
