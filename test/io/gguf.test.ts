@@ -20,6 +20,7 @@ import { modelFromTensors } from "../../src/model/build.ts";
 import { readGgufFile } from "../../src/io/gguf.ts";
 import { assertClose, fixture, maxAbsDiff, readSafetensorsAny } from "../helpers/fixtures.ts";
 import { gpuTest } from "../helpers/backends.ts";
+import { CpuBackend } from "../../src/backend/cpu/index.ts";
 
 const root = mkdtempSync(path.join(os.tmpdir(), "mamba-ts-gguf-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -28,9 +29,10 @@ const TYPES = ["f32", "f16", "q8_0", "q4_0"] as const;
 const ggufPath = (type: string) => fixture("gguf", `tiny-${type}.gguf`);
 const bytesOf = (type: string) => new Uint8Array(readFileSync(ggufPath(type)));
 
-async function logitsMatch(type: string, backend: "cpu" | "webgpu"): Promise<void> {
+async function logitsMatch(type: string, backend: "reference" | "cpu" | "webgpu"): Promise<void> {
   const exp = await readSafetensorsAny(fixture("gguf", `tiny-${type}.expected.safetensors`));
-  const model = await loadModel(ggufPath(type), { backend });
+  // "reference": the plain TypeScript CPU backend; "cpu": the CPU engine that backend "cpu" gives
+  const model = await loadModel(ggufPath(type), { backend: backend === "reference" ? new CpuBackend() : backend });
   try {
     const ids = exp.get("input_ids")!;
     const [batch, seqLen] = ids.shape as [number, number];
@@ -44,8 +46,12 @@ async function logitsMatch(type: string, backend: "cpu" | "webgpu"): Promise<voi
 
 describe("GGUF fixtures", { timeout: 600_000 }, () => {
   for (const type of TYPES) {
-    test(`tiny-${type}.gguf: logits equal the reference from its dequantized weights (cpu)`, () => logitsMatch(type, "cpu"));
+    test(`tiny-${type}.gguf: logits equal the reference from its dequantized weights (cpu reference backend)`,
+      () => logitsMatch(type, "reference"));
   }
+  test("the same on backend 'cpu' (the CPU engine)", async () => {
+    for (const type of TYPES) await logitsMatch(type, "cpu");
+  });
   test("the same on WebGPU", async (t) => {
     if (!(await gpuTest(t))) return;
     for (const type of TYPES) await logitsMatch(type, "webgpu");
