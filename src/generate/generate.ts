@@ -148,9 +148,15 @@ export async function* generateTokens(
       const start = starts?.[i] ?? null;
       if (start) {
         // a row that continues a state reads its prompt from there (or nothing more)
-        starts![i] = null; // ours now: freed with the parts
-        parts.push(prompts[i]!.length === 0 ? start : await prefill(lm, prompts[i]!, PREFILL_CHUNK, start.cache));
-        if (start.logits !== parts[parts.length - 1]!.logits) b.dispose(start.logits);
+        if (prompts[i]!.length === 0) {
+          parts.push(start);
+          starts![i] = null; // ours now: freed with the parts
+        } else {
+          const read = await prefill(lm, prompts[i]!, PREFILL_CHUNK, start.cache); // advances start.cache
+          starts![i] = null;
+          parts.push(read);
+          b.dispose(start.logits);
+        }
         i++;
       } else {
         // consecutive prompts of one length are prefilled together (rows stay in order)
