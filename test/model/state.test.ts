@@ -196,6 +196,23 @@ describe("state API on the CPU", { timeout: 120_000 }, () => {
   });
 });
 
+test("Mamba-2: states of [1, H, P, N] continue exactly (two-part prefill, advanced, through bytes)", { timeout: 60_000 }, async () => {
+  const { createModel } = await import("../../src/index.ts");
+  const model = await createModel({ family: "mamba2", vocabSize: 40, hiddenSize: 32, numLayers: 2, mamba2: { headDim: 16, nGroups: 1 } } as Parameters<typeof createModel>[0], { backend: "cpu", seed: 3 });
+  assert.deepEqual(model.stateLayout().layers[0]!.map((t) => t.shape.length), [3, 4]);
+  const p = Int32Array.of(1, 5, 9, 3, 7, 2);
+  for (const o of [greedy, { ...sampled, repetitionPenalty: 1 }]) {
+    const whole = tail(await model.generate(p, o), p.length);
+    const first = await model.prefill(p.subarray(0, 2));
+    const both = await model.prefill(p.subarray(2), { state: first });
+    const a = await model.generate(Int32Array.of(), { ...o, state: both, maxNewTokens: 5, advanceState: true });
+    const loaded = await model.loadState(await both.toBytes());
+    const b = await model.generate(Int32Array.of(), { ...o, state: loaded, maxNewTokens: N - 5 });
+    assert.deepEqual([...a, ...b], whole);
+  }
+  await model.dispose();
+});
+
 describe("states between the CPU and WebGPU (tiny fixture model)", { timeout: 300_000 }, () => {
   after(releaseWebgpu);
   const folder = fixture("hf-mamba", "tiny");
