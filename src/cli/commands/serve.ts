@@ -25,6 +25,7 @@ interface ServeCliOptions {
   maxTokensCap: number;
   prefixCacheMb: number;
   shutdownTimeout: number;
+  persistentDecode: boolean;
 }
 
 const atLeast = (least: number, most = Number.MAX_SAFE_INTEGER) => (text: string) => {
@@ -52,6 +53,7 @@ export function serveCommand(): Command {
     .addOption(new Option("--max-tokens-cap <n>", "the most tokens one request may generate").default(DEFAULTS.maxTokensCap).argParser(atLeast(1)))
     .addOption(new Option("--prefix-cache-mb <mb>", "memory for cached prompt states, in MiB (0: no prefix cache)").default(DEFAULTS.prefixCacheMb).argParser(nonNegative))
     .addOption(new Option("--shutdown-timeout <s>", "on SIGINT/SIGTERM, seconds to let running requests end").default(10).argParser(nonNegative))
+    .option("--no-persistent-decode", "on WebGPU, decode each layer in three dispatches instead of one (as generate's option)")
     .action(async (opts: ServeCliOptions) => {
       process.exitCode = await runServe(opts);
     });
@@ -66,7 +68,9 @@ async function runServe(opts: ServeCliOptions): Promise<number> {
   const tokenizer = await loadTokenizer(folder);
   const chat = await loadChatTemplate(folder);
   const notices: string[] = [];
-  const model = await loadModel(folder, { backend: opts.backend, onNotice: (m) => notices.push(m) });
+  const model = await loadModel(folder, {
+    backend: opts.backend, onNotice: (m) => notices.push(m), webgpu: opts.persistentDecode ? {} : { decodePersistent: false },
+  });
   // the name clients pass as `model`: the repo id, or the folder's name ("default" for the shipped model)
   const name = opts.model === undefined && folder === defaultModelFolder() ? "mamba-ts-default"
     : source.includes("/") && !existsSync(source) ? source : path.basename(path.resolve(folder));
