@@ -3,4 +3,4 @@ export * from "./matmul";
 export * from "./scan";
 export * from "./conv";
 export * from "./norm";
-export * from "./math";
+export { expF32, softplusF32, siluF32 } from "./math"; // its vector helpers are inline, not exports

@@ -57,9 +57,12 @@ const TWO_POW_112: f32 = 5.192296858534828e33;
 
 // y[t, n] = sum_k x[t, k] * w[n, k] + bias[n] for t in [0, T), n in [n0, n1).
 // x: f32 rows of ldx elements (K used); w: [N, K] of W; bias: f32 [N] or 0; y: f32 rows of ldy elements.
-// Blocks of 2 rows x 4 weight rows keep 8 vector sums in registers (each loaded vector is used twice or four
-// times); the rows go by chunks of at most 256 KB of x, so that a chunk stays in L2 while every weight block
-// of the range passes over it, and a 4-row weight block stays in L1 across the chunk's rows.
+// Pairs of rows go by blocks of 2 rows x 4 weight rows: 8 vector sums in registers, each loaded vector used twice
+// or four times. The rows go by chunks of at most 256 KB of x, so that a chunk stays in L2 while every weight
+// block of the range passes over it, and a 4-row weight block stays in L1 across the chunk's rows. A row left
+// alone (all of decode, where T is the batch) is a matrix-vector product over 8 weight rows at a time: 8
+// independent sums, 8 streams of weights. Every output has one vector sum, fed in the same order by every kind of
+// block, so the blocking never changes a result.
 function matmulT<W>(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, n0: i32, n1: i32): void {
   const ws = <usize>sizeof<W>();
   const k4 = K & ~3;
@@ -69,77 +72,125 @@ function matmulT<W>(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y
   const chunk = max(2, (65536 / max(K, 1)) & ~1);
   for (let t0 = 0; t0 < T; t0 += chunk) {
     const t1 = min(T, t0 + chunk);
+    const pairsEnd = t0 + ((t1 - t0) & ~1);
     let n = n0;
-    for (; n + 4 <= n1; n += 4) {
-      const w0 = w + <usize>n * wStride, w1 = w0 + wStride, w2 = w1 + wStride, w3 = w2 + wStride;
-      let t = t0;
-      for (; t + 2 <= t1; t += 2) {
-        const xa = x + <usize>t * xStride, xb = xa + xStride;
-        let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-        for (let k = 0; k < k4; k += 4) {
-          const va = v128.load(xa + (<usize>k << 2)), vb = v128.load(xb + (<usize>k << 2));
-          const o = <usize>k * ws;
-          const q0 = load4<W>(w0 + o);
-          a0 = madd(va, q0, a0); b0 = madd(vb, q0, b0);
-          const q1 = load4<W>(w1 + o);
-          a1 = madd(va, q1, a1); b1 = madd(vb, q1, b1);
-          const q2 = load4<W>(w2 + o);
-          a2 = madd(va, q2, a2); b2 = madd(vb, q2, b2);
-          const q3 = load4<W>(w3 + o);
-          a3 = madd(va, q3, a3); b3 = madd(vb, q3, b3);
+    if (pairsEnd > t0) {
+      for (; n + 4 <= n1; n += 4) {
+        const w0 = w + <usize>n * wStride, w1 = w0 + wStride, w2 = w1 + wStride, w3 = w2 + wStride;
+        for (let t = t0; t < pairsEnd; t += 2) {
+          const xa = x + <usize>t * xStride, xb = xa + xStride;
+          let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+          for (let k = 0; k < k4; k += 4) {
+            const va = v128.load(xa + (<usize>k << 2)), vb = v128.load(xb + (<usize>k << 2));
+            const o = <usize>k * ws;
+            const q0 = load4<W>(w0 + o);
+            a0 = madd(va, q0, a0); b0 = madd(vb, q0, b0);
+            const q1 = load4<W>(w1 + o);
+            a1 = madd(va, q1, a1); b1 = madd(vb, q1, b1);
+            const q2 = load4<W>(w2 + o);
+            a2 = madd(va, q2, a2); b2 = madd(vb, q2, b2);
+            const q3 = load4<W>(w3 + o);
+            a3 = madd(va, q3, a3); b3 = madd(vb, q3, b3);
+          }
+          const ya = y + <usize>t * yStride + (<usize>n << 2), yb = ya + yStride;
+          store<f32>(ya, finish<W>(a0, xa, w0, k4, K, bias, n));
+          store<f32>(ya, finish<W>(a1, xa, w1, k4, K, bias, n + 1), 4);
+          store<f32>(ya, finish<W>(a2, xa, w2, k4, K, bias, n + 2), 8);
+          store<f32>(ya, finish<W>(a3, xa, w3, k4, K, bias, n + 3), 12);
+          store<f32>(yb, finish<W>(b0, xb, w0, k4, K, bias, n));
+          store<f32>(yb, finish<W>(b1, xb, w1, k4, K, bias, n + 1), 4);
+          store<f32>(yb, finish<W>(b2, xb, w2, k4, K, bias, n + 2), 8);
+          store<f32>(yb, finish<W>(b3, xb, w3, k4, K, bias, n + 3), 12);
         }
-        const ya = y + <usize>t * yStride + (<usize>n << 2), yb = ya + yStride;
-        store<f32>(ya, finish<W>(a0, xa, w0, k4, K, bias, n));
-        store<f32>(ya, finish<W>(a1, xa, w1, k4, K, bias, n + 1), 4);
-        store<f32>(ya, finish<W>(a2, xa, w2, k4, K, bias, n + 2), 8);
-        store<f32>(ya, finish<W>(a3, xa, w3, k4, K, bias, n + 3), 12);
-        store<f32>(yb, finish<W>(b0, xb, w0, k4, K, bias, n));
-        store<f32>(yb, finish<W>(b1, xb, w1, k4, K, bias, n + 1), 4);
-        store<f32>(yb, finish<W>(b2, xb, w2, k4, K, bias, n + 2), 8);
-        store<f32>(yb, finish<W>(b3, xb, w3, k4, K, bias, n + 3), 12);
       }
-      if (t < t1) {
-        // one row left (all of decode, where T is the batch): a matrix-vector product, 4 weight rows at a time
-        const xa = x + <usize>t * xStride;
-        let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0;
-        for (let k = 0; k < k4; k += 4) {
-          const va = v128.load(xa + (<usize>k << 2));
-          const o = <usize>k * ws;
-          a0 = madd(va, load4<W>(w0 + o), a0);
-          a1 = madd(va, load4<W>(w1 + o), a1);
-          a2 = madd(va, load4<W>(w2 + o), a2);
-          a3 = madd(va, load4<W>(w3 + o), a3);
-        }
-        const ya = y + <usize>t * yStride + (<usize>n << 2);
-        store<f32>(ya, finish<W>(a0, xa, w0, k4, K, bias, n));
-        store<f32>(ya, finish<W>(a1, xa, w1, k4, K, bias, n + 1), 4);
-        store<f32>(ya, finish<W>(a2, xa, w2, k4, K, bias, n + 2), 8);
-        store<f32>(ya, finish<W>(a3, xa, w3, k4, K, bias, n + 3), 12);
+      for (; n < n1; n++) {
+        for (let t = t0; t < pairsEnd; t++) rowDot<W>(x + <usize>t * xStride, w + <usize>n * wStride, k4, K, bias, n, y + <usize>t * yStride);
       }
     }
-    for (; n < n1; n++) {
-      const w0 = w + <usize>n * wStride;
-      for (let t = t0; t < t1; t++) {
-        const xa = x + <usize>t * xStride;
-        let a0 = f32x4.splat(0);
-        for (let k = 0; k < k4; k += 4) a0 = madd(v128.load(xa + (<usize>k << 2)), load4<W>(w0 + <usize>k * ws), a0);
-        store<f32>(y + <usize>t * yStride + (<usize>n << 2), finish<W>(a0, xa, w0, k4, K, bias, n));
-      }
-    }
+    if (pairsEnd < t1) matvecT<W>(x + <usize>pairsEnd * xStride, K, w, bias, y + <usize>pairsEnd * yStride, n0, n1);
   }
+}
+
+/** One output: row xa times weight row n (the same sequence as the blocks). */
+// @ts-ignore: decorator
+@inline function rowDot<W>(xa: usize, wn: usize, k4: i32, K: i32, bias: usize, n: i32, yRow: usize): void {
+  const ws = <usize>sizeof<W>();
+  let a0 = f32x4.splat(0);
+  for (let k = 0; k < k4; k += 4) a0 = madd(v128.load(xa + (<usize>k << 2)), load4<W>(wn + <usize>k * ws), a0);
+  store<f32>(yRow + (<usize>n << 2), finish<W>(a0, xa, wn, k4, K, bias, n));
+}
+
+// One row: y[n] = x · w[n] + bias[n] for n in [n0, n1), 8 weight rows at a time.
+function matvecT<W>(xa: usize, K: i32, w: usize, bias: usize, yRow: usize, n0: i32, n1: i32): void {
+  const ws = <usize>sizeof<W>();
+  const k4 = K & ~3;
+  const wStride = <usize>K * ws;
+  let n = n0;
+  for (; n + 8 <= n1; n += 8) {
+    const w0 = w + <usize>n * wStride, w1 = w0 + wStride, w2 = w1 + wStride, w3 = w2 + wStride;
+    const w4 = w3 + wStride, w5 = w4 + wStride, w6 = w5 + wStride, w7 = w6 + wStride;
+    let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    for (let k = 0; k < k4; k += 4) {
+      const va = v128.load(xa + (<usize>k << 2));
+      const o = <usize>k * ws;
+      a0 = madd(va, load4<W>(w0 + o), a0);
+      a1 = madd(va, load4<W>(w1 + o), a1);
+      a2 = madd(va, load4<W>(w2 + o), a2);
+      a3 = madd(va, load4<W>(w3 + o), a3);
+      a4 = madd(va, load4<W>(w4 + o), a4);
+      a5 = madd(va, load4<W>(w5 + o), a5);
+      a6 = madd(va, load4<W>(w6 + o), a6);
+      a7 = madd(va, load4<W>(w7 + o), a7);
+    }
+    const ya = yRow + (<usize>n << 2);
+    store<f32>(ya, finish<W>(a0, xa, w0, k4, K, bias, n));
+    store<f32>(ya, finish<W>(a1, xa, w1, k4, K, bias, n + 1), 4);
+    store<f32>(ya, finish<W>(a2, xa, w2, k4, K, bias, n + 2), 8);
+    store<f32>(ya, finish<W>(a3, xa, w3, k4, K, bias, n + 3), 12);
+    store<f32>(ya, finish<W>(a4, xa, w4, k4, K, bias, n + 4), 16);
+    store<f32>(ya, finish<W>(a5, xa, w5, k4, K, bias, n + 5), 20);
+    store<f32>(ya, finish<W>(a6, xa, w6, k4, K, bias, n + 6), 24);
+    store<f32>(ya, finish<W>(a7, xa, w7, k4, K, bias, n + 7), 28);
+  }
+  for (; n < n1; n++) rowDot<W>(xa, w + <usize>n * wStride, k4, K, bias, n, yRow);
 }
 
 /** y = x · wᵀ + bias over f32 weights, for weight rows (outputs) [n0, n1). */
 export function matmulF32(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, n0: i32, n1: i32): void {
   matmulT<f32>(x, ldx, T, K, w, bias, y, ldy, n0, n1);
 }
-/** y = x · wᵀ + bias over f16 weights, for weight rows (outputs) [n0, n1). */
-export function matmulF16(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, n0: i32, n1: i32): void {
-  matmulT<F16>(x, ldx, T, K, w, bias, y, ldy, n0, n1);
+// The product over half-precision weights. One or few rows (decode) widen the weights in registers: the product
+// is bound by memory there, and the weights are read once. More rows (prefill) would widen every weight once per
+// pair of rows, which costs more than the multiply-adds: there each block of 4 weight rows is widened once per
+// chunk of rows into `scratch` (this thread's 16·K bytes), then multiplied as f32. The widened values and the
+// order of the sums are the same either way, so the results are too.
+function matmulHalfT<W>(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, scratch: usize, n0: i32, n1: i32): void {
+  if (T < 4) {
+    matmulT<W>(x, ldx, T, K, w, bias, y, ldy, n0, n1);
+    return;
+  }
+  const wStride = <usize>K * sizeof<W>();
+  const chunk = max(2, (65536 / max(K, 1)) & ~1);
+  for (let t0 = 0; t0 < T; t0 += chunk) {
+    const rows = min(chunk, T - t0);
+    const xc = x + <usize>t0 * (<usize>ldx << 2);
+    const yc = y + <usize>t0 * (<usize>ldy << 2);
+    let n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      widenInto<W>(w + <usize>n * wStride, scratch, 0, 4 * K); // 4 weight rows are contiguous
+      matmulT<f32>(xc, ldx, rows, K, scratch, bias != 0 ? bias + (<usize>n << 2) : 0, yc + (<usize>n << 2), ldy, 0, 4);
+    }
+    if (n < n1) matmulT<W>(xc, ldx, rows, K, w, bias, yc, ldy, n, n1);
+  }
 }
-/** y = x · wᵀ + bias over bf16 weights, for weight rows (outputs) [n0, n1). */
-export function matmulBF16(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, n0: i32, n1: i32): void {
-  matmulT<BF16>(x, ldx, T, K, w, bias, y, ldy, n0, n1);
+
+/** y = x · wᵀ + bias over f16 weights, for weight rows (outputs) [n0, n1); scratch: 16·K bytes of this thread. */
+export function matmulF16(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, scratch: usize, n0: i32, n1: i32): void {
+  matmulHalfT<F16>(x, ldx, T, K, w, bias, y, ldy, scratch, n0, n1);
+}
+/** y = x · wᵀ + bias over bf16 weights, for weight rows (outputs) [n0, n1); scratch: 16·K bytes of this thread. */
+export function matmulBF16(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, scratch: usize, n0: i32, n1: i32): void {
+  matmulHalfT<BF16>(x, ldx, T, K, w, bias, y, ldy, scratch, n0, n1);
 }
 
 // out[t] = table[ids[t]] widened to f32, for t in [t0, t1). table: [V, D] of W; ids: i32 [T]; out: f32 [T, D].
@@ -166,13 +217,13 @@ export function embeddingBF16(table: usize, D: i32, ids: usize, out: usize, t0: 
 
 // Widens n values of W at src to f32 at dst (a half-precision tensor that a reference op reads as f32).
 export function widenF16(src: usize, dst: usize, r0: i32, r1: i32): void {
-  embeddingLike<F16>(src, dst, r0, r1);
+  widenInto<F16>(src, dst, r0, r1);
 }
 export function widenBF16(src: usize, dst: usize, r0: i32, r1: i32): void {
-  embeddingLike<BF16>(src, dst, r0, r1);
+  widenInto<BF16>(src, dst, r0, r1);
 }
 // @ts-ignore: decorator
-@inline function embeddingLike<W>(src: usize, dst: usize, r0: i32, r1: i32): void {
+@inline function widenInto<W>(src: usize, dst: usize, r0: i32, r1: i32): void {
   let i = r0;
   for (; i + 4 <= r1; i += 4) v128.store(dst + (<usize>i << 2), load4<W>(src + <usize>i * sizeof<W>()));
   for (; i < r1; i++) store<f32>(dst + (<usize>i << 2), load1<W>(src + <usize>i * sizeof<W>()));

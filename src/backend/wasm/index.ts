@@ -237,8 +237,16 @@ export class WasmCpuBackend extends CpuBackend {
     check(numel(wt.shape) === nOut * K, `matmul: weight [${wt.shape}] does not take ${K} inputs`);
     const bt = bias ? this.inWasmF32(bias, temps) : null;
     const y = this.allocF32([T, nOut]);
-    const kernel = wt.storage === "F16" ? "matmulF16" : wt.storage === "BF16" ? "matmulBF16" : "matmulF32";
-    this.rt.run(kernel, [xt.ptr + 4 * c.col0, ld, T, K, wt.ptr, bt ? bt.ptr : 0, y.ptr, nOut], nOut, 4, T * nOut * K >= PARALLEL_MIN_WORK);
+    const parallel = T * nOut * K >= PARALLEL_MIN_WORK;
+    const args = [xt.ptr + 4 * c.col0, ld, T, K, wt.ptr, bt ? bt.ptr : 0, y.ptr, nOut];
+    if (wt.half === null) this.rt.run("matmulF32", args, nOut, 8, parallel);
+    else {
+      // a scratch of 4 widened weight rows per thread (see matmulHalfT)
+      const stride = 16 * K;
+      const scratch = this.rt.alloc(stride * this.rt.threads);
+      this.rt.run(wt.storage === "F16" ? "matmulF16" : "matmulBF16", [...args, scratch], nOut, 8, parallel, { arg: args.length, stride });
+      this.rt.release(scratch, stride * this.rt.threads);
+    }
     this.freeTemps(temps);
     return y;
   }
