@@ -42,11 +42,16 @@ describe("state API on the CPU", { timeout: 120_000 }, () => {
     assert.deepEqual(Array.from(whole), naiveGreedy(cfg, params, prompt, N));
     const state = await model.prefill(prompt);
     assert.equal(state.length, prompt.length);
+    const bytes = await state.toBytes();
     assert.deepEqual(Array.from(await model.generate(Int32Array.of(), { ...greedy, state })), tail(whole, prompt.length));
     const wholeSampled = await model.generate(prompt, sampled);
     assert.deepEqual(Array.from(await model.generate(Int32Array.of(), { ...sampled, state })), tail(wholeSampled, prompt.length));
     // the state was not changed by either: the same again
     assert.deepEqual(Array.from(await model.generate(Int32Array.of(), { ...sampled, state })), tail(wholeSampled, prompt.length));
+    await model.generate(prompt.subarray(0, 3), { ...sampled, state });
+    for await (const _ of model.stream(Int32Array.of(), { ...sampled, state })) { /* read it all */ }
+    await model.prefill(prompt, { state });
+    assert.deepEqual(await state.toBytes(), bytes, "the state's bytes are as they were");
     state.dispose();
     await model.dispose();
   });
