@@ -1,16 +1,16 @@
 /**
- * GGUF model files on disk (Node). Reading takes the header first and then each tensor on its own, so that a
- * big file is never held twice; writing streams tensor by tensor into a temporary file renamed over the target
+ * GGUF model files on disk (Node). Reading takes the header first; each tensor reads its bytes when a backend
+ * uploads it, so that a big file is never held beside its weights; writing streams tensor by tensor into a temporary file renamed over the target
  * when complete. The container is ./gguf-format.ts and the model mapping ./gguf-model.ts (both usable in
  * browsers); their main functions are re-exported here.
  */
-import { promises as fs } from "node:fs";
+import { closeSync, promises as fs, openSync, readSync } from "node:fs";
 import path from "node:path";
 import { MambaError, check } from "../errors.ts";
 import type { HostTensor } from "./tensor.ts";
 import { numel } from "./tensor.ts";
-import { type GgufFile, type GgufTensorOut, type GgufValue, NeedMoreBytes, ggmlBytes, ggufHeader, parseGgufHeader, tensorBytes,
-  tensorFromBytes } from "./gguf-format.ts";
+import { type GgufFile, type GgufTensorInfo, type GgufTensorOut, type GgufValue, NeedMoreBytes, ggmlBytes, ggmlDType, ggufHeader,
+  parseGgufHeader, tensorBytes, tensorFromBytes } from "./gguf-format.ts";
 import { type GgufModel, ggufModelFrom } from "./gguf-model.ts";
 
 export { parseGgufHeader, serializeGguf, isGguf } from "./gguf-format.ts";
@@ -68,30 +68,62 @@ async function headerOf(fh: fs.FileHandle, file: string): Promise<GgufFile> {
   }
 }
 
-/** Reads a GGUF model file: config, tensors under Hugging Face names (checked against the config), tokenizer. */
+/**
+ * Reads a GGUF model file: config, tensors under Hugging Face names (checked against the config), tokenizer.
+ * Only the header is read here: each tensor reads its bytes from the file when used (HostTensor.readInto straight
+ * into a backend's memory, or `data`), so that loading never holds the file beside the weights. The file must stay
+ * in place while the tensors are used.
+ */
 export async function readGgufFile(file: string): Promise<GgufModel> {
-  let fh: fs.FileHandle;
-  try {
-    fh = await fs.open(file, "r");
-  } catch (err) {
-    throw ioError(file, err);
-  }
-  try {
-    const header = await headerOf(fh, file);
-    // the tensors are read in file order (a sequential read), and handed to the mapping by name
-    const data = new Map<string, HostTensor>();
-    for (const t of [...header.tensors].sort((a, b) => a.offset - b.offset)) {
-      const size = tensorBytes(t);
-      const raw = new Uint8Array(size);
-      const pos = header.dataOffset + t.offset;
-      const { bytesRead } = await fh.read(raw, 0, size, pos).catch((err: unknown) => { throw ioError(file, err); });
-      check(bytesRead === size, `${file}: tensor '${t.name}' ends past the end of the file; the file is truncated`);
-      data.set(t.name, tensorFromBytes(t, raw));
+  const header = await readGgufHeader(file);
+  return ggufModelFrom(header, file, (t) => lazyTensor(file, header, t));
+}
+
+function lazyTensor(file: string, header: GgufFile, info: GgufTensorInfo): HostTensor {
+  const size = tensorBytes(info);
+  const start = header.dataOffset + info.offset;
+  const readInto = (dst: Uint8Array): void => {
+    check(dst.length >= size, `${file}: tensor '${info.name}' needs ${size} bytes, ${dst.length} given`);
+    let fd: number;
+    try {
+      fd = openSync(file, "r");
+    } catch (err) {
+      throw ioError(file, err);
     }
-    return ggufModelFrom(header, file, (t) => data.get(t.name)!);
-  } finally {
-    await fh.close();
-  }
+    try {
+      for (let done = 0; done < size;) {
+        const n = readSync(fd, dst, done, Math.min(size - done, 1 << 30), start + done);
+        check(n > 0, `${file}: the file ended inside tensor '${info.name}' (was it changed while loading?)`);
+        done += n;
+      }
+    } finally {
+      closeSync(fd);
+    }
+  };
+  const shape = [...info.dims].reverse();
+  // the last array read stays shared while someone holds it, so that repeated reads of `data` read the file once
+  let last: WeakRef<HostTensor["data"]> | null = null;
+  let assigned: HostTensor["data"] | null = null; // data set by a caller replaces the file's
+  const t: HostTensor = {
+    dtype: ggmlDType(info.type)!,
+    shape,
+    readInto,
+    get data(): HostTensor["data"] {
+      if (assigned) return assigned;
+      const held = last?.deref();
+      if (held) return held;
+      const raw = new Uint8Array(size);
+      readInto(raw);
+      const data = tensorFromBytes(info, raw).data;
+      last = new WeakRef(data);
+      return data;
+    },
+    set data(value: HostTensor["data"]) {
+      assigned = value;
+      delete t.readInto;
+    },
+  };
+  return t;
 }
 
 /**
