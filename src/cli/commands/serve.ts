@@ -9,6 +9,7 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import { loadModel } from "../../index.ts";
 import { MambaError } from "../../errors.ts";
 import { loadTokenizer } from "../../tokenizer.ts";
+import { ggufInFolder, isGgufPath } from "../../io/gguf.ts";
 import type { BackendName } from "../../backend/create.ts";
 import { loadChatTemplate } from "../../server/chat.ts";
 import { DEFAULTS, startServer } from "../../server/server.ts";
@@ -62,18 +63,19 @@ export function serveCommand(): Command {
 async function runServe(opts: ServeCliOptions): Promise<number> {
   const source = modelSource(opts.model);
   const folder = await resolveWithProgress(source);
-  if (!existsSync(path.join(folder, "tokenizer.json"))) {
+  // a GGUF file, or a folder holding one, carries its tokenizer in its metadata
+  if (!existsSync(path.join(folder, "tokenizer.json")) && !isGgufPath(folder) && (await ggufInFolder(folder)) === null) {
     throw new MambaError(`no tokenizer.json in ${folder}: serve needs the model's tokenizer`);
   }
   const tokenizer = await loadTokenizer(folder);
-  const chat = await loadChatTemplate(folder);
+  const chat = isGgufPath(folder) ? null : await loadChatTemplate(folder);
   const notices: string[] = [];
   const model = await loadModel(folder, {
     backend: opts.backend, onNotice: (m) => notices.push(m), webgpu: opts.persistentDecode ? {} : { decodePersistent: false },
   });
   // the name clients pass as `model`: the repo id, or the folder's name ("default" for the shipped model)
   const name = opts.model === undefined && folder === defaultModelFolder() ? "mamba-ts-default"
-    : source.includes("/") && !existsSync(source) ? source : path.basename(path.resolve(folder));
+    : source.includes("/") && !existsSync(source) ? source : path.basename(path.resolve(folder)).replace(/\.gguf$/i, "");
   let server;
   try {
     server = await startServer({
