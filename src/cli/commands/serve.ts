@@ -15,6 +15,7 @@ import { loadChatTemplate } from "../../server/chat.ts";
 import { DEFAULTS, startServer } from "../../server/server.ts";
 import { modelOption, modelSource, parseInteger, parseNumber, resolveWithProgress } from "../common.ts";
 import { defaultModelFolder } from "../default-model.ts";
+import { threadsOption } from "./generate.ts";
 
 interface ServeCliOptions {
   model?: string;
@@ -27,6 +28,7 @@ interface ServeCliOptions {
   prefixCacheMb: number;
   shutdownTimeout: number;
   persistentDecode: boolean;
+  threads?: number;
 }
 
 const atLeast = (least: number, most = Number.MAX_SAFE_INTEGER) => (text: string) => {
@@ -54,6 +56,7 @@ export function serveCommand(): Command {
     .addOption(new Option("--max-tokens-cap <n>", "the most tokens one request may generate").default(DEFAULTS.maxTokensCap).argParser(atLeast(1)))
     .addOption(new Option("--prefix-cache-mb <mb>", "memory for cached prompt states, in MiB (0: no prefix cache)").default(DEFAULTS.prefixCacheMb).argParser(nonNegative))
     .addOption(new Option("--shutdown-timeout <s>", "on SIGINT/SIGTERM, seconds to let running requests end").default(10).argParser(nonNegative))
+    .addOption(threadsOption())
     .option("--no-persistent-decode", "on WebGPU, decode each layer in three dispatches instead of one (as generate's option)")
     .action(async (opts: ServeCliOptions) => {
       process.exitCode = await runServe(opts);
@@ -72,6 +75,7 @@ async function runServe(opts: ServeCliOptions): Promise<number> {
   const notices: string[] = [];
   const model = await loadModel(folder, {
     backend: opts.backend, onNotice: (m) => notices.push(m), webgpu: opts.persistentDecode ? {} : { decodePersistent: false },
+    ...(opts.threads !== undefined ? { cpu: { threads: opts.threads } } : {}),
   });
   // the name clients pass as `model`: the repo id, or the folder's name ("default" for the shipped model)
   const name = opts.model === undefined && folder === defaultModelFolder() ? "mamba-ts-default"
