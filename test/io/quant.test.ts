@@ -169,6 +169,17 @@ describe("writing GGUF", { timeout: 300_000 }, () => {
     assert.ok(matrices >= 13);
   });
 
+  test("mamba-ts generate takes a .gguf file (its tokenizer from the metadata); one without a tokenizer is an error line", async () => {
+    const r = await cli(["generate", "--model", fixture("gguf", "tiny-q4_0.gguf"), "--prompt", "Hi!", "-n", "5", "-t", "0", "--backend", "cpu"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(r.stdout.startsWith("Hi!"), r.stdout);
+    const bare = path.join(root, "bare.gguf");
+    assert.equal((await cli(["quantize", "--model", fixture("hf-mamba", "tiny"), "--type", "q8_0", "--out", bare])).code, 0);
+    const none = await cli(["generate", "--model", bare, "--prompt", "Hi", "--backend", "cpu"]);
+    assert.equal(none.code, 1);
+    assert.match(none.stderr, /^mamba-ts: error: .*bare\.gguf holds no tokenizer/m);
+  });
+
   test("bad requests are one error line", async () => {
     const bad = await cli(["quantize", "--model", fixture("hf-mamba", "tiny"), "--type", "q5_k", "--out", path.join(root, "x.gguf")]);
     assert.equal(bad.code, 2);
