@@ -145,7 +145,10 @@ function canBlock(): boolean {
 // The code each worker runs, in Node (worker_threads, eval) and in browsers (a Blob URL) alike.
 const WORKER_SOURCE = `
 "use strict";
-const nodePort = typeof require === "function" ? require("node:worker_threads").parentPort : null;
+const nodeThreads = typeof self !== "undefined" ? null
+  : typeof process !== "undefined" && typeof process.getBuiltinModule === "function" ? process.getBuiltinModule("node:worker_threads")
+  : require("node:worker_threads");
+const nodePort = nodeThreads ? nodeThreads.parentPort : null;
 const post = (m) => (nodePort ? nodePort.postMessage(m) : self.postMessage(m));
 const onFirst = (fn) => {
   if (nodePort) nodePort.once("message", fn);
