@@ -21,13 +21,16 @@ async function gpuOrSkip(t: Parameters<typeof unavailable>[0]): Promise<Backend 
 
 const cpu = new CpuBackend();
 
-test("ssdScan on WebGPU matches the CPU's chunked SSD (groups, gate, clamp, carried state)", { timeout: 300_000 }, async (t) => {
+test("ssdScan on WebGPU (chunked, and the recurrence for one position) matches the CPU's (groups, gate, clamp, carried state)", { timeout: 300_000 }, async (t) => {
   const g = await gpuOrSkip(t);
   if (!g) return;
+  // chunks of Q crossed (L not a multiple), one chunk, one position (the recurrence), head rows wider than a
+  // thread's block of the chunk scan (P 12)
   const cases = [
-    { B: 2, L: 13, H: 4, P: 3, G: 2, N: 5, gate: false, state: true, limit: [0, Infinity] as const },
-    { B: 1, L: 9, H: 6, P: 2, G: 3, N: 8, gate: true, state: false, limit: [0.05, 0.6] as const },
-    { B: 3, L: 1, H: 2, P: 4, G: 1, N: 16, gate: true, state: true, limit: [0, Infinity] as const },
+    { B: 2, L: 13, H: 4, P: 3, G: 2, N: 5, Q: 4, gate: false, state: true, limit: [0, Infinity] as const },
+    { B: 1, L: 9, H: 6, P: 2, G: 3, N: 8, Q: 64, gate: true, state: false, limit: [0.05, 0.6] as const },
+    { B: 3, L: 1, H: 2, P: 4, G: 1, N: 16, Q: 4, gate: true, state: true, limit: [0, Infinity] as const },
+    { B: 1, L: 21, H: 2, P: 12, G: 1, N: 4, Q: 5, gate: true, state: true, limit: [0, Infinity] as const },
   ];
   for (const c of cases) {
     const r = new TestRng(c.L * 31 + c.N);
@@ -42,7 +45,7 @@ test("ssdScan on WebGPU matches the CPU's chunked SSD (groups, gate, clamp, carr
       const y = b.ssdScan!({
         batch: c.B, seqLen: c.L, x: cols(xBC, 1, E), B: cols(xBC, 1 + E, GN), C: cols(xBC, 1 + E + GN, GN), dt: cols(zdt, E, c.H),
         dtBias: b.fromF32(data.dtBias, [c.H]), A_log: b.fromF32(data.A_log, [c.H]), D: b.fromF32(data.D, [c.H]),
-        z: c.gate ? cols(zdt, 0, E) : null, headDim: c.P, nGroups: c.G, dtLimit: c.limit, chunkSize: 4, state,
+        z: c.gate ? cols(zdt, 0, E) : null, headDim: c.P, nGroups: c.G, dtLimit: c.limit, chunkSize: c.Q, state,
       });
       return { y: await b.readF32(y), state: state ? await b.readF32(state) : null };
     };

@@ -1,8 +1,9 @@
 /**
  * The WebGPU backend's ops of Mamba-2 and Falcon-Mamba (the optional Backend ops ssdScan, gatedRmsNorm and
  * segmentRmsNorm), assigned onto WebGpuBackend's prototype, as the CPU backend's training ops are. Kernels in
- * ./kernels/ssd. The scan here is the straightforward one (a thread per (b, h, p), sequential over L, the state
- * row in registers), tested against the CPU's chunked SSD.
+ * ./kernels/ssd. The scan runs in chunks (state space duality: chunk states, state passing, outputs within and
+ * from the states; chunks of at most CHUNK_MAX positions) and, for one position (decode), as the plain recurrence
+ * (a thread per (b, h, p), the state row in registers). Both are tested against the CPU's.
  */
 import type { SsdScanArgs, Tensor, TensorOrCols } from "../backend.ts";
 import { check } from "../../errors.ts";
@@ -13,6 +14,7 @@ import { GpuTensor, gpuTensor, windowOf } from "./tensor.ts";
 import { copyWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
 import { ssdScanSequential } from "./kernels/ssd/scan.ts";
+import { chunkStateFloats, ssdScanChunked } from "./kernels/ssd/chunked.ts";
 import { MAX_SEGMENTS, gatedRmsNorm, segmentRmsNorm } from "./kernels/ssd/norms.ts";
 
 function make(b: WebGpuBackend, shape: readonly number[], what: string): GpuTensor {
@@ -29,6 +31,9 @@ function f32(b: WebGpuBackend, t: GpuTensor): Buf {
   }
   return t.widened.buf;
 }
+
+/** The longest chunk of the GPU's chunked scan (the work within a chunk grows with its square). */
+export const CHUNK_MAX = 64;
 
 export const webgpuMamba2Ops = {
   ssdScan(this: WebGpuBackend, a: SsdScanArgs): Tensor {
@@ -52,11 +57,20 @@ export const webgpuMamba2Ops = {
       copyWords(this.gpu, f32(this, g), 0, consts, i * H, H);
     }
     const y = make(this, [a.batch, a.seqLen, H * P], "the scan output");
-    ssdScanSequential(this.gpu, {
+    const args = {
       x: x.buf, ldx: x.ld, offx: x.off, dt: dt.buf, lddt: dt.ld, offdt: dt.off, Bm: Bm.buf, ldb: Bm.ld, offb: Bm.off,
       Cm: Cm.buf, ldc: Cm.ld, offc: Cm.off, z: z?.buf ?? null, ldz: z?.ld ?? 0, offz: z?.off ?? 0, consts,
       state: st?.buf ?? null, y: y.buf, B: a.batch, L: a.seqLen, H, P, G, N, lo: a.dtLimit[0], hi: a.dtLimit[1],
-    });
+    };
+    if (a.seqLen === 1) ssdScanSequential(this.gpu, args);
+    else {
+      const Q = Math.min(CHUNK_MAX, a.chunkSize);
+      const states = this.gpu.alloc(chunkStateFloats(a.batch, a.seqLen, H, P, N, Q) * 4, "the chunk states");
+      const totals = this.gpu.alloc(Math.max(4, a.batch * Math.ceil(a.seqLen / Q) * H * 4), "the chunk decays");
+      ssdScanChunked(this.gpu, { ...args, Q }, states, totals);
+      this.gpu.release(states);
+      this.gpu.release(totals);
+    }
     this.gpu.release(consts);
     if (st) st.version++;
     return y;

@@ -1,0 +1,222 @@
+/**
+ * Mamba-2's SSM in chunks of Q positions (state space duality), three kernels as the CPU's ssdChunkedF32
+ * (../../../cpu/ssd.ts), per head h with the B, C of its group g = h / (H / G) and cs_i = Σ_{k ≤ i} dt_k·A inside
+ * the chunk:
+ *  1. ssd_chunk_state, a workgroup per (chunk, head, batch row): the chunk's own state from zero
+ *       S[p, n] = Σ_j exp(cs_last − cs_j)·dt_j·x_j[p]·B_j[n],   and its total decay cs_last;
+ *  2. ssd_state_pass, a thread per (b, h, p, n): over the chunks in order, h_{c+1} = exp(cs_last_c)·h_c + S_c;
+ *     S_c is replaced in place by h_c, the state entering chunk c (h_0: the given state, or zeros); the final
+ *     state is written back;
+ *  3. ssd_chunk_scan, a workgroup per (chunk, head, batch row), a thread per (i, block of PT values of p):
+ *       y[i, p] = Σ_{j ≤ i} (C_i·B_j)·exp(cs_i − cs_j)·dt_j·x_j[p] + exp(cs_i)·(h_c[p, :]·C_i) + D·x_i[p]
+ *     (·silu(z) when gated). dt and cs of the chunk sit in workgroup memory, computed by each workgroup.
+ * Chunk states take B·⌈L/Q⌉·H·P·N floats.
+ */
+import type { Buf, Gpu } from "../../gpu.ts";
+import { Params, grid } from "../../gpu.ts";
+import { defineKernel } from "../../kernel-def.ts";
+
+/** p values a thread of the chunk scan handles */
+const PT = 8;
+
+export interface ChunkShape {
+  N: number;
+  P: number;
+  Q: number;
+}
+
+// the parameters every kernel reads, and the per-chunk dt / cs in workgroup memory
+const common = (s: ChunkShape) => /* wgsl */ `
+struct P {
+  B: u32, L: u32, H: u32, P: u32, G: u32, nC: u32,
+  ldx: u32, offx: u32, lddt: u32, offdt: u32, ldb: u32, offb: u32, ldc: u32, offc: u32, ldz: u32, offz: u32,
+  hasZ: u32, hasState: u32, lo: f32, hi: f32,
+}
+const N = ${s.N}u;
+const Q = ${s.Q}u;
+var<workgroup> dts: array<f32, ${s.Q}>;
+var<workgroup> cs: array<f32, ${s.Q}>;
+
+// dt and the inclusive cumulative dt·A of chunk c, head h, row b into workgroup memory; returns the chunk's length
+fn chunkDt(b: u32, c: u32, h: u32, tid: u32) -> u32 {
+  let t0 = c * Q;
+  let q = min(Q, p.L - t0);
+  if (tid < q) {
+    let v = dt[(b * p.L + t0 + tid) * p.lddt + p.offdt + h] + consts[h];
+    let sp = select(log(1.0 + exp(v)), v, v > 20.0);
+    dts[tid] = clamp(sp, p.lo, p.hi);
+  }
+  workgroupBarrier();
+  if (tid == 0u) {
+    let A = -exp(consts[p.H + h]);
+    var acc = 0.0;
+    for (var i = 0u; i < q; i++) { acc = acc + dts[i] * A; cs[i] = acc; }
+  }
+  workgroupBarrier();
+  return q;
+}
+`;
+
+const stateWgsl = (s: ChunkShape) => /* wgsl */ `
+// bindings: 0 x | 1 dt | 2 Bm | 3 consts [3H] | 4 states [B, nC, H, P, N] | 5 totals [B, nC, H] | 6 params
+${common(s)}
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> dt: array<f32>;
+@group(0) @binding(2) var<storage, read> Bm: array<f32>;
+@group(0) @binding(3) var<storage, read> consts: array<f32>;
+@group(0) @binding(4) var<storage, read_write> states: array<f32>;
+@group(0) @binding(5) var<storage, read_write> totals: array<f32>;
+@group(0) @binding(6) var<uniform> p: P;
+var<workgroup> w: array<f32, ${s.Q}>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let c = wg.x;
+  let h = wg.y;
+  let b = wg.z;
+  let q = chunkDt(b, c, h, tid);
+  let last = cs[q - 1u];
+  if (tid < q) { w[tid] = exp(last - cs[tid]) * dts[tid]; }
+  if (tid == 0u) { totals[(b * p.nC + c) * p.H + h] = last; }
+  workgroupBarrier();
+  let g = h / (p.H / p.G);
+  let base = ((b * p.nC + c) * p.H + h) * p.P * N;
+  for (var k = tid; k < p.P * N; k += 256u) {
+    let pp = k / N;
+    let n = k % N;
+    var acc = 0.0;
+    for (var j = 0u; j < q; j++) {
+      let row = b * p.L + c * Q + j;
+      acc = fma(w[j] * x[row * p.ldx + p.offx + h * p.P + pp], Bm[row * p.ldb + p.offb + g * N + n], acc);
+    }
+    states[base + k] = acc;
+  }
+}
+`;
+
+const passWgsl = (s: ChunkShape) => /* wgsl */ `
+// bindings: 0 totals [B, nC, H] | 1 states [B, nC, H, P, N] (chunk states in, entering states out) | 2 state [B, H, P, N] | 3 params
+struct P { B: u32, H: u32, P: u32, nC: u32, hasState: u32, groupsX: u32 }
+const N = ${s.N}u;
+@group(0) @binding(0) var<storage, read> totals: array<f32>;
+@group(0) @binding(1) var<storage, read_write> states: array<f32>;
+@group(0) @binding(2) var<storage, read_write> state: array<f32>;
+@group(0) @binding(3) var<uniform> p: P;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.y * p.groupsX * 64u + gid.x;
+  let PN = p.P * N;
+  if (i >= p.B * p.H * PN) { return; }
+  let k = i % PN;
+  let h = (i / PN) % p.H;
+  let b = i / (PN * p.H);
+  var s = select(0.0, state[i], p.hasState != 0u);
+  for (var c = 0u; c < p.nC; c++) {
+    let o = ((b * p.nC + c) * p.H + h) * PN + k;
+    let chunk = states[o];
+    states[o] = s;
+    s = exp(totals[(b * p.nC + c) * p.H + h]) * s + chunk;
+  }
+  if (p.hasState != 0u) { state[i] = s; }
+}
+`;
+
+const scanWgsl = (s: ChunkShape) => /* wgsl */ `
+// bindings: 0 x | 1 dt | 2 Bm | 3 Cm | 4 z | 5 consts [3H] | 6 states (entering) | 7 y [B·L, H·P] | 8 params
+${common(s)}
+const PT = ${PT}u;
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> dt: array<f32>;
+@group(0) @binding(2) var<storage, read> Bm: array<f32>;
+@group(0) @binding(3) var<storage, read> Cm: array<f32>;
+@group(0) @binding(4) var<storage, read> z: array<f32>;
+@group(0) @binding(5) var<storage, read> consts: array<f32>;
+@group(0) @binding(6) var<storage, read> states: array<f32>;
+@group(0) @binding(7) var<storage, read_write> y: array<f32>;
+@group(0) @binding(8) var<uniform> p: P;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let c = wg.x;
+  let h = wg.y;
+  let b = wg.z;
+  let q = chunkDt(b, c, h, tid);
+  let g = h / (p.H / p.G);
+  let blocks = (p.P + PT - 1u) / PT;
+  let hin = ((b * p.nC + c) * p.H + h) * p.P * N;
+  let Dh = consts[2u * p.H + h];
+  let HP = p.H * p.P;
+  for (var u = tid; u < q * blocks; u += 256u) {
+    let i = u / blocks;
+    let p0 = (u % blocks) * PT;
+    let rowI = b * p.L + c * Q + i;
+    let co = rowI * p.ldc + p.offc + g * N;
+    var acc: array<f32, ${PT}>;
+    for (var k = 0u; k < PT; k++) { acc[k] = 0.0; }
+    // within the chunk: (C_i · B_j) · exp(cs_i − cs_j) · dt_j · x_j
+    for (var j = 0u; j <= i; j++) {
+      let rowJ = b * p.L + c * Q + j;
+      let bo = rowJ * p.ldb + p.offb + g * N;
+      var cb = 0.0;
+      for (var n = 0u; n < N; n++) { cb = fma(Cm[co + n], Bm[bo + n], cb); }
+      let wij = cb * exp(cs[i] - cs[j]) * dts[j];
+      let xo = rowJ * p.ldx + p.offx + h * p.P;
+      for (var k = 0u; k < PT; k++) {
+        if (p0 + k < p.P) { acc[k] = fma(wij, x[xo + p0 + k], acc[k]); }
+      }
+    }
+    // from the state entering the chunk, and the skip connection
+    let into = exp(cs[i]);
+    let xo = rowI * p.ldx + p.offx + h * p.P;
+    for (var k = 0u; k < PT; k++) {
+      let pp = p0 + k;
+      if (pp >= p.P) { break; }
+      var off = 0.0;
+      for (var n = 0u; n < N; n++) { off = fma(states[hin + pp * N + n], Cm[co + n], off); }
+      let xv = x[xo + pp];
+      var out = acc[k] + into * off + Dh * xv;
+      if (p.hasZ != 0u) {
+        let zv = z[rowI * p.ldz + p.offz + h * p.P + pp];
+        out = out * zv / (1.0 + exp(-zv));
+      }
+      y[rowI * HP + h * p.P + pp] = out;
+    }
+  }
+}
+`;
+
+const stateKernel = defineKernel({ name: "ssd_chunk_state", wgsl: stateWgsl, example: { N: 16, P: 8, Q: 64 } });
+const passKernel = defineKernel({ name: "ssd_state_pass", wgsl: passWgsl, example: { N: 16, P: 8, Q: 64 } });
+const scanKernel = defineKernel({ name: "ssd_chunk_scan", wgsl: scanWgsl, example: { N: 16, P: 8, Q: 64 } });
+
+export interface SsdChunkedArgs {
+  x: Buf; ldx: number; offx: number;
+  dt: Buf; lddt: number; offdt: number;
+  Bm: Buf; ldb: number; offb: number;
+  Cm: Buf; ldc: number; offc: number;
+  z: Buf | null; ldz: number; offz: number;
+  consts: Buf; // [3H]: dtBias, A_log, D
+  state: Buf | null; // [B, H, P, N], updated in place
+  y: Buf; // [B·L, H·P]
+  B: number; L: number; H: number; P: number; G: number; N: number; Q: number;
+  lo: number; hi: number;
+}
+
+/** Floats of the chunk states the chunked scan needs (a scratch buffer of the caller's). */
+export function chunkStateFloats(B: number, L: number, H: number, P: number, N: number, Q: number): number {
+  return B * Math.ceil(L / Q) * H * P * N;
+}
+
+export function ssdScanChunked(gpu: Gpu, a: SsdChunkedArgs, states: Buf, totals: Buf): void {
+  const shape: ChunkShape = { N: a.N, P: a.P, Q: a.Q };
+  const nC = Math.ceil(a.L / a.Q);
+  const p = new Params().u32(a.B).u32(a.L).u32(a.H).u32(a.P).u32(a.G).u32(nC)
+    .u32(a.ldx).u32(a.offx).u32(a.lddt).u32(a.offdt).u32(a.ldb).u32(a.offb).u32(a.ldc).u32(a.offc).u32(a.ldz).u32(a.offz)
+    .bool(!!a.z).bool(!!a.state).f32(a.lo).f32(Math.min(a.hi, 3e38));
+  gpu.dispatch(gpu.kernel(stateKernel, shape), [a.x, a.dt, a.Bm, a.consts, states, totals], p, [nC, a.H, a.B]);
+  const [gx, gy] = grid(Math.ceil((a.B * a.H * a.P * a.N) / 64), gpu.limits.maxComputeWorkgroupsPerDimension);
+  gpu.dispatch(gpu.kernel(passKernel, shape), [totals, states, a.state ?? gpu.dummyOut],
+    new Params().u32(a.B).u32(a.H).u32(a.P).u32(nC).bool(!!a.state).u32(gx), [gx, gy]);
+  gpu.dispatch(gpu.kernel(scanKernel, shape), [a.x, a.dt, a.Bm, a.Cm, a.z ?? gpu.dummy, a.consts, states, a.y], p, [nC, a.H, a.B]);
+}
