@@ -23,7 +23,7 @@ import { madd } from "./simd";
 // @ts-ignore: decorator
 @inline const LOG2E = 16;
 // @ts-ignore: decorator
-@inline const ROUNDER = 32; // 1.5·2^23: adding it rounds to an integer, which its low mantissa bits then hold
+@inline const ROUNDER = 32; // 1.5·2^23 + 127: adding it rounds to an integer; its bits are then those of 1.5·2^23 + (127 + k)
 // @ts-ignore: decorator
 @inline const NEG_LN2_HI = 48; // ln 2 = LN2_HI + LN2_LO; k·LN2_HI is exact for |k| <= 128
 // @ts-ignore: decorator
@@ -62,7 +62,7 @@ import { madd } from "./simd";
 const TABLE = memory.data<f32>([
   -88.0, -88.0, -88.0, -88.0,
   1.44269504088896341, 1.44269504088896341, 1.44269504088896341, 1.44269504088896341,
-  12582912.0, 12582912.0, 12582912.0, 12582912.0,
+  12583039.0, 12583039.0, 12583039.0, 12583039.0,
   -0.693359375, -0.693359375, -0.693359375, -0.693359375,
   2.12194440e-4, 2.12194440e-4, 2.12194440e-4, 2.12194440e-4,
   0.0013941108433972674, 0.0013941108433972674, 0.0013941108433972674, 0.0013941108433972674,
@@ -82,9 +82,6 @@ const TABLE = memory.data<f32>([
   20.0, 20.0, 20.0, 20.0,
 ], 16);
 
-/** 127 - bits(ROUNDER) on four i32 lanes: added to ROUNDER + k, gives the exponent field of 2^k. */
-const EXP_BIAS = memory.data<i32>([127 - 0x4b400000, 127 - 0x4b400000, 127 - 0x4b400000, 127 - 0x4b400000], 16);
-
 // @ts-ignore: decorator
 @inline function c(offset: usize): v128 {
   return v128.load(TABLE + offset);
@@ -94,7 +91,7 @@ const EXP_BIAS = memory.data<i32>([127 - 0x4b400000, 127 - 0x4b400000, 127 - 0x4
 // @ts-ignore: decorator
 @inline export function expV(x: v128): v128 {
   const xc = f32x4.pmax(x, c(EXP_MIN));
-  // x = k·ln2 + r, |r| <= ln2/2; j = ROUNDER + k holds k in its low bits
+  // x = k·ln2 + r, |r| <= ln2/2, with k = j - ROUNDER an integer
   const j = madd(xc, c(LOG2E), c(ROUNDER));
   const k = f32x4.sub(j, c(ROUNDER));
   let r = madd(k, c(NEG_LN2_HI), xc);
@@ -105,7 +102,9 @@ const EXP_BIAS = memory.data<i32>([127 - 0x4b400000, 127 - 0x4b400000, 127 - 0x4
   p = madd(p, r, c(P2));
   p = madd(p, r, c(P1));
   p = madd(p, r, c(ONE));
-  const scale = i32x4.shl(i32x4.add(j, v128.load(EXP_BIAS)), 23); // the bits of 2^k (0 for k = -127)
+  // j's bits are 0x4B400000 + 127 + k: shifted left by 23, 0x4B400000 leaves and 127 + k is the exponent of 2^k
+  // (0 for k = -127: the result is 0)
+  const scale = i32x4.shl(j, 23);
   return f32x4.mul(p, scale);
 }
 

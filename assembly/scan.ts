@@ -22,7 +22,8 @@
 //   z          window [T, E], or 0: no gate
 //   state      [B, E, N], or 0. Read as the state before t = 0 (0: zeros) and overwritten with the state after
 //              the last t, as the reference does.
-//   y          [T, E] contiguous output
+//   y          [T, E] contiguous output (also the scratch of dt: rows [b·L, b·L + L) of channels [e0, e1) are
+//              written twice; y must not overlap an input)
 //   work       scratch of this call's thread: 32·N bytes, 16-byte aligned (A and h of one group of channels).
 //              Threads running at once need distinct work areas.
 //   e0, e1     the channels this call computes, 0 <= e0 <= e1 <= E, for every batch. Calls on disjoint ranges may
@@ -32,7 +33,12 @@
 // Vectorized over four channels at a time (lane j = channel e + j); the state of the group lives in `work` as
 // [N][4] (h for channel j and state index n at lane j of vector n), so the loop over n loads one vector a step.
 // B[t, n] and C[t, n] are broadcast to the four lanes. The time loop is inside the group loop: the group's
-// state stays in L1 for the whole sequence.
+// state stays in L1 for the whole sequence. Per batch, dt = softplus(...) is computed first for every step, row by
+// row, into y; the recurrence then reads it back.
+//
+// Measured (bench/wasm-kernels.ts and a variant kept out of the tree, one thread, E 1536, N 16): vectorizing over
+// n instead (one channel at a time, h[n..n+4] in a vector, four channels' sums reduced by a 4×4 transpose) ran
+// as fast at L = 256 and 16-18% slower at L = 1, so the channels it is.
 import { madd } from "./simd";
 import { expV, softplusV, siluV, loadLanes, gatherLanes, storeLanes, scatterLanes } from "./math";
 
@@ -46,6 +52,18 @@ export function selectiveScan(
   const rowN = <usize>N << 2; // bytes between channels in A and state
   const rowE = <usize>E << 2;
   for (let b = 0; b < batch; b++) {
+    // dt for every step and channel first, into y (which the recurrence then overwrites), row by row: contiguous
+    // accesses, and the softplus of the steps overlap, where inside the recurrence each would hold up its step
+    const rowB = <usize>(b * L);
+    for (let t = 0; t < L; t++) {
+      const dRow = delta + ((rowB + <usize>t) * <usize>ldDelta << 2);
+      const yRow = y + (rowB + <usize>t) * rowE;
+      for (let e = e0; e < e1; e += 4) {
+        const cnt = min(4, e1 - e);
+        const eOff = <usize>e << 2;
+        storeLanes(yRow + eOff, softplusV(f32x4.add(loadLanes(dRow + eOff, cnt), loadLanes(deltaBias + eOff, cnt))), cnt);
+      }
+    }
     for (let e = e0; e < e1; e += 4) {
       const cnt = min(4, e1 - e);
       const eOff = <usize>e << 2;
@@ -60,23 +78,19 @@ export function selectiveScan(
       }
       if (state) loadGroup(stateRow, workH, N, cnt);
       else memory.fill(workH, 0, <usize>N << 4);
-      // dt for every step first, into y (which the second pass overwrites): the steps' softplus then overlap, where
-      // inside the recurrence each would hold up the step's sixteen exps
-      const biasV = loadLanes(deltaBias + eOff, cnt);
-      let dp = delta + (<usize>(b * L) * <usize>ldDelta << 2) + eOff;
-      let yp = y + <usize>(b * L) * rowE + eOff;
-      const ldDeltaBytes = <usize>ldDelta << 2;
-      for (let t = 0; t < L; t++) {
-        storeLanes(yp, softplusV(f32x4.add(loadLanes(dp, cnt), biasV)), cnt);
-        dp += ldDeltaBytes;
-        yp += rowE;
-      }
       const dV = loadLanes(D + eOff, cnt);
+      // u and dt of the next step are loaded one step ahead: their rows lie E floats apart, often outside L1
+      let uNext = loadLanes(u + rowB * rowE + eOff, cnt);
+      let dtNext = loadLanes(y + rowB * rowE + eOff, cnt);
       for (let t = 0; t < L; t++) {
-        const row = <usize>(b * L + t);
+        const row = rowB + <usize>t;
         const yRow = y + row * rowE + eOff;
-        const uV = loadLanes(u + row * rowE + eOff, cnt);
-        const dt = loadLanes(yRow, cnt);
+        const uV = uNext, dt = dtNext;
+        const zV = z ? loadLanes(z + ((row * <usize>ldZ) << 2) + eOff, cnt) : f32x4.splat(0);
+        if (t + 1 < L) {
+          uNext = loadLanes(u + (row + 1) * rowE + eOff, cnt);
+          dtNext = loadLanes(yRow + rowE, cnt);
+        }
         const du = f32x4.mul(dt, uV);
         const bRow = Bm + ((row * <usize>ldB) << 2);
         const cRow = Cm + ((row * <usize>ldC) << 2);
@@ -89,7 +103,7 @@ export function selectiveScan(
           acc = madd(h, v128.load32_splat(cRow + (<usize>n << 2)), acc);
         }
         let out = madd(dV, uV, acc);
-        if (z) out = f32x4.mul(out, siluV(loadLanes(z + ((row * <usize>ldZ) << 2) + eOff, cnt)));
+        if (z) out = f32x4.mul(out, siluV(zV));
         storeLanes(yRow, out, cnt);
       }
       if (state) storeGroup(workH, stateRow, N, cnt);
