@@ -199,6 +199,18 @@ onFirst((init) => {
 });
 `;
 
+/**
+ * The size of the block that holds `bytes`: free blocks are reused by size, so sizes below 16 MiB (activations,
+ * whose sizes vary with the batch and the chunk) are rounded up to one of four steps per power of two (at most 25%
+ * more), and larger ones (weights, made once) to 64 bytes only.
+ */
+function blockSize(bytes: number): number {
+  const b = Math.max(64, Math.ceil(bytes / 64) * 64);
+  if (b >= 1 << 24) return b;
+  const step = 2 ** Math.max(6, Math.floor(Math.log2(b)) - 2);
+  return Math.ceil(b / step) * step;
+}
+
 interface PoolWorker {
   post(msg: unknown): void;
   terminate(): void;
@@ -351,7 +363,7 @@ export class WasmRuntime {
 
   /** A block of at least `bytes` bytes, 64-byte aligned; the memory grows when needed. */
   alloc(bytes: number): number {
-    const size = Math.max(64, Math.ceil(bytes / 64) * 64);
+    const size = blockSize(bytes);
     const list = this.free.get(size);
     if (list && list.length > 0) {
       this.used += size;
@@ -380,7 +392,7 @@ export class WasmRuntime {
   }
 
   release(offset: number, bytes: number): void {
-    const size = Math.max(64, Math.ceil(bytes / 64) * 64);
+    const size = blockSize(bytes);
     this.used -= size;
     let list = this.free.get(size);
     if (!list) this.free.set(size, (list = []));
