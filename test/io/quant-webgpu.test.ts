@@ -46,7 +46,7 @@ test("quantized blocks read on the GPU equal the host's dequantization exactly",
         for (let i = 0; i < n; i++) x[i] = (rng.next() * 2 - 1) * (1 + (i >> 5)); // a scale of its own per block
         const raw = q === "q8_0" ? quantizeQ8_0(x) : quantizeQ4_0(x);
         const want = dequantize(q === "q8_0" ? "Q8_0" : "Q4_0", raw, n);
-        assert.ok(want.every((v) => v !== 0) || q === "q4_0", "nonzero values to compare");
+        assert.ok(want.filter((v) => v !== 0).length > n / 2, "mostly nonzero values to compare");
         const w = gpu.upload(raw, "blocks");
         const out = gpu.alloc(n * 4, "out");
         const out4 = gpu.alloc(n * 4, "out4");
