@@ -112,6 +112,22 @@ describe("wasm engine ops against the reference", { timeout: 120_000 }, () => {
     });
   }
 
+  test("f16 and bf16 widening in the kernels: every finite half pattern exactly as the reference widens it", async () => {
+    const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
+    for (const dtype of ["F16", "BF16"] as const) {
+      const host: HostTensor = { dtype, shape: [1024, 64], data: all };
+      const want = await ref.readF32(ref.upload(host));
+      for (const e of engines) {
+        const b = e.b;
+        const got = await b.readF32(b.embedding(b.upload(host), b.fromI32(Int32Array.from({ length: 1024 }, (_, i) => i), [1024])));
+        for (let i = 0; i < 65536; i++) {
+          const finite = dtype === "F16" ? (i & 0x7c00) !== 0x7c00 : (i & 0x7f80) !== 0x7f80;
+          if (finite && !Object.is(got[i], want[i])) assert.fail(`${dtype} pattern 0x${i.toString(16)}: ${got[i]} != ${want[i]} (${e.name})`);
+        }
+      }
+    }
+  });
+
   test("embedding: an id outside the table is a MambaError", async () => {
     const b = engines[0]!.b;
     const table = b.fromF32(new Float32Array(12), [3, 4]);
