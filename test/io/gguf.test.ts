@@ -17,7 +17,7 @@ import { type HostTensor, toF16Bits, toFloat32 } from "../../src/io/tensor.ts";
 import { GgufType, type GgufValue, ggufHeader, parseGgufHeader, serializeGguf } from "../../src/io/gguf-format.ts";
 import { ggufModelContent, readGgufModel } from "../../src/io/gguf-model.ts";
 import { modelFromTensors } from "../../src/model/build.ts";
-import { readGgufFile } from "../../src/io/gguf.ts";
+import { readGgufFile, readGgufHeader } from "../../src/io/gguf.ts";
 import { assertClose, fixture, maxAbsDiff, readSafetensorsAny } from "../helpers/fixtures.ts";
 import { gpuTest } from "../helpers/backends.ts";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
@@ -160,6 +160,18 @@ describe("the GGUF container", () => {
     const back = parseGgufHeader(bytes, "all types");
     assert.equal(back.version, 3);
     assert.deepEqual([...back.metadata], values);
+  });
+
+  test("a header longer than the first read (1 MiB) is read in full", async () => {
+    const many = Array.from({ length: 200_000 }, (_, i) => `token-${i}`);
+    const bytes = rebuilt((m) => m.set("extra.strings", { type: GgufType.ARRAY, itemType: GgufType.STRING, value: many }));
+    assert.ok(parseGgufHeader(bytes, "big").dataOffset > 3 << 20);
+    const file = path.join(root, "big-header.gguf");
+    writeFileSync(file, bytes);
+    const header = await readGgufHeader(file);
+    assert.deepEqual(header.metadata.get("extra.strings")!.value, many);
+    const model = await loadModel(file, { backend: "cpu" });
+    await model.dispose();
   });
 
   test("version 2 files are read; general.alignment is honoured, and must be a power of two", async () => {
