@@ -2,8 +2,9 @@
  * Bundling the demo page (web/) with esbuild: web/main.ts and everything it imports from src/ become one ES module,
  * main.js, served beside web/index.html and web/style.css. The build is for browsers and enforces it: a Node
  * built-in module anywhere in the page's imports fails the build, naming the importer. The one Node-only package
- * the WebGPU backend reaches (`webgpu`, Dawn for Node, imported lazily by src/backend/webgpu/node.ts and only
- * where navigator.gpu is absent) is replaced by a stub that throws.
+ * the WebGPU backend reaches (`webgpu`, Dawn for Node) is imported by src/backend/webgpu/node.ts by a name in a
+ * variable, which bundlers leave alone, and only where navigator.gpu is absent; should an import of it by its
+ * literal name appear, it is replaced by a stub that throws.
  *
  * The page is shipped prebuilt: `npm run build` writes it to dist/web/, and `mamba-ts demo` run from the compiled
  * package serves those files, so an installed package needs neither esbuild nor web/. Run from the sources (through
