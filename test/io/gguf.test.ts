@@ -52,9 +52,20 @@ describe("GGUF fixtures", { timeout: 600_000 }, () => {
   test("the same on backend 'cpu' (the CPU engine)", async () => {
     for (const type of TYPES) await logitsMatch(type, "cpu");
   });
-  test("the same on WebGPU", async (t) => {
+  test("the same on WebGPU; quantized files generate there as on the CPU", async (t) => {
     if (!(await gpuTest(t))) return;
     for (const type of TYPES) await logitsMatch(type, "webgpu");
+    for (const type of ["q8_0", "q4_0"]) {
+      const prompt = new Int32Array([5, 17, 40, 2]);
+      const ids: number[][] = [];
+      for (const backend of [new CpuBackend(), "webgpu" as const]) {
+        const model = await loadModel(ggufPath(type), { backend });
+        ids.push(Array.from(await model.generate(prompt, { maxNewTokens: 10, temperature: 0, stopTokens: [] })));
+        await model.dispose();
+      }
+      assert.equal(ids[0]!.length, 14);
+      assert.deepEqual(ids[1], ids[0], `${type}: greedy ids on WebGPU and on the reference CPU backend`);
+    }
   });
 
   test("config and weights: those of hf-mamba/tiny, in the file's types (A_log back from A, conv [E, 1, K])", async () => {
