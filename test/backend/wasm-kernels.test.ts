@@ -211,6 +211,7 @@ describe("selectiveScan (assembly/scan.ts) against selectiveScanF32", { timeout:
   // [batch, L, E, N]
   const shapes: [number, number, number, number][] = [
     [1, 1, 1, 1], [1, 7, 5, 5], [2, 33, 13, 16], [3, 1, 6, 16], [1, 33, 9, 1], [2, 7, 16, 5], [1, 7, 4, 16], [3, 7, 11, 16],
+    [1, 5, 8, 3], [2, 4, 7, 32],
   ];
   let seed = 100;
   for (const [B, L, E, N] of shapes) {
