@@ -44,9 +44,10 @@ export async function createCpuBackend(options: CpuBackendOptions = {}): Promise
   }
 }
 
-/** Which engine a backend runs, for messages: "cpu (wasm simd relaxed, 2 threads)", "cpu (reference)", "webgpu". */
-export function describeBackend(b: Backend): string {
-  if (b instanceof WasmCpuBackend) return b.engine;
+/** Which engine a backend runs, for messages: "cpu (wasm simd relaxed, 2 threads)", "cpu (reference)", "webgpu".
+ *  `detailed` adds how the SIMD build was chosen ("relaxed SIMD (enabled by V8 flag)", ...). */
+export function describeBackend(b: Backend, detailed = false): string {
+  if (b instanceof WasmCpuBackend) return detailed ? `${b.engine}: ${b.rt.pathNote}` : b.engine;
   if (b.name === "cpu") return "cpu (reference)";
   return b.name;
 }

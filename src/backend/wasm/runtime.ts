@@ -284,7 +284,11 @@ export class WasmRuntime {
     const { module, path, note } = await compileKernels(prefer);
     const memory = new WebAssembly.Memory({ initial: 32, maximum: MAX_PAGES, shared: true });
     const inst = await WebAssembly.instantiate(module, { env: { memory, abort() { throw new MambaError("wasm kernel aborted"); } } });
-    const rt = new WasmRuntime(memory, module, path, note, Math.max(1, Math.floor(threads)), inst.exports as Record<string, unknown>);
+    // without a way to start threads (Node before 20.16 has no process.getBuiltinModule) the engine runs one
+    const poolable = nodeBuiltin("node:worker_threads") !== null || (!isNode && typeof Worker === "function");
+    const count = poolable ? Math.max(1, Math.floor(threads)) : 1;
+    const why = count < threads ? "; one thread: no worker threads in this runtime" : "";
+    const rt = new WasmRuntime(memory, module, path, note + why, count, inst.exports as Record<string, unknown>);
     try {
       const names = [...rt.fnIndex.keys()];
       const init = (index: number) => ({

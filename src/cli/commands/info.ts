@@ -39,7 +39,7 @@ export function infoCommand(): Command {
       lines.push(`folder: ${path.resolve(folder)}`);
       // the engine that `--backend cpu` runs here
       const cpu = await createCpuBackend(opts.threads !== undefined ? { threads: opts.threads } : {});
-      lines.push(`cpu engine: ${describeBackend(cpu)}`);
+      lines.push(`cpu engine: ${describeBackend(cpu, true)}`);
       await cpu.destroy();
       process.stdout.write(lines.join("\n") + "\n");
     });
