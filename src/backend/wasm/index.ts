@@ -35,7 +35,15 @@ export class WasmTensor extends CpuTensor {
   ) {
     super(shape, dtype, data);
     if (half) {
-      const widen = (): Float32Array => toFloat32({ dtype: this.storage as "F16" | "BF16", shape: [...this.shape], data: this.half! });
+      // the last widened copy is shared while someone holds it: a loop over `data` widens once
+      let last: WeakRef<Float32Array> | null = null;
+      const widen = (): Float32Array => {
+        const held = last?.deref();
+        if (held) return held;
+        const wide = toFloat32({ dtype: this.storage as "F16" | "BF16", shape: [...this.shape], data: this.half! });
+        last = new WeakRef(wide);
+        return wide;
+      };
       Object.defineProperty(this, "data", { get: widen, configurable: true, enumerable: true });
     }
   }
