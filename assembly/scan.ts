@@ -51,6 +51,7 @@ export function selectiveScan(
   const workH = work + (<usize>N << 4); // [N][4]: h, same layout
   const rowN = <usize>N << 2; // bytes between channels in A and state
   const rowE = <usize>E << 2;
+  if (L <= 0) return; // no step: the state stays as it is
   for (let b = 0; b < batch; b++) {
     // dt for every step and channel first, into y (which the recurrence then overwrites), row by row: contiguous
     // accesses, and the softplus of the steps overlap, where inside the recurrence each would hold up its step

@@ -211,7 +211,7 @@ describe("selectiveScan (assembly/scan.ts) against selectiveScanF32", { timeout:
   // [batch, L, E, N]
   const shapes: [number, number, number, number][] = [
     [1, 1, 1, 1], [1, 7, 5, 5], [2, 33, 13, 16], [3, 1, 6, 16], [1, 33, 9, 1], [2, 7, 16, 5], [1, 7, 4, 16], [3, 7, 11, 16],
-    [1, 5, 8, 3], [2, 4, 7, 32],
+    [1, 5, 8, 3], [2, 4, 7, 32], [2, 0, 6, 16],
   ];
   let seed = 100;
   for (const [B, L, E, N] of shapes) {
@@ -274,6 +274,7 @@ describe("causalConv1dSilu (assembly/conv.ts) against causalConv1dSiluF32", { ti
   // [batch, L, E, K]
   const shapes: [number, number, number, number][] = [
     [1, 1, 1, 4], [1, 7, 5, 4], [2, 33, 13, 4], [3, 1, 6, 4], [2, 2, 9, 4], [1, 7, 7, 3], [2, 1, 5, 2], [1, 5, 4, 1], [3, 33, 17, 5],
+    [2, 0, 6, 4], [2, 0, 6, 3],
   ];
   let seed = 200;
   for (const [B, L, E, K] of shapes) {
