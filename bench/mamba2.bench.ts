@@ -1,0 +1,114 @@
+/**
+ * Mamba-2 on WebGPU against the official mamba_ssm 2.3.2 Triton figures (bench/anchors/h100-mamba2.json):
+ *  - the SSD scan forward alone (ssdScan: chunked, fp32) at the anchor shapes, GPU time per call after warm-up,
+ *    with the achieved bandwidth over the minimum traffic (x, dt, B, C in; y out) and the FLOP rate of the chunked
+ *    algorithm (chunk states, within-chunk products, outputs from the states);
+ *  - mamba2-130m (D 768, 24 layers, 24 heads of 64, N 128, vocabulary 50280; random weights): one forward of
+ *    batch 8 × 2048 (logits included) and greedy decode at batch 1 (prompt 128 + 256 new).
+ * BENCH_SMOKE=1 shrinks every shape to check the bench itself on a slow adapter; BENCH_ONLY=scan,forward,decode picks.
+ */
+import { readFileSync, existsSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { createWebGpuBackend, type WebGpuBackend } from "../src/backend/webgpu/index.ts";
+import { type Backend, cols } from "../src/backend/backend.ts";
+import { makeConfig, initParameters } from "../src/model/init.ts";
+import { modelFromTensors } from "../src/index.ts";
+import { filled, benchPrompts } from "./data.ts";
+import { gpuTrials, timeTrials } from "./timing.ts";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const anchorFile = process.env.MAMBA_TS_ANCHORS_MAMBA2 ?? path.resolve(here, "anchors/h100-mamba2.json");
+interface Anchors {
+  ssd_scan: { batch: number; seqlen: number; heads: number; headdim: number; dstate: number; ngroups: number; chunk: number; fwd_ms: number }[];
+  forward_ms: { model: string; batch: number; seqlen: number; ms: number }[];
+  decode_tok_per_s?: { model: string; batch: number; tok_per_s: number }[];
+}
+const anchors: Anchors | null = existsSync(anchorFile) ? JSON.parse(readFileSync(anchorFile, "utf8")) as Anchors : null;
+const smoke = process.env.BENCH_SMOKE === "1";
+const only = new Set((process.env.BENCH_ONLY ?? "scan,forward,decode").split(","));
+const ms = (t: number) => `${t.toFixed(3)} ms`;
+const ratio = (ours: number, official: number | undefined, higherIsBetter: boolean) =>
+  official ? `${(higherIsBetter ? ours / official : official / ours).toFixed(2)}x official` : "(no anchor)";
+
+async function benchScan(b: WebGpuBackend): Promise<void> {
+  console.log("\n-- SSD scan forward (fp32, chunked; dt softplus + bias, D; no gate) --");
+  const shapes = smoke ? [{ batch: 1, seqlen: 256, heads: 4, headdim: 16, dstate: 32, ngroups: 1, chunk: 64, fwd_ms: 0 }] : anchors?.ssd_scan ?? [];
+  for (const a of shapes) {
+    const { batch: B, seqlen: L, heads: H, headdim: P, dstate: N, ngroups: G, chunk: Q } = a;
+    const T = B * L, E = H * P;
+    const x = b.fromF32(filled(T * E, -1, 1, 1), [T, E]);
+    const dt = b.fromF32(filled(T * H, -5, -2, 2), [T, H]);
+    const BC = b.fromF32(filled(T * 2 * G * N, -1, 1, 3), [T, 2 * G * N]);
+    const args = {
+      batch: B, seqLen: L, x, dt, dtBias: b.fromF32(filled(H, -1, 1, 4), [H]), A_log: b.fromF32(filled(H, 0, 2.7, 5), [H]),
+      B: cols(BC, 0, G * N), C: cols(BC, G * N, G * N), D: b.fromF32(new Float32Array(H).fill(1), [H]), z: null,
+      headDim: P, nGroups: G, dtLimit: [0, Infinity] as const, chunkSize: Q, state: null,
+    };
+    const f = () => b.dispose((b as Backend).ssdScan!(args));
+    for (let i = 0; i < 3; i++) f();
+    await b.sync();
+    const reps = Math.max(3, Math.min(100, Math.round(2e8 / (T * E))));
+    const tt = await timeTrials(b, f, reps);
+    const gt = await gpuTrials(b, f, reps);
+    const t = gt?.median ?? tt.median;
+    const bytes = (2 * T * E + T * H + 2 * T * G * N) * 4;
+    const q = Math.min(64, Q);
+    const flops = 2 * T * H * (P * N /* chunk states */ + (q / 2) * (N + P) /* within the chunk */ + P * N /* from the states */);
+    console.log(`ssd B${B} L${L} H${H} P${P} N${N} G${G}: ${ms(t)} ${gt ? "(GPU clock" : "(wall"}, ${ms(tt.min)} – ${ms(tt.max)} wall; official ` +
+      `${a.fwd_ms ? ms(a.fwd_ms) : "n/a"}; ${ratio(t, a.fwd_ms, false)}); ${(bytes / (t / 1000) / 1e9).toFixed(0)} GB/s of minimum traffic, ` +
+      `${(flops / (t / 1000) / 1e12).toFixed(2)} TFLOP/s`);
+    b.dispose(x, dt, BC, args.dtBias, args.A_log, args.D);
+  }
+}
+
+function mamba2_130m() {
+  return smoke
+    ? makeConfig({ family: "mamba2", vocabSize: 1000, hiddenSize: 64, numLayers: 2, stateSize: 32, mamba2: { headDim: 16, chunkSize: 64 } })
+    : makeConfig({ family: "mamba2", vocabSize: 50280, hiddenSize: 768, numLayers: 24, stateSize: 128, mamba2: { headDim: 64, chunkSize: 256 } });
+}
+
+async function benchModel(): Promise<void> {
+  const cfg = mamba2_130m();
+  const model = await modelFromTensors(cfg, initParameters(cfg, { seed: 1 }), { backend: await createWebGpuBackend() });
+  try {
+    if (only.has("forward")) {
+      const [B, L] = smoke ? [2, 128] : [8, 2048];
+      const ids = new Int32Array(B * L).map((_, i) => (i * 7919) % cfg.vocabSize);
+      await model.forward(ids, { batch: B, seqLen: L });
+      const times: number[] = [];
+      for (let k = 0; k < 3; k++) {
+        const t0 = performance.now();
+        await model.forward(ids, { batch: B, seqLen: L });
+        times.push(performance.now() - t0);
+      }
+      times.sort((a, c) => a - c);
+      const official = smoke ? undefined : anchors?.forward_ms.find((f) => f.model === "mamba2-130m")?.ms;
+      console.log(`\nmamba2-130m forward B${B} × ${L} (logits read back): ${ms(times[1]!)} (median of 3; official ${official ? ms(official) : "n/a"}; ${ratio(times[1]!, official, false)})`);
+    }
+    if (only.has("decode")) {
+      const [prompt, fresh] = smoke ? [16, 16] : [128, 256];
+      const p = benchPrompts(1, prompt, cfg.vocabSize)[0]!;
+      await model.generate(p, { maxNewTokens: 4, stopTokens: [] });
+      const t0 = performance.now();
+      await model.generate(p, { maxNewTokens: fresh, stopTokens: [] });
+      const tps = fresh / ((performance.now() - t0) / 1000);
+      const official = smoke ? undefined : anchors?.decode_tok_per_s?.find((d) => d.model === "mamba2-130m" && d.batch === 1)?.tok_per_s;
+      console.log(`mamba2-130m decode batch 1 (prompt ${prompt} + ${fresh} new, wall time incl. the prompt): ${tps.toFixed(0)} tok/s ` +
+        `(official ${official ?? "n/a"}; ${ratio(tps, official, true)})`);
+    }
+  } finally {
+    await model.dispose();
+  }
+}
+
+export default async function (): Promise<void> {
+  const b = (await createWebGpuBackend()) as WebGpuBackend;
+  console.log(`device: ${b.device}; anchors: ${anchors ? anchorFile : "not found"}`);
+  try {
+    if (only.has("scan")) await benchScan(b);
+  } finally {
+    await b.destroy();
+  }
+  if (only.has("forward") || only.has("decode")) await benchModel();
+}
