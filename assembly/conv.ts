@@ -43,12 +43,23 @@ function conv4(
     for (let e = e0; e < e1; e += 4) {
       const cnt = min(4, e1 - e);
       const eOff = <usize>e << 2;
-      // w_k: weight[e + j, k] at lane j
+      // w_k: weight[e + j, k] at lane j; the group's weights are 16 floats in a row, [4][K = 4], transposed
       const wRow = weight + (eOff << 2);
-      const w0 = gatherLanes(wRow, 16, cnt);
-      const w1 = gatherLanes(wRow + 4, 16, cnt);
-      const w2 = gatherLanes(wRow + 8, 16, cnt);
-      const w3 = gatherLanes(wRow + 12, 16, cnt);
+      let w0: v128, w1: v128, w2: v128, w3: v128;
+      if (cnt == 4) {
+        const r0 = v128.load(wRow), r1 = v128.load(wRow, 16), r2 = v128.load(wRow, 32), r3 = v128.load(wRow, 48);
+        const t0 = i32x4.shuffle(r0, r1, 0, 4, 1, 5), t1 = i32x4.shuffle(r0, r1, 2, 6, 3, 7);
+        const t2 = i32x4.shuffle(r2, r3, 0, 4, 1, 5), t3 = i32x4.shuffle(r2, r3, 2, 6, 3, 7);
+        w0 = i32x4.shuffle(t0, t2, 0, 1, 4, 5);
+        w1 = i32x4.shuffle(t0, t2, 2, 3, 6, 7);
+        w2 = i32x4.shuffle(t1, t3, 0, 1, 4, 5);
+        w3 = i32x4.shuffle(t1, t3, 2, 3, 6, 7);
+      } else {
+        w0 = gatherLanes(wRow, 16, cnt);
+        w1 = gatherLanes(wRow + 4, 16, cnt);
+        w2 = gatherLanes(wRow + 8, 16, cnt);
+        w3 = gatherLanes(wRow + 12, 16, cnt);
+      }
       const bV = bias ? loadLanes(bias + eOff, cnt) : f32x4.splat(0);
       // the window seq[t], seq[t + 1], seq[t + 2] before x[t] arrives
       let s0 = f32x4.splat(0), s1 = f32x4.splat(0), s2 = f32x4.splat(0);
