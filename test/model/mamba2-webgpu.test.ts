@@ -93,3 +93,33 @@ for (const name of ["hf-mamba2/tiny", "mamba-ssm/mamba2-tiny", "hf-falcon-mamba/
     }
   });
 }
+
+test("hf-falcon-mamba/tiny: loss and every gradient on WebGPU match PyTorch; Mamba-2 training there is a clear MambaError", { timeout: 300_000 }, async (t) => {
+  const g = await gpuOrSkip(t);
+  if (!g) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const { readSafetensorsAny } = await import("../helpers/fixtures.ts");
+  const folder = fixture("hf-falcon-mamba", "tiny");
+  const ids = (await expected(folder)).get("input_ids")!;
+  const [batch, seqLen] = ids.shape as [number, number];
+  const want = await readSafetensorsAny(`${folder}/grads.safetensors`);
+  const model = await loadModel(folder, { backend: await createWebGpuBackend() });
+  try {
+    const { loss, grads } = await model.lossAndGrads(ids.i32, { batch, seqLen });
+    const wantLoss = want.get("loss")!.f32[0]!;
+    assert.ok(Math.abs(loss - wantLoss) <= 1e-5 * Math.abs(wantLoss), `loss ${loss} vs ${wantLoss}`);
+    for (const name of [...want.keys()].filter((k) => k !== "loss")) {
+      const w = want.get(name)!.f32, got = grads.get(name)!;
+      const scale = Math.max(...Array.from(w, Math.abs));
+      assert.ok(maxAbsDiff(got, w) / scale < 1e-4, `${name}: ${(maxAbsDiff(got, w) / scale).toExponential(2)}`);
+    }
+  } finally {
+    await model.dispose();
+  }
+  const m2 = await loadModel(fixture("hf-mamba2", "tiny"), { backend: await createWebGpuBackend() });
+  try {
+    await assert.rejects(m2.lossAndGrads(ids.i32, { batch, seqLen }), /cannot train Mamba-2 models yet/);
+  } finally {
+    await m2.dispose();
+  }
+});

@@ -15,7 +15,7 @@ import { copyWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
 import { ssdScanSequential } from "./kernels/ssd/scan.ts";
 import { chunkStateFloats, ssdScanChunked } from "./kernels/ssd/chunked.ts";
-import { MAX_SEGMENTS, gatedRmsNorm, segmentRmsNorm } from "./kernels/ssd/norms.ts";
+import { MAX_SEGMENTS, gatedRmsNorm, segmentRmsNorm, segmentRmsNormBackward } from "./kernels/ssd/norms.ts";
 
 function make(b: WebGpuBackend, shape: readonly number[], what: string): GpuTensor {
   return new GpuTensor([...shape], "f32", b.gpu.alloc(Math.max(4, numel(shape) * 4), what), "f32", b);
@@ -96,6 +96,17 @@ export const webgpuMamba2Ops = {
     const out = make(this, xt.shape, "the windowed norm's output");
     segmentRmsNorm(this.gpu, f32(this, xt), out.buf, xt.numel / xt.cols, widths, eps);
     return out;
+  },
+
+  /** Falcon-Mamba's training op (TrainingOps.segmentRmsNormBackward): dx += the gradient through the norms. */
+  segmentRmsNormBackward(this: WebGpuBackend, x: Tensor, widths: readonly number[], eps: number, dOut: Tensor, dx: Tensor): void {
+    const what = "segmentRmsNormBackward";
+    const xt = gpuTensor(x, this, what), gt = gpuTensor(dOut, this, what), dt = gpuTensor(dx, this, what);
+    check(widths.length >= 1 && widths.length <= MAX_SEGMENTS && widths.reduce((s, v) => s + v, 0) === xt.cols
+      && gt.numel === xt.numel && dt.numel === xt.numel, `${what}: windows ${widths}, x [${xt.shape}], dOut [${gt.shape}], dx [${dt.shape}] do not fit`);
+    check(dt.buf !== xt.buf && dt.buf !== gt.buf, `${what}: dx must not share a buffer with x or dOut`);
+    segmentRmsNormBackward(this.gpu, f32(this, xt), gt.buf, dt.buf, xt.numel / xt.cols, widths, eps);
+    dt.version++;
   },
 };
 

@@ -101,3 +101,48 @@ export function segmentRmsNorm(gpu: Gpu, x: Buf, out: Buf, T: number, widths: re
   for (const s of starts) p.u32(s);
   gpu.dispatch(k, [x, out], p.f32(eps).u32(gx), [gx, gy]);
 }
+
+const segmentBackwardWgsl = /* wgsl */ `
+// bindings: 0 x [T, W] | 1 dOut [T, W] | 2 dx [T, W] (added into) | 3 params; windows as segment_rmsnorm's
+// n = x · r, r = 1/sqrt(mean(x²) + eps) per window:  dx += r · (dOut − n · mean(dOut · n))
+struct P { T: u32, W: u32, count: u32, s0: u32, s1: u32, s2: u32, s3: u32, s4: u32, eps: f32, groupsX: u32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> dOut: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(3) var<uniform> p: P;
+
+fn start(k: u32) -> u32 {
+  switch (k) { case 0u: { return p.s0; } case 1u: { return p.s1; } case 2u: { return p.s2; } case 3u: { return p.s3; } default: { return p.s4; } }
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.y * p.groupsX * 64u + gid.x;
+  if (i >= p.T * p.count) { return; }
+  let t = i / p.count;
+  let k = i % p.count;
+  let a = t * p.W + start(k);
+  let m = start(k + 1u) - start(k);
+  var ss = 0.0;
+  var dot = 0.0;
+  for (var j = 0u; j < m; j++) { let v = x[a + j]; ss = fma(v, v, ss); dot = fma(dOut[a + j], v, dot); }
+  let r = inverseSqrt(ss / f32(m) + p.eps);
+  let mean = dot * r / f32(m);
+  for (var j = 0u; j < m; j++) { dx[a + j] = dx[a + j] + r * (dOut[a + j] - x[a + j] * r * mean); }
+}
+`;
+
+const segmentBackwardKernel = defineKernel({ name: "segment_rmsnorm_backward", wgsl: () => segmentBackwardWgsl, example: null });
+
+// x: [T, W] (the forward's input), dOut: [T, W]; dx: [T, W] (+=)
+export function segmentRmsNormBackward(gpu: Gpu, x: Buf, dOut: Buf, dx: Buf, T: number, widths: readonly number[], eps: number): void {
+  const W = widths.reduce((s, v) => s + v, 0);
+  const starts = [0];
+  for (const w of widths) starts.push(starts[starts.length - 1]! + w);
+  while (starts.length < MAX_SEGMENTS + 1) starts.push(W);
+  const k = gpu.kernel(segmentBackwardKernel, null);
+  const [gx, gy] = grid(Math.ceil((T * widths.length) / 64), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const p = new Params().u32(T).u32(W).u32(widths.length);
+  for (const s of starts) p.u32(s);
+  gpu.dispatch(k, [x, dOut, dx], p.f32(eps).u32(gx), [gx, gy]);
+}
