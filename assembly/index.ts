@@ -4,3 +4,4 @@ export * from "./scan";
 export * from "./conv";
 export * from "./norm";
 export { expF32, softplusF32, siluF32 } from "./math"; // its vector helpers are inline, not exports
+export * from "./quant";

@@ -1,0 +1,207 @@
+// Products with block-quantized weights (Q8_0, Q4_0: GGUF's layouts, kept at their stored size), the embedding
+// gather from quantized rows, and dequantization of whole blocks.
+//
+// Layouts (src/io/quant.ts): blocks of 32 values along each weight row (K a multiple of 32), each an f16 scale d
+// then the values:
+//   Q8_0: 34 bytes: d, 32 int8 q;                                       value = q · d
+//   Q4_0: 18 bytes: d, 16 bytes, byte j holding element j (low nibble) and element j + 16 (high nibble);
+//                                                                       value = (nibble - 8) · d
+// Each value q · d is exact in f32 (an f16 times an integer of at most 8 bits), so "dequantize, then the f32
+// product" has one exact meaning. The kernels widen the weights in registers (int8 -> i16 -> i32 -> f32, times d:
+// the exact dequantized value) and multiply-add them with the f32 activations in the order of matmul.ts's f32
+// product (one vector sum per output, k ascending four at a time, then the bias), so every output here equals,
+// bit for bit, matmulF32's over the dequantized matrix, in each build: the reference twin is exactly
+// "dequantize, then the f32 op", and the result does not depend on the threads nor on the blocking.
+//
+// The activations stay f32. Quantizing them to int8 (llama.cpp's q8_0 x q8_0 dot: i32 dot products of 32 int8
+// pairs, times both scales) would round each activation to 8 bits and move the model's logits by far more than the
+// 1e-4 its dequantized reference allows.
+//
+// ABI as matmul.ts's: byte offsets into the shared memory, sizes in elements, the work range (rows of the weight,
+// i.e. outputs, or the ids, or blocks) last.
+import { matmulF32 } from "./matmul";
+import { madd, hsum } from "./simd";
+
+// The type parameter Q only tells the layouts apart, by its size: Q8 (1 byte) or Q4 (2).
+type Q8 = i8;
+type Q4 = u16;
+
+const TWO_POW_112: f32 = 5.192296858534828e33;
+const Q8_BYTES: usize = 34;
+const Q4_BYTES: usize = 18;
+
+/** The f16 scale at p as f32 (matmul.ts's widening: exact for every finite half). */
+// @ts-ignore: decorator
+@inline function scaleAt(p: usize): v128 {
+  return f32x4.splat(reinterpret<f32>((<u32><i32>load<i16>(p) << 13) & 0x8fffffff) * TWO_POW_112);
+}
+
+/** acc + the 32 products of f32 activations at x with one block's dequantized weights (8 at a time, k ascending). */
+// @ts-ignore: decorator
+@inline function blockDot<Q>(acc: v128, x: usize, blk: usize): v128 {
+  const d = scaleAt(blk);
+  if (sizeof<Q>() == 1) {
+    // Q8_0: 8 int8 sign-extended to i16 per load
+    for (let j: usize = 0; j < 32; j += 8) {
+      const q = v128.load8x8_s(blk + 2 + j);
+      acc = madd(v128.load(x + (j << 2)), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q)), d), acc);
+      acc = madd(v128.load(x + (j << 2), 16), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q)), d), acc);
+    }
+  } else {
+    // Q4_0: 16 bytes -> elements 0-15 (low nibbles) and 16-31 (high nibbles), minus 8
+    const bytes = v128.load(blk + 2);
+    const eight = i8x16.splat(8);
+    const lo = i8x16.sub(v128.and(bytes, i8x16.splat(0x0f)), eight);
+    const hi = i8x16.sub(i8x16.shr_u(bytes, 4), eight);
+    acc = quad(acc, x, i16x8.extend_low_i8x16_s(lo), d);
+    acc = quad(acc, x + 32, i16x8.extend_high_i8x16_s(lo), d);
+    acc = quad(acc, x + 64, i16x8.extend_low_i8x16_s(hi), d);
+    acc = quad(acc, x + 96, i16x8.extend_high_i8x16_s(hi), d);
+  }
+  return acc;
+}
+
+/** acc + 8 products: f32 activations at x times the 8 i16 values of q, times d. */
+// @ts-ignore: decorator
+@inline function quad(acc: v128, x: usize, q: v128, d: v128): v128 {
+  acc = madd(v128.load(x), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q)), d), acc);
+  return madd(v128.load(x, 16), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q)), d), acc);
+}
+
+/** 32 dequantized values of the block at blk, as f32 at dst. */
+// @ts-ignore: decorator
+@inline function dequantBlock<Q>(blk: usize, dst: usize): void {
+  const d = scaleAt(blk);
+  if (sizeof<Q>() == 1) {
+    for (let j: usize = 0; j < 32; j += 8) {
+      const q = v128.load8x8_s(blk + 2 + j);
+      v128.store(dst + (j << 2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q)), d));
+      v128.store(dst + (j << 2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q)), d), 16);
+    }
+  } else {
+    const bytes = v128.load(blk + 2);
+    const eight = i8x16.splat(8);
+    const lo = i8x16.sub(v128.and(bytes, i8x16.splat(0x0f)), eight);
+    const hi = i8x16.sub(i8x16.shr_u(bytes, 4), eight);
+    storeQuad(dst, i16x8.extend_low_i8x16_s(lo), d);
+    storeQuad(dst + 32, i16x8.extend_high_i8x16_s(lo), d);
+    storeQuad(dst + 64, i16x8.extend_low_i8x16_s(hi), d);
+    storeQuad(dst + 96, i16x8.extend_high_i8x16_s(hi), d);
+  }
+}
+// @ts-ignore: decorator
+@inline function storeQuad(dst: usize, q: v128, d: v128): void {
+  v128.store(dst, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q)), d));
+  v128.store(dst, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q)), d), 16);
+}
+
+/** The output of one (row, weight row) pair as matmul.ts's finish: the vector sum, then the bias. */
+// @ts-ignore: decorator
+@inline function finish(acc: v128, bias: usize, n: i32): f32 {
+  let s = hsum(acc);
+  if (bias != 0) s += load<f32>(bias + (<usize>n << 2));
+  return s;
+}
+
+// One row: y[n] = x · dequant(w[n]) + bias[n] for n in [n0, n1), 4 weight rows at a time (4 sums, 4 streams of
+// blocks; their scales and the shared activations fill the rest of the registers).
+function matvecQ<Q>(xa: usize, K: i32, w: usize, bias: usize, yRow: usize, n0: i32, n1: i32): void {
+  const bb: usize = sizeof<Q>() == 1 ? Q8_BYTES : Q4_BYTES;
+  const blocks = <usize>(K >> 5);
+  const wStride = blocks * bb;
+  let n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const w0 = w + <usize>n * wStride, w1 = w0 + wStride, w2 = w1 + wStride, w3 = w2 + wStride;
+    let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0;
+    for (let b: usize = 0; b < blocks; b++) {
+      const xb = xa + (b << 7);
+      const o = b * bb;
+      a0 = blockDot<Q>(a0, xb, w0 + o);
+      a1 = blockDot<Q>(a1, xb, w1 + o);
+      a2 = blockDot<Q>(a2, xb, w2 + o);
+      a3 = blockDot<Q>(a3, xb, w3 + o);
+    }
+    const ya = yRow + (<usize>n << 2);
+    store<f32>(ya, finish(a0, bias, n));
+    store<f32>(ya, finish(a1, bias, n + 1), 4);
+    store<f32>(ya, finish(a2, bias, n + 2), 8);
+    store<f32>(ya, finish(a3, bias, n + 3), 12);
+  }
+  for (; n < n1; n++) {
+    const wn = w + <usize>n * wStride;
+    let a0 = f32x4.splat(0);
+    for (let b: usize = 0; b < blocks; b++) a0 = blockDot<Q>(a0, xa + (b << 7), wn + b * bb);
+    store<f32>(yRow + (<usize>n << 2), finish(a0, bias, n));
+  }
+}
+
+// y[t, n] = x[t] · dequant(w[n]) + bias[n] for t in [0, T), n in [n0, n1).
+// x: f32 rows of ldx elements (K used, K a multiple of 32); w: [N, K] in blocks; bias: f32 [N] or 0; y: f32 rows of
+// ldy elements; scratch: this thread's 16·K bytes.
+// Few rows (decode) widen the weights in registers, row by row: bound by the weights' bytes, read once a row. More
+// rows (prefill) dequantize each block of 4 weight rows once per chunk of rows into scratch and run the f32
+// product over it (matmul.ts's blocking of 2 rows x 4 weight rows), which widens each weight once per chunk
+// instead of once per row. Both give matmulF32's result over the dequantized weights.
+function matmulQ<Q>(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, scratch: usize, n0: i32, n1: i32): void {
+  const xStride = <usize>ldx << 2;
+  const yStride = <usize>ldy << 2;
+  if (T < 4) {
+    for (let t = 0; t < T; t++) matvecQ<Q>(x + <usize>t * xStride, K, w, bias, y + <usize>t * yStride, n0, n1);
+    return;
+  }
+  const bb: usize = sizeof<Q>() == 1 ? Q8_BYTES : Q4_BYTES;
+  const blocks = <usize>(K >> 5);
+  const wStride = blocks * bb;
+  const chunk = max(2, (65536 / max(K, 1)) & ~1);
+  for (let t0 = 0; t0 < T; t0 += chunk) {
+    const rows = min(chunk, T - t0);
+    const xc = x + <usize>t0 * xStride;
+    const yc = y + <usize>t0 * yStride;
+    let n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      const src = w + <usize>n * wStride; // 4 weight rows are contiguous: 4·blocks blocks
+      for (let b: usize = 0; b < 4 * blocks; b++) dequantBlock<Q>(src + b * bb, scratch + (b << 7));
+      matmulF32(xc, ldx, rows, K, scratch, bias != 0 ? bias + (<usize>n << 2) : 0, yc + (<usize>n << 2), ldy, 0, 4);
+    }
+    for (; n < n1; n++) {
+      const src = w + <usize>n * wStride;
+      for (let b: usize = 0; b < blocks; b++) dequantBlock<Q>(src + b * bb, scratch + (b << 7));
+      matmulF32(xc, ldx, rows, K, scratch, bias != 0 ? bias + (<usize>n << 2) : 0, yc + (<usize>n << 2), ldy, 0, 1);
+    }
+  }
+}
+
+/** y = x · dequant(w)ᵀ + bias over Q8_0 weights, for weight rows (outputs) [n0, n1); scratch: 16·K bytes. */
+export function matmulQ8_0(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, scratch: usize, n0: i32, n1: i32): void {
+  matmulQ<Q8>(x, ldx, T, K, w, bias, y, ldy, scratch, n0, n1);
+}
+/** y = x · dequant(w)ᵀ + bias over Q4_0 weights, for weight rows (outputs) [n0, n1); scratch: 16·K bytes. */
+export function matmulQ4_0(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, scratch: usize, n0: i32, n1: i32): void {
+  matmulQ<Q4>(x, ldx, T, K, w, bias, y, ldy, scratch, n0, n1);
+}
+
+// out[t] = dequant(table[ids[t]]) for t in [t0, t1). table: [V, D] in blocks (D a multiple of 32); ids: i32 [T];
+// out: f32 [T, D].
+function embeddingQ<Q>(table: usize, D: i32, ids: usize, out: usize, t0: i32, t1: i32): void {
+  const bb: usize = sizeof<Q>() == 1 ? Q8_BYTES : Q4_BYTES;
+  const blocks = <usize>(D >> 5);
+  for (let t = t0; t < t1; t++) {
+    const src = table + <usize>load<i32>(ids + (<usize>t << 2)) * blocks * bb;
+    const dst = out + <usize>t * <usize>D * 4;
+    for (let b: usize = 0; b < blocks; b++) dequantBlock<Q>(src + b * bb, dst + (b << 7));
+  }
+}
+export function embeddingQ8_0(table: usize, D: i32, ids: usize, out: usize, t0: i32, t1: i32): void {
+  embeddingQ<Q8>(table, D, ids, out, t0, t1);
+}
+export function embeddingQ4_0(table: usize, D: i32, ids: usize, out: usize, t0: i32, t1: i32): void {
+  embeddingQ<Q4>(table, D, ids, out, t0, t1);
+}
+
+// Dequantizes blocks [b0, b1) at src to f32 at dst (32 values a block): a quantized tensor that an op reads as f32.
+export function dequantQ8_0(src: usize, dst: usize, b0: i32, b1: i32): void {
+  for (let b = <usize>b0; b < <usize>b1; b++) dequantBlock<Q8>(src + b * Q8_BYTES, dst + (b << 7));
+}
+export function dequantQ4_0(src: usize, dst: usize, b0: i32, b1: i32): void {
+  for (let b = <usize>b0; b < <usize>b1; b++) dequantBlock<Q4>(src + b * Q4_BYTES, dst + (b << 7));
+}
