@@ -6,22 +6,24 @@
  *
  * Its tensors are CPU tensors whose arrays are views of the wasm memory (WasmTensor), so every op it does not
  * replace (training, sampling with a temperature, small ops) runs the reference code unchanged on the same data.
- * Half-precision weights stay half precision in the memory; a reference op that reads one as f32 gets a widened
- * copy. dispose() returns a tensor's block to the allocator.
+ * Half-precision weights stay half precision in the memory, and Q8_0 / Q4_0 weights in their blocks (GGUF's
+ * layouts); a reference op that reads one as f32 gets a widened (dequantized) copy. dispose() returns a tensor's block to the allocator.
  */
 import type { SampleRequest, SelectiveScanArgs, SeqShape, Tensor, TensorOrCols } from "../backend.ts";
 import { asCols } from "../backend.ts";
 import { CpuBackend } from "../cpu/index.ts";
 import { CpuTensor, cpu } from "../cpu/tensor.ts";
-import { type HostTensor, numel, toFloat32 } from "../../io/tensor.ts";
+import { type HostTensor, isQuantized, numel, toFloat32 } from "../../io/tensor.ts";
+import { QK, quantBytes } from "../../io/quant.ts";
 import { MambaError, check } from "../../errors.ts";
 import type { AdamWParams } from "../training.ts";
 import { type SimdPath, WasmRuntime } from "./runtime.ts";
 
-type Storage = "F32" | "F16" | "BF16" | "I32";
+type Storage = "F32" | "F16" | "BF16" | "Q8_0" | "Q4_0" | "I32";
 
-/** A CPU tensor held in the wasm memory at byte offset `ptr`. Half-precision ones (`storage` F16/BF16) read as a
- *  widened f32 copy through `data`, until an op writes into one: it is then widened in place for good (promote). */
+/** A CPU tensor held in the wasm memory at byte offset `ptr`. Half-precision and quantized ones (`storage`
+ *  F16/BF16/Q8_0/Q4_0, their stored bits in `half`) read as a widened (dequantized) f32 copy through `data`, until
+ *  an op writes into one: it is then widened in place for good (promote). */
 export class WasmTensor extends CpuTensor {
   freed = false;
   constructor(
@@ -31,7 +33,7 @@ export class WasmTensor extends CpuTensor {
     public ptr: number,
     public bytes: number,
     public storage: Storage,
-    public half: Uint16Array | null,
+    public half: Uint16Array | Uint8Array | null,
   ) {
     super(shape, dtype, data);
     if (half) {
@@ -40,7 +42,7 @@ export class WasmTensor extends CpuTensor {
       const widen = (): Float32Array => {
         const held = last?.deref();
         if (held) return held;
-        const wide = toFloat32({ dtype: this.storage as "F16" | "BF16", shape: [...this.shape], data: this.half! });
+        const wide = toFloat32({ dtype: this.storage as "F16" | "BF16" | "Q8_0" | "Q4_0", shape: [...this.shape], data: this.half! });
         last = new WeakRef(wide);
         return wide;
       };
@@ -106,7 +108,9 @@ export class WasmCpuBackend extends CpuBackend {
     if (w.half === null) return w;
     const n = numel(w.shape);
     const wide = this.allocF32(w.shape);
-    this.rt.run(w.storage === "F16" ? "widenF16" : "widenBF16", [w.ptr, wide.ptr], n, 4, n >= PARALLEL_MIN_WORK);
+    if (w.storage === "Q8_0" || w.storage === "Q4_0") {
+      this.rt.run(w.storage === "Q8_0" ? "dequantQ8_0" : "dequantQ4_0", [w.ptr, wide.ptr], n / QK, 1, n >= PARALLEL_MIN_WORK);
+    } else this.rt.run(w.storage === "F16" ? "widenF16" : "widenBF16", [w.ptr, wide.ptr], n, 4, n >= PARALLEL_MIN_WORK);
     temps.push(wide);
     return wide;
   }
@@ -124,6 +128,16 @@ export class WasmCpuBackend extends CpuBackend {
       if (t.readInto) t.readInto(new Uint8Array(this.rt.memory.buffer, ptr, n * 2)); // straight from the file
       else half.set(t.data as Uint16Array);
       return new WasmTensor([...t.shape], "f32", new Float32Array(0), ptr, n * 2, t.dtype, half);
+    }
+    // quantized matrices whose rows are whole blocks stay in their blocks (the products and the gather read them
+    // there); anything else is dequantized here
+    if (isQuantized(t.dtype) && t.shape.length === 2 && t.shape[1]! % QK === 0) {
+      const bytes = quantBytes(t.dtype, n);
+      const ptr = this.rt.alloc(bytes);
+      const blocks = new Uint8Array(this.rt.memory.buffer, ptr, bytes);
+      if (t.readInto) t.readInto(blocks);
+      else blocks.set(t.data as Uint8Array);
+      return new WasmTensor([...t.shape], "f32", new Float32Array(0), ptr, bytes, t.dtype, blocks);
     }
     const out = this.allocF32(t.shape);
     if (t.dtype === "F32" && t.readInto) t.readInto(new Uint8Array(this.rt.memory.buffer, out.ptr, n * 4));
@@ -226,7 +240,8 @@ export class WasmCpuBackend extends CpuBackend {
       if (!(idv[i]! >= 0 && idv[i]! < V)) throw new MambaError(`embedding: id ${idv[i]} outside the table's ${V} rows`);
     }
     const out = this.allocF32([idv.length, D]);
-    const kernel = tb.storage === "F16" ? "embeddingF16" : tb.storage === "BF16" ? "embeddingBF16" : "embeddingF32";
+    const kernel = tb.storage === "F16" ? "embeddingF16" : tb.storage === "BF16" ? "embeddingBF16"
+      : tb.storage === "Q8_0" ? "embeddingQ8_0" : tb.storage === "Q4_0" ? "embeddingQ4_0" : "embeddingF32";
     this.rt.run(kernel, [tb.ptr, D, idt.ptr, out.ptr], idv.length, 1, idv.length * D >= PARALLEL_MIN_WORK);
     this.freeTemps(temps);
     return out;
@@ -249,10 +264,11 @@ export class WasmCpuBackend extends CpuBackend {
     const args = [xt.ptr + 4 * c.col0, ld, T, K, wt.ptr, bt ? bt.ptr : 0, y.ptr, nOut];
     if (wt.half === null) this.rt.run("matmulF32", args, nOut, 8, parallel);
     else {
-      // a scratch of 4 widened weight rows per thread (see matmulHalfT)
+      // a scratch of 4 widened weight rows per thread (see matmulHalfT and matmulQ)
       const stride = 16 * K;
       const scratch = this.rt.alloc(stride * this.rt.threads);
-      this.rt.run(wt.storage === "F16" ? "matmulF16" : "matmulBF16", [...args, scratch], nOut, 8, parallel, { arg: args.length, stride });
+      const kernel = { F16: "matmulF16", BF16: "matmulBF16", Q8_0: "matmulQ8_0", Q4_0: "matmulQ4_0" }[wt.storage as "F16"];
+      this.rt.run(kernel, [...args, scratch], nOut, 8, parallel, { arg: args.length, stride });
       this.rt.release(scratch, stride * this.rt.threads);
     }
     this.freeTemps(temps);
