@@ -8,6 +8,8 @@
  * and the share of it that decode reaches, and a cold start from a 130m f32 safetensors folder in a child process:
  * peak RSS and the time from the process's start to the first token.
  * The engine's reference twin (the plain TypeScript backend) takes minutes here: BENCH_REFERENCE=1 adds it (1 thread).
+ * BENCH_1_4B=1 adds the 1.4b shape's decode (D 2048, 48 layers) with f16 weights (its f32 weights, 5.6 GB, do not fit
+ * wasm32's 4 GiB), weights made tile by tile straight into the engine's memory.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -21,6 +23,7 @@ import { prefill } from "../src/generate/generate.ts";
 import { type HostTensor, numel, toF16Bits } from "../src/io/tensor.ts";
 import { writeSafetensors } from "../src/io/safetensors.ts";
 import { WasmCpuBackend } from "../src/backend/wasm/index.ts";
+import { parameterShapes } from "../src/config.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const PROMPT = 256;
@@ -39,14 +42,17 @@ const llama = (weights: string, threads: number) => anchors.llama_cpp.find((r) =
 const greedy = { vocabSize: SHAPE.vocabSize, temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, history: null, uniforms: new Float32Array(1) };
 
 /** Time to first token of a 256-token prompt, then STEPS greedy tokens (seconds). */
-async function timeGeneration(model: MambaModel, prompt: Int32Array): Promise<{ ttft: number; decode: number }> {
+async function timeGeneration(model: MambaModel, prompt: Int32Array): Promise<{ ttft: number; decode: number; ttftCpu: number; decodeCpu: number }> {
   const lm = model.lm, b = lm.backend;
+  let c = process.cpuUsage();
   let t = performance.now();
   const { cache, logits } = await prefill(lm, prompt);
   let ids = b.sample(logits, greedy);
   await b.readI32(ids);
   b.dispose(logits);
   const ttft = (performance.now() - t) / 1000;
+  const ttftCpu = cpuSeconds(c);
+  c = process.cpuUsage();
   t = performance.now();
   for (let i = 0; i < STEPS; i++) {
     const h = lm.hidden(ids, { batch: 1, seqLen: 1 }, cache);
@@ -57,9 +63,16 @@ async function timeGeneration(model: MambaModel, prompt: Int32Array): Promise<{ 
     ids = next;
   }
   const decode = (performance.now() - t) / 1000;
+  const decodeCpu = cpuSeconds(c);
   b.dispose(ids);
   cache.dispose();
-  return { ttft, decode };
+  return { ttft, decode, ttftCpu, decodeCpu };
+}
+
+/** CPU seconds this process (all its threads) spent since `from`. */
+function cpuSeconds(from: NodeJS.CpuUsage): number {
+  const u = process.cpuUsage(from);
+  return (u.user + u.system) / 1e6;
 }
 
 /** The 130m weights with every matrix of 1024 values or more stored as f16 (as an f16 checkpoint holds them). */
@@ -87,8 +100,9 @@ export default async function run(): Promise<void> {
   const prompt = new Int32Array(PROMPT).map((_, i) => (i * 7919 + 13) % SHAPE.vocabSize);
 
   const rows: string[] = [];
-  const header = "| weights | threads | engine | prefill tok/s (llama.cpp, ratio) | decode tok/s (llama.cpp, ratio) |";
+  const header = "| weights | threads | engine | prefill tok/s (llama.cpp, ratio) | decode tok/s (llama.cpp, ratio) | CPU ms a token, prefill / decode |";
   const decodeRates: { weights: string; threads: number; tps: number }[] = [];
+  const prefillRates: number[] = [];
   const setups: { weights: "f32" | "f16"; threads: number; reference?: boolean }[] = [];
   for (const w of ["f32", "f16"] as const) for (const threads of THREADS) setups.push({ weights: w, threads });
   if (process.env.BENCH_REFERENCE === "1") setups.push({ weights: "f32", threads: 1, reference: true });
@@ -96,21 +110,29 @@ export default async function run(): Promise<void> {
     const backend = await createCpuBackend({ threads: s.threads, reference: s.reference === true });
     const model = await modelFromTensors(config, weights[s.weights], { backend }, { source: "bench", folder: "", dtype: s.weights.toUpperCase() });
     await timeGeneration(model, prompt.subarray(0, 16)); // warm-up: compile, JIT, allocator blocks
-    let best = { ttft: Infinity, decode: Infinity };
+    let best = { ttft: Infinity, decode: Infinity, ttftCpu: Infinity, decodeCpu: Infinity };
     for (let r = 0; r < (s.reference ? 1 : REPS); r++) {
       const m = await timeGeneration(model, prompt);
-      best = { ttft: Math.min(best.ttft, m.ttft), decode: Math.min(best.decode, m.decode) };
+      best = {
+        ttft: Math.min(best.ttft, m.ttft), decode: Math.min(best.decode, m.decode),
+        ttftCpu: Math.min(best.ttftCpu, m.ttftCpu), decodeCpu: Math.min(best.decodeCpu, m.decodeCpu),
+      };
     }
     const pf = PROMPT / best.ttft, dc = STEPS / best.decode;
     const a = llama(s.weights, s.threads);
     decodeRates.push({ weights: s.weights, threads: s.threads, tps: dc });
+    prefillRates.push(pf);
+    // CPU seconds a token: on a shared machine the wall clock counts others' work too; with one thread, the
+    // rate by CPU time is what the core gives when it is ours
+    const cpu = `${fmt((1000 * best.ttftCpu) / PROMPT, 2)} / ${fmt((1000 * best.decodeCpu) / STEPS, 1)}` +
+      (s.threads === 1 ? ` (${fmt(PROMPT / best.ttftCpu)} / ${fmt(STEPS / best.decodeCpu)} tok/s by CPU time)` : "");
     const row = `| ${s.weights} | ${s.threads} | ${describeBackend(backend)} | ${fmt(pf)} (${a?.prefill_tok_per_s ?? "-"}, ${ratio(pf, a?.prefill_tok_per_s)}) | ` +
-      `${fmt(dc)} (${a?.decode_tok_per_s ?? "-"}, ${ratio(dc, a?.decode_tok_per_s)}) |`;
+      `${fmt(dc)} (${a?.decode_tok_per_s ?? "-"}, ${ratio(dc, a?.decode_tok_per_s)}) | ${cpu} |`;
     rows.push(row);
     console.log(row);
     await model.dispose();
   }
-  console.log(`\n${header}\n|---|---|---|---|---|\n${rows.join("\n")}`);
+  console.log(`\n${header}\n|---|---|---|---|---|---|\n${rows.join("\n")}`);
 
   // memory bandwidth as the kernels see it: 512 MB read once per pass, best of 3 passes
   const bandwidth: Record<number, number> = {};
@@ -131,6 +153,31 @@ export default async function run(): Promise<void> {
   const limits = anchors.machine_limits.wasm_simd_matvec_gb_per_s;
   console.log(`\nmemory bandwidth (wasm streaming read of 512 MB): 1 thread ${fmt(bandwidth[1]!)} GB/s, 2 threads ${fmt(bandwidth[2]!)} GB/s` +
     ` (the anchor machine's wasm matvec: ${limits.threads_1} / ${limits.threads_2} GB/s)`);
+  // the products' arithmetic rate on a cache-resident product (x 64 x 512, w 512 x 512: 1.2 MB), and prefill's share
+  const flops: Record<number, { wall: number; cpu: number }> = {};
+  for (const threads of [1, 2]) {
+    const b = (await createCpuBackend({ threads })) as WasmCpuBackend;
+    const [T, K, N] = [64, 512, 512];
+    const x = b.fromF32(new Float32Array(T * K).fill(0.5), [T, K]);
+    const w = b.fromF32(new Float32Array(N * K).fill(0.25), [N, K]);
+    let wall = Infinity, cpu = Infinity;
+    for (let r = 0; r < 5; r++) {
+      const c = process.cpuUsage(), t = performance.now();
+      for (let i = 0; i < 20; i++) b.dispose(b.matmul(x, w, null));
+      wall = Math.min(wall, (performance.now() - t) / 1000);
+      cpu = Math.min(cpu, cpuSeconds(c));
+    }
+    const work = 20 * 2 * T * K * N;
+    flops[threads] = { wall: work / wall / 1e9, cpu: (work / cpu / 1e9) * threads };
+    await b.destroy();
+  }
+  console.log(`SIMD arithmetic (a cache-resident f32 product): 1 thread ${fmt(flops[1]!.wall)} GFLOP/s (${fmt(flops[1]!.cpu)} by CPU time), ` +
+    `2 threads ${fmt(flops[2]!.wall)} GFLOP/s`);
+  // the layers' products: 2 (D 2E + E (R + 2N) + R E + E D) a token and layer
+  const { hiddenSize: D, intermediateSize: E, stateSize: N, timeStepRank: R, numLayers } = config;
+  const flopsPerToken = 2 * numLayers * (D * 2 * E + E * (R + 2 * N) + R * E + E * D);
+  console.log(`prefill's products: ${fmt(flopsPerToken / 1e6)} MFLOP a token; the prefill rates above make ` +
+    decodeRates.map((d, i) => `${d.weights}/${d.threads}t ${fmt((prefillRates[i]! * flopsPerToken) / 1e9)}`).join(", ") + " GFLOP/s");
   const bytesPerToken = { f32: 0, f16: 0 };
   for (const [, t] of weights.f32) bytesPerToken.f32 += numel(t.shape) * 4;
   for (const [, t] of weights.f16) bytesPerToken.f16 += numel(t.shape) * (t.dtype === "F16" ? 2 : 4);
@@ -141,6 +188,35 @@ export default async function run(): Promise<void> {
   }
 
   if (process.env.BENCH_COLD !== "0") await coldStart(config, f32);
+  if (process.env.BENCH_1_4B === "1") await decode14b();
+}
+
+/** The 1.4b shape's decode with f16 weights: random values tiled from one block, written straight into the engine. */
+async function decode14b(): Promise<void> {
+  const config = makeConfig({ vocabSize: 50280, hiddenSize: 2048, numLayers: 48 });
+  const block = toF16Bits(Float32Array.from({ length: 1 << 20 }, (_, i) => (((i * 2654435761) >>> 0) / 2 ** 32 - 0.5) * 0.06));
+  const blockBytes = new Uint8Array(block.buffer);
+  const tensors = new Map<string, HostTensor>();
+  for (const [name, shape] of parameterShapes(config)) {
+    const n = numel(shape);
+    const fill = (dst: Uint8Array) => { for (let o = 0; o < n * 2; o += blockBytes.length) dst.set(blockBytes.subarray(0, Math.min(blockBytes.length, n * 2 - o)), o); };
+    tensors.set(name, {
+      dtype: "F16", shape, readInto: fill,
+      get data() { const d = new Uint16Array(n); fill(new Uint8Array(d.buffer)); return d; },
+    });
+  }
+  for (const threads of [2]) {
+    const backend = await createCpuBackend({ threads });
+    const t0 = performance.now();
+    const model = await modelFromTensors(config, tensors, { backend }, { source: "bench", folder: "", dtype: "F16" });
+    const built = (performance.now() - t0) / 1000;
+    const prompt = new Int32Array(16).map((_, i) => i * 31 + 5);
+    await timeGeneration(model, prompt.subarray(0, 4));
+    const m = await timeGeneration(model, prompt);
+    console.log(`1.4b shape (D 2048, 48 layers), f16 weights, ${describeBackend(backend)}: decode ${fmt(STEPS / m.decode, 2)} tok/s ` +
+      `(weights placed in ${fmt(built)} s)`);
+    await model.dispose();
+  }
 }
 
 /** A 130m f32 folder loaded from disk in a fresh process: peak RSS and time from process start to first token. */
