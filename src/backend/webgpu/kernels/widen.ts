@@ -1,29 +1,30 @@
 /** Widens packed f16 / bf16 values (two per u32) to f32: out[i] = element i. */
 import type { Buf, Gpu } from "../gpu.ts";
-import { Params, grid } from "../gpu.ts";
+import { grid } from "../gpu.ts";
 import { type WeightStorage, weightReader } from "./weights.ts";
 import { defineKernel } from "../kernel-def.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "./compose.ts";
 
-const wgsl = (ws: WeightStorage) => /* wgsl */ `
-// bindings: 0 w packed | 1 out f32 | 2 params
-struct P { n: u32, groupsX: u32 }
-@group(0) @binding(0) var<storage, read> w: array<u32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<uniform> p: P;
-
-${weightReader(ws)}
-
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+// w packed [n / 2] u32 | out [n] f32; a thread a value
+const parts = (ws: WeightStorage): WgslParts => ({
+  consts: [],
+  params: [["n", "u32"], ["groupsX", "u32"]],
+  bindings: [["w", "var<storage, read> w: array<u32>"], ["out", "var<storage, read_write> out: array<f32>"]],
+  decls: weightReader(ws),
+  fn: /* wgsl */ `
+fn widen(gid: vec3<u32>) {
   let i = gid.y * p.groupsX * 256u + gid.x;
   if (i < p.n) { out[i] = weight(i); }
-}
-`;
+}`,
+});
+const PARTS = { f16: parts("f16"), bf16: parts("bf16") };
 
-const widenKernel = defineKernel({ name: "widen", wgsl, label: (ws) => `widen_${ws}`, example: "f16" as WeightStorage });
+const widenKernel = defineKernel({
+  name: "widen", wgsl: (ws: "f16" | "bf16") => standaloneWgsl(PARTS[ws], "256", "widen(gid)"), label: (ws) => `widen_${ws}`, example: "f16",
+});
 
 export function widen(gpu: Gpu, src: Buf, ws: "f16" | "bf16", n: number, out: Buf): void {
   const k = gpu.kernel(widenKernel, ws);
   const [gx, gy] = grid(Math.ceil(n / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
-  gpu.dispatch(k, [src, out], new Params().u32(n).u32(gx), [gx, gy]);
+  gpu.dispatch(k, bindingsByName(PARTS[ws], { w: src, out }), paramBlock(PARTS[ws].params, { n, groupsX: gx }), [gx, gy]);
 }

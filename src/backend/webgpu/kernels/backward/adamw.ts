@@ -7,22 +7,24 @@
  * per-step values there would create new GPU objects on every step of a long run.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
-import { Params, grid } from "../../gpu.ts";
+import { grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
 
-const wgsl = /* wgsl */ `
-// bindings: 0 grad [n] | 1 param [n] in/out | 2 m [n] in/out | 3 v [n] in/out | 4 step [lr, bc1, bc2, gradScale]
-//           5 params
-struct P { n: u32, groupsX: u32, beta1: f32, beta2: f32, eps: f32, weightDecay: f32 }
-@group(0) @binding(0) var<storage, read> grad: array<f32>;
-@group(0) @binding(1) var<storage, read_write> param: array<f32>;
-@group(0) @binding(2) var<storage, read_write> m: array<f32>;
-@group(0) @binding(3) var<storage, read_write> v: array<f32>;
-@group(0) @binding(4) var<storage, read> step: array<f32, 4>;
-@group(0) @binding(5) var<uniform> p: P;
-
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+// grad [n] | param, m, v [n] in/out | step [lr, bc1, bc2, gradScale]; a thread a parameter
+const parts: WgslParts = {
+  consts: [],
+  params: [["n", "u32"], ["groupsX", "u32"], ["beta1", "f32"], ["beta2", "f32"], ["eps", "f32"], ["weightDecay", "f32"]],
+  bindings: [
+    ["grad", "var<storage, read> grad: array<f32>"],
+    ["param", "var<storage, read_write> param: array<f32>"],
+    ["m", "var<storage, read_write> m: array<f32>"],
+    ["v", "var<storage, read_write> v: array<f32>"],
+    ["step", "var<storage, read> step: array<f32, 4>"],
+  ],
+  decls: "",
+  fn: /* wgsl */ `
+fn adamw(gid: vec3<u32>) {
   let i = gid.y * p.groupsX * 256u + gid.x;
   if (i >= p.n) { return; }
   let lr = step[0];
@@ -32,8 +34,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   m[i] = mi;
   v[i] = vi;
   param[i] = param[i] * (1.0 - lr * p.weightDecay) - lr * (mi / step[1]) / (sqrt(vi / step[2]) + p.eps);
-}
-`;
+}`,
+};
 
 export interface AdamWScalars {
   lr: number; beta1: number; beta2: number; eps: number;
@@ -42,15 +44,15 @@ export interface AdamWScalars {
   gradScale: number;
 }
 
-const bwdAdamwKernel = defineKernel({ name: "bwd_adamw", wgsl: () => wgsl, example: null });
+const bwdAdamwKernel = defineKernel({ name: "bwd_adamw", wgsl: () => standaloneWgsl(parts, "256", "adamw(gid)"), example: null });
 
 // grad, param, m, v: [n]; param, m, v updated in place
 export function adamw(gpu: Gpu, grad: Buf, param: Buf, m: Buf, v: Buf, n: number, s: AdamWScalars): void {
   if (n === 0) return;
   const k = gpu.kernel(bwdAdamwKernel, null);
   const [gx, gy] = grid(Math.ceil(n / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
-  const p = new Params().u32(n).u32(gx).f32(s.beta1).f32(s.beta2).f32(s.eps).f32(s.weightDecay);
+  const p = paramBlock(parts.params, { n, groupsX: gx, beta1: s.beta1, beta2: s.beta2, eps: s.eps, weightDecay: s.weightDecay });
   const step = gpu.upload(new Float32Array([s.lr, s.bc1, s.bc2, s.gradScale]), "the optimizer's step scalars");
-  gpu.dispatch(k, [grad, param, m, v, step], p, [gx, gy]);
+  gpu.dispatch(k, bindingsByName(parts, { grad, param, m, v, step }), p, [gx, gy]);
   gpu.release(step); // dispatches run in order: reusing it later is safe
 }

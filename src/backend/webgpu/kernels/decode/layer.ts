@@ -24,7 +24,7 @@
  * read by the next dispatch only.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
-import { type ParamType, type WgslParts, composedBindings, composedParams, composedWgsl, paramBlock } from "./compose.ts";
+import { type ParamType, type WgslParts, composedBindings, composedParams, composedWgsl, paramBlock } from "../compose.ts";
 import { type MixerInArgs, type MixerInShape, mixerInGroups, mixerInParams, mixerInParts, mixerInShape } from "./mixer-in.ts";
 import { type MixerScanArgs, type MixerScanShape, mixerScanGroups, mixerScanParams, mixerScanParts, mixerScanShape } from "./mixer-scan.ts";
 import { defineKernel } from "../../kernel-def.ts";

@@ -17,7 +17,7 @@
  * layer's kernel 2 read (the first layer: the last layer's), which the next step's kernel 1 of that layer adds into.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
-import { type ParamType, type WgslParts, paramBlock, standaloneWgsl } from "./compose.ts";
+import { type ParamType, type WgslParts, paramBlock, standaloneWgsl } from "../compose.ts";
 import { DECODE_CONV_MAX_K, convTapWgsl } from "./conv-step.ts";
 import { type WeightStorage, weight4Binding, weight4Reader, weightBinding, weightReader } from "../weights.ts";
 import { fixedAddWgsl } from "./fixed.ts";
@@ -44,7 +44,7 @@ export interface MixerInShape {
 }
 
 /**
- * Kernel 1 as parts (./compose.ts): the phase function `mixerIn(t, g, ng)` does the work of group g of ng.
+ * Kernel 1 as parts (../compose.ts): the phase function `mixerIn(t, g, ng)` does the work of group g of ng.
  * `shared` (the one-dispatch layer, ./layer.ts): xz is written with atomic stores, so that other workgroups of the
  * same dispatch read it from the device's cache rather than a stale copy in their own.
  */

@@ -14,7 +14,7 @@
  * summing its G partials.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
-import { type ParamType, type WgslParts, paramBlock, standaloneWgsl } from "./compose.ts";
+import { type ParamType, type WgslParts, paramBlock, standaloneWgsl } from "../compose.ts";
 import { type WeightStorage, weightBinding, weightReader } from "../weights.ts";
 import { DECODE_MAX_B } from "./mixer-in.ts";
 import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
@@ -42,7 +42,7 @@ export interface MixerScanShape {
 const MIXER_SCAN_PARAMS: [string, ParamType][] = [["B", "u32"], ["E", "u32"], ["R", "u32"], ["G", "u32"], ["oPack", "u32"], ["oXq", "u32"]];
 
 /**
- * Kernel 2 as parts (./compose.ts): the phase function `mixerScan(t, gx, gy)` does the work of group (gx, gy).
+ * Kernel 2 as parts (../compose.ts): the phase function `mixerScan(t, gx, gy)` does the work of group (gx, gy).
  * `shared` (the one-dispatch layer, ./layer.ts): x_proj's totals and xz are read, y written, with atomics, so that
  * they pass between workgroups of one dispatch through the device's cache. `afterLoads` is WGSL run after the
  * loads that need nothing computed (the states, the channels' constants, the first dt_proj weights) and before
