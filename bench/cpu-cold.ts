@@ -3,6 +3,7 @@
  * draws the first token greedily, then 32 more; prints {rssMb, firstTokenS, loadS, engine} as one JSON line.
  * Usage: node --import tsx bench/cpu-cold.ts <folder> [threads]
  */
+import { readFileSync } from "node:fs";
 import { loadModel, describeBackend } from "../src/index.ts";
 
 const [folder, threadsArg] = process.argv.slice(2);
@@ -17,4 +18,15 @@ for await (const _id of model.stream(prompt, { maxNewTokens: 33, temperature: 0,
 }
 const engine = describeBackend(model.backend);
 await model.dispose();
-console.log(JSON.stringify({ rssMb: process.resourceUsage().maxRSS / 1024, firstTokenS, loadS, engine }));
+console.log(JSON.stringify({ rssMb: peakRssMb(), firstTokenS, loadS, engine }));
+
+/** This process's peak RSS: Linux's VmHWM (getrusage's maxrss may count the parent's pages from before the exec). */
+function peakRssMb(): number {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
+    if (m) return Number(m[1]) / 1024;
+  } catch {
+    // not Linux
+  }
+  return process.resourceUsage().maxRSS / 1024;
+}
