@@ -40,7 +40,10 @@
 // n instead (one channel at a time, h[n..n+4] in a vector, four channels' sums reduced by a 4×4 transpose) ran
 // as fast at L = 256 and 16-18% slower at L = 1, so the channels it is.
 import { madd } from "./simd";
-import { expV, softplusV, siluV, loadLanes, gatherLanes, storeLanes, scatterLanes } from "./math";
+import {
+  expV, expK, softplusV, siluV, loadLanes, gatherLanes, storeLanes, scatterLanes,
+  c, EXP_MIN, LOG2E, ROUNDER, NEG_LN2_HI, NEG_LN2_LO, P6, P5, P4, P3, P2, P1, ONE,
+} from "./math";
 
 export function selectiveScan(
   u: usize, delta: usize, ldDelta: i32, deltaBias: usize, A: usize, aIsLog: i32,
@@ -52,6 +55,9 @@ export function selectiveScan(
   const rowN = <usize>N << 2; // bytes between channels in A and state
   const rowE = <usize>E << 2;
   if (L <= 0) return; // no step: the state stays as it is
+  // expV's constants, loaded once (from memory, so that V8 keeps them in registers or on the stack)
+  const kMin = c(EXP_MIN), kLog2e = c(LOG2E), kRound = c(ROUNDER), kHi = c(NEG_LN2_HI), kLo = c(NEG_LN2_LO);
+  const k6 = c(P6), k5 = c(P5), k4 = c(P4), k3 = c(P3), k2 = c(P2), k1 = c(P1), k0 = c(ONE);
   for (let b = 0; b < batch; b++) {
     // dt for every step and channel first, into y (which the recurrence then overwrites), row by row: contiguous
     // accesses, and the softplus of the steps overlap, where inside the recurrence each would hold up its step
@@ -96,7 +102,21 @@ export function selectiveScan(
         const bRow = Bm + ((row * <usize>ldB) << 2);
         const cRow = Cm + ((row * <usize>ldC) << 2);
         let acc = f32x4.splat(0);
-        for (let n = 0; n < N; n++) {
+        let n = 0;
+        // two state indices a pass: their exps interleave (22% faster than one at a time with fused multiply-add)
+        for (; n + 2 <= N; n += 2) {
+          const nOff = <usize>n << 4;
+          const dA0 = expK(f32x4.mul(dt, v128.load(workA + nOff)), kMin, kLog2e, kRound, kHi, kLo, k6, k5, k4, k3, k2, k1, k0);
+          const dA1 = expK(f32x4.mul(dt, v128.load(workA + nOff, 16)), kMin, kLog2e, kRound, kHi, kLo, k6, k5, k4, k3, k2, k1, k0);
+          const bp = bRow + (<usize>n << 2), cp = cRow + (<usize>n << 2);
+          const h0 = madd(dA0, v128.load(workH + nOff), f32x4.mul(du, v128.load32_splat(bp)));
+          const h1 = madd(dA1, v128.load(workH + nOff, 16), f32x4.mul(du, v128.load32_splat(bp, 4)));
+          v128.store(workH + nOff, h0);
+          v128.store(workH + nOff, h1, 16);
+          acc = madd(h0, v128.load32_splat(cp), acc);
+          acc = madd(h1, v128.load32_splat(cp, 4), acc);
+        }
+        for (; n < N; n++) { // odd N (the same arithmetic: expV is expK with the table's constants)
           const nOff = <usize>n << 4;
           const dA = expV(f32x4.mul(dt, v128.load(workA + nOff)));
           const h = madd(dA, v128.load(workH + nOff), f32x4.mul(du, v128.load32_splat(bRow + (<usize>n << 2))));
