@@ -34,7 +34,9 @@ export async function createCpuBackend(options: CpuBackendOptions = {}): Promise
     return new CpuBackend();
   }
   try {
-    return await createWasmCpuBackend({ threads: threads ?? defaultThreads(), simd });
+    const b = await createWasmCpuBackend({ threads: threads ?? defaultThreads(), simd });
+    if (b.referenceOps.length > 0) onNotice?.(`cpu: ${b.referenceOps.join(", ")} run the reference code (no kernel in this build)`);
+    return b;
   } catch (err) {
     if (typeof WebAssembly === "undefined") {
       onNotice?.("backend: cpu (reference: no WebAssembly here)");
