@@ -94,32 +94,79 @@ for (const name of ["hf-mamba2/tiny", "mamba-ssm/mamba2-tiny", "hf-falcon-mamba/
   });
 }
 
-test("hf-falcon-mamba/tiny: loss and every gradient on WebGPU match PyTorch; Mamba-2 training there is a clear MambaError", { timeout: 300_000 }, async (t) => {
+for (const name of ["hf-falcon-mamba/tiny", "hf-mamba2/tiny"]) {
+  test(`${name}: loss and every gradient on WebGPU match PyTorch`, { timeout: 300_000 }, async (t) => {
+    const g = await gpuOrSkip(t);
+    if (!g) return;
+    const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+    const { readSafetensorsAny } = await import("../helpers/fixtures.ts");
+    const folder = fixture(...name.split("/"));
+    const ids = (await expected(folder)).get("input_ids")!;
+    const [batch, seqLen] = ids.shape as [number, number];
+    const want = await readSafetensorsAny(`${folder}/grads.safetensors`);
+    const model = await loadModel(folder, { backend: await createWebGpuBackend() });
+    try {
+      const { loss, grads } = await model.lossAndGrads(ids.i32, { batch, seqLen });
+      const wantLoss = want.get("loss")!.f32[0]!;
+      assert.ok(Math.abs(loss - wantLoss) <= 1e-5 * Math.abs(wantLoss), `loss ${loss} vs ${wantLoss}`);
+      for (const n of [...want.keys()].filter((k) => k !== "loss")) {
+        const w = want.get(n)!.f32, got = grads.get(n)!;
+        const scale = Math.max(...Array.from(w, Math.abs));
+        assert.ok(maxAbsDiff(got, w) / scale < 1e-4, `${n}: ${(maxAbsDiff(got, w) / scale).toExponential(2)}`);
+      }
+    } finally {
+      await model.dispose();
+    }
+  });
+}
+
+test("ssdScanBackward and gatedRmsNormBackward on WebGPU match the CPU (groups, gate, clamp, initial state, windows)", { timeout: 300_000 }, async (t) => {
   const g = await gpuOrSkip(t);
   if (!g) return;
-  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  const { readSafetensorsAny } = await import("../helpers/fixtures.ts");
-  const folder = fixture("hf-falcon-mamba", "tiny");
-  const ids = (await expected(folder)).get("input_ids")!;
-  const [batch, seqLen] = ids.shape as [number, number];
-  const want = await readSafetensorsAny(`${folder}/grads.safetensors`);
-  const model = await loadModel(folder, { backend: await createWebGpuBackend() });
-  try {
-    const { loss, grads } = await model.lossAndGrads(ids.i32, { batch, seqLen });
-    const wantLoss = want.get("loss")!.f32[0]!;
-    assert.ok(Math.abs(loss - wantLoss) <= 1e-5 * Math.abs(wantLoss), `loss ${loss} vs ${wantLoss}`);
-    for (const name of [...want.keys()].filter((k) => k !== "loss")) {
-      const w = want.get(name)!.f32, got = grads.get(name)!;
-      const scale = Math.max(...Array.from(w, Math.abs));
-      assert.ok(maxAbsDiff(got, w) / scale < 1e-4, `${name}: ${(maxAbsDiff(got, w) / scale).toExponential(2)}`);
-    }
-  } finally {
-    await model.dispose();
+  type TB = Backend & import("../../src/backend/training.ts").TrainingOps;
+  const cases = [
+    { B: 2, L: 19, H: 4, P: 3, G: 2, N: 5, gate: true, state: true, limit: [0.02, 0.7] as const },
+    { B: 1, L: 7, H: 2, P: 2, G: 1, N: 4, gate: false, state: false, limit: [0, Infinity] as const },
+  ];
+  for (const c of cases) {
+    const r = new TestRng(c.L * 13 + c.H);
+    const T = c.B * c.L, E = c.H * c.P, GN = c.G * c.N;
+    const d = {
+      xBC: r.f32(T * (E + 2 * GN)), zdt: r.f32(T * (E + c.H)), dtBias: r.f32(c.H, 1), D: r.f32(c.H), h0: r.f32(c.B * c.H * c.P * c.N),
+      A_log: Float32Array.from({ length: c.H }, () => Math.log(r.uniform(0.5, 8))), dy: r.f32(T * E),
+    };
+    const run = async (b: TB) => {
+      const xBC = b.fromF32(d.xBC, [T, E + 2 * GN]), zdt = b.fromF32(d.zdt, [T, E + c.H]);
+      const gxBC = b.zeros([T, E + 2 * GN]), gzdt = b.zeros([T, E + c.H]);
+      const gA = b.zeros([c.H]), gD = b.zeros([c.H]), gBias = b.zeros([c.H]);
+      b.ssdScanBackward!({
+        batch: c.B, seqLen: c.L, x: cols(xBC, 0, E), B: cols(xBC, E, GN), C: cols(xBC, E + GN, GN), dt: cols(zdt, E, c.H),
+        dtBias: b.fromF32(d.dtBias, [c.H]), A_log: b.fromF32(d.A_log, [c.H]), D: b.fromF32(d.D, [c.H]),
+        z: c.gate ? cols(zdt, 0, E) : null, headDim: c.P, nGroups: c.G, dtLimit: c.limit, chunkSize: 4,
+        state: c.state ? b.fromF32(d.h0, [c.B, c.H, c.P, c.N]) : null,
+      }, b.fromF32(d.dy, [T, E]), {
+        dx: cols(gxBC, 0, E), dB: cols(gxBC, E, GN), dC: cols(gxBC, E + GN, GN), dDt: cols(gzdt, E, c.H), dz: c.gate ? cols(gzdt, 0, E) : null,
+        dA_log: gA, dD: gD, dDtBias: gBias,
+      });
+      return Promise.all([gxBC, gzdt, gA, gD, gBias].map((x) => b.readF32(x)));
+    };
+    const want = await run(cpu as TB), got = await run(g as TB);
+    want.forEach((w, i) => {
+      const scale = Math.max(1e-6, ...Array.from(w, Math.abs));
+      assert.ok(maxAbsDiff(got[i]!, w) / scale < 1e-4, `${JSON.stringify(c)}: gradient ${i} differs by ${maxAbsDiff(got[i]!, w)}`);
+    });
   }
-  const m2 = await loadModel(fixture("hf-mamba2", "tiny"), { backend: await createWebGpuBackend() });
-  try {
-    await assert.rejects(m2.lossAndGrads(ids.i32, { batch, seqLen }), /cannot train Mamba-2 models yet/);
-  } finally {
-    await m2.dispose();
+  const r = new TestRng(11);
+  const [T, E] = [4, 12];
+  const y = r.f32(T * E), z = r.f32(T * (E + 2)), w = r.f32(E, 1), dOut = r.f32(T * E);
+  for (const [gs, before] of [[4, false], [6, true]] as const) {
+    const run = async (b: TB) => {
+      const dy = b.zeros([T, E]), dz = b.zeros([T, E + 2]), dW = b.zeros([E]);
+      b.gatedRmsNormBackward!(b.fromF32(y, [T, E]), cols(b.fromF32(z, [T, E + 2]), 2, E), b.fromF32(w, [E]), 1e-5, gs, before,
+        b.fromF32(dOut, [T, E]), { dy, dz: cols(dz, 2, E), dWeight: dW });
+      return Promise.all([dy, dz, dW].map((x) => b.readF32(x)));
+    };
+    const want = await run(cpu as TB), got = await run(g as TB);
+    want.forEach((v, i) => assert.ok(maxAbsDiff(got[i]!, v) < 1e-5, `gated norm backward, groups of ${gs}, before ${before}: part ${i}`));
   }
 });

@@ -4,9 +4,11 @@
  * ./kernels/ssd. The scan runs in chunks (state space duality: chunk states, state passing, outputs within and
  * from the states; chunks of at most CHUNK_MAX positions) and, for one position (decode), as the plain recurrence
  * (a thread per (b, h, p), the state row in registers). Both are tested against the CPU's.
+ * The training ops: Falcon's windowed norm's backward, the gated norm's, and the SSD's (kernels/ssd/backward.ts:
+ * a thread per (b, h) recomputing states from checkpoints, correct rather than fast).
  */
 import type { SsdScanArgs, Tensor, TensorOrCols } from "../backend.ts";
-import { check } from "../../errors.ts";
+import { MambaError, check } from "../../errors.ts";
 import { numel } from "../../io/tensor.ts";
 import type { Buf } from "./gpu.ts";
 import { WebGpuBackend } from "./backend.ts";
@@ -15,7 +17,10 @@ import { copyWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
 import { ssdScanSequential } from "./kernels/ssd/scan.ts";
 import { chunkStateFloats, ssdScanChunked } from "./kernels/ssd/chunked.ts";
-import { MAX_SEGMENTS, gatedRmsNorm, segmentRmsNorm, segmentRmsNormBackward } from "./kernels/ssd/norms.ts";
+import { MAX_SEGMENTS, gatedRmsNorm, gatedRmsNormBackward, segmentRmsNorm, segmentRmsNormBackward } from "./kernels/ssd/norms.ts";
+import { addWindow, ssdBackward, ssdBackwardLayout } from "./kernels/ssd/backward.ts";
+import { copyWindow } from "./kernels/copy.ts";
+import type { SsdGrads } from "../training.ts";
 
 function make(b: WebGpuBackend, shape: readonly number[], what: string): GpuTensor {
   return new GpuTensor([...shape], "f32", b.gpu.alloc(Math.max(4, numel(shape) * 4), what), "f32", b);
@@ -30,6 +35,32 @@ function f32(b: WebGpuBackend, t: GpuTensor): Buf {
     t.widened = out;
   }
   return t.widened.buf;
+}
+
+/** The scan's windows and sizes, checked against each other. */
+function ssdWindows(b: WebGpuBackend, a: SsdScanArgs, what: string) {
+  const win = (x: TensorOrCols) => {
+    const w = windowOf(x, b, what);
+    return { t: w.t, buf: f32(b, w.t), ld: w.ld, off: w.off, width: w.width, rows: w.rows };
+  };
+  const x = win(a.x), dt = win(a.dt), Bm = win(a.B), Cm = win(a.C), z = a.z ? win(a.z) : null;
+  const H = dt.width, P = a.headDim, G = a.nGroups, T = a.batch * a.seqLen, N = Bm.width / G;
+  check(x.width === H * P && Number.isInteger(N) && N > 0 && Cm.width === Bm.width && H % G === 0 && x.rows === T
+    && dt.rows === T && Bm.rows === T && Cm.rows === T && (!z || (z.width === H * P && z.rows === T)),
+    `${what}: x [${x.rows}, ${x.width}], dt [${dt.rows}, ${dt.width}], B/C [${Bm.rows}, ${Bm.width}] do not fit ` +
+    `${a.batch}×${a.seqLen} rows of ${H} heads × ${P} in ${G} groups`);
+  return { x, dt, Bm, Cm, z, H, P, G, T, N };
+}
+
+/** dtBias | A_log | D side by side ([3H]), in a buffer the caller releases. */
+function scanConsts(b: WebGpuBackend, a: SsdScanArgs, H: number, what: string): Buf {
+  const consts = b.gpu.alloc(3 * H * 4, "the scan's constants");
+  for (const [i, t] of [a.dtBias, a.A_log, a.D].entries()) {
+    const g = gpuTensor(t, b, what);
+    check(g.numel === H, `${what}: dtBias, A_log and D need ${H} values, got [${g.shape}]`);
+    copyWords(b.gpu, f32(b, g), 0, consts, i * H, H);
+  }
+  return consts;
 }
 
 /** The longest chunk of the GPU's chunked scan (the work within a chunk grows with its square). */
@@ -96,6 +127,82 @@ export const webgpuMamba2Ops = {
     const out = make(this, xt.shape, "the windowed norm's output");
     segmentRmsNorm(this.gpu, f32(this, xt), out.buf, xt.numel / xt.cols, widths, eps);
     return out;
+  },
+
+  /** TrainingOps.ssdScanBackward: every gradient added into (windows included). */
+  ssdScanBackward(this: WebGpuBackend, a: SsdScanArgs, dy: Tensor, g: SsdGrads): void {
+    const what = "ssdScanBackward";
+    check((a.z === null) === (g.dz === null), `${what}: dz must be given exactly when the forward had a gate z`);
+    const { x, dt, Bm, Cm, z, H, P, G, T, N } = ssdWindows(this, a, what);
+    const dyt = gpuTensor(dy, this, what);
+    check(dyt.numel === T * H * P, `${what}: dy [${dyt.shape}] does not match the scan`);
+    const st = a.state ? gpuTensor(a.state, this, what) : null;
+    check(!st || st.numel === a.batch * H * P * N, `${what}: the initial state needs [${a.batch}, ${H}, ${P}, ${N}]`);
+    // the inputs side by side in one buffer: x | B | C | dt | z
+    const GN = G * N, HP = H * P;
+    const W = 2 * GN + H + HP + (z ? HP : 0);
+    const dims = {
+      B: a.batch, L: a.seqLen, H, P, G, N, W, ox: 0, ob: HP, oc: HP + GN, odt: HP + 2 * GN, oz: HP + 2 * GN + H,
+      hasZ: !!z, hasState: !!st, lo: a.dtLimit[0], hi: a.dtLimit[1],
+    };
+    const l = ssdBackwardLayout(dims);
+    const limit = this.gpu.limits.maxStorageBufferBindingSize;
+    for (const [n, name] of [[T * W, "inputs"], [l.work, "work"], [l.grads, "gradients"]] as const) {
+      if (n * 4 > limit) throw new MambaError(`${what}: the backward's ${name} need ${n * 4} bytes, over this device's ${limit} a buffer; use a smaller batch or the cpu backend`);
+    }
+    const inp = this.gpu.alloc(T * W * 4, "the SSD backward's inputs");
+    for (const [w, off] of [[x, dims.ox], [Bm, dims.ob], [Cm, dims.oc], [dt, dims.odt], ...(z ? [[z, dims.oz] as const] : [])] as const) {
+      copyWindow(this.gpu, w.buf, w.ld, w.off, inp, W, off, T, w.width);
+    }
+    const consts = scanConsts(this, a, H, what);
+    const work = this.gpu.alloc(Math.max(4, l.work * 4), "the SSD backward's states");
+    const grads = this.gpu.alloc(l.grads * 4, "the SSD backward's gradients");
+    const dense = (t: Tensor, n: number, name: string) => {
+      const gt = gpuTensor(t, this, what);
+      check(gt.numel === n, `${what}: ${name} needs ${n} values, got [${gt.shape}]`);
+      gt.version++;
+      return gt.buf;
+    };
+    ssdBackward(this.gpu, dims, inp, consts, dyt.buf, st?.buf ?? null, work, grads,
+      dense(g.dA_log, H, "dA_log"), dense(g.dD, H, "dD"), dense(g.dDtBias, H, "dDtBias"));
+    const add = (target: TensorOrCols, width: number, srcOff: number, name: string) => {
+      const w = windowOf(target, this, `${what} (${name})`);
+      check(w.width === width && w.rows === T, `${what}: ${name} is ${w.rows} x ${w.width}, expected ${T} x ${width}`);
+      addWindow(this.gpu, grads, width, srcOff, w.t.buf, w.ld, w.off, T, width);
+      w.t.version++;
+    };
+    add(g.dx, HP, l.oGx, "dx");
+    add(g.dB, GN, l.oBs, "dB");
+    add(g.dC, GN, l.oCs, "dC");
+    add(g.dDt, H, l.oGdt, "dDt");
+    if (g.dz) add(g.dz, HP, l.oGz, "dz");
+    for (const b of [inp, consts, work, grads]) this.gpu.release(b);
+  },
+
+  /** TrainingOps.gatedRmsNormBackward: dy, dz and dWeight added into. */
+  gatedRmsNormBackward(
+    this: WebGpuBackend, y: Tensor, z: TensorOrCols, weight: Tensor, eps: number, groupSize: number, normBeforeGate: boolean,
+    dOut: Tensor, g: { dy: Tensor; dz: TensorOrCols; dWeight: Tensor },
+  ): void {
+    const what = "gatedRmsNormBackward";
+    const yt = gpuTensor(y, this, what), zw = windowOf(z, this, what), wt = gpuTensor(weight, this, what);
+    const gt = gpuTensor(dOut, this, what), dyt = gpuTensor(g.dy, this, what), dzw = windowOf(g.dz, this, what);
+    const dwt = gpuTensor(g.dWeight, this, what);
+    const E = zw.width, T = zw.rows;
+    check(yt.numel === T * E && gt.numel === T * E && dyt.numel === T * E && wt.numel === E && dwt.numel === E && E % groupSize === 0
+      && dzw.width === E && dzw.rows === T, `${what}: y [${yt.shape}], gate of width ${E}, groups of ${groupSize} and the gradients do not fit`);
+    const outs = [dyt.buf, dzw.t.buf, dwt.buf];
+    check(new Set(outs).size === 3 && ![yt.buf, zw.t.buf, wt.buf, gt.buf].some((b) => outs.includes(b)),
+      `${what}: the gradients must be apart from each other and from the inputs`);
+    const part = this.gpu.alloc(T * E * 4, "the gated norm's weight gradient by row");
+    gatedRmsNormBackward(this.gpu, {
+      y: f32(this, yt), z: f32(this, zw.t), ldz: zw.ld, offz: zw.off, weight: f32(this, wt), dOut: gt.buf, dy: dyt.buf,
+      dz: dzw.t.buf, ldDz: dzw.ld, offDz: dzw.off, dWeight: dwt.buf, part, T, E, gs: groupSize, before: normBeforeGate, eps,
+    });
+    this.gpu.release(part);
+    dyt.version++;
+    dzw.t.version++;
+    dwt.version++;
   },
 
   /** Falcon-Mamba's training op (TrainingOps.segmentRmsNormBackward): dx += the gradient through the norms. */

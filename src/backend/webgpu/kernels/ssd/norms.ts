@@ -9,6 +9,7 @@
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
+import { check } from "../../../../errors.ts";
 
 const gatedWgsl = /* wgsl */ `
 // bindings: 0 y [T, E] | 1 z window | 2 weight [E] | 3 out [T, E] | 4 params
@@ -145,4 +146,104 @@ export function segmentRmsNormBackward(gpu: Gpu, x: Buf, dOut: Buf, dx: Buf, T: 
   const p = new Params().u32(T).u32(W).u32(widths.length);
   for (const s of starts) p.u32(s);
   gpu.dispatch(k, [x, dOut, dx], p.f32(eps).u32(gx), [gx, gy]);
+}
+
+const gatedBackwardWgsl = /* wgsl */ `
+// bindings: 0 y [T, E] | 1 z window | 2 weight [E] | 3 dOut [T, E] | 4 dy [T, E] (added into) | 5 dz window (added
+// into) | 6 dwPart [T, E] (each row's share of dWeight, written) | 7 params. A thread per (row, group):
+//   n = v·r (v = y·silu(z), or y with the gate after the norm);  dn = dOut·w (·silu(z));  dv = r·(dn − n·mean(dn·n))
+struct P { T: u32, E: u32, gs: u32, ldz: u32, offz: u32, before: u32, eps: f32, groupsX: u32 }
+@group(0) @binding(0) var<storage, read> y: array<f32>;
+@group(0) @binding(1) var<storage, read> z: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> dOut: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dy: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dz: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dwPart: array<f32>;
+@group(0) @binding(7) var<uniform> p: P;
+
+fn sig(v: f32) -> f32 { return 1.0 / (1.0 + exp(-v)); }
+fn zAt(t: u32, c: u32) -> f32 { return z[t * p.ldz + p.offz + c]; }
+fn val(t: u32, c: u32) -> f32 {
+  let yv = y[t * p.E + c];
+  if (p.before != 0u) { return yv; }
+  let zv = zAt(t, c);
+  return yv * zv * sig(zv);
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let G = p.E / p.gs;
+  let i = gid.y * p.groupsX * 64u + gid.x;
+  if (i >= p.T * G) { return; }
+  let t = i / G;
+  let c0 = (i % G) * p.gs;
+  var ss = 0.0;
+  for (var k = 0u; k < p.gs; k++) { let v = val(t, c0 + k); ss = fma(v, v, ss); }
+  let r = inverseSqrt(ss / f32(p.gs) + p.eps);
+  // dn_c = dOut·w (·silu(z) with the gate after the norm); Σ dn·n
+  var dot = 0.0;
+  for (var k = 0u; k < p.gs; k++) {
+    let c = c0 + k;
+    let n = val(t, c) * r;
+    var dn = dOut[t * p.E + c] * weight[c];
+    if (p.before != 0u) { let zv = zAt(t, c); dn = dn * zv * sig(zv); }
+    dot = fma(dn, n, dot);
+  }
+  let mean = dot / f32(p.gs);
+  for (var k = 0u; k < p.gs; k++) {
+    let c = c0 + k;
+    let n = val(t, c) * r;
+    let go = dOut[t * p.E + c];
+    let zv = zAt(t, c);
+    let sg = sig(zv);
+    let zi = t * p.ldz + p.offz + c;
+    var dn = go * weight[c];
+    if (p.before != 0u) {
+      dwPart[t * p.E + c] = go * n * zv * sg;
+      dz[zi] = dz[zi] + go * n * weight[c] * sg * (1.0 + zv * (1.0 - sg));
+      dn = dn * zv * sg;
+      dy[t * p.E + c] = dy[t * p.E + c] + r * (dn - n * mean);
+    } else {
+      dwPart[t * p.E + c] = go * n;
+      let dv = r * (dn - n * mean);
+      dy[t * p.E + c] = dy[t * p.E + c] + dv * zv * sg;
+      dz[zi] = dz[zi] + dv * y[t * p.E + c] * sg * (1.0 + zv * (1.0 - sg));
+    }
+  }
+}
+`;
+
+const colsumWgsl = /* wgsl */ `
+// bindings: 0 part [T, E] | 1 out [E] (added into) | 2 params: out[e] += Σ_t part[t, e]
+struct P { T: u32, E: u32 }
+@group(0) @binding(0) var<storage, read> part: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<uniform> p: P;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let e = gid.x;
+  if (e >= p.E) { return; }
+  var s = 0.0;
+  for (var t = 0u; t < p.T; t++) { s = s + part[t * p.E + e]; }
+  out[e] = out[e] + s;
+}
+`;
+
+const gatedBackwardKernel = defineKernel({ name: "gated_rmsnorm_backward", wgsl: () => gatedBackwardWgsl, example: null });
+const colsumKernel = defineKernel({ name: "ssd_colsum", wgsl: () => colsumWgsl, example: null });
+
+// y: [T, E], z: [T, E] window, dOut: [T, E]; dy (+=), dz window (+=), dWeight (+=); part: a [T, E] scratch
+export function gatedRmsNormBackward(
+  gpu: Gpu, a: {
+    y: Buf; z: Buf; ldz: number; offz: number; weight: Buf; dOut: Buf; dy: Buf; dz: Buf; ldDz: number; offDz: number;
+    dWeight: Buf; part: Buf; T: number; E: number; gs: number; before: boolean; eps: number;
+  },
+): void {
+  check(a.ldz === a.ldDz && a.offz === a.offDz, "gatedRmsNormBackward: z and dz must be windows of the same place in matrices of one width");
+  const [gx, gy] = grid(Math.ceil((a.T * (a.E / a.gs)) / 64), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const p = new Params().u32(a.T).u32(a.E).u32(a.gs).u32(a.ldz).u32(a.offz).bool(a.before).f32(a.eps).u32(gx);
+  gpu.dispatch(gpu.kernel(gatedBackwardKernel, null), [a.y, a.z, a.weight, a.dOut, a.dy, a.dz, a.part], p, [gx, gy]);
+  gpu.dispatch(gpu.kernel(colsumKernel, null), [a.part, a.dWeight], new Params().u32(a.T).u32(a.E), [Math.ceil(a.E / 64)]);
 }
