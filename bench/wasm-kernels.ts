@@ -11,7 +11,7 @@
  * are timed at the prefill shapes for comparison.
  *
  * The modules are compiled from the sources here (AssemblyScript's API, scripts/build-wasm.mjs's flags).
- * Usage: node --experimental-wasm-relaxed-simd --import tsx bench/wasm-kernels.ts   (Node 20; later Nodes need no flag)
+ * Usage: node --import tsx bench/wasm-kernels.ts   (on Node 20 it sets V8's --experimental-wasm-relaxed-simd itself)
  */
 import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
