@@ -69,24 +69,10 @@ export const CHUNK_MAX = 64;
 export const webgpuMamba2Ops = {
   ssdScan(this: WebGpuBackend, a: SsdScanArgs): Tensor {
     const what = "ssdScan";
-    const win = (x: TensorOrCols) => {
-      const w = windowOf(x, this, what);
-      return { buf: f32(this, w.t), ld: w.ld, off: w.off, width: w.width, rows: w.rows };
-    };
-    const x = win(a.x), dt = win(a.dt), Bm = win(a.B), Cm = win(a.C), z = a.z ? win(a.z) : null;
-    const H = dt.width, P = a.headDim, G = a.nGroups, T = a.batch * a.seqLen, N = Bm.width / G;
-    check(x.width === H * P && Number.isInteger(N) && N > 0 && Cm.width === Bm.width && H % G === 0 && x.rows === T
-      && dt.rows === T && Bm.rows === T && Cm.rows === T && (!z || (z.width === H * P && z.rows === T)),
-      `${what}: x [${x.rows}, ${x.width}], dt [${dt.rows}, ${dt.width}], B/C [${Bm.rows}, ${Bm.width}] do not fit ` +
-      `${a.batch}×${a.seqLen} rows of ${H} heads × ${P} in ${G} groups`);
+    const { x, dt, Bm, Cm, z, H, P, G, N } = ssdWindows(this, a, what);
     const st = a.state ? gpuTensor(a.state, this, what) : null;
     check(!st || st.numel === a.batch * H * P * N, `${what}: the state needs [${a.batch}, ${H}, ${P}, ${N}]`);
-    const consts = this.gpu.alloc(3 * H * 4, "the scan's constants");
-    for (const [i, t] of [a.dtBias, a.A_log, a.D].entries()) {
-      const g = gpuTensor(t, this, what);
-      check(g.numel === H, `${what}: dtBias, A_log and D need ${H} values, got [${g.shape}]`);
-      copyWords(this.gpu, f32(this, g), 0, consts, i * H, H);
-    }
+    const consts = scanConsts(this, a, H, what);
     const y = make(this, [a.batch, a.seqLen, H * P], "the scan output");
     const args = {
       x: x.buf, ldx: x.ld, offx: x.off, dt: dt.buf, lddt: dt.ld, offdt: dt.off, Bm: Bm.buf, ldb: Bm.ld, offb: Bm.off,
