@@ -19,7 +19,7 @@ import { type MambaLM } from "../model/mamba.ts";
 import type { MambaModel } from "../model/model.ts";
 import { MambaCache } from "../model/cache.ts";
 import { MambaState, type StateLayout, mergeSeen, takeBatchRow } from "../model/state.ts";
-import { prefill } from "../generate/generate.ts";
+import { prefill, prefillBatch } from "../generate/generate.ts";
 import { Rng } from "../generate/rng.ts";
 import { PrefixCache } from "./prefix-cache.ts";
 
@@ -232,11 +232,18 @@ export class Scheduler {
     this.release();
   }
 
-  /** Reads admitted prompts, a chunk at a time, up to one chunk's worth of tokens per iteration (at least one chunk). */
+  /**
+   * Reads admitted prompts, a chunk at a time, up to one chunk's worth of tokens per iteration (at least one
+   * chunk). Short prompts of one length that start from nothing are read together, in one pass of the model (its
+   * rows are computed as they would be alone). Requests whose prompt is read draw their first token and join the
+   * batch, all at once.
+   */
   private async readPrompts(): Promise<void> {
     const b = this.lm.backend;
     let budget = this.chunk;
-    while (this.prefilling.length > 0 && budget > 0) {
+    budget -= await this.readShortPrompts(budget);
+    const joining: Job[] = [];
+    while (this.prefilling.length > 0 && budget >= 0) {
       const job = this.prefilling[0]!;
       if (job.cancelled) { this.prefilling.shift(); this.drop(job); continue; }
       const prompt = job.spec.prompt;
@@ -262,19 +269,62 @@ export class Scheduler {
         this.drop(job);
         continue;
       }
-      const conv = job.cache!.conv.map((t) => takeBatchRow(b, t, 1, 0));
-      const ssm = job.cache!.ssm.map((t) => takeBatchRow(b, t, 1, 0));
+      joining.push(job);
+    }
+    if (joining.length === 0) return;
+    // one copy of the batch for all that join
+    const rows = joining.map((job) => {
+      const row = { conv: job.cache!.conv.map((t) => takeBatchRow(b, t, 1, 0)), ssm: job.cache!.ssm.map((t) => takeBatchRow(b, t, 1, 0)) };
       job.cache!.dispose();
       job.cache = null;
-      if (this.active.length === 0) {
-        this.conv = conv;
-        this.ssm = ssm;
-      } else {
-        this.conv = this.conv.map((t, i) => { const out = b.concat0([t, conv[i]!]); b.dispose(t, conv[i]); return out; });
-        this.ssm = this.ssm.map((t, i) => { const out = b.concat0([t, ssm[i]!]); b.dispose(t, ssm[i]); return out; });
-      }
-      this.active.push(job);
+      return row;
+    });
+    const stack = (old: Tensor[], kind: "conv" | "ssm") => rows[0]![kind].map((_, i) => {
+      const parts = [...(this.active.length > 0 ? [old[i]!] : []), ...rows.map((r) => r[kind][i]!)];
+      const out = parts.length === 1 ? parts[0]! : b.concat0(parts);
+      if (parts.length > 1) b.dispose(...parts);
+      return out;
+    });
+    this.conv = stack(this.conv, "conv");
+    this.ssm = stack(this.ssm, "ssm");
+    this.active.push(...joining);
+  }
+
+  /**
+   * Prompts of one length that fit one chunk and start from nothing (no cached prefix), at the head of the
+   * prefilling list, read in one batched pass. Returns the tokens read.
+   */
+  private async readShortPrompts(budget: number): Promise<number> {
+    const b = this.lm.backend;
+    const fresh = (j: Job) => !j.cancelled && j.pos === 0 && j.cache === null && j.spec.prompt.length <= this.chunk;
+    const byLength = new Map<number, Job[]>();
+    let taken = 0;
+    for (const job of this.prefilling) {
+      if (!fresh(job)) break; // in order: the first that is not one ends the run
+      const L = job.spec.prompt.length;
+      if (taken + L > budget) break;
+      taken += L;
+      const g = byLength.get(L);
+      if (g) g.push(job); else byLength.set(L, [job]);
     }
+    let read = 0;
+    for (const [L, jobs] of byLength) {
+      if (jobs.length < 2) continue; // alone: the general path
+      // a pass of the whole prompt for every row (prefillBatch takes min(chunk, 4·chunk/B) positions a pass)
+      const chunk = Math.max(L, Math.ceil((jobs.length * L) / 4));
+      const { cache, logits } = await prefillBatch(this.lm, jobs.map((j) => j.spec.prompt), chunk);
+      jobs.forEach((job, r) => {
+        job.cache = MambaCache.of(b, 1, cache.conv.map((t) => takeBatchRow(b, t, jobs.length, r)), cache.ssm.map((t) => takeBatchRow(b, t, jobs.length, r)));
+        job.logits = b.takeRows(logits, [r]);
+        job.seen = mergeSeen(job.seen, job.spec.prompt);
+        job.pos = L;
+        this.keep(job, L);
+      });
+      cache.dispose();
+      b.dispose(logits);
+      read += L * jobs.length;
+    }
+    return read;
   }
 
   /** Puts a copy of a job's state after prompt[0, length) in the prefix cache. */
