@@ -1,12 +1,16 @@
 /**
- * The CPU engine's quantized weights (Q8_0 and Q4_0 blocks kept in the wasm memory, assembly/quant.ts):
- *  - the products over random shapes with edge sizes (outputs 1 / 3 / 33 / 70, K 32 / 64 / 96 / 800, rows 1 / 2 / 5
- *    / 9, with and without bias, a column window of a wider input) equal, bit for bit, the engine's own f32 product
- *    over the dequantized matrix (the kernels multiply the exact dequantized values in its order), and the reference
- *    backend's product within float rounding; bitwise the same for 1, 2 and 3 threads, in both SIMD builds;
+ * The CPU engine's quantized weights (Q8_0 and Q4_0 blocks kept in the wasm memory, assembly/quant.ts), on random
+ * shapes with edge sizes (outputs 1 / 3 / 33 / 70, K 32 / 64 / 96 / 800, rows 1 / 2 / 5 / 9, with and without bias,
+ * a column window of a wider input), bitwise the same for 1, 2 and 3 threads, in both SIMD builds:
+ *  - 4 rows and more (prefill): equal, bit for bit, to the engine's own f32 product over the dequantized matrix (the
+ *    kernels multiply the exact dequantized values in its order), and to the reference backend's within rounding;
+ *  - 1 to 3 rows (decode: integer dot products over the rows quantized to int16 blocks): equal to their twin here
+ *    (quantize the rows the same way, then the f32 op) within float rounding, and to the f32 product of the
+ *    dequantized weights within the activations' rounding (half a step of each block, times the weights);
  *  - the embedding gather and every f32 read of a quantized tensor give its exact dequantized values;
- *  - llama.cpp's GGUF fixtures (test/fixtures/gguf) give their expected logits within 1e-4 and the reference
- *    backend's greedy ids, with the quantized matrices held in their blocks (the engine's memory holds their bytes).
+ *  - llama.cpp's GGUF fixtures (test/fixtures/gguf) give their expected logits within 1e-4, through prefill and
+ *    token by token (decode), and the reference backend's greedy ids, with the quantized matrices held in their
+ *    blocks.
  */
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -14,6 +18,7 @@ import { loadModel } from "../../src/index.ts";
 import { cols } from "../../src/backend/backend.ts";
 import type { Backend, Tensor } from "../../src/backend/backend.ts";
 import { createCpuBackend } from "../../src/backend/wasm/create.ts";
+import { MambaCache } from "../../src/model/cache.ts";
 import { WasmCpuBackend, WasmTensor } from "../../src/backend/wasm/index.ts";
 import { type QuantType, dequantize, quantizeQ4_0, quantizeQ8_0 } from "../../src/io/quant.ts";
 import { assertClose, fixture, readSafetensorsAny } from "../helpers/fixtures.ts";
@@ -56,6 +61,51 @@ function makeCase(type: QuantType, c: Case, seed: number) {
   return { ld, x, blocks, wDeq: dequantize(type, blocks, c.nOut * c.K), bias: c.bias ? randn(rng, c.nOut) : null };
 }
 
+/** Round half to even, as f32x4.nearest. */
+function roundEven(v: number): number {
+  const r = Math.round(v);
+  return r - v === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** The decode path's twin: each row quantized to int16 blocks of 32 as assembly/quant.ts's quantizeRowI16 does
+ *  (dx = max|x| / 32767 in f32, q = round_even(x · f32(1 / dx)) saturated), then the f32 op: y = sum over blocks of
+ *  (exact integer sum) · f32(dw · dx) + bias, here in float64. Also gives each output's sum of |terms| (the scale
+ *  of its rounding) and the bound of its difference from the f32 product of the dequantized weights (half a step
+ *  of each activation block times the block's |weights|). */
+function twinI16(c: Case, ld: number, col0: number, x: Float32Array, wDeq: Float32Array, bias: Float32Array | null) {
+  const nb = c.K / 32;
+  const y = new Float64Array(c.rows * c.nOut), mag = new Float64Array(c.rows * c.nOut), actBound = new Float64Array(c.rows * c.nOut);
+  for (let t = 0; t < c.rows; t++) {
+    const q = new Int32Array(c.K), dx = new Float64Array(nb);
+    for (let b = 0; b < nb; b++) {
+      let amax = 0;
+      for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(x[t * ld + col0 + b * 32 + j]!));
+      const d = Math.fround(amax / 32767);
+      const id = d !== 0 ? Math.fround(1 / d) : 0;
+      dx[b] = d;
+      for (let j = 0; j < 32; j++) q[b * 32 + j] = Math.max(-32768, Math.min(32767, roundEven(Math.fround(x[t * ld + col0 + b * 32 + j]! * id))));
+    }
+    for (let n = 0; n < c.nOut; n++) {
+      let s = bias ? bias[n]! : 0, m = bias ? Math.abs(bias[n]!) : 0, e = 0;
+      for (let b = 0; b < nb; b++) {
+        // the weight block's scale: wDeq = qw · dw exactly; the integer sum of qw · qx is exact in float64
+        let isum = 0, iabs = 0, wabs = 0;
+        for (let j = 0; j < 32; j++) {
+          const k = b * 32 + j;
+          isum += wDeq[n * c.K + k]! * q[k]!;
+          iabs += Math.abs(wDeq[n * c.K + k]! * q[k]!);
+          wabs += Math.abs(wDeq[n * c.K + k]!);
+        }
+        s += isum * dx[b]!;
+        m += iabs * dx[b]!;
+        e += wabs * dx[b]! * 0.5000001;
+      }
+      y[t * c.nOut + n] = s; mag[t * c.nOut + n] = m; actBound[t * c.nOut + n] = e;
+    }
+  }
+  return { y, mag, actBound };
+}
+
 async function product(b: Backend, c: Case, ld: number, x: Float32Array, w: Tensor, bias: Float32Array | null): Promise<Float32Array> {
   const xt = b.fromF32(x, [c.rows, ld]);
   const bt = bias ? b.fromF32(bias, [c.nOut]) : null;
@@ -85,11 +135,24 @@ describe("quantized products, gather and dequantization (wasm engine)", { timeou
               const wq = b.upload({ dtype: type, shape: [c.nOut, c.K], data: blocks });
               assert.ok(wq instanceof WasmTensor && wq.storage === type && wq.bytes === blocks.length, `${what}: held in its blocks`);
               const got = await product(b, c, ld, x, wq, bias);
-              const wf = b.upload({ dtype: "F32", shape: [c.nOut, c.K], data: wDeq });
-              assertBitwise(got, await product(b, c, ld, x, wf, bias), `${what}, ${e + 1} threads: against the engine's f32 product of the dequantized weights`);
-              b.dispose(wq, wf);
+              b.dispose(wq);
               if (first === null) first = got;
               else assertBitwise(got, first, `${what}: ${e + 1} threads against 1`);
+              if (c.rows < 4) {
+                // decode: the twin within float rounding (the block sums' conversion and products, the f32 sum), and
+                // the f32 product of the dequantized weights within the activations' rounding
+                const tw = twinI16(c, ld, c.window ? 17 : 0, x, wDeq, bias);
+                for (let o = 0; o < got.length; o++) {
+                  const d = Math.abs(got[o]! - tw.y[o]!);
+                  if (!(d <= (c.K / 32 + 4) * 2 ** -23 * tw.mag[o]! + 1e-30)) assert.fail(`${what}: [${o}] ${got[o]} vs twin ${tw.y[o]}`);
+                  const dr = Math.abs(got[o]! - want[o]!);
+                  if (!(dr <= tw.actBound[o]! + (c.K + 4) * 2 ** -23 * tw.mag[o]! + 1e-30)) assert.fail(`${what}: [${o}] ${got[o]} vs reference ${want[o]}: beyond the activations' rounding`);
+                }
+                continue;
+              }
+              const wf = b.upload({ dtype: "F32", shape: [c.nOut, c.K], data: wDeq });
+              assertBitwise(got, await product(b, c, ld, x, wf, bias), `${what}, ${e + 1} threads: against the engine's f32 product of the dequantized weights`);
+              b.dispose(wf);
               // against the reference within float rounding: K roundings of at most 2^-24 of the sum of |terms|
               for (let t = 0; t < c.rows; t++) {
                 for (let n = 0; n < c.nOut; n++) {
@@ -171,6 +234,21 @@ describe("llama.cpp's quantized GGUF fixtures on the wasm engine", { timeout: 24
         const [batch, seqLen] = ids.shape as [number, number];
         const out = await model.forward(ids.i32, { batch, seqLen });
         assertClose(out.logits, exp.get("logits")!.f32, 1e-4, `${name} logits`);
+        // token by token (the decode path: integer dot products over int16-quantized rows), each batch row alone
+        const lm = model.lm;
+        for (let r = 0; r < batch; r++) {
+          const cache = MambaCache.zeros(backend, lm.config, 1);
+          for (let p = 0; p < seqLen; p++) {
+            const idt = backend.fromI32(ids.i32.subarray(r * seqLen + p, r * seqLen + p + 1), [1]);
+            const h = lm.hidden(idt, { batch: 1, seqLen: 1 }, cache);
+            const lg = lm.logits(h);
+            const V = exp.get("logits")!.shape[2]!;
+            const got = (await backend.readF32(lg)).subarray(0, V);
+            assertClose(got, exp.get("logits")!.f32.subarray((r * seqLen + p) * V, (r * seqLen + p + 1) * V), 1e-4, `${name} decode logits, row ${r}, position ${p}`);
+            backend.dispose(idt, h, lg);
+          }
+          cache.dispose();
+        }
         const prompt = ids.i32.subarray(0, seqLen);
         const got = await model.generate(prompt, { maxNewTokens: 16, stopTokens: [] });
         await model.dispose();

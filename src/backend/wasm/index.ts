@@ -267,7 +267,11 @@ export class WasmCpuBackend extends CpuBackend {
       // a scratch of 4 widened weight rows per thread (see matmulHalfT and matmulQ)
       const stride = 16 * K;
       const scratch = this.rt.alloc(stride * this.rt.threads);
-      const kernel = { F16: "matmulF16", BF16: "matmulBF16", Q8_0: "matmulQ8_0", Q4_0: "matmulQ4_0" }[wt.storage as "F16"];
+      // quantized weights: a few rows (decode) take integer dot products with the rows quantized to int16 blocks
+      // (assembly/quant.ts: its rounding, at most 2^-16 of a block's largest value, keeps the fixtures within
+      // 1e-4); more rows (prefill) multiply the exact dequantized weights in f32
+      const quantI16 = T < 4 && this.rt.has("matmulQ8_0I16");
+      const kernel = { F16: "matmulF16", BF16: "matmulBF16", Q8_0: quantI16 ? "matmulQ8_0I16" : "matmulQ8_0", Q4_0: quantI16 ? "matmulQ4_0I16" : "matmulQ4_0" }[wt.storage as "F16"];
       this.rt.run(kernel, [...args, scratch], nOut, 8, parallel, { arg: args.length, stride });
       this.rt.release(scratch, stride * this.rt.threads);
     }
