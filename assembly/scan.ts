@@ -33,8 +33,8 @@
 // Vectorized over four channels at a time (lane j = channel e + j); the state of the group lives in `work` as
 // [N][4] (h for channel j and state index n at lane j of vector n), so the loop over n loads one vector a step.
 // B[t, n] and C[t, n] are broadcast to the four lanes. The time loop is inside the group loop: the group's
-// state stays in L1 for the whole sequence. Per batch, dt = softplus(...) is computed first for every step, row by
-// row, into y; the recurrence then reads it back.
+// state stays in L1 for the whole sequence, and the batch loop is inside it too: the group's A is transposed once.
+// dt = softplus(...) is computed first for every row, row by row, into y; the recurrence then reads it back.
 //
 // Measured (bench/wasm-kernels.ts and a variant kept out of the tree, one thread, E 1536, N 16): vectorizing over
 // n instead (one channel at a time, h[n..n+4] in a vector, four channels' sums reduced by a 4×4 transpose) ran
@@ -58,34 +58,34 @@ export function selectiveScan(
   // expV's constants, loaded once (from memory, so that V8 keeps them in registers or on the stack)
   const kMin = c(EXP_MIN), kLog2e = c(LOG2E), kRound = c(ROUNDER), kHi = c(NEG_LN2_HI), kLo = c(NEG_LN2_LO);
   const k6 = c(P6), k5 = c(P5), k4 = c(P4), k3 = c(P3), k2 = c(P2), k1 = c(P1), k0 = c(ONE);
-  for (let b = 0; b < batch; b++) {
-    // dt for every step and channel first, into y (which the recurrence then overwrites), row by row: contiguous
-    // accesses, and the softplus of the steps overlap, where inside the recurrence each would hold up its step
-    const rowB = <usize>(b * L);
-    for (let t = 0; t < L; t++) {
-      const dRow = delta + ((rowB + <usize>t) * <usize>ldDelta << 2);
-      const yRow = y + (rowB + <usize>t) * rowE;
-      for (let e = e0; e < e1; e += 4) {
-        const cnt = min(4, e1 - e);
-        const eOff = <usize>e << 2;
-        storeLanes(yRow + eOff, softplusV(f32x4.add(loadLanes(dRow + eOff, cnt), loadLanes(deltaBias + eOff, cnt))), cnt);
-      }
-    }
+  // dt for every row and channel first, into y (which the recurrence then overwrites), row by row: contiguous
+  // accesses, and the softplus of the steps overlap, where inside the recurrence each would hold up its step
+  for (let row: usize = 0; row < <usize>(batch * L); row++) {
+    const dRow = delta + (row * <usize>ldDelta << 2);
+    const yRow = y + row * rowE;
     for (let e = e0; e < e1; e += 4) {
       const cnt = min(4, e1 - e);
       const eOff = <usize>e << 2;
-      // the group's A and initial state, transposed to [N][4]; padded lanes compute on zeros and are never stored
-      const stateRow = state + (<usize>b * <usize>E + <usize>e) * rowN;
-      loadGroup(A + <usize>e * rowN, workA, N, cnt);
-      if (aIsLog) {
-        for (let n = 0; n < N; n++) {
-          const p = workA + (<usize>n << 4);
-          v128.store(p, f32x4.neg(expV(v128.load(p))));
-        }
+      storeLanes(yRow + eOff, softplusV(f32x4.add(loadLanes(dRow + eOff, cnt), loadLanes(deltaBias + eOff, cnt))), cnt);
+    }
+  }
+  for (let e = e0; e < e1; e += 4) {
+    const cnt = min(4, e1 - e);
+    const eOff = <usize>e << 2;
+    // the group's A, transposed to [N][4], once for every batch; padded lanes compute on zeros and are never stored
+    loadGroup(A + <usize>e * rowN, workA, N, cnt);
+    if (aIsLog) {
+      for (let n = 0; n < N; n++) {
+        const p = workA + (<usize>n << 4);
+        v128.store(p, f32x4.neg(expV(v128.load(p))));
       }
+    }
+    const dV = loadLanes(D + eOff, cnt);
+    for (let b = 0; b < batch; b++) {
+      const rowB = <usize>(b * L);
+      const stateRow = state + (<usize>b * <usize>E + <usize>e) * rowN;
       if (state) loadGroup(stateRow, workH, N, cnt);
       else memory.fill(workH, 0, <usize>N << 4);
-      const dV = loadLanes(D + eOff, cnt);
       // u and dt of the next step are loaded one step ahead: their rows lie E floats apart, often outside L1
       let uNext = loadLanes(u + rowB * rowE + eOff, cnt);
       let dtNext = loadLanes(y + rowB * rowE + eOff, cnt);
