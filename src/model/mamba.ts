@@ -145,7 +145,7 @@ export class MambaLM {
     keep: ((a: MixerActivations | Mamba2Activations) => void) | null = null,
   ): Tensor {
     const b = this.backend;
-    if (this.config.mamba2) return mamba2Mixer(b, this.config, w, u, shape, convState, ssmState, keep);
+    if (this.config.mamba2) return mamba2Mixer(b, this.config, w, u, shape, convState, ssmState, keep, this.observer);
     const { intermediateSize: E, stateSize: N, timeStepRank: R } = this.config;
     const T = shape.batch * shape.seqLen;
     const xz = b.matmul(u, w.inProj, w.inProjBias); // [T, 2E]

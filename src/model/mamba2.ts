@@ -15,6 +15,7 @@ import { cols } from "../backend/backend.ts";
 import type { MambaConfig } from "../config.ts";
 import { MambaError } from "../errors.ts";
 import type { MixerWeights } from "./mamba.ts";
+import type { MixerObserver } from "./observer.ts";
 
 /** What a training forward keeps of one Mamba-2 mixer (T = B·L rows). */
 export interface Mamba2Activations {
@@ -46,13 +47,14 @@ export function mamba2Columns(config: MambaConfig) {
 /** One Mamba-2 mixer. u: [B·L, D] (normalized) -> [B·L, D]. With state tensors, they carry the sequence on. */
 export function mamba2Mixer(
   b: Backend, config: MambaConfig, w: MixerWeights, u: Tensor, shape: SeqShape, convState: Tensor | null, ssmState: Tensor | null,
-  keep: ((a: Mamba2Activations) => void) | null,
+  keep: ((a: Mamba2Activations) => void) | null, observer: MixerObserver | null = null,
 ): Tensor {
   const m = config.mamba2!;
   const k = mamba2Columns(config);
   const zxbcdt = b.matmul(u, w.inProj, w.inProjBias); // [T, 2E + 2GN + H]
   const xBC = b.causalConv1dSilu(cols(zxbcdt, k.xBC, k.convWidth), w.conv, w.convBias, convState, shape); // [T, E + 2GN]
   const z = cols(zxbcdt, k.z, k.E); // [T, E]
+  if (observer) observer.onMixer(w, cols(zxbcdt, k.dt, k.H), shape); // Δ per head, [T, H]
   const y = b.ssdScan!({
     ...shape, x: cols(xBC, k.x, k.E), dt: cols(zxbcdt, k.dt, k.H), dtBias: w.dtBias, A_log: w.A_log,
     B: cols(xBC, k.B, k.GN), C: cols(xBC, k.C, k.GN), D: w.D, z: m.gatedNorm ? null : z,

@@ -13,7 +13,8 @@
  * The recorder uses only Backend ops (copyInto, readF32), so it works on every backend; reading back costs a
  * device-to-host copy per layer per call, which only observed runs pay.
  */
-import type { SeqShape, Tensor } from "../backend/backend.ts";
+import type { SeqShape, TensorOrCols } from "../backend/backend.ts";
+import { asCols } from "../backend/backend.ts";
 import { check } from "../errors.ts";
 import type { MambaLM, MixerWeights } from "./mamba.ts";
 
@@ -21,16 +22,17 @@ import type { MambaLM, MixerWeights } from "./mamba.ts";
 export interface MixerObserver {
   /**
    * w: the mixer's weights (which layer it is: lm.weights.layers[i].mixer === w); deltaRaw: [T, E], T = B·L rows
-   * (batch-major), dt_proj(dt) before dt_proj.bias and softplus. The model frees deltaRaw after the call: an
+   * (batch-major), dt_proj(dt) before dt_proj.bias and softplus; for Mamba-2, [T, H]: one Δ per head, before
+   * dt_bias and softplus (a column window of in_proj's output). The model frees deltaRaw after the call: an
    * observer that needs it later copies it (backend.copyInto) before returning.
    */
-  onMixer(w: MixerWeights, deltaRaw: Tensor, shape: SeqShape): void;
+  onMixer(w: MixerWeights, deltaRaw: TensorOrCols, shape: SeqShape): void;
 }
 
 /** What a SelectionRecorder saw, per layer, rows in the order the model read them (for one sequence: its tokens). */
 export interface SelectionTrace {
   layers: number;
-  channels: number; // E
+  channels: number; // E (Mamba-2: H, a Δ per head)
   /** rows recorded (the same for every layer) */
   tokens: number;
   /** per layer [tokens, E]: softplus(dt_proj(dt) + bias) */
@@ -45,8 +47,9 @@ const softplus = (v: number) => (v > 20 ? v : Math.log1p(Math.exp(v)));
 
 interface LayerInfo {
   index: number;
-  bias: Float32Array; // [E]
-  A: Float32Array; // [E, N], A = -exp(A_log)
+  bias: Float32Array; // [E] (Mamba-2: [H])
+  A: Float32Array; // [E, N], A = -exp(A_log) (Mamba-2: [H], N = 1)
+  limit: readonly [number, number]; // Mamba-2's clamp of Δ after softplus
 }
 
 interface Part {
@@ -69,14 +72,12 @@ export class SelectionRecorder implements MixerObserver {
   /** Reads every layer's dt_proj.bias and A_log once and sets the recorder as lm.observer. */
   static async attach(lm: MambaLM): Promise<SelectionRecorder> {
     check(lm.observer === null, "a model observer is already attached; detach it first");
-    // Mamba-2's mixer has a Δ per head, not per channel, and does not show it to observers (yet)
-    check(lm.config.family !== "mamba2", "the selection recorder follows Mamba-1's and Falcon-Mamba's Δ; Mamba-2 models are not supported yet");
     const b = lm.backend;
     const info = new Map<MixerWeights, LayerInfo>();
     for (const [index, layer] of lm.weights.layers.entries()) {
       const bias = await b.readF32(layer.mixer.dtBias);
       const A = (await b.readF32(layer.mixer.A_log)).map((v) => -Math.exp(v));
-      info.set(layer.mixer, { index, bias, A });
+      info.set(layer.mixer, { index, bias, A, limit: lm.config.mamba2?.timeStepLimit ?? [0, Infinity] });
     }
     const rec = new SelectionRecorder(lm, info);
     lm.observer = rec;
@@ -93,13 +94,22 @@ export class SelectionRecorder implements MixerObserver {
     this.parts = this.lm.weights.layers.map(() => []);
   }
 
-  onMixer(w: MixerWeights, deltaRaw: Tensor, _shape: SeqShape): void {
+  onMixer(w: MixerWeights, deltaRaw: TensorOrCols, _shape: SeqShape): void {
     const layer = this.info.get(w);
     if (!layer) return; // not one of this model's mixers
     const b = this.lm.backend;
-    const copy = b.zeros(deltaRaw.shape);
-    b.copyInto(copy, deltaRaw);
-    const part = b.readF32(copy).finally(() => b.dispose(copy)).then((raw) => this.derive(layer, raw));
+    // a column window (Mamba-2's dt inside in_proj's output) is cut out on the host
+    const { tensor, col0, width } = asCols(deltaRaw);
+    const ld = tensor.shape[tensor.shape.length - 1]!;
+    const copy = b.zeros(tensor.shape);
+    b.copyInto(copy, tensor);
+    const part = b.readF32(copy).finally(() => b.dispose(copy)).then((all) => {
+      if (col0 === 0 && width === ld) return this.derive(layer, all);
+      const rows = all.length / ld;
+      const raw = new Float32Array(rows * width);
+      for (let r = 0; r < rows; r++) raw.set(all.subarray(r * ld + col0, r * ld + col0 + width), r * width);
+      return this.derive(layer, raw);
+    });
     part.catch(() => {}); // a failed read surfaces from trace(), not as an unhandled rejection
     this.parts[layer.index]!.push(part);
   }
@@ -114,7 +124,7 @@ export class SelectionRecorder implements MixerObserver {
     for (let t = 0; t < rows; t++) {
       let sumE = 0;
       for (let e = 0; e < E; e++) {
-        const d = softplus(raw[t * E + e]! + layer.bias[e]!);
+        const d = Math.min(Math.max(softplus(raw[t * E + e]! + layer.bias[e]!), layer.limit[0]), layer.limit[1]);
         let s = 0;
         for (let n = 0; n < N; n++) s += Math.exp(d * layer.A[e * N + n]!);
         delta[t * E + e] = d;
@@ -128,7 +138,7 @@ export class SelectionRecorder implements MixerObserver {
 
   /** Waits for every pending read and returns all rows recorded so far. */
   async trace(): Promise<SelectionTrace> {
-    const E = this.lm.config.intermediateSize;
+    const E = this.info.values().next().value?.bias.length ?? this.lm.config.intermediateSize;
     const layers = await Promise.all(this.parts.map((ps) => Promise.all(ps)));
     const cat = (ps: Part[], key: "delta" | "keepChannel" | "keep") => {
       const out = new Float32Array(ps.reduce((a, p) => a + p[key].length, 0));
