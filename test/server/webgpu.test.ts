@@ -22,8 +22,9 @@ describe("the server on WebGPU", { timeout: 300_000 }, () => {
     const tokenizer = await loadTokenizer(folder);
     const server = await startServer({ model, tokenizer, modelName: "m", chat: null, port: 0, prefixInterval: 16 });
     try {
-      const prompts = ["The cat", "Once upon a time there", "A", "In the beginning was the word, and"];
-      const n = [6, 4, 8, 5];
+      // two of one length: read together in one batched pass
+      const prompts = ["The cat", "Once upon a time there", "A", "In the beginning was the word, and", "The dog"];
+      const n = [6, 4, 8, 5, 7];
       const ask = async (p: string, k: number) => {
         const r = await raw(server.url, "POST", "/v1/completions", JSON.stringify({ model: "m", prompt: p, max_tokens: k, temperature: 0 }), {}, 120_000);
         assert.equal(r.status, 200, r.text);
