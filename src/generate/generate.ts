@@ -4,6 +4,11 @@
  * done and its later draws are ignored. Greedy rows come out exactly as they would alone. Sampled row r draws from
  * stream r of the seed (so that a batch of one prompt repeated gives different samples), and what it draws never
  * depends on the other rows.
+ *
+ * A row may start from a state (MambaModel's state API): its prompt is read after that state's cache, or, when it
+ * is empty, its first draw comes from the state's logits; its random stream and the ids its repetition penalty has
+ * seen come with it. When the caller asks for the rows' final states (onRowEnd), the steps run one at a time and
+ * unrecorded, and a row's state is taken right after the step that read its last id.
  */
 import type { Captured, SampleRequest, Tensor } from "../backend/backend.ts";
 import { MambaCache } from "../model/cache.ts";
