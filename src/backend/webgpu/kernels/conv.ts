@@ -6,21 +6,24 @@
  * write it, and no thread may overwrite history that another is still reading.
  */
 import type { Buf, Gpu } from "../gpu.ts";
-import { Params, grid } from "../gpu.ts";
+import { grid } from "../gpu.ts";
 import { defineKernel } from "../kernel-def.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "./compose.ts";
 
-const wgsl = /* wgsl */ `
 // bindings: 0 x [B·L, ldx] | 1 weight [E, K] | 2 bias [E] | 3 stateIn [B, K-1, E] | 4 out [B·L, E]
 //           5 stateOut [B, K-1, E] | 6 params
-struct P { B: u32, L: u32, E: u32, K: u32, ldx: u32, offx: u32, hasBias: u32, hasState: u32, groupsX: u32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> weight: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read> stateIn: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(5) var<storage, read_write> stateOut: array<f32>;
-@group(0) @binding(6) var<uniform> p: P;
-
+const conv1dSiluParts: WgslParts = {
+  consts: [],
+  params: [["B", "u32"], ["L", "u32"], ["E", "u32"], ["K", "u32"], ["ldx", "u32"], ["offx", "u32"], ["hasBias", "u32"], ["hasState", "u32"], ["groupsX", "u32"]],
+  bindings: [
+    ["x", "var<storage, read> x: array<f32>"],
+    ["weight", "var<storage, read> weight: array<f32>"],
+    ["bias", "var<storage, read> bias: array<f32>"],
+    ["stateIn", "var<storage, read> stateIn: array<f32>"],
+    ["out", "var<storage, read_write> out: array<f32>"],
+    ["stateOut", "var<storage, read_write> stateOut: array<f32>"],
+  ],
+  decls: /* wgsl */ `
 // position j of the sequence history ++ x of batch row b, channel e
 fn seq(b: u32, j: u32, e: u32) -> f32 {
   let H = p.K - 1u;
@@ -29,10 +32,9 @@ fn seq(b: u32, j: u32, e: u32) -> f32 {
     return 0.0;
   }
   return x[(b * p.L + j - H) * p.ldx + p.offx + e];
-}
-
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+}`,
+  fn: /* wgsl */ `
+fn conv1dSilu(gid: vec3<u32>) {
   let i = gid.y * p.groupsX * 256u + gid.x;
   if (i >= p.B * p.L * p.E) { return; }
   let e = i % p.E;
@@ -46,8 +48,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let H = p.K - 1u;
     for (var j = 0u; j < H; j++) { stateOut[(b * H + j) * p.E + e] = seq(b, p.L + j, e); }
   }
-}
-`;
+}`,
+};
 
 export interface ConvArgs {
   x: Buf; ldx: number; offx: number;
@@ -57,13 +59,14 @@ export interface ConvArgs {
   B: number; L: number; E: number; K: number;
 }
 
-const conv1dSiluKernel = defineKernel({ name: "conv1d_silu", wgsl: () => wgsl, example: null });
+const conv1dSiluKernel = defineKernel({
+  name: "conv1d_silu", wgsl: () => standaloneWgsl(conv1dSiluParts, "256", "conv1dSilu(gid)"), example: null,
+});
 
 // x: [B, L, E] window, weight: [E, K], state: [B, K-1, E] -> out: [B, L, E]
 export function causalConv1dSilu(gpu: Gpu, a: ConvArgs): void {
   const k = gpu.kernel(conv1dSiluKernel, null);
   const [gx, gy] = grid(Math.ceil((a.B * a.L * a.E) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
-  const p = new Params().u32(a.B).u32(a.L).u32(a.E).u32(a.K).u32(a.ldx).u32(a.offx)
-    .bool(!!a.bias).bool(!!a.stateIn).u32(gx);
-  gpu.dispatch(k, [a.x, a.weight, a.bias ?? gpu.dummy, a.stateIn ?? gpu.dummy, a.out, a.stateOut ?? gpu.dummyOut], p, [gx, gy]);
+  gpu.dispatch(k, bindingsByName(conv1dSiluParts, { x: a.x, weight: a.weight, bias: a.bias ?? gpu.dummy, stateIn: a.stateIn ?? gpu.dummy, out: a.out, stateOut: a.stateOut ?? gpu.dummyOut }),
+    paramBlock(conv1dSiluParts.params, { B: a.B, L: a.L, E: a.E, K: a.K, ldx: a.ldx, offx: a.offx, hasBias: !!a.bias, hasState: !!a.stateIn, groupsX: gx }), [gx, gy]);
 }

@@ -48,25 +48,33 @@ fn copyWindow(gid: vec3<u32>) {
 }`,
 };
 
-const copyWordsKernel = defineKernel({ name: "copy_words", wgsl: () => standaloneWgsl(copyParts, "256", "copyWords(gid)"), example: null });
+const copyWordsKernel = defineKernel({
+  name: "copy_words", wgsl: () => standaloneWgsl(copyParts, "256", "copyWords(gid)"), example: null,
+});
 
 export function copyWords(gpu: Gpu, src: Buf, srcOff: number, dst: Buf, dstOff: number, n: number): void {
   if (n === 0) return;
   const k = gpu.kernel(copyWordsKernel, null);
   const [gx, gy] = grid(Math.ceil(n / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
-  gpu.dispatch(k, bindingsByName(copyParts, { src, dst }), paramBlock(copyParts.params, { n, srcOff, dstOff, groupsX: gx }), [gx, gy]);
+  gpu.dispatch(k, bindingsByName(copyParts, { src, dst }),
+    paramBlock(copyParts.params, { n, srcOff, dstOff, groupsX: gx }), [gx, gy]);
 }
 
-const fillWordsKernel = defineKernel({ name: "fill_words", wgsl: () => standaloneWgsl(fillParts, "256", "fillWords(gid)"), example: null });
+const fillWordsKernel = defineKernel({
+  name: "fill_words", wgsl: () => standaloneWgsl(fillParts, "256", "fillWords(gid)"), example: null,
+});
 
 export function fillWords(gpu: Gpu, dst: Buf, dstOff: number, n: number, value = 0): void {
   if (n === 0) return;
   const k = gpu.kernel(fillWordsKernel, null);
   const [gx, gy] = grid(Math.ceil(n / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
-  gpu.dispatch(k, bindingsByName(fillParts, { dst }), paramBlock(fillParts.params, { n, dstOff, value, groupsX: gx }), [gx, gy]);
+  gpu.dispatch(k, bindingsByName(fillParts, { dst }),
+    paramBlock(fillParts.params, { n, dstOff, value, groupsX: gx }), [gx, gy]);
 }
 
-const copyWindowKernel = defineKernel({ name: "copy_window", wgsl: () => standaloneWgsl(windowParts, "256", "copyWindow(gid)"), example: null });
+const copyWindowKernel = defineKernel({
+  name: "copy_window", wgsl: () => standaloneWgsl(windowParts, "256", "copyWindow(gid)"), example: null,
+});
 
 /** Copies a column window of a matrix into a column window of another (both as 32-bit words). */
 export function copyWindow(gpu: Gpu, src: Buf, ldSrc: number, offSrc: number, dst: Buf, ldDst: number, offDst: number, rows: number, width: number): void {

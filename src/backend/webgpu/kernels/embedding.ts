@@ -39,5 +39,6 @@ const embeddingKernel = defineKernel({
 export function embedding(gpu: Gpu, table: Buf, ws: WeightStorage, V: number, D: number, ids: Buf, T: number, out: Buf): void {
   const k = gpu.kernel(embeddingKernel, ws);
   const [gx, gy] = grid(Math.ceil((T * D) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
-  gpu.dispatch(k, bindingsByName(PARTS[ws], { w: table, ids, out }), paramBlock(PARTS[ws].params, { T, D, V, groupsX: gx }), [gx, gy]);
+  gpu.dispatch(k, bindingsByName(PARTS[ws], { w: table, ids, out }),
+    paramBlock(PARTS[ws].params, { T, D, V, groupsX: gx }), [gx, gy]);
 }

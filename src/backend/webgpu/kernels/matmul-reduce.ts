@@ -25,7 +25,9 @@ fn matmulReduce(gid: vec3<u32>) {
 }`,
 };
 
-const matmulReduceKernel = defineKernel({ name: "matmul_reduce", wgsl: () => standaloneWgsl(parts, "256", "matmulReduce(gid)"), example: null });
+const matmulReduceKernel = defineKernel({
+  name: "matmul_reduce", wgsl: () => standaloneWgsl(parts, "256", "matmulReduce(gid)"), example: null,
+});
 
 // part: [splits, T, N], bias: [N] -> y: [T, N]
 export function matmulReduce(gpu: Gpu, part: Buf, splits: number, bias: Buf | null, T: number, N: number, y: Buf): void {

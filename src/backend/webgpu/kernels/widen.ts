@@ -26,5 +26,6 @@ const widenKernel = defineKernel({
 export function widen(gpu: Gpu, src: Buf, ws: "f16" | "bf16", n: number, out: Buf): void {
   const k = gpu.kernel(widenKernel, ws);
   const [gx, gy] = grid(Math.ceil(n / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
-  gpu.dispatch(k, bindingsByName(PARTS[ws], { w: src, out }), paramBlock(PARTS[ws].params, { n, groupsX: gx }), [gx, gy]);
+  gpu.dispatch(k, bindingsByName(PARTS[ws], { w: src, out }),
+    paramBlock(PARTS[ws].params, { n, groupsX: gx }), [gx, gy]);
 }

@@ -44,7 +44,9 @@ export interface AdamWScalars {
   gradScale: number;
 }
 
-const bwdAdamwKernel = defineKernel({ name: "bwd_adamw", wgsl: () => standaloneWgsl(parts, "256", "adamw(gid)"), example: null });
+const bwdAdamwKernel = defineKernel({
+  name: "bwd_adamw", wgsl: () => standaloneWgsl(parts, "256", "adamw(gid)"), example: null,
+});
 
 // grad, param, m, v: [n]; param, m, v updated in place
 export function adamw(gpu: Gpu, grad: Buf, param: Buf, m: Buf, v: Buf, n: number, s: AdamWScalars): void {

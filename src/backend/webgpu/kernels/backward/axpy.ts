@@ -17,7 +17,9 @@ fn axpy(gid: vec3<u32>) {
 }`,
 };
 
-const bwdAxpyKernel = defineKernel({ name: "bwd_axpy", wgsl: () => standaloneWgsl(parts, "256", "axpy(gid)"), example: null });
+const bwdAxpyKernel = defineKernel({
+  name: "bwd_axpy", wgsl: () => standaloneWgsl(parts, "256", "axpy(gid)"), example: null,
+});
 
 // src, dst: [n] -> dst += alpha · src
 export function axpy(gpu: Gpu, src: Buf, dst: Buf, alpha: number, n: number): void {

@@ -5,23 +5,24 @@
  * reduce-groups.ts then adds the chunks in order into the gradient.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
-import { Params } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
 
-const wgsl = /* wgsl */ `
 // bindings: 0 a [rows, lda] | 1 b [rows, W] | 2 s [rows] | 3 part [nChunks, W] out | 4 params
 // grid: (ceil(W / 64), nChunks)
-struct P { rows: u32, W: u32, lda: u32, offa: u32, hasB: u32, chunkRows: u32 }
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read> s: array<f32>;
-@group(0) @binding(3) var<storage, read_write> part: array<f32>;
-@group(0) @binding(4) var<uniform> p: P;
-
-var<workgroup> red: array<f32, 256>;
-
-@compute @workgroup_size(64, 4)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+const colsumParts: WgslParts = {
+  consts: [],
+  params: [["rows", "u32"], ["W", "u32"], ["lda", "u32"], ["offa", "u32"], ["hasB", "u32"], ["chunkRows", "u32"]],
+  bindings: [
+    ["a", "var<storage, read> a: array<f32>"],
+    ["b", "var<storage, read> b: array<f32>"],
+    ["s", "var<storage, read> s: array<f32>"],
+    ["part", "var<storage, read_write> part: array<f32>"],
+  ],
+  decls: /* wgsl */ `
+var<workgroup> red: array<f32, 256>;`,
+  fn: /* wgsl */ `
+fn colsum(lid: vec3<u32>, wg: vec3<u32>) {
   let c = wg.x * 64u + lid.x;
   let chunk = wg.y;
   let r0 = chunk * p.chunkRows;
@@ -39,8 +40,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   if (lid.y == 0u && c < p.W) {
     part[chunk * p.W + c] = (red[lid.x] + red[64u + lid.x]) + (red[128u + lid.x] + red[192u + lid.x]);
   }
-}
-`;
+}`,
+};
 
 /** Rows per chunk and chunk count for a column sum over `rows` rows. */
 export function colsumChunks(rows: number): { chunkRows: number; nChunks: number } {
@@ -48,7 +49,9 @@ export function colsumChunks(rows: number): { chunkRows: number; nChunks: number
   return { chunkRows, nChunks: Math.max(1, Math.ceil(rows / chunkRows)) };
 }
 
-const bwdColsumKernel = defineKernel({ name: "bwd_colsum", wgsl: () => wgsl, example: null });
+const bwdColsumKernel = defineKernel({
+  name: "bwd_colsum", wgsl: () => standaloneWgsl(colsumParts, "64, 4", "colsum(lid, wg)"), example: null,
+});
 
 // a: [rows, W] window; b: [rows, W] and s: [rows] or null -> part: [nChunks, W]
 export function colsum(
@@ -56,6 +59,6 @@ export function colsum(
   part: Buf, chunkRows: number, nChunks: number,
 ): void {
   const k = gpu.kernel(bwdColsumKernel, null);
-  const p = new Params().u32(rows).u32(W).u32(lda).u32(offa).bool(!!bs).u32(chunkRows);
-  gpu.dispatch(k, [a, bs?.b ?? gpu.dummy, bs?.s ?? gpu.dummy, part], p, [Math.ceil(W / 64), nChunks]);
+  gpu.dispatch(k, bindingsByName(colsumParts, { a, b: bs?.b ?? gpu.dummy, s: bs?.s ?? gpu.dummy, part }),
+    paramBlock(colsumParts.params, { rows, W, lda, offa, hasB: !!bs, chunkRows }), [Math.ceil(W / 64), nChunks]);
 }

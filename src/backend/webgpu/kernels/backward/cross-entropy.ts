@@ -8,25 +8,27 @@
  * info[0], written beforehand by the count kernel below.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
-import { Params, grid } from "../../gpu.ts";
+import { grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
 
-const rowsWgsl = /* wgsl */ `
 // bindings: 0 logits [T, V] | 1 targets [T] i32 | 2 info [1] (count) | 3 dLogits [T, V] out | 4 rowOut [2, T] out | 5 params
-struct P { T: u32, V: u32, scale: f32, groupsX: u32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> targets: array<i32>;
-@group(0) @binding(2) var<storage, read> info: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
-@group(0) @binding(4) var<storage, read_write> rowOut: array<f32>;
-@group(0) @binding(5) var<uniform> p: P;
-
+const ceRowsParts: WgslParts = {
+  consts: [],
+  params: [["T", "u32"], ["V", "u32"], ["scale", "f32"], ["groupsX", "u32"]],
+  bindings: [
+    ["x", "var<storage, read> x: array<f32>"],
+    ["targets", "var<storage, read> targets: array<i32>"],
+    ["info", "var<storage, read> info: array<f32>"],
+    ["dx", "var<storage, read_write> dx: array<f32>"],
+    ["rowOut", "var<storage, read_write> rowOut: array<f32>"],
+  ],
+  decls: /* wgsl */ `
 var<workgroup> mx: array<f32, 256>;
 var<workgroup> arg: array<u32, 256>;
-var<workgroup> sm: array<f32, 256>;
-
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+var<workgroup> sm: array<f32, 256>;`,
+  fn: /* wgsl */ `
+fn ceRows(lid: vec3<u32>, wg: vec3<u32>) {
   let row = wg.y * p.groupsX + wg.x;
   if (row >= p.T) { return; } // uniform across the workgroup
   let o = row * p.V;
@@ -79,20 +81,21 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     rowOut[row] = (log(total) + rowMax - x[o + yi]) / count;
     rowOut[p.T + row] = select(0.0, 1.0, rowArg == yi);
   }
-}
-`;
+}`,
+};
 
-const countWgsl = /* wgsl */ `
 // bindings: 0 targets [T] i32 | 1 info [1] out (how many targets are >= 0, as f32) | 2 params
-struct P { T: u32 }
-@group(0) @binding(0) var<storage, read> targets: array<i32>;
-@group(0) @binding(1) var<storage, read_write> info: array<f32>;
-@group(0) @binding(2) var<uniform> p: P;
-
-var<workgroup> red: array<u32, 256>;
-
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
+const ceCountParts: WgslParts = {
+  consts: [],
+  params: [["T", "u32"]],
+  bindings: [
+    ["targets", "var<storage, read> targets: array<i32>"],
+    ["info", "var<storage, read_write> info: array<f32>"],
+  ],
+  decls: /* wgsl */ `
+var<workgroup> red: array<u32, 256>;`,
+  fn: /* wgsl */ `
+fn ceCount(lid: vec3<u32>) {
   var c = 0u;
   for (var t = lid.x; t < p.T; t += 256u) { c += select(0u, 1u, targets[t] >= 0); }
   red[lid.x] = c;
@@ -102,22 +105,27 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
     workgroupBarrier();
   }
   if (lid.x == 0u) { info[0] = f32(red[0]); }
-}
-`;
+}`,
+};
 
-const bwdCeCountKernel = defineKernel({ name: "bwd_ce_count", wgsl: () => countWgsl, example: null });
+const bwdCeCountKernel = defineKernel({
+  name: "bwd_ce_count", wgsl: () => standaloneWgsl(ceCountParts, "256", "ceCount(lid)"), example: null,
+});
 
 // targets: i32 [T] -> info[0] = the number of targets >= 0
 export function countTargets(gpu: Gpu, targets: Buf, T: number, meta: Buf): void {
   const k = gpu.kernel(bwdCeCountKernel, null);
-  gpu.dispatch(k, [targets, meta], new Params().u32(T), [1]);
+  gpu.dispatch(k, bindingsByName(ceCountParts, { targets, info: meta }), paramBlock(ceCountParts.params, { T }), [1]);
 }
 
-const bwdCeRowsKernel = defineKernel({ name: "bwd_ce_rows", wgsl: () => rowsWgsl, example: null });
+const bwdCeRowsKernel = defineKernel({
+  name: "bwd_ce_rows", wgsl: () => standaloneWgsl(ceRowsParts, "256", "ceRows(lid, wg)"), example: null,
+});
 
 // logits: [T, V], targets: i32 [T], info[0] = count -> dLogits [T, V], rowOut [2, T]
 export function crossEntropyRows(gpu: Gpu, logits: Buf, targets: Buf, meta: Buf, T: number, V: number, scale: number, dLogits: Buf, rowOut: Buf): void {
   const k = gpu.kernel(bwdCeRowsKernel, null);
   const [gx, gy] = grid(T, gpu.limits.maxComputeWorkgroupsPerDimension);
-  gpu.dispatch(k, [logits, targets, meta, dLogits, rowOut], new Params().u32(T).u32(V).f32(scale).u32(gx), [gx, gy]);
+  gpu.dispatch(k, bindingsByName(ceRowsParts, { x: logits, targets, info: meta, dx: dLogits, rowOut }),
+    paramBlock(ceRowsParts.params, { T, V, scale, groupsX: gx }), [gx, gy]);
 }

@@ -7,20 +7,23 @@
  * for each value would be new GPU objects on many training steps.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
-import { Params, grid } from "../../gpu.ts";
+import { grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
 
-const wgsl = /* wgsl */ `
 // bindings: 0 csr (u32: nU | rowIds [nU] | offsets [nU + 1] | positions [T]) | 1 dOut [T, D] | 2 dTable [V, D] in/out
 //           3 params; grid: nU · D threads, folded into y by num_workgroups.x
-struct P { D: u32 }
-@group(0) @binding(0) var<storage, read> csr: array<u32>;
-@group(0) @binding(1) var<storage, read> dOut: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dTable: array<f32>;
-@group(0) @binding(3) var<uniform> p: P;
-
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+const embeddingBackwardParts: WgslParts = {
+  consts: [],
+  params: [["D", "u32"]],
+  bindings: [
+    ["csr", "var<storage, read> csr: array<u32>"],
+    ["dOut", "var<storage, read> dOut: array<f32>"],
+    ["dTable", "var<storage, read_write> dTable: array<f32>"],
+  ],
+  decls: "",
+  fn: /* wgsl */ `
+fn embeddingBackward(gid: vec3<u32>, groups: vec3<u32>) {
   let i = gid.y * groups.x * 256u + gid.x;
   let nU = csr[0];
   if (i >= nU * p.D) { return; }
@@ -33,8 +36,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   for (var j = start; j < end; j++) { s += dOut[csr[posBase + j] * p.D + d]; }
   let o = csr[1u + u] * p.D + d;
   dTable[o] = dTable[o] + s;
-}
-`;
+}`,
+};
 
 /**
  * The CSR of the positions of each distinct id: [nU | ids (sorted) | offsets | positions], as u32. A counting sort
@@ -72,12 +75,15 @@ export function positionsById(ids: Int32Array): { csr: Uint32Array; nU: number }
   return { csr, nU };
 }
 
-const bwdEmbeddingKernel = defineKernel({ name: "bwd_embedding", wgsl: () => wgsl, example: null });
+const bwdEmbeddingKernel = defineKernel({
+  name: "bwd_embedding", wgsl: () => standaloneWgsl(embeddingBackwardParts, "256", "embeddingBackward(gid, nwg)"), example: null,
+});
 
 // csr of T ids (nU of them distinct, as csr[0] says), dOut: [T, D] -> dTable [V, D] += at the listed rows
 export function embeddingBackward(gpu: Gpu, csr: Buf, nU: number, dOut: Buf, D: number, dTable: Buf): void {
   if (nU * D === 0) return;
   const k = gpu.kernel(bwdEmbeddingKernel, null);
   const [gx, gy] = grid(Math.ceil((nU * D) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
-  gpu.dispatch(k, [csr, dOut, dTable], new Params().u32(D), [gx, gy]);
+  gpu.dispatch(k, bindingsByName(embeddingBackwardParts, { csr, dOut, dTable }),
+    paramBlock(embeddingBackwardParts.params, { D }), [gx, gy]);
 }

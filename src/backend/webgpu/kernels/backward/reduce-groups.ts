@@ -5,18 +5,21 @@
  * for r < rows, c < width. One thread per output value; no float atomics anywhere.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
-import { Params, grid } from "../../gpu.ts";
+import { grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
 
-const wgsl = /* wgsl */ `
 // bindings: 0 part | 1 out in/out | 2 params
-struct P { rows: u32, width: u32, G: u32, ldo: u32, offo: u32, off: u32, sR: u32, sG: u32, cw: u32, sC1: u32, sC2: u32, groupsX: u32 }
-@group(0) @binding(0) var<storage, read> part: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<uniform> p: P;
-
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+const reduceGroupsParts: WgslParts = {
+  consts: [],
+  params: [["rows", "u32"], ["width", "u32"], ["G", "u32"], ["ldo", "u32"], ["offo", "u32"], ["off", "u32"], ["sR", "u32"], ["sG", "u32"], ["cw", "u32"], ["sC1", "u32"], ["sC2", "u32"], ["groupsX", "u32"]],
+  bindings: [
+    ["part", "var<storage, read> part: array<f32>"],
+    ["out", "var<storage, read_write> out: array<f32>"],
+  ],
+  decls: "",
+  fn: /* wgsl */ `
+fn reduceGroups(gid: vec3<u32>) {
   let i = gid.y * p.groupsX * 256u + gid.x;
   if (i >= p.rows * p.width) { return; }
   let r = i / p.width;
@@ -35,8 +38,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   for (; g < p.G; g++) { s += part[base + g * p.sG]; }
   let o = r * p.ldo + p.offo + c;
   out[o] = out[o] + s;
-}
-`;
+}`,
+};
 
 /** Where the partial sums sit: part[off + r·sR + g·sG + (c / cw)·sC1 + (c % cw)·sC2]. */
 export interface PartLayout {
@@ -46,14 +49,15 @@ export interface PartLayout {
 /** The common layout part[off + g · width + c] (one row): G partial copies of a [width] gradient. */
 export const stacked = (G: number, width: number, off = 0): PartLayout => ({ G, off, sR: 0, sG: width, cw: 1, sC1: 1, sC2: 0 });
 
-const bwdReduceGroupsKernel = defineKernel({ name: "bwd_reduce_groups", wgsl: () => wgsl, example: null });
+const bwdReduceGroupsKernel = defineKernel({
+  name: "bwd_reduce_groups", wgsl: () => standaloneWgsl(reduceGroupsParts, "256", "reduceGroups(gid)"), example: null,
+});
 
 // part -> out [rows, width] window (row stride ldo, first column offo) += Σ_g part
 export function reduceGroups(gpu: Gpu, part: Buf, l: PartLayout, out: Buf, rows: number, width: number, ldo: number, offo: number): void {
   if (rows * width === 0) return;
   const k = gpu.kernel(bwdReduceGroupsKernel, null);
   const [gx, gy] = grid(Math.ceil((rows * width) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
-  const p = new Params().u32(rows).u32(width).u32(l.G).u32(ldo).u32(offo).u32(l.off).u32(l.sR).u32(l.sG)
-    .u32(l.cw).u32(l.sC1).u32(l.sC2).u32(gx);
-  gpu.dispatch(k, [part, out], p, [gx, gy]);
+  gpu.dispatch(k, bindingsByName(reduceGroupsParts, { part, out }),
+    paramBlock(reduceGroupsParts.params, { rows, width, G: l.G, ldo, offo, off: l.off, sR: l.sR, sG: l.sG, cw: l.cw, sC1: l.sC1, sC2: l.sC2, groupsX: gx }), [gx, gy]);
 }

@@ -6,23 +6,25 @@
  * row sums (of r² and of dOut · w · r) are one workgroup tree reduction.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
-import { Params, grid } from "../../gpu.ts";
+import { grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
 
-const wgsl = /* wgsl */ `
 // bindings: 0 r [T, D] | 1 weight [D] | 2 dOut [T, D] | 3 dResidual [T, D] in/out | 4 inv [T] out | 5 params
-struct P { T: u32, D: u32, eps: f32, groupsX: u32 }
-@group(0) @binding(0) var<storage, read> r: array<f32>;
-@group(0) @binding(1) var<storage, read> weight: array<f32>;
-@group(0) @binding(2) var<storage, read> dOut: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dRes: array<f32>;
-@group(0) @binding(4) var<storage, read_write> invOut: array<f32>;
-@group(0) @binding(5) var<uniform> p: P;
-
-var<workgroup> red: array<vec2<f32>, 256>;
-
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+const rmsNormBackwardParts: WgslParts = {
+  consts: [],
+  params: [["T", "u32"], ["D", "u32"], ["eps", "f32"], ["groupsX", "u32"]],
+  bindings: [
+    ["r", "var<storage, read> r: array<f32>"],
+    ["weight", "var<storage, read> weight: array<f32>"],
+    ["dOut", "var<storage, read> dOut: array<f32>"],
+    ["dRes", "var<storage, read_write> dRes: array<f32>"],
+    ["invOut", "var<storage, read_write> invOut: array<f32>"],
+  ],
+  decls: /* wgsl */ `
+var<workgroup> red: array<vec2<f32>, 256>;`,
+  fn: /* wgsl */ `
+fn rmsNormBackward(lid: vec3<u32>, wg: vec3<u32>) {
   let row = wg.y * p.groupsX + wg.x;
   if (row >= p.T) { return; } // uniform across the workgroup
   let o = row * p.D;
@@ -44,14 +46,17 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     dRes[o + d] += inv * (dOut[o + d] * weight[d] - n * m);
   }
   if (lid.x == 0u) { invOut[row] = inv; }
-}
-`;
+}`,
+};
 
-const bwdRmsnormKernel = defineKernel({ name: "bwd_rmsnorm", wgsl: () => wgsl, example: null });
+const bwdRmsnormKernel = defineKernel({
+  name: "bwd_rmsnorm", wgsl: () => standaloneWgsl(rmsNormBackwardParts, "256", "rmsNormBackward(lid, wg)"), example: null,
+});
 
 // r, dOut: [T, D], weight: [D] -> dResidual [T, D] +=, inv [T]
 export function rmsNormBackward(gpu: Gpu, r: Buf, weight: Buf, eps: number, dOut: Buf, T: number, D: number, dRes: Buf, inv: Buf): void {
   const k = gpu.kernel(bwdRmsnormKernel, null);
   const [gx, gy] = grid(T, gpu.limits.maxComputeWorkgroupsPerDimension);
-  gpu.dispatch(k, [r, weight, dOut, dRes, inv], new Params().u32(T).u32(D).f32(eps).u32(gx), [gx, gy]);
+  gpu.dispatch(k, bindingsByName(rmsNormBackwardParts, { r, weight, dOut, dRes, invOut: inv }),
+    paramBlock(rmsNormBackwardParts.params, { T, D, eps, groupsX: gx }), [gx, gy]);
 }

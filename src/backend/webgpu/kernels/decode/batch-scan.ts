@@ -17,7 +17,7 @@ import { type WeightStorage, weightBinding, weightReader } from "../weights.ts";
 import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
 import { defineKernel } from "../../kernel-def.ts";
 
-/** Rows a workgroup may take (WebGpuTuning.decodeBatchScanRows); channels are 256 / rows. */
+/** Rows a workgroup may take (WebGpuInternalTuning.decodeBatchScanRows); channels are 256 / rows. */
 export const BATCH_SCAN_ROW_CHOICES: readonly number[] = [2, 4, 8];
 
 /** Bytes of workgroup memory the kernel needs, for rows RW a workgroup. */

@@ -267,10 +267,10 @@ export interface MixerInArgs {
 }
 
 /** Bytes of weights a thread of the decode kernels (mixer-in's in_proj, matvec) loads before using any
- *  (WebGpuTuning.decodeLoadBytes): more keeps more of the memory system busy, at the cost of registers. */
+ *  (WebGpuInternalTuning.decodeLoadBytes): more keeps more of the memory system busy, at the cost of registers. */
 export const DECODE_LOAD_BYTES_CHOICES: readonly number[] = [64, 128, 256, 384];
 
-/** Channels per workgroup the kernel may take (WebGpuTuning.decodeChannels). */
+/** Channels per workgroup the kernel may take (WebGpuInternalTuning.decodeChannels). */
 export const DECODE_CHANNEL_CHOICES: readonly number[] = [4, 8, 16, 32, 64];
 
 /**

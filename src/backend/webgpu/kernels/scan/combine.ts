@@ -6,23 +6,25 @@
  * Loads are issued 8 chunks at a time, ahead of the dependent arithmetic.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
-import { Params, grid } from "../../gpu.ts";
+import { grid } from "../../gpu.ts";
 import type { ScanGeometry } from "./geometry.ts";
 import { defineKernel } from "../../kernel-def.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
 
-const wgsl = /* wgsl */ `
 // bindings: 0 packed [E, N + 2] (A·log2e, ...) | 1 dsum [B, nC, E] | 2 stateIn [B, E, N] | 3 S [B, nC, N, E] in/out | 4 params
-const AHEAD = 8u;
-
-struct P { B: u32, E: u32, N: u32, nC: u32, hasState: u32, groupsX: u32 }
-@group(0) @binding(0) var<storage, read> packed: array<f32>;
-@group(0) @binding(1) var<storage, read> dsum: array<f32>;
-@group(0) @binding(2) var<storage, read> stateIn: array<f32>;
-@group(0) @binding(3) var<storage, read_write> S: array<f32>;
-@group(0) @binding(4) var<uniform> p: P;
-
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+const scanCombineParts: WgslParts = {
+  consts: [],
+  params: [["B", "u32"], ["E", "u32"], ["N", "u32"], ["nC", "u32"], ["hasState", "u32"], ["groupsX", "u32"]],
+  bindings: [
+    ["packed", "var<storage, read> packed: array<f32>"],
+    ["dsum", "var<storage, read> dsum: array<f32>"],
+    ["stateIn", "var<storage, read> stateIn: array<f32>"],
+    ["S", "var<storage, read_write> S: array<f32>"],
+  ],
+  decls: /* wgsl */ `
+const AHEAD = 8u;`,
+  fn: /* wgsl */ `
+fn scanCombine(gid: vec3<u32>) {
   let i = gid.y * p.groupsX * 256u + gid.x; // (b, n, e), e fastest
   if (i >= p.B * p.N * p.E) { return; }
   let e = i % p.E;
@@ -52,14 +54,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
   }
   S[s0 + last * stride] = h;
-}
-`;
+}`,
+};
 
-const scanCombineKernel = defineKernel({ name: "scan_combine", wgsl: () => wgsl, example: null });
+const scanCombineKernel = defineKernel({
+  name: "scan_combine", wgsl: () => standaloneWgsl(scanCombineParts, "256", "scanCombine(gid)"), example: null,
+});
 
 export function scanCombine(gpu: Gpu, g: ScanGeometry, packed: Buf, dsum: Buf, stateIn: Buf | null, S: Buf): void {
   const k = gpu.kernel(scanCombineKernel, null);
   const [gx, gy] = grid(Math.ceil((g.B * g.N * g.E) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
-  const p = new Params().u32(g.B).u32(g.E).u32(g.N).u32(g.nC).bool(!!stateIn).u32(gx);
-  gpu.dispatch(k, [packed, dsum, stateIn ?? gpu.dummy, S], p, [gx, gy]);
+  gpu.dispatch(k, bindingsByName(scanCombineParts, { packed, dsum, stateIn: stateIn ?? gpu.dummy, S }),
+    paramBlock(scanCombineParts.params, { B: g.B, E: g.E, N: g.N, nC: g.nC, hasState: !!stateIn, groupsX: gx }), [gx, gy]);
 }

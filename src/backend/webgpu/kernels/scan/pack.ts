@@ -33,10 +33,13 @@ fn packScan(gid: vec3<u32>) {
 }`,
 };
 
-const scanPackKernel = defineKernel({ name: "scan_pack", wgsl: () => standaloneWgsl(parts, "256", "packScan(gid)"), example: null });
+const scanPackKernel = defineKernel({
+  name: "scan_pack", wgsl: () => standaloneWgsl(parts, "256", "packScan(gid)"), example: null,
+});
 
 export function packScanParams(gpu: Gpu, A_log: Buf, deltaBias: Buf, D: Buf, E: number, N: number, out: Buf): void {
   const k = gpu.kernel(scanPackKernel, null);
   const [gx, gy] = grid(Math.ceil((E * (N + 2)) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
-  gpu.dispatch(k, bindingsByName(parts, { A_log, deltaBias, Dskip: D, packed: out }), paramBlock(parts.params, { E, N, groupsX: gx }), [gx, gy]);
+  gpu.dispatch(k, bindingsByName(parts, { A_log, deltaBias, Dskip: D, packed: out }),
+    paramBlock(parts.params, { E, N, groupsX: gx }), [gx, gy]);
 }

@@ -133,7 +133,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
-const segmentBackwardKernel = defineKernel({ name: "segment_rmsnorm_backward", wgsl: () => segmentBackwardWgsl, example: null });
+const segmentBackwardKernel = defineKernel({
+  name: "segment_rmsnorm_backward", wgsl: () => segmentBackwardWgsl, example: null,
+});
 
 // x: [T, W] (the forward's input), dOut: [T, W]; dx: [T, W] (+=)
 export function segmentRmsNormBackward(gpu: Gpu, x: Buf, dOut: Buf, dx: Buf, T: number, widths: readonly number[], eps: number): void {
@@ -231,7 +233,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
-const gatedBackwardKernel = defineKernel({ name: "gated_rmsnorm_backward", wgsl: () => gatedBackwardWgsl, example: null });
+const gatedBackwardKernel = defineKernel({
+  name: "gated_rmsnorm_backward", wgsl: () => gatedBackwardWgsl, example: null,
+});
 const colsumKernel = defineKernel({ name: "ssd_colsum", wgsl: () => colsumWgsl, example: null });
 
 // y: [T, E], z: [T, E] window, dOut: [T, E]; dy (+=), dz window (+=), dWeight (+=); part: a [T, E] scratch

@@ -71,7 +71,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
-const ssdScanKernel = defineKernel({ name: "ssd_scan_sequential", wgsl: (s: { N: number }) => wgsl(s.N), example: { N: 16 } });
+const ssdScanKernel = defineKernel({
+  name: "ssd_scan_sequential", wgsl: (s: { N: number }) => wgsl(s.N), example: { N: 16 },
+});
 
 export interface SsdScanKernelArgs {
   x: Buf; ldx: number; offx: number;

@@ -6,21 +6,23 @@
  * chunks at a time, ahead of the dependent arithmetic.
  */
 import type { Buf, Gpu } from "../../../gpu.ts";
-import { Params, grid } from "../../../gpu.ts";
+import { grid } from "../../../gpu.ts";
 import type { ScanBwdGeometry } from "./geometry.ts";
 import { defineKernel } from "../../../kernel-def.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../../compose.ts";
 
-const wgsl = /* wgsl */ `
 // bindings: 0 dsum [B, nC, E] (chunks 0 .. nC-2) | 1 SX (S | X | packed [E, N + 2]) in/out | 2 params
-const AHEAD = 8u;
-
-struct P { B: u32, E: u32, N: u32, nC: u32, oX: u32, oP: u32, groupsX: u32 }
-@group(0) @binding(0) var<storage, read> dsum: array<f32>;
-@group(0) @binding(1) var<storage, read_write> SX: array<f32>;
-@group(0) @binding(2) var<uniform> p: P;
-
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+const scanCombineBackwardParts: WgslParts = {
+  consts: [],
+  params: [["B", "u32"], ["E", "u32"], ["N", "u32"], ["nC", "u32"], ["oX", "u32"], ["oP", "u32"], ["groupsX", "u32"]],
+  bindings: [
+    ["dsum", "var<storage, read> dsum: array<f32>"],
+    ["SX", "var<storage, read_write> SX: array<f32>"],
+  ],
+  decls: /* wgsl */ `
+const AHEAD = 8u;`,
+  fn: /* wgsl */ `
+fn scanCombineBackward(gid: vec3<u32>) {
   let i = gid.y * p.groupsX * 256u + gid.x; // (b, n, e), e fastest
   if (i >= p.B * p.N * p.E) { return; }
   let e = i % p.E;
@@ -53,13 +55,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     c -= m;
   }
   SX[base] = x;
-}
-`;
+}`,
+};
 
-const bwdScanCombineKernel = defineKernel({ name: "bwd_scan_combine", wgsl: () => wgsl, example: null });
+const bwdScanCombineKernel = defineKernel({
+  name: "bwd_scan_combine", wgsl: () => standaloneWgsl(scanCombineBackwardParts, "256", "scanCombineBackward(gid)"), example: null,
+});
 
 export function scanBwdCombine(gpu: Gpu, g: ScanBwdGeometry, dsum: Buf, SX: Buf): void {
   const k = gpu.kernel(bwdScanCombineKernel, null);
   const [gx, gy] = grid(Math.ceil((g.B * g.N * g.E) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
-  gpu.dispatch(k, [dsum, SX], new Params().u32(g.B).u32(g.E).u32(g.N).u32(g.nC).u32(g.oX).u32(g.oP).u32(gx), [gx, gy]);
+  gpu.dispatch(k, bindingsByName(scanCombineBackwardParts, { dsum, SX }),
+    paramBlock(scanCombineBackwardParts.params, { B: g.B, E: g.E, N: g.N, nC: g.nC, oX: g.oX, oP: g.oP, groupsX: gx }), [gx, gy]);
 }
