@@ -9,7 +9,7 @@
  * peak RSS and the time from the process's start to the first token.
  * The engine's reference twin (the plain TypeScript backend) takes minutes here: BENCH_REFERENCE=1 adds it (1 thread).
  * BENCH_1_4B=1 adds the 1.4b shape's decode (D 2048, 48 layers) with f16 weights (its f32 weights, 5.6 GB, do not fit
- * wasm32's 4 GiB), weights made tile by tile straight into the engine's memory.
+ * wasm32's 4 GiB), weights made tile by tile straight into the engine's memory; BENCH_1_4B=only runs just that.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -89,6 +89,7 @@ const fmt = (v: number, d = 1) => v.toFixed(d);
 const ratio = (ours: number, theirs: number | undefined) => (theirs ? `${fmt(ours / theirs, 2)}x` : "-");
 
 export default async function run(): Promise<void> {
+  if (process.env.BENCH_1_4B === "only") return decode14b();
   const cpus = os.cpus();
   console.log(`machine: ${cpus.length} x ${cpus[0]?.model ?? "cpu"}, Node ${process.version}; load average ${os.loadavg().map((v) => v.toFixed(1)).join(" ")}` +
     " (others' work on this machine makes these figures noisy)");
@@ -205,7 +206,7 @@ async function decode14b(): Promise<void> {
       get data() { const d = new Uint16Array(n); fill(new Uint8Array(d.buffer)); return d; },
     });
   }
-  for (const threads of [2]) {
+  for (const threads of THREADS) {
     const backend = await createCpuBackend({ threads });
     const t0 = performance.now();
     const model = await modelFromTensors(config, tensors, { backend }, { source: "bench", folder: "", dtype: "F16" });
@@ -213,7 +214,8 @@ async function decode14b(): Promise<void> {
     const prompt = new Int32Array(16).map((_, i) => i * 31 + 5);
     await timeGeneration(model, prompt.subarray(0, 4));
     const m = await timeGeneration(model, prompt);
-    console.log(`1.4b shape (D 2048, 48 layers), f16 weights, ${describeBackend(backend)}: decode ${fmt(STEPS / m.decode, 2)} tok/s ` +
+    console.log(`1.4b shape (D 2048, 48 layers), f16 weights, ${describeBackend(backend)}: decode ${fmt(STEPS / m.decode, 2)} tok/s, ` +
+      `${fmt((1000 * m.decodeCpu) / STEPS)} CPU ms a token${threads === 1 ? ` (${fmt(STEPS / m.decodeCpu, 2)} tok/s by CPU time)` : ""} ` +
       `(weights placed in ${fmt(built)} s)`);
     await model.dispose();
   }
