@@ -112,6 +112,8 @@ export class Scheduler {
   private wakeUp: (() => void) | null = null;
   private running: Promise<void> | null = null;
   private stopped = false;
+  /** a decode step sent but not yet read (pipelined steps): its rows and its sampled ids [rows], read or not */
+  private inFlight: { rows: Job[]; ids: Tensor; read: Promise<Int32Array> } | null = null;
   private idleWaiters: (() => void)[] = [];
   private counters = { steps: 0, rowSteps: 0, promptTokens: 0, generatedTokens: 0 };
 
@@ -170,7 +172,7 @@ export class Scheduler {
   }
 
   private busy(): boolean {
-    return this.queue.length + this.prefilling.length + this.active.length > 0;
+    return this.queue.length + this.prefilling.length + this.active.length > 0 || this.inFlight !== null;
   }
 
   private async loop(): Promise<void> {
@@ -197,6 +199,11 @@ export class Scheduler {
 
   /** An error in the model's ops ends every running request with it; the server goes on. */
   private failAll(err: Error): void {
+    if (this.inFlight) {
+      this.inFlight.read.catch(() => {});
+      this.lm.backend.dispose(this.inFlight.ids);
+      this.inFlight = null;
+    }
     for (const job of [...this.prefilling, ...this.active]) {
       if (!job.finished && !job.cancelled) { job.finished = true; job.sink.end("error", err); }
       job.cancelled = true;
@@ -210,6 +217,9 @@ export class Scheduler {
   }
 
   private async iteration(): Promise<void> {
+    // the batch changes only once the step in flight is read: rows leave, requests join
+    const joins = this.prefilling.length > 0 || (this.queue.length > 0 && this.active.length < this.options.maxBatch);
+    if (this.inFlight && (joins || this.active.some((j) => j.cancelled || j.finished))) await this.drain();
     this.release();
     // admit, first come first served
     while (this.queue.length > 0 && this.prefilling.length + this.active.length < this.options.maxBatch) {
@@ -228,8 +238,8 @@ export class Scheduler {
       this.prefilling.push(job);
     }
     await this.readPrompts();
-    if (this.active.length > 0) await this.step();
-    this.release();
+    if (this.active.length > 0 || this.inFlight) await this.step();
+    if (!this.inFlight) this.release(); // else the next iteration reads the step in flight first
   }
 
   /**
@@ -337,11 +347,10 @@ export class Scheduler {
     this.prefix.store(job.spec.prompt, length, state, this.stateBytes);
   }
 
-  /** One decode step of every row. */
-  private async step(): Promise<void> {
+  /** The logits of one decode step of every row, from ids [B] (the batch's states advance). */
+  private logitsOf(ids: Tensor): Tensor {
     const b = this.lm.backend;
     const B = this.active.length;
-    const ids = b.fromI32(Int32Array.from(this.active, (j) => j.last), [B]);
     const cache = MambaCache.of(b, B, this.conv, this.ssm); // a view: the batch's tensors stay ours
     let logits: Tensor | null = b.decodeStep && !this.lm.observer ? b.decodeStep(this.lm, ids, cache.conv, cache.ssm) : null;
     if (!logits) {
@@ -349,12 +358,63 @@ export class Scheduler {
       logits = this.lm.logits(h);
       b.dispose(h);
     }
-    b.dispose(ids);
-    const next = await this.sample(this.active, logits);
-    b.dispose(logits);
     this.counters.steps++;
     this.counters.rowSteps += B;
-    this.active.forEach((job, r) => { if (!job.cancelled && !job.finished) this.emit(job, next[r]!); });
+    return logits;
+  }
+
+  /**
+   * One decode step of every row. On a queued backend (a GPU), while the batch stays the same and its rows share
+   * one sampling setting without a repetition penalty, the step is sent before the host reads the ids of the one
+   * before (the step reads them on the device): the device works while the host hands out tokens. The tokens are
+   * the same either way; a row that ended with the step before wastes its row of this one.
+   */
+  private async step(): Promise<void> {
+    const b = this.lm.backend;
+    const B = this.active.length;
+    if (B === 0) { await this.drain(); return; }
+    const s0 = this.active[0]!.spec;
+    const key = (j: Job) => `${j.spec.temperature}|${j.spec.topK}|${j.spec.topP}|${j.spec.minP}|${j.spec.repetitionPenalty}`;
+    const pipelined = b.queued === true && s0.repetitionPenalty === 1 && this.active.every((j) => key(j) === key(this.active[0]!));
+    if (!pipelined) {
+      await this.drain();
+      const ids = b.fromI32(Int32Array.from(this.active, (j) => j.last), [B]);
+      const logits = this.logitsOf(ids);
+      b.dispose(ids);
+      const next = await this.sample(this.active, logits);
+      b.dispose(logits);
+      this.active.forEach((job, r) => { if (!job.cancelled && !job.finished) this.emit(job, next[r]!); });
+      return;
+    }
+    const before = this.inFlight;
+    const input = before?.ids ?? b.fromI32(Int32Array.from(this.active, (j) => j.last), [B]);
+    const logits = this.logitsOf(input);
+    const ids = b.sample(logits, {
+      vocabSize: this.lm.config.vocabSize, temperature: s0.temperature, topK: s0.topK, topP: s0.topP, minP: s0.minP,
+      repetitionPenalty: 1, history: null, uniforms: Float32Array.from(this.active, (j) => j.rng.next()),
+    });
+    b.dispose(logits);
+    if (!before) b.dispose(input); // the step in flight's ids go once they are read
+    this.inFlight = { rows: [...this.active], ids, read: b.readI32(ids) };
+    if (before) {
+      const host = await before.read;
+      b.dispose(before.ids);
+      this.hand(before.rows, host);
+    }
+  }
+
+  /** Reads the step in flight, if any, and hands out its tokens. */
+  private async drain(): Promise<void> {
+    const f = this.inFlight;
+    if (!f) return;
+    this.inFlight = null;
+    const host = await f.read;
+    this.lm.backend.dispose(f.ids);
+    this.hand(f.rows, host);
+  }
+
+  private hand(rows: Job[], ids: Int32Array): void {
+    rows.forEach((job, r) => { if (!job.cancelled && !job.finished) this.emit(job, ids[r]!); });
   }
 
   /** Gives a job its next id; true when that ended it. */
