@@ -5,7 +5,8 @@
  *   3. reads prompts of admitted requests, a chunk at a time (chunks end at multiples of the prefix cache's
  *      interval; states are cached along the way and at the end), starting from the longest cached prefix; a
  *      request whose prompt is read draws its first token and joins the decode batch;
- *   4. runs one decode step of the whole batch (each row its own recurrent state, its own sampler).
+ *   4. runs one decode step of the whole batch (each row its own recurrent state, its own sampler); on a GPU,
+ *      while the batch stays the same, the next step is sent before the ids of this one are read (see step()).
  * A row's state depends only on its own tokens and the ops are row-wise, so a request's tokens are the same
  * whatever else runs beside it; and a prompt is read in the same chunks whatever the cache holds. Sampled rows
  * draw from their own seeded stream (stream 0 of their seed, as model.generate of one prompt does).
