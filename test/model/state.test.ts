@@ -113,6 +113,24 @@ describe("state API on the CPU", { timeout: 120_000 }, () => {
     await model.dispose();
   });
 
+  test("an aborted generation leaves a state it was to advance as it was", async () => {
+    const model = await fresh();
+    const state = await model.prefill(prompt);
+    const bytes = await state.toBytes();
+    const ctrl = new AbortController();
+    const reason = new Error("enough");
+    let n = 0;
+    await assert.rejects((async () => {
+      for await (const _ of model.stream(Int32Array.of(), { ...sampled, maxNewTokens: 50, state, advanceState: true, signal: ctrl.signal })) {
+        if (++n === 3) ctrl.abort(reason);
+      }
+    })(), (e) => e === reason);
+    assert.deepEqual(await state.toBytes(), bytes);
+    assert.equal(state.length, prompt.length);
+    state.dispose();
+    await model.dispose();
+  });
+
   test("clone is independent; toBytes -> loadState continues exactly; bytes are deterministic", async () => {
     const model = await fresh();
     const state = await model.prefill(prompt);
