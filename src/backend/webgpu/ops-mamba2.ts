@@ -16,7 +16,7 @@ import { GpuTensor, gpuTensor, windowOf } from "./tensor.ts";
 import { copyWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
 import { ssdScanSequential } from "./kernels/ssd/scan.ts";
-import { chunkStateFloats, ssdScanChunked } from "./kernels/ssd/chunked.ts";
+import { chunkStateFloats, chunkedFits, ssdScanChunked } from "./kernels/ssd/chunked.ts";
 import { MAX_SEGMENTS, gatedRmsNorm, gatedRmsNormBackward, segmentRmsNorm, segmentRmsNormBackward } from "./kernels/ssd/norms.ts";
 import { addWindow, ssdBackward, ssdBackwardLayout } from "./kernels/ssd/backward.ts";
 import { copyWindow } from "./kernels/copy.ts";
@@ -79,9 +79,10 @@ export const webgpuMamba2Ops = {
       Cm: Cm.buf, ldc: Cm.ld, offc: Cm.off, z: z?.buf ?? null, ldz: z?.ld ?? 0, offz: z?.off ?? 0, consts,
       state: st?.buf ?? null, y: y.buf, B: a.batch, L: a.seqLen, H, P, G, N, lo: a.dtLimit[0], hi: a.dtLimit[1],
     };
-    if (a.seqLen === 1) ssdScanSequential(this.gpu, args);
+    const Q = Math.min(CHUNK_MAX, a.chunkSize);
+    // one position (decode), or heads too wide for the chunk scan's workgroup memory: the recurrence
+    if (a.seqLen === 1 || !chunkedFits(P, Q)) ssdScanSequential(this.gpu, args);
     else {
-      const Q = Math.min(CHUNK_MAX, a.chunkSize);
       const states = this.gpu.alloc(chunkStateFloats(a.batch, a.seqLen, H, P, N, Q) * 4, "the chunk states");
       const totals = this.gpu.alloc(Math.max(4, a.batch * Math.ceil(a.seqLen / Q) * H * 4), "the chunk decays");
       ssdScanChunked(this.gpu, { ...args, Q }, states, totals);

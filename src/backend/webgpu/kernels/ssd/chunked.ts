@@ -9,7 +9,9 @@
  *     state is written back;
  *  3. ssd_chunk_scan, a workgroup per (chunk, head, batch row), a thread per (i, block of PT values of p):
  *       y[i, p] = Σ_{j ≤ i} (C_i·B_j)·exp(cs_i − cs_j)·dt_j·x_j[p] + exp(cs_i)·(h_c[p, :]·C_i) + D·x_i[p]
- *     (·silu(z) when gated). dt and cs of the chunk sit in workgroup memory, computed by each workgroup.
+ *     (·silu(z) when gated), the first sum as a product over tiles of TJ positions j (C_i·B_j computed once a
+ *     workgroup, x_j shared, in workgroup memory). dt and cs of the chunk sit in workgroup memory, computed by each
+ *     workgroup.
  * Chunk states take B·⌈L/Q⌉·H·P·N floats.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
@@ -122,10 +124,23 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
-const scanWgsl = (s: ChunkShape) => /* wgsl */ `
+/** positions j of a tile of the within-chunk product (C·Bᵀ and x of those positions sit in workgroup memory) */
+const TJ = 16;
+
+const scanWgsl = (s: ChunkShape) => {
+  const blocks = Math.ceil(s.P / PT);
+  const perThread = Math.ceil((s.Q * blocks) / 256); // (i, block of p) units a thread owns
+  return /* wgsl */ `
 // bindings: 0 x | 1 dt | 2 Bm | 3 Cm | 4 z | 5 consts [3H] | 6 states (entering) | 7 y [B·L, H·P] | 8 params
+// The within-chunk product Y = ((C·Bᵀ) ∘ decay ∘ dt) · X runs over tiles of TJ positions j: the workgroup puts
+// C_i·B_j (every i of the chunk, the tile's j) and x_j in workgroup memory, then each thread adds the tile's share
+// to its units (i, block of PT values of p), whose sums stay in registers across the tiles.
 ${common(s)}
 const PT = ${PT}u;
+const TJ = ${TJ}u;
+const PMAX = ${s.P}u;
+const BLOCKS = ${blocks}u;
+const UPT = ${perThread}u;
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> dt: array<f32>;
 @group(0) @binding(2) var<storage, read> Bm: array<f32>;
@@ -135,6 +150,8 @@ const PT = ${PT}u;
 @group(0) @binding(6) var<storage, read> states: array<f32>;
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
 @group(0) @binding(8) var<uniform> p: P;
+var<workgroup> cb: array<f32, ${s.Q * TJ}>; // [Q, TJ]: C_i · B_j
+var<workgroup> xt: array<f32, ${TJ * s.P}>; // [TJ, P]: x_j
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -143,39 +160,64 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let b = wg.z;
   let q = chunkDt(b, c, h, tid);
   let g = h / (p.H / p.G);
-  let blocks = (p.P + PT - 1u) / PT;
+  let row0 = b * p.L + c * Q;
+  var acc: array<array<f32, ${PT}>, ${perThread}>;
+  for (var u = 0u; u < UPT; u++) { for (var k = 0u; k < PT; k++) { acc[u][k] = 0.0; } }
+  for (var j0 = 0u; j0 < q; j0 += TJ) {
+    let tj = min(TJ, q - j0);
+    // the tile: C_i · B_j for every i >= j0 of the chunk, and x_j
+    for (var e = tid; e < Q * TJ; e += 256u) {
+      let i = e / TJ;
+      let jj = e % TJ;
+      if (i < q && jj < tj && j0 + jj <= i) {
+        let co = (row0 + i) * p.ldc + p.offc + g * N;
+        let bo = (row0 + j0 + jj) * p.ldb + p.offb + g * N;
+        var v = 0.0;
+        for (var n = 0u; n < N; n++) { v = fma(Cm[co + n], Bm[bo + n], v); }
+        cb[e] = v;
+      }
+    }
+    for (var e = tid; e < TJ * PMAX; e += 256u) {
+      let jj = e / PMAX;
+      if (jj < tj) { xt[e] = x[(row0 + j0 + jj) * p.ldx + p.offx + h * p.P + e % PMAX]; }
+    }
+    workgroupBarrier();
+    for (var u = 0u; u < UPT; u++) {
+      let unit = tid + u * 256u;
+      let i = unit / BLOCKS;
+      let p0 = (unit % BLOCKS) * PT;
+      if (i < q && i >= j0) {
+        let jEnd = min(tj, i - j0 + 1u);
+        for (var jj = 0u; jj < jEnd; jj++) {
+          let j = j0 + jj;
+          let wij = cb[i * TJ + jj] * exp(cs[i] - cs[j]) * dts[j];
+          for (var k = 0u; k < PT; k++) {
+            if (p0 + k < PMAX) { acc[u][k] = fma(wij, xt[jj * PMAX + p0 + k], acc[u][k]); }
+          }
+        }
+      }
+    }
+    workgroupBarrier();
+  }
+  // from the state entering the chunk, the skip connection and the gate
   let hin = ((b * p.nC + c) * p.H + h) * p.P * N;
   let Dh = consts[2u * p.H + h];
   let HP = p.H * p.P;
-  for (var u = tid; u < q * blocks; u += 256u) {
-    let i = u / blocks;
-    let p0 = (u % blocks) * PT;
-    let rowI = b * p.L + c * Q + i;
+  for (var u = 0u; u < UPT; u++) {
+    let unit = tid + u * 256u;
+    let i = unit / BLOCKS;
+    let p0 = (unit % BLOCKS) * PT;
+    if (i >= q) { continue; }
+    let rowI = row0 + i;
     let co = rowI * p.ldc + p.offc + g * N;
-    var acc: array<f32, ${PT}>;
-    for (var k = 0u; k < PT; k++) { acc[k] = 0.0; }
-    // within the chunk: (C_i · B_j) · exp(cs_i − cs_j) · dt_j · x_j
-    for (var j = 0u; j <= i; j++) {
-      let rowJ = b * p.L + c * Q + j;
-      let bo = rowJ * p.ldb + p.offb + g * N;
-      var cb = 0.0;
-      for (var n = 0u; n < N; n++) { cb = fma(Cm[co + n], Bm[bo + n], cb); }
-      let wij = cb * exp(cs[i] - cs[j]) * dts[j];
-      let xo = rowJ * p.ldx + p.offx + h * p.P;
-      for (var k = 0u; k < PT; k++) {
-        if (p0 + k < p.P) { acc[k] = fma(wij, x[xo + p0 + k], acc[k]); }
-      }
-    }
-    // from the state entering the chunk, and the skip connection
     let into = exp(cs[i]);
-    let xo = rowI * p.ldx + p.offx + h * p.P;
     for (var k = 0u; k < PT; k++) {
       let pp = p0 + k;
       if (pp >= p.P) { break; }
       var off = 0.0;
       for (var n = 0u; n < N; n++) { off = fma(states[hin + pp * N + n], Cm[co + n], off); }
-      let xv = x[xo + pp];
-      var out = acc[k] + into * off + Dh * xv;
+      let xv = x[rowI * p.ldx + p.offx + h * p.P + pp];
+      var out = acc[u][k] + into * off + Dh * xv;
       if (p.hasZ != 0u) {
         let zv = z[rowI * p.ldz + p.offz + h * p.P + pp];
         out = out * zv / (1.0 + exp(-zv));
@@ -185,6 +227,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   }
 }
 `;
+};
 
 const stateKernel = defineKernel({ name: "ssd_chunk_state", wgsl: stateWgsl, example: { N: 16, P: 8, Q: 64 } });
 const passKernel = defineKernel({ name: "ssd_state_pass", wgsl: passWgsl, example: { N: 16, P: 8, Q: 64 } });
@@ -201,6 +244,11 @@ export interface SsdChunkedArgs {
   y: Buf; // [B·L, H·P]
   B: number; L: number; H: number; P: number; G: number; N: number; Q: number;
   lo: number; hi: number;
+}
+
+/** Whether the chunk scan's workgroup memory (dt, cs, a tile of C·Bᵀ and of x) fits WebGPU's 16 KiB for P and Q. */
+export function chunkedFits(P: number, Q: number): boolean {
+  return 4 * (2 * Q + Q * TJ + TJ * P) <= 16384 && Q <= 256;
 }
 
 /** Floats of the chunk states the chunked scan needs (a scratch buffer of the caller's). */
