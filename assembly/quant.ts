@@ -7,15 +7,17 @@
 //   Q4_0: 18 bytes: d, 16 bytes, byte j holding element j (low nibble) and element j + 16 (high nibble);
 //                                                                       value = (nibble - 8) · d
 // Each value q · d is exact in f32 (an f16 times an integer of at most 8 bits), so "dequantize, then the f32
-// product" has one exact meaning. The kernels widen the weights in registers (int8 -> i16 -> i32 -> f32, times d:
-// the exact dequantized value) and multiply-add them with the f32 activations in the order of matmul.ts's f32
-// product (one vector sum per output, k ascending four at a time, then the bias), so every output here equals,
-// bit for bit, matmulF32's over the dequantized matrix, in each build: the reference twin is exactly
-// "dequantize, then the f32 op", and the result does not depend on the threads nor on the blocking.
-//
-// The activations stay f32. Quantizing them to int8 (llama.cpp's q8_0 x q8_0 dot: i32 dot products of 32 int8
-// pairs, times both scales) would round each activation to 8 bits and move the model's logits by far more than the
-// 1e-4 its dequantized reference allows.
+// product" has one exact meaning. Two kinds of product:
+//  - f32 activations (matmulQ8_0, matmulQ4_0; the engine's prefill): the weights are widened in registers
+//    (int8 -> i16 -> i32 -> f32, times d: the exact dequantized value) and multiply-added with the activations in
+//    the order of matmul.ts's f32 product (one vector sum per output, k ascending four at a time, then the bias), so
+//    every output equals, bit for bit, matmulF32's over the dequantized matrix, in each build.
+//  - integer dot products (matmulQ8_0I16, matmulQ4_0I16; the engine's decode): the activations are quantized to
+//    int16 blocks first (below). About half the CPU time of the f32 path, for a rounding of the activations of at
+//    most 2^-16 of each block's largest value. int8 activations (llama.cpp's q8_0 x q8_0 dot) cost the same
+//    instructions here (the int8 weights are widened to i16 for i32x4.dot_i16x8_s either way) and round 256 times
+//    more coarsely: the fixtures' logits would leave the 1e-4 that their dequantized reference allows.
+// Neither depends on the number of threads: each output is one thread's, by a fixed sequence.
 //
 // ABI as matmul.ts's: byte offsets into the shared memory, sizes in elements, the work range (rows of the weight,
 // i.e. outputs, or the ids, or blocks) last.
@@ -26,14 +28,24 @@ import { madd, hsum } from "./simd";
 type Q8 = i8;
 type Q4 = u16;
 
-const TWO_POW_112: f32 = 5.192296858534828e33;
 const Q8_BYTES: usize = 34;
 const Q4_BYTES: usize = 18;
 
-/** The f16 scale at p as f32 (matmul.ts's widening: exact for every finite half). */
+/** The f16 scale at p as a scalar f32, exact for every finite half. Scales are often subnormal halves (a Q8_0
+ *  block whose largest weight is below 127 · 2^-14 ≈ 0.0078), so no step may hold an f32 denormal, which x86 CPUs
+ *  multiply about a hundred times slower: normal halves are rebiased in the integer bits; subnormal ones are their
+ *  integer mantissa times 2^-24, both normal f32 values. */
+// @ts-ignore: decorator
+@inline function scalarScale(p: usize): f32 {
+  const h = <u32>load<u16>(p);
+  const em = h & 0x7fff;
+  const v = em >= 0x400 ? reinterpret<f32>((em << 13) + 0x38000000) : <f32>em * 5.9604644775390625e-8;
+  return reinterpret<f32>(reinterpret<u32>(v) | ((h & 0x8000) << 16));
+}
+/** The f16 scale at p in every lane. */
 // @ts-ignore: decorator
 @inline function scaleAt(p: usize): v128 {
-  return f32x4.splat(reinterpret<f32>((<u32><i32>load<i16>(p) << 13) & 0x8fffffff) * TWO_POW_112);
+  return f32x4.splat(scalarScale(p));
 }
 
 /** acc + the 32 products of f32 activations at x with one block's dequantized weights (8 at a time, k ascending). */
@@ -140,10 +152,9 @@ function matvecQ<Q>(xa: usize, K: i32, w: usize, bias: usize, yRow: usize, n0: i
 // A row of activations is quantized to int16 blocks of 32 (xq = round_even(x / dx), dx = max|x| / 32767 per block,
 // saturated to [-32768, 32767]), then each (block of weights, block of activations) pair is an exact i32 sum of 32
 // int8 x int16 products (i32x4.dot_i16x8_s: 8 products in an instruction; |sum| < 2^31), turned to f32 and scaled by
-// dw · dx into the output's vector sum. This reads each weight once with about a third of the instructions of the
-// f32 path. Its reference twin: quantize the activations the same way, then the f32 op (quantizeRowI16 and
-// dotI16 in src/backend/wasm/quant-twin.ts... see the tests). The activations' rounding (at most 2^-16 of each
-// block's largest value) is far below the weights' own.
+// dw · dx into the output's vector sum. This reads each weight once, in about half the CPU time of the f32 path. Its reference twin: quantize the activations the same way, then the f32 op (twinI16 in
+// test/backend/wasm-quant.test.ts). The activations' rounding (at most 2^-16 of each block's largest value) is far
+// below the weights' own (2^-8 for Q8_0).
 
 /** Quantizes K f32 activations at x to int16 blocks at xq (K/32 blocks of 64 bytes), their scales (f32) at xs. */
 export function quantizeRowI16(x: usize, K: i32, xq: usize, xs: usize): void {
@@ -188,12 +199,6 @@ export function quantizeRowI16(x: usize, K: i32, xq: usize, xs: usize): void {
       i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(lo), v128.load(xq)), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(lo), v128.load(xq, 16))),
       i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(hi), v128.load(xq, 32)), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(hi), v128.load(xq, 48))));
   }
-}
-
-/** The f16 scale at p as a scalar f32. */
-// @ts-ignore: decorator
-@inline function scalarScale(p: usize): f32 {
-  return reinterpret<f32>((<u32><i32>load<i16>(p) << 13) & 0x8fffffff) * TWO_POW_112;
 }
 
 // One quantized row (xq, xs): y[n] = sum over blocks b of f32(isum_b) · (dw_b · dx_b), in a vector sum per output
