@@ -81,7 +81,7 @@ export const webgpuMamba2Ops = {
     };
     const Q = Math.min(CHUNK_MAX, a.chunkSize);
     // one position (decode), or heads too wide for the chunk scan's workgroup memory: the recurrence
-    if (a.seqLen === 1 || !chunkedFits(P, Q)) ssdScanSequential(this.gpu, args);
+    if (a.seqLen === 1 || !chunkedFits(P, N, Q)) ssdScanSequential(this.gpu, args);
     else {
       const states = this.gpu.alloc(chunkStateFloats(a.batch, a.seqLen, H, P, N, Q) * 4, "the chunk states");
       const totals = this.gpu.alloc(Math.max(4, a.batch * Math.ceil(a.seqLen / Q) * H * 4), "the chunk decays");

@@ -3,7 +3,8 @@
  * (../../../cpu/ssd.ts), per head h with the B, C of its group g = h / (H / G) and cs_i = Σ_{k ≤ i} dt_k·A inside
  * the chunk:
  *  1. ssd_chunk_state, a workgroup per (chunk, head, batch row): the chunk's own state from zero
- *       S[p, n] = Σ_j exp(cs_last − cs_j)·dt_j·x_j[p]·B_j[n],   and its total decay cs_last;
+ *       S[p, n] = Σ_j exp(cs_last − cs_j)·dt_j·x_j[p]·B_j[n],   and its total decay cs_last
+ *     (a product over tiles of TS positions, x and B of the tile in workgroup memory);
  *  2. ssd_state_pass, a thread per (b, h, p, n): over the chunks in order, h_{c+1} = exp(cs_last_c)·h_c + S_c;
  *     S_c is replaced in place by h_c, the state entering chunk c (h_0: the given state, or zeros); the final
  *     state is written back;
@@ -59,9 +60,19 @@ fn chunkDt(b: u32, c: u32, h: u32, tid: u32) -> u32 {
 }
 `;
 
-const stateWgsl = (s: ChunkShape) => /* wgsl */ `
+/** positions of a tile of the chunk-state product (x and B of those positions sit in workgroup memory) */
+const TS = 8;
+
+const stateWgsl = (s: ChunkShape) => {
+  const perThread = Math.ceil((s.P * s.N) / 256); // state values [p, n] a thread owns
+  return /* wgsl */ `
 // bindings: 0 x | 1 dt | 2 Bm | 3 consts [3H] | 4 states [B, nC, H, P, N] | 5 totals [B, nC, H] | 6 params
+// S = Σ_j w_j · x_j ⊗ B_j over tiles of TS positions (x_j, B_j of the tile in workgroup memory); each thread keeps
+// the sums of its values of S in registers across the tiles.
 ${common(s)}
+const TS = ${TS}u;
+const PMAX = ${s.P}u;
+const VPT = ${perThread}u;
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> dt: array<f32>;
 @group(0) @binding(2) var<storage, read> Bm: array<f32>;
@@ -70,6 +81,8 @@ ${common(s)}
 @group(0) @binding(5) var<storage, read_write> totals: array<f32>;
 @group(0) @binding(6) var<uniform> p: P;
 var<workgroup> w: array<f32, ${s.Q}>;
+var<workgroup> xs: array<f32, ${TS * s.P}>; // [TS, P]
+var<workgroup> bs: array<f32, ${TS * s.N}>; // [TS, N]
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -80,21 +93,39 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let last = cs[q - 1u];
   if (tid < q) { w[tid] = exp(last - cs[tid]) * dts[tid]; }
   if (tid == 0u) { totals[(b * p.nC + c) * p.H + h] = last; }
-  workgroupBarrier();
   let g = h / (p.H / p.G);
-  let base = ((b * p.nC + c) * p.H + h) * p.P * N;
-  for (var k = tid; k < p.P * N; k += 256u) {
-    let pp = k / N;
-    let n = k % N;
-    var acc = 0.0;
-    for (var j = 0u; j < q; j++) {
-      let row = b * p.L + c * Q + j;
-      acc = fma(w[j] * x[row * p.ldx + p.offx + h * p.P + pp], Bm[row * p.ldb + p.offb + g * N + n], acc);
+  let row0 = b * p.L + c * Q;
+  var acc: array<f32, ${perThread}>;
+  for (var v = 0u; v < VPT; v++) { acc[v] = 0.0; }
+  for (var j0 = 0u; j0 < q; j0 += TS) {
+    let tj = min(TS, q - j0);
+    workgroupBarrier(); // w is written (first tile); the last tile's reads are done
+    for (var e = tid; e < TS * PMAX; e += 256u) {
+      let jj = e / PMAX;
+      if (jj < tj) { xs[e] = w[j0 + jj] * x[(row0 + j0 + jj) * p.ldx + p.offx + h * p.P + e % PMAX]; }
     }
-    states[base + k] = acc;
+    for (var e = tid; e < TS * N; e += 256u) {
+      let jj = e / N;
+      if (jj < tj) { bs[e] = Bm[(row0 + j0 + jj) * p.ldb + p.offb + g * N + e % N]; }
+    }
+    workgroupBarrier();
+    for (var v = 0u; v < VPT; v++) {
+      let k = tid + v * 256u;
+      if (k < p.P * N) {
+        let pp = k / N;
+        let n = k % N;
+        for (var jj = 0u; jj < tj; jj++) { acc[v] = fma(xs[jj * PMAX + pp], bs[jj * N + n], acc[v]); }
+      }
+    }
+  }
+  let base = ((b * p.nC + c) * p.H + h) * p.P * N;
+  for (var v = 0u; v < VPT; v++) {
+    let k = tid + v * 256u;
+    if (k < p.P * N) { states[base + k] = acc[v]; }
   }
 }
 `;
+};
 
 const passWgsl = (s: ChunkShape) => /* wgsl */ `
 // bindings: 0 totals [B, nC, H] | 1 states [B, nC, H, P, N] (chunk states in, entering states out) | 2 state [B, H, P, N] | 3 params
@@ -246,9 +277,10 @@ export interface SsdChunkedArgs {
   lo: number; hi: number;
 }
 
-/** Whether the chunk scan's workgroup memory (dt, cs, a tile of C·Bᵀ and of x) fits WebGPU's 16 KiB for P and Q. */
-export function chunkedFits(P: number, Q: number): boolean {
-  return 4 * (2 * Q + Q * TJ + TJ * P) <= 16384 && Q <= 256;
+/** Whether the chunk kernels' workgroup memory (dt, cs, tiles of C·Bᵀ, x, B) fits WebGPU's 16 KiB. */
+export function chunkedFits(P: number, N: number, Q: number): boolean {
+  const scan = 4 * (2 * Q + Q * TJ + TJ * P), state = 4 * (3 * Q + TS * P + TS * N);
+  return Math.max(scan, state) <= 16384 && Q <= 256;
 }
 
 /** Floats of the chunk states the chunked scan needs (a scratch buffer of the caller's). */
