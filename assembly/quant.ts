@@ -152,13 +152,22 @@ function matvecQ<Q>(xa: usize, K: i32, w: usize, bias: usize, yRow: usize, n0: i
 // A row of activations is quantized to int16 blocks of 32 (xq = round_even(x / dx), dx = max|x| / 32767 per block,
 // saturated to [-32768, 32767]), then each (block of weights, block of activations) pair is an exact i32 sum of 32
 // int8 x int16 products (i32x4.dot_i16x8_s: 8 products in an instruction; |sum| < 2^31), turned to f32 and scaled by
-// dw · dx into the output's vector sum. This reads each weight once, in about half the CPU time of the f32 path. Its reference twin: quantize the activations the same way, then the f32 op (twinI16 in
+// dw · dx into the output's sum. This reads each weight once, in about half the CPU time of the f32 path. Its
+// reference twin: quantize the activations the same way, then the f32 op (twinI16 in
 // test/backend/wasm-quant.test.ts). The activations' rounding (at most 2^-16 of each block's largest value) is far
 // below the weights' own (2^-8 for Q8_0).
+//
+// The weights are widened to i16 by shifts, not by extend instructions (which x86 runs on one port only): a 16-bit
+// lane holding bytes (e, o) gives e by shifting left 8 then right 8 (arithmetic), o by shifting right 8; Q4_0's
+// nibbles likewise by shifts and masks, their -8 applied once per block as -8 · (sum of the block's activations).
+// So a weight block comes out in the order [even elements 0-14, odd 1-15, even 16-30, odd 17-31], and the
+// activations are stored in that order (the sum of products does not depend on it).
 
-/** Quantizes K f32 activations at x to int16 blocks at xq (K/32 blocks of 64 bytes), their scales (f32) at xs. */
+/** Quantizes K f32 activations at x to int16 blocks at xq (K/32 blocks of 64 bytes, in the order above), their
+ *  scales (f32) at xs and the sums of each block's int16 values (i32) at xs + K/8. */
 export function quantizeRowI16(x: usize, K: i32, xq: usize, xs: usize): void {
   const blocks = <usize>(K >> 5);
+  const xsum = xs + (blocks << 2);
   for (let b: usize = 0; b < blocks; b++) {
     const p = x + (b << 7);
     const v0 = v128.load(p), v1 = v128.load(p, 16), v2 = v128.load(p, 32), v3 = v128.load(p, 48);
@@ -171,10 +180,17 @@ export function quantizeRowI16(x: usize, K: i32, xq: usize, xs: usize): void {
     const id = f32x4.splat(d != 0 ? <f32>1 / d : 0);
     store<f32>(xs + (b << 2), d);
     const q = xq + (b << 6);
-    v128.store(q, i16x8.narrow_i32x4_s(toInt(v0, id), toInt(v1, id)));
-    v128.store(q, i16x8.narrow_i32x4_s(toInt(v2, id), toInt(v3, id)), 16);
-    v128.store(q, i16x8.narrow_i32x4_s(toInt(v4, id), toInt(v5, id)), 32);
-    v128.store(q, i16x8.narrow_i32x4_s(toInt(v6, id), toInt(v7, id)), 48);
+    const n0 = i16x8.narrow_i32x4_s(toInt(v0, id), toInt(v1, id)), n1 = i16x8.narrow_i32x4_s(toInt(v2, id), toInt(v3, id));
+    const n2 = i16x8.narrow_i32x4_s(toInt(v4, id), toInt(v5, id)), n3 = i16x8.narrow_i32x4_s(toInt(v6, id), toInt(v7, id));
+    v128.store(q, i8x16.shuffle(n0, n1, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29));
+    v128.store(q, i8x16.shuffle(n0, n1, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31), 16);
+    v128.store(q, i8x16.shuffle(n2, n3, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29), 32);
+    v128.store(q, i8x16.shuffle(n2, n3, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31), 48);
+    let sum = i32x4.add(
+      i32x4.add(i32x4.extadd_pairwise_i16x8_s(n0), i32x4.extadd_pairwise_i16x8_s(n1)),
+      i32x4.add(i32x4.extadd_pairwise_i16x8_s(n2), i32x4.extadd_pairwise_i16x8_s(n3)));
+    sum = i32x4.add(sum, i32x4.shuffle(sum, sum, 2, 3, 0, 1));
+    store<i32>(xsum + (b << 2), i32x4.extract_lane(sum, 0) + i32x4.extract_lane(sum, 1));
   }
 }
 // @ts-ignore: decorator
@@ -182,63 +198,83 @@ export function quantizeRowI16(x: usize, K: i32, xq: usize, xs: usize): void {
   return i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v, id)));
 }
 
-/** The exact i32 sums (4 lanes) of one weight block at blk times the int16 activation block at xq. */
+/** The exact i32 sums (4 lanes) of one weight block at blk times the int16 activation block at xq (Q4_0: of its
+ *  nibbles 0-15, before the -8). */
 // @ts-ignore: decorator
 @inline function blockDotI<Q>(blk: usize, xq: usize): v128 {
   if (sizeof<Q>() == 1) {
     const w0 = v128.load(blk + 2), w1 = v128.load(blk + 18);
     return i32x4.add(
-      i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(w0), v128.load(xq)), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(w0), v128.load(xq, 16))),
-      i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(w1), v128.load(xq, 32)), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(w1), v128.load(xq, 48))));
+      i32x4.add(i32x4.dot_i16x8_s(i16x8.shr_s(i16x8.shl(w0, 8), 8), v128.load(xq)), i32x4.dot_i16x8_s(i16x8.shr_s(w0, 8), v128.load(xq, 16))),
+      i32x4.add(i32x4.dot_i16x8_s(i16x8.shr_s(i16x8.shl(w1, 8), 8), v128.load(xq, 32)), i32x4.dot_i16x8_s(i16x8.shr_s(w1, 8), v128.load(xq, 48))));
   } else {
-    const bytes = v128.load(blk + 2);
-    const eight = i8x16.splat(8);
-    const lo = i8x16.sub(v128.and(bytes, i8x16.splat(0x0f)), eight);
-    const hi = i8x16.sub(i8x16.shr_u(bytes, 4), eight);
+    const v = v128.load(blk + 2);
+    const m = i16x8.splat(0x0f);
     return i32x4.add(
-      i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(lo), v128.load(xq)), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(lo), v128.load(xq, 16))),
-      i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(hi), v128.load(xq, 32)), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(hi), v128.load(xq, 48))));
+      i32x4.add(i32x4.dot_i16x8_s(v128.and(v, m), v128.load(xq)), i32x4.dot_i16x8_s(v128.and(i16x8.shr_u(v, 8), m), v128.load(xq, 16))),
+      i32x4.add(i32x4.dot_i16x8_s(v128.and(i16x8.shr_u(v, 4), m), v128.load(xq, 32)), i32x4.dot_i16x8_s(i16x8.shr_u(v, 12), v128.load(xq, 48))));
   }
 }
 
-// One quantized row (xq, xs): y[n] = sum over blocks b of f32(isum_b) · (dw_b · dx_b), in a vector sum per output
-// (blocks in order), + bias[n], for n in [n0, n1), 4 weight rows at a time.
+/** The f16 scales at p0..p3 as f32 lanes (scalarScale's arithmetic, on four lanes: no f32 denormal step). */
+// @ts-ignore: decorator
+@inline function scales4(p0: usize, p1: usize, p2: usize, p3: usize): v128 {
+  let h = i32x4.splat(<i32>load<u16>(p0));
+  h = i32x4.replace_lane(h, 1, <i32>load<u16>(p1));
+  h = i32x4.replace_lane(h, 2, <i32>load<u16>(p2));
+  h = i32x4.replace_lane(h, 3, <i32>load<u16>(p3));
+  const em = v128.and(h, i32x4.splat(0x7fff));
+  const normal = i32x4.add(i32x4.shl(em, 13), i32x4.splat(0x38000000));
+  const sub = f32x4.mul(f32x4.convert_i32x4_s(em), f32x4.splat(5.9604644775390625e-8));
+  const v = v128.bitselect(normal, sub, i32x4.ge_s(em, i32x4.splat(0x400)));
+  return v128.or(v, i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16));
+}
+
+/** [sum of a's lanes, of b's, of c's, of d's] (i32: exact in any order). */
+// @ts-ignore: decorator
+@inline function sums4(a: v128, b: v128, c: v128, d: v128): v128 {
+  const ab = i32x4.add(i32x4.shuffle(a, b, 0, 1, 4, 5), i32x4.shuffle(a, b, 2, 3, 6, 7));
+  const cd = i32x4.add(i32x4.shuffle(c, d, 0, 1, 4, 5), i32x4.shuffle(c, d, 2, 3, 6, 7));
+  return i32x4.add(i32x4.shuffle(ab, cd, 0, 2, 4, 6), i32x4.shuffle(ab, cd, 1, 3, 5, 7));
+}
+
+// One quantized row (xq, xs): y[n] = (sum over blocks b, in order, of f32(isum_b) · f32(dw_b · dx_b)) + bias[n], for
+// n in [n0, n1). Four weight rows at a time, one output a lane: their four block sums are reduced to one vector,
+// converted and scaled once. Past the range's last row the lanes repeat that row (computed, not stored), so an
+// output's sequence of operations is the same wherever the range splits.
 function matvecQI<Q>(xq: usize, xs: usize, K: i32, w: usize, bias: usize, yRow: usize, n0: i32, n1: i32): void {
   const bb: usize = sizeof<Q>() == 1 ? Q8_BYTES : Q4_BYTES;
   const blocks = <usize>(K >> 5);
   const wStride = blocks * bb;
-  let n = n0;
-  for (; n + 4 <= n1; n += 4) {
-    const w0 = w + <usize>n * wStride, w1 = w0 + wStride, w2 = w1 + wStride, w3 = w2 + wStride;
-    let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0;
+  const xsum = xs + (blocks << 2);
+  for (let n = n0; n < n1; n += 4) {
+    const last = n1 - 1;
+    const w0 = w + <usize>n * wStride, w1 = w + <usize>min(n + 1, last) * wStride;
+    const w2 = w + <usize>min(n + 2, last) * wStride, w3 = w + <usize>min(n + 3, last) * wStride;
+    let acc = f32x4.splat(0);
     for (let b: usize = 0; b < blocks; b++) {
       const xb = xq + (b << 6);
-      const dx = load<f32>(xs + (b << 2));
       const o = b * bb;
-      a0 = madd(f32x4.convert_i32x4_s(blockDotI<Q>(w0 + o, xb)), f32x4.splat(scalarScale(w0 + o) * dx), a0);
-      a1 = madd(f32x4.convert_i32x4_s(blockDotI<Q>(w1 + o, xb)), f32x4.splat(scalarScale(w1 + o) * dx), a1);
-      a2 = madd(f32x4.convert_i32x4_s(blockDotI<Q>(w2 + o, xb)), f32x4.splat(scalarScale(w2 + o) * dx), a2);
-      a3 = madd(f32x4.convert_i32x4_s(blockDotI<Q>(w3 + o, xb)), f32x4.splat(scalarScale(w3 + o) * dx), a3);
+      let sums = sums4(blockDotI<Q>(w0 + o, xb), blockDotI<Q>(w1 + o, xb), blockDotI<Q>(w2 + o, xb), blockDotI<Q>(w3 + o, xb));
+      if (sizeof<Q>() != 1) sums = i32x4.sub(sums, i32x4.splat(load<i32>(xsum + (b << 2)) << 3)); // Q4_0's -8
+      const sc = f32x4.mul(scales4(w0 + o, w1 + o, w2 + o, w3 + o), v128.load32_splat(xs + (b << 2)));
+      acc = madd(f32x4.convert_i32x4_s(sums), sc, acc);
     }
     const ya = yRow + (<usize>n << 2);
-    store<f32>(ya, finish(a0, bias, n));
-    store<f32>(ya, finish(a1, bias, n + 1), 4);
-    store<f32>(ya, finish(a2, bias, n + 2), 8);
-    store<f32>(ya, finish(a3, bias, n + 3), 12);
-  }
-  for (; n < n1; n++) {
-    const wn = w + <usize>n * wStride;
-    let a0 = f32x4.splat(0);
-    for (let b: usize = 0; b < blocks; b++) {
-      const o = b * bb;
-      a0 = madd(f32x4.convert_i32x4_s(blockDotI<Q>(wn + o, xq + (b << 6))), f32x4.splat(scalarScale(wn + o) * load<f32>(xs + (b << 2))), a0);
+    const count = min(4, n1 - n);
+    for (let i = 0; i < count; i++) {
+      let v = f32x4.extract_lane(acc, 0);
+      if (i == 1) v = f32x4.extract_lane(acc, 1);
+      else if (i == 2) v = f32x4.extract_lane(acc, 2);
+      else if (i == 3) v = f32x4.extract_lane(acc, 3);
+      if (bias != 0) v += load<f32>(bias + (<usize>(n + i) << 2));
+      store<f32>(ya + (<usize>i << 2), v);
     }
-    store<f32>(yRow + (<usize>n << 2), finish(a0, bias, n));
   }
 }
 
 // y[t] = x[t] · dequant(w)ᵀ + bias through int16 activations, for t in [0, T) and weight rows [n0, n1); scratch:
-// this thread's 2·K + K/8 bytes at least (each thread quantizes the rows itself: no second pass over the pool).
+// this thread's 2·K + K/4 bytes at least (each thread quantizes the rows itself: no second pass over the pool).
 function matmulQI<Q>(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, scratch: usize, n0: i32, n1: i32): void {
   const xs = scratch + (<usize>K << 1);
   for (let t = 0; t < T; t++) {
