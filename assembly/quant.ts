@@ -246,30 +246,53 @@ function matvecQI<Q>(xq: usize, xs: usize, K: i32, w: usize, bias: usize, yRow: 
   const bb: usize = sizeof<Q>() == 1 ? Q8_BYTES : Q4_BYTES;
   const blocks = <usize>(K >> 5);
   const wStride = blocks * bb;
-  const xsum = xs + (blocks << 2);
-  for (let n = n0; n < n1; n += 4) {
+  let n = n0;
+  // two groups of four rows a pass: 8 streams of weights in flight
+  for (; n + 8 <= n1; n += 8) {
+    const w0 = w + <usize>n * wStride;
+    let acc = f32x4.splat(0), acc2 = acc;
+    for (let b: usize = 0; b < blocks; b++) {
+      const o = b * bb;
+      acc = groupStep<Q>(acc, xq, xs, blocks, b, w0 + o, w0 + wStride + o, w0 + 2 * wStride + o, w0 + 3 * wStride + o);
+      acc2 = groupStep<Q>(acc2, xq, xs, blocks, b, w0 + 4 * wStride + o, w0 + 5 * wStride + o, w0 + 6 * wStride + o, w0 + 7 * wStride + o);
+    }
+    storeGroup(acc, bias, yRow, n, 4);
+    storeGroup(acc2, bias, yRow, n + 4, 4);
+  }
+  for (; n < n1; n += 4) {
     const last = n1 - 1;
     const w0 = w + <usize>n * wStride, w1 = w + <usize>min(n + 1, last) * wStride;
     const w2 = w + <usize>min(n + 2, last) * wStride, w3 = w + <usize>min(n + 3, last) * wStride;
     let acc = f32x4.splat(0);
     for (let b: usize = 0; b < blocks; b++) {
-      const xb = xq + (b << 6);
       const o = b * bb;
-      let sums = sums4(blockDotI<Q>(w0 + o, xb), blockDotI<Q>(w1 + o, xb), blockDotI<Q>(w2 + o, xb), blockDotI<Q>(w3 + o, xb));
-      if (sizeof<Q>() != 1) sums = i32x4.sub(sums, i32x4.splat(load<i32>(xsum + (b << 2)) << 3)); // Q4_0's -8
-      const sc = f32x4.mul(scales4(w0 + o, w1 + o, w2 + o, w3 + o), v128.load32_splat(xs + (b << 2)));
-      acc = madd(f32x4.convert_i32x4_s(sums), sc, acc);
+      acc = groupStep<Q>(acc, xq, xs, blocks, b, w0 + o, w1 + o, w2 + o, w3 + o);
     }
-    const ya = yRow + (<usize>n << 2);
-    const count = min(4, n1 - n);
-    for (let i = 0; i < count; i++) {
-      let v = f32x4.extract_lane(acc, 0);
-      if (i == 1) v = f32x4.extract_lane(acc, 1);
-      else if (i == 2) v = f32x4.extract_lane(acc, 2);
-      else if (i == 3) v = f32x4.extract_lane(acc, 3);
-      if (bias != 0) v += load<f32>(bias + (<usize>(n + i) << 2));
-      store<f32>(ya + (<usize>i << 2), v);
-    }
+    storeGroup(acc, bias, yRow, n, min(4, n1 - n));
+  }
+}
+
+/** acc + block b's terms of four weight rows (blocks at p0..p3), one output a lane. */
+// @ts-ignore: decorator
+@inline function groupStep<Q>(acc: v128, xq: usize, xs: usize, blocks: usize, b: usize, p0: usize, p1: usize, p2: usize, p3: usize): v128 {
+  const xb = xq + (b << 6);
+  let sums = sums4(blockDotI<Q>(p0, xb), blockDotI<Q>(p1, xb), blockDotI<Q>(p2, xb), blockDotI<Q>(p3, xb));
+  if (sizeof<Q>() != 1) sums = i32x4.sub(sums, i32x4.splat(load<i32>(xs + (blocks << 2) + (b << 2)) << 3)); // Q4_0's -8
+  const sc = f32x4.mul(scales4(p0, p1, p2, p3), v128.load32_splat(xs + (b << 2)));
+  return madd(f32x4.convert_i32x4_s(sums), sc, acc);
+}
+
+/** Outputs n .. n + count - 1 from acc's lanes, plus the bias. */
+// @ts-ignore: decorator
+@inline function storeGroup(acc: v128, bias: usize, yRow: usize, n: i32, count: i32): void {
+  const ya = yRow + (<usize>n << 2);
+  for (let i = 0; i < count; i++) {
+    let v = f32x4.extract_lane(acc, 0);
+    if (i == 1) v = f32x4.extract_lane(acc, 1);
+    else if (i == 2) v = f32x4.extract_lane(acc, 2);
+    else if (i == 3) v = f32x4.extract_lane(acc, 3);
+    if (bias != 0) v += load<f32>(bias + (<usize>(n + i) << 2));
+    store<f32>(ya + (<usize>i << 2), v);
   }
 }
 
