@@ -3,7 +3,7 @@
  * packed two per u32 (`storage` "f16" or "bf16"); the matmul and embedding kernels widen them as they read, and
  * other ops read a float32 copy made once on first use.
  */
-import type { Cols, Tensor, TensorOrCols } from "../backend.ts";
+import type { Backend, Cols, Tensor, TensorOrCols } from "../backend.ts";
 import { asCols } from "../backend.ts";
 import { MambaError } from "../../errors.ts";
 import { numel } from "../../io/tensor.ts";
@@ -25,7 +25,7 @@ export class GpuTensor implements Tensor {
     readonly dtype: "f32" | "i32",
     public buf: Buf, // state tensors get a new buffer when an op rewrites them
     readonly storage: Storage,
-    readonly owner: object,
+    readonly owner: Backend, // the backend that made it (ops refuse tensors of another)
   ) {}
   get numel(): number {
     return numel(this.shape);
@@ -35,7 +35,7 @@ export class GpuTensor implements Tensor {
   }
 }
 
-export function gpuTensor(t: Tensor, owner: object, what: string): GpuTensor {
+export function gpuTensor(t: Tensor, owner: Backend, what: string): GpuTensor {
   if (!(t instanceof GpuTensor) || t.owner !== owner) {
     throw new MambaError(`${what}: a tensor from another backend was passed to the WebGPU backend`);
   }
@@ -52,7 +52,7 @@ export interface Window {
   rows: number;
 }
 
-export function windowOf(x: TensorOrCols, owner: object, what: string): Window {
+export function windowOf(x: TensorOrCols, owner: Backend, what: string): Window {
   const c: Cols = asCols(x);
   const t = gpuTensor(c.tensor, owner, what);
   const ld = t.cols;
