@@ -249,6 +249,21 @@ describe("llama.cpp's quantized GGUF fixtures on the wasm engine", { timeout: 24
           }
           cache.dispose();
         }
+        // the exact path (int16Activations off): decode's products equal prefill's, far inside 1e-4
+        backend.int16Activations = false;
+        {
+          const cache = MambaCache.zeros(backend, lm.config, 1);
+          const V = exp.get("logits")!.shape[2]!;
+          for (let p = 0; p < seqLen; p++) {
+            const idt = backend.fromI32(ids.i32.subarray(p, p + 1), [1]);
+            const h = lm.hidden(idt, { batch: 1, seqLen: 1 }, cache);
+            const lg = lm.logits(h);
+            assertClose((await backend.readF32(lg)).subarray(0, V), exp.get("logits")!.f32.subarray(p * V, (p + 1) * V), 1e-5, `${name} exact decode logits, position ${p}`);
+            backend.dispose(idt, h, lg);
+          }
+          cache.dispose();
+        }
+        backend.int16Activations = true;
         const prompt = ids.i32.subarray(0, seqLen);
         const got = await model.generate(prompt, { maxNewTokens: 16, stopTokens: [] });
         await model.dispose();

@@ -66,6 +66,10 @@ export class WasmCpuBackend extends CpuBackend {
   readonly engine: string;
   /** Ops that run the reference code on this engine's tensors because their kernel is missing from the build. */
   readonly referenceOps: string[];
+  /** Products of 1 to 3 rows (decode) with Q8_0 / Q4_0 weights take integer dot products over the rows quantized to
+   *  int16 blocks (about half the CPU time; the activations rounded to 2^-16 of each block's largest value). false:
+   *  every product multiplies the exact dequantized weights in f32, as prefill does. */
+  int16Activations = true;
   /** A = -exp(A_log) per A_log tensor, made once (the scan then skips N exps a channel per call); dropped when an op
    *  writes into A_log. */
   private readonly negExpA = new WeakMap<Tensor, WasmTensor>();
@@ -270,7 +274,7 @@ export class WasmCpuBackend extends CpuBackend {
       // quantized weights: a few rows (decode) take integer dot products with the rows quantized to int16 blocks
       // (assembly/quant.ts: its rounding, at most 2^-16 of a block's largest value, keeps the fixtures within
       // 1e-4); more rows (prefill) multiply the exact dequantized weights in f32
-      const quantI16 = T < 4 && this.rt.has("matmulQ8_0I16");
+      const quantI16 = T < 4 && this.int16Activations && this.rt.has("matmulQ8_0I16");
       const kernel = { F16: "matmulF16", BF16: "matmulBF16", Q8_0: quantI16 ? "matmulQ8_0I16" : "matmulQ8_0", Q4_0: quantI16 ? "matmulQ4_0I16" : "matmulQ4_0" }[wt.storage as "F16"];
       this.rt.run(kernel, [...args, scratch], nOut, 8, parallel, { arg: args.length, stride });
       this.rt.release(scratch, stride * this.rt.threads);
