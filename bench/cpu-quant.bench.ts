@@ -32,7 +32,8 @@ const STEPS = Number(process.env.BENCH_DECODE_TOKENS ?? 32);
 const REPS = Number(process.env.BENCH_REPS ?? 2);
 const THREADS = (process.env.BENCH_THREADS ?? "2").split(",").map(Number);
 const SHAPE = { vocabSize: 50280, hiddenSize: 768, numLayers: 24 };
-const TYPES: GgufFileType[] = ["q8_0", "q4_0"];
+// f32: the same model unquantized, measured in the same run (the machine's load changes from run to run)
+const TYPES = (process.env.BENCH_QUANT_TYPES ?? "q8_0,q4_0,f32").split(",") as GgufFileType[];
 
 interface LlamaRow { weights: string; threads: number; prefill_tok_per_s?: number; decode_tok_per_s?: number; peak_rss_mb?: number }
 const anchors = JSON.parse(readFileSync(path.join(here, "anchors/cpu-2core.json"), "utf8")) as {
@@ -46,14 +47,17 @@ const fmt = (v: number, d = 1) => v.toFixed(d);
 const ratio = (ours: number, theirs: number | undefined) => (theirs ? `${fmt(ours / theirs, 2)}x` : "-");
 
 /** Time to first token of the prompt, then STEPS greedy tokens (seconds). */
-async function timeGeneration(model: MambaModel, prompt: Int32Array): Promise<{ ttft: number; decode: number }> {
+async function timeGeneration(model: MambaModel, prompt: Int32Array): Promise<{ ttft: number; decode: number; ttftCpu: number; decodeCpu: number }> {
   const lm = model.lm, b = lm.backend;
+  let c = process.cpuUsage();
   let t = performance.now();
   const { cache, logits } = await prefill(lm, prompt);
   let ids = b.sample(logits, greedy);
   await b.readI32(ids);
   b.dispose(logits);
   const ttft = (performance.now() - t) / 1000;
+  const ttftCpu = cpuSeconds(c);
+  c = process.cpuUsage();
   t = performance.now();
   for (let i = 0; i < STEPS; i++) {
     const h = lm.hidden(ids, { batch: 1, seqLen: 1 }, cache);
@@ -64,30 +68,39 @@ async function timeGeneration(model: MambaModel, prompt: Int32Array): Promise<{ 
     ids = next;
   }
   const decode = (performance.now() - t) / 1000;
+  const decodeCpu = cpuSeconds(c);
   b.dispose(ids);
   cache.dispose();
-  return { ttft, decode };
+  return { ttft, decode, ttftCpu, decodeCpu };
 }
 
-interface ChildResult { engine: string; prefill: number; decode: number; rssMb: number; heapUsed: number; heapMemory: number; loadS: number }
+/** CPU seconds of the whole process (every thread) since `from`. */
+function cpuSeconds(from: NodeJS.CpuUsage): number {
+  const u = process.cpuUsage(from);
+  return (u.user + u.system) / 1e6;
+}
+
+interface ChildResult { engine: string; prefill: number; decode: number; prefillCpu: number; decodeCpu: number; rssMb: number; rssBeforeMb: number; heapUsed: number; heapMemory: number; loadS: number }
 
 /** In a fresh process: load the GGUF file, time the generation, report peak RSS and the engine's memory. */
 async function child(file: string, threads: number): Promise<void> {
   const t0 = performance.now();
   const backend = await createCpuBackend({ threads });
+  const rssBeforeMb = process.memoryUsage().rss / 2 ** 20; // Node, tsx and the engine without a model
   const model = await loadModel(file, { backend });
   const loadS = (performance.now() - t0) / 1000;
   const prompt = new Int32Array(PROMPT).map((_, i) => (i * 7919 + 13) % SHAPE.vocabSize);
   await timeGeneration(model, prompt.subarray(0, 16)); // warm-up: JIT, allocator blocks
-  let best = { ttft: Infinity, decode: Infinity };
+  let best = { ttft: Infinity, decode: Infinity, ttftCpu: Infinity, decodeCpu: Infinity };
   for (let r = 0; r < REPS; r++) {
     const m = await timeGeneration(model, prompt);
-    best = { ttft: Math.min(best.ttft, m.ttft), decode: Math.min(best.decode, m.decode) };
+    best = { ttft: Math.min(best.ttft, m.ttft), decode: Math.min(best.decode, m.decode), ttftCpu: Math.min(best.ttftCpu, m.ttftCpu), decodeCpu: Math.min(best.decodeCpu, m.decodeCpu) };
   }
   const rt = (backend as WasmCpuBackend).rt;
   const out: ChildResult = {
     engine: describeBackend(backend), prefill: PROMPT / best.ttft, decode: STEPS / best.decode,
-    rssMb: process.resourceUsage().maxRSS / 1024, heapUsed: rt.used, heapMemory: rt.memoryBytes, loadS,
+    prefillCpu: (1000 * best.ttftCpu) / PROMPT, decodeCpu: (1000 * best.decodeCpu) / STEPS,
+    rssMb: process.resourceUsage().maxRSS / 1024, rssBeforeMb, heapUsed: rt.used, heapMemory: rt.memoryBytes, loadS,
   };
   console.log(JSON.stringify(out));
   await model.dispose();
@@ -121,20 +134,22 @@ export default async function run(): Promise<void> {
         continue;
       }
       const m = JSON.parse(r.stdout.trim().split("\n").pop()!) as ChildResult;
-      const a = llama("q8_0", threads);
+      const a = llama(type === "f32" ? "f32" : "q8_0", threads);
       const row = `| ${type} | ${threads} | ${m.engine} | ${fmt(m.prefill)} (${a?.prefill_tok_per_s ?? "-"}, ${ratio(m.prefill, a?.prefill_tok_per_s)}) | ` +
-        `${fmt(m.decode)} (${a?.decode_tok_per_s ?? "-"}, ${ratio(m.decode, a?.decode_tok_per_s)}) | ${fmt(m.rssMb, 0)} (${a?.peak_rss_mb ?? "-"}) |`;
+        `${fmt(m.decode)} (${a?.decode_tok_per_s ?? "-"}, ${ratio(m.decode, a?.decode_tok_per_s)}) | ${fmt(m.prefillCpu, 2)} / ${fmt(m.decodeCpu, 1)} | ` +
+        `${fmt(m.rssMb, 0)} (${a?.peak_rss_mb ?? "-"}) |`;
       rows.push(row);
       console.log(row);
       const bw = anchors.machine_limits.wasm_simd_matvec_gb_per_s;
       const gbs = (m.decode * fileBytes) / 1e9;
       notes.push(`${type}, ${threads} thread(s): file ${fmt(fileBytes / 2 ** 20)} MiB; the engine's blocks in use ${fmt(m.heapUsed / 2 ** 20)} MiB, ` +
-        `its wasm memory ${fmt(m.heapMemory / 2 ** 20)} MiB; loaded in ${fmt(m.loadS, 2)} s; decode reads ${fmt(gbs)} GB/s of weights ` +
+        `its wasm memory ${fmt(m.heapMemory / 2 ** 20)} MiB; RSS before loading ${fmt(m.rssBeforeMb, 0)} MB (Node, tsx, the engine); loaded in ${fmt(m.loadS, 2)} s; decode reads ${fmt(gbs)} GB/s of weights ` +
         `(${fmt((100 * gbs) / (threads === 1 ? bw.threads_1 : bw.threads_2), 0)}% of the anchor machine's wasm matvec bandwidth)`);
     }
   }
-  console.log("\n| weights | threads | engine | prefill tok/s (llama.cpp q8_0, ratio) | decode tok/s (llama.cpp q8_0, ratio) | peak RSS MB (llama.cpp q8_0) |");
-  console.log(`|---|---|---|---|---|---|\n${rows.join("\n")}\n`);
+  console.log("\n| weights | threads | engine | prefill tok/s (llama.cpp, ratio) | decode tok/s (llama.cpp, ratio) | CPU ms a token (prefill / decode, all threads) | peak RSS MB (llama.cpp) |");
+  console.log(`|---|---|---|---|---|---|---|\n${rows.join("\n")}\n`);
+  console.log("(llama.cpp's figures: its q8_0 row for q8_0 and q4_0, its f32 row for f32)");
   for (const n of notes) console.log(n);
   console.log("targets (q8_0, 2 threads): decode >= 87 tok/s (moonshot 150), prefill >= 180 tok/s");
 }
