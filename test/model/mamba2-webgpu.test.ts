@@ -127,6 +127,8 @@ test("ssdScanBackward and gatedRmsNormBackward on WebGPU match the CPU (groups, 
   const cases = [
     { B: 2, L: 19, H: 4, P: 3, G: 2, N: 5, gate: true, state: true, limit: [0.02, 0.7] as const },
     { B: 1, L: 7, H: 2, P: 2, G: 1, N: 4, gate: false, state: false, limit: [0, Infinity] as const },
+    // more rows and state values than a backward workgroup has threads
+    { B: 1, L: 5, H: 2, P: 67, G: 1, N: 66, gate: true, state: true, limit: [0, Infinity] as const },
   ];
   for (const c of cases) {
     const r = new TestRng(c.L * 13 + c.H);
