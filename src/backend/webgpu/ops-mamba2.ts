@@ -5,7 +5,7 @@
  * from the states; chunks of at most CHUNK_MAX positions) and, for one position (decode), as the plain recurrence
  * (a thread per (b, h, p), the state row in registers). Both are tested against the CPU's.
  * The training ops: Falcon's windowed norm's backward, the gated norm's, and the SSD's (kernels/ssd/backward.ts:
- * a thread per (b, h) recomputing states from checkpoints, correct rather than fast).
+ * a workgroup per (b, h) recomputing states from checkpoints, correct rather than fast).
  */
 import type { SsdScanArgs, Tensor, TensorOrCols } from "../backend.ts";
 import { MambaError, check } from "../../errors.ts";
