@@ -79,7 +79,8 @@ export class DecodePlans {
     const fused = scanFits && B <= DECODE_MAX_B && B * D <= DECODE_MAX_BD && B * J <= DECODE_MAX_BJ && D % 4 === 0 && K <= DECODE_MAX_K;
     const batched = this.backend.settings.decodeBatch && scanFits && K <= DECODE_MAX_K && DECODE_MAX_B * J <= DECODE_MAX_BJ &&
       batchConvBytes(J) <= this.backend.gpu.limits.maxComputeWorkgroupStorageSize;
-    if (c.mixer !== "s6" || !(fused || batched)) return null;
+    // Mamba-1's layer only: Mamba-2's mixer and Falcon-Mamba's norms of dt, B, C are not in these kernels
+    if (c.mixer !== "s6" || (c.family ?? "mamba") !== "mamba" || !(fused || batched)) return null;
     const w = model.weights;
     const gpu = this.backend.gpu;
     const packs = w.layers.map((layer) => this.layerPack(layer, D, E, N, K));
