@@ -10,8 +10,9 @@
 // product" has one exact meaning. Two kinds of product:
 //  - f32 activations (matmulQ8_0, matmulQ4_0; the engine's prefill, and decode without int16Activations): the
 //    weights are widened in registers (int8 -> i16 -> i32 -> f32, times d: the exact dequantized value) and
-//    multiply-added with the activations in the order of matmul.ts's f32 product (one vector sum per output, k ascending four at a time, then the bias), so
-//    every output equals, bit for bit, matmulF32's over the dequantized matrix, in each build.
+//    multiply-added with the activations in the order of matmul.ts's f32 product (one vector sum per output, k
+//    ascending four at a time, then the bias), so every output equals, bit for bit, matmulF32's over the
+//    dequantized matrix, in each build.
 //  - integer dot products (matmulQ8_0I16, matmulQ4_0I16; the engine's decode): the activations are quantized to
 //    int16 blocks first (below). About half the CPU time of the f32 path, for a rounding of the activations of at
 //    most 2^-16 of each block's largest value. int8 activations (llama.cpp's q8_0 x q8_0 dot) cost the same
