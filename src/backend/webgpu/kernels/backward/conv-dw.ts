@@ -5,22 +5,22 @@
  * reduce-groups.ts adds the chunks in order into dWeight [E, K] and dBias [E].
  */
 import type { Buf, Gpu } from "../../gpu.ts";
-import { Params } from "../../gpu.ts";
 import type { ConvBwdShape } from "./conv-pre.ts";
 import { defineKernel } from "../../kernel-def.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
 
-const wgsl = (K: number) => /* wgsl */ `
-// bindings: 0 x [B·L, ldx] | 1 dpre [B·L, E] | 2 part [B·nT, E, K + 1] out | 3 params
-// grid: (ceil(E / 64), nT, B)
-const K = ${K}u;
-struct P { B: u32, L: u32, E: u32, ldx: u32, offx: u32, chunkLen: u32, nT: u32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> dpre: array<f32>;
-@group(0) @binding(2) var<storage, read_write> part: array<f32>;
-@group(0) @binding(3) var<uniform> p: P;
-
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+// x [B·L, ldx] | dpre [B·L, E] | part [B·nT, E, K + 1] out; grid: (ceil(E / 64), nT, B)
+const makeParts = (K: number): WgslParts => ({
+  consts: [["K", `${K}u`]],
+  params: [["B", "u32"], ["L", "u32"], ["E", "u32"], ["ldx", "u32"], ["offx", "u32"], ["chunkLen", "u32"], ["nT", "u32"]],
+  bindings: [
+    ["x", "var<storage, read> x: array<f32>"],
+    ["dpre", "var<storage, read> dpre: array<f32>"],
+    ["part", "var<storage, read_write> part: array<f32>"],
+  ],
+  decls: "",
+  fn: /* wgsl */ `
+fn convDw(gid: vec3<u32>, wg: vec3<u32>) {
   let e = gid.x;
   if (e >= p.E) { return; }
   let tc = wg.y;
@@ -47,8 +47,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
   }
   let o = ((b * p.nT + tc) * p.E + e) * (K + 1u);
   for (var k = 0u; k <= K; k++) { part[o + k] = acc[k]; }
+}`,
+});
+
+const partsByK = new Map<number, WgslParts>();
+/** The kernel's parts for conv kernel K, made once. */
+function parts(K: number): WgslParts {
+  let made = partsByK.get(K);
+  if (!made) partsByK.set(K, made = makeParts(K));
+  return made;
 }
-`;
 
 /** Time chunks per batch row for the partial sums: enough threads, few partials. */
 export function convChunks(B: number, L: number, E: number): { chunkLen: number; nT: number } {
@@ -57,11 +65,14 @@ export function convChunks(B: number, L: number, E: number): { chunkLen: number;
   return { chunkLen, nT: Math.ceil(L / chunkLen) };
 }
 
-const convDwKernel = defineKernel({ name: "bwd_conv_dw", wgsl, label: (K) => `bwd_conv_dw_${K}`, example: 4 });
+const convDwKernel = defineKernel({
+  name: "bwd_conv_dw", wgsl: (K: number) => standaloneWgsl(parts(K), "64", "convDw(gid, wg)"), label: (K) => `bwd_conv_dw_${K}`, example: 4,
+});
 
 // x: [B, L, E] window, dpre: [B, L, E] -> part: [B·nT, E, K + 1]
 export function convDw(gpu: Gpu, s: ConvBwdShape, x: Buf, ldx: number, offx: number, dpre: Buf, chunkLen: number, nT: number, part: Buf): void {
   const k = gpu.kernel(convDwKernel, s.K);
-  const p = new Params().u32(s.B).u32(s.L).u32(s.E).u32(ldx).u32(offx).u32(chunkLen).u32(nT);
-  gpu.dispatch(k, [x, dpre, part], p, [Math.ceil(s.E / 64), nT, s.B]);
+  const kernelParts = parts(s.K);
+  const p = paramBlock(kernelParts.params, { B: s.B, L: s.L, E: s.E, ldx, offx, chunkLen, nT });
+  gpu.dispatch(k, bindingsByName(kernelParts, { x, dpre, part }), p, [Math.ceil(s.E / 64), nT, s.B]);
 }
