@@ -6,27 +6,23 @@
  * half `par`, written to half 1 - par.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
-import { Params } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
 
-const wgsl = (S: number, D: number) => /* wgsl */ `
-// bindings: 0 part [S, B, D] | 1 bias [D] | 2 res [2, B, D] | 3 g (gain from word oG) | 4 out [B, D] | 5 params
-// grid: (B)
-const S = ${S}u; // parts
-const D = ${D}u;
-const KD = ${Math.ceil(D / 256)}u; // values of the row a thread
-struct P { B: u32, hasBias: u32, hasRes: u32, par: u32, oG: u32, eps: f32 }
-@group(0) @binding(0) var<storage, read> part: array<f32>;
-@group(0) @binding(1) var<storage, read> bias: array<f32>;
-@group(0) @binding(2) var<storage, read_write> res: array<f32>;
-@group(0) @binding(3) var<storage, read> g: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(5) var<uniform> p: P;
-
-var<workgroup> red: array<f32, 256>;
-
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+// part [S, B, D] | bias [D] | res [2, B, D] | g (gain from word oG) | out [B, D]; grid: (B)
+const partsOf = (S: number, D: number): WgslParts => ({
+  consts: [["S", `${S}u`], ["D", `${D}u`], ["KD", `${Math.ceil(D / 256)}u`]], // parts; the row; its values a thread
+  params: [["B", "u32"], ["hasBias", "u32"], ["hasRes", "u32"], ["par", "u32"], ["oG", "u32"], ["eps", "f32"]],
+  bindings: [
+    ["part", "var<storage, read> part: array<f32>"],
+    ["bias", "var<storage, read> bias: array<f32>"],
+    ["res", "var<storage, read_write> res: array<f32>"],
+    ["g", "var<storage, read> g: array<f32>"],
+    ["out", "var<storage, read_write> out: array<f32>"],
+  ],
+  decls: "var<workgroup> red: array<f32, 256>;",
+  fn: /* wgsl */ `
+fn batchNorm(lid: vec3<u32>, wg: vec3<u32>) {
   let t = lid.x;
   let BD = p.B * D;
   let o = wg.x * D;
@@ -67,8 +63,16 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     let d = t + k * 256u;
     if (d < D) { out[o + d] = v[k] * inv * gv[k]; }
   }
+}`,
+});
+/** The kernel's parts by (S, D), made once each. */
+const partsByShape = new Map<string, WgslParts>();
+function parts(S: number, D: number): WgslParts {
+  const key = `${S},${D}`;
+  let made = partsByShape.get(key);
+  if (!made) partsByShape.set(key, made = partsOf(S, D));
+  return made;
 }
-`;
 
 export interface BatchNormArgs {
   B: number; D: number; eps: number;
@@ -80,12 +84,14 @@ export interface BatchNormArgs {
 
 /** S parts of the last out_proj, D columns. */
 const batchNormKernel = defineKernel({
-  name: "decode_batchnorm", wgsl: (s: { S: number; D: number }) => wgsl(s.S, s.D), label: (s) => `decode_batchnorm_${s.S}_${s.D}`, example: { S: 16, D: 768 },
+  name: "decode_batchnorm", wgsl: (s: { S: number; D: number }) => standaloneWgsl(parts(s.S, s.D), "256", "batchNorm(lid, wg)"),
+  label: (s) => `decode_batchnorm_${s.S}_${s.D}`, example: { S: 16, D: 768 },
 });
 
 // part: [S, B, D], bias: [D], res: [2, B, D] (half par in, half 1 - par out), g: [D] from word oG -> out: [B, D]
 export function decodeBatchNorm(gpu: Gpu, a: BatchNormArgs): void {
   const k = gpu.kernel(batchNormKernel, { S: a.S, D: a.D });
-  const p = new Params().u32(a.B).bool(!!a.bias).bool(a.hasRes).u32(a.par).u32(a.oG).f32(a.eps);
-  gpu.dispatch(k, [a.part, a.bias ?? gpu.dummy, a.res, a.g, a.out], p, [a.B]);
+  const kp = parts(a.S, a.D);
+  const p = paramBlock(kp.params, { B: a.B, hasBias: !!a.bias, hasRes: a.hasRes, par: a.par, oG: a.oG, eps: a.eps });
+  gpu.dispatch(k, bindingsByName(kp, { part: a.part, bias: a.bias ?? gpu.dummy, res: a.res, g: a.g, out: a.out }), p, [a.B]);
 }
