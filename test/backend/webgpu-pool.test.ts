@@ -7,6 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { WebGpuBackend } from "../../src/backend/webgpu/index.ts";
+import type { WebGpuOptions, WebGpuTuning } from "../../src/index.ts";
 import { gpuTest, withOwnWebgpu } from "../helpers/backends.ts";
 import { assertClose } from "../helpers/fixtures.ts";
 
@@ -84,4 +85,14 @@ test("webgpu: a backend made with options through the package API runs a model a
     await gpu.dispose();
     await cpu.dispose();
   }
+});
+
+test("the package's WebGPU options are the adapter choice, poolBytes and decodePersistent; the kernel knobs are not among them", () => {
+  const options: WebGpuOptions & WebGpuTuning = { powerPreference: "high-performance", allowFallbackAdapter: true, poolBytes: 2 ** 28, decodePersistent: false };
+  // @ts-expect-error the knobs of tests and benchmarks (WebGpuInternalTuning) are not part of the package's type
+  const internal: WebGpuTuning = { scanThreads: 64 };
+  // @ts-expect-error nor are the variants that lost (BENCHMARKS.md)
+  const removed: WebGpuTuning = { matmulBK: 16 };
+  assert.equal(Object.keys(options).length, 4);
+  assert.ok(internal && removed);
 });
