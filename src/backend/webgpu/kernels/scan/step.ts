@@ -7,10 +7,11 @@
  *   delta = softplus(delta_raw + bias);  h' = exp(delta·A) ∘ h + delta·u·B;  y = (C·h' + D·u) · silu(z)
  */
 import type { Buf, Gpu } from "../../gpu.ts";
-import { Params, grid } from "../../gpu.ts";
+import { grid } from "../../gpu.ts";
 import type { ScanInputs } from "./chunk.ts";
 import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
 import { defineKernel } from "../../kernel-def.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
 
 const WG = 256;
 /** The largest state size the step kernel takes (a channel's lanes fit one workgroup); selectiveScan runs larger
@@ -24,34 +25,29 @@ export function stepLanes(N: number): number {
   return np;
 }
 
-const wgsl = (N: number, NP: number) => /* wgsl */ `
-// bindings: 0 u [B, E] | 1 delta [B, ldD] | 2 packed [E, N + 2] (A·log2e, dt bias, D) | 3 BC [B, ldBC]
-//           4 z [B, ldZ] | 5 stateIn [B, E, N] | 6 y [B, E] out | 7 stateOut [B, E, N] out | 8 params
-// grid: B·E / CH workgroups, (x, y)
-const N = ${N}u;
-const NP = ${NP}u;   // lanes per channel
-const CH = ${WG / NP}u; // channels per workgroup
-
-struct P {
-  B: u32, E: u32, ldD: u32, offD: u32, ldBC: u32, offB: u32, offC: u32, ldZ: u32, offZ: u32,
-  hasZ: u32, hasState: u32, writeState: u32, groupsX: u32,
-}
-@group(0) @binding(0) var<storage, read> u: array<f32>;
-@group(0) @binding(1) var<storage, read> delta: array<f32>;
-@group(0) @binding(2) var<storage, read> packed: array<f32>;
-@group(0) @binding(3) var<storage, read> BC: array<f32>;
-@group(0) @binding(4) var<storage, read> z: array<f32>;
-@group(0) @binding(5) var<storage, read> stateIn: array<f32>;
-@group(0) @binding(6) var<storage, read_write> y: array<f32>;
-@group(0) @binding(7) var<storage, read_write> stateOut: array<f32>;
-@group(0) @binding(8) var<uniform> p: P;
-
-var<workgroup> red: array<f32, ${WG}u>;
-
-${SOFTPLUS_WGSL}
-
-@compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+// u [B, E] | delta [B, ldD] | packed [E, N + 2] (A·log2e, dt bias, D) | BC [B, ldBC] | z [B, ldZ] | stateIn [B, E, N]
+// | y [B, E] out | stateOut [B, E, N] out; grid: B·E / CH workgroups, (x, y)
+function makeParts(N: number): WgslParts {
+  const NP = stepLanes(N);
+  return {
+    consts: [["N", `${N}u`], ["NP", `${NP}u`], ["CH", `${WG / NP}u`]], // states; lanes a channel; channels a workgroup
+    params: [
+      ["B", "u32"], ["E", "u32"], ["ldD", "u32"], ["offD", "u32"], ["ldBC", "u32"], ["offB", "u32"], ["offC", "u32"], ["ldZ", "u32"],
+      ["offZ", "u32"], ["hasZ", "u32"], ["hasState", "u32"], ["writeState", "u32"], ["groupsX", "u32"],
+    ],
+    bindings: [
+      ["u", "var<storage, read> u: array<f32>"],
+      ["delta", "var<storage, read> delta: array<f32>"],
+      ["packed", "var<storage, read> packed: array<f32>"],
+      ["BC", "var<storage, read> BC: array<f32>"],
+      ["z", "var<storage, read> z: array<f32>"],
+      ["stateIn", "var<storage, read> stateIn: array<f32>"],
+      ["y", "var<storage, read_write> y: array<f32>"],
+      ["stateOut", "var<storage, read_write> stateOut: array<f32>"],
+    ],
+    decls: `var<workgroup> red: array<f32, ${WG}u>;\n${SOFTPLUS_WGSL}`,
+    fn: /* wgsl */ `
+fn scanStep(lid: vec3<u32>, wg: vec3<u32>) {
   let n = lid.x % NP;
   let ch = (wg.y * p.groupsX + wg.x) * CH + lid.x / NP; // (b, e) flattened
   let live = ch < p.B * p.E;
@@ -85,20 +81,32 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     }
     y[b * p.E + e] = out;
   }
+}`,
+  };
 }
-`;
+const partsByN = new Map<number, WgslParts>();
+/** The kernel's parts for state size N, made once. */
+function parts(N: number): WgslParts {
+  let made = partsByN.get(N);
+  if (!made) partsByN.set(N, made = makeParts(N));
+  return made;
+}
 
-/** N states, NP lanes a channel (stepLanes). */
+/** N states (a power of two at or above N lanes a channel: stepLanes). */
 const scanStepKernel = defineKernel({
-  name: "scan_step", wgsl: (s: { N: number; NP: number }) => wgsl(s.N, s.NP), label: (s) => `scan_step_${s.N}`, example: { N: 16, NP: 4 },
+  name: "scan_step", wgsl: (N: number) => standaloneWgsl(parts(N), `${WG}`, "scanStep(lid, wg)"), label: (N) => `scan_step_${N}`, example: 16,
 });
 
 // one position of B sequences: u, delta, BC, z rows [B, ...] -> y [B, E]; stateIn / stateOut [B, E, N] or null
 export function scanStep(gpu: Gpu, B: number, E: number, N: number, a: ScanInputs, stateIn: Buf | null, stateOut: Buf | null, y: Buf): void {
   const NP = stepLanes(N); // <= WG: callers check N <= STEP_MAX_N
-  const k = gpu.kernel(scanStepKernel, { N, NP });
+  const k = gpu.kernel(scanStepKernel, N);
   const [gx, gy] = grid(Math.ceil((B * E * NP) / WG), gpu.limits.maxComputeWorkgroupsPerDimension);
-  const p = new Params().u32(B).u32(E).u32(a.ldD).u32(a.offD).u32(a.ldBC).u32(a.offB).u32(a.offC).u32(a.ldZ).u32(a.offZ)
-    .bool(!!a.z).bool(!!stateIn).bool(!!stateOut).u32(gx);
-  gpu.dispatch(k, [a.u, a.delta, a.packed, a.BC, a.z ?? gpu.dummy, stateIn ?? gpu.dummy, y, stateOut ?? gpu.dummyOut], p, [gx, gy]);
+  const kp = parts(N);
+  const p = paramBlock(kp.params, {
+    B, E, ldD: a.ldD, offD: a.offD, ldBC: a.ldBC, offB: a.offB, offC: a.offC, ldZ: a.ldZ, offZ: a.offZ,
+    hasZ: !!a.z, hasState: !!stateIn, writeState: !!stateOut, groupsX: gx,
+  });
+  const bufs = { u: a.u, delta: a.delta, packed: a.packed, BC: a.BC, z: a.z ?? gpu.dummy, stateIn: stateIn ?? gpu.dummy, y, stateOut: stateOut ?? gpu.dummyOut };
+  gpu.dispatch(k, bindingsByName(kp, bufs), p, [gx, gy]);
 }
