@@ -10,10 +10,10 @@
  * during the step after it (the walk goes backwards in time).
  */
 import type { Buf, Gpu } from "../../../gpu.ts";
-import { Params } from "../../../gpu.ts";
 import type { ScanBwdGeometry, ScanBwdInputs } from "./geometry.ts";
 import { SOFTPLUS_WGSL } from "../../wgsl-common.ts";
 import { defineKernel } from "../../../kernel-def.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../../compose.ts";
 
 const WG = 64; // channels per workgroup
 const TS = 16; // time steps of C staged, and of delta, dy, z loaded, at once
@@ -21,28 +21,24 @@ const TS = 16; // time steps of C staged, and of delta, dy, z loaded, at once
 /** The N lines of `f(n)`, joined for a WGSL block. */
 const each = (N: number, f: (n: number) => string, sep = "\n      ") => Array.from({ length: N }, (_, n) => f(n)).join(sep);
 
-const wgsl = (N: number) => /* wgsl */ `
-// bindings: 0 delta [B·L, ldD] | 1 BC [B·L, ldBC] | 2 z [B·L, ldZ] | 3 dy [B·L, E]
-//           4 SX (S | X | packed [E, N + 2]) in/out: writes Y[c] into X | 5 params
-// grid: (ceil(E / WG), nC - 1, B): chunk c = 1 + workgroup y
-const N = ${N}u;
-const WG = ${WG}u;
-const TS = ${TS}u;
-
-struct P { B: u32, L: u32, E: u32, nC: u32, chunkLen: u32, ldD: u32, offD: u32, ldBC: u32, offC: u32, ldZ: u32, offZ: u32, hasZ: u32, oX: u32, oP: u32 }
-@group(0) @binding(0) var<storage, read> delta: array<f32>;
-@group(0) @binding(1) var<storage, read> BC: array<f32>;
-@group(0) @binding(2) var<storage, read> z: array<f32>;
-@group(0) @binding(3) var<storage, read> dy: array<f32>;
-@group(0) @binding(4) var<storage, read_write> SX: array<f32>;
-@group(0) @binding(5) var<uniform> p: P;
-
-var<workgroup> Csh: array<f32, TS * N>;
-
-${SOFTPLUS_WGSL}
-
-@compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+// delta [B·L, ldD] | BC [B·L, ldBC] | z [B·L, ldZ] | dy [B·L, E] | SX (S | X | packed [E, N + 2]) in/out: writes
+// Y[c] into X; grid: (ceil(E / WG), nC - 1, B): chunk c = 1 + workgroup y
+const parts = (N: number): WgslParts => ({
+  consts: [["N", `${N}u`], ["WG", `${WG}u`], ["TS", `${TS}u`]],
+  params: [
+    ["B", "u32"], ["L", "u32"], ["E", "u32"], ["nC", "u32"], ["chunkLen", "u32"], ["ldD", "u32"], ["offD", "u32"], ["ldBC", "u32"],
+    ["offC", "u32"], ["ldZ", "u32"], ["offZ", "u32"], ["hasZ", "u32"], ["oX", "u32"], ["oP", "u32"],
+  ],
+  bindings: [
+    ["delta", "var<storage, read> delta: array<f32>"],
+    ["BC", "var<storage, read> BC: array<f32>"],
+    ["z", "var<storage, read> z: array<f32>"],
+    ["dy", "var<storage, read> dy: array<f32>"],
+    ["SX", "var<storage, read_write> SX: array<f32>"],
+  ],
+  decls: `var<workgroup> Csh: array<f32, TS * N>;\n${SOFTPLUS_WGSL}`,
+  fn: /* wgsl */ `
+fn scanBwdCarry(lid: vec3<u32>, wg: vec3<u32>) {
   let e = wg.x * WG + lid.x;
   let c = wg.y + 1u;
   let b = wg.z;
@@ -89,14 +85,27 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
     let base = p.oX + (b * p.nC + c) * N * p.E + e;
     ${each(N, (n) => `SX[base + ${n}u * p.E] = x_${n};`, "\n    ")}
   }
+}`,
+});
+const partsByN = new Map<number, WgslParts>();
+/** The kernel's parts for state size N, made once. */
+function partsFor(N: number): WgslParts {
+  let made = partsByN.get(N);
+  if (!made) partsByN.set(N, made = parts(N));
+  return made;
 }
-`;
 
-const carryKernel = defineKernel({ name: "bwd_scan_carry", wgsl, label: (N) => `bwd_scan_carry_${N}`, example: 16 });
+const carryKernel = defineKernel({
+  name: "bwd_scan_carry", wgsl: (N: number) => standaloneWgsl(partsFor(N), `${WG}`, "scanBwdCarry(lid, wg)"), label: (N) => `bwd_scan_carry_${N}`,
+  example: 16,
+});
 
 export function scanBwdCarry(gpu: Gpu, g: ScanBwdGeometry, a: ScanBwdInputs, dy: Buf, SX: Buf): void {
   const k = gpu.kernel(carryKernel, g.N);
-  const p = new Params().u32(g.B).u32(g.L).u32(g.E).u32(g.nC).u32(g.chunkLen).u32(a.ldD).u32(a.offD).u32(a.ldBC).u32(a.offC)
-    .u32(a.ldZ).u32(a.offZ).bool(!!a.z).u32(g.oX).u32(g.oP);
-  gpu.dispatch(k, [a.delta, a.BC, a.z ?? gpu.dummy, dy, SX], p, [Math.ceil(g.E / WG), g.nC - 1, g.B]);
+  const kp = partsFor(g.N);
+  const p = paramBlock(kp.params, {
+    B: g.B, L: g.L, E: g.E, nC: g.nC, chunkLen: g.chunkLen, ldD: a.ldD, offD: a.offD, ldBC: a.ldBC, offC: a.offC,
+    ldZ: a.ldZ, offZ: a.offZ, hasZ: !!a.z, oX: g.oX, oP: g.oP,
+  });
+  gpu.dispatch(k, bindingsByName(kp, { delta: a.delta, BC: a.BC, z: a.z ?? gpu.dummy, dy, SX }), p, [Math.ceil(g.E / WG), g.nC - 1, g.B]);
 }
