@@ -145,9 +145,8 @@ function canBlock(): boolean {
 // The code each worker runs, in Node (worker_threads, eval) and in browsers (a Blob URL) alike.
 const WORKER_SOURCE = `
 "use strict";
-const nodeThreads = typeof self !== "undefined" ? null
-  : typeof process !== "undefined" && typeof process.getBuiltinModule === "function" ? process.getBuiltinModule("node:worker_threads")
-  : require("node:worker_threads");
+// (Node workers are made only where process.getBuiltinModule exists: see nodeBuiltin)
+const nodeThreads = typeof self !== "undefined" ? null : process.getBuiltinModule("node:worker_threads");
 const nodePort = nodeThreads ? nodeThreads.parentPort : null;
 const post = (m) => (nodePort ? nodePort.postMessage(m) : self.postMessage(m));
 const onFirst = (fn) => {
@@ -219,7 +218,7 @@ interface PoolWorker {
 async function startWorker(init: Record<string, unknown>): Promise<PoolWorker> {
   const threads = nodeBuiltin<typeof import("node:worker_threads")>("node:worker_threads");
   if (threads) {
-    const w = new threads.Worker(WORKER_SOURCE, { eval: true });
+    const w = new threads.Worker(WORKER_SOURCE, { eval: true, execArgv: [] });
     w.unref(); // a waiting worker never keeps the process alive
     const ready = new Promise<void>((resolve, reject) => {
       w.once("message", (m: { ready?: boolean; error?: string }) => (m.ready ? resolve() : reject(new MambaError(`wasm worker: ${m.error}`))));
