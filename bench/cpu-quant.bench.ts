@@ -13,72 +13,30 @@
  * Run: npm run bench -- cpu-quant
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { createCpuBackend, describeBackend, loadModel } from "../src/index.ts";
-import type { MambaModel } from "../src/index.ts";
 import { initParameters, makeConfig } from "../src/model/init.ts";
-import { prefill } from "../src/generate/generate.ts";
+import { SHAPE, anchors, llama, timeGeneration } from "./cpu-common.ts";
 import { ggufModelContent, type GgufFileType } from "../src/io/gguf-model.ts";
 import { writeGgufFile } from "../src/io/gguf.ts";
 import { WasmCpuBackend } from "../src/backend/wasm/index.ts";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
 const self = fileURLToPath(import.meta.url);
 const PROMPT = 256;
 const STEPS = Number(process.env.BENCH_DECODE_TOKENS ?? 32);
 const REPS = Number(process.env.BENCH_REPS ?? 2);
 const THREADS = (process.env.BENCH_THREADS ?? "2").split(",").map(Number);
-const SHAPE = { vocabSize: 50280, hiddenSize: 768, numLayers: 24 };
 // f32: the same model unquantized, measured in the same run (the machine's load changes from run to run)
 const TYPES = (process.env.BENCH_QUANT_TYPES ?? "q8_0,q4_0,f32").split(",") as GgufFileType[];
 
-interface LlamaRow { weights: string; threads: number; prefill_tok_per_s?: number; decode_tok_per_s?: number; peak_rss_mb?: number }
-const anchors = JSON.parse(readFileSync(path.join(here, "anchors/cpu-2core.json"), "utf8")) as {
-  llama_cpp: LlamaRow[];
-  machine_limits: { wasm_simd_matvec_gb_per_s: { threads_1: number; threads_2: number } };
-};
-const llama = (weights: string, threads: number) => anchors.llama_cpp.find((r) => r.weights === weights && r.threads === threads && r.prefill_tok_per_s !== undefined);
 
-const greedy = { vocabSize: SHAPE.vocabSize, temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, history: null, uniforms: new Float32Array(1) };
 const fmt = (v: number, d = 1) => v.toFixed(d);
 const ratio = (ours: number, theirs: number | undefined) => (theirs ? `${fmt(ours / theirs, 2)}x` : "-");
 
-/** Time to first token of the prompt, then STEPS greedy tokens (seconds). */
-async function timeGeneration(model: MambaModel, prompt: Int32Array): Promise<{ ttft: number; decode: number; ttftCpu: number; decodeCpu: number }> {
-  const lm = model.lm, b = lm.backend;
-  let c = process.cpuUsage();
-  let t = performance.now();
-  const { cache, logits } = await prefill(lm, prompt);
-  let ids = b.sample(logits, greedy);
-  await b.readI32(ids);
-  b.dispose(logits);
-  const ttft = (performance.now() - t) / 1000;
-  const ttftCpu = cpuSeconds(c);
-  c = process.cpuUsage();
-  t = performance.now();
-  for (let i = 0; i < STEPS; i++) {
-    const h = lm.hidden(ids, { batch: 1, seqLen: 1 }, cache);
-    const lg = lm.logits(h);
-    const next = b.sample(lg, greedy);
-    await b.readI32(next);
-    b.dispose(h, lg, ids);
-    ids = next;
-  }
-  const decode = (performance.now() - t) / 1000;
-  const decodeCpu = cpuSeconds(c);
-  b.dispose(ids);
-  cache.dispose();
-  return { ttft, decode, ttftCpu, decodeCpu };
-}
 
-/** CPU seconds of the whole process (every thread) since `from`. */
-function cpuSeconds(from: NodeJS.CpuUsage): number {
-  const u = process.cpuUsage(from);
-  return (u.user + u.system) / 1e6;
-}
 
 interface ChildResult { engine: string; prefill: number; decode: number; prefillCpu: number; decodeCpu: number; rssMb: number; rssBeforeMb: number; heapUsed: number; heapMemory: number; loadS: number }
 
@@ -90,10 +48,10 @@ async function child(file: string, threads: number): Promise<void> {
   const model = await loadModel(file, { backend });
   const loadS = (performance.now() - t0) / 1000;
   const prompt = new Int32Array(PROMPT).map((_, i) => (i * 7919 + 13) % SHAPE.vocabSize);
-  await timeGeneration(model, prompt.subarray(0, 16)); // warm-up: JIT, allocator blocks
+  await timeGeneration(model, prompt.subarray(0, 16), STEPS); // warm-up: JIT, allocator blocks
   let best = { ttft: Infinity, decode: Infinity, ttftCpu: Infinity, decodeCpu: Infinity };
   for (let r = 0; r < REPS; r++) {
-    const m = await timeGeneration(model, prompt);
+    const m = await timeGeneration(model, prompt, STEPS);
     best = { ttft: Math.min(best.ttft, m.ttft), decode: Math.min(best.decode, m.decode), ttftCpu: Math.min(best.ttftCpu, m.ttftCpu), decodeCpu: Math.min(best.decodeCpu, m.decodeCpu) };
   }
   const rt = (backend as WasmCpuBackend).rt;

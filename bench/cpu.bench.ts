@@ -12,14 +12,13 @@
  * wasm32's 4 GiB), weights made tile by tile straight into the engine's memory; BENCH_1_4B=only runs just that.
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { createCpuBackend, describeBackend, modelFromTensors } from "../src/index.ts";
-import type { MambaModel } from "../src/index.ts";
 import { initParameters, makeConfig } from "../src/model/init.ts";
-import { prefill } from "../src/generate/generate.ts";
+import { SHAPE, anchors, cpuSeconds, llama, timeGeneration } from "./cpu-common.ts";
 import { type HostTensor, numel, toF16Bits } from "../src/io/tensor.ts";
 import { writeSafetensors } from "../src/io/safetensors.ts";
 import { WasmCpuBackend } from "../src/backend/wasm/index.ts";
@@ -30,50 +29,10 @@ const PROMPT = 256;
 const STEPS = Number(process.env.BENCH_DECODE_TOKENS ?? 32);
 const REPS = Number(process.env.BENCH_REPS ?? 2);
 const THREADS = (process.env.BENCH_THREADS ?? "2,1").split(",").map(Number);
-const SHAPE = { vocabSize: 50280, hiddenSize: 768, numLayers: 24 };
 
-interface LlamaRow { weights: string; threads: number; prefill_tok_per_s?: number; decode_tok_per_s?: number; peak_rss_mb?: number }
-const anchors = JSON.parse(readFileSync(path.join(here, "anchors/cpu-2core.json"), "utf8")) as {
-  llama_cpp: LlamaRow[];
-  machine_limits: { wasm_simd_matvec_gb_per_s: { threads_1: number; threads_2: number } };
-};
-const llama = (weights: string, threads: number) => anchors.llama_cpp.find((r) => r.weights === weights && r.threads === threads && r.prefill_tok_per_s !== undefined);
 
-const greedy = { vocabSize: SHAPE.vocabSize, temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, history: null, uniforms: new Float32Array(1) };
 
-/** Time to first token of a 256-token prompt, then STEPS greedy tokens (seconds). */
-async function timeGeneration(model: MambaModel, prompt: Int32Array): Promise<{ ttft: number; decode: number; ttftCpu: number; decodeCpu: number }> {
-  const lm = model.lm, b = lm.backend;
-  let c = process.cpuUsage();
-  let t = performance.now();
-  const { cache, logits } = await prefill(lm, prompt);
-  let ids = b.sample(logits, greedy);
-  await b.readI32(ids);
-  b.dispose(logits);
-  const ttft = (performance.now() - t) / 1000;
-  const ttftCpu = cpuSeconds(c);
-  c = process.cpuUsage();
-  t = performance.now();
-  for (let i = 0; i < STEPS; i++) {
-    const h = lm.hidden(ids, { batch: 1, seqLen: 1 }, cache);
-    const lg = lm.logits(h);
-    const next = b.sample(lg, greedy);
-    await b.readI32(next);
-    b.dispose(h, lg, ids);
-    ids = next;
-  }
-  const decode = (performance.now() - t) / 1000;
-  const decodeCpu = cpuSeconds(c);
-  b.dispose(ids);
-  cache.dispose();
-  return { ttft, decode, ttftCpu, decodeCpu };
-}
 
-/** CPU seconds this process (all its threads) spent since `from`. */
-function cpuSeconds(from: NodeJS.CpuUsage): number {
-  const u = process.cpuUsage(from);
-  return (u.user + u.system) / 1e6;
-}
 
 /** The 130m weights with every matrix of 1024 values or more stored as f16 (as an f16 checkpoint holds them). */
 function toF16(tensors: Map<string, HostTensor>): Map<string, HostTensor> {
@@ -110,10 +69,10 @@ export default async function run(): Promise<void> {
   for (const s of setups) {
     const backend = await createCpuBackend({ threads: s.threads, reference: s.reference === true });
     const model = await modelFromTensors(config, weights[s.weights], { backend }, { source: "bench", folder: "", dtype: s.weights.toUpperCase() });
-    await timeGeneration(model, prompt.subarray(0, 16)); // warm-up: compile, JIT, allocator blocks
+    await timeGeneration(model, prompt.subarray(0, 16), STEPS); // warm-up: compile, JIT, allocator blocks
     let best = { ttft: Infinity, decode: Infinity, ttftCpu: Infinity, decodeCpu: Infinity };
     for (let r = 0; r < (s.reference ? 1 : REPS); r++) {
-      const m = await timeGeneration(model, prompt);
+      const m = await timeGeneration(model, prompt, STEPS);
       best = {
         ttft: Math.min(best.ttft, m.ttft), decode: Math.min(best.decode, m.decode),
         ttftCpu: Math.min(best.ttftCpu, m.ttftCpu), decodeCpu: Math.min(best.decodeCpu, m.decodeCpu),
@@ -212,8 +171,8 @@ async function decode14b(): Promise<void> {
     const model = await modelFromTensors(config, tensors, { backend }, { source: "bench", folder: "", dtype: "F16" });
     const built = (performance.now() - t0) / 1000;
     const prompt = new Int32Array(16).map((_, i) => i * 31 + 5);
-    await timeGeneration(model, prompt.subarray(0, 4));
-    const m = await timeGeneration(model, prompt);
+    await timeGeneration(model, prompt.subarray(0, 4), STEPS);
+    const m = await timeGeneration(model, prompt, STEPS);
     console.log(`1.4b shape (D 2048, 48 layers), f16 weights, ${describeBackend(backend)}: decode ${fmt(STEPS / m.decode, 2)} tok/s, ` +
       `${fmt((1000 * m.decodeCpu) / STEPS)} CPU ms a token${threads === 1 ? ` (${fmt(STEPS / m.decodeCpu, 2)} tok/s by CPU time)` : ""} ` +
       `(weights placed in ${fmt(built)} s)`);
