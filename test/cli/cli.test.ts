@@ -147,6 +147,7 @@ describe("info", { timeout: 600_000 }, () => {
       { dir: fixture("hf-mamba", "tiny-bf16-sharded"), dtype: "BF16", weights: /sharded/, format: "hf" },
       { dir: fixture("hf-mamba", "tiny-f16"), dtype: "F16", weights: /safetensors/, format: "hf" },
       { dir: fixture("mamba-ssm", "tiny"), dtype: "F32", weights: /pytorch_model\.bin/, format: "mamba_ssm" },
+      { dir: fixture("gguf", "tiny-q8_0.gguf"), dtype: "Q8_0", weights: /^GGUF \(tiny-q8_0\.gguf\)$/, format: "hf" },
     ];
     for (const c of cases) {
       const r = await cli(["info", "-m", c.dir]);

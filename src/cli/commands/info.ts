@@ -4,7 +4,7 @@
  * embedding counts once), the storage dtype, the weight file format, the folder, and the CPU engine that
  * `--backend cpu` runs here (with --threads N, with N threads).
  */
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync } from "node:fs";
 import path from "node:path";
 import { Command } from "commander";
 import { loadCheckpoint } from "../../io/checkpoint.ts";
@@ -47,9 +47,12 @@ export function infoCommand(): Command {
 
 /** Which weight files were read, in loadCheckpoint's order of preference. */
 function weightFormat(folder: string): string {
+  if (folder.toLowerCase().endsWith(".gguf")) return `GGUF (${path.basename(folder)})`;
   if (existsSync(path.join(folder, "model.safetensors"))) return "safetensors (model.safetensors)";
   if (existsSync(path.join(folder, "model.safetensors.index.json"))) return "sharded safetensors (model.safetensors.index.json)";
-  return "torch.save (pytorch_model.bin)";
+  if (existsSync(path.join(folder, "pytorch_model.bin"))) return "torch.save (pytorch_model.bin)";
+  const gguf = readdirSync(folder).filter((f) => f.toLowerCase().endsWith(".gguf"));
+  return gguf.length === 1 ? `GGUF (${gguf[0]})` : "unknown";
 }
 
 function humanCount(n: number): string {
