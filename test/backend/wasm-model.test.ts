@@ -7,7 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createModel, loadModel } from "../../src/index.ts";
 import { createCpuBackend, describeBackend } from "../../src/backend/wasm/create.ts";
-import { assertClose, expected, fixture } from "../helpers/fixtures.ts";
+import { assertClose, checkFixtureForward, fixture } from "../helpers/fixtures.ts";
 
 const folders = ["hf-mamba/tiny", "hf-mamba/tiny-f16", "hf-mamba/tiny-bf16-sharded", "mamba-ssm/tiny"];
 const setups = [
@@ -19,22 +19,10 @@ const setups = [
 for (const name of folders) {
   for (const s of setups) {
     test(`${name}: PyTorch's logits, hidden states and greedy output (wasm, ${s.threads} threads, ${s.simd} simd)`, { timeout: 60_000 }, async () => {
-      const folder = fixture(...name.split("/"));
-      const exp = await expected(folder);
       const backend = await createCpuBackend(s);
       assert.match(describeBackend(backend), /^cpu \(wasm simd (relaxed|plain), \d threads?\)$/);
       if (s.simd === "plain") assert.match(describeBackend(backend), /plain/);
-      const model = await loadModel(folder, { backend });
-      const ids = exp.get("input_ids")!;
-      const [batch, seqLen] = ids.shape as [number, number];
-      const out = await model.forward(ids.i32, { batch, seqLen }, { hiddenStates: true });
-      assertClose(out.logits, exp.get("logits")!.f32, 1e-4, "logits");
-      assertClose(out.lastHiddenState!, exp.get("last_hidden_state")!.f32, 1e-4, "last hidden state");
-      const prompt = exp.get("greedy_prompt")!.i32;
-      const want = exp.get("greedy_output")!.i32;
-      const got = await model.generate(prompt, { maxNewTokens: want.length - prompt.length, stopTokens: [] });
-      assert.deepEqual(Array.from(got), Array.from(want));
-      await model.dispose();
+      await checkFixtureForward(fixture(...name.split("/")), backend, { tol: 1e-4 });
     });
   }
 }

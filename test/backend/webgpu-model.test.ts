@@ -5,10 +5,10 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { loadModel, makeConfig, modelFromTensors, type MambaModel } from "../../src/index.ts";
+import { makeConfig, modelFromTensors, type MambaModel } from "../../src/index.ts";
 import { MambaCache } from "../../src/model/cache.ts";
 import { prefill } from "../../src/generate/generate.ts";
-import { assertClose, expected, fixture } from "../helpers/fixtures.ts";
+import { assertClose, checkFixtureForward, fixture } from "../helpers/fixtures.ts";
 import { TestRng, perturbedParameters } from "../helpers/random.ts";
 import { toBF16Bits, toF16Bits } from "../../src/io/tensor.ts";
 import { gpuTest } from "../helpers/backends.ts";
@@ -19,23 +19,7 @@ import type { WebGpuBackend, WebGpuInternalTuning } from "../../src/backend/webg
 for (const name of ["hf-mamba/tiny", "hf-mamba/tiny-f16", "hf-mamba/tiny-bf16-sharded", "mamba-ssm/tiny"]) {
   test(`${name}: logits, hidden states and greedy output match PyTorch (webgpu)`, async (t) => {
     if (!(await gpuTest(t))) return;
-    const folder = fixture(...name.split("/"));
-    const exp = await expected(folder);
-    const model = await loadModel(folder, { backend: "webgpu" });
-    try {
-      assert.equal(model.backend.name, "webgpu");
-      const ids = exp.get("input_ids")!;
-      const [batch, seqLen] = ids.shape as [number, number];
-      const out = await model.forward(ids.i32, { batch, seqLen }, { hiddenStates: true });
-      assertClose(out.logits, exp.get("logits")!.f32, 1e-4, "logits");
-      assertClose(out.lastHiddenState!, exp.get("last_hidden_state")!.f32, 1e-4, "last hidden state");
-      const prompt = exp.get("greedy_prompt")!.i32;
-      const want = exp.get("greedy_output")!.i32;
-      const got = await model.generate(prompt, { maxNewTokens: want.length - prompt.length, stopTokens: [] });
-      assert.deepEqual(Array.from(got), Array.from(want));
-    } finally {
-      await model.dispose();
-    }
+    await checkFixtureForward(fixture(...name.split("/")), "webgpu", { tol: 1e-4, backendName: "webgpu" });
   });
 }
 

@@ -6,9 +6,8 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
 import { type Backend, cols } from "../../src/backend/backend.ts";
-import { loadModel } from "../../src/index.ts";
 import { TestRng } from "../helpers/random.ts";
-import { assertClose, expected, fixture, maxAbsDiff } from "../helpers/fixtures.ts";
+import { checkFixtureForward, checkFixtureGrads, fixture, maxAbsDiff } from "../helpers/fixtures.ts";
 import { releaseWebgpu, unavailable, webgpuBackend } from "../helpers/backends.ts";
 
 after(releaseWebgpu);
@@ -73,24 +72,8 @@ for (const name of ["hf-mamba2/tiny", "mamba-ssm/mamba2-tiny", "hf-falcon-mamba/
   test(`${name}: logits, hidden states and greedy output match PyTorch (webgpu)`, { timeout: 300_000 }, async (t) => {
     const g = await gpuOrSkip(t);
     if (!g) return;
-    const folder = fixture(...name.split("/"));
-    const exp = await expected(folder);
     const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-    const model = await loadModel(folder, { backend: await createWebGpuBackend() });
-    try {
-      assert.equal(model.backend.name, "webgpu");
-      const ids = exp.get("input_ids")!;
-      const [batch, seqLen] = ids.shape as [number, number];
-      const out = await model.forward(ids.i32, { batch, seqLen }, { hiddenStates: true });
-      assertClose(out.logits, exp.get("logits")!.f32, 1e-4, "logits");
-      assertClose(out.lastHiddenState!, exp.get("last_hidden_state")!.f32, 1e-4, "last hidden state");
-      const prompt = exp.get("greedy_prompt")!.i32;
-      const want = exp.get("greedy_output")!.i32;
-      const got = await model.generate(prompt, { maxNewTokens: want.length - prompt.length, stopTokens: [] });
-      assert.deepEqual(Array.from(got), Array.from(want));
-    } finally {
-      await model.dispose();
-    }
+    await checkFixtureForward(fixture(...name.split("/")), await createWebGpuBackend(), { tol: 1e-4, backendName: "webgpu" });
   });
 }
 
@@ -99,24 +82,7 @@ for (const name of ["hf-falcon-mamba/tiny", "hf-mamba2/tiny"]) {
     const g = await gpuOrSkip(t);
     if (!g) return;
     const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-    const { readSafetensorsAny } = await import("../helpers/fixtures.ts");
-    const folder = fixture(...name.split("/"));
-    const ids = (await expected(folder)).get("input_ids")!;
-    const [batch, seqLen] = ids.shape as [number, number];
-    const want = await readSafetensorsAny(`${folder}/grads.safetensors`);
-    const model = await loadModel(folder, { backend: await createWebGpuBackend() });
-    try {
-      const { loss, grads } = await model.lossAndGrads(ids.i32, { batch, seqLen });
-      const wantLoss = want.get("loss")!.f32[0]!;
-      assert.ok(Math.abs(loss - wantLoss) <= 1e-5 * Math.abs(wantLoss), `loss ${loss} vs ${wantLoss}`);
-      for (const n of [...want.keys()].filter((k) => k !== "loss")) {
-        const w = want.get(n)!.f32, got = grads.get(n)!;
-        const scale = Math.max(...Array.from(w, Math.abs));
-        assert.ok(maxAbsDiff(got, w) / scale < 1e-4, `${n}: ${(maxAbsDiff(got, w) / scale).toExponential(2)}`);
-      }
-    } finally {
-      await model.dispose();
-    }
+    await checkFixtureGrads(fixture(...name.split("/")), await createWebGpuBackend(), { tol: 1e-4, backendName: "webgpu" });
   });
 }
 
