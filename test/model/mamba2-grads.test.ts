@@ -6,8 +6,9 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { loadModel, modelFromTensors } from "../../src/index.ts";
-import { fixture, expected, readSafetensorsAny } from "../helpers/fixtures.ts";
+import { modelFromTensors } from "../../src/index.ts";
+import { checkFixtureGrads, fixture } from "../helpers/fixtures.ts";
+import { ceLoss, checkFiniteDifferences } from "../helpers/gradcheck.ts";
 import { TestRng, perturbedParameters } from "../helpers/random.ts";
 import { makeConfig } from "../../src/model/init.ts";
 import { parameterShapes, ssmStateShape, type MambaConfig } from "../../src/config.ts";
@@ -18,41 +19,10 @@ import { forwardBackward, shiftedTargets } from "../../src/train/backprop.ts";
 import { namedTensors, zerosLike } from "../../src/train/params.ts";
 import type { HostTensor } from "../../src/io/tensor.ts";
 
-function relErr(got: Float32Array, want: Float32Array): number {
-  let d = 0, m = 0;
-  for (let i = 0; i < want.length; i++) { d = Math.max(d, Math.abs(got[i]! - want[i]!)); m = Math.max(m, Math.abs(want[i]!)); }
-  return d / m;
-}
-
 for (const name of ["hf-mamba2/tiny", "hf-falcon-mamba/tiny"]) {
   test(`${name}: loss and every gradient match PyTorch`, { timeout: 120_000 }, async () => {
-    const folder = fixture(...name.split("/"));
-    const ids = (await expected(folder)).get("input_ids")!;
-    const want = await readSafetensorsAny(`${folder}/grads.safetensors`);
-    const model = await loadModel(folder, { backend: "cpu" });
-    const [batch, seqLen] = ids.shape as [number, number];
-    const { loss, grads } = await model.lossAndGrads(ids.i32, { batch, seqLen });
-    const wantLoss = want.get("loss")!.f32[0]!;
-    assert.ok(Math.abs(loss - wantLoss) <= 1e-5 * Math.abs(wantLoss), `loss ${loss} vs ${wantLoss}`);
-    const names = [...want.keys()].filter((k) => k !== "loss").sort();
-    assert.deepEqual([...grads.keys()].sort(), names, "gradient names");
-    for (const n of names) {
-      const e = relErr(grads.get(n)!, want.get(n)!.f32);
-      assert.ok(e < 1e-4, `${n}: max abs error / max abs value ${e.toExponential(2)}`);
-    }
-    await model.dispose();
+    await checkFixtureGrads(fixture(...name.split("/")), "cpu", { tol: 1e-4 });
   });
-}
-
-/** Mean next-token cross-entropy (positions 0..L-2) in float64 from logits [B·L, V]. */
-function ceLoss(logits: Float32Array, ids: Int32Array, B: number, L: number, V: number): number {
-  let s = 0;
-  for (let b = 0; b < B; b++) for (let t = 0; t + 1 < L; t++) {
-    const row = Array.from(logits.subarray((b * L + t) * V, (b * L + t + 1) * V));
-    const mx = Math.max(...row);
-    s += Math.log(row.reduce((a, v) => a + Math.exp(v - mx), 0)) + mx - row[ids[b * L + t + 1]!]!;
-  }
-  return s / (B * (L - 1));
 }
 
 const fdConfigs: [string, MambaConfig][] = [
@@ -79,23 +49,7 @@ for (const [name, cfg] of fdConfigs) {
       return ceLoss((await m.forward(ids, shape)).logits, ids, 2, 5, cfg.paddedVocabSize);
     };
     assert.ok(Math.abs((await lossOf(params)) - loss) < 1e-5, "loss");
-    const r = new TestRng(17);
-    const h = 1e-2;
-    for (const [pname, t] of params) {
-      const g = grads.get(pname)!;
-      for (let k = 0; k < 3; k++) {
-        const i = Math.floor(r.next() * g.length);
-        const d = t.data as Float32Array;
-        const v = d[i]!;
-        d[i] = v + h;
-        const lp = await lossOf(params);
-        d[i] = v - h;
-        const lm = await lossOf(params);
-        d[i] = v;
-        const num = (lp - lm) / (2 * h);
-        assert.ok(Math.abs(num - g[i]!) <= 2e-3 + 2e-2 * Math.abs(num), `${pname}[${i}]: analytic ${g[i]} vs numerical ${num}`);
-      }
-    }
+    await checkFiniteDifferences(params, (pname) => grads.get(pname)!, lossOf, new TestRng(17), 3);
   });
 }
 
@@ -124,20 +78,5 @@ test("mamba2 from given initial SSM states [B, H, P, N]: loss and final states a
   for (let i = 0; i < cfg.numLayers; i++) assert.deepEqual(await b.readF32(res.finalSsm![i]!), await b.readF32(cache.ssm[i]!), `final state ${i}`);
   assert.ok(Math.abs((await lossOf(params)) - loss) < 1e-5, "loss");
   const named = namedTensors(cfg, grads);
-  const h = 1e-2;
-  for (const [name, t] of params) {
-    const g = await b.readF32(named.get(name)!);
-    for (let k = 0; k < 2; k++) {
-      const i = Math.floor(r.next() * g.length);
-      const d = t.data as Float32Array;
-      const v = d[i]!;
-      d[i] = v + h;
-      const lp = await lossOf(params);
-      d[i] = v - h;
-      const lmn = await lossOf(params);
-      d[i] = v;
-      const num = (lp - lmn) / (2 * h);
-      assert.ok(Math.abs(num - g[i]!) <= 2e-3 + 2e-2 * Math.abs(num), `${name}[${i}]: analytic ${g[i]} vs numerical ${num}`);
-    }
-  }
+  await checkFiniteDifferences(params, (name) => b.readF32(named.get(name)!), lossOf, r, 2);
 });
