@@ -6,33 +6,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { loadModel, modelFromTensors, makeConfig } from "../../src/index.ts";
-import { fixture, expected, readSafetensorsAny } from "../helpers/fixtures.ts";
+import { checkFixtureGrads, fixture } from "../helpers/fixtures.ts";
+import { ceLoss, checkFiniteDifferences } from "../helpers/gradcheck.ts";
 import { TestRng, perturbedParameters } from "../helpers/random.ts";
 import { initParameters } from "../../src/model/init.ts";
 import { parameterShapes } from "../../src/config.ts";
 
-function relErr(got: Float32Array, want: Float32Array): number {
-  let d = 0, m = 0;
-  for (let i = 0; i < want.length; i++) { d = Math.max(d, Math.abs(got[i]! - want[i]!)); m = Math.max(m, Math.abs(want[i]!)); }
-  return d / m;
-}
-
 test("hf-mamba/tiny: loss and every gradient match PyTorch", async () => {
-  const folder = fixture("hf-mamba", "tiny");
-  const ids = (await expected(folder)).get("input_ids")!;
-  const want = await readSafetensorsAny(`${folder}/grads.safetensors`);
-  const model = await loadModel(folder, { backend: "cpu" });
-  const [batch, seqLen] = ids.shape as [number, number];
-  const { loss, grads } = await model.lossAndGrads(ids.i32, { batch, seqLen });
-  const wantLoss = want.get("loss")!.f32[0]!;
-  assert.ok(Math.abs(loss - wantLoss) <= 1e-5 * Math.abs(wantLoss), `loss ${loss} vs ${wantLoss}`);
-  const names = [...want.keys()].filter((k) => k !== "loss").sort();
-  assert.deepEqual([...grads.keys()].sort(), names, "gradient names");
-  for (const name of names) {
-    const e = relErr(grads.get(name)!, want.get(name)!.f32);
-    assert.ok(e < 2e-5, `${name}: max abs error / max abs value ${e.toExponential(2)}`);
-  }
-  await model.dispose();
+  await checkFixtureGrads(fixture("hf-mamba", "tiny"), "cpu", { tol: 2e-5 });
 });
 
 test("lossAndGrads rejects bad input with MambaError", async () => {
@@ -58,37 +39,10 @@ for (const mixer of ["s6", "lti"] as const) {
     const { loss, grads } = await model.lossAndGrads(ids, shape);
     assert.deepEqual([...grads.keys()].sort(), [...parameterShapes(cfg).keys()].sort());
     // loss from forward, in float64 from the logits
-    const lossOf = async (m: typeof model) => {
-      const { logits } = await m.forward(ids, shape);
-      let s = 0, n = 0;
-      for (let b = 0; b < 2; b++) for (let t = 0; t < 4; t++) {
-        const o = (b * 5 + t) * 7;
-        const row = Array.from(logits.subarray(o, o + 7));
-        const mx = Math.max(...row);
-        s += Math.log(row.reduce((a, v) => a + Math.exp(v - mx), 0)) + mx - row[ids[b * 5 + t + 1]!]!;
-        n++;
-      }
-      return s / n;
-    };
+    const lossOf = async (m: typeof model) => ceLoss((await m.forward(ids, shape)).logits, ids, 2, 5, 7);
     assert.ok(Math.abs((await lossOf(model)) - loss) < 1e-5);
-    const r = new TestRng(17);
-    const h = 1e-2;
-    for (const [name, t] of params) {
-      // a few random elements of every tensor
-      const g = grads.get(name)!;
-      for (let k = 0; k < 3; k++) {
-        const i = Math.floor(r.next() * g.length);
-        const d = t.data as Float32Array;
-        const v = d[i]!;
-        d[i] = v + h;
-        const mp = await modelFromTensors(cfg, params, { backend: "cpu" });
-        d[i] = v - h;
-        const mm = await modelFromTensors(cfg, params, { backend: "cpu" });
-        d[i] = v;
-        const num = ((await lossOf(mp)) - (await lossOf(mm))) / (2 * h);
-        assert.ok(Math.abs(num - g[i]!) <= 2e-3 + 2e-2 * Math.abs(num), `${name}[${i}]: analytic ${g[i]} vs numerical ${num}`);
-      }
-    }
+    // a few random elements of every tensor
+    await checkFiniteDifferences(params, (name) => grads.get(name)!, async (p) => lossOf(await modelFromTensors(cfg, p, { backend: "cpu" })), new TestRng(17), 3);
   });
 }
 
@@ -110,13 +64,7 @@ test("s6 from given initial SSM states: loss from a forward through a cache hold
   const lossOf = async (p: typeof params) => {
     const lm = new MambaLM(cfg, b, uploadWeights(b, cfg, p));
     const logits = await b.readF32(lm.logits(lm.hidden(b.fromI32(ids, [10]), shape, MambaCache.withSsm(b, cfg, 2, states()))));
-    let s = 0;
-    for (let bb = 0; bb < 2; bb++) for (let t = 0; t < 4; t++) {
-      const row = Array.from(logits.subarray((bb * 5 + t) * 7, (bb * 5 + t + 1) * 7));
-      const mx = Math.max(...row);
-      s += Math.log(row.reduce((a, v) => a + Math.exp(v - mx), 0)) + mx - row[ids[bb * 5 + t + 1]!]!;
-    }
-    return s / 8;
+    return ceLoss(logits, ids, 2, 5, 7);
   };
   const lm = new MambaLM(cfg, b, uploadWeights(b, cfg, params));
   const grads = zerosLike(b, lm.weights);
@@ -139,20 +87,5 @@ test("s6 from given initial SSM states: loss from a forward through a cache hold
   }
   assert.ok(Math.abs(zeroLoss - loss) > 1e-4, "the initial states change the loss");
   const named = namedTensors(cfg, grads);
-  const h = 1e-2;
-  for (const [name, t] of params) {
-    const g = await b.readF32(named.get(name)!);
-    for (let k = 0; k < 3; k++) {
-      const i = Math.floor(r.next() * g.length);
-      const d = t.data as Float32Array;
-      const v = d[i]!;
-      d[i] = v + h;
-      const lp = await lossOf(params);
-      d[i] = v - h;
-      const lmn = await lossOf(params);
-      d[i] = v;
-      const num = (lp - lmn) / (2 * h);
-      assert.ok(Math.abs(num - g[i]!) <= 2e-3 + 2e-2 * Math.abs(num), `${name}[${i}]: analytic ${g[i]} vs numerical ${num}`);
-    }
-  }
+  await checkFiniteDifferences(params, (name) => b.readF32(named.get(name)!), lossOf, r, 3);
 });
