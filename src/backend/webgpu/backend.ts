@@ -9,6 +9,7 @@
 import type { Backend, Captured, SampleRequest, SelectiveScanArgs, SeqShape, StepModel, Tensor, TensorOrCols } from "../backend.ts";
 import { MambaError, check } from "../../errors.ts";
 import { type HostTensor, isQuantized, numel, toFloat32 } from "../../io/tensor.ts";
+import { QK, dequantize, quantBytes } from "../../io/quant.ts";
 import { type Buf, Gpu, type Prepared } from "./gpu.ts";
 import { GpuTensor, type Storage, type Window, gpuTensor, windowOf } from "./tensor.ts";
 import { copyWords, fillWords } from "./kernels/copy.ts";
@@ -56,7 +57,7 @@ export class WebGpuBackend implements Backend {
   make(shape: readonly number[], dtype: "f32" | "i32", what = "a tensor"): GpuTensor {
     return new GpuTensor([...shape], dtype, this.gpu.alloc(Math.max(4, numel(shape) * 4), what), dtype, this);
   }
-  /** A float32 buffer of a tensor (half-precision parameters are widened once, on first use). */
+  /** A float32 buffer of a tensor (half-precision and quantized parameters are widened once, on first use). */
   f32(t: GpuTensor): Buf {
     if (t.storage === "f32" || t.storage === "i32") return t.buf;
     if (!t.widened) {
@@ -103,9 +104,19 @@ export class WebGpuBackend implements Backend {
   // ---- data movement ----
 
   upload(t: HostTensor): Tensor {
-    // quantized blocks (Q8_0, Q4_0) are dequantized here to f32, exactly; the kernels read f32 or packed halves
-    if (isQuantized(t.dtype)) t = { dtype: "F32", shape: t.shape, data: toFloat32(t) };
     const n = numel(t.shape);
+    if (isQuantized(t.dtype)) {
+      // Q8_0 / Q4_0 matrices keep their GGUF blocks: every kernel that reads weights (matmul, matvec, embedding,
+      // the fused decode step) dequantizes as it reads. Other shapes (not 2-D, or rows that are not whole blocks:
+      // a kernel's flat index would still work, but no model has them) are widened to f32 here, exactly, once.
+      const cols = t.shape[t.shape.length - 1] ?? 0;
+      if (t.shape.length === 2 && cols > 0 && cols % QK === 0) {
+        check(t.data.byteLength === quantBytes(t.dtype, n), `upload: ${t.dtype} data has ${t.data.byteLength} bytes, shape [${t.shape}] needs ${quantBytes(t.dtype, n)}`);
+        const storage: Storage = t.dtype === "Q8_0" ? "q8_0" : "q4_0";
+        return new GpuTensor([...t.shape], "f32", this.gpu.upload(t.data, "a parameter"), storage, this);
+      }
+      t = { dtype: "F32", shape: t.shape, data: toFloat32(t) };
+    }
     check(t.data.length === n, `upload: data has ${t.data.length} values, shape [${t.shape}] needs ${n}`);
     if (t.dtype === "F32") {
       return new GpuTensor([...t.shape], "f32", this.gpu.upload(t.data as Float32Array, "a parameter"), "f32", this);
@@ -132,6 +143,11 @@ export class WebGpuBackend implements Backend {
     const t = this.t(x, "readF32");
     check(t.dtype === "f32", "readF32: the tensor holds i32 values");
     this.sinceFlush = 0;
+    if (t.storage === "q8_0" || t.storage === "q4_0") {
+      const type = t.storage === "q8_0" ? "Q8_0" : "Q4_0";
+      const raw = await this.gpu.read(t.buf, Math.ceil(quantBytes(type, t.numel) / 4) * 4);
+      return dequantize(type, new Uint8Array(raw), t.numel);
+    }
     if (t.storage === "f16" || t.storage === "bf16") {
       const raw = await this.gpu.read(t.buf, t.numel * 2);
       return toFloat32({ dtype: t.storage === "f16" ? "F16" : "BF16", shape: [...t.shape], data: new Uint16Array(raw) });
@@ -213,6 +229,7 @@ export class WebGpuBackend implements Backend {
     const d = this.t(dst, "copyInto");
     const s = this.t(src, "copyInto");
     check(d.numel === s.numel, `copyInto: shapes [${d.shape}] and [${s.shape}] differ`);
+    check(d.storage !== "q8_0" && d.storage !== "q4_0", "copyInto: cannot overwrite a quantized (q8_0/q4_0) parameter");
     check(d.storage === "f32" || d.storage === "i32", "copyInto: cannot overwrite a half-precision parameter");
     copyWords(this.gpu, this.f32(s), 0, d.buf, 0, d.numel);
     d.version++;

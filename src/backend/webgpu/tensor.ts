@@ -1,7 +1,8 @@
 /**
  * WebGPU tensors: a shape and a pooled buffer. Parameters stored in half precision keep their 16-bit patterns
- * packed two per u32 (`storage` "f16" or "bf16"); the matmul and embedding kernels widen them as they read, and
- * other ops read a float32 copy made once on first use.
+ * packed two per u32 (`storage` "f16" or "bf16"), quantized matrices their GGUF blocks ("q8_0", "q4_0"); the
+ * matmul, embedding and fused decode kernels widen them as they read, and other ops read a float32 copy made once
+ * on first use.
  */
 import type { Backend, Cols, Tensor, TensorOrCols } from "../backend.ts";
 import { asCols } from "../backend.ts";
@@ -9,7 +10,9 @@ import { MambaError } from "../../errors.ts";
 import { numel } from "../../io/tensor.ts";
 import type { Buf } from "./gpu.ts";
 
-export type Storage = "f32" | "i32" | "f16" | "bf16";
+/** How a tensor's values lie in its buffer: f32 / i32 words, f16 / bf16 packed two per u32, or GGUF's Q8_0 / Q4_0
+ *  blocks (the file's bytes, for 2-D weight matrices whose rows are whole 32-value blocks). */
+export type Storage = "f32" | "i32" | "f16" | "bf16" | "q8_0" | "q4_0";
 
 export class GpuTensor implements Tensor {
   /** A float32 copy of a half-precision tensor, made on first use by an op that reads float32. */

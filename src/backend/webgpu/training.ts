@@ -104,6 +104,8 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
   /** A float32 tensor that an op writes into. */
   private writable(x: Tensor, what: string): GpuTensor {
     const t = this.gt(x, what);
+    check(t.storage !== "q8_0" && t.storage !== "q4_0",
+      `${what}: the tensor written into holds quantized (${t.storage}) weights; training quantized models is not supported`);
     check(t.storage === "f32", `${what}: the tensor written into must be float32 (a gradient or optimizer state)`);
     t.version++;
     return t;
@@ -154,6 +156,7 @@ export class WebGpuTrainingBackend extends WebGpuBackend implements TrainingBack
 
   zeroFill(t: Tensor): void {
     const x = this.gt(t, "zeroFill");
+    check(x.storage !== "q8_0" && x.storage !== "q4_0", "zeroFill: cannot overwrite a quantized (q8_0/q4_0) parameter");
     check(x.storage === "f32" || x.storage === "i32", "zeroFill: cannot overwrite a half-precision parameter");
     x.version++;
     fillWords(this.gpu, x.buf, 0, x.numel);

@@ -1,11 +1,11 @@
-/** Embedding gather: out[t] = table[ids[t]], the table f32 or packed f16/bf16. One thread per output value. */
+/** Embedding gather: out[t] = table[ids[t]], the table f32, packed f16/bf16 or Q8_0/Q4_0 blocks. One thread per output value. */
 import type { Buf, Gpu } from "../gpu.ts";
 import { grid } from "../gpu.ts";
 import { type WeightStorage, weightBinding, weightReader } from "./weights.ts";
 import { defineKernel } from "../kernel-def.ts";
 import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "./compose.ts";
 
-// table [V, D] (f32 or packed halves) | ids [T] i32 | out [T, D]; a thread an output value
+// table [V, D] (f32, packed halves or quantized blocks) | ids [T] i32 | out [T, D]; a thread an output value
 const parts = (ws: WeightStorage): WgslParts => ({
   consts: [],
   params: [["T", "u32"], ["D", "u32"], ["V", "u32"], ["groupsX", "u32"]],
@@ -28,7 +28,9 @@ fn embedding(gid: vec3<u32>) {
   out[i] = v;
 }`,
 });
-const PARTS = { f32: parts("f32"), f16: parts("f16"), bf16: parts("bf16") };
+const PARTS: Record<WeightStorage, WgslParts> = {
+  f32: parts("f32"), f16: parts("f16"), bf16: parts("bf16"), q8_0: parts("q8_0"), q4_0: parts("q4_0"),
+};
 
 const embeddingKernel = defineKernel({
   name: "embedding", wgsl: (ws: WeightStorage) => standaloneWgsl(PARTS[ws], "256", "embedding(gid)"), label: (ws) => `embedding_${ws}`,

@@ -1,11 +1,11 @@
 /**
- * How kernels read a weight matrix stored as f32, or as f16 / bf16 packed two per u32 (element i is half i & 1
- * of word i >> 1): the WGSL element type of the binding and a function returning element i (or the 4-element
- * group i) as f32.
+ * How kernels read a weight matrix stored as f32, as f16 / bf16 packed two per u32 (element i is half i & 1
+ * of word i >> 1), or as GGUF's Q8_0 / Q4_0 blocks (below): the WGSL element type of the binding and a function
+ * returning element i (or the 4-element group i) as f32. A weight type is so just part of a kernel's shape.
  */
 import type { Storage } from "../tensor.ts";
 
-export type WeightStorage = Extract<Storage, "f32" | "f16" | "bf16">;
+export type WeightStorage = Exclude<Storage, "i32">;
 
 export function weightBinding(s: WeightStorage): string {
   return s === "f32" ? "f32" : "u32";
@@ -13,6 +13,7 @@ export function weightBinding(s: WeightStorage): string {
 
 /** WGSL of `fn <fn>(i: u32) -> f32` reading element i of the storage array `<arr>`. */
 export function weightReader(s: WeightStorage, fn = "weight", arr = "w"): string {
+  if (s === "q8_0" || s === "q4_0") return quantReader(s, fn, arr);
   if (s === "f32") return `fn ${fn}(i: u32) -> f32 { return ${arr}[i]; }`;
   if (s === "f16") return `fn ${fn}(i: u32) -> f32 { return unpack2x16float(${arr}[i >> 1u])[i & 1u]; }`;
   // bf16 is the top half of an f32: shift the low half up, mask the high half in place
@@ -24,11 +25,13 @@ export function weightReader(s: WeightStorage, fn = "weight", arr = "w"): string
 
 /** The element type of a binding read 4 elements at a time (the matrix's row length a multiple of 4). */
 export function weight4Binding(s: WeightStorage): string {
+  if (s === "q8_0" || s === "q4_0") return "u32"; // blocks are not word-aligned: read as bytes of the u32 array
   return s === "f32" ? "vec4<f32>" : "vec2<u32>";
 }
 
 /** WGSL of `fn <fn>(i: u32) -> vec4<f32>` reading elements 4i .. 4i + 3 of the array `<arr>`. */
 export function weight4Reader(s: WeightStorage, fn = "weight4", arr = "w"): string {
+  if (s === "q8_0" || s === "q4_0") return quant4Reader(s, fn, arr);
   if (s === "f32") return `fn ${fn}(i: u32) -> vec4<f32> { return ${arr}[i]; }`;
   if (s === "f16") return `fn ${fn}(i: u32) -> vec4<f32> { let v = ${arr}[i]; return vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)); }`;
   return `fn ${fn}(i: u32) -> vec4<f32> {
@@ -43,10 +46,10 @@ export function weight4Reader(s: WeightStorage, fn = "weight4", arr = "w"): stri
  * byte j holds element j low and element j + 16 high; value (nibble − 8)·d). A block starts at an even byte, so
  * its scale lies within one word; its values may straddle words. The values equal the host's dequantization
  * exactly (an f16 times a small integer is exact in f32).
- * These are the readers for kernels that keep quantized weights on the GPU; the backend does not use them yet
- * (it dequantizes at upload).
+ * The index is the element's place in the whole tensor (row-major), so a matrix whose rows are whole blocks reads
+ * as any other: weightReader / weight4Reader return these for quantized storage.
  */
-export type QuantStorage = "q8_0" | "q4_0";
+export type QuantStorage = Extract<Storage, "q8_0" | "q4_0">;
 
 const blockBytes = (q: QuantStorage) => (q === "q8_0" ? 34 : 18);
 
