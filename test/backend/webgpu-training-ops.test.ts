@@ -16,24 +16,13 @@ import { CpuBackend } from "../../src/backend/cpu/index.ts";
 import { toF16Bits } from "../../src/io/tensor.ts";
 import { MambaError } from "../../src/errors.ts";
 import { TestRng } from "../helpers/random.ts";
+import { relErr } from "../helpers/fixtures.ts";
 import { releaseWebgpu, unavailable, webgpuBackend } from "../helpers/backends.ts";
 
 const ref = new CpuBackend();
 
-/** max |got − want| / max |want|: the relative error of a whole gradient. */
-function relErr(got: Float32Array, want: Float32Array): number {
-  assert.equal(got.length, want.length, "lengths differ");
-  let d = 0, m = 0;
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i]! - want[i]!);
-    d = Number.isNaN(e) ? Infinity : Math.max(d, e);
-    m = Math.max(m, Math.abs(want[i]!));
-  }
-  return d / Math.max(m, 1e-30);
-}
-
 function close(got: Float32Array, want: Float32Array, tol: number, what: string): void {
-  const e = relErr(got, want);
+  const e = relErr(got, want, 1e-30);
   assert.ok(e <= tol, `${what}: relative error ${e.toExponential(2)} > ${tol}`);
 }
 

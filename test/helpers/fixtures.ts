@@ -55,8 +55,11 @@ export function assertClose(actual: ArrayLike<number>, expectedValues: ArrayLike
   assert.ok(d <= tol, `${what}: max abs difference ${d.toExponential(3)} > ${tol}`);
 }
 
-/** max |got − want| / max |want|: the relative error of a whole gradient (a NaN anywhere makes it Infinity). */
-export function relErr(got: Float32Array, want: Float32Array): number {
+/**
+ * max |got − want| / max(max |want|, minScale): the relative error of a whole gradient (a NaN anywhere makes it
+ * Infinity). With the default minScale 0, an all-zero want fails any `<` check (the error is NaN or Infinity).
+ */
+export function relErr(got: Float32Array, want: Float32Array, minScale = 0): number {
   assert.equal(got.length, want.length, "lengths differ");
   let d = 0, m = 0;
   for (let i = 0; i < want.length; i++) {
@@ -64,7 +67,7 @@ export function relErr(got: Float32Array, want: Float32Array): number {
     d = Number.isNaN(e) ? Infinity : Math.max(d, e);
     m = Math.max(m, Math.abs(want[i]!));
   }
-  return d / m;
+  return d / Math.max(m, minScale);
 }
 
 export interface FixtureForwardCheck {

@@ -9,50 +9,20 @@ import assert from "node:assert/strict";
 import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { loadModel, makeConfig, modelFromTensors } from "../../src/index.ts";
+import { makeConfig, modelFromTensors } from "../../src/index.ts";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
 import type { TrainingBackend } from "../../src/backend/training.ts";
 import { Trainer } from "../../src/train/trainer.ts";
-import { expected, fixture, readSafetensorsAny } from "../helpers/fixtures.ts";
+import { checkFixtureGrads, fixture, relErr } from "../helpers/fixtures.ts";
 import { TestRng, perturbedParameters } from "../helpers/random.ts";
 import { initParameters } from "../../src/model/init.ts";
 import { gpuTest } from "../helpers/backends.ts";
 import { tinyOptions } from "./helpers/tiny-run.ts";
 
 
-/** max |got − want| / max |want| */
-function relErr(got: Float32Array, want: Float32Array): number {
-  assert.equal(got.length, want.length);
-  let d = 0, m = 0;
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i]! - want[i]!);
-    d = Number.isNaN(e) ? Infinity : Math.max(d, e);
-    m = Math.max(m, Math.abs(want[i]!));
-  }
-  return d / m;
-}
-
 test("hf-mamba/tiny on webgpu: loss and every gradient match PyTorch", async (t) => {
   if (!(await gpuTest(t))) return;
-  const folder = fixture("hf-mamba", "tiny");
-  const ids = (await expected(folder)).get("input_ids")!;
-  const want = await readSafetensorsAny(`${folder}/grads.safetensors`);
-  const model = await loadModel(folder, { backend: "webgpu" });
-  try {
-    assert.equal(model.backend.name, "webgpu");
-    const [batch, seqLen] = ids.shape as [number, number];
-    const { loss, grads } = await model.lossAndGrads(ids.i32, { batch, seqLen });
-    const wantLoss = want.get("loss")!.f32[0]!;
-    assert.ok(Math.abs(loss - wantLoss) <= 1e-5 * Math.abs(wantLoss), `loss ${loss} vs ${wantLoss}`);
-    const names = [...want.keys()].filter((k) => k !== "loss").sort();
-    assert.deepEqual([...grads.keys()].sort(), names, "gradient names");
-    for (const name of names) {
-      const e = relErr(grads.get(name)!, want.get(name)!.f32);
-      assert.ok(e < 2e-5, `${name}: max abs error / max abs value ${e.toExponential(2)}`);
-    }
-  } finally {
-    await model.dispose();
-  }
+  await checkFixtureGrads(fixture("hf-mamba", "tiny"), "webgpu", { tol: 2e-5, backendName: "webgpu" });
 });
 
 for (const mixer of ["s6", "lti"] as const) {
