@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
 import { readSafetensors } from "../../src/io/safetensors.ts";
 import { toFloat32 } from "../../src/io/tensor.ts";
-import { loadModel, type LoadOptions } from "../../src/index.ts";
+import type { LoadOptions } from "../../src/index.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The reference fixtures kept in the repository (test/fixtures); MAMBA_TS_FIXTURES points the tests at another copy. */
@@ -85,6 +85,8 @@ export interface FixtureForwardCheck {
  * and greedy generation from greedy_prompt equal to greedy_output token for token. Disposes the model.
  */
 export async function checkFixtureForward(folder: string, backend: LoadOptions["backend"], check: FixtureForwardCheck): Promise<void> {
+  // loaded here, not at the top, so that tests which only need the fixture paths don't load the package
+  const { loadModel } = await import("../../src/index.ts");
   const exp = await expected(folder);
   const model = await loadModel(folder, { backend });
   try {
@@ -120,6 +122,7 @@ export interface FixtureGradsCheck {
 export async function checkFixtureGrads(folder: string, backend: LoadOptions["backend"], check: FixtureGradsCheck): Promise<void> {
   const ids = (await expected(folder)).get("input_ids")!;
   const want = await readSafetensorsAny(path.join(folder, "grads.safetensors"));
+  const { loadModel } = await import("../../src/index.ts");
   const model = await loadModel(folder, { backend });
   try {
     if (check.backendName !== undefined) assert.equal(model.backend.name, check.backendName);
