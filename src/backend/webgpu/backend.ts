@@ -145,8 +145,9 @@ export class WebGpuBackend implements Backend {
     this.sinceFlush = 0;
     if (t.storage === "q8_0" || t.storage === "q4_0") {
       const type = t.storage === "q8_0" ? "Q8_0" : "Q4_0";
-      const raw = await this.gpu.read(t.buf, Math.ceil(quantBytes(type, t.numel) / 4) * 4);
-      return dequantize(type, new Uint8Array(raw), t.numel);
+      const bytes = quantBytes(type, t.numel);
+      const raw = await this.gpu.read(t.buf, Math.ceil(bytes / 4) * 4); // reads are whole words
+      return dequantize(type, new Uint8Array(raw, 0, bytes), t.numel);
     }
     if (t.storage === "f16" || t.storage === "bf16") {
       const raw = await this.gpu.read(t.buf, t.numel * 2);

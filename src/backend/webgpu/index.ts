@@ -1,6 +1,7 @@
 /**
  * The WebGPU backend: Mamba on the GPU from TypeScript, in browsers (navigator.gpu) and in Node (the `webgpu`
- * package, loaded only there). Math in f32; f16 / bf16 weights stay packed on the GPU and are widened in kernels.
+ * package, loaded only there). Math in f32; f16 / bf16 weights stay packed, and Q8_0 / Q4_0 matrices in their GGUF
+ * blocks, on the GPU and are widened in kernels.
  */
 import type { Backend } from "../backend.ts";
 import { acquireDevice, type WebGpuOptions } from "./device.ts";
