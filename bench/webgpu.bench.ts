@@ -15,7 +15,9 @@
  * values for every backend of the run (e.g. matmulVec4:false); BENCH_MATMUL_TUNINGS=...|... runs the
  * matmul section again with each set; BENCH_DECODE_TUNINGS=...|... compares the decode step's GPU time with each set
  * in one process. BENCH_DECODE_BATCHES=1,64 picks the batches of 130m's fp32 decode and of that comparison;
- * BENCH_DECODE_ROUNDS=5 the generations each decode figure is the median of.
+ * BENCH_DECODE_ROUNDS=5 the generations each decode figure is the median of. BENCH_QUANT=q8_0[,q4_0] adds decode rows
+ * (batch 1, 130m and 1.4b) with the matrices quantized by src/io/quant.ts and kept in their GGUF blocks on the GPU
+ * (dt_proj f16, as GGUF files store it), beside the f32 and f16 rows, against the official fp16 figure.
  */
 import { modelFromTensors, type MambaModel } from "../src/index.ts";
 import { createWebGpuBackend, type WebGpuBackend, type WebGpuInternalTuning } from "../src/backend/webgpu/index.ts";
@@ -23,6 +25,7 @@ import type { Prepared } from "../src/backend/webgpu/gpu.ts";
 import { makeConfig, initParameters } from "../src/model/init.ts";
 import { prefill } from "../src/generate/generate.ts";
 import { toF16Bits, type HostTensor } from "../src/io/tensor.ts";
+import { quantizeQ4_0, quantizeQ8_0, QK } from "../src/io/quant.ts";
 import { cols } from "../src/backend/backend.ts";
 import { anchor } from "./anchors.ts";
 import { benchPrompts, benchSizes, filled, greedyRequest, randomModel } from "./data.ts";
@@ -37,6 +40,10 @@ const tuning: WebGpuInternalTuning = parseTunings<WebGpuInternalTuning>(process.
 const decodeBatches = (process.env.BENCH_DECODE_BATCHES ?? "1,64").split(",").map(Number);
 const decodeRounds = Number(process.env.BENCH_DECODE_ROUNDS ?? (smoke ? 1 : 5));
 checkCount("BENCH_DECODE_ROUNDS", decodeRounds, 1);
+const quantTypes = (process.env.BENCH_QUANT ?? "").split(",").filter(Boolean).map((q) => {
+  if (q !== "q8_0" && q !== "q4_0") throw new Error(`BENCH_QUANT takes q8_0 and q4_0, got ${q}`);
+  return q === "q8_0" ? "Q8_0" as const : "Q4_0" as const;
+});
 const tuningNote = Object.keys(tuning).length ? `; tuning ${JSON.stringify(tuning)}` : "";
 /** A backend with the run's tuning plus `extra`. */
 const backend = async (extra: WebGpuInternalTuning = {}) => (await createWebGpuBackend({ ...tuning, ...extra })) as WebGpuBackend;
@@ -130,7 +137,7 @@ async function printKernelTimes(b: WebGpuBackend, lm: MambaModel["lm"]): Promise
   }
 }
 
-async function makeModel(name: ModelName, dtype: "F32" | "F16" = "F32"): Promise<MambaModel> {
+async function makeModel(name: ModelName, dtype: "F32" | "F16" | "Q8_0" | "Q4_0" = "F32"): Promise<MambaModel> {
   const t0 = performance.now();
   let model: MambaModel;
   // the parameters are made on the host before the backend: with the device created first and then left waiting
@@ -140,13 +147,26 @@ async function makeModel(name: ModelName, dtype: "F32" | "F16" = "F32"): Promise
   const params = initParameters(cfg, { seed: 0 });
   if (dtype === "F32") {
     model = await randomModel(cfg, params, await backend());
+  } else if (dtype === "Q8_0" || dtype === "Q4_0") {
+    // as a GGUF file of this type holds them: matrices whose rows are whole blocks in blocks, the rest of the
+    // matrices (dt_proj) f16, vectors and the conv f32
+    const quant = new Map<string, HostTensor>();
+    const quantize = dtype === "Q8_0" ? quantizeQ8_0 : quantizeQ4_0;
+    for (const [k, v] of params) {
+      const f = v.data as Float32Array;
+      quant.set(k, v.shape.length !== 2 ? v : v.shape[1]! % QK === 0 ? { dtype, shape: v.shape, data: quantize(f) }
+        : { dtype: "F16", shape: v.shape, data: toF16Bits(f) });
+    }
+    model = await modelFromTensors(cfg, quant, { backend: await backend() }, { source: "bench", folder: "", dtype });
   } else {
     const half = new Map<string, HostTensor>();
     for (const [k, v] of params) half.set(k, v.shape.length === 2 ? { dtype: "F16", shape: v.shape, data: toF16Bits(v.data as Float32Array) } : v);
     model = await modelFromTensors(cfg, half, { backend: await backend() }, { source: "bench", folder: "", dtype: "F16" });
   }
   await gpuOf(model).sync();
-  console.log(`(${name} ${dtype} weights built and uploaded in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  const gpuBytes = gpuOf(model).gpu.liveBytes;
+  console.log(`(${name} ${dtype} weights built and uploaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; ` +
+    `${(gpuBytes / 2 ** 20).toFixed(1)} MiB of GPU buffers)`);
   return model;
 }
 
@@ -181,6 +201,15 @@ async function benchDecode(model: MambaModel, name: ModelName, dtype: "float32" 
   console.log(`decode ${name} ${note || dtype} batch ${batch} (prompt 128 + 256 new): ${total.toFixed(0)} tok/s${spread} ` +
     `(official ${official ?? "n/a"} tok/s; ${ratio(total, official, true)}); decode steps alone ${median(rounds.map((r) => r.steady)).toFixed(0)} tok/s, ` +
     `${rounds[0]!.d.toFixed(0)} dispatches per step`);
+}
+
+/** Decode at batch 1 with each BENCH_QUANT type's weights (the official figure: fp16). */
+async function benchQuantDecode(name: ModelName): Promise<void> {
+  for (const q of quantTypes) {
+    const m = await makeModel(name, q);
+    await benchDecode(m, name, "float16", 1, `${q.toLowerCase()} weights (GGUF blocks), f32 math,`);
+    await m.dispose();
+  }
 }
 
 async function benchForward(model: MambaModel, name: ModelName): Promise<void> {
@@ -394,6 +423,7 @@ export default async function run(): Promise<void> {
       await benchDecode(h, "130m", "float16", 1, "f16-stored weights, f32 math,");
       await h.dispose();
     }
+    if (only.has("decode")) await benchQuantDecode("130m");
   }
   if (models.has("1.4b") && (only.has("decode") || only.has("forward") || only.has("breakdown"))) {
     const m = await makeModel("1.4b");
@@ -401,6 +431,7 @@ export default async function run(): Promise<void> {
     if (only.has("decode")) await benchDecode(m, "1.4b", "float32", 1);
     if (only.has("forward")) await benchForward(m, "1.4b");
     await m.dispose();
+    if (only.has("decode")) await benchQuantDecode("1.4b");
   }
   if (process.env.BENCH_DECODE_TUNINGS) {
     for (const name of ["130m", "1.4b"] as const) if (models.has(name)) await benchDecodeTunings(name);
