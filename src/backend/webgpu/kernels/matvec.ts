@@ -1,7 +1,7 @@
 /**
  * y = x · wᵀ + bias for a few rows of x (decode: one row per sequence of the batch). Reading w is the whole
  * cost, so each group of LPR threads (32, more for long rows) streams one row of w as 4-wide loads (vec4 of f32,
- * or 2 u32 words of packed halves) and applies it to every row of x at once; the LPR partial sums are added in
+ * 2 u32 words of packed halves, or 4 values of a Q8_0 / Q4_0 block and its scale) and applies it to every row of x at once; the LPR partial sums are added in
  * workgroup memory. A lane loads its whole share of the row at once where it is at most 16 vec4s: rows past 2048
  * take 64 – 256 lanes so that it stays so (past 16384, 256 lanes load in batches). K is a constant of the
  * kernel (a pipeline per K). Needs K % 4 == 0 (the tiled kernel takes the rest). With `norm` the input is first

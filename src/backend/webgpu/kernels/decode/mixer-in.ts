@@ -51,6 +51,7 @@ export interface MixerInShape {
 export function mixerInParts(s: MixerInShape, shared = false): WgslParts {
   const { CH, D, E, K, J, wsIn, wsX, loadBytes, RB, acc } = s;
   if (shared && !acc) throw new Error("mixerInParts: the shared variant adds x_proj into fixed-point totals");
+  // 4-value groups a thread loads together (quantized groups, 2 – 4 bytes, are counted as halves: 8 bytes)
   const BATCH = loadBytes / (wsIn === "f32" ? 16 : 8);
   const TPR = 256 / (2 * CH);
   const CC = Math.min(CH, 8); // channels of a chunk of Wx a thread holds (a row's CC weights side by side)
