@@ -119,7 +119,7 @@ function quantizedModel(cfg: ReturnType<typeof makeConfig>, seed: number, type: 
   return { q, f, count };
 }
 
-test("webgpu q8_0/q4_0: the fused decode step (decodePersistent on and off) and the batch step equal the CPU reference's step mode on the dequantized weights",
+test("webgpu q8_0/q4_0: the fused decode step (decodePersistent on and off) and the batch step (K-split too) equal the CPU reference's step mode on the dequantized weights",
   { timeout: 900_000 }, async (t) => {
     if (!(await gpuTest(t))) return;
     const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
@@ -147,6 +147,18 @@ test("webgpu q8_0/q4_0: the fused decode step (decodePersistent on and off) and 
         }
       }
       await cpu.dispose();
+      // D 64, E 160: the batch step at 12 rows splits in_proj's and out_proj's K into parts summed by the next kernel
+      const wide = makeConfig({ vocabSize: 30, hiddenSize: 64, intermediateSize: 160, stateSize: 8, timeStepRank: 20,
+        numLayers: 2, useBias: true, useConvBias: true });
+      const m = quantizedModel(wide, 33, type);
+      const [g, c] = [await modelFromTensors(wide, m.q, { backend: await createWebGpuBackend() }),
+        await modelFromTensors(wide, m.f, { backend: new CpuBackend() })];
+      try {
+        await decodeStepsMatchCpu(g, c, 12, { steps: 2, rng: new TestRng(90), tol: 1e-4, ssmTol: 1e-4, what: `${type} K-split batch step` });
+      } finally {
+        await g.dispose();
+        await c.dispose();
+      }
     }
   });
 
