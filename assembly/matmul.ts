@@ -164,7 +164,15 @@ export function matmulF32(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: us
 // order of the sums are the same either way, so the results are too.
 function matmulHalfT<W>(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usize, y: usize, ldy: i32, scratch: usize, n0: i32, n1: i32): void {
   if (T < 4) {
-    matmulT<W>(x, ldx, T, K, w, bias, y, ldy, n0, n1);
+    // pairs of rows as blocks; a row left alone (decode) by matvecHalf, which widens 8 weights at a time
+    const pairs = T & ~1;
+    if (pairs > 0) matmulT<W>(x, ldx, pairs, K, w, bias, y, ldy, n0, n1);
+    if (pairs < T) {
+      const xa = x + <usize>pairs * (<usize>ldx << 2), ya = y + <usize>pairs * (<usize>ldy << 2);
+      if (isSigned<W>()) matvecHalf<W>(xa, xa, K, w, bias, ya, n0, n1);
+      else if (scaleRow(xa, K, scratch)) matvecHalf<W>(scratch, xa, K, w, bias, ya, n0, n1);
+      else matvecT<W>(xa, K, w, bias, ya, n0, n1);
+    }
     return;
   }
   const wStride = <usize>K * sizeof<W>();
@@ -180,6 +188,167 @@ function matmulHalfT<W>(x: usize, ldx: i32, T: i32, K: i32, w: usize, bias: usiz
     }
     if (n < n1) matmulT<W>(xc, ldx, rows, K, w, bias, yc, ldy, n, n1);
   }
+}
+
+// The lone row over f16 weights without the multiply by 2^112 of load4: the weights are taken as w · 2^-112 (their
+// bits in an f32's place, 3 instructions for 4 weights) and the row as x · 2^112, written once per call into the
+// thread's scratch. Both scalings are exact (powers of two, no f32 overflow or underflow: |x| < 2^15, and w · 2^-112
+// is exactly the f32 that load4 multiplies), so every product x·2^112 · w·2^-112 is the real number x · w, and each
+// sum, fused or not, rounds as in matvecT<F16>: the results are the same bits. Returns false, writing nothing, where
+// some |x| >= 2^15 (or NaN): matvecT takes that row.
+function scaleRow(xa: usize, K: i32, dst: usize): bool {
+  const k4 = K & ~3;
+  let m = f32x4.splat(0);
+  for (let k = 0; k < k4; k += 4) m = f32x4.max(m, f32x4.abs(v128.load(xa + (<usize>k << 2))));
+  let mx = max(max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
+  for (let k = k4; k < K; k++) mx = max(mx, abs(load<f32>(xa + (<usize>k << 2))));
+  if (!(mx < 32768)) return false;
+  const s = f32x4.splat(TWO_POW_112);
+  for (let k = 0; k < k4; k += 4) v128.store(dst + (<usize>k << 2), f32x4.mul(v128.load(xa + (<usize>k << 2)), s));
+  for (let k = k4; k < K; k++) store<f32>(dst + (<usize>k << 2), load<f32>(xa + (<usize>k << 2)) * TWO_POW_112);
+  return true;
+}
+
+/** Weights p[0..3] (lo) and p[4..7] (hi) as f32 lanes: bf16 as load4; f16 as load4's bits before its multiply (the
+ *  weight times 2^-112). One load for 8 weights, then 2 (bf16) or 5 (f16) instructions. */
+// @ts-ignore: decorator
+@inline function load8lo<W>(v: v128): v128 {
+  if (isSigned<W>()) return i16x8.shuffle(i16x8.splat(0), v, 0, 8, 1, 9, 2, 10, 3, 11);
+  // upper half: the sign, then half bits 14-3 (bits 27-16); lower half: half bits 2-0 (bits 15-13)
+  return i16x8.shuffle(i16x8.shl(v, 13), v128.and(i16x8.shr_s(v, 3), i16x8.splat(<i16>0x8fff)), 0, 8, 1, 9, 2, 10, 3, 11);
+}
+// @ts-ignore: decorator
+@inline function load8hi<W>(v: v128): v128 {
+  if (isSigned<W>()) return i16x8.shuffle(i16x8.splat(0), v, 4, 12, 5, 13, 6, 14, 7, 15);
+  return i16x8.shuffle(i16x8.shl(v, 13), v128.and(i16x8.shr_s(v, 3), i16x8.splat(<i16>0x8fff)), 4, 12, 5, 13, 6, 14, 7, 15);
+}
+/** Four weights at p, exactly (f16: normal halves rebiased in the integer bits, subnormal ones their integer
+ *  mantissa times 2^-24, as quant.ts's scales: no step holds an f32 subnormal, which x86 CPUs take about a hundred
+ *  times slower than a normal number). */
+// @ts-ignore: decorator
+@inline function load4exact<W>(p: usize): v128 {
+  if (isSigned<W>()) return load4<W>(p);
+  const hs = v128.load16x4_s(p);
+  const em = v128.and(hs, i32x4.splat(0x7fff));
+  const normal = i32x4.add(i32x4.shl(em, 13), i32x4.splat(0x38000000));
+  const subnormal = f32x4.mul(f32x4.convert_i32x4_s(em), f32x4.splat(5.9604644775390625e-8));
+  const mag = v128.bitselect(normal, subnormal, i32x4.ge_s(em, i32x4.splat(0x400)));
+  return v128.or(mag, v128.and(hs, i32x4.splat(0x80000000)));
+}
+/** One weight at p as load4exact widens it. */
+// @ts-ignore: decorator
+@inline function load1exact<W>(p: usize): f32 {
+  if (isSigned<W>()) return load1<W>(p);
+  const h = <u32>load<u16>(p);
+  const em = h & 0x7fff;
+  const v = em >= 0x400 ? reinterpret<f32>((em << 13) + 0x38000000) : <f32>em * 5.9604644775390625e-8;
+  return reinterpret<f32>(reinterpret<u32>(v) | ((h & 0x8000) << 16));
+}
+
+// One row of a half-precision product, as matvecT (8 weight rows at a time, the same order of the sums, so the same
+// bits) with 8 weights of a row per load. bf16: xs = xo, the row. f16: xs is the row scaled by scaleRow and xo the
+// row itself; a block of 8 rows x 8 weights goes by the scaled product (load8lo/hi, no multiply) unless one of its
+// halves is subnormal or zero, whose weight · 2^-112 would be an f32 subnormal: in such a block (about 1 in 13 at
+// 0.1% subnormal halves) each row's 8 halves are looked at (step8), and those with one take x itself times the exact
+// weights (load4exact), the same products; so do the rows left over and the K % 8 tail.
+function matvecHalf<W>(xs: usize, xo: usize, K: i32, w: usize, bias: usize, yRow: usize, n0: i32, n1: i32): void {
+  const k8 = K & ~7, k4 = K & ~3;
+  const wStride = <usize>K << 1;
+  let n = n0;
+  for (; n + 8 <= n1; n += 8) {
+    const w0 = w + <usize>n * wStride, w1 = w0 + wStride, w2 = w1 + wStride, w3 = w2 + wStride;
+    const w4 = w3 + wStride, w5 = w4 + wStride, w6 = w5 + wStride, w7 = w6 + wStride;
+    let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    let k = 0;
+    for (; k < k8; k += 8) {
+      const o = <usize>k << 1;
+      if (!isSigned<W>()) {
+        // the smallest magnitude (bits 14-0, shifted up by one) among the block's 64 halves: below 0x0800 where
+        // some exponent is 0
+        let m = i16x8.min_u(i16x8.shl(v128.load(w0 + o), 1), i16x8.shl(v128.load(w1 + o), 1));
+        m = i16x8.min_u(m, i16x8.min_u(i16x8.shl(v128.load(w2 + o), 1), i16x8.shl(v128.load(w3 + o), 1)));
+        m = i16x8.min_u(m, i16x8.min_u(i16x8.shl(v128.load(w4 + o), 1), i16x8.shl(v128.load(w5 + o), 1)));
+        m = i16x8.min_u(m, i16x8.min_u(i16x8.shl(v128.load(w6 + o), 1), i16x8.shl(v128.load(w7 + o), 1)));
+        if (v128.any_true(i16x8.lt_u(m, i16x8.splat(0x0800)))) {
+          const va = v128.load(xs + (<usize>k << 2)), vb = v128.load(xs + (<usize>k << 2), 16);
+          const xa = v128.load(xo + (<usize>k << 2)), xb = v128.load(xo + (<usize>k << 2), 16);
+          a0 = step8<W>(a0, w0 + o, va, vb, xa, xb);
+          a1 = step8<W>(a1, w1 + o, va, vb, xa, xb);
+          a2 = step8<W>(a2, w2 + o, va, vb, xa, xb);
+          a3 = step8<W>(a3, w3 + o, va, vb, xa, xb);
+          a4 = step8<W>(a4, w4 + o, va, vb, xa, xb);
+          a5 = step8<W>(a5, w5 + o, va, vb, xa, xb);
+          a6 = step8<W>(a6, w6 + o, va, vb, xa, xb);
+          a7 = step8<W>(a7, w7 + o, va, vb, xa, xb);
+          continue;
+        }
+      }
+      const va = v128.load(xs + (<usize>k << 2)), vb = v128.load(xs + (<usize>k << 2), 16);
+      let v = v128.load(w0 + o);
+      a0 = madd(vb, load8hi<W>(v), madd(va, load8lo<W>(v), a0));
+      v = v128.load(w1 + o);
+      a1 = madd(vb, load8hi<W>(v), madd(va, load8lo<W>(v), a1));
+      v = v128.load(w2 + o);
+      a2 = madd(vb, load8hi<W>(v), madd(va, load8lo<W>(v), a2));
+      v = v128.load(w3 + o);
+      a3 = madd(vb, load8hi<W>(v), madd(va, load8lo<W>(v), a3));
+      v = v128.load(w4 + o);
+      a4 = madd(vb, load8hi<W>(v), madd(va, load8lo<W>(v), a4));
+      v = v128.load(w5 + o);
+      a5 = madd(vb, load8hi<W>(v), madd(va, load8lo<W>(v), a5));
+      v = v128.load(w6 + o);
+      a6 = madd(vb, load8hi<W>(v), madd(va, load8lo<W>(v), a6));
+      v = v128.load(w7 + o);
+      a7 = madd(vb, load8hi<W>(v), madd(va, load8lo<W>(v), a7));
+    }
+    if (k < k4) {
+      const va = v128.load(xo + (<usize>k << 2));
+      const o = <usize>k << 1;
+      a0 = madd(va, load4exact<W>(w0 + o), a0);
+      a1 = madd(va, load4exact<W>(w1 + o), a1);
+      a2 = madd(va, load4exact<W>(w2 + o), a2);
+      a3 = madd(va, load4exact<W>(w3 + o), a3);
+      a4 = madd(va, load4exact<W>(w4 + o), a4);
+      a5 = madd(va, load4exact<W>(w5 + o), a5);
+      a6 = madd(va, load4exact<W>(w6 + o), a6);
+      a7 = madd(va, load4exact<W>(w7 + o), a7);
+    }
+    const ya = yRow + (<usize>n << 2);
+    store<f32>(ya, finishHalf<W>(a0, xo, w0, k4, K, bias, n));
+    store<f32>(ya, finishHalf<W>(a1, xo, w1, k4, K, bias, n + 1), 4);
+    store<f32>(ya, finishHalf<W>(a2, xo, w2, k4, K, bias, n + 2), 8);
+    store<f32>(ya, finishHalf<W>(a3, xo, w3, k4, K, bias, n + 3), 12);
+    store<f32>(ya, finishHalf<W>(a4, xo, w4, k4, K, bias, n + 4), 16);
+    store<f32>(ya, finishHalf<W>(a5, xo, w5, k4, K, bias, n + 5), 20);
+    store<f32>(ya, finishHalf<W>(a6, xo, w6, k4, K, bias, n + 6), 24);
+    store<f32>(ya, finishHalf<W>(a7, xo, w7, k4, K, bias, n + 7), 28);
+  }
+  for (; n < n1; n++) {
+    const wn = w + <usize>n * wStride;
+    let a0 = f32x4.splat(0);
+    for (let k = 0; k < k4; k += 4) a0 = madd(v128.load(xo + (<usize>k << 2)), load4exact<W>(wn + (<usize>k << 1)), a0);
+    store<f32>(yRow + (<usize>n << 2), finishHalf<W>(a0, xo, wn, k4, K, bias, n));
+  }
+}
+
+/** acc + 8 products of one f16 weight row at p: scaled (va, vb: x · 2^112; no multiply) unless one of the 8 halves
+ *  is subnormal or zero, then exact (xa, xb: x itself). */
+// @ts-ignore: decorator
+@inline function step8<W>(acc: v128, p: usize, va: v128, vb: v128, xa: v128, xb: v128): v128 {
+  const v = v128.load(p);
+  if (v128.any_true(i16x8.lt_u(i16x8.shl(v, 1), i16x8.splat(0x0800)))) {
+    return madd(xb, load4exact<W>(p + 8), madd(xa, load4exact<W>(p), acc));
+  }
+  return madd(vb, load8hi<W>(v), madd(va, load8lo<W>(v), acc));
+}
+
+/** finish for matvecHalf: x itself times the exact weights in the tail. */
+// @ts-ignore: decorator
+@inline function finishHalf<W>(acc: v128, xRow: usize, wRow: usize, k4: i32, K: i32, bias: usize, n: i32): f32 {
+  let s = hsum(acc);
+  for (let k = k4; k < K; k++) s += load<f32>(xRow + (<usize>k << 2)) * load1exact<W>(wRow + (<usize>k << 1));
+  if (bias != 0) s += load<f32>(bias + (<usize>n << 2));
+  return s;
 }
 
 /** y = x · wᵀ + bias over f16 weights, for weight rows (outputs) [n0, n1); scratch: 16·K bytes of this thread. */

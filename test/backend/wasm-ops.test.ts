@@ -99,6 +99,35 @@ describe("wasm engine ops against the reference", { timeout: 120_000 }, () => {
     for (let i = 2; i < bits.length; i++) assert.deepEqual(bits[i], bits[i % 2], `run ${i}`);
   });
 
+  test("matmul, one row over f16 weights with subnormal and zero halves, small and large activations: the bits of the many-row product", async () => {
+    const r = rng(23);
+    for (const [K, N, every] of [[5, 3, 7], [37, 19, 7], [64, 41, 23], [203, 17, 97]] as const) {
+      const w = rand(r, N * K, 0.1);
+      // subnormal halves (|w| < 2^-14) and zeros: scattered (one in `every`) and in a run of 16
+      for (let i = 0; i < w.length; i += every) w[i] = (r() > 0 ? 1 : -1) * (1 + Math.floor((r() + 0.5) * 1023)) * 2 ** -24;
+      for (let i = 0; i < Math.min(16, w.length); i++) w[i] = i % 2 ? 0 : -(2 ** -20);
+      if (w.length > 3) w[3] = -0;
+      for (const xScale of [1, 1e-30, 2 ** 15, 4e4]) {
+        const x = rand(r, K, xScale);
+        x[0] = 0;
+        if (K > 2) x[2] = 2 ** -130; // a subnormal activation
+        for (const e of engines) {
+          const b = e.b;
+          const wt = b.upload(weight("F16", w, [N, K]));
+          const one = await b.readF32(b.matmul(b.fromF32(x, [1, K]), wt, null));
+          const x4 = new Float32Array(4 * K);
+          for (let t = 0; t < 4; t++) x4.set(x, t * K);
+          const four = await b.readF32(b.matmul(b.fromF32(x4, [4, K]), wt, null));
+          const label = `K ${K} N ${N} x scale ${xScale} (${e.name})`;
+          assert.deepEqual(new Uint32Array(one.buffer), new Uint32Array(four.buffer, 0, N), `bits, ${label}`);
+          const want = await ref.readF32(ref.matmul(ref.fromF32(x, [1, K]), ref.upload(weight("F16", w, [N, K])), null));
+          const largest = Math.max(...x.map(Math.abs));
+          assertClose(one, want, (2e-5 * Math.sqrt(K) + 1e-6) * Math.max(1, largest), label);
+        }
+      }
+    }
+  });
+
   for (const dtype of ["F32", "F16", "BF16"] as const) {
     test(`embedding, ${dtype} table: rows gathered and widened exactly as the reference widens them`, async () => {
       const r = rng(11);
