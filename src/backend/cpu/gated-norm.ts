@@ -11,6 +11,32 @@ import type { Strided } from "./tensor.ts";
 
 const sigmoid = (v: number) => 1 / (1 + Math.exp(-v));
 
+/**
+ * The input of the norm for one group of row t (y, or v = y · silu(z) when the gate comes after), written to
+ * v[0 .. gs); returns r = 1/sqrt(mean(v²) + eps).
+ */
+function groupInput(
+  y: Float32Array, z: Strided, E: number, eps: number, gs: number, normBeforeGate: boolean, t: number, g0: number,
+  v: Float64Array,
+): number {
+  let ss = 0;
+  for (let i = 0; i < gs; i++) {
+    const c = g0 + i;
+    const zv = z.data[t * z.ld + z.off + c]!;
+    const a = normBeforeGate ? y[t * E + c]! : y[t * E + c]! * zv * sigmoid(zv);
+    v[i] = a;
+    ss += a * a;
+  }
+  return 1 / Math.sqrt(ss / gs + eps);
+}
+
+/** r = 1/sqrt(mean(x²) + eps) over x[c0 .. c0 + m) */
+function windowRms(x: Float32Array, c0: number, m: number, eps: number): number {
+  let ss = 0;
+  for (let i = 0; i < m; i++) ss += x[c0 + i]! * x[c0 + i]!;
+  return 1 / Math.sqrt(ss / m + eps);
+}
+
 // y: [T, E], z: [T, E] window, weight: [E] -> out: [T, E]
 export function gatedRmsNormF32(
   y: Float32Array, z: Strided, weight: Float32Array, eps: number, gs: number, normBeforeGate: boolean, out: Float32Array,
@@ -19,15 +45,7 @@ export function gatedRmsNormF32(
   const v = new Float64Array(gs);
   for (let t = 0; t < T; t++) {
     for (let g0 = 0; g0 < E; g0 += gs) {
-      let ss = 0;
-      for (let i = 0; i < gs; i++) {
-        const c = g0 + i;
-        const zv = z.data[t * z.ld + z.off + c]!;
-        const a = normBeforeGate ? y[t * E + c]! : y[t * E + c]! * zv * sigmoid(zv);
-        v[i] = a;
-        ss += a * a;
-      }
-      const r = 1 / Math.sqrt(ss / gs + eps);
+      const r = groupInput(y, z, E, eps, gs, normBeforeGate, t, g0, v);
       for (let i = 0; i < gs; i++) {
         const c = g0 + i;
         let o = v[i]! * r * weight[c]!;
@@ -52,15 +70,7 @@ export function gatedRmsNormBackwardF32(
   const dw = new Float64Array(E);
   for (let t = 0; t < T; t++) {
     for (let g0 = 0; g0 < E; g0 += gs) {
-      let ss = 0;
-      for (let i = 0; i < gs; i++) {
-        const c = g0 + i;
-        const zv = z.data[t * z.ld + z.off + c]!;
-        const a = normBeforeGate ? y[t * E + c]! : y[t * E + c]! * zv * sigmoid(zv);
-        n[i] = a;
-        ss += a * a;
-      }
-      const r = 1 / Math.sqrt(ss / gs + eps);
+      const r = groupInput(y, z, E, eps, gs, normBeforeGate, t, g0, n);
       let dot = 0;
       for (let i = 0; i < gs; i++) {
         const c = g0 + i;
@@ -108,9 +118,7 @@ export function segmentRmsNormF32(x: Float32Array, widths: readonly number[], ep
   for (let t = 0; t < T; t++) {
     let c0 = t * W;
     for (const m of widths) {
-      let ss = 0;
-      for (let i = 0; i < m; i++) ss += x[c0 + i]! * x[c0 + i]!;
-      const r = 1 / Math.sqrt(ss / m + eps);
+      const r = windowRms(x, c0, m, eps);
       for (let i = 0; i < m; i++) out[c0 + i] = x[c0 + i]! * r;
       c0 += m;
     }
@@ -124,9 +132,7 @@ export function segmentRmsNormBackwardF32(x: Float32Array, widths: readonly numb
   for (let t = 0; t < T; t++) {
     let c0 = t * W;
     for (const m of widths) {
-      let ss = 0;
-      for (let i = 0; i < m; i++) ss += x[c0 + i]! * x[c0 + i]!;
-      const r = 1 / Math.sqrt(ss / m + eps);
+      const r = windowRms(x, c0, m, eps);
       let dot = 0;
       for (let i = 0; i < m; i++) dot += dOut[c0 + i]! * x[c0 + i]! * r;
       const mean = dot / m;
