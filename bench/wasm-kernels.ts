@@ -13,43 +13,16 @@
  * The modules are compiled from the sources here (AssemblyScript's API, scripts/build-wasm.mjs's flags).
  * Usage: node --import tsx bench/wasm-kernels.ts   (on Node 20 it sets V8's --experimental-wasm-relaxed-simd itself)
  */
-import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { setFlagsFromString } from "node:v8";
-import asc from "assemblyscript/asc";
+import { compileAssembly } from "../test/helpers/compile-assembly.ts";
 import { selectiveScanF32 } from "../src/backend/cpu/scan.ts";
 import { causalConv1dSiluF32 } from "../src/backend/cpu/conv.ts";
 import { addRmsNormF32 } from "../src/backend/cpu/norm.ts";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const ENTRY = "assembly/wasm-kernels-bench-entry.ts";
 const ENTRY_SOURCE = 'export * from "./scan";\nexport * from "./conv";\nexport * from "./norm";\n';
 
-async function compileKernels(features: string): Promise<Uint8Array<ArrayBuffer>> {
-  let binary: Uint8Array | null = null;
-  let stderr = "";
-  const { error } = await asc.main([
-    ENTRY, "--baseDir", root, "--importMemory", "--sharedMemory", "--initialMemory", "2", "--maximumMemory", "65536",
-    "--runtime", "stub", "-O3", "--noAssert", "--enable", features, "--outFile", "kernels.wasm",
-  ], {
-    readFile(name: string, baseDir: string) {
-      if (name.replaceAll("\\", "/").endsWith(ENTRY)) return ENTRY_SOURCE;
-      try {
-        return readFileSync(join(baseDir, name), "utf8");
-      } catch {
-        return null;
-      }
-    },
-    writeFile(name: string, contents: Uint8Array | string) {
-      if (name.endsWith(".wasm")) binary = contents as Uint8Array;
-    },
-    stderr: { write(chunk: Uint8Array | string) { stderr += String(chunk); return true; } } as never,
-    stdout: { write() { return true; } } as never,
-  });
-  if (error || binary === null) throw new Error(`asc --enable ${features}: ${error?.message ?? "no output"}\n${stderr}`);
-  return new Uint8Array(binary as Uint8Array);
-}
+const compileKernels = (features: string) => compileAssembly(ENTRY, ENTRY_SOURCE, features);
 
 type Fn = (...args: number[]) => void;
 interface Exports { selectiveScan: Fn; negExpF32: Fn; causalConv1dSilu: Fn; addRmsNorm: Fn }

@@ -12,47 +12,20 @@
  */
 import { describe, test, before } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { setFlagsFromString } from "node:v8";
-import asc from "assemblyscript/asc";
+import { compileAssembly } from "../helpers/compile-assembly.ts";
 import { selectiveScanF32, softplus } from "../../src/backend/cpu/scan.ts";
 import { causalConv1dSiluF32, silu } from "../../src/backend/cpu/conv.ts";
 import { addRmsNormF32 } from "../../src/backend/cpu/norm.ts";
 import type { Strided } from "../../src/backend/cpu/tensor.ts";
 import { TestRng } from "../helpers/random.ts";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "../..");
 const ENTRY = "assembly/wasm-kernels-test-entry.ts";
 const ENTRY_SOURCE =
   'export * from "./scan";\nexport * from "./conv";\nexport * from "./norm";\nexport { expF32, softplusF32, siluF32 } from "./math";\n';
 
 /** Compiles assembly/'s scan, conv, norm and math with the flags of scripts/build-wasm.mjs. */
-async function compileKernels(features: string): Promise<Uint8Array<ArrayBuffer>> {
-  let binary: Uint8Array | null = null;
-  let stderr = "";
-  const { error } = await asc.main([
-    ENTRY, "--baseDir", root, "--importMemory", "--sharedMemory", "--initialMemory", "2", "--maximumMemory", "65536",
-    "--runtime", "stub", "-O3", "--noAssert", "--enable", features, "--outFile", "kernels.wasm",
-  ], {
-    readFile(name: string, baseDir: string) {
-      if (name.replaceAll("\\", "/").endsWith(ENTRY)) return ENTRY_SOURCE;
-      try {
-        return readFileSync(join(baseDir, name), "utf8");
-      } catch {
-        return null;
-      }
-    },
-    writeFile(name: string, contents: Uint8Array | string) {
-      if (name.endsWith(".wasm")) binary = contents as Uint8Array;
-    },
-    stderr: { write(chunk: Uint8Array | string) { stderr += String(chunk); return true; } } as never,
-    stdout: { write() { return true; } } as never,
-  });
-  if (error || binary === null) throw new Error(`asc --enable ${features}: ${error?.message ?? "no output"}\n${stderr}`);
-  return new Uint8Array(binary as Uint8Array);
-}
+const compileKernels = (features: string) => compileAssembly(ENTRY, ENTRY_SOURCE, features);
 
 type Fn = (...args: number[]) => void;
 interface Exports {
