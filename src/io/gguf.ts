@@ -4,11 +4,12 @@
  * when complete. The container is ./gguf-format.ts and the model mapping ./gguf-model.ts (both usable in
  * browsers); their main functions are re-exported here.
  */
-import { closeSync, promises as fs, openSync, readSync } from "node:fs";
+import { promises as fs } from "node:fs";
 import path from "node:path";
 import { MambaError, check } from "../errors.ts";
 import type { HostTensor } from "./tensor.ts";
 import { numel } from "./tensor.ts";
+import { lazyFileTensor } from "./lazy-tensor.ts";
 import { type GgufFile, type GgufTensorInfo, type GgufTensorOut, type GgufValue, NeedMoreBytes, ggmlBytes, ggmlDType, ggufHeader,
   parseGgufHeader, tensorBytes, tensorFromBytes } from "./gguf-format.ts";
 import { type GgufModel, ggufModelFrom } from "./gguf-model.ts";
@@ -80,50 +81,11 @@ export async function readGgufFile(file: string): Promise<GgufModel> {
 }
 
 function lazyTensor(file: string, header: GgufFile, info: GgufTensorInfo): HostTensor {
-  const size = tensorBytes(info);
-  const start = header.dataOffset + info.offset;
-  const readInto = (dst: Uint8Array): void => {
-    check(dst.length >= size, `${file}: tensor '${info.name}' needs ${size} bytes, ${dst.length} given`);
-    let fd: number;
-    try {
-      fd = openSync(file, "r");
-    } catch (err) {
-      throw ioError(file, err);
-    }
-    try {
-      for (let done = 0; done < size;) {
-        const n = readSync(fd, dst, done, Math.min(size - done, 1 << 30), start + done);
-        check(n > 0, `${file}: the file ended inside tensor '${info.name}' (was it changed while loading?)`);
-        done += n;
-      }
-    } finally {
-      closeSync(fd);
-    }
-  };
-  const shape = [...info.dims].reverse();
-  // the last array read stays shared while someone holds it, so that repeated reads of `data` read the file once
-  let last: WeakRef<HostTensor["data"]> | null = null;
-  let assigned: HostTensor["data"] | null = null; // data set by a caller replaces the file's
-  const t: HostTensor = {
-    dtype: ggmlDType(info.type)!,
-    shape,
-    readInto,
-    get data(): HostTensor["data"] {
-      if (assigned) return assigned;
-      const held = last?.deref();
-      if (held) return held;
-      const raw = new Uint8Array(size);
-      readInto(raw);
-      const data = tensorFromBytes(info, raw).data;
-      last = new WeakRef(data);
-      return data;
-    },
-    set data(value: HostTensor["data"]) {
-      assigned = value;
-      delete t.readInto;
-    },
-  };
-  return t;
+  return lazyFileTensor(file, {
+    name: info.name, dtype: ggmlDType(info.type)!, shape: [...info.dims].reverse(),
+    start: header.dataOffset + info.offset, size: tensorBytes(info),
+    decode: (raw) => tensorFromBytes(info, raw).data,
+  });
 }
 
 /**

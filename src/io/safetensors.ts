@@ -2,9 +2,10 @@
  * safetensors files (Node): reading a file and writing one atomically (temp file + rename). The format itself,
  * on bytes, is in ./safetensors-format.ts (usable in browsers); its functions are re-exported here.
  */
-import { promises as fs, closeSync, openSync, readSync } from "node:fs";
+import { promises as fs } from "node:fs";
 import { MambaError } from "../errors.ts";
 import { type HostTensor, numel } from "./tensor.ts";
+import { lazyFileTensor } from "./lazy-tensor.ts";
 import { type SafetensorsEntry, parseSafetensors, safetensorsEntries, safetensorsHeaderLength, serializeSafetensors } from "./safetensors-format.ts";
 
 export { parseSafetensors, serializeSafetensors };
@@ -47,49 +48,13 @@ export async function readSafetensorsLazy(path: string): Promise<Map<string, Hos
 }
 
 function lazyTensor(path: string, e: SafetensorsEntry): HostTensor {
-  const readInto = (dst: Uint8Array): void => {
-    const size = e.end - e.start;
-    if (dst.length < size) throw new MambaError(`${path}: tensor '${e.name}' needs ${size} bytes, ${dst.length} given`);
-    let fd: number;
-    try {
-      fd = openSync(path, "r");
-    } catch (err) {
-      throw new MambaError(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
-    }
-    try {
-      for (let done = 0; done < size;) {
-        const n = readSync(fd, dst, done, Math.min(size - done, 1 << 30), e.start + done);
-        if (n <= 0) throw new MambaError(`${path}: the file ended inside tensor '${e.name}' (was it changed while loading?)`);
-        done += n;
-      }
-    } finally {
-      closeSync(fd);
-    }
-  };
-  // the last array read stays shared while someone holds it, so that repeated reads of `data` read the file once
-  let last: WeakRef<Float32Array | Uint16Array> | null = null;
-  let assigned: HostTensor["data"] | null = null; // data set by a caller replaces the file's
-  const t: HostTensor = {
-    dtype: e.dtype,
-    shape: e.shape,
-    readInto,
-    get data(): HostTensor["data"] {
-      if (assigned) return assigned;
-      const held = last?.deref();
-      if (held) return held;
-      const raw = new Uint8Array(e.end - e.start);
-      readInto(raw);
-      const n = numel(this.shape);
-      const data = e.dtype === "F32" ? new Float32Array(raw.buffer, 0, n) : new Uint16Array(raw.buffer, 0, n);
-      last = new WeakRef(data);
-      return data;
+  return lazyFileTensor(path, {
+    name: e.name, dtype: e.dtype, shape: e.shape, start: e.start, size: e.end - e.start,
+    decode: (raw, t) => {
+      const n = numel(t.shape);
+      return e.dtype === "F32" ? new Float32Array(raw.buffer, 0, n) : new Uint16Array(raw.buffer, 0, n);
     },
-    set data(value: HostTensor["data"]) {
-      assigned = value;
-      delete t.readInto;
-    },
-  };
-  return t;
+  });
 }
 
 /** Writes a file atomically: a temporary file in the same folder, flushed, then renamed over the target. */
