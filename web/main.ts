@@ -9,9 +9,10 @@
  */
 import {
   type BackendName, type MambaModel, SelectionRecorder, type SelectionTrace,
-  TextStreamer, type Tokenizer, byteLevelTokenizerJson, createModel, filesFromPicked, loadModelFromFiles,
-  tokenizerFromJson,
+  TextStreamer, type Tokenizer, byteLevelTokenizerJson, createModel, describeBackend, filesFromPicked,
+  loadModelFromFiles, tokenizerFromJson,
 } from "../src/browser.ts";
+import { FAMILY_NAMES } from "../src/config.ts";
 import { FALLBACK_SEED, FALLBACK_SIZES } from "./fallback.ts";
 import { type HeatmapData, drawHeatmap, tokenLabel } from "./heatmap.ts";
 
@@ -42,12 +43,22 @@ interface Run {
 interface DemoState {
   state: string;
   backend: string | null;
+  /** the engine in use, as describeBackend says it (what the status line shows), e.g. "cpu (wasm simd relaxed, 2 threads)" */
+  engine: string | null;
   model: string | null;
+  /** the model family (config.family): "mamba", "mamba2" or "falcon-mamba" */
+  family: string | null;
+  /** what one Δ of a layer belongs to: a channel (Mamba-1, d_inner of them) or a head (Mamba-2, H of them) */
+  deltaUnit: "channel" | "head" | null;
+  /** how many Δ a layer has per token (d_inner, or H for Mamba-2); the one-channel input's maximum is this - 1 */
+  deltaCount: number;
   fallback: boolean;
   promptIds: number[];
   newIds: number[];
   tokensPerSecond: number | null;
   traceTokens: number;
+  /** Δ per token and layer as recorded: how many values (channels or heads) each holds */
+  traceChannels: number;
   /** per layer, per token read: the share of the state kept (what the lower map shows) */
   keep: number[][];
   error: string | null;
@@ -61,15 +72,16 @@ const el = {
   record: $<HTMLInputElement>("record"), generate: $<HTMLButtonElement>("generate"), stop: $<HTMLButtonElement>("stop"),
   stats: $("stats"), text: $("text"), maps: $("maps"), metric: $<HTMLSelectElement>("metric"),
   layer: $<HTMLSelectElement>("layer"), channelMode: $<HTMLSelectElement>("channel-mode"),
-  channel: $<HTMLInputElement>("channel"), scale: $<HTMLSelectElement>("scale"), deltaMap: $<HTMLCanvasElement>("delta-map"),
+  channel: $<HTMLInputElement>("channel"), channelWord: $("channel-word"), channelMean: $<HTMLOptionElement>("channel-mean"),
+  channelOne: $<HTMLOptionElement>("channel-one"), deltaTitle: $("delta-title"), scale: $<HTMLSelectElement>("scale"), deltaMap: $<HTMLCanvasElement>("delta-map"),
   keepMap: $<HTMLCanvasElement>("keep-map"),
 };
 
 const params = new URLSearchParams(location.search);
 const backendPref = (params.get("backend") ?? "auto") as BackendName;
 const demo: DemoState = {
-  state: "loading", backend: null, model: null, fallback: false, promptIds: [], newIds: [],
-  tokensPerSecond: null, traceTokens: 0, keep: [], error: null,
+  state: "loading", backend: null, engine: null, model: null, family: null, deltaUnit: null, deltaCount: 0,
+  fallback: false, promptIds: [], newIds: [], tokensPerSecond: null, traceTokens: 0, traceChannels: 0, keep: [], error: null,
 };
 (globalThis as { mambaDemo?: DemoState }).mambaDemo = demo;
 
@@ -103,18 +115,34 @@ function fail(err: unknown): void {
 
 function showSession(s: Session): void {
   const c = s.model.config;
-  el.modelInfo.textContent = `${s.name} · ${c.numLayers} layers · d_model ${c.hiddenSize} · d_inner ${c.intermediateSize}` +
+  // Mamba-2's Δ is one scalar per head ([T, H]); Mamba-1's (and Falcon-Mamba's) one per inner channel ([T, E])
+  const heads = c.family === "mamba2" ? c.mamba2!.numHeads : null;
+  const unit = heads === null ? "channel" : "head";
+  const count = heads ?? c.intermediateSize;
+  el.modelInfo.textContent = `${s.name} · ${FAMILY_NAMES[c.family]} · ${c.numLayers} layers · d_model ${c.hiddenSize}` +
+    ` · d_inner ${c.intermediateSize}` + (heads === null ? "" : ` · ${heads} heads of ${c.mamba2!.headDim}`) +
     ` · d_state ${c.stateSize} · vocab ${c.vocabSize} · weights ${s.model.info.dtype}`;
+  const engine = describeBackend(s.model.backend);
   el.status.innerHTML = "";
   const b = document.createElement("span");
   b.className = "backend";
-  b.textContent = s.model.backend.name === "webgpu" ? "WebGPU" : "CPU";
+  b.textContent = engine;
   el.status.append("backend: ", b, ` — ${s.backendNote}`);
   el.layer.replaceChildren(new Option("mean over layers", "mean"),
     ...Array.from({ length: c.numLayers }, (_, i) => new Option(`layer ${i}`, String(i))));
-  el.channel.max = String(c.intermediateSize - 1);
+  el.channelWord.textContent = unit;
+  el.channelMean.textContent = `mean over ${unit}s`;
+  el.channelOne.textContent = `one ${unit}:`;
+  el.channel.max = String(count - 1);
+  el.channel.title = `${unit} 0 to ${count - 1}`;
+  if (Number(el.channel.value) > count - 1) el.channel.value = String(count - 1);
+  el.deltaTitle.textContent = heads === null ? "Δ per token and layer" : "Δ per token and layer (one Δ per head)";
   demo.backend = s.model.backend.name;
+  demo.engine = engine;
   demo.model = s.name;
+  demo.family = c.family;
+  demo.deltaUnit = unit;
+  demo.deltaCount = count;
 }
 
 /** The backend in use, said plainly: which one, and why not WebGPU when it is the CPU. */
@@ -237,6 +265,7 @@ async function generate(): Promise<void> {
     recorder?.detach();
   }
   demo.traceTokens = run.trace?.tokens ?? 0;
+  demo.traceChannels = run.trace?.channels ?? 0;
   demo.keep = run.trace?.keep.map((k) => Array.from(k)) ?? [];
   renderText();
   renderMaps();
@@ -250,7 +279,7 @@ function showStats(start: number, firstAt: number, now: number): void {
   demo.tokensPerSecond = rate;
   el.stats.textContent = `${run!.promptIds.length} prompt tokens · first token after ${prefillMs.toFixed(0)} ms · ` +
     `${n} new token${n === 1 ? "" : "s"}` + (rate !== null ? ` · ${rate.toFixed(1)} tokens/s` : "") +
-    ` · ${session!.model.backend.name === "webgpu" ? "WebGPU" : "CPU"}` + (el.record.checked ? " · recording Δ" : "");
+    ` · ${describeBackend(session!.model.backend)}` + (el.record.checked ? " · recording Δ" : "");
 }
 
 // ---- what the maps and the text colouring show ----

@@ -29,12 +29,17 @@ const PROMPT = "Mamba is a selective state space model.";
 interface DemoState {
   state: string;
   backend: string | null;
+  engine: string | null;
   model: string | null;
+  family: string | null;
+  deltaUnit: "channel" | "head" | null;
+  deltaCount: number;
   fallback: boolean;
   promptIds: number[];
   newIds: number[];
   tokensPerSecond: number | null;
   traceTokens: number;
+  traceChannels: number;
   keep: number[][];
   error: string | null;
 }
@@ -79,13 +84,13 @@ function canvasInk(page: Page, id: string): Promise<{ width: number; height: num
 }
 
 /** The ids and the kept-state trace the CPU backend gives in Node for the same request. */
-async function reference(model: MambaModel, tokenizer: Tokenizer, o: RunOptions): Promise<{ prompt: number[]; newIds: number[]; keep: Float32Array[] }> {
+async function reference(model: MambaModel, tokenizer: Tokenizer, o: RunOptions): Promise<{ prompt: number[]; newIds: number[]; keep: Float32Array[]; delta: Float32Array[]; channels: number }> {
   const prompt = tokenizer.encode(o.prompt);
   const rec = await SelectionRecorder.attach(model.lm);
   try {
     const ids = await model.generate(prompt, { maxNewTokens: o.maxNewTokens, temperature: o.temperature, seed: o.seed });
     const trace = await rec.trace();
-    return { prompt: Array.from(prompt), newIds: Array.from(ids.subarray(prompt.length)), keep: trace.keep };
+    return { prompt: Array.from(prompt), newIds: Array.from(ids.subarray(prompt.length)), keep: trace.keep, delta: trace.delta, channels: trace.channels };
   } finally {
     rec.detach();
   }
@@ -147,10 +152,27 @@ describe("demo page in headless Chromium", { skip: chromiumSkip(), timeout: 300_
       const loaded = await page.evaluate(() => (globalThis as unknown as { mambaDemo: DemoState }).mambaDemo);
       assert.equal(loaded.model, "tiny fixture");
       if (backend !== "auto") assert.equal(loaded.backend, backend);
-      // the page names the backend it uses
+      // the page names the engine it uses, as describeBackend says it in the page
       const status = await page.textContent("#status");
-      assert.match(status ?? "", loaded.backend === "webgpu" ? /WebGPU/ : /CPU/);
+      const label = await page.textContent("#status .backend");
+      assert.ok(loaded.engine !== null && loaded.engine.startsWith(loaded.backend ?? "?"), `engine ${loaded.engine} for backend ${loaded.backend}`);
+      assert.equal(label, loaded.engine);
       t.diagnostic(`backend in use: ${loaded.backend} (${status?.trim()})`);
+      if (loaded.backend === "cpu") {
+        // the demo server makes the page cross-origin isolated, so the CPU engine is the wasm one with its threads
+        const env = await page.evaluate(() => ({ isolated: globalThis.crossOriginIsolated, cores: navigator.hardwareConcurrency }));
+        assert.equal(env.isolated, true, "the demo server's page is cross-origin isolated");
+        const m = /wasm simd [a-z]+, (\d+) threads?\)/.exec(label ?? "");
+        assert.ok(m, `the label names the wasm engine and its threads: ${label}`);
+        const threads = Number(m[1]);
+        assert.ok(threads >= 1 && threads <= Math.max(1, env.cores), `${threads} threads on ${env.cores} cores`);
+        if (env.cores > 1) assert.ok(threads > 1, `${threads} thread(s) on ${env.cores} cores`);
+      }
+      // Mamba-1: one Δ per inner channel
+      assert.equal(loaded.family, model.config.family);
+      assert.equal(loaded.deltaUnit, "channel");
+      assert.equal(loaded.deltaCount, model.config.intermediateSize);
+      assert.equal(await page.getAttribute("#channel", "max"), String(model.config.intermediateSize - 1));
       const tol = loaded.backend === "cpu" ? 1e-6 : 1e-3;
 
       for (const o of [
@@ -163,6 +185,7 @@ describe("demo page in headless Chromium", { skip: chromiumSkip(), timeout: 300_
         assert.deepEqual(demo.newIds, want.newIds, `new ids (temperature ${o.temperature})`);
         // every token the model read was recorded: the prompt and all new tokens but the last
         assert.equal(demo.traceTokens, want.prompt.length + want.newIds.length - 1);
+        assert.equal(demo.traceChannels, model.config.intermediateSize);
         assertKeepClose(demo.keep, want.keep, tol);
         assert.ok(demo.tokensPerSecond !== null && demo.tokensPerSecond > 0, "tokens/s shown");
         assert.match(await page.textContent("#stats") ?? "", /tokens\/s/);
@@ -182,6 +205,70 @@ describe("demo page in headless Chromium", { skip: chromiumSkip(), timeout: 300_
       assert.deepEqual(pageErrors, []);
     });
   }
+
+  test("a Mamba-2 model: Δ per head, the head input's maximum is H - 1, same ids as in Node", async () => {
+    // the Mamba-2 fixture has no tokenizer.json; its 96-token vocabulary is the byte-level ASCII one's
+    const folder2 = await mkdtemp(path.join(os.tmpdir(), "mamba-ts-demo-mamba2-"));
+    let server: DemoServer | null = null;
+    let model2: MambaModel | null = null;
+    try {
+      for (const f of ["config.json", "generation_config.json", "model.safetensors"]) {
+        await copyFile(fixture("hf-mamba2", "tiny", f), path.join(folder2, f));
+      }
+      await writeFile(path.join(folder2, "tokenizer.json"), JSON.stringify(asciiTokenizerJson()));
+      model2 = await loadModel(folder2, { backend: "cpu" });
+      const tokenizer2 = await loadTokenizer(folder2);
+      const heads = model2.config.mamba2!.numHeads;
+      assert.equal(model2.config.family, "mamba2");
+      assert.notEqual(heads, model2.config.intermediateSize, "the fixture tells heads from channels");
+      server = await startDemoServer({ port: 0, page: (await bundleWeb()).files, modelFolder: folder2, modelName: "tiny Mamba-2 fixture" });
+      const page = await open(`${server.url}?backend=cpu`);
+      const loaded = await page.evaluate(() => (globalThis as unknown as { mambaDemo: DemoState }).mambaDemo);
+      assert.equal(loaded.family, "mamba2");
+      assert.equal(loaded.deltaUnit, "head");
+      assert.equal(loaded.deltaCount, heads);
+      assert.equal(await page.getAttribute("#channel", "max"), String(heads - 1));
+      assert.equal((await page.textContent("#channel-word"))?.trim(), "head");
+      assert.match(await page.textContent("#channel-mode") ?? "", /mean over heads/);
+      assert.match(await page.textContent("#delta-title") ?? "", /per head/);
+      assert.match(await page.textContent("#model-info") ?? "", new RegExp(`${heads} heads`));
+
+      const o = { prompt: PROMPT, maxNewTokens: 12, temperature: 0, seed: 0 };
+      const want = await reference(model2, tokenizer2, o);
+      assert.equal(want.channels, heads, "Node's recorder: one Δ per head");
+      const demo = await generateOnPage(page, o);
+      assert.deepEqual(demo.promptIds, want.prompt);
+      assert.deepEqual(demo.newIds, want.newIds);
+      assert.equal(demo.traceChannels, heads);
+      assertKeepClose(demo.keep, want.keep, 1e-6);
+
+      // colour the text by the last head's Δ (mean over layers): each token's title names it, to 3 digits
+      const h = heads - 1;
+      await page.selectOption("#metric", "delta");
+      await page.selectOption("#channel-mode", "one");
+      await page.fill("#channel", String(h));
+      await page.dispatchEvent("#channel", "change");
+      const titles = await page.$$eval("#text span", (s) => s.map((x) => (x as HTMLElement).title));
+      const layers = want.delta.length;
+      for (let t = 0; t < demo.traceTokens; t++) {
+        let sum = 0;
+        for (let l = 0; l < layers; l++) sum += want.delta[l]![t * heads + h]!;
+        const expected = sum / layers;
+        const m = /Δ = ([0-9.e+-]+)/.exec(titles[t] ?? "");
+        assert.ok(m, `token ${t}: title ${titles[t]}`);
+        assert.ok(Math.abs(Number(m[1]) - expected) <= 5e-3 * Math.abs(expected), `token ${t}: Δ of head ${h} ${m[1]} on the page, ${expected} in Node`);
+      }
+      const ink = await canvasInk(page, "delta-map");
+      assert.ok(ink.ink >= demo.traceTokens * layers * 20, `delta-map: ${ink.ink} drawn pixels`);
+      await page.screenshot({ path: path.join(ARTIFACTS, "demo-mamba2.png"), fullPage: true });
+      await page.close();
+      assert.deepEqual(pageErrors, []);
+    } finally {
+      await server?.close();
+      await model2?.dispose();
+      await rm(folder2, { recursive: true, force: true });
+    }
+  });
 
   test("no model served: the page says so and runs the untrained fallback model, as createModel does in Node", async () => {
     const page = await open(`${withoutModel.url}?backend=cpu`);
