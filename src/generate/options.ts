@@ -30,14 +30,18 @@ export interface GenerateOptions {
   advanceState?: boolean;
 }
 
-export interface ResolvedOptions {
-  maxNewTokens: number;
+/** The sampler's settings of one request, resolved (the library's generate and the server's scheduler). */
+export interface SamplingParams {
   temperature: number;
   topK: number;
   topP: number;
   minP: number;
   repetitionPenalty: number;
   seed: number;
+}
+
+export interface ResolvedOptions extends SamplingParams {
+  maxNewTokens: number;
   stopTokens: Set<number>;
   signal: AbortSignal | null;
   advanceState: boolean;

@@ -22,18 +22,13 @@ import { MambaCache } from "../model/cache.ts";
 import { MambaState, type StateLayout, mergeSeen, takeBatchRow } from "../model/state.ts";
 import { prefill, prefillBatch } from "../generate/generate.ts";
 import { Rng } from "../generate/rng.ts";
+import type { SamplingParams } from "../generate/options.ts";
 import { PrefixCache } from "./prefix-cache.ts";
 
-export interface JobSpec {
+export interface JobSpec extends SamplingParams {
   /** the prompt's ids (non-empty, validated) */
   prompt: Int32Array;
   maxTokens: number;
-  temperature: number;
-  topK: number;
-  topP: number;
-  minP: number;
-  repetitionPenalty: number;
-  seed: number;
   /** ids that end the request (kept in the output) */
   stopIds: Set<number>;
 }
