@@ -8,12 +8,37 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
-import { defineKernel } from "../../kernel-def.ts";
+import { type KernelDef, defineKernel } from "../../kernel-def.ts";
 import { check } from "../../../../errors.ts";
+
+// The gated norms' parameters, and the start of their threads: one per (row t, group from c0), r = 1/RMS of the
+// group's normalized input val(t, c) (each kernel defines val).
+const gatedParamsWgsl = /* wgsl */ `struct P { T: u32, E: u32, gs: u32, ldz: u32, offz: u32, before: u32, eps: f32, groupsX: u32 }`;
+const gatedGroupRmsWgsl = /* wgsl */ `  let G = p.E / p.gs;
+  let i = gid.y * p.groupsX * 64u + gid.x;
+  if (i >= p.T * G) { return; }
+  let t = i / G;
+  let c0 = (i % G) * p.gs;
+  var ss = 0.0;
+  for (var k = 0u; k < p.gs; k++) { let v = val(t, c0 + k); ss = fma(v, v, ss); }
+  let r = inverseSqrt(ss / f32(p.gs) + p.eps);`;
+
+// The segment norms' parameters (windows [s_k, s_{k+1}) for k < count), and the start of their threads: one per
+// (row t, window k), the window at a, m wide.
+const segmentParamsWgsl = /* wgsl */ `struct P { T: u32, W: u32, count: u32, s0: u32, s1: u32, s2: u32, s3: u32, s4: u32, eps: f32, groupsX: u32 }`;
+const segmentStartWgsl = /* wgsl */ `fn start(k: u32) -> u32 {
+  switch (k) { case 0u: { return p.s0; } case 1u: { return p.s1; } case 2u: { return p.s2; } case 3u: { return p.s3; } default: { return p.s4; } }
+}`;
+const segmentWindowWgsl = /* wgsl */ `  let i = gid.y * p.groupsX * 64u + gid.x;
+  if (i >= p.T * p.count) { return; }
+  let t = i / p.count;
+  let k = i % p.count;
+  let a = t * p.W + start(k);
+  let m = start(k + 1u) - start(k);`;
 
 const gatedWgsl = /* wgsl */ `
 // bindings: 0 y [T, E] | 1 z window | 2 weight [E] | 3 out [T, E] | 4 params
-struct P { T: u32, E: u32, gs: u32, ldz: u32, offz: u32, before: u32, eps: f32, groupsX: u32 }
+${gatedParamsWgsl}
 @group(0) @binding(0) var<storage, read> y: array<f32>;
 @group(0) @binding(1) var<storage, read> z: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
@@ -31,14 +56,7 @@ fn val(t: u32, c: u32) -> f32 {
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let G = p.E / p.gs;
-  let i = gid.y * p.groupsX * 64u + gid.x;
-  if (i >= p.T * G) { return; }
-  let t = i / G;
-  let c0 = (i % G) * p.gs;
-  var ss = 0.0;
-  for (var k = 0u; k < p.gs; k++) { let v = val(t, c0 + k); ss = fma(v, v, ss); }
-  let r = inverseSqrt(ss / f32(p.gs) + p.eps);
+${gatedGroupRmsWgsl}
   for (var k = 0u; k < p.gs; k++) {
     let c = c0 + k;
     var o = val(t, c) * r * weight[c];
@@ -50,23 +68,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 const segmentWgsl = /* wgsl */ `
 // bindings: 0 x [T, W] | 1 out [T, W] | 2 params; windows [s_k, s_{k+1}) for k < count
-struct P { T: u32, W: u32, count: u32, s0: u32, s1: u32, s2: u32, s3: u32, s4: u32, eps: f32, groupsX: u32 }
+${segmentParamsWgsl}
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<uniform> p: P;
 
-fn start(k: u32) -> u32 {
-  switch (k) { case 0u: { return p.s0; } case 1u: { return p.s1; } case 2u: { return p.s2; } case 3u: { return p.s3; } default: { return p.s4; } }
-}
+${segmentStartWgsl}
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = gid.y * p.groupsX * 64u + gid.x;
-  if (i >= p.T * p.count) { return; }
-  let t = i / p.count;
-  let k = i % p.count;
-  let a = t * p.W + start(k);
-  let m = start(k + 1u) - start(k);
+${segmentWindowWgsl}
   var ss = 0.0;
   for (var j = 0u; j < m; j++) { let v = x[a + j]; ss = fma(v, v, ss); }
   let r = inverseSqrt(ss / f32(m) + p.eps);
@@ -90,40 +101,38 @@ export function gatedRmsNorm(
 /** The most windows segmentRmsNorm takes. */
 export const MAX_SEGMENTS = 4;
 
-// x: [T, W], widths (at most MAX_SEGMENTS, Σ = W) -> out: [T, W]
-export function segmentRmsNorm(gpu: Gpu, x: Buf, out: Buf, T: number, widths: readonly number[], eps: number): void {
+// a segment kernel over x: [T, W] in windows of the given widths (Σ = W), one thread per (row, window)
+function dispatchSegments(gpu: Gpu, kernel: KernelDef<null>, bufs: Buf[], T: number, widths: readonly number[], eps: number): void {
   const W = widths.reduce((s, v) => s + v, 0);
   const starts = [0];
   for (const w of widths) starts.push(starts[starts.length - 1]! + w);
   while (starts.length < MAX_SEGMENTS + 1) starts.push(W);
-  const k = gpu.kernel(segmentKernel, null);
+  const k = gpu.kernel(kernel, null);
   const [gx, gy] = grid(Math.ceil((T * widths.length) / 64), gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = new Params().u32(T).u32(W).u32(widths.length);
   for (const s of starts) p.u32(s);
-  gpu.dispatch(k, [x, out], p.f32(eps).u32(gx), [gx, gy]);
+  gpu.dispatch(k, bufs, p.f32(eps).u32(gx), [gx, gy]);
+}
+
+// x: [T, W], widths (at most MAX_SEGMENTS, Σ = W) -> out: [T, W]
+export function segmentRmsNorm(gpu: Gpu, x: Buf, out: Buf, T: number, widths: readonly number[], eps: number): void {
+  dispatchSegments(gpu, segmentKernel, [x, out], T, widths, eps);
 }
 
 const segmentBackwardWgsl = /* wgsl */ `
 // bindings: 0 x [T, W] | 1 dOut [T, W] | 2 dx [T, W] (added into) | 3 params; windows as segment_rmsnorm's
 // n = x · r, r = 1/sqrt(mean(x²) + eps) per window:  dx += r · (dOut − n · mean(dOut · n))
-struct P { T: u32, W: u32, count: u32, s0: u32, s1: u32, s2: u32, s3: u32, s4: u32, eps: f32, groupsX: u32 }
+${segmentParamsWgsl}
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> dOut: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(3) var<uniform> p: P;
 
-fn start(k: u32) -> u32 {
-  switch (k) { case 0u: { return p.s0; } case 1u: { return p.s1; } case 2u: { return p.s2; } case 3u: { return p.s3; } default: { return p.s4; } }
-}
+${segmentStartWgsl}
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = gid.y * p.groupsX * 64u + gid.x;
-  if (i >= p.T * p.count) { return; }
-  let t = i / p.count;
-  let k = i % p.count;
-  let a = t * p.W + start(k);
-  let m = start(k + 1u) - start(k);
+${segmentWindowWgsl}
   var ss = 0.0;
   var dot = 0.0;
   for (var j = 0u; j < m; j++) { let v = x[a + j]; ss = fma(v, v, ss); dot = fma(dOut[a + j], v, dot); }
@@ -139,22 +148,14 @@ const segmentBackwardKernel = defineKernel({
 
 // x: [T, W] (the forward's input), dOut: [T, W]; dx: [T, W] (+=)
 export function segmentRmsNormBackward(gpu: Gpu, x: Buf, dOut: Buf, dx: Buf, T: number, widths: readonly number[], eps: number): void {
-  const W = widths.reduce((s, v) => s + v, 0);
-  const starts = [0];
-  for (const w of widths) starts.push(starts[starts.length - 1]! + w);
-  while (starts.length < MAX_SEGMENTS + 1) starts.push(W);
-  const k = gpu.kernel(segmentBackwardKernel, null);
-  const [gx, gy] = grid(Math.ceil((T * widths.length) / 64), gpu.limits.maxComputeWorkgroupsPerDimension);
-  const p = new Params().u32(T).u32(W).u32(widths.length);
-  for (const s of starts) p.u32(s);
-  gpu.dispatch(k, [x, dOut, dx], p.f32(eps).u32(gx), [gx, gy]);
+  dispatchSegments(gpu, segmentBackwardKernel, [x, dOut, dx], T, widths, eps);
 }
 
 const gatedBackwardWgsl = /* wgsl */ `
 // bindings: 0 y [T, E] | 1 z window | 2 weight [E] | 3 dOut [T, E] | 4 dy [T, E] (added into) | 5 dz window (added
 // into) | 6 dwPart [T, E] (each row's share of dWeight, written) | 7 params. A thread per (row, group):
 //   n = v·r (v = y·silu(z), or y with the gate after the norm);  dn = dOut·w (·silu(z));  dv = r·(dn − n·mean(dn·n))
-struct P { T: u32, E: u32, gs: u32, ldz: u32, offz: u32, before: u32, eps: f32, groupsX: u32 }
+${gatedParamsWgsl}
 @group(0) @binding(0) var<storage, read> y: array<f32>;
 @group(0) @binding(1) var<storage, read> z: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
@@ -175,14 +176,7 @@ fn val(t: u32, c: u32) -> f32 {
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let G = p.E / p.gs;
-  let i = gid.y * p.groupsX * 64u + gid.x;
-  if (i >= p.T * G) { return; }
-  let t = i / G;
-  let c0 = (i % G) * p.gs;
-  var ss = 0.0;
-  for (var k = 0u; k < p.gs; k++) { let v = val(t, c0 + k); ss = fma(v, v, ss); }
-  let r = inverseSqrt(ss / f32(p.gs) + p.eps);
+${gatedGroupRmsWgsl}
   // dn_c = dOut·w (·silu(z) with the gate after the norm); Σ dn·n
   var dot = 0.0;
   for (var k = 0u; k < p.gs; k++) {
