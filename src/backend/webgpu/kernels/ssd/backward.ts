@@ -14,6 +14,7 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
 import { check } from "../../../../errors.ts";
+import { softplusWgsl } from "./common.ts";
 
 /** positions between two checkpoints of the backward's forward pass */
 export const BWD_CHUNK = 16;
@@ -69,7 +70,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   for (var t = 0u; t < p.L; t++) {
     let r = (b * p.L + t) * p.W;
     let v = inp[r + p.odt + h] + bias;
-    let d = clamp(select(log(1.0 + exp(v)), v, v > 20.0), p.lo, p.hi);
+    let d = clamp(${softplusWgsl("v")}, p.lo, p.hi);
     let a = exp(d * A);
     for (var q = tid; q < p.P; q += WG) {
       if (t % p.K == 0u) { for (var n = 0u; n < N; n++) { work[ck + (t / p.K) * PN + q * N + n] = work[run + q * N + n]; } }
@@ -90,7 +91,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     for (var t = t0; t < t1; t++) {
       let r = (b * p.L + t) * p.W;
       let v = inp[r + p.odt + h] + bias;
-      let d = clamp(select(log(1.0 + exp(v)), v, v > 20.0), p.lo, p.hi);
+      let d = clamp(${softplusWgsl("v")}, p.lo, p.hi);
       let a = exp(d * A);
       let s0 = cst + (t - t0) * PN;
       for (var q = tid; q < p.P; q += WG) {
@@ -103,7 +104,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
       let row = b * p.L + t;
       let r = row * p.W;
       let v = inp[r + p.odt + h] + bias;
-      let sp = select(log(1.0 + exp(v)), v, v > 20.0);
+      let sp = ${softplusWgsl("v")};
       let d = clamp(sp, p.lo, p.hi);
       let a = exp(d * A);
       let prev = cst + (t - t0) * PN; // state_{t-1}

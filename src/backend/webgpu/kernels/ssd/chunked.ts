@@ -18,6 +18,7 @@
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
+import { type SsdScanKernelArgs, flagFieldsWgsl, scanInputsWgsl, softplusWgsl, windowFieldsWgsl, windowParams } from "./common.ts";
 
 /** p values a thread of the chunk scan handles */
 const PT = 8;
@@ -32,8 +33,8 @@ export interface ChunkShape {
 const common = (s: ChunkShape) => /* wgsl */ `
 struct P {
   B: u32, L: u32, H: u32, P: u32, G: u32, nC: u32,
-  ldx: u32, offx: u32, lddt: u32, offdt: u32, ldb: u32, offb: u32, ldc: u32, offc: u32, ldz: u32, offz: u32,
-  hasZ: u32, hasState: u32, lo: f32, hi: f32,
+  ${windowFieldsWgsl}
+  ${flagFieldsWgsl}
 }
 const N = ${s.N}u;
 const Q = ${s.Q}u;
@@ -46,7 +47,7 @@ fn chunkDt(b: u32, c: u32, h: u32, tid: u32) -> u32 {
   let q = min(Q, p.L - t0);
   if (tid < q) {
     let v = dt[(b * p.L + t0 + tid) * p.lddt + p.offdt + h] + consts[h];
-    let sp = select(log(1.0 + exp(v)), v, v > 20.0);
+    let sp = ${softplusWgsl("v")};
     dts[tid] = clamp(sp, p.lo, p.hi);
   }
   workgroupBarrier();
@@ -59,6 +60,14 @@ fn chunkDt(b: u32, c: u32, h: u32, tid: u32) -> u32 {
   return q;
 }
 `;
+
+// the entry of ssd_chunk_state and ssd_chunk_scan: a workgroup per (chunk c, head h, batch row b); q positions
+const chunkMainWgsl = /* wgsl */ `@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let c = wg.x;
+  let h = wg.y;
+  let b = wg.z;
+  let q = chunkDt(b, c, h, tid);`;
 
 /** positions of a tile of the chunk-state product (x and B of those positions sit in workgroup memory) */
 const TS = 8;
@@ -84,12 +93,7 @@ var<workgroup> w: array<f32, ${s.Q}>;
 var<workgroup> xs: array<f32, ${TS * s.P}>; // [TS, P]
 var<workgroup> bs: array<f32, ${TS * s.N}>; // [TS, N]
 
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let c = wg.x;
-  let h = wg.y;
-  let b = wg.z;
-  let q = chunkDt(b, c, h, tid);
+${chunkMainWgsl}
   let last = cs[q - 1u];
   if (tid < q) { w[tid] = exp(last - cs[tid]) * dts[tid]; }
   if (tid == 0u) { totals[(b * p.nC + c) * p.H + h] = last; }
@@ -172,24 +176,14 @@ const TJ = ${TJ}u;
 const PMAX = ${s.P}u;
 const BLOCKS = ${blocks}u;
 const UPT = ${perThread}u;
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> dt: array<f32>;
-@group(0) @binding(2) var<storage, read> Bm: array<f32>;
-@group(0) @binding(3) var<storage, read> Cm: array<f32>;
-@group(0) @binding(4) var<storage, read> z: array<f32>;
-@group(0) @binding(5) var<storage, read> consts: array<f32>;
+${scanInputsWgsl}
 @group(0) @binding(6) var<storage, read> states: array<f32>;
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
 @group(0) @binding(8) var<uniform> p: P;
 var<workgroup> cb: array<f32, ${s.Q * TJ}>; // [Q, TJ]: C_i · B_j
 var<workgroup> xt: array<f32, ${TJ * s.P}>; // [TJ, P]: x_j
 
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let c = wg.x;
-  let h = wg.y;
-  let b = wg.z;
-  let q = chunkDt(b, c, h, tid);
+${chunkMainWgsl}
   let g = h / (p.H / p.G);
   let row0 = b * p.L + c * Q;
   var acc: array<array<f32, ${PT}>, ${perThread}>;
@@ -264,17 +258,8 @@ const stateKernel = defineKernel({ name: "ssd_chunk_state", wgsl: stateWgsl, exa
 const passKernel = defineKernel({ name: "ssd_state_pass", wgsl: passWgsl, example: { N: 16, P: 8, Q: 64 } });
 const scanKernel = defineKernel({ name: "ssd_chunk_scan", wgsl: scanWgsl, example: { N: 16, P: 8, Q: 64 } });
 
-export interface SsdChunkedArgs {
-  x: Buf; ldx: number; offx: number;
-  dt: Buf; lddt: number; offdt: number;
-  Bm: Buf; ldb: number; offb: number;
-  Cm: Buf; ldc: number; offc: number;
-  z: Buf | null; ldz: number; offz: number;
-  consts: Buf; // [3H]: dtBias, A_log, D
-  state: Buf | null; // [B, H, P, N], updated in place
-  y: Buf; // [B·L, H·P]
-  B: number; L: number; H: number; P: number; G: number; N: number; Q: number;
-  lo: number; hi: number;
+export interface SsdChunkedArgs extends SsdScanKernelArgs {
+  Q: number; // the chunk length
 }
 
 /** Whether the chunk kernels' workgroup memory (dt, cs, tiles of C·Bᵀ, x, B) fits WebGPU's 16 KiB. */
@@ -291,9 +276,7 @@ export function chunkStateFloats(B: number, L: number, H: number, P: number, N: 
 export function ssdScanChunked(gpu: Gpu, a: SsdChunkedArgs, states: Buf, totals: Buf): void {
   const shape: ChunkShape = { N: a.N, P: a.P, Q: a.Q };
   const nC = Math.ceil(a.L / a.Q);
-  const p = new Params().u32(a.B).u32(a.L).u32(a.H).u32(a.P).u32(a.G).u32(nC)
-    .u32(a.ldx).u32(a.offx).u32(a.lddt).u32(a.offdt).u32(a.ldb).u32(a.offb).u32(a.ldc).u32(a.offc).u32(a.ldz).u32(a.offz)
-    .bool(!!a.z).bool(!!a.state).f32(a.lo).f32(Math.min(a.hi, 3e38));
+  const p = windowParams(new Params().u32(a.B).u32(a.L).u32(a.H).u32(a.P).u32(a.G).u32(nC), a);
   gpu.dispatch(gpu.kernel(stateKernel, shape), [a.x, a.dt, a.Bm, a.consts, states, totals], p, [nC, a.H, a.B]);
   const [gx, gy] = grid(Math.ceil((a.B * a.H * a.P * a.N) / 64), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(gpu.kernel(passKernel, shape), [totals, states, a.state ?? gpu.dummyOut],

@@ -5,25 +5,21 @@
  *   y *= silu(z) when a gate is given; g = h / (H / G).
  * The state is read at the start and written at the end by the same thread, so it is updated in place.
  */
-import type { Buf, Gpu } from "../../gpu.ts";
+import type { Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
+import { type SsdScanKernelArgs, flagFieldsWgsl, scanInputsWgsl, softplusWgsl, windowFieldsWgsl, windowParams } from "./common.ts";
 
 const wgsl = (N: number) => /* wgsl */ `
 // bindings: 0 x window | 1 dt window | 2 B window | 3 C window | 4 z window | 5 consts [3H]: dtBias | A_log | D
 //           6 y [B·L, H·P] | 7 state [B, H, P, N] (read and written) | 8 params
 struct P {
   B: u32, L: u32, H: u32, P: u32, G: u32,
-  ldx: u32, offx: u32, lddt: u32, offdt: u32, ldb: u32, offb: u32, ldc: u32, offc: u32, ldz: u32, offz: u32,
-  hasZ: u32, hasState: u32, lo: f32, hi: f32, groupsX: u32,
+  ${windowFieldsWgsl}
+  ${flagFieldsWgsl} groupsX: u32,
 }
 const N = ${N}u;
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> dt: array<f32>;
-@group(0) @binding(2) var<storage, read> Bm: array<f32>;
-@group(0) @binding(3) var<storage, read> Cm: array<f32>;
-@group(0) @binding(4) var<storage, read> z: array<f32>;
-@group(0) @binding(5) var<storage, read> consts: array<f32>;
+${scanInputsWgsl}
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
 @group(0) @binding(7) var<storage, read_write> state: array<f32>;
 @group(0) @binding(8) var<uniform> p: P;
@@ -46,7 +42,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   for (var t = 0u; t < p.L; t++) {
     let row = b * p.L + t;
     let v = dt[row * p.lddt + p.offdt + h] + bias;
-    let sp = select(log(1.0 + exp(v)), v, v > 20.0);
+    let sp = ${softplusWgsl("v")};
     let d = clamp(sp, p.lo, p.hi);
     let a = exp(d * A);
     let xv = x[row * p.ldx + p.offx + h * p.P + pp];
@@ -75,24 +71,11 @@ const ssdScanKernel = defineKernel({
   name: "ssd_scan_sequential", wgsl: (s: { N: number }) => wgsl(s.N), example: { N: 16 },
 });
 
-export interface SsdScanKernelArgs {
-  x: Buf; ldx: number; offx: number;
-  dt: Buf; lddt: number; offdt: number;
-  Bm: Buf; ldb: number; offb: number;
-  Cm: Buf; ldc: number; offc: number;
-  z: Buf | null; ldz: number; offz: number;
-  consts: Buf; // [3H]: dtBias, A_log, D (A = -exp(A_log))
-  state: Buf | null; // [B, H, P, N], updated in place
-  y: Buf; // [B·L, H·P]
-  B: number; L: number; H: number; P: number; G: number; N: number;
-  lo: number; hi: number;
-}
+export type { SsdScanKernelArgs };
 
 export function ssdScanSequential(gpu: Gpu, a: SsdScanKernelArgs): void {
   const k = gpu.kernel(ssdScanKernel, { N: a.N });
   const [gx, gy] = grid(Math.ceil((a.B * a.H * a.P) / 64), gpu.limits.maxComputeWorkgroupsPerDimension);
-  const p = new Params().u32(a.B).u32(a.L).u32(a.H).u32(a.P).u32(a.G)
-    .u32(a.ldx).u32(a.offx).u32(a.lddt).u32(a.offdt).u32(a.ldb).u32(a.offb).u32(a.ldc).u32(a.offc).u32(a.ldz).u32(a.offz)
-    .bool(!!a.z).bool(!!a.state).f32(a.lo).f32(Math.min(a.hi, 3e38)).u32(gx);
+  const p = windowParams(new Params().u32(a.B).u32(a.L).u32(a.H).u32(a.P).u32(a.G), a).u32(gx);
   gpu.dispatch(k, [a.x, a.dt, a.Bm, a.Cm, a.z ?? gpu.dummy, a.consts, a.y, a.state ?? gpu.dummyOut], p, [gx, gy]);
 }
