@@ -30,11 +30,20 @@ function groupInput(
   return 1 / Math.sqrt(ss / gs + eps);
 }
 
-/** r = 1/sqrt(mean(x²) + eps) over x[c0 .. c0 + m) */
-function windowRms(x: Float32Array, c0: number, m: number, eps: number): number {
-  let ss = 0;
-  for (let i = 0; i < m; i++) ss += x[c0 + i]! * x[c0 + i]!;
-  return 1 / Math.sqrt(ss / m + eps);
+/** Calls f for each window of each row of x: [T, W] (windows of the given widths, Σ = W) with the window's start,
+ *  its width m and r = 1/sqrt(mean(x²) + eps) over it. */
+function forEachWindow(x: Float32Array, widths: readonly number[], eps: number, f: (c0: number, m: number, r: number) => void): void {
+  const W = widths.reduce((a, b) => a + b, 0);
+  const T = x.length / W;
+  for (let t = 0; t < T; t++) {
+    let c0 = t * W;
+    for (const m of widths) {
+      let ss = 0;
+      for (let i = 0; i < m; i++) ss += x[c0 + i]! * x[c0 + i]!;
+      f(c0, m, 1 / Math.sqrt(ss / m + eps));
+      c0 += m;
+    }
+  }
 }
 
 // y: [T, E], z: [T, E] window, weight: [E] -> out: [T, E]
@@ -113,31 +122,17 @@ export function gatedRmsNormBackwardF32(
 
 // x: [T, W], widths: Σ = W -> out: [T, W]
 export function segmentRmsNormF32(x: Float32Array, widths: readonly number[], eps: number, out: Float32Array): void {
-  const W = widths.reduce((a, b) => a + b, 0);
-  const T = x.length / W;
-  for (let t = 0; t < T; t++) {
-    let c0 = t * W;
-    for (const m of widths) {
-      const r = windowRms(x, c0, m, eps);
-      for (let i = 0; i < m; i++) out[c0 + i] = x[c0 + i]! * r;
-      c0 += m;
-    }
-  }
+  forEachWindow(x, widths, eps, (c0, m, r) => {
+    for (let i = 0; i < m; i++) out[c0 + i] = x[c0 + i]! * r;
+  });
 }
 
 // x: [T, W] (the input of the forward), dOut: [T, W]; dx: [T, W] (+=)
 export function segmentRmsNormBackwardF32(x: Float32Array, widths: readonly number[], eps: number, dOut: Float32Array, dx: Float32Array): void {
-  const W = widths.reduce((a, b) => a + b, 0);
-  const T = x.length / W;
-  for (let t = 0; t < T; t++) {
-    let c0 = t * W;
-    for (const m of widths) {
-      const r = windowRms(x, c0, m, eps);
-      let dot = 0;
-      for (let i = 0; i < m; i++) dot += dOut[c0 + i]! * x[c0 + i]! * r;
-      const mean = dot / m;
-      for (let i = 0; i < m; i++) dx[c0 + i] = dx[c0 + i]! + r * (dOut[c0 + i]! - x[c0 + i]! * r * mean);
-      c0 += m;
-    }
-  }
+  forEachWindow(x, widths, eps, (c0, m, r) => {
+    let dot = 0;
+    for (let i = 0; i < m; i++) dot += dOut[c0 + i]! * x[c0 + i]! * r;
+    const mean = dot / m;
+    for (let i = 0; i < m; i++) dx[c0 + i] = dx[c0 + i]! + r * (dOut[c0 + i]! - x[c0 + i]! * r * mean);
+  });
 }
