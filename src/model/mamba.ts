@@ -60,25 +60,8 @@ export function uploadWeights(backend: Backend, config: MambaConfig, t: Map<stri
   const lti = config.mixer === "lti";
   for (let i = 0; i < config.numLayers; i++) {
     const p = `backbone.layers.${i}.`;
-    if (config.mamba2) {
-      layers.push({
-        norm: get(p + "norm.weight"),
-        mixer: {
-          inProj: get(p + "mixer.in_proj.weight"),
-          inProjBias: config.useBias ? get(p + "mixer.in_proj.bias") : null,
-          conv: get(p + "mixer.conv1d.weight"),
-          convBias: config.useConvBias ? get(p + "mixer.conv1d.bias") : null,
-          xProj: null, dtProj: null, lti: null,
-          dtBias: get(p + "mixer.dt_bias"),
-          A_log: get(p + "mixer.A_log"),
-          D: get(p + "mixer.D"),
-          outProj: get(p + "mixer.out_proj.weight"),
-          outProjBias: config.useBias ? opt(p + "mixer.out_proj.bias") : null,
-          gateNorm: config.mamba2.gatedNorm ? get(p + "mixer.norm.weight") : null,
-        },
-      });
-      continue;
-    }
+    const m2 = config.mamba2;
+    const s6 = !m2 && !lti; // Mamba-1's selective mixer: Δ, B and C from x_proj and dt_proj
     layers.push({
       norm: get(p + "norm.weight"),
       mixer: {
@@ -86,14 +69,16 @@ export function uploadWeights(backend: Backend, config: MambaConfig, t: Map<stri
         inProjBias: config.useBias ? get(p + "mixer.in_proj.bias") : null,
         conv: get(p + "mixer.conv1d.weight"),
         convBias: config.useConvBias ? get(p + "mixer.conv1d.bias") : null,
-        xProj: lti ? null : get(p + "mixer.x_proj.weight"),
-        dtProj: lti ? null : get(p + "mixer.dt_proj.weight"),
-        lti: lti ? { dt: get(p + "mixer.dt_lti"), B: get(p + "mixer.B_lti"), C: get(p + "mixer.C_lti") } : null,
-        dtBias: get(p + "mixer.dt_proj.bias"),
+        xProj: s6 ? get(p + "mixer.x_proj.weight") : null,
+        dtProj: s6 ? get(p + "mixer.dt_proj.weight") : null,
+        lti: lti && !m2 ? { dt: get(p + "mixer.dt_lti"), B: get(p + "mixer.B_lti"), C: get(p + "mixer.C_lti") } : null,
+        // Mamba-2's Δ comes out of in_proj with a bias of its own; Mamba-1's bias is dt_proj's
+        dtBias: get(p + (m2 ? "mixer.dt_bias" : "mixer.dt_proj.bias")),
         A_log: get(p + "mixer.A_log"),
         D: get(p + "mixer.D"),
         outProj: get(p + "mixer.out_proj.weight"),
         outProjBias: config.useBias ? opt(p + "mixer.out_proj.bias") : null,
+        ...(m2 ? { gateNorm: m2.gatedNorm ? get(p + "mixer.norm.weight") : null } : {}),
       },
     });
   }
