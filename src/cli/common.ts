@@ -74,6 +74,20 @@ export function modelOption(): Option {
 }
 
 /** The model source a command should load: --model, else the shipped default model when it is installed. */
+/** --threads: the CPU engine's threads (generate, eval, info, serve). */
+export function threadsOption(): Option {
+  return new Option("--threads <n>", "threads of the CPU engine (default: the available cores)").argParser((text: string) => {
+    const v = parseInteger(text);
+    if (v < 1 || v > 256) throw new InvalidArgumentError("expected a thread count from 1 to 256.");
+    return v;
+  });
+}
+
+/** loadModel's `cpu` option from --threads (nothing when it was not given: the engine's default). */
+export function cpuOptions(threads: number | undefined): { cpu?: { threads: number } } {
+  return threads !== undefined ? { cpu: { threads } } : {};
+}
+
 export function modelSource(model: string | undefined): string {
   if (model !== undefined) {
     if (model.length === 0) throw new UsageError("--model is empty");

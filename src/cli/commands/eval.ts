@@ -15,9 +15,8 @@ import { preset } from "../../train/presets.ts";
 import { TextTask, bitsPerByte } from "../../train/tasks/text.ts";
 import { TASK_NAMES, type TaskName, type TaskSpec, makeTask } from "../../train/tasks/task.ts";
 import { type TrainOptions, evaluateAccuracy } from "../../train/trainer.ts";
-import { UsageError } from "../common.ts";
+import { UsageError, cpuOptions, threadsOption } from "../common.ts";
 import { integerAtLeast } from "./train.ts";
-import { threadsOption } from "./generate.ts";
 
 interface EvalCliOptions {
   data?: string;
@@ -58,7 +57,7 @@ async function runEval(o: EvalCliOptions): Promise<number> {
   let trained: TrainOptions | null = null;
   const stateFile = path.join(folder, "trainer.json");
   if (existsSync(stateFile)) trained = (JSON.parse(await fs.readFile(stateFile, "utf8")) as { options: TrainOptions }).options;
-  const model = await loadModel(folder, { backend: o.backend, ...(o.threads !== undefined ? { cpu: { threads: o.threads } } : {}) });
+  const model = await loadModel(folder, { backend: o.backend, ...cpuOptions(o.threads) });
   try {
     const V = model.config.vocabSize;
     const base: TaskSpec = trained && trained.task.name === o.task

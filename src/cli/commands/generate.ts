@@ -8,14 +8,14 @@ import { randomInt } from "node:crypto";
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { setImmediate as nextTurn } from "node:timers/promises";
-import { Command, InvalidArgumentError, Option } from "commander";
+import { Command, Option } from "commander";
 import { type MambaModel, type Tokenizer, loadModel } from "../../index.ts";
 import { MambaError } from "../../errors.ts";
 import { TextStreamer, loadTokenizer } from "../../tokenizer.ts";
 import { ggufInFolder, isGgufPath } from "../../io/gguf.ts";
 import type { BackendName } from "../../backend/create.ts";
 import { describeBackend } from "../../backend/wasm/create.ts";
-import { generateOptionParser, modelOption, modelSource, parseInteger, parseIntegerList, resolveWithProgress } from "../common.ts";
+import { cpuOptions, generateOptionParser, modelOption, modelSource, parseIntegerList, resolveWithProgress, threadsOption } from "../common.ts";
 
 interface GenerateCliOptions {
   model?: string;
@@ -35,15 +35,6 @@ interface GenerateCliOptions {
 }
 
 export const EXIT_INTERRUPTED = 130;
-
-/** --threads: the CPU engine's threads (generate, eval, info). */
-export function threadsOption(): Option {
-  return new Option("--threads <n>", "threads of the CPU engine (default: the available cores)").argParser((text: string) => {
-    const v = parseInteger(text);
-    if (v < 1 || v > 256) throw new InvalidArgumentError("expected a thread count from 1 to 256.");
-    return v;
-  });
-}
 
 export function generateCommand(): Command {
   return new Command("generate")
@@ -89,7 +80,7 @@ async function runGenerate(opts: GenerateCliOptions): Promise<number> {
   const notices: string[] = [];
   const model = await loadModel(folder, {
     backend: opts.backend, onNotice: (m) => notices.push(m), webgpu: opts.persistentDecode ? {} : { decodePersistent: false },
-    ...(opts.threads !== undefined ? { cpu: { threads: opts.threads } } : {}),
+    ...cpuOptions(opts.threads),
   });
   try {
     const prompt = opts.promptIds !== undefined ? Int32Array.from(opts.promptIds) : tokenizer.encode(opts.prompt);

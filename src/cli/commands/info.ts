@@ -10,9 +10,8 @@ import { Command } from "commander";
 import { loadCheckpoint } from "../../io/checkpoint.ts";
 import { FAMILY_NAMES } from "../../config.ts";
 import { numel } from "../../io/tensor.ts";
-import { modelOption, modelSource, resolveWithProgress } from "../common.ts";
+import { modelOption, modelSource, resolveWithProgress, threadsOption } from "../common.ts";
 import { createCpuBackend, describeBackend } from "../../backend/wasm/create.ts";
-import { threadsOption } from "./generate.ts";
 
 export function infoCommand(): Command {
   return new Command("info")

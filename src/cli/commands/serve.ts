@@ -13,9 +13,8 @@ import { ggufInFolder, isGgufPath } from "../../io/gguf.ts";
 import type { BackendName } from "../../backend/create.ts";
 import { loadChatTemplate } from "../../server/chat.ts";
 import { DEFAULTS, startServer } from "../../server/server.ts";
-import { modelOption, modelSource, parseInteger, parseNumber, resolveWithProgress } from "../common.ts";
+import { cpuOptions, modelOption, modelSource, parseInteger, parseNumber, resolveWithProgress, threadsOption } from "../common.ts";
 import { defaultModelFolder } from "../default-model.ts";
-import { threadsOption } from "./generate.ts";
 
 interface ServeCliOptions {
   model?: string;
@@ -75,7 +74,7 @@ async function runServe(opts: ServeCliOptions): Promise<number> {
   const notices: string[] = [];
   const model = await loadModel(folder, {
     backend: opts.backend, onNotice: (m) => notices.push(m), webgpu: opts.persistentDecode ? {} : { decodePersistent: false },
-    ...(opts.threads !== undefined ? { cpu: { threads: opts.threads } } : {}),
+    ...cpuOptions(opts.threads),
   });
   // the name clients pass as `model`: the repo id, or the folder's name ("default" for the shipped model)
   const name = opts.model === undefined && folder === defaultModelFolder() ? "mamba-ts-default"
