@@ -92,7 +92,7 @@ class Cursor {
   private readonly view: DataView;
   private readonly utf8 = new TextDecoder("utf-8", { fatal: true });
   /** `bytes` is the file's first bytes, `total` the file's whole size */
-  constructor(private readonly bytes: Uint8Array, private readonly where: string, private readonly total: number) {
+  constructor(private readonly bytes: Uint8Array, readonly where: string, private readonly total: number) {
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   }
   /** bytes left in the whole file */
@@ -167,21 +167,21 @@ function readValue(c: Cursor, type: GgufType, what: string, depth: number): unkn
     case GgufType.FLOAT64: return c.f64(what);
     case GgufType.BOOL: {
       const b = c.u8(what);
-      check(b <= 1, `${what}: a bool holds ${b} (0 or 1 expected); the file is damaged`);
+      check(b <= 1, `${c.where}: ${what}: a bool holds ${b} (0 or 1 expected); the file is damaged`);
       return b === 1;
     }
     case GgufType.STRING: return c.str(what);
     case GgufType.ARRAY: {
-      check(depth < 4, `${what}: arrays nested too deep; the file is damaged`);
+      check(depth < 4, `${c.where}: ${what}: arrays nested too deep; the file is damaged`);
       const itemType = c.u32(`the item type of ${what}`) as GgufType;
-      check(itemType <= GgufType.FLOAT64, `${what}: unknown array item type ${itemType}; the file is damaged`);
+      check(itemType <= GgufType.FLOAT64, `${c.where}: ${what}: unknown array item type ${itemType}; the file is damaged`);
       const n = c.count(`the length of ${what}`, Math.floor(c.left / minSize(itemType)));
       const items: unknown[] = new Array(n);
       for (let i = 0; i < n; i++) items[i] = readValue(c, itemType, what, depth + 1);
       return { itemType, items };
     }
     default:
-      throw new MambaError(`${what}: unknown value type ${type}; the file is damaged`);
+      throw new MambaError(`${c.where}: ${what}: unknown value type ${type}; the file is damaged`);
   }
 }
 
@@ -210,7 +210,7 @@ export function parseGgufHeader(bytes: Uint8Array, where: string, fileSize = byt
     const key = c.str(`metadata key ${i}`);
     const type = c.u32(`the type of metadata '${key}'`) as GgufType;
     check(type <= GgufType.FLOAT64, `${where}: metadata '${key}' has unknown value type ${type}; the file is damaged`);
-    const v = readValue(c, type, `${where}: metadata '${key}'`, 0);
+    const v = readValue(c, type, `metadata '${key}'`, 0); // the cursor names the file
     check(!metadata.has(key), `${where}: metadata '${key}' appears twice; the file is damaged`);
     if (type === GgufType.ARRAY) {
       const a = v as { itemType: GgufType; items: unknown[] };
