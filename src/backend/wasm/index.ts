@@ -252,20 +252,15 @@ export class WasmCpuBackend extends CpuBackend {
   }
 
   override matmul(x: TensorOrCols, w: Tensor, bias: Tensor | null): Tensor {
-    const c = asCols(x);
     const temps: WasmTensor[] = [];
-    const xt = this.inWasmF32(c.tensor, temps);
+    const { ptr: xPtr, ld, width: K, rows: T } = this.window(x, temps);
     const wt = this.inWasm(w, temps);
-    const ld = xt.shape[xt.shape.length - 1]!;
-    if (c.col0 < 0 || c.col0 + c.width > ld) throw new MambaError(`column window [${c.col0}, ${c.col0 + c.width}) outside ${ld} columns`);
-    const K = c.width;
-    const T = numel(xt.shape) / ld;
     const nOut = wt.shape[0]!;
     check(numel(wt.shape) === nOut * K, `matmul: weight [${wt.shape}] does not take ${K} inputs`);
     const bt = bias ? this.inWasmF32(bias, temps) : null;
     const y = this.allocF32([T, nOut]);
     const parallel = T * nOut * K >= PARALLEL_MIN_WORK;
-    const args = [xt.ptr + 4 * c.col0, ld, T, K, wt.ptr, bt ? bt.ptr : 0, y.ptr, nOut];
+    const args = [xPtr, ld, T, K, wt.ptr, bt ? bt.ptr : 0, y.ptr, nOut];
     if (wt.half === null) this.rt.run("matmulF32", args, nOut, 8, parallel);
     else {
       // a scratch of 4 widened weight rows per thread (see matmulHalfT and matmulQ)
