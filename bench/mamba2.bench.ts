@@ -5,13 +5,16 @@
  *    algorithm (chunk states, within-chunk products, outputs from the states);
  *  - mamba2-130m (D 768, 24 layers, 24 heads of 64, N 128, vocabulary 50280; random weights): one forward of
  *    batch 8 × 2048 (logits included) and greedy decode at batch 1 (prompt 128 + 256 new).
- * BENCH_SMOKE=1 shrinks every shape to check the bench itself on a slow adapter; BENCH_ONLY=scan,forward,decode picks.
+ *  - the SSD scan forward + backward (ssdScanBackward: every input's gradient) at the same shapes (section "bwd");
+ *  - decode at each of BENCH_DECODE_BATCHES (default 1,64) rows.
+ * BENCH_SMOKE=1 shrinks every shape to check the bench itself on a slow adapter; BENCH_ONLY=scan,bwd,forward,decode picks.
  */
 import { readFileSync, existsSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { createWebGpuBackend, type WebGpuBackend } from "../src/backend/webgpu/index.ts";
 import { type Backend, cols } from "../src/backend/backend.ts";
+import type { TrainingOps } from "../src/backend/training.ts";
 import { makeConfig, initParameters } from "../src/model/init.ts";
 import { modelFromTensors } from "../src/index.ts";
 import { filled, benchPrompts } from "./data.ts";
@@ -20,13 +23,15 @@ import { gpuTrials, timeTrials } from "./timing.ts";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const anchorFile = process.env.MAMBA_TS_ANCHORS_MAMBA2 ?? path.resolve(here, "anchors/h100-mamba2.json");
 interface Anchors {
-  ssd_scan: { batch: number; seqlen: number; heads: number; headdim: number; dstate: number; ngroups: number; chunk: number; fwd_ms: number }[];
+  ssd_scan: { batch: number; seqlen: number; heads: number; headdim: number; dstate: number; ngroups: number; chunk: number; fwd_ms: number; fwd_bwd_ms?: number }[];
   forward_ms: { model: string; batch: number; seqlen: number; ms: number }[];
   decode_tok_per_s?: { model: string; batch: number; tok_per_s: number }[];
 }
 const anchors: Anchors | null = existsSync(anchorFile) ? JSON.parse(readFileSync(anchorFile, "utf8")) as Anchors : null;
 const smoke = process.env.BENCH_SMOKE === "1";
-const only = new Set((process.env.BENCH_ONLY ?? "scan,forward,decode").split(","));
+const only = new Set((process.env.BENCH_ONLY ?? "scan,bwd,forward,decode").split(","));
+const bwd = only.has("bwd");
+const decodeBatches = (process.env.BENCH_DECODE_BATCHES ?? "1,64").split(",").map(Number);
 const ms = (t: number) => `${t.toFixed(3)} ms`;
 const ratio = (ours: number, official: number | undefined, higherIsBetter: boolean) =>
   official ? `${(higherIsBetter ? ours / official : official / ours).toFixed(2)}x official` : "(no anchor)";
@@ -52,12 +57,31 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
     const tt = await timeTrials(b, f, reps);
     const gt = await gpuTrials(b, f, reps);
     const t = gt?.median ?? tt.median;
+    let bwdLine = "";
+    const tb_ = b as unknown as TrainingOps;
+    if (bwd && tb_.ssdScanBackward) {
+      // the gradients of every input, added into zeroed buffers (the training path's call)
+      const dy = b.fromF32(filled(T * E, -1, 1, 6), [T, E]);
+      const zeros = (n: number, shape: number[]) => b.fromF32(new Float32Array(n), shape);
+      const g = {
+        dx: zeros(T * E, [T, E]), dDt: zeros(T * H, [T, H]), dDtBias: zeros(H, [H]), dA_log: zeros(H, [H]),
+        dB: zeros(T * G * N, [T, G * N]), dC: zeros(T * G * N, [T, G * N]), dD: zeros(H, [H]), dz: null,
+      };
+      const fb = () => { f(); tb_.ssdScanBackward!(args, dy, g); };
+      for (let i = 0; i < 2; i++) fb();
+      await b.sync();
+      const reps2 = Math.max(3, Math.min(30, Math.round(5e7 / (T * E))));
+      const gb = await gpuTrials(b, fb, reps2);
+      const tb = gb?.median ?? (await timeTrials(b, fb, reps2)).median;
+      bwdLine = `; fwd+bwd ${ms(tb)} (official ${a.fwd_bwd_ms ? ms(a.fwd_bwd_ms) : "n/a"}; ${ratio(tb, a.fwd_bwd_ms, false)})`;
+      b.dispose(dy, g.dx, g.dDt, g.dDtBias, g.dA_log, g.dB, g.dC, g.dD);
+    }
     const bytes = (2 * T * E + T * H + 2 * T * G * N) * 4;
     const q = Math.min(64, Q);
     const flops = 2 * T * H * (P * N /* chunk states */ + (q / 2) * (N + P) /* within the chunk */ + P * N /* from the states */);
     console.log(`ssd B${B} L${L} H${H} P${P} N${N} G${G}: ${ms(t)} ${gt ? "(GPU clock" : "(wall"}, ${ms(tt.min)} – ${ms(tt.max)} wall; official ` +
       `${a.fwd_ms ? ms(a.fwd_ms) : "n/a"}; ${ratio(t, a.fwd_ms, false)}); ${(bytes / (t / 1000) / 1e9).toFixed(0)} GB/s of minimum traffic, ` +
-      `${(flops / (t / 1000) / 1e12).toFixed(2)} TFLOP/s`);
+      `${(flops / (t / 1000) / 1e12).toFixed(2)} TFLOP/s${bwdLine}`);
     b.dispose(x, dt, BC, args.dtBias, args.A_log, args.D);
   }
 }
@@ -74,28 +98,53 @@ async function benchModel(): Promise<void> {
   try {
     if (only.has("forward")) {
       const [B, L] = smoke ? [2, 128] : [8, 2048];
-      const ids = new Int32Array(B * L).map((_, i) => (i * 7919) % cfg.vocabSize);
-      await model.forward(ids, { batch: B, seqLen: L });
+      const T = B * L;
+      const b = model.backend as WebGpuBackend;
+      const ids = b.fromI32(Int32Array.from({ length: T }, (_, i) => (i * 7919) % cfg.vocabSize), [T]);
+      // logits in parts of 4096 rows: [16384, 50280] f32 is 3.3 GB, over a buffer binding's 2 GiB
+      const head = Math.min(T, 4096);
+      const pass = () => {
+        const h = model.lm.hidden(ids, { batch: B, seqLen: L }, null);
+        for (let r = 0; r < T; r += head) {
+          const part = b.takeRows(h, Array.from({ length: Math.min(head, T - r) }, (_, i) => r + i));
+          b.dispose(part, model.lm.logits(part));
+        }
+        b.dispose(h);
+      };
+      pass();
+      await b.sync();
       const times: number[] = [];
       for (let k = 0; k < 3; k++) {
         const t0 = performance.now();
-        await model.forward(ids, { batch: B, seqLen: L });
+        pass();
+        await b.sync();
         times.push(performance.now() - t0);
       }
+      const g = await b.timeGpu(pass);
+      if (g !== null) console.log(`  forward on the GPU clock (one pass): ${ms(g)}`);
+      b.dispose(ids);
       times.sort((a, c) => a - c);
       const official = smoke ? undefined : anchors?.forward_ms.find((f) => f.model === "mamba2-130m")?.ms;
-      console.log(`\nmamba2-130m forward B${B} × ${L} (logits read back): ${ms(times[1]!)} (median of 3; official ${official ? ms(official) : "n/a"}; ${ratio(times[1]!, official, false)})`);
+      console.log(`\nmamba2-130m forward B${B} × ${L} (logits included, in parts of ${head} rows): ${ms(times[1]!)} (median of 3; official ${official ? ms(official) : "n/a"}; ${ratio(times[1]!, official, false)})`);
     }
     if (only.has("decode")) {
       const [prompt, fresh] = smoke ? [16, 16] : [128, 256];
-      const p = benchPrompts(1, prompt, cfg.vocabSize)[0]!;
-      await model.generate(p, { maxNewTokens: 4, stopTokens: [] });
-      const t0 = performance.now();
-      await model.generate(p, { maxNewTokens: fresh, stopTokens: [] });
-      const tps = fresh / ((performance.now() - t0) / 1000);
-      const official = smoke ? undefined : anchors?.decode_tok_per_s?.find((d) => d.model === "mamba2-130m" && d.batch === 1)?.tok_per_s;
-      console.log(`mamba2-130m decode batch 1 (prompt ${prompt} + ${fresh} new, wall time incl. the prompt): ${tps.toFixed(0)} tok/s ` +
-        `(official ${official ?? "n/a"}; ${ratio(tps, official, true)})`);
+      for (const batch of decodeBatches) {
+        const ps = benchPrompts(batch, prompt, cfg.vocabSize);
+        const input = ps;
+        await model.generate(input, { maxNewTokens: 4, stopTokens: [] });
+        const times: number[] = [];
+        for (let k = 0; k < 3; k++) {
+          const t0 = performance.now();
+          await model.generate(input, { maxNewTokens: fresh, stopTokens: [] });
+          times.push((performance.now() - t0) / 1000);
+        }
+        times.sort((a, c) => a - c);
+        const tps = (batch * fresh) / times[1]!;
+        const official = smoke ? undefined : anchors?.decode_tok_per_s?.find((d) => d.model === "mamba2-130m" && d.batch === batch)?.tok_per_s;
+        console.log(`mamba2-130m decode batch ${batch} (prompt ${prompt} + ${fresh} new, wall time incl. the prompt, median of 3): ${tps.toFixed(0)} tok/s ` +
+          `(official ${official ?? "n/a"}; ${ratio(tps, official, true)})`);
+      }
     }
   } finally {
     await model.dispose();

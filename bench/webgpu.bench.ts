@@ -124,7 +124,9 @@ async function gpuMicros(b: WebGpuBackend, f: () => void, reps = 100): Promise<n
 
 /** The last fused step's kernels alone: its recorded dispatches replayed by kind (results meaningless, time real). */
 async function printKernelTimes(b: WebGpuBackend, lm: MambaModel["lm"]): Promise<void> {
-  const plan = (b as unknown as { decodePlans: WeakMap<object, { plan: Prepared[] }> }).decodePlans.get(lm.weights)?.plan;
+  // the backend's DecodePlans keeps each model's recorded step in its own (private) map
+  const plans = (b as unknown as { decodePlans: { decodePlans: WeakMap<object, { plan: Prepared[] }> } }).decodePlans;
+  const plan = plans.decodePlans.get(lm.weights)?.plan;
   if (!plan) return;
   const kinds = new Map<string, Prepared[]>();
   for (const d of plan) {
