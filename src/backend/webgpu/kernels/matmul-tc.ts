@@ -1,18 +1,180 @@
 /**
- * The tensor-core matrix product: y = x · wᵀ + bias with w f16 (packed two halves per u32), x f32 rounded to f16
- * as it is read, f32 accumulation, through Dawn's subgroup matrices (chromium-experimental-subgroup-matrix).
- * Placeholder until the kernel lands: no call fits, so the products take the shader-f16 tiled kernel.
+ * y = x · wᵀ + bias on tensor cores, through WebGPU's subgroup matrices (Dawn's
+ * `chromium-experimental-subgroup-matrix`, f16 × f16 → f32 at 16×16×16): f16 inputs, f32 accumulation, f32 output.
+ * x is f32 (activations, a column window of a wider matrix as the f32 kernel takes), rounded to f16 as it is staged;
+ * w is stored f16, two halves a u32 ([N, K], PyTorch Linear layout), staged as it is.
+ *
+ * A workgroup of 8 subgroups (256 invocations; subgroups of 32) computes a BM × BN = 128 × 128 tile of y. K advances
+ * BK = 32 columns at a time through workgroup memory: the tile of x as [BM][BK] rows (the left matrices, row-major)
+ * and the tile of w as [BN][BK] rows (wᵀ's columns: the right matrices, column-major), each row padded to LDS halves
+ * so that rows start 16 bytes apart but in different banks. The next tile's global loads are issued before the
+ * current tile's products. Each subgroup owns a 32 × 64 block of the tile: 2 × 4 result matrices of 16 × 16, so
+ * each 16 × 16 left matrix it loads serves 4 products and each right matrix 2.
+ * The results go out through workgroup memory (a subgroup's 16 × 16 block at a time), where the bias is added and
+ * rows and columns past the output's edge are dropped.
+ *
+ * Subgroup-matrix builtins want their offsets uniform over the workgroup (Dawn's uniformity check); offsets here
+ * depend on the subgroup (local_invocation_index / 32), uniform over each subgroup, which is all the hardware needs,
+ * so the check is turned off for this module.
  */
-import type { Gpu } from "../gpu.ts";
+import type { Buf, Gpu } from "../gpu.ts";
+import { Params } from "../gpu.ts";
+import { defineKernel } from "../kernel-def.ts";
 import type { MatmulArgs } from "./matmul.ts";
-import { MambaError } from "../../../errors.ts";
 
-/** Whether the tensor-core kernel takes a product of these sizes. */
-export function tensorCoreFits(_a: { rows: number; K: number; N: number }): boolean {
-  return false;
+export interface TensorCoreTile {
+  BM: number; // rows of y a workgroup
+  BN: number; // columns of y a workgroup
+  BK: number; // K columns staged at a time
+  SM: number; // subgroup rows: the subgroups form SM × (8 / SM) blocks of (BM / SM) × (BN / (8 / SM))
 }
 
-// x: [rows, K] window (f32, rounded to f16), w: [N, K] f16, bias: [N] -> y: [rows, N] f32
-export function matmulTensorCore(_gpu: Gpu, _a: MatmulArgs): void {
-  throw new MambaError("matmulTensorCore: the tensor-core kernel is not available in this build");
+export const TC_TILE: TensorCoreTile = { BM: 128, BN: 128, BK: 32, SM: 4 };
+
+/** Whether the tensor-core kernel takes a product: K, the window's stride and offset multiples of 4 (x is read 4
+ *  floats at once, w 4 halves at once), and rows enough to fill a tile's worth of work. */
+export function tensorCoreFits(a: { rows: number; K: number; N: number; ldx?: number; offx?: number }): boolean {
+  return a.rows >= 16 && a.K % 4 === 0 && a.N >= 16 && (a.ldx ?? a.K) % 4 === 0 && (a.offx ?? 0) % 4 === 0;
+}
+
+function wgsl(t: TensorCoreTile): string {
+  const { BM, BN, BK, SM } = t;
+  const SN = 8 / SM; // subgroup columns
+  const RM = BM / SM / 16, RN = BN / SN / 16; // result matrices a subgroup: RM × RN
+  const LDS = BK + 8; // halves a staged row
+  const K4 = BK / 4; // 4-wide groups a staged row
+  const LOADS = (BM * K4) / 256; // vec4 loads of x a thread per tile (and of w: BN = BM)
+  const acc = (i: number, j: number) => `acc${i}_${j}`;
+  const decl: string[] = [], mma: string[] = [], out: string[] = [];
+  for (let i = 0; i < RM; i++) {
+    for (let j = 0; j < RN; j++) decl.push(`var ${acc(i, j)} = subgroup_matrix_result<f32, 16, 16>();`);
+  }
+  for (let i = 0; i < RM; i++) mma.push(`let a${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&As, (sr + ${i * 16}u) * LDS + kk, false, LDS);`);
+  for (let j = 0; j < RN; j++) {
+    mma.push(`let b${j} = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, (sc + ${j * 16}u) * LDS + kk, true, LDS);`);
+    for (let i = 0; i < RM; i++) mma.push(`${acc(i, j)} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, ${acc(i, j)});`);
+  }
+  for (let i = 0; i < RM; i++) {
+    for (let j = 0; j < RN; j++) {
+      out.push(`subgroupMatrixStore(&Cs, sg * 256u, ${acc(i, j)}, false, 16u);
+    workgroupBarrier();
+    emit(sg, lane, row0 + sr + ${i * 16}u, col0 + sc + ${j * 16}u);
+    workgroupBarrier();`);
+    }
+  }
+  return /* wgsl */ `
+enable f16;
+enable chromium_experimental_subgroup_matrix;
+diagnostic(off, chromium_experimental.subgroup_matrix_uniformity);
+
+struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32 }
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> w: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> p: P;
+
+const BM = ${BM}u;
+const BN = ${BN}u;
+const BK = ${BK}u;
+const LDS = ${LDS}u;
+const K4 = ${K4}u;
+var<workgroup> As: array<f16, ${BM * LDS}>;
+var<workgroup> Bs: array<f16, ${BN * LDS}>;
+var<workgroup> Cs: array<f32, ${8 * 256}>;
+
+// one 16 × 16 result block from Cs (subgroup sg's part) to y at (r0, c0), with the bias, inside the output only
+fn emit(sg: u32, lane: u32, r0: u32, c0: u32) {
+  for (var e = lane; e < 256u; e += 32u) {
+    let r = r0 + e / 16u;
+    let c = c0 + e % 16u;
+    if (r < p.T && c < p.N) {
+      var v = Cs[sg * 256u + e];
+      if (p.hasBias != 0u) { v += bias[c]; }
+      y[r * p.N + c] = v;
+    }
+  }
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let sg = tid / 32u;
+  let lane = tid % 32u;
+  let row0 = wg.y * BM;
+  let col0 = wg.x * BN;
+  let sr = (sg / ${SN}u) * ${BM / SM}u;
+  let sc = (sg % ${SN}u) * ${BN / SN}u;
+  ${decl.join("\n  ")}
+  var ra: array<vec4<f32>, ${LOADS}>;
+  var rb: array<vec2<u32>, ${LOADS}>;
+  let ldx4 = p.ldx / 4u;
+  let K4all = p.K / 4u;
+  // the first tile's loads
+  for (var j = 0u; j < ${LOADS}u; j++) {
+    let e = tid + 256u * j;
+    let m = e / K4;
+    let k4 = e % K4;
+    let gr = row0 + m;
+    let gn = col0 + m;
+    ra[j] = vec4<f32>(0.0);
+    rb[j] = vec2<u32>(0u);
+    if (gr < p.T && k4 < K4all) { ra[j] = x[gr * ldx4 + p.offx / 4u + k4]; }
+    if (gn < p.N && k4 < K4all) { rb[j] = w[gn * K4all + k4]; }
+  }
+  for (var k0 = 0u; k0 < p.K; k0 += BK) {
+    workgroupBarrier();
+    for (var j = 0u; j < ${LOADS}u; j++) {
+      let e = tid + 256u * j;
+      let m = e / K4;
+      let k = (e % K4) * 4u;
+      let a = vec4<f16>(ra[j]);
+      As[m * LDS + k] = a.x;
+      As[m * LDS + k + 1u] = a.y;
+      As[m * LDS + k + 2u] = a.z;
+      As[m * LDS + k + 3u] = a.w;
+      let lo = bitcast<vec2<f16>>(rb[j].x);
+      let hi = bitcast<vec2<f16>>(rb[j].y);
+      Bs[m * LDS + k] = lo.x;
+      Bs[m * LDS + k + 1u] = lo.y;
+      Bs[m * LDS + k + 2u] = hi.x;
+      Bs[m * LDS + k + 3u] = hi.y;
+    }
+    workgroupBarrier();
+    // the next tile's loads, in flight during this tile's products
+    let k1 = k0 + BK;
+    if (k1 < p.K) {
+      for (var j = 0u; j < ${LOADS}u; j++) {
+        let e = tid + 256u * j;
+        let m = e / K4;
+        let k4 = k1 / 4u + e % K4;
+        let gr = row0 + m;
+        let gn = col0 + m;
+        ra[j] = vec4<f32>(0.0);
+        rb[j] = vec2<u32>(0u);
+        if (gr < p.T && k4 < K4all) { ra[j] = x[gr * ldx4 + p.offx / 4u + k4]; }
+        if (gn < p.N && k4 < K4all) { rb[j] = w[gn * K4all + k4]; }
+      }
+    }
+    for (var kk = 0u; kk < BK; kk += 16u) {
+      ${mma.join("\n      ")}
+    }
+  }
+  ${out.join("\n  ")}
+}
+`;
+}
+
+const tensorCoreKernel = defineKernel({
+  name: "matmul_tc",
+  wgsl: (s: { tile: TensorCoreTile }) => wgsl(s.tile),
+  label: (s) => `matmul_tc_${s.tile.BM}x${s.tile.BN}_k${s.tile.BK}`,
+  example: { tile: TC_TILE },
+});
+
+// x: [T, K] window (f32), w: [N, K] f16, bias: [N] -> y: [T, N] f32
+export function matmulTensorCore(gpu: Gpu, a: MatmulArgs, tile: TensorCoreTile = TC_TILE): void {
+  const k = gpu.kernel(tensorCoreKernel, { tile });
+  const p = new Params().u32(a.rows).u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias);
+  const bufs: Buf[] = [a.x, a.w, a.bias ?? gpu.dummy, a.y];
+  gpu.dispatch(k, bufs, p, [Math.ceil(a.N / tile.BN), Math.ceil(a.rows / tile.BM)]);
 }
