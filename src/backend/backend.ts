@@ -106,11 +106,22 @@ export interface StepModel {
   };
 }
 
+/** The precision of a backend's matrix products (Backend.precision). */
+export type Precision = "f32" | "f16";
+
 export interface Backend {
   readonly name: "cpu" | "webgpu";
   /** True when ops are queued for a device rather than run at once: a caller gains by encoding the next decode
    *  step before it waits for this one's ids. */
   readonly queued?: boolean;
+  /** The matrix products' precision: "f32" (absent: f32 only), or "f16": inputs rounded to f16, products summed
+   *  in f32, outputs f32 (the WebGPU backend on a device with shader-f16). */
+  readonly precision?: Precision;
+  /** The precisions usePrecision accepts on this device (absent: f32 only). */
+  readonly precisions?: readonly Precision[];
+  /** Switches the matrix products to precision `p` (a MambaError where the device cannot); with "f16", the given
+   *  weight matrices (an inference model's projections and head) are stored in f16 from now on, converted once. */
+  usePrecision?(p: Precision, matrices?: readonly Tensor[]): void;
 
   // ---- data movement ----
   /** A parameter tensor. Half-precision data may stay half precision on the device. */

@@ -4,14 +4,15 @@
  */
 import type { WebGpuOptions } from "../backend/webgpu/device.ts";
 import type { WebGpuTuning } from "../backend/webgpu/tuning.ts";
-import type { Backend } from "../backend/backend.ts";
+import type { Backend, Precision, Tensor } from "../backend/backend.ts";
+import { MambaError, checkChoice } from "../errors.ts";
 import { type BackendName, createBackend } from "../backend/create.ts";
 import type { CpuBackendOptions } from "../backend/wasm/create.ts";
 import type { MambaConfig } from "../config.ts";
 import { validateTensors } from "../io/model-files.ts";
 import type { HostTensor } from "../io/tensor.ts";
 import { initParameters, makeConfig } from "./init.ts";
-import { MambaLM, uploadWeights } from "./mamba.ts";
+import { type LMWeights, MambaLM, uploadWeights } from "./mamba.ts";
 import { MambaModel } from "./model.ts";
 
 export interface BuildOptions {
@@ -26,6 +27,32 @@ export interface BuildOptions {
   webgpu?: WebGpuOptions & WebGpuTuning;
   /** options of the CPU engine that "cpu" or "auto" makes (createCpuBackend's), e.g. `{ threads: 2 }` */
   cpu?: CpuBackendOptions;
+  /** the matrix products' precision: "f32" (the default), "f16" (WebGPU with shader-f16: the projections' and
+   *  head's weights stored in f16, their inputs rounded to f16, sums in f32; an error elsewhere), or "auto" (f16
+   *  where the device offers it and the checkpoint's weights are f16 or bf16, else f32). A backend passed in keeps
+   *  its own precision unless this is given. */
+  precision?: Precision | "auto";
+}
+
+/** The matrices whose products run in the model's precision: every projection and the head. */
+function productMatrices(w: LMWeights): Tensor[] {
+  const out: Tensor[] = [w.head];
+  for (const { mixer: m } of w.layers) {
+    for (const t of [m.inProj, m.xProj, m.dtProj, m.outProj]) if (t) out.push(t);
+  }
+  return out;
+}
+
+/** The precision a model runs in on `backend` (BuildOptions.precision), for weights stored as `dtype`. */
+export function choosePrecision(backend: Backend, asked: Precision | "auto", dtype: string): Precision {
+  const offered = backend.precisions ?? ["f32"];
+  if (asked === "auto") return offered.includes("f16") && (dtype === "F16" || dtype === "BF16") ? "f16" : "f32";
+  if (asked === "f16" && !offered.includes("f16")) {
+    throw new MambaError(backend.name === "cpu"
+      ? "precision f16 is for the WebGPU backend; the CPU backend computes in f32 (use precision f32 or auto)"
+      : `precision f16 needs the WebGPU feature shader-f16, which this device does not offer (use precision f32 or auto)`);
+  }
+  return asked;
 }
 
 /** Builds a model on a backend from validated parameters (Hugging Face names). */
@@ -34,11 +61,18 @@ export async function modelFromTensors(
   info: { source: string; folder: string; dtype: string } = { source: "memory", folder: "", dtype: "F32" },
 ): Promise<MambaModel> {
   validateTensors(tensors, config, info.source);
+  checkChoice("precision", options.precision, ["f32", "f16", "auto"]);
+  if (options.precision === "f16" && options.backend === "cpu") {
+    throw new MambaError("precision f16 is for the WebGPU backend; the CPU backend computes in f32 (use precision f32 or auto)");
+  }
   const choice = options.backend;
   const given = typeof choice === "object";
   const backend = typeof choice === "object" ? choice : await createBackend(choice ?? "auto", options.onNotice, options.webgpu, options.cpu);
   try {
-    const lm = new MambaLM(config, backend, uploadWeights(backend, config, tensors));
+    const precision = choosePrecision(backend, options.precision ?? backend.precision ?? "f32", info.dtype);
+    const weights = uploadWeights(backend, config, tensors);
+    if (backend.usePrecision) backend.usePrecision(precision, precision === "f16" ? productMatrices(weights) : []);
+    const lm = new MambaLM(config, backend, weights);
     return new MambaModel(lm, info);
   } catch (err) {
     if (!given) await backend.destroy(); // a backend the caller made stays theirs when no model takes it

@@ -51,6 +51,6 @@ export async function createCpuBackend(options: CpuBackendOptions = {}): Promise
 export function describeBackend(b: Backend, detailed = false): string {
   if (b instanceof WasmCpuBackend) return detailed ? `${b.engine}: ${b.rt.pathNote}` : b.engine;
   if (b.name === "cpu") return "cpu (reference)";
-  return b.name;
+  return b.precision === "f16" ? `${b.name} (f16 products)` : b.name;
 }
 

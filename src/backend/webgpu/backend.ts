@@ -6,14 +6,15 @@
  * cannot read history in one thread that another thread is already overwriting.
  * The model ops are in ./ops.ts, the fused decode step's recording in ./decode-plans.ts, the options in ./tuning.ts.
  */
-import type { Backend, Captured, SampleRequest, SelectiveScanArgs, SeqShape, StepModel, Tensor, TensorOrCols } from "../backend.ts";
-import { MambaError, check } from "../../errors.ts";
+import type { Backend, Captured, Precision, SampleRequest, SelectiveScanArgs, SeqShape, StepModel, Tensor, TensorOrCols } from "../backend.ts";
+import { MambaError, check, checkChoice } from "../../errors.ts";
 import { type HostTensor, isQuantized, numel, toFloat32 } from "../../io/tensor.ts";
 import { QK, dequantize, quantBytes } from "../../io/quant.ts";
 import { type Buf, Gpu, type Prepared } from "./gpu.ts";
 import { GpuTensor, type Storage, type Window, gpuTensor, windowOf } from "./tensor.ts";
 import { copyWords, fillWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
+import { narrowToF16 } from "./kernels/matmul-f16.ts";
 import type { WeightStorage } from "./kernels/weights.ts";
 import { LAYER_FLAG_BYTE } from "./kernels/decode/layer.ts";
 import { type ForwardSettings, type WebGpuInternalTuning, forwardSettings } from "./tuning.ts";
@@ -38,9 +39,61 @@ export class WebGpuBackend implements Backend {
   readonly scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
   /** The recorded decode steps. */
   private readonly decodePlans = new DecodePlans(this);
+  /** The matrix products' precision (usePrecision): "f16" rounds their inputs to f16 and sums in f32. */
+  precision: Precision = "f32";
+  /** f16 copies of weight matrices stored otherwise (a training run's f32 master weights), with the version of
+   *  the tensor they were made from: made by the first f16 product that reads one, again after it changes. */
+  readonly halfCopies = new WeakMap<GpuTensor, { buf: Buf; version: number }>();
 
   constructor(readonly gpu: Gpu, tuning: WebGpuInternalTuning = {}) {
     this.settings = forwardSettings(gpu, tuning);
+    if (tuning.precision !== undefined) this.usePrecision(tuning.precision);
+  }
+
+  /**
+   * Sets the matrix products' precision (Backend.usePrecision). "f16" needs the device feature shader-f16; the
+   * given matrices (f32 or bf16) are then converted to f16 in place, once: the products and the fused decode read
+   * half the bytes. Quantized and f16 matrices stay as they are. A training run passes none: its f32 master
+   * weights stay, and each f16 product reads an f16 copy of its weights (halfWeight).
+   */
+  usePrecision(p: Precision, matrices: readonly Tensor[] = []): void {
+    checkChoice("precision", p, ["f32", "f16"]);
+    if (p === "f16" && !this.gpu.half.f16) {
+      throw new MambaError(`precision f16 needs the WebGPU feature shader-f16, which this adapter (${this.device}) does not offer; ` +
+        "use precision f32 (or auto)");
+    }
+    this.precision = p;
+    if (p !== "f16") return;
+    for (const m of new Set(matrices)) {
+      const t = this.t(m, "usePrecision");
+      if (t.storage !== "f32" && t.storage !== "bf16") continue;
+      const half = this.gpu.alloc(Math.ceil(t.numel / 2) * 4, "an f16 weight matrix");
+      narrowToF16(this.gpu, t.buf, t.storage, t.numel, half);
+      this.gpu.release(t.buf); // later dispatches in the same encoder may take it: the narrowing runs first
+      if (t.widened) this.dispose(t.widened);
+      t.widened = null;
+      t.buf = half;
+      t.storage = "f16";
+      t.version++;
+      this.tick();
+    }
+  }
+
+  /** The precisions usePrecision accepts here: "f16" where the device has shader-f16. */
+  get precisions(): Precision[] {
+    return this.gpu.half.f16 ? ["f32", "f16"] : ["f32"];
+  }
+
+  /** An f16 buffer of a weight matrix stored as f32 or bf16, made once for each version of it (halfCopies). */
+  halfWeight(t: GpuTensor): Buf {
+    if (t.storage === "f16") return t.buf;
+    check(t.storage === "f32" || t.storage === "bf16", `an f16 copy of ${t.storage} weights was asked for`);
+    const hit = this.halfCopies.get(t);
+    if (hit && hit.version === t.version) return hit.buf;
+    const buf = hit?.buf ?? this.gpu.alloc(Math.ceil(t.numel / 2) * 4, "an f16 copy of a weight matrix");
+    narrowToF16(this.gpu, t.buf, t.storage, t.numel, buf);
+    this.halfCopies.set(t, { buf, version: t.version });
+    return buf;
   }
 
   /** The adapter this backend runs on, in words. */
@@ -178,6 +231,11 @@ export class WebGpuBackend implements Backend {
       this.gpu.release(x.buf);
       if (x.partner) this.gpu.release(x.partner);
       if (x.widened) this.dispose(x.widened);
+      const half = this.halfCopies.get(x);
+      if (half) {
+        this.halfCopies.delete(x);
+        this.gpu.release(half.buf);
+      }
       const pack = this.scanPacks.get(x);
       if (pack) {
         this.scanPacks.delete(x);

@@ -1,6 +1,7 @@
 /**
  * Getting a GPUDevice: the adapter's largest storage-buffer limits (so large models fit), the optional features
- * the kernels use (subgroups, timestamp queries), and clear errors when no adapter exists.
+ * the kernels use (subgroups, timestamp queries, shader-f16, subgroup matrices), and clear errors when no adapter
+ * exists.
  */
 import { MambaError } from "../../errors.ts";
 
@@ -11,6 +12,29 @@ export interface WebGpuOptions {
   /** Accept a software adapter (Mesa lavapipe, SwiftShader); default true. Choosing a backend automatically
    *  passes false: a CPU-emulated GPU is slower than the CPU backend itself. */
   allowFallbackAdapter?: boolean;
+  /** In Node: ask Dawn for its unsafe (experimental, not yet validated to the web's safety standard) APIs and for
+   *  f16 on NVIDIA's Vulkan driver (toggles allow_unsafe_apis and vulkan_enable_f16_on_nvidia), which the tensor
+   *  cores' subgroup matrices and shader-f16 need there; default true. false keeps Dawn's safe defaults (the
+   *  half-precision products may then be unavailable). Browsers decide for themselves. */
+  unsafeApis?: boolean;
+}
+
+/** A subgroup-matrix shape the adapter offers (chromium-experimental-subgroup-matrix): M × K by K × N products of
+ *  `componentType` inputs into `resultComponentType` results. */
+export interface SubgroupMatrixConfig {
+  componentType: string;
+  resultComponentType: string;
+  M: number;
+  N: number;
+  K: number;
+}
+
+/** What a device offers for half-precision products. */
+export interface HalfFeatures {
+  /** 'shader-f16': WGSL's f16 type */
+  f16: boolean;
+  /** the subgroup-matrix shapes (empty without chromium-experimental-subgroup-matrix on the device) */
+  subgroupMatrix: SubgroupMatrixConfig[];
 }
 
 export interface AcquiredDevice {
@@ -18,9 +42,11 @@ export interface AcquiredDevice {
   adapter: GPUAdapter;
   device: GPUDevice;
   description: string;
+  half: HalfFeatures;
 }
 
-const WANTED_FEATURES: GPUFeatureName[] = ["subgroups", "timestamp-query"] as GPUFeatureName[];
+export const SUBGROUP_MATRIX_FEATURE = "chromium-experimental-subgroup-matrix";
+const WANTED_FEATURES: GPUFeatureName[] = ["subgroups", "timestamp-query", "shader-f16", SUBGROUP_MATRIX_FEATURE] as GPUFeatureName[];
 // limits raised to the adapter's maxima: big weights and activations need the large buffer limits
 const WANTED_LIMITS = [
   "maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroupStorageSize",
@@ -41,7 +67,7 @@ async function findGpu(o: WebGpuOptions): Promise<GPU> {
     throw new MambaError(`WebGPU is not available: the 'webgpu' package could not be loaded (${(err as Error).message})`);
   }
   if (o.allowFallbackAdapter === false && !mod.mayHaveGpu()) throw new MambaError("WebGPU: this machine shows no GPU device");
-  return mod.nodeGpu();
+  return mod.nodeGpu(o.unsafeApis ?? true);
 }
 
 export async function acquireDevice(o: WebGpuOptions = {}): Promise<AcquiredDevice> {
@@ -72,5 +98,12 @@ export async function acquireDevice(o: WebGpuOptions = {}): Promise<AcquiredDevi
   }
   const info = adapter.info;
   const description = [info?.vendor, info?.architecture, info?.device, info?.description].filter(Boolean).join(" ") || "unknown adapter";
-  return { gpu, adapter, device, description };
+  const matrices = device.features.has(SUBGROUP_MATRIX_FEATURE)
+    ? [...((info as { subgroupMatrixConfigs?: Iterable<SubgroupMatrixConfig> } | undefined)?.subgroupMatrixConfigs ?? [])]
+    : [];
+  const half: HalfFeatures = {
+    f16: device.features.has("shader-f16"),
+    subgroupMatrix: matrices.map((c) => ({ componentType: c.componentType, resultComponentType: c.resultComponentType, M: c.M, N: c.N, K: c.K })),
+  };
+  return { gpu, adapter, device, description, half };
 }

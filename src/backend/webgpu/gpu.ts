@@ -12,6 +12,7 @@
  */
 import { MambaError } from "../../errors.ts";
 import { type KernelDef, shapeKey } from "./kernel-def.ts";
+import type { HalfFeatures } from "./device.ts";
 
 // WebGPU's usage and map-mode bits, spelled out so that no global (absent in Node) is needed
 export const Usage = { MAP_READ: 1, COPY_SRC: 4, COPY_DST: 8, UNIFORM: 64, STORAGE: 128, QUERY_RESOLVE: 512 } as const;
@@ -100,6 +101,9 @@ export class Gpu {
   /** The adapter's vendor as WebGPU names it ("nvidia", "amd", "intel", "apple", ...; "" when not told). */
   readonly vendor: string;
   readonly hasTimestamps: boolean;
+  /** What the device offers for half-precision products: shader-f16 here, the subgroup-matrix shapes where the
+   *  adapter told them (createWebGpuBackend sets them from the adapter's info). */
+  half: HalfFeatures;
   /** Dispatches encoded so far (benchmarks read it to count dispatches per token). */
   dispatches = 0;
   /** Submits so far. */
@@ -173,6 +177,7 @@ export class Gpu {
     this.subgroupMinSize = this.hasSubgroups ? info?.subgroupMinSize ?? 0 : 0;
     this.softwareDriver = info?.isFallbackAdapter === true || /llvmpipe|lavapipe|swiftshader/i.test(description);
     this.hasTimestamps = device.features.has("timestamp-query");
+    this.half = { f16: device.features.has("shader-f16"), subgroupMatrix: [] };
     this.poolBytes = poolBytes ?? null;
     device.lost.then((info) => {
       if (!this.destroyed) this.lost = info.message || String(info.reason);

@@ -1,12 +1,13 @@
 /**
  * The WebGPU backend: Mamba on the GPU from TypeScript, in browsers (navigator.gpu) and in Node (the `webgpu`
  * package, loaded only there). Math in f32; f16 / bf16 weights stay packed, and Q8_0 / Q4_0 matrices in their GGUF
- * blocks, on the GPU and are widened in kernels.
+ * blocks, on the GPU and are widened in kernels. With precision "f16" the matrix products take f16 inputs with f32
+ * accumulation (shader-f16, and the tensor cores through subgroup matrices where the device offers them).
  */
 import type { Backend } from "../backend.ts";
 import { acquireDevice, type WebGpuOptions } from "./device.ts";
 import { Gpu } from "./gpu.ts";
-import { MambaError } from "../../errors.ts";
+import { MambaError, checkFlag } from "../../errors.ts";
 import { WebGpuTrainingBackend } from "./training.ts";
 import type { WebGpuInternalTuning } from "./tuning.ts";
 import "./ops-mamba2.ts"; // Mamba-2's and Falcon-Mamba's ops, assigned onto WebGpuBackend
@@ -23,8 +24,10 @@ export async function createWebGpuBackend(options: WebGpuOptions & WebGpuInterna
   if (pool !== undefined && !(typeof pool === "number" && Number.isFinite(pool) && pool >= 0)) {
     throw new MambaError(`createWebGpuBackend: poolBytes must be a number of bytes >= 0, got ${String(pool)}`);
   }
-  const { gpu, device, description } = await acquireDevice(options);
+  checkFlag("unsafeApis", options.unsafeApis);
+  const { gpu, device, description, half } = await acquireDevice(options);
   const g = new Gpu(device, description, gpu, options.poolBytes);
+  g.half = half;
   try {
     return new WebGpuTrainingBackend(g, options);
   } catch (err) {

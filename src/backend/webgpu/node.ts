@@ -6,7 +6,8 @@
  */
 import { MambaError } from "../../errors.ts";
 
-let gpu: GPU | null = null;
+/** Dawn's GPU objects by their toggles (nodeGpu). */
+const gpus = new Map<string, GPU>();
 
 /**
  * The package's name, in a variable: a bundler building a page from the browser entry (which reaches this file
@@ -36,27 +37,46 @@ async function importDawn(): Promise<typeof import("webgpu")> {
  *  - disable_workgroup_init: Dawn zero-fills every workgroup's shared memory before a kernel starts; no kernel
  *    here reads shared memory it has not written, and the fill cost about 20 us a layer in decode;
  *  - disable_robustness: Dawn clamps every buffer index in shaders; every read here is bounds-checked already.
- * MAMBA_TS_DAWN_TOGGLES replaces the list (comma-separated; empty for none).
+ * and two that the half-precision products need (unless WebGpuOptions.unsafeApis is false):
+ *  - vulkan_enable_f16_on_nvidia: Dawn hides 'shader-f16' on NVIDIA's Vulkan driver unless asked;
+ *  - allow_unsafe_apis: Dawn's experimental features that are not yet validated to the web's safety standard,
+ *    among them chromium-experimental-subgroup-matrix (the tensor cores). Harmless in a process of one's own.
+ * MAMBA_TS_DAWN_TOGGLES replaces the list (comma-separated; empty for none), whatever unsafeApis says.
  * And one it runs without:
  *  - timestamp_quantization: Dawn rounds GPU timestamps (to 65.5 us on the H200), a browser's guard against
  *    timing attacks; it made per-kernel profiles count a 10 us kernel as 0 or 65 us.
  * MAMBA_TS_DAWN_DISABLED_TOGGLES replaces that list.
  */
 const DEFAULT_TOGGLES = "disable_workgroup_init,disable_robustness";
+const UNSAFE_TOGGLES = "allow_unsafe_apis,vulkan_enable_f16_on_nvidia";
 const DEFAULT_DISABLED_TOGGLES = "timestamp_quantization";
 
-/** Dawn's GPU object, created once per process. Dawn crashes the process if this object is garbage-collected
- *  while any adapter, device or buffer lives, so the module keeps it referenced for the process's lifetime. */
-export async function nodeGpu(): Promise<GPU> {
-  if (gpu) return gpu;
+/** The Dawn toggles a GPU object is created with: enabled and disabled, comma-separated. */
+export function dawnToggles(unsafeApis = true): { enabled: string; disabled: string } {
+  return {
+    enabled: process.env.MAMBA_TS_DAWN_TOGGLES ?? (unsafeApis ? `${DEFAULT_TOGGLES},${UNSAFE_TOGGLES}` : DEFAULT_TOGGLES),
+    disabled: process.env.MAMBA_TS_DAWN_DISABLED_TOGGLES ?? DEFAULT_DISABLED_TOGGLES,
+  };
+}
+
+/**
+ * Dawn's GPU object for a set of toggles (dawnToggles), created once per process and set: toggles are fixed when
+ * the object is made, so a backend asking for another set gets an object of its own. Dawn crashes the process if
+ * such an object is garbage-collected while any adapter, device or buffer lives, so the module keeps each
+ * referenced for the process's lifetime.
+ */
+export async function nodeGpu(unsafeApis = true): Promise<GPU> {
+  const { enabled, disabled } = dawnToggles(unsafeApis);
+  const key = `${enabled}|${disabled}`;
+  const known = gpus.get(key);
+  if (known) return known;
   const { create } = await importDawn();
-  const toggles = process.env.MAMBA_TS_DAWN_TOGGLES ?? DEFAULT_TOGGLES;
-  const disabled = process.env.MAMBA_TS_DAWN_DISABLED_TOGGLES ?? DEFAULT_DISABLED_TOGGLES;
-  gpu ??= create([
-    ...(toggles ? [`enable-dawn-features=${toggles}`] : []),
+  const made = gpus.get(key) ?? create([
+    ...(enabled ? [`enable-dawn-features=${enabled}`] : []),
     ...(disabled ? [`disable-dawn-features=${disabled}`] : []),
   ]);
-  return gpu;
+  gpus.set(key, made);
+  return made;
 }
 
 /**

@@ -9,7 +9,9 @@ import { check } from "../../errors.ts";
 import type { Buf } from "./gpu.ts";
 import type { GpuTensor } from "./tensor.ts";
 import type { WebGpuBackend } from "./backend.ts";
-import { GROUP_TARGET, kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
+import { GROUP_TARGET, type MatmulArgs, kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
+import { HALF_TILE_LARGE, HALF_TILE_SMALL, halfTile, matmulF16 } from "./kernels/matmul-f16.ts";
+import { matmulTensorCore, tensorCoreFits } from "./kernels/matmul-tc.ts";
 import { matmulReduce } from "./kernels/matmul-reduce.ts";
 import { MATVEC_MAX_ROWS, matvec } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
@@ -56,11 +58,17 @@ export function matmulOp(b: WebGpuBackend, x: TensorOrCols, w: Tensor, bias: Ten
   if (bt) check(bt.numel === N, `matmul: bias has ${bt.numel} values, the weight ${N} rows`);
   const T = xs.rows;
   const y = b.make([T, N], "f32", "a matmul output");
-  const args = {
+  const ws = b.weightStorage(wt);
+  // precision f16: float weights are read as f16 (stored so, or a copy made once); quantized ones keep their path
+  const half = b.precision === "f16" && (ws === "f32" || ws === "bf16" || ws === "f16");
+  const args: MatmulArgs = {
     x: b.f32(xs.t), ldx: xs.ld, offx: xs.off, rows: T, K,
-    w: wt.buf, ws: b.weightStorage(wt), N, bias: bt ? b.f32(bt) : null, y: y.buf,
+    w: half ? b.halfWeight(wt) : wt.buf, ws: half ? "f16" : ws, N, bias: bt ? b.f32(bt) : null, y: y.buf,
   };
+  // a few rows (decode) read f16 weights with f32 math, their activations as they are: these products are bound
+  // by the weights' bytes, which f16 halves, and rounding the few activations would save nothing
   if (T <= MATVEC_MAX_ROWS && K % 4 === 0) matvec(b.gpu, { ...args, loadBytes: b.loadBytes(K) });
+  else if (half) matmulHalf(b, args);
   else {
     const largeTiles = Math.ceil(T / b.settings.tileLarge.BM) * Math.ceil(N / b.settings.tileLarge.BN);
     // at most 64 rows (a decode batch's head) fill half of a large tile: the small ones do no padded work, and
@@ -79,6 +87,32 @@ export function matmulOp(b: WebGpuBackend, x: TensorOrCols, w: Tensor, bias: Ten
   }
   b.tick();
   return y;
+}
+
+/** Whether the device's subgroup matrices include the tensor-core kernel's: f16 × f16 -> f32 at 16 × 16 × 16. */
+export function hasTensorCores(b: WebGpuBackend): boolean {
+  return b.gpu.half.subgroupMatrix.some((c) => c.componentType === "f16" && c.resultComponentType === "f32" && c.M === 16 && c.N === 16 && c.K === 16);
+}
+
+/** A product of precision f16 with more than a few rows: on the tensor cores where the device has them and the
+ *  kernel takes the shape, else the shader-f16 tiled kernel (K split over workgroups where few tiles would leave
+ *  the GPU idle, as the f32 kernel does). */
+function matmulHalf(b: WebGpuBackend, a: MatmulArgs): void {
+  if (hasTensorCores(b) && tensorCoreFits(a)) {
+    matmulTensorCore(b.gpu, a);
+    return;
+  }
+  const large = halfTile(HALF_TILE_LARGE);
+  const cfg = Math.ceil(a.rows / large.BM) * Math.ceil(a.N / large.BN) >= 256 ? HALF_TILE_LARGE : HALF_TILE_SMALL;
+  const tile = halfTile(cfg);
+  const plan = splitPlan(a.K, kSplits(a.rows, a.N, a.K, { ...tile, BK: cfg.BK, TM: cfg.TM, TN: cfg.TN, vec4: false }));
+  if (plan.count === 1) matmulF16(b.gpu, a, cfg);
+  else {
+    const part = b.gpu.alloc(plan.count * a.rows * a.N * 4, "matmul partial products");
+    matmulF16(b.gpu, { ...a, y: part }, cfg, plan);
+    matmulReduce(b.gpu, part, plan.count, a.bias, a.rows, a.N, a.y);
+    b.gpu.release(part);
+  }
 }
 
 export function causalConv1dSiluOp(b: WebGpuBackend, x: TensorOrCols, weight: Tensor, bias: Tensor | null, state: Tensor | null, s: SeqShape): Tensor {

@@ -27,7 +27,7 @@ export class GpuTensor implements Tensor {
     readonly shape: readonly number[],
     readonly dtype: "f32" | "i32",
     public buf: Buf, // state tensors get a new buffer when an op rewrites them
-    readonly storage: Storage,
+    public storage: Storage, // a matrix narrowed to f16 for half-precision products changes it (usePrecision)
     readonly owner: Backend, // the backend that made it (ops refuse tensors of another)
   ) {}
   get numel(): number {

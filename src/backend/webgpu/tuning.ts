@@ -26,6 +26,10 @@ export interface WebGpuTuning {
    *  running; false elsewhere. On the H100 a 130m step at batch 1 took 688 against 1062 us in one process, and
    *  130m decoded at 1879 – 1887 tok/s against 1540 – 1565 before (BENCHMARKS.md, runs 69 – 75) */
   decodePersistent?: boolean;
+  /** the matrix products' precision: "f32" (default), or "f16" where the device has shader-f16: inputs rounded to
+   *  f16, f32 accumulation, on the tensor cores where the device offers subgroup matrices (README, "Half
+   *  precision"). A model loaded with precision "f16" also stores its projections and head in f16. */
+  precision?: "f32" | "f16";
 }
 
 /**

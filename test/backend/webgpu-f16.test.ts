@@ -1,0 +1,262 @@
+/**
+ * The WebGPU backend's half-precision path: the shader-f16 tiled product (matmul-f16.ts) against a host reference
+ * on the same f16-rounded inputs (both tiles, K split or not, K, N and rows that are not multiples of a tile,
+ * column windows, bias or none, weights stored f32 / bf16 / f16), the one-time narrowing of weights to f16, the
+ * routing of products by precision (f16 takes these kernels, f32 is unchanged), the options' errors, and whole
+ * models with precision f16 against the fp32 PyTorch fixtures.
+ * Mesa lavapipe offers shader-f16, so all of it runs on CI's software GPU.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { cols } from "../../src/backend/backend.ts";
+import type { Buf } from "../../src/backend/webgpu/gpu.ts";
+import type { WebGpuBackend } from "../../src/backend/webgpu/index.ts";
+import type { GpuTensor } from "../../src/backend/webgpu/tensor.ts";
+import { HALF_TILE_LARGE, HALF_TILE_SMALL, matmulF16, narrowToF16 } from "../../src/backend/webgpu/kernels/matmul-f16.ts";
+import { splitPlan } from "../../src/backend/webgpu/kernels/matmul.ts";
+import { MATVEC_MAX_ROWS } from "../../src/backend/webgpu/kernels/matvec.ts";
+import { MambaError, loadModel } from "../../src/index.ts";
+import { f16ToF32, toBF16Bits, toF16Bits, toFloat32 } from "../../src/io/tensor.ts";
+import { expected, fixture, maxAbsDiff } from "../helpers/fixtures.ts";
+import { gpuTest, withOwnWebgpu } from "../helpers/backends.ts";
+import { TestRng } from "../helpers/random.ts";
+
+const rand = (rng: TestRng, n: number) => Float32Array.from({ length: n }, () => 2 * rng.next() - 1);
+/** values rounded to f16 (round to nearest even), as f32 */
+const roundF16 = (v: Float32Array) => Float32Array.from(toF16Bits(v), f16ToF32);
+/** values rounded to bf16 and back */
+const roundBF16 = (v: Float32Array) => toFloat32({ dtype: "BF16", shape: [v.length], data: toBF16Bits(v) });
+
+interface Shape { T: number; K: number; N: number; off: number; ld: number }
+
+/**
+ * y = x · wᵀ + bias in f64 over the given (already rounded) values, and per output the scale Σ|x·w| + |bias|. The
+ * f32 sums err by a few ulps of that scale (measured on lavapipe: at most 2.9e-7 of it over these cases, whatever
+ * the order of the sums); an operand left unrounded would err by about 2^-12 / √K of it (3.7e-5 at K = 44), so a
+ * bound of 2^-18 (3.8e-6) tells the two apart with room on both sides.
+ */
+function reference(x: Float32Array, w: Float32Array, bias: Float32Array | null, s: Shape): { y: Float64Array; scale: Float64Array } {
+  const y = new Float64Array(s.T * s.N), scale = new Float64Array(s.T * s.N);
+  for (let t = 0; t < s.T; t++) {
+    for (let n = 0; n < s.N; n++) {
+      let acc = bias ? bias[n]! : 0, abs = bias ? Math.abs(bias[n]!) : 0;
+      for (let k = 0; k < s.K; k++) {
+        const p = x[t * s.ld + s.off + k]! * w[n * s.K + k]!;
+        acc += p;
+        abs += Math.abs(p);
+      }
+      y[t * s.N + n] = acc;
+      scale[t * s.N + n] = abs;
+    }
+  }
+  return { y, scale };
+}
+
+function assertNear(got: Float32Array, want: { y: Float64Array; scale: Float64Array }, what: string): void {
+  assert.equal(got.length, want.y.length, `${what}: lengths differ`);
+  let worst = 0;
+  for (let i = 0; i < got.length; i++) {
+    const err = Math.abs(got[i]! - want.y[i]!) / Math.max(want.scale[i]!, 1e-30);
+    if (!(err <= worst)) worst = Number.isNaN(err) ? Infinity : err;
+  }
+  assert.ok(worst <= 2 ** -18, `${what}: error ${worst.toExponential(3)} of Σ|x·w| > 2^-18`);
+}
+
+const productCases: Shape[] = [
+  { T: 70, K: 300, N: 130, off: 3, ld: 310 }, // 64 x 64 tiles, K split, a window not 4-aligned (one value a load)
+  { T: 70, K: 296, N: 132, off: 4, ld: 304 }, // the same 4-aligned: 4 values a load
+  { T: 33, K: 7, N: 65, off: 0, ld: 7 }, // K shorter than a tile, N and rows off the tile
+  { T: 17, K: 20, N: 5, off: 0, ld: 20 }, // N narrower than a thread's columns
+  { T: 260, K: 44, N: 16390, off: 0, ld: 44 }, // 128 x 128 tiles (256 and more of them)
+];
+
+test("f16 products: the shader-f16 kernel matches the reference on f16-rounded inputs (weights f32, bf16, f16; windows; bias or none)", { timeout: 600_000 }, async (t) => {
+  await withOwnWebgpu(t, async (b) => {
+    b.usePrecision("f16");
+    let seed = 1;
+    for (const s of productCases) {
+      for (const store of ["f32", "bf16", "f16"] as const) {
+        const withBias = store !== "bf16";
+        const rng = new TestRng(seed++);
+        const wide = rand(rng, s.T * s.ld);
+        const w = rand(rng, s.N * s.K);
+        const bias = withBias ? rand(rng, s.N) : null;
+        const data = store === "f32" ? w : store === "bf16" ? toBF16Bits(w) : toF16Bits(w);
+        const wt = b.upload({ dtype: store === "f32" ? "F32" : store === "bf16" ? "BF16" : "F16", shape: [s.N, s.K], data } as never);
+        const xt = b.fromF32(wide, [s.T, s.ld]);
+        const bt = bias ? b.fromF32(bias, [s.N]) : null;
+        const y = b.matmul(s.ld === s.K ? xt : cols(xt, s.off, s.K), wt, bt);
+        const got = await b.readF32(y);
+        b.dispose(xt, wt, bt, y);
+        // the weights as stored, then rounded to f16 (bf16 -> f16 rounds again); x rounded to f16
+        const wStored = store === "bf16" ? roundBF16(w) : w;
+        assertNear(got, reference(roundF16(wide), roundF16(wStored), bias, s), `${JSON.stringify(s)} ${store}${withBias ? " bias" : ""}`);
+      }
+    }
+    assert.ok(b.gpu.kernelNames.some((n) => n.startsWith("matmul_f16_128x128")), "the 128 x 128 tile ran");
+    assert.ok(b.gpu.kernelNames.some((n) => n.startsWith("matmul_f16_64x64")), "the 64 x 64 tile ran");
+    assert.ok(!b.gpu.kernelNames.some((n) => /^matmul_\d/.test(n)), "no f32 tiled product ran");
+  });
+});
+
+test("f16 products: each tile alone, whole and K split, matches the reference", { timeout: 300_000 }, async (t) => {
+  await withOwnWebgpu(t, async (b) => {
+    const s: Shape = { T: 45, K: 100, N: 70, off: 2, ld: 103 };
+    const rng = new TestRng(77);
+    const wide = rand(rng, s.T * s.ld), w = rand(rng, s.N * s.K), bias = rand(rng, s.N);
+    const want = reference(roundF16(wide), roundF16(w), bias, s);
+    for (const cfg of [HALF_TILE_LARGE, HALF_TILE_SMALL]) {
+      for (const splits of [1, 3]) {
+        const plan = splitPlan(s.K, splits);
+        const x = b.fromF32(wide, [s.T, s.ld]) as GpuTensor;
+        const wt = b.upload({ dtype: "F16", shape: [s.N, s.K], data: toF16Bits(w) }) as GpuTensor;
+        const bt = b.fromF32(bias, [s.N]) as GpuTensor;
+        const part = b.gpu.alloc(plan.count * s.T * s.N * 4);
+        matmulF16(b.gpu, { x: x.buf, ldx: s.ld, offx: s.off, rows: s.T, K: s.K, w: wt.buf, ws: "f16", N: s.N, bias: bt.buf, y: part }, cfg, plan);
+        const raw = new Float32Array(await b.gpu.read(part, plan.count * s.T * s.N * 4));
+        const got = new Float32Array(s.T * s.N);
+        for (let i = 0; i < got.length; i++) {
+          let v = plan.count > 1 ? bias[i % s.N]! : 0; // the partials come without the bias (matmulReduce adds it)
+          for (let z = 0; z < plan.count; z++) v += raw[z * s.T * s.N + i]!;
+          got[i] = v;
+        }
+        b.gpu.release(part);
+        b.dispose(x, wt, bt);
+        assertNear(got, want, `tile ${cfg.TM}x${cfg.TN}, ${plan.count} K parts`);
+      }
+    }
+    assert.throws(() => matmulF16(b.gpu, { x: b.gpu.dummy, ldx: 4, offx: 0, rows: 1, K: 4, w: b.gpu.dummy, ws: "f32", N: 1, bias: null, y: b.gpu.dummyOut }, HALF_TILE_SMALL), MambaError);
+  });
+});
+
+test("f16 products: a few rows (decode) read f16 weights with f32 math and their activations unrounded", { timeout: 120_000 }, async (t) => {
+  await withOwnWebgpu(t, async (b) => {
+    b.usePrecision("f16");
+    const s: Shape = { T: MATVEC_MAX_ROWS, K: 64, N: 40, off: 0, ld: 64 };
+    const rng = new TestRng(5);
+    const x = rand(rng, s.T * s.K), w = rand(rng, s.N * s.K), bias = rand(rng, s.N);
+    const [xt, wt, bt] = [b.fromF32(x, [s.T, s.K]), b.upload({ dtype: "F32", shape: [s.N, s.K], data: w }), b.fromF32(bias, [s.N])];
+    const y = b.matmul(xt, wt, bt);
+    assertNear(await b.readF32(y), reference(x, roundF16(w), bias, s), "matvec over f16 weights");
+    b.dispose(xt, wt, bt, y);
+  });
+});
+
+test("narrowToF16: f32 and bf16 weights become exactly the host's round-to-nearest-even halves (odd lengths too)", { timeout: 120_000 }, async (t) => {
+  await withOwnWebgpu(t, async (b) => {
+    const rng = new TestRng(9);
+    // values across f16's range: normals, subnormals, ties, ±0
+    const v = Float32Array.from({ length: 1001 }, (_, i) => (2 * rng.next() - 1) * 2 ** ((i % 40) - 25));
+    v[0] = 0; v[1] = -0; v[2] = 1 + 2 ** -11; v[3] = 1 + 3 * 2 ** -11; v[4] = 65504; v[5] = 2 ** -24;
+    for (const store of ["f32", "bf16"] as const) {
+      const src = store === "f32" ? b.fromF32(v, [v.length]) : b.upload({ dtype: "BF16", shape: [v.length], data: toBF16Bits(v) });
+      const out: Buf = b.gpu.alloc(Math.ceil(v.length / 2) * 4);
+      narrowToF16(b.gpu, (src as GpuTensor).buf, store, v.length, out);
+      const got = new Uint16Array(await b.gpu.read(out, Math.ceil(v.length / 2) * 4)).subarray(0, v.length);
+      const want = toF16Bits(store === "f32" ? v : roundBF16(v));
+      assert.deepEqual(Array.from(got), Array.from(want), `${store} -> f16 bits`);
+      b.gpu.release(out);
+      b.dispose(src);
+    }
+  });
+});
+
+test("precision f32 (the default) takes the f32 kernels and gives the same bits as before; f16 copies follow weight changes", { timeout: 300_000 }, async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const s: Shape = { T: 70, K: 296, N: 132, off: 4, ld: 304 };
+  const rng = new TestRng(3);
+  const wide = rand(rng, s.T * s.ld), w = rand(rng, s.N * s.K);
+  const outputs: Float32Array[] = [];
+  for (const precision of [undefined, "f32", "f16"] as const) {
+    const b = (await createWebGpuBackend(precision ? { precision } : {})) as WebGpuBackend;
+    try {
+      assert.equal(b.precision, precision ?? "f32");
+      const [xt, wt] = [b.fromF32(wide, [s.T, s.ld]), b.fromF32(w, [s.N, s.K])];
+      const y = b.matmul(cols(xt, s.off, s.K), wt, null);
+      outputs.push(await b.readF32(y));
+      assert.equal(b.gpu.kernelNames.some((n) => n.startsWith("matmul_f16")), precision === "f16", `f16 kernels with precision ${precision}`);
+      if (precision === "f16") {
+        // a changed weight (a training step) makes a new f16 copy
+        const w2 = rand(rng, s.N * s.K);
+        b.copyInto(wt, b.fromF32(w2, [s.N, s.K]));
+        const y2 = b.matmul(cols(xt, s.off, s.K), wt, null);
+        assertNear(await b.readF32(y2), reference(roundF16(wide), roundF16(w2), null, s), "after copyInto");
+        assert.equal((wt as GpuTensor).storage, "f32", "the f32 master weights stay");
+      }
+    } finally {
+      await b.destroy();
+    }
+  }
+  assert.deepEqual(outputs[1], outputs[0], "precision f32 is bit-identical to the default");
+  assert.notDeepEqual(outputs[2], outputs[0], "precision f16 rounds");
+});
+
+test("precision options: clear errors for bad values, for f16 on the CPU and on a device without shader-f16", { timeout: 120_000 }, async (t) => {
+  const folder = fixture("hf-mamba", "tiny");
+  await assert.rejects(loadModel(folder, { backend: "cpu", precision: "f16" }), (e: Error) => e instanceof MambaError && /CPU backend computes in f32/.test(e.message));
+  await assert.rejects(loadModel(folder, { backend: "cpu", precision: "f8" as never }), (e: Error) => e instanceof MambaError && /precision must be one of f32, f16, auto/.test(e.message));
+  const cpu = await loadModel(folder, { backend: "cpu", precision: "auto" });
+  assert.equal(cpu.backend.precision ?? "f32", "f32");
+  await cpu.dispose();
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  await assert.rejects(createWebGpuBackend({ precision: "half" as never }), (e: Error) => e instanceof MambaError && /precision must be one of f32, f16/.test(e.message));
+  await assert.rejects(createWebGpuBackend({ unsafeApis: "no" as never }), (e: Error) => e instanceof MambaError && /unsafeApis must be true or false/.test(e.message));
+  const b = (await createWebGpuBackend()) as WebGpuBackend;
+  try {
+    b.gpu.half = { f16: false, subgroupMatrix: [] }; // as a device without shader-f16 shows itself
+    assert.deepEqual(b.precisions, ["f32"]);
+    assert.throws(() => b.usePrecision("f16"), (e: Error) => e instanceof MambaError && /shader-f16/.test(e.message));
+    await assert.rejects(loadModel(folder, { backend: b, precision: "f16" }), (e: Error) => e instanceof MambaError && /shader-f16/.test(e.message));
+  } finally {
+    await b.destroy();
+  }
+});
+
+test("precision auto: f16 for an f16 or bf16 checkpoint where the device has shader-f16, f32 for an f32 one", { timeout: 120_000 }, async (t) => {
+  if (!(await gpuTest(t))) return;
+  for (const [name, want] of [["tiny", "f32"], ["tiny-f16", "f16"], ["tiny-bf16-sharded", "f16"]] as const) {
+    const model = await loadModel(fixture("hf-mamba", name), { backend: "webgpu", precision: "auto" });
+    try {
+      assert.equal(model.backend.precision, want, name);
+    } finally {
+      await model.dispose();
+    }
+  }
+});
+
+/**
+ * Whole models with precision f16 against the fp32 PyTorch logits, as max |difference| / max |logit|. Each product
+ * rounds its inputs to f16 (relative error up to 2^-11, about 4.9e-4, each) and the projections' and head's
+ * weights are stored in f16; a product's rounding errors add up over its K terms like a random walk, and pass
+ * through the scan and the next layers. Measured on lavapipe (2 layers, d_model 32, max |logit| about 2 - 4):
+ * Mamba-1 fixtures 1.7e-4 - 2.7e-4 (max abs 6.3e-4 - 9.7e-4), Falcon-Mamba 3.2e-4, Mamba-2 1.55e-3 (its in_proj
+ * also makes dt, whose rounding the scan's exponentials amplify). The bounds are 3 - 4 times those: 1e-3 and
+ * 5e-3. A wrong kernel (an operand misplaced, a tile edge dropped) makes differences of the logits' own size.
+ */
+const FIXTURE_BOUNDS: Record<string, number> = {
+  "hf-mamba/tiny": 1e-3, "hf-mamba/tiny-f16": 1e-3, "hf-mamba/tiny-bf16-sharded": 1e-3, "mamba-ssm/tiny": 1e-3,
+  "hf-falcon-mamba/tiny": 1e-3, "hf-mamba2/tiny": 5e-3,
+};
+for (const [name, bound] of Object.entries(FIXTURE_BOUNDS)) {
+  test(`${name}: precision f16 logits within the stated bound of the fp32 PyTorch logits`, { timeout: 300_000 }, async (t) => {
+    if (!(await gpuTest(t))) return;
+    const folder = fixture(...name.split("/"));
+    const exp = await expected(folder);
+    const model = await loadModel(folder, { backend: "webgpu", precision: "f16" });
+    try {
+      assert.equal(model.backend.precision, "f16");
+      const ids = exp.get("input_ids")!;
+      const [batch, seqLen] = ids.shape as [number, number];
+      const out = await model.forward(ids.i32, { batch, seqLen });
+      const want = exp.get("logits")!.f32;
+      const d = maxAbsDiff(out.logits, want);
+      const scale = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+      t.diagnostic(`max abs ${d.toExponential(3)}, max |logit| ${scale.toFixed(3)}, relative ${(d / scale).toExponential(3)}`);
+      assert.ok(d / scale <= bound, `${name}: ${(d / scale).toExponential(3)} of max |logit| > ${bound}`);
+    } finally {
+      await model.dispose();
+    }
+  });
+}
