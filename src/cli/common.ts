@@ -83,6 +83,12 @@ export function threadsOption(): Option {
   });
 }
 
+/** --precision: the matrix products' precision on WebGPU (generate, eval, serve); loadModel's `precision`. */
+export function precisionOption(): Option {
+  return new Option("--precision <p>", "matrix products on WebGPU: f32, f16 (f16 inputs, f32 sums; needs shader-f16), " +
+    "or auto (f16 for f16/bf16 weights where the GPU offers it)").choices(["f32", "f16", "auto"]).default("f32");
+}
+
 /** loadModel's `cpu` option from --threads (nothing when it was not given: the engine's default). */
 export function cpuOptions(threads: number | undefined): { cpu?: { threads: number } } {
   return threads !== undefined ? { cpu: { threads } } : {};

@@ -15,7 +15,8 @@ import { preset } from "../../train/presets.ts";
 import { TextTask, bitsPerByte } from "../../train/tasks/text.ts";
 import { TASK_NAMES, type TaskName, type TaskSpec, makeTask } from "../../train/tasks/task.ts";
 import { type TrainOptions, evaluateAccuracy } from "../../train/trainer.ts";
-import { UsageError, cpuOptions, threadsOption } from "../common.ts";
+import { UsageError, cpuOptions, precisionOption, threadsOption } from "../common.ts";
+import { describeBackend } from "../../backend/wasm/create.ts";
 import { integerAtLeast } from "./train.ts";
 
 interface EvalCliOptions {
@@ -29,6 +30,7 @@ interface EvalCliOptions {
   seed?: number;
   backend: BackendName;
   threads?: number;
+  precision: "f32" | "f16" | "auto";
 }
 
 export function evalCommand(): Command {
@@ -45,6 +47,7 @@ export function evalCommand(): Command {
     .addOption(new Option("--backend <name>", "compute backend; auto = WebGPU when available, else CPU")
       .choices(["cpu", "webgpu", "auto"]).default("cpu"))
     .addOption(threadsOption())
+    .addOption(precisionOption())
     .action(async (opts: EvalCliOptions) => {
       process.exitCode = await runEval(opts);
     });
@@ -57,8 +60,9 @@ async function runEval(o: EvalCliOptions): Promise<number> {
   let trained: TrainOptions | null = null;
   const stateFile = path.join(folder, "trainer.json");
   if (existsSync(stateFile)) trained = (JSON.parse(await fs.readFile(stateFile, "utf8")) as { options: TrainOptions }).options;
-  const model = await loadModel(folder, { backend: o.backend, ...cpuOptions(o.threads) });
+  const model = await loadModel(folder, { backend: o.backend, precision: o.precision, ...cpuOptions(o.threads) });
   try {
+    process.stderr.write(`engine: ${describeBackend(model.backend)}\n`);
     const V = model.config.vocabSize;
     const base: TaskSpec = trained && trained.task.name === o.task
       ? { ...trained.task }

@@ -15,7 +15,7 @@ import { TextStreamer, loadTokenizer } from "../../tokenizer.ts";
 import { ggufInFolder, isGgufPath } from "../../io/gguf.ts";
 import type { BackendName } from "../../backend/create.ts";
 import { describeBackend } from "../../backend/wasm/create.ts";
-import { cpuOptions, generateOptionParser, modelOption, modelSource, parseIntegerList, resolveWithProgress, threadsOption } from "../common.ts";
+import { cpuOptions, generateOptionParser, modelOption, modelSource, parseIntegerList, precisionOption, resolveWithProgress, threadsOption } from "../common.ts";
 
 interface GenerateCliOptions {
   model?: string;
@@ -30,6 +30,7 @@ interface GenerateCliOptions {
   seed?: number;
   backend: BackendName;
   threads?: number;
+  precision: "f32" | "f16" | "auto";
   promptEcho: boolean;
   persistentDecode: boolean;
 }
@@ -60,6 +61,7 @@ export function generateCommand(): Command {
     .addOption(new Option("--backend <name>", "compute backend; auto = WebGPU when available, else CPU")
       .choices(["cpu", "webgpu", "auto"]).default("auto"))
     .addOption(threadsOption())
+    .addOption(precisionOption())
     .option("--no-prompt-echo", "print only the continuation, not the prompt before it")
     .option("--no-persistent-decode", "on WebGPU, decode each layer in three dispatches instead of one (for a GPU that " +
       "fails the one-dispatch layer; the WebGpuTuning decodePersistent)")
@@ -80,7 +82,7 @@ async function runGenerate(opts: GenerateCliOptions): Promise<number> {
   const notices: string[] = [];
   const model = await loadModel(folder, {
     backend: opts.backend, onNotice: (m) => notices.push(m), webgpu: opts.persistentDecode ? {} : { decodePersistent: false },
-    ...cpuOptions(opts.threads),
+    precision: opts.precision, ...cpuOptions(opts.threads),
   });
   try {
     const prompt = opts.promptIds !== undefined ? Int32Array.from(opts.promptIds) : tokenizer.encode(opts.prompt);

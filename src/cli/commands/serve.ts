@@ -11,9 +11,10 @@ import { MambaError } from "../../errors.ts";
 import { loadTokenizer } from "../../tokenizer.ts";
 import { ggufInFolder, isGgufPath } from "../../io/gguf.ts";
 import type { BackendName } from "../../backend/create.ts";
+import { describeBackend } from "../../backend/wasm/create.ts";
 import { loadChatTemplate } from "../../server/chat.ts";
 import { DEFAULTS, startServer } from "../../server/server.ts";
-import { cpuOptions, modelOption, modelSource, parseInteger, parseNumber, resolveWithProgress, threadsOption } from "../common.ts";
+import { cpuOptions, modelOption, modelSource, parseInteger, parseNumber, precisionOption, resolveWithProgress, threadsOption } from "../common.ts";
 import { defaultModelFolder } from "../default-model.ts";
 
 interface ServeCliOptions {
@@ -28,6 +29,7 @@ interface ServeCliOptions {
   shutdownTimeout: number;
   persistentDecode: boolean;
   threads?: number;
+  precision: "f32" | "f16" | "auto";
 }
 
 const atLeast = (least: number, most = Number.MAX_SAFE_INTEGER) => (text: string) => {
@@ -56,6 +58,7 @@ export function serveCommand(): Command {
     .addOption(new Option("--prefix-cache-mb <mb>", "memory for cached prompt states, in MiB (0: no prefix cache)").default(DEFAULTS.prefixCacheMb).argParser(nonNegative))
     .addOption(new Option("--shutdown-timeout <s>", "on SIGINT/SIGTERM, seconds to let running requests end").default(10).argParser(nonNegative))
     .addOption(threadsOption())
+    .addOption(precisionOption())
     .option("--no-persistent-decode", "on WebGPU, decode each layer in three dispatches instead of one (as generate's option)")
     .action(async (opts: ServeCliOptions) => {
       process.exitCode = await runServe(opts);
@@ -74,7 +77,7 @@ async function runServe(opts: ServeCliOptions): Promise<number> {
   const notices: string[] = [];
   const model = await loadModel(folder, {
     backend: opts.backend, onNotice: (m) => notices.push(m), webgpu: opts.persistentDecode ? {} : { decodePersistent: false },
-    ...cpuOptions(opts.threads),
+    precision: opts.precision, ...cpuOptions(opts.threads),
   });
   // the name clients pass as `model`: the repo id, or the folder's name ("default" for the shipped model)
   const name = opts.model === undefined && folder === defaultModelFolder() ? "mamba-ts-default"
@@ -93,6 +96,7 @@ async function runServe(opts: ServeCliOptions): Promise<number> {
     throw err;
   }
   process.stderr.write(`${notices.length > 0 ? notices.join("\n") : `backend: ${model.backend.name}`}\n`);
+  if (model.backend.precision === "f16") process.stderr.write(`engine: ${describeBackend(model.backend)}\n`);
   process.stderr.write(`model: ${name}${chat ? " (chat template)" : ""}; max batch ${opts.maxBatch}, prefix cache ${opts.prefixCacheMb} MiB\n`);
   process.stdout.write(`${server.url}\n`);
   await new Promise<void>((resolve) => {
