@@ -2,7 +2,8 @@
  * The WebGPU backend's ops of Mamba-2 and Falcon-Mamba (the optional Backend ops ssdScan, gatedRmsNorm and
  * segmentRmsNorm), assigned onto WebGpuBackend's prototype, as the CPU backend's training ops are. Kernels in
  * ./kernels/ssd. The scan runs in chunks (state space duality: chunk states, state passing, outputs within and
- * from the states; chunks of at most CHUNK_MAX positions) and, for one position (decode), as the plain recurrence
+ * from the states, as register-tiled products; chunks of the kernels' own length) and, for one position (decode),
+ * as the plain recurrence
  * (a thread per (b, h, p), the state row in registers). Both are tested against the CPU's.
  * The training ops: Falcon's windowed norm's backward, the gated norm's, and the SSD's (kernels/ssd/backward.ts:
  * a workgroup per (b, h) recomputing states from checkpoints, correct rather than fast).
@@ -16,7 +17,7 @@ import { GpuTensor, gpuTensor, windowOf } from "./tensor.ts";
 import { copyWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
 import { ssdScanSequential } from "./kernels/ssd/scan.ts";
-import { chunkStateFloats, chunkedFits, ssdScanChunked } from "./kernels/ssd/chunked.ts";
+import { chunkScratch, ssdScanChunked } from "./kernels/ssd/chunked.ts";
 import { MAX_SEGMENTS, gatedRmsNorm, gatedRmsNormBackward, segmentRmsNorm, segmentRmsNormBackward } from "./kernels/ssd/norms.ts";
 import { addWindow, ssdBackward, ssdBackwardLayout } from "./kernels/ssd/backward.ts";
 import { copyWindow } from "./kernels/copy.ts";
@@ -63,9 +64,6 @@ function scanConsts(b: WebGpuBackend, a: SsdScanArgs, H: number, what: string): 
   return consts;
 }
 
-/** The longest chunk of the GPU's chunked scan (the work within a chunk grows with its square). */
-export const CHUNK_MAX = 64;
-
 export const webgpuMamba2Ops = {
   ssdScan(this: WebGpuBackend, a: SsdScanArgs): Tensor {
     const what = "ssdScan";
@@ -79,15 +77,16 @@ export const webgpuMamba2Ops = {
       Cm: Cm.buf, ldc: Cm.ld, offc: Cm.off, z: z?.buf ?? null, ldz: z?.ld ?? 0, offz: z?.off ?? 0, consts,
       state: st?.buf ?? null, y: y.buf, B: a.batch, L: a.seqLen, H, P, G, N, lo: a.dtLimit[0], hi: a.dtLimit[1],
     };
-    const Q = Math.min(CHUNK_MAX, a.chunkSize);
-    // one position (decode), or heads too wide for the chunk scan's workgroup memory: the recurrence
-    if (a.seqLen === 1 || !chunkedFits(P, N, Q)) ssdScanSequential(this.gpu, args);
+    // one position (decode): the recurrence. Otherwise the chunks, of the kernels' own length: the model's
+    // chunk_size does not change the result (see kernels/ssd/chunked.ts)
+    if (a.seqLen === 1) ssdScanSequential(this.gpu, args);
     else {
-      const states = this.gpu.alloc(chunkStateFloats(a.batch, a.seqLen, H, P, N, Q) * 4, "the chunk states");
-      const totals = this.gpu.alloc(Math.max(4, a.batch * Math.ceil(a.seqLen / Q) * H * 4), "the chunk decays");
-      ssdScanChunked(this.gpu, { ...args, Q }, states, totals);
-      this.gpu.release(states);
-      this.gpu.release(totals);
+      const bytes = chunkScratch(a.batch, a.seqLen, H, P, G, N);
+      const states = this.gpu.alloc(bytes.states, "the chunk states");
+      const dtcs = this.gpu.alloc(bytes.dtcs, "the chunks' dt and cumulative decay");
+      const cb = this.gpu.alloc(bytes.cb, "the chunks' C·Bᵀ");
+      ssdScanChunked(this.gpu, args, states, dtcs, cb);
+      for (const buf of [states, dtcs, cb]) this.gpu.release(buf);
     }
     this.gpu.release(consts);
     if (st) st.version++;
