@@ -92,6 +92,10 @@ export interface StepModel {
     convKernel: number; layerNormEpsilon: number; mixer: string; vocabSize: number;
     /** the model family (config.ts ModelFamily): a fused step of Mamba-1's layer must refuse the others */
     family?: string;
+    /** Mamba-2's mixer (config.ts Mamba2Fields), for a fused step of Mamba-2's layer */
+    mamba2?: {
+      numHeads: number; headDim: number; nGroups: number; timeStepLimit: readonly [number, number]; gatedNorm: boolean; normBeforeGate: boolean;
+    } | null;
   };
   weights: {
     embeddings: Tensor; normF: Tensor; head: Tensor;
@@ -101,6 +105,8 @@ export interface StepModel {
         inProj: Tensor; inProjBias: Tensor | null; conv: Tensor; convBias: Tensor | null;
         xProj: Tensor | null; dtProj: Tensor | null; dtBias: Tensor; A_log: Tensor; D: Tensor;
         outProj: Tensor; outProjBias: Tensor | null;
+        /** Mamba-2's gated norm weight [E] */
+        gateNorm?: Tensor | null;
       };
     }[];
   };

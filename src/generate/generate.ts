@@ -292,8 +292,8 @@ class Stepper {
   logits(ids: Tensor): Tensor {
     const { lm, B, cache } = this;
     const b = lm.backend;
-    // the fused step knows Mamba-1's layer only (not Mamba-2's mixer nor Falcon-Mamba's norms of dt, B, C)
-    const fused = b.decodeStep && !lm.observer && lm.config.family === "mamba" ? b.decodeStep(lm, ids, cache.conv, cache.ssm) : null;
+    // the backend's fused step, where it takes this model's layer (it declines the others, e.g. Falcon-Mamba's)
+    const fused = b.decodeStep && !lm.observer ? b.decodeStep(lm, ids, cache.conv, cache.ssm) : null;
     if (fused) return fused;
     if (b.capture && !lm.observer && this.record) {
       if (!this.captured) {

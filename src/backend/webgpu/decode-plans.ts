@@ -3,7 +3,7 @@
  * batch and set of state buffers (a DecodePlan) and replayed every step. Up to 8 rows: three kernels a layer that
  * each hold the whole batch (kernels/decode/mixer-*.ts), or one (kernels/decode/layer.ts, decodePersistent); past
  * that, the batch step's five a layer (kernels/decode/batch-*.ts). A layer's small constants are packed into one
- * buffer (LayerPack) once.
+ * buffer (LayerPack) once. Mamba-2's layers are recorded by ./decode-plans-mamba2.ts, with the same embedding and head.
  */
 import type { StepModel, Tensor } from "../backend.ts";
 import { check } from "../../errors.ts";
@@ -23,11 +23,12 @@ import { FIXED_MAX_TERMS, FIXED_SPREAD, fixedLimit, fixedRegionWords } from "./k
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
 import { BATCH_CONV_CHANNELS, batchConvBytes, decodeBatchConv } from "./kernels/decode/batch-conv.ts";
 import { batchScanBytes, decodeBatchScan } from "./kernels/decode/batch-scan.ts";
+import { Mamba2Plans, type PreparedStep } from "./decode-plans-mamba2.ts";
 
 type StepLayer = StepModel["weights"]["layers"][number];
 
 /** A recorded fused decode step (all layers and norm_f) over buffers kept for it, replayed while its key holds. */
-interface DecodePlan {
+export interface DecodePlan {
   key: string;
   h: Buf; // [B, D]: the embedding, then each layer's out_proj (the batch step: [S, B, D], out_proj's K-split parts)
   normed: GpuTensor; // [B, D]: norm_f's output, the head's input (never disposed)
@@ -57,50 +58,37 @@ export class DecodePlans {
   private layerPacks = new WeakMap<StepLayer, LayerPack>();
   /** The fused decode's recorded step of each model. */
   private decodePlans = new WeakMap<StepModel["weights"], DecodePlan>();
+  /** Mamba-2's layers (./decode-plans-mamba2.ts). */
+  private readonly mamba2: Mamba2Plans;
 
-  constructor(private readonly backend: WebGpuBackend) {}
+  constructor(private readonly backend: WebGpuBackend) {
+    this.mamba2 = new Mamba2Plans(backend);
+  }
 
   /**
    * One token per row through the whole LM (kernels/decode): a layer is norm + in_proj + conv + x_proj; x_proj's
    * totals + dt_proj + scan step + gate; out_proj, in one dispatch (decodePersistent) or three. Plus the embedding,
    * and the head with norm_f, which also makes each row's greedy choice for sample() to take. Declines (null) what
-   * the kernels' workgroup memory does not hold, and the LTI mixer.
+   * the kernels' workgroup memory does not hold, the LTI mixer and Falcon-Mamba. Mamba-2's layer: its own kernels
+   * (./decode-plans-mamba2.ts).
    */
   step(model: StepModel, ids: Tensor, conv: readonly Tensor[], ssm: readonly Tensor[]): Tensor | null {
-    const c = model.config;
-    const [D, E, N, R, K] = [c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank, c.convKernel];
     const idt = this.backend.t(ids, "decodeStep");
     const B = idt.numel;
-    const J = R + 2 * N;
-    // up to 8 rows: three kernels a layer that each hold the whole batch (kernels/decode/mixer-*.ts); past that, or
-    // where those do not fit, with decodeBatch, five a layer whose matmuls have rows enough to fill the GPU
-    // (kernels/decode/batch-*.ts); else null, and generate records the model's ops
-    const scanFits = mixerScanBytes(N) <= this.backend.gpu.limits.maxComputeWorkgroupStorageSize;
-    const fused = scanFits && B <= DECODE_MAX_B && B * D <= DECODE_MAX_BD && B * J <= DECODE_MAX_BJ && D % 4 === 0 && K <= DECODE_MAX_K;
-    const batched = this.backend.settings.decodeBatch && scanFits && K <= DECODE_MAX_K && DECODE_MAX_B * J <= DECODE_MAX_BJ &&
-      batchConvBytes(J) <= this.backend.gpu.limits.maxComputeWorkgroupStorageSize;
-    // Mamba-1's layer only: Mamba-2's mixer and Falcon-Mamba's norms of dt, B, C are not in these kernels
-    if (c.mixer !== "s6" || (c.family ?? "mamba") !== "mamba" || !(fused || batched)) return null;
+    const D = model.config.hiddenSize;
+    // Mamba-2's layer has kernels of its own (./decode-plans-mamba2.ts); the embedding and the head are shared
+    const ready = model.config.family === "mamba2" ? this.mamba2.prepare(model, B, conv, ssm) : this.prepareMamba1(model, B, conv, ssm);
+    if (!ready) return null;
     const w = model.weights;
     const gpu = this.backend.gpu;
-    const packs = w.layers.map((layer) => this.layerPack(layer, D, E, N, K));
-    const states = w.layers.map((_, i) => {
-      const cs = this.backend.t(conv[i]!, "decodeStep"), ss = this.backend.t(ssm[i]!, "decodeStep");
-      check(cs.numel === B * (K - 1) * E && ss.numel === B * E * N, "decodeStep: the cache does not match the batch");
-      cs.version++;
-      ss.version++;
-      return [cs, ss] as const;
-    });
-    // the recorded step holds while the batch, the state buffers and the layer constants are the same
-    let key = `${B}`;
-    for (let i = 0; i < states.length; i++) key += `|${states[i]![0].buf.id},${states[i]![1].buf.id},${packs[i]!.buf.buf.id}`;
+    const c = model.config;
     let plan = this.decodePlans.get(w);
-    if (plan?.key !== key) {
+    if (plan?.key !== ready.key) {
       if (plan) {
         if (this.backend.barrierWatch && plan.scratch.includes(this.backend.barrierWatch)) this.backend.barrierWatch = null;
         for (const b of [plan.h, plan.normed.buf, ...plan.scratch, ...(plan.argmaxPart ? [plan.argmaxPart.buf] : [])]) gpu.release(b);
       }
-      plan = fused ? this.recordDecode(model, B, key, packs, states) : this.recordBatchDecode(model, B, key, packs, states);
+      plan = ready.record();
       this.decodePlans.set(w, plan);
     }
     const tb = this.backend.t(w.embeddings, "decodeStep");
@@ -126,6 +114,35 @@ export class DecodePlans {
       argmax: { V: c.vocabSize, part: plan.argmaxPart.buf, ids: chosen.buf } });
     this.backend.greedyIds.set(logits, { ids: chosen, V: c.vocabSize });
     return logits;
+  }
+
+  /** Mamba-1's step for B rows over these states, or null where its kernels do not take the model or batch. */
+  private prepareMamba1(model: StepModel, B: number, conv: readonly Tensor[], ssm: readonly Tensor[]): PreparedStep | null {
+    const c = model.config;
+    const [D, E, N, R, K] = [c.hiddenSize, c.intermediateSize, c.stateSize, c.timeStepRank, c.convKernel];
+    const J = R + 2 * N;
+    // up to 8 rows: three kernels a layer that each hold the whole batch (kernels/decode/mixer-*.ts); past that, or
+    // where those do not fit, with decodeBatch, five a layer whose matmuls have rows enough to fill the GPU
+    // (kernels/decode/batch-*.ts); else null, and generate records the model's ops
+    const scanFits = mixerScanBytes(N) <= this.backend.gpu.limits.maxComputeWorkgroupStorageSize;
+    const fused = scanFits && B <= DECODE_MAX_B && B * D <= DECODE_MAX_BD && B * J <= DECODE_MAX_BJ && D % 4 === 0 && K <= DECODE_MAX_K;
+    const batched = this.backend.settings.decodeBatch && scanFits && K <= DECODE_MAX_K && DECODE_MAX_B * J <= DECODE_MAX_BJ &&
+      batchConvBytes(J) <= this.backend.gpu.limits.maxComputeWorkgroupStorageSize;
+    // Mamba-1's layer only: Falcon-Mamba's norms of dt, B, C are not in these kernels
+    if (c.mixer !== "s6" || (c.family ?? "mamba") !== "mamba" || !(fused || batched)) return null;
+    const w = model.weights;
+    const packs = w.layers.map((layer) => this.layerPack(layer, D, E, N, K));
+    const states = w.layers.map((_, i) => {
+      const cs = this.backend.t(conv[i]!, "decodeStep"), ss = this.backend.t(ssm[i]!, "decodeStep");
+      check(cs.numel === B * (K - 1) * E && ss.numel === B * E * N, "decodeStep: the cache does not match the batch");
+      cs.version++;
+      ss.version++;
+      return [cs, ss] as const;
+    });
+    // the recorded step holds while the batch, the state buffers and the layer constants are the same
+    let key = `${B}`;
+    for (let i = 0; i < states.length; i++) key += `|${states[i]![0].buf.id},${states[i]![1].buf.id},${packs[i]!.buf.buf.id}`;
+    return { key, record: () => fused ? this.recordDecode(model, B, key, packs, states) : this.recordBatchDecode(model, B, key, packs, states) };
   }
 
   /**

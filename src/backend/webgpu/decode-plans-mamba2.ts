@@ -1,0 +1,226 @@
+/**
+ * The fused decode step of Mamba-2 (Backend.decodeStep for config.family "mamba2"), recorded by ./decode-plans.ts
+ * as Mamba-1's is (the embedding before it and the head after it are shared). A layer, up to 8 rows, three kernels:
+ *  1. in_proj with the layer's RMSNorm in front and the conv step + SiLU and dt's softplus behind it, column by
+ *     column (kernels/decode/mamba2-in.ts; the norm is a dispatch of its own where rows × D outgrow its workgroup
+ *     memory);
+ *  2. the SSD step of every head and the gate (kernels/decode/mamba2-ssm.ts), leaving the gated norm's sums of
+ *     squares per workgroup;
+ *  3. out_proj with the gated norm's scale (kernels/decode/mamba2-out.ts).
+ * Past 8 rows (the batch step): the norm (summing the last out_proj's K-split partials, kernels/decode/batch-norm.ts),
+ * in_proj through matmulTiled with K split, its partials summed with the conv and dt (decode_m2_in_finish), the SSD
+ * step, the norm's scale, out_proj through matmulTiled. The layer's small constants are packed into one buffer.
+ */
+import type { StepModel, Tensor } from "../backend.ts";
+import { check } from "../../errors.ts";
+import type { Buf } from "./gpu.ts";
+import { GpuTensor } from "./tensor.ts";
+import type { WebGpuBackend } from "./backend.ts";
+import type { DecodePlan } from "./decode-plans.ts";
+import { kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
+import { MATVEC_MAX_ROWS, MATVEC_NORM_MAX } from "./kernels/matvec.ts";
+import { addRmsNorm } from "./kernels/norm.ts";
+import { copyWords, fillWords } from "./kernels/copy.ts";
+import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
+import { M2_IN_MAX_ROWS, M2_IN_NORM_MAX, M2_MAX_K, type M2Offsets, decodeM2In, decodeM2InFinish } from "./kernels/decode/mamba2-in.ts";
+import { type M2GateMode, decodeM2Ssm, m2SsmGroups } from "./kernels/decode/mamba2-ssm.ts";
+import { decodeM2Out, decodeM2Scale } from "./kernels/decode/mamba2-out.ts";
+
+type StepLayer = StepModel["weights"]["layers"][number];
+
+/** Where each constant sits in a layer's packed buffer (offsets in floats). */
+interface Mamba2Pack extends M2Offsets {
+  buf: GpuTensor;
+  versions: string;
+  oA: number; oD: number; oGate: number;
+}
+
+/** The model's sizes as the kernels take them. */
+interface Dims {
+  D: number; E: number; N: number; K: number; H: number; P: number; G: number; C: number; NIN: number; L: number;
+  lo: number; hi: number; mode: M2GateMode; eps: number;
+}
+
+/** A step ready to record (the key says when a recorded one still holds). */
+export interface PreparedStep { key: string; record: () => DecodePlan }
+
+export class Mamba2Plans {
+  /** Each layer's packed constants, keyed by the layer's weights object. */
+  private packs = new WeakMap<StepLayer, Mamba2Pack>();
+
+  constructor(private readonly backend: WebGpuBackend) {}
+
+  /**
+   * The step of a Mamba-2 model for B rows over these states, or null where the kernels do not take it: a state
+   * size that is not a multiple of 4 (or past 1024), a conv past M2_MAX_K taps; up to 8 rows the hidden and inner
+   * sizes must be multiples of 4, past that (or where they are not) the batch step must be on (decodeBatch).
+   */
+  prepare(model: StepModel, B: number, conv: readonly Tensor[], ssm: readonly Tensor[]): PreparedStep | null {
+    const c = model.config, m = c.mamba2;
+    if (!m || c.family !== "mamba2") return null;
+    const d: Dims = {
+      D: c.hiddenSize, E: c.intermediateSize, N: c.stateSize, K: c.convKernel, H: m.numHeads, P: m.headDim, G: m.nGroups,
+      C: c.intermediateSize + 2 * m.nGroups * c.stateSize, NIN: 2 * c.intermediateSize + 2 * m.nGroups * c.stateSize + m.numHeads,
+      L: c.numLayers, lo: m.timeStepLimit[0], hi: m.timeStepLimit[1], mode: !m.gatedNorm ? "none" : m.normBeforeGate ? "before" : "after",
+      eps: c.layerNormEpsilon,
+    };
+    if (d.N % 4 !== 0 || d.N > 1024 || d.K > M2_MAX_K || d.H * d.P !== d.E || d.H % d.G !== 0) return null;
+    const small = B <= M2_IN_MAX_ROWS && d.D % 4 === 0 && d.E % 4 === 0;
+    if (!small && !this.backend.settings.decodeBatch) return null;
+    const w = model.weights;
+    const packs = w.layers.map((layer) => this.layerPack(layer, d));
+    const states = w.layers.map((_, i) => {
+      const cs = this.backend.t(conv[i]!, "decodeStep"), ss = this.backend.t(ssm[i]!, "decodeStep");
+      check(cs.numel === B * (d.K - 1) * d.C && ss.numel === B * d.H * d.P * d.N, "decodeStep: the cache does not match the batch");
+      cs.version++;
+      ss.version++;
+      return [cs, ss] as const;
+    });
+    let key = `mamba2|${B}`;
+    for (let i = 0; i < states.length; i++) key += `|${states[i]![0].buf.id},${states[i]![1].buf.id},${packs[i]!.buf.buf.id}`;
+    return { key, record: () => small ? this.recordSmall(model, B, key, d, packs, states) : this.recordBatch(model, B, key, d, packs, states) };
+  }
+
+  /** Up to 8 rows: three kernels a layer (four where the norm does not fit in_proj's workgroup memory). */
+  private recordSmall(model: StepModel, B: number, key: string, d: Dims, packs: Mamba2Pack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
+    const gpu = this.backend.gpu;
+    const w = model.weights;
+    const { D, E, NIN, L } = d;
+    const NWG = m2SsmGroups(d.N, d.P, d.H);
+    const h = gpu.alloc(B * D * 4); // [B, D]: the embedding, then each layer's out_proj
+    const normed = new GpuTensor([B, D], "f32", gpu.alloc(B * D * 4), "f32", this.backend);
+    const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other
+    const xbc = gpu.alloc(B * NIN * 4);
+    const v = gpu.alloc(B * E * 4);
+    const ss = gpu.alloc(B * NWG * 4);
+    const fuseNorm = B * D <= M2_IN_NORM_MAX;
+    const u = fuseNorm ? null : gpu.alloc(B * D * 4);
+    const resOut = gpu.alloc(B * D * 4);
+    const normF = this.backend.f32(this.backend.t(w.normF, "decodeStep"));
+    const headNorm = B <= MATVEC_MAX_ROWS && B * D <= MATVEC_NORM_MAX && D % 4 === 0
+      ? { res, offRes: (L % 2) * B * D, g: normF, eps: d.eps } : undefined;
+    const plan = gpu.record(() => {
+      for (let i = 0; i < L; i++) {
+        const mx = w.layers[i]!.mixer;
+        const lp = packs[i]!;
+        const [convState, ssmState] = states[i]!;
+        const wIn = this.backend.t(mx.inProj, "decodeStep");
+        if (!fuseNorm) {
+          decodeBatchNorm(gpu, { B, D, eps: d.eps, part: h, S: 1, bias: null, res, hasRes: i > 0, par: i % 2, g: lp.buf.buf, oG: lp.oNorm, out: u! });
+        }
+        decodeM2In(gpu, {
+          T: B, D, E, C: d.C, H: d.H, K: d.K, x: fuseNorm ? h : u!, norm: fuseNorm ? { res, hasRes: i > 0, par: i % 2, eps: d.eps } : null,
+          lp: lp.buf.buf, hasBias: !!mx.inProjBias, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
+          oDtBias: lp.oDtBias, w: wIn.buf, ws: this.backend.weightStorage(wIn), loadBytes: this.backend.loadBytes(D),
+          convState: convState.buf, out: xbc, lo: d.lo, hi: d.hi,
+        });
+        decodeM2Ssm(gpu, {
+          B, N: d.N, P: d.P, H: d.H, G: d.G, E, C: d.C, mode: d.mode, xbc, lp: lp.buf.buf, oA: lp.oA, oD: lp.oD, oGate: lp.oGate,
+          ssm: ssmState.buf, out: v, ss,
+        });
+        const wo = this.backend.t(mx.outProj, "decodeStep");
+        const bias = mx.outProjBias ? this.backend.f32(this.backend.t(mx.outProjBias, "decodeStep")) : null;
+        decodeM2Out(gpu, {
+          T: B, K: E, N: D, v, w: wo.buf, ws: this.backend.weightStorage(wo), bias, y: h, loadBytes: this.backend.loadBytes(E),
+          norm: d.mode === "none" ? null : { ss, G: d.G, GS: E / d.G, NWG, eps: d.eps },
+        });
+      }
+      // norm_f over h + the last residual (half L % 2 of res): in the head's kernel where it takes it
+      if (!headNorm) addRmsNorm(gpu, h, res, normF, d.eps, B, D, normed.buf, resOut, (L % 2) * B * D);
+    });
+    return { key, h, normed, scratch: [res, xbc, v, ss, resOut, ...(u ? [u] : [])], plan, headNorm };
+  }
+
+  /** Past 8 rows: the norm, in_proj (matmulTiled), its partials' sum with the conv and dt, the SSD step, the gated
+   *  norm's scale and out_proj (matmulTiled), whose K-split partials the next norm sums. */
+  private recordBatch(model: StepModel, B: number, key: string, d: Dims, packs: Mamba2Pack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
+    const gpu = this.backend.gpu;
+    const w = model.weights;
+    const { D, E, NIN, L } = d;
+    const NWG = m2SsmGroups(d.N, d.P, d.H);
+    const tile = this.backend.settings.tileBatch;
+    // K parts as Mamba-1's batch step takes them (./decode-plans.ts)
+    const split = (N: number, K: number) => {
+      const parts = kSplits(B, N, K, tile);
+      const byGroups = splitPlan(K, parts);
+      const cols = this.backend.settings.decodeBatchSplitCols < 0 ? (byGroups.kLen <= 128 ? 96 : 0) : this.backend.settings.decodeBatchSplitCols;
+      return parts > 1 && cols > 0 ? { kLen: cols, count: Math.ceil(K / cols) } : byGroups;
+    };
+    const inSplit = split(NIN, D);
+    const outSplit = split(D, E);
+    const hp = gpu.alloc(outSplit.count * B * D * 4); // [S, B, D]: the embedding (one part), then out_proj's partials
+    const normed = new GpuTensor([B, D], "f32", gpu.alloc(B * D * 4), "f32", this.backend);
+    const res = gpu.alloc(2 * B * D * 4);
+    const u = gpu.alloc(B * D * 4);
+    const xbcp = gpu.alloc(inSplit.count * B * NIN * 4); // [S, B, NIN]: in_proj's partials
+    const xbc = gpu.alloc(B * NIN * 4);
+    const v = gpu.alloc(B * E * 4);
+    const ss = gpu.alloc(B * NWG * 4);
+    let parts = 1; // of hp: the embedding is one
+    let bias: Buf | null = null; // the last out_proj's, added by the next norm
+    const plan = gpu.record(() => {
+      for (let i = 0; i < L; i++) {
+        const mx = w.layers[i]!.mixer;
+        const lp = packs[i]!;
+        const [convState, ssmState] = states[i]!;
+        decodeBatchNorm(gpu, { B, D, eps: d.eps, part: hp, S: parts, bias, res, hasRes: i > 0, par: i % 2, g: lp.buf.buf, oG: lp.oNorm, out: u });
+        const wIn = this.backend.t(mx.inProj, "decodeStep");
+        matmulTiled(gpu, { x: u, ldx: D, offx: 0, rows: B, K: D, w: wIn.buf, ws: this.backend.weightStorage(wIn), N: NIN, bias: null, y: xbcp },
+          tile, inSplit);
+        decodeM2InFinish(gpu, {
+          B, S: inSplit.count, E, C: d.C, H: d.H, K: d.K, part: xbcp, lp: lp.buf.buf, hasBias: !!mx.inProjBias,
+          oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB, oDtBias: lp.oDtBias,
+          convState: convState.buf, out: xbc, lo: d.lo, hi: d.hi,
+        });
+        decodeM2Ssm(gpu, {
+          B, N: d.N, P: d.P, H: d.H, G: d.G, E, C: d.C, mode: d.mode, xbc, lp: lp.buf.buf, oA: lp.oA, oD: lp.oD, oGate: lp.oGate,
+          ssm: ssmState.buf, out: v, ss,
+        });
+        if (d.mode !== "none") decodeM2Scale(gpu, { B, K: E, v, ss, G: d.G, GS: E / d.G, NWG, eps: d.eps });
+        const wo = this.backend.t(mx.outProj, "decodeStep");
+        matmulTiled(gpu, { x: v, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.backend.weightStorage(wo), N: D, bias: null, y: hp },
+          tile, outSplit);
+        parts = outSplit.count;
+        bias = mx.outProjBias ? this.backend.f32(this.backend.t(mx.outProjBias, "decodeStep")) : null;
+      }
+      decodeBatchNorm(gpu, {
+        B, D, eps: d.eps, part: hp, S: parts, bias, res, hasRes: L > 0, par: L % 2,
+        g: this.backend.f32(this.backend.t(w.normF, "decodeStep")), oG: 0, out: normed.buf,
+      });
+    });
+    return { key, h: hp, normed, scratch: [res, u, xbcp, xbc, v, ss], plan };
+  }
+
+  /** A layer's small constants in one f32 buffer: norm [D] | in_proj bias [NIN] | conv [C, K] | conv bias [C] |
+   *  dt_bias [H] | A_log [H] | D [H] | the gated norm's weight [E]. Made once per layer; zeros stand for absent
+   *  biases (and the gated norm's weight where the model has none: it is not read then). */
+  private layerPack(layer: StepLayer, d: Dims): Mamba2Pack {
+    const m = layer.mixer;
+    const parts = [layer.norm, m.inProjBias, m.conv, m.convBias, m.dtBias, m.A_log, m.D, m.gateNorm ?? null];
+    const versions = parts.map((p) => (p ? (p as GpuTensor).version : "-")).join(",");
+    const hit = this.packs.get(layer);
+    if (hit && hit.versions === versions) return hit;
+    if (hit) this.backend.dispose(hit.buf);
+    const oNorm = 0, oInBias = d.D, oConvW = oInBias + d.NIN, oConvB = oConvW + d.C * d.K, oDtBias = oConvB + d.C;
+    const oA = oDtBias + d.H, oD = oA + d.H, oGate = oD + d.H;
+    const buf = this.backend.make([oGate + d.E], "f32");
+    const put = (t: Tensor | null, off: number, n: number) => {
+      if (t) {
+        const g = this.backend.t(t, "decodeStep");
+        check(g.numel === n, `decodeStep: a layer constant has ${g.numel} values, expected ${n}`);
+        copyWords(this.backend.gpu, this.backend.f32(g), 0, buf.buf, off, n);
+      } else fillWords(this.backend.gpu, buf.buf, off, n);
+    };
+    put(layer.norm, oNorm, d.D);
+    put(m.inProjBias, oInBias, d.NIN);
+    put(m.conv, oConvW, d.C * d.K);
+    put(m.convBias, oConvB, d.C);
+    put(m.dtBias, oDtBias, d.H);
+    put(m.A_log, oA, d.H);
+    put(m.D, oD, d.H);
+    put(m.gateNorm ?? null, oGate, d.E);
+    const pack = { buf, versions, oNorm, oInBias, oConvW, oConvB, oDtBias, oA, oD, oGate };
+    this.packs.set(layer, pack);
+    return pack;
+  }
+}

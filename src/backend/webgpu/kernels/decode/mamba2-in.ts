@@ -1,0 +1,266 @@
+/**
+ * Mamba-2's fused decode, the first kernel of a layer: in_proj of one token a row, and what follows it column by
+ * column, so that the scan kernel (./mamba2-ssm.ts) reads its inputs ready:
+ *   zxbcdt = in_proj(u) (+ bias)        [T, E + C + H]: z | xBC | dt (C = E + 2·G·N conv channels)
+ *   z stays as it is; xBC = silu(conv step over the channel's history, which advances in place);
+ *   dt = clamp(softplus(dt + dt_bias), lo, hi)
+ * Each conv channel and dt column is one output of in_proj, computed by one thread, so that thread alone reads and
+ * writes the channel's history (the conv state [T, K-1, C]) and no other workgroup sees it half updated.
+ *
+ * Two kernels share that epilogue:
+ *  - decode_m2_in: the product itself for up to 8 rows (a matvec: each group of LPR lanes streams one row of the
+ *    weights as 4-wide loads and applies it to every row of x), optionally with the RMSNorm of h + residual in
+ *    front (every workgroup normalizes the rows for itself; workgroup 0 writes the new residual), as the fused
+ *    head's matvec does (../matvec.ts);
+ *  - decode_m2_in_finish: the batch step's, a thread per (row, column) summing matmulTiled's K-split partials.
+ * The layer's constants come from one packed buffer (lp: in_proj bias, conv weights [C, K] and bias, dt_bias).
+ */
+import type { Buf, Gpu } from "../../gpu.ts";
+import { grid } from "../../gpu.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
+import { type WeightStorage, weight4Binding, weight4Reader } from "../weights.ts";
+import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
+import { matvecRowLanes } from "../matvec.ts";
+import { defineKernel } from "../../kernel-def.ts";
+
+/** Rows the matvec kernel takes at most. */
+export const M2_IN_MAX_ROWS = 8;
+/** Rows × hidden size the matvec's norm holds in workgroup memory (16 KiB). */
+export const M2_IN_NORM_MAX = 4096;
+/** Conv kernel sizes taken (the history is held in registers). */
+export const M2_MAX_K = 9;
+/** vec4s of a weight row a lane loads at once before using any (as ../matvec.ts). */
+const WHOLE_ROW_VEC4S = 16;
+
+const EPILOGUE_PARAMS: [string, "u32" | "f32"][] = [["hasBias", "u32"], ["oInBias", "u32"], ["oConvW", "u32"], ["oConvB", "u32"],
+  ["oDtBias", "u32"], ["lo", "f32"], ["hi", "f32"]];
+
+/** Column n's epilogue: the tap of a conv column (history, weights, bias), loaded apart from its use so that a
+ *  kernel can issue the loads early; `finish(t, n, tap, v)` stores the column's value from in_proj's sum v. */
+const epilogueWgsl = (K: number) => /* wgsl */ `
+${SOFTPLUS_WGSL}
+struct Tap { hist: array<f32, ${Math.max(1, K - 1)}>, w: array<f32, ${K}>, bias: f32, inBias: f32 }
+// the constants of column n (clamped by the caller), and the history of row t where n is a conv column
+fn loadTap(t: u32, n: u32) -> Tap {
+  var tap: Tap;
+  tap.inBias = select(0.0, lp[p.oInBias + n], p.hasBias != 0u);
+  let c = min(max(n, E) - E, CW - 1u); // the conv channel (clamped: other columns load and drop it)
+  for (var j = 0u; j + 1u < CK; j++) { tap.hist[j] = convState[(t * (CK - 1u) + j) * CW + c]; }
+  for (var j = 0u; j < CK; j++) { tap.w[j] = lp[p.oConvW + c * CK + j]; }
+  tap.bias = lp[select(p.oConvB + c, p.oDtBias + min(max(n, E + CW) - E - CW, H - 1u), n >= E + CW)];
+  return tap;
+}
+fn finish(t: u32, n: u32, tap: Tap, sum: f32) {
+  let v = sum + tap.inBias;
+  var o = v; // z as it is
+  if (n >= E + CW) {
+    o = clamp(softplus(v + tap.bias), p.lo, p.hi); // dt
+  } else if (n >= E) {
+    // the conv step: the history shifts by one in place (this thread alone owns channel c of row t)
+    let c = n - E;
+    var s = tap.bias;
+    for (var j = 0u; j + 1u < CK; j++) { s = fma(tap.w[j], tap.hist[j], s); }
+    s = fma(tap.w[CK - 1u], v, s);
+    for (var j = 0u; j + 2u < CK; j++) { convState[(t * (CK - 1u) + j) * CW + c] = tap.hist[j + 1u]; }
+    if (CK > 1u) { convState[(t * (CK - 1u) + CK - 2u) * CW + c] = v; }
+    o = s / (1.0 + exp(-s));
+  }
+  out[t * NIN + n] = o;
+}`;
+
+/** The matvec kernel's shape: T rows, D inputs, E + C + H outputs. */
+export interface M2InShape {
+  T: number; D: number; E: number; C: number; H: number; K: number; ws: WeightStorage; loadBytes: number; norm: boolean;
+}
+
+function inParts(s: M2InShape): WgslParts {
+  const { T, D, E, C, H, K, ws, loadBytes, norm } = s;
+  const D4 = D / 4;
+  const LPR = matvecRowLanes(D);
+  const perLane = Math.ceil(D4 / LPR);
+  const BATCH = perLane <= WHOLE_ROW_VEC4S ? perLane : loadBytes / (ws === "f32" ? 16 : 8);
+  return {
+    consts: [["T", `${T}u`], ["D4", `${D4}u`], ["E", `${E}u`], ["CW", `${C}u`], ["H", `${H}u`], ["NIN", `${E + C + H}u`],
+      ["CK", `${K}u`], ["LPR", `${LPR}u`], ["RPW", `${256 / LPR}u`], ["BATCH", `${BATCH}u`], ["NIT", `${Math.ceil(perLane / BATCH)}u`]],
+    params: [["hasRes", "u32"], ["par", "u32"], ["eps", "f32"], ["oNorm", "u32"], ["groupsX", "u32"], ...EPILOGUE_PARAMS],
+    bindings: [
+      ["x", "var<storage, read> x: array<f32>"], // [T, D]: h (with the norm) or the normalized input
+      // [2, T, D]: half par in, half 1 - par out (only with the norm: a binding no code uses is not in the layout)
+      ...(norm ? [["res", "var<storage, read_write> res: array<f32>"] as [string, string]] : []),
+      ["lp", "var<storage, read> lp: array<f32>"], // the layer's constants
+      ["w", `var<storage, read> w: array<${weight4Binding(ws)}>`], // [E + C + H, D]
+      ["convState", "var<storage, read_write> convState: array<f32>"], // [T, K-1, C]
+      ["out", "var<storage, read_write> out: array<f32>"], // [T, E + C + H]
+    ],
+    decls: /* wgsl */ `
+${norm ? "var<workgroup> us: array<f32, T * D4 * 4u>; // (h + res) · g; the norm's scale is applied to the sums" : ""}
+var<workgroup> red: array<f32, 256u * T>;
+${weight4Reader(ws)}
+${epilogueWgsl(K)}
+fn xAt(t: u32, k: u32) -> f32 { return ${norm ? "us[t * D4 * 4u + k]" : "x[t * D4 * 4u + k]"}; }
+// batch i of this lane's share of row n, loaded unconditionally (clamped) so that all loads are in flight at once
+fn load(n: u32, lane: u32, i: u32) -> array<vec4<f32>, BATCH> {
+  var wv: array<vec4<f32>, BATCH>;
+  for (var k = 0u; k < BATCH; k++) { wv[k] = weight4(n * D4 + min(lane + LPR * (i * BATCH + k), D4 - 1u)); }
+  return wv;
+}`,
+    fn: /* wgsl */ `
+fn m2In(t0: u32, wg: vec3<u32>) {
+  let lane = t0 % LPR;
+  let gi = wg.y * p.groupsX + wg.x;
+  let n = gi * RPW + t0 / LPR;
+  let nc = min(n, NIN - 1u); // rows past the last load the last one and store nothing
+  var taps: array<Tap, T>;
+  if (lane == 0u) {
+    for (var t = 0u; t < T; t++) { taps[t] = loadTap(t, nc); }
+  }
+  var s: array<f32, T>;
+  for (var t = 0u; t < T; t++) { s[t] = 0.0; }
+${norm ? `  // RMSNorm of h + res, each workgroup for itself; workgroup 0 writes the new residual
+  var inv: array<f32, T>;
+  for (var t = 0u; t < T; t++) {
+    var ss = 0.0;
+    for (var k = t0; k < D4 * 4u; k += 256u) {
+      var v = x[t * D4 * 4u + k];
+      if (p.hasRes != 0u) { v += res[p.par * T * D4 * 4u + t * D4 * 4u + k]; }
+      if (gi == 0u) { res[(1u - p.par) * T * D4 * 4u + t * D4 * 4u + k] = v; }
+      us[t * D4 * 4u + k] = v * lp[p.oNorm + k];
+      ss = fma(v, v, ss);
+    }
+    red[t * 256u + t0] = ss;
+  }
+  workgroupBarrier();
+  for (var st = 128u; st > 0u; st >>= 1u) {
+    if (t0 < st) {
+      for (var t = 0u; t < T; t++) { red[t * 256u + t0] += red[t * 256u + t0 + st]; }
+    }
+    workgroupBarrier();
+  }
+  for (var t = 0u; t < T; t++) { inv[t] = inverseSqrt(red[t * 256u] / f32(D4 * 4u) + p.eps); }
+  workgroupBarrier(); // red is reused below
+` : ""}  for (var i = 0u; i < NIT; i++) {
+    let wv = load(nc, lane, i);
+    for (var k = 0u; k < BATCH; k++) {
+      let k4 = lane + LPR * (i * BATCH + k);
+      if (k4 < D4) {
+        for (var t = 0u; t < T; t++) {
+          let o = k4 * 4u;
+          s[t] = fma(wv[k].x, xAt(t, o), fma(wv[k].y, xAt(t, o + 1u), fma(wv[k].z, xAt(t, o + 2u), fma(wv[k].w, xAt(t, o + 3u), s[t]))));
+        }
+      }
+    }
+  }
+  for (var t = 0u; t < T; t++) { red[t * 256u + t0] = s[t]${norm ? " * inv[t]" : ""}; }
+  workgroupBarrier();
+  for (var st = LPR / 2u; st > 0u; st >>= 1u) {
+    if (lane < st) {
+      for (var t = 0u; t < T; t++) { red[t * 256u + t0] += red[t * 256u + t0 + st]; }
+    }
+    workgroupBarrier();
+  }
+  if (lane == 0u && n < NIN) {
+    for (var t = 0u; t < T; t++) { finish(t, n, taps[t], red[t * 256u + t0]); }
+  }
+}`,
+  };
+}
+
+const partsCache = new Map<string, WgslParts>();
+function cached(key: string, make: () => WgslParts): WgslParts {
+  let parts = partsCache.get(key);
+  if (!parts) partsCache.set(key, parts = make());
+  return parts;
+}
+
+const inKernel = defineKernel({
+  name: "decode_m2_in",
+  wgsl: (s: M2InShape) => standaloneWgsl(cached(JSON.stringify(s), () => inParts(s)), "256", "m2In(lid.x, wg)"),
+  label: (s) => `decode_m2_in_${s.T}_${s.D}_${s.E}_${s.C}_${s.H}_${s.K}_${s.ws}_${s.loadBytes}${s.norm ? "_norm" : ""}`,
+  example: { T: 1, D: 768, E: 1536, C: 1792, H: 24, K: 4, ws: "f32", loadBytes: 256, norm: true },
+});
+
+/** The layer constants' offsets (floats) in the packed buffer lp. */
+export interface M2Offsets { oNorm: number; oInBias: number; oConvW: number; oConvB: number; oDtBias: number }
+
+export interface M2InArgs extends M2Offsets {
+  T: number; D: number; E: number; C: number; H: number; K: number;
+  x: Buf; // [T, D]: h where `norm` is given (normalized here), else the normalized input
+  norm: { res: Buf; hasRes: boolean; par: number; eps: number } | null;
+  lp: Buf; hasBias: boolean;
+  w: Buf; ws: WeightStorage; loadBytes: number;
+  convState: Buf; out: Buf;
+  lo: number; hi: number;
+}
+
+function epilogueParams(a: M2Offsets & { hasBias: boolean; lo: number; hi: number }) {
+  return { hasBias: a.hasBias, oInBias: a.oInBias, oConvW: a.oConvW, oConvB: a.oConvB, oDtBias: a.oDtBias, lo: a.lo, hi: Math.min(a.hi, 3e38) };
+}
+
+// x: [T <= 8, D] (h, normalized here with `norm`), w: [E + C + H, D] -> out: [T, E + C + H] (z | silu(conv) | dt)
+export function decodeM2In(gpu: Gpu, a: M2InArgs): void {
+  if (a.T < 1 || a.T > M2_IN_MAX_ROWS) throw new Error(`decodeM2In: ${a.T} rows, expected 1 to ${M2_IN_MAX_ROWS}`);
+  if (a.D % 4 !== 0) throw new Error(`decodeM2In: hidden size ${a.D} is not a multiple of 4`);
+  if (a.norm && a.T * a.D > M2_IN_NORM_MAX) throw new Error(`decodeM2In: ${a.T} rows of ${a.D} to normalize, expected at most ${M2_IN_NORM_MAX} values`);
+  const shape: M2InShape = { T: a.T, D: a.D, E: a.E, C: a.C, H: a.H, K: a.K, ws: a.ws, loadBytes: a.loadBytes, norm: !!a.norm };
+  const k = gpu.kernel(inKernel, shape);
+  const parts = cached(JSON.stringify(shape), () => inParts(shape));
+  const groups = Math.ceil((a.E + a.C + a.H) / (256 / matvecRowLanes(a.D)));
+  const [gx, gy] = grid(groups, gpu.limits.maxComputeWorkgroupsPerDimension);
+  const p = paramBlock(parts.params, {
+    hasRes: a.norm?.hasRes ?? false, par: a.norm?.par ?? 0, eps: a.norm?.eps ?? 0, oNorm: a.oNorm, groupsX: gx, ...epilogueParams(a),
+  });
+  gpu.dispatch(k, bindingsByName(parts, { x: a.x, ...(a.norm ? { res: a.norm.res } : {}), lp: a.lp, w: a.w, convState: a.convState, out: a.out }), p, [gx, gy]);
+}
+
+/** The batch step's kernel: S K-split partials [S, B, E + C + H] summed, then the same epilogue. */
+export interface M2FinishShape { S: number; E: number; C: number; H: number; K: number }
+
+function finishParts(s: M2FinishShape): WgslParts {
+  return {
+    consts: [["S", `${s.S}u`], ["E", `${s.E}u`], ["CW", `${s.C}u`], ["H", `${s.H}u`], ["NIN", `${s.E + s.C + s.H}u`], ["CK", `${s.K}u`]],
+    params: [["B", "u32"], ["groupsX", "u32"], ...EPILOGUE_PARAMS],
+    bindings: [
+      ["part", "var<storage, read> part: array<f32>"], // [S, B, E + C + H]
+      ["lp", "var<storage, read> lp: array<f32>"],
+      ["convState", "var<storage, read_write> convState: array<f32>"], // [B, K-1, C]
+      ["out", "var<storage, read_write> out: array<f32>"], // [B, E + C + H]
+    ],
+    decls: epilogueWgsl(s.K),
+    fn: /* wgsl */ `
+fn m2Finish(lid: vec3<u32>, wg: vec3<u32>) {
+  let i = (wg.y * p.groupsX + wg.x) * 256u + lid.x;
+  let total = p.B * NIN;
+  let ic = min(i, total - 1u);
+  let t = ic / NIN;
+  let n = ic % NIN;
+  let tap = loadTap(t, n);
+  var v: array<f32, S>;
+  for (var s = 0u; s < S; s++) { v[s] = part[s * total + ic]; }
+  var sum = 0.0;
+  for (var s = 0u; s < S; s++) { sum += v[s]; }
+  if (i < total) { finish(t, n, tap, sum); }
+}`,
+  };
+}
+
+const finishKernel = defineKernel({
+  name: "decode_m2_in_finish",
+  wgsl: (s: M2FinishShape) => standaloneWgsl(cached(`f${JSON.stringify(s)}`, () => finishParts(s)), "256", "m2Finish(lid, wg)"),
+  label: (s) => `decode_m2_in_finish_${s.S}_${s.E}_${s.C}_${s.H}_${s.K}`,
+  example: { S: 4, E: 1536, C: 1792, H: 24, K: 4 },
+});
+
+export interface M2FinishArgs extends M2Offsets {
+  B: number; S: number; E: number; C: number; H: number; K: number;
+  part: Buf; lp: Buf; hasBias: boolean; convState: Buf; out: Buf; lo: number; hi: number;
+}
+
+// part: [S, B, E + C + H] (in_proj's K-split partials) -> out: [B, E + C + H] (z | silu(conv) | dt)
+export function decodeM2InFinish(gpu: Gpu, a: M2FinishArgs): void {
+  const shape: M2FinishShape = { S: a.S, E: a.E, C: a.C, H: a.H, K: a.K };
+  const k = gpu.kernel(finishKernel, shape);
+  const parts = cached(`f${JSON.stringify(shape)}`, () => finishParts(shape));
+  const [gx, gy] = grid(Math.ceil((a.B * (a.E + a.C + a.H)) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const p = paramBlock(parts.params, { B: a.B, groupsX: gx, ...epilogueParams(a) });
+  gpu.dispatch(k, bindingsByName(parts, { part: a.part, lp: a.lp, convState: a.convState, out: a.out }), p, [gx, gy]);
+}

@@ -1,0 +1,133 @@
+/**
+ * Mamba-2's fused decode step on WebGPU (src/backend/webgpu/decode-plans-mamba2.ts, kernels/decode/mamba2-*.ts)
+ * against the model's ops one by one: each step's logits and every layer's conv and SSM states after several
+ * steps, compared with the CPU reference backend's step mode and with the WebGPU ops' step mode, on tiny random
+ * configs (1 and 2 groups, with and without in_proj / out_proj biases, dt clamped, the norm before the gate, no
+ * gated norm), at batch 1, 3 (the three-kernel layer) and 12 (the batch step); then greedy generation of the
+ * PyTorch fixtures through the fused step.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { type MambaConfig, type MambaModel, modelFromTensors } from "../../src/index.ts";
+import { makeConfig } from "../../src/model/init.ts";
+import { MambaCache } from "../../src/model/cache.ts";
+import type { WebGpuBackend } from "../../src/backend/webgpu/index.ts";
+import { TestRng, perturbedParameters } from "../helpers/random.ts";
+import { assertClose, expected, fixture } from "../helpers/fixtures.ts";
+import { gpuTest } from "../helpers/backends.ts";
+
+/** A backend of the test's own (the GPU model that takes it destroys it), or null where there is no adapter. */
+async function gpuOrSkip(t: Parameters<typeof gpuTest>[0]): Promise<WebGpuBackend | null> {
+  if (!(await gpuTest(t))) return null;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  return (await createWebGpuBackend()) as WebGpuBackend;
+}
+
+const configs: [string, MambaConfig][] = [
+  // heads of 8 channels, state 16: two channel blocks a head in the scan kernel's workgroups (64 threads of 4 states)
+  ["1 group, biases", makeConfig({ family: "mamba2", vocabSize: 37, hiddenSize: 16, intermediateSize: 32, numLayers: 2, stateSize: 16,
+    convKernel: 4, useBias: true, tieEmbeddings: false, mamba2: { headDim: 8, nGroups: 1, chunkSize: 4 } })],
+  ["2 groups, dt clamped, no biases", makeConfig({ family: "mamba2", vocabSize: 37, hiddenSize: 12, intermediateSize: 24, numLayers: 3,
+    stateSize: 8, convKernel: 3, mamba2: { headDim: 4, nGroups: 2, chunkSize: 4, timeStepLimit: [0.05, 0.4] } })],
+  // heads wider than a scan workgroup's block (N 128: 8 channels a workgroup), the norm before the gate, 3 groups
+  ["3 groups, norm before the gate, N 128", makeConfig({ family: "mamba2", vocabSize: 29, hiddenSize: 8, intermediateSize: 36,
+    numLayers: 2, stateSize: 128, convKernel: 4, useBias: true, mamba2: { headDim: 12, nGroups: 3, chunkSize: 4, normBeforeGate: true } })],
+  ["no gated norm", makeConfig({ family: "mamba2", vocabSize: 23, hiddenSize: 8, intermediateSize: 16, numLayers: 2, stateSize: 4,
+    convKernel: 2, mamba2: { headDim: 4, chunkSize: 4, gatedNorm: false } })],
+];
+
+/**
+ * `steps` steps of batch B from zero caches: the fused step against step mode of the same GPU model's ops and of
+ * the CPU model; logits and every layer's states within tol.
+ */
+async function fusedMatchesOps(gpu: MambaModel, cpu: MambaModel, B: number, steps: number, rng: TestRng, what: string): Promise<void> {
+  const c = gpu.lm.config, gb = gpu.backend, cb = cpu.backend;
+  const fusedCache = MambaCache.zeros(gb, c, B), opsCache = MambaCache.zeros(gb, c, B), cpuCache = MambaCache.zeros(cb, c, B);
+  const tol = 2e-4;
+  try {
+    for (let step = 0; step < steps; step++) {
+      const ids = rng.ids(B, c.vocabSize);
+      const it = gb.fromI32(ids, [B]);
+      const fused = gb.decodeStep!(gpu.lm, it, fusedCache.conv, fusedCache.ssm);
+      assert.ok(fused, `${what}: the fused step takes this model at batch ${B}`);
+      const h = gpu.lm.hidden(gb.fromI32(ids, [B]), { batch: B, seqLen: 1 }, opsCache);
+      const ops = await gb.readF32(gpu.lm.logits(h));
+      const want = await cb.readF32(cpu.lm.logits(cpu.lm.hidden(cb.fromI32(ids, [B]), { batch: B, seqLen: 1 }, cpuCache)));
+      const at = `${what} B=${B} step ${step}`;
+      const got = await gb.readF32(fused);
+      assertClose(got, want, tol, `${at} logits (cpu)`);
+      assertClose(got, ops, tol, `${at} logits (webgpu ops)`);
+      for (let i = 0; i < c.numLayers; i++) {
+        const [ssm, conv] = [await gb.readF32(fusedCache.ssm[i]!), await gb.readF32(fusedCache.conv[i]!)];
+        assertClose(ssm, await cb.readF32(cpuCache.ssm[i]!), tol, `${at} ssm ${i} (cpu)`);
+        assertClose(ssm, await gb.readF32(opsCache.ssm[i]!), tol, `${at} ssm ${i} (webgpu ops)`);
+        assertClose(conv, await cb.readF32(cpuCache.conv[i]!), 1e-5, `${at} conv ${i} (cpu)`);
+        assertClose(conv, await gb.readF32(opsCache.conv[i]!), 1e-5, `${at} conv ${i} (webgpu ops)`);
+      }
+      gb.dispose(it, fused, h);
+    }
+  } finally {
+    for (const k of [fusedCache, opsCache, cpuCache]) k.dispose();
+  }
+}
+
+for (const [name, cfg] of configs) {
+  test(`webgpu mamba2 fused decode (${name}): logits and states over several steps equal the ops one by one, batch 1, 3 and 12`, { timeout: 600_000 }, async (t) => {
+    const g = await gpuOrSkip(t);
+    if (!g) return;
+    const ps = perturbedParameters(cfg, 41);
+    const gpu = await modelFromTensors(cfg, ps, { backend: g });
+    const cpu = await modelFromTensors(cfg, ps, { backend: "cpu" });
+    try {
+      for (const B of [1, 3, 12]) await fusedMatchesOps(gpu, cpu, B, 3, new TestRng(600 + B), name);
+      const names = g.gpu.kernelNames;
+      for (const k of ["decode_m2_in_", "decode_m2_ssm_", "decode_m2_out_", "decode_m2_in_finish_"]) {
+        assert.ok(names.some((n) => n.startsWith(k)), `${name}: ${k} ran`);
+      }
+    } finally {
+      await gpu.dispose();
+      await cpu.dispose();
+    }
+  });
+}
+
+test("webgpu mamba2 fused decode: rows × hidden size past in_proj's norm (a norm dispatch of its own), and greedy generation equals the CPU's", { timeout: 600_000 }, async (t) => {
+  const g = await gpuOrSkip(t);
+  if (!g) return;
+  const cfg = makeConfig({ family: "mamba2", vocabSize: 31, hiddenSize: 1028, intermediateSize: 32, numLayers: 2, stateSize: 8, convKernel: 4,
+    mamba2: { headDim: 8, chunkSize: 4 } });
+  const ps = perturbedParameters(cfg, 43);
+  const gpu = await modelFromTensors(cfg, ps, { backend: g });
+  const cpu = await modelFromTensors(cfg, ps, { backend: "cpu" });
+  try {
+    await fusedMatchesOps(gpu, cpu, 5, 2, new TestRng(91), "hidden 1028"); // 5 · 1028 > 4096
+    const prompt = Int32Array.from([3, 1, 4, 1, 5]);
+    const opts = { maxNewTokens: 6, stopTokens: [] };
+    assert.deepEqual(Array.from(await gpu.generate(prompt, opts)), Array.from(await cpu.generate(prompt, opts)), "greedy generation");
+  } finally {
+    await gpu.dispose();
+    await cpu.dispose();
+  }
+});
+
+for (const name of ["hf-mamba2/tiny", "mamba-ssm/mamba2-tiny"]) {
+  test(`webgpu mamba2 fused decode: ${name}'s greedy output equals PyTorch's, batch 1 and a batch of 12 of the same prompt`, { timeout: 600_000 }, async (t) => {
+    const g = await gpuOrSkip(t);
+    if (!g) return;
+    const { loadModel } = await import("../../src/index.ts");
+    const exp = await expected(fixture(...name.split("/")));
+    const model = await loadModel(fixture(...name.split("/")), { backend: g });
+    try {
+      const prompt = exp.get("greedy_prompt")!.i32, want = exp.get("greedy_output")!.i32;
+      const maxNewTokens = want.length - prompt.length;
+      const got = await model.generate(prompt, { maxNewTokens, stopTokens: [] });
+      assert.deepEqual(Array.from(got), Array.from(want), "batch 1");
+      const rows = await model.generate(Array.from({ length: 12 }, () => prompt), { maxNewTokens, stopTokens: [] });
+      for (const [i, r] of rows.entries()) assert.deepEqual(Array.from(r), Array.from(want), `batch 12, row ${i}`);
+      const names = g.gpu.kernelNames;
+      assert.ok(names.some((n) => n.startsWith("decode_m2_in_")) && names.some((n) => n.startsWith("decode_m2_in_finish_")), "the fused steps ran");
+    } finally {
+      await model.dispose();
+    }
+  });
+}
