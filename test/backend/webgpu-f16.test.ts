@@ -16,51 +16,11 @@ import { HALF_TILE_LARGE, HALF_TILE_SMALL, matmulF16, narrowToF16 } from "../../
 import { splitPlan } from "../../src/backend/webgpu/kernels/matmul.ts";
 import { MATVEC_MAX_ROWS } from "../../src/backend/webgpu/kernels/matvec.ts";
 import { MambaError, loadModel } from "../../src/index.ts";
-import { f16ToF32, toBF16Bits, toF16Bits, toFloat32 } from "../../src/io/tensor.ts";
+import { toBF16Bits, toF16Bits } from "../../src/io/tensor.ts";
 import { expected, fixture, maxAbsDiff } from "../helpers/fixtures.ts";
 import { gpuTest, withOwnWebgpu } from "../helpers/backends.ts";
 import { TestRng } from "../helpers/random.ts";
-
-const rand = (rng: TestRng, n: number) => Float32Array.from({ length: n }, () => 2 * rng.next() - 1);
-/** values rounded to f16 (round to nearest even), as f32 */
-const roundF16 = (v: Float32Array) => Float32Array.from(toF16Bits(v), f16ToF32);
-/** values rounded to bf16 and back */
-const roundBF16 = (v: Float32Array) => toFloat32({ dtype: "BF16", shape: [v.length], data: toBF16Bits(v) });
-
-interface Shape { T: number; K: number; N: number; off: number; ld: number }
-
-/**
- * y = x · wᵀ + bias in f64 over the given (already rounded) values, and per output the scale Σ|x·w| + |bias|. The
- * f32 sums err by a few ulps of that scale (measured on lavapipe: at most 2.9e-7 of it over these cases, whatever
- * the order of the sums); an operand left unrounded would err by about 2^-12 / √K of it (3.7e-5 at K = 44), so a
- * bound of 2^-18 (3.8e-6) tells the two apart with room on both sides.
- */
-function reference(x: Float32Array, w: Float32Array, bias: Float32Array | null, s: Shape): { y: Float64Array; scale: Float64Array } {
-  const y = new Float64Array(s.T * s.N), scale = new Float64Array(s.T * s.N);
-  for (let t = 0; t < s.T; t++) {
-    for (let n = 0; n < s.N; n++) {
-      let acc = bias ? bias[n]! : 0, abs = bias ? Math.abs(bias[n]!) : 0;
-      for (let k = 0; k < s.K; k++) {
-        const p = x[t * s.ld + s.off + k]! * w[n * s.K + k]!;
-        acc += p;
-        abs += Math.abs(p);
-      }
-      y[t * s.N + n] = acc;
-      scale[t * s.N + n] = abs;
-    }
-  }
-  return { y, scale };
-}
-
-function assertNear(got: Float32Array, want: { y: Float64Array; scale: Float64Array }, what: string): void {
-  assert.equal(got.length, want.y.length, `${what}: lengths differ`);
-  let worst = 0;
-  for (let i = 0; i < got.length; i++) {
-    const err = Math.abs(got[i]! - want.y[i]!) / Math.max(want.scale[i]!, 1e-30);
-    if (!(err <= worst)) worst = Number.isNaN(err) ? Infinity : err;
-  }
-  assert.ok(worst <= 2 ** -18, `${what}: error ${worst.toExponential(3)} of Σ|x·w| > 2^-18`);
-}
+import { type ProductShape as Shape, assertProductNear as assertNear, productReference as reference, rand, roundBF16, roundF16 } from "../helpers/half.ts";
 
 const productCases: Shape[] = [
   { T: 70, K: 300, N: 130, off: 3, ld: 310 }, // 64 x 64 tiles, K split, a window not 4-aligned (one value a load)
