@@ -32,6 +32,9 @@ const configs: [string, MambaConfig][] = [
   // heads wider than a scan workgroup's block (N 128: 8 channels a workgroup), the norm before the gate, 3 groups
   ["3 groups, norm before the gate, N 128", makeConfig({ family: "mamba2", vocabSize: 29, hiddenSize: 8, intermediateSize: 36,
     numLayers: 2, stateSize: 128, convKernel: 4, useBias: true, mamba2: { headDim: 12, nGroups: 3, chunkSize: 4, normBeforeGate: true } })],
+  // heads of 40 channels, state 8: blocks of 32 channels a scan workgroup, the second one ragged
+  ["heads of 40, N 8", makeConfig({ family: "mamba2", vocabSize: 19, hiddenSize: 16, intermediateSize: 80, numLayers: 2, stateSize: 8,
+    convKernel: 4, mamba2: { headDim: 40, chunkSize: 4 } })],
   ["no gated norm", makeConfig({ family: "mamba2", vocabSize: 23, hiddenSize: 8, intermediateSize: 16, numLayers: 2, stateSize: 4,
     convKernel: 2, mamba2: { headDim: 4, chunkSize: 4, gatedNorm: false } })],
 ];

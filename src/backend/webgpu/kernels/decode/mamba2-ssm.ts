@@ -21,11 +21,15 @@ export type M2GateMode = "after" | "before" | "none";
 /** Rows a workgroup takes at most (more rows: more workgroups along y). */
 export const M2_SSM_ROWS = 8;
 
+/** Bytes of workgroup memory for RB rows a workgroup and state size N. */
+export const m2SsmBytes = (RB: number, N: number) => 4 * RB * (2 * N + 256);
+
 export interface M2SsmShape { N: number; P: number; H: number; G: number; E: number; C: number; RB: number; mode: M2GateMode }
 
-/** Channels a workgroup: 256 threads of N / 4 states each, at most the head. */
+/** Channels a workgroup: 256 threads of N / 4 states each, at most the head, and at most 32 so that the gate's
+ *  phase has a thread for each of its rows and channels (M2_SSM_ROWS · 32 = 256). */
 export function m2SsmChannels(N: number, P: number): number {
-  return Math.min(P, Math.floor(256 / (N / 4)));
+  return Math.min(P, Math.floor(256 / (N / 4)), 256 / M2_SSM_ROWS);
 }
 
 /** Workgroups along x: ceil(P / PB) a head. */
@@ -50,8 +54,8 @@ function parts(s: M2SsmShape): WgslParts {
       ...(norm ? [["ss", "var<storage, read_write> ss: array<f32>"] as [string, string]] : []), // [B, NWG]
     ],
     decls: /* wgsl */ `
-var<workgroup> red: array<f32, RB * 256u>;
-${norm ? "var<workgroup> sq: array<f32, RB * PB>;" : ""}
+var<workgroup> bcs: array<vec4<f32>, RB * 2u * N4>; // B | C of each row of the block, 4 states a value
+var<workgroup> red: array<f32, RB * 256u>;          // the products s·C of each thread, then the sums of squares
 fn silu(v: f32) -> f32 { return v / (1.0 + exp(-v)); }`,
     fn: /* wgsl */ `
 fn m2Ssm(t: u32, wg: vec3<u32>) {
@@ -62,56 +66,63 @@ fn m2Ssm(t: u32, wg: vec3<u32>) {
   let pr = t / N4;
   let q = t % N4;
   let ch = h * HP + min(p0 + pr, HP - 1u); // this thread's channel (clamped: threads past the block drop theirs)
-  let A = -exp(lp[p.oA + h]);
-  // every load first, at clamped indices, so that all are in flight together
+  // every load first, at clamped indices, so that all are in flight together: the states, B and C of the block's
+  // rows into workgroup memory (a thread's share of them), x and dt of this thread's channel, and for the threads
+  // of the gate's phase their channel's x and z
   var st: array<vec4<f32>, RB>;
-  var bm: array<vec4<f32>, RB>;
-  var cm: array<vec4<f32>, RB>;
+  for (var r = 0u; r < RB; r++) { st[r] = ssm[(min(b0 + r, p.B - 1u) * E + ch) * N4 + q]; }
+  for (var i = t; i < RB * 2u * N4; i += 256u) {
+    let r = i / (2u * N4);
+    let j = i % (2u * N4); // quad j of B, or quad j - N4 of C
+    let o = min(b0 + r, p.B - 1u) * NIN + E + E + g * N4 * 4u + select(4u * j, GN + 4u * (j - N4), j >= N4);
+    bcs[i] = vec4<f32>(xbc[o], xbc[o + 1u], xbc[o + 2u], xbc[o + 3u]);
+  }
   var xv: array<f32, RB>;
   var dt: array<f32, RB>;
   for (var r = 0u; r < RB; r++) {
-    let b = min(b0 + r, p.B - 1u);
-    let o = b * NIN;
-    st[r] = ssm[(b * E + ch) * N4 + q];
-    let bo = o + E + E + g * N4 * 4u + 4u * q;
-    bm[r] = vec4<f32>(xbc[bo], xbc[bo + 1u], xbc[bo + 2u], xbc[bo + 3u]);
-    let co = bo + GN;
-    cm[r] = vec4<f32>(xbc[co], xbc[co + 1u], xbc[co + 2u], xbc[co + 3u]);
+    let o = min(b0 + r, p.B - 1u) * NIN;
     xv[r] = xbc[o + E + ch];
     dt[r] = xbc[o + E + CW + h];
   }
+  let gr = t / PB; // the gate's phase: a thread per (row, channel)
+  let gc = t % PB;
+  let gb = b0 + gr;
+  let gch = h * HP + min(p0 + gc, HP - 1u);
+  let go = min(gb, p.B - 1u) * NIN;
+  let gx = xbc[go + E + gch];
+  let gz = xbc[go + gch];
+  let A = -exp(lp[p.oA + h]);
+  let Dh = lp[p.oD + h];
+  let w = lp[p.oGate + gch];
+  workgroupBarrier();
   let mine = pr < PB && p0 + pr < HP;
   for (var r = 0u; r < RB; r++) {
-    let s = exp(dt[r] * A) * st[r] + (dt[r] * xv[r]) * bm[r];
+    let s = exp(dt[r] * A) * st[r] + (dt[r] * xv[r]) * bcs[r * 2u * N4 + q];
     if (mine && b0 + r < p.B) { ssm[((b0 + r) * E + ch) * N4 + q] = s; }
-    red[r * 256u + t] = dot(s, cm[r]);
+    red[r * 256u + t] = dot(s, bcs[r * 2u * N4 + N4 + q]);
   }
   workgroupBarrier();
-  // a thread per (row, channel): y, the skip and the gate
-  if (t < RB * PB) {
-    let r = t / PB;
-    let pc = t % PB;
-    let b = b0 + r;
-    let ok = b < p.B && p0 + pc < HP;
-    let c = h * HP + min(p0 + pc, HP - 1u);
-    let o = min(b, p.B - 1u) * NIN;
-    var y = 0.0;
-    for (var k = 0u; k < N4; k++) { y += red[r * 256u + pc * N4 + k]; }
-    let x = xbc[o + E + c];
-    let zs = silu(xbc[o + c]);
-    y = fma(lp[p.oD + h], x, y);
-${mode === "after" ? `    let v = y * zs;
-    let outv = v * lp[p.oGate + c];
-    sq[t] = select(0.0, v * v, ok);`
-    : mode === "before" ? `    let outv = y * lp[p.oGate + c] * zs;
-    sq[t] = select(0.0, y * y, ok);`
-    : "    let outv = y * zs;"}
-    if (ok) { out[b * E + c] = outv; }
+  // y, the skip and the gate
+  let ok = gr < RB && gb < p.B && p0 + gc < HP;
+  var y = 0.0;
+  if (gr < RB) {
+    for (var k = 0u; k < N4; k++) { y += red[gr * 256u + gc * N4 + k]; }
   }
-${norm ? `  workgroupBarrier();
+  y = fma(Dh, gx, y);
+  let zs = silu(gz);
+${mode === "after" ? `  let v = y * zs;
+  let outv = v * w;
+  let sqv = v * v;`
+    : mode === "before" ? `  let outv = y * w * zs;
+  let sqv = y * y;`
+    : "  let outv = y * zs;"}
+  if (ok) { out[gb * E + gch] = outv; }
+${norm ? `  workgroupBarrier(); // red is read by all before it takes the sums of squares
+  red[t] = select(0.0, sqv, ok);
+  workgroupBarrier();
   if (t < RB && b0 + t < p.B) {
     var s = 0.0;
-    for (var k = 0u; k < PB; k++) { s += sq[t * PB + k]; }
+    for (var k = 0u; k < PB; k++) { s += red[t * PB + k]; }
     ss[(b0 + t) * NWG + wg.x] = s;
   }` : ""}
 }`,
@@ -142,7 +153,9 @@ export interface M2SsmArgs {
 // xbc: [B, E + C + H] -> out: [B, E] (gated, times the norm's weight), ss: [B, workgroups]; ssm: [B, H, P, N] in place
 export function decodeM2Ssm(gpu: Gpu, a: M2SsmArgs): void {
   if (a.N % 4 !== 0 || a.N > 1024) throw new Error(`decodeM2Ssm: state size ${a.N} is not a multiple of 4 up to 1024`);
-  const RB = Math.min(a.B, M2_SSM_ROWS);
+  // rows a workgroup: up to 8, as many as the device's workgroup memory holds
+  let RB = Math.min(a.B, M2_SSM_ROWS);
+  while (RB > 1 && m2SsmBytes(RB, a.N) > gpu.limits.maxComputeWorkgroupStorageSize) RB = Math.ceil(RB / 2);
   const shape: M2SsmShape = { N: a.N, P: a.P, H: a.H, G: a.G, E: a.E, C: a.C, RB, mode: a.mode };
   const k = gpu.kernel(ssmKernel, shape);
   const kp = cached(shape);
