@@ -84,9 +84,12 @@ for (const [name, cfg] of configs) {
     try {
       for (const B of [1, 3, 12]) await fusedMatchesOps(gpu, cpu, B, 3, new TestRng(600 + B), name);
       const names = g.gpu.kernelNames;
-      for (const k of ["decode_m2_in_", "decode_m2_ssm_", "decode_m2_out_", "decode_m2_in_finish_"]) {
+      for (const k of ["decode_m2_in_", "decode_m2_ssm_", "decode_m2_out_", "decode_m2_in_finish_", "decode_m2_batchnorm_"]) {
         assert.ok(names.some((n) => n.startsWith(k)), `${name}: ${k} ran`);
       }
+      // the batch step scales the gated output before out_proj only with several groups (one: the next norm does)
+      const m = cfg.mamba2!;
+      assert.equal(names.some((n) => n.startsWith("decode_m2_scale_")), m.gatedNorm && m.nGroups > 1, `${name}: the scale's own dispatch`);
     } finally {
       await gpu.dispose();
       await cpu.dispose();

@@ -7,9 +7,11 @@
  *  2. the SSD step of every head and the gate (kernels/decode/mamba2-ssm.ts), leaving the gated norm's sums of
  *     squares per workgroup;
  *  3. out_proj with the gated norm's scale (kernels/decode/mamba2-out.ts).
- * Past 8 rows (the batch step): the norm (summing the last out_proj's K-split partials, kernels/decode/batch-norm.ts),
- * in_proj through matmulTiled with K split, its partials summed with the conv and dt (decode_m2_in_finish), the SSD
- * step, the norm's scale, out_proj through matmulTiled. The layer's small constants are packed into one buffer.
+ * Past 8 rows (the batch step), five kernels a layer: the norm (summing the last out_proj's K-split partials, times
+ * the last gated norm's scale: kernels/decode/mamba2-batch-norm.ts), in_proj through matmulTiled with K split, its
+ * partials summed with the conv and dt (decode_m2_in_finish), the SSD step, out_proj through matmulTiled (with
+ * several groups of the gated norm, its scale is a dispatch of its own before out_proj). The layer's small constants
+ * are packed into one buffer.
  */
 import type { StepModel, Tensor } from "../backend.ts";
 import { check } from "../../errors.ts";
@@ -22,6 +24,7 @@ import { MATVEC_MAX_ROWS, MATVEC_NORM_MAX } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
 import { copyWords, fillWords } from "./kernels/copy.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
+import { decodeM2BatchNorm } from "./kernels/decode/mamba2-batch-norm.ts";
 import { M2_IN_MAX_ROWS, M2_IN_NORM_MAX, M2_MAX_K, type M2Offsets, decodeM2In, decodeM2InFinish } from "./kernels/decode/mamba2-in.ts";
 import { type M2GateMode, decodeM2Ssm, m2SsmGroups } from "./kernels/decode/mamba2-ssm.ts";
 import { decodeM2Out, decodeM2Scale } from "./kernels/decode/mamba2-out.ts";
@@ -131,8 +134,8 @@ export class Mamba2Plans {
     return { key, h, normed, scratch: [res, xbc, v, ss, resOut, ...(u ? [u] : [])], plan, headNorm };
   }
 
-  /** Past 8 rows: the norm, in_proj (matmulTiled), its partials' sum with the conv and dt, the SSD step, the gated
-   *  norm's scale and out_proj (matmulTiled), whose K-split partials the next norm sums. */
+  /** Past 8 rows: the norm, in_proj (matmulTiled), its partials' sum with the conv and dt, the SSD step and out_proj
+   *  (matmulTiled), whose K-split partials the next norm sums and scales (several groups: scaled before out_proj). */
   private recordBatch(model: StepModel, B: number, key: string, d: Dims, packs: Mamba2Pack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
     const gpu = this.backend.gpu;
     const w = model.weights;
@@ -158,12 +161,17 @@ export class Mamba2Plans {
     const ss = gpu.alloc(B * NWG * 4);
     let parts = 1; // of hp: the embedding is one
     let bias: Buf | null = null; // the last out_proj's, added by the next norm
+    // with one group the gated norm's scale is a factor of out_proj's every part: the next norm applies it
+    const folded = d.mode !== "none" && d.G === 1;
+    const scale = folded ? { ss, NWG, GS: E, eps: d.eps } : null;
     const plan = gpu.record(() => {
       for (let i = 0; i < L; i++) {
         const mx = w.layers[i]!.mixer;
         const lp = packs[i]!;
         const [convState, ssmState] = states[i]!;
-        decodeBatchNorm(gpu, { B, D, eps: d.eps, part: hp, S: parts, bias, res, hasRes: i > 0, par: i % 2, g: lp.buf.buf, oG: lp.oNorm, out: u });
+        decodeM2BatchNorm(gpu, {
+          B, D, eps: d.eps, part: hp, S: parts, bias, res, hasRes: i > 0, par: i % 2, g: lp.buf.buf, oG: lp.oNorm, out: u, scale: i > 0 ? scale : null,
+        });
         const wIn = this.backend.t(mx.inProj, "decodeStep");
         matmulTiled(gpu, { x: u, ldx: D, offx: 0, rows: B, K: D, w: wIn.buf, ws: this.backend.weightStorage(wIn), N: NIN, bias: null, y: xbcp },
           tile, inSplit);
@@ -176,16 +184,16 @@ export class Mamba2Plans {
           B, N: d.N, P: d.P, H: d.H, G: d.G, E, C: d.C, mode: d.mode, xbc, lp: lp.buf.buf, oA: lp.oA, oD: lp.oD, oGate: lp.oGate,
           ssm: ssmState.buf, out: v, ss,
         });
-        if (d.mode !== "none") decodeM2Scale(gpu, { B, K: E, v, ss, G: d.G, GS: E / d.G, NWG, eps: d.eps });
+        if (d.mode !== "none" && !folded) decodeM2Scale(gpu, { B, K: E, v, ss, G: d.G, GS: E / d.G, NWG, eps: d.eps });
         const wo = this.backend.t(mx.outProj, "decodeStep");
         matmulTiled(gpu, { x: v, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.backend.weightStorage(wo), N: D, bias: null, y: hp },
           tile, outSplit);
         parts = outSplit.count;
         bias = mx.outProjBias ? this.backend.f32(this.backend.t(mx.outProjBias, "decodeStep")) : null;
       }
-      decodeBatchNorm(gpu, {
+      decodeM2BatchNorm(gpu, {
         B, D, eps: d.eps, part: hp, S: parts, bias, res, hasRes: L > 0, par: L % 2,
-        g: this.backend.f32(this.backend.t(w.normF, "decodeStep")), oG: 0, out: normed.buf,
+        g: this.backend.f32(this.backend.t(w.normF, "decodeStep")), oG: 0, out: normed.buf, scale: L > 0 ? scale : null,
       });
     });
     return { key, h: hp, normed, scratch: [res, u, xbcp, xbc, v, ss], plan };
