@@ -23,6 +23,8 @@ after(releaseWebgpu);
 interface Case {
   B: number; L: number; H: number; P: number; G: number; N: number; Q: number;
   gate: boolean; state: boolean; limit: readonly [number, number]; aMax?: number;
+  /** windows at columns and strides that are multiples of 4 (the kernels' 4-wide loads), else at odd offsets */
+  aligned: boolean;
 }
 
 const cpu = new CpuBackend();
@@ -32,17 +34,20 @@ const scale = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 
 async function compare(g: Backend, c: Case, seed: number): Promise<void> {
   const r = new TestRng(seed);
   const T = c.B * c.L, E = c.H * c.P, GN = c.G * c.N;
-  // x | B | C at an odd column offset of a wider matrix, dt and z beside each other
+  // x | B | C at column o of a wider matrix (o = 4, or odd), z | dt beside each other; row strides multiples of 4
+  // when aligned
+  const o = c.aligned ? 4 : 1, round = (w: number) => c.aligned ? Math.ceil(w / 4) * 4 : w;
+  const wXBC = round(o + E + 2 * GN + 1), wZdt = round(E + c.H + 1);
   const data = {
-    xBC: r.f32(T * (E + 2 * GN + 3)), zdt: r.f32(T * (E + c.H + 1)), dtBias: r.f32(c.H, 1),
+    xBC: r.f32(T * wXBC), zdt: r.f32(T * wZdt), dtBias: r.f32(c.H, 1),
     A_log: Float32Array.from({ length: c.H }, () => Math.log(r.uniform(0.5, c.aMax ?? 8))), D: r.f32(c.H),
     h0: r.f32(c.B * c.H * c.P * c.N),
   };
   const run = async (b: Backend) => {
-    const xBC = b.fromF32(data.xBC, [T, E + 2 * GN + 3]), zdt = b.fromF32(data.zdt, [T, E + c.H + 1]);
+    const xBC = b.fromF32(data.xBC, [T, wXBC]), zdt = b.fromF32(data.zdt, [T, wZdt]);
     const state = c.state ? b.fromF32(data.h0, [c.B, c.H, c.P, c.N]) : null;
     const y = b.ssdScan!({
-      batch: c.B, seqLen: c.L, x: cols(xBC, 1, E), B: cols(xBC, 1 + E, GN), C: cols(xBC, 1 + E + GN, GN),
+      batch: c.B, seqLen: c.L, x: cols(xBC, o, E), B: cols(xBC, o + E, GN), C: cols(xBC, o + E + GN, GN),
       dt: cols(zdt, E + 1, c.H), dtBias: b.fromF32(data.dtBias, [c.H]), A_log: b.fromF32(data.A_log, [c.H]),
       D: b.fromF32(data.D, [c.H]), z: c.gate ? cols(zdt, 0, E) : null, headDim: c.P, nGroups: c.G, dtLimit: c.limit,
       chunkSize: c.Q, state,
@@ -61,17 +66,19 @@ async function compare(g: Backend, c: Case, seed: number): Promise<void> {
 const none = [0, Infinity] as const;
 const cases: Case[] = [
   // one position (the recurrence), batch 3
-  { B: 3, L: 1, H: 2, P: 4, G: 1, N: 8, Q: 256, gate: true, state: true, limit: none },
+  { B: 3, L: 1, H: 2, P: 4, G: 1, N: 8, Q: 256, gate: true, state: true, limit: none, aligned: true },
   // fewer positions than a chunk; P and N not multiples of 4; 2 groups
-  { B: 1, L: 37, H: 4, P: 6, G: 2, N: 5, Q: 256, gate: false, state: true, limit: none },
+  { B: 1, L: 37, H: 4, P: 6, G: 2, N: 5, Q: 256, gate: false, state: true, limit: none, aligned: false },
   // a length that is neither a multiple of 64 nor of the kernels' chunk, the model's chunk small; 4 groups, batch 3
-  { B: 3, L: 300, H: 4, P: 8, G: 4, N: 16, Q: 64, gate: true, state: true, limit: none },
+  { B: 3, L: 300, H: 4, P: 8, G: 4, N: 16, Q: 64, gate: true, state: true, limit: none, aligned: true },
+  // the same, the windows at odd offsets (one float at a time)
+  { B: 3, L: 300, H: 4, P: 8, G: 4, N: 16, Q: 64, gate: true, state: true, limit: none, aligned: false },
   // exactly two chunks of the kernels' length, no state, a dt clamp, one group
-  { B: 2, L: 256, H: 3, P: 16, G: 1, N: 32, Q: 256, gate: false, state: false, limit: [0.05, 0.6] },
+  { B: 2, L: 256, H: 3, P: 16, G: 1, N: 32, Q: 256, gate: false, state: false, limit: [0.05, 0.6], aligned: false },
   // head dims and state sizes of several tiles (P > 64, N > 128), a length past one chunk; strong decays
-  { B: 1, L: 133, H: 2, P: 72, G: 1, N: 136, Q: 256, gate: true, state: true, limit: none, aMax: 40 },
+  { B: 1, L: 133, H: 2, P: 72, G: 1, N: 136, Q: 256, gate: true, state: true, limit: none, aMax: 40, aligned: true },
   // the model's shape of head (P 64, N 128), two groups, a chunk and a bit
-  { B: 2, L: 129, H: 4, P: 64, G: 2, N: 128, Q: 256, gate: true, state: true, limit: none },
+  { B: 2, L: 129, H: 4, P: 64, G: 2, N: 128, Q: 256, gate: true, state: true, limit: none, aligned: true },
 ];
 
 test("ssdScan on WebGPU matches the CPU reference at the edges of its chunks and tiles", { timeout: 600_000 }, async (t) => {

@@ -1,19 +1,19 @@
 /**
  * Mamba-2's SSM in chunks of Q positions (state space duality), as the CPU's ssdChunkedF32 (../../../cpu/ssd.ts),
  * per head h with the B, C of its group g = h / (H / G), dt_i = clamp(softplus(dt_i + dtBias)) and
- * cs_i = Σ_{k ≤ i} dt_k·A inside the chunk. Four kernels, the three products of them register-tiled matrix products
- * (a workgroup of 256 threads computes a BM × BN = 128 × 64 tile, each thread 8 × 4 outputs kept in registers;
- * K advances BK at a time through workgroup memory, the next tile's global loads issued before the current tile's
- * arithmetic, as ../matmul.ts does):
+ * cs_i = Σ_{k ≤ i} dt_k·A inside the chunk. Three kernels; their products are register-tiled (a workgroup of 128
+ * threads computes a BM × BN = 128 × 64 tile, each thread 8 × 8 outputs kept in registers; K advances BK at a time
+ * through workgroup memory, read as vec4s, the next tile's global loads issued before the current tile's arithmetic,
+ * and 4 floats at a time where the windows allow, as ../matmul.ts does):
  *  1. ssd_chunk_state, a workgroup per (head, chunk, batch row) and block of the state: dt and cs of the chunk (a
  *     log-step scan in workgroup memory, written for the other kernels), then the chunk's own state from zero
- *       Sᵀ[n, p] = Σ_j B_j[n] · exp(cs_last − cs_j)·dt_j·x_j[p]      ([N × Q] · [Q × P])
- *  2. ssd_chunk_cb, a workgroup per (group, chunk, batch row) and half of the chunk: C_i·B_j for j ≤ i, once per
- *     group rather than per head ([Q × N] · [N × Q]);
- *  3. ssd_state_pass, a thread per (b, h, n, p): over the chunks in order, h_{c+1} = exp(cs_last,c)·h_c + S_c;
+ *       Sᵀ[n, p] = Σ_j B_j[n] · exp(cs_last − cs_j)·dt_j·x_j[p]      ([N × Q] · [Q × P]);
+ *     and in the same dispatch, a workgroup per (group, chunk, batch row) and half of the chunk: C_i·B_j for j ≤ i,
+ *     once per group rather than per head ([Q × N] · [N × Q]);
+ *  2. ssd_state_pass, a thread per (b, h, n, p): over the chunks in order, h_{c+1} = exp(cs_last,c)·h_c + S_c;
  *     S_c is replaced in place by h_c, the state entering chunk c (h_0: the given state, or zeros); the final
  *     state is written back;
- *  4. ssd_chunk_scan, a workgroup per (head, chunk, batch row) and block of p: the output
+ *  3. ssd_chunk_scan, a workgroup per (head, chunk, batch row) and block of p: the output
  *       Y = diag(exp(cs)) · (C · h_c)  +  ((C·Bᵀ) ∘ exp(cs_i − cs_j)·dt_j ∘ [j ≤ i]) · X  +  D·X
  *     (·silu(z) when gated) as two products into the same registers: [Q × N]·[N × P], the rows scaled by exp(cs_i),
  *     then [Q × Q]·[Q × P], where a thread skips the tiles of j past its rows (causal).
@@ -30,12 +30,21 @@ import { type SsdScanKernelArgs, flagFieldsWgsl, softplusWgsl, windowFieldsWgsl,
 /** the chunk length of the kernels (see above) */
 export const SSD_CHUNK = 128;
 const Q = SSD_CHUNK;
-/** a workgroup's tile of outputs: BM rows (16 rows of threads × 8) by BN columns (16 columns of threads × 4) */
-const BM = 128, BN = 64, BK = 16, NT = 256;
+/** a workgroup's tile of outputs: BM rows (16 rows of threads × 8) by BN columns (8 columns of threads × 2 groups
+ *  of 4, 32 columns apart); K tiles of BK */
+const BM = 128, BN = 64, BK = 8, NT = 128;
 
 export interface ChunkShape {
   N: number;
   P: number;
+  /** the windows, P and N multiples of 4: global loads and stores of 4 floats at once */
+  v4: boolean;
+}
+
+/** A storage binding of floats, as vec4s when v4 (4-aligned loads `name[i / 4u]`), with a scalar reader name1(i). */
+function floats(binding: number, name: string, v4: boolean, rw = false): string {
+  return `@group(0) @binding(${binding}) var<storage, ${rw ? "read_write" : "read"}> ${name}: array<${v4 ? "vec4<f32>" : "f32"}>;
+fn ${name}1(i: u32) -> f32 { return ${v4 ? `${name}[i / 4u][i % 4u]` : `${name}[i]`}; }`;
 }
 
 // the parameters of the chunk kernels, the sizes, and the staged tiles of the products
@@ -55,207 +64,222 @@ const BK = ${BK}u;
 // rows padded by one vec4: the transposed stores of threads with different k spread over banks
 const SA = BM / 4u + 1u;
 const SB = BN / 4u + 1u;
-const LA = BM * BK / NT; // values of the A tile a thread stages
-const LB = BN * BK / NT; // values of the B tile a thread stages
 var<workgroup> As: array<vec4<f32>, ${BK * (BM / 4 + 1)}>; // As[k][m]
 var<workgroup> Bs: array<vec4<f32>, ${BK * (BN / 4 + 1)}>; // Bs[k][n]
 var<workgroup> dts: array<f32, ${Q}>;
 var<workgroup> cs: array<f32, ${Q}>;
 `;
 
-/** One operand of a product: element (k, m) of its staged tile (k absolute, m in the tile) when `cond` holds, else 0.
- *  kMajor: consecutive m are consecutive in memory (threads take consecutive m of one k); otherwise consecutive k. */
+/** One operand of a product, staged into `tile` ([k][m]) K tile by K tile. kMajor: consecutive m are consecutive in
+ *  memory (threads take consecutive m of one k), else consecutive k. `scalar` sets v (f32, preset 0) to element
+ *  (k, m) (k absolute, m in the tile); `vec4` sets v (vec4, preset 0) to elements m .. m + 3 of k (kMajor) or
+ *  k .. k + 3 of m, the one used when the shape's v4. */
 interface Operand {
   tile: "As" | "Bs";
   reg: "ra" | "rb";
   rows: number; // BM or BN
   kMajor: boolean;
-  cond: string;
-  value: string;
+  scalar: string;
+  vec4: string;
 }
 
-/** WGSL: the operand's values of the K tile starting at kt into its registers (`k`, `m` name the element). */
-function loadOperand(o: Operand, kt: string): string {
-  const count = (o.rows * BK) / NT;
-  const [k, m] = o.kMajor ? [`e / ${o.rows}u`, `e % ${o.rows}u`] : [`e % BK`, `e / BK`];
+/** per thread, per K tile: the operand's values (vec4s when v4) */
+const perThread = (o: Operand, v4: boolean) => (o.rows * BK) / NT / (v4 ? 4 : 1);
+
+/** WGSL: element e's (k, m) for the operand's layout (4 values an element when v4) */
+function coords(o: Operand, v4: boolean): [string, string] {
+  if (o.kMajor) return v4 ? [`e / ${o.rows / 4}u`, `(e % ${o.rows / 4}u) * 4u`] : [`e / ${o.rows}u`, `e % ${o.rows}u`];
+  return v4 ? [`(e % ${BK / 4}u) * 4u`, `e / ${BK / 4}u`] : [`e % BK`, `e / BK`];
+}
+
+/** WGSL: the operand's values of the K tile starting at kt into its registers */
+function loadOperand(o: Operand, kt: string, v4: boolean): string {
+  const [k, m] = coords(o, v4);
   return /* wgsl */ `
-    for (var l = 0u; l < ${count}u; l++) {
+    for (var l = 0u; l < ${perThread(o, v4)}u; l++) {
       let e = tid + NT * l;
       let k = ${kt} + ${k};
       let m = ${m};
-      var v = 0.0;
-      if (${o.cond}) { v = ${o.value}; }
+      var v = ${v4 ? "vec4<f32>(0.0)" : "0.0"};
+      ${v4 ? o.vec4 : o.scalar}
       ${o.reg}[l] = v;
     }`;
 }
 
-function storeOperand(o: Operand): string {
-  const count = (o.rows * BK) / NT;
-  const [k, m] = o.kMajor ? [`e / ${o.rows}u`, `e % ${o.rows}u`] : [`e % BK`, `e / BK`];
-  const stride = o.rows / 4 + 1;
+/** WGSL: the registers into the tile (4 values of one m at once, or transposed into 4 rows k) */
+function storeOperand(o: Operand, v4: boolean): string {
+  const [k, m] = coords(o, v4);
+  const stride = `${o.rows / 4 + 1}u`;
+  const store = !v4 ? `${o.tile}[k * ${stride} + m / 4u][m % 4u] = ${o.reg}[l];`
+    : o.kMajor ? `${o.tile}[k * ${stride} + m / 4u] = ${o.reg}[l];`
+    : `for (var c = 0u; c < 4u; c++) { ${o.tile}[(k + c) * ${stride} + m / 4u][m % 4u] = ${o.reg}[l][c]; }`;
   return /* wgsl */ `
-    for (var l = 0u; l < ${count}u; l++) {
+    for (var l = 0u; l < ${perThread(o, v4)}u; l++) {
       let e = tid + NT * l;
       let k = ${k};
       let m = ${m};
-      ${o.tile}[k * ${stride}u + m / 4u][m % 4u] = ${o.reg}[l];
+      ${store}
     }`;
 }
 
-/** WGSL: acc (rows ty·8 + r, columns tx·4 + 0..3 of the tile) += A[k0 .. k0 + kLen) · B over K tiles of BK; the
- *  tiles where `skip(k0)` holds for this thread are staged but not multiplied. */
-function product(A: Operand, B: Operand, kLen: string, skip = "false"): string {
+/** WGSL: acc += A[0 .. kLen) · B over K tiles of BK, the thread's outputs rows ty·8 + r, columns tx·4 + c (acc[2r])
+ *  and 32 + tx·4 + c (acc[2r + 1]); tiles where `skip` holds for this thread (k0 names the tile's first k) are
+ *  staged but not multiplied. */
+function product(A: Operand, B: Operand, kLen: string, v4: boolean, skip = "false"): string {
+  const type = v4 ? "vec4<f32>" : "f32";
   return /* wgsl */ `
   {
+    var ra: array<${type}, ${perThread(A, v4)}>;
+    var rb: array<${type}, ${perThread(B, v4)}>;
     let tiles = (${kLen} + BK - 1u) / BK;
-    ${loadOperand(A, "0u")}
-    ${loadOperand(B, "0u")}
+    ${loadOperand(A, "0u", v4)}
+    ${loadOperand(B, "0u", v4)}
     for (var t = 0u; t < tiles; t++) {
       let k0 = t * BK;
       workgroupBarrier(); // the previous tile's products are done
-      ${storeOperand(A)}
-      ${storeOperand(B)}
+      ${storeOperand(A, v4)}
+      ${storeOperand(B, v4)}
       workgroupBarrier();
       if (t + 1u < tiles) {
-        ${loadOperand(A, "k0 + BK")}
-        ${loadOperand(B, "k0 + BK")}
+        ${loadOperand(A, "k0 + BK", v4)}
+        ${loadOperand(B, "k0 + BK", v4)}
       }
       if (!(${skip})) {
         for (var kk = 0u; kk < BK; kk++) {
           let a0 = As[kk * SA + ty * 2u];
           let a1 = As[kk * SA + ty * 2u + 1u];
-          let bv = Bs[kk * SB + tx];
-          acc[0] = fma(vec4<f32>(a0.x), bv, acc[0]);
-          acc[1] = fma(vec4<f32>(a0.y), bv, acc[1]);
-          acc[2] = fma(vec4<f32>(a0.z), bv, acc[2]);
-          acc[3] = fma(vec4<f32>(a0.w), bv, acc[3]);
-          acc[4] = fma(vec4<f32>(a1.x), bv, acc[4]);
-          acc[5] = fma(vec4<f32>(a1.y), bv, acc[5]);
-          acc[6] = fma(vec4<f32>(a1.z), bv, acc[6]);
-          acc[7] = fma(vec4<f32>(a1.w), bv, acc[7]);
+          let b0 = Bs[kk * SB + tx];
+          let b1 = Bs[kk * SB + 8u + tx];
+          for (var c = 0u; c < 4u; c++) {
+            acc[2u * c] = fma(vec4<f32>(a0[c]), b0, acc[2u * c]);
+            acc[2u * c + 1u] = fma(vec4<f32>(a0[c]), b1, acc[2u * c + 1u]);
+            acc[8u + 2u * c] = fma(vec4<f32>(a1[c]), b0, acc[8u + 2u * c]);
+            acc[9u + 2u * c] = fma(vec4<f32>(a1[c]), b1, acc[9u + 2u * c]);
+          }
         }
       }
     }
   }`;
 }
 
-// the start of a product kernel: thread (ty, tx) of 16 × 16, its accumulators and staging registers
+// the start of a product kernel: thread (ty, tx) of 16 × 8 and its accumulators
 const threadStart = /* wgsl */ `
-  let tx = tid % 16u;
-  let ty = tid / 16u;
-  var acc: array<vec4<f32>, 8>;
-  for (var r = 0u; r < 8u; r++) { acc[r] = vec4<f32>(0.0); }
-  var ra: array<f32, LA>;
-  var rb: array<f32, LB>;`;
+  let tx = tid % 8u;
+  let ty = tid / 8u;
+  var acc: array<vec4<f32>, 16>;
+  for (var r = 0u; r < 16u; r++) { acc[r] = vec4<f32>(0.0); }`;
+
+/** WGSL: for each of the thread's outputs (row `i` = ty·8 + r, column `col` = tx·4 (+ 32) of the tile, value(s)
+ *  `a` = a vec4 of 4 columns), `body4` when v4, else `body1` per column j of the 4 (a = acc[..][j]). */
+function eachOutput(v4: boolean, body4: string, body1: string): string {
+  return /* wgsl */ `
+  for (var r = 0u; r < 8u; r++) {
+    let i = ty * 8u + r;
+    for (var hc = 0u; hc < 2u; hc++) {
+      let col = hc * 32u + tx * 4u;
+      ${v4 ? `let a = acc[2u * r + hc];
+      ${body4}` : `for (var j = 0u; j < 4u; j++) {
+        let a = acc[2u * r + hc][j];
+        let cj = col + j;
+        ${body1}
+      }`}
+    }
+  }`;
+}
 
 const stateWgsl = (s: ChunkShape) => {
-  const nNB = Math.ceil(s.N / BM), nPB = Math.ceil(s.P / BN);
+  const nNB = Math.ceil(s.N / BM), nPB = Math.ceil(s.P / BN), nState = `p.H * ${nNB * nPB}u`;
   return /* wgsl */ `
-// bindings: 0 x | 1 dt | 2 Bm | 3 consts [3H] | 4 states [B, nC, H, N, P] | 5 dtcs [B, nC, H, 2, Q] | 6 params
-// grid: (H · ${nNB} blocks of n · ${nPB} blocks of p, nC, B)
+// bindings: 0 x | 1 dt | 2 Bm | 3 Cm | 4 consts [3H] | 5 states [B, nC, H, N, P] | 6 dtcs [B, nC, H, 2, Q]
+//           7 cb [B, nC, G, Q (j), Q (i)] | 8 params
+// grid: (H · ${nNB} blocks of n · ${nPB} blocks of p, then G · ${Q / BN} blocks of i for C·Bᵀ; nC; B)
 ${header(s)}
-@group(0) @binding(0) var<storage, read> x: array<f32>;
+${floats(0, "x", s.v4)}
 @group(0) @binding(1) var<storage, read> dt: array<f32>;
-@group(0) @binding(2) var<storage, read> Bm: array<f32>;
-@group(0) @binding(3) var<storage, read> consts: array<f32>;
-@group(0) @binding(4) var<storage, read_write> states: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dtcs: array<f32>;
-@group(0) @binding(6) var<uniform> p: P;
+${floats(2, "Bm", s.v4)}
+${floats(3, "Cm", s.v4)}
+@group(0) @binding(4) var<storage, read> consts: array<f32>;
+${floats(5, "states", s.v4, true)}
+@group(0) @binding(6) var<storage, read_write> dtcs: array<f32>;
+@group(0) @binding(7) var<storage, read_write> cb: array<vec4<f32>>;
+@group(0) @binding(8) var<uniform> p: P;
 var<workgroup> w: array<f32, ${Q}>;
 
 @compute @workgroup_size(${NT})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let h = wg.x / ${nNB * nPB}u;
-  let nb = (wg.x / ${nPB}u) % ${nNB}u;
-  let pb = wg.x % ${nPB}u;
   let c = wg.y;
   let b = wg.z;
-  let g = h / (p.H / p.G);
   let t0 = c * Q;
   let q = min(Q, p.L - t0);
   let row0 = b * p.L + t0;
+${threadStart}
+  if (wg.x >= ${nState}) {
+    // C·Bᵀ of group g, columns i0 .. i0 + BN: cb[j, i] = Σ_n B_j[n] · C_i[n]; rows j past the block's last i are
+    // not needed (left zero)
+    let g = (wg.x - ${nState}) / ${Q / BN}u;
+    let i0 = ((wg.x - ${nState}) % ${Q / BN}u) * BN;
+    ${product(
+      { tile: "As", reg: "ra", rows: BM, kMajor: false,
+        scalar: "if (m < q && k < N) { v = Bm1((row0 + m) * p.ldb + p.offb + g * N + k); }",
+        vec4: "if (m < q && k < N) { v = Bm[((row0 + m) * p.ldb + p.offb + g * N + k) / 4u]; }" },
+      { tile: "Bs", reg: "rb", rows: BN, kMajor: false,
+        scalar: "if (i0 + m < q && k < N) { v = Cm1((row0 + i0 + m) * p.ldc + p.offc + g * N + k); }",
+        vec4: "if (i0 + m < q && k < N) { v = Cm[((row0 + i0 + m) * p.ldc + p.offc + g * N + k) / 4u]; }" },
+      "N", s.v4, "ty * 8u > i0 + BN - 1u")}
+    let base = ((b * p.nC + c) * p.G + g) * Q * Q;
+    for (var r = 0u; r < 8u; r++) {
+      let j = ty * 8u + r;
+      cb[(base + j * Q + i0 + tx * 4u) / 4u] = acc[2u * r];
+      cb[(base + j * Q + i0 + 32u + tx * 4u) / 4u] = acc[2u * r + 1u];
+    }
+    return;
+  }
+  let h = wg.x / ${nNB * nPB}u;
+  let nb = (wg.x / ${nPB}u) % ${nNB}u;
+  let pb = wg.x % ${nPB}u;
+  let g = h / (p.H / p.G);
   // dt (zero past the chunk's end) and its cumulative dt·A: a log-step inclusive scan; past the end cs stays cs_last
   let A = -exp(consts[p.H + h]);
-  if (tid < Q) {
-    var d = 0.0;
-    if (tid < q) {
-      let v = dt[(row0 + tid) * p.lddt + p.offdt + h] + consts[h];
-      d = clamp(${softplusWgsl("v")}, p.lo, p.hi);
-    }
-    dts[tid] = d;
-    cs[tid] = d * A;
+  var d = 0.0;
+  if (tid < q) {
+    let v = dt[(row0 + tid) * p.lddt + p.offdt + h] + consts[h];
+    d = clamp(${softplusWgsl("v")}, p.lo, p.hi);
   }
+  dts[tid] = d;
+  cs[tid] = d * A;
   for (var s = 1u; s < Q; s = s * 2u) {
     workgroupBarrier();
     var add = 0.0;
-    if (tid < Q && tid >= s) { add = cs[tid - s]; }
+    if (tid >= s) { add = cs[tid - s]; }
     workgroupBarrier();
-    if (tid < Q) { cs[tid] = cs[tid] + add; }
+    cs[tid] = cs[tid] + add;
   }
   workgroupBarrier();
-  let dbase = ((b * p.nC + c) * p.H + h) * 2u * Q;
-  if (tid < Q) {
-    w[tid] = exp(cs[Q - 1u] - cs[tid]) * dts[tid];
-    if (nb == 0u && pb == 0u) {
-      dtcs[dbase + tid] = dts[tid];
-      dtcs[dbase + Q + tid] = cs[tid];
-    }
+  w[tid] = exp(cs[Q - 1u] - cs[tid]) * dts[tid];
+  if (nb == 0u && pb == 0u) {
+    let dbase = ((b * p.nC + c) * p.H + h) * 2u * Q;
+    dtcs[dbase + tid] = dts[tid];
+    dtcs[dbase + Q + tid] = cs[tid];
   }
   workgroupBarrier();
-${threadStart}
   let n0 = nb * BM;
   let p0 = pb * BN;
   // Sᵀ[n, p] = Σ_j B_j[n] · w_j·x_j[p]
   ${product(
-    { tile: "As", reg: "ra", rows: BM, kMajor: true, cond: "k < q && n0 + m < N", value: "Bm[(row0 + k) * p.ldb + p.offb + g * N + n0 + m]" },
-    { tile: "Bs", reg: "rb", rows: BN, kMajor: true, cond: "k < q && p0 + m < HP", value: "w[k] * x[(row0 + k) * p.ldx + p.offx + h * HP + p0 + m]" },
-    "q")}
+    { tile: "As", reg: "ra", rows: BM, kMajor: true,
+      scalar: "if (k < q && n0 + m < N) { v = Bm1((row0 + k) * p.ldb + p.offb + g * N + n0 + m); }",
+      vec4: "if (k < q && n0 + m < N) { v = Bm[((row0 + k) * p.ldb + p.offb + g * N + n0 + m) / 4u]; }" },
+    { tile: "Bs", reg: "rb", rows: BN, kMajor: true,
+      scalar: "if (k < q && p0 + m < HP) { v = w[k] * x1((row0 + k) * p.ldx + p.offx + h * HP + p0 + m); }",
+      vec4: "if (k < q && p0 + m < HP) { v = w[k] * x[((row0 + k) * p.ldx + p.offx + h * HP + p0 + m) / 4u]; }" },
+    "q", s.v4)}
   let sbase = ((b * p.nC + c) * p.H + h) * N * HP;
-  for (var r = 0u; r < 8u; r++) {
-    let n = n0 + ty * 8u + r;
-    if (n >= N) { break; }
-    for (var cc = 0u; cc < 4u; cc++) {
-      let pp = p0 + tx * 4u + cc;
-      if (pp < HP) { states[sbase + n * HP + pp] = acc[r][cc]; }
-    }
-  }
+  ${eachOutput(s.v4,
+    "if (n0 + i < N && p0 + col < HP) { states[(sbase + (n0 + i) * HP + p0 + col) / 4u] = a; }",
+    "if (n0 + i < N && p0 + cj < HP) { states[sbase + (n0 + i) * HP + p0 + cj] = a; }")}
 }
 `;
 };
-
-const cbWgsl = (s: ChunkShape) => /* wgsl */ `
-// bindings: 0 Bm | 1 Cm | 2 cb [B, nC, G, Q (j), Q (i)] | 3 params
-// grid: (G · ${Q / BN} blocks of i, nC, B); rows j ≤ i only (the rest is never read)
-${header(s)}
-@group(0) @binding(0) var<storage, read> Bm: array<f32>;
-@group(0) @binding(1) var<storage, read> Cm: array<f32>;
-@group(0) @binding(2) var<storage, read_write> cb: array<f32>;
-@group(0) @binding(3) var<uniform> p: P;
-
-@compute @workgroup_size(${NT})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let g = wg.x / ${Q / BN}u;
-  let i0 = (wg.x % ${Q / BN}u) * BN;
-  let c = wg.y;
-  let b = wg.z;
-  let q = min(Q, p.L - c * Q);
-  let row0 = b * p.L + c * Q;
-${threadStart}
-  // cb[j, i] = Σ_n B_j[n] · C_i[n]; rows j past the block's last i are not needed
-  ${product(
-    { tile: "As", reg: "ra", rows: BM, kMajor: false, cond: "m < q && k < N", value: "Bm[(row0 + m) * p.ldb + p.offb + g * N + k]" },
-    { tile: "Bs", reg: "rb", rows: BN, kMajor: false, cond: "i0 + m < q && k < N", value: "Cm[(row0 + i0 + m) * p.ldc + p.offc + g * N + k]" },
-    "N", "ty * 8u > i0 + BN - 1u")}
-  let base = ((b * p.nC + c) * p.G + g) * Q * Q;
-  for (var r = 0u; r < 8u; r++) {
-    let j = ty * 8u + r;
-    cb[base + j * Q + i0 + tx * 4u] = acc[r][0];
-    cb[base + j * Q + i0 + tx * 4u + 1u] = acc[r][1];
-    cb[base + j * Q + i0 + tx * 4u + 2u] = acc[r][2];
-    cb[base + j * Q + i0 + tx * 4u + 3u] = acc[r][3];
-  }
-}
-`;
 
 const passWgsl = (s: ChunkShape) => /* wgsl */ `
 // bindings: 0 dtcs [B, nC, H, 2, Q] | 1 states [B, nC, H, N, P] (chunk states in, entering states out)
@@ -323,14 +347,14 @@ const scanWgsl = (s: ChunkShape) => {
 //           6 cb [B, nC, G, Q, Q] | 7 y [B·L, H·P] | 8 params
 // grid: (H · ${nPB} blocks of p, nC, B)
 ${header(s)}
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> Cm: array<f32>;
-@group(0) @binding(2) var<storage, read> z: array<f32>;
+${floats(0, "x", s.v4)}
+${floats(1, "Cm", s.v4)}
+${floats(2, "z", s.v4)}
 @group(0) @binding(3) var<storage, read> consts: array<f32>;
-@group(0) @binding(4) var<storage, read> states: array<f32>;
+${floats(4, "states", s.v4)}
 @group(0) @binding(5) var<storage, read> dtcs: array<f32>;
-@group(0) @binding(6) var<storage, read> cb: array<f32>;
-@group(0) @binding(7) var<storage, read_write> y: array<f32>;
+${floats(6, "cb", true)}
+${floats(7, "y", s.v4, true)}
 @group(0) @binding(8) var<uniform> p: P;
 
 @compute @workgroup_size(${NT})
@@ -343,48 +367,68 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let q = min(Q, p.L - c * Q);
   let row0 = b * p.L + c * Q;
   let dbase = ((b * p.nC + c) * p.H + h) * 2u * Q;
-  if (tid < Q) {
-    dts[tid] = dtcs[dbase + tid];
-    cs[tid] = dtcs[dbase + Q + tid];
-  }
+  dts[tid] = dtcs[dbase + tid];
+  cs[tid] = dtcs[dbase + Q + tid];
 ${threadStart}
   // from the entering state: acc[i, p] = Σ_n C_i[n] · h_c[n, p], then times exp(cs_i)
   let sbase = ((b * p.nC + c) * p.H + h) * N * HP;
   ${product(
-    { tile: "As", reg: "ra", rows: BM, kMajor: false, cond: "m < q && k < N", value: "Cm[(row0 + m) * p.ldc + p.offc + g * N + k]" },
-    { tile: "Bs", reg: "rb", rows: BN, kMajor: true, cond: "k < N && p0 + m < HP", value: "states[sbase + k * HP + p0 + m]" },
-    "N")}
-  for (var r = 0u; r < 8u; r++) { acc[r] = acc[r] * exp(cs[ty * 8u + r]); }
-  // within the chunk: acc[i, p] += Σ_{j ≤ i} (C_i·B_j)·exp(cs_i − cs_j)·dt_j · x_j[p]
+    { tile: "As", reg: "ra", rows: BM, kMajor: false,
+      scalar: "if (m < q && k < N) { v = Cm1((row0 + m) * p.ldc + p.offc + g * N + k); }",
+      vec4: "if (m < q && k < N) { v = Cm[((row0 + m) * p.ldc + p.offc + g * N + k) / 4u]; }" },
+    { tile: "Bs", reg: "rb", rows: BN, kMajor: true,
+      scalar: "if (k < N && p0 + m < HP) { v = states1(sbase + k * HP + p0 + m); }",
+      vec4: "if (k < N && p0 + m < HP) { v = states[(sbase + k * HP + p0 + m) / 4u]; }" },
+    "N", s.v4)}
+  for (var r = 0u; r < 8u; r++) {
+    let into = exp(cs[ty * 8u + r]);
+    acc[2u * r] = acc[2u * r] * into;
+    acc[2u * r + 1u] = acc[2u * r + 1u] * into;
+  }
+  // within the chunk: acc[i, p] += Σ_{j ≤ i} (C_i·B_j)·exp(cs_i − cs_j)·dt_j · x_j[p]; a thread skips the tiles of
+  // j past its rows
   let cbase = ((b * p.nC + c) * p.G + g) * Q * Q;
   ${product(
-    { tile: "As", reg: "ra", rows: BM, kMajor: true, cond: "k <= m && m < q", value: "cb[cbase + k * Q + m] * exp(cs[m] - cs[k]) * dts[k]" },
-    { tile: "Bs", reg: "rb", rows: BN, kMajor: true, cond: "k < q && p0 + m < HP", value: "x[(row0 + k) * p.ldx + p.offx + h * HP + p0 + m]" },
-    "q", "k0 > ty * 8u + 7u")}
+    { tile: "As", reg: "ra", rows: BM, kMajor: true,
+      scalar: "if (k <= m && m < q) { v = cb1(cbase + k * Q + m) * exp(cs[m] - cs[k]) * dts[k]; }",
+      vec4: `if (k <= m + 3u && m < q) {
+        let raw = cb[(cbase + k * Q + m) / 4u];
+        let ck = cs[k];
+        let dk = dts[k];
+        for (var c = 0u; c < 4u; c++) {
+          if (k <= m + c && m + c < q) { v[c] = raw[c] * exp(cs[m + c] - ck) * dk; }
+        }
+      }` },
+    { tile: "Bs", reg: "rb", rows: BN, kMajor: true,
+      scalar: "if (k < q && p0 + m < HP) { v = x1((row0 + k) * p.ldx + p.offx + h * HP + p0 + m); }",
+      vec4: "if (k < q && p0 + m < HP) { v = x[((row0 + k) * p.ldx + p.offx + h * HP + p0 + m) / 4u]; }" },
+    "q", s.v4, "k0 > ty * 8u + 7u")}
+  // the skip connection and the gate
   let Dh = consts[2u * p.H + h];
   let E = p.H * HP;
-  for (var r = 0u; r < 8u; r++) {
-    let i = ty * 8u + r;
-    if (i >= q) { break; }
-    let row = row0 + i;
-    for (var cc = 0u; cc < 4u; cc++) {
-      let pp = p0 + tx * 4u + cc;
-      if (pp >= HP) { break; }
-      var out = acc[r][cc] + Dh * x[row * p.ldx + p.offx + h * HP + pp];
-      if (p.hasZ != 0u) {
-        let zv = z[row * p.ldz + p.offz + h * HP + pp];
-        out = out * zv / (1.0 + exp(-zv));
-      }
-      y[row * E + h * HP + pp] = out;
-    }
-  }
+  ${eachOutput(s.v4, `if (i < q && p0 + col < HP) {
+        let row = row0 + i;
+        var out = a + Dh * x[(row * p.ldx + p.offx + h * HP + p0 + col) / 4u];
+        if (p.hasZ != 0u) {
+          let zv = z[(row * p.ldz + p.offz + h * HP + p0 + col) / 4u];
+          out = out * zv / (1.0 + exp(-zv));
+        }
+        y[(row * E + h * HP + p0 + col) / 4u] = out;
+      }`, `if (i < q && p0 + cj < HP) {
+          let row = row0 + i;
+          var out = a + Dh * x1(row * p.ldx + p.offx + h * HP + p0 + cj);
+          if (p.hasZ != 0u) {
+            let zv = z1(row * p.ldz + p.offz + h * HP + p0 + cj);
+            out = out * zv / (1.0 + exp(-zv));
+          }
+          y[row * E + h * HP + p0 + cj] = out;
+        }`)}
 }
 `;
 };
 
-const example: ChunkShape = { N: 16, P: 8 };
+const example: ChunkShape = { N: 16, P: 8, v4: true };
 const stateKernel = defineKernel({ name: "ssd_chunk_state", wgsl: stateWgsl, example });
-const cbKernel = defineKernel({ name: "ssd_chunk_cb", wgsl: cbWgsl, example });
 const passKernel = defineKernel({ name: "ssd_state_pass", wgsl: passWgsl, example });
 const scanKernel = defineKernel({ name: "ssd_chunk_scan", wgsl: scanWgsl, example });
 
@@ -394,13 +438,20 @@ export function chunkScratch(B: number, L: number, H: number, P: number, G: numb
   return { states: B * nC * H * N * P * 4, dtcs: B * nC * H * 2 * Q * 4, cb: B * nC * G * Q * Q * 4 };
 }
 
+/** Whether every window, P and N allow the kernels' loads and stores of 4 floats at once. */
+function vec4Fits(a: SsdScanKernelArgs): boolean {
+  const m4 = (...v: number[]) => v.every((u) => u % 4 === 0);
+  return m4(a.P, a.N, a.ldx, a.offx, a.ldb, a.offb, a.ldc, a.offc) && (!a.z || m4(a.ldz, a.offz));
+}
+
 export function ssdScanChunked(gpu: Gpu, a: SsdScanKernelArgs, states: Buf, dtcs: Buf, cb: Buf): void {
-  const shape: ChunkShape = { N: a.N, P: a.P };
+  const shape: ChunkShape = { N: a.N, P: a.P, v4: vec4Fits(a) };
   const nC = Math.ceil(a.L / Q);
   const p = windowParams(new Params().u32(a.B).u32(a.L).u32(a.H).u32(a.G).u32(nC), a);
   const nNB = Math.ceil(a.N / BM), nPB = Math.ceil(a.P / BN);
-  gpu.dispatch(gpu.kernel(stateKernel, shape), [a.x, a.dt, a.Bm, a.consts, states, dtcs], p, [a.H * nNB * nPB, nC, a.B]);
-  gpu.dispatch(gpu.kernel(cbKernel, shape), [a.Bm, a.Cm, cb], p, [a.G * (Q / BN), nC, a.B]);
+  // the chunk states and, in the same dispatch, C·Bᵀ per group
+  gpu.dispatch(gpu.kernel(stateKernel, shape), [a.x, a.dt, a.Bm, a.Cm, a.consts, states, dtcs, cb], p,
+    [a.H * nNB * nPB + a.G * (Q / BN), nC, a.B]);
   const [gx, gy] = grid(Math.ceil((a.B * a.H * a.P * a.N) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(gpu.kernel(passKernel, shape), [dtcs, states, a.state ?? gpu.dummyOut],
     new Params().u32(a.B).u32(a.H).u32(nC).bool(!!a.state).u32(gx), [gx, gy]);
