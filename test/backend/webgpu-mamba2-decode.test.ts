@@ -12,6 +12,7 @@ import { type MambaConfig, type MambaModel, modelFromTensors } from "../../src/i
 import { makeConfig } from "../../src/model/init.ts";
 import { MambaCache } from "../../src/model/cache.ts";
 import type { WebGpuBackend } from "../../src/backend/webgpu/index.ts";
+import { toBF16Bits, toF16Bits } from "../../src/io/tensor.ts";
 import { TestRng, perturbedParameters } from "../helpers/random.ts";
 import { assertClose, expected, fixture } from "../helpers/fixtures.ts";
 import { gpuTest } from "../helpers/backends.ts";
@@ -96,6 +97,25 @@ for (const [name, cfg] of configs) {
     }
   });
 }
+
+test("webgpu mamba2 fused decode: half-precision weights (bf16, f16) equal the CPU's with the same weights, batch 1 and 12", { timeout: 600_000 }, async (t) => {
+  const cfg = configs[0]![1];
+  for (const dtype of ["BF16", "F16"] as const) {
+    const g = await gpuOrSkip(t);
+    if (!g) return;
+    const base = perturbedParameters(cfg, 45);
+    const bits = dtype === "BF16" ? toBF16Bits : toF16Bits;
+    const ps = new Map([...base].map(([k, v]) => [k, v.shape.length < 2 ? v : { dtype, shape: v.shape, data: bits(v.data as Float32Array) }]));
+    const gpu = await modelFromTensors(cfg, ps, { backend: g });
+    const cpu = await modelFromTensors(cfg, ps, { backend: "cpu" });
+    try {
+      for (const B of [1, 12]) await fusedMatchesOps(gpu, cpu, B, 2, new TestRng(700 + B), dtype);
+    } finally {
+      await gpu.dispose();
+      await cpu.dispose();
+    }
+  }
+});
 
 test("webgpu mamba2 fused decode: rows × hidden size past in_proj's norm (a norm dispatch of its own), and greedy generation equals the CPU's", { timeout: 600_000 }, async (t) => {
   const g = await gpuOrSkip(t);

@@ -27,6 +27,8 @@ import { defineKernel } from "../../kernel-def.ts";
 export const M2_IN_MAX_ROWS = 8;
 /** Rows × hidden size the matvec's norm holds in workgroup memory (16 KiB). */
 export const M2_IN_NORM_MAX = 4096;
+/** Bytes of workgroup memory the matvec kernel needs for T rows of D (with the norm, or without). */
+export const m2InBytes = (T: number, D: number, norm: boolean) => 4 * ((norm ? T * D : 0) + 256 * T);
 /** Conv kernel sizes taken (the history is held in registers). */
 export const M2_MAX_K = 9;
 /** vec4s of a weight row a lane loads at once before using any (as ../matvec.ts). */
