@@ -177,7 +177,8 @@ export interface Backend {
   /** Draws the next id of each row. logits: [B, V] -> i32 [B] */
   sample(logits: Tensor, req: SampleRequest): Tensor;
   /** Optional fused decode: one token per row through the whole LM (embedding, every layer, norm_f, head) in a few
-   *  dispatches, advancing the state tensors (conv[i]: [B, K-1, E], ssm[i]: [B, E, N]) as step mode does. ids: i32
+   *  dispatches, advancing the state tensors (conv[i]: [B, K-1, E], ssm[i]: [B, E, N]; Mamba-2: [B, K-1, E + 2GN],
+   *  [B, H, P, N]) as step mode does. ids: i32
    *  [B] -> logits [B, V]; null when this backend cannot fuse this model or batch (then run the ops one by one),
    *  e.g. a family (config.family other than "mamba") whose layer it does not know. */
   decodeStep?(model: StepModel, ids: Tensor, conv: readonly Tensor[], ssm: readonly Tensor[]): Tensor | null;
