@@ -112,6 +112,9 @@ fn m2In(t0: u32, wg: vec3<u32>) {
   let gi = wg.y * p.groupsX + wg.x;
   let n = gi * RPW + t0 / LPR;
   let nc = min(n, NIN - 1u); // rows past the last load the last one and store nothing
+  // the first batch of weights (with rows of up to 16 vec4s a lane: all of them) and the epilogue's constants go
+  // out before the norm, so that their latency hides the norm's
+  let wv0 = load(nc, lane, 0u);
   var taps: array<Tap, T>;
   if (lane == 0u) {
     for (var t = 0u; t < T; t++) { taps[t] = loadTap(t, nc); }
@@ -141,7 +144,8 @@ ${norm ? `  // RMSNorm of h + res, each workgroup for itself; workgroup 0 writes
   for (var t = 0u; t < T; t++) { inv[t] = inverseSqrt(red[t * 256u] / f32(D4 * 4u) + p.eps); }
   workgroupBarrier(); // red is reused below
 ` : ""}  for (var i = 0u; i < NIT; i++) {
-    let wv = load(nc, lane, i);
+    var wv = wv0;
+    if (i > 0u) { wv = load(nc, lane, i); }
     for (var k = 0u; k < BATCH; k++) {
       let k4 = lane + LPR * (i * BATCH + k);
       if (k4 < D4) {
