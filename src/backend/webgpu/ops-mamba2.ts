@@ -14,9 +14,9 @@ import { numel } from "../../io/tensor.ts";
 import type { Buf } from "./gpu.ts";
 import { WebGpuBackend } from "./backend.ts";
 import { GpuTensor, gpuTensor, windowOf } from "./tensor.ts";
-import { copyWords } from "./kernels/copy.ts";
 import { widen } from "./kernels/widen.ts";
 import { ssdScanSequential } from "./kernels/ssd/scan.ts";
+import { gatherConsts } from "./kernels/ssd/common.ts";
 import { chunkScratch, ssdScanChunked } from "./kernels/ssd/chunked.ts";
 import { MAX_SEGMENTS, gatedRmsNorm, gatedRmsNormBackward, segmentRmsNorm, segmentRmsNormBackward } from "./kernels/ssd/norms.ts";
 import { addWindow, ssdBackward, ssdBackwardLayout } from "./kernels/ssd/backward.ts";
@@ -55,12 +55,13 @@ function ssdWindows(b: WebGpuBackend, a: SsdScanArgs, what: string) {
 
 /** dtBias | A_log | D side by side ([3H]), in a buffer the caller releases. */
 function scanConsts(b: WebGpuBackend, a: SsdScanArgs, H: number, what: string): Buf {
-  const consts = b.gpu.alloc(3 * H * 4, "the scan's constants");
-  for (const [i, t] of [a.dtBias, a.A_log, a.D].entries()) {
+  const [dtBias, A_log, D] = [a.dtBias, a.A_log, a.D].map((t) => {
     const g = gpuTensor(t, b, what);
     check(g.numel === H, `${what}: dtBias, A_log and D need ${H} values, got [${g.shape}]`);
-    copyWords(b.gpu, f32(b, g), 0, consts, i * H, H);
-  }
+    return f32(b, g);
+  }) as [Buf, Buf, Buf];
+  const consts = b.gpu.alloc(3 * H * 4, "the scan's constants");
+  gatherConsts(b.gpu, dtBias, A_log, D, H, consts);
   return consts;
 }
 

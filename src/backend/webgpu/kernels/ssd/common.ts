@@ -2,7 +2,9 @@
  * What the SSD kernels share (the sequential scan, the chunked scan, the backward): their arguments (column windows
  * of wider matrices, the per-head constants), the parameters and bindings those become, and dt's softplus.
  */
-import type { Buf, Params } from "../../gpu.ts";
+import type { Buf, Gpu } from "../../gpu.ts";
+import { Params } from "../../gpu.ts";
+import { defineKernel } from "../../kernel-def.ts";
 
 export interface SsdScanKernelArgs {
   x: Buf; ldx: number; offx: number;
@@ -37,3 +39,31 @@ export const scanInputsWgsl = /* wgsl */ `@group(0) @binding(0) var<storage, rea
 
 /** mamba_ssm's softplus of the WGSL expression v (a name: it is repeated), linear past 20 as torch's */
 export const softplusWgsl = (v: string) => `select(log(1.0 + exp(${v})), ${v}, ${v} > 20.0)`;
+
+const constsKernel = defineKernel({
+  name: "ssd_consts",
+  wgsl: () => /* wgsl */ `
+// bindings: 0 dtBias [H] | 1 A_log [H] | 2 D [H] | 3 consts [3H] | 4 params: dtBias | A_log | D side by side
+struct P { H: u32 }
+@group(0) @binding(0) var<storage, read> dtBias: array<f32>;
+@group(0) @binding(1) var<storage, read> A_log: array<f32>;
+@group(0) @binding(2) var<storage, read> D: array<f32>;
+@group(0) @binding(3) var<storage, read_write> consts: array<f32>;
+@group(0) @binding(4) var<uniform> p: P;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let h = gid.x;
+  if (h >= p.H) { return; }
+  consts[h] = dtBias[h];
+  consts[p.H + h] = A_log[h];
+  consts[2u * p.H + h] = D[h];
+}
+`,
+  example: null,
+});
+
+/** The scan's per-head constants side by side in one dispatch: consts [3H] = dtBias | A_log | D. */
+export function gatherConsts(gpu: Gpu, dtBias: Buf, A_log: Buf, D: Buf, H: number, consts: Buf): void {
+  gpu.dispatch(gpu.kernel(constsKernel, null), [dtBias, A_log, D, consts], new Params().u32(H), [Math.ceil(H / 64)]);
+}
