@@ -8,6 +8,9 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { cp, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { type MambaConfig, type MambaModel, modelFromTensors } from "../../src/index.ts";
 import { makeConfig } from "../../src/model/init.ts";
 import { MambaCache } from "../../src/model/cache.ts";
@@ -16,6 +19,8 @@ import { toBF16Bits, toF16Bits } from "../../src/io/tensor.ts";
 import { TestRng, perturbedParameters } from "../helpers/random.ts";
 import { assertClose, expected, fixture } from "../helpers/fixtures.ts";
 import { gpuTest } from "../helpers/backends.ts";
+import { asciiTokenizerJson } from "../helpers/ascii-tokenizer.ts";
+import { raw } from "../server/helpers.ts";
 
 /** A backend of the test's own (the GPU model that takes it destroys it), or null where there is no adapter. */
 async function gpuOrSkip(t: Parameters<typeof gpuTest>[0]): Promise<WebGpuBackend | null> {
@@ -157,3 +162,39 @@ for (const name of ["hf-mamba2/tiny", "mamba-ssm/mamba2-tiny"]) {
     }
   });
 }
+
+test("webgpu mamba2 fused decode in the server: concurrent greedy requests, whose rows join and leave the batch, answer what each answers alone and what model.generate answers", { timeout: 600_000 }, async (t) => {
+  const g = await gpuOrSkip(t);
+  if (!g) return;
+  const { loadModel, loadTokenizer } = await import("../../src/index.ts");
+  const { startServer } = await import("../../src/server/server.ts");
+  // the 96-token fixture with a byte tokenizer of its vocabulary
+  const folder = await mkdtemp(path.join(tmpdir(), "mamba2-serve-"));
+  await cp(fixture("hf-mamba2", "tiny"), folder, { recursive: true });
+  await writeFile(path.join(folder, "tokenizer.json"), JSON.stringify(asciiTokenizerJson()));
+  const model = await loadModel(folder, { backend: g });
+  const tokenizer = await loadTokenizer(folder);
+  const server = await startServer({ model, tokenizer, modelName: "m", chat: null, port: 0, prefixInterval: 16 });
+  try {
+    const prompts = ["The cat", "Once upon a time there", "A", "In the beginning", "The dog"];
+    const n = [6, 4, 8, 5, 7];
+    const ask = async (p: string, k: number) => {
+      const r = await raw(server.url, "POST", "/v1/completions", JSON.stringify({ model: "m", prompt: p, max_tokens: k, temperature: 0, ignore_eos: true }), {}, 120_000);
+      assert.equal(r.status, 200, r.text);
+      return r.json().choices[0].text as string;
+    };
+    const single: string[] = [];
+    for (const [i, p] of prompts.entries()) single.push(await ask(p, n[i]!));
+    assert.deepEqual(await Promise.all(prompts.map((p, i) => ask(p, n[i]!))), single);
+    for (const [i, p] of prompts.entries()) {
+      const ids = tokenizer.encode(p);
+      const out = await model.generate(ids, { maxNewTokens: n[i]!, stopTokens: [] });
+      assert.equal(single[i], tokenizer.decode(out.subarray(ids.length)), `prompt ${i}`);
+    }
+    assert.ok(g.gpu.kernelNames.some((k) => k.startsWith("decode_m2_ssm_")), "the fused step ran");
+  } finally {
+    await server.close(2000);
+    await model.dispose();
+    await rm(folder, { recursive: true, force: true });
+  }
+});
