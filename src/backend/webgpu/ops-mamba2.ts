@@ -3,8 +3,7 @@
  * segmentRmsNorm), assigned onto WebGpuBackend's prototype, as the CPU backend's training ops are. Kernels in
  * ./kernels/ssd. The scan runs in chunks (state space duality: chunk states, state passing, outputs within and
  * from the states, as register-tiled products; chunks of the kernels' own length) and, for one position (decode),
- * as the plain recurrence
- * (a thread per (b, h, p), the state row in registers). Both are tested against the CPU's.
+ * as the plain recurrence (a thread per (b, h, p), the state row in registers). Both are tested against the CPU's.
  * The training ops: Falcon's windowed norm's backward, the gated norm's, and the SSD's (kernels/ssd/backward.ts:
  * a workgroup per (b, h) recomputing states from checkpoints, correct rather than fast).
  */
