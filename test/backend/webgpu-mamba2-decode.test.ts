@@ -122,16 +122,22 @@ test("webgpu mamba2 fused decode: half-precision weights (bf16, f16) equal the C
   }
 });
 
-test("webgpu mamba2 fused decode: rows × hidden size past in_proj's norm (a norm dispatch of its own), and greedy generation equals the CPU's", { timeout: 600_000 }, async (t) => {
+test("webgpu mamba2 fused decode: rows × hidden size past in_proj's workgroup memory (the norm a dispatch of its own) and within it, and greedy generation equals the CPU's", { timeout: 600_000 }, async (t) => {
   const g = await gpuOrSkip(t);
   if (!g) return;
-  const cfg = makeConfig({ family: "mamba2", vocabSize: 31, hiddenSize: 1028, intermediateSize: 32, numLayers: 2, stateSize: 8, convKernel: 4,
+  // the least hidden size (a multiple of 4) whose 8 rows in_proj's norm cannot hold (lavapipe's 32 KiB: 772)
+  const limit = g.gpu.limits.maxComputeWorkgroupStorageSize;
+  const D = 4 * Math.floor((limit / 4 - 256 * 8) / 8 / 4) + 4;
+  const cfg = makeConfig({ family: "mamba2", vocabSize: 31, hiddenSize: D, intermediateSize: 32, numLayers: 2, stateSize: 8, convKernel: 4,
     mamba2: { headDim: 8, chunkSize: 4 } });
   const ps = perturbedParameters(cfg, 43);
   const gpu = await modelFromTensors(cfg, ps, { backend: g });
   const cpu = await modelFromTensors(cfg, ps, { backend: "cpu" });
   try {
-    await fusedMatchesOps(gpu, cpu, 5, 2, new TestRng(91), "hidden 1028"); // 5 · 1028 > 4096
+    await fusedMatchesOps(gpu, cpu, 5, 2, new TestRng(91), `hidden ${D}`);
+    assert.ok(!g.gpu.kernelNames.some((n) => n.startsWith("decode_batchnorm_")), "5 rows: the norm in in_proj's kernel");
+    await fusedMatchesOps(gpu, cpu, 8, 2, new TestRng(92), `hidden ${D}`);
+    assert.ok(g.gpu.kernelNames.some((n) => n.startsWith("decode_batchnorm_")), "8 rows: the norm's own dispatch");
     const prompt = Int32Array.from([3, 1, 4, 1, 5]);
     const opts = { maxNewTokens: 6, stopTokens: [] };
     assert.deepEqual(Array.from(await gpu.generate(prompt, opts)), Array.from(await cpu.generate(prompt, opts)), "greedy generation");

@@ -25,7 +25,7 @@ import { addRmsNorm } from "./kernels/norm.ts";
 import { copyWords, fillWords } from "./kernels/copy.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
 import { decodeM2BatchNorm } from "./kernels/decode/mamba2-batch-norm.ts";
-import { M2_IN_MAX_ROWS, M2_IN_NORM_MAX, M2_MAX_K, type M2Offsets, m2InBytes, decodeM2In, decodeM2InFinish } from "./kernels/decode/mamba2-in.ts";
+import { M2_IN_MAX_ROWS, M2_MAX_K, type M2Offsets, m2InBytes, decodeM2In, decodeM2InFinish } from "./kernels/decode/mamba2-in.ts";
 import { type M2GateMode, decodeM2Ssm, m2SsmGroups } from "./kernels/decode/mamba2-ssm.ts";
 import { decodeM2Out, decodeM2Scale } from "./kernels/decode/mamba2-out.ts";
 
@@ -96,7 +96,7 @@ export class Mamba2Plans {
     const xbc = gpu.alloc(B * NIN * 4);
     const v = gpu.alloc(B * E * 4);
     const ss = gpu.alloc(B * NWG * 4);
-    const fuseNorm = B * D <= M2_IN_NORM_MAX && m2InBytes(B, D, true) <= gpu.limits.maxComputeWorkgroupStorageSize;
+    const fuseNorm = m2InBytes(B, D, true) <= gpu.limits.maxComputeWorkgroupStorageSize;
     const u = fuseNorm ? null : gpu.alloc(B * D * 4);
     const resOut = gpu.alloc(B * D * 4);
     const normF = this.backend.f32(this.backend.t(w.normF, "decodeStep"));

@@ -25,9 +25,8 @@ import { defineKernel } from "../../kernel-def.ts";
 
 /** Rows the matvec kernel takes at most. */
 export const M2_IN_MAX_ROWS = 8;
-/** Rows × hidden size the matvec's norm holds in workgroup memory (16 KiB). */
-export const M2_IN_NORM_MAX = 4096;
-/** Bytes of workgroup memory the matvec kernel needs for T rows of D (with the norm, or without). */
+/** Bytes of workgroup memory the matvec kernel needs for T rows of D (with the norm, which holds the rows, or
+ *  without): the norm is taken where the device's workgroup memory holds them (130m's 8 rows: 32 KiB). */
 export const m2InBytes = (T: number, D: number, norm: boolean) => 4 * ((norm ? T * D : 0) + 256 * T);
 /** Conv kernel sizes taken (the history is held in registers). */
 export const M2_MAX_K = 9;
@@ -206,7 +205,10 @@ function epilogueParams(a: M2Offsets & { hasBias: boolean; lo: number; hi: numbe
 export function decodeM2In(gpu: Gpu, a: M2InArgs): void {
   if (a.T < 1 || a.T > M2_IN_MAX_ROWS) throw new Error(`decodeM2In: ${a.T} rows, expected 1 to ${M2_IN_MAX_ROWS}`);
   if (a.D % 4 !== 0) throw new Error(`decodeM2In: hidden size ${a.D} is not a multiple of 4`);
-  if (a.norm && a.T * a.D > M2_IN_NORM_MAX) throw new Error(`decodeM2In: ${a.T} rows of ${a.D} to normalize, expected at most ${M2_IN_NORM_MAX} values`);
+  const bytes = m2InBytes(a.T, a.D, !!a.norm);
+  if (bytes > gpu.limits.maxComputeWorkgroupStorageSize) {
+    throw new Error(`decodeM2In: ${a.T} rows of ${a.D} need ${bytes} bytes of workgroup memory, over the device's ${gpu.limits.maxComputeWorkgroupStorageSize}`);
+  }
   const shape: M2InShape = { T: a.T, D: a.D, E: a.E, C: a.C, H: a.H, K: a.K, ws: a.ws, loadBytes: a.loadBytes, norm: !!a.norm };
   const k = gpu.kernel(inKernel, shape);
   const parts = cached(JSON.stringify(shape), () => inParts(shape));
