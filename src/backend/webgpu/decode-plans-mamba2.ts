@@ -93,7 +93,7 @@ export class Mamba2Plans {
     const h = gpu.alloc(B * D * 4); // [B, D]: the embedding, then each layer's out_proj
     const normed = new GpuTensor([B, D], "f32", gpu.alloc(B * D * 4), "f32", this.backend);
     const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other
-    const xbc = gpu.alloc(B * NIN * 4);
+    const zxbcdt = gpu.alloc(B * NIN * 4);
     const v = gpu.alloc(B * E * 4);
     const ss = gpu.alloc(B * NWG * 4);
     const fuseNorm = m2InBytes(B, D, true) <= gpu.limits.maxComputeWorkgroupStorageSize;
@@ -115,10 +115,10 @@ export class Mamba2Plans {
           T: B, D, E, C: d.C, H: d.H, K: d.K, x: fuseNorm ? h : u!, norm: fuseNorm ? { res, hasRes: i > 0, par: i % 2, eps: d.eps } : null,
           lp: lp.buf.buf, hasBias: !!mx.inProjBias, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
           oDtBias: lp.oDtBias, w: wIn.buf, ws: this.backend.weightStorage(wIn), loadBytes: this.backend.loadBytes(D),
-          convState: convState.buf, out: xbc, lo: d.lo, hi: d.hi,
+          convState: convState.buf, out: zxbcdt, lo: d.lo, hi: d.hi,
         });
         decodeM2Ssm(gpu, {
-          B, N: d.N, P: d.P, H: d.H, G: d.G, E, C: d.C, mode: d.mode, xbc, lp: lp.buf.buf, oA: lp.oA, oD: lp.oD, oGate: lp.oGate,
+          B, N: d.N, P: d.P, H: d.H, G: d.G, E, C: d.C, mode: d.mode, zxbcdt, lp: lp.buf.buf, oA: lp.oA, oD: lp.oD, oGate: lp.oGate,
           ssm: ssmState.buf, out: v, ss,
         });
         const wo = this.backend.t(mx.outProj, "decodeStep");
@@ -131,7 +131,7 @@ export class Mamba2Plans {
       // norm_f over h + the last residual (half L % 2 of res): in the head's kernel where it takes it
       if (!headNorm) addRmsNorm(gpu, h, res, normF, d.eps, B, D, normed.buf, resOut, (L % 2) * B * D);
     });
-    return { key, h, normed, scratch: [res, xbc, v, ss, resOut, ...(u ? [u] : [])], plan, headNorm };
+    return { key, h, normed, scratch: [res, zxbcdt, v, ss, resOut, ...(u ? [u] : [])], plan, headNorm };
   }
 
   /** Past 8 rows: the norm, in_proj (matmulTiled), its partials' sum with the conv and dt, the SSD step and out_proj
@@ -155,8 +155,8 @@ export class Mamba2Plans {
     const normed = new GpuTensor([B, D], "f32", gpu.alloc(B * D * 4), "f32", this.backend);
     const res = gpu.alloc(2 * B * D * 4);
     const u = gpu.alloc(B * D * 4);
-    const xbcp = gpu.alloc(inSplit.count * B * NIN * 4); // [S, B, NIN]: in_proj's partials
-    const xbc = gpu.alloc(B * NIN * 4);
+    const zxbcdtParts = gpu.alloc(inSplit.count * B * NIN * 4); // [S, B, NIN]: in_proj's partials
+    const zxbcdt = gpu.alloc(B * NIN * 4);
     const v = gpu.alloc(B * E * 4);
     const ss = gpu.alloc(B * NWG * 4);
     let parts = 1; // of hp: the embedding is one
@@ -173,15 +173,15 @@ export class Mamba2Plans {
           B, D, eps: d.eps, part: hp, S: parts, bias, res, hasRes: i > 0, par: i % 2, g: lp.buf.buf, oG: lp.oNorm, out: u, scale: i > 0 ? scale : null,
         });
         const wIn = this.backend.t(mx.inProj, "decodeStep");
-        matmulTiled(gpu, { x: u, ldx: D, offx: 0, rows: B, K: D, w: wIn.buf, ws: this.backend.weightStorage(wIn), N: NIN, bias: null, y: xbcp },
+        matmulTiled(gpu, { x: u, ldx: D, offx: 0, rows: B, K: D, w: wIn.buf, ws: this.backend.weightStorage(wIn), N: NIN, bias: null, y: zxbcdtParts },
           tile, inSplit);
         decodeM2InFinish(gpu, {
-          B, S: inSplit.count, E, C: d.C, H: d.H, K: d.K, part: xbcp, lp: lp.buf.buf, hasBias: !!mx.inProjBias,
+          B, S: inSplit.count, E, C: d.C, H: d.H, K: d.K, part: zxbcdtParts, lp: lp.buf.buf, hasBias: !!mx.inProjBias,
           oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB, oDtBias: lp.oDtBias,
-          convState: convState.buf, out: xbc, lo: d.lo, hi: d.hi,
+          convState: convState.buf, out: zxbcdt, lo: d.lo, hi: d.hi,
         });
         decodeM2Ssm(gpu, {
-          B, N: d.N, P: d.P, H: d.H, G: d.G, E, C: d.C, mode: d.mode, xbc, lp: lp.buf.buf, oA: lp.oA, oD: lp.oD, oGate: lp.oGate,
+          B, N: d.N, P: d.P, H: d.H, G: d.G, E, C: d.C, mode: d.mode, zxbcdt, lp: lp.buf.buf, oA: lp.oA, oD: lp.oD, oGate: lp.oGate,
           ssm: ssmState.buf, out: v, ss,
         });
         if (d.mode !== "none" && !folded) decodeM2Scale(gpu, { B, K: E, v, ss, G: d.G, GS: E / d.G, NWG, eps: d.eps });
@@ -196,7 +196,7 @@ export class Mamba2Plans {
         g: this.backend.f32(this.backend.t(w.normF, "decodeStep")), oG: 0, out: normed.buf, scale: L > 0 ? scale : null,
       });
     });
-    return { key, h: hp, normed, scratch: [res, u, xbcp, xbc, v, ss], plan };
+    return { key, h: hp, normed, scratch: [res, u, zxbcdtParts, zxbcdt, v, ss], plan };
   }
 
   /** A layer's small constants in one f32 buffer: norm [D] | in_proj bias [NIN] | conv [C, K] | conv bias [C] |

@@ -47,7 +47,7 @@ function parts(s: M2SsmShape): WgslParts {
       ["NWG", `${H * Math.ceil(P / PB)}u`]],
     params: [["B", "u32"], ["oA", "u32"], ["oD", "u32"], ["oGate", "u32"]],
     bindings: [
-      ["xbc", "var<storage, read> xbc: array<f32>"], // [B, E + C + H]: z | x B C (after the conv) | dt (after softplus)
+      ["zxbcdt", "var<storage, read> zxbcdt: array<f32>"], // [B, E + C + H]: z | x B C (after the conv) | dt (after softplus)
       ["lp", "var<storage, read> lp: array<f32>"], // the layer's constants: A_log [H], D [H], the norm's weight [E]
       ["ssm", "var<storage, read_write> ssm: array<vec4<f32>>"], // [B, H, P, N] in/out
       ["out", "var<storage, read_write> out: array<f32>"], // [B, E]
@@ -75,22 +75,22 @@ fn m2Ssm(t: u32, wg: vec3<u32>) {
     let r = i / (2u * N4);
     let j = i % (2u * N4); // quad j of B, or quad j - N4 of C
     let o = min(b0 + r, p.B - 1u) * NIN + E + E + g * N4 * 4u + select(4u * j, GN + 4u * (j - N4), j >= N4);
-    bcs[i] = vec4<f32>(xbc[o], xbc[o + 1u], xbc[o + 2u], xbc[o + 3u]);
+    bcs[i] = vec4<f32>(zxbcdt[o], zxbcdt[o + 1u], zxbcdt[o + 2u], zxbcdt[o + 3u]);
   }
   var xv: array<f32, RB>;
   var dt: array<f32, RB>;
   for (var r = 0u; r < RB; r++) {
     let o = min(b0 + r, p.B - 1u) * NIN;
-    xv[r] = xbc[o + E + ch];
-    dt[r] = xbc[o + E + CW + h];
+    xv[r] = zxbcdt[o + E + ch];
+    dt[r] = zxbcdt[o + E + CW + h];
   }
   let gr = t / PB; // the gate's phase: a thread per (row, channel)
   let gc = t % PB;
   let gb = b0 + gr;
   let gch = h * HP + min(p0 + gc, HP - 1u);
   let go = min(gb, p.B - 1u) * NIN;
-  let gx = xbc[go + E + gch];
-  let gz = xbc[go + gch];
+  let gx = zxbcdt[go + E + gch];
+  let gz = zxbcdt[go + gch];
   let A = -exp(lp[p.oA + h]);
   let Dh = lp[p.oD + h];
   let w = lp[p.oGate + gch];
@@ -146,11 +146,11 @@ const ssmKernel = defineKernel({
 
 export interface M2SsmArgs {
   B: number; N: number; P: number; H: number; G: number; E: number; C: number; mode: M2GateMode;
-  xbc: Buf; lp: Buf; oA: number; oD: number; oGate: number;
+  zxbcdt: Buf; lp: Buf; oA: number; oD: number; oGate: number;
   ssm: Buf; out: Buf; ss: Buf | null; // ss: [B, m2SsmGroups(N, P, H)], where mode is not "none"
 }
 
-// xbc: [B, E + C + H] -> out: [B, E] (gated, times the norm's weight), ss: [B, workgroups]; ssm: [B, H, P, N] in place
+// zxbcdt: [B, E + C + H] -> out: [B, E] (gated, times the norm's weight), ss: [B, workgroups]; ssm: [B, H, P, N] in place
 export function decodeM2Ssm(gpu: Gpu, a: M2SsmArgs): void {
   if (a.N % 4 !== 0 || a.N > 1024) throw new Error(`decodeM2Ssm: state size ${a.N} is not a multiple of 4 up to 1024`);
   // rows a workgroup: up to 8, as many as the device's workgroup memory holds
@@ -159,7 +159,7 @@ export function decodeM2Ssm(gpu: Gpu, a: M2SsmArgs): void {
   const shape: M2SsmShape = { N: a.N, P: a.P, H: a.H, G: a.G, E: a.E, C: a.C, RB, mode: a.mode };
   const k = gpu.kernel(ssmKernel, shape);
   const kp = cached(shape);
-  const bufs: Record<string, Buf> = { xbc: a.xbc, lp: a.lp, ssm: a.ssm, out: a.out };
+  const bufs: Record<string, Buf> = { zxbcdt: a.zxbcdt, lp: a.lp, ssm: a.ssm, out: a.out };
   if (a.mode !== "none") bufs.ss = a.ss!;
   gpu.dispatch(k, bindingsByName(kp, bufs), paramBlock(kp.params, { B: a.B, oA: a.oA, oD: a.oD, oGate: a.oGate }),
     [m2SsmGroups(a.N, a.P, a.H), Math.ceil(a.B / RB)]);
