@@ -1,22 +1,25 @@
 /**
  * Mamba-2's SSM in chunks of Q positions (state space duality), as the CPU's ssdChunkedF32 (../../../cpu/ssd.ts),
  * per head h with the B, C of its group g = h / (H / G), dt_i = clamp(softplus(dt_i + dtBias)) and
- * cs_i = Σ_{k ≤ i} dt_k·A inside the chunk. Three kernels; their products are register-tiled (a workgroup of 128
- * threads computes a BM × BN = 128 × 64 tile, each thread 8 × 8 outputs kept in registers; K advances BK at a time
- * through workgroup memory, read as vec4s, the next tile's global loads issued before the current tile's arithmetic,
- * and 4 floats at a time where the windows allow, as ../matmul.ts does):
- *  1. ssd_chunk_state, a workgroup per (head, chunk, batch row) and block of the state: dt and cs of the chunk (a
- *     log-step scan in workgroup memory, written for the other kernels), then the chunk's own state from zero
+ * cs_i = Σ_{k ≤ i} dt_k·A inside the chunk. Three kernels; their products are register-tiled as ../matmul.ts's: a
+ * workgroup of 16 × 16 threads computes a 128 × 128 tile, each thread 8 × 8 outputs kept in registers; K advances BK
+ * at a time through workgroup memory, read as vec4s, the next tile's global loads issued before the current tile's
+ * arithmetic, 4 floats at a time where the windows allow. The 128 columns are two slots of 64: (head, block of 64
+ * values of p) pairs of one group, so the operand the heads of a group share (B, or C) is staged once for both.
+ *  1. ssd_chunk_state, a workgroup per (pair of slots, chunk, batch row) and block of 128 state entries: dt and cs
+ *     of the chunk for each slot's head (a log-step scan in workgroup memory, written for the other kernels), then
+ *     the chunk's own states from zero
  *       Sᵀ[n, p] = Σ_j B_j[n] · exp(cs_last − cs_j)·dt_j·x_j[p]      ([N × Q] · [Q × P]);
- *     and in the same dispatch, a workgroup per (group, chunk, batch row) and half of the chunk: C_i·B_j for j ≤ i,
- *     once per group rather than per head ([Q × N] · [N × Q]);
+ *     and in the same dispatch, a workgroup per (group, chunk, batch row): C_i·B_j for j ≤ i, once per group rather
+ *     than per head ([Q × N] · [N × Q]);
  *  2. ssd_state_pass, a thread per (b, h, n, p): over the chunks in order, h_{c+1} = exp(cs_last,c)·h_c + S_c;
  *     S_c is replaced in place by h_c, the state entering chunk c (h_0: the given state, or zeros); the final
  *     state is written back;
- *  3. ssd_chunk_scan, a workgroup per (head, chunk, batch row) and block of p: the output
+ *  3. ssd_chunk_scan, a workgroup per (pair of slots, chunk, batch row): the output
  *       Y = diag(exp(cs)) · (C · h_c)  +  ((C·Bᵀ) ∘ exp(cs_i − cs_j)·dt_j ∘ [j ≤ i]) · X  +  D·X
  *     (·silu(z) when gated) as two products into the same registers: [Q × N]·[N × P], the rows scaled by exp(cs_i),
- *     then [Q × Q]·[Q × P], where a thread skips the tiles of j past its rows (causal).
+ *     then [Q × Q]·[Q × P] (each slot its own decays), where a thread skips the tiles of j past its rows (causal:
+ *     a warp's rows are 16 consecutive i).
  * The chunk length Q is the kernels' own (SSD_CHUNK): the result is the same for any chunk length (only the
  * rounding differs), so the model's chunk_size (256 in real checkpoints) does not set it. 128 balances the work
  * within a chunk (it grows with Q) against the chunk states' traffic (it shrinks with Q).
@@ -30,9 +33,8 @@ import { type SsdScanKernelArgs, flagFieldsWgsl, softplusWgsl, windowFieldsWgsl,
 /** the chunk length of the kernels (see above) */
 export const SSD_CHUNK = 128;
 const Q = SSD_CHUNK;
-/** a workgroup's tile of outputs: BM rows (16 rows of threads × 8) by BN columns (8 columns of threads × 2 groups
- *  of 4, 32 columns apart); K tiles of BK */
-const BM = 128, BN = 64, BK = 8, NT = 128;
+/** threads of a workgroup (16 × 16), positions or state entries of a K tile, values of p a slot covers */
+const NT = 256, BK = 8, PB = 64;
 
 export interface ChunkShape {
   N: number;
@@ -47,7 +49,7 @@ function floats(binding: number, name: string, v4: boolean, rw = false): string 
 fn ${name}1(i: u32) -> f32 { return ${v4 ? `${name}[i / 4u][i % 4u]` : `${name}[i]`}; }`;
 }
 
-// the parameters of the chunk kernels, the sizes, and the staged tiles of the products
+// the parameters of the chunk kernels, the sizes, the staged tiles of the products, and dt and cs of the two slots
 const header = (s: ChunkShape) => /* wgsl */ `
 struct P {
   B: u32, L: u32, H: u32, G: u32, nC: u32,
@@ -56,18 +58,28 @@ struct P {
 }
 const N = ${s.N}u;
 const HP = ${s.P}u; // head dim P
+const NPB = ${Math.ceil(s.P / PB)}u; // blocks of PB values of p a head
 const Q = ${Q}u;
 const NT = ${NT}u;
-const BM = ${BM}u;
-const BN = ${BN}u;
 const BK = ${BK}u;
-// rows padded by one vec4: the transposed stores of threads with different k spread over banks
-const SA = BM / 4u + 1u;
-const SB = BN / 4u + 1u;
-var<workgroup> As: array<vec4<f32>, ${BK * (BM / 4 + 1)}>; // As[k][m]
-var<workgroup> Bs: array<vec4<f32>, ${BK * (BN / 4 + 1)}>; // Bs[k][n]
-var<workgroup> dts: array<f32, ${Q}>;
-var<workgroup> cs: array<f32, ${Q}>;
+const PB = ${PB}u;
+var<workgroup> As: array<vec4<f32>, ${BK * (2 * Q / 4 + 1)}>; // As[k][m], m < 128 or (two slots) < 256, rows padded
+var<workgroup> Bs: array<vec4<f32>, ${BK * (2 * PB / 4 + 1)}>; // Bs[k][n], n < 128
+var<workgroup> dts: array<f32, ${2 * Q}>; // [slot, i]
+var<workgroup> cs: array<f32, ${2 * Q}>;
+
+// The workgroup's two slots (head, block of p) of group g: slots s0 = 2·pair and s0 + 1 of the group's HG·NPB;
+// the second may be past the last (has1 false).
+struct Slots { h0: u32, h1: u32, pb0: u32, pb1: u32, has1: bool }
+fn slots(g: u32, pair: u32) -> Slots {
+  let HG = p.H / p.G;
+  let s0 = 2u * pair;
+  let s1 = s0 + 1u;
+  let has1 = s1 < HG * NPB;
+  return Slots(g * HG + s0 / NPB, select(g * HG + s0 / NPB, g * HG + s1 / NPB, has1), s0 % NPB, s1 % NPB, has1);
+}
+// pairs of slots a group
+fn pairs() -> u32 { return ((p.H / p.G) * NPB + 1u) / 2u; }
 `;
 
 /** One operand of a product, staged into `tile` ([k][m]) K tile by K tile. kMajor: consecutive m are consecutive in
@@ -77,7 +89,7 @@ var<workgroup> cs: array<f32, ${Q}>;
 interface Operand {
   tile: "As" | "Bs";
   reg: "ra" | "rb";
-  rows: number; // BM or BN
+  rows: number; // m of the tile: 128, or 256 for two slots' A
   kMajor: boolean;
   scalar: string;
   vec4: string;
@@ -122,16 +134,19 @@ function storeOperand(o: Operand, v4: boolean): string {
     }`;
 }
 
-/** WGSL: acc += A[0 .. kLen) · B over K tiles of BK, the thread's outputs rows ty·8 + r, columns tx·4 + c (acc[2r])
- *  and 32 + tx·4 + c (acc[2r + 1]); tiles where `skip` holds for this thread (k0 names the tile's first k) are
- *  staged but not multiplied. */
-function product(A: Operand, B: Operand, kLen: string, v4: boolean, skip = "false"): string {
+/** WGSL: acc += A[0 .. kLen) · B over K tiles of BK. The thread's outputs: rows ty·8 + r of A from vec4 aOff on
+ *  (its slot's rows when A holds two slots), columns sl·64 + hc·32 + lx·4 + c of B (acc[2r + hc]); tiles where
+ *  `skip` holds for this thread (k0 names the tile's first k) are staged but not multiplied. */
+function product(A: Operand, B: Operand, kLen: string, v4: boolean, skip = "false", aOff = "0u"): string {
   const type = v4 ? "vec4<f32>" : "f32";
+  const SA = `${A.rows / 4 + 1}u`, SB = `${B.rows / 4 + 1}u`;
   return /* wgsl */ `
   {
     var ra: array<${type}, ${perThread(A, v4)}>;
     var rb: array<${type}, ${perThread(B, v4)}>;
     let tiles = (${kLen} + BK - 1u) / BK;
+    let ao = ${aOff} + ty * 2u;
+    let bo = sl * 16u + lx;
     ${loadOperand(A, "0u", v4)}
     ${loadOperand(B, "0u", v4)}
     for (var t = 0u; t < tiles; t++) {
@@ -146,10 +161,10 @@ function product(A: Operand, B: Operand, kLen: string, v4: boolean, skip = "fals
       }
       if (!(${skip})) {
         for (var kk = 0u; kk < BK; kk++) {
-          let a0 = As[kk * SA + ty * 2u];
-          let a1 = As[kk * SA + ty * 2u + 1u];
-          let b0 = Bs[kk * SB + tx];
-          let b1 = Bs[kk * SB + 8u + tx];
+          let a0 = As[kk * ${SA} + ao];
+          let a1 = As[kk * ${SA} + ao + 1u];
+          let b0 = Bs[kk * ${SB} + bo];
+          let b1 = Bs[kk * ${SB} + bo + 8u];
           for (var c = 0u; c < 4u; c++) {
             acc[2u * c] = fma(vec4<f32>(a0[c]), b0, acc[2u * c]);
             acc[2u * c + 1u] = fma(vec4<f32>(a0[c]), b1, acc[2u * c + 1u]);
@@ -162,21 +177,24 @@ function product(A: Operand, B: Operand, kLen: string, v4: boolean, skip = "fals
   }`;
 }
 
-// the start of a product kernel: thread (ty, tx) of 16 × 8 and its accumulators
+// the start of a product kernel: thread (ty, tx) of 16 × 16, its slot sl (columns 64·sl ..) and column lx in it,
+// its accumulators
 const threadStart = /* wgsl */ `
-  let tx = tid % 8u;
-  let ty = tid / 8u;
+  let tx = tid % 16u;
+  let ty = tid / 16u;
+  let sl = tx / 8u;
+  let lx = tx % 8u;
   var acc: array<vec4<f32>, 16>;
   for (var r = 0u; r < 16u; r++) { acc[r] = vec4<f32>(0.0); }`;
 
-/** WGSL: for each of the thread's outputs (row `i` = ty·8 + r, column `col` = tx·4 (+ 32) of the tile, value(s)
- *  `a` = a vec4 of 4 columns), `body4` when v4, else `body1` per column j of the 4 (a = acc[..][j]). */
+/** WGSL: for each of the thread's outputs (row `i` = ty·8 + r, column `col` = hc·32 + lx·4 of its slot's 64, value(s)
+ *  `a` = a vec4 of 4 columns), `body4` when v4, else `body1` per column cj = col + j (a = acc[..][j]). */
 function eachOutput(v4: boolean, body4: string, body1: string): string {
   return /* wgsl */ `
   for (var r = 0u; r < 8u; r++) {
     let i = ty * 8u + r;
     for (var hc = 0u; hc < 2u; hc++) {
-      let col = hc * 32u + tx * 4u;
+      let col = hc * 32u + lx * 4u;
       ${v4 ? `let a = acc[2u * r + hc];
       ${body4}` : `for (var j = 0u; j < 4u; j++) {
         let a = acc[2u * r + hc][j];
@@ -187,12 +205,25 @@ function eachOutput(v4: boolean, body4: string, body1: string): string {
   }`;
 }
 
+/** WGSL: for element m of a B tile over the two slots: its slot's head `hs`, the value of p `ps`, and whether the
+ *  slot exists (`okm`) */
+const slotOfM = /* wgsl */ `
+      let hs = select(S.h0, S.h1, m >= PB);
+      let ps = select(S.pb0, S.pb1, m >= PB) * PB + m % PB;
+      let okm = m < PB || S.has1;`;
+
+// the thread's own slot: its head, first value of p, and whether it exists
+const mySlot = /* wgsl */ `
+  let myH = select(S.h0, S.h1, sl == 1u);
+  let myP0 = select(S.pb0, S.pb1, sl == 1u) * PB;
+  let mine = sl == 0u || S.has1;`;
+
 const stateWgsl = (s: ChunkShape) => {
-  const nNB = Math.ceil(s.N / BM), nPB = Math.ceil(s.P / BN), nState = `p.H * ${nNB * nPB}u`;
+  const nNB = Math.ceil(s.N / 128);
   return /* wgsl */ `
 // bindings: 0 x | 1 dt | 2 Bm | 3 Cm | 4 consts [3H] | 5 states [B, nC, H, N, P] | 6 dtcs [B, nC, H, 2, Q]
 //           7 cb [B, nC, G, Q (j), Q (i)] | 8 params
-// grid: (H · ${nNB} blocks of n · ${nPB} blocks of p, then G · ${Q / BN} blocks of i for C·Bᵀ; nC; B)
+// grid: (G · pairs of slots · ${nNB} blocks of n, then G for C·Bᵀ; nC; B)
 ${header(s)}
 ${floats(0, "x", s.v4)}
 @group(0) @binding(1) var<storage, read> dt: array<f32>;
@@ -203,7 +234,7 @@ ${floats(5, "states", s.v4, true)}
 @group(0) @binding(6) var<storage, read_write> dtcs: array<f32>;
 @group(0) @binding(7) var<storage, read_write> cb: array<vec4<f32>>;
 @group(0) @binding(8) var<uniform> p: P;
-var<workgroup> w: array<f32, ${Q}>;
+var<workgroup> w: array<f32, ${2 * Q}>; // [slot, j]: exp(cs_last − cs_j)·dt_j
 
 @compute @workgroup_size(${NT})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -213,70 +244,82 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let q = min(Q, p.L - t0);
   let row0 = b * p.L + t0;
 ${threadStart}
-  if (wg.x >= ${nState}) {
-    // C·Bᵀ of group g, columns i0 .. i0 + BN: cb[j, i] = Σ_n B_j[n] · C_i[n]; rows j past the block's last i are
-    // not needed (left zero)
-    let g = (wg.x - ${nState}) / ${Q / BN}u;
-    let i0 = ((wg.x - ${nState}) % ${Q / BN}u) * BN;
+  let nState = p.G * pairs() * ${nNB}u;
+  if (wg.x >= nState) {
+    // C·Bᵀ of group g: cb[j, i] = Σ_n B_j[n] · C_i[n]; a thread whose rows j are all past its columns i skips
+    // (its outputs are never read)
+    let g = wg.x - nState;
     ${product(
-      { tile: "As", reg: "ra", rows: BM, kMajor: false,
+      { tile: "As", reg: "ra", rows: Q, kMajor: false,
         scalar: "if (m < q && k < N) { v = Bm1((row0 + m) * p.ldb + p.offb + g * N + k); }",
         vec4: "if (m < q && k < N) { v = Bm[((row0 + m) * p.ldb + p.offb + g * N + k) / 4u]; }" },
-      { tile: "Bs", reg: "rb", rows: BN, kMajor: false,
-        scalar: "if (i0 + m < q && k < N) { v = Cm1((row0 + i0 + m) * p.ldc + p.offc + g * N + k); }",
-        vec4: "if (i0 + m < q && k < N) { v = Cm[((row0 + i0 + m) * p.ldc + p.offc + g * N + k) / 4u]; }" },
-      "N", s.v4, "ty * 8u > i0 + BN - 1u")}
+      { tile: "Bs", reg: "rb", rows: 2 * PB, kMajor: false,
+        scalar: "if (m < q && k < N) { v = Cm1((row0 + m) * p.ldc + p.offc + g * N + k); }",
+        vec4: "if (m < q && k < N) { v = Cm[((row0 + m) * p.ldc + p.offc + g * N + k) / 4u]; }" },
+      "N", s.v4, "ty * 8u > sl * 64u + lx * 4u + 35u")}
     let base = ((b * p.nC + c) * p.G + g) * Q * Q;
     for (var r = 0u; r < 8u; r++) {
       let j = ty * 8u + r;
-      cb[(base + j * Q + i0 + tx * 4u) / 4u] = acc[2u * r];
-      cb[(base + j * Q + i0 + 32u + tx * 4u) / 4u] = acc[2u * r + 1u];
+      cb[(base + j * Q + sl * 64u + lx * 4u) / 4u] = acc[2u * r];
+      cb[(base + j * Q + sl * 64u + 32u + lx * 4u) / 4u] = acc[2u * r + 1u];
     }
     return;
   }
-  let h = wg.x / ${nNB * nPB}u;
-  let nb = (wg.x / ${nPB}u) % ${nNB}u;
-  let pb = wg.x % ${nPB}u;
-  let g = h / (p.H / p.G);
-  // dt (zero past the chunk's end) and its cumulative dt·A: a log-step inclusive scan; past the end cs stays cs_last
-  let A = -exp(consts[p.H + h]);
+  let g = wg.x / (pairs() * ${nNB}u);
+  let pair = (wg.x / ${nNB}u) % pairs();
+  let nb = wg.x % ${nNB}u;
+  let S = slots(g, pair);
+  // per slot (tid / Q), dt (zero past the chunk's end) and its cumulative dt·A: a log-step inclusive scan; past the
+  // end cs stays cs_last
+  let si = tid / Q;
+  let i = tid % Q;
+  let hh = select(S.h0, S.h1, si == 1u);
+  let ok = si == 0u || S.has1;
   var d = 0.0;
-  if (tid < q) {
-    let v = dt[(row0 + tid) * p.lddt + p.offdt + h] + consts[h];
-    d = clamp(${softplusWgsl("v")}, p.lo, p.hi);
+  var A = 0.0;
+  if (ok) {
+    A = -exp(consts[p.H + hh]);
+    if (i < q) {
+      let v = dt[(row0 + i) * p.lddt + p.offdt + hh] + consts[hh];
+      d = clamp(${softplusWgsl("v")}, p.lo, p.hi);
+    }
   }
   dts[tid] = d;
   cs[tid] = d * A;
   for (var s = 1u; s < Q; s = s * 2u) {
     workgroupBarrier();
     var add = 0.0;
-    if (tid >= s) { add = cs[tid - s]; }
+    if (i >= s) { add = cs[tid - s]; }
     workgroupBarrier();
     cs[tid] = cs[tid] + add;
   }
   workgroupBarrier();
-  w[tid] = exp(cs[Q - 1u] - cs[tid]) * dts[tid];
-  if (nb == 0u && pb == 0u) {
-    let dbase = ((b * p.nC + c) * p.H + h) * 2u * Q;
-    dtcs[dbase + tid] = dts[tid];
-    dtcs[dbase + Q + tid] = cs[tid];
+  w[tid] = exp(cs[si * Q + Q - 1u] - cs[tid]) * dts[tid];
+  if (ok && nb == 0u && select(S.pb0, S.pb1, si == 1u) == 0u) {
+    let dbase = ((b * p.nC + c) * p.H + hh) * 2u * Q;
+    dtcs[dbase + i] = dts[tid];
+    dtcs[dbase + Q + i] = cs[tid];
   }
   workgroupBarrier();
-  let n0 = nb * BM;
-  let p0 = pb * BN;
-  // Sᵀ[n, p] = Σ_j B_j[n] · w_j·x_j[p]
+  let n0 = nb * 128u;
+  // Sᵀ[n, p] = Σ_j B_j[n] · w_j·x_j[p], both slots at once (the same B)
   ${product(
-    { tile: "As", reg: "ra", rows: BM, kMajor: true,
+    { tile: "As", reg: "ra", rows: Q, kMajor: true,
       scalar: "if (k < q && n0 + m < N) { v = Bm1((row0 + k) * p.ldb + p.offb + g * N + n0 + m); }",
       vec4: "if (k < q && n0 + m < N) { v = Bm[((row0 + k) * p.ldb + p.offb + g * N + n0 + m) / 4u]; }" },
-    { tile: "Bs", reg: "rb", rows: BN, kMajor: true,
-      scalar: "if (k < q && p0 + m < HP) { v = w[k] * x1((row0 + k) * p.ldx + p.offx + h * HP + p0 + m); }",
-      vec4: "if (k < q && p0 + m < HP) { v = w[k] * x[((row0 + k) * p.ldx + p.offx + h * HP + p0 + m) / 4u]; }" },
+    { tile: "Bs", reg: "rb", rows: 2 * PB, kMajor: true,
+      scalar: `${slotOfM}
+      if (k < q && ps < HP && okm) { v = w[(m / PB) * Q + k] * x1((row0 + k) * p.ldx + p.offx + hs * HP + ps); }`,
+      vec4: `${slotOfM}
+      if (k < q && ps < HP && okm) { v = w[(m / PB) * Q + k] * x[((row0 + k) * p.ldx + p.offx + hs * HP + ps) / 4u]; }` },
     "q", s.v4)}
-  let sbase = ((b * p.nC + c) * p.H + h) * N * HP;
-  ${eachOutput(s.v4,
-    "if (n0 + i < N && p0 + col < HP) { states[(sbase + (n0 + i) * HP + p0 + col) / 4u] = a; }",
-    "if (n0 + i < N && p0 + cj < HP) { states[sbase + (n0 + i) * HP + p0 + cj] = a; }")}
+${mySlot}
+  let sbase = ((b * p.nC + c) * p.H + myH) * N * HP;
+  if (mine) {
+    ${eachOutput(s.v4,
+      "if (n0 + i < N && myP0 + col < HP) { states[(sbase + (n0 + i) * HP + myP0 + col) / 4u] = a; }",
+      "if (n0 + i < N && myP0 + cj < HP) { states[sbase + (n0 + i) * HP + myP0 + cj] = a; }")}
+  }
 }
 `;
 };
@@ -340,12 +383,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
-const scanWgsl = (s: ChunkShape) => {
-  const nPB = Math.ceil(s.P / BN);
-  return /* wgsl */ `
+const scanWgsl = (s: ChunkShape) => /* wgsl */ `
 // bindings: 0 x | 1 Cm | 2 z | 3 consts [3H] | 4 states (entering) [B, nC, H, N, P] | 5 dtcs [B, nC, H, 2, Q]
 //           6 cb [B, nC, G, Q, Q] | 7 y [B·L, H·P] | 8 params
-// grid: (H · ${nPB} blocks of p, nC, B)
+// grid: (G · pairs of slots, nC, B)
 ${header(s)}
 ${floats(0, "x", s.v4)}
 ${floats(1, "Cm", s.v4)}
@@ -359,73 +400,94 @@ ${floats(7, "y", s.v4, true)}
 
 @compute @workgroup_size(${NT})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let h = wg.x / ${nPB}u;
-  let p0 = (wg.x % ${nPB}u) * BN;
+  let g = wg.x / pairs();
+  let S = slots(g, wg.x % pairs());
   let c = wg.y;
   let b = wg.z;
-  let g = h / (p.H / p.G);
   let q = min(Q, p.L - c * Q);
   let row0 = b * p.L + c * Q;
-  let dbase = ((b * p.nC + c) * p.H + h) * 2u * Q;
-  dts[tid] = dtcs[dbase + tid];
-  cs[tid] = dtcs[dbase + Q + tid];
+  {
+    // dt and cs of both slots (zero for a missing one)
+    let si = tid / Q;
+    var d = 0.0;
+    var e = 0.0;
+    if (si == 0u || S.has1) {
+      let dbase = ((b * p.nC + c) * p.H + select(S.h0, S.h1, si == 1u)) * 2u * Q;
+      d = dtcs[dbase + tid % Q];
+      e = dtcs[dbase + Q + tid % Q];
+    }
+    dts[tid] = d;
+    cs[tid] = e;
+  }
 ${threadStart}
-  // from the entering state: acc[i, p] = Σ_n C_i[n] · h_c[n, p], then times exp(cs_i)
-  let sbase = ((b * p.nC + c) * p.H + h) * N * HP;
+${mySlot}
+  // from the entering state: acc[i, p] = Σ_n C_i[n] · h_c[n, p] (both slots at once: the same C), then times
+  // exp(cs_i)
+  let sstride = N * HP;
+  let sb0 = ((b * p.nC + c) * p.H) * sstride;
   ${product(
-    { tile: "As", reg: "ra", rows: BM, kMajor: false,
+    { tile: "As", reg: "ra", rows: Q, kMajor: false,
       scalar: "if (m < q && k < N) { v = Cm1((row0 + m) * p.ldc + p.offc + g * N + k); }",
       vec4: "if (m < q && k < N) { v = Cm[((row0 + m) * p.ldc + p.offc + g * N + k) / 4u]; }" },
-    { tile: "Bs", reg: "rb", rows: BN, kMajor: true,
-      scalar: "if (k < N && p0 + m < HP) { v = states1(sbase + k * HP + p0 + m); }",
-      vec4: "if (k < N && p0 + m < HP) { v = states[(sbase + k * HP + p0 + m) / 4u]; }" },
+    { tile: "Bs", reg: "rb", rows: 2 * PB, kMajor: true,
+      scalar: `${slotOfM}
+      if (k < N && ps < HP && okm) { v = states1(sb0 + hs * sstride + k * HP + ps); }`,
+      vec4: `${slotOfM}
+      if (k < N && ps < HP && okm) { v = states[(sb0 + hs * sstride + k * HP + ps) / 4u]; }` },
     "N", s.v4)}
   for (var r = 0u; r < 8u; r++) {
-    let into = exp(cs[ty * 8u + r]);
+    let into = exp(cs[sl * Q + ty * 8u + r]);
     acc[2u * r] = acc[2u * r] * into;
     acc[2u * r + 1u] = acc[2u * r + 1u] * into;
   }
-  // within the chunk: acc[i, p] += Σ_{j ≤ i} (C_i·B_j)·exp(cs_i − cs_j)·dt_j · x_j[p]; a thread skips the tiles of
-  // j past its rows
+  // within the chunk: acc[i, p] += Σ_{j ≤ i} (C_i·B_j)·exp(cs_i − cs_j)·dt_j · x_j[p]. A holds both slots' decays
+  // (rows 128·slot + i); a thread skips the tiles of j past its rows
   let cbase = ((b * p.nC + c) * p.G + g) * Q * Q;
   ${product(
-    { tile: "As", reg: "ra", rows: BM, kMajor: true,
-      scalar: "if (k <= m && m < q) { v = cb1(cbase + k * Q + m) * exp(cs[m] - cs[k]) * dts[k]; }",
-      vec4: `if (k <= m + 3u && m < q) {
-        let raw = cb[(cbase + k * Q + m) / 4u];
-        let ck = cs[k];
-        let dk = dts[k];
+    { tile: "As", reg: "ra", rows: 2 * Q, kMajor: true,
+      scalar: `let mi = m % Q;
+      let so = (m / Q) * Q;
+      if (k <= mi && mi < q) { v = cb1(cbase + k * Q + mi) * exp(cs[so + mi] - cs[so + k]) * dts[so + k]; }`,
+      vec4: `let mi = m % Q;
+      let so = (m / Q) * Q;
+      if (k <= mi + 3u && mi < q) {
+        let raw = cb[(cbase + k * Q + mi) / 4u];
+        let ck = cs[so + k];
+        let dk = dts[so + k];
         for (var c = 0u; c < 4u; c++) {
-          if (k <= m + c && m + c < q) { v[c] = raw[c] * exp(cs[m + c] - ck) * dk; }
+          if (k <= mi + c && mi + c < q) { v[c] = raw[c] * exp(cs[so + mi + c] - ck) * dk; }
         }
       }` },
-    { tile: "Bs", reg: "rb", rows: BN, kMajor: true,
-      scalar: "if (k < q && p0 + m < HP) { v = x1((row0 + k) * p.ldx + p.offx + h * HP + p0 + m); }",
-      vec4: "if (k < q && p0 + m < HP) { v = x[((row0 + k) * p.ldx + p.offx + h * HP + p0 + m) / 4u]; }" },
-    "q", s.v4, "k0 > ty * 8u + 7u")}
+    { tile: "Bs", reg: "rb", rows: 2 * PB, kMajor: true,
+      scalar: `${slotOfM}
+      if (k < q && ps < HP && okm) { v = x1((row0 + k) * p.ldx + p.offx + hs * HP + ps); }`,
+      vec4: `${slotOfM}
+      if (k < q && ps < HP && okm) { v = x[((row0 + k) * p.ldx + p.offx + hs * HP + ps) / 4u]; }` },
+    "q", s.v4, "k0 > ty * 8u + 7u", "sl * 32u")}
   // the skip connection and the gate
-  let Dh = consts[2u * p.H + h];
+  let Dh = consts[2u * p.H + myH];
   let E = p.H * HP;
-  ${eachOutput(s.v4, `if (i < q && p0 + col < HP) {
+  if (mine) {
+    ${eachOutput(s.v4, `if (i < q && myP0 + col < HP) {
         let row = row0 + i;
-        var out = a + Dh * x[(row * p.ldx + p.offx + h * HP + p0 + col) / 4u];
+        var out = a + Dh * x[(row * p.ldx + p.offx + myH * HP + myP0 + col) / 4u];
         if (p.hasZ != 0u) {
-          let zv = z[(row * p.ldz + p.offz + h * HP + p0 + col) / 4u];
+          let zv = z[(row * p.ldz + p.offz + myH * HP + myP0 + col) / 4u];
           out = out * zv / (1.0 + exp(-zv));
         }
-        y[(row * E + h * HP + p0 + col) / 4u] = out;
-      }`, `if (i < q && p0 + cj < HP) {
+        y[(row * E + myH * HP + myP0 + col) / 4u] = out;
+      }`, `if (i < q && myP0 + cj < HP) {
           let row = row0 + i;
-          var out = a + Dh * x1(row * p.ldx + p.offx + h * HP + p0 + cj);
+          var out = a + Dh * x1(row * p.ldx + p.offx + myH * HP + myP0 + cj);
           if (p.hasZ != 0u) {
-            let zv = z1(row * p.ldz + p.offz + h * HP + p0 + cj);
+            let zv = z1(row * p.ldz + p.offz + myH * HP + myP0 + cj);
             out = out * zv / (1.0 + exp(-zv));
           }
-          y[row * E + h * HP + p0 + cj] = out;
+          y[row * E + myH * HP + myP0 + cj] = out;
         }`)}
+  }
 }
 `;
-};
 
 const example: ChunkShape = { N: 16, P: 8, v4: true };
 const stateKernel = defineKernel({ name: "ssd_chunk_state", wgsl: stateWgsl, example });
@@ -448,12 +510,13 @@ export function ssdScanChunked(gpu: Gpu, a: SsdScanKernelArgs, states: Buf, dtcs
   const shape: ChunkShape = { N: a.N, P: a.P, v4: vec4Fits(a) };
   const nC = Math.ceil(a.L / Q);
   const p = windowParams(new Params().u32(a.B).u32(a.L).u32(a.H).u32(a.G).u32(nC), a);
-  const nNB = Math.ceil(a.N / BM), nPB = Math.ceil(a.P / BN);
+  // pairs of slots (head, block of PB values of p) a group, and blocks of 128 state entries
+  const pairs = Math.ceil(((a.H / a.G) * Math.ceil(a.P / PB)) / 2), nNB = Math.ceil(a.N / 128);
   // the chunk states and, in the same dispatch, C·Bᵀ per group
   gpu.dispatch(gpu.kernel(stateKernel, shape), [a.x, a.dt, a.Bm, a.Cm, a.consts, states, dtcs, cb], p,
-    [a.H * nNB * nPB + a.G * (Q / BN), nC, a.B]);
+    [a.G * pairs * nNB + a.G, nC, a.B]);
   const [gx, gy] = grid(Math.ceil((a.B * a.H * a.P * a.N) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(gpu.kernel(passKernel, shape), [dtcs, states, a.state ?? gpu.dummyOut],
     new Params().u32(a.B).u32(a.H).u32(nC).bool(!!a.state).u32(gx), [gx, gy]);
-  gpu.dispatch(gpu.kernel(scanKernel, shape), [a.x, a.Cm, a.z ?? gpu.dummy, a.consts, states, dtcs, cb, a.y], p, [a.H * nPB, nC, a.B]);
+  gpu.dispatch(gpu.kernel(scanKernel, shape), [a.x, a.Cm, a.z ?? gpu.dummy, a.consts, states, dtcs, cb, a.y], p, [a.G * pairs, nC, a.B]);
 }
