@@ -220,3 +220,31 @@ for (const [name, bound] of Object.entries(FIXTURE_BOUNDS)) {
     }
   });
 }
+
+test("Dawn's toggles: unsafeApis false leaves out allow_unsafe_apis and vulkan_enable_f16_on_nvidia, with a GPU object of its own", { timeout: 120_000 }, async (t) => {
+  const { dawnToggles, nodeGpu } = await import("../../src/backend/webgpu/node.ts");
+  const saved = process.env.MAMBA_TS_DAWN_TOGGLES;
+  delete process.env.MAMBA_TS_DAWN_TOGGLES;
+  try {
+    assert.match(dawnToggles(true).enabled, /allow_unsafe_apis/);
+    assert.match(dawnToggles(true).enabled, /vulkan_enable_f16_on_nvidia/);
+    assert.doesNotMatch(dawnToggles(false).enabled, /allow_unsafe_apis|vulkan_enable_f16_on_nvidia/);
+    assert.match(dawnToggles(false).enabled, /disable_robustness/);
+    process.env.MAMBA_TS_DAWN_TOGGLES = "disable_robustness";
+    assert.equal(dawnToggles(true).enabled, "disable_robustness", "the environment replaces the list");
+  } finally {
+    if (saved === undefined) delete process.env.MAMBA_TS_DAWN_TOGGLES;
+    else process.env.MAMBA_TS_DAWN_TOGGLES = saved;
+  }
+  if (!(await gpuTest(t))) return;
+  assert.notEqual(await nodeGpu(false), await nodeGpu(true), "another toggle set, another GPU object");
+  assert.equal(await nodeGpu(false), await nodeGpu(false), "one GPU object a toggle set");
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const b = (await createWebGpuBackend({ unsafeApis: false })) as WebGpuBackend;
+  try {
+    // lavapipe offers shader-f16 without the toggles; subgroup matrices need allow_unsafe_apis wherever they exist
+    assert.deepEqual(b.gpu.half.subgroupMatrix, []);
+  } finally {
+    await b.destroy();
+  }
+});
