@@ -44,6 +44,8 @@ const quantTypes = (process.env.BENCH_QUANT ?? "").split(",").filter(Boolean).ma
   if (q !== "q8_0" && q !== "q4_0") throw new Error(`BENCH_QUANT takes q8_0 and q4_0, got ${q}`);
   return q === "q8_0" ? "Q8_0" as const : "Q4_0" as const;
 });
+/** The official figures to compare with: fp16 where the run's products are f16 (BENCH_TUNING='{"precision":"f16"}'). */
+const officialDtype = tuning.precision === "f16" ? "float16" as const : "float32" as const;
 const tuningNote = Object.keys(tuning).length ? `; tuning ${JSON.stringify(tuning)}` : "";
 /** A backend with the run's tuning plus `extra`. */
 const backend = async (extra: WebGpuInternalTuning = {}) => (await createWebGpuBackend({ ...tuning, ...extra })) as WebGpuBackend;
@@ -234,8 +236,8 @@ async function benchForward(model: MambaModel, name: ModelName): Promise<void> {
   for (let i = 0; i < reps; i++) pass();
   await b.sync();
   const t = (performance.now() - t0) / reps;
-  const official = anchor.forward(name, "float32");
-  console.log(`forward ${name} fp32 batch ${B} x ${L} (logits included): ${t.toFixed(1)} ms (official ${official ?? "n/a"} ms; ${ratio(t, official, false)})`);
+  const official = anchor.forward(name, officialDtype);
+  console.log(`forward ${name} ${tuning.precision ?? "f32"} products (official ${officialDtype}) batch ${B} x ${L} (logits included): ${t.toFixed(1)} ms (official ${official ?? "n/a"} ms; ${ratio(t, official, false)})`);
   const g = await b.timeGpu(pass);
   if (g !== null) console.log(`  on the GPU clock (one pass): ${g.toFixed(1)} ms (${ratio(g, official, false)})`);
   printProfile(await b.profileKernels(pass));
@@ -409,7 +411,7 @@ export default async function run(): Promise<void> {
     }
     if (only.has("decode")) {
       console.log("\n-- decode (greedy; tok/s = batch x 256 new tokens / wall time including the 128-token prefill) --");
-      for (const B of decodeBatches) await benchDecode(m, "130m", "float32", B);
+      for (const B of decodeBatches) await benchDecode(m, "130m", officialDtype, B);
     }
     if (only.has("forward")) {
       console.log("\n-- forward --");
@@ -430,7 +432,7 @@ export default async function run(): Promise<void> {
   if (models.has("1.4b") && (only.has("decode") || only.has("forward") || only.has("breakdown"))) {
     const m = await makeModel("1.4b");
     if (only.has("breakdown")) await benchBreakdown(m, "1.4b", [1]);
-    if (only.has("decode")) await benchDecode(m, "1.4b", "float32", 1);
+    if (only.has("decode")) await benchDecode(m, "1.4b", officialDtype, 1);
     if (only.has("forward")) await benchForward(m, "1.4b");
     await m.dispose();
     if (only.has("decode")) await benchQuantDecode("1.4b");
