@@ -14,7 +14,8 @@
  *     than per head ([Q × N] · [N × Q]);
  *  2. ssd_state_pass, a thread per (b, h, n, p): over the chunks in order, h_{c+1} = exp(cs_last,c)·h_c + S_c;
  *     S_c is replaced in place by h_c, the state entering chunk c (h_0: the given state, or zeros); the final
- *     state is written back;
+ *     state is written back. Without a state to write back, the last chunk's own state is not computed (nothing
+ *     reads it), and the first chunk's output has no part from the state;
  *  3. ssd_chunk_scan, a workgroup per (pair of slots, chunk, batch row): the output
  *       Y = diag(exp(cs)) · (C · h_c)  +  ((C·Bᵀ) ∘ exp(cs_i − cs_j)·dt_j ∘ [j ≤ i]) · X  +  D·X
  *     (·silu(z) when gated) as two products into the same registers: [Q × N]·[N × P], the rows scaled by exp(cs_i),
@@ -300,6 +301,8 @@ ${threadStart}
     dtcs[dbase + i] = dts[tid];
     dtcs[dbase + Q + i] = cs[tid];
   }
+  // the last chunk's state only makes the final state: without one to write, it is never read
+  if (p.hasState == 0u && c + 1u == p.nC) { return; }
   workgroupBarrier();
   let n0 = nb * 128u;
   // Sᵀ[n, p] = Σ_j B_j[n] · w_j·x_j[p], both slots at once (the same B)
@@ -419,12 +422,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     dts[tid] = d;
     cs[tid] = e;
   }
+  workgroupBarrier();
 ${threadStart}
 ${mySlot}
   // from the entering state: acc[i, p] = Σ_n C_i[n] · h_c[n, p] (both slots at once: the same C), then times
   // exp(cs_i)
   let sstride = N * HP;
   let sb0 = ((b * p.nC + c) * p.H) * sstride;
+  // (zero entering the first chunk without a given state)
+  if (c > 0u || p.hasState != 0u) {
   ${product(
     { tile: "As", reg: "ra", rows: Q, kMajor: false,
       scalar: "if (m < q && k < N) { v = Cm1((row0 + m) * p.ldc + p.offc + g * N + k); }",
@@ -439,6 +445,7 @@ ${mySlot}
     let into = exp(cs[sl * Q + ty * 8u + r]);
     acc[2u * r] = acc[2u * r] * into;
     acc[2u * r + 1u] = acc[2u * r + 1u] * into;
+  }
   }
   // within the chunk: acc[i, p] += Σ_{j ≤ i} (C_i·B_j)·exp(cs_i − cs_j)·dt_j · x_j[p]. A holds both slots' decays
   // (rows 128·slot + i); a thread skips the tiles of j past its rows
