@@ -13,7 +13,7 @@ import path from "node:path";
 import type { TrainingBackend } from "../backend/training.ts";
 import type { Tensor } from "../backend/backend.ts";
 import { type MambaConfig, type MixerKind, type ModelFamily, ssmStateShape, toHfConfig } from "../config.ts";
-import { MambaError, check } from "../errors.ts";
+import { MambaError, check, checkChoice } from "../errors.ts";
 import { Rng } from "../generate/rng.ts";
 import { loadCheckpoint } from "../io/checkpoint.ts";
 import { readSafetensors, serializeSafetensors } from "../io/safetensors.ts";
@@ -23,6 +23,7 @@ import { initParameters, makeConfig } from "../model/init.ts";
 import { BYTE_EOS_ID, byteLevelTokenizerJson } from "../byte-tokenizer.ts";
 import { type LMWeights, MambaLM, uploadWeights } from "../model/mamba.ts";
 import { MambaCache } from "../model/cache.ts";
+import { choosePrecision } from "../model/build.ts";
 import { forwardBackward } from "./backprop.ts";
 import { latestCheckpoint, writeCheckpoint } from "./checkpoint.ts";
 import { AdamW, type OptimConfig, learningRate } from "./optim.ts";
@@ -77,6 +78,13 @@ export interface TrainOptions {
    * extrapolating model still be had.
    */
   keepBest?: number;
+  /**
+   * The matrix products' precision (absent: "f32"). "f16" (WebGPU with shader-f16) is mixed precision: the
+   * forward's products take f16 inputs with f32 accumulation, on the tensor cores where the device has them, from
+   * f16 copies of the f32 master weights made again after each optimizer step; the weights, the optimizer's state,
+   * the scan state and the backward stay f32.
+   */
+  precision?: "f32" | "f16";
 }
 
 /** Held-out accuracy at one length, at one step (Trainer.lengthHistory). */
@@ -155,6 +163,7 @@ export function checkOptions(o: TrainOptions): void {
   check(Number.isInteger(o.seed) && o.seed >= 0 && o.seed <= 0xffffffff, `seed must be an integer in [0, 2^32), got ${o.seed}`);
   check(o.optim.lr > 0 && Number.isFinite(o.optim.lr), `learning rate must be positive, got ${o.optim.lr}`);
   check(o.optim.warmupSteps >= 0 && Number.isInteger(o.optim.warmupSteps), `warmup steps must be a non-negative integer`);
+  checkChoice("precision", o.precision, ["f32", "f16"]);
   check(o.stateNoise === undefined || (Number.isFinite(o.stateNoise) && o.stateNoise >= 0),
     `state noise must be a number >= 0, got ${o.stateNoise}`);
   check(!(o.statePassing && o.stateNoise), "state passing and state noise are exclusive: choose one way to start training sequences");
@@ -199,6 +208,9 @@ export class Trainer {
     public step: number,
   ) {
     this.task = makeTask(options.task);
+    // the master weights stay f32: no matrices are narrowed, each f16 product reads a copy (WebGpuBackend.halfWeight)
+    const precision = choosePrecision(backend, options.precision ?? "f32", "F32");
+    backend.usePrecision?.(precision);
     this.params = namedTensors(lm.config, lm.weights);
     this.grads = zerosLike(backend, lm.weights);
     this.gradMap = namedTensors(lm.config, this.grads);

@@ -47,6 +47,7 @@ interface TrainCliOptions {
   evalBatches?: number;
   resume?: boolean;
   data?: string;
+  precision?: "f32" | "f16";
 }
 
 export const EXIT_INTERRUPTED = 130;
@@ -125,6 +126,8 @@ export function trainCommand(): Command {
       .argParser(integerAtLeast(0)))
     .addOption(new Option("--eval-batches <n>", "held-out batches for the final accuracy (default: the preset's)")
       .argParser(integerAtLeast(1)))
+    .addOption(new Option("--precision <p>", "matrix products on WebGPU: f32, or f16 (mixed precision: f16 inputs and f32 sums " +
+      "in the forward's products, f32 master weights and optimizer state; needs shader-f16) (default f32)").choices(["f32", "f16"]))
     .option("--resume", "continue the run in --out from its latest checkpoint")
     .action(async (opts: TrainCliOptions, cmd: Command) => {
       process.exitCode = await runTrain(opts, (k) => cmd.getOptionValueSource(k) === "cli");
@@ -176,6 +179,7 @@ function freshOptions(o: TrainCliOptions): TrainOptions {
     }
     t.keepBest = o.keepBest;
   }
+  if (o.precision !== undefined) t.precision = o.precision;
   if (o.batchSize !== undefined) t.batchSize = o.batchSize;
   if (o.gradAccum !== undefined) t.accumulation = o.gradAccum;
   if (o.checkpointEvery !== undefined) t.checkpointEvery = o.checkpointEvery;
@@ -204,6 +208,7 @@ function checkResumeOptions(o: TrainCliOptions, given: (k: string) => boolean, r
     ["keepBest", "--keep-best", o.keepBest, run.keepBest],
     ["batchSize", "--batch-size", o.batchSize, run.batchSize],
     ["gradAccum", "--grad-accum", o.gradAccum, run.accumulation],
+    ["precision", "--precision", o.precision, run.precision ?? "f32"],
   ];
   for (const [key, flag, mine, theirs] of pairs) {
     // --min-lr is stored as a ratio to the peak, so it comes back with rounding
