@@ -165,6 +165,7 @@ export async function loadModelFromFiles(source: ModelSource, options: BrowserLo
   const build: BuildOptions = {};
   if (options.backend) build.backend = options.backend;
   if (options.onNotice) build.onNotice = options.onNotice;
+  if (options.precision) build.precision = options.precision;
   const model = await modelFromTensors(ckpt.config, ckpt.tensors, build, { source: files.where, folder: "", dtype: ckpt.dtype });
   return { model, tokenizer, where: files.where };
 }
