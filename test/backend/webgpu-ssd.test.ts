@@ -77,6 +77,8 @@ const cases: Case[] = [
   { B: 2, L: 256, H: 3, P: 16, G: 1, N: 32, Q: 256, gate: false, state: false, limit: [0.05, 0.6], aligned: false },
   // chunks enough for the state pass's groups of four and a remainder (6 chunks of the kernels' 128)
   { B: 2, L: 700, H: 2, P: 8, G: 1, N: 16, Q: 256, gate: false, state: true, limit: none, aligned: true },
+  // the same without a state (the last chunk's own state and the first chunk's entering state left out)
+  { B: 1, L: 700, H: 2, P: 8, G: 1, N: 16, Q: 256, gate: true, state: false, limit: none, aligned: true },
   // head dims and state sizes of several tiles (P > 64, N > 128), a length past one chunk; strong decays
   { B: 1, L: 133, H: 2, P: 72, G: 1, N: 136, Q: 256, gate: true, state: true, limit: none, aMax: 40, aligned: true },
   // the model's shape of head (P 64, N 128), two groups, a chunk and a bit

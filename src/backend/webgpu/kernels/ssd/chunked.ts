@@ -354,9 +354,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let o0 = (b * p.nC * p.H + h) * NP + k;
   let d0 = (b * p.nC * p.H + h) * 2u * Q + 2u * Q - 1u; // cs at the chunk's end (cs stays cs_last past it)
   let dstride = p.H * 2u * Q;
+  // Without a state to write back, the last chunk's own state is not read (ssd_chunk_state leaves it out) and the
+  // first chunk's entering state (zero) is not written (ssd_chunk_scan leaves that part out)
+  let has = p.hasState != 0u;
+  let nRead = select(p.nC - 1u, p.nC, has);
   var c = 0u;
   // four chunks' loads issued before their dependent updates
-  for (; c + 4u <= p.nC; c += 4u) {
+  for (; c + 4u <= nRead; c += 4u) {
     let o = o0 + c * cstride;
     let d = d0 + c * dstride;
     let s0 = states[o];
@@ -367,7 +371,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let a1 = exp(dtcs[d + dstride]);
     let a2 = exp(dtcs[d + 2u * dstride]);
     let a3 = exp(dtcs[d + 3u * dstride]);
-    states[o] = s;
+    if (c > 0u || has) { states[o] = s; }
     s = fma(a0, s, s0);
     states[o + cstride] = s;
     s = fma(a1, s, s1);
@@ -376,12 +380,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     states[o + 3u * cstride] = s;
     s = fma(a3, s, s3);
   }
-  for (; c < p.nC; c++) {
+  for (; c < nRead; c++) {
     let o = o0 + c * cstride;
     let chunk = states[o];
-    states[o] = s;
+    if (c > 0u || has) { states[o] = s; }
     s = fma(exp(dtcs[d0 + c * dstride]), s, chunk);
   }
+  if (!has && c > 0u) { states[o0 + c * cstride] = s; } // the last chunk's entering state
   if (p.hasState != 0u) { state[user] = s; }
 }
 `;
