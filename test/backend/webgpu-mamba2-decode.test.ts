@@ -90,9 +90,11 @@ for (const [name, cfg] of configs) {
     try {
       for (const B of [1, 3, 12]) await fusedMatchesOps(gpu, cpu, B, 3, new TestRng(600 + B), name);
       const names = g.gpu.kernelNames;
-      for (const k of ["decode_m2_in_", "decode_m2_ssm_", "decode_m2_out_", "decode_m2_in_finish_", "decode_m2_batchnorm_"]) {
+      // batch 1 and 3: out_proj in the scan's dispatch (decode_m2_ssm_..._out); 12: the batch step's kernels
+      for (const k of ["decode_m2_in_", "decode_m2_ssm_", "decode_m2_in_finish_", "decode_m2_batchnorm_"]) {
         assert.ok(names.some((n) => n.startsWith(k)), `${name}: ${k} ran`);
       }
+      assert.ok(names.some((n) => n.startsWith("decode_m2_ssm_") && n.includes("_out")), `${name}: the scan with out_proj ran`);
       // the batch step scales the gated output before out_proj only with several groups (one: the next norm does)
       const m = cfg.mamba2!;
       assert.equal(names.some((n) => n.startsWith("decode_m2_scale_")), m.gatedNorm && m.nGroups > 1, `${name}: the scale's own dispatch`);
@@ -102,6 +104,26 @@ for (const [name, cfg] of configs) {
     }
   });
 }
+
+test("webgpu mamba2 fused decode: out_proj a dispatch of its own at batch 1 and 3 (decodeScanOut: false) equals the ops one by one", { timeout: 600_000 }, async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const g = (await createWebGpuBackend({ decodeScanOut: false })) as WebGpuBackend;
+  for (const [name, cfg] of [configs[0]!, configs[1]!]) {
+    const ps = perturbedParameters(cfg, 47);
+    const gpu = await modelFromTensors(cfg, ps, { backend: g });
+    const cpu = await modelFromTensors(cfg, ps, { backend: "cpu" });
+    try {
+      for (const B of [1, 3]) await fusedMatchesOps(gpu, cpu, B, 3, new TestRng(800 + B), `${name}, decodeScanOut false`);
+    } finally {
+      await cpu.dispose();
+    }
+  }
+  const names = g.gpu.kernelNames;
+  assert.ok(names.some((n) => n.startsWith("decode_m2_out_")) && !names.some((n) => /^decode_m2_ssm_.*_out/.test(n)),
+    "out_proj ran as a dispatch of its own");
+  await g.destroy();
+});
 
 test("webgpu mamba2 fused decode: half-precision weights (bf16, f16) equal the CPU's with the same weights, batch 1 and 12", { timeout: 600_000 }, async (t) => {
   const cfg = configs[0]![1];
@@ -122,7 +144,7 @@ test("webgpu mamba2 fused decode: half-precision weights (bf16, f16) equal the C
   }
 });
 
-test("webgpu mamba2 fused decode: rows × hidden size past in_proj's workgroup memory (the norm a dispatch of its own) and within it, and greedy generation equals the CPU's", { timeout: 600_000 }, async (t) => {
+test("webgpu mamba2 fused decode: rows × hidden size past in_proj's workgroup memory (the norm a dispatch of its own) and within it, out_proj a dispatch of its own past 4 rows, and greedy generation equals the CPU's", { timeout: 600_000 }, async (t) => {
   const g = await gpuOrSkip(t);
   if (!g) return;
   // the least hidden size (a multiple of 4) whose 8 rows in_proj's norm cannot hold (lavapipe's 32 KiB: 772)
@@ -136,6 +158,7 @@ test("webgpu mamba2 fused decode: rows × hidden size past in_proj's workgroup m
   try {
     await fusedMatchesOps(gpu, cpu, 5, 2, new TestRng(91), `hidden ${D}`);
     assert.ok(!g.gpu.kernelNames.some((n) => n.startsWith("decode_batchnorm_")), "5 rows: the norm in in_proj's kernel");
+    assert.ok(g.gpu.kernelNames.some((n) => n.startsWith("decode_m2_out_")), "5 rows: out_proj a dispatch of its own");
     await fusedMatchesOps(gpu, cpu, 8, 2, new TestRng(92), `hidden ${D}`);
     assert.ok(g.gpu.kernelNames.some((n) => n.startsWith("decode_batchnorm_")), "8 rows: the norm's own dispatch");
     const prompt = Int32Array.from([3, 1, 4, 1, 5]);

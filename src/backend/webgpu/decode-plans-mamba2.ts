@@ -6,7 +6,9 @@
  *     memory);
  *  2. the SSD step of every head and the gate (kernels/decode/mamba2-ssm.ts), leaving the gated norm's sums of
  *     squares per workgroup;
- *  3. out_proj with the gated norm's scale (kernels/decode/mamba2-out.ts).
+ *  3. out_proj with the gated norm's scale (kernels/decode/mamba2-out.ts); up to 4 rows (decodeScanOut) out_proj
+ *     is instead the end of kernel 2's dispatch: the last workgroup of each head to finish multiplies the head's
+ *     outputs by its columns of out_proj, the last head adds the heads' shares up (two dispatches a layer).
  * Past 8 rows (the batch step), five kernels a layer: the norm (summing the last out_proj's K-split partials, times
  * the last gated norm's scale: kernels/decode/mamba2-batch-norm.ts), in_proj through matmulTiled with K split, its
  * partials summed with the conv and dt (decode_m2_in_finish), the SSD step, out_proj through matmulTiled (with
@@ -26,7 +28,7 @@ import { copyWords, fillWords } from "./kernels/copy.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
 import { decodeM2BatchNorm } from "./kernels/decode/mamba2-batch-norm.ts";
 import { M2_IN_MAX_ROWS, M2_MAX_K, type M2Offsets, m2InBytes, decodeM2In, decodeM2InFinish } from "./kernels/decode/mamba2-in.ts";
-import { type M2GateMode, decodeM2Ssm, m2SsmGroups } from "./kernels/decode/mamba2-ssm.ts";
+import { type M2GateMode, decodeM2Ssm, m2SsmGroups, m2SsmOutCtlWords, m2SsmOutFits } from "./kernels/decode/mamba2-ssm.ts";
 import { decodeM2Out, decodeM2Scale } from "./kernels/decode/mamba2-out.ts";
 
 type StepLayer = StepModel["weights"]["layers"][number];
@@ -84,7 +86,8 @@ export class Mamba2Plans {
     return { key, record: () => small ? this.recordSmall(model, B, key, d, packs, states) : this.recordBatch(model, B, key, d, packs, states) };
   }
 
-  /** Up to 8 rows: three kernels a layer (four where the norm does not fit in_proj's workgroup memory). */
+  /** Up to 8 rows: three kernels a layer (two with out_proj in the scan's dispatch; one more where the norm does not
+   *  fit in_proj's workgroup memory). */
   private recordSmall(model: StepModel, B: number, key: string, d: Dims, packs: Mamba2Pack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
     const gpu = this.backend.gpu;
     const w = model.weights;
@@ -99,6 +102,12 @@ export class Mamba2Plans {
     const fuseNorm = m2InBytes(B, D, true) <= gpu.limits.maxComputeWorkgroupStorageSize;
     const u = fuseNorm ? null : gpu.alloc(B * D * 4);
     const resOut = gpu.alloc(B * D * 4);
+    // out_proj in the scan's dispatch where it fits (a few rows): two dispatches a layer; its counters start at zero
+    // and each dispatch leaves them so
+    const fuseOut = this.backend.settings.decodeScanOut && m2SsmOutFits(gpu, B, d.N, d.P, E, d.G);
+    const part = fuseOut ? gpu.alloc(d.H * B * D * 4, "the heads' shares of out_proj") : null;
+    const ctl = fuseOut ? gpu.alloc(m2SsmOutCtlWords(d.H) * 4, "the decode's counters") : null;
+    if (ctl) fillWords(gpu, ctl, 0, m2SsmOutCtlWords(d.H));
     const normF = this.backend.f32(this.backend.t(w.normF, "decodeStep"));
     const headNorm = B <= MATVEC_MAX_ROWS && B * D <= MATVEC_NORM_MAX && D % 4 === 0
       ? { res, offRes: (L % 2) * B * D, g: normF, eps: d.eps } : undefined;
@@ -117,13 +126,14 @@ export class Mamba2Plans {
           oDtBias: lp.oDtBias, w: wIn.buf, ws: this.backend.weightStorage(wIn), loadBytes: this.backend.loadBytes(D),
           convState: convState.buf, out: zxbcdt, lo: d.lo, hi: d.hi,
         });
-        decodeM2Ssm(gpu, {
-          B, N: d.N, P: d.P, H: d.H, G: d.G, E, C: d.C, mode: d.mode, zxbcdt, lp: lp.buf.buf, oA: lp.oA, oD: lp.oD, oGate: lp.oGate,
-          ssm: ssmState.buf, out: v, ss,
-        });
         const wo = this.backend.t(mx.outProj, "decodeStep");
         const bias = mx.outProjBias ? this.backend.f32(this.backend.t(mx.outProjBias, "decodeStep")) : null;
-        decodeM2Out(gpu, {
+        decodeM2Ssm(gpu, {
+          B, N: d.N, P: d.P, H: d.H, G: d.G, E, C: d.C, mode: d.mode, zxbcdt, lp: lp.buf.buf, oA: lp.oA, oD: lp.oD, oGate: lp.oGate,
+          ssm: ssmState.buf, out: v, ss, eps: d.eps,
+          fusedOut: fuseOut ? { D, w: wo.buf, ws: this.backend.weightStorage(wo), bias, part: part!, h, ctl: ctl! } : null,
+        });
+        if (!fuseOut) decodeM2Out(gpu, {
           T: B, K: E, N: D, v, w: wo.buf, ws: this.backend.weightStorage(wo), bias, y: h, loadBytes: this.backend.loadBytes(E),
           norm: d.mode === "none" ? null : { ss, G: d.G, GS: E / d.G, NWG, eps: d.eps },
         });
@@ -131,7 +141,7 @@ export class Mamba2Plans {
       // norm_f over h + the last residual (half L % 2 of res): in the head's kernel where it takes it
       if (!headNorm) addRmsNorm(gpu, h, res, normF, d.eps, B, D, normed.buf, resOut, (L % 2) * B * D);
     });
-    return { key, h, normed, scratch: [res, zxbcdt, v, ss, resOut, ...(u ? [u] : [])], plan, headNorm };
+    return { key, h, normed, scratch: [res, zxbcdt, v, ss, resOut, ...(u ? [u] : []), ...(part ? [part, ctl!] : [])], plan, headNorm };
   }
 
   /** Past 8 rows: the norm, in_proj (matmulTiled), its partials' sum with the conv and dt, the SSD step and out_proj
@@ -182,7 +192,7 @@ export class Mamba2Plans {
         });
         decodeM2Ssm(gpu, {
           B, N: d.N, P: d.P, H: d.H, G: d.G, E, C: d.C, mode: d.mode, zxbcdt, lp: lp.buf.buf, oA: lp.oA, oD: lp.oD, oGate: lp.oGate,
-          ssm: ssmState.buf, out: v, ss,
+          ssm: ssmState.buf, out: v, ss, eps: d.eps,
         });
         if (d.mode !== "none" && !folded) decodeM2Scale(gpu, { B, K: E, v, ss, G: d.G, GS: E / d.G, NWG, eps: d.eps });
         const wo = this.backend.t(mx.outProj, "decodeStep");

@@ -68,6 +68,10 @@ export interface WebGpuInternalTuning extends WebGpuTuning {
    *  the model's ops (ten a layer). At batch 64 of 130m on the H200 a batch step took 2188 us of GPU time, the
    *  recorded ops 2326, in one process (BENCHMARKS.md) */
   decodeBatch?: boolean;
+  /** Mamba-2's fused decode step at up to 4 rows takes out_proj into the scan's dispatch (the last workgroup of each
+   *  head multiplies the head's outputs by its columns, the last head adds the heads' shares up: two dispatches a
+   *  layer) when true (default); when false out_proj is a dispatch of its own (three a layer) */
+  decodeScanOut?: boolean;
   /** K columns a part of the batch step's K-split matmuls: 64, 96 or 128 (their count then follows from K); 0 splits
    *  by the workgroup target alone. By default, a matmul that the target would cut into parts of 128 columns or
    *  fewer gets parts of 96, and one with longer parts keeps them. On the H200 at batch 64 a step of 130m (in_proj
@@ -118,6 +122,7 @@ export interface ForwardSettings {
   decodeAccumulate: boolean;
   decodePersistent: boolean;
   decodeBatch: boolean;
+  decodeScanOut: boolean;
   /** -1: 96 where the parts by the workgroup target are short */
   decodeBatchSplitCols: number;
   /** -1: by the model's width */
@@ -133,7 +138,7 @@ export function forwardSettings(gpu: Gpu, tuning: WebGpuInternalTuning): Forward
   checkChoice("decodeBatchSplitCols", tuning.decodeBatchSplitCols === 0 ? undefined : tuning.decodeBatchSplitCols, [64, 96, 128]); // 0: the default
   // 0 is also allowed: the fused step's block kernel
   checkChoice("decodeBatchScanRows", tuning.decodeBatchScanRows === 0 ? undefined : tuning.decodeBatchScanRows, BATCH_SCAN_ROW_CHOICES);
-  for (const flag of ["matmulVec4", "decodeAccumulate", "decodePersistent", "decodeBatch"] as const) checkFlag(flag, tuning[flag]);
+  for (const flag of ["matmulVec4", "decodeAccumulate", "decodePersistent", "decodeBatch", "decodeScanOut"] as const) checkFlag(flag, tuning[flag]);
   const vec4 = tuning.matmulVec4 ?? true;
   // the fixed tiles fit the 16 KiB of workgroup memory every WebGPU device has (tileBytes: at most 8704 bytes)
   return {
@@ -149,6 +154,7 @@ export function forwardSettings(gpu: Gpu, tuning: WebGpuInternalTuning): Forward
     decodeAccumulate: tuning.decodeAccumulate ?? true,
     decodePersistent: tuning.decodePersistent ?? (!gpu.softwareDriver && /nvidia|amd|intel/i.test(gpu.vendor)),
     decodeBatch: tuning.decodeBatch ?? true,
+    decodeScanOut: tuning.decodeScanOut ?? true,
     decodeBatchSplitCols: tuning.decodeBatchSplitCols ?? -1,
     decodeBatchScanRows: tuning.decodeBatchScanRows ?? -1,
   };
