@@ -52,13 +52,19 @@ function ssdWindows(b: WebGpuBackend, a: SsdScanArgs, what: string) {
   return { x, dt, Bm, Cm, z, H, P, G, T, N };
 }
 
-/** dtBias | A_log | D side by side ([3H]), in a buffer the caller releases. */
-function scanConsts(b: WebGpuBackend, a: SsdScanArgs, H: number, what: string): Buf {
+/** The float32 buffers of dtBias, A_log and D ([H] each), checked. */
+function headParams(b: WebGpuBackend, a: SsdScanArgs, H: number, what: string): { dtBias: Buf; A_log: Buf; D: Buf } {
   const [dtBias, A_log, D] = [a.dtBias, a.A_log, a.D].map((t) => {
     const g = gpuTensor(t, b, what);
     check(g.numel === H, `${what}: dtBias, A_log and D need ${H} values, got [${g.shape}]`);
     return f32(b, g);
   }) as [Buf, Buf, Buf];
+  return { dtBias, A_log, D };
+}
+
+/** dtBias | A_log | D side by side ([3H]), in a buffer the caller releases. */
+function scanConsts(b: WebGpuBackend, a: SsdScanArgs, H: number, what: string): Buf {
+  const { dtBias, A_log, D } = headParams(b, a, H, what);
   const consts = b.gpu.alloc(3 * H * 4, "the scan's constants");
   gatherConsts(b.gpu, dtBias, A_log, D, H, consts);
   return consts;
@@ -70,25 +76,28 @@ export const webgpuMamba2Ops = {
     const { x, dt, Bm, Cm, z, H, P, G, N } = ssdWindows(this, a, what);
     const st = a.state ? gpuTensor(a.state, this, what) : null;
     check(!st || st.numel === a.batch * H * P * N, `${what}: the state needs [${a.batch}, ${H}, ${P}, ${N}]`);
-    const consts = scanConsts(this, a, H, what);
+    const heads = headParams(this, a, H, what);
     const y = make(this, [a.batch, a.seqLen, H * P], "the scan output");
     const args = {
       x: x.buf, ldx: x.ld, offx: x.off, dt: dt.buf, lddt: dt.ld, offdt: dt.off, Bm: Bm.buf, ldb: Bm.ld, offb: Bm.off,
-      Cm: Cm.buf, ldc: Cm.ld, offc: Cm.off, z: z?.buf ?? null, ldz: z?.ld ?? 0, offz: z?.off ?? 0, consts,
+      Cm: Cm.buf, ldc: Cm.ld, offc: Cm.off, z: z?.buf ?? null, ldz: z?.ld ?? 0, offz: z?.off ?? 0,
       state: st?.buf ?? null, y: y.buf, B: a.batch, L: a.seqLen, H, P, G, N, lo: a.dtLimit[0], hi: a.dtLimit[1],
     };
     // one position (decode): the recurrence. Otherwise the chunks, of the kernels' own length: the model's
     // chunk_size does not change the result (see kernels/ssd/chunked.ts)
-    if (a.seqLen === 1) ssdScanSequential(this.gpu, args);
-    else {
+    if (a.seqLen === 1) {
+      const consts = this.gpu.alloc(3 * H * 4, "the scan's constants");
+      gatherConsts(this.gpu, heads.dtBias, heads.A_log, heads.D, H, consts);
+      ssdScanSequential(this.gpu, { ...args, consts });
+      this.gpu.release(consts);
+    } else {
       const bytes = chunkScratch(a.batch, a.seqLen, H, P, G, N);
       const states = this.gpu.alloc(bytes.states, "the chunk states");
       const dtcs = this.gpu.alloc(bytes.dtcs, "the chunks' dt and cumulative decay");
       const cb = this.gpu.alloc(bytes.cb, "the chunks' C·Bᵀ");
-      ssdScanChunked(this.gpu, args, states, dtcs, cb);
+      ssdScanChunked(this.gpu, { ...args, ...heads }, states, dtcs, cb);
       for (const buf of [states, dtcs, cb]) this.gpu.release(buf);
     }
-    this.gpu.release(consts);
     if (st) st.version++;
     return y;
   },

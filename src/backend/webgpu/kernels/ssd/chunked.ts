@@ -219,22 +219,57 @@ const mySlot = /* wgsl */ `
   let myP0 = select(S.pb0, S.pb1, sl == 1u) * PB;
   let mine = sl == 0u || S.has1;`;
 
+const cbWgsl = (s: ChunkShape) => /* wgsl */ `
+// bindings: 0 Bm | 1 Cm | 2 cb [B, nC, G, Q (j), Q (i)] | 3 params
+// grid: (G, nC, B)
+${header(s)}
+${floats(0, "Bm", s.v4)}
+${floats(1, "Cm", s.v4)}
+@group(0) @binding(2) var<storage, read_write> cb: array<vec4<f32>>;
+@group(0) @binding(3) var<uniform> p: P;
+
+@compute @workgroup_size(${NT})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let c = wg.y;
+  let b = wg.z;
+  let q = min(Q, p.L - c * Q);
+  let row0 = b * p.L + c * Q;
+${threadStart}
+  // C·Bᵀ of group g: cb[j, i] = Σ_n B_j[n] · C_i[n]; a thread whose rows j are all past its columns i skips
+  // (its outputs are never read)
+  let g = wg.x;
+  ${product(
+    { tile: "As", reg: "ra", rows: Q, kMajor: false,
+      scalar: "if (m < q && k < N) { v = Bm1((row0 + m) * p.ldb + p.offb + g * N + k); }",
+      vec4: "if (m < q && k < N) { v = Bm[((row0 + m) * p.ldb + p.offb + g * N + k) / 4u]; }" },
+    { tile: "Bs", reg: "rb", rows: 2 * PB, kMajor: false,
+      scalar: "if (m < q && k < N) { v = Cm1((row0 + m) * p.ldc + p.offc + g * N + k); }",
+      vec4: "if (m < q && k < N) { v = Cm[((row0 + m) * p.ldc + p.offc + g * N + k) / 4u]; }" },
+    "N", s.v4, "ty * 8u > sl * 64u + lx * 4u + 35u")}
+  let base = ((b * p.nC + c) * p.G + g) * Q * Q;
+  for (var r = 0u; r < 8u; r++) {
+    let j = ty * 8u + r;
+    cb[(base + j * Q + sl * 64u + lx * 4u) / 4u] = acc[2u * r];
+    cb[(base + j * Q + sl * 64u + 32u + lx * 4u) / 4u] = acc[2u * r + 1u];
+  }
+}
+`;
+
 const stateWgsl = (s: ChunkShape) => {
   const nNB = Math.ceil(s.N / 128);
   return /* wgsl */ `
-// bindings: 0 x | 1 dt | 2 Bm | 3 Cm | 4 consts [3H] | 5 states [B, nC, H, N, P] | 6 dtcs [B, nC, H, 2, Q]
-//           7 cb [B, nC, G, Q (j), Q (i)] | 8 params
-// grid: (G · pairs of slots · ${nNB} blocks of n, then G for C·Bᵀ; nC; B)
+// bindings: 0 x | 1 dt | 2 Bm | 3 dtBias [H] | 4 A_log [H] | 5 states [B, nC, H, N, P] | 6 dtcs [B, nC, H, 2, Q]
+//           7 params
+// grid: (G · pairs of slots · ${nNB} blocks of n, nC, B)
 ${header(s)}
 ${floats(0, "x", s.v4)}
 @group(0) @binding(1) var<storage, read> dt: array<f32>;
 ${floats(2, "Bm", s.v4)}
-${floats(3, "Cm", s.v4)}
-@group(0) @binding(4) var<storage, read> consts: array<f32>;
+@group(0) @binding(3) var<storage, read> dtBias: array<f32>;
+@group(0) @binding(4) var<storage, read> A_log: array<f32>;
 ${floats(5, "states", s.v4, true)}
 @group(0) @binding(6) var<storage, read_write> dtcs: array<f32>;
-@group(0) @binding(7) var<storage, read_write> cb: array<vec4<f32>>;
-@group(0) @binding(8) var<uniform> p: P;
+@group(0) @binding(7) var<uniform> p: P;
 var<workgroup> w: array<f32, ${2 * Q}>; // [slot, j]: exp(cs_last − cs_j)·dt_j
 
 @compute @workgroup_size(${NT})
@@ -245,27 +280,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let q = min(Q, p.L - t0);
   let row0 = b * p.L + t0;
 ${threadStart}
-  let nState = p.G * pairs() * ${nNB}u;
-  if (wg.x >= nState) {
-    // C·Bᵀ of group g: cb[j, i] = Σ_n B_j[n] · C_i[n]; a thread whose rows j are all past its columns i skips
-    // (its outputs are never read)
-    let g = wg.x - nState;
-    ${product(
-      { tile: "As", reg: "ra", rows: Q, kMajor: false,
-        scalar: "if (m < q && k < N) { v = Bm1((row0 + m) * p.ldb + p.offb + g * N + k); }",
-        vec4: "if (m < q && k < N) { v = Bm[((row0 + m) * p.ldb + p.offb + g * N + k) / 4u]; }" },
-      { tile: "Bs", reg: "rb", rows: 2 * PB, kMajor: false,
-        scalar: "if (m < q && k < N) { v = Cm1((row0 + m) * p.ldc + p.offc + g * N + k); }",
-        vec4: "if (m < q && k < N) { v = Cm[((row0 + m) * p.ldc + p.offc + g * N + k) / 4u]; }" },
-      "N", s.v4, "ty * 8u > sl * 64u + lx * 4u + 35u")}
-    let base = ((b * p.nC + c) * p.G + g) * Q * Q;
-    for (var r = 0u; r < 8u; r++) {
-      let j = ty * 8u + r;
-      cb[(base + j * Q + sl * 64u + lx * 4u) / 4u] = acc[2u * r];
-      cb[(base + j * Q + sl * 64u + 32u + lx * 4u) / 4u] = acc[2u * r + 1u];
-    }
-    return;
-  }
   let g = wg.x / (pairs() * ${nNB}u);
   let pair = (wg.x / ${nNB}u) % pairs();
   let nb = wg.x % ${nNB}u;
@@ -279,9 +293,9 @@ ${threadStart}
   var d = 0.0;
   var A = 0.0;
   if (ok) {
-    A = -exp(consts[p.H + hh]);
+    A = -exp(A_log[hh]);
     if (i < q) {
-      let v = dt[(row0 + i) * p.lddt + p.offdt + hh] + consts[hh];
+      let v = dt[(row0 + i) * p.lddt + p.offdt + hh] + dtBias[hh];
       d = clamp(${softplusWgsl("v")}, p.lo, p.hi);
     }
   }
@@ -392,14 +406,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 `;
 
 const scanWgsl = (s: ChunkShape) => /* wgsl */ `
-// bindings: 0 x | 1 Cm | 2 z | 3 consts [3H] | 4 states (entering) [B, nC, H, N, P] | 5 dtcs [B, nC, H, 2, Q]
+// bindings: 0 x | 1 Cm | 2 z | 3 D [H] | 4 states (entering) [B, nC, H, N, P] | 5 dtcs [B, nC, H, 2, Q]
 //           6 cb [B, nC, G, Q, Q] | 7 y [B·L, H·P] | 8 params
 // grid: (G · pairs of slots, nC, B)
 ${header(s)}
 ${floats(0, "x", s.v4)}
 ${floats(1, "Cm", s.v4)}
 ${floats(2, "z", s.v4)}
-@group(0) @binding(3) var<storage, read> consts: array<f32>;
+@group(0) @binding(3) var<storage, read> D: array<f32>;
 ${floats(4, "states", s.v4)}
 @group(0) @binding(5) var<storage, read> dtcs: array<f32>;
 ${floats(6, "cb", true)}
@@ -477,7 +491,7 @@ ${mySlot}
       if (k < q && ps < HP && okm) { v = x[((row0 + k) * p.ldx + p.offx + hs * HP + ps) / 4u]; }` },
     "q", s.v4, "k0 > ty * 8u + 7u", "sl * 32u")}
   // the skip connection and the gate
-  let Dh = consts[2u * p.H + myH];
+  let Dh = D[myH];
   let E = p.H * HP;
   if (mine) {
     ${eachOutput(s.v4, `if (i < q && myP0 + col < HP) {
@@ -502,6 +516,7 @@ ${mySlot}
 `;
 
 const example: ChunkShape = { N: 16, P: 8, v4: true };
+const cbKernel = defineKernel({ name: "ssd_chunk_cb", wgsl: cbWgsl, example });
 const stateKernel = defineKernel({ name: "ssd_chunk_state", wgsl: stateWgsl, example });
 const passKernel = defineKernel({ name: "ssd_state_pass", wgsl: passWgsl, example });
 const scanKernel = defineKernel({ name: "ssd_chunk_scan", wgsl: scanWgsl, example });
@@ -513,22 +528,27 @@ export function chunkScratch(B: number, L: number, H: number, P: number, G: numb
 }
 
 /** Whether every window, P and N allow the kernels' loads and stores of 4 floats at once. */
-function vec4Fits(a: SsdScanKernelArgs): boolean {
+function vec4Fits(a: Omit<SsdScanKernelArgs, "consts">): boolean {
   const m4 = (...v: number[]) => v.every((u) => u % 4 === 0);
   return m4(a.P, a.N, a.ldx, a.offx, a.ldb, a.offb, a.ldc, a.offc) && (!a.z || m4(a.ldz, a.offz));
 }
 
-export function ssdScanChunked(gpu: Gpu, a: SsdScanKernelArgs, states: Buf, dtcs: Buf, cb: Buf): void {
+/** The chunked scan's arguments: the sequential scan's, with the per-head constants as three buffers [H]. */
+export interface SsdChunkedArgs extends Omit<SsdScanKernelArgs, "consts"> {
+  dtBias: Buf; A_log: Buf; D: Buf;
+}
+
+export function ssdScanChunked(gpu: Gpu, a: SsdChunkedArgs, states: Buf, dtcs: Buf, cb: Buf): void {
   const shape: ChunkShape = { N: a.N, P: a.P, v4: vec4Fits(a) };
   const nC = Math.ceil(a.L / Q);
   const p = windowParams(new Params().u32(a.B).u32(a.L).u32(a.H).u32(a.G).u32(nC), a);
   // pairs of slots (head, block of PB values of p) a group, and blocks of 128 state entries
   const pairs = Math.ceil(((a.H / a.G) * Math.ceil(a.P / PB)) / 2), nNB = Math.ceil(a.N / 128);
-  // the chunk states and, in the same dispatch, C·Bᵀ per group
-  gpu.dispatch(gpu.kernel(stateKernel, shape), [a.x, a.dt, a.Bm, a.Cm, a.consts, states, dtcs, cb], p,
-    [a.G * pairs * nNB + a.G, nC, a.B]);
+  // C·Bᵀ, then the chunk states (the two touch no common output, so need not wait for each other)
+  gpu.dispatch(gpu.kernel(cbKernel, shape), [a.Bm, a.Cm, cb], p, [a.G, nC, a.B]);
+  gpu.dispatch(gpu.kernel(stateKernel, shape), [a.x, a.dt, a.Bm, a.dtBias, a.A_log, states, dtcs], p, [a.G * pairs * nNB, nC, a.B]);
   const [gx, gy] = grid(Math.ceil((a.B * a.H * a.P * a.N) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(gpu.kernel(passKernel, shape), [dtcs, states, a.state ?? gpu.dummyOut],
     new Params().u32(a.B).u32(a.H).u32(nC).bool(!!a.state).u32(gx), [gx, gy]);
-  gpu.dispatch(gpu.kernel(scanKernel, shape), [a.x, a.Cm, a.z ?? gpu.dummy, a.consts, states, dtcs, cb, a.y], p, [a.G * pairs, nC, a.B]);
+  gpu.dispatch(gpu.kernel(scanKernel, shape), [a.x, a.Cm, a.z ?? gpu.dummy, a.D, states, dtcs, cb, a.y], p, [a.G * pairs, nC, a.B]);
 }

@@ -20,7 +20,7 @@ export interface SsdScanKernelArgs {
 }
 
 /** Appends the windows and the flags to p, in the order of windowFieldsWgsl and flagFieldsWgsl. */
-export function windowParams(p: Params, a: SsdScanKernelArgs): Params {
+export function windowParams(p: Params, a: Omit<SsdScanKernelArgs, "consts">): Params {
   return p.u32(a.ldx).u32(a.offx).u32(a.lddt).u32(a.offdt).u32(a.ldb).u32(a.offb).u32(a.ldc).u32(a.offc).u32(a.ldz).u32(a.offz)
     .bool(!!a.z).bool(!!a.state).f32(a.lo).f32(Math.min(a.hi, 3e38));
 }
