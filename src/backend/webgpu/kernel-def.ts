@@ -17,6 +17,8 @@ export interface KernelDef<S> {
   readonly label?: (shape: S) => string;
   /** a shape the kernel compiles for (print-wgsl's default) */
   readonly example: S;
+  /** optional device features its WGSL needs (callers check them first); a device without them cannot compile it */
+  readonly features?: readonly string[];
 }
 
 const registry = new Map<string, KernelDef<never>>();

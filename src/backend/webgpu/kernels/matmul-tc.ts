@@ -169,6 +169,7 @@ const tensorCoreKernel = defineKernel({
   wgsl: (s: { tile: TensorCoreTile }) => wgsl(s.tile),
   label: (s) => `matmul_tc_${s.tile.BM}x${s.tile.BN}_k${s.tile.BK}`,
   example: { tile: TC_TILE },
+  features: ["shader-f16", "chromium-experimental-subgroup-matrix"],
 });
 
 // x: [T, K] window (f32), w: [N, K] f16, bias: [N] -> y: [T, N] f32
