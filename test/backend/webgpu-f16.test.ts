@@ -17,10 +17,12 @@ import { splitPlan } from "../../src/backend/webgpu/kernels/matmul.ts";
 import { MATVEC_MAX_ROWS } from "../../src/backend/webgpu/kernels/matvec.ts";
 import { MambaError, loadModel } from "../../src/index.ts";
 import { toBF16Bits, toF16Bits } from "../../src/io/tensor.ts";
-import { expected, fixture, maxAbsDiff } from "../helpers/fixtures.ts";
+import { fixture } from "../helpers/fixtures.ts";
 import { gpuTest, withOwnWebgpu } from "../helpers/backends.ts";
 import { TestRng } from "../helpers/random.ts";
-import { type ProductShape as Shape, assertProductNear as assertNear, productReference as reference, rand, roundBF16, roundF16 } from "../helpers/half.ts";
+import {
+  FIXTURE_BOUNDS, type ProductShape as Shape, assertProductNear as assertNear, fixtureF16Error, productReference as reference, rand, roundBF16, roundF16,
+} from "../helpers/half.ts";
 
 const productCases: Shape[] = [
   { T: 70, K: 300, N: 130, off: 3, ld: 310 }, // 64 x 64 tiles, K split, a window not 4-aligned (one value a load)
@@ -186,38 +188,13 @@ test("precision auto: f16 for an f16 or bf16 checkpoint where the device has sha
   }
 });
 
-/**
- * Whole models with precision f16 against the fp32 PyTorch logits, as max |difference| / max |logit|. Each product
- * rounds its inputs to f16 (relative error up to 2^-11, about 4.9e-4, each) and the projections' and head's
- * weights are stored in f16; a product's rounding errors add up over its K terms like a random walk, and pass
- * through the scan and the next layers. Measured on lavapipe (2 layers, d_model 32, max |logit| about 2 - 4):
- * Mamba-1 fixtures 1.7e-4 - 2.7e-4 (max abs 6.3e-4 - 9.7e-4), Falcon-Mamba 3.2e-4, Mamba-2 1.55e-3 (its in_proj
- * also makes dt, whose rounding the scan's exponentials amplify). The bounds are 3 - 4 times those: 1e-3 and
- * 5e-3. A wrong kernel (an operand misplaced, a tile edge dropped) makes differences of the logits' own size.
- */
-const FIXTURE_BOUNDS: Record<string, number> = {
-  "hf-mamba/tiny": 1e-3, "hf-mamba/tiny-f16": 1e-3, "hf-mamba/tiny-bf16-sharded": 1e-3, "mamba-ssm/tiny": 1e-3,
-  "hf-falcon-mamba/tiny": 1e-3, "hf-mamba2/tiny": 5e-3,
-};
-for (const [name, bound] of Object.entries(FIXTURE_BOUNDS)) {
+// the bounds and their reasons: test/helpers/half.ts
+for (const name of Object.keys(FIXTURE_BOUNDS)) {
   test(`${name}: precision f16 logits within the stated bound of the fp32 PyTorch logits`, { timeout: 300_000 }, async (t) => {
     if (!(await gpuTest(t))) return;
-    const folder = fixture(...name.split("/"));
-    const exp = await expected(folder);
-    const model = await loadModel(folder, { backend: "webgpu", precision: "f16" });
-    try {
-      assert.equal(model.backend.precision, "f16");
-      const ids = exp.get("input_ids")!;
-      const [batch, seqLen] = ids.shape as [number, number];
-      const out = await model.forward(ids.i32, { batch, seqLen });
-      const want = exp.get("logits")!.f32;
-      const d = maxAbsDiff(out.logits, want);
-      const scale = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
-      t.diagnostic(`max abs ${d.toExponential(3)}, max |logit| ${scale.toFixed(3)}, relative ${(d / scale).toExponential(3)}`);
-      assert.ok(d / scale <= bound, `${name}: ${(d / scale).toExponential(3)} of max |logit| > ${bound}`);
-    } finally {
-      await model.dispose();
-    }
+    const { maxAbs, scale, bound } = await fixtureF16Error(name, "webgpu");
+    t.diagnostic(`max abs ${maxAbs.toExponential(3)}, max |logit| ${scale.toFixed(3)}, relative ${(maxAbs / scale).toExponential(3)}`);
+    assert.ok(maxAbs / scale <= bound, `${name}: ${(maxAbs / scale).toExponential(3)} of max |logit| > ${bound}`);
   });
 }
 

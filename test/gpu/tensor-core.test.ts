@@ -1,6 +1,7 @@
 /**
  * The tensor-core product (kernels/matmul-tc.ts: subgroup matrices, f16 inputs, f32 sums) against a host reference
- * on the same f16-rounded inputs, and the backend's routing of precision-f16 products to it. Needs a device with
+ * on the same f16-rounded inputs, the backend's routing of precision-f16 products to it, and whole models through
+ * it against the fp32 PyTorch fixtures within the bounds of test/helpers/half.ts. Needs a device with
  * chromium-experimental-subgroup-matrix offering f16 × f16 -> f32 at 16 × 16 × 16 (the H100 through Dawn's
  * allow_unsafe_apis and vulkan_enable_f16_on_nvidia); elsewhere each test is skipped with what the adapter offers
  * (lavapipe: shader-f16 yes, chromium-experimental-subgroup-matrix no). Not part of `npm test`: `npm run test:gpu`.
@@ -14,7 +15,7 @@ import { hasTensorCores } from "../../src/backend/webgpu/ops.ts";
 import { matmulTensorCore, tensorCoreFits } from "../../src/backend/webgpu/kernels/matmul-tc.ts";
 import { toF16Bits } from "../../src/io/tensor.ts";
 import { TestRng } from "../helpers/random.ts";
-import { type ProductShape, assertProductNear, productReference, rand, roundF16 } from "../helpers/half.ts";
+import { FIXTURE_BOUNDS, type ProductShape, assertProductNear, fixtureF16Error, productReference, rand, roundF16 } from "../helpers/half.ts";
 
 /** A backend with tensor cores, or null after skipping the test with what the adapter offers. */
 async function tensorCoreBackend(t: TestContext): Promise<WebGpuBackend | null> {
@@ -84,3 +85,15 @@ test("tensor cores: precision f16 products that fit take them, with f32 weights 
     await b.destroy();
   }
 });
+
+for (const name of Object.keys(FIXTURE_BOUNDS)) {
+  test(`${name}: precision f16 on the tensor cores, logits within the bound of the fp32 PyTorch logits`, { timeout: 300_000 }, async (t) => {
+    const b = await tensorCoreBackend(t);
+    if (!b) return;
+    // the model owns the backend from here, and disposes of it
+    const { maxAbs, scale, bound } = await fixtureF16Error(name, b,
+      () => assert.ok(b.gpu.kernelNames.some((n) => n.startsWith("matmul_tc")), "the tensor-core kernel ran"));
+    t.diagnostic(`max abs ${maxAbs.toExponential(3)}, max |logit| ${scale.toFixed(3)}, relative ${(maxAbs / scale).toExponential(3)}`);
+    assert.ok(maxAbs / scale <= bound, `${name}: ${(maxAbs / scale).toExponential(3)} of max |logit| > ${bound}`);
+  });
+}

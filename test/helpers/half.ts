@@ -5,6 +5,8 @@
 import assert from "node:assert/strict";
 import { f16ToF32, toBF16Bits, toF16Bits, toFloat32 } from "../../src/io/tensor.ts";
 import type { TestRng } from "./random.ts";
+import type { Backend } from "../../src/backend/backend.ts";
+import { expected, fixture, maxAbsDiff } from "./fixtures.ts";
 
 export const rand = (rng: TestRng, n: number) => Float32Array.from({ length: n }, () => 2 * rng.next() - 1);
 /** values rounded to f16 (round to nearest even), as f32 */
@@ -49,4 +51,39 @@ export function assertProductNear(got: Float32Array, want: { y: Float64Array; sc
     if (!(err <= worst)) worst = Number.isNaN(err) ? Infinity : err;
   }
   assert.ok(worst <= PRODUCT_BOUND, `${what}: error ${worst.toExponential(3)} of Σ|x·w| > 2^-18`);
+}
+
+/**
+ * Whole models with precision f16 against the fp32 PyTorch logits, as max |difference| / max |logit|, by
+ * fixture. Each product rounds its inputs to f16 (relative error up to 2^-11, about 4.9e-4, each) and the
+ * projections' and head's weights are stored in f16; a product's rounding errors add up over its K terms like a random walk, and pass
+ * through the scan and the next layers. Measured on lavapipe (2 layers, d_model 32, max |logit| about 2 - 4):
+ * Mamba-1 fixtures 1.7e-4 - 2.7e-4 (max abs 6.3e-4 - 9.7e-4), Falcon-Mamba 3.2e-4, Mamba-2 1.55e-3 (its in_proj
+ * also makes dt, whose rounding the scan's exponentials amplify). The bounds are 3 - 4 times those: 1e-3 and
+ * 5e-3. A wrong kernel (an operand misplaced, a tile edge dropped) makes differences of the logits' own size.
+ */
+export const FIXTURE_BOUNDS: Record<string, number> = {
+  "hf-mamba/tiny": 1e-3, "hf-mamba/tiny-f16": 1e-3, "hf-mamba/tiny-bf16-sharded": 1e-3, "mamba-ssm/tiny": 1e-3,
+  "hf-falcon-mamba/tiny": 1e-3, "hf-mamba2/tiny": 5e-3,
+};
+
+/** A fixture's forward with precision f16 on `backend` (a name, or a backend the model then owns) against its fp32
+ *  PyTorch logits: the largest difference, the largest |logit|, and the bound of FIXTURE_BOUNDS. `inspect` runs
+ *  after the forward, before the model and its backend are disposed. */
+export async function fixtureF16Error(name: string, backend: "webgpu" | Backend, inspect: () => void = () => {}): Promise<{ maxAbs: number; scale: number; bound: number }> {
+  const { loadModel } = await import("../../src/index.ts");
+  const folder = fixture(...name.split("/"));
+  const exp = await expected(folder);
+  const model = await loadModel(folder, { backend, precision: "f16" });
+  try {
+    assert.equal(model.backend.precision, "f16");
+    const ids = exp.get("input_ids")!;
+    const [batch, seqLen] = ids.shape as [number, number];
+    const out = await model.forward(ids.i32, { batch, seqLen });
+    const want = exp.get("logits")!.f32;
+    inspect();
+    return { maxAbs: maxAbsDiff(out.logits, want), scale: want.reduce((m, v) => Math.max(m, Math.abs(v)), 0), bound: FIXTURE_BOUNDS[name]! };
+  } finally {
+    await model.dispose();
+  }
 }
