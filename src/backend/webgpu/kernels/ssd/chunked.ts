@@ -4,8 +4,9 @@
  * cs_i = Σ_{k ≤ i} dt_k·A inside the chunk. Three kernels; their products are register-tiled as ../matmul.ts's: a
  * workgroup of 16 × 16 threads computes a 128 × 128 tile, each thread 8 × 8 outputs kept in registers; K advances BK
  * at a time through workgroup memory, read as vec4s, the next tile's global loads issued before the current tile's
- * arithmetic, 4 floats at a time where the windows allow. The 128 columns are two slots of 64: (head, block of 64
- * values of p) pairs of one group, so the operand the heads of a group share (B, or C) is staged once for both.
+ * arithmetic, 4 floats at a time where the windows allow. The 128 columns are SL = 2 slots of 64: (head, block of
+ * 64 values of p) pairs of one group, so the operand the heads of a group share (B, or C) is staged once for both
+ * (SL = 1 gives workgroups of 128 threads and 128 × 64 tiles, one slot each).
  *  1. ssd_chunk_state, a workgroup per (pair of slots, chunk, batch row) and block of 128 state entries: dt and cs
  *     of the chunk for each slot's head (a log-step scan in workgroup memory, written for the other kernels), then
  *     the chunk's own states from zero
@@ -34,8 +35,9 @@ import { type SsdScanKernelArgs, flagFieldsWgsl, softplusWgsl, windowFieldsWgsl,
 /** the chunk length of the kernels (see above) */
 export const SSD_CHUNK = 128;
 const Q = SSD_CHUNK;
-/** threads of a workgroup (16 × 16), positions or state entries of a K tile, values of p a slot covers */
-const NT = 256, BK = 8, PB = 64;
+/** slots (head, block of PB values of p) a workgroup, threads (8·SL × 16), positions or state entries of a K
+ *  tile */
+const SL = 2, PB = 64, NT = 128 * SL, BK = 8;
 
 export interface ChunkShape {
   N: number;
@@ -62,25 +64,26 @@ const HP = ${s.P}u; // head dim P
 const NPB = ${Math.ceil(s.P / PB)}u; // blocks of PB values of p a head
 const Q = ${Q}u;
 const NT = ${NT}u;
+const SL = ${SL}u;
 const BK = ${BK}u;
 const PB = ${PB}u;
-var<workgroup> As: array<vec4<f32>, ${BK * (2 * Q / 4 + 1)}>; // As[k][m], m < 128 or (two slots) < 256, rows padded
-var<workgroup> Bs: array<vec4<f32>, ${BK * (2 * PB / 4 + 1)}>; // Bs[k][n], n < 128
-var<workgroup> dts: array<f32, ${2 * Q}>; // [slot, i]
-var<workgroup> cs: array<f32, ${2 * Q}>;
+var<workgroup> As: array<vec4<f32>, ${BK * ((SL * Q) / 4 + 1)}>; // As[k][m], m < 128 or (per slot) 128·SL, rows padded
+var<workgroup> Bs: array<vec4<f32>, ${BK * ((SL * PB) / 4 + 1)}>; // Bs[k][n], n < 64·SL
+var<workgroup> dts: array<f32, ${SL * Q}>; // [slot, i]
+var<workgroup> cs: array<f32, ${SL * Q}>;
 
-// The workgroup's two slots (head, block of p) of group g: slots s0 = 2·pair and s0 + 1 of the group's HG·NPB;
-// the second may be past the last (has1 false).
+// The workgroup's slots (head, block of p) of group g: slots s0 = SL·pair (and s0 + 1 when SL is 2) of the group's
+// HG·NPB; a second may be past the last (has1 false).
 struct Slots { h0: u32, h1: u32, pb0: u32, pb1: u32, has1: bool }
 fn slots(g: u32, pair: u32) -> Slots {
   let HG = p.H / p.G;
-  let s0 = 2u * pair;
+  let s0 = SL * pair;
   let s1 = s0 + 1u;
-  let has1 = s1 < HG * NPB;
+  let has1 = SL == 2u && s1 < HG * NPB;
   return Slots(g * HG + s0 / NPB, select(g * HG + s0 / NPB, g * HG + s1 / NPB, has1), s0 % NPB, s1 % NPB, has1);
 }
-// pairs of slots a group
-fn pairs() -> u32 { return ((p.H / p.G) * NPB + 1u) / 2u; }
+// workgroups of slots a group
+fn pairs() -> u32 { return ((p.H / p.G) * NPB + SL - 1u) / SL; }
 `;
 
 /** One operand of a product, staged into `tile` ([k][m]) K tile by K tile. kMajor: consecutive m are consecutive in
@@ -178,11 +181,11 @@ function product(A: Operand, B: Operand, kLen: string, v4: boolean, skip = "fals
   }`;
 }
 
-// the start of a product kernel: thread (ty, tx) of 16 × 16, its slot sl (columns 64·sl ..) and column lx in it,
+// the start of a product kernel: thread (ty, tx) of 16 × 8·SL, its slot sl (columns 64·sl ..) and column lx in it,
 // its accumulators
 const threadStart = /* wgsl */ `
-  let tx = tid % 16u;
-  let ty = tid / 16u;
+  let tx = tid % (8u * SL);
+  let ty = tid / (8u * SL);
   let sl = tx / 8u;
   let lx = tx % 8u;
   var acc: array<vec4<f32>, 16>;
@@ -221,7 +224,7 @@ const mySlot = /* wgsl */ `
 
 const cbWgsl = (s: ChunkShape) => /* wgsl */ `
 // bindings: 0 Bm | 1 Cm | 2 cb [B, nC, G, Q (j), Q (i)] | 3 params
-// grid: (G, nC, B)
+// grid: (G · ${2 / SL} blocks of i, nC, B)
 ${header(s)}
 ${floats(0, "Bm", s.v4)}
 ${floats(1, "Cm", s.v4)}
@@ -237,20 +240,21 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
 ${threadStart}
   // C·Bᵀ of group g: cb[j, i] = Σ_n B_j[n] · C_i[n]; a thread whose rows j are all past its columns i skips
   // (its outputs are never read)
-  let g = wg.x;
+  let g = wg.x / ${2 / SL}u;
+  let i0 = (wg.x % ${2 / SL}u) * ${SL * PB}u;
   ${product(
     { tile: "As", reg: "ra", rows: Q, kMajor: false,
       scalar: "if (m < q && k < N) { v = Bm1((row0 + m) * p.ldb + p.offb + g * N + k); }",
       vec4: "if (m < q && k < N) { v = Bm[((row0 + m) * p.ldb + p.offb + g * N + k) / 4u]; }" },
-    { tile: "Bs", reg: "rb", rows: 2 * PB, kMajor: false,
-      scalar: "if (m < q && k < N) { v = Cm1((row0 + m) * p.ldc + p.offc + g * N + k); }",
-      vec4: "if (m < q && k < N) { v = Cm[((row0 + m) * p.ldc + p.offc + g * N + k) / 4u]; }" },
-    "N", s.v4, "ty * 8u > sl * 64u + lx * 4u + 35u")}
+    { tile: "Bs", reg: "rb", rows: SL * PB, kMajor: false,
+      scalar: "if (i0 + m < q && k < N) { v = Cm1((row0 + i0 + m) * p.ldc + p.offc + g * N + k); }",
+      vec4: "if (i0 + m < q && k < N) { v = Cm[((row0 + i0 + m) * p.ldc + p.offc + g * N + k) / 4u]; }" },
+    "N", s.v4, "ty * 8u > i0 + sl * 64u + lx * 4u + 35u")}
   let base = ((b * p.nC + c) * p.G + g) * Q * Q;
   for (var r = 0u; r < 8u; r++) {
     let j = ty * 8u + r;
-    cb[(base + j * Q + sl * 64u + lx * 4u) / 4u] = acc[2u * r];
-    cb[(base + j * Q + sl * 64u + 32u + lx * 4u) / 4u] = acc[2u * r + 1u];
+    cb[(base + j * Q + i0 + sl * 64u + lx * 4u) / 4u] = acc[2u * r];
+    cb[(base + j * Q + i0 + sl * 64u + 32u + lx * 4u) / 4u] = acc[2u * r + 1u];
   }
 }
 `;
@@ -270,7 +274,7 @@ ${floats(2, "Bm", s.v4)}
 ${floats(5, "states", s.v4, true)}
 @group(0) @binding(6) var<storage, read_write> dtcs: array<f32>;
 @group(0) @binding(7) var<uniform> p: P;
-var<workgroup> w: array<f32, ${2 * Q}>; // [slot, j]: exp(cs_last − cs_j)·dt_j
+var<workgroup> w: array<f32, ${SL * Q}>; // [slot, j]: exp(cs_last − cs_j)·dt_j
 
 @compute @workgroup_size(${NT})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -324,7 +328,7 @@ ${threadStart}
     { tile: "As", reg: "ra", rows: Q, kMajor: true,
       scalar: "if (k < q && n0 + m < N) { v = Bm1((row0 + k) * p.ldb + p.offb + g * N + n0 + m); }",
       vec4: "if (k < q && n0 + m < N) { v = Bm[((row0 + k) * p.ldb + p.offb + g * N + n0 + m) / 4u]; }" },
-    { tile: "Bs", reg: "rb", rows: 2 * PB, kMajor: true,
+    { tile: "Bs", reg: "rb", rows: SL * PB, kMajor: true,
       scalar: `${slotOfM}
       if (k < q && ps < HP && okm) { v = w[(m / PB) * Q + k] * x1((row0 + k) * p.ldx + p.offx + hs * HP + ps); }`,
       vec4: `${slotOfM}
@@ -454,7 +458,7 @@ ${mySlot}
     { tile: "As", reg: "ra", rows: Q, kMajor: false,
       scalar: "if (m < q && k < N) { v = Cm1((row0 + m) * p.ldc + p.offc + g * N + k); }",
       vec4: "if (m < q && k < N) { v = Cm[((row0 + m) * p.ldc + p.offc + g * N + k) / 4u]; }" },
-    { tile: "Bs", reg: "rb", rows: 2 * PB, kMajor: true,
+    { tile: "Bs", reg: "rb", rows: SL * PB, kMajor: true,
       scalar: `${slotOfM}
       if (k < N && ps < HP && okm) { v = states1(sb0 + hs * sstride + k * HP + ps); }`,
       vec4: `${slotOfM}
@@ -470,7 +474,7 @@ ${mySlot}
   // (rows 128·slot + i); a thread skips the tiles of j past its rows
   let cbase = ((b * p.nC + c) * p.G + g) * Q * Q;
   ${product(
-    { tile: "As", reg: "ra", rows: 2 * Q, kMajor: true,
+    { tile: "As", reg: "ra", rows: SL * Q, kMajor: true,
       scalar: `let mi = m % Q;
       let so = (m / Q) * Q;
       if (k <= mi && mi < q) { v = cb1(cbase + k * Q + mi) * exp(cs[so + mi] - cs[so + k]) * dts[so + k]; }`,
@@ -484,7 +488,7 @@ ${mySlot}
           if (k <= mi + c && mi + c < q) { v[c] = raw[c] * exp(cs[so + mi + c] - ck) * dk; }
         }
       }` },
-    { tile: "Bs", reg: "rb", rows: 2 * PB, kMajor: true,
+    { tile: "Bs", reg: "rb", rows: SL * PB, kMajor: true,
       scalar: `${slotOfM}
       if (k < q && ps < HP && okm) { v = x1((row0 + k) * p.ldx + p.offx + hs * HP + ps); }`,
       vec4: `${slotOfM}
@@ -543,9 +547,9 @@ export function ssdScanChunked(gpu: Gpu, a: SsdChunkedArgs, states: Buf, dtcs: B
   const nC = Math.ceil(a.L / Q);
   const p = windowParams(new Params().u32(a.B).u32(a.L).u32(a.H).u32(a.G).u32(nC), a);
   // pairs of slots (head, block of PB values of p) a group, and blocks of 128 state entries
-  const pairs = Math.ceil(((a.H / a.G) * Math.ceil(a.P / PB)) / 2), nNB = Math.ceil(a.N / 128);
+  const pairs = Math.ceil(((a.H / a.G) * Math.ceil(a.P / PB)) / SL), nNB = Math.ceil(a.N / 128);
   // C·Bᵀ, then the chunk states (the two touch no common output, so need not wait for each other)
-  gpu.dispatch(gpu.kernel(cbKernel, shape), [a.Bm, a.Cm, cb], p, [a.G, nC, a.B]);
+  gpu.dispatch(gpu.kernel(cbKernel, shape), [a.Bm, a.Cm, cb], p, [a.G * (2 / SL), nC, a.B]);
   gpu.dispatch(gpu.kernel(stateKernel, shape), [a.x, a.dt, a.Bm, a.dtBias, a.A_log, states, dtcs], p, [a.G * pairs * nNB, nC, a.B]);
   const [gx, gy] = grid(Math.ceil((a.B * a.H * a.P * a.N) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(gpu.kernel(passKernel, shape), [dtcs, states, a.state ?? gpu.dummyOut],
