@@ -211,6 +211,7 @@ const matmulF16Kernel = defineKernel({
   },
   label: (s) => `matmul_f16_${halfTileName(s.cfg)}${s.v4 ? "_v4" : ""}`,
   example: { cfg: HALF_TILE_LARGE, v4: true },
+  features: ["shader-f16"],
 });
 
 /** The output tile of a config: rows and columns. */
@@ -256,6 +257,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }`,
   label: (s) => `narrow_f16_${s.ws}`,
   example: { ws: "f32" },
+  features: ["shader-f16"],
 });
 
 /** Packs n weights (f32 or bf16) as f16, two a u32, into `out` (at least ceil(n / 2) words). Values beyond f16's
