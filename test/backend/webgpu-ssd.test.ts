@@ -17,6 +17,7 @@ import { type Backend, cols } from "../../src/backend/backend.ts";
 import { TestRng } from "../helpers/random.ts";
 import { maxAbsDiff } from "../helpers/fixtures.ts";
 import { releaseWebgpu, unavailable, webgpuBackend } from "../helpers/backends.ts";
+import { chunkTuning } from "../../src/backend/webgpu/kernels/ssd/chunked.ts";
 
 after(releaseWebgpu);
 
@@ -89,6 +90,27 @@ test("ssdScan on WebGPU matches the CPU reference at the edges of its chunks and
   const g = await webgpuBackend();
   if (!g) return unavailable(t, "no WebGPU adapter");
   for (const [i, c] of cases.entries()) await compare(g, c, 1000 + i);
+});
+
+test("ssdScan on WebGPU: runs of chunks (the chunk-state kernel walking 2 to 8 chunks, the state pass over runs)", { timeout: 600_000 }, async (t) => {
+  const g = await webgpuBackend();
+  if (!g) return unavailable(t, "no WebGPU adapter");
+  const saved = chunkTuning.stateGroups;
+  chunkTuning.stateGroups = 1; // the longest runs (8 chunks) that leave a workgroup
+  try {
+    const runCases: Case[] = [
+      // 11 chunks: one run of 8 and one of 3 (a workgroup a run); the state pass's remainder
+      { B: 1, L: 1400, H: 2, P: 8, G: 1, N: 16, Q: 256, gate: true, state: true, limit: none, aligned: true },
+      // no state: the last chunk's own state left out inside a run; 2 groups, an odd number of slots a group
+      { B: 2, L: 1100, H: 6, P: 4, G: 2, N: 8, Q: 256, gate: false, state: false, limit: none, aligned: false },
+    ];
+    for (const [i, c] of runCases.entries()) await compare(g, c, 2000 + i);
+    // runs of 2 (2 workgroups a run: two pairs of heads; 8 chunks), no state: the last chunk inside a run
+    chunkTuning.stateGroups = 8;
+    await compare(g, { B: 1, L: 1000, H: 4, P: 8, G: 1, N: 16, Q: 256, gate: true, state: false, limit: none, aligned: true }, 2100);
+  } finally {
+    chunkTuning.stateGroups = saved;
+  }
 });
 
 test("ssdScan on WebGPU: a scan in two pieces carrying the state equals the whole", { timeout: 300_000 }, async (t) => {

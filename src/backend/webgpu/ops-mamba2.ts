@@ -16,7 +16,7 @@ import { GpuTensor, gpuTensor, windowOf } from "./tensor.ts";
 import { widen } from "./kernels/widen.ts";
 import { ssdScanSequential } from "./kernels/ssd/scan.ts";
 import { gatherConsts } from "./kernels/ssd/common.ts";
-import { chunkScratch, ssdScanChunked } from "./kernels/ssd/chunked.ts";
+import { ssdScanChunked } from "./kernels/ssd/chunked.ts";
 import { MAX_SEGMENTS, gatedRmsNorm, gatedRmsNormBackward, segmentRmsNorm, segmentRmsNormBackward } from "./kernels/ssd/norms.ts";
 import { addWindow, ssdBackward, ssdBackwardLayout } from "./kernels/ssd/backward.ts";
 import { copyWindow } from "./kernels/copy.ts";
@@ -91,12 +91,7 @@ export const webgpuMamba2Ops = {
       ssdScanSequential(this.gpu, { ...args, consts });
       this.gpu.release(consts);
     } else {
-      const bytes = chunkScratch(a.batch, a.seqLen, H, P, G, N);
-      const states = this.gpu.alloc(bytes.states, "the chunk states");
-      const dtcs = this.gpu.alloc(bytes.dtcs, "the chunks' dt and cumulative decay");
-      const cb = this.gpu.alloc(bytes.cb, "the chunks' C·Bᵀ");
-      ssdScanChunked(this.gpu, { ...args, ...heads }, states, dtcs, cb);
-      for (const buf of [states, dtcs, cb]) this.gpu.release(buf);
+      ssdScanChunked(this.gpu, { ...args, ...heads });
     }
     if (st) st.version++;
     return y;

@@ -1,31 +1,37 @@
 /**
  * Mamba-2's SSM in chunks of Q positions (state space duality), as the CPU's ssdChunkedF32 (../../../cpu/ssd.ts),
  * per head h with the B, C of its group g = h / (H / G), dt_i = clamp(softplus(dt_i + dtBias)) and
- * cs_i = Σ_{k ≤ i} dt_k·A inside the chunk. Three kernels; their products are register-tiled as ../matmul.ts's: a
- * workgroup of 16 × 16 threads computes a 128 × 128 tile, each thread 8 × 8 outputs kept in registers; K advances BK
- * at a time through workgroup memory, read as vec4s, the next tile's global loads issued before the current tile's
- * arithmetic, 4 floats at a time where the windows allow. The 128 columns are SL = 2 slots of 64: (head, block of
- * 64 values of p) pairs of one group, so the operand the heads of a group share (B, or C) is staged once for both
- * (SL = 1 gives workgroups of 128 threads and 128 × 64 tiles, one slot each).
- *  1. ssd_chunk_state, a workgroup per (pair of slots, chunk, batch row) and block of 128 state entries: dt and cs
- *     of the chunk for each slot's head (a log-step scan in workgroup memory, written for the other kernels), then
- *     the chunk's own states from zero
- *       Sᵀ[n, p] = Σ_j B_j[n] · exp(cs_last − cs_j)·dt_j·x_j[p]      ([N × Q] · [Q × P]);
- *     and in the same dispatch, a workgroup per (group, chunk, batch row): C_i·B_j for j ≤ i, once per group rather
- *     than per head ([Q × N] · [N × Q]);
- *  2. ssd_state_pass, a thread per (b, h, n, p): over the chunks in order, h_{c+1} = exp(cs_last,c)·h_c + S_c;
- *     S_c is replaced in place by h_c, the state entering chunk c (h_0: the given state, or zeros); the final
- *     state is written back. Without a state to write back, the last chunk's own state is not computed (nothing
- *     reads it), and the first chunk's output has no part from the state;
- *  3. ssd_chunk_scan, a workgroup per (pair of slots, chunk, batch row): the output
+ * cs_i = Σ_{k ≤ i} dt_k·A inside the chunk. Four kernels; the products are register-tiled as ../matmul.ts's: a
+ * workgroup of 16 × 8·SL threads computes a 128 × 64·SL tile, each thread 8 × 8 outputs kept in registers; K
+ * advances BK at a time through workgroup memory, read as vec4s, the next tile's global loads issued before the
+ * current tile's arithmetic, 4 floats at a time where the windows allow. The columns are SL = 2 slots of 64: (head,
+ * block of 64 values of p) pairs of one group, so the operand the heads of a group share (B, or C) is staged once for
+ * both (SL = 1 gives workgroups of 128 threads and 128 × 64 tiles).
+ *  1. ssd_chunk_cb, a workgroup per (group, chunk, batch row): C_i·B_j (read for j ≤ i), once per group rather than
+ *     per head ([Q × N] · [N × Q]);
+ *  2. ssd_chunk_state, a workgroup per (pair of slots, run of R chunks, batch row) and block of 128 state entries;
+ *     for each chunk of the run in order: dt and cs of the chunk for each slot's head (a log-step scan in workgroup
+ *     memory, written for the other kernels with delta, the decay from the run's start to the chunk's), then with
+ *     the state from zero at the run's start in the registers: written out as the state entering the chunk (past
+ *     the run's first), decayed by exp(cs_last), and the chunk's own state added
+ *       Sᵀ[n, p] += Σ_j B_j[n] · exp(cs_last − cs_j)·dt_j·x_j[p]      ([N × Q] · [Q × P]);
+ *     at the run's end, the run's own state;
+ *  3. ssd_state_pass, a thread per (b, h, n, p): over the runs in order, H_{r+1} = decay_r·H_r + T_r, the run's own
+ *     state T_r replaced in place by H_r, the state entering the run (H_0: the given state, or zeros); the final
+ *     state is written back. Runs of R chunks leave it R times fewer states to move; R (1 to 8) is as long as
+ *     leaves ssd_chunk_state enough workgroups (runLength);
+ *  4. ssd_chunk_scan, a workgroup per (pair of slots, chunk, batch row): the state entering the chunk
+ *     h_c = (entering from the run's start) + exp(delta)·H_r, staged as the products need it, and the output
  *       Y = diag(exp(cs)) · (C · h_c)  +  ((C·Bᵀ) ∘ exp(cs_i − cs_j)·dt_j ∘ [j ≤ i]) · X  +  D·X
  *     (·silu(z) when gated) as two products into the same registers: [Q × N]·[N × P], the rows scaled by exp(cs_i),
  *     then [Q × Q]·[Q × P] (each slot its own decays), where a thread skips the tiles of j past its rows (causal:
  *     a warp's rows are 16 consecutive i).
+ * Without a state to write back, the last chunk's own state is not computed (nothing reads it), and the first
+ * chunk's output has no part from the state.
  * The chunk length Q is the kernels' own (SSD_CHUNK): the result is the same for any chunk length (only the
  * rounding differs), so the model's chunk_size (256 in real checkpoints) does not set it. 128 balances the work
  * within a chunk (it grows with Q) against the chunk states' traffic (it shrinks with Q).
- * Scratch (the caller's): chunk states B·nC·H·N·P floats, dt and cs B·nC·H·2Q, C·Bᵀ B·nC·G·Q·Q.
+ * Scratch: states B·(nC + nRuns)·H·N·P floats, dt and cs B·nC·H·(2Q + 1), C·Bᵀ B·nC·G·Q·Q.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
@@ -38,6 +44,8 @@ const Q = SSD_CHUNK;
 /** slots (head, block of PB values of p) a workgroup, threads (8·SL × 16), positions or state entries of a K
  *  tile */
 const SL = 2, PB = 64, NT = 128 * SL, BK = 8;
+/** floats of dtcs a (chunk, head) */
+const DS = 2 * Q + 1;
 
 export interface ChunkShape {
   N: number;
@@ -56,6 +64,7 @@ fn ${name}1(i: u32) -> f32 { return ${v4 ? `${name}[i / 4u][i % 4u]` : `${name}[
 const header = (s: ChunkShape) => /* wgsl */ `
 struct P {
   B: u32, L: u32, H: u32, G: u32, nC: u32,
+  R: u32, runOff: u32, // chunks a run; the first float of the runs' states in the states buffer
   ${windowFieldsWgsl}
   ${flagFieldsWgsl}
 }
@@ -63,6 +72,7 @@ const N = ${s.N}u;
 const HP = ${s.P}u; // head dim P
 const NPB = ${Math.ceil(s.P / PB)}u; // blocks of PB values of p a head
 const Q = ${Q}u;
+const DS = ${DS}u; // floats of dtcs a (chunk, head): dt [Q], cs [Q], the decay from the run's start
 const NT = ${NT}u;
 const SL = ${SL}u;
 const BK = ${BK}u;
@@ -259,12 +269,18 @@ ${threadStart}
 }
 `;
 
+/** WGSL: the thread's outputs (acc) into a [.., N, P] buffer `buf` at the state of head myH whose first float is
+ *  `base`, rows n0 + i */
+const storeState = (v4: boolean, buf: string) => eachOutput(v4,
+  `if (n0 + i < N && myP0 + col < HP) { ${buf}[(base + (n0 + i) * HP + myP0 + col) / 4u] = a; }`,
+  `if (n0 + i < N && myP0 + cj < HP) { ${buf}[base + (n0 + i) * HP + myP0 + cj] = a; }`);
+
 const stateWgsl = (s: ChunkShape) => {
   const nNB = Math.ceil(s.N / 128);
   return /* wgsl */ `
-// bindings: 0 x | 1 dt | 2 Bm | 3 dtBias [H] | 4 A_log [H] | 5 states [B, nC, H, N, P] | 6 dtcs [B, nC, H, 2, Q]
-//           7 params
-// grid: (G · pairs of slots · ${nNB} blocks of n, nC, B)
+// bindings: 0 x | 1 dt | 2 Bm | 3 dtBias [H] | 4 A_log [H] | 5 states: [B, nC, H, N, P], then from runOff the runs'
+//           [B, nRuns, H, N, P] | 6 dtcs [B, nC, H, DS] | 7 params
+// grid: (G · pairs of slots · ${nNB} blocks of n, runs of R chunks, B)
 ${header(s)}
 ${floats(0, "x", s.v4)}
 @group(0) @binding(1) var<storage, read> dt: array<f32>;
@@ -278,84 +294,109 @@ var<workgroup> w: array<f32, ${SL * Q}>; // [slot, j]: exp(cs_last − cs_j)·dt
 
 @compute @workgroup_size(${NT})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let c = wg.y;
+  let run = wg.y;
   let b = wg.z;
-  let t0 = c * Q;
-  let q = min(Q, p.L - t0);
-  let row0 = b * p.L + t0;
 ${threadStart}
   let g = wg.x / (pairs() * ${nNB}u);
   let pair = (wg.x / ${nNB}u) % pairs();
   let nb = wg.x % ${nNB}u;
+  let n0 = nb * 128u;
   let S = slots(g, pair);
-  // per slot (tid / Q), dt (zero past the chunk's end) and its cumulative dt·A: a log-step inclusive scan; past the
-  // end cs stays cs_last
+${mySlot}
+  // for dt and cs, thread tid takes position i of slot si
   let si = tid / Q;
   let i = tid % Q;
   let hh = select(S.h0, S.h1, si == 1u);
   let ok = si == 0u || S.has1;
-  var d = 0.0;
-  var A = 0.0;
-  if (ok) {
-    A = -exp(A_log[hh]);
-    if (i < q) {
-      let v = dt[(row0 + i) * p.lddt + p.offdt + hh] + dtBias[hh];
+  let A = -exp(A_log[hh]);
+  let bias = dtBias[hh];
+  let writer = ok && nb == 0u && select(S.pb0, S.pb1, si == 1u) == 0u;
+  var delta = 0.0; // the decay from the run's start to the chunk's: Σ cs_last of the run's chunks before it
+  let c0 = run * p.R;
+  let c1 = min(p.nC, c0 + p.R);
+  for (var c = c0; c < c1; c++) {
+    let t0 = c * Q;
+    let q = min(Q, p.L - t0);
+    let row0 = b * p.L + t0;
+    // dt (zero past the chunk's end or for a missing slot) and its cumulative dt·A: a log-step inclusive scan;
+    // past the end cs stays cs_last
+    var d = 0.0;
+    if (ok && i < q) {
+      let v = dt[(row0 + i) * p.lddt + p.offdt + hh] + bias;
       d = clamp(${softplusWgsl("v")}, p.lo, p.hi);
     }
-  }
-  dts[tid] = d;
-  cs[tid] = d * A;
-  for (var s = 1u; s < Q; s = s * 2u) {
+    workgroupBarrier(); // the previous chunk's reads of dts, cs and w are done
+    dts[tid] = d;
+    cs[tid] = d * A;
+    for (var s = 1u; s < Q; s = s * 2u) {
+      workgroupBarrier();
+      var add = 0.0;
+      if (i >= s) { add = cs[tid - s]; }
+      workgroupBarrier();
+      cs[tid] = cs[tid] + add;
+    }
     workgroupBarrier();
-    var add = 0.0;
-    if (i >= s) { add = cs[tid - s]; }
+    let last = cs[si * Q + Q - 1u];
+    w[tid] = exp(last - cs[tid]) * dts[tid];
+    if (writer) {
+      let dbase = ((b * p.nC + c) * p.H + hh) * DS;
+      dtcs[dbase + i] = dts[tid];
+      dtcs[dbase + Q + i] = cs[tid];
+      if (i == 0u) { dtcs[dbase + 2u * Q] = delta; }
+    }
+    delta += last;
     workgroupBarrier();
-    cs[tid] = cs[tid] + add;
+    // acc holds the state entering chunk c, from zero at the run's start: written for ssd_chunk_scan (past the
+    // run's first chunk), then decayed over the chunk, and the chunk's own state added:
+    //   Sᵀ[n, p] += Σ_j B_j[n] · w_j·x_j[p], both slots at once (the same B)
+    if (c > c0 && mine) {
+      let base = ((b * p.nC + c) * p.H + myH) * N * HP;
+      ${storeState(s.v4, "states")}
+    }
+    let decay = exp(cs[sl * Q + Q - 1u]);
+    for (var r = 0u; r < 16u; r++) { acc[r] = acc[r] * decay; }
+    // (the last chunk's own state only makes the final state: without one to write, it is never read)
+    if (p.hasState != 0u || c + 1u < p.nC) {
+    ${product(
+      { tile: "As", reg: "ra", rows: Q, kMajor: true,
+        scalar: "if (k < q && n0 + m < N) { v = Bm1((row0 + k) * p.ldb + p.offb + g * N + n0 + m); }",
+        vec4: "if (k < q && n0 + m < N) { v = Bm[((row0 + k) * p.ldb + p.offb + g * N + n0 + m) / 4u]; }" },
+      { tile: "Bs", reg: "rb", rows: SL * PB, kMajor: true,
+        scalar: `${slotOfM}
+        if (k < q && ps < HP && okm) { v = w[(m / PB) * Q + k] * x1((row0 + k) * p.ldx + p.offx + hs * HP + ps); }`,
+        vec4: `${slotOfM}
+        if (k < q && ps < HP && okm) { v = w[(m / PB) * Q + k] * x[((row0 + k) * p.ldx + p.offx + hs * HP + ps) / 4u]; }` },
+      "q", s.v4)}
+    }
   }
-  workgroupBarrier();
-  w[tid] = exp(cs[si * Q + Q - 1u] - cs[tid]) * dts[tid];
-  if (ok && nb == 0u && select(S.pb0, S.pb1, si == 1u) == 0u) {
-    let dbase = ((b * p.nC + c) * p.H + hh) * 2u * Q;
-    dtcs[dbase + i] = dts[tid];
-    dtcs[dbase + Q + i] = cs[tid];
-  }
-  // the last chunk's state only makes the final state: without one to write, it is never read
-  if (p.hasState == 0u && c + 1u == p.nC) { return; }
-  workgroupBarrier();
-  let n0 = nb * 128u;
-  // Sᵀ[n, p] = Σ_j B_j[n] · w_j·x_j[p], both slots at once (the same B)
-  ${product(
-    { tile: "As", reg: "ra", rows: Q, kMajor: true,
-      scalar: "if (k < q && n0 + m < N) { v = Bm1((row0 + k) * p.ldb + p.offb + g * N + n0 + m); }",
-      vec4: "if (k < q && n0 + m < N) { v = Bm[((row0 + k) * p.ldb + p.offb + g * N + n0 + m) / 4u]; }" },
-    { tile: "Bs", reg: "rb", rows: SL * PB, kMajor: true,
-      scalar: `${slotOfM}
-      if (k < q && ps < HP && okm) { v = w[(m / PB) * Q + k] * x1((row0 + k) * p.ldx + p.offx + hs * HP + ps); }`,
-      vec4: `${slotOfM}
-      if (k < q && ps < HP && okm) { v = w[(m / PB) * Q + k] * x[((row0 + k) * p.ldx + p.offx + hs * HP + ps) / 4u]; }` },
-    "q", s.v4)}
-${mySlot}
-  let sbase = ((b * p.nC + c) * p.H + myH) * N * HP;
+  // the run's own state (from zero at its start), for ssd_state_pass
   if (mine) {
-    ${eachOutput(s.v4,
-      "if (n0 + i < N && myP0 + col < HP) { states[(sbase + (n0 + i) * HP + myP0 + col) / 4u] = a; }",
-      "if (n0 + i < N && myP0 + cj < HP) { states[sbase + (n0 + i) * HP + myP0 + cj] = a; }")}
+    let base = p.runOff + ((b * ((p.nC + p.R - 1u) / p.R) + run) * p.H + myH) * N * HP;
+    ${storeState(s.v4, "states")}
   }
 }
 `;
 };
 
 const passWgsl = (s: ChunkShape) => /* wgsl */ `
-// bindings: 0 dtcs [B, nC, H, 2, Q] | 1 states [B, nC, H, N, P] (chunk states in, entering states out)
-//           2 state [B, H, P, N] | 3 params
-struct P { B: u32, H: u32, nC: u32, hasState: u32, groupsX: u32 }
+// bindings: 0 dtcs [B, nC, H, DS] | 1 states, from runOff the runs' [B, nRuns, H, N, P] (their own states in,
+//           their entering states out) | 2 state [B, H, P, N] | 3 params
+struct P { B: u32, H: u32, nC: u32, R: u32, runOff: u32, hasState: u32, groupsX: u32 }
 const N = ${s.N}u;
 const HP = ${s.P}u;
 const Q = ${Q}u;
+const DS = ${DS}u;
 @group(0) @binding(0) var<storage, read> dtcs: array<f32>;
-@group(0) @binding(1) var<storage, read_write> states: array<f32>;
+@group(0) @binding(1) var<storage, read_write> runs: array<f32>;
 @group(0) @binding(2) var<storage, read_write> state: array<f32>;
 @group(0) @binding(3) var<uniform> p: P;
+
+// the decay over run r: to its last chunk's start (delta), and over that chunk (cs_last)
+fn runDecay(b: u32, h: u32, r: u32) -> f32 {
+  let cl = min(p.nC, (r + 1u) * p.R) - 1u;
+  let d = ((b * p.nC + cl) * p.H + h) * DS;
+  return exp(dtcs[d + 2u * Q] + dtcs[d + 2u * Q - 1u]);
+}
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -368,50 +409,44 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let user = ((b * p.H + h) * HP + k % HP) * N + k / HP; // [B, H, P, N]
   var s = 0.0;
   if (p.hasState != 0u) { s = state[user]; }
-  let cstride = p.H * NP;
-  let o0 = (b * p.nC * p.H + h) * NP + k;
-  let d0 = (b * p.nC * p.H + h) * 2u * Q + 2u * Q - 1u; // cs at the chunk's end (cs stays cs_last past it)
-  let dstride = p.H * 2u * Q;
-  // Without a state to write back, the last chunk's own state is not read (ssd_chunk_state leaves it out) and the
-  // first chunk's entering state (zero) is not written (ssd_chunk_scan leaves that part out)
-  let has = p.hasState != 0u;
-  let nRead = select(p.nC - 1u, p.nC, has);
-  var c = 0u;
-  // four chunks' loads issued before their dependent updates
-  for (; c + 4u <= nRead; c += 4u) {
-    let o = o0 + c * cstride;
-    let d = d0 + c * dstride;
-    let s0 = states[o];
-    let s1 = states[o + cstride];
-    let s2 = states[o + 2u * cstride];
-    let s3 = states[o + 3u * cstride];
-    let a0 = exp(dtcs[d]);
-    let a1 = exp(dtcs[d + dstride]);
-    let a2 = exp(dtcs[d + 2u * dstride]);
-    let a3 = exp(dtcs[d + 3u * dstride]);
-    if (c > 0u || has) { states[o] = s; }
+  let nRuns = (p.nC + p.R - 1u) / p.R;
+  let rstride = p.H * NP;
+  let o0 = p.runOff + (b * nRuns * p.H + h) * NP + k;
+  var r = 0u;
+  // four runs' loads issued before their dependent updates
+  for (; r + 4u <= nRuns; r += 4u) {
+    let o = o0 + r * rstride;
+    let s0 = runs[o];
+    let s1 = runs[o + rstride];
+    let s2 = runs[o + 2u * rstride];
+    let s3 = runs[o + 3u * rstride];
+    let a0 = runDecay(b, h, r);
+    let a1 = runDecay(b, h, r + 1u);
+    let a2 = runDecay(b, h, r + 2u);
+    let a3 = runDecay(b, h, r + 3u);
+    runs[o] = s;
     s = fma(a0, s, s0);
-    states[o + cstride] = s;
+    runs[o + rstride] = s;
     s = fma(a1, s, s1);
-    states[o + 2u * cstride] = s;
+    runs[o + 2u * rstride] = s;
     s = fma(a2, s, s2);
-    states[o + 3u * cstride] = s;
+    runs[o + 3u * rstride] = s;
     s = fma(a3, s, s3);
   }
-  for (; c < nRead; c++) {
-    let o = o0 + c * cstride;
-    let chunk = states[o];
-    if (c > 0u || has) { states[o] = s; }
-    s = fma(exp(dtcs[d0 + c * dstride]), s, chunk);
+  for (; r < nRuns; r++) {
+    let o = o0 + r * rstride;
+    let own = runs[o];
+    runs[o] = s;
+    s = fma(runDecay(b, h, r), s, own);
   }
-  if (!has && c > 0u) { states[o0 + c * cstride] = s; } // the last chunk's entering state
   if (p.hasState != 0u) { state[user] = s; }
 }
 `;
 
 const scanWgsl = (s: ChunkShape) => /* wgsl */ `
-// bindings: 0 x | 1 Cm | 2 z | 3 D [H] | 4 states (entering) [B, nC, H, N, P] | 5 dtcs [B, nC, H, 2, Q]
-//           6 cb [B, nC, G, Q, Q] | 7 y [B·L, H·P] | 8 params
+// bindings: 0 x | 1 Cm | 2 z | 3 D [H] | 4 states: [B, nC, H, N, P] entering each chunk from its run's start, then
+//           from runOff [B, nRuns, H, N, P] entering each run | 5 dtcs [B, nC, H, DS] | 6 cb [B, nC, G, Q, Q]
+//           7 y [B·L, H·P] | 8 params
 // grid: (G · pairs of slots, nC, B)
 ${header(s)}
 ${floats(0, "x", s.v4)}
@@ -438,7 +473,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     var d = 0.0;
     var e = 0.0;
     if (si == 0u || S.has1) {
-      let dbase = ((b * p.nC + c) * p.H + select(S.h0, S.h1, si == 1u)) * 2u * Q;
+      let dbase = ((b * p.nC + c) * p.H + select(S.h0, S.h1, si == 1u)) * DS;
       d = dtcs[dbase + tid % Q];
       e = dtcs[dbase + Q + tid % Q];
     }
@@ -449,9 +484,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
 ${threadStart}
 ${mySlot}
   // from the entering state: acc[i, p] = Σ_n C_i[n] · h_c[n, p] (both slots at once: the same C), then times
-  // exp(cs_i)
+  // exp(cs_i). h_c = the state entering the chunk from its run's start (none for the run's first chunk) + the
+  // state entering the run decayed to the chunk's start (by exp(delta), delta per slot)
   let sstride = N * HP;
   let sb0 = ((b * p.nC + c) * p.H) * sstride;
+  let run = c / p.R;
+  let first = c == run * p.R;
+  let rb0 = p.runOff + ((b * ((p.nC + p.R - 1u) / p.R) + run) * p.H) * sstride;
+  let e0 = exp(dtcs[((b * p.nC + c) * p.H + S.h0) * DS + 2u * Q]);
+  let e1 = exp(dtcs[((b * p.nC + c) * p.H + S.h1) * DS + 2u * Q]);
   // (zero entering the first chunk without a given state)
   if (c > 0u || p.hasState != 0u) {
   ${product(
@@ -460,9 +501,15 @@ ${mySlot}
       vec4: "if (m < q && k < N) { v = Cm[((row0 + m) * p.ldc + p.offc + g * N + k) / 4u]; }" },
     { tile: "Bs", reg: "rb", rows: SL * PB, kMajor: true,
       scalar: `${slotOfM}
-      if (k < N && ps < HP && okm) { v = states1(sb0 + hs * sstride + k * HP + ps); }`,
+      if (k < N && ps < HP && okm) {
+        v = select(e0, e1, m >= PB) * states1(rb0 + hs * sstride + k * HP + ps);
+        if (!first) { v += states1(sb0 + hs * sstride + k * HP + ps); }
+      }`,
       vec4: `${slotOfM}
-      if (k < N && ps < HP && okm) { v = states[(sb0 + hs * sstride + k * HP + ps) / 4u]; }` },
+      if (k < N && ps < HP && okm) {
+        v = select(e0, e1, m >= PB) * states[(rb0 + hs * sstride + k * HP + ps) / 4u];
+        if (!first) { v += states[(sb0 + hs * sstride + k * HP + ps) / 4u]; }
+      }` },
     "N", s.v4)}
   for (var r = 0u; r < 8u; r++) {
     let into = exp(cs[sl * Q + ty * 8u + r]);
@@ -525,16 +572,23 @@ const stateKernel = defineKernel({ name: "ssd_chunk_state", wgsl: stateWgsl, exa
 const passKernel = defineKernel({ name: "ssd_state_pass", wgsl: passWgsl, example });
 const scanKernel = defineKernel({ name: "ssd_chunk_scan", wgsl: scanWgsl, example });
 
-/** Bytes of the scratch buffers the chunked scan needs (the caller's): chunk states, dt and cs, C·Bᵀ. */
-export function chunkScratch(B: number, L: number, H: number, P: number, G: number, N: number) {
-  const nC = Math.ceil(L / Q);
-  return { states: B * nC * H * N * P * 4, dtcs: B * nC * H * 2 * Q * 4, cb: B * nC * G * Q * Q * 4 };
-}
-
 /** Whether every window, P and N allow the kernels' loads and stores of 4 floats at once. */
 function vec4Fits(a: Omit<SsdScanKernelArgs, "consts">): boolean {
   const m4 = (...v: number[]) => v.every((u) => u % 4 === 0);
   return m4(a.P, a.N, a.ldx, a.offx, a.ldb, a.offb, a.ldc, a.offc) && (!a.z || m4(a.ldz, a.offz));
+}
+
+/** The run length's rule, changeable by tests (to run the longest runs at small shapes): the workgroups of
+ *  ssd_chunk_state that keep a large GPU busy (about three rounds of two an SM on 132 SMs, so that the last round's
+ *  idle share stays small). */
+export const chunkTuning = { stateGroups: 768 };
+
+/** Chunks a run: the most of 1, 2, 4, 8 that leaves ssd_chunk_state chunkTuning.stateGroups workgroups (longer runs
+ *  leave the state pass less to move, fewer workgroups a GPU less busy). */
+export function runLength(units: number, nC: number): number {
+  let R = 1;
+  while (R < 8 && units * Math.ceil(nC / (2 * R)) >= chunkTuning.stateGroups) R *= 2;
+  return R;
 }
 
 /** The chunked scan's arguments: the sequential scan's, with the per-head constants as three buffers [H]. */
@@ -542,17 +596,24 @@ export interface SsdChunkedArgs extends Omit<SsdScanKernelArgs, "consts"> {
   dtBias: Buf; A_log: Buf; D: Buf;
 }
 
-export function ssdScanChunked(gpu: Gpu, a: SsdChunkedArgs, states: Buf, dtcs: Buf, cb: Buf): void {
+export function ssdScanChunked(gpu: Gpu, a: SsdChunkedArgs): void {
   const shape: ChunkShape = { N: a.N, P: a.P, v4: vec4Fits(a) };
   const nC = Math.ceil(a.L / Q);
-  const p = windowParams(new Params().u32(a.B).u32(a.L).u32(a.H).u32(a.G).u32(nC), a);
   // pairs of slots (head, block of PB values of p) a group, and blocks of 128 state entries
   const pairs = Math.ceil(((a.H / a.G) * Math.ceil(a.P / PB)) / SL), nNB = Math.ceil(a.N / 128);
+  const R = runLength(a.G * pairs * nNB * a.B, nC), nRuns = Math.ceil(nC / R);
+  const stateFloats = a.B * a.H * a.N * a.P;
+  const runOff = nC * stateFloats;
+  const states = gpu.alloc((nC + nRuns) * stateFloats * 4, "the chunk states");
+  const dtcs = gpu.alloc(a.B * nC * a.H * DS * 4, "the chunks' dt and cumulative decay");
+  const cb = gpu.alloc(a.B * nC * a.G * Q * Q * 4, "the chunks' C·Bᵀ");
+  const p = windowParams(new Params().u32(a.B).u32(a.L).u32(a.H).u32(a.G).u32(nC).u32(R).u32(runOff), a);
   // C·Bᵀ, then the chunk states (the two touch no common output, so need not wait for each other)
   gpu.dispatch(gpu.kernel(cbKernel, shape), [a.Bm, a.Cm, cb], p, [a.G * (2 / SL), nC, a.B]);
-  gpu.dispatch(gpu.kernel(stateKernel, shape), [a.x, a.dt, a.Bm, a.dtBias, a.A_log, states, dtcs], p, [a.G * pairs * nNB, nC, a.B]);
-  const [gx, gy] = grid(Math.ceil((a.B * a.H * a.P * a.N) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
+  gpu.dispatch(gpu.kernel(stateKernel, shape), [a.x, a.dt, a.Bm, a.dtBias, a.A_log, states, dtcs], p, [a.G * pairs * nNB, nRuns, a.B]);
+  const [gx, gy] = grid(Math.ceil(stateFloats / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(gpu.kernel(passKernel, shape), [dtcs, states, a.state ?? gpu.dummyOut],
-    new Params().u32(a.B).u32(a.H).u32(nC).bool(!!a.state).u32(gx), [gx, gy]);
+    new Params().u32(a.B).u32(a.H).u32(nC).u32(R).u32(runOff).bool(!!a.state).u32(gx), [gx, gy]);
   gpu.dispatch(gpu.kernel(scanKernel, shape), [a.x, a.Cm, a.z ?? gpu.dummy, a.D, states, dtcs, cb, a.y], p, [a.G * pairs, nC, a.B]);
+  for (const buf of [states, dtcs, cb]) gpu.release(buf);
 }
