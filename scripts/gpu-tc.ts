@@ -45,17 +45,22 @@ function rand(n: number, seed: number, scale = 1): Float32Array {
 const round16 = (a: Float32Array) => Float32Array.from(toF16Bits(a), f16ToF32);
 const packHalves = (h: Uint16Array) => new Uint32Array(h.buffer, h.byteOffset, h.length / 2);
 
-async function check(T: number, K: number, N: number, ldx: number, offx: number, withBias: boolean, tile: TensorCoreTile): Promise<number> {
+async function check(T: number, K: number, N: number, ldx: number, offx: number, withBias: boolean, tile: TensorCoreTile, parts = 1): Promise<number> {
   const x = rand(T * ldx, 1);
   const w = rand(N * K, 2, 0.1);
   const b = withBias ? rand(N, 3) : null;
   const xr = round16(x), wr = round16(w);
   const args: MatmulArgs = {
     x: gpu.upload(x), ldx, offx, rows: T, K, w: gpu.upload(packHalves(toF16Bits(w))), ws: "f16", N,
-    bias: b ? gpu.upload(b) : null, y: gpu.alloc(T * N * 4),
+    bias: b ? gpu.upload(b) : null, y: gpu.alloc(parts * T * N * 4),
   };
-  matmulTensorCore(gpu, args, tile);
-  const y = new Float32Array(await gpu.read(args.y, T * N * 4));
+  const kLen = Math.ceil(Math.ceil(K / parts) / 16) * 16;
+  matmulTensorCore(gpu, args, parts > 1 ? { kLen, count: parts } : undefined, tile);
+  const all = new Float32Array(await gpu.read(args.y, parts * T * N * 4));
+  // K parts: summed here, the bias added once (the kernel leaves it to the reduction)
+  const y = all.slice(0, T * N);
+  for (let q = 1; q < parts; q++) for (let i = 0; i < T * N; i++) y[i]! += all[q * T * N + i]!;
+  if (parts > 1 && b) for (let i = 0; i < T * N; i++) y[i]! += b[i % N]!;
   let worst = 0;
   for (let r = 0; r < T; r++) {
     for (let c = 0; c < N; c++) {
@@ -74,12 +79,13 @@ async function check(T: number, K: number, N: number, ldx: number, offx: number,
 
 if (mode === "check" || mode === "both") {
   for (const tile of tiles) {
-    const cases: [number, number, number, number, number, boolean][] = [
+    const cases: [number, number, number, number, number, boolean, number?][] = [
+      [64, 768, 200, 768, 0, true, 3], [130, 1536, 64, 1536, 0, false, 5],
       [128, 64, 128, 64, 0, false], [100, 72, 200, 72, 0, true], [16, 32, 16, 32, 0, false], [300, 768, 77, 800, 28, true], [257, 1536, 130, 1536, 0, true],
     ];
-    for (const [T, K, N, ldx, offx, bias] of cases) {
-      const err = await check(T, K, N, ldx, offx, bias, tile);
-      console.log(`check tile ${JSON.stringify(tile)} T${T} K${K} N${N} ldx${ldx} off${offx} bias ${bias}: worst |err| / Σ|terms| = ${err.toExponential(2)} ${err < 1e-5 ? "ok" : "FAIL"}`);
+    for (const [T, K, N, ldx, offx, bias, parts] of cases) {
+      const err = await check(T, K, N, ldx, offx, bias, tile, parts);
+      console.log(`check tile ${JSON.stringify(tile)} T${T} K${K} N${N} ldx${ldx} off${offx} bias ${bias} K parts ${parts ?? 1}: worst |err| / Σ|terms| = ${err.toExponential(2)} ${err < 1e-5 ? "ok" : "FAIL"}`);
     }
   }
 }
@@ -104,7 +110,7 @@ if (mode === "bench" || mode === "both") {
     const t32 = await timeIt(() => matmulTiled(gpu, { ...base, w: w32, ws: "f32" }, TILE_LARGE), 5);
     const line = [`${name} [${T}, ${K}] x [${N}, ${K}]^T: f32 tiled ${t32.toFixed(3)} ms ${(flop / t32 / 1e9).toFixed(1)} TFLOP/s`];
     for (const tile of tiles) {
-      const t = await timeIt(() => matmulTensorCore(gpu, { ...base, w: w16, ws: "f16" }, tile), 10);
+      const t = await timeIt(() => matmulTensorCore(gpu, { ...base, w: w16, ws: "f16" }, undefined, tile), 10);
       line.push(`tc ${tile.BM}x${tile.BN}k${tile.BK}s${tile.SM} ${t.toFixed(3)} ms ${(flop / t / 1e9).toFixed(1)} TFLOP/s`);
     }
     console.log(line.join("; "));

@@ -11,7 +11,7 @@ import type { GpuTensor } from "./tensor.ts";
 import type { WebGpuBackend } from "./backend.ts";
 import { GROUP_TARGET, type MatmulArgs, kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
 import { HALF_TILE_LARGE, HALF_TILE_SMALL, halfTile, matmulF16 } from "./kernels/matmul-f16.ts";
-import { matmulTensorCore, tensorCoreFits } from "./kernels/matmul-tc.ts";
+import { TC_TILE, matmulTensorCore, tensorCoreFits } from "./kernels/matmul-tc.ts";
 import { matmulReduce } from "./kernels/matmul-reduce.ts";
 import { MATVEC_MAX_ROWS, matvec } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
@@ -99,7 +99,15 @@ export function hasTensorCores(b: WebGpuBackend): boolean {
  *  the GPU idle, as the f32 kernel does). */
 function matmulHalf(b: WebGpuBackend, a: MatmulArgs): void {
   if (hasTensorCores(b) && tensorCoreFits(a)) {
-    matmulTensorCore(b.gpu, a);
+    // K split over workgroups where few 128 x 128 tiles would leave the GPU idle (decode batches, out_proj of few rows)
+    const plan = splitPlan(a.K, kSplits(a.rows, a.N, a.K, { BM: TC_TILE.BM, BN: TC_TILE.BN, BK: 16, TM: 8, TN: 8, vec4: false }));
+    if (plan.count === 1) matmulTensorCore(b.gpu, a);
+    else {
+      const part = b.gpu.alloc(plan.count * a.rows * a.N * 4, "matmul partial products");
+      matmulTensorCore(b.gpu, { ...a, y: part }, plan);
+      matmulReduce(b.gpu, part, plan.count, a.bias, a.rows, a.N, a.y);
+      b.gpu.release(part);
+    }
     return;
   }
   const large = halfTile(HALF_TILE_LARGE);

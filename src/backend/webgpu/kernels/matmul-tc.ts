@@ -58,7 +58,7 @@ function wgsl(t: TensorCoreTile): string {
     for (let j = 0; j < RN; j++) {
       out.push(`subgroupMatrixStore(&Cs, sg * 256u, ${acc(i, j)}, false, 16u);
     workgroupBarrier();
-    emit(sg, lane, row0 + sr + ${i * 16}u, col0 + sc + ${j * 16}u);
+    emit(sg, lane, row0 + sr + ${i * 16}u, col0 + sc + ${j * 16}u, yOff);
     workgroupBarrier();`);
     }
   }
@@ -67,7 +67,7 @@ enable f16;
 enable chromium_experimental_subgroup_matrix;
 diagnostic(off, chromium_experimental.subgroup_matrix_uniformity);
 
-struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32 }
+struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, kLen: u32 }
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> w: array<vec2<u32>>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
@@ -84,14 +84,14 @@ var<workgroup> Bs: array<f16, ${BN * LDS}>;
 var<workgroup> Cs: array<f32, ${8 * 256}>;
 
 // one 16 × 16 result block from Cs (subgroup sg's part) to y at (r0, c0), with the bias, inside the output only
-fn emit(sg: u32, lane: u32, r0: u32, c0: u32) {
+fn emit(sg: u32, lane: u32, r0: u32, c0: u32, yOff: u32) {
   for (var e = lane; e < 256u; e += 32u) {
     let r = r0 + e / 16u;
     let c = c0 + e % 16u;
     if (r < p.T && c < p.N) {
       var v = Cs[sg * 256u + e];
       if (p.hasBias != 0u) { v += bias[c]; }
-      y[r * p.N + c] = v;
+      y[yOff + r * p.N + c] = v;
     }
   }
 }
@@ -109,19 +109,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   var rb: array<vec2<u32>, ${LOADS}>;
   let ldx4 = p.ldx / 4u;
   let K4all = p.K / 4u;
+  // this workgroup's part of K (grid z): columns kBeg .. kEnd; parts after the first write their own slice of y
+  let kBeg = wg.z * p.kLen;
+  let kEnd = min(p.K, kBeg + p.kLen);
+  let K4end = kEnd / 4u;
+  let yOff = wg.z * p.T * p.N;
   // the first tile's loads
   for (var j = 0u; j < ${LOADS}u; j++) {
     let e = tid + 256u * j;
     let m = e / K4;
-    let k4 = e % K4;
+    let k4 = kBeg / 4u + e % K4;
     let gr = row0 + m;
     let gn = col0 + m;
     ra[j] = vec4<f32>(0.0);
     rb[j] = vec2<u32>(0u);
-    if (gr < p.T && k4 < K4all) { ra[j] = x[gr * ldx4 + p.offx / 4u + k4]; }
-    if (gn < p.N && k4 < K4all) { rb[j] = w[gn * K4all + k4]; }
+    if (gr < p.T && k4 < K4end) { ra[j] = x[gr * ldx4 + p.offx / 4u + k4]; }
+    if (gn < p.N && k4 < K4end) { rb[j] = w[gn * K4all + k4]; }
   }
-  for (var k0 = 0u; k0 < p.K; k0 += BK) {
+  for (var k0 = kBeg; k0 < kEnd; k0 += BK) {
     workgroupBarrier();
     for (var j = 0u; j < ${LOADS}u; j++) {
       let e = tid + 256u * j;
@@ -142,7 +147,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     workgroupBarrier();
     // the next tile's loads, in flight during this tile's products
     let k1 = k0 + BK;
-    if (k1 < p.K) {
+    if (k1 < kEnd) {
       for (var j = 0u; j < ${LOADS}u; j++) {
         let e = tid + 256u * j;
         let m = e / K4;
@@ -151,8 +156,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         let gn = col0 + m;
         ra[j] = vec4<f32>(0.0);
         rb[j] = vec2<u32>(0u);
-        if (gr < p.T && k4 < K4all) { ra[j] = x[gr * ldx4 + p.offx / 4u + k4]; }
-        if (gn < p.N && k4 < K4all) { rb[j] = w[gn * K4all + k4]; }
+        if (gr < p.T && k4 < K4end) { ra[j] = x[gr * ldx4 + p.offx / 4u + k4]; }
+        if (gn < p.N && k4 < K4end) { rb[j] = w[gn * K4all + k4]; }
       }
     }
     for (var kk = 0u; kk < BK; kk += 16u) {
@@ -172,10 +177,11 @@ const tensorCoreKernel = defineKernel({
   features: ["shader-f16", "chromium-experimental-subgroup-matrix"],
 });
 
-// x: [T, K] window (f32), w: [N, K] f16, bias: [N] -> y: [T, N] f32
-export function matmulTensorCore(gpu: Gpu, a: MatmulArgs, tile: TensorCoreTile = TC_TILE): void {
+// x: [T, K] window (f32), w: [N, K] f16, bias: [N] -> y: [T, N] f32; with plan.count > 1 (K cut in parts of
+// plan.kLen, a multiple of 16, as ./matmul.ts's splitPlan makes), y: [count, T, N] partial products without the bias
+export function matmulTensorCore(gpu: Gpu, a: MatmulArgs, plan = { kLen: a.K, count: 1 }, tile: TensorCoreTile = TC_TILE): void {
   const k = gpu.kernel(tensorCoreKernel, { tile });
-  const p = new Params().u32(a.rows).u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias);
+  const p = new Params().u32(a.rows).u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias && plan.count === 1).u32(plan.kLen);
   const bufs: Buf[] = [a.x, a.w, a.bias ?? gpu.dummy, a.y];
-  gpu.dispatch(k, bufs, p, [Math.ceil(a.N / tile.BN), Math.ceil(a.rows / tile.BM)]);
+  gpu.dispatch(k, bufs, p, [Math.ceil(a.N / tile.BN), Math.ceil(a.rows / tile.BM), plan.count]);
 }
