@@ -21,7 +21,8 @@ import type { Buf } from "./gpu.ts";
 import { GpuTensor } from "./tensor.ts";
 import type { WebGpuBackend } from "./backend.ts";
 import type { DecodePlan } from "./decode-plans.ts";
-import { kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
+import { kSplits, splitPlan } from "./kernels/matmul.ts";
+import { batchStepMatmul } from "./ops.ts";
 import { MATVEC_MAX_ROWS, MATVEC_NORM_MAX } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
 import { copyWords, fillWords } from "./kernels/copy.ts";
@@ -183,7 +184,7 @@ export class Mamba2Plans {
           B, D, eps: d.eps, part: hp, S: parts, bias, res, hasRes: i > 0, par: i % 2, g: lp.buf.buf, oG: lp.oNorm, out: u, scale: i > 0 ? scale : null,
         });
         const wIn = this.backend.t(mx.inProj, "decodeStep");
-        matmulTiled(gpu, { x: u, ldx: D, offx: 0, rows: B, K: D, w: wIn.buf, ws: this.backend.weightStorage(wIn), N: NIN, bias: null, y: zxbcdtParts },
+        batchStepMatmul(this.backend, { x: u, ldx: D, offx: 0, rows: B, K: D, w: wIn.buf, ws: this.backend.weightStorage(wIn), N: NIN, bias: null, y: zxbcdtParts },
           tile, inSplit);
         decodeM2InFinish(gpu, {
           B, S: inSplit.count, E, C: d.C, H: d.H, K: d.K, part: zxbcdtParts, lp: lp.buf.buf, hasBias: !!mx.inProjBias,
@@ -196,7 +197,7 @@ export class Mamba2Plans {
         });
         if (d.mode !== "none" && !folded) decodeM2Scale(gpu, { B, K: E, v, ss, G: d.G, GS: E / d.G, NWG, eps: d.eps });
         const wo = this.backend.t(mx.outProj, "decodeStep");
-        matmulTiled(gpu, { x: v, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.backend.weightStorage(wo), N: D, bias: null, y: hp },
+        batchStepMatmul(this.backend, { x: v, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.backend.weightStorage(wo), N: D, bias: null, y: hp },
           tile, outSplit);
         parts = outSplit.count;
         bias = mx.outProjBias ? this.backend.f32(this.backend.t(mx.outProjBias, "decodeStep")) : null;

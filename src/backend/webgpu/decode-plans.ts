@@ -10,7 +10,7 @@ import { check } from "../../errors.ts";
 import type { Buf, Prepared } from "./gpu.ts";
 import { GpuTensor } from "./tensor.ts";
 import type { WebGpuBackend } from "./backend.ts";
-import { scanPack } from "./ops.ts";
+import { batchStepMatmul, scanPack } from "./ops.ts";
 import { kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
 import { MATVEC_MAX_ROWS, MATVEC_NORM_MAX, matvec, matvecArgmaxWords } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
@@ -275,7 +275,7 @@ export class DecodePlans {
           B, D, eps: c.layerNormEpsilon, part: hp, S: parts, bias, res, hasRes: i > 0, par: i % 2, g: lp.buf.buf, oG: lp.oNorm, out: u,
         });
         const wIn = this.backend.t(m.inProj, "decodeStep");
-        matmulTiled(gpu, { x: u, ldx: D, offx: 0, rows: B, K: D, w: wIn.buf, ws: this.backend.weightStorage(wIn), N: 2 * E, bias: null, y: xzp },
+        batchStepMatmul(this.backend, { x: u, ldx: D, offx: 0, rows: B, K: D, w: wIn.buf, ws: this.backend.weightStorage(wIn), N: 2 * E, bias: null, y: xzp },
           tile, inSplit);
         const wX = this.backend.t(m.xProj!, "decodeStep"), wDt = this.backend.t(m.dtProj!, "decodeStep");
         const G = decodeBatchConv(gpu, {
@@ -289,7 +289,7 @@ export class DecodePlans {
         if (threadScan) decodeBatchScan(gpu, { ...scanArgs, RW: scanRows });
         else decodeMixerScan(gpu, scanArgs);
         const wo = this.backend.t(m.outProj, "decodeStep");
-        matmulTiled(gpu, { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.backend.weightStorage(wo), N: D, bias: null, y: hp },
+        batchStepMatmul(this.backend, { x: y, ldx: E, offx: 0, rows: B, K: E, w: wo.buf, ws: this.backend.weightStorage(wo), N: D, bias: null, y: hp },
           tile, outSplit);
         parts = outSplit.count;
         bias = m.outProjBias ? this.backend.f32(this.backend.t(m.outProjBias, "decodeStep")) : null;

@@ -9,7 +9,7 @@ import { check } from "../../errors.ts";
 import type { Buf } from "./gpu.ts";
 import type { GpuTensor } from "./tensor.ts";
 import type { WebGpuBackend } from "./backend.ts";
-import { GROUP_TARGET, type MatmulArgs, kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
+import { GROUP_TARGET, type MatmulArgs, type TileConfig, kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
 import { HALF_TILE_LARGE, HALF_TILE_SMALL, halfTile, matmulF16 } from "./kernels/matmul-f16.ts";
 import { TC_TILE, matmulTensorCore, tensorCoreFits } from "./kernels/matmul-tc.ts";
 import { matmulReduce } from "./kernels/matmul-reduce.ts";
@@ -87,6 +87,13 @@ export function matmulOp(b: WebGpuBackend, x: TensorOrCols, w: Tensor, bias: Ten
   }
   b.tick();
   return y;
+}
+
+/** A product of the batch decode step, whose K split (`plan`) the step's own kernels sum: on the tensor cores where
+ *  the model's products are f16 (its weights then f16) and the device has them, else the f32 tiled kernel. */
+export function batchStepMatmul(b: WebGpuBackend, a: MatmulArgs, tile: TileConfig, plan: { kLen: number; count: number }): void {
+  if (b.precision === "f16" && a.ws === "f16" && hasTensorCores(b) && tensorCoreFits(a)) matmulTensorCore(b.gpu, a, plan);
+  else matmulTiled(b.gpu, a, tile, plan);
 }
 
 /** Whether the device's subgroup matrices include the tensor-core kernel's: f16 × f16 -> f32 at 16 × 16 × 16. */
