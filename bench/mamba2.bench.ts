@@ -6,7 +6,8 @@
  *  - mamba2-130m (D 768, 24 layers, 24 heads of 64, N 128, vocabulary 50280; random weights): one forward of
  *    batch 8 × 2048 (logits included) and greedy decode at batch 1 (prompt 128 + 256 new).
  *  - the SSD scan forward + backward (ssdScanBackward: every input's gradient) at the same shapes (section "bwd");
- *  - decode at each of BENCH_DECODE_BATCHES (default 1,64) rows.
+ *  - decode at each of BENCH_DECODE_BATCHES (default 1,64) rows;
+ *  - mamba2-2.7b's decode at batch 1 (section "2.7b", not in the default set: 10.8 GB of weights made on the host).
  * BENCH_SMOKE=1 shrinks every shape to check the bench itself on a slow adapter; BENCH_ONLY=scan,bwd,forward,decode picks.
  */
 import { readFileSync, existsSync } from "node:fs";
@@ -92,6 +93,31 @@ function mamba2_130m() {
     : makeConfig({ family: "mamba2", vocabSize: 50280, hiddenSize: 768, numLayers: 24, stateSize: 128, mamba2: { headDim: 64, chunkSize: 256 } });
 }
 
+/** mamba2-2.7b (D 2560, 64 layers, 80 heads of 64, N 128; random f32 weights): greedy decode at batch 1 (section "2.7b"). */
+async function bench27b(): Promise<void> {
+  const cfg = makeConfig({ family: "mamba2", vocabSize: 50280, hiddenSize: 2560, numLayers: 64, stateSize: 128, mamba2: { headDim: 64, chunkSize: 256 } });
+  const t0 = performance.now();
+  const model = await modelFromTensors(cfg, initParameters(cfg, { seed: 1 }), { backend: await createWebGpuBackend() });
+  console.log(`\n(mamba2-2.7b random f32 weights built and uploaded in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  try {
+    const ps = benchPrompts(1, 128, cfg.vocabSize);
+    await model.generate(ps, { maxNewTokens: 4, stopTokens: [] });
+    const times: number[] = [];
+    for (let k = 0; k < 3; k++) {
+      const t1 = performance.now();
+      await model.generate(ps, { maxNewTokens: 256, stopTokens: [] });
+      times.push((performance.now() - t1) / 1000);
+    }
+    times.sort((a, c) => a - c);
+    const tps = 256 / times[1]!;
+    const official = anchors?.decode_tok_per_s?.find((d) => d.model === "mamba2-2.7b" && d.batch === 1)?.tok_per_s;
+    console.log(`mamba2-2.7b decode batch 1 (prompt 128 + 256 new, wall time incl. the prompt, median of 3): ${tps.toFixed(0)} tok/s ` +
+      `(official ${official ?? "n/a"}; ${ratio(tps, official, true)})`);
+  } finally {
+    await model.dispose();
+  }
+}
+
 async function benchModel(): Promise<void> {
   const cfg = mamba2_130m();
   const model = await modelFromTensors(cfg, initParameters(cfg, { seed: 1 }), { backend: await createWebGpuBackend() });
@@ -160,4 +186,5 @@ export default async function (): Promise<void> {
     await b.destroy();
   }
   if (only.has("forward") || only.has("decode")) await benchModel();
+  if (only.has("2.7b")) await bench27b();
 }
