@@ -2,14 +2,14 @@
  * The CPU engine built for speed: WebAssembly SIMD kernels over one shared memory, run by a pool of threads
  * (./runtime.ts). It is the reference CPU backend (../cpu) with its hot ops replaced: the products (prefill's
  * matrix x matrix, decode's matrix x vector, f32 or half-precision weights), the embedding gather, the fused
- * residual + RMSNorm, the causal conv, the selective scan and the greedy choice.
+ * residual + RMSNorm, the causal conv, the selective scan, Mamba-2's SSD scan and gated RMSNorm, and the greedy choice.
  *
  * Its tensors are CPU tensors whose arrays are views of the wasm memory (WasmTensor), so every op it does not
  * replace (training, sampling with a temperature, small ops) runs the reference code unchanged on the same data.
  * Half-precision weights stay half precision in the memory, and Q8_0 / Q4_0 weights in their blocks (GGUF's
  * layouts); a reference op that reads one as f32 gets a widened (dequantized) copy. dispose() returns a tensor's block to the allocator.
  */
-import type { SampleRequest, SelectiveScanArgs, SeqShape, Tensor, TensorOrCols } from "../backend.ts";
+import type { SampleRequest, SelectiveScanArgs, SeqShape, SsdScanArgs, Tensor, TensorOrCols } from "../backend.ts";
 import { asCols } from "../backend.ts";
 import { CpuBackend } from "../cpu/index.ts";
 import { CpuTensor, cpu } from "../cpu/tensor.ts";
@@ -77,7 +77,8 @@ export class WasmCpuBackend extends CpuBackend {
   constructor(readonly rt: WasmRuntime) {
     super();
     this.engine = `cpu (wasm simd ${rt.path}, ${rt.threads} thread${rt.threads === 1 ? "" : "s"})`;
-    const ops: [string, string][] = [["addRmsNorm", "addRmsNorm"], ["causalConv1dSilu", "causalConv1dSilu"], ["selectiveScan", "selectiveScan"]];
+    const ops: [string, string][] = [["addRmsNorm", "addRmsNorm"], ["causalConv1dSilu", "causalConv1dSilu"], ["selectiveScan", "selectiveScan"],
+      ["ssdScan", "ssdScan"], ["gatedRmsNorm", "gatedRmsNorm"]];
     this.referenceOps = ops.filter(([, k]) => !rt.has(k)).map(([op]) => op);
   }
 
@@ -374,6 +375,66 @@ export class WasmCpuBackend extends CpuBackend {
     for (const f of writeBack) f();
     this.freeTemps(temps);
     return y;
+  }
+
+  /** Mamba-2's SSM: the step-by-step recurrence in assembly/ssd.ts (why not the chunked algorithm: see there), so
+   *  chunkSize changes nothing here. dt and exp(dt·A) a row and head first, then the state rows split between
+   *  threads. */
+  override ssdScan(a: SsdScanArgs): Tensor {
+    if (!this.rt.has("ssdScan")) return super.ssdScan(a);
+    const temps: WasmTensor[] = [];
+    const writeBack: (() => void)[] = [];
+    const x = this.window(a.x, temps), dt = this.window(a.dt, temps), Bm = this.window(a.B, temps), Cm = this.window(a.C, temps);
+    const H = dt.width, P = a.headDim, G = a.nGroups, T = a.batch * a.seqLen;
+    const N = Bm.width / G;
+    const fits = x.width === H * P && Number.isInteger(N) && Cm.width === Bm.width && H % G === 0 && x.rows === T && dt.rows === T &&
+      Bm.rows === T && Cm.rows === T;
+    if (!fits) this.freeTemps(temps);
+    check(fits, `ssdScan: x [${x.rows}, ${x.width}], dt [${dt.rows}, ${dt.width}], B/C [${Bm.rows}, ${Bm.width}] ` +
+      `do not fit ${a.batch}×${a.seqLen} rows of ${H} heads × ${P} in ${G} groups`);
+    check(Number.isInteger(a.chunkSize) && a.chunkSize > 0, `ssdScan: chunk size must be a positive integer, got ${a.chunkSize}`);
+    const z = a.z ? this.window(a.z, temps) : null;
+    check(!z || (z.width === H * P && z.rows === T), "ssdScan: the gate z does not match x");
+    const dtBias = this.inWasmF32(a.dtBias, temps), aLog = this.inWasmF32(a.A_log, temps), D = this.inWasmF32(a.D, temps);
+    check(numel(dtBias.shape) === H && numel(aLog.shape) === H && numel(D.shape) === H, `ssdScan: dt_bias, A_log and D need ${H} values`);
+    let st: WasmTensor;
+    if (a.state) {
+      st = this.inOut(a.state, temps, writeBack);
+      check(numel(st.shape) === a.batch * H * P * N, `ssdScan: the state needs [${a.batch}, ${H}, ${P}, ${N}]`);
+    } else {
+      st = this.allocF32([a.batch, H, P, N]);
+      st.f32.fill(0);
+      temps.push(st);
+    }
+    const dts = this.allocF32([T, H]), decay = this.allocF32([T, H]);
+    temps.push(dts, decay);
+    this.rt.run("ssdDtDecay", [dt.ptr, dt.ld, dtBias.ptr, aLog.ptr, a.dtLimit[0], a.dtLimit[1], H, dts.ptr, decay.ptr], T, 1, T * H >= 4096);
+    const y = this.allocF32([a.batch, a.seqLen, H * P]);
+    this.rt.run("ssdScan", [
+      x.ptr, x.ld, Bm.ptr, Bm.ld, Cm.ptr, Cm.ld, dts.ptr, decay.ptr, D.ptr, z ? z.ptr : 0, z ? z.ld : 0, st.ptr, y.ptr,
+      a.batch, a.seqLen, H, P, G, N,
+    ], H * P, 4, T * H * P * N >= PARALLEL_MIN_WORK / 4);
+    for (const f of writeBack) f();
+    this.freeTemps(temps);
+    return y;
+  }
+
+  override gatedRmsNorm(y: Tensor, z: TensorOrCols, weight: Tensor, eps: number, groupSize: number, normBeforeGate: boolean): Tensor {
+    if (!this.rt.has("gatedRmsNorm")) return super.gatedRmsNorm(y, z, weight, eps, groupSize, normBeforeGate);
+    const temps: WasmTensor[] = [];
+    const yt = this.inWasmF32(y, temps);
+    const zw = this.window(z, temps);
+    const E = yt.shape[yt.shape.length - 1]!;
+    const rows = numel(yt.shape) / E;
+    const wt = this.inWasmF32(weight, temps);
+    const fits = zw.width === E && zw.rows === rows && Number.isInteger(groupSize) && groupSize > 0 && E % groupSize === 0 && numel(wt.shape) === E;
+    if (!fits) this.freeTemps(temps);
+    check(fits, `gatedRmsNorm: y [${yt.shape}], gate of width ${zw.width}, weight [${wt.shape}] and groups of ${groupSize} do not fit`);
+    const out = this.allocF32(yt.shape);
+    this.rt.run("gatedRmsNorm", [yt.ptr, zw.ptr, zw.ld, wt.ptr, eps, E, groupSize, normBeforeGate ? 1 : 0, out.ptr], rows, 1,
+      rows * E >= PARALLEL_MIN_WORK / 4);
+    this.freeTemps(temps);
+    return out;
   }
 
   override sample(logits: Tensor, req: SampleRequest): Tensor {
