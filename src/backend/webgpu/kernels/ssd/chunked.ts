@@ -2,14 +2,14 @@
  * Mamba-2's SSM in chunks of Q positions (state space duality), as the CPU's ssdChunkedF32 (../../../cpu/ssd.ts),
  * per head h with the B, C of its group g = h / (H / G), dt_i = clamp(softplus(dt_i + dtBias)) and
  * cs_i = Σ_{k ≤ i} dt_k·A inside the chunk. Four kernels; the products are register-tiled as ../matmul.ts's: a
- * workgroup of 16 × 8·SL threads computes a 128 × 64·SL tile, each thread 8 × 8 outputs kept in registers; K
+ * workgroup of Q / 8 × 8·SL threads computes a Q × 64·SL tile, each thread 8 × 8 outputs kept in registers; K
  * advances BK at a time through workgroup memory, read as vec4s, the next tile's global loads issued before the
  * current tile's arithmetic, 4 floats at a time where the windows allow. The columns are SL = 2 slots of 64: (head,
  * block of 64 values of p) pairs of one group, so the operand the heads of a group share (B, or C) is staged once for
- * both (SL = 1 gives workgroups of 128 threads and 128 × 64 tiles).
+ * both (SL = 1 gives workgroups of Q threads and Q × 64 tiles).
  *  1. ssd_chunk_cb, a workgroup per (group, chunk, batch row): C_i·B_j (read for j ≤ i), once per group rather than
  *     per head ([Q × N] · [N × Q]);
- *  2. ssd_chunk_state, a workgroup per (pair of slots, run of R chunks, batch row) and block of 128 state entries;
+ *  2. ssd_chunk_state, a workgroup per (pair of slots, run of R chunks, batch row) and block of Q state entries;
  *     for each chunk of the run in order: dt and cs of the chunk for each slot's head (a log-step scan in workgroup
  *     memory, written for the other kernels with delta, the decay from the run's start to the chunk's), then with
  *     the state from zero at the run's start in the registers: written out as the state entering the chunk (past
@@ -29,8 +29,9 @@
  * Without a state to write back, the last chunk's own state is not computed (nothing reads it), and the first
  * chunk's output has no part from the state.
  * The chunk length Q is the kernels' own (SSD_CHUNK): the result is the same for any chunk length (only the
- * rounding differs), so the model's chunk_size (256 in real checkpoints) does not set it. 128 balances the work
- * within a chunk (it grows with Q) against the chunk states' traffic (it shrinks with Q).
+ * rounding differs), so the model's chunk_size (256 in real checkpoints) does not set it. Q = 128 (the kernels
+ * also run with 64) balances the work within a chunk (it grows with Q) against the chunk states' traffic (it
+ * shrinks with Q).
  * Scratch: states B·(nC + nRuns)·H·N·P floats, dt and cs B·nC·H·(2Q + 1), C·Bᵀ B·nC·G·Q·Q.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
@@ -41,9 +42,9 @@ import { type SsdScanKernelArgs, flagFieldsWgsl, softplusWgsl, windowFieldsWgsl,
 /** the chunk length of the kernels (see above) */
 export const SSD_CHUNK = 128;
 const Q = SSD_CHUNK;
-/** slots (head, block of PB values of p) a workgroup, threads (8·SL × 16), positions or state entries of a K
+/** slots (head, block of PB values of p) a workgroup, threads (8·SL × Q / 8), positions or state entries of a K
  *  tile */
-const SL = 2, PB = 64, NT = 128 * SL, BK = 8;
+const SL = 2, PB = 64, NT = Q * SL, BK = 8;
 /** floats of dtcs a (chunk, head) */
 const DS = 2 * Q + 1;
 
@@ -77,7 +78,7 @@ const NT = ${NT}u;
 const SL = ${SL}u;
 const BK = ${BK}u;
 const PB = ${PB}u;
-var<workgroup> As: array<vec4<f32>, ${BK * ((SL * Q) / 4 + 1)}>; // As[k][m], m < 128 or (per slot) 128·SL, rows padded
+var<workgroup> As: array<vec4<f32>, ${BK * ((SL * Q) / 4 + 1)}>; // As[k][m], m < Q or (per slot) Q·SL, rows padded
 var<workgroup> Bs: array<vec4<f32>, ${BK * ((SL * PB) / 4 + 1)}>; // Bs[k][n], n < 64·SL
 var<workgroup> dts: array<f32, ${SL * Q}>; // [slot, i]
 var<workgroup> cs: array<f32, ${SL * Q}>;
@@ -103,7 +104,7 @@ fn pairs() -> u32 { return ((p.H / p.G) * NPB + SL - 1u) / SL; }
 interface Operand {
   tile: "As" | "Bs";
   reg: "ra" | "rb";
-  rows: number; // m of the tile: 128, or 256 for two slots' A
+  rows: number; // m of the tile: Q, 64·SL (B), or Q·SL for each slot's A
   kMajor: boolean;
   scalar: string;
   vec4: string;
@@ -232,9 +233,12 @@ const mySlot = /* wgsl */ `
   let myP0 = select(S.pb0, S.pb1, sl == 1u) * PB;
   let mine = sl == 0u || S.has1;`;
 
+/** workgroups of ssd_chunk_cb a (group, chunk): blocks of 64·SL values of i */
+const cbBlocks = Math.max(1, Q / (SL * PB));
+
 const cbWgsl = (s: ChunkShape) => /* wgsl */ `
 // bindings: 0 Bm | 1 Cm | 2 cb [B, nC, G, Q (j), Q (i)] | 3 params
-// grid: (G · ${2 / SL} blocks of i, nC, B)
+// grid: (G · ${cbBlocks} blocks of i, nC, B)
 ${header(s)}
 ${floats(0, "Bm", s.v4)}
 ${floats(1, "Cm", s.v4)}
@@ -250,8 +254,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
 ${threadStart}
   // C·Bᵀ of group g: cb[j, i] = Σ_n B_j[n] · C_i[n]; a thread whose rows j are all past its columns i skips
   // (its outputs are never read)
-  let g = wg.x / ${2 / SL}u;
-  let i0 = (wg.x % ${2 / SL}u) * ${SL * PB}u;
+  let g = wg.x / ${cbBlocks}u;
+  let i0 = (wg.x % ${cbBlocks}u) * ${SL * PB}u;
   ${product(
     { tile: "As", reg: "ra", rows: Q, kMajor: false,
       scalar: "if (m < q && k < N) { v = Bm1((row0 + m) * p.ldb + p.offb + g * N + k); }",
@@ -263,8 +267,10 @@ ${threadStart}
   let base = ((b * p.nC + c) * p.G + g) * Q * Q;
   for (var r = 0u; r < 8u; r++) {
     let j = ty * 8u + r;
-    cb[(base + j * Q + i0 + sl * 64u + lx * 4u) / 4u] = acc[2u * r];
-    cb[(base + j * Q + i0 + sl * 64u + 32u + lx * 4u) / 4u] = acc[2u * r + 1u];
+    for (var hc = 0u; hc < 2u; hc++) {
+      let i = i0 + sl * 64u + hc * 32u + lx * 4u;
+      if (i < Q) { cb[(base + j * Q + i) / 4u] = acc[2u * r + hc]; } // (a tile may be wider than the chunk)
+    }
   }
 }
 `;
@@ -276,7 +282,7 @@ const storeState = (v4: boolean, buf: string) => eachOutput(v4,
   `if (n0 + i < N && myP0 + cj < HP) { ${buf}[base + (n0 + i) * HP + myP0 + cj] = a; }`);
 
 const stateWgsl = (s: ChunkShape) => {
-  const nNB = Math.ceil(s.N / 128);
+  const nNB = Math.ceil(s.N / Q);
   return /* wgsl */ `
 // bindings: 0 x | 1 dt | 2 Bm | 3 dtBias [H] | 4 A_log [H] | 5 states: [B, nC, H, N, P], then from runOff the runs'
 //           [B, nRuns, H, N, P] | 6 dtcs [B, nC, H, DS] | 7 params
@@ -300,7 +306,7 @@ ${threadStart}
   let g = wg.x / (pairs() * ${nNB}u);
   let pair = (wg.x / ${nNB}u) % pairs();
   let nb = wg.x % ${nNB}u;
-  let n0 = nb * 128u;
+  let n0 = nb * Q;
   let S = slots(g, pair);
 ${mySlot}
   // for dt and cs, thread tid takes position i of slot si
@@ -540,7 +546,7 @@ ${mySlot}
       if (k < q && ps < HP && okm) { v = x1((row0 + k) * p.ldx + p.offx + hs * HP + ps); }`,
       vec4: `${slotOfM}
       if (k < q && ps < HP && okm) { v = x[((row0 + k) * p.ldx + p.offx + hs * HP + ps) / 4u]; }` },
-    "q", s.v4, "k0 > ty * 8u + 7u", "sl * 32u")}
+    "q", s.v4, "k0 > ty * 8u + 7u", `sl * ${Q / 4}u`)}
   // the skip connection and the gate
   let Dh = D[myH];
   let E = p.H * HP;
@@ -599,8 +605,8 @@ export interface SsdChunkedArgs extends Omit<SsdScanKernelArgs, "consts"> {
 export function ssdScanChunked(gpu: Gpu, a: SsdChunkedArgs): void {
   const shape: ChunkShape = { N: a.N, P: a.P, v4: vec4Fits(a) };
   const nC = Math.ceil(a.L / Q);
-  // pairs of slots (head, block of PB values of p) a group, and blocks of 128 state entries
-  const pairs = Math.ceil(((a.H / a.G) * Math.ceil(a.P / PB)) / SL), nNB = Math.ceil(a.N / 128);
+  // pairs of slots (head, block of PB values of p) a group, and blocks of Q state entries
+  const pairs = Math.ceil(((a.H / a.G) * Math.ceil(a.P / PB)) / SL), nNB = Math.ceil(a.N / Q);
   const R = runLength(a.G * pairs * nNB * a.B, nC), nRuns = Math.ceil(nC / R);
   const stateFloats = a.B * a.H * a.N * a.P;
   const runOff = nC * stateFloats;
@@ -609,7 +615,7 @@ export function ssdScanChunked(gpu: Gpu, a: SsdChunkedArgs): void {
   const cb = gpu.alloc(a.B * nC * a.G * Q * Q * 4, "the chunks' C·Bᵀ");
   const p = windowParams(new Params().u32(a.B).u32(a.L).u32(a.H).u32(a.G).u32(nC).u32(R).u32(runOff), a);
   // C·Bᵀ, then the chunk states (the two touch no common output, so need not wait for each other)
-  gpu.dispatch(gpu.kernel(cbKernel, shape), [a.Bm, a.Cm, cb], p, [a.G * (2 / SL), nC, a.B]);
+  gpu.dispatch(gpu.kernel(cbKernel, shape), [a.Bm, a.Cm, cb], p, [a.G * cbBlocks, nC, a.B]);
   gpu.dispatch(gpu.kernel(stateKernel, shape), [a.x, a.dt, a.Bm, a.dtBias, a.A_log, states, dtcs], p, [a.G * pairs * nNB, nRuns, a.B]);
   const [gx, gy] = grid(Math.ceil(stateFloats / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(gpu.kernel(passKernel, shape), [dtcs, states, a.state ?? gpu.dummyOut],
