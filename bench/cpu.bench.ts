@@ -10,6 +10,10 @@
  * The engine's reference twin (the plain TypeScript backend) takes minutes here: BENCH_REFERENCE=1 adds it (1 thread).
  * BENCH_1_4B=1 adds the 1.4b shape's decode (D 2048, 48 layers) with f16 weights (its f32 weights, 5.6 GB, do not fit
  * wasm32's 4 GiB), weights made tile by tile straight into the engine's memory; BENCH_1_4B=only runs just that.
+ * BENCH_MAMBA2=1 adds the mamba2-130m shape (D 768, E 1536, 24 heads of 64, N 128, 24 layers, random f32 weights):
+ * the same prefill and decode rates for each thread count, beside the engine with its SSD scan and gated norm
+ * taken from the reference backend (the TypeScript ops it ran before they had kernels); BENCH_MAMBA2=only runs just
+ * that.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
@@ -22,6 +26,7 @@ import { SHAPE, anchors, cpuSeconds, llama, timeGeneration } from "./cpu-common.
 import { type HostTensor, numel, toF16Bits } from "../src/io/tensor.ts";
 import { writeSafetensors } from "../src/io/safetensors.ts";
 import { WasmCpuBackend } from "../src/backend/wasm/index.ts";
+import { CpuBackend } from "../src/backend/cpu/index.ts";
 import { parameterShapes } from "../src/config.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -49,6 +54,7 @@ const ratio = (ours: number, theirs: number | undefined) => (theirs ? `${fmt(our
 
 export default async function run(): Promise<void> {
   if (process.env.BENCH_1_4B === "only") return decode14b();
+  if (process.env.BENCH_MAMBA2 === "only") return mamba2();
   const cpus = os.cpus();
   console.log(`machine: ${cpus.length} x ${cpus[0]?.model ?? "cpu"}, Node ${process.version}; load average ${os.loadavg().map((v) => v.toFixed(1)).join(" ")}` +
     " (others' work on this machine makes these figures noisy)");
@@ -149,6 +155,34 @@ export default async function run(): Promise<void> {
 
   if (process.env.BENCH_COLD !== "0") await coldStart(config, f32);
   if (process.env.BENCH_1_4B === "1") await decode14b();
+  if (process.env.BENCH_MAMBA2 === "1") await mamba2();
+}
+
+/** The mamba2-130m shape on the engine: prefill and decode rates, with the SSD scan and gated norm as kernels and as
+ *  the reference's TypeScript ops (for the ratio). */
+async function mamba2(): Promise<void> {
+  const config = makeConfig({ family: "mamba2", vocabSize: 50280, hiddenSize: 768, numLayers: 24, stateSize: 128, mamba2: { headDim: 64, chunkSize: 256 } });
+  const tensors = initParameters(config, { seed: 1 });
+  const prompt = new Int32Array(PROMPT).map((_, i) => (i * 7919 + 13) % SHAPE.vocabSize);
+  console.log(`\nmamba2-130m shape (D 768, E 1536, 24 heads of 64, N 128, 24 layers, V 50280), random f32 weights; load average ${os.loadavg().map((v) => v.toFixed(1)).join(" ")}`);
+  for (const threads of THREADS) {
+    const rates: string[] = [];
+    for (const ssdOps of ["kernels", "reference"] as const) {
+      const backend = await createCpuBackend({ threads });
+      if (ssdOps === "reference") Object.assign(backend, { ssdScan: CpuBackend.prototype.ssdScan, gatedRmsNorm: CpuBackend.prototype.gatedRmsNorm });
+      const model = await modelFromTensors(config, tensors, { backend }, { source: "bench", folder: "", dtype: "F32" });
+      await timeGeneration(model, prompt.subarray(0, 16), 4);
+      let best = { ttft: Infinity, decode: Infinity };
+      for (let r = 0; r < (ssdOps === "reference" ? 1 : REPS); r++) {
+        const m = await timeGeneration(model, prompt, STEPS);
+        best = { ttft: Math.min(best.ttft, m.ttft), decode: Math.min(best.decode, m.decode) };
+      }
+      rates.push(`${ssdOps === "kernels" ? "SSD scan and gated norm kernels" : "the reference's SSD scan and gated norm"}: ` +
+        `prefill ${fmt(PROMPT / best.ttft)} tok/s, decode ${fmt(STEPS / best.decode)} tok/s`);
+      await model.dispose();
+    }
+    console.log(`mamba2-130m, ${threads} thread${threads === 1 ? "" : "s"}: ${rates.join("; ")}`);
+  }
 }
 
 /** The 1.4b shape's decode with f16 weights: random values tiled from one block, written straight into the engine. */
