@@ -92,6 +92,22 @@ test("ssdScan on WebGPU matches the CPU reference at the edges of its chunks and
   for (const [i, c] of cases.entries()) await compare(g, c, 1000 + i);
 });
 
+test("ssdScan on WebGPU: the kernels' other configurations (chunks of 64, one slot a workgroup) match too", { timeout: 600_000 }, async (t) => {
+  const g = await webgpuBackend();
+  if (!g) return unavailable(t, "no WebGPU adapter");
+  const saved = { ...chunkTuning };
+  try {
+    for (const [Q, SL] of [[64, 2], [128, 1], [64, 1]] as const) {
+      Object.assign(chunkTuning, { Q, SL });
+      // P and N past one tile at Q 64 (state blocks of 64), an odd number of slots, no state; then the model's head
+      await compare(g, { B: 2, L: 150, H: 3, P: 72, G: 1, N: 80, Q: 256, gate: true, state: false, limit: none, aligned: true }, 3000 + Q + SL);
+      await compare(g, { B: 1, L: 200, H: 4, P: 64, G: 2, N: 128, Q: 256, gate: false, state: true, limit: none, aligned: false }, 3100 + Q + SL);
+    }
+  } finally {
+    Object.assign(chunkTuning, saved);
+  }
+});
+
 test("ssdScan on WebGPU: runs of chunks (the chunk-state kernel walking 2 to 8 chunks, the state pass over runs)", { timeout: 600_000 }, async (t) => {
   const g = await webgpuBackend();
   if (!g) return unavailable(t, "no WebGPU adapter");

@@ -28,7 +28,7 @@
  *     a warp's rows are 16 consecutive i).
  * Without a state to write back, the last chunk's own state is not computed (nothing reads it), and the first
  * chunk's output has no part from the state.
- * The chunk length Q is the kernels' own (SSD_CHUNK): the result is the same for any chunk length (only the
+ * The chunk length Q is the kernels' own (chunkTuning.Q): the result is the same for any chunk length (only the
  * rounding differs), so the model's chunk_size (256 in real checkpoints) does not set it. Q = 128 (the kernels
  * also run with 64) balances the work within a chunk (it grows with Q) against the chunk states' traffic (it
  * shrinks with Q).
@@ -39,21 +39,22 @@ import { Params, grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
 import { type SsdScanKernelArgs, flagFieldsWgsl, softplusWgsl, windowFieldsWgsl, windowParams } from "./common.ts";
 
-/** the chunk length of the kernels (see above) */
-export const SSD_CHUNK = 128;
-const Q = SSD_CHUNK;
-/** slots (head, block of PB values of p) a workgroup, threads (8·SL × Q / 8), positions or state entries of a K
- *  tile */
-const SL = 2, PB = 64, NT = Q * SL, BK = 8;
-/** floats of dtcs a (chunk, head) */
-const DS = 2 * Q + 1;
+/** values of p a slot covers, positions or state entries of a K tile */
+const PB = 64, BK = 8;
 
 export interface ChunkShape {
   N: number;
   P: number;
   /** the windows, P and N multiples of 4: global loads and stores of 4 floats at once */
   v4: boolean;
+  /** the chunk length, 64 or 128 */
+  Q: number;
+  /** slots (head, block of PB values of p) a workgroup, 1 or 2: workgroups of Q·SL threads (8·SL × Q / 8) */
+  SL: number;
 }
+
+/** floats of dtcs a (chunk, head): dt [Q], cs [Q], the decay from the run's start */
+const dtcsStride = (Q: number) => 2 * Q + 1;
 
 /** A storage binding of floats, as vec4s when v4 (4-aligned loads `name[i / 4u]`), with a scalar reader name1(i). */
 function floats(binding: number, name: string, v4: boolean, rw = false): string {
@@ -72,16 +73,16 @@ struct P {
 const N = ${s.N}u;
 const HP = ${s.P}u; // head dim P
 const NPB = ${Math.ceil(s.P / PB)}u; // blocks of PB values of p a head
-const Q = ${Q}u;
-const DS = ${DS}u; // floats of dtcs a (chunk, head): dt [Q], cs [Q], the decay from the run's start
-const NT = ${NT}u;
-const SL = ${SL}u;
+const Q = ${s.Q}u;
+const DS = ${dtcsStride(s.Q)}u; // floats of dtcs a (chunk, head): dt [Q], cs [Q], the decay from the run's start
+const NT = ${s.Q * s.SL}u;
+const SL = ${s.SL}u;
 const BK = ${BK}u;
 const PB = ${PB}u;
-var<workgroup> As: array<vec4<f32>, ${BK * ((SL * Q) / 4 + 1)}>; // As[k][m], m < Q or (per slot) Q·SL, rows padded
-var<workgroup> Bs: array<vec4<f32>, ${BK * ((SL * PB) / 4 + 1)}>; // Bs[k][n], n < 64·SL
-var<workgroup> dts: array<f32, ${SL * Q}>; // [slot, i]
-var<workgroup> cs: array<f32, ${SL * Q}>;
+var<workgroup> As: array<vec4<f32>, ${BK * ((s.SL * s.Q) / 4 + 1)}>; // As[k][m], m < Q or (per slot) Q·SL, rows padded
+var<workgroup> Bs: array<vec4<f32>, ${BK * ((s.SL * PB) / 4 + 1)}>; // Bs[k][n], n < 64·SL
+var<workgroup> dts: array<f32, ${s.SL * s.Q}>; // [slot, i]
+var<workgroup> cs: array<f32, ${s.SL * s.Q}>;
 
 // The workgroup's slots (head, block of p) of group g: slots s0 = SL·pair (and s0 + 1 when SL is 2) of the group's
 // HG·NPB; a second may be past the last (has1 false).
@@ -111,7 +112,7 @@ interface Operand {
 }
 
 /** per thread, per K tile: the operand's values (vec4s when v4) */
-const perThread = (o: Operand, v4: boolean) => (o.rows * BK) / NT / (v4 ? 4 : 1);
+const perThread = (o: Operand, s: ChunkShape) => (o.rows * BK) / (s.Q * s.SL) / (s.v4 ? 4 : 1);
 
 /** WGSL: element e's (k, m) for the operand's layout (4 values an element when v4) */
 function coords(o: Operand, v4: boolean): [string, string] {
@@ -120,10 +121,10 @@ function coords(o: Operand, v4: boolean): [string, string] {
 }
 
 /** WGSL: the operand's values of the K tile starting at kt into its registers */
-function loadOperand(o: Operand, kt: string, v4: boolean): string {
-  const [k, m] = coords(o, v4);
+function loadOperand(o: Operand, kt: string, s: ChunkShape): string {
+  const v4 = s.v4, [k, m] = coords(o, v4);
   return /* wgsl */ `
-    for (var l = 0u; l < ${perThread(o, v4)}u; l++) {
+    for (var l = 0u; l < ${perThread(o, s)}u; l++) {
       let e = tid + NT * l;
       let k = ${kt} + ${k};
       let m = ${m};
@@ -134,14 +135,14 @@ function loadOperand(o: Operand, kt: string, v4: boolean): string {
 }
 
 /** WGSL: the registers into the tile (4 values of one m at once, or transposed into 4 rows k) */
-function storeOperand(o: Operand, v4: boolean): string {
-  const [k, m] = coords(o, v4);
+function storeOperand(o: Operand, s: ChunkShape): string {
+  const v4 = s.v4, [k, m] = coords(o, v4);
   const stride = `${o.rows / 4 + 1}u`;
   const store = !v4 ? `${o.tile}[k * ${stride} + m / 4u][m % 4u] = ${o.reg}[l];`
     : o.kMajor ? `${o.tile}[k * ${stride} + m / 4u] = ${o.reg}[l];`
     : `for (var c = 0u; c < 4u; c++) { ${o.tile}[(k + c) * ${stride} + m / 4u][m % 4u] = ${o.reg}[l][c]; }`;
   return /* wgsl */ `
-    for (var l = 0u; l < ${perThread(o, v4)}u; l++) {
+    for (var l = 0u; l < ${perThread(o, s)}u; l++) {
       let e = tid + NT * l;
       let k = ${k};
       let m = ${m};
@@ -152,27 +153,27 @@ function storeOperand(o: Operand, v4: boolean): string {
 /** WGSL: acc += A[0 .. kLen) · B over K tiles of BK. The thread's outputs: rows ty·8 + r of A from vec4 aOff on
  *  (its slot's rows when A holds two slots), columns sl·64 + hc·32 + lx·4 + c of B (acc[2r + hc]); tiles where
  *  `skip` holds for this thread (k0 names the tile's first k) are staged but not multiplied. */
-function product(A: Operand, B: Operand, kLen: string, v4: boolean, skip = "false", aOff = "0u"): string {
-  const type = v4 ? "vec4<f32>" : "f32";
+function product(A: Operand, B: Operand, kLen: string, s: ChunkShape, skip = "false", aOff = "0u"): string {
+  const type = s.v4 ? "vec4<f32>" : "f32";
   const SA = `${A.rows / 4 + 1}u`, SB = `${B.rows / 4 + 1}u`;
   return /* wgsl */ `
   {
-    var ra: array<${type}, ${perThread(A, v4)}>;
-    var rb: array<${type}, ${perThread(B, v4)}>;
+    var ra: array<${type}, ${perThread(A, s)}>;
+    var rb: array<${type}, ${perThread(B, s)}>;
     let tiles = (${kLen} + BK - 1u) / BK;
     let ao = ${aOff} + ty * 2u;
     let bo = sl * 16u + lx;
-    ${loadOperand(A, "0u", v4)}
-    ${loadOperand(B, "0u", v4)}
+    ${loadOperand(A, "0u", s)}
+    ${loadOperand(B, "0u", s)}
     for (var t = 0u; t < tiles; t++) {
       let k0 = t * BK;
       workgroupBarrier(); // the previous tile's products are done
-      ${storeOperand(A, v4)}
-      ${storeOperand(B, v4)}
+      ${storeOperand(A, s)}
+      ${storeOperand(B, s)}
       workgroupBarrier();
       if (t + 1u < tiles) {
-        ${loadOperand(A, "k0 + BK", v4)}
-        ${loadOperand(B, "k0 + BK", v4)}
+        ${loadOperand(A, "k0 + BK", s)}
+        ${loadOperand(B, "k0 + BK", s)}
       }
       if (!(${skip})) {
         for (var kk = 0u; kk < BK; kk++) {
@@ -234,18 +235,18 @@ const mySlot = /* wgsl */ `
   let mine = sl == 0u || S.has1;`;
 
 /** workgroups of ssd_chunk_cb a (group, chunk): blocks of 64·SL values of i */
-const cbBlocks = Math.max(1, Q / (SL * PB));
+const cbBlocks = (s: { Q: number; SL: number }) => Math.max(1, s.Q / (s.SL * PB));
 
 const cbWgsl = (s: ChunkShape) => /* wgsl */ `
 // bindings: 0 Bm | 1 Cm | 2 cb [B, nC, G, Q (j), Q (i)] | 3 params
-// grid: (G · ${cbBlocks} blocks of i, nC, B)
+// grid: (G · ${cbBlocks(s)} blocks of i, nC, B)
 ${header(s)}
 ${floats(0, "Bm", s.v4)}
 ${floats(1, "Cm", s.v4)}
 @group(0) @binding(2) var<storage, read_write> cb: array<vec4<f32>>;
 @group(0) @binding(3) var<uniform> p: P;
 
-@compute @workgroup_size(${NT})
+@compute @workgroup_size(${s.Q * s.SL})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
   let c = wg.y;
   let b = wg.z;
@@ -254,16 +255,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
 ${threadStart}
   // C·Bᵀ of group g: cb[j, i] = Σ_n B_j[n] · C_i[n]; a thread whose rows j are all past its columns i skips
   // (its outputs are never read)
-  let g = wg.x / ${cbBlocks}u;
-  let i0 = (wg.x % ${cbBlocks}u) * ${SL * PB}u;
+  let g = wg.x / ${cbBlocks(s)}u;
+  let i0 = (wg.x % ${cbBlocks(s)}u) * ${s.SL * PB}u;
   ${product(
-    { tile: "As", reg: "ra", rows: Q, kMajor: false,
+    { tile: "As", reg: "ra", rows: s.Q, kMajor: false,
       scalar: "if (m < q && k < N) { v = Bm1((row0 + m) * p.ldb + p.offb + g * N + k); }",
       vec4: "if (m < q && k < N) { v = Bm[((row0 + m) * p.ldb + p.offb + g * N + k) / 4u]; }" },
-    { tile: "Bs", reg: "rb", rows: SL * PB, kMajor: false,
+    { tile: "Bs", reg: "rb", rows: s.SL * PB, kMajor: false,
       scalar: "if (i0 + m < q && k < N) { v = Cm1((row0 + i0 + m) * p.ldc + p.offc + g * N + k); }",
       vec4: "if (i0 + m < q && k < N) { v = Cm[((row0 + i0 + m) * p.ldc + p.offc + g * N + k) / 4u]; }" },
-    "N", s.v4, "ty * 8u > i0 + sl * 64u + lx * 4u + 35u")}
+    "N", s, "ty * 8u > i0 + sl * 64u + lx * 4u + 35u")}
   let base = ((b * p.nC + c) * p.G + g) * Q * Q;
   for (var r = 0u; r < 8u; r++) {
     let j = ty * 8u + r;
@@ -282,7 +283,7 @@ const storeState = (v4: boolean, buf: string) => eachOutput(v4,
   `if (n0 + i < N && myP0 + cj < HP) { ${buf}[base + (n0 + i) * HP + myP0 + cj] = a; }`);
 
 const stateWgsl = (s: ChunkShape) => {
-  const nNB = Math.ceil(s.N / Q);
+  const nNB = Math.ceil(s.N / s.Q);
   return /* wgsl */ `
 // bindings: 0 x | 1 dt | 2 Bm | 3 dtBias [H] | 4 A_log [H] | 5 states: [B, nC, H, N, P], then from runOff the runs'
 //           [B, nRuns, H, N, P] | 6 dtcs [B, nC, H, DS] | 7 params
@@ -296,9 +297,9 @@ ${floats(2, "Bm", s.v4)}
 ${floats(5, "states", s.v4, true)}
 @group(0) @binding(6) var<storage, read_write> dtcs: array<f32>;
 @group(0) @binding(7) var<uniform> p: P;
-var<workgroup> w: array<f32, ${SL * Q}>; // [slot, j]: exp(cs_last − cs_j)·dt_j
+var<workgroup> w: array<f32, ${s.SL * s.Q}>; // [slot, j]: exp(cs_last − cs_j)·dt_j
 
-@compute @workgroup_size(${NT})
+@compute @workgroup_size(${s.Q * s.SL})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
   let run = wg.y;
   let b = wg.z;
@@ -364,15 +365,15 @@ ${mySlot}
     // (the last chunk's own state only makes the final state: without one to write, it is never read)
     if (p.hasState != 0u || c + 1u < p.nC) {
     ${product(
-      { tile: "As", reg: "ra", rows: Q, kMajor: true,
+      { tile: "As", reg: "ra", rows: s.Q, kMajor: true,
         scalar: "if (k < q && n0 + m < N) { v = Bm1((row0 + k) * p.ldb + p.offb + g * N + n0 + m); }",
         vec4: "if (k < q && n0 + m < N) { v = Bm[((row0 + k) * p.ldb + p.offb + g * N + n0 + m) / 4u]; }" },
-      { tile: "Bs", reg: "rb", rows: SL * PB, kMajor: true,
+      { tile: "Bs", reg: "rb", rows: s.SL * PB, kMajor: true,
         scalar: `${slotOfM}
         if (k < q && ps < HP && okm) { v = w[(m / PB) * Q + k] * x1((row0 + k) * p.ldx + p.offx + hs * HP + ps); }`,
         vec4: `${slotOfM}
         if (k < q && ps < HP && okm) { v = w[(m / PB) * Q + k] * x[((row0 + k) * p.ldx + p.offx + hs * HP + ps) / 4u]; }` },
-      "q", s.v4)}
+      "q", s)}
     }
   }
   // the run's own state (from zero at its start), for ssd_state_pass
@@ -390,8 +391,8 @@ const passWgsl = (s: ChunkShape) => /* wgsl */ `
 struct P { B: u32, H: u32, nC: u32, R: u32, runOff: u32, hasState: u32, groupsX: u32 }
 const N = ${s.N}u;
 const HP = ${s.P}u;
-const Q = ${Q}u;
-const DS = ${DS}u;
+const Q = ${s.Q}u;
+const DS = ${dtcsStride(s.Q)}u;
 @group(0) @binding(0) var<storage, read> dtcs: array<f32>;
 @group(0) @binding(1) var<storage, read_write> runs: array<f32>;
 @group(0) @binding(2) var<storage, read_write> state: array<f32>;
@@ -465,7 +466,7 @@ ${floats(6, "cb", true)}
 ${floats(7, "y", s.v4, true)}
 @group(0) @binding(8) var<uniform> p: P;
 
-@compute @workgroup_size(${NT})
+@compute @workgroup_size(${s.Q * s.SL})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
   let g = wg.x / pairs();
   let S = slots(g, wg.x % pairs());
@@ -502,10 +503,10 @@ ${mySlot}
   // (zero entering the first chunk without a given state)
   if (c > 0u || p.hasState != 0u) {
   ${product(
-    { tile: "As", reg: "ra", rows: Q, kMajor: false,
+    { tile: "As", reg: "ra", rows: s.Q, kMajor: false,
       scalar: "if (m < q && k < N) { v = Cm1((row0 + m) * p.ldc + p.offc + g * N + k); }",
       vec4: "if (m < q && k < N) { v = Cm[((row0 + m) * p.ldc + p.offc + g * N + k) / 4u]; }" },
-    { tile: "Bs", reg: "rb", rows: SL * PB, kMajor: true,
+    { tile: "Bs", reg: "rb", rows: s.SL * PB, kMajor: true,
       scalar: `${slotOfM}
       if (k < N && ps < HP && okm) {
         v = select(e0, e1, m >= PB) * states1(rb0 + hs * sstride + k * HP + ps);
@@ -516,7 +517,7 @@ ${mySlot}
         v = select(e0, e1, m >= PB) * states[(rb0 + hs * sstride + k * HP + ps) / 4u];
         if (!first) { v += states[(sb0 + hs * sstride + k * HP + ps) / 4u]; }
       }` },
-    "N", s.v4)}
+    "N", s)}
   for (var r = 0u; r < 8u; r++) {
     let into = exp(cs[sl * Q + ty * 8u + r]);
     acc[2u * r] = acc[2u * r] * into;
@@ -527,7 +528,7 @@ ${mySlot}
   // (rows 128·slot + i); a thread skips the tiles of j past its rows
   let cbase = ((b * p.nC + c) * p.G + g) * Q * Q;
   ${product(
-    { tile: "As", reg: "ra", rows: SL * Q, kMajor: true,
+    { tile: "As", reg: "ra", rows: s.SL * s.Q, kMajor: true,
       scalar: `let mi = m % Q;
       let so = (m / Q) * Q;
       if (k <= mi && mi < q) { v = cb1(cbase + k * Q + mi) * exp(cs[so + mi] - cs[so + k]) * dts[so + k]; }`,
@@ -541,12 +542,12 @@ ${mySlot}
           if (k <= mi + c && mi + c < q) { v[c] = raw[c] * exp(cs[so + mi + c] - ck) * dk; }
         }
       }` },
-    { tile: "Bs", reg: "rb", rows: SL * PB, kMajor: true,
+    { tile: "Bs", reg: "rb", rows: s.SL * PB, kMajor: true,
       scalar: `${slotOfM}
       if (k < q && ps < HP && okm) { v = x1((row0 + k) * p.ldx + p.offx + hs * HP + ps); }`,
       vec4: `${slotOfM}
       if (k < q && ps < HP && okm) { v = x[((row0 + k) * p.ldx + p.offx + hs * HP + ps) / 4u]; }` },
-    "q", s.v4, "k0 > ty * 8u + 7u", `sl * ${Q / 4}u`)}
+    "q", s, "k0 > ty * 8u + 7u", `sl * ${s.Q / 4}u`)}
   // the skip connection and the gate
   let Dh = D[myH];
   let E = p.H * HP;
@@ -572,7 +573,7 @@ ${mySlot}
 }
 `;
 
-const example: ChunkShape = { N: 16, P: 8, v4: true };
+const example: ChunkShape = { N: 16, P: 8, v4: true, Q: 128, SL: 2 };
 const cbKernel = defineKernel({ name: "ssd_chunk_cb", wgsl: cbWgsl, example });
 const stateKernel = defineKernel({ name: "ssd_chunk_state", wgsl: stateWgsl, example });
 const passKernel = defineKernel({ name: "ssd_state_pass", wgsl: passWgsl, example });
@@ -584,10 +585,10 @@ function vec4Fits(a: Omit<SsdScanKernelArgs, "consts">): boolean {
   return m4(a.P, a.N, a.ldx, a.offx, a.ldb, a.offb, a.ldc, a.offc) && (!a.z || m4(a.ldz, a.offz));
 }
 
-/** The run length's rule, changeable by tests (to run the longest runs at small shapes): the workgroups of
- *  ssd_chunk_state that keep a large GPU busy (about three rounds of two an SM on 132 SMs, so that the last round's
- *  idle share stays small). */
-export const chunkTuning = { stateGroups: 768 };
+/** The kernels' configuration, changeable by tests and benchmarks: the chunk length Q (128 or 64), slots a
+ *  workgroup SL (2 or 1), and the run length's rule: the workgroups of ssd_chunk_state that keep a large GPU busy
+ *  (about three rounds of two an SM on 132 SMs, so that the last round's idle share stays small). */
+export const chunkTuning = { stateGroups: 768, Q: 128, SL: 2 };
 
 /** Chunks a run: the most of 1, 2, 4, 8 that leaves ssd_chunk_state chunkTuning.stateGroups workgroups (longer runs
  *  leave the state pass less to move, fewer workgroups a GPU less busy). */
@@ -603,7 +604,8 @@ export interface SsdChunkedArgs extends Omit<SsdScanKernelArgs, "consts"> {
 }
 
 export function ssdScanChunked(gpu: Gpu, a: SsdChunkedArgs): void {
-  const shape: ChunkShape = { N: a.N, P: a.P, v4: vec4Fits(a) };
+  const { Q, SL } = chunkTuning;
+  const shape: ChunkShape = { N: a.N, P: a.P, v4: vec4Fits(a), Q, SL };
   const nC = Math.ceil(a.L / Q);
   // pairs of slots (head, block of PB values of p) a group, and blocks of Q state entries
   const pairs = Math.ceil(((a.H / a.G) * Math.ceil(a.P / PB)) / SL), nNB = Math.ceil(a.N / Q);
@@ -611,11 +613,11 @@ export function ssdScanChunked(gpu: Gpu, a: SsdChunkedArgs): void {
   const stateFloats = a.B * a.H * a.N * a.P;
   const runOff = nC * stateFloats;
   const states = gpu.alloc((nC + nRuns) * stateFloats * 4, "the chunk states");
-  const dtcs = gpu.alloc(a.B * nC * a.H * DS * 4, "the chunks' dt and cumulative decay");
+  const dtcs = gpu.alloc(a.B * nC * a.H * dtcsStride(Q) * 4, "the chunks' dt and cumulative decay");
   const cb = gpu.alloc(a.B * nC * a.G * Q * Q * 4, "the chunks' C·Bᵀ");
   const p = windowParams(new Params().u32(a.B).u32(a.L).u32(a.H).u32(a.G).u32(nC).u32(R).u32(runOff), a);
   // C·Bᵀ, then the chunk states (the two touch no common output, so need not wait for each other)
-  gpu.dispatch(gpu.kernel(cbKernel, shape), [a.Bm, a.Cm, cb], p, [a.G * cbBlocks, nC, a.B]);
+  gpu.dispatch(gpu.kernel(cbKernel, shape), [a.Bm, a.Cm, cb], p, [a.G * cbBlocks(shape), nC, a.B]);
   gpu.dispatch(gpu.kernel(stateKernel, shape), [a.x, a.dt, a.Bm, a.dtBias, a.A_log, states, dtcs], p, [a.G * pairs * nNB, nRuns, a.B]);
   const [gx, gy] = grid(Math.ceil(stateFloats / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(gpu.kernel(passKernel, shape), [dtcs, states, a.state ?? gpu.dummyOut],
