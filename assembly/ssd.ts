@@ -12,9 +12,12 @@
 // same arithmetic: a step costs 3 multiply-adds per state element (P·N a head), and the chunked algorithm per
 // position Q/2·P (the masked product) + 2·P·N (chunk states, output from the states) + a share of C·Bᵀ (Q·N/2 for
 // H/G heads), which for mamba2-130m (P 64, N 128, Q 256) is as much. With a scalar decay per head the step has no
-// exp per element (Mamba-1's scan has N), and the state of a tile of rows stays in L1 for the whole sequence, so
-// the step runs at the speed of its loads: the chunked form would add the C·Bᵀ tiles and the state passing for no
-// fewer operations. The results differ from the chunked reference by rounding only (f32 here, f64 there).
+// exp per element (Mamba-1's scan has N), and the state of a tile of rows stays in L1 for the whole sequence.
+// Measured on mamba2-130m's layer (L 256, one thread of a 2-core Xeon): 1.0-1.2 µs a head and position, about 1.5
+// cycles per vector of 4 state elements, which is its arithmetic's bound (a multiply and two multiply-adds a vector
+// on two FMA units); the products of the chunked form would run at most at the engine's matrix product rate (about
+// 1.3x this one's flops), for a scan that is 15% of prefill. The results differ from the chunked reference by
+// rounding only (f32 here, f64 there).
 //
 // ABI (byte offsets into the shared memory, f32 data, row-major; a work range [r0, r1) last; 0 means "absent" for z,
 // so no tensor may start at byte 0; T = batch·L rows, row r = b·L + t):
