@@ -44,7 +44,7 @@ const quantTypes = (process.env.BENCH_QUANT ?? "").split(",").filter(Boolean).ma
   if (q !== "q8_0" && q !== "q4_0") throw new Error(`BENCH_QUANT takes q8_0 and q4_0, got ${q}`);
   return q === "q8_0" ? "Q8_0" as const : "Q4_0" as const;
 });
-/** The official figures to compare with: fp16 where the run's products are f16 (BENCH_TUNING='{"precision":"f16"}'). */
+/** The official figures to compare with: fp16 where the run's products are f16 (BENCH_TUNING=precision:f16). */
 const officialDtype = tuning.precision === "f16" ? "float16" as const : "float32" as const;
 const tuningNote = Object.keys(tuning).length ? `; tuning ${JSON.stringify(tuning)}` : "";
 /** A backend with the run's tuning plus `extra`. */

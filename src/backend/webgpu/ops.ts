@@ -107,7 +107,7 @@ export function hasTensorCores(b: WebGpuBackend): boolean {
 function matmulHalf(b: WebGpuBackend, a: MatmulArgs): void {
   if (hasTensorCores(b) && tensorCoreFits(a)) {
     // K split over workgroups where few 128 x 128 tiles would leave the GPU idle (decode batches, out_proj of few rows)
-    const plan = splitPlan(a.K, kSplits(a.rows, a.N, a.K, { BM: TC_TILE.BM, BN: TC_TILE.BN, BK: 16, TM: 8, TN: 8, vec4: false }));
+    const plan = splitPlan(a.K, kSplits(a.rows, a.N, a.K, { BM: TC_TILE.BM, BN: TC_TILE.BN, BK: 16, TM: 8, TN: 4, vec4: false }));
     if (plan.count === 1) matmulTensorCore(b.gpu, a);
     else {
       const part = b.gpu.alloc(plan.count * a.rows * a.N * 4, "matmul partial products");

@@ -4,18 +4,16 @@
  * x is f32 (activations, a column window of a wider matrix as the f32 kernel takes), rounded to f16 as it is staged;
  * w is stored f16, two halves a u32 ([N, K], PyTorch Linear layout), staged as it is.
  *
- * A workgroup of 8 subgroups (256 invocations; subgroups of 32) computes a BM × BN = 128 × 128 tile of y. K advances
- * BK = 32 columns at a time through workgroup memory: the tile of x as [BM][BK] rows (the left matrices, row-major)
- * and the tile of w as [BN][BK] rows (wᵀ's columns: the right matrices, column-major), each row padded to LDS halves
- * so that rows start 16 bytes apart but in different banks. The next tile's global loads are issued before the
- * current tile's products. Each subgroup owns a 32 × 64 block of the tile: 2 × 4 result matrices of 16 × 16, so
- * each 16 × 16 left matrix it loads serves 4 products and each right matrix 2.
- * The results go out through workgroup memory (a subgroup's 16 × 16 block at a time), where the bias is added and
- * rows and columns past the output's edge are dropped.
- *
- * Subgroup-matrix builtins want their offsets uniform over the workgroup (Dawn's uniformity check); offsets here
- * depend on the subgroup (local_invocation_index / 32), uniform over each subgroup, which is all the hardware needs,
- * so the check is turned off for this module.
+ * A workgroup is one subgroup (32 invocations): Dawn requires the offsets of subgroup-matrix loads and stores to be
+ * uniform over the whole workgroup, so a workgroup of several subgroups could not give each its own block. It
+ * computes a BM × BN tile of y (64 × 64 by default: 4 × 4 result matrices of 16 × 16, so each 16 × 16 matrix it
+ * loads serves 4 products). K advances BK columns at a time through workgroup memory: the tile of x as [BM][BK]
+ * rows (the left matrices, row-major) and the tile of w as [BN][BK] rows (wᵀ's columns: the right matrices,
+ * column-major), each row padded to LDS halves so that rows start 16 bytes apart but in different banks. The next
+ * tile's global loads are issued before the current tile's products. Where few tiles would leave the GPU idle, K is
+ * split over workgroups (grid z) whose partial products ./matmul-reduce.ts sums.
+ * The results go out through workgroup memory (one 16 × 16 block at a time), where the bias is added and rows and
+ * columns past the output's edge are dropped.
  */
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params } from "../gpu.ts";
@@ -23,13 +21,12 @@ import { defineKernel } from "../kernel-def.ts";
 import type { MatmulArgs } from "./matmul.ts";
 
 export interface TensorCoreTile {
-  BM: number; // rows of y a workgroup
-  BN: number; // columns of y a workgroup
-  BK: number; // K columns staged at a time
-  SM: number; // subgroup rows: the subgroups form SM × (8 / SM) blocks of (BM / SM) × (BN / (8 / SM))
+  BM: number; // rows of y a workgroup (a multiple of 16)
+  BN: number; // columns of y a workgroup (a multiple of 16)
+  BK: number; // K columns staged at a time (16 or 32)
 }
 
-export const TC_TILE: TensorCoreTile = { BM: 128, BN: 128, BK: 32, SM: 4 };
+export const TC_TILE: TensorCoreTile = { BM: 64, BN: 64, BK: 16 };
 
 /** Whether the tensor-core kernel takes a product: K, the window's stride and offset multiples of 4 (x is read 4
  *  floats at once, w 4 halves at once), and rows enough to fill a tile's worth of work. */
@@ -38,34 +35,49 @@ export function tensorCoreFits(a: { rows: number; K: number; N: number; ldx?: nu
 }
 
 function wgsl(t: TensorCoreTile): string {
-  const { BM, BN, BK, SM } = t;
-  const SN = 8 / SM; // subgroup columns
-  const RM = BM / SM / 16, RN = BN / SN / 16; // result matrices a subgroup: RM × RN
+  const { BM, BN, BK } = t;
+  const RM = BM / 16, RN = BN / 16; // result matrices of the workgroup's subgroup: RM × RN
   const LDS = BK + 8; // halves a staged row
   const K4 = BK / 4; // 4-wide groups a staged row
-  const LOADS = (BM * K4) / 256; // vec4 loads of x a thread per tile (and of w: BN = BM)
+  const LX = (BM * K4) / 32, LW = (BN * K4) / 32; // loads of x (vec4) and of w (4 halves) a thread per tile
   const acc = (i: number, j: number) => `acc${i}_${j}`;
   const decl: string[] = [], mma: string[] = [], out: string[] = [];
   for (let i = 0; i < RM; i++) {
     for (let j = 0; j < RN; j++) decl.push(`var ${acc(i, j)} = subgroup_matrix_result<f32, 16, 16>();`);
   }
-  for (let i = 0; i < RM; i++) mma.push(`let a${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&As, (sr + ${i * 16}u) * LDS + kk, false, LDS);`);
+  for (let i = 0; i < RM; i++) mma.push(`let a${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&As, ${i * 16 * LDS}u + kk, false, LDS);`);
   for (let j = 0; j < RN; j++) {
-    mma.push(`let b${j} = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, (sc + ${j * 16}u) * LDS + kk, true, LDS);`);
+    mma.push(`let b${j} = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, ${j * 16 * LDS}u + kk, true, LDS);`);
     for (let i = 0; i < RM; i++) mma.push(`${acc(i, j)} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, ${acc(i, j)});`);
   }
   for (let i = 0; i < RM; i++) {
     for (let j = 0; j < RN; j++) {
-      out.push(`subgroupMatrixStore(&Cs, sg * 256u, ${acc(i, j)}, false, 16u);
-    workgroupBarrier();
-    emit(sg, lane, row0 + sr + ${i * 16}u, col0 + sc + ${j * 16}u, yOff);
-    workgroupBarrier();`);
+      out.push(`subgroupMatrixStore(&Cs, 0u, ${acc(i, j)}, false, 16u);
+  workgroupBarrier();
+  emit(lane, row0 + ${i * 16}u, col0 + ${j * 16}u, yOff);
+  workgroupBarrier();`);
     }
   }
+  const loads = (k4: string, cond: string) => /* wgsl */ `
+    for (var j = 0u; j < ${LX}u; j++) {
+      let e = lane + 32u * j;
+      let m = e / K4;
+      let k4 = ${k4} + e % K4;
+      let gr = row0 + m;
+      ra[j] = vec4<f32>(0.0);
+      if (gr < p.T && k4 < K4end) { ra[j] = x[gr * ldx4 + p.offx / 4u + k4]; }
+    }
+    for (var j = 0u; j < ${LW}u; j++) {
+      let e = lane + 32u * j;
+      let n = e / K4;
+      let k4 = ${k4} + e % K4;
+      let gn = col0 + n;
+      rb[j] = vec2<u32>(0u);
+      if (gn < p.N && k4 < K4end) { rb[j] = w[gn * K4all + k4]; }
+    }${cond}`;
   return /* wgsl */ `
 enable f16;
 enable chromium_experimental_subgroup_matrix;
-diagnostic(off, chromium_experimental.subgroup_matrix_uniformity);
 
 struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, kLen: u32 }
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
@@ -74,39 +86,32 @@ struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, kLen: u32 
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> p: P;
 
-const BM = ${BM}u;
-const BN = ${BN}u;
-const BK = ${BK}u;
 const LDS = ${LDS}u;
 const K4 = ${K4}u;
 var<workgroup> As: array<f16, ${BM * LDS}>;
 var<workgroup> Bs: array<f16, ${BN * LDS}>;
-var<workgroup> Cs: array<f32, ${8 * 256}>;
+var<workgroup> Cs: array<f32, 256>;
 
-// one 16 × 16 result block from Cs (subgroup sg's part) to y at (r0, c0), with the bias, inside the output only
-fn emit(sg: u32, lane: u32, r0: u32, c0: u32, yOff: u32) {
+// one 16 × 16 result block from Cs to y at (r0, c0), with the bias, inside the output only
+fn emit(lane: u32, r0: u32, c0: u32, yOff: u32) {
   for (var e = lane; e < 256u; e += 32u) {
     let r = r0 + e / 16u;
     let c = c0 + e % 16u;
     if (r < p.T && c < p.N) {
-      var v = Cs[sg * 256u + e];
+      var v = Cs[e];
       if (p.hasBias != 0u) { v += bias[c]; }
       y[yOff + r * p.N + c] = v;
     }
   }
 }
 
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let sg = tid / 32u;
-  let lane = tid % 32u;
-  let row0 = wg.y * BM;
-  let col0 = wg.x * BN;
-  let sr = (sg / ${SN}u) * ${BM / SM}u;
-  let sc = (sg % ${SN}u) * ${BN / SN}u;
+@compute @workgroup_size(32)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+  let row0 = wg.y * ${BM}u;
+  let col0 = wg.x * ${BN}u;
   ${decl.join("\n  ")}
-  var ra: array<vec4<f32>, ${LOADS}>;
-  var rb: array<vec2<u32>, ${LOADS}>;
+  var ra: array<vec4<f32>, ${LX}>;
+  var rb: array<vec2<u32>, ${LW}>;
   let ldx4 = p.ldx / 4u;
   let K4all = p.K / 4u;
   // this workgroup's part of K (grid z): columns kBeg .. kEnd; parts after the first write their own slice of y
@@ -115,52 +120,35 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let K4end = kEnd / 4u;
   let yOff = wg.z * p.T * p.N;
   // the first tile's loads
-  for (var j = 0u; j < ${LOADS}u; j++) {
-    let e = tid + 256u * j;
-    let m = e / K4;
-    let k4 = kBeg / 4u + e % K4;
-    let gr = row0 + m;
-    let gn = col0 + m;
-    ra[j] = vec4<f32>(0.0);
-    rb[j] = vec2<u32>(0u);
-    if (gr < p.T && k4 < K4end) { ra[j] = x[gr * ldx4 + p.offx / 4u + k4]; }
-    if (gn < p.N && k4 < K4end) { rb[j] = w[gn * K4all + k4]; }
+  {${loads("kBeg / 4u", "")}
   }
-  for (var k0 = kBeg; k0 < kEnd; k0 += BK) {
+  for (var k0 = kBeg; k0 < kEnd; k0 += ${BK}u) {
     workgroupBarrier();
-    for (var j = 0u; j < ${LOADS}u; j++) {
-      let e = tid + 256u * j;
-      let m = e / K4;
-      let k = (e % K4) * 4u;
+    for (var j = 0u; j < ${LX}u; j++) {
+      let e = lane + 32u * j;
+      let o = (e / K4) * LDS + (e % K4) * 4u;
       let a = vec4<f16>(ra[j]);
-      As[m * LDS + k] = a.x;
-      As[m * LDS + k + 1u] = a.y;
-      As[m * LDS + k + 2u] = a.z;
-      As[m * LDS + k + 3u] = a.w;
+      As[o] = a.x;
+      As[o + 1u] = a.y;
+      As[o + 2u] = a.z;
+      As[o + 3u] = a.w;
+    }
+    for (var j = 0u; j < ${LW}u; j++) {
+      let e = lane + 32u * j;
+      let o = (e / K4) * LDS + (e % K4) * 4u;
       let lo = bitcast<vec2<f16>>(rb[j].x);
       let hi = bitcast<vec2<f16>>(rb[j].y);
-      Bs[m * LDS + k] = lo.x;
-      Bs[m * LDS + k + 1u] = lo.y;
-      Bs[m * LDS + k + 2u] = hi.x;
-      Bs[m * LDS + k + 3u] = hi.y;
+      Bs[o] = lo.x;
+      Bs[o + 1u] = lo.y;
+      Bs[o + 2u] = hi.x;
+      Bs[o + 3u] = hi.y;
     }
     workgroupBarrier();
     // the next tile's loads, in flight during this tile's products
-    let k1 = k0 + BK;
-    if (k1 < kEnd) {
-      for (var j = 0u; j < ${LOADS}u; j++) {
-        let e = tid + 256u * j;
-        let m = e / K4;
-        let k4 = k1 / 4u + e % K4;
-        let gr = row0 + m;
-        let gn = col0 + m;
-        ra[j] = vec4<f32>(0.0);
-        rb[j] = vec2<u32>(0u);
-        if (gr < p.T && k4 < K4end) { ra[j] = x[gr * ldx4 + p.offx / 4u + k4]; }
-        if (gn < p.N && k4 < K4end) { rb[j] = w[gn * K4all + k4]; }
-      }
+    let k1 = k0 + ${BK}u;
+    if (k1 < kEnd) {${loads("k1 / 4u", "")}
     }
-    for (var kk = 0u; kk < BK; kk += 16u) {
+    for (var kk = 0u; kk < ${BK}u; kk += 16u) {
       ${mma.join("\n      ")}
     }
   }
