@@ -10,11 +10,16 @@ for s in ${steps//,/ }; do
     tc) run tc 120 env TC_TILES="${TC_TILES:-64,64,16;32,32,32;128,64,16,2,1;128,128,16,2,2;128,128,32,2,2;256,128,16,4,2}" node --import tsx scripts/gpu-tc.ts both ;;
     testgpu) run testgpu 90 env CI=true node --import tsx --test test/gpu/*.test.ts ;;
     mamba2) run mamba2 200 node --import tsx bench/run.ts mamba2 ;;
+    m2) run m2 150 env BENCH_ONLY=scan,forward,decode node --import tsx bench/run.ts mamba2 ;;
     m27) run m27 150 env BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2 ;;
     scan) run scan 90 env BENCH_ONLY=scan,bwd node --import tsx bench/run.ts mamba2 ;;
     f16) run f16 200 env BENCH_TUNING=precision:f16 BENCH_ONLY=forward,decode BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=2 node --import tsx bench/run.ts webgpu ;;
     f32) run f32 120 env BENCH_ONLY=forward,decode BENCH_MODELS=130m BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=2 node --import tsx bench/run.ts webgpu ;;
     tests) run tests 150 env CI=true node --import tsx --test test/backend/webgpu-mamba2-decode.test.ts test/backend/webgpu-ssd.test.ts test/backend/webgpu-f16.test.ts test/model/mamba2-webgpu.test.ts test/backend/webgpu-fixed.test.ts ;;
+    f16best) # precision f16's forward of 130m with the tile that summed fastest over the tc step's shapes
+      best=$(node -e 'const t=require("fs").readFileSync(process.argv[1],"utf8");const s=new Map();for(const m of t.matchAll(/tc (\d+)x(\d+)k(\d+)(?:sg(\d+)x(\d+))? ([\d.]+) ms/g)){const k=[m[1],m[2],m[3],...(m[4]?[m[4],m[5]]:[])].join("x");s.set(k,(s.get(k)??0)+Number(m[6]));}console.log([...s].sort((a,b)=>a[1]-b[1])[0]?.[0]??"64x64x16")' "$OUT/tc.txt")
+      echo "best tile: $best"
+      run f16best 150 env BENCH_TUNING="precision:f16,tensorCoreTile:$best" BENCH_ONLY=forward,decode BENCH_MODELS=130m BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=1 node --import tsx bench/run.ts webgpu ;;
     *) echo "unknown step $s" ;;
   esac
 done

@@ -11,7 +11,7 @@ import type { GpuTensor } from "./tensor.ts";
 import type { WebGpuBackend } from "./backend.ts";
 import { GROUP_TARGET, type MatmulArgs, type TileConfig, kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
 import { HALF_TILE_LARGE, HALF_TILE_SMALL, halfTile, matmulF16 } from "./kernels/matmul-f16.ts";
-import { TC_TILE, matmulTensorCore, tensorCoreFits } from "./kernels/matmul-tc.ts";
+import { matmulTensorCore, tensorCoreFits } from "./kernels/matmul-tc.ts";
 import { matmulReduce } from "./kernels/matmul-reduce.ts";
 import { MATVEC_MAX_ROWS, matvec } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
@@ -92,7 +92,7 @@ export function matmulOp(b: WebGpuBackend, x: TensorOrCols, w: Tensor, bias: Ten
 /** A product of the batch decode step, whose K split (`plan`) the step's own kernels sum: on the tensor cores where
  *  the model's products are f16 (its weights then f16) and the device has them, else the f32 tiled kernel. */
 export function batchStepMatmul(b: WebGpuBackend, a: MatmulArgs, tile: TileConfig, plan: { kLen: number; count: number }): void {
-  if (b.precision === "f16" && a.ws === "f16" && hasTensorCores(b) && tensorCoreFits(a)) matmulTensorCore(b.gpu, a, plan);
+  if (b.precision === "f16" && a.ws === "f16" && hasTensorCores(b) && tensorCoreFits(a)) matmulTensorCore(b.gpu, a, plan, b.settings.tensorCoreTile);
   else matmulTiled(b.gpu, a, tile, plan);
 }
 
@@ -107,11 +107,12 @@ export function hasTensorCores(b: WebGpuBackend): boolean {
 function matmulHalf(b: WebGpuBackend, a: MatmulArgs): void {
   if (hasTensorCores(b) && tensorCoreFits(a)) {
     // K split over workgroups where few 128 x 128 tiles would leave the GPU idle (decode batches, out_proj of few rows)
-    const plan = splitPlan(a.K, kSplits(a.rows, a.N, a.K, { BM: TC_TILE.BM, BN: TC_TILE.BN, BK: 16, TM: 8, TN: 4, vec4: false }));
-    if (plan.count === 1) matmulTensorCore(b.gpu, a);
+    const tile = b.settings.tensorCoreTile;
+    const plan = splitPlan(a.K, kSplits(a.rows, a.N, a.K, { BM: tile.BM, BN: tile.BN, BK: 16, TM: 8, TN: 4, vec4: false }));
+    if (plan.count === 1) matmulTensorCore(b.gpu, a, undefined, tile);
     else {
       const part = b.gpu.alloc(plan.count * a.rows * a.N * 4, "matmul partial products");
-      matmulTensorCore(b.gpu, { ...a, y: part }, plan);
+      matmulTensorCore(b.gpu, { ...a, y: part }, plan, tile);
       matmulReduce(b.gpu, part, plan.count, a.bias, a.rows, a.N, a.y);
       b.gpu.release(part);
     }

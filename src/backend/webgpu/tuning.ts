@@ -9,6 +9,17 @@ import type { Gpu } from "./gpu.ts";
 import { TILE_BATCH, TILE_LARGE, TILE_SMALL, TILE_WIDE, type TileConfig } from "./kernels/matmul.ts";
 import { DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES } from "./kernels/decode/mixer-in.ts";
 import { BATCH_SCAN_ROW_CHOICES } from "./kernels/decode/batch-scan.ts";
+import { TC_TILE, type TensorCoreTile, tensorCoreTileProblem } from "./kernels/matmul-tc.ts";
+import { MambaError } from "../../errors.ts";
+
+/** "BMxBNxBK[xSGMxSGN]" as a tensor-core tile; a MambaError names what is wrong. */
+function parseTensorCoreTile(text: string): TensorCoreTile {
+  const v = String(text).split("x").map(Number);
+  const t: TensorCoreTile = { BM: v[0]!, BN: v[1]!, BK: v[2]!, ...(v.length === 5 ? { SG: [v[3]!, v[4]!] as [number, number] } : {}) };
+  const why = (v.length === 3 || v.length === 5) && v.every(Number.isInteger) ? tensorCoreTileProblem(t) : "it takes BMxBNxBK or BMxBNxBKxSGMxSGN";
+  if (why) throw new MambaError(`tensorCoreTile: ${JSON.stringify(text)} cannot run: ${why}`);
+  return t;
+}
 
 /** What a user of the WebGPU backend may set (createWebGpuBackend, or loadModel's `webgpu`). */
 export interface WebGpuTuning {
@@ -39,6 +50,9 @@ export interface WebGpuTuning {
 export interface WebGpuInternalTuning extends WebGpuTuning {
   /** channel-chunk threads the selective scan aims for when it splits a sequence (default 131072) */
   scanThreads?: number;
+  /** the tensor-core product's tile as "BMxBNxBK" or "BMxBNxBKxSGMxSGN" (subgroups a workgroup as rows x columns
+   *  of blocks): default TC_TILE (kernels/matmul-tc.ts) */
+  tensorCoreTile?: string;
   /** ops encoded after which pending work is submitted even without a read (default 48): the GPU starts on a
    *  prefill's first ops while the host encodes the rest. On the H100 the first token of a 128-token prompt took
    *  4.8 against 6.9 ms with 512 at batch 1, 54.5 against 57.0 ms at batch 64 (BENCHMARKS.md) */
@@ -127,6 +141,7 @@ export interface ForwardSettings {
   decodeBatchSplitCols: number;
   /** -1: by the model's width */
   decodeBatchScanRows: number;
+  tensorCoreTile: TensorCoreTile;
 }
 
 /** Checks a tuning and fills in its defaults for the device `gpu` runs on. */
@@ -157,5 +172,6 @@ export function forwardSettings(gpu: Gpu, tuning: WebGpuInternalTuning): Forward
     decodeScanOut: tuning.decodeScanOut ?? true,
     decodeBatchSplitCols: tuning.decodeBatchSplitCols ?? -1,
     decodeBatchScanRows: tuning.decodeBatchScanRows ?? -1,
+    tensorCoreTile: tuning.tensorCoreTile === undefined ? TC_TILE : parseTensorCoreTile(tuning.tensorCoreTile),
   };
 }

@@ -19,6 +19,7 @@ import type { Buf, Gpu } from "../gpu.ts";
 import { Params } from "../gpu.ts";
 import { defineKernel } from "../kernel-def.ts";
 import type { MatmulArgs } from "./matmul.ts";
+import { MambaError } from "../../../errors.ts";
 
 export interface TensorCoreTile {
   BM: number; // rows of y a workgroup (a multiple of 16)
@@ -35,7 +36,22 @@ export function tensorCoreFits(a: { rows: number; K: number; N: number; ldx?: nu
   return a.rows >= 16 && a.K % 4 === 0 && a.N >= 16 && (a.ldx ?? a.K) % 4 === 0 && (a.offx ?? 0) % 4 === 0;
 }
 
+/** What makes a tile one the kernel cannot run, or null: blocks of whole 16 × 16 matrices a subgroup (at most 4 × 4),
+ *  K staged 16 or 32 at a time, the staged tiles a whole number of loads a thread, within 32 KiB of workgroup memory. */
+export function tensorCoreTileProblem(t: TensorCoreTile): string | null {
+  const [SGM, SGN] = t.SG ?? [1, 1];
+  const NT = 32 * SGM * SGN;
+  if (![16, 32].includes(t.BK)) return `BK must be 16 or 32, got ${t.BK}`;
+  if (t.BM % (16 * SGM) || t.BN % (16 * SGN)) return `a ${t.BM} x ${t.BN} tile does not split into ${SGM} x ${SGN} blocks of whole 16 x 16 matrices`;
+  if ((t.BM / SGM / 16) * (t.BN / SGN / 16) > 16) return "more than 16 result matrices a subgroup";
+  if ((t.BM * t.BK / 4) % NT || (t.BN * t.BK / 4) % NT) return `its staged tiles are not a whole number of loads for ${NT} threads`;
+  if ((t.BM + t.BN) * (t.BK + 8) * 2 + 1024 * SGM * SGN > 32768) return "over 32 KiB of workgroup memory";
+  return null;
+}
+
 function wgsl(t: TensorCoreTile): string {
+  const why = tensorCoreTileProblem(t);
+  if (why) throw new MambaError(`matmul_tc: tile ${JSON.stringify(t)} cannot run: ${why}`);
   const { BM, BN, BK } = t;
   const [SGM, SGN] = t.SG ?? [1, 1];
   const NT = 32 * SGM * SGN; // invocations a workgroup
