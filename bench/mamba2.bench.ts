@@ -19,7 +19,8 @@ import type { TrainingOps } from "../src/backend/training.ts";
 import { makeConfig, initParameters } from "../src/model/init.ts";
 import { modelFromTensors } from "../src/index.ts";
 import { filled, benchPrompts } from "./data.ts";
-import { gpuTrials, timeTrials } from "./timing.ts";
+import { gpuTrials, parseTunings, timeTrials } from "./timing.ts";
+import { chunkTuning } from "../src/backend/webgpu/kernels/ssd/chunked.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const anchorFile = process.env.MAMBA_TS_ANCHORS_MAMBA2 ?? path.resolve(here, "anchors/h100-mamba2.json");
@@ -32,6 +33,7 @@ const anchors: Anchors | null = existsSync(anchorFile) ? JSON.parse(readFileSync
 const smoke = process.env.BENCH_SMOKE === "1";
 const only = new Set((process.env.BENCH_ONLY ?? "scan,bwd,forward,decode").split(","));
 const bwd = only.has("bwd");
+const ssdVariants = parseTunings<Partial<typeof chunkTuning>>(process.env.BENCH_SSD_VARIANTS);
 const decodeBatches = (process.env.BENCH_DECODE_BATCHES ?? "1,64").split(",").map(Number);
 const ms = (t: number) => `${t.toFixed(3)} ms`;
 const ratio = (ours: number, official: number | undefined, higherIsBetter: boolean) =>
@@ -55,6 +57,19 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
     for (let i = 0; i < 3; i++) f();
     await b.sync();
     const reps = Math.max(3, Math.min(100, Math.round(2e8 / (T * E))));
+    // BENCH_SSD_VARIANTS=Q:64,SL:1|...: the chunked kernels' own chunk length and slots, each timed in this process
+    if (ssdVariants.length) {
+      const saved = { ...chunkTuning };
+      const line: string[] = [];
+      for (const v of ssdVariants) {
+        Object.assign(chunkTuning, v);
+        for (let i = 0; i < 2; i++) f();
+        const g = await gpuTrials(b, f, reps);
+        line.push(`${JSON.stringify(v)} ${g ? ms(g.median) : "n/a"}`);
+      }
+      Object.assign(chunkTuning, saved);
+      console.log(`  variants B${B} L${L} H${H}: ${line.join("; ")}`);
+    }
     const tt = await timeTrials(b, f, reps);
     const gt = await gpuTrials(b, f, reps);
     const t = gt?.median ?? tt.median;
