@@ -18,7 +18,7 @@ import { ssdScanSequential } from "./kernels/ssd/scan.ts";
 import { gatherConsts } from "./kernels/ssd/common.ts";
 import { ssdScanChunked } from "./kernels/ssd/chunked.ts";
 import { MAX_SEGMENTS, gatedRmsNorm, gatedRmsNormBackward, segmentRmsNorm, segmentRmsNormBackward } from "./kernels/ssd/norms.ts";
-import { addWindow, ssdBackward, ssdBackwardLayout } from "./kernels/ssd/backward.ts";
+import { addWindow, ssdBackward, ssdBackwardLayout, ssdBackwardPlan, ssdBackwardTuning } from "./kernels/ssd/backward.ts";
 import { copyWindow } from "./kernels/copy.ts";
 import type { SsdGrads } from "../training.ts";
 
@@ -135,11 +135,11 @@ export const webgpuMamba2Ops = {
       B: a.batch, L: a.seqLen, H, P, G, N, W, ox: 0, ob: HP, oc: HP + GN, odt: HP + 2 * GN, oz: HP + 2 * GN + H,
       hasZ: !!z, hasState: !!st, lo: a.dtLimit[0], hi: a.dtLimit[1],
     };
-    const l = ssdBackwardLayout(dims);
     const limit = this.gpu.limits.maxStorageBufferBindingSize;
-    for (const [n, name] of [[T * W, "inputs"], [l.work, "work"], [l.grads, "gradients"]] as const) {
-      if (n * 4 > limit) throw new MambaError(`${what}: the backward's ${name} need ${n * 4} bytes, over this device's ${limit} a buffer; use a smaller batch or the cpu backend`);
-    }
+    if (T * W * 4 > limit) throw new MambaError(`${what}: the backward's inputs need ${T * W * 4} bytes, over this device's ${limit} a buffer; use a smaller batch or the cpu backend`);
+    // the heads in pieces whose scratch fits a buffer (all at once where they fit)
+    const l = ssdBackwardPlan(dims, Math.min(limit, ssdBackwardTuning.bufferBytes)) ?? ssdBackwardPlan(dims, limit);
+    if (!l) throw new MambaError(`${what}: the backward's scratch for one head needs more than this device's ${limit} bytes a buffer; use a smaller batch or sequence, or the cpu backend`);
     const inp = this.gpu.alloc(T * W * 4, "the SSD backward's inputs");
     for (const [w, off] of [[x, dims.ox], [Bm, dims.ob], [Cm, dims.oc], [dt, dims.odt], ...(z ? [[z, dims.oz] as const] : [])] as const) {
       copyWindow(this.gpu, w.buf, w.ld, w.off, inp, W, off, T, w.width);
@@ -153,19 +153,25 @@ export const webgpuMamba2Ops = {
       gt.version++;
       return gt.buf;
     };
-    ssdBackward(this.gpu, dims, inp, consts, dyt.buf, st?.buf ?? null, work, grads,
-      dense(g.dA_log, H, "dA_log"), dense(g.dD, H, "dD"), dense(g.dDtBias, H, "dDtBias"));
-    const add = (target: TensorOrCols, width: number, srcOff: number, name: string) => {
-      const w = windowOf(target, this, `${what} (${name})`);
+    const target = (t: TensorOrCols, width: number, name: string) => {
+      const w = windowOf(t, this, `${what} (${name})`);
       check(w.width === width && w.rows === T, `${what}: ${name} is ${w.rows} x ${w.width}, expected ${T} x ${width}`);
-      addWindow(this.gpu, grads, width, srcOff, w.t.buf, w.ld, w.off, T, width);
       w.t.version++;
+      return w;
     };
-    add(g.dx, HP, l.oGx, "dx");
-    add(g.dB, GN, l.oBs, "dB");
-    add(g.dC, GN, l.oCs, "dC");
-    add(g.dDt, H, l.oGdt, "dDt");
-    if (g.dz) add(g.dz, HP, l.oGz, "dz");
+    const gdx = target(g.dx, HP, "dx"), gdB = target(g.dB, GN, "dB"), gdC = target(g.dC, GN, "dC"), gdt = target(g.dDt, H, "dDt");
+    const gdz = g.dz ? target(g.dz, HP, "dz") : null;
+    const out = {
+      dB: gdB.t.buf, ldB: gdB.ld, offB: gdB.off, dC: gdC.t.buf, ldC: gdC.ld, offC: gdC.off,
+      dA_log: dense(g.dA_log, H, "dA_log"), dD: dense(g.dD, H, "dD"), dDtBias: dense(g.dDtBias, H, "dDtBias"),
+    };
+    for (let h0 = 0; h0 < H; h0 += l.hp) {
+      const hp = Math.min(l.hp, H - h0), lp = hp === l.hp ? l : ssdBackwardLayout(dims, hp);
+      ssdBackward(this.gpu, dims, lp, h0, inp, consts, dyt.buf, st?.buf ?? null, work, grads, out);
+      addWindow(this.gpu, grads, hp * P, lp.oGx, gdx.t.buf, gdx.ld, gdx.off + h0 * P, T, hp * P);
+      addWindow(this.gpu, grads, hp, lp.oGdt, gdt.t.buf, gdt.ld, gdt.off + h0, T, hp);
+      if (gdz) addWindow(this.gpu, grads, hp * P, lp.oGz, gdz.t.buf, gdz.ld, gdz.off + h0 * P, T, hp * P);
+    }
     for (const b of [inp, consts, work, grads]) this.gpu.release(b);
   },
 

@@ -30,7 +30,7 @@ const bwdWgsl = /* wgsl */ `
 // recompute and dS's recurrence need no exchange. Per time step the sums over p (dB_t, dC_t: [N]; da and ddt:
 // scalars) go through per-thread partials: dB, dC in the work buffer, da, ddt in workgroup memory.
 struct P {
-  B: u32, L: u32, H: u32, P: u32, G: u32, N: u32, K: u32, nK: u32,
+  B: u32, L: u32, H: u32, P: u32, G: u32, N: u32, K: u32, nK: u32, h0: u32, hp: u32,
   W: u32, ox: u32, ob: u32, oc: u32, odt: u32, oz: u32, hasZ: u32, hasState: u32, lo: f32, hi: f32,
   oCk: u32, oCst: u32, oDS: u32, oPart: u32, oGx: u32, oGz: u32, oGdt: u32, oGB: u32, oGC: u32, oGp: u32,
 }
@@ -48,9 +48,11 @@ fn sigmoid(v: f32) -> f32 { return 1.0 / (1.0 + exp(-v)); }
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let bh = wg.x; // one workgroup per (b, h)
-  let b = bh / p.H;
-  let h = bh % p.H;
+  let bh = wg.x; // one workgroup per (b, h) of this piece of heads: h = h0 + bh % hp
+  let b = bh / p.hp;
+  let hl = bh % p.hp;
+  let h = p.h0 + hl;
+  let HPl = p.hp * p.P; // the width of this piece's dx and dz
   let g = h / (p.H / p.G);
   let N = p.N;
   let PN = p.P * N;
@@ -65,7 +67,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let part = p.oPart + (bh * WG + tid) * 2u * N;
   // ---- forward over this thread's rows, keeping the state at the start of every chunk ----
   for (var q = tid; q < p.P; q += WG) {
-    for (var n = 0u; n < N; n++) { work[run + q * N + n] = select(0.0, state0[bh * PN + q * N + n], p.hasState != 0u); }
+    for (var n = 0u; n < N; n++) { work[run + q * N + n] = select(0.0, state0[(b * p.H + h) * PN + q * N + n], p.hasState != 0u); }
   }
   for (var t = 0u; t < p.L; t++) {
     let r = (b * p.L + t) * p.W;
@@ -122,7 +124,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
           let zv = inp[r + p.oz + h * p.P + q];
           let sg = sigmoid(zv);
           gy = gout * zv * sg;
-          grads[p.oGz + row * HP + h * p.P + q] = gout * ypre * sg * (1.0 + zv * (1.0 - sg));
+          grads[p.oGz + row * HPl + hl * p.P + q] = gout * ypre * sg * (1.0 + zv * (1.0 - sg));
         }
         var gx = Dh * gy;
         for (var n = 0u; n < N; n++) {
@@ -136,7 +138,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
           gx = fma(d * dsv, Bn, gx);
           work[dS + q * N + n] = dsv * a;
         }
-        grads[p.oGx + row * HP + h * p.P + q] = gx;
+        grads[p.oGx + row * HPl + hl * p.P + q] = gx;
         dD = fma(gy, xv, dD);
       }
       red[tid] = da;
@@ -144,8 +146,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
       storageBarrier();
       workgroupBarrier();
       // the sums over the rows: dB_t, dC_t of this head (n split over the threads), and ddt (thread 0)
-      let gB = p.oGB + (row * p.H + h) * N;
-      let gC = p.oGC + (row * p.H + h) * N;
+      let gB = p.oGB + (row * p.hp + hl) * N;
+      let gC = p.oGC + (row * p.hp + hl) * N;
       for (var n = tid; n < N; n += WG) {
         var sb = 0.0;
         var sc = 0.0;
@@ -165,7 +167,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         dA = dA + sa * a * d;
         var graw = 0.0;
         if (sp >= p.lo && sp <= p.hi) { graw = sd * select(sigmoid(v), 1.0, v > 20.0); }
-        grads[p.oGdt + row * p.H + h] = graw;
+        grads[p.oGdt + row * p.hp + hl] = graw;
         dBias = dBias + graw;
       }
       storageBarrier();
@@ -185,11 +187,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
 `;
 
 const reduceWgsl = /* wgsl */ `
-// bindings: 0 grads (per-head dB, dC in; per-group dB, dC out, at their offsets) | 1 params
-// dB[row, g, n] = Σ_{h in g} dB_head[row, h, n], the same for dC
-struct P { T: u32, H: u32, G: u32, N: u32, oGB: u32, oGC: u32, oBs: u32, oCs: u32, groupsX: u32 }
-@group(0) @binding(0) var<storage, read_write> grads: array<f32>;
-@group(0) @binding(1) var<uniform> p: P;
+// bindings: 0 grads (per-head dB or dC of a piece of heads, [T, hp, N] at oSrc) | 1 dst (dB or dC, added into) | 2 params
+// dst[row, g, n] += Σ over the piece's heads h of group g of src[row, h, n]
+struct P { T: u32, H: u32, G: u32, N: u32, h0: u32, hp: u32, oSrc: u32, ld: u32, off: u32, groupsX: u32 }
+@group(0) @binding(0) var<storage, read> grads: array<f32>;
+@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(2) var<uniform> p: P;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -200,21 +203,20 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let g = (i % GN) / p.N;
   let n = i % p.N;
   let per = p.H / p.G;
-  var sb = 0.0;
-  var sc = 0.0;
-  for (var k = 0u; k < per; k++) {
-    let o = (row * p.H + g * per + k) * p.N + n;
-    sb = sb + grads[p.oGB + o];
-    sc = sc + grads[p.oGC + o];
-  }
-  grads[p.oBs + i] = sb;
-  grads[p.oCs + i] = sc;
+  let lo = max(g * per, p.h0);
+  let hi = min((g + 1u) * per, p.h0 + p.hp);
+  if (lo >= hi) { return; }
+  var s = 0.0;
+  for (var h = lo; h < hi; h++) { s = s + grads[p.oSrc + (row * p.hp + h - p.h0) * p.N + n]; }
+  let o = row * p.ld + p.off + g * p.N + n;
+  dst[o] = dst[o] + s;
 }
 `;
 
 const paramsWgsl = /* wgsl */ `
-// bindings: 0 grads (per-(b, h) sums at oGp) | 1 dA_log [H] | 2 dD [H] | 3 dDtBias [H] (all added into) | 4 params
-struct P { B: u32, H: u32, oGp: u32 }
+// bindings: 0 grads (per-(b, h) sums at oGp, [B, hp, 3]) | 1 dA_log [H] | 2 dD [H] | 3 dDtBias [H] (all added into,
+// at the piece's heads h0 ..) | 4 params
+struct P { B: u32, hp: u32, h0: u32, oGp: u32 }
 @group(0) @binding(0) var<storage, read> grads: array<f32>;
 @group(0) @binding(1) var<storage, read_write> dA_log: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dD: array<f32>;
@@ -223,17 +225,18 @@ struct P { B: u32, H: u32, oGp: u32 }
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let h = gid.x;
-  if (h >= p.H) { return; }
+  let hl = gid.x;
+  if (hl >= p.hp) { return; }
   var a = 0.0;
   var d = 0.0;
   var s = 0.0;
   for (var b = 0u; b < p.B; b++) {
-    let o = p.oGp + (b * p.H + h) * 3u;
+    let o = p.oGp + (b * p.hp + hl) * 3u;
     a = a + grads[o];
     d = d + grads[o + 1u];
     s = s + grads[o + 2u];
   }
+  let h = p.h0 + hl;
   dA_log[h] = dA_log[h] + a;
   dD[h] = dD[h] + d;
   dBias[h] = dBias[h] + s;
@@ -278,35 +281,67 @@ export interface SsdBackwardDims {
   hasZ: boolean; hasState: boolean; lo: number; hi: number;
 }
 
-/** Offsets (in floats) of the work and gradient scratch, and their sizes. */
-export function ssdBackwardLayout(d: SsdBackwardDims) {
-  const { B, L, H, P, G, N } = d;
-  const K = BWD_CHUNK, nK = Math.ceil(L / K), BH = B * H, PN = P * N, T = B * L;
+/** The most bytes the backward gives one scratch buffer (besides the device's binding limit); tests lower it to
+ *  force pieces of heads. */
+export const ssdBackwardTuning = { bufferBytes: 1 << 30 };
+
+/** Offsets (in floats) of the work and gradient scratch of a piece of hp heads (all batch rows), and their sizes. */
+export function ssdBackwardLayout(d: SsdBackwardDims, hp: number) {
+  const { B, L, P, N } = d;
+  // checkpoints every K positions: about √L of them, and K + 1 states of a chunk, per (b, h)
+  const K = Math.max(BWD_CHUNK, Math.ceil(Math.sqrt(L))), nK = Math.ceil(L / K), BH = B * hp, PN = P * N, T = B * L;
   const oCk = BH * PN, oCst = oCk + BH * nK * PN, oDS = oCst + BH * (K + 1) * PN, oPart = oDS + BH * PN;
   const work = oPart + BH * WG * 2 * N;
-  const oGx = 0, oGz = oGx + T * H * P, oGdt = oGz + (d.hasZ ? T * H * P : 0), oGB = oGdt + T * H, oGC = oGB + T * H * N;
-  const oGp = oGC + T * H * N, oBs = oGp + BH * 3, oCs = oBs + T * G * N, grads = oCs + T * G * N;
-  return { K, nK, oCk, oCst, oDS, oPart, work, oGx, oGz, oGdt, oGB, oGC, oGp, oBs, oCs, grads };
+  const oGx = 0, oGz = oGx + T * hp * P, oGdt = oGz + (d.hasZ ? T * hp * P : 0), oGB = oGdt + T * hp, oGC = oGB + T * hp * N;
+  const oGp = oGC + T * hp * N, grads = oGp + BH * 3;
+  return { K, nK, hp, oCk, oCst, oDS, oPart, work, oGx, oGz, oGdt, oGB, oGC, oGp, grads };
+}
+
+/** The layout of the most heads a piece can take with every scratch buffer under `maxBytes`, or null if not one. */
+export function ssdBackwardPlan(d: SsdBackwardDims, maxBytes: number): ReturnType<typeof ssdBackwardLayout> | null {
+  const fits = (hp: number) => {
+    const l = ssdBackwardLayout(d, hp);
+    return l.work * 4 <= maxBytes && l.grads * 4 <= maxBytes;
+  };
+  if (!fits(1)) return null;
+  let lo = 1, hi = d.H; // the sizes grow with hp: the most that fits, by bisection
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (fits(mid)) lo = mid;
+    else hi = mid - 1;
+  }
+  // as few pieces as that, of even sizes
+  return ssdBackwardLayout(d, Math.ceil(d.H / Math.ceil(d.H / lo)));
+}
+
+export interface SsdBackwardOut {
+  /** dB and dC, added into: column windows of width G·N */
+  dB: Buf; ldB: number; offB: number;
+  dC: Buf; ldC: number; offC: number;
+  dA_log: Buf; dD: Buf; dDtBias: Buf;
 }
 
 /**
- * Runs the backward into `grads` (laid out as ssdBackwardLayout says: dx [T, H·P] at oGx, dz at oGz, dt [T, H] at
- * oGdt, dB and dC per group [T, G·N] at oBs and oCs) and adds dA_log, D and dt_bias's gradients into their tensors.
+ * Runs the backward for the heads h0 .. h0 + l.hp into `grads` (laid out as ssdBackwardLayout says: dx and dz
+ * [T, hp·P] at oGx and oGz, dt [T, hp] at oGdt, for the caller to add into its windows), and adds dB, dC, dA_log, D
+ * and dt_bias's gradients of those heads into their tensors.
  */
 export function ssdBackward(
-  gpu: Gpu, d: SsdBackwardDims, inp: Buf, consts: Buf, dy: Buf, state0: Buf | null, work: Buf, grads: Buf,
-  dA_log: Buf, dD: Buf, dDtBias: Buf,
+  gpu: Gpu, d: SsdBackwardDims, l: ReturnType<typeof ssdBackwardLayout>, h0: number,
+  inp: Buf, consts: Buf, dy: Buf, state0: Buf | null, work: Buf, grads: Buf, out: SsdBackwardOut,
 ): void {
-  const l = ssdBackwardLayout(d);
-  check(d.B * d.H <= gpu.limits.maxComputeWorkgroupsPerDimension, `ssdScanBackward: ${d.B} rows × ${d.H} heads are more workgroups than one dispatch takes`);
-  const p = new Params().u32(d.B).u32(d.L).u32(d.H).u32(d.P).u32(d.G).u32(d.N).u32(l.K).u32(l.nK)
+  const hp = l.hp;
+  check(d.B * hp <= gpu.limits.maxComputeWorkgroupsPerDimension, `ssdScanBackward: ${d.B} rows × ${hp} heads are more workgroups than one dispatch takes`);
+  const p = new Params().u32(d.B).u32(d.L).u32(d.H).u32(d.P).u32(d.G).u32(d.N).u32(l.K).u32(l.nK).u32(h0).u32(hp)
     .u32(d.W).u32(d.ox).u32(d.ob).u32(d.oc).u32(d.odt).u32(d.oz).bool(d.hasZ).bool(d.hasState).f32(d.lo).f32(Math.min(d.hi, 3e38))
     .u32(l.oCk).u32(l.oCst).u32(l.oDS).u32(l.oPart).u32(l.oGx).u32(l.oGz).u32(l.oGdt).u32(l.oGB).u32(l.oGC).u32(l.oGp);
-  gpu.dispatch(gpu.kernel(bwdKernel, null), [inp, consts, dy, state0 ?? gpu.dummy, work, grads], p, [d.B * d.H]);
+  gpu.dispatch(gpu.kernel(bwdKernel, null), [inp, consts, dy, state0 ?? gpu.dummy, work, grads], p, [d.B * hp]);
   const T = d.B * d.L;
   const [gx, gy] = grid(Math.ceil((T * d.G * d.N) / 64), gpu.limits.maxComputeWorkgroupsPerDimension);
-  gpu.dispatch(gpu.kernel(reduceKernel, null), [grads],
-    new Params().u32(T).u32(d.H).u32(d.G).u32(d.N).u32(l.oGB).u32(l.oGC).u32(l.oBs).u32(l.oCs).u32(gx), [gx, gy]);
-  gpu.dispatch(gpu.kernel(paramsKernel, null), [grads, dA_log, dD, dDtBias],
-    new Params().u32(d.B).u32(d.H).u32(l.oGp), [Math.ceil(d.H / 64)]);
+  for (const [dst, ld, off, src] of [[out.dB, out.ldB, out.offB, l.oGB], [out.dC, out.ldC, out.offC, l.oGC]] as const) {
+    gpu.dispatch(gpu.kernel(reduceKernel, null), [grads, dst],
+      new Params().u32(T).u32(d.H).u32(d.G).u32(d.N).u32(h0).u32(hp).u32(src).u32(ld).u32(off).u32(gx), [gx, gy]);
+  }
+  gpu.dispatch(gpu.kernel(paramsKernel, null), [grads, out.dA_log, out.dD, out.dDtBias],
+    new Params().u32(d.B).u32(hp).u32(h0).u32(l.oGp), [Math.ceil(hp / 64)]);
 }

@@ -1,0 +1,99 @@
+/**
+ * The WebGPU SSD backward (kernels/ssd/backward.ts, the op ssdScanBackward) against the CPU reference's
+ * (src/backend/cpu/ssd-backward.ts) on shapes across its boundaries: the heads in several pieces (a small scratch
+ * budget forces them), lengths that are not multiples of the checkpoint interval, head dims and state sizes that are
+ * not multiples of the kernels' blocks, 1 or 2 groups, batch 3, with and without a gate z and an initial state, a
+ * dt clamp, every gradient a column window of a wider matrix (added into, as training does).
+ *
+ * Tolerance: the CPU keeps its states in float64, the GPU in float32; both sum the same terms in other orders. Each
+ * gradient is a sum over time of products whose float32 rounding is a relative 1e-7 each, growing at most with the
+ * number of terms (L·N or L·P, a few thousand here) — a few 1e-5 at worst of the largest terms' scale. The check is
+ * |gpu − cpu| ≤ 1e-4 · max(1e-6, max |cpu|) per gradient, that scale.
+ */
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { CpuBackend } from "../../src/backend/cpu/index.ts";
+import { type Backend, cols } from "../../src/backend/backend.ts";
+import type { TrainingOps } from "../../src/backend/training.ts";
+import { TestRng } from "../helpers/random.ts";
+import { maxAbsDiff } from "../helpers/fixtures.ts";
+import { releaseWebgpu, unavailable, webgpuBackend } from "../helpers/backends.ts";
+import { ssdBackwardTuning } from "../../src/backend/webgpu/kernels/ssd/backward.ts";
+
+after(releaseWebgpu);
+
+type TB = Backend & TrainingOps;
+const cpu = new CpuBackend() as unknown as TB;
+
+interface Case {
+  B: number; L: number; H: number; P: number; G: number; N: number;
+  gate: boolean; state: boolean; limit: readonly [number, number];
+  /** the scratch budget (bytes a buffer); small ones split the heads into pieces */
+  budget?: number;
+}
+
+async function compare(g: TB, c: Case, seed: number): Promise<void> {
+  const r = new TestRng(seed);
+  const T = c.B * c.L, E = c.H * c.P, GN = c.G * c.N;
+  // x | B | C after one column, z | dt beside each other after two: windows at odd offsets, as training's
+  const wX = 1 + E + 2 * GN + 1, wZ = 2 + E + c.H;
+  const d = {
+    xBC: r.f32(T * wX), zdt: r.f32(T * wZ), dtBias: r.f32(c.H, 1), D: r.f32(c.H), h0: r.f32(c.B * c.H * c.P * c.N),
+    A_log: Float32Array.from({ length: c.H }, () => Math.log(r.uniform(0.5, 8))), dy: r.f32(T * E),
+    // gradients already holding values: the backward adds into them
+    gx: r.f32(T * wX), gz: r.f32(T * wZ), gp: r.f32(3 * c.H),
+  };
+  const run = async (b: TB) => {
+    const xBC = b.fromF32(d.xBC, [T, wX]), zdt = b.fromF32(d.zdt, [T, wZ]);
+    const gxBC = b.fromF32(d.gx, [T, wX]), gzdt = b.fromF32(d.gz, [T, wZ]);
+    const gA = b.fromF32(d.gp.subarray(0, c.H), [c.H]), gD = b.fromF32(d.gp.subarray(c.H, 2 * c.H), [c.H]);
+    const gBias = b.fromF32(d.gp.subarray(2 * c.H), [c.H]);
+    b.ssdScanBackward!({
+      batch: c.B, seqLen: c.L, x: cols(xBC, 1, E), B: cols(xBC, 1 + E, GN), C: cols(xBC, 1 + E + GN, GN), dt: cols(zdt, 2 + E, c.H),
+      dtBias: b.fromF32(d.dtBias, [c.H]), A_log: b.fromF32(d.A_log, [c.H]), D: b.fromF32(d.D, [c.H]),
+      z: c.gate ? cols(zdt, 2, E) : null, headDim: c.P, nGroups: c.G, dtLimit: c.limit, chunkSize: 16,
+      state: c.state ? b.fromF32(d.h0, [c.B, c.H, c.P, c.N]) : null,
+    }, b.fromF32(d.dy, [T, E]), {
+      dx: cols(gxBC, 1, E), dB: cols(gxBC, 1 + E, GN), dC: cols(gxBC, 1 + E + GN, GN), dDt: cols(gzdt, 2 + E, c.H),
+      dz: c.gate ? cols(gzdt, 2, E) : null, dA_log: gA, dD: gD, dDtBias: gBias,
+    });
+    return Promise.all([gxBC, gzdt, gA, gD, gBias].map((x) => b.readF32(x)));
+  };
+  const want = await run(cpu);
+  const saved = ssdBackwardTuning.bufferBytes;
+  if (c.budget) ssdBackwardTuning.bufferBytes = c.budget;
+  let got: Float32Array[];
+  try {
+    got = await run(g);
+  } finally {
+    ssdBackwardTuning.bufferBytes = saved;
+  }
+  const names = ["x | B | C", "z | dt", "dA_log", "dD", "dDtBias"];
+  want.forEach((w, i) => {
+    // the change the backward made, against the CPU's (the starting values cancel out of the scale)
+    const start = [d.gx, d.gz, d.gp.subarray(0, c.H), d.gp.subarray(c.H, 2 * c.H), d.gp.subarray(2 * c.H)][i]!;
+    const scale = Math.max(1e-6, ...Array.from(w, (v, j) => Math.abs(v - start[j]!)));
+    const diff = maxAbsDiff(got[i]!, w);
+    assert.ok(diff <= 1e-4 * scale, `${JSON.stringify(c)}: the gradients of ${names[i]} differ by ${diff} (scale ${scale})`);
+  });
+}
+
+const none = [0, Infinity] as const;
+
+test("ssdScanBackward on WebGPU matches the CPU across checkpoints, pieces of heads, groups and batch rows", { timeout: 900_000 }, async (t) => {
+  const g = await webgpuBackend() as TB | null;
+  if (!g) return unavailable(t, "no WebGPU adapter");
+  const cases: Case[] = [
+    // batch 3, 2 groups, a gate and a state, a dt clamp; a length not a multiple of the checkpoint interval
+    { B: 3, L: 37, H: 4, P: 6, G: 2, N: 5, gate: true, state: true, limit: [0.02, 0.7] },
+    // the heads in pieces of 1 (a budget below two heads' scratch), 2 groups: a group's dB and dC summed over pieces
+    { B: 2, L: 45, H: 4, P: 8, G: 2, N: 12, gate: true, state: false, limit: none, budget: 40_000 },
+    // pieces of 3 and a last piece of fewer heads, one group
+    { B: 1, L: 300, H: 5, P: 4, G: 1, N: 8, gate: false, state: true, limit: [0, 0.5], budget: 80_000 },
+    // head dims and state sizes that are not multiples of the kernels' blocks, more rows than a block
+    { B: 1, L: 20, H: 2, P: 67, G: 1, N: 66, gate: true, state: true, limit: none },
+    // the model's head (P 64, N 128), two groups, a few checkpoints
+    { B: 1, L: 70, H: 4, P: 64, G: 2, N: 128, gate: true, state: true, limit: none },
+  ];
+  for (const [i, c] of cases.entries()) await compare(g, c, 500 + i);
+});
