@@ -32,6 +32,7 @@ import { benchPrompts, benchSizes, filled, greedyRequest, randomModel } from "./
 import { benchDecodeKernels } from "./decode-kernels.ts";
 import { alternatingRounds, gpuTrials, median, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
 import { checkCount } from "../src/errors.ts";
+import { hasTensorCores } from "../src/backend/webgpu/ops.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,matmul,decode,breakdown,forward,prefill").split(","));
 const models = new Set((process.env.BENCH_MODELS ?? "130m,1.4b").split(","));
@@ -112,7 +113,8 @@ async function benchMatmul(b: WebGpuBackend): Promise<void> {
     const { median: t, min, max } = await timeTrials(b, f, reps);
     const flops = (perCall: number) => `${((2 * T * K * N) / (perCall / 1000) / 1e12).toFixed(1)} TFLOP/s`;
     const gt = await gpuTrials(b, f, reps);
-    console.log(`matmul ${what} [${T}, ${K}] x [${N}, ${K}]^T fp32: ${ms(t)} (median of 5 loops, ${ms(min)} – ${ms(max)}), ` +
+    const kind = b.precision === "f16" ? `f16 products (${hasTensorCores(b) ? `tensor cores, tile ${JSON.stringify(b.settings.tensorCoreTile)}` : "shader-f16"})` : "fp32";
+    console.log(`matmul ${what} [${T}, ${K}] x [${N}, ${K}]^T ${kind}: ${ms(t)} (median of 5 loops, ${ms(min)} – ${ms(max)}), ` +
       `${flops(t)}${gt ? `; GPU clock ${ms(gt.median)}, ${flops(gt.median)}` : ""}`);
     b.dispose(x, w);
   }
