@@ -39,8 +39,8 @@ import { Params, grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
 import { type SsdScanKernelArgs, flagFieldsWgsl, softplusWgsl, windowFieldsWgsl, windowParams } from "./common.ts";
 
-/** values of p a slot covers, positions or state entries of a K tile */
-const PB = 64, BK = 8;
+/** values of p a slot covers */
+const PB = 64;
 
 export interface ChunkShape {
   N: number;
@@ -51,6 +51,8 @@ export interface ChunkShape {
   Q: number;
   /** slots (head, block of PB values of p) a workgroup, 1 or 2: workgroups of Q·SL threads (8·SL × Q / 8) */
   SL: number;
+  /** positions or state entries of a K tile, 8 or 16 */
+  BK: number;
 }
 
 /** floats of dtcs a (chunk, head): dt [Q], cs [Q], the decay from the run's start */
@@ -77,10 +79,10 @@ const Q = ${s.Q}u;
 const DS = ${dtcsStride(s.Q)}u; // floats of dtcs a (chunk, head): dt [Q], cs [Q], the decay from the run's start
 const NT = ${s.Q * s.SL}u;
 const SL = ${s.SL}u;
-const BK = ${BK}u;
+const BK = ${s.BK}u;
 const PB = ${PB}u;
-var<workgroup> As: array<vec4<f32>, ${BK * ((s.SL * s.Q) / 4 + 1)}>; // As[k][m], m < Q or (per slot) Q·SL, rows padded
-var<workgroup> Bs: array<vec4<f32>, ${BK * ((s.SL * PB) / 4 + 1)}>; // Bs[k][n], n < 64·SL
+var<workgroup> As: array<vec4<f32>, ${s.BK * ((s.SL * s.Q) / 4 + 1)}>; // As[k][m], m < Q or (per slot) Q·SL, rows padded
+var<workgroup> Bs: array<vec4<f32>, ${s.BK * ((s.SL * PB) / 4 + 1)}>; // Bs[k][n], n < 64·SL
 var<workgroup> dts: array<f32, ${s.SL * s.Q}>; // [slot, i]
 var<workgroup> cs: array<f32, ${s.SL * s.Q}>;
 
@@ -112,17 +114,17 @@ interface Operand {
 }
 
 /** per thread, per K tile: the operand's values (vec4s when v4) */
-const perThread = (o: Operand, s: ChunkShape) => (o.rows * BK) / (s.Q * s.SL) / (s.v4 ? 4 : 1);
+const perThread = (o: Operand, s: ChunkShape) => (o.rows * s.BK) / (s.Q * s.SL) / (s.v4 ? 4 : 1);
 
 /** WGSL: element e's (k, m) for the operand's layout (4 values an element when v4) */
-function coords(o: Operand, v4: boolean): [string, string] {
-  if (o.kMajor) return v4 ? [`e / ${o.rows / 4}u`, `(e % ${o.rows / 4}u) * 4u`] : [`e / ${o.rows}u`, `e % ${o.rows}u`];
-  return v4 ? [`(e % ${BK / 4}u) * 4u`, `e / ${BK / 4}u`] : [`e % BK`, `e / BK`];
+function coords(o: Operand, s: ChunkShape): [string, string] {
+  if (o.kMajor) return s.v4 ? [`e / ${o.rows / 4}u`, `(e % ${o.rows / 4}u) * 4u`] : [`e / ${o.rows}u`, `e % ${o.rows}u`];
+  return s.v4 ? [`(e % ${s.BK / 4}u) * 4u`, `e / ${s.BK / 4}u`] : [`e % BK`, `e / BK`];
 }
 
 /** WGSL: the operand's values of the K tile starting at kt into its registers */
 function loadOperand(o: Operand, kt: string, s: ChunkShape): string {
-  const v4 = s.v4, [k, m] = coords(o, v4);
+  const v4 = s.v4, [k, m] = coords(o, s);
   return /* wgsl */ `
     for (var l = 0u; l < ${perThread(o, s)}u; l++) {
       let e = tid + NT * l;
@@ -136,7 +138,7 @@ function loadOperand(o: Operand, kt: string, s: ChunkShape): string {
 
 /** WGSL: the registers into the tile (4 values of one m at once, or transposed into 4 rows k) */
 function storeOperand(o: Operand, s: ChunkShape): string {
-  const v4 = s.v4, [k, m] = coords(o, v4);
+  const v4 = s.v4, [k, m] = coords(o, s);
   const stride = `${o.rows / 4 + 1}u`;
   const store = !v4 ? `${o.tile}[k * ${stride} + m / 4u][m % 4u] = ${o.reg}[l];`
     : o.kMajor ? `${o.tile}[k * ${stride} + m / 4u] = ${o.reg}[l];`
@@ -573,11 +575,14 @@ ${mySlot}
 }
 `;
 
-const example: ChunkShape = { N: 16, P: 8, v4: true, Q: 128, SL: 2 };
+const example: ChunkShape = { N: 16, P: 8, v4: true, Q: 128, SL: 2, BK: 8 };
 const cbKernel = defineKernel({ name: "ssd_chunk_cb", wgsl: cbWgsl, example });
 const stateKernel = defineKernel({ name: "ssd_chunk_state", wgsl: stateWgsl, example });
 const passKernel = defineKernel({ name: "ssd_state_pass", wgsl: passWgsl, example });
 const scanKernel = defineKernel({ name: "ssd_chunk_scan", wgsl: scanWgsl, example });
+
+/** Workgroup memory of the chunk kernels (the most of them: ssd_chunk_state's) in bytes. */
+const workgroupBytes = (s: ChunkShape) => 16 * s.BK * ((s.SL * s.Q) / 4 + 1 + (s.SL * PB) / 4 + 1) + 3 * 4 * s.SL * s.Q;
 
 /** Whether every window, P and N allow the kernels' loads and stores of 4 floats at once. */
 function vec4Fits(a: Omit<SsdScanKernelArgs, "consts">): boolean {
@@ -586,9 +591,10 @@ function vec4Fits(a: Omit<SsdScanKernelArgs, "consts">): boolean {
 }
 
 /** The kernels' configuration, changeable by tests and benchmarks: the chunk length Q (128 or 64), slots a
- *  workgroup SL (2 or 1), and the run length's rule: the workgroups of ssd_chunk_state that keep a large GPU busy
+ *  workgroup SL (2 or 1), the K tile BK (8, or 16 where the device's workgroup memory holds its tiles: BK 8 is
+ *  taken otherwise), and the run length's rule: the workgroups of ssd_chunk_state that keep a large GPU busy
  *  (about three rounds of two an SM on 132 SMs, so that the last round's idle share stays small). */
-export const chunkTuning = { stateGroups: 768, Q: 128, SL: 2 };
+export const chunkTuning = { stateGroups: 768, Q: 128, SL: 2, BK: 8 };
 
 /** Chunks a run: the most of 1, 2, 4, 8 that leaves ssd_chunk_state chunkTuning.stateGroups workgroups (longer runs
  *  leave the state pass less to move, fewer workgroups a GPU less busy). */
@@ -605,7 +611,8 @@ export interface SsdChunkedArgs extends Omit<SsdScanKernelArgs, "consts"> {
 
 export function ssdScanChunked(gpu: Gpu, a: SsdChunkedArgs): void {
   const { Q, SL } = chunkTuning;
-  const shape: ChunkShape = { N: a.N, P: a.P, v4: vec4Fits(a), Q, SL };
+  const wide: ChunkShape = { N: a.N, P: a.P, v4: vec4Fits(a), Q, SL, BK: chunkTuning.BK };
+  const shape = workgroupBytes(wide) <= gpu.limits.maxComputeWorkgroupStorageSize ? wide : { ...wide, BK: 8 };
   const nC = Math.ceil(a.L / Q);
   // pairs of slots (head, block of PB values of p) a group, and blocks of Q state entries
   const pairs = Math.ceil(((a.H / a.G) * Math.ceil(a.P / PB)) / SL), nNB = Math.ceil(a.N / Q);
