@@ -33,6 +33,7 @@ import { benchDecodeKernels } from "./decode-kernels.ts";
 import { alternatingRounds, gpuTrials, median, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
 import { checkCount } from "../src/errors.ts";
 import { hasTensorCores } from "../src/backend/webgpu/ops.ts";
+import { dawnToggles } from "../src/backend/webgpu/node.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,matmul,decode,breakdown,forward,prefill").split(","));
 const models = new Set((process.env.BENCH_MODELS ?? "130m,1.4b").split(","));
@@ -379,13 +380,13 @@ export default async function run(): Promise<void> {
     await benchScan(other);
     await other.destroy();
   }
-  const toggles = process.env.MAMBA_TS_DAWN_TOGGLES ?? "disable_workgroup_init,disable_robustness (default)";
+  const toggles = dawnToggles().enabled;
   console.log(`device: ${g.description}; WebGPU (Dawn, Node ${process.version}, toggles ${toggles || "none"}); subgroups ${g.hasSubgroups}, timestamp-query ${g.hasTimestamps}; ` +
     `max storage binding ${(g.limits.maxStorageBufferBindingSize / 2 ** 30).toFixed(2)} GiB${tuningNote}`);
   await warmUpGpu(probe);
   if (only.has("scan")) await benchScan(probe);
   if (only.has("matmul")) {
-    console.log("\n-- tiled matmul (fp32, GPU time per call after warm-up) --");
+    console.log(`\n-- tiled matmul (${probe.precision === "f16" ? "f16 products" : "fp32"}, GPU time per call after warm-up) --`);
     await benchMatmul(probe);
   }
   if (only.has("kernels")) {
