@@ -5,7 +5,8 @@
  * from the states, as register-tiled products; chunks of the kernels' own length) and, for one position (decode),
  * as the plain recurrence (a thread per (b, h, p), the state row in registers). Both are tested against the CPU's.
  * The training ops: Falcon's windowed norm's backward, the gated norm's, and the SSD's (kernels/ssd/backward.ts:
- * a workgroup per (b, h) recomputing states from checkpoints, correct rather than fast).
+ * the recurrence backwards from checkpoints, a workgroup per (b, h, block of rows, block of state columns), the
+ * gate's backward first from a forward scan without the gate; heads in pieces where the scratch would not fit).
  */
 import type { SsdScanArgs, Tensor, TensorOrCols } from "../backend.ts";
 import { MambaError, check } from "../../errors.ts";
@@ -18,7 +19,7 @@ import { ssdScanSequential } from "./kernels/ssd/scan.ts";
 import { gatherConsts } from "./kernels/ssd/common.ts";
 import { ssdScanChunked } from "./kernels/ssd/chunked.ts";
 import { MAX_SEGMENTS, gatedRmsNorm, gatedRmsNormBackward, segmentRmsNorm, segmentRmsNormBackward } from "./kernels/ssd/norms.ts";
-import { addWindow, ssdBackward, ssdBackwardLayout, ssdBackwardPlan, ssdBackwardTuning } from "./kernels/ssd/backward.ts";
+import { ssdBackward, ssdBackwardLayout, ssdBackwardPlan, ssdBackwardShape, ssdBackwardTuning, ssdGateBackward } from "./kernels/ssd/backward.ts";
 import { copyWindow } from "./kernels/copy.ts";
 import type { SsdGrads } from "../training.ts";
 
@@ -128,51 +129,55 @@ export const webgpuMamba2Ops = {
     check(dyt.numel === T * H * P, `${what}: dy [${dyt.shape}] does not match the scan`);
     const st = a.state ? gpuTensor(a.state, this, what) : null;
     check(!st || st.numel === a.batch * H * P * N, `${what}: the initial state needs [${a.batch}, ${H}, ${P}, ${N}]`);
-    // the inputs side by side in one buffer: x | B | C | dt | z
     const GN = G * N, HP = H * P;
-    const W = 2 * GN + H + HP + (z ? HP : 0);
-    const dims = {
-      B: a.batch, L: a.seqLen, H, P, G, N, W, ox: 0, ob: HP, oc: HP + GN, odt: HP + 2 * GN, oz: HP + 2 * GN + H,
-      hasZ: !!z, hasState: !!st, lo: a.dtLimit[0], hi: a.dtLimit[1],
-    };
+    const dims = { B: a.batch, L: a.seqLen, H, P, G, N, hasState: !!st, lo: a.dtLimit[0], hi: a.dtLimit[1] };
     const limit = this.gpu.limits.maxStorageBufferBindingSize;
-    if (T * W * 4 > limit) throw new MambaError(`${what}: the backward's inputs need ${T * W * 4} bytes, over this device's ${limit} a buffer; use a smaller batch or the cpu backend`);
+    if (T * HP * 4 > limit) throw new MambaError(`${what}: the scan's output needs ${T * HP * 4} bytes, over this device's ${limit} a buffer; use a smaller batch or the cpu backend`);
     // the heads in pieces whose scratch fits a buffer (all at once where they fit)
-    const l = ssdBackwardPlan(dims, Math.min(limit, ssdBackwardTuning.bufferBytes)) ?? ssdBackwardPlan(dims, limit);
+    const shape = ssdBackwardShape(P, this.gpu.limits.maxComputeWorkgroupStorageSize);
+    const l = ssdBackwardPlan(dims, shape, Math.min(limit, ssdBackwardTuning.bufferBytes)) ?? ssdBackwardPlan(dims, shape, limit);
     if (!l) throw new MambaError(`${what}: the backward's scratch for one head needs more than this device's ${limit} bytes a buffer; use a smaller batch or sequence, or the cpu backend`);
-    const inp = this.gpu.alloc(T * W * 4, "the SSD backward's inputs");
-    for (const [w, off] of [[x, dims.ox], [Bm, dims.ob], [Cm, dims.oc], [dt, dims.odt], ...(z ? [[z, dims.oz] as const] : [])] as const) {
-      copyWindow(this.gpu, w.buf, w.ld, w.off, inp, W, off, T, w.width);
-    }
-    const consts = scanConsts(this, a, H, what);
-    const work = this.gpu.alloc(Math.max(4, l.work * 4), "the SSD backward's states");
-    const grads = this.gpu.alloc(l.grads * 4, "the SSD backward's gradients");
+    const target = (t: TensorOrCols, width: number, name: string) => {
+      const w = windowOf(t, this, `${what} (${name})`);
+      check(w.width === width && w.rows === T, `${what}: ${name} is ${w.rows} x ${w.width}, expected ${T} x ${width}`);
+      w.t.version++;
+      return { buf: w.t.buf, ld: w.ld, off: w.off };
+    };
     const dense = (t: Tensor, n: number, name: string) => {
       const gt = gpuTensor(t, this, what);
       check(gt.numel === n, `${what}: ${name} needs ${n} values, got [${gt.shape}]`);
       gt.version++;
       return gt.buf;
     };
-    const target = (t: TensorOrCols, width: number, name: string) => {
-      const w = windowOf(t, this, `${what} (${name})`);
-      check(w.width === width && w.rows === T, `${what}: ${name} is ${w.rows} x ${w.width}, expected ${T} x ${width}`);
-      w.t.version++;
-      return w;
-    };
-    const gdx = target(g.dx, HP, "dx"), gdB = target(g.dB, GN, "dB"), gdC = target(g.dC, GN, "dC"), gdt = target(g.dDt, H, "dDt");
-    const gdz = g.dz ? target(g.dz, HP, "dz") : null;
-    const out = {
-      dB: gdB.t.buf, ldB: gdB.ld, offB: gdB.off, dC: gdC.t.buf, ldC: gdC.ld, offC: gdC.off,
+    // gy = dy·silu(z): y before the gate from a forward scan without z (from a copy of the initial state, which the
+    // scan advances), then the gate's backward, which also adds dz
+    let gy = dyt.buf;
+    let ypre: Tensor | null = null;
+    if (z) {
+      const gdz = target(g.dz!, HP, "dz");
+      let state0: GpuTensor | null = null;
+      if (st) {
+        state0 = make(this, st.shape, "a copy of the initial state");
+        copyWindow(this.gpu, f32(this, st), st.numel, 0, state0.buf, st.numel, 0, 1, st.numel);
+      }
+      ypre = webgpuMamba2Ops.ssdScan.call(this, { ...a, z: null, state: state0 });
+      if (state0) this.dispose(state0);
+      gy = gpuTensor(ypre, this, what).buf;
+      ssdGateBackward(this.gpu, gy, dyt.buf, z.buf, z.ld, z.off, gdz.buf, gdz.ld, gdz.off, T, HP);
+    }
+    const args = {
+      x, dt, Bm, Cm, consts: scanConsts(this, a, H, what), gy, state0: st ? f32(this, st) : null,
+      dx: target(g.dx, HP, "dx"), dDt: target(g.dDt, H, "dDt"), dB: target(g.dB, GN, "dB"), dC: target(g.dC, GN, "dC"),
       dA_log: dense(g.dA_log, H, "dA_log"), dD: dense(g.dD, H, "dD"), dDtBias: dense(g.dDtBias, H, "dDtBias"),
     };
+    const work = this.gpu.alloc(Math.max(4, l.size * 4), "the SSD backward's scratch");
     for (let h0 = 0; h0 < H; h0 += l.hp) {
-      const hp = Math.min(l.hp, H - h0), lp = hp === l.hp ? l : ssdBackwardLayout(dims, hp);
-      ssdBackward(this.gpu, dims, lp, h0, inp, consts, dyt.buf, st?.buf ?? null, work, grads, out);
-      addWindow(this.gpu, grads, hp * P, lp.oGx, gdx.t.buf, gdx.ld, gdx.off + h0 * P, T, hp * P);
-      addWindow(this.gpu, grads, hp, lp.oGdt, gdt.t.buf, gdt.ld, gdt.off + h0, T, hp);
-      if (gdz) addWindow(this.gpu, grads, hp * P, lp.oGz, gdz.t.buf, gdz.ld, gdz.off + h0 * P, T, hp * P);
+      const hp = Math.min(l.hp, H - h0);
+      ssdBackward(this.gpu, dims, shape, hp === l.hp ? l : ssdBackwardLayout(dims, shape, hp), h0, args, work);
     }
-    for (const b of [inp, consts, work, grads]) this.gpu.release(b);
+    this.gpu.release(work);
+    this.gpu.release(args.consts);
+    if (ypre) this.dispose(ypre);
   },
 
   /** TrainingOps.gatedRmsNormBackward: dy, dz and dWeight added into. */

@@ -1,14 +1,22 @@
 /**
- * Backward of Mamba-2's SSM on WebGPU, the straightforward way (the CPU's ssdBackwardF32, ../../../cpu/ssd-backward.ts),
- * a workgroup per (b, h) whose threads split the rows p of the state: it runs the forward once, keeping the state at
- * the start of every chunk of K positions; then, chunk by chunk from the last, recomputes the chunk's K states from
- * its checkpoint and walks time backwards with dS ([P, N]), the gradient reaching the state:
- *   gy = dout·silu(z);  dS' = dS + gy ⊗ C_t;  dC_t += gyᵀ·state_t;  dB_t += dt·dS'ᵀ·x_t;  dx_t = D·gy + dt·dS'·B_t
+ * Backward of Mamba-2's SSM on WebGPU (the CPU's ssdBackwardF32, ../../../cpu/ssd-backward.ts, is the reference):
+ * the recurrence run backwards in time with dS ([P, N]), the gradient reaching the state:
+ *   dS' = dS + gy ⊗ C_t;  dC_t = gyᵀ·state_t;  dB_t = dt·dS'ᵀ·x_t;  dx_t = D·gy + dt·dS'·B_t
  *   da = Σ dS'∘state_{t-1};  ddt = Σ dS'·x_t⊗B_t + da·a·A;  dA += da·a·dt;  dS = a·dS'
- * The inputs arrive packed side by side in one buffer (x | B | C | dt | z, copied there by the caller); the
- * per-head gradients of B and C, and the per-(b, h) sums of dA_log, D and dt_bias, go to a scratch buffer that
- * ssd_backward_reduce sums over the heads of a group and ssd_backward_params over the batch rows. Work buffers: the
- * running state, the checkpoints, a chunk's states and dS, per (b, h).
+ * where gy = dout·silu(z) (the caller computes it first: y before the gate comes from a forward scan without z).
+ *
+ * Every state value (p, n) follows its own recurrence; only the gradients sum over p or n. So a workgroup takes one
+ * (batch row b, head h, block of TP rows p, block of NB columns n), a thread a row p with NB state values and NB of
+ * dS in registers, and workgroups are B·H·⌈P/TP⌉·⌈N/NB⌉ (at B1 H24 P64 N128: 384 of 64 threads):
+ * - ssd_bwd_forward runs the forward once, keeping the state at every K-th position (checkpoints, in the work buffer);
+ * - ssd_bwd_main walks the chunks of K positions from the last: recomputes the chunk's states from its checkpoint
+ *   into workgroup memory (each thread its own), then steps back through them. Per step the sums over the block's
+ *   rows (dB_t, dC_t of its columns, da, the first term of ddt) meet in workgroup memory (two buffers taking turns,
+ *   one barrier a step); the sum over columns of dx is left in partials per column block, one per (t, h, block, p);
+ * - ssd_bwd_rows (a thread per (t, h)) finishes ddt and dt's gradient from the blocks' partials and each row's terms
+ *   of dA_log, D and dt_bias; ssd_bwd_dx (per (t, h, p)) adds up dx; ssd_bwd_reduce sums dB, dC over the heads of a
+ *   group and the row blocks; ssd_bwd_params sums the per-row terms over time. All add into the caller's windows.
+ * Heads go in pieces when a piece's scratch would not fit one buffer (the scratch is reused piece after piece).
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
@@ -16,181 +24,264 @@ import { defineKernel } from "../../kernel-def.ts";
 import { check } from "../../../../errors.ts";
 import { softplusWgsl } from "./common.ts";
 
-/** positions between two checkpoints of the backward's forward pass */
-export const BWD_CHUNK = 16;
+/** state columns a thread keeps (a column block) */
+const NB = 8;
+/** the most rows (threads) a workgroup takes */
+const MAX_TP = 64;
+/** the longest chunk between checkpoints (its states sit in workgroup memory, K·NB·TP floats) */
+const MAX_K = 8;
 
-/** threads of a backward workgroup (one workgroup per (b, h); its threads split the rows p of the state) */
-const WG = 64;
-
-const bwdWgsl = /* wgsl */ `
-// bindings: 0 inp [T, W] (x | B | C | dt | z) | 1 consts [3H] dtBias | A_log | D | 2 dy [T, H·P] | 3 state0 [B, H, P, N]
-//           4 work (per (b, h): running state, checkpoints, chunk states, dS; per thread: partial dB, dC)
-//           5 grads (see the launcher) | 6 params
-// A workgroup per (b, h); thread k owns the rows p = k, k + WG, ... of the state and of dS, so the forward, the
-// recompute and dS's recurrence need no exchange. Per time step the sums over p (dB_t, dC_t: [N]; da and ddt:
-// scalars) go through per-thread partials: dB, dC in the work buffer, da, ddt in workgroup memory.
-struct P {
-  B: u32, L: u32, H: u32, P: u32, G: u32, N: u32, K: u32, nK: u32, h0: u32, hp: u32,
-  W: u32, ox: u32, ob: u32, oc: u32, odt: u32, oz: u32, hasZ: u32, hasState: u32, lo: f32, hi: f32,
-  oCk: u32, oCst: u32, oDS: u32, oPart: u32, oGx: u32, oGz: u32, oGdt: u32, oGB: u32, oGC: u32, oGp: u32,
+export interface SsdBwdShape {
+  /** threads (rows) a workgroup, a multiple of 32 */
+  TP: number;
+  /** positions between checkpoints */
+  K: number;
 }
-const WG = ${WG}u;
-@group(0) @binding(0) var<storage, read> inp: array<f32>;
-@group(0) @binding(1) var<storage, read> consts: array<f32>;
-@group(0) @binding(2) var<storage, read> dy: array<f32>;
-@group(0) @binding(3) var<storage, read> state0: array<f32>;
-@group(0) @binding(4) var<storage, read_write> work: array<f32>;
-@group(0) @binding(5) var<storage, read_write> grads: array<f32>;
-@group(0) @binding(6) var<uniform> p: P;
-var<workgroup> red: array<f32, ${3 * WG}>; // da | ddt | dD partials
 
+// the parameters every backward kernel reads (one struct, so that one Params serves them all)
+const paramsStruct = /* wgsl */ `struct P {
+  B: u32, L: u32, H: u32, P: u32, G: u32, N: u32, h0: u32, hp: u32,
+  nNB: u32, nPB: u32, nK: u32, groupsX: u32,
+  ldx: u32, offx: u32, lddt: u32, offdt: u32, ldb: u32, offb: u32, ldc: u32, offc: u32,
+  ldo: u32, offo: u32, hasState: u32, lo: f32, hi: f32,
+  oCk: u32, oDx: u32, oDB: u32, oDC: u32, oDa: u32, oDdt: u32, oTerms: u32,
+}`;
+
+const commonWgsl = /* wgsl */ `
 fn sigmoid(v: f32) -> f32 { return 1.0 / (1.0 + exp(-v)); }
+// dt at row r (after its bias, the softplus and the clamp), and the raw value before the softplus
+fn dtRaw(r: u32, h: u32) -> f32 { return dt[r * p.lddt + p.offdt + h] + consts[h]; }
+fn dtOf(v: f32) -> f32 { return clamp(${softplusWgsl("v")}, p.lo, p.hi); }
+`;
 
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let bh = wg.x; // one workgroup per (b, h) of this piece of heads: h = h0 + bh % hp
-  let b = bh / p.hp;
-  let hl = bh % p.hp;
+// one workgroup a (b, h, row block, column block): its id and what it covers
+const blockWgsl = (s: SsdBwdShape) => /* wgsl */ `
+  let wid = wg.y * p.groupsX + wg.x;
+  let nb = wid % p.nNB;
+  let pb = (wid / p.nNB) % p.nPB;
+  let bhl = wid / (p.nNB * p.nPB);
+  if (bhl >= p.B * p.hp) { return; }
+  let b = bhl / p.hp;
+  let hl = bhl % p.hp;
   let h = p.h0 + hl;
-  let HPl = p.hp * p.P; // the width of this piece's dx and dz
   let g = h / (p.H / p.G);
-  let N = p.N;
-  let PN = p.P * N;
-  let HP = p.H * p.P;
   let A = -exp(consts[p.H + h]);
-  let bias = consts[h];
-  let Dh = consts[2u * p.H + h];
-  let run = bh * PN;
-  let ck = p.oCk + bh * p.nK * PN;
-  let cst = p.oCst + bh * (p.K + 1u) * PN;
-  let dS = p.oDS + bh * PN;
-  let part = p.oPart + (bh * WG + tid) * 2u * N;
-  // ---- forward over this thread's rows, keeping the state at the start of every chunk ----
-  for (var q = tid; q < p.P; q += WG) {
-    for (var n = 0u; n < N; n++) { work[run + q * N + n] = select(0.0, state0[(b * p.H + h) * PN + q * N + n], p.hasState != 0u); }
+  let row = pb * ${s.TP}u + tid; // this thread's row p of the state
+  let live = row < p.P;
+  let prow = min(row, p.P - 1u); // a row to read where it is not live (its values are masked)
+  let n0 = nb * NB;
+  let ck = p.oCk + wid * p.nK * NB * ${s.TP}u; // this workgroup's checkpoints: [nK][NB][TP]
+`;
+
+const fwdWgsl = (s: SsdBwdShape) => /* wgsl */ `
+// bindings: 0 x | 1 dt | 2 Bm | 3 consts [3H] | 4 state0 [B, H, P, N] | 5 work | 6 params
+${paramsStruct}
+const NB = ${NB}u;
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> dt: array<f32>;
+@group(0) @binding(2) var<storage, read> Bm: array<f32>;
+@group(0) @binding(3) var<storage, read> consts: array<f32>;
+@group(0) @binding(4) var<storage, read> state0: array<f32>;
+@group(0) @binding(5) var<storage, read_write> work: array<f32>;
+@group(0) @binding(6) var<uniform> p: P;
+${commonWgsl}
+// the forward over the block's state values, keeping the state before every K-th position
+@compute @workgroup_size(${s.TP})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+${blockWgsl(s)}
+  var st: array<f32, NB>;
+  for (var j = 0u; j < NB; j++) {
+    let n = n0 + j;
+    st[j] = select(0.0, state0[((b * p.H + h) * p.P + prow) * p.N + min(n, p.N - 1u)], p.hasState != 0u && live && n < p.N);
   }
   for (var t = 0u; t < p.L; t++) {
-    let r = (b * p.L + t) * p.W;
-    let v = inp[r + p.odt + h] + bias;
-    let d = clamp(${softplusWgsl("v")}, p.lo, p.hi);
+    let r = b * p.L + t;
+    if (t % ${s.K}u == 0u) {
+      for (var j = 0u; j < NB; j++) { work[ck + ((t / ${s.K}u) * NB + j) * ${s.TP}u + tid] = st[j]; }
+    }
+    let d = dtOf(dtRaw(r, h));
     let a = exp(d * A);
-    for (var q = tid; q < p.P; q += WG) {
-      if (t % p.K == 0u) { for (var n = 0u; n < N; n++) { work[ck + (t / p.K) * PN + q * N + n] = work[run + q * N + n]; } }
-      let dx = d * inp[r + p.ox + h * p.P + q];
-      for (var n = 0u; n < N; n++) { work[run + q * N + n] = fma(a, work[run + q * N + n], dx * inp[r + p.ob + g * N + n]); }
+    let dx = d * select(0.0, x[r * p.ldx + p.offx + h * p.P + prow], live);
+    for (var j = 0u; j < NB; j++) {
+      let n = n0 + j;
+      let Bn = select(0.0, Bm[r * p.ldb + p.offb + g * p.N + min(n, p.N - 1u)], n < p.N);
+      st[j] = fma(a, st[j], dx * Bn);
     }
-  }
-  // ---- backward, chunk by chunk from the last ----
-  for (var q = tid; q < p.P; q += WG) { for (var n = 0u; n < N; n++) { work[dS + q * N + n] = 0.0; } }
-  var dA = 0.0;
-  var dBias = 0.0;
-  var dD = 0.0;
-  for (var cc = 0u; cc < p.nK; cc++) {
-    let c = p.nK - 1u - cc;
-    let t0 = c * p.K;
-    let t1 = min(p.L, t0 + p.K);
-    for (var q = tid; q < p.P; q += WG) { for (var n = 0u; n < N; n++) { work[cst + q * N + n] = work[ck + c * PN + q * N + n]; } }
-    for (var t = t0; t < t1; t++) {
-      let r = (b * p.L + t) * p.W;
-      let v = inp[r + p.odt + h] + bias;
-      let d = clamp(${softplusWgsl("v")}, p.lo, p.hi);
-      let a = exp(d * A);
-      let s0 = cst + (t - t0) * PN;
-      for (var q = tid; q < p.P; q += WG) {
-        let dx = d * inp[r + p.ox + h * p.P + q];
-        for (var n = 0u; n < N; n++) { work[s0 + PN + q * N + n] = fma(a, work[s0 + q * N + n], dx * inp[r + p.ob + g * N + n]); }
-      }
-    }
-    for (var tt = t1; tt > t0; tt--) {
-      let t = tt - 1u;
-      let row = b * p.L + t;
-      let r = row * p.W;
-      let v = inp[r + p.odt + h] + bias;
-      let sp = ${softplusWgsl("v")};
-      let d = clamp(sp, p.lo, p.hi);
-      let a = exp(d * A);
-      let prev = cst + (t - t0) * PN; // state_{t-1}
-      let cur = prev + PN; // state_t
-      for (var n = 0u; n < 2u * N; n++) { work[part + n] = 0.0; }
-      var da = 0.0;
-      var ddt = 0.0;
-      for (var q = tid; q < p.P; q += WG) {
-        let xv = inp[r + p.ox + h * p.P + q];
-        let gout = dy[row * HP + h * p.P + q];
-        var gy = gout;
-        if (p.hasZ != 0u) {
-          var ypre = Dh * xv;
-          for (var n = 0u; n < N; n++) { ypre = fma(work[cur + q * N + n], inp[r + p.oc + g * N + n], ypre); }
-          let zv = inp[r + p.oz + h * p.P + q];
-          let sg = sigmoid(zv);
-          gy = gout * zv * sg;
-          grads[p.oGz + row * HPl + hl * p.P + q] = gout * ypre * sg * (1.0 + zv * (1.0 - sg));
-        }
-        var gx = Dh * gy;
-        for (var n = 0u; n < N; n++) {
-          let Bn = inp[r + p.ob + g * N + n];
-          let Cn = inp[r + p.oc + g * N + n];
-          let dsv = work[dS + q * N + n] + gy * Cn;
-          work[part + N + n] = work[part + N + n] + gy * work[cur + q * N + n];
-          da = fma(dsv, work[prev + q * N + n], da);
-          ddt = fma(dsv * xv, Bn, ddt);
-          work[part + n] = work[part + n] + d * dsv * xv;
-          gx = fma(d * dsv, Bn, gx);
-          work[dS + q * N + n] = dsv * a;
-        }
-        grads[p.oGx + row * HPl + hl * p.P + q] = gx;
-        dD = fma(gy, xv, dD);
-      }
-      red[tid] = da;
-      red[WG + tid] = ddt;
-      storageBarrier();
-      workgroupBarrier();
-      // the sums over the rows: dB_t, dC_t of this head (n split over the threads), and ddt (thread 0)
-      let gB = p.oGB + (row * p.hp + hl) * N;
-      let gC = p.oGC + (row * p.hp + hl) * N;
-      for (var n = tid; n < N; n += WG) {
-        var sb = 0.0;
-        var sc = 0.0;
-        for (var k = 0u; k < WG; k++) {
-          let o = p.oPart + (bh * WG + k) * 2u * N;
-          sb = sb + work[o + n];
-          sc = sc + work[o + N + n];
-        }
-        grads[gB + n] = sb;
-        grads[gC + n] = sc;
-      }
-      if (tid == 0u) {
-        var sa = 0.0;
-        var sd = 0.0;
-        for (var k = 0u; k < WG; k++) { sa = sa + red[k]; sd = sd + red[WG + k]; }
-        sd = sd + sa * a * A;
-        dA = dA + sa * a * d;
-        var graw = 0.0;
-        if (sp >= p.lo && sp <= p.hi) { graw = sd * select(sigmoid(v), 1.0, v > 20.0); }
-        grads[p.oGdt + row * p.hp + hl] = graw;
-        dBias = dBias + graw;
-      }
-      storageBarrier();
-      workgroupBarrier();
-    }
-  }
-  red[2u * WG + tid] = dD;
-  workgroupBarrier();
-  if (tid == 0u) {
-    var sD = 0.0;
-    for (var k = 0u; k < WG; k++) { sD = sD + red[2u * WG + k]; }
-    grads[p.oGp + bh * 3u] = dA * A;
-    grads[p.oGp + bh * 3u + 1u] = sD;
-    grads[p.oGp + bh * 3u + 2u] = dBias;
   }
 }
 `;
 
+const RED = 2 * NB + 2; // the sums over rows a step: dB (NB), dC (NB), da, ddt
+
+const mainWgsl = (s: SsdBwdShape) => /* wgsl */ `
+// bindings: 0 x | 1 dt | 2 Bm | 3 Cm | 4 consts [3H] | 5 gy [T, H·P] | 6 work | 7 params
+// work: the checkpoints at oCk; out: dx partials [T, hp, nNB, P] at oDx, dB and dC per head and row block
+// [T, hp, nPB, N] at oDB, oDC, da and the first term of ddt per block [T, hp, nPB·nNB] at oDa, oDdt
+${paramsStruct}
+const NB = ${NB}u;
+const TP = ${s.TP}u;
+const K = ${s.K}u;
+const RED = ${RED}u;
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> dt: array<f32>;
+@group(0) @binding(2) var<storage, read> Bm: array<f32>;
+@group(0) @binding(3) var<storage, read> Cm: array<f32>;
+@group(0) @binding(4) var<storage, read> consts: array<f32>;
+@group(0) @binding(5) var<storage, read> gy: array<f32>;
+@group(0) @binding(6) var<storage, read_write> work: array<f32>;
+@group(0) @binding(7) var<uniform> p: P;
+// the chunk's states (each thread reads back only its own): [K][NB][TP]
+var<workgroup> hist: array<f32, ${s.K * NB * s.TP}>;
+// the per-row terms of a step's sums, two steps' worth taking turns: [2][RED][TP + 1] (padded against bank clashes)
+var<workgroup> red: array<f32, ${2 * RED * (s.TP + 1)}>;
+${commonWgsl}
+@compute @workgroup_size(${s.TP})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+${blockWgsl(s)}
+  let HP = p.H * p.P;
+  var dS: array<f32, NB>;
+  var st: array<f32, NB>;
+  for (var j = 0u; j < NB; j++) { dS[j] = 0.0; }
+  var turn = 0u;
+  for (var cc = 0u; cc < p.nK; cc++) {
+    let c = p.nK - 1u - cc;
+    let t0 = c * K;
+    let t1 = min(p.L, t0 + K);
+    // the chunk's states from its checkpoint: hist[t - t0] = the state before step t
+    for (var j = 0u; j < NB; j++) { st[j] = work[ck + (c * NB + j) * TP + tid]; }
+    for (var t = t0; t < t1; t++) {
+      let r = b * p.L + t;
+      let d = dtOf(dtRaw(r, h));
+      let a = exp(d * A);
+      let dx = d * select(0.0, x[r * p.ldx + p.offx + h * p.P + prow], live);
+      for (var j = 0u; j < NB; j++) {
+        hist[((t - t0) * NB + j) * TP + tid] = st[j];
+        let n = n0 + j;
+        let Bn = select(0.0, Bm[r * p.ldb + p.offb + g * p.N + min(n, p.N - 1u)], n < p.N);
+        st[j] = fma(a, st[j], dx * Bn);
+      }
+    }
+    // back through the chunk: st is state_t
+    for (var tt = t1; tt > t0; tt--) {
+      let t = tt - 1u;
+      let r = b * p.L + t;
+      let d = dtOf(dtRaw(r, h));
+      let a = exp(d * A);
+      let xv = select(0.0, x[r * p.ldx + p.offx + h * p.P + prow], live);
+      let gv = select(0.0, gy[r * HP + h * p.P + prow], live);
+      var dxp = 0.0;
+      var da = 0.0;
+      var ddt = 0.0;
+      let base = turn * RED * (TP + 1u);
+      for (var j = 0u; j < NB; j++) {
+        let n = n0 + j;
+        let ok = n < p.N;
+        let Bn = select(0.0, Bm[r * p.ldb + p.offb + g * p.N + min(n, p.N - 1u)], ok);
+        let Cn = select(0.0, Cm[r * p.ldc + p.offc + g * p.N + min(n, p.N - 1u)], ok);
+        let prev = hist[((t - t0) * NB + j) * TP + tid];
+        let dsv = fma(gv, Cn, dS[j]); // the whole gradient reaching state_t
+        let bx = dsv * xv;
+        red[base + j * (TP + 1u) + tid] = d * bx;
+        red[base + (NB + j) * (TP + 1u) + tid] = gv * st[j];
+        da = fma(dsv, prev, da);
+        ddt = fma(bx, Bn, ddt);
+        dxp = fma(dsv, Bn, dxp);
+        dS[j] = a * dsv;
+        st[j] = prev;
+      }
+      red[base + 2u * NB * (TP + 1u) + tid] = da;
+      red[base + (2u * NB + 1u) * (TP + 1u) + tid] = ddt;
+      let hr = r * p.hp + hl; // (t, h) of this piece
+      if (live) { work[p.oDx + (hr * p.nNB + nb) * p.P + row] = d * dxp; }
+      workgroupBarrier();
+      // the sums over the block's rows, a thread each (the other buffer takes the next step's terms meanwhile)
+      if (tid < RED) {
+        var sum = 0.0;
+        let o = base + tid * (TP + 1u);
+        for (var k = 0u; k < TP; k++) { sum = sum + red[o + k]; }
+        if (tid < 2u * NB) {
+          let n = n0 + tid % NB;
+          if (n < p.N) { work[select(p.oDB, p.oDC, tid >= NB) + (hr * p.nPB + pb) * p.N + n] = sum; }
+        } else {
+          work[select(p.oDa, p.oDdt, tid > 2u * NB) + hr * p.nPB * p.nNB + pb * p.nNB + nb] = sum;
+        }
+      }
+      turn = 1u - turn;
+    }
+  }
+}
+`;
+
+const rowsWgsl = /* wgsl */ `
+// bindings: 0 x | 1 dt | 2 consts [3H] | 3 gy [T, H·P] | 4 work | 5 dDt (added into, at ldo, offo) | 6 params
+// per (t, h): da and ddt from the blocks' partials; dt's gradient; the row's terms of dA_log, D and dt_bias
+${paramsStruct}
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> dt: array<f32>;
+@group(0) @binding(2) var<storage, read> consts: array<f32>;
+@group(0) @binding(3) var<storage, read> gy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> work: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dDt: array<f32>;
+@group(0) @binding(6) var<uniform> p: P;
+${commonWgsl}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.y * p.groupsX * 64u + gid.x; // (t, h) of this piece
+  if (i >= p.B * p.L * p.hp) { return; }
+  let r = i / p.hp;
+  let h = p.h0 + i % p.hp;
+  let parts = p.nPB * p.nNB;
+  var da = 0.0;
+  var ddt = 0.0;
+  for (var k = 0u; k < parts; k++) { da = da + work[p.oDa + i * parts + k]; ddt = ddt + work[p.oDdt + i * parts + k]; }
+  let A = -exp(consts[p.H + h]);
+  let v = dtRaw(r, h);
+  let sp = ${softplusWgsl("v")};
+  let d = clamp(sp, p.lo, p.hi);
+  let a = exp(d * A);
+  ddt = ddt + da * a * A;
+  var graw = 0.0;
+  if (sp >= p.lo && sp <= p.hi) { graw = ddt * select(sigmoid(v), 1.0, v > 20.0); }
+  let o = r * p.ldo + p.offo + h;
+  dDt[o] = dDt[o] + graw;
+  var dD = 0.0;
+  for (var q = 0u; q < p.P; q++) { dD = fma(gy[r * p.H * p.P + h * p.P + q], x[r * p.ldx + p.offx + h * p.P + q], dD); }
+  work[p.oTerms + i * 3u] = da * a * d * A; // dA_log's term (dA · A)
+  work[p.oTerms + i * 3u + 1u] = dD;
+  work[p.oTerms + i * 3u + 2u] = graw;
+}
+`;
+
+const dxWgsl = /* wgsl */ `
+// bindings: 0 consts [3H] | 1 gy [T, H·P] | 2 work | 3 dx (added into, at ldo, offo) | 4 params
+// dx[t, h, p] += D·gy + Σ over column blocks of the partials
+${paramsStruct}
+@group(0) @binding(0) var<storage, read> consts: array<f32>;
+@group(0) @binding(1) var<storage, read> gy: array<f32>;
+@group(0) @binding(2) var<storage, read> work: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(4) var<uniform> p: P;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.y * p.groupsX * 64u + gid.x; // (t, h, p) of this piece
+  if (i >= p.B * p.L * p.hp * p.P) { return; }
+  let q = i % p.P;
+  let hr = i / p.P;
+  let r = hr / p.hp;
+  let h = p.h0 + hr % p.hp;
+  var s = consts[2u * p.H + h] * gy[r * p.H * p.P + h * p.P + q];
+  for (var k = 0u; k < p.nNB; k++) { s = s + work[p.oDx + (hr * p.nNB + k) * p.P + q]; }
+  let o = r * p.ldo + p.offo + h * p.P + q;
+  dx[o] = dx[o] + s;
+}
+`;
+
 const reduceWgsl = /* wgsl */ `
-// bindings: 0 grads (per-head dB or dC of a piece of heads, [T, hp, N] at oSrc) | 1 dst (dB or dC, added into) | 2 params
-// dst[row, g, n] += Σ over the piece's heads h of group g of src[row, h, n]
-struct P { T: u32, H: u32, G: u32, N: u32, h0: u32, hp: u32, oSrc: u32, ld: u32, off: u32, groupsX: u32 }
-@group(0) @binding(0) var<storage, read> grads: array<f32>;
+// bindings: 0 work | 1 dst (dB or dC, added into at ldo, offo) | 2 params (oDB: where the per-head sums are)
+// dst[t, g, n] += Σ over the piece's heads of group g and the row blocks of the per-head sums
+${paramsStruct}
+@group(0) @binding(0) var<storage, read> work: array<f32>;
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(2) var<uniform> p: P;
 
@@ -198,8 +289,8 @@ struct P { T: u32, H: u32, G: u32, N: u32, h0: u32, hp: u32, oSrc: u32, ld: u32,
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.y * p.groupsX * 64u + gid.x;
   let GN = p.G * p.N;
-  if (i >= p.T * GN) { return; }
-  let row = i / GN;
+  if (i >= p.B * p.L * GN) { return; }
+  let r = i / GN;
   let g = (i % GN) / p.N;
   let n = i % p.N;
   let per = p.H / p.G;
@@ -207,141 +298,173 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let hi = min((g + 1u) * per, p.h0 + p.hp);
   if (lo >= hi) { return; }
   var s = 0.0;
-  for (var h = lo; h < hi; h++) { s = s + grads[p.oSrc + (row * p.hp + h - p.h0) * p.N + n]; }
-  let o = row * p.ld + p.off + g * p.N + n;
+  for (var h = lo; h < hi; h++) {
+    for (var pb = 0u; pb < p.nPB; pb++) { s = s + work[p.oDB + ((r * p.hp + h - p.h0) * p.nPB + pb) * p.N + n]; }
+  }
+  let o = r * p.ldo + p.offo + g * p.N + n;
   dst[o] = dst[o] + s;
 }
 `;
 
 const paramsWgsl = /* wgsl */ `
-// bindings: 0 grads (per-(b, h) sums at oGp, [B, hp, 3]) | 1 dA_log [H] | 2 dD [H] | 3 dDtBias [H] (all added into,
-// at the piece's heads h0 ..) | 4 params
-struct P { B: u32, hp: u32, h0: u32, oGp: u32 }
-@group(0) @binding(0) var<storage, read> grads: array<f32>;
+// bindings: 0 work (per-(t, h) terms at oTerms) | 1 dA_log [H] | 2 dD [H] | 3 dDtBias [H] (added into) | 4 params
+// a workgroup per head of the piece: its terms summed over the B·L rows
+${paramsStruct}
+@group(0) @binding(0) var<storage, read> work: array<f32>;
 @group(0) @binding(1) var<storage, read_write> dA_log: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dD: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dBias: array<f32>;
 @group(0) @binding(4) var<uniform> p: P;
+var<workgroup> part: array<f32, 768>;
 
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let hl = gid.x;
-  if (hl >= p.hp) { return; }
-  var a = 0.0;
-  var d = 0.0;
-  var s = 0.0;
-  for (var b = 0u; b < p.B; b++) {
-    let o = p.oGp + (b * p.hp + hl) * 3u;
-    a = a + grads[o];
-    d = d + grads[o + 1u];
-    s = s + grads[o + 2u];
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let hl = wg.x;
+  var s = vec3<f32>(0.0);
+  for (var r = tid; r < p.B * p.L; r += 256u) {
+    let o = p.oTerms + (r * p.hp + hl) * 3u;
+    s = s + vec3<f32>(work[o], work[o + 1u], work[o + 2u]);
   }
-  let h = p.h0 + hl;
-  dA_log[h] = dA_log[h] + a;
-  dD[h] = dD[h] + d;
-  dBias[h] = dBias[h] + s;
+  part[tid] = s.x;
+  part[256u + tid] = s.y;
+  part[512u + tid] = s.z;
+  for (var w = 128u; w > 0u; w = w / 2u) {
+    workgroupBarrier();
+    if (tid < w) {
+      part[tid] = part[tid] + part[tid + w];
+      part[256u + tid] = part[256u + tid] + part[256u + tid + w];
+      part[512u + tid] = part[512u + tid] + part[512u + tid + w];
+    }
+  }
+  if (tid == 0u) {
+    let h = p.h0 + hl;
+    dA_log[h] = dA_log[h] + part[0];
+    dD[h] = dD[h] + part[256];
+    dBias[h] = dBias[h] + part[512];
+  }
 }
 `;
 
-const addWindowWgsl = /* wgsl */ `
-// bindings: 0 src | 1 dst | 2 params: dst[r * ldDst + offDst + c] += src[r * ldSrc + offSrc + c], c < width
-struct P { rows: u32, width: u32, ldSrc: u32, offSrc: u32, ldDst: u32, offDst: u32, groupsX: u32 }
-@group(0) @binding(0) var<storage, read> src: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(2) var<uniform> p: P;
+const gateWgsl = /* wgsl */ `
+// bindings: 0 y [T, H·P] (the scan's output before the gate in, gy = dout·silu(z) out) | 1 dout [T, H·P] | 2 z
+// | 3 dz (added into) | 4 params: the gate's backward, elementwise
+struct P { T: u32, HP: u32, ldz: u32, offz: u32, lddz: u32, offdz: u32, groupsX: u32 }
+@group(0) @binding(0) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> dout: array<f32>;
+@group(0) @binding(2) var<storage, read> z: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dz: array<f32>;
+@group(0) @binding(4) var<uniform> p: P;
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.y * p.groupsX * 256u + gid.x;
-  if (i >= p.rows * p.width) { return; }
-  let r = i / p.width;
-  let c = i % p.width;
-  let o = r * p.ldDst + p.offDst + c;
-  dst[o] = dst[o] + src[r * p.ldSrc + p.offSrc + c];
+  if (i >= p.T * p.HP) { return; }
+  let r = i / p.HP;
+  let c = i % p.HP;
+  let zv = z[r * p.ldz + p.offz + c];
+  let sg = 1.0 / (1.0 + exp(-zv));
+  let g = dout[i];
+  let o = r * p.lddz + p.offdz + c;
+  dz[o] = dz[o] + g * y[i] * sg * (1.0 + zv * (1.0 - sg));
+  y[i] = g * zv * sg;
 }
 `;
 
-const bwdKernel = defineKernel({ name: "ssd_backward", wgsl: () => bwdWgsl, example: null });
-const reduceKernel = defineKernel({ name: "ssd_backward_reduce", wgsl: () => reduceWgsl, example: null });
-const paramsKernel = defineKernel({ name: "ssd_backward_params", wgsl: () => paramsWgsl, example: null });
-const addWindowKernel = defineKernel({ name: "add_window", wgsl: () => addWindowWgsl, example: null });
+const shapeLabel = (s: SsdBwdShape) => `TP${s.TP}_K${s.K}`;
+const fwdKernel = defineKernel<SsdBwdShape>({ name: "ssd_bwd_forward", wgsl: fwdWgsl, example: { TP: 64, K: 8 }, label: (s) => `ssd_bwd_forward_${shapeLabel(s)}` });
+const mainKernel = defineKernel<SsdBwdShape>({ name: "ssd_bwd_main", wgsl: mainWgsl, example: { TP: 64, K: 8 }, label: (s) => `ssd_bwd_main_${shapeLabel(s)}` });
+const rowsKernel = defineKernel({ name: "ssd_bwd_rows", wgsl: () => rowsWgsl, example: null });
+const dxKernel = defineKernel({ name: "ssd_bwd_dx", wgsl: () => dxWgsl, example: null });
+const reduceKernel = defineKernel({ name: "ssd_bwd_reduce", wgsl: () => reduceWgsl, example: null });
+const paramsKernel = defineKernel({ name: "ssd_bwd_params", wgsl: () => paramsWgsl, example: null });
+const gateKernel = defineKernel({ name: "ssd_bwd_gate", wgsl: () => gateWgsl, example: null });
 
-/** dst window += src window (float32), rows × width. */
-export function addWindow(gpu: Gpu, src: Buf, ldSrc: number, offSrc: number, dst: Buf, ldDst: number, offDst: number, rows: number, width: number): void {
-  if (rows * width === 0) return;
-  const [gx, gy] = grid(Math.ceil((rows * width) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
-  gpu.dispatch(gpu.kernel(addWindowKernel, null), [src, dst],
-    new Params().u32(rows).u32(width).u32(ldSrc).u32(offSrc).u32(ldDst).u32(offDst).u32(gx), [gx, gy]);
+/** The gate's backward: y (the scan's output before the gate) becomes gy = dout·silu(z); dz += dout·y·silu'(z). */
+export function ssdGateBackward(gpu: Gpu, y: Buf, dout: Buf, z: Buf, ldz: number, offz: number, dz: Buf, lddz: number, offdz: number, T: number, HP: number): void {
+  const [gx, gy] = grid(Math.ceil((T * HP) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
+  gpu.dispatch(gpu.kernel(gateKernel, null), [y, dout, z, dz], new Params().u32(T).u32(HP).u32(ldz).u32(offz).u32(lddz).u32(offdz).u32(gx), [gx, gy]);
 }
 
 export interface SsdBackwardDims {
   B: number; L: number; H: number; P: number; G: number; N: number;
-  /** the packed input's row width and where x, B, C, dt, z start in it */
-  W: number; ox: number; ob: number; oc: number; odt: number; oz: number;
-  hasZ: boolean; hasState: boolean; lo: number; hi: number;
+  hasState: boolean; lo: number; hi: number;
 }
 
-/** The most bytes the backward gives one scratch buffer (besides the device's binding limit); tests lower it to
+/** The most bytes the backward gives its scratch buffer (besides the device's binding limit); tests lower it to
  *  force pieces of heads. */
 export const ssdBackwardTuning = { bufferBytes: 1 << 30 };
 
-/** Offsets (in floats) of the work and gradient scratch of a piece of hp heads (all batch rows), and their sizes. */
-export function ssdBackwardLayout(d: SsdBackwardDims, hp: number) {
-  const { B, L, P, N } = d;
-  // checkpoints every K positions: about √L of them, and K + 1 states of a chunk, per (b, h)
-  const K = Math.max(BWD_CHUNK, Math.ceil(Math.sqrt(L))), nK = Math.ceil(L / K), BH = B * hp, PN = P * N, T = B * L;
-  const oCk = BH * PN, oCst = oCk + BH * nK * PN, oDS = oCst + BH * (K + 1) * PN, oPart = oDS + BH * PN;
-  const work = oPart + BH * WG * 2 * N;
-  const oGx = 0, oGz = oGx + T * hp * P, oGdt = oGz + (d.hasZ ? T * hp * P : 0), oGB = oGdt + T * hp, oGC = oGB + T * hp * N;
-  const oGp = oGC + T * hp * N, grads = oGp + BH * 3;
-  return { K, nK, hp, oCk, oCst, oDS, oPart, work, oGx, oGz, oGdt, oGB, oGC, oGp, grads };
+/** The kernels' shape on this device: rows a workgroup, and the longest chunk whose states fit workgroup memory. */
+export function ssdBackwardShape(P: number, wgBytes: number): SsdBwdShape {
+  const TP = Math.min(MAX_TP, Math.ceil(P / 32) * 32);
+  let K = MAX_K;
+  while (K > 1 && (K * NB * TP + 2 * RED * (TP + 1)) * 4 > wgBytes) K /= 2;
+  return { TP, K };
 }
 
-/** The layout of the most heads a piece can take with every scratch buffer under `maxBytes`, or null if not one. */
-export function ssdBackwardPlan(d: SsdBackwardDims, maxBytes: number): ReturnType<typeof ssdBackwardLayout> | null {
-  const fits = (hp: number) => {
-    const l = ssdBackwardLayout(d, hp);
-    return l.work * 4 <= maxBytes && l.grads * 4 <= maxBytes;
-  };
+/** Offsets (in floats) in the scratch of a piece of hp heads (all batch rows), and its size. */
+export function ssdBackwardLayout(d: SsdBackwardDims, s: SsdBwdShape, hp: number) {
+  const { B, L, P, N } = d;
+  const T = B * L, nNB = Math.ceil(N / NB), nPB = Math.ceil(P / s.TP), nK = Math.ceil(L / s.K);
+  const groups = B * hp * nPB * nNB;
+  const oCk = 0, oDx = oCk + groups * nK * NB * s.TP, oDB = oDx + T * hp * nNB * P, oDC = oDB + T * hp * nPB * N;
+  const oDa = oDC + T * hp * nPB * N, oDdt = oDa + T * hp * nPB * nNB, oTerms = oDdt + T * hp * nPB * nNB;
+  return { hp, nNB, nPB, nK, groups, oCk, oDx, oDB, oDC, oDa, oDdt, oTerms, size: oTerms + T * hp * 3 };
+}
+
+/** The layout of the most heads a piece can take with its scratch under `maxBytes`, or null if not one. */
+export function ssdBackwardPlan(d: SsdBackwardDims, s: SsdBwdShape, maxBytes: number): ReturnType<typeof ssdBackwardLayout> | null {
+  const fits = (hp: number) => ssdBackwardLayout(d, s, hp).size * 4 <= maxBytes;
   if (!fits(1)) return null;
-  let lo = 1, hi = d.H; // the sizes grow with hp: the most that fits, by bisection
+  let lo = 1, hi = d.H; // the scratch grows with hp: the most that fits, by bisection
   while (lo < hi) {
     const mid = Math.ceil((lo + hi) / 2);
     if (fits(mid)) lo = mid;
     else hi = mid - 1;
   }
   // as few pieces as that, of even sizes
-  return ssdBackwardLayout(d, Math.ceil(d.H / Math.ceil(d.H / lo)));
+  return ssdBackwardLayout(d, s, Math.ceil(d.H / Math.ceil(d.H / lo)));
 }
 
-export interface SsdBackwardOut {
-  /** dB and dC, added into: column windows of width G·N */
-  dB: Buf; ldB: number; offB: number;
-  dC: Buf; ldC: number; offC: number;
-  dA_log: Buf; dD: Buf; dDtBias: Buf;
+/** A column window: buffer, row stride, first column. */
+export interface Win { buf: Buf; ld: number; off: number }
+
+export interface SsdBackwardArgs {
+  x: Win; dt: Win; Bm: Win; Cm: Win;
+  consts: Buf; // [3H]: dtBias | A_log | D
+  gy: Buf; // [T, H·P]: dout·silu(z), or dout without a gate
+  state0: Buf | null; // [B, H, P, N]
+  /** gradients, added into */
+  dx: Win; dDt: Win; dB: Win; dC: Win; dA_log: Buf; dD: Buf; dDtBias: Buf;
 }
 
-/**
- * Runs the backward for the heads h0 .. h0 + l.hp into `grads` (laid out as ssdBackwardLayout says: dx and dz
- * [T, hp·P] at oGx and oGz, dt [T, hp] at oGdt, for the caller to add into its windows), and adds dB, dC, dA_log, D
- * and dt_bias's gradients of those heads into their tensors.
- */
-export function ssdBackward(
-  gpu: Gpu, d: SsdBackwardDims, l: ReturnType<typeof ssdBackwardLayout>, h0: number,
-  inp: Buf, consts: Buf, dy: Buf, state0: Buf | null, work: Buf, grads: Buf, out: SsdBackwardOut,
-): void {
-  const hp = l.hp;
-  check(d.B * hp <= gpu.limits.maxComputeWorkgroupsPerDimension, `ssdScanBackward: ${d.B} rows × ${hp} heads are more workgroups than one dispatch takes`);
-  const p = new Params().u32(d.B).u32(d.L).u32(d.H).u32(d.P).u32(d.G).u32(d.N).u32(l.K).u32(l.nK).u32(h0).u32(hp)
-    .u32(d.W).u32(d.ox).u32(d.ob).u32(d.oc).u32(d.odt).u32(d.oz).bool(d.hasZ).bool(d.hasState).f32(d.lo).f32(Math.min(d.hi, 3e38))
-    .u32(l.oCk).u32(l.oCst).u32(l.oDS).u32(l.oPart).u32(l.oGx).u32(l.oGz).u32(l.oGdt).u32(l.oGB).u32(l.oGC).u32(l.oGp);
-  gpu.dispatch(gpu.kernel(bwdKernel, null), [inp, consts, dy, state0 ?? gpu.dummy, work, grads], p, [d.B * hp]);
+/** Runs the backward for the heads h0 .. h0 + l.hp (the scratch `work` laid out as `l` says). */
+export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, s: SsdBwdShape, l: ReturnType<typeof ssdBackwardLayout>, h0: number, a: SsdBackwardArgs, work: Buf): void {
+  const maxDim = gpu.limits.maxComputeWorkgroupsPerDimension;
   const T = d.B * d.L;
-  const [gx, gy] = grid(Math.ceil((T * d.G * d.N) / 64), gpu.limits.maxComputeWorkgroupsPerDimension);
-  for (const [dst, ld, off, src] of [[out.dB, out.ldB, out.offB, l.oGB], [out.dC, out.ldC, out.offC, l.oGC]] as const) {
-    gpu.dispatch(gpu.kernel(reduceKernel, null), [grads, dst],
-      new Params().u32(T).u32(d.H).u32(d.G).u32(d.N).u32(h0).u32(hp).u32(src).u32(ld).u32(off).u32(gx), [gx, gy]);
+  const params = (groupsX: number, out: Win | null) => new Params().u32(d.B).u32(d.L).u32(d.H).u32(d.P).u32(d.G).u32(d.N).u32(h0).u32(l.hp)
+    .u32(l.nNB).u32(l.nPB).u32(l.nK).u32(groupsX)
+    .u32(a.x.ld).u32(a.x.off).u32(a.dt.ld).u32(a.dt.off).u32(a.Bm.ld).u32(a.Bm.off).u32(a.Cm.ld).u32(a.Cm.off)
+    .u32(out?.ld ?? 0).u32(out?.off ?? 0).bool(d.hasState).f32(d.lo).f32(Math.min(d.hi, 3e38))
+    .u32(l.oCk).u32(l.oDx).u32(l.oDB).u32(l.oDC).u32(l.oDa).u32(l.oDdt).u32(l.oTerms);
+  const [bx, by] = grid(l.groups, maxDim);
+  check(by <= maxDim, `ssdScanBackward: ${l.groups} workgroups are more than a dispatch takes`);
+  gpu.dispatch(gpu.kernel(fwdKernel, s), [a.x.buf, a.dt.buf, a.Bm.buf, a.consts, a.state0 ?? gpu.dummy, work], params(bx, null), [bx, by]);
+  gpu.dispatch(gpu.kernel(mainKernel, s), [a.x.buf, a.dt.buf, a.Bm.buf, a.Cm.buf, a.consts, a.gy, work], params(bx, null), [bx, by]);
+  const [rx, ry] = grid(Math.ceil((T * l.hp) / 64), maxDim);
+  gpu.dispatch(gpu.kernel(rowsKernel, null), [a.x.buf, a.dt.buf, a.consts, a.gy, work, a.dDt.buf], params(rx, a.dDt), [rx, ry]);
+  const [xx, xy] = grid(Math.ceil((T * l.hp * d.P) / 64), maxDim);
+  gpu.dispatch(gpu.kernel(dxKernel, null), [a.consts, a.gy, work, a.dx.buf], params(xx, a.dx), [xx, xy]);
+  const [gx, gy] = grid(Math.ceil((T * d.G * d.N) / 64), maxDim);
+  for (const [dst, src] of [[a.dB, l.oDB], [a.dC, l.oDC]] as const) {
+    // the same kernel for both: oDB says where its per-head sums are
+    const lc = { ...l, oDB: src };
+    const p = new Params().u32(d.B).u32(d.L).u32(d.H).u32(d.P).u32(d.G).u32(d.N).u32(h0).u32(l.hp)
+      .u32(l.nNB).u32(l.nPB).u32(l.nK).u32(gx)
+      .u32(0).u32(0).u32(0).u32(0).u32(0).u32(0).u32(0).u32(0)
+      .u32(dst.ld).u32(dst.off).bool(d.hasState).f32(d.lo).f32(Math.min(d.hi, 3e38))
+      .u32(lc.oCk).u32(lc.oDx).u32(lc.oDB).u32(lc.oDC).u32(lc.oDa).u32(lc.oDdt).u32(lc.oTerms);
+    gpu.dispatch(gpu.kernel(reduceKernel, null), [work, dst.buf], p, [gx, gy]);
   }
-  gpu.dispatch(gpu.kernel(paramsKernel, null), [grads, out.dA_log, out.dD, out.dDtBias],
-    new Params().u32(d.B).u32(hp).u32(h0).u32(l.oGp), [Math.ceil(hp / 64)]);
+  gpu.dispatch(gpu.kernel(paramsKernel, null), [work, a.dA_log, a.dD, a.dDtBias], params(0, null), [l.hp]);
 }
