@@ -3,7 +3,8 @@
  * (src/backend/cpu/ssd-backward.ts) on shapes across its boundaries: the heads in several pieces (a small scratch
  * budget forces them), lengths that are not multiples of the checkpoint interval, head dims and state sizes that are
  * not multiples of the kernels' blocks, 1 or 2 groups, batch 3, with and without a gate z and an initial state, a
- * dt clamp, every gradient a column window of a wider matrix (added into, as training does).
+ * dt clamp, every gradient a column window of a wider matrix (added into, as training does); the sums over rows by
+ * subgroup shuffles (the device's width and narrower ones) and through workgroup memory.
  *
  * Tolerance: the CPU keeps its states in float64, the GPU in float32; both sum the same terms in other orders. Each
  * gradient is a sum over time of products whose float32 rounding is a relative 1e-7 each, growing at most with the
@@ -96,4 +97,20 @@ test("ssdScanBackward on WebGPU matches the CPU across checkpoints, pieces of he
     { B: 1, L: 70, H: 4, P: 64, G: 2, N: 128, gate: true, state: true, limit: none },
   ];
   for (const [i, c] of cases.entries()) await compare(g, c, 500 + i);
+});
+
+test("ssdScanBackward on WebGPU: the sums over rows in workgroup memory, and by shuffles over narrower blocks", { timeout: 900_000 }, async (t) => {
+  const g = await webgpuBackend() as TB | null;
+  if (!g) return unavailable(t, "no WebGPU adapter");
+  const saved = ssdBackwardTuning.W;
+  try {
+    // 0: workgroup memory only; 2 and 4: blocks of that many lanes (where the device has subgroups; else 0 again)
+    for (const W of [0, 2, 4]) {
+      ssdBackwardTuning.W = W;
+      await compare(g, { B: 2, L: 21, H: 2, P: 40, G: 1, N: 20, gate: true, state: true, limit: [0.01, 0.9] }, 700 + W);
+      await compare(g, { B: 1, L: 30, H: 2, P: 64, G: 2, N: 128, gate: false, state: false, limit: none }, 710 + W);
+    }
+  } finally {
+    ssdBackwardTuning.W = saved;
+  }
 });

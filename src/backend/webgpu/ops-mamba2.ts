@@ -134,7 +134,7 @@ export const webgpuMamba2Ops = {
     const limit = this.gpu.limits.maxStorageBufferBindingSize;
     if (T * HP * 4 > limit) throw new MambaError(`${what}: the scan's output needs ${T * HP * 4} bytes, over this device's ${limit} a buffer; use a smaller batch or the cpu backend`);
     // the heads in pieces whose scratch fits a buffer (all at once where they fit)
-    const shape = ssdBackwardShape(P, this.gpu.limits.maxComputeWorkgroupStorageSize);
+    const shape = ssdBackwardShape(P, this.gpu.limits.maxComputeWorkgroupStorageSize, this.gpu.subgroupMinSize);
     const l = ssdBackwardPlan(dims, shape, Math.min(limit, ssdBackwardTuning.bufferBytes)) ?? ssdBackwardPlan(dims, shape, limit);
     if (!l) throw new MambaError(`${what}: the backward's scratch for one head needs more than this device's ${limit} bytes a buffer; use a smaller batch or sequence, or the cpu backend`);
     const target = (t: TensorOrCols, width: number, name: string) => {

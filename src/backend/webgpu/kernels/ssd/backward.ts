@@ -23,6 +23,7 @@ import { Params, grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
 import { check } from "../../../../errors.ts";
 import { softplusWgsl } from "./common.ts";
+import { reduceScatter } from "../backward/scan/reduce.ts";
 
 /** state columns a thread keeps (a column block) */
 const NB = 8;
@@ -36,6 +37,9 @@ export interface SsdBwdShape {
   TP: number;
   /** positions between checkpoints */
   K: number;
+  /** the sums over rows: by subgroup shuffles over blocks of W lanes (a power of two, at most the device's smallest
+   *  subgroup), then workgroup memory over the blocks; or 0, all through workgroup memory */
+  W: number;
 }
 
 // the parameters every backward kernel reads (one struct, so that one Params serves them all)
@@ -113,7 +117,17 @@ ${blockWgsl(s)}
 
 const RED = 2 * NB + 2; // the sums over rows a step: dB (NB), dC (NB), da, ddt
 
-const mainWgsl = (s: SsdBwdShape) => /* wgsl */ `
+/** the terms a lane sums by shuffles: RED rounded up to a multiple of W */
+const rv = (W: number) => Math.ceil(RED / W) * W;
+
+/** The step's sums over the rows of the terms tv[0 .. RED) by subgroup shuffles, into red[turn] (see mainWgsl). */
+function shuffleSums(W: number, TP: number): string {
+  const { lines, terms } = reduceScatter(Array.from({ length: rv(W) }, (_, k) => (k < RED ? `tv[${k}]` : "0.0")), W / 2, 1, "sgl");
+  const k0 = `(sgl % ${W}u) * ${terms.length}u`;
+  return [...lines, ...terms.map((v, i) => `red[turn * ${(TP / W) * rv(W)}u + (tid / ${W}u) * ${rv(W)}u + ${k0} + ${i}u] = ${v};`)].join("\n      ");
+}
+
+const mainWgsl = (s: SsdBwdShape) => /* wgsl */ `${s.W > 0 ? "enable subgroups;" : ""}
 // bindings: 0 x | 1 dt | 2 Bm | 3 Cm | 4 consts [3H] | 5 gy [T, H·P] | 6 work | 7 params
 // work: the checkpoints at oCk; out: dx partials [T, hp, nNB, P] at oDx, dB and dC per head and row block
 // [T, hp, nPB, N] at oDB, oDC, da and the first term of ddt per block [T, hp, nPB·nNB] at oDa, oDdt
@@ -132,13 +146,17 @@ const RED = ${RED}u;
 @group(0) @binding(7) var<uniform> p: P;
 // the chunk's states (each thread reads back only its own): [K][NB][TP]
 var<workgroup> hist: array<f32, ${s.K * NB * s.TP}>;
-// the per-row terms of a step's sums, two steps' worth taking turns: [2][RED][TP + 1] (padded against bank clashes)
-var<workgroup> red: array<f32, ${2 * RED * (s.TP + 1)}>;
+${s.W > 0
+    ? `// the blocks' sums of a step, two steps' worth taking turns: [2][TP / W][RV]
+var<workgroup> red: array<f32, ${2 * (s.TP / s.W) * rv(s.W)}>;`
+    : `// the per-row terms of a step's sums, two steps' worth taking turns: [2][RED][TP + 1] (padded against bank clashes)
+var<workgroup> red: array<f32, ${2 * RED * (s.TP + 1)}>;`}
 ${commonWgsl}
 @compute @workgroup_size(${s.TP})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32${s.W > 0 ? ", @builtin(subgroup_invocation_id) sgl: u32" : ""}) {
 ${blockWgsl(s)}
   let HP = p.H * p.P;
+  var tv: array<f32, RED>; // this row's terms of the step's sums: dB (NB), dC (NB), da, ddt
   var dS: array<f32, NB>;
   var st: array<f32, NB>;
   for (var j = 0u; j < NB; j++) { dS[j] = 0.0; }
@@ -172,7 +190,7 @@ ${blockWgsl(s)}
       var dxp = 0.0;
       var da = 0.0;
       var ddt = 0.0;
-      let base = turn * RED * (TP + 1u);
+      let base = turn * RED * (TP + 1u);${s.W > 0 ? " // (unused with shuffles)" : ""}
       for (var j = 0u; j < NB; j++) {
         let n = n0 + j;
         let ok = n < p.N;
@@ -181,24 +199,27 @@ ${blockWgsl(s)}
         let prev = hist[((t - t0) * NB + j) * TP + tid];
         let dsv = fma(gv, Cn, dS[j]); // the whole gradient reaching state_t
         let bx = dsv * xv;
-        red[base + j * (TP + 1u) + tid] = d * bx;
-        red[base + (NB + j) * (TP + 1u) + tid] = gv * st[j];
+        tv[j] = d * bx;
+        tv[NB + j] = gv * st[j];
         da = fma(dsv, prev, da);
         ddt = fma(bx, Bn, ddt);
         dxp = fma(dsv, Bn, dxp);
         dS[j] = a * dsv;
         st[j] = prev;
       }
-      red[base + 2u * NB * (TP + 1u) + tid] = da;
-      red[base + (2u * NB + 1u) * (TP + 1u) + tid] = ddt;
+      tv[2u * NB] = da;
+      tv[2u * NB + 1u] = ddt;
       let hr = r * p.hp + hl; // (t, h) of this piece
       if (live) { work[p.oDx + (hr * p.nNB + nb) * p.P + row] = d * dxp; }
+      ${s.W > 0 ? shuffleSums(s.W, s.TP) : "for (var k = 0u; k < RED; k++) { red[base + k * (TP + 1u) + tid] = tv[k]; }"}
       workgroupBarrier();
       // the sums over the block's rows, a thread each (the other buffer takes the next step's terms meanwhile)
       if (tid < RED) {
         var sum = 0.0;
-        let o = base + tid * (TP + 1u);
-        for (var k = 0u; k < TP; k++) { sum = sum + red[o + k]; }
+        ${s.W > 0
+          ? `for (var k = 0u; k < ${s.TP / s.W}u; k++) { sum = sum + red[turn * ${(s.TP / s.W) * rv(s.W)}u + k * ${rv(s.W)}u + tid]; }`
+          : `let o = base + tid * (TP + 1u);
+        for (var k = 0u; k < TP; k++) { sum = sum + red[o + k]; }`}
         if (tid < 2u * NB) {
           let n = n0 + tid % NB;
           if (n < p.N) { work[select(p.oDB, p.oDC, tid >= NB) + (hr * p.nPB + pb) * p.N + n] = sum; }
@@ -370,9 +391,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
-const shapeLabel = (s: SsdBwdShape) => `TP${s.TP}_K${s.K}`;
-const fwdKernel = defineKernel<SsdBwdShape>({ name: "ssd_bwd_forward", wgsl: fwdWgsl, example: { TP: 64, K: 8 }, label: (s) => `ssd_bwd_forward_${shapeLabel(s)}` });
-const mainKernel = defineKernel<SsdBwdShape>({ name: "ssd_bwd_main", wgsl: mainWgsl, example: { TP: 64, K: 8 }, label: (s) => `ssd_bwd_main_${shapeLabel(s)}` });
+const shapeLabel = (s: SsdBwdShape) => `TP${s.TP}_K${s.K}_W${s.W}`;
+const fwdKernel = defineKernel<SsdBwdShape>({ name: "ssd_bwd_forward", wgsl: fwdWgsl, example: { TP: 64, K: 8, W: 0 }, label: (s) => `ssd_bwd_forward_${shapeLabel(s)}` });
+const mainKernel = defineKernel<SsdBwdShape>({ name: "ssd_bwd_main", wgsl: mainWgsl, example: { TP: 64, K: 8, W: 0 }, label: (s) => `ssd_bwd_main_${shapeLabel(s)}` });
 const rowsKernel = defineKernel({ name: "ssd_bwd_rows", wgsl: () => rowsWgsl, example: null });
 const dxKernel = defineKernel({ name: "ssd_bwd_dx", wgsl: () => dxWgsl, example: null });
 const reduceKernel = defineKernel({ name: "ssd_bwd_reduce", wgsl: () => reduceWgsl, example: null });
@@ -390,16 +411,27 @@ export interface SsdBackwardDims {
   hasState: boolean; lo: number; hi: number;
 }
 
-/** The most bytes the backward gives its scratch buffer (besides the device's binding limit); tests lower it to
- *  force pieces of heads. */
-export const ssdBackwardTuning = { bufferBytes: 1 << 30 };
+/** bufferBytes: the most bytes the backward gives its scratch buffer (and the device's binding limit); tests lower
+ *  it to force pieces of heads. W: the width of the sums over rows (see ssdBackwardShape), −1 for the device's. */
+export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, W: -1 };
 
-/** The kernels' shape on this device: rows a workgroup, and the longest chunk whose states fit workgroup memory. */
-export function ssdBackwardShape(P: number, wgBytes: number): SsdBwdShape {
+/**
+ * The kernels' shape on this device: rows a workgroup; the sums' width W (the smallest subgroup the device may run,
+ * at most 32, or ssdBackwardTuning.W where set: 0 for workgroup memory); the longest chunk whose states fit
+ * workgroup memory beside the sums.
+ */
+export function ssdBackwardShape(P: number, wgBytes: number, subgroupMinSize: number): SsdBwdShape {
   const TP = Math.min(MAX_TP, Math.ceil(P / 32) * 32);
+  const most = subgroupMinSize >= 2 && (subgroupMinSize & (subgroupMinSize - 1)) === 0 ? Math.min(32, subgroupMinSize) : 0;
+  let W = most;
+  if (ssdBackwardTuning.W >= 0) {
+    W = 0;
+    if (ssdBackwardTuning.W >= 2 && most > 0) for (W = 2; W * 2 <= Math.min(ssdBackwardTuning.W, most); W *= 2);
+  }
+  const redFloats = W > 0 ? 2 * (TP / W) * rv(W) : 2 * RED * (TP + 1);
   let K = MAX_K;
-  while (K > 1 && (K * NB * TP + 2 * RED * (TP + 1)) * 4 > wgBytes) K /= 2;
-  return { TP, K };
+  while (K > 1 && (K * NB * TP + redFloats) * 4 > wgBytes) K /= 2;
+  return { TP, K, W };
 }
 
 /** Offsets (in floats) in the scratch of a piece of hp heads (all batch rows), and its size. */
