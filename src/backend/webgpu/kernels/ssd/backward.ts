@@ -77,6 +77,44 @@ const blockWgsl = (s: SsdBwdShape) => /* wgsl */ `
   let ck = p.oCk + wid * p.nK * NB * ${s.TP}u; // this workgroup's checkpoints: [nK][NB][TP]
 `;
 
+/** floats of a chunk's staged inputs (x, B, dt and the decay; with gy and C in the main kernel) */
+const stageFloats = (s: SsdBwdShape, main: boolean) => s.K * ((main ? 2 : 1) * (s.TP + NB) + 2);
+
+// the chunk [t0, t1)'s inputs into workgroup memory, the threads loading side by side: sx [K][TP] (the block's
+// rows of x), sB [K][NB] (its columns of B), sd, sa [K] (dt and the decay exp(dt·A)); and sg, sC in the main kernel
+const stageDecls = (s: SsdBwdShape, main: boolean) => /* wgsl */ `
+var<workgroup> sx: array<f32, ${s.K * s.TP}>;
+var<workgroup> sB: array<f32, ${s.K * NB}>;
+var<workgroup> sd: array<f32, ${s.K}>;
+var<workgroup> sa: array<f32, ${s.K}>;
+${main ? `var<workgroup> sg: array<f32, ${s.K * s.TP}>;
+var<workgroup> sC: array<f32, ${s.K * NB}>;` : ""}`;
+const stageWgsl = (s: SsdBwdShape, main: boolean) => /* wgsl */ `
+    for (var i = tid; i < ${s.K * s.TP}u; i += ${s.TP}u) {
+      let t = t0 + i / ${s.TP}u;
+      let q = pb * ${s.TP}u + i % ${s.TP}u;
+      let ok = t < t1 && q < p.P;
+      let r = b * p.L + min(t, p.L - 1u);
+      let qq = min(q, p.P - 1u);
+      sx[i] = select(0.0, x[r * p.ldx + p.offx + h * p.P + qq], ok);
+      ${main ? "sg[i] = select(0.0, gy[r * p.H * p.P + h * p.P + qq], ok);" : ""}
+    }
+    for (var i = tid; i < ${s.K * NB}u; i += ${s.TP}u) {
+      let t = t0 + i / NB;
+      let n = n0 + i % NB;
+      let ok = t < t1 && n < p.N;
+      let r = b * p.L + min(t, p.L - 1u);
+      let nn = min(n, p.N - 1u);
+      sB[i] = select(0.0, Bm[r * p.ldb + p.offb + g * p.N + nn], ok);
+      ${main ? "sC[i] = select(0.0, Cm[r * p.ldc + p.offc + g * p.N + nn], ok);" : ""}
+    }
+    for (var i = tid; i < ${s.K}u; i += ${s.TP}u) {
+      let d = dtOf(dtRaw(b * p.L + min(t0 + i, p.L - 1u), h));
+      sd[i] = d;
+      sa[i] = exp(d * A);
+    }
+    workgroupBarrier();`;
+
 const fwdWgsl = (s: SsdBwdShape) => /* wgsl */ `
 // bindings: 0 x | 1 dt | 2 Bm | 3 consts [3H] | 4 state0 [B, H, P, N] | 5 work | 6 params
 ${paramsStruct}
@@ -88,6 +126,7 @@ const NB = ${NB}u;
 @group(0) @binding(4) var<storage, read> state0: array<f32>;
 @group(0) @binding(5) var<storage, read_write> work: array<f32>;
 @group(0) @binding(6) var<uniform> p: P;
+${stageDecls(s, false)}
 ${commonWgsl}
 // the forward over the block's state values, keeping the state before every K-th position
 @compute @workgroup_size(${s.TP})
@@ -98,19 +137,16 @@ ${blockWgsl(s)}
     let n = n0 + j;
     st[j] = select(0.0, state0[((b * p.H + h) * p.P + prow) * p.N + min(n, p.N - 1u)], p.hasState != 0u && live && n < p.N);
   }
-  for (var t = 0u; t < p.L; t++) {
-    let r = b * p.L + t;
-    if (t % ${s.K}u == 0u) {
-      for (var j = 0u; j < NB; j++) { work[ck + ((t / ${s.K}u) * NB + j) * ${s.TP}u + tid] = st[j]; }
+  for (var c = 0u; c < p.nK; c++) {
+    let t0 = c * ${s.K}u;
+    let t1 = min(p.L, t0 + ${s.K}u);
+    for (var j = 0u; j < NB; j++) { work[ck + (c * NB + j) * ${s.TP}u + tid] = st[j]; }
+    ${stageWgsl(s, false)}
+    for (var k = 0u; k < t1 - t0; k++) {
+      let dx = sd[k] * sx[k * ${s.TP}u + tid];
+      for (var j = 0u; j < NB; j++) { st[j] = fma(sa[k], st[j], dx * sB[k * NB + j]); }
     }
-    let d = dtOf(dtRaw(r, h));
-    let a = exp(d * A);
-    let dx = d * select(0.0, x[r * p.ldx + p.offx + h * p.P + prow], live);
-    for (var j = 0u; j < NB; j++) {
-      let n = n0 + j;
-      let Bn = select(0.0, Bm[r * p.ldb + p.offb + g * p.N + min(n, p.N - 1u)], n < p.N);
-      st[j] = fma(a, st[j], dx * Bn);
-    }
+    workgroupBarrier(); // the chunk's inputs have been read
   }
 }
 `;
@@ -144,6 +180,7 @@ const RED = ${RED}u;
 @group(0) @binding(5) var<storage, read> gy: array<f32>;
 @group(0) @binding(6) var<storage, read_write> work: array<f32>;
 @group(0) @binding(7) var<uniform> p: P;
+${stageDecls(s, true)}
 // the chunk's states (each thread reads back only its own): [K][NB][TP]
 var<workgroup> hist: array<f32, ${s.K * NB * s.TP}>;
 ${s.W > 0
@@ -165,38 +202,34 @@ ${blockWgsl(s)}
     let c = p.nK - 1u - cc;
     let t0 = c * K;
     let t1 = min(p.L, t0 + K);
-    // the chunk's states from its checkpoint: hist[t - t0] = the state before step t
+    // the chunk's inputs (the previous chunk's were all read before its last step's barrier)
+    ${stageWgsl(s, true)}
+    // the chunk's states from its checkpoint: hist[k] = the state before step t0 + k
     for (var j = 0u; j < NB; j++) { st[j] = work[ck + (c * NB + j) * TP + tid]; }
-    for (var t = t0; t < t1; t++) {
-      let r = b * p.L + t;
-      let d = dtOf(dtRaw(r, h));
-      let a = exp(d * A);
-      let dx = d * select(0.0, x[r * p.ldx + p.offx + h * p.P + prow], live);
+    for (var k = 0u; k < t1 - t0; k++) {
+      let dx = sd[k] * sx[k * TP + tid];
       for (var j = 0u; j < NB; j++) {
-        hist[((t - t0) * NB + j) * TP + tid] = st[j];
-        let n = n0 + j;
-        let Bn = select(0.0, Bm[r * p.ldb + p.offb + g * p.N + min(n, p.N - 1u)], n < p.N);
-        st[j] = fma(a, st[j], dx * Bn);
+        hist[(k * NB + j) * TP + tid] = st[j];
+        st[j] = fma(sa[k], st[j], dx * sB[k * NB + j]);
       }
     }
     // back through the chunk: st is state_t
     for (var tt = t1; tt > t0; tt--) {
       let t = tt - 1u;
       let r = b * p.L + t;
-      let d = dtOf(dtRaw(r, h));
-      let a = exp(d * A);
-      let xv = select(0.0, x[r * p.ldx + p.offx + h * p.P + prow], live);
-      let gv = select(0.0, gy[r * HP + h * p.P + prow], live);
+      let k = t - t0;
+      let d = sd[k];
+      let a = sa[k];
+      let xv = sx[k * TP + tid];
+      let gv = sg[k * TP + tid];
       var dxp = 0.0;
       var da = 0.0;
       var ddt = 0.0;
       let base = turn * RED * (TP + 1u);${s.W > 0 ? " // (unused with shuffles)" : ""}
       for (var j = 0u; j < NB; j++) {
-        let n = n0 + j;
-        let ok = n < p.N;
-        let Bn = select(0.0, Bm[r * p.ldb + p.offb + g * p.N + min(n, p.N - 1u)], ok);
-        let Cn = select(0.0, Cm[r * p.ldc + p.offc + g * p.N + min(n, p.N - 1u)], ok);
-        let prev = hist[((t - t0) * NB + j) * TP + tid];
+        let Bn = sB[k * NB + j];
+        let Cn = sC[k * NB + j];
+        let prev = hist[(k * NB + j) * TP + tid];
         let dsv = fma(gv, Cn, dS[j]); // the whole gradient reaching state_t
         let bx = dsv * xv;
         tv[j] = d * bx;
@@ -430,7 +463,7 @@ export function ssdBackwardShape(P: number, wgBytes: number, subgroupMinSize: nu
   }
   const redFloats = W > 0 ? 2 * (TP / W) * rv(W) : 2 * RED * (TP + 1);
   let K = MAX_K;
-  while (K > 1 && (K * NB * TP + redFloats) * 4 > wgBytes) K /= 2;
+  while (K > 1 && (K * NB * TP + redFloats + stageFloats({ TP, K, W }, true)) * 4 > wgBytes) K /= 2;
   return { TP, K, W };
 }
 
