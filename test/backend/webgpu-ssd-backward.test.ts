@@ -99,10 +99,10 @@ test("ssdScanBackward on WebGPU matches the CPU across checkpoints, pieces of he
   for (const [i, c] of cases.entries()) await compare(g, c, 500 + i);
 });
 
-test("ssdScanBackward on WebGPU: the sums over rows in workgroup memory, and by shuffles over narrower blocks", { timeout: 900_000 }, async (t) => {
+test("ssdScanBackward on WebGPU: the sums over rows in workgroup memory, by shuffles over narrower blocks; shorter chunks", { timeout: 900_000 }, async (t) => {
   const g = await webgpuBackend() as TB | null;
   if (!g) return unavailable(t, "no WebGPU adapter");
-  const saved = ssdBackwardTuning.W;
+  const saved = { ...ssdBackwardTuning };
   try {
     // 0: workgroup memory only; 2 and 4: blocks of that many lanes (where the device has subgroups; else 0 again)
     for (const W of [0, 2, 4]) {
@@ -110,7 +110,14 @@ test("ssdScanBackward on WebGPU: the sums over rows in workgroup memory, and by 
       await compare(g, { B: 2, L: 21, H: 2, P: 40, G: 1, N: 20, gate: true, state: true, limit: [0.01, 0.9] }, 700 + W);
       await compare(g, { B: 1, L: 30, H: 2, P: 64, G: 2, N: 128, gate: false, state: false, limit: none }, 710 + W);
     }
+    // chunks of 1, 2 and 4 positions between checkpoints (shorter ones than the default 8, as devices with less
+    // workgroup memory get), the device's width
+    ssdBackwardTuning.W = saved.W;
+    for (const K of [1, 2, 4]) {
+      ssdBackwardTuning.K = K;
+      await compare(g, { B: 2, L: 19, H: 2, P: 33, G: 2, N: 9, gate: true, state: true, limit: [0, 0.8] }, 720 + K);
+    }
   } finally {
-    ssdBackwardTuning.W = saved;
+    Object.assign(ssdBackwardTuning, saved);
   }
 });

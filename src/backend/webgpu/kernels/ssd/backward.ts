@@ -445,8 +445,9 @@ export interface SsdBackwardDims {
 }
 
 /** bufferBytes: the most bytes the backward gives its scratch buffer (and the device's binding limit); tests lower
- *  it to force pieces of heads. W: the width of the sums over rows (see ssdBackwardShape), −1 for the device's. */
-export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, W: -1 };
+ *  it to force pieces of heads. W: the width of the sums over rows (see ssdBackwardShape), −1 for the device's.
+ *  K: the longest chunk between checkpoints (a power of two, at most 8; shorter where workgroup memory is short). */
+export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, W: -1, K: MAX_K };
 
 /**
  * The kernels' shape on this device: rows a workgroup; the sums' width W (the smallest subgroup the device may run,
@@ -462,7 +463,7 @@ export function ssdBackwardShape(P: number, wgBytes: number, subgroupMinSize: nu
     if (ssdBackwardTuning.W >= 2 && most > 0) for (W = 2; W * 2 <= Math.min(ssdBackwardTuning.W, most); W *= 2);
   }
   const redFloats = W > 0 ? 2 * (TP / W) * rv(W) : 2 * RED * (TP + 1);
-  let K = MAX_K;
+  let K = Math.max(1, Math.min(MAX_K, ssdBackwardTuning.K));
   while (K > 1 && (K * NB * TP + redFloats + stageFloats({ TP, K, W }, true)) * 4 > wgBytes) K /= 2;
   return { TP, K, W };
 }
