@@ -7,10 +7,10 @@ steps=${1:-tc,testgpu,mamba2,f16,f32,tests}
 run() { local name=$1 limit=$2; shift 2; echo "== $name (limit ${limit}s)"; timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1; echo "rc=$?" >> "$OUT/$name.txt"; tail -n 3 "$OUT/$name.txt"; }
 for s in ${steps//,/ }; do
   case $s in
-    tc) run tc 120 env TC_TILES="${TC_TILES:-64,64,16;128,64,16,2,1;128,128,16,2,2;128,128,32,2,2;256,128,16,4,2;128,256,16,2,4}" node --import tsx scripts/gpu-tc.ts both ;;
+    tc) run tc 75 env TC_TILES="${TC_TILES:-64,64,16;128,64,16,2,1;128,128,16,2,2;128,128,32,2,2;256,128,16,4,2;128,256,16,2,4}" node --import tsx scripts/gpu-tc.ts both ;;
     testgpu) run testgpu 90 env CI=true node --import tsx --test test/gpu/*.test.ts ;;
     mamba2) run mamba2 200 node --import tsx bench/run.ts mamba2 ;;
-    m2) run m2 170 env BENCH_SSD_VARIANTS="${SSD_VARIANTS:-Q:128,SL:2|Q:64,SL:2|Q:128,SL:1|Q:64,SL:1}" BENCH_ONLY=scan,forward,decode node --import tsx bench/run.ts mamba2 ;;
+    m2) run m2 140 env BENCH_SSD_VARIANTS="${SSD_VARIANTS:-Q:128,SL:2,BK:8|Q:128,SL:2,BK:16|Q:64,SL:2,BK:8|Q:64,SL:1,BK:16|Q:128,SL:1,BK:16}" BENCH_ONLY=scan,bwd,forward,decode node --import tsx bench/run.ts mamba2 ;;
     m27) run m27 150 env BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2 ;;
     scan) run scan 90 env BENCH_ONLY=scan,bwd node --import tsx bench/run.ts mamba2 ;;
     f16) run f16 200 env BENCH_TUNING=precision:f16 BENCH_ONLY=forward,decode BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=2 node --import tsx bench/run.ts webgpu ;;
@@ -19,7 +19,7 @@ for s in ${steps//,/ }; do
     f16best) # precision f16's forward of 130m with the tile that summed fastest over the tc step's shapes
       best=$(node -e 'const t=require("fs").readFileSync(process.argv[1],"utf8");const s=new Map();for(const m of t.matchAll(/tc (\d+)x(\d+)k(\d+)(?:sg(\d+)x(\d+))? ([\d.]+) ms/g)){const k=[m[1],m[2],m[3],...(m[4]?[m[4],m[5]]:[])].join("x");s.set(k,(s.get(k)??0)+Number(m[6]));}console.log([...s].sort((a,b)=>a[1]-b[1])[0]?.[0]??"64x64x16")' "$OUT/tc.txt")
       echo "best tile: $best"
-      run f16best 150 env BENCH_TUNING="precision:f16,tensorCoreTile:$best" BENCH_ONLY=matmul,forward,decode BENCH_MODELS=130m BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=1 node --import tsx bench/run.ts webgpu ;;
+      run f16best 110 env BENCH_TUNING="precision:f16,tensorCoreTile:$best" BENCH_ONLY=matmul,forward,decode BENCH_MODELS=130m BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=1 node --import tsx bench/run.ts webgpu ;;
     *) echo "unknown step $s" ;;
   esac
 done
