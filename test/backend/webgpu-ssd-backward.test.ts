@@ -1,7 +1,7 @@
 /**
  * The WebGPU SSD backward (kernels/ssd/backward.ts, the op ssdScanBackward) against the CPU reference's
- * (src/backend/cpu/ssd-backward.ts) on shapes across its boundaries: the heads in several pieces (a small scratch
- * budget forces them), lengths that are not multiples of the checkpoint interval, head dims and state sizes that are
+ * (src/backend/cpu/ssd-backward.ts) on shapes across its boundaries: the heads in several pieces and time in
+ * several segments (a small scratch budget forces them), lengths that are not multiples of the checkpoint interval, head dims and state sizes that are
  * not multiples of the kernels' blocks, 1 or 2 groups, batch 3, with and without a gate z and an initial state, a
  * dt clamp, every gradient a column window of a wider matrix (added into, as training does); the sums over rows by
  * subgroup shuffles (the device's width and narrower ones) and through workgroup memory.
@@ -88,9 +88,11 @@ test("ssdScanBackward on WebGPU matches the CPU across checkpoints, pieces of he
     // batch 3, 2 groups, a gate and a state, a dt clamp; a length not a multiple of the checkpoint interval
     { B: 3, L: 37, H: 4, P: 6, G: 2, N: 5, gate: true, state: true, limit: [0.02, 0.7] },
     // the heads in pieces of 1 (a budget below two heads' scratch), 2 groups: a group's dB and dC summed over pieces
-    { B: 2, L: 45, H: 4, P: 8, G: 2, N: 12, gate: true, state: false, limit: none, budget: 40_000 },
-    // pieces of 3 and a last piece of fewer heads, one group
-    { B: 1, L: 300, H: 5, P: 4, G: 1, N: 8, gate: false, state: true, limit: [0, 0.5], budget: 80_000 },
+    { B: 2, L: 45, H: 4, P: 8, G: 2, N: 12, gate: true, state: false, limit: none, budget: 60_000 },
+    // pieces of 1 head, each in 2 segments of time (dS carried from one to the next), one group
+    { B: 1, L: 300, H: 5, P: 4, G: 1, N: 8, gate: false, state: true, limit: [0, 0.5], budget: 60_000 },
+    // batch 3 in 5 segments of 40 positions (a batch row's positions apart in the segment's partials), 4 pieces
+    { B: 3, L: 200, H: 4, P: 16, G: 2, N: 16, gate: true, state: true, limit: none, budget: 200_000 },
     // head dims and state sizes that are not multiples of the kernels' blocks, more rows than a block
     { B: 1, L: 20, H: 2, P: 67, G: 1, N: 66, gate: true, state: true, limit: none },
     // the model's head (P 64, N 128), two groups, a few checkpoints

@@ -173,7 +173,7 @@ export const webgpuMamba2Ops = {
     const work = this.gpu.alloc(Math.max(4, l.size * 4), "the SSD backward's scratch");
     for (let h0 = 0; h0 < H; h0 += l.hp) {
       const hp = Math.min(l.hp, H - h0);
-      ssdBackward(this.gpu, dims, shape, hp === l.hp ? l : ssdBackwardLayout(dims, shape, hp), h0, args, work);
+      ssdBackward(this.gpu, dims, shape, hp === l.hp ? l : ssdBackwardLayout(dims, shape, hp, l.S), h0, args, work);
     }
     this.gpu.release(work);
     this.gpu.release(args.consts);

@@ -49,6 +49,7 @@ const paramsStruct = /* wgsl */ `struct P {
   ldx: u32, offx: u32, lddt: u32, offdt: u32, ldb: u32, offb: u32, ldc: u32, offc: u32,
   ldo: u32, offo: u32, hasState: u32, lo: f32, hi: f32,
   oCk: u32, oDx: u32, oDB: u32, oDC: u32, oDa: u32, oDdt: u32, oTerms: u32,
+  oDS: u32, cA: u32, cB: u32, tA: u32, Sn: u32,
 }`;
 
 const commonWgsl = /* wgsl */ `
@@ -165,8 +166,10 @@ function shuffleSums(W: number, TP: number): string {
 
 const mainWgsl = (s: SsdBwdShape) => /* wgsl */ `${s.W > 0 ? "enable subgroups;" : ""}
 // bindings: 0 x | 1 dt | 2 Bm | 3 Cm | 4 consts [3H] | 5 gy [T, H·P] | 6 work | 7 params
-// work: the checkpoints at oCk; out: dx partials [T, hp, nNB, P] at oDx, dB and dC per head and row block
-// [T, hp, nPB, N] at oDB, oDC, da and the first term of ddt per block [T, hp, nPB·nNB] at oDa, oDdt
+// the segment of chunks [cA, cB) (positions tA .. tA + Sn of every batch row), dS carried at oDS from the segment
+// after it; work: the checkpoints at oCk; out, per (b, t) of the segment: dx partials [B·Sn, hp, nNB, P] at oDx, dB
+// and dC per head and row block [B·Sn, hp, nPB, N] at oDB, oDC, da and the first term of ddt per block
+// [B·Sn, hp, nPB·nNB] at oDa, oDdt
 ${paramsStruct}
 const NB = ${NB}u;
 const TP = ${s.TP}u;
@@ -196,10 +199,12 @@ ${blockWgsl(s)}
   var tv: array<f32, RED>; // this row's terms of the step's sums: dB (NB), dC (NB), da, ddt
   var dS: array<f32, NB>;
   var st: array<f32, NB>;
-  for (var j = 0u; j < NB; j++) { dS[j] = 0.0; }
+  // dS from the segment after this one (zero after the last position)
+  let carried = p.oDS + wid * NB * TP;
+  for (var j = 0u; j < NB; j++) { dS[j] = select(0.0, work[carried + j * TP + tid], p.cB < p.nK); }
   var turn = 0u;
-  for (var cc = 0u; cc < p.nK; cc++) {
-    let c = p.nK - 1u - cc;
+  for (var c1 = p.cB; c1 > p.cA; c1--) {
+    let c = c1 - 1u;
     let t0 = c * K;
     let t1 = min(p.L, t0 + K);
     // the chunk's inputs (the previous chunk's were all read before its last step's barrier)
@@ -242,7 +247,7 @@ ${blockWgsl(s)}
       }
       tv[2u * NB] = da;
       tv[2u * NB + 1u] = ddt;
-      let hr = r * p.hp + hl; // (t, h) of this piece
+      let hr = (b * p.Sn + t - p.tA) * p.hp + hl; // (b, t, h) of this segment and piece
       if (live) { work[p.oDx + (hr * p.nNB + nb) * p.P + row] = d * dxp; }
       ${s.W > 0 ? shuffleSums(s.W, s.TP) : "for (var k = 0u; k < RED; k++) { red[base + k * (TP + 1u) + tid] = tv[k]; }"}
       workgroupBarrier();
@@ -263,12 +268,13 @@ ${blockWgsl(s)}
       turn = 1u - turn;
     }
   }
+  for (var j = 0u; j < NB; j++) { work[carried + j * TP + tid] = dS[j]; }
 }
 `;
 
 const rowsWgsl = /* wgsl */ `
 // bindings: 0 x | 1 dt | 2 consts [3H] | 3 gy [T, H·P] | 4 work | 5 dDt (added into, at ldo, offo) | 6 params
-// per (t, h): da and ddt from the blocks' partials; dt's gradient; the row's terms of dA_log, D and dt_bias
+// per (b, t, h) of the segment: da and ddt from the blocks' partials; dt's gradient; the row's terms of dA_log, D and dt_bias
 ${paramsStruct}
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> dt: array<f32>;
@@ -280,9 +286,10 @@ ${paramsStruct}
 ${commonWgsl}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = gid.y * p.groupsX * 64u + gid.x; // (t, h) of this piece
-  if (i >= p.B * p.L * p.hp) { return; }
-  let r = i / p.hp;
+  let i = gid.y * p.groupsX * 64u + gid.x; // (b, t, h) of this segment and piece
+  if (i >= p.B * p.Sn * p.hp) { return; }
+  let bt = i / p.hp;
+  let r = (bt / p.Sn) * p.L + p.tA + bt % p.Sn;
   let h = p.h0 + i % p.hp;
   let parts = p.nPB * p.nNB;
   var da = 0.0;
@@ -318,11 +325,12 @@ ${paramsStruct}
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = gid.y * p.groupsX * 64u + gid.x; // (t, h, p) of this piece
-  if (i >= p.B * p.L * p.hp * p.P) { return; }
+  let i = gid.y * p.groupsX * 64u + gid.x; // (b, t, h, p) of this segment and piece
+  if (i >= p.B * p.Sn * p.hp * p.P) { return; }
   let q = i % p.P;
   let hr = i / p.P;
-  let r = hr / p.hp;
+  let bt = hr / p.hp;
+  let r = (bt / p.Sn) * p.L + p.tA + bt % p.Sn;
   let h = p.h0 + hr % p.hp;
   var s = consts[2u * p.H + h] * gy[r * p.H * p.P + h * p.P + q];
   for (var k = 0u; k < p.nNB; k++) { s = s + work[p.oDx + (hr * p.nNB + k) * p.P + q]; }
@@ -343,8 +351,9 @@ ${paramsStruct}
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.y * p.groupsX * 64u + gid.x;
   let GN = p.G * p.N;
-  if (i >= p.B * p.L * GN) { return; }
-  let r = i / GN;
+  if (i >= p.B * p.Sn * GN) { return; }
+  let bt = i / GN; // (b, t) of the segment
+  let r = (bt / p.Sn) * p.L + p.tA + bt % p.Sn;
   let g = (i % GN) / p.N;
   let n = i % p.N;
   let per = p.H / p.G;
@@ -353,7 +362,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   if (lo >= hi) { return; }
   var s = 0.0;
   for (var h = lo; h < hi; h++) {
-    for (var pb = 0u; pb < p.nPB; pb++) { s = s + work[p.oDB + ((r * p.hp + h - p.h0) * p.nPB + pb) * p.N + n]; }
+    for (var pb = 0u; pb < p.nPB; pb++) { s = s + work[p.oDB + ((bt * p.hp + h - p.h0) * p.nPB + pb) * p.N + n]; }
   }
   let o = r * p.ldo + p.offo + g * p.N + n;
   dst[o] = dst[o] + s;
@@ -362,7 +371,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 const paramsWgsl = /* wgsl */ `
 // bindings: 0 work (per-(t, h) terms at oTerms) | 1 dA_log [H] | 2 dD [H] | 3 dDtBias [H] (added into) | 4 params
-// a workgroup per head of the piece: its terms summed over the B·L rows
+// a workgroup per head of the piece: its terms summed over the segment's B·Sn rows
 ${paramsStruct}
 @group(0) @binding(0) var<storage, read> work: array<f32>;
 @group(0) @binding(1) var<storage, read_write> dA_log: array<f32>;
@@ -375,8 +384,8 @@ var<workgroup> part: array<f32, 768>;
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
   let hl = wg.x;
   var s = vec3<f32>(0.0);
-  for (var r = tid; r < p.B * p.L; r += 256u) {
-    let o = p.oTerms + (r * p.hp + hl) * 3u;
+  for (var bt = tid; bt < p.B * p.Sn; bt += 256u) {
+    let o = p.oTerms + (bt * p.hp + hl) * 3u;
     s = s + vec3<f32>(work[o], work[o + 1u], work[o + 2u]);
   }
   part[tid] = s.x;
@@ -468,28 +477,43 @@ export function ssdBackwardShape(P: number, wgBytes: number, subgroupMinSize: nu
   return { TP, K, W };
 }
 
-/** Offsets (in floats) in the scratch of a piece of hp heads (all batch rows), and its size. */
-export function ssdBackwardLayout(d: SsdBackwardDims, s: SsdBwdShape, hp: number) {
+/**
+ * Offsets (in floats) in the scratch of a piece of hp heads (all batch rows) whose backward runs in segments of S
+ * positions (a multiple of the chunk K, or L), and its size: the checkpoints (all L positions), dS carried between
+ * segments, and the per-position partials of one segment.
+ */
+export function ssdBackwardLayout(d: SsdBackwardDims, s: SsdBwdShape, hp: number, S: number) {
   const { B, L, P, N } = d;
-  const T = B * L, nNB = Math.ceil(N / NB), nPB = Math.ceil(P / s.TP), nK = Math.ceil(L / s.K);
-  const groups = B * hp * nPB * nNB;
-  const oCk = 0, oDx = oCk + groups * nK * NB * s.TP, oDB = oDx + T * hp * nNB * P, oDC = oDB + T * hp * nPB * N;
-  const oDa = oDC + T * hp * nPB * N, oDdt = oDa + T * hp * nPB * nNB, oTerms = oDdt + T * hp * nPB * nNB;
-  return { hp, nNB, nPB, nK, groups, oCk, oDx, oDB, oDC, oDa, oDdt, oTerms, size: oTerms + T * hp * 3 };
+  const nNB = Math.ceil(N / NB), nPB = Math.ceil(P / s.TP), nK = Math.ceil(L / s.K);
+  const groups = B * hp * nPB * nNB, R = B * S * hp; // (b, t, h) of a segment
+  const oCk = 0, oDS = oCk + groups * nK * NB * s.TP, oDx = oDS + groups * NB * s.TP, oDB = oDx + R * nNB * P;
+  const oDC = oDB + R * nPB * N, oDa = oDC + R * nPB * N, oDdt = oDa + R * nPB * nNB, oTerms = oDdt + R * nPB * nNB;
+  return { hp, S, nNB, nPB, nK, groups, oCk, oDS, oDx, oDB, oDC, oDa, oDdt, oTerms, size: oTerms + R * 3 };
 }
 
-/** The layout of the most heads a piece can take with its scratch under `maxBytes`, or null if not one. */
+/**
+ * The layout of the most heads a piece can take with its scratch under `maxBytes` (segments of at least ~512
+ * positions where they fit), then the longest segments that fit, evened out; or null if not even one head fits.
+ */
 export function ssdBackwardPlan(d: SsdBackwardDims, s: SsdBwdShape, maxBytes: number): ReturnType<typeof ssdBackwardLayout> | null {
-  const fits = (hp: number) => ssdBackwardLayout(d, s, hp).size * 4 <= maxBytes;
-  if (!fits(1)) return null;
+  const roundK = (n: number) => Math.min(d.L, Math.ceil(n / s.K) * s.K);
+  const fits = (hp: number, S: number) => ssdBackwardLayout(d, s, hp, S).size * 4 <= maxBytes;
+  let S0 = roundK(512);
+  if (!fits(1, S0)) S0 = roundK(s.K);
+  if (!fits(1, S0)) return null;
   let lo = 1, hi = d.H; // the scratch grows with hp: the most that fits, by bisection
   while (lo < hi) {
     const mid = Math.ceil((lo + hi) / 2);
-    if (fits(mid)) lo = mid;
+    if (fits(mid, S0)) lo = mid;
     else hi = mid - 1;
   }
-  // as few pieces as that, of even sizes
-  return ssdBackwardLayout(d, s, Math.ceil(d.H / Math.ceil(d.H / lo)));
+  const hp = Math.ceil(d.H / Math.ceil(d.H / lo)); // as few pieces as that, of even sizes
+  let S = S0; // the longest segments that fit, in chunks
+  for (let step = d.L; step >= s.K; step = Math.floor(step / 2)) {
+    while (S < d.L && fits(hp, roundK(S + step))) S = roundK(S + step);
+  }
+  const nSeg = Math.ceil(d.L / S);
+  return ssdBackwardLayout(d, s, hp, roundK(Math.ceil(d.L / nSeg)));
 }
 
 /** A column window: buffer, row stride, first column. */
@@ -504,33 +528,34 @@ export interface SsdBackwardArgs {
   dx: Win; dDt: Win; dB: Win; dC: Win; dA_log: Buf; dD: Buf; dDtBias: Buf;
 }
 
-/** Runs the backward for the heads h0 .. h0 + l.hp (the scratch `work` laid out as `l` says). */
+/** Runs the backward for the heads h0 .. h0 + l.hp (the scratch `work` laid out as `l` says), segment by segment
+ *  from the last. */
 export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, s: SsdBwdShape, l: ReturnType<typeof ssdBackwardLayout>, h0: number, a: SsdBackwardArgs, work: Buf): void {
   const maxDim = gpu.limits.maxComputeWorkgroupsPerDimension;
-  const T = d.B * d.L;
-  const params = (groupsX: number, out: Win | null) => new Params().u32(d.B).u32(d.L).u32(d.H).u32(d.P).u32(d.G).u32(d.N).u32(h0).u32(l.hp)
+  const hi = Math.min(d.hi, 3e38);
+  const params = (groupsX: number, out: Win | null, tA: number, Sn: number, oDB = l.oDB) => new Params()
+    .u32(d.B).u32(d.L).u32(d.H).u32(d.P).u32(d.G).u32(d.N).u32(h0).u32(l.hp)
     .u32(l.nNB).u32(l.nPB).u32(l.nK).u32(groupsX)
     .u32(a.x.ld).u32(a.x.off).u32(a.dt.ld).u32(a.dt.off).u32(a.Bm.ld).u32(a.Bm.off).u32(a.Cm.ld).u32(a.Cm.off)
-    .u32(out?.ld ?? 0).u32(out?.off ?? 0).bool(d.hasState).f32(d.lo).f32(Math.min(d.hi, 3e38))
-    .u32(l.oCk).u32(l.oDx).u32(l.oDB).u32(l.oDC).u32(l.oDa).u32(l.oDdt).u32(l.oTerms);
+    .u32(out?.ld ?? 0).u32(out?.off ?? 0).bool(d.hasState).f32(d.lo).f32(hi)
+    .u32(l.oCk).u32(l.oDx).u32(oDB).u32(l.oDC).u32(l.oDa).u32(l.oDdt).u32(l.oTerms)
+    .u32(l.oDS).u32(tA / s.K).u32(Math.ceil((tA + Sn) / s.K)).u32(tA).u32(Sn);
   const [bx, by] = grid(l.groups, maxDim);
   check(by <= maxDim, `ssdScanBackward: ${l.groups} workgroups are more than a dispatch takes`);
-  gpu.dispatch(gpu.kernel(fwdKernel, s), [a.x.buf, a.dt.buf, a.Bm.buf, a.consts, a.state0 ?? gpu.dummy, work], params(bx, null), [bx, by]);
-  gpu.dispatch(gpu.kernel(mainKernel, s), [a.x.buf, a.dt.buf, a.Bm.buf, a.Cm.buf, a.consts, a.gy, work], params(bx, null), [bx, by]);
-  const [rx, ry] = grid(Math.ceil((T * l.hp) / 64), maxDim);
-  gpu.dispatch(gpu.kernel(rowsKernel, null), [a.x.buf, a.dt.buf, a.consts, a.gy, work, a.dDt.buf], params(rx, a.dDt), [rx, ry]);
-  const [xx, xy] = grid(Math.ceil((T * l.hp * d.P) / 64), maxDim);
-  gpu.dispatch(gpu.kernel(dxKernel, null), [a.consts, a.gy, work, a.dx.buf], params(xx, a.dx), [xx, xy]);
-  const [gx, gy] = grid(Math.ceil((T * d.G * d.N) / 64), maxDim);
-  for (const [dst, src] of [[a.dB, l.oDB], [a.dC, l.oDC]] as const) {
-    // the same kernel for both: oDB says where its per-head sums are
-    const lc = { ...l, oDB: src };
-    const p = new Params().u32(d.B).u32(d.L).u32(d.H).u32(d.P).u32(d.G).u32(d.N).u32(h0).u32(l.hp)
-      .u32(l.nNB).u32(l.nPB).u32(l.nK).u32(gx)
-      .u32(0).u32(0).u32(0).u32(0).u32(0).u32(0).u32(0).u32(0)
-      .u32(dst.ld).u32(dst.off).bool(d.hasState).f32(d.lo).f32(Math.min(d.hi, 3e38))
-      .u32(lc.oCk).u32(lc.oDx).u32(lc.oDB).u32(lc.oDC).u32(lc.oDa).u32(lc.oDdt).u32(lc.oTerms);
-    gpu.dispatch(gpu.kernel(reduceKernel, null), [work, dst.buf], p, [gx, gy]);
+  gpu.dispatch(gpu.kernel(fwdKernel, s), [a.x.buf, a.dt.buf, a.Bm.buf, a.consts, a.state0 ?? gpu.dummy, work], params(bx, null, 0, d.L), [bx, by]);
+  const nSeg = Math.ceil(d.L / l.S);
+  for (let seg = nSeg - 1; seg >= 0; seg--) {
+    const tA = seg * l.S, Sn = Math.min(d.L, tA + l.S) - tA, R = d.B * Sn;
+    gpu.dispatch(gpu.kernel(mainKernel, s), [a.x.buf, a.dt.buf, a.Bm.buf, a.Cm.buf, a.consts, a.gy, work], params(bx, null, tA, Sn), [bx, by]);
+    const [rx, ry] = grid(Math.ceil((R * l.hp) / 64), maxDim);
+    gpu.dispatch(gpu.kernel(rowsKernel, null), [a.x.buf, a.dt.buf, a.consts, a.gy, work, a.dDt.buf], params(rx, a.dDt, tA, Sn), [rx, ry]);
+    const [xx, xy] = grid(Math.ceil((R * l.hp * d.P) / 64), maxDim);
+    gpu.dispatch(gpu.kernel(dxKernel, null), [a.consts, a.gy, work, a.dx.buf], params(xx, a.dx, tA, Sn), [xx, xy]);
+    const [gx, gy] = grid(Math.ceil((R * d.G * d.N) / 64), maxDim);
+    // the same kernel for dB and dC: oDB says where its per-head sums are
+    for (const [dst, src] of [[a.dB, l.oDB], [a.dC, l.oDC]] as const) {
+      gpu.dispatch(gpu.kernel(reduceKernel, null), [work, dst.buf], params(gx, dst, tA, Sn, src), [gx, gy]);
+    }
+    gpu.dispatch(gpu.kernel(paramsKernel, null), [work, a.dA_log, a.dD, a.dDtBias], params(0, null, tA, Sn), [l.hp]);
   }
-  gpu.dispatch(gpu.kernel(paramsKernel, null), [work, a.dA_log, a.dD, a.dDtBias], params(0, null), [l.hp]);
 }
