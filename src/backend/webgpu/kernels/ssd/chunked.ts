@@ -39,8 +39,6 @@ import { Params, grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
 import { type SsdScanKernelArgs, flagFieldsWgsl, softplusWgsl, windowFieldsWgsl, windowParams } from "./common.ts";
 
-/** values of p a slot covers */
-const PB = 64;
 
 export interface ChunkShape {
   N: number;
@@ -53,7 +51,12 @@ export interface ChunkShape {
   SL: number;
   /** positions or state entries of a K tile, 8 or 16 */
   BK: number;
+  /** values of p a slot covers, 64 or 32: a thread's 8 rows × PB / 8 columns of outputs (8 × 8 or 8 × 4) */
+  PB: number;
 }
+
+/** a thread's groups of 4 columns 32 apart (2, or 1 when slots are 32 wide) */
+const groups = (s: ChunkShape) => s.PB / 32;
 
 /** floats of dtcs a (chunk, head): dt [Q], cs [Q], the decay from the run's start */
 const dtcsStride = (Q: number) => 2 * Q + 1;
@@ -74,15 +77,15 @@ struct P {
 }
 const N = ${s.N}u;
 const HP = ${s.P}u; // head dim P
-const NPB = ${Math.ceil(s.P / PB)}u; // blocks of PB values of p a head
+const NPB = ${Math.ceil(s.P / s.PB)}u; // blocks of PB values of p a head
 const Q = ${s.Q}u;
 const DS = ${dtcsStride(s.Q)}u; // floats of dtcs a (chunk, head): dt [Q], cs [Q], the decay from the run's start
 const NT = ${s.Q * s.SL}u;
 const SL = ${s.SL}u;
 const BK = ${s.BK}u;
-const PB = ${PB}u;
+const PB = ${s.PB}u;
 var<workgroup> As: array<vec4<f32>, ${s.BK * ((s.SL * s.Q) / 4 + 1)}>; // As[k][m], m < Q or (per slot) Q·SL, rows padded
-var<workgroup> Bs: array<vec4<f32>, ${s.BK * ((s.SL * PB) / 4 + 1)}>; // Bs[k][n], n < 64·SL
+var<workgroup> Bs: array<vec4<f32>, ${s.BK * ((s.SL * s.PB) / 4 + 1)}>; // Bs[k][n], n < PB·SL
 var<workgroup> dts: array<f32, ${s.SL * s.Q}>; // [slot, i]
 var<workgroup> cs: array<f32, ${s.SL * s.Q}>;
 
@@ -113,8 +116,12 @@ interface Operand {
   vec4: string;
 }
 
-/** per thread, per K tile: the operand's values (vec4s when v4) */
-const perThread = (o: Operand, s: ChunkShape) => (o.rows * s.BK) / (s.Q * s.SL) / (s.v4 ? 4 : 1);
+/** the operand's values (vec4s when v4) a K tile */
+const tileValues = (o: Operand, s: ChunkShape) => (o.rows * s.BK) / (s.v4 ? 4 : 1);
+/** per thread, per K tile: the operand's values (vec4s when v4), at least one (some threads idle when fewer) */
+const perThread = (o: Operand, s: ChunkShape) => Math.ceil(tileValues(o, s) / (s.Q * s.SL));
+/** WGSL: the condition that element e exists (only where the tile has fewer values than the threads take) */
+const exists = (o: Operand, s: ChunkShape) => tileValues(o, s) % (s.Q * s.SL) === 0 ? "true" : `e < ${tileValues(o, s)}u`;
 
 /** WGSL: element e's (k, m) for the operand's layout (4 values an element when v4) */
 function coords(o: Operand, s: ChunkShape): [string, string] {
@@ -131,7 +138,9 @@ function loadOperand(o: Operand, kt: string, s: ChunkShape): string {
       let k = ${kt} + ${k};
       let m = ${m};
       var v = ${v4 ? "vec4<f32>(0.0)" : "0.0"};
+      if (${exists(o, s)}) {
       ${v4 ? o.vec4 : o.scalar}
+      }
       ${o.reg}[l] = v;
     }`;
 }
@@ -148,7 +157,7 @@ function storeOperand(o: Operand, s: ChunkShape): string {
       let e = tid + NT * l;
       let k = ${k};
       let m = ${m};
-      ${store}
+      if (${exists(o, s)}) { ${store} }
     }`;
 }
 
@@ -164,7 +173,7 @@ function product(A: Operand, B: Operand, kLen: string, s: ChunkShape, skip = "fa
     var rb: array<${type}, ${perThread(B, s)}>;
     let tiles = (${kLen} + BK - 1u) / BK;
     let ao = ${aOff} + ty * 2u;
-    let bo = sl * 16u + lx;
+    let bo = sl * ${s.PB / 4}u + lx;
     ${loadOperand(A, "0u", s)}
     ${loadOperand(B, "0u", s)}
     for (var t = 0u; t < tiles; t++) {
@@ -181,14 +190,18 @@ function product(A: Operand, B: Operand, kLen: string, s: ChunkShape, skip = "fa
         for (var kk = 0u; kk < BK; kk++) {
           let a0 = As[kk * ${SA} + ao];
           let a1 = As[kk * ${SA} + ao + 1u];
-          let b0 = Bs[kk * ${SB} + bo];
+          ${groups(s) === 2 ? `let b0 = Bs[kk * ${SB} + bo];
           let b1 = Bs[kk * ${SB} + bo + 8u];
           for (var c = 0u; c < 4u; c++) {
             acc[2u * c] = fma(vec4<f32>(a0[c]), b0, acc[2u * c]);
             acc[2u * c + 1u] = fma(vec4<f32>(a0[c]), b1, acc[2u * c + 1u]);
             acc[8u + 2u * c] = fma(vec4<f32>(a1[c]), b0, acc[8u + 2u * c]);
             acc[9u + 2u * c] = fma(vec4<f32>(a1[c]), b1, acc[9u + 2u * c]);
-          }
+          }` : `let b0 = Bs[kk * ${SB} + bo];
+          for (var c = 0u; c < 4u; c++) {
+            acc[c] = fma(vec4<f32>(a0[c]), b0, acc[c]);
+            acc[4u + c] = fma(vec4<f32>(a1[c]), b0, acc[4u + c]);
+          }`}
         }
       }
     }
@@ -197,25 +210,26 @@ function product(A: Operand, B: Operand, kLen: string, s: ChunkShape, skip = "fa
 
 // the start of a product kernel: thread (ty, tx) of 16 × 8·SL, its slot sl (columns 64·sl ..) and column lx in it,
 // its accumulators
-const threadStart = /* wgsl */ `
+const threadStart = (s: ChunkShape) => /* wgsl */ `
   let tx = tid % (8u * SL);
   let ty = tid / (8u * SL);
   let sl = tx / 8u;
   let lx = tx % 8u;
-  var acc: array<vec4<f32>, 16>;
-  for (var r = 0u; r < 16u; r++) { acc[r] = vec4<f32>(0.0); }`;
+  var acc: array<vec4<f32>, ${8 * groups(s)}>; // [row r, group hc]: acc[${groups(s)}·r + hc]
+  for (var r = 0u; r < ${8 * groups(s)}u; r++) { acc[r] = vec4<f32>(0.0); }`;
 
 /** WGSL: for each of the thread's outputs (row `i` = ty·8 + r, column `col` = hc·32 + lx·4 of its slot's 64, value(s)
  *  `a` = a vec4 of 4 columns), `body4` when v4, else `body1` per column cj = col + j (a = acc[..][j]). */
-function eachOutput(v4: boolean, body4: string, body1: string): string {
+function eachOutput(s: ChunkShape, body4: string, body1: string): string {
+  const G = groups(s);
   return /* wgsl */ `
   for (var r = 0u; r < 8u; r++) {
     let i = ty * 8u + r;
-    for (var hc = 0u; hc < 2u; hc++) {
+    for (var hc = 0u; hc < ${G}u; hc++) {
       let col = hc * 32u + lx * 4u;
-      ${v4 ? `let a = acc[2u * r + hc];
+      ${s.v4 ? `let a = acc[${G}u * r + hc];
       ${body4}` : `for (var j = 0u; j < 4u; j++) {
-        let a = acc[2u * r + hc][j];
+        let a = acc[${G}u * r + hc][j];
         let cj = col + j;
         ${body1}
       }`}
@@ -237,7 +251,7 @@ const mySlot = /* wgsl */ `
   let mine = sl == 0u || S.has1;`;
 
 /** workgroups of ssd_chunk_cb a (group, chunk): blocks of 64·SL values of i */
-const cbBlocks = (s: { Q: number; SL: number }) => Math.max(1, s.Q / (s.SL * PB));
+const cbBlocks = (s: { Q: number; SL: number; PB: number }) => Math.max(1, s.Q / (s.SL * s.PB));
 
 const cbWgsl = (s: ChunkShape) => /* wgsl */ `
 // bindings: 0 Bm | 1 Cm | 2 cb [B, nC, G, Q (j), Q (i)] | 3 params
@@ -254,25 +268,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let b = wg.z;
   let q = min(Q, p.L - c * Q);
   let row0 = b * p.L + c * Q;
-${threadStart}
+${threadStart(s)}
   // C·Bᵀ of group g: cb[j, i] = Σ_n B_j[n] · C_i[n]; a thread whose rows j are all past its columns i skips
   // (its outputs are never read)
   let g = wg.x / ${cbBlocks(s)}u;
-  let i0 = (wg.x % ${cbBlocks(s)}u) * ${s.SL * PB}u;
+  let i0 = (wg.x % ${cbBlocks(s)}u) * ${s.SL * s.PB}u;
   ${product(
     { tile: "As", reg: "ra", rows: s.Q, kMajor: false,
       scalar: "if (m < q && k < N) { v = Bm1((row0 + m) * p.ldb + p.offb + g * N + k); }",
       vec4: "if (m < q && k < N) { v = Bm[((row0 + m) * p.ldb + p.offb + g * N + k) / 4u]; }" },
-    { tile: "Bs", reg: "rb", rows: s.SL * PB, kMajor: false,
+    { tile: "Bs", reg: "rb", rows: s.SL * s.PB, kMajor: false,
       scalar: "if (i0 + m < q && k < N) { v = Cm1((row0 + i0 + m) * p.ldc + p.offc + g * N + k); }",
       vec4: "if (i0 + m < q && k < N) { v = Cm[((row0 + i0 + m) * p.ldc + p.offc + g * N + k) / 4u]; }" },
-    "N", s, "ty * 8u > i0 + sl * 64u + lx * 4u + 35u")}
+    "N", s, `ty * 8u > i0 + sl * PB + lx * 4u + ${(groups(s) - 1) * 32 + 3}u`)}
   let base = ((b * p.nC + c) * p.G + g) * Q * Q;
   for (var r = 0u; r < 8u; r++) {
     let j = ty * 8u + r;
-    for (var hc = 0u; hc < 2u; hc++) {
-      let i = i0 + sl * 64u + hc * 32u + lx * 4u;
-      if (i < Q) { cb[(base + j * Q + i) / 4u] = acc[2u * r + hc]; } // (a tile may be wider than the chunk)
+    for (var hc = 0u; hc < ${groups(s)}u; hc++) {
+      let i = i0 + sl * PB + hc * 32u + lx * 4u;
+      if (i < Q) { cb[(base + j * Q + i) / 4u] = acc[${groups(s)}u * r + hc]; } // (a tile may be wider than the chunk)
     }
   }
 }
@@ -280,7 +294,7 @@ ${threadStart}
 
 /** WGSL: the thread's outputs (acc) into a [.., N, P] buffer `buf` at the state of head myH whose first float is
  *  `base`, rows n0 + i */
-const storeState = (v4: boolean, buf: string) => eachOutput(v4,
+const storeState = (s: ChunkShape, buf: string) => eachOutput(s,
   `if (n0 + i < N && myP0 + col < HP) { ${buf}[(base + (n0 + i) * HP + myP0 + col) / 4u] = a; }`,
   `if (n0 + i < N && myP0 + cj < HP) { ${buf}[base + (n0 + i) * HP + myP0 + cj] = a; }`);
 
@@ -305,7 +319,7 @@ var<workgroup> w: array<f32, ${s.SL * s.Q}>; // [slot, j]: exp(cs_last − cs_j)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
   let run = wg.y;
   let b = wg.z;
-${threadStart}
+${threadStart(s)}
   let g = wg.x / (pairs() * ${nNB}u);
   let pair = (wg.x / ${nNB}u) % pairs();
   let nb = wg.x % ${nNB}u;
@@ -360,17 +374,17 @@ ${mySlot}
     //   Sᵀ[n, p] += Σ_j B_j[n] · w_j·x_j[p], both slots at once (the same B)
     if (c > c0 && mine) {
       let base = ((b * p.nC + c) * p.H + myH) * N * HP;
-      ${storeState(s.v4, "states")}
+      ${storeState(s, "states")}
     }
     let decay = exp(cs[sl * Q + Q - 1u]);
-    for (var r = 0u; r < 16u; r++) { acc[r] = acc[r] * decay; }
+    for (var r = 0u; r < ${8 * groups(s)}u; r++) { acc[r] = acc[r] * decay; }
     // (the last chunk's own state only makes the final state: without one to write, it is never read)
     if (p.hasState != 0u || c + 1u < p.nC) {
     ${product(
       { tile: "As", reg: "ra", rows: s.Q, kMajor: true,
         scalar: "if (k < q && n0 + m < N) { v = Bm1((row0 + k) * p.ldb + p.offb + g * N + n0 + m); }",
         vec4: "if (k < q && n0 + m < N) { v = Bm[((row0 + k) * p.ldb + p.offb + g * N + n0 + m) / 4u]; }" },
-      { tile: "Bs", reg: "rb", rows: s.SL * PB, kMajor: true,
+      { tile: "Bs", reg: "rb", rows: s.SL * s.PB, kMajor: true,
         scalar: `${slotOfM}
         if (k < q && ps < HP && okm) { v = w[(m / PB) * Q + k] * x1((row0 + k) * p.ldx + p.offx + hs * HP + ps); }`,
         vec4: `${slotOfM}
@@ -381,7 +395,7 @@ ${mySlot}
   // the run's own state (from zero at its start), for ssd_state_pass
   if (mine) {
     let base = p.runOff + ((b * ((p.nC + p.R - 1u) / p.R) + run) * p.H + myH) * N * HP;
-    ${storeState(s.v4, "states")}
+    ${storeState(s, "states")}
   }
 }
 `;
@@ -490,7 +504,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     cs[tid] = e;
   }
   workgroupBarrier();
-${threadStart}
+${threadStart(s)}
 ${mySlot}
   // from the entering state: acc[i, p] = Σ_n C_i[n] · h_c[n, p] (both slots at once: the same C), then times
   // exp(cs_i). h_c = the state entering the chunk from its run's start (none for the run's first chunk) + the
@@ -508,7 +522,7 @@ ${mySlot}
     { tile: "As", reg: "ra", rows: s.Q, kMajor: false,
       scalar: "if (m < q && k < N) { v = Cm1((row0 + m) * p.ldc + p.offc + g * N + k); }",
       vec4: "if (m < q && k < N) { v = Cm[((row0 + m) * p.ldc + p.offc + g * N + k) / 4u]; }" },
-    { tile: "Bs", reg: "rb", rows: s.SL * PB, kMajor: true,
+    { tile: "Bs", reg: "rb", rows: s.SL * s.PB, kMajor: true,
       scalar: `${slotOfM}
       if (k < N && ps < HP && okm) {
         v = select(e0, e1, m >= PB) * states1(rb0 + hs * sstride + k * HP + ps);
@@ -522,8 +536,7 @@ ${mySlot}
     "N", s)}
   for (var r = 0u; r < 8u; r++) {
     let into = exp(cs[sl * Q + ty * 8u + r]);
-    acc[2u * r] = acc[2u * r] * into;
-    acc[2u * r + 1u] = acc[2u * r + 1u] * into;
+    for (var hc = 0u; hc < ${groups(s)}u; hc++) { acc[${groups(s)}u * r + hc] = acc[${groups(s)}u * r + hc] * into; }
   }
   }
   // within the chunk: acc[i, p] += Σ_{j ≤ i} (C_i·B_j)·exp(cs_i − cs_j)·dt_j · x_j[p]. A holds both slots' decays
@@ -544,7 +557,7 @@ ${mySlot}
           if (k <= mi + c && mi + c < q) { v[c] = raw[c] * exp(cs[so + mi + c] - ck) * dk; }
         }
       }` },
-    { tile: "Bs", reg: "rb", rows: s.SL * PB, kMajor: true,
+    { tile: "Bs", reg: "rb", rows: s.SL * s.PB, kMajor: true,
       scalar: `${slotOfM}
       if (k < q && ps < HP && okm) { v = x1((row0 + k) * p.ldx + p.offx + hs * HP + ps); }`,
       vec4: `${slotOfM}
@@ -554,7 +567,7 @@ ${mySlot}
   let Dh = D[myH];
   let E = p.H * HP;
   if (mine) {
-    ${eachOutput(s.v4, `if (i < q && myP0 + col < HP) {
+    ${eachOutput(s, `if (i < q && myP0 + col < HP) {
         let row = row0 + i;
         var out = a + Dh * x[(row * p.ldx + p.offx + myH * HP + myP0 + col) / 4u];
         if (p.hasZ != 0u) {
@@ -575,14 +588,14 @@ ${mySlot}
 }
 `;
 
-const example: ChunkShape = { N: 16, P: 8, v4: true, Q: 128, SL: 2, BK: 8 };
+const example: ChunkShape = { N: 16, P: 8, v4: true, Q: 128, SL: 2, BK: 8, PB: 64 };
 const cbKernel = defineKernel({ name: "ssd_chunk_cb", wgsl: cbWgsl, example });
 const stateKernel = defineKernel({ name: "ssd_chunk_state", wgsl: stateWgsl, example });
 const passKernel = defineKernel({ name: "ssd_state_pass", wgsl: passWgsl, example });
 const scanKernel = defineKernel({ name: "ssd_chunk_scan", wgsl: scanWgsl, example });
 
 /** Workgroup memory of the chunk kernels (the most of them: ssd_chunk_state's) in bytes. */
-const workgroupBytes = (s: ChunkShape) => 16 * s.BK * ((s.SL * s.Q) / 4 + 1 + (s.SL * PB) / 4 + 1) + 3 * 4 * s.SL * s.Q;
+const workgroupBytes = (s: ChunkShape) => 16 * s.BK * ((s.SL * s.Q) / 4 + 1 + (s.SL * s.PB) / 4 + 1) + 3 * 4 * s.SL * s.Q;
 
 /** Whether every window, P and N allow the kernels' loads and stores of 4 floats at once. */
 function vec4Fits(a: Omit<SsdScanKernelArgs, "consts">): boolean {
@@ -592,9 +605,10 @@ function vec4Fits(a: Omit<SsdScanKernelArgs, "consts">): boolean {
 
 /** The kernels' configuration, changeable by tests and benchmarks: the chunk length Q (128 or 64), slots a
  *  workgroup SL (2 or 1), the K tile BK (8, or 16 where the device's workgroup memory holds its tiles: BK 8 is
- *  taken otherwise), and the run length's rule: the workgroups of ssd_chunk_state that keep a large GPU busy
+ *  taken otherwise), the values of p a slot PB (64: 8 × 8 outputs a thread, or 32: 8 × 4, fewer registers), and the
+ *  run length's rule: the workgroups of ssd_chunk_state that keep a large GPU busy
  *  (about three rounds of two an SM on 132 SMs, so that the last round's idle share stays small). */
-export const chunkTuning = { stateGroups: 768, Q: 128, SL: 2, BK: 8 };
+export const chunkTuning = { stateGroups: 768, Q: 128, SL: 2, BK: 8, PB: 64 };
 
 /** Chunks a run: the most of 1, 2, 4, 8 that leaves ssd_chunk_state chunkTuning.stateGroups workgroups (longer runs
  *  leave the state pass less to move, fewer workgroups a GPU less busy). */
@@ -611,11 +625,11 @@ export interface SsdChunkedArgs extends Omit<SsdScanKernelArgs, "consts"> {
 
 export function ssdScanChunked(gpu: Gpu, a: SsdChunkedArgs): void {
   const { Q, SL } = chunkTuning;
-  const wide: ChunkShape = { N: a.N, P: a.P, v4: vec4Fits(a), Q, SL, BK: chunkTuning.BK };
+  const wide: ChunkShape = { N: a.N, P: a.P, v4: vec4Fits(a), Q, SL, BK: chunkTuning.BK, PB: chunkTuning.PB };
   const shape = workgroupBytes(wide) <= gpu.limits.maxComputeWorkgroupStorageSize ? wide : { ...wide, BK: 8 };
   const nC = Math.ceil(a.L / Q);
   // pairs of slots (head, block of PB values of p) a group, and blocks of Q state entries
-  const pairs = Math.ceil(((a.H / a.G) * Math.ceil(a.P / PB)) / SL), nNB = Math.ceil(a.N / Q);
+  const pairs = Math.ceil(((a.H / a.G) * Math.ceil(a.P / shape.PB)) / SL), nNB = Math.ceil(a.N / Q);
   const R = runLength(a.G * pairs * nNB * a.B, nC), nRuns = Math.ceil(nC / R);
   const stateFloats = a.B * a.H * a.N * a.P;
   const runOff = nC * stateFloats;
