@@ -101,7 +101,7 @@ test("ssdScanBackward on WebGPU matches the CPU across checkpoints, pieces of he
   for (const [i, c] of cases.entries()) await compare(g, c, 500 + i);
 });
 
-test("ssdScanBackward on WebGPU: the sums over rows in workgroup memory, by shuffles over narrower blocks; shorter chunks", { timeout: 900_000 }, async (t) => {
+test("ssdScanBackward on WebGPU: the sums over rows in workgroup memory, by shuffles over narrower blocks; shorter chunks; checkpoints every few chunks", { timeout: 900_000 }, async (t) => {
   const g = await webgpuBackend() as TB | null;
   if (!g) return unavailable(t, "no WebGPU adapter");
   const saved = { ...ssdBackwardTuning };
@@ -118,6 +118,14 @@ test("ssdScanBackward on WebGPU: the sums over rows in workgroup memory, by shuf
     for (const K of [1, 2, 4]) {
       ssdBackwardTuning.K = K;
       await compare(g, { B: 2, L: 19, H: 2, P: 33, G: 2, N: 9, gate: true, state: true, limit: [0, 0.8] }, 720 + K);
+    }
+    ssdBackwardTuning.K = saved.K;
+    // checkpoints every 2 or 4 chunks (the chunks' starting states recomputed in workgroup memory): a last run of
+    // fewer chunks; then in segments of whole runs, in pieces of one head
+    for (const M of [2, 4]) {
+      ssdBackwardTuning.M = M;
+      await compare(g, { B: 2, L: 45, H: 2, P: 40, G: 1, N: 20, gate: true, state: true, limit: [0.01, 0.9] }, 730 + M);
+      await compare(g, { B: 3, L: 200, H: 4, P: 16, G: 2, N: 16, gate: false, state: true, limit: none, budget: 150_000 }, 740 + M);
     }
   } finally {
     Object.assign(ssdBackwardTuning, saved);

@@ -19,7 +19,7 @@ import { ssdScanSequential } from "./kernels/ssd/scan.ts";
 import { gatherConsts } from "./kernels/ssd/common.ts";
 import { ssdScanChunked } from "./kernels/ssd/chunked.ts";
 import { MAX_SEGMENTS, gatedRmsNorm, gatedRmsNormBackward, segmentRmsNorm, segmentRmsNormBackward } from "./kernels/ssd/norms.ts";
-import { ssdBackward, ssdBackwardLayout, ssdBackwardPlan, ssdBackwardShape, ssdBackwardTuning, ssdGateBackward } from "./kernels/ssd/backward.ts";
+import { ssdBackward, ssdBackwardLayout, ssdBackwardSetup, ssdBackwardTuning, ssdGateBackward } from "./kernels/ssd/backward.ts";
 import { copyWindow } from "./kernels/copy.ts";
 import type { SsdGrads } from "../training.ts";
 
@@ -134,9 +134,11 @@ export const webgpuMamba2Ops = {
     const limit = this.gpu.limits.maxStorageBufferBindingSize;
     if (T * HP * 4 > limit) throw new MambaError(`${what}: the scan's output needs ${T * HP * 4} bytes, over this device's ${limit} a buffer; use a smaller batch or the cpu backend`);
     // the heads in pieces whose scratch fits a buffer (all at once where they fit)
-    const shape = ssdBackwardShape(P, this.gpu.limits.maxComputeWorkgroupStorageSize, this.gpu.subgroupMinSize);
-    const l = ssdBackwardPlan(dims, shape, Math.min(limit, ssdBackwardTuning.bufferBytes)) ?? ssdBackwardPlan(dims, shape, limit);
-    if (!l) throw new MambaError(`${what}: the backward's scratch for one head needs more than this device's ${limit} bytes a buffer; use a smaller batch or sequence, or the cpu backend`);
+    const setup = ssdBackwardSetup(dims, {
+      wgBytes: this.gpu.limits.maxComputeWorkgroupStorageSize, subgroupMinSize: this.gpu.subgroupMinSize,
+      maxBytes: ssdBackwardTuning.bufferBytes, bindingBytes: limit,
+    });
+    if (!setup) throw new MambaError(`${what}: the backward's scratch for one head needs more than this device's ${limit} bytes a buffer; use a smaller batch or sequence, or the cpu backend`);
     const target = (t: TensorOrCols, width: number, name: string) => {
       const w = windowOf(t, this, `${what} (${name})`);
       check(w.width === width && w.rows === T, `${what}: ${name} is ${w.rows} x ${w.width}, expected ${T} x ${width}`);
@@ -170,6 +172,7 @@ export const webgpuMamba2Ops = {
       dx: target(g.dx, HP, "dx"), dDt: target(g.dDt, H, "dDt"), dB: target(g.dB, GN, "dB"), dC: target(g.dC, GN, "dC"),
       dA_log: dense(g.dA_log, H, "dA_log"), dD: dense(g.dD, H, "dD"), dDtBias: dense(g.dDtBias, H, "dDtBias"),
     };
+    const { shape, l } = setup;
     const work = this.gpu.alloc(Math.max(4, l.size * 4), "the SSD backward's scratch");
     for (let h0 = 0; h0 < H; h0 += l.hp) {
       const hp = Math.min(l.hp, H - h0);

@@ -35,8 +35,11 @@ const MAX_K = 8;
 export interface SsdBwdShape {
   /** threads (rows) a workgroup, a multiple of 32 */
   TP: number;
-  /** positions between checkpoints */
+  /** positions a chunk: the backward recomputes a chunk's states at once, into workgroup memory */
   K: number;
+  /** chunks between the checkpoints kept in the work buffer (1, or more to keep fewer: the main kernel then
+   *  recomputes the checkpoints of a run of M chunks into workgroup memory first) */
+  M: number;
   /** the sums over rows: by subgroup shuffles over blocks of W lanes (a power of two, at most the device's smallest
    *  subgroup), then workgroup memory over the blocks; or 0, all through workgroup memory */
   W: number;
@@ -75,7 +78,7 @@ const blockWgsl = (s: SsdBwdShape) => /* wgsl */ `
   let live = row < p.P;
   let prow = min(row, p.P - 1u); // a row to read where it is not live (its values are masked)
   let n0 = nb * NB;
-  let ck = p.oCk + wid * p.nK * NB * ${s.TP}u; // this workgroup's checkpoints: [nK][NB][TP]
+  let ck = p.oCk + wid * ((p.nK + ${s.M - 1}u) / ${s.M}u) * NB * ${s.TP}u; // this workgroup's checkpoints: [⌈nK / M⌉][NB][TP]
 `;
 
 /** floats of a chunk's staged inputs (x, B, dt and the decay; with gy and C in the main kernel) */
@@ -129,7 +132,7 @@ const NB = ${NB}u;
 @group(0) @binding(6) var<uniform> p: P;
 ${stageDecls(s, false)}
 ${commonWgsl}
-// the forward over the block's state values, keeping the state before every K-th position
+// the forward over the block's state values, keeping the state before every (K·M)-th position
 @compute @workgroup_size(${s.TP})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
 ${blockWgsl(s)}
@@ -141,7 +144,9 @@ ${blockWgsl(s)}
   for (var c = 0u; c < p.nK; c++) {
     let t0 = c * ${s.K}u;
     let t1 = min(p.L, t0 + ${s.K}u);
-    for (var j = 0u; j < NB; j++) { work[ck + (c * NB + j) * ${s.TP}u + tid] = st[j]; }
+    if (c % ${s.M}u == 0u) {
+      for (var j = 0u; j < NB; j++) { work[ck + ((c / ${s.M}u) * NB + j) * ${s.TP}u + tid] = st[j]; }
+    }
     ${stageWgsl(s, false)}
     for (var k = 0u; k < t1 - t0; k++) {
       let dx = sd[k] * sx[k * ${s.TP}u + tid];
@@ -184,6 +189,8 @@ const RED = ${RED}u;
 @group(0) @binding(6) var<storage, read_write> work: array<f32>;
 @group(0) @binding(7) var<uniform> p: P;
 ${stageDecls(s, true)}
+${s.M > 1 ? `// the starting states of a run's chunks (each thread reads back only its own): [M][NB][TP]
+var<workgroup> ick: array<f32, ${s.M * NB * s.TP}>;` : ""}
 // the chunk's states (each thread reads back only its own): [K][NB][TP]
 var<workgroup> hist: array<f32, ${s.K * NB * s.TP}>;
 ${s.W > 0
@@ -203,14 +210,33 @@ ${blockWgsl(s)}
   let carried = p.oDS + wid * NB * TP;
   for (var j = 0u; j < NB; j++) { dS[j] = select(0.0, work[carried + j * TP + tid], p.cB < p.nK); }
   var turn = 0u;
-  for (var c1 = p.cB; c1 > p.cA; c1--) {
-    let c = c1 - 1u;
+  // runs of M chunks from the last (the segment starts and ends at runs' bounds, or at L)
+  for (var o1 = (p.cB + ${s.M - 1}u) / ${s.M}u; o1 > p.cA / ${s.M}u; o1--) {
+    let oc = o1 - 1u;
+    let nIn = min(${s.M}u, p.nK - oc * ${s.M}u); // chunks in this run
+    ${s.M > 1 ? `// the run's chunks' starting states from its checkpoint, into ick
+    for (var j = 0u; j < NB; j++) { st[j] = work[ck + (oc * NB + j) * TP + tid]; }
+    for (var i = 0u; i < nIn; i++) {
+      for (var j = 0u; j < NB; j++) { ick[(i * NB + j) * TP + tid] = st[j]; }
+      if (i + 1u < nIn) {
+        let t0 = (oc * ${s.M}u + i) * K;
+        let t1 = min(p.L, t0 + K);
+        ${stageWgsl(s, false)}
+        for (var k = 0u; k < t1 - t0; k++) {
+          let dx = sd[k] * sx[k * TP + tid];
+          for (var j = 0u; j < NB; j++) { st[j] = fma(sa[k], st[j], dx * sB[k * NB + j]); }
+        }
+        workgroupBarrier(); // the chunk's inputs have been read
+      }
+    }` : ""}
+  for (var i1 = nIn; i1 > 0u; i1--) {
+    let c = oc * ${s.M}u + i1 - 1u;
     let t0 = c * K;
     let t1 = min(p.L, t0 + K);
     // the chunk's inputs (the previous chunk's were all read before its last step's barrier)
     ${stageWgsl(s, true)}
     // the chunk's states from its checkpoint: hist[k] = the state before step t0 + k
-    for (var j = 0u; j < NB; j++) { st[j] = work[ck + (c * NB + j) * TP + tid]; }
+    for (var j = 0u; j < NB; j++) { st[j] = ${s.M > 1 ? "ick[((i1 - 1u) * NB + j) * TP + tid]" : "work[ck + (oc * NB + j) * TP + tid]"}; }
     for (var k = 0u; k < t1 - t0; k++) {
       let dx = sd[k] * sx[k * TP + tid];
       for (var j = 0u; j < NB; j++) {
@@ -267,6 +293,7 @@ ${blockWgsl(s)}
       }
       turn = 1u - turn;
     }
+  }
   }
   for (var j = 0u; j < NB; j++) { work[carried + j * TP + tid] = dS[j]; }
 }
@@ -433,9 +460,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
-const shapeLabel = (s: SsdBwdShape) => `TP${s.TP}_K${s.K}_W${s.W}`;
-const fwdKernel = defineKernel<SsdBwdShape>({ name: "ssd_bwd_forward", wgsl: fwdWgsl, example: { TP: 64, K: 8, W: 0 }, label: (s) => `ssd_bwd_forward_${shapeLabel(s)}` });
-const mainKernel = defineKernel<SsdBwdShape>({ name: "ssd_bwd_main", wgsl: mainWgsl, example: { TP: 64, K: 8, W: 0 }, label: (s) => `ssd_bwd_main_${shapeLabel(s)}` });
+const shapeLabel = (s: SsdBwdShape) => `TP${s.TP}_K${s.K}_W${s.W}_M${s.M}`;
+const fwdKernel = defineKernel<SsdBwdShape>({ name: "ssd_bwd_forward", wgsl: fwdWgsl, example: { TP: 64, K: 8, W: 0, M: 1 }, label: (s) => `ssd_bwd_forward_${shapeLabel(s)}` });
+const mainKernel = defineKernel<SsdBwdShape>({ name: "ssd_bwd_main", wgsl: mainWgsl, example: { TP: 64, K: 8, W: 0, M: 4 }, label: (s) => `ssd_bwd_main_${shapeLabel(s)}` });
 const rowsKernel = defineKernel({ name: "ssd_bwd_rows", wgsl: () => rowsWgsl, example: null });
 const dxKernel = defineKernel({ name: "ssd_bwd_dx", wgsl: () => dxWgsl, example: null });
 const reduceKernel = defineKernel({ name: "ssd_bwd_reduce", wgsl: () => reduceWgsl, example: null });
@@ -455,15 +482,17 @@ export interface SsdBackwardDims {
 
 /** bufferBytes: the most bytes the backward gives its scratch buffer (and the device's binding limit); tests lower
  *  it to force pieces of heads. W: the width of the sums over rows (see ssdBackwardShape), −1 for the device's.
- *  K: the longest chunk between checkpoints (a power of two, at most 8; shorter where workgroup memory is short). */
-export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, W: -1, K: MAX_K };
+ *  K: the longest chunk (a power of two, at most 8; shorter where workgroup memory is short). M: chunks between
+ *  checkpoints, 0 to choose (1, or RUN where that takes fewer pieces of heads). */
+export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, W: -1, K: MAX_K, M: 0 };
 
 /**
  * The kernels' shape on this device: rows a workgroup; the sums' width W (the smallest subgroup the device may run,
  * at most 32, or ssdBackwardTuning.W where set: 0 for workgroup memory); the longest chunk whose states fit
- * workgroup memory beside the sums.
+ * workgroup memory beside the sums (and the M chunks' starting states of a run, where checkpoints are kept every M
+ * chunks).
  */
-export function ssdBackwardShape(P: number, wgBytes: number, subgroupMinSize: number): SsdBwdShape {
+export function ssdBackwardShape(P: number, wgBytes: number, subgroupMinSize: number, M = 1): SsdBwdShape {
   const TP = Math.min(MAX_TP, Math.ceil(P / 32) * 32);
   const most = subgroupMinSize >= 2 && (subgroupMinSize & (subgroupMinSize - 1)) === 0 ? Math.min(32, subgroupMinSize) : 0;
   let W = most;
@@ -473,20 +502,20 @@ export function ssdBackwardShape(P: number, wgBytes: number, subgroupMinSize: nu
   }
   const redFloats = W > 0 ? 2 * (TP / W) * rv(W) : 2 * RED * (TP + 1);
   let K = Math.max(1, Math.min(MAX_K, ssdBackwardTuning.K));
-  while (K > 1 && (K * NB * TP + redFloats + stageFloats({ TP, K, W }, true)) * 4 > wgBytes) K /= 2;
-  return { TP, K, W };
+  while (K > 1 && (K * NB * TP + (M > 1 ? M * NB * TP : 0) + redFloats + stageFloats({ TP, K, W, M }, true)) * 4 > wgBytes) K /= 2;
+  return { TP, K, W, M };
 }
 
 /**
  * Offsets (in floats) in the scratch of a piece of hp heads (all batch rows) whose backward runs in segments of S
- * positions (a multiple of the chunk K, or L), and its size: the checkpoints (all L positions), dS carried between
+ * positions (a multiple of K·M, or L), and its size: the checkpoints (all L positions), dS carried between
  * segments, and the per-position partials of one segment.
  */
 export function ssdBackwardLayout(d: SsdBackwardDims, s: SsdBwdShape, hp: number, S: number) {
   const { B, L, P, N } = d;
   const nNB = Math.ceil(N / NB), nPB = Math.ceil(P / s.TP), nK = Math.ceil(L / s.K);
   const groups = B * hp * nPB * nNB, R = B * S * hp; // (b, t, h) of a segment
-  const oCk = 0, oDS = oCk + groups * nK * NB * s.TP, oDx = oDS + groups * NB * s.TP, oDB = oDx + R * nNB * P;
+  const oCk = 0, oDS = oCk + groups * Math.ceil(nK / s.M) * NB * s.TP, oDx = oDS + groups * NB * s.TP, oDB = oDx + R * nNB * P;
   const oDC = oDB + R * nPB * N, oDa = oDC + R * nPB * N, oDdt = oDa + R * nPB * nNB, oTerms = oDdt + R * nPB * nNB;
   return { hp, S, nNB, nPB, nK, groups, oCk, oDS, oDx, oDB, oDC, oDa, oDdt, oTerms, size: oTerms + R * 3 };
 }
@@ -496,7 +525,7 @@ export function ssdBackwardLayout(d: SsdBackwardDims, s: SsdBwdShape, hp: number
  * positions where they fit), then the longest segments that fit, evened out; or null if not even one head fits.
  */
 export function ssdBackwardPlan(d: SsdBackwardDims, s: SsdBwdShape, maxBytes: number): ReturnType<typeof ssdBackwardLayout> | null {
-  const roundK = (n: number) => Math.min(d.L, Math.ceil(n / s.K) * s.K);
+  const roundK = (n: number) => Math.min(d.L, Math.ceil(n / (s.K * s.M)) * s.K * s.M); // whole runs of M chunks
   const fits = (hp: number, S: number) => ssdBackwardLayout(d, s, hp, S).size * 4 <= maxBytes;
   let S0 = roundK(512);
   if (!fits(1, S0)) S0 = roundK(s.K);
@@ -514,6 +543,27 @@ export function ssdBackwardPlan(d: SsdBackwardDims, s: SsdBwdShape, maxBytes: nu
   }
   const nSeg = Math.ceil(d.L / S);
   return ssdBackwardLayout(d, s, hp, roundK(Math.ceil(d.L / nSeg)));
+}
+
+/** chunks between checkpoints where keeping one a chunk would split the heads into pieces */
+const RUN = 4;
+
+/**
+ * The kernels' shape and the scratch's layout for this device and problem (the scratch under maxBytes, else the
+ * binding limit): checkpoints every chunk where all heads fit at once, else every RUN chunks if that takes fewer
+ * pieces; null where not even one head fits.
+ */
+export function ssdBackwardSetup(d: SsdBackwardDims, limits: { wgBytes: number; subgroupMinSize: number; maxBytes: number; bindingBytes: number }) {
+  const plan = (M: number) => {
+    const shape = ssdBackwardShape(d.P, limits.wgBytes, limits.subgroupMinSize, M);
+    const l = ssdBackwardPlan(d, shape, Math.min(limits.maxBytes, limits.bindingBytes)) ?? ssdBackwardPlan(d, shape, limits.bindingBytes);
+    return l ? { shape, l } : null;
+  };
+  if (ssdBackwardTuning.M > 0) return plan(ssdBackwardTuning.M);
+  const one = plan(1);
+  if (one && one.l.hp === d.H) return one;
+  const run = plan(RUN);
+  return run && (!one || run.l.hp > one.l.hp) ? run : one;
 }
 
 /** A column window: buffer, row stride, first column. */
