@@ -462,7 +462,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 const shapeLabel = (s: SsdBwdShape) => `TP${s.TP}_K${s.K}_W${s.W}_M${s.M}`;
 const fwdKernel = defineKernel<SsdBwdShape>({ name: "ssd_bwd_forward", wgsl: fwdWgsl, example: { TP: 64, K: 8, W: 0, M: 1 }, label: (s) => `ssd_bwd_forward_${shapeLabel(s)}` });
-const mainKernel = defineKernel<SsdBwdShape>({ name: "ssd_bwd_main", wgsl: mainWgsl, example: { TP: 64, K: 8, W: 0, M: 4 }, label: (s) => `ssd_bwd_main_${shapeLabel(s)}` });
+const mainKernel = defineKernel<SsdBwdShape>({ name: "ssd_bwd_main", wgsl: mainWgsl, example: { TP: 64, K: 4, W: 0, M: 4 }, label: (s) => `ssd_bwd_main_${shapeLabel(s)}` });
 const rowsKernel = defineKernel({ name: "ssd_bwd_rows", wgsl: () => rowsWgsl, example: null });
 const dxKernel = defineKernel({ name: "ssd_bwd_dx", wgsl: () => dxWgsl, example: null });
 const reduceKernel = defineKernel({ name: "ssd_bwd_reduce", wgsl: () => reduceWgsl, example: null });
