@@ -8,15 +8,19 @@
  * Every state value (p, n) follows its own recurrence; only the gradients sum over p or n. So a workgroup takes one
  * (batch row b, head h, block of TP rows p, block of NB columns n), a thread a row p with NB state values and NB of
  * dS in registers, and workgroups are B·H·⌈P/TP⌉·⌈N/NB⌉ (at B1 H24 P64 N128: 384 of 64 threads):
- * - ssd_bwd_forward runs the forward once, keeping the state at every K-th position (checkpoints, in the work buffer);
- * - ssd_bwd_main walks the chunks of K positions from the last: recomputes the chunk's states from its checkpoint
- *   into workgroup memory (each thread its own), then steps back through them. Per step the sums over the block's
- *   rows (dB_t, dC_t of its columns, da, the first term of ddt) meet in workgroup memory (two buffers taking turns,
- *   one barrier a step); the sum over columns of dx is left in partials per column block, one per (t, h, block, p);
+ * - ssd_bwd_forward runs the forward once, keeping the state at the start of every M-th chunk of K positions
+ *   (checkpoints, in the work buffer; M = 1, or 4 where that saves splitting the heads into pieces);
+ * - ssd_bwd_main walks the chunks from the last. A chunk's inputs are staged in workgroup memory; its states are
+ *   recomputed from their checkpoint into workgroup memory (each thread its own; with M > 1 the run's M chunk
+ *   starts first), then it steps back through them. Per step the sums over the block's rows (dB_t, dC_t of its
+ *   columns, da, the first term of ddt) go by subgroup shuffles (a reduce-scatter, as the Mamba-1 scan backward's)
+ *   or workgroup memory, then over the subgroups in workgroup memory (two buffers taking turns: one barrier a
+ *   step); the sum over columns of dx is left in partials per column block, one per (t, h, block, p);
  * - ssd_bwd_rows (a thread per (t, h)) finishes ddt and dt's gradient from the blocks' partials and each row's terms
  *   of dA_log, D and dt_bias; ssd_bwd_dx (per (t, h, p)) adds up dx; ssd_bwd_reduce sums dB, dC over the heads of a
  *   group and the row blocks; ssd_bwd_params sums the per-row terms over time. All add into the caller's windows.
- * Heads go in pieces when a piece's scratch would not fit one buffer (the scratch is reused piece after piece).
+ * Time goes in segments (from the last, dS carried between them) so that the per-position partials are a
+ * segment's; heads go in pieces only where the checkpoints alone would not fit a buffer (the scratch is reused).
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
