@@ -10,7 +10,7 @@ for s in ${steps//,/ }; do
     tc) run tc 75 env TC_TILES="${TC_TILES:-64,64,16;128,64,16,2,1;128,128,16,2,2;128,128,32,2,2;256,128,16,4,2;128,256,16,2,4}" node --import tsx scripts/gpu-tc.ts both ;;
     testgpu) run testgpu 90 env CI=true node --import tsx --test test/gpu/*.test.ts ;;
     mamba2) run mamba2 200 node --import tsx bench/run.ts mamba2 ;;
-    m2) run m2 140 env BENCH_SSD_VARIANTS="${SSD_VARIANTS:-Q:128,SL:2,BK:8|Q:128,SL:2,BK:16|Q:64,SL:2,BK:8|Q:64,SL:1,BK:16|Q:128,SL:1,BK:16}" BENCH_ONLY=scan,bwd,forward,decode node --import tsx bench/run.ts mamba2 ;;
+    m2) run m2 140 env BENCH_SSD_VARIANTS="${SSD_VARIANTS:-Q:128,SL:2,BK:8,PB:64|Q:128,SL:2,BK:16,PB:64|Q:64,SL:2,BK:8,PB:64|Q:128,SL:2,BK:8,PB:32|Q:64,SL:1,BK:16,PB:32|Q:128,SL:1,BK:16,PB:64}" BENCH_ONLY=scan,bwd,forward,decode node --import tsx bench/run.ts mamba2 ;;
     m27) run m27 150 env BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2 ;;
     scan) run scan 90 env BENCH_ONLY=scan,bwd node --import tsx bench/run.ts mamba2 ;;
     f16) run f16 200 env BENCH_TUNING=precision:f16 BENCH_ONLY=forward,decode BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=2 node --import tsx bench/run.ts webgpu ;;
