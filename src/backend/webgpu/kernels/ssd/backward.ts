@@ -13,9 +13,10 @@
  * - ssd_bwd_main walks the chunks from the last. A chunk's inputs are staged in workgroup memory; its states are
  *   recomputed from their checkpoint into workgroup memory (each thread its own; with M > 1 the run's M chunk
  *   starts first), then it steps back through them. Per step the sums over the block's rows (dB_t, dC_t of its
- *   columns, da, the first term of ddt) go by subgroup shuffles (a reduce-scatter, as the Mamba-1 scan backward's)
- *   or workgroup memory, then over the subgroups in workgroup memory (two buffers taking turns: one barrier a
- *   step); the sum over columns of dx is left in partials per column block, one per (t, h, block, p);
+ *   columns, da, the first term of ddt) go by subgroup shuffles over blocks of W rows (a reduce-scatter, as the
+ *   Mamba-1 scan backward's: no barrier), and over the blocks in workgroup memory once a chunk; without subgroups
+ *   all through workgroup memory (two buffers taking turns: one barrier a step); the sum over columns of dx is
+ *   left in partials per column block, one per (t, h, block, p);
  * - ssd_bwd_rows (a thread per (t, h)) finishes ddt and dt's gradient from the blocks' partials and each row's terms
  *   of dA_log, D and dt_bias; ssd_bwd_dx (per (t, h, p)) adds up dx; ssd_bwd_reduce sums dB, dC over the heads of a
  *   group and the row blocks; ssd_bwd_params sums the per-row terms over time. All add into the caller's windows.
@@ -166,11 +167,12 @@ const RED = 2 * NB + 2; // the sums over rows a step: dB (NB), dC (NB), da, ddt
 /** the terms a lane sums by shuffles: RED rounded up to a multiple of W */
 const rv = (W: number) => Math.ceil(RED / W) * W;
 
-/** The step's sums over the rows of the terms tv[0 .. RED) by subgroup shuffles, into red[turn] (see mainWgsl). */
+/** The step k's sums of the terms tv[0 .. RED) over each block of W rows by subgroup shuffles, into red[k][block]
+ *  (see mainWgsl). */
 function shuffleSums(W: number, TP: number): string {
   const { lines, terms } = reduceScatter(Array.from({ length: rv(W) }, (_, k) => (k < RED ? `tv[${k}]` : "0.0")), W / 2, 1, "sgl");
   const k0 = `(sgl % ${W}u) * ${terms.length}u`;
-  return [...lines, ...terms.map((v, i) => `red[turn * ${(TP / W) * rv(W)}u + (tid / ${W}u) * ${rv(W)}u + ${k0} + ${i}u] = ${v};`)].join("\n      ");
+  return [...lines, ...terms.map((v, i) => `red[(k * ${TP / W}u + tid / ${W}u) * ${rv(W)}u + ${k0} + ${i}u] = ${v};`)].join("\n      ");
 }
 
 const mainWgsl = (s: SsdBwdShape) => /* wgsl */ `${s.W > 0 ? "enable subgroups;" : ""}
@@ -198,8 +200,8 @@ var<workgroup> ick: array<f32, ${s.M * NB * s.TP}>;` : ""}
 // the chunk's states (each thread reads back only its own): [K][NB][TP]
 var<workgroup> hist: array<f32, ${s.K * NB * s.TP}>;
 ${s.W > 0
-    ? `// the blocks' sums of a step, two steps' worth taking turns: [2][TP / W][RV]
-var<workgroup> red: array<f32, ${2 * (s.TP / s.W) * rv(s.W)}>;`
+    ? `// the blocks' sums of the chunk's steps: [K][TP / W][RV]
+var<workgroup> red: array<f32, ${s.K * (s.TP / s.W) * rv(s.W)}>;`
     : `// the per-row terms of a step's sums, two steps' worth taking turns: [2][RED][TP + 1] (padded against bank clashes)
 var<workgroup> red: array<f32, ${2 * RED * (s.TP + 1)}>;`}
 ${commonWgsl}
@@ -237,7 +239,7 @@ ${blockWgsl(s)}
     let c = oc * ${s.M}u + i1 - 1u;
     let t0 = c * K;
     let t1 = min(p.L, t0 + K);
-    // the chunk's inputs (the previous chunk's were all read before its last step's barrier)
+    // the chunk's inputs (the previous chunk's were all read before its last barrier)
     ${stageWgsl(s, true)}
     // the chunk's states from its checkpoint: hist[k] = the state before step t0 + k
     for (var j = 0u; j < NB; j++) { st[j] = ${s.M > 1 ? "ick[((i1 - 1u) * NB + j) * TP + tid]" : "work[ck + (oc * NB + j) * TP + tid]"}; }
@@ -279,15 +281,14 @@ ${blockWgsl(s)}
       tv[2u * NB + 1u] = ddt;
       let hr = (b * p.Sn + t - p.tA) * p.hp + hl; // (b, t, h) of this segment and piece
       if (live) { work[p.oDx + (hr * p.nNB + nb) * p.P + row] = d * dxp; }
-      ${s.W > 0 ? shuffleSums(s.W, s.TP) : "for (var k = 0u; k < RED; k++) { red[base + k * (TP + 1u) + tid] = tv[k]; }"}
+      ${s.W > 0 ? `// the sums over each block of W rows now (no barrier); over the blocks after the chunk
+      ${shuffleSums(s.W, s.TP)}` : `for (var k = 0u; k < RED; k++) { red[base + k * (TP + 1u) + tid] = tv[k]; }
       workgroupBarrier();
       // the sums over the block's rows, a thread each (the other buffer takes the next step's terms meanwhile)
       if (tid < RED) {
         var sum = 0.0;
-        ${s.W > 0
-          ? `for (var k = 0u; k < ${s.TP / s.W}u; k++) { sum = sum + red[turn * ${(s.TP / s.W) * rv(s.W)}u + k * ${rv(s.W)}u + tid]; }`
-          : `let o = base + tid * (TP + 1u);
-        for (var k = 0u; k < TP; k++) { sum = sum + red[o + k]; }`}
+        let o = base + tid * (TP + 1u);
+        for (var k = 0u; k < TP; k++) { sum = sum + red[o + k]; }
         if (tid < 2u * NB) {
           let n = n0 + tid % NB;
           if (n < p.N) { work[select(p.oDB, p.oDC, tid >= NB) + (hr * p.nPB + pb) * p.N + n] = sum; }
@@ -295,8 +296,23 @@ ${blockWgsl(s)}
           work[select(p.oDa, p.oDdt, tid > 2u * NB) + hr * p.nPB * p.nNB + pb * p.nNB + nb] = sum;
         }
       }
-      turn = 1u - turn;
-    }
+      turn = 1u - turn;`}
+    }${s.W > 0 ? `
+    workgroupBarrier(); // the chunk's block sums are in red
+    // the sums over the blocks, (step, term) by (step, term) over the threads
+    for (var u = tid; u < (t1 - t0) * RED; u += TP) {
+      let k = u / RED;
+      let v = u % RED;
+      var sum = 0.0;
+      for (var sl = 0u; sl < ${s.TP / s.W}u; sl++) { sum = sum + red[(k * ${s.TP / s.W}u + sl) * ${rv(s.W)}u + v]; }
+      let hr = (b * p.Sn + t0 + k - p.tA) * p.hp + hl;
+      if (v < 2u * NB) {
+        let n = n0 + v % NB;
+        if (n < p.N) { work[select(p.oDB, p.oDC, v >= NB) + (hr * p.nPB + pb) * p.N + n] = sum; }
+      } else {
+        work[select(p.oDa, p.oDdt, v > 2u * NB) + hr * p.nPB * p.nNB + pb * p.nNB + nb] = sum;
+      }
+    }` : ""}
   }
   }
   for (var j = 0u; j < NB; j++) { work[carried + j * TP + tid] = dS[j]; }
@@ -504,9 +520,9 @@ export function ssdBackwardShape(P: number, wgBytes: number, subgroupMinSize: nu
     W = 0;
     if (ssdBackwardTuning.W >= 2 && most > 0) for (W = 2; W * 2 <= Math.min(ssdBackwardTuning.W, most); W *= 2);
   }
-  const redFloats = W > 0 ? 2 * (TP / W) * rv(W) : 2 * RED * (TP + 1);
+  const redFloats = (K: number) => (W > 0 ? K * (TP / W) * rv(W) : 2 * RED * (TP + 1));
   let K = Math.max(1, Math.min(MAX_K, ssdBackwardTuning.K));
-  while (K > 1 && (K * NB * TP + (M > 1 ? M * NB * TP : 0) + redFloats + stageFloats({ TP, K, W, M }, true)) * 4 > wgBytes) K /= 2;
+  while (K > 1 && (K * NB * TP + (M > 1 ? M * NB * TP : 0) + redFloats(K) + stageFloats({ TP, K, W, M }, true)) * 4 > wgBytes) K /= 2;
   return { TP, K, W, M };
 }
 
