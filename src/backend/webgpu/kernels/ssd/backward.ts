@@ -239,10 +239,11 @@ ${blockWgsl(s)}
     let c = oc * ${s.M}u + i1 - 1u;
     let t0 = c * K;
     let t1 = min(p.L, t0 + K);
+    // the chunk's starting state (loaded first: its wait overlaps the staging's)
+    for (var j = 0u; j < NB; j++) { st[j] = ${s.M > 1 ? "ick[((i1 - 1u) * NB + j) * TP + tid]" : "work[ck + (oc * NB + j) * TP + tid]"}; }
     // the chunk's inputs (the previous chunk's were all read before its last barrier)
     ${stageWgsl(s, true)}
-    // the chunk's states from its checkpoint: hist[k] = the state before step t0 + k
-    for (var j = 0u; j < NB; j++) { st[j] = ${s.M > 1 ? "ick[((i1 - 1u) * NB + j) * TP + tid]" : "work[ck + (oc * NB + j) * TP + tid]"}; }
+    // the chunk's states from its start: hist[k] = the state before step t0 + k
     for (var k = 0u; k < t1 - t0; k++) {
       let dx = sd[k] * sx[k * TP + tid];
       for (var j = 0u; j < NB; j++) {
