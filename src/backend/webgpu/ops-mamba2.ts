@@ -6,7 +6,8 @@
  * as the plain recurrence (a thread per (b, h, p), the state row in registers). Both are tested against the CPU's.
  * The training ops: Falcon's windowed norm's backward, the gated norm's, and the SSD's (kernels/ssd/backward.ts:
  * the recurrence backwards from checkpoints, a workgroup per (b, h, block of rows, block of state columns), the
- * gate's backward first from a forward scan without the gate; heads in pieces where the scratch would not fit).
+ * gate's backward first from a forward scan without the gate; time in segments and heads in pieces where the
+ * scratch would not fit a buffer).
  */
 import type { SsdScanArgs, Tensor, TensorOrCols } from "../backend.ts";
 import { MambaError, check } from "../../errors.ts";
@@ -133,7 +134,7 @@ export const webgpuMamba2Ops = {
     const dims = { B: a.batch, L: a.seqLen, H, P, G, N, hasState: !!st, lo: a.dtLimit[0], hi: a.dtLimit[1] };
     const limit = this.gpu.limits.maxStorageBufferBindingSize;
     if (T * HP * 4 > limit) throw new MambaError(`${what}: the scan's output needs ${T * HP * 4} bytes, over this device's ${limit} a buffer; use a smaller batch or the cpu backend`);
-    // the heads in pieces whose scratch fits a buffer (all at once where they fit)
+    // the kernels' shape, and time in segments and heads in pieces such that the scratch fits a buffer
     const setup = ssdBackwardSetup(dims, {
       wgBytes: this.gpu.limits.maxComputeWorkgroupStorageSize, subgroupMinSize: this.gpu.subgroupMinSize,
       maxBytes: ssdBackwardTuning.bufferBytes, bindingBytes: limit,
