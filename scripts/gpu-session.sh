@@ -7,7 +7,7 @@ steps=${1:-tc,testgpu,mamba2,f16,f32,tests}
 run() { local name=$1 limit=$2; shift 2; echo "== $name (limit ${limit}s)"; timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1; echo "rc=$?" >> "$OUT/$name.txt"; tail -n 3 "$OUT/$name.txt"; }
 for s in ${steps//,/ }; do
   case $s in
-    tc) run tc 75 env TC_TILES="${TC_TILES:-64,64,16;128,64,16,2,1;128,128,16,2,2;128,128,32,2,2;256,128,16,4,2;128,256,16,2,4}" node --import tsx scripts/gpu-tc.ts both ;;
+    tc) run tc 75 env TC_TILES="${TC_TILES:-64,64,16;32,32,32;64,32,32;32,64,32}" node --import tsx scripts/gpu-tc.ts both ;;
     testgpu) run testgpu 90 env CI=true node --import tsx --test test/gpu/*.test.ts ;;
     mamba2) run mamba2 200 node --import tsx bench/run.ts mamba2 ;;
     m2) run m2 140 env BENCH_SSD_VARIANTS="${SSD_VARIANTS:-Q:128,SL:2,BK:8,PB:64|Q:128,SL:2,BK:16,PB:64|Q:64,SL:2,BK:8,PB:64|Q:128,SL:2,BK:8,PB:32|Q:64,SL:1,BK:16,PB:32|Q:128,SL:1,BK:16,PB:64}" BENCH_ONLY=scan,bwd,forward,decode node --import tsx bench/run.ts mamba2 ;;

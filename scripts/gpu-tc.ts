@@ -13,8 +13,8 @@ import { f16ToF32, toF16Bits } from "../src/io/tensor.ts";
 
 const mode = process.argv[2] ?? "both";
 const tiles: TensorCoreTile[] = (process.env.TC_TILES ?? "").split(";").filter(Boolean).map((s) => {
-  const [BM, BN, BK, SGM, SGN] = s.split(",").map(Number);
-  return { BM: BM!, BN: BN!, BK: BK!, ...(SGM ? { SG: [SGM, SGN ?? 1] as [number, number] } : {}) };
+  const [BM, BN, BK] = s.split(",").map(Number);
+  return { BM: BM!, BN: BN!, BK: BK! };
 });
 if (!tiles.length) tiles.push(TC_TILE);
 
@@ -126,7 +126,7 @@ if (mode === "bench" || mode === "both") {
     const line = [`${name} [${T}, ${K}] x [${N}, ${K}]^T: f32 tiled ${t32.toFixed(3)} ms ${(flop / t32 / 1e9).toFixed(1)} TFLOP/s`];
     for (const tile of tiles) {
       const t = await timeIt(() => matmulTensorCore(gpu, { ...base, w: w16, ws: "f16" }, undefined, tile), 10);
-      line.push(`tc ${tile.BM}x${tile.BN}k${tile.BK}${tile.SG ? `sg${tile.SG.join("x")}` : ""} ${t.toFixed(3)} ms ${(flop / t / 1e9).toFixed(1)} TFLOP/s`);
+      line.push(`tc ${tile.BM}x${tile.BN}k${tile.BK} ${t.toFixed(3)} ms ${(flop / t / 1e9).toFixed(1)} TFLOP/s`);
     }
     console.log(line.join("; "));
     for (const b of [x, w32, w16, y]) gpu.release(b);

@@ -12,11 +12,11 @@ import { BATCH_SCAN_ROW_CHOICES } from "./kernels/decode/batch-scan.ts";
 import { TC_TILE, type TensorCoreTile, tensorCoreTileProblem } from "./kernels/matmul-tc.ts";
 import { MambaError } from "../../errors.ts";
 
-/** "BMxBNxBK[xSGMxSGN]" as a tensor-core tile; a MambaError names what is wrong. */
+/** "BMxBNxBK" as a tensor-core tile; a MambaError names what is wrong. */
 function parseTensorCoreTile(text: string): TensorCoreTile {
   const v = String(text).split("x").map(Number);
-  const t: TensorCoreTile = { BM: v[0]!, BN: v[1]!, BK: v[2]!, ...(v.length === 5 ? { SG: [v[3]!, v[4]!] as [number, number] } : {}) };
-  const why = (v.length === 3 || v.length === 5) && v.every(Number.isInteger) ? tensorCoreTileProblem(t) : "it takes BMxBNxBK or BMxBNxBKxSGMxSGN";
+  const t: TensorCoreTile = { BM: v[0]!, BN: v[1]!, BK: v[2]! };
+  const why = v.length === 3 && v.every(Number.isInteger) ? tensorCoreTileProblem(t) : "it takes BMxBNxBK";
   if (why) throw new MambaError(`tensorCoreTile: ${JSON.stringify(text)} cannot run: ${why}`);
   return t;
 }
@@ -50,8 +50,7 @@ export interface WebGpuTuning {
 export interface WebGpuInternalTuning extends WebGpuTuning {
   /** channel-chunk threads the selective scan aims for when it splits a sequence (default 131072) */
   scanThreads?: number;
-  /** the tensor-core product's tile as "BMxBNxBK" or "BMxBNxBKxSGMxSGN" (subgroups a workgroup as rows x columns
-   *  of blocks): default TC_TILE (kernels/matmul-tc.ts) */
+  /** the tensor-core product's tile as "BMxBNxBK": default TC_TILE (kernels/matmul-tc.ts) */
   tensorCoreTile?: string;
   /** ops encoded after which pending work is submitted even without a read (default 48): the GPU starts on a
    *  prefill's first ops while the host encodes the rest. On the H100 the first token of a 128-token prompt took

@@ -12,6 +12,9 @@
  * column-major), each row padded to LDS halves so that rows start 16 bytes apart but in different banks. The next
  * tile's global loads are issued before the current tile's products. Where few tiles would leave the GPU idle, K is
  * split over workgroups (grid z) whose partial products ./matmul-reduce.ts sums.
+ * The loads and stores use the builtins' first forms (majorness as an argument), which the Dawn of `webgpu` 0.6.2
+ * compiles with a deprecation warning a call: those are the forms verified on the H100 (scripts/gpu-tc.ts,
+ * test/gpu); the newer template forms are to replace them once a run confirms them there.
  * The results go out through workgroup memory (one 16 × 16 block at a time), where the bias is added and rows and
  * columns past the output's edge are dropped.
  */
@@ -25,7 +28,6 @@ export interface TensorCoreTile {
   BM: number; // rows of y a workgroup (a multiple of 16)
   BN: number; // columns of y a workgroup (a multiple of 16)
   BK: number; // K columns staged at a time (16 or 32)
-  SG?: [number, number]; // subgroups a workgroup as rows × columns of blocks (default [1, 1]: one subgroup)
 }
 
 export const TC_TILE: TensorCoreTile = { BM: 64, BN: 64, BK: 16 };
@@ -36,16 +38,14 @@ export function tensorCoreFits(a: { rows: number; K: number; N: number; ldx?: nu
   return a.rows >= 16 && a.K % 4 === 0 && a.N >= 16 && (a.ldx ?? a.K) % 4 === 0 && (a.offx ?? 0) % 4 === 0;
 }
 
-/** What makes a tile one the kernel cannot run, or null: blocks of whole 16 × 16 matrices a subgroup (at most 4 × 4),
- *  K staged 16 or 32 at a time, the staged tiles a whole number of loads a thread, within 32 KiB of workgroup memory. */
+/** What makes a tile one the kernel cannot run, or null: whole 16 × 16 result matrices (at most 4 × 4), K staged 16
+ *  or 32 at a time, the staged tiles a whole number of loads a thread, within 32 KiB of workgroup memory. */
 export function tensorCoreTileProblem(t: TensorCoreTile): string | null {
-  const [SGM, SGN] = t.SG ?? [1, 1];
-  const NT = 32 * SGM * SGN;
   if (![16, 32].includes(t.BK)) return `BK must be 16 or 32, got ${t.BK}`;
-  if (t.BM % (16 * SGM) || t.BN % (16 * SGN)) return `a ${t.BM} x ${t.BN} tile does not split into ${SGM} x ${SGN} blocks of whole 16 x 16 matrices`;
-  if ((t.BM / SGM / 16) * (t.BN / SGN / 16) > 16) return "more than 16 result matrices a subgroup";
-  if ((t.BM * t.BK / 4) % NT || (t.BN * t.BK / 4) % NT) return `its staged tiles are not a whole number of loads for ${NT} threads`;
-  if ((t.BM + t.BN) * (t.BK + 8) * 2 + 1024 * SGM * SGN > 32768) return "over 32 KiB of workgroup memory";
+  if (t.BM % 16 || t.BN % 16 || t.BM < 16 || t.BN < 16) return `BM and BN must be multiples of 16, got ${t.BM} and ${t.BN}`;
+  if ((t.BM / 16) * (t.BN / 16) > 16) return "more than 16 result matrices a subgroup";
+  if ((t.BM * t.BK / 4) % 32 || (t.BN * t.BK / 4) % 32) return "its staged tiles are not a whole number of loads for 32 threads";
+  if ((t.BM + t.BN) * (t.BK + 8) * 2 + 1024 > 32768) return "over 32 KiB of workgroup memory";
   return null;
 }
 
@@ -53,34 +53,31 @@ function wgsl(t: TensorCoreTile): string {
   const why = tensorCoreTileProblem(t);
   if (why) throw new MambaError(`matmul_tc: tile ${JSON.stringify(t)} cannot run: ${why}`);
   const { BM, BN, BK } = t;
-  const [SGM, SGN] = t.SG ?? [1, 1];
-  const NT = 32 * SGM * SGN; // invocations a workgroup
-  const WM = BM / SGM, WN = BN / SGN; // a subgroup's block
-  const RM = WM / 16, RN = WN / 16; // result matrices of a subgroup: RM × RN
+  const RM = BM / 16, RN = BN / 16; // result matrices of the workgroup's subgroup: RM × RN
   const LDS = BK + 8; // halves a staged row
   const K4 = BK / 4; // 4-wide groups a staged row
-  const LX = (BM * K4) / NT, LW = (BN * K4) / NT; // loads of x (vec4) and of w (4 halves) a thread per tile
+  const LX = (BM * K4) / 32, LW = (BN * K4) / 32; // loads of x (vec4) and of w (4 halves) a thread per tile
   const acc = (i: number, j: number) => `acc${i}_${j}`;
   const decl: string[] = [], mma: string[] = [], out: string[] = [];
   for (let i = 0; i < RM; i++) {
     for (let j = 0; j < RN; j++) decl.push(`var ${acc(i, j)} = subgroup_matrix_result<f32, 16, 16>();`);
   }
-  for (let i = 0; i < RM; i++) mma.push(`let a${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sr + ${i * 16}u) * LDS + kk, LDS);`);
+  for (let i = 0; i < RM; i++) mma.push(`let a${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&As, ${i * 16 * LDS}u + kk, false, LDS);`);
   for (let j = 0; j < RN; j++) {
-    mma.push(`let b${j} = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, (sc + ${j * 16}u) * LDS + kk, LDS);`);
+    mma.push(`let b${j} = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, ${j * 16 * LDS}u + kk, true, LDS);`);
     for (let i = 0; i < RM; i++) mma.push(`${acc(i, j)} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, ${acc(i, j)});`);
   }
   for (let i = 0; i < RM; i++) {
     for (let j = 0; j < RN; j++) {
-      out.push(`subgroupMatrixStore<row_major>(&Cs, sg * 256u, ${acc(i, j)}, 16u);
+      out.push(`subgroupMatrixStore(&Cs, 0u, ${acc(i, j)}, false, 16u);
   workgroupBarrier();
-  emit(sg, lane, row0 + sr + ${i * 16}u, col0 + sc + ${j * 16}u, yOff);
+  emit(lane, row0 + ${i * 16}u, col0 + ${j * 16}u, yOff);
   workgroupBarrier();`);
     }
   }
   const loads = (k4: string, cond: string) => /* wgsl */ `
     for (var j = 0u; j < ${LX}u; j++) {
-      let e = tid + ${NT}u * j;
+      let e = lane + 32u * j;
       let m = e / K4;
       let k4 = ${k4} + e % K4;
       let gr = row0 + m;
@@ -88,7 +85,7 @@ function wgsl(t: TensorCoreTile): string {
       if (gr < p.T && k4 < K4end) { ra[j] = x[gr * ldx4 + p.offx / 4u + k4]; }
     }
     for (var j = 0u; j < ${LW}u; j++) {
-      let e = tid + ${NT}u * j;
+      let e = lane + 32u * j;
       let n = e / K4;
       let k4 = ${k4} + e % K4;
       let gn = col0 + n;
@@ -98,7 +95,7 @@ function wgsl(t: TensorCoreTile): string {
   return /* wgsl */ `
 enable f16;
 enable chromium_experimental_subgroup_matrix;
-${SGM * SGN > 1 ? "diagnostic(off, chromium.subgroup_matrix_uniformity);\n" : ""}
+
 struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, kLen: u32 }
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> w: array<vec2<u32>>;
@@ -110,32 +107,25 @@ const LDS = ${LDS}u;
 const K4 = ${K4}u;
 var<workgroup> As: array<f16, ${BM * LDS}>;
 var<workgroup> Bs: array<f16, ${BN * LDS}>;
-var<workgroup> Cs: array<f32, ${256 * SGM * SGN}>;
+var<workgroup> Cs: array<f32, 256>;
 
 // one 16 × 16 result block from Cs to y at (r0, c0), with the bias, inside the output only
-fn emit(sg: u32, lane: u32, r0: u32, c0: u32, yOff: u32) {
+fn emit(lane: u32, r0: u32, c0: u32, yOff: u32) {
   for (var e = lane; e < 256u; e += 32u) {
     let r = r0 + e / 16u;
     let c = c0 + e % 16u;
     if (r < p.T && c < p.N) {
-      var v = Cs[sg * 256u + e];
+      var v = Cs[e];
       if (p.hasBias != 0u) { v += bias[c]; }
       y[yOff + r * p.N + c] = v;
     }
   }
 }
 
-@compute @workgroup_size(${NT})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+@compute @workgroup_size(32)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
   let row0 = wg.y * ${BM}u;
   let col0 = wg.x * ${BN}u;
-  // this invocation's subgroup and its block of the tile (Dawn checks that subgroup-matrix offsets are uniform
-  // over the workgroup; with several subgroups they are uniform over each subgroup only, which is what the
-  // hardware needs, so that check is off for those kernels)
-  let sg = tid / 32u;
-  let lane = tid % 32u;
-  let sr = ${SGM > 1 ? `(sg / ${SGN}u) * ${WM}u` : "0u"};
-  let sc = ${SGN > 1 ? `(sg % ${SGN}u) * ${WN}u` : "0u"};
   ${decl.join("\n  ")}
   var ra: array<vec4<f32>, ${LX}>;
   var rb: array<vec2<u32>, ${LW}>;
@@ -152,7 +142,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   for (var k0 = kBeg; k0 < kEnd; k0 += ${BK}u) {
     workgroupBarrier();
     for (var j = 0u; j < ${LX}u; j++) {
-      let e = tid + ${NT}u * j;
+      let e = lane + 32u * j;
       let o = (e / K4) * LDS + (e % K4) * 4u;
       let a = vec4<f16>(ra[j]);
       As[o] = a.x;
@@ -161,7 +151,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
       As[o + 3u] = a.w;
     }
     for (var j = 0u; j < ${LW}u; j++) {
-      let e = tid + ${NT}u * j;
+      let e = lane + 32u * j;
       let o = (e / K4) * LDS + (e % K4) * 4u;
       let lo = bitcast<vec2<f16>>(rb[j].x);
       let hi = bitcast<vec2<f16>>(rb[j].y);
@@ -187,7 +177,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
 const tensorCoreKernel = defineKernel({
   name: "matmul_tc",
   wgsl: (s: { tile: TensorCoreTile }) => wgsl(s.tile),
-  label: (s) => `matmul_tc_${s.tile.BM}x${s.tile.BN}_k${s.tile.BK}${s.tile.SG ? `_sg${s.tile.SG.join("x")}` : ""}`,
+  label: (s) => `matmul_tc_${s.tile.BM}x${s.tile.BN}_k${s.tile.BK}`,
   example: { tile: TC_TILE },
   features: ["shader-f16", "chromium-experimental-subgroup-matrix"],
 });
