@@ -504,7 +504,7 @@ export interface SsdBackwardDims {
 /** bufferBytes: the most bytes the backward gives its scratch buffer (and the device's binding limit); tests lower
  *  it to force pieces of heads. W: the width of the sums over rows (see ssdBackwardShape), −1 for the device's.
  *  K: the longest chunk (a power of two, at most 8; shorter where workgroup memory is short). M: chunks between
- *  checkpoints, 0 to choose (1, or RUN where that takes fewer pieces of heads). */
+ *  checkpoints, 0 to choose (see ssdBackwardSetup). */
 export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, W: -1, K: MAX_K, M: 0 };
 
 /**
@@ -566,13 +566,13 @@ export function ssdBackwardPlan(d: SsdBackwardDims, s: SsdBwdShape, maxBytes: nu
   return ssdBackwardLayout(d, s, hp, roundK(Math.ceil(d.L / nSeg)));
 }
 
-/** chunks between checkpoints where keeping one a chunk would split the heads into pieces */
-const RUN = 4;
+/** chunks between checkpoints to try where keeping one a chunk would split the heads into pieces */
+const RUNS = [4, 8];
 
 /**
  * The kernels' shape and the scratch's layout for this device and problem (the scratch under maxBytes, else the
- * binding limit): checkpoints every chunk where all heads fit at once, else every RUN chunks if that takes fewer
- * pieces; null where not even one head fits.
+ * binding limit): checkpoints every chunk where all heads fit at once, else every 4 or 8 chunks, whichever takes
+ * the fewest pieces (4 on a tie); null where not even one head fits.
  */
 export function ssdBackwardSetup(d: SsdBackwardDims, limits: { wgBytes: number; subgroupMinSize: number; maxBytes: number; bindingBytes: number }) {
   const plan = (M: number) => {
@@ -581,10 +581,13 @@ export function ssdBackwardSetup(d: SsdBackwardDims, limits: { wgBytes: number; 
     return l ? { shape, l } : null;
   };
   if (ssdBackwardTuning.M > 0) return plan(ssdBackwardTuning.M);
-  const one = plan(1);
-  if (one && one.l.hp === d.H) return one;
-  const run = plan(RUN);
-  return run && (!one || run.l.hp > one.l.hp) ? run : one;
+  let best = plan(1);
+  for (const M of RUNS) {
+    if (best && best.l.hp === d.H) break;
+    const run = plan(M);
+    if (run && (!best || run.l.hp > best.l.hp)) best = run;
+  }
+  return best;
 }
 
 /** A column window: buffer, row stride, first column. */
