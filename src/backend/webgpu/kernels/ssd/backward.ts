@@ -34,6 +34,8 @@ import { reduceScatter } from "../backward/scan/reduce.ts";
 const NB = 8;
 /** the most rows (threads) a workgroup takes */
 const MAX_TP = 64;
+/** positions the forward kernel stages at a time */
+const FWD_STAGE = 32;
 /** the longest chunk between checkpoints (its states sit in workgroup memory, K·NB·TP floats) */
 const MAX_K = 8;
 
@@ -89,17 +91,17 @@ const blockWgsl = (s: SsdBwdShape) => /* wgsl */ `
 /** floats of a chunk's staged inputs (x, B, dt and the decay; with gy and C in the main kernel) */
 const stageFloats = (s: SsdBwdShape, main: boolean) => s.K * ((main ? 2 : 1) * (s.TP + NB) + 2);
 
-// the chunk [t0, t1)'s inputs into workgroup memory, the threads loading side by side: sx [K][TP] (the block's
+// the KS positions [t0, t1)'s inputs into workgroup memory, the threads loading side by side: sx [K][TP] (the block's
 // rows of x), sB [K][NB] (its columns of B), sd, sa [K] (dt and the decay exp(dt·A)); and sg, sC in the main kernel
-const stageDecls = (s: SsdBwdShape, main: boolean) => /* wgsl */ `
-var<workgroup> sx: array<f32, ${s.K * s.TP}>;
-var<workgroup> sB: array<f32, ${s.K * NB}>;
-var<workgroup> sd: array<f32, ${s.K}>;
-var<workgroup> sa: array<f32, ${s.K}>;
-${main ? `var<workgroup> sg: array<f32, ${s.K * s.TP}>;
-var<workgroup> sC: array<f32, ${s.K * NB}>;` : ""}`;
-const stageWgsl = (s: SsdBwdShape, main: boolean) => /* wgsl */ `
-    for (var i = tid; i < ${s.K * s.TP}u; i += ${s.TP}u) {
+const stageDecls = (KS: number, s: SsdBwdShape, main: boolean) => /* wgsl */ `
+var<workgroup> sx: array<f32, ${KS * s.TP}>;
+var<workgroup> sB: array<f32, ${KS * NB}>;
+var<workgroup> sd: array<f32, ${KS}>;
+var<workgroup> sa: array<f32, ${KS}>;
+${main ? `var<workgroup> sg: array<f32, ${KS * s.TP}>;
+var<workgroup> sC: array<f32, ${KS * NB}>;` : ""}`;
+const stageWgsl = (KS: number, s: SsdBwdShape, main: boolean) => /* wgsl */ `
+    for (var i = tid; i < ${KS * s.TP}u; i += ${s.TP}u) {
       let t = t0 + i / ${s.TP}u;
       let q = pb * ${s.TP}u + i % ${s.TP}u;
       let ok = t < t1 && q < p.P;
@@ -108,7 +110,7 @@ const stageWgsl = (s: SsdBwdShape, main: boolean) => /* wgsl */ `
       sx[i] = select(0.0, x[r * p.ldx + p.offx + h * p.P + qq], ok);
       ${main ? "sg[i] = select(0.0, gy[r * p.H * p.P + h * p.P + qq], ok);" : ""}
     }
-    for (var i = tid; i < ${s.K * NB}u; i += ${s.TP}u) {
+    for (var i = tid; i < ${KS * NB}u; i += ${s.TP}u) {
       let t = t0 + i / NB;
       let n = n0 + i % NB;
       let ok = t < t1 && n < p.N;
@@ -117,7 +119,7 @@ const stageWgsl = (s: SsdBwdShape, main: boolean) => /* wgsl */ `
       sB[i] = select(0.0, Bm[r * p.ldb + p.offb + g * p.N + nn], ok);
       ${main ? "sC[i] = select(0.0, Cm[r * p.ldc + p.offc + g * p.N + nn], ok);" : ""}
     }
-    for (var i = tid; i < ${s.K}u; i += ${s.TP}u) {
+    for (var i = tid; i < ${KS}u; i += ${s.TP}u) {
       let d = dtOf(dtRaw(b * p.L + min(t0 + i, p.L - 1u), h));
       sd[i] = d;
       sa[i] = exp(d * A);
@@ -135,9 +137,10 @@ const NB = ${NB}u;
 @group(0) @binding(4) var<storage, read> state0: array<f32>;
 @group(0) @binding(5) var<storage, read_write> work: array<f32>;
 @group(0) @binding(6) var<uniform> p: P;
-${stageDecls(s, false)}
+${stageDecls(FWD_STAGE, s, false)}
 ${commonWgsl}
-// the forward over the block's state values, keeping the state before every (K·M)-th position
+// the forward over the block's state values, keeping the state before every (K·M)-th position; the inputs staged
+// FWD_STAGE positions at a time
 @compute @workgroup_size(${s.TP})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
 ${blockWgsl(s)}
@@ -146,14 +149,13 @@ ${blockWgsl(s)}
     let n = n0 + j;
     st[j] = select(0.0, state0[((b * p.H + h) * p.P + prow) * p.N + min(n, p.N - 1u)], p.hasState != 0u && live && n < p.N);
   }
-  for (var c = 0u; c < p.nK; c++) {
-    let t0 = c * ${s.K}u;
-    let t1 = min(p.L, t0 + ${s.K}u);
-    if (c % ${s.M}u == 0u) {
-      for (var j = 0u; j < NB; j++) { work[ck + ((c / ${s.M}u) * NB + j) * ${s.TP}u + tid] = st[j]; }
-    }
-    ${stageWgsl(s, false)}
+  for (var t0 = 0u; t0 < p.L; t0 += ${FWD_STAGE}u) {
+    let t1 = min(p.L, t0 + ${FWD_STAGE}u);
+    ${stageWgsl(FWD_STAGE, s, false)}
     for (var k = 0u; k < t1 - t0; k++) {
+      if ((t0 + k) % ${s.K * s.M}u == 0u) {
+        for (var j = 0u; j < NB; j++) { work[ck + ((t0 + k) / ${s.K * s.M}u * NB + j) * ${s.TP}u + tid] = st[j]; }
+      }
       let dx = sd[k] * sx[k * ${s.TP}u + tid];
       for (var j = 0u; j < NB; j++) { st[j] = fma(sa[k], st[j], dx * sB[k * NB + j]); }
     }
@@ -194,7 +196,7 @@ const RED = ${RED}u;
 @group(0) @binding(5) var<storage, read> gy: array<f32>;
 @group(0) @binding(6) var<storage, read_write> work: array<f32>;
 @group(0) @binding(7) var<uniform> p: P;
-${stageDecls(s, true)}
+${stageDecls(s.K, s, true)}
 ${s.M > 1 ? `// the starting states of a run's chunks (each thread reads back only its own): [M][NB][TP]
 var<workgroup> ick: array<f32, ${s.M * NB * s.TP}>;` : ""}
 // the chunk's states (each thread reads back only its own): [K][NB][TP]
@@ -227,7 +229,7 @@ ${blockWgsl(s)}
       if (i + 1u < nIn) {
         let t0 = (oc * ${s.M}u + i) * K;
         let t1 = min(p.L, t0 + K);
-        ${stageWgsl(s, false)}
+        ${stageWgsl(s.K, s, false)}
         for (var k = 0u; k < t1 - t0; k++) {
           let dx = sd[k] * sx[k * TP + tid];
           for (var j = 0u; j < NB; j++) { st[j] = fma(sa[k], st[j], dx * sB[k * NB + j]); }
@@ -242,7 +244,7 @@ ${blockWgsl(s)}
     // the chunk's starting state (loaded first: its wait overlaps the staging's)
     for (var j = 0u; j < NB; j++) { st[j] = ${s.M > 1 ? "ick[((i1 - 1u) * NB + j) * TP + tid]" : "work[ck + (oc * NB + j) * TP + tid]"}; }
     // the chunk's inputs (the previous chunk's were all read before its last barrier)
-    ${stageWgsl(s, true)}
+    ${stageWgsl(s.K, s, true)}
     // the chunk's states from its start: hist[k] = the state before step t0 + k
     for (var k = 0u; k < t1 - t0; k++) {
       let dx = sd[k] * sx[k * TP + tid];
