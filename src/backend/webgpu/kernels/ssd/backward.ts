@@ -10,7 +10,8 @@
  * dS in registers, and workgroups are B·H·⌈P/TP⌉·⌈N/NB⌉ (at B1 H24 P64 N128: 384 of 64 threads):
  * - ssd_bwd_forward runs the forward once, keeping the state at the start of every M-th chunk of K positions
  *   (checkpoints, in the work buffer; M = 1, or 4 where that saves splitting the heads into pieces);
- * - ssd_bwd_main walks the chunks from the last. A chunk's inputs are staged in workgroup memory; its states are
+ * - ssd_bwd_main walks the chunks from the last. A chunk's inputs are staged in workgroup memory (loaded into
+ *   registers while the chunk before is worked on, where it comes right after it); its states are
  *   recomputed from their checkpoint into workgroup memory (each thread its own; with M > 1 the run's M chunk
  *   starts first), then it steps back through them. Per step the sums over the block's rows (dB_t, dC_t of its
  *   columns, da, the first term of ddt) go by subgroup shuffles over blocks of W rows (a reduce-scatter, as the
@@ -126,6 +127,49 @@ const stageWgsl = (KS: number, s: SsdBwdShape, main: boolean) => /* wgsl */ `
     }
     workgroupBarrier();`;
 
+/**
+ * The main kernel's chunk inputs through registers, so that the next chunk's loads are in flight while this one
+ * is worked on: declarations, the loads of the chunk starting at position `start` (a WGSL expression), and their
+ * stores into the stage (unrolled: each thread loads x and gy of its own row for the K positions, its share of B and
+ * C, and dt for one position).
+ */
+function prefetchWgsl(s: SsdBwdShape) {
+  const nBC = Math.ceil((s.K * NB) / s.TP);
+  const decls = [...Array.from({ length: s.K }, (_, m) => `var pfx${m} = 0.0; var pfg${m} = 0.0;`),
+    ...Array.from({ length: nBC }, (_, m) => `var pfB${m} = 0.0; var pfC${m} = 0.0;`), "var pfv = 0.0;"].join("\n  ");
+  const load = (start: string) => `{
+      let f0 = ${start};
+      let f1 = min(p.L, f0 + K);
+      let q = pb * TP + tid;
+      let qq = min(q, p.P - 1u);
+      ${Array.from({ length: s.K }, (_, m) => `{
+        let r = b * p.L + min(f0 + ${m}u, p.L - 1u);
+        let ok = f0 + ${m}u < f1 && q < p.P;
+        pfx${m} = select(0.0, x[r * p.ldx + p.offx + h * p.P + qq], ok);
+        pfg${m} = select(0.0, gy[r * p.H * p.P + h * p.P + qq], ok);
+      }`).join("\n      ")}
+      ${Array.from({ length: nBC }, (_, m) => `{
+        let i = tid + ${m * s.TP}u;
+        let n = n0 + i % NB;
+        let t = f0 + i / NB;
+        let ok = i < K * NB && t < f1 && n < p.N;
+        let r = b * p.L + min(t, p.L - 1u);
+        let nn = min(n, p.N - 1u);
+        pfB${m} = select(0.0, Bm[r * p.ldb + p.offb + g * p.N + nn], ok);
+        pfC${m} = select(0.0, Cm[r * p.ldc + p.offc + g * p.N + nn], ok);
+      }`).join("\n      ")}
+      pfv = dtRaw(b * p.L + min(f0 + min(tid, K - 1u), p.L - 1u), h);
+    }`;
+  const store = `${Array.from({ length: s.K }, (_, m) => `sx[tid + ${m * s.TP}u] = pfx${m}; sg[tid + ${m * s.TP}u] = pfg${m};`).join("\n    ")}
+    ${Array.from({ length: nBC }, (_, m) => `if (tid + ${m * s.TP}u < K * NB) { sB[tid + ${m * s.TP}u] = pfB${m}; sC[tid + ${m * s.TP}u] = pfC${m}; }`).join("\n    ")}
+    if (tid < K) {
+      let d = dtOf(pfv);
+      sd[tid] = d;
+      sa[tid] = exp(d * A);
+    }`;
+  return { decls, load, store };
+}
+
 const fwdWgsl = (s: SsdBwdShape) => /* wgsl */ `
 // bindings: 0 x | 1 dt | 2 Bm | 3 consts [3H] | 4 state0 [B, H, P, N] | 5 work | 6 params
 ${paramsStruct}
@@ -218,6 +262,8 @@ ${blockWgsl(s)}
   let carried = p.oDS + wid * NB * TP;
   for (var j = 0u; j < NB; j++) { dS[j] = select(0.0, work[carried + j * TP + tid], p.cB < p.nK); }
   var turn = 0u;
+  ${prefetchWgsl(s).decls}
+  var have = false; // the registers hold the inputs of the chunk about to be worked on
   // runs of M chunks from the last (the segment starts and ends at runs' bounds, or at L)
   for (var o1 = (p.cB + ${s.M - 1}u) / ${s.M}u; o1 > p.cA / ${s.M}u; o1--) {
     let oc = o1 - 1u;
@@ -243,8 +289,14 @@ ${blockWgsl(s)}
     let t1 = min(p.L, t0 + K);
     // the chunk's starting state (loaded first: its wait overlaps the staging's)
     for (var j = 0u; j < NB; j++) { st[j] = ${s.M > 1 ? "ick[((i1 - 1u) * NB + j) * TP + tid]" : "work[ck + (oc * NB + j) * TP + tid]"}; }
-    // the chunk's inputs (the previous chunk's were all read before its last barrier)
-    ${stageWgsl(s.K, s, true)}
+    // the chunk's inputs (the previous chunk's were all read before its last barrier): from the registers where
+    // they were loaded during the previous chunk, else loaded now
+    if (!have) ${prefetchWgsl(s).load("t0")}
+    ${prefetchWgsl(s).store}
+    workgroupBarrier();
+    // the next chunk's inputs into the registers, where it comes right after this one (in this run and segment)
+    have = ${s.M > 1 ? "i1 > 1u" : "c > p.cA"};
+    if (have) ${prefetchWgsl(s).load("t0 - K")}
     // the chunk's states from its start: hist[k] = the state before step t0 + k
     for (var k = 0u; k < t1 - t0; k++) {
       let dx = sd[k] * sx[k * TP + tid];
