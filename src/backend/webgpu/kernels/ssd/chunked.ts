@@ -7,7 +7,7 @@
  * before the current tile's arithmetic, 4 floats at a time where the windows allow. The columns are SL = 2 slots of
  * PB = 64: (head, block of 64 values of p) pairs of one group, so the operand the heads of a group share (B, or C) is
  * staged once for both. These are the defaults of chunkTuning, which also runs Q 64, SL 1, BK 16 and PB 32 (8 × 4
- * outputs a thread); at 13:12 UTC on an H200 the defaults took 0.145 ms at B1 L2048 H24, 0.822 at B8 L2048 H24,
+ * outputs a thread); on an H200 (GPU clock) the defaults took 0.145 ms at B1 L2048 H24, 0.822 at B8 L2048 H24,
  * 2.869 at B1 L65536 H24 and 2.325 at B8 L2048 H80 (P 64, N 128; about 25 TFLOP/s at the large shapes).
  *  1. ssd_chunk_cb, a workgroup per (group, chunk, batch row): C_i·B_j (read for j ≤ i), once per group rather than
  *     per head ([Q × N] · [N × Q]);
