@@ -107,6 +107,9 @@ export function printProfile(prof: Map<string, { ms: number; count: number }> | 
  * become numbers, anything else stays a string (e.g. scanBackwardKernel:channel).
  */
 export function parseTunings<T extends object>(text: string | undefined): T[] {
+  for (const kv of (text ?? "").split(/[|,]/).filter(Boolean)) {
+    if (!/^[A-Za-z]\w*:[^:]*$/.test(kv)) throw new Error(`a tuning is name:value,name:value (sets apart by |); got ${JSON.stringify(kv)} in ${JSON.stringify(text)}`);
+  }
   return (text ?? "").split("|").filter(Boolean)
     .map((t) => Object.fromEntries(t.split(",").map((kv) => kv.split(":"))
       .map(([k, v]) => [k, v === "true" || v === "false" ? v === "true"
