@@ -10,9 +10,9 @@
  * The files may also be a Map from names ("config.json", "model.safetensors", ...) to bytes or Blobs (File objects
  * are Blobs: they are read only when needed).
  */
-import { MambaError, check } from "./errors.ts";
+import { MambaError, check, checkKeys, optionKeys } from "./errors.ts";
 import { type CheckpointData, type ModelFiles, readCheckpointFrom } from "./io/model-files.ts";
-import { type BuildOptions, modelFromTensors } from "./model/build.ts";
+import { type BuildOptions, buildModel, checkBuildOptions } from "./model/build.ts";
 import type { MambaModel } from "./model/model.ts";
 import { type Tokenizer, tokenizerFromJson } from "./tokenizer-core.ts";
 
@@ -48,6 +48,7 @@ export interface BrowserLoadOptions extends BuildOptions {
   /** bytes read so far of each file, as they come */
   onProgress?: (p: FileProgress) => void;
 }
+const BROWSER_LOAD_OPTION_KEYS = optionKeys<Omit<BrowserLoadOptions, keyof BuildOptions>>({ onProgress: true });
 
 export interface LoadedModel {
   model: MambaModel;
@@ -59,6 +60,7 @@ export interface LoadedModel {
 
 /** The files of a model folder at a base URL (a missing file is a 404) or in a name -> bytes/Blob map. */
 export function modelFiles(source: ModelSource, options: Pick<BrowserLoadOptions, "onProgress"> = {}): ModelFiles {
+  checkKeys("modelFiles", options, BROWSER_LOAD_OPTION_KEYS);
   const cache = new Map<string, Promise<Uint8Array | null>>(); // each file is read at most once
   let files: ModelFiles;
   if (source instanceof Map) {
@@ -158,7 +160,8 @@ export function readCheckpointFromFiles(source: ModelSource | ModelFiles): Promi
  * default; `onNotice` says which).
  */
 export async function loadModelFromFiles(source: ModelSource, options: BrowserLoadOptions = {}): Promise<LoadedModel> {
-  const files = modelFiles(source, options);
+  await checkBuildOptions("loadModelFromFiles", options, BROWSER_LOAD_OPTION_KEYS);
+  const files = modelFiles(source, options.onProgress ? { onProgress: options.onProgress } : {});
   // the tokenizer first: it is small, and a broken one should fail before megabytes of weights are read
   const tokenizer = await loadTokenizerFromFiles(files);
   const ckpt = await readCheckpointFrom(files);
@@ -166,7 +169,9 @@ export async function loadModelFromFiles(source: ModelSource, options: BrowserLo
   if (options.backend) build.backend = options.backend;
   if (options.onNotice) build.onNotice = options.onNotice;
   if (options.precision) build.precision = options.precision;
-  const model = await modelFromTensors(ckpt.config, ckpt.tensors, build, { source: files.where, folder: "", dtype: ckpt.dtype });
+  if (options.webgpu) build.webgpu = options.webgpu;
+  if (options.cpu) build.cpu = options.cpu;
+  const model = await buildModel(ckpt.config, ckpt.tensors, build, { source: files.where, folder: "", dtype: ckpt.dtype });
   return { model, tokenizer, where: files.where };
 }
 

@@ -8,12 +8,12 @@
  */
 import { loadCheckpoint } from "./io/checkpoint.ts";
 import { type ResolveOptions, resolveModelFolder } from "./io/hub.ts";
-import { type BuildOptions, modelFromTensors } from "./model/build.ts";
+import { type BuildOptions, buildModel, checkBuildOptions } from "./model/build.ts";
 import type { MambaModel } from "./model/model.ts";
 import type { Backend } from "./backend/backend.ts";
 import type { WebGpuOptions } from "./backend/webgpu/device.ts";
 import type { WebGpuTuning } from "./backend/webgpu/tuning.ts";
-import { check } from "./errors.ts";
+import { check, optionKeys } from "./errors.ts";
 
 export { MambaModel } from "./model/model.ts";
 export { createModel, modelFromTensors } from "./model/build.ts";
@@ -46,6 +46,7 @@ export type { WebGpuTuning } from "./backend/webgpu/tuning.ts";
  */
 export async function createWebGpuBackend(options: WebGpuOptions & WebGpuTuning = {}): Promise<Backend> {
   const webgpu = await import("./backend/webgpu/index.ts"); // loaded on demand: CPU-only use never touches a GPU library
+  webgpu.checkWebGpuOptions("createWebGpuBackend", options);
   return webgpu.createWebGpuBackend(options);
 }
 
@@ -53,11 +54,13 @@ export interface LoadOptions extends BuildOptions {
   /** download progress, when the model comes from the hub */
   onProgress?: ResolveOptions["onProgress"];
 }
+const LOAD_OPTION_KEYS = optionKeys<Omit<LoadOptions, keyof BuildOptions>>({ onProgress: true });
 
 /** Loads a model from a local folder or a Hugging Face repo id ("state-spaces/mamba-130m-hf"). */
 export async function loadModel(source: string, options: LoadOptions = {}): Promise<MambaModel> {
   check(typeof source === "string" && source.length > 0, "loadModel: source must be a folder or a repo id");
+  await checkBuildOptions("loadModel", options, LOAD_OPTION_KEYS); // before any download
   const folder = await resolveModelFolder(source, options.onProgress ? { onProgress: options.onProgress } : {});
   const ckpt = await loadCheckpoint(folder);
-  return modelFromTensors(ckpt.config, ckpt.tensors, options, { source, folder, dtype: ckpt.dtype });
+  return buildModel(ckpt.config, ckpt.tensors, options, { source, folder, dtype: ckpt.dtype });
 }

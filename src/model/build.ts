@@ -5,9 +5,9 @@
 import type { WebGpuOptions } from "../backend/webgpu/device.ts";
 import type { WebGpuTuning } from "../backend/webgpu/tuning.ts";
 import type { Backend, Precision, Tensor } from "../backend/backend.ts";
-import { MambaError, checkChoice } from "../errors.ts";
+import { MambaError, checkChoice, checkKeys, optionKeys } from "../errors.ts";
 import { type BackendName, createBackend } from "../backend/create.ts";
-import type { CpuBackendOptions } from "../backend/wasm/create.ts";
+import { CPU_BACKEND_OPTION_KEYS, type CpuBackendOptions } from "../backend/wasm/create.ts";
 import type { MambaConfig } from "../config.ts";
 import { validateTensors } from "../io/model-files.ts";
 import type { HostTensor } from "../io/tensor.ts";
@@ -32,6 +32,25 @@ export interface BuildOptions {
    *  where the device offers it and the checkpoint's weights are f16 or bf16, else f32). A backend passed in keeps
    *  its own precision unless this is given. */
   precision?: Precision | "auto";
+}
+
+/** BuildOptions' keys (checkKeys). */
+export const BUILD_OPTION_KEYS = optionKeys<BuildOptions>({ backend: true, onNotice: true, webgpu: true, cpu: true, precision: true });
+
+/**
+ * Throws, naming `what` (the entry point the user called), on an unknown key of build options (BUILD_OPTION_KEYS
+ * and the entry point's own `extra` ones) or of their `webgpu` and `cpu` objects. Checked here, where the user
+ * passes them: the backends they are forwarded to do not check them again.
+ */
+export async function checkBuildOptions(what: string, options: unknown, extra: readonly string[] = []): Promise<void> {
+  checkKeys(what, options, [...BUILD_OPTION_KEYS, ...extra]);
+  const o = (options ?? {}) as BuildOptions;
+  checkKeys(what, o.cpu, CPU_BACKEND_OPTION_KEYS, "cpu.");
+  if (o.webgpu !== undefined) {
+    // the WebGPU backend's module, loaded only by those who pass its options
+    const { checkWebGpuOptions } = await import("../backend/webgpu/tuning.ts");
+    checkWebGpuOptions(what, o.webgpu, "webgpu.");
+  }
 }
 
 /** The matrices whose products run in the model's precision: every projection and the head. */
@@ -60,6 +79,15 @@ export async function modelFromTensors(
   config: MambaConfig, tensors: Map<string, HostTensor>, options: BuildOptions = {},
   info: { source: string; folder: string; dtype: string } = { source: "memory", folder: "", dtype: "F32" },
 ): Promise<MambaModel> {
+  await checkBuildOptions("modelFromTensors", options);
+  return buildModel(config, tensors, options, info);
+}
+
+/** modelFromTensors for the entry points that checked their options themselves (loadModel, createModel, ...). */
+export async function buildModel(
+  config: MambaConfig, tensors: Map<string, HostTensor>, options: BuildOptions,
+  info: { source: string; folder: string; dtype: string },
+): Promise<MambaModel> {
   validateTensors(tensors, config, info.source);
   checkChoice("precision", options.precision, ["f32", "f16", "auto"]);
   if (options.precision === "f16" && options.backend === "cpu") {
@@ -85,7 +113,8 @@ export type ModelSizes = Parameters<typeof makeConfig>[0];
 
 /** A new model with fresh parameters, initialized as mamba_ssm does (seeded). */
 export async function createModel(config: ModelSizes, options: BuildOptions & { seed?: number } = {}): Promise<MambaModel> {
+  await checkBuildOptions("createModel", options, ["seed"]);
   const cfg = makeConfig(config);
-  return modelFromTensors(cfg, initParameters(cfg, { seed: options.seed ?? 0 }), options,
+  return buildModel(cfg, initParameters(cfg, { seed: options.seed ?? 0 }), options,
     { source: "createModel", folder: "", dtype: "F32" });
 }

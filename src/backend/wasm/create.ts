@@ -5,7 +5,7 @@
  */
 import type { Backend } from "../backend.ts";
 import { CpuBackend } from "../cpu/index.ts";
-import { MambaError, check } from "../../errors.ts";
+import { MambaError, check, checkKeys, optionKeys } from "../../errors.ts";
 import { WasmCpuBackend, createWasmCpuBackend, defaultThreads } from "./index.ts";
 import { type SimdPath, sharedMemoryAvailable } from "./runtime.ts";
 
@@ -20,9 +20,13 @@ export interface CpuBackendOptions {
   onNotice?: (message: string) => void;
 }
 
+/** CpuBackendOptions' keys (checkKeys). */
+export const CPU_BACKEND_OPTION_KEYS = optionKeys<CpuBackendOptions>({ threads: true, reference: true, simd: true, onNotice: true });
+
 /** A CPU backend: the fast WebAssembly engine, or the reference one (see CpuBackendOptions). */
 export async function createCpuBackend(options: CpuBackendOptions = {}): Promise<Backend> {
   check(options !== null && typeof options === "object", "createCpuBackend: options must be an object");
+  checkKeys("createCpuBackend", options, CPU_BACKEND_OPTION_KEYS);
   const { threads, reference = false, simd = "auto", onNotice } = options;
   if (threads !== undefined) {
     check(Number.isInteger(threads) && threads >= 1 && threads <= 256, `threads must be an integer from 1 to 256, got ${String(threads)}`);

@@ -3,7 +3,7 @@
  * the kernels use (subgroups, timestamp queries, shader-f16, subgroup matrices), and clear errors when no adapter
  * exists.
  */
-import { MambaError } from "../../errors.ts";
+import { MambaError, optionKeys } from "../../errors.ts";
 
 export interface WebGpuOptions {
   /** The GPU object (navigator.gpu in browsers); in Node the `webgpu` package's is used when absent. */
@@ -18,6 +18,9 @@ export interface WebGpuOptions {
    *  half-precision products may then be unavailable). Browsers decide for themselves. */
   unsafeApis?: boolean;
 }
+
+/** WebGpuOptions' keys (checkKeys). */
+export const WEBGPU_OPTION_KEYS = optionKeys<WebGpuOptions>({ gpu: true, powerPreference: true, allowFallbackAdapter: true, unsafeApis: true });
 
 /** A subgroup-matrix shape the adapter offers (chromium-experimental-subgroup-matrix): M × K by K × N products of
  *  `componentType` inputs into `resultComponentType` results. */

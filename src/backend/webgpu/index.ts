@@ -16,6 +16,7 @@ export { WebGpuBackend } from "./backend.ts";
 export { WebGpuTrainingBackend } from "./training.ts";
 export type { WebGpuOptions } from "./device.ts";
 export type { WebGpuInternalTuning, WebGpuTuning } from "./tuning.ts";
+export { checkWebGpuOptions } from "./tuning.ts";
 
 /** A WebGPU backend on the default adapter, with the training ops; throws a MambaError when there is none. Takes
  *  the internal knobs too (tests, benchmarks); the package's API offers WebGpuOptions & WebGpuTuning. */

@@ -4,7 +4,8 @@
  * choice is fixed at what measured fastest (BENCHMARKS.md). WebGpuInternalTuning holds the knobs that tests and
  * benchmarks still turn (to cover a path, or to measure one against another); it is not part of the package's API.
  */
-import { checkChoice, checkCount, checkFlag } from "../../errors.ts";
+import { checkChoice, checkCount, checkFlag, checkKeys, optionKeys } from "../../errors.ts";
+import { WEBGPU_OPTION_KEYS } from "./device.ts";
 import type { Gpu } from "./gpu.ts";
 import { TILE_BATCH, TILE_LARGE, TILE_SMALL, TILE_WIDE, type TileConfig } from "./kernels/matmul.ts";
 import { DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES } from "./kernels/decode/mixer-in.ts";
@@ -115,6 +116,21 @@ export interface WebGpuInternalTuning extends WebGpuTuning {
   /** lanes per subgroup sum of dB and dC in the scan backward (default: the device's smallest subgroup, at most
    *  32); 0 sums in workgroup memory instead */
   scanBackwardReduceWidth?: number;
+}
+
+/** WebGpuInternalTuning's keys, WebGpuTuning's among them (checkKeys). */
+const WEBGPU_TUNING_KEYS = optionKeys<WebGpuInternalTuning>({
+  poolBytes: true, decodePersistent: true, precision: true, scanThreads: true, tensorCoreTile: true, flushEvery: true,
+  matmulVec4: true, decodeChannels: true, decodeLoadBytes: true, decodeAccumulate: true, decodeBatch: true,
+  decodeScanOut: true, decodeBatchSplitCols: true, decodeBatchScanRows: true, scanBackwardKernel: true,
+  scanBackwardLanes: true, scanBackwardBlocks: true, scanBackwardChunk: true, scanBackwardSubTile: true,
+  scanBackwardReduceWidth: true,
+});
+
+/** Throws on an unknown key of a WebGPU backend's options (WebGpuOptions, and the tunings: the internal ones too,
+ *  which tests and benchmarks pass through the same entry points). */
+export function checkWebGpuOptions(what: string, options: unknown, prefix = ""): void {
+  checkKeys(what, options, [...WEBGPU_OPTION_KEYS, ...WEBGPU_TUNING_KEYS], prefix);
 }
 
 /** The forward backend's settings, every default filled in (WebGpuInternalTuning says what each is). */
