@@ -1,5 +1,5 @@
 /** Generation options: their defaults and their validation (one clear error per bad option). */
-import { check } from "../errors.ts";
+import { check, checkKeys, optionKeys } from "../errors.ts";
 import type { MambaState } from "../model/state.ts";
 
 export interface GenerateOptions {
@@ -47,12 +47,15 @@ export interface ResolvedOptions extends SamplingParams {
   advanceState: boolean;
 }
 
-const KNOWN = new Set(["maxNewTokens", "temperature", "topK", "topP", "minP", "repetitionPenalty", "seed", "stopTokens", "signal", "state", "advanceState"]);
+/** GenerateOptions' keys (checkKeys). */
+const GENERATE_OPTION_KEYS = optionKeys<GenerateOptions>({
+  maxNewTokens: true, temperature: true, topK: true, topP: true, minP: true, repetitionPenalty: true, seed: true,
+  stopTokens: true, signal: true, state: true, advanceState: true,
+});
 
 export function resolveOptions(o: GenerateOptions | undefined, defaultStop: number | null, vocabSize: number): ResolvedOptions {
   const opts = o ?? {};
-  check(typeof opts === "object", "generate options must be an object");
-  for (const k of Object.keys(opts)) check(KNOWN.has(k), `unknown generate option '${k}'`);
+  checkKeys("generate", opts, GENERATE_OPTION_KEYS);
   const num = (v: unknown, name: string, fallback: number, ok: (x: number) => boolean, what: string): number => {
     if (v === undefined) return fallback;
     check(typeof v === "number" && Number.isFinite(v) && ok(v), `${name} must be ${what}, got ${JSON.stringify(v)}`);

@@ -12,7 +12,7 @@
  */
 import type { Backend } from "../backend/backend.ts";
 import type { MambaConfig } from "../config.ts";
-import { MambaError, check } from "../errors.ts";
+import { MambaError, check, checkKeys, optionKeys } from "../errors.ts";
 import { type GenerateOptions, resolveOptions } from "../generate/options.ts";
 import { PREFILL_CHUNK, type RowEnd, type RowsFromStates, type TokenEvent, generateTokens, prefill } from "../generate/generate.ts";
 import { Rng } from "../generate/rng.ts";
@@ -25,6 +25,7 @@ export interface ForwardOptions {
   /** also return the hidden state after the final norm */
   hiddenStates?: boolean;
 }
+const FORWARD_OPTION_KEYS = optionKeys<ForwardOptions>({ hiddenStates: true });
 
 export interface ForwardResult {
   /** [batch, seqLen, rows of the output head] */
@@ -37,6 +38,7 @@ export interface PrefillOptions {
   /** the state the ids follow (left as it was); default: the empty sequence */
   state?: MambaState;
 }
+const PREFILL_OPTION_KEYS = optionKeys<PrefillOptions>({ state: true });
 
 export class MambaModel {
   private tail: Promise<void> = Promise.resolve();
@@ -106,6 +108,7 @@ export class MambaModel {
   forward(ids: Int32Array, shape: { batch: number; seqLen: number }, options: ForwardOptions = {}): Promise<ForwardResult> {
     return this.exclusive(async () => {
       check(ids instanceof Int32Array, "forward: ids must be an Int32Array");
+      checkKeys("forward", options, FORWARD_OPTION_KEYS);
       check(shape && Number.isInteger(shape.batch) && shape.batch > 0 && Number.isInteger(shape.seqLen) && shape.seqLen > 0,
         `forward: batch and seqLen must be positive integers, got ${JSON.stringify(shape)}`);
       check(ids.length === shape.batch * shape.seqLen,
@@ -302,8 +305,7 @@ export class MambaModel {
   prefill(ids: Int32Array, options: PrefillOptions = {}): Promise<MambaState> {
     return this.exclusive(async () => {
       check(ids instanceof Int32Array, "prefill: ids must be an Int32Array");
-      check(options && typeof options === "object", "prefill options must be an object");
-      for (const k of Object.keys(options)) check(k === "state", `unknown prefill option '${k}'`);
+      checkKeys("prefill", options, PREFILL_OPTION_KEYS);
       this.checkIds(ids, "prefill");
       const state = options.state;
       if (state !== undefined) this.checkState(state, "prefill: state");
