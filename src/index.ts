@@ -46,7 +46,6 @@ export type { WebGpuTuning } from "./backend/webgpu/tuning.ts";
  */
 export async function createWebGpuBackend(options: WebGpuOptions & WebGpuTuning = {}): Promise<Backend> {
   const webgpu = await import("./backend/webgpu/index.ts"); // loaded on demand: CPU-only use never touches a GPU library
-  webgpu.checkWebGpuOptions("createWebGpuBackend", options);
   return webgpu.createWebGpuBackend(options);
 }
 

@@ -39,8 +39,8 @@ export const BUILD_OPTION_KEYS = optionKeys<BuildOptions>({ backend: true, onNot
 
 /**
  * Throws, naming `what` (the entry point the user called), on an unknown key of build options (BUILD_OPTION_KEYS
- * and the entry point's own `extra` ones) or of their `webgpu` and `cpu` objects. Checked here, where the user
- * passes them: the backends they are forwarded to do not check them again.
+ * and the entry point's own `extra` ones) or of their `webgpu` and `cpu` objects. Checked where the user passes
+ * them, so that the error names the call they made, and before a backend is made or a file read.
  */
 export async function checkBuildOptions(what: string, options: unknown, extra: readonly string[] = []): Promise<void> {
   checkKeys(what, options, [...BUILD_OPTION_KEYS, ...extra]);

@@ -9,18 +9,18 @@ import { acquireDevice, type WebGpuOptions } from "./device.ts";
 import { Gpu } from "./gpu.ts";
 import { MambaError, checkFlag } from "../../errors.ts";
 import { WebGpuTrainingBackend } from "./training.ts";
-import type { WebGpuInternalTuning } from "./tuning.ts";
+import { type WebGpuInternalTuning, checkWebGpuOptions } from "./tuning.ts";
 import "./ops-mamba2.ts"; // Mamba-2's and Falcon-Mamba's ops, assigned onto WebGpuBackend
 
 export { WebGpuBackend } from "./backend.ts";
 export { WebGpuTrainingBackend } from "./training.ts";
 export type { WebGpuOptions } from "./device.ts";
 export type { WebGpuInternalTuning, WebGpuTuning } from "./tuning.ts";
-export { checkWebGpuOptions } from "./tuning.ts";
 
 /** A WebGPU backend on the default adapter, with the training ops; throws a MambaError when there is none. Takes
  *  the internal knobs too (tests, benchmarks); the package's API offers WebGpuOptions & WebGpuTuning. */
 export async function createWebGpuBackend(options: WebGpuOptions & WebGpuInternalTuning = {}): Promise<Backend> {
+  checkWebGpuOptions("createWebGpuBackend", options); // the package's, a benchmark's, or loadModel's `webgpu` again
   const pool = options.poolBytes;
   if (pool !== undefined && !(typeof pool === "number" && Number.isFinite(pool) && pool >= 0)) {
     throw new MambaError(`createWebGpuBackend: poolBytes must be a number of bytes >= 0, got ${String(pool)}`);
