@@ -8,7 +8,7 @@
  * Mamba-2: H heads of headDim P (E = H·P), G groups (H / G heads share B and C).
  * Configs written by Python's json may hold `Infinity` (not JSON): parseConfigJson reads them.
  */
-import { MambaError, check } from "./errors.ts";
+import { MambaError, check, optionKeys } from "./errors.ts";
 
 export type MixerKind = "s6" | "lti";
 
@@ -71,6 +71,17 @@ export interface MambaConfig {
   /** Falcon-Mamba only: the epsilon of the weightless RMS norm of dt, B and C */
   mixerRmsEps: number | null;
 }
+
+/** MambaConfig's and Mamba2Fields' keys (checkKeys: makeConfig's sizes). */
+export const CONFIG_KEYS = optionKeys<MambaConfig>({
+  format: true, family: true, vocabSize: true, paddedVocabSize: true, hiddenSize: true, intermediateSize: true,
+  stateSize: true, numLayers: true, convKernel: true, timeStepRank: true, useBias: true, useConvBias: true,
+  tieEmbeddings: true, layerNormEpsilon: true, residualInFp32: true, mixer: true, eosTokenId: true, bosTokenId: true,
+  padTokenId: true, mamba2: true, mixerRmsEps: true,
+});
+export const MAMBA2_KEYS = optionKeys<Mamba2Fields>({
+  numHeads: true, headDim: true, nGroups: true, chunkSize: true, timeStepLimit: true, gatedNorm: true, normBeforeGate: true,
+});
 
 type Json = Record<string, unknown>;
 

@@ -12,8 +12,8 @@
  *    above (Falcon-Mamba initializes as Mamba-1).
  * Seeded: the same seed gives the same parameters on every machine.
  */
-import { type Mamba2Fields, type MambaConfig, checkFamily, parameterShapes } from "../config.ts";
-import { check } from "../errors.ts";
+import { CONFIG_KEYS, MAMBA2_KEYS, type Mamba2Fields, type MambaConfig, checkFamily, parameterShapes } from "../config.ts";
+import { check, checkKeys } from "../errors.ts";
 import { Rng } from "../generate/rng.ts";
 import { type HostTensor, numel } from "../io/tensor.ts";
 
@@ -33,6 +33,9 @@ export interface InitOptions {
  */
 export function makeConfig(c: Partial<Omit<MambaConfig, "mamba2">> & { vocabSize: number; hiddenSize: number; numLayers: number;
   mamba2?: Partial<Mamba2Fields> | null }): MambaConfig {
+  // a misspelled size would otherwise leave its default in place without a word
+  checkKeys("config", c, CONFIG_KEYS);
+  if (c.mamba2 !== null) checkKeys("config", c.mamba2, MAMBA2_KEYS, "mamba2.");
   const D = c.hiddenSize;
   const family = c.family ?? "mamba";
   const E = c.intermediateSize ?? 2 * D;
