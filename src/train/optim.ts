@@ -9,6 +9,7 @@
  */
 import type { Tensor } from "../backend/backend.ts";
 import type { TrainingBackend } from "../backend/training.ts";
+import { optionKeys } from "../errors.ts";
 
 export interface OptimConfig {
   lr: number;
@@ -20,6 +21,9 @@ export interface OptimConfig {
   weightDecay: number;
   clipNorm: number; // 0 = no clipping
 }
+export const OPTIM_KEYS = optionKeys<OptimConfig>({
+  lr: true, minLrRatio: true, warmupSteps: true, beta1: true, beta2: true, eps: true, weightDecay: true, clipNorm: true,
+});
 
 export const DEFAULT_OPTIM: Omit<OptimConfig, "warmupSteps"> = {
   lr: 1e-3, minLrRatio: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, clipNorm: 1.0,

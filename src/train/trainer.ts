@@ -13,7 +13,7 @@ import path from "node:path";
 import type { TrainingBackend } from "../backend/training.ts";
 import type { Tensor } from "../backend/backend.ts";
 import { type MambaConfig, type MixerKind, type ModelFamily, ssmStateShape, toHfConfig } from "../config.ts";
-import { MambaError, check, checkChoice } from "../errors.ts";
+import { MambaError, check, checkChoice, checkKeys, optionKeys } from "../errors.ts";
 import { Rng } from "../generate/rng.ts";
 import { loadCheckpoint } from "../io/checkpoint.ts";
 import { readSafetensors, serializeSafetensors } from "../io/safetensors.ts";
@@ -26,9 +26,9 @@ import { MambaCache } from "../model/cache.ts";
 import { choosePrecision } from "../model/build.ts";
 import { forwardBackward } from "./backprop.ts";
 import { latestCheckpoint, writeCheckpoint } from "./checkpoint.ts";
-import { AdamW, type OptimConfig, learningRate } from "./optim.ts";
+import { AdamW, OPTIM_KEYS, type OptimConfig, learningRate } from "./optim.ts";
 import { namedTensors, zerosLike } from "./params.ts";
-import { type Task, type TaskSpec, makeTask, scoreLogits } from "./tasks/task.ts";
+import { TASK_SPEC_KEYS, type Task, type TaskSpec, makeTask, scoreLogits } from "./tasks/task.ts";
 
 export interface ModelSpec {
   hiddenSize: number; // D
@@ -85,6 +85,22 @@ export interface TrainOptions {
    * the scan state and the backward stay f32.
    */
   precision?: "f32" | "f16";
+}
+
+const TRAIN_OPTION_KEYS = optionKeys<TrainOptions>({
+  preset: true, task: true, model: true, steps: true, batchSize: true, accumulation: true, optim: true, seed: true,
+  checkpointEvery: true, evalBatches: true, stateNoise: true, statePassing: true, evalLengths: true,
+  lengthEvalSequences: true, keepBest: true, precision: true,
+});
+const MODEL_SPEC_KEYS = optionKeys<ModelSpec>({ hiddenSize: true, numLayers: true, stateSize: true, expand: true, mixer: true, arch: true });
+
+/** Throws on an unknown key of training options or of their task, model and optim (a fresh run's: a checkpoint's
+ *  saved options are not checked, so that runs saved before an option was dropped still resume). */
+export function checkOptionKeys(o: TrainOptions): void {
+  checkKeys("train", o, TRAIN_OPTION_KEYS);
+  checkKeys("train", o.task, TASK_SPEC_KEYS, "task.");
+  checkKeys("train", o.model, MODEL_SPEC_KEYS, "model.");
+  checkKeys("train", o.optim, OPTIM_KEYS, "optim.");
 }
 
 /** Held-out accuracy at one length, at one step (Trainer.lengthHistory). */
@@ -222,6 +238,7 @@ export class Trainer {
 
   /** A fresh run: parameters initialized from the seed. */
   static create(backend: TrainingBackend, options: TrainOptions): Trainer {
+    checkOptionKeys(options);
     checkOptions(options);
     const cfg = modelConfig(options);
     const lm = new MambaLM(cfg, backend, uploadWeights(backend, cfg, initParameters(cfg, { seed: options.seed })));

@@ -4,7 +4,7 @@
  * nothing is scored. Training minimizes cross-entropy on the scored positions only; accuracy is measured there.
  */
 import type { Rng } from "../../generate/rng.ts";
-import { MambaError } from "../../errors.ts";
+import { MambaError, optionKeys } from "../../errors.ts";
 import { SelectiveCopying } from "./selective-copying.ts";
 import { InductionHeads } from "./induction-heads.ts";
 import { TextTask } from "./text.ts";
@@ -22,6 +22,7 @@ export interface TaskSpec {
   vocabSize: number; // all ids, special ones included
   data?: string; // the text task's data folder (train.txt, heldout.txt)
 }
+export const TASK_SPEC_KEYS = optionKeys<TaskSpec>({ name: true, seqLen: true, numTokens: true, vocabSize: true, data: true });
 
 export interface Task {
   readonly spec: TaskSpec;
