@@ -10,7 +10,7 @@ import { createReadStream, promises as fs } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
-import { MambaError } from "../errors.ts";
+import { MambaError, checkKeys, optionKeys } from "../errors.ts";
 
 export interface DemoServerOptions {
   /** 0 = any free port */
@@ -25,6 +25,7 @@ export interface DemoServerOptions {
   /** why there is no model (shown on the page) */
   noModelMessage?: string;
 }
+const DEMO_SERVER_OPTION_KEYS = optionKeys<DemoServerOptions>({ port: true, host: true, page: true, modelFolder: true, modelName: true, noModelMessage: true });
 
 export interface DemoServer {
   url: string;
@@ -56,6 +57,7 @@ function send(res: http.ServerResponse, status: number, body: string | Uint8Arra
 }
 
 export async function startDemoServer(o: DemoServerOptions): Promise<DemoServer> {
+  checkKeys("startDemoServer", o, DEMO_SERVER_OPTION_KEYS);
   const host = o.host ?? "127.0.0.1";
   const info = JSON.stringify(o.modelFolder
     ? { model: { url: "model/", name: o.modelName ?? path.basename(o.modelFolder) } }

@@ -12,6 +12,7 @@ import type { AddressInfo } from "node:net";
 import type { MambaModel } from "../model/model.ts";
 import type { Tokenizer } from "../tokenizer.ts";
 import type { ChatTemplate } from "./chat.ts";
+import { checkKeys, optionKeys } from "../errors.ts";
 import { ApiError, type Limits, checkCompletionExtras, checkModel, parseJsonBody, parseMessages, parsePrompt, parseSampling } from "./requests.ts";
 import { type EndReason, Scheduler } from "./scheduler.ts";
 import { StopText } from "./text.ts";
@@ -35,6 +36,10 @@ export interface ServerOptions {
   /** the largest request body, in bytes (default: room for a prompt of maxPromptTokens ids, at least 1 MiB) */
   maxBodyBytes?: number;
 }
+const SERVER_OPTION_KEYS = optionKeys<ServerOptions>({
+  model: true, tokenizer: true, modelName: true, chat: true, host: true, port: true, maxBatch: true, maxPromptTokens: true,
+  maxTokensCap: true, prefixCacheMb: true, prefixInterval: true, maxBodyBytes: true,
+});
 
 export interface MambaServer {
   url: string;
@@ -76,6 +81,7 @@ function readBody(req: http.IncomingMessage, limit: number): Promise<string> {
 }
 
 export async function startServer(o: ServerOptions): Promise<MambaServer> {
+  checkKeys("startServer", o, SERVER_OPTION_KEYS); // the options of the program; requests' unknown fields are the API's matter
   const { model, tokenizer } = o;
   const config = model.config;
   const limits: Limits = {

@@ -13,7 +13,7 @@
 import { promises as fs } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
-import { MambaError, check } from "../errors.ts";
+import { MambaError, check, checkKeys, optionKeys } from "../errors.ts";
 import { writeFileAtomic } from "../io/safetensors.ts";
 
 export interface MetricsRecord {
@@ -26,6 +26,7 @@ export interface TrainingReportOptions {
   /** shown above the charts: preset, sizes, seed, wall time, ... */
   details?: Record<string, string | number | boolean>;
 }
+const REPORT_OPTION_KEYS = optionKeys<TrainingReportOptions>({ title: true, details: true });
 
 interface Chart {
   title: string;
@@ -88,6 +89,7 @@ function fmt(v: number, percent: boolean): string {
 
 /** The report's HTML. */
 export async function renderTrainingReport(history: MetricsRecord[], options: TrainingReportOptions = {}): Promise<string> {
+  checkKeys("renderTrainingReport", options, REPORT_OPTION_KEYS);
   checkHistory(history);
   const rows = [...history].sort((a, b) => a.step - b.step);
   const charts = planCharts(rows);
