@@ -13,7 +13,7 @@ import type { Buf } from "../../src/backend/webgpu/gpu.ts";
 import type { WebGpuBackend } from "../../src/backend/webgpu/index.ts";
 import type { GpuTensor } from "../../src/backend/webgpu/tensor.ts";
 import { HALF_TILE_LARGE, HALF_TILE_SMALL, matmulF16, narrowToF16 } from "../../src/backend/webgpu/kernels/matmul-f16.ts";
-import { splitPlan } from "../../src/backend/webgpu/kernels/matmul.ts";
+import { splitPlan, tileBytes, tiledMatmulWgsl, tileProblem } from "../../src/backend/webgpu/kernels/matmul.ts";
 import { MATVEC_MAX_ROWS } from "../../src/backend/webgpu/kernels/matvec.ts";
 import { MambaError, loadModel } from "../../src/index.ts";
 import { toBF16Bits, toF16Bits } from "../../src/io/tensor.ts";
@@ -89,6 +89,19 @@ test("f16 products: each tile alone, whole and K split, matches the reference", 
     }
     assert.throws(() => matmulF16(b.gpu, { x: b.gpu.dummy, ldx: 4, offx: 0, rows: 1, K: 4, w: b.gpu.dummy, ws: "f32", N: 1, bias: null, y: b.gpu.dummyOut }, HALF_TILE_SMALL), MambaError);
   });
+});
+
+test("f16 tiles: both are tiles the shared template runs with halves staged, in half the workgroup memory of f32 tiles; other shapes are refused", () => {
+  for (const cfg of [HALF_TILE_LARGE, HALF_TILE_SMALL]) {
+    assert.equal(tileProblem(cfg, "f16"), null);
+    assert.equal(2 * tileBytes(cfg, "f16"), tileBytes(cfg));
+    assert.match(tiledMatmulWgsl("matmul_f16", cfg, "f16", true, "f16"), /^\s*enable f16;[^]*var<workgroup> As: array<vec4<f16>/);
+  }
+  assert.match(tileProblem({ ...HALF_TILE_LARGE, BK: 8 }, "f16") ?? "", /BK must be 16, got 8/);
+  assert.match(tileProblem({ ...HALF_TILE_SMALL, BM: 32 }, "f16") ?? "", /BM must be 16 times TM, got 32 with TM 4/);
+  assert.match(tileProblem(HALF_TILE_SMALL) ?? "", /TM must be 8 and TN 4 or 8, got 4 and 4/, "f32 tiles take 8 rows a thread");
+  assert.throws(() => tiledMatmulWgsl("matmul_f16", HALF_TILE_LARGE, "f32", true, "f16"), (e: Error) => e instanceof MambaError && /f16 tiles take f16 weights, got f32/.test(e.message));
+  assert.throws(() => tiledMatmulWgsl("matmul_f16", { ...HALF_TILE_LARGE, TN: 2 }, "f16", true, "f16"), /matmul_f16: tile 128x128_k16 cannot run: TM must be 4 or 8 and TN 4 or 8, got 8 and 2/);
 });
 
 test("f16 products: a few rows (decode) read f16 weights with f32 math and their activations unrounded", { timeout: 120_000 }, async (t) => {

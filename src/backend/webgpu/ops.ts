@@ -10,7 +10,7 @@ import type { Buf } from "./gpu.ts";
 import type { GpuTensor } from "./tensor.ts";
 import type { WebGpuBackend } from "./backend.ts";
 import { GROUP_TARGET, type MatmulArgs, type TileConfig, kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
-import { HALF_TILE_LARGE, HALF_TILE_SMALL, halfTile, matmulF16 } from "./kernels/matmul-f16.ts";
+import { HALF_TILE_LARGE, HALF_TILE_SMALL, matmulF16 } from "./kernels/matmul-f16.ts";
 import { matmulTensorCore, tensorCoreFits } from "./kernels/matmul-tc.ts";
 import { matmulReduce } from "./kernels/matmul-reduce.ts";
 import { MATVEC_MAX_ROWS, matvec } from "./kernels/matvec.ts";
@@ -118,10 +118,8 @@ function matmulHalf(b: WebGpuBackend, a: MatmulArgs): void {
     }
     return;
   }
-  const large = halfTile(HALF_TILE_LARGE);
-  const cfg = Math.ceil(a.rows / large.BM) * Math.ceil(a.N / large.BN) >= 256 ? HALF_TILE_LARGE : HALF_TILE_SMALL;
-  const tile = halfTile(cfg);
-  const plan = splitPlan(a.K, kSplits(a.rows, a.N, a.K, { ...tile, BK: cfg.BK, TM: cfg.TM, TN: cfg.TN, vec4: false }));
+  const cfg = Math.ceil(a.rows / HALF_TILE_LARGE.BM) * Math.ceil(a.N / HALF_TILE_LARGE.BN) >= 256 ? HALF_TILE_LARGE : HALF_TILE_SMALL;
+  const plan = splitPlan(a.K, kSplits(a.rows, a.N, a.K, cfg));
   if (plan.count === 1) matmulF16(b.gpu, a, cfg);
   else {
     const part = b.gpu.alloc(plan.count * a.rows * a.N * 4, "matmul partial products");

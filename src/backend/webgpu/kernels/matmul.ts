@@ -10,6 +10,9 @@
  * and of their bounds checks.
  * When few tiles would leave most of the GPU idle along a long K (decode batches, x_proj and out_proj), K is split
  * over workgroups (grid z) that write partial products, summed with the bias by ./matmul-reduce.ts.
+ * The same template stages halves where a tile's `stage` is "f16" (device feature shader-f16; the kernel and its
+ * tiles are in ./matmul-f16.ts): x rounded to f16 as it is staged, w stored f16, each widened exactly to f32 as it
+ * is read back from the tile, so products and sums stay f32; half the workgroup memory and shared-memory traffic.
  */
 import type { Gpu, Kernel } from "../gpu.ts";
 import { Params } from "../gpu.ts";
@@ -41,15 +44,26 @@ export const TILE_WIDE: TileConfig = { ...TILE_SMALL, TN: 8, BN: 128 };
 // 2118 against 2222 us with 8, in one process; 64 × 128 tiles were no faster (BENCHMARKS.md)
 export const TILE_BATCH: TileConfig = { ...TILE_SMALL, BK: 16 };
 
-/** What makes a tile config one the kernel cannot run, or null: 16 columns of threads by BM / TM rows (8 or 16), 8
- *  rows and 4 or 8 columns of outputs a thread, K tiles of 8 or 16, and the staged tiles a whole number of loads a
- *  thread. */
-export function tileProblem(c: TileConfig): string | null {
-  const rows = c.BM / c.TM, threads = 16 * rows;
-  if (c.TM !== 8 || ![4, 8].includes(c.TN)) return `TM must be 8 and TN 4 or 8, got ${c.TM} and ${c.TN}`;
-  if (![8, 16].includes(rows)) return `BM must be 8 or 16 times TM, got ${c.BM} with TM ${c.TM}`;
+/** What the shared tiles hold: f32 values, or halves (x rounded to f16 as it is staged, w stored f16). */
+export type TileStage = "f32" | "f16";
+
+/** The tile shapes each stage takes: rows of outputs a thread (TM), rows of threads (BM / TM), K tiles (BK). */
+const STAGE_TILES: Record<TileStage, { TM: number[]; rows: number[]; BK: number[] }> = {
+  f32: { TM: [8], rows: [8, 16], BK: [8, 16] },
+  f16: { TM: [4, 8], rows: [16], BK: [16] },
+};
+
+const either = (v: number[]) => v.join(" or ");
+
+/** What makes a tile config one the kernel cannot run, or null: 16 columns of threads by BM / TM rows (8 or 16; f16
+ *  tiles: 16), 8 rows (f16 tiles: 4 or 8) and 4 or 8 columns of outputs a thread, K tiles of 8 or 16 (f16 tiles: 16),
+ *  and the staged tiles a whole number of loads a thread. */
+export function tileProblem(c: TileConfig, stage: TileStage = "f32"): string | null {
+  const rows = c.BM / c.TM, threads = 16 * rows, ok = STAGE_TILES[stage];
+  if (!ok.TM.includes(c.TM) || ![4, 8].includes(c.TN)) return `TM must be ${either(ok.TM)} and TN 4 or 8, got ${c.TM} and ${c.TN}`;
+  if (!ok.rows.includes(rows)) return `BM must be ${either(ok.rows)} times TM, got ${c.BM} with TM ${c.TM}`;
   if (c.BN !== 16 * c.TN) return `BN must be 16 times TN, got ${c.BN} with TN ${c.TN}`;
-  if (![8, 16].includes(c.BK)) return `BK must be 8 or 16, got ${c.BK}`;
+  if (!ok.BK.includes(c.BK)) return `BK must be ${either(ok.BK)}, got ${c.BK}`;
   if (!wholeLoads(c, threads, 1)) return `a ${c.BM} x ${c.BN} tile with K tiles of ${c.BK} is not a whole number of loads for ${threads} threads`;
   return null;
 }
@@ -59,8 +73,9 @@ export function wholeLoads(c: { BM: number; BN: number; BK: number }, threads: n
   return (c.BM * c.BK / width) % threads === 0 && (c.BN * c.BK / width) % threads === 0;
 }
 
-/** Workgroup memory of a tile config in bytes: two tiles of BK rows of vec4s, each row padded by one (see the WGSL). */
-export const tileBytes = (c: TileConfig) => 16 * c.BK * (c.BM / 4 + c.BN / 4 + 2);
+/** Workgroup memory of a tile config in bytes: two tiles of BK rows of vec4s (of f32, or of f16), each row padded by
+ *  one (see the WGSL). */
+export const tileBytes = (c: TileConfig, stage: TileStage = "f32") => (stage === "f16" ? 8 : 16) * c.BK * (c.BM / 4 + c.BN / 4 + 2);
 
 /** A tile config's kernel name. */
 export const tileName = (c: TileConfig) => `${c.BM}x${c.BN}${c.BM === 16 * c.TM ? "" : `t${c.TM}`}_k${c.BK}`;
@@ -71,6 +86,20 @@ export const tileName = (c: TileConfig) => `${c.BM}x${c.BN}${c.BM === 16 * c.TM 
 export function vec4Fits(c: TileConfig, a: { K: number; N: number; ldx: number; offx: number }): boolean {
   return c.vec4 && a.K % 4 === 0 && a.N % 4 === 0 && a.ldx % 4 === 0 && a.offx % 4 === 0 && wholeLoads(c, 16 * (c.BM / c.TM), 4);
 }
+
+/** The WGSL a stage's tiles and registers are written with: the element type, its zero, x's conversion (scalar and
+ *  vec4) as it is staged, and the widening of a vec4 read back from a tile to f32 (all identities for f32). */
+interface StageWgsl { type: string; zero: string; x: (e: string) => string; x4: (e: string) => string; widen: (e: string) => string }
+
+const STAGE_WGSL: Record<TileStage, StageWgsl> = {
+  f32: { type: "f32", zero: "0.0", x: (e) => e, x4: (e) => e, widen: (e) => e },
+  f16: { type: "f16", zero: "0.0h", x: (e) => `f16(${e})`, x4: (e) => `vec4<f16>(${e})`, widen: (e) => `vec4<f32>(${e})` },
+};
+
+/** WGSL of `weight(i)` / `weight4(i)` returning f16 weights (packed two a u32) as halves, bits unchanged. */
+const halfWeightReader = (v4: boolean) => v4
+  ? "fn weight4(i: u32) -> vec4<f16> { let v = w[i]; return vec4<f16>(bitcast<vec2<f16>>(v.x), bitcast<vec2<f16>>(v.y)); }"
+  : "fn weight(i: u32) -> f16 { return bitcast<vec2<f16>>(w[i >> 1u])[i & 1u]; }";
 
 /** WGSL that stores the staged registers ra, rb into the shared tiles: scalars, or with v4 groups of 4 K columns
  *  of one row (or column of w), each written as 4 scalars of the transposed tile. */
@@ -98,35 +127,36 @@ const stageWgsl = (v4: boolean) => v4 ? /* wgsl */ `
       Bs[(e % BK) * SB + n / 4u][n % 4u] = rb[j];
     }`;
 
-/** WGSL that loads the K tile starting at column `k0` (a u32 expression) into the registers ra, rb: consecutive
- *  threads read consecutive K columns of one row (with v4, 4 columns each), zeros past the rows, N and the part. */
-const loadWgsl = (k0: string, v4: boolean) => v4 ? /* wgsl */ `
+/** WGSL that loads the K tile starting at column `k0` (a u32 expression) into the registers ra, rb (of the stage's
+ *  type `st`): consecutive threads read consecutive K columns of one row (with v4, 4 columns each), zeros past the
+ *  rows, N and the part. */
+const loadWgsl = (k0: string, v4: boolean, st: StageWgsl) => v4 ? /* wgsl */ `
       for (var j = 0u; j < LA; j++) {
         let e = tid + NT * j;
         let r = row0 + e / BK4;
         let k = ${k0} + (e % BK4) * 4u;
-        ra[j] = vec4<f32>(0.0);
-        if (r < p.T && k < kEnd) { ra[j] = x[(r * p.ldx + p.offx + k) / 4u]; }
+        ra[j] = vec4<${st.type}>(${st.zero});
+        if (r < p.T && k < kEnd) { ra[j] = ${st.x4("x[(r * p.ldx + p.offx + k) / 4u]")}; }
       }
       for (var j = 0u; j < LB; j++) {
         let e = tid + NT * j;
         let n = col0 + e / BK4;
         let k = ${k0} + (e % BK4) * 4u;
-        rb[j] = vec4<f32>(0.0);
+        rb[j] = vec4<${st.type}>(${st.zero});
         if (n < p.N && k < kEnd) { rb[j] = weight4((n * p.K + k) / 4u); }
       }` : /* wgsl */ `
       for (var j = 0u; j < LA; j++) {
         let e = tid + NT * j;
         let r = row0 + e / BK;
         let k = ${k0} + e % BK;
-        ra[j] = 0.0;
-        if (r < p.T && k < kEnd) { ra[j] = x[r * p.ldx + p.offx + k]; }
+        ra[j] = ${st.zero};
+        if (r < p.T && k < kEnd) { ra[j] = ${st.x("x[r * p.ldx + p.offx + k]")}; }
       }
       for (var j = 0u; j < LB; j++) {
         let e = tid + NT * j;
         let n = col0 + e / BK;
         let k = ${k0} + e % BK;
-        rb[j] = 0.0;
+        rb[j] = ${st.zero};
         if (n < p.N && k < kEnd) { rb[j] = weight(n * p.K + k); }
       }`;
 
@@ -153,8 +183,10 @@ const storeWgsl = (v4: boolean) => v4 ? /* wgsl */ `
         }
       }`;
 
-const wgsl = (c: TileConfig, ws: WeightStorage, v4: boolean) => /* wgsl */ `
-// bindings: 0 x [rows, ldx] f32 | 1 w [N, K] | 2 bias [N] | 3 y [splits, T, N] | 4 params
+function wgsl(c: TileConfig, ws: WeightStorage, v4: boolean, stage: TileStage): string {
+  const st = STAGE_WGSL[stage], half = stage === "f16";
+  return /* wgsl */ `${half ? "\nenable f16;" : ""}
+// bindings: 0 x [rows, ldx] f32 | 1 w [N, K]${half ? " f16, two a u32" : ""} | 2 bias [N] | 3 y [splits, T, N] | 4 params
 // grid: (N / BN, T / BM, splits); split z covers K columns [z·kLen, (z + 1)·kLen)
 const BM = ${c.BM}u;
 const BN = ${c.BN}u;
@@ -179,10 +211,10 @@ struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, kLen: u32 
 @group(0) @binding(3) var<storage, read_write> y: array<${v4 ? "vec4<f32>" : "f32"}>;
 @group(0) @binding(4) var<uniform> p: P;
 
-var<workgroup> As: array<vec4<f32>, BK * SA>; // As[k][m]: the x tile, transposed
-var<workgroup> Bs: array<vec4<f32>, BK * SB>; // Bs[k][n]: the w tile, transposed
+var<workgroup> As: array<vec4<${st.type}>, BK * SA>; // As[k][m]: the x tile, transposed${half ? ", rounded to f16" : ""}
+var<workgroup> Bs: array<vec4<${st.type}>, BK * SB>; // Bs[k][n]: the w tile, transposed
 
-${v4 ? weight4Reader(ws) : weightReader(ws)}
+${half ? halfWeightReader(v4) : v4 ? weight4Reader(ws) : weightReader(ws)}
 
 @compute @workgroup_size(16, ${c.BM / c.TM})
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -194,24 +226,24 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
   let kBegin = wg.z * p.kLen;
   let kEnd = min(p.K, kBegin + p.kLen);
   var acc: array<vec4<f32>, TM * GN>;
-  var ra: array<${v4 ? "vec4<f32>" : "f32"}, LA>;
-  var rb: array<${v4 ? "vec4<f32>" : "f32"}, LB>;
+  var ra: array<${v4 ? `vec4<${st.type}>` : st.type}, LA>;
+  var rb: array<${v4 ? `vec4<${st.type}>` : st.type}, LB>;
   let tiles = (kEnd - kBegin + BK - 1u) / BK;
 
   // stage tile 0 in registers
-  {${loadWgsl("kBegin", v4)}
+  {${loadWgsl("kBegin", v4, st)}
   }
 
   for (var t = 0u; t < tiles; t++) {
 ${stageWgsl(v4)}
     workgroupBarrier();
-    if (t + 1u < tiles) {${loadWgsl("kBegin + (t + 1u) * BK", v4)}
+    if (t + 1u < tiles) {${loadWgsl("kBegin + (t + 1u) * BK", v4, st)}
     }
-    for (var k = 0u; k < BK; k++) {
+    for (var k = 0u; k < BK; k++) {${half ? "\n      // halves widened exactly; their products are exact in f32, summed in f32" : ""}
       var a: array<vec4<f32>, GM>;
       var b: array<vec4<f32>, GN>;
-      for (var g = 0u; g < GM; g++) { a[g] = As[k * SA + g * RT + ty]; }
-      for (var h = 0u; h < GN; h++) { b[h] = Bs[k * SB + h * 16u + tx]; }
+      for (var g = 0u; g < GM; g++) { a[g] = ${st.widen("As[k * SA + g * RT + ty]")}; }
+      for (var h = 0u; h < GN; h++) { b[h] = ${st.widen("Bs[k * SB + h * 16u + tx]")}; }
       for (var g = 0u; g < GM; g++) {
         for (var c = 0u; c < 4u; c++) {
           let av = a[g][c];
@@ -233,6 +265,7 @@ ${stageWgsl(v4)}
   }
 }
 `;
+}
 
 export interface MatmulArgs {
   x: Buf; ldx: number; offx: number; rows: number; K: number;
@@ -259,13 +292,18 @@ export function splitPlan(K: number, splits: number): { kLen: number; count: num
   return { kLen, count: Math.ceil(K / kLen) };
 }
 
+/** The tiled product's WGSL for a tile config, weight storage, vec4 loads or not and the tiles' stage (f16 tiles take
+ *  f16 weights); a config the template cannot run is a MambaError naming `kernel`. */
+export function tiledMatmulWgsl(kernel: string, cfg: TileConfig, ws: WeightStorage, v4: boolean, stage: TileStage): string {
+  const why = tileProblem(cfg, stage);
+  if (why) throw new MambaError(`${kernel}: tile ${tileName(cfg)} cannot run: ${why}`);
+  if (stage === "f16" && ws !== "f16") throw new MambaError(`${kernel}: f16 tiles take f16 weights, got ${ws}`);
+  return wgsl(cfg, ws, v4, stage);
+}
+
 const matmulKernel = defineKernel({
   name: "matmul",
-  wgsl: (s: { cfg: TileConfig; ws: WeightStorage; v4: boolean }) => {
-    const why = tileProblem(s.cfg);
-    if (why) throw new MambaError(`matmul: tile ${tileName(s.cfg)} cannot run: ${why}`);
-    return wgsl(s.cfg, s.ws, s.v4);
-  },
+  wgsl: (s: { cfg: TileConfig; ws: WeightStorage; v4: boolean }) => tiledMatmulWgsl("matmul", s.cfg, s.ws, s.v4, "f32"),
   label: (s) => `matmul_${tileName(s.cfg)}${s.v4 ? "_v4" : ""}_${s.ws}`,
   example: { cfg: TILE_LARGE, ws: "f32", v4: true },
 });
