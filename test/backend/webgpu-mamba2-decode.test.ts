@@ -91,7 +91,7 @@ for (const [name, cfg] of configs) {
       for (const B of [1, 3, 12]) await fusedMatchesOps(gpu, cpu, B, 3, new TestRng(600 + B), name);
       const names = g.gpu.kernelNames;
       // batch 1 and 3: out_proj in the scan's dispatch (decode_m2_ssm_..._out); 12: the batch step's kernels
-      for (const k of ["decode_m2_in_", "decode_m2_ssm_", "decode_m2_in_finish_", "decode_m2_batchnorm_"]) {
+      for (const k of ["decode_m2_in_", "decode_m2_ssm_", "decode_m2_in_finish_", "decode_batchnorm_"]) {
         assert.ok(names.some((n) => n.startsWith(k)), `${name}: ${k} ran`);
       }
       assert.ok(names.some((n) => n.startsWith("decode_m2_ssm_") && n.includes("_out")), `${name}: the scan with out_proj ran`);

@@ -10,7 +10,7 @@
  *     is instead the end of kernel 2's dispatch: the last workgroup of each head to finish multiplies the head's
  *     outputs by its columns of out_proj, the last head adds the heads' shares up (two dispatches a layer).
  * Past 8 rows (the batch step), five kernels a layer: the norm (summing the last out_proj's K-split partials, times
- * the last gated norm's scale: kernels/decode/mamba2-batch-norm.ts), in_proj through matmulTiled with K split, its
+ * the last gated norm's scale: kernels/decode/batch-norm.ts), in_proj through matmulTiled with K split, its
  * partials summed with the conv and dt (decode_m2_in_finish), the SSD step, out_proj through matmulTiled (with
  * several groups of the gated norm, its scale is a dispatch of its own before out_proj). The layer's small constants
  * are packed into one buffer.
@@ -27,7 +27,6 @@ import { MATVEC_MAX_ROWS, MATVEC_NORM_MAX } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
 import { copyWords, fillWords } from "./kernels/copy.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
-import { decodeM2BatchNorm } from "./kernels/decode/mamba2-batch-norm.ts";
 import { M2_IN_MAX_ROWS, M2_MAX_K, type M2Offsets, m2InBytes, decodeM2In, decodeM2InFinish } from "./kernels/decode/mamba2-in.ts";
 import { type M2GateMode, decodeM2Ssm, m2SsmGroups, m2SsmOutCtlWords, m2SsmOutFits } from "./kernels/decode/mamba2-ssm.ts";
 import { decodeM2Out, decodeM2Scale } from "./kernels/decode/mamba2-out.ts";
@@ -180,7 +179,7 @@ export class Mamba2Plans {
         const mx = w.layers[i]!.mixer;
         const lp = packs[i]!;
         const [convState, ssmState] = states[i]!;
-        decodeM2BatchNorm(gpu, {
+        decodeBatchNorm(gpu, {
           B, D, eps: d.eps, part: hp, S: parts, bias, res, hasRes: i > 0, par: i % 2, g: lp.buf.buf, oG: lp.oNorm, out: u, scale: i > 0 ? scale : null,
         });
         const wIn = this.backend.t(mx.inProj, "decodeStep");
@@ -202,7 +201,7 @@ export class Mamba2Plans {
         parts = outSplit.count;
         bias = mx.outProjBias ? this.backend.f32(this.backend.t(mx.outProjBias, "decodeStep")) : null;
       }
-      decodeM2BatchNorm(gpu, {
+      decodeBatchNorm(gpu, {
         B, D, eps: d.eps, part: hp, S: parts, bias, res, hasRes: L > 0, par: L % 2,
         g: this.backend.f32(this.backend.t(w.normF, "decodeStep")), oG: 0, out: normed.buf, scale: L > 0 ? scale : null,
       });
