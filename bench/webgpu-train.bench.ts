@@ -8,7 +8,8 @@
  *    buffer a WebGPU binding allows (2 GiB on the H100), so the step runs as micro-batches of whole sequences
  *    whose logits fit, their gradients accumulated (the same update); the micro-batch is printed.
  * BENCH_ONLY=scan,step picks sections. BENCH_SMOKE=1 shrinks every shape to check the bench on a slow adapter
- * (lavapipe); BENCH_SCAN_SHAPES=BxExLxN,... and BENCH_STEP=D,layers,vocab,batch,seqLen[,micro] override the shapes.
+ * (lavapipe); BENCH_SCAN_SHAPES=BxExLxN,... and BENCH_STEP=D,layers,vocab,batch,seqLen[,micro] override the shapes;
+ * BENCH_TRAIN_PRECISIONS=f32,f16 times the step with each precision of the products.
  * BENCH_SCAN_TUNINGS=name:value,...|... runs the scan section again with each set of WebGpuInternalTuning values
  * (e.g. scanBackwardChunk:128,scanBackwardSubTile:4|scanBackwardKernel:channel|scanBackwardLanes:8).
  * BENCH_TUNING=name:value,... sets WebGpuInternalTuning values for every backend of the run (e.g. matmulVec4:false).
@@ -112,7 +113,12 @@ async function benchScan(b: WebGpuTrainingBackend): Promise<void> {
   }
 }
 
-async function benchStep(): Promise<void> {
+/** BENCH_TRAIN_PRECISIONS=f32,f16: the step with each precision of the products (f16: mixed precision as the
+ *  trainer runs it: f32 master weights, each product reading an f16 copy remade when its weights change). */
+const trainPrecisions = (process.env.BENCH_TRAIN_PRECISIONS ?? "f32").split(",").filter(Boolean);
+for (const p of trainPrecisions) if (p !== "f32" && p !== "f16") throw new Error(`BENCH_TRAIN_PRECISIONS takes f32 and f16, got ${p}`);
+
+async function benchStep(precision: "f32" | "f16"): Promise<void> {
   const s = STEP;
   const T1 = s.seqLen * s.vocab * 4; // logits bytes of one sequence
   // parameters first, then the backend (see BENCHMARKS.md, decode: a device left waiting through seconds of host
@@ -121,13 +127,14 @@ async function benchStep(): Promise<void> {
   const params = initParameters(cfg, { seed: 0 });
   const model = await modelFromTensors(cfg, params, { backend: await createWebGpuBackend(baseTuning) });
   const b = model.backend as unknown as WebGpuTrainingBackend;
+  b.usePrecision(precision); // no matrix narrowed: the master weights stay f32, as in the trainer
   const lm = model.lm;
   const maxBinding = Math.min(b.gpu.limits.maxStorageBufferBindingSize, b.gpu.limits.maxBufferSize);
   let micro = s.micro || s.batch;
   while (micro > 1 && (micro * T1 > maxBinding || s.batch % micro !== 0)) micro--;
   const k = s.batch / micro;
   console.log(`\n-- training step${Object.keys(baseTuning).length ? ` (tuning ${JSON.stringify(baseTuning)})` : ""}, ${s.D === 768 && s.layers === 24 && s.vocab === 50280 ? "130m shape" : "custom shape"} ` +
-    `(D ${s.D}, ${s.layers} layers, vocab ${s.vocab}, fp32, AdamW), batch ${s.batch} x ${s.seqLen} tokens --`);
+    `(D ${s.D}, ${s.layers} layers, vocab ${s.vocab}, ${precision === "f16" ? "f16 products, f32 master weights" : "fp32"}, AdamW), batch ${s.batch} x ${s.seqLen} tokens --`);
   if (micro < s.batch) {
     console.log(`(the logits of the whole batch, ${fmtBytes(s.batch * T1)}, exceed the ${fmtBytes(maxBinding)} one buffer may bind on this ` +
       `device: the step runs as ${k} micro-batches of ${micro} x ${s.seqLen}, gradients accumulated)`);
@@ -224,5 +231,5 @@ export default async function run(): Promise<void> {
       }
     }
   }
-  if (only.has("step")) await benchStep();
+  if (only.has("step")) for (const p of trainPrecisions) await benchStep(p as "f32" | "f16");
 }

@@ -12,6 +12,7 @@ for s in ${steps//,/ }; do
     mamba2) run mamba2 200 node --import tsx bench/run.ts mamba2 ;;
     m2) run m2 140 env BENCH_SSD_VARIANTS="${SSD_VARIANTS:-Q:128,SL:2,BK:8,PB:64|Q:128,SL:2,BK:16,PB:64|Q:64,SL:2,BK:8,PB:64|Q:128,SL:2,BK:8,PB:32|Q:64,SL:1,BK:16,PB:32|Q:128,SL:1,BK:16,PB:64}" BENCH_ONLY=scan,bwd,forward,decode node --import tsx bench/run.ts mamba2 ;;
     m27) run m27 150 env BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2 ;;
+    trainf16) run trainf16 150 env BENCH_ONLY=step BENCH_TRAIN_PRECISIONS=f32,f16 node --import tsx bench/run.ts webgpu-train ;;
     scan) run scan 90 env BENCH_ONLY=scan,bwd node --import tsx bench/run.ts mamba2 ;;
     f16) run f16 200 env BENCH_TUNING=precision:f16 BENCH_ONLY=forward,decode BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=2 node --import tsx bench/run.ts webgpu ;;
     f32) run f32 120 env BENCH_ONLY=forward,decode BENCH_MODELS=130m BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=2 node --import tsx bench/run.ts webgpu ;;
