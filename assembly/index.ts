@@ -6,3 +6,4 @@ export * from "./norm";
 export { expF32, softplusF32, siluF32 } from "./math"; // its vector helpers are inline, not exports
 export * from "./quant";
 export * from "./ssd";
+export * from "./ssd-backward";

@@ -16,7 +16,7 @@ import { CpuTensor, cpu } from "../cpu/tensor.ts";
 import { type HostTensor, isQuantized, numel, toFloat32 } from "../../io/tensor.ts";
 import { QK, quantBytes } from "../../io/quant.ts";
 import { MambaError, check } from "../../errors.ts";
-import type { AdamWParams } from "../training.ts";
+import type { AdamWParams, SsdGrads } from "../training.ts";
 import { type SimdPath, WasmRuntime } from "./runtime.ts";
 
 type Storage = "F32" | "F16" | "BF16" | "Q8_0" | "Q4_0" | "I32";
@@ -78,7 +78,7 @@ export class WasmCpuBackend extends CpuBackend {
     super();
     this.engine = `cpu (wasm simd ${rt.path}, ${rt.threads} thread${rt.threads === 1 ? "" : "s"})`;
     const ops: [string, string][] = [["addRmsNorm", "addRmsNorm"], ["causalConv1dSilu", "causalConv1dSilu"], ["selectiveScan", "selectiveScan"],
-      ["ssdScan", "ssdScan"], ["gatedRmsNorm", "gatedRmsNorm"]];
+      ["ssdScan", "ssdScan"], ["gatedRmsNorm", "gatedRmsNorm"], ["ssdScanBackward", "ssdBackward"]];
     this.referenceOps = ops.filter(([, k]) => !rt.has(k)).map(([op]) => op);
   }
 
@@ -417,6 +417,82 @@ export class WasmCpuBackend extends CpuBackend {
     for (const f of writeBack) f();
     this.freeTemps(temps);
     return y;
+  }
+
+  /** Backward of ssdScan (assembly/ssd-backward.ts): per (batch row, head), the forward recomputed, then time walked
+   *  back; the pairs split between threads, the heads' shares of dB and dC added in head order by a second pass and
+   *  the per-head sums (dA_log, dD, dt_bias) here in batch order, so the bits do not depend on the thread count. */
+  override ssdScanBackward(a: SsdScanArgs, dy: Tensor, g: SsdGrads): void {
+    if (!this.rt.has("ssdBackward")) return super.ssdScanBackward!(a, dy, g);
+    check((a.z === null) === (g.dz === null), "ssdScanBackward: dz must be given exactly when the forward had a gate z");
+    const temps: WasmTensor[] = [];
+    const writeBack: (() => void)[] = [];
+    const x = this.window(a.x, temps), dt = this.window(a.dt, temps), Bm = this.window(a.B, temps), Cm = this.window(a.C, temps);
+    const H = dt.width, P = a.headDim, G = a.nGroups, T = a.batch * a.seqLen;
+    const N = Bm.width / G;
+    const fits = x.width === H * P && Number.isInteger(N) && Cm.width === Bm.width && H % G === 0 && x.rows === T && dt.rows === T &&
+      Bm.rows === T && Cm.rows === T;
+    if (!fits) this.freeTemps(temps);
+    check(fits, `ssdScan: x [${x.rows}, ${x.width}], dt [${dt.rows}, ${dt.width}], B/C [${Bm.rows}, ${Bm.width}] ` +
+      `do not fit ${a.batch}×${a.seqLen} rows of ${H} heads × ${P} in ${G} groups`);
+    const fail = (ok: boolean, message: string) => {
+      if (!ok) this.freeTemps(temps);
+      check(ok, message);
+    };
+    const st = a.state ? this.inWasmF32(a.state, temps) : null;
+    fail(!st || numel(st.shape) === a.batch * H * P * N, `ssdScan: the state needs [${a.batch}, ${H}, ${P}, ${N}]`);
+    fail(Number.isInteger(a.chunkSize) && a.chunkSize > 0, `ssdScan: chunk size must be a positive integer, got ${a.chunkSize}`);
+    const dyt = this.inWasmF32(dy, temps);
+    fail(numel(dyt.shape) === T * H * P, `ssdScanBackward: dy [${dyt.shape}] does not match the scan`);
+    const z = a.z ? this.window(a.z, temps) : null;
+    fail(!z || (z.width === H * P && z.rows === T), "ssdScan: the gate z does not match x");
+    const dtBias = this.inWasmF32(a.dtBias, temps), aLog = this.inWasmF32(a.A_log, temps), D = this.inWasmF32(a.D, temps);
+    fail(numel(dtBias.shape) === H && numel(aLog.shape) === H && numel(D.shape) === H, `ssdScan: dt_bias, A_log and D need ${H} values`);
+    // the gradients: windows written in place (a tensor of another backend through one copy written back, shared
+    // by its windows)
+    const copies = new Map<Tensor, WasmTensor>();
+    const out = (w: TensorOrCols, width: number, name: string) => {
+      const c = asCols(w);
+      this.written(c.tensor);
+      const t = copies.get(c.tensor) ?? this.inOut(c.tensor, temps, writeBack);
+      copies.set(c.tensor, t);
+      const ld = t.shape[t.shape.length - 1]!;
+      fail(c.col0 >= 0 && c.col0 + c.width <= ld && c.width === width && numel(t.shape) / ld === T,
+        `ssdScanBackward: ${name} [${numel(t.shape) / ld}, ${c.width}] does not match [${T}, ${width}]`);
+      return { ptr: t.ptr + 4 * c.col0, ld };
+    };
+    const dx = out(g.dx, H * P, "dx"), dDt = out(g.dDt, H, "dDt"), dB = out(g.dB, G * N, "dB"), dC = out(g.dC, G * N, "dC");
+    const dz = g.dz ? out(g.dz, H * P, "dz") : null;
+    const perHead = [g.dA_log, g.dD, g.dDtBias].map((t) => { this.written(t); return cpu(t).f32; });
+    fail(perHead.every((v) => v.length === H), `ssdScanBackward: dA_log, dD and dDtBias need ${H} values`);
+    const dts = this.allocF32([T, H]), decay = this.allocF32([T, H]), gate = this.allocF32([T, H]);
+    const dBh = this.allocF32([T, H, N]), dCh = this.allocF32([T, H, N]), sums = this.allocF32([a.batch * H, 6]);
+    temps.push(dts, decay, gate, dBh, dCh, sums);
+    const parallelRows = T * H >= 4096;
+    this.rt.run("ssdDtDecay", [dt.ptr, dt.ld, dtBias.ptr, aLog.ptr, a.dtLimit[0], a.dtLimit[1], H, dts.ptr, decay.ptr], T, 1, parallelRows);
+    this.rt.run("ssdDtGate", [dt.ptr, dt.ld, dtBias.ptr, a.dtLimit[0], a.dtLimit[1], H, gate.ptr], T, 1, parallelRows);
+    const stride = Math.ceil((this.rt.call("ssdBackwardWork", [a.seqLen, P, N]) as number) / 64) * 64;
+    const work = this.rt.alloc(stride * this.rt.threads);
+    this.rt.run("ssdBackward", [
+      x.ptr, x.ld, Bm.ptr, Bm.ld, Cm.ptr, Cm.ld, dts.ptr, decay.ptr, gate.ptr, aLog.ptr, D.ptr, z ? z.ptr : 0, z ? z.ld : 0,
+      st ? st.ptr : 0, dyt.ptr, dx.ptr, dx.ld, dDt.ptr, dDt.ld, dz ? dz.ptr : 0, dz ? dz.ld : 0, dBh.ptr, dCh.ptr, sums.ptr,
+      work, a.batch, a.seqLen, H, P, H / G, N,
+    ], a.batch * H, 1, T * H * P * N >= PARALLEL_MIN_WORK / 4, { arg: 24, stride });
+    this.rt.release(work, stride * this.rt.threads);
+    this.rt.run("ssdBackwardGroups", [dBh.ptr, dCh.ptr, dB.ptr, dB.ld, dC.ptr, dC.ld, H, H / G, N], T, 1, T * H * N >= PARALLEL_MIN_WORK);
+    // the per-head sums in batch order, as the reference adds them
+    const s = new Float64Array(this.rt.memory.buffer, sums.ptr, a.batch * H * 3);
+    const [dALog, dD, dDtBias] = perHead as [Float32Array, Float32Array, Float32Array];
+    for (let b = 0; b < a.batch; b++) {
+      for (let h = 0; h < H; h++) {
+        const o = (b * H + h) * 3;
+        dALog[h] = dALog[h]! + s[o]!;
+        dD[h] = dD[h]! + s[o + 1]!;
+        dDtBias[h] = dDtBias[h]! + s[o + 2]!;
+      }
+    }
+    for (const f of writeBack) f();
+    this.freeTemps(temps);
   }
 
   override gatedRmsNorm(y: Tensor, z: TensorOrCols, weight: Tensor, eps: number, groupSize: number, normBeforeGate: boolean): Tensor {
