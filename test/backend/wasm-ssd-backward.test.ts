@@ -8,8 +8,8 @@
  *
  * Tolerance: the engine sums in f32 where the reference sums in f64. The sums are over P·N products a position and
  * over L positions (dA_log, dD, dt_bias), and the state gradient carries rounding along time: on these cases the
- * gradients agree to 1.5e-6 of their largest magnitude (dA_log the farthest, dx/dB/dC within 3e-7). 5e-5 of it (or of
- * 1) leaves room for longer sums without hiding a wrong or missing term, which would be off by a whole term.
+ * gradients agree within 1e-6 of their largest magnitude (dA_log the farthest). 5e-5 of it (or of 1) leaves room for
+ * longer sums without hiding a wrong or missing term, which would be off by a whole term.
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
