@@ -8,33 +8,19 @@
  *  - the Mamba-2 fixtures on the engine with 1 and 3 threads, within the reference's tolerance, and greedy
  *    generation on a random Mamba-2 model equal to the reference engine's.
  */
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
 import { asCols, cols, type Backend, type SsdScanArgs, type TensorOrCols } from "../../src/backend/backend.ts";
 import { ssdData, ssdSequentialF32 } from "../../src/backend/cpu/ssd.ts";
-import { WasmCpuBackend, createWasmCpuBackend } from "../../src/backend/wasm/index.ts";
 import { createCpuBackend } from "../../src/backend/wasm/create.ts";
 import { createModel } from "../../src/index.ts";
 import { TestRng } from "../helpers/random.ts";
+import { bits, maxAbs, wasmEngines } from "../helpers/wasm-engines.ts";
 import { assertClose, checkFixtureForward, fixture, maxAbsDiff } from "../helpers/fixtures.ts";
 
 const ref = new CpuBackend();
-const engines: { name: string; b: WasmCpuBackend }[] = [];
-
-before(async () => {
-  engines.push({ name: "relaxed, 1 thread", b: await createWasmCpuBackend({ threads: 1 }) });
-  engines.push({ name: "relaxed, 2 threads", b: await createWasmCpuBackend({ threads: 2 }) });
-  engines.push({ name: "relaxed, 3 threads", b: await createWasmCpuBackend({ threads: 3 }) });
-  engines.push({ name: "plain, 1 thread", b: await createWasmCpuBackend({ threads: 1, simd: "plain" }) });
-  engines.push({ name: "plain, 3 threads", b: await createWasmCpuBackend({ threads: 3, simd: "plain" }) });
-});
-after(async () => {
-  for (const e of engines) await e.b.destroy();
-});
-
-const bits = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.length);
-const maxAbs = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+const engines = wasmEngines();
 
 interface Case { B: number; L: number; H: number; P: number; G: number; N: number; Q: number; state: boolean; gate: boolean; limit: [number, number] }
 const cases: Case[] = [

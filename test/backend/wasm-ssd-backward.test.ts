@@ -11,31 +11,17 @@
  * gradients agree within 1e-6 of their largest magnitude (dA_log the farthest). 5e-5 of it (or of 1) leaves room for
  * longer sums without hiding a wrong or missing term, which would be off by a whole term.
  */
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
 import { cols, type Backend, type SsdScanArgs, type Tensor } from "../../src/backend/backend.ts";
 import type { SsdGrads } from "../../src/backend/training.ts";
-import { WasmCpuBackend, createWasmCpuBackend } from "../../src/backend/wasm/index.ts";
 import { TestRng } from "../helpers/random.ts";
+import { bits, maxAbs, wasmEngines } from "../helpers/wasm-engines.ts";
 import { maxAbsDiff } from "../helpers/fixtures.ts";
 
 const ref = new CpuBackend();
-const engines: { name: string; b: WasmCpuBackend }[] = [];
-
-before(async () => {
-  engines.push({ name: "relaxed, 1 thread", b: await createWasmCpuBackend({ threads: 1 }) });
-  engines.push({ name: "relaxed, 2 threads", b: await createWasmCpuBackend({ threads: 2 }) });
-  engines.push({ name: "relaxed, 3 threads", b: await createWasmCpuBackend({ threads: 3 }) });
-  engines.push({ name: "plain, 1 thread", b: await createWasmCpuBackend({ threads: 1, simd: "plain" }) });
-  engines.push({ name: "plain, 3 threads", b: await createWasmCpuBackend({ threads: 3, simd: "plain" }) });
-});
-after(async () => {
-  for (const e of engines) await e.b.destroy();
-});
-
-const bits = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.length);
-const maxAbs = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+const engines = wasmEngines();
 
 interface Case { B: number; L: number; H: number; P: number; G: number; N: number; state: boolean; gate: boolean; limit: [number, number] }
 const cases: Case[] = [
