@@ -377,13 +377,9 @@ export class WasmCpuBackend extends CpuBackend {
     return y;
   }
 
-  /** Mamba-2's SSM: the step-by-step recurrence in assembly/ssd.ts (why not the chunked algorithm: see there), so
-   *  chunkSize changes nothing here. dt and exp(dt·A) a row and head first, then the state rows split between
-   *  threads. */
-  override ssdScan(a: SsdScanArgs): Tensor {
-    if (!this.rt.has("ssdScan")) return super.ssdScan(a);
-    const temps: WasmTensor[] = [];
-    const writeBack: (() => void)[] = [];
+  /** The SSD scan's inputs as windows in the engine's memory, with their sizes checked against each other (the
+   *  forward's and the backward's one message). */
+  private ssdWindows(a: SsdScanArgs, temps: WasmTensor[]) {
     const x = this.window(a.x, temps), dt = this.window(a.dt, temps), Bm = this.window(a.B, temps), Cm = this.window(a.C, temps);
     const H = dt.width, P = a.headDim, G = a.nGroups, T = a.batch * a.seqLen;
     const N = Bm.width / G;
@@ -392,6 +388,17 @@ export class WasmCpuBackend extends CpuBackend {
     if (!fits) this.freeTemps(temps);
     check(fits, `ssdScan: x [${x.rows}, ${x.width}], dt [${dt.rows}, ${dt.width}], B/C [${Bm.rows}, ${Bm.width}] ` +
       `do not fit ${a.batch}×${a.seqLen} rows of ${H} heads × ${P} in ${G} groups`);
+    return { x, dt, Bm, Cm, H, P, G, T, N };
+  }
+
+  /** Mamba-2's SSM: the step-by-step recurrence in assembly/ssd.ts (why not the chunked algorithm: see there), so
+   *  chunkSize changes nothing here. dt and exp(dt·A) a row and head first, then the state rows split between
+   *  threads. */
+  override ssdScan(a: SsdScanArgs): Tensor {
+    if (!this.rt.has("ssdScan")) return super.ssdScan(a);
+    const temps: WasmTensor[] = [];
+    const writeBack: (() => void)[] = [];
+    const { x, dt, Bm, Cm, H, P, G, T, N } = this.ssdWindows(a, temps);
     check(Number.isInteger(a.chunkSize) && a.chunkSize > 0, `ssdScan: chunk size must be a positive integer, got ${a.chunkSize}`);
     const z = a.z ? this.window(a.z, temps) : null;
     check(!z || (z.width === H * P && z.rows === T), "ssdScan: the gate z does not match x");
@@ -427,14 +434,7 @@ export class WasmCpuBackend extends CpuBackend {
     check((a.z === null) === (g.dz === null), "ssdScanBackward: dz must be given exactly when the forward had a gate z");
     const temps: WasmTensor[] = [];
     const writeBack: (() => void)[] = [];
-    const x = this.window(a.x, temps), dt = this.window(a.dt, temps), Bm = this.window(a.B, temps), Cm = this.window(a.C, temps);
-    const H = dt.width, P = a.headDim, G = a.nGroups, T = a.batch * a.seqLen;
-    const N = Bm.width / G;
-    const fits = x.width === H * P && Number.isInteger(N) && Cm.width === Bm.width && H % G === 0 && x.rows === T && dt.rows === T &&
-      Bm.rows === T && Cm.rows === T;
-    if (!fits) this.freeTemps(temps);
-    check(fits, `ssdScan: x [${x.rows}, ${x.width}], dt [${dt.rows}, ${dt.width}], B/C [${Bm.rows}, ${Bm.width}] ` +
-      `do not fit ${a.batch}×${a.seqLen} rows of ${H} heads × ${P} in ${G} groups`);
+    const { x, dt, Bm, Cm, H, P, G, T, N } = this.ssdWindows(a, temps);
     const fail = (ok: boolean, message: string) => {
       if (!ok) this.freeTemps(temps);
       check(ok, message);
