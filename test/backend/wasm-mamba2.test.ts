@@ -11,18 +11,19 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
-import { asCols, cols, type Backend, type SsdScanArgs, type TensorOrCols } from "../../src/backend/backend.ts";
+import { asCols, cols, type TensorOrCols } from "../../src/backend/backend.ts";
 import { ssdData, ssdSequentialF32 } from "../../src/backend/cpu/ssd.ts";
 import { createCpuBackend } from "../../src/backend/wasm/create.ts";
 import { createModel } from "../../src/index.ts";
 import { TestRng } from "../helpers/random.ts";
 import { bits, maxAbs, wasmEngines } from "../helpers/wasm-engines.ts";
+import { type SsdCase, ssdArgs } from "../helpers/ssd-cases.ts";
 import { assertClose, checkFixtureForward, fixture, maxAbsDiff } from "../helpers/fixtures.ts";
 
 const ref = new CpuBackend();
 const engines = wasmEngines();
 
-interface Case { B: number; L: number; H: number; P: number; G: number; N: number; Q: number; state: boolean; gate: boolean; limit: [number, number] }
+type Case = SsdCase;
 const cases: Case[] = [
   { B: 1, L: 1, H: 2, P: 4, G: 1, N: 4, Q: 4, state: true, gate: false, limit: [0, Infinity] },
   { B: 2, L: 1, H: 4, P: 6, G: 2, N: 5, Q: 256, state: true, gate: true, limit: [0, Infinity] },
@@ -33,22 +34,6 @@ const cases: Case[] = [
   { B: 2, L: 23, H: 4, P: 37, G: 4, N: 9, Q: 5, state: true, gate: false, limit: [0, Infinity] },
   { B: 1, L: 70, H: 3, P: 64, G: 1, N: 32, Q: 32, state: true, gate: true, limit: [0, Infinity] },
 ];
-
-/** A case's arguments on backend b: x, B, C as column windows of one wider tensor (as the model reads them), dt and
- *  z of another. */
-function ssdArgs(b: Backend, c: Case, seed: number): SsdScanArgs {
-  const r = new TestRng(seed);
-  const T = c.B * c.L, E = c.H * c.P, GN = c.G * c.N;
-  const xBC = b.fromF32(r.f32(T * (E + 2 * GN + 3)), [T, E + 2 * GN + 3]);
-  const zdt = b.fromF32(r.f32(T * (E + c.H + 1)), [T, E + c.H + 1]);
-  return {
-    batch: c.B, seqLen: c.L, x: cols(xBC, 1, E), B: cols(xBC, 1 + E, GN), C: cols(xBC, 1 + E + GN, GN),
-    dt: cols(zdt, E + 1, c.H), dtBias: b.fromF32(r.f32(c.H, 1), [c.H]),
-    A_log: b.fromF32(Float32Array.from({ length: c.H }, () => Math.log(r.uniform(0.5, 8))), [c.H]),
-    D: b.fromF32(r.f32(c.H), [c.H]), z: c.gate ? cols(zdt, 0, E) : null, headDim: c.P, nGroups: c.G, dtLimit: c.limit,
-    chunkSize: c.Q, state: c.state ? b.fromF32(r.f32(c.B * c.H * c.P * c.N), [c.B, c.H, c.P, c.N]) : null,
-  };
-}
 
 describe("wasm engine: Mamba-2 ops against the reference", { timeout: 120_000 }, () => {
   test("the engines run the SSD scan and the gated norm kernels", () => {

@@ -14,16 +14,17 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
-import { cols, type Backend, type SsdScanArgs, type Tensor } from "../../src/backend/backend.ts";
+import { cols, type Backend, type Tensor } from "../../src/backend/backend.ts";
 import type { SsdGrads } from "../../src/backend/training.ts";
 import { TestRng } from "../helpers/random.ts";
 import { bits, maxAbs, wasmEngines } from "../helpers/wasm-engines.ts";
+import { type SsdCase, ssdArgs } from "../helpers/ssd-cases.ts";
 import { maxAbsDiff } from "../helpers/fixtures.ts";
 
 const ref = new CpuBackend();
 const engines = wasmEngines();
 
-interface Case { B: number; L: number; H: number; P: number; G: number; N: number; state: boolean; gate: boolean; limit: [number, number] }
+type Case = SsdCase;
 const cases: Case[] = [
   { B: 1, L: 1, H: 2, P: 4, G: 1, N: 4, state: true, gate: false, limit: [0, Infinity] },
   { B: 2, L: 1, H: 4, P: 6, G: 2, N: 5, state: true, gate: true, limit: [0, Infinity] },
@@ -35,22 +36,6 @@ const cases: Case[] = [
   { B: 1, L: 70, H: 3, P: 64, G: 1, N: 32, state: true, gate: true, limit: [0, Infinity] },
   { B: 2, L: 17, H: 4, P: 5, G: 1, N: 7, state: false, gate: true, limit: [0.2, 1.5] },
 ];
-
-/** A case's forward arguments on backend b: x, B, C column windows of one wider tensor (as the model reads them),
- *  dt and z of another. */
-function ssdArgs(b: Backend, c: Case, seed: number): SsdScanArgs {
-  const r = new TestRng(seed);
-  const T = c.B * c.L, E = c.H * c.P, GN = c.G * c.N;
-  const xBC = b.fromF32(r.f32(T * (E + 2 * GN + 3)), [T, E + 2 * GN + 3]);
-  const zdt = b.fromF32(r.f32(T * (E + c.H + 1)), [T, E + c.H + 1]);
-  return {
-    batch: c.B, seqLen: c.L, x: cols(xBC, 1, E), B: cols(xBC, 1 + E, GN), C: cols(xBC, 1 + E + GN, GN),
-    dt: cols(zdt, E + 1, c.H), dtBias: b.fromF32(r.f32(c.H, 1), [c.H]),
-    A_log: b.fromF32(Float32Array.from({ length: c.H }, () => Math.log(r.uniform(0.5, 8))), [c.H]),
-    D: b.fromF32(r.f32(c.H), [c.H]), z: c.gate ? cols(zdt, 0, E) : null, headDim: c.P, nGroups: c.G, dtLimit: c.limit,
-    chunkSize: 4, state: c.state ? b.fromF32(r.f32(c.B * c.H * c.P * c.N), [c.B, c.H, c.P, c.N]) : null,
-  };
-}
 
 /** dy and the gradients, prefilled with random values (the op adds into them): dx, dB, dC windows of one tensor,
  *  dDt and dz of another (as the model's backward passes them). */
