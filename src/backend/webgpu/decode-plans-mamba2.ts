@@ -21,8 +21,7 @@ import type { Buf } from "./gpu.ts";
 import { GpuTensor } from "./tensor.ts";
 import type { WebGpuBackend } from "./backend.ts";
 import type { DecodePlan } from "./decode-plans.ts";
-import { kSplits, splitPlan } from "./kernels/matmul.ts";
-import { batchStepMatmul } from "./ops.ts";
+import { batchStepMatmul, batchStepSplit } from "./ops.ts";
 import { MATVEC_MAX_ROWS, MATVEC_NORM_MAX } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
 import { copyWords, fillWords } from "./kernels/copy.ts";
@@ -152,15 +151,9 @@ export class Mamba2Plans {
     const { D, E, NIN, L } = d;
     const NWG = m2SsmGroups(d.N, d.P, d.H);
     const tile = this.backend.settings.tileBatch;
-    // K parts as Mamba-1's batch step takes them (./decode-plans.ts)
-    const split = (N: number, K: number) => {
-      const parts = kSplits(B, N, K, tile);
-      const byGroups = splitPlan(K, parts);
-      const cols = this.backend.settings.decodeBatchSplitCols < 0 ? (byGroups.kLen <= 128 ? 96 : 0) : this.backend.settings.decodeBatchSplitCols;
-      return parts > 1 && cols > 0 ? { kLen: cols, count: Math.ceil(K / cols) } : byGroups;
-    };
-    const inSplit = split(NIN, D);
-    const outSplit = split(D, E);
+    // K parts as Mamba-1's batch step takes them
+    const inSplit = batchStepSplit(this.backend, B, NIN, D);
+    const outSplit = batchStepSplit(this.backend, B, D, E);
     const hp = gpu.alloc(outSplit.count * B * D * 4); // [S, B, D]: the embedding (one part), then out_proj's partials
     const normed = new GpuTensor([B, D], "f32", gpu.alloc(B * D * 4), "f32", this.backend);
     const res = gpu.alloc(2 * B * D * 4);

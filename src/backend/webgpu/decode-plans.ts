@@ -10,8 +10,8 @@ import { check } from "../../errors.ts";
 import type { Buf, Prepared } from "./gpu.ts";
 import { GpuTensor } from "./tensor.ts";
 import type { WebGpuBackend } from "./backend.ts";
-import { batchStepMatmul, scanPack } from "./ops.ts";
-import { kSplits, matmulTiled, splitPlan } from "./kernels/matmul.ts";
+import { batchStepMatmul, batchStepSplit, scanPack } from "./ops.ts";
+import { matmulTiled } from "./kernels/matmul.ts";
 import { MATVEC_MAX_ROWS, MATVEC_NORM_MAX, matvec, matvecArgmaxWords } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
 import { embedding } from "./kernels/embedding.ts";
@@ -243,16 +243,8 @@ export class DecodePlans {
     const gpu = this.backend.gpu;
     const w = model.weights;
     const tile = this.backend.settings.tileBatch;
-    // K parts of decodeBatchSplitCols columns where chosen and K is split at all, else by the workgroups' target;
-    // by default short parts (<= 128 columns) become 96 columns, which measured faster at 130m's widths
-    const split = (N: number, K: number) => {
-      const parts = kSplits(B, N, K, tile);
-      const byGroups = splitPlan(K, parts);
-      const cols = this.backend.settings.decodeBatchSplitCols < 0 ? (byGroups.kLen <= 128 ? 96 : 0) : this.backend.settings.decodeBatchSplitCols;
-      return parts > 1 && cols > 0 ? { kLen: cols, count: Math.ceil(K / cols) } : byGroups;
-    };
-    const inSplit = split(2 * E, D);
-    const outSplit = split(D, E);
+    const inSplit = batchStepSplit(this.backend, B, 2 * E, D);
+    const outSplit = batchStepSplit(this.backend, B, D, E);
     const hp = gpu.alloc(outSplit.count * B * D * 4); // [S, B, D]: the embedding (one part), then out_proj's partials
     const normed = new GpuTensor([B, D], "f32", gpu.alloc(B * D * 4), "f32", this.backend);
     const res = gpu.alloc(2 * B * D * 4); // [2, B, D]: layer i reads half i % 2, writes the other
