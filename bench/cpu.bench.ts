@@ -12,8 +12,8 @@
  * wasm32's 4 GiB), weights made tile by tile straight into the engine's memory; BENCH_1_4B=only runs just that.
  * BENCH_MAMBA2=1 adds the mamba2-130m shape (D 768, E 1536, 24 heads of 64, N 128, 24 layers, random f32 weights):
  * the same prefill and decode rates for each thread count, beside the engine with its SSD scan and gated norm
- * taken from the reference backend (the TypeScript ops it ran before they had kernels); BENCH_MAMBA2=only runs just
- * that.
+ * taken from the reference backend (the TypeScript ops it ran before they had kernels), and one layer's
+ * ssdScanBackward, the kernel against the reference; BENCH_MAMBA2=only runs just that.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
@@ -27,6 +27,8 @@ import { type HostTensor, numel, toF16Bits } from "../src/io/tensor.ts";
 import { writeSafetensors } from "../src/io/safetensors.ts";
 import { WasmCpuBackend } from "../src/backend/wasm/index.ts";
 import { CpuBackend } from "../src/backend/cpu/index.ts";
+import { cols } from "../src/backend/backend.ts";
+import { filled } from "./data.ts";
 import { parameterShapes } from "../src/config.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -182,6 +184,45 @@ async function mamba2(): Promise<void> {
       await model.dispose();
     }
     console.log(`mamba2-130m, ${threads} thread${threads === 1 ? "" : "s"}: ${rates.join("; ")}`);
+  }
+  await ssdBackwardOp();
+}
+
+/** One ssdScanBackward call at a mamba2-130m layer's shape (batch 1, L 256, 24 heads of 64, N 128, one group, no
+ *  gate; the training step's op): the engine's kernel against the reference's TypeScript on the same tensors
+ *  (median of 7 calls; the reference's of 2). */
+async function ssdBackwardOp(): Promise<void> {
+  const [L, H, P, N] = [256, 24, 64, 128];
+  const E = H * P;
+  for (const threads of THREADS) {
+    const b = (await createCpuBackend({ threads })) as WasmCpuBackend;
+    const xBC = b.fromF32(filled(L * (E + 2 * N), -1, 1, 1), [L, E + 2 * N]);
+    const args = {
+      batch: 1, seqLen: L, x: cols(xBC, 0, E), B: cols(xBC, E, N), C: cols(xBC, E + N, N), dt: b.fromF32(filled(L * H, -1, 1, 2), [L, H]),
+      dtBias: b.fromF32(filled(H, -1, 1, 3), [H]), A_log: b.fromF32(filled(H, 0, 2, 4), [H]), D: b.fromF32(filled(H, -1, 1, 5), [H]), z: null, headDim: P,
+      nGroups: 1, dtLimit: [0, Infinity] as [number, number], chunkSize: 256, state: null,
+    };
+    const dy = b.fromF32(filled(L * E, -1, 1, 6), [L, E]);
+    const dxBC = b.zeros([L, E + 2 * N]);
+    const g = {
+      dx: cols(dxBC, 0, E), dB: cols(dxBC, E, N), dC: cols(dxBC, E + N, N), dDt: b.zeros([L, H]), dDtBias: b.zeros([H]),
+      dA_log: b.zeros([H]), dD: b.zeros([H]), dz: null,
+    };
+    const median = (f: () => void, reps: number) => {
+      const ts: number[] = [];
+      for (let i = 0; i < reps; i++) {
+        const t0 = performance.now();
+        f();
+        ts.push(performance.now() - t0);
+      }
+      return ts.sort((a, c) => a - c)[reps >> 1]!;
+    };
+    const kernel = median(() => b.ssdScanBackward(args, dy, g), 7);
+    const forward = median(() => b.dispose(b.ssdScan(args)), 7);
+    const reference = median(() => CpuBackend.prototype.ssdScanBackward!.call(b, args, dy, g), 2);
+    console.log(`mamba2-130m layer's ssdScanBackward (L ${L}), ${describeBackend(b)}: kernel ${fmt(kernel)} ms, the reference's ` +
+      `${fmt(reference)} ms (${fmt(reference / kernel)}x); the forward ssdScan ${fmt(forward)} ms`);
+    await b.destroy();
   }
 }
 
