@@ -7,7 +7,7 @@ steps=${1:-tc,testgpu,mamba2,f16,f32,tests}
 run() { local name=$1 limit=$2; shift 2; echo "== $name (limit ${limit}s)"; timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1; echo "rc=$?" >> "$OUT/$name.txt"; tail -n 3 "$OUT/$name.txt"; }
 for s in ${steps//,/ }; do
   case $s in
-    tc) run tc 75 env TC_TILES="${TC_TILES:-64,64,16;32,32,32;64,32,32;32,64,32}" node --import tsx scripts/gpu-tc.ts both ;;
+    tc) run tc 150 env TC_TILES="${TC_TILES:-64x64x16;64x64x32;128x128x16x2x2;128x128x32x2x2;128x256x16x2x4;256x128x16x4x2;128x64x32x2x1;64x128x32x1x2}" node --import tsx scripts/gpu-tc.ts both ;;
     testgpu) run testgpu 90 env CI=true node --import tsx --test test/gpu/*.test.ts ;;
     mamba2) run mamba2 200 node --import tsx bench/run.ts mamba2 ;;
     m2) run m2 140 env BENCH_SSD_VARIANTS="${SSD_VARIANTS:-Q:128,SL:2,BK:8,PB:64|Q:128,SL:2,BK:16,PB:64|Q:64,SL:2,BK:8,PB:64|Q:128,SL:2,BK:8,PB:32|Q:64,SL:1,BK:16,PB:32|Q:128,SL:1,BK:16,PB:64}" BENCH_ONLY=scan,bwd,forward,decode node --import tsx bench/run.ts mamba2 ;;
@@ -18,7 +18,7 @@ for s in ${steps//,/ }; do
     f32) run f32 120 env BENCH_ONLY=forward,decode BENCH_MODELS=130m BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=2 node --import tsx bench/run.ts webgpu ;;
     tests) run tests 150 env CI=true node --import tsx --test test/backend/webgpu-mamba2-decode.test.ts test/backend/webgpu-ssd.test.ts test/backend/webgpu-f16.test.ts test/model/mamba2-webgpu.test.ts test/backend/webgpu-fixed.test.ts ;;
     f16best) # precision f16's forward of 130m with the tile that summed fastest over the tc step's shapes
-      best=$(node -e 'const t=require("fs").readFileSync(process.argv[1],"utf8");const s=new Map();for(const m of t.matchAll(/tc (\d+)x(\d+)k(\d+)(?:sg(\d+)x(\d+))? ([\d.]+) ms/g)){const k=[m[1],m[2],m[3],...(m[4]?[m[4],m[5]]:[])].join("x");s.set(k,(s.get(k)??0)+Number(m[6]));}console.log([...s].sort((a,b)=>a[1]-b[1])[0]?.[0]??"64x64x16")' "$OUT/tc.txt")
+      best=$(node -e 'const t=require("fs").readFileSync(process.argv[1],"utf8");const s=new Map();for(const m of t.matchAll(/tc ((?:\d+x){2,4}\d+) ([\d.]+) ms/g)){s.set(m[1],(s.get(m[1])??0)+Number(m[2]));}console.log([...s].sort((a,b)=>a[1]-b[1])[0]?.[0]??"64x64x16")' "$OUT/tc.txt")
       echo "best tile: $best"
       run f16best 110 env BENCH_TUNING="precision:f16,tensorCoreTile:$best" BENCH_ONLY=matmul,forward,decode BENCH_MODELS=130m BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=1 node --import tsx bench/run.ts webgpu ;;
     *) echo "unknown step $s" ;;

@@ -12,7 +12,7 @@ import { cols } from "../../src/backend/backend.ts";
 import type { WebGpuBackend } from "../../src/backend/webgpu/index.ts";
 import type { GpuTensor } from "../../src/backend/webgpu/tensor.ts";
 import { hasTensorCores } from "../../src/backend/webgpu/ops.ts";
-import { matmulTensorCore, tensorCoreFits } from "../../src/backend/webgpu/kernels/matmul-tc.ts";
+import { matmulTensorCore, TC_TILE, tensorCoreFits, tensorCoreTileName, type TensorCoreTile } from "../../src/backend/webgpu/kernels/matmul-tc.ts";
 import { toF16Bits } from "../../src/io/tensor.ts";
 import { TestRng } from "../helpers/random.ts";
 import { FIXTURE_BOUNDS, type ProductShape, assertProductNear, fixtureF16Error, productReference, rand, roundF16 } from "../helpers/half.ts";
@@ -44,28 +44,37 @@ const cases: (ProductShape & { bias: boolean })[] = [
   { T: 300, K: 772, N: 260, off: 0, ld: 772, bias: true }, // many K tiles of 32, K off them by 4
 ];
 
-test("tensor cores: matmulTensorCore matches the reference on f16-rounded inputs (edges, windows, bias or none)", { timeout: 300_000 }, async (t) => {
-  const b = await tensorCoreBackend(t);
-  if (!b) return;
-  try {
-    let seed = 1;
-    for (const s of cases) {
-      assert.ok(tensorCoreFits({ rows: s.T, K: s.K, N: s.N, ldx: s.ld, offx: s.off }), `${JSON.stringify(s)} fits`);
-      const rng = new TestRng(seed++);
-      const wide = rand(rng, s.T * s.ld), w = rand(rng, s.N * s.K), bias = s.bias ? rand(rng, s.N) : null;
-      const x = b.fromF32(wide, [s.T, s.ld]) as GpuTensor;
-      const wt = b.upload({ dtype: "F16", shape: [s.N, s.K], data: toF16Bits(w) }) as GpuTensor;
-      const bt = bias ? (b.fromF32(bias, [s.N]) as GpuTensor) : null;
-      const y = b.make([s.T, s.N], "f32");
-      matmulTensorCore(b.gpu, { x: x.buf, ldx: s.ld, offx: s.off, rows: s.T, K: s.K, w: wt.buf, ws: "f16", N: s.N, bias: bt?.buf ?? null, y: y.buf });
-      const got = await b.readF32(y);
-      b.dispose(x, wt, bt, y);
-      assertProductNear(got, productReference(roundF16(wide), roundF16(w), bias, s), JSON.stringify(s));
+// the default tile, one staging 32 K columns at a time, and workgroups of several subgroups sharing staged tiles
+const tiles: TensorCoreTile[] = [TC_TILE, { BM: 64, BN: 64, BK: 32 }, { BM: 128, BN: 128, BK: 32, SG: [2, 2] }, { BM: 128, BN: 256, BK: 16, SG: [2, 4] }];
+
+for (const tile of tiles) {
+  test(`tensor cores: matmulTensorCore (tile ${tensorCoreTileName(tile)}) matches the reference on f16-rounded inputs (edges, windows, bias or none)`, { timeout: 300_000 }, async (t) => {
+    const b = await tensorCoreBackend(t);
+    if (!b) return;
+    try {
+      if (tile.SG && !(b.gpu.subgroupMinSize === 32 && b.gpu.subgroupMaxSize === 32)) {
+        t.skip(`${b.device}: subgroups ${b.gpu.subgroupMinSize} to ${b.gpu.subgroupMaxSize} wide; several-subgroup tiles need 32`);
+        return;
+      }
+      let seed = 1;
+      for (const s of cases) {
+        assert.ok(tensorCoreFits({ rows: s.T, K: s.K, N: s.N, ldx: s.ld, offx: s.off }), `${JSON.stringify(s)} fits`);
+        const rng = new TestRng(seed++);
+        const wide = rand(rng, s.T * s.ld), w = rand(rng, s.N * s.K), bias = s.bias ? rand(rng, s.N) : null;
+        const x = b.fromF32(wide, [s.T, s.ld]) as GpuTensor;
+        const wt = b.upload({ dtype: "F16", shape: [s.N, s.K], data: toF16Bits(w) }) as GpuTensor;
+        const bt = bias ? (b.fromF32(bias, [s.N]) as GpuTensor) : null;
+        const y = b.make([s.T, s.N], "f32");
+        matmulTensorCore(b.gpu, { x: x.buf, ldx: s.ld, offx: s.off, rows: s.T, K: s.K, w: wt.buf, ws: "f16", N: s.N, bias: bt?.buf ?? null, y: y.buf }, undefined, tile);
+        const got = await b.readF32(y);
+        b.dispose(x, wt, bt, y);
+        assertProductNear(got, productReference(roundF16(wide), roundF16(w), bias, s), JSON.stringify(s));
+      }
+    } finally {
+      await b.destroy();
     }
-  } finally {
-    await b.destroy();
-  }
-});
+  });
+}
 
 test("tensor cores: precision f16 products that fit take them, with f32 weights narrowed once", { timeout: 300_000 }, async (t) => {
   const b = await tensorCoreBackend(t);

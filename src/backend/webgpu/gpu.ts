@@ -95,6 +95,8 @@ export class Gpu {
   readonly hasSubgroups: boolean;
   /** The smallest subgroup size the device may run; 0 without the subgroups feature or a known size. */
   readonly subgroupMinSize: number;
+  /** The largest subgroup size the device may run; 0 without the subgroups feature or a known size. */
+  readonly subgroupMaxSize: number;
   /** The adapter runs on the CPU (Mesa lavapipe, SwiftShader): a memory access takes nanoseconds, not a GPU's
    *  round trip, which bounded waits count in polls must allow for. */
   readonly softwareDriver: boolean;
@@ -172,9 +174,10 @@ export class Gpu {
   constructor(readonly device: GPUDevice, readonly description: string, private readonly keepAlive: unknown, poolBytes?: number) {
     this.limits = device.limits;
     this.hasSubgroups = device.features.has("subgroups");
-    const info = (device as { adapterInfo?: { subgroupMinSize?: number; isFallbackAdapter?: boolean; vendor?: string } }).adapterInfo;
+    const info = (device as { adapterInfo?: { subgroupMinSize?: number; subgroupMaxSize?: number; isFallbackAdapter?: boolean; vendor?: string } }).adapterInfo;
     this.vendor = info?.vendor ?? "";
     this.subgroupMinSize = this.hasSubgroups ? info?.subgroupMinSize ?? 0 : 0;
+    this.subgroupMaxSize = this.hasSubgroups ? info?.subgroupMaxSize ?? 0 : 0;
     this.softwareDriver = info?.isFallbackAdapter === true || /llvmpipe|lavapipe|swiftshader/i.test(description);
     this.hasTimestamps = device.features.has("timestamp-query");
     this.half = { f16: device.features.has("shader-f16"), subgroupMatrix: [] };

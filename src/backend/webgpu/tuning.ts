@@ -13,11 +13,12 @@ import { BATCH_SCAN_ROW_CHOICES } from "./kernels/decode/batch-scan.ts";
 import { TC_TILE, type TensorCoreTile, tensorCoreTileProblem } from "./kernels/matmul-tc.ts";
 import { MambaError } from "../../errors.ts";
 
-/** "BMxBNxBK" as a tensor-core tile; a MambaError names what is wrong. */
-function parseTensorCoreTile(text: string): TensorCoreTile {
+/** "BMxBNxBK" or "BMxBNxBKxSGMxSGN" (SGM × SGN subgroups a workgroup) as a tensor-core tile; a MambaError names
+ *  what is wrong. */
+export function parseTensorCoreTile(text: string): TensorCoreTile {
   const v = String(text).split("x").map(Number);
-  const t: TensorCoreTile = { BM: v[0]!, BN: v[1]!, BK: v[2]! };
-  const why = v.length === 3 && v.every(Number.isInteger) ? tensorCoreTileProblem(t) : "it takes BMxBNxBK";
+  const t: TensorCoreTile = { BM: v[0]!, BN: v[1]!, BK: v[2]!, ...(v.length === 5 ? { SG: [v[3]!, v[4]!] as [number, number] } : {}) };
+  const why = (v.length === 3 || v.length === 5) && v.every(Number.isInteger) ? tensorCoreTileProblem(t) : "it takes BMxBNxBK or BMxBNxBKxSGMxSGN";
   if (why) throw new MambaError(`tensorCoreTile: ${JSON.stringify(text)} cannot run: ${why}`);
   return t;
 }

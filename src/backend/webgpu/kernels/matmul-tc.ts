@@ -4,10 +4,13 @@
  * x is f32 (activations, a column window of a wider matrix as the f32 kernel takes), rounded to f16 as it is staged;
  * w is stored f16, two halves a u32 ([N, K], PyTorch Linear layout), staged as it is.
  *
- * A workgroup is one subgroup (32 invocations): Dawn requires the offsets of subgroup-matrix loads and stores to be
- * uniform over the whole workgroup, so a workgroup of several subgroups could not give each its own block. It
- * computes a BM × BN tile of y (64 × 64 by default: 4 × 4 result matrices of 16 × 16, so each 16 × 16 matrix it
- * loads serves 4 products). K advances BK columns at a time through workgroup memory: the tile of x as [BM][BK]
+ * By default a workgroup is one subgroup (32 invocations) and computes a BM × BN tile of y (64 × 64: 4 × 4 result
+ * matrices of 16 × 16, so each 16 × 16 matrix it loads serves 4 products). A tile may instead name SG = [SGM, SGN]
+ * subgroups a workgroup, each computing its (BM / SGM) × (BN / SGN) block of the tile from the same staged x and w,
+ * so that a staged tile serves more products: Dawn checks that subgroup-matrix offsets are uniform over the whole
+ * workgroup, while the hardware needs them uniform over each subgroup only, so such kernels turn that check off
+ * (`diagnostic(off, chromium.subgroup_matrix_uniformity)`). Their subgroup index is the invocation index / 32, so
+ * they run only where subgroups are 32 wide (matmulTensorCore checks the device). K advances BK columns at a time through workgroup memory: the tile of x as [BM][BK]
  * rows (the left matrices, row-major) and the tile of w as [BN][BK] rows (wᵀ's columns: the right matrices,
  * column-major), each row padded to LDS halves so that rows start 16 bytes apart but in different banks. The next
  * tile's global loads are issued before the current tile's products. Where few tiles would leave the GPU idle, K is
@@ -28,6 +31,7 @@ export interface TensorCoreTile {
   BM: number; // rows of y a workgroup (a multiple of 16)
   BN: number; // columns of y a workgroup (a multiple of 16)
   BK: number; // K columns staged at a time (16 or 32)
+  SG?: [number, number]; // subgroups a workgroup as rows × columns of blocks (default [1, 1]: one subgroup)
 }
 
 export const TC_TILE: TensorCoreTile = { BM: 64, BN: 64, BK: 16 };
@@ -41,43 +45,58 @@ export function tensorCoreFits(a: { rows: number; K: number; N: number; ldx?: nu
 /** What makes a tile one the kernel cannot run, or null: whole 16 × 16 result matrices (at most 4 × 4), K staged 16
  *  or 32 at a time, the staged tiles a whole number of loads a thread, within 32 KiB of workgroup memory. */
 export function tensorCoreTileProblem(t: TensorCoreTile): string | null {
+  const [SGM, SGN] = t.SG ?? [1, 1];
+  if (!Number.isInteger(SGM) || !Number.isInteger(SGN) || SGM < 1 || SGN < 1 || SGM * SGN > 8) return `SG must be 1 to 8 subgroups, got ${SGM} × ${SGN}`;
   if (![16, 32].includes(t.BK)) return `BK must be 16 or 32, got ${t.BK}`;
-  if (t.BM % 16 || t.BN % 16 || t.BM < 16 || t.BN < 16) return `BM and BN must be multiples of 16, got ${t.BM} and ${t.BN}`;
-  if ((t.BM / 16) * (t.BN / 16) > 16) return "more than 16 result matrices a subgroup";
-  if ((t.BM * t.BK / 4) % 32 || (t.BN * t.BK / 4) % 32) return "its staged tiles are not a whole number of loads for 32 threads";
-  if ((t.BM + t.BN) * (t.BK + 8) * 2 + 1024 > 32768) return "over 32 KiB of workgroup memory";
+  if (t.BM % (16 * SGM) || t.BN % (16 * SGN) || t.BM < 16 || t.BN < 16) return `BM and BN must be multiples of 16 a subgroup, got ${t.BM} and ${t.BN} for ${SGM} × ${SGN} subgroups`;
+  if ((t.BM / SGM / 16) * (t.BN / SGN / 16) > 16) return "more than 16 result matrices a subgroup";
+  const NT = 32 * SGM * SGN;
+  if ((t.BM * t.BK / 4) % NT || (t.BN * t.BK / 4) % NT) return `its staged tiles are not a whole number of loads for ${NT} threads`;
+  if ((t.BM + t.BN) * (t.BK + 8) * 2 + 1024 * SGM * SGN > 32768) return "over 32 KiB of workgroup memory";
   return null;
+}
+
+/** A tile's name, as the tuning knob tensorCoreTile spells it: BMxBNxBK, then xSGMxSGN where it has several
+ *  subgroups. */
+export function tensorCoreTileName(t: TensorCoreTile): string {
+  return [t.BM, t.BN, t.BK, ...(t.SG && t.SG[0] * t.SG[1] > 1 ? t.SG : [])].join("x");
 }
 
 function wgsl(t: TensorCoreTile): string {
   const why = tensorCoreTileProblem(t);
   if (why) throw new MambaError(`matmul_tc: tile ${JSON.stringify(t)} cannot run: ${why}`);
   const { BM, BN, BK } = t;
-  const RM = BM / 16, RN = BN / 16; // result matrices of the workgroup's subgroup: RM × RN
+  const [SGM, SGN] = t.SG ?? [1, 1];
+  const NS = SGM * SGN; // subgroups a workgroup
+  const NT = 32 * NS; // invocations a workgroup
+  const RM = BM / SGM / 16, RN = BN / SGN / 16; // result matrices of a subgroup: RM × RN
   const LDS = BK + 8; // halves a staged row
   const K4 = BK / 4; // 4-wide groups a staged row
-  const LX = (BM * K4) / 32, LW = (BN * K4) / 32; // loads of x (vec4) and of w (4 halves) a thread per tile
+  const LX = (BM * K4) / NT, LW = (BN * K4) / NT; // loads of x (vec4) and of w (4 halves) a thread per tile
+  // a subgroup's first row and column in the tile, in workgroup memory's rows (constants with one subgroup)
+  const sr = SGM > 1 ? `(sg / ${SGN}u) * ${BM / SGM}u` : "0u";
+  const sc = SGN > 1 ? `(sg % ${SGN}u) * ${BN / SGN}u` : "0u";
   const acc = (i: number, j: number) => `acc${i}_${j}`;
   const decl: string[] = [], mma: string[] = [], out: string[] = [];
   for (let i = 0; i < RM; i++) {
     for (let j = 0; j < RN; j++) decl.push(`var ${acc(i, j)} = subgroup_matrix_result<f32, 16, 16>();`);
   }
-  for (let i = 0; i < RM; i++) mma.push(`let a${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&As, ${i * 16 * LDS}u + kk, false, LDS);`);
+  for (let i = 0; i < RM; i++) mma.push(`let a${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&As, aBase + ${i * 16 * LDS}u + kk, false, LDS);`);
   for (let j = 0; j < RN; j++) {
-    mma.push(`let b${j} = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, ${j * 16 * LDS}u + kk, true, LDS);`);
+    mma.push(`let b${j} = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, bBase + ${j * 16 * LDS}u + kk, true, LDS);`);
     for (let i = 0; i < RM; i++) mma.push(`${acc(i, j)} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, ${acc(i, j)});`);
   }
   for (let i = 0; i < RM; i++) {
     for (let j = 0; j < RN; j++) {
-      out.push(`subgroupMatrixStore(&Cs, 0u, ${acc(i, j)}, false, 16u);
+      out.push(`subgroupMatrixStore(&Cs, sg * 256u, ${acc(i, j)}, false, 16u);
   workgroupBarrier();
-  emit(lane, row0 + ${i * 16}u, col0 + ${j * 16}u, yOff);
+  emit(sg, lane, row0 + ${sr} + ${i * 16}u, col0 + ${sc} + ${j * 16}u, yOff);
   workgroupBarrier();`);
     }
   }
   const loads = (k4: string, cond: string) => /* wgsl */ `
     for (var j = 0u; j < ${LX}u; j++) {
-      let e = lane + 32u * j;
+      let e = tid + ${NT}u * j;
       let m = e / K4;
       let k4 = ${k4} + e % K4;
       let gr = row0 + m;
@@ -85,7 +104,7 @@ function wgsl(t: TensorCoreTile): string {
       if (gr < p.T && k4 < K4end) { ra[j] = x[gr * ldx4 + p.offx / 4u + k4]; }
     }
     for (var j = 0u; j < ${LW}u; j++) {
-      let e = lane + 32u * j;
+      let e = tid + ${NT}u * j;
       let n = e / K4;
       let k4 = ${k4} + e % K4;
       let gn = col0 + n;
@@ -95,7 +114,7 @@ function wgsl(t: TensorCoreTile): string {
   return /* wgsl */ `
 enable f16;
 enable chromium_experimental_subgroup_matrix;
-
+${NS > 1 ? "diagnostic(off, chromium.subgroup_matrix_uniformity);\n" : ""}
 struct P { T: u32, K: u32, N: u32, ldx: u32, offx: u32, hasBias: u32, kLen: u32 }
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> w: array<vec2<u32>>;
@@ -107,23 +126,28 @@ const LDS = ${LDS}u;
 const K4 = ${K4}u;
 var<workgroup> As: array<f16, ${BM * LDS}>;
 var<workgroup> Bs: array<f16, ${BN * LDS}>;
-var<workgroup> Cs: array<f32, 256>;
+var<workgroup> Cs: array<f32, ${256 * NS}>;
 
 // one 16 × 16 result block from Cs to y at (r0, c0), with the bias, inside the output only
-fn emit(lane: u32, r0: u32, c0: u32, yOff: u32) {
+fn emit(sg: u32, lane: u32, r0: u32, c0: u32, yOff: u32) {
   for (var e = lane; e < 256u; e += 32u) {
     let r = r0 + e / 16u;
     let c = c0 + e % 16u;
     if (r < p.T && c < p.N) {
-      var v = Cs[e];
+      var v = Cs[sg * 256u + e];
       if (p.hasBias != 0u) { v += bias[c]; }
       y[yOff + r * p.N + c] = v;
     }
   }
 }
 
-@compute @workgroup_size(32)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+@compute @workgroup_size(${NT})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  // this invocation's subgroup, its lane, and where its block's rows and columns start in the staged tiles
+  let sg = tid / 32u;
+  let lane = tid % 32u;
+  let aBase = (${sr}) * LDS;
+  let bBase = (${sc}) * LDS;
   let row0 = wg.y * ${BM}u;
   let col0 = wg.x * ${BN}u;
   ${decl.join("\n  ")}
@@ -142,7 +166,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   for (var k0 = kBeg; k0 < kEnd; k0 += ${BK}u) {
     workgroupBarrier();
     for (var j = 0u; j < ${LX}u; j++) {
-      let e = lane + 32u * j;
+      let e = tid + ${NT}u * j;
       let o = (e / K4) * LDS + (e % K4) * 4u;
       let a = vec4<f16>(ra[j]);
       As[o] = a.x;
@@ -151,7 +175,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
       As[o + 3u] = a.w;
     }
     for (var j = 0u; j < ${LW}u; j++) {
-      let e = lane + 32u * j;
+      let e = tid + ${NT}u * j;
       let o = (e / K4) * LDS + (e % K4) * 4u;
       let lo = bitcast<vec2<f16>>(rb[j].x);
       let hi = bitcast<vec2<f16>>(rb[j].y);
@@ -177,7 +201,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 const tensorCoreKernel = defineKernel({
   name: "matmul_tc",
   wgsl: (s: { tile: TensorCoreTile }) => wgsl(s.tile),
-  label: (s) => `matmul_tc_${s.tile.BM}x${s.tile.BN}_k${s.tile.BK}`,
+  label: (s) => `matmul_tc_${tensorCoreTileName(s.tile)}`,
   example: { tile: TC_TILE },
   features: ["shader-f16", "chromium-experimental-subgroup-matrix"],
 });
@@ -185,6 +209,10 @@ const tensorCoreKernel = defineKernel({
 // x: [T, K] window (f32), w: [N, K] f16, bias: [N] -> y: [T, N] f32; with plan.count > 1 (K cut in parts of
 // plan.kLen, a multiple of 16, as ./matmul.ts's splitPlan makes), y: [count, T, N] partial products without the bias
 export function matmulTensorCore(gpu: Gpu, a: MatmulArgs, plan = { kLen: a.K, count: 1 }, tile: TensorCoreTile = TC_TILE): void {
+  const subgroups = tile.SG ? tile.SG[0] * tile.SG[1] : 1;
+  if (subgroups > 1 && !(gpu.subgroupMinSize === 32 && gpu.subgroupMaxSize === 32)) {
+    throw new MambaError(`matmul_tc: tile ${tensorCoreTileName(tile)} has ${subgroups} subgroups a workgroup, which needs subgroups 32 wide; this device's are ${gpu.subgroupMinSize || "?"} to ${gpu.subgroupMaxSize || "?"}`);
+  }
   const k = gpu.kernel(tensorCoreKernel, { tile });
   const p = new Params().u32(a.rows).u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias && plan.count === 1).u32(plan.kLen);
   const bufs: Buf[] = [a.x, a.w, a.bias ?? gpu.dummy, a.y];
