@@ -21,6 +21,7 @@ import { modelFromTensors } from "../src/index.ts";
 import { filled, benchPrompts } from "./data.ts";
 import { gpuTrials, parseTunings, timeTrials } from "./timing.ts";
 import { chunkTuning } from "../src/backend/webgpu/kernels/ssd/chunked.ts";
+import { ssdBackwardTuning } from "../src/backend/webgpu/kernels/ssd/backward.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const anchorFile = process.env.MAMBA_TS_ANCHORS_MAMBA2 ?? path.resolve(here, "anchors/h100-mamba2.json");
@@ -34,6 +35,9 @@ const smoke = process.env.BENCH_SMOKE === "1";
 const only = new Set((process.env.BENCH_ONLY ?? "scan,bwd,forward,decode").split(","));
 const bwd = only.has("bwd");
 const ssdVariants = parseTunings<Partial<typeof chunkTuning>>(process.env.BENCH_SSD_VARIANTS);
+// BENCH_SSD_BWD=chunked,sequential: the backward's kernels to time (default the chunked ones)
+const bwdKernels = (process.env.BENCH_SSD_BWD ?? "chunked").split(",") as (typeof ssdBackwardTuning.kernels)[];
+for (const k of bwdKernels) if (k !== "chunked" && k !== "sequential") throw new Error(`BENCH_SSD_BWD: ${k} is neither chunked nor sequential`);
 const decodeBatches = (process.env.BENCH_DECODE_BATCHES ?? "1,64").split(",").map(Number);
 const ms = (t: number) => `${t.toFixed(3)} ms`;
 const ratio = (ours: number, official: number | undefined, higherIsBetter: boolean) =>
@@ -84,16 +88,22 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
         dB: zeros(T * G * N, [T, G * N]), dC: zeros(T * G * N, [T, G * N]), dD: zeros(H, [H]), dz: null,
       };
       const fb = () => { f(); tb_.ssdScanBackward!(args, dy, g); };
-      try {
-        for (let i = 0; i < 2; i++) fb();
-        await b.sync();
-        const reps2 = Math.max(3, Math.min(30, Math.round(5e7 / (T * E))));
-        const gb = await gpuTrials(b, fb, reps2);
-        const tb = gb?.median ?? (await timeTrials(b, fb, reps2)).median;
-        bwdLine = `; fwd+bwd ${ms(tb)} (official ${a.fwd_bwd_ms ? ms(a.fwd_bwd_ms) : "n/a"}; ${ratio(tb, a.fwd_bwd_ms, false)})`;
-      } catch (e) {
-        bwdLine = `; fwd+bwd not run: ${(e as Error).message}`;
+      const saved = ssdBackwardTuning.kernels;
+      for (const kernels of bwdKernels) {
+        ssdBackwardTuning.kernels = kernels;
+        const label = bwdKernels.length > 1 ? ` (${kernels} kernels)` : "";
+        try {
+          for (let i = 0; i < 2; i++) fb();
+          await b.sync();
+          const reps2 = Math.max(3, Math.min(30, Math.round(5e7 / (T * E))));
+          const gb = await gpuTrials(b, fb, reps2);
+          const tb = gb?.median ?? (await timeTrials(b, fb, reps2)).median;
+          bwdLine += `; fwd+bwd${label} ${ms(tb)} (official ${a.fwd_bwd_ms ? ms(a.fwd_bwd_ms) : "n/a"}; ${ratio(tb, a.fwd_bwd_ms, false)})`;
+        } catch (e) {
+          bwdLine += `; fwd+bwd${label} not run: ${(e as Error).message}`;
+        }
       }
+      ssdBackwardTuning.kernels = saved;
       b.dispose(dy, g.dx, g.dDt, g.dDtBias, g.dA_log, g.dB, g.dC, g.dD);
     }
     const bytes = (2 * T * E + T * H + 2 * T * G * N) * 4;

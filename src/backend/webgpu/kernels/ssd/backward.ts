@@ -559,7 +559,11 @@ export interface SsdBackwardDims {
  *  it to force pieces of heads. W: the width of the sums over rows (see ssdBackwardShape), −1 for the device's.
  *  K: the longest chunk (a power of two, at most 8; shorter where workgroup memory is short). M: chunks between
  *  checkpoints, 0 to choose (see ssdBackwardSetup). */
-export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, W: -1, K: MAX_K, M: 0 };
+export const ssdBackwardTuning = {
+  bufferBytes: 2 ** 31 - 4, W: -1, K: MAX_K, M: 0,
+  /** "chunked": ./backward-chunked.ts's matrix products; "sequential": this file's kernels */
+  kernels: "chunked" as "chunked" | "sequential",
+};
 
 /**
  * The kernels' shape on this device: rows a workgroup; the sums' width W (the smallest subgroup the device may run,

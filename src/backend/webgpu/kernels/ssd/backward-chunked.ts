@@ -1,0 +1,586 @@
+/**
+ * Backward of Mamba-2's SSM on WebGPU in chunks of Q positions, as matrix products (the CPU's ssdBackwardF32,
+ * ../../../cpu/ssd-backward.ts, is the reference). Per batch row b, chunk c and head h (group g), with dt_s after
+ * the bias, softplus and clamp, a_s = dt_s·A and cs_i = Σ_{s ≤ i} a_s inside the chunk (cs_l: the chunk's last),
+ * the forward is
+ *   S_c = Σ_s exp(cs_l − cs_s)·dt_s·x_s ⊗ B_s                  (the chunk's own state, [P × N])
+ *   H_{c+1} = exp(cs_l)·H_c + S_c                               (H_c: the state entering chunk c)
+ *   y_t = exp(cs_t)·H_c·C_t + Σ_{s ≤ t} (C_t·B_s)·exp(cs_t − cs_s)·dt_s·x_s + D·x_t
+ * and, with gy = dy·silu(z) (the caller's), G_{c+1} the gradient reaching H_{c+1} (zero past the last chunk):
+ *   G_c = Σ_t exp(cs_t)·gy_t ⊗ C_t + exp(cs_l)·G_{c+1}          (a pass over the chunks from the last)
+ *   dCB_ts = (gy_t·x_s)·exp(cs_t − cs_s)·dt_s  for s ≤ t        (the gradient of C_t·B_s, [Q × Q])
+ *   U_s = exp(cs_l − cs_s)·G_{c+1}·B_s + Σ_{t ≥ s} (C_t·B_s)·exp(cs_t − cs_s)·gy_t
+ *   dx_s += dt_s·U_s + D·gy_s;   ∂dt_s (where dt_s multiplies) = x_s·U_s
+ *   dC_t += Σ_h exp(cs_t)·gy_tᵀ·H_c + Σ_s dCB_ts·B_s;     dB_s += Σ_h exp(cs_l − cs_s)·dt_s·x_sᵀ·G_{c+1} + Σ_t dCB_ts·C_t
+ *   ∂cs_t = exp(cs_t)·gy_t·(H_c·C_t) + Σ_{s < t} dCB_ts·(C_t·B_s) − dt_t·(x_t·U'_t) + [t = l]·⟨H_{c+1}, G_{c+1}⟩
+ *     where U'_t is U_t without its term s = t, (C_t·B_t)·gy_t: that term's two parts in ∂cs_t cancel, and leaving
+ *     both out (rather than summing and cancelling two large numbers) keeps ∂cs, and dA, to float32's rounding
+ *   da_s = Σ_{i ≥ s} ∂cs_i;  ddt_s = x_s·U_s + A·da_s;  dA += Σ_s da_s·dt_s
+ * then through the clamp and softplus to dt's raw value and its bias (dA_log = dA·A, dD = Σ gy·x).
+ *
+ * Kernels, in order (a piece of heads at a time where the scratch would not fit one buffer; C·Bᵀ once for all):
+ *   ssd_bc_prep     a workgroup per (b, c, h): dt and cs (a log-step scan in workgroup memory);
+ *   ssd_bc_cb       C·Bᵀ per (b, c, g), [Q × Q] over N (tiles wholly above the diagonal skipped);
+ *   ssd_bc_state    S_c per (b, c, h), [P × N] over the chunk's positions;
+ *   ssd_bc_fpass    a thread per (b, h, state entry): H_c for every chunk, from the initial state;
+ *   ssd_bc_local    Σ_t exp(cs_t)·gy_t ⊗ C_t per (b, c, h), into S_c's place;
+ *   ssd_bc_rpass    a thread per (b, h, state entry): G_{c+1} for every chunk, into the same place;
+ *   ssd_bc_dcb      dCB per (b, c, h), [Q × Q] over P;
+ *   ssd_bc_dx       U' per (b, c, h), [Q × P] over N + Q (the two terms as one product): dx, and x·U' by rows;
+ *   ssd_bc_q        exp(cs_t)·gy_t·(H_c·C_t) per (b, c, h), [Q × P] over N, summed by rows;
+ *   ssd_bc_dc, ssd_bc_db   per (b, c, g), [Q × N] over the group's heads' P + Q (the two terms as one product);
+ *   ssd_bc_vsum     a thread per (b, c, h, t): Σ_{s < t} dCB_ts·(C_t·B_s);
+ *   ssd_bc_last     a workgroup per (b, c, h): ⟨H_{c+1}, G_{c+1}⟩;
+ *   ssd_bc_rows     a workgroup per (b, c, h): ∂cs, its reverse sum da, dt's gradient, the per-chunk sums of dA, dD
+ *                   and the bias's gradient;
+ *   ssd_bc_params   a thread per head: those sums over batch rows and chunks, into dA_log, dD, dDtBias.
+ * The products share one generator: 64 × 64 output tiles, 256 threads of 4 × 4 outputs, K staged 16 at a time
+ * through workgroup memory; each product names how its operands are read (functions of the row, the column and
+ * K, zero outside the chunk) and what becomes of its outputs.
+ */
+import type { Buf, Gpu } from "../../gpu.ts";
+import { Params, grid } from "../../gpu.ts";
+import { type KernelDef, defineKernel } from "../../kernel-def.ts";
+import { check } from "../../../../errors.ts";
+import { softplusWgsl } from "./common.ts";
+import type { SsdBackwardArgs } from "./backward.ts";
+
+/** The chunk length (64 or 128; results the same but for rounding). 64 keeps dCB's scratch and the triangle's
+ *  wasted work small; the passes over chunks are twice as long as with 128. */
+export const ssdChunkedBackwardTuning = { Q: 64 };
+
+// the output tile of the products and the K step
+const BM = 64, BN = 64, BK = 16;
+
+export interface ChunkedBwdDims {
+  B: number; L: number; H: number; P: number; G: number; N: number;
+  hasState: boolean; lo: number; hi: number;
+}
+
+/** Offsets (floats) in the scratch: C·Bᵀ for all groups, then a piece of hp heads' buffers. */
+export function chunkedBackwardLayout(d: ChunkedBwdDims, Q: number, hp: number) {
+  const nC = Math.ceil(d.L / Q), PN = d.P * d.N, nPT = Math.ceil(d.P / BN);
+  const Zh = d.B * nC * hp; // (b, c, head of the piece)
+  const oCB = 0, oDT = oCB + d.B * nC * d.G * Q * Q, oCS = oDT + Zh * Q, oHS = oCS + Zh * Q, oST = oHS + Zh * PN;
+  const oDCB = oST + Zh * PN, oR = oDCB + Zh * Q * Q, oQY = oR + nPT * Zh * Q, oRS = oQY + nPT * Zh * Q;
+  const oDL = oRS + Zh * Q, oPar = oDL + Zh, size = oPar + 3 * Zh;
+  return { Q, nC, hp, nPT, Zh, oCB, oDT, oCS, oHS, oST, oDCB, oR, oQY, oRS, oDL, oPar, size };
+}
+export type ChunkedBwdLayout = ReturnType<typeof chunkedBackwardLayout>;
+
+/** The most heads a piece takes with its scratch under maxBytes, in pieces of even size; null if not one fits. */
+export function chunkedBackwardPlan(d: ChunkedBwdDims, maxBytes: number, Q = ssdChunkedBackwardTuning.Q): ChunkedBwdLayout | null {
+  const fits = (hp: number) => chunkedBackwardLayout(d, Q, hp).size * 4 <= maxBytes;
+  if (!fits(1)) return null;
+  let lo = 1, hi = d.H;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (fits(mid)) lo = mid;
+    else hi = mid - 1;
+  }
+  return chunkedBackwardLayout(d, Q, Math.ceil(d.H / Math.ceil(d.H / lo)));
+}
+
+// every kernel's parameters, one struct (one Params serves them all)
+const paramsStruct = /* wgsl */ `struct P {
+  B: u32, L: u32, H: u32, P: u32, G: u32, N: u32, nC: u32, h0: u32,
+  hp: u32, hg: u32, g0: u32, zCount: u32, groupsX: u32, tilesN: u32, tilesMN: u32, Zh: u32,
+  ldx: u32, offx: u32, lddt: u32, offdt: u32, ldb: u32, offb: u32, ldc: u32, offc: u32,
+  ldo: u32, offo: u32, hasState: u32, lo: f32, hi: f32, nPT: u32,
+  oCB: u32, oDT: u32, oCS: u32, oHS: u32, oST: u32, oDCB: u32, oR: u32, oQY: u32, oRS: u32, oDL: u32, oPar: u32,
+}`;
+
+// the buffers a kernel may bind, in binding order; each kernel binds those it names
+const BINDINGS: Record<string, string> = {
+  x: "var<storage, read> x: array<f32>;",
+  dt: "var<storage, read> dt: array<f32>;",
+  Bm: "var<storage, read> Bm: array<f32>;",
+  Cm: "var<storage, read> Cm: array<f32>;",
+  consts: "var<storage, read> consts: array<f32>;",
+  gy: "var<storage, read> gy: array<f32>;",
+  state0: "var<storage, read> state0: array<f32>;",
+  work: "var<storage, read_write> work: array<f32>;",
+  out: "var<storage, read_write> out: array<f32>;",
+  out2: "var<storage, read_write> out2: array<f32>;",
+  out3: "var<storage, read_write> out3: array<f32>;",
+};
+const ORDER = Object.keys(BINDINGS);
+
+function header(Q: number, names: string[]): string {
+  const used = ORDER.filter((n) => names.includes(n));
+  return `${paramsStruct}
+${used.map((n, i) => `@group(0) @binding(${i}) ${BINDINGS[n]}`).join("\n")}
+@group(0) @binding(${used.length}) var<uniform> p: P;
+const Q = ${Q}u;
+// the (b, c, head or group) a workgroup serves: its first row of the [B·L, ·] matrices, the chunk's length
+struct Z { b: u32, c: u32, u: u32, r0: u32, Qc: u32 }
+fn zOf(z: u32, units: u32) -> Z {
+  let u = z % units;
+  let bc = z / units;
+  let b = bc / p.nC;
+  let c = bc % p.nC;
+  return Z(b, c, u, b * p.L + c * Q, min(Q, p.L - c * Q));
+}
+// a (b, c, head of the piece)'s index in the per-head scratch, and its global head
+fn zi(zc: Z, hl: u32) -> u32 { return (zc.b * p.nC + zc.c) * p.hp + hl; }
+fn dtAt(i: u32, s: u32) -> f32 { return work[p.oDT + i * Q + s]; }
+fn csAt(i: u32, s: u32) -> f32 { return work[p.oCS + i * Q + s]; }
+fn cbAt(zc: Z, g: u32, t: u32, s: u32) -> f32 { return work[p.oCB + ((zc.b * p.nC + zc.c) * p.G + g) * Q * Q + t * Q + s]; }
+`;
+}
+
+interface ProductSpec {
+  name: string;
+  bindings: string[];
+  /** "head": z runs over (b, c, head of the piece); "group": over (b, c, group touching the piece); "all": (b, c, g) */
+  unit: "head" | "group" | "all";
+  /** rows, columns and K of a z's product (WGSL; may use zc and the helpers) */
+  M: string; N: string; K: string;
+  /** WGSL statements before the K loop (per workgroup values, zc in scope) */
+  pre?: string;
+  /** fn aAt(zc, i, k) and fn bAt(zc, k, j) bodies, returning f32 (called inside the product's bounds only) */
+  a: string; b: string;
+  /** whether consecutive k are adjacent in memory (else consecutive rows / columns) */
+  aK: boolean; bK: boolean;
+  /** fn put(zc, i, j, v) body: what becomes of an output inside the bounds */
+  put: string;
+  /** a term of the row's sum for each output (WGSL expression of zc, row, col, v), and fn rowOut(zc, i, tileN, sum) */
+  rowTerm?: string; rowOut?: string;
+  /** a workgroup-uniform condition under which the tile is all zeros and nothing reads it (rows r0t.., columns c0t..) */
+  skip?: string;
+}
+
+function productWgsl(s: ProductSpec, Q: number): string {
+  const units = s.unit === "head" ? "p.hp" : s.unit === "group" ? "ngroups()" : "p.G";
+  return /* wgsl */ `${header(Q, s.bindings)}
+// the groups whose heads meet the piece [h0, h0 + hp)
+fn ngroups() -> u32 { return (p.h0 + p.hp - 1u) / p.hg - p.g0 + 1u; }
+fn aAt(zc: Z, i: u32, k: u32) -> f32 { ${s.a} }
+fn bAt(zc: Z, k: u32, j: u32) -> f32 { ${s.b} }
+fn put(zc: Z, i: u32, j: u32, v: f32) { ${s.put} }
+${s.rowOut ? `fn rowOut(zc: Z, i: u32, tileN: u32, sum: f32) { ${s.rowOut} }` : ""}
+const SA = ${BM + 4}u;
+const SB = ${BN + 4}u;
+var<workgroup> As: array<f32, ${BK * (BM + 4)}>;
+var<workgroup> Bs: array<f32, ${BK * (BN + 4)}>;
+${s.rowTerm ? `var<workgroup> red: array<f32, ${BM * 16}>;` : ""}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let wid = wg.y * p.groupsX + wg.x;
+  let z = wid / p.tilesMN;
+  if (z >= p.zCount) { return; }
+  let zc = zOf(z, ${units});
+  let tile = wid % p.tilesMN;
+  let r0t = (tile / p.tilesN) * ${BM}u;
+  let c0t = (tile % p.tilesN) * ${BN}u;
+  ${s.pre ?? ""}
+  let Mz = ${s.M};
+  let Nz = ${s.N};
+  let Kz = ${s.K};
+  if (r0t >= Mz || c0t >= Nz${s.skip ? ` || (${s.skip})` : ""}) { return; }
+  let tx = tid % 16u;
+  let ty = tid / 16u;
+  var acc: array<vec4<f32>, 4>;
+  for (var k0 = 0u; k0 < Kz; k0 += ${BK}u) {
+    for (var q = 0u; q < ${(BM * BK) / 256}u; q++) {
+      let e = tid + 256u * q;
+      let m = ${s.aK ? `e / ${BK}u` : `e % ${BM}u`};
+      let kk = ${s.aK ? `e % ${BK}u` : `e / ${BM}u`};
+      var v = 0.0;
+      if (r0t + m < Mz && k0 + kk < Kz) { v = aAt(zc, r0t + m, k0 + kk); }
+      As[kk * SA + m] = v;
+    }
+    for (var q = 0u; q < ${(BN * BK) / 256}u; q++) {
+      let e = tid + 256u * q;
+      let n = ${s.bK ? `e / ${BK}u` : `e % ${BN}u`};
+      let kk = ${s.bK ? `e % ${BK}u` : `e / ${BN}u`};
+      var v = 0.0;
+      if (c0t + n < Nz && k0 + kk < Kz) { v = bAt(zc, k0 + kk, c0t + n); }
+      Bs[kk * SB + n] = v;
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < ${BK}u; kk++) {
+      let bv = vec4<f32>(Bs[kk * SB + tx * 4u], Bs[kk * SB + tx * 4u + 1u], Bs[kk * SB + tx * 4u + 2u], Bs[kk * SB + tx * 4u + 3u]);
+      for (var i = 0u; i < 4u; i++) { acc[i] += As[kk * SA + ty * 4u + i] * bv; }
+    }
+    workgroupBarrier();
+  }
+  ${s.rowTerm ? "var rs = vec4<f32>(0.0);" : ""}
+  for (var i = 0u; i < 4u; i++) {
+    let row = r0t + ty * 4u + i;
+    for (var j = 0u; j < 4u; j++) {
+      let col = c0t + tx * 4u + j;
+      if (row < Mz && col < Nz) {
+        let v = acc[i][j];
+        put(zc, row, col, v);
+        ${s.rowTerm ? `rs[i] += ${s.rowTerm};` : ""}
+      }
+    }
+  }
+  ${s.rowTerm ? `for (var i = 0u; i < 4u; i++) { red[(ty * 4u + i) * 16u + tx] = rs[i]; }
+  workgroupBarrier();
+  if (tid < ${BM}u && r0t + tid < Mz) {
+    var sum = 0.0;
+    for (var j = 0u; j < 16u; j++) { sum += red[tid * 16u + j]; }
+    rowOut(zc, r0t + tid, c0t / ${BN}u, sum);
+  }` : ""}
+}
+`;
+}
+
+// ---- the products ----
+// reads: x_s[p] of head h, gy_t[p] of head h, B_s[n] and C_t[n] of group g (zero past the chunk's end)
+const X = "x[(zc.r0 + s) * p.ldx + p.offx + h * p.P + pp]";
+const GY = "gy[(zc.r0 + t) * p.H * p.P + h * p.P + pp]";
+const BS = "Bm[(zc.r0 + s) * p.ldb + p.offb + g * p.N + n]";
+const CT = "Cm[(zc.r0 + t) * p.ldc + p.offc + g * p.N + n]";
+const HEAD = "let hl = zc.u; let h = p.h0 + hl; let g = h / p.hg; let i0 = zi(zc, hl);";
+// a group's heads in the piece: hA .. hB; K runs over (head, P + Q)
+const GROUP = "let g = p.g0 + zc.u; let hA = max(g * p.hg, p.h0); let hB = min((g + 1u) * p.hg, p.h0 + p.hp);";
+const SEG = "let PQ = p.P + Q; let h = hA + k / PQ; let kk = k % PQ; let i0 = zi(zc, h - p.h0);";
+
+const PRODUCTS: ProductSpec[] = [
+  { // C·Bᵀ [t, s] over N
+    name: "ssd_bc_cb", bindings: ["Bm", "Cm", "work"], unit: "all", M: "Q", N: "Q", K: "p.N", skip: "c0t > r0t + 63u",
+    a: "let g = zc.u; let t = i; let n = k; if (t >= zc.Qc) { return 0.0; } return " + CT + ";",
+    b: "let g = zc.u; let s = j; let n = k; if (s >= zc.Qc) { return 0.0; } return " + BS + ";",
+    aK: true, bK: true,
+    put: "work[p.oCB + ((zc.b * p.nC + zc.c) * p.G + zc.u) * Q * Q + i * Q + j] = v;",
+  },
+  { // S_c [p, n] = Σ_s exp(cs_l − cs_s)·dt_s·x_s[p]·B_s[n]
+    name: "ssd_bc_state", bindings: ["x", "Bm", "work"], unit: "head", M: "p.P", N: "p.N", K: "zc.Qc",
+    a: `${HEAD} let s = k; let pp = i; return ${X} * exp(csAt(i0, Q - 1u) - csAt(i0, s)) * dtAt(i0, s);`,
+    b: `${HEAD} let s = k; let n = j; return ${BS};`,
+    aK: false, bK: false,
+    put: `${HEAD} work[p.oST + i0 * p.P * p.N + i * p.N + j] = v;`,
+  },
+  { // Σ_t exp(cs_t)·gy_t[p]·C_t[n], the chunk's part of G_c
+    name: "ssd_bc_local", bindings: ["Cm", "gy", "work"], unit: "head", M: "p.P", N: "p.N", K: "zc.Qc",
+    a: `${HEAD} let t = k; let pp = i; return ${GY} * exp(csAt(i0, t));`,
+    b: `${HEAD} let t = k; let n = j; return ${CT};`,
+    aK: false, bK: false,
+    put: `${HEAD} work[p.oST + i0 * p.P * p.N + i * p.N + j] = v;`,
+  },
+  { // dCB [t, s] = (gy_t·x_s)·exp(cs_t − cs_s)·dt_s for s ≤ t
+    name: "ssd_bc_dcb", bindings: ["x", "gy", "work"], unit: "head", M: "zc.Qc", N: "zc.Qc", K: "p.P", skip: "c0t > r0t + 63u",
+    a: `${HEAD} let t = i; let pp = k; return ${GY};`,
+    b: `${HEAD} let s = j; let pp = k; return ${X};`,
+    aK: true, bK: true,
+    put: `${HEAD} let t = i; let s = j; var d = 0.0; if (s <= t) { d = v * exp(csAt(i0, t) - csAt(i0, s)) * dtAt(i0, s); }
+  work[p.oDCB + i0 * Q * Q + t * Q + s] = d;`,
+  },
+  { // U' [s, p] over N + Q (t > s): dx_s += dt_s·(U'_s + (C_s·B_s)·gy_s) + D·gy_s; rows: x_s·U'_s
+    name: "ssd_bc_dx", bindings: ["x", "Bm", "consts", "gy", "work", "out"], unit: "head", M: "zc.Qc", N: "p.P", K: "p.N + zc.Qc",
+    a: `${HEAD} let s = i; if (k < p.N) { let n = k; return ${BS} * exp(csAt(i0, Q - 1u) - csAt(i0, s)); }
+  let t = k - p.N; if (t <= s) { return 0.0; } return cbAt(zc, g, t, s) * exp(csAt(i0, t) - csAt(i0, s));`,
+    b: `${HEAD} let pp = j; if (k < p.N) { return work[p.oST + i0 * p.P * p.N + pp * p.N + k]; }
+  let t = k - p.N; return ${GY};`,
+    aK: true, bK: true,
+    put: `${HEAD} let s = i; let pp = j; let t = s;
+  let o = (zc.r0 + s) * p.ldo + p.offo + h * p.P + pp;
+  let gys = ${GY};
+  out[o] += dtAt(i0, s) * (v + cbAt(zc, g, s, s) * gys) + consts[2u * p.H + h] * gys;`,
+    rowTerm: "xAt(zc, row, col) * v",
+    rowOut: `${HEAD} work[p.oR + (tileN * p.Zh + i0) * Q + i] = sum;`,
+  },
+  { // rows of exp(cs_t)·gy_t ∘ (C_t·H_c) over p
+    name: "ssd_bc_q", bindings: ["Cm", "gy", "work"], unit: "head", M: "zc.Qc", N: "p.P", K: "p.N",
+    a: `${HEAD} let t = i; let n = k; return ${CT};`,
+    b: `${HEAD} return work[p.oHS + i0 * p.P * p.N + j * p.N + k];`,
+    aK: true, bK: true,
+    put: "",
+    rowTerm: "gyExp(zc, row, col) * v",
+    rowOut: `${HEAD} work[p.oQY + (tileN * p.Zh + i0) * Q + i] = sum;`,
+  },
+  { // dC [t, n] += Σ_h exp(cs_t)·gy_t·H_c[·, n] + Σ_s dCB_ts·B_s[n]
+    name: "ssd_bc_dc", bindings: ["Bm", "gy", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: "(hB - hA) * (p.P + Q)",
+    pre: GROUP,
+    a: `${GROUP} ${SEG} let t = i; if (kk < p.P) { let pp = kk; return exp(csAt(i0, t)) * ${GY}; }
+  let s = kk - p.P; if (s > t || s >= zc.Qc) { return 0.0; } return work[p.oDCB + i0 * Q * Q + t * Q + s];`,
+    b: `${GROUP} ${SEG} let n = j; if (kk < p.P) { return work[p.oHS + i0 * p.P * p.N + kk * p.N + n]; }
+  let s = kk - p.P; if (s >= zc.Qc) { return 0.0; } return ${BS};`,
+    aK: true, bK: false,
+    put: `let g = p.g0 + zc.u; out[(zc.r0 + i) * p.ldo + p.offo + g * p.N + j] += v;`,
+  },
+  { // dB [s, n] += Σ_h exp(cs_l − cs_s)·dt_s·x_s·G_{c+1}[·, n] + Σ_t dCB_ts·C_t[n]
+    name: "ssd_bc_db", bindings: ["x", "Cm", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: "(hB - hA) * (p.P + Q)",
+    pre: GROUP,
+    a: `${GROUP} ${SEG} let s = i; if (kk < p.P) { let pp = kk; return exp(csAt(i0, Q - 1u) - csAt(i0, s)) * dtAt(i0, s) * ${X}; }
+  let t = kk - p.P; if (t < s || t >= zc.Qc) { return 0.0; } return work[p.oDCB + i0 * Q * Q + t * Q + s];`,
+    b: `${GROUP} ${SEG} let n = j; if (kk < p.P) { return work[p.oST + i0 * p.P * p.N + kk * p.N + n]; }
+  let t = kk - p.P; if (t >= zc.Qc) { return 0.0; } return ${CT};`,
+    aK: true, bK: false,
+    put: `let g = p.g0 + zc.u; out[(zc.r0 + i) * p.ldo + p.offo + g * p.N + j] += v;`,
+  },
+];
+
+// helpers some products' row terms call (x_s[p] and exp(cs_t)·gy_t[p] of the workgroup's head)
+const ROW_HELPERS: Record<string, string> = {
+  ssd_bc_dx: `fn xAt(zc: Z, s: u32, pp: u32) -> f32 { let h = p.h0 + zc.u; return ${X}; }`,
+  ssd_bc_q: `fn gyExp(zc: Z, t: u32, pp: u32) -> f32 { let h = p.h0 + zc.u; return exp(csAt(zi(zc, zc.u), t)) * ${GY}; }`,
+};
+
+const productKernels = new Map(PRODUCTS.map((s) => [s.name, defineKernel({
+  name: s.name,
+  wgsl: (shape: { Q: number }) => productWgsl(s, shape.Q).replace("@compute", `${ROW_HELPERS[s.name] ?? ""}\n@compute`),
+  example: { Q: 64 },
+})]));
+
+// ---- the kernels that are not products ----
+const prepKernel = defineKernel({
+  name: "ssd_bc_prep",
+  example: { Q: 64 },
+  wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, ["dt", "consts", "work"])}
+var<workgroup> sc: array<f32, ${s.Q}>;
+@compute @workgroup_size(${s.Q})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let z = wg.y * p.groupsX + wg.x;
+  if (z >= p.zCount) { return; } // uniform: a whole workgroup
+  let zc = zOf(z, p.hp);
+  let h = p.h0 + zc.u;
+  let i0 = zi(zc, zc.u);
+  var dtv = 0.0;
+  if (t < zc.Qc) {
+    let raw = dt[(zc.r0 + t) * p.lddt + p.offdt + h] + consts[h];
+    dtv = clamp(${softplusWgsl("raw")}, p.lo, p.hi);
+  }
+  let A = -exp(consts[p.H + h]);
+  sc[t] = dtv * A;
+  // inclusive scan (positions past the chunk add nothing: their cs is the chunk's last)
+  for (var d = 1u; d < Q; d *= 2u) {
+    workgroupBarrier();
+    var v = sc[t];
+    if (t >= d) { v += sc[t - d]; }
+    workgroupBarrier();
+    sc[t] = v;
+  }
+  work[p.oDT + i0 * Q + t] = dtv;
+  work[p.oCS + i0 * Q + t] = sc[t];
+}
+`,
+});
+
+// the passes over chunks: a thread per (b, head of the piece, state entry)
+const passWgsl = (Q: number, reverse: boolean) => /* wgsl */ `${header(Q, reverse ? ["work"] : ["state0", "work"])}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+  let id = gid.y * nw.x * 64u + gid.x;
+  let PN = p.P * p.N;
+  if (id >= p.B * p.hp * PN) { return; }
+  let e = id % PN;
+  let hl = (id / PN) % p.hp;
+  let b = id / (PN * p.hp);
+${reverse ? `  // G_{c+1} into S's place, from the last chunk: G_c = (the chunk's part) + exp(cs_l)·G_{c+1}
+  var G = 0.0;
+  for (var c = p.nC; c > 0u; c--) {
+    let i0 = ((b * p.nC + c - 1u) * p.hp + hl);
+    let local = work[p.oST + i0 * PN + e];
+    work[p.oST + i0 * PN + e] = G;
+    G = local + exp(work[p.oCS + i0 * Q + Q - 1u]) * G;
+  }` : `  // H_c for every chunk: H_{c+1} = exp(cs_l)·H_c + S_c
+  var S = 0.0;
+  if (p.hasState != 0u) { S = state0[(b * p.H + p.h0 + hl) * PN + e]; }
+  for (var c = 0u; c < p.nC; c++) {
+    let i0 = ((b * p.nC + c) * p.hp + hl);
+    work[p.oHS + i0 * PN + e] = S;
+    S = exp(work[p.oCS + i0 * Q + Q - 1u]) * S + work[p.oST + i0 * PN + e];
+  }`}
+}
+`;
+const fpassKernel = defineKernel({ name: "ssd_bc_fpass", example: { Q: 64 }, wgsl: (s: { Q: number }) => passWgsl(s.Q, false) });
+const rpassKernel = defineKernel({ name: "ssd_bc_rpass", example: { Q: 64 }, wgsl: (s: { Q: number }) => passWgsl(s.Q, true) });
+
+// Σ_s dCB_ts·(C_t·B_s) by rows: a thread per (b, c, head, t)
+const vsumKernel = defineKernel({
+  name: "ssd_bc_vsum",
+  example: { Q: 64 },
+  wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, ["work"])}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+  let id = gid.y * nw.x * 64u + gid.x;
+  if (id >= p.Zh * Q) { return; }
+  let t = id % Q;
+  let i0 = id / Q;
+  let zc = zOf(i0, p.hp);
+  let g = (p.h0 + zc.u) / p.hg;
+  var sum = 0.0;
+  if (t < zc.Qc) {
+    for (var s = 0u; s < t; s++) { sum += work[p.oDCB + i0 * Q * Q + t * Q + s] * cbAt(zc, g, t, s); }
+  }
+  work[p.oRS + i0 * Q + t] = sum;
+}
+`,
+});
+
+// ⟨H_{c+1}, G_{c+1}⟩: a workgroup per (b, c, head) (zero for the last chunk: nothing reaches past it)
+const lastKernel = defineKernel({
+  name: "ssd_bc_last",
+  example: { Q: 64 },
+  wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, ["work"])}
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let i0 = wg.y * p.groupsX + wg.x;
+  if (i0 >= p.Zh) { return; }
+  let zc = zOf(i0, p.hp);
+  let PN = p.P * p.N;
+  var sum = 0.0;
+  if (zc.c + 1u < p.nC) {
+    for (var e = tid; e < PN; e += 256u) { sum += work[p.oHS + (i0 + p.hp) * PN + e] * work[p.oST + i0 * PN + e]; }
+  }
+  red[tid] = sum;
+  for (var d = 128u; d > 0u; d /= 2u) {
+    workgroupBarrier();
+    if (tid < d) { red[tid] += red[tid + d]; }
+  }
+  if (tid == 0u) { work[p.oDL + i0] = red[0]; }
+}
+`,
+});
+
+// ∂cs, da, dt's gradient and the per-chunk sums: a workgroup of Q threads per (b, c, head)
+const rowsKernel = defineKernel({
+  name: "ssd_bc_rows",
+  example: { Q: 64 },
+  wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, ["x", "dt", "consts", "gy", "work", "out"])}
+var<workgroup> sc: array<f32, ${s.Q}>;
+var<workgroup> red: array<vec3<f32>, ${s.Q}>;
+@compute @workgroup_size(${s.Q})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let i0 = wg.y * p.groupsX + wg.x;
+  if (i0 >= p.Zh) { return; } // uniform: a whole workgroup
+  let zc = zOf(i0, p.hp);
+  let h = p.h0 + zc.u;
+  let A = -exp(consts[p.H + h]);
+  let dtv = work[p.oDT + i0 * Q + t];
+  var r = 0.0;
+  var dcs = 0.0;
+  if (t < zc.Qc) {
+    var q = 0.0;
+    for (var pt = 0u; pt < p.nPT; pt++) {
+      r += work[p.oR + (pt * p.Zh + i0) * Q + t];
+      q += work[p.oQY + (pt * p.Zh + i0) * Q + t];
+    }
+    dcs = q + work[p.oRS + i0 * Q + t] - dtv * r;
+    if (t + 1u == zc.Qc) { dcs += work[p.oDL + i0]; }
+  }
+  var xg = 0.0;
+  if (t < zc.Qc) {
+    for (var pp = 0u; pp < p.P; pp++) {
+      xg += x[(zc.r0 + t) * p.ldx + p.offx + h * p.P + pp] * gy[(zc.r0 + t) * p.H * p.P + h * p.P + pp];
+    }
+    // the diagonal's term of x_t·U_t, which ∂cs_t leaves out (it cancels there)
+    r += cbAt(zc, (p.h0 + zc.u) / p.hg, t, t) * xg;
+  }
+  // da_t = Σ_{i ≥ t} ∂cs_i (a reverse inclusive scan)
+  sc[t] = dcs;
+  for (var d = 1u; d < Q; d *= 2u) {
+    workgroupBarrier();
+    var v = sc[t];
+    if (t + d < Q) { v += sc[t + d]; }
+    workgroupBarrier();
+    sc[t] = v;
+  }
+  var terms = vec3<f32>(0.0);
+  if (t < zc.Qc) {
+    let da = sc[t];
+    let ddt = r + A * da;
+    let raw = dt[(zc.r0 + t) * p.lddt + p.offdt + h] + consts[h];
+    let sp = ${softplusWgsl("raw")};
+    var draw = 0.0;
+    if (sp >= p.lo && sp <= p.hi) { draw = ddt * select(1.0 / (1.0 + exp(-raw)), 1.0, raw > 20.0); }
+    out[(zc.r0 + t) * p.ldo + p.offo + h] += draw;
+    terms = vec3<f32>(da * dtv, xg, draw);
+  }
+  red[t] = terms;
+  for (var d = Q / 2u; d > 0u; d /= 2u) {
+    workgroupBarrier();
+    if (t < d) { red[t] += red[t + d]; }
+  }
+  if (t == 0u) {
+    work[p.oPar + 3u * i0] = red[0].x;
+    work[p.oPar + 3u * i0 + 1u] = red[0].y;
+    work[p.oPar + 3u * i0 + 2u] = red[0].z;
+  }
+}
+`,
+});
+
+// the per-chunk sums over batch rows and chunks: a thread per head of the piece
+const paramsKernel = defineKernel({
+  name: "ssd_bc_params",
+  example: { Q: 64 },
+  wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, ["consts", "work", "out", "out2", "out3"])}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let hl = gid.x;
+  if (hl >= p.hp) { return; }
+  let h = p.h0 + hl;
+  var sums = vec3<f32>(0.0);
+  for (var bc = 0u; bc < p.B * p.nC; bc++) {
+    let i0 = bc * p.hp + hl;
+    sums += vec3<f32>(work[p.oPar + 3u * i0], work[p.oPar + 3u * i0 + 1u], work[p.oPar + 3u * i0 + 2u]);
+  }
+  out[h] += sums.x * -exp(consts[p.H + h]); // dA_log = dA·A
+  out2[h] += sums.y;
+  out3[h] += sums.z;
+}
+`,
+});
+
+/** Runs the chunked backward for the heads h0 .. h0 + l.hp (all of them when one piece; C·Bᵀ is computed when
+ *  h0 is 0 and kept for the pieces after). */
+export function ssdBackwardChunked(gpu: Gpu, d: ChunkedBwdDims, l: ChunkedBwdLayout, h0: number, a: SsdBackwardArgs, work: Buf): void {
+  const maxDim = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const { Q, nC, hp, Zh } = l;
+  const hg = d.H / d.G, g0 = Math.floor(h0 / hg), ng = Math.floor((h0 + hp - 1) / hg) - g0 + 1;
+  const shape = { Q };
+  const params = (zCount: number, groupsX: number, tilesN: number, tilesMN: number, o: { ld: number; off: number } | null) => new Params()
+    .u32(d.B).u32(d.L).u32(d.H).u32(d.P).u32(d.G).u32(d.N).u32(nC).u32(h0)
+    .u32(hp).u32(hg).u32(g0).u32(zCount).u32(groupsX).u32(tilesN).u32(tilesMN).u32(Zh)
+    .u32(a.x.ld).u32(a.x.off).u32(a.dt.ld).u32(a.dt.off).u32(a.Bm.ld).u32(a.Bm.off).u32(a.Cm.ld).u32(a.Cm.off)
+    .u32(o?.ld ?? 0).u32(o?.off ?? 0).bool(d.hasState).f32(d.lo).f32(Math.min(d.hi, 3e38)).u32(l.nPT)
+    .u32(l.oCB).u32(l.oDT).u32(l.oCS).u32(l.oHS).u32(l.oST).u32(l.oDCB).u32(l.oR).u32(l.oQY).u32(l.oRS).u32(l.oDL).u32(l.oPar);
+  const buffers: Record<string, Buf> = {
+    x: a.x.buf, dt: a.dt.buf, Bm: a.Bm.buf, Cm: a.Cm.buf, consts: a.consts, gy: a.gy, state0: a.state0 ?? gpu.dummy, work,
+  };
+  const bind = (names: string[], outs: Buf[]) => {
+    const used = ORDER.filter((n) => names.includes(n));
+    let o = 0;
+    return used.map((n) => (n.startsWith("out") ? outs[o++]! : buffers[n]!));
+  };
+  // a product over zCount z's of at most M × N outputs
+  const product = (name: string, zCount: number, M: number, N: number, out: { buf: Buf; ld: number; off: number } | null) => {
+    const spec = PRODUCTS.find((s) => s.name === name)!;
+    const tilesN = Math.ceil(N / BN), tilesMN = Math.ceil(M / BM) * tilesN;
+    const [gx, gy] = grid(zCount * tilesMN, maxDim);
+    check(gy <= maxDim, `ssdScanBackward: ${zCount * tilesMN} workgroups are more than a dispatch takes`);
+    gpu.dispatch(gpu.kernel(productKernels.get(name)!, shape), bind(spec.bindings, out ? [out.buf] : []), params(zCount, gx, tilesN, tilesMN, out), [gx, gy]);
+  };
+  const perZ = (kernel: KernelDef<{ Q: number }>, names: string[], outs: Buf[], o: { ld: number; off: number } | null) => {
+    const [gx, gy] = grid(Zh, maxDim);
+    gpu.dispatch(gpu.kernel(kernel, shape), bind(names, outs), params(Zh, gx, 1, 1, o), [gx, gy]);
+  };
+  const perThread = (kernel: KernelDef<{ Q: number }>, names: string[], count: number) => {
+    const [gx, gy] = grid(Math.ceil(count / 64), maxDim);
+    gpu.dispatch(gpu.kernel(kernel, shape), bind(names, []), params(Zh, gx, 1, 1, null), [gx, gy]);
+  };
+  const PN = d.P * d.N;
+  if (h0 === 0) product("ssd_bc_cb", d.B * nC * d.G, Q, Q, null);
+  perZ(prepKernel, ["dt", "consts", "work"], [], null);
+  product("ssd_bc_state", Zh, d.P, d.N, null);
+  perThread(fpassKernel, ["state0", "work"], d.B * hp * PN);
+  product("ssd_bc_local", Zh, d.P, d.N, null);
+  perThread(rpassKernel, ["work"], d.B * hp * PN);
+  product("ssd_bc_dcb", Zh, Q, Q, null);
+  product("ssd_bc_dx", Zh, Q, d.P, a.dx);
+  product("ssd_bc_q", Zh, Q, d.P, null);
+  product("ssd_bc_dc", d.B * nC * ng, Q, d.N, a.dC);
+  product("ssd_bc_db", d.B * nC * ng, Q, d.N, a.dB);
+  perThread(vsumKernel, ["work"], Zh * Q);
+  perZ(lastKernel, ["work"], [], null);
+  perZ(rowsKernel, ["x", "dt", "consts", "gy", "work", "out"], [a.dDt.buf], a.dDt);
+  gpu.dispatch(gpu.kernel(paramsKernel, shape), bind(["consts", "work", "out", "out2", "out3"], [a.dA_log, a.dD, a.dDtBias]),
+    params(Zh, 1, 1, 1, null), [Math.ceil(hp / 64)]);
+}
