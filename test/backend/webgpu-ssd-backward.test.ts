@@ -1,6 +1,8 @@
 /**
- * The WebGPU SSD backward (kernels/ssd/backward.ts, the op ssdScanBackward) against the CPU reference's
- * (src/backend/cpu/ssd-backward.ts) on shapes across its boundaries: the heads in several pieces and time in
+ * The WebGPU SSD backward (the op ssdScanBackward: kernels/ssd/backward-chunked.ts's matrix products by default,
+ * kernels/ssd/backward.ts's sequential ones where ssdBackwardTuning.kernels says so) against the CPU reference's
+ * (src/backend/cpu/ssd-backward.ts) on shapes across their boundaries (chunk edges of the chunked kernels: lengths
+ * of one, several and a ragged last chunk; P and N past one 64-wide tile): the heads in several pieces and time in
  * several segments (a small scratch budget forces them), lengths that are not multiples of the checkpoint interval, head dims and state sizes that are
  * not multiples of the kernels' blocks, 1 or 2 groups, batch 3, with and without a gate z and an initial state, a
  * dt clamp, every gradient a column window of a wider matrix (added into, as training does); the sums over rows by
@@ -20,6 +22,7 @@ import { TestRng } from "../helpers/random.ts";
 import { maxAbsDiff } from "../helpers/fixtures.ts";
 import { releaseWebgpu, unavailable, webgpuBackend } from "../helpers/backends.ts";
 import { ssdBackwardTuning } from "../../src/backend/webgpu/kernels/ssd/backward.ts";
+import { chunkedBackwardLayout, chunkedBackwardPlan, ssdChunkedBackwardTuning } from "../../src/backend/webgpu/kernels/ssd/backward-chunked.ts";
 
 after(releaseWebgpu);
 
@@ -29,7 +32,8 @@ const cpu = new CpuBackend() as unknown as TB;
 interface Case {
   B: number; L: number; H: number; P: number; G: number; N: number;
   gate: boolean; state: boolean; limit: readonly [number, number];
-  /** the scratch budget (bytes a buffer); small ones split the heads into pieces */
+  /** the scratch budget (bytes a buffer) of the sequential kernels; small ones split the heads into pieces (the
+   *  chunked kernels then get a budget of one head's scratch) */
   budget?: number;
 }
 
@@ -62,7 +66,11 @@ async function compare(g: TB, c: Case, seed: number): Promise<void> {
   };
   const want = await run(cpu);
   const saved = ssdBackwardTuning.bufferBytes;
-  if (c.budget) ssdBackwardTuning.bufferBytes = c.budget;
+  // the chunked kernels' budget: their scratch for pieces of one head
+  if (c.budget) {
+    ssdBackwardTuning.bufferBytes = ssdBackwardTuning.kernels === "chunked"
+      ? chunkedBackwardLayout({ ...c, hasState: c.state, lo: 0, hi: 1 }, ssdChunkedBackwardTuning.Q, 1).size * 4 : c.budget;
+  }
   let got: Float32Array[];
   try {
     got = await run(g);
@@ -81,7 +89,8 @@ async function compare(g: TB, c: Case, seed: number): Promise<void> {
 
 const none = [0, Infinity] as const;
 
-test("ssdScanBackward on WebGPU matches the CPU across checkpoints, pieces of heads, groups and batch rows", { timeout: 900_000 }, async (t) => {
+for (const kernels of ["chunked", "sequential"] as const) {
+  test(`ssdScanBackward on WebGPU (${kernels} kernels) matches the CPU across chunks, pieces of heads, groups and batch rows`, { timeout: 900_000 }, async (t) => {
   const g = await webgpuBackend() as TB | null;
   if (!g) return unavailable(t, "no WebGPU adapter");
   const cases: Case[] = [
@@ -97,14 +106,25 @@ test("ssdScanBackward on WebGPU matches the CPU across checkpoints, pieces of he
     { B: 1, L: 20, H: 2, P: 67, G: 1, N: 66, gate: true, state: true, limit: none },
     // the model's head (P 64, N 128), two groups, a few checkpoints
     { B: 1, L: 70, H: 4, P: 64, G: 2, N: 128, gate: true, state: true, limit: none },
+    // one position; exactly one chunk of the chunked kernels (64); P and N past one 64-wide tile, 2 heads a group
+    { B: 2, L: 1, H: 2, P: 5, G: 1, N: 3, gate: false, state: true, limit: none },
+    { B: 1, L: 64, H: 4, P: 72, G: 2, N: 80, gate: true, state: false, limit: [0.05, 2] },
   ];
-  for (const [i, c] of cases.entries()) await compare(g, c, 500 + i);
+  const saved = ssdBackwardTuning.kernels;
+  ssdBackwardTuning.kernels = kernels;
+  try {
+    for (const [i, c] of cases.entries()) await compare(g, c, 500 + i);
+  } finally {
+    ssdBackwardTuning.kernels = saved;
+  }
 });
+}
 
-test("ssdScanBackward on WebGPU: the sums over rows in workgroup memory, by shuffles over narrower blocks; shorter chunks; checkpoints every few chunks", { timeout: 900_000 }, async (t) => {
+test("ssdScanBackward on WebGPU (sequential kernels): the sums over rows in workgroup memory, by shuffles over narrower blocks; shorter chunks; checkpoints every few chunks", { timeout: 900_000 }, async (t) => {
   const g = await webgpuBackend() as TB | null;
   if (!g) return unavailable(t, "no WebGPU adapter");
   const saved = { ...ssdBackwardTuning };
+  ssdBackwardTuning.kernels = "sequential";
   try {
     // 0: workgroup memory only; 2 and 4: blocks of that many lanes (where the device has subgroups; else 0 again)
     for (const W of [0, 2, 4]) {
@@ -130,4 +150,14 @@ test("ssdScanBackward on WebGPU: the sums over rows in workgroup memory, by shuf
   } finally {
     Object.assign(ssdBackwardTuning, saved);
   }
+});
+
+test("the chunked backward's plan: the most heads a piece whose scratch fits, pieces of even size, none where one head does not fit", () => {
+  const d = { B: 2, L: 300, H: 6, P: 16, G: 2, N: 8, hasState: false, lo: 0, hi: Infinity };
+  const one = chunkedBackwardLayout(d, 64, 1).size * 4, all = chunkedBackwardLayout(d, 64, 6).size * 4;
+  assert.equal(chunkedBackwardPlan(d, all, 64)!.hp, 6);
+  assert.equal(chunkedBackwardPlan(d, one, 64)!.hp, 1);
+  // room for 4 heads: pieces of 3 and 3 rather than 4 and 2
+  assert.equal(chunkedBackwardPlan(d, chunkedBackwardLayout(d, 64, 4).size * 4, 64)!.hp, 3);
+  assert.equal(chunkedBackwardPlan(d, one - 4, 64), null);
 });
