@@ -22,6 +22,7 @@ import { filled, benchPrompts } from "./data.ts";
 import { gpuTrials, parseTunings, timeTrials } from "./timing.ts";
 import { chunkTuning } from "../src/backend/webgpu/kernels/ssd/chunked.ts";
 import { ssdBackwardTuning } from "../src/backend/webgpu/kernels/ssd/backward.ts";
+import { ssdChunkedBackwardTuning } from "../src/backend/webgpu/kernels/ssd/backward-chunked.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const anchorFile = process.env.MAMBA_TS_ANCHORS_MAMBA2 ?? path.resolve(here, "anchors/h100-mamba2.json");
@@ -35,9 +36,19 @@ const smoke = process.env.BENCH_SMOKE === "1";
 const only = new Set((process.env.BENCH_ONLY ?? "scan,bwd,forward,decode").split(","));
 const bwd = only.has("bwd");
 const ssdVariants = parseTunings<Partial<typeof chunkTuning>>(process.env.BENCH_SSD_VARIANTS);
-// BENCH_SSD_BWD=chunked,sequential: the backward's kernels to time (default the chunked ones)
-const bwdKernels = (process.env.BENCH_SSD_BWD ?? "chunked").split(",") as (typeof ssdBackwardTuning.kernels)[];
-for (const k of bwdKernels) if (k !== "chunked" && k !== "sequential") throw new Error(`BENCH_SSD_BWD: ${k} is neither chunked nor sequential`);
+// BENCH_SSD_BWD=chunked,chunked-t8-q128,sequential: the backward's kernels to time (default the chunked ones with
+// their defaults); -tT sets the outputs a thread (4 or 8 a side), -qQ the chunk length (64 or 128)
+const bwdKernels = (process.env.BENCH_SSD_BWD ?? "chunked").split(",").map((v) => {
+  const [kind, ...opts] = v.split("-");
+  if (kind !== "chunked" && kind !== "sequential") throw new Error(`BENCH_SSD_BWD: ${v} is neither chunked nor sequential`);
+  const t = { ...ssdChunkedBackwardTuning };
+  for (const o of opts) {
+    if (o === "t4" || o === "t8") t.T = Number(o.slice(1)) as 4 | 8;
+    else if (o === "q64" || o === "q128") t.Q = Number(o.slice(1));
+    else throw new Error(`BENCH_SSD_BWD: ${o} in ${v} is none of t4, t8, q64, q128`);
+  }
+  return { name: v, kind: kind as typeof ssdBackwardTuning.kernels, tuning: t };
+});
 const decodeBatches = (process.env.BENCH_DECODE_BATCHES ?? "1,64").split(",").map(Number);
 const ms = (t: number) => `${t.toFixed(3)} ms`;
 const ratio = (ours: number, official: number | undefined, higherIsBetter: boolean) =>
@@ -88,10 +99,11 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
         dB: zeros(T * G * N, [T, G * N]), dC: zeros(T * G * N, [T, G * N]), dD: zeros(H, [H]), dz: null,
       };
       const fb = () => { f(); tb_.ssdScanBackward!(args, dy, g); };
-      const saved = ssdBackwardTuning.kernels;
+      const saved = ssdBackwardTuning.kernels, savedChunked = { ...ssdChunkedBackwardTuning };
       for (const kernels of bwdKernels) {
-        ssdBackwardTuning.kernels = kernels;
-        const label = bwdKernels.length > 1 ? ` (${kernels} kernels)` : "";
+        ssdBackwardTuning.kernels = kernels.kind;
+        Object.assign(ssdChunkedBackwardTuning, kernels.tuning);
+        const label = bwdKernels.length > 1 ? ` (${kernels.name})` : "";
         try {
           for (let i = 0; i < 2; i++) fb();
           await b.sync();
@@ -104,6 +116,7 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
         }
       }
       ssdBackwardTuning.kernels = saved;
+      Object.assign(ssdChunkedBackwardTuning, savedChunked);
       b.dispose(dy, g.dx, g.dDt, g.dDtBias, g.dA_log, g.dB, g.dC, g.dD);
     }
     const bytes = (2 * T * E + T * H + 2 * T * G * N) * 4;

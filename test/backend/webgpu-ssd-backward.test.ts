@@ -89,8 +89,12 @@ async function compare(g: TB, c: Case, seed: number): Promise<void> {
 
 const none = [0, Infinity] as const;
 
-for (const kernels of ["chunked", "sequential"] as const) {
-  test(`ssdScanBackward on WebGPU (${kernels} kernels) matches the CPU across chunks, pieces of heads, groups and batch rows`, { timeout: 900_000 }, async (t) => {
+// the chunked kernels with their defaults, with chunks of 128 and 8 × 8 outputs a thread, and the sequential kernels
+const variants = [
+  { kernels: "chunked", T: 4, Q: 64 }, { kernels: "chunked", T: 8, Q: 128 }, { kernels: "sequential", T: 4, Q: 64 },
+] as const;
+for (const { kernels, T, Q } of variants) {
+  test(`ssdScanBackward on WebGPU (${kernels} kernels${kernels === "chunked" ? `, Q ${Q}, T ${T}` : ""}) matches the CPU across chunks, pieces of heads, groups and batch rows`, { timeout: 900_000 }, async (t) => {
   const g = await webgpuBackend() as TB | null;
   if (!g) return unavailable(t, "no WebGPU adapter");
   const cases: Case[] = [
@@ -110,12 +114,14 @@ for (const kernels of ["chunked", "sequential"] as const) {
     { B: 2, L: 1, H: 2, P: 5, G: 1, N: 3, gate: false, state: true, limit: none },
     { B: 1, L: 64, H: 4, P: 72, G: 2, N: 80, gate: true, state: false, limit: [0.05, 2] },
   ];
-  const saved = ssdBackwardTuning.kernels;
+  const saved = ssdBackwardTuning.kernels, savedChunked = { ...ssdChunkedBackwardTuning };
   ssdBackwardTuning.kernels = kernels;
+  Object.assign(ssdChunkedBackwardTuning, { T, Q });
   try {
     for (const [i, c] of cases.entries()) await compare(g, c, 500 + i);
   } finally {
     ssdBackwardTuning.kernels = saved;
+    Object.assign(ssdChunkedBackwardTuning, savedChunked);
   }
 });
 }

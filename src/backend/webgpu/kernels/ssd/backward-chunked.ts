@@ -34,8 +34,8 @@
  *   ssd_bc_rows     a workgroup per (b, c, h): ∂cs, its reverse sum da, dt's gradient, the per-chunk sums of dA, dD
  *                   and the bias's gradient;
  *   ssd_bc_params   a thread per head: those sums over batch rows and chunks, into dA_log, dD, dDtBias.
- * The products share one generator: 64 × 64 output tiles, 256 threads of 4 × 4 outputs, K staged 16 at a time
- * through workgroup memory; each product names how its operands are read (functions of the row, the column and
+ * The products share one generator: 64 × 64 output tiles, 256 threads of 4 × 4 outputs (or 64 of 8 × 8), K staged
+ * 16 at a time through workgroup memory; each product names how its operands are read (functions of the row, the column and
  * K, zero outside the chunk) and what becomes of its outputs.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
@@ -45,9 +45,10 @@ import { check } from "../../../../errors.ts";
 import { softplusWgsl } from "./common.ts";
 import type { SsdBackwardArgs } from "./backward.ts";
 
-/** The chunk length (64 or 128; results the same but for rounding). 64 keeps dCB's scratch and the triangle's
- *  wasted work small; the passes over chunks are twice as long as with 128. */
-export const ssdChunkedBackwardTuning = { Q: 64 };
+/** Q: the chunk length (64 or 128; results the same but for rounding). 64 keeps dCB's scratch and the triangle's
+ *  wasted work small; the passes over chunks are twice as long as with 128. T: the outputs a thread computes in the
+ *  products, T × T (4: workgroups of 256 threads; 8: of 64, each staged value read by fewer threads). */
+export const ssdChunkedBackwardTuning = { Q: 64, T: 4 as 4 | 8 };
 
 // the output tile of the products and the K step
 const BM = 64, BN = 64, BK = 16;
@@ -150,8 +151,15 @@ interface ProductSpec {
   skip?: string;
 }
 
-function productWgsl(s: ProductSpec, Q: number): string {
+/** The products' compile-time shape: the chunk length and the outputs a thread computes (T × T: 4 × 4 in
+ *  workgroups of 256 threads, or 8 × 8 in workgroups of 64). */
+export interface ProductShape { Q: number; T: 4 | 8 }
+
+function productWgsl(s: ProductSpec, sh: ProductShape): string {
+  const { Q, T } = sh;
   const units = s.unit === "head" ? "p.hp" : s.unit === "group" ? "ngroups()" : "p.G";
+  const TX = BN / T, TY = BM / T, NT = TX * TY; // threads along columns and rows, threads a workgroup
+  const V = T / 4; // vec4s a thread's row or column of outputs
   return /* wgsl */ `${header(Q, s.bindings)}
 // the groups whose heads meet the piece [h0, h0 + hp)
 fn ngroups() -> u32 { return (p.h0 + p.hp - 1u) / p.hg - p.g0 + 1u; }
@@ -159,13 +167,12 @@ fn aAt(zc: Z, i: u32, k: u32) -> f32 { ${s.a} }
 fn bAt(zc: Z, k: u32, j: u32) -> f32 { ${s.b} }
 fn put(zc: Z, i: u32, j: u32, v: f32) { ${s.put} }
 ${s.rowOut ? `fn rowOut(zc: Z, i: u32, tileN: u32, sum: f32) { ${s.rowOut} }` : ""}
-const SA = ${BM + 4}u;
-const SB = ${BN + 4}u;
-var<workgroup> As: array<f32, ${BK * (BM + 4)}>;
-var<workgroup> Bs: array<f32, ${BK * (BN + 4)}>;
-${s.rowTerm ? `var<workgroup> red: array<f32, ${BM * 16}>;` : ""}
+// the staged tiles, K-major: As[kk][m], Bs[kk][n], read a vec4 at a time
+var<workgroup> As: array<vec4<f32>, ${(BK * BM) / 4}>;
+var<workgroup> Bs: array<vec4<f32>, ${(BK * BN) / 4}>;
+${s.rowTerm ? `var<workgroup> red: array<f32, ${BM * TX}>;` : ""}
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(${NT})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
   let wid = wg.y * p.groupsX + wg.x;
   let z = wid / p.tilesMN;
@@ -179,51 +186,65 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let Nz = ${s.N};
   let Kz = ${s.K};
   if (r0t >= Mz || c0t >= Nz${s.skip ? ` || (${s.skip})` : ""}) { return; }
-  let tx = tid % 16u;
-  let ty = tid / 16u;
-  var acc: array<vec4<f32>, 4>;
+  // this thread's outputs: rows ty·4 + 4·${TY}·a + i, columns tx·4 + 4·${TX}·b + j (a, b < ${V}; i, j < 4)
+  let tx = tid % ${TX}u;
+  let ty = tid / ${TX}u;
+  var acc: array<vec4<f32>, ${T * V}>;
   for (var k0 = 0u; k0 < Kz; k0 += ${BK}u) {
-    for (var q = 0u; q < ${(BM * BK) / 256}u; q++) {
-      let e = tid + 256u * q;
+    for (var q = 0u; q < ${(BM * BK) / NT}u; q++) {
+      let e = tid + ${NT}u * q;
       let m = ${s.aK ? `e / ${BK}u` : `e % ${BM}u`};
       let kk = ${s.aK ? `e % ${BK}u` : `e / ${BM}u`};
       var v = 0.0;
       if (r0t + m < Mz && k0 + kk < Kz) { v = aAt(zc, r0t + m, k0 + kk); }
-      As[kk * SA + m] = v;
+      As[kk * ${BM / 4}u + m / 4u][m % 4u] = v;
     }
-    for (var q = 0u; q < ${(BN * BK) / 256}u; q++) {
-      let e = tid + 256u * q;
+    for (var q = 0u; q < ${(BN * BK) / NT}u; q++) {
+      let e = tid + ${NT}u * q;
       let n = ${s.bK ? `e / ${BK}u` : `e % ${BN}u`};
       let kk = ${s.bK ? `e % ${BK}u` : `e / ${BN}u`};
       var v = 0.0;
       if (c0t + n < Nz && k0 + kk < Kz) { v = bAt(zc, k0 + kk, c0t + n); }
-      Bs[kk * SB + n] = v;
+      Bs[kk * ${BN / 4}u + n / 4u][n % 4u] = v;
     }
     workgroupBarrier();
     for (var kk = 0u; kk < ${BK}u; kk++) {
-      let bv = vec4<f32>(Bs[kk * SB + tx * 4u], Bs[kk * SB + tx * 4u + 1u], Bs[kk * SB + tx * 4u + 2u], Bs[kk * SB + tx * 4u + 3u]);
-      for (var i = 0u; i < 4u; i++) { acc[i] += As[kk * SA + ty * 4u + i] * bv; }
+      for (var a = 0u; a < ${V}u; a++) {
+        let av = As[kk * ${BM / 4}u + ty + ${TY}u * a];
+        for (var b = 0u; b < ${V}u; b++) {
+          let bv = Bs[kk * ${BN / 4}u + tx + ${TX}u * b];
+          for (var i = 0u; i < 4u; i++) { acc[(a * 4u + i) * ${V}u + b] += av[i] * bv; }
+        }
+      }
     }
     workgroupBarrier();
   }
-  ${s.rowTerm ? "var rs = vec4<f32>(0.0);" : ""}
-  for (var i = 0u; i < 4u; i++) {
-    let row = r0t + ty * 4u + i;
-    for (var j = 0u; j < 4u; j++) {
-      let col = c0t + tx * 4u + j;
-      if (row < Mz && col < Nz) {
-        let v = acc[i][j];
-        put(zc, row, col, v);
-        ${s.rowTerm ? `rs[i] += ${s.rowTerm};` : ""}
+  ${s.rowTerm ? `var rs: array<f32, ${T}>;` : ""}
+  for (var a = 0u; a < ${V}u; a++) {
+    for (var i = 0u; i < 4u; i++) {
+      let row = r0t + (ty + ${TY}u * a) * 4u + i;
+      for (var b = 0u; b < ${V}u; b++) {
+        for (var j = 0u; j < 4u; j++) {
+          let col = c0t + (tx + ${TX}u * b) * 4u + j;
+          if (row < Mz && col < Nz) {
+            let v = acc[(a * 4u + i) * ${V}u + b][j];
+            put(zc, row, col, v);
+            ${s.rowTerm ? `rs[a * 4u + i] += ${s.rowTerm};` : ""}
+          }
+        }
       }
     }
   }
-  ${s.rowTerm ? `for (var i = 0u; i < 4u; i++) { red[(ty * 4u + i) * 16u + tx] = rs[i]; }
+  ${s.rowTerm ? `for (var a = 0u; a < ${V}u; a++) {
+    for (var i = 0u; i < 4u; i++) { red[((ty + ${TY}u * a) * 4u + i) * ${TX}u + tx] = rs[a * 4u + i]; }
+  }
   workgroupBarrier();
-  if (tid < ${BM}u && r0t + tid < Mz) {
-    var sum = 0.0;
-    for (var j = 0u; j < 16u; j++) { sum += red[tid * 16u + j]; }
-    rowOut(zc, r0t + tid, c0t / ${BN}u, sum);
+  for (var m = tid; m < ${BM}u; m += ${NT}u) {
+    if (r0t + m < Mz) {
+      var sum = 0.0;
+      for (var j = 0u; j < ${TX}u; j++) { sum += red[m * ${TX}u + j]; }
+      rowOut(zc, r0t + m, c0t / ${BN}u, sum);
+    }
   }` : ""}
 }
 `;
@@ -323,8 +344,8 @@ const ROW_HELPERS: Record<string, string> = {
 
 const productKernels = new Map(PRODUCTS.map((s) => [s.name, defineKernel({
   name: s.name,
-  wgsl: (shape: { Q: number }) => productWgsl(s, shape.Q).replace("@compute", `${ROW_HELPERS[s.name] ?? ""}\n@compute`),
-  example: { Q: 64 },
+  wgsl: (shape: ProductShape) => productWgsl(s, shape).replace("@compute", `${ROW_HELPERS[s.name] ?? ""}\n@compute`),
+  example: { Q: 64, T: 4 } as ProductShape,
 })]));
 
 // ---- the kernels that are not products ----
@@ -556,7 +577,7 @@ export function ssdBackwardChunked(gpu: Gpu, d: ChunkedBwdDims, l: ChunkedBwdLay
     const tilesN = Math.ceil(N / BN), tilesMN = Math.ceil(M / BM) * tilesN;
     const [gx, gy] = grid(zCount * tilesMN, maxDim);
     check(gy <= maxDim, `ssdScanBackward: ${zCount * tilesMN} workgroups are more than a dispatch takes`);
-    gpu.dispatch(gpu.kernel(productKernels.get(name)!, shape), bind(spec.bindings, out ? [out.buf] : []), params(zCount, gx, tilesN, tilesMN, out), [gx, gy]);
+    gpu.dispatch(gpu.kernel(productKernels.get(name)!, { Q, T: ssdChunkedBackwardTuning.T }), bind(spec.bindings, out ? [out.buf] : []), params(zCount, gx, tilesN, tilesMN, out), [gx, gy]);
   };
   const perZ = (kernel: KernelDef<{ Q: number }>, names: string[], outs: Buf[], o: { ld: number; off: number } | null) => {
     const [gx, gy] = grid(Zh, maxDim);
