@@ -213,9 +213,16 @@ export class Gpu {
    * last, the buffers went round in cycles as long as a step's frees reordered them, and a training step created
    * 50 – 150 bind groups, every step.)
    */
+  /** A storage buffer's size for `bytes`: its pool bucket, unless that would pass the binding limit that `bytes`
+   *  itself keeps (a kernel binds whole buffers), then `bytes` to a multiple of 4. */
+  private sizeFor(bytes: number): number {
+    const b = bucket(bytes);
+    return b > this.limits.maxStorageBufferBindingSize ? Math.ceil(Math.max(16, bytes) / 4) * 4 : b;
+  }
+
   alloc(bytes: number, what = "a tensor"): Buf {
     this.checkSize(bytes, what);
-    const size = bucket(bytes);
+    const size = this.sizeFor(bytes);
     const list = this.free.get(size);
     const hit = list?.pop();
     if (hit) {
@@ -238,7 +245,7 @@ export class Gpu {
   /** A buffer that no pending command uses, so that queue.writeBuffer into it is ordered correctly. */
   allocClean(bytes: number, what = "a tensor"): Buf {
     this.checkSize(bytes, what);
-    const size = bucket(bytes);
+    const size = this.sizeFor(bytes);
     const list = this.free.get(size);
     if (list) {
       for (let i = list.length - 1; i >= 0; i--) {
@@ -317,7 +324,7 @@ export class Gpu {
     const bytes = data.byteLength;
     // while capturing, a buffer of its own: a pooled one may be an intermediate that the replays rewrite
     this.checkSize(Math.max(4, bytes), what);
-    const b = this.capturedUploads ? this.create(bucket(Math.max(4, bytes))) : this.allocClean(Math.max(4, bytes), what);
+    const b = this.capturedUploads ? this.create(this.sizeFor(Math.max(4, bytes))) : this.allocClean(Math.max(4, bytes), what);
     this.capturedUploads?.add(b);
     const padded = bytes % 4 === 0 ? data : padTo4(data);
     if (padded.byteLength > 0) this.device.queue.writeBuffer(b.gpu, 0, padded.buffer, padded.byteOffset, padded.byteLength);

@@ -10,7 +10,7 @@ import type { Gpu } from "./gpu.ts";
 import { TILE_BATCH, TILE_LARGE, TILE_SMALL, TILE_WIDE, type TileConfig } from "./kernels/matmul.ts";
 import { DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES } from "./kernels/decode/mixer-in.ts";
 import { BATCH_SCAN_ROW_CHOICES } from "./kernels/decode/batch-scan.ts";
-import { TC_TILE, type TensorCoreTile, tensorCoreTileProblem } from "./kernels/matmul-tc.ts";
+import { type TensorCoreTile, defaultTensorCoreTile, sharedTilesRun, tensorCoreTileName, tensorCoreTileProblem } from "./kernels/matmul-tc.ts";
 import { MambaError } from "../../errors.ts";
 
 /** "BMxBNxBK" or "BMxBNxBKxSGMxSGN" (SGM × SGN subgroups a workgroup) as a tensor-core tile; a MambaError names
@@ -20,6 +20,14 @@ export function parseTensorCoreTile(text: string): TensorCoreTile {
   const t: TensorCoreTile = { BM: v[0]!, BN: v[1]!, BK: v[2]!, ...(v.length === 5 ? { SG: [v[3]!, v[4]!] as [number, number] } : {}) };
   const why = (v.length === 3 || v.length === 5) && v.every(Number.isInteger) ? tensorCoreTileProblem(t) : "it takes BMxBNxBK or BMxBNxBKxSGMxSGN";
   if (why) throw new MambaError(`tensorCoreTile: ${JSON.stringify(text)} cannot run: ${why}`);
+  return t;
+}
+
+/** A tile of several subgroups only where the device's subgroups are 32 wide. */
+function deviceTile(gpu: { subgroupMinSize: number; subgroupMaxSize: number }, t: TensorCoreTile): TensorCoreTile {
+  if (t.SG && t.SG[0] * t.SG[1] > 1 && !sharedTilesRun(gpu)) {
+    throw new MambaError(`tensorCoreTile: ${tensorCoreTileName(t)} has several subgroups a workgroup, which needs subgroups 32 wide; this device's are ${gpu.subgroupMinSize || "?"} to ${gpu.subgroupMaxSize || "?"}`);
+  }
   return t;
 }
 
@@ -188,6 +196,6 @@ export function forwardSettings(gpu: Gpu, tuning: WebGpuInternalTuning): Forward
     decodeScanOut: tuning.decodeScanOut ?? true,
     decodeBatchSplitCols: tuning.decodeBatchSplitCols ?? -1,
     decodeBatchScanRows: tuning.decodeBatchScanRows ?? -1,
-    tensorCoreTile: tuning.tensorCoreTile === undefined ? TC_TILE : parseTensorCoreTile(tuning.tensorCoreTile),
+    tensorCoreTile: tuning.tensorCoreTile === undefined ? defaultTensorCoreTile(gpu) : deviceTile(gpu, parseTensorCoreTile(tuning.tensorCoreTile)),
   };
 }
