@@ -36,16 +36,15 @@ const smoke = process.env.BENCH_SMOKE === "1";
 const only = new Set((process.env.BENCH_ONLY ?? "scan,bwd,forward,decode").split(","));
 const bwd = only.has("bwd");
 const ssdVariants = parseTunings<Partial<typeof chunkTuning>>(process.env.BENCH_SSD_VARIANTS);
-// BENCH_SSD_BWD=chunked,chunked-t8-q128,sequential: the backward's kernels to time (default the chunked ones with
-// their defaults); -tT sets the outputs a thread (4 or 8 a side), -qQ the chunk length (64 or 128)
+// BENCH_SSD_BWD=chunked,chunked-q128,sequential: the backward's kernels to time (default the chunked ones with
+// their defaults); -qQ sets the chunk length (64 or 128)
 const bwdKernels = (process.env.BENCH_SSD_BWD ?? "chunked").split(",").map((v) => {
   const [kind, ...opts] = v.split("-");
   if (kind !== "chunked" && kind !== "sequential") throw new Error(`BENCH_SSD_BWD: ${v} is neither chunked nor sequential`);
   const t = { ...ssdChunkedBackwardTuning };
   for (const o of opts) {
-    if (o === "t4" || o === "t8") t.T = Number(o.slice(1)) as 4 | 8;
-    else if (o === "q64" || o === "q128") t.Q = Number(o.slice(1));
-    else throw new Error(`BENCH_SSD_BWD: ${o} in ${v} is none of t4, t8, q64, q128`);
+    if (o === "q64" || o === "q128") t.Q = Number(o.slice(1));
+    else throw new Error(`BENCH_SSD_BWD: ${o} in ${v} is neither q64 nor q128`);
   }
   return { name: v, kind: kind as typeof ssdBackwardTuning.kernels, tuning: t };
 });

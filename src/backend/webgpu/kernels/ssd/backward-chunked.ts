@@ -34,8 +34,8 @@
  *   ssd_bc_rows     a workgroup per (b, c, h): ∂cs, its reverse sum da, dt's gradient, the per-chunk sums of dA, dD
  *                   and the bias's gradient;
  *   ssd_bc_params   a thread per head: those sums over batch rows and chunks, into dA_log, dD, dDtBias.
- * The products share one generator: 64 × 64 output tiles, 256 threads of 4 × 4 outputs (or 64 of 8 × 8), K staged
- * 16 at a time through workgroup memory; each product names how its operands are read (functions of the row, the column and
+ * The products share one generator: 64 × 64 output tiles, 256 threads of 4 × 4 outputs, K staged 16 at a time
+ * through workgroup memory; each product names how its operands are read (functions of the row, the column and
  * K, zero outside the chunk) and what becomes of its outputs.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
@@ -46,9 +46,8 @@ import { softplusWgsl } from "./common.ts";
 import type { SsdBackwardArgs } from "./backward.ts";
 
 /** Q: the chunk length (64 or 128; results the same but for rounding). 64 keeps dCB's scratch and the triangle's
- *  wasted work small; the passes over chunks are twice as long as with 128. T: the outputs a thread computes in the
- *  products, T × T (4: workgroups of 256 threads; 8: of 64, each staged value read by fewer threads). */
-export const ssdChunkedBackwardTuning = { Q: 64, T: 4 as 4 | 8 };
+ *  wasted work small; the passes over chunks are twice as long as with 128. */
+export const ssdChunkedBackwardTuning = { Q: 64 };
 
 // the output tile of the products and the K step
 const BM = 64, BN = 64, BK = 16;
@@ -151,12 +150,15 @@ interface ProductSpec {
   skip?: string;
 }
 
-/** The products' compile-time shape: the chunk length and the outputs a thread computes (T × T: 4 × 4 in
- *  workgroups of 256 threads, or 8 × 8 in workgroups of 64). */
-export interface ProductShape { Q: number; T: 4 | 8 }
+/** The products' compile-time shape: the chunk length. */
+export interface ProductShape { Q: number }
+
+// the outputs a thread computes, T × T in workgroups of 256 (8 × 8 in workgroups of 64 took 2.3 – 3x as long on an
+// H100: fewer threads to hide the loads' latency)
+const T = 4;
 
 function productWgsl(s: ProductSpec, sh: ProductShape): string {
-  const { Q, T } = sh;
+  const { Q } = sh;
   const units = s.unit === "head" ? "p.hp" : s.unit === "group" ? "ngroups()" : "p.G";
   const TX = BN / T, TY = BM / T, NT = TX * TY; // threads along columns and rows, threads a workgroup
   const V = T / 4; // vec4s a thread's row or column of outputs
@@ -345,7 +347,7 @@ const ROW_HELPERS: Record<string, string> = {
 const productKernels = new Map(PRODUCTS.map((s) => [s.name, defineKernel({
   name: s.name,
   wgsl: (shape: ProductShape) => productWgsl(s, shape).replace("@compute", `${ROW_HELPERS[s.name] ?? ""}\n@compute`),
-  example: { Q: 64, T: 4 } as ProductShape,
+  example: { Q: 64 } as ProductShape,
 })]));
 
 // ---- the kernels that are not products ----
@@ -577,7 +579,7 @@ export function ssdBackwardChunked(gpu: Gpu, d: ChunkedBwdDims, l: ChunkedBwdLay
     const tilesN = Math.ceil(N / BN), tilesMN = Math.ceil(M / BM) * tilesN;
     const [gx, gy] = grid(zCount * tilesMN, maxDim);
     check(gy <= maxDim, `ssdScanBackward: ${zCount * tilesMN} workgroups are more than a dispatch takes`);
-    gpu.dispatch(gpu.kernel(productKernels.get(name)!, { Q, T: ssdChunkedBackwardTuning.T }), bind(spec.bindings, out ? [out.buf] : []), params(zCount, gx, tilesN, tilesMN, out), [gx, gy]);
+    gpu.dispatch(gpu.kernel(productKernels.get(name)!, { Q }), bind(spec.bindings, out ? [out.buf] : []), params(zCount, gx, tilesN, tilesMN, out), [gx, gy]);
   };
   const perZ = (kernel: KernelDef<{ Q: number }>, names: string[], outs: Buf[], o: { ld: number; off: number } | null) => {
     const [gx, gy] = grid(Zh, maxDim);
