@@ -88,6 +88,7 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
     const gt = await gpuTrials(b, f, reps);
     const t = gt?.median ?? tt.median;
     let bwdLine = "";
+    const profiles: string[] = [];
     const tb_ = b as unknown as TrainingOps;
     if (bwd && tb_.ssdScanBackward) {
       // the gradients of every input, added into zeroed buffers (the training path's call)
@@ -110,6 +111,12 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
           const gb = await gpuTrials(b, fb, reps2);
           const tb = gb?.median ?? (await timeTrials(b, fb, reps2)).median;
           bwdLine += `; fwd+bwd${label} ${ms(tb)} (official ${a.fwd_bwd_ms ? ms(a.fwd_bwd_ms) : "n/a"}; ${ratio(tb, a.fwd_bwd_ms, false)})`;
+          // where one forward + backward's time goes, kernel by kernel (each dispatch in a pass of its own)
+          const prof = await b.profileKernels(fb).catch(() => null);
+          if (prof) {
+            const parts = [...prof].sort((x, y) => y[1].ms - x[1].ms).map(([k, v]) => `${k} ${v.ms.toFixed(3)}${v.count > 1 ? ` (${v.count})` : ""}`);
+            profiles.push(`  profile B${B} L${L} H${H}${label}: ${parts.join(", ")} ms`);
+          }
         } catch (e) {
           bwdLine += `; fwd+bwd${label} not run: ${(e as Error).message}`;
         }
@@ -124,6 +131,7 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
     console.log(`ssd B${B} L${L} H${H} P${P} N${N} G${G}: ${ms(t)} ${gt ? "(GPU clock" : "(wall"}, ${ms(tt.min)} – ${ms(tt.max)} wall; official ` +
       `${a.fwd_ms ? ms(a.fwd_ms) : "n/a"}; ${ratio(t, a.fwd_ms, false)}); ${(bytes / (t / 1000) / 1e9).toFixed(0)} GB/s of minimum traffic, ` +
       `${(flops / (t / 1000) / 1e12).toFixed(2)} TFLOP/s${bwdLine}`);
+    for (const line of profiles) console.log(line);
     b.dispose(x, dt, BC, args.dtBias, args.A_log, args.D);
   }
 }
