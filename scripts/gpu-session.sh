@@ -3,11 +3,11 @@
 # Usage (from the repository root, after `source .gpu/boot.sh`): bash scripts/gpu-session.sh step1,step2,...
 set -u
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
-steps=${1:-tc,testgpu,mamba2,f16,f32,tests}
+steps=${1:-testgpu,m2,f16best,tc}
 run() { local name=$1 limit=$2; shift 2; echo "== $name (limit ${limit}s)"; timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1; echo "rc=$?" >> "$OUT/$name.txt"; tail -n 3 "$OUT/$name.txt"; }
 for s in ${steps//,/ }; do
   case $s in
-    tc) run tc 150 env TC_TILES="${TC_TILES:-128x128x32x2x2;128x128x32x4x2;128x128x32x2x4;128x64x32x2x2;64x128x32x2x2;128x128x32x4x1}" node --import tsx scripts/gpu-tc.ts both ;;
+    tc) run tc 150 env TC_TILES="${TC_TILES:-128x128x32x2x2;128x128x64x2x2;256x128x32x4x2;128x256x32x2x4;128x128x32x4x2;128x128x32x2x4}" node --import tsx scripts/gpu-tc.ts both ;;
     testgpu) run testgpu 90 env CI=true node --import tsx --test test/gpu/*.test.ts ;;
     mamba2) run mamba2 200 node --import tsx bench/run.ts mamba2 ;;
     m2) run m2 240 env BENCH_SSD_BWD=${SSD_BWD:-chunked,chunked-q128,sequential} BENCH_SSD_VARIANTS="${SSD_VARIANTS:-Q:64,SL:1,BK:16,PB:32|Q:128,SL:1,BK:16,PB:64}" BENCH_ONLY=scan,bwd,forward,decode node --import tsx bench/run.ts mamba2 ;;

@@ -31,6 +31,7 @@ for (const k of ["maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWork
 const device = await adapter.requestDevice({ requiredFeatures: want, requiredLimits: limits });
 device.addEventListener("uncapturederror", (e) => console.error("GPU error:", (e as GPUUncapturedErrorEvent).error.message));
 const gpu = new Gpu(device, adapter.info.description, dawn);
+console.log(`workgroup memory: ${device.limits.maxComputeWorkgroupStorageSize} bytes; subgroups ${gpu.subgroupMinSize} to ${gpu.subgroupMaxSize} wide`);
 
 function rand(n: number, seed: number, scale = 1): Float32Array {
   let s = seed >>> 0;

@@ -23,8 +23,10 @@ export function parseTensorCoreTile(text: string): TensorCoreTile {
   return t;
 }
 
-/** A tile of several subgroups only where the device's subgroups are 32 wide. */
-function deviceTile(gpu: { subgroupMinSize: number; subgroupMaxSize: number }, t: TensorCoreTile): TensorCoreTile {
+/** A tile within the device's workgroup memory, of several subgroups only where its subgroups are 32 wide. */
+function deviceTile(gpu: { subgroupMinSize: number; subgroupMaxSize: number; limits: GPUSupportedLimits }, t: TensorCoreTile): TensorCoreTile {
+  const why = tensorCoreTileProblem(t, gpu.limits.maxComputeWorkgroupStorageSize);
+  if (why) throw new MambaError(`tensorCoreTile: ${tensorCoreTileName(t)} cannot run: ${why}`);
   if (t.SG && t.SG[0] * t.SG[1] > 1 && !sharedTilesRun(gpu)) {
     throw new MambaError(`tensorCoreTile: ${tensorCoreTileName(t)} has several subgroups a workgroup, which needs subgroups 32 wide; this device's are ${gpu.subgroupMinSize || "?"} to ${gpu.subgroupMaxSize || "?"}`);
   }

@@ -55,17 +55,24 @@ export function tensorCoreFits(a: { rows: number; K: number; N: number; ldx?: nu
   return a.rows >= 16 && a.K % 4 === 0 && a.N >= 16 && (a.ldx ?? a.K) % 4 === 0 && (a.offx ?? 0) % 4 === 0;
 }
 
-/** What makes a tile one the kernel cannot run, or null: whole 16 × 16 result matrices (at most 4 × 4), K staged 16
- *  or 32 at a time, the staged tiles a whole number of loads a thread, within 32 KiB of workgroup memory. */
-export function tensorCoreTileProblem(t: TensorCoreTile): string | null {
+/** Bytes of workgroup memory a tile stages through: x's and w's tiles (rows padded by 8 halves) and a 16 × 16 block
+ *  of results a subgroup. */
+export function tensorCoreTileBytes(t: TensorCoreTile): number {
+  return (t.BM + t.BN) * (t.BK + 8) * 2 + 1024 * (t.SG ? t.SG[0] * t.SG[1] : 1);
+}
+
+/** What makes a tile one the kernel cannot run, or null: whole 16 × 16 result matrices (at most 4 × 4 a subgroup),
+ *  K staged 16, 32 or 64 at a time, the staged tiles a whole number of loads a thread, and (where given) within the
+ *  device's workgroup memory. */
+export function tensorCoreTileProblem(t: TensorCoreTile, workgroupBytes = Infinity): string | null {
   const [SGM, SGN] = t.SG ?? [1, 1];
   if (!Number.isInteger(SGM) || !Number.isInteger(SGN) || SGM < 1 || SGN < 1 || SGM * SGN > 8) return `SG must be 1 to 8 subgroups, got ${SGM} × ${SGN}`;
-  if (![16, 32].includes(t.BK)) return `BK must be 16 or 32, got ${t.BK}`;
+  if (![16, 32, 64].includes(t.BK)) return `BK must be 16, 32 or 64, got ${t.BK}`;
   if (t.BM % (16 * SGM) || t.BN % (16 * SGN) || t.BM < 16 || t.BN < 16) return `BM and BN must be multiples of 16 a subgroup, got ${t.BM} and ${t.BN} for ${SGM} × ${SGN} subgroups`;
   if ((t.BM / SGM / 16) * (t.BN / SGN / 16) > 16) return "more than 16 result matrices a subgroup";
   const NT = 32 * SGM * SGN;
   if ((t.BM * t.BK / 4) % NT || (t.BN * t.BK / 4) % NT) return `its staged tiles are not a whole number of loads for ${NT} threads`;
-  if ((t.BM + t.BN) * (t.BK + 8) * 2 + 1024 * SGM * SGN > 32768) return "over 32 KiB of workgroup memory";
+  if (tensorCoreTileBytes(t) > workgroupBytes) return `its ${tensorCoreTileBytes(t)} bytes of workgroup memory are over this device's ${workgroupBytes}`;
   return null;
 }
 
@@ -224,6 +231,8 @@ const tensorCoreKernel = defineKernel({
 // plan.kLen, a multiple of 16, as ./matmul.ts's splitPlan makes), y: [count, T, N] partial products without the bias
 export function matmulTensorCore(gpu: Gpu, a: MatmulArgs, plan = { kLen: a.K, count: 1 }, tile: TensorCoreTile = TC_TILE): void {
   const subgroups = tile.SG ? tile.SG[0] * tile.SG[1] : 1;
+  const why = tensorCoreTileProblem(tile, gpu.limits.maxComputeWorkgroupStorageSize);
+  if (why) throw new MambaError(`matmul_tc: tile ${tensorCoreTileName(tile)} cannot run: ${why}`);
   if (subgroups > 1 && !sharedTilesRun(gpu)) {
     throw new MambaError(`matmul_tc: tile ${tensorCoreTileName(tile)} has ${subgroups} subgroups a workgroup, which needs subgroups 32 wide; this device's are ${gpu.subgroupMinSize || "?"} to ${gpu.subgroupMaxSize || "?"}`);
   }
