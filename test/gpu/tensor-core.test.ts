@@ -12,7 +12,7 @@ import { cols } from "../../src/backend/backend.ts";
 import type { WebGpuBackend } from "../../src/backend/webgpu/index.ts";
 import type { GpuTensor } from "../../src/backend/webgpu/tensor.ts";
 import { hasTensorCores } from "../../src/backend/webgpu/ops.ts";
-import { matmulTensorCore, TC_TILE, tensorCoreFits, tensorCoreTileName, type TensorCoreTile } from "../../src/backend/webgpu/kernels/matmul-tc.ts";
+import { matmulTensorCore, TC_TILE, TC_TILE_SHARED, TC_TILE_WIDE, tensorCoreFits, tensorCoreTileBytes, tensorCoreTileName, type TensorCoreTile } from "../../src/backend/webgpu/kernels/matmul-tc.ts";
 import { toF16Bits } from "../../src/io/tensor.ts";
 import { TestRng } from "../helpers/random.ts";
 import { FIXTURE_BOUNDS, type ProductShape, assertProductNear, fixtureF16Error, productReference, rand, roundF16 } from "../helpers/half.ts";
@@ -45,7 +45,7 @@ const cases: (ProductShape & { bias: boolean })[] = [
 ];
 
 // the default tile, one staging 32 K columns at a time, and workgroups of several subgroups sharing staged tiles
-const tiles: TensorCoreTile[] = [TC_TILE, { BM: 64, BN: 64, BK: 32 }, { BM: 128, BN: 128, BK: 32, SG: [2, 2] }, { BM: 128, BN: 256, BK: 16, SG: [2, 4] }];
+const tiles: TensorCoreTile[] = [TC_TILE, { BM: 64, BN: 64, BK: 32 }, TC_TILE_SHARED, TC_TILE_WIDE];
 
 for (const tile of tiles) {
   test(`tensor cores: matmulTensorCore (tile ${tensorCoreTileName(tile)}) matches the reference on f16-rounded inputs (edges, windows, bias or none)`, { timeout: 300_000 }, async (t) => {
@@ -54,6 +54,10 @@ for (const tile of tiles) {
     try {
       if (tile.SG && !(b.gpu.subgroupMinSize === 32 && b.gpu.subgroupMaxSize === 32)) {
         t.skip(`${b.device}: subgroups ${b.gpu.subgroupMinSize} to ${b.gpu.subgroupMaxSize} wide; several-subgroup tiles need 32`);
+        return;
+      }
+      if (tensorCoreTileBytes(tile) > b.gpu.limits.maxComputeWorkgroupStorageSize) {
+        t.skip(`${b.device}: ${b.gpu.limits.maxComputeWorkgroupStorageSize} bytes of workgroup memory; the tile needs ${tensorCoreTileBytes(tile)}`);
         return;
       }
       let seed = 1;

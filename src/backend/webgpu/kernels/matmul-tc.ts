@@ -37,17 +37,23 @@ export interface TensorCoreTile {
 /** The tile of one subgroup a workgroup, for devices whose subgroups are not 32 wide. */
 export const TC_TILE: TensorCoreTile = { BM: 64, BN: 64, BK: 16 };
 /** The tile where subgroups are 32 wide: 2 × 2 subgroups of 64 × 64 blocks sharing 128 × 128 tiles staged 32 K
- *  columns at a time. On an H100 it took 1.22 ms for 1.4b's out_proj ([16384, 4096] × [2048, 4096]ᵀ, 225 TFLOP/s)
- *  where TC_TILE took 2.9 (scripts/gpu-tc.ts; 128 × 256 and 256 × 128 tiles of 8 subgroups, staged 16 at a time,
- *  150). */
+ *  columns at a time. On an H100 it took 1.24 ms for 1.4b's out_proj ([16384, 4096] × [2048, 4096]ᵀ, 222 TFLOP/s)
+ *  where TC_TILE took 2.9 (scripts/gpu-tc.ts, runs 80 – 81). */
 export const TC_TILE_SHARED: TensorCoreTile = { BM: 128, BN: 128, BK: 32, SG: [2, 2] };
+/** Where workgroup memory holds it (38,912 bytes: the H100 offers 49,152), 2 × 4 subgroups on 128 × 256 tiles: the
+ *  forward's products summed 4% faster on an H100 (run 81: 7.65 against 7.97 ms over six shapes; 206 against 188
+ *  TFLOP/s at 1.4b's in_proj, 212 against 222 at its out_proj). */
+export const TC_TILE_WIDE: TensorCoreTile = { BM: 128, BN: 256, BK: 32, SG: [2, 4] };
 
 /** Whether a device runs tiles of several subgroups: its subgroups are 32 wide (their index is the invocation's
  *  / 32). */
 export const sharedTilesRun = (gpu: { subgroupMinSize: number; subgroupMaxSize: number }) => gpu.subgroupMinSize === 32 && gpu.subgroupMaxSize === 32;
 
 /** The default tile for a device. */
-export const defaultTensorCoreTile = (gpu: { subgroupMinSize: number; subgroupMaxSize: number }) => (sharedTilesRun(gpu) ? TC_TILE_SHARED : TC_TILE);
+export function defaultTensorCoreTile(gpu: { subgroupMinSize: number; subgroupMaxSize: number; limits: GPUSupportedLimits }): TensorCoreTile {
+  if (!sharedTilesRun(gpu)) return TC_TILE;
+  return tensorCoreTileBytes(TC_TILE_WIDE) <= gpu.limits.maxComputeWorkgroupStorageSize ? TC_TILE_WIDE : TC_TILE_SHARED;
+}
 
 /** Whether the tensor-core kernel takes a product: K, the window's stride and offset multiples of 4 (x is read 4
  *  floats at once, w 4 halves at once), and rows enough to fill a tile's worth of work. */
