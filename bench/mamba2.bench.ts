@@ -22,7 +22,6 @@ import { filled, benchPrompts } from "./data.ts";
 import { gpuTrials, parseTunings, timeTrials } from "./timing.ts";
 import { chunkTuning } from "../src/backend/webgpu/kernels/ssd/chunked.ts";
 import { ssdBackwardTuning } from "../src/backend/webgpu/kernels/ssd/backward.ts";
-import { ssdChunkedBackwardTuning } from "../src/backend/webgpu/kernels/ssd/backward-chunked.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const anchorFile = process.env.MAMBA_TS_ANCHORS_MAMBA2 ?? path.resolve(here, "anchors/h100-mamba2.json");
@@ -36,18 +35,9 @@ const smoke = process.env.BENCH_SMOKE === "1";
 const only = new Set((process.env.BENCH_ONLY ?? "scan,bwd,forward,decode").split(","));
 const bwd = only.has("bwd");
 const ssdVariants = parseTunings<Partial<typeof chunkTuning>>(process.env.BENCH_SSD_VARIANTS);
-// BENCH_SSD_BWD=chunked,chunked-q128,sequential: the backward's kernels to time (default the chunked ones with
-// their defaults); -qQ sets the chunk length (64 or 128)
-const bwdKernels = (process.env.BENCH_SSD_BWD ?? "chunked").split(",").map((v) => {
-  const [kind, ...opts] = v.split("-");
-  if (kind !== "chunked" && kind !== "sequential") throw new Error(`BENCH_SSD_BWD: ${v} is neither chunked nor sequential`);
-  const t = { ...ssdChunkedBackwardTuning };
-  for (const o of opts) {
-    if (o === "q64" || o === "q128") t.Q = Number(o.slice(1));
-    else throw new Error(`BENCH_SSD_BWD: ${o} in ${v} is neither q64 nor q128`);
-  }
-  return { name: v, kind: kind as typeof ssdBackwardTuning.kernels, tuning: t };
-});
+// BENCH_SSD_BWD_CHUNKS=64,128: the backward's chunk lengths to time (default its own)
+const bwdChunks = (process.env.BENCH_SSD_BWD_CHUNKS ?? String(ssdBackwardTuning.Q)).split(",").map(Number);
+for (const q of bwdChunks) if (q !== 64 && q !== 128) throw new Error(`BENCH_SSD_BWD_CHUNKS: ${q} is neither 64 nor 128`);
 const decodeBatches = (process.env.BENCH_DECODE_BATCHES ?? "1,64").split(",").map(Number);
 const ms = (t: number) => `${t.toFixed(3)} ms`;
 const ratio = (ours: number, official: number | undefined, higherIsBetter: boolean) =>
@@ -99,11 +89,10 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
         dB: zeros(T * G * N, [T, G * N]), dC: zeros(T * G * N, [T, G * N]), dD: zeros(H, [H]), dz: null,
       };
       const fb = () => { f(); tb_.ssdScanBackward!(args, dy, g); };
-      const saved = ssdBackwardTuning.kernels, savedChunked = { ...ssdChunkedBackwardTuning };
-      for (const kernels of bwdKernels) {
-        ssdBackwardTuning.kernels = kernels.kind;
-        Object.assign(ssdChunkedBackwardTuning, kernels.tuning);
-        const label = bwdKernels.length > 1 ? ` (${kernels.name})` : "";
+      const saved = ssdBackwardTuning.Q;
+      for (const Q of bwdChunks) {
+        ssdBackwardTuning.Q = Q;
+        const label = bwdChunks.length > 1 ? ` (chunks of ${Q})` : "";
         try {
           for (let i = 0; i < 2; i++) fb();
           await b.sync();
@@ -121,8 +110,7 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
           bwdLine += `; fwd+bwd${label} not run: ${(e as Error).message}`;
         }
       }
-      ssdBackwardTuning.kernels = saved;
-      Object.assign(ssdChunkedBackwardTuning, savedChunked);
+      ssdBackwardTuning.Q = saved;
       b.dispose(dy, g.dx, g.dDt, g.dDtBias, g.dA_log, g.dB, g.dC, g.dD);
     }
     const bytes = (2 * T * E + T * H + 2 * T * G * N) * 4;

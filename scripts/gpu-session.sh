@@ -10,7 +10,7 @@ for s in ${steps//,/ }; do
     tc) run tc 150 env TC_TILES="${TC_TILES:-128x128x32x2x2;128x128x64x2x2;256x128x32x4x2;128x256x32x2x4;128x128x32x4x2;128x128x32x2x4}" node --import tsx scripts/gpu-tc.ts both ;;
     testgpu) run testgpu 90 env CI=true node --import tsx --test test/gpu/*.test.ts ;;
     mamba2) run mamba2 200 node --import tsx bench/run.ts mamba2 ;;
-    m2) run m2 240 env BENCH_SSD_BWD=${SSD_BWD:-chunked,chunked-q128,sequential} BENCH_SSD_VARIANTS="${SSD_VARIANTS:-Q:64,SL:1,BK:16,PB:32|Q:128,SL:1,BK:16,PB:64}" BENCH_ONLY=scan,bwd,forward,decode node --import tsx bench/run.ts mamba2 ;;
+    m2) run m2 240 env BENCH_SSD_BWD_CHUNKS=${SSD_BWD_CHUNKS:-64} BENCH_SSD_VARIANTS="${SSD_VARIANTS:-Q:64,SL:1,BK:16,PB:32|Q:128,SL:1,BK:16,PB:64}" BENCH_ONLY=scan,bwd,forward,decode node --import tsx bench/run.ts mamba2 ;;
     m27) run m27 150 env BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2 ;;
     trainf16) run trainf16 150 env BENCH_ONLY=step BENCH_TRAIN_PRECISIONS=f32,f16 node --import tsx bench/run.ts webgpu-train ;;
     scan) run scan 90 env BENCH_ONLY=scan,bwd node --import tsx bench/run.ts mamba2 ;;

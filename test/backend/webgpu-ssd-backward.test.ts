@@ -1,12 +1,10 @@
 /**
- * The WebGPU SSD backward (the op ssdScanBackward: kernels/ssd/backward-chunked.ts's matrix products by default,
- * kernels/ssd/backward.ts's sequential ones where ssdBackwardTuning.kernels says so) against the CPU reference's
- * (src/backend/cpu/ssd-backward.ts) on shapes across their boundaries (chunk edges of the chunked kernels: lengths
- * of one, several and a ragged last chunk; P and N past one 64-wide tile): the heads in several pieces and time in
- * several segments (a small scratch budget forces them), lengths that are not multiples of the checkpoint interval, head dims and state sizes that are
- * not multiples of the kernels' blocks, 1 or 2 groups, batch 3, with and without a gate z and an initial state, a
- * dt clamp, every gradient a column window of a wider matrix (added into, as training does); the sums over rows by
- * subgroup shuffles (the device's width and narrower ones) and through workgroup memory.
+ * The WebGPU SSD backward (the op ssdScanBackward: kernels/ssd/backward.ts, chunks as matrix products) against the
+ * CPU reference's (src/backend/cpu/ssd-backward.ts) on shapes across its boundaries, with chunks of 64 (the default)
+ * and 128: one position, one whole chunk, several chunks with a ragged last one; head dims and state sizes past one
+ * 64-wide product tile or not multiples of 4; the heads in pieces of one (a scratch budget of one head's), a group's
+ * dB and dC summed over pieces; 1 or 2 groups, batch 3, with and without a gate z and an initial state, a dt clamp,
+ * every gradient a column window of a wider matrix (added into, as training does).
  *
  * Tolerance: the CPU keeps its states in float64, the GPU in float32; both sum the same terms in other orders. Each
  * gradient is a sum over time of products whose float32 rounding is a relative 1e-7 each, growing at most with the
@@ -21,8 +19,7 @@ import type { TrainingOps } from "../../src/backend/training.ts";
 import { TestRng } from "../helpers/random.ts";
 import { maxAbsDiff } from "../helpers/fixtures.ts";
 import { releaseWebgpu, unavailable, webgpuBackend } from "../helpers/backends.ts";
-import { ssdBackwardTuning } from "../../src/backend/webgpu/kernels/ssd/backward.ts";
-import { chunkedBackwardLayout, chunkedBackwardPlan, ssdChunkedBackwardTuning } from "../../src/backend/webgpu/kernels/ssd/backward-chunked.ts";
+import { ssdBackwardLayout, ssdBackwardPlan, ssdBackwardTuning } from "../../src/backend/webgpu/kernels/ssd/backward.ts";
 
 after(releaseWebgpu);
 
@@ -32,9 +29,8 @@ const cpu = new CpuBackend() as unknown as TB;
 interface Case {
   B: number; L: number; H: number; P: number; G: number; N: number;
   gate: boolean; state: boolean; limit: readonly [number, number];
-  /** the scratch budget (bytes a buffer) of the sequential kernels; small ones split the heads into pieces (the
-   *  chunked kernels then get a budget of one head's scratch) */
-  budget?: number;
+  /** the heads in pieces of one: a scratch budget of one head's */
+  pieces?: boolean;
 }
 
 async function compare(g: TB, c: Case, seed: number): Promise<void> {
@@ -66,11 +62,7 @@ async function compare(g: TB, c: Case, seed: number): Promise<void> {
   };
   const want = await run(cpu);
   const saved = ssdBackwardTuning.bufferBytes;
-  // the chunked kernels' budget: their scratch for pieces of one head
-  if (c.budget) {
-    ssdBackwardTuning.bufferBytes = ssdBackwardTuning.kernels === "chunked"
-      ? chunkedBackwardLayout({ ...c, hasState: c.state, lo: 0, hi: 1 }, ssdChunkedBackwardTuning.Q, 1).size * 4 : c.budget;
-  }
+  if (c.pieces) ssdBackwardTuning.bufferBytes = ssdBackwardLayout({ ...c, hasState: c.state, lo: 0, hi: 1 }, ssdBackwardTuning.Q, 1).size * 4;
   let got: Float32Array[];
   try {
     got = await run(g);
@@ -89,79 +81,43 @@ async function compare(g: TB, c: Case, seed: number): Promise<void> {
 
 const none = [0, Infinity] as const;
 
-// the chunked kernels with chunks of 64 and of 128, and the sequential kernels
-const variants = [{ kernels: "chunked", Q: 64 }, { kernels: "chunked", Q: 128 }, { kernels: "sequential", Q: 64 }] as const;
-for (const { kernels, Q } of variants) {
-  test(`ssdScanBackward on WebGPU (${kernels} kernels${kernels === "chunked" ? `, Q ${Q}` : ""}) matches the CPU across chunks, pieces of heads, groups and batch rows`, { timeout: 900_000 }, async (t) => {
-  const g = await webgpuBackend() as TB | null;
-  if (!g) return unavailable(t, "no WebGPU adapter");
-  const cases: Case[] = [
-    // batch 3, 2 groups, a gate and a state, a dt clamp; a length not a multiple of the checkpoint interval
-    { B: 3, L: 37, H: 4, P: 6, G: 2, N: 5, gate: true, state: true, limit: [0.02, 0.7] },
-    // the heads in pieces of 1 (a budget below two heads' scratch), 2 groups: a group's dB and dC summed over pieces
-    { B: 2, L: 45, H: 4, P: 8, G: 2, N: 12, gate: true, state: false, limit: none, budget: 60_000 },
-    // pieces of 1 head, each in 2 segments of time (dS carried from one to the next), one group
-    { B: 1, L: 300, H: 5, P: 4, G: 1, N: 8, gate: false, state: true, limit: [0, 0.5], budget: 60_000 },
-    // batch 3 in 5 segments of 40 positions (a batch row's positions apart in the segment's partials), 4 pieces
-    { B: 3, L: 200, H: 4, P: 16, G: 2, N: 16, gate: true, state: true, limit: none, budget: 200_000 },
-    // head dims and state sizes that are not multiples of the kernels' blocks, more rows than a block
-    { B: 1, L: 20, H: 2, P: 67, G: 1, N: 66, gate: true, state: true, limit: none },
-    // the model's head (P 64, N 128), two groups, a few checkpoints
-    { B: 1, L: 70, H: 4, P: 64, G: 2, N: 128, gate: true, state: true, limit: none },
-    // one position; exactly one chunk of the chunked kernels (64); P and N past one 64-wide tile, 2 heads a group
-    { B: 2, L: 1, H: 2, P: 5, G: 1, N: 3, gate: false, state: true, limit: none },
-    { B: 1, L: 64, H: 4, P: 72, G: 2, N: 80, gate: true, state: false, limit: [0.05, 2] },
-  ];
-  const saved = ssdBackwardTuning.kernels, savedChunked = { ...ssdChunkedBackwardTuning };
-  ssdBackwardTuning.kernels = kernels;
-  Object.assign(ssdChunkedBackwardTuning, { Q });
-  try {
-    for (const [i, c] of cases.entries()) await compare(g, c, 500 + i);
-  } finally {
-    ssdBackwardTuning.kernels = saved;
-    Object.assign(ssdChunkedBackwardTuning, savedChunked);
-  }
-});
+for (const Q of [64, 128]) {
+  test(`ssdScanBackward on WebGPU (chunks of ${Q}) matches the CPU across chunks, pieces of heads, groups and batch rows`, { timeout: 900_000 }, async (t) => {
+    const g = await webgpuBackend() as TB | null;
+    if (!g) return unavailable(t, "no WebGPU adapter");
+    const cases: Case[] = [
+      // batch 3, 2 groups, a gate and a state, a dt clamp; one chunk shorter than the kernels'
+      { B: 3, L: 37, H: 4, P: 6, G: 2, N: 5, gate: true, state: true, limit: [0.02, 0.7] },
+      // the heads in pieces of 1, 2 groups: a group's dB and dC summed over pieces
+      { B: 2, L: 45, H: 4, P: 8, G: 2, N: 12, gate: true, state: false, limit: none, pieces: true },
+      // pieces of 1 head, several chunks, one group
+      { B: 1, L: 300, H: 5, P: 4, G: 1, N: 8, gate: false, state: true, limit: [0, 0.5], pieces: true },
+      // batch 3, several chunks and a ragged last one, pieces of 1
+      { B: 3, L: 200, H: 4, P: 16, G: 2, N: 16, gate: true, state: true, limit: none, pieces: true },
+      // head dims and state sizes past one 64-wide tile and not multiples of 4
+      { B: 1, L: 20, H: 2, P: 67, G: 1, N: 66, gate: true, state: true, limit: none },
+      // the model's head (P 64, N 128), two groups, two chunks of 64
+      { B: 1, L: 70, H: 4, P: 64, G: 2, N: 128, gate: true, state: true, limit: none },
+      // one position; exactly one chunk of 64, P and N past one tile, 2 heads a group
+      { B: 2, L: 1, H: 2, P: 5, G: 1, N: 3, gate: false, state: true, limit: none },
+      { B: 1, L: 64, H: 4, P: 72, G: 2, N: 80, gate: true, state: false, limit: [0.05, 2] },
+    ];
+    const saved = ssdBackwardTuning.Q;
+    ssdBackwardTuning.Q = Q;
+    try {
+      for (const [i, c] of cases.entries()) await compare(g, c, 500 + i);
+    } finally {
+      ssdBackwardTuning.Q = saved;
+    }
+  });
 }
 
-test("ssdScanBackward on WebGPU (sequential kernels): the sums over rows in workgroup memory, by shuffles over narrower blocks; shorter chunks; checkpoints every few chunks", { timeout: 900_000 }, async (t) => {
-  const g = await webgpuBackend() as TB | null;
-  if (!g) return unavailable(t, "no WebGPU adapter");
-  const saved = { ...ssdBackwardTuning };
-  ssdBackwardTuning.kernels = "sequential";
-  try {
-    // 0: workgroup memory only; 2 and 4: blocks of that many lanes (where the device has subgroups; else 0 again)
-    for (const W of [0, 2, 4]) {
-      ssdBackwardTuning.W = W;
-      await compare(g, { B: 2, L: 21, H: 2, P: 40, G: 1, N: 20, gate: true, state: true, limit: [0.01, 0.9] }, 700 + W);
-      await compare(g, { B: 1, L: 30, H: 2, P: 64, G: 2, N: 128, gate: false, state: false, limit: none }, 710 + W);
-    }
-    // chunks of 1, 2 and 4 positions between checkpoints (shorter ones than the default 8, as devices with less
-    // workgroup memory get), the device's width
-    ssdBackwardTuning.W = saved.W;
-    for (const K of [1, 2, 4]) {
-      ssdBackwardTuning.K = K;
-      await compare(g, { B: 2, L: 19, H: 2, P: 33, G: 2, N: 9, gate: true, state: true, limit: [0, 0.8] }, 720 + K);
-    }
-    ssdBackwardTuning.K = saved.K;
-    // checkpoints every 2 or 4 chunks (the chunks' starting states recomputed in workgroup memory): a last run of
-    // fewer chunks; then in segments of whole runs, in pieces of one head
-    for (const M of [2, 4]) {
-      ssdBackwardTuning.M = M;
-      await compare(g, { B: 2, L: 45, H: 2, P: 40, G: 1, N: 20, gate: true, state: true, limit: [0.01, 0.9] }, 730 + M);
-      await compare(g, { B: 3, L: 200, H: 4, P: 16, G: 2, N: 16, gate: false, state: true, limit: none, budget: 150_000 }, 740 + M);
-    }
-  } finally {
-    Object.assign(ssdBackwardTuning, saved);
-  }
-});
-
-test("the chunked backward's plan: the most heads a piece whose scratch fits, pieces of even size, none where one head does not fit", () => {
+test("the SSD backward's plan: the most heads a piece whose scratch fits, pieces of even size, none where one head does not fit", () => {
   const d = { B: 2, L: 300, H: 6, P: 16, G: 2, N: 8, hasState: false, lo: 0, hi: Infinity };
-  const one = chunkedBackwardLayout(d, 64, 1).size * 4, all = chunkedBackwardLayout(d, 64, 6).size * 4;
-  assert.equal(chunkedBackwardPlan(d, all, 64)!.hp, 6);
-  assert.equal(chunkedBackwardPlan(d, one, 64)!.hp, 1);
+  const one = ssdBackwardLayout(d, 64, 1).size * 4, all = ssdBackwardLayout(d, 64, 6).size * 4;
+  assert.equal(ssdBackwardPlan(d, all, 64)!.hp, 6);
+  assert.equal(ssdBackwardPlan(d, one, 64)!.hp, 1);
   // room for 4 heads: pieces of 3 and 3 rather than 4 and 2
-  assert.equal(chunkedBackwardPlan(d, chunkedBackwardLayout(d, 64, 4).size * 4, 64)!.hp, 3);
-  assert.equal(chunkedBackwardPlan(d, one - 4, 64), null);
+  assert.equal(ssdBackwardPlan(d, ssdBackwardLayout(d, 64, 4).size * 4, 64)!.hp, 3);
+  assert.equal(ssdBackwardPlan(d, one - 4, 64), null);
 });

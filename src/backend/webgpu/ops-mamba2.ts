@@ -5,9 +5,8 @@
  * from the states, as register-tiled products; chunks of the kernels' own length) and, for one position (decode),
  * as the plain recurrence (a thread per (b, h, p), the state row in registers). Both are tested against the CPU's.
  * The training ops: Falcon's windowed norm's backward, the gated norm's, and the SSD's (kernels/ssd/backward.ts:
- * the recurrence backwards from checkpoints, a workgroup per (b, h, block of rows, block of state columns), the
- * gate's backward first from a forward scan without the gate; time in segments and heads in pieces where the
- * scratch would not fit a buffer).
+ * in chunks as matrix products, the states passed forward and the gradients back between chunks; the gate's
+ * backward first from a forward scan without the gate; heads in pieces where the scratch would not fit a buffer).
  */
 import type { SsdScanArgs, Tensor, TensorOrCols } from "../backend.ts";
 import { MambaError, check } from "../../errors.ts";
@@ -20,8 +19,7 @@ import { ssdScanSequential } from "./kernels/ssd/scan.ts";
 import { gatherConsts } from "./kernels/ssd/common.ts";
 import { ssdScanChunked } from "./kernels/ssd/chunked.ts";
 import { MAX_SEGMENTS, gatedRmsNorm, gatedRmsNormBackward, segmentRmsNorm, segmentRmsNormBackward } from "./kernels/ssd/norms.ts";
-import { ssdBackward, ssdBackwardLayout, ssdBackwardSetup, ssdBackwardTuning, ssdGateBackward } from "./kernels/ssd/backward.ts";
-import { chunkedBackwardLayout, chunkedBackwardPlan, ssdBackwardChunked } from "./kernels/ssd/backward-chunked.ts";
+import { ssdBackward, ssdBackwardLayout, ssdBackwardPlan, ssdBackwardTuning, ssdGateBackward } from "./kernels/ssd/backward.ts";
 import { copyWindow } from "./kernels/copy.ts";
 import type { SsdGrads } from "../training.ts";
 
@@ -135,15 +133,9 @@ export const webgpuMamba2Ops = {
     const dims = { B: a.batch, L: a.seqLen, H, P, G, N, hasState: !!st, lo: a.dtLimit[0], hi: a.dtLimit[1] };
     const limit = this.gpu.limits.maxStorageBufferBindingSize;
     if (T * HP * 4 > limit) throw new MambaError(`${what}: the scan's output needs ${T * HP * 4} bytes, over this device's ${limit} a buffer; use a smaller batch or the cpu backend`);
-    // the chunked kernels (matrix products) by default; the sequential ones where the tuning asks for them. Heads
-    // in pieces (and for the sequential kernels time in segments) such that the scratch fits a buffer.
-    const chunked = ssdBackwardTuning.kernels === "chunked";
-    const cplan = chunked ? chunkedBackwardPlan(dims, Math.min(ssdBackwardTuning.bufferBytes, limit)) ?? chunkedBackwardPlan(dims, limit) : null;
-    const setup = chunked ? null : ssdBackwardSetup(dims, {
-      wgBytes: this.gpu.limits.maxComputeWorkgroupStorageSize, subgroupMinSize: this.gpu.subgroupMinSize,
-      maxBytes: ssdBackwardTuning.bufferBytes, bindingBytes: limit,
-    });
-    if (!cplan && !setup) throw new MambaError(`${what}: the backward's scratch for one head needs more than this device's ${limit} bytes a buffer; use a smaller batch or sequence, or the cpu backend`);
+    // heads in pieces such that the scratch fits a buffer
+    const plan = ssdBackwardPlan(dims, Math.min(ssdBackwardTuning.bufferBytes, limit)) ?? ssdBackwardPlan(dims, limit);
+    if (!plan) throw new MambaError(`${what}: the backward's scratch for one head needs more than this device's ${limit} bytes a buffer; use a smaller batch or sequence, or the cpu backend`);
     const target = (t: TensorOrCols, width: number, name: string) => {
       const w = windowOf(t, this, `${what} (${name})`);
       check(w.width === width && w.rows === T, `${what}: ${name} is ${w.rows} x ${w.width}, expected ${T} x ${width}`);
@@ -177,22 +169,12 @@ export const webgpuMamba2Ops = {
       dx: target(g.dx, HP, "dx"), dDt: target(g.dDt, H, "dDt"), dB: target(g.dB, GN, "dB"), dC: target(g.dC, GN, "dC"),
       dA_log: dense(g.dA_log, H, "dA_log"), dD: dense(g.dD, H, "dD"), dDtBias: dense(g.dDtBias, H, "dDtBias"),
     };
-    if (cplan) {
-      const work = this.gpu.alloc(Math.max(4, cplan.size * 4), "the SSD backward's scratch");
-      for (let h0 = 0; h0 < H; h0 += cplan.hp) {
-        const hp = Math.min(cplan.hp, H - h0);
-        ssdBackwardChunked(this.gpu, dims, hp === cplan.hp ? cplan : chunkedBackwardLayout(dims, cplan.Q, hp), h0, args, work);
-      }
-      this.gpu.release(work);
-    } else {
-      const { shape, l } = setup!;
-      const work = this.gpu.alloc(Math.max(4, l.size * 4), "the SSD backward's scratch");
-      for (let h0 = 0; h0 < H; h0 += l.hp) {
-        const hp = Math.min(l.hp, H - h0);
-        ssdBackward(this.gpu, dims, shape, hp === l.hp ? l : ssdBackwardLayout(dims, shape, hp, l.S), h0, args, work);
-      }
-      this.gpu.release(work);
+    const work = this.gpu.alloc(Math.max(4, plan.size * 4), "the SSD backward's scratch");
+    for (let h0 = 0; h0 < H; h0 += plan.hp) {
+      const hp = Math.min(plan.hp, H - h0);
+      ssdBackward(this.gpu, dims, hp === plan.hp ? plan : ssdBackwardLayout(dims, plan.Q, hp), h0, args, work);
     }
+    this.gpu.release(work);
     this.gpu.release(args.consts);
     if (ypre) this.dispose(ypre);
   },

@@ -1,515 +1,358 @@
 /**
- * Backward of Mamba-2's SSM on WebGPU (the CPU's ssdBackwardF32, ../../../cpu/ssd-backward.ts, is the reference):
- * the recurrence run backwards in time with dS ([P, N]), the gradient reaching the state:
- *   dS' = dS + gy ⊗ C_t;  dC_t = gyᵀ·state_t;  dB_t = dt·dS'ᵀ·x_t;  dx_t = D·gy + dt·dS'·B_t
- *   da = Σ dS'∘state_{t-1};  ddt = Σ dS'·x_t⊗B_t + da·a·A;  dA += da·a·dt;  dS = a·dS'
- * where gy = dout·silu(z) (the caller computes it first: y before the gate comes from a forward scan without z).
+ * Backward of Mamba-2's SSM on WebGPU in chunks of Q positions, as matrix products (the CPU's ssdBackwardF32,
+ * ../../../cpu/ssd-backward.ts, is the reference). Per batch row b, chunk c and head h (group g), with dt_s after
+ * the bias, softplus and clamp, a_s = dt_s·A and cs_i = Σ_{s ≤ i} a_s inside the chunk (cs_l: the chunk's last),
+ * the forward is
+ *   S_c = Σ_s exp(cs_l − cs_s)·dt_s·x_s ⊗ B_s                  (the chunk's own state, [P × N])
+ *   H_{c+1} = exp(cs_l)·H_c + S_c                               (H_c: the state entering chunk c)
+ *   y_t = exp(cs_t)·H_c·C_t + Σ_{s ≤ t} (C_t·B_s)·exp(cs_t − cs_s)·dt_s·x_s + D·x_t
+ * and, with gy = dy·silu(z) (the caller's), G_{c+1} the gradient reaching H_{c+1} (zero past the last chunk):
+ *   G_c = Σ_t exp(cs_t)·gy_t ⊗ C_t + exp(cs_l)·G_{c+1}          (a pass over the chunks from the last)
+ *   dCB_ts = (gy_t·x_s)·exp(cs_t − cs_s)·dt_s  for s ≤ t        (the gradient of C_t·B_s, [Q × Q])
+ *   U_s = exp(cs_l − cs_s)·G_{c+1}·B_s + Σ_{t ≥ s} (C_t·B_s)·exp(cs_t − cs_s)·gy_t
+ *   dx_s += dt_s·U_s + D·gy_s;   ∂dt_s (where dt_s multiplies) = x_s·U_s
+ *   dC_t += Σ_h exp(cs_t)·gy_tᵀ·H_c + Σ_s dCB_ts·B_s;     dB_s += Σ_h exp(cs_l − cs_s)·dt_s·x_sᵀ·G_{c+1} + Σ_t dCB_ts·C_t
+ *   ∂cs_t = exp(cs_t)·gy_t·(H_c·C_t) + Σ_{s < t} dCB_ts·(C_t·B_s) − dt_t·(x_t·U'_t) + [t = l]·⟨H_{c+1}, G_{c+1}⟩
+ *     where U'_t is U_t without its term s = t, (C_t·B_t)·gy_t: that term's two parts in ∂cs_t cancel, and leaving
+ *     both out (rather than summing and cancelling two large numbers) keeps ∂cs, and dA, to float32's rounding
+ *   da_s = Σ_{i ≥ s} ∂cs_i;  ddt_s = x_s·U_s + A·da_s;  dA += Σ_s da_s·dt_s
+ * then through the clamp and softplus to dt's raw value and its bias (dA_log = dA·A, dD = Σ gy·x).
  *
- * Every state value (p, n) follows its own recurrence; only the gradients sum over p or n. So a workgroup takes one
- * (batch row b, head h, block of TP rows p, block of NB columns n), a thread a row p with NB state values and NB of
- * dS in registers, and workgroups are B·H·⌈P/TP⌉·⌈N/NB⌉ (at B1 H24 P64 N128: 384 of 64 threads):
- * - ssd_bwd_forward runs the forward once, keeping the state at the start of every M-th chunk of K positions
- *   (checkpoints, in the work buffer; M = 1, or 4 where that saves splitting the heads into pieces);
- * - ssd_bwd_main walks the chunks from the last. A chunk's inputs are staged in workgroup memory (loaded into
- *   registers while the chunk before is worked on, where it comes right after it); its states are
- *   recomputed from their checkpoint into workgroup memory (each thread its own; with M > 1 the run's M chunk
- *   starts first), then it steps back through them. Per step the sums over the block's rows (dB_t, dC_t of its
- *   columns, da, the first term of ddt) go by subgroup shuffles over blocks of W rows (a reduce-scatter, as the
- *   Mamba-1 scan backward's: no barrier), and over the blocks in workgroup memory once a chunk; without subgroups
- *   all through workgroup memory (two buffers taking turns: one barrier a step); the sum over columns of dx is
- *   left in partials per column block, one per (t, h, block, p);
- * - ssd_bwd_rows (a thread per (t, h)) finishes ddt and dt's gradient from the blocks' partials and each row's terms
- *   of dA_log, D and dt_bias; ssd_bwd_dx (per (t, h, p)) adds up dx; ssd_bwd_reduce sums dB, dC over the heads of a
- *   group and the row blocks; ssd_bwd_params sums the per-row terms over time. All add into the caller's windows.
- * Time goes in segments (from the last, dS carried between them) so that the per-position partials are a
- * segment's; heads go in pieces only where the checkpoints alone would not fit a buffer (the scratch is reused).
+ * Kernels, in order (a piece of heads at a time where the scratch would not fit one buffer; C·Bᵀ once for all):
+ *   ssd_bc_prep     a workgroup per (b, c, h): dt and cs (a log-step scan in workgroup memory);
+ *   ssd_bc_cb       C·Bᵀ per (b, c, g), [Q × Q] over N (tiles wholly above the diagonal skipped);
+ *   ssd_bc_state    S_c per (b, c, h), [P × N] over the chunk's positions;
+ *   ssd_bc_fpass    a thread per (b, h, state entry): H_c for every chunk, from the initial state;
+ *   ssd_bc_local    Σ_t exp(cs_t)·gy_t ⊗ C_t per (b, c, h), into S_c's place;
+ *   ssd_bc_rpass    a thread per (b, h, state entry): G_{c+1} for every chunk, into the same place;
+ *   ssd_bc_dcb      dCB per (b, c, h), [Q × Q] over P;
+ *   ssd_bc_dx       U' per (b, c, h), [Q × P] over N + Q (the two terms as one product): dx, and x·U' by rows;
+ *   ssd_bc_q        exp(cs_t)·gy_t·(H_c·C_t) per (b, c, h), [Q × P] over N, summed by rows;
+ *   ssd_bc_dc, ssd_bc_db   per (b, c, g), [Q × N] over the group's heads' P + Q (the two terms as one product);
+ *   ssd_bc_vsum     a thread per (b, c, h, t): Σ_{s < t} dCB_ts·(C_t·B_s);
+ *   ssd_bc_last     a workgroup per (b, c, h): ⟨H_{c+1}, G_{c+1}⟩;
+ *   ssd_bc_rows     a workgroup per (b, c, h): ∂cs, its reverse sum da, dt's gradient, the per-chunk sums of dA, dD
+ *                   and the bias's gradient;
+ *   ssd_bc_params   a thread per head: those sums over batch rows and chunks, into dA_log, dD, dDtBias.
+ * (A backward that walked time per state entry, keeping checkpoints, ran as fast at B1 L2048 H24 but 2.2 – 5.3x
+ * slower at larger shapes on an H100: run 81 in docs/benchmarks-archive.md.)
+ * The products share one generator: 64 × 64 output tiles, 256 threads of 4 × 4 outputs, K staged 16 at a time
+ * through workgroup memory; each product names how its operands are read (functions of the row, the column and
+ * K, zero outside the chunk) and what becomes of its outputs.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
-import { defineKernel } from "../../kernel-def.ts";
+import { type KernelDef, defineKernel } from "../../kernel-def.ts";
 import { check } from "../../../../errors.ts";
 import { softplusWgsl } from "./common.ts";
-import { reduceScatter } from "../backward/scan/reduce.ts";
 
-/** state columns a thread keeps (a column block) */
-const NB = 8;
-/** the most rows (threads) a workgroup takes */
-const MAX_TP = 64;
-/** positions the forward kernel stages at a time */
-const FWD_STAGE = 32;
-/** the longest chunk between checkpoints (its states sit in workgroup memory, K·NB·TP floats) */
-const MAX_K = 8;
+/** bufferBytes: the most bytes the scratch buffer may take (and the device's binding limit); tests lower it to
+ *  force pieces of heads. Q: the chunk length (64 or 128; results the same but for rounding): 64 keeps dCB's scratch
+ *  and the triangle's wasted work small; on an H100 128 took 1.08 – 1.25x as long (run 81). */
+export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, Q: 64 };
 
-export interface SsdBwdShape {
-  /** threads (rows) a workgroup, a multiple of 32 */
-  TP: number;
-  /** positions a chunk: the backward recomputes a chunk's states at once, into workgroup memory */
-  K: number;
-  /** chunks between the checkpoints kept in the work buffer (1, or more to keep fewer: the main kernel then
-   *  recomputes the checkpoints of a run of M chunks into workgroup memory first) */
-  M: number;
-  /** the sums over rows: by subgroup shuffles over blocks of W lanes (a power of two, at most the device's smallest
-   *  subgroup), then workgroup memory over the blocks; or 0, all through workgroup memory */
-  W: number;
+// the output tile of the products and the K step
+const BM = 64, BN = 64, BK = 16;
+
+export interface SsdBackwardDims {
+  B: number; L: number; H: number; P: number; G: number; N: number;
+  hasState: boolean; lo: number; hi: number;
 }
 
-// the parameters every backward kernel reads (one struct, so that one Params serves them all)
+/** Offsets (floats) in the scratch: C·Bᵀ for all groups, then a piece of hp heads' buffers. */
+export function ssdBackwardLayout(d: SsdBackwardDims, Q: number, hp: number) {
+  const nC = Math.ceil(d.L / Q), PN = d.P * d.N, nPT = Math.ceil(d.P / BN);
+  const Zh = d.B * nC * hp; // (b, c, head of the piece)
+  const oCB = 0, oDT = oCB + d.B * nC * d.G * Q * Q, oCS = oDT + Zh * Q, oHS = oCS + Zh * Q, oST = oHS + Zh * PN;
+  const oDCB = oST + Zh * PN, oR = oDCB + Zh * Q * Q, oQY = oR + nPT * Zh * Q, oRS = oQY + nPT * Zh * Q;
+  const oDL = oRS + Zh * Q, oPar = oDL + Zh, size = oPar + 3 * Zh;
+  return { Q, nC, hp, nPT, Zh, oCB, oDT, oCS, oHS, oST, oDCB, oR, oQY, oRS, oDL, oPar, size };
+}
+export type SsdBackwardLayout = ReturnType<typeof ssdBackwardLayout>;
+
+/** The most heads a piece takes with its scratch under maxBytes, in pieces of even size; null if not one fits. */
+export function ssdBackwardPlan(d: SsdBackwardDims, maxBytes: number, Q = ssdBackwardTuning.Q): SsdBackwardLayout | null {
+  const fits = (hp: number) => ssdBackwardLayout(d, Q, hp).size * 4 <= maxBytes;
+  if (!fits(1)) return null;
+  let lo = 1, hi = d.H;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (fits(mid)) lo = mid;
+    else hi = mid - 1;
+  }
+  return ssdBackwardLayout(d, Q, Math.ceil(d.H / Math.ceil(d.H / lo)));
+}
+
+// every kernel's parameters, one struct (one Params serves them all)
 const paramsStruct = /* wgsl */ `struct P {
-  B: u32, L: u32, H: u32, P: u32, G: u32, N: u32, h0: u32, hp: u32,
-  nNB: u32, nPB: u32, nK: u32, groupsX: u32,
+  B: u32, L: u32, H: u32, P: u32, G: u32, N: u32, nC: u32, h0: u32,
+  hp: u32, hg: u32, g0: u32, zCount: u32, groupsX: u32, tilesN: u32, tilesMN: u32, Zh: u32,
   ldx: u32, offx: u32, lddt: u32, offdt: u32, ldb: u32, offb: u32, ldc: u32, offc: u32,
-  ldo: u32, offo: u32, hasState: u32, lo: f32, hi: f32,
-  oCk: u32, oDx: u32, oDB: u32, oDC: u32, oDa: u32, oDdt: u32, oTerms: u32,
-  oDS: u32, cA: u32, cB: u32, tA: u32, Sn: u32,
+  ldo: u32, offo: u32, hasState: u32, lo: f32, hi: f32, nPT: u32,
+  oCB: u32, oDT: u32, oCS: u32, oHS: u32, oST: u32, oDCB: u32, oR: u32, oQY: u32, oRS: u32, oDL: u32, oPar: u32,
 }`;
 
-const commonWgsl = /* wgsl */ `
-fn sigmoid(v: f32) -> f32 { return 1.0 / (1.0 + exp(-v)); }
-// dt at row r (after its bias, the softplus and the clamp), and the raw value before the softplus
-fn dtRaw(r: u32, h: u32) -> f32 { return dt[r * p.lddt + p.offdt + h] + consts[h]; }
-fn dtOf(v: f32) -> f32 { return clamp(${softplusWgsl("v")}, p.lo, p.hi); }
-`;
+// the buffers a kernel may bind, in binding order; each kernel binds those it names
+const BINDINGS: Record<string, string> = {
+  x: "var<storage, read> x: array<f32>;",
+  dt: "var<storage, read> dt: array<f32>;",
+  Bm: "var<storage, read> Bm: array<f32>;",
+  Cm: "var<storage, read> Cm: array<f32>;",
+  consts: "var<storage, read> consts: array<f32>;",
+  gy: "var<storage, read> gy: array<f32>;",
+  state0: "var<storage, read> state0: array<f32>;",
+  work: "var<storage, read_write> work: array<f32>;",
+  out: "var<storage, read_write> out: array<f32>;",
+  out2: "var<storage, read_write> out2: array<f32>;",
+  out3: "var<storage, read_write> out3: array<f32>;",
+};
+const ORDER = Object.keys(BINDINGS);
 
-// one workgroup a (b, h, row block, column block): its id and what it covers
-const blockWgsl = (s: SsdBwdShape) => /* wgsl */ `
+function header(Q: number, names: string[]): string {
+  const used = ORDER.filter((n) => names.includes(n));
+  return `${paramsStruct}
+${used.map((n, i) => `@group(0) @binding(${i}) ${BINDINGS[n]}`).join("\n")}
+@group(0) @binding(${used.length}) var<uniform> p: P;
+const Q = ${Q}u;
+// the (b, c, head or group) a workgroup serves: its first row of the [B·L, ·] matrices, the chunk's length
+struct Z { b: u32, c: u32, u: u32, r0: u32, Qc: u32 }
+fn zOf(z: u32, units: u32) -> Z {
+  let u = z % units;
+  let bc = z / units;
+  let b = bc / p.nC;
+  let c = bc % p.nC;
+  return Z(b, c, u, b * p.L + c * Q, min(Q, p.L - c * Q));
+}
+// a (b, c, head of the piece)'s index in the per-head scratch, and its global head
+fn zi(zc: Z, hl: u32) -> u32 { return (zc.b * p.nC + zc.c) * p.hp + hl; }
+fn dtAt(i: u32, s: u32) -> f32 { return work[p.oDT + i * Q + s]; }
+fn csAt(i: u32, s: u32) -> f32 { return work[p.oCS + i * Q + s]; }
+fn cbAt(zc: Z, g: u32, t: u32, s: u32) -> f32 { return work[p.oCB + ((zc.b * p.nC + zc.c) * p.G + g) * Q * Q + t * Q + s]; }
+`;
+}
+
+interface ProductSpec {
+  name: string;
+  bindings: string[];
+  /** "head": z runs over (b, c, head of the piece); "group": over (b, c, group touching the piece); "all": (b, c, g) */
+  unit: "head" | "group" | "all";
+  /** rows, columns and K of a z's product (WGSL; may use zc and the helpers) */
+  M: string; N: string; K: string;
+  /** WGSL statements before the K loop (per workgroup values, zc in scope) */
+  pre?: string;
+  /** fn aAt(zc, i, k) and fn bAt(zc, k, j) bodies, returning f32 (called inside the product's bounds only) */
+  a: string; b: string;
+  /** whether consecutive k are adjacent in memory (else consecutive rows / columns) */
+  aK: boolean; bK: boolean;
+  /** fn put(zc, i, j, v) body: what becomes of an output inside the bounds */
+  put: string;
+  /** a term of the row's sum for each output (WGSL expression of zc, row, col, v), and fn rowOut(zc, i, tileN, sum) */
+  rowTerm?: string; rowOut?: string;
+  /** a workgroup-uniform condition under which the tile is all zeros and nothing reads it (rows r0t.., columns c0t..) */
+  skip?: string;
+}
+
+/** The products' compile-time shape: the chunk length. */
+export interface ProductShape { Q: number }
+
+// the outputs a thread computes, T × T in workgroups of 256 (8 × 8 in workgroups of 64 took 2.3 – 3x as long on an
+// H100: fewer threads to hide the loads' latency)
+const T = 4;
+
+function productWgsl(s: ProductSpec, sh: ProductShape): string {
+  const { Q } = sh;
+  const units = s.unit === "head" ? "p.hp" : s.unit === "group" ? "ngroups()" : "p.G";
+  const TX = BN / T, TY = BM / T, NT = TX * TY; // threads along columns and rows, threads a workgroup
+  const V = T / 4; // vec4s a thread's row or column of outputs
+  return /* wgsl */ `${header(Q, s.bindings)}
+// the groups whose heads meet the piece [h0, h0 + hp)
+fn ngroups() -> u32 { return (p.h0 + p.hp - 1u) / p.hg - p.g0 + 1u; }
+fn aAt(zc: Z, i: u32, k: u32) -> f32 { ${s.a} }
+fn bAt(zc: Z, k: u32, j: u32) -> f32 { ${s.b} }
+fn put(zc: Z, i: u32, j: u32, v: f32) { ${s.put} }
+${s.rowOut ? `fn rowOut(zc: Z, i: u32, tileN: u32, sum: f32) { ${s.rowOut} }` : ""}
+// the staged tiles, K-major: As[kk][m], Bs[kk][n], read a vec4 at a time
+var<workgroup> As: array<vec4<f32>, ${(BK * BM) / 4}>;
+var<workgroup> Bs: array<vec4<f32>, ${(BK * BN) / 4}>;
+${s.rowTerm ? `var<workgroup> red: array<f32, ${BM * TX}>;` : ""}
+
+@compute @workgroup_size(${NT})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
   let wid = wg.y * p.groupsX + wg.x;
-  let nb = wid % p.nNB;
-  let pb = (wid / p.nNB) % p.nPB;
-  let bhl = wid / (p.nNB * p.nPB);
-  if (bhl >= p.B * p.hp) { return; }
-  let b = bhl / p.hp;
-  let hl = bhl % p.hp;
-  let h = p.h0 + hl;
-  let g = h / (p.H / p.G);
-  let A = -exp(consts[p.H + h]);
-  let row = pb * ${s.TP}u + tid; // this thread's row p of the state
-  let live = row < p.P;
-  let prow = min(row, p.P - 1u); // a row to read where it is not live (its values are masked)
-  let n0 = nb * NB;
-  let ck = p.oCk + wid * ((p.nK + ${s.M - 1}u) / ${s.M}u) * NB * ${s.TP}u; // this workgroup's checkpoints: [⌈nK / M⌉][NB][TP]
-`;
-
-/** floats of a chunk's staged inputs (x, B, dt and the decay; with gy and C in the main kernel) */
-const stageFloats = (s: SsdBwdShape, main: boolean) => s.K * ((main ? 2 : 1) * (s.TP + NB) + 2);
-
-// the KS positions [t0, t1)'s inputs into workgroup memory, the threads loading side by side: sx [K][TP] (the block's
-// rows of x), sB [K][NB] (its columns of B), sd, sa [K] (dt and the decay exp(dt·A)); and sg, sC in the main kernel
-const stageDecls = (KS: number, s: SsdBwdShape, main: boolean) => /* wgsl */ `
-var<workgroup> sx: array<f32, ${KS * s.TP}>;
-var<workgroup> sB: array<f32, ${KS * NB}>;
-var<workgroup> sd: array<f32, ${KS}>;
-var<workgroup> sa: array<f32, ${KS}>;
-${main ? `var<workgroup> sg: array<f32, ${KS * s.TP}>;
-var<workgroup> sC: array<f32, ${KS * NB}>;` : ""}`;
-const stageWgsl = (KS: number, s: SsdBwdShape, main: boolean) => /* wgsl */ `
-    for (var i = tid; i < ${KS * s.TP}u; i += ${s.TP}u) {
-      let t = t0 + i / ${s.TP}u;
-      let q = pb * ${s.TP}u + i % ${s.TP}u;
-      let ok = t < t1 && q < p.P;
-      let r = b * p.L + min(t, p.L - 1u);
-      let qq = min(q, p.P - 1u);
-      sx[i] = select(0.0, x[r * p.ldx + p.offx + h * p.P + qq], ok);
-      ${main ? "sg[i] = select(0.0, gy[r * p.H * p.P + h * p.P + qq], ok);" : ""}
+  let z = wid / p.tilesMN;
+  if (z >= p.zCount) { return; }
+  let zc = zOf(z, ${units});
+  let tile = wid % p.tilesMN;
+  let r0t = (tile / p.tilesN) * ${BM}u;
+  let c0t = (tile % p.tilesN) * ${BN}u;
+  ${s.pre ?? ""}
+  let Mz = ${s.M};
+  let Nz = ${s.N};
+  let Kz = ${s.K};
+  if (r0t >= Mz || c0t >= Nz${s.skip ? ` || (${s.skip})` : ""}) { return; }
+  // this thread's outputs: rows ty·4 + 4·${TY}·a + i, columns tx·4 + 4·${TX}·b + j (a, b < ${V}; i, j < 4)
+  let tx = tid % ${TX}u;
+  let ty = tid / ${TX}u;
+  var acc: array<vec4<f32>, ${T * V}>;
+  for (var k0 = 0u; k0 < Kz; k0 += ${BK}u) {
+    for (var q = 0u; q < ${(BM * BK) / NT}u; q++) {
+      let e = tid + ${NT}u * q;
+      let m = ${s.aK ? `e / ${BK}u` : `e % ${BM}u`};
+      let kk = ${s.aK ? `e % ${BK}u` : `e / ${BM}u`};
+      var v = 0.0;
+      if (r0t + m < Mz && k0 + kk < Kz) { v = aAt(zc, r0t + m, k0 + kk); }
+      As[kk * ${BM / 4}u + m / 4u][m % 4u] = v;
     }
-    for (var i = tid; i < ${KS * NB}u; i += ${s.TP}u) {
-      let t = t0 + i / NB;
-      let n = n0 + i % NB;
-      let ok = t < t1 && n < p.N;
-      let r = b * p.L + min(t, p.L - 1u);
-      let nn = min(n, p.N - 1u);
-      sB[i] = select(0.0, Bm[r * p.ldb + p.offb + g * p.N + nn], ok);
-      ${main ? "sC[i] = select(0.0, Cm[r * p.ldc + p.offc + g * p.N + nn], ok);" : ""}
+    for (var q = 0u; q < ${(BN * BK) / NT}u; q++) {
+      let e = tid + ${NT}u * q;
+      let n = ${s.bK ? `e / ${BK}u` : `e % ${BN}u`};
+      let kk = ${s.bK ? `e % ${BK}u` : `e / ${BN}u`};
+      var v = 0.0;
+      if (c0t + n < Nz && k0 + kk < Kz) { v = bAt(zc, k0 + kk, c0t + n); }
+      Bs[kk * ${BN / 4}u + n / 4u][n % 4u] = v;
     }
-    for (var i = tid; i < ${KS}u; i += ${s.TP}u) {
-      let d = dtOf(dtRaw(b * p.L + min(t0 + i, p.L - 1u), h));
-      sd[i] = d;
-      sa[i] = exp(d * A);
-    }
-    workgroupBarrier();`;
-
-/**
- * The main kernel's chunk inputs through registers, so that the next chunk's loads are in flight while this one
- * is worked on: declarations, the loads of the chunk starting at position `start` (a WGSL expression), and their
- * stores into the stage (unrolled: each thread loads x and gy of its own row for the K positions, its share of B and
- * C, and dt for one position).
- */
-function prefetchWgsl(s: SsdBwdShape) {
-  const nBC = Math.ceil((s.K * NB) / s.TP);
-  const decls = [...Array.from({ length: s.K }, (_, m) => `var pfx${m} = 0.0; var pfg${m} = 0.0;`),
-    ...Array.from({ length: nBC }, (_, m) => `var pfB${m} = 0.0; var pfC${m} = 0.0;`), "var pfv = 0.0;"].join("\n  ");
-  const load = (start: string) => `{
-      let f0 = ${start};
-      let f1 = min(p.L, f0 + K);
-      let q = pb * TP + tid;
-      let qq = min(q, p.P - 1u);
-      ${Array.from({ length: s.K }, (_, m) => `{
-        let r = b * p.L + min(f0 + ${m}u, p.L - 1u);
-        let ok = f0 + ${m}u < f1 && q < p.P;
-        pfx${m} = select(0.0, x[r * p.ldx + p.offx + h * p.P + qq], ok);
-        pfg${m} = select(0.0, gy[r * p.H * p.P + h * p.P + qq], ok);
-      }`).join("\n      ")}
-      ${Array.from({ length: nBC }, (_, m) => `{
-        let i = tid + ${m * s.TP}u;
-        let n = n0 + i % NB;
-        let t = f0 + i / NB;
-        let ok = i < K * NB && t < f1 && n < p.N;
-        let r = b * p.L + min(t, p.L - 1u);
-        let nn = min(n, p.N - 1u);
-        pfB${m} = select(0.0, Bm[r * p.ldb + p.offb + g * p.N + nn], ok);
-        pfC${m} = select(0.0, Cm[r * p.ldc + p.offc + g * p.N + nn], ok);
-      }`).join("\n      ")}
-      pfv = dtRaw(b * p.L + min(f0 + min(tid, K - 1u), p.L - 1u), h);
-    }`;
-  const store = `${Array.from({ length: s.K }, (_, m) => `sx[tid + ${m * s.TP}u] = pfx${m}; sg[tid + ${m * s.TP}u] = pfg${m};`).join("\n    ")}
-    ${Array.from({ length: nBC }, (_, m) => `if (tid + ${m * s.TP}u < K * NB) { sB[tid + ${m * s.TP}u] = pfB${m}; sC[tid + ${m * s.TP}u] = pfC${m}; }`).join("\n    ")}
-    if (tid < K) {
-      let d = dtOf(pfv);
-      sd[tid] = d;
-      sa[tid] = exp(d * A);
-    }`;
-  return { decls, load, store };
-}
-
-const fwdWgsl = (s: SsdBwdShape) => /* wgsl */ `
-// bindings: 0 x | 1 dt | 2 Bm | 3 consts [3H] | 4 state0 [B, H, P, N] | 5 work | 6 params
-${paramsStruct}
-const NB = ${NB}u;
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> dt: array<f32>;
-@group(0) @binding(2) var<storage, read> Bm: array<f32>;
-@group(0) @binding(3) var<storage, read> consts: array<f32>;
-@group(0) @binding(4) var<storage, read> state0: array<f32>;
-@group(0) @binding(5) var<storage, read_write> work: array<f32>;
-@group(0) @binding(6) var<uniform> p: P;
-${stageDecls(FWD_STAGE, s, false)}
-${commonWgsl}
-// the forward over the block's state values, keeping the state before every (K·M)-th position; the inputs staged
-// FWD_STAGE positions at a time
-@compute @workgroup_size(${s.TP})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-${blockWgsl(s)}
-  var st: array<f32, NB>;
-  for (var j = 0u; j < NB; j++) {
-    let n = n0 + j;
-    st[j] = select(0.0, state0[((b * p.H + h) * p.P + prow) * p.N + min(n, p.N - 1u)], p.hasState != 0u && live && n < p.N);
-  }
-  for (var t0 = 0u; t0 < p.L; t0 += ${FWD_STAGE}u) {
-    let t1 = min(p.L, t0 + ${FWD_STAGE}u);
-    ${stageWgsl(FWD_STAGE, s, false)}
-    for (var k = 0u; k < t1 - t0; k++) {
-      if ((t0 + k) % ${s.K * s.M}u == 0u) {
-        for (var j = 0u; j < NB; j++) { work[ck + ((t0 + k) / ${s.K * s.M}u * NB + j) * ${s.TP}u + tid] = st[j]; }
-      }
-      let dx = sd[k] * sx[k * ${s.TP}u + tid];
-      for (var j = 0u; j < NB; j++) { st[j] = fma(sa[k], st[j], dx * sB[k * NB + j]); }
-    }
-    workgroupBarrier(); // the chunk's inputs have been read
-  }
-}
-`;
-
-const RED = 2 * NB + 2; // the sums over rows a step: dB (NB), dC (NB), da, ddt
-
-/** the terms a lane sums by shuffles: RED rounded up to a multiple of W */
-const rv = (W: number) => Math.ceil(RED / W) * W;
-
-/** The step k's sums of the terms tv[0 .. RED) over each block of W rows by subgroup shuffles, into red[k][block]
- *  (see mainWgsl). */
-function shuffleSums(W: number, TP: number): string {
-  const { lines, terms } = reduceScatter(Array.from({ length: rv(W) }, (_, k) => (k < RED ? `tv[${k}]` : "0.0")), W / 2, 1, "sgl");
-  const k0 = `(sgl % ${W}u) * ${terms.length}u`;
-  return [...lines, ...terms.map((v, i) => `red[(k * ${TP / W}u + tid / ${W}u) * ${rv(W)}u + ${k0} + ${i}u] = ${v};`)].join("\n      ");
-}
-
-const mainWgsl = (s: SsdBwdShape) => /* wgsl */ `${s.W > 0 ? "enable subgroups;" : ""}
-// bindings: 0 x | 1 dt | 2 Bm | 3 Cm | 4 consts [3H] | 5 gy [T, H·P] | 6 work | 7 params
-// the segment of chunks [cA, cB) (positions tA .. tA + Sn of every batch row), dS carried at oDS from the segment
-// after it; work: the checkpoints at oCk; out, per (b, t) of the segment: dx partials [B·Sn, hp, nNB, P] at oDx, dB
-// and dC per head and row block [B·Sn, hp, nPB, N] at oDB, oDC, da and the first term of ddt per block
-// [B·Sn, hp, nPB·nNB] at oDa, oDdt
-${paramsStruct}
-const NB = ${NB}u;
-const TP = ${s.TP}u;
-const K = ${s.K}u;
-const RED = ${RED}u;
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> dt: array<f32>;
-@group(0) @binding(2) var<storage, read> Bm: array<f32>;
-@group(0) @binding(3) var<storage, read> Cm: array<f32>;
-@group(0) @binding(4) var<storage, read> consts: array<f32>;
-@group(0) @binding(5) var<storage, read> gy: array<f32>;
-@group(0) @binding(6) var<storage, read_write> work: array<f32>;
-@group(0) @binding(7) var<uniform> p: P;
-${stageDecls(s.K, s, true)}
-${s.M > 1 ? `// the starting states of a run's chunks (each thread reads back only its own): [M][NB][TP]
-var<workgroup> ick: array<f32, ${s.M * NB * s.TP}>;` : ""}
-// the chunk's states (each thread reads back only its own): [K][NB][TP]
-var<workgroup> hist: array<f32, ${s.K * NB * s.TP}>;
-${s.W > 0
-    ? `// the blocks' sums of the chunk's steps: [K][TP / W][RV]
-var<workgroup> red: array<f32, ${s.K * (s.TP / s.W) * rv(s.W)}>;`
-    : `// the per-row terms of a step's sums, two steps' worth taking turns: [2][RED][TP + 1] (padded against bank clashes)
-var<workgroup> red: array<f32, ${2 * RED * (s.TP + 1)}>;`}
-${commonWgsl}
-@compute @workgroup_size(${s.TP})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32${s.W > 0 ? ", @builtin(subgroup_invocation_id) sgl: u32" : ""}) {
-${blockWgsl(s)}
-  let HP = p.H * p.P;
-  var tv: array<f32, RED>; // this row's terms of the step's sums: dB (NB), dC (NB), da, ddt
-  var dS: array<f32, NB>;
-  var st: array<f32, NB>;
-  // dS from the segment after this one (zero after the last position)
-  let carried = p.oDS + wid * NB * TP;
-  for (var j = 0u; j < NB; j++) { dS[j] = select(0.0, work[carried + j * TP + tid], p.cB < p.nK); }
-  var turn = 0u;
-  ${prefetchWgsl(s).decls}
-  var have = false; // the registers hold the inputs of the chunk about to be worked on
-  // runs of M chunks from the last (the segment starts and ends at runs' bounds, or at L)
-  for (var o1 = (p.cB + ${s.M - 1}u) / ${s.M}u; o1 > p.cA / ${s.M}u; o1--) {
-    let oc = o1 - 1u;
-    let nIn = min(${s.M}u, p.nK - oc * ${s.M}u); // chunks in this run
-    ${s.M > 1 ? `// the run's chunks' starting states from its checkpoint, into ick
-    for (var j = 0u; j < NB; j++) { st[j] = work[ck + (oc * NB + j) * TP + tid]; }
-    for (var i = 0u; i < nIn; i++) {
-      for (var j = 0u; j < NB; j++) { ick[(i * NB + j) * TP + tid] = st[j]; }
-      if (i + 1u < nIn) {
-        let t0 = (oc * ${s.M}u + i) * K;
-        let t1 = min(p.L, t0 + K);
-        ${stageWgsl(s.K, s, false)}
-        for (var k = 0u; k < t1 - t0; k++) {
-          let dx = sd[k] * sx[k * TP + tid];
-          for (var j = 0u; j < NB; j++) { st[j] = fma(sa[k], st[j], dx * sB[k * NB + j]); }
-        }
-        workgroupBarrier(); // the chunk's inputs have been read
-      }
-    }` : ""}
-  for (var i1 = nIn; i1 > 0u; i1--) {
-    let c = oc * ${s.M}u + i1 - 1u;
-    let t0 = c * K;
-    let t1 = min(p.L, t0 + K);
-    // the chunk's starting state (loaded first: its wait overlaps the staging's)
-    for (var j = 0u; j < NB; j++) { st[j] = ${s.M > 1 ? "ick[((i1 - 1u) * NB + j) * TP + tid]" : "work[ck + (oc * NB + j) * TP + tid]"}; }
-    // the chunk's inputs (the previous chunk's were all read before its last barrier): from the registers where
-    // they were loaded during the previous chunk, else loaded now
-    if (!have) ${prefetchWgsl(s).load("t0")}
-    ${prefetchWgsl(s).store}
     workgroupBarrier();
-    // the next chunk's inputs into the registers, where it comes right after this one (in this run and segment)
-    have = ${s.M > 1 ? "i1 > 1u" : "c > p.cA"};
-    if (have) ${prefetchWgsl(s).load("t0 - K")}
-    // the chunk's states from its start: hist[k] = the state before step t0 + k
-    for (var k = 0u; k < t1 - t0; k++) {
-      let dx = sd[k] * sx[k * TP + tid];
-      for (var j = 0u; j < NB; j++) {
-        hist[(k * NB + j) * TP + tid] = st[j];
-        st[j] = fma(sa[k], st[j], dx * sB[k * NB + j]);
-      }
-    }
-    // back through the chunk: st is state_t
-    for (var tt = t1; tt > t0; tt--) {
-      let t = tt - 1u;
-      let r = b * p.L + t;
-      let k = t - t0;
-      let d = sd[k];
-      let a = sa[k];
-      let xv = sx[k * TP + tid];
-      let gv = sg[k * TP + tid];
-      var dxp = 0.0;
-      var da = 0.0;
-      var ddt = 0.0;
-      let base = turn * RED * (TP + 1u);${s.W > 0 ? " // (unused with shuffles)" : ""}
-      for (var j = 0u; j < NB; j++) {
-        let Bn = sB[k * NB + j];
-        let Cn = sC[k * NB + j];
-        let prev = hist[(k * NB + j) * TP + tid];
-        let dsv = fma(gv, Cn, dS[j]); // the whole gradient reaching state_t
-        let bx = dsv * xv;
-        tv[j] = d * bx;
-        tv[NB + j] = gv * st[j];
-        da = fma(dsv, prev, da);
-        ddt = fma(bx, Bn, ddt);
-        dxp = fma(dsv, Bn, dxp);
-        dS[j] = a * dsv;
-        st[j] = prev;
-      }
-      tv[2u * NB] = da;
-      tv[2u * NB + 1u] = ddt;
-      let hr = (b * p.Sn + t - p.tA) * p.hp + hl; // (b, t, h) of this segment and piece
-      if (live) { work[p.oDx + (hr * p.nNB + nb) * p.P + row] = d * dxp; }
-      ${s.W > 0 ? `// the sums over each block of W rows now (no barrier); over the blocks after the chunk
-      ${shuffleSums(s.W, s.TP)}` : `for (var k = 0u; k < RED; k++) { red[base + k * (TP + 1u) + tid] = tv[k]; }
-      workgroupBarrier();
-      // the sums over the block's rows, a thread each (the other buffer takes the next step's terms meanwhile)
-      if (tid < RED) {
-        var sum = 0.0;
-        let o = base + tid * (TP + 1u);
-        for (var k = 0u; k < TP; k++) { sum = sum + red[o + k]; }
-        if (tid < 2u * NB) {
-          let n = n0 + tid % NB;
-          if (n < p.N) { work[select(p.oDB, p.oDC, tid >= NB) + (hr * p.nPB + pb) * p.N + n] = sum; }
-        } else {
-          work[select(p.oDa, p.oDdt, tid > 2u * NB) + hr * p.nPB * p.nNB + pb * p.nNB + nb] = sum;
+    for (var kk = 0u; kk < ${BK}u; kk++) {
+      for (var a = 0u; a < ${V}u; a++) {
+        let av = As[kk * ${BM / 4}u + ty + ${TY}u * a];
+        for (var b = 0u; b < ${V}u; b++) {
+          let bv = Bs[kk * ${BN / 4}u + tx + ${TX}u * b];
+          for (var i = 0u; i < 4u; i++) { acc[(a * 4u + i) * ${V}u + b] += av[i] * bv; }
         }
       }
-      turn = 1u - turn;`}
-    }${s.W > 0 ? `
-    workgroupBarrier(); // the chunk's block sums are in red
-    // the sums over the blocks, (step, term) by (step, term) over the threads
-    for (var u = tid; u < (t1 - t0) * RED; u += TP) {
-      let k = u / RED;
-      let v = u % RED;
+    }
+    workgroupBarrier();
+  }
+  ${s.rowTerm ? `var rs: array<f32, ${T}>;` : ""}
+  for (var a = 0u; a < ${V}u; a++) {
+    for (var i = 0u; i < 4u; i++) {
+      let row = r0t + (ty + ${TY}u * a) * 4u + i;
+      for (var b = 0u; b < ${V}u; b++) {
+        for (var j = 0u; j < 4u; j++) {
+          let col = c0t + (tx + ${TX}u * b) * 4u + j;
+          if (row < Mz && col < Nz) {
+            let v = acc[(a * 4u + i) * ${V}u + b][j];
+            put(zc, row, col, v);
+            ${s.rowTerm ? `rs[a * 4u + i] += ${s.rowTerm};` : ""}
+          }
+        }
+      }
+    }
+  }
+  ${s.rowTerm ? `for (var a = 0u; a < ${V}u; a++) {
+    for (var i = 0u; i < 4u; i++) { red[((ty + ${TY}u * a) * 4u + i) * ${TX}u + tx] = rs[a * 4u + i]; }
+  }
+  workgroupBarrier();
+  for (var m = tid; m < ${BM}u; m += ${NT}u) {
+    if (r0t + m < Mz) {
       var sum = 0.0;
-      for (var sl = 0u; sl < ${s.TP / s.W}u; sl++) { sum = sum + red[(k * ${s.TP / s.W}u + sl) * ${rv(s.W)}u + v]; }
-      let hr = (b * p.Sn + t0 + k - p.tA) * p.hp + hl;
-      if (v < 2u * NB) {
-        let n = n0 + v % NB;
-        if (n < p.N) { work[select(p.oDB, p.oDC, v >= NB) + (hr * p.nPB + pb) * p.N + n] = sum; }
-      } else {
-        work[select(p.oDa, p.oDdt, v > 2u * NB) + hr * p.nPB * p.nNB + pb * p.nNB + nb] = sum;
-      }
-    }` : ""}
-  }
-  }
-  for (var j = 0u; j < NB; j++) { work[carried + j * TP + tid] = dS[j]; }
-}
-`;
-
-const rowsWgsl = /* wgsl */ `
-// bindings: 0 x | 1 dt | 2 consts [3H] | 3 gy [T, H·P] | 4 work | 5 dDt (added into, at ldo, offo) | 6 params
-// per (b, t, h) of the segment: da and ddt from the blocks' partials; dt's gradient; the row's terms of dA_log, D and dt_bias
-${paramsStruct}
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> dt: array<f32>;
-@group(0) @binding(2) var<storage, read> consts: array<f32>;
-@group(0) @binding(3) var<storage, read> gy: array<f32>;
-@group(0) @binding(4) var<storage, read_write> work: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dDt: array<f32>;
-@group(0) @binding(6) var<uniform> p: P;
-${commonWgsl}
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = gid.y * p.groupsX * 64u + gid.x; // (b, t, h) of this segment and piece
-  if (i >= p.B * p.Sn * p.hp) { return; }
-  let bt = i / p.hp;
-  let r = (bt / p.Sn) * p.L + p.tA + bt % p.Sn;
-  let h = p.h0 + i % p.hp;
-  let parts = p.nPB * p.nNB;
-  var da = 0.0;
-  var ddt = 0.0;
-  for (var k = 0u; k < parts; k++) { da = da + work[p.oDa + i * parts + k]; ddt = ddt + work[p.oDdt + i * parts + k]; }
-  let A = -exp(consts[p.H + h]);
-  let v = dtRaw(r, h);
-  let sp = ${softplusWgsl("v")};
-  let d = clamp(sp, p.lo, p.hi);
-  let a = exp(d * A);
-  ddt = ddt + da * a * A;
-  var graw = 0.0;
-  if (sp >= p.lo && sp <= p.hi) { graw = ddt * select(sigmoid(v), 1.0, v > 20.0); }
-  let o = r * p.ldo + p.offo + h;
-  dDt[o] = dDt[o] + graw;
-  var dD = 0.0;
-  for (var q = 0u; q < p.P; q++) { dD = fma(gy[r * p.H * p.P + h * p.P + q], x[r * p.ldx + p.offx + h * p.P + q], dD); }
-  work[p.oTerms + i * 3u] = da * a * d * A; // dA_log's term (dA · A)
-  work[p.oTerms + i * 3u + 1u] = dD;
-  work[p.oTerms + i * 3u + 2u] = graw;
-}
-`;
-
-const dxWgsl = /* wgsl */ `
-// bindings: 0 consts [3H] | 1 gy [T, H·P] | 2 work | 3 dx (added into, at ldo, offo) | 4 params
-// dx[t, h, p] += D·gy + Σ over column blocks of the partials
-${paramsStruct}
-@group(0) @binding(0) var<storage, read> consts: array<f32>;
-@group(0) @binding(1) var<storage, read> gy: array<f32>;
-@group(0) @binding(2) var<storage, read> work: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
-@group(0) @binding(4) var<uniform> p: P;
-
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = gid.y * p.groupsX * 64u + gid.x; // (b, t, h, p) of this segment and piece
-  if (i >= p.B * p.Sn * p.hp * p.P) { return; }
-  let q = i % p.P;
-  let hr = i / p.P;
-  let bt = hr / p.hp;
-  let r = (bt / p.Sn) * p.L + p.tA + bt % p.Sn;
-  let h = p.h0 + hr % p.hp;
-  var s = consts[2u * p.H + h] * gy[r * p.H * p.P + h * p.P + q];
-  for (var k = 0u; k < p.nNB; k++) { s = s + work[p.oDx + (hr * p.nNB + k) * p.P + q]; }
-  let o = r * p.ldo + p.offo + h * p.P + q;
-  dx[o] = dx[o] + s;
-}
-`;
-
-const reduceWgsl = /* wgsl */ `
-// bindings: 0 work | 1 dst (dB or dC, added into at ldo, offo) | 2 params (oDB: where the per-head sums are)
-// dst[t, g, n] += Σ over the piece's heads of group g and the row blocks of the per-head sums
-${paramsStruct}
-@group(0) @binding(0) var<storage, read> work: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(2) var<uniform> p: P;
-
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = gid.y * p.groupsX * 64u + gid.x;
-  let GN = p.G * p.N;
-  if (i >= p.B * p.Sn * GN) { return; }
-  let bt = i / GN; // (b, t) of the segment
-  let r = (bt / p.Sn) * p.L + p.tA + bt % p.Sn;
-  let g = (i % GN) / p.N;
-  let n = i % p.N;
-  let per = p.H / p.G;
-  let lo = max(g * per, p.h0);
-  let hi = min((g + 1u) * per, p.h0 + p.hp);
-  if (lo >= hi) { return; }
-  var s = 0.0;
-  for (var h = lo; h < hi; h++) {
-    for (var pb = 0u; pb < p.nPB; pb++) { s = s + work[p.oDB + ((bt * p.hp + h - p.h0) * p.nPB + pb) * p.N + n]; }
-  }
-  let o = r * p.ldo + p.offo + g * p.N + n;
-  dst[o] = dst[o] + s;
-}
-`;
-
-const paramsWgsl = /* wgsl */ `
-// bindings: 0 work (per-(t, h) terms at oTerms) | 1 dA_log [H] | 2 dD [H] | 3 dDtBias [H] (added into) | 4 params
-// a workgroup per head of the piece: its terms summed over the segment's B·Sn rows
-${paramsStruct}
-@group(0) @binding(0) var<storage, read> work: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dA_log: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dD: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dBias: array<f32>;
-@group(0) @binding(4) var<uniform> p: P;
-var<workgroup> part: array<f32, 768>;
-
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let hl = wg.x;
-  var s = vec3<f32>(0.0);
-  for (var bt = tid; bt < p.B * p.Sn; bt += 256u) {
-    let o = p.oTerms + (bt * p.hp + hl) * 3u;
-    s = s + vec3<f32>(work[o], work[o + 1u], work[o + 2u]);
-  }
-  part[tid] = s.x;
-  part[256u + tid] = s.y;
-  part[512u + tid] = s.z;
-  for (var w = 128u; w > 0u; w = w / 2u) {
-    workgroupBarrier();
-    if (tid < w) {
-      part[tid] = part[tid] + part[tid + w];
-      part[256u + tid] = part[256u + tid] + part[256u + tid + w];
-      part[512u + tid] = part[512u + tid] + part[512u + tid + w];
+      for (var j = 0u; j < ${TX}u; j++) { sum += red[m * ${TX}u + j]; }
+      rowOut(zc, r0t + m, c0t / ${BN}u, sum);
     }
-  }
-  if (tid == 0u) {
-    let h = p.h0 + hl;
-    dA_log[h] = dA_log[h] + part[0];
-    dD[h] = dD[h] + part[256];
-    dBias[h] = dBias[h] + part[512];
-  }
+  }` : ""}
 }
 `;
+}
 
+// ---- the products ----
+// reads: x_s[p] of head h, gy_t[p] of head h, B_s[n] and C_t[n] of group g (zero past the chunk's end)
+const X = "x[(zc.r0 + s) * p.ldx + p.offx + h * p.P + pp]";
+const GY = "gy[(zc.r0 + t) * p.H * p.P + h * p.P + pp]";
+const BS = "Bm[(zc.r0 + s) * p.ldb + p.offb + g * p.N + n]";
+const CT = "Cm[(zc.r0 + t) * p.ldc + p.offc + g * p.N + n]";
+const HEAD = "let hl = zc.u; let h = p.h0 + hl; let g = h / p.hg; let i0 = zi(zc, hl);";
+// a group's heads in the piece: hA .. hB; K runs over (head, P + Q)
+const GROUP = "let g = p.g0 + zc.u; let hA = max(g * p.hg, p.h0); let hB = min((g + 1u) * p.hg, p.h0 + p.hp);";
+const SEG = "let PQ = p.P + Q; let h = hA + k / PQ; let kk = k % PQ; let i0 = zi(zc, h - p.h0);";
+
+const PRODUCTS: ProductSpec[] = [
+  { // C·Bᵀ [t, s] over N
+    name: "ssd_bc_cb", bindings: ["Bm", "Cm", "work"], unit: "all", M: "Q", N: "Q", K: "p.N", skip: "c0t > r0t + 63u",
+    a: "let g = zc.u; let t = i; let n = k; if (t >= zc.Qc) { return 0.0; } return " + CT + ";",
+    b: "let g = zc.u; let s = j; let n = k; if (s >= zc.Qc) { return 0.0; } return " + BS + ";",
+    aK: true, bK: true,
+    put: "work[p.oCB + ((zc.b * p.nC + zc.c) * p.G + zc.u) * Q * Q + i * Q + j] = v;",
+  },
+  { // S_c [p, n] = Σ_s exp(cs_l − cs_s)·dt_s·x_s[p]·B_s[n]
+    name: "ssd_bc_state", bindings: ["x", "Bm", "work"], unit: "head", M: "p.P", N: "p.N", K: "zc.Qc",
+    a: `${HEAD} let s = k; let pp = i; return ${X} * exp(csAt(i0, Q - 1u) - csAt(i0, s)) * dtAt(i0, s);`,
+    b: `${HEAD} let s = k; let n = j; return ${BS};`,
+    aK: false, bK: false,
+    put: `${HEAD} work[p.oST + i0 * p.P * p.N + i * p.N + j] = v;`,
+  },
+  { // Σ_t exp(cs_t)·gy_t[p]·C_t[n], the chunk's part of G_c
+    name: "ssd_bc_local", bindings: ["Cm", "gy", "work"], unit: "head", M: "p.P", N: "p.N", K: "zc.Qc",
+    a: `${HEAD} let t = k; let pp = i; return ${GY} * exp(csAt(i0, t));`,
+    b: `${HEAD} let t = k; let n = j; return ${CT};`,
+    aK: false, bK: false,
+    put: `${HEAD} work[p.oST + i0 * p.P * p.N + i * p.N + j] = v;`,
+  },
+  { // dCB [t, s] = (gy_t·x_s)·exp(cs_t − cs_s)·dt_s for s ≤ t
+    name: "ssd_bc_dcb", bindings: ["x", "gy", "work"], unit: "head", M: "zc.Qc", N: "zc.Qc", K: "p.P", skip: "c0t > r0t + 63u",
+    a: `${HEAD} let t = i; let pp = k; return ${GY};`,
+    b: `${HEAD} let s = j; let pp = k; return ${X};`,
+    aK: true, bK: true,
+    put: `${HEAD} let t = i; let s = j; var d = 0.0; if (s <= t) { d = v * exp(csAt(i0, t) - csAt(i0, s)) * dtAt(i0, s); }
+  work[p.oDCB + i0 * Q * Q + t * Q + s] = d;`,
+  },
+  { // U' [s, p] over N + Q (t > s): dx_s += dt_s·(U'_s + (C_s·B_s)·gy_s) + D·gy_s; rows: x_s·U'_s
+    name: "ssd_bc_dx", bindings: ["x", "Bm", "consts", "gy", "work", "out"], unit: "head", M: "zc.Qc", N: "p.P", K: "p.N + zc.Qc",
+    a: `${HEAD} let s = i; if (k < p.N) { let n = k; return ${BS} * exp(csAt(i0, Q - 1u) - csAt(i0, s)); }
+  let t = k - p.N; if (t <= s) { return 0.0; } return cbAt(zc, g, t, s) * exp(csAt(i0, t) - csAt(i0, s));`,
+    b: `${HEAD} let pp = j; if (k < p.N) { return work[p.oST + i0 * p.P * p.N + pp * p.N + k]; }
+  let t = k - p.N; return ${GY};`,
+    aK: true, bK: true,
+    put: `${HEAD} let s = i; let pp = j; let t = s;
+  let o = (zc.r0 + s) * p.ldo + p.offo + h * p.P + pp;
+  let gys = ${GY};
+  out[o] += dtAt(i0, s) * (v + cbAt(zc, g, s, s) * gys) + consts[2u * p.H + h] * gys;`,
+    rowTerm: "xAt(zc, row, col) * v",
+    rowOut: `${HEAD} work[p.oR + (tileN * p.Zh + i0) * Q + i] = sum;`,
+  },
+  { // rows of exp(cs_t)·gy_t ∘ (C_t·H_c) over p
+    name: "ssd_bc_q", bindings: ["Cm", "gy", "work"], unit: "head", M: "zc.Qc", N: "p.P", K: "p.N",
+    a: `${HEAD} let t = i; let n = k; return ${CT};`,
+    b: `${HEAD} return work[p.oHS + i0 * p.P * p.N + j * p.N + k];`,
+    aK: true, bK: true,
+    put: "",
+    rowTerm: "gyExp(zc, row, col) * v",
+    rowOut: `${HEAD} work[p.oQY + (tileN * p.Zh + i0) * Q + i] = sum;`,
+  },
+  { // dC [t, n] += Σ_h exp(cs_t)·gy_t·H_c[·, n] + Σ_s dCB_ts·B_s[n]
+    name: "ssd_bc_dc", bindings: ["Bm", "gy", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: "(hB - hA) * (p.P + Q)",
+    pre: GROUP,
+    a: `${GROUP} ${SEG} let t = i; if (kk < p.P) { let pp = kk; return exp(csAt(i0, t)) * ${GY}; }
+  let s = kk - p.P; if (s > t || s >= zc.Qc) { return 0.0; } return work[p.oDCB + i0 * Q * Q + t * Q + s];`,
+    b: `${GROUP} ${SEG} let n = j; if (kk < p.P) { return work[p.oHS + i0 * p.P * p.N + kk * p.N + n]; }
+  let s = kk - p.P; if (s >= zc.Qc) { return 0.0; } return ${BS};`,
+    aK: true, bK: false,
+    put: `let g = p.g0 + zc.u; out[(zc.r0 + i) * p.ldo + p.offo + g * p.N + j] += v;`,
+  },
+  { // dB [s, n] += Σ_h exp(cs_l − cs_s)·dt_s·x_s·G_{c+1}[·, n] + Σ_t dCB_ts·C_t[n]
+    name: "ssd_bc_db", bindings: ["x", "Cm", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: "(hB - hA) * (p.P + Q)",
+    pre: GROUP,
+    a: `${GROUP} ${SEG} let s = i; if (kk < p.P) { let pp = kk; return exp(csAt(i0, Q - 1u) - csAt(i0, s)) * dtAt(i0, s) * ${X}; }
+  let t = kk - p.P; if (t < s || t >= zc.Qc) { return 0.0; } return work[p.oDCB + i0 * Q * Q + t * Q + s];`,
+    b: `${GROUP} ${SEG} let n = j; if (kk < p.P) { return work[p.oST + i0 * p.P * p.N + kk * p.N + n]; }
+  let t = kk - p.P; if (t >= zc.Qc) { return 0.0; } return ${CT};`,
+    aK: true, bK: false,
+    put: `let g = p.g0 + zc.u; out[(zc.r0 + i) * p.ldo + p.offo + g * p.N + j] += v;`,
+  },
+];
+
+// helpers some products' row terms call (x_s[p] and exp(cs_t)·gy_t[p] of the workgroup's head)
+const ROW_HELPERS: Record<string, string> = {
+  ssd_bc_dx: `fn xAt(zc: Z, s: u32, pp: u32) -> f32 { let h = p.h0 + zc.u; return ${X}; }`,
+  ssd_bc_q: `fn gyExp(zc: Z, t: u32, pp: u32) -> f32 { let h = p.h0 + zc.u; return exp(csAt(zi(zc, zc.u), t)) * ${GY}; }`,
+};
+
+const productKernels = new Map(PRODUCTS.map((s) => [s.name, defineKernel({
+  name: s.name,
+  wgsl: (shape: ProductShape) => productWgsl(s, shape).replace("@compute", `${ROW_HELPERS[s.name] ?? ""}\n@compute`),
+  example: { Q: 64 } as ProductShape,
+})]));
+
+// ---- the kernels that are not products ----
 const gateWgsl = /* wgsl */ `
 // bindings: 0 y [T, H·P] (the scan's output before the gate in, gy = dout·silu(z) out) | 1 dout [T, H·P] | 2 z
 // | 3 dz (added into) | 4 params: the gate's backward, elementwise
@@ -535,117 +378,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 `;
 
-const shapeLabel = (s: SsdBwdShape) => `TP${s.TP}_K${s.K}_W${s.W}_M${s.M}`;
-const fwdKernel = defineKernel<SsdBwdShape>({ name: "ssd_bwd_forward", wgsl: fwdWgsl, example: { TP: 64, K: 8, W: 0, M: 1 }, label: (s) => `ssd_bwd_forward_${shapeLabel(s)}` });
-const mainKernel = defineKernel<SsdBwdShape>({ name: "ssd_bwd_main", wgsl: mainWgsl, example: { TP: 64, K: 4, W: 0, M: 4 }, label: (s) => `ssd_bwd_main_${shapeLabel(s)}` });
-const rowsKernel = defineKernel({ name: "ssd_bwd_rows", wgsl: () => rowsWgsl, example: null });
-const dxKernel = defineKernel({ name: "ssd_bwd_dx", wgsl: () => dxWgsl, example: null });
-const reduceKernel = defineKernel({ name: "ssd_bwd_reduce", wgsl: () => reduceWgsl, example: null });
-const paramsKernel = defineKernel({ name: "ssd_bwd_params", wgsl: () => paramsWgsl, example: null });
 const gateKernel = defineKernel({ name: "ssd_bwd_gate", wgsl: () => gateWgsl, example: null });
 
 /** The gate's backward: y (the scan's output before the gate) becomes gy = dout·silu(z); dz += dout·y·silu'(z). */
 export function ssdGateBackward(gpu: Gpu, y: Buf, dout: Buf, z: Buf, ldz: number, offz: number, dz: Buf, lddz: number, offdz: number, T: number, HP: number): void {
   const [gx, gy] = grid(Math.ceil((T * HP) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(gpu.kernel(gateKernel, null), [y, dout, z, dz], new Params().u32(T).u32(HP).u32(ldz).u32(offz).u32(lddz).u32(offdz).u32(gx), [gx, gy]);
-}
-
-export interface SsdBackwardDims {
-  B: number; L: number; H: number; P: number; G: number; N: number;
-  hasState: boolean; lo: number; hi: number;
-}
-
-/** bufferBytes: the most bytes the backward gives its scratch buffer (and the device's binding limit); tests lower
- *  it to force pieces of heads. W: the width of the sums over rows (see ssdBackwardShape), −1 for the device's.
- *  K: the longest chunk (a power of two, at most 8; shorter where workgroup memory is short). M: chunks between
- *  checkpoints, 0 to choose (see ssdBackwardSetup). */
-export const ssdBackwardTuning = {
-  bufferBytes: 2 ** 31 - 4, W: -1, K: MAX_K, M: 0,
-  /** "chunked": ./backward-chunked.ts's matrix products; "sequential": this file's kernels */
-  kernels: "chunked" as "chunked" | "sequential",
-};
-
-/**
- * The kernels' shape on this device: rows a workgroup; the sums' width W (the smallest subgroup the device may run,
- * at most 32, or ssdBackwardTuning.W where set: 0 for workgroup memory); the longest chunk whose states fit
- * workgroup memory beside the sums (and the M chunks' starting states of a run, where checkpoints are kept every M
- * chunks).
- */
-export function ssdBackwardShape(P: number, wgBytes: number, subgroupMinSize: number, M = 1): SsdBwdShape {
-  const TP = Math.min(MAX_TP, Math.ceil(P / 32) * 32);
-  const most = subgroupMinSize >= 2 && (subgroupMinSize & (subgroupMinSize - 1)) === 0 ? Math.min(32, subgroupMinSize) : 0;
-  let W = most;
-  if (ssdBackwardTuning.W >= 0) {
-    W = 0;
-    if (ssdBackwardTuning.W >= 2 && most > 0) for (W = 2; W * 2 <= Math.min(ssdBackwardTuning.W, most); W *= 2);
-  }
-  const redFloats = (K: number) => (W > 0 ? K * (TP / W) * rv(W) : 2 * RED * (TP + 1));
-  let K = Math.max(1, Math.min(MAX_K, ssdBackwardTuning.K));
-  while (K > 1 && (K * NB * TP + (M > 1 ? M * NB * TP : 0) + redFloats(K) + stageFloats({ TP, K, W, M }, true)) * 4 > wgBytes) K /= 2;
-  return { TP, K, W, M };
-}
-
-/**
- * Offsets (in floats) in the scratch of a piece of hp heads (all batch rows) whose backward runs in segments of S
- * positions (a multiple of K·M, or L), and its size: the checkpoints (all L positions), dS carried between
- * segments, and the per-position partials of one segment.
- */
-export function ssdBackwardLayout(d: SsdBackwardDims, s: SsdBwdShape, hp: number, S: number) {
-  const { B, L, P, N } = d;
-  const nNB = Math.ceil(N / NB), nPB = Math.ceil(P / s.TP), nK = Math.ceil(L / s.K);
-  const groups = B * hp * nPB * nNB, R = B * S * hp; // (b, t, h) of a segment
-  const oCk = 0, oDS = oCk + groups * Math.ceil(nK / s.M) * NB * s.TP, oDx = oDS + groups * NB * s.TP, oDB = oDx + R * nNB * P;
-  const oDC = oDB + R * nPB * N, oDa = oDC + R * nPB * N, oDdt = oDa + R * nPB * nNB, oTerms = oDdt + R * nPB * nNB;
-  return { hp, S, nNB, nPB, nK, groups, oCk, oDS, oDx, oDB, oDC, oDa, oDdt, oTerms, size: oTerms + R * 3 };
-}
-
-/**
- * The layout of the most heads a piece can take with its scratch under `maxBytes` (segments of at least ~512
- * positions where they fit), then the longest segments that fit, evened out; or null if not even one head fits.
- */
-export function ssdBackwardPlan(d: SsdBackwardDims, s: SsdBwdShape, maxBytes: number): ReturnType<typeof ssdBackwardLayout> | null {
-  const roundK = (n: number) => Math.min(d.L, Math.ceil(n / (s.K * s.M)) * s.K * s.M); // whole runs of M chunks
-  const fits = (hp: number, S: number) => ssdBackwardLayout(d, s, hp, S).size * 4 <= maxBytes;
-  let S0 = roundK(512);
-  if (!fits(1, S0)) S0 = roundK(s.K);
-  if (!fits(1, S0)) return null;
-  let lo = 1, hi = d.H; // the scratch grows with hp: the most that fits, by bisection
-  while (lo < hi) {
-    const mid = Math.ceil((lo + hi) / 2);
-    if (fits(mid, S0)) lo = mid;
-    else hi = mid - 1;
-  }
-  const hp = Math.ceil(d.H / Math.ceil(d.H / lo)); // as few pieces as that, of even sizes
-  let S = S0; // the longest segments that fit, in chunks
-  for (let step = d.L; step >= s.K; step = Math.floor(step / 2)) {
-    while (S < d.L && fits(hp, roundK(S + step))) S = roundK(S + step);
-  }
-  const nSeg = Math.ceil(d.L / S);
-  return ssdBackwardLayout(d, s, hp, roundK(Math.ceil(d.L / nSeg)));
-}
-
-/** chunks between checkpoints to try where keeping one a chunk would split the heads into pieces */
-const RUNS = [4, 8];
-
-/**
- * The kernels' shape and the scratch's layout for this device and problem (the scratch under maxBytes, else the
- * binding limit): checkpoints every chunk where all heads fit at once, else every 4 or 8 chunks, whichever takes
- * the fewest pieces (4 on a tie); null where not even one head fits.
- */
-export function ssdBackwardSetup(d: SsdBackwardDims, limits: { wgBytes: number; subgroupMinSize: number; maxBytes: number; bindingBytes: number }) {
-  const plan = (M: number) => {
-    const shape = ssdBackwardShape(d.P, limits.wgBytes, limits.subgroupMinSize, M);
-    const l = ssdBackwardPlan(d, shape, Math.min(limits.maxBytes, limits.bindingBytes)) ?? ssdBackwardPlan(d, shape, limits.bindingBytes);
-    return l ? { shape, l } : null;
-  };
-  if (ssdBackwardTuning.M > 0) return plan(ssdBackwardTuning.M);
-  let best = plan(1);
-  for (const M of RUNS) {
-    if (best && best.l.hp === d.H) break;
-    const run = plan(M);
-    if (run && (!best || run.l.hp > best.l.hp)) best = run;
-  }
-  return best;
 }
 
 /** A column window: buffer, row stride, first column. */
@@ -660,34 +398,260 @@ export interface SsdBackwardArgs {
   dx: Win; dDt: Win; dB: Win; dC: Win; dA_log: Buf; dD: Buf; dDtBias: Buf;
 }
 
-/** Runs the backward for the heads h0 .. h0 + l.hp (the scratch `work` laid out as `l` says), segment by segment
- *  from the last. */
-export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, s: SsdBwdShape, l: ReturnType<typeof ssdBackwardLayout>, h0: number, a: SsdBackwardArgs, work: Buf): void {
-  const maxDim = gpu.limits.maxComputeWorkgroupsPerDimension;
-  const hi = Math.min(d.hi, 3e38);
-  const params = (groupsX: number, out: Win | null, tA: number, Sn: number, oDB = l.oDB) => new Params()
-    .u32(d.B).u32(d.L).u32(d.H).u32(d.P).u32(d.G).u32(d.N).u32(h0).u32(l.hp)
-    .u32(l.nNB).u32(l.nPB).u32(l.nK).u32(groupsX)
-    .u32(a.x.ld).u32(a.x.off).u32(a.dt.ld).u32(a.dt.off).u32(a.Bm.ld).u32(a.Bm.off).u32(a.Cm.ld).u32(a.Cm.off)
-    .u32(out?.ld ?? 0).u32(out?.off ?? 0).bool(d.hasState).f32(d.lo).f32(hi)
-    .u32(l.oCk).u32(l.oDx).u32(oDB).u32(l.oDC).u32(l.oDa).u32(l.oDdt).u32(l.oTerms)
-    .u32(l.oDS).u32(tA / s.K).u32(Math.ceil((tA + Sn) / s.K)).u32(tA).u32(Sn);
-  const [bx, by] = grid(l.groups, maxDim);
-  check(by <= maxDim, `ssdScanBackward: ${l.groups} workgroups are more than a dispatch takes`);
-  gpu.dispatch(gpu.kernel(fwdKernel, s), [a.x.buf, a.dt.buf, a.Bm.buf, a.consts, a.state0 ?? gpu.dummy, work], params(bx, null, 0, d.L), [bx, by]);
-  const nSeg = Math.ceil(d.L / l.S);
-  for (let seg = nSeg - 1; seg >= 0; seg--) {
-    const tA = seg * l.S, Sn = Math.min(d.L, tA + l.S) - tA, R = d.B * Sn;
-    gpu.dispatch(gpu.kernel(mainKernel, s), [a.x.buf, a.dt.buf, a.Bm.buf, a.Cm.buf, a.consts, a.gy, work], params(bx, null, tA, Sn), [bx, by]);
-    const [rx, ry] = grid(Math.ceil((R * l.hp) / 64), maxDim);
-    gpu.dispatch(gpu.kernel(rowsKernel, null), [a.x.buf, a.dt.buf, a.consts, a.gy, work, a.dDt.buf], params(rx, a.dDt, tA, Sn), [rx, ry]);
-    const [xx, xy] = grid(Math.ceil((R * l.hp * d.P) / 64), maxDim);
-    gpu.dispatch(gpu.kernel(dxKernel, null), [a.consts, a.gy, work, a.dx.buf], params(xx, a.dx, tA, Sn), [xx, xy]);
-    const [gx, gy] = grid(Math.ceil((R * d.G * d.N) / 64), maxDim);
-    // the same kernel for dB and dC: oDB says where its per-head sums are
-    for (const [dst, src] of [[a.dB, l.oDB], [a.dC, l.oDC]] as const) {
-      gpu.dispatch(gpu.kernel(reduceKernel, null), [work, dst.buf], params(gx, dst, tA, Sn, src), [gx, gy]);
-    }
-    gpu.dispatch(gpu.kernel(paramsKernel, null), [work, a.dA_log, a.dD, a.dDtBias], params(0, null, tA, Sn), [l.hp]);
+
+const prepKernel = defineKernel({
+  name: "ssd_bc_prep",
+  example: { Q: 64 },
+  wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, ["dt", "consts", "work"])}
+var<workgroup> sc: array<f32, ${s.Q}>;
+@compute @workgroup_size(${s.Q})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let z = wg.y * p.groupsX + wg.x;
+  if (z >= p.zCount) { return; } // uniform: a whole workgroup
+  let zc = zOf(z, p.hp);
+  let h = p.h0 + zc.u;
+  let i0 = zi(zc, zc.u);
+  var dtv = 0.0;
+  if (t < zc.Qc) {
+    let raw = dt[(zc.r0 + t) * p.lddt + p.offdt + h] + consts[h];
+    dtv = clamp(${softplusWgsl("raw")}, p.lo, p.hi);
   }
+  let A = -exp(consts[p.H + h]);
+  sc[t] = dtv * A;
+  // inclusive scan (positions past the chunk add nothing: their cs is the chunk's last)
+  for (var d = 1u; d < Q; d *= 2u) {
+    workgroupBarrier();
+    var v = sc[t];
+    if (t >= d) { v += sc[t - d]; }
+    workgroupBarrier();
+    sc[t] = v;
+  }
+  work[p.oDT + i0 * Q + t] = dtv;
+  work[p.oCS + i0 * Q + t] = sc[t];
+}
+`,
+});
+
+// the passes over chunks: a thread per (b, head of the piece, state entry)
+const passWgsl = (Q: number, reverse: boolean) => /* wgsl */ `${header(Q, reverse ? ["work"] : ["state0", "work"])}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+  let id = gid.y * nw.x * 64u + gid.x;
+  let PN = p.P * p.N;
+  if (id >= p.B * p.hp * PN) { return; }
+  let e = id % PN;
+  let hl = (id / PN) % p.hp;
+  let b = id / (PN * p.hp);
+${reverse ? `  // G_{c+1} into S's place, from the last chunk: G_c = (the chunk's part) + exp(cs_l)·G_{c+1}
+  var G = 0.0;
+  for (var c = p.nC; c > 0u; c--) {
+    let i0 = ((b * p.nC + c - 1u) * p.hp + hl);
+    let local = work[p.oST + i0 * PN + e];
+    work[p.oST + i0 * PN + e] = G;
+    G = local + exp(work[p.oCS + i0 * Q + Q - 1u]) * G;
+  }` : `  // H_c for every chunk: H_{c+1} = exp(cs_l)·H_c + S_c
+  var S = 0.0;
+  if (p.hasState != 0u) { S = state0[(b * p.H + p.h0 + hl) * PN + e]; }
+  for (var c = 0u; c < p.nC; c++) {
+    let i0 = ((b * p.nC + c) * p.hp + hl);
+    work[p.oHS + i0 * PN + e] = S;
+    S = exp(work[p.oCS + i0 * Q + Q - 1u]) * S + work[p.oST + i0 * PN + e];
+  }`}
+}
+`;
+const fpassKernel = defineKernel({ name: "ssd_bc_fpass", example: { Q: 64 }, wgsl: (s: { Q: number }) => passWgsl(s.Q, false) });
+const rpassKernel = defineKernel({ name: "ssd_bc_rpass", example: { Q: 64 }, wgsl: (s: { Q: number }) => passWgsl(s.Q, true) });
+
+// Σ_s dCB_ts·(C_t·B_s) by rows: a thread per (b, c, head, t)
+const vsumKernel = defineKernel({
+  name: "ssd_bc_vsum",
+  example: { Q: 64 },
+  wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, ["work"])}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+  let id = gid.y * nw.x * 64u + gid.x;
+  if (id >= p.Zh * Q) { return; }
+  let t = id % Q;
+  let i0 = id / Q;
+  let zc = zOf(i0, p.hp);
+  let g = (p.h0 + zc.u) / p.hg;
+  var sum = 0.0;
+  if (t < zc.Qc) {
+    for (var s = 0u; s < t; s++) { sum += work[p.oDCB + i0 * Q * Q + t * Q + s] * cbAt(zc, g, t, s); }
+  }
+  work[p.oRS + i0 * Q + t] = sum;
+}
+`,
+});
+
+// ⟨H_{c+1}, G_{c+1}⟩: a workgroup per (b, c, head) (zero for the last chunk: nothing reaches past it)
+const lastKernel = defineKernel({
+  name: "ssd_bc_last",
+  example: { Q: 64 },
+  wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, ["work"])}
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let i0 = wg.y * p.groupsX + wg.x;
+  if (i0 >= p.Zh) { return; }
+  let zc = zOf(i0, p.hp);
+  let PN = p.P * p.N;
+  var sum = 0.0;
+  if (zc.c + 1u < p.nC) {
+    for (var e = tid; e < PN; e += 256u) { sum += work[p.oHS + (i0 + p.hp) * PN + e] * work[p.oST + i0 * PN + e]; }
+  }
+  red[tid] = sum;
+  for (var d = 128u; d > 0u; d /= 2u) {
+    workgroupBarrier();
+    if (tid < d) { red[tid] += red[tid + d]; }
+  }
+  if (tid == 0u) { work[p.oDL + i0] = red[0]; }
+}
+`,
+});
+
+// ∂cs, da, dt's gradient and the per-chunk sums: a workgroup of Q threads per (b, c, head)
+const rowsKernel = defineKernel({
+  name: "ssd_bc_rows",
+  example: { Q: 64 },
+  wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, ["x", "dt", "consts", "gy", "work", "out"])}
+var<workgroup> sc: array<f32, ${s.Q}>;
+var<workgroup> red: array<vec3<f32>, ${s.Q}>;
+@compute @workgroup_size(${s.Q})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let i0 = wg.y * p.groupsX + wg.x;
+  if (i0 >= p.Zh) { return; } // uniform: a whole workgroup
+  let zc = zOf(i0, p.hp);
+  let h = p.h0 + zc.u;
+  let A = -exp(consts[p.H + h]);
+  let dtv = work[p.oDT + i0 * Q + t];
+  var r = 0.0;
+  var dcs = 0.0;
+  if (t < zc.Qc) {
+    var q = 0.0;
+    for (var pt = 0u; pt < p.nPT; pt++) {
+      r += work[p.oR + (pt * p.Zh + i0) * Q + t];
+      q += work[p.oQY + (pt * p.Zh + i0) * Q + t];
+    }
+    dcs = q + work[p.oRS + i0 * Q + t] - dtv * r;
+    if (t + 1u == zc.Qc) { dcs += work[p.oDL + i0]; }
+  }
+  var xg = 0.0;
+  if (t < zc.Qc) {
+    for (var pp = 0u; pp < p.P; pp++) {
+      xg += x[(zc.r0 + t) * p.ldx + p.offx + h * p.P + pp] * gy[(zc.r0 + t) * p.H * p.P + h * p.P + pp];
+    }
+    // the diagonal's term of x_t·U_t, which ∂cs_t leaves out (it cancels there)
+    r += cbAt(zc, (p.h0 + zc.u) / p.hg, t, t) * xg;
+  }
+  // da_t = Σ_{i ≥ t} ∂cs_i (a reverse inclusive scan)
+  sc[t] = dcs;
+  for (var d = 1u; d < Q; d *= 2u) {
+    workgroupBarrier();
+    var v = sc[t];
+    if (t + d < Q) { v += sc[t + d]; }
+    workgroupBarrier();
+    sc[t] = v;
+  }
+  var terms = vec3<f32>(0.0);
+  if (t < zc.Qc) {
+    let da = sc[t];
+    let ddt = r + A * da;
+    let raw = dt[(zc.r0 + t) * p.lddt + p.offdt + h] + consts[h];
+    let sp = ${softplusWgsl("raw")};
+    var draw = 0.0;
+    if (sp >= p.lo && sp <= p.hi) { draw = ddt * select(1.0 / (1.0 + exp(-raw)), 1.0, raw > 20.0); }
+    out[(zc.r0 + t) * p.ldo + p.offo + h] += draw;
+    terms = vec3<f32>(da * dtv, xg, draw);
+  }
+  red[t] = terms;
+  for (var d = Q / 2u; d > 0u; d /= 2u) {
+    workgroupBarrier();
+    if (t < d) { red[t] += red[t + d]; }
+  }
+  if (t == 0u) {
+    work[p.oPar + 3u * i0] = red[0].x;
+    work[p.oPar + 3u * i0 + 1u] = red[0].y;
+    work[p.oPar + 3u * i0 + 2u] = red[0].z;
+  }
+}
+`,
+});
+
+// the per-chunk sums over batch rows and chunks: a thread per head of the piece
+const paramsKernel = defineKernel({
+  name: "ssd_bc_params",
+  example: { Q: 64 },
+  wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, ["consts", "work", "out", "out2", "out3"])}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let hl = gid.x;
+  if (hl >= p.hp) { return; }
+  let h = p.h0 + hl;
+  var sums = vec3<f32>(0.0);
+  for (var bc = 0u; bc < p.B * p.nC; bc++) {
+    let i0 = bc * p.hp + hl;
+    sums += vec3<f32>(work[p.oPar + 3u * i0], work[p.oPar + 3u * i0 + 1u], work[p.oPar + 3u * i0 + 2u]);
+  }
+  out[h] += sums.x * -exp(consts[p.H + h]); // dA_log = dA·A
+  out2[h] += sums.y;
+  out3[h] += sums.z;
+}
+`,
+});
+
+/** Runs the chunked backward for the heads h0 .. h0 + l.hp (all of them when one piece; C·Bᵀ is computed when
+ *  h0 is 0 and kept for the pieces after). */
+export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, l: SsdBackwardLayout, h0: number, a: SsdBackwardArgs, work: Buf): void {
+  const maxDim = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const { Q, nC, hp, Zh } = l;
+  const hg = d.H / d.G, g0 = Math.floor(h0 / hg), ng = Math.floor((h0 + hp - 1) / hg) - g0 + 1;
+  const shape = { Q };
+  const params = (zCount: number, groupsX: number, tilesN: number, tilesMN: number, o: { ld: number; off: number } | null) => new Params()
+    .u32(d.B).u32(d.L).u32(d.H).u32(d.P).u32(d.G).u32(d.N).u32(nC).u32(h0)
+    .u32(hp).u32(hg).u32(g0).u32(zCount).u32(groupsX).u32(tilesN).u32(tilesMN).u32(Zh)
+    .u32(a.x.ld).u32(a.x.off).u32(a.dt.ld).u32(a.dt.off).u32(a.Bm.ld).u32(a.Bm.off).u32(a.Cm.ld).u32(a.Cm.off)
+    .u32(o?.ld ?? 0).u32(o?.off ?? 0).bool(d.hasState).f32(d.lo).f32(Math.min(d.hi, 3e38)).u32(l.nPT)
+    .u32(l.oCB).u32(l.oDT).u32(l.oCS).u32(l.oHS).u32(l.oST).u32(l.oDCB).u32(l.oR).u32(l.oQY).u32(l.oRS).u32(l.oDL).u32(l.oPar);
+  const buffers: Record<string, Buf> = {
+    x: a.x.buf, dt: a.dt.buf, Bm: a.Bm.buf, Cm: a.Cm.buf, consts: a.consts, gy: a.gy, state0: a.state0 ?? gpu.dummy, work,
+  };
+  const bind = (names: string[], outs: Buf[]) => {
+    const used = ORDER.filter((n) => names.includes(n));
+    let o = 0;
+    return used.map((n) => (n.startsWith("out") ? outs[o++]! : buffers[n]!));
+  };
+  // a product over zCount z's of at most M × N outputs
+  const product = (name: string, zCount: number, M: number, N: number, out: { buf: Buf; ld: number; off: number } | null) => {
+    const spec = PRODUCTS.find((s) => s.name === name)!;
+    const tilesN = Math.ceil(N / BN), tilesMN = Math.ceil(M / BM) * tilesN;
+    const [gx, gy] = grid(zCount * tilesMN, maxDim);
+    check(gy <= maxDim, `ssdScanBackward: ${zCount * tilesMN} workgroups are more than a dispatch takes`);
+    gpu.dispatch(gpu.kernel(productKernels.get(name)!, { Q }), bind(spec.bindings, out ? [out.buf] : []), params(zCount, gx, tilesN, tilesMN, out), [gx, gy]);
+  };
+  const perZ = (kernel: KernelDef<{ Q: number }>, names: string[], outs: Buf[], o: { ld: number; off: number } | null) => {
+    const [gx, gy] = grid(Zh, maxDim);
+    gpu.dispatch(gpu.kernel(kernel, shape), bind(names, outs), params(Zh, gx, 1, 1, o), [gx, gy]);
+  };
+  const perThread = (kernel: KernelDef<{ Q: number }>, names: string[], count: number) => {
+    const [gx, gy] = grid(Math.ceil(count / 64), maxDim);
+    gpu.dispatch(gpu.kernel(kernel, shape), bind(names, []), params(Zh, gx, 1, 1, null), [gx, gy]);
+  };
+  const PN = d.P * d.N;
+  if (h0 === 0) product("ssd_bc_cb", d.B * nC * d.G, Q, Q, null);
+  perZ(prepKernel, ["dt", "consts", "work"], [], null);
+  product("ssd_bc_state", Zh, d.P, d.N, null);
+  perThread(fpassKernel, ["state0", "work"], d.B * hp * PN);
+  product("ssd_bc_local", Zh, d.P, d.N, null);
+  perThread(rpassKernel, ["work"], d.B * hp * PN);
+  product("ssd_bc_dcb", Zh, Q, Q, null);
+  product("ssd_bc_dx", Zh, Q, d.P, a.dx);
+  product("ssd_bc_q", Zh, Q, d.P, null);
+  product("ssd_bc_dc", d.B * nC * ng, Q, d.N, a.dC);
+  product("ssd_bc_db", d.B * nC * ng, Q, d.N, a.dB);
+  perThread(vsumKernel, ["work"], Zh * Q);
+  perZ(lastKernel, ["work"], [], null);
+  perZ(rowsKernel, ["x", "dt", "consts", "gy", "work", "out"], [a.dDt.buf], a.dDt);
+  gpu.dispatch(gpu.kernel(paramsKernel, shape), bind(["consts", "work", "out", "out2", "out3"], [a.dA_log, a.dD, a.dDtBias]),
+    params(Zh, 1, 1, 1, null), [Math.ceil(hp / 64)]);
 }
