@@ -13,13 +13,13 @@
 import { readFileSync, existsSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { createWebGpuBackend, type WebGpuBackend } from "../src/backend/webgpu/index.ts";
+import { createWebGpuBackend, type WebGpuBackend, type WebGpuInternalTuning } from "../src/backend/webgpu/index.ts";
 import { type Backend, cols } from "../src/backend/backend.ts";
 import type { TrainingOps } from "../src/backend/training.ts";
 import { makeConfig, initParameters } from "../src/model/init.ts";
 import { modelFromTensors } from "../src/index.ts";
 import { filled, benchPrompts } from "./data.ts";
-import { gpuTrials, parseTunings, timeTrials } from "./timing.ts";
+import { gpuTrials, parseTunings, printProfile, timeTrials } from "./timing.ts";
 import { chunkTuning } from "../src/backend/webgpu/kernels/ssd/chunked.ts";
 import { ssdBackwardTuning } from "../src/backend/webgpu/kernels/ssd/backward.ts";
 
@@ -38,6 +38,8 @@ const ssdVariants = parseTunings<Partial<typeof chunkTuning>>(process.env.BENCH_
 // BENCH_SSD_BWD_CHUNKS=64,128: the backward's chunk lengths to time (default its own)
 const bwdChunks = (process.env.BENCH_SSD_BWD_CHUNKS ?? String(ssdBackwardTuning.Q)).split(",").map(Number);
 for (const q of bwdChunks) if (q !== 64 && q !== 128) throw new Error(`BENCH_SSD_BWD_CHUNKS: ${q} is neither 64 nor 128`);
+// BENCH_TUNING=name:value,...: the WebGPU backend's internal tuning for the models (e.g. decodeScanOut:false)
+const tuning: WebGpuInternalTuning = parseTunings<WebGpuInternalTuning>(process.env.BENCH_TUNING)[0] ?? {};
 const decodeBatches = (process.env.BENCH_DECODE_BATCHES ?? "1,64").split(",").map(Number);
 const ms = (t: number) => `${t.toFixed(3)} ms`;
 const ratio = (ours: number, official: number | undefined, higherIsBetter: boolean) =>
@@ -134,7 +136,7 @@ function mamba2_130m() {
 async function bench27b(): Promise<void> {
   const cfg = makeConfig({ family: "mamba2", vocabSize: 50280, hiddenSize: 2560, numLayers: 64, stateSize: 128, mamba2: { headDim: 64, chunkSize: 256 } });
   const t0 = performance.now();
-  const model = await modelFromTensors(cfg, initParameters(cfg, { seed: 1 }), { backend: await createWebGpuBackend() });
+  const model = await modelFromTensors(cfg, initParameters(cfg, { seed: 1 }), { backend: await createWebGpuBackend(tuning) });
   console.log(`\n(mamba2-2.7b random f32 weights built and uploaded in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
   try {
     const ps = benchPrompts(1, 128, cfg.vocabSize);
@@ -150,14 +152,42 @@ async function bench27b(): Promise<void> {
     const official = anchors?.decode_tok_per_s?.find((d) => d.model === "mamba2-2.7b" && d.batch === 1)?.tok_per_s;
     console.log(`mamba2-2.7b decode batch 1 (prompt 128 + 256 new, wall time incl. the prompt, median of 3): ${tps.toFixed(0)} tok/s ` +
       `(official ${official ?? "n/a"}; ${ratio(tps, official, true)})`);
+    await profileDecodeStep(model, "mamba2-2.7b", 1);
   } finally {
     await model.dispose();
   }
 }
 
+/** One fused decode step of B rows (greedy, logits included) on the GPU clock, and its kernels one by one. */
+async function profileDecodeStep(model: Awaited<ReturnType<typeof modelFromTensors>>, name: string, B: number): Promise<void> {
+  const b = model.backend as WebGpuBackend;
+  const lm = model.lm;
+  const { MambaCache } = await import("../src/model/cache.ts");
+  const { greedyRequest } = await import("./data.ts");
+  const cache = MambaCache.zeros(b, lm.config, B);
+  const ids = b.fromI32(new Int32Array(B).fill(7), [B]);
+  const step = () => {
+    const lg = b.decodeStep(lm, ids, cache.conv, cache.ssm);
+    if (!lg) throw new Error("no fused step");
+    b.dispose(b.sample(lg, greedyRequest(lm.config.vocabSize, B)), lg);
+  };
+  try {
+    step();
+    await b.sync();
+    const g = await b.timeGpu(() => { for (let i = 0; i < 20; i++) step(); });
+    if (g !== null) console.log(`  ${name} decode step, batch ${B}, on the GPU clock: ${((g / 20) * 1000).toFixed(1)} us (${tuning.decodeScanOut === false ? "decodeScanOut off" : "defaults"}${Object.keys(tuning).length ? `, tuning ${JSON.stringify(tuning)}` : ""})`);
+    printProfile(await b.profileKernels(step), "    ");
+  } catch (e) {
+    console.log(`  ${name} decode step profile not run: ${(e as Error).message}`);
+  } finally {
+    b.dispose(ids);
+    cache.dispose();
+  }
+}
+
 async function benchModel(): Promise<void> {
   const cfg = mamba2_130m();
-  const model = await modelFromTensors(cfg, initParameters(cfg, { seed: 1 }), { backend: await createWebGpuBackend() });
+  const model = await modelFromTensors(cfg, initParameters(cfg, { seed: 1 }), { backend: await createWebGpuBackend(tuning) });
   try {
     if (only.has("forward")) {
       const [B, L] = smoke ? [2, 128] : [8, 2048];
@@ -207,6 +237,7 @@ async function benchModel(): Promise<void> {
         const official = smoke ? undefined : anchors?.decode_tok_per_s?.find((d) => d.model === "mamba2-130m" && d.batch === batch)?.tok_per_s;
         console.log(`mamba2-130m decode batch ${batch} (prompt ${prompt} + ${fresh} new, wall time incl. the prompt, median of 3): ${tps.toFixed(0)} tok/s ` +
           `(official ${official ?? "n/a"}; ${ratio(tps, official, true)})`);
+        await profileDecodeStep(model, "mamba2-130m", batch);
       }
     }
   } finally {
