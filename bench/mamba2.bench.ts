@@ -35,9 +35,9 @@ const smoke = process.env.BENCH_SMOKE === "1";
 const only = new Set((process.env.BENCH_ONLY ?? "scan,bwd,forward,decode").split(","));
 const bwd = only.has("bwd");
 const ssdVariants = parseTunings<Partial<typeof chunkTuning>>(process.env.BENCH_SSD_VARIANTS);
-// BENCH_SSD_BWD_CHUNKS=64,128: the backward's chunk lengths to time (default its own)
-const bwdChunks = (process.env.BENCH_SSD_BWD_CHUNKS ?? String(ssdBackwardTuning.Q)).split(",").map(Number);
-for (const q of bwdChunks) if (q !== 64 && q !== 128) throw new Error(`BENCH_SSD_BWD_CHUNKS: ${q} is neither 64 nor 128`);
+// BENCH_SSD_BWD_TUNINGS=Q:64|Q:128,gApart:true: the backward's tunings to time side by side (default its own)
+const bwdTunings = parseTunings<Partial<typeof ssdBackwardTuning>>(process.env.BENCH_SSD_BWD_TUNINGS);
+if (!bwdTunings.length) bwdTunings.push({});
 // BENCH_TUNING=name:value,...: the WebGPU backend's internal tuning for the models (e.g. decodeScanOut:false)
 const tuning: WebGpuInternalTuning = parseTunings<WebGpuInternalTuning>(process.env.BENCH_TUNING)[0] ?? {};
 const decodeBatches = (process.env.BENCH_DECODE_BATCHES ?? "1,64").split(",").map(Number);
@@ -91,10 +91,10 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
         dB: zeros(T * G * N, [T, G * N]), dC: zeros(T * G * N, [T, G * N]), dD: zeros(H, [H]), dz: null,
       };
       const fb = () => { f(); tb_.ssdScanBackward!(args, dy, g); };
-      const saved = ssdBackwardTuning.Q;
-      for (const Q of bwdChunks) {
-        ssdBackwardTuning.Q = Q;
-        const label = bwdChunks.length > 1 ? ` (chunks of ${Q})` : "";
+      const saved = { ...ssdBackwardTuning };
+      for (const bt of bwdTunings) {
+        Object.assign(ssdBackwardTuning, saved, bt);
+        const label = bwdTunings.length > 1 ? ` (${JSON.stringify(bt)})` : "";
         try {
           for (let i = 0; i < 2; i++) fb();
           await b.sync();
@@ -112,7 +112,7 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
           bwdLine += `; fwd+bwd${label} not run: ${(e as Error).message}`;
         }
       }
-      ssdBackwardTuning.Q = saved;
+      Object.assign(ssdBackwardTuning, saved);
       b.dispose(dy, g.dx, g.dDt, g.dDtBias, g.dA_log, g.dB, g.dC, g.dD);
     }
     const bytes = (2 * T * E + T * H + 2 * T * G * N) * 4;

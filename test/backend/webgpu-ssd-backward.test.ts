@@ -1,7 +1,7 @@
 /**
  * The WebGPU SSD backward (the op ssdScanBackward: kernels/ssd/backward.ts, chunks as matrix products) against the
  * CPU reference's (src/backend/cpu/ssd-backward.ts) on shapes across its boundaries, with chunks of 64 (the default)
- * and 128: one position, one whole chunk, several chunks with a ragged last one; head dims and state sizes past one
+ * and 128, a group's heads in parts for dB and dC and not: one position, one whole chunk, several chunks with a ragged last one; head dims and state sizes past one
  * 64-wide product tile or not multiples of 4; the heads in pieces of one (a scratch budget of one head's), a group's
  * dB and dC summed over pieces; 1 or 2 groups, batch 3, with and without a gate z and an initial state, a dt clamp,
  * every gradient a column window of a wider matrix (added into, as training does).
@@ -81,8 +81,10 @@ async function compare(g: TB, c: Case, seed: number): Promise<void> {
 
 const none = [0, Infinity] as const;
 
-for (const Q of [64, 128]) {
-  test(`ssdScanBackward on WebGPU (chunks of ${Q}) matches the CPU across chunks, pieces of heads, groups and batch rows`, { timeout: 900_000 }, async (t) => {
+// chunks of 64; of 128 with the gradients reaching the states in a buffer of their own; a group's heads for dB and
+// dC in parts (as few workgroups bring), and never in parts
+for (const [Q, groupWorkgroups, gApart] of [[64, 1024, false], [128, 1024, true], [64, 1, false]] as const) {
+  test(`ssdScanBackward on WebGPU (chunks of ${Q}${gApart ? ", the states' gradients apart" : ""}${groupWorkgroups === 1 ? ", a group's heads never in parts" : ""}) matches the CPU across chunks, pieces of heads, groups and batch rows`, { timeout: 900_000 }, async (t) => {
     const g = await webgpuBackend() as TB | null;
     if (!g) return unavailable(t, "no WebGPU adapter");
     const cases: Case[] = [
@@ -102,12 +104,12 @@ for (const Q of [64, 128]) {
       { B: 2, L: 1, H: 2, P: 5, G: 1, N: 3, gate: false, state: true, limit: none },
       { B: 1, L: 64, H: 4, P: 72, G: 2, N: 80, gate: true, state: false, limit: [0.05, 2] },
     ];
-    const saved = ssdBackwardTuning.Q;
-    ssdBackwardTuning.Q = Q;
+    const saved = { ...ssdBackwardTuning };
+    Object.assign(ssdBackwardTuning, { Q, groupWorkgroups, gApart });
     try {
       for (const [i, c] of cases.entries()) await compare(g, c, 500 + i);
     } finally {
-      ssdBackwardTuning.Q = saved;
+      Object.assign(ssdBackwardTuning, saved);
     }
   });
 }

@@ -29,6 +29,8 @@
  *   ssd_bc_dx       U' per (b, c, h), [Q × P] over N + Q (the two terms as one product): dx, and x·U' by rows;
  *   ssd_bc_q        exp(cs_t)·gy_t·(H_c·C_t) per (b, c, h), [Q × P] over N, summed by rows;
  *   ssd_bc_dc, ssd_bc_db   per (b, c, g), [Q × N] over the group's heads' P + Q (the two terms as one product);
+ *                   where few (b, c, g) would leave the GPU idle, a group's heads in parts, ssd_bc_parts adding up
+ *                   their partial sums;
  *   ssd_bc_vsum     a thread per (b, c, h, t): Σ_{s < t} dCB_ts·(C_t·B_s);
  *   ssd_bc_last     a workgroup per (b, c, h): ⟨H_{c+1}, G_{c+1}⟩;
  *   ssd_bc_rows     a workgroup per (b, c, h): ∂cs, its reverse sum da, dt's gradient, the per-chunk sums of dA, dD
@@ -48,11 +50,14 @@ import { softplusWgsl } from "./common.ts";
 
 /** bufferBytes: the most bytes the scratch buffer may take (and the device's binding limit); tests lower it to
  *  force pieces of heads. Q: the chunk length (64 or 128; results the same but for rounding): 64 keeps dCB's scratch
- *  and the triangle's wasted work small; on an H100 128 took 1.08 – 1.25x as long (run 81). */
-export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, Q: 64 };
+ *  and the triangle's wasted work small; on an H100 128 took 1.08 – 1.25x as long (run 81). groupWorkgroups: the
+ *  workgroups below which dB's and dC's products split a group's heads into parts (1: never). gApart: the reverse
+ *  pass writes the gradients reaching the states into a buffer of their own rather than over its input (more scratch). */
+export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, Q: 64, groupWorkgroups: 1024, gApart: false };
 
 // the output tile of the products and the K step
 const BM = 64, BN = 64, BK = 16;
+
 
 export interface SsdBackwardDims {
   B: number; L: number; H: number; P: number; G: number; N: number;
@@ -65,8 +70,16 @@ export function ssdBackwardLayout(d: SsdBackwardDims, Q: number, hp: number) {
   const Zh = d.B * nC * hp; // (b, c, head of the piece)
   const oCB = 0, oDT = oCB + d.B * nC * d.G * Q * Q, oCS = oDT + Zh * Q, oHS = oCS + Zh * Q, oST = oHS + Zh * PN;
   const oDCB = oST + Zh * PN, oR = oDCB + Zh * Q * Q, oQY = oR + nPT * Zh * Q, oRS = oQY + nPT * Zh * Q;
-  const oDL = oRS + Zh * Q, oPar = oDL + Zh, size = oPar + 3 * Zh;
-  return { Q, nC, hp, nPT, Zh, oCB, oDT, oCS, oHS, oST, oDCB, oR, oQY, oRS, oDL, oPar, size };
+  const oDL = oRS + Zh * Q, oPar = oDL + Zh, oKP = oPar + 3 * Zh;
+  // dB and dC sum over a group's heads: where few (b, c, group) would leave the GPU idle, the heads go in S parts,
+  // each a workgroup's, whose partial sums a last kernel adds up (the groups that meet a piece: at most ng)
+  const hg = d.H / d.G, ng = Math.min(d.G, Math.ceil(hp / hg) + 1);
+  const tiles = d.B * nC * ng * Math.ceil(Q / BM) * Math.ceil(d.N / BN);
+  const S = Math.max(1, Math.min(hg, Math.ceil(ssdBackwardTuning.groupWorkgroups / tiles)));
+  const oG = oKP + (S > 1 ? S * d.B * nC * ng * Q * d.N : 0);
+  // G_{c+1} in S_c's place, or (gApart) in a place of its own
+  const size = oG + (ssdBackwardTuning.gApart ? Zh * PN : 0);
+  return { Q, nC, hp, nPT, Zh, oCB, oDT, oCS, oHS, oST, oDCB, oR, oQY, oRS, oDL, oPar, S, oKP, oG: ssdBackwardTuning.gApart ? oG : oST, size };
 }
 export type SsdBackwardLayout = ReturnType<typeof ssdBackwardLayout>;
 
@@ -90,6 +103,7 @@ const paramsStruct = /* wgsl */ `struct P {
   ldx: u32, offx: u32, lddt: u32, offdt: u32, ldb: u32, offb: u32, ldc: u32, offc: u32,
   ldo: u32, offo: u32, hasState: u32, lo: f32, hi: f32, nPT: u32,
   oCB: u32, oDT: u32, oCS: u32, oHS: u32, oST: u32, oDCB: u32, oR: u32, oQY: u32, oRS: u32, oDL: u32, oPar: u32,
+  S: u32, oKP: u32, oG: u32,
 }`;
 
 // the buffers a kernel may bind, in binding order; each kernel binds those it names
@@ -161,7 +175,7 @@ const T = 4;
 
 function productWgsl(s: ProductSpec, sh: ProductShape): string {
   const { Q } = sh;
-  const units = s.unit === "head" ? "p.hp" : s.unit === "group" ? "ngroups()" : "p.G";
+  const units = s.unit === "head" ? "p.hp" : s.unit === "group" ? "ngroups() * p.S" : "p.G";
   const TX = BN / T, TY = BM / T, NT = TX * TY; // threads along columns and rows, threads a workgroup
   const V = T / 4; // vec4s a thread's row or column of outputs
   return /* wgsl */ `${header(Q, s.bindings)}
@@ -262,7 +276,13 @@ const BS = "Bm[(zc.r0 + s) * p.ldb + p.offb + g * p.N + n]";
 const CT = "Cm[(zc.r0 + t) * p.ldc + p.offc + g * p.N + n]";
 const HEAD = "let hl = zc.u; let h = p.h0 + hl; let g = h / p.hg; let i0 = zi(zc, hl);";
 // a group's heads in the piece: hA .. hB; K runs over (head, P + Q)
-const GROUP = "let g = p.g0 + zc.u; let hA = max(g * p.hg, p.h0); let hB = min((g + 1u) * p.hg, p.h0 + p.hp);";
+// a group's heads in the piece, gA .. gB, in S parts: this workgroup's part, heads hA .. hB
+const GROUP = "let gl = zc.u / p.S; let part = zc.u % p.S; let g = p.g0 + gl; let gA = max(g * p.hg, p.h0); " +
+  "let gB = min((g + 1u) * p.hg, p.h0 + p.hp); let per = (gB - gA + p.S - 1u) / p.S; let hA = min(gB, gA + part * per); " +
+  "let hB = min(gB, hA + per);";
+// dB's or dC's [Q, N] of (b, c, group): added into the output, or (heads in parts) the part's partial sums
+const GROUP_PUT = `${GROUP} if (p.S == 1u) { out[(zc.r0 + i) * p.ldo + p.offo + g * p.N + j] += v; } else {
+  work[p.oKP + (((zc.b * p.nC + zc.c) * ngroups() + gl) * p.S + part) * Q * p.N + i * p.N + j] = v; }`;
 const SEG = "let PQ = p.P + Q; let h = hA + k / PQ; let kk = k % PQ; let i0 = zi(zc, h - p.h0);";
 
 const PRODUCTS: ProductSpec[] = [
@@ -299,7 +319,7 @@ const PRODUCTS: ProductSpec[] = [
     name: "ssd_bc_dx", bindings: ["x", "Bm", "consts", "gy", "work", "out"], unit: "head", M: "zc.Qc", N: "p.P", K: "p.N + zc.Qc",
     a: `${HEAD} let s = i; if (k < p.N) { let n = k; return ${BS} * exp(csAt(i0, Q - 1u) - csAt(i0, s)); }
   let t = k - p.N; if (t <= s) { return 0.0; } return cbAt(zc, g, t, s) * exp(csAt(i0, t) - csAt(i0, s));`,
-    b: `${HEAD} let pp = j; if (k < p.N) { return work[p.oST + i0 * p.P * p.N + pp * p.N + k]; }
+    b: `${HEAD} let pp = j; if (k < p.N) { return work[p.oG + i0 * p.P * p.N + pp * p.N + k]; }
   let t = k - p.N; return ${GY};`,
     aK: true, bK: true,
     put: `${HEAD} let s = i; let pp = j; let t = s;
@@ -326,17 +346,17 @@ const PRODUCTS: ProductSpec[] = [
     b: `${GROUP} ${SEG} let n = j; if (kk < p.P) { return work[p.oHS + i0 * p.P * p.N + kk * p.N + n]; }
   let s = kk - p.P; if (s >= zc.Qc) { return 0.0; } return ${BS};`,
     aK: true, bK: false,
-    put: `let g = p.g0 + zc.u; out[(zc.r0 + i) * p.ldo + p.offo + g * p.N + j] += v;`,
+    put: GROUP_PUT,
   },
   { // dB [s, n] += Σ_h exp(cs_l − cs_s)·dt_s·x_s·G_{c+1}[·, n] + Σ_t dCB_ts·C_t[n]
     name: "ssd_bc_db", bindings: ["x", "Cm", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: "(hB - hA) * (p.P + Q)",
     pre: GROUP,
     a: `${GROUP} ${SEG} let s = i; if (kk < p.P) { let pp = kk; return exp(csAt(i0, Q - 1u) - csAt(i0, s)) * dtAt(i0, s) * ${X}; }
   let t = kk - p.P; if (t < s || t >= zc.Qc) { return 0.0; } return work[p.oDCB + i0 * Q * Q + t * Q + s];`,
-    b: `${GROUP} ${SEG} let n = j; if (kk < p.P) { return work[p.oST + i0 * p.P * p.N + kk * p.N + n]; }
+    b: `${GROUP} ${SEG} let n = j; if (kk < p.P) { return work[p.oG + i0 * p.P * p.N + kk * p.N + n]; }
   let t = kk - p.P; if (t >= zc.Qc) { return 0.0; } return ${CT};`,
     aK: true, bK: false,
-    put: `let g = p.g0 + zc.u; out[(zc.r0 + i) * p.ldo + p.offo + g * p.N + j] += v;`,
+    put: GROUP_PUT,
   },
 ];
 
@@ -442,12 +462,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let e = id % PN;
   let hl = (id / PN) % p.hp;
   let b = id / (PN * p.hp);
-${reverse ? `  // G_{c+1} into S's place, from the last chunk: G_c = (the chunk's part) + exp(cs_l)·G_{c+1}
+${reverse ? `  // G_{c+1} (into the chunk's part's place, or one of its own), from the last chunk: G_c = (the chunk's part) + exp(cs_l)·G_{c+1}
   var G = 0.0;
   for (var c = p.nC; c > 0u; c--) {
     let i0 = ((b * p.nC + c - 1u) * p.hp + hl);
     let local = work[p.oST + i0 * PN + e];
-    work[p.oST + i0 * PN + e] = G;
+    work[p.oG + i0 * PN + e] = G;
     G = local + exp(work[p.oCS + i0 * Q + Q - 1u]) * G;
   }` : `  // H_c for every chunk: H_{c+1} = exp(cs_l)·H_c + S_c
   var S = 0.0;
@@ -498,7 +518,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let PN = p.P * p.N;
   var sum = 0.0;
   if (zc.c + 1u < p.nC) {
-    for (var e = tid; e < PN; e += 256u) { sum += work[p.oHS + (i0 + p.hp) * PN + e] * work[p.oST + i0 * PN + e]; }
+    for (var e = tid; e < PN; e += 256u) { sum += work[p.oHS + (i0 + p.hp) * PN + e] * work[p.oG + i0 * PN + e]; }
   }
   red[tid] = sum;
   for (var d = 128u; d > 0u; d /= 2u) {
@@ -600,6 +620,30 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 `,
 });
 
+// dB's or dC's parts added up into the output: a thread per ((b, c, group), t, n)
+const partsKernel = defineKernel({
+  name: "ssd_bc_parts",
+  example: { Q: 64 },
+  wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, ["work", "out"])}
+fn ngroups() -> u32 { return (p.h0 + p.hp - 1u) / p.hg - p.g0 + 1u; }
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+  let id = gid.y * nw.x * 64u + gid.x;
+  let QN = Q * p.N;
+  if (id >= p.B * p.nC * ngroups() * QN) { return; }
+  let zg = id / QN;
+  let t = (id % QN) / p.N;
+  let n = id % p.N;
+  let zc = zOf(zg, ngroups());
+  if (t >= zc.Qc) { return; }
+  var sum = 0.0;
+  for (var part = 0u; part < p.S; part++) { sum += work[p.oKP + (zg * p.S + part) * QN + t * p.N + n]; }
+  let o = (zc.r0 + t) * p.ldo + p.offo + (p.g0 + zc.u) * p.N + n;
+  out[o] += sum;
+}
+`,
+});
+
 /** Runs the chunked backward for the heads h0 .. h0 + l.hp (all of them when one piece; C·Bᵀ is computed when
  *  h0 is 0 and kept for the pieces after). */
 export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, l: SsdBackwardLayout, h0: number, a: SsdBackwardArgs, work: Buf): void {
@@ -612,7 +656,8 @@ export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, l: SsdBackwardLayout, 
     .u32(hp).u32(hg).u32(g0).u32(zCount).u32(groupsX).u32(tilesN).u32(tilesMN).u32(Zh)
     .u32(a.x.ld).u32(a.x.off).u32(a.dt.ld).u32(a.dt.off).u32(a.Bm.ld).u32(a.Bm.off).u32(a.Cm.ld).u32(a.Cm.off)
     .u32(o?.ld ?? 0).u32(o?.off ?? 0).bool(d.hasState).f32(d.lo).f32(Math.min(d.hi, 3e38)).u32(l.nPT)
-    .u32(l.oCB).u32(l.oDT).u32(l.oCS).u32(l.oHS).u32(l.oST).u32(l.oDCB).u32(l.oR).u32(l.oQY).u32(l.oRS).u32(l.oDL).u32(l.oPar);
+    .u32(l.oCB).u32(l.oDT).u32(l.oCS).u32(l.oHS).u32(l.oST).u32(l.oDCB).u32(l.oR).u32(l.oQY).u32(l.oRS).u32(l.oDL).u32(l.oPar)
+    .u32(l.S).u32(l.oKP).u32(l.oG);
   const buffers: Record<string, Buf> = {
     x: a.x.buf, dt: a.dt.buf, Bm: a.Bm.buf, Cm: a.Cm.buf, consts: a.consts, gy: a.gy, state0: a.state0 ?? gpu.dummy, work,
   };
@@ -647,8 +692,13 @@ export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, l: SsdBackwardLayout, 
   product("ssd_bc_dcb", Zh, Q, Q, null);
   product("ssd_bc_dx", Zh, Q, d.P, a.dx);
   product("ssd_bc_q", Zh, Q, d.P, null);
-  product("ssd_bc_dc", d.B * nC * ng, Q, d.N, a.dC);
-  product("ssd_bc_db", d.B * nC * ng, Q, d.N, a.dB);
+  for (const [name, out] of [["ssd_bc_dc", a.dC], ["ssd_bc_db", a.dB]] as const) {
+    product(name, d.B * nC * ng * l.S, Q, d.N, out);
+    if (l.S > 1) {
+      const [gx, gy] = grid(Math.ceil((d.B * nC * ng * Q * d.N) / 64), maxDim);
+      gpu.dispatch(gpu.kernel(partsKernel, shape), bind(["work", "out"], [out.buf]), params(Zh, gx, 1, 1, out), [gx, gy]);
+    }
+  }
   perThread(vsumKernel, ["work"], Zh * Q);
   perZ(lastKernel, ["work"], [], null);
   perZ(rowsKernel, ["x", "dt", "consts", "gy", "work", "out"], [a.dDt.buf], a.dDt);
