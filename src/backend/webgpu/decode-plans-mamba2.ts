@@ -6,9 +6,10 @@
  *     memory);
  *  2. the SSD step of every head and the gate (kernels/decode/mamba2-ssm.ts), leaving the gated norm's sums of
  *     squares per workgroup;
- *  3. out_proj with the gated norm's scale (kernels/decode/mamba2-out.ts); up to 4 rows (decodeScanOut) out_proj
- *     is instead the end of kernel 2's dispatch: the last workgroup of each head to finish multiplies the head's
- *     outputs by its columns of out_proj, the last head adds the heads' shares up (two dispatches a layer).
+ *  3. out_proj with the gated norm's scale (kernels/decode/mamba2-out.ts); up to 4 rows (decodeScanOut), where the
+ *     heads' shares are few (heads × D up to M2_SCAN_OUT_AUTO_MAX, as in mamba2-130m), out_proj is instead the end of
+ *     kernel 2's dispatch: the last workgroup of each head to finish multiplies the head's outputs by its columns of
+ *     out_proj, the last head adds the heads' shares up (two dispatches a layer).
  * Past 8 rows (the batch step), five kernels a layer: the norm (summing the last out_proj's K-split partials, times
  * the last gated norm's scale: kernels/decode/batch-norm.ts), in_proj through matmulTiled with K split, its
  * partials summed with the conv and dt (decode_m2_in_finish), the SSD step, out_proj through matmulTiled (with
@@ -16,6 +17,10 @@
  * are packed into one buffer.
  */
 import type { StepModel, Tensor } from "../backend.ts";
+
+/** The most heads × hidden size for which out_proj joins the scan's dispatch by default (mamba2-130m: 24 × 768;
+ *  mamba2-2.7b's 80 × 2560 is far past it: one workgroup a head's columns, and one adding every share up). */
+export const M2_SCAN_OUT_AUTO_MAX = 32768;
 import { check } from "../../errors.ts";
 import type { Buf } from "./gpu.ts";
 import { GpuTensor } from "./tensor.ts";
@@ -103,7 +108,7 @@ export class Mamba2Plans {
     const resOut = gpu.alloc(B * D * 4);
     // out_proj in the scan's dispatch where it fits (a few rows): two dispatches a layer; its counters start at zero
     // and each dispatch leaves them so
-    const fuseOut = this.backend.settings.decodeScanOut && m2SsmOutFits(gpu, B, d.N, d.P, E, d.G);
+    const fuseOut = (this.backend.settings.decodeScanOut ?? d.H * D <= M2_SCAN_OUT_AUTO_MAX) && m2SsmOutFits(gpu, B, d.N, d.P, E, d.G);
     const part = fuseOut ? gpu.alloc(d.H * B * D * 4, "the heads' shares of out_proj") : null;
     const ctl = fuseOut ? gpu.alloc(m2SsmOutCtlWords(d.H) * 4, "the decode's counters") : null;
     if (ctl) fillWords(gpu, ctl, 0, m2SsmOutCtlWords(d.H));

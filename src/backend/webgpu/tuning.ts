@@ -95,7 +95,10 @@ export interface WebGpuInternalTuning extends WebGpuTuning {
   decodeBatch?: boolean;
   /** Mamba-2's fused decode step at up to 4 rows takes out_proj into the scan's dispatch (the last workgroup of each
    *  head multiplies the head's outputs by its columns, the last head adds the heads' shares up: two dispatches a
-   *  layer) when true (default); when false out_proj is a dispatch of its own (three a layer) */
+   *  layer) when true; when false out_proj is a dispatch of its own (three a layer). By default only where the
+   *  heads' shares are few (heads × hidden size up to M2_SCAN_OUT_AUTO_MAX): one workgroup adds them all up, and a
+   *  head's columns are one workgroup's, which at mamba2-2.7b's size (80 heads × 2560) left the step at a fraction of
+   *  the memory bandwidth (43 tok/s on an H100, run 81, where the weights' bytes would allow about 280) */
   decodeScanOut?: boolean;
   /** K columns a part of the batch step's K-split matmuls: 64, 96 or 128 (their count then follows from K); 0 splits
    *  by the workgroup target alone. By default, a matmul that the target would cut into parts of 128 columns or
@@ -162,7 +165,7 @@ export interface ForwardSettings {
   decodeAccumulate: boolean;
   decodePersistent: boolean;
   decodeBatch: boolean;
-  decodeScanOut: boolean;
+  decodeScanOut: boolean | null; // null: by the model's size
   /** -1: 96 where the parts by the workgroup target are short */
   decodeBatchSplitCols: number;
   /** -1: by the model's width */
@@ -195,7 +198,7 @@ export function forwardSettings(gpu: Gpu, tuning: WebGpuInternalTuning): Forward
     decodeAccumulate: tuning.decodeAccumulate ?? true,
     decodePersistent: tuning.decodePersistent ?? (!gpu.softwareDriver && /nvidia|amd|intel/i.test(gpu.vendor)),
     decodeBatch: tuning.decodeBatch ?? true,
-    decodeScanOut: tuning.decodeScanOut ?? true,
+    decodeScanOut: tuning.decodeScanOut ?? null,
     decodeBatchSplitCols: tuning.decodeBatchSplitCols ?? -1,
     decodeBatchScanRows: tuning.decodeBatchScanRows ?? -1,
     tensorCoreTile: tuning.tensorCoreTile === undefined ? defaultTensorCoreTile(gpu) : deviceTile(gpu, parseTensorCoreTile(tuning.tensorCoreTile)),
