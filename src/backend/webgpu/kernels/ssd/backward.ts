@@ -178,6 +178,17 @@ function productWgsl(s: ProductSpec, sh: ProductShape): string {
   const units = s.unit === "head" ? "p.hp" : s.unit === "group" ? "ngroups() * p.S" : "p.G";
   const TX = BN / T, TY = BM / T, NT = TX * TY; // threads along columns and rows, threads a workgroup
   const V = T / 4; // vec4s a thread's row or column of outputs
+  // one operand's K tile into workgroup memory (K-major), each thread a few values: consecutive threads take
+  // consecutive k where the operand's k is adjacent in memory (kFast), else consecutive rows / columns
+  const stage = (arr: string, idx: string, W: number, base: string, bound: string, kFast: boolean, read: string) => /* wgsl */ `
+    for (var q = 0u; q < ${(W * BK) / NT}u; q++) {
+      let e = tid + ${NT}u * q;
+      let ${idx} = ${kFast ? `e / ${BK}u` : `e % ${W}u`};
+      let kk = ${kFast ? `e % ${BK}u` : `e / ${W}u`};
+      var v = 0.0;
+      if (${base} + ${idx} < ${bound} && k0 + kk < Kz) { v = ${read}; }
+      ${arr}[kk * ${W / 4}u + ${idx} / 4u][${idx} % 4u] = v;
+    }`;
   return /* wgsl */ `${header(Q, s.bindings)}
 // the groups whose heads meet the piece [h0, h0 + hp)
 fn ngroups() -> u32 { return (p.h0 + p.hp - 1u) / p.hg - p.g0 + 1u; }
@@ -209,22 +220,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let ty = tid / ${TX}u;
   var acc: array<vec4<f32>, ${T * V}>;
   for (var k0 = 0u; k0 < Kz; k0 += ${BK}u) {
-    for (var q = 0u; q < ${(BM * BK) / NT}u; q++) {
-      let e = tid + ${NT}u * q;
-      let m = ${s.aK ? `e / ${BK}u` : `e % ${BM}u`};
-      let kk = ${s.aK ? `e % ${BK}u` : `e / ${BM}u`};
-      var v = 0.0;
-      if (r0t + m < Mz && k0 + kk < Kz) { v = aAt(zc, r0t + m, k0 + kk); }
-      As[kk * ${BM / 4}u + m / 4u][m % 4u] = v;
-    }
-    for (var q = 0u; q < ${(BN * BK) / NT}u; q++) {
-      let e = tid + ${NT}u * q;
-      let n = ${s.bK ? `e / ${BK}u` : `e % ${BN}u`};
-      let kk = ${s.bK ? `e % ${BK}u` : `e / ${BN}u`};
-      var v = 0.0;
-      if (c0t + n < Nz && k0 + kk < Kz) { v = bAt(zc, k0 + kk, c0t + n); }
-      Bs[kk * ${BN / 4}u + n / 4u][n % 4u] = v;
-    }
+    ${stage("As", "m", BM, "r0t", "Mz", s.aK, "aAt(zc, r0t + m, k0 + kk)")}
+    ${stage("Bs", "n", BN, "c0t", "Nz", s.bK, "bAt(zc, k0 + kk, c0t + n)")}
     workgroupBarrier();
     for (var kk = 0u; kk < ${BK}u; kk++) {
       for (var a = 0u; a < ${V}u; a++) {
@@ -419,18 +416,20 @@ export interface SsdBackwardArgs {
 }
 
 
+// the start of a kernel of a workgroup of Q threads (t) a (b, c, head of the piece): i0 its index, h its head
+const perHeadMain = (Q: number) => /* wgsl */ `@compute @workgroup_size(${Q})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let i0 = wg.y * p.groupsX + wg.x;
+  if (i0 >= p.Zh) { return; } // uniform: a whole workgroup
+  let zc = zOf(i0, p.hp);
+  let h = p.h0 + zc.u;`;
+
 const prepKernel = defineKernel({
   name: "ssd_bc_prep",
   example: { Q: 64 },
   wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, ["dt", "consts", "work"])}
 var<workgroup> sc: array<f32, ${s.Q}>;
-@compute @workgroup_size(${s.Q})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let z = wg.y * p.groupsX + wg.x;
-  if (z >= p.zCount) { return; } // uniform: a whole workgroup
-  let zc = zOf(z, p.hp);
-  let h = p.h0 + zc.u;
-  let i0 = zi(zc, zc.u);
+${perHeadMain(s.Q)}
   var dtv = 0.0;
   if (t < zc.Qc) {
     let raw = dt[(zc.r0 + t) * p.lddt + p.offdt + h] + consts[h];
@@ -537,12 +536,7 @@ const rowsKernel = defineKernel({
   wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, ["x", "dt", "consts", "gy", "work", "out"])}
 var<workgroup> sc: array<f32, ${s.Q}>;
 var<workgroup> red: array<vec3<f32>, ${s.Q}>;
-@compute @workgroup_size(${s.Q})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let i0 = wg.y * p.groupsX + wg.x;
-  if (i0 >= p.Zh) { return; } // uniform: a whole workgroup
-  let zc = zOf(i0, p.hp);
-  let h = p.h0 + zc.u;
+${perHeadMain(s.Q)}
   let A = -exp(consts[p.H + h]);
   let dtv = work[p.oDT + i0 * Q + t];
   var r = 0.0;
