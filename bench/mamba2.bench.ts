@@ -218,7 +218,7 @@ async function benchModel(): Promise<void> {
       b.dispose(ids);
       times.sort((a, c) => a - c);
       const official = smoke ? undefined : anchors?.forward_ms.find((f) => f.model === "mamba2-130m")?.ms;
-      console.log(`\nmamba2-130m forward B${B} × ${L} (logits included, in parts of ${head} rows): ${ms(times[1]!)} (median of 3; official ${official ? ms(official) : "n/a"}; ${ratio(times[1]!, official, false)})`);
+      console.log(`\nmamba2-130m forward B${B} × ${L}, ${b.precision === "f16" ? "f16 products" : "f32"} (logits included, in parts of ${head} rows): ${ms(times[1]!)} (median of 3; official ${official ? ms(official) : "n/a"}; ${ratio(times[1]!, official, false)})`);
     }
     if (only.has("decode")) {
       const [prompt, fresh] = smoke ? [16, 16] : [128, 256];

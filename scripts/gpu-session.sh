@@ -13,6 +13,7 @@ for s in ${steps//,/ }; do
     m2) run m2 240 env BENCH_SSD_BWD_TUNINGS="${SSD_BWD_TUNINGS:-Q:64|Q:64,gApart:true|Q:64,groupWorkgroups:1}" BENCH_SSD_VARIANTS="${SSD_VARIANTS:-Q:64,SL:1,BK:16,PB:32|Q:128,SL:1,BK:16,PB:64}" BENCH_ONLY=scan,bwd,forward,decode node --import tsx bench/run.ts mamba2 ;;
     m2dec) run m2dec 120 env BENCH_ONLY=decode,2.7b node --import tsx bench/run.ts mamba2 ;;
     m2decoff) run m2decoff 120 env BENCH_TUNING=decodeScanOut:false BENCH_ONLY=decode,2.7b node --import tsx bench/run.ts mamba2 ;;
+    m2f16) run m2f16 120 env BENCH_TUNING=precision:f16 BENCH_ONLY=forward,decode node --import tsx bench/run.ts mamba2 ;;
     m27) run m27 150 env BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2 ;;
     trainf16) run trainf16 150 env BENCH_ONLY=step BENCH_TRAIN_PRECISIONS=f32,f16 node --import tsx bench/run.ts webgpu-train ;;
     scan) run scan 90 env BENCH_SSD_BWD_TUNINGS="${SSD_BWD_TUNINGS:-Q:64|Q:64,gApart:true|Q:64,groupWorkgroups:1}" BENCH_ONLY=scan,bwd node --import tsx bench/run.ts mamba2 ;;
