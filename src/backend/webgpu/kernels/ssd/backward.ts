@@ -39,7 +39,7 @@
  * (A backward that walked time per state entry, keeping checkpoints, ran as fast at B1 L2048 H24 but 2.2 – 5.3x
  * slower at larger shapes on an H100: run 81 in docs/benchmarks-archive.md.)
  * The products share one generator: 64 × 64 output tiles, 256 threads of 4 × 4 outputs, K staged 16 at a time
- * through workgroup memory; each product names how its operands are read (functions of the row, the column and
+ * through workgroup memory, the next K tile's loads in flight (in registers) while the current one computes; each product names how its operands are read (functions of the row, the column and
  * K, zero outside the chunk) and what becomes of its outputs.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
@@ -178,17 +178,25 @@ function productWgsl(s: ProductSpec, sh: ProductShape): string {
   const units = s.unit === "head" ? "p.hp" : s.unit === "group" ? "ngroups() * p.S" : "p.G";
   const TX = BN / T, TY = BM / T, NT = TX * TY; // threads along columns and rows, threads a workgroup
   const V = T / 4; // vec4s a thread's row or column of outputs
-  // one operand's K tile into workgroup memory (K-major), each thread a few values: consecutive threads take
-  // consecutive k where the operand's k is adjacent in memory (kFast), else consecutive rows / columns
-  const stage = (arr: string, idx: string, W: number, base: string, bound: string, kFast: boolean, read: string) => /* wgsl */ `
-    for (var q = 0u; q < ${(W * BK) / NT}u; q++) {
-      let e = tid + ${NT}u * q;
+  // one operand's K tile starting at column kb, each thread a few values into registers (reg), then from them into
+  // workgroup memory (K-major): consecutive threads take consecutive k where the operand's k is adjacent in memory
+  // (kFast), else consecutive rows / columns
+  const slot = (idx: string, W: number, kFast: boolean) => /* wgsl */ `let e = tid + ${NT}u * q;
       let ${idx} = ${kFast ? `e / ${BK}u` : `e % ${W}u`};
-      let kk = ${kFast ? `e % ${BK}u` : `e / ${W}u`};
-      var v = 0.0;
-      if (${base} + ${idx} < ${bound} && k0 + kk < Kz) { v = ${read}; }
-      ${arr}[kk * ${W / 4}u + ${idx} / 4u][${idx} % 4u] = v;
+      let kk = ${kFast ? `e % ${BK}u` : `e / ${W}u`};`;
+  const load = (reg: string, idx: string, W: number, base: string, bound: string, kFast: boolean, read: string) => /* wgsl */ `
+    for (var q = 0u; q < ${(W * BK) / NT}u; q++) {
+      ${slot(idx, W, kFast)}
+      ${reg}[q] = 0.0;
+      if (${base} + ${idx} < ${bound} && kb + kk < Kz) { ${reg}[q] = ${read}; }
     }`;
+  const store = (arr: string, reg: string, idx: string, W: number, kFast: boolean) => /* wgsl */ `
+    for (var q = 0u; q < ${(W * BK) / NT}u; q++) {
+      ${slot(idx, W, kFast)}
+      ${arr}[kk * ${W / 4}u + ${idx} / 4u][${idx} % 4u] = ${reg}[q];
+    }`;
+  const loads = /* wgsl */ `${load("ra", "m", BM, "r0t", "Mz", s.aK, "aAt(zc, r0t + m, kb + kk)")}
+    ${load("rb", "n", BN, "c0t", "Nz", s.bK, "bAt(zc, kb + kk, c0t + n)")}`;
   return /* wgsl */ `${header(Q, s.bindings)}
 // the groups whose heads meet the piece [h0, h0 + hp)
 fn ngroups() -> u32 { return (p.h0 + p.hp - 1u) / p.hg - p.g0 + 1u; }
@@ -219,10 +227,21 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let tx = tid % ${TX}u;
   let ty = tid / ${TX}u;
   var acc: array<vec4<f32>, ${T * V}>;
+  // the first K tile's values in registers; each step stores them, then loads the next tile's while it computes
+  var ra: array<f32, ${(BM * BK) / NT}>;
+  var rb: array<f32, ${(BN * BK) / NT}>;
+  {
+    let kb = 0u;
+    ${loads}
+  }
   for (var k0 = 0u; k0 < Kz; k0 += ${BK}u) {
-    ${stage("As", "m", BM, "r0t", "Mz", s.aK, "aAt(zc, r0t + m, k0 + kk)")}
-    ${stage("Bs", "n", BN, "c0t", "Nz", s.bK, "bAt(zc, k0 + kk, c0t + n)")}
+    ${store("As", "ra", "m", BM, s.aK)}
+    ${store("Bs", "rb", "n", BN, s.bK)}
     workgroupBarrier();
+    let kb = k0 + ${BK}u;
+    if (kb < Kz) {
+      ${loads}
+    }
     for (var kk = 0u; kk < ${BK}u; kk++) {
       for (var a = 0u; a < ${V}u; a++) {
         let av = As[kk * ${BM / 4}u + ty + ${TY}u * a];
