@@ -24,7 +24,8 @@
  *   ssd_bc_state    S_c per (b, c, h), [P × N] over the chunk's positions;
  *   ssd_bc_fpass    a thread per (b, h, state entry): H_c for every chunk, from the initial state;
  *   ssd_bc_local    Σ_t exp(cs_t)·gy_t ⊗ C_t per (b, c, h), into S_c's place;
- *   ssd_bc_rpass    a thread per (b, h, state entry): G_{c+1} for every chunk, into the same place;
+ *   ssd_bc_rpass    a thread per (b, h, state entry): G_{c+1} for every chunk, into the same place (or, with
+ *                   gApart, a place of its own);
  *   ssd_bc_dcb      dCB per (b, c, h), [Q × Q] over P;
  *   ssd_bc_dx       U' per (b, c, h), [Q × P] over N + Q (the two terms as one product): dx, and x·U' by rows;
  *   ssd_bc_q        exp(cs_t)·gy_t·(H_c·C_t) per (b, c, h), [Q × P] over N, summed by rows;
@@ -39,8 +40,10 @@
  * (A backward that walked time per state entry, keeping checkpoints, ran as fast at B1 L2048 H24 but 2.2 – 5.3x
  * slower at larger shapes on an H100: run 81 in docs/benchmarks-archive.md.)
  * The products share one generator: 64 × 64 output tiles, 256 threads of 4 × 4 outputs, K staged 16 at a time
- * through workgroup memory, the next K tile's loads in flight (in registers) while the current one computes; each product names how its operands are read (functions of the row, the column and
- * K, zero outside the chunk) and what becomes of its outputs.
+ * through workgroup memory, the next K tile's loads in flight (in registers) while the current one computes. Each
+ * product names how its operands are read (functions of the row, the column and K, zero outside the chunk) and
+ * what becomes of its outputs.
+ * The gate's backward (ssd_bwd_gate, before all these: gy from the scan's output before the gate) is here too.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
