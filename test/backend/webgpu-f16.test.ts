@@ -15,6 +15,10 @@ import type { GpuTensor } from "../../src/backend/webgpu/tensor.ts";
 import { HALF_TILE_LARGE, HALF_TILE_SMALL, matmulF16, narrowToF16 } from "../../src/backend/webgpu/kernels/matmul-f16.ts";
 import { splitPlan, tileBytes, tiledMatmulWgsl, tileProblem } from "../../src/backend/webgpu/kernels/matmul.ts";
 import { MATVEC_MAX_ROWS } from "../../src/backend/webgpu/kernels/matvec.ts";
+import {
+  TC_TILE, TC_TILE_SHARED, TC_TILE_WIDE, defaultTensorCoreTile, tensorCoreTileBytes, tensorCoreTileProblem,
+} from "../../src/backend/webgpu/kernels/matmul-tc.ts";
+import { parseTensorCoreTile } from "../../src/backend/webgpu/tuning.ts";
 import { MambaError, loadModel } from "../../src/index.ts";
 import { toBF16Bits, toF16Bits } from "../../src/io/tensor.ts";
 import { fixture } from "../helpers/fixtures.ts";
@@ -293,4 +297,39 @@ test("precision f16: the fused decode step reads the narrowed f16 weights (batch
     await gpu.dispose();
     await cpu.dispose();
   }
+});
+
+test("tensor-core tiles: the knob's spelling, the checks of a tile, and the default for a device's subgroups and workgroup memory", () => {
+  // BMxBNxBK, or BMxBNxBKxSGMxSGN
+  assert.deepEqual(parseTensorCoreTile("64x64x16"), { BM: 64, BN: 64, BK: 16 });
+  assert.deepEqual(parseTensorCoreTile("128x256x32x2x4"), { BM: 128, BN: 256, BK: 32, SG: [2, 4] });
+  for (const [text, why] of [["64x64", /BMxBNxBK/], ["64x64x16x2", /BMxBNxBK/], ["100x64x16", /multiples of 16/],
+    ["64x64x24", /BK must be 16, 32 or 64/], ["256x256x16", /more than 16 result matrices/], ["64x64x16x3x3", /SG must be 1 to 8/]] as const) {
+    assert.throws(() => parseTensorCoreTile(text), (e: unknown) => e instanceof MambaError && why.test(e.message), text);
+  }
+  // workgroup memory: the wide tile needs 38,912 bytes
+  assert.equal(tensorCoreTileBytes(TC_TILE_WIDE), 38_912);
+  assert.match(tensorCoreTileProblem(TC_TILE_WIDE, 32_768) ?? "", /over this device's 32768/);
+  assert.equal(tensorCoreTileProblem(TC_TILE_WIDE, 49_152), null);
+  const device = (min: number, max: number, bytes: number) => ({ subgroupMinSize: min, subgroupMaxSize: max, limits: { maxComputeWorkgroupStorageSize: bytes } as GPUSupportedLimits });
+  assert.equal(defaultTensorCoreTile(device(32, 32, 49_152)), TC_TILE_WIDE);
+  assert.equal(defaultTensorCoreTile(device(32, 32, 32_768)), TC_TILE_SHARED);
+  assert.equal(defaultTensorCoreTile(device(16, 32, 49_152)), TC_TILE); // subgroups not always 32 wide: one a workgroup
+  assert.equal(defaultTensorCoreTile(device(0, 0, 49_152)), TC_TILE);
+});
+
+test("tensor-core tiles: a tile the device cannot run is refused when the backend is made, saying why", { timeout: 120_000 }, async (t) => {
+  await withOwnWebgpu(t, async (b) => {
+    const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+    const wide32 = b.gpu.subgroupMinSize === 32 && b.gpu.subgroupMaxSize === 32;
+    const bytes = b.gpu.limits.maxComputeWorkgroupStorageSize;
+    for (const tile of [TC_TILE_SHARED, TC_TILE_WIDE]) {
+      const name = `${tile.BM}x${tile.BN}x${tile.BK}x${tile.SG![0]}x${tile.SG![1]}`;
+      // the tile's own checks (workgroup memory among them) come first, then the device's subgroups
+      const why = tensorCoreTileBytes(tile) > bytes ? /workgroup memory/ : !wide32 ? /needs subgroups 32 wide/ : null;
+      t.diagnostic(`${name} on ${b.device} (subgroups ${b.gpu.subgroupMinSize} to ${b.gpu.subgroupMaxSize}, ${bytes} bytes): ${why ? "refused" : "accepted"}`);
+      if (why) await assert.rejects(createWebGpuBackend({ tensorCoreTile: name }), (e: unknown) => e instanceof MambaError && why.test(e.message));
+      else await (await createWebGpuBackend({ tensorCoreTile: name })).destroy();
+    }
+  });
 });
