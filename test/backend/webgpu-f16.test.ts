@@ -2,8 +2,9 @@
  * The WebGPU backend's half-precision path: the shader-f16 tiled product (matmul-f16.ts) against a host reference
  * on the same f16-rounded inputs (both tiles, K split or not, K, N and rows that are not multiples of a tile,
  * column windows, bias or none, weights stored f32 / bf16 / f16), the one-time narrowing of weights to f16, the
- * routing of products by precision (f16 takes these kernels, f32 is unchanged), the options' errors, and whole
- * models with precision f16 against the fp32 PyTorch fixtures.
+ * routing of products by precision (f16 takes these kernels, f32 is unchanged), the options' errors, the
+ * tensor-core tile knob's checks and defaults (the tensor-core kernel itself runs in test/gpu), and whole models with
+ * precision f16 against the fp32 PyTorch fixtures.
  * Mesa lavapipe offers shader-f16, so all of it runs on CI's software GPU.
  */
 import { test } from "node:test";
