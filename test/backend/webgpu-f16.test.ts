@@ -315,6 +315,8 @@ test("tensor-core tiles: the knob's spelling, the checks of a tile, and the defa
   const device = (min: number, max: number, bytes: number) => ({ subgroupMinSize: min, subgroupMaxSize: max, limits: { maxComputeWorkgroupStorageSize: bytes } as GPUSupportedLimits });
   assert.equal(defaultTensorCoreTile(device(32, 32, 49_152)), TC_TILE_WIDE);
   assert.equal(defaultTensorCoreTile(device(32, 32, 32_768)), TC_TILE_SHARED);
+  assert.equal(defaultTensorCoreTile(device(32, 32, 16_384)), TC_TILE); // WebGPU's default limit (browsers)
+  assert.ok(tensorCoreTileBytes(TC_TILE) <= 16_384);
   assert.equal(defaultTensorCoreTile(device(16, 32, 49_152)), TC_TILE); // subgroups not always 32 wide: one a workgroup
   assert.equal(defaultTensorCoreTile(device(0, 0, 49_152)), TC_TILE);
 });

@@ -49,10 +49,14 @@ export const TC_TILE_WIDE: TensorCoreTile = { BM: 128, BN: 256, BK: 32, SG: [2, 
  *  / 32). */
 export const sharedTilesRun = (gpu: { subgroupMinSize: number; subgroupMaxSize: number }) => gpu.subgroupMinSize === 32 && gpu.subgroupMaxSize === 32;
 
-/** The default tile for a device. */
+/** The default tile for a device: the widest its subgroups and workgroup memory run. */
 export function defaultTensorCoreTile(gpu: { subgroupMinSize: number; subgroupMaxSize: number; limits: GPUSupportedLimits }): TensorCoreTile {
-  if (!sharedTilesRun(gpu)) return TC_TILE;
-  return tensorCoreTileBytes(TC_TILE_WIDE) <= gpu.limits.maxComputeWorkgroupStorageSize ? TC_TILE_WIDE : TC_TILE_SHARED;
+  const fits = (t: TensorCoreTile) => tensorCoreTileBytes(t) <= gpu.limits.maxComputeWorkgroupStorageSize;
+  if (sharedTilesRun(gpu)) {
+    if (fits(TC_TILE_WIDE)) return TC_TILE_WIDE;
+    if (fits(TC_TILE_SHARED)) return TC_TILE_SHARED;
+  }
+  return TC_TILE; // 7,168 bytes: within WebGPU's default 16 KiB
 }
 
 /** Whether the tensor-core kernel takes a product: K, the window's stride and offset multiples of 4 (x is read 4
