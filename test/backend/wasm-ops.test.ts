@@ -3,11 +3,12 @@
  * multiples of 4, 8 or 16, one row, column windows), for f32, f16 and bf16 weights, with both SIMD builds and 1, 2
  * and 3 threads; and the same bits whatever the thread count.
  */
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { CpuBackend } from "../../src/backend/cpu/index.ts";
 import { cols, type Backend, type Tensor } from "../../src/backend/backend.ts";
-import { WasmCpuBackend, createWasmCpuBackend } from "../../src/backend/wasm/index.ts";
+import { createWasmCpuBackend } from "../../src/backend/wasm/index.ts";
+import { wasmEngines } from "../helpers/wasm-engines.ts";
 import { toBF16Bits, toF16Bits, type HostTensor } from "../../src/io/tensor.ts";
 import { assertClose } from "../helpers/fixtures.ts";
 
@@ -24,17 +25,7 @@ function rng(seed: number): () => number {
 const rand = (r: () => number, n: number, scale = 1) => Float32Array.from({ length: n }, () => r() * scale);
 
 const ref = new CpuBackend();
-const engines: { name: string; b: WasmCpuBackend }[] = [];
-
-before(async () => {
-  engines.push({ name: "relaxed, 1 thread", b: await createWasmCpuBackend({ threads: 1 }) });
-  engines.push({ name: "relaxed, 2 threads", b: await createWasmCpuBackend({ threads: 2 }) });
-  engines.push({ name: "plain, 3 threads", b: await createWasmCpuBackend({ threads: 3, simd: "plain" }) });
-  engines.push({ name: "plain, 1 thread", b: await createWasmCpuBackend({ threads: 1, simd: "plain" }) });
-});
-after(async () => {
-  for (const e of engines) await e.b.destroy();
-});
+const engines = wasmEngines();
 
 const read = (b: Backend, t: Tensor) => b.readF32(t);
 
@@ -47,7 +38,7 @@ function weight(dtype: "F32" | "F16" | "BF16", w: Float32Array, shape: number[])
 describe("wasm engine ops against the reference", { timeout: 120_000 }, () => {
   test("the engines run the kernels they are asked for", () => {
     assert.match(engines[0]!.b.engine, /^cpu \(wasm simd relaxed, 1 thread\)$/);
-    assert.match(engines[2]!.b.engine, /^cpu \(wasm simd plain, 3 threads\)$/);
+    assert.match(engines.find((e) => e.name === "plain, 3 threads")!.b.engine, /^cpu \(wasm simd plain, 3 threads\)$/);
     for (const e of engines) assert.deepEqual(e.b.referenceOps, []);
   });
 
