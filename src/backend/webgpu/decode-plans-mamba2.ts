@@ -17,10 +17,6 @@
  * are packed into one buffer.
  */
 import type { StepModel, Tensor } from "../backend.ts";
-
-/** The most heads × hidden size for which out_proj joins the scan's dispatch by default (mamba2-130m: 24 × 768;
- *  mamba2-2.7b's 80 × 2560 is far past it: one workgroup a head's columns, and one adding every share up). */
-export const M2_SCAN_OUT_AUTO_MAX = 32768;
 import { check } from "../../errors.ts";
 import type { Buf } from "./gpu.ts";
 import { GpuTensor } from "./tensor.ts";
@@ -34,6 +30,10 @@ import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
 import { M2_IN_MAX_ROWS, M2_MAX_K, type M2Offsets, m2InBytes, decodeM2In, decodeM2InFinish } from "./kernels/decode/mamba2-in.ts";
 import { type M2GateMode, decodeM2Ssm, m2SsmGroups, m2SsmOutCtlWords, m2SsmOutFits } from "./kernels/decode/mamba2-ssm.ts";
 import { decodeM2Out, decodeM2Scale } from "./kernels/decode/mamba2-out.ts";
+
+/** The most heads × hidden size for which out_proj joins the scan's dispatch by default (mamba2-130m: 24 × 768;
+ *  mamba2-2.7b's 80 × 2560 is far past it: one workgroup a head's columns, and one adding every share up). */
+export const M2_SCAN_OUT_AUTO_MAX = 32768;
 
 type StepLayer = StepModel["weights"]["layers"][number];
 

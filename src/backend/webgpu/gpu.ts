@@ -205,6 +205,13 @@ export class Gpu {
 
   // ---- buffers ----
 
+  /** A storage buffer's size for `bytes`: its pool bucket, unless that would pass the binding limit that `bytes`
+   *  itself keeps (a kernel binds whole buffers), then `bytes` to a multiple of 4. */
+  private sizeFor(bytes: number): number {
+    const b = bucket(bytes);
+    return b > this.limits.maxStorageBufferBindingSize ? Math.ceil(Math.max(16, bytes) / 4) * 4 : b;
+  }
+
   /**
    * A storage buffer of at least `bytes` bytes from the pool (contents undefined): of the free buffers of its size,
    * the one made first. So which buffer an op gets depends only on which are free, not on the order they were
@@ -213,13 +220,6 @@ export class Gpu {
    * last, the buffers went round in cycles as long as a step's frees reordered them, and a training step created
    * 50 – 150 bind groups, every step.)
    */
-  /** A storage buffer's size for `bytes`: its pool bucket, unless that would pass the binding limit that `bytes`
-   *  itself keeps (a kernel binds whole buffers), then `bytes` to a multiple of 4. */
-  private sizeFor(bytes: number): number {
-    const b = bucket(bytes);
-    return b > this.limits.maxStorageBufferBindingSize ? Math.ceil(Math.max(16, bytes) / 4) * 4 : b;
-  }
-
   alloc(bytes: number, what = "a tensor"): Buf {
     this.checkSize(bytes, what);
     const size = this.sizeFor(bytes);

@@ -10,7 +10,7 @@ import type { Gpu } from "./gpu.ts";
 import { TILE_BATCH, TILE_LARGE, TILE_SMALL, TILE_WIDE, type TileConfig } from "./kernels/matmul.ts";
 import { DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES } from "./kernels/decode/mixer-in.ts";
 import { BATCH_SCAN_ROW_CHOICES } from "./kernels/decode/batch-scan.ts";
-import { type TensorCoreTile, defaultTensorCoreTile, sharedTilesRun, tensorCoreTileName, tensorCoreTileProblem } from "./kernels/matmul-tc.ts";
+import { type TensorCoreTile, defaultTensorCoreTile, tensorCoreTileDeviceProblem, tensorCoreTileName, tensorCoreTileProblem } from "./kernels/matmul-tc.ts";
 import { MambaError } from "../../errors.ts";
 
 /** "BMxBNxBK" or "BMxBNxBKxSGMxSGN" (SGM × SGN subgroups a workgroup) as a tensor-core tile; a MambaError names
@@ -23,13 +23,10 @@ export function parseTensorCoreTile(text: string): TensorCoreTile {
   return t;
 }
 
-/** A tile within the device's workgroup memory, of several subgroups only where its subgroups are 32 wide. */
-function deviceTile(gpu: { subgroupMinSize: number; subgroupMaxSize: number; limits: GPUSupportedLimits }, t: TensorCoreTile): TensorCoreTile {
-  const why = tensorCoreTileProblem(t, gpu.limits.maxComputeWorkgroupStorageSize);
+/** A tile the device runs (tensorCoreTileDeviceProblem); a MambaError names why not. */
+function deviceTile(gpu: Gpu, t: TensorCoreTile): TensorCoreTile {
+  const why = tensorCoreTileDeviceProblem(t, gpu);
   if (why) throw new MambaError(`tensorCoreTile: ${tensorCoreTileName(t)} cannot run: ${why}`);
-  if (t.SG && t.SG[0] * t.SG[1] > 1 && !sharedTilesRun(gpu)) {
-    throw new MambaError(`tensorCoreTile: ${tensorCoreTileName(t)} has several subgroups a workgroup, which needs subgroups 32 wide; this device's are ${gpu.subgroupMinSize || "?"} to ${gpu.subgroupMaxSize || "?"}`);
-  }
   return t;
 }
 

@@ -47,10 +47,10 @@ export const TC_TILE_WIDE: TensorCoreTile = { BM: 128, BN: 256, BK: 32, SG: [2, 
 
 /** Whether a device runs tiles of several subgroups: its subgroups are 32 wide (their index is the invocation's
  *  / 32). */
-export const sharedTilesRun = (gpu: { subgroupMinSize: number; subgroupMaxSize: number }) => gpu.subgroupMinSize === 32 && gpu.subgroupMaxSize === 32;
+export const sharedTilesRun = (gpu: Pick<TileDevice, "subgroupMinSize" | "subgroupMaxSize">) => gpu.subgroupMinSize === 32 && gpu.subgroupMaxSize === 32;
 
 /** The default tile for a device: the widest its subgroups and workgroup memory run. */
-export function defaultTensorCoreTile(gpu: { subgroupMinSize: number; subgroupMaxSize: number; limits: GPUSupportedLimits }): TensorCoreTile {
+export function defaultTensorCoreTile(gpu: TileDevice): TensorCoreTile {
   const fits = (t: TensorCoreTile) => tensorCoreTileBytes(t) <= gpu.limits.maxComputeWorkgroupStorageSize;
   if (sharedTilesRun(gpu)) {
     if (fits(TC_TILE_WIDE)) return TC_TILE_WIDE;
@@ -83,6 +83,20 @@ export function tensorCoreTileProblem(t: TensorCoreTile, workgroupBytes = Infini
   const NT = 32 * SGM * SGN;
   if ((t.BM * t.BK / 4) % NT || (t.BN * t.BK / 4) % NT) return `its staged tiles are not a whole number of loads for ${NT} threads`;
   if (tensorCoreTileBytes(t) > workgroupBytes) return `its ${tensorCoreTileBytes(t)} bytes of workgroup memory are over this device's ${workgroupBytes}`;
+  return null;
+}
+
+type TileDevice = { subgroupMinSize: number; subgroupMaxSize: number; limits: GPUSupportedLimits };
+
+/** What keeps a device from running a tile, or null: the tile's own checks within its workgroup memory, then, for
+ *  several subgroups a workgroup, subgroups 32 wide. */
+export function tensorCoreTileDeviceProblem(t: TensorCoreTile, gpu: TileDevice): string | null {
+  const why = tensorCoreTileProblem(t, gpu.limits.maxComputeWorkgroupStorageSize);
+  if (why) return why;
+  const subgroups = t.SG ? t.SG[0] * t.SG[1] : 1;
+  if (subgroups > 1 && !sharedTilesRun(gpu)) {
+    return `a tile of ${subgroups} subgroups a workgroup needs subgroups 32 wide; this device's are ${gpu.subgroupMinSize || "?"} to ${gpu.subgroupMaxSize || "?"}`;
+  }
   return null;
 }
 
@@ -240,12 +254,8 @@ const tensorCoreKernel = defineKernel({
 // x: [T, K] window (f32), w: [N, K] f16, bias: [N] -> y: [T, N] f32; with plan.count > 1 (K cut in parts of
 // plan.kLen, a multiple of 16, as ./matmul.ts's splitPlan makes), y: [count, T, N] partial products without the bias
 export function matmulTensorCore(gpu: Gpu, a: MatmulArgs, plan = { kLen: a.K, count: 1 }, tile: TensorCoreTile = TC_TILE): void {
-  const subgroups = tile.SG ? tile.SG[0] * tile.SG[1] : 1;
-  const why = tensorCoreTileProblem(tile, gpu.limits.maxComputeWorkgroupStorageSize);
+  const why = tensorCoreTileDeviceProblem(tile, gpu);
   if (why) throw new MambaError(`matmul_tc: tile ${tensorCoreTileName(tile)} cannot run: ${why}`);
-  if (subgroups > 1 && !sharedTilesRun(gpu)) {
-    throw new MambaError(`matmul_tc: tile ${tensorCoreTileName(tile)} has ${subgroups} subgroups a workgroup, which needs subgroups 32 wide; this device's are ${gpu.subgroupMinSize || "?"} to ${gpu.subgroupMaxSize || "?"}`);
-  }
   const k = gpu.kernel(tensorCoreKernel, { tile });
   const p = new Params().u32(a.rows).u32(a.K).u32(a.N).u32(a.ldx).u32(a.offx).bool(!!a.bias && plan.count === 1).u32(plan.kLen);
   const bufs: Buf[] = [a.x, a.w, a.bias ?? gpu.dummy, a.y];
