@@ -18,7 +18,8 @@ import { type Backend, cols } from "../src/backend/backend.ts";
 import type { TrainingOps } from "../src/backend/training.ts";
 import { makeConfig, initParameters } from "../src/model/init.ts";
 import { modelFromTensors } from "../src/index.ts";
-import { filled, benchPrompts } from "./data.ts";
+import { filled, benchPrompts, greedyRequest } from "./data.ts";
+import { MambaCache } from "../src/model/cache.ts";
 import { gpuTrials, parseTunings, printProfile, timeTrials } from "./timing.ts";
 import { chunkTuning } from "../src/backend/webgpu/kernels/ssd/chunked.ts";
 import { ssdBackwardTuning } from "../src/backend/webgpu/kernels/ssd/backward.ts";
@@ -80,7 +81,7 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
     const gt = await gpuTrials(b, f, reps);
     const t = gt?.median ?? tt.median;
     let bwdLine = "";
-    const profiles: string[] = [];
+    const profiles: [string, Map<string, { ms: number; count: number }>][] = [];
     const tb_ = b as unknown as TrainingOps;
     if (bwd && tb_.ssdScanBackward) {
       // the gradients of every input, added into zeroed buffers (the training path's call)
@@ -104,10 +105,7 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
           bwdLine += `; fwd+bwd${label} ${ms(tb)} (official ${a.fwd_bwd_ms ? ms(a.fwd_bwd_ms) : "n/a"}; ${ratio(tb, a.fwd_bwd_ms, false)})`;
           // where one forward + backward's time goes, kernel by kernel (each dispatch in a pass of its own)
           const prof = await b.profileKernels(fb).catch(() => null);
-          if (prof) {
-            const parts = [...prof].sort((x, y) => y[1].ms - x[1].ms).map(([k, v]) => `${k} ${v.ms.toFixed(3)}${v.count > 1 ? ` (${v.count})` : ""}`);
-            profiles.push(`  profile B${B} L${L} H${H}${label}: ${parts.join(", ")} ms`);
-          }
+          if (prof) profiles.push([`  forward + backward B${B} L${L} H${H}${label}:`, prof]);
         } catch (e) {
           bwdLine += `; fwd+bwd${label} not run: ${(e as Error).message}`;
         }
@@ -121,7 +119,10 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
     console.log(`ssd B${B} L${L} H${H} P${P} N${N} G${G}: ${ms(t)} ${gt ? "(GPU clock" : "(wall"}, ${ms(tt.min)} – ${ms(tt.max)} wall; official ` +
       `${a.fwd_ms ? ms(a.fwd_ms) : "n/a"}; ${ratio(t, a.fwd_ms, false)}); ${(bytes / (t / 1000) / 1e9).toFixed(0)} GB/s of minimum traffic, ` +
       `${(flops / (t / 1000) / 1e12).toFixed(2)} TFLOP/s${bwdLine}`);
-    for (const line of profiles) console.log(line);
+    for (const [title, prof] of profiles) {
+      console.log(title);
+      printProfile(prof, "    ");
+    }
     b.dispose(x, dt, BC, args.dtBias, args.A_log, args.D);
   }
 }
@@ -162,8 +163,6 @@ async function bench27b(): Promise<void> {
 async function profileDecodeStep(model: Awaited<ReturnType<typeof modelFromTensors>>, name: string, B: number): Promise<void> {
   const b = model.backend as WebGpuBackend;
   const lm = model.lm;
-  const { MambaCache } = await import("../src/model/cache.ts");
-  const { greedyRequest } = await import("./data.ts");
   const cache = MambaCache.zeros(b, lm.config, B);
   const ids = b.fromI32(new Int32Array(B).fill(7), [B]);
   const step = () => {
@@ -175,7 +174,7 @@ async function profileDecodeStep(model: Awaited<ReturnType<typeof modelFromTenso
     step();
     await b.sync();
     const g = await b.timeGpu(() => { for (let i = 0; i < 20; i++) step(); });
-    if (g !== null) console.log(`  ${name} decode step, batch ${B}, on the GPU clock: ${((g / 20) * 1000).toFixed(1)} us (${tuning.decodeScanOut === false ? "decodeScanOut off" : "defaults"}${Object.keys(tuning).length ? `, tuning ${JSON.stringify(tuning)}` : ""})`);
+    if (g !== null) console.log(`  ${name} decode step, batch ${B}, on the GPU clock: ${((g / 20) * 1000).toFixed(1)} us (tuning: ${Object.keys(tuning).length ? JSON.stringify(tuning) : "defaults"})`);
     printProfile(await b.profileKernels(step), "    ");
   } catch (e) {
     console.log(`  ${name} decode step profile not run: ${(e as Error).message}`);
