@@ -61,7 +61,6 @@ export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, Q: 64, groupWorkgro
 // the output tile of the products and the K step
 const BM = 64, BN = 64, BK = 16;
 
-
 export interface SsdBackwardDims {
   B: number; L: number; H: number; P: number; G: number; N: number;
   hasState: boolean; lo: number; hi: number;
@@ -140,6 +139,8 @@ fn zOf(z: u32, units: u32) -> Z {
   let c = bc % p.nC;
   return Z(b, c, u, b * p.L + c * Q, min(Q, p.L - c * Q));
 }
+// the groups whose heads meet the piece [h0, h0 + hp)
+fn ngroups() -> u32 { return (p.h0 + p.hp - 1u) / p.hg - p.g0 + 1u; }
 // a (b, c, head of the piece)'s index in the per-head scratch, and its global head
 fn zi(zc: Z, hl: u32) -> u32 { return (zc.b * p.nC + zc.c) * p.hp + hl; }
 fn dtAt(i: u32, s: u32) -> f32 { return work[p.oDT + i * Q + s]; }
@@ -201,8 +202,6 @@ function productWgsl(s: ProductSpec, sh: ProductShape): string {
   const loads = /* wgsl */ `${load("ra", "m", BM, "r0t", "Mz", s.aK, "aAt(zc, r0t + m, kb + kk)")}
     ${load("rb", "n", BN, "c0t", "Nz", s.bK, "bAt(zc, kb + kk, c0t + n)")}`;
   return /* wgsl */ `${header(Q, s.bindings)}
-// the groups whose heads meet the piece [h0, h0 + hp)
-fn ngroups() -> u32 { return (p.h0 + p.hp - 1u) / p.hg - p.g0 + 1u; }
 fn aAt(zc: Z, i: u32, k: u32) -> f32 { ${s.a} }
 fn bAt(zc: Z, k: u32, j: u32) -> f32 { ${s.b} }
 fn put(zc: Z, i: u32, j: u32, v: f32) { ${s.put} }
@@ -641,7 +640,6 @@ const partsKernel = defineKernel({
   name: "ssd_bc_parts",
   example: { Q: 64 },
   wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, ["work", "out"])}
-fn ngroups() -> u32 { return (p.h0 + p.hp - 1u) / p.hg - p.g0 + 1u; }
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
   let id = gid.y * nw.x * 64u + gid.x;
