@@ -20,7 +20,7 @@ import { makeConfig, initParameters } from "../src/model/init.ts";
 import { modelFromTensors } from "../src/index.ts";
 import { filled, benchPrompts, greedyRequest } from "./data.ts";
 import { MambaCache } from "../src/model/cache.ts";
-import { gpuTrials, parseTunings, printProfile, timeTrials } from "./timing.ts";
+import { decodeRounds, gpuTrials, parseTunings, printProfile, timeTrials } from "./timing.ts";
 import { chunkTuning } from "../src/backend/webgpu/kernels/ssd/chunked.ts";
 import { ssdBackwardTuning } from "../src/backend/webgpu/kernels/ssd/backward.ts";
 
@@ -36,7 +36,7 @@ const smoke = process.env.BENCH_SMOKE === "1";
 const only = new Set((process.env.BENCH_ONLY ?? "scan,bwd,forward,decode").split(","));
 const bwd = only.has("bwd");
 const ssdVariants = parseTunings<Partial<typeof chunkTuning>>(process.env.BENCH_SSD_VARIANTS);
-// BENCH_SSD_BWD_TUNINGS=Q:64|Q:128,gApart:true: the backward's tunings to time side by side (default its own)
+// BENCH_SSD_BWD_TUNINGS=Q:64|Q:128,groupWorkgroups:1: the backward's tunings to time side by side (default its own)
 const bwdTunings = parseTunings<Partial<typeof ssdBackwardTuning>>(process.env.BENCH_SSD_BWD_TUNINGS);
 if (!bwdTunings.length) bwdTunings.push({});
 // BENCH_TUNING=name:value,...: the WebGPU backend's internal tuning for the models (e.g. decodeScanOut:false)
@@ -140,23 +140,22 @@ async function bench27b(): Promise<void> {
   const model = await modelFromTensors(cfg, initParameters(cfg, { seed: 1 }), { backend: await createWebGpuBackend(tuning) });
   console.log(`\n(mamba2-2.7b random f32 weights built and uploaded in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
   try {
-    const ps = benchPrompts(1, 128, cfg.vocabSize);
-    await model.generate(ps, { maxNewTokens: 4, stopTokens: [] });
-    const times: number[] = [];
-    for (let k = 0; k < 3; k++) {
-      const t1 = performance.now();
-      await model.generate(ps, { maxNewTokens: 256, stopTokens: [] });
-      times.push((performance.now() - t1) / 1000);
-    }
-    times.sort((a, c) => a - c);
-    const tps = 256 / times[1]!;
-    const official = anchors?.decode_tok_per_s?.find((d) => d.model === "mamba2-2.7b" && d.batch === 1)?.tok_per_s;
-    console.log(`mamba2-2.7b decode batch 1 (prompt 128 + 256 new, wall time incl. the prompt, median of 3): ${tps.toFixed(0)} tok/s ` +
-      `(official ${official ?? "n/a"}; ${ratio(tps, official, true)})`);
+    await benchDecode(model, "mamba2-2.7b", 1, 128, 256);
     await profileDecodeStep(model, "mamba2-2.7b", 1);
   } finally {
     await model.dispose();
   }
+}
+
+/** Greedy decode of `fresh` tokens after prompts of `prompt` at `batch` rows: the whole generation's tok/s (prefill
+ *  included, as the official figure), the steps' alone and the first token's time (bench/timing.ts decodeRounds). */
+async function benchDecode(model: Awaited<ReturnType<typeof modelFromTensors>>, name: string, batch: number, prompt: number, fresh: number): Promise<void> {
+  const b = model.backend as WebGpuBackend;
+  const f = await decodeRounds(model, b, benchPrompts(batch, prompt, model.lm.config.vocabSize), fresh, smoke ? 1 : 3, smoke ? 0 : 1000);
+  const official = smoke ? undefined : anchors?.decode_tok_per_s?.find((d) => d.model === name && d.batch === batch)?.tok_per_s;
+  console.log(`${name} decode batch ${batch} (prompt ${prompt} + ${fresh} new, wall time incl. the prompt, median of ${f.rounds} rounds, ` +
+    `${f.min.toFixed(0)} – ${f.max.toFixed(0)}): ${f.total.toFixed(0)} tok/s (official ${official ?? "n/a"}; ${ratio(f.total, official, true)}); ` +
+    `decode steps alone ${f.steady.toFixed(0)} tok/s, ${f.dispatches.toFixed(0)} dispatches per step; prefill and first token ${f.firstMs.toFixed(1)} ms`);
 }
 
 /** One fused decode step of B rows (greedy, logits included) on the GPU clock, and its kernels one by one. */
@@ -222,20 +221,7 @@ async function benchModel(): Promise<void> {
     if (only.has("decode")) {
       const [prompt, fresh] = smoke ? [16, 16] : [128, 256];
       for (const batch of decodeBatches) {
-        const ps = benchPrompts(batch, prompt, cfg.vocabSize);
-        const input = ps;
-        await model.generate(input, { maxNewTokens: 4, stopTokens: [] });
-        const times: number[] = [];
-        for (let k = 0; k < 3; k++) {
-          const t0 = performance.now();
-          await model.generate(input, { maxNewTokens: fresh, stopTokens: [] });
-          times.push((performance.now() - t0) / 1000);
-        }
-        times.sort((a, c) => a - c);
-        const tps = (batch * fresh) / times[1]!;
-        const official = smoke ? undefined : anchors?.decode_tok_per_s?.find((d) => d.model === "mamba2-130m" && d.batch === batch)?.tok_per_s;
-        console.log(`mamba2-130m decode batch ${batch} (prompt ${prompt} + ${fresh} new, wall time incl. the prompt, median of 3): ${tps.toFixed(0)} tok/s ` +
-          `(official ${official ?? "n/a"}; ${ratio(tps, official, true)})`);
+        await benchDecode(model, "mamba2-130m", batch, prompt, fresh);
         await profileDecodeStep(model, "mamba2-130m", batch);
       }
     }

@@ -20,6 +20,43 @@ export async function warmUpGpu(b: Backend, ms = 1500): Promise<void> {
   b.dispose(x, w);
 }
 
+/** A greedy decode's figures: tok/s of the whole generation (prefill included) and of the steps after the first
+ *  token, dispatches a step; the median of the rounds, with the whole generation's lowest and highest. */
+export interface DecodeFigures { total: number; steady: number; dispatches: number; min: number; max: number; firstMs: number; rounds: number }
+
+/**
+ * Times greedy decode of `newTokens` after `prompts` (a batch of one length) in rounds of (the first token alone, the
+ * whole generation): one generation's figure moved by up to 15% between processes, so the median round is quoted.
+ * Warms up at the timed batch first, so that its kernels (the batch step's, the prefill's tiles for its rows) are
+ * compiled before the first timed run, whose time the steps-alone figure subtracts; then the GPU to its clock.
+ */
+export async function decodeRounds(
+  model: { generate(p: Int32Array[], o: { maxNewTokens: number; stopTokens: number[] }): Promise<unknown> },
+  b: Backend & { sync(): Promise<void>; gpu?: { dispatches: number } }, prompts: Int32Array[], newTokens: number, rounds: number, warmMs: number,
+): Promise<DecodeFigures> {
+  await model.generate(prompts, { maxNewTokens: 4, stopTokens: [] });
+  if (warmMs > 0) await warmUpGpu(b, warmMs);
+  const run = async (n: number) => {
+    await b.sync();
+    const d0 = b.gpu?.dispatches ?? 0;
+    const t0 = performance.now();
+    await model.generate(prompts, { maxNewTokens: n, stopTokens: [] });
+    return { t: (performance.now() - t0) / 1000, d: (b.gpu?.dispatches ?? 0) - d0 };
+  };
+  const B = prompts.length;
+  const rs: { total: number; steady: number; d: number; first: number }[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const first = await run(1); // prefill and the first token
+    const full = await run(newTokens);
+    rs.push({ total: (B * newTokens) / full.t, steady: (B * (newTokens - 1)) / (full.t - first.t), d: (full.d - first.d) / (newTokens - 1), first: first.t * 1000 });
+  }
+  const totals = rs.map((r) => r.total);
+  return {
+    total: median(totals), steady: median(rs.map((r) => r.steady)), dispatches: rs[0]!.d, min: Math.min(...totals), max: Math.max(...totals),
+    firstMs: median(rs.map((r) => r.first)), rounds,
+  };
+}
+
 /** Per call, in ms; `calls` is how many were timed in all. */
 export interface Trials { median: number; min: number; max: number; calls: number }
 

@@ -30,7 +30,7 @@ import { cols } from "../src/backend/backend.ts";
 import { anchor } from "./anchors.ts";
 import { benchPrompts, benchSizes, filled, greedyRequest, randomModel } from "./data.ts";
 import { benchDecodeKernels } from "./decode-kernels.ts";
-import { alternatingRounds, gpuTrials, median, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
+import { alternatingRounds, decodeRounds, gpuTrials, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
 import { checkCount } from "../src/errors.ts";
 import { hasTensorCores } from "../src/backend/webgpu/ops.ts";
 import { dawnToggles } from "../src/backend/webgpu/node.ts";
@@ -40,8 +40,8 @@ const models = new Set((process.env.BENCH_MODELS ?? "130m,1.4b").split(","));
 const smoke = process.env.BENCH_SMOKE === "1";
 const tuning: WebGpuInternalTuning = parseTunings<WebGpuInternalTuning>(process.env.BENCH_TUNING)[0] ?? {};
 const decodeBatches = (process.env.BENCH_DECODE_BATCHES ?? "1,64").split(",").map(Number);
-const decodeRounds = Number(process.env.BENCH_DECODE_ROUNDS ?? (smoke ? 1 : 5));
-checkCount("BENCH_DECODE_ROUNDS", decodeRounds, 1);
+const decodeRoundCount = Number(process.env.BENCH_DECODE_ROUNDS ?? (smoke ? 1 : 5));
+checkCount("BENCH_DECODE_ROUNDS", decodeRoundCount, 1);
 const quantTypes = (process.env.BENCH_QUANT ?? "").split(",").filter(Boolean).map((q) => {
   if (q !== "q8_0" && q !== "q4_0") throw new Error(`BENCH_QUANT takes q8_0 and q4_0, got ${q}`);
   return q === "q8_0" ? "Q8_0" as const : "Q4_0" as const;
@@ -180,34 +180,13 @@ async function makeModel(name: ModelName, dtype: "F32" | "F16" | "Q8_0" | "Q4_0"
 async function benchDecode(model: MambaModel, name: ModelName, dtype: "float32" | "float16", batch: number, note = ""): Promise<void> {
   const b = gpuOf(model);
   const prompts = benchPrompts(batch, 128, S.idMod);
-  // warm-up at the timed batch, so that its kernels (the batch step's, the prefill's tiles for its rows) are
-  // compiled before the first timed run, whose time the steps-alone figure subtracts
-  await model.generate(prompts, { maxNewTokens: 4, stopTokens: [] });
-  // the GPU to its working clock: it idles at a fraction of it, and building a model leaves it idle for seconds
-  if (!smoke) await warmUpGpu(b, 1000);
-  const run = async (n: number) => {
-    await b.sync();
-    const d0 = b.gpu.dispatches;
-    const t0 = performance.now();
-    await model.generate(prompts, { maxNewTokens: n, stopTokens: [] });
-    return { t: (performance.now() - t0) / 1000, d: b.gpu.dispatches - d0 };
-  };
-  // rounds of (the first token alone, the whole generation): one generation's figure moved by up to 15% between
-  // processes, so each process reports the median round and the spread
-  const rounds: { total: number; steady: number; d: number }[] = [];
-  for (let i = 0; i < decodeRounds; i++) {
-    const first = await run(1); // prefill and the first token
-    const full = await run(S.newTokens);
-    rounds.push({
-      total: (batch * S.newTokens) / full.t, steady: (batch * (S.newTokens - 1)) / (full.t - first.t), d: (full.d - first.d) / (S.newTokens - 1),
-    });
-  }
-  const totals = rounds.map((r) => r.total), total = median(totals);
+  const f = await decodeRounds(model, b, prompts, S.newTokens, decodeRoundCount, smoke ? 0 : 1000);
+  const total = f.total;
   const official = anchor.decode(name, dtype, batch);
-  const spread = rounds.length > 1 ? ` (median of ${rounds.length} rounds, ${Math.min(...totals).toFixed(0)} – ${Math.max(...totals).toFixed(0)})` : "";
+  const spread = f.rounds > 1 ? ` (median of ${f.rounds} rounds, ${f.min.toFixed(0)} – ${f.max.toFixed(0)})` : "";
   console.log(`decode ${name} ${note || dtype} batch ${batch} (prompt 128 + 256 new): ${total.toFixed(0)} tok/s${spread} ` +
-    `(official ${official ?? "n/a"} tok/s; ${ratio(total, official, true)}); decode steps alone ${median(rounds.map((r) => r.steady)).toFixed(0)} tok/s, ` +
-    `${rounds[0]!.d.toFixed(0)} dispatches per step`);
+    `(official ${official ?? "n/a"} tok/s; ${ratio(total, official, true)}); decode steps alone ${f.steady.toFixed(0)} tok/s, ` +
+    `${f.dispatches.toFixed(0)} dispatches per step; prefill and first token ${f.firstMs.toFixed(1)} ms`);
 }
 
 /** Decode at batch 1 with each BENCH_QUANT type's weights (the official figure: fp16). */

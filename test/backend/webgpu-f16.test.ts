@@ -20,6 +20,7 @@ import {
   TC_TILE, TC_TILE_SHARED, TC_TILE_WIDE, defaultTensorCoreTile, tensorCoreTileBytes, tensorCoreTileProblem,
 } from "../../src/backend/webgpu/kernels/matmul-tc.ts";
 import { parseTensorCoreTile } from "../../src/backend/webgpu/tuning.ts";
+import { hasTensorCores } from "../../src/backend/webgpu/ops.ts";
 import { MambaError, loadModel } from "../../src/index.ts";
 import { toBF16Bits, toF16Bits } from "../../src/io/tensor.ts";
 import { fixture } from "../helpers/fixtures.ts";
@@ -60,8 +61,13 @@ test("f16 products: the shader-f16 kernel matches the reference on f16-rounded i
         assertNear(got, reference(roundF16(wide), roundF16(wStored), bias, s), `${JSON.stringify(s)} ${store}${withBias ? " bias" : ""}`);
       }
     }
-    assert.ok(b.gpu.kernelNames.some((n) => n.startsWith("matmul_f16_128x128")), "the 128 x 128 tile ran");
-    assert.ok(b.gpu.kernelNames.some((n) => n.startsWith("matmul_f16_64x64")), "the 64 x 64 tile ran");
+    // where the device has tensor cores (subgroup matrices) the products run there; else on the shader-f16 tiles
+    if (hasTensorCores(b)) {
+      assert.ok(b.gpu.kernelNames.some((n) => n.startsWith("matmul_tc_")), "the tensor-core kernel ran");
+    } else {
+      assert.ok(b.gpu.kernelNames.some((n) => n.startsWith("matmul_f16_128x128")), "the 128 x 128 tile ran");
+      assert.ok(b.gpu.kernelNames.some((n) => n.startsWith("matmul_f16_64x64")), "the 64 x 64 tile ran");
+    }
     assert.ok(!b.gpu.kernelNames.some((n) => /^matmul_\d/.test(n)), "no f32 tiled product ran");
   });
 });
@@ -155,7 +161,7 @@ test("precision f32 (the default) takes the f32 kernels and gives the same bits 
       const [xt, wt] = [b.fromF32(wide, [s.T, s.ld]), b.fromF32(w, [s.N, s.K])];
       const y = b.matmul(cols(xt, s.off, s.K), wt, null);
       outputs.push(await b.readF32(y));
-      assert.equal(b.gpu.kernelNames.some((n) => n.startsWith("matmul_f16")), precision === "f16", `f16 kernels with precision ${precision}`);
+      assert.equal(b.gpu.kernelNames.some((n) => n.startsWith("matmul_f16") || n.startsWith("matmul_tc_")), precision === "f16", `f16 kernels with precision ${precision}`);
       if (precision === "f16") {
         // a changed weight (a training step) makes a new f16 copy
         const w2 = rand(rng, s.N * s.K);

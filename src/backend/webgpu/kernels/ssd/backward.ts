@@ -24,8 +24,8 @@
  *   ssd_bc_state    S_c per (b, c, h), [P × N] over the chunk's positions;
  *   ssd_bc_fpass    a thread per (b, h, state entry): H_c for every chunk, from the initial state;
  *   ssd_bc_local    Σ_t exp(cs_t)·gy_t ⊗ C_t per (b, c, h), into S_c's place;
- *   ssd_bc_rpass    a thread per (b, h, state entry): G_{c+1} for every chunk, into the same place (or, with
- *                   gApart, a place of its own);
+ *   ssd_bc_rpass    a thread per (b, h, state entry): G_{c+1} for every chunk, into a place of its own (over its
+ *                   input, S_c's place, it took 7x as long on an H100: 6.98 against 0.99 ms at B1 L65536, run 82);
  *   ssd_bc_dcb      dCB per (b, c, h), [Q × Q] over P;
  *   ssd_bc_dx       U' per (b, c, h), [Q × P] over N + Q (the two terms as one product): dx, and x·U' by rows;
  *   ssd_bc_q        exp(cs_t)·gy_t·(H_c·C_t) per (b, c, h), [Q × P] over N, summed by rows;
@@ -54,9 +54,9 @@ import { softplusWgsl } from "./common.ts";
 /** bufferBytes: the most bytes the scratch buffer may take (and the device's binding limit); tests lower it to
  *  force pieces of heads. Q: the chunk length (64 or 128; results the same but for rounding): 64 keeps dCB's scratch
  *  and the triangle's wasted work small; on an H100 128 took 1.08 – 1.25x as long (run 81). groupWorkgroups: the
- *  workgroups below which dB's and dC's products split a group's heads into parts (1: never). gApart: the reverse
- *  pass writes the gradients reaching the states into a buffer of their own rather than over its input (more scratch). */
-export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, Q: 64, groupWorkgroups: 1024, gApart: false };
+ *  workgroups below which dB's and dC's products split a group's heads into parts (1: never; on an H100 at B1 L2048
+ *  H24 the backward's kernels summed 1.26 ms with parts against 2.19 without, run 82). */
+export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, Q: 64, groupWorkgroups: 1024 };
 
 // the output tile of the products and the K step
 const BM = 64, BN = 64, BK = 16;
@@ -79,9 +79,9 @@ export function ssdBackwardLayout(d: SsdBackwardDims, Q: number, hp: number) {
   const tiles = d.B * nC * ng * Math.ceil(Q / BM) * Math.ceil(d.N / BN);
   const S = Math.max(1, Math.min(hg, Math.ceil(ssdBackwardTuning.groupWorkgroups / tiles)));
   const oG = oKP + (S > 1 ? S * d.B * nC * ng * Q * d.N : 0);
-  // G_{c+1} in S_c's place, or (gApart) in a place of its own
-  const size = oG + (ssdBackwardTuning.gApart ? Zh * PN : 0);
-  return { Q, nC, hp, nPT, Zh, oCB, oDT, oCS, oHS, oST, oDCB, oR, oQY, oRS, oDL, oPar, S, oKP, oG: ssdBackwardTuning.gApart ? oG : oST, size };
+  // G_{c+1} in a place of its own
+  const size = oG + Zh * PN;
+  return { Q, nC, hp, nPT, Zh, oCB, oDT, oCS, oHS, oST, oDCB, oR, oQY, oRS, oDL, oPar, S, oKP, oG, size };
 }
 export type SsdBackwardLayout = ReturnType<typeof ssdBackwardLayout>;
 
@@ -482,7 +482,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let e = id % PN;
   let hl = (id / PN) % p.hp;
   let b = id / (PN * p.hp);
-${reverse ? `  // G_{c+1} (into the chunk's part's place, or one of its own), from the last chunk: G_c = (the chunk's part) + exp(cs_l)·G_{c+1}
+${reverse ? `  // G_{c+1} (into a place of its own), from the last chunk: G_c = (the chunk's part) + exp(cs_l)·G_{c+1}
   var G = 0.0;
   for (var c = p.nC; c > 0u; c--) {
     let i0 = ((b * p.nC + c - 1u) * p.hp + hl);
