@@ -7,7 +7,8 @@
  *    batch 8 × 2048 (logits included) and greedy decode at batch 1 (prompt 128 + 256 new).
  *  - the SSD scan forward + backward (ssdScanBackward: every input's gradient) at the same shapes (section "bwd");
  *  - decode at each of BENCH_DECODE_BATCHES (default 1,64) rows;
- *  - mamba2-2.7b's decode at batch 1 (section "2.7b", not in the default set: 10.8 GB of weights made on the host).
+ *  - mamba2-2.7b's decode at batch 1 (section "2.7b", not in the default set: 10.8 GB of weights made on the host);
+ *  - the fused decode's matvecs alone by lanes a row (section "lanes", not in the default set).
  * BENCH_SMOKE=1 shrinks every shape to check the bench itself on a slow adapter; BENCH_ONLY=scan,bwd,forward,decode picks.
  */
 import { readFileSync, existsSync } from "node:fs";
@@ -23,6 +24,9 @@ import { MambaCache } from "../src/model/cache.ts";
 import { decodeRounds, gpuTrials, parseTunings, printProfile, timeTrials } from "./timing.ts";
 import { chunkTuning } from "../src/backend/webgpu/kernels/ssd/chunked.ts";
 import { ssdBackwardTuning } from "../src/backend/webgpu/kernels/ssd/backward.ts";
+import { M2_LANE_CHOICES, decodeM2In, m2Lanes } from "../src/backend/webgpu/kernels/decode/mamba2-in.ts";
+import { decodeM2Out } from "../src/backend/webgpu/kernels/decode/mamba2-out.ts";
+import { m2SsmGroups } from "../src/backend/webgpu/kernels/decode/mamba2-ssm.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const anchorFile = process.env.MAMBA_TS_ANCHORS_MAMBA2 ?? path.resolve(here, "anchors/h100-mamba2.json");
@@ -230,10 +234,49 @@ async function benchModel(): Promise<void> {
   }
 }
 
+/**
+ * Section "lanes": the fused decode's two matvecs alone (in_proj with the RMSNorm in front and the conv behind it,
+ * out_proj with the gated norm's scale), one row, f32 weights, at mamba2-130m's and mamba2-2.7b's shapes, by lanes
+ * a row (M2_LANE_CHOICES; 0: the default by row width) and bytes a lane loads at once: GPU time per call in a pass of
+ * 100 dependent calls (so each includes a dispatch's fixed cost, as in a step), and the weights' bytes over it.
+ */
+async function benchLanes(b: WebGpuBackend): Promise<void> {
+  const gpu = b.gpu;
+  const reps = smoke ? 3 : 100;
+  const models = smoke ? [["small", 64, 128, 16, 4]] as const : [["mamba2-130m", 768, 1536, 128, 24], ["mamba2-2.7b", 2560, 5120, 128, 80]] as const;
+  for (const [name, D, E, N, H] of models) {
+    const K = 4, C = E + 2 * N, NIN = E + C + H, P = E / H, NWG = m2SsmGroups(N, P, H);
+    const oInBias = D, oConvW = oInBias + NIN, oConvB = oConvW + C * K, oDtBias = oConvB + C;
+    const bufs = {
+      x: gpu.upload(filled(D, -1, 1, 1)), res: gpu.upload(filled(2 * D, -1, 1, 2)), lp: gpu.upload(filled(oDtBias + H, -0.1, 0.1, 3)),
+      wIn: gpu.upload(filled(NIN * D, -0.05, 0.05, 4)), conv: gpu.upload(filled((K - 1) * C, -1, 1, 5)), zx: gpu.alloc(NIN * 4),
+      v: gpu.upload(filled(E, -1, 1, 6)), ss: gpu.upload(filled(NWG, 0.5, 1, 7)), wOut: gpu.upload(filled(D * E, -0.05, 0.05, 8)), y: gpu.alloc(D * 4),
+    };
+    for (const loadBytes of [128, 256]) {
+      for (const lanes of [0, ...M2_LANE_CHOICES]) {
+        if (lanes && lanes * 4 > D) continue;
+        const tIn = await gpuTrials(b, () => decodeM2In(gpu, {
+          T: 1, D, E, C, H, K, x: bufs.x, norm: { res: bufs.res, hasRes: true, par: 0, eps: 1e-5 }, lp: bufs.lp, hasBias: false, oNorm: 0,
+          oInBias, oConvW, oConvB, oDtBias, w: bufs.wIn, ws: "f32", loadBytes, lanes, convState: bufs.conv, out: bufs.zx, lo: 0, hi: 1e30,
+        }), reps);
+        const tOut = await gpuTrials(b, () => decodeM2Out(gpu, {
+          T: 1, K: E, N: D, v: bufs.v, w: bufs.wOut, ws: "f32", bias: null, y: bufs.y, loadBytes, lanes, norm: { ss: bufs.ss, G: 1, GS: E, NWG, eps: 1e-5 },
+        }), reps);
+        if (!tIn || !tOut) { console.log("lanes: no timestamp queries"); return; }
+        const rate = (bytes: number, t: number) => `${(t * 1000).toFixed(2)} us, ${(bytes / (t / 1000) / 1e9).toFixed(0)} GB/s`;
+        console.log(`${name} decode matvecs, lanes ${lanes || `${m2Lanes(D, 0, loadBytes, "f32").LPR}/${m2Lanes(E, 0, loadBytes, "f32").LPR} (default)`}, ` +
+          `loads of ${loadBytes} B: in_proj [${NIN} x ${D}] ${rate(NIN * D * 4, tIn.median)}; out_proj [${D} x ${E}] ${rate(D * E * 4, tOut.median)}`);
+      }
+    }
+    for (const buf of Object.values(bufs)) gpu.release(buf);
+  }
+}
+
 export default async function (): Promise<void> {
   const b = (await createWebGpuBackend()) as WebGpuBackend;
   console.log(`device: ${b.device}; anchors: ${anchors ? anchorFile : "not found"}`);
   try {
+    if (only.has("lanes")) await benchLanes(b);
     if (only.has("scan")) await benchScan(b);
   } finally {
     await b.destroy();

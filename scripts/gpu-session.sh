@@ -14,6 +14,19 @@ for s in ${steps//,/ }; do
     m2dec) run m2dec 120 env BENCH_ONLY=decode,2.7b node --import tsx bench/run.ts mamba2 ;;
     m2decoff) run m2decoff 120 env BENCH_TUNING=decodeScanOut:false BENCH_ONLY=decode,2.7b node --import tsx bench/run.ts mamba2 ;;
     m2f16) run m2f16 120 env BENCH_TUNING=precision:f16 BENCH_ONLY=forward,decode node --import tsx bench/run.ts mamba2 ;;
+    lanes) run lanes 90 env BENCH_ONLY=lanes node --import tsx bench/run.ts mamba2 ;;
+    m2best) # Mamba-2 decode with the lanes and load size the lanes step timed fastest for each model (the sum of in_proj and out_proj)
+      for m in 130m 2.7b; do
+        knobs=$(node -e 'const [f,m]=process.argv.slice(1);const t=require("fs").readFileSync(f,"utf8");const rows=[];
+for (const r of t.matchAll(/mamba2-(\S+) decode matvecs, lanes (\d+)(?:\/\d+ \(default\))?, loads of (\d+) B: .*? ([\d.]+) us,.*? ([\d.]+) us,/g))
+  if (r[1]===m) rows.push({lanes:r[0].includes("default")?0:Number(r[2]),lb:r[3],tin:Number(r[4]),tout:Number(r[5])});
+const bi=rows.sort((a,b)=>a.tin-b.tin)[0]; if(!bi){console.log("");process.exit(0);}
+const bo=rows.filter(r=>r.lb===bi.lb).sort((a,b)=>a.tout-b.tout)[0];
+console.log(`decodeLoadBytes:${bi.lb},decodeM2InLanes:${bi.lanes},decodeM2OutLanes:${bo.lanes}`)' "$OUT/lanes.txt" "$m" 2>/dev/null)
+        echo "mamba2-$m: ${knobs:-defaults}"
+        if [ "$m" = 130m ]; then run m2best130m 120 env BENCH_TUNING="$knobs" BENCH_ONLY=decode BENCH_DECODE_BATCHES=1 node --import tsx bench/run.ts mamba2
+        else run m2best27b 150 env BENCH_TUNING="$knobs" BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2; fi
+      done ;;
     m27) run m27 150 env BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2 ;;
     trainf16) run trainf16 150 env BENCH_ONLY=step BENCH_TRAIN_PRECISIONS=f32,f16 node --import tsx bench/run.ts webgpu-train ;;
     scan) run scan 90 env BENCH_SSD_BWD_TUNINGS="${SSD_BWD_TUNINGS:-Q:64|Q:64,groupWorkgroups:1}" BENCH_ONLY=scan,bwd node --import tsx bench/run.ts mamba2 ;;

@@ -105,10 +105,10 @@ for (const [name, cfg] of configs) {
   });
 }
 
-test("webgpu mamba2 fused decode: out_proj a dispatch of its own at batch 1 and 3 (decodeScanOut: false) equals the ops one by one", { timeout: 600_000 }, async (t) => {
+test("webgpu mamba2 fused decode: out_proj a dispatch of its own at batch 1 and 3 (decodeScanOut: false), the matvecs with other lanes a row than their default, equals the ops one by one", { timeout: 600_000 }, async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  const g = (await createWebGpuBackend({ decodeScanOut: false })) as WebGpuBackend;
+  const g = (await createWebGpuBackend({ decodeScanOut: false, decodeM2InLanes: 8, decodeM2OutLanes: 16 })) as WebGpuBackend;
   for (const [name, cfg] of [configs[0]!, configs[1]!]) {
     const ps = perturbedParameters(cfg, 47);
     const gpu = await modelFromTensors(cfg, ps, { backend: g });
@@ -122,6 +122,7 @@ test("webgpu mamba2 fused decode: out_proj a dispatch of its own at batch 1 and 
   const names = g.gpu.kernelNames;
   assert.ok(names.some((n) => n.startsWith("decode_m2_out_")) && !names.some((n) => /^decode_m2_ssm_.*_out/.test(n)),
     "out_proj ran as a dispatch of its own");
+  assert.ok(names.some((n) => /^decode_m2_in_.*_l8$/.test(n)) && names.some((n) => /^decode_m2_out_.*_l16$/.test(n)), "the matvecs took the lanes asked for");
   await g.destroy();
 });
 

@@ -128,6 +128,7 @@ export class Mamba2Plans {
           T: B, D, E, C: d.C, H: d.H, K: d.K, x: fuseNorm ? h : u!, norm: fuseNorm ? { res, hasRes: i > 0, par: i % 2, eps: d.eps } : null,
           lp: lp.buf.buf, hasBias: !!mx.inProjBias, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
           oDtBias: lp.oDtBias, w: wIn.buf, ws: this.backend.weightStorage(wIn), loadBytes: this.backend.loadBytes(D),
+          lanes: this.backend.settings.decodeM2InLanes,
           convState: convState.buf, out: zxbcdt, lo: d.lo, hi: d.hi,
         });
         const wo = this.backend.t(mx.outProj, "decodeStep");
@@ -138,7 +139,7 @@ export class Mamba2Plans {
           fusedOut: fuseOut ? { D, w: wo.buf, ws: this.backend.weightStorage(wo), bias, part: part!, h, ctl: ctl! } : null,
         });
         if (!fuseOut) decodeM2Out(gpu, {
-          T: B, K: E, N: D, v, w: wo.buf, ws: this.backend.weightStorage(wo), bias, y: h, loadBytes: this.backend.loadBytes(E),
+          T: B, K: E, N: D, v, w: wo.buf, ws: this.backend.weightStorage(wo), bias, y: h, loadBytes: this.backend.loadBytes(E), lanes: this.backend.settings.decodeM2OutLanes,
           norm: d.mode === "none" ? null : { ss, G: d.G, GS: E / d.G, NWG, eps: d.eps },
         });
       }

@@ -10,6 +10,7 @@ import type { Gpu } from "./gpu.ts";
 import { TILE_BATCH, TILE_LARGE, TILE_SMALL, TILE_WIDE, type TileConfig } from "./kernels/matmul.ts";
 import { DECODE_CHANNEL_CHOICES, DECODE_LOAD_BYTES_CHOICES } from "./kernels/decode/mixer-in.ts";
 import { BATCH_SCAN_ROW_CHOICES } from "./kernels/decode/batch-scan.ts";
+import { M2_LANE_CHOICES } from "./kernels/decode/mamba2-in.ts";
 import { type TensorCoreTile, defaultTensorCoreTile, tensorCoreTileDeviceProblem, tensorCoreTileName, tensorCoreTileProblem } from "./kernels/matmul-tc.ts";
 import { MambaError } from "../../errors.ts";
 
@@ -97,6 +98,11 @@ export interface WebGpuInternalTuning extends WebGpuTuning {
    *  head's columns are one workgroup's, which at mamba2-2.7b's size (80 heads × 2560) left the step at a fraction of
    *  the memory bandwidth (43 tok/s on an H100, run 81, where the weights' bytes would allow about 280) */
   decodeScanOut?: boolean;
+  /** lanes a row of weights in Mamba-2's fused decode matvecs, in_proj's and out_proj's (M2_LANE_CHOICES: 8 to
+   *  256; default by row width, as the head's matvec): fewer put more rows in a workgroup, each lane streaming more
+   *  of its row (and in_proj's RMSNorm, which every workgroup makes for itself, is made by fewer workgroups) */
+  decodeM2InLanes?: number;
+  decodeM2OutLanes?: number;
   /** K columns a part of the batch step's K-split matmuls: 64, 96 or 128 (their count then follows from K); 0 splits
    *  by the workgroup target alone. By default, a matmul that the target would cut into parts of 128 columns or
    *  fewer gets parts of 96, and one with longer parts keeps them. On the H200 at batch 64 a step of 130m (in_proj
@@ -133,7 +139,7 @@ export interface WebGpuInternalTuning extends WebGpuTuning {
 const WEBGPU_TUNING_KEYS = optionKeys<WebGpuInternalTuning>({
   poolBytes: true, decodePersistent: true, precision: true, scanThreads: true, tensorCoreTile: true, flushEvery: true,
   matmulVec4: true, decodeChannels: true, decodeLoadBytes: true, decodeAccumulate: true, decodeBatch: true,
-  decodeScanOut: true, decodeBatchSplitCols: true, decodeBatchScanRows: true, scanBackwardKernel: true,
+  decodeScanOut: true, decodeM2InLanes: true, decodeM2OutLanes: true, decodeBatchSplitCols: true, decodeBatchScanRows: true, scanBackwardKernel: true,
   scanBackwardLanes: true, scanBackwardBlocks: true, scanBackwardChunk: true, scanBackwardSubTile: true,
   scanBackwardReduceWidth: true,
 });
@@ -163,6 +169,9 @@ export interface ForwardSettings {
   decodePersistent: boolean;
   decodeBatch: boolean;
   decodeScanOut: boolean | null; // null: by the model's size
+  /** 0: by row width */
+  decodeM2InLanes: number;
+  decodeM2OutLanes: number;
   /** -1: 96 where the parts by the workgroup target are short */
   decodeBatchSplitCols: number;
   /** -1: by the model's width */
@@ -176,6 +185,8 @@ export function forwardSettings(gpu: Gpu, tuning: WebGpuInternalTuning): Forward
   checkCount("flushEvery", tuning.flushEvery, 1);
   checkChoice("decodeChannels", tuning.decodeChannels === 0 ? undefined : tuning.decodeChannels, DECODE_CHANNEL_CHOICES); // 0: the default
   checkChoice("decodeLoadBytes", tuning.decodeLoadBytes, DECODE_LOAD_BYTES_CHOICES);
+  checkChoice("decodeM2InLanes", tuning.decodeM2InLanes === 0 ? undefined : tuning.decodeM2InLanes, M2_LANE_CHOICES); // 0: the default
+  checkChoice("decodeM2OutLanes", tuning.decodeM2OutLanes === 0 ? undefined : tuning.decodeM2OutLanes, M2_LANE_CHOICES);
   checkChoice("decodeBatchSplitCols", tuning.decodeBatchSplitCols === 0 ? undefined : tuning.decodeBatchSplitCols, [64, 96, 128]); // 0: the default
   // 0 is also allowed: the fused step's block kernel
   checkChoice("decodeBatchScanRows", tuning.decodeBatchScanRows === 0 ? undefined : tuning.decodeBatchScanRows, BATCH_SCAN_ROW_CHOICES);
@@ -196,6 +207,8 @@ export function forwardSettings(gpu: Gpu, tuning: WebGpuInternalTuning): Forward
     decodePersistent: tuning.decodePersistent ?? (!gpu.softwareDriver && /nvidia|amd|intel/i.test(gpu.vendor)),
     decodeBatch: tuning.decodeBatch ?? true,
     decodeScanOut: tuning.decodeScanOut ?? null,
+    decodeM2InLanes: tuning.decodeM2InLanes ?? 0,
+    decodeM2OutLanes: tuning.decodeM2OutLanes ?? 0,
     decodeBatchSplitCols: tuning.decodeBatchSplitCols ?? -1,
     decodeBatchScanRows: tuning.decodeBatchScanRows ?? -1,
     tensorCoreTile: tuning.tensorCoreTile === undefined ? defaultTensorCoreTile(gpu) : deviceTile(gpu, parseTensorCoreTile(tuning.tensorCoreTile)),

@@ -32,6 +32,20 @@ export const m2InBytes = (T: number, D: number, norm: boolean) => 4 * ((norm ? T
 export const M2_MAX_K = 9;
 /** vec4s of a weight row a lane loads at once before using any (as ../matvec.ts). */
 const WHOLE_ROW_VEC4S = 16;
+/** Lanes a row of weights the decode matvecs may take (m2Lanes): a power of 2 from 8 to 256. */
+export const M2_LANE_CHOICES = [8, 16, 32, 64, 128, 256];
+
+/** Lanes a row of weights of `width` for the decode matvecs (in_proj here, out_proj in ./mamba2-out.ts): `lanes`
+ *  where given (M2_LANE_CHOICES), else as the head's matvec takes them (fewer lanes: more rows a workgroup, each
+ *  lane streaming more of its row); and the vec4s a lane loads at once (a whole row's share up to 16, else batches
+ *  of loadBytes evened out over the share). */
+export function m2Lanes(width: number, lanes: number | undefined, loadBytes: number, ws: WeightStorage) {
+  const LPR = lanes || matvecRowLanes(width);
+  const perLane = Math.ceil(width / 4 / LPR);
+  const most = perLane <= WHOLE_ROW_VEC4S ? perLane : loadBytes / (ws === "f32" ? 16 : 8);
+  const NIT = Math.ceil(perLane / most);
+  return { LPR, RPW: 256 / LPR, BATCH: Math.ceil(perLane / NIT), NIT };
+}
 
 const EPILOGUE_PARAMS: [string, "u32" | "f32"][] = [["hasBias", "u32"], ["oInBias", "u32"], ["oConvW", "u32"], ["oConvB", "u32"],
   ["oDtBias", "u32"], ["lo", "f32"], ["hi", "f32"]];
@@ -72,17 +86,17 @@ fn finish(t: u32, n: u32, tap: Tap, sum: f32) {
 /** The matvec kernel's shape: T rows, D inputs, E + C + H outputs. */
 export interface M2InShape {
   T: number; D: number; E: number; C: number; H: number; K: number; ws: WeightStorage; loadBytes: number; norm: boolean;
+  /** lanes a row (m2Lanes; 0: by D) */
+  lanes: number;
 }
 
 function inParts(s: M2InShape): WgslParts {
   const { T, D, E, C, H, K, ws, loadBytes, norm } = s;
   const D4 = D / 4;
-  const LPR = matvecRowLanes(D);
-  const perLane = Math.ceil(D4 / LPR);
-  const BATCH = perLane <= WHOLE_ROW_VEC4S ? perLane : loadBytes / (ws === "f32" ? 16 : 8);
+  const { LPR, RPW, BATCH, NIT } = m2Lanes(D, s.lanes, loadBytes, ws);
   return {
     consts: [["T", `${T}u`], ["D4", `${D4}u`], ["E", `${E}u`], ["CW", `${C}u`], ["H", `${H}u`], ["NIN", `${E + C + H}u`],
-      ["CK", `${K}u`], ["LPR", `${LPR}u`], ["RPW", `${256 / LPR}u`], ["BATCH", `${BATCH}u`], ["NIT", `${Math.ceil(perLane / BATCH)}u`]],
+      ["CK", `${K}u`], ["LPR", `${LPR}u`], ["RPW", `${RPW}u`], ["BATCH", `${BATCH}u`], ["NIT", `${NIT}u`]],
     params: [["hasRes", "u32"], ["par", "u32"], ["eps", "f32"], ["oNorm", "u32"], ["groupsX", "u32"], ...EPILOGUE_PARAMS],
     bindings: [
       ["x", "var<storage, read> x: array<f32>"], // [T, D]: h (with the norm) or the normalized input
@@ -180,8 +194,8 @@ function cached(key: string, make: () => WgslParts): WgslParts {
 const inKernel = defineKernel({
   name: "decode_m2_in",
   wgsl: (s: M2InShape) => standaloneWgsl(cached(JSON.stringify(s), () => inParts(s)), "256", "m2In(lid.x, wg)"),
-  label: (s) => `decode_m2_in_${s.T}_${s.D}_${s.E}_${s.C}_${s.H}_${s.K}_${s.ws}_${s.loadBytes}${s.norm ? "_norm" : ""}`,
-  example: { T: 1, D: 768, E: 1536, C: 1792, H: 24, K: 4, ws: "f32", loadBytes: 256, norm: true },
+  label: (s) => `decode_m2_in_${s.T}_${s.D}_${s.E}_${s.C}_${s.H}_${s.K}_${s.ws}_${s.loadBytes}${s.norm ? "_norm" : ""}${s.lanes ? `_l${s.lanes}` : ""}`,
+  example: { T: 1, D: 768, E: 1536, C: 1792, H: 24, K: 4, ws: "f32", loadBytes: 256, norm: true, lanes: 0 },
 });
 
 /** The layer constants' offsets (floats) in the packed buffer lp. */
@@ -193,6 +207,8 @@ export interface M2InArgs extends M2Offsets {
   norm: { res: Buf; hasRes: boolean; par: number; eps: number } | null;
   lp: Buf; hasBias: boolean;
   w: Buf; ws: WeightStorage; loadBytes: number;
+  /** lanes a row (m2Lanes; 0 or absent: by D) */
+  lanes?: number;
   convState: Buf; out: Buf;
   lo: number; hi: number;
 }
@@ -209,10 +225,10 @@ export function decodeM2In(gpu: Gpu, a: M2InArgs): void {
   if (bytes > gpu.limits.maxComputeWorkgroupStorageSize) {
     throw new Error(`decodeM2In: ${a.T} rows of ${a.D} need ${bytes} bytes of workgroup memory, over the device's ${gpu.limits.maxComputeWorkgroupStorageSize}`);
   }
-  const shape: M2InShape = { T: a.T, D: a.D, E: a.E, C: a.C, H: a.H, K: a.K, ws: a.ws, loadBytes: a.loadBytes, norm: !!a.norm };
+  const shape: M2InShape = { T: a.T, D: a.D, E: a.E, C: a.C, H: a.H, K: a.K, ws: a.ws, loadBytes: a.loadBytes, norm: !!a.norm, lanes: a.lanes ?? 0 };
   const k = gpu.kernel(inKernel, shape);
   const parts = cached(JSON.stringify(shape), () => inParts(shape));
-  const groups = Math.ceil((a.E + a.C + a.H) / (256 / matvecRowLanes(a.D)));
+  const groups = Math.ceil((a.E + a.C + a.H) / m2Lanes(a.D, shape.lanes, a.loadBytes, a.ws).RPW);
   const [gx, gy] = grid(groups, gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = paramBlock(parts.params, {
     hasRes: a.norm?.hasRes ?? false, par: a.norm?.par ?? 0, eps: a.norm?.eps ?? 0, oNorm: a.oNorm, groupsX: gx, ...epilogueParams(a),

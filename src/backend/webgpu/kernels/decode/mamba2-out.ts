@@ -11,30 +11,29 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { grid } from "../../gpu.ts";
 import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
 import { type WeightStorage, weight4Binding, weight4Reader } from "../weights.ts";
-import { matvecRowLanes } from "../matvec.ts";
+import { m2Lanes } from "./mamba2-in.ts";
 import { defineKernel } from "../../kernel-def.ts";
 
 export const M2_OUT_MAX_ROWS = 8;
-const WHOLE_ROW_VEC4S = 16;
 
 export interface M2OutShape {
   T: number; K: number; ws: WeightStorage; loadBytes: number;
   /** the norm: groups, channels a group, the scan's workgroups a row and a group (0 groups: no norm) */
   G: number; GS: number; NWG: number; WPG: number;
+  /** lanes a row (m2Lanes; 0: by K) */
+  lanes: number;
 }
 
 function parts(s: M2OutShape): WgslParts {
   const { T, K, ws, loadBytes, G, GS, NWG, WPG } = s;
   const K4 = K / 4;
-  const LPR = matvecRowLanes(K);
-  const perLane = Math.ceil(K4 / LPR);
-  const BATCH = perLane <= WHOLE_ROW_VEC4S ? perLane : loadBytes / (ws === "f32" ? 16 : 8);
+  const { LPR, RPW, BATCH, NIT } = m2Lanes(K, s.lanes, loadBytes, ws);
   const norm = G > 0;
   // the input at (row t, column k): scaled by its group's r where there are several groups
   const xAt = !norm || G === 1 ? "v[t * K4 * 4u + k]" : "v[t * K4 * 4u + k] * rs[t * G + k / GS]";
   return {
-    consts: [["T", `${T}u`], ["K4", `${K4}u`], ["LPR", `${LPR}u`], ["RPW", `${256 / LPR}u`], ["BATCH", `${BATCH}u`],
-      ["NIT", `${Math.ceil(perLane / BATCH)}u`], ["G", `${Math.max(G, 1)}u`], ["GS", `${GS}u`], ["NWG", `${NWG}u`], ["WPG", `${WPG}u`]],
+    consts: [["T", `${T}u`], ["K4", `${K4}u`], ["LPR", `${LPR}u`], ["RPW", `${RPW}u`], ["BATCH", `${BATCH}u`],
+      ["NIT", `${NIT}u`], ["G", `${Math.max(G, 1)}u`], ["GS", `${GS}u`], ["NWG", `${NWG}u`], ["WPG", `${WPG}u`]],
     params: [["N", "u32"], ["hasBias", "u32"], ["groupsX", "u32"], ["eps", "f32"]],
     bindings: [
       ["v", "var<storage, read> v: array<f32>"], // [T, K]
@@ -119,13 +118,15 @@ function cached(s: M2OutShape): WgslParts {
 const outKernel = defineKernel({
   name: "decode_m2_out",
   wgsl: (s: M2OutShape) => standaloneWgsl(cached(s), "256", "m2Out(lid.x, wg)"),
-  label: (s) => `decode_m2_out_${s.T}_${s.K}_${s.ws}_${s.loadBytes}_g${s.G}_${s.GS}_${s.NWG}_${s.WPG}`,
-  example: { T: 1, K: 1536, ws: "f32", loadBytes: 64, G: 1, GS: 1536, NWG: 192, WPG: 192 },
+  label: (s) => `decode_m2_out_${s.T}_${s.K}_${s.ws}_${s.loadBytes}_g${s.G}_${s.GS}_${s.NWG}_${s.WPG}${s.lanes ? `_l${s.lanes}` : ""}`,
+  example: { T: 1, K: 1536, ws: "f32", loadBytes: 64, G: 1, GS: 1536, NWG: 192, WPG: 192, lanes: 0 },
 });
 
 export interface M2OutArgs {
   T: number; K: number; N: number;
   v: Buf; w: Buf; ws: WeightStorage; bias: Buf | null; y: Buf; loadBytes: number;
+  /** lanes a row (m2Lanes; 0 or absent: by K) */
+  lanes?: number;
   // the gated norm's scale: groups of GS channels, the scan's sums of squares ss [T, NWG] (WPG a group); null: none
   norm: { ss: Buf; G: number; GS: number; NWG: number; eps: number } | null;
 }
@@ -135,10 +136,10 @@ export function decodeM2Out(gpu: Gpu, a: M2OutArgs): void {
   if (a.T < 1 || a.T > M2_OUT_MAX_ROWS) throw new Error(`decodeM2Out: ${a.T} rows, expected 1 to ${M2_OUT_MAX_ROWS}`);
   if (a.K % 4 !== 0) throw new Error(`decodeM2Out: K ${a.K} is not a multiple of 4`);
   const nm = a.norm;
-  const shape: M2OutShape = { T: a.T, K: a.K, ws: a.ws, loadBytes: a.loadBytes, G: nm?.G ?? 0, GS: nm?.GS ?? 0, NWG: nm?.NWG ?? 0, WPG: nm ? nm.NWG / nm.G : 0 };
+  const shape: M2OutShape = { T: a.T, K: a.K, ws: a.ws, loadBytes: a.loadBytes, G: nm?.G ?? 0, GS: nm?.GS ?? 0, NWG: nm?.NWG ?? 0, WPG: nm ? nm.NWG / nm.G : 0, lanes: a.lanes ?? 0 };
   const k = gpu.kernel(outKernel, shape);
   const kp = cached(shape);
-  const [gx, gy] = grid(Math.ceil(a.N / (256 / matvecRowLanes(a.K))), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const [gx, gy] = grid(Math.ceil(a.N / m2Lanes(a.K, shape.lanes, a.loadBytes, a.ws).RPW), gpu.limits.maxComputeWorkgroupsPerDimension);
   const bufs: Record<string, Buf> = { v: a.v, w: a.w, bias: a.bias ?? gpu.dummy, y: a.y };
   if (nm) bufs.ss = nm.ss;
   gpu.dispatch(k, bindingsByName(kp, bufs), paramBlock(kp.params, { N: a.N, hasBias: !!a.bias, groupsX: gx, eps: nm?.eps ?? 0 }), [gx, gy]);
