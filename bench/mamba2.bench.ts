@@ -217,6 +217,7 @@ async function benchModel(): Promise<void> {
       }
       const g = await b.timeGpu(pass);
       if (g !== null) console.log(`  forward on the GPU clock (one pass): ${ms(g)}`);
+      printProfile(await b.profileKernels(pass), "    ");
       b.dispose(ids);
       times.sort((a, c) => a - c);
       const official = smoke ? undefined : anchors?.forward_ms.find((f) => f.model === "mamba2-130m")?.ms;
