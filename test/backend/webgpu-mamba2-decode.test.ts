@@ -3,8 +3,8 @@
  * against the model's ops one by one: each step's logits and every layer's conv and SSM states after several
  * steps, compared with the CPU reference backend's step mode and with the WebGPU ops' step mode, on tiny random
  * configs (1 and 2 groups, with and without in_proj / out_proj biases, dt clamped, the norm before the gate, no
- * gated norm), at batch 1, 3 (the three-kernel layer) and 12 (the batch step); then greedy generation of the
- * PyTorch fixtures through the fused step.
+ * gated norm), at batch 1, 3 (the three-kernel layer) and 12 (the batch step), and at batch 1 and 3 with a layer in
+ * one dispatch (decodeM2Persistent); then greedy generation of the PyTorch fixtures through the fused step.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -21,6 +21,7 @@ import { assertClose, expected, fixture } from "../helpers/fixtures.ts";
 import { gpuTest } from "../helpers/backends.ts";
 import { asciiTokenizerJson } from "../helpers/ascii-tokenizer.ts";
 import { raw } from "../server/helpers.ts";
+import { LAYER_CTL_WORDS, LAYER_FLAG_BYTE } from "../../src/backend/webgpu/kernels/decode/layer.ts";
 
 /** A backend of the test's own (the GPU model that takes it destroys it), or null where there is no adapter. */
 async function gpuOrSkip(t: Parameters<typeof gpuTest>[0]): Promise<WebGpuBackend | null> {
@@ -124,6 +125,54 @@ test("webgpu mamba2 fused decode: out_proj a dispatch of its own at batch 1 and 
     "out_proj ran as a dispatch of its own");
   assert.ok(names.some((n) => /^decode_m2_in_.*_l8$/.test(n)) && names.some((n) => /^decode_m2_out_.*_l16$/.test(n)), "the matvecs took the lanes asked for");
   await g.destroy();
+});
+
+test("webgpu mamba2 fused decode: a layer in one dispatch (decodeM2Persistent) equals the ops one by one at batch 1 and 3, no wait gives up, greedy generation equals the CPU's, and a wait that gave up fails the step's ids", { timeout: 900_000 }, async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const g = (await createWebGpuBackend({ decodeM2Persistent: true })) as WebGpuBackend;
+  // the flag of the latest step's counters, which a wait that gave up sets
+  const flag = async () => {
+    assert.ok(g.barrierWatch, "the step watches its counters");
+    return new Uint32Array(await g.gpu.read(g.barrierWatch, LAYER_CTL_WORDS * 4))[LAYER_FLAG_BYTE / 4];
+  };
+  const prompt = Int32Array.from([3, 1, 4, 1, 5]);
+  const opts = { maxNewTokens: 5, stopTokens: [] };
+  // 1 group with biases; 2 groups with dt clamped; 3 groups, the norm before the gate and heads of two scan items
+  // (the second ragged); no gated norm (no sums of squares pass between the phases)
+  for (const [name, cfg] of [configs[0]!, configs[1]!, configs[2]!, configs[4]!]) {
+    const ps = perturbedParameters(cfg, 49);
+    const gpu = await modelFromTensors(cfg, ps, { backend: g });
+    const cpu = await modelFromTensors(cfg, ps, { backend: "cpu" });
+    try {
+      for (const B of [1, 3]) {
+        await fusedMatchesOps(gpu, cpu, B, 3, new TestRng(900 + B), `${name}, one dispatch a layer`);
+        assert.equal(await flag(), 0, `${name} B=${B}: no wait gave up`);
+      }
+      assert.deepEqual(Array.from(await gpu.generate(prompt, opts)), Array.from(await cpu.generate(prompt, opts)), `${name}: greedy generation`);
+    } finally {
+      await cpu.dispose();
+    }
+  }
+  const names = g.gpu.kernelNames;
+  assert.ok(names.some((n) => n.startsWith("decode_m2_layer_")), "the layer's kernel ran");
+  assert.ok(!names.some((n) => n.startsWith("decode_m2_in_") || n.startsWith("decode_m2_ssm_") || n.startsWith("decode_m2_out_")),
+    "no step fell back to the kernels of their own");
+  // the counters as a dispatch whose wait gave up leaves them: the flag set
+  const cfg = configs[0]![1];
+  const gpu = await modelFromTensors(cfg, perturbedParameters(cfg, 49), { backend: g });
+  const cache = MambaCache.zeros(g, cfg, 1);
+  const it = g.fromI32(Int32Array.from([3]), [1]);
+  const logits = g.decodeStep(gpu.lm, it, cache.conv, cache.ssm)!;
+  assert.ok(g.barrierWatch, "the step watches its counters");
+  await g.gpu.sync(); // the step's own work before the write
+  g.gpu.device.queue.writeBuffer(g.barrierWatch.gpu, LAYER_FLAG_BYTE, Uint32Array.from([1]));
+  const ids = g.sample(logits, { vocabSize: cfg.vocabSize, temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, history: null,
+    uniforms: new Float32Array(1) });
+  await assert.rejects(g.readI32(ids), /decodeM2Persistent's one-dispatch layer waited in vain.*decodeM2Persistent: false/);
+  g.dispose(it, logits, ids);
+  cache.dispose();
+  await gpu.dispose();
 });
 
 test("webgpu mamba2 fused decode: half-precision weights (bf16, f16) equal the CPU's with the same weights, batch 1 and 12", { timeout: 600_000 }, async (t) => {

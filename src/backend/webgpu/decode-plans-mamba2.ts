@@ -10,6 +10,9 @@
  *     heads' shares are few (heads × D up to M2_SCAN_OUT_AUTO_MAX, as in mamba2-130m), out_proj is instead the end of
  *     kernel 2's dispatch: the last workgroup of each head to finish multiplies the head's outputs by its columns of
  *     out_proj, the last head adds the heads' shares up (two dispatches a layer).
+ * With decodeM2Persistent the three run as phases of one dispatch a layer (kernels/decode/mamba2-layer.ts), where
+ * out_proj is not asked into the scan's dispatch (decodeScanOut true), the norm is in in_proj's kernel and the device
+ * takes the layer's kernel (storage buffers, workgroup memory); elsewhere the kernels above.
  * Past 8 rows (the batch step), five kernels a layer: the norm (summing the last out_proj's K-split partials, times
  * the last gated norm's scale: kernels/decode/batch-norm.ts), in_proj through matmulTiled with K split, its
  * partials summed with the conv and dt (decode_m2_in_finish), the SSD step, out_proj through matmulTiled (with
@@ -27,9 +30,11 @@ import { MATVEC_MAX_ROWS, MATVEC_NORM_MAX } from "./kernels/matvec.ts";
 import { addRmsNorm } from "./kernels/norm.ts";
 import { copyWords, fillWords } from "./kernels/copy.ts";
 import { decodeBatchNorm } from "./kernels/decode/batch-norm.ts";
-import { M2_IN_MAX_ROWS, M2_MAX_K, type M2Offsets, m2InBytes, decodeM2In, decodeM2InFinish } from "./kernels/decode/mamba2-in.ts";
-import { type M2GateMode, decodeM2Ssm, m2SsmGroups, m2SsmOutCtlWords, m2SsmOutFits } from "./kernels/decode/mamba2-ssm.ts";
-import { decodeM2Out, decodeM2Scale } from "./kernels/decode/mamba2-out.ts";
+import { type M2InArgs, M2_IN_MAX_ROWS, M2_MAX_K, type M2Offsets, m2InBytes, decodeM2In, decodeM2InFinish } from "./kernels/decode/mamba2-in.ts";
+import { type M2GateMode, type M2SsmArgs, decodeM2Ssm, m2SsmGroups, m2SsmOutCtlWords, m2SsmOutFits } from "./kernels/decode/mamba2-ssm.ts";
+import { type M2OutArgs, decodeM2Out, decodeM2Scale } from "./kernels/decode/mamba2-out.ts";
+import { type M2LayerArgs, decodeM2Layer, m2LayerMisfit } from "./kernels/decode/mamba2-layer.ts";
+import { LAYER_CTL_WORDS } from "./kernels/decode/layer.ts";
 
 /** The most heads × hidden size for which out_proj joins the scan's dispatch by default (mamba2-130m: 24 × 768;
  *  mamba2-2.7b's 80 × 2560 is far past it: one workgroup a head's columns, and one adding every share up). */
@@ -91,9 +96,10 @@ export class Mamba2Plans {
   }
 
   /** Up to 8 rows: three kernels a layer (two with out_proj in the scan's dispatch; one more where the norm does not
-   *  fit in_proj's workgroup memory). */
+   *  fit in_proj's workgroup memory), or the three in one dispatch (decodeM2Persistent). */
   private recordSmall(model: StepModel, B: number, key: string, d: Dims, packs: Mamba2Pack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
     const gpu = this.backend.gpu;
+    const settings = this.backend.settings;
     const w = model.weights;
     const { D, E, NIN, L } = d;
     const NWG = m2SsmGroups(d.N, d.P, d.H);
@@ -106,9 +112,43 @@ export class Mamba2Plans {
     const fuseNorm = m2InBytes(B, D, true) <= gpu.limits.maxComputeWorkgroupStorageSize;
     const u = fuseNorm ? null : gpu.alloc(B * D * 4);
     const resOut = gpu.alloc(B * D * 4);
-    // out_proj in the scan's dispatch where it fits (a few rows): two dispatches a layer; its counters start at zero
-    // and each dispatch leaves them so
-    const fuseOut = (this.backend.settings.decodeScanOut ?? d.H * D <= M2_SCAN_OUT_AUTO_MAX) && m2SsmOutFits(gpu, B, d.N, d.P, E, d.G);
+    // layer i's arguments for its three kernels
+    const layerArgs = (i: number) => {
+      const mx = w.layers[i]!.mixer;
+      const lp = packs[i]!;
+      const [convState, ssmState] = states[i]!;
+      const wIn = this.backend.t(mx.inProj, "decodeStep");
+      const wo = this.backend.t(mx.outProj, "decodeStep");
+      const bias = mx.outProjBias ? this.backend.f32(this.backend.t(mx.outProjBias, "decodeStep")) : null;
+      const inArgs: M2InArgs = {
+        T: B, D, E, C: d.C, H: d.H, K: d.K, x: fuseNorm ? h : u!, norm: fuseNorm ? { res, hasRes: i > 0, par: i % 2, eps: d.eps } : null,
+        lp: lp.buf.buf, hasBias: !!mx.inProjBias, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
+        oDtBias: lp.oDtBias, w: wIn.buf, ws: this.backend.weightStorage(wIn), loadBytes: this.backend.loadBytes(D),
+        lanes: settings.decodeM2InLanes, convState: convState.buf, out: zxbcdt, lo: d.lo, hi: d.hi,
+      };
+      const ssmArgs: M2SsmArgs = {
+        B, N: d.N, P: d.P, H: d.H, G: d.G, E, C: d.C, mode: d.mode, zxbcdt, lp: lp.buf.buf, oA: lp.oA, oD: lp.oD, oGate: lp.oGate,
+        ssm: ssmState.buf, out: v, ss, eps: d.eps,
+      };
+      const outArgs: M2OutArgs = {
+        T: B, K: E, N: D, v, w: wo.buf, ws: this.backend.weightStorage(wo), bias, y: h, loadBytes: this.backend.loadBytes(E), lanes: settings.decodeM2OutLanes,
+        norm: d.mode === "none" ? null : { ss, G: d.G, GS: E / d.G, NWG, eps: d.eps },
+      };
+      return { inArgs, ssmArgs, outArgs };
+    };
+    // the three kernels in one dispatch a layer (kernels/decode/mamba2-layer.ts) where asked for, out_proj is not
+    // asked into the scan's dispatch, the norm is in in_proj's, and the device takes the kernel; its counters start at
+    // zero and each dispatch leaves them so (but the flag that a wait which gave up sets: the host reads it)
+    let layerCtl: Buf | null = null;
+    const one = (i: number): M2LayerArgs => ({ ...layerArgs(i), ctl: layerCtl ?? gpu.dummy });
+    const persistent = settings.decodeM2Persistent && settings.decodeScanOut !== true && fuseNorm && m2LayerMisfit(gpu, one(0)) === null;
+    if (persistent) {
+      layerCtl = gpu.alloc(LAYER_CTL_WORDS * 4, "the decode's counters");
+      fillWords(gpu, layerCtl, 0, LAYER_CTL_WORDS);
+    }
+    // else out_proj in the scan's dispatch where it fits (a few rows): two dispatches a layer; its counters start at
+    // zero and each dispatch leaves them so
+    const fuseOut = !persistent && (settings.decodeScanOut ?? d.H * D <= M2_SCAN_OUT_AUTO_MAX) && m2SsmOutFits(gpu, B, d.N, d.P, E, d.G);
     const part = fuseOut ? gpu.alloc(d.H * B * D * 4, "the heads' shares of out_proj") : null;
     const ctl = fuseOut ? gpu.alloc(m2SsmOutCtlWords(d.H) * 4, "the decode's counters") : null;
     if (ctl) fillWords(gpu, ctl, 0, m2SsmOutCtlWords(d.H));
@@ -117,36 +157,28 @@ export class Mamba2Plans {
       ? { res, offRes: (L % 2) * B * D, g: normF, eps: d.eps } : undefined;
     const plan = gpu.record(() => {
       for (let i = 0; i < L; i++) {
-        const mx = w.layers[i]!.mixer;
-        const lp = packs[i]!;
-        const [convState, ssmState] = states[i]!;
-        const wIn = this.backend.t(mx.inProj, "decodeStep");
-        if (!fuseNorm) {
-          decodeBatchNorm(gpu, { B, D, eps: d.eps, part: h, S: 1, bias: null, res, hasRes: i > 0, par: i % 2, g: lp.buf.buf, oG: lp.oNorm, out: u! });
+        if (persistent) {
+          decodeM2Layer(gpu, one(i));
+          continue;
         }
-        decodeM2In(gpu, {
-          T: B, D, E, C: d.C, H: d.H, K: d.K, x: fuseNorm ? h : u!, norm: fuseNorm ? { res, hasRes: i > 0, par: i % 2, eps: d.eps } : null,
-          lp: lp.buf.buf, hasBias: !!mx.inProjBias, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
-          oDtBias: lp.oDtBias, w: wIn.buf, ws: this.backend.weightStorage(wIn), loadBytes: this.backend.loadBytes(D),
-          lanes: this.backend.settings.decodeM2InLanes,
-          convState: convState.buf, out: zxbcdt, lo: d.lo, hi: d.hi,
-        });
-        const wo = this.backend.t(mx.outProj, "decodeStep");
-        const bias = mx.outProjBias ? this.backend.f32(this.backend.t(mx.outProjBias, "decodeStep")) : null;
+        const { inArgs, ssmArgs, outArgs } = layerArgs(i);
+        if (!fuseNorm) {
+          decodeBatchNorm(gpu, { B, D, eps: d.eps, part: h, S: 1, bias: null, res, hasRes: i > 0, par: i % 2, g: packs[i]!.buf.buf, oG: packs[i]!.oNorm, out: u! });
+        }
+        decodeM2In(gpu, inArgs);
         decodeM2Ssm(gpu, {
-          B, N: d.N, P: d.P, H: d.H, G: d.G, E, C: d.C, mode: d.mode, zxbcdt, lp: lp.buf.buf, oA: lp.oA, oD: lp.oD, oGate: lp.oGate,
-          ssm: ssmState.buf, out: v, ss, eps: d.eps,
-          fusedOut: fuseOut ? { D, w: wo.buf, ws: this.backend.weightStorage(wo), bias, part: part!, h, ctl: ctl! } : null,
+          ...ssmArgs,
+          fusedOut: fuseOut ? { D, w: outArgs.w, ws: outArgs.ws, bias: outArgs.bias, part: part!, h, ctl: ctl! } : null,
         });
-        if (!fuseOut) decodeM2Out(gpu, {
-          T: B, K: E, N: D, v, w: wo.buf, ws: this.backend.weightStorage(wo), bias, y: h, loadBytes: this.backend.loadBytes(E), lanes: this.backend.settings.decodeM2OutLanes,
-          norm: d.mode === "none" ? null : { ss, G: d.G, GS: E / d.G, NWG, eps: d.eps },
-        });
+        if (!fuseOut) decodeM2Out(gpu, outArgs);
       }
       // norm_f over h + the last residual (half L % 2 of res): in the head's kernel where it takes it
       if (!headNorm) addRmsNorm(gpu, h, res, normF, d.eps, B, D, normed.buf, resOut, (L % 2) * B * D);
     });
-    return { key, h, normed, scratch: [res, zxbcdt, v, ss, resOut, ...(u ? [u] : []), ...(part ? [part, ctl!] : [])], plan, headNorm };
+    return {
+      key, h, normed, scratch: [res, zxbcdt, v, ss, resOut, ...(u ? [u] : []), ...(part ? [part, ctl!] : []), ...(layerCtl ? [layerCtl] : [])],
+      plan, headNorm, ...(layerCtl ? { ctl: layerCtl, ctlKnob: "decodeM2Persistent" as const } : {}),
+    };
   }
 
   /** Past 8 rows: the norm, in_proj (matmulTiled), its partials' sum with the conv and dt, the SSD step and out_proj

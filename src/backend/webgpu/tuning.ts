@@ -93,16 +93,27 @@ export interface WebGpuInternalTuning extends WebGpuTuning {
   decodeBatch?: boolean;
   /** Mamba-2's fused decode step at up to 4 rows takes out_proj into the scan's dispatch (the last workgroup of each
    *  head multiplies the head's outputs by its columns, the last head adds the heads' shares up: two dispatches a
-   *  layer) when true; when false out_proj is a dispatch of its own (three a layer). By default only where the
-   *  heads' shares are few (heads × hidden size up to M2_SCAN_OUT_AUTO_MAX): one workgroup adds them all up, and a
-   *  head's columns are one workgroup's, which at mamba2-2.7b's size (80 heads × 2560) left the step at a fraction of
-   *  the memory bandwidth (43 tok/s on an H100, run 81, where the weights' bytes would allow about 280) */
+   *  layer) when true; when false out_proj is a dispatch of its own (three a layer). By default (and not where
+   *  decodeM2Persistent makes the layer one dispatch) only where the heads' shares are few (heads × hidden size up
+   *  to M2_SCAN_OUT_AUTO_MAX): one workgroup adds them all up, and a head's columns are one workgroup's, which at
+   *  mamba2-2.7b's size (80 heads × 2560) left the step at a fraction of the memory bandwidth (43 tok/s on an H100,
+   *  run 81, where the weights' bytes would allow about 280) */
   decodeScanOut?: boolean;
   /** lanes a row of weights in Mamba-2's fused decode matvecs, in_proj's and out_proj's (M2_LANE_CHOICES: 8 to
    *  256; default by row width, as the head's matvec): fewer put more rows in a workgroup, each lane streaming more
    *  of its row (and in_proj's RMSNorm, which every workgroup makes for itself, is made by fewer workgroups) */
   decodeM2InLanes?: number;
   decodeM2OutLanes?: number;
+  /** Mamba-2's fused decode step at up to 8 rows runs each layer in one dispatch (kernels/decode/mamba2-layer.ts),
+   *  as decodePersistent does Mamba-1's: in_proj's, the scan's and out_proj's kernels become phases of one, whose
+   *  workgroups take their items in order from a counter and wait for the phase before through counters in memory;
+   *  a wait that gives up fails the step's ids with an error naming this option. Taken where out_proj is not asked
+   *  into the scan's dispatch (decodeScanOut true; its default then leaves it out), in_proj's kernel holds the norm,
+   *  and the device binds the kernel's storage buffers (12; 11 without the gated norm) and holds its workgroup
+   *  memory, 4 · (T · (256 + max(D, E) + 2N + G) + 1) bytes for T rows (mamba2-130m: up to 5 rows in 48 KiB, 3 in
+   *  32 KiB; mamba2-2.7b: 2 in 48 KiB); elsewhere the step's kernels of their own. Default false: not yet measured
+   *  against them */
+  decodeM2Persistent?: boolean;
   /** K columns a part of the batch step's K-split matmuls: 64, 96 or 128 (their count then follows from K); 0 splits
    *  by the workgroup target alone. By default, a matmul that the target would cut into parts of 128 columns or
    *  fewer gets parts of 96, and one with longer parts keeps them. On the H200 at batch 64 a step of 130m (in_proj
@@ -139,7 +150,7 @@ export interface WebGpuInternalTuning extends WebGpuTuning {
 const WEBGPU_TUNING_KEYS = optionKeys<WebGpuInternalTuning>({
   poolBytes: true, decodePersistent: true, precision: true, scanThreads: true, tensorCoreTile: true, flushEvery: true,
   matmulVec4: true, decodeChannels: true, decodeLoadBytes: true, decodeAccumulate: true, decodeBatch: true,
-  decodeScanOut: true, decodeM2InLanes: true, decodeM2OutLanes: true, decodeBatchSplitCols: true, decodeBatchScanRows: true, scanBackwardKernel: true,
+  decodeScanOut: true, decodeM2InLanes: true, decodeM2OutLanes: true, decodeM2Persistent: true, decodeBatchSplitCols: true, decodeBatchScanRows: true, scanBackwardKernel: true,
   scanBackwardLanes: true, scanBackwardBlocks: true, scanBackwardChunk: true, scanBackwardSubTile: true,
   scanBackwardReduceWidth: true,
 });
@@ -172,6 +183,7 @@ export interface ForwardSettings {
   /** 0: by row width */
   decodeM2InLanes: number;
   decodeM2OutLanes: number;
+  decodeM2Persistent: boolean;
   /** -1: 96 where the parts by the workgroup target are short */
   decodeBatchSplitCols: number;
   /** -1: by the model's width */
@@ -190,7 +202,7 @@ export function forwardSettings(gpu: Gpu, tuning: WebGpuInternalTuning): Forward
   checkChoice("decodeBatchSplitCols", tuning.decodeBatchSplitCols === 0 ? undefined : tuning.decodeBatchSplitCols, [64, 96, 128]); // 0: the default
   // 0 is also allowed: the fused step's block kernel
   checkChoice("decodeBatchScanRows", tuning.decodeBatchScanRows === 0 ? undefined : tuning.decodeBatchScanRows, BATCH_SCAN_ROW_CHOICES);
-  for (const flag of ["matmulVec4", "decodeAccumulate", "decodePersistent", "decodeBatch", "decodeScanOut"] as const) checkFlag(flag, tuning[flag]);
+  for (const flag of ["matmulVec4", "decodeAccumulate", "decodePersistent", "decodeBatch", "decodeScanOut", "decodeM2Persistent"] as const) checkFlag(flag, tuning[flag]);
   const vec4 = tuning.matmulVec4 ?? true;
   // the fixed tiles fit the 16 KiB of workgroup memory every WebGPU device has (tileBytes: at most 8704 bytes)
   return {
@@ -209,6 +221,7 @@ export function forwardSettings(gpu: Gpu, tuning: WebGpuInternalTuning): Forward
     decodeScanOut: tuning.decodeScanOut ?? null,
     decodeM2InLanes: tuning.decodeM2InLanes ?? 0,
     decodeM2OutLanes: tuning.decodeM2OutLanes ?? 0,
+    decodeM2Persistent: tuning.decodeM2Persistent ?? false,
     decodeBatchSplitCols: tuning.decodeBatchSplitCols ?? -1,
     decodeBatchScanRows: tuning.decodeBatchScanRows ?? -1,
     tensorCoreTile: tuning.tensorCoreTile === undefined ? defaultTensorCoreTile(gpu) : deviceTile(gpu, parseTensorCoreTile(tuning.tensorCoreTile)),

@@ -40,6 +40,55 @@ export const layerSpin = (gpu: Gpu) => (gpu.softwareDriver ? 2 ** 28 : 2 ** 22);
 export const LAYER_CTL_WORDS = 5;
 export const LAYER_FLAG_BYTE = 16;
 
+/** The phases' counters as a part of a layer's kernel (composed last: ctl is its last binding): a wait polls at
+ *  most p.spin times, then sets the flag and goes on. */
+export const layerSyncParts: WgslParts = {
+  consts: [],
+  params: [["spin", "u32"]],
+  bindings: [["ctl", "var<storage, read_write> ctl: array<atomic<u32>>"]], // the phases' counters and the flag
+  decls: /* wgsl */ `
+// waits until counter word reaches goal (the phase before is finished), then its stores are seen by loads
+// through atomics
+fn waitFor(t: u32, word: u32, goal: u32) {
+  if (t == 0u) {
+    var n = 0u;
+    loop {
+      if (atomicLoad(&ctl[word]) >= goal) { break; }
+      n++;
+      if (n >= p.spin) { atomicOr(&ctl[4], 1u); break; }
+    }
+  }
+  storageBarrier();
+}
+// counts this workgroup's item of a phase finished, after all its threads' stores
+fn finished(t: u32, word: u32) {
+  storageBarrier();
+  if (t == 0u) { atomicAdd(&ctl[word], 1u); }
+}`,
+  fn: "",
+};
+
+/** A layer kernel's entry point: a workgroup takes a ticket k, the item it does among `items` in the phases' order,
+ *  runs `body` (with t, its thread, and k), and the last workgroup to finish sets the counters back for the next
+ *  dispatch (which starts after this one ends). */
+export function layerEntryWgsl(items: string, body: string): string {
+  return /* wgsl */ `
+const ITEMS = ${items};
+var<workgroup> ticket: u32;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
+  let t = lid.x;
+  if (t == 0u) { ticket = atomicAdd(&ctl[0], 1u); }
+  let k = workgroupUniformLoad(&ticket);
+${body}
+  // the last workgroup to finish sets the counters back for the next dispatch (which starts after this one ends)
+  storageBarrier();
+  if (t == 0u && atomicAdd(&ctl[3], 1u) == ITEMS - 1u) {
+    for (var i = 0u; i < 4u; i++) { atomicStore(&ctl[i], 0u); }
+  }
+}`;
+}
+
 /** out_proj's rows an item at batch RB. */
 const outRows = (RB: number) => Math.max(1, Math.floor(8 / RB));
 
@@ -63,13 +112,12 @@ function outProjParts(D: number, E: number, RB: number, ws: WeightStorage): Wgsl
     ["OV", `${OV}u`], // vec4s of a row a thread
     ["OUT_ITEMS", `${Math.ceil(D / ORW)}u`],
   ];
-  const params: [string, ParamType][] = [["hasOutBias", "u32"], ["spin", "u32"]];
+  const params: [string, ParamType][] = [["hasOutBias", "u32"]];
   const bindings: [string, string][] = [
     ["y", "var<storage, read_write> y: array<atomic<u32>>"], // [B, E]
     ["wOut", `var<storage, read> wOut: array<${weight4Binding(ws)}>`], // [D, E]
     ["bOut", "var<storage, read> bOut: array<f32>"], // [D] (unread without hasOutBias)
     ["h", "var<storage, read_write> h: array<f32>"], // [B, D] out
-    ["ctl", "var<storage, read_write> ctl: array<atomic<u32>>"], // the phases' counters and the flag
   ];
   const decls = /* wgsl */ `
 var<workgroup> ored: array<f32, ${256 * 8}>; // [ORW · ORB sums, WG]
@@ -80,24 +128,6 @@ fn yLoad4(i: u32) -> vec4<f32> {
     atomicLoad(&y[4u * i + 3u])));
 }
 
-// waits until counter word reaches goal (the phase before is finished), then its stores are seen by loads
-// through atomics
-fn waitFor(t: u32, word: u32, goal: u32) {
-  if (t == 0u) {
-    var n = 0u;
-    loop {
-      if (atomicLoad(&ctl[word]) >= goal) { break; }
-      n++;
-      if (n >= p.spin) { atomicOr(&ctl[4], 1u); break; }
-    }
-  }
-  storageBarrier();
-}
-// counts this workgroup's item of a phase finished, after all its threads' stores
-fn finished(t: u32, word: u32) {
-  storageBarrier();
-  if (t == 0u) { atomicAdd(&ctl[word], 1u); }
-}
 `;
   const fn = /* wgsl */ `
 fn outLoad(t: u32, item: u32) -> OutW {
@@ -166,21 +196,14 @@ export function layerWgsl(s: LayerShape, parts = layerParts(s)): string {
 
 function layerParts(s: LayerShape): WgslParts[] {
   // the scan's items wait for kernel 1's once their own loads are out
-  return [mixerInParts(s.ins, true), mixerScanParts(s.scan, true, "  waitFor(t, 1u, IN_GROUPS);\n"), outProjParts(s.ins.D, s.ins.E, s.ins.RB, s.wsOut)];
+  return [mixerInParts(s.ins, true), mixerScanParts(s.scan, true, "  waitFor(t, 1u, IN_GROUPS);\n"), outProjParts(s.ins.D, s.ins.E, s.ins.RB, s.wsOut),
+    layerSyncParts];
 }
 
 function layerMain(s: LayerShape): string {
   return /* wgsl */ `
 const IN_GROUPS = ${Math.ceil(s.ins.E / s.ins.CH)}u;
-const SCAN_GROUPS = ${mixerScanGroups(s.ins.E)}u;
-const ITEMS = IN_GROUPS + SCAN_GROUPS + OUT_ITEMS;
-var<workgroup> ticket: u32;
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
-  let t = lid.x;
-  if (t == 0u) { ticket = atomicAdd(&ctl[0], 1u); }
-  let k = workgroupUniformLoad(&ticket);
-  if (k < IN_GROUPS) {
+const SCAN_GROUPS = ${mixerScanGroups(s.ins.E)}u;` + layerEntryWgsl("IN_GROUPS + SCAN_GROUPS + OUT_ITEMS", `  if (k < IN_GROUPS) {
     mixerIn(t, k, IN_GROUPS);
     finished(t, 1u);
   } else if (k < IN_GROUPS + SCAN_GROUPS) {
@@ -191,13 +214,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
     let w = outLoad(t, item); // in flight while the scan finishes
     waitFor(t, 2u, SCAN_GROUPS);
     outApply(t, item, w);
-  }
-  // the last workgroup to finish sets the counters back for the next dispatch (which starts after this one ends)
-  storageBarrier();
-  if (t == 0u && atomicAdd(&ctl[3], 1u) == ITEMS - 1u) {
-    for (var i = 0u; i < 4u; i++) { atomicStore(&ctl[i], 0u); }
-  }
-}`;
+  }`);
 }
 
 /** Workgroups of the layer's dispatch: an item of each phase. */

@@ -51,8 +51,9 @@ const EPILOGUE_PARAMS: [string, "u32" | "f32"][] = [["hasBias", "u32"], ["oInBia
   ["oDtBias", "u32"], ["lo", "f32"], ["hi", "f32"]];
 
 /** Column n's epilogue: the tap of a conv column (history, weights, bias), loaded apart from its use so that a
- *  kernel can issue the loads early; `finish(t, n, tap, v)` stores the column's value from in_proj's sum v. */
-const epilogueWgsl = (K: number) => /* wgsl */ `
+ *  kernel can issue the loads early; `finish(t, n, tap, v)` stores the column's value from in_proj's sum v (into
+ *  `out`, or with `shared` through atomics into `zxbcdt`: see m2InParts). */
+const epilogueWgsl = (K: number, shared = false) => /* wgsl */ `
 ${SOFTPLUS_WGSL}
 struct Tap { hist: array<f32, ${Math.max(1, K - 1)}>, w: array<f32, ${K}>, bias: f32, inBias: f32 }
 // the constants of column n (clamped by the caller), and the history of row t where n is a conv column
@@ -80,7 +81,7 @@ fn finish(t: u32, n: u32, tap: Tap, sum: f32) {
     if (CK > 1u) { convState[(t * (CK - 1u) + CK - 2u) * CW + c] = v; }
     o = s / (1.0 + exp(-s));
   }
-  out[t * NIN + n] = o;
+  ${shared ? "atomicStore(&zxbcdt[t * NIN + n], bitcast<u32>(o));" : "out[t * NIN + n] = o;"}
 }`;
 
 /** The matvec kernel's shape: T rows, D inputs, E + C + H outputs. */
@@ -90,8 +91,17 @@ export interface M2InShape {
   lanes: number;
 }
 
-function inParts(s: M2InShape): WgslParts {
+/**
+ * The matvec kernel as parts (../compose.ts): the phase function `m2In(t0, wg)` does workgroup wg's rows.
+ * `shared` (the one-dispatch layer, ./mamba2-layer.ts; with the norm): the input is h [T, D], bound writable as
+ * the layer's last phase writes it; zxbcdt is stored through atomics, so that the scan's phase, in other
+ * workgroups of the same dispatch, reads it from the device's cache rather than a stale copy in its own; and the
+ * workgroup arrays (us, red) are the layer's, which every phase shares (a workgroup does one item of one phase).
+ */
+export function m2InParts(s: M2InShape, shared = false): WgslParts {
   const { T, D, E, C, H, K, ws, loadBytes, norm } = s;
+  if (shared && !norm) throw new Error("m2InParts: the shared variant takes the norm");
+  const x = shared ? "h" : "x"; // the input's binding
   const D4 = D / 4;
   const { LPR, RPW, BATCH, NIT } = m2Lanes(D, s.lanes, loadBytes, ws);
   return {
@@ -99,19 +109,19 @@ function inParts(s: M2InShape): WgslParts {
       ["CK", `${K}u`], ["LPR", `${LPR}u`], ["RPW", `${RPW}u`], ["BATCH", `${BATCH}u`], ["NIT", `${NIT}u`]],
     params: [["hasRes", "u32"], ["par", "u32"], ["eps", "f32"], ["oNorm", "u32"], ["groupsX", "u32"], ...EPILOGUE_PARAMS],
     bindings: [
-      ["x", "var<storage, read> x: array<f32>"], // [T, D]: h (with the norm) or the normalized input
+      [x, `var<storage, ${shared ? "read_write" : "read"}> ${x}: array<f32>`], // [T, D]: h (with the norm) or the normalized input
       // [2, T, D]: half par in, half 1 - par out (only with the norm: a binding no code uses is not in the layout)
       ...(norm ? [["res", "var<storage, read_write> res: array<f32>"] as [string, string]] : []),
       ["lp", "var<storage, read> lp: array<f32>"], // the layer's constants
       ["w", `var<storage, read> w: array<${weight4Binding(ws)}>`], // [E + C + H, D]
       ["convState", "var<storage, read_write> convState: array<f32>"], // [T, K-1, C]
-      ["out", "var<storage, read_write> out: array<f32>"], // [T, E + C + H]
+      shared ? ["zxbcdt", "var<storage, read_write> zxbcdt: array<atomic<u32>>"] : ["out", "var<storage, read_write> out: array<f32>"], // [T, E + C + H]
     ],
     decls: /* wgsl */ `
-${norm ? "var<workgroup> us: array<f32, T * D4 * 4u>; // (h + res) · g; the norm's scale is applied to the sums" : ""}
-var<workgroup> red: array<f32, 256u * T>;
+${norm && !shared ? "var<workgroup> us: array<f32, T * D4 * 4u>; // (h + res) · g; the norm's scale is applied to the sums" : ""}
+${shared ? "" : "var<workgroup> red: array<f32, 256u * T>;"}
 ${weight4Reader(ws)}
-${epilogueWgsl(K)}
+${epilogueWgsl(K, shared)}
 fn xAt(t: u32, k: u32) -> f32 { return ${norm ? "us[t * D4 * 4u + k]" : "x[t * D4 * 4u + k]"}; }
 // batch i of this lane's share of row n, loaded unconditionally (clamped) so that all loads are in flight at once
 fn load(n: u32, lane: u32, i: u32) -> array<vec4<f32>, BATCH> {
@@ -139,7 +149,7 @@ ${norm ? `  // RMSNorm of h + res, each workgroup for itself; workgroup 0 writes
   for (var t = 0u; t < T; t++) {
     var ss = 0.0;
     for (var k = t0; k < D4 * 4u; k += 256u) {
-      var v = x[t * D4 * 4u + k];
+      var v = ${x}[t * D4 * 4u + k];
       if (p.hasRes != 0u) { v += res[p.par * T * D4 * 4u + t * D4 * 4u + k]; }
       if (gi == 0u) { res[(1u - p.par) * T * D4 * 4u + t * D4 * 4u + k] = v; }
       us[t * D4 * 4u + k] = v * lp[p.oNorm + k];
@@ -193,7 +203,7 @@ function cached(key: string, make: () => WgslParts): WgslParts {
 
 const inKernel = defineKernel({
   name: "decode_m2_in",
-  wgsl: (s: M2InShape) => standaloneWgsl(cached(JSON.stringify(s), () => inParts(s)), "256", "m2In(lid.x, wg)"),
+  wgsl: (s: M2InShape) => standaloneWgsl(cached(JSON.stringify(s), () => m2InParts(s)), "256", "m2In(lid.x, wg)"),
   label: (s) => `decode_m2_in_${s.T}_${s.D}_${s.E}_${s.C}_${s.H}_${s.K}_${s.ws}_${s.loadBytes}${s.norm ? "_norm" : ""}${s.lanes ? `_l${s.lanes}` : ""}`,
   example: { T: 1, D: 768, E: 1536, C: 1792, H: 24, K: 4, ws: "f32", loadBytes: 256, norm: true, lanes: 0 },
 });
@@ -217,6 +227,19 @@ function epilogueParams(a: M2Offsets & { hasBias: boolean; lo: number; hi: numbe
   return { hasBias: a.hasBias, oInBias: a.oInBias, oConvW: a.oConvW, oConvB: a.oConvB, oDtBias: a.oDtBias, lo: a.lo, hi: Math.min(a.hi, 3e38) };
 }
 
+/** The matvec kernel's compiled shape for these arguments. */
+export function m2InShape(a: M2InArgs): M2InShape {
+  return { T: a.T, D: a.D, E: a.E, C: a.C, H: a.H, K: a.K, ws: a.ws, loadBytes: a.loadBytes, norm: !!a.norm, lanes: a.lanes ?? 0 };
+}
+
+/** The matvec kernel's workgroups: RPW rows of in_proj each. */
+export const m2InGroups = (s: M2InShape) => Math.ceil((s.E + s.C + s.H) / m2Lanes(s.D, s.lanes, s.loadBytes, s.ws).RPW);
+
+/** The matvec kernel's parameter values, by name (groupsX: the grid's workgroups along x). */
+export function m2InParams(a: M2InArgs, groupsX: number): Record<string, number | boolean> {
+  return { hasRes: a.norm?.hasRes ?? false, par: a.norm?.par ?? 0, eps: a.norm?.eps ?? 0, oNorm: a.oNorm, groupsX, ...epilogueParams(a) };
+}
+
 // x: [T <= 8, D] (h, normalized here with `norm`), w: [E + C + H, D] -> out: [T, E + C + H] (z | silu(conv) | dt)
 export function decodeM2In(gpu: Gpu, a: M2InArgs): void {
   if (a.T < 1 || a.T > M2_IN_MAX_ROWS) throw new Error(`decodeM2In: ${a.T} rows, expected 1 to ${M2_IN_MAX_ROWS}`);
@@ -225,14 +248,11 @@ export function decodeM2In(gpu: Gpu, a: M2InArgs): void {
   if (bytes > gpu.limits.maxComputeWorkgroupStorageSize) {
     throw new Error(`decodeM2In: ${a.T} rows of ${a.D} need ${bytes} bytes of workgroup memory, over the device's ${gpu.limits.maxComputeWorkgroupStorageSize}`);
   }
-  const shape: M2InShape = { T: a.T, D: a.D, E: a.E, C: a.C, H: a.H, K: a.K, ws: a.ws, loadBytes: a.loadBytes, norm: !!a.norm, lanes: a.lanes ?? 0 };
+  const shape = m2InShape(a);
   const k = gpu.kernel(inKernel, shape);
-  const parts = cached(JSON.stringify(shape), () => inParts(shape));
-  const groups = Math.ceil((a.E + a.C + a.H) / m2Lanes(a.D, shape.lanes, a.loadBytes, a.ws).RPW);
-  const [gx, gy] = grid(groups, gpu.limits.maxComputeWorkgroupsPerDimension);
-  const p = paramBlock(parts.params, {
-    hasRes: a.norm?.hasRes ?? false, par: a.norm?.par ?? 0, eps: a.norm?.eps ?? 0, oNorm: a.oNorm, groupsX: gx, ...epilogueParams(a),
-  });
+  const parts = cached(JSON.stringify(shape), () => m2InParts(shape));
+  const [gx, gy] = grid(m2InGroups(shape), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const p = paramBlock(parts.params, m2InParams(a, gx));
   gpu.dispatch(k, bindingsByName(parts, { x: a.x, ...(a.norm ? { res: a.norm.res } : {}), lp: a.lp, w: a.w, convState: a.convState, out: a.out }), p, [gx, gy]);
 }
 

@@ -24,26 +24,37 @@ export interface M2OutShape {
   lanes: number;
 }
 
-function parts(s: M2OutShape): WgslParts {
+/**
+ * The matvec kernel as parts (../compose.ts): the phase function `m2Out(t0, wg)` does workgroup wg's rows.
+ * `shared` (the one-dispatch layer, ./mamba2-layer.ts): v and ss, which the scan's phase stores in other workgroups
+ * of the same dispatch, are loaded through atomics (a plain load may read a stale copy in the workgroup's own
+ * cache), v once into workgroup memory (us, times its group's r where there are several groups), as each of the
+ * workgroup's rows reads all of it; the output is h, which in_proj's phase reads; `wait` (WGSL) runs once the first
+ * weights' loads are out (the layer waits there for the scan's phase); and the workgroup arrays (us, red) are the
+ * layer's.
+ */
+export function m2OutParts(s: M2OutShape, shared = false, wait = ""): WgslParts {
   const { T, K, ws, loadBytes, G, GS, NWG, WPG } = s;
   const K4 = K / 4;
   const { LPR, RPW, BATCH, NIT } = m2Lanes(K, s.lanes, loadBytes, ws);
   const norm = G > 0;
+  const y = shared ? "h" : "y"; // the output's binding
   // the input at (row t, column k): scaled by its group's r where there are several groups
-  const xAt = !norm || G === 1 ? "v[t * K4 * 4u + k]" : "v[t * K4 * 4u + k] * rs[t * G + k / GS]";
+  const xAt = shared ? "us[t * K4 * 4u + k]" : !norm || G === 1 ? "v[t * K4 * 4u + k]" : "v[t * K4 * 4u + k] * rs[t * G + k / GS]";
   return {
     consts: [["T", `${T}u`], ["K4", `${K4}u`], ["LPR", `${LPR}u`], ["RPW", `${RPW}u`], ["BATCH", `${BATCH}u`],
       ["NIT", `${NIT}u`], ["G", `${Math.max(G, 1)}u`], ["GS", `${GS}u`], ["NWG", `${NWG}u`], ["WPG", `${WPG}u`]],
     params: [["N", "u32"], ["hasBias", "u32"], ["groupsX", "u32"], ["eps", "f32"]],
     bindings: [
-      ["v", "var<storage, read> v: array<f32>"], // [T, K]
-      ...(norm ? [["ss", "var<storage, read> ss: array<f32>"] as [string, string]] : []), // [T, NWG]
+      ["v", shared ? "var<storage, read_write> v: array<atomic<u32>>" : "var<storage, read> v: array<f32>"], // [T, K]
+      // [T, NWG]
+      ...(norm ? [["ss", shared ? "var<storage, read_write> ss: array<atomic<u32>>" : "var<storage, read> ss: array<f32>"] as [string, string]] : []),
       ["w", `var<storage, read> w: array<${weight4Binding(ws)}>`], // [N, K]
       ["bias", "var<storage, read> bias: array<f32>"], // [N]
-      ["y", "var<storage, read_write> y: array<f32>"], // [T, N]
+      [y, `var<storage, read_write> ${y}: array<f32>`], // [T, N]
     ],
     decls: /* wgsl */ `
-var<workgroup> red: array<f32, 256u * T>;
+${shared ? "" : "var<workgroup> red: array<f32, 256u * T>;"}
 var<workgroup> rs: array<f32, T * G>; // r of each (row, group)
 ${weight4Reader(ws)}
 fn xAt(t: u32, k: u32) -> f32 { return ${xAt}; }
@@ -58,14 +69,14 @@ fn m2Out(t0: u32, wg: vec3<u32>) {
   let n = (wg.y * p.groupsX + wg.x) * RPW + t0 / LPR;
   let nc = min(n, p.N - 1u);
   var wv0 = load(nc, lane, 0u); // the first weights go out before the norm's sums
-${norm ? `  // r of each (row, group), 8 at a time: 32 threads sum a group's WPG partial sums of squares
+${wait}${norm ? `  // r of each (row, group), 8 at a time: 32 threads sum a group's WPG partial sums of squares
   for (var j = 0u; j < T * G; j += 8u) {
     let slot = t0 / 32u;
     let l = t0 % 32u;
     let pair = min(j + slot, T * G - 1u);
     let base = (pair / G) * NWG + (pair % G) * WPG;
     var s = 0.0;
-    for (var i = l; i < WPG; i += 32u) { s += ss[base + i]; }
+    for (var i = l; i < WPG; i += 32u) { s += ${shared ? "bitcast<f32>(atomicLoad(&ss[base + i]))" : "ss[base + i]"}; }
     red[t0] = s;
     workgroupBarrier();
     for (var st = 16u; st > 0u; st >>= 1u) {
@@ -75,6 +86,10 @@ ${norm ? `  // r of each (row, group), 8 at a time: 32 threads sum a group's WPG
     if (l == 0u && j + slot < T * G) { rs[j + slot] = inverseSqrt(red[t0] / f32(GS) + p.eps); }
     workgroupBarrier();
   }
+` : ""}${shared ? `  for (var i = t0; i < T * K4 * 4u; i += 256u) {
+    us[i] = bitcast<f32>(atomicLoad(&v[i]))${norm && G > 1 ? " * rs[(i / (K4 * 4u)) * G + (i % (K4 * 4u)) / GS]" : ""};
+  }
+  workgroupBarrier();
 ` : ""}  var s: array<f32, T>;
   for (var t = 0u; t < T; t++) { s[t] = 0.0; }
   for (var i = 0u; i < NIT; i++) {
@@ -101,7 +116,7 @@ ${norm ? `  // r of each (row, group), 8 at a time: 32 threads sum a group's WPG
   if (lane == 0u && n < p.N) {
     var b = 0.0;
     if (p.hasBias != 0u) { b = bias[n]; }
-    for (var t = 0u; t < T; t++) { y[t * p.N + n] = red[t * 256u + t0] + b; }
+    for (var t = 0u; t < T; t++) { ${y}[t * p.N + n] = red[t * 256u + t0] + b; }
   }
 }`,
   };
@@ -111,7 +126,7 @@ const partsCache = new Map<string, WgslParts>();
 function cached(s: M2OutShape): WgslParts {
   const key = JSON.stringify(s);
   let made = partsCache.get(key);
-  if (!made) partsCache.set(key, made = parts(s));
+  if (!made) partsCache.set(key, made = m2OutParts(s));
   return made;
 }
 
@@ -131,18 +146,31 @@ export interface M2OutArgs {
   norm: { ss: Buf; G: number; GS: number; NWG: number; eps: number } | null;
 }
 
+/** The matvec kernel's compiled shape for these arguments. */
+export function m2OutShape(a: M2OutArgs): M2OutShape {
+  const nm = a.norm;
+  return { T: a.T, K: a.K, ws: a.ws, loadBytes: a.loadBytes, G: nm?.G ?? 0, GS: nm?.GS ?? 0, NWG: nm?.NWG ?? 0, WPG: nm ? nm.NWG / nm.G : 0, lanes: a.lanes ?? 0 };
+}
+
+/** The matvec kernel's workgroups for N outputs: RPW rows of W each. */
+export const m2OutGroups = (s: M2OutShape, N: number) => Math.ceil(N / m2Lanes(s.K, s.lanes, s.loadBytes, s.ws).RPW);
+
+/** The matvec kernel's parameter values, by name (groupsX: the grid's workgroups along x). */
+export function m2OutParams(a: M2OutArgs, groupsX: number): Record<string, number | boolean> {
+  return { N: a.N, hasBias: !!a.bias, groupsX, eps: a.norm?.eps ?? 0 };
+}
+
 // v: [T <= 8, K], w: [N, K], bias: [N] -> y: [T, N]
 export function decodeM2Out(gpu: Gpu, a: M2OutArgs): void {
   if (a.T < 1 || a.T > M2_OUT_MAX_ROWS) throw new Error(`decodeM2Out: ${a.T} rows, expected 1 to ${M2_OUT_MAX_ROWS}`);
   if (a.K % 4 !== 0) throw new Error(`decodeM2Out: K ${a.K} is not a multiple of 4`);
-  const nm = a.norm;
-  const shape: M2OutShape = { T: a.T, K: a.K, ws: a.ws, loadBytes: a.loadBytes, G: nm?.G ?? 0, GS: nm?.GS ?? 0, NWG: nm?.NWG ?? 0, WPG: nm ? nm.NWG / nm.G : 0, lanes: a.lanes ?? 0 };
+  const shape = m2OutShape(a);
   const k = gpu.kernel(outKernel, shape);
   const kp = cached(shape);
-  const [gx, gy] = grid(Math.ceil(a.N / m2Lanes(a.K, shape.lanes, a.loadBytes, a.ws).RPW), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const [gx, gy] = grid(m2OutGroups(shape, a.N), gpu.limits.maxComputeWorkgroupsPerDimension);
   const bufs: Record<string, Buf> = { v: a.v, w: a.w, bias: a.bias ?? gpu.dummy, y: a.y };
-  if (nm) bufs.ss = nm.ss;
-  gpu.dispatch(k, bindingsByName(kp, bufs), paramBlock(kp.params, { N: a.N, hasBias: !!a.bias, groupsX: gx, eps: nm?.eps ?? 0 }), [gx, gy]);
+  if (a.norm) bufs.ss = a.norm.ss;
+  gpu.dispatch(k, bindingsByName(kp, bufs), paramBlock(kp.params, m2OutParams(a, gx)), [gx, gy]);
 }
 
 /** The batch step's gated-norm scale, where out_proj is a plain matmul: v[t, k] *= r[t, group(k)], a workgroup a row. */

@@ -49,13 +49,24 @@ export function m2SsmGroups(N: number, P: number, H: number): number {
   return H * Math.ceil(P / m2SsmChannels(N, P));
 }
 
-function parts(s: M2SsmShape): WgslParts {
+/**
+ * The scan kernel as parts (../compose.ts): the phase function `m2Ssm(t, wg)` does workgroup wg's channels and rows.
+ * `shared` (the one-dispatch layer, ./mamba2-layer.ts; without `out`): zxbcdt is loaded, and the gated output (then
+ * named v, as out_proj's phase reads it) and the sums of squares are stored, through atomics, as other workgroups
+ * of the same dispatch write and read them; `wait` (WGSL) runs once the states' loads, which need nothing computed,
+ * are out (the layer waits there for in_proj's phase); and the workgroup array red is the layer's.
+ */
+export function m2SsmParts(s: M2SsmShape, shared = false, wait = ""): WgslParts {
   const { N, P, H, G, E, C, RB, mode, out } = s;
+  if (shared && out) throw new Error("m2SsmParts: the shared variant has no out_proj of its own");
   const PB = m2SsmChannels(N, P);
   const norm = mode !== "none";
-  // with out_proj in the dispatch, the gated output and the sums of squares pass to other workgroups of it: through
-  // atomics, which are served from the device's cache (a plain load may read a stale copy in the workgroup's own)
-  const shared = out ? "atomic<u32>" : "f32";
+  // with out_proj in the dispatch (or the layer's phase after), the gated output and the sums of squares pass to
+  // other workgroups of it: through atomics, which are served from the device's cache (a plain load may read a
+  // stale copy in the workgroup's own)
+  const passed = out || shared ? "atomic<u32>" : "f32";
+  const vName = shared ? "v" : "out";
+  const zx = (i: string) => (shared ? `bitcast<f32>(atomicLoad(&zxbcdt[${i}]))` : `zxbcdt[${i}]`);
   return {
     consts: [["N4", `${N / 4}u`], ["HP", `${P}u`], ["H", `${H}u`], ["HG", `${H / G}u`], ["G", `${G}u`], ["E", `${E}u`], ["CW", `${C}u`],
       ["NIN", `${E + C + H}u`], ["GN", `${(C - E) / 2}u`], ["RB", `${RB}u`], ["PB", `${PB}u`], ["PBLK", `${Math.ceil(P / PB)}u`],
@@ -63,11 +74,12 @@ function parts(s: M2SsmShape): WgslParts {
       ...(out ? [["OD", `${out.D}u`], ["HP4", `${P / 4}u`], ["E4", `${E / 4}u`]] as [string, string][] : [])],
     params: [["B", "u32"], ["oA", "u32"], ["oD", "u32"], ["oGate", "u32"], ...(out ? [["hasOutBias", "u32"], ["gEps", "f32"]] as [string, "u32" | "f32"][] : [])],
     bindings: [
-      ["zxbcdt", "var<storage, read> zxbcdt: array<f32>"], // [B, E + C + H]: z | x B C (after the conv) | dt (after softplus)
+      // [B, E + C + H]: z | x B C (after the conv) | dt (after softplus)
+      ["zxbcdt", shared ? "var<storage, read_write> zxbcdt: array<atomic<u32>>" : "var<storage, read> zxbcdt: array<f32>"],
       ["lp", "var<storage, read> lp: array<f32>"], // the layer's constants: A_log [H], D [H], the norm's weight [E]
       ["ssm", "var<storage, read_write> ssm: array<vec4<f32>>"], // [B, H, P, N] in/out
-      ["out", `var<storage, read_write> out: array<${shared}>`], // [B, E]
-      ...(norm ? [["ss", `var<storage, read_write> ss: array<${shared}>`] as [string, string]] : []), // [B, NWG]
+      [vName, `var<storage, read_write> ${vName}: array<${passed}>`], // [B, E]
+      ...(norm ? [["ss", `var<storage, read_write> ss: array<${passed}>`] as [string, string]] : []), // [B, NWG]
       ...(out ? [
         ["wOut", `var<storage, read> wOut: array<${weight4Binding(out.ws)}>`], // [D, E]
         ["bOut", "var<storage, read> bOut: array<f32>"], // [D] (unread without hasOutBias)
@@ -78,14 +90,15 @@ function parts(s: M2SsmShape): WgslParts {
     ],
     decls: /* wgsl */ `
 var<workgroup> bcs: array<vec4<f32>, RB * 2u * N4>; // B | C of each row of the block, 4 states a value
-var<workgroup> red: array<f32, RB * 256u>;          // the products s·C of each thread, then the sums of squares
+${shared ? "" : "var<workgroup> red: array<f32, RB * 256u>;          // the products s·C of each thread, then the sums of squares"}
 fn silu(v: f32) -> f32 { return v / (1.0 + exp(-v)); }
 ${out ? `var<workgroup> vs: array<f32, RB * HP>; // the head's gated outputs
 var<workgroup> rs: array<f32, RB * G>;  // the gated norm's r of each (row, group)
 var<workgroup> last: u32;
 ${weight4Reader(out.ws, "wo4", "wOut")}
 fn vStore(i: u32, v: f32) { atomicStore(&out[i], bitcast<u32>(v)); }
-${norm ? "fn ssStore(i: u32, v: f32) { atomicStore(&ss[i], bitcast<u32>(v)); }" : ""}` : `fn vStore(i: u32, v: f32) { out[i] = v; }
+${norm ? "fn ssStore(i: u32, v: f32) { atomicStore(&ss[i], bitcast<u32>(v)); }" : ""}` : shared ? `fn vStore(i: u32, x: f32) { atomicStore(&v[i], bitcast<u32>(x)); }
+${norm ? "fn ssStore(i: u32, x: f32) { atomicStore(&ss[i], bitcast<u32>(x)); }" : ""}` : `fn vStore(i: u32, v: f32) { out[i] = v; }
 ${norm ? "fn ssStore(i: u32, v: f32) { ss[i] = v; }" : ""}`}`,
     fn: /* wgsl */ `
 fn m2Ssm(t: u32, wg: vec3<u32>) {
@@ -101,26 +114,26 @@ fn m2Ssm(t: u32, wg: vec3<u32>) {
   // of the gate's phase their channel's x and z
   var st: array<vec4<f32>, RB>;
   for (var r = 0u; r < RB; r++) { st[r] = ssm[(min(b0 + r, p.B - 1u) * E + ch) * N4 + q]; }
-  for (var i = t; i < RB * 2u * N4; i += 256u) {
+${wait}  for (var i = t; i < RB * 2u * N4; i += 256u) {
     let r = i / (2u * N4);
     let j = i % (2u * N4); // quad j of B, or quad j - N4 of C
     let o = min(b0 + r, p.B - 1u) * NIN + E + E + g * N4 * 4u + select(4u * j, GN + 4u * (j - N4), j >= N4);
-    bcs[i] = vec4<f32>(zxbcdt[o], zxbcdt[o + 1u], zxbcdt[o + 2u], zxbcdt[o + 3u]);
+    bcs[i] = vec4<f32>(${zx("o")}, ${zx("o + 1u")}, ${zx("o + 2u")}, ${zx("o + 3u")});
   }
   var xv: array<f32, RB>;
   var dt: array<f32, RB>;
   for (var r = 0u; r < RB; r++) {
     let o = min(b0 + r, p.B - 1u) * NIN;
-    xv[r] = zxbcdt[o + E + ch];
-    dt[r] = zxbcdt[o + E + CW + h];
+    xv[r] = ${zx("o + E + ch")};
+    dt[r] = ${zx("o + E + CW + h")};
   }
   let gr = t / PB; // the gate's phase: a thread per (row, channel)
   let gc = t % PB;
   let gb = b0 + gr;
   let gch = h * HP + min(p0 + gc, HP - 1u);
   let go = min(gb, p.B - 1u) * NIN;
-  let gx = zxbcdt[go + E + gch];
-  let gz = zxbcdt[go + gch];
+  let gx = ${zx("go + E + gch")};
+  let gz = ${zx("go + gch")};
   let A = -exp(lp[p.oA + h]);
   let Dh = lp[p.oD + h];
   let w = lp[p.oGate + gch];
@@ -224,7 +237,7 @@ const partsCache = new Map<string, WgslParts>();
 function cached(s: M2SsmShape): WgslParts {
   const key = JSON.stringify(s);
   let made = partsCache.get(key);
-  if (!made) partsCache.set(key, made = parts(s));
+  if (!made) partsCache.set(key, made = m2SsmParts(s));
   return made;
 }
 
