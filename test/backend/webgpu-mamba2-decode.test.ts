@@ -175,6 +175,31 @@ test("webgpu mamba2 fused decode: a layer in one dispatch (decodeM2Persistent) e
   await gpu.dispose();
 });
 
+test("webgpu mamba2 fused decode: with decodeM2Persistent, rows whose layer kernel outgrows the device's workgroup memory take the kernels of their own, and fewer rows the layer's; both equal the ops one by one", { timeout: 600_000 }, async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  const g = (await createWebGpuBackend({ decodeM2Persistent: true })) as WebGpuBackend;
+  // the largest hidden size (a multiple of 4) whose 8 rows in_proj's norm holds (lavapipe's 32 KiB: 768): the
+  // layer's kernel, which holds the scan's and out_proj's arrays beside them, does not fit at 8 rows
+  const limit = g.gpu.limits.maxComputeWorkgroupStorageSize;
+  const D = 4 * Math.floor((limit / 4 - 256 * 8) / 8 / 4);
+  const cfg = makeConfig({ family: "mamba2", vocabSize: 31, hiddenSize: D, intermediateSize: 32, numLayers: 2, stateSize: 8, convKernel: 4,
+    mamba2: { headDim: 8, chunkSize: 4 } });
+  const ps = perturbedParameters(cfg, 51);
+  const gpu = await modelFromTensors(cfg, ps, { backend: g });
+  const cpu = await modelFromTensors(cfg, ps, { backend: "cpu" });
+  try {
+    const ran = (prefix: string) => g.gpu.kernelNames.some((n) => n.startsWith(prefix));
+    await fusedMatchesOps(gpu, cpu, 8, 2, new TestRng(93), `hidden ${D}`);
+    assert.ok(ran("decode_m2_in_") && !ran("decode_batchnorm_") && !ran("decode_m2_layer_"), "8 rows: in_proj's kernel with the norm, no layer kernel");
+    await fusedMatchesOps(gpu, cpu, 1, 2, new TestRng(94), `hidden ${D}`);
+    assert.ok(ran("decode_m2_layer_"), "1 row: the layer's kernel");
+  } finally {
+    await gpu.dispose();
+    await cpu.dispose();
+  }
+});
+
 test("webgpu mamba2 fused decode: half-precision weights (bf16, f16) equal the CPU's with the same weights, batch 1 and 12", { timeout: 600_000 }, async (t) => {
   const cfg = configs[0]![1];
   for (const dtype of ["BF16", "F16"] as const) {
