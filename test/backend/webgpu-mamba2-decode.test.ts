@@ -46,6 +46,12 @@ const configs: [string, MambaConfig][] = [
     convKernel: 2, mamba2: { headDim: 4, chunkSize: 4, gatedNorm: false } })],
 ];
 
+/** The widest hidden size (a multiple of 4) whose 8 rows in_proj's norm holds in `limit` bytes of workgroup memory. */
+const widestNormed = (limit: number) => 4 * Math.floor((limit / 4 - 256 * 8) / 8 / 4);
+/** A model of hidden size D and few channels, for the workgroup memory that rows × D take. */
+const wideConfig = (D: number) => makeConfig({ family: "mamba2", vocabSize: 31, hiddenSize: D, intermediateSize: 32, numLayers: 2, stateSize: 8,
+  convKernel: 4, mamba2: { headDim: 8, chunkSize: 4 } });
+
 /**
  * `steps` steps of batch B from zero caches: the fused step against step mode of the same GPU model's ops and of
  * the CPU model; logits and every layer's states within tol.
@@ -179,12 +185,10 @@ test("webgpu mamba2 fused decode: with decodeM2Persistent, rows whose layer kern
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
   const g = (await createWebGpuBackend({ decodeM2Persistent: true })) as WebGpuBackend;
-  // the largest hidden size (a multiple of 4) whose 8 rows in_proj's norm holds (lavapipe's 32 KiB: 768): the
-  // layer's kernel, which holds the scan's and out_proj's arrays beside them, does not fit at 8 rows
-  const limit = g.gpu.limits.maxComputeWorkgroupStorageSize;
-  const D = 4 * Math.floor((limit / 4 - 256 * 8) / 8 / 4);
-  const cfg = makeConfig({ family: "mamba2", vocabSize: 31, hiddenSize: D, intermediateSize: 32, numLayers: 2, stateSize: 8, convKernel: 4,
-    mamba2: { headDim: 8, chunkSize: 4 } });
+  // the widest hidden size whose 8 rows in_proj's norm holds (lavapipe's 32 KiB: 768): the layer's kernel, which
+  // holds the scan's and out_proj's arrays beside them, does not fit at 8 rows
+  const D = widestNormed(g.gpu.limits.maxComputeWorkgroupStorageSize);
+  const cfg = wideConfig(D);
   const ps = perturbedParameters(cfg, 51);
   const gpu = await modelFromTensors(cfg, ps, { backend: g });
   const cpu = await modelFromTensors(cfg, ps, { backend: "cpu" });
@@ -223,10 +227,8 @@ test("webgpu mamba2 fused decode: rows × hidden size past in_proj's workgroup m
   const g = await gpuOrSkip(t);
   if (!g) return;
   // the least hidden size (a multiple of 4) whose 8 rows in_proj's norm cannot hold (lavapipe's 32 KiB: 772)
-  const limit = g.gpu.limits.maxComputeWorkgroupStorageSize;
-  const D = 4 * Math.floor((limit / 4 - 256 * 8) / 8 / 4) + 4;
-  const cfg = makeConfig({ family: "mamba2", vocabSize: 31, hiddenSize: D, intermediateSize: 32, numLayers: 2, stateSize: 8, convKernel: 4,
-    mamba2: { headDim: 8, chunkSize: 4 } });
+  const D = widestNormed(g.gpu.limits.maxComputeWorkgroupStorageSize) + 4;
+  const cfg = wideConfig(D);
   const ps = perturbedParameters(cfg, 43);
   const gpu = await modelFromTensors(cfg, ps, { backend: g });
   const cpu = await modelFromTensors(cfg, ps, { backend: "cpu" });
