@@ -27,6 +27,9 @@ console.log(`decodeLoadBytes:${bi.lb},decodeM2InLanes:${bi.lanes},decodeM2OutLan
         if [ "$m" = 130m ]; then run m2best130m 120 env BENCH_TUNING="$knobs" BENCH_ONLY=decode BENCH_DECODE_BATCHES=1 node --import tsx bench/run.ts mamba2
         else run m2best27b 150 env BENCH_TUNING="$knobs" BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2; fi
       done ;;
+    m2pers) # mamba2-130m decode at batch 1: the default step, and a layer in one dispatch (decodeM2Persistent)
+      run m2pers-default 100 env BENCH_ONLY=decode BENCH_DECODE_BATCHES=1 node --import tsx bench/run.ts mamba2
+      run m2pers-layer 100 env BENCH_TUNING=decodeM2Persistent:true BENCH_ONLY=decode BENCH_DECODE_BATCHES=1 node --import tsx bench/run.ts mamba2 ;;
     m27) run m27 150 env BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2 ;;
     trainf16) run trainf16 150 env BENCH_ONLY=step BENCH_TRAIN_PRECISIONS=f32,f16 node --import tsx bench/run.ts webgpu-train ;;
     scan) run scan 90 env BENCH_SSD_BWD_TUNINGS="${SSD_BWD_TUNINGS:-Q:64|Q:64,groupWorkgroups:1}" BENCH_ONLY=scan,bwd node --import tsx bench/run.ts mamba2 ;;
