@@ -101,7 +101,8 @@ export interface WebGpuInternalTuning extends WebGpuTuning {
   decodeScanOut?: boolean;
   /** lanes a row of weights in Mamba-2's fused decode matvecs, in_proj's and out_proj's (M2_LANE_CHOICES: 8 to
    *  256; default by row width, as the head's matvec): fewer put more rows in a workgroup, each lane streaming more
-   *  of its row (and in_proj's RMSNorm, which every workgroup makes for itself, is made by fewer workgroups) */
+   *  of its row (and in_proj's RMSNorm, which every workgroup makes for itself, is made by fewer workgroups). Not yet
+   *  timed on a GPU (the mamba2 bench's section "lanes" times both kernels by lanes) */
   decodeM2InLanes?: number;
   decodeM2OutLanes?: number;
   /** Mamba-2's fused decode step at up to 8 rows runs each layer in one dispatch (kernels/decode/mamba2-layer.ts),
@@ -150,8 +151,8 @@ export interface WebGpuInternalTuning extends WebGpuTuning {
 const WEBGPU_TUNING_KEYS = optionKeys<WebGpuInternalTuning>({
   poolBytes: true, decodePersistent: true, precision: true, scanThreads: true, tensorCoreTile: true, flushEvery: true,
   matmulVec4: true, decodeChannels: true, decodeLoadBytes: true, decodeAccumulate: true, decodeBatch: true,
-  decodeScanOut: true, decodeM2InLanes: true, decodeM2OutLanes: true, decodeM2Persistent: true, decodeBatchSplitCols: true, decodeBatchScanRows: true, scanBackwardKernel: true,
-  scanBackwardLanes: true, scanBackwardBlocks: true, scanBackwardChunk: true, scanBackwardSubTile: true,
+  decodeScanOut: true, decodeM2InLanes: true, decodeM2OutLanes: true, decodeM2Persistent: true, decodeBatchSplitCols: true,
+  decodeBatchScanRows: true, scanBackwardKernel: true, scanBackwardLanes: true, scanBackwardBlocks: true, scanBackwardChunk: true, scanBackwardSubTile: true,
   scanBackwardReduceWidth: true,
 });
 
