@@ -152,8 +152,8 @@ const WEBGPU_TUNING_KEYS = optionKeys<WebGpuInternalTuning>({
   poolBytes: true, decodePersistent: true, precision: true, scanThreads: true, tensorCoreTile: true, flushEvery: true,
   matmulVec4: true, decodeChannels: true, decodeLoadBytes: true, decodeAccumulate: true, decodeBatch: true,
   decodeScanOut: true, decodeM2InLanes: true, decodeM2OutLanes: true, decodeM2Persistent: true, decodeBatchSplitCols: true,
-  decodeBatchScanRows: true, scanBackwardKernel: true, scanBackwardLanes: true, scanBackwardBlocks: true, scanBackwardChunk: true, scanBackwardSubTile: true,
-  scanBackwardReduceWidth: true,
+  decodeBatchScanRows: true, scanBackwardKernel: true, scanBackwardLanes: true, scanBackwardBlocks: true,
+  scanBackwardChunk: true, scanBackwardSubTile: true, scanBackwardReduceWidth: true,
 });
 
 /** Throws on an unknown key of a WebGPU backend's options (WebGpuOptions, and the tunings: the internal ones too,
