@@ -177,7 +177,16 @@ async function profileDecodeStep(model: Awaited<ReturnType<typeof modelFromTenso
     step();
     await b.sync();
     const g = await b.timeGpu(() => { for (let i = 0; i < 20; i++) step(); });
-    if (g !== null) console.log(`  ${name} decode step, batch ${B}, on the GPU clock: ${((g / 20) * 1000).toFixed(1)} us (tuning: ${Object.keys(tuning).length ? JSON.stringify(tuning) : "defaults"})`);
+    // the bytes of weights a step reads (in_proj, out_proj, the head; the conv, norms and constants are a few KiB a
+    // layer), against the H100's memory bandwidth (about 3.35 TB/s)
+    const c = lm.config, m = c.mamba2!;
+    const nin = 2 * c.intermediateSize + 2 * m.nGroups * c.stateSize + m.numHeads;
+    const weightBytes = (c.numLayers * (nin + c.hiddenSize) * c.hiddenSize + c.vocabSize * c.hiddenSize) * (b.precision === "f16" ? 2 : 4);
+    if (g !== null) {
+      const us = (g / 20) * 1000;
+      console.log(`  ${name} decode step, batch ${B}, on the GPU clock: ${us.toFixed(1)} us, ${(weightBytes / us / 1e3).toFixed(0)} GB/s of weights ` +
+        `(${(weightBytes / 2 ** 20).toFixed(0)} MiB a step; tuning: ${Object.keys(tuning).length ? JSON.stringify(tuning) : "defaults"})`);
+    }
     printProfile(await b.profileKernels(step), "    ");
   } catch (e) {
     console.log(`  ${name} decode step profile not run: ${(e as Error).message}`);
