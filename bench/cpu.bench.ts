@@ -29,6 +29,7 @@ import { WasmCpuBackend } from "../src/backend/wasm/index.ts";
 import { CpuBackend } from "../src/backend/cpu/index.ts";
 import { cols } from "../src/backend/backend.ts";
 import { filled } from "./data.ts";
+import { median } from "./timing.ts";
 import { parameterShapes } from "../src/config.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -208,18 +209,15 @@ async function ssdBackwardOp(): Promise<void> {
       dx: cols(dxBC, 0, E), dB: cols(dxBC, E, N), dC: cols(dxBC, E + N, N), dDt: b.zeros([L, H]), dDtBias: b.zeros([H]),
       dA_log: b.zeros([H]), dD: b.zeros([H]), dz: null,
     };
-    const median = (f: () => void, reps: number) => {
-      const ts: number[] = [];
-      for (let i = 0; i < reps; i++) {
-        const t0 = performance.now();
-        f();
-        ts.push(performance.now() - t0);
-      }
-      return ts.sort((a, c) => a - c)[reps >> 1]!;
-    };
-    const kernel = median(() => b.ssdScanBackward(args, dy, g), 7);
-    const forward = median(() => b.dispose(b.ssdScan(args)), 7);
-    const reference = median(() => CpuBackend.prototype.ssdScanBackward!.call(b, args, dy, g), 2);
+    // the median ms of reps calls
+    const timed = (f: () => void, reps: number) => median(Array.from({ length: reps }, () => {
+      const t0 = performance.now();
+      f();
+      return performance.now() - t0;
+    }));
+    const kernel = timed(() => b.ssdScanBackward(args, dy, g), 7);
+    const forward = timed(() => b.dispose(b.ssdScan(args)), 7);
+    const reference = timed(() => CpuBackend.prototype.ssdScanBackward!.call(b, args, dy, g), 2);
     console.log(`mamba2-130m layer's ssdScanBackward (L ${L}), ${describeBackend(b)}: kernel ${fmt(kernel)} ms, the reference's ` +
       `${fmt(reference)} ms (${fmt(reference / kernel)}x); the forward ssdScan ${fmt(forward)} ms`);
     await b.destroy();

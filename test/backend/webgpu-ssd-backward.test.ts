@@ -1,8 +1,9 @@
 /**
  * The WebGPU SSD backward (the op ssdScanBackward: kernels/ssd/backward.ts, chunks as matrix products) against the
  * CPU reference's (src/backend/cpu/ssd-backward.ts) on shapes across its boundaries, with chunks of 64 (the default)
- * and 128, a group's heads in parts for dB and dC and not: one position, one whole chunk, several chunks with a ragged last one; head dims and state sizes past one
- * 64-wide product tile or not multiples of 4; the heads in pieces of one (a scratch budget of one head's), a group's
+ * and 128, a group's heads in parts for dB and dC and not, the products' other tiles (8 × 4 and 4 × 8 outputs a
+ * thread, K steps of 32): one position, one whole chunk, several chunks with a ragged last one; head dims and state
+ * sizes past one 64-wide product tile or not multiples of 4; the heads in pieces of one (a scratch budget of one head's), a group's
  * dB and dC summed over pieces; 1 or 2 groups, batch 3, with and without a gate z and an initial state, a dt clamp,
  * every gradient a column window of a wider matrix (added into, as training does).
  *

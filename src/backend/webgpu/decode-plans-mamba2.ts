@@ -163,7 +163,7 @@ export class Mamba2Plans {
         }
         const { inArgs, ssmArgs, outArgs } = layerArgs(i);
         if (!fuseNorm) {
-          decodeBatchNorm(gpu, { B, D, eps: d.eps, part: h, S: 1, bias: null, res, hasRes: i > 0, par: i % 2, g: packs[i]!.buf.buf, oG: packs[i]!.oNorm, out: u! });
+          decodeBatchNorm(gpu, { B, D, eps: d.eps, part: h, S: 1, bias: null, res, hasRes: i > 0, par: i % 2, g: inArgs.lp, oG: inArgs.oNorm, out: u! });
         }
         decodeM2In(gpu, inArgs);
         decodeM2Ssm(gpu, {

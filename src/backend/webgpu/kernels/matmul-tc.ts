@@ -10,9 +10,10 @@
  * so that a staged tile serves more products: Dawn checks that subgroup-matrix offsets are uniform over the whole
  * workgroup, while the hardware needs them uniform over each subgroup only, so such kernels turn that check off
  * (`diagnostic(off, chromium.subgroup_matrix_uniformity)`). Their subgroup index is the invocation index / 32, so
- * they run only where subgroups are 32 wide (matmulTensorCore checks the device). K advances BK columns at a time through workgroup memory: the tile of x as [BM][BK]
- * rows (the left matrices, row-major) and the tile of w as [BN][BK] rows (wᵀ's columns: the right matrices,
- * column-major), each row padded to LDS halves so that rows start 16 bytes apart but in different banks. The next
+ * they run only where subgroups are 32 wide (matmulTensorCore checks the device). K advances BK columns at a time
+ * through workgroup memory: the tile of x as [BM][BK] rows (the left matrices, row-major) and the tile of w as
+ * [BN][BK] rows (wᵀ's columns: the right matrices, column-major), each row padded to LDS halves so that rows start
+ * 16 bytes apart but in different banks. The next
  * tile's global loads are issued before the current tile's products. Where few tiles would leave the GPU idle, K is
  * split over workgroups (grid z) whose partial products ./matmul-reduce.ts sums.
  * The loads and stores use the builtins' first forms (majorness as an argument), which the Dawn of `webgpu` 0.6.2

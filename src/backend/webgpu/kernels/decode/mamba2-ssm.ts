@@ -67,6 +67,8 @@ export function m2SsmParts(s: M2SsmShape, shared = false, wait = ""): WgslParts 
   const passed = out || shared ? "atomic<u32>" : "f32";
   const vName = shared ? "v" : "out";
   const zx = (i: string) => (shared ? `bitcast<f32>(atomicLoad(&zxbcdt[${i}]))` : `zxbcdt[${i}]`);
+  // x into element i of a buffer of the gated output or the sums of squares
+  const store = (buf: string) => (passed === "f32" ? `${buf}[i] = x;` : `atomicStore(&${buf}[i], bitcast<u32>(x));`);
   return {
     consts: [["N4", `${N / 4}u`], ["HP", `${P}u`], ["H", `${H}u`], ["HG", `${H / G}u`], ["G", `${G}u`], ["E", `${E}u`], ["CW", `${C}u`],
       ["NIN", `${E + C + H}u`], ["GN", `${(C - E) / 2}u`], ["RB", `${RB}u`], ["PB", `${PB}u`], ["PBLK", `${Math.ceil(P / PB)}u`],
@@ -95,11 +97,9 @@ fn silu(v: f32) -> f32 { return v / (1.0 + exp(-v)); }
 ${out ? `var<workgroup> vs: array<f32, RB * HP>; // the head's gated outputs
 var<workgroup> rs: array<f32, RB * G>;  // the gated norm's r of each (row, group)
 var<workgroup> last: u32;
-${weight4Reader(out.ws, "wo4", "wOut")}
-fn vStore(i: u32, v: f32) { atomicStore(&out[i], bitcast<u32>(v)); }
-${norm ? "fn ssStore(i: u32, v: f32) { atomicStore(&ss[i], bitcast<u32>(v)); }" : ""}` : shared ? `fn vStore(i: u32, x: f32) { atomicStore(&v[i], bitcast<u32>(x)); }
-${norm ? "fn ssStore(i: u32, x: f32) { atomicStore(&ss[i], bitcast<u32>(x)); }" : ""}` : `fn vStore(i: u32, v: f32) { out[i] = v; }
-${norm ? "fn ssStore(i: u32, v: f32) { ss[i] = v; }" : ""}`}`,
+${weight4Reader(out.ws, "wo4", "wOut")}` : ""}
+fn vStore(i: u32, x: f32) { ${store(vName)} }
+${norm ? `fn ssStore(i: u32, x: f32) { ${store("ss")} }` : ""}`,
     fn: /* wgsl */ `
 fn m2Ssm(t: u32, wg: vec3<u32>) {
   let h = wg.x / PBLK;

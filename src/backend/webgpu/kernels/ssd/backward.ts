@@ -40,9 +40,9 @@
  * (A backward that walked time per state entry, keeping checkpoints, ran as fast at B1 L2048 H24 but 2.2 – 5.3x
  * slower at larger shapes on an H100: run 81 in docs/benchmarks-archive.md.)
  * The products share one generator: 64 × 64 output tiles, 256 threads of 4 × 4 outputs, K staged 16 at a time
- * (ssdBackwardTuning's TM, TN, BK) through workgroup memory, the next K tile's loads in flight (in registers) while the current one computes. Each
- * product names how its operands are read (functions of the row, the column and K, zero outside the chunk) and
- * what becomes of its outputs.
+ * (ssdBackwardTuning's TM, TN, BK) through workgroup memory, the next K tile's loads in flight (in registers) while
+ * the current one computes. Each product names how its operands are read (functions of the row, the column and K,
+ * zero outside the chunk) and what becomes of its outputs.
  * The gate's backward (ssd_bwd_gate, before all these: gy from the scan's output before the gate) is here too.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
@@ -168,6 +168,8 @@ interface ProductSpec {
   put: string;
   /** a term of the row's sum for each output (WGSL expression of zc, row, col, v), and fn rowOut(zc, i, tileN, sum) */
   rowTerm?: string; rowOut?: string;
+  /** WGSL functions the row term calls */
+  helpers?: string;
   /** a workgroup-uniform condition under which the tile is all zeros and nothing reads it (rows r0t.., columns c0t..) */
   skip?: string;
 }
@@ -205,6 +207,7 @@ fn aAt(zc: Z, i: u32, k: u32) -> f32 { ${s.a} }
 fn bAt(zc: Z, k: u32, j: u32) -> f32 { ${s.b} }
 fn put(zc: Z, i: u32, j: u32, v: f32) { ${s.put} }
 ${s.rowOut ? `fn rowOut(zc: Z, i: u32, tileN: u32, sum: f32) { ${s.rowOut} }` : ""}
+${s.helpers ?? ""}
 // the staged tiles, K-major: As[kk][m], Bs[kk][n], read a vec4 at a time
 var<workgroup> As: array<vec4<f32>, ${(BK * BM) / 4}>;
 var<workgroup> Bs: array<vec4<f32>, ${(BK * BN) / 4}>;
@@ -292,7 +295,6 @@ const GY = "gy[(zc.r0 + t) * p.H * p.P + h * p.P + pp]";
 const BS = "Bm[(zc.r0 + s) * p.ldb + p.offb + g * p.N + n]";
 const CT = "Cm[(zc.r0 + t) * p.ldc + p.offc + g * p.N + n]";
 const HEAD = "let hl = zc.u; let h = p.h0 + hl; let g = h / p.hg; let i0 = zi(zc, hl);";
-// a group's heads in the piece: hA .. hB; K runs over (head, P + Q)
 // a group's heads in the piece, gA .. gB, in S parts: this workgroup's part, heads hA .. hB
 const GROUP = "let gl = zc.u / p.S; let part = zc.u % p.S; let g = p.g0 + gl; let gA = max(g * p.hg, p.h0); " +
   "let gB = min((g + 1u) * p.hg, p.h0 + p.hp); let per = (gB - gA + p.S - 1u) / p.S; let hA = min(gB, gA + part * per); " +
@@ -300,6 +302,7 @@ const GROUP = "let gl = zc.u / p.S; let part = zc.u % p.S; let g = p.g0 + gl; le
 // dB's or dC's [Q, N] of (b, c, group): added into the output, or (heads in parts) the part's partial sums
 const GROUP_PUT = `${GROUP} if (p.S == 1u) { out[(zc.r0 + i) * p.ldo + p.offo + g * p.N + j] += v; } else {
   work[p.oKP + (((zc.b * p.nC + zc.c) * ngroups() + gl) * p.S + part) * Q * p.N + i * p.N + j] = v; }`;
+// K over (head hA .. hB, P + Q): k's head h, and kk, its place in the head's P + Q
 const SEG = "let PQ = p.P + Q; let h = hA + k / PQ; let kk = k % PQ; let i0 = zi(zc, h - p.h0);";
 
 const PRODUCTS: ProductSpec[] = [
@@ -345,6 +348,7 @@ const PRODUCTS: ProductSpec[] = [
   out[o] += dtAt(i0, s) * (v + cbAt(zc, g, s, s) * gys) + consts[2u * p.H + h] * gys;`,
     rowTerm: "xAt(zc, row, col) * v",
     rowOut: `${HEAD} work[p.oR + (tileN * p.Zh + i0) * Q + i] = sum;`,
+    helpers: `fn xAt(zc: Z, s: u32, pp: u32) -> f32 { let h = p.h0 + zc.u; return ${X}; }`,
   },
   { // rows of exp(cs_t)·gy_t ∘ (C_t·H_c) over p
     name: "ssd_bc_q", bindings: ["Cm", "gy", "work"], unit: "head", M: "zc.Qc", N: "p.P", K: "p.N",
@@ -354,6 +358,7 @@ const PRODUCTS: ProductSpec[] = [
     put: "",
     rowTerm: "gyExp(zc, row, col) * v",
     rowOut: `${HEAD} work[p.oQY + (tileN * p.Zh + i0) * Q + i] = sum;`,
+    helpers: `fn gyExp(zc: Z, t: u32, pp: u32) -> f32 { let h = p.h0 + zc.u; return exp(csAt(zi(zc, zc.u), t)) * ${GY}; }`,
   },
   { // dC [t, n] += Σ_h exp(cs_t)·gy_t·H_c[·, n] + Σ_s dCB_ts·B_s[n]
     name: "ssd_bc_dc", bindings: ["Bm", "gy", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: "(hB - hA) * (p.P + Q)",
@@ -377,15 +382,9 @@ const PRODUCTS: ProductSpec[] = [
   },
 ];
 
-// helpers some products' row terms call (x_s[p] and exp(cs_t)·gy_t[p] of the workgroup's head)
-const ROW_HELPERS: Record<string, string> = {
-  ssd_bc_dx: `fn xAt(zc: Z, s: u32, pp: u32) -> f32 { let h = p.h0 + zc.u; return ${X}; }`,
-  ssd_bc_q: `fn gyExp(zc: Z, t: u32, pp: u32) -> f32 { let h = p.h0 + zc.u; return exp(csAt(zi(zc, zc.u), t)) * ${GY}; }`,
-};
-
 const productKernels = new Map(PRODUCTS.map((s) => [s.name, defineKernel({
   name: s.name,
-  wgsl: (shape: ProductShape) => productWgsl(s, shape).replace("@compute", `${ROW_HELPERS[s.name] ?? ""}\n@compute`),
+  wgsl: (shape: ProductShape) => productWgsl(s, shape),
   example: { Q: 64, TM: 4, TN: 4, BK: 16 } as ProductShape,
 })]));
 
