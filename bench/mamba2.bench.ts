@@ -262,7 +262,7 @@ async function benchLanes(b: WebGpuBackend): Promise<void> {
       wIn: gpu.upload(filled(NIN * D, -0.05, 0.05, 4)), conv: gpu.upload(filled((K - 1) * C, -1, 1, 5)), zx: gpu.alloc(NIN * 4),
       v: gpu.upload(filled(E, -1, 1, 6)), ss: gpu.upload(filled(NWG, 0.5, 1, 7)), wOut: gpu.upload(filled(D * E, -0.05, 0.05, 8)), y: gpu.alloc(D * 4),
     };
-    for (const loadBytes of [128, 256]) {
+    for (const loadBytes of [64, 128, 256]) {
       for (const lanes of [0, ...M2_LANE_CHOICES]) {
         if (lanes && lanes * 4 > D) continue;
         const tIn = await gpuTrials(b, () => decodeM2In(gpu, {

@@ -4,7 +4,7 @@
  * steps, compared with the CPU reference backend's step mode and with the WebGPU ops' step mode, on tiny random
  * configs (1 and 2 groups, with and without in_proj / out_proj biases, dt clamped, the norm before the gate, no
  * gated norm), at batch 1, 3 (the three-kernel layer) and 12 (the batch step), and at batch 1 and 3 with a layer in
- * one dispatch (decodeM2Persistent); then greedy generation of the PyTorch fixtures through the fused step.
+ * one dispatch (decodePersistent, with decodeM2Persistent taking it whatever the layer's size); then greedy generation of the PyTorch fixtures through the fused step.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -23,11 +23,13 @@ import { asciiTokenizerJson } from "../helpers/ascii-tokenizer.ts";
 import { raw } from "../server/helpers.ts";
 import { LAYER_CTL_WORDS, LAYER_FLAG_BYTE } from "../../src/backend/webgpu/kernels/decode/layer.ts";
 
-/** A backend of the test's own (the GPU model that takes it destroys it), or null where there is no adapter. */
+/** A backend of the test's own (the GPU model that takes it destroys it) whose step runs the kernels of their own
+ *  (decodePersistent false: on hardware GPUs the one-dispatch layer is the default at these sizes), or null where
+ *  there is no adapter. */
 async function gpuOrSkip(t: Parameters<typeof gpuTest>[0]): Promise<WebGpuBackend | null> {
   if (!(await gpuTest(t))) return null;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  return (await createWebGpuBackend()) as WebGpuBackend;
+  return (await createWebGpuBackend({ decodePersistent: false })) as WebGpuBackend;
 }
 
 const configs: [string, MambaConfig][] = [
@@ -115,7 +117,7 @@ for (const [name, cfg] of configs) {
 test("webgpu mamba2 fused decode: out_proj a dispatch of its own at batch 1 and 3 (decodeScanOut: false), the matvecs with other lanes a row than their default, equals the ops one by one", { timeout: 600_000 }, async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  const g = (await createWebGpuBackend({ decodeScanOut: false, decodeM2InLanes: 8, decodeM2OutLanes: 16 })) as WebGpuBackend;
+  const g = (await createWebGpuBackend({ decodePersistent: false, decodeScanOut: false, decodeM2InLanes: 8, decodeM2OutLanes: 16 })) as WebGpuBackend;
   for (const [name, cfg] of [configs[0]!, configs[1]!]) {
     const ps = perturbedParameters(cfg, 47);
     const gpu = await modelFromTensors(cfg, ps, { backend: g });
@@ -133,10 +135,10 @@ test("webgpu mamba2 fused decode: out_proj a dispatch of its own at batch 1 and 
   await g.destroy();
 });
 
-test("webgpu mamba2 fused decode: a layer in one dispatch (decodeM2Persistent) equals the ops one by one at batch 1 and 3, no wait gives up, greedy generation equals the CPU's, and a wait that gave up fails the step's ids", { timeout: 900_000 }, async (t) => {
+test("webgpu mamba2 fused decode: a layer in one dispatch (decodePersistent) equals the ops one by one at batch 1 and 3, no wait gives up, greedy generation equals the CPU's, and a wait that gave up fails the step's ids", { timeout: 900_000 }, async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  const g = (await createWebGpuBackend({ decodeM2Persistent: true })) as WebGpuBackend;
+  const g = (await createWebGpuBackend({ decodePersistent: true, decodeM2Persistent: true })) as WebGpuBackend;
   // the flag of the latest step's counters, which a wait that gave up sets
   const flag = async () => {
     assert.ok(g.barrierWatch, "the step watches its counters");
@@ -175,16 +177,16 @@ test("webgpu mamba2 fused decode: a layer in one dispatch (decodeM2Persistent) e
   g.gpu.device.queue.writeBuffer(g.barrierWatch.gpu, LAYER_FLAG_BYTE, Uint32Array.from([1]));
   const ids = g.sample(logits, { vocabSize: cfg.vocabSize, temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, history: null,
     uniforms: new Float32Array(1) });
-  await assert.rejects(g.readI32(ids), /decodeM2Persistent's one-dispatch layer waited in vain.*decodeM2Persistent: false/);
+  await assert.rejects(g.readI32(ids), /decodePersistent's one-dispatch layer waited in vain.*decodePersistent: false \(the CLI: --no-persistent-decode\)/);
   g.dispose(it, logits, ids);
   cache.dispose();
   await gpu.dispose();
 });
 
-test("webgpu mamba2 fused decode: with decodeM2Persistent, rows whose layer kernel outgrows the device's workgroup memory take the kernels of their own, and fewer rows the layer's; both equal the ops one by one", { timeout: 600_000 }, async (t) => {
+test("webgpu mamba2 fused decode: with decodePersistent, rows whose layer kernel outgrows the device's workgroup memory take the kernels of their own, and fewer rows the layer's; both equal the ops one by one", { timeout: 600_000 }, async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  const g = (await createWebGpuBackend({ decodeM2Persistent: true })) as WebGpuBackend;
+  const g = (await createWebGpuBackend({ decodePersistent: true, decodeM2Persistent: true })) as WebGpuBackend;
   // the widest hidden size whose 8 rows in_proj's norm holds (lavapipe's 32 KiB: 768): the layer's kernel, which
   // holds the scan's and out_proj's arrays beside them, does not fit at 8 rows
   const D = widestNormed(g.gpu.limits.maxComputeWorkgroupStorageSize);

@@ -36,7 +36,6 @@ export class WebGpuBackend implements Backend {
   /** The counters of the latest fused step, where it ran a layer in one dispatch: their flag is read with the ids. */
   barrierWatch: Buf | null = null;
   /** The option that made those layers one dispatch, which the error of a wait that gave up names. */
-  barrierKnob: "decodePersistent" | "decodeM2Persistent" = "decodePersistent";
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
   readonly scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
   /** The recorded decode steps. */
@@ -220,10 +219,9 @@ export class WebGpuBackend implements Backend {
     // stopped running a workgroup that others waited for, and the step's results are wrong
     const { data, word } = await this.gpu.readWith(t.buf, t.numel * 4, watch, LAYER_FLAG_BYTE);
     if (word !== 0) {
-      const knob = this.barrierKnob;
-      throw new MambaError(`WebGPU decode: a workgroup of ${knob}'s one-dispatch layer waited in vain for ` +
+      throw new MambaError("WebGPU decode: a workgroup of decodePersistent's one-dispatch layer waited in vain for " +
         "another (this GPU does not keep started workgroups running), so the step's results are wrong; create the " +
-        `backend with ${knob}: false${knob === "decodePersistent" ? " (the CLI: --no-persistent-decode)" : ""}`);
+        "backend with decodePersistent: false (the CLI: --no-persistent-decode)");
     }
     return new Int32Array(data);
   }

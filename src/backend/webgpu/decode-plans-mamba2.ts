@@ -10,9 +10,11 @@
  *     heads' shares are few (heads × D up to M2_SCAN_OUT_AUTO_MAX, as in mamba2-130m), out_proj is instead the end of
  *     kernel 2's dispatch: the last workgroup of each head to finish multiplies the head's outputs by its columns of
  *     out_proj, the last head adds the heads' shares up (two dispatches a layer).
- * With decodeM2Persistent the three run as phases of one dispatch a layer (kernels/decode/mamba2-layer.ts), where
- * out_proj is not asked into the scan's dispatch (decodeScanOut true), the norm is in in_proj's kernel and the device
- * takes the layer's kernel (storage buffers, workgroup memory); elsewhere the kernels above.
+ * With decodePersistent (the default on hardware GPUs) and a layer's weights of up to M2_PERSISTENT_AUTO_MAX bytes
+ * (decodeM2Persistent overrides the size rule), the three run as phases of one dispatch a layer
+ * (kernels/decode/mamba2-layer.ts), where out_proj is not asked into the scan's dispatch (decodeScanOut true), the
+ * norm is in in_proj's kernel and the device takes the layer's kernel (storage buffers, workgroup memory); elsewhere
+ * the kernels above.
  * Past 8 rows (the batch step), five kernels a layer: the norm (summing the last out_proj's K-split partials, times
  * the last gated norm's scale: kernels/decode/batch-norm.ts), in_proj through matmulTiled with K split, its
  * partials summed with the conv and dt (decode_m2_in_finish), the SSD step, out_proj through matmulTiled (with
@@ -39,6 +41,13 @@ import { LAYER_CTL_WORDS } from "./kernels/decode/layer.ts";
 /** The most heads × hidden size for which out_proj joins the scan's dispatch by default (mamba2-130m: 24 × 768;
  *  mamba2-2.7b's 80 × 2560 is far past it: one workgroup a head's columns, and one adding every share up). */
 export const M2_SCAN_OUT_AUTO_MAX = 32768;
+
+/** The most bytes of in_proj's and out_proj's weights a layer for which Mamba-2's fused step takes the one-dispatch
+ *  layer by default. On the H100 at batch 1 mamba2-130m's step (15 MB a layer in f32) took 490 against 829 us of GPU
+ *  time and decoded at 1663 against 1055 tok/s; mamba2-2.7b's (161 MB) took 6131 against 5441 us, 137 against 158
+ *  tok/s (BENCHMARKS.md, run 84): there the phases' workgroups stream the weights more slowly than the kernels of
+ *  their own. Sizes in between are not measured. */
+export const M2_PERSISTENT_AUTO_MAX = 32 * 2 ** 20;
 
 type StepLayer = StepModel["weights"]["layers"][number];
 
@@ -96,7 +105,7 @@ export class Mamba2Plans {
   }
 
   /** Up to 8 rows: three kernels a layer (two with out_proj in the scan's dispatch; one more where the norm does not
-   *  fit in_proj's workgroup memory), or the three in one dispatch (decodeM2Persistent). */
+   *  fit in_proj's workgroup memory), or the three in one dispatch (decodePersistent, at the sizes above). */
   private recordSmall(model: StepModel, B: number, key: string, d: Dims, packs: Mamba2Pack[], states: (readonly [GpuTensor, GpuTensor])[]): DecodePlan {
     const gpu = this.backend.gpu;
     const settings = this.backend.settings;
@@ -141,7 +150,12 @@ export class Mamba2Plans {
     // zero and each dispatch leaves them so (but the flag that a wait which gave up sets: the host reads it)
     let layerCtl: Buf | null = null;
     const one = (i: number): M2LayerArgs => ({ ...layerArgs(i), ctl: layerCtl ?? gpu.dummy });
-    const persistent = settings.decodeM2Persistent && settings.decodeScanOut !== true && fuseNorm && m2LayerMisfit(gpu, one(0)) === null;
+    const layerBytes = (() => {
+      const { inArgs, outArgs } = layerArgs(0);
+      return inArgs.w.size + outArgs.w.size;
+    })();
+    const persistent = settings.decodePersistent && (settings.decodeM2Persistent ?? layerBytes <= M2_PERSISTENT_AUTO_MAX) &&
+      settings.decodeScanOut !== true && fuseNorm && m2LayerMisfit(gpu, one(0)) === null;
     if (persistent) {
       layerCtl = gpu.alloc(LAYER_CTL_WORDS * 4, "the decode's counters");
       fillWords(gpu, layerCtl, 0, LAYER_CTL_WORDS);
@@ -177,7 +191,7 @@ export class Mamba2Plans {
     });
     return {
       key, h, normed, scratch: [res, zxbcdt, v, ss, resOut, ...(u ? [u] : []), ...(part ? [part, ctl!] : []), ...(layerCtl ? [layerCtl] : [])],
-      plan, headNorm, ...(layerCtl ? { ctl: layerCtl, ctlKnob: "decodeM2Persistent" as const } : {}),
+      plan, headNorm, ...(layerCtl ? { ctl: layerCtl } : {}),
     };
   }
 

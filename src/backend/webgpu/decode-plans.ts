@@ -37,7 +37,6 @@ export interface DecodePlan {
   // the fused step's head applies norm_f itself (matvec's norm) where it takes the batch: over h and this residual
   headNorm?: { res: Buf; offRes: number; g: Buf; eps: number };
   ctl?: Buf; // the one-dispatch layers' counters (their flag is read with the step's ids)
-  ctlKnob?: "decodePersistent" | "decodeM2Persistent"; // the option that asked for them (default decodePersistent)
   argmaxPart?: { buf: Buf; words: number }; // the head's partial greedy choices (matvec's argmax)
 }
 
@@ -96,7 +95,6 @@ export class DecodePlans {
     embedding(gpu, tb.buf, this.backend.weightStorage(tb), tb.shape[0]!, D, idt.buf, B, plan.h);
     gpu.replay(plan.plan); // not counted towards flushEvery: a replay costs the host next to nothing (see tick)
     this.backend.barrierWatch = plan.ctl ?? null; // the reads that follow check this step's counters
-    this.backend.barrierKnob = plan.ctlKnob ?? "decodePersistent";
     if (!plan.headNorm) return this.backend.matmul(plan.normed, w.head, null);
     // the head with norm_f in its kernel
     const head = this.backend.t(w.head, "decodeStep");

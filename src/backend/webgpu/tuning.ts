@@ -45,7 +45,9 @@ export interface WebGpuTuning {
    *  Taken where the fixed-point x_proj totals are, the device binds 14 storage buffers a kernel and the kernel's
    *  workgroup memory fits. Default true on GPUs of NVIDIA, AMD and Intel, where workgroups are known to keep
    *  running; false elsewhere. On the H100 a 130m step at batch 1 took 688 against 1062 us in one process, and
-   *  130m decoded at 1879 – 1887 tok/s against 1540 – 1565 before (BENCHMARKS.md, runs 69 – 75) */
+   *  130m decoded at 1879 – 1887 tok/s against 1540 – 1565 before (BENCHMARKS.md, runs 69 – 75). Mamba-2's step
+   *  does the same (kernels/decode/mamba2-layer.ts) where its layers are small (decodeM2Persistent): mamba2-130m at
+   *  batch 1 decoded at 1663 against 1055 tok/s on the H100 (run 84) */
   decodePersistent?: boolean;
   /** the matrix products' precision: "f32" (default), or "f16" where the device has shader-f16: inputs rounded to
    *  f16, f32 accumulation, on the tensor cores where the device offers subgroup matrices (README, "Half
@@ -94,27 +96,29 @@ export interface WebGpuInternalTuning extends WebGpuTuning {
   /** Mamba-2's fused decode step at up to 4 rows takes out_proj into the scan's dispatch (the last workgroup of each
    *  head multiplies the head's outputs by its columns, the last head adds the heads' shares up: two dispatches a
    *  layer) when true; when false out_proj is a dispatch of its own (three a layer). By default (and not where
-   *  decodeM2Persistent makes the layer one dispatch) only where the heads' shares are few (heads × hidden size up
+   *  decodePersistent makes the layer one dispatch) only where the heads' shares are few (heads × hidden size up
    *  to M2_SCAN_OUT_AUTO_MAX): one workgroup adds them all up, and a head's columns are one workgroup's, which at
    *  mamba2-2.7b's size (80 heads × 2560) left the step at a fraction of the memory bandwidth (43 tok/s on an H100,
    *  run 81, where the weights' bytes would allow about 280) */
   decodeScanOut?: boolean;
   /** lanes a row of weights in Mamba-2's fused decode matvecs, in_proj's and out_proj's (M2_LANE_CHOICES: 8 to
-   *  256; default by row width, as the head's matvec): fewer put more rows in a workgroup, each lane streaming more
-   *  of its row (and in_proj's RMSNorm, which every workgroup makes for itself, is made by fewer workgroups). Not yet
-   *  timed on a GPU (the mamba2 bench's section "lanes" times both kernels by lanes) */
+   *  256; default m2Lanes's: half the head's matvec's, at least 32): fewer put more rows in a workgroup, each lane
+   *  streaming more of its row (and in_proj's RMSNorm, which every workgroup makes for itself, is made by fewer
+   *  workgroups). On the H200 mamba2-2.7b's in_proj took 37.2 us at 32 lanes against 42.8 at 64 (the head's matvec's
+   *  choice), out_proj 18.0 at 64 against 21.5 at 128; at 130m's widths 32 lanes stayed within 5% of the best, and
+   *  16 or fewer lanes made out_proj up to 2.7x slower. The 2.7b step went from 148 to 158 tok/s on the H100
+   *  (BENCHMARKS.md, runs 83 – 84) */
   decodeM2InLanes?: number;
   decodeM2OutLanes?: number;
   /** Mamba-2's fused decode step at up to 8 rows runs each layer in one dispatch (kernels/decode/mamba2-layer.ts),
-   *  as decodePersistent does Mamba-1's: in_proj's, the scan's and out_proj's kernels become phases of one, whose
-   *  workgroups take their items in order from a counter and wait for the phase before through counters in memory;
-   *  a wait that gives up fails the step's ids with an error naming this option. Taken where out_proj is not asked
-   *  into the scan's dispatch (decodeScanOut true; its default then leaves it out), in_proj's kernel holds the norm,
-   *  and the device binds the kernel's storage buffers (12; 11 without the gated norm) and holds its workgroup
-   *  memory, 4 · (T · (256 + max(D, E) + 2N + G) + 1) bytes for T rows (mamba2-130m: up to 5 rows in 48 KiB, 3 in
-   *  32 KiB; mamba2-2.7b: 2 in 48 KiB); elsewhere the step's kernels of their own. Default false: not yet measured
-   *  against them */
-  decodeM2Persistent?: boolean;
+   *  as decodePersistent does Mamba-1's, where decodePersistent is on: in_proj's, the scan's and out_proj's kernels
+   *  become phases of one. Taken where out_proj is not asked into the scan's dispatch (decodeScanOut true), in_proj's
+   *  kernel holds the norm, and the device binds the kernel's storage buffers (12; 11 without the gated norm) and
+   *  holds its workgroup memory, 4 · (T · (256 + max(D, E) + 2N + G) + 1) bytes for T rows (mamba2-130m: up to 5
+   *  rows in 48 KiB, 3 in 32 KiB; mamba2-2.7b: 2 in 48 KiB); elsewhere the step's kernels of their own. null
+   *  (default): where a layer's weights take up to M2_PERSISTENT_AUTO_MAX bytes (decode-plans-mamba2.ts: it won at
+   *  mamba2-130m, lost at 2.7b) */
+  decodeM2Persistent?: boolean | null;
   /** K columns a part of the batch step's K-split matmuls: 64, 96 or 128 (their count then follows from K); 0 splits
    *  by the workgroup target alone. By default, a matmul that the target would cut into parts of 128 columns or
    *  fewer gets parts of 96, and one with longer parts keeps them. On the H200 at batch 64 a step of 130m (in_proj
@@ -184,7 +188,7 @@ export interface ForwardSettings {
   /** 0: by row width */
   decodeM2InLanes: number;
   decodeM2OutLanes: number;
-  decodeM2Persistent: boolean;
+  decodeM2Persistent: boolean | null; // null: by the layer's size
   /** -1: 96 where the parts by the workgroup target are short */
   decodeBatchSplitCols: number;
   /** -1: by the model's width */
@@ -222,7 +226,7 @@ export function forwardSettings(gpu: Gpu, tuning: WebGpuInternalTuning): Forward
     decodeScanOut: tuning.decodeScanOut ?? null,
     decodeM2InLanes: tuning.decodeM2InLanes ?? 0,
     decodeM2OutLanes: tuning.decodeM2OutLanes ?? 0,
-    decodeM2Persistent: tuning.decodeM2Persistent ?? false,
+    decodeM2Persistent: tuning.decodeM2Persistent ?? null,
     decodeBatchSplitCols: tuning.decodeBatchSplitCols ?? -1,
     decodeBatchScanRows: tuning.decodeBatchScanRows ?? -1,
     tensorCoreTile: tuning.tensorCoreTile === undefined ? defaultTensorCoreTile(gpu) : deviceTile(gpu, parseTensorCoreTile(tuning.tensorCoreTile)),

@@ -36,11 +36,11 @@ const WHOLE_ROW_VEC4S = 16;
 export const M2_LANE_CHOICES = [8, 16, 32, 64, 128, 256];
 
 /** Lanes a row of weights of `width` for the decode matvecs (in_proj here, out_proj in ./mamba2-out.ts): `lanes`
- *  where given (M2_LANE_CHOICES), else as the head's matvec takes them (fewer lanes: more rows a workgroup, each
- *  lane streaming more of its row); and the vec4s a lane loads at once (a whole row's share up to 16, else batches
- *  of loadBytes evened out over the share). */
+ *  where given (M2_LANE_CHOICES), else half as many as the head's matvec takes, at least 32 (fewer lanes: more rows
+ *  a workgroup, each lane streaming more of its row; measured in WebGpuInternalTuning.decodeM2InLanes); and the
+ *  vec4s a lane loads at once (a whole row's share up to 16, else batches of loadBytes evened out over the share). */
 export function m2Lanes(width: number, lanes: number | undefined, loadBytes: number, ws: WeightStorage) {
-  const LPR = lanes || matvecRowLanes(width);
+  const LPR = lanes || Math.max(32, matvecRowLanes(width) / 2);
   const perLane = Math.ceil(width / 4 / LPR);
   const most = perLane <= WHOLE_ROW_VEC4S ? perLane : loadBytes / (ws === "f32" ? 16 : 8);
   const NIT = Math.ceil(perLane / most);

@@ -40,9 +40,9 @@
  * (A backward that walked time per state entry, keeping checkpoints, ran as fast at B1 L2048 H24 but 2.2 – 5.3x
  * slower at larger shapes on an H100: run 81 in docs/benchmarks-archive.md.)
  * The products share one generator: 64 × 64 output tiles, 256 threads of 4 × 4 outputs, K staged 16 at a time
- * (ssdBackwardTuning's TM, TN, BK) through workgroup memory, the next K tile's loads in flight (in registers) while
- * the current one computes. Each product names how its operands are read (functions of the row, the column and K,
- * zero outside the chunk) and what becomes of its outputs.
+ * through workgroup memory, the next K tile's loads in flight (in registers) while the current one computes. Each
+ * product names how its operands are read (functions of the row, the column and K, zero outside the chunk) and
+ * what becomes of its outputs.
  * The gate's backward (ssd_bwd_gate, before all these: gy from the scan's output before the gate) is here too.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
@@ -55,13 +55,11 @@ import { softplusWgsl } from "./common.ts";
  *  force pieces of heads. Q: the chunk length (64 or 128; results the same but for rounding): 64 keeps dCB's scratch
  *  and the triangle's wasted work small; on an H100 128 took 1.08 – 1.25x as long (run 81). groupWorkgroups: the
  *  workgroups below which dB's and dC's products split a group's heads into parts (1: never; on an H100 at B1 L2048
- *  H24 the backward's kernels summed 1.26 ms with parts against 2.19 without, run 82). TM, TN, BK: the products'
- *  outputs a thread (TM rows × TN columns, 4 or 8 each) and K step (16 or 32); 4 × 4 and 16 ran on the H100 (8 × 8
- *  in workgroups of 64 took 2.3 – 3x as long there, before the next K tile's loads were issued early: run 80). */
-export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, Q: 64, groupWorkgroups: 1024, TM: 4, TN: 4, BK: 16 };
+ *  H24 the backward's kernels summed 1.26 ms with parts against 2.19 without, run 82). */
+export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, Q: 64, groupWorkgroups: 1024 };
 
-// the output tile of the products
-const BM = 64, BN = 64;
+// the output tile of the products and the K step
+const BM = 64, BN = 64, BK = 16;
 
 export interface SsdBackwardDims {
   B: number; L: number; H: number; P: number; G: number; N: number;
@@ -174,15 +172,18 @@ interface ProductSpec {
   skip?: string;
 }
 
-/** The products' compile-time shape: the chunk length, the outputs a thread computes (TM rows × TN columns, each 4
- *  or 8: workgroups of (64 / TM)·(64 / TN) threads) and the K step BK (16 or 32). */
-export interface ProductShape { Q: number; TM: number; TN: number; BK: number }
+/** The products' compile-time shape: the chunk length. */
+export interface ProductShape { Q: number }
+
+// the outputs a thread computes, T × T in workgroups of 256 (8 × 8 in workgroups of 64 took 2.3 – 3x as long on an
+// H100: fewer threads to hide the loads' latency)
+const T = 4;
 
 function productWgsl(s: ProductSpec, sh: ProductShape): string {
-  const { Q, TM, TN, BK } = sh;
+  const { Q } = sh;
   const units = s.unit === "head" ? "p.hp" : s.unit === "group" ? "ngroups() * p.S" : "p.G";
-  const TX = BN / TN, TY = BM / TM, NT = TX * TY; // threads along columns and rows, threads a workgroup
-  const VA = TM / 4, VB = TN / 4; // a thread's groups of 4 rows, of 4 columns
+  const TX = BN / T, TY = BM / T, NT = TX * TY; // threads along columns and rows, threads a workgroup
+  const V = T / 4; // vec4s a thread's row or column of outputs
   // one operand's K tile starting at column kb, each thread a few values into registers (reg), then from them into
   // workgroup memory (K-major): consecutive threads take consecutive k where the operand's k is adjacent in memory
   // (kFast), else consecutive rows / columns
@@ -227,10 +228,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let Nz = ${s.N};
   let Kz = ${s.K};
   if (r0t >= Mz || c0t >= Nz${s.skip ? ` || (${s.skip})` : ""}) { return; }
-  // this thread's outputs: rows ty·4 + 4·${TY}·a + i, columns tx·4 + 4·${TX}·b + j (a < ${VA}, b < ${VB}; i, j < 4)
+  // this thread's outputs: rows ty·4 + 4·${TY}·a + i, columns tx·4 + 4·${TX}·b + j (a, b < ${V}; i, j < 4)
   let tx = tid % ${TX}u;
   let ty = tid / ${TX}u;
-  var acc: array<vec4<f32>, ${TM * VB}>;
+  var acc: array<vec4<f32>, ${T * V}>;
   // the first K tile's values in registers; each step stores them, then loads the next tile's while it computes
   var ra: array<f32, ${(BM * BK) / NT}>;
   var rb: array<f32, ${(BN * BK) / NT}>;
@@ -247,25 +248,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
       ${loads}
     }
     for (var kk = 0u; kk < ${BK}u; kk++) {
-      for (var a = 0u; a < ${VA}u; a++) {
+      for (var a = 0u; a < ${V}u; a++) {
         let av = As[kk * ${BM / 4}u + ty + ${TY}u * a];
-        for (var b = 0u; b < ${VB}u; b++) {
+        for (var b = 0u; b < ${V}u; b++) {
           let bv = Bs[kk * ${BN / 4}u + tx + ${TX}u * b];
-          for (var i = 0u; i < 4u; i++) { acc[(a * 4u + i) * ${VB}u + b] += av[i] * bv; }
+          for (var i = 0u; i < 4u; i++) { acc[(a * 4u + i) * ${V}u + b] += av[i] * bv; }
         }
       }
     }
     workgroupBarrier();
   }
-  ${s.rowTerm ? `var rs: array<f32, ${TM}>;` : ""}
-  for (var a = 0u; a < ${VA}u; a++) {
+  ${s.rowTerm ? `var rs: array<f32, ${T}>;` : ""}
+  for (var a = 0u; a < ${V}u; a++) {
     for (var i = 0u; i < 4u; i++) {
       let row = r0t + (ty + ${TY}u * a) * 4u + i;
-      for (var b = 0u; b < ${VB}u; b++) {
+      for (var b = 0u; b < ${V}u; b++) {
         for (var j = 0u; j < 4u; j++) {
           let col = c0t + (tx + ${TX}u * b) * 4u + j;
           if (row < Mz && col < Nz) {
-            let v = acc[(a * 4u + i) * ${VB}u + b][j];
+            let v = acc[(a * 4u + i) * ${V}u + b][j];
             put(zc, row, col, v);
             ${s.rowTerm ? `rs[a * 4u + i] += ${s.rowTerm};` : ""}
           }
@@ -273,7 +274,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
       }
     }
   }
-  ${s.rowTerm ? `for (var a = 0u; a < ${VA}u; a++) {
+  ${s.rowTerm ? `for (var a = 0u; a < ${V}u; a++) {
     for (var i = 0u; i < 4u; i++) { red[((ty + ${TY}u * a) * 4u + i) * ${TX}u + tx] = rs[a * 4u + i]; }
   }
   workgroupBarrier();
@@ -385,7 +386,7 @@ const PRODUCTS: ProductSpec[] = [
 const productKernels = new Map(PRODUCTS.map((s) => [s.name, defineKernel({
   name: s.name,
   wgsl: (shape: ProductShape) => productWgsl(s, shape),
-  example: { Q: 64, TM: 4, TN: 4, BK: 16 } as ProductShape,
+  example: { Q: 64 } as ProductShape,
 })]));
 
 // ---- the kernels that are not products ----
@@ -663,9 +664,6 @@ export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, l: SsdBackwardLayout, 
   const { Q, nC, hp, Zh } = l;
   const hg = d.H / d.G, g0 = Math.floor(h0 / hg), ng = Math.floor((h0 + hp - 1) / hg) - g0 + 1;
   const shape = { Q };
-  const { TM, TN, BK } = ssdBackwardTuning;
-  check([4, 8].includes(TM) && [4, 8].includes(TN) && [16, 32].includes(BK), `ssdScanBackward: products of ${TM} × ${TN} outputs a thread and K steps of ${BK}; expected 4 or 8, and 16 or 32`);
-  const productShape: ProductShape = { Q, TM, TN, BK };
   const params = (zCount: number, groupsX: number, tilesN: number, tilesMN: number, o: { ld: number; off: number } | null) => new Params()
     .u32(d.B).u32(d.L).u32(d.H).u32(d.P).u32(d.G).u32(d.N).u32(nC).u32(h0)
     .u32(hp).u32(hg).u32(g0).u32(zCount).u32(groupsX).u32(tilesN).u32(tilesMN).u32(Zh)
@@ -687,7 +685,7 @@ export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, l: SsdBackwardLayout, 
     const tilesN = Math.ceil(N / BN), tilesMN = Math.ceil(M / BM) * tilesN;
     const [gx, gy] = grid(zCount * tilesMN, maxDim);
     check(gy <= maxDim, `ssdScanBackward: ${zCount * tilesMN} workgroups are more than a dispatch takes`);
-    gpu.dispatch(gpu.kernel(productKernels.get(name)!, productShape), bind(spec.bindings, out ? [out.buf] : []), params(zCount, gx, tilesN, tilesMN, out), [gx, gy]);
+    gpu.dispatch(gpu.kernel(productKernels.get(name)!, { Q }), bind(spec.bindings, out ? [out.buf] : []), params(zCount, gx, tilesN, tilesMN, out), [gx, gy]);
   };
   const perZ = (kernel: KernelDef<{ Q: number }>, names: string[], outs: Buf[], o: { ld: number; off: number } | null) => {
     const [gx, gy] = grid(Zh, maxDim);
