@@ -206,18 +206,20 @@ test("webgpu mamba2 fused decode: with decodePersistent, rows whose layer kernel
   }
 });
 
-test("webgpu mamba2 fused decode: half-precision weights (bf16, f16) equal the CPU's with the same weights, batch 1 and 12", { timeout: 600_000 }, async (t) => {
+test("webgpu mamba2 fused decode: half-precision weights (bf16, f16) equal the CPU's with the same weights, batch 1 and 12 with the kernels of their own, batch 1 and 3 with the layer in one dispatch", { timeout: 600_000 }, async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
   const cfg = configs[0]![1];
-  for (const dtype of ["BF16", "F16"] as const) {
-    const g = await gpuOrSkip(t);
-    if (!g) return;
+  for (const [dtype, persistent] of [["BF16", false], ["F16", false], ["BF16", true], ["F16", true]] as const) {
+    const g = (await createWebGpuBackend({ decodePersistent: persistent })) as WebGpuBackend;
     const base = perturbedParameters(cfg, 45);
     const bits = dtype === "BF16" ? toBF16Bits : toF16Bits;
     const ps = new Map([...base].map(([k, v]) => [k, v.shape.length < 2 ? v : { dtype, shape: v.shape, data: bits(v.data as Float32Array) }]));
     const gpu = await modelFromTensors(cfg, ps, { backend: g });
     const cpu = await modelFromTensors(cfg, ps, { backend: "cpu" });
     try {
-      for (const B of [1, 12]) await fusedMatchesOps(gpu, cpu, B, 2, new TestRng(700 + B), dtype);
+      for (const B of persistent ? [1, 3] : [1, 12]) await fusedMatchesOps(gpu, cpu, B, 2, new TestRng(700 + B), `${dtype}${persistent ? ", one dispatch a layer" : ""}`);
+      assert.equal(g.gpu.kernelNames.some((n) => n.startsWith("decode_m2_layer_")), persistent, `${dtype}: the layer's kernel ran where asked for`);
     } finally {
       await gpu.dispose();
       await cpu.dispose();
