@@ -30,6 +30,9 @@ console.log(`decodeLoadBytes:${bi.lb},decodeM2InLanes:${bi.lanes},decodeM2OutLan
     m2pers) # mamba2-130m decode at batch 1: the default step, and a layer in one dispatch (decodeM2Persistent)
       run m2pers-default 100 env BENCH_ONLY=decode BENCH_DECODE_BATCHES=1 node --import tsx bench/run.ts mamba2
       run m2pers-layer 100 env BENCH_TUNING=decodeM2Persistent:true BENCH_ONLY=decode BENCH_DECODE_BATCHES=1 node --import tsx bench/run.ts mamba2 ;;
+    m2fwd) # mamba2-130m's f32 forward (wall against GPU clock, per-kernel profile), submitted every 48 dispatches (the default) and once
+      run m2fwd 90 env BENCH_ONLY=forward node --import tsx bench/run.ts mamba2
+      run m2fwd-onesubmit 90 env BENCH_TUNING=flushEvery:100000 BENCH_ONLY=forward node --import tsx bench/run.ts mamba2 ;;
     m27) run m27 150 env BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2 ;;
     m27f16) run m27f16 150 env BENCH_TUNING=precision:f16 BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2 ;;
     trainf16) run trainf16 150 env BENCH_ONLY=step BENCH_TRAIN_PRECISIONS=f32,f16 node --import tsx bench/run.ts webgpu-train ;;
