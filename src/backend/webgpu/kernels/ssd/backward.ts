@@ -173,14 +173,16 @@ interface ProductSpec {
 }
 
 /** The products' compile-time shape: the chunk length. */
-export interface ProductShape { Q: number }
+/** A product kernel's compile-time shape: the chunk length and the head dimension P (dB's and dC's K runs over
+ *  (head, P + Q), split per element: a constant P + Q makes that a multiply and shift, not an integer division). */
+export interface ProductShape { Q: number; P: number }
 
 // the outputs a thread computes, T × T in workgroups of 256 (8 × 8 in workgroups of 64 took 2.3 – 3x as long on an
 // H100: fewer threads to hide the loads' latency)
 const T = 4;
 
 function productWgsl(s: ProductSpec, sh: ProductShape): string {
-  const { Q } = sh;
+  const { Q, P } = sh;
   const units = s.unit === "head" ? "p.hp" : s.unit === "group" ? "ngroups() * p.S" : "p.G";
   const TX = BN / T, TY = BM / T, NT = TX * TY; // threads along columns and rows, threads a workgroup
   const V = T / 4; // vec4s a thread's row or column of outputs
@@ -204,6 +206,7 @@ function productWgsl(s: ProductSpec, sh: ProductShape): string {
   const loads = /* wgsl */ `${load("ra", "m", BM, "r0t", "Mz", s.aK, "aAt(zc, r0t + m, kb + kk)")}
     ${load("rb", "n", BN, "c0t", "Nz", s.bK, "bAt(zc, kb + kk, c0t + n)")}`;
   return /* wgsl */ `${header(Q, s.bindings)}
+const PQ = ${P + Q}u; // a head's P + Q
 fn aAt(zc: Z, i: u32, k: u32) -> f32 { ${s.a} }
 fn bAt(zc: Z, k: u32, j: u32) -> f32 { ${s.b} }
 fn put(zc: Z, i: u32, j: u32, v: f32) { ${s.put} }
@@ -304,7 +307,7 @@ const GROUP = "let gl = zc.u / p.S; let part = zc.u % p.S; let g = p.g0 + gl; le
 const GROUP_PUT = `${GROUP} if (p.S == 1u) { out[(zc.r0 + i) * p.ldo + p.offo + g * p.N + j] += v; } else {
   work[p.oKP + (((zc.b * p.nC + zc.c) * ngroups() + gl) * p.S + part) * Q * p.N + i * p.N + j] = v; }`;
 // K over (head hA .. hB, P + Q): k's head h, and kk, its place in the head's P + Q
-const SEG = "let PQ = p.P + Q; let h = hA + k / PQ; let kk = k % PQ; let i0 = zi(zc, h - p.h0);";
+const SEG = "let h = hA + k / PQ; let kk = k % PQ; let i0 = zi(zc, h - p.h0);";
 
 const PRODUCTS: ProductSpec[] = [
   { // C·Bᵀ [t, s] over N
@@ -386,7 +389,7 @@ const PRODUCTS: ProductSpec[] = [
 const productKernels = new Map(PRODUCTS.map((s) => [s.name, defineKernel({
   name: s.name,
   wgsl: (shape: ProductShape) => productWgsl(s, shape),
-  example: { Q: 64 } as ProductShape,
+  example: { Q: 64, P: 64 } as ProductShape,
 })]));
 
 // ---- the kernels that are not products ----
@@ -685,7 +688,7 @@ export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, l: SsdBackwardLayout, 
     const tilesN = Math.ceil(N / BN), tilesMN = Math.ceil(M / BM) * tilesN;
     const [gx, gy] = grid(zCount * tilesMN, maxDim);
     check(gy <= maxDim, `ssdScanBackward: ${zCount * tilesMN} workgroups are more than a dispatch takes`);
-    gpu.dispatch(gpu.kernel(productKernels.get(name)!, { Q }), bind(spec.bindings, out ? [out.buf] : []), params(zCount, gx, tilesN, tilesMN, out), [gx, gy]);
+    gpu.dispatch(gpu.kernel(productKernels.get(name)!, { Q, P: d.P }), bind(spec.bindings, out ? [out.buf] : []), params(zCount, gx, tilesN, tilesMN, out), [gx, gy]);
   };
   const perZ = (kernel: KernelDef<{ Q: number }>, names: string[], outs: Buf[], o: { ld: number; off: number } | null) => {
     const [gx, gy] = grid(Zh, maxDim);
