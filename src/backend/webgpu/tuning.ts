@@ -115,10 +115,10 @@ export interface WebGpuInternalTuning extends WebGpuTuning {
    *  become phases of one. Taken where out_proj is not asked into the scan's dispatch (decodeScanOut true), in_proj's
    *  kernel holds the norm, and the device binds the kernel's storage buffers (12; 11 without the gated norm) and
    *  holds its workgroup memory, 4 · (T · (256 + max(D, E) + 2N + G) + 1) bytes for T rows (mamba2-130m: up to 5
-   *  rows in 48 KiB, 3 in 32 KiB; mamba2-2.7b: 2 in 48 KiB); elsewhere the step's kernels of their own. null
-   *  (default): where a layer's weights take up to M2_PERSISTENT_AUTO_MAX bytes (decode-plans-mamba2.ts: it won at
+   *  rows in 48 KiB, 3 in 32 KiB; mamba2-2.7b: 2 in 48 KiB); elsewhere the step's kernels of their own. Default
+   *  (absent): where a layer's weights take up to M2_PERSISTENT_AUTO_MAX bytes (decode-plans-mamba2.ts: it won at
    *  mamba2-130m, lost at 2.7b) */
-  decodeM2Persistent?: boolean | null;
+  decodeM2Persistent?: boolean;
   /** K columns a part of the batch step's K-split matmuls: 64, 96 or 128 (their count then follows from K); 0 splits
    *  by the workgroup target alone. By default, a matmul that the target would cut into parts of 128 columns or
    *  fewer gets parts of 96, and one with longer parts keeps them. On the H200 at batch 64 a step of 130m (in_proj
