@@ -35,7 +35,6 @@ export class WebGpuBackend implements Backend {
   readonly greedyIds = new WeakMap<GpuTensor, { ids: GpuTensor; V: number }>();
   /** The counters of the latest fused step, where it ran a layer in one dispatch: their flag is read with the ids. */
   barrierWatch: Buf | null = null;
-  /** The option that made those layers one dispatch, which the error of a wait that gave up names. */
   /** The scan's packed per-channel constants of each layer, keyed by its A_log tensor. */
   readonly scanPacks = new WeakMap<GpuTensor, { bias: GpuTensor; D: GpuTensor; versions: string; packed: GpuTensor }>();
   /** The recorded decode steps. */

@@ -150,12 +150,10 @@ export class Mamba2Plans {
     // zero and each dispatch leaves them so (but the flag that a wait which gave up sets: the host reads it)
     let layerCtl: Buf | null = null;
     const one = (i: number): M2LayerArgs => ({ ...layerArgs(i), ctl: layerCtl ?? gpu.dummy });
-    const layerBytes = (() => {
-      const { inArgs, outArgs } = layerArgs(0);
-      return inArgs.w.size + outArgs.w.size;
-    })();
-    const persistent = settings.decodePersistent && (settings.decodeM2Persistent ?? layerBytes <= M2_PERSISTENT_AUTO_MAX) &&
-      settings.decodeScanOut !== true && fuseNorm && m2LayerMisfit(gpu, one(0)) === null;
+    const first = one(0);
+    const persistent = settings.decodePersistent &&
+      (settings.decodeM2Persistent ?? first.inArgs.w.size + first.outArgs.w.size <= M2_PERSISTENT_AUTO_MAX) &&
+      settings.decodeScanOut !== true && fuseNorm && m2LayerMisfit(gpu, first) === null;
     if (persistent) {
       layerCtl = gpu.alloc(LAYER_CTL_WORDS * 4, "the decode's counters");
       fillWords(gpu, layerCtl, 0, LAYER_CTL_WORDS);

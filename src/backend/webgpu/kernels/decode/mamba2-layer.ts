@@ -1,8 +1,8 @@
 /**
- * Mamba-2's fused decode, a whole layer in one dispatch (WebGpuInternalTuning.decodeM2Persistent): the layer's three
- * kernels (../../decode-plans-mamba2.ts) run as three phases of one kernel, as Mamba-1's do in ./layer.ts, whose
- * header says why (a dependent dispatch costs 2 – 10 us on the H100, a wait through counters in memory about 1 us)
- * and how; its counters, waits and entry point are shared with it:
+ * Mamba-2's fused decode, a whole layer in one dispatch (decodePersistent, for layers up to M2_PERSISTENT_AUTO_MAX):
+ * the layer's three kernels (../../decode-plans-mamba2.ts) run as three phases of one kernel, as Mamba-1's do in
+ * ./layer.ts, whose header says why (a dependent dispatch costs 2 – 10 us on the H100, a wait through counters in
+ * memory about 1 us) and how; its counters, waits and entry point are shared with it:
  *  1. in_proj (./mamba2-in.ts): an item is a block of in_proj's rows, with the RMSNorm of h + residual in front
  *     (every item for itself) and the conv step + SiLU and dt's softplus behind → zxbcdt [T, E + C + H];
  *  2. the SSD step and the gate (./mamba2-ssm.ts): an item is one of the scan's workgroups (a block of a head's

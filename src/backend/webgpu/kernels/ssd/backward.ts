@@ -172,7 +172,6 @@ interface ProductSpec {
   skip?: string;
 }
 
-/** The products' compile-time shape: the chunk length. */
 /** A product kernel's compile-time shape: the chunk length and the head dimension P (dB's and dC's K runs over
  *  (head, P + Q), split per element: a constant P + Q makes that a multiply and shift, not an integer division). */
 export interface ProductShape { Q: number; P: number }
