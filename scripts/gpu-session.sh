@@ -27,9 +27,9 @@ console.log(`decodeLoadBytes:${bi.lb},decodeM2InLanes:${bi.lanes},decodeM2OutLan
         if [ "$m" = 130m ]; then run m2best130m 120 env BENCH_TUNING="$knobs" BENCH_ONLY=decode BENCH_DECODE_BATCHES=1 node --import tsx bench/run.ts mamba2
         else run m2best27b 150 env BENCH_TUNING="$knobs" BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2; fi
       done ;;
-    m2pers) # mamba2-130m decode at batch 1: the default step, and a layer in one dispatch (decodeM2Persistent)
-      run m2pers-default 100 env BENCH_ONLY=decode BENCH_DECODE_BATCHES=1 node --import tsx bench/run.ts mamba2
-      run m2pers-layer 100 env BENCH_TUNING=decodeM2Persistent:true BENCH_ONLY=decode BENCH_DECODE_BATCHES=1 node --import tsx bench/run.ts mamba2 ;;
+    m2pers) # mamba2-130m decode at batch 1: the default step (a layer in one dispatch), and the kernels of their own
+      run m2pers-layer 100 env BENCH_ONLY=decode BENCH_DECODE_BATCHES=1 node --import tsx bench/run.ts mamba2
+      run m2pers-kernels 100 env BENCH_TUNING=decodePersistent:false BENCH_ONLY=decode BENCH_DECODE_BATCHES=1 node --import tsx bench/run.ts mamba2 ;;
     m2fwd) # mamba2-130m's f32 forward (wall against GPU clock, per-kernel profile), submitted every 48 dispatches (the default) and once
       run m2fwd 90 env BENCH_ONLY=forward node --import tsx bench/run.ts mamba2
       run m2fwd-onesubmit 90 env BENCH_TUNING=flushEvery:100000 BENCH_ONLY=forward node --import tsx bench/run.ts mamba2 ;;
