@@ -27,6 +27,8 @@ import { ssdBackwardTuning } from "../src/backend/webgpu/kernels/ssd/backward.ts
 import { M2_LANE_CHOICES, decodeM2In, m2Lanes } from "../src/backend/webgpu/kernels/decode/mamba2-in.ts";
 import { decodeM2Out } from "../src/backend/webgpu/kernels/decode/mamba2-out.ts";
 import { m2SsmGroups } from "../src/backend/webgpu/kernels/decode/mamba2-ssm.ts";
+import { defineKernel } from "../src/backend/webgpu/kernel-def.ts";
+import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../src/backend/webgpu/kernels/compose.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const anchorFile = process.env.MAMBA_TS_ANCHORS_MAMBA2 ?? path.resolve(here, "anchors/h100-mamba2.json");
@@ -244,6 +246,51 @@ async function benchModel(): Promise<void> {
   }
 }
 
+// The read ceiling: every thread sums vec4s at a stride of the grid's threads, U loads in flight, and stores
+// nothing unless the sum hits a value it never does (so no load can be dropped).
+const readParts: WgslParts = {
+  consts: [], params: [["n4", "u32"], ["threads", "u32"]],
+  bindings: [["w", "var<storage, read> w: array<vec4<f32>>"], ["sink", "var<storage, read_write> sink: array<f32>"]],
+  decls: "", fn: "",
+};
+const readKernel = defineKernel({
+  name: "bench_read_ceiling", example: { U: 4 },
+  wgsl: ({ U }: { U: number }) => standaloneWgsl({ ...readParts, fn: /* wgsl */ `
+fn readAll(gid: vec3<u32>) {
+  let st = p.threads;
+  var s = vec4<f32>(0.0);
+  var i = gid.x;
+  loop {
+    if (i + ${U - 1}u * st >= p.n4) { break; }
+    ${Array.from({ length: U }, (_, u) => `let v${u} = w[i + ${u}u * st];`).join(" ")}
+    s += ${Array.from({ length: U }, (_, u) => `v${u}`).join(" + ")};
+    i += ${U}u * st;
+  }
+  loop { if (i >= p.n4) { break; } s += w[i]; i += st; }
+  if (s.x + s.y + s.z + s.w == 1234.5678) { sink[0] = s.x; }
+}` }, "256", "readAll(gid)"),
+});
+
+/** What plain vec4 reads of a buffer of `bytes` reach (GB/s), by workgroups and loads in flight: the ceiling the
+ *  decode matvecs' weight streaming is measured against. */
+async function benchReadCeiling(b: WebGpuBackend, bytes: number, reps: number): Promise<void> {
+  const gpu = b.gpu;
+  const n4 = bytes / 16;
+  const w = gpu.upload(filled(n4 * 4, -1, 1, 9)), sink = gpu.alloc(16);
+  const rows: string[] = [];
+  for (const U of [1, 4, 8]) {
+    for (const groups of [132, 264, 528, 1056, 2112, 4224]) {
+      const threads = groups * 256;
+      const k = gpu.kernel(readKernel, { U });
+      const t = await gpuTrials(b, () => gpu.dispatch(k, bindingsByName(readParts, { w, sink }), paramBlock(readParts.params, { n4, threads }), [groups]), reps);
+      if (!t) { console.log("read ceiling: no timestamp queries"); break; }
+      rows.push(`U ${U} x ${groups} wg: ${(bytes / (t.median / 1000) / 1e9).toFixed(0)}`);
+    }
+  }
+  console.log(`read ceiling, ${(bytes / 1e6).toFixed(0)} MB of f32 in vec4 loads (GB/s; U loads in flight a thread, workgroups of 256): ${rows.join("; ")}`);
+  gpu.release(w); gpu.release(sink);
+}
+
 /**
  * Section "lanes": the fused decode's two matvecs alone (in_proj with the RMSNorm in front and the conv behind it,
  * out_proj with the gated norm's scale), one row, f32 weights, at mamba2-130m's and mamba2-2.7b's shapes, by lanes
@@ -279,6 +326,7 @@ async function benchLanes(b: WebGpuBackend): Promise<void> {
       }
     }
     for (const buf of Object.values(bufs)) gpu.release(buf);
+    await benchReadCeiling(b, (NIN * D * 4) & ~63, reps);
   }
 }
 
