@@ -83,9 +83,11 @@ async function compare(g: TB, c: Case, seed: number): Promise<void> {
 const none = [0, Infinity] as const;
 
 // chunks of 64; of 128 with the gradients reaching the states in a buffer of their own; a group's heads for dB and
-// dC in parts (as few workgroups bring), and never in parts
-for (const [Q, groupWorkgroups] of [[64, 1024], [128, 1024], [64, 1]] as const) {
-  test(`ssdScanBackward on WebGPU (chunks of ${Q}${groupWorkgroups === 1 ? ", a group's heads never in parts" : ""}) matches the CPU across chunks, pieces of heads, groups and batch rows`, { timeout: 900_000 }, async (t) => {
+// dC in parts (as few workgroups bring), never in parts, and in parts of uneven size (5 heads in 4 parts: 2, 2, 1
+// and none; only the first takes the term of dCB summed over the heads)
+for (const [Q, groupWorkgroups] of [[64, 1024], [128, 1024], [64, 1], [64, 8]] as const) {
+  const parts = groupWorkgroups === 1 ? ", a group's heads never in parts" : groupWorkgroups === 8 ? ", a group's heads in parts of uneven size" : "";
+  test(`ssdScanBackward on WebGPU (chunks of ${Q}${parts}) matches the CPU across chunks, pieces of heads, groups and batch rows`, { timeout: 900_000 }, async (t) => {
     const g = await webgpuBackend() as TB | null;
     if (!g) return unavailable(t, "no WebGPU adapter");
     const cases: Case[] = [
@@ -104,6 +106,8 @@ for (const [Q, groupWorkgroups] of [[64, 1024], [128, 1024], [64, 1]] as const) 
       // one position; exactly one chunk of 64, P and N past one tile, 2 heads a group
       { B: 2, L: 1, H: 2, P: 5, G: 1, N: 3, gate: false, state: true, limit: none },
       { B: 1, L: 64, H: 4, P: 72, G: 2, N: 80, gate: true, state: false, limit: [0.05, 2] },
+      // 5 heads in one group, two chunks
+      { B: 1, L: 100, H: 5, P: 8, G: 1, N: 16, gate: false, state: true, limit: none },
     ];
     const saved = { ...ssdBackwardTuning };
     Object.assign(ssdBackwardTuning, { Q, groupWorkgroups });

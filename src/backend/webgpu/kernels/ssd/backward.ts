@@ -29,7 +29,9 @@
  *   ssd_bc_dcb      dCB per (b, c, h), [Q × Q] over P;
  *   ssd_bc_dx       U' per (b, c, h), [Q × P] over N + Q (the two terms as one product): dx, and x·U' by rows;
  *   ssd_bc_q        exp(cs_t)·gy_t·(H_c·C_t) per (b, c, h), [Q × P] over N, summed by rows;
- *   ssd_bc_dc, ssd_bc_db   per (b, c, g), [Q × N] over the group's heads' P + Q (the two terms as one product);
+ *   ssd_bc_dcbsum   a thread per (b, c, g, t, s ≤ t): dCB summed over the group's heads, Σ_h dCB_ts (B and C are
+ *                   the group's, so the heads' Σ_s dCB_ts·B_s is one product of the sum);
+ *   ssd_bc_dc, ssd_bc_db   per (b, c, g), [Q × N] over the group's heads' P, then Q (the two terms as one product);
  *                   where few (b, c, g) would leave the GPU idle, a group's heads in parts, ssd_bc_parts adding up
  *                   their partial sums;
  *   ssd_bc_vsum     a thread per (b, c, h, t): Σ_{s < t} dCB_ts·(C_t·B_s);
@@ -79,9 +81,10 @@ export function ssdBackwardLayout(d: SsdBackwardDims, Q: number, hp: number) {
   const tiles = d.B * nC * ng * Math.ceil(Q / BM) * Math.ceil(d.N / BN);
   const S = Math.max(1, Math.min(hg, Math.ceil(ssdBackwardTuning.groupWorkgroups / tiles)));
   const oG = oKP + (S > 1 ? S * d.B * nC * ng * Q * d.N : 0);
-  // G_{c+1} in a place of its own
-  const size = oG + Zh * PN;
-  return { Q, nC, hp, nPT, Zh, oCB, oDT, oCS, oHS, oST, oDCB, oR, oQY, oRS, oDL, oPar, S, oKP, oG, size };
+  // G_{c+1} in a place of its own; then dCB summed over each group's heads in the piece
+  const oDS = oG + Zh * PN;
+  const size = oDS + d.B * nC * ng * Q * Q;
+  return { Q, nC, hp, nPT, Zh, oCB, oDT, oCS, oHS, oST, oDCB, oR, oQY, oRS, oDL, oPar, S, oKP, oG, oDS, size };
 }
 export type SsdBackwardLayout = ReturnType<typeof ssdBackwardLayout>;
 
@@ -105,7 +108,7 @@ const paramsStruct = /* wgsl */ `struct P {
   ldx: u32, offx: u32, lddt: u32, offdt: u32, ldb: u32, offb: u32, ldc: u32, offc: u32,
   ldo: u32, offo: u32, hasState: u32, lo: f32, hi: f32, nPT: u32,
   oCB: u32, oDT: u32, oCS: u32, oHS: u32, oST: u32, oDCB: u32, oR: u32, oQY: u32, oRS: u32, oDL: u32, oPar: u32,
-  S: u32, oKP: u32, oG: u32,
+  S: u32, oKP: u32, oG: u32, oDS: u32,
 }`;
 
 // the buffers a kernel may bind, in binding order; each kernel binds those it names
@@ -173,7 +176,7 @@ interface ProductSpec {
 }
 
 /** A product kernel's compile-time shape: the chunk length and the head dimension P (dB's and dC's K runs over
- *  (head, P + Q), split per element: a constant P + Q makes that a multiply and shift, not an integer division). */
+ *  (head, p) and then Q, split per element: a constant P makes that a multiply and shift, not an integer division). */
 export interface ProductShape { Q: number; P: number }
 
 // the outputs a thread computes, T × T in workgroups of 256 (8 × 8 in workgroups of 64 took 2.3 – 3x as long on an
@@ -205,7 +208,7 @@ function productWgsl(s: ProductSpec, sh: ProductShape): string {
   const loads = /* wgsl */ `${load("ra", "m", BM, "r0t", "Mz", s.aK, "aAt(zc, r0t + m, kb + kk)")}
     ${load("rb", "n", BN, "c0t", "Nz", s.bK, "bAt(zc, kb + kk, c0t + n)")}`;
   return /* wgsl */ `${header(Q, s.bindings)}
-const PQ = ${P + Q}u; // a head's P + Q
+const HP = ${P}u; // a head's P (dB's and dC's K: the heads' P, then Q)
 fn aAt(zc: Z, i: u32, k: u32) -> f32 { ${s.a} }
 fn bAt(zc: Z, k: u32, j: u32) -> f32 { ${s.b} }
 fn put(zc: Z, i: u32, j: u32, v: f32) { ${s.put} }
@@ -305,8 +308,12 @@ const GROUP = "let gl = zc.u / p.S; let part = zc.u % p.S; let g = p.g0 + gl; le
 // dB's or dC's [Q, N] of (b, c, group): added into the output, or (heads in parts) the part's partial sums
 const GROUP_PUT = `${GROUP} if (p.S == 1u) { out[(zc.r0 + i) * p.ldo + p.offo + g * p.N + j] += v; } else {
   work[p.oKP + (((zc.b * p.nC + zc.c) * ngroups() + gl) * p.S + part) * Q * p.N + i * p.N + j] = v; }`;
-// K over (head hA .. hB, P + Q): k's head h, and kk, its place in the head's P + Q
-const SEG = "let h = hA + k / PQ; let kk = k % PQ; let i0 = zi(zc, h - p.h0);";
+// K over (head hA .. hB, p), then (part 0 only) Q positions: k's head h and kk, its p, where k < nP; past nP the
+// position k - nP, whose dCB is summed over the group's heads (B and C are the group's: the heads' dCB·B sum to
+// (Σ_h dCB)·B, one product of K Q where there were a head's each)
+const SEG = "let nP = (hB - hA) * HP; let h = hA + k / HP; let kk = k % HP; let i0 = zi(zc, h - p.h0);";
+const DS = "work[p.oDS + ((zc.b * p.nC + zc.c) * ngroups() + gl) * Q * Q";
+const GROUP_K = "(hB - hA) * p.P + select(0u, Q, part == 0u)";
 
 const PRODUCTS: ProductSpec[] = [
   { // C·Bᵀ [t, s] over N
@@ -364,22 +371,22 @@ const PRODUCTS: ProductSpec[] = [
     helpers: `fn gyExp(zc: Z, t: u32, pp: u32) -> f32 { let h = p.h0 + zc.u; return exp(csAt(zi(zc, zc.u), t)) * ${GY}; }`,
   },
   { // dC [t, n] += Σ_h exp(cs_t)·gy_t·H_c[·, n] + Σ_s dCB_ts·B_s[n]
-    name: "ssd_bc_dc", bindings: ["Bm", "gy", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: "(hB - hA) * (p.P + Q)",
+    name: "ssd_bc_dc", bindings: ["Bm", "gy", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: GROUP_K,
     pre: GROUP,
-    a: `${GROUP} ${SEG} let t = i; if (kk < p.P) { let pp = kk; return exp(csAt(i0, t)) * ${GY}; }
-  let s = kk - p.P; if (s > t || s >= zc.Qc) { return 0.0; } return work[p.oDCB + i0 * Q * Q + t * Q + s];`,
-    b: `${GROUP} ${SEG} let n = j; if (kk < p.P) { return work[p.oHS + i0 * p.P * p.N + kk * p.N + n]; }
-  let s = kk - p.P; if (s >= zc.Qc) { return 0.0; } return ${BS};`,
+    a: `${GROUP} ${SEG} let t = i; if (k < nP) { let pp = kk; return exp(csAt(i0, t)) * ${GY}; }
+  let s = k - nP; if (s > t || s >= zc.Qc) { return 0.0; } return ${DS} + t * Q + s];`,
+    b: `${GROUP} ${SEG} let n = j; if (k < nP) { return work[p.oHS + i0 * p.P * p.N + kk * p.N + n]; }
+  let s = k - nP; if (s >= zc.Qc) { return 0.0; } return ${BS};`,
     aK: true, bK: false,
     put: GROUP_PUT,
   },
   { // dB [s, n] += Σ_h exp(cs_l − cs_s)·dt_s·x_s·G_{c+1}[·, n] + Σ_t dCB_ts·C_t[n]
-    name: "ssd_bc_db", bindings: ["x", "Cm", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: "(hB - hA) * (p.P + Q)",
+    name: "ssd_bc_db", bindings: ["x", "Cm", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: GROUP_K,
     pre: GROUP,
-    a: `${GROUP} ${SEG} let s = i; if (kk < p.P) { let pp = kk; return exp(csAt(i0, Q - 1u) - csAt(i0, s)) * dtAt(i0, s) * ${X}; }
-  let t = kk - p.P; if (t < s || t >= zc.Qc) { return 0.0; } return work[p.oDCB + i0 * Q * Q + t * Q + s];`,
-    b: `${GROUP} ${SEG} let n = j; if (kk < p.P) { return work[p.oG + i0 * p.P * p.N + kk * p.N + n]; }
-  let t = kk - p.P; if (t >= zc.Qc) { return 0.0; } return ${CT};`,
+    a: `${GROUP} ${SEG} let s = i; if (k < nP) { let pp = kk; return exp(csAt(i0, Q - 1u) - csAt(i0, s)) * dtAt(i0, s) * ${X}; }
+  let t = k - nP; if (t < s || t >= zc.Qc) { return 0.0; } return ${DS} + t * Q + s];`,
+    b: `${GROUP} ${SEG} let n = j; if (k < nP) { return work[p.oG + i0 * p.P * p.N + kk * p.N + n]; }
+  let t = k - nP; if (t >= zc.Qc) { return 0.0; } return ${CT};`,
     aK: true, bK: false,
     put: GROUP_PUT,
   },
@@ -636,6 +643,31 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 `,
 });
 
+// dCB summed over each group's heads in the piece (for dB's and dC's products): a thread per ((b, c, group), t, s),
+// s <= t (nothing reads the rest)
+const dcbSumKernel = defineKernel({
+  name: "ssd_bc_dcbsum",
+  example: { Q: 64 },
+  wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, ["work"])}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+  let id = gid.y * nw.x * 64u + gid.x;
+  if (id >= p.B * p.nC * ngroups() * Q * Q) { return; }
+  let zg = id / (Q * Q);
+  let t = (id % (Q * Q)) / Q;
+  let s = id % Q;
+  if (s > t) { return; }
+  let zc = zOf(zg, ngroups());
+  let g = p.g0 + zc.u;
+  let gA = max(g * p.hg, p.h0);
+  let gB = min((g + 1u) * p.hg, p.h0 + p.hp);
+  var sum = 0.0;
+  for (var h = gA; h < gB; h++) { sum += work[p.oDCB + zi(zc, h - p.h0) * Q * Q + t * Q + s]; }
+  work[p.oDS + zg * Q * Q + t * Q + s] = sum;
+}
+`,
+});
+
 // dB's or dC's parts added up into the output: a thread per ((b, c, group), t, n)
 const partsKernel = defineKernel({
   name: "ssd_bc_parts",
@@ -672,7 +704,7 @@ export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, l: SsdBackwardLayout, 
     .u32(a.x.ld).u32(a.x.off).u32(a.dt.ld).u32(a.dt.off).u32(a.Bm.ld).u32(a.Bm.off).u32(a.Cm.ld).u32(a.Cm.off)
     .u32(o?.ld ?? 0).u32(o?.off ?? 0).bool(d.hasState).f32(d.lo).f32(Math.min(d.hi, 3e38)).u32(l.nPT)
     .u32(l.oCB).u32(l.oDT).u32(l.oCS).u32(l.oHS).u32(l.oST).u32(l.oDCB).u32(l.oR).u32(l.oQY).u32(l.oRS).u32(l.oDL).u32(l.oPar)
-    .u32(l.S).u32(l.oKP).u32(l.oG);
+    .u32(l.S).u32(l.oKP).u32(l.oG).u32(l.oDS);
   const buffers: Record<string, Buf> = {
     x: a.x.buf, dt: a.dt.buf, Bm: a.Bm.buf, Cm: a.Cm.buf, consts: a.consts, gy: a.gy, state0: a.state0 ?? gpu.dummy, work,
   };
@@ -707,6 +739,10 @@ export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, l: SsdBackwardLayout, 
   product("ssd_bc_dcb", Zh, Q, Q, null);
   product("ssd_bc_dx", Zh, Q, d.P, a.dx);
   product("ssd_bc_q", Zh, Q, d.P, null);
+  {
+    const [gx, gy] = grid(Math.ceil((d.B * nC * ng * Q * Q) / 64), maxDim);
+    gpu.dispatch(gpu.kernel(dcbSumKernel, shape), bind(["work"], []), params(Zh, gx, 1, 1, null), [gx, gy]);
+  }
   for (const [name, out] of [["ssd_bc_dc", a.dC], ["ssd_bc_db", a.dB]] as const) {
     product(name, d.B * nC * ng * l.S, Q, d.N, out);
     if (l.S > 1) {
