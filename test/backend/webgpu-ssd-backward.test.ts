@@ -83,10 +83,10 @@ async function compare(g: TB, c: Case, seed: number): Promise<void> {
 const none = [0, Infinity] as const;
 
 // chunks of 64; of 128 with the gradients reaching the states in a buffer of their own; a group's heads for dB and
-// dC in parts (as few workgroups bring), never in parts, and in parts of uneven size (5 heads in 4 parts: 2, 2, 1
-// and none; only the first takes the term of dCB summed over the heads)
+// dC in parts (as few workgroups bring), never in parts, and in 4 parts of K where 5 heads' P columns and the
+// chunk's positions split unevenly (the positions start inside a part; the last part is shorter)
 for (const [Q, groupWorkgroups] of [[64, 1024], [128, 1024], [64, 1], [64, 8]] as const) {
-  const parts = groupWorkgroups === 1 ? ", a group's heads never in parts" : groupWorkgroups === 8 ? ", a group's heads in parts of uneven size" : "";
+  const parts = groupWorkgroups === 1 ? ", a group's heads never in parts" : groupWorkgroups === 8 ? ", a group's K in uneven parts" : "";
   test(`ssdScanBackward on WebGPU (chunks of ${Q}${parts}) matches the CPU across chunks, pieces of heads, groups and batch rows`, { timeout: 900_000 }, async (t) => {
     const g = await webgpuBackend() as TB | null;
     if (!g) return unavailable(t, "no WebGPU adapter");

@@ -157,11 +157,10 @@ interface ProductSpec {
   bindings: string[];
   /** "head": z runs over (b, c, head of the piece); "group": over (b, c, group touching the piece); "all": (b, c, g) */
   unit: "head" | "group" | "all";
-  /** rows, columns and K of a z's product (WGSL; may use zc and the helpers) */
+  /** rows, columns and K of a z's product (WGSL; may use zc, the unit's values and the helpers) */
   M: string; N: string; K: string;
-  /** WGSL statements before the K loop (per workgroup values, zc in scope) */
-  pre?: string;
-  /** fn aAt(zc, i, k) and fn bAt(zc, k, j) bodies, returning f32 (called inside the product's bounds only) */
+  /** fn aAt(zc, i, k) and fn bAt(zc, k, j) bodies, returning f32 (called inside the product's bounds only); they,
+   *  put, rowOut and the helpers may read the unit's values (UNIT_VALUES), set once a workgroup */
   a: string; b: string;
   /** whether consecutive k are adjacent in memory (else consecutive rows / columns) */
   aK: boolean; bK: boolean;
@@ -186,6 +185,7 @@ const T = 4;
 function productWgsl(s: ProductSpec, sh: ProductShape): string {
   const { Q, P } = sh;
   const units = s.unit === "head" ? "p.hp" : s.unit === "group" ? "ngroups() * p.S" : "p.G";
+  const values = s.unit === "all" ? null : UNIT_VALUES[s.unit];
   const TX = BN / T, TY = BM / T, NT = TX * TY; // threads along columns and rows, threads a workgroup
   const V = T / 4; // vec4s a thread's row or column of outputs
   // one operand's K tile starting at column kb, each thread a few values into registers (reg), then from them into
@@ -214,6 +214,9 @@ fn bAt(zc: Z, k: u32, j: u32) -> f32 { ${s.b} }
 fn put(zc: Z, i: u32, j: u32, v: f32) { ${s.put} }
 ${s.rowOut ? `fn rowOut(zc: Z, i: u32, tileN: u32, sum: f32) { ${s.rowOut} }` : ""}
 ${s.helpers ?? ""}
+${values ? `// the workgroup's ${s.unit} values (UNIT_VALUES), set once before the products' loops
+${values.names.map((n) => `var<private> ${n}: ${n === "csl" ? "f32" : "u32"};`).join("\n")}
+${values.fns}` : ""}
 // the staged tiles, K-major: As[kk][m], Bs[kk][n], read a vec4 at a time
 var<workgroup> As: array<vec4<f32>, ${(BK * BM) / 4}>;
 var<workgroup> Bs: array<vec4<f32>, ${(BK * BN) / 4}>;
@@ -228,7 +231,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let tile = wid % p.tilesMN;
   let r0t = (tile / p.tilesN) * ${BM}u;
   let c0t = (tile % p.tilesN) * ${BN}u;
-  ${s.pre ?? ""}
+  ${values ? values.init : ""}
   let Mz = ${s.M};
   let Nz = ${s.N};
   let Kz = ${s.K};
@@ -300,20 +303,37 @@ const X = "x[(zc.r0 + s) * p.ldx + p.offx + h * p.P + pp]";
 const GY = "gy[(zc.r0 + t) * p.H * p.P + h * p.P + pp]";
 const BS = "Bm[(zc.r0 + s) * p.ldb + p.offb + g * p.N + n]";
 const CT = "Cm[(zc.r0 + t) * p.ldc + p.offc + g * p.N + n]";
-const HEAD = "let hl = zc.u; let h = p.h0 + hl; let g = h / p.hg; let i0 = zi(zc, hl);";
-// a group's heads in the piece, gA .. gB, in S parts: this workgroup's part, heads hA .. hB
-const GROUP = "let gl = zc.u / p.S; let part = zc.u % p.S; let g = p.g0 + gl; let gA = max(g * p.hg, p.h0); " +
-  "let gB = min((g + 1u) * p.hg, p.h0 + p.hp); let per = (gB - gA + p.S - 1u) / p.S; let hA = min(gB, gA + part * per); " +
-  "let hB = min(gB, hA + per);";
+// The values of a workgroup's unit, set once in main (module-scope privates) rather than in every operand's read:
+//  head: the head of the piece hl, its global head h, group g, scratch index i0 and cs at the chunk's end csl;
+//  group: a group's heads in the piece, gA .. gB: K runs over their P columns each (nP in all), then the chunk's Q
+//  positions, in S parts of even length (a multiple of 16): this workgroup's part, K from kA to kB.
+// (Private variables count as non-uniform, so a K that depends on them, as a group's does, is worked out from
+// main's own uniform values: groupHeads.)
+const UNIT_VALUES = {
+  head: { names: ["hl", "h", "g", "i0", "csl"], fns: "", init: "hl = zc.u; h = p.h0 + hl; g = h / p.hg; i0 = zi(zc, hl); csl = csAt(i0, Q - 1u);" },
+  group: {
+    names: ["gl", "part", "g", "gA", "nP", "kA"],
+    fns: `struct GH { gl: u32, part: u32, gA: u32, nP: u32, kA: u32, kB: u32 }
+fn groupHeads(zc: Z) -> GH {
+  let gl = zc.u / p.S; let part = zc.u % p.S; let g = p.g0 + gl;
+  let gA = max(g * p.hg, p.h0); let gB = min((g + 1u) * p.hg, p.h0 + p.hp);
+  let nP = (gB - gA) * HP;
+  let per = (nP + Q + p.S * 16u - 1u) / (p.S * 16u) * 16u; // K a part: (nP + Q) / S up to a multiple of 16
+  let kA = min(nP + Q, part * per);
+  return GH(gl, part, gA, nP, kA, min(nP + Q, kA + per));
+}`,
+    init: "let gh = groupHeads(zc); gl = gh.gl; part = gh.part; g = p.g0 + gl; gA = gh.gA; nP = gh.nP; kA = gh.kA;",
+  },
+};
 // dB's or dC's [Q, N] of (b, c, group): added into the output, or (heads in parts) the part's partial sums
-const GROUP_PUT = `${GROUP} if (p.S == 1u) { out[(zc.r0 + i) * p.ldo + p.offo + g * p.N + j] += v; } else {
+const GROUP_PUT = `if (p.S == 1u) { out[(zc.r0 + i) * p.ldo + p.offo + g * p.N + j] += v; } else {
   work[p.oKP + (((zc.b * p.nC + zc.c) * ngroups() + gl) * p.S + part) * Q * p.N + i * p.N + j] = v; }`;
-// K over (head hA .. hB, p), then (part 0 only) Q positions: k's head h and kk, its p, where k < nP; past nP the
-// position k - nP, whose dCB is summed over the group's heads (B and C are the group's: the heads' dCB·B sum to
-// (Σ_h dCB)·B, one product of K Q where there were a head's each)
-const SEG = "let nP = (hB - hA) * HP; let h = hA + k / HP; let kk = k % HP; let i0 = zi(zc, h - p.h0);";
+// the part's k is the group's kg = kA + k: below nP, head h's column kk (its p); past nP the position kg - nP, whose dCB
+// is summed over the group's heads (B and C are the group's: the heads' dCB·B sum to (Σ_h dCB)·B, one product of
+// K Q where there were a head's each)
+const SEG = "let kg = kA + k; let h = gA + kg / HP; let kk = kg % HP; let i0 = zi(zc, h - p.h0);";
 const DS = "work[p.oDS + ((zc.b * p.nC + zc.c) * ngroups() + gl) * Q * Q";
-const GROUP_K = "(hB - hA) * p.P + select(0u, Q, part == 0u)";
+const GROUP_K = "gh.kB - gh.kA"; // from main's uniform values
 
 const PRODUCTS: ProductSpec[] = [
   { // C·Bᵀ [t, s] over N
@@ -325,68 +345,66 @@ const PRODUCTS: ProductSpec[] = [
   },
   { // S_c [p, n] = Σ_s exp(cs_l − cs_s)·dt_s·x_s[p]·B_s[n]
     name: "ssd_bc_state", bindings: ["x", "Bm", "work"], unit: "head", M: "p.P", N: "p.N", K: "zc.Qc",
-    a: `${HEAD} let s = k; let pp = i; return ${X} * exp(csAt(i0, Q - 1u) - csAt(i0, s)) * dtAt(i0, s);`,
-    b: `${HEAD} let s = k; let n = j; return ${BS};`,
+    a: `let s = k; let pp = i; return ${X} * exp(csl - csAt(i0, s)) * dtAt(i0, s);`,
+    b: `let s = k; let n = j; return ${BS};`,
     aK: false, bK: false,
-    put: `${HEAD} work[p.oST + i0 * p.P * p.N + i * p.N + j] = v;`,
+    put: `work[p.oST + i0 * p.P * p.N + i * p.N + j] = v;`,
   },
   { // Σ_t exp(cs_t)·gy_t[p]·C_t[n], the chunk's part of G_c
     name: "ssd_bc_local", bindings: ["Cm", "gy", "work"], unit: "head", M: "p.P", N: "p.N", K: "zc.Qc",
-    a: `${HEAD} let t = k; let pp = i; return ${GY} * exp(csAt(i0, t));`,
-    b: `${HEAD} let t = k; let n = j; return ${CT};`,
+    a: `let t = k; let pp = i; return ${GY} * exp(csAt(i0, t));`,
+    b: `let t = k; let n = j; return ${CT};`,
     aK: false, bK: false,
-    put: `${HEAD} work[p.oST + i0 * p.P * p.N + i * p.N + j] = v;`,
+    put: `work[p.oST + i0 * p.P * p.N + i * p.N + j] = v;`,
   },
   { // dCB [t, s] = (gy_t·x_s)·exp(cs_t − cs_s)·dt_s for s ≤ t
     name: "ssd_bc_dcb", bindings: ["x", "gy", "work"], unit: "head", M: "zc.Qc", N: "zc.Qc", K: "p.P", skip: "c0t > r0t + 63u",
-    a: `${HEAD} let t = i; let pp = k; return ${GY};`,
-    b: `${HEAD} let s = j; let pp = k; return ${X};`,
+    a: `let t = i; let pp = k; return ${GY};`,
+    b: `let s = j; let pp = k; return ${X};`,
     aK: true, bK: true,
-    put: `${HEAD} let t = i; let s = j; var d = 0.0; if (s <= t) { d = v * exp(csAt(i0, t) - csAt(i0, s)) * dtAt(i0, s); }
+    put: `let t = i; let s = j; var d = 0.0; if (s <= t) { d = v * exp(csAt(i0, t) - csAt(i0, s)) * dtAt(i0, s); }
   work[p.oDCB + i0 * Q * Q + t * Q + s] = d;`,
   },
   { // U' [s, p] over N + Q (t > s): dx_s += dt_s·(U'_s + (C_s·B_s)·gy_s) + D·gy_s; rows: x_s·U'_s
     name: "ssd_bc_dx", bindings: ["x", "Bm", "consts", "gy", "work", "out"], unit: "head", M: "zc.Qc", N: "p.P", K: "p.N + zc.Qc",
-    a: `${HEAD} let s = i; if (k < p.N) { let n = k; return ${BS} * exp(csAt(i0, Q - 1u) - csAt(i0, s)); }
+    a: `let s = i; if (k < p.N) { let n = k; return ${BS} * exp(csl - csAt(i0, s)); }
   let t = k - p.N; if (t <= s) { return 0.0; } return cbAt(zc, g, t, s) * exp(csAt(i0, t) - csAt(i0, s));`,
-    b: `${HEAD} let pp = j; if (k < p.N) { return work[p.oG + i0 * p.P * p.N + pp * p.N + k]; }
+    b: `let pp = j; if (k < p.N) { return work[p.oG + i0 * p.P * p.N + pp * p.N + k]; }
   let t = k - p.N; return ${GY};`,
     aK: true, bK: true,
-    put: `${HEAD} let s = i; let pp = j; let t = s;
+    put: `let s = i; let pp = j; let t = s;
   let o = (zc.r0 + s) * p.ldo + p.offo + h * p.P + pp;
   let gys = ${GY};
   out[o] += dtAt(i0, s) * (v + cbAt(zc, g, s, s) * gys) + consts[2u * p.H + h] * gys;`,
     rowTerm: "xAt(zc, row, col) * v",
-    rowOut: `${HEAD} work[p.oR + (tileN * p.Zh + i0) * Q + i] = sum;`,
-    helpers: `fn xAt(zc: Z, s: u32, pp: u32) -> f32 { let h = p.h0 + zc.u; return ${X}; }`,
+    rowOut: `work[p.oR + (tileN * p.Zh + i0) * Q + i] = sum;`,
+    helpers: `fn xAt(zc: Z, s: u32, pp: u32) -> f32 { return ${X}; }`,
   },
   { // rows of exp(cs_t)·gy_t ∘ (C_t·H_c) over p
     name: "ssd_bc_q", bindings: ["Cm", "gy", "work"], unit: "head", M: "zc.Qc", N: "p.P", K: "p.N",
-    a: `${HEAD} let t = i; let n = k; return ${CT};`,
-    b: `${HEAD} return work[p.oHS + i0 * p.P * p.N + j * p.N + k];`,
+    a: `let t = i; let n = k; return ${CT};`,
+    b: `return work[p.oHS + i0 * p.P * p.N + j * p.N + k];`,
     aK: true, bK: true,
     put: "",
     rowTerm: "gyExp(zc, row, col) * v",
-    rowOut: `${HEAD} work[p.oQY + (tileN * p.Zh + i0) * Q + i] = sum;`,
-    helpers: `fn gyExp(zc: Z, t: u32, pp: u32) -> f32 { let h = p.h0 + zc.u; return exp(csAt(zi(zc, zc.u), t)) * ${GY}; }`,
+    rowOut: `work[p.oQY + (tileN * p.Zh + i0) * Q + i] = sum;`,
+    helpers: `fn gyExp(zc: Z, t: u32, pp: u32) -> f32 { return exp(csAt(i0, t)) * ${GY}; }`,
   },
   { // dC [t, n] += Σ_h exp(cs_t)·gy_t·H_c[·, n] + Σ_s dCB_ts·B_s[n]
     name: "ssd_bc_dc", bindings: ["Bm", "gy", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: GROUP_K,
-    pre: GROUP,
-    a: `${GROUP} ${SEG} let t = i; if (k < nP) { let pp = kk; return exp(csAt(i0, t)) * ${GY}; }
-  let s = k - nP; if (s > t || s >= zc.Qc) { return 0.0; } return ${DS} + t * Q + s];`,
-    b: `${GROUP} ${SEG} let n = j; if (k < nP) { return work[p.oHS + i0 * p.P * p.N + kk * p.N + n]; }
-  let s = k - nP; if (s >= zc.Qc) { return 0.0; } return ${BS};`,
+    a: `${SEG} let t = i; if (kg < nP) { let pp = kk; return exp(csAt(i0, t)) * ${GY}; }
+  let s = kg - nP; if (s > t || s >= zc.Qc) { return 0.0; } return ${DS} + t * Q + s];`,
+    b: `${SEG} let n = j; if (kg < nP) { return work[p.oHS + i0 * p.P * p.N + kk * p.N + n]; }
+  let s = kg - nP; if (s >= zc.Qc) { return 0.0; } return ${BS};`,
     aK: true, bK: false,
     put: GROUP_PUT,
   },
   { // dB [s, n] += Σ_h exp(cs_l − cs_s)·dt_s·x_s·G_{c+1}[·, n] + Σ_t dCB_ts·C_t[n]
     name: "ssd_bc_db", bindings: ["x", "Cm", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: GROUP_K,
-    pre: GROUP,
-    a: `${GROUP} ${SEG} let s = i; if (k < nP) { let pp = kk; return exp(csAt(i0, Q - 1u) - csAt(i0, s)) * dtAt(i0, s) * ${X}; }
-  let t = k - nP; if (t < s || t >= zc.Qc) { return 0.0; } return ${DS} + t * Q + s];`,
-    b: `${GROUP} ${SEG} let n = j; if (k < nP) { return work[p.oG + i0 * p.P * p.N + kk * p.N + n]; }
-  let t = k - nP; if (t >= zc.Qc) { return 0.0; } return ${CT};`,
+    a: `${SEG} let s = i; if (kg < nP) { let pp = kk; return exp(csAt(i0, Q - 1u) - csAt(i0, s)) * dtAt(i0, s) * ${X}; }
+  let t = kg - nP; if (t < s || t >= zc.Qc) { return 0.0; } return ${DS} + t * Q + s];`,
+    b: `${SEG} let n = j; if (kg < nP) { return work[p.oG + i0 * p.P * p.N + kk * p.N + n]; }
+  let t = kg - nP; if (t >= zc.Qc) { return 0.0; } return ${CT};`,
     aK: true, bK: false,
     put: GROUP_PUT,
   },
