@@ -39,7 +39,7 @@ console.log(`decodeLoadBytes:${bi.lb},decodeM2InLanes:${bi.lanes},decodeM2OutLan
     scan) run scan 150 env BENCH_SSD_BWD_TUNINGS="${SSD_BWD_TUNINGS:-Q:64|Q:64,scaled:true}" BENCH_ONLY=scan,bwd node --import tsx bench/run.ts mamba2 ;;
     f16) run f16 200 env BENCH_TUNING=precision:f16 BENCH_ONLY=forward,decode BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=2 node --import tsx bench/run.ts webgpu ;;
     f32) run f32 120 env BENCH_ONLY=forward,decode BENCH_MODELS=130m BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=2 node --import tsx bench/run.ts webgpu ;;
-    tests) run tests 150 env CI=true node --import tsx --test test/backend/webgpu-mamba2-decode.test.ts test/backend/webgpu-ssd.test.ts test/backend/webgpu-f16.test.ts test/model/mamba2-webgpu.test.ts test/backend/webgpu-fixed.test.ts ;;
+    tests) run tests 150 env CI=true node --import tsx --test test/backend/webgpu-mamba2-decode.test.ts test/backend/webgpu-ssd.test.ts test/backend/webgpu-ssd-backward.test.ts test/backend/webgpu-f16.test.ts test/model/mamba2-webgpu.test.ts test/backend/webgpu-fixed.test.ts ;;
     f16best) # precision f16's forward of 130m with the tile that summed fastest over the tc step's shapes
       best=$(node -e 'const t=require("fs").readFileSync(process.argv[1],"utf8");const s=new Map();for(const m of t.matchAll(/tc ((?:\d+x){2,4}\d+) ([\d.]+) ms/g)){s.set(m[1],(s.get(m[1])??0)+Number(m[2]));}console.log([...s].sort((a,b)=>a[1]-b[1])[0]?.[0]??"")' "$OUT/tc.txt" 2>/dev/null)
       echo "best tile: ${best:-the device default}"
