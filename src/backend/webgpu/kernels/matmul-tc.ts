@@ -126,15 +126,15 @@ function wgsl(t: TensorCoreTile): string {
   for (let i = 0; i < RM; i++) {
     for (let j = 0; j < RN; j++) decl.push(`var ${acc(i, j)} = subgroup_matrix_result<f32, 16, 16>();`);
   }
-  for (let i = 0; i < RM; i++) mma.push(`let a${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&As, aBase + ${i * 16 * LDS}u + kk, false, LDS);`);
+  for (let i = 0; i < RM; i++) mma.push(`let a${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, aBase + ${i * 16 * LDS}u + kk, LDS);`);
   for (let j = 0; j < RN; j++) {
-    mma.push(`let b${j} = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, bBase + ${j * 16 * LDS}u + kk, true, LDS);`);
+    mma.push(`let b${j} = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, bBase + ${j * 16 * LDS}u + kk, LDS);`);
     for (let i = 0; i < RM; i++) mma.push(`${acc(i, j)} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, ${acc(i, j)});`);
   }
   for (let i = 0; i < RM; i++) {
     for (let j = 0; j < RN; j++) {
       // (one subgroup: constant offsets, which Dawn's uniformity check, on for it, accepts)
-      out.push(`subgroupMatrixStore(&Cs, ${NS > 1 ? "sg * 256u" : "0u"}, ${acc(i, j)}, false, 16u);
+      out.push(`subgroupMatrixStore<row_major>(&Cs, ${NS > 1 ? "sg * 256u" : "0u"}, ${acc(i, j)}, 16u);
   workgroupBarrier();
   emit(${NS > 1 ? "sg" : "0u"}, lane, row0 + ${sr} + ${i * 16}u, col0 + ${sc} + ${j * 16}u, yOff);
   workgroupBarrier();`);
