@@ -10,7 +10,7 @@ for s in ${steps//,/ }; do
     tc) run tc 150 env TC_TILES="${TC_TILES:-128x128x32x2x2;128x128x64x2x2;256x128x32x4x2;128x256x32x2x4;128x128x32x4x2;128x128x32x2x4}" node --import tsx scripts/gpu-tc.ts both ;;
     testgpu) run testgpu 90 env CI=true node --import tsx --test test/gpu/*.test.ts ;;
     mamba2) run mamba2 200 node --import tsx bench/run.ts mamba2 ;;
-    m2) run m2 240 env BENCH_SSD_BWD_TUNINGS="${SSD_BWD_TUNINGS:-Q:64|Q:64,scaled:true}" BENCH_SSD_VARIANTS="${SSD_VARIANTS:-Q:64,SL:1,BK:16,PB:32|Q:128,SL:1,BK:16,PB:64}" BENCH_ONLY=scan,bwd,forward,decode node --import tsx bench/run.ts mamba2 ;;
+    m2) run m2 240 env BENCH_SSD_BWD_TUNINGS="${SSD_BWD_TUNINGS:-Q:64|Q:64,groupWorkgroups:1}" BENCH_SSD_VARIANTS="${SSD_VARIANTS:-Q:64,SL:1,BK:16,PB:32|Q:128,SL:1,BK:16,PB:64}" BENCH_ONLY=scan,bwd,forward,decode node --import tsx bench/run.ts mamba2 ;;
     m2dec) run m2dec 120 env BENCH_ONLY=decode,2.7b node --import tsx bench/run.ts mamba2 ;;
     m2decoff) run m2decoff 120 env BENCH_TUNING=decodeScanOut:false BENCH_ONLY=decode,2.7b node --import tsx bench/run.ts mamba2 ;;
     m2f16) run m2f16 120 env BENCH_TUNING=precision:f16 BENCH_ONLY=forward,decode node --import tsx bench/run.ts mamba2 ;;
@@ -36,7 +36,7 @@ console.log(`decodeLoadBytes:${bi.lb},decodeM2InLanes:${bi.lanes},decodeM2OutLan
     m27) run m27 150 env BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2 ;;
     m27f16) run m27f16 150 env BENCH_TUNING=precision:f16 BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2 ;;
     trainf16) run trainf16 150 env BENCH_ONLY=step BENCH_TRAIN_PRECISIONS=f32,f16 node --import tsx bench/run.ts webgpu-train ;;
-    scan) run scan 150 env BENCH_SSD_BWD_TUNINGS="${SSD_BWD_TUNINGS:-Q:64|Q:64,scaled:true}" BENCH_ONLY=scan,bwd node --import tsx bench/run.ts mamba2 ;;
+    scan) run scan 150 env BENCH_SSD_BWD_TUNINGS="${SSD_BWD_TUNINGS:-Q:64|Q:64,groupWorkgroups:1}" BENCH_ONLY=scan,bwd node --import tsx bench/run.ts mamba2 ;;
     f16) run f16 200 env BENCH_TUNING=precision:f16 BENCH_ONLY=forward,decode BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=2 node --import tsx bench/run.ts webgpu ;;
     f32) run f32 120 env BENCH_ONLY=forward,decode BENCH_MODELS=130m BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=2 node --import tsx bench/run.ts webgpu ;;
     tests) run tests 150 env CI=true node --import tsx --test test/backend/webgpu-mamba2-decode.test.ts test/backend/webgpu-ssd.test.ts test/backend/webgpu-ssd-backward.test.ts test/backend/webgpu-f16.test.ts test/model/mamba2-webgpu.test.ts test/backend/webgpu-fixed.test.ts ;;

@@ -19,9 +19,10 @@
  * then through the clamp and softplus to dt's raw value and its bias (dA_log = dA·A, dD = Σ gy·x).
  *
  * Kernels, in order (a piece of heads at a time where the scratch would not fit one buffer; C·Bᵀ once for all):
- *   ssd_bc_prep     a workgroup per (b, c, h): dt and cs (a log-step scan in workgroup memory); with the tuning's
- *                   scaled, also x_s·exp(cs_l − cs_s)·dt_s and gy_t·exp(cs_t), which five products read (else
- *                   they make them on every read);
+ *   ssd_bc_prep     a workgroup per (b, c, h): dt and cs (a log-step scan in workgroup memory), and the scaled
+ *                   operands x_s·exp(cs_l − cs_s)·dt_s and gy_t·exp(cs_t), which five products read with one load
+ *                   each (built on every read from 3 – 4 loads and an exp, the backward took 1 – 4% longer on an
+ *                   H100, run 86);
  *   ssd_bc_cb       C·Bᵀ per (b, c, g), [Q × Q] over N (tiles wholly above the diagonal skipped);
  *   ssd_bc_state    S_c per (b, c, h), [P × N] over the chunk's positions;
  *   ssd_bc_fpass    a thread per (b, h, state entry): H_c for every chunk, from the initial state;
@@ -51,7 +52,7 @@
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
-import { type KernelDef, defineKernel, shapeKey } from "../../kernel-def.ts";
+import { type KernelDef, defineKernel } from "../../kernel-def.ts";
 import { check } from "../../../../errors.ts";
 import { softplusWgsl } from "./common.ts";
 
@@ -59,10 +60,8 @@ import { softplusWgsl } from "./common.ts";
  *  force pieces of heads. Q: the chunk length (64 or 128; results the same but for rounding): 64 keeps dCB's scratch
  *  and the triangle's wasted work small; on an H100 128 took 1.08 – 1.25x as long (run 81). groupWorkgroups: the
  *  workgroups below which dB's and dC's products split a group's heads into parts (1: never; on an H100 at B1 L2048
- *  H24 the backward's kernels summed 1.26 ms with parts against 2.19 without, run 82). scaled: the products' scaled
- *  operands, x_s·exp(cs_l − cs_s)·dt_s and gy_t·exp(cs_t), made once a (b, c, h) by ssd_bc_prep into the scratch
- *  (two more [Q, P] a head) instead of in every read of the five products that take them (untimed on a GPU). */
-export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, Q: 64, groupWorkgroups: 1024, scaled: false };
+ *  H24 the backward's kernels summed 1.26 ms with parts against 2.19 without, run 82). */
+export const ssdBackwardTuning = { bufferBytes: 2 ** 31 - 4, Q: 64, groupWorkgroups: 1024 };
 
 // the output tile of the products and the K step
 const BM = 64, BN = 64, BK = 16;
@@ -85,13 +84,12 @@ export function ssdBackwardLayout(d: SsdBackwardDims, Q: number, hp: number) {
   const tiles = d.B * nC * ng * Math.ceil(Q / BM) * Math.ceil(d.N / BN);
   const S = Math.max(1, Math.min(hg, Math.ceil(ssdBackwardTuning.groupWorkgroups / tiles)));
   const oG = oKP + (S > 1 ? S * d.B * nC * ng * Q * d.N : 0);
-  // G_{c+1} in a place of its own; then dCB summed over each group's heads in the piece; then (scaled) the scaled
+  // G_{c+1} in a place of its own; then dCB summed over each group's heads in the piece; then the products' scaled
   // operands of each (b, c, head of the piece), [Q, P] each
   const oDS = oG + Zh * PN;
-  const scaled = ssdBackwardTuning.scaled;
-  const oXS = oDS + d.B * nC * ng * Q * Q, oGS = oXS + (scaled ? Zh * Q * d.P : 0);
-  const size = oGS + (scaled ? Zh * Q * d.P : 0);
-  return { Q, nC, hp, nPT, Zh, oCB, oDT, oCS, oHS, oST, oDCB, oR, oQY, oRS, oDL, oPar, S, oKP, oG, oDS, scaled, oXS, oGS, size };
+  const oXS = oDS + d.B * nC * ng * Q * Q, oGS = oXS + Zh * Q * d.P;
+  const size = oGS + Zh * Q * d.P;
+  return { Q, nC, hp, nPT, Zh, oCB, oDT, oCS, oHS, oST, oDCB, oR, oQY, oRS, oDL, oPar, S, oKP, oG, oDS, oXS, oGS, size };
 }
 export type SsdBackwardLayout = ReturnType<typeof ssdBackwardLayout>;
 
@@ -183,7 +181,7 @@ interface ProductSpec {
 
 /** A product kernel's compile-time shape: the chunk length and the head dimension P (dB's and dC's K runs over
  *  (head, p) and then Q, split per element: a constant P makes that a multiply and shift, not an integer division). */
-export interface ProductShape { Q: number; P: number; scaled: boolean }
+export interface ProductShape { Q: number; P: number }
 
 // the outputs a thread computes, T × T in workgroups of 256 (8 × 8 in workgroups of 64 took 2.3 – 3x as long on an
 // H100: fewer threads to hide the loads' latency)
@@ -217,9 +215,10 @@ function productWgsl(s: ProductSpec, sh: ProductShape): string {
   const uses = (name: string) => [s.a, s.b, s.put, s.rowOut ?? "", s.helpers ?? ""].some((t) => t.includes(`${name}(`));
   const body = /* wgsl */ `
 const HP = ${P}u; // a head's P (dB's and dC's K: the heads' P, then Q)
-${uses("xsAt") ? `// x_s[p]·exp(cs_l − cs_s)·dt_s and gy_t[p]·exp(cs_t) of head h (scratch index i0): ${sh.scaled ? "made by ssd_bc_prep" : "made here"}
-fn xsAt(zc: Z, h: u32, i0: u32, s: u32, pp: u32) -> f32 { ${sh.scaled ? "return work[p.oXS + (i0 * Q + s) * HP + pp];" : `return ${X} * exp(${s.unit === "head" ? "csl" : "csAt(i0, Q - 1u)"} - csAt(i0, s)) * dtAt(i0, s);`} }` : ""}
-${uses("gsAt") ? `fn gsAt(zc: Z, h: u32, i0: u32, t: u32, pp: u32) -> f32 { ${sh.scaled ? "return work[p.oGS + (i0 * Q + t) * HP + pp];" : `return ${GY} * exp(csAt(i0, t));`} }` : ""}
+${uses("xsAt") ? `// x_s[p]·exp(cs_l − cs_s)·dt_s of scratch index i0 (made by ssd_bc_prep)
+fn xsAt(i0: u32, s: u32, pp: u32) -> f32 { return work[p.oXS + (i0 * Q + s) * HP + pp]; }` : ""}
+${uses("gsAt") ? `// gy_t[p]·exp(cs_t) of scratch index i0 (made by ssd_bc_prep)
+fn gsAt(i0: u32, t: u32, pp: u32) -> f32 { return work[p.oGS + (i0 * Q + t) * HP + pp]; }` : ""}
 fn aAt(zc: Z, i: u32, k: u32) -> f32 { ${s.a} }
 fn bAt(zc: Z, k: u32, j: u32) -> f32 { ${s.b} }
 fn put(zc: Z, i: u32, j: u32, v: f32) { ${s.put} }
@@ -306,17 +305,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   }` : ""}
 }
 `;
-  const names = s.bindings.filter((n) => n === "work" || n.startsWith("out") || new RegExp(`\\b${n}\\[`).test(body));
-  bindingsMemo.set(`${s.name} ${shapeKey(sh)}`, names);
-  return header(Q, names) + body;
-}
-
-/** The bindings of a product's kernel for a shape: those its WGSL reads (the scaled operands leave x or gy out). */
-const bindingsMemo = new Map<string, string[]>();
-function productBindings(s: ProductSpec, sh: ProductShape): string[] {
-  const key = `${s.name} ${shapeKey(sh)}`;
-  if (!bindingsMemo.has(key)) productWgsl(s, sh);
-  return bindingsMemo.get(key)!;
+  return header(Q, s.bindings) + body;
 }
 
 // ---- the products ----
@@ -366,15 +355,15 @@ const PRODUCTS: ProductSpec[] = [
     put: "work[p.oCB + ((zc.b * p.nC + zc.c) * p.G + zc.u) * Q * Q + i * Q + j] = v;",
   },
   { // S_c [p, n] = Σ_s exp(cs_l − cs_s)·dt_s·x_s[p]·B_s[n]
-    name: "ssd_bc_state", bindings: ["x", "Bm", "work"], unit: "head", M: "p.P", N: "p.N", K: "zc.Qc",
-    a: "return xsAt(zc, h, i0, k, i);",
+    name: "ssd_bc_state", bindings: ["Bm", "work"], unit: "head", M: "p.P", N: "p.N", K: "zc.Qc",
+    a: "return xsAt(i0, k, i);",
     b: `let s = k; let n = j; return ${BS};`,
     aK: false, bK: false,
     put: `work[p.oST + i0 * p.P * p.N + i * p.N + j] = v;`,
   },
   { // Σ_t exp(cs_t)·gy_t[p]·C_t[n], the chunk's part of G_c
-    name: "ssd_bc_local", bindings: ["Cm", "gy", "work"], unit: "head", M: "p.P", N: "p.N", K: "zc.Qc",
-    a: "return gsAt(zc, h, i0, k, i);",
+    name: "ssd_bc_local", bindings: ["Cm", "work"], unit: "head", M: "p.P", N: "p.N", K: "zc.Qc",
+    a: "return gsAt(i0, k, i);",
     b: `let t = k; let n = j; return ${CT};`,
     aK: false, bK: false,
     put: `work[p.oST + i0 * p.P * p.N + i * p.N + j] = v;`,
@@ -403,18 +392,18 @@ const PRODUCTS: ProductSpec[] = [
     helpers: `fn xAt(zc: Z, s: u32, pp: u32) -> f32 { return ${X}; }`,
   },
   { // rows of exp(cs_t)·gy_t ∘ (C_t·H_c) over p
-    name: "ssd_bc_q", bindings: ["Cm", "gy", "work"], unit: "head", M: "zc.Qc", N: "p.P", K: "p.N",
+    name: "ssd_bc_q", bindings: ["Cm", "work"], unit: "head", M: "zc.Qc", N: "p.P", K: "p.N",
     a: `let t = i; let n = k; return ${CT};`,
     b: `return work[p.oHS + i0 * p.P * p.N + j * p.N + k];`,
     aK: true, bK: true,
     put: "",
     rowTerm: "gyExp(zc, row, col) * v",
     rowOut: `work[p.oQY + (tileN * p.Zh + i0) * Q + i] = sum;`,
-    helpers: "fn gyExp(zc: Z, t: u32, pp: u32) -> f32 { return gsAt(zc, h, i0, t, pp); }",
+    helpers: "fn gyExp(zc: Z, t: u32, pp: u32) -> f32 { return gsAt(i0, t, pp); }",
   },
   { // dC [t, n] += Σ_h exp(cs_t)·gy_t·H_c[·, n] + Σ_s dCB_ts·B_s[n]
-    name: "ssd_bc_dc", bindings: ["Bm", "gy", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: GROUP_K,
-    a: `${SEG} let t = i; if (kg < nP) { return gsAt(zc, h, i0, t, kk); }
+    name: "ssd_bc_dc", bindings: ["Bm", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: GROUP_K,
+    a: `${SEG} let t = i; if (kg < nP) { return gsAt(i0, t, kk); }
   let s = kg - nP; if (s > t || s >= zc.Qc) { return 0.0; } return ${DS} + t * Q + s];`,
     b: `${SEG} let n = j; if (kg < nP) { return work[p.oHS + i0 * p.P * p.N + kk * p.N + n]; }
   let s = kg - nP; if (s >= zc.Qc) { return 0.0; } return ${BS};`,
@@ -422,8 +411,8 @@ const PRODUCTS: ProductSpec[] = [
     put: GROUP_PUT,
   },
   { // dB [s, n] += Σ_h exp(cs_l − cs_s)·dt_s·x_s·G_{c+1}[·, n] + Σ_t dCB_ts·C_t[n]
-    name: "ssd_bc_db", bindings: ["x", "Cm", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: GROUP_K,
-    a: `${SEG} let s = i; if (kg < nP) { return xsAt(zc, h, i0, s, kk); }
+    name: "ssd_bc_db", bindings: ["Cm", "work", "out"], unit: "group", M: "zc.Qc", N: "p.N", K: GROUP_K,
+    a: `${SEG} let s = i; if (kg < nP) { return xsAt(i0, s, kk); }
   let t = kg - nP; if (t < s || t >= zc.Qc) { return 0.0; } return ${DS} + t * Q + s];`,
     b: `${SEG} let n = j; if (kg < nP) { return work[p.oG + i0 * p.P * p.N + kk * p.N + n]; }
   let t = kg - nP; if (t >= zc.Qc) { return 0.0; } return ${CT};`,
@@ -435,7 +424,7 @@ const PRODUCTS: ProductSpec[] = [
 const productKernels = new Map(PRODUCTS.map((s) => [s.name, defineKernel({
   name: s.name,
   wgsl: (shape: ProductShape) => productWgsl(s, shape),
-  example: { Q: 64, P: 64, scaled: false } as ProductShape,
+  example: { Q: 64, P: 64 } as ProductShape,
 })]));
 
 // ---- the kernels that are not products ----
@@ -493,14 +482,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let zc = zOf(i0, p.hp);
   let h = p.h0 + zc.u;`;
 
-// dt and cs of a (b, c, h); scaled: also the products' scaled operands x_s·exp(cs_l − cs_s)·dt_s and gy_t·exp(cs_t)
-const prepNames = (scaled: boolean) => scaled ? ["x", "dt", "consts", "gy", "work"] : ["dt", "consts", "work"];
+// dt and cs of a (b, c, h), and the products' scaled operands x_s·exp(cs_l − cs_s)·dt_s and gy_t·exp(cs_t)
+const PREP_NAMES = ["x", "dt", "consts", "gy", "work"];
 const prepKernel = defineKernel({
   name: "ssd_bc_prep",
-  example: { Q: 64, scaled: false },
-  wgsl: (s: { Q: number; scaled: boolean }) => /* wgsl */ `${header(s.Q, prepNames(s.scaled))}
+  example: { Q: 64 },
+  wgsl: (s: { Q: number }) => /* wgsl */ `${header(s.Q, PREP_NAMES)}
 var<workgroup> sc: array<f32, ${s.Q}>;
-${s.scaled ? `var<workgroup> dts: array<f32, ${s.Q}>;` : ""}
+var<workgroup> dts: array<f32, ${s.Q}>;
 ${perHeadMain(s.Q)}
   var dtv = 0.0;
   if (t < zc.Qc) {
@@ -518,7 +507,8 @@ ${perHeadMain(s.Q)}
     sc[t] = v;
   }
   work[p.oDT + i0 * Q + t] = dtv;
-  work[p.oCS + i0 * Q + t] = sc[t];${s.scaled ? `
+  work[p.oCS + i0 * Q + t] = sc[t];
+  // the scaled operands, a row of P at a time: five products read them where each read would make them
   dts[t] = dtv;
   workgroupBarrier();
   let csl = sc[Q - 1u];
@@ -533,7 +523,7 @@ ${perHeadMain(s.Q)}
     }
     work[p.oXS + (i0 * Q + s) * p.P + pp] = xv;
     work[p.oGS + (i0 * Q + s) * p.P + pp] = gv;
-  }` : ""}
+  }
 }
 `,
 });
@@ -777,8 +767,7 @@ export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, l: SsdBackwardLayout, 
     const tilesN = Math.ceil(N / BN), tilesMN = Math.ceil(M / BM) * tilesN;
     const [gx, gy] = grid(zCount * tilesMN, maxDim);
     check(gy <= maxDim, `ssdScanBackward: ${zCount * tilesMN} workgroups are more than a dispatch takes`);
-    const sh: ProductShape = { Q, P: d.P, scaled: l.scaled };
-    gpu.dispatch(gpu.kernel(productKernels.get(name)!, sh), bind(productBindings(spec, sh), out ? [out.buf] : []), params(zCount, gx, tilesN, tilesMN, out), [gx, gy]);
+    gpu.dispatch(gpu.kernel(productKernels.get(name)!, { Q, P: d.P }), bind(spec.bindings, out ? [out.buf] : []), params(zCount, gx, tilesN, tilesMN, out), [gx, gy]);
   };
   const perZ = (kernel: KernelDef<{ Q: number }>, names: string[], outs: Buf[], o: { ld: number; off: number } | null) => {
     const [gx, gy] = grid(Zh, maxDim);
@@ -792,7 +781,7 @@ export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, l: SsdBackwardLayout, 
   if (h0 === 0) product("ssd_bc_cb", d.B * nC * d.G, Q, Q, null);
   {
     const [gx, gy] = grid(Zh, maxDim);
-    gpu.dispatch(gpu.kernel(prepKernel, { Q, scaled: l.scaled }), bind(prepNames(l.scaled), []), params(Zh, gx, 1, 1, null), [gx, gy]);
+    gpu.dispatch(gpu.kernel(prepKernel, shape), bind(PREP_NAMES, []), params(Zh, gx, 1, 1, null), [gx, gy]);
   }
   product("ssd_bc_state", Zh, d.P, d.N, null);
   perThread(fpassKernel, ["state0", "work"], d.B * hp * PN);
