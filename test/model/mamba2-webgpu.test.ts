@@ -58,12 +58,13 @@ test("gatedRmsNorm and segmentRmsNorm on WebGPU match the CPU", { timeout: 300_0
   const g = await gpuOrSkip(t);
   if (!g) return;
   const r = new TestRng(3);
-  const [T, E] = [5, 12];
-  const y = r.f32(T * E), z = r.f32(T * (E + 3)), w = r.f32(E, 1), x = r.f32(T * 10, 2);
-  for (const [gs, before] of [[4, false], [12, false], [6, true]] as const) {
+  // groups narrower than the kernel's 256 threads, and wider (not a multiple of them; mamba2-130m's 1536)
+  for (const [T, E, gs, before] of [[5, 12, 4, false], [5, 12, 12, false], [5, 12, 6, true], [3, 600, 300, false], [3, 600, 300, true], [2, 1536, 1536, false]] as const) {
+    const y = r.f32(T * E), z = r.f32(T * (E + 3)), w = r.f32(E, 1);
     const run = async (b: Backend) => b.readF32(b.gatedRmsNorm!(b.fromF32(y, [T, E]), cols(b.fromF32(z, [T, E + 3]), 3, E), b.fromF32(w, [E]), 1e-5, gs, before));
-    assert.ok(maxAbsDiff(await run(g), await run(cpu)) < 1e-5, `gated norm, groups of ${gs}, before ${before}`);
+    assert.ok(maxAbsDiff(await run(g), await run(cpu)) < 1e-5, `gated norm, ${T} rows of ${E}, groups of ${gs}, before ${before}`);
   }
+  const T = 5, x = r.f32(T * 10, 2);
   const seg = async (b: Backend) => b.readF32(b.segmentRmsNorm!(b.fromF32(x, [T, 10]), [2, 4, 4], 1e-6));
   assert.ok(maxAbsDiff(await seg(g), await seg(cpu)) < 1e-5, "windowed norm");
 });

@@ -1,6 +1,6 @@
 /**
- * The norms of Mamba-2 and Falcon-Mamba, one thread per (row, group) reading its group twice (sum of squares,
- * then the scaled values):
+ * The norms of Mamba-2 and Falcon-Mamba, reading each group twice (sum of squares, then the scaled values): the
+ * gated norm's forward a workgroup per (row, group), the others a thread per (row, group or window):
  *  - gated RMSNorm (mamba_ssm's RMSNormGated), groups of gs channels:
  *      gate after:  v = y · silu(z); out = v / sqrt(mean(v²) + eps) · w
  *      gate before: out = y / sqrt(mean(y²) + eps) · w · silu(z)
@@ -54,10 +54,27 @@ fn val(t: u32, c: u32) -> f32 {
   return yv * silu(z[t * p.ldz + p.offz + c]);
 }
 
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-${gatedGroupRmsWgsl}
-  for (var k = 0u; k < p.gs; k++) {
+// a workgroup per (row t, group from c0): its 256 threads read the group's channels side by side (a thread a row
+// walking its group alone read 6 KB apart from its neighbours: 19.2 ms of mamba2-130m's 144 ms forward on an H100,
+// run 86), and sum their squares through workgroup memory
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+  let G = p.E / p.gs;
+  let i = wg.y * p.groupsX + wg.x;
+  if (i >= p.T * G) { return; } // uniform: a whole workgroup
+  let t = i / G;
+  let c0 = (i % G) * p.gs;
+  var ss = 0.0;
+  for (var k = l; k < p.gs; k += 256u) { let v = val(t, c0 + k); ss = fma(v, v, ss); }
+  red[l] = ss;
+  workgroupBarrier();
+  for (var st = 128u; st > 0u; st >>= 1u) {
+    if (l < st) { red[l] += red[l + st]; }
+    workgroupBarrier();
+  }
+  let r = inverseSqrt(red[0] / f32(p.gs) + p.eps);
+  for (var k = l; k < p.gs; k += 256u) {
     let c = c0 + k;
     var o = val(t, c) * r * weight[c];
     if (p.before != 0u) { o = o * silu(z[t * p.ldz + p.offz + c]); }
@@ -93,7 +110,7 @@ export function gatedRmsNorm(
   gpu: Gpu, a: { y: Buf; z: Buf; ldz: number; offz: number; weight: Buf; out: Buf; T: number; E: number; gs: number; before: boolean; eps: number },
 ): void {
   const k = gpu.kernel(gatedKernel, null);
-  const [gx, gy] = grid(Math.ceil((a.T * (a.E / a.gs)) / 64), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const [gx, gy] = grid(a.T * (a.E / a.gs), gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = new Params().u32(a.T).u32(a.E).u32(a.gs).u32(a.ldz).u32(a.offz).bool(a.before).f32(a.eps).u32(gx);
   gpu.dispatch(k, [a.y, a.z, a.weight, a.out], p, [gx, gy]);
 }
