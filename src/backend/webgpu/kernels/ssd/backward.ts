@@ -149,6 +149,8 @@ fn zOf(z: u32, units: u32) -> Z {
 }
 // the groups whose heads meet the piece [h0, h0 + hp)
 fn ngroups() -> u32 { return (p.h0 + p.hp - 1u) / p.hg - p.g0 + 1u; }
+// group g's heads in the piece: [x, y)
+fn pieceHeads(g: u32) -> vec2<u32> { return vec2<u32>(max(g * p.hg, p.h0), min((g + 1u) * p.hg, p.h0 + p.hp)); }
 // a (b, c, head of the piece)'s index in the per-head scratch, and its global head
 fn zi(zc: Z, hl: u32) -> u32 { return (zc.b * p.nC + zc.c) * p.hp + hl; }
 fn dtAt(i: u32, s: u32) -> f32 { return work[p.oDT + i * Q + s]; }
@@ -212,13 +214,11 @@ function productWgsl(s: ProductSpec, sh: ProductShape): string {
     }`;
   const loads = /* wgsl */ `${load("ra", "m", BM, "r0t", "Mz", s.aK, "aAt(zc, r0t + m, kb + kk)")}
     ${load("rb", "n", BN, "c0t", "Nz", s.bK, "bAt(zc, kb + kk, c0t + n)")}`;
-  const uses = (name: string) => [s.a, s.b, s.put, s.rowOut ?? "", s.helpers ?? ""].some((t) => t.includes(`${name}(`));
   const body = /* wgsl */ `
 const HP = ${P}u; // a head's P (dB's and dC's K: the heads' P, then Q)
-${uses("xsAt") ? `// x_s[p]·exp(cs_l − cs_s)·dt_s of scratch index i0 (made by ssd_bc_prep)
-fn xsAt(i0: u32, s: u32, pp: u32) -> f32 { return work[p.oXS + (i0 * Q + s) * HP + pp]; }` : ""}
-${uses("gsAt") ? `// gy_t[p]·exp(cs_t) of scratch index i0 (made by ssd_bc_prep)
-fn gsAt(i0: u32, t: u32, pp: u32) -> f32 { return work[p.oGS + (i0 * Q + t) * HP + pp]; }` : ""}
+// x_s[p]·exp(cs_l − cs_s)·dt_s and gy_t[p]·exp(cs_t) of scratch index i0 (made by ssd_bc_prep)
+fn xsAt(i0: u32, s: u32, pp: u32) -> f32 { return work[p.oXS + (i0 * Q + s) * HP + pp]; }
+fn gsAt(i0: u32, t: u32, pp: u32) -> f32 { return work[p.oGS + (i0 * Q + t) * HP + pp]; }
 fn aAt(zc: Z, i: u32, k: u32) -> f32 { ${s.a} }
 fn bAt(zc: Z, k: u32, j: u32) -> f32 { ${s.b} }
 fn put(zc: Z, i: u32, j: u32, v: f32) { ${s.put} }
@@ -326,9 +326,9 @@ const UNIT_VALUES = {
     names: ["gl", "part", "g", "gA", "nP", "kA"],
     fns: `struct GH { gl: u32, part: u32, gA: u32, nP: u32, kA: u32, kB: u32 }
 fn groupHeads(zc: Z) -> GH {
-  let gl = zc.u / p.S; let part = zc.u % p.S; let g = p.g0 + gl;
-  let gA = max(g * p.hg, p.h0); let gB = min((g + 1u) * p.hg, p.h0 + p.hp);
-  let nP = (gB - gA) * HP;
+  let gl = zc.u / p.S; let part = zc.u % p.S;
+  let heads = pieceHeads(p.g0 + gl); let gA = heads.x;
+  let nP = (heads.y - gA) * HP;
   let per = (nP + Q + p.S * 16u - 1u) / (p.S * 16u) * 16u; // K a part: (nP + Q) / S up to a multiple of 16
   let kA = min(nP + Q, part * per);
   return GH(gl, part, gA, nP, kA, min(nP + Q, kA + per));
@@ -706,11 +706,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let s = id % Q;
   if (s > t) { return; }
   let zc = zOf(zg, ngroups());
-  let g = p.g0 + zc.u;
-  let gA = max(g * p.hg, p.h0);
-  let gB = min((g + 1u) * p.hg, p.h0 + p.hp);
+  let heads = pieceHeads(p.g0 + zc.u);
   var sum = 0.0;
-  for (var h = gA; h < gB; h++) { sum += work[p.oDCB + zi(zc, h - p.h0) * Q * Q + t * Q + s]; }
+  for (var h = heads.x; h < heads.y; h++) { sum += work[p.oDCB + zi(zc, h - p.h0) * Q * Q + t * Q + s]; }
   work[p.oDS + zg * Q * Q + t * Q + s] = sum;
 }
 `,
@@ -779,10 +777,7 @@ export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, l: SsdBackwardLayout, 
   };
   const PN = d.P * d.N;
   if (h0 === 0) product("ssd_bc_cb", d.B * nC * d.G, Q, Q, null);
-  {
-    const [gx, gy] = grid(Zh, maxDim);
-    gpu.dispatch(gpu.kernel(prepKernel, shape), bind(PREP_NAMES, []), params(Zh, gx, 1, 1, null), [gx, gy]);
-  }
+  perZ(prepKernel, PREP_NAMES, [], null);
   product("ssd_bc_state", Zh, d.P, d.N, null);
   perThread(fpassKernel, ["state0", "work"], d.B * hp * PN);
   product("ssd_bc_local", Zh, d.P, d.N, null);
@@ -790,10 +785,7 @@ export function ssdBackward(gpu: Gpu, d: SsdBackwardDims, l: SsdBackwardLayout, 
   product("ssd_bc_dcb", Zh, Q, Q, null);
   product("ssd_bc_dx", Zh, Q, d.P, a.dx);
   product("ssd_bc_q", Zh, Q, d.P, null);
-  {
-    const [gx, gy] = grid(Math.ceil((d.B * nC * ng * Q * Q) / 64), maxDim);
-    gpu.dispatch(gpu.kernel(dcbSumKernel, shape), bind(["work"], []), params(Zh, gx, 1, 1, null), [gx, gy]);
-  }
+  perThread(dcbSumKernel, ["work"], d.B * nC * ng * Q * Q);
   for (const [name, out] of [["ssd_bc_dc", a.dC], ["ssd_bc_db", a.dB]] as const) {
     product(name, d.B * nC * ng * l.S, Q, d.N, out);
     if (l.S > 1) {
