@@ -278,17 +278,20 @@ async function benchReadCeiling(b: WebGpuBackend, bytes: number, reps: number): 
   const n4 = bytes / 16;
   const w = gpu.upload(filled(n4 * 4, -1, 1, 9)), sink = gpu.alloc(16);
   const rows: string[] = [];
-  for (const U of [1, 4, 8]) {
-    for (const groups of [132, 264, 528, 1056, 2112, 4224]) {
-      const threads = groups * 256;
+  try {
+    for (const U of [1, 4, 8]) {
       const k = gpu.kernel(readKernel, { U });
-      const t = await gpuTrials(b, () => gpu.dispatch(k, bindingsByName(readParts, { w, sink }), paramBlock(readParts.params, { n4, threads }), [groups]), reps);
-      if (!t) { console.log("read ceiling: no timestamp queries"); break; }
-      rows.push(`U ${U} x ${groups} wg: ${(bytes / (t.median / 1000) / 1e9).toFixed(0)}`);
+      for (const groups of [132, 264, 528, 1056, 2112, 4224]) {
+        const threads = groups * 256;
+        const t = await gpuTrials(b, () => gpu.dispatch(k, bindingsByName(readParts, { w, sink }), paramBlock(readParts.params, { n4, threads }), [groups]), reps);
+        if (!t) { console.log("read ceiling: no timestamp queries"); return; }
+        rows.push(`U ${U} x ${groups} wg: ${(bytes / (t.median / 1000) / 1e9).toFixed(0)}`);
+      }
     }
+    console.log(`read ceiling, ${(bytes / 1e6).toFixed(0)} MB of f32 in vec4 loads (GB/s; U loads in flight a thread, workgroups of 256): ${rows.join("; ")}`);
+  } finally {
+    gpu.release(w); gpu.release(sink);
   }
-  console.log(`read ceiling, ${(bytes / 1e6).toFixed(0)} MB of f32 in vec4 loads (GB/s; U loads in flight a thread, workgroups of 256): ${rows.join("; ")}`);
-  gpu.release(w); gpu.release(sink);
 }
 
 /**

@@ -4,7 +4,8 @@
  * steps, compared with the CPU reference backend's step mode and with the WebGPU ops' step mode, on tiny random
  * configs (1 and 2 groups, with and without in_proj / out_proj biases, dt clamped, the norm before the gate, no
  * gated norm), at batch 1, 3 (the three-kernel layer) and 12 (the batch step), and at batch 1 and 3 with a layer in
- * one dispatch (decodePersistent, with decodeM2Persistent taking it whatever the layer's size); then greedy generation of the PyTorch fixtures through the fused step.
+ * one dispatch (decodePersistent, with decodeM2Persistent taking it whatever the layer's size); then greedy
+ * generation of the PyTorch fixtures through the fused step.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
