@@ -148,6 +148,7 @@ async function bench27b(): Promise<void> {
   try {
     await benchDecode(model, "mamba2-2.7b", 1, 128, 256);
     await profileDecodeStep(model, "mamba2-2.7b", 1);
+    await profilePrefill(model, "mamba2-2.7b", 128);
   } finally {
     await model.dispose();
   }
@@ -162,6 +163,44 @@ async function benchDecode(model: Awaited<ReturnType<typeof modelFromTensors>>, 
   console.log(`${name} decode batch ${batch} (prompt ${prompt} + ${fresh} new, wall time incl. the prompt, median of ${f.rounds} rounds, ` +
     `${f.min.toFixed(0)} – ${f.max.toFixed(0)}): ${f.total.toFixed(0)} tok/s (official ${official ?? "n/a"}; ${ratio(f.total, official, true)}); ` +
     `decode steps alone ${f.steady.toFixed(0)} tok/s, ${f.dispatches.toFixed(0)} dispatches per step; prefill and first token ${f.firstMs.toFixed(1)} ms`);
+}
+
+/** A prompt's prefill at batch 1 (the hidden states of `prompt` positions into a fresh cache, then the last row's
+ *  logits, as generate's prefill does) on the GPU clock and wall, and its kernels one by one: the part of a
+ *  generation's time that is not decode steps. */
+async function profilePrefill(model: Awaited<ReturnType<typeof modelFromTensors>>, name: string, prompt: number): Promise<void> {
+  const b = model.backend as WebGpuBackend;
+  const lm = model.lm;
+  const ids = b.fromI32(Int32Array.from({ length: prompt }, (_, i) => (i * 7919) % lm.config.vocabSize), [prompt]);
+  const caches: MambaCache[] = [];
+  const run = () => {
+    const cache = MambaCache.zeros(b, lm.config, 1);
+    caches.push(cache);
+    const h = lm.hidden(ids, { batch: 1, seqLen: prompt }, cache);
+    const last = b.takeRows(h, [prompt - 1]);
+    b.dispose(h, last, lm.logits(last));
+  };
+  try {
+    run();
+    await b.sync();
+    const wall: number[] = [];
+    for (let k = 0; k < 3; k++) {
+      const t0 = performance.now();
+      run();
+      await b.sync();
+      wall.push(performance.now() - t0);
+    }
+    wall.sort((x, y) => x - y);
+    const g = await b.timeGpu(run);
+    console.log(`  ${name} prefill of ${prompt} (batch 1, logits of the last row): ${wall[1]!.toFixed(2)} ms wall (median of 3)` +
+      (g !== null ? `, ${g.toFixed(2)} ms on the GPU clock` : ""));
+    printProfile(await b.profileKernels(run), "    ");
+  } catch (e) {
+    console.log(`  ${name} prefill profile not run: ${(e as Error).message}`);
+  } finally {
+    b.dispose(ids);
+    for (const c of caches) c.dispose();
+  }
 }
 
 /** One fused decode step of B rows (greedy, logits included) on the GPU clock, and its kernels one by one. */
@@ -220,12 +259,19 @@ async function benchModel(): Promise<void> {
       pass();
       await b.sync();
       const times: number[] = [];
+      let hostMs = 0, created = 0, submits = 0;
       for (let k = 0; k < 3; k++) {
+        const [c0, s0] = [b.gpu.buffersCreated, b.gpu.submits];
         const t0 = performance.now();
         pass();
+        hostMs += performance.now() - t0;
         await b.sync();
         times.push(performance.now() - t0);
+        created += b.gpu.buffersCreated - c0;
+        submits += b.gpu.submits - s0;
       }
+      // what the wall time holds beside the GPU's work: the host's encoding, submits, buffers made anew
+      console.log(`  forward, a pass: host encoding ${ms(hostMs / 3)}, ${(submits / 3).toFixed(0)} submits, ${(created / 3).toFixed(0)} buffers created`);
       const g = await b.timeGpu(pass);
       if (g !== null) console.log(`  forward on the GPU clock (one pass): ${ms(g)}`);
       printProfile(await b.profileKernels(pass), "    ");
@@ -239,6 +285,7 @@ async function benchModel(): Promise<void> {
       for (const batch of decodeBatches) {
         await benchDecode(model, "mamba2-130m", batch, prompt, fresh);
         await profileDecodeStep(model, "mamba2-130m", batch);
+        if (batch === 1) await profilePrefill(model, "mamba2-130m", prompt);
       }
     }
   } finally {
