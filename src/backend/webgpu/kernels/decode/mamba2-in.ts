@@ -106,7 +106,7 @@ export function m2InParts(s: M2InShape, shared = false): WgslParts {
   const { LPR, RPW, BATCH, NIT } = m2Lanes(D, s.lanes, loadBytes, ws);
   return {
     consts: [["T", `${T}u`], ["D4", `${D4}u`], ["E", `${E}u`], ["CW", `${C}u`], ["H", `${H}u`], ["NIN", `${E + C + H}u`],
-      ["CK", `${K}u`], ["LPR", `${LPR}u`], ["RPW", `${RPW}u`], ["BATCH", `${BATCH}u`], ["NIT", `${NIT}u`]],
+      ["CK", `${K}u`], ["NPT", `${Math.ceil(D / 256)}u`], ["LPR", `${LPR}u`], ["RPW", `${RPW}u`], ["BATCH", `${BATCH}u`], ["NIT", `${NIT}u`]],
     params: [["hasRes", "u32"], ["par", "u32"], ["eps", "f32"], ["oNorm", "u32"], ["groupsX", "u32"], ...EPILOGUE_PARAMS],
     bindings: [
       [x, `var<storage, ${shared ? "read_write" : "read"}> ${x}: array<f32>`], // [T, D]: h (with the norm) or the normalized input
@@ -146,14 +146,27 @@ fn m2In(t0: u32, wg: vec3<u32>) {
   for (var t = 0u; t < T; t++) { s[t] = 0.0; }
 ${norm ? `  // RMSNorm of h + res, each workgroup for itself; workgroup 0 writes the new residual
   var inv: array<f32, T>;
+  // a row's values are all loaded before any is used, so that their loads are in flight together (a loop that
+  // used each as it came waited for the cache once per value)
   for (var t = 0u; t < T; t++) {
+    var hv: array<f32, NPT>;
+    var rv: array<f32, NPT>;
+    var gv: array<f32, NPT>;
+    for (var j = 0u; j < NPT; j++) {
+      let k = min(t0 + 256u * j, D4 * 4u - 1u);
+      hv[j] = ${x}[t * D4 * 4u + k];
+      rv[j] = select(0.0, res[p.par * T * D4 * 4u + t * D4 * 4u + k], p.hasRes != 0u);
+      gv[j] = lp[p.oNorm + k];
+    }
     var ss = 0.0;
-    for (var k = t0; k < D4 * 4u; k += 256u) {
-      var v = ${x}[t * D4 * 4u + k];
-      if (p.hasRes != 0u) { v += res[p.par * T * D4 * 4u + t * D4 * 4u + k]; }
-      if (gi == 0u) { res[(1u - p.par) * T * D4 * 4u + t * D4 * 4u + k] = v; }
-      us[t * D4 * 4u + k] = v * lp[p.oNorm + k];
-      ss = fma(v, v, ss);
+    for (var j = 0u; j < NPT; j++) {
+      let k = t0 + 256u * j;
+      if (k < D4 * 4u) {
+        let v = hv[j] + rv[j];
+        if (gi == 0u) { res[(1u - p.par) * T * D4 * 4u + t * D4 * 4u + k] = v; }
+        us[t * D4 * 4u + k] = v * gv[j];
+        ss = fma(v, v, ss);
+      }
     }
     red[t * 256u + t0] = ss;
   }
