@@ -14,7 +14,7 @@ for s in ${steps//,/ }; do
     m2dec) run m2dec 120 env BENCH_ONLY=decode,2.7b node --import tsx bench/run.ts mamba2 ;;
     m2decoff) run m2decoff 120 env BENCH_TUNING=decodeScanOut:false BENCH_ONLY=decode,2.7b node --import tsx bench/run.ts mamba2 ;;
     m2f16) run m2f16 120 env BENCH_TUNING=precision:f16 BENCH_ONLY=forward,decode node --import tsx bench/run.ts mamba2 ;;
-    lanes) run lanes 90 env BENCH_ONLY=lanes node --import tsx bench/run.ts mamba2 ;;
+    lanes) run lanes 150 env BENCH_ONLY=lanes node --import tsx bench/run.ts mamba2 ;;
     m2best) # Mamba-2 decode with the lanes and load size the lanes step timed fastest for each model (the sum of in_proj and out_proj)
       for m in 130m 2.7b; do
         knobs=$(node -e 'const [f,m]=process.argv.slice(1);const t=require("fs").readFileSync(f,"utf8");const rows=[];

@@ -115,10 +115,12 @@ for (const [name, cfg] of configs) {
   });
 }
 
-test("webgpu mamba2 fused decode: out_proj a dispatch of its own at batch 1 and 3 (decodeScanOut: false), the matvecs with other lanes a row than their default, equals the ops one by one", { timeout: 600_000 }, async (t) => {
+test("webgpu mamba2 fused decode: out_proj a dispatch of its own at batch 1 and 3 (decodeScanOut: false), the matvecs with other lanes a row than their default, in_proj's workgroups each taking several groups of rows, equals the ops one by one", { timeout: 600_000 }, async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  const g = (await createWebGpuBackend({ decodePersistent: false, decodeScanOut: false, decodeM2InLanes: 8, decodeM2OutLanes: 16 })) as WebGpuBackend;
+  // 8 lanes: in_proj's rows in groups of 32 (100 rows in the first config, 86 in the second); with 3 workgroups at
+  // most, the first config's two workgroups take 2 groups each, the last group part full
+  const g = (await createWebGpuBackend({ decodePersistent: false, decodeScanOut: false, decodeM2InLanes: 8, decodeM2OutLanes: 16, decodeM2InWorkgroups: 3 })) as WebGpuBackend;
   for (const [name, cfg] of [configs[0]!, configs[1]!]) {
     const ps = perturbedParameters(cfg, 47);
     const gpu = await modelFromTensors(cfg, ps, { backend: g });

@@ -28,6 +28,8 @@ export const M2_IN_MAX_ROWS = 8;
 /** Bytes of workgroup memory the matvec kernel needs for T rows of D (with the norm, which holds the rows, or
  *  without): the norm is taken where the device's workgroup memory holds them (130m's 8 rows: 32 KiB). */
 export const m2InBytes = (T: number, D: number, norm: boolean) => 4 * ((norm ? T * D : 0) + 256 * T);
+/** The most workgroups the standalone matvec kernel launches by default (WebGpuInternalTuning.decodeM2InWorkgroups); each loops over groups of rows (m2InParts). */
+const M2_IN_WORKGROUPS = 512;
 /** Conv kernel sizes taken (the history is held in registers). */
 export const M2_MAX_K = 9;
 /** vec4s of a weight row a lane loads at once before using any (as ../matvec.ts). */
@@ -104,10 +106,12 @@ export function m2InParts(s: M2InShape, shared = false): WgslParts {
   const x = shared ? "h" : "x"; // the input's binding
   const D4 = D / 4;
   const { LPR, RPW, BATCH, NIT } = m2Lanes(D, s.lanes, loadBytes, ws);
+  const step = shared ? "NG" : "p.stride"; // from one group of rows to the workgroup's next
   return {
     consts: [["T", `${T}u`], ["D4", `${D4}u`], ["E", `${E}u`], ["CW", `${C}u`], ["H", `${H}u`], ["NIN", `${E + C + H}u`],
-      ["CK", `${K}u`], ["NPT", `${Math.ceil(D / 256)}u`], ["LPR", `${LPR}u`], ["RPW", `${RPW}u`], ["BATCH", `${BATCH}u`], ["NIT", `${NIT}u`]],
-    params: [["hasRes", "u32"], ["par", "u32"], ["eps", "f32"], ["oNorm", "u32"], ["groupsX", "u32"], ...EPILOGUE_PARAMS],
+      ["CK", `${K}u`], ["NPT", `${Math.ceil(D / 256)}u`], ["NG", `${Math.ceil((E + C + H) / RPW)}u`], ["LPR", `${LPR}u`], ["RPW", `${RPW}u`], ["BATCH", `${BATCH}u`], ["NIT", `${NIT}u`]],
+    params: [["hasRes", "u32"], ["par", "u32"], ["eps", "f32"], ["oNorm", "u32"], ["groupsX", "u32"], ...(shared ? [] : [["stride", "u32"] as [string, "u32"]]),
+      ...EPILOGUE_PARAMS],
     bindings: [
       [x, `var<storage, ${shared ? "read_write" : "read"}> ${x}: array<f32>`], // [T, D]: h (with the norm) or the normalized input
       // [2, T, D]: half par in, half 1 - par out (only with the norm: a binding no code uses is not in the layout)
@@ -132,18 +136,16 @@ fn load(n: u32, lane: u32, i: u32) -> array<vec4<f32>, BATCH> {
     fn: /* wgsl */ `
 fn m2In(t0: u32, wg: vec3<u32>) {
   let lane = t0 % LPR;
-  let gi = wg.y * p.groupsX + wg.x;
-  let n = gi * RPW + t0 / LPR;
-  let nc = min(n, NIN - 1u); // rows past the last load the last one and store nothing
+  let first = wg.y * p.groupsX + wg.x;
+  // rows past the last load the last one and store nothing
+  var nc = min(first * RPW + t0 / LPR, NIN - 1u);
   // the first batch of weights (with rows of up to 16 vec4s a lane: all of them) and the epilogue's constants go
   // out before the norm, so that their latency hides the norm's
-  let wv0 = load(nc, lane, 0u);
+  var wv0 = load(nc, lane, 0u);
   var taps: array<Tap, T>;
   if (lane == 0u) {
     for (var t = 0u; t < T; t++) { taps[t] = loadTap(t, nc); }
   }
-  var s: array<f32, T>;
-  for (var t = 0u; t < T; t++) { s[t] = 0.0; }
 ${norm ? `  // RMSNorm of h + res, each workgroup for itself; workgroup 0 writes the new residual
   var inv: array<f32, T>;
   // a row's values are all loaded before any is used, so that their loads are in flight together (a loop that
@@ -163,7 +165,7 @@ ${norm ? `  // RMSNorm of h + res, each workgroup for itself; workgroup 0 writes
       let k = t0 + 256u * j;
       if (k < D4 * 4u) {
         let v = hv[j] + rv[j];
-        if (gi == 0u) { res[(1u - p.par) * T * D4 * 4u + t * D4 * 4u + k] = v; }
+        if (first == 0u) { res[(1u - p.par) * T * D4 * 4u + t * D4 * 4u + k] = v; }
         us[t * D4 * 4u + k] = v * gv[j];
         ss = fma(v, v, ss);
       }
@@ -179,29 +181,45 @@ ${norm ? `  // RMSNorm of h + res, each workgroup for itself; workgroup 0 writes
   }
   for (var t = 0u; t < T; t++) { inv[t] = inverseSqrt(red[t * 256u] / f32(D4 * 4u) + p.eps); }
   workgroupBarrier(); // red is reused below
-` : ""}  for (var i = 0u; i < NIT; i++) {
-    var wv = wv0;
-    if (i > 0u) { wv = load(nc, lane, i); }
-    for (var k = 0u; k < BATCH; k++) {
-      let k4 = lane + LPR * (i * BATCH + k);
-      if (k4 < D4) {
-        for (var t = 0u; t < T; t++) {
-          let o = k4 * 4u;
-          s[t] = fma(wv[k].x, xAt(t, o), fma(wv[k].y, xAt(t, o + 1u), fma(wv[k].z, xAt(t, o + 2u), fma(wv[k].w, xAt(t, o + 3u), s[t]))));
+` : ""}  // the workgroup's groups of RPW rows: \`first\`, then one stride on at a time (a standalone kernel launches fewer
+  // workgroups than groups, so that each does its norm once and has the next group's weights in flight while it
+  // sums this one's; the layer's phase does one group)
+  for (var gi = first; gi < NG; gi += ${step}) {
+    let n = gi * RPW + t0 / LPR;
+    var s: array<f32, T>;
+    for (var t = 0u; t < T; t++) { s[t] = 0.0; }
+    for (var i = 0u; i < NIT; i++) {
+      var wv = wv0;
+      if (i > 0u) { wv = load(nc, lane, i); }
+      for (var k = 0u; k < BATCH; k++) {
+        let k4 = lane + LPR * (i * BATCH + k);
+        if (k4 < D4) {
+          for (var t = 0u; t < T; t++) {
+            let o = k4 * 4u;
+            s[t] = fma(wv[k].x, xAt(t, o), fma(wv[k].y, xAt(t, o + 1u), fma(wv[k].z, xAt(t, o + 2u), fma(wv[k].w, xAt(t, o + 3u), s[t]))));
+          }
         }
       }
     }
-  }
-  for (var t = 0u; t < T; t++) { red[t * 256u + t0] = s[t]${norm ? " * inv[t]" : ""}; }
-  workgroupBarrier();
-  for (var st = LPR / 2u; st > 0u; st >>= 1u) {
-    if (lane < st) {
-      for (var t = 0u; t < T; t++) { red[t * 256u + t0] += red[t * 256u + t0 + st]; }
-    }
+    let more = gi + ${step} < NG;
+    let ncNext = min((gi + ${step}) * RPW + t0 / LPR, NIN - 1u);
+    if (more) { wv0 = load(ncNext, lane, 0u); }
+    for (var t = 0u; t < T; t++) { red[t * 256u + t0] = s[t]${norm ? " * inv[t]" : ""}; }
     workgroupBarrier();
-  }
-  if (lane == 0u && n < NIN) {
-    for (var t = 0u; t < T; t++) { finish(t, n, taps[t], red[t * 256u + t0]); }
+    for (var st = LPR / 2u; st > 0u; st >>= 1u) {
+      if (lane < st) {
+        for (var t = 0u; t < T; t++) { red[t * 256u + t0] += red[t * 256u + t0 + st]; }
+      }
+      workgroupBarrier();
+    }
+    // a lane 0 reads back only the slot it wrote, so the next group's stores need no barrier before them
+    if (lane == 0u && n < NIN) {
+      for (var t = 0u; t < T; t++) { finish(t, n, taps[t], red[t * 256u + t0]); }
+    }
+    if (more && lane == 0u) {
+      for (var t = 0u; t < T; t++) { taps[t] = loadTap(t, ncNext); }
+    }
+    nc = ncNext;
   }
 }`,
   };
@@ -232,6 +250,8 @@ export interface M2InArgs extends M2Offsets {
   w: Buf; ws: WeightStorage; loadBytes: number;
   /** lanes a row (m2Lanes; 0 or absent: by D) */
   lanes?: number;
+  /** the most workgroups launched (0 or absent: M2_IN_WORKGROUPS) */
+  workgroups?: number;
   convState: Buf; out: Buf;
   lo: number; hi: number;
 }
@@ -264,8 +284,12 @@ export function decodeM2In(gpu: Gpu, a: M2InArgs): void {
   const shape = m2InShape(a);
   const k = gpu.kernel(inKernel, shape);
   const parts = cached(JSON.stringify(shape), () => m2InParts(shape));
-  const [gx, gy] = grid(m2InGroups(shape), gpu.limits.maxComputeWorkgroupsPerDimension);
-  const p = paramBlock(parts.params, m2InParams(a, gx));
+  // at most M2_IN_WORKGROUPS workgroups, each doing as many groups of rows as the others (a few more than the
+  // read ceiling's best, 264 – 528 workgroups of 256 on the H100, so that the last groups do not leave one
+  // workgroup working alone)
+  const groups = m2InGroups(shape);
+  const [gx, gy] = grid(Math.ceil(groups / Math.ceil(groups / (a.workgroups || M2_IN_WORKGROUPS))), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const p = paramBlock(parts.params, { ...m2InParams(a, gx), stride: gx * gy });
   gpu.dispatch(k, bindingsByName(parts, { x: a.x, ...(a.norm ? { res: a.norm.res } : {}), lp: a.lp, w: a.w, convState: a.convState, out: a.out }), p, [gx, gy]);
 }
 
