@@ -362,21 +362,23 @@ async function benchLanes(b: WebGpuBackend): Promise<void> {
     for (const loadBytes of [64, 128, 256]) {
       for (const lanes of [0, ...M2_LANE_CHOICES]) {
         if (lanes && lanes * 4 > D) continue;
-        // in_proj as the step runs it (its workgroups by decodeM2InWorkgroups), and with a workgroup a group of rows
+        // each as the step runs it (its workgroups by decodeM2Workgroups), and with a workgroup a group of rows
         const inProj = (workgroups: number | undefined) => gpuTrials(b, () => decodeM2In(gpu, {
           T: 1, D, E, C, H, K, x: bufs.x, norm: { res: bufs.res, hasRes: true, par: 0, eps: 1e-5 }, lp: bufs.lp, hasBias: false, oNorm: 0,
           oInBias, oConvW, oConvB, oDtBias, w: bufs.wIn, ws: "f32", loadBytes, lanes, workgroups, convState: bufs.conv, out: bufs.zx, lo: 0, hi: 1e30,
         }), reps);
-        const tIn = await inProj(tuning.decodeM2InWorkgroups);
+        const tIn = await inProj(tuning.decodeM2Workgroups);
         const tInEach = await inProj(2 ** 30);
-        const tOut = await gpuTrials(b, () => decodeM2Out(gpu, {
-          T: 1, K: E, N: D, v: bufs.v, w: bufs.wOut, ws: "f32", bias: null, y: bufs.y, loadBytes, lanes, norm: { ss: bufs.ss, G: 1, GS: E, NWG, eps: 1e-5 },
+        const outProj = (workgroups: number | undefined) => gpuTrials(b, () => decodeM2Out(gpu, {
+          T: 1, K: E, N: D, v: bufs.v, w: bufs.wOut, ws: "f32", bias: null, y: bufs.y, loadBytes, lanes, workgroups, norm: { ss: bufs.ss, G: 1, GS: E, NWG, eps: 1e-5 },
         }), reps);
+        const tOut = await outProj(tuning.decodeM2Workgroups);
+        const tOutEach = await outProj(2 ** 30);
         if (!tIn || !tOut) { console.log("lanes: no timestamp queries"); return; }
         const rate = (bytes: number, t: number) => `${(t * 1000).toFixed(2)} us, ${(bytes / (t / 1000) / 1e9).toFixed(0)} GB/s`;
         console.log(`${name} decode matvecs, lanes ${lanes || `${m2Lanes(D, 0, loadBytes, "f32").LPR}/${m2Lanes(E, 0, loadBytes, "f32").LPR} (default)`}, ` +
           `loads of ${loadBytes} B: in_proj [${NIN} x ${D}] ${rate(NIN * D * 4, tIn.median)}; out_proj [${D} x ${E}] ${rate(D * E * 4, tOut.median)}; ` +
-          `in_proj with a workgroup a group of rows ${tInEach ? rate(NIN * D * 4, tInEach.median) : "n/a"}`);
+          `with a workgroup a group of rows: in_proj ${tInEach ? rate(NIN * D * 4, tInEach.median) : "n/a"}, out_proj ${tOutEach ? rate(D * E * 4, tOutEach.median) : "n/a"}`);
       }
     }
     for (const buf of Object.values(bufs)) gpu.release(buf);

@@ -15,7 +15,7 @@ import path from "node:path";
 import { type MambaConfig, type MambaModel, modelFromTensors } from "../../src/index.ts";
 import { makeConfig } from "../../src/model/init.ts";
 import { MambaCache } from "../../src/model/cache.ts";
-import type { WebGpuBackend } from "../../src/backend/webgpu/index.ts";
+import type { WebGpuBackend, WebGpuInternalTuning } from "../../src/backend/webgpu/index.ts";
 import { toBF16Bits, toF16Bits } from "../../src/io/tensor.ts";
 import { TestRng, perturbedParameters } from "../helpers/random.ts";
 import { assertClose, expected, fixture } from "../helpers/fixtures.ts";
@@ -27,10 +27,10 @@ import { LAYER_CTL_WORDS, LAYER_FLAG_BYTE } from "../../src/backend/webgpu/kerne
 /** A backend of the test's own (the GPU model that takes it destroys it) whose step runs the kernels of their own
  *  (decodePersistent false: on hardware GPUs the one-dispatch layer is the default at these sizes), or null where
  *  there is no adapter. */
-async function gpuOrSkip(t: Parameters<typeof gpuTest>[0]): Promise<WebGpuBackend | null> {
+async function gpuOrSkip(t: Parameters<typeof gpuTest>[0], tuning: WebGpuInternalTuning = {}): Promise<WebGpuBackend | null> {
   if (!(await gpuTest(t))) return null;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
-  return (await createWebGpuBackend({ decodePersistent: false })) as WebGpuBackend;
+  return (await createWebGpuBackend({ decodePersistent: false, ...tuning })) as WebGpuBackend;
 }
 
 const configs: [string, MambaConfig][] = [
@@ -119,8 +119,9 @@ test("webgpu mamba2 fused decode: out_proj a dispatch of its own at batch 1 and 
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
   // 8 lanes: in_proj's rows in groups of 32 (100 rows in the first config, 86 in the second); with 3 workgroups at
-  // most, the first config's two workgroups take 2 groups each, the last group part full
-  const g = (await createWebGpuBackend({ decodePersistent: false, decodeScanOut: false, decodeM2InLanes: 8, decodeM2OutLanes: 16, decodeM2InWorkgroups: 3 })) as WebGpuBackend;
+  // most, the first config's two workgroups take 2 groups each, the last group part full. (out_proj: one group of
+  // 16 rows at these widths; several a workgroup in the test of hidden sizes past in_proj's workgroup memory)
+  const g = (await createWebGpuBackend({ decodePersistent: false, decodeScanOut: false, decodeM2InLanes: 8, decodeM2OutLanes: 16, decodeM2Workgroups: 3 })) as WebGpuBackend;
   for (const [name, cfg] of [configs[0]!, configs[1]!]) {
     const ps = perturbedParameters(cfg, 47);
     const gpu = await modelFromTensors(cfg, ps, { backend: g });
@@ -230,8 +231,9 @@ test("webgpu mamba2 fused decode: half-precision weights (bf16, f16) equal the C
   }
 });
 
-test("webgpu mamba2 fused decode: rows × hidden size past in_proj's workgroup memory (the norm a dispatch of its own) and within it, out_proj a dispatch of its own past 4 rows, and greedy generation equals the CPU's", { timeout: 600_000 }, async (t) => {
-  const g = await gpuOrSkip(t);
+test("webgpu mamba2 fused decode: rows × hidden size past in_proj's workgroup memory (the norm a dispatch of its own) and within it, out_proj a dispatch of its own past 4 rows (its workgroups each taking several groups of rows), and greedy generation equals the CPU's", { timeout: 600_000 }, async (t) => {
+  // out_proj's 772 rows in 97 groups of 8 over 5 workgroups: 20 groups each, the last fewer and part full
+  const g = await gpuOrSkip(t, { decodeM2Workgroups: 5 });
   if (!g) return;
   // the least hidden size (a multiple of 4) whose 8 rows in_proj's norm cannot hold (lavapipe's 32 KiB: 772)
   const D = widestNormed(g.gpu.limits.maxComputeWorkgroupStorageSize) + 4;

@@ -133,7 +133,7 @@ export class Mamba2Plans {
         T: B, D, E, C: d.C, H: d.H, K: d.K, x: fuseNorm ? h : u!, norm: fuseNorm ? { res, hasRes: i > 0, par: i % 2, eps: d.eps } : null,
         lp: lp.buf.buf, hasBias: !!mx.inProjBias, oNorm: lp.oNorm, oInBias: lp.oInBias, oConvW: lp.oConvW, oConvB: lp.oConvB,
         oDtBias: lp.oDtBias, w: wIn.buf, ws: this.backend.weightStorage(wIn), loadBytes: this.backend.loadBytes(D),
-        lanes: settings.decodeM2InLanes, workgroups: settings.decodeM2InWorkgroups, convState: convState.buf, out: zxbcdt, lo: d.lo, hi: d.hi,
+        lanes: settings.decodeM2InLanes, workgroups: settings.decodeM2Workgroups, convState: convState.buf, out: zxbcdt, lo: d.lo, hi: d.hi,
       };
       const ssmArgs: M2SsmArgs = {
         B, N: d.N, P: d.P, H: d.H, G: d.G, E, C: d.C, mode: d.mode, zxbcdt, lp: lp.buf.buf, oA: lp.oA, oD: lp.oD, oGate: lp.oGate,
@@ -141,6 +141,7 @@ export class Mamba2Plans {
       };
       const outArgs: M2OutArgs = {
         T: B, K: E, N: D, v, w: wo.buf, ws: this.backend.weightStorage(wo), bias, y: h, loadBytes: this.backend.loadBytes(E), lanes: settings.decodeM2OutLanes,
+        workgroups: settings.decodeM2Workgroups,
         norm: d.mode === "none" ? null : { ss, G: d.G, GS: E / d.G, NWG, eps: d.eps },
       };
       return { inArgs, ssmArgs, outArgs };

@@ -110,11 +110,11 @@ export interface WebGpuInternalTuning extends WebGpuTuning {
    *  (BENCHMARKS.md, runs 83 – 84) */
   decodeM2InLanes?: number;
   decodeM2OutLanes?: number;
-  /** the most workgroups Mamba-2's decode in_proj matvec launches, where it runs as a kernel of its own: each then
-   *  takes its groups of rows in turn, normalizing the input once and loading the next group's weights while it
-   *  sums the last's (default 512, about the read ceiling's best count of 256-thread workgroups on the H100; a
-   *  count at least the groups' gives each workgroup one) */
-  decodeM2InWorkgroups?: number;
+  /** the most workgroups each of Mamba-2's decode matvecs (in_proj, out_proj) launches where it runs as a kernel of
+   *  its own: each workgroup then takes its groups of rows in turn, making the norm once and loading the next
+   *  group's weights while it sums the last's (default 512, about the read ceiling's best count of 256-thread
+   *  workgroups on the H100; a count at least the groups' gives each workgroup one) */
+  decodeM2Workgroups?: number;
   /** Mamba-2's fused decode step at up to 8 rows runs each layer in one dispatch (kernels/decode/mamba2-layer.ts),
    *  as decodePersistent does Mamba-1's, where decodePersistent is on: in_proj's, the scan's and out_proj's kernels
    *  become phases of one. Taken where out_proj is not asked into the scan's dispatch (decodeScanOut true), in_proj's
@@ -160,7 +160,7 @@ export interface WebGpuInternalTuning extends WebGpuTuning {
 const WEBGPU_TUNING_KEYS = optionKeys<WebGpuInternalTuning>({
   poolBytes: true, decodePersistent: true, precision: true, scanThreads: true, tensorCoreTile: true, flushEvery: true,
   matmulVec4: true, decodeChannels: true, decodeLoadBytes: true, decodeAccumulate: true, decodeBatch: true,
-  decodeScanOut: true, decodeM2InLanes: true, decodeM2OutLanes: true, decodeM2InWorkgroups: true, decodeM2Persistent: true, decodeBatchSplitCols: true,
+  decodeScanOut: true, decodeM2InLanes: true, decodeM2OutLanes: true, decodeM2Workgroups: true, decodeM2Persistent: true, decodeBatchSplitCols: true,
   decodeBatchScanRows: true, scanBackwardKernel: true, scanBackwardLanes: true, scanBackwardBlocks: true,
   scanBackwardChunk: true, scanBackwardSubTile: true, scanBackwardReduceWidth: true,
 });
@@ -193,8 +193,8 @@ export interface ForwardSettings {
   /** 0: by row width */
   decodeM2InLanes: number;
   decodeM2OutLanes: number;
-  /** 0: M2_IN_WORKGROUPS */
-  decodeM2InWorkgroups: number;
+  /** 0: 512 (M2_IN_WORKGROUPS, M2_OUT_WORKGROUPS) */
+  decodeM2Workgroups: number;
   decodeM2Persistent: boolean | null; // null: by the layer's size
   /** -1: 96 where the parts by the workgroup target are short */
   decodeBatchSplitCols: number;
@@ -207,7 +207,7 @@ export interface ForwardSettings {
 export function forwardSettings(gpu: Gpu, tuning: WebGpuInternalTuning): ForwardSettings {
   checkCount("scanThreads", tuning.scanThreads, 1);
   checkCount("flushEvery", tuning.flushEvery, 1);
-  checkCount("decodeM2InWorkgroups", tuning.decodeM2InWorkgroups, 1);
+  checkCount("decodeM2Workgroups", tuning.decodeM2Workgroups, 1);
   checkChoice("decodeChannels", tuning.decodeChannels === 0 ? undefined : tuning.decodeChannels, DECODE_CHANNEL_CHOICES); // 0: the default
   checkChoice("decodeLoadBytes", tuning.decodeLoadBytes, DECODE_LOAD_BYTES_CHOICES);
   checkChoice("decodeM2InLanes", tuning.decodeM2InLanes === 0 ? undefined : tuning.decodeM2InLanes, M2_LANE_CHOICES); // 0: the default
@@ -234,7 +234,7 @@ export function forwardSettings(gpu: Gpu, tuning: WebGpuInternalTuning): Forward
     decodeScanOut: tuning.decodeScanOut ?? null,
     decodeM2InLanes: tuning.decodeM2InLanes ?? 0,
     decodeM2OutLanes: tuning.decodeM2OutLanes ?? 0,
-    decodeM2InWorkgroups: tuning.decodeM2InWorkgroups ?? 0,
+    decodeM2Workgroups: tuning.decodeM2Workgroups ?? 0,
     decodeM2Persistent: tuning.decodeM2Persistent ?? null,
     decodeBatchSplitCols: tuning.decodeBatchSplitCols ?? -1,
     decodeBatchScanRows: tuning.decodeBatchScanRows ?? -1,

@@ -28,7 +28,8 @@ export const M2_IN_MAX_ROWS = 8;
 /** Bytes of workgroup memory the matvec kernel needs for T rows of D (with the norm, which holds the rows, or
  *  without): the norm is taken where the device's workgroup memory holds them (130m's 8 rows: 32 KiB). */
 export const m2InBytes = (T: number, D: number, norm: boolean) => 4 * ((norm ? T * D : 0) + 256 * T);
-/** The most workgroups the standalone matvec kernel launches by default (WebGpuInternalTuning.decodeM2InWorkgroups); each loops over groups of rows (m2InParts). */
+/** The most workgroups the standalone matvec kernel launches by default (WebGpuInternalTuning.decodeM2Workgroups);
+ *  each loops over groups of rows (m2InParts). */
 const M2_IN_WORKGROUPS = 512;
 /** Conv kernel sizes taken (the history is held in registers). */
 export const M2_MAX_K = 9;

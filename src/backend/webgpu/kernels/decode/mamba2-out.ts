@@ -15,6 +15,9 @@ import { m2Lanes } from "./mamba2-in.ts";
 import { defineKernel } from "../../kernel-def.ts";
 
 export const M2_OUT_MAX_ROWS = 8;
+/** The most workgroups the matvec kernel launches by default (WebGpuInternalTuning.decodeM2Workgroups); each loops
+ *  over groups of rows (m2OutParts). */
+const M2_OUT_WORKGROUPS = 512;
 
 export interface M2OutShape {
   T: number; K: number; ws: WeightStorage; loadBytes: number;
@@ -39,12 +42,13 @@ export function m2OutParts(s: M2OutShape, shared = false, wait = ""): WgslParts 
   const { LPR, RPW, BATCH, NIT } = m2Lanes(K, s.lanes, loadBytes, ws);
   const norm = G > 0;
   const y = shared ? "h" : "y"; // the output's binding
+  const step = shared ? "groups" : "p.stride"; // from one group of rows to the workgroup's next
   // the input at (row t, column k): scaled by its group's r where there are several groups
   const xAt = shared ? "us[t * K4 * 4u + k]" : !norm || G === 1 ? "v[t * K4 * 4u + k]" : "v[t * K4 * 4u + k] * rs[t * G + k / GS]";
   return {
     consts: [["T", `${T}u`], ["K4", `${K4}u`], ["LPR", `${LPR}u`], ["RPW", `${RPW}u`], ["BATCH", `${BATCH}u`],
       ["NIT", `${NIT}u`], ["G", `${Math.max(G, 1)}u`], ["GS", `${GS}u`], ["NWG", `${NWG}u`], ["WPG", `${WPG}u`]],
-    params: [["N", "u32"], ["hasBias", "u32"], ["groupsX", "u32"], ["eps", "f32"]],
+    params: [["N", "u32"], ["hasBias", "u32"], ["groupsX", "u32"], ["eps", "f32"], ...(shared ? [] : [["stride", "u32"] as [string, "u32"]])],
     bindings: [
       ["v", shared ? "var<storage, read_write> v: array<atomic<u32>>" : "var<storage, read> v: array<f32>"], // [T, K]
       // [T, NWG]
@@ -66,17 +70,24 @@ fn load(n: u32, lane: u32, i: u32) -> array<vec4<f32>, BATCH> {
     fn: /* wgsl */ `
 fn m2Out(t0: u32, wg: vec3<u32>) {
   let lane = t0 % LPR;
-  let n = (wg.y * p.groupsX + wg.x) * RPW + t0 / LPR;
-  let nc = min(n, p.N - 1u);
+  let first = wg.y * p.groupsX + wg.x;
+  let groups = (p.N + RPW - 1u) / RPW; // of RPW rows
+  var nc = min(first * RPW + t0 / LPR, p.N - 1u);
   var wv0 = load(nc, lane, 0u); // the first weights go out before the norm's sums
-${wait}${norm ? `  // r of each (row, group), 8 at a time: 32 threads sum a group's WPG partial sums of squares
+${wait}${norm ? `  // r of each (row, group), 8 at a time: 32 threads sum a group's WPG partial sums of squares, each loading all of
+  // its share before adding any (so that the loads are in flight together)
   for (var j = 0u; j < T * G; j += 8u) {
     let slot = t0 / 32u;
     let l = t0 % 32u;
     let pair = min(j + slot, T * G - 1u);
     let base = (pair / G) * NWG + (pair % G) * WPG;
+    var part: array<f32, (WPG + 31u) / 32u>;
+    for (var i = 0u; i < (WPG + 31u) / 32u; i++) {
+      let at = base + min(l + 32u * i, WPG - 1u);
+      part[i] = select(0.0, ${shared ? "bitcast<f32>(atomicLoad(&ss[at]))" : "ss[at]"}, l + 32u * i < WPG);
+    }
     var s = 0.0;
-    for (var i = l; i < WPG; i += 32u) { s += ${shared ? "bitcast<f32>(atomicLoad(&ss[base + i]))" : "ss[base + i]"}; }
+    for (var i = 0u; i < (WPG + 31u) / 32u; i++) { s += part[i]; }
     red[t0] = s;
     workgroupBarrier();
     for (var st = 16u; st > 0u; st >>= 1u) {
@@ -90,33 +101,44 @@ ${wait}${norm ? `  // r of each (row, group), 8 at a time: 32 threads sum a grou
     us[i] = bitcast<f32>(atomicLoad(&v[i]))${norm && G > 1 ? " * rs[(i / (K4 * 4u)) * G + (i % (K4 * 4u)) / GS]" : ""};
   }
   workgroupBarrier();
-` : ""}  var s: array<f32, T>;
-  for (var t = 0u; t < T; t++) { s[t] = 0.0; }
-  for (var i = 0u; i < NIT; i++) {
-    var wv = wv0;
-    if (i > 0u) { wv = load(nc, lane, i); }
-    for (var k = 0u; k < BATCH; k++) {
-      let k4 = lane + LPR * (i * BATCH + k);
-      if (k4 < K4) {
-        for (var t = 0u; t < T; t++) {
-          let o = k4 * 4u;
-          s[t] = fma(wv[k].x, xAt(t, o), fma(wv[k].y, xAt(t, o + 1u), fma(wv[k].z, xAt(t, o + 2u), fma(wv[k].w, xAt(t, o + 3u), s[t]))));
+` : ""}  // the workgroup's groups of RPW rows: \`first\`, then one stride on at a time (a kernel of its own launches
+  // fewer workgroups than groups, so that each makes the norm's r once and has the next group's weights in flight
+  // while it sums this one's; the layer's phase does one group)
+  for (var gi = first; gi < groups; gi += ${step}) {
+    let n = gi * RPW + t0 / LPR;
+    var s: array<f32, T>;
+    for (var t = 0u; t < T; t++) { s[t] = 0.0; }
+    for (var i = 0u; i < NIT; i++) {
+      var wv = wv0;
+      if (i > 0u) { wv = load(nc, lane, i); }
+      for (var k = 0u; k < BATCH; k++) {
+        let k4 = lane + LPR * (i * BATCH + k);
+        if (k4 < K4) {
+          for (var t = 0u; t < T; t++) {
+            let o = k4 * 4u;
+            s[t] = fma(wv[k].x, xAt(t, o), fma(wv[k].y, xAt(t, o + 1u), fma(wv[k].z, xAt(t, o + 2u), fma(wv[k].w, xAt(t, o + 3u), s[t]))));
+          }
         }
       }
     }
-  }
-  for (var t = 0u; t < T; t++) { red[t * 256u + t0] = s[t]${norm && G === 1 ? " * rs[t]" : ""}; }
-  workgroupBarrier();
-  for (var st = LPR / 2u; st > 0u; st >>= 1u) {
-    if (lane < st) {
-      for (var t = 0u; t < T; t++) { red[t * 256u + t0] += red[t * 256u + t0 + st]; }
-    }
+    let more = gi + ${step} < groups;
+    let ncNext = min((gi + ${step}) * RPW + t0 / LPR, p.N - 1u);
+    if (more) { wv0 = load(ncNext, lane, 0u); }
+    for (var t = 0u; t < T; t++) { red[t * 256u + t0] = s[t]${norm && G === 1 ? " * rs[t]" : ""}; }
     workgroupBarrier();
-  }
-  if (lane == 0u && n < p.N) {
-    var b = 0.0;
-    if (p.hasBias != 0u) { b = bias[n]; }
-    for (var t = 0u; t < T; t++) { ${y}[t * p.N + n] = red[t * 256u + t0] + b; }
+    for (var st = LPR / 2u; st > 0u; st >>= 1u) {
+      if (lane < st) {
+        for (var t = 0u; t < T; t++) { red[t * 256u + t0] += red[t * 256u + t0 + st]; }
+      }
+      workgroupBarrier();
+    }
+    // a lane 0 reads back only the slot it wrote, so the next group's stores need no barrier before them
+    if (lane == 0u && n < p.N) {
+      var b = 0.0;
+      if (p.hasBias != 0u) { b = bias[n]; }
+      for (var t = 0u; t < T; t++) { ${y}[t * p.N + n] = red[t * 256u + t0] + b; }
+    }
+    nc = ncNext;
   }
 }`,
   };
@@ -142,6 +164,8 @@ export interface M2OutArgs {
   v: Buf; w: Buf; ws: WeightStorage; bias: Buf | null; y: Buf; loadBytes: number;
   /** lanes a row (m2Lanes; 0 or absent: by K) */
   lanes?: number;
+  /** the most workgroups launched (0 or absent: M2_OUT_WORKGROUPS) */
+  workgroups?: number;
   // the gated norm's scale: groups of GS channels, the scan's sums of squares ss [T, NWG] (WPG a group); null: none
   norm: { ss: Buf; G: number; GS: number; NWG: number; eps: number } | null;
 }
@@ -167,10 +191,12 @@ export function decodeM2Out(gpu: Gpu, a: M2OutArgs): void {
   const shape = m2OutShape(a);
   const k = gpu.kernel(outKernel, shape);
   const kp = cached(shape);
-  const [gx, gy] = grid(m2OutGroups(shape, a.N), gpu.limits.maxComputeWorkgroupsPerDimension);
+  // at most M2_OUT_WORKGROUPS workgroups, each doing as many groups of rows as the others (as in_proj's kernel)
+  const groups = m2OutGroups(shape, a.N);
+  const [gx, gy] = grid(Math.ceil(groups / Math.ceil(groups / (a.workgroups || M2_OUT_WORKGROUPS))), gpu.limits.maxComputeWorkgroupsPerDimension);
   const bufs: Record<string, Buf> = { v: a.v, w: a.w, bias: a.bias ?? gpu.dummy, y: a.y };
   if (a.norm) bufs.ss = a.norm.ss;
-  gpu.dispatch(k, bindingsByName(kp, bufs), paramBlock(kp.params, m2OutParams(a, gx)), [gx, gy]);
+  gpu.dispatch(k, bindingsByName(kp, bufs), paramBlock(kp.params, { ...m2OutParams(a, gx), stride: gx * gy }), [gx, gy]);
 }
 
 /** The batch step's gated-norm scale, where out_proj is a plain matmul: v[t, k] *= r[t, group(k)], a workgroup a row. */
