@@ -50,6 +50,56 @@ export function m2Lanes(width: number, lanes: number | undefined, loadBytes: num
   return { LPR, RPW: 256 / LPR, BATCH: Math.ceil(perLane / NIT), NIT };
 }
 
+/**
+ * The decode matvecs' loop (in_proj here, out_proj in ./mamba2-out.ts) over a workgroup's groups of RPW rows:
+ * `first`, then one `step` on at a time. A kernel of its own launches fewer workgroups than groups, so that each
+ * makes its norm once and has the next group's weights in flight (wv0) while it sums this one's; the one-dispatch
+ * layer's phase does one group (step: the groups' count). Each lane sums its share of row n (LPR lanes a row, NIT
+ * batches of BATCH vec4s, `load`, `xAt`); the row's sums meet in workgroup memory (red), times `scale`; lane 0
+ * runs `store` (with the sum at red[t * 256u + t0], for rows below `rows`) and, where another group follows,
+ * `next` (ncNext: its row, clamped). W4: the row's width in vec4s.
+ */
+export function rowGroupsWgsl(o: { W4: string; rows: string; groups: string; step: string; scale: string; store: string; next?: string }): string {
+  return /* wgsl */ `  for (var gi = first; gi < ${o.groups}; gi += ${o.step}) {
+    let n = gi * RPW + t0 / LPR;
+    var s: array<f32, T>;
+    for (var t = 0u; t < T; t++) { s[t] = 0.0; }
+    for (var i = 0u; i < NIT; i++) {
+      var wv = wv0;
+      if (i > 0u) { wv = load(nc, lane, i); }
+      for (var k = 0u; k < BATCH; k++) {
+        let k4 = lane + LPR * (i * BATCH + k);
+        if (k4 < ${o.W4}) {
+          for (var t = 0u; t < T; t++) {
+            let o = k4 * 4u;
+            s[t] = fma(wv[k].x, xAt(t, o), fma(wv[k].y, xAt(t, o + 1u), fma(wv[k].z, xAt(t, o + 2u), fma(wv[k].w, xAt(t, o + 3u), s[t]))));
+          }
+        }
+      }
+    }
+    let more = gi + ${o.step} < ${o.groups};
+    let ncNext = min((gi + ${o.step}) * RPW + t0 / LPR, ${o.rows} - 1u);
+    if (more) { wv0 = load(ncNext, lane, 0u); }
+    for (var t = 0u; t < T; t++) { red[t * 256u + t0] = s[t]${o.scale}; }
+    workgroupBarrier();
+    for (var st = LPR / 2u; st > 0u; st >>= 1u) {
+      if (lane < st) {
+        for (var t = 0u; t < T; t++) { red[t * 256u + t0] += red[t * 256u + t0 + st]; }
+      }
+      workgroupBarrier();
+    }
+    // a lane 0 reads back only the slot it wrote, so the next group's stores need no barrier before them
+    if (lane == 0u && n < ${o.rows}) {
+      ${o.store}
+    }${o.next ? `
+    if (more && lane == 0u) {
+      ${o.next}
+    }` : ""}
+    nc = ncNext;
+  }
+`;
+}
+
 const EPILOGUE_PARAMS: [string, "u32" | "f32"][] = [["hasBias", "u32"], ["oInBias", "u32"], ["oConvW", "u32"], ["oConvB", "u32"],
   ["oDtBias", "u32"], ["lo", "f32"], ["hi", "f32"]];
 
@@ -182,46 +232,9 @@ ${norm ? `  // RMSNorm of h + res, each workgroup for itself; workgroup 0 writes
   }
   for (var t = 0u; t < T; t++) { inv[t] = inverseSqrt(red[t * 256u] / f32(D4 * 4u) + p.eps); }
   workgroupBarrier(); // red is reused below
-` : ""}  // the workgroup's groups of RPW rows: \`first\`, then one stride on at a time (a standalone kernel launches fewer
-  // workgroups than groups, so that each does its norm once and has the next group's weights in flight while it
-  // sums this one's; the layer's phase does one group)
-  for (var gi = first; gi < NG; gi += ${step}) {
-    let n = gi * RPW + t0 / LPR;
-    var s: array<f32, T>;
-    for (var t = 0u; t < T; t++) { s[t] = 0.0; }
-    for (var i = 0u; i < NIT; i++) {
-      var wv = wv0;
-      if (i > 0u) { wv = load(nc, lane, i); }
-      for (var k = 0u; k < BATCH; k++) {
-        let k4 = lane + LPR * (i * BATCH + k);
-        if (k4 < D4) {
-          for (var t = 0u; t < T; t++) {
-            let o = k4 * 4u;
-            s[t] = fma(wv[k].x, xAt(t, o), fma(wv[k].y, xAt(t, o + 1u), fma(wv[k].z, xAt(t, o + 2u), fma(wv[k].w, xAt(t, o + 3u), s[t]))));
-          }
-        }
-      }
-    }
-    let more = gi + ${step} < NG;
-    let ncNext = min((gi + ${step}) * RPW + t0 / LPR, NIN - 1u);
-    if (more) { wv0 = load(ncNext, lane, 0u); }
-    for (var t = 0u; t < T; t++) { red[t * 256u + t0] = s[t]${norm ? " * inv[t]" : ""}; }
-    workgroupBarrier();
-    for (var st = LPR / 2u; st > 0u; st >>= 1u) {
-      if (lane < st) {
-        for (var t = 0u; t < T; t++) { red[t * 256u + t0] += red[t * 256u + t0 + st]; }
-      }
-      workgroupBarrier();
-    }
-    // a lane 0 reads back only the slot it wrote, so the next group's stores need no barrier before them
-    if (lane == 0u && n < NIN) {
-      for (var t = 0u; t < T; t++) { finish(t, n, taps[t], red[t * 256u + t0]); }
-    }
-    if (more && lane == 0u) {
-      for (var t = 0u; t < T; t++) { taps[t] = loadTap(t, ncNext); }
-    }
-    nc = ncNext;
-  }
+` : ""}${rowGroupsWgsl({ W4: "D4", rows: "NIN", groups: "NG", step, scale: norm ? " * inv[t]" : "",
+    store: "for (var t = 0u; t < T; t++) { finish(t, n, taps[t], red[t * 256u + t0]); }",
+    next: "for (var t = 0u; t < T; t++) { taps[t] = loadTap(t, ncNext); }" })}
 }`,
   };
 }

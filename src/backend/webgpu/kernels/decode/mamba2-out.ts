@@ -11,7 +11,7 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { grid } from "../../gpu.ts";
 import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
 import { type WeightStorage, weight4Binding, weight4Reader } from "../weights.ts";
-import { m2Lanes } from "./mamba2-in.ts";
+import { m2Lanes, rowGroupsWgsl } from "./mamba2-in.ts";
 import { defineKernel } from "../../kernel-def.ts";
 
 export const M2_OUT_MAX_ROWS = 8;
@@ -101,45 +101,10 @@ ${wait}${norm ? `  // r of each (row, group), 8 at a time: 32 threads sum a grou
     us[i] = bitcast<f32>(atomicLoad(&v[i]))${norm && G > 1 ? " * rs[(i / (K4 * 4u)) * G + (i % (K4 * 4u)) / GS]" : ""};
   }
   workgroupBarrier();
-` : ""}  // the workgroup's groups of RPW rows: \`first\`, then one stride on at a time (a kernel of its own launches
-  // fewer workgroups than groups, so that each makes the norm's r once and has the next group's weights in flight
-  // while it sums this one's; the layer's phase does one group)
-  for (var gi = first; gi < groups; gi += ${step}) {
-    let n = gi * RPW + t0 / LPR;
-    var s: array<f32, T>;
-    for (var t = 0u; t < T; t++) { s[t] = 0.0; }
-    for (var i = 0u; i < NIT; i++) {
-      var wv = wv0;
-      if (i > 0u) { wv = load(nc, lane, i); }
-      for (var k = 0u; k < BATCH; k++) {
-        let k4 = lane + LPR * (i * BATCH + k);
-        if (k4 < K4) {
-          for (var t = 0u; t < T; t++) {
-            let o = k4 * 4u;
-            s[t] = fma(wv[k].x, xAt(t, o), fma(wv[k].y, xAt(t, o + 1u), fma(wv[k].z, xAt(t, o + 2u), fma(wv[k].w, xAt(t, o + 3u), s[t]))));
-          }
-        }
-      }
-    }
-    let more = gi + ${step} < groups;
-    let ncNext = min((gi + ${step}) * RPW + t0 / LPR, p.N - 1u);
-    if (more) { wv0 = load(ncNext, lane, 0u); }
-    for (var t = 0u; t < T; t++) { red[t * 256u + t0] = s[t]${norm && G === 1 ? " * rs[t]" : ""}; }
-    workgroupBarrier();
-    for (var st = LPR / 2u; st > 0u; st >>= 1u) {
-      if (lane < st) {
-        for (var t = 0u; t < T; t++) { red[t * 256u + t0] += red[t * 256u + t0 + st]; }
-      }
-      workgroupBarrier();
-    }
-    // a lane 0 reads back only the slot it wrote, so the next group's stores need no barrier before them
-    if (lane == 0u && n < p.N) {
-      var b = 0.0;
+` : ""}${rowGroupsWgsl({ W4: "K4", rows: "p.N", groups: "groups", step, scale: norm && G === 1 ? " * rs[t]" : "",
+    store: `var b = 0.0;
       if (p.hasBias != 0u) { b = bias[n]; }
-      for (var t = 0u; t < T; t++) { ${y}[t * p.N + n] = red[t * 256u + t0] + b; }
-    }
-    nc = ncNext;
-  }
+      for (var t = 0u; t < T; t++) { ${y}[t * p.N + n] = red[t * 256u + t0] + b; }` })}
 }`,
   };
 }
