@@ -1,7 +1,7 @@
 /**
- * The WebGPU buffer pool: freed buffers are reused by size; by default it keeps as much as the largest working set
- * so far; when the pooled bytes exceed the budget the buffers released longest ago are destroyed first, so a loop that frees and takes back the same large buffer
- * keeps it even while older buffers fill the pool. Runs when a WebGPU adapter exists (skipped otherwise, failed
+ * The WebGPU buffer pool: freed buffers are reused by size; by default it keeps twice the largest working set so
+ * far; when the pooled bytes exceed the budget the buffers released longest ago are destroyed first, so a loop that
+ * frees and takes back the same large buffer keeps it even while older buffers fill the pool. Runs when a WebGPU adapter exists (skipped otherwise, failed
  * under CI=true).
  */
 import { test } from "node:test";
@@ -61,6 +61,27 @@ test("webgpu pool: by default it keeps a working set larger than its floor, so t
     for (let i = 0; i < 3; i++) await round();
     assert.equal(gpu.buffersCreated - created, 0, "buffers created by three more rounds");
     assert.equal(gpu.liveBytes, live, "bytes alive after three more rounds");
+  });
+});
+
+test("webgpu pool: by default it keeps the buffers of work whose phases take different sizes, more in all than the working set, so the next round creates nothing", async (t) => {
+  await withOwnWebgpu(t, async (backend) => {
+    const gpu = backend.gpu;
+    // a forward's shape of use: its layers take 6 × 48 MiB and free them, then its logits take 4 × 80 MiB (another
+    // size, so the layers' buffers cannot serve them): 320 MiB held at once at most, 608 MiB freed by the round
+    const round = async () => {
+      const layers = Array.from({ length: 6 }, () => gpu.alloc(48 * MiB));
+      layers.forEach((b) => gpu.release(b));
+      const logits = Array.from({ length: 4 }, () => gpu.alloc(80 * MiB));
+      logits.forEach((b) => gpu.release(b));
+      backend.dispose(backend.zeros([4]));
+      await backend.sync();
+    };
+    await round();
+    const created = gpu.buffersCreated;
+    assert.ok(gpu.peakInUseBytes < 608 * MiB, `the working set (${gpu.peakInUseBytes}) is less than what a round frees`);
+    for (let i = 0; i < 3; i++) await round();
+    assert.equal(gpu.buffersCreated - created, 0, "buffers created by three more rounds");
   });
 });
 

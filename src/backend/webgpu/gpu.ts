@@ -133,7 +133,7 @@ export class Gpu {
   private free = new Map<number, Buf[]>();
   private freeBytes = 0;
   private releases = 0;
-  /** a fixed pool budget (createWebGpuBackend's poolBytes), or null to follow the working set */
+  /** a fixed pool budget (createWebGpuBackend's poolBytes), or null to follow the working set (twice it) */
   private readonly poolBytes: number | null;
   /** compiled pipelines by their WGSL text */
   private kernels = new Map<string, Kernel>();
@@ -165,11 +165,14 @@ export class Gpu {
   readonly dummyOut: Buf;
 
   /**
-   * `poolBytes`: bytes of freed buffers kept for reuse. By default the pool keeps as much as the largest working
-   * set so far (at least 256 MiB): a training step that frees gigabytes of activations after its backward takes
-   * the same buffers back in the next step, and destroying them made the next step create them again (517
-   * buffers a step of the 130m shape; its host time doubled the step). Memory held stays under twice the peak
-   * the program needed at once.
+   * `poolBytes`: bytes of freed buffers kept for reuse. By default the pool keeps twice the largest working set
+   * so far (at least 256 MiB): a training step that frees gigabytes of activations after its backward takes the
+   * same buffers back in the next step, and destroying them made the next step create them again (517 buffers a
+   * step of the 130m shape; its host time doubled the step). Twice, because work whose phases take buffers of
+   * other sizes frees more than it ever held at once: mamba2-130m's forward at B8 × 2048 frees its layers' buffers,
+   * then its logits' 824 MB parts, and with the pool at the working set it destroyed and made again 12 buffers a
+   * pass (52.6 ms of the host's time a pass on the H100, the forward 155.2 ms against 127.7 on the GPU clock).
+   * Memory held stays under three times the peak the program needed at once.
    */
   constructor(readonly device: GPUDevice, readonly description: string, private readonly keepAlive: unknown, poolBytes?: number) {
     this.limits = device.limits;
@@ -235,7 +238,7 @@ export class Gpu {
 
   /** Bytes of freed buffers the pool may keep now. */
   get poolBudget(): number {
-    return this.poolBytes ?? Math.max(MIN_POOL_BYTES, this.peakInUseBytes);
+    return this.poolBytes ?? Math.max(MIN_POOL_BYTES, 2 * this.peakInUseBytes);
   }
 
   private noteInUse(): void {

@@ -33,8 +33,9 @@ function deviceTile(gpu: Gpu, t: TensorCoreTile): TensorCoreTile {
 
 /** What a user of the WebGPU backend may set (createWebGpuBackend, or loadModel's `webgpu`). */
 export interface WebGpuTuning {
-  /** bytes of freed GPU buffers kept for reuse; beyond it the longest-unused are destroyed (default: the largest
-   *  working set so far, at least 256 MiB, so a loop that frees and retakes its buffers never recreates them) */
+  /** bytes of freed GPU buffers kept for reuse; beyond it the longest-unused are destroyed (default: twice the
+   *  largest working set so far, at least 256 MiB, so a loop that frees and retakes its buffers never recreates
+   *  them, even where its phases take buffers of different sizes) */
   poolBytes?: number;
   /** the fused decode runs each layer in one dispatch (kernels/decode/layer.ts): its three kernels become phases of
    *  one, whose workgroups take their items in order from a counter and wait for the phase before through counters
