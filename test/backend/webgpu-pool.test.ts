@@ -44,21 +44,27 @@ test("webgpu pool: over its budget it destroys the buffers released longest ago,
   }
 });
 
+/** One round of work in phases: each phase takes buffers of its sizes (MiB) and frees them all before the next;
+ *  then a submit, after which the pool trims. */
+async function round(backend: WebGpuBackend, phases: number[][]): Promise<void> {
+  for (const sizes of phases) {
+    const bufs = sizes.map((mib) => backend.gpu.alloc(mib * MiB));
+    bufs.forEach((b) => backend.gpu.release(b));
+  }
+  backend.dispose(backend.zeros([4]));
+  await backend.sync();
+}
+
 test("webgpu pool: by default it keeps a working set larger than its floor, so the next round creates nothing", async (t) => {
   await withOwnWebgpu(t, async (backend) => {
     const gpu = backend.gpu;
     // a training step's shape of use: 320 MiB (over the 256 MiB floor) taken, all freed, a submit, taken again
-    const round = async () => {
-      const bufs = Array.from({ length: 10 }, () => gpu.alloc(32 * MiB));
-      bufs.forEach((b) => gpu.release(b));
-      backend.dispose(backend.zeros([4]));
-      await backend.sync();
-    };
-    await round();
+    const step = [Array<number>(10).fill(32)];
+    await round(backend, step);
     const created = gpu.buffersCreated;
     const live = gpu.liveBytes;
     assert.ok(gpu.peakInUseBytes >= 320 * MiB, `working set recorded: ${gpu.peakInUseBytes}`);
-    for (let i = 0; i < 3; i++) await round();
+    for (let i = 0; i < 3; i++) await round(backend, step);
     assert.equal(gpu.buffersCreated - created, 0, "buffers created by three more rounds");
     assert.equal(gpu.liveBytes, live, "bytes alive after three more rounds");
   });
@@ -69,18 +75,11 @@ test("webgpu pool: by default it keeps the buffers of work whose phases take dif
     const gpu = backend.gpu;
     // a forward's shape of use: its layers take 6 × 48 MiB and free them, then its logits take 4 × 80 MiB (another
     // size, so the layers' buffers cannot serve them): 320 MiB held at once at most, 608 MiB freed by the round
-    const round = async () => {
-      const layers = Array.from({ length: 6 }, () => gpu.alloc(48 * MiB));
-      layers.forEach((b) => gpu.release(b));
-      const logits = Array.from({ length: 4 }, () => gpu.alloc(80 * MiB));
-      logits.forEach((b) => gpu.release(b));
-      backend.dispose(backend.zeros([4]));
-      await backend.sync();
-    };
-    await round();
+    const forward = [Array<number>(6).fill(48), Array<number>(4).fill(80)];
+    await round(backend, forward);
     const created = gpu.buffersCreated;
     assert.ok(gpu.peakInUseBytes < 608 * MiB, `the working set (${gpu.peakInUseBytes}) is less than what a round frees`);
-    for (let i = 0; i < 3; i++) await round();
+    for (let i = 0; i < 3; i++) await round(backend, forward);
     assert.equal(gpu.buffersCreated - created, 0, "buffers created by three more rounds");
   });
 });
