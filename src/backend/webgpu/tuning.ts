@@ -194,7 +194,7 @@ export interface ForwardSettings {
   /** 0: by row width */
   decodeM2InLanes: number;
   decodeM2OutLanes: number;
-  /** 0: 512 (M2_IN_WORKGROUPS, M2_OUT_WORKGROUPS) */
+  /** 0: 512 (kernels/decode/mamba2-in.ts's M2_WORKGROUPS) */
   decodeM2Workgroups: number;
   decodeM2Persistent: boolean | null; // null: by the layer's size
   /** -1: 96 where the parts by the workgroup target are short */

@@ -28,9 +28,11 @@ export const M2_IN_MAX_ROWS = 8;
 /** Bytes of workgroup memory the matvec kernel needs for T rows of D (with the norm, which holds the rows, or
  *  without): the norm is taken where the device's workgroup memory holds them (130m's 8 rows: 32 KiB). */
 export const m2InBytes = (T: number, D: number, norm: boolean) => 4 * ((norm ? T * D : 0) + 256 * T);
-/** The most workgroups the standalone matvec kernel launches by default (WebGpuInternalTuning.decodeM2Workgroups);
- *  each loops over groups of rows (m2InParts). */
-const M2_IN_WORKGROUPS = 512;
+/** The most workgroups each decode matvec (in_proj here, out_proj in ./mamba2-out.ts) launches as a kernel of its
+ *  own by default (WebGpuInternalTuning.decodeM2Workgroups); each loops over groups of rows (rowGroupsWgsl). A few
+ *  more than the read ceiling's best, 264 – 528 workgroups of 256 on the H100, so that the last groups do not
+ *  leave one workgroup working alone. */
+const M2_WORKGROUPS = 512;
 /** Conv kernel sizes taken (the history is held in registers). */
 export const M2_MAX_K = 9;
 /** vec4s of a weight row a lane loads at once before using any (as ../matvec.ts). */
@@ -59,6 +61,14 @@ export function m2Lanes(width: number, lanes: number | undefined, loadBytes: num
  * runs `store` (with the sum at red[t * 256u + t0], for rows below `rows`) and, where another group follows,
  * `next` (ncNext: its row, clamped). W4: the row's width in vec4s.
  */
+/** The grid of a decode matvec over `groups` groups of rows, at most `workgroups` (0 or absent: M2_WORKGROUPS)
+ *  workgroups each doing as many groups as the others, and the `stride` parameter of rowGroupsWgsl's loop (every
+ *  workgroup of the grid, so that the groups from `first` on, a stride apart, cover them all). */
+export function rowGroupsGrid(gpu: Gpu, groups: number, workgroups: number | undefined): { groups: [number, number]; stride: number } {
+  const [gx, gy] = grid(Math.ceil(groups / Math.ceil(groups / (workgroups || M2_WORKGROUPS))), gpu.limits.maxComputeWorkgroupsPerDimension);
+  return { groups: [gx, gy], stride: gx * gy };
+}
+
 export function rowGroupsWgsl(o: { W4: string; rows: string; groups: string; step: string; scale: string; store: string; next?: string }): string {
   return /* wgsl */ `  for (var gi = first; gi < ${o.groups}; gi += ${o.step}) {
     let n = gi * RPW + t0 / LPR;
@@ -264,7 +274,7 @@ export interface M2InArgs extends M2Offsets {
   w: Buf; ws: WeightStorage; loadBytes: number;
   /** lanes a row (m2Lanes; 0 or absent: by D) */
   lanes?: number;
-  /** the most workgroups launched (0 or absent: M2_IN_WORKGROUPS) */
+  /** the most workgroups launched (0 or absent: M2_WORKGROUPS) */
   workgroups?: number;
   convState: Buf; out: Buf;
   lo: number; hi: number;
@@ -298,13 +308,9 @@ export function decodeM2In(gpu: Gpu, a: M2InArgs): void {
   const shape = m2InShape(a);
   const k = gpu.kernel(inKernel, shape);
   const parts = cached(JSON.stringify(shape), () => m2InParts(shape));
-  // at most M2_IN_WORKGROUPS workgroups, each doing as many groups of rows as the others (a few more than the
-  // read ceiling's best, 264 – 528 workgroups of 256 on the H100, so that the last groups do not leave one
-  // workgroup working alone)
-  const groups = m2InGroups(shape);
-  const [gx, gy] = grid(Math.ceil(groups / Math.ceil(groups / (a.workgroups || M2_IN_WORKGROUPS))), gpu.limits.maxComputeWorkgroupsPerDimension);
-  const p = paramBlock(parts.params, { ...m2InParams(a, gx), stride: gx * gy });
-  gpu.dispatch(k, bindingsByName(parts, { x: a.x, ...(a.norm ? { res: a.norm.res } : {}), lp: a.lp, w: a.w, convState: a.convState, out: a.out }), p, [gx, gy]);
+  const { groups, stride } = rowGroupsGrid(gpu, m2InGroups(shape), a.workgroups);
+  const p = paramBlock(parts.params, { ...m2InParams(a, groups[0]), stride });
+  gpu.dispatch(k, bindingsByName(parts, { x: a.x, ...(a.norm ? { res: a.norm.res } : {}), lp: a.lp, w: a.w, convState: a.convState, out: a.out }), p, groups);
 }
 
 /** The batch step's kernel: S K-split partials [S, B, E + C + H] summed, then the same epilogue. */

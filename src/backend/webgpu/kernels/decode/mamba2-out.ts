@@ -8,16 +8,12 @@
  * With one group r is a factor of the whole sum, applied once at the end. Without the norm (norm false) r is 1.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
-import { grid } from "../../gpu.ts";
 import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
 import { type WeightStorage, weight4Binding, weight4Reader } from "../weights.ts";
-import { m2Lanes, rowGroupsWgsl } from "./mamba2-in.ts";
+import { m2Lanes, rowGroupsGrid, rowGroupsWgsl } from "./mamba2-in.ts";
 import { defineKernel } from "../../kernel-def.ts";
 
 export const M2_OUT_MAX_ROWS = 8;
-/** The most workgroups the matvec kernel launches by default (WebGpuInternalTuning.decodeM2Workgroups); each loops
- *  over groups of rows (m2OutParts). */
-const M2_OUT_WORKGROUPS = 512;
 
 export interface M2OutShape {
   T: number; K: number; ws: WeightStorage; loadBytes: number;
@@ -129,7 +125,7 @@ export interface M2OutArgs {
   v: Buf; w: Buf; ws: WeightStorage; bias: Buf | null; y: Buf; loadBytes: number;
   /** lanes a row (m2Lanes; 0 or absent: by K) */
   lanes?: number;
-  /** the most workgroups launched (0 or absent: M2_OUT_WORKGROUPS) */
+  /** the most workgroups launched (0 or absent: ./mamba2-in.ts's M2_WORKGROUPS) */
   workgroups?: number;
   // the gated norm's scale: groups of GS channels, the scan's sums of squares ss [T, NWG] (WPG a group); null: none
   norm: { ss: Buf; G: number; GS: number; NWG: number; eps: number } | null;
@@ -156,12 +152,10 @@ export function decodeM2Out(gpu: Gpu, a: M2OutArgs): void {
   const shape = m2OutShape(a);
   const k = gpu.kernel(outKernel, shape);
   const kp = cached(shape);
-  // at most M2_OUT_WORKGROUPS workgroups, each doing as many groups of rows as the others (as in_proj's kernel)
-  const groups = m2OutGroups(shape, a.N);
-  const [gx, gy] = grid(Math.ceil(groups / Math.ceil(groups / (a.workgroups || M2_OUT_WORKGROUPS))), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const { groups, stride } = rowGroupsGrid(gpu, m2OutGroups(shape, a.N), a.workgroups);
   const bufs: Record<string, Buf> = { v: a.v, w: a.w, bias: a.bias ?? gpu.dummy, y: a.y };
   if (a.norm) bufs.ss = a.norm.ss;
-  gpu.dispatch(k, bindingsByName(kp, bufs), paramBlock(kp.params, { ...m2OutParams(a, gx), stride: gx * gy }), [gx, gy]);
+  gpu.dispatch(k, bindingsByName(kp, bufs), paramBlock(kp.params, { ...m2OutParams(a, groups[0]), stride }), groups);
 }
 
 /** The batch step's gated-norm scale, where out_proj is a plain matmul: v[t, k] *= r[t, group(k)], a workgroup a row. */
