@@ -211,15 +211,15 @@ ${norm ? `  // RMSNorm of h + res, each workgroup for itself; workgroup 0 writes
   var inv: array<f32, T>;
   // a row's values are all loaded before any is used, so that their loads are in flight together (a loop that
   // used each as it came waited for the cache once per value)
+  var gv: array<f32, NPT>; // the norm's weights, the same for every row
+  for (var j = 0u; j < NPT; j++) { gv[j] = lp[p.oNorm + min(t0 + 256u * j, D4 * 4u - 1u)]; }
   for (var t = 0u; t < T; t++) {
     var hv: array<f32, NPT>;
     var rv: array<f32, NPT>;
-    var gv: array<f32, NPT>;
     for (var j = 0u; j < NPT; j++) {
       let k = min(t0 + 256u * j, D4 * 4u - 1u);
       hv[j] = ${x}[t * D4 * 4u + k];
       rv[j] = select(0.0, res[p.par * T * D4 * 4u + t * D4 * 4u + k], p.hasRes != 0u);
-      gv[j] = lp[p.oNorm + k];
     }
     var ss = 0.0;
     for (var j = 0u; j < NPT; j++) {
