@@ -15,12 +15,13 @@ import { readFileSync, existsSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { createWebGpuBackend, type WebGpuBackend, type WebGpuInternalTuning } from "../src/backend/webgpu/index.ts";
-import { type Backend, cols } from "../src/backend/backend.ts";
+import { type Backend, type Tensor, cols } from "../src/backend/backend.ts";
 import type { TrainingOps } from "../src/backend/training.ts";
 import { makeConfig, initParameters } from "../src/model/init.ts";
 import { modelFromTensors } from "../src/index.ts";
 import { filled, benchPrompts, greedyRequest } from "./data.ts";
 import { MambaCache } from "../src/model/cache.ts";
+import { PIPELINE_DEPTH } from "../src/generate/generate.ts";
 import { decodeRounds, gpuTrials, parseTunings, printProfile, timeTrials } from "./timing.ts";
 import { chunkTuning } from "../src/backend/webgpu/kernels/ssd/chunked.ts";
 import { ssdBackwardTuning } from "../src/backend/webgpu/kernels/ssd/backward.ts";
@@ -228,6 +229,12 @@ async function profileDecodeStep(model: Awaited<ReturnType<typeof modelFromTenso
       console.log(`  ${name} decode step, batch ${B}, on the GPU clock: ${us.toFixed(1)} us, ${(weightBytes / us / 1e3).toFixed(0)} GB/s of weights ` +
         `(${(weightBytes / 2 ** 20).toFixed(0)} MiB a step; tuning: ${Object.keys(tuning).length ? JSON.stringify(tuning) : "defaults"})`);
     }
+    await stepWallTimes(b, step, () => {
+      const lg = b.decodeStep(lm, ids, cache.conv, cache.ssm)!;
+      const next = b.sample(lg, greedyRequest(lm.config.vocabSize, B));
+      b.dispose(lg);
+      return next;
+    });
     printProfile(await b.profileKernels(step), "    ");
   } catch (e) {
     console.log(`  ${name} decode step profile not run: ${(e as Error).message}`);
@@ -235,6 +242,44 @@ async function profileDecodeStep(model: Awaited<ReturnType<typeof modelFromTenso
     b.dispose(ids);
     cache.dispose();
   }
+}
+
+/** Where a decode step's wall time goes beyond its GPU time: the host's encoding of a step, 40 steps in one submit,
+ *  40 steps each submitted alone, and 40 steps each read back as generate does (PIPELINE_DEPTH in flight). */
+async function stepWallTimes(b: WebGpuBackend, step: () => void, stepIds: () => Tensor): Promise<void> {
+  const n = 40;
+  const per = (t0: number) => ((performance.now() - t0) / n).toFixed(3);
+  await b.sync();
+  let t0 = performance.now();
+  for (let i = 0; i < n; i++) step();
+  const encode = per(t0);
+  await b.sync();
+  const oneSubmit = per(t0);
+  t0 = performance.now();
+  for (let i = 0; i < n; i++) {
+    step();
+    b.gpu.flush();
+  }
+  await b.sync();
+  const eachSubmit = per(t0);
+  t0 = performance.now();
+  const queue: { ids: Tensor; read: Promise<Int32Array> }[] = [];
+  for (let i = 0; i < n; i++) {
+    const ids = stepIds();
+    queue.push({ ids, read: b.readI32(ids) });
+    if (queue.length >= PIPELINE_DEPTH) {
+      const cur = queue.shift()!;
+      await cur.read;
+      b.dispose(cur.ids);
+    }
+  }
+  for (const q of queue) {
+    await q.read;
+    b.dispose(q.ids);
+  }
+  const readEach = per(t0);
+  console.log(`  a step's wall time (ms, ${n} steps): host encoding ${encode}; all in one submit ${oneSubmit}; each submitted alone ` +
+    `${eachSubmit}; each read back, ${PIPELINE_DEPTH} in flight ${readEach}`);
 }
 
 async function benchModel(): Promise<void> {
