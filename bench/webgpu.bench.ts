@@ -33,6 +33,9 @@ import { benchDecodeKernels } from "./decode-kernels.ts";
 import { alternatingRounds, decodeRounds, gpuTrials, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
 import { checkCount } from "../src/errors.ts";
 import { hasTensorCores } from "../src/backend/webgpu/ops.ts";
+import { GROUP_TARGET, type MatmulArgs, kSplits, matmulTiled, splitPlan } from "../src/backend/webgpu/kernels/matmul.ts";
+import { matmulReduce } from "../src/backend/webgpu/kernels/matmul-reduce.ts";
+import type { GpuTensor } from "../src/backend/webgpu/tensor.ts";
 import { dawnToggles } from "../src/backend/webgpu/node.ts";
 
 const only = new Set((process.env.BENCH_ONLY ?? "scan,matmul,decode,breakdown,forward,prefill").split(","));
@@ -117,6 +120,47 @@ async function benchMatmul(b: WebGpuBackend): Promise<void> {
     const kind = b.precision === "f16" ? `f16 products (${hasTensorCores(b) ? `tensor cores, tile ${JSON.stringify(b.settings.tensorCoreTile)}` : "shader-f16"})` : "fp32";
     console.log(`matmul ${what} [${T}, ${K}] x [${N}, ${K}]^T ${kind}: ${ms(t)} (median of 5 loops, ${ms(min)} – ${ms(max)}), ` +
       `${flops(t)}${gt ? `; GPU clock ${ms(gt.median)}, ${flops(gt.median)}` : ""}`);
+    b.dispose(x, w);
+  }
+}
+
+/** A prompt's products (a few hundred rows) by tile: the 64 × 64 tiles the forward picks for them (few 128 × 128
+ *  tiles), against 128 × 128 tiles with K split over workgroups to fill the GPU (the partials summed after), on the
+ *  GPU clock. */
+async function benchPromptTiles(b: WebGpuBackend): Promise<void> {
+  const shapes = smoke ? [{ what: "small", T: 128, K: 256, N: 512 }] : [
+    { what: "2.7b in_proj", T: 128, K: 2560, N: 10576 },
+    { what: "2.7b out_proj", T: 128, K: 5120, N: 2560 },
+    { what: "2.7b in_proj", T: 512, K: 2560, N: 10576 },
+    { what: "1.4b in_proj", T: 128, K: 2048, N: 8192 },
+    { what: "130m in_proj", T: 128, K: 768, N: 3072 },
+    { what: "130m in_proj", T: 512, K: 768, N: 3072 },
+  ];
+  for (const { what, T, K, N } of shapes) {
+    const x = b.fromF32(filled(T * K, -1, 1, 1), [T, K]) as GpuTensor;
+    const w = b.fromF32(filled(N * K, -0.05, 0.05, 2), [N, K]) as GpuTensor;
+    const y = b.gpu.alloc(T * N * 4, "bench product");
+    const line: string[] = [];
+    for (const [name, cfg] of [["64x64", b.settings.tileSmall], ["128x128", b.settings.tileLarge]] as const) {
+      for (const target of [GROUP_TARGET, 2 * GROUP_TARGET]) {
+        const plan = splitPlan(K, kSplits(T, N, K, cfg, target));
+        const args: MatmulArgs = { x: x.buf, ldx: K, offx: 0, rows: T, K, w: w.buf, ws: "f32", N, bias: null, y };
+        const part = plan.count > 1 ? b.gpu.alloc(plan.count * T * N * 4, "bench partials") : null;
+        const f = () => {
+          if (!part) matmulTiled(b.gpu, args, cfg);
+          else {
+            matmulTiled(b.gpu, { ...args, y: part }, cfg, plan);
+            matmulReduce(b.gpu, part, plan.count, null, T, N, y);
+          }
+        };
+        const gt = await gpuTrials(b, f, 20);
+        if (part) b.gpu.release(part);
+        const us = gt ? gt.median * 1000 : NaN;
+        line.push(`${name} K in ${plan.count}: ${us.toFixed(1)} us (${((2 * T * K * N) / us / 1e6).toFixed(1)} TFLOP/s)`);
+      }
+    }
+    console.log(`prompt product ${what} [${T}, ${K}] x [${N}, ${K}]^T f32, GPU clock: ${line.join("; ")}`);
+    b.gpu.release(y);
     b.dispose(x, w);
   }
 }
@@ -364,6 +408,7 @@ export default async function run(): Promise<void> {
     `max storage binding ${(g.limits.maxStorageBufferBindingSize / 2 ** 30).toFixed(2)} GiB${tuningNote}`);
   await warmUpGpu(probe);
   if (only.has("scan")) await benchScan(probe);
+  if (only.has("tiles")) await benchPromptTiles(probe);
   if (only.has("matmul")) {
     console.log(`\n-- tiled matmul (${probe.precision === "f16" ? "f16 products" : "fp32"}, GPU time per call after warm-up) --`);
     await benchMatmul(probe);
