@@ -166,6 +166,24 @@ test("webgpu mamba2 fused decode: a layer in one dispatch (decodePersistent) equ
       await cpu.dispose();
     }
   }
+  // the matvecs' phases with fewer items than groups of rows, each item taking several in turn (the layer's default
+  // at mamba2-2.7b's widths); both strides wrong would fail it
+  const g3 = (await createWebGpuBackend({ decodePersistent: true, decodeM2Persistent: true, decodeM2Workgroups: 3 })) as WebGpuBackend;
+  try {
+    for (const [name, cfg] of [configs[1]!, configs[2]!]) {
+      const ps = perturbedParameters(cfg, 51);
+      const gpu = await modelFromTensors(cfg, ps, { backend: g3 });
+      const cpu = await modelFromTensors(cfg, ps, { backend: "cpu" });
+      try {
+        for (const B of [1, 3]) await fusedMatchesOps(gpu, cpu, B, 3, new TestRng(910 + B), `${name}, one dispatch a layer, 3 items a matvec`);
+      } finally {
+        await cpu.dispose();
+      }
+    }
+    assert.ok(g3.gpu.kernelNames.some((n) => n.startsWith("decode_m2_layer_") && n.endsWith("_w3")), "the layer's kernel of 3 items a matvec ran");
+  } finally {
+    await g3.destroy();
+  }
   const names = g.gpu.kernelNames;
   assert.ok(names.some((n) => n.startsWith("decode_m2_layer_")), "the layer's kernel ran");
   assert.ok(!names.some((n) => n.startsWith("decode_m2_in_") || n.startsWith("decode_m2_ssm_") || n.startsWith("decode_m2_out_")),

@@ -52,23 +52,29 @@ export function m2Lanes(width: number, lanes: number | undefined, loadBytes: num
   return { LPR, RPW: 256 / LPR, BATCH: Math.ceil(perLane / NIT), NIT };
 }
 
-/**
- * The decode matvecs' loop (in_proj here, out_proj in ./mamba2-out.ts) over a workgroup's groups of RPW rows:
- * `first`, then one `step` on at a time. A kernel of its own launches fewer workgroups than groups, so that each
- * makes its norm once and has the next group's weights in flight (wv0) while it sums this one's; the one-dispatch
- * layer's phase does one group (step: the groups' count). Each lane sums its share of row n (LPR lanes a row, NIT
- * batches of BATCH vec4s, `load`, `xAt`); the row's sums meet in workgroup memory (red), times `scale`; lane 0
- * runs `store` (with the sum at red[t * 256u + t0], for rows below `rows`) and, where another group follows,
- * `next` (ncNext: its row, clamped). W4: the row's width in vec4s.
- */
 /** The grid of a decode matvec over `groups` groups of rows, at most `workgroups` (0 or absent: M2_WORKGROUPS)
  *  workgroups each doing as many groups as the others, and the `stride` parameter of rowGroupsWgsl's loop (every
  *  workgroup of the grid, so that the groups from `first` on, a stride apart, cover them all). */
 export function rowGroupsGrid(gpu: Gpu, groups: number, workgroups: number | undefined): { groups: [number, number]; stride: number } {
-  const [gx, gy] = grid(Math.ceil(groups / Math.ceil(groups / (workgroups || M2_WORKGROUPS))), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const [gx, gy] = grid(rowGroupsCount(groups, workgroups), gpu.limits.maxComputeWorkgroupsPerDimension);
   return { groups: [gx, gy], stride: gx * gy };
 }
 
+/** Workgroups for `groups` groups of rows, at most `workgroups` (0 or absent: M2_WORKGROUPS), each doing as many
+ *  groups as the others (the last perhaps fewer). */
+export function rowGroupsCount(groups: number, workgroups: number | undefined): number {
+  return Math.ceil(groups / Math.ceil(groups / (workgroups || M2_WORKGROUPS)));
+}
+
+/**
+ * The decode matvecs' loop (in_proj here, out_proj in ./mamba2-out.ts) over a workgroup's groups of RPW rows:
+ * `first`, then one `step` on at a time. A kernel of its own launches fewer workgroups than groups, so that each
+ * makes its norm once and has the next group's weights in flight (wv0) while it sums this one's; so do the items
+ * of the one-dispatch layer's phases (./mamba2-layer.ts). Each lane sums its share of row n (LPR lanes a row, NIT
+ * batches of BATCH vec4s, `load`, `xAt`); the row's sums meet in workgroup memory (red), times `scale`; lane 0
+ * runs `store` (with the sum at red[t * 256u + t0], for rows below `rows`) and, where another group follows,
+ * `next` (ncNext: its row, clamped). W4: the row's width in vec4s.
+ */
 export function rowGroupsWgsl(o: { W4: string; rows: string; groups: string; step: string; scale: string; store: string; next?: string }): string {
   return /* wgsl */ `  for (var gi = first; gi < ${o.groups}; gi += ${o.step}) {
     let n = gi * RPW + t0 / LPR;
@@ -167,11 +173,10 @@ export function m2InParts(s: M2InShape, shared = false): WgslParts {
   const x = shared ? "h" : "x"; // the input's binding
   const D4 = D / 4;
   const { LPR, RPW, BATCH, NIT } = m2Lanes(D, s.lanes, loadBytes, ws);
-  const step = shared ? "NG" : "p.stride"; // from one group of rows to the workgroup's next
   return {
     consts: [["T", `${T}u`], ["D4", `${D4}u`], ["E", `${E}u`], ["CW", `${C}u`], ["H", `${H}u`], ["NIN", `${E + C + H}u`],
       ["CK", `${K}u`], ["NPT", `${Math.ceil(D / 256)}u`], ["NG", `${Math.ceil((E + C + H) / RPW)}u`], ["LPR", `${LPR}u`], ["RPW", `${RPW}u`], ["BATCH", `${BATCH}u`], ["NIT", `${NIT}u`]],
-    params: [["hasRes", "u32"], ["par", "u32"], ["eps", "f32"], ["oNorm", "u32"], ["groupsX", "u32"], ...(shared ? [] : [["stride", "u32"] as [string, "u32"]]),
+    params: [["hasRes", "u32"], ["par", "u32"], ["eps", "f32"], ["oNorm", "u32"], ["groupsX", "u32"], ["stride", "u32"],
       ...EPILOGUE_PARAMS],
     bindings: [
       [x, `var<storage, ${shared ? "read_write" : "read"}> ${x}: array<f32>`], // [T, D]: h (with the norm) or the normalized input
@@ -242,7 +247,7 @@ ${norm ? `  // RMSNorm of h + res, each workgroup for itself; workgroup 0 writes
   }
   for (var t = 0u; t < T; t++) { inv[t] = inverseSqrt(red[t * 256u] / f32(D4 * 4u) + p.eps); }
   workgroupBarrier(); // red is reused below
-` : ""}${rowGroupsWgsl({ W4: "D4", rows: "NIN", groups: "NG", step, scale: norm ? " * inv[t]" : "",
+` : ""}${rowGroupsWgsl({ W4: "D4", rows: "NIN", groups: "NG", step: "p.stride", scale: norm ? " * inv[t]" : "",
     store: "for (var t = 0u; t < T; t++) { finish(t, n, taps[t], red[t * 256u + t0]); }",
     next: "for (var t = 0u; t < T; t++) { taps[t] = loadTap(t, ncNext); }" })}
 }`,

@@ -3,11 +3,13 @@
  * the layer's three kernels (../../decode-plans-mamba2.ts) run as three phases of one kernel, as Mamba-1's do in
  * ./layer.ts, whose header says why (a dependent dispatch costs 2 – 10 us on the H100, a wait through counters in
  * memory about 1 us) and how; its counters, waits and entry point are shared with it:
- *  1. in_proj (./mamba2-in.ts): an item is a block of in_proj's rows, with the RMSNorm of h + residual in front
- *     (every item for itself) and the conv step + SiLU and dt's softplus behind → zxbcdt [T, E + C + H];
+ *  1. in_proj (./mamba2-in.ts): an item is a workgroup's groups of in_proj's rows, taken in turn as in_proj's own
+ *     kernel takes them (at most decodeM2Workgroups items), with the RMSNorm of h + residual in front (every item
+ *     for itself) and the conv step + SiLU and dt's softplus behind → zxbcdt [T, E + C + H];
  *  2. the SSD step and the gate (./mamba2-ssm.ts): an item is one of the scan's workgroups (a block of a head's
  *     channels, all rows) → v [T, E] and the gated norm's sums of squares ss [T, NWG];
- *  3. out_proj with the gated norm's scale (./mamba2-out.ts): an item is a block of out_proj's rows → h [T, D].
+ *  3. out_proj with the gated norm's scale (./mamba2-out.ts): an item is a workgroup's groups of out_proj's rows,
+ *     as in phase 1 → h [T, D].
  * Workgroups take tickets, which hand out the items in this order; a scan item issues its states' loads and then
  * waits until every in_proj item has finished, an out_proj item its first weights' and then waits for every scan
  * item, so that those loads overlap the phase before. zxbcdt, v and ss pass between workgroups of the dispatch, so
@@ -21,13 +23,15 @@
 import type { Buf, Gpu } from "../../gpu.ts";
 import { type WgslParts, bindingsByName, composedBindings, composedParams, composedWgsl, paramBlock } from "../compose.ts";
 import { defineKernel } from "../../kernel-def.ts";
-import { type M2InArgs, type M2InShape, M2_IN_MAX_ROWS, m2InGroups, m2InParams, m2InParts, m2InShape } from "./mamba2-in.ts";
+import { type M2InArgs, type M2InShape, M2_IN_MAX_ROWS, m2InGroups, m2InParams, m2InParts, m2InShape, rowGroupsCount } from "./mamba2-in.ts";
 import { type M2SsmArgs, type M2SsmShape, m2SsmGroups, m2SsmParts } from "./mamba2-ssm.ts";
 import { type M2OutArgs, type M2OutShape, m2OutGroups, m2OutParams, m2OutParts, m2OutShape } from "./mamba2-out.ts";
 import { layerEntryWgsl, layerSpin, layerSyncParts } from "./layer.ts";
 
-/** The compiled shape of a layer's kernel: its three phases' (the scan's: all rows in one block, no out_proj). */
-export interface M2LayerShape { ins: M2InShape; ssm: M2SsmShape; out: M2OutShape }
+/** The compiled shape of a layer's kernel: its three phases' (the scan's: all rows in one block, no out_proj), and
+ *  the most items each matvec's phase takes (0: ./mamba2-in.ts's default), each looping over groups of rows as the
+ *  matvecs' own kernels do. */
+export interface M2LayerShape { ins: M2InShape; ssm: M2SsmShape; out: M2OutShape; workgroups: number }
 
 /**
  * out_proj's names that in_proj's part, a matvec as well, also declares (its lanes and batches, helpers, weights,
@@ -37,7 +41,7 @@ export interface M2LayerShape { ins: M2InShape; ssm: M2SsmShape; out: M2OutShape
  */
 const OUT_NAMES: Readonly<Record<string, string>> = {
   LPR: "OLPR", RPW: "ORPW", BATCH: "OBATCH", NIT: "ONIT", G: "OG", load: "oLoad", xAt: "oXAt", weight4: "oWeight4",
-  w: "wOut", hasBias: "hasOutBias", eps: "gEps", NWG: "ONWG",
+  w: "wOut", hasBias: "hasOutBias", eps: "gEps", NWG: "ONWG", stride: "oStride",
 };
 
 /** `name` as `names` renames it (or a name derived from a renamed one, `<name>_...`); else unchanged. */
@@ -66,9 +70,13 @@ function renamedParts(parts: WgslParts, names: Readonly<Record<string, string>>)
   };
 }
 
-/** Items of each phase: in_proj's row blocks, the scan's workgroups, out_proj's row blocks (D outputs). */
+/** Items of each phase: in_proj's and out_proj's (D outputs) workgroups, each taking groups of rows in turn (the
+ *  first a stride of the phase's items apart), the scan's workgroups. */
 function m2LayerItems(s: M2LayerShape): { ins: number; ssm: number; out: number } {
-  return { ins: m2InGroups(s.ins), ssm: m2SsmGroups(s.ssm.N, s.ssm.P, s.ssm.H), out: m2OutGroups(s.out, s.ins.D) };
+  return {
+    ins: rowGroupsCount(m2InGroups(s.ins), s.workgroups), ssm: m2SsmGroups(s.ssm.N, s.ssm.P, s.ssm.H),
+    out: rowGroupsCount(m2OutGroups(s.out, s.ins.D), s.workgroups),
+  };
 }
 
 function m2LayerParts(s: M2LayerShape): WgslParts[] {
@@ -118,12 +126,13 @@ export function m2LayerWgsl(s: M2LayerShape): string {
 const m2LayerKernel = defineKernel({
   name: "decode_m2_layer",
   wgsl: m2LayerWgsl,
-  label: ({ ins, ssm, out }) => `decode_m2_layer_${ins.T}_${ins.D}_${ins.E}_${ins.C}_${ins.H}_${ins.K}_${ins.ws}_${ins.loadBytes}_l${ins.lanes}` +
-    `_${ssm.N}_${ssm.P}_${ssm.G}_${ssm.mode}_${out.ws}_${out.loadBytes}_l${out.lanes}`,
+  label: ({ ins, ssm, out, workgroups }) => `decode_m2_layer_${ins.T}_${ins.D}_${ins.E}_${ins.C}_${ins.H}_${ins.K}_${ins.ws}_${ins.loadBytes}_l${ins.lanes}` +
+    `_${ssm.N}_${ssm.P}_${ssm.G}_${ssm.mode}_${out.ws}_${out.loadBytes}_l${out.lanes}_w${workgroups}`,
   example: {
     ins: { T: 1, D: 768, E: 1536, C: 1792, H: 24, K: 4, ws: "f32", loadBytes: 256, norm: true, lanes: 0 },
     ssm: { N: 128, P: 64, H: 24, G: 1, E: 1536, C: 1792, RB: 1, mode: "after", out: null },
     out: { T: 1, K: 1536, ws: "f32", loadBytes: 64, G: 1, GS: 1536, NWG: 192, WPG: 192, lanes: 0 },
+    workgroups: 0,
   },
 });
 
@@ -147,6 +156,7 @@ export function m2LayerShape(a: M2LayerArgs): M2LayerShape {
     ins: m2InShape(a.inArgs),
     ssm: { N: s.N, P: s.P, H: s.H, G: s.G, E: s.E, C: s.C, RB: s.B, mode: s.mode, out: null },
     out: m2OutShape(a.outArgs),
+    workgroups: a.inArgs.workgroups ?? 0,
   };
 }
 
@@ -186,8 +196,8 @@ export function decodeM2Layer(gpu: Gpu, a: M2LayerArgs): void {
     h: i.x, res: i.norm.res, lp: i.lp, w: i.w, convState: i.convState, zxbcdt: i.out,
     ssm: s.ssm, v: s.out, ...(s.mode !== "none" ? { ss: s.ss! } : {}), wOut: o.w, bias: o.bias ?? gpu.dummy, ctl: a.ctl,
   };
-  const outValues = Object.fromEntries(Object.entries(m2OutParams(o, 1)).map(([n, v]) => [renamedId(n, OUT_NAMES), v]));
-  const values = { ...m2InParams(i, 1), B: s.B, oA: s.oA, oD: s.oD, oGate: s.oGate, ...outValues, spin: a.spin ?? layerSpin(gpu) };
   const items = m2LayerItems(shape);
+  const outValues = Object.fromEntries(Object.entries({ ...m2OutParams(o, 1), stride: items.out }).map(([n, v]) => [renamedId(n, OUT_NAMES), v]));
+  const values = { ...m2InParams(i, 1), stride: items.ins, B: s.B, oA: s.oA, oD: s.oD, oGate: s.oGate, ...outValues, spin: a.spin ?? layerSpin(gpu) };
   gpu.dispatch(k, bindingsByName(parts, bufs), paramBlock(composedParams(parts), values), [items.ins + items.ssm + items.out]);
 }

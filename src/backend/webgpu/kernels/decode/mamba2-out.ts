@@ -38,13 +38,12 @@ export function m2OutParts(s: M2OutShape, shared = false, wait = ""): WgslParts 
   const { LPR, RPW, BATCH, NIT } = m2Lanes(K, s.lanes, loadBytes, ws);
   const norm = G > 0;
   const y = shared ? "h" : "y"; // the output's binding
-  const step = shared ? "groups" : "p.stride"; // from one group of rows to the workgroup's next
   // the input at (row t, column k): scaled by its group's r where there are several groups
   const xAt = shared ? "us[t * K4 * 4u + k]" : !norm || G === 1 ? "v[t * K4 * 4u + k]" : "v[t * K4 * 4u + k] * rs[t * G + k / GS]";
   return {
     consts: [["T", `${T}u`], ["K4", `${K4}u`], ["LPR", `${LPR}u`], ["RPW", `${RPW}u`], ["BATCH", `${BATCH}u`],
       ["NIT", `${NIT}u`], ["G", `${Math.max(G, 1)}u`], ["GS", `${GS}u`], ["NWG", `${NWG}u`], ["WPG", `${WPG}u`]],
-    params: [["N", "u32"], ["hasBias", "u32"], ["groupsX", "u32"], ["eps", "f32"], ...(shared ? [] : [["stride", "u32"] as [string, "u32"]])],
+    params: [["N", "u32"], ["hasBias", "u32"], ["groupsX", "u32"], ["eps", "f32"], ["stride", "u32"]],
     bindings: [
       ["v", shared ? "var<storage, read_write> v: array<atomic<u32>>" : "var<storage, read> v: array<f32>"], // [T, K]
       // [T, NWG]
@@ -97,7 +96,7 @@ ${wait}${norm ? `  // r of each (row, group), 8 at a time: 32 threads sum a grou
     us[i] = bitcast<f32>(atomicLoad(&v[i]))${norm && G > 1 ? " * rs[(i / (K4 * 4u)) * G + (i % (K4 * 4u)) / GS]" : ""};
   }
   workgroupBarrier();
-` : ""}${rowGroupsWgsl({ W4: "K4", rows: "p.N", groups: "groups", step, scale: norm && G === 1 ? " * rs[t]" : "",
+` : ""}${rowGroupsWgsl({ W4: "K4", rows: "p.N", groups: "groups", step: "p.stride", scale: norm && G === 1 ? " * rs[t]" : "",
     store: `var b = 0.0;
       if (p.hasBias != 0u) { b = bias[n]; }
       for (var t = 0u; t < T; t++) { ${y}[t * p.N + n] = red[t * 256u + t0] + b; }` })}
