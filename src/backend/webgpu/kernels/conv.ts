@@ -1,9 +1,14 @@
 /**
- * Causal depthwise conv1d + SiLU with a carried history, one thread per output value (b, t, e):
+ * Causal depthwise conv1d + SiLU with a carried history:
  *   out[b, t, e] = silu(bias[e] + Σ_k weight[e, k] · seq[b, t + k, e])
  * where seq[b] = the K-1 rows of stateIn[b] followed by the L rows of x[b] (zeros when there is no state).
- * The history after the last position goes to stateOut, a buffer distinct from stateIn: the threads of t = 0
- * write it, and no thread may overwrite history that another is still reading.
+ * The history after the last position goes to stateOut, a buffer distinct from stateIn: the threads of the first
+ * positions write it, and no thread may overwrite history that another is still reading.
+ *
+ * Two kernels. Where the channels and x's window fall on 4-float boundaries and the kernel is at most
+ * CONV_QUAD_MAX_K wide (every real checkpoint's), a thread takes 4 channels of CONV_RUN consecutive positions:
+ * it loads the run's CONV_RUN + K - 1 rows of seq as vec4s once, each used by K outputs, where a thread per
+ * value loads K scalars for its one output (and divides its index by E and L). Elsewhere, one thread per value.
  */
 import type { Buf, Gpu } from "../gpu.ts";
 import { grid } from "../gpu.ts";
@@ -51,6 +56,76 @@ fn conv1dSilu(gid: vec3<u32>) {
 }`,
 };
 
+/** The widest conv the 4-channel kernel takes (its weights and window are in registers). */
+export const CONV_QUAD_MAX_K = 8;
+/** Positions a thread of the 4-channel kernel computes. */
+const CONV_RUN = 8;
+
+// the same bindings, read as vec4s (x, stateIn, out, stateOut); K a constant of the kernel
+const quadParts = new Map<number, WgslParts>();
+const convQuadParts = (K: number): WgslParts => quadParts.get(K) ?? quadParts.set(K, makeQuadParts(K)).get(K)!;
+const makeQuadParts = (K: number): WgslParts => ({
+  consts: [["K", `${K}u`], ["HK", `${K - 1}u`], ["RUN", `${CONV_RUN}u`]],
+  params: [["B", "u32"], ["L", "u32"], ["E", "u32"], ["ldx", "u32"], ["offx", "u32"], ["hasBias", "u32"], ["hasState", "u32"], ["groupsX", "u32"]],
+  bindings: [
+    ["x", "var<storage, read> x: array<vec4<f32>>"],
+    ["weight", "var<storage, read> weight: array<f32>"],
+    ["bias", "var<storage, read> bias: array<f32>"],
+    ["stateIn", "var<storage, read> stateIn: array<vec4<f32>>"],
+    ["out", "var<storage, read_write> out: array<vec4<f32>>"],
+    ["stateOut", "var<storage, read_write> stateOut: array<vec4<f32>>"],
+  ],
+  decls: /* wgsl */ `
+// channels e .. e + 3 (e a multiple of 4) of position j of the sequence history ++ x of batch row b
+fn seq4(b: u32, j: u32, e: u32) -> vec4<f32> {
+  if (j < HK) {
+    if (p.hasState != 0u) { return stateIn[((b * HK + j) * p.E + e) / 4u]; }
+    return vec4<f32>(0.0);
+  }
+  return x[((b * p.L + j - HK) * p.ldx + p.offx + e) / 4u];
+}`,
+  fn: /* wgsl */ `
+fn conv1dSiluQuad(gid: vec3<u32>) {
+  let i = gid.y * p.groupsX * 256u + gid.x;
+  let E4 = p.E / 4u;
+  let runs = (p.L + RUN - 1u) / RUN;
+  if (i >= p.B * runs * E4) { return; }
+  let e = (i % E4) * 4u;
+  let r = (i / E4) % runs;
+  let b = i / (E4 * runs);
+  let t0 = r * RUN;
+  // the run's rows of seq, all loaded before any is used (rows past the sequence's end are not loaded)
+  var win: array<vec4<f32>, RUN + HK>;
+  for (var j = 0u; j < RUN + HK; j++) {
+    win[j] = vec4<f32>(0.0);
+    if (t0 + j < p.L + HK) { win[j] = seq4(b, t0 + j, e); }
+  }
+  var w: array<vec4<f32>, K>;
+  for (var k = 0u; k < K; k++) {
+    w[k] = vec4<f32>(weight[e * K + k], weight[(e + 1u) * K + k], weight[(e + 2u) * K + k], weight[(e + 3u) * K + k]);
+  }
+  var b0 = vec4<f32>(0.0);
+  if (p.hasBias != 0u) { b0 = vec4<f32>(bias[e], bias[e + 1u], bias[e + 2u], bias[e + 3u]); }
+  for (var tt = 0u; tt < RUN; tt++) {
+    let t = t0 + tt;
+    if (t >= p.L) { break; }
+    var s = b0;
+    for (var k = 0u; k < K; k++) { s = fma(w[k], win[tt + k], s); }
+    out[((b * p.L + t) * p.E + e) / 4u] = s / (1.0 + exp(-s));
+  }
+  if (r == 0u && p.hasState != 0u) {
+    for (var j = 0u; j < HK; j++) { stateOut[((b * HK + j) * p.E + e) / 4u] = seq4(b, p.L + j, e); }
+  }
+}`,
+});
+
+const conv1dSiluQuadKernel = defineKernel({
+  name: "conv1d_silu_quad",
+  wgsl: (s: { K: number }) => standaloneWgsl(convQuadParts(s.K), "256", "conv1dSiluQuad(gid)"),
+  label: (s) => `conv1d_silu_quad_k${s.K}`,
+  example: { K: 4 },
+});
+
 export interface ConvArgs {
   x: Buf; ldx: number; offx: number;
   weight: Buf; bias: Buf | null;
@@ -65,6 +140,15 @@ const conv1dSiluKernel = defineKernel({
 
 // x: [B, L, E] window, weight: [E, K], state: [B, K-1, E] -> out: [B, L, E]
 export function causalConv1dSilu(gpu: Gpu, a: ConvArgs): void {
+  if (a.E % 4 === 0 && a.ldx % 4 === 0 && a.offx % 4 === 0 && a.K >= 2 && a.K <= CONV_QUAD_MAX_K) {
+    const parts = convQuadParts(a.K);
+    const k = gpu.kernel(conv1dSiluQuadKernel, { K: a.K });
+    const threads = a.B * Math.ceil(a.L / CONV_RUN) * (a.E / 4);
+    const [gx, gy] = grid(Math.ceil(threads / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
+    gpu.dispatch(k, bindingsByName(parts, { x: a.x, weight: a.weight, bias: a.bias ?? gpu.dummy, stateIn: a.stateIn ?? gpu.dummy, out: a.out, stateOut: a.stateOut ?? gpu.dummyOut }),
+      paramBlock(parts.params, { B: a.B, L: a.L, E: a.E, ldx: a.ldx, offx: a.offx, hasBias: !!a.bias, hasState: !!a.stateIn, groupsX: gx }), [gx, gy]);
+    return;
+  }
   const k = gpu.kernel(conv1dSiluKernel, null);
   const [gx, gy] = grid(Math.ceil((a.B * a.L * a.E) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(k, bindingsByName(conv1dSiluParts, { x: a.x, weight: a.weight, bias: a.bias ?? gpu.dummy, stateIn: a.stateIn ?? gpu.dummy, out: a.out, stateOut: a.stateOut ?? gpu.dummyOut }),
