@@ -228,6 +228,35 @@ test("webgpu mamba2 fused decode: with decodePersistent, rows whose layer kernel
   }
 });
 
+test("webgpu mamba2 fused decode: the matvecs' rows in several batches of loads a lane (the next batch in flight while one is summed, the last batch part full), as kernels of their own and as the one-dispatch layer's phases, equal the ops one by one", { timeout: 600_000 }, async (t) => {
+  if (!(await gpuTest(t))) return;
+  const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
+  // 8 lanes a row and loads of 64 bytes: in_proj's rows of 520 and out_proj's of 528 are 17 vec4s a lane, in 5
+  // batches of 4 (the last holding 1); 3 workgroups at most, each taking several groups of rows
+  const cfg = makeConfig({ family: "mamba2", vocabSize: 31, hiddenSize: 520, intermediateSize: 528, numLayers: 2, stateSize: 8,
+    convKernel: 4, mamba2: { headDim: 8, chunkSize: 4 } });
+  const ps = perturbedParameters(cfg, 53);
+  const cpu = await modelFromTensors(cfg, ps, { backend: "cpu" });
+  try {
+    for (const persistent of [false, true]) {
+      const g = (await createWebGpuBackend({ decodePersistent: persistent, decodeM2Persistent: persistent, decodeScanOut: false,
+        decodeM2InLanes: 8, decodeM2OutLanes: 8, decodeLoadBytes: 64, decodeM2Workgroups: 3 })) as WebGpuBackend;
+      try {
+        const gpu = await modelFromTensors(cfg, ps, { backend: g });
+        for (const B of [1, 3]) await fusedMatchesOps(gpu, cpu, B, 2, new TestRng(920 + B), `batches of loads${persistent ? ", one dispatch a layer" : ""}`);
+        const names = g.gpu.kernelNames;
+        assert.ok(persistent ? names.some((n) => n.startsWith("decode_m2_layer_")) : names.some((n) => n.startsWith("decode_m2_out_")),
+          persistent ? "the layer's kernel ran" : "out_proj ran as a dispatch of its own");
+        await gpu.dispose();
+      } finally {
+        await g.destroy();
+      }
+    }
+  } finally {
+    await cpu.dispose();
+  }
+});
+
 test("webgpu mamba2 fused decode: half-precision weights (bf16, f16) equal the CPU's with the same weights, batch 1 and 12 with the kernels of their own, batch 1 and 3 with the layer in one dispatch", { timeout: 600_000 }, async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
