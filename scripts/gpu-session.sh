@@ -34,12 +34,18 @@ console.log(`decodeLoadBytes:${bi.lb},decodeM2InLanes:${bi.lanes},decodeM2OutLan
       run m2fwd 90 env BENCH_ONLY=forward node --import tsx bench/run.ts mamba2
       run m2fwd-onesubmit 90 env BENCH_TUNING=flushEvery:100000 BENCH_ONLY=forward node --import tsx bench/run.ts mamba2 ;;
     m27) run m27 150 env BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2 ;;
+    m27pers) # mamba2-2.7b with its layers in one dispatch each (off by default at this size), the matvecs' phases looping over groups of rows
+      run m27pers 150 env BENCH_TUNING=decodeM2Persistent:true BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2 ;;
+    m27knobs) # mamba2-2.7b's decode with other load sizes, out_proj lanes and workgroup counts than the defaults
+      for t in ${M27_TUNINGS:-decodeLoadBytes:256 decodeM2OutLanes:64 decodeM2Workgroups:264}; do run "m27-${t//:/-}" 120 env BENCH_TUNING="$t" BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2; done ;;
+    tiles) run tiles 90 env BENCH_ONLY=tiles node --import tsx bench/run.ts webgpu ;;
+    m1fwd) run m1fwd 90 env BENCH_ONLY=forward BENCH_MODELS=130m node --import tsx bench/run.ts webgpu ;;
     m27f16) run m27f16 150 env BENCH_TUNING=precision:f16 BENCH_ONLY=2.7b node --import tsx bench/run.ts mamba2 ;;
     trainf16) run trainf16 150 env BENCH_ONLY=step BENCH_TRAIN_PRECISIONS=f32,f16 node --import tsx bench/run.ts webgpu-train ;;
     scan) run scan 150 env BENCH_SSD_BWD_TUNINGS="${SSD_BWD_TUNINGS:-Q:64|Q:64,groupWorkgroups:1}" BENCH_ONLY=scan,bwd node --import tsx bench/run.ts mamba2 ;;
     f16) run f16 200 env BENCH_TUNING=precision:f16 BENCH_ONLY=forward,decode BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=2 node --import tsx bench/run.ts webgpu ;;
     f32) run f32 120 env BENCH_ONLY=forward,decode BENCH_MODELS=130m BENCH_DECODE_BATCHES=1,64 BENCH_DECODE_ROUNDS=2 node --import tsx bench/run.ts webgpu ;;
-    tests) run tests 150 env CI=true node --import tsx --test test/backend/webgpu-mamba2-decode.test.ts test/backend/webgpu-ssd.test.ts test/backend/webgpu-ssd-backward.test.ts test/backend/webgpu-f16.test.ts test/model/mamba2-webgpu.test.ts test/backend/webgpu-fixed.test.ts ;;
+    tests) run tests 150 env CI=true node --import tsx --test test/backend/webgpu-mamba2-decode.test.ts test/backend/webgpu-ssd.test.ts test/backend/webgpu-ssd-backward.test.ts test/backend/webgpu-f16.test.ts test/model/mamba2-webgpu.test.ts test/backend/webgpu-fixed.test.ts test/backend/ops.test.ts ;;
     f16best) # precision f16's forward of 130m with the tile that summed fastest over the tc step's shapes
       best=$(node -e 'const t=require("fs").readFileSync(process.argv[1],"utf8");const s=new Map();for(const m of t.matchAll(/tc ((?:\d+x){2,4}\d+) ([\d.]+) ms/g)){s.set(m[1],(s.get(m[1])??0)+Number(m[2]));}console.log([...s].sort((a,b)=>a[1]-b[1])[0]?.[0]??"")' "$OUT/tc.txt" 2>/dev/null)
       echo "best tile: ${best:-the device default}"
