@@ -228,7 +228,7 @@ test("webgpu mamba2 fused decode: with decodePersistent, rows whose layer kernel
   }
 });
 
-test("webgpu mamba2 fused decode: the matvecs' rows in several batches of loads a lane (the next batch in flight while one is summed, the last batch part full), as kernels of their own and as the one-dispatch layer's phases, equal the ops one by one", { timeout: 600_000 }, async (t) => {
+test("webgpu mamba2 fused decode: the matvecs' rows in several batches of loads a lane (the last batch part full), as kernels of their own and as the one-dispatch layer's phases, equal the ops one by one", { timeout: 600_000 }, async (t) => {
   if (!(await gpuTest(t))) return;
   const { createWebGpuBackend } = await import("../../src/backend/webgpu/index.ts");
   // 8 lanes a row and loads of 64 bytes: in_proj's rows of 520 and out_proj's of 528 are 17 vec4s a lane, in 5

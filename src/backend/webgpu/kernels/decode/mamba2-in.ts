@@ -69,8 +69,8 @@ export function rowGroupsCount(groups: number, workgroups: number | undefined): 
 /**
  * The decode matvecs' loop (in_proj here, out_proj in ./mamba2-out.ts) over a workgroup's groups of RPW rows:
  * `first`, then one `step` on at a time. A kernel of its own launches fewer workgroups than groups, so that each
- * makes its norm once; so do the items of the one-dispatch layer's phases (./mamba2-layer.ts). A lane has the next
- * batch of weights in flight (its row's next, or the next group's first: wv0) while it sums this one. Each lane sums its share of row n (LPR lanes a row, NIT
+ * makes its norm once and has the next group's weights in flight (wv0) while it sums this one's; so do the items
+ * of the one-dispatch layer's phases (./mamba2-layer.ts). Each lane sums its share of row n (LPR lanes a row, NIT
  * batches of BATCH vec4s, `load`, `xAt`); the row's sums meet in workgroup memory (red), times `scale`; lane 0
  * runs `store` (with the sum at red[t * 256u + t0], for rows below `rows`) and, where another group follows,
  * `next` (ncNext: its row, clamped). W4: the row's width in vec4s.
@@ -78,16 +78,11 @@ export function rowGroupsCount(groups: number, workgroups: number | undefined): 
 export function rowGroupsWgsl(o: { W4: string; rows: string; groups: string; step: string; scale: string; store: string; next?: string }): string {
   return /* wgsl */ `  for (var gi = first; gi < ${o.groups}; gi += ${o.step}) {
     let n = gi * RPW + t0 / LPR;
-    let more = gi + ${o.step} < ${o.groups};
-    let ncNext = min((gi + ${o.step}) * RPW + t0 / LPR, ${o.rows} - 1u);
     var s: array<f32, T>;
     for (var t = 0u; t < T; t++) { s[t] = 0.0; }
-    var wv = wv0;
     for (var i = 0u; i < NIT; i++) {
-      // the next batch's loads (this row's next, else the next group's first) go out before this batch's sums, so
-      // that two batches are in flight where one waited for its loads after the last one's sums
-      var wn: array<vec4<f32>, BATCH>;
-      if (i + 1u < NIT) { wn = load(nc, lane, i + 1u); } else if (more) { wn = load(ncNext, lane, 0u); }
+      var wv = wv0;
+      if (i > 0u) { wv = load(nc, lane, i); }
       for (var k = 0u; k < BATCH; k++) {
         let k4 = lane + LPR * (i * BATCH + k);
         if (k4 < ${o.W4}) {
@@ -97,9 +92,10 @@ export function rowGroupsWgsl(o: { W4: string; rows: string; groups: string; ste
           }
         }
       }
-      wv = wn;
     }
-    wv0 = wv;
+    let more = gi + ${o.step} < ${o.groups};
+    let ncNext = min((gi + ${o.step}) * RPW + t0 / LPR, ${o.rows} - 1u);
+    if (more) { wv0 = load(ncNext, lane, 0u); }
     for (var t = 0u; t < T; t++) { red[t * 256u + t0] = s[t]${o.scale}; }
     workgroupBarrier();
     for (var st = LPR / 2u; st > 0u; st >>= 1u) {
