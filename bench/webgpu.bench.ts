@@ -102,6 +102,11 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
   }
 }
 
+/** A product's operands: x [T, K] in [-1, 1], w [N, K] in [-0.05, 0.05]. */
+function productOperands(b: WebGpuBackend, T: number, K: number, N: number): [GpuTensor, GpuTensor] {
+  return [b.fromF32(filled(T * K, -1, 1, 1), [T, K]) as GpuTensor, b.fromF32(filled(N * K, -0.05, 0.05, 2), [N, K]) as GpuTensor];
+}
+
 async function benchMatmul(b: WebGpuBackend): Promise<void> {
   const shapes = smoke ? [{ what: "small", T: 512, K: 64, N: 256 }] : [
     { what: "130m in_proj", T: 16384, K: 768, N: 3072 },
@@ -110,8 +115,7 @@ async function benchMatmul(b: WebGpuBackend): Promise<void> {
     { what: "1.4b in_proj", T: 16384, K: 2048, N: 8192 },
   ];
   for (const { what, T, K, N } of shapes) {
-    const x = b.fromF32(filled(T * K, -1, 1, 1), [T, K]);
-    const w = b.fromF32(filled(N * K, -0.05, 0.05, 2), [N, K]);
+    const [x, w] = productOperands(b, T, K, N);
     const f = () => b.dispose(b.matmul(x, w, null));
     const reps = Math.max(3, Math.min(200, Math.round((smoke ? 2e9 : 2e12) / (2 * T * K * N))));
     const { median: t, min, max } = await timeTrials(b, f, reps);
@@ -137,8 +141,7 @@ async function benchPromptTiles(b: WebGpuBackend): Promise<void> {
     { what: "130m in_proj", T: 512, K: 768, N: 3072 },
   ];
   for (const { what, T, K, N } of shapes) {
-    const x = b.fromF32(filled(T * K, -1, 1, 1), [T, K]) as GpuTensor;
-    const w = b.fromF32(filled(N * K, -0.05, 0.05, 2), [N, K]) as GpuTensor;
+    const [x, w] = productOperands(b, T, K, N);
     const y = b.gpu.alloc(T * N * 4, "bench product");
     const line: string[] = [];
     for (const [name, cfg] of [["64x64", b.settings.tileSmall], ["128x128", b.settings.tileLarge]] as const) {
