@@ -22,6 +22,7 @@ import { modelFromTensors } from "../src/index.ts";
 import { filled, benchPrompts, greedyRequest } from "./data.ts";
 import { MambaCache } from "../src/model/cache.ts";
 import { PIPELINE_DEPTH } from "../src/generate/generate.ts";
+import { printTargets, targetRow } from "./targets.ts";
 import { decodeRounds, gpuTrials, parseTunings, printProfile, timeTrials } from "./timing.ts";
 import { chunkTuning } from "../src/backend/webgpu/kernels/ssd/chunked.ts";
 import { ssdBackwardTuning } from "../src/backend/webgpu/kernels/ssd/backward.ts";
@@ -110,6 +111,7 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
           const gb = await gpuTrials(b, fb, reps2);
           const tb = gb?.median ?? (await timeTrials(b, fb, reps2)).median;
           bwdLine += `; fwd+bwd${label} ${ms(tb)} (official ${a.fwd_bwd_ms ? ms(a.fwd_bwd_ms) : "n/a"}; ${ratio(tb, a.fwd_bwd_ms, false)})`;
+          targetRow({ measure: `SSD scan forward + backward, B${B} L${L} H${H} P${P} N${N}, f32${label}`, ours: tb, official: a.fwd_bwd_ms, unit: "ms", target: 1 });
           // where one forward + backward's time goes, kernel by kernel (each dispatch in a pass of its own)
           const prof = await b.profileKernels(fb).catch(() => null);
           if (prof) profiles.push([`  forward + backward B${B} L${L} H${H}${label}:`, prof]);
@@ -126,6 +128,7 @@ async function benchScan(b: WebGpuBackend): Promise<void> {
     console.log(`ssd B${B} L${L} H${H} P${P} N${N} G${G}: ${ms(t)} ${gt ? "(GPU clock" : "(wall"}, ${ms(tt.min)} – ${ms(tt.max)} wall; official ` +
       `${a.fwd_ms ? ms(a.fwd_ms) : "n/a"}; ${ratio(t, a.fwd_ms, false)}); ${(bytes / (t / 1000) / 1e9).toFixed(0)} GB/s of minimum traffic, ` +
       `${(flops / (t / 1000) / 1e12).toFixed(2)} TFLOP/s${bwdLine}`);
+    targetRow({ measure: `SSD scan forward, B${B} L${L} H${H} P${P} N${N}, f32`, ours: t, official: a.fwd_ms, unit: "ms", target: 1 });
     for (const [title, prof] of profiles) {
       console.log(title);
       printProfile(prof, "    ");
@@ -164,6 +167,9 @@ async function benchDecode(model: Awaited<ReturnType<typeof modelFromTensors>>, 
   console.log(`${name} decode batch ${batch} (prompt ${prompt} + ${fresh} new, wall time incl. the prompt, median of ${f.rounds} rounds, ` +
     `${f.min.toFixed(0)} – ${f.max.toFixed(0)}): ${f.total.toFixed(0)} tok/s (official ${official ?? "n/a"}; ${ratio(f.total, official, true)}); ` +
     `decode steps alone ${f.steady.toFixed(0)} tok/s, ${f.dispatches.toFixed(0)} dispatches per step; prefill and first token ${f.firstMs.toFixed(1)} ms`);
+  // the issue's targets: 3x official at batch 1 of 130m, 1.5x at 64 and at batch 1 of 2.7b
+  const target = name === "mamba2-130m" && batch === 1 ? 3 : name === "mamba2-130m" && batch === 64 || name === "mamba2-2.7b" && batch === 1 ? 1.5 : 0;
+  if (target) targetRow({ measure: `${name} decode, batch ${batch}, ${b.precision}`, ours: f.total, official, unit: "tok/s", target });
 }
 
 /** A prompt's prefill at batch 1 (the hidden states of `prompt` positions into a fresh cache, then the last row's
@@ -336,6 +342,7 @@ async function benchModel(): Promise<void> {
       times.sort((a, c) => a - c);
       const official = smoke ? undefined : anchors?.forward_ms.find((f) => f.model === "mamba2-130m")?.ms;
       console.log(`\nmamba2-130m forward B${B} × ${L}, ${b.precision === "f16" ? "f16 products" : "f32"} (logits included, in parts of ${head} rows): ${ms(times[1]!)} (median of 3; official ${official ? ms(official) : "n/a"}; ${ratio(times[1]!, official, false)})`);
+      targetRow({ measure: `mamba2-130m forward, B${B} × ${L}, ${b.precision}, logits included`, ours: times[1]!, official, unit: "ms", target: 1 });
     }
     if (only.has("decode")) {
       const [prompt, fresh] = smoke ? [16, 16] : [128, 256];
@@ -454,4 +461,5 @@ export default async function (): Promise<void> {
   }
   if (only.has("forward") || only.has("decode")) await benchModel();
   if (only.has("2.7b")) await bench27b();
+  printTargets(`-- Mamba-2's targets (official: ${anchorFile}) --`);
 }

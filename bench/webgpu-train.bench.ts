@@ -24,6 +24,7 @@ import { namedTensors, zerosLike } from "../src/train/params.ts";
 import { AdamW, DEFAULT_OPTIM } from "../src/train/optim.ts";
 import { fmtBytes } from "../src/backend/webgpu/gpu.ts";
 import { anchor } from "./anchors.ts";
+import { printTargets, targetRow } from "./targets.ts";
 import { filled } from "./data.ts";
 import { gpuTrials, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
 
@@ -118,7 +119,8 @@ async function benchScan(b: WebGpuTrainingBackend): Promise<void> {
 const trainPrecisions = (process.env.BENCH_TRAIN_PRECISIONS ?? "f32").split(",").filter(Boolean);
 for (const p of trainPrecisions) if (p !== "f32" && p !== "f16") throw new Error(`BENCH_TRAIN_PRECISIONS takes f32 and f16, got ${p}`);
 
-async function benchStep(precision: "f32" | "f16"): Promise<void> {
+/** The training step's tok/s with this precision of the products (NaN where it does not fit the device). */
+async function benchStep(precision: "f32" | "f16"): Promise<number> {
   const s = STEP;
   const T1 = s.seqLen * s.vocab * 4; // logits bytes of one sequence
   // parameters first, then the backend (see BENCHMARKS.md, decode: a device left waiting through seconds of host
@@ -174,6 +176,7 @@ async function benchStep(precision: "f32" | "f16"): Promise<void> {
     split.optim += performance.now() - t2;
     return loss;
   };
+  let tokPerS = NaN;
   try {
     const t0 = performance.now();
     const first = await trainStep(); // warm-up: pipelines compile, buffers enter the pool
@@ -187,6 +190,7 @@ async function benchStep(precision: "f32" | "f16"): Promise<void> {
     for (let i = 0; i < steps; i++) loss = await trainStep();
     const t = (performance.now() - t1) / 1000 / steps;
     const tokens = s.batch * s.seqLen;
+    tokPerS = tokens / t;
     console.log(`train step batch ${s.batch} x ${s.seqLen}: ${(tokens / t).toFixed(0)} tok/s (${(t * 1000).toFixed(0)} ms a step, ` +
       `loss ${loss.toFixed(3)}, ${((b.gpu.dispatches - d0) / steps).toFixed(0)} dispatches a step; GPU memory peak ` +
       `${fmtBytes(b.gpu.peakBytes)}); no official training anchor (official forward alone B8 L2048: ${anchor.forward("130m", "float32") ?? "n/a"} ms)`);
@@ -214,6 +218,7 @@ async function benchStep(precision: "f32" | "f16"): Promise<void> {
   } finally {
     await model.dispose();
   }
+  return tokPerS;
 }
 
 export default async function run(): Promise<void> {
@@ -231,5 +236,13 @@ export default async function run(): Promise<void> {
       }
     }
   }
-  if (only.has("step")) for (const p of trainPrecisions) await benchStep(p as "f32" | "f16");
+  if (only.has("step")) {
+    const tok: Record<string, number> = {};
+    for (const p of trainPrecisions) tok[p] = await benchStep(p as "f32" | "f16");
+    // half precision's target: the step with f16 products at 3x the f32 step (in this process)
+    if (tok.f16 !== undefined && tok.f32 !== undefined) {
+      targetRow({ measure: `training step, batch ${STEP.batch} x ${STEP.seqLen}, f16 products (against the f32 step)`, ours: tok.f16, official: tok.f32, unit: "tok/s", target: 3 });
+    }
+    printTargets("-- half precision's training target (against this run's f32 step) --");
+  }
 }

@@ -33,6 +33,7 @@ import { benchDecodeKernels } from "./decode-kernels.ts";
 import { alternatingRounds, decodeRounds, gpuTrials, parseTunings, printProfile, timeTrials, warmUpGpu } from "./timing.ts";
 import { checkCount } from "../src/errors.ts";
 import { hasTensorCores } from "../src/backend/webgpu/ops.ts";
+import { printTargets, targetFigure, targetRow } from "./targets.ts";
 import { GROUP_TARGET, type MatmulArgs, kSplits, matmulTiled, splitPlan } from "../src/backend/webgpu/kernels/matmul.ts";
 import { matmulReduce } from "../src/backend/webgpu/kernels/matmul-reduce.ts";
 import type { GpuTensor } from "../src/backend/webgpu/tensor.ts";
@@ -124,6 +125,10 @@ async function benchMatmul(b: WebGpuBackend): Promise<void> {
     const kind = b.precision === "f16" ? `f16 products (${hasTensorCores(b) ? `tensor cores, tile ${JSON.stringify(b.settings.tensorCoreTile)}` : "shader-f16"})` : "fp32";
     console.log(`matmul ${what} [${T}, ${K}] x [${N}, ${K}]^T ${kind}: ${ms(t)} (median of 5 loops, ${ms(min)} – ${ms(max)}), ` +
       `${flops(t)}${gt ? `; GPU clock ${ms(gt.median)}, ${flops(gt.median)}` : ""}`);
+    // half precision's target: 300 TFLOP/s at the forward's shapes
+    if (b.precision === "f16" && !smoke) {
+      targetFigure({ measure: `f16 product, ${what} [${T}, ${K}] x [${N}, ${K}]^T (GPU clock)`, ours: (2 * T * K * N) / ((gt?.median ?? t) / 1000) / 1e12, unit: "TFLOP/s", target: 300 });
+    }
     b.dispose(x, w);
   }
 }
@@ -234,6 +239,9 @@ async function benchDecode(model: MambaModel, name: ModelName, dtype: "float32" 
   console.log(`decode ${name} ${note || dtype} batch ${batch} (prompt 128 + 256 new): ${total.toFixed(0)} tok/s${spread} ` +
     `(official ${official ?? "n/a"} tok/s; ${ratio(total, official, true)}); decode steps alone ${f.steady.toFixed(0)} tok/s, ` +
     `${f.dispatches.toFixed(0)} dispatches per step; prefill and first token ${f.firstMs.toFixed(1)} ms`);
+  // half precision's targets against the official fp16 figures: 1.5x at batch 1 of 130m, 1.0x at 64 and for 1.4b
+  const target = dtype !== "float16" || smoke ? 0 : name === "130m" && batch === 1 ? 1.5 : name === "130m" && batch === 64 || name === "1.4b" && batch === 1 ? 1 : 0;
+  if (target) targetRow({ measure: `decode ${name}, batch ${batch}, ${note ? note.replace(/,$/, "") : `precision ${b.precision}`}`, ours: total, official, unit: "tok/s", target });
 }
 
 /** Decode at batch 1 with each BENCH_QUANT type's weights (the official figure: fp16). */
@@ -267,6 +275,7 @@ async function benchForward(model: MambaModel, name: ModelName): Promise<void> {
   const t = (performance.now() - t0) / reps;
   const official = anchor.forward(name, officialDtype);
   console.log(`forward ${name} ${tuning.precision ?? "f32"} products (official ${officialDtype}) batch ${B} x ${L} (logits included): ${t.toFixed(1)} ms (official ${official ?? "n/a"} ms; ${ratio(t, official, false)})`);
+  if (officialDtype === "float16" && !smoke) targetRow({ measure: `forward ${name}, B${B} × ${L}, f16 products`, ours: t, official, unit: "ms", target: 1 });
   const g = await b.timeGpu(pass);
   if (g !== null) console.log(`  on the GPU clock (one pass): ${g.toFixed(1)} ms (${ratio(g, official, false)})`);
   printProfile(await b.profileKernels(pass));
@@ -470,6 +479,7 @@ export default async function run(): Promise<void> {
   if (process.env.BENCH_DECODE_TUNINGS) {
     for (const name of ["130m", "1.4b"] as const) if (models.has(name)) await benchDecodeTunings(name);
   }
+  printTargets(`-- half precision's targets (official fp16: ${anchor.file}) --`);
 }
 
 /**
