@@ -267,14 +267,20 @@ describe("training ops on webgpu against the cpu", () => {
     assert.throws(() => g.embeddingBackward(g.fromI32(Int32Array.of(0, 4), [2]), g.zeros([2, 3]), g.zeros([4, 3])), MambaError);
   });
 
-  it("causalConv1dSiluBackward: windows, with and without bias, L = 1, K = 1..4, some gradients absent", async (g) => {
+  it("causalConv1dSiluBackward: windows, with and without bias, L = 1, K = 1..6, some gradients absent, 4-channel kernels", async (g) => {
     const p = new Pair(g, new TestRng(7));
+    // channels a multiple of 4 (the windows then on 4-float boundaries) take the 4-channel kernels: runs of 8
+    // positions cut short, one run, L below K - 1, K 6
     const cases = [
       { B: 1, L: 1, E: 3, K: 4, bias: true },
       { B: 2, L: 6, E: 5, K: 4, bias: true },
       { B: 3, L: 9, E: 70, K: 2, bias: false },
       { B: 2, L: 300, E: 33, K: 4, bias: true },
       { B: 1, L: 5, E: 2, K: 1, bias: true },
+      { B: 2, L: 21, E: 12, K: 4, bias: true },
+      { B: 3, L: 19, E: 8, K: 3, bias: false },
+      { B: 1, L: 40, E: 264, K: 6, bias: true },
+      { B: 2, L: 2, E: 16, K: 4, bias: true },
     ];
     for (const [i, s] of cases.entries()) {
       const rows = s.B * s.L, shape = { batch: s.B, seqLen: s.L };

@@ -56,16 +56,50 @@ fn conv1dSilu(gid: vec3<u32>) {
 }`,
 };
 
-/** The widest conv the 4-channel kernel takes (its weights and window are in registers). */
+/** The widest conv the 4-channel kernels take (their weights and window are in registers). */
 export const CONV_QUAD_MAX_K = 8;
-/** Positions a thread of the 4-channel kernel computes. */
+/** Positions a thread of the 4-channel kernels computes. */
 const CONV_RUN = 8;
+
+/** Whether a conv of E channels and K taps over windows of these row lengths (ld) and column offsets (off) takes the
+ *  4-channel kernels (this one, and the backward's in ../backward/conv-pre.ts and conv-dx.ts): every window's rows
+ *  and the channels on 4-float boundaries. */
+export function convQuadFits(E: number, K: number, windows: readonly { ld: number; off: number }[]): boolean {
+  return E % 4 === 0 && K >= 2 && K <= CONV_QUAD_MAX_K && windows.every((w) => w.ld % 4 === 0 && w.off % 4 === 0);
+}
+
+/** The grid of a 4-channel kernel: a thread per (batch row, run of CONV_RUN positions, 4 channels). */
+export function convQuadGrid(gpu: Gpu, B: number, L: number, E: number): [number, number] {
+  return grid(Math.ceil((B * Math.ceil(L / CONV_RUN) * (E / 4)) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
+}
+
+/** The 4-channel kernels' constants (K taps, HK = K - 1 of history, RUN positions a thread). */
+export const convQuadConsts = (K: number): [string, string][] => [["K", `${K}u`], ["HK", `${K - 1}u`], ["RUN", `${CONV_RUN}u`]];
+
+/** WGSL of the 4-channel kernels: thread i's place (quadOf: its channels e .. e + 3, batch row b, first position t0,
+ *  or ok false past the last thread) and its channels' weights (quadWeights). Needs params B, L, E, groupsX and the
+ *  binding weight [E, K]. */
+export const CONV_QUAD_WGSL = /* wgsl */ `
+struct Quad { e: u32, b: u32, t0: u32, ok: bool }
+fn quadOf(gid: vec3<u32>) -> Quad {
+  let i = gid.y * p.groupsX * 256u + gid.x;
+  let E4 = p.E / 4u;
+  let runs = (p.L + RUN - 1u) / RUN;
+  return Quad((i % E4) * 4u, i / (E4 * runs), ((i / E4) % runs) * RUN, i < p.B * runs * E4);
+}
+fn quadWeights(e: u32) -> array<vec4<f32>, K> {
+  var w: array<vec4<f32>, K>;
+  for (var k = 0u; k < K; k++) {
+    w[k] = vec4<f32>(weight[e * K + k], weight[(e + 1u) * K + k], weight[(e + 2u) * K + k], weight[(e + 3u) * K + k]);
+  }
+  return w;
+}`;
 
 // the same bindings, read as vec4s (x, stateIn, out, stateOut); K a constant of the kernel
 const quadParts = new Map<number, WgslParts>();
 const convQuadParts = (K: number): WgslParts => quadParts.get(K) ?? quadParts.set(K, makeQuadParts(K)).get(K)!;
 const makeQuadParts = (K: number): WgslParts => ({
-  consts: [["K", `${K}u`], ["HK", `${K - 1}u`], ["RUN", `${CONV_RUN}u`]],
+  consts: convQuadConsts(K),
   params: [["B", "u32"], ["L", "u32"], ["E", "u32"], ["ldx", "u32"], ["offx", "u32"], ["hasBias", "u32"], ["hasState", "u32"], ["groupsX", "u32"]],
   bindings: [
     ["x", "var<storage, read> x: array<vec4<f32>>"],
@@ -75,7 +109,7 @@ const makeQuadParts = (K: number): WgslParts => ({
     ["out", "var<storage, read_write> out: array<vec4<f32>>"],
     ["stateOut", "var<storage, read_write> stateOut: array<vec4<f32>>"],
   ],
-  decls: /* wgsl */ `
+  decls: /* wgsl */ `${CONV_QUAD_WGSL}
 // channels e .. e + 3 (e a multiple of 4) of position j of the sequence history ++ x of batch row b
 fn seq4(b: u32, j: u32, e: u32) -> vec4<f32> {
   if (j < HK) {
@@ -86,35 +120,26 @@ fn seq4(b: u32, j: u32, e: u32) -> vec4<f32> {
 }`,
   fn: /* wgsl */ `
 fn conv1dSiluQuad(gid: vec3<u32>) {
-  let i = gid.y * p.groupsX * 256u + gid.x;
-  let E4 = p.E / 4u;
-  let runs = (p.L + RUN - 1u) / RUN;
-  if (i >= p.B * runs * E4) { return; }
-  let e = (i % E4) * 4u;
-  let r = (i / E4) % runs;
-  let b = i / (E4 * runs);
-  let t0 = r * RUN;
+  let q = quadOf(gid);
+  if (!q.ok) { return; }
   // the run's rows of seq, all loaded before any is used (rows past the sequence's end are not loaded)
   var win: array<vec4<f32>, RUN + HK>;
   for (var j = 0u; j < RUN + HK; j++) {
     win[j] = vec4<f32>(0.0);
-    if (t0 + j < p.L + HK) { win[j] = seq4(b, t0 + j, e); }
+    if (q.t0 + j < p.L + HK) { win[j] = seq4(q.b, q.t0 + j, q.e); }
   }
-  var w: array<vec4<f32>, K>;
-  for (var k = 0u; k < K; k++) {
-    w[k] = vec4<f32>(weight[e * K + k], weight[(e + 1u) * K + k], weight[(e + 2u) * K + k], weight[(e + 3u) * K + k]);
-  }
+  let w = quadWeights(q.e);
   var b0 = vec4<f32>(0.0);
-  if (p.hasBias != 0u) { b0 = vec4<f32>(bias[e], bias[e + 1u], bias[e + 2u], bias[e + 3u]); }
+  if (p.hasBias != 0u) { b0 = vec4<f32>(bias[q.e], bias[q.e + 1u], bias[q.e + 2u], bias[q.e + 3u]); }
   for (var tt = 0u; tt < RUN; tt++) {
-    let t = t0 + tt;
+    let t = q.t0 + tt;
     if (t >= p.L) { break; }
     var s = b0;
     for (var k = 0u; k < K; k++) { s = fma(w[k], win[tt + k], s); }
-    out[((b * p.L + t) * p.E + e) / 4u] = s / (1.0 + exp(-s));
+    out[((q.b * p.L + t) * p.E + q.e) / 4u] = s / (1.0 + exp(-s));
   }
-  if (r == 0u && p.hasState != 0u) {
-    for (var j = 0u; j < HK; j++) { stateOut[((b * HK + j) * p.E + e) / 4u] = seq4(b, p.L + j, e); }
+  if (q.t0 == 0u && p.hasState != 0u) {
+    for (var j = 0u; j < HK; j++) { stateOut[((q.b * HK + j) * p.E + q.e) / 4u] = seq4(q.b, p.L + j, q.e); }
   }
 }`,
 });
@@ -140,11 +165,10 @@ const conv1dSiluKernel = defineKernel({
 
 // x: [B, L, E] window, weight: [E, K], state: [B, K-1, E] -> out: [B, L, E]
 export function causalConv1dSilu(gpu: Gpu, a: ConvArgs): void {
-  if (a.E % 4 === 0 && a.ldx % 4 === 0 && a.offx % 4 === 0 && a.K >= 2 && a.K <= CONV_QUAD_MAX_K) {
+  if (convQuadFits(a.E, a.K, [{ ld: a.ldx, off: a.offx }])) {
     const parts = convQuadParts(a.K);
     const k = gpu.kernel(conv1dSiluQuadKernel, { K: a.K });
-    const threads = a.B * Math.ceil(a.L / CONV_RUN) * (a.E / 4);
-    const [gx, gy] = grid(Math.ceil(threads / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
+    const [gx, gy] = convQuadGrid(gpu, a.B, a.L, a.E);
     gpu.dispatch(k, bindingsByName(parts, { x: a.x, weight: a.weight, bias: a.bias ?? gpu.dummy, stateIn: a.stateIn ?? gpu.dummy, out: a.out, stateOut: a.stateOut ?? gpu.dummyOut }),
       paramBlock(parts.params, { B: a.B, L: a.L, E: a.E, ldx: a.ldx, offx: a.offx, hasBias: !!a.bias, hasState: !!a.stateIn, groupsX: gx }), [gx, gy]);
     return;

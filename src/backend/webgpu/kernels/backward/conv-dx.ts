@@ -1,13 +1,16 @@
 /**
- * Conv backward, step 2 of 3: the input gradient, one thread per value (b, t, e) of x, added into dx (a column
- * window): position t fed outputs t' = t + K−1−k through tap k, so
+ * Conv backward, step 2 of 3: the input gradient, added into dx (a column window): position t fed outputs
+ * t' = t + K−1−k through tap k, so
  *   dx[b, t, e] += Σ_k dpre[b, t + K−1−k, e] · w[e, k]   over t' < L
+ * Where the conv takes the 4-channel kernels (../conv.ts, convQuadFits), a thread computes 4 channels of a run of
+ * positions from the rows of dpre they read, loaded once as vec4s; elsewhere one thread per value.
  */
 import type { Buf, Gpu } from "../../gpu.ts";
 import { grid } from "../../gpu.ts";
 import type { ConvBwdShape } from "./conv-pre.ts";
 import { defineKernel } from "../../kernel-def.ts";
 import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
+import { CONV_QUAD_WGSL, convQuadConsts, convQuadFits, convQuadGrid } from "../conv.ts";
 
 // bindings: 0 dpre [B·L, E] | 1 weight [E, K] | 2 dx [B·L, lddx] in/out | 3 params
 const convDxParts: WgslParts = {
@@ -41,8 +44,55 @@ const bwdConvDxKernel = defineKernel({
   name: "bwd_conv_dx", wgsl: () => standaloneWgsl(convDxParts, "256", "convDx(gid)"), example: null,
 });
 
+// dpre and dx read as vec4s; K a constant of the kernel
+const quadParts = new Map<number, WgslParts>();
+const convDxQuadParts = (K: number): WgslParts => quadParts.get(K) ?? quadParts.set(K, {
+  consts: convQuadConsts(K),
+  params: [["B", "u32"], ["L", "u32"], ["E", "u32"], ["lddx", "u32"], ["offdx", "u32"], ["groupsX", "u32"]],
+  bindings: [
+    ["dpre", "var<storage, read> dpre: array<vec4<f32>>"],
+    ["weight", "var<storage, read> weight: array<f32>"],
+    ["dx", "var<storage, read_write> dx: array<vec4<f32>>"],
+  ],
+  decls: CONV_QUAD_WGSL,
+  fn: /* wgsl */ `
+fn convDxQuad(gid: vec3<u32>) {
+  let q = quadOf(gid);
+  if (!q.ok) { return; }
+  // dpre's rows t0 .. t0 + RUN + HK - 1, the outputs the run's positions fed (zero past the sequence's end)
+  var win: array<vec4<f32>, RUN + HK>;
+  for (var j = 0u; j < RUN + HK; j++) {
+    win[j] = vec4<f32>(0.0);
+    if (q.t0 + j < p.L) { win[j] = dpre[((q.b * p.L + q.t0 + j) * p.E + q.e) / 4u]; }
+  }
+  let w = quadWeights(q.e);
+  for (var tt = 0u; tt < RUN; tt++) {
+    let t = q.t0 + tt;
+    if (t >= p.L) { break; }
+    var s = vec4<f32>(0.0);
+    for (var k = 0u; k < K; k++) { s = fma(win[tt + HK - k], w[k], s); }
+    let o = ((q.b * p.L + t) * p.lddx + p.offdx + q.e) / 4u;
+    dx[o] = dx[o] + s;
+  }
+}`,
+}).get(K)!;
+
+const bwdConvDxQuadKernel = defineKernel({
+  name: "bwd_conv_dx_quad",
+  wgsl: (s: { K: number }) => standaloneWgsl(convDxQuadParts(s.K), "256", "convDxQuad(gid)"),
+  label: (s) => `bwd_conv_dx_quad_k${s.K}`,
+  example: { K: 4 },
+});
+
 // dpre: [B, L, E], weight: [E, K] -> dx [B, L, E] window +=
 export function convDx(gpu: Gpu, s: ConvBwdShape, dpre: Buf, weight: Buf, dx: Buf, lddx: number, offdx: number): void {
+  if (convQuadFits(s.E, s.K, [{ ld: lddx, off: offdx }])) {
+    const parts = convDxQuadParts(s.K);
+    const [gx, gy] = convQuadGrid(gpu, s.B, s.L, s.E);
+    gpu.dispatch(gpu.kernel(bwdConvDxQuadKernel, { K: s.K }), bindingsByName(parts, { dpre, weight, dx }),
+      paramBlock(parts.params, { B: s.B, L: s.L, E: s.E, lddx, offdx, groupsX: gx }), [gx, gy]);
+    return;
+  }
   const k = gpu.kernel(bwdConvDxKernel, null);
   const [gx, gy] = grid(Math.ceil((s.B * s.L * s.E) / 256), gpu.limits.maxComputeWorkgroupsPerDimension);
   gpu.dispatch(k, bindingsByName(convDxParts, { dpre, weight, dx }),
