@@ -1,6 +1,6 @@
 /**
- * The norms of Mamba-2 and Falcon-Mamba, reading each group twice (sum of squares, then the scaled values): the
- * gated norm's forward a workgroup per (row, group), the others a thread per (row, group or window):
+ * The norms of Mamba-2 and Falcon-Mamba, reading each group twice (sums, then the scaled values): the gated norm's
+ * forward and backward a workgroup per (row, group), Falcon-Mamba's a thread per (row, window):
  *  - gated RMSNorm (mamba_ssm's RMSNormGated), groups of gs channels:
  *      gate after:  v = y · silu(z); out = v / sqrt(mean(v²) + eps) · w
  *      gate before: out = y / sqrt(mean(y²) + eps) · w · silu(z)
@@ -10,18 +10,16 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { Params, grid } from "../../gpu.ts";
 import { type KernelDef, defineKernel } from "../../kernel-def.ts";
 import { check } from "../../../../errors.ts";
+import { colsum, colsumChunks } from "../backward/colsum.ts";
+import { reduceGroups, stacked } from "../backward/reduce-groups.ts";
 
-// The gated norms' parameters, and the start of their threads: one per (row t, group from c0), r = 1/RMS of the
-// group's normalized input val(t, c) (each kernel defines val).
+// The gated norms' parameters, and the start of their workgroups: one per (row t, group from c0).
 const gatedParamsWgsl = /* wgsl */ `struct P { T: u32, E: u32, gs: u32, ldz: u32, offz: u32, before: u32, eps: f32, groupsX: u32 }`;
-const gatedGroupRmsWgsl = /* wgsl */ `  let G = p.E / p.gs;
-  let i = gid.y * p.groupsX * 64u + gid.x;
-  if (i >= p.T * G) { return; }
+const gatedGroupWgsl = /* wgsl */ `  let G = p.E / p.gs;
+  let i = wg.y * p.groupsX + wg.x;
+  if (i >= p.T * G) { return; } // uniform: a whole workgroup
   let t = i / G;
-  let c0 = (i % G) * p.gs;
-  var ss = 0.0;
-  for (var k = 0u; k < p.gs; k++) { let v = val(t, c0 + k); ss = fma(v, v, ss); }
-  let r = inverseSqrt(ss / f32(p.gs) + p.eps);`;
+  let c0 = (i % G) * p.gs;`;
 
 // The segment norms' parameters (windows [s_k, s_{k+1}) for k < count), and the start of their threads: one per
 // (row t, window k), the window at a, m wide.
@@ -60,11 +58,7 @@ fn val(t: u32, c: u32) -> f32 {
 var<workgroup> red: array<f32, 256>;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-  let G = p.E / p.gs;
-  let i = wg.y * p.groupsX + wg.x;
-  if (i >= p.T * G) { return; } // uniform: a whole workgroup
-  let t = i / G;
-  let c0 = (i % G) * p.gs;
+${gatedGroupWgsl}
   var ss = 0.0;
   for (var k = l; k < p.gs; k += 256u) { let v = val(t, c0 + k); ss = fma(v, v, ss); }
   red[l] = ss;
@@ -170,8 +164,10 @@ export function segmentRmsNormBackward(gpu: Gpu, x: Buf, dOut: Buf, dx: Buf, T: 
 
 const gatedBackwardWgsl = /* wgsl */ `
 // bindings: 0 y [T, E] | 1 z window | 2 weight [E] | 3 dOut [T, E] | 4 dy [T, E] (added into) | 5 dz window (added
-// into) | 6 dwPart [T, E] (each row's share of dWeight, written) | 7 params. A thread per (row, group):
+// into) | 6 dwPart [T, E] (each row's share of dWeight, written) | 7 params. A workgroup per (row, group), as the
+// forward (a thread per (row, group) walked its group alone):
 //   n = v·r (v = y·silu(z), or y with the gate after the norm);  dn = dOut·w (·silu(z));  dv = r·(dn − n·mean(dn·n))
+// where mean(dn·n) = r·Σ dn·v / gs: both sums, Σ v² and Σ dn·v, in one pass over the group
 ${gatedParamsWgsl}
 @group(0) @binding(0) var<storage, read> y: array<f32>;
 @group(0) @binding(1) var<storage, read> z: array<f32>;
@@ -191,20 +187,32 @@ fn val(t: u32, c: u32) -> f32 {
   return yv * zv * sig(zv);
 }
 
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-${gatedGroupRmsWgsl}
-  // dn_c = dOut·w (·silu(z) with the gate after the norm); Σ dn·n
-  var dot = 0.0;
-  for (var k = 0u; k < p.gs; k++) {
-    let c = c0 + k;
-    let n = val(t, c) * r;
-    var dn = dOut[t * p.E + c] * weight[c];
-    if (p.before != 0u) { let zv = zAt(t, c); dn = dn * zv * sig(zv); }
-    dot = fma(dn, n, dot);
+// dn_c = dOut·w (·silu(z) with the gate after the norm)
+fn dnAt(t: u32, c: u32) -> f32 {
+  let dn = dOut[t * p.E + c] * weight[c];
+  if (p.before == 0u) { return dn; }
+  let zv = zAt(t, c);
+  return dn * zv * sig(zv);
+}
+
+var<workgroup> red: array<vec2<f32>, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+${gatedGroupWgsl}
+  var acc = vec2<f32>(0.0);
+  for (var k = l; k < p.gs; k += 256u) {
+    let v = val(t, c0 + k);
+    acc += vec2<f32>(v * v, dnAt(t, c0 + k) * v);
   }
-  let mean = dot / f32(p.gs);
-  for (var k = 0u; k < p.gs; k++) {
+  red[l] = acc;
+  workgroupBarrier();
+  for (var st = 128u; st > 0u; st >>= 1u) {
+    if (l < st) { red[l] += red[l + st]; }
+    workgroupBarrier();
+  }
+  let r = inverseSqrt(red[0].x / f32(p.gs) + p.eps);
+  let mean = r * red[0].y / f32(p.gs);
+  for (var k = l; k < p.gs; k += 256u) {
     let c = c0 + k;
     let n = val(t, c) * r;
     let go = dOut[t * p.E + c];
@@ -227,27 +235,9 @@ ${gatedGroupRmsWgsl}
 }
 `;
 
-const colsumWgsl = /* wgsl */ `
-// bindings: 0 part [T, E] | 1 out [E] (added into) | 2 params: out[e] += Σ_t part[t, e]
-struct P { T: u32, E: u32 }
-@group(0) @binding(0) var<storage, read> part: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<uniform> p: P;
-
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let e = gid.x;
-  if (e >= p.E) { return; }
-  var s = 0.0;
-  for (var t = 0u; t < p.T; t++) { s = s + part[t * p.E + e]; }
-  out[e] = out[e] + s;
-}
-`;
-
 const gatedBackwardKernel = defineKernel({
   name: "gated_rmsnorm_backward", wgsl: () => gatedBackwardWgsl, example: null,
 });
-const colsumKernel = defineKernel({ name: "ssd_colsum", wgsl: () => colsumWgsl, example: null });
 
 // y: [T, E], z: [T, E] window, dOut: [T, E]; dy (+=), dz window (+=), dWeight (+=); part: a [T, E] scratch
 export function gatedRmsNormBackward(
@@ -257,8 +247,14 @@ export function gatedRmsNormBackward(
   },
 ): void {
   check(a.ldz === a.ldDz && a.offz === a.offDz, "gatedRmsNormBackward: z and dz must be windows of the same place in matrices of one width");
-  const [gx, gy] = grid(Math.ceil((a.T * (a.E / a.gs)) / 64), gpu.limits.maxComputeWorkgroupsPerDimension);
+  const [gx, gy] = grid(a.T * (a.E / a.gs), gpu.limits.maxComputeWorkgroupsPerDimension);
   const p = new Params().u32(a.T).u32(a.E).u32(a.gs).u32(a.ldz).u32(a.offz).bool(a.before).f32(a.eps).u32(gx);
   gpu.dispatch(gpu.kernel(gatedBackwardKernel, null), [a.y, a.z, a.weight, a.dOut, a.dy, a.dz, a.part], p, [gx, gy]);
-  gpu.dispatch(gpu.kernel(colsumKernel, null), [a.part, a.dWeight], new Params().u32(a.T).u32(a.E), [Math.ceil(a.E / 64)]);
+  // dWeight += Σ_t part[t]: column sums over chunks of rows, then the chunks added in order (a thread a column walked
+  // all T rows alone)
+  const { chunkRows, nChunks } = colsumChunks(a.T);
+  const chunks = gpu.alloc(nChunks * a.E * 4, "the gated norm's weight gradient by chunk of rows");
+  colsum(gpu, a.part, a.E, 0, a.T, a.E, null, chunks, chunkRows, nChunks);
+  reduceGroups(gpu, chunks, stacked(nChunks, a.E), a.dWeight, 1, a.E, a.E, 0);
+  gpu.release(chunks);
 }
