@@ -11,7 +11,7 @@
 import type { Buf, Gpu } from "../gpu.ts";
 import { Params, grid } from "../gpu.ts";
 import { type WeightStorage, weight4Binding, weight4Reader } from "./weights.ts";
-import { ORDERABLE_WGSL } from "./wgsl-common.ts";
+import { ORDERABLE_WGSL, treeSumWgsl } from "./wgsl-common.ts";
 import { defineKernel } from "../kernel-def.ts";
 
 /** Rows of x this kernel takes at most. */
@@ -90,12 +90,7 @@ ${norm ? `  // RMSNorm of x + res, each workgroup for itself (K values a row: ch
     red[t * 256u + lid.x] = ss;
   }
   workgroupBarrier();
-  for (var st = 128u; st > 0u; st >>= 1u) {
-    if (lid.x < st) {
-      for (var t = 0u; t < T; t++) { red[t * 256u + lid.x] += red[t * 256u + lid.x + st]; }
-    }
-    workgroupBarrier();
-  }
+  ${treeSumWgsl("red", "lid.x", "T")}
   for (var t = 0u; t < T; t++) { inv[t] = inverseSqrt(red[t * 256u] / f32(K4 * 4u) + p.eps); }
   workgroupBarrier(); // red is reused below
 ` : ""}  for (var i = 0u; i < NIT; i++) {

@@ -6,6 +6,7 @@ import type { Buf, Gpu } from "../gpu.ts";
 import { grid } from "../gpu.ts";
 import { defineKernel } from "../kernel-def.ts";
 import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "./compose.ts";
+import { treeSumWgsl } from "./wgsl-common.ts";
 
 // bindings: 0 x [T, D] | 1 residual [T, D] | 2 weight [D] | 3 out [T, D] | 4 residualOut [T, D] | 5 params
 const addRmsnormParts: WgslParts = {
@@ -34,10 +35,7 @@ fn addRmsnorm(lid: vec3<u32>, wg: vec3<u32>) {
   }
   red[lid.x] = ss;
   workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (lid.x < s) { red[lid.x] += red[lid.x + s]; }
-    workgroupBarrier();
-  }
+  ${treeSumWgsl("red", "lid.x")}
   let inv = inverseSqrt(red[0] / f32(p.D) + p.eps);
   for (var d = lid.x; d < p.D; d += 256u) {
     out[o + d] = resOut[o + d] * inv * weight[d];

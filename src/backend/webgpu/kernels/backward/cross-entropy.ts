@@ -11,6 +11,7 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
 import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
+import { treeSumWgsl } from "../wgsl-common.ts";
 
 // bindings: 0 logits [T, V] | 1 targets [T] i32 | 2 info [1] (count) | 3 dLogits [T, V] out | 4 rowOut [2, T] out | 5 params
 const ceRowsParts: WgslParts = {
@@ -65,10 +66,7 @@ fn ceRows(lid: vec3<u32>, wg: vec3<u32>) {
   for (var j = lid.x; j < p.V; j += 256u) { s += exp(x[o + j] - rowMax); }
   sm[lid.x] = s;
   workgroupBarrier();
-  for (var k = 128u; k > 0u; k >>= 1u) {
-    if (lid.x < k) { sm[lid.x] += sm[lid.x + k]; }
-    workgroupBarrier();
-  }
+  ${treeSumWgsl("sm", "lid.x")}
   let total = sm[0];
   let count = info[0];
   let scale = p.scale / count;
@@ -100,10 +98,7 @@ fn ceCount(lid: vec3<u32>) {
   for (var t = lid.x; t < p.T; t += 256u) { c += select(0u, 1u, targets[t] >= 0); }
   red[lid.x] = c;
   workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (lid.x < s) { red[lid.x] += red[lid.x + s]; }
-    workgroupBarrier();
-  }
+  ${treeSumWgsl("red", "lid.x")}
   if (lid.x == 0u) { info[0] = f32(red[0]); }
 }`,
 };

@@ -9,6 +9,7 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
 import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
+import { treeSumWgsl } from "../wgsl-common.ts";
 
 // bindings: 0 r [T, D] | 1 weight [D] | 2 dOut [T, D] | 3 dResidual [T, D] in/out | 4 inv [T] out | 5 params
 const rmsNormBackwardParts: WgslParts = {
@@ -35,10 +36,7 @@ fn rmsNormBackward(lid: vec3<u32>, wg: vec3<u32>) {
   }
   red[lid.x] = acc;
   workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (lid.x < s) { red[lid.x] += red[lid.x + s]; }
-    workgroupBarrier();
-  }
+  ${treeSumWgsl("red", "lid.x")}
   let inv = inverseSqrt(red[0].x / f32(p.D) + p.eps);
   let m = red[0].y * inv / f32(p.D); // mean(dOut · w · n)
   for (var d = lid.x; d < p.D; d += 256u) {

@@ -11,6 +11,7 @@
 import type { Buf, Gpu } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
 import { type ParamType, type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
+import { treeSumWgsl } from "../wgsl-common.ts";
 
 /** S parts of the last out_proj, D columns; NWG > 0: the gated-norm scale's sums of squares a row (Mamba-2). */
 export interface BatchNormShape { S: number; D: number; NWG?: number }
@@ -54,10 +55,7 @@ ${NWG > 0 ? `  // the gated norm's scale of this row
   for (var i = t; i < NWG; i += 256u) { q += ss[wg.x * NWG + i]; }
   red[t] = q;
   workgroupBarrier();
-  for (var st = 128u; st > 0u; st >>= 1u) {
-    if (t < st) { red[t] += red[t + st]; }
-    workgroupBarrier();
-  }
+  ${treeSumWgsl("red", "t")}
   let r = inverseSqrt(red[0] / f32(p.GS) + p.gEps);
   workgroupBarrier(); // red is reused below
 ` : ""}  var v: array<f32, KD>;
@@ -76,10 +74,7 @@ ${NWG > 0 ? `    var x = 0.0;
   }
   red[t] = ${NWG > 0 ? "sq" : "ss"};
   workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (t < s) { red[t] += red[t + s]; }
-    workgroupBarrier();
-  }
+  ${treeSumWgsl("red", "t")}
   let inv = inverseSqrt(red[0] / f32(D) + p.eps);
   for (var k = 0u; k < KD; k++) {
     let d = t + k * 256u;

@@ -19,7 +19,7 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { grid } from "../../gpu.ts";
 import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
 import { type WeightStorage, weight4Binding, weight4Reader } from "../weights.ts";
-import { SOFTPLUS_WGSL } from "../wgsl-common.ts";
+import { SOFTPLUS_WGSL, treeSumWgsl } from "../wgsl-common.ts";
 import { matvecRowLanes } from "../matvec.ts";
 import { defineKernel } from "../../kernel-def.ts";
 
@@ -239,12 +239,7 @@ ${norm ? `  // RMSNorm of h + res, each workgroup for itself; workgroup 0 writes
     red[t * 256u + t0] = ss;
   }
   workgroupBarrier();
-  for (var st = 128u; st > 0u; st >>= 1u) {
-    if (t0 < st) {
-      for (var t = 0u; t < T; t++) { red[t * 256u + t0] += red[t * 256u + t0 + st]; }
-    }
-    workgroupBarrier();
-  }
+  ${treeSumWgsl("red", "t0", "T")}
   for (var t = 0u; t < T; t++) { inv[t] = inverseSqrt(red[t * 256u] / f32(D4 * 4u) + p.eps); }
   workgroupBarrier(); // red is reused below
 ` : ""}${rowGroupsWgsl({ W4: "D4", rows: "NIN", groups: "NG", step: "p.stride", scale: norm ? " * inv[t]" : "",

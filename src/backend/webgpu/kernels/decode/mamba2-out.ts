@@ -12,6 +12,7 @@ import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../c
 import { type WeightStorage, weight4Binding, weight4Reader } from "../weights.ts";
 import { m2Lanes, rowGroupsGrid, rowGroupsWgsl } from "./mamba2-in.ts";
 import { defineKernel } from "../../kernel-def.ts";
+import { treeSumWgsl } from "../wgsl-common.ts";
 
 export const M2_OUT_MAX_ROWS = 8;
 
@@ -177,10 +178,7 @@ fn m2Scale(t: u32, b: u32) {
     for (var i = t; i < WPG; i += 256u) { s += ss[b * NWG + g * WPG + i]; }
     red[t] = s;
     workgroupBarrier();
-    for (var st = 128u; st > 0u; st >>= 1u) {
-      if (t < st) { red[t] += red[t + st]; }
-      workgroupBarrier();
-    }
+    ${treeSumWgsl("red", "t")}
     if (t == 0u) { rs[g] = inverseSqrt(red[0] / f32(GS) + p.eps); }
     workgroupBarrier();
   }

@@ -12,6 +12,7 @@ import { type KernelDef, defineKernel } from "../../kernel-def.ts";
 import { check } from "../../../../errors.ts";
 import { colsum, colsumChunks } from "../backward/colsum.ts";
 import { reduceGroups, stacked } from "../backward/reduce-groups.ts";
+import { treeSumWgsl } from "../wgsl-common.ts";
 
 // The gated norms' parameters, and the start of their workgroups: one per (row t, group from c0).
 const gatedParamsWgsl = /* wgsl */ `struct P { T: u32, E: u32, gs: u32, ldz: u32, offz: u32, before: u32, eps: f32, groupsX: u32 }`;
@@ -63,10 +64,7 @@ ${gatedGroupWgsl}
   for (var k = l; k < p.gs; k += 256u) { let v = val(t, c0 + k); ss = fma(v, v, ss); }
   red[l] = ss;
   workgroupBarrier();
-  for (var st = 128u; st > 0u; st >>= 1u) {
-    if (l < st) { red[l] += red[l + st]; }
-    workgroupBarrier();
-  }
+  ${treeSumWgsl("red", "l")}
   let r = inverseSqrt(red[0] / f32(p.gs) + p.eps);
   for (var k = l; k < p.gs; k += 256u) {
     let c = c0 + k;
@@ -206,10 +204,7 @@ ${gatedGroupWgsl}
   }
   red[l] = acc;
   workgroupBarrier();
-  for (var st = 128u; st > 0u; st >>= 1u) {
-    if (l < st) { red[l] += red[l + st]; }
-    workgroupBarrier();
-  }
+  ${treeSumWgsl("red", "l")}
   let r = inverseSqrt(red[0].x / f32(p.gs) + p.eps);
   let mean = r * red[0].y / f32(p.gs);
   for (var k = l; k < p.gs; k += 256u) {
