@@ -95,6 +95,23 @@ fn quadWeights(e: u32) -> array<vec4<f32>, K> {
   return w;
 }`;
 
+/** WGSL of the 4-channel kernels that make the conv's pre-activations (the forward, and the backward's first step):
+ *  those of a run's positions from its window of seq (position t0 + tt reads win[tt .. tt + K - 1]), bias included.
+ *  Needs CONV_QUAD_WGSL, the param hasBias and the binding bias [E]. */
+export const CONV_QUAD_PRE_WGSL = /* wgsl */ `
+fn quadPre(win: array<vec4<f32>, RUN + HK>, e: u32) -> array<vec4<f32>, RUN> {
+  let w = quadWeights(e);
+  var b0 = vec4<f32>(0.0);
+  if (p.hasBias != 0u) { b0 = vec4<f32>(bias[e], bias[e + 1u], bias[e + 2u], bias[e + 3u]); }
+  var pre: array<vec4<f32>, RUN>;
+  for (var tt = 0u; tt < RUN; tt++) {
+    var s = b0;
+    for (var k = 0u; k < K; k++) { s = fma(w[k], win[tt + k], s); }
+    pre[tt] = s;
+  }
+  return pre;
+}`;
+
 // the same bindings, read as vec4s (x, stateIn, out, stateOut); K a constant of the kernel
 const quadParts = new Map<number, WgslParts>();
 const convQuadParts = (K: number): WgslParts => quadParts.get(K) ?? quadParts.set(K, makeQuadParts(K)).get(K)!;
@@ -109,7 +126,7 @@ const makeQuadParts = (K: number): WgslParts => ({
     ["out", "var<storage, read_write> out: array<vec4<f32>>"],
     ["stateOut", "var<storage, read_write> stateOut: array<vec4<f32>>"],
   ],
-  decls: /* wgsl */ `${CONV_QUAD_WGSL}
+  decls: /* wgsl */ `${CONV_QUAD_WGSL}${CONV_QUAD_PRE_WGSL}
 // channels e .. e + 3 (e a multiple of 4) of position j of the sequence history ++ x of batch row b
 fn seq4(b: u32, j: u32, e: u32) -> vec4<f32> {
   if (j < HK) {
@@ -128,14 +145,11 @@ fn conv1dSiluQuad(gid: vec3<u32>) {
     win[j] = vec4<f32>(0.0);
     if (q.t0 + j < p.L + HK) { win[j] = seq4(q.b, q.t0 + j, q.e); }
   }
-  let w = quadWeights(q.e);
-  var b0 = vec4<f32>(0.0);
-  if (p.hasBias != 0u) { b0 = vec4<f32>(bias[q.e], bias[q.e + 1u], bias[q.e + 2u], bias[q.e + 3u]); }
+  let pre = quadPre(win, q.e);
   for (var tt = 0u; tt < RUN; tt++) {
     let t = q.t0 + tt;
     if (t >= p.L) { break; }
-    var s = b0;
-    for (var k = 0u; k < K; k++) { s = fma(w[k], win[tt + k], s); }
+    let s = pre[tt];
     out[((q.b * p.L + t) * p.E + q.e) / 4u] = s / (1.0 + exp(-s));
   }
   if (q.t0 == 0u && p.hasState != 0u) {

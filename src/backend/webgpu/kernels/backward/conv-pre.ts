@@ -10,7 +10,7 @@ import type { Buf, Gpu } from "../../gpu.ts";
 import { grid } from "../../gpu.ts";
 import { defineKernel } from "../../kernel-def.ts";
 import { type WgslParts, bindingsByName, paramBlock, standaloneWgsl } from "../compose.ts";
-import { CONV_QUAD_WGSL, convQuadConsts, convQuadFits, convQuadGrid } from "../conv.ts";
+import { CONV_QUAD_PRE_WGSL, CONV_QUAD_WGSL, convQuadConsts, convQuadFits, convQuadGrid } from "../conv.ts";
 
 // bindings: 0 x [B·L, ldx] | 1 weight [E, K] | 2 bias [E] | 3 dy [B·L, E] | 4 dpre [B·L, E] out | 5 params
 const convPreParts: WgslParts = {
@@ -60,7 +60,7 @@ const convPreQuadParts = (K: number): WgslParts => quadParts.get(K) ?? quadParts
     ["dy", "var<storage, read> dy: array<vec4<f32>>"],
     ["dpre", "var<storage, read_write> dpre: array<vec4<f32>>"],
   ],
-  decls: CONV_QUAD_WGSL,
+  decls: CONV_QUAD_WGSL + CONV_QUAD_PRE_WGSL,
   fn: /* wgsl */ `
 fn convPreQuad(gid: vec3<u32>) {
   let q = quadOf(gid);
@@ -72,14 +72,11 @@ fn convPreQuad(gid: vec3<u32>) {
     let sj = q.t0 + j;
     if (sj >= HK && sj < p.L + HK) { win[j] = x[((q.b * p.L + sj - HK) * p.ldx + p.offx + q.e) / 4u]; }
   }
-  let w = quadWeights(q.e);
-  var b0 = vec4<f32>(0.0);
-  if (p.hasBias != 0u) { b0 = vec4<f32>(bias[q.e], bias[q.e + 1u], bias[q.e + 2u], bias[q.e + 3u]); }
+  let pre = quadPre(win, q.e);
   for (var tt = 0u; tt < RUN; tt++) {
     let t = q.t0 + tt;
     if (t >= p.L) { break; }
-    var s = b0;
-    for (var k = 0u; k < K; k++) { s = fma(w[k], win[tt + k], s); }
+    let s = pre[tt];
     let sig = 1.0 / (1.0 + exp(-s));
     let o = ((q.b * p.L + t) * p.E + q.e) / 4u;
     dpre[o] = dy[o] * sig * (1.0 + s * (1.0 - sig));
