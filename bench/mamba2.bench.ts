@@ -216,11 +216,15 @@ async function profileDecodeStep(model: Awaited<ReturnType<typeof modelFromTenso
   const lm = model.lm;
   const cache = MambaCache.zeros(b, lm.config, B);
   const ids = b.fromI32(new Int32Array(B).fill(7), [B]);
-  const step = () => {
+  // a step and its greedy ids (kept by the caller)
+  const stepIds = () => {
     const lg = b.decodeStep(lm, ids, cache.conv, cache.ssm);
     if (!lg) throw new Error("no fused step");
-    b.dispose(b.sample(lg, greedyRequest(lm.config.vocabSize, B)), lg);
+    const next = b.sample(lg, greedyRequest(lm.config.vocabSize, B));
+    b.dispose(lg);
+    return next;
   };
+  const step = () => b.dispose(stepIds());
   try {
     step();
     await b.sync();
@@ -235,12 +239,7 @@ async function profileDecodeStep(model: Awaited<ReturnType<typeof modelFromTenso
       console.log(`  ${name} decode step, batch ${B}, on the GPU clock: ${us.toFixed(1)} us, ${(weightBytes / us / 1e3).toFixed(0)} GB/s of weights ` +
         `(${(weightBytes / 2 ** 20).toFixed(0)} MiB a step; tuning: ${Object.keys(tuning).length ? JSON.stringify(tuning) : "defaults"})`);
     }
-    await stepWallTimes(b, step, () => {
-      const lg = b.decodeStep(lm, ids, cache.conv, cache.ssm)!;
-      const next = b.sample(lg, greedyRequest(lm.config.vocabSize, B));
-      b.dispose(lg);
-      return next;
-    });
+    await stepWallTimes(b, stepIds);
     printProfile(await b.profileKernels(step), "    ");
   } catch (e) {
     console.log(`  ${name} decode step profile not run: ${(e as Error).message}`);
@@ -251,9 +250,11 @@ async function profileDecodeStep(model: Awaited<ReturnType<typeof modelFromTenso
 }
 
 /** Where a decode step's wall time goes beyond its GPU time: the host's encoding of a step, 40 steps in one submit,
- *  40 steps each submitted alone, and 40 steps each read back as generate does (PIPELINE_DEPTH in flight). */
-async function stepWallTimes(b: WebGpuBackend, step: () => void, stepIds: () => Tensor): Promise<void> {
+ *  40 steps each submitted alone, 40 steps each read back as generate does (PIPELINE_DEPTH in flight), and 40 with
+ *  one read every 4 steps. `stepIds` encodes a step and returns its ids. */
+async function stepWallTimes(b: WebGpuBackend, stepIds: () => Tensor): Promise<void> {
   const n = 40;
+  const step = () => b.dispose(stepIds());
   const per = (t0: number) => ((performance.now() - t0) / n).toFixed(3);
   await b.sync();
   let t0 = performance.now();
