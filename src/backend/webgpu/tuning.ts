@@ -112,9 +112,10 @@ export interface WebGpuInternalTuning extends WebGpuTuning {
   decodeM2InLanes?: number;
   decodeM2OutLanes?: number;
   /** the most workgroups each of Mamba-2's decode matvecs (in_proj, out_proj) launches where it runs as a kernel of
-   *  its own: each workgroup then takes its groups of rows in turn, making the norm once and loading the next
-   *  group's weights while it sums the last's (default 512, about the read ceiling's best count of 256-thread
-   *  workgroups on the H100; a count at least the groups' gives each workgroup one) */
+   *  its own, and the most items each takes as a phase of the one-dispatch layer: each workgroup (item) then takes
+   *  its groups of rows in turn, making the norm once and loading the next group's weights while it sums the last's
+   *  (default 512, about the read ceiling's best count of 256-thread workgroups on the H100; a count at least the
+   *  groups' gives each workgroup one) */
   decodeM2Workgroups?: number;
   /** Mamba-2's fused decode step at up to 8 rows runs each layer in one dispatch (kernels/decode/mamba2-layer.ts),
    *  as decodePersistent does Mamba-1's, where decodePersistent is on: in_proj's, the scan's and out_proj's kernels

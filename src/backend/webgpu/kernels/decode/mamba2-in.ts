@@ -292,9 +292,10 @@ export function m2InShape(a: M2InArgs): M2InShape {
 /** The matvec kernel's workgroups: RPW rows of in_proj each. */
 export const m2InGroups = (s: M2InShape) => Math.ceil((s.E + s.C + s.H) / m2Lanes(s.D, s.lanes, s.loadBytes, s.ws).RPW);
 
-/** The matvec kernel's parameter values, by name (groupsX: the grid's workgroups along x). */
-export function m2InParams(a: M2InArgs, groupsX: number): Record<string, number | boolean> {
-  return { hasRes: a.norm?.hasRes ?? false, par: a.norm?.par ?? 0, eps: a.norm?.eps ?? 0, oNorm: a.oNorm, groupsX, ...epilogueParams(a) };
+/** The matvec kernel's parameter values, by name (groupsX: the grid's workgroups along x; stride: from a
+ *  workgroup's group of rows to its next, the workgroups of the grid or the items of the layer's phase). */
+export function m2InParams(a: M2InArgs, groupsX: number, stride: number): Record<string, number | boolean> {
+  return { hasRes: a.norm?.hasRes ?? false, par: a.norm?.par ?? 0, eps: a.norm?.eps ?? 0, oNorm: a.oNorm, groupsX, stride, ...epilogueParams(a) };
 }
 
 // x: [T <= 8, D] (h, normalized here with `norm`), w: [E + C + H, D] -> out: [T, E + C + H] (z | silu(conv) | dt)
@@ -309,7 +310,7 @@ export function decodeM2In(gpu: Gpu, a: M2InArgs): void {
   const k = gpu.kernel(inKernel, shape);
   const parts = cached(JSON.stringify(shape), () => m2InParts(shape));
   const { groups, stride } = rowGroupsGrid(gpu, m2InGroups(shape), a.workgroups);
-  const p = paramBlock(parts.params, { ...m2InParams(a, groups[0]), stride });
+  const p = paramBlock(parts.params, m2InParams(a, groups[0], stride));
   gpu.dispatch(k, bindingsByName(parts, { x: a.x, ...(a.norm ? { res: a.norm.res } : {}), lp: a.lp, w: a.w, convState: a.convState, out: a.out }), p, groups);
 }
 

@@ -197,7 +197,7 @@ export function decodeM2Layer(gpu: Gpu, a: M2LayerArgs): void {
     ssm: s.ssm, v: s.out, ...(s.mode !== "none" ? { ss: s.ss! } : {}), wOut: o.w, bias: o.bias ?? gpu.dummy, ctl: a.ctl,
   };
   const items = m2LayerItems(shape);
-  const outValues = Object.fromEntries(Object.entries({ ...m2OutParams(o, 1), stride: items.out }).map(([n, v]) => [renamedId(n, OUT_NAMES), v]));
-  const values = { ...m2InParams(i, 1), stride: items.ins, B: s.B, oA: s.oA, oD: s.oD, oGate: s.oGate, ...outValues, spin: a.spin ?? layerSpin(gpu) };
+  const outValues = Object.fromEntries(Object.entries(m2OutParams(o, 1, items.out)).map(([n, v]) => [renamedId(n, OUT_NAMES), v]));
+  const values = { ...m2InParams(i, 1, items.ins), B: s.B, oA: s.oA, oD: s.oD, oGate: s.oGate, ...outValues, spin: a.spin ?? layerSpin(gpu) };
   gpu.dispatch(k, bindingsByName(parts, bufs), paramBlock(composedParams(parts), values), [items.ins + items.ssm + items.out]);
 }

@@ -140,9 +140,9 @@ export function m2OutShape(a: M2OutArgs): M2OutShape {
 /** The matvec kernel's workgroups for N outputs: RPW rows of W each. */
 export const m2OutGroups = (s: M2OutShape, N: number) => Math.ceil(N / m2Lanes(s.K, s.lanes, s.loadBytes, s.ws).RPW);
 
-/** The matvec kernel's parameter values, by name (groupsX: the grid's workgroups along x). */
-export function m2OutParams(a: M2OutArgs, groupsX: number): Record<string, number | boolean> {
-  return { N: a.N, hasBias: !!a.bias, groupsX, eps: a.norm?.eps ?? 0 };
+/** The matvec kernel's parameter values, by name (groupsX and stride as ./mamba2-in.ts's m2InParams). */
+export function m2OutParams(a: M2OutArgs, groupsX: number, stride: number): Record<string, number | boolean> {
+  return { N: a.N, hasBias: !!a.bias, groupsX, eps: a.norm?.eps ?? 0, stride };
 }
 
 // v: [T <= 8, K], w: [N, K], bias: [N] -> y: [T, N]
@@ -155,7 +155,7 @@ export function decodeM2Out(gpu: Gpu, a: M2OutArgs): void {
   const { groups, stride } = rowGroupsGrid(gpu, m2OutGroups(shape, a.N), a.workgroups);
   const bufs: Record<string, Buf> = { v: a.v, w: a.w, bias: a.bias ?? gpu.dummy, y: a.y };
   if (a.norm) bufs.ss = a.norm.ss;
-  gpu.dispatch(k, bindingsByName(kp, bufs), paramBlock(kp.params, { ...m2OutParams(a, groups[0]), stride }), groups);
+  gpu.dispatch(k, bindingsByName(kp, bufs), paramBlock(kp.params, m2OutParams(a, groups[0], stride)), groups);
 }
 
 /** The batch step's gated-norm scale, where out_proj is a plain matmul: v[t, k] *= r[t, group(k)], a workgroup a row. */
