@@ -77,8 +77,9 @@ export function convQuadGrid(gpu: Gpu, B: number, L: number, E: number): [number
 export const convQuadConsts = (K: number): [string, string][] => [["K", `${K}u`], ["HK", `${K - 1}u`], ["RUN", `${CONV_RUN}u`]];
 
 /** WGSL of the 4-channel kernels: thread i's place (quadOf: its channels e .. e + 3, batch row b, first position t0,
- *  or ok false past the last thread) and its channels' weights (quadWeights). Needs params B, L, E, groupsX and the
- *  binding weight [E, K]. */
+ *  or ok false past the last thread), its run's window (quadWindow: rows t0 .. t0 + RUN + HK - 1 of the kernel's own
+ *  quadRow(b, j, e), zero where there is none) and its channels' weights (quadWeights). Needs params B, L, E,
+ *  groupsX, the binding weight [E, K] and the kernel's fn quadRow. */
 export const CONV_QUAD_WGSL = /* wgsl */ `
 struct Quad { e: u32, b: u32, t0: u32, ok: bool }
 fn quadOf(gid: vec3<u32>) -> Quad {
@@ -86,6 +87,12 @@ fn quadOf(gid: vec3<u32>) -> Quad {
   let E4 = p.E / 4u;
   let runs = (p.L + RUN - 1u) / RUN;
   return Quad((i % E4) * 4u, i / (E4 * runs), ((i / E4) % runs) * RUN, i < p.B * runs * E4);
+}
+// all the window's rows are loaded before any is used
+fn quadWindow(q: Quad) -> array<vec4<f32>, RUN + HK> {
+  var win: array<vec4<f32>, RUN + HK>;
+  for (var j = 0u; j < RUN + HK; j++) { win[j] = quadRow(q.b, q.t0 + j, q.e); }
+  return win;
 }
 fn quadWeights(e: u32) -> array<vec4<f32>, K> {
   var w: array<vec4<f32>, K>;
@@ -127,8 +134,10 @@ const makeQuadParts = (K: number): WgslParts => ({
     ["stateOut", "var<storage, read_write> stateOut: array<vec4<f32>>"],
   ],
   decls: /* wgsl */ `${CONV_QUAD_WGSL}${CONV_QUAD_PRE_WGSL}
-// channels e .. e + 3 (e a multiple of 4) of position j of the sequence history ++ x of batch row b
-fn seq4(b: u32, j: u32, e: u32) -> vec4<f32> {
+// channels e .. e + 3 (e a multiple of 4) of position j of the sequence history ++ x of batch row b (zero past
+// its end)
+fn quadRow(b: u32, j: u32, e: u32) -> vec4<f32> {
+  if (j >= p.L + HK) { return vec4<f32>(0.0); }
   if (j < HK) {
     if (p.hasState != 0u) { return stateIn[((b * HK + j) * p.E + e) / 4u]; }
     return vec4<f32>(0.0);
@@ -139,13 +148,7 @@ fn seq4(b: u32, j: u32, e: u32) -> vec4<f32> {
 fn conv1dSiluQuad(gid: vec3<u32>) {
   let q = quadOf(gid);
   if (!q.ok) { return; }
-  // the run's rows of seq, all loaded before any is used (rows past the sequence's end are not loaded)
-  var win: array<vec4<f32>, RUN + HK>;
-  for (var j = 0u; j < RUN + HK; j++) {
-    win[j] = vec4<f32>(0.0);
-    if (q.t0 + j < p.L + HK) { win[j] = seq4(q.b, q.t0 + j, q.e); }
-  }
-  let pre = quadPre(win, q.e);
+  let pre = quadPre(quadWindow(q), q.e);
   for (var tt = 0u; tt < RUN; tt++) {
     let t = q.t0 + tt;
     if (t >= p.L) { break; }
@@ -153,7 +156,7 @@ fn conv1dSiluQuad(gid: vec3<u32>) {
     out[((q.b * p.L + t) * p.E + q.e) / 4u] = s / (1.0 + exp(-s));
   }
   if (q.t0 == 0u && p.hasState != 0u) {
-    for (var j = 0u; j < HK; j++) { stateOut[((q.b * HK + j) * p.E + q.e) / 4u] = seq4(q.b, p.L + j, q.e); }
+    for (var j = 0u; j < HK; j++) { stateOut[((q.b * HK + j) * p.E + q.e) / 4u] = quadRow(q.b, p.L + j, q.e); }
   }
 }`,
 });

@@ -54,17 +54,17 @@ const convDxQuadParts = (K: number): WgslParts => quadParts.get(K) ?? quadParts.
     ["weight", "var<storage, read> weight: array<f32>"],
     ["dx", "var<storage, read_write> dx: array<vec4<f32>>"],
   ],
-  decls: CONV_QUAD_WGSL,
+  decls: /* wgsl */ `${CONV_QUAD_WGSL}
+// dpre's row j, an output position t fed (zero past the sequence's end)
+fn quadRow(b: u32, j: u32, e: u32) -> vec4<f32> {
+  if (j >= p.L) { return vec4<f32>(0.0); }
+  return dpre[((b * p.L + j) * p.E + e) / 4u];
+}`,
   fn: /* wgsl */ `
 fn convDxQuad(gid: vec3<u32>) {
   let q = quadOf(gid);
   if (!q.ok) { return; }
-  // dpre's rows t0 .. t0 + RUN + HK - 1, the outputs the run's positions fed (zero past the sequence's end)
-  var win: array<vec4<f32>, RUN + HK>;
-  for (var j = 0u; j < RUN + HK; j++) {
-    win[j] = vec4<f32>(0.0);
-    if (q.t0 + j < p.L) { win[j] = dpre[((q.b * p.L + q.t0 + j) * p.E + q.e) / 4u]; }
-  }
+  let win = quadWindow(q); // the outputs the run's positions fed
   let w = quadWeights(q.e);
   for (var tt = 0u; tt < RUN; tt++) {
     let t = q.t0 + tt;

@@ -60,19 +60,17 @@ const convPreQuadParts = (K: number): WgslParts => quadParts.get(K) ?? quadParts
     ["dy", "var<storage, read> dy: array<vec4<f32>>"],
     ["dpre", "var<storage, read_write> dpre: array<vec4<f32>>"],
   ],
-  decls: CONV_QUAD_WGSL + CONV_QUAD_PRE_WGSL,
+  decls: /* wgsl */ `${CONV_QUAD_WGSL}${CONV_QUAD_PRE_WGSL}
+// seq's row j: HK zeros, then x (zero past its end)
+fn quadRow(b: u32, j: u32, e: u32) -> vec4<f32> {
+  if (j < HK || j >= p.L + HK) { return vec4<f32>(0.0); }
+  return x[((b * p.L + j - HK) * p.ldx + p.offx + e) / 4u];
+}`,
   fn: /* wgsl */ `
 fn convPreQuad(gid: vec3<u32>) {
   let q = quadOf(gid);
   if (!q.ok) { return; }
-  // seq's rows t0 .. t0 + RUN + HK - 1: HK zeros, then x (rows past the sequence's end not loaded)
-  var win: array<vec4<f32>, RUN + HK>;
-  for (var j = 0u; j < RUN + HK; j++) {
-    win[j] = vec4<f32>(0.0);
-    let sj = q.t0 + j;
-    if (sj >= HK && sj < p.L + HK) { win[j] = x[((q.b * p.L + sj - HK) * p.ldx + p.offx + q.e) / 4u]; }
-  }
-  let pre = quadPre(win, q.e);
+  let pre = quadPre(quadWindow(q), q.e);
   for (var tt = 0u; tt < RUN; tt++) {
     let t = q.t0 + tt;
     if (t >= p.L) { break; }
